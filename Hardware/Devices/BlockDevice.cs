@@ -1,0 +1,275 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Devices;
+
+/// <summary>
+/// The <see cref="IBlockDevice"/> over a <see cref="RequestQueue"/>: validates requests, rents a
+/// bio, submits it and hands back a <c>ValueTask</c> backed by the bio itself.
+/// </summary>
+public sealed class BlockDevice : IBlockDevice
+{
+    /// <summary>Most bytes one call moves (a bio's size is 32-bit, as in the kernel); split larger ranges.</summary>
+    public const long MaxIoBytes = int.MaxValue & ~4095L;
+
+    private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge;
+
+    private readonly Func<BlockDevice, ValueTask>? _dispose;
+    private readonly bool _threadPoolContinuations;
+    private int _disposed;
+
+    /// <summary>Wraps a started queue.</summary>
+    /// <param name="queue">The queue, started on its runtime.</param>
+    /// <param name="dispose">Tears the device down when it is disposed (unregister, drain, stop).</param>
+    public BlockDevice(RequestQueue queue, Func<BlockDevice, ValueTask>? dispose = null)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        Queue = queue;
+        _dispose = dispose;
+        _threadPoolContinuations = queue.Continuation == CompletionContinuation.ThreadPool;
+    }
+
+    /// <inheritdoc />
+    public string Name => Queue.Name;
+
+    /// <inheritdoc />
+    public long Capacity => Queue.Limits.CapacityBytes;
+
+    /// <inheritdoc />
+    public int LogicalBlockSize => Queue.Limits.LogicalBlockSize;
+
+    /// <inheritdoc />
+    public bool IsReadOnly => Queue.ReadOnly;
+
+    /// <inheritdoc />
+    public DispatchMode Dispatch => Queue.Runtime.Mode;
+
+    /// <inheritdoc />
+    public RequestQueue Queue { get; }
+
+    /// <inheritdoc />
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu)
+    {
+        if (Check(BlockOp.Read, offset, buffer.Length, RequestFlags.None) is { } error)
+        {
+            return ValueTask.FromException(error);
+        }
+
+        var bio = Prepare(BlockOp.Read, offset, buffer.Length, buffer, RequestFlags.None, cpu);
+        var task = bio.AsValueTask();
+        Queue.Submit(bio);
+        return task;
+    }
+
+    /// <inheritdoc />
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu)
+    {
+        if (Check(BlockOp.Write, offset, data.Length, flags) is { } error)
+        {
+            return ValueTask.FromException(error);
+        }
+
+        // The block layer never writes into a write's buffer.
+        var bio = Prepare(BlockOp.Write, offset, data.Length, MemoryMarshal.AsMemory(data), flags, cpu);
+        var task = bio.AsValueTask();
+        Queue.Submit(bio);
+        return task;
+    }
+
+    /// <inheritdoc />
+    public ValueTask FlushAsync(int cpu = IBlockDevice.AnyCpu)
+    {
+        var bio = Prepare(BlockOp.Flush, 0, 0, default, RequestFlags.Sync, cpu);
+        var task = bio.AsValueTask();
+        Queue.Submit(bio);
+        return task;
+    }
+
+    /// <inheritdoc />
+    public ValueTask DiscardAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => RangeOp(BlockOp.Discard, offset, length, cpu);
+
+    /// <inheritdoc />
+    public ValueTask WriteZeroesAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => RangeOp(BlockOp.WriteZeroes, offset, length, cpu);
+
+    /// <inheritdoc />
+    public ValueTask<BlockStatus> ExecuteAsync(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu)
+    {
+        if (op.HasData() && length != buffer.Length)
+        {
+            return ValueTask.FromException<BlockStatus>(Invalid(InvalidRequestReason.OutOfRange, op, offset, length, $"the buffer holds {buffer.Length} bytes, not {length}"));
+        }
+
+        if (op != BlockOp.Flush && Check(op, offset, length, flags) is { } error)
+        {
+            return ValueTask.FromException<BlockStatus>(error);
+        }
+
+        var bio = Prepare(op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
+        var task = bio.AsStatusTask();
+        Queue.Submit(bio);
+        return task;
+    }
+
+    /// <inheritdoc />
+    public PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu)
+    {
+        if (!op.HasData())
+        {
+            throw Invalid(InvalidRequestReason.NotSupported, op, offset, buffer.Length, "only reads and writes can be polled");
+        }
+
+        if (!Queue.CanPoll)
+        {
+            throw Invalid(InvalidRequestReason.NotSupported, op, offset, buffer.Length, "the device has no poll queues (io_poll is off)");
+        }
+
+        if (Check(op, offset, buffer.Length, RequestFlags.None) is { } error)
+        {
+            throw error;
+        }
+
+        var bio = Prepare(op, offset, buffer.Length, buffer, RequestFlags.Polled, cpu);
+        var io = new PolledIo(bio, bio.AsStatusTask());
+        Queue.Submit(bio);
+        return io;
+    }
+
+    /// <inheritdoc />
+    public int Poll(uint cookie) => Queue.Poll(cookie);
+
+    /// <inheritdoc />
+    public int Poll(in PolledIo io)
+    {
+        if (!Queue.CanPoll || io.Bio is null)
+        {
+            return 0;
+        }
+
+        var found = 0;
+        var spin = default(SpinWait);
+        while (io.Bio.Version == io.Version && !io.Completion.IsCompleted)
+        {
+            var cookie = io.Cookie;
+            if (cookie == PollCookie.None)
+            {
+                // Mailbox mode: the software-context actor has not built the request yet.
+                spin.SpinOnce(sleep1Threshold: -1);
+                continue;
+            }
+
+            found += Queue.Poll(cookie);
+        }
+
+        return found;
+    }
+
+    /// <inheritdoc />
+    public BlockPlug Plug() => BlockPlug.Start();
+
+    /// <inheritdoc />
+    public ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0 || _dispose is null)
+        {
+            return ValueTask.CompletedTask;
+        }
+
+        return _dispose(this);
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Name} ({Capacity} bytes, {LogicalBlockSize}-byte blocks, {Queue.TagSet.HardwareQueueCount} hw queues)";
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Bio Prepare(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu)
+    {
+        var bio = Queue.Bios.Rent();
+        bio.Op = op;
+        bio.Flags = flags;
+        bio.Sector = offset >> Bio.SectorShift;
+        bio.Size = (int)length;
+        bio.Buffer = buffer;
+        bio.Cpu = cpu;
+        bio.Plug = BlockPlug.Current;
+        bio.RunContinuationsAsynchronously = _threadPoolContinuations;
+        return bio;
+    }
+
+    private ValueTask RangeOp(BlockOp op, long offset, long length, int cpu)
+    {
+        if (Check(op, offset, length, RequestFlags.None) is { } error)
+        {
+            return ValueTask.FromException(error);
+        }
+
+        var bio = Prepare(op, offset, length, default, RequestFlags.None, cpu);
+        var task = bio.AsValueTask();
+        Queue.Submit(bio);
+        return task;
+    }
+
+    // Everything a request must satisfy before it may be submitted; null when it is well-formed.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private InvalidBlockRequestException? Check(BlockOp op, long offset, long length, RequestFlags flags)
+    {
+        var limits = Queue.Limits;
+        var lbs = limits.LogicalBlockSize;
+        if (((offset | length) & (lbs - 1)) == 0 && length > 0 && offset >= 0 && length <= MaxIoBytes &&
+            offset <= limits.CapacityBytes - length && (flags & ~CallerFlags) == 0 &&
+            (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits))
+        {
+            return null;
+        }
+
+        return Diagnose(op, offset, length, flags, limits);
+    }
+
+    private static bool Supported(BlockOp op, QueueLimits limits) => op switch
+    {
+        BlockOp.Discard => limits.MaxDiscardSectors > 0,
+        BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors > 0,
+        _ => true,
+    };
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private InvalidBlockRequestException Diagnose(BlockOp op, long offset, long length, RequestFlags flags, QueueLimits limits)
+    {
+        var lbs = limits.LogicalBlockSize;
+        if ((flags & ~CallerFlags) != 0)
+        {
+            return Invalid(InvalidRequestReason.InvalidFlags, op, offset, length, $"flags {flags & ~CallerFlags} are reserved to the block layer");
+        }
+
+        if (!Supported(op, limits))
+        {
+            return Invalid(InvalidRequestReason.NotSupported, op, offset, length, $"the device does not support {op.Name()}");
+        }
+
+        if (op.IsWrite() && Queue.ReadOnly)
+        {
+            return Invalid(InvalidRequestReason.ReadOnly, op, offset, length, "the device is read-only");
+        }
+
+        if (length == 0)
+        {
+            return Invalid(InvalidRequestReason.ZeroLength, op, offset, length, "the length is zero");
+        }
+
+        if (length < 0 || length > MaxIoBytes)
+        {
+            return Invalid(InvalidRequestReason.OutOfRange, op, offset, length, $"the length must be between 1 and {MaxIoBytes} bytes");
+        }
+
+        if (((offset | length) & (lbs - 1)) != 0)
+        {
+            return Invalid(InvalidRequestReason.Misaligned, op, offset, length, $"offset and length must be multiples of the {lbs}-byte logical block size");
+        }
+
+        return Invalid(InvalidRequestReason.OutOfRange, op, offset, length, $"the range lies outside the device's {limits.CapacityBytes} bytes");
+    }
+
+    private InvalidBlockRequestException Invalid(InvalidRequestReason reason, BlockOp op, long offset, long length, string detail) =>
+        new(Name, reason, op, offset, length, detail);
+}

@@ -1,0 +1,80 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Devices;
+
+/// <summary>
+/// Builds the data plane of a device from <see cref="DeviceOptions"/>: the driver, the tag set and
+/// the request queue. The control plane (BlockLayer) uses it to create devices; tests and
+/// benchmarks use <see cref="CreateRingDevice"/> for a ring-dispatch device without actors.
+/// </summary>
+public static class DeviceBuilder
+{
+    /// <summary>How long a standalone device waits for in-flight I/O at disposal before failing it.</summary>
+    public static readonly TimeSpan DefaultDrainTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>Creates the driver the options name.</summary>
+    /// <exception cref="DeviceOptionsException">The options are invalid.</exception>
+    public static IBlockDriver CreateDriver(DeviceOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        return options.Driver switch
+        {
+            "null" => new NullBlockDriver(options.ToNullBlockOptions(), options.Name),
+            _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
+        };
+    }
+
+    /// <summary>Creates a private tag set for a device.</summary>
+    public static TagSet CreateTagSet(DeviceOptions options, IBlockDriver driver, CpuTopology topology)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(driver);
+        return new TagSet(options.ToTagSetOptions(driver.PayloadSize), topology, driver.InitRequest);
+    }
+
+    /// <summary>Creates the request queue of a device on <paramref name="tagSet"/>.</summary>
+    public static RequestQueue CreateQueue(DeviceOptions options, TagSet tagSet, IBlockDriver driver, BlockClock? clock = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var queue = new RequestQueue(options.Name, tagSet, driver, options.ToQueueOptions(), clock);
+        if (options.MaxSectorsKb > 0)
+        {
+            queue.SetMaxSectors(Math.Min(options.MaxSectorsKb * 2, queue.Limits.MaxHardwareSectors));
+        }
+
+        return queue;
+    }
+
+    /// <summary>
+    /// Creates a registered ring-dispatch device without a control plane: no actors, no timeout
+    /// scans. Disposing it shuts the queue down and disposes the driver.
+    /// </summary>
+    /// <param name="options">The device; <see cref="DeviceOptions.Dispatch"/> must be ring.</param>
+    /// <param name="topology">The CPUs.</param>
+    /// <param name="softIrq">Per-CPU completion workers for redirected completions.</param>
+    /// <param name="clock">Deadline clock.</param>
+    /// <param name="sharedTags">A tag set to share instead of a private one.</param>
+    public static BlockDevice CreateRingDevice(DeviceOptions options, CpuTopology topology, BlockSoftIrq softIrq, BlockClock? clock = null, TagSet? sharedTags = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Dispatch != DispatchMode.Ring)
+        {
+            throw new DeviceOptionsException(options.Name, "dispatch", "a device without a control plane can only use ring dispatch.");
+        }
+
+        var driver = CreateDriver(options);
+        var tagSet = sharedTags ?? CreateTagSet(options, driver, topology);
+        var queue = CreateQueue(options, tagSet, driver, clock);
+        queue.Start(new RingRuntime(softIrq));
+        queue.Register();
+        return new BlockDevice(queue, async device =>
+        {
+            await device.Queue.ShutdownAsync(DefaultDrainTimeout).ConfigureAwait(false);
+            driver.Dispose();
+        });
+    }
+}

@@ -1,0 +1,232 @@
+using System.Text.RegularExpressions;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Devices;
+
+/// <summary>
+/// Everything needed to create a block device. Names and defaults follow null_blk's module
+/// parameters and the sysfs queue attributes; the hocon.conf keys are the names in brackets.
+/// </summary>
+public sealed partial record DeviceOptions
+{
+    /// <summary>Default request timeout of the null device (null_blk uses 5 s).</summary>
+    public const int NullDefaultTimeoutMs = 5_000;
+
+    /// <summary>Device name (<c>name</c>): letters, digits, '-', '_' and '.', at most 32 characters.</summary>
+    public string Name { get; init; } = "nullb0";
+
+    /// <summary>Driver (<c>driver</c>): <c>null</c>.</summary>
+    public string Driver { get; init; } = "null";
+
+    /// <summary>Capacity in bytes (<c>size</c>); null_blk's default is 250 GiB.</summary>
+    public long Size { get; init; } = NullBlockOptions.DefaultSizeBytes;
+
+    /// <summary>Logical block size in bytes (<c>bs</c>), 512..4096.</summary>
+    public int BlockSize { get; init; } = 512;
+
+    /// <summary>Hardware queues (<c>submit_queues</c>); clamped to the possible CPUs.</summary>
+    public int SubmitQueues { get; init; } = 1;
+
+    /// <summary>Poll queues (<c>poll_queues</c>); used only when <see cref="IoPoll"/> is on.</summary>
+    public int PollQueues { get; init; } = 1;
+
+    /// <summary>Tags per hardware queue (<c>hw_queue_depth</c>), 64 by default, at most 10240.</summary>
+    public int HwQueueDepth { get; init; } = 64;
+
+    /// <summary>Reserved tags per hardware queue (<c>reserved_tags</c>).</summary>
+    public int ReservedTags { get; init; }
+
+    /// <summary>Completion mode of the null device (<c>irqmode</c> 0, 1, 2).</summary>
+    public IrqMode IrqMode { get; init; } = IrqMode.SoftIrq;
+
+    /// <summary>Timer completion delay in nanoseconds (<c>completion_nsec</c>).</summary>
+    public long CompletionNsec { get; init; } = 10_000;
+
+    /// <summary>Keep data in RAM (<c>memory_backed</c>).</summary>
+    public bool MemoryBacked { get; init; }
+
+    /// <summary>QueueRq may block (<c>blocking</c>).</summary>
+    public bool Blocking { get; init; }
+
+    /// <summary>Support discard and write-zeroes (<c>discard</c>), for memory-backed devices.</summary>
+    public bool Discard { get; init; } = true;
+
+    /// <summary>Advertise a volatile write cache so flush and FUA reach the driver (<c>write_cache</c>).</summary>
+    public bool WriteCache { get; init; }
+
+    /// <summary>Share one tag set with every other device that sets it (<c>shared_tags</c>).</summary>
+    public bool SharedTags { get; init; }
+
+    /// <summary>Name of the shared tag set, when <see cref="SharedTags"/> is on (<c>tag_set</c>).</summary>
+    public string TagSetName { get; init; } = "shared";
+
+    /// <summary>Host-wide tags: one tag map for all hardware queues (<c>shared_tag_bitmap</c>).</summary>
+    public bool HostWideTags { get; init; }
+
+    /// <summary>Completion affinity (<c>rq_affinity</c> 0, 1, 2), 1 by default.</summary>
+    public CompletionAffinity RqAffinity { get; init; } = CompletionAffinity.CacheGroup;
+
+    /// <summary>Merge policy (<c>nomerges</c> 0, 1, 2).</summary>
+    public MergePolicy NoMerges { get; init; } = MergePolicy.All;
+
+    /// <summary>Polled I/O (<c>io_poll</c>).</summary>
+    public bool IoPoll { get; init; }
+
+    /// <summary>Request timeout in milliseconds (<c>io_timeout</c>); 0 means the driver's default.</summary>
+    public int IoTimeoutMs { get; init; }
+
+    /// <summary>Largest request in KiB (<c>max_sectors_kb</c>); 0 means the default (1280).</summary>
+    public int MaxSectorsKb { get; init; }
+
+    /// <summary>Refuse writes (<c>read_only</c>).</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>Report a rotational device (<c>rotational</c>).</summary>
+    public bool Rotational { get; init; }
+
+    /// <summary>Ring or mailbox dispatch (<c>dispatch</c>).</summary>
+    public DispatchMode Dispatch { get; init; } = DispatchMode.Ring;
+
+    /// <summary>Where awaited I/O continues (<c>completion</c>: inline or threadpool).</summary>
+    public CompletionContinuation Completion { get; init; } = CompletionContinuation.Inline;
+
+    /// <summary>How CPUs are spread over hardware queues (<c>cpu_map</c>).</summary>
+    public CpuMapAlgorithm CpuMapAlgorithm { get; init; } = CpuMapAlgorithm.GroupEvenly;
+
+    /// <summary>Checks every option; throws for the first one out of range.</summary>
+    /// <exception cref="DeviceOptionsException">An option cannot describe a device.</exception>
+    public void Validate()
+    {
+        if (string.IsNullOrEmpty(Name) || Name.Length > 32 || !NamePattern().IsMatch(Name))
+        {
+            Fail("name", $"'{Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters).");
+        }
+
+        if (Driver is not ("null"))
+        {
+            Fail("driver", $"unknown driver '{Driver}' (known: null).");
+        }
+
+        if (BlockSize is < 512 or > 4096 || (BlockSize & (BlockSize - 1)) != 0)
+        {
+            Fail("bs", $"{BlockSize} is not a power of two from 512 to 4096.");
+        }
+
+        if (Size <= 0 || Size % BlockSize != 0)
+        {
+            Fail("size", $"{Size} bytes is not a positive multiple of the block size ({BlockSize}).");
+        }
+
+        if (SubmitQueues < 1)
+        {
+            Fail("submit_queues", $"{SubmitQueues}: at least one hardware queue is needed.");
+        }
+
+        if (PollQueues < 0 || (IoPoll && PollQueues < 1))
+        {
+            Fail("poll_queues", $"{PollQueues}: io_poll needs at least one poll queue.");
+        }
+
+        if (HwQueueDepth < 1)
+        {
+            Fail("hw_queue_depth", $"{HwQueueDepth}: the depth must be at least 1.");
+        }
+
+        if (ReservedTags < 0 || ReservedTags >= Math.Min(HwQueueDepth, TagSet.MaxDepth))
+        {
+            Fail("reserved_tags", $"{ReservedTags}: must be below hw_queue_depth ({HwQueueDepth}).");
+        }
+
+        if (!Enum.IsDefined(IrqMode))
+        {
+            Fail("irqmode", $"{(int)IrqMode} is not 0, 1 or 2.");
+        }
+
+        if (CompletionNsec < 0)
+        {
+            Fail("completion_nsec", $"{CompletionNsec} cannot be negative.");
+        }
+
+        if (!Enum.IsDefined(RqAffinity))
+        {
+            Fail("rq_affinity", $"{(int)RqAffinity} is not 0, 1 or 2.");
+        }
+
+        if (!Enum.IsDefined(NoMerges))
+        {
+            Fail("nomerges", $"{(int)NoMerges} is not 0, 1 or 2.");
+        }
+
+        if (IoTimeoutMs < 0)
+        {
+            Fail("io_timeout", $"{IoTimeoutMs} cannot be negative.");
+        }
+
+        if (MaxSectorsKb < 0 || (MaxSectorsKb > 0 && MaxSectorsKb * 1024 < BlockSize))
+        {
+            Fail("max_sectors_kb", $"{MaxSectorsKb} must hold at least one block of {BlockSize} bytes.");
+        }
+
+        if (!Enum.IsDefined(Dispatch))
+        {
+            Fail("dispatch", $"{Dispatch} is not ring or mailbox.");
+        }
+
+        if (SharedTags && string.IsNullOrWhiteSpace(TagSetName))
+        {
+            Fail("tag_set", "a shared tag set needs a name.");
+        }
+    }
+
+    /// <summary>The tag set these options call for.</summary>
+    public TagSetOptions ToTagSetOptions(int payloadSize) => new()
+    {
+        Name = SharedTags ? TagSetName : Name,
+        HardwareQueues = SubmitQueues,
+        PollQueues = IoPoll ? PollQueues : 0,
+        QueueDepth = HwQueueDepth,
+        ReservedTags = ReservedTags,
+        PayloadSize = payloadSize,
+        Flags = (HostWideTags ? TagSetFlags.HostWide : 0) | (Blocking || MemoryBacked ? TagSetFlags.Blocking : 0),
+        TimeoutMs = EffectiveTimeoutMs,
+        MapAlgorithm = CpuMapAlgorithm,
+    };
+
+    /// <summary>The queue settings these options call for.</summary>
+    public QueueOptions ToQueueOptions() => new()
+    {
+        MergePolicy = NoMerges,
+        RqAffinity = RqAffinity,
+        IoTimeoutMs = EffectiveTimeoutMs,
+        IoPoll = IoPoll,
+        ReadOnly = ReadOnly,
+        Rotational = Rotational,
+        Continuation = Completion,
+    };
+
+    /// <summary>The null driver settings these options call for.</summary>
+    public NullBlockOptions ToNullBlockOptions() => new()
+    {
+        SizeBytes = Size,
+        BlockSize = BlockSize,
+        IrqMode = IrqMode,
+        CompletionNsec = CompletionNsec,
+        MemoryBacked = MemoryBacked,
+        Blocking = Blocking,
+        Discard = Discard,
+        Pollable = IoPoll,
+        MaxSectors = MaxSectorsKb * 2,
+        WriteCache = WriteCache,
+    };
+
+    /// <summary>The request timeout in effect: the option, or the driver's default.</summary>
+    public int EffectiveTimeoutMs => IoTimeoutMs > 0 ? IoTimeoutMs : Driver == "null" ? NullDefaultTimeoutMs : TagSet.DefaultTimeoutMs;
+
+    private void Fail(string option, string message) => throw new DeviceOptionsException(Name, option, message);
+
+    [GeneratedRegex("^[A-Za-z0-9_.-]+$")]
+    private static partial Regex NamePattern();
+}

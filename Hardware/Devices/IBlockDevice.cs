@@ -1,0 +1,105 @@
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Devices;
+
+/// <summary>A polled I/O in flight: its cookie and its completion.</summary>
+public readonly struct PolledIo
+{
+    internal PolledIo(Bio bio, ValueTask<BlockStatus> completion)
+    {
+        Bio = bio;
+        Version = bio.Version;
+        Completion = completion;
+    }
+
+    /// <summary>
+    /// The poll cookie, <c>(hctx &lt;&lt; 16) | tag</c>, known once the request is built: at once in
+    /// ring mode; in mailbox mode the software-context actor builds it, so it may still be
+    /// <see cref="PollCookie.None"/> here (poll with <see cref="IBlockDevice.Poll(in PolledIo)"/>).
+    /// </summary>
+    public uint Cookie => Bio.Version == Version ? Bio.Cookie : PollCookie.None;
+
+    /// <summary>Completes with the I/O's status.</summary>
+    public ValueTask<BlockStatus> Completion { get; }
+
+    internal Bio Bio { get; }
+
+    internal short Version { get; }
+}
+
+/// <summary>
+/// A block device as an application sees it: asynchronous reads, writes, flushes, discards and
+/// write-zeroes at byte offsets, polled I/O and plugging.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Offsets and lengths must be multiples of <see cref="LogicalBlockSize"/> and lie within
+/// <see cref="Capacity"/>. A malformed request fails with <see cref="InvalidBlockRequestException"/>
+/// before anything is submitted; an I/O the device fails throws <see cref="BlockIoException"/>
+/// carrying the <see cref="BlockStatus"/>. <see cref="ExecuteAsync"/> returns the status instead
+/// of throwing.
+/// </para>
+/// <para>
+/// Unless the device was created with <c>completion = threadpool</c>, code after <c>await</c> runs
+/// on the completion context (a dispatch loop or completion worker), like a kernel completion
+/// call-back: it must not block. Every <c>cpu</c> parameter names the submitting CPU explicitly
+/// (for tests and pinned workers); <see cref="AnyCpu"/> uses the CPU the caller runs on.
+/// </para>
+/// </remarks>
+public interface IBlockDevice : IAsyncDisposable
+{
+    /// <summary>Use the CPU the caller runs on.</summary>
+    const int AnyCpu = -1;
+
+    /// <summary>The device name.</summary>
+    string Name { get; }
+
+    /// <summary>Capacity in bytes.</summary>
+    long Capacity { get; }
+
+    /// <summary>Offsets and lengths are multiples of this.</summary>
+    int LogicalBlockSize { get; }
+
+    /// <summary>True when writes are refused.</summary>
+    bool IsReadOnly { get; }
+
+    /// <summary>How requests travel (ring or mailbox).</summary>
+    DispatchMode Dispatch { get; }
+
+    /// <summary>The request queue behind the device (data-plane state, statistics).</summary>
+    RequestQueue Queue { get; }
+
+    /// <summary>Reads <c>buffer.Length</c> bytes at <paramref name="offset"/>.</summary>
+    ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = AnyCpu);
+
+    /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>; <see cref="RequestFlags.Fua"/> makes it durable on completion.</summary>
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, RequestFlags flags = RequestFlags.None, int cpu = AnyCpu);
+
+    /// <summary>Makes every write completed before it durable.</summary>
+    ValueTask FlushAsync(int cpu = AnyCpu);
+
+    /// <summary>Discards a range; it reads back as zeroes.</summary>
+    ValueTask DiscardAsync(long offset, long length, int cpu = AnyCpu);
+
+    /// <summary>Writes zeroes over a range.</summary>
+    ValueTask WriteZeroesAsync(long offset, long length, int cpu = AnyCpu);
+
+    /// <summary>
+    /// Submits any operation and returns its status instead of throwing on I/O errors (malformed
+    /// requests still throw). <paramref name="length"/> is the buffer's length for reads and writes.
+    /// </summary>
+    ValueTask<BlockStatus> ExecuteAsync(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags = RequestFlags.None, int cpu = AnyCpu);
+
+    /// <summary>Submits a polled read or write (<c>REQ_POLLED</c>); complete it with <see cref="Poll(uint)"/>.</summary>
+    PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = AnyCpu);
+
+    /// <summary>Polls until the request behind <paramref name="cookie"/> completed; 0 for a stale cookie or a non-pollable device.</summary>
+    int Poll(uint cookie);
+
+    /// <summary>Polls until <paramref name="io"/> completed (works in both dispatch modes).</summary>
+    int Poll(in PolledIo io);
+
+    /// <summary>Starts a plug on the calling flow: I/O is held back and issued in batches until it is disposed.</summary>
+    BlockPlug Plug();
+}

@@ -1,0 +1,126 @@
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers;
+
+/// <summary>What a driver's timeout handler asks the block layer to do (<c>enum blk_eh_timer_return</c>).</summary>
+public enum TimeoutAction
+{
+    /// <summary>The driver completed the request, or will: the block layer does nothing more (<c>BLK_EH_DONE</c>).</summary>
+    Done,
+
+    /// <summary>Give the request another full timeout (<c>BLK_EH_RESET_TIMER</c>).</summary>
+    ResetTimer,
+}
+
+/// <summary>Optional capabilities of a driver.</summary>
+[Flags]
+public enum DriverFeatures
+{
+    /// <summary>Nothing optional.</summary>
+    None = 0,
+
+    /// <summary>The driver implements <see cref="IBlockDriver.Poll"/> and has poll queues.</summary>
+    Poll = 1 << 0,
+
+    /// <summary>QueueRq may block (<c>BLK_MQ_F_BLOCKING</c>); mailbox mode gives the driver its own thread.</summary>
+    Blocking = 1 << 1,
+
+    /// <summary>The driver can be reset after a device error (<see cref="IBlockDriver.Reset"/>).</summary>
+    Resettable = 1 << 2,
+}
+
+/// <summary>
+/// A block device driver (<c>struct blk_mq_ops</c>): the block layer hands it requests, it moves
+/// the data and completes them.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Contract of <see cref="QueueRq"/> (blk-mq-semantics §3.5): call <see cref="Request.Start"/>
+/// before touching the device, then return <see cref="BlockStatus.Ok"/> (accepted; complete it
+/// later with <see cref="Request.Complete(BlockStatus)"/> or <see cref="Request.End"/>),
+/// <see cref="BlockStatus.Resource"/> (a system-wide shortage: the request goes back to the head
+/// of the hardware queue and the queue is rerun after 3 ms), <see cref="BlockStatus.DeviceResource"/>
+/// (a device shortage that in-flight I/O will free: rerun on the next completion), or any other
+/// status, which ends the request with that status. <c>last</c> is true for the final request of a
+/// dispatch batch; when a batch stops early after at least one request was accepted the block
+/// layer calls <see cref="CommitRqs"/>, so a driver that defers its doorbell until <c>last</c>
+/// still rings it.
+/// </para>
+/// <para>
+/// Threading: all calls for one hardware queue come from one dispatcher at a time (its dispatch
+/// loop thread in ring mode, its driver actor in mailbox mode), and <see cref="InitHardwareContext"/>
+/// runs on that dispatcher before the first <c>QueueRq</c>. <see cref="Timeout"/> runs on the
+/// hardware queue's control actor, concurrently with dispatch; <see cref="Poll"/> runs on the
+/// polling caller. Throwing <see cref="BlockDeviceErrorException"/> from <c>QueueRq</c> reports a
+/// device error to the driver's supervisor.
+/// </para>
+/// </remarks>
+public interface IBlockDriver : IDisposable
+{
+    /// <summary>The driver's kind, for logs and attributes ("null", "file", "faulty").</summary>
+    string Kind { get; }
+
+    /// <summary>Geometry, capacity and capabilities of the device.</summary>
+    QueueLimits Limits { get; }
+
+    /// <summary>Optional capabilities.</summary>
+    DriverFeatures Features { get; }
+
+    /// <summary>Bytes of per-request payload the driver wants (<c>cmd_size</c>).</summary>
+    int PayloadSize => 0;
+
+    /// <summary>Initialises one preallocated request (<c>init_request</c>), once per request of each hardware queue.</summary>
+    void InitRequest(Request request, int hardwareQueue)
+    {
+    }
+
+    /// <summary>Sets up per-hardware-queue state (<c>init_hctx</c>), on that queue's dispatcher.</summary>
+    void InitHardwareContext(HardwareContext hctx)
+    {
+    }
+
+    /// <summary>Releases per-hardware-queue state (<c>exit_hctx</c>), on that queue's dispatcher.</summary>
+    void ExitHardwareContext(HardwareContext hctx)
+    {
+    }
+
+    /// <summary>Queues one request to the device (<c>queue_rq</c>).</summary>
+    BlockStatus QueueRq(HardwareContext hctx, Request request, bool last);
+
+    /// <summary>No more requests are coming in this batch (<c>commit_rqs</c>).</summary>
+    void CommitRqs(HardwareContext hctx)
+    {
+    }
+
+    /// <summary>Reaps completions of a poll queue in the caller (<c>poll</c>); returns how many it found.</summary>
+    int Poll(HardwareContext hctx) => 0;
+
+    /// <summary>A request's deadline passed (<c>timeout</c>). The default re-arms the timer, as the kernel does without a handler.</summary>
+    TimeoutAction Timeout(Request request) => TimeoutAction.ResetTimer;
+
+    /// <summary>
+    /// Resets the device after an error (a controller reset). Called with dispatch stopped; requests
+    /// that were in flight are retried or failed by the block layer afterwards.
+    /// </summary>
+    void Reset()
+    {
+    }
+}
+
+/// <summary>
+/// Thrown by a driver to report that the device failed. A transient error restarts (resets) the
+/// device; a device that is gone stops it and fails every request with <see cref="BlockStatus.Offline"/>.
+/// </summary>
+public class BlockDeviceErrorException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public BlockDeviceErrorException(string message, bool deviceGone = false, Exception? inner = null)
+        : base(message, inner)
+    {
+        DeviceGone = deviceGone;
+    }
+
+    /// <summary>True when the device is gone for good rather than in a transient error.</summary>
+    public bool DeviceGone { get; }
+}

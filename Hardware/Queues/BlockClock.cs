@@ -1,0 +1,39 @@
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>
+/// The clock request deadlines are measured on, in milliseconds. The block layer only needs
+/// millisecond precision for timeouts, so the system clock is the cheap coarse monotonic tick;
+/// tests substitute a virtual clock that moves when they say so.
+/// </summary>
+public abstract class BlockClock
+{
+    /// <summary>The monotonic system clock (<see cref="Environment.TickCount64"/>).</summary>
+    public static BlockClock System { get; } = new SystemClock();
+
+    /// <summary>Milliseconds since an arbitrary origin; never goes backwards.</summary>
+    public abstract long NowMilliseconds { get; }
+
+    private sealed class SystemClock : BlockClock
+    {
+        public override long NowMilliseconds => Environment.TickCount64;
+    }
+}
+
+/// <summary>A clock that only moves when <see cref="Advance"/> is called: virtual time for tests.</summary>
+public sealed class ManualBlockClock : BlockClock
+{
+    private long _now;
+
+    /// <summary>Creates a clock reading <paramref name="start"/> milliseconds.</summary>
+    public ManualBlockClock(long start = 0) => _now = start;
+
+    /// <inheritdoc />
+    public override long NowMilliseconds => Volatile.Read(ref _now);
+
+    /// <summary>Moves the clock forward.</summary>
+    public void Advance(TimeSpan by)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(by, TimeSpan.Zero);
+        Interlocked.Add(ref _now, (long)by.TotalMilliseconds);
+    }
+}

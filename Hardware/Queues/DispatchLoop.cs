@@ -1,0 +1,247 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>
+/// The dispatcher of one hardware queue in ring mode: a dedicated thread that drains the
+/// submission ring in batches and calls the driver, spins briefly when idle and then parks until
+/// a submitter or a completion wakes it.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Lost wake-ups are excluded by a Dekker pair of full fences: the loop announces it is going to
+/// sleep (<c>_sleeping = 1</c>, fence) and then looks for work once more; a submitter publishes
+/// (fence) and then looks at <c>_sleeping</c>. At least one of them sees the other's write.
+/// </para>
+/// <para>
+/// A submission made on the loop's own thread (an inline completion continuation submitting the
+/// next I/O) skips the wake-up entirely: the loop is awake by definition.
+/// </para>
+/// </remarks>
+internal sealed class DispatchLoop
+{
+    /// <summary>Most requests handed to the driver per round.</summary>
+    public const int BatchSize = 64;
+
+    [ThreadStatic]
+    private static DispatchLoop? t_current;
+
+    private readonly HardwareContext _hctx;
+    private readonly IBlockDriver _driver;
+    private readonly long _spinTicks;
+    private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
+    private readonly object _idleLock = new();
+    private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Thread? _thread;
+    private TaskCompletionSource? _idleWaiter;
+    private int _sleeping;
+    private int _kicked;
+    private int _inRound;
+    private volatile bool _stopping;
+
+    public DispatchLoop(HardwareContext hctx, IBlockDriver driver, TimeSpan spin)
+    {
+        _hctx = hctx;
+        _driver = driver;
+        _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
+    }
+
+    /// <summary>Rounds that ended with the loop going to sleep.</summary>
+    public long Parks { get; private set; }
+
+    public void Start()
+    {
+        _thread = new Thread(Run)
+        {
+            IsBackground = true,
+            Name = $"actorblk/{_hctx.Queue.Name}/hctx{_hctx.Index}",
+        };
+        _thread.Start();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Stage(Request rq)
+    {
+        if (!_hctx.Ring.TryPublish(rq))
+        {
+            ThrowRingFull();
+        }
+
+        Wake();
+    }
+
+    public void StageBatch(ReadOnlySpan<Request> requests)
+    {
+        if (!_hctx.Ring.TryPublishBatch(requests))
+        {
+            foreach (var rq in requests)
+            {
+                if (!_hctx.Ring.TryPublish(rq))
+                {
+                    ThrowRingFull();
+                }
+            }
+        }
+
+        Wake();
+    }
+
+    public void Kick()
+    {
+        Volatile.Write(ref _kicked, 1);
+        Wake();
+    }
+
+    public Task WaitIdleAsync()
+    {
+        lock (_idleLock)
+        {
+            if (Volatile.Read(ref _inRound) == 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            _idleWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _idleWaiter.Task;
+        }
+    }
+
+    public Task StopAsync()
+    {
+        _stopping = true;
+        _wake.Set();
+        return _thread is null ? Task.CompletedTask : _exited.Task;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Wake()
+    {
+        if (t_current == this)
+        {
+            return;
+        }
+
+        // Pairs with the fence in Park: the published slot is visible before _sleeping is read.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _sleeping) != 0)
+        {
+            _wake.Set();
+        }
+    }
+
+    private bool HasWork =>
+        _stopping || Volatile.Read(ref _kicked) != 0 || !_hctx.Ring.IsEmpty || !_hctx.Requeued.IsEmpty;
+
+    private void Run()
+    {
+        t_current = this;
+        using var bind = CurrentCpu.Bind(_hctx.HomeCpu);
+        var scratch = new Request[BatchSize];
+        long rerunAt = 0;
+        try
+        {
+            _driver.InitHardwareContext(_hctx);
+            while (!_stopping)
+            {
+                Volatile.Write(ref _kicked, 0);
+
+                // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
+                Interlocked.Exchange(ref _inRound, 1);
+                DispatchDecision decision;
+                try
+                {
+                    decision = _hctx.RunOnce(_driver, scratch);
+                }
+                finally
+                {
+                    Volatile.Write(ref _inRound, 0);
+                    SignalIdle();
+                }
+
+                switch (decision)
+                {
+                    case DispatchDecision.RerunNow:
+                        continue;
+                    case DispatchDecision.RerunAfterDelay:
+                        rerunAt = Environment.TickCount64 + (long)HardwareContext.ResourceDelay.TotalMilliseconds;
+                        break;
+                    case DispatchDecision.Faulted:
+                        _hctx.Queue.Events?.OnDeviceError(_hctx, _hctx.LastFault ?? new BlockDeviceErrorException($"{_hctx}: the driver failed during dispatch."));
+                        break;
+                }
+
+                if (rerunAt != 0 && Environment.TickCount64 >= rerunAt)
+                {
+                    rerunAt = 0;
+                    continue;
+                }
+
+                Park(rerunAt);
+            }
+        }
+        finally
+        {
+            try
+            {
+                _driver.ExitHardwareContext(_hctx);
+            }
+            finally
+            {
+                t_current = null;
+                _exited.TrySetResult();
+            }
+        }
+    }
+
+    private void Park(long rerunAt)
+    {
+        var spinUntil = Stopwatch.GetTimestamp() + _spinTicks;
+        while (Stopwatch.GetTimestamp() < spinUntil)
+        {
+            if (HasWork)
+            {
+                return;
+            }
+
+            Thread.SpinWait(8);
+        }
+
+        _wake.Reset();
+        Interlocked.Exchange(ref _sleeping, 1);
+        if (HasWork)
+        {
+            Volatile.Write(ref _sleeping, 0);
+            return;
+        }
+
+        Parks++;
+        var timeout = rerunAt == 0 ? Timeout.Infinite : (int)Math.Max(1, rerunAt - Environment.TickCount64);
+        _wake.Wait(timeout);
+        Volatile.Write(ref _sleeping, 0);
+    }
+
+    private void SignalIdle()
+    {
+        if (Volatile.Read(ref _idleWaiter) is null)
+        {
+            return;
+        }
+
+        TaskCompletionSource? waiter;
+        lock (_idleLock)
+        {
+            waiter = _idleWaiter;
+            _idleWaiter = null;
+        }
+
+        waiter?.TrySetResult();
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowRingFull() =>
+        throw new InvalidOperationException($"{_hctx}: the submission ring is full; it is sized to the tag depth, so this is a bug.");
+}

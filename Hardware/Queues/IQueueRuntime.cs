@@ -1,0 +1,62 @@
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>How requests travel between the stages of a queue.</summary>
+public enum DispatchMode
+{
+    /// <summary>
+    /// Submitters stage requests into each hardware queue's lock-free ring; a dedicated dispatch
+    /// loop per hardware queue drains it. No message and no allocation per I/O. The default.
+    /// </summary>
+    Ring,
+
+    /// <summary>Every request travels as messages: software-context actor, hardware-queue actor, driver actor, completion.</summary>
+    Mailbox,
+}
+
+/// <summary>
+/// The one seam where ring and mailbox dispatch differ: how a bio reaches its software context,
+/// how requests reach a hardware queue's dispatcher, how a dispatcher is woken, and how a
+/// redirected completion reaches its target context. Everything else (tags, merging, dispatch
+/// rules, completion) is the same code in both modes.
+/// </summary>
+public interface IQueueRuntime
+{
+    /// <summary>The dispatch mode this runtime implements.</summary>
+    DispatchMode Mode { get; }
+
+    /// <summary>Starts serving <paramref name="queue"/>: dispatchers for its hardware queues.</summary>
+    void Attach(RequestQueue queue);
+
+    /// <summary>Runs <see cref="RequestQueue.SubmitBio"/> for <paramref name="bio"/> in the context of <paramref name="ctx"/>.</summary>
+    void Submit(SoftwareContext ctx, Bio bio);
+
+    /// <summary>Continues a submission that waited for a tag or a frozen queue, off the waking thread.</summary>
+    void ResumeBio(Bio bio);
+
+    /// <summary>Hands one staged request to its hardware queue's dispatcher.</summary>
+    void Stage(HardwareContext hctx, Request request);
+
+    /// <summary>Hands a batch of staged requests to one hardware queue's dispatcher with one wake-up.</summary>
+    void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests);
+
+    /// <summary>Asks the dispatcher of <paramref name="hctx"/> to run (asynchronously).</summary>
+    void Kick(HardwareContext hctx);
+
+    /// <summary>Runs <see cref="RequestQueue.EndRequest"/> for a redirected completion on <paramref name="target"/>'s CPU.</summary>
+    void DeliverCompletion(SoftwareContext target, Request request);
+
+    /// <summary>Completes when no dispatch round of <paramref name="hctx"/> is in progress (for quiesce).</summary>
+    Task WaitDispatchIdleAsync(HardwareContext hctx);
+
+    /// <summary>Stops serving the queue; dispatchers exit after their current round.</summary>
+    Task DetachAsync();
+}
+
+/// <summary>Data-plane facts the control plane is told about, lazily and never once per I/O.</summary>
+public interface IQueueEvents
+{
+    /// <summary>A driver threw from QueueRq: the hardware queue stopped and awaits a reset.</summary>
+    void OnDeviceError(HardwareContext hctx, Exception error);
+}

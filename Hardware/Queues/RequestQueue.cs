@@ -1,0 +1,804 @@
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>
+/// A request queue (<c>struct request_queue</c>): one disk's software contexts, hardware queues,
+/// usage counter and settings, and the path every bio takes from submission to completion.
+/// </summary>
+/// <remarks>
+/// <para>
+/// A bio's life (blk-mq-semantics §3): enter the usage counter (wait while frozen, fail when
+/// dying); pick the software context of the submitting CPU and the hardware queue the CPU map
+/// names; merge into a plugged or staged request if one is adjacent; otherwise take a tag (wait
+/// for one, or fail with Again for no-wait bios) and fill that tag's preallocated request; hold it
+/// in the plug or stage it on the hardware queue. The driver completes it; completion runs where
+/// rq_affinity says, frees the tag, drops the usage reference and completes the bios.
+/// </para>
+/// <para>
+/// Thread safety: submission and completion may run on any thread. Settings are single words and
+/// may be changed at any time; structural changes (remapping) happen only while frozen.
+/// </para>
+/// </remarks>
+public sealed class RequestQueue
+{
+    private readonly SoftwareContext[] _contexts;
+    private readonly HardwareContext[] _hctxs;
+    private IQueueRuntime? _runtime;
+    private volatile QueueLimits _limits;
+    private int _quiesceDepth;
+    private volatile int _mergePolicy;
+    private volatile int _rqAffinity;
+    private volatile int _ioTimeoutMs;
+    private volatile bool _readOnly;
+    private volatile bool _rotational;
+    private volatile bool _ioPoll;
+    private volatile int _nrRequests;
+    private int _registered;
+    private volatile bool _detached;
+
+    /// <summary>Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>.</summary>
+    /// <param name="name">The disk name ("nullb0").</param>
+    /// <param name="tagSet">The tag set; the queue joins it (possibly making it shared).</param>
+    /// <param name="driver">The driver.</param>
+    /// <param name="options">Run-time settings.</param>
+    /// <param name="clock">Clock for request deadlines; the system clock by default.</param>
+    public RequestQueue(string name, TagSet tagSet, IBlockDriver driver, QueueOptions? options = null, BlockClock? clock = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        ArgumentNullException.ThrowIfNull(tagSet);
+        ArgumentNullException.ThrowIfNull(driver);
+        options ??= new QueueOptions();
+
+        Name = name;
+        TagSet = tagSet;
+        Driver = driver;
+        Clock = clock ?? BlockClock.System;
+        _limits = driver.Limits;
+        _limits.Validate();
+
+        _mergePolicy = (int)options.MergePolicy;
+        _rqAffinity = (int)options.RqAffinity;
+        _ioTimeoutMs = options.IoTimeoutMs > 0 ? options.IoTimeoutMs : tagSet.TimeoutMs;
+        _readOnly = options.ReadOnly;
+        _rotational = options.Rotational;
+        _ioPoll = options.IoPoll && tagSet.PollQueues > 0 && (driver.Features & DriverFeatures.Poll) != 0;
+        _nrRequests = tagSet.QueueDepth;
+        Continuation = options.Continuation;
+
+        var map = tagSet.Map;
+        _contexts = new SoftwareContext[map.Topology.PossibleCount];
+        for (var cpu = 0; cpu < _contexts.Length; cpu++)
+        {
+            _contexts[cpu] = new SoftwareContext(this, cpu);
+        }
+
+        // With host-wide tags activity is accounted per request queue rather than per hardware queue.
+        var queueAccount = tagSet.IsHostWide ? new TagShareAccount() : null;
+        _hctxs = new HardwareContext[tagSet.HardwareQueueCount];
+        for (var i = 0; i < _hctxs.Length; i++)
+        {
+            _hctxs[i] = new HardwareContext(this, i, tagSet.TagsOf(i), map.TypeOf(i)).InitAccount(queueAccount);
+        }
+
+        Remap(map);
+        Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2));
+        tagSet.AddQueue(this);
+    }
+
+    /// <summary>The disk name.</summary>
+    public string Name { get; }
+
+    /// <summary>The tag set.</summary>
+    public TagSet TagSet { get; }
+
+    /// <summary>The driver.</summary>
+    public IBlockDriver Driver { get; }
+
+    /// <summary>The clock request deadlines are measured on.</summary>
+    public BlockClock Clock { get; }
+
+    /// <summary>The usage counter.</summary>
+    public QueueUsageCounter Usage { get; } = new();
+
+    /// <summary>Pool of bios for this queue.</summary>
+    public BioPool Bios { get; }
+
+    /// <summary>Where awaited I/O continues.</summary>
+    public CompletionContinuation Continuation { get; }
+
+    /// <summary>The queue's limits (capacity, block sizes, request size).</summary>
+    public QueueLimits Limits => _limits;
+
+    /// <summary>The topology of the current CPU map.</summary>
+    public CpuTopology Topology => TagSet.Map.Topology;
+
+    /// <summary>One software context per possible CPU.</summary>
+    public IReadOnlyList<SoftwareContext> SoftwareContexts => _contexts;
+
+    /// <summary>The hardware queues.</summary>
+    public IReadOnlyList<HardwareContext> HardwareContexts => _hctxs;
+
+    /// <summary>The dispatch runtime; set by <see cref="Start"/>.</summary>
+    public IQueueRuntime Runtime => _runtime ?? throw new InvalidOperationException($"Queue {Name} has no dispatch runtime: it was never started.");
+
+    /// <summary>True once a runtime serves the queue.</summary>
+    public bool IsStarted => Volatile.Read(ref _runtime) is not null;
+
+    /// <summary>Receives device errors and other data-plane facts for the control plane.</summary>
+    public IQueueEvents? Events { get; set; }
+
+    /// <summary>True once registered (<see cref="Register"/>).</summary>
+    public bool IsRegistered => Volatile.Read(ref _registered) != 0;
+
+    /// <summary>True while quiesced: requests can be built and staged but none is dispatched.</summary>
+    public bool IsQuiesced => Volatile.Read(ref _quiesceDepth) > 0;
+
+    /// <summary>True once the queue started dying.</summary>
+    public bool IsDying => Usage.IsDying;
+
+    /// <summary>The <c>nomerges</c> setting.</summary>
+    public MergePolicy MergePolicy
+    {
+        get => (MergePolicy)_mergePolicy;
+        set => _mergePolicy = (int)value;
+    }
+
+    /// <summary>The <c>rq_affinity</c> setting.</summary>
+    public CompletionAffinity RqAffinity
+    {
+        get => (CompletionAffinity)_rqAffinity;
+        set => _rqAffinity = (int)value;
+    }
+
+    /// <summary>The <c>io_timeout</c> setting, milliseconds (never 0).</summary>
+    public int IoTimeoutMs
+    {
+        get => _ioTimeoutMs;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            _ioTimeoutMs = value;
+        }
+    }
+
+    /// <summary>The device refuses writes.</summary>
+    public bool ReadOnly
+    {
+        get => _readOnly;
+        set => _readOnly = value;
+    }
+
+    /// <summary>The device is rotational.</summary>
+    public bool Rotational
+    {
+        get => _rotational;
+        set => _rotational = value;
+    }
+
+    /// <summary>True when polled I/O is possible: poll queues exist, the driver polls and io_poll is on.</summary>
+    public bool CanPoll => _ioPoll;
+
+    /// <summary>The <c>nr_requests</c> value: usable tags per hardware queue.</summary>
+    public int NrRequests => _nrRequests;
+
+    /// <summary>Starts the queue on a dispatch runtime (ring loops or actors).</summary>
+    public void Start(IQueueRuntime runtime)
+    {
+        ArgumentNullException.ThrowIfNull(runtime);
+        if (Interlocked.CompareExchange(ref _runtime, runtime, null) is not null)
+        {
+            throw new InvalidOperationException($"Queue {Name} is already started.");
+        }
+
+        runtime.Attach(this);
+    }
+
+    /// <summary>
+    /// Registers the queue (<c>blk_register_queue</c>): the usage counter switches from atomic to
+    /// per-CPU mode now that the queue is known to be a real device.
+    /// </summary>
+    public void Register()
+    {
+        if (Interlocked.Exchange(ref _registered, 1) == 0)
+        {
+            Usage.SwitchToPerCpu(_contexts.Length);
+        }
+    }
+
+    // ------------------------------------------------------------------ submission
+
+    /// <summary>
+    /// Submits a prepared bio (<c>submit_bio</c>): strips flush semantics the device does not need,
+    /// splits it to the request size limit, and runs the rest of the path in the bio's software context.
+    /// </summary>
+    public void Submit(Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        bio.Queue = this;
+        if (bio.Cpu < 0 || bio.Cpu >= _contexts.Length)
+        {
+            bio.Cpu = CurrentCpu.Resolve(Topology);
+        }
+
+        var limits = _limits;
+        if (!limits.VolatileWriteCache)
+        {
+            // Without a volatile write cache there is nothing to flush: an empty flush completes at once.
+            if (bio.Op == BlockOp.Flush)
+            {
+                bio.Complete(BlockStatus.Ok);
+                return;
+            }
+
+            bio.Flags &= ~(RequestFlags.PreFlush | RequestFlags.Fua);
+        }
+
+        var max = MaxSectorsFor(bio.Op, limits);
+        if (bio.Sectors > max && max > 0)
+        {
+            Split(bio, max);
+            return;
+        }
+
+        Runtime.Submit(_contexts[bio.Cpu], bio);
+    }
+
+    /// <summary>
+    /// The body of <c>blk_mq_submit_bio</c>, run in the bio's software context (the submitting
+    /// thread in ring mode, the software-context actor in mailbox mode). Also the re-entry point of
+    /// a bio that waited for a tag or for the queue to unfreeze.
+    /// </summary>
+    public void SubmitBio(Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        if (!bio.Entered)
+        {
+            var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
+            switch (result)
+            {
+                case EnterResult.Entered:
+                    bio.Entered = true;
+                    break;
+                case EnterResult.Waiting:
+                    // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
+                    bio.Plug?.FlushBeforeWait();
+                    return;
+                case EnterResult.Frozen:
+                    bio.Complete(BlockStatus.Again);
+                    return;
+                default:
+                    bio.Complete(BlockStatus.Offline);
+                    return;
+            }
+        }
+        else if (Usage.IsDying)
+        {
+            FailEntered(bio, BlockStatus.Offline);
+            return;
+        }
+
+        var type = HctxType.Default;
+        if ((bio.Flags & RequestFlags.Polled) != 0)
+        {
+            if (!_ioPoll)
+            {
+                FailEntered(bio, BlockStatus.NotSupported);
+                return;
+            }
+
+            type = HctxType.Poll;
+        }
+        else if (bio.Op == BlockOp.Read && TagSet.ReadQueues > 0)
+        {
+            type = HctxType.Read;
+        }
+
+        var ctx = _contexts[bio.Cpu];
+        var hctx = _hctxs[TagSet.Map.HardwareQueueFor(bio.Cpu, type)];
+
+        if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
+        {
+            return;
+        }
+
+        var tag = hctx.AllocateTag(bio, ctx.Cpu);
+        if (tag < 0)
+        {
+            if (tag == HardwareContext.TagWaiting)
+            {
+                bio.Plug?.FlushBeforeWait();
+            }
+            else
+            {
+                FailEntered(bio, BlockStatus.Again);
+            }
+
+            return;
+        }
+
+        var rq = hctx.Tags[tag];
+        rq.InitFromBio(bio, this, ctx, hctx);
+        hctx.CountQueued();
+        ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
+        if (type == HctxType.Poll)
+        {
+            bio.Cookie = rq.UniqueTag;
+        }
+
+        if (bio.Plug is { } plug && plug.Add(rq))
+        {
+            return;
+        }
+
+        Issue(rq);
+    }
+
+    /// <summary>Continues a parked submission (tag or freeze wait ended).</summary>
+    internal void ResumeSubmission(Bio bio) => SubmitBio(bio);
+
+    /// <summary>Stages a request on its hardware queue, registering it in its context's merge window.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Issue(Request rq)
+    {
+        if (_detached)
+        {
+            EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            return;
+        }
+
+        PrepareStaging(rq);
+        Runtime.Stage(rq.Hctx!, rq);
+    }
+
+    /// <summary>Stages a batch of requests of one hardware queue (a plug flush).</summary>
+    internal void IssueBatch(HardwareContext hctx, ReadOnlySpan<Request> requests)
+    {
+        if (_detached)
+        {
+            // A plug flushed after teardown: nothing will dispatch these any more.
+            foreach (var rq in requests)
+            {
+                EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            }
+
+            return;
+        }
+
+        foreach (var rq in requests)
+        {
+            PrepareStaging(rq);
+        }
+
+        Runtime.StageBatch(hctx, requests);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PrepareStaging(Request rq)
+    {
+        if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(rq))
+        {
+            rq.MarkStaged();
+            rq.Ctx!.Window(rq.Hctx!.Type).Add(rq);
+        }
+    }
+
+    private bool TryMergeBio(Bio bio, SoftwareContext ctx, HardwareContext hctx)
+    {
+        var merged = bio.Plug is { } plug && plug.TryMerge(bio, this);
+
+        // A staged request can only be waiting if the hardware queue's ring is not empty; checking
+        // that first keeps the common case free of the window scan (list_empty_careful).
+        if (!merged && !hctx.Ring.IsEmpty)
+        {
+            merged = ctx.Window(hctx.Type).TryMerge(bio, ctx, hctx, _limits) == MergeResult.Merged;
+        }
+
+        if (!merged)
+        {
+            return false;
+        }
+
+        // The request already holds a queue reference; the merged bio gives its own back.
+        ctx.CountMerged();
+        bio.Entered = false;
+        Usage.Exit(bio.Cpu);
+        return true;
+    }
+
+    private void FailEntered(Bio bio, BlockStatus status)
+    {
+        bio.Entered = false;
+        Usage.Exit(bio.Cpu);
+        bio.Complete(status);
+    }
+
+    // bio_split_to_limits: pieces of at most max sectors, completing the parent when all are done.
+    private void Split(Bio parent, int maxSectors)
+    {
+        var pieceBytes = maxSectors << Bio.SectorShift;
+        var pieces = (parent.Size + pieceBytes - 1) / pieceBytes;
+        parent.ExpectChildren(pieces);
+        for (var offset = 0; offset < parent.Size; offset += pieceBytes)
+        {
+            var length = Math.Min(pieceBytes, parent.Size - offset);
+            var child = Bios.Rent();
+            child.Op = parent.Op;
+            child.Flags = parent.Flags;
+            child.Sector = parent.Sector + (offset >> Bio.SectorShift);
+            child.Size = length;
+            child.Buffer = parent.Op.HasData() ? parent.Buffer.Slice(offset, length) : default;
+            child.Cpu = parent.Cpu;
+            child.Plug = parent.Plug;
+            child.Queue = this;
+            child.Parent = parent;
+            Runtime.Submit(_contexts[child.Cpu], child);
+        }
+    }
+
+    private static int MaxSectorsFor(BlockOp op, QueueLimits limits)
+    {
+        var lbsSectors = limits.LogicalBlockSize >> Bio.SectorShift;
+        var max = op switch
+        {
+            BlockOp.Discard => limits.MaxDiscardSectors,
+            BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors,
+            BlockOp.Flush => 0,
+            _ => limits.MaxSectors,
+        };
+        return max / lbsSectors * lbsSectors;
+    }
+
+    /// <summary><c>op_is_sync</c>: reads, and writes marked sync, FUA or preflush.</summary>
+    internal static bool IsSync(BlockOp op, RequestFlags flags) =>
+        op == BlockOp.Read || (flags & (RequestFlags.Sync | RequestFlags.Fua | RequestFlags.PreFlush)) != 0;
+
+    // ------------------------------------------------------------------ completion
+
+    /// <summary>
+    /// <c>blk_mq_complete_request</c>: marks the request complete (once) and runs the completion
+    /// here or on the submitting CPU as rq_affinity decides (blk-mq-semantics §6 item 4).
+    /// </summary>
+    internal bool CompleteRequest(Request rq, BlockStatus status, uint generation)
+    {
+        if (!rq.TryComplete(generation))
+        {
+            return false;
+        }
+
+        rq.Status = status;
+        var affinity = (CompletionAffinity)_rqAffinity;
+        if (affinity == CompletionAffinity.Anywhere || (rq.Flags & RequestFlags.Polled) != 0)
+        {
+            EndRequest(rq);
+            return true;
+        }
+
+        var topology = Topology;
+        var target = rq.Ctx!;
+        var cpu = CurrentCpu.Resolve(topology);
+        var submit = target.Cpu;
+        if (cpu != submit &&
+            (affinity == CompletionAffinity.SubmittingCpu || !topology.SharesCache(cpu, submit)) &&
+            topology.IsOnline(submit))
+        {
+            Runtime.DeliverCompletion(target, rq);
+        }
+        else
+        {
+            EndRequest(rq);
+        }
+
+        return true;
+    }
+
+    /// <summary><c>blk_mq_end_request</c> from the driver: complete here, no redirection.</summary>
+    internal bool EndRequestDirect(Request rq, BlockStatus status, uint generation)
+    {
+        if (!rq.TryComplete(generation))
+        {
+            return false;
+        }
+
+        rq.Status = status;
+        EndRequest(rq);
+        return true;
+    }
+
+    /// <summary>Ends a request with an error status whether or not the driver started it (QueueRq rejected it, or teardown).</summary>
+    public bool EndRequestWithStatus(Request rq, BlockStatus status, uint generation)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        var won = rq.State == RequestState.InFlight ? rq.TryComplete(generation) : rq.TryCompleteUnstarted();
+        if (!won)
+        {
+            return false;
+        }
+
+        rq.Status = status;
+        EndRequest(rq);
+        return true;
+    }
+
+    /// <summary>
+    /// The completion proper, on the completion context (<c>__blk_mq_end_request</c>): frees the
+    /// tag and the usage reference first, then completes every bio with the request's status,
+    /// so a continuation that submits again finds the tag free.
+    /// </summary>
+    public void EndRequest(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        var status = rq.Status;
+        var hctx = rq.Hctx!;
+        var ctx = rq.Ctx!;
+        var sync = IsSync(rq.Op, rq.Flags);
+        var bios = rq.DetachBios();
+
+        ctx.CountCompleted(sync);
+        hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
+        Usage.Exit(ctx.Cpu);
+        hctx.RestartIfNeeded();
+
+        while (bios is not null)
+        {
+            var next = bios.Next;
+            bios.Next = null;
+            bios.Complete(status);
+            bios = next;
+        }
+    }
+
+    // ------------------------------------------------------------------ polling
+
+    /// <summary>
+    /// Polls for the completion of the request behind <paramref name="cookie"/> (<c>blk_poll</c>):
+    /// spins the hardware queue's completion processing in the caller until that request completed.
+    /// A non-pollable queue, <see cref="PollCookie.None"/> or a stale cookie returns 0 at once.
+    /// </summary>
+    /// <returns>The number of completions found by polling.</returns>
+    public int Poll(uint cookie)
+    {
+        if (cookie == PollCookie.None || !_ioPoll)
+        {
+            return 0;
+        }
+
+        var index = UniqueTags.HardwareQueueOf(cookie);
+        var tag = UniqueTags.TagOf(cookie);
+        if ((uint)index >= (uint)_hctxs.Length)
+        {
+            return 0;
+        }
+
+        var hctx = _hctxs[index];
+        if (hctx.Type != HctxType.Poll || (uint)tag >= (uint)hctx.Tags.NrTags)
+        {
+            return 0;
+        }
+
+        var rq = hctx.Tags[tag];
+        var allocation = rq.Allocation;
+        if (!hctx.Tags.IsAllocated(tag) || rq.Queue != this || (rq.Flags & RequestFlags.Polled) == 0)
+        {
+            return 0;
+        }
+
+        var found = 0;
+        var spin = default(SpinWait);
+        while (rq.Allocation == allocation && hctx.Tags.IsAllocated(tag) && rq.Queue == this)
+        {
+            var n = Driver.Poll(hctx);
+            if (n < 0)
+            {
+                break;
+            }
+
+            found += n;
+            if (n == 0)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
+        }
+
+        return found;
+    }
+
+    // ------------------------------------------------------------------ control
+
+    /// <summary>Starts a freeze (<c>blk_freeze_queue_start</c>) and runs every hardware queue so staged work drains.</summary>
+    public void Freeze()
+    {
+        if (Usage.Freeze() && IsStarted)
+        {
+            foreach (var hctx in _hctxs)
+            {
+                Runtime.Kick(hctx);
+            }
+        }
+    }
+
+    /// <summary>Completes when a frozen queue has drained (<c>blk_mq_freeze_queue_wait</c>).</summary>
+    public Task WaitFrozenAsync() => Usage.WaitDrainedAsync();
+
+    /// <summary>Freezes and waits for the drain (<c>blk_mq_freeze_queue</c>).</summary>
+    public Task FreezeAsync()
+    {
+        Freeze();
+        return WaitFrozenAsync();
+    }
+
+    /// <summary>Ends one freeze (<c>blk_mq_unfreeze_queue</c>).</summary>
+    public void Unfreeze() => Usage.Unfreeze();
+
+    /// <summary>
+    /// Quiesces the queue (<c>blk_mq_quiesce_queue</c>): requests are still built and staged, but none
+    /// is dispatched; completes when no dispatch round is running any more.
+    /// </summary>
+    public async Task QuiesceAsync()
+    {
+        Interlocked.Increment(ref _quiesceDepth);
+        if (!IsStarted)
+        {
+            return;
+        }
+
+        foreach (var hctx in _hctxs)
+        {
+            await Runtime.WaitDispatchIdleAsync(hctx).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Ends one quiesce; at zero every hardware queue runs again.</summary>
+    public void Unquiesce()
+    {
+        var depth = Interlocked.Decrement(ref _quiesceDepth);
+        if (depth < 0)
+        {
+            Interlocked.Increment(ref _quiesceDepth);
+            throw new InvalidOperationException($"Queue {Name}: unquiesce without a matching quiesce.");
+        }
+
+        if (depth == 0 && IsStarted)
+        {
+            foreach (var hctx in _hctxs)
+            {
+                Runtime.Kick(hctx);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Wires the hardware queues to a CPU map (<c>blk_mq_map_swqueue</c>). Only while frozen (or
+    /// before the first I/O): no request may straddle two mappings.
+    /// </summary>
+    public void Remap(CpuMap map)
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        var online = map.Topology.Online;
+        for (var i = 0; i < _hctxs.Length; i++)
+        {
+            var cpus = map.CpusOf(i);
+            var contexts = new SoftwareContext[cpus.Count];
+            var k = 0;
+            foreach (var cpu in cpus)
+            {
+                contexts[k++] = _contexts[cpu];
+            }
+
+            _hctxs[i].Map(cpus, contexts, online, map.TypeOf(i));
+        }
+    }
+
+    /// <summary>Marks every hardware queue idle on the tag set (tag set unshared, or the queue leaving it).</summary>
+    public void MarkAllIdle()
+    {
+        foreach (var hctx in _hctxs)
+        {
+            hctx.MarkIdle();
+        }
+    }
+
+    /// <summary>
+    /// Starts dying (<c>blk_queue_start_drain</c>): new entries fail with Offline, and every bio
+    /// waiting to enter or for a tag is woken so it can fail too.
+    /// </summary>
+    public void MarkDying()
+    {
+        Usage.MarkDying();
+        foreach (var tags in TagSet.AllTags)
+        {
+            tags.BitmapTags.WakeAll();
+            tags.ReservedTags.WakeAll();
+        }
+    }
+
+    /// <summary>
+    /// Tears the queue down (<c>blk_mq_destroy_queue</c>): marks it dying, waits up to
+    /// <paramref name="drainTimeout"/> for every request to complete, then stops dispatch and fails
+    /// whatever is left with <see cref="BlockStatus.Offline"/>, and leaves the tag set. Every request
+    /// submitted before completes exactly once, whatever the driver does afterwards.
+    /// </summary>
+    /// <returns>The number of requests that had to be failed.</returns>
+    public async Task<int> ShutdownAsync(TimeSpan drainTimeout)
+    {
+        MarkDying();
+        var drained = Usage.WaitDrainedAsync();
+        var failed = 0;
+        if (await Task.WhenAny(drained, Task.Delay(drainTimeout)).ConfigureAwait(false) != drained)
+        {
+            _detached = true;
+            if (IsStarted)
+            {
+                await Runtime.DetachAsync().ConfigureAwait(false);
+            }
+
+            failed = FailOutstanding(BlockStatus.Offline);
+            await drained.ConfigureAwait(false);
+        }
+        else
+        {
+            _detached = true;
+            if (IsStarted)
+            {
+                await Runtime.DetachAsync().ConfigureAwait(false);
+            }
+        }
+
+        TagSet.RemoveQueue(this);
+        return failed;
+    }
+
+    /// <summary>
+    /// Ends every request of this queue that holds a tag, staged or in flight, with
+    /// <paramref name="status"/>. Dispatch must be stopped (runtime detached or every hardware queue
+    /// stopped and idle). Completions racing with this are resolved exactly once.
+    /// </summary>
+    public int FailOutstanding(BlockStatus status)
+    {
+        var failed = 0;
+        foreach (var hctx in _hctxs)
+        {
+            foreach (var rq in hctx.DrainPending())
+            {
+                if (EndRequestWithStatus(rq, status, rq.Generation))
+                {
+                    failed++;
+                }
+            }
+        }
+
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            foreach (var rq in tags.Requests)
+            {
+                if (rq.Queue == this && rq.State == RequestState.InFlight && EndRequestWithStatus(rq, status, rq.Generation))
+                {
+                    failed++;
+                }
+            }
+        }
+
+        return failed;
+    }
+
+    /// <summary>Changes <c>nr_requests</c>: the usable tags per hardware queue (queue frozen by the caller).</summary>
+    internal void ResizeTags(int nrRequests)
+    {
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            tags.BitmapTags.Resize(nrRequests - tags.NrReserved);
+        }
+
+        _nrRequests = nrRequests;
+    }
+
+    /// <summary>Changes <c>max_sectors</c> (bounded by the hardware limit by the caller).</summary>
+    internal void SetMaxSectors(int sectors) => _limits = _limits with { MaxSectors = sectors };
+
+    /// <inheritdoc />
+    public override string ToString() => $"queue {Name}";
+}

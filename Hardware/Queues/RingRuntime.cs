@@ -1,0 +1,76 @@
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>
+/// Ring dispatch (<see cref="DispatchMode.Ring"/>): the submitting thread runs the software-context
+/// work itself and stages requests into each hardware queue's lock-free ring; one
+/// <see cref="DispatchLoop"/> thread per hardware queue drains it; redirected completions go
+/// through <see cref="BlockSoftIrq"/>. No message and no allocation per I/O.
+/// </summary>
+public sealed class RingRuntime : IQueueRuntime
+{
+    /// <summary>How long an idle dispatch loop spins before it parks, by default.</summary>
+    public static readonly TimeSpan DefaultSpin = TimeSpan.FromMicroseconds(20);
+
+    private readonly BlockSoftIrq _softIrq;
+    private readonly TimeSpan _spin;
+    private DispatchLoop[] _loops = [];
+
+    /// <summary>Creates a ring runtime delivering redirected completions through <paramref name="softIrq"/>.</summary>
+    /// <param name="softIrq">The per-CPU completion workers (shared by all queues).</param>
+    /// <param name="spin">How long idle dispatch loops spin before parking.</param>
+    public RingRuntime(BlockSoftIrq softIrq, TimeSpan? spin = null)
+    {
+        ArgumentNullException.ThrowIfNull(softIrq);
+        _softIrq = softIrq;
+        _spin = spin ?? DefaultSpin;
+    }
+
+    /// <inheritdoc />
+    public DispatchMode Mode => DispatchMode.Ring;
+
+    /// <summary>Times the dispatch loops went to sleep (a measure of idleness).</summary>
+    public long Parks => _loops.Sum(l => l.Parks);
+
+    /// <inheritdoc />
+    public void Attach(RequestQueue queue)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        var loops = new DispatchLoop[queue.HardwareContexts.Count];
+        for (var i = 0; i < loops.Length; i++)
+        {
+            loops[i] = new DispatchLoop(queue.HardwareContexts[i], queue.Driver, _spin);
+        }
+
+        _loops = loops;
+        foreach (var loop in loops)
+        {
+            loop.Start();
+        }
+    }
+
+    /// <inheritdoc />
+    public void Submit(SoftwareContext ctx, Bio bio) => ctx.Queue.SubmitBio(bio);
+
+    /// <inheritdoc />
+    public void ResumeBio(Bio bio) => ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+
+    /// <inheritdoc />
+    public void Stage(HardwareContext hctx, Request request) => _loops[hctx.Index].Stage(request);
+
+    /// <inheritdoc />
+    public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests) => _loops[hctx.Index].StageBatch(requests);
+
+    /// <inheritdoc />
+    public void Kick(HardwareContext hctx) => _loops[hctx.Index].Kick();
+
+    /// <inheritdoc />
+    public void DeliverCompletion(SoftwareContext target, Request request) => _softIrq.Raise(target.Cpu, request);
+
+    /// <inheritdoc />
+    public Task WaitDispatchIdleAsync(HardwareContext hctx) => _loops[hctx.Index].WaitIdleAsync();
+
+    /// <inheritdoc />
+    public Task DetachAsync() => Task.WhenAll(_loops.Select(l => l.StopAsync()));
+}

@@ -1,0 +1,159 @@
+using System.Runtime.InteropServices;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Queues;
+
+/// <summary>
+/// A software context (<c>struct blk_mq_ctx</c>): the per-CPU staging point of one request queue.
+/// One exists for every possible CPU, online or not, for the queue's whole life
+/// (blk-mq-semantics §1 item 1), so a CPU coming online needs no allocation and a request built on
+/// a CPU that later goes offline still has its context.
+/// </summary>
+public sealed class SoftwareContext
+{
+    private readonly MergeWindow[] _windows = [new(), new(), new()];
+    private Counters _counters;
+
+    internal SoftwareContext(RequestQueue queue, int cpu)
+    {
+        Queue = queue;
+        Cpu = cpu;
+    }
+
+    /// <summary>The queue this context belongs to.</summary>
+    public RequestQueue Queue { get; }
+
+    /// <summary>The CPU of this context.</summary>
+    public int Cpu { get; }
+
+    /// <summary>Requests allocated on this context for synchronous I/O (reads, sync writes).</summary>
+    public long DispatchedSync => Interlocked.Read(ref _counters.DispatchedSync);
+
+    /// <summary>Requests allocated on this context for asynchronous I/O.</summary>
+    public long DispatchedAsync => Interlocked.Read(ref _counters.DispatchedAsync);
+
+    /// <summary>Bios merged into an existing request on this context (plug or staging window).</summary>
+    public long Merged => Interlocked.Read(ref _counters.Merged);
+
+    /// <summary>Requests of this context completed, synchronous I/O.</summary>
+    public long CompletedSync => Interlocked.Read(ref _counters.CompletedSync);
+
+    /// <summary>Requests of this context completed, asynchronous I/O.</summary>
+    public long CompletedAsync => Interlocked.Read(ref _counters.CompletedAsync);
+
+    /// <summary>The hardware queue serving requests of <paramref name="type"/> from this context.</summary>
+    public HardwareContext HardwareQueue(HctxType type) => Queue.HardwareContexts[Queue.TagSet.Map.HardwareQueueFor(Cpu, type)];
+
+    internal MergeWindow Window(HctxType type) => _windows[(int)type];
+
+    internal void CountDispatched(bool sync)
+    {
+        if (sync)
+        {
+            Interlocked.Increment(ref _counters.DispatchedSync);
+        }
+        else
+        {
+            Interlocked.Increment(ref _counters.DispatchedAsync);
+        }
+    }
+
+    internal void CountMerged() => Interlocked.Increment(ref _counters.Merged);
+
+    internal void CountCompleted(bool sync)
+    {
+        if (sync)
+        {
+            Interlocked.Increment(ref _counters.CompletedSync);
+        }
+        else
+        {
+            Interlocked.Increment(ref _counters.CompletedAsync);
+        }
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"ctx cpu{Cpu} of {Queue.Name}";
+
+    // Counters of one context sit together, apart from other contexts' counters.
+    [StructLayout(LayoutKind.Explicit, Size = 64)]
+    private struct Counters
+    {
+        [FieldOffset(0)]
+        public long DispatchedSync;
+
+        [FieldOffset(8)]
+        public long DispatchedAsync;
+
+        [FieldOffset(16)]
+        public long Merged;
+
+        [FieldOffset(24)]
+        public long CompletedSync;
+
+        [FieldOffset(32)]
+        public long CompletedAsync;
+    }
+}
+
+/// <summary>
+/// The most recent requests a software context staged for one hardware-queue type: the window
+/// a new bio is merged against (<c>blk_bio_list_merge</c> scans at most the 8 newest).
+/// </summary>
+/// <remarks>
+/// Adding never locks: slots are claimed with an interlocked increment, and a slot may be
+/// overwritten while a merger reads it. That is harmless because a merger validates each
+/// candidate under the request's own staging lock: still staged, still this context's, still
+/// this hardware queue's. Requests already taken for dispatch are skipped.
+/// </remarks>
+internal sealed class MergeWindow
+{
+    /// <summary>How many of the newest staged requests are examined.</summary>
+    public const int Size = 8;
+
+    private readonly Request?[] _slots = new Request?[Size];
+    private long _next;
+
+    public void Add(Request rq)
+    {
+        var slot = Interlocked.Increment(ref _next) - 1;
+        Volatile.Write(ref _slots[slot & (Size - 1)], rq);
+    }
+
+    /// <summary>Tries the newest staged requests, newest first; stops at the first merge or limit refusal.</summary>
+    public MergeResult TryMerge(Bio bio, SoftwareContext ctx, HardwareContext hctx, QueueLimits limits)
+    {
+        var next = Volatile.Read(ref _next);
+        for (var i = 1; i <= Size && next - i >= 0; i++)
+        {
+            var rq = Volatile.Read(ref _slots[(next - i) & (Size - 1)]);
+            if (rq is null || !rq.IsStaged || !rq.TryBeginMerge())
+            {
+                continue;
+            }
+
+            MergeResult result;
+            try
+            {
+                if (rq.Ctx != ctx || rq.Hctx != hctx || rq.Queue != ctx.Queue)
+                {
+                    continue;
+                }
+
+                result = MergeRules.TryMerge(rq, bio, limits);
+            }
+            finally
+            {
+                rq.EndMerge();
+            }
+
+            if (result != MergeResult.None)
+            {
+                return result;
+            }
+        }
+
+        return MergeResult.None;
+    }
+}

@@ -1,0 +1,257 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Tasks.Sources;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
+
+namespace ActorBlk.Hardware.Requests;
+
+/// <summary>Receives the completion of a <see cref="Bio"/> submitted with a call-back instead of a <c>ValueTask</c>.</summary>
+public interface IBioEndIo
+{
+    /// <summary>
+    /// Called once, on the completion context, when the bio has completed. The bio goes back to
+    /// its pool when this returns; read its fields here, do not keep it.
+    /// </summary>
+    void OnBioComplete(Bio bio, BlockStatus status);
+}
+
+/// <summary>
+/// One contiguous I/O as a caller submitted it (<c>struct bio</c>): an operation, a start sector,
+/// a length and a buffer. Requests carry one bio, or several when bios were merged.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Bios are pooled per queue and are their own <see cref="IValueTaskSource"/>: the
+/// <c>ValueTask</c> a caller awaits points at the bio, so submitting and awaiting an I/O allocates
+/// nothing. The bio goes back to its pool when the awaiter reads the result.
+/// </para>
+/// <para>
+/// Awaiting a bio that still sits in an unflushed plug flushes that plug first, the
+/// counterpart of the kernel flushing a task's plug when the task goes to sleep.
+/// </para>
+/// </remarks>
+public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockStatus>, IThreadPoolWorkItem, IFreezeWaiter
+{
+    /// <summary>log2 of the sector size.</summary>
+    public const int SectorShift = 9;
+
+    /// <summary>The sector size the block layer counts in (512 bytes), whatever the logical block size.</summary>
+    public const int SectorSize = 1 << SectorShift;
+
+    private ManualResetValueTaskSourceCore<BlockStatus> _core;
+    private int _pendingChildren;
+    private int _childStatus;
+    private int _completed;
+
+    internal Bio(BioPool? pool)
+    {
+        Pool = pool;
+    }
+
+    /// <summary>The operation.</summary>
+    public BlockOp Op { get; internal set; }
+
+    /// <summary>Flags of this bio.</summary>
+    public RequestFlags Flags { get; internal set; }
+
+    /// <summary>First sector (512-byte units from the start of the device).</summary>
+    public long Sector { get; internal set; }
+
+    /// <summary>Length in bytes (0 for a flush).</summary>
+    public int Size { get; internal set; }
+
+    /// <summary>Length in 512-byte sectors.</summary>
+    public int Sectors => Size >> SectorShift;
+
+    /// <summary>Byte offset on the device.</summary>
+    public long Offset => Sector << SectorShift;
+
+    /// <summary>The data buffer (empty for flush, discard and write-zeroes).</summary>
+    public Memory<byte> Buffer { get; internal set; }
+
+    /// <summary>The next bio of the same request, or null.</summary>
+    public Bio? Next { get; internal set; }
+
+    /// <summary>The CPU the bio was submitted on (the software context it uses).</summary>
+    public int Cpu { get; internal set; }
+
+    /// <summary>The status the bio completed with (valid once completed).</summary>
+    public BlockStatus Status { get; private set; }
+
+    /// <summary>A caller-chosen value carried through to the completion call-back (e.g. a request id).</summary>
+    public long UserToken { get; set; }
+
+    /// <summary>A caller-chosen object carried through to the completion call-back.</summary>
+    public object? UserState { get; set; }
+
+    /// <summary>
+    /// The poll cookie of the request this bio went into (<c>(hctx &lt;&lt; 16) | tag</c>), or
+    /// <see cref="PollCookie.None"/> when it was merged or has no request yet.
+    /// </summary>
+    public uint Cookie { get; internal set; } = PollCookie.None;
+
+    internal BioPool? Pool { get; }
+
+    internal RequestQueue? Queue { get; set; }
+
+    internal BlockPlug? Plug { get; set; }
+
+    internal Request? Request { get; set; }
+
+    internal IBioEndIo? EndIo { get; set; }
+
+    internal Bio? Parent { get; set; }
+
+    /// <summary>True once the bio holds a reference on its queue's usage counter.</summary>
+    internal bool Entered { get; set; }
+
+    /// <summary>The token of the <c>ValueTask</c> currently backed by this bio.</summary>
+    internal short Version => _core.Version;
+
+    internal bool RunContinuationsAsynchronously
+    {
+        set => _core.RunContinuationsAsynchronously = value;
+    }
+
+    /// <summary>A <c>ValueTask</c> that completes (or throws <see cref="BlockIoException"/>) with the bio.</summary>
+    internal ValueTask AsValueTask() => new(this, _core.Version);
+
+    /// <summary>A <c>ValueTask</c> that yields the bio's status without throwing.</summary>
+    internal ValueTask<BlockStatus> AsStatusTask() => new(this, _core.Version);
+
+    /// <summary>Makes this bio the parent of <paramref name="children"/> split pieces; it completes when they all have.</summary>
+    internal void ExpectChildren(int children)
+    {
+        Volatile.Write(ref _childStatus, 0);
+        Volatile.Write(ref _pendingChildren, children);
+    }
+
+    /// <summary>
+    /// Completes the bio exactly once: resolves the awaiting <c>ValueTask</c> or calls the end-io
+    /// call-back. Later calls are ignored and return false.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool Complete(BlockStatus status)
+    {
+        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        {
+            return false;
+        }
+
+        Status = status;
+        Request = null;
+        Plug = null;
+        if (Parent is { } parent)
+        {
+            Parent = null;
+            Release();
+            parent.ChildCompleted(status);
+            return true;
+        }
+
+        if (EndIo is { } endIo)
+        {
+            endIo.OnBioComplete(this, status);
+            Release();
+            return true;
+        }
+
+        _core.SetResult(status);
+        return true;
+    }
+
+    private void ChildCompleted(BlockStatus status)
+    {
+        // The first error wins, as for a split bio whose pieces fail.
+        if (status != BlockStatus.Ok)
+        {
+            Interlocked.CompareExchange(ref _childStatus, (int)status, 0);
+        }
+
+        if (Interlocked.Decrement(ref _pendingChildren) == 0)
+        {
+            Complete((BlockStatus)Volatile.Read(ref _childStatus));
+        }
+    }
+
+    /// <summary>Resets the bio for its next use and returns it to its pool.</summary>
+    internal void Release()
+    {
+        Next = null;
+        Request = null;
+        Plug = null;
+        EndIo = null;
+        Parent = null;
+        Queue = null;
+        UserState = null;
+        UserToken = 0;
+        Buffer = default;
+        Entered = false;
+        Cookie = PollCookie.None;
+        Volatile.Write(ref _completed, 0);
+        _core.Reset();
+        Pool?.Return(this);
+    }
+
+    /// <inheritdoc />
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token) => _core.GetStatus(token);
+
+    /// <inheritdoc />
+    ValueTaskSourceStatus IValueTaskSource<BlockStatus>.GetStatus(short token) => _core.GetStatus(token);
+
+    /// <inheritdoc />
+    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        FlushPlugBeforeWaiting();
+        _core.OnCompleted(continuation, state, token, flags);
+    }
+
+    /// <inheritdoc />
+    void IValueTaskSource<BlockStatus>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        FlushPlugBeforeWaiting();
+        _core.OnCompleted(continuation, state, token, flags);
+    }
+
+    /// <inheritdoc />
+    void IValueTaskSource.GetResult(short token)
+    {
+        var status = _core.GetResult(token);
+        if (status == BlockStatus.Ok)
+        {
+            Release();
+            return;
+        }
+
+        var error = new BlockIoException(Queue?.Name ?? "?", Op, Offset, Size, status);
+        Release();
+        throw error;
+    }
+
+    /// <inheritdoc />
+    BlockStatus IValueTaskSource<BlockStatus>.GetResult(short token)
+    {
+        var status = _core.GetResult(token);
+        Release();
+        return status;
+    }
+
+    /// <summary>Resumes a parked submission on a thread-pool thread (tag or freeze wake-up in ring mode).</summary>
+    void IThreadPoolWorkItem.Execute() => Queue?.ResumeSubmission(this);
+
+    /// <inheritdoc />
+    protected internal override void OnTagAvailable() => Queue?.Runtime.ResumeBio(this);
+
+    /// <inheritdoc />
+    void IFreezeWaiter.OnUnfrozen() => Queue?.Runtime.ResumeBio(this);
+
+    /// <inheritdoc />
+    public override string ToString() => $"bio {Op.Name()} sector {Sector} +{Sectors}";
+
+    private void FlushPlugBeforeWaiting()
+    {
+        var plug = Request?.Plug ?? Plug;
+        plug?.FlushBeforeWait();
+    }
+}

@@ -1,0 +1,55 @@
+using System.Numerics;
+using ActorBlk.Hardware.Rings;
+
+namespace ActorBlk.Hardware.Requests;
+
+/// <summary>
+/// A bounded pool of <see cref="Bio"/>s (the kernel's <c>bio_set</c>): renting and returning
+/// allocate nothing once the pool is warm. A miss allocates a new bio; a return to a full pool
+/// lets the bio go to the garbage collector.
+/// </summary>
+public sealed class BioPool
+{
+    private readonly MpmcRing<Bio> _free;
+    private long _allocated;
+
+    /// <summary>Creates a pool holding up to <paramref name="capacity"/> idle bios (rounded up to a power of two).</summary>
+    public BioPool(int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
+        _free = new MpmcRing<Bio>((int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(2, capacity)));
+    }
+
+    /// <summary>Number of bios this pool has ever created (a warm pool stops growing).</summary>
+    public long Allocated => Interlocked.Read(ref _allocated);
+
+    /// <summary>Number of idle bios in the pool.</summary>
+    public int Idle => _free.Count;
+
+    /// <summary>Takes an idle bio, or creates one.</summary>
+    public Bio Rent()
+    {
+        if (_free.TryTake(out var bio))
+        {
+            return bio;
+        }
+
+        Interlocked.Increment(ref _allocated);
+        return new Bio(this);
+    }
+
+    /// <summary>Creates <paramref name="count"/> bios up front so the first I/Os do not allocate.</summary>
+    public void Prefill(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            Interlocked.Increment(ref _allocated);
+            if (!_free.TryAdd(new Bio(this)))
+            {
+                break;
+            }
+        }
+    }
+
+    internal void Return(Bio bio) => _free.TryAdd(bio);
+}

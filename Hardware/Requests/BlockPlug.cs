@@ -1,0 +1,254 @@
+using System.Buffers;
+using ActorBlk.Hardware.Queues;
+
+namespace ActorBlk.Hardware.Requests;
+
+/// <summary>
+/// A plug (<c>struct blk_plug</c>, blk-mq-semantics §3.3): while it is active, requests built by
+/// the current asynchronous flow are held back and later handed to their hardware queues in
+/// batches, and new bios can merge into the last plugged request.
+/// </summary>
+/// <remarks>
+/// <para>
+/// The plug follows the async flow that started it (an <see cref="AsyncLocal{T}"/>), as the
+/// kernel's plug follows a task. Nested plugs are ignored: only the outermost one collects.
+/// </para>
+/// <para>
+/// The plug is flushed when it is disposed (<c>blk_finish_plug</c>); before it would hold more
+/// than <see cref="MaxRequestCount"/> requests (twice that when it holds several queues'); when
+/// the last plugged request is at least <see cref="FlushSize"/> bytes and merges are enabled; and
+/// when the flow awaits an I/O that still sits in the plug, the counterpart of the kernel flushing
+/// the plug of a task that goes to sleep.
+/// </para>
+/// </remarks>
+public sealed class BlockPlug : IDisposable
+{
+    /// <summary>Requests a plug holds before it flushes (<c>BLK_MAX_REQUEST_COUNT</c>).</summary>
+    public const int MaxRequestCount = 32;
+
+    /// <summary>A plugged request this large makes the next addition flush first (<c>BLK_PLUG_FLUSH_SIZE</c>).</summary>
+    public const int FlushSize = 128 * 1024;
+
+    private static readonly AsyncLocal<BlockPlug?> s_current = new();
+
+    private readonly object _lock = new();
+    private readonly bool _nested;
+    private Request? _head;
+    private Request? _tail;
+    private int _count;
+    private bool _multipleQueues;
+    private bool _finished;
+    private long _flushes;
+
+    private BlockPlug(bool nested) => _nested = nested;
+
+    /// <summary>The plug active on the current flow, if any.</summary>
+    public static BlockPlug? Current => s_current.Value;
+
+    /// <summary>Number of requests held.</summary>
+    public int Count
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _count;
+            }
+        }
+    }
+
+    /// <summary>True when the plug holds requests of more than one queue (its limit doubles).</summary>
+    public bool HasMultipleQueues => _multipleQueues;
+
+    /// <summary>True for a plug started inside another: it collects nothing.</summary>
+    public bool IsNested => _nested;
+
+    /// <summary>How many times this plug has been flushed.</summary>
+    public long FlushCount => Interlocked.Read(ref _flushes);
+
+    /// <summary>The request limit now: 32, or 64 once several queues are plugged (<c>blk_plug_max_rq_count</c>).</summary>
+    public int Limit => _multipleQueues ? MaxRequestCount * 2 : MaxRequestCount;
+
+    /// <summary>Starts a plug on the current flow (<c>blk_start_plug</c>); inside an active plug it returns a nested, inert one.</summary>
+    public static BlockPlug Start()
+    {
+        if (s_current.Value is { _finished: false })
+        {
+            return new BlockPlug(nested: true);
+        }
+
+        var plug = new BlockPlug(nested: false);
+        s_current.Value = plug;
+        return plug;
+    }
+
+    /// <summary>Flushes the plug and ends it (<c>blk_finish_plug</c>).</summary>
+    public void Dispose()
+    {
+        if (_nested)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            _finished = true;
+        }
+
+        Flush();
+        if (s_current.Value == this)
+        {
+            s_current.Value = null;
+        }
+    }
+
+    /// <summary>Hands every plugged request to its hardware queue, grouped per hardware queue.</summary>
+    public void Flush()
+    {
+        Request? list;
+        lock (_lock)
+        {
+            list = _head;
+            _head = _tail = null;
+            _count = 0;
+            _multipleQueues = false;
+        }
+
+        if (list is null)
+        {
+            return;
+        }
+
+        Interlocked.Increment(ref _flushes);
+        Issue(list);
+    }
+
+    /// <summary>
+    /// Tries to merge <paramref name="bio"/> into a plugged request of <paramref name="queue"/>
+    /// (<c>blk_attempt_plug_merge</c>): the last request if it belongs to that queue; with several
+    /// queues plugged, the first request of that queue.
+    /// </summary>
+    internal bool TryMerge(Bio bio, RequestQueue queue)
+    {
+        lock (_lock)
+        {
+            if (_tail is null || _finished)
+            {
+                return false;
+            }
+
+            if (_tail.Queue == queue)
+            {
+                return MergeRules.TryMerge(_tail, bio, queue.Limits) == MergeResult.Merged;
+            }
+
+            if (!_multipleQueues)
+            {
+                return false;
+            }
+
+            for (var rq = _head; rq is not null; rq = rq.NextInList)
+            {
+                if (rq.Queue == queue)
+                {
+                    return MergeRules.TryMerge(rq, bio, queue.Limits) == MergeResult.Merged;
+                }
+            }
+
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Adds a request (<c>blk_add_rq_to_plug</c>), flushing what is plugged first when the plug is
+    /// full or its last request is large. Returns false when the plug has finished; the caller
+    /// then issues the request itself.
+    /// </summary>
+    internal bool Add(Request rq)
+    {
+        Request? flushList = null;
+        lock (_lock)
+        {
+            if (_finished)
+            {
+                return false;
+            }
+
+            var last = _tail;
+            if (_count > 0 && (_count >= Limit || (rq.Queue!.MergePolicy != MergePolicy.Off && last!.Bytes >= FlushSize)))
+            {
+                flushList = _head;
+                _head = _tail = null;
+                _count = 0;
+                _multipleQueues = false;
+                last = null;
+            }
+
+            if (!_multipleQueues && last is not null && last.Queue != rq.Queue)
+            {
+                _multipleQueues = true;
+            }
+
+            rq.Plug = this;
+            rq.NextInList = null;
+            if (_tail is null)
+            {
+                _head = rq;
+            }
+            else
+            {
+                _tail.NextInList = rq;
+            }
+
+            _tail = rq;
+            _count++;
+        }
+
+        if (flushList is not null)
+        {
+            Interlocked.Increment(ref _flushes);
+            Issue(flushList);
+        }
+
+        return true;
+    }
+
+    /// <summary>The flow is about to wait for a plugged I/O: flush so the wait can end.</summary>
+    internal void FlushBeforeWait() => Flush();
+
+    // Runs of requests for the same hardware queue are staged with one publish each.
+    private static void Issue(Request? list)
+    {
+        var batch = ArrayPool<Request>.Shared.Rent(MaxRequestCount * 2);
+        try
+        {
+            var n = 0;
+            HardwareContext? hctx = null;
+            while (list is not null)
+            {
+                var next = list.NextInList;
+                list.NextInList = null;
+                list.Plug = null;
+                if (n > 0 && (list.Hctx != hctx || n == batch.Length))
+                {
+                    hctx!.Queue.IssueBatch(hctx, batch.AsSpan(0, n));
+                    n = 0;
+                }
+
+                hctx = list.Hctx;
+                batch[n++] = list;
+                list = next;
+            }
+
+            if (n > 0)
+            {
+                hctx!.Queue.IssueBatch(hctx, batch.AsSpan(0, n));
+            }
+        }
+        finally
+        {
+            Array.Clear(batch);
+            ArrayPool<Request>.Shared.Return(batch);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+namespace ActorBlk.Hardware.Tags;
+
+/// <summary>
+/// Something waiting for a tag to be freed: an entry on one of an <see cref="SBitmapQueue"/>'s
+/// wait queues. The block layer never blocks a thread for a tag; a waiter is called back instead.
+/// </summary>
+/// <remarks>
+/// A waiter is on at most one wait queue at a time. Exactly one of two things ends a wait: a
+/// waker removes it and calls <see cref="OnTagAvailable"/>, or the waiter cancels itself because
+/// its own retry succeeded. The state word decides which, so a waiter never runs twice.
+/// </remarks>
+public abstract class TagWaiter
+{
+    private const int Idle = 0;
+    private const int Waiting = 1;
+    private const int Woken = 2;
+
+    private int _state;
+
+    internal TagWaiter? NextWaiter { get; set; }
+
+    internal TagWaiter? PreviousWaiter { get; set; }
+
+    internal int WaitQueueIndex { get; set; } = -1;
+
+    internal SBitmapQueue? WaitingOn { get; set; }
+
+    /// <summary>True while the waiter sits on a wait queue.</summary>
+    public bool IsWaiting => Volatile.Read(ref _state) == Waiting;
+
+    /// <summary>
+    /// Called, without any lock held, after a waker removed this waiter from its wait queue. The
+    /// waiter should retry its allocation (on its own context: a waiter must not do long work on
+    /// the thread that freed the tag).
+    /// </summary>
+    protected internal abstract void OnTagAvailable();
+
+    internal void MarkWaiting() => Volatile.Write(ref _state, Waiting);
+
+    internal bool TryMarkWoken() => Interlocked.CompareExchange(ref _state, Woken, Waiting) == Waiting;
+
+    internal bool TryCancel() => Interlocked.CompareExchange(ref _state, Idle, Waiting) == Waiting;
+
+    internal void Reset() => Volatile.Write(ref _state, Idle);
+}

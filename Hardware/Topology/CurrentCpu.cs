@@ -1,0 +1,70 @@
+using System.Runtime.CompilerServices;
+
+namespace ActorBlk.Hardware.Topology;
+
+/// <summary>
+/// Which CPU the calling thread counts as running on. Threads the block layer owns (dispatch
+/// loops, completion workers) are bound to a CPU of the topology; other threads use the
+/// processor they are actually on, folded into the topology's CPUs when it is simulated.
+/// </summary>
+public static class CurrentCpu
+{
+    [ThreadStatic]
+    private static int t_bound; // CPU id + 1; 0 = not bound
+
+    /// <summary>The CPU this thread is bound to, or -1.</summary>
+    public static int Bound => t_bound - 1;
+
+    /// <summary>
+    /// Binds the calling thread to <paramref name="cpu"/> until the returned scope is disposed;
+    /// a dispatch loop does this for its whole life, an actor for the duration of one message.
+    /// </summary>
+    public static Scope Bind(int cpu)
+    {
+        var previous = t_bound;
+        t_bound = cpu + 1;
+        return new Scope(previous);
+    }
+
+    /// <summary>
+    /// The current CPU within <paramref name="topology"/>: the bound CPU if any; otherwise the
+    /// processor id, reduced into the possible CPUs and moved to the next online one when the
+    /// (simulated) topology has it offline.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Resolve(CpuTopology topology)
+    {
+        var bound = t_bound;
+        if (bound != 0)
+        {
+            return bound - 1;
+        }
+
+        var id = Thread.GetCurrentProcessorId();
+        var count = topology.PossibleCount;
+        if ((uint)id >= (uint)count)
+        {
+            id %= count;
+        }
+
+        return topology.Online.Contains(id) ? id : NextOnline(topology, id);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static int NextOnline(CpuTopology topology, int id)
+    {
+        var next = topology.Online.Next(id);
+        return next >= 0 ? next : topology.Online.First;
+    }
+
+    /// <summary>Restores the previous binding when disposed.</summary>
+    public readonly struct Scope : IDisposable
+    {
+        private readonly int _previous;
+
+        internal Scope(int previous) => _previous = previous;
+
+        /// <inheritdoc />
+        public void Dispose() => t_bound = _previous;
+    }
+}

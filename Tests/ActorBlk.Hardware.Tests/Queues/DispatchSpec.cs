@@ -1,0 +1,217 @@
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Queues;
+
+/// <summary>blk-mq-semantics §3.5 and §3.6: the driver contract and what the queue does with each answer.</summary>
+public sealed class DispatchSpec
+{
+    private static (RequestQueue Queue, ManualRuntime Runtime, ScriptedDriver Driver) Create(int depth = 64)
+    {
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver, depth: depth, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        return (queue, runtime, driver);
+    }
+
+    private static List<ValueTask<BlockStatus>> SubmitMany(RequestQueue queue, int n, int cpu = 0) =>
+        Enumerable.Range(0, n).Select(i => TestQueues.Submit(queue, BlockOp.Read, i * 64, 8, cpu)).ToList();
+
+    [Fact]
+    public void Last_marks_the_final_request_of_a_batch()
+    {
+        var (queue, runtime, driver) = Create();
+        SubmitMany(queue, 3);
+
+        Assert.Equal(DispatchDecision.Idle, runtime.RunRound());
+
+        Assert.Equal([false, false, true], driver.Calls.Select(c => c.Last));
+        Assert.Equal(0, driver.CommitCalls);
+        Assert.Equal(1, queue.HardwareContexts[0].DispatchedHistogram[HardwareContext.DispatchBucket(3)]);
+    }
+
+    [Fact]
+    public void Resource_puts_requests_back_at_the_head_commits_and_reruns_after_3_ms_once_restart_is_set()
+    {
+        // §15 "commit_rqs": batch of 4, the 3rd returns RESOURCE -> commit_rqs called once.
+        var (queue, runtime, driver) = Create();
+        SubmitMany(queue, 4);
+        driver.Script(BlockStatus.Ok, BlockStatus.Ok, BlockStatus.Resource);
+
+        var first = runtime.RunRound();
+
+        Assert.Equal(1, driver.CommitCalls);
+        Assert.Equal(2, queue.HardwareContexts[0].PendingCount);
+        Assert.Equal(DispatchDecision.RerunNow, first); // SCHED_RESTART was clear: run again at once
+        var third = driver.Calls[2].Request;
+        Assert.Equal(RequestState.Idle, third.State);
+
+        driver.Script(BlockStatus.Resource);
+        var second = runtime.RunRound();
+
+        Assert.Same(third, driver.Calls[3].Request); // the refused request went first
+        Assert.True(queue.HardwareContexts[0].NeedsRestart);
+        Assert.Equal(DispatchDecision.RerunAfterDelay, second);
+        Assert.Equal(TimeSpan.FromMilliseconds(3), HardwareContext.ResourceDelay);
+
+        Assert.Equal(DispatchDecision.Idle, runtime.RunRound());
+        Assert.Equal(4, driver.InFlight.Count);
+    }
+
+    [Fact]
+    public void Device_resource_waits_for_a_completion_on_the_same_queue()
+    {
+        // §15 "BLK_STS_DEV_RESOURCE": with restart set the request stays parked until a completion.
+        var (queue, runtime, driver) = Create();
+        SubmitMany(queue, 1);
+        runtime.RunRound();
+        SubmitMany(queue, 1);
+        driver.Script(BlockStatus.DeviceResource, BlockStatus.DeviceResource);
+
+        Assert.Equal(DispatchDecision.RerunNow, runtime.RunRound());
+        Assert.Equal(DispatchDecision.WaitForCompletion, runtime.RunRound());
+        runtime.Kicks.Clear();
+
+        driver.CompleteAll();
+
+        Assert.Equal([0], runtime.Kicks);
+        Assert.False(queue.HardwareContexts[0].NeedsRestart);
+        Assert.Equal(DispatchDecision.Idle, runtime.RunRound());
+        Assert.Single(driver.InFlight);
+    }
+
+    [Fact]
+    public async Task Any_other_status_ends_the_request_and_dispatch_goes_on()
+    {
+        // §15 "queue_rq OK/error": driver returns IOERR -> bio completes with EIO, next request dispatched.
+        var (queue, runtime, driver) = Create();
+        var tasks = SubmitMany(queue, 2);
+        driver.Script(BlockStatus.IoError);
+
+        runtime.RunRound();
+
+        Assert.Equal(BlockStatus.IoError, await tasks[0]);
+        Assert.Single(driver.InFlight);
+        Assert.Equal(0, driver.CommitCalls); // the list emptied and the last answer was OK: no commit_rqs
+        driver.CompleteAll();
+        Assert.Equal(BlockStatus.Ok, await tasks[1]);
+    }
+
+    [Fact]
+    public void Dispatch_busy_is_an_ewma_of_busy_rounds()
+    {
+        // §3.5 item 26: from 0, busy, busy, busy -> 2, 3, 4; then idle, idle -> 3, 2.
+        var hctx = Create().Queue.HardwareContexts[0];
+        var seen = new List<int>();
+        foreach (var busy in new[] { true, true, true, false, false })
+        {
+            hctx.UpdateDispatchBusy(busy);
+            seen.Add(hctx.DispatchBusy);
+        }
+
+        Assert.Equal([2, 3, 4, 3, 2], seen);
+    }
+
+    [Fact]
+    public void A_requeued_request_is_dispatched_before_newer_ones()
+    {
+        var (queue, runtime, driver) = Create();
+        SubmitMany(queue, 1);
+        runtime.RunRound();
+        var first = driver.InFlight[0];
+        driver.InFlight.Clear();
+
+        queue.HardwareContexts[0].Requeue(first);
+        SubmitMany(queue, 1);
+        runtime.RunRound();
+        runtime.RunRound();
+
+        Assert.Same(first, driver.Calls[1].Request);
+        Assert.NotSame(first, driver.Calls[2].Request);
+    }
+
+    [Fact]
+    public void A_stopped_queue_dispatches_nothing_until_started()
+    {
+        var (queue, runtime, driver) = Create();
+        var hctx = queue.HardwareContexts[0];
+        hctx.StopQueue();
+        SubmitMany(queue, 2);
+
+        Assert.Equal(DispatchDecision.Idle, runtime.RunRound());
+        Assert.Empty(driver.Calls);
+
+        hctx.StartQueue();
+        runtime.RunRound();
+        Assert.Equal(2, driver.Calls.Count);
+    }
+
+    [Fact]
+    public async Task A_quiesced_queue_stages_but_does_not_dispatch()
+    {
+        var (queue, runtime, driver) = Create();
+        await queue.QuiesceAsync();
+        SubmitMany(queue, 2);
+        runtime.RunRound();
+        Assert.Empty(driver.Calls);
+        Assert.Equal(2, queue.HardwareContexts[0].PendingCount);
+
+        queue.Unquiesce();
+        runtime.RunRound();
+        Assert.Equal(2, driver.Calls.Count);
+    }
+
+    [Fact]
+    public void A_driver_exception_stops_the_queue_and_keeps_the_request()
+    {
+        var (queue, runtime, driver) = Create();
+        SubmitMany(queue, 2);
+        driver.ThrowOnQueue = new Drivers.BlockDeviceErrorException("controller fatal status");
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+
+        var hctx = queue.HardwareContexts[0];
+        Assert.True(hctx.IsStopped);
+        Assert.Equal(2, hctx.PendingCount);
+        Assert.IsType<Drivers.BlockDeviceErrorException>(hctx.LastFault);
+    }
+
+    [Fact]
+    public async Task No_wait_submission_without_a_tag_fails_with_again()
+    {
+        var (queue, runtime, _) = Create(depth: 2);
+        SubmitMany(queue, 2);
+
+        var third = TestQueues.Submit(queue, BlockOp.Read, 9000, 8, flags: RequestFlags.NoWait);
+
+        Assert.Equal(BlockStatus.Again, await third);
+        Assert.Equal(2, queue.Usage.Count);
+        runtime.RunRound();
+    }
+
+    [Fact]
+    public async Task A_waiting_submission_proceeds_when_a_tag_is_freed()
+    {
+        var (queue, runtime, driver) = Create(depth: 2);
+        SubmitMany(queue, 2);
+        runtime.RunRound();
+
+        var third = TestQueues.Submit(queue, BlockOp.Read, 9000, 8);
+        Assert.Equal(1, queue.HardwareContexts[0].Tags.BitmapTags.WaitersActive);
+
+        driver.CompleteAll();
+        runtime.RunRound();
+        driver.CompleteAll();
+
+        Assert.Equal(BlockStatus.Ok, await third);
+        Assert.Single(runtime.Resumed);
+        Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
+    }
+
+    [Fact]
+    public void The_dispatched_histogram_buckets_by_powers_of_two()
+    {
+        Assert.Equal([0, 1, 2, 2, 3, 4, 5, 6, 6], new[] { 0, 1, 2, 3, 4, 8, 16, 32, 1000 }.Select(HardwareContext.DispatchBucket));
+    }
+}

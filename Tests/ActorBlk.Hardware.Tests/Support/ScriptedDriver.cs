@@ -1,0 +1,164 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Tests.Support;
+
+/// <summary>
+/// A fake device for unit tests: records every driver call, answers QueueRq with scripted
+/// statuses, and leaves accepted requests in flight until the test completes them.
+/// </summary>
+public sealed class ScriptedDriver : IBlockDriver
+{
+    private readonly object _lock = new();
+    private readonly Queue<BlockStatus> _script = new();
+
+    public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false)
+    {
+        Limits = new QueueLimits
+        {
+            LogicalBlockSize = blockSize,
+            PhysicalBlockSize = blockSize,
+            CapacitySectors = capacityBytes >> Bio.SectorShift,
+            MaxHardwareSectors = maxSectors,
+            MaxSectors = maxSectors,
+            MaxDiscardSectors = 1 << 20,
+            MaxWriteZeroesSectors = 1 << 20,
+            VolatileWriteCache = writeCache,
+        };
+        Features = pollable ? DriverFeatures.Poll : DriverFeatures.None;
+    }
+
+    public string Kind => "scripted";
+
+    public QueueLimits Limits { get; }
+
+    public DriverFeatures Features { get; }
+
+    /// <summary>Complete accepted requests inside QueueRq (like null_blk irqmode 0).</summary>
+    public bool CompleteInline { get; set; }
+
+    /// <summary>Call Start() on accepted requests (a well-behaved driver does).</summary>
+    public bool StartRequests { get; set; } = true;
+
+    /// <summary>Thrown from QueueRq when set (a device error).</summary>
+    public Exception? ThrowOnQueue { get; set; }
+
+    public TimeoutAction TimeoutAnswer { get; set; } = TimeoutAction.ResetTimer;
+
+    public List<(Request Request, bool Last, BlockStatus Answer)> Calls { get; } = [];
+
+    public List<Request> InFlight { get; } = [];
+
+    public List<Request> TimedOut { get; } = [];
+
+    public int CommitCalls { get; private set; }
+
+    public int InitRequestCalls { get; private set; }
+
+    public List<Request> Polled { get; } = [];
+
+    /// <summary>Answers for the next QueueRq calls, in order; Ok once the script is empty.</summary>
+    public void Script(params BlockStatus[] statuses)
+    {
+        lock (_lock)
+        {
+            foreach (var s in statuses)
+            {
+                _script.Enqueue(s);
+            }
+        }
+    }
+
+    public void InitRequest(Request request, int hardwareQueue) => InitRequestCalls++;
+
+    public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+    {
+        if (ThrowOnQueue is { } ex)
+        {
+            throw ex;
+        }
+
+        BlockStatus answer;
+        lock (_lock)
+        {
+            answer = _script.Count > 0 ? _script.Dequeue() : BlockStatus.Ok;
+            Calls.Add((request, last, answer));
+        }
+
+        if (answer != BlockStatus.Ok)
+        {
+            return answer;
+        }
+
+        if (StartRequests)
+        {
+            request.Start();
+        }
+
+        if (hctx.Type == ActorBlk.Hardware.Topology.HctxType.Poll)
+        {
+            lock (_lock)
+            {
+                Polled.Add(request);
+            }
+
+            return BlockStatus.Ok;
+        }
+
+        if (CompleteInline)
+        {
+            request.End(BlockStatus.Ok);
+        }
+        else
+        {
+            lock (_lock)
+            {
+                InFlight.Add(request);
+            }
+        }
+
+        return BlockStatus.Ok;
+    }
+
+    public void CommitRqs(HardwareContext hctx) => CommitCalls++;
+
+    public int Poll(HardwareContext hctx)
+    {
+        List<Request> done;
+        lock (_lock)
+        {
+            done = [.. Polled];
+            Polled.Clear();
+        }
+
+        return done.Count(rq => rq.Complete(BlockStatus.Ok));
+    }
+
+    public TimeoutAction Timeout(Request request)
+    {
+        lock (_lock)
+        {
+            TimedOut.Add(request);
+        }
+
+        return TimeoutAnswer;
+    }
+
+    /// <summary>Completes every request in flight with <paramref name="status"/>; returns how many.</summary>
+    public int CompleteAll(BlockStatus status = BlockStatus.Ok)
+    {
+        List<Request> all;
+        lock (_lock)
+        {
+            all = [.. InFlight];
+            InFlight.Clear();
+        }
+
+        return all.Count(rq => rq.Complete(status));
+    }
+
+    public void Dispose()
+    {
+    }
+}

@@ -1,0 +1,48 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Tests.Support;
+
+/// <summary>Builds queues over a simulated topology with a manual runtime.</summary>
+public static class TestQueues
+{
+    public static (RequestQueue Queue, ManualRuntime Runtime) Create(
+        IBlockDriver driver,
+        int cpus = 4,
+        int hwQueues = 1,
+        int depth = 64,
+        int reserved = 0,
+        QueueOptions? options = null,
+        CpuTopology? topology = null,
+        TagSet? tagSet = null,
+        int pollQueues = 0,
+        string name = "test0",
+        BlockClock? clock = null)
+    {
+        topology ??= CpuTopology.Simulated(cpus);
+        tagSet ??= new TagSet(new TagSetOptions { HardwareQueues = hwQueues, QueueDepth = depth, ReservedTags = reserved, PollQueues = pollQueues, Seed = 7 }, topology, driver.InitRequest);
+        var queue = new RequestQueue(name, tagSet, driver, options, clock);
+        var runtime = new ManualRuntime();
+        queue.Start(runtime);
+        return (queue, runtime);
+    }
+
+    /// <summary>Rents and submits a bio on <paramref name="cpu"/>; returns its status task.</summary>
+    public static ValueTask<BlockStatus> Submit(RequestQueue queue, BlockOp op, long sector, int sectors, int cpu = 0, RequestFlags flags = RequestFlags.None, byte[]? buffer = null)
+    {
+        var bio = queue.Bios.Rent();
+        bio.Op = op;
+        bio.Flags = flags;
+        bio.Sector = sector;
+        bio.Size = sectors << Bio.SectorShift;
+        bio.Buffer = op.HasData() ? buffer ?? new byte[bio.Size] : default;
+        bio.Cpu = cpu;
+        bio.Plug = BlockPlug.Current;
+        var task = bio.AsStatusTask();
+        queue.Submit(bio);
+        return task;
+    }
+}
