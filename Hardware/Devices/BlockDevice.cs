@@ -112,6 +112,29 @@ public sealed class BlockDevice : IBlockDevice
         return task;
     }
 
+    /// <summary>
+    /// Submits an operation whose completion calls <paramref name="endIo"/> (a bio's end_io)
+    /// instead of resolving a <c>ValueTask</c>: the form used when completions must become messages.
+    /// </summary>
+    /// <exception cref="InvalidBlockRequestException">The request is malformed; nothing was submitted.</exception>
+    public void SubmitWithEndIo(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu, IBioEndIo endIo)
+    {
+        ArgumentNullException.ThrowIfNull(endIo);
+        if (op.HasData() && length != buffer.Length)
+        {
+            throw Invalid(InvalidRequestReason.OutOfRange, op, offset, length, $"the buffer holds {buffer.Length} bytes, not {length}");
+        }
+
+        if (op != BlockOp.Flush && Check(op, offset, length, flags) is { } error)
+        {
+            throw error;
+        }
+
+        var bio = Prepare(op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
+        bio.EndIo = endIo;
+        Queue.Submit(bio);
+    }
+
     /// <inheritdoc />
     public PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu)
     {

@@ -69,6 +69,7 @@ public static class DeviceBuilder
         var driver = CreateDriver(options);
         var tagSet = sharedTags ?? CreateTagSet(options, driver, topology);
         var queue = CreateQueue(options, tagSet, driver, clock);
+        tagSet.AddQueue(queue);
         queue.Start(new RingRuntime(softIrq));
         queue.Register();
         return new BlockDevice(queue, async device =>

@@ -380,6 +380,20 @@ public sealed class HardwareContext
         Queue.Runtime.Kick(this);
     }
 
+    /// <summary>
+    /// Stages a request for the next round (the dispatcher's side of staging, used by the mailbox
+    /// dispatcher when a request arrives as a message; ring dispatch publishes from submitters).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The ring is full; it is sized to the tag depth, so this is a bug.</exception>
+    public void Stage(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        if (!Ring.TryPublish(rq))
+        {
+            throw new InvalidOperationException($"{this}: the staging ring overflowed; it is sized to the tag depth.");
+        }
+    }
+
     /// <summary>True when a round would find something to dispatch.</summary>
     public bool HasWork => Volatile.Read(ref _dispatchCount) > 0 || !Ring.IsEmpty || !Requeued.IsEmpty;
 

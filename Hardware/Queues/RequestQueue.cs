@@ -41,9 +41,12 @@ public sealed class RequestQueue
     private int _registered;
     private volatile bool _detached;
 
-    /// <summary>Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>.</summary>
+    /// <summary>
+    /// Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>.
+    /// The queue joins the set with <see cref="Tags.TagSet.AddQueue"/> (which may make it shared).
+    /// </summary>
     /// <param name="name">The disk name ("nullb0").</param>
-    /// <param name="tagSet">The tag set; the queue joins it (possibly making it shared).</param>
+    /// <param name="tagSet">The tag set.</param>
     /// <param name="driver">The driver.</param>
     /// <param name="options">Run-time settings.</param>
     /// <param name="clock">Clock for request deadlines; the system clock by default.</param>
@@ -87,7 +90,6 @@ public sealed class RequestQueue
 
         Remap(map);
         Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2));
-        tagSet.AddQueue(this);
     }
 
     /// <summary>The disk name.</summary>
@@ -245,7 +247,36 @@ public sealed class RequestQueue
             return;
         }
 
-        Runtime.Submit(_contexts[bio.Cpu], bio);
+        // The submitter takes the queue reference (bio_queue_enter in submit_bio_noacct), so a bio
+        // still travelling to its software context is drained by a freeze or a teardown like one
+        // already staged, in either dispatch mode.
+        if (Enter(bio))
+        {
+            Runtime.Submit(_contexts[bio.Cpu], bio);
+        }
+    }
+
+    // Takes the bio's usage reference, or completes it (Again, Offline), or parks it until the
+    // queue thaws. Returns true when the bio may proceed.
+    private bool Enter(Bio bio)
+    {
+        var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
+        switch (result)
+        {
+            case EnterResult.Entered:
+                bio.Entered = true;
+                return true;
+            case EnterResult.Waiting:
+                // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
+                bio.Plug?.FlushBeforeWait();
+                return false;
+            case EnterResult.Frozen:
+                bio.Complete(BlockStatus.Again);
+                return false;
+            default:
+                bio.Complete(BlockStatus.Offline);
+                return false;
+        }
     }
 
     /// <summary>
@@ -258,26 +289,16 @@ public sealed class RequestQueue
         ArgumentNullException.ThrowIfNull(bio);
         if (!bio.Entered)
         {
-            var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
-            switch (result)
+            // A bio resumed after waiting for the queue to thaw.
+            if (!Enter(bio))
             {
-                case EnterResult.Entered:
-                    bio.Entered = true;
-                    break;
-                case EnterResult.Waiting:
-                    // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
-                    bio.Plug?.FlushBeforeWait();
-                    return;
-                case EnterResult.Frozen:
-                    bio.Complete(BlockStatus.Again);
-                    return;
-                default:
-                    bio.Complete(BlockStatus.Offline);
-                    return;
+                return;
             }
         }
-        else if (Usage.IsDying)
+        else if (_detached)
         {
+            // Entered before the queue died, but dispatch has been torn down since (a tag waiter
+            // woken at teardown, or a bio still on its way to its context).
             FailEntered(bio, BlockStatus.Offline);
             return;
         }
@@ -703,18 +724,11 @@ public sealed class RequestQueue
     }
 
     /// <summary>
-    /// Starts dying (<c>blk_queue_start_drain</c>): new entries fail with Offline, and every bio
-    /// waiting to enter or for a tag is woken so it can fail too.
+    /// Starts dying (<c>blk_queue_start_drain</c>): new entries fail with Offline and bios waiting
+    /// to enter are woken so they fail too. Bios that already entered, including those waiting for
+    /// a tag, still run: the drain waits for them.
     /// </summary>
-    public void MarkDying()
-    {
-        Usage.MarkDying();
-        foreach (var tags in TagSet.AllTags)
-        {
-            tags.BitmapTags.WakeAll();
-            tags.ReservedTags.WakeAll();
-        }
-    }
+    public void MarkDying() => Usage.MarkDying();
 
     /// <summary>
     /// Tears the queue down (<c>blk_mq_destroy_queue</c>): marks it dying, waits up to
@@ -737,6 +751,7 @@ public sealed class RequestQueue
             }
 
             failed = FailOutstanding(BlockStatus.Offline);
+            WakeTagWaiters();
             await drained.ConfigureAwait(false);
         }
         else
@@ -783,6 +798,17 @@ public sealed class RequestQueue
         }
 
         return failed;
+    }
+
+    // Bios waiting for a tag hold a queue reference but no request: after teardown they are woken
+    // to find the queue detached and fail, so the drain can finish.
+    private void WakeTagWaiters()
+    {
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            tags.BitmapTags.WakeAll();
+            tags.ReservedTags.WakeAll();
+        }
     }
 
     /// <summary>Changes <c>nr_requests</c>: the usable tags per hardware queue (queue frozen by the caller).</summary>

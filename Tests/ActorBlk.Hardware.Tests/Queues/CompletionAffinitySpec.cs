@@ -1,6 +1,6 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tests.Support;
+using ActorBlk.Testing;
 using ActorBlk.Hardware.Topology;
 using Xunit;
 

@@ -2,7 +2,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Tests.Support;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Queues;

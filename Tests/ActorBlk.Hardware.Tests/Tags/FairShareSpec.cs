@@ -1,7 +1,7 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Tests.Support;
+using ActorBlk.Testing;
 using ActorBlk.Hardware.Topology;
 using Xunit;
 

@@ -2,7 +2,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 
-namespace ActorBlk.Hardware.Tests.Support;
+namespace ActorBlk.Testing;
 
 /// <summary>
 /// A fake device for unit tests: records every driver call, answers QueueRq with scripted
@@ -56,6 +56,8 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public int InitRequestCalls { get; private set; }
 
+    public int InitHardwareContextCalls { get; private set; }
+
     public List<Request> Polled { get; } = [];
 
     /// <summary>Answers for the next QueueRq calls, in order; Ok once the script is empty.</summary>
@@ -71,6 +73,8 @@ public sealed class ScriptedDriver : IBlockDriver
     }
 
     public void InitRequest(Request request, int hardwareQueue) => InitRequestCalls++;
+
+    public void InitHardwareContext(HardwareContext hctx) => InitHardwareContextCalls++;
 
     public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
     {

@@ -1,7 +1,7 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 
-namespace ActorBlk.Hardware.Tests.Support;
+namespace ActorBlk.Testing;
 
 /// <summary>
 /// A dispatch runtime that stages into the real rings but never dispatches on its own: a test

@@ -4,7 +4,7 @@ using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
 
-namespace ActorBlk.Hardware.Tests.Support;
+namespace ActorBlk.Testing;
 
 /// <summary>Builds queues over a simulated topology with a manual runtime.</summary>
 public static class TestQueues
@@ -25,6 +25,7 @@ public static class TestQueues
         topology ??= CpuTopology.Simulated(cpus);
         tagSet ??= new TagSet(new TagSetOptions { HardwareQueues = hwQueues, QueueDepth = depth, ReservedTags = reserved, PollQueues = pollQueues, Seed = 7 }, topology, driver.InitRequest);
         var queue = new RequestQueue(name, tagSet, driver, options, clock);
+        tagSet.AddQueue(queue);
         var runtime = new ManualRuntime();
         queue.Start(runtime);
         return (queue, runtime);

@@ -1,0 +1,120 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Topology;
+using Akka.Actor;
+using Akka.Configuration;
+using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
+
+namespace ActorBlk.Actors;
+
+/// <summary>Where request deadlines take their time from.</summary>
+public enum ClockSource
+{
+    /// <summary>Coarse monotonic system ticks.</summary>
+    System,
+
+    /// <summary>The actor system scheduler's clock: TestKit virtual time moves deadlines.</summary>
+    Scheduler,
+}
+
+/// <summary>The <c>actorblk</c> configuration section, read once per actor system.</summary>
+/// <param name="TopologySource">"system" or "simulated".</param>
+/// <param name="SimulatedCpus">Possible CPUs of a simulated machine.</param>
+/// <param name="SimulatedSockets">Sockets of a simulated machine.</param>
+/// <param name="SimulatedThreadsPerCore">SMT threads per core of a simulated machine.</param>
+/// <param name="SimulatedOnline">CPUs online at start (empty: all).</param>
+/// <param name="Clock">Deadline clock.</param>
+/// <param name="TimeoutScanInterval">Longest interval between timeout scans.</param>
+/// <param name="DrainTimeout">Wait for in-flight I/O at unregistration.</param>
+/// <param name="RingSpin">Spin of idle dispatch loops.</param>
+/// <param name="Devices">Devices to create at start.</param>
+public sealed record ActorBlkSettings(
+    string TopologySource,
+    int SimulatedCpus,
+    int SimulatedSockets,
+    int SimulatedThreadsPerCore,
+    CpuSet SimulatedOnline,
+    ClockSource Clock,
+    TimeSpan TimeoutScanInterval,
+    TimeSpan DrainTimeout,
+    TimeSpan RingSpin,
+    IReadOnlyList<DeviceOptions> Devices)
+{
+    /// <summary>The dispatcher path for blocking drivers.</summary>
+    public const string BlockingDriverDispatcher = "actorblk.blocking-driver-dispatcher";
+
+    /// <summary>The library's defaults (the embedded reference.conf).</summary>
+    public static Config DefaultConfig()
+    {
+        using var stream = typeof(ActorBlkSettings).Assembly.GetManifestResourceStream("ActorBlk.Actors.reference.conf")
+                           ?? throw new InvalidOperationException("The embedded ActorBlk reference.conf is missing.");
+        using var reader = new StreamReader(stream);
+        return ConfigurationFactory.ParseString(reader.ReadToEnd());
+    }
+
+    /// <summary>Reads the settings of <paramref name="system"/>.</summary>
+    public static ActorBlkSettings Create(ActorSystem system)
+    {
+        ArgumentNullException.ThrowIfNull(system);
+        return Create(system.Settings.Config);
+    }
+
+    /// <summary>Reads the <c>actorblk</c> section of <paramref name="config"/> over the library defaults.</summary>
+    /// <exception cref="ConfigurationException">A setting is malformed.</exception>
+    /// <exception cref="DeviceOptionsException">A device entry is invalid.</exception>
+    public static ActorBlkSettings Create(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var c = config.WithFallback(DefaultConfig()).GetConfig("actorblk");
+        var source = c.GetString("topology.source", "system");
+        if (source is not ("system" or "simulated"))
+        {
+            throw new ConfigurationException($"actorblk.topology.source: '{source}' is not 'system' or 'simulated'.");
+        }
+
+        var onlineText = c.GetString("topology.simulated.online", string.Empty);
+        if (!CpuSet.TryParse(onlineText, out var online))
+        {
+            throw new ConfigurationException($"actorblk.topology.simulated.online: '{onlineText}' is not a CPU list.");
+        }
+
+        var clock = c.GetString("clock", "system") switch
+        {
+            "system" => ClockSource.System,
+            "scheduler" => ClockSource.Scheduler,
+            var other => throw new ConfigurationException($"actorblk.clock: '{other}' is not 'system' or 'scheduler'."),
+        };
+
+        var devices = c.GetValue("devices")?.GetArray()?.Select(v => DeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
+                      .ToList() ?? [];
+        var duplicate = devices.GroupBy(d => d.Name).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+        {
+            throw new DeviceOptionsException(duplicate.Key, "name", "two devices in actorblk.devices share this name.");
+        }
+
+        return new ActorBlkSettings(
+            source,
+            c.GetInt("topology.simulated.cpus", 8),
+            c.GetInt("topology.simulated.sockets", 1),
+            c.GetInt("topology.simulated.threads-per-core", 1),
+            online,
+            clock,
+            c.GetTimeSpan("timeout-scan-interval", TimeSpan.FromSeconds(1)),
+            c.GetTimeSpan("drain-timeout", TimeSpan.FromSeconds(30)),
+            TimeSpan.FromMicroseconds(c.GetInt("ring.spin-microseconds", 20)),
+            devices);
+    }
+
+    /// <summary>The CPU topology these settings describe.</summary>
+    public TopologySnapshot BuildTopology()
+    {
+        if (TopologySource == "system" && Directory.Exists(TopologySnapshot.DefaultSysfsRoot))
+        {
+            return TopologySnapshot.FromSysfs();
+        }
+
+        var cpus = TopologySource == "system" ? Environment.ProcessorCount : SimulatedCpus;
+        var all = TopologySnapshot.Simulated(cpus, TopologySource == "system" ? 1 : SimulatedSockets, TopologySource == "system" ? 1 : SimulatedThreadsPerCore);
+        return SimulatedOnline.IsEmpty ? all   : TopologySnapshot.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
+    }
+}

@@ -1,0 +1,405 @@
+using System.Collections.Concurrent;
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+using Akka;
+using Akka.Actor;
+using Akka.Event;
+using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
+using TagSetState = ActorBlk.Hardware.Tags.TagSet;
+using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
+
+namespace ActorBlk.Actors;
+
+/// <summary>
+/// The block layer of one actor system (an Akka extension): creates and destroys devices, owns
+/// the CPU topology and the per-CPU completion workers, and hosts the guardian actor
+/// (<c>/user/actorblk</c>) that supervises every device.
+/// </summary>
+/// <remarks>
+/// Get it with <see cref="Get"/> on any actor system, or let <c>WithActorBlk</c> set it up in an
+/// Akka.Hosting application. Devices are destroyed (drained) when the actor system shuts down
+/// through CoordinatedShutdown.
+/// </remarks>
+public sealed class BlockLayer : IExtension
+{
+    /// <summary>The guardian's name under <c>/user</c>.</summary>
+    public const string GuardianName = "actorblk";
+
+    private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
+
+    /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
+    public BlockLayer(ExtendedActorSystem system)
+    {
+        ArgumentNullException.ThrowIfNull(system);
+        System = system;
+
+        // Make the library defaults (dispatchers included) visible to the whole system, as Akka's own
+        // modules do, so BlockLayer.Get works on a system that never loaded them.
+        system.Settings.InjectTopLevelFallback(ActorBlkSettings.DefaultConfig());
+        Settings = ActorBlkSettings.Create(system);
+        Topology = Settings.BuildTopology();
+        SoftIrq = new BlockSoftIrq(Topology.PossibleCount);
+        Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
+        Guardian = system.ActorOf(BlockLayerActor.Props(this), GuardianName);
+
+        var shutdown = CoordinatedShutdown.Get(system);
+        shutdown.AddTask(CoordinatedShutdown.PhaseServiceStop, "actorblk-destroy-devices", async () =>
+        {
+            await DestroyAllDevicesAsync().ConfigureAwait(false);
+            return Done.Instance;
+        });
+        system.WhenTerminated.ContinueWith(_ => SoftIrq.Dispose(), TaskScheduler.Default);
+    }
+
+    /// <summary>The actor system.</summary>
+    public ExtendedActorSystem System { get; }
+
+    /// <summary>The <c>actorblk</c> settings.</summary>
+    public ActorBlkSettings Settings { get; }
+
+    /// <summary>The CPU topology devices are mapped on at start.</summary>
+    public TopologySnapshot Topology { get; }
+
+    /// <summary>The guardian actor, <c>/user/actorblk</c>.</summary>
+    public IActorRef Guardian { get; }
+
+    /// <summary>Every device currently registered.</summary>
+    public IReadOnlyCollection<IBlockDevice> Devices => _devices.Values.ToArray();
+
+    internal BlockSoftIrq SoftIrq { get; }
+
+    internal BlockClock Clock { get; }
+
+    /// <summary>The block layer of <paramref name="system"/>, created on first use.</summary>
+    public static BlockLayer Get(ActorSystem system)
+    {
+        ArgumentNullException.ThrowIfNull(system);
+        return system.WithExtension<BlockLayer, BlockLayerProvider>();
+    }
+
+    /// <summary>
+    /// Creates a device and completes when it is registered and serving I/O.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var created = await Guardian.Ask<Created>(new Create(options), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return created.Device;
+    }
+
+    /// <summary>
+    /// Creates a device, blocking the calling thread until it is registered. Prefer
+    /// <see cref="CreateDeviceAsync"/> in asynchronous code.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    public IBlockDevice CreateDevice(DeviceOptions options) =>
+        Task.Run(() => CreateDeviceAsync(options)).GetAwaiter().GetResult();
+
+    /// <summary>
+    /// Unregisters and destroys a device: in-flight I/O drains (or fails with Offline after the
+    /// drain timeout), later I/O fails with Offline. Completes with the number of failed requests.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var reply = await Guardian.Ask<object>(new Destroy(name), Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        return reply switch
+        {
+            Destroyed d => d.FailedRequests,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
+        };
+    }
+
+    /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
+    public bool TryGetDevice(string name, out IBlockDevice device)
+    {
+        var found = _devices.TryGetValue(name, out var d);
+        device = d!;
+        return found;
+    }
+
+    internal DispatchMode ModeOf(DataPlaneQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
+
+    internal void Track(BlockDevice device, DispatchMode mode) => _modes[device.Queue] = mode;
+
+    internal void Publish(BlockDevice device) => _devices[device.Name] = device;
+
+    internal void Forget(string name)
+    {
+        if (_devices.TryRemove(name, out var device))
+        {
+            _modes.TryRemove(device.Queue, out _);
+        }
+    }
+
+    private async Task DestroyAllDevicesAsync()
+    {
+        foreach (var name in _devices.Keys.ToArray())
+        {
+            try
+            {
+                await DestroyDeviceAsync(name).ConfigureAwait(false);
+            }
+            catch (KeyNotFoundException)
+            {
+                // Destroyed concurrently.
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ guardian protocol
+
+    /// <summary>Create a device (reply <see cref="Created"/>, or a failure). Local only.</summary>
+    public sealed record Create(DeviceOptions Options) : INoSerializationVerificationNeeded;
+
+    /// <summary>The device exists and serves I/O. Local only.</summary>
+    public sealed record Created(BlockDevice Device) : INoSerializationVerificationNeeded;
+
+    /// <summary>Destroy a device (reply <see cref="Destroyed"/> or <see cref="NoSuchDevice"/>).</summary>
+    public sealed record Destroy(string Name) : IActorBlkMessage;
+
+    /// <summary>The device is gone.</summary>
+    public sealed record Destroyed(string Name, int FailedRequests) : IActorBlkMessage;
+
+    /// <summary>No device has that name.</summary>
+    public sealed record NoSuchDevice(string Name) : IActorBlkMessage;
+
+    /// <summary>Ask for the devices (reply <see cref="DeviceList"/>).</summary>
+    public sealed record ListDevices : IActorBlkQuery
+    {
+        /// <summary>The instance.</summary>
+        public static readonly ListDevices Instance = new();
+    }
+
+    /// <summary>The devices of this node.</summary>
+    public sealed record DeviceList(DeviceSummary[] Devices) : IActorBlkMessage;
+
+    /// <summary>One device.</summary>
+    public sealed record DeviceSummary(string Name, string Driver, long Capacity, int LogicalBlockSize, int HardwareQueues, string Dispatch, string TagSet) : IActorBlkMessage;
+
+    /// <summary>
+    /// An I/O for a device of this node, addressed by name: the cluster's way in. The sender
+    /// receives <see cref="SoftwareContext.Completed"/>, <see cref="SoftwareContext.Rejected"/> or
+    /// <see cref="NoSuchDevice"/>.
+    /// </summary>
+    public sealed record Io(string Device, long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
+}
+
+/// <summary>Creates the <see cref="BlockLayer"/> extension.</summary>
+public sealed class BlockLayerProvider : ExtensionIdProvider<BlockLayer>
+{
+    /// <inheritdoc />
+    public override BlockLayer CreateExtension(ExtendedActorSystem system) => new(system);
+}
+
+/// <summary>The guardian: creates and destroys devices and their tag sets, routes I/O by device name.</summary>
+internal sealed class BlockLayerActor : ReceiveActor
+{
+    private readonly BlockLayer _layer;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Dictionary<string, Entry> _devices = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (IActorRef Actor, TagSetState Set)> _sharedTagSets = new(StringComparer.Ordinal);
+    private IActorRef _topology = ActorRefs.Nobody;
+
+    public BlockLayerActor(BlockLayer layer)
+    {
+        _layer = layer;
+        Receive<BlockLayer.Create>(HandleCreate);
+        Receive<RequestQueue.Ready>(HandleReady);
+        Receive<BlockLayer.Destroy>(HandleDestroy);
+        Receive<RequestQueue.Unregistered>(HandleUnregistered);
+        Receive<BlockLayer.Io>(HandleIo);
+        Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
+        Receive<Terminated>(HandleTerminated);
+    }
+
+    public static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new BlockLayerActor(layer));
+
+    protected override void PreStart() => _topology = Context.ActorOf(CpuTopology.Props(_layer.Topology), "cpu-topology");
+
+    // A device that fails while it initialises is stopped; its creator gets the failure.
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(ex =>
+    {
+        _log.Error(ex, "A device actor failed; stopping it");
+        return Directive.Stop;
+    });
+
+    private void HandleCreate(BlockLayer.Create create)
+    {
+        var options = create.Options;
+        if (_devices.ContainsKey(options.Name))
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
+            return;
+        }
+
+        BlockDevice device;
+        IActorRef tagSetActor;
+        bool privateTagSet;
+        try
+        {
+            options.Validate();
+            var driver = DeviceBuilder.CreateDriver(options);
+            TagSetState set;
+            if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
+            {
+                (tagSetActor, set) = shared;
+                privateTagSet = false;
+            }
+            else
+            {
+                set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
+                privateTagSet = !options.SharedTags;
+                tagSetActor = Context.ActorOf(TagSet.Props(set), privateTagSet ? $"tags-{options.Name}" : $"shared-{options.TagSetName}");
+                if (!privateTagSet)
+                {
+                    _sharedTagSets[options.TagSetName] = (tagSetActor, set);
+                }
+            }
+
+            if (set.DepthWasClamped)
+            {
+                _log.Info("{Device}: hw_queue_depth {Requested} reduced to {Depth} (BLK_MQ_MAX_DEPTH)", options.Name, set.RequestedDepth, set.QueueDepth);
+            }
+
+            var queue = DeviceBuilder.CreateQueue(options, set, driver, _layer.Clock);
+            var name = options.Name;
+            device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+        }
+        catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
+            Sender.Tell(new Status.Failure(ex));
+            return;
+        }
+
+        _layer.Track(device, options.Dispatch);
+        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer), $"dev-{options.Name}");
+        Context.Watch(actor);
+        _devices[options.Name] = new Entry(device, actor, tagSetActor, privateTagSet, options, Sender);
+    }
+
+    private void HandleReady(RequestQueue.Ready ready)
+    {
+        if (!_devices.TryGetValue(ready.Name, out var entry))
+        {
+            return;
+        }
+
+        entry.Ready = true;
+        _layer.Publish(entry.Device);
+        entry.Creator?.Tell(new BlockLayer.Created(entry.Device));
+        entry.Creator = null;
+    }
+
+    private void HandleDestroy(BlockLayer.Destroy destroy)
+    {
+        if (!_devices.TryGetValue(destroy.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name));
+            return;
+        }
+
+        entry.Destroyers.Add(Sender);
+        if (entry.Destroyers.Count == 1)
+        {
+            entry.Actor.Tell(RequestQueue.Unregister.Instance);
+        }
+    }
+
+    private void HandleUnregistered(RequestQueue.Unregistered done)
+    {
+        if (!_devices.Remove(done.Name, out var entry))
+        {
+            return;
+        }
+
+        Context.Unwatch(entry.Actor);
+        _layer.Forget(done.Name);
+        ReleaseTagSet(entry);
+        foreach (var destroyer in entry.Destroyers)
+        {
+            destroyer.Tell(new BlockLayer.Destroyed(done.Name, done.FailedRequests));
+        }
+    }
+
+    private void HandleTerminated(Terminated terminated)
+    {
+        var entry = _devices.Values.FirstOrDefault(e => e.Actor.Equals(terminated.ActorRef));
+        if (entry is null)
+        {
+            return;
+        }
+
+        // The device actor died without unregistering (it failed while initialising).
+        _devices.Remove(entry.Options.Name);
+        _layer.Forget(entry.Options.Name);
+        ReleaseTagSet(entry);
+        entry.Creator?.Tell(new Status.Failure(new InvalidOperationException($"Device {entry.Options.Name} failed while it was being registered; see the log.")));
+        foreach (var destroyer in entry.Destroyers)
+        {
+            destroyer.Tell(new BlockLayer.Destroyed(entry.Options.Name, 0));
+        }
+    }
+
+    private void HandleIo(BlockLayer.Io io)
+    {
+        if (_devices.TryGetValue(io.Device, out var entry) && entry.Ready)
+        {
+            entry.Actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
+        }
+        else
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device));
+        }
+    }
+
+    private void ReleaseTagSet(Entry entry)
+    {
+        var set = entry.Device.Queue.TagSet;
+        if (entry.PrivateTagSet)
+        {
+            Context.Stop(entry.TagSetActor);
+        }
+        else if (set.Queues.Count == 0 && _sharedTagSets.Remove(entry.Options.TagSetName))
+        {
+            Context.Stop(entry.TagSetActor);
+        }
+    }
+
+    private static BlockLayer.DeviceSummary Summary(Entry e) => new(e.Device.Name, e.Device.Queue.Driver.Kind, e.Device.Capacity, e.Device.LogicalBlockSize,
+        e.Device.Queue.HardwareContexts.Count, e.Options.Dispatch.ToString().ToLowerInvariant(), e.Device.Queue.TagSet.Name);
+
+    private sealed class Entry(BlockDevice device, IActorRef actor, IActorRef tagSetActor, bool privateTagSet, DeviceOptions options, IActorRef creator)
+    {
+        public BlockDevice Device { get; } = device;
+
+        public IActorRef Actor { get; } = actor;
+
+        public IActorRef TagSetActor { get; } = tagSetActor;
+
+        public bool PrivateTagSet { get; } = privateTagSet;
+
+        public DeviceOptions Options { get; } = options;
+
+        public IActorRef? Creator { get; set; } = creator;
+
+        public bool Ready { get; set; }
+
+        public List<IActorRef> Destroyers { get; } = [];
+    }
+}
+
+/// <summary>Request deadlines on the actor system scheduler's clock, so TestKit virtual time moves them.</summary>
+internal sealed class SchedulerBlockClock(IScheduler scheduler) : BlockClock
+{
+    public override long NowMilliseconds => (long)scheduler.MonotonicClock.TotalMilliseconds;
+}

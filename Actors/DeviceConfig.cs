@@ -1,0 +1,164 @@
+using System.Globalization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Topology;
+using Akka.Configuration;
+
+namespace ActorBlk.Actors;
+
+/// <summary>
+/// Reads one <c>actorblk.devices</c> entry into <see cref="DeviceOptions"/>. Keys use null_blk and
+/// sysfs names; an unknown key is an error, so a typo cannot silently fall back to a default.
+/// </summary>
+public static class DeviceConfig
+{
+    /// <summary>Every key a device entry may have.</summary>
+    public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
+        "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
+        "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
+        "read_only", "rotational", "dispatch", "completion", "cpu_map",
+    };
+
+    /// <summary>Parses a device entry; values absent from it keep the <see cref="DeviceOptions"/> defaults.</summary>
+    /// <exception cref="DeviceOptionsException">A key is unknown or a value is malformed or out of range.</exception>
+    public static DeviceOptions Parse(Config entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var defaults = new DeviceOptions();
+        var name = entry.HasPath("name") ? entry.GetString("name") : defaults.Name;
+        foreach (var key in entry.Root.GetObject().Items.Keys)
+        {
+            if (!Keys.Contains(key))
+            {
+                throw new DeviceOptionsException(name, key, $"unknown key (known: {string.Join(", ", Keys.Order())}).");
+            }
+        }
+
+        var options = new DeviceOptions
+        {
+            Name = name,
+            Driver = Str(entry, "driver", defaults.Driver),
+            Size = entry.HasPath("size") ? ParseSize(name, entry.GetString("size")) : defaults.Size,
+            BlockSize = Int(entry, name, "bs", defaults.BlockSize),
+            SubmitQueues = Int(entry, name, "submit_queues", defaults.SubmitQueues),
+            PollQueues = Int(entry, name, "poll_queues", defaults.PollQueues),
+            HwQueueDepth = Int(entry, name, "hw_queue_depth", defaults.HwQueueDepth),
+            ReservedTags = Int(entry, name, "reserved_tags", defaults.ReservedTags),
+            IrqMode = (IrqMode)Int(entry, name, "irqmode", (int)defaults.IrqMode),
+            CompletionNsec = Long(entry, name, "completion_nsec", defaults.CompletionNsec),
+            MemoryBacked = Bool(entry, name, "memory_backed", defaults.MemoryBacked),
+            Blocking = Bool(entry, name, "blocking", defaults.Blocking),
+            Discard = Bool(entry, name, "discard", defaults.Discard),
+            WriteCache = Bool(entry, name, "write_cache", defaults.WriteCache),
+            SharedTags = Bool(entry, name, "shared_tags", defaults.SharedTags),
+            TagSetName = Str(entry, "tag_set", defaults.TagSetName),
+            HostWideTags = Bool(entry, name, "shared_tag_bitmap", defaults.HostWideTags),
+            RqAffinity = (CompletionAffinity)Int(entry, name, "rq_affinity", (int)defaults.RqAffinity),
+            NoMerges = (MergePolicy)Int(entry, name, "nomerges", (int)defaults.NoMerges),
+            IoPoll = Bool(entry, name, "io_poll", defaults.IoPoll),
+            IoTimeoutMs = Int(entry, name, "io_timeout", defaults.IoTimeoutMs),
+            MaxSectorsKb = Int(entry, name, "max_sectors_kb", defaults.MaxSectorsKb),
+            ReadOnly = Bool(entry, name, "read_only", defaults.ReadOnly),
+            Rotational = Bool(entry, name, "rotational", defaults.Rotational),
+            Dispatch = Choice(entry, name, "dispatch", defaults.Dispatch, ("ring", DispatchMode.Ring), ("mailbox", DispatchMode.Mailbox)),
+            Completion = Choice(entry, name, "completion", defaults.Completion, ("inline", CompletionContinuation.Inline), ("threadpool", CompletionContinuation.ThreadPool)),
+            CpuMapAlgorithm = Choice(entry, name, "cpu_map", defaults.CpuMapAlgorithm,
+                ("group-evenly", CpuMapAlgorithm.GroupEvenly), ("present-first", CpuMapAlgorithm.PresentFirst), ("contiguous", CpuMapAlgorithm.Contiguous)),
+        };
+        options.Validate();
+        return options;
+    }
+
+    /// <summary>
+    /// Parses a size: plain bytes, or a number with a binary unit (k, m, g, t; "KiB" etc. also
+    /// accepted): "512m" is 512 MiB.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The text is not a size.</exception>
+    public static long ParseSize(string device, string text)
+    {
+        var t = (text ?? string.Empty).Trim().ToLowerInvariant().Replace("ib", string.Empty, StringComparison.Ordinal).TrimEnd('b');
+        var shift = 0;
+        if (t.Length > 0 && char.IsLetter(t[^1]))
+        {
+            shift = t[^1] switch
+            {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => -1,
+            };
+            t = t[..^1];
+        }
+
+        if (shift < 0 || !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > (long.MaxValue >> shift))
+        {
+            throw new DeviceOptionsException(device, "size", $"'{text}' is not a size (bytes, or a number with k, m, g or t).");
+        }
+
+        return value << shift;
+    }
+
+    private static string Str(Config c, string key, string fallback) => c.HasPath(key) ? c.GetString(key) : fallback;
+
+    private static int Int(Config c, string device, string key, int fallback)
+    {
+        var value = Long(c, device, key, fallback);
+        if (value is < int.MinValue or > int.MaxValue)
+        {
+            throw new DeviceOptionsException(device, key, $"{value} is out of range.");
+        }
+
+        return (int)value;
+    }
+
+    private static long Long(Config c, string device, string key, long fallback)
+    {
+        if (!c.HasPath(key))
+        {
+            return fallback;
+        }
+
+        var text = c.GetString(key);
+        return long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var v)
+            ? v
+            : throw new DeviceOptionsException(device, key, $"'{text}' is not a whole number.");
+    }
+
+    private static bool Bool(Config c, string device, string key, bool fallback)
+    {
+        if (!c.HasPath(key))
+        {
+            return fallback;
+        }
+
+        return c.GetString(key).ToLowerInvariant() switch
+        {
+            "on" or "true" or "yes" or "1" => true,
+            "off" or "false" or "no" or "0" => false,
+            var other => throw new DeviceOptionsException(device, key, $"'{other}' is not on/off."),
+        };
+    }
+
+    private static T Choice<T>(Config c, string device, string key, T fallback, params (string Name, T Value)[] choices)
+    {
+        if (!c.HasPath(key))
+        {
+            return fallback;
+        }
+
+        var text = c.GetString(key).ToLowerInvariant();
+        foreach (var (n, v) in choices)
+        {
+            if (n == text)
+            {
+                return v;
+            }
+        }
+
+        throw new DeviceOptionsException(device, key, $"'{text}' is not one of {string.Join(", ", choices.Select(x => x.Name))}.");
+    }
+}

@@ -1,0 +1,130 @@
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+using Akka.Actor;
+using Akka.Event;
+using DataPlane = ActorBlk.Hardware.Queues;
+
+namespace ActorBlk.Actors;
+
+/// <summary>
+/// Protocol of the software-context actor: one per possible CPU of a request queue. In mailbox
+/// dispatch it runs the submission path of its CPU (merge, tag, stage) and the completions
+/// redirected to its CPU; in both modes it serves statistics and I/O submitted as messages.
+/// </summary>
+public static class SoftwareContext
+{
+    /// <summary>Run the submission path for a bio on this context (mailbox dispatch). Local only.</summary>
+    public sealed record SubmitBio(Bio Bio) : INoSerializationVerificationNeeded;
+
+    /// <summary>Run the completion of a request redirected to this context's CPU (rq_affinity). Local only.</summary>
+    public sealed record CompleteRequest(Request Request) : INoSerializationVerificationNeeded;
+
+    /// <summary>
+    /// An I/O submitted as a message, locally or over the cluster. The sender receives
+    /// <see cref="Completed"/> or <see cref="Rejected"/> with the same <paramref name="Id"/>.
+    /// </summary>
+    /// <param name="Id">The caller's identifier, echoed in the reply.</param>
+    /// <param name="Op">The operation.</param>
+    /// <param name="Offset">Byte offset.</param>
+    /// <param name="Length">Byte length (the data's length for writes; 0 for flush).</param>
+    /// <param name="Data">The data of a write.</param>
+    /// <param name="Flags">Request flags (FUA, no-wait...).</param>
+    public sealed record Submit(long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None) : IActorBlkMessage;
+
+    /// <summary>The I/O completed; <paramref name="Data"/> holds what a successful read returned.</summary>
+    public sealed record Completed(long Id, BlockStatus Status, byte[]? Data) : IActorBlkMessage;
+
+    /// <summary>The I/O was malformed and nothing was submitted.</summary>
+    public sealed record Rejected(long Id, InvalidRequestReason Reason, string Message) : IActorBlkMessage;
+
+    /// <summary>Asks for the context's counters.</summary>
+    public sealed record GetStats : IActorBlkQuery
+    {
+        /// <summary>The instance.</summary>
+        public static readonly GetStats Instance = new();
+    }
+
+    /// <summary>The context's counters (<c>dispatched</c>, <c>merged</c>, <c>completed</c>).</summary>
+    public sealed record Stats(int Cpu, long DispatchedSync, long DispatchedAsync, long Merged, long CompletedSync, long CompletedAsync) : IActorBlkMessage;
+
+    /// <summary>Props of the actor for <paramref name="ctx"/> of <paramref name="device"/>.</summary>
+    public static Props Props(DataPlane.SoftwareContext ctx, BlockDevice device) =>
+        Akka.Actor.Props.Create(() => new SoftwareContextActor(ctx, device));
+}
+
+/// <summary>The software-context actor. Runs every message bound to its CPU.</summary>
+internal sealed class SoftwareContextActor : UntypedActor
+{
+    private readonly DataPlane.SoftwareContext _ctx;
+    private readonly BlockDevice _device;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public SoftwareContextActor(DataPlane.SoftwareContext ctx, BlockDevice device)
+    {
+        _ctx = ctx;
+        _device = device;
+    }
+
+    protected override void OnReceive(object message)
+    {
+        using var bind = CurrentCpu.Bind(_ctx.Cpu);
+        switch (message)
+        {
+            case SoftwareContext.SubmitBio submit:
+                _ctx.Queue.SubmitBio(submit.Bio);
+                break;
+            case SoftwareContext.CompleteRequest complete:
+                _ctx.Queue.EndRequest(complete.Request);
+                break;
+            case SoftwareContext.Submit io:
+                HandleSubmit(io);
+                break;
+            case SoftwareContext.GetStats:
+                Sender.Tell(new SoftwareContext.Stats(_ctx.Cpu, _ctx.DispatchedSync, _ctx.DispatchedAsync, _ctx.Merged, _ctx.CompletedSync, _ctx.CompletedAsync));
+                break;
+            default:
+                Unhandled(message);
+                break;
+        }
+    }
+
+    private void HandleSubmit(SoftwareContext.Submit io)
+    {
+        var buffer = io.Op switch
+        {
+            BlockOp.Read => new byte[Math.Max(0, io.Length)],
+            BlockOp.Write => io.Data ?? [],
+            _ => [],
+        };
+
+        var length = io.Op == BlockOp.Write ? buffer.Length : io.Length;
+        if (io.Op == BlockOp.Write && io.Length != buffer.Length)
+        {
+            Sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{_device.Name}: the write carries {buffer.Length} bytes but names {io.Length}."));
+            return;
+        }
+
+        try
+        {
+            _device.SubmitWithEndIo(io.Op, io.Offset, length, buffer, io.Flags, _ctx.Cpu, new Reply(Sender, io.Id, io.Op == BlockOp.Read ? buffer : null));
+        }
+        catch (InvalidBlockRequestException ex)
+        {
+            if (_log.IsDebugEnabled)
+            {
+                _log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, Sender, ex.Message);
+            }
+
+            Sender.Tell(new SoftwareContext.Rejected(io.Id, ex.Reason, ex.Message));
+        }
+    }
+
+    // Replies to the submitter when the bio completes; read data travels back in the reply.
+    private sealed class Reply(IActorRef replyTo, long id, byte[]? readBuffer) : IBioEndIo
+    {
+        public void OnBioComplete(Bio bio, BlockStatus status) =>
+            replyTo.Tell(new SoftwareContext.Completed(id, status, status == BlockStatus.Ok ? readBuffer : null));
+    }
+}

@@ -1,0 +1,48 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Akka.Actor;
+
+namespace ActorBlk.Actors.Tests.Support;
+
+using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
+using RequestQueue = ActorBlk.Hardware.Queues.RequestQueue;
+using TagSet = ActorBlk.Hardware.Tags.TagSet;
+
+/// <summary>
+/// A data-plane queue wired for mailbox dispatch, whose software-context and hardware-queue
+/// actors are each either the real actor or a probe supplied by the spec.
+/// </summary>
+public sealed class MailboxRig
+{
+    public MailboxRig(ScriptedDriver driver, CpuTopology topology, QueueOptions? options = null, int depth = 16, BlockClock? clock = null)
+    {
+        Driver = driver;
+        TagSet = new TagSet(new TagSetOptions { QueueDepth = depth, Seed = 5 }, topology, driver.InitRequest);
+        Queue = new RequestQueue("rig0", TagSet, driver, options ?? new QueueOptions { MergePolicy = MergePolicy.Off }, clock);
+        TagSet.AddQueue(Queue);
+        Device = new BlockDevice(Queue);
+    }
+
+    public ScriptedDriver Driver { get; }
+
+    public TagSet TagSet { get; }
+
+    public RequestQueue Queue { get; }
+
+    public BlockDevice Device { get; }
+
+    public IActorRef[] Contexts { get; private set; } = [];
+
+    public IActorRef[] HardwareQueues { get; private set; } = [];
+
+    /// <summary>Starts the queue on mailbox dispatch with the given actors.</summary>
+    public void Start(IActorRef[] contexts, IActorRef[] hardwareQueues)
+    {
+        Contexts = contexts;
+        HardwareQueues = hardwareQueues;
+        Queue.Start(new MailboxRuntime(contexts, hardwareQueues, TimeSpan.FromSeconds(5)));
+    }
+}
