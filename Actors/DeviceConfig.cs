@@ -40,7 +40,7 @@ public static class DeviceConfig
         var options = new DeviceOptions
         {
             Name = name,
-            Driver = Str(entry, "driver", defaults.Driver),
+            Driver = Driver(entry, defaults.Driver),
             Size = entry.HasPath("size") ? ParseSize(name, entry.GetString("size")) : defaults.Size,
             BlockSize = Int(entry, name, "bs", defaults.BlockSize),
             SubmitQueues = Int(entry, name, "submit_queues", defaults.SubmitQueues),
@@ -103,6 +103,10 @@ public static class DeviceConfig
     }
 
     private static string Str(Config c, string key, string fallback) => c.HasPath(key) ? c.GetString(key) : fallback;
+
+    // `driver = null` is HOCON's null literal; for this key it names the null driver.
+    private static string Driver(Config c, string fallback) =>
+        !c.HasPath("driver") ? fallback : string.IsNullOrEmpty(c.GetString("driver")) ? "null" : c.GetString("driver");
 
     private static int Int(Config c, string device, string key, int fallback)
     {

@@ -1,11 +1,15 @@
+using System.Collections.Concurrent;
+using ActorBlk.Hardware.Requests;
 using Hyperion;
 
 namespace ActorBlk.Actors.Serialization;
 
 /// <summary>
 /// The allow-list Hyperion consults before it serializes or instantiates a type: ActorBlk's own
-/// messages, actor-reference surrogates, and a few system types they are built from. Everything
-/// else is refused, so a peer cannot make this node instantiate arbitrary types (CWE-502).
+/// messages (types implementing <see cref="IActorBlkMessage"/>) and the enums they carry, actor
+/// reference surrogates, and a few system types they are built from. Everything else, including
+/// every other ActorBlk type, is refused, so a peer cannot make this node instantiate arbitrary
+/// types (CWE-502).
 /// </summary>
 /// <remarks>
 /// Hyperion's shipped allow-list does not work: it compares the fully versioned assembly-qualified
@@ -44,9 +48,33 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
         return TryAllow(typeName, ref pos, out var allowed) && allowed;
     }
 
+    private static readonly ConcurrentDictionary<string, bool> Decisions = new(StringComparer.Ordinal);
+
     /// <summary>True for a normalised (unqualified) type name on the allow-list.</summary>
-    public static bool IsAllowedName(string fullName) =>
-        fullName.StartsWith("ActorBlk.", StringComparison.Ordinal) || AllowedSystemTypes.Contains(fullName);
+    public static bool IsAllowedName(string fullName)
+    {
+        ArgumentNullException.ThrowIfNull(fullName);
+        if (AllowedSystemTypes.Contains(fullName))
+        {
+            return true;
+        }
+
+        // An array is allowed when its element type is.
+        if (fullName.EndsWith("[]", StringComparison.Ordinal))
+        {
+            return IsAllowedName(fullName[..^2]);
+        }
+
+        return fullName.StartsWith("ActorBlk.", StringComparison.Ordinal) && Decisions.GetOrAdd(fullName, IsActorBlkWireType);
+    }
+
+    // Only types of ActorBlk's own assemblies that are messages, or enums carried by messages.
+    private static bool IsActorBlkWireType(string fullName)
+    {
+        var type = typeof(IActorBlkMessage).Assembly.GetType(fullName, throwOnError: false)
+                   ?? typeof(BlockOp).Assembly.GetType(fullName, throwOnError: false);
+        return type is not null && (typeof(IActorBlkMessage).IsAssignableFrom(type) || type.IsEnum);
+    }
 
     // Parses "Full.Name[`n[[arg, asm],[arg, asm]]][, assembly...]" from pos, checking the name and
     // every generic argument; leaves pos after the type name's assembly part at this nesting level.

@@ -1,0 +1,15 @@
+using Serilog;
+using Serilog.Events;
+
+namespace ActorBlk.Host.Commands;
+
+/// <summary>The console logger of the `actorblk` command.</summary>
+internal static class Logging
+{
+    public const string Template = "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}{Exception}";
+
+    public static ILogger CreateConsoleLogger(LogEventLevel level = LogEventLevel.Information) => new LoggerConfiguration()
+        .MinimumLevel.Is(level)
+        .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture)
+        .CreateLogger();
+}

@@ -1,0 +1,90 @@
+using ActorBlk.Actors;
+using ActorBlk.Actors.Hosting;
+using Akka.Cluster;
+using Akka.Hosting;
+using Akka.Logger.Serilog;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Serilog;
+
+namespace ActorBlk.Host.Commands;
+
+/// <summary>
+/// <c>actorblk serve</c>: runs a single-node Akka cluster on 127.0.0.1 from hocon.conf, creates
+/// the devices it lists, logs what it serves, and stops cleanly on Ctrl-C or SIGTERM (devices are
+/// drained and destroyed by coordinated shutdown).
+/// </summary>
+internal static class ServeCommand
+{
+    public const string Usage = "actorblk serve [--config PATH] [--port N]";
+
+    public static async Task<int> RunAsync(CommandLine cl)
+    {
+        var path = cl.String("config") ?? NodeConfig.Locate();
+        int? port = cl.Has("port") ? cl.Int("port", 4053, 0, 65535) : null;
+        cl.RejectUnknown();
+        if (cl.Positional.Count > 0)
+        {
+            throw new UsageException($"unexpected argument '{cl.Positional[0]}'. Usage: {Usage}");
+        }
+
+        var config = NodeConfig.Load(path, port);
+
+        // Refuse a bad device list before anything starts, with the offending key named.
+        ActorBlkSettings.Create(config);
+        Log.Logger = Logging.CreateConsoleLogger();
+        Log.Information("Starting ActorBlk node from {Config}", Path.GetFullPath(path));
+
+        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+        builder.Logging.ClearProviders();
+        builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
+            .AddHocon(config, HoconAddMode.Prepend)
+            .ConfigureLoggers(loggers =>
+            {
+                loggers.ClearLoggers();
+                loggers.AddSerilogLogging();
+            })
+            .WithActorBlk()
+            .AddStartup(async (system, _) =>
+            {
+                var cluster = Cluster.Get(system);
+                if (cluster.Settings.SeedNodes.Count == 0)
+                {
+                    await cluster.JoinAsync(cluster.SelfAddress).ConfigureAwait(false);
+                }
+
+                var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                cluster.RegisterOnMemberUp(() => up.TrySetResult());
+                await up.Task.ConfigureAwait(false);
+
+                var layer = BlockLayer.Get(system);
+                Log.Information("Node {Address} is up (roles: {Roles}); CPU topology {Topology}",
+                    cluster.SelfAddress, string.Join(",", cluster.SelfRoles), layer.Topology.Describe());
+                foreach (var device in layer.Devices.OrderBy(d => d.Name))
+                {
+                    Log.Information("Serving {Device}: {Driver} device of {Size}, {Block}-byte blocks, {Queues} hardware queue(s) of {Depth} tags, {Dispatch} dispatch",
+                        device.Name, device.Queue.Driver.Kind, Sizes.Format(device.Capacity), device.LogicalBlockSize,
+                        device.Queue.HardwareContexts.Count, device.Queue.TagSet.QueueDepth, device.Dispatch.ToString().ToLowerInvariant());
+                }
+
+                Log.Information("Devices are addressable at {Guardian}", $"{cluster.SelfAddress}/user/{BlockLayer.GuardianName}");
+            }));
+
+        try
+        {
+            using var host = builder.Build();
+            await host.RunAsync().ConfigureAwait(false);
+            Log.Information("ActorBlk node stopped");
+            return 0;
+        }
+        catch (Exception ex)
+        {
+            Log.Fatal(ex, "The node failed: {Reason}", ex.GetBaseException().Message);
+            return 1;
+        }
+        finally
+        {
+            await Log.CloseAndFlushAsync().ConfigureAwait(false);
+        }
+    }
+}

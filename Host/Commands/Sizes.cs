@@ -1,0 +1,47 @@
+using System.Globalization;
+
+namespace ActorBlk.Host.Commands;
+
+/// <summary>Human-readable sizes and rates with binary units, as fio prints them.</summary>
+internal static class Sizes
+{
+    private static readonly string[] Units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+
+    public static string Format(double bytes)
+    {
+        var unit = 0;
+        while (bytes >= 1024 && unit < Units.Length - 1)
+        {
+            bytes /= 1024;
+            unit++;
+        }
+
+        return bytes.ToString(unit == 0 ? "0" : "0.##", CultureInfo.InvariantCulture) + Units[unit];
+    }
+
+    /// <summary>Parses fio-style sizes: "4k", "1m", "1g", "4096" (k = 1024).</summary>
+    public static long Parse(string option, string text)
+    {
+        var t = text.Trim().ToLowerInvariant().Replace("ib", string.Empty, StringComparison.Ordinal).TrimEnd('b');
+        var shift = 0;
+        if (t.Length > 0 && char.IsLetter(t[^1]))
+        {
+            shift = t[^1] switch
+            {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => -1,
+            };
+            t = t[..^1];
+        }
+
+        if (shift < 0 || !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var v) || v > (long.MaxValue >> shift))
+        {
+            throw new UsageException($"option --{option}: '{text}' is not a size (e.g. 4k, 1m, 2g).");
+        }
+
+        return v << shift;
+    }
+}

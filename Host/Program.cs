@@ -1,0 +1,48 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Host.Commands;
+
+namespace ActorBlk.Host;
+
+/// <summary>The <c>actorblk</c> command.</summary>
+public static class Program
+{
+    private const string Help = """
+        actorblk: a user-space multi-queue block layer on Akka.NET
+
+        usage:
+          actorblk serve [--config PATH] [--port N]    run a node serving the devices of hocon.conf
+          actorblk help                                 this text
+
+        """;
+
+    /// <summary>Entry point; returns 0 on success, 1 on failure, 2 on a usage error.</summary>
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+        {
+            Console.Out.Write(Help);
+            return args.Length == 0 ? 2 : 0;
+        }
+
+        try
+        {
+            var cl = new CommandLine(args.Skip(1));
+            return args[0] switch
+            {
+                "serve" => await ServeCommand.RunAsync(cl).ConfigureAwait(false),
+                _ => throw new UsageException($"unknown command '{args[0]}'."),
+            };
+        }
+        catch (UsageException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            await Console.Error.WriteAsync(Help).ConfigureAwait(false);
+            return 2;
+        }
+        catch (DeviceOptionsException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 2;
+        }
+    }
+}

@@ -1,0 +1,132 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Topology;
+using Akka.Configuration;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>Reading <c>actorblk { devices = [...] }</c> and the rest of the section.</summary>
+public sealed class DeviceConfigSpec
+{
+    private static DeviceOptions Parse(string hocon) => DeviceConfig.Parse(ConfigurationFactory.ParseString(hocon));
+
+    [Fact]
+    public void Reads_null_blk_and_sysfs_names()
+    {
+        var o = Parse("""
+            name = nullb3, size = 512m, bs = 4096, submit_queues = 2, hw_queue_depth = 128, irqmode = 2,
+            completion_nsec = 5000, memory_backed = on, rq_affinity = 2, nomerges = 1, io_timeout = 7000,
+            dispatch = mailbox, completion = threadpool, io_poll = on, poll_queues = 1, cpu_map = contiguous
+            """);
+
+        Assert.Equal("nullb3", o.Name);
+        Assert.Equal(512L << 20, o.Size);
+        Assert.Equal(4096, o.BlockSize);
+        Assert.Equal(2, o.SubmitQueues);
+        Assert.Equal(128, o.HwQueueDepth);
+        Assert.Equal(IrqMode.Timer, o.IrqMode);
+        Assert.Equal(5000, o.CompletionNsec);
+        Assert.True(o.MemoryBacked);
+        Assert.Equal(CompletionAffinity.SubmittingCpu, o.RqAffinity);
+        Assert.Equal(MergePolicy.SimpleOnly, o.NoMerges);
+        Assert.Equal(7000, o.IoTimeoutMs);
+        Assert.Equal(DispatchMode.Mailbox, o.Dispatch);
+        Assert.Equal(CompletionContinuation.ThreadPool, o.Completion);
+        Assert.True(o.IoPoll);
+        Assert.Equal(CpuMapAlgorithm.Contiguous, o.CpuMapAlgorithm);
+    }
+
+    [Fact]
+    public void The_hocon_null_literal_names_the_null_driver()
+    {
+        Assert.Equal("null", Parse("name = n, driver = null").Driver);
+        Assert.Equal("null", Parse("name = n, driver = \"null\"").Driver);
+    }
+
+    [Fact]
+    public void Absent_keys_keep_the_null_blk_defaults()
+    {
+        var o = Parse("name = nullb0");
+
+        Assert.Equal(250L << 30, o.Size);
+        Assert.Equal(512, o.BlockSize);
+        Assert.Equal(1, o.SubmitQueues);
+        Assert.Equal(64, o.HwQueueDepth);
+        Assert.Equal(IrqMode.SoftIrq, o.IrqMode);
+        Assert.Equal(10_000, o.CompletionNsec);
+        Assert.Equal(CompletionAffinity.CacheGroup, o.RqAffinity);
+        Assert.Equal(5_000, o.EffectiveTimeoutMs);
+        Assert.Equal(DispatchMode.Ring, o.Dispatch);
+    }
+
+    [Theory]
+    [InlineData("4096", 4096L)]
+    [InlineData("1k", 1024L)]
+    [InlineData("2g", 2L << 30)]
+    [InlineData("1GiB", 1L << 30)]
+    [InlineData("3T", 3L << 40)]
+    public void Sizes_take_binary_units(string text, long bytes)
+    {
+        Assert.Equal(bytes, DeviceConfig.ParseSize("d", text));
+    }
+
+    [Theory]
+    [InlineData("name = x, hw_queue_dept = 8", "hw_queue_dept")]
+    [InlineData("name = x, size = 1x", "size")]
+    [InlineData("name = x, bs = 1000", "bs")]
+    [InlineData("name = x, irqmode = 3", "irqmode")]
+    [InlineData("name = x, rq_affinity = 5", "rq_affinity")]
+    [InlineData("name = x, memory_backed = maybe", "memory_backed")]
+    [InlineData("name = x, hw_queue_depth = lots", "hw_queue_depth")]
+    [InlineData("name = x, dispatch = carrier-pigeon", "dispatch")]
+    [InlineData("name = \"a b\"", "name")]
+    [InlineData("name = x, reserved_tags = 64", "reserved_tags")]
+    [InlineData("name = x, size = 1000", "size")]
+    public void A_bad_entry_names_the_offending_key(string hocon, string key)
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));
+
+        Assert.Equal(key, ex.Option);
+    }
+
+    [Fact]
+    public void The_section_reads_topology_clock_and_devices()
+    {
+        var settings = ActorBlkSettings.Create(ConfigurationFactory.ParseString("""
+            actorblk {
+              topology { source = simulated, simulated { cpus = 8, sockets = 2, threads-per-core = 2, online = "0-5" } }
+              clock = scheduler
+              devices = [ { name = a, size = 1m }, { name = b, size = 2m, dispatch = mailbox } ]
+            }
+            """));
+
+        Assert.Equal(ClockSource.Scheduler, settings.Clock);
+        Assert.Equal(["a", "b"], settings.Devices.Select(d => d.Name));
+        var topology = settings.BuildTopology();
+        Assert.Equal(8, topology.PossibleCount);
+        Assert.Equal(CpuSet.Range(6), topology.Online);
+        Assert.Equal(CpuSet.Of(0, 4), topology.SiblingsOf(4));
+    }
+
+    [Fact]
+    public void Two_devices_may_not_share_a_name()
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.devices = [ { name = a }, { name = a } ]")));
+
+        Assert.Equal("name", ex.Option);
+    }
+
+    [Fact]
+    public void Library_defaults_are_complete()
+    {
+        var settings = ActorBlkSettings.Create(ConfigurationFactory.Empty);
+
+        Assert.Equal("system", settings.TopologySource);
+        Assert.Equal(ClockSource.System, settings.Clock);
+        Assert.Equal(TimeSpan.FromSeconds(1), settings.TimeoutScanInterval);
+        Assert.Equal(TimeSpan.FromMicroseconds(20), settings.RingSpin);
+        Assert.Empty(settings.Devices);
+    }
+}

@@ -1,0 +1,113 @@
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+using Akka.Configuration;
+using Akka.Actor;
+using Akka.Serialization;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests.Serialization;
+
+/// <summary>A type that is not on the allow-list, standing in for a deserialization gadget.</summary>
+public sealed class Gadget
+{
+    public string Command { get; set; } = "rm -rf /";
+}
+
+/// <summary>The wire protocol: every message round-trips through the bound serializer; nothing else is accepted.</summary>
+public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly Config Bound = ConfigurationFactory.ParseString("""
+        akka.actor {
+          serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
+          serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
+        }
+        """).WithFallback(Configs.Simulated);
+
+    public SerializationSpec(ITestOutputHelper output)
+        : base(Bound, output: output)
+    {
+    }
+
+    public static IEnumerable<object[]> Messages() =>
+    [
+        [new SoftwareContext.Submit(1, BlockOp.Write, 4096, 3, [1, 2, 3], RequestFlags.Fua)],
+        [new SoftwareContext.Completed(2, BlockStatus.Medium, null)],
+        [new SoftwareContext.Completed(3, BlockStatus.Ok, [9, 8])],
+        [new SoftwareContext.Rejected(4, InvalidRequestReason.Misaligned, "offset 7")],
+        [SoftwareContext.GetStats.Instance],
+        [new SoftwareContext.Stats(3, 1, 2, 3, 4, 5)],
+        [HardwareQueue.ScanTimeouts.Instance],
+        [HardwareQueue.Stop.Instance],
+        [HardwareQueue.Start.Instance],
+        [new HardwareQueue.TimeoutsExpired(0, 2, 5)],
+        [new HardwareQueue.Stats(1, true, false, 10, 20, 3, 4, 2, [1, 2, 3, 4, 5, 6, 7])],
+        [new TagSet.Joined("shared", true, 2)],
+        [new TagSet.Left("shared", false, 1)],
+        [TagSet.GetState.Instance],
+        [new TagSet.State("t", ["a", "b"], true, 128, 0, 1, false, [2], [5])],
+        [new CpuTopology.Registered("nullb0", 4)],
+        [new CpuTopology.Unregistered("nullb0")],
+        [CpuTopology.GetTopology.Instance],
+        [new CpuTopology.TopologyInfo(2, "simulated", 8, "0-7", "0-6", 2, ["nullb0"])],
+        [new RequestQueue.Ready("nullb0")],
+        [RequestQueue.Unregister.Instance],
+        [new RequestQueue.Unregistered("nullb0", 0)],
+        [new RequestQueue.Io(5, BlockOp.Read, 0, 512, null, RequestFlags.NoWait, 2)],
+        [RequestQueue.GetInfo.Instance],
+        [new RequestQueue.Info("n", "null", 1 << 30, 512, 2, 8, "ring", "n", true, false, 0, 1, 2)],
+        [new BlockLayer.Destroy("nullb0")],
+        [new BlockLayer.Destroyed("nullb0", 3)],
+        [new BlockLayer.NoSuchDevice("x")],
+        [BlockLayer.ListDevices.Instance],
+        [new BlockLayer.DeviceList([new BlockLayer.DeviceSummary("n", "null", 1024, 512, 1, "mailbox", "n")])],
+        [new BlockLayer.Io("nullb0", 6, BlockOp.Discard, 0, 4096)],
+    ];
+
+    [Theory]
+    [MemberData(nameof(Messages))]
+    public void Every_wire_message_round_trips_through_the_actorblk_serializer(object message)
+    {
+        var serializer = Sys.Serialization.FindSerializerFor(message);
+        Assert.IsType<ActorBlkHyperionSerializer>(serializer);
+
+        var bytes = serializer.ToBinary(message);
+        var back = serializer.FromBinary(bytes, message.GetType());
+
+        Assert.Equivalent(message, back, strict: true);
+        Assert.Equal(message.GetType(), back.GetType());
+    }
+
+    [Fact]
+    public void A_payload_of_a_type_outside_the_allow_list_is_refused()
+    {
+        // A peer with stock Hyperion (no allow-list) sends a type this node must never instantiate.
+        var permissive = new HyperionSerializer((ExtendedActorSystem)Sys, HyperionSerializerSettings.Default);
+        var bytes = permissive.ToBinary(new Gadget());
+
+        var ours = Sys.Serialization.FindSerializerForType(typeof(IActorBlkMessage));
+        Assert.IsType<ActorBlkHyperionSerializer>(ours);
+        var ex = Assert.ThrowsAny<Exception>(() => ours.FromBinary(bytes, typeof(object)));
+        Assert.Contains("Unsafe Type", ex.ToString());
+    }
+
+    [Theory]
+    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, ActorBlk.Actors, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null", true)]
+    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, ActorBlk.Actors", true)]
+    [InlineData("ActorBlk.Hardware.Requests.BlockStatus, ActorBlk.Hardware", true)]
+    [InlineData("System.Collections.Generic.List`1[[System.String, System.Private.CoreLib,%core%]], System.Private.CoreLib,%core%", true)]
+    [InlineData("System.Collections.Generic.List`1[[ActorBlk.Actors.BlockLayer+DeviceSummary, ActorBlk.Actors]], System.Private.CoreLib,%core%", true)]
+    [InlineData("System.Collections.Generic.Dictionary`2[[System.String, System.Private.CoreLib],[System.IO.DirectoryInfo, System.Private.CoreLib]], System.Private.CoreLib", false)]
+    [InlineData("System.IO.DirectoryInfo, System.Private.CoreLib", false)]
+    [InlineData("System.Diagnostics.Process, System.Diagnostics.Process", false)]
+    [InlineData("ActorBlk.Hardware.Drivers.MemoryStore, ActorBlk.Hardware", false)]
+    [InlineData("ActorBlk.Actors.Tests.Serialization.Gadget, ActorBlk.Actors.Tests", false)]
+    [InlineData("", false)]
+    [InlineData("System.Collections.Generic.List`1[[", false)]
+    public void The_type_filter_normalises_names_and_allows_only_wire_types(string name, bool allowed)
+    {
+        Assert.Equal(allowed, ActorBlkTypeFilter.Instance.IsAllowed(name));
+    }
+}

@@ -1,0 +1,27 @@
+using System.Security.Cryptography;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>The BlockCopy sample: an application embedding ActorBlk through Akka.Hosting.</summary>
+public sealed class SampleSpec
+{
+    [Fact]
+    public async Task BlockCopy_copies_a_file_onto_the_embedded_device_and_verifies_it()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"blockcopy-{Guid.NewGuid():N}.bin");
+        await File.WriteAllBytesAsync(file, RandomNumberGenerator.GetBytes((3 << 20) + 1234));
+        try
+        {
+            await using var sample = ActorBlkProcess.StartProgram("BlockCopy.dll", file);
+
+            Assert.Equal(0, await sample.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+            Assert.Contains($"copied {(3 << 20) + 1234} bytes in 49 writes onto copy0: verified", sample.Output);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}

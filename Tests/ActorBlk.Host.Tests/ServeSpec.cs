@@ -1,0 +1,104 @@
+using System.Text.RegularExpressions;
+using ActorBlk.Actors;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Host.Tests.Support;
+using Akka.Actor;
+using Akka.Configuration;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// `actorblk serve` as a process: a single-node cluster on 127.0.0.1 serving the devices of its
+/// configuration, reached by a second actor system over Akka remoting, stopped by SIGTERM.
+/// </summary>
+public sealed partial class ServeSpec
+{
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>The repository's default hocon.conf (the README's set-up command serves it).</summary>
+    private static string RepositoryHocon()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
+        {
+            dir = dir.Parent;
+        }
+
+        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
+    }
+
+    private static ActorSystem Client() => ActorSystem.Create("client", ConfigurationFactory.ParseString("""
+        akka.loglevel = WARNING
+        akka.actor.provider = remote
+        akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+        akka.actor.serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
+        akka.actor.serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
+        """));
+
+    [GeneratedRegex(@"Devices are addressable at (?<address>akka\.tcp://\S+/user/actorblk)")]
+    private static partial Regex AddressLine();
+
+    [Fact]
+    public async Task Serves_the_default_configuration_over_remoting_and_stops_on_sigterm()
+    {
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0");
+        var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
+        var guardianPath = AddressLine().Match(line).Groups["address"].Value;
+        Assert.Contains("Serving nullb0", node.Output);
+
+        using (var client = Client())
+        {
+            var guardian = client.ActorSelection(guardianPath);
+            var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+            var write = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(10));
+            var read = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(10));
+            var rejected = await guardian.Ask<SoftwareContext.Rejected>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 100, 512), TimeSpan.FromSeconds(10));
+            var unknown = await guardian.Ask<BlockLayer.NoSuchDevice>(new BlockLayer.Io("sda", 4, BlockOp.Read, 0, 512), TimeSpan.FromSeconds(10));
+            var list = await guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(10));
+
+            Assert.Equal(BlockStatus.Ok, write.Status);
+            Assert.Equal(data, read.Data);
+            Assert.Equal(Hardware.Devices.InvalidRequestReason.Misaligned, rejected.Reason);
+            Assert.Equal("sda", unknown.Name);
+            Assert.Equal(1L << 30, Assert.Single(list.Devices).Capacity);
+            await client.Terminate();
+        }
+
+        node.Terminate();
+        Assert.Equal(0, await node.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("Unregistered nullb0: every request completed", node.Output);
+        Assert.Contains("ActorBlk node stopped", node.Output);
+    }
+
+    [Fact]
+    public async Task A_bad_device_entry_is_refused_with_the_key_named()
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-bad-{Guid.NewGuid():N}.conf");
+        await File.WriteAllTextAsync(config, "actorblk.devices = [ { name = nullb0, hw_queue_depth = 0 } ]");
+        try
+        {
+            await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+
+            Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
+            Assert.Contains("option 'hw_queue_depth'", node.Output);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
+    [Theory]
+    [InlineData("serve --bogus", "unknown option: --bogus")]
+    [InlineData("frobnicate", "unknown command 'frobnicate'")]
+    [InlineData("serve --port 70000", "--port")]
+    [InlineData("serve --config /nonexistent.conf", "does not exist")]
+    public async Task Usage_errors_exit_with_2_and_say_why(string args, string message)
+    {
+        await using var node = ActorBlkProcess.Start(args.Split(' '));
+
+        Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
+        Assert.Contains(message, node.Output);
+    }
+}

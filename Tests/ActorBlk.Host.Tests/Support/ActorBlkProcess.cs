@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Threading.Channels;
+
+namespace ActorBlk.Host.Tests.Support;
+
+/// <summary>The `actorblk` command run as a child process, its output read line by line.</summary>
+public sealed partial class ActorBlkProcess : IAsyncDisposable
+{
+    private const int SigTerm = 15;
+
+    private readonly Process _process;
+    private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
+    private readonly StringBuilder _all = new();
+    private readonly Task _pump;
+
+    private ActorBlkProcess(Process process)
+    {
+        _process = process;
+        _pump = Task.WhenAll(Pump(process.StandardOutput), Pump(process.StandardError));
+    }
+
+    /// <summary>Everything the process printed so far.</summary>
+    public string Output
+    {
+        get
+        {
+            lock (_all)
+            {
+                return _all.ToString();
+            }
+        }
+    }
+
+    /// <summary>Starts `dotnet actorblk.dll args...` from the test's output directory.</summary>
+    public static ActorBlkProcess Start(params string[] args) => StartProgram("actorblk.dll", args);
+
+    /// <summary>Starts `dotnet PROGRAM.dll args...` from the test's output directory.</summary>
+    public static ActorBlkProcess StartProgram(string program, params string[] args)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, program);
+        var info = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = AppContext.BaseDirectory,
+        };
+        info.ArgumentList.Add(dll);
+        foreach (var a in args)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        return new ActorBlkProcess(Process.Start(info) ?? throw new InvalidOperationException("dotnet did not start."));
+    }
+
+    /// <summary>Reads lines until one matches; fails when the process ends or the time is up.</summary>
+    public async Task<string> WaitForLineAsync(Func<string, bool> match, TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        try
+        {
+            await foreach (var line in _lines.Reader.ReadAllAsync(cts.Token))
+            {
+                if (match(line))
+                {
+                    return line;
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        throw new TimeoutException($"No matching line within {within}. Output so far:\n{Output}");
+    }
+
+    /// <summary>Sends SIGTERM, as a service manager or Ctrl-C would.</summary>
+    public void Terminate()
+    {
+        if (Kill(_process.Id, SigTerm) != 0)
+        {
+            throw new InvalidOperationException($"kill({_process.Id}, SIGTERM) failed: errno {Marshal.GetLastPInvokeError()}.");
+        }
+    }
+
+    /// <summary>Waits for the exit code.</summary>
+    public async Task<int> WaitForExitAsync(TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        await _process.WaitForExitAsync(cts.Token);
+        await _pump;
+        return _process.ExitCode;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+
+        _process.Dispose();
+    }
+
+    private async Task Pump(StreamReader reader)
+    {
+        while (await reader.ReadLineAsync() is { } line)
+        {
+            lock (_all)
+            {
+                _all.AppendLine(line);
+            }
+
+            await _lines.Writer.WriteAsync(line);
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+}
