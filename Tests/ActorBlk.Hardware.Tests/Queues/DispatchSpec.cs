@@ -167,14 +167,14 @@ public sealed class DispatchSpec
     {
         var (queue, runtime, driver) = Create();
         SubmitMany(queue, 2);
-        driver.ThrowOnQueue = new Drivers.BlockDeviceErrorException("controller fatal status");
+        driver.ThrowOnQueue = new ActorBlk.Hardware.Drivers.BlockDeviceErrorException("controller fatal status");
 
         Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
 
         var hctx = queue.HardwareContexts[0];
         Assert.True(hctx.IsStopped);
         Assert.Equal(2, hctx.PendingCount);
-        Assert.IsType<Drivers.BlockDeviceErrorException>(hctx.LastFault);
+        Assert.IsType<ActorBlk.Hardware.Drivers.BlockDeviceErrorException>(hctx.LastFault);
     }
 
     [Fact]
