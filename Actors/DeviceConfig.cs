@@ -77,30 +77,8 @@ public static class DeviceConfig
     /// accepted): "512m" is 512 MiB.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The text is not a size.</exception>
-    public static long ParseSize(string device, string text)
-    {
-        var t = (text ?? string.Empty).Trim().ToLowerInvariant().Replace("ib", string.Empty, StringComparison.Ordinal).TrimEnd('b');
-        var shift = 0;
-        if (t.Length > 0 && char.IsLetter(t[^1]))
-        {
-            shift = t[^1] switch
-            {
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                _ => -1,
-            };
-            t = t[..^1];
-        }
-
-        if (shift < 0 || !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > (long.MaxValue >> shift))
-        {
-            throw new DeviceOptionsException(device, "size", $"'{text}' is not a size (bytes, or a number with k, m, g or t).");
-        }
-
-        return value << shift;
-    }
+    public static long ParseSize(string device, string text) =>
+        ByteSize.TryParse(text, out var bytes) ? bytes : throw new DeviceOptionsException(device, "size", $"'{text}' is not a size (bytes, or a number with k, m, g or t).");
 
     private static string Str(Config c, string key, string fallback) => c.HasPath(key) ? c.GetString(key) : fallback;
 

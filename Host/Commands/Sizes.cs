@@ -1,4 +1,5 @@
 using System.Globalization;
+using ActorBlk.Hardware.Devices;
 
 namespace ActorBlk.Host.Commands;
 
@@ -20,28 +21,6 @@ internal static class Sizes
     }
 
     /// <summary>Parses fio-style sizes: "4k", "1m", "1g", "4096" (k = 1024).</summary>
-    public static long Parse(string option, string text)
-    {
-        var t = text.Trim().ToLowerInvariant().Replace("ib", string.Empty, StringComparison.Ordinal).TrimEnd('b');
-        var shift = 0;
-        if (t.Length > 0 && char.IsLetter(t[^1]))
-        {
-            shift = t[^1] switch
-            {
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                _ => -1,
-            };
-            t = t[..^1];
-        }
-
-        if (shift < 0 || !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var v) || v > (long.MaxValue >> shift))
-        {
-            throw new UsageException($"option --{option}: '{text}' is not a size (e.g. 4k, 1m, 2g).");
-        }
-
-        return v << shift;
-    }
+    public static long Parse(string option, string text) =>
+        ByteSize.TryParse(text, out var bytes) ? bytes : throw new UsageException($"option --{option}: '{text}' is not a size (e.g. 4k, 1m, 2g).");
 }
