@@ -11,6 +11,7 @@ public static class Program
 
         usage:
           actorblk serve [--config PATH] [--port N]    run a node serving the devices of hocon.conf
+          actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
           actorblk help                                 this text
 
         """;
@@ -26,10 +27,17 @@ public static class Program
 
         try
         {
+            if (args.Length > 1 && args[1] is "--help" or "-h")
+            {
+                Console.Out.WriteLine(args[0] == "bench" ? Bench.BenchOptions.Usage : Help);
+                return 0;
+            }
+
             var cl = new CommandLine(args.Skip(1));
             return args[0] switch
             {
                 "serve" => await ServeCommand.RunAsync(cl).ConfigureAwait(false),
+                "bench" => await BenchCommand.RunAsync(cl).ConfigureAwait(false),
                 _ => throw new UsageException($"unknown command '{args[0]}'."),
             };
         }

@@ -260,6 +260,9 @@ public sealed class RequestQueue
     // queue thaws. Returns true when the bio may proceed.
     private bool Enter(Bio bio)
     {
+        // Read before the bio may be parked: once it waits, a thaw on another thread may resume and
+        // complete it, and a completed bio belongs to its pool again.
+        var plug = bio.Plug;
         var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
         switch (result)
         {
@@ -268,7 +271,7 @@ public sealed class RequestQueue
                 return true;
             case EnterResult.Waiting:
                 // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
-                bio.Plug?.FlushBeforeWait();
+                plug?.FlushBeforeWait();
                 return false;
             case EnterResult.Frozen:
                 bio.Complete(BlockStatus.Again);
@@ -327,12 +330,13 @@ public sealed class RequestQueue
             return;
         }
 
+        var plug = bio.Plug; // read before the bio may be parked as a tag waiter (see Enter)
         var tag = hctx.AllocateTag(bio, ctx.Cpu);
         if (tag < 0)
         {
             if (tag == HardwareContext.TagWaiting)
             {
-                bio.Plug?.FlushBeforeWait();
+                plug?.FlushBeforeWait();
             }
             else
             {
@@ -351,7 +355,7 @@ public sealed class RequestQueue
             bio.Cookie = rq.UniqueTag;
         }
 
-        if (bio.Plug is { } plug && plug.Add(rq))
+        if (plug is not null && plug.Add(rq))
         {
             return;
         }
@@ -410,6 +414,10 @@ public sealed class RequestQueue
 
     private bool TryMergeBio(Bio bio, SoftwareContext ctx, HardwareContext hctx)
     {
+        // Once merged, the bio belongs to its request: the request may be dispatched and completed
+        // on another thread at once, and the bio returned to its pool and reused. Nothing below a
+        // successful merge may touch it, so everything needed afterwards is read first.
+        var cpu = bio.Cpu;
         var merged = bio.Plug is { } plug && plug.TryMerge(bio, this);
 
         // A staged request can only be waiting if the hardware queue's ring is not empty; checking
@@ -426,8 +434,7 @@ public sealed class RequestQueue
 
         // The request already holds a queue reference; the merged bio gives its own back.
         ctx.CountMerged();
-        bio.Entered = false;
-        Usage.Exit(bio.Cpu);
+        Usage.Exit(cpu);
         return true;
     }
 

@@ -158,6 +158,28 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Heavy_merging_traffic_leaves_no_reference_behind()
+    {
+        // Many submitters over a small region: bios keep merging into requests that complete on
+        // other threads at once. A merged bio must never be touched after it was handed over, or a
+        // reused bio double-counts its queue reference and the drain below never finishes.
+        var device = await Create(new DeviceOptions { Name = "churn", Size = 1 << 20, IrqMode = IrqMode.None });
+        await Task.WhenAll(Enumerable.Range(0, 16).Select(w => Task.Run(async () =>
+        {
+            var buffer = new byte[4096];
+            var rng = new Random(w);
+            for (var i = 0; i < 3000; i++)
+            {
+                Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Read, rng.Next(0, 64) * 4096L, 4096, buffer));
+            }
+        })));
+
+        Assert.True(device.Queue.SoftwareContexts.Sum(c => c.Merged) > 0);
+        AssertQuiet(device);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("churn"));
+    }
+
+    [Fact]
     public async Task A_plug_batches_requests_until_disposed()
     {
         var device = await Create(new DeviceOptions { Name = "plug", Size = 1 << 20, MemoryBacked = true, NoMerges = MergePolicy.Off });

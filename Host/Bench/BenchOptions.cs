@@ -1,0 +1,278 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Host.Commands;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>The I/O pattern (fio's <c>--rw</c>).</summary>
+internal enum IoPattern
+{
+    /// <summary>Sequential reads.</summary>
+    Read,
+
+    /// <summary>Sequential writes.</summary>
+    Write,
+
+    /// <summary>Random reads.</summary>
+    RandRead,
+
+    /// <summary>Random writes.</summary>
+    RandWrite,
+
+    /// <summary>Sequential mixed reads and writes (<c>--rwmixread</c>).</summary>
+    ReadWrite,
+
+    /// <summary>Random mixed reads and writes (<c>--rwmixread</c>).</summary>
+    RandReadWrite,
+}
+
+/// <summary>
+/// Options of <c>actorblk bench</c>. The workload options carry fio's names and meanings
+/// (<c>--rw --rwmixread --bs --size --iodepth --numjobs --runtime --ramp_time --direct</c>); the
+/// device options carry ActorBlk's (<c>--device --dispatch --submit-queues --hw-queue-depth
+/// --irqmode --completion-nsec --rq-affinity --io-poll</c> ...).
+/// </summary>
+internal sealed record BenchOptions
+{
+    public const string Usage = """
+        actorblk bench [fio-style options]
+          workload (fio's names):
+            --name=NAME               job name (actorblk)
+            --rw=PATTERN              read | write | randread | randwrite | rw | randrw (randread)
+            --rwmixread=PERCENT       share of reads in mixed patterns (50)
+            --bs=SIZE                 block size per I/O (4k)
+            --size=SIZE               device region each job covers; ends the run when no runtime is set (1g)
+            --iodepth=N               I/Os each job keeps in flight (1)
+            --numjobs=N               jobs, each on its own CPU (1)
+            --runtime=SECONDS         run this long (time based)
+            --ramp_time=SECONDS       run this long before measuring (0)
+            --direct=0|1              O_DIRECT for file devices (1)
+            --time_based, --group_reporting, --thread, --norandommap, --lat_percentiles   accepted, always on
+            --randrepeat=0|1          same random offsets every run (1)
+            --output-format=normal|json
+          device (ActorBlk's names):
+            --device=null             the null device (null_blk)
+            --dispatch=ring|mailbox   (ring)
+            --submit-queues=N         hardware queues (1)
+            --hw-queue-depth=N        tags per hardware queue (64)
+            --irqmode=0|1|2           null completion mode (1)
+            --completion-nsec=N       timer completion delay, irqmode 2 (10000)
+            --rq-affinity=0|1|2       completion affinity (1)
+            --nomerges=0|1|2          merge policy (0)
+            --io-poll=0|1             polled I/O through a poll queue (0)
+            --memory-backed=0|1       keep data in RAM (0)
+            --completion=inline|threadpool   where completions continue (inline)
+        """;
+
+    public string Name { get; init; } = "actorblk";
+
+    public IoPattern Pattern { get; init; } = IoPattern.RandRead;
+
+    public int RwMixRead { get; init; } = 50;
+
+    public int BlockSize { get; init; } = 4096;
+
+    public long Size { get; init; } = 1L << 30;
+
+    public int IoDepth { get; init; } = 1;
+
+    public int NumJobs { get; init; } = 1;
+
+    public TimeSpan? Runtime { get; init; }
+
+    public TimeSpan RampTime { get; init; } = TimeSpan.Zero;
+
+    public bool Direct { get; init; } = true;
+
+    public bool RandRepeat { get; init; } = true;
+
+    public bool Json { get; init; }
+
+    public string Device { get; init; } = "null";
+
+    public DispatchMode Dispatch { get; init; } = DispatchMode.Ring;
+
+    public int SubmitQueues { get; init; } = 1;
+
+    public int HwQueueDepth { get; init; } = 64;
+
+    public IrqMode IrqMode { get; init; } = IrqMode.SoftIrq;
+
+    public long CompletionNsec { get; init; } = 10_000;
+
+    public CompletionAffinity RqAffinity { get; init; } = CompletionAffinity.CacheGroup;
+
+    public MergePolicy NoMerges { get; init; } = MergePolicy.All;
+
+    public bool IoPoll { get; init; }
+
+    public bool MemoryBacked { get; init; }
+
+    public CompletionContinuation Completion { get; init; } = CompletionContinuation.Inline;
+
+    public bool IsRandom => Pattern is IoPattern.RandRead or IoPattern.RandWrite or IoPattern.RandReadWrite;
+
+    public bool IsMixed => Pattern is IoPattern.ReadWrite or IoPattern.RandReadWrite;
+
+    /// <summary>Share of reads in percent: 100 for read patterns, 0 for write patterns, rwmixread for mixed ones.</summary>
+    public int ReadShare => Pattern switch
+    {
+        IoPattern.Read or IoPattern.RandRead => 100,
+        IoPattern.Write or IoPattern.RandWrite => 0,
+        _ => RwMixRead,
+    };
+
+    /// <summary>The fio name of the pattern.</summary>
+    public string PatternName => Pattern switch
+    {
+        IoPattern.Read => "read",
+        IoPattern.Write => "write",
+        IoPattern.RandRead => "randread",
+        IoPattern.RandWrite => "randwrite",
+        IoPattern.ReadWrite => "rw",
+        _ => "randrw",
+    };
+
+    public static BenchOptions Parse(CommandLine cl)
+    {
+        // fio flags ActorBlk always behaves as if given.
+        foreach (var flag in new[] { "time_based", "group_reporting", "thread", "norandommap", "lat_percentiles" })
+        {
+            cl.Bool(flag, true);
+        }
+
+        var options = new BenchOptions
+        {
+            Name = cl.String("name", "actorblk")!,
+            Pattern = (cl.String("rw") ?? cl.String("readwrite", "randread")) switch
+            {
+                "read" => IoPattern.Read,
+                "write" => IoPattern.Write,
+                "randread" => IoPattern.RandRead,
+                "randwrite" => IoPattern.RandWrite,
+                "rw" or "readwrite" => IoPattern.ReadWrite,
+                "randrw" => IoPattern.RandReadWrite,
+                var other => throw new UsageException($"option --rw: '{other}' is not read, write, randread, randwrite, rw or randrw."),
+            },
+            RwMixRead = cl.Int("rwmixread", 50, 0, 100),
+            BlockSize = (int)Math.Min(int.MaxValue, Sizes.Parse("bs", cl.String("bs", "4k")!)),
+            Size = Sizes.Parse("size", cl.String("size", "1g")!),
+            IoDepth = cl.Int("iodepth", 1, 1, 65536),
+            NumJobs = cl.Int("numjobs", 1, 1, 1024),
+            Runtime = Seconds(cl, "runtime"),
+            RampTime = Seconds(cl, "ramp_time") ?? TimeSpan.Zero,
+            Direct = cl.Bool("direct", true),
+            RandRepeat = cl.Bool("randrepeat", true),
+            Json = (cl.String("output-format") ?? cl.String("output_format", "normal")) switch
+            {
+                "normal" => false,
+                "json" => true,
+                var other => throw new UsageException($"option --output-format: '{other}' is not normal or json."),
+            },
+            Device = cl.String("device", "null")!,
+            Dispatch = cl.String("dispatch", "ring") switch
+            {
+                "ring" => DispatchMode.Ring,
+                "mailbox" => DispatchMode.Mailbox,
+                var other => throw new UsageException($"option --dispatch: '{other}' is not ring or mailbox."),
+            },
+            SubmitQueues = cl.Int("submit-queues", 1, 1, 1024),
+            HwQueueDepth = cl.Int("hw-queue-depth", 64, 1, 10240),
+            IrqMode = (IrqMode)cl.Int("irqmode", 1, 0, 2),
+            CompletionNsec = cl.Long("completion-nsec", 10_000, 0),
+            RqAffinity = (CompletionAffinity)cl.Int("rq-affinity", 1, 0, 2),
+            NoMerges = (MergePolicy)cl.Int("nomerges", 0, 0, 2),
+            IoPoll = cl.Bool("io-poll", false),
+            MemoryBacked = cl.Bool("memory-backed", false),
+            Completion = cl.String("completion", "inline") switch
+            {
+                "inline" => CompletionContinuation.Inline,
+                "threadpool" => CompletionContinuation.ThreadPool,
+                var other => throw new UsageException($"option --completion: '{other}' is not inline or threadpool."),
+            },
+        };
+
+        options.Validate();
+        return options;
+    }
+
+    /// <summary>The device the bench drives.</summary>
+    public DeviceOptions ToDeviceOptions()
+    {
+        if (Device != "null")
+        {
+            throw new UsageException($"option --device: '{Device}' is not a device this build can drive (null).");
+        }
+
+        return new DeviceOptions
+        {
+            Name = "bench0",
+            Driver = "null",
+            Size = Size,
+            BlockSize = 512,
+            SubmitQueues = SubmitQueues,
+            HwQueueDepth = HwQueueDepth,
+            IrqMode = IrqMode,
+            CompletionNsec = CompletionNsec,
+            MemoryBacked = MemoryBacked,
+            RqAffinity = RqAffinity,
+            NoMerges = NoMerges,
+            IoPoll = IoPoll,
+            Dispatch = Dispatch,
+            Completion = Completion,
+        };
+    }
+
+    private void Validate()
+    {
+        if (BlockSize < 512 || BlockSize % 512 != 0)
+        {
+            throw new UsageException($"option --bs: {BlockSize} is not a multiple of 512.");
+        }
+
+        if (Size < BlockSize || Size % 512 != 0)
+        {
+            throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");
+        }
+
+        if (Runtime is { } r && r <= TimeSpan.Zero)
+        {
+            throw new UsageException("option --runtime must be positive.");
+        }
+    }
+
+    private static TimeSpan? Seconds(CommandLine cl, string name)
+    {
+        var text = cl.String(name);
+        if (text is null)
+        {
+            return null;
+        }
+
+        // fio accepts plain seconds or a unit suffix (s, ms, m).
+        var t = text.Trim().ToLowerInvariant();
+        var scale = 1.0;
+        if (t.EndsWith("ms", StringComparison.Ordinal))
+        {
+            scale = 0.001;
+            t = t[..^2];
+        }
+        else if (t.EndsWith('s'))
+        {
+            t = t[..^1];
+        }
+        else if (t.EndsWith('m'))
+        {
+            scale = 60;
+            t = t[..^1];
+        }
+
+        if (!double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) || v < 0)
+        {
+            throw new UsageException($"option --{name}: '{text}' is not a duration in seconds.");
+        }
+
+        return TimeSpan.FromSeconds(v * scale);
+    }
+}

@@ -1,0 +1,195 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using ActorBlk.Host.Commands;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// Writes a bench result the way fio does: its JSON layout (<c>jobs[0].read</c> and
+/// <c>jobs[0].write</c> with <c>io_bytes</c>, <c>bw_bytes</c>, <c>iops</c>, <c>total_ios</c>,
+/// <c>slat_ns</c>, <c>clat_ns</c>, <c>lat_ns</c> and their percentiles), plus an <c>actorblk</c>
+/// object; or its human-readable summary.
+/// </summary>
+internal static class BenchReport
+{
+    /// <summary>The percentiles fio reports by default.</summary>
+    public static readonly double[] Percentiles = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99];
+
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    public static string Json(BenchResult r, string engine)
+    {
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            var now = DateTimeOffset.UtcNow;
+            w.WriteStartObject();
+            w.WriteString("fio version", "actorblk-bench-1");
+            w.WriteNumber("timestamp", now.ToUnixTimeSeconds());
+            w.WriteNumber("timestamp_ms", now.ToUnixTimeMilliseconds());
+            w.WriteString("time", now.ToString("R", Inv));
+            w.WriteStartObject("global options");
+            WriteJobOptions(w, r.Options);
+            w.WriteEndObject();
+
+            w.WriteStartArray("jobs");
+            w.WriteStartObject();
+            w.WriteString("jobname", r.Options.Name);
+            w.WriteNumber("groupid", 0);
+            w.WriteNumber("error", 0);
+            w.WriteNumber("eta", 0);
+            w.WriteNumber("elapsed", (long)Math.Round(r.Elapsed.TotalSeconds));
+            w.WriteStartObject("job options");
+            WriteJobOptions(w, r.Options);
+            w.WriteEndObject();
+            WriteOp(w, "read", r.Read, r.Measured);
+            WriteOp(w, "write", r.Write, r.Measured);
+            WriteOp(w, "trim", new OpStats(), r.Measured);
+            w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
+            w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
+            w.WriteNumber("sys_cpu", Math.Round(r.SysCpu, 6));
+            w.WriteEndObject();
+            w.WriteEndArray();
+
+            w.WriteStartObject("actorblk");
+            w.WriteNumber("submitted", r.Submitted);
+            w.WriteNumber("completed", r.Completed);
+            w.WriteNumber("errors", r.Errors);
+            w.WriteNumber("timeouts", r.Timeouts);
+            w.WriteString("dispatch", r.Options.Dispatch.ToString().ToLowerInvariant());
+            w.WriteString("engine", engine);
+            w.WriteString("device", r.DeviceDescription);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    public static string Human(BenchResult r, string engine)
+    {
+        var sb = new StringBuilder();
+        sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err= 0: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Options.Dispatch.ToString().ToLowerInvariant()}, engine={engine}\n");
+        foreach (var (name, stats) in new[] { ("read", r.Read), ("write", r.Write) })
+        {
+            if (stats.Ios == 0)
+            {
+                continue;
+            }
+
+            var seconds = r.Measured.TotalSeconds;
+            var bw = stats.Bytes / seconds;
+            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Sizes.Format(bw)}/s ({Decimal(bw)}B/s)({Sizes.Format(stats.Bytes)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
+            Line(sb, "    slat", stats.Submission);
+            Line(sb, "    clat", stats.Completion);
+            Line(sb, "     lat", stats.Total);
+            sb.Append("    lat percentiles (nsec):\n");
+            for (var i = 0; i < Percentiles.Length; i++)
+            {
+                sb.Append(i % 4 == 0 ? "     |" : ",").Append(Inv, $" {Percentiles[i],5:0.00}th=[{stats.Total.Histogram.GetValueAtPercentile(Percentiles[i]),6}]");
+                if (i % 4 == 3 || i == Percentiles.Length - 1)
+                {
+                    sb.Append('\n');
+                }
+            }
+        }
+
+        sb.Append(Inv, $"  cpu          : usr={r.UsrCpu:0.00}%, sys={r.SysCpu:0.00}%\n");
+        sb.Append(Inv, $"  actorblk     : submitted={r.Submitted}, completed={r.Completed}, errors={r.Errors}, timeouts={r.Timeouts}\n");
+        sb.Append(Inv, $"  device       : {r.DeviceDescription}\n\nRun status group 0 (all jobs):\n");
+        foreach (var (name, stats) in new[] { ("READ", r.Read), ("WRITE", r.Write) })
+        {
+            if (stats.Ios > 0)
+            {
+                var bw = stats.Bytes / r.Measured.TotalSeconds;
+                sb.Append(Inv, $"  {name,5}: bw={Sizes.Format(bw)}/s ({Decimal(bw)}B/s), io={Sizes.Format(stats.Bytes)}, run={(long)r.Measured.TotalMilliseconds}msec\n");
+            }
+        }
+
+        return sb.ToString();
+    }
+
+    private static void WriteJobOptions(Utf8JsonWriter w, BenchOptions o)
+    {
+        w.WriteString("rw", o.PatternName);
+        w.WriteString("bs", o.BlockSize.ToString(Inv));
+        w.WriteString("size", o.Size.ToString(Inv));
+        w.WriteString("iodepth", o.IoDepth.ToString(Inv));
+        w.WriteString("numjobs", o.NumJobs.ToString(Inv));
+        if (o.IsMixed)
+        {
+            w.WriteString("rwmixread", o.RwMixRead.ToString(Inv));
+        }
+
+        if (o.Runtime is { } runtime)
+        {
+            w.WriteString("runtime", ((long)runtime.TotalSeconds).ToString(Inv));
+        }
+
+        w.WriteString("ramp_time", ((long)o.RampTime.TotalSeconds).ToString(Inv));
+        w.WriteString("direct", o.Direct ? "1" : "0");
+        w.WriteString("device", o.Device);
+    }
+
+    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured)
+    {
+        var seconds = Math.Max(measured.TotalSeconds, 1e-9);
+        w.WriteStartObject(name);
+        w.WriteNumber("io_bytes", s.Bytes);
+        w.WriteNumber("io_kbytes", s.Bytes / 1024);
+        w.WriteNumber("bw_bytes", (long)(s.Bytes / seconds));
+        w.WriteNumber("bw", (long)(s.Bytes / seconds / 1024));
+        w.WriteNumber("iops", Math.Round(s.Ios / seconds, 6));
+        w.WriteNumber("runtime", (long)measured.TotalMilliseconds);
+        w.WriteNumber("total_ios", s.Ios);
+        w.WriteNumber("short_ios", 0);
+        w.WriteNumber("drop_ios", 0);
+        WriteLatency(w, "slat_ns", s.Submission, percentiles: false);
+        WriteLatency(w, "clat_ns", s.Completion, percentiles: true);
+        WriteLatency(w, "lat_ns", s.Total, percentiles: true);
+        w.WriteEndObject();
+    }
+
+    private static void WriteLatency(Utf8JsonWriter w, string name, LatencyRecorder l, bool percentiles)
+    {
+        w.WriteStartObject(name);
+        w.WriteNumber("min", l.Count == 0 ? 0 : l.Min);
+        w.WriteNumber("max", l.Max);
+        w.WriteNumber("mean", Math.Round(l.Mean, 6));
+        w.WriteNumber("stddev", Math.Round(l.StdDev, 6));
+        w.WriteNumber("N", l.Count);
+        if (percentiles && l.Count > 0)
+        {
+            w.WriteStartObject("percentile");
+            foreach (var p in Percentiles)
+            {
+                w.WriteNumber(p.ToString("0.000000", Inv), l.Histogram.GetValueAtPercentile(p));
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndObject();
+    }
+
+    private static void Line(StringBuilder sb, string label, LatencyRecorder l) =>
+        sb.Append(Inv, $"{label} (nsec): min={(l.Count == 0 ? 0 : l.Min)}, max={l.Max}, avg={l.Mean:0.00}, stdev={l.StdDev:0.00}\n");
+
+    /// <summary>fio's compact count: 2906k, 1.2M.</summary>
+    public static string Count(double value) => value switch
+    {
+        >= 10_000_000 => (value / 1_000_000).ToString("0", Inv) + "M",
+        >= 1_000_000 => (value / 1_000_000).ToString("0.00", Inv) + "M",
+        >= 10_000 => (value / 1000).ToString("0", Inv) + "k",
+        _ => value.ToString("0", Inv),
+    };
+
+    private static string Decimal(double bytesPerSecond) => bytesPerSecond switch
+    {
+        >= 1e9 => (bytesPerSecond / 1e9).ToString("0.0", Inv) + "G",
+        >= 1e6 => (bytesPerSecond / 1e6).ToString("0.0", Inv) + "M",
+        >= 1e3 => (bytesPerSecond / 1e3).ToString("0.0", Inv) + "k",
+        _ => bytesPerSecond.ToString("0", Inv),
+    };
+}

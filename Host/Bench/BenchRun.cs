@@ -1,0 +1,304 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>What a bench run measured.</summary>
+internal sealed record BenchResult(
+    BenchOptions Options,
+    OpStats Read,
+    OpStats Write,
+    TimeSpan Measured,
+    TimeSpan Elapsed,
+    long Submitted,
+    long Completed,
+    long Errors,
+    long Timeouts,
+    double UsrCpu,
+    double SysCpu,
+    string DeviceDescription);
+
+/// <summary>
+/// Drives a device the way fio drives a file: <c>numjobs</c> jobs, each keeping <c>iodepth</c>
+/// I/Os in flight. Every in-flight slot is an asynchronous loop that submits, awaits and records
+/// one I/O at a time; the I/O path allocates nothing, so neither does a slot once it has started.
+/// With <c>--io-poll</c> each job is a thread that submits polled I/O and polls for it, as fio's
+/// io_uring engine does with <c>hipri</c>.
+/// </summary>
+internal sealed class BenchRun
+{
+    private readonly BenchOptions _o;
+    private readonly IBlockDevice _device;
+    private readonly Job[] _jobs;
+    private volatile bool _stop;
+    private volatile int _epoch;
+
+    public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus)
+    {
+        _o = options;
+        _device = device;
+        var cpus = onlineCpus.ToArray();
+        _jobs = Enumerable.Range(0, options.NumJobs).Select(j =>
+        {
+            // One job keeps to the CPU it happens to run on; several are spread over the online CPUs.
+            var cpu = options.NumJobs == 1 ? IBlockDevice.AnyCpu : cpus[j % cpus.Length];
+            return new Job(j, cpu, options, seed: options.RandRepeat ? 0x9E3779B97F4A7C15UL + (ulong)j : (ulong)Random.Shared.NextInt64());
+        }).ToArray();
+    }
+
+    /// <summary>Completed I/Os so far (for the progress line; a racy sum is fine).</summary>
+    public long CompletedSoFar => _jobs.Sum(j => j.Slots.Sum(s => s.Completed));
+
+    /// <summary>Bytes completed so far.</summary>
+    public long BytesSoFar => CompletedSoFar * _o.BlockSize;
+
+    public async Task<BenchResult> RunAsync(CancellationToken cancellationToken = default)
+    {
+        var process = Process.GetCurrentProcess();
+        var started = Stopwatch.GetTimestamp();
+        var ramping = _o.RampTime > TimeSpan.Zero;
+        _epoch = ramping ? 0 : 1;
+
+        var work = Task.WhenAll(_jobs.Select(RunJobAsync));
+        if (ramping)
+        {
+            await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
+            _epoch = 1;
+        }
+
+        process.Refresh();
+        var usr0 = process.UserProcessorTime;
+        var sys0 = process.PrivilegedProcessorTime;
+        var measureStart = Stopwatch.GetTimestamp();
+        if (_o.Runtime is { } runtime)
+        {
+            await Task.WhenAny(work, Task.Delay(runtime, cancellationToken)).ConfigureAwait(false);
+        }
+        else
+        {
+            await Task.WhenAny(work, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+        }
+
+        var measureEnd = Stopwatch.GetTimestamp();
+        process.Refresh();
+        var usr = process.UserProcessorTime - usr0;
+        var sys = process.PrivilegedProcessorTime - sys0;
+        _stop = true;
+        await work.ConfigureAwait(false);
+
+        var measured = Stopwatch.GetElapsedTime(measureStart, measureEnd);
+        var read = new OpStats();
+        var write = new OpStats();
+        long submitted = 0, completed = 0, errors = 0, timeouts = 0;
+        foreach (var slot in _jobs.SelectMany(j => j.Slots))
+        {
+            read.Add(slot.Read);
+            write.Add(slot.Write);
+            submitted += slot.Submitted;
+            completed += slot.Completed;
+            errors += slot.Errors;
+            timeouts += slot.Timeouts;
+        }
+
+        return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
+            100.0 * usr.TotalSeconds / measured.TotalSeconds, 100.0 * sys.TotalSeconds / measured.TotalSeconds, _device.ToString() ?? _device.Name);
+    }
+
+    private Task RunJobAsync(Job job)
+    {
+        if (_o.IoPoll)
+        {
+            // A polling job spins on its own thread, as fio's io_uring engine does with hipri.
+            return Task.Factory.StartNew(() => RunPolledJob(job), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        }
+
+        return Task.Run(() => Task.WhenAll(job.Slots.Select(s => RunSlotAsync(job, s))));
+    }
+
+    private async Task RunSlotAsync(Job job, Slot slot)
+    {
+        var buffer = slot.Buffer.AsMemory();
+        while (!_stop && job.TryClaim())
+        {
+            var read = NextIsRead(slot);
+            var offset = NextOffset(job, slot);
+            var op = read ? BlockOp.Read : BlockOp.Write;
+            var t0 = Stopwatch.GetTimestamp();
+            var pending = _device.ExecuteAsync(op, offset, _o.BlockSize, buffer, RequestFlags.None, job.Cpu);
+            var t1 = Stopwatch.GetTimestamp();
+            slot.Submitted++;
+            var status = await pending;
+            Record(slot, read, status, t0, t1, Stopwatch.GetTimestamp());
+        }
+    }
+
+    private void RunPolledJob(Job job)
+    {
+        var inflight = new (PolledIo Io, bool Read, long T0, long T1)[job.Slots.Length];
+        var busy = new bool[inflight.Length];
+        var active = 0;
+        for (var i = 0; i < inflight.Length && job.TryClaim(); i++)
+        {
+            inflight[i] = SubmitPolled(job, job.Slots[i]);
+            busy[i] = true;
+            active++;
+        }
+
+        var index = 0;
+        while (active > 0)
+        {
+            ref var entry = ref inflight[index];
+            if (busy[index])
+            {
+                var slot = job.Slots[index];
+                _device.Poll(entry.Io);
+                var status = entry.Io.Completion.Result;
+                Record(slot, entry.Read, status, entry.T0, entry.T1, Stopwatch.GetTimestamp());
+                if (!_stop && job.TryClaim())
+                {
+                    entry = SubmitPolled(job, slot);
+                }
+                else
+                {
+                    entry = default;
+                    busy[index] = false;
+                    active--;
+                }
+            }
+
+            index = (index + 1) % inflight.Length;
+        }
+    }
+
+    private (PolledIo, bool, long, long) SubmitPolled(Job job, Slot slot)
+    {
+        var read = NextIsRead(slot);
+        var offset = NextOffset(job, slot);
+        var t0 = Stopwatch.GetTimestamp();
+        var io = _device.Submit(read ? BlockOp.Read : BlockOp.Write, offset, slot.Buffer, job.Cpu);
+        var t1 = Stopwatch.GetTimestamp();
+        slot.Submitted++;
+        return (io, read, t0, t1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool NextIsRead(Slot slot) => _o.ReadShare switch
+    {
+        100 => true,
+        0 => false,
+        var share => (int)(slot.NextRandom() % 100) < share,
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private long NextOffset(Job job, Slot slot) => _o.IsRandom
+        ? (long)(slot.NextRandom() % (ulong)job.Blocks) * _o.BlockSize
+        : job.NextSequential();
+
+    // Statistics are kept per slot; the measured epoch starts after ramp_time, and a slot resets
+    // its own statistics the first time it sees it, so no one touches a slot's numbers but the slot.
+    private void Record(Slot slot, bool read, BlockStatus status, long t0, long t1, long t2)
+    {
+        slot.Completed++;
+        if (status != BlockStatus.Ok)
+        {
+            slot.Errors++;
+            if (status == BlockStatus.Timeout)
+            {
+                slot.Timeouts++;
+            }
+        }
+
+        var epoch = _epoch;
+        if (epoch == 0)
+        {
+            return;
+        }
+
+        if (slot.Epoch != epoch)
+        {
+            slot.Read.Reset();
+            slot.Write.Reset();
+            slot.Epoch = epoch;
+        }
+
+        var stats = read ? slot.Read : slot.Write;
+        stats.Submission.RecordTicks(t1 - t0);
+        stats.Completion.RecordTicks(t2 - t1);
+        stats.Total.RecordTicks(t2 - t0);
+        stats.Ios++;
+        stats.Bytes += _o.BlockSize;
+    }
+
+    private sealed class Job
+    {
+        private readonly long _size;
+        private readonly int _blockSize;
+        private readonly bool _timeBased;
+        private long _issued;
+        private long _position;
+
+        public Job(int index, int cpu, BenchOptions o, ulong seed)
+        {
+            Index = index;
+            Cpu = cpu;
+            _size = o.Size;
+            _blockSize = o.BlockSize;
+            _timeBased = o.Runtime is not null;
+            Blocks = o.Size / o.BlockSize;
+            Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(o.BlockSize, seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))).ToArray();
+        }
+
+        public int Index { get; }
+
+        public int Cpu { get; }
+
+        public long Blocks { get; }
+
+        public Slot[] Slots { get; }
+
+        /// <summary>Claims the next I/O: always when time based, otherwise until <c>size</c> bytes were issued.</summary>
+        public bool TryClaim() => _timeBased || Interlocked.Add(ref _issued, _blockSize) <= _size;
+
+        public long NextSequential()
+        {
+            var pos = Interlocked.Add(ref _position, _blockSize) - _blockSize;
+            return pos % (Blocks * _blockSize);
+        }
+    }
+
+    private sealed class Slot(int blockSize, ulong seed)
+    {
+        private ulong _state = seed == 0 ? 0x2545F4914F6CDD1DUL : seed;
+
+        public byte[] Buffer { get; } = GC.AllocateArray<byte>(blockSize, pinned: true);
+
+        public OpStats Read { get; } = new();
+
+        public OpStats Write { get; } = new();
+
+        public int Epoch { get; set; }
+
+        public long Submitted { get; set; }
+
+        public long Completed { get; set; }
+
+        public long Errors { get; set; }
+
+        public long Timeouts { get; set; }
+
+        // xorshift64*: fast, allocation-free, good enough to spread offsets.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ulong NextRandom()
+        {
+            var x = _state;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            _state = x;
+            return x * 0x2545F4914F6CDD1DUL;
+        }
+    }
+}

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using HdrHistogram;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// Latencies of one operation kind, recorded by one writer without locks: exact count, minimum,
+/// maximum, sum and sum of squares, and an HDR histogram for percentiles (3 significant digits,
+/// 1 ns to 60 s). Recorders of different slots are merged after the run.
+/// </summary>
+internal sealed class LatencyRecorder
+{
+    /// <summary>Largest latency the histogram tracks, in nanoseconds; longer ones count as this.</summary>
+    public const long HighestNs = 60_000_000_000;
+
+    private static readonly double NsPerTick = 1e9 / Stopwatch.Frequency;
+
+    public LatencyRecorder() => Histogram = new LongHistogram(1, HighestNs, 3);
+
+    public LongHistogram Histogram { get; }
+
+    public long Count { get; private set; }
+
+    public long Min { get; private set; } = long.MaxValue;
+
+    public long Max { get; private set; }
+
+    public double Sum { get; private set; }
+
+    public double SumSquares { get; private set; }
+
+    public double Mean => Count == 0 ? 0 : Sum / Count;
+
+    public double StdDev => Count < 2 ? 0 : Math.Sqrt(Math.Max(0, (SumSquares - (Sum * Sum / Count)) / (Count - 1)));
+
+    /// <summary>Records a latency given in stopwatch ticks.</summary>
+    public void RecordTicks(long ticks)
+    {
+        var ns = Math.Clamp((long)(ticks * NsPerTick), 1, HighestNs);
+        Histogram.RecordValue(ns);
+        Count++;
+        Sum += ns;
+        SumSquares += (double)ns * ns;
+        if (ns < Min)
+        {
+            Min = ns;
+        }
+
+        if (ns > Max)
+        {
+            Max = ns;
+        }
+    }
+
+    public void Reset()
+    {
+        Histogram.Reset();
+        Count = 0;
+        Min = long.MaxValue;
+        Max = 0;
+        Sum = 0;
+        SumSquares = 0;
+    }
+
+    public void Add(LatencyRecorder other)
+    {
+        Histogram.Add(other.Histogram);
+        Count += other.Count;
+        Sum += other.Sum;
+        SumSquares += other.SumSquares;
+        Min = Math.Min(Min, other.Min);
+        Max = Math.Max(Max, other.Max);
+    }
+}
+
+/// <summary>What one operation kind (read or write) did during the measured period.</summary>
+internal sealed class OpStats
+{
+    public LatencyRecorder Submission { get; } = new();
+
+    public LatencyRecorder Completion { get; } = new();
+
+    public LatencyRecorder Total { get; } = new();
+
+    public long Ios { get; set; }
+
+    public long Bytes { get; set; }
+
+    public void Reset()
+    {
+        Submission.Reset();
+        Completion.Reset();
+        Total.Reset();
+        Ios = 0;
+        Bytes = 0;
+    }
+
+    public void Add(OpStats other)
+    {
+        Submission.Add(other.Submission);
+        Completion.Add(other.Completion);
+        Total.Add(other.Total);
+        Ios += other.Ios;
+        Bytes += other.Bytes;
+    }
+}

@@ -1,0 +1,81 @@
+using System.Diagnostics;
+using ActorBlk.Actors;
+using ActorBlk.Host.Bench;
+using Akka.Actor;
+using Akka.Configuration;
+
+namespace ActorBlk.Host.Commands;
+
+/// <summary>
+/// <c>actorblk bench</c>: a fio-style load generator. It creates the device in a local actor
+/// system (ring or mailbox dispatch), drives it with fio's workload options, and reports in fio's
+/// human or JSON format. The run fails (exit 3) unless every submitted I/O completed.
+/// </summary>
+internal static class BenchCommand
+{
+    /// <summary>Exit code of a run in which submitted and completed I/Os differ.</summary>
+    public const int LostIo = 3;
+
+    public static async Task<int> RunAsync(CommandLine cl)
+    {
+        var options = BenchOptions.Parse(cl);
+        cl.RejectUnknown();
+        if (cl.Positional.Count > 0)
+        {
+            throw new UsageException($"unexpected argument '{cl.Positional[0]}'.");
+        }
+
+        var deviceOptions = options.ToDeviceOptions();
+        var config = ConfigurationFactory.ParseString("""
+            akka.loglevel = WARNING
+            akka.stdout-loglevel = WARNING
+            akka.log-dead-letters = off
+            """).WithFallback(ActorBlkSettings.DefaultConfig());
+        using var system = ActorSystem.Create("actorblk-bench", config);
+        try
+        {
+            var layer = BlockLayer.Get(system);
+            var device = await layer.CreateDeviceAsync(deviceOptions).ConfigureAwait(false);
+            var run = new BenchRun(options, device, layer.Topology.Online);
+            var engine = deviceOptions.Driver;
+
+            using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(run, options) : null;
+            var result = await run.RunAsync().ConfigureAwait(false);
+            progress?.Dispose();
+
+            await layer.DestroyDeviceAsync(device.Name).ConfigureAwait(false);
+            Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
+            if (result.Submitted != result.Completed)
+            {
+                await Console.Error.WriteLineAsync($"actorblk bench: {result.Submitted} I/Os were submitted but {result.Completed} completed.").ConfigureAwait(false);
+                return LostIo;
+            }
+
+            return 0;
+        }
+        finally
+        {
+            await system.Terminate().ConfigureAwait(false);
+        }
+    }
+
+    // fio's status line, rewritten in place once a second while the run goes on.
+    private static Timer Progress(BenchRun run, BenchOptions options)
+    {
+        var started = Stopwatch.GetTimestamp();
+        long lastIos = 0;
+        var lastTime = started;
+        return new Timer(_ =>
+        {
+            var now = Stopwatch.GetTimestamp();
+            var ios = run.CompletedSoFar;
+            var rate = (ios - lastIos) / Stopwatch.GetElapsedTime(lastTime, now).TotalSeconds;
+            lastIos = ios;
+            lastTime = now;
+            var elapsed = Stopwatch.GetElapsedTime(started, now);
+            var total = (options.Runtime ?? TimeSpan.Zero) + options.RampTime;
+            var eta = total > elapsed ? total - elapsed : TimeSpan.Zero;
+            Console.Out.Write($"\rJobs: {options.NumJobs} [{options.PatternName}][{Sizes.Format(rate * options.BlockSize)}/s][{BenchReport.Count(rate)} IOPS][eta {eta:mm\\:ss}]   ");
+        }, null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+    }
+}
