@@ -148,10 +148,10 @@ public sealed class HardwareContext
     public int DispatchBusy => Volatile.Read(ref _dispatchBusy);
 
     /// <summary>Dispatch rounds run.</summary>
-    public long RunCount => Interlocked.Read(ref _run);
+    public long RunCount => Volatile.Read(ref _run);
 
-    /// <summary>Requests allocated on this queue.</summary>
-    public long QueuedCount => Interlocked.Read(ref _queued);
+    /// <summary>Requests taken from the submission ring for dispatch (<c>queued</c>; requeues are not counted twice).</summary>
+    public long QueuedCount => Volatile.Read(ref _queued);
 
     /// <summary>Requests waiting to be dispatched: the dispatch list and the submission ring.</summary>
     public int PendingCount => Volatile.Read(ref _dispatchCount) + Ring.Count + Requeued.Count;
@@ -328,9 +328,6 @@ public sealed class HardwareContext
         return true;
     }
 
-    /// <summary>Counts a request allocated on this queue (<c>queued</c>).</summary>
-    internal void CountQueued() => Interlocked.Increment(ref _queued);
-
     /// <summary>Frees a request's tag (<c>__blk_mq_free_request</c>) and reruns the queue when SCHED_RESTART is set.</summary>
     internal void ReleaseTag(Request rq, int tag, int cpu)
     {
@@ -409,7 +406,8 @@ public sealed class HardwareContext
             return 0;
         }
 
-        Interlocked.Increment(ref _run);
+        // Counters written by the dispatcher only: plain writes, read racily by statistics.
+        Volatile.Write(ref _run, _run + 1);
         SpliceRequeued();
 
         var n = 0;
@@ -438,6 +436,7 @@ public sealed class HardwareContext
             batch[i].ClaimForDispatch();
         }
 
+        Volatile.Write(ref _queued, _queued + n);
         return n;
     }
 

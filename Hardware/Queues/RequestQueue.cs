@@ -348,7 +348,6 @@ public sealed class RequestQueue
 
         var rq = hctx.Tags[tag];
         rq.InitFromBio(bio, this, ctx, hctx);
-        hctx.CountQueued();
         ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
         if (type == HctxType.Poll)
         {

@@ -128,7 +128,7 @@ internal sealed class MergeWindow
         for (var i = 1; i <= Size && next - i >= 0; i++)
         {
             var rq = Volatile.Read(ref _slots[(next - i) & (Size - 1)]);
-            if (rq is null || !rq.IsStaged || !rq.TryBeginMerge())
+            if (rq is null || !rq.IsStaged || !MergeRules.MightMerge(rq, bio) || !rq.TryBeginMerge())
             {
                 continue;
             }

@@ -37,6 +37,19 @@ public static class MergeRules
         (request.Flags & NoMergeFlags) == 0 && request.Op is BlockOp.Read or BlockOp.Write or BlockOp.Discard;
 
     /// <summary>
+    /// A lock-free first look: could <paramref name="bio"/> be merged into <paramref name="request"/>
+    /// at all (same operation, adjacent)? It reads the request without its staging lock, so a true
+    /// answer must be confirmed by <see cref="TryMerge"/> under the lock; a false one is final for
+    /// this attempt. It keeps the merge-window scan from taking a lock per candidate.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static bool MightMerge(Request request, Bio bio)
+    {
+        var sector = request.Sector;
+        return request.Op == bio.Op && (sector + request.Sectors == bio.Sector || sector - bio.Sectors == bio.Sector);
+    }
+
+    /// <summary>
     /// Tries to merge <paramref name="bio"/> into <paramref name="request"/> (<c>blk_attempt_bio_merge</c>).
     /// The caller owns the request (it is in the caller's plug, or the caller holds its staging lock).
     /// </summary>

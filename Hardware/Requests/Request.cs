@@ -41,10 +41,12 @@ public sealed class Request
     internal const int Staged = 1;
     internal const int Merging = 2;
 
-    private int _state;
+    // The generation (upper 32 bits) and the state (lower bits) share one word, so "complete the
+    // incarnation I started" is a single compare-and-swap: a stale completion can never complete
+    // a later incarnation of the tag, however it interleaves with the tag being reused.
+    private long _word;
     private int _timedOut;
     private int _stage;
-    private uint _generation;
 
     internal Request(TagMap owner, int tag, Memory<byte> payload)
     {
@@ -62,7 +64,7 @@ public sealed class Request
     /// <summary>A driver-owned object attached at <c>InitRequest</c> time (never reset per I/O).</summary>
     public object? DriverData { get; set; }
 
-    /// <summary>The queue (disk) this request currently belongs to; null while free.</summary>
+    /// <summary>The queue (disk) this request was last allocated for; null until its first allocation.</summary>
     public RequestQueue? Queue { get; internal set; }
 
     /// <summary>The hardware queue the request is dispatched on.</summary>
@@ -99,10 +101,10 @@ public sealed class Request
     public BioList Bios => new(Bio);
 
     /// <summary>The request's state.</summary>
-    public RequestState State => (RequestState)Volatile.Read(ref _state);
+    public RequestState State => (RequestState)(Volatile.Read(ref _word) & StateMask);
 
     /// <summary>Incremented every time the request is started; identifies one incarnation of the tag.</summary>
-    public uint Generation => Volatile.Read(ref _generation);
+    public uint Generation => (uint)(Volatile.Read(ref _word) >> 32);
 
     /// <summary>The tag with the hardware queue index: <c>(hctx &lt;&lt; 16) | tag</c> (<c>blk_mq_unique_tag</c>).</summary>
     public uint UniqueTag => UniqueTags.Make(Hctx?.Index ?? 0, Tag);
@@ -147,7 +149,8 @@ public sealed class Request
     public void Start()
     {
         var queue = Queue ?? throw new InvalidOperationException("The request is not allocated.");
-        if (Volatile.Read(ref _state) != (int)RequestState.Idle)
+        var word = Volatile.Read(ref _word);
+        if ((word & StateMask) != (int)RequestState.Idle)
         {
             throw new InvalidOperationException($"Request tag {Tag} started while {State}.");
         }
@@ -157,10 +160,12 @@ public sealed class Request
             TimeoutMs = queue.IoTimeoutMs;
         }
 
-        Interlocked.Increment(ref _generation);
         Deadline = queue.Clock.NowMilliseconds + TimeoutMs;
         Volatile.Write(ref _timedOut, 0);
-        Volatile.Write(ref _state, (int)RequestState.InFlight);
+
+        // Release: the deadline is written before the request is seen in flight. Only the owner of
+        // an idle request starts it, so a plain increment of the generation is enough.
+        Volatile.Write(ref _word, Word((uint)(word >> 32) + 1, RequestState.InFlight));
     }
 
     /// <summary>
@@ -188,24 +193,36 @@ public sealed class Request
 
     // ---- state transitions used by the block layer ----
 
+    private const long StateMask = 0xFF;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static long Word(uint generation, RequestState state) => ((long)generation << 32) | (long)state;
+
+    /// <summary>In flight -> complete, for the incarnation <paramref name="generation"/> only.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool TryComplete(uint generation)
     {
-        return Volatile.Read(ref _generation) == generation &&
-               Interlocked.CompareExchange(ref _state, (int)RequestState.Complete, (int)RequestState.InFlight) == (int)RequestState.InFlight;
+        var inFlight = Word(generation, RequestState.InFlight);
+        return Interlocked.CompareExchange(ref _word, Word(generation, RequestState.Complete), inFlight) == inFlight;
     }
 
     /// <summary>Completes a request the driver never started (queue_rq returned an error, or teardown).</summary>
-    internal bool TryCompleteUnstarted() =>
-        Interlocked.CompareExchange(ref _state, (int)RequestState.Complete, (int)RequestState.Idle) == (int)RequestState.Idle;
+    internal bool TryCompleteUnstarted()
+    {
+        var word = Volatile.Read(ref _word);
+        var idle = Word((uint)(word >> 32), RequestState.Idle);
+        return Interlocked.CompareExchange(ref _word, Word((uint)(word >> 32), RequestState.Complete), idle) == idle;
+    }
 
-    internal void MarkIdle() => Volatile.Write(ref _state, (int)RequestState.Idle);
+    internal void MarkIdle() => Volatile.Write(ref _word, Word(Generation, RequestState.Idle));
 
     /// <summary>Back to idle after QueueRq refused it or for a requeue (<c>__blk_mq_requeue_request</c>).</summary>
     internal void Unstart()
     {
         Volatile.Write(ref _timedOut, 0);
-        Interlocked.CompareExchange(ref _state, (int)RequestState.Idle, (int)RequestState.InFlight);
+        var word = Volatile.Read(ref _word);
+        var inFlight = Word((uint)(word >> 32), RequestState.InFlight);
+        Interlocked.CompareExchange(ref _word, Word((uint)(word >> 32), RequestState.Idle), inFlight);
     }
 
     internal bool TryMarkTimedOut() => Interlocked.CompareExchange(ref _timedOut, 1, 0) == 0;
@@ -261,9 +278,24 @@ public sealed class Request
     internal void InitFromBio(Bio bio, RequestQueue queue, SoftwareContext ctx, HardwareContext hctx)
     {
         Allocation++;
-        Queue = queue;
-        Ctx = ctx;
-        Hctx = hctx;
+
+        // A tag is mostly reused by the same queue, context and hardware queue: comparing first
+        // saves the write barriers of storing the same references again.
+        if (Queue != queue)
+        {
+            Queue = queue;
+        }
+
+        if (Ctx != ctx)
+        {
+            Ctx = ctx;
+        }
+
+        if (Hctx != hctx)
+        {
+            Hctx = hctx;
+        }
+
         Op = bio.Op;
         Flags = bio.Flags & ~RequestFlags.Reserved;
         Sector = bio.Sector;
@@ -286,7 +318,6 @@ public sealed class Request
         var head = Bio;
         Bio = null;
         BioTail = null;
-        Queue = null;
         Plug = null;
         NextInList = null;
         return head;

@@ -81,8 +81,6 @@ internal static class BenchReport
             var seconds = r.Measured.TotalSeconds;
             var bw = stats.Bytes / seconds;
             sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Sizes.Format(bw)}/s ({Decimal(bw)}B/s)({Sizes.Format(stats.Bytes)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
-            Line(sb, "    slat", stats.Submission);
-            Line(sb, "    clat", stats.Completion);
             Line(sb, "     lat", stats.Total);
             sb.Append("    lat percentiles (nsec):\n");
             for (var i = 0; i < Percentiles.Length; i++)
@@ -145,8 +143,9 @@ internal static class BenchReport
         w.WriteNumber("total_ios", s.Ios);
         w.WriteNumber("short_ios", 0);
         w.WriteNumber("drop_ios", 0);
-        WriteLatency(w, "slat_ns", s.Submission, percentiles: false);
-        WriteLatency(w, "clat_ns", s.Completion, percentiles: true);
+        // Like fio with disable_slat: no separate submission latency, so clat is the whole latency.
+        WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
+        WriteLatency(w, "clat_ns", s.Total, percentiles: true);
         WriteLatency(w, "lat_ns", s.Total, percentiles: true);
         w.WriteEndObject();
     }

@@ -76,10 +76,7 @@ internal sealed class LatencyRecorder
 /// <summary>What one operation kind (read or write) did during the measured period.</summary>
 internal sealed class OpStats
 {
-    public LatencyRecorder Submission { get; } = new();
-
-    public LatencyRecorder Completion { get; } = new();
-
+    /// <summary>Submission to completion, per I/O.</summary>
     public LatencyRecorder Total { get; } = new();
 
     public long Ios { get; set; }
@@ -88,8 +85,6 @@ internal sealed class OpStats
 
     public void Reset()
     {
-        Submission.Reset();
-        Completion.Reset();
         Total.Reset();
         Ios = 0;
         Bytes = 0;
@@ -97,8 +92,6 @@ internal sealed class OpStats
 
     public void Add(OpStats other)
     {
-        Submission.Add(other.Submission);
-        Completion.Add(other.Completion);
         Total.Add(other.Total);
         Ios += other.Ios;
         Bytes += other.Bytes;
