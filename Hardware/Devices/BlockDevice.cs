@@ -112,11 +112,7 @@ public sealed class BlockDevice : IBlockDevice
         return task;
     }
 
-    /// <summary>
-    /// Submits an operation whose completion calls <paramref name="endIo"/> (a bio's end_io)
-    /// instead of resolving a <c>ValueTask</c>: the form used when completions must become messages.
-    /// </summary>
-    /// <exception cref="InvalidBlockRequestException">The request is malformed; nothing was submitted.</exception>
+    /// <inheritdoc />
     public void SubmitWithEndIo(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu, IBioEndIo endIo)
     {
         ArgumentNullException.ThrowIfNull(endIo);

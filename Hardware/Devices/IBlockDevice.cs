@@ -91,6 +91,14 @@ public interface IBlockDevice : IAsyncDisposable
     /// </summary>
     ValueTask<BlockStatus> ExecuteAsync(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags = RequestFlags.None, int cpu = AnyCpu);
 
+    /// <summary>
+    /// Submits an operation whose completion calls <paramref name="endIo"/> on the completion
+    /// context (a bio's end_io) instead of resolving a <c>ValueTask</c>: the lowest-overhead form,
+    /// and the one to use when completions must become messages.
+    /// </summary>
+    /// <exception cref="InvalidBlockRequestException">The request is malformed; nothing was submitted.</exception>
+    void SubmitWithEndIo(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu, IBioEndIo endIo);
+
     /// <summary>Submits a polled read or write (<c>REQ_POLLED</c>); complete it with <see cref="Poll(uint)"/>.</summary>
     PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = AnyCpu);
 

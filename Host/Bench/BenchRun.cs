@@ -23,8 +23,9 @@ internal sealed record BenchResult(
 
 /// <summary>
 /// Drives a device the way fio drives a file: <c>numjobs</c> jobs, each keeping <c>iodepth</c>
-/// I/Os in flight. Every in-flight slot is an asynchronous loop that submits, awaits and records
-/// one I/O at a time; the I/O path allocates nothing, so neither does a slot once it has started.
+/// I/Os in flight. Every in-flight slot submits one I/O with a completion call-back (the device's
+/// lowest-overhead interface, as fio engines use callbacks), records it and submits the next; the
+/// I/O path allocates nothing, so neither does a slot.
 /// With <c>--io-poll</c> each job is a thread that submits polled I/O and polls for it, as fio's
 /// io_uring engine does with <c>hipri</c>.
 /// </summary>
@@ -115,23 +116,16 @@ internal sealed class BenchRun
             return Task.Factory.StartNew(() => RunPolledJob(job), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         }
 
-        return Task.Run(() => Task.WhenAll(job.Slots.Select(s => RunSlotAsync(job, s))));
-    }
-
-    private async Task RunSlotAsync(Job job, Slot slot)
-    {
-        var buffer = slot.Buffer.AsMemory();
-        while (!_stop && job.TryClaim())
+        return Task.Run(() =>
         {
-            var read = NextIsRead(slot);
-            var offset = NextOffset(job, slot);
-            var op = read ? BlockOp.Read : BlockOp.Write;
-            var t0 = Stopwatch.GetTimestamp();
-            var pending = _device.ExecuteAsync(op, offset, _o.BlockSize, buffer, RequestFlags.None, job.Cpu);
-            slot.Submitted++;
-            var status = await pending;
-            Record(slot, read, status, t0, Stopwatch.GetTimestamp());
-        }
+            foreach (var slot in job.Slots)
+            {
+                slot.Bind(this, job);
+                slot.SubmitNext();
+            }
+
+            return Task.WhenAll(job.Slots.Select(s => s.Done));
+        });
     }
 
     private void RunPolledJob(Job job)
@@ -267,9 +261,48 @@ internal sealed class BenchRun
         }
     }
 
-    private sealed class Slot(int blockSize, ulong seed)
+    // An in-flight slot: it submits one I/O with itself as the completion call-back, records it
+    // when it completes and submits the next, like one iodepth entry of a fio job. The call-back
+    // runs on the completion context; a slot is only ever touched by the flow of its current I/O.
+    private sealed class Slot(int blockSize, ulong seed) : IBioEndIo
     {
+        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private ulong _state = seed == 0 ? 0x2545F4914F6CDD1DUL : seed;
+        private BenchRun? _run;
+        private Job? _job;
+        private bool _read;
+        private long _t0;
+
+        public Task Done => _done.Task;
+
+        public void Bind(BenchRun run, Job job)
+        {
+            _run = run;
+            _job = job;
+        }
+
+        public void SubmitNext()
+        {
+            var run = _run!;
+            var job = _job!;
+            if (run._stop || !job.TryClaim())
+            {
+                _done.TrySetResult();
+                return;
+            }
+
+            _read = run.NextIsRead(this);
+            var offset = run.NextOffset(job, this);
+            Submitted++;
+            _t0 = Stopwatch.GetTimestamp();
+            run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
+        }
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            _run!.Record(this, _read, status, _t0, Stopwatch.GetTimestamp());
+            SubmitNext();
+        }
 
         public byte[] Buffer { get; } = GC.AllocateArray<byte>(blockSize, pinned: true);
 
