@@ -1,0 +1,111 @@
+using System.Text.Json;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// `actorblk bench` as a process: fio's options, fio's JSON layout, and the rule that every
+/// submitted I/O completes. Speed is not asserted here; benchmarks carry the targets.
+/// </summary>
+public sealed class BenchSpec
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);
+
+    private static async Task<JsonElement> RunJson(params string[] args)
+    {
+        await using var bench = ActorBlkProcess.Start(["bench", .. args, "--output-format=json"]);
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        var output = bench.Output;
+        return JsonDocument.Parse(output[output.IndexOf('{', StringComparison.Ordinal)..]).RootElement;
+    }
+
+    [Theory]
+    [InlineData("ring")]
+    [InlineData("mailbox")]
+    public async Task Json_output_has_fios_layout_and_every_io_completes(string dispatch)
+    {
+        var json = await RunJson("--device", "null", "--irqmode=0", "--rw=randread", "--bs=4k", "--iodepth=8",
+            "--runtime=1", "--size=64m", $"--dispatch={dispatch}");
+
+        var read = json.GetProperty("jobs")[0].GetProperty("read");
+        Assert.True(read.GetProperty("total_ios").GetInt64() > 0);
+        Assert.Equal(read.GetProperty("total_ios").GetInt64() * 4096, read.GetProperty("io_bytes").GetInt64());
+        Assert.True(read.GetProperty("iops").GetDouble() > 0);
+        Assert.True(read.GetProperty("bw_bytes").GetInt64() > 0);
+        var lat = read.GetProperty("lat_ns");
+        foreach (var p in new[] { "50.000000", "99.000000", "99.900000" })
+        {
+            Assert.True(lat.GetProperty("percentile").GetProperty(p).GetInt64() > 0);
+        }
+
+        Assert.True(lat.GetProperty("min").GetInt64() <= lat.GetProperty("max").GetInt64());
+        Assert.Equal(0, json.GetProperty("jobs")[0].GetProperty("write").GetProperty("total_ios").GetInt64());
+
+        var actorblk = json.GetProperty("actorblk");
+        Assert.Equal(actorblk.GetProperty("submitted").GetInt64(), actorblk.GetProperty("completed").GetInt64());
+        Assert.Equal(0, actorblk.GetProperty("errors").GetInt64());
+        Assert.Equal(dispatch, actorblk.GetProperty("dispatch").GetString());
+        Assert.Equal("null", actorblk.GetProperty("engine").GetString());
+    }
+
+    [Fact]
+    public async Task Without_a_runtime_each_job_moves_size_bytes()
+    {
+        var json = await RunJson("--device=null", "--rw=write", "--bs=64k", "--size=8m", "--iodepth=4", "--numjobs=2", "--memory-backed=1");
+
+        var write = json.GetProperty("jobs")[0].GetProperty("write");
+        Assert.Equal(2 * 128, write.GetProperty("total_ios").GetInt64());
+        Assert.Equal(2L * 8 * 1024 * 1024, write.GetProperty("io_bytes").GetInt64());
+        Assert.Equal(256, json.GetProperty("actorblk").GetProperty("completed").GetInt64());
+    }
+
+    [Fact]
+    public async Task Mixed_workloads_report_reads_and_writes()
+    {
+        var json = await RunJson("--device=null", "--rw=randrw", "--rwmixread=70", "--bs=4k", "--size=16m", "--iodepth=4");
+
+        var job = json.GetProperty("jobs")[0];
+        var reads = job.GetProperty("read").GetProperty("total_ios").GetInt64();
+        var writes = job.GetProperty("write").GetProperty("total_ios").GetInt64();
+        Assert.Equal(4096, reads + writes);
+        Assert.InRange(reads, 2500, 3200);
+    }
+
+    [Fact]
+    public async Task Polled_io_completes_through_poll_queues()
+    {
+        var json = await RunJson("--device=null", "--io-poll=1", "--rw=randread", "--bs=4k", "--size=8m", "--iodepth=4");
+
+        Assert.Equal(2048, json.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
+        Assert.Equal(2048, json.GetProperty("actorblk").GetProperty("completed").GetInt64());
+    }
+
+    [Fact]
+    public async Task Human_output_looks_like_fios()
+    {
+        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--size=4m", "--iodepth=2", "--name=human");
+
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        Assert.Contains("human: (groupid=0, jobs=1)", bench.Output);
+        Assert.Contains("read: IOPS=", bench.Output);
+        Assert.Contains("lat percentiles (nsec):", bench.Output);
+        Assert.Contains("Run status group 0 (all jobs):", bench.Output);
+        Assert.Contains("submitted=1024, completed=1024", bench.Output);
+    }
+
+    [Theory]
+    [InlineData("--rw=sideways", "option --rw")]
+    [InlineData("--bs=100", "option --bs")]
+    [InlineData("--iodepth=0", "option --iodepth")]
+    [InlineData("--dispatch=smoke", "option --dispatch")]
+    [InlineData("--device=tape", "option --device")]
+    [InlineData("--frobnicate=1", "unknown option: --frobnicate")]
+    public async Task Bad_options_exit_with_2_and_say_which(string option, string message)
+    {
+        await using var bench = ActorBlkProcess.Start("bench", option, "--size=1m");
+
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains(message, bench.Output);
+    }
+}
