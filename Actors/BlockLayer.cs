@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
@@ -209,6 +210,10 @@ internal sealed class BlockLayerActor : ReceiveActor
     private readonly Dictionary<string, (IActorRef Actor, TagSetState Set)> _sharedTagSets = new(StringComparer.Ordinal);
     private IActorRef _topology = ActorRefs.Nobody;
 
+    // Actor names carry an incarnation number: a device destroyed and created again under the
+    // same name gets new actors while the old ones may still be stopping.
+    private long _incarnation;
+
     public BlockLayerActor(BlockLayer layer)
     {
         _layer = layer;
@@ -244,10 +249,11 @@ internal sealed class BlockLayerActor : ReceiveActor
         BlockDevice device;
         IActorRef tagSetActor;
         bool privateTagSet;
+        IBlockDriver? driver = null;
         try
         {
             options.Validate();
-            var driver = DeviceBuilder.CreateDriver(options);
+            driver = DeviceBuilder.CreateDriver(options);
             TagSetState set;
             if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
             {
@@ -258,7 +264,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             {
                 set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
                 privateTagSet = !options.SharedTags;
-                tagSetActor = Context.ActorOf(TagSet.Props(set), privateTagSet ? $"tags-{options.Name}" : $"shared-{options.TagSetName}");
+                tagSetActor = Context.ActorOf(TagSet.Props(set), privateTagSet ? $"tags-{options.Name}-{++_incarnation}" : $"shared-{options.TagSetName}-{++_incarnation}");
                 if (!privateTagSet)
                 {
                     _sharedTagSets[options.TagSetName] = (tagSetActor, set);
@@ -274,15 +280,16 @@ internal sealed class BlockLayerActor : ReceiveActor
             var name = options.Name;
             device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
         }
-        catch (Exception ex) when (ex is ArgumentException or IOException or UnauthorizedAccessException or InvalidOperationException)
+        catch (Exception ex) when (ex is ArgumentException or BlockDeviceException or IOException or UnauthorizedAccessException or InvalidOperationException)
         {
+            driver?.Dispose();
             _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
             Sender.Tell(new Status.Failure(ex));
             return;
         }
 
         _layer.Track(device, options.Dispatch);
-        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer), $"dev-{options.Name}");
+        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer), $"dev-{options.Name}-{++_incarnation}");
         Context.Watch(actor);
         _devices[options.Name] = new Entry(device, actor, tagSetActor, privateTagSet, options, Sender);
     }
@@ -296,6 +303,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         entry.Ready = true;
         _layer.Publish(entry.Device);
+        _log.Info("{Device}: {Driver} driver: {Description}", ready.Name, entry.Device.Queue.Driver.Kind, entry.Device.Queue.Driver.Description);
         entry.Creator?.Tell(new BlockLayer.Created(entry.Device));
         entry.Creator = null;
     }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using Akka.Configuration;
@@ -19,7 +20,7 @@ public static class DeviceConfig
         "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
         "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
         "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
-        "read_only", "rotational", "dispatch", "completion", "cpu_map",
+        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "direct", "engine", "submit_batch",
     };
 
     /// <summary>Parses a device entry; values absent from it keep the <see cref="DeviceOptions"/> defaults.</summary>
@@ -42,6 +43,10 @@ public static class DeviceConfig
             Name = name,
             Driver = Driver(entry, defaults.Driver),
             Size = entry.HasPath("size") ? ParseSize(name, entry.GetString("size")) : defaults.Size,
+            Path = entry.HasPath("path") ? entry.GetString("path") : defaults.Path,
+            Direct = Bool(entry, name, "direct", defaults.Direct),
+            Engine = Choice(entry, name, "engine", defaults.Engine, ("io_uring", IoEngine.IoUring), ("psync", IoEngine.Psync)),
+            SubmitBatch = Int(entry, name, "submit_batch", defaults.SubmitBatch),
             BlockSize = Int(entry, name, "bs", defaults.BlockSize),
             SubmitQueues = Int(entry, name, "submit_queues", defaults.SubmitQueues),
             PollQueues = Int(entry, name, "poll_queues", defaults.PollQueues),

@@ -41,6 +41,9 @@ public sealed class BlockDevice : IBlockDevice
     public int LogicalBlockSize => Queue.Limits.LogicalBlockSize;
 
     /// <inheritdoc />
+    public int MemoryAlignment => Queue.Limits.MemoryAlignment;
+
+    /// <inheritdoc />
     public bool IsReadOnly => Queue.ReadOnly;
 
     /// <inheritdoc />

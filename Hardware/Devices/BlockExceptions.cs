@@ -110,3 +110,61 @@ public sealed class DeviceOptionsException : ArgumentException
     /// <summary>The option name as in hocon.conf (null_blk and sysfs names: "hw_queue_depth", "bs", ...).</summary>
     public string Option { get; }
 }
+
+/// <summary>Why a backing file or block device could not be opened.</summary>
+public enum OpenFailure
+{
+    /// <summary>The path does not exist (ENOENT) and no size was given to create it.</summary>
+    NotFound,
+
+    /// <summary>The caller may not open it (EACCES, EPERM), or the file system is read-only (EROFS).</summary>
+    PermissionDenied,
+
+    /// <summary>The path is a directory or another kind of file that cannot back a device.</summary>
+    NotABlockTarget,
+
+    /// <summary>The file system does not support direct I/O (EINVAL from open with O_DIRECT, as on tmpfs).</summary>
+    DirectIoNotSupported,
+
+    /// <summary>A block device is in use (EBUSY from an exclusive open: mounted or claimed).</summary>
+    Busy,
+
+    /// <summary>The file is smaller than the size asked for, or smaller than one block.</summary>
+    TooSmall,
+
+    /// <summary>The file's size is not a whole number of logical blocks.</summary>
+    Misaligned,
+
+    /// <summary>Any other error of open, statx, ioctl or fallocate.</summary>
+    Other,
+}
+
+/// <summary>
+/// The backing file or block device of a device could not be opened or used: names the device,
+/// the path, the cause and the errno.
+/// </summary>
+public sealed class BlockDeviceOpenException : BlockDeviceException
+{
+    /// <summary>Creates the exception.</summary>
+    /// <param name="device">The device name.</param>
+    /// <param name="path">The backing path.</param>
+    /// <param name="cause">The kind of failure.</param>
+    /// <param name="errno">The errno (positive), or 0 when no system call failed.</param>
+    /// <param name="detail">What was being done and what went wrong.</param>
+    public BlockDeviceOpenException(string device, string path, OpenFailure cause, int errno, string detail)
+        : base(device, $"{device}: cannot use '{path}': {detail}" + (errno != 0 ? $" (errno {errno})." : "."))
+    {
+        Path = path;
+        Cause = cause;
+        Errno = errno;
+    }
+
+    /// <summary>The backing path.</summary>
+    public string Path { get; }
+
+    /// <summary>The kind of failure.</summary>
+    public OpenFailure Cause { get; }
+
+    /// <summary>The errno of the failed call (positive), or 0.</summary>
+    public int Errno { get; }
+}

@@ -1,4 +1,5 @@
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
@@ -17,6 +18,7 @@ public static class DeviceBuilder
 
     /// <summary>Creates the driver the options name.</summary>
     /// <exception cref="DeviceOptionsException">The options are invalid.</exception>
+    /// <exception cref="BlockDeviceOpenException">The file device's backing store cannot be opened or used.</exception>
     public static IBlockDriver CreateDriver(DeviceOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -24,6 +26,7 @@ public static class DeviceBuilder
         return options.Driver switch
         {
             "null" => new NullBlockDriver(options.ToNullBlockOptions(), options.Name),
+            "file" => new FileBlockDriver(options.ToFileBlockOptions(), options.Name),
             _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
         };
     }

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
@@ -18,11 +19,27 @@ public sealed partial record DeviceOptions
     /// <summary>Device name (<c>name</c>): letters, digits, '-', '_' and '.', at most 32 characters.</summary>
     public string Name { get; init; } = "nullb0";
 
-    /// <summary>Driver (<c>driver</c>): <c>null</c>.</summary>
+    /// <summary>Driver (<c>driver</c>): <c>null</c> (null_blk) or <c>file</c> (a regular file or block device).</summary>
     public string Driver { get; init; } = "null";
 
-    /// <summary>Capacity in bytes (<c>size</c>); null_blk's default is 250 GiB.</summary>
-    public long Size { get; init; } = NullBlockOptions.DefaultSizeBytes;
+    /// <summary>
+    /// Capacity in bytes (<c>size</c>). Null means the driver's default: 250 GiB for the null
+    /// device (null_blk's), the whole file or block device for the file device. A file device
+    /// creates a missing file at this size, and serves this prefix of a larger one.
+    /// </summary>
+    public long? Size { get; init; }
+
+    /// <summary>The backing file or block device of the file device (<c>path</c>).</summary>
+    public string? Path { get; init; }
+
+    /// <summary>O_DIRECT for the file device (<c>direct</c>, on by default); off means buffered I/O.</summary>
+    public bool Direct { get; init; } = true;
+
+    /// <summary>I/O engine of the file device (<c>engine</c>: io_uring or psync).</summary>
+    public IoEngine Engine { get; init; } = IoEngine.IoUring;
+
+    /// <summary>io_uring submission batch of the file device (<c>submit_batch</c>; 1; 0 = once per dispatch round).</summary>
+    public int SubmitBatch { get; init; } = 1;
 
     /// <summary>Logical block size in bytes (<c>bs</c>), 512..4096.</summary>
     public int BlockSize { get; init; } = 512;
@@ -105,9 +122,29 @@ public sealed partial record DeviceOptions
             Fail("name", $"'{Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters).");
         }
 
-        if (Driver is not ("null"))
+        if (Driver is not ("null" or "file"))
         {
-            Fail("driver", $"unknown driver '{Driver}' (known: null).");
+            Fail("driver", $"unknown driver '{Driver}' (known: null, file).");
+        }
+
+        if (Driver == "file" && string.IsNullOrWhiteSpace(Path))
+        {
+            Fail("path", "the file driver needs the path of a file or block device.");
+        }
+
+        if (Driver != "file" && Path is not null)
+        {
+            Fail("path", $"only the file driver has a backing path (this device's driver is '{Driver}').");
+        }
+
+        if (!Enum.IsDefined(Engine))
+        {
+            Fail("engine", $"{Engine} is not io_uring or psync.");
+        }
+
+        if (SubmitBatch < 0)
+        {
+            Fail("submit_batch", $"{SubmitBatch} cannot be negative (0 submits once per dispatch round).");
         }
 
         if (BlockSize is < 512 or > 4096 || (BlockSize & (BlockSize - 1)) != 0)
@@ -115,9 +152,9 @@ public sealed partial record DeviceOptions
             Fail("bs", $"{BlockSize} is not a power of two from 512 to 4096.");
         }
 
-        if (Size <= 0 || Size % BlockSize != 0)
+        if (Size is { } size && (size <= 0 || size % BlockSize != 0))
         {
-            Fail("size", $"{Size} bytes is not a positive multiple of the block size ({BlockSize}).");
+            Fail("size", $"{size} bytes is not a positive multiple of the block size ({BlockSize}).");
         }
 
         if (SubmitQueues < 1)
@@ -210,7 +247,7 @@ public sealed partial record DeviceOptions
     /// <summary>The null driver settings these options call for.</summary>
     public NullBlockOptions ToNullBlockOptions() => new()
     {
-        SizeBytes = Size,
+        SizeBytes = Size ?? NullBlockOptions.DefaultSizeBytes,
         BlockSize = BlockSize,
         IrqMode = IrqMode,
         CompletionNsec = CompletionNsec,
@@ -220,6 +257,20 @@ public sealed partial record DeviceOptions
         Pollable = IoPoll,
         MaxSectors = MaxSectorsKb * 2,
         WriteCache = WriteCache,
+    };
+
+    /// <summary>The file driver settings these options call for.</summary>
+    public FileBlockOptions ToFileBlockOptions() => new()
+    {
+        Path = Path ?? string.Empty,
+        SizeBytes = Size,
+        BlockSize = BlockSize,
+        Direct = Direct,
+        Engine = Engine,
+        SubmitBatch = SubmitBatch,
+        ReadOnly = ReadOnly,
+        Discard = Discard,
+        MaxSectors = MaxSectorsKb * 2,
     };
 
     /// <summary>The request timeout in effect: the option, or the driver's default.</summary>

@@ -61,6 +61,13 @@ public interface IBlockDevice : IAsyncDisposable
     /// <summary>Offsets and lengths are multiples of this.</summary>
     int LogicalBlockSize { get; }
 
+    /// <summary>
+    /// Buffers aligned to this many bytes reach the device without a copy (O_DIRECT's memory
+    /// alignment for a file device; 1 for the null device). Others work, through a bounce buffer;
+    /// <see cref="AlignedBuffer"/> allocates aligned memory.
+    /// </summary>
+    int MemoryAlignment { get; }
+
     /// <summary>True when writes are refused.</summary>
     bool IsReadOnly { get; }
 

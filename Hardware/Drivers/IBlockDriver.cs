@@ -61,6 +61,9 @@ public interface IBlockDriver : IDisposable
     /// <summary>The driver's kind, for logs and attributes ("null", "file", "faulty").</summary>
     string Kind { get; }
 
+    /// <summary>One line describing the device for the start-up log (backing store, engine); the kind by default.</summary>
+    string Description => Kind;
+
     /// <summary>Geometry, capacity and capabilities of the device.</summary>
     QueueLimits Limits { get; }
 

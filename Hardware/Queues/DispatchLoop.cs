@@ -21,6 +21,13 @@ namespace ActorBlk.Hardware.Queues;
 /// A submission made on the loop's own thread (an inline completion continuation submitting the
 /// next I/O) skips the wake-up entirely: the loop is awake by definition.
 /// </para>
+/// <para>
+/// When the driver attaches an <see cref="ICompletionReaper"/> (an io_uring per hardware queue),
+/// the loop serves it: it reaps between rounds while work keeps coming, and when idle it sleeps in
+/// the reaper's <see cref="ICompletionReaper.Wait"/>, which hands the round's submissions to the
+/// kernel and waits for completions in the same system call; submitters wake it through
+/// <see cref="ICompletionReaper.Wake"/>. There is no user-space spin: the kernel wakes the loop.
+/// </para>
 /// </remarks>
 internal sealed class DispatchLoop
 {
@@ -38,6 +45,7 @@ internal sealed class DispatchLoop
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Thread? _thread;
     private TaskCompletionSource? _idleWaiter;
+    private ICompletionReaper? _reaper;
     private int _sleeping;
     private int _kicked;
     private int _inRound;
@@ -114,6 +122,7 @@ internal sealed class DispatchLoop
     {
         _stopping = true;
         _wake.Set();
+        Volatile.Read(ref _reaper)?.Wake();
         return _thread is null ? Task.CompletedTask : _exited.Task;
     }
 
@@ -129,7 +138,14 @@ internal sealed class DispatchLoop
         Interlocked.MemoryBarrier();
         if (Volatile.Read(ref _sleeping) != 0)
         {
-            _wake.Set();
+            if (_reaper is { } reaper)
+            {
+                reaper.Wake();
+            }
+            else
+            {
+                _wake.Set();
+            }
         }
     }
 
@@ -145,6 +161,9 @@ internal sealed class DispatchLoop
         try
         {
             _driver.InitHardwareContext(_hctx);
+
+            // Published before the loop can first announce that it sleeps (a full fence in Park).
+            Volatile.Write(ref _reaper, _hctx.Reaper);
             while (!_stopping)
             {
                 Volatile.Write(ref _kicked, 0);
@@ -165,6 +184,9 @@ internal sealed class DispatchLoop
                 switch (decision)
                 {
                     case DispatchDecision.RerunNow:
+                        // Busy: hand this round's submissions over and collect what finished
+                        // before taking more, so completions are not starved by a steady stream.
+                        _reaper?.Reap();
                         continue;
                     case DispatchDecision.RerunAfterDelay:
                         rerunAt = Environment.TickCount64 + (long)HardwareContext.ResourceDelay.TotalMilliseconds;
@@ -199,6 +221,12 @@ internal sealed class DispatchLoop
 
     private void Park(long rerunAt)
     {
+        if (_reaper is { } reaper)
+        {
+            ParkInReaper(reaper, rerunAt);
+            return;
+        }
+
         var spinUntil = Stopwatch.GetTimestamp() + _spinTicks;
         while (Stopwatch.GetTimestamp() < spinUntil)
         {
@@ -221,6 +249,22 @@ internal sealed class DispatchLoop
         Parks++;
         var timeout = rerunAt == 0 ? Timeout.Infinite : (int)Math.Max(1, rerunAt - Environment.TickCount64);
         _wake.Wait(timeout);
+        Volatile.Write(ref _sleeping, 0);
+    }
+
+    private void ParkInReaper(ICompletionReaper reaper, long rerunAt)
+    {
+        Interlocked.Exchange(ref _sleeping, 1);
+        if (HasWork)
+        {
+            // Work arrived: do not sleep, but still submit and reap, so neither waits a round.
+            Volatile.Write(ref _sleeping, 0);
+            reaper.Reap();
+            return;
+        }
+
+        Parks++;
+        reaper.Wait(rerunAt == 0 ? Timeout.Infinite : (int)Math.Max(1, rerunAt - Environment.TickCount64));
         Volatile.Write(ref _sleeping, 0);
     }
 

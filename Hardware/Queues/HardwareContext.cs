@@ -114,6 +114,19 @@ public sealed class HardwareContext
     /// <summary>Per-hardware-queue driver state (<c>driver_data</c>), set by <c>InitHardwareContext</c>.</summary>
     public object? DriverData { get; set; }
 
+    /// <summary>
+    /// True when this hardware queue has a dispatch thread of its own (ring dispatch), on which
+    /// <see cref="IBlockDriver.InitHardwareContext"/> runs and to which a driver may attach a
+    /// <see cref="Reaper"/>. In mailbox dispatch the driver actor runs on shared threads.
+    /// </summary>
+    public bool HasDispatchThread => Queue.Runtime.Mode == DispatchMode.Ring;
+
+    /// <summary>
+    /// The driver's completion source served by the dispatch thread, set in
+    /// <see cref="IBlockDriver.InitHardwareContext"/>; honoured only when <see cref="HasDispatchThread"/>.
+    /// </summary>
+    public ICompletionReaper? Reaper { get; set; }
+
     /// <summary>The CPUs mapped here (<c>cpumask</c>).</summary>
     public CpuSet CpuMask { get; private set; }
 

@@ -33,6 +33,13 @@ public sealed record QueueLimits
     /// <summary>Most segments (bios) in one request (<c>max_segments</c>).</summary>
     public int MaxSegments { get; init; } = DefaultMaxSegments;
 
+    /// <summary>
+    /// Alignment in bytes that data buffers need to go to the device without a copy (the sysfs
+    /// <c>dma_alignment</c> plus one; 1 means any address). Buffers that miss it still work: the
+    /// driver bounces them through aligned memory.
+    /// </summary>
+    public int MemoryAlignment { get; init; } = 1;
+
     /// <summary>Largest discard in sectors; 0 means discard is not supported.</summary>
     public int MaxDiscardSectors { get; init; }
 
@@ -71,6 +78,11 @@ public sealed record QueueLimits
         if (MaxHardwareSectors < lbsSectors || MaxSectors < lbsSectors || MaxSectors > MaxHardwareSectors)
         {
             throw new ArgumentOutOfRangeException(nameof(MaxSectors), MaxSectors, "max_sectors must hold one logical block and not exceed max_hw_sectors.");
+        }
+
+        if (MemoryAlignment < 1 || !BitOperations.IsPow2(MemoryAlignment))
+        {
+            throw new ArgumentOutOfRangeException(nameof(MemoryAlignment), MemoryAlignment, "The memory alignment must be a power of two.");
         }
 
         if (MaxSegments < 1)

@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Host.Commands;
 
@@ -44,15 +45,18 @@ internal sealed record BenchOptions
             --bs=SIZE                 block size per I/O (4k)
             --size=SIZE               device region each job covers; ends the run when no runtime is set (1g)
             --iodepth=N               I/Os each job keeps in flight (1)
+            --iodepth_batch_submit=N  io_uring: submit as soon as N I/Os are prepared; 0 = once per dispatch round (1)
             --numjobs=N               jobs, each on its own CPU (1)
             --runtime=SECONDS         run this long (time based)
             --ramp_time=SECONDS       run this long before measuring (0)
-            --direct=0|1              O_DIRECT for file devices (1)
+            --direct=0|1              O_DIRECT for file devices, buffered I/O with 0 (1)
             --time_based, --group_reporting, --thread, --norandommap, --lat_percentiles   accepted, always on
             --randrepeat=0|1          same random offsets every run (1)
             --output-format=normal|json
           device (ActorBlk's names):
             --device=null             the null device (null_blk)
+            --device=file:PATH        a regular file or block device; a missing file is created at --size
+            --engine=io_uring|psync   file device I/O engine (io_uring; psync where io_uring is unavailable)
             --dispatch=ring|mailbox   (ring)
             --submit-queues=N         hardware queues (1)
             --hw-queue-depth=N        tags per hardware queue (64)
@@ -90,6 +94,13 @@ internal sealed record BenchOptions
     public bool Json { get; init; }
 
     public string Device { get; init; } = "null";
+
+    public IoEngine Engine { get; init; } = IoEngine.IoUring;
+
+    public int SubmitBatch { get; init; } = 1;
+
+    /// <summary>The backing path of a <c>file:PATH</c> device, or null for the null device.</summary>
+    public string? FilePath => Device.StartsWith("file:", StringComparison.Ordinal) ? Device["file:".Length..] : null;
 
     public DispatchMode Dispatch { get; init; } = DispatchMode.Ring;
 
@@ -159,6 +170,7 @@ internal sealed record BenchOptions
             BlockSize = (int)Math.Min(int.MaxValue, Sizes.Parse("bs", cl.String("bs", "4k")!)),
             Size = Sizes.Parse("size", cl.String("size", "1g")!),
             IoDepth = cl.Int("iodepth", 1, 1, 65536),
+            SubmitBatch = cl.Int("iodepth_batch_submit", cl.Int("iodepth_batch", 1, 0, 65536), 0, 65536),
             NumJobs = cl.Int("numjobs", 1, 1, 1024),
             Runtime = Seconds(cl, "runtime"),
             RampTime = Seconds(cl, "ramp_time") ?? TimeSpan.Zero,
@@ -171,6 +183,12 @@ internal sealed record BenchOptions
                 var other => throw new UsageException($"option --output-format: '{other}' is not normal or json."),
             },
             Device = cl.String("device", "null")!,
+            Engine = cl.String("engine", "io_uring") switch
+            {
+                "io_uring" or "iouring" => IoEngine.IoUring,
+                "psync" => IoEngine.Psync,
+                var other => throw new UsageException($"option --engine: '{other}' is not io_uring or psync."),
+            },
             Dispatch = cl.String("dispatch", "ring") switch
             {
                 "ring" => DispatchMode.Ring,
@@ -200,16 +218,23 @@ internal sealed record BenchOptions
     /// <summary>The device the bench drives.</summary>
     public DeviceOptions ToDeviceOptions()
     {
-        if (Device != "null")
+        var path = FilePath;
+        if (Device != "null" && string.IsNullOrEmpty(path))
         {
-            throw new UsageException($"option --device: '{Device}' is not a device this build can drive (null).");
+            throw new UsageException($"option --device: '{Device}' is not null or file:PATH.");
         }
 
         return new DeviceOptions
         {
             Name = "bench0",
-            Driver = "null",
-            Size = Size,
+            Driver = path is null ? "null" : "file",
+            Path = path,
+
+            // fio's --size is the region the jobs cover; a file is created at that size when missing.
+            Size = path is null || !System.IO.Path.Exists(path) ? Size : null,
+            Direct = Direct,
+            Engine = Engine,
+            SubmitBatch = SubmitBatch,
             BlockSize = 512,
             SubmitQueues = SubmitQueues,
             HwQueueDepth = HwQueueDepth,

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using ActorBlk.Actors;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
 using Akka.Configuration;
@@ -36,8 +37,16 @@ internal static class BenchCommand
         {
             var layer = BlockLayer.Get(system);
             var device = await layer.CreateDeviceAsync(deviceOptions).ConfigureAwait(false);
+            if (options.Size > device.Capacity)
+            {
+                await layer.DestroyDeviceAsync(device.Name).ConfigureAwait(false);
+                throw new UsageException($"option --size: {options.Size} bytes is more than the device holds ({device.Capacity} bytes).");
+            }
+
+            var driver = device.Queue.Driver;
+            await Console.Error.WriteLineAsync($"actorblk bench: {device.Name}: {driver.Description}").ConfigureAwait(false);
             var run = new BenchRun(options, device, layer.Topology.Online);
-            var engine = deviceOptions.Driver;
+            var engine = driver is FileBlockDriver file ? (file.Engine == IoEngine.IoUring ? "io_uring" : "psync") : deviceOptions.Driver;
 
             using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(run, options) : null;
             var result = await run.RunAsync().ConfigureAwait(false);

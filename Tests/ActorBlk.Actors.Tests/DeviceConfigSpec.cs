@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using Akka.Configuration;
@@ -50,7 +51,8 @@ public sealed class DeviceConfigSpec
     {
         var o = Parse("name = nullb0");
 
-        Assert.Equal(250L << 30, o.Size);
+        Assert.Null(o.Size);
+        Assert.Equal(250L << 30, o.ToNullBlockOptions().SizeBytes);
         Assert.Equal(512, o.BlockSize);
         Assert.Equal(1, o.SubmitQueues);
         Assert.Equal(64, o.HwQueueDepth);
@@ -59,6 +61,26 @@ public sealed class DeviceConfigSpec
         Assert.Equal(CompletionAffinity.CacheGroup, o.RqAffinity);
         Assert.Equal(5_000, o.EffectiveTimeoutMs);
         Assert.Equal(DispatchMode.Ring, o.Dispatch);
+    }
+
+    [Fact]
+    public void Reads_the_file_driver_keys()
+    {
+        var o = Parse("name = disk0, driver = file, path = \"/var/lib/disk0.img\", size = 1g, direct = off, engine = psync, submit_batch = 0");
+
+        Assert.Equal("file", o.Driver);
+        Assert.Equal("/var/lib/disk0.img", o.Path);
+        Assert.Equal(1L << 30, o.Size);
+        Assert.False(o.Direct);
+        Assert.Equal(IoEngine.Psync, o.Engine);
+        Assert.Equal(0, o.SubmitBatch);
+        Assert.Equal(30_000, o.EffectiveTimeoutMs);
+
+        var defaults = Parse("name = disk1, driver = file, path = /dev/vdb");
+        Assert.True(defaults.Direct);
+        Assert.Equal(IoEngine.IoUring, defaults.Engine);
+        Assert.Equal(1, defaults.SubmitBatch);
+        Assert.Null(defaults.Size);
     }
 
     [Theory]
@@ -84,6 +106,11 @@ public sealed class DeviceConfigSpec
     [InlineData("name = \"a b\"", "name")]
     [InlineData("name = x, reserved_tags = 64", "reserved_tags")]
     [InlineData("name = x, size = 1000", "size")]
+    [InlineData("name = x, driver = file", "path")]
+    [InlineData("name = x, path = /tmp/x.img", "path")]
+    [InlineData("name = x, driver = file, path = /tmp/x, engine = aio", "engine")]
+    [InlineData("name = x, driver = file, path = /tmp/x, direct = sometimes", "direct")]
+    [InlineData("name = x, driver = file, path = /tmp/x, submit_batch = -1", "submit_batch")]
     public void A_bad_entry_names_the_offending_key(string hocon, string key)
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));

@@ -1,0 +1,210 @@
+using System.Numerics;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.IoUring;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.File;
+
+/// <summary>
+/// The file device: a block device backed by a regular file or a Linux block device, with
+/// O_DIRECT by default and io_uring (or psync) underneath. Reads, writes, flush (fdatasync),
+/// FUA writes (RWF_DSYNC), pre-flush writes (a linked fdatasync), discard (punch hole, or
+/// BLKDISCARD on a block device) and write-zeroes (zero range, or BLKZEROOUT).
+/// </summary>
+/// <remarks>
+/// <para>
+/// Each hardware queue gets its own engine, created on that queue's dispatcher: with io_uring
+/// and ring dispatch, a ring submitted to and reaped by the dispatch thread itself. When
+/// io_uring was asked for but the kernel refuses it, the psync engine serves instead and
+/// <see cref="FallbackReason"/> says why; the control plane logs it at start.
+/// </para>
+/// <para>
+/// Timeouts: a request the kernel still holds cannot be completed early without handing its
+/// buffer back while the device may still write to it, so <see cref="Timeout"/> re-arms the
+/// timer (as the kernel does for a driver without a handler) and the request completes when the
+/// device answers.
+/// </para>
+/// </remarks>
+public sealed class FileBlockDriver : IBlockDriver
+{
+    private readonly FileTarget _target;
+    private readonly Lock _enginesLock = new();
+    private readonly Dictionary<int, string> _engines = [];
+    private string? _fallbackReason;
+
+    /// <summary>Opens the backing store and discovers its geometry.</summary>
+    /// <param name="options">The file device settings.</param>
+    /// <param name="name">The device name, for errors and thread names.</param>
+    /// <exception cref="ArgumentException">An option is out of range.</exception>
+    /// <exception cref="BlockDeviceOpenException">The backing store cannot be opened or used.</exception>
+    public FileBlockDriver(FileBlockOptions options, string name = "file0")
+        : this(options, name, null)
+    {
+    }
+
+    /// <summary>Opens the backing store, judging io_uring by <paramref name="support"/> (tests) or by this kernel's probe.</summary>
+    internal FileBlockDriver(FileBlockOptions options, string name, IoUringSupport? support)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentException.ThrowIfNullOrWhiteSpace(options.Path, nameof(options));
+        if (options.BlockSize is < 512 or > 4096 || !BitOperations.IsPow2(options.BlockSize))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.BlockSize, "bs must be a power of two from 512 to 4096.");
+        }
+
+        if (options.SizeBytes is <= 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.SizeBytes, "size must be positive.");
+        }
+
+        if (options.SubmitBatch < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.SubmitBatch, "submit_batch cannot be negative.");
+        }
+
+        if (options.MaxSectors < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxSectors, "max_sectors cannot be negative.");
+        }
+
+        Options = options;
+        Name = name;
+        RequestedEngine = options.Engine;
+        if (options.Engine == IoEngine.IoUring && (support ?? IoUringSupport.Current) is { Available: false } unavailable)
+        {
+            _fallbackReason = unavailable.Summary;
+        }
+
+        _target = FileTarget.Open(name, options);
+        var maxSectors = Math.Max(
+            _target.LogicalBlockSize >> Bio.SectorShift,
+            options.MaxSectors > 0 ? options.MaxSectors : QueueLimits.DefaultMaxSectors);
+        var discard = options.Discard && !options.ReadOnly;
+        Limits = new QueueLimits
+        {
+            LogicalBlockSize = _target.LogicalBlockSize,
+            PhysicalBlockSize = _target.PhysicalBlockSize,
+            CapacitySectors = _target.CapacityBytes >> Bio.SectorShift,
+            MaxHardwareSectors = maxSectors,
+            MaxSectors = maxSectors,
+            MemoryAlignment = _target.MemoryAlignment,
+            MaxDiscardSectors = discard ? int.MaxValue >> Bio.SectorShift : 0,
+            MaxWriteZeroesSectors = discard ? int.MaxValue >> Bio.SectorShift : 0,
+
+            // The page cache (buffered) or the disk's cache (direct) is volatile until fdatasync.
+            VolatileWriteCache = !options.ReadOnly,
+            Fua = !options.ReadOnly,
+        };
+    }
+
+    /// <inheritdoc />
+    public string Kind => "file";
+
+    /// <summary>The device name.</summary>
+    public string Name { get; }
+
+    /// <summary>The settings.</summary>
+    public FileBlockOptions Options { get; }
+
+    /// <inheritdoc />
+    public QueueLimits Limits { get; }
+
+    /// <inheritdoc />
+    public DriverFeatures Features => DriverFeatures.None;
+
+    /// <summary>True when the backing store is a block device.</summary>
+    public bool IsBlockDevice => _target.IsBlockDevice;
+
+    /// <summary>True when this driver created the backing file.</summary>
+    public bool CreatedFile => _target.Created;
+
+    /// <summary>The engine the configuration asked for.</summary>
+    public IoEngine RequestedEngine { get; }
+
+    /// <summary>The engine serving the device: io_uring, or psync when asked for or when io_uring is unavailable.</summary>
+    public IoEngine Engine => RequestedEngine == IoEngine.Psync || FallbackReason is not null ? IoEngine.Psync : IoEngine.IoUring;
+
+    /// <summary>Why psync serves although io_uring was asked for; null when it does not.</summary>
+    public string? FallbackReason => Volatile.Read(ref _fallbackReason);
+
+    /// <summary>One line for the start-up log: backing store, mode, engine and its set-up.</summary>
+    public string Description
+    {
+        get
+        {
+            string engines;
+            lock (_enginesLock)
+            {
+                engines = _engines.Count == 0
+                    ? Engine == IoEngine.IoUring ? "io_uring" : $"psync ({FallbackReason ?? "chosen by configuration"})"
+                    : string.Join("; ", _engines.OrderBy(e => e.Key).Select(e => $"hctx{e.Key}: {e.Value}"));
+            }
+
+            return $"{_target} ({(_target.Direct ? "O_DIRECT" : "buffered")}{(_target.ReadOnly ? ", read-only" : string.Empty)}, " +
+                   $"{_target.CapacityBytes} bytes, logical block {_target.LogicalBlockSize}, physical block {_target.PhysicalBlockSize}, " +
+                   $"memory alignment {_target.MemoryAlignment}), engine {engines}";
+        }
+    }
+
+    /// <inheritdoc />
+    public void InitHardwareContext(HardwareContext hctx)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        FileEngine? engine = null;
+        if (Engine == IoEngine.IoUring)
+        {
+            var uring = IoUringEngine.TryCreate(_target, hctx, Options.SubmitBatch, out var failure);
+            if (uring is null)
+            {
+                Interlocked.CompareExchange(ref _fallbackReason, failure, null);
+            }
+            else
+            {
+                engine = uring;
+                if (hctx.HasDispatchThread)
+                {
+                    hctx.Reaper = uring;
+                }
+            }
+        }
+
+        engine ??= new PsyncEngine(_target, hctx, FallbackReason);
+        hctx.DriverData = engine;
+        lock (_enginesLock)
+        {
+            _engines[hctx.Index] = $"{engine.Name} ({engine.Details})";
+        }
+    }
+
+    /// <inheritdoc />
+    public void ExitHardwareContext(HardwareContext hctx)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        if (hctx.DriverData is FileEngine engine)
+        {
+            hctx.Reaper = null;
+            hctx.DriverData = null;
+            engine.Dispose();
+        }
+    }
+
+    /// <inheritdoc />
+    public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        ArgumentNullException.ThrowIfNull(request);
+        var engine = (FileEngine)hctx.DriverData!;
+        request.Start();
+        return engine.Queue(request, last);
+    }
+
+    /// <inheritdoc />
+    public void CommitRqs(HardwareContext hctx) => (hctx?.DriverData as FileEngine)?.Commit();
+
+    /// <inheritdoc />
+    public TimeoutAction Timeout(Request request) => TimeoutAction.ResetTimer;
+
+    /// <inheritdoc />
+    public void Dispose() => _target.Dispose();
+}

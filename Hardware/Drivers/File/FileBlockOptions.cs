@@ -1,0 +1,53 @@
+namespace ActorBlk.Hardware.Drivers.File;
+
+/// <summary>How the file device moves data.</summary>
+public enum IoEngine
+{
+    /// <summary>
+    /// io_uring through raw system calls: one ring per hardware queue, submissions batched per
+    /// dispatch round, completions reaped in batches. Falls back to <see cref="Psync"/> (and says
+    /// why) where the kernel has no usable io_uring.
+    /// </summary>
+    IoUring,
+
+    /// <summary>Synchronous pread/pwrite on one dedicated thread per hardware queue.</summary>
+    Psync,
+}
+
+/// <summary>Settings of the file device (<c>driver = file</c>).</summary>
+public sealed record FileBlockOptions
+{
+    /// <summary>The backing regular file or block device.</summary>
+    public required string Path { get; init; }
+
+    /// <summary>
+    /// Capacity in bytes. Required to create a file that does not exist; for an existing file or
+    /// device, a size at most its length serves that prefix; null serves all of it.
+    /// </summary>
+    public long? SizeBytes { get; init; }
+
+    /// <summary>Logical block size asked for; raised to the direct-I/O alignment of the backing store.</summary>
+    public int BlockSize { get; init; } = 512;
+
+    /// <summary>O_DIRECT (the default): bypass the page cache.</summary>
+    public bool Direct { get; init; } = true;
+
+    /// <summary>The I/O engine.</summary>
+    public IoEngine Engine { get; init; } = IoEngine.IoUring;
+
+    /// <summary>Open read-only.</summary>
+    public bool ReadOnly { get; init; }
+
+    /// <summary>Support discard and write-zeroes.</summary>
+    public bool Discard { get; init; } = true;
+
+    /// <summary>
+    /// io_uring: hand prepared entries to the kernel as soon as this many are waiting (fio's
+    /// <c>iodepth_batch_submit</c>, 1 by default as in fio); 0 submits once per dispatch round.
+    /// See the README for why small batches win on virtualised disks.
+    /// </summary>
+    public int SubmitBatch { get; init; } = 1;
+
+    /// <summary>Largest request in sectors (0 = the block layer default).</summary>
+    public int MaxSectors { get; init; }
+}

@@ -1,0 +1,156 @@
+using ActorBlk.Hardware.Interop;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.File;
+
+/// <summary>
+/// The I/O engine of one hardware queue of a file device: takes started requests from QueueRq,
+/// moves their data and completes them. Owns the per-tag <see cref="FileCommand"/>s.
+/// </summary>
+internal abstract class FileEngine : IDisposable
+{
+    private readonly FileCommand?[] _commands;
+
+    protected FileEngine(FileTarget target, HardwareContext hctx)
+    {
+        Target = target;
+        Hctx = hctx;
+        _commands = new FileCommand?[hctx.Tags.NrTags];
+    }
+
+    /// <summary>"io_uring" or "psync", for logs.</summary>
+    public abstract string Name { get; }
+
+    /// <summary>Details worth logging at start (setup flags, registered files).</summary>
+    public virtual string Details => string.Empty;
+
+    /// <summary>The backing store.</summary>
+    public FileTarget Target { get; }
+
+    /// <summary>The hardware queue served.</summary>
+    public HardwareContext Hctx { get; }
+
+    /// <summary>
+    /// Takes a started request. Returns <see cref="BlockStatus.Ok"/> when accepted (it completes
+    /// later), a resource status to have it requeued, or an error status to end it now.
+    /// </summary>
+    public abstract BlockStatus Queue(Request rq, bool last);
+
+    /// <summary>The batch ended (<c>commit_rqs</c>): hand over whatever is prepared.</summary>
+    public virtual void Commit()
+    {
+    }
+
+    /// <inheritdoc />
+    public virtual void Dispose()
+    {
+        foreach (var command in _commands)
+        {
+            command?.Dispose();
+        }
+    }
+
+    /// <summary>The command of <paramref name="tag"/>, created on first use.</summary>
+    public FileCommand Command(int tag) => _commands[tag] ??= new FileCommand();
+
+    /// <summary>The command of <paramref name="tag"/> if it was ever used.</summary>
+    protected FileCommand? CommandOrNull(int tag) => (uint)tag < (uint)_commands.Length ? _commands[tag] : null;
+
+    /// <summary>Ends the command and completes its request with <paramref name="status"/>.</summary>
+    public static void Complete(FileCommand command, BlockStatus status)
+    {
+        var (rq, generation) = command.End(status);
+        rq.Complete(status, generation);
+    }
+
+    /// <summary>
+    /// Runs a started request to its end on the calling thread with plain system calls: the psync
+    /// engine's whole job, and the io_uring engine's path for what its ring does not do
+    /// (BLKDISCARD and BLKZEROOUT on block devices).
+    /// </summary>
+    public static unsafe BlockStatus ExecuteSync(FileTarget target, FileCommand command, Request rq)
+    {
+        var fd = target.Fd;
+        switch (rq.Op)
+        {
+            case BlockOp.Read:
+            case BlockOp.Write:
+            {
+                if ((rq.Flags & RequestFlags.PreFlush) != 0 && FDataSync(fd) is var flushed && flushed != BlockStatus.Ok)
+                {
+                    return flushed;
+                }
+
+                var mapped = command.MapData(rq, target.MemoryAlignment);
+                if (mapped != BlockStatus.Ok)
+                {
+                    return mapped;
+                }
+
+                var rwFlags = (rq.Flags & RequestFlags.Fua) != 0 ? LibC.RWF_DSYNC : 0;
+                return command.TransferSync(fd, rq.Op, rwFlags);
+            }
+
+            case BlockOp.Flush:
+                return FDataSync(fd);
+
+            case BlockOp.Discard:
+                return target.IsBlockDevice
+                    ? RangeIoctl(fd, LibC.BLKDISCARD, rq.Offset, rq.Bytes)
+                    : Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, rq.Offset, rq.Bytes);
+
+            case BlockOp.WriteZeroes:
+                return target.IsBlockDevice
+                    ? RangeIoctl(fd, LibC.BLKZEROOUT, rq.Offset, rq.Bytes)
+                    : ZeroFileRange(fd, rq.Offset, rq.Bytes);
+
+            default:
+                return BlockStatus.NotSupported;
+        }
+    }
+
+    /// <summary>
+    /// Zeroes a file range: FALLOC_FL_ZERO_RANGE, or punching a hole where the file system has no
+    /// zero-range (tmpfs); either way the range reads back as zeroes.
+    /// </summary>
+    public static BlockStatus ZeroFileRange(int fd, long offset, long length)
+    {
+        var status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        return status == BlockStatus.NotSupported
+            ? Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length)
+            : status;
+    }
+
+    private static BlockStatus FDataSync(int fd)
+    {
+        while (true)
+        {
+            var result = LibC.Check(LibC.FDataSync(fd));
+            if (result != -LibC.EINTR)
+            {
+                return BlockStatusExtensions.FromErrno(result);
+            }
+        }
+    }
+
+    private static BlockStatus Fallocate(int fd, int mode, long offset, long length)
+    {
+        while (true)
+        {
+            var result = LibC.Check(LibC.FAllocate(fd, mode, offset, length));
+            if (result != -LibC.EINTR)
+            {
+                return BlockStatusExtensions.FromErrno(result);
+            }
+        }
+    }
+
+    private static unsafe BlockStatus RangeIoctl(int fd, ulong request, long offset, long length)
+    {
+        var range = stackalloc ulong[2];
+        range[0] = (ulong)offset;
+        range[1] = (ulong)length;
+        return BlockStatusExtensions.FromErrno(LibC.Check(LibC.IoctlPointer(fd, request, range)));
+    }
+}

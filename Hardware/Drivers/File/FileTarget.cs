@@ -1,0 +1,285 @@
+using System.Numerics;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Interop;
+
+namespace ActorBlk.Hardware.Drivers.File;
+
+/// <summary>
+/// The open backing store of a file device: a regular file or a block device, opened with open(2)
+/// (O_DIRECT unless buffered I/O was asked for), with its geometry discovered from the kernel.
+/// </summary>
+/// <remarks>
+/// Geometry: a block device reports its size (BLKGETSIZE64), logical and physical block sizes
+/// (BLKSSZGET, BLKPBSZGET); direct-I/O alignment of memory and offsets comes from statx
+/// (STATX_DIOALIGN, Linux 6.1+) and falls back to the logical block size. A block device is
+/// opened with O_EXCL, so a mounted or claimed device is refused rather than corrupted.
+/// </remarks>
+internal sealed unsafe class FileTarget : IDisposable
+{
+    /// <summary>Alignment assumed when the kernel does not report STATX_DIOALIGN: safe on every file system.</summary>
+    public const int FallbackDirectAlignment = 4096;
+
+    private int _fd;
+
+    private FileTarget(string device, string path, int fd, bool blockDevice, bool direct, bool readOnly)
+    {
+        Device = device;
+        Path = path;
+        _fd = fd;
+        IsBlockDevice = blockDevice;
+        Direct = direct;
+        ReadOnly = readOnly;
+    }
+
+    /// <summary>The device name, for errors.</summary>
+    public string Device { get; }
+
+    /// <summary>The backing path.</summary>
+    public string Path { get; }
+
+    /// <summary>The descriptor.</summary>
+    public int Fd => _fd;
+
+    /// <summary>True for a block device, false for a regular file.</summary>
+    public bool IsBlockDevice { get; }
+
+    /// <summary>Opened with O_DIRECT.</summary>
+    public bool Direct { get; }
+
+    /// <summary>Opened read-only.</summary>
+    public bool ReadOnly { get; }
+
+    /// <summary>True when this open created the file.</summary>
+    public bool Created { get; private set; }
+
+    /// <summary>The device's capacity in bytes (a whole number of logical blocks).</summary>
+    public long CapacityBytes { get; private set; }
+
+    /// <summary>The logical block size the device advertises: the requested one, raised to the direct-I/O offset alignment.</summary>
+    public int LogicalBlockSize { get; private set; }
+
+    /// <summary>The physical block size (file system block or the device's physical sector).</summary>
+    public int PhysicalBlockSize { get; private set; }
+
+    /// <summary>Alignment of memory buffers for direct I/O (1 when buffered).</summary>
+    public int MemoryAlignment { get; private set; }
+
+    /// <summary>Opens (and when new, creates) the backing store.</summary>
+    /// <exception cref="BlockDeviceOpenException">It cannot be opened or cannot back a device.</exception>
+    public static FileTarget Open(string device, FileBlockOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var path = options.Path;
+        var statx = default(LibC.Statx);
+        var exists = LibC.StatX(LibC.AT_FDCWD, path, 0, LibC.STATX_BASIC_STATS, &statx);
+        var created = false;
+        int flags = (options.ReadOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (options.Direct ? LibC.O_DIRECT : 0);
+        if (exists < 0)
+        {
+            var errno = LibC.LastErrno;
+            if (errno != LibC.ENOENT)
+            {
+                throw OpenError(device, path, errno, "statx");
+            }
+
+            if (options.SizeBytes is not > 0)
+            {
+                throw new BlockDeviceOpenException(device, path, OpenFailure.NotFound, errno, "no such file, and no size was given to create it");
+            }
+
+            if (options.ReadOnly)
+            {
+                throw new BlockDeviceOpenException(device, path, OpenFailure.NotFound, errno, "no such file, and a read-only device cannot create it");
+            }
+
+            flags |= LibC.O_CREAT | LibC.O_EXCL;
+            created = true;
+        }
+        else
+        {
+            var kind = statx.Mode & LibC.S_IFMT;
+            if (kind == LibC.S_IFDIR)
+            {
+                throw new BlockDeviceOpenException(device, path, OpenFailure.NotABlockTarget, LibC.EISDIR, "it is a directory, not a file or a block device");
+            }
+
+            if (kind != LibC.S_IFREG && kind != LibC.S_IFBLK)
+            {
+                throw new BlockDeviceOpenException(device, path, OpenFailure.NotABlockTarget, 0, "it is neither a regular file nor a block device");
+            }
+
+            if (kind == LibC.S_IFBLK && !options.ReadOnly)
+            {
+                flags |= LibC.O_EXCL;
+            }
+        }
+
+        var fd = LibC.Open(path, flags, 0b110_100_100);
+        if (fd < 0)
+        {
+            throw OpenError(device, path, -fd, options.Direct ? "open with O_DIRECT" : "open");
+        }
+
+        var target = new FileTarget(device, path, fd, exists >= 0 && (statx.Mode & LibC.S_IFMT) == LibC.S_IFBLK, options.Direct, options.ReadOnly)
+        {
+            Created = created,
+        };
+
+        try
+        {
+            target.Discover(options);
+            return target;
+        }
+        catch
+        {
+            target.Dispose();
+            if (created)
+            {
+                LibC.Unlink(path);
+            }
+
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        var fd = Interlocked.Exchange(ref _fd, -1);
+        if (fd >= 0)
+        {
+            LibC.Close(fd);
+        }
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{(IsBlockDevice ? "block device" : "file")} {Path}";
+
+    private static BlockDeviceOpenException OpenError(string device, string path, int errno, string call)
+    {
+        var (cause, text) = errno switch
+        {
+            LibC.ENOENT => (OpenFailure.NotFound, "no such file or directory"),
+            LibC.EACCES or LibC.EPERM => (OpenFailure.PermissionDenied, "permission denied"),
+            LibC.EROFS => (OpenFailure.PermissionDenied, "the file system is read-only (use read_only)"),
+            LibC.EISDIR => (OpenFailure.NotABlockTarget, "it is a directory"),
+            LibC.EBUSY => (OpenFailure.Busy, "the block device is in use (mounted or opened exclusively)"),
+            LibC.EINVAL when call.Contains("O_DIRECT", StringComparison.Ordinal) =>
+                (OpenFailure.DirectIoNotSupported, "the file system does not support direct I/O (set direct = off for buffered I/O)"),
+            _ => (OpenFailure.Other, LibC.Describe(errno)),
+        };
+        return new BlockDeviceOpenException(device, path, cause, errno, $"{call} failed: {text}");
+    }
+
+    private void Discover(FileBlockOptions options)
+    {
+        var statx = default(LibC.Statx);
+        if (LibC.StatX(_fd, string.Empty, LibC.AT_EMPTY_PATH, LibC.STATX_BASIC_STATS | LibC.STATX_DIOALIGN, &statx) < 0)
+        {
+            throw OpenError(Device, Path, LibC.LastErrno, "statx");
+        }
+
+        var dioReported = (statx.Mask & LibC.STATX_DIOALIGN) != 0;
+        if (Direct && dioReported && statx.DioOffsetAlign == 0)
+        {
+            // The kernel says: this file does not support direct I/O.
+            throw new BlockDeviceOpenException(Device, Path, OpenFailure.DirectIoNotSupported, LibC.EINVAL,
+                "the file system does not support direct I/O on this file (set direct = off for buffered I/O)");
+        }
+
+        long size;
+        int logical;
+        int physical;
+        if (IsBlockDevice)
+        {
+            ulong bytes = 0;
+            int lbs = 0;
+            int pbs = 0;
+            if (LibC.IoctlPointer(_fd, LibC.BLKGETSIZE64, &bytes) < 0 || LibC.IoctlPointer(_fd, LibC.BLKSSZGET, &lbs) < 0)
+            {
+                throw OpenError(Device, Path, LibC.LastErrno, "ioctl BLKGETSIZE64/BLKSSZGET");
+            }
+
+            if (LibC.IoctlPointer(_fd, LibC.BLKPBSZGET, &pbs) < 0 || pbs < lbs)
+            {
+                pbs = lbs;
+            }
+
+            size = (long)bytes;
+            logical = lbs;
+            physical = pbs;
+        }
+        else
+        {
+            size = (long)statx.Size;
+            logical = 512;
+            physical = (int)Math.Clamp(statx.BlockSize, 512u, 65536u);
+        }
+
+        var offsetAlign = 1;
+        MemoryAlignment = 1;
+        if (Direct)
+        {
+            offsetAlign = dioReported ? (int)statx.DioOffsetAlign : Math.Max(logical, IsBlockDevice ? logical : FallbackDirectAlignment);
+            MemoryAlignment = dioReported ? (int)Math.Max(statx.DioMemAlign, 1u) : offsetAlign;
+        }
+
+        LogicalBlockSize = Math.Max(options.BlockSize, Math.Max(logical, offsetAlign));
+        if (!BitOperations.IsPow2(LogicalBlockSize) || LogicalBlockSize > 65536)
+        {
+            throw new BlockDeviceOpenException(Device, Path, OpenFailure.Other, 0, $"the direct-I/O alignment {offsetAlign} is not a usable block size");
+        }
+
+        PhysicalBlockSize = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(physical, LogicalBlockSize));
+
+        if (Created)
+        {
+            Create(options.SizeBytes!.Value);
+            size = options.SizeBytes.Value;
+        }
+
+        if (options.SizeBytes is { } wanted && !Created)
+        {
+            if (wanted > size)
+            {
+                throw new BlockDeviceOpenException(Device, Path, OpenFailure.TooSmall, 0,
+                    $"it holds {size} bytes, less than the size asked for ({wanted} bytes)");
+            }
+
+            size = wanted;
+        }
+
+        if (options.SizeBytes is { } exact && exact % LogicalBlockSize != 0)
+        {
+            throw new BlockDeviceOpenException(Device, Path, OpenFailure.Misaligned, 0,
+                $"the size {exact} is not a whole number of {LogicalBlockSize}-byte blocks");
+        }
+
+        // A file whose size is not a whole number of blocks serves its whole blocks only.
+        CapacityBytes = size / LogicalBlockSize * LogicalBlockSize;
+        if (CapacityBytes == 0)
+        {
+            throw new BlockDeviceOpenException(Device, Path, OpenFailure.TooSmall, 0,
+                $"it holds {size} bytes, less than one {LogicalBlockSize}-byte block");
+        }
+    }
+
+    private void Create(long size)
+    {
+        if (LibC.FTruncate(_fd, size) < 0)
+        {
+            throw OpenError(Device, Path, LibC.LastErrno, $"ftruncate to {size} bytes");
+        }
+
+        // Allocate the blocks now, as fio lays out its files: direct writes into holes would
+        // allocate on the I/O path. File systems without fallocate keep the sparse file.
+        if (LibC.FAllocate(_fd, 0, 0, size) < 0)
+        {
+            var errno = LibC.LastErrno;
+            if (errno != LibC.EOPNOTSUPP)
+            {
+                throw OpenError(Device, Path, errno, $"fallocate of {size} bytes");
+            }
+        }
+    }
+}

@@ -1,0 +1,555 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using ActorBlk.Hardware.Interop;
+using ActorBlk.Hardware.IoUring;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.File;
+
+/// <summary>
+/// The io_uring engine of one hardware queue: one ring, the backing file registered as fixed file
+/// 0, requests turned into SQEs in QueueRq and handed to the kernel once per dispatch round.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Ring dispatch: the ring belongs to the hardware queue's dispatch thread, created there with
+/// <c>SINGLE_ISSUER | DEFER_TASKRUN</c> where the kernel has them, and the engine is that
+/// thread's <see cref="ICompletionReaper"/>: the loop submits and reaps through it and sleeps in
+/// <c>io_uring_enter</c> waiting for completions. An eventfd read is kept armed in the ring so a
+/// submitter on another thread can wake the sleeping loop by writing the eventfd.
+/// </para>
+/// <para>
+/// Mailbox dispatch: QueueRq runs on the driver actor, whichever pool thread that is, so the
+/// ring is created without SINGLE_ISSUER; the actor submits at the end of each batch and a
+/// dedicated reaper thread waits for completions.
+/// </para>
+/// <para>
+/// user_data carries the tag and the generation the request was started with, so a completion
+/// finds its command without a lookup table and can never complete a later incarnation of a tag.
+/// Discard and write-zeroes of block devices (BLKDISCARD, BLKZEROOUT) have no io_uring opcode on
+/// every kernel and go to a lazily started psync worker. A short transfer finishes synchronously.
+/// </para>
+/// </remarks>
+internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
+{
+    /// <summary>Setup flags asked for when the dispatch thread owns the ring.</summary>
+    public const IoUringSetupFlags OwnedFlags =
+        IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.SubmitAll;
+
+    /// <summary>Setup flags asked for when submissions come from actor threads and completions are reaped on another thread.</summary>
+    public const IoUringSetupFlags SharedFlags = IoUringSetupFlags.SubmitAll;
+
+    private const ulong WakeToken = ulong.MaxValue;
+    private const ulong StopToken = ulong.MaxValue - 1;
+    private const ulong LinkBit = 1UL << 31;
+    private const ulong TagMask = 0xFFFF;
+    private const int ReapBatch = 32;
+    private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(30);
+
+    private readonly IoRing _ring;
+    private readonly bool _owned;
+    private readonly uint _submitBatch;
+    private readonly bool _fixedFile;
+    private readonly int _sqeFd;
+    private readonly int _eventFd = -1;
+    private readonly ulong* _eventBuffer;
+    private readonly Thread? _reaperThread;
+    private PsyncWorker? _slow;
+    private bool _wakeArmed;
+    private int _inflight;
+    private volatile bool _stopping;
+    private int _disposed;
+
+    private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int submitBatch)
+        : base(target, hctx)
+    {
+        _ring = ring;
+        _owned = owned;
+        _submitBatch = (uint)submitBatch;
+        int fd = target.Fd;
+        _fixedFile = ring.RegisterFiles(new ReadOnlySpan<int>(ref fd)) == 0;
+        _sqeFd = _fixedFile ? 0 : target.Fd;
+        if (owned)
+        {
+            ring.TryRegisterRingFd();
+            _eventFd = LibC.EventFd(0, LibC.EFD_CLOEXEC);
+            if (_eventFd < 0)
+            {
+                throw new IoUringException(-LibC.LastErrno, "eventfd");
+            }
+
+            _eventBuffer = (ulong*)NativeMemory.AlignedAlloc(sizeof(ulong), sizeof(ulong));
+        }
+        else
+        {
+            _reaperThread = new Thread(ReaperLoop) { IsBackground = true, Name = $"actorblk/{hctx.Queue.Name}/uring{hctx.Index}" };
+            _reaperThread.Start();
+        }
+    }
+
+    /// <inheritdoc />
+    public override string Name => "io_uring";
+
+    /// <inheritdoc />
+    public override string Details
+    {
+        get
+        {
+            var parts = new List<string>
+            {
+                $"{_ring.SqEntries} entries",
+                _submitBatch == 0 ? "submits once per dispatch round" : $"submits every {_submitBatch} entries",
+            };
+            if ((_ring.Flags & IoUringSetupFlags.SingleIssuer) != 0)
+            {
+                parts.Add("SINGLE_ISSUER");
+            }
+
+            if ((_ring.Flags & IoUringSetupFlags.DeferTaskRun) != 0)
+            {
+                parts.Add("DEFER_TASKRUN");
+            }
+
+            if ((_ring.Flags & IoUringSetupFlags.CoopTaskRun) != 0)
+            {
+                parts.Add("COOP_TASKRUN");
+            }
+
+            parts.Add(_fixedFile ? "registered file" : "unregistered file");
+            if (_ring.RingFdRegistered)
+            {
+                parts.Add("registered ring fd");
+            }
+
+            parts.Add(_owned ? "reaped by the dispatch thread" : "reaped by its own thread");
+            return string.Join(", ", parts);
+        }
+    }
+
+    /// <summary>Requests in the kernel now.</summary>
+    public int InFlight => Volatile.Read(ref _inflight);
+
+    /// <summary>The ring's setup flags (for tests).</summary>
+    internal IoUringSetupFlags RingFlags => _ring.Flags;
+
+    /// <summary>
+    /// Creates the engine of <paramref name="hctx"/> on the calling thread (which, with ring
+    /// dispatch, becomes the ring's single issuer). Returns null with the reason when the kernel
+    /// refuses the ring.
+    /// </summary>
+    public static IoUringEngine? TryCreate(FileTarget target, HardwareContext hctx, int submitBatch, out string? failure)
+    {
+        var owned = hctx.HasDispatchThread;
+
+        // Room for every tag twice (a pre-flush is a linked pair) and the wake-up read.
+        var entries = (uint)Math.Min(16384, BitOperations.RoundUpToPowerOf2((uint)Math.Max(8, (2 * hctx.Tags.NrTags) + 2)));
+        var result = IoRing.TryCreate(entries, owned ? OwnedFlags : SharedFlags, out var ring);
+        if (result < 0 || ring is null)
+        {
+            failure = $"io_uring_setup failed: {LibC.Describe(result)} (errno {-result})";
+            return null;
+        }
+
+        try
+        {
+            failure = null;
+            return new IoUringEngine(target, hctx, ring, owned, submitBatch);
+        }
+        catch (IoUringException ex)
+        {
+            ring.Dispose();
+            failure = ex.Message;
+            return null;
+        }
+    }
+
+    /// <inheritdoc />
+    public override BlockStatus Queue(Request rq, bool last)
+    {
+        var command = Command(rq.Tag);
+        command.Begin(rq);
+        var status = Prepare(command, rq);
+        if (status == BlockStatus.Ok)
+        {
+            if ((_submitBatch > 0 && _ring.Unsubmitted >= _submitBatch) || (!_owned && last))
+            {
+                SubmitChecked(0, -1);
+            }
+        }
+        else
+        {
+            command.End(status);
+        }
+
+        return status;
+    }
+
+    /// <inheritdoc />
+    public override void Commit()
+    {
+        if (!_owned)
+        {
+            SubmitChecked(0, -1);
+        }
+    }
+
+    /// <inheritdoc />
+    public int Reap()
+    {
+        if (_ring.Unsubmitted > 0 || ((_ring.Flags & IoUringSetupFlags.DeferTaskRun) != 0 && _inflight > 0))
+        {
+            SubmitChecked(0, -1);
+        }
+
+        return Drain();
+    }
+
+    /// <inheritdoc />
+    public int Wait(int timeoutMs)
+    {
+        if (!_wakeArmed)
+        {
+            ArmWake();
+        }
+
+        if (_ring.HasCompletions)
+        {
+            // Completions were posted by an earlier enter: take them without sleeping.
+            return Reap();
+        }
+
+        SubmitChecked(1, timeoutMs);
+        return Drain();
+    }
+
+    /// <inheritdoc />
+    public void Wake()
+    {
+        ulong one = 1;
+        LibC.Write(_eventFd, &one, sizeof(ulong));
+    }
+
+    /// <inheritdoc />
+    public override void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        var drained = _owned ? DrainOwned() : StopReaper();
+        _slow?.Dispose();
+        _ring.Dispose();
+        if (_eventFd >= 0)
+        {
+            LibC.Close(_eventFd);
+            NativeMemory.AlignedFree(_eventBuffer);
+        }
+
+        // Memory the kernel may still write into is never freed: with requests stuck in the
+        // device after the drain limit, the commands' buffers are left to the process.
+        if (drained)
+        {
+            base.Dispose();
+        }
+    }
+
+    private BlockStatus Prepare(FileCommand command, Request rq)
+    {
+        switch (rq.Op)
+        {
+            case BlockOp.Read:
+            case BlockOp.Write:
+            {
+                var mapped = command.MapData(rq, Target.MemoryAlignment);
+                if (mapped != BlockStatus.Ok)
+                {
+                    return mapped;
+                }
+
+                var preflush = (rq.Flags & RequestFlags.PreFlush) != 0;
+                if (!Reserve(preflush ? 2 : 1))
+                {
+                    return BlockStatus.DeviceResource;
+                }
+
+                if (preflush)
+                {
+                    var flush = _ring.TryGetSqe();
+                    SetFile(flush, IoUringOp.Fsync);
+                    flush->OpFlags = IoUringNative.FsyncDataSync;
+                    flush->Flags |= IoSqeFlags.IoLink;
+                    flush->UserData = Token(rq.Tag, command.Generation) | LinkBit;
+                }
+
+                var sqe = _ring.TryGetSqe();
+                var read = rq.Op == BlockOp.Read;
+                if (command.IovCount == 1)
+                {
+                    SetFile(sqe, read ? IoUringOp.Read : IoUringOp.Write);
+                    sqe->Address = (ulong)command.Iov->Base;
+                    sqe->Length = (uint)command.Iov->Length;
+                }
+                else
+                {
+                    SetFile(sqe, read ? IoUringOp.ReadV : IoUringOp.WriteV);
+                    sqe->Address = (ulong)command.Iov;
+                    sqe->Length = (uint)command.IovCount;
+                }
+
+                sqe->Offset = (ulong)command.Position;
+                sqe->OpFlags = !read && (rq.Flags & RequestFlags.Fua) != 0 ? (uint)IoUringNative.RwfDsync : 0;
+                sqe->UserData = Token(rq.Tag, command.Generation);
+                break;
+            }
+
+            case BlockOp.Flush:
+            {
+                if (!Reserve(1))
+                {
+                    return BlockStatus.DeviceResource;
+                }
+
+                var sqe = _ring.TryGetSqe();
+                SetFile(sqe, IoUringOp.Fsync);
+                sqe->OpFlags = IoUringNative.FsyncDataSync;
+                sqe->UserData = Token(rq.Tag, command.Generation);
+                break;
+            }
+
+            case BlockOp.Discard:
+            case BlockOp.WriteZeroes:
+            {
+                if (Target.IsBlockDevice)
+                {
+                    // BLKDISCARD / BLKZEROOUT block the caller: off the dispatch thread they go.
+                    _slow ??= new PsyncWorker(this, $"actorblk/{Hctx.Queue.Name}/uring{Hctx.Index}-ioctl");
+                    _slow.Post(rq);
+                    return BlockStatus.Ok;
+                }
+
+                if (!Reserve(1))
+                {
+                    return BlockStatus.DeviceResource;
+                }
+
+                var sqe = _ring.TryGetSqe();
+                SetFile(sqe, IoUringOp.Fallocate);
+                sqe->Offset = (ulong)rq.Offset;
+                sqe->Address = (ulong)rq.Bytes;
+                sqe->Length = (uint)(LibC.FALLOC_FL_KEEP_SIZE |
+                    (rq.Op == BlockOp.Discard ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE));
+                sqe->UserData = Token(rq.Tag, command.Generation);
+                break;
+            }
+
+            default:
+                return BlockStatus.NotSupported;
+        }
+
+        Interlocked.Increment(ref _inflight);
+        return BlockStatus.Ok;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Token(int tag, uint generation) => ((ulong)generation << 32) | (uint)tag;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void SetFile(IoUringSqe* sqe, IoUringOp op)
+    {
+        sqe->Opcode = op;
+        sqe->Fd = _sqeFd;
+        sqe->Flags = _fixedFile ? IoSqeFlags.FixedFile : IoSqeFlags.None;
+    }
+
+    // Makes room for n entries, submitting what is prepared if the ring is full.
+    private bool Reserve(int n)
+    {
+        var free = _ring.SqEntries - _ring.Unsubmitted;
+        if (free >= n)
+        {
+            return true;
+        }
+
+        SubmitChecked(0, -1);
+        return _ring.SqEntries - _ring.Unsubmitted >= n;
+    }
+
+    private void ArmWake()
+    {
+        var sqe = _ring.TryGetSqe();
+        if (sqe is null)
+        {
+            SubmitChecked(0, -1);
+            sqe = _ring.TryGetSqe();
+            if (sqe is null)
+            {
+                return;
+            }
+        }
+
+        sqe->Opcode = IoUringOp.Read;
+        sqe->Fd = _eventFd;
+        sqe->Address = (ulong)_eventBuffer;
+        sqe->Length = sizeof(ulong);
+        sqe->UserData = WakeToken;
+        _wakeArmed = true;
+    }
+
+    private void SubmitChecked(uint minComplete, int timeoutMs)
+    {
+        var result = _ring.Submit(minComplete, timeoutMs);
+        if (result >= 0 || result is -LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN)
+        {
+            // EBUSY/EAGAIN: the kernel wants completions reaped first; the caller drains next.
+            return;
+        }
+
+        // Anything else is a broken ring (EBADF, EFAULT): a device error the control plane handles.
+        Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
+    }
+
+    private int Drain()
+    {
+        Span<IoUringCqe> cqes = stackalloc IoUringCqe[ReapBatch];
+        var completed = 0;
+        int n;
+        do
+        {
+            n = _ring.Reap(cqes);
+            for (var i = 0; i < n; i++)
+            {
+                completed += Handle(cqes[i]);
+            }
+        }
+        while (n == ReapBatch);
+
+        return completed;
+    }
+
+    private int Handle(in IoUringCqe cqe)
+    {
+        var data = cqe.UserData;
+        if (data == WakeToken)
+        {
+            _wakeArmed = false;
+            return 0;
+        }
+
+        if (data == StopToken)
+        {
+            _stopping = true;
+            return 0;
+        }
+
+        var tag = (int)(data & TagMask);
+        var generation = (uint)(data >> 32);
+        var command = CommandOrNull(tag);
+        if (command?.Request is null || command.Generation != generation)
+        {
+            return 0;
+        }
+
+        if ((data & LinkBit) != 0)
+        {
+            // The pre-flush of a linked pair: only its failure matters (the write then fails with ECANCELED).
+            if (cqe.Result < 0)
+            {
+                command.LinkStatus = BlockStatusExtensions.FromErrno(cqe.Result);
+            }
+
+            return 0;
+        }
+
+        Interlocked.Decrement(ref _inflight);
+        Complete(command, Finish(command, cqe.Result));
+        return 1;
+    }
+
+    private BlockStatus Finish(FileCommand command, int result)
+    {
+        if (command.LinkStatus != BlockStatus.Ok)
+        {
+            return command.LinkStatus;
+        }
+
+        var rq = command.Request!;
+        if (result < 0)
+        {
+            if (result == -LibC.EOPNOTSUPP && rq.Op == BlockOp.WriteZeroes)
+            {
+                return ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes);
+            }
+
+            return BlockStatusExtensions.FromErrno(result);
+        }
+
+        if (rq.Op is BlockOp.Read or BlockOp.Write && result < command.Remaining)
+        {
+            if (result == 0)
+            {
+                return BlockStatus.IoError;
+            }
+
+            // A short transfer (buffered I/O near the end of a file, say): finish it here.
+            command.Advance(result);
+            return command.TransferSync(Target.Fd, rq.Op, (rq.Flags & RequestFlags.Fua) != 0 ? LibC.RWF_DSYNC : 0);
+        }
+
+        return BlockStatus.Ok;
+    }
+
+    // Ring dispatch, on the dispatch thread at exit: wait for what the kernel still holds.
+    private bool DrainOwned()
+    {
+        var deadline = Environment.TickCount64 + (long)DrainLimit.TotalMilliseconds;
+        while (_inflight > 0 && Environment.TickCount64 < deadline)
+        {
+            SubmitChecked(1, 100);
+            Drain();
+        }
+
+        return _inflight == 0;
+    }
+
+    // Mailbox dispatch, on the driver actor: tell the reaper to finish once nothing is in flight.
+    private bool StopReaper()
+    {
+        var sqe = _ring.TryGetSqe();
+        if (sqe is null)
+        {
+            SubmitChecked(0, -1);
+            sqe = _ring.TryGetSqe();
+        }
+
+        if (sqe is not null)
+        {
+            sqe->Opcode = IoUringOp.Nop;
+            sqe->UserData = StopToken;
+            SubmitChecked(0, -1);
+        }
+        else
+        {
+            _stopping = true;
+        }
+
+        return _reaperThread!.Join(DrainLimit) && _inflight == 0;
+    }
+
+    private void ReaperLoop()
+    {
+        while (!_stopping || Volatile.Read(ref _inflight) > 0)
+        {
+            var result = _ring.WaitCompletions(1, 1000);
+            if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
+            {
+                Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
+                return;
+            }
+
+            Drain();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+using System.Runtime.InteropServices;
+
+namespace ActorBlk.Hardware.Interop;
+
+/// <summary>
+/// The libc and raw-syscall surface the file driver and the io_uring binding need. Linux only;
+/// nothing else is installed: every call is into the C library every Linux system has.
+/// </summary>
+/// <remarks>
+/// Calls return the C convention (-1 and errno); wrappers in this class turn that into a negative
+/// errno so callers never touch thread-local error state twice. Flag values that differ between
+/// architectures (<c>O_DIRECT</c>) are chosen at run time.
+/// </remarks>
+internal static unsafe partial class LibC
+{
+    public const int ENOENT = 2;
+    public const int EINTR = 4;
+    public const int EIO = 5;
+    public const int EAGAIN = 11;
+    public const int ENOMEM = 12;
+    public const int EACCES = 13;
+    public const int EBUSY = 16;
+    public const int EEXIST = 17;
+    public const int EISDIR = 21;
+    public const int EINVAL = 22;
+    public const int ENOSPC = 28;
+    public const int EROFS = 30;
+    public const int ENOSYS = 38;
+    public const int EOPNOTSUPP = 95;
+    public const int EPERM = 1;
+    public const int ETIME = 62;
+    public const int ECANCELED = 125;
+
+    public const int O_RDONLY = 0;
+    public const int O_RDWR = 2;
+    public const int O_CREAT = 0x40;
+    public const int O_CLOEXEC = 0x80000;
+
+    public const int PROT_READ = 1;
+    public const int PROT_WRITE = 2;
+    public const int MAP_SHARED = 1;
+    public const int MAP_POPULATE = 0x8000;
+
+    public const int FALLOC_FL_KEEP_SIZE = 0x01;
+    public const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    public const int FALLOC_FL_ZERO_RANGE = 0x10;
+
+    public const int EFD_CLOEXEC = 0x80000;
+    public const int EFD_NONBLOCK = 0x800;
+
+    public const int AT_FDCWD = -100;
+    public const int AT_EMPTY_PATH = 0x1000;
+    public const int O_EXCL = 0x80;
+    public const int RWF_DSYNC = 2;
+    public const uint STATX_BASIC_STATS = 0x7ff;
+    public const uint STATX_DIOALIGN = 0x2000;
+    public const int S_IFMT = 0xF000;
+    public const int S_IFREG = 0x8000;
+    public const int S_IFBLK = 0x6000;
+    public const int S_IFDIR = 0x4000;
+
+    // <linux/fs.h> block-device ioctls.
+    public const ulong BLKGETSIZE64 = 0x80081272;
+    public const ulong BLKSSZGET = 0x1268;
+    public const ulong BLKPBSZGET = 0x127B;
+    public const ulong BLKDISCARD = 0x1277;
+    public const ulong BLKZEROOUT = 0x127F;
+
+    // The io_uring syscalls have the same numbers on x86-64 and arm64 (the generic table).
+    public const long SYS_io_uring_setup = 425;
+    public const long SYS_io_uring_enter = 426;
+    public const long SYS_io_uring_register = 427;
+
+    private const string Library = "libc";
+
+    /// <summary><c>O_DIRECT</c>: 040000 on x86, 0200000 on arm and arm64.</summary>
+    public static int O_DIRECT => RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? 0x10000 : 0x4000;
+
+    /// <summary>The errno of the last failed call on this thread, as a positive number.</summary>
+    public static int LastErrno => Marshal.GetLastPInvokeError();
+
+    /// <summary>The C library's text for an errno ("No such file or directory").</summary>
+    public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(Math.Abs(errno));
+
+    /// <summary>A raw system call with up to six arguments; the result, or -errno.</summary>
+    public static long Syscall(long number, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0, long a6 = 0)
+    {
+        var result = SyscallRaw(number, a1, a2, a3, a4, a5, a6);
+        return result == -1 ? -LastErrno : result;
+    }
+
+    /// <summary>open(2); the descriptor, or -errno.</summary>
+    public static int Open(string path, int flags, int mode)
+    {
+        var fd = OpenRaw(path, flags, mode);
+        return fd < 0 ? -LastErrno : fd;
+    }
+
+    /// <summary>pread(2) into a pinned buffer; bytes read, or -errno.</summary>
+    public static long PRead(int fd, void* buffer, long count, long offset)
+    {
+        var n = PReadRaw(fd, buffer, (nuint)count, offset);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>pwrite(2) from a pinned buffer; bytes written, or -errno.</summary>
+    public static long PWrite(int fd, void* buffer, long count, long offset)
+    {
+        var n = PWriteRaw(fd, buffer, (nuint)count, offset);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>preadv2(2) over an iovec array; bytes read, or -errno.</summary>
+    public static long PReadV(int fd, IoVec* iov, int count, long offset)
+    {
+        var n = PReadV2Raw(fd, iov, count, offset, 0);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>pwritev2(2) over an iovec array with RWF_* flags; bytes written, or -errno.</summary>
+    public static long PWriteV(int fd, IoVec* iov, int count, long offset, int rwFlags)
+    {
+        var n = PWriteV2Raw(fd, iov, count, offset, rwFlags);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>0, or -errno.</summary>
+    public static int Check(int result) => result < 0 ? -LastErrno : result;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec
+    {
+        public void* Base;
+        public nuint Length;
+    }
+
+    /// <summary><c>struct statx</c> (256 bytes); only the fields ActorBlk reads are named.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 256)]
+    public struct Statx
+    {
+        [FieldOffset(0)]
+        public uint Mask;
+
+        [FieldOffset(4)]
+        public uint BlockSize;
+
+        [FieldOffset(28)]
+        public ushort Mode;
+
+        [FieldOffset(40)]
+        public ulong Size;
+
+        [FieldOffset(152)]
+        public uint DioMemAlign;
+
+        [FieldOffset(156)]
+        public uint DioOffsetAlign;
+    }
+
+    [LibraryImport(Library, EntryPoint = "syscall", SetLastError = true)]
+    private static partial long SyscallRaw(long number, long a1, long a2, long a3, long a4, long a5, long a6);
+
+    [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int OpenRaw(string path, int flags, int mode);
+
+    [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    [LibraryImport(Library, EntryPoint = "pread64", SetLastError = true)]
+    private static partial nint PReadRaw(int fd, void* buffer, nuint count, long offset);
+
+    [LibraryImport(Library, EntryPoint = "pwrite64", SetLastError = true)]
+    private static partial nint PWriteRaw(int fd, void* buffer, nuint count, long offset);
+
+    [LibraryImport(Library, EntryPoint = "preadv2", SetLastError = true)]
+    private static partial nint PReadV2Raw(int fd, IoVec* iov, int count, long offset, int flags);
+
+    [LibraryImport(Library, EntryPoint = "pwritev2", SetLastError = true)]
+    private static partial nint PWriteV2Raw(int fd, IoVec* iov, int count, long offset, int flags);
+
+    [LibraryImport(Library, EntryPoint = "unlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Unlink(string path);
+
+    [LibraryImport(Library, EntryPoint = "fdatasync", SetLastError = true)]
+    public static partial int FDataSync(int fd);
+
+    [LibraryImport(Library, EntryPoint = "ftruncate64", SetLastError = true)]
+    public static partial int FTruncate(int fd, long length);
+
+    [LibraryImport(Library, EntryPoint = "fallocate64", SetLastError = true)]
+    public static partial int FAllocate(int fd, int mode, long offset, long length);
+
+    [LibraryImport(Library, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int StatX(int dirfd, string path, int flags, uint mask, Statx* buffer);
+
+    [LibraryImport(Library, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int IoctlPointer(int fd, ulong request, void* argument);
+
+    [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
+    public static partial void* MMap(void* address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
+    public static partial int MUnmap(void* address, nuint length);
+
+    [LibraryImport(Library, EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int EventFd(uint initial, int flags);
+
+    [LibraryImport(Library, EntryPoint = "write", SetLastError = true)]
+    public static partial nint Write(int fd, void* buffer, nuint count);
+
+    [LibraryImport(Library, EntryPoint = "read", SetLastError = true)]
+    public static partial nint Read(int fd, void* buffer, nuint count);
+}

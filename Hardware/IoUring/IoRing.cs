@@ -1,0 +1,355 @@
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Interop;
+
+namespace ActorBlk.Hardware.IoUring;
+
+/// <summary>
+/// One io_uring instance: the submission and completion rings and the SQE array, mapped into this
+/// process and accessed as blittable structs. No native library: three system calls and mmap.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Memory ordering follows the kernel's contract (<c>io_uring.h</c>, liburing's barriers): the SQ
+/// tail is published with a release store after the entries are written, the SQ head (advanced by
+/// the kernel) is read with an acquire load; the CQ tail is read with an acquire load before the
+/// entries are read, and the CQ head is stored with release after they were copied out.
+/// </para>
+/// <para>
+/// Threading: preparing and submitting entries belongs to one thread at a time (the ring's issuer),
+/// and so does reaping; the two may be different threads unless the ring was created with
+/// <see cref="IoUringSetupFlags.DeferTaskRun"/>, where both belong to the issuer.
+/// </para>
+/// </remarks>
+internal sealed unsafe class IoRing : IDisposable
+{
+    private readonly int _fd;
+    private readonly byte* _sqRing;
+    private readonly nuint _sqRingSize;
+    private readonly byte* _cqRing;
+    private readonly nuint _cqRingSize;
+    private readonly IoUringSqe* _sqes;
+    private readonly nuint _sqesSize;
+    private readonly uint* _sqHead;
+    private readonly uint* _sqTail;
+    private readonly uint _sqMask;
+    private readonly uint* _cqHead;
+    private readonly uint* _cqTail;
+    private readonly uint _cqMask;
+    private readonly IoUringCqe* _cqes;
+    private int _enterFd;
+    private IoUringEnterFlags _enterFlags;
+    private uint _sqeTail;
+    private int _disposed;
+
+    private IoRing(int fd, in IoUringParams p)
+    {
+        _fd = fd;
+        _enterFd = fd;
+        Flags = p.Flags;
+        Features = p.Features;
+        SqEntries = p.SqEntries;
+        CqEntries = p.CqEntries;
+
+        _sqRingSize = p.SqOff.Array + (p.SqEntries * sizeof(uint));
+        _cqRingSize = p.CqOff.Cqes + (p.CqEntries * (uint)sizeof(IoUringCqe));
+        if ((p.Features & IoUringFeatures.SingleMmap) != 0)
+        {
+            _sqRingSize = _cqRingSize = Math.Max(_sqRingSize, _cqRingSize);
+        }
+
+        try
+        {
+            _sqRing = Map(fd, _sqRingSize, IoUringNative.OffSqRing);
+            _cqRing = (p.Features & IoUringFeatures.SingleMmap) != 0 ? _sqRing : Map(fd, _cqRingSize, IoUringNative.OffCqRing);
+            _sqesSize = p.SqEntries * (nuint)sizeof(IoUringSqe);
+            _sqes = (IoUringSqe*)Map(fd, _sqesSize, IoUringNative.OffSqes);
+        }
+        catch
+        {
+            Unmap();
+            throw;
+        }
+
+        _sqHead = (uint*)(_sqRing + p.SqOff.Head);
+        _sqTail = (uint*)(_sqRing + p.SqOff.Tail);
+        _sqMask = *(uint*)(_sqRing + p.SqOff.RingMask);
+        _cqHead = (uint*)(_cqRing + p.CqOff.Head);
+        _cqTail = (uint*)(_cqRing + p.CqOff.Tail);
+        _cqMask = *(uint*)(_cqRing + p.CqOff.RingMask);
+        _cqes = (IoUringCqe*)(_cqRing + p.CqOff.Cqes);
+
+        // The SQ array is an indirection the kernel keeps for compatibility: fill it with the
+        // identity once, and entry i of the SQE array is always slot i of the ring.
+        var array = (uint*)(_sqRing + p.SqOff.Array);
+        for (uint i = 0; i < p.SqEntries; i++)
+        {
+            array[i] = i;
+        }
+
+        _sqeTail = Volatile.Read(ref *_sqTail);
+    }
+
+    /// <summary>The setup flags the kernel accepted.</summary>
+    public IoUringSetupFlags Flags { get; }
+
+    /// <summary>The features the kernel reported.</summary>
+    public IoUringFeatures Features { get; }
+
+    /// <summary>Submission ring size.</summary>
+    public uint SqEntries { get; }
+
+    /// <summary>Completion ring size.</summary>
+    public uint CqEntries { get; }
+
+    /// <summary>Entries prepared and not yet handed to the kernel.</summary>
+    public uint Unsubmitted => _sqeTail - Volatile.Read(ref *_sqHead);
+
+    /// <summary>True when the ring's own descriptor is registered, saving a file lookup per enter.</summary>
+    public bool RingFdRegistered => (_enterFlags & IoUringEnterFlags.RegisteredRing) != 0;
+
+    /// <summary>
+    /// Creates a ring with <paramref name="entries"/> submission entries and twice as many
+    /// completion entries. Setup flags the kernel refuses (EINVAL) are dropped one group at a time:
+    /// first <c>SINGLE_ISSUER | DEFER_TASKRUN</c>, then all of them.
+    /// </summary>
+    /// <returns>0, or the -errno of <c>io_uring_setup</c> when no combination works.</returns>
+    public static int TryCreate(uint entries, IoUringSetupFlags preferred, out IoRing? ring)
+    {
+        ring = null;
+        IoUringSetupFlags[] attempts =
+        [
+            preferred,
+            preferred & ~(IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun),
+            IoUringSetupFlags.None,
+        ];
+
+        var result = -LibC.EINVAL;
+        foreach (var flags in attempts)
+        {
+            var p = default(IoUringParams);
+            p.Flags = flags | IoUringSetupFlags.CqSize;
+            p.CqEntries = entries * 2;
+            var fd = IoUringNative.Setup(entries, &p);
+            if (fd >= 0)
+            {
+                try
+                {
+                    ring = new IoRing(fd, p);
+                    return 0;
+                }
+                catch (IoUringException ex)
+                {
+                    LibC.Close(fd);
+                    return ex.Errno;
+                }
+            }
+
+            result = fd;
+            if (fd != -LibC.EINVAL)
+            {
+                break;
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// The next free submission entry, zeroed; null when the ring is full (submit first). The
+    /// entry reaches the kernel at the next <see cref="Submit"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public IoUringSqe* TryGetSqe()
+    {
+        var head = Volatile.Read(ref *_sqHead);
+        if (_sqeTail - head >= SqEntries)
+        {
+            return null;
+        }
+
+        var sqe = &_sqes[_sqeTail & _sqMask];
+        *sqe = default;
+        _sqeTail++;
+        return sqe;
+    }
+
+    /// <summary>
+    /// Publishes prepared entries and enters the kernel: submits them and, when
+    /// <paramref name="minComplete"/> is positive, waits for that many completions or
+    /// <paramref name="timeoutMs"/> (negative: no limit). Interrupted calls are retried.
+    /// </summary>
+    /// <returns>Entries consumed; -ETIME when the wait timed out; another -errno on failure.</returns>
+    public int Submit(uint minComplete = 0, int timeoutMs = -1)
+    {
+        // Release: the entries are written before the kernel can see the new tail.
+        Volatile.Write(ref *_sqTail, _sqeTail);
+        var flags = _enterFlags;
+        if (minComplete > 0 || (Flags & IoUringSetupFlags.DeferTaskRun) != 0)
+        {
+            // With DEFER_TASKRUN completions are posted only when the issuer asks for events.
+            flags |= IoUringEnterFlags.GetEvents;
+        }
+
+        while (true)
+        {
+            var toSubmit = _sqeTail - Volatile.Read(ref *_sqHead);
+            int result;
+            if (minComplete > 0 && timeoutMs >= 0)
+            {
+                var ts = new KernelTimespec { Seconds = timeoutMs / 1000, Nanoseconds = (timeoutMs % 1000) * 1_000_000L };
+                var arg = new IoUringGetEventsArg { Timespec = (ulong)&ts };
+                result = IoUringNative.Enter(_enterFd, toSubmit, minComplete, flags | IoUringEnterFlags.ExtArg, &arg, (nuint)sizeof(IoUringGetEventsArg));
+            }
+            else
+            {
+                result = IoUringNative.Enter(_enterFd, toSubmit, minComplete, flags);
+            }
+
+            if (result != -LibC.EINTR)
+            {
+                return result;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits for <paramref name="minComplete"/> completions or <paramref name="timeoutMs"/>
+    /// (negative: no limit) without submitting: for a reaper thread beside the issuer, on rings
+    /// without DEFER_TASKRUN.
+    /// </summary>
+    /// <returns>0; -ETIME when the wait timed out; another -errno on failure.</returns>
+    public int WaitCompletions(uint minComplete, int timeoutMs)
+    {
+        var flags = IoUringEnterFlags.GetEvents;
+        if (timeoutMs < 0)
+        {
+            return IoUringNative.Enter(_fd, 0, minComplete, flags);
+        }
+
+        var ts = new KernelTimespec { Seconds = timeoutMs / 1000, Nanoseconds = (timeoutMs % 1000) * 1_000_000L };
+        var arg = new IoUringGetEventsArg { Timespec = (ulong)&ts };
+        return IoUringNative.Enter(_fd, 0, minComplete, flags | IoUringEnterFlags.ExtArg, &arg, (nuint)sizeof(IoUringGetEventsArg));
+    }
+
+    /// <summary>Copies up to <paramref name="into"/>.Length completions out of the ring and frees their slots.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public int Reap(Span<IoUringCqe> into)
+    {
+        var head = *_cqHead;
+
+        // Acquire: the entries are read only after the tail that covers them.
+        var tail = Volatile.Read(ref *_cqTail);
+        var n = (int)Math.Min(tail - head, (uint)into.Length);
+        for (var i = 0; i < n; i++)
+        {
+            into[i] = _cqes[(head + (uint)i) & _cqMask];
+        }
+
+        if (n > 0)
+        {
+            // Release: the slots are free only after they were copied.
+            Volatile.Write(ref *_cqHead, head + (uint)n);
+        }
+
+        return n;
+    }
+
+    /// <summary>True when completions are waiting in the ring.</summary>
+    public bool HasCompletions => Volatile.Read(ref *_cqTail) != *_cqHead;
+
+    /// <summary>Registers descriptors as fixed files (index = position); 0 or -errno.</summary>
+    public int RegisterFiles(ReadOnlySpan<int> fds)
+    {
+        fixed (int* p = fds)
+        {
+            return IoUringNative.Register(_fd, IoUringNative.RegisterFiles, p, (uint)fds.Length);
+        }
+    }
+
+    /// <summary>
+    /// Registers the ring's own descriptor with the calling thread (IORING_REGISTER_RING_FDS), so
+    /// every later enter skips the file-table lookup. Only for rings entered from one thread.
+    /// </summary>
+    public bool TryRegisterRingFd()
+    {
+        var update = new IoUringRsrcUpdate { Offset = uint.MaxValue, Data = (ulong)_fd };
+        if (IoUringNative.Register(_fd, IoUringNative.RegisterRingFds, &update, 1) != 1)
+        {
+            return false;
+        }
+
+        _enterFd = (int)update.Offset;
+        _enterFlags |= IoUringEnterFlags.RegisteredRing;
+        return true;
+    }
+
+    /// <summary>The opcodes the kernel supports, from IORING_REGISTER_PROBE; empty when probing is not supported.</summary>
+    public HashSet<IoUringOp> ProbeOps()
+    {
+        const int MaxOps = 256;
+        var size = sizeof(IoUringProbeHeader) + (MaxOps * sizeof(IoUringProbeOp));
+        var buffer = stackalloc byte[size];
+        new Span<byte>(buffer, size).Clear();
+        var supported = new HashSet<IoUringOp>();
+        if (IoUringNative.Register(_fd, IoUringNative.RegisterProbe, buffer, MaxOps) < 0)
+        {
+            return supported;
+        }
+
+        var header = (IoUringProbeHeader*)buffer;
+        var ops = (IoUringProbeOp*)(buffer + sizeof(IoUringProbeHeader));
+        for (var i = 0; i < header->OpsLength; i++)
+        {
+            if ((ops[i].Flags & IoUringNative.ProbeOpSupported) != 0)
+            {
+                supported.Add((IoUringOp)ops[i].Op);
+            }
+        }
+
+        return supported;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        Unmap();
+        LibC.Close(_fd);
+    }
+
+    private static byte* Map(int fd, nuint size, long offset)
+    {
+        var p = LibC.MMap(null, size, LibC.PROT_READ | LibC.PROT_WRITE, LibC.MAP_SHARED | LibC.MAP_POPULATE, fd, offset);
+        return p == (void*)-1 ? throw new IoUringException(-LibC.LastErrno, "mmap of the ring") : (byte*)p;
+    }
+
+    private void Unmap()
+    {
+        if (_sqes is not null)
+        {
+            LibC.MUnmap(_sqes, _sqesSize);
+        }
+
+        if (_cqRing is not null && _cqRing != _sqRing)
+        {
+            LibC.MUnmap(_cqRing, _cqRingSize);
+        }
+
+        if (_sqRing is not null)
+        {
+            LibC.MUnmap(_sqRing, _sqRingSize);
+        }
+    }
+}
+
+/// <summary>An io_uring system call failed.</summary>
+internal sealed class IoUringException(int errno, string operation)
+    : Exception($"io_uring: {operation} failed: {LibC.Describe(errno)} (errno {-errno}).")
+{
+    /// <summary>The failure as -errno.</summary>
+    public int Errno { get; } = errno;
+}
