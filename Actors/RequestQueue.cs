@@ -63,6 +63,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private IActorRef[] _contexts = [];
     private IActorRef[] _hardwareQueues = [];
+    private IActorRef _driver = ActorRefs.Nobody;
     private bool _joined;
     private bool _registered;
     private int _nextCpu;
@@ -85,7 +86,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
     protected override void PreStart()
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
-        var driver = Context.ActorOf(DeviceDriver.Props(_queue.Driver, (_queue.Driver.Features & DriverFeatures.Blocking) != 0), "driver");
+        var driver = _driver = Context.ActorOf(DeviceDriver.Props(_queue.Driver, (_queue.Driver.Features & DriverFeatures.Blocking) != 0), "driver");
         _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContext.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
             .Select(h => Context.ActorOf(HardwareQueue.Props(h, driver, mailbox, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
@@ -172,7 +173,14 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
                 _queue.ShutdownAsync(_layer.Settings.DrainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
                 break;
             case ShutdownDone done:
+                // The driver actor runs exit_hctx when it stops (mailbox dispatch): it must be
+                // gone before the driver is disposed, as the kernel exits hardware contexts
+                // before the driver frees itself.
                 _failedAtShutdown = done.Failed;
+                Context.Watch(_driver);
+                Context.Stop(_driver);
+                break;
+            case Terminated t when t.ActorRef.Equals(_driver):
                 _tagSet.Tell(new TagSet.Leave(_queue));
                 break;
             case TagSet.Left:

@@ -52,5 +52,10 @@ public static class Program
             await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 2;
         }
+        catch (BlockDeviceOpenException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
     }
 }

@@ -126,7 +126,7 @@ public enum OpenFailure
     /// <summary>The file system does not support direct I/O (EINVAL from open with O_DIRECT, as on tmpfs).</summary>
     DirectIoNotSupported,
 
-    /// <summary>A block device is in use (EBUSY from an exclusive open: mounted or claimed).</summary>
+    /// <summary>In use: a block device mounted or claimed (EBUSY from an exclusive open), or a file another device or process holds locked.</summary>
     Busy,
 
     /// <summary>The file is smaller than the size asked for, or smaller than one block.</summary>

@@ -125,6 +125,12 @@ public sealed class NullBlockDriver : IBlockDriver
     public string Kind => "null";
 
     /// <inheritdoc />
+    public string Description =>
+        $"null_blk, {_options.SizeBytes} bytes, irqmode {(int)_options.IrqMode}" +
+        (_options.IrqMode == IrqMode.Timer ? $" ({_options.CompletionNsec} ns)" : string.Empty) +
+        (_store is null ? ", data discarded" : ", memory-backed");
+
+    /// <inheritdoc />
     public QueueLimits Limits { get; }
 
     /// <inheritdoc />

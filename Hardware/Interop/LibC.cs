@@ -178,6 +178,14 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "pwritev2", SetLastError = true)]
     private static partial nint PWriteV2Raw(int fd, IoVec* iov, int count, long offset, int flags);
 
+    public const int LOCK_SH = 1;
+    public const int LOCK_EX = 2;
+    public const int LOCK_NB = 4;
+    public const int EWOULDBLOCK = EAGAIN;
+
+    [LibraryImport(Library, EntryPoint = "flock", SetLastError = true)]
+    public static partial int Flock(int fd, int operation);
+
     [LibraryImport(Library, EntryPoint = "unlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Unlink(string path);
 

@@ -39,6 +39,7 @@ internal sealed unsafe class IoRing : IDisposable
     private int _enterFd;
     private IoUringEnterFlags _enterFlags;
     private uint _sqeTail;
+    private bool _filesRegistered;
     private int _disposed;
 
     private IoRing(int fd, in IoUringParams p)
@@ -260,10 +261,14 @@ internal sealed unsafe class IoRing : IDisposable
     /// <summary>Registers descriptors as fixed files (index = position); 0 or -errno.</summary>
     public int RegisterFiles(ReadOnlySpan<int> fds)
     {
+        int result;
         fixed (int* p = fds)
         {
-            return IoUringNative.Register(_fd, IoUringNative.RegisterFiles, p, (uint)fds.Length);
+            result = IoUringNative.Register(_fd, IoUringNative.RegisterFiles, p, (uint)fds.Length);
         }
+
+        _filesRegistered |= result == 0;
+        return result;
     }
 
     /// <summary>
@@ -315,6 +320,14 @@ internal sealed unsafe class IoRing : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
             return;
+        }
+
+        // The kernel tears a closed ring down asynchronously, and registered files stay open
+        // until it has: unregistering first drops them now, so the file (and any lock on it) is
+        // released when its owner closes it.
+        if (_filesRegistered)
+        {
+            IoUringNative.Register(_fd, IoUringNative.UnregisterFiles, null, 0);
         }
 
         Unmap();

@@ -73,6 +73,7 @@ internal static unsafe class IoUringNative
     public const long OffSqes = 0x10000000;
 
     public const uint RegisterFiles = 2;
+    public const uint UnregisterFiles = 3;
     public const uint RegisterProbe = 8;
     public const uint RegisterRingFds = 20;
     public const uint UnregisterRingFds = 21;

@@ -34,6 +34,7 @@ internal sealed class BenchRun
     private readonly BenchOptions _o;
     private readonly IBlockDevice _device;
     private readonly Job[] _jobs;
+    private readonly ThreadLocal<ThreadStats> _threadStats = new(() => new ThreadStats(), trackAllValues: true);
     private volatile bool _stop;
     private volatile int _epoch;
 
@@ -98,10 +99,18 @@ internal sealed class BenchRun
         var read = new OpStats();
         var write = new OpStats();
         long submitted = 0, completed = 0, errors = 0, timeouts = 0;
+        foreach (var stats in _threadStats.Values)
+        {
+            if (stats.Epoch == 1)
+            {
+                read.Add(stats.Read);
+                write.Add(stats.Write);
+            }
+        }
+
+        _threadStats.Dispose();
         foreach (var slot in _jobs.SelectMany(j => j.Slots))
         {
-            read.Add(slot.Read);
-            write.Add(slot.Write);
             submitted += slot.Submitted;
             completed += slot.Completed;
             errors += slot.Errors;
@@ -193,8 +202,10 @@ internal sealed class BenchRun
         ? (long)(slot.NextRandom() % (ulong)job.Blocks) * _o.BlockSize
         : job.NextSequential();
 
-    // Statistics are kept per slot; the measured epoch starts after ramp_time, and a slot resets
-    // its own statistics the first time it sees it, so no one touches a slot's numbers but the slot.
+    // Latencies are kept per completing thread (a dispatch loop, a completion worker, a polling
+    // job): a handful of histograms that stay in cache, written without locks by their thread.
+    // The measured epoch starts after ramp_time; a thread resets its own statistics the first
+    // time it sees it, so no one touches a thread's numbers but the thread. Counters stay per slot.
     // Two timestamps per I/O (as fio with disable_slat): the asynchronous call returns at once, so
     // submission and completion latency are one measurement.
     private void Record(Slot slot, bool read, BlockStatus status, long t0, long t2)
@@ -215,14 +226,15 @@ internal sealed class BenchRun
             return;
         }
 
-        if (slot.Epoch != epoch)
+        var thread = _threadStats.Value!;
+        if (thread.Epoch != epoch)
         {
-            slot.Read.Reset();
-            slot.Write.Reset();
-            slot.Epoch = epoch;
+            thread.Read.Reset();
+            thread.Write.Reset();
+            thread.Epoch = epoch;
         }
 
-        var stats = read ? slot.Read : slot.Write;
+        var stats = read ? thread.Read : thread.Write;
         stats.Total.RecordTicks(t2 - t0);
         stats.Ios++;
         stats.Bytes += _o.BlockSize;
@@ -316,12 +328,6 @@ internal sealed class BenchRun
         /// <summary>Frees the buffer once no I/O uses it.</summary>
         public void Release() => ((IDisposable)_memory).Dispose();
 
-        public OpStats Read { get; } = new();
-
-        public OpStats Write { get; } = new();
-
-        public int Epoch { get; set; }
-
         public long Submitted { get; set; }
 
         public long Completed { get; set; }
@@ -341,5 +347,14 @@ internal sealed class BenchRun
             _state = x;
             return x * 0x2545F4914F6CDD1DUL;
         }
+    }
+
+    private sealed class ThreadStats
+    {
+        public OpStats Read { get; } = new();
+
+        public OpStats Write { get; } = new();
+
+        public int Epoch { get; set; } = -1;
     }
 }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests;
@@ -81,6 +82,37 @@ public sealed class BenchSpec
         Assert.Equal(2048, json.GetProperty("actorblk").GetProperty("completed").GetInt64());
     }
 
+    [Theory]
+    [InlineData("io_uring", "ring")]
+    [InlineData("io_uring", "mailbox")]
+    [InlineData("psync", "ring")]
+    public async Task A_file_device_is_created_at_size_and_driven_by_either_engine(string engine, string dispatch)
+    {
+        using var dir = new TempDirectory("actorblk-bench");
+        var path = dir.File("bench.img");
+
+        var json = await RunJson($"--device=file:{path}", $"--engine={engine}", $"--dispatch={dispatch}", "--rw=randrw",
+            "--bs=4k", "--size=4m", "--iodepth=8", "--direct=1");
+
+        Assert.Equal(4L << 20, new FileInfo(path).Length);
+        var job = json.GetProperty("jobs")[0];
+        Assert.Equal(1024, job.GetProperty("read").GetProperty("total_ios").GetInt64() + job.GetProperty("write").GetProperty("total_ios").GetInt64());
+        var actorblk = json.GetProperty("actorblk");
+        Assert.Equal(1024, actorblk.GetProperty("completed").GetInt64());
+        Assert.Equal(0, actorblk.GetProperty("errors").GetInt64());
+        Assert.Equal(engine, actorblk.GetProperty("engine").GetString());
+    }
+
+    [Fact]
+    public async Task A_file_device_that_cannot_be_opened_fails_with_the_cause()
+    {
+        using var dir = new TempDirectory("actorblk-bench");
+        await using var bench = ActorBlkProcess.Start("bench", $"--device=file:{dir.Path}", "--size=1m");
+
+        Assert.Equal(1, await bench.WaitForExitAsync(Within));
+        Assert.Contains("it is a directory", bench.Output);
+    }
+
     [Fact]
     public async Task Human_output_looks_like_fios()
     {
@@ -100,6 +132,8 @@ public sealed class BenchSpec
     [InlineData("--iodepth=0", "option --iodepth")]
     [InlineData("--dispatch=smoke", "option --dispatch")]
     [InlineData("--device=tape", "option --device")]
+    [InlineData("--engine=libaio", "option --engine")]
+    [InlineData("--iodepth_batch_submit=-1", "option --iodepth_batch_submit")]
     [InlineData("--frobnicate=1", "unknown option: --frobnicate")]
     public async Task Bad_options_exit_with_2_and_say_which(string option, string message)
     {

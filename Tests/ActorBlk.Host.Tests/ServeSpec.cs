@@ -46,6 +46,8 @@ public sealed partial class ServeSpec
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var guardianPath = AddressLine().Match(line).Groups["address"].Value;
         Assert.Contains("Serving nullb0", node.Output);
+        Assert.Contains("Serving disk0: file device of 256MiB", node.Output);
+        Assert.Contains("disk0: file driver: file /var/tmp/actorblk-disk0.img (O_DIRECT", node.Output);
 
         using (var client = Client())
         {
@@ -57,17 +59,26 @@ public sealed partial class ServeSpec
             var unknown = await guardian.Ask<BlockLayer.NoSuchDevice>(new BlockLayer.Io("sda", 4, BlockOp.Read, 0, 512), TimeSpan.FromSeconds(10));
             var list = await guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(10));
 
+            // The file device: a real write and read of the backing file, through the cluster.
+            var diskWrite = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("disk0", 5, BlockOp.Write, 1 << 20, 4096, data), TimeSpan.FromSeconds(10));
+            var diskRead = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("disk0", 6, BlockOp.Read, 1 << 20, 4096), TimeSpan.FromSeconds(10));
+            Assert.Equal(BlockStatus.Ok, diskWrite.Status);
+            Assert.Equal(data, diskRead.Data);
+
             Assert.Equal(BlockStatus.Ok, write.Status);
             Assert.Equal(data, read.Data);
             Assert.Equal(Hardware.Devices.InvalidRequestReason.Misaligned, rejected.Reason);
             Assert.Equal("sda", unknown.Name);
-            Assert.Equal(1L << 30, Assert.Single(list.Devices).Capacity);
+            Assert.Equal(["disk0", "nullb0"], list.Devices.Select(d => d.Name).Order());
+            Assert.Equal(1L << 30, list.Devices.Single(d => d.Name == "nullb0").Capacity);
+            Assert.Equal("file", list.Devices.Single(d => d.Name == "disk0").Driver);
             await client.Terminate();
         }
 
         node.Terminate();
         Assert.Equal(0, await node.WaitForExitAsync(TimeSpan.FromSeconds(60)));
         Assert.Contains("Unregistered nullb0: every request completed", node.Output);
+        Assert.Contains("Unregistered disk0: every request completed", node.Output);
         Assert.Contains("ActorBlk node stopped", node.Output);
     }
 

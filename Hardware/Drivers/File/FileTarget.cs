@@ -12,7 +12,8 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// Geometry: a block device reports its size (BLKGETSIZE64), logical and physical block sizes
 /// (BLKSSZGET, BLKPBSZGET); direct-I/O alignment of memory and offsets comes from statx
 /// (STATX_DIOALIGN, Linux 6.1+) and falls back to the logical block size. A block device is
-/// opened with O_EXCL, so a mounted or claimed device is refused rather than corrupted.
+/// opened with O_EXCL and a regular file is locked with flock, so a device that is mounted,
+/// claimed or served by someone else is refused rather than corrupted.
 /// </remarks>
 internal sealed unsafe class FileTarget : IDisposable
 {
@@ -127,6 +128,7 @@ internal sealed unsafe class FileTarget : IDisposable
 
         try
         {
+            target.Lock();
             target.Discover(options);
             return target;
         }
@@ -169,6 +171,25 @@ internal sealed unsafe class FileTarget : IDisposable
             _ => (OpenFailure.Other, LibC.Describe(errno)),
         };
         return new BlockDeviceOpenException(device, path, cause, errno, $"{call} failed: {text}");
+    }
+
+    // Two devices writing one file corrupt each other: a regular file is locked (flock, per open
+    // file description) for as long as the device has it open, exclusively unless read-only.
+    // Block devices are kept exclusive by O_EXCL instead.
+    private void Lock()
+    {
+        if (IsBlockDevice)
+        {
+            return;
+        }
+
+        if (LibC.Flock(_fd, (ReadOnly ? LibC.LOCK_SH : LibC.LOCK_EX) | LibC.LOCK_NB) < 0)
+        {
+            var errno = LibC.LastErrno;
+            throw errno == LibC.EWOULDBLOCK
+                ? new BlockDeviceOpenException(Device, Path, OpenFailure.Busy, errno, "the file is in use by another device or process (it holds a lock on it)")
+                : OpenError(Device, Path, errno, "flock");
+        }
     }
 
     private void Discover(FileBlockOptions options)

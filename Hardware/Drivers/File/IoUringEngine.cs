@@ -100,7 +100,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             var parts = new List<string>
             {
                 $"{_ring.SqEntries} entries",
-                _submitBatch == 0 ? "submits once per dispatch round" : $"submits every {_submitBatch} entries",
+                _submitBatch switch
+                {
+                    0 => "submits once per dispatch round",
+                    1 => "submits each request as it is prepared",
+                    _ => $"submits every {_submitBatch} requests",
+                },
             };
             if ((_ring.Flags & IoUringSetupFlags.SingleIssuer) != 0)
             {
@@ -173,7 +178,18 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         var status = Prepare(command, rq);
         if (status == BlockStatus.Ok)
         {
-            if ((_submitBatch > 0 && _ring.Unsubmitted >= _submitBatch) || (!_owned && last))
+            if (_owned)
+            {
+                // Hand entries over as soon as submit_batch are waiting, except for the round's
+                // last: the dispatch loop submits it in the very system call that then waits for
+                // completions (or reaps, when more work is queued), so a lone request costs one
+                // system call, not two.
+                if (_submitBatch > 0 && !last && _ring.Unsubmitted >= _submitBatch)
+                {
+                    SubmitChecked(0, -1);
+                }
+            }
+            else if (last || (_submitBatch > 0 && _ring.Unsubmitted >= _submitBatch))
             {
                 SubmitChecked(0, -1);
             }

@@ -52,21 +52,44 @@ public sealed class FileOpenSpec : IDisposable
     public void Geometry_follows_the_kernel()
     {
         var path = _dir.CreateFile("geo.img", 1 << 20);
-        using var direct = Open(path);
-        using var buffered = Open(path, direct: false);
-        using var big = Open(path, bs: 4096);
+        using (var direct = Open(path))
+        {
+            // O_DIRECT: the logical block covers the direct-I/O offset alignment and memory has
+            // an alignment.
+            Assert.True(direct.Limits.LogicalBlockSize >= 512);
+            Assert.True(direct.Limits.MemoryAlignment >= 1);
+            Assert.True(direct.Limits.PhysicalBlockSize >= direct.Limits.LogicalBlockSize);
+            Assert.True(direct.Limits.VolatileWriteCache);
+            Assert.True(direct.Limits.MaxDiscardSectors > 0);
+            Assert.False(direct.IsBlockDevice);
+        }
 
-        // O_DIRECT: the logical block covers the direct-I/O offset alignment and memory has an
-        // alignment; buffered I/O takes any memory.
-        Assert.True(direct.Limits.LogicalBlockSize >= 512);
-        Assert.True(direct.Limits.MemoryAlignment >= 1);
-        Assert.Equal(1, buffered.Limits.MemoryAlignment);
-        Assert.Equal(512, buffered.Limits.LogicalBlockSize);
+        using (var buffered = Open(path, direct: false))
+        {
+            // Buffered I/O takes any memory.
+            Assert.Equal(1, buffered.Limits.MemoryAlignment);
+            Assert.Equal(512, buffered.Limits.LogicalBlockSize);
+        }
+
+        using var big = Open(path, bs: 4096);
         Assert.Equal(4096, big.Limits.LogicalBlockSize);
-        Assert.True(direct.Limits.PhysicalBlockSize >= direct.Limits.LogicalBlockSize);
-        Assert.True(direct.Limits.VolatileWriteCache);
-        Assert.True(direct.Limits.MaxDiscardSectors > 0);
-        Assert.False(direct.IsBlockDevice);
+    }
+
+    [Fact]
+    public void A_file_another_device_serves_is_busy_but_readers_may_share()
+    {
+        var path = _dir.CreateFile("shared.img", 1 << 20);
+        using (var first = Open(path))
+        {
+            var error = Assert.Throws<BlockDeviceOpenException>(() => Open(path));
+            Assert.Equal(OpenFailure.Busy, error.Cause);
+            Assert.Contains("in use", error.Message, StringComparison.Ordinal);
+            Assert.Equal(OpenFailure.Busy, Assert.Throws<BlockDeviceOpenException>(() => Open(path, readOnly: true)).Cause);
+        }
+
+        using var reader = Open(path, readOnly: true);
+        using var another = Open(path, readOnly: true);
+        Assert.Equal(OpenFailure.Busy, Assert.Throws<BlockDeviceOpenException>(() => Open(path)).Cause);
     }
 
     [Fact]
