@@ -20,7 +20,7 @@ public static class DeviceConfig
         "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
         "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
         "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
-        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "direct", "engine", "submit_batch",
+        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "direct", "engine", "submit_batch", "fixed_buffers",
     };
 
     /// <summary>Parses a device entry; values absent from it keep the <see cref="DeviceOptions"/> defaults.</summary>
@@ -47,6 +47,7 @@ public static class DeviceConfig
             Direct = Bool(entry, name, "direct", defaults.Direct),
             Engine = Choice(entry, name, "engine", defaults.Engine, ("io_uring", IoEngine.IoUring), ("psync", IoEngine.Psync)),
             SubmitBatch = Int(entry, name, "submit_batch", defaults.SubmitBatch),
+            FixedBuffers = entry.HasPath("fixed_buffers") ? ParseSize(name, entry.GetString("fixed_buffers"), "fixed_buffers") : defaults.FixedBuffers,
             BlockSize = Int(entry, name, "bs", defaults.BlockSize),
             SubmitQueues = Int(entry, name, "submit_queues", defaults.SubmitQueues),
             PollQueues = Int(entry, name, "poll_queues", defaults.PollQueues),
@@ -82,8 +83,8 @@ public static class DeviceConfig
     /// accepted): "512m" is 512 MiB.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The text is not a size.</exception>
-    public static long ParseSize(string device, string text) =>
-        ByteSize.TryParse(text, out var bytes) ? bytes : throw new DeviceOptionsException(device, "size", $"'{text}' is not a size (bytes, or a number with k, m, g or t).");
+    public static long ParseSize(string device, string text, string key = "size") =>
+        ByteSize.TryParse(text, out var bytes) ? bytes : throw new DeviceOptionsException(device, key, $"'{text}' is not a size (bytes, or a number with k, m, g or t).");
 
     private static string Str(Config c, string key, string fallback) => c.HasPath(key) ? c.GetString(key) : fallback;
 

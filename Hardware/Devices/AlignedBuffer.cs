@@ -5,15 +5,18 @@ using System.Runtime.InteropServices;
 namespace ActorBlk.Hardware.Devices;
 
 /// <summary>
-/// Native memory aligned for direct I/O (<c>NativeMemory.AlignedAlloc</c>), zero-filled, as a
-/// <see cref="Memory{T}"/>. Pinning it costs nothing (it never moves), so a file device hands it
-/// to the kernel without a bounce copy. Dispose it to free the memory, and not while an I/O uses it.
+/// Native memory aligned for direct I/O, zero-filled, as a <see cref="Memory{T}"/>: either its own
+/// allocation (<c>NativeMemory.AlignedAlloc</c>) or a piece of a device's registered memory (see
+/// <see cref="IBlockDevice.AllocateBuffer"/>). Pinning it costs nothing (it never moves), so a file
+/// device hands it to the kernel without a bounce copy. Dispose it to give the memory back, and
+/// not while an I/O uses it.
 /// </summary>
 public sealed unsafe class AlignedBuffer : MemoryManager<byte>
 {
     /// <summary>The default alignment: a page, enough for O_DIRECT on every Linux file system and device.</summary>
     public const int PageAlignment = 4096;
 
+    private readonly BufferArena? _arena;
     private byte* _pointer;
 
     /// <summary>Allocates <paramref name="length"/> bytes aligned to <paramref name="alignment"/>.</summary>
@@ -32,11 +35,21 @@ public sealed unsafe class AlignedBuffer : MemoryManager<byte>
         NativeMemory.Clear(_pointer, (nuint)length);
     }
 
-    /// <summary>Allocates a buffer that <paramref name="device"/> takes without a copy (at least page-aligned).</summary>
+    // A piece of an arena: page-aligned, handed back to the arena on dispose.
+    internal AlignedBuffer(BufferArena arena, byte* pointer, int length)
+    {
+        _arena = arena;
+        _pointer = pointer;
+        Length = length;
+        Alignment = PageAlignment;
+        NativeMemory.Clear(pointer, (nuint)length);
+    }
+
+    /// <summary>A buffer that <paramref name="device"/> takes without a copy: <see cref="IBlockDevice.AllocateBuffer"/>.</summary>
     public static AlignedBuffer For(IBlockDevice device, int length)
     {
         ArgumentNullException.ThrowIfNull(device);
-        return new AlignedBuffer(length, Math.Max(PageAlignment, device.MemoryAlignment));
+        return device.AllocateBuffer(length);
     }
 
     /// <summary>Size in bytes.</summary>
@@ -44,6 +57,9 @@ public sealed unsafe class AlignedBuffer : MemoryManager<byte>
 
     /// <summary>The alignment of the start address.</summary>
     public int Alignment { get; }
+
+    /// <summary>True when the memory is a piece of a device's registered memory.</summary>
+    public bool IsRegistered => _arena is not null;
 
     /// <inheritdoc />
     public override Span<byte> GetSpan()
@@ -71,7 +87,16 @@ public sealed unsafe class AlignedBuffer : MemoryManager<byte>
     {
         var pointer = _pointer;
         _pointer = null;
-        if (pointer is not null)
+        if (pointer is null)
+        {
+            return;
+        }
+
+        if (_arena is not null)
+        {
+            _arena.Return(pointer, Length);
+        }
+        else
         {
             NativeMemory.AlignedFree(pointer);
         }

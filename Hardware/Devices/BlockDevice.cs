@@ -44,6 +44,13 @@ public sealed class BlockDevice : IBlockDevice
     public int MemoryAlignment => Queue.Limits.MemoryAlignment;
 
     /// <inheritdoc />
+    public AlignedBuffer AllocateBuffer(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        return Queue.Driver.AllocateBuffer(length) ?? new AlignedBuffer(length, Math.Max(AlignedBuffer.PageAlignment, MemoryAlignment));
+    }
+
+    /// <inheritdoc />
     public bool IsReadOnly => Queue.ReadOnly;
 
     /// <inheritdoc />

@@ -38,6 +38,9 @@ public sealed partial record DeviceOptions
     /// <summary>I/O engine of the file device (<c>engine</c>: io_uring or psync).</summary>
     public IoEngine Engine { get; init; } = IoEngine.IoUring;
 
+    /// <summary>Registered memory of the file device in bytes (<c>fixed_buffers</c>; 0 = none, at most 1 GiB).</summary>
+    public long FixedBuffers { get; init; }
+
     /// <summary>io_uring submission batch of the file device (<c>submit_batch</c>; 1; 0 = once per dispatch round).</summary>
     public int SubmitBatch { get; init; } = 1;
 
@@ -140,6 +143,11 @@ public sealed partial record DeviceOptions
         if (!Enum.IsDefined(Engine))
         {
             Fail("engine", $"{Engine} is not io_uring or psync.");
+        }
+
+        if (FixedBuffers is < 0 or > BufferArena.MaxBytes)
+        {
+            Fail("fixed_buffers", $"{FixedBuffers} bytes is not 0 to 1 GiB.");
         }
 
         if (SubmitBatch < 0)
@@ -268,6 +276,7 @@ public sealed partial record DeviceOptions
         Direct = Direct,
         Engine = Engine,
         SubmitBatch = SubmitBatch,
+        FixedBuffers = FixedBuffers,
         ReadOnly = ReadOnly,
         Discard = Discard,
         MaxSectors = MaxSectorsKb * 2,

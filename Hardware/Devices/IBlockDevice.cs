@@ -68,6 +68,15 @@ public interface IBlockDevice : IAsyncDisposable
     /// </summary>
     int MemoryAlignment { get; }
 
+    /// <summary>
+    /// A zero-filled buffer of <paramref name="length"/> bytes that this device takes without a
+    /// copy: from its registered memory when it has some (a file device with
+    /// <c>fixed_buffers</c>: io_uring then skips pinning pages on every I/O), otherwise freshly
+    /// allocated memory aligned to a page and to <see cref="MemoryAlignment"/>. Dispose it when
+    /// no I/O uses it any more. Meant for buffers kept and reused, not one per I/O.
+    /// </summary>
+    AlignedBuffer AllocateBuffer(int length);
+
     /// <summary>True when writes are refused.</summary>
     bool IsReadOnly { get; }
 

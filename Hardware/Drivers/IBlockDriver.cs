@@ -1,3 +1,4 @@
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 
@@ -72,6 +73,9 @@ public interface IBlockDriver : IDisposable
 
     /// <summary>Bytes of per-request payload the driver wants (<c>cmd_size</c>).</summary>
     int PayloadSize => 0;
+
+    /// <summary>A buffer from memory the driver registered with its hardware (fixed buffers), or null when it has none or none is left.</summary>
+    AlignedBuffer? AllocateBuffer(int length) => null;
 
     /// <summary>Initialises one preallocated request (<c>init_request</c>), once per request of each hardware queue.</summary>
     void InitRequest(Request request, int hardwareQueue)

@@ -72,6 +72,7 @@ internal static unsafe class IoUringNative
     public const long OffCqRing = 0x8000000;
     public const long OffSqes = 0x10000000;
 
+    public const uint RegisterBuffers = 0;
     public const uint RegisterFiles = 2;
     public const uint UnregisterFiles = 3;
     public const uint RegisterProbe = 8;

@@ -46,6 +46,7 @@ internal sealed record BenchOptions
             --size=SIZE               device region each job covers; ends the run when no runtime is set (1g)
             --iodepth=N               I/Os each job keeps in flight (1)
             --iodepth_batch_submit=N  io_uring: submit as soon as N I/Os are prepared; 0 = once per dispatch round (1)
+            --fixedbufs=0|1           io_uring: I/O buffers from registered memory (0)
             --numjobs=N               jobs, each on its own CPU (1)
             --runtime=SECONDS         run this long (time based)
             --ramp_time=SECONDS       run this long before measuring (0)
@@ -98,6 +99,8 @@ internal sealed record BenchOptions
     public IoEngine Engine { get; init; } = IoEngine.IoUring;
 
     public int SubmitBatch { get; init; } = 1;
+
+    public bool FixedBuffers { get; init; }
 
     /// <summary>The backing path of a <c>file:PATH</c> device, or null for the null device.</summary>
     public string? FilePath => Device.StartsWith("file:", StringComparison.Ordinal) ? Device["file:".Length..] : null;
@@ -171,6 +174,7 @@ internal sealed record BenchOptions
             Size = Sizes.Parse("size", cl.String("size", "1g")!),
             IoDepth = cl.Int("iodepth", 1, 1, 65536),
             SubmitBatch = cl.Int("iodepth_batch_submit", cl.Int("iodepth_batch", 1, 0, 65536), 0, 65536),
+            FixedBuffers = cl.Bool("fixedbufs", false),
             NumJobs = cl.Int("numjobs", 1, 1, 1024),
             Runtime = Seconds(cl, "runtime"),
             RampTime = Seconds(cl, "ramp_time") ?? TimeSpan.Zero,
@@ -235,6 +239,11 @@ internal sealed record BenchOptions
             Direct = Direct,
             Engine = Engine,
             SubmitBatch = SubmitBatch,
+
+            // Registered memory for every slot's buffer (fio's fixedbufs), within io_uring's 1 GiB.
+            FixedBuffers = path is not null && FixedBuffers
+                ? Math.Min(BufferArena.MaxBytes, (long)NumJobs * IoDepth * ((BlockSize + 4095) / 4096 * 4096))
+                : 0,
             BlockSize = 512,
             SubmitQueues = SubmitQueues,
             HwQueueDepth = HwQueueDepth,

@@ -47,7 +47,7 @@ internal sealed class BenchRun
         {
             // One job keeps to the CPU it happens to run on; several are spread over the online CPUs.
             var cpu = options.NumJobs == 1 ? IBlockDevice.AnyCpu : cpus[j % cpus.Length];
-            return new Job(j, cpu, options, Math.Max(AlignedBuffer.PageAlignment, device.MemoryAlignment), seed: options.RandRepeat ? 0x9E3779B97F4A7C15UL + (ulong)j : (ulong)Random.Shared.NextInt64());
+            return new Job(j, cpu, options, device, seed: options.RandRepeat ? 0x9E3779B97F4A7C15UL + (ulong)j : (ulong)Random.Shared.NextInt64());
         }).ToArray();
     }
 
@@ -248,7 +248,7 @@ internal sealed class BenchRun
         private long _issued;
         private long _position;
 
-        public Job(int index, int cpu, BenchOptions o, int alignment, ulong seed)
+        public Job(int index, int cpu, BenchOptions o, IBlockDevice device, ulong seed)
         {
             Index = index;
             Cpu = cpu;
@@ -256,7 +256,7 @@ internal sealed class BenchRun
             _blockSize = o.BlockSize;
             _timeBased = o.Runtime is not null;
             Blocks = o.Size / o.BlockSize;
-            Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(o.BlockSize, alignment, seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))).ToArray();
+            Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(device.AllocateBuffer(o.BlockSize), seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))).ToArray();
         }
 
         public int Index { get; }
@@ -280,10 +280,11 @@ internal sealed class BenchRun
     // An in-flight slot: it submits one I/O with itself as the completion call-back, records it
     // when it completes and submits the next, like one iodepth entry of a fio job. The call-back
     // runs on the completion context; a slot is only ever touched by the flow of its current I/O.
-    private sealed class Slot(int blockSize, int alignment, ulong seed) : IBioEndIo
+    private sealed class Slot(AlignedBuffer memory, ulong seed) : IBioEndIo
     {
-        // Aligned memory, as fio allocates its buffers: O_DIRECT takes it without a bounce copy.
-        private readonly AlignedBuffer _memory = new(blockSize, alignment);
+        // Aligned memory from the device, as fio allocates its buffers: O_DIRECT takes it without
+        // a bounce copy, and with --fixedbufs it is registered memory.
+        private readonly AlignedBuffer _memory = memory;
 
         private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private ulong _state = seed == 0 ? 0x2545F4914F6CDD1DUL : seed;

@@ -66,7 +66,7 @@ public sealed class DeviceConfigSpec
     [Fact]
     public void Reads_the_file_driver_keys()
     {
-        var o = Parse("name = disk0, driver = file, path = \"/var/lib/disk0.img\", size = 1g, direct = off, engine = psync, submit_batch = 0");
+        var o = Parse("name = disk0, driver = file, path = \"/var/lib/disk0.img\", size = 1g, direct = off, engine = psync, submit_batch = 0, fixed_buffers = 2m");
 
         Assert.Equal("file", o.Driver);
         Assert.Equal("/var/lib/disk0.img", o.Path);
@@ -74,6 +74,7 @@ public sealed class DeviceConfigSpec
         Assert.False(o.Direct);
         Assert.Equal(IoEngine.Psync, o.Engine);
         Assert.Equal(0, o.SubmitBatch);
+        Assert.Equal(2L << 20, o.FixedBuffers);
         Assert.Equal(30_000, o.EffectiveTimeoutMs);
 
         var defaults = Parse("name = disk1, driver = file, path = /dev/vdb");
@@ -111,6 +112,8 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = file, path = /tmp/x, engine = aio", "engine")]
     [InlineData("name = x, driver = file, path = /tmp/x, direct = sometimes", "direct")]
     [InlineData("name = x, driver = file, path = /tmp/x, submit_batch = -1", "submit_batch")]
+    [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = 2g", "fixed_buffers")]
+    [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = lots", "fixed_buffers")]
     public void A_bad_entry_names_the_offending_key(string hocon, string key)
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));

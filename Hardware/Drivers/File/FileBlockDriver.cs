@@ -29,6 +29,7 @@ namespace ActorBlk.Hardware.Drivers.File;
 public sealed class FileBlockDriver : IBlockDriver
 {
     private readonly FileTarget _target;
+    private readonly BufferArena? _arena;
     private readonly Lock _enginesLock = new();
     private readonly Dictionary<int, string> _engines = [];
     private string? _fallbackReason;
@@ -63,6 +64,11 @@ public sealed class FileBlockDriver : IBlockDriver
             throw new ArgumentOutOfRangeException(nameof(options), options.SubmitBatch, "submit_batch cannot be negative.");
         }
 
+        if (options.FixedBuffers is < 0 or > BufferArena.MaxBytes)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.FixedBuffers, $"fixed_buffers must be 0 to {BufferArena.MaxBytes} bytes.");
+        }
+
         if (options.MaxSectors < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxSectors, "max_sectors cannot be negative.");
@@ -77,6 +83,11 @@ public sealed class FileBlockDriver : IBlockDriver
         }
 
         _target = FileTarget.Open(name, options);
+        if (options.FixedBuffers > 0 && Engine == IoEngine.IoUring)
+        {
+            _arena = new BufferArena(options.FixedBuffers);
+        }
+
         var maxSectors = Math.Max(
             _target.LogicalBlockSize >> Bio.SectorShift,
             options.MaxSectors > 0 ? options.MaxSectors : QueueLimits.DefaultMaxSectors);
@@ -154,7 +165,7 @@ public sealed class FileBlockDriver : IBlockDriver
         FileEngine? engine = null;
         if (Engine == IoEngine.IoUring)
         {
-            var uring = IoUringEngine.TryCreate(_target, hctx, Options.SubmitBatch, out var failure);
+            var uring = IoUringEngine.TryCreate(_target, hctx, Options.SubmitBatch, _arena, out var failure);
             if (uring is null)
             {
                 Interlocked.CompareExchange(ref _fallbackReason, failure, null);
@@ -206,5 +217,12 @@ public sealed class FileBlockDriver : IBlockDriver
     public TimeoutAction Timeout(Request request) => TimeoutAction.ResetTimer;
 
     /// <inheritdoc />
-    public void Dispose() => _target.Dispose();
+    public AlignedBuffer? AllocateBuffer(int length) => _arena?.TryAllocate(length);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        _target.Dispose();
+        _arena?.Dispose();
+    }
 }

@@ -48,6 +48,13 @@ public sealed record FileBlockOptions
     /// </summary>
     public int SubmitBatch { get; init; } = 1;
 
+    /// <summary>
+    /// Bytes of registered memory (io_uring fixed buffers, fio's <c>fixedbufs</c>): buffers from
+    /// <see cref="Devices.IBlockDevice.AllocateBuffer"/> come from it, and the kernel skips pinning
+    /// their pages on every I/O. 0 (the default) registers nothing; at most 1 GiB.
+    /// </summary>
+    public long FixedBuffers { get; init; }
+
     /// <summary>Largest request in sectors (0 = the block layer default).</summary>
     public int MaxSectors { get; init; }
 }

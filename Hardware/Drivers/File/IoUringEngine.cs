@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.IoUring;
 using ActorBlk.Hardware.Queues;
@@ -51,6 +52,8 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private readonly IoRing _ring;
     private readonly bool _owned;
     private readonly uint _submitBatch;
+    private readonly BufferArena? _arena;
+    private readonly string? _arenaFailure;
     private readonly bool _fixedFile;
     private readonly int _sqeFd;
     private readonly int _eventFd = -1;
@@ -62,12 +65,25 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private volatile bool _stopping;
     private int _disposed;
 
-    private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int submitBatch)
+    private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int submitBatch, BufferArena? arena)
         : base(target, hctx)
     {
         _ring = ring;
         _owned = owned;
         _submitBatch = (uint)submitBatch;
+        if (arena is not null)
+        {
+            var registered = ring.RegisterBuffer((void*)arena.Address, (nuint)arena.Length);
+            if (registered == 0)
+            {
+                _arena = arena;
+            }
+            else
+            {
+                _arenaFailure = $"fixed buffers refused: {LibC.Describe(registered)} (errno {-registered})";
+            }
+        }
+
         int fd = target.Fd;
         _fixedFile = ring.RegisterFiles(new ReadOnlySpan<int>(ref fd)) == 0;
         _sqeFd = _fixedFile ? 0 : target.Fd;
@@ -123,6 +139,15 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             }
 
             parts.Add(_fixedFile ? "registered file" : "unregistered file");
+            if (_arena is not null)
+            {
+                parts.Add($"{_arena.Length >> 10} KiB of fixed buffers");
+            }
+            else if (_arenaFailure is not null)
+            {
+                parts.Add(_arenaFailure);
+            }
+
             if (_ring.RingFdRegistered)
             {
                 parts.Add("registered ring fd");
@@ -132,6 +157,9 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             return string.Join(", ", parts);
         }
     }
+
+    /// <summary>Reads and writes issued from registered memory (READ_FIXED/WRITE_FIXED), for tests and statistics.</summary>
+    public long FixedIos { get; private set; }
 
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
@@ -144,7 +172,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// dispatch, becomes the ring's single issuer). Returns null with the reason when the kernel
     /// refuses the ring.
     /// </summary>
-    public static IoUringEngine? TryCreate(FileTarget target, HardwareContext hctx, int submitBatch, out string? failure)
+    public static IoUringEngine? TryCreate(FileTarget target, HardwareContext hctx, int submitBatch, BufferArena? arena, out string? failure)
     {
         var owned = hctx.HasDispatchThread;
 
@@ -160,7 +188,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         try
         {
             failure = null;
-            return new IoUringEngine(target, hctx, ring, owned, submitBatch);
+            return new IoUringEngine(target, hctx, ring, owned, submitBatch, arena);
         }
         catch (IoUringException ex)
         {
@@ -304,9 +332,17 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 var read = rq.Op == BlockOp.Read;
                 if (command.IovCount == 1)
                 {
-                    SetFile(sqe, read ? IoUringOp.Read : IoUringOp.Write);
+                    // Registered memory: the kernel pinned its pages once, at registration.
+                    var fixedBuffer = _arena is not null && _arena.Contains(command.Iov->Base, command.Iov->Length);
+                    SetFile(sqe, fixedBuffer
+                        ? read ? IoUringOp.ReadFixed : IoUringOp.WriteFixed
+                        : read ? IoUringOp.Read : IoUringOp.Write);
                     sqe->Address = (ulong)command.Iov->Base;
                     sqe->Length = (uint)command.Iov->Length;
+                    if (fixedBuffer)
+                    {
+                        FixedIos++;
+                    }
                 }
                 else
                 {

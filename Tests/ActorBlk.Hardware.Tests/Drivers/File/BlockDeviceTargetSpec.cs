@@ -1,6 +1,7 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -64,6 +65,32 @@ public sealed class BlockDeviceTargetSpec : IDisposable
         Array.Clear(expected, 128 * 1024, 128 * 1024);
         Array.Clear(expected, 512 * 1024, 64 * 1024);
         Assert.Equal(expected, back);
+    }
+
+    [SkippableTheory]
+    [InlineData(IoEngine.IoUring)]
+    [InlineData(IoEngine.Psync)]
+    public async Task A_flush_and_a_preflush_write_reach_the_disk_as_cache_flushes(IoEngine engine)
+    {
+        // /sys/block/loopN/stat counts flush requests the device completed (field 16): a flush
+        // after writes is an fdatasync of the block device, which the kernel sends down as a
+        // cache flush; a pre-flush write sends one before its data.
+        Skip.If(_loop is null, _reason);
+        using var softIrq = new BlockSoftIrq(2);
+        await using var device = DeviceBuilder.CreateRingDevice(
+            new DeviceOptions { Name = "flushdisk", Driver = "file", Path = _loop!.Path, Engine = engine }, CpuTopology.Simulated(2), softIrq);
+        var stat = $"/sys/block/{Path.GetFileName(_loop.Path)}/stat";
+        long Flushes() => long.Parse(System.IO.File.ReadAllText(stat).Split(' ', StringSplitOptions.RemoveEmptyEntries)[15]);
+
+        await device.WriteAsync(0, Pattern(65536, 31));
+        var before = Flushes();
+        await device.FlushAsync();
+        var afterFlush = Flushes();
+        await device.WriteAsync(65536, Pattern(4096, 32), RequestFlags.PreFlush);
+        var afterPreflush = Flushes();
+
+        Assert.True(afterFlush > before, $"flushes {before} -> {afterFlush}");
+        Assert.True(afterPreflush > afterFlush, $"flushes {afterFlush} -> {afterPreflush}");
     }
 
     [SkippableFact]

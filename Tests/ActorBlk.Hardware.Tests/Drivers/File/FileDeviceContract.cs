@@ -253,6 +253,42 @@ public abstract class FileDeviceContract : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Registered_buffers_serve_io_and_io_uring_uses_its_fixed_opcodes()
+    {
+        var device = DeviceBuilder.CreateRingDevice(
+            new DeviceOptions { Name = "fixed0", Driver = "file", Path = _dir.File("fixed.img"), Size = 1 << 20, Engine = Engine, Direct = Direct, FixedBuffers = 64 * 1024 },
+            CpuTopology.Simulated(2), _softIrq);
+        _devices.Add(device);
+        using var buffer = device.AllocateBuffer(16384);
+        using var back = device.AllocateBuffer(16384);
+        Pattern(16384, 16).CopyTo(buffer.Memory);
+
+        await device.WriteAsync(0, buffer.Memory);
+        await device.ReadAsync(0, back.Memory);
+
+        Assert.True(back.Memory.Span.SequenceEqual(buffer.Memory.Span));
+        var engine = device.Queue.HardwareContexts[0].DriverData;
+        if (Engine == IoEngine.IoUring)
+        {
+            // Both buffers are pieces of the registered memory: READ_FIXED and WRITE_FIXED.
+            Assert.True(buffer.IsRegistered && back.IsRegistered);
+            Assert.Equal(2, Assert.IsType<IoUringEngine>(engine).FixedIos);
+            Assert.Contains("64 KiB of fixed buffers", device.Queue.Driver.Description, StringComparison.Ordinal);
+        }
+        else
+        {
+            // psync registers nothing: the buffers are plain aligned memory.
+            Assert.False(buffer.IsRegistered);
+        }
+
+        // More than the registered memory holds: plain aligned memory, and I/O still works.
+        using var big = device.AllocateBuffer(128 * 1024);
+        Assert.False(big.IsRegistered);
+        await device.ReadAsync(0, big.Memory);
+        Assert.True(big.Memory.Span[..16384].SequenceEqual(buffer.Memory.Span));
+    }
+
+    [Fact]
     public async Task A_read_past_the_end_of_a_shrunken_file_fails_and_the_device_carries_on()
     {
         var path = _dir.File("shrunk.img");
