@@ -102,8 +102,19 @@ public sealed record ActorBlkSettings(
             c.GetTimeSpan("timeout-scan-interval", TimeSpan.FromSeconds(1)),
             c.GetTimeSpan("drain-timeout", TimeSpan.FromSeconds(30)),
             TimeSpan.FromMicroseconds(c.GetInt("ring.spin-microseconds", 20)),
-            devices);
+            devices)
+        {
+            Supervision = new SupervisionSettings(
+                c.GetInt("supervision.max-resets", SupervisionSettings.Default.MaxResets),
+                c.GetTimeSpan("supervision.reset-window", SupervisionSettings.Default.ResetWindow),
+                c.GetTimeSpan("supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
+                c.GetTimeSpan("supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
+                c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts)).Validated(),
+        };
     }
+
+    /// <summary>How device drivers are supervised.</summary>
+    public SupervisionSettings Supervision { get; init; } = SupervisionSettings.Default;
 
     /// <summary>The CPU topology these settings describe.</summary>
     public TopologySnapshot BuildTopology()
@@ -116,5 +127,36 @@ public sealed record ActorBlkSettings(
         var cpus = TopologySource == "system" ? Environment.ProcessorCount : SimulatedCpus;
         var all = TopologySnapshot.Simulated(cpus, TopologySource == "system" ? 1 : SimulatedSockets, TopologySource == "system" ? 1 : SimulatedThreadsPerCore);
         return SimulatedOnline.IsEmpty ? all   : TopologySnapshot.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
+    }
+}
+
+/// <summary>
+/// The supervision of device drivers (<c>actorblk.supervision</c>): how many resets a device may
+/// need within a window before it is given up, and how a gone device is reopened.
+/// </summary>
+/// <param name="MaxResets">Resets (restarts of the driver actor) allowed within <paramref name="ResetWindow"/>; one more stops the device.</param>
+/// <param name="ResetWindow">The window of <paramref name="MaxResets"/>.</param>
+/// <param name="ReopenBackoffMin">Delay before the first reopen attempt of a gone device; it doubles after each failure.</param>
+/// <param name="ReopenBackoffMax">The longest delay between reopen attempts.</param>
+/// <param name="ReopenAttempts">Reopen attempts before the device is given up (offline).</param>
+public sealed record SupervisionSettings(int MaxResets, TimeSpan ResetWindow, TimeSpan ReopenBackoffMin, TimeSpan ReopenBackoffMax, int ReopenAttempts)
+{
+    /// <summary>The library defaults: 10 resets a minute; reopen after 100 ms, doubling up to 10 s, 5 attempts.</summary>
+    public static readonly SupervisionSettings Default = new(10, TimeSpan.FromMinutes(1), TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(10), 5);
+
+    /// <summary>The delay before reopen attempt <paramref name="attempt"/> (0-based): min * 2^attempt, at most max.</summary>
+    public TimeSpan ReopenDelay(int attempt) =>
+        TimeSpan.FromTicks(Math.Min(ReopenBackoffMax.Ticks, ReopenBackoffMin.Ticks * (1L << Math.Min(attempt, 30))));
+
+    /// <summary>Throws when a setting is out of range.</summary>
+    /// <exception cref="ConfigurationException">A setting is out of range.</exception>
+    public SupervisionSettings Validated()
+    {
+        if (MaxResets < 0 || ResetWindow <= TimeSpan.Zero || ReopenBackoffMin <= TimeSpan.Zero || ReopenBackoffMax < ReopenBackoffMin || ReopenAttempts < 0)
+        {
+            throw new ConfigurationException($"actorblk.supervision: out of range ({this}).");
+        }
+
+        return this;
     }
 }

@@ -95,8 +95,33 @@ public sealed class BlockLayer : IExtension
     }
 
     /// <summary>
+    /// Creates a device on a driver of the application's own (any <see cref="IBlockDriver"/>),
+    /// with <paramref name="options"/> for everything else (<c>driver</c> and <c>path</c> are
+    /// ignored; fault options still wrap it). The layer owns the driver from now on and disposes
+    /// it with the device; if creation fails it is disposed at once.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, IBlockDriver driver, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(driver);
+        try
+        {
+            (options with { Driver = "null", Path = null }).Validate();
+        }
+        catch
+        {
+            driver.Dispose();
+            throw;
+        }
+
+        var created = await Guardian.Ask<Created>(new Create(options, driver), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return created.Device;
+    }
+
+    /// <summary>
     /// Creates a device, blocking the calling thread until it is registered. Prefer
-    /// <see cref="CreateDeviceAsync"/> in asynchronous code.
+    /// <see cref="CreateDeviceAsync(DeviceOptions, CancellationToken)"/> in asynchronous code.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
     public IBlockDevice CreateDevice(DeviceOptions options) =>
@@ -158,8 +183,8 @@ public sealed class BlockLayer : IExtension
 
     // ------------------------------------------------------------------ guardian protocol
 
-    /// <summary>Create a device (reply <see cref="Created"/>, or a failure). Local only.</summary>
-    public sealed record Create(DeviceOptions Options) : INoSerializationVerificationNeeded;
+    /// <summary>Create a device, on <paramref name="Driver"/> when given (reply <see cref="Created"/>, or a failure). Local only.</summary>
+    public sealed record Create(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
 
     /// <summary>The device exists and serves I/O. Local only.</summary>
     public sealed record Created(BlockDevice Device) : INoSerializationVerificationNeeded;
@@ -242,6 +267,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         var options = create.Options;
         if (_devices.ContainsKey(options.Name))
         {
+            create.Driver?.Dispose();
             Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
             return;
         }
@@ -249,11 +275,20 @@ internal sealed class BlockLayerActor : ReceiveActor
         BlockDevice device;
         IActorRef tagSetActor;
         bool privateTagSet;
-        IBlockDriver? driver = null;
+        IBlockDriver? driver = create.Driver;
         try
         {
-            options.Validate();
-            driver = DeviceBuilder.CreateDriver(options);
+            if (driver is null)
+            {
+                options.Validate();
+                driver = DeviceBuilder.CreateDriver(options);
+            }
+            else
+            {
+                (options with { Driver = "null", Path = null }).Validate();
+                driver = options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
+            }
+
             TagSetState set;
             if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
             {
@@ -289,7 +324,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         _layer.Track(device, options.Dispatch);
-        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer), $"dev-{options.Name}-{++_incarnation}");
+        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
         Context.Watch(actor);
         _devices[options.Name] = new Entry(device, actor, tagSetActor, privateTagSet, options, Sender);
     }

@@ -20,7 +20,9 @@ public static class DeviceConfig
         "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
         "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
         "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
-        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "direct", "engine", "submit_batch", "fixed_buffers",
+        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "direct", "engine", "submit_batch", "fixed_buffers", "max_retries", "reset_after_timeouts", "timeout_window",
+        "fault_error_rate", "fault_resource_rate", "fault_timeout_rate", "fault_latency_rate", "fault_latency", "fault_crash_after",
+        "fault_gone", "fault_reopen_failures", "fault_seed",
     };
 
     /// <summary>Parses a device entry; values absent from it keep the <see cref="DeviceOptions"/> defaults.</summary>
@@ -48,6 +50,21 @@ public static class DeviceConfig
             Engine = Choice(entry, name, "engine", defaults.Engine, ("io_uring", IoEngine.IoUring), ("psync", IoEngine.Psync)),
             SubmitBatch = Int(entry, name, "submit_batch", defaults.SubmitBatch),
             FixedBuffers = entry.HasPath("fixed_buffers") ? ParseSize(name, entry.GetString("fixed_buffers"), "fixed_buffers") : defaults.FixedBuffers,
+            MaxRetries = Int(entry, name, "max_retries", defaults.MaxRetries),
+            ResetAfterTimeouts = Int(entry, name, "reset_after_timeouts", defaults.ResetAfterTimeouts),
+            TimeoutWindowMs = Int(entry, name, "timeout_window", defaults.TimeoutWindowMs),
+            Faults = new FaultInjectionOptions
+            {
+                ErrorRate = Double(entry, name, "fault_error_rate", defaults.Faults.ErrorRate),
+                ResourceRate = Double(entry, name, "fault_resource_rate", defaults.Faults.ResourceRate),
+                TimeoutRate = Double(entry, name, "fault_timeout_rate", defaults.Faults.TimeoutRate),
+                LatencyRate = Double(entry, name, "fault_latency_rate", defaults.Faults.LatencyRate),
+                Latency = TimeSpan.FromMilliseconds(Int(entry, name, "fault_latency", (int)defaults.Faults.Latency.TotalMilliseconds)),
+                CrashAfter = Long(entry, name, "fault_crash_after", defaults.Faults.CrashAfter),
+                CrashIsGone = Bool(entry, name, "fault_gone", defaults.Faults.CrashIsGone),
+                ReopenFailures = Int(entry, name, "fault_reopen_failures", defaults.Faults.ReopenFailures),
+                Seed = Int(entry, name, "fault_seed", defaults.Faults.Seed),
+            },
             BlockSize = Int(entry, name, "bs", defaults.BlockSize),
             SubmitQueues = Int(entry, name, "submit_queues", defaults.SubmitQueues),
             PollQueues = Int(entry, name, "poll_queues", defaults.PollQueues),
@@ -114,6 +131,19 @@ public static class DeviceConfig
         return long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var v)
             ? v
             : throw new DeviceOptionsException(device, key, $"'{text}' is not a whole number.");
+    }
+
+    private static double Double(Config c, string device, string key, double fallback)
+    {
+        if (!c.HasPath(key))
+        {
+            return fallback;
+        }
+
+        var text = c.GetString(key);
+        return double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && double.IsFinite(v)
+            ? v
+            : throw new DeviceOptionsException(device, key, $"'{text}' is not a number.");
     }
 
     private static bool Bool(Config c, string device, string key, bool fallback)

@@ -65,6 +65,9 @@ public static class HardwareQueue
         public static readonly Start Instance = new();
     }
 
+    /// <summary>Send dispatch batches to a new driver actor (after a gone device was reopened). Local only.</summary>
+    public sealed record UseDriver(IActorRef Driver) : INoSerializationVerificationNeeded;
+
     /// <summary>Sent to the parent when a scan found expired requests.</summary>
     public sealed record TimeoutsExpired(int HardwareQueue, int Expired, int InFlight) : IActorBlkMessage;
 
@@ -104,7 +107,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private const string RerunKey = "rerun";
 
     private readonly HardwareContext _hctx;
-    private readonly IActorRef _driver;
+    private IActorRef _driver;
     private readonly bool _mailbox;
     private readonly TimeSpan _maxScanInterval;
     private readonly Request[] _scratch = new Request[DispatchBatchSize];
@@ -166,6 +169,9 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 break;
             case HardwareQueue.ScanTimeouts:
                 HandleScan();
+                break;
+            case HardwareQueue.UseDriver use:
+                _driver = use.Driver;
                 break;
             case HardwareQueue.Stop:
                 _hctx.StopQueue();

@@ -45,16 +45,18 @@ public static class RequestQueue
 
     /// <summary>A summary of the disk.</summary>
     public sealed record Info(string Name, string Driver, long Capacity, int LogicalBlockSize, int HardwareQueues, int PossibleCpus,
-        string Dispatch, string TagSet, bool Registered, bool Dying, long InFlight, long Timeouts, long DeviceErrors) : IActorBlkMessage;
+        string Dispatch, string TagSet, bool Registered, bool Dying, long InFlight, long Timeouts, long DeviceErrors, long Resets, string Health) : IActorBlkMessage;
 
-    /// <summary>Props of the actor serving <paramref name="device"/>.</summary>
-    internal static Props Props(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer) =>
-        Akka.Actor.Props.Create(() => new RequestQueueActor(device, tagSet, topology, layer));
+    /// <summary>Props of the actor serving <paramref name="device"/>, supervised as <paramref name="options"/> say.</summary>
+    internal static Props Props(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer, DeviceOptions options) =>
+        Akka.Actor.Props.Create(() => new RequestQueueActor(device, tagSet, topology, layer, options));
 }
 
 /// <summary>The request-queue actor.</summary>
-internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
+internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWithTimers
 {
+    private const string ReopenTimer = "reopen";
+
     private readonly BlockDevice _device;
     private readonly DataPlane.RequestQueue _queue;
     private readonly IActorRef _tagSet;
@@ -71,22 +73,55 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
     private long _deviceErrors;
     private IActorRef? _unregisterReplyTo;
     private int _failedAtShutdown;
+    private readonly DeviceOptions _options;
+    private readonly Queue<(DateTimeOffset At, int Count)> _timeoutWindow = new();
+    private int _timeoutsInWindow;
+    private long _resets;
+    private int _reopenAttempt;
+    private DeviceHealth _health = DeviceHealth.Online;
+    private bool _driverDead;
+    private bool _shutdownDone;
 
-    public RequestQueueActor(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer)
+    public RequestQueueActor(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer, DeviceOptions options)
     {
         _device = device;
         _queue = device.Queue;
         _tagSet = tagSet;
         _topology = topology;
         _layer = layer;
+        _options = options;
     }
 
     public IStash Stash { get; set; } = null!;
 
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    private enum DeviceHealth
+    {
+        Online,
+        Reopening,
+        Offline,
+    }
+
+    // The driver actor is the device under supervision. A transient device error restarts it,
+    // which resets the device (DeviceDriverActor.PostRestart); a device that is gone stops it.
+    // More than max-resets restarts within reset-window stop it as well.
+    protected override SupervisorStrategy SupervisorStrategy()
+    {
+        var supervision = _layer.Settings.Supervision;
+        return new OneForOneStrategy(supervision.MaxResets, supervision.ResetWindow, ex =>
+        {
+            var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
+            _log.Error(ex, "{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive,
+                ex.GetType().Name, ex.Message);
+            return directive;
+        });
+    }
+
     protected override void PreStart()
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
-        var driver = _driver = Context.ActorOf(DeviceDriver.Props(_queue.Driver, (_queue.Driver.Features & DriverFeatures.Blocking) != 0), "driver");
+        var driver = _driver = StartDriver();
         _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContext.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
             .Select(h => Context.ActorOf(HardwareQueue.Props(h, driver, mailbox, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
@@ -145,7 +180,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
                 Sender.Tell(Info());
                 break;
             case HardwareQueue.TimeoutsExpired t:
-                _timeouts += t.Expired;
+                HandleTimeouts(t);
                 break;
             case HardwareQueue.DeviceFaulted f:
                 HandleDeviceError(f.HardwareQueue, f.Error);
@@ -153,7 +188,19 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
             case DeviceError e:
                 HandleDeviceError(e.HardwareQueue, e.Error);
                 break;
+            case DeviceDriver.ResetDone done:
+                _resets++;
+                _log.Info("{Device}: reset after '{Reason}': {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
+                    _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
+                break;
+            case Terminated t when t.ActorRef.Equals(_driver):
+                HandleDriverStopped();
+                break;
+            case TryReopen:
+                HandleReopen();
+                break;
             case RequestQueue.Unregister:
+                Timers.Cancel(ReopenTimer);
                 _unregisterReplyTo = Sender;
                 _log.Info("Unregistering {Device}", _queue.Name);
                 _topology.Tell(new CpuTopology.Unregister(_queue));
@@ -177,11 +224,29 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
                 // gone before the driver is disposed, as the kernel exits hardware contexts
                 // before the driver frees itself.
                 _failedAtShutdown = done.Failed;
-                Context.Watch(_driver);
-                Context.Stop(_driver);
+                _shutdownDone = true;
+                if (_driverDead)
+                {
+                    _tagSet.Tell(new TagSet.Leave(_queue));
+                }
+                else
+                {
+                    Context.Stop(_driver);
+                }
+
                 break;
             case Terminated t when t.ActorRef.Equals(_driver):
-                _tagSet.Tell(new TagSet.Leave(_queue));
+                _driverDead = true;
+                if (_shutdownDone)
+                {
+                    _tagSet.Tell(new TagSet.Leave(_queue));
+                }
+
+                break;
+            case TryReopen:
+            case DeviceDriver.ResetDone:
+            case HardwareQueue.DeviceFaulted:
+            case DeviceError:
                 break;
             case TagSet.Left:
                 _queue.Driver.Dispose();
@@ -224,10 +289,133 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
 
     // ------------------------------------------------------------------ helpers
 
+    private IActorRef StartDriver()
+    {
+        var driver = Context.ActorOf(DeviceDriver.Props(_queue, (_queue.Driver.Features & DriverFeatures.Blocking) != 0), "driver");
+        Context.Watch(driver);
+        _driverDead = false;
+        return driver;
+    }
+
+    // A device error stops the hardware queue it happened on; the driver actor rethrows it so its
+    // supervisor decides (reset, or give the device up).
     private void HandleDeviceError(int hctx, Exception error)
     {
         _deviceErrors++;
-        _log.Error(error, "{Device} hctx {Index}: device error; the hardware queue is stopped", _queue.Name, hctx);
+        if (_health != DeviceHealth.Online)
+        {
+            return;
+        }
+
+        _log.Warning("{Device} hctx {Index}: device error ({Error}: {Message}); reporting it to the supervisor",
+            _queue.Name, hctx, error.GetType().Name, error.Message);
+        _driver.Tell(new DeviceDriver.Fail(hctx, error));
+    }
+
+    // Timeouts are counted in a sliding window; reset_after_timeouts of them within timeout_window
+    // mean the device is hung: it is reset through its supervisor.
+    private void HandleTimeouts(HardwareQueue.TimeoutsExpired t)
+    {
+        _timeouts += t.Expired;
+        var limit = _options.ResetAfterTimeouts;
+        if (limit <= 0 || _health != DeviceHealth.Online)
+        {
+            return;
+        }
+
+        var now = Context.System.Scheduler.Now;
+        var window = TimeSpan.FromMilliseconds(_options.TimeoutWindowMs);
+        _timeoutWindow.Enqueue((now, t.Expired));
+        _timeoutsInWindow += t.Expired;
+        while (_timeoutWindow.Count > 0 && now - _timeoutWindow.Peek().At > window)
+        {
+            _timeoutsInWindow -= _timeoutWindow.Dequeue().Count;
+        }
+
+        if (_timeoutsInWindow >= limit)
+        {
+            var message = $"{_queue.Name}: {_timeoutsInWindow} request(s) timed out within {window.TotalSeconds:0.###} s (reset_after_timeouts = {limit})";
+            _timeoutWindow.Clear();
+            _timeoutsInWindow = 0;
+            _driver.Tell(new DeviceDriver.Fail(-1, new DeviceTimeoutsException(message)));
+        }
+    }
+
+    // The supervisor stopped the driver: the device is gone. Dispatch stops; a driver that can
+    // reopen gets attempts with back-off while requests wait, else the device goes offline.
+    private void HandleDriverStopped()
+    {
+        _driverDead = true;
+        if ((_queue.Driver.Features & DriverFeatures.Reopenable) != 0 && _layer.Settings.Supervision.ReopenAttempts > 0)
+        {
+            _health = DeviceHealth.Reopening;
+            _reopenAttempt = 0;
+            _ = _queue.QuiesceAsync();
+            var delay = _layer.Settings.Supervision.ReopenDelay(0);
+            _log.Warning("{Device}: the device is gone; reopening in {Delay} ms (attempt 1 of {Attempts}), requests wait",
+                _queue.Name, delay.TotalMilliseconds, _layer.Settings.Supervision.ReopenAttempts);
+            Timers.StartSingleTimer(ReopenTimer, TryReopen.Instance, delay);
+            return;
+        }
+
+        GoOffline();
+    }
+
+    private void HandleReopen()
+    {
+        if (_health != DeviceHealth.Reopening)
+        {
+            return;
+        }
+
+        var supervision = _layer.Settings.Supervision;
+        try
+        {
+            _queue.Driver.Reopen();
+        }
+        catch (Exception ex)
+        {
+            _reopenAttempt++;
+            if (_reopenAttempt >= supervision.ReopenAttempts)
+            {
+                _log.Error("{Device}: reopen attempt {Attempt} failed ({Message}); giving the device up", _queue.Name, _reopenAttempt, ex.Message);
+                _queue.Unquiesce();
+                GoOffline();
+                return;
+            }
+
+            var delay = supervision.ReopenDelay(_reopenAttempt);
+            _log.Warning("{Device}: reopen attempt {Attempt} failed ({Message}); next attempt in {Delay} ms",
+                _queue.Name, _reopenAttempt, ex.Message, delay.TotalMilliseconds);
+            Timers.StartSingleTimer(ReopenTimer, TryReopen.Instance, delay);
+            return;
+        }
+
+        // Reopened: a fresh device; whatever the old one held is taken back and retried.
+        var (requeued, failed) = _queue.ReclaimInFlight(BlockStatus.IoError);
+        _driver = StartDriver();
+        foreach (var hctx in _hardwareQueues)
+        {
+            hctx.Tell(new HardwareQueue.UseDriver(_driver));
+        }
+
+        foreach (var hctx in _queue.HardwareContexts)
+        {
+            hctx.StartQueue();
+        }
+
+        _health = DeviceHealth.Online;
+        _queue.Unquiesce();
+        _log.Info("{Device}: reopened after {Attempts} attempt(s); {Requeued} request(s) requeued, {Failed} failed",
+            _queue.Name, _reopenAttempt + 1, requeued, failed);
+    }
+
+    private void GoOffline()
+    {
+        _health = DeviceHealth.Offline;
+        var failed = _queue.SetOffline(failInFlight: (_queue.Driver.Features & DriverFeatures.Resettable) != 0);
+        _log.Error("{Device}: the device is offline; the queue is dying, {Failed} request(s) in flight failed, and every pending and later request fails with Offline",
+            _queue.Name, failed);
     }
 
     private int NextCpu()
@@ -245,9 +433,14 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash
 
     private RequestQueue.Info Info() => new(_queue.Name, _queue.Driver.Kind, _device.Capacity, _device.LogicalBlockSize,
         _queue.HardwareContexts.Count, _queue.SoftwareContexts.Count, _queue.IsStarted ? _queue.Runtime.Mode.ToString().ToLowerInvariant() : "none",
-        _queue.TagSet.Name, _queue.IsRegistered, _queue.IsDying, _queue.Usage.Count, _timeouts, _deviceErrors);
+        _queue.TagSet.Name, _queue.IsRegistered, _queue.IsDying, _queue.Usage.Count, _timeouts, _deviceErrors, _resets, _health.ToString().ToLowerInvariant());
 
     private sealed record ShutdownDone(int Failed);
+
+    private sealed record TryReopen
+    {
+        public static readonly TryReopen Instance = new();
+    }
 
     private sealed record DeviceError(int HardwareQueue, Exception Error);
 

@@ -23,12 +23,13 @@ public static class DeviceBuilder
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        return options.Driver switch
+        IBlockDriver driver = options.Driver switch
         {
             "null" => new NullBlockDriver(options.ToNullBlockOptions(), options.Name),
             "file" => new FileBlockDriver(options.ToFileBlockOptions(), options.Name),
             _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
         };
+        return options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
     }
 
     /// <summary>Creates a private tag set for a device.</summary>

@@ -116,6 +116,26 @@ public sealed partial record DeviceOptions
     /// <summary>How CPUs are spread over hardware queues (<c>cpu_map</c>).</summary>
     public CpuMapAlgorithm CpuMapAlgorithm { get; init; } = CpuMapAlgorithm.GroupEvenly;
 
+    /// <summary>
+    /// Faults to inject (<c>fault_error_rate</c>, <c>fault_resource_rate</c>, <c>fault_timeout_rate</c>,
+    /// <c>fault_latency_rate</c>, <c>fault_latency</c>, <c>fault_crash_after</c>, <c>fault_gone</c>,
+    /// <c>fault_reopen_failures</c>, <c>fault_seed</c>): when any is set the driver is wrapped in a
+    /// <see cref="FaultInjectionDriver"/>.
+    /// </summary>
+    public FaultInjectionOptions Faults { get; init; } = new();
+
+    /// <summary>Retries of a request taken back from the device before it fails (<c>max_retries</c>, 5).</summary>
+    public int MaxRetries { get; init; } = RequestQueue.DefaultMaxRetries;
+
+    /// <summary>
+    /// Timeouts within <see cref="TimeoutWindowMs"/> after which the supervisor resets the device
+    /// (<c>reset_after_timeouts</c>, 5; 0 never resets for timeouts).
+    /// </summary>
+    public int ResetAfterTimeouts { get; init; } = 5;
+
+    /// <summary>The window in which timeouts are counted, in milliseconds (<c>timeout_window</c>, 60000).</summary>
+    public int TimeoutWindowMs { get; init; } = 60_000;
+
     /// <summary>Checks every option; throws for the first one out of range.</summary>
     /// <exception cref="DeviceOptionsException">An option cannot describe a device.</exception>
     public void Validate()
@@ -220,6 +240,30 @@ public sealed partial record DeviceOptions
             Fail("dispatch", $"{Dispatch} is not ring or mailbox.");
         }
 
+        if (MaxRetries is < 0 or > 100)
+        {
+            Fail("max_retries", $"{MaxRetries} is not 0 to 100.");
+        }
+
+        if (ResetAfterTimeouts < 0)
+        {
+            Fail("reset_after_timeouts", $"{ResetAfterTimeouts} cannot be negative (0 never resets).");
+        }
+
+        if (TimeoutWindowMs <= 0)
+        {
+            Fail("timeout_window", $"{TimeoutWindowMs} must be a positive number of milliseconds.");
+        }
+
+        try
+        {
+            Faults.Validate();
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            Fail(ex.ParamName is { Length: > 0 } key && key.StartsWith("fault_", StringComparison.Ordinal) ? key : "fault", ex.Message);
+        }
+
         if (SharedTags && string.IsNullOrWhiteSpace(TagSetName))
         {
             Fail("tag_set", "a shared tag set needs a name.");
@@ -250,6 +294,7 @@ public sealed partial record DeviceOptions
         ReadOnly = ReadOnly,
         Rotational = Rotational,
         Continuation = Completion,
+        MaxRetries = MaxRetries,
     };
 
     /// <summary>The null driver settings these options call for.</summary>

@@ -27,8 +27,14 @@ public enum DriverFeatures
     /// <summary>QueueRq may block (<c>BLK_MQ_F_BLOCKING</c>); mailbox mode gives the driver its own thread.</summary>
     Blocking = 1 << 1,
 
-    /// <summary>The driver can be reset after a device error (<see cref="IBlockDriver.Reset"/>).</summary>
+    /// <summary>
+    /// The driver can be reset after a device error (<see cref="IBlockDriver.Reset"/>) and then
+    /// abandons the requests it held, so the block layer may take them back and retry them.
+    /// </summary>
     Resettable = 1 << 2,
+
+    /// <summary>A device that is gone can be opened again (<see cref="IBlockDriver.Reopen"/>), with back-off.</summary>
+    Reopenable = 1 << 3,
 }
 
 /// <summary>
@@ -113,6 +119,13 @@ public interface IBlockDriver : IDisposable
     void Reset()
     {
     }
+
+    /// <summary>
+    /// Opens a device that was gone again (a reconnect). Throws while it is still gone; the
+    /// supervisor retries with back-off, then gives the device up.
+    /// </summary>
+    /// <exception cref="BlockDeviceErrorException">The device is still gone.</exception>
+    void Reopen() => throw new NotSupportedException($"The {Kind} driver cannot reopen a device.");
 }
 
 /// <summary>

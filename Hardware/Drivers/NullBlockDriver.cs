@@ -70,7 +70,7 @@ public sealed class NullBlockDriver : IBlockDriver
     private readonly MemoryStore? _store;
     private readonly CompletionTimer? _timer;
     private readonly TimeSpan _completionDelay;
-    private readonly ConcurrentDictionary<int, ConcurrentQueue<Request>> _pollLists = new();
+    private readonly ConcurrentDictionary<int, ConcurrentQueue<(Request Request, uint Generation)>> _pollLists = new();
 
     /// <summary>Creates the device.</summary>
     /// <param name="options">null_blk-style settings.</param>
@@ -117,7 +117,8 @@ public sealed class NullBlockDriver : IBlockDriver
             Fua = options.WriteCache,
         };
 
-        Features = (options.Pollable ? DriverFeatures.Poll : 0) |
+        Features = DriverFeatures.Resettable |
+                   (options.Pollable ? DriverFeatures.Poll : 0) |
                    (options.Blocking || options.MemoryBacked ? DriverFeatures.Blocking : 0);
     }
 
@@ -151,7 +152,7 @@ public sealed class NullBlockDriver : IBlockDriver
         if (hctx.Type == Topology.HctxType.Poll)
         {
             request.Status = status;
-            _pollLists.GetOrAdd(hctx.Index, static _ => new ConcurrentQueue<Request>()).Enqueue(request);
+            _pollLists.GetOrAdd(hctx.Index, static _ => new ConcurrentQueue<(Request, uint)>()).Enqueue((request, request.Generation));
             return BlockStatus.Ok;
         }
 
@@ -180,15 +181,27 @@ public sealed class NullBlockDriver : IBlockDriver
         }
 
         var found = 0;
-        while (list.TryDequeue(out var rq))
+        while (list.TryDequeue(out var parked))
         {
-            if (rq.Complete(rq.Status))
+            if (parked.Request.Complete(parked.Request.Status, parked.Generation))
             {
                 found++;
             }
         }
 
         return found;
+    }
+
+    /// <summary>
+    /// Resets the device: requests parked for polling are forgotten (the block layer takes every
+    /// in-flight request back), and timer completions still pending find their generation stale.
+    /// </summary>
+    public void Reset()
+    {
+        foreach (var list in _pollLists.Values)
+        {
+            list.Clear();
+        }
     }
 
     /// <inheritdoc />

@@ -157,6 +157,12 @@ public sealed class HardwareContext
     /// <summary>Requests holding a tag on this queue while the tag set is shared (<c>nr_active</c>).</summary>
     public int ActiveRequests => Volatile.Read(ref Account.NrActive);
 
+    /// <summary>The most requests this queue held at once on its shared tags since <see cref="ResetPeakActive"/>.</summary>
+    public int PeakActiveRequests => Volatile.Read(ref Account.PeakActive);
+
+    /// <summary>Restarts <see cref="PeakActiveRequests"/> from the requests held now.</summary>
+    public void ResetPeakActive() => Volatile.Write(ref Account.PeakActive, Volatile.Read(ref Account.NrActive));
+
     /// <summary>The <c>dispatch_busy</c> moving average.</summary>
     public int DispatchBusy => Volatile.Read(ref _dispatchBusy);
 
@@ -285,8 +291,13 @@ public sealed class HardwareContext
             var rq = Tags[tag];
             if (Queue.TagSet.IsShared)
             {
-                Interlocked.Increment(ref Account.NrActive);
+                var active = Interlocked.Increment(ref Account.NrActive);
                 rq.CountsActive = true;
+                int peak;
+                while (active > (peak = Volatile.Read(ref Account.PeakActive)) &&
+                       Interlocked.CompareExchange(ref Account.PeakActive, active, peak) != peak)
+                {
+                }
             }
         }
 
@@ -382,6 +393,12 @@ public sealed class HardwareContext
     {
         ArgumentNullException.ThrowIfNull(rq);
         rq.Unstart();
+        PutBack(rq);
+    }
+
+    // An idle (unstarted) request goes back ahead of new work and the queue is run.
+    internal void PutBack(Request rq)
+    {
         if (!Requeued.TryPublish(rq))
         {
             throw new InvalidOperationException("The requeue ring overflowed; it is sized to the tag depth and cannot fill.");
@@ -462,6 +479,17 @@ public sealed class HardwareContext
     public DispatchOutcome Issue(IBlockDriver driver, ReadOnlySpan<Request> batch)
     {
         ArgumentNullException.ThrowIfNull(driver);
+        if (Queue.IsOffline)
+        {
+            // The device is gone or the queue torn down: nothing reaches the driver any more.
+            foreach (var rq in batch)
+            {
+                Queue.EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            }
+
+            return new DispatchOutcome(0, batch.Length, BlockStatus.Ok, null);
+        }
+
         var queued = 0;
         var status = BlockStatus.Ok;
         var i = 0;
@@ -685,4 +713,7 @@ internal sealed class TagShareAccount
 
     /// <summary>Requests holding a tag while the set is shared (<c>nr_active</c>).</summary>
     public int NrActive;
+
+    /// <summary>The highest <see cref="NrActive"/> since the last reset (a statistic for benchmarks).</summary>
+    public int PeakActive;
 }

@@ -66,4 +66,23 @@ public sealed record QueueOptions
 
     /// <summary>Where awaited I/O continues.</summary>
     public CompletionContinuation Continuation { get; init; } = CompletionContinuation.Inline;
+
+    /// <summary>
+    /// How many times a request taken back from the device (a reset, a timeout) is retried before
+    /// it fails (the retry rule); 5 by default, as NVMe's <c>max_retries</c> and SCSI disks.
+    /// </summary>
+    public int MaxRetries { get; init; } = RequestQueue.DefaultMaxRetries;
+}
+
+/// <summary>What the retry rule did with a request taken back from the device.</summary>
+public enum RetryOutcome
+{
+    /// <summary>Put back at the head of its hardware queue, to be dispatched again.</summary>
+    Requeued,
+
+    /// <summary>Out of retries (or fail-fast, or the queue is dying): completed with the error status.</summary>
+    Failed,
+
+    /// <summary>It had completed (or been taken back) already: nothing was done.</summary>
+    AlreadyCompleted,
 }

@@ -71,6 +71,7 @@ public sealed class RequestQueue
         _rotational = options.Rotational;
         _ioPoll = options.IoPoll && tagSet.PollQueues > 0 && (driver.Features & DriverFeatures.Poll) != 0;
         _nrRequests = tagSet.QueueDepth;
+        MaxRetries = options.MaxRetries;
         Continuation = options.Continuation;
 
         var map = tagSet.Map;
@@ -823,9 +824,209 @@ public sealed class RequestQueue
         foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
         {
             tags.BitmapTags.Resize(nrRequests - tags.NrReserved);
+            tags.BitmapTags.WakeAll();
         }
 
         _nrRequests = nrRequests;
+    }
+
+    /// <summary>The smallest <c>nr_requests</c> (<c>BLKDEV_MIN_RQ</c>).</summary>
+    public const int MinNrRequests = 4;
+
+    /// <summary>
+    /// Checks a write of <c>queue/nr_requests</c> (blk-mq-semantics §2.6 item 29) and returns the
+    /// value that takes effect: values below 4 become 4; the value may not exceed the tag depth
+    /// (there is no I/O scheduler) and must stay above the reserved tags.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is refused (the kernel's -EINVAL).</exception>
+    public int ValidateNrRequests(long value)
+    {
+        if (value is < 0 or > uint.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(value), value, "nr_requests: not an unsigned 32-bit number (EINVAL).");
+        }
+
+        var nr = (int)Math.Min(Math.Max(value, MinNrRequests), int.MaxValue);
+        if (nr <= TagSet.ReservedTags)
+        {
+            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {nr} is not above the {TagSet.ReservedTags} reserved tags (EINVAL).");
+        }
+
+        if (nr > TagSet.QueueDepth)
+        {
+            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {nr} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
+        }
+
+        return nr;
+    }
+
+    /// <summary>
+    /// Writes <c>queue/nr_requests</c>: validates it (<see cref="ValidateNrRequests"/>), then with
+    /// the queue frozen and quiesced shrinks or restores every hardware queue's normal tags to
+    /// <c>nr - reserved</c> and wakes all tag waiters. Writing the current value does nothing.
+    /// </summary>
+    /// <returns>The value in effect.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">The value is refused; nothing changed.</exception>
+    public async Task<int> SetNrRequestsAsync(long value)
+    {
+        var nr = ValidateNrRequests(value);
+        if (nr == _nrRequests)
+        {
+            return nr;
+        }
+
+        await FreezeAsync().ConfigureAwait(false);
+        try
+        {
+            await QuiesceAsync().ConfigureAwait(false);
+            try
+            {
+                ResizeTags(nr);
+            }
+            finally
+            {
+                Unquiesce();
+            }
+        }
+        finally
+        {
+            Unfreeze();
+        }
+
+        return nr;
+    }
+
+    // ------------------------------------------------------------------ retries and resets
+
+    /// <summary>The default of <see cref="MaxRetries"/>.</summary>
+    public const int DefaultMaxRetries = 5;
+
+    /// <summary>How many times a request taken back from the device is retried before it fails.</summary>
+    public int MaxRetries { get; set; }
+
+    /// <summary>
+    /// The retry rule, for a request the driver gives up on (a timeout) or the block layer takes
+    /// back (a device reset): while it has retries left, is not fail-fast and the queue is not
+    /// dying, it goes back to the head of its hardware queue with one retry more; otherwise it
+    /// completes with <paramref name="failStatus"/>. Exactly once either way: a request that
+    /// completed meanwhile is left alone.
+    /// </summary>
+    public RetryOutcome RetryOrFail(Request rq, BlockStatus failStatus)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        var generation = rq.Generation;
+        if (rq.Queue != this || rq.State != RequestState.InFlight)
+        {
+            return RetryOutcome.AlreadyCompleted;
+        }
+
+        if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
+        {
+            if (!rq.TryUnstart(generation))
+            {
+                return RetryOutcome.AlreadyCompleted;
+            }
+
+            rq.Retries++;
+            rq.Hctx!.PutBack(rq);
+            return RetryOutcome.Requeued;
+        }
+
+        return EndRequestWithStatus(rq, failStatus, generation) ? RetryOutcome.Failed : RetryOutcome.AlreadyCompleted;
+    }
+
+    /// <summary>
+    /// Takes back every request the driver holds (<c>blk_mq_tagset_busy_iter</c> after a
+    /// controller reset) and applies <see cref="RetryOrFail"/> to each. Call it with dispatch
+    /// quiesced and after the driver's <see cref="IBlockDriver.Reset"/>, so the driver has
+    /// abandoned them.
+    /// </summary>
+    /// <returns>How many were requeued and how many failed.</returns>
+    public (int Requeued, int Failed) ReclaimInFlight(BlockStatus failStatus)
+    {
+        var requeued = 0;
+        var failed = 0;
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            foreach (var rq in tags.Requests)
+            {
+                switch (rq.Queue == this ? RetryOrFail(rq, failStatus) : RetryOutcome.AlreadyCompleted)
+                {
+                    case RetryOutcome.Requeued:
+                        requeued++;
+                        break;
+                    case RetryOutcome.Failed:
+                        failed++;
+                        break;
+                }
+            }
+        }
+
+        return (requeued, failed);
+    }
+
+    /// <summary>True once the device went offline (<see cref="SetOffline"/>) or the queue was torn down.</summary>
+    public bool IsOffline => _detached;
+
+    /// <summary>
+    /// The device is gone for good: the queue is marked dying, and every request that has not
+    /// reached the driver fails with <see cref="BlockStatus.Offline"/> when dispatch takes it, as
+    /// does every later submission and every bio waiting for a tag. With
+    /// <paramref name="failInFlight"/> (a driver that abandoned its requests) the requests the
+    /// driver holds fail too; otherwise they complete when the driver answers.
+    /// </summary>
+    /// <returns>How many in-flight requests were failed.</returns>
+    public int SetOffline(bool failInFlight)
+    {
+        MarkDying();
+        _detached = true;
+        var failed = 0;
+        if (failInFlight)
+        {
+            foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+            {
+                foreach (var rq in tags.Requests)
+                {
+                    if (rq.Queue == this && rq.State == RequestState.InFlight && EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation))
+                    {
+                        failed++;
+                    }
+                }
+            }
+        }
+
+        // Whatever waits in rings, dispatch lists or for a tag runs once more, to fail.
+        if (IsStarted)
+        {
+            foreach (var hctx in _hctxs)
+            {
+                hctx.StartQueue();
+            }
+        }
+
+        WakeTagWaiters();
+        return failed;
+    }
+
+    /// <summary>Requests of this queue the driver holds now (started, not completed).</summary>
+    public int InFlightCount
+    {
+        get
+        {
+            var n = 0;
+            foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+            {
+                foreach (var rq in tags.Requests)
+                {
+                    if (rq.Queue == this && rq.State == RequestState.InFlight)
+                    {
+                        n++;
+                    }
+                }
+            }
+
+            return n;
+        }
     }
 
     /// <summary>Changes <c>max_sectors</c> (bounded by the hardware limit by the caller).</summary>

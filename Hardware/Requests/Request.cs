@@ -225,6 +225,23 @@ public sealed class Request
         Interlocked.CompareExchange(ref _word, Word((uint)(word >> 32), RequestState.Idle), inFlight);
     }
 
+    /// <summary>
+    /// In flight -> idle for the incarnation <paramref name="generation"/> only, so a request is
+    /// taken back from the driver (requeue after a reset or timeout) at most once and never after
+    /// it completed.
+    /// </summary>
+    internal bool TryUnstart(uint generation)
+    {
+        var inFlight = Word(generation, RequestState.InFlight);
+        if (Interlocked.CompareExchange(ref _word, Word(generation, RequestState.Idle), inFlight) != inFlight)
+        {
+            return false;
+        }
+
+        Volatile.Write(ref _timedOut, 0);
+        return true;
+    }
+
     internal bool TryMarkTimedOut() => Interlocked.CompareExchange(ref _timedOut, 1, 0) == 0;
 
     internal void ResetTimer(long now)

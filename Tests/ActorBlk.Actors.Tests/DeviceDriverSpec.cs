@@ -41,7 +41,7 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
         var batch = Stage(rig, 3);
         rig.Driver.Script(BlockStatus.Ok, BlockStatus.DeviceResource);
         var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Driver, blocking: false));
+        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: false));
 
         driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
 
@@ -57,7 +57,7 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
         var rig = new MailboxRig(new ScriptedDriver(), CpuTopology.Simulated(2));
         var batch = Stage(rig, 2);
         var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Driver, blocking: true));
+        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: true));
 
         driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch[..1]), hctx.Ref);
         driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch[1..]), hctx.Ref);
@@ -74,7 +74,7 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
         var rig = new MailboxRig(new ScriptedDriver { ThrowOnQueue = new InvalidOperationException("bug") }, CpuTopology.Simulated(2));
         var batch = Stage(rig, 1);
         var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Driver, blocking: false));
+        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: false));
 
         driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
 

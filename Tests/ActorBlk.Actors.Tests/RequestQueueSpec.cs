@@ -27,7 +27,7 @@ public sealed class RequestQueueSpec : Akka.TestKit.Xunit2.TestKit
         var queue = DeviceBuilder.CreateQueue(options, DeviceBuilder.CreateTagSet(options, driver, layer.Topology), driver);
         _device = new BlockDevice(queue);
         layer.Track(_device, options.Dispatch);
-        _queue = ChildActorOf(RequestQueue.Props(_device, _tagSet.Ref, _topology.Ref, layer));
+        _queue = ChildActorOf(RequestQueue.Props(_device, _tagSet.Ref, _topology.Ref, layer, options));
     }
 
     private async Task BecomeReady()

@@ -13,7 +13,8 @@ public sealed class ScriptedDriver : IBlockDriver
     private readonly object _lock = new();
     private readonly Queue<BlockStatus> _script = new();
 
-    public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false)
+    public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false,
+        DriverFeatures extra = DriverFeatures.None)
     {
         Limits = new QueueLimits
         {
@@ -26,7 +27,7 @@ public sealed class ScriptedDriver : IBlockDriver
             MaxWriteZeroesSectors = 1 << 20,
             VolatileWriteCache = writeCache,
         };
-        Features = pollable ? DriverFeatures.Poll : DriverFeatures.None;
+        Features = (pollable ? DriverFeatures.Poll : DriverFeatures.None) | extra;
     }
 
     public string Kind => "scripted";
@@ -43,6 +44,18 @@ public sealed class ScriptedDriver : IBlockDriver
 
     /// <summary>Thrown from QueueRq when set (a device error).</summary>
     public Exception? ThrowOnQueue { get; set; }
+
+    /// <summary>Thrown from the next QueueRq only, then cleared.</summary>
+    public Exception? ThrowOnce { get; set; }
+
+    /// <summary>Reset calls (a reset abandons every request in flight).</summary>
+    public int ResetCalls { get; private set; }
+
+    /// <summary>Reopen attempts that fail before one succeeds; -1: reopening always fails.</summary>
+    public int ReopenFailures { get; set; }
+
+    /// <summary>Reopen attempts so far.</summary>
+    public int ReopenCalls { get; private set; }
 
     public TimeoutAction TimeoutAnswer { get; set; } = TimeoutAction.ResetTimer;
 
@@ -81,6 +94,15 @@ public sealed class ScriptedDriver : IBlockDriver
         if (ThrowOnQueue is { } ex)
         {
             throw ex;
+        }
+
+        lock (_lock)
+        {
+            if (ThrowOnce is { } once)
+            {
+                ThrowOnce = null;
+                throw once;
+            }
         }
 
         BlockStatus answer;
@@ -162,7 +184,30 @@ public sealed class ScriptedDriver : IBlockDriver
         return all.Count(rq => rq.Complete(status));
     }
 
-    public void Dispose()
+    public void Reset()
     {
+        lock (_lock)
+        {
+            ResetCalls++;
+            InFlight.Clear();
+        }
     }
+
+    public void Reopen()
+    {
+        lock (_lock)
+        {
+            ReopenCalls++;
+            if (ReopenFailures < 0 || ReopenCalls <= ReopenFailures)
+            {
+                throw new BlockDeviceErrorException($"still gone (attempt {ReopenCalls})", deviceGone: true);
+            }
+
+            InFlight.Clear();
+        }
+    }
+
+    public bool Disposed { get; private set; }
+
+    public void Dispose() => Disposed = true;
 }

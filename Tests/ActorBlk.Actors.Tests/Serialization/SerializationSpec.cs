@@ -57,7 +57,7 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
         [new RequestQueue.Unregistered("nullb0", 0)],
         [new RequestQueue.Io(5, BlockOp.Read, 0, 512, null, RequestFlags.NoWait, 2)],
         [RequestQueue.GetInfo.Instance],
-        [new RequestQueue.Info("n", "null", 1 << 30, 512, 2, 8, "ring", "n", true, false, 0, 1, 2)],
+        [new RequestQueue.Info("n", "null", 1 << 30, 512, 2, 8, "ring", "n", true, false, 0, 1, 2, 3, "online")],
         [new BlockLayer.Destroy("nullb0")],
         [new BlockLayer.Destroyed("nullb0", 3)],
         [new BlockLayer.NoSuchDevice("x")],

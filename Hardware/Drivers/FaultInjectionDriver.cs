@@ -1,0 +1,287 @@
+using System.Collections.Concurrent;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers;
+
+/// <summary>
+/// What <see cref="FaultInjectionDriver"/> injects, as probabilities per request (0 to 1) and
+/// counts. All zero means no injection.
+/// </summary>
+public sealed record FaultInjectionOptions
+{
+    /// <summary>Requests that fail with <see cref="BlockStatus.IoError"/> (<c>fault_error_rate</c>).</summary>
+    public double ErrorRate { get; init; }
+
+    /// <summary>Requests refused with Resource or DeviceResource, to be dispatched again (<c>fault_resource_rate</c>).</summary>
+    public double ResourceRate { get; init; }
+
+    /// <summary>Requests whose completion is lost, so they time out (<c>fault_timeout_rate</c>).</summary>
+    public double TimeoutRate { get; init; }
+
+    /// <summary>Requests before which the device stalls for <see cref="Latency"/> (<c>fault_latency_rate</c>).</summary>
+    public double LatencyRate { get; init; }
+
+    /// <summary>How long a latency spike stalls the hardware queue (<c>fault_latency</c>, 10 ms).</summary>
+    public TimeSpan Latency { get; init; } = TimeSpan.FromMilliseconds(10);
+
+    /// <summary>Every this many requests the device crashes (<c>fault_crash_after</c>; 0 = never).</summary>
+    public long CrashAfter { get; init; }
+
+    /// <summary>A crash leaves the device gone rather than in a transient error (<c>fault_gone</c>).</summary>
+    public bool CrashIsGone { get; init; }
+
+    /// <summary>How many reopen attempts of a gone device fail before one succeeds (<c>fault_reopen_failures</c>; -1 = never reopens).</summary>
+    public int ReopenFailures { get; init; }
+
+    /// <summary>Seed of the decisions (<c>fault_seed</c>): the same seed gives each hardware queue the same sequence of faults.</summary>
+    public int Seed { get; init; } = 1;
+
+    /// <summary>True when anything is injected.</summary>
+    public bool Enabled => ErrorRate > 0 || ResourceRate > 0 || TimeoutRate > 0 || LatencyRate > 0 || CrashAfter > 0;
+
+    /// <summary>Throws for a probability outside 0..1, a negative count or latency.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
+    public void Validate()
+    {
+        Check(ErrorRate, "fault_error_rate");
+        Check(ResourceRate, "fault_resource_rate");
+        Check(TimeoutRate, "fault_timeout_rate");
+        Check(LatencyRate, "fault_latency_rate");
+        if (ErrorRate + ResourceRate + TimeoutRate + LatencyRate > 1)
+        {
+            throw new ArgumentOutOfRangeException("fault_error_rate", "The fault rates add up to more than 1.");
+        }
+
+        if (Latency < TimeSpan.Zero || CrashAfter < 0 || ReopenFailures < -1)
+        {
+            throw new ArgumentOutOfRangeException("fault_crash_after", "fault_latency, fault_crash_after and fault_reopen_failures cannot be negative (reopen failures: -1 means never).");
+        }
+
+        static void Check(double rate, string name)
+        {
+            if (double.IsNaN(rate) || rate is < 0 or > 1)
+            {
+                throw new ArgumentOutOfRangeException(name, rate, $"{name} must be a probability from 0 to 1.");
+            }
+        }
+    }
+}
+
+/// <summary>
+/// Wraps any driver and injects faults into the requests handed to it, like null_blk's fault
+/// injection: I/O errors, Resource/DeviceResource refusals, lost completions (the request times
+/// out and the retry rule takes over), latency spikes (the hardware queue stalls), and a device
+/// crash every N requests, transient (the supervisor resets the device) or gone (the supervisor
+/// stops it; reopening fails a configured number of times).
+/// </summary>
+/// <remarks>
+/// Decisions are drawn per hardware queue from a generator seeded with the seed and the queue's
+/// index, in dispatch order, so a seed gives each hardware queue the same faults on every run.
+/// </remarks>
+public sealed class FaultInjectionDriver : IBlockDriver
+{
+    private readonly IBlockDriver _inner;
+    private readonly FaultInjectionOptions _options;
+    private readonly ConcurrentDictionary<int, Random> _random = new();
+    private readonly ConcurrentDictionary<Request, uint> _lost = new();
+    private long _requests;
+    private int _reopenFailuresLeft;
+    private volatile bool _gone;
+
+    /// <summary>Wraps <paramref name="inner"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
+    public FaultInjectionDriver(IBlockDriver inner, FaultInjectionOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(inner);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _inner = inner;
+        _options = options;
+        _reopenFailuresLeft = options.ReopenFailures;
+    }
+
+    /// <summary>The wrapped driver.</summary>
+    public IBlockDriver Inner => _inner;
+
+    /// <summary>The faults.</summary>
+    public FaultInjectionOptions Options => _options;
+
+    /// <summary>Requests handed to this driver so far.</summary>
+    public long Requests => Interlocked.Read(ref _requests);
+
+    /// <summary>Counters of the faults injected so far.</summary>
+    public FaultCounters Injected { get; } = new();
+
+    /// <summary>True after a crash that left the device gone, until it reopens.</summary>
+    public bool IsGone => _gone;
+
+    /// <inheritdoc />
+    public string Kind => "faulty";
+
+    /// <inheritdoc />
+    public string Description =>
+        $"fault injection over {_inner.Kind} (errors {_options.ErrorRate}, resource {_options.ResourceRate}, lost {_options.TimeoutRate}, " +
+        $"latency {_options.LatencyRate} x {_options.Latency.TotalMilliseconds} ms, crash every {_options.CrashAfter}{(_options.CrashIsGone ? " (gone)" : string.Empty)}, seed {_options.Seed}): {_inner.Description}";
+
+    /// <inheritdoc />
+    public QueueLimits Limits => _inner.Limits;
+
+    /// <inheritdoc />
+    public DriverFeatures Features =>
+        (_inner.Features & ~DriverFeatures.Poll) | DriverFeatures.Resettable | DriverFeatures.Reopenable |
+        (_options.LatencyRate > 0 ? DriverFeatures.Blocking : 0) | (_inner.Features & DriverFeatures.Poll);
+
+    /// <inheritdoc />
+    public int PayloadSize => _inner.PayloadSize;
+
+    /// <inheritdoc />
+    public void InitRequest(Request request, int hardwareQueue) => _inner.InitRequest(request, hardwareQueue);
+
+    /// <inheritdoc />
+    public void InitHardwareContext(HardwareContext hctx) => _inner.InitHardwareContext(hctx);
+
+    /// <inheritdoc />
+    public void ExitHardwareContext(HardwareContext hctx) => _inner.ExitHardwareContext(hctx);
+
+    /// <inheritdoc />
+    public AlignedBuffer? AllocateBuffer(int length) => _inner.AllocateBuffer(length);
+
+    /// <inheritdoc />
+    public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        ArgumentNullException.ThrowIfNull(request);
+        if (_gone)
+        {
+            throw new BlockDeviceErrorException($"{hctx}: the device is gone.", deviceGone: true);
+        }
+
+        var n = Interlocked.Increment(ref _requests);
+        if (_options.CrashAfter > 0 && n % _options.CrashAfter == 0)
+        {
+            Interlocked.Increment(ref Injected.Crashes);
+            if (_options.CrashIsGone)
+            {
+                _gone = true;
+            }
+
+            throw new BlockDeviceErrorException($"{hctx}: injected device crash after {n} requests.", _options.CrashIsGone);
+        }
+
+        var random = _random.GetOrAdd(hctx.Index, static (index, seed) => new Random(HashCode.Combine(seed, index)), _options.Seed);
+        var roll = random.NextDouble();
+        var edge = _options.ResourceRate;
+        if (roll < edge)
+        {
+            Interlocked.Increment(ref Injected.Resource);
+
+            // DeviceResource promises a rerun on the next completion: only when one will come.
+            return random.Next(2) == 0 && HasOtherInFlight(hctx, request) ? BlockStatus.DeviceResource : BlockStatus.Resource;
+        }
+
+        if (roll < (edge += _options.ErrorRate))
+        {
+            Interlocked.Increment(ref Injected.Errors);
+            request.Start();
+            request.Complete(BlockStatus.IoError);
+            return BlockStatus.Ok;
+        }
+
+        if (roll < (edge += _options.TimeoutRate))
+        {
+            Interlocked.Increment(ref Injected.Lost);
+            request.Start();
+            _lost[request] = request.Generation;
+            return BlockStatus.Ok;
+        }
+
+        if (roll < edge + _options.LatencyRate)
+        {
+            Interlocked.Increment(ref Injected.Stalls);
+            Thread.Sleep(_options.Latency);
+        }
+
+        return _inner.QueueRq(hctx, request, last);
+    }
+
+    /// <inheritdoc />
+    public void CommitRqs(HardwareContext hctx) => _inner.CommitRqs(hctx);
+
+    /// <inheritdoc />
+    public int Poll(HardwareContext hctx) => _inner.Poll(hctx);
+
+    /// <summary>
+    /// A lost request timed out: the retry rule decides (dispatched again while retries last,
+    /// then failed with <see cref="BlockStatus.Timeout"/>). Others go to the wrapped driver.
+    /// </summary>
+    public TimeoutAction Timeout(Request request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (_lost.TryRemove(request, out var generation) && generation == request.Generation && request.Queue is { } queue)
+        {
+            queue.RetryOrFail(request, BlockStatus.Timeout);
+            return TimeoutAction.Done;
+        }
+
+        return _inner.Timeout(request);
+    }
+
+    /// <summary>Resets the device: lost requests are forgotten (the block layer takes them back), the wrapped driver is reset.</summary>
+    public void Reset()
+    {
+        _lost.Clear();
+        _inner.Reset();
+    }
+
+    /// <summary>Reopens a gone device: fails <see cref="FaultInjectionOptions.ReopenFailures"/> times first (always with -1).</summary>
+    /// <exception cref="BlockDeviceErrorException">The device is still gone.</exception>
+    public void Reopen()
+    {
+        if (_options.ReopenFailures < 0 || Interlocked.Decrement(ref _reopenFailuresLeft) >= 0)
+        {
+            throw new BlockDeviceErrorException("Injected: the device is still gone.", deviceGone: true);
+        }
+
+        _reopenFailuresLeft = _options.ReopenFailures;
+        _lost.Clear();
+        _inner.Reset();
+        _gone = false;
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _inner.Dispose();
+
+    private static bool HasOtherInFlight(HardwareContext hctx, Request request)
+    {
+        foreach (var rq in hctx.Tags.Requests)
+        {
+            if (rq != request && rq.Hctx == hctx && rq.Queue == request.Queue && rq.State == RequestState.InFlight)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+}
+
+/// <summary>How many faults of each kind a <see cref="FaultInjectionDriver"/> injected.</summary>
+public sealed class FaultCounters
+{
+    /// <summary>Requests failed with an I/O error.</summary>
+    public long Errors;
+
+    /// <summary>Requests refused with Resource or DeviceResource.</summary>
+    public long Resource;
+
+    /// <summary>Completions lost.</summary>
+    public long Lost;
+
+    /// <summary>Latency spikes.</summary>
+    public long Stalls;
+
+    /// <summary>Device crashes.</summary>
+    public long Crashes;
+}

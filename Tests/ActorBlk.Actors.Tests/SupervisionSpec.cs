@@ -1,0 +1,242 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Akka.Actor;
+using Akka.Configuration;
+using Akka.TestKit;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// Supervision of the device-driver actor (blk-mq-semantics §3.5, §5): a transient device error
+/// resets the device and retries what it held, up to max_retries; a device that is gone goes
+/// offline, or is reopened with back-off when its driver can; timeouts that pile up reset the
+/// device. Virtual time drives timeout scans and back-off. Both dispatch modes.
+/// </summary>
+public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly Config Supervised = ConfigurationFactory.ParseString("""
+        actorblk.supervision {
+          max-resets = 3
+          reset-window = 60s
+          reopen-backoff-min = 100ms
+          reopen-backoff-max = 1s
+          reopen-attempts = 3
+        }
+        """).WithFallback(Configs.VirtualTime);
+
+    protected SupervisionSpec(DispatchMode mode, ITestOutputHelper output)
+        : base(Supervised, output: output)
+    {
+        Mode = mode;
+    }
+
+    protected DispatchMode Mode { get; }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+
+    private async Task<IBlockDevice> Create(ScriptedDriver driver, string name, DeviceOptions? options = null) =>
+        await Layer.CreateDeviceAsync((options ?? new DeviceOptions()) with { Name = name, Dispatch = Mode }, driver);
+
+    private static DriverFeatures Resettable => DriverFeatures.Resettable;
+
+    private ActorSelection DriverOf(string device) => Sys.ActorSelection($"/user/actorblk/dev-{device}-*/driver");
+
+    private async Task<RequestQueue.Info> InfoOf(string device) =>
+        await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueue.Info>(RequestQueue.GetInfo.Instance, TimeSpan.FromSeconds(5));
+
+    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
+
+    // Advances virtual time in steps until the condition holds (timers re-arm as they fire).
+    private Task AdvanceUntil(Func<bool> condition, int stepMs = 50) => AwaitConditionAsync(() =>
+    {
+        if (condition())
+        {
+            return Task.FromResult(true);
+        }
+
+        Scheduler.Advance(TimeSpan.FromMilliseconds(stepMs));
+        return Task.FromResult(condition());
+    }, TimeSpan.FromSeconds(20), TimeSpan.FromMilliseconds(10));
+
+    private static void AssertTagsFree(IBlockDevice device) =>
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+
+    [Fact]
+    public async Task A_transient_device_error_resets_the_device_and_retries_what_it_held()
+    {
+        var driver = new ScriptedDriver(extra: Resettable);
+        var device = await Create(driver, "reset");
+        var held = Enumerable.Range(0, 3).Select(i => device.ReadAsync(i * 512L, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 3);
+
+        driver.ThrowOnce = new BlockDeviceErrorException("controller fatal status");
+        Task fourth = null!;
+        await EventFilter.Error(contains: "supervisor: Restart after BlockDeviceErrorException").ExpectOneAsync(async () =>
+        {
+            fourth = device.ReadAsync(3 * 512L, new byte[512]).AsTask();
+            await Until(() => driver.ResetCalls == 1);
+        });
+
+        // The three the device held come back, with the one that hit the error.
+        await Until(() => driver.InFlight.Count == 4);
+        driver.CompleteAll();
+        await Task.WhenAll([.. held, fourth]);
+
+        var info = await InfoOf("reset");
+        Assert.Equal(1, info.Resets);
+        Assert.Equal("online", info.Health);
+        Assert.Equal(1, info.DeviceErrors);
+        AssertTagsFree(device);
+    }
+
+    [Fact]
+    public async Task A_request_out_of_retries_fails_with_an_io_error()
+    {
+        var driver = new ScriptedDriver(extra: Resettable);
+        var device = await Create(driver, "retries", new DeviceOptions { MaxRetries = 1 });
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        // First reset: retried (1 of 1). Second reset: out of retries.
+        DriverOf("retries").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("link down")));
+        await Until(() => driver.ResetCalls == 1 && driver.InFlight.Count == 1);
+        DriverOf("retries").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("link down again")));
+
+        Assert.Equal(BlockStatus.IoError, await read);
+        await Until(() => driver.ResetCalls == 2);
+        AssertTagsFree(device);
+    }
+
+    [Fact]
+    public async Task A_fail_fast_request_is_not_retried()
+    {
+        var driver = new ScriptedDriver(extra: Resettable);
+        var device = await Create(driver, "failfast");
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512], RequestFlags.FailFast).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        DriverOf("failfast").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("transport reset")));
+
+        Assert.Equal(BlockStatus.IoError, await read);
+    }
+
+    [Fact]
+    public async Task A_device_that_is_gone_goes_offline_and_fails_everything_with_offline()
+    {
+        var driver = new ScriptedDriver(extra: Resettable);
+        var device = await Create(driver, "gone");
+        var held = Enumerable.Range(0, 2).Select(i => device.ExecuteAsync(BlockOp.Read, i * 512L, 512, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 2);
+
+        driver.ThrowOnce = new BlockDeviceErrorException("surprise removal", deviceGone: true);
+        Task<BlockStatus> pending = null!;
+        await EventFilter.Error(contains: "is offline").ExpectOneAsync(async () =>
+        {
+            pending = device.ExecuteAsync(BlockOp.Read, 4096, 512, new byte[512]).AsTask();
+            await Until(() => device.Queue.IsDying);
+        });
+
+        Assert.All(await Task.WhenAll([.. held, pending]), s => Assert.Equal(BlockStatus.Offline, s));
+        Assert.Equal(BlockStatus.Offline, await device.ExecuteAsync(BlockOp.Read, 8192, 512, new byte[512]));
+        Assert.Equal("offline", (await InfoOf("gone")).Health);
+        AssertTagsFree(device);
+
+        // The device can still be destroyed, and its driver is disposed.
+        await Layer.DestroyDeviceAsync("gone");
+        Assert.True(driver.Disposed);
+    }
+
+    [Fact]
+    public async Task A_gone_device_is_reopened_with_back_off_and_requests_wait_for_it()
+    {
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenFailures = 2 };
+        var device = await Create(driver, "reopen");
+        var held = device.ReadAsync(0, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        driver.ThrowOnce = new BlockDeviceErrorException("cable pulled", deviceGone: true);
+        var waiting = device.ReadAsync(512, new byte[512]).AsTask();
+
+        // Attempts after 100 ms and 200 ms fail; the third, 400 ms later, succeeds.
+        await EventFilter.Warning(contains: "reopen attempt").ExpectAsync(2, () => AdvanceUntil(() => driver.ReopenCalls == 3));
+        await Until(() => driver.InFlight.Count == 2);
+        Assert.False(waiting.IsCompleted && held.IsCompleted);
+        driver.CompleteAll();
+        await Task.WhenAll(held, waiting);
+
+        Assert.Equal("online", (await InfoOf("reopen")).Health);
+        Assert.False(device.Queue.IsDying);
+
+        // The reopened device serves new I/O.
+        var after = device.WriteAsync(0, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.CompleteAll();
+        await after;
+    }
+
+    [Fact]
+    public async Task A_device_that_never_comes_back_is_given_up_after_its_reopen_attempts()
+    {
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenFailures = -1 };
+        var device = await Create(driver, "lost");
+        driver.ThrowOnce = new BlockDeviceErrorException("gone for good", deviceGone: true);
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+
+        await AdvanceUntil(() => device.Queue.IsDying);
+
+        Assert.Equal(3, driver.ReopenCalls);
+        Assert.Equal(BlockStatus.Offline, await read);
+    }
+
+    [Fact]
+    public async Task Timeouts_that_pile_up_reset_the_device_and_the_timed_out_requests_are_retried()
+    {
+        var driver = new ScriptedDriver(extra: Resettable) { TimeoutAnswer = TimeoutAction.ResetTimer };
+        var device = await Create(driver, "hung", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 2, TimeoutWindowMs = 10_000 });
+        var reads = Enumerable.Range(0, 2).Select(i => device.ReadAsync(i * 512L, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 2);
+
+        await EventFilter.Error(contains: "Restart after DeviceTimeoutsException").ExpectOneAsync(() =>
+            AdvanceUntil(() => driver.ResetCalls == 1, stepMs: 100));
+
+        await Until(() => driver.InFlight.Count == 2);
+        driver.CompleteAll();
+        await Task.WhenAll(reads);
+        var info = await InfoOf("hung");
+        Assert.Equal(2, info.Timeouts);
+        Assert.Equal(1, info.Resets);
+    }
+
+    [Fact]
+    public async Task Too_many_resets_in_the_window_stop_the_device()
+    {
+        var driver = new ScriptedDriver(extra: Resettable);
+        var device = await Create(driver, "flaky");
+        for (var i = 1; i <= 3; i++)
+        {
+            DriverOf("flaky").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException($"glitch {i}")));
+            var n = i;
+            await Until(() => driver.ResetCalls == n);
+        }
+
+        // The fourth failure within the minute is one more than max-resets = 3.
+        DriverOf("flaky").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("glitch 4")));
+        await Until(() => device.Queue.IsDying);
+
+        Assert.Equal(BlockStatus.Offline, await device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]));
+    }
+}
+
+/// <summary>Supervision in ring dispatch.</summary>
+public sealed class RingSupervisionSpec(ITestOutputHelper output) : SupervisionSpec(DispatchMode.Ring, output);
+
+/// <summary>Supervision in mailbox dispatch.</summary>
+public sealed class MailboxSupervisionSpec(ITestOutputHelper output) : SupervisionSpec(DispatchMode.Mailbox, output);
