@@ -115,6 +115,9 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private bool _roundScheduled;
     private bool _roundInFlight;
+    private Request[]? _batch;
+    private IActorRef? _batchTarget;
+    private bool _driverAlive = true;
 
     public HardwareQueueActor(HardwareContext hctx, IActorRef driver, bool mailbox, TimeSpan maxScanInterval)
     {
@@ -129,7 +132,15 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
 
     public ITimerScheduler Timers { get; set; } = null!;
 
-    protected override void PreStart() => ScheduleScan();
+    protected override void PreStart()
+    {
+        if (_mailbox)
+        {
+            Context.Watch(_driver);
+        }
+
+        ScheduleScan();
+    }
 
     protected override void OnReceive(object message)
     {
@@ -172,6 +183,16 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 break;
             case HardwareQueue.UseDriver use:
                 _driver = use.Driver;
+                _driverAlive = true;
+                if (_mailbox)
+                {
+                    Context.Watch(_driver);
+                    ScheduleRound();
+                }
+
+                break;
+            case Terminated t:
+                HandleDriverTerminated(t.ActorRef);
                 break;
             case HardwareQueue.Stop:
                 _hctx.StopQueue();
@@ -210,6 +231,13 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
             return;
         }
 
+        if (!_driverAlive && !_hctx.Queue.IsOffline)
+        {
+            // The device is gone and may be reopened: requests wait until UseDriver.
+            ReleaseIdleWaiters();
+            return;
+        }
+
         var n = _hctx.TakeBatch(_scratch);
         if (n == 0)
         {
@@ -219,14 +247,52 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
 
         var batch = _scratch.AsSpan(0, n).ToArray();
         Array.Clear(_scratch, 0, n);
+        if (!_driverAlive)
+        {
+            // Offline with no driver: Issue fails every request with Offline without calling it.
+            FinishRound(batch, _hctx.Issue(_hctx.Queue.Driver, batch));
+            return;
+        }
+
         _roundInFlight = true;
+        _batch = batch;
+        _batchTarget = _driver;
         _driver.Tell(new DeviceDriver.QueueRqs(_hctx, batch));
     }
 
     private void HandleDispatched(HardwareQueue.Dispatched done)
     {
+        if (!ReferenceEquals(done.Batch, _batch))
+        {
+            return;
+        }
+
+        FinishRound(done.Batch, done.Outcome);
+    }
+
+    // The driver actor was stopped (the device is gone). A local actor's messages arrive before
+    // its Terminated, so a batch still unanswered never reached the driver: it went to dead
+    // letters with the actor's mailbox. It goes back to the head of the queue untouched.
+    private void HandleDriverTerminated(IActorRef actor)
+    {
+        if (actor.Equals(_driver))
+        {
+            _driverAlive = false;
+        }
+
+        if (_batch is { } lost && actor.Equals(_batchTarget))
+        {
+            FinishRound(lost, new DispatchOutcome(0, 0, BlockStatus.DeviceResource, null));
+            ScheduleRound();
+        }
+    }
+
+    private void FinishRound(Request[] batch, DispatchOutcome outcome)
+    {
         _roundInFlight = false;
-        var decision = _hctx.FinishRound(done.Batch, done.Outcome);
+        _batch = null;
+        _batchTarget = null;
+        var decision = _hctx.FinishRound(batch, outcome);
         switch (decision)
         {
             case DispatchDecision.RerunNow:
@@ -236,7 +302,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 Timers.StartSingleTimer(RerunKey, HardwareQueue.Run.Instance, HardwareContext.ResourceDelay);
                 break;
             case DispatchDecision.Faulted:
-                Context.Parent.Tell(new HardwareQueue.DeviceFaulted(_hctx.Index, done.Outcome.Fault!));
+                Context.Parent.Tell(new HardwareQueue.DeviceFaulted(_hctx.Index, outcome.Fault!));
                 break;
         }
 

@@ -66,6 +66,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         return Task.FromResult(condition());
     }, TimeSpan.FromSeconds(20), TimeSpan.FromMilliseconds(10));
 
+    // Requests in these tests sit 64 KiB apart so the plug never merges them into one.
     private static void AssertTagsFree(IBlockDevice device) =>
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
 
@@ -74,14 +75,14 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     {
         var driver = new ScriptedDriver(extra: Resettable);
         var device = await Create(driver, "reset");
-        var held = Enumerable.Range(0, 3).Select(i => device.ReadAsync(i * 512L, new byte[512]).AsTask()).ToArray();
+        var held = Enumerable.Range(0, 3).Select(i => device.ReadAsync(i * 65536L, new byte[512]).AsTask()).ToArray();
         await Until(() => driver.InFlight.Count == 3);
 
         driver.ThrowOnce = new BlockDeviceErrorException("controller fatal status");
         Task fourth = null!;
         await EventFilter.Error(contains: "supervisor: Restart after BlockDeviceErrorException").ExpectOneAsync(async () =>
         {
-            fourth = device.ReadAsync(3 * 512L, new byte[512]).AsTask();
+            fourth = device.ReadAsync(3 * 65536L, new byte[512]).AsTask();
             await Until(() => driver.ResetCalls == 1);
         });
 
@@ -133,7 +134,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     {
         var driver = new ScriptedDriver(extra: Resettable);
         var device = await Create(driver, "gone");
-        var held = Enumerable.Range(0, 2).Select(i => device.ExecuteAsync(BlockOp.Read, i * 512L, 512, new byte[512]).AsTask()).ToArray();
+        var held = Enumerable.Range(0, 2).Select(i => device.ExecuteAsync(BlockOp.Read, i * 65536L, 512, new byte[512]).AsTask()).ToArray();
         await Until(() => driver.InFlight.Count == 2);
 
         driver.ThrowOnce = new BlockDeviceErrorException("surprise removal", deviceGone: true);
@@ -201,7 +202,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     {
         var driver = new ScriptedDriver(extra: Resettable) { TimeoutAnswer = TimeoutAction.ResetTimer };
         var device = await Create(driver, "hung", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 2, TimeoutWindowMs = 10_000 });
-        var reads = Enumerable.Range(0, 2).Select(i => device.ReadAsync(i * 512L, new byte[512]).AsTask()).ToArray();
+        var reads = Enumerable.Range(0, 2).Select(i => device.ReadAsync(i * 65536L, new byte[512]).AsTask()).ToArray();
         await Until(() => driver.InFlight.Count == 2);
 
         await EventFilter.Error(contains: "Restart after DeviceTimeoutsException").ExpectOneAsync(() =>

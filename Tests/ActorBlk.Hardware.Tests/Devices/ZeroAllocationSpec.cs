@@ -35,13 +35,26 @@ public sealed class ZeroAllocationSpec
         // Warm-up: JIT tiers, pools, lazily started workers.
         await RunIos(device, 20_000);
 
-        var once = await Measure(device, Ios);
-        var twice = await Measure(device, 2 * Ios);
+        // The least of three runs: the runtime's own background work (thread injection, tiering)
+        // allocates now and then, whereas an allocation per I/O would show in every run.
+        var once = await LeastOf(3, () => Measure(device, Ios));
+        var twice = await LeastOf(3, () => Measure(device, 2 * Ios));
 
         // Doubling the I/O count must not double what is allocated: what little there is (a timer
         // or a thread-pool work item elsewhere in the process) does not scale with the I/Os.
         Assert.True(once < 64 * 1024, $"{once} bytes allocated over {Ios} I/Os");
         Assert.True(twice - once < 16 * 1024, $"{once} bytes for {Ios} I/Os but {twice} for {2 * Ios}");
+    }
+
+    private static async Task<long> LeastOf(int runs, Func<Task<long>> measure)
+    {
+        var least = long.MaxValue;
+        for (var i = 0; i < runs; i++)
+        {
+            least = Math.Min(least, await measure());
+        }
+
+        return least;
     }
 
     private static async Task<long> Measure(IBlockDevice device, int ios)

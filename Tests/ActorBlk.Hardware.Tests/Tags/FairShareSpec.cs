@@ -106,6 +106,33 @@ public sealed class FairShareSpec
     }
 
     [Fact]
+    public void A_queue_going_idle_wakes_the_waiters_held_back_by_the_fair_share()
+    {
+        // §2.5 item 24: tag_idle wakes all waiters; with one active queue left its limit is the depth.
+        var (_, queues) = Create(128, 3);
+        foreach (var (q, _, _) in queues)
+        {
+            Fill(q, 1);
+        }
+
+        var first = queues[0].Queue;
+        Assert.Equal(42, Fill(first, 100));
+        var waiting = TestQueues.Submit(first, BlockOp.Read, 1 << 20, 8);
+        Assert.False(waiting.IsCompleted);
+        Assert.Equal(43, first.HardwareContexts[0].ActiveRequests);
+
+        foreach (var (q, rt, driver) in queues.Skip(1))
+        {
+            rt.RunRound();
+            driver.CompleteAll();
+            q.HardwareContexts[0].ScanTimeouts(q.Clock.NowMilliseconds, driver);
+        }
+
+        // The waiter got its tag (the 44th) without any tag being freed on its own queue.
+        Assert.Equal(44, first.HardwareContexts[0].ActiveRequests);
+    }
+
+    [Fact]
     public void Fair_sharing_can_be_switched_off()
     {
         var (_, queues) = Create(128, 3, fair: false);
