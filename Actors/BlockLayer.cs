@@ -144,6 +144,23 @@ public sealed class BlockLayer : IExtension
         };
     }
 
+    /// <summary>
+    /// The request-queue actor's summary of a device: its health, the timeouts, device errors and
+    /// resets supervision has seen.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    public async Task<RequestQueue.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var reply = await Guardian.Ask<object>(new GetDeviceInfo(name), TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        return reply switch
+        {
+            RequestQueue.Info info => info,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
+        };
+    }
+
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
     public bool TryGetDevice(string name, out IBlockDevice device)
     {
@@ -198,6 +215,9 @@ public sealed class BlockLayer : IExtension
     /// <summary>No device has that name.</summary>
     public sealed record NoSuchDevice(string Name) : IActorBlkMessage;
 
+    /// <summary>Asks for a device's <see cref="RequestQueue.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
+    public sealed record GetDeviceInfo(string Name) : IActorBlkQuery;
+
     /// <summary>Ask for the devices (reply <see cref="DeviceList"/>).</summary>
     public sealed record ListDevices : IActorBlkQuery
     {
@@ -248,6 +268,17 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<RequestQueue.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
         Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
+        Receive<BlockLayer.GetDeviceInfo>(get =>
+        {
+            if (_devices.TryGetValue(get.Name, out var entry) && entry.Ready)
+            {
+                entry.Actor.Forward(RequestQueue.GetInfo.Instance);
+            }
+            else
+            {
+                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name));
+            }
+        });
         Receive<Terminated>(HandleTerminated);
     }
 

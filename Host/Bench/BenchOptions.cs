@@ -68,6 +68,18 @@ internal sealed record BenchOptions
             --io-poll=0|1             polled I/O through a poll queue (0)
             --memory-backed=0|1       keep data in RAM (0)
             --completion=inline|threadpool   where completions continue (inline)
+            --io-timeout=MS           request timeout in milliseconds, like queue/io_timeout (null: 5000)
+          several devices:
+            --devices=N               N devices, each driven by its own --numjobs jobs at --iodepth (1)
+            --shared-tags             the devices share one tag set of --hw-queue-depth tags (fair share)
+          fault injection (null_blk style; any rate > 0 wraps the driver):
+            --fault-error-rate=P      share of requests failed with an I/O error (0)
+            --fault-timeout-rate=P    share of requests whose completion is lost: they time out and are retried (0)
+            --fault-resource-rate=P   share of requests refused with Resource/DeviceResource (0)
+            --fault-latency-rate=P    share of requests behind a latency spike of --fault-latency (0)
+            --fault-latency=MS        length of a latency spike (10)
+            --fault-crash-after=N     the device crashes every N requests and is reset (0 = never)
+            --fault-seed=N            seed of the fault decisions (1)
         """;
 
     public string Name { get; init; } = "actorblk";
@@ -124,6 +136,18 @@ internal sealed record BenchOptions
     public bool MemoryBacked { get; init; }
 
     public CompletionContinuation Completion { get; init; } = CompletionContinuation.Inline;
+
+    /// <summary>Request timeout in ms (<c>--io-timeout</c>); 0 keeps the driver's default.</summary>
+    public int IoTimeoutMs { get; init; }
+
+    /// <summary>How many devices run side by side (<c>--devices</c>).</summary>
+    public int Devices { get; init; } = 1;
+
+    /// <summary>The devices share one tag set (<c>--shared-tags</c>).</summary>
+    public bool SharedTags { get; init; }
+
+    /// <summary>Faults injected into every device (<c>--fault-*</c>).</summary>
+    public FaultInjectionOptions Faults { get; init; } = new();
 
     public bool IsRandom => Pattern is IoPattern.RandRead or IoPattern.RandWrite or IoPattern.RandReadWrite;
 
@@ -213,14 +237,30 @@ internal sealed record BenchOptions
                 "threadpool" => CompletionContinuation.ThreadPool,
                 var other => throw new UsageException($"option --completion: '{other}' is not inline or threadpool."),
             },
+            IoTimeoutMs = cl.Int("io-timeout", 0, 1, int.MaxValue),
+            Devices = cl.Int("devices", 1, 1, 64),
+            SharedTags = cl.Bool("shared-tags", false),
+            Faults = new FaultInjectionOptions
+            {
+                ErrorRate = cl.Double("fault-error-rate", 0, 0, 1),
+                TimeoutRate = cl.Double("fault-timeout-rate", 0, 0, 1),
+                ResourceRate = cl.Double("fault-resource-rate", 0, 0, 1),
+                LatencyRate = cl.Double("fault-latency-rate", 0, 0, 1),
+                Latency = TimeSpan.FromMilliseconds(cl.Int("fault-latency", 10, 0, 60_000)),
+                CrashAfter = cl.Long("fault-crash-after", 0, 0),
+                Seed = cl.Int("fault-seed", 1),
+            },
         };
 
         options.Validate();
         return options;
     }
 
-    /// <summary>The device the bench drives.</summary>
-    public DeviceOptions ToDeviceOptions()
+    /// <summary>The device the bench drives (the first of <see cref="Devices"/>).</summary>
+    public DeviceOptions ToDeviceOptions() => ToDeviceOptions(0);
+
+    /// <summary>Device <paramref name="index"/> of the <see cref="Devices"/> the bench drives: bench0, bench1, ...</summary>
+    public DeviceOptions ToDeviceOptions(int index)
     {
         var path = FilePath;
         if (Device != "null" && string.IsNullOrEmpty(path))
@@ -230,7 +270,7 @@ internal sealed record BenchOptions
 
         return new DeviceOptions
         {
-            Name = "bench0",
+            Name = $"bench{index}",
             Driver = path is null ? "null" : "file",
             Path = path,
 
@@ -255,6 +295,10 @@ internal sealed record BenchOptions
             IoPoll = IoPoll,
             Dispatch = Dispatch,
             Completion = Completion,
+            IoTimeoutMs = IoTimeoutMs,
+            SharedTags = SharedTags,
+            TagSetName = "bench",
+            Faults = Faults,
         };
     }
 
@@ -268,6 +312,20 @@ internal sealed record BenchOptions
         if (Size < BlockSize || Size % 512 != 0)
         {
             throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");
+        }
+
+        if (Devices > 1 && FilePath is not null)
+        {
+            throw new UsageException("option --devices: several devices need the null device; one file cannot back more than one device.");
+        }
+
+        try
+        {
+            Faults.Validate();
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            throw new UsageException($"option --{ex.ParamName?.Replace('_', '-')}: {ex.Message.Split(" (Parameter")[0]}");
         }
 
         if (Runtime is { } r && r <= TimeSpan.Zero)

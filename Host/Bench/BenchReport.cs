@@ -57,6 +57,40 @@ internal static class BenchReport
             w.WriteNumber("completed", r.Completed);
             w.WriteNumber("errors", r.Errors);
             w.WriteNumber("timeouts", r.Timeouts);
+            w.WriteNumber("timeouts_expired", r.Supervision.TimeoutsExpired);
+            w.WriteNumber("device_errors", r.Supervision.DeviceErrors);
+            w.WriteNumber("resets", r.Supervision.Resets);
+            if (r.Supervision.Faults is { } f)
+            {
+                w.WriteStartObject("faults_injected");
+                w.WriteNumber("errors", f.Errors);
+                w.WriteNumber("resource", f.Resource);
+                w.WriteNumber("lost", f.Lost);
+                w.WriteNumber("stalls", f.Stalls);
+                w.WriteNumber("crashes", f.Crashes);
+                w.WriteEndObject();
+            }
+
+            w.WriteBoolean("shared_tags", r.Options.SharedTags);
+            w.WriteStartArray("devices");
+            foreach (var d in r.Devices)
+            {
+                w.WriteStartObject();
+                w.WriteString("name", d.Name);
+                w.WriteNumber("iops", Math.Round(d.Iops, 3));
+                if (d.PeakInflight is { } peak)
+                {
+                    w.WriteNumber("peak_inflight", peak);
+                }
+                else
+                {
+                    w.WriteNull("peak_inflight");
+                }
+
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
             w.WriteString("dispatch", r.Options.Dispatch.ToString().ToLowerInvariant());
             w.WriteString("engine", engine);
             w.WriteString("device", r.DeviceDescription);
@@ -95,6 +129,24 @@ internal static class BenchReport
 
         sb.Append(Inv, $"  cpu          : usr={r.UsrCpu:0.00}%, sys={r.SysCpu:0.00}%\n");
         sb.Append(Inv, $"  actorblk     : submitted={r.Submitted}, completed={r.Completed}, errors={r.Errors}, timeouts={r.Timeouts}\n");
+        var sup = r.Supervision;
+        if (sup.TimeoutsExpired > 0 || sup.Resets > 0 || sup.DeviceErrors > 0 || sup.Faults is not null)
+        {
+            sb.Append(Inv, $"  supervision  : timeouts expired={sup.TimeoutsExpired}, device errors={sup.DeviceErrors}, resets={sup.Resets}\n");
+        }
+
+        if (sup.Faults is { } f)
+        {
+            sb.Append(Inv, $"  faults       : errors={f.Errors}, resource={f.Resource}, lost={f.Lost}, stalls={f.Stalls}, crashes={f.Crashes}\n");
+        }
+
+        if (r.Devices.Count > 1)
+        {
+            foreach (var d in r.Devices)
+            {
+                sb.Append(Inv, $"  {d.Name,-12} : IOPS={Count(d.Iops)}{(d.PeakInflight is { } p ? $", peak in flight={p}" : string.Empty)}\n");
+            }
+        }
         sb.Append(Inv, $"  device       : {r.DeviceDescription}\n\nRun status group 0 (all jobs):\n");
         foreach (var (name, stats) in new[] { ("READ", r.Read), ("WRITE", r.Write) })
         {

@@ -19,7 +19,67 @@ internal sealed record BenchResult(
     long Timeouts,
     double UsrCpu,
     double SysCpu,
-    string DeviceDescription);
+    string DeviceDescription)
+{
+    /// <summary>Each device's figures (one entry per device of <c>--devices</c>).</summary>
+    public IReadOnlyList<DeviceFigures> Devices { get; init; } = [];
+
+    /// <summary>Supervision over all devices: timeouts that expired, resets, faults injected.</summary>
+    public SupervisionFigures Supervision { get; init; } = new();
+
+    /// <summary>
+    /// The figures of several devices run side by side as one: latencies merged, counters summed,
+    /// the longest measured interval (they ran at the same time).
+    /// </summary>
+    public static BenchResult Combine(IReadOnlyList<BenchResult> results)
+    {
+        if (results.Count == 1)
+        {
+            return results[0];
+        }
+
+        var read = new OpStats();
+        var write = new OpStats();
+        foreach (var r in results)
+        {
+            read.Add(r.Read);
+            write.Add(r.Write);
+        }
+
+        var first = results[0];
+        return new BenchResult(first.Options, read, write, results.Max(r => r.Measured), results.Max(r => r.Elapsed),
+            results.Sum(r => r.Submitted), results.Sum(r => r.Completed), results.Sum(r => r.Errors), results.Sum(r => r.Timeouts),
+            results.Max(r => r.UsrCpu), results.Max(r => r.SysCpu), $"{results.Count} devices{(first.Options.SharedTags ? " on one tag set" : string.Empty)}: {first.DeviceDescription}")
+        {
+            Devices = [.. results.SelectMany(r => r.Devices)],
+            Supervision = results.Select(r => r.Supervision).Aggregate((a, b) => a + b),
+        };
+    }
+}
+
+/// <summary>One device's share of a run.</summary>
+/// <param name="Name">The device.</param>
+/// <param name="Iops">Its completed I/Os per second over the measured interval.</param>
+/// <param name="PeakInflight">
+/// The most requests it held at once on its shared tags after ramp_time (the fair-share
+/// accounting, <c>nr_active</c>); null when its tag set is not shared.
+/// </param>
+internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight);
+
+/// <summary>What supervision saw and the fault injector did.</summary>
+internal sealed record SupervisionFigures(long TimeoutsExpired = 0, long Resets = 0, long DeviceErrors = 0, FaultTotals? Faults = null)
+{
+    public static SupervisionFigures operator +(SupervisionFigures a, SupervisionFigures b) => new(
+        a.TimeoutsExpired + b.TimeoutsExpired, a.Resets + b.Resets, a.DeviceErrors + b.DeviceErrors,
+        a.Faults is null ? b.Faults : b.Faults is null ? a.Faults : a.Faults + b.Faults);
+}
+
+/// <summary>Faults injected, by kind.</summary>
+internal sealed record FaultTotals(long Errors, long Resource, long Lost, long Stalls, long Crashes)
+{
+    public static FaultTotals operator +(FaultTotals a, FaultTotals b) =>
+        new(a.Errors + b.Errors, a.Resource + b.Resource, a.Lost + b.Lost, a.Stalls + b.Stalls, a.Crashes + b.Crashes);
+}
 
 /// <summary>
 /// Drives a device the way fio drives a file: <c>numjobs</c> jobs, each keeping <c>iodepth</c>
@@ -71,6 +131,12 @@ internal sealed class BenchRun
             _epoch = 1;
         }
 
+        // Peak in-flight counts start over with the measured interval.
+        foreach (var hctx in _device.Queue.HardwareContexts)
+        {
+            hctx.ResetPeakActive();
+        }
+
         process.Refresh();
         var usr0 = process.UserProcessorTime;
         var sys0 = process.PrivilegedProcessorTime;
@@ -85,6 +151,7 @@ internal sealed class BenchRun
         }
 
         var measureEnd = Stopwatch.GetTimestamp();
+        int? peak = _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         process.Refresh();
         var usr = process.UserProcessorTime - usr0;
         var sys = process.PrivilegedProcessorTime - sys0;
@@ -118,7 +185,10 @@ internal sealed class BenchRun
         }
 
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
-            100.0 * usr.TotalSeconds / measured.TotalSeconds, 100.0 * sys.TotalSeconds / measured.TotalSeconds, _device.ToString() ?? _device.Name);
+            100.0 * usr.TotalSeconds / measured.TotalSeconds, 100.0 * sys.TotalSeconds / measured.TotalSeconds, _device.ToString() ?? _device.Name)
+        {
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / measured.TotalSeconds, peak)],
+        };
     }
 
     private Task RunJobAsync(Job job)

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using ActorBlk.Actors;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
@@ -27,32 +29,50 @@ internal static class BenchCommand
         }
 
         var deviceOptions = options.ToDeviceOptions();
+
+        // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
+        // when supervision has something to say).
+        Serilog.Log.Logger = Logging.CreateConsoleLogger(Serilog.Events.LogEventLevel.Warning, toStandardError: true);
         var config = ConfigurationFactory.ParseString("""
             akka.loglevel = WARNING
-            akka.stdout-loglevel = WARNING
+            akka.stdout-loglevel = OFF
+            akka.loggers = ["Akka.Logger.Serilog.SerilogLogger, Akka.Logger.Serilog"]
             akka.log-dead-letters = off
             """).WithFallback(ActorBlkSettings.DefaultConfig());
         using var system = ActorSystem.Create("actorblk-bench", config);
         try
         {
             var layer = BlockLayer.Get(system);
-            var device = await layer.CreateDeviceAsync(deviceOptions).ConfigureAwait(false);
+            var devices = new List<IBlockDevice>();
+            for (var i = 0; i < options.Devices; i++)
+            {
+                devices.Add(await layer.CreateDeviceAsync(options.ToDeviceOptions(i)).ConfigureAwait(false));
+            }
+
+            var device = devices[0];
             if (options.Size > device.Capacity)
             {
-                await layer.DestroyDeviceAsync(device.Name).ConfigureAwait(false);
+                await DestroyAll(layer, devices).ConfigureAwait(false);
                 throw new UsageException($"option --size: {options.Size} bytes is more than the device holds ({device.Capacity} bytes).");
             }
 
             var driver = device.Queue.Driver;
-            await Console.Error.WriteLineAsync($"actorblk bench: {device.Name}: {driver.Description}").ConfigureAwait(false);
-            var run = new BenchRun(options, device, layer.Topology.Online);
+            await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {driver.Description}").ConfigureAwait(false);
+            var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
             var engine = driver is FileBlockDriver file ? (file.Engine == IoEngine.IoUring ? "io_uring" : "psync") : deviceOptions.Driver;
 
-            using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(run, options) : null;
-            var result = await run.RunAsync().ConfigureAwait(false);
+            using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(runs, options) : null;
+            var results = await Task.WhenAll(runs.Select(r => r.RunAsync())).ConfigureAwait(false);
             progress?.Dispose();
 
-            await layer.DestroyDeviceAsync(device.Name).ConfigureAwait(false);
+            var supervision = new SupervisionFigures();
+            foreach (var d in devices)
+            {
+                supervision += await SupervisionOf(layer, d).ConfigureAwait(false);
+            }
+
+            await DestroyAll(layer, devices).ConfigureAwait(false);
+            var result = BenchResult.Combine(results) with { Supervision = supervision };
             Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
             if (result.Submitted != result.Completed)
             {
@@ -65,11 +85,29 @@ internal static class BenchCommand
         finally
         {
             await system.Terminate().ConfigureAwait(false);
+            await Serilog.Log.CloseAndFlushAsync().ConfigureAwait(false);
         }
     }
 
+    private static async Task DestroyAll(BlockLayer layer, IEnumerable<IBlockDevice> devices)
+    {
+        foreach (var d in devices)
+        {
+            await layer.DestroyDeviceAsync(d.Name).ConfigureAwait(false);
+        }
+    }
+
+    private static async Task<SupervisionFigures> SupervisionOf(BlockLayer layer, IBlockDevice device)
+    {
+        var info = await layer.GetDeviceInfoAsync(device.Name).ConfigureAwait(false);
+        var faults = device.Queue.Driver is FaultInjectionDriver f
+            ? new FaultTotals(f.Injected.Errors, f.Injected.Resource, f.Injected.Lost, f.Injected.Stalls, f.Injected.Crashes)
+            : null;
+        return new SupervisionFigures(info.Timeouts, info.Resets, info.DeviceErrors, faults);
+    }
+
     // fio's status line, rewritten in place once a second while the run goes on.
-    private static Timer Progress(BenchRun run, BenchOptions options)
+    private static Timer Progress(BenchRun[] runs, BenchOptions options)
     {
         var started = Stopwatch.GetTimestamp();
         long lastIos = 0;
@@ -77,7 +115,7 @@ internal static class BenchCommand
         return new Timer(_ =>
         {
             var now = Stopwatch.GetTimestamp();
-            var ios = run.CompletedSoFar;
+            var ios = runs.Sum(r => r.CompletedSoFar);
             var rate = (ios - lastIos) / Stopwatch.GetElapsedTime(lastTime, now).TotalSeconds;
             lastIos = ios;
             lastTime = now;

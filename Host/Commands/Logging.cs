@@ -8,8 +8,10 @@ internal static class Logging
 {
     public const string Template = "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}{Exception}";
 
-    public static ILogger CreateConsoleLogger(LogEventLevel level = LogEventLevel.Information) => new LoggerConfiguration()
+    /// <summary>A console logger at <paramref name="level"/>; on stderr with <paramref name="toStandardError"/>.</summary>
+    public static ILogger CreateConsoleLogger(LogEventLevel level = LogEventLevel.Information, bool toStandardError = false) => new LoggerConfiguration()
         .MinimumLevel.Is(level)
-        .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture)
+        .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture,
+            standardErrorFromLevel: toStandardError ? LogEventLevel.Verbose : null)
         .CreateLogger();
 }

@@ -1,0 +1,168 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Drivers;
+
+/// <summary>
+/// The fault-injecting driver, after null_blk's fault injection (blk-mq-semantics §12): each kind
+/// of fault does what the block layer must survive, and a seed makes the faults repeat exactly.
+/// </summary>
+public sealed class FaultInjectionDriverSpec
+{
+    private static (RequestQueue Queue, ManualRuntime Runtime, ScriptedDriver Inner, FaultInjectionDriver Faulty) Create(FaultInjectionOptions options)
+    {
+        var inner = new ScriptedDriver { CompleteInline = true };
+        var faulty = new FaultInjectionDriver(inner, options);
+        var (queue, runtime) = TestQueues.Create(faulty, depth: 64, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        return (queue, runtime, inner, faulty);
+    }
+
+    // Submits the requests one at a time and dispatches each until the queue has nothing staged;
+    // the fate of each is its status, or null while it is in flight (its completion was lost).
+    private static List<BlockStatus?> Run(RequestQueue queue, ManualRuntime runtime, int count)
+    {
+        var fates = new List<BlockStatus?>();
+        for (var i = 0; i < count; i++)
+        {
+            var task = TestQueues.Submit(queue, i % 2 == 0 ? BlockOp.Read : BlockOp.Write, i * 8L % 4096, 8);
+            while (queue.HardwareContexts[0].HasWork)
+            {
+                runtime.RunRound();
+            }
+
+            fates.Add(task.IsCompleted ? task.Result : null);
+        }
+
+        return fates;
+    }
+
+    private static FaultInjectionOptions Everything(int seed) =>
+        new() { ErrorRate = 0.2, ResourceRate = 0.2, TimeoutRate = 0.1, LatencyRate = 0.05, Latency = TimeSpan.Zero, Seed = seed };
+
+    [Fact]
+    public void The_same_seed_injects_the_same_faults()
+    {
+        var (q1, rt1, _, f1) = Create(Everything(42));
+        var (q2, rt2, _, f2) = Create(Everything(42));
+        var (q3, rt3, _, _) = Create(Everything(43));
+
+        var first = Run(q1, rt1, 40);
+        var second = Run(q2, rt2, 40);
+        var other = Run(q3, rt3, 40);
+
+        Assert.Equal(first, second);
+        Assert.NotEqual(first, other);
+        Assert.Equal(f1.Injected.Errors, f2.Injected.Errors);
+        Assert.Equal(f1.Injected.Resource, f2.Injected.Resource);
+        Assert.Contains(first, s => s == BlockStatus.IoError);
+        Assert.Contains(first, s => s is null);
+        Assert.Contains(first, s => s == BlockStatus.Ok);
+    }
+
+    [Fact]
+    public void Injected_errors_complete_with_an_io_error_without_reaching_the_device()
+    {
+        var (queue, runtime, inner, faulty) = Create(new FaultInjectionOptions { ErrorRate = 1 });
+
+        Assert.All(Run(queue, runtime, 10), s => Assert.Equal(BlockStatus.IoError, s));
+        Assert.Empty(inner.Calls);
+        Assert.Equal(10, faulty.Injected.Errors);
+        Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
+    }
+
+    [Fact]
+    public void Resource_refusals_are_dispatched_again_until_they_go_through()
+    {
+        var (queue, runtime, inner, faulty) = Create(new FaultInjectionOptions { ResourceRate = 0.5, Seed = 5 });
+
+        Assert.All(Run(queue, runtime, 50), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(50, inner.Calls.Count);
+        Assert.True(faulty.Injected.Resource > 0);
+        Assert.Equal(50 + faulty.Injected.Resource, faulty.Requests);
+    }
+
+    [Fact]
+    public async Task A_lost_completion_times_out_and_is_retried_until_it_fails_with_timeout()
+    {
+        // §5: the timeout handler hands the request to the retry rule (5 retries by default).
+        var (queue, runtime, _, faulty) = Create(new FaultInjectionOptions { TimeoutRate = 1 });
+        var hctx = queue.HardwareContexts[0];
+        var task = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+
+        for (var attempt = 0; attempt <= RequestQueue.DefaultMaxRetries; attempt++)
+        {
+            runtime.RunRound();
+            Assert.False(task.IsCompleted);
+            var scan = hctx.ScanTimeouts(queue.Clock.NowMilliseconds + queue.IoTimeoutMs + 1, faulty);
+            Assert.Equal(1, scan.Expired);
+        }
+
+        Assert.True(task.IsCompleted);
+        Assert.Equal(BlockStatus.Timeout, await task);
+        Assert.Equal(RequestQueue.DefaultMaxRetries + 1, faulty.Injected.Lost);
+        Assert.Equal(0, hctx.Tags.InUse);
+    }
+
+    [Fact]
+    public void Latency_spikes_stall_but_complete()
+    {
+        var (queue, runtime, inner, faulty) = Create(new FaultInjectionOptions { LatencyRate = 1, Latency = TimeSpan.FromMilliseconds(1) });
+
+        Assert.All(Run(queue, runtime, 5), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(5, faulty.Injected.Stalls);
+        Assert.Equal(5, inner.Calls.Count);
+        Assert.True(faulty.Features.HasFlag(DriverFeatures.Blocking));
+    }
+
+    [Fact]
+    public void A_transient_crash_every_n_requests_is_a_device_error()
+    {
+        var (queue, runtime, _, faulty) = Create(new FaultInjectionOptions { CrashAfter = 3 });
+        var hctx = queue.HardwareContexts[0];
+        for (var i = 0; i < 3; i++)
+        {
+            TestQueues.Submit(queue, BlockOp.Read, i * 8L, 8);
+        }
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+        var error = Assert.IsType<BlockDeviceErrorException>(hctx.LastFault);
+        Assert.False(error.DeviceGone);
+        Assert.Equal(1, faulty.Injected.Crashes);
+        Assert.False(faulty.IsGone);
+
+        // The request that hit the crash was left for the block layer: staged again, not lost.
+        Assert.Equal(1, hctx.PendingCount);
+    }
+
+    [Fact]
+    public void A_gone_device_refuses_everything_until_it_reopens_after_the_configured_failures()
+    {
+        var (queue, runtime, _, faulty) = Create(new FaultInjectionOptions { CrashAfter = 1, CrashIsGone = true, ReopenFailures = 2 });
+        TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+        Assert.True(Assert.IsType<BlockDeviceErrorException>(queue.HardwareContexts[0].LastFault).DeviceGone);
+        Assert.True(faulty.IsGone);
+
+        Assert.Throws<BlockDeviceErrorException>(faulty.Reopen);
+        Assert.Throws<BlockDeviceErrorException>(faulty.Reopen);
+        faulty.Reopen();
+        Assert.False(faulty.IsGone);
+    }
+
+    [Theory]
+    [InlineData(-0.1, 0, 0)]
+    [InlineData(1.5, 0, 0)]
+    [InlineData(double.NaN, 0, 0)]
+    [InlineData(0.6, 0.6, 0)]
+    [InlineData(0, 0, -1)]
+    public void Bad_options_are_refused(double errorRate, double resourceRate, long crashAfter)
+    {
+        var options = new FaultInjectionOptions { ErrorRate = errorRate, ResourceRate = resourceRate, CrashAfter = crashAfter };
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => new FaultInjectionDriver(new ScriptedDriver(), options));
+    }
+}
