@@ -265,65 +265,96 @@ public sealed class HardwareContext
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int TryAllocateTag(int cpu, bool reserved)
     {
+        var set = Queue.TagSet;
+        if (!set.IsShared)
+        {
+            return reserved ? Tags.TryGetReserved(cpu) : Tags.TryGetNormal(cpu);
+        }
+
+        int active;
         int tag;
         if (reserved)
         {
             tag = Tags.TryGetReserved(cpu);
+            if (tag < 0)
+            {
+                return tag;
+            }
+
+            active = Interlocked.Increment(ref Account.NrActive);
         }
         else
         {
-            var set = Queue.TagSet;
-            if (set.IsShared)
+            // [cur] marks the queue active before trying, so a failed first allocation still counts.
+            MarkBusy();
+
+            // The fair-share check and nr_active's increment are one atomic step, so concurrent
+            // submitters on this queue cannot both pass at limit - 1 and overshoot the share.
+            active = TryTakeShare(set.FairSharing ? ShareLimit() : int.MaxValue);
+            if (active == 0)
             {
-                // [cur] marks the queue active before trying, so a failed first allocation still counts.
-                MarkBusy();
-                if (set.FairSharing && !MayQueue())
-                {
-                    return NoTag;
-                }
+                return NoTag;
             }
 
             tag = Tags.TryGetNormal(cpu);
-        }
-
-        if (tag >= 0)
-        {
-            var rq = Tags[tag];
-            if (Queue.TagSet.IsShared)
+            if (tag < 0)
             {
-                var active = Interlocked.Increment(ref Account.NrActive);
-                rq.CountsActive = true;
-                int peak;
-                while (active > (peak = Volatile.Read(ref Account.PeakActive)) &&
-                       Interlocked.CompareExchange(ref Account.PeakActive, active, peak) != peak)
-                {
-                }
+                Interlocked.Decrement(ref Account.NrActive);
+                return tag;
             }
         }
 
+        Tags[tag].CountsActive = true;
+        int peak;
+        while (active > (peak = Volatile.Read(ref Account.PeakActive)) &&
+               Interlocked.CompareExchange(ref Account.PeakActive, active, peak) != peak)
+        {
+        }
+
         return tag;
+    }
+
+    // nr_active + 1 if that stays within the limit (and is then counted), else 0.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int TryTakeShare(int limit)
+    {
+        var n = Volatile.Read(ref Account.NrActive);
+        while (true)
+        {
+            if (n >= limit)
+            {
+                return 0;
+            }
+
+            var seen = Interlocked.CompareExchange(ref Account.NrActive, n + 1, n);
+            if (seen == n)
+            {
+                return n + 1;
+            }
+
+            n = seen;
+        }
+    }
+
+    // The most tags this queue may hold now: its fair share while it is active among other
+    // active queues, else unlimited (hctx_may_queue's early returns).
+    private int ShareLimit()
+    {
+        var depth = Tags.BitmapTags.Depth;
+        if (depth == 1 || Volatile.Read(ref Account.Active) == 0)
+        {
+            return int.MaxValue;
+        }
+
+        var users = Tags.ActiveQueues;
+        return users == 0 ? int.MaxValue : FairShare(depth, users);
     }
 
     /// <summary>
     /// <c>hctx_may_queue</c>: on a shared tag set an active queue may hold at most
     /// <c>max(ceil(depth / active_queues), 4)</c> tags (blk-mq-semantics §2.5 item 26).
     /// </summary>
-    internal bool MayQueue()
-    {
-        var depth = Tags.BitmapTags.Depth;
-        if (depth == 1 || Volatile.Read(ref Account.Active) == 0)
-        {
-            return true;
-        }
-
-        var users = Tags.ActiveQueues;
-        if (users == 0)
-        {
-            return true;
-        }
-
-        return Volatile.Read(ref Account.NrActive) < FairShare(depth, users);
-    }
+    internal bool MayQueue() => Volatile.Read(ref Account.NrActive) < ShareLimit();
 
     /// <summary>The fair share: <c>max(ceil(depth / users), 4)</c>. 128 / 3 -> 43; 64 / 32 -> 4; 62 / 5 -> 13.</summary>
     public static int FairShare(int depth, int users) => Math.Max((depth + users - 1) / users, 4);
@@ -349,8 +380,12 @@ public sealed class HardwareContext
         }
 
         Tags.RemoveActiveQueue();
+        Interlocked.Increment(ref account.IdleTransitions);
         return true;
     }
+
+    /// <summary>How many times the queue went idle on its shared tags (<see cref="MarkIdle"/>).</summary>
+    public long IdleTransitions => Volatile.Read(ref Account.IdleTransitions);
 
     /// <summary>Frees a request's tag (<c>__blk_mq_free_request</c>) and reruns the queue when SCHED_RESTART is set.</summary>
     internal void ReleaseTag(Request rq, int tag, int cpu)
@@ -693,7 +728,12 @@ public sealed class HardwareContext
             }
         }
 
-        if (inFlight == 0)
+        // Idle only when nothing is started and no tag is held either: a request that holds a tag
+        // but waits in a mailbox or on the dispatch list (mailbox dispatch keeps many there) is
+        // work in progress, and marking its queue idle would hand its share to the others. The
+        // kernel looks at started requests only; the difference is when a scan catches every
+        // request of a busy queue between allocation and start.
+        if (inFlight == 0 && Volatile.Read(ref Account.NrActive) == 0)
         {
             MarkIdle();
         }
@@ -716,4 +756,7 @@ internal sealed class TagShareAccount
 
     /// <summary>The highest <see cref="NrActive"/> since the last reset (a statistic for benchmarks).</summary>
     public int PeakActive;
+
+    /// <summary>Active -> idle transitions (a statistic).</summary>
+    public long IdleTransitions;
 }

@@ -87,6 +87,8 @@ internal static class BenchReport
                     w.WriteNull("peak_inflight");
                 }
 
+                w.WriteNumber("went_idle", d.WentIdle);
+
                 w.WriteEndObject();
             }
 
@@ -144,7 +146,7 @@ internal static class BenchReport
         {
             foreach (var d in r.Devices)
             {
-                sb.Append(Inv, $"  {d.Name,-12} : IOPS={Count(d.Iops)}{(d.PeakInflight is { } p ? $", peak in flight={p}" : string.Empty)}\n");
+                sb.Append(Inv, $"  {d.Name,-12} : IOPS={Count(d.Iops)}{(d.PeakInflight is { } p ? $", peak in flight={p}, went idle={d.WentIdle}" : string.Empty)}\n");
             }
         }
         sb.Append(Inv, $"  device       : {r.DeviceDescription}\n\nRun status group 0 (all jobs):\n");

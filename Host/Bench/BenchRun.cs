@@ -64,7 +64,8 @@ internal sealed record BenchResult(
 /// The most requests it held at once on its shared tags after ramp_time (the fair-share
 /// accounting, <c>nr_active</c>); null when its tag set is not shared.
 /// </param>
-internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight);
+/// <param name="WentIdle">Times a timeout scan found it idle during the measured interval, handing its share to the others.</param>
+internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight, long WentIdle);
 
 /// <summary>What supervision saw and the fault injector did.</summary>
 internal sealed record SupervisionFigures(long TimeoutsExpired = 0, long Resets = 0, long DeviceErrors = 0, FaultTotals? Faults = null)
@@ -137,6 +138,8 @@ internal sealed class BenchRun
             hctx.ResetPeakActive();
         }
 
+        var idle0 = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions);
+
         process.Refresh();
         var usr0 = process.UserProcessorTime;
         var sys0 = process.PrivilegedProcessorTime;
@@ -152,6 +155,7 @@ internal sealed class BenchRun
 
         var measureEnd = Stopwatch.GetTimestamp();
         int? peak = _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
+        var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         process.Refresh();
         var usr = process.UserProcessorTime - usr0;
         var sys = process.PrivilegedProcessorTime - sys0;
@@ -187,7 +191,7 @@ internal sealed class BenchRun
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
             100.0 * usr.TotalSeconds / measured.TotalSeconds, 100.0 * sys.TotalSeconds / measured.TotalSeconds, _device.ToString() ?? _device.Name)
         {
-            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / measured.TotalSeconds, peak)],
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / measured.TotalSeconds, peak, wentIdle)],
         };
     }
 
