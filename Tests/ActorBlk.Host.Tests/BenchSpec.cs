@@ -17,8 +17,8 @@ public sealed class BenchSpec
     {
         await using var bench = ActorBlkProcess.Start(["bench", .. args, "--output-format=json"]);
         Assert.Equal(0, await bench.WaitForExitAsync(Within));
-        var output = bench.Output;
-        return JsonDocument.Parse(output[output.IndexOf('{', StringComparison.Ordinal)..]).RootElement;
+        // stdout carries the report alone; logs go to stderr.
+        return JsonDocument.Parse(bench.StandardOutput).RootElement;
     }
 
     [Theory]
@@ -127,6 +127,68 @@ public sealed class BenchSpec
     }
 
     [Theory]
+    [InlineData("ring")]
+    [InlineData("mailbox")]
+    public async Task Faults_are_reported_and_every_io_still_completes(string dispatch)
+    {
+        // Issue 6: errors, lost completions (timeouts after --io-timeout ms) and refusals; the run
+        // ends with submitted == completed, errors and timeouts counted in the JSON.
+        var json = await RunJson("--device=null", "--rw=randrw", "--bs=4k", "--size=16m", "--iodepth=8", "--memory-backed=1",
+            $"--dispatch={dispatch}", "--fault-error-rate=0.02", "--fault-timeout-rate=0.002", "--fault-resource-rate=0.05",
+            "--fault-seed=3", "--io-timeout=50");
+
+        var a = json.GetProperty("actorblk");
+        Assert.Equal(4096, a.GetProperty("submitted").GetInt64());
+        Assert.Equal(4096, a.GetProperty("completed").GetInt64());
+        Assert.True(a.GetProperty("errors").GetInt64() > 0);
+        Assert.True(a.GetProperty("timeouts_expired").GetInt64() > 0);
+        var injected = a.GetProperty("faults_injected");
+        Assert.True(injected.GetProperty("errors").GetInt64() > 0);
+        Assert.True(injected.GetProperty("lost").GetInt64() > 0);
+        Assert.True(injected.GetProperty("resource").GetInt64() > 0);
+        Assert.True(a.GetProperty("errors").GetInt64() >= a.GetProperty("timeouts").GetInt64());
+    }
+
+    [Fact]
+    public async Task Devices_on_shared_tags_report_each_ones_iops_and_peak_in_flight()
+    {
+        // §2.5 item 26: depth 128, three busy devices -> each may hold ceil(128/3) = 43 tags. A
+        // device that a timeout scan finds idle hands its share over meanwhile (went_idle).
+        var json = await RunJson("--device=null", "--devices=3", "--shared-tags", "--hw-queue-depth=128", "--iodepth=64",
+            "--rw=randread", "--bs=4k", "--size=64m", "--runtime=2", "--ramp_time=1", "--irqmode=1");
+
+        var a = json.GetProperty("actorblk");
+        Assert.Equal(a.GetProperty("submitted").GetInt64(), a.GetProperty("completed").GetInt64());
+        Assert.True(a.GetProperty("shared_tags").GetBoolean());
+        var devices = a.GetProperty("devices").EnumerateArray().ToArray();
+        Assert.Equal(["bench0", "bench1", "bench2"], devices.Select(d => d.GetProperty("name").GetString()));
+        Assert.All(devices, d => Assert.True(d.GetProperty("iops").GetDouble() > 0));
+        if (devices.All(d => d.GetProperty("went_idle").GetInt64() == 0))
+        {
+            Assert.All(devices, d => Assert.InRange(d.GetProperty("peak_inflight").GetInt32(), 1, 43));
+        }
+        else
+        {
+            Assert.All(devices, d => Assert.InRange(d.GetProperty("peak_inflight").GetInt32(), 1, 64));
+        }
+    }
+
+    [Fact]
+    public async Task Private_tag_sets_report_no_peak()
+    {
+        var json = await RunJson("--device=null", "--devices=2", "--rw=randread", "--bs=4k", "--size=8m", "--iodepth=4");
+
+        var devices = json.GetProperty("actorblk").GetProperty("devices").EnumerateArray().ToArray();
+        Assert.Equal(2, devices.Length);
+        Assert.All(devices, d => Assert.Equal(JsonValueKind.Null, d.GetProperty("peak_inflight").ValueKind));
+        Assert.Equal(2 * 2048, json.GetProperty("actorblk").GetProperty("completed").GetInt64());
+    }
+
+    [Theory]
+    [InlineData("--fault-error-rate=2", "option --fault-error-rate")]
+    [InlineData("--fault-error-rate=0.7 --fault-resource-rate=0.7", "option --fault-error-rate")]
+    [InlineData("--io-timeout=0", "option --io-timeout")]
+    [InlineData("--devices=0", "option --devices")]
     [InlineData("--rw=sideways", "option --rw")]
     [InlineData("--bs=100", "option --bs")]
     [InlineData("--iodepth=0", "option --iodepth")]
@@ -137,7 +199,7 @@ public sealed class BenchSpec
     [InlineData("--frobnicate=1", "unknown option: --frobnicate")]
     public async Task Bad_options_exit_with_2_and_say_which(string option, string message)
     {
-        await using var bench = ActorBlkProcess.Start("bench", option, "--size=1m");
+        await using var bench = ActorBlkProcess.Start(["bench", .. option.Split(' '), "--size=1m"]);
 
         Assert.Equal(2, await bench.WaitForExitAsync(Within));
         Assert.Contains(message, bench.Output);

@@ -13,12 +13,13 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
     private readonly StringBuilder _all = new();
+    private readonly StringBuilder _stdout = new();
     private readonly Task _pump;
 
     private ActorBlkProcess(Process process)
     {
         _process = process;
-        _pump = Task.WhenAll(Pump(process.StandardOutput), Pump(process.StandardError));
+        _pump = Task.WhenAll(Pump(process.StandardOutput, _stdout), Pump(process.StandardError, null));
     }
 
     /// <summary>Everything the process printed so far.</summary>
@@ -29,6 +30,18 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
             lock (_all)
             {
                 return _all.ToString();
+            }
+        }
+    }
+
+    /// <summary>What the process printed on stdout alone.</summary>
+    public string StandardOutput
+    {
+        get
+        {
+            lock (_all)
+            {
+                return _stdout.ToString();
             }
         }
     }
@@ -106,13 +119,14 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
         _process.Dispose();
     }
 
-    private async Task Pump(StreamReader reader)
+    private async Task Pump(StreamReader reader, StringBuilder? only)
     {
         while (await reader.ReadLineAsync() is { } line)
         {
             lock (_all)
             {
                 _all.AppendLine(line);
+                only?.AppendLine(line);
             }
 
             await _lines.Writer.WriteAsync(line);
