@@ -109,13 +109,22 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     protected override SupervisorStrategy SupervisorStrategy()
     {
         var supervision = _layer.Settings.Supervision;
-        return new OneForOneStrategy(supervision.MaxResets, supervision.ResetWindow, ex =>
+        // A device error is expected: one line with the device, the directive and the cause, and
+        // the stack only for anything else (a bug). Akka's own failure log is off for the same reason.
+        return new OneForOneStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), ex =>
         {
             var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
-            _log.Error(ex, "{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive,
-                ex.GetType().Name, ex.Message);
+            if (ex is BlockDeviceErrorException)
+            {
+                _log.Error("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
+            }
+            else
+            {
+                _log.Error(ex, "{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
+            }
+
             return directive;
-        });
+        }, loggingEnabled: false);
     }
 
     protected override void PreStart()
