@@ -197,6 +197,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case DeviceError e:
                 HandleDeviceError(e.HardwareQueue, e.Error);
                 break;
+            case ScanNow scan:
+                _hardwareQueues[scan.HardwareQueue].Tell(HardwareQueue.ScanTimeouts.Instance);
+                break;
             case DeviceDriver.ResetDone done:
                 _resets++;
                 _log.Info("{Device}: reset after '{Reason}': {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
@@ -453,9 +456,13 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
     private sealed record DeviceError(int HardwareQueue, Exception Error);
 
+    private sealed record ScanNow(int HardwareQueue);
+
     // Data-plane events arrive on dispatch threads; they become messages to this actor.
     private sealed class QueueEvents(IActorRef self) : IQueueEvents
     {
         public void OnDeviceError(HardwareContext hctx, Exception error) => self.Tell(new DeviceError(hctx.Index, error));
+
+        public void OnAbort(HardwareContext hctx) => self.Tell(new ScanNow(hctx.Index));
     }
 }

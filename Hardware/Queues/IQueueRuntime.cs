@@ -59,4 +59,7 @@ public interface IQueueEvents
 {
     /// <summary>A driver threw from QueueRq: the hardware queue stopped and awaits a reset.</summary>
     void OnDeviceError(HardwareContext hctx, Exception error);
+
+    /// <summary>A request was aborted (<see cref="RequestQueue.AbortRequest"/>): scan <paramref name="hctx"/> for timeouts now.</summary>
+    void OnAbort(HardwareContext hctx);
 }

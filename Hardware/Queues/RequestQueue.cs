@@ -936,6 +936,25 @@ public sealed class RequestQueue
     }
 
     /// <summary>
+    /// <c>blk_abort_request</c> (semantics §5 item 8): the request's deadline becomes now and its
+    /// hardware queue's timeout scan runs at once, so the driver's <c>Timeout</c> handler sees it
+    /// as expired. A request that is not in flight on this queue is left alone.
+    /// </summary>
+    /// <returns>True when the request was in flight and is now due.</returns>
+    public bool AbortRequest(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        if (rq.Queue != this || rq.State != RequestState.InFlight || rq.Hctx is not { } hctx)
+        {
+            return false;
+        }
+
+        rq.Deadline = Clock.NowMilliseconds;
+        Events?.OnAbort(hctx);
+        return true;
+    }
+
+    /// <summary>
     /// Takes back every request the driver holds (<c>blk_mq_tagset_busy_iter</c> after a
     /// controller reset) and applies <see cref="RetryOrFail"/> to each. Call it with dispatch
     /// quiesced and after the driver's <see cref="IBlockDriver.Reset"/>, so the driver has

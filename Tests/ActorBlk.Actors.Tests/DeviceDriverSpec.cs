@@ -69,6 +69,30 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_restart_resets_the_device_and_reports_what_it_requeued()
+    {
+        // §3.5: a transient device error restarts the actor; the restart quiesces dispatch, resets
+        // the driver, hands what it held to the retry rule and tells the parent (here the probe).
+        var rig = new MailboxRig(new ScriptedDriver(extra: Hardware.Drivers.DriverFeatures.Resettable), CpuTopology.Simulated(2));
+        var batch = Stage(rig, 2);
+        var hctx = CreateTestProbe();
+        var driver = ChildActorOf(DeviceDriver.Props(rig.Queue, blocking: false),
+            new Akka.Actor.OneForOneStrategy(_ => Akka.Actor.Directive.Restart));
+        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
+        await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
+        Assert.Equal(2, rig.Queue.InFlightCount);
+
+        driver.Tell(new DeviceDriver.Fail(-1, new Hardware.Drivers.BlockDeviceErrorException("controller fatal status")), TestActor);
+
+        var done = await ExpectMsgAsync<DeviceDriver.ResetDone>();
+        Assert.Equal(new DeviceDriver.ResetDone("controller fatal status", 2, 0), done);
+        Assert.Equal(1, rig.Driver.ResetCalls);
+        Assert.Equal(0, rig.Queue.InFlightCount);
+        Assert.Equal(2, rig.Queue.HardwareContexts[0].PendingCount);
+        Assert.All(batch, rq => Assert.Equal(1, rq.Retries));
+    }
+
+    [Fact]
     public async Task A_driver_exception_is_an_outcome_not_a_crash()
     {
         var rig = new MailboxRig(new ScriptedDriver { ThrowOnQueue = new InvalidOperationException("bug") }, CpuTopology.Simulated(2));

@@ -44,6 +44,25 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
         _driver.Reply(new HardwareQueue.Dispatched(batch.Batch, batch.Hctx.Issue(_rig.Driver, batch.Batch)));
 
     [Fact]
+    public async Task A_batch_lost_with_a_stopped_driver_goes_back_and_reaches_the_next_one()
+    {
+        // The driver actor stops (a gone device) with the batch unanswered in its mailbox.
+        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 0);
+        var lost = await ExpectBatch();
+        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(50));
+        Sys.Stop(_driver.Ref);
+        await AwaitConditionAsync(() => Task.FromResult(Hctx.PendingCount == 1), TimeSpan.FromSeconds(5));
+
+        // No dispatch while there is no driver; the reopened device's actor gets the same request.
+        var reopened = CreateTestProbe();
+        _hctx.Tell(new HardwareQueue.UseDriver(reopened.Ref));
+        var again = await reopened.ExpectMsgAsync<DeviceDriver.QueueRqs>();
+        Assert.Same(lost.Batch[0], again.Batch[0]);
+        reopened.Reply(new HardwareQueue.Dispatched(again.Batch, again.Hctx.Issue(_rig.Driver, again.Batch)));
+        Assert.Single(_rig.Driver.InFlight);
+    }
+
+    [Fact]
     public async Task Staged_requests_go_to_the_driver_actor_in_one_batch()
     {
         using (_rig.Device.Plug())

@@ -217,6 +217,27 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task An_aborted_request_times_out_at_once_without_waiting_for_its_deadline()
+    {
+        // §5 item 8: blk_abort_request sets deadline = now and kicks the timeout work. Virtual
+        // time does not move here: only the abort can make the scan find the request expired.
+        var driver = new ScriptedDriver { TimeoutAnswer = TimeoutAction.Done };
+        var device = await Create(driver, "abort", new DeviceOptions { IoTimeoutMs = 30_000 });
+        var read = device.ReadAsync(0, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        Assert.True(device.Queue.AbortRequest(driver.InFlight[0]));
+        await Until(() => driver.TimedOut.Count == 1);
+
+        Assert.False(read.IsCompleted);
+        driver.CompleteAll();
+        await read;
+
+        // A request that is no longer in flight is left alone.
+        Assert.False(device.Queue.AbortRequest(driver.TimedOut[0]));
+    }
+
+    [Fact]
     public async Task Too_many_resets_in_the_window_stop_the_device()
     {
         var driver = new ScriptedDriver(extra: Resettable);
