@@ -161,6 +161,19 @@ public sealed class BlockLayer : IExtension
         };
     }
 
+    /// <summary>
+    /// Sends a CPU hotplug event to the topology actor: every registered queue is frozen, drained,
+    /// re-mapped and unfrozen before the answer comes.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The CPU is not present.</exception>
+    /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
+    public async Task<CpuTopology.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
+    {
+        var topology = System.ActorSelection(Guardian.Path / "cpu-topology");
+        object message = online ? new CpuTopology.CpuOnline(cpu) : new CpuTopology.CpuOffline(cpu);
+        return await topology.Ask<CpuTopology.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
     public bool TryGetDevice(string name, out IBlockDevice device)
     {

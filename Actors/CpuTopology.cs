@@ -34,12 +34,26 @@ public static class CpuTopology
     /// <summary>The topology, with CPU sets in the kernel's cpulist form.</summary>
     public sealed record TopologyInfo(long Version, string Source, int PossibleCpus, string Present, string Online, int NumaNodes, string[] Queues) : IActorBlkMessage;
 
+    /// <summary>
+    /// CPU <paramref name="Cpu"/> goes offline (a hotplug event). Every registered queue is
+    /// frozen and drained, re-mapped to the new topology and unfrozen; the reply is
+    /// <see cref="TopologyChanged"/>, or a <see cref="Status.Failure"/> for a CPU that is not
+    /// present or is the last one online.
+    /// </summary>
+    public sealed record CpuOffline(int Cpu) : IActorBlkMessage;
+
+    /// <summary>CPU <paramref name="Cpu"/> comes online; as <see cref="CpuOffline"/>.</summary>
+    public sealed record CpuOnline(int Cpu) : IActorBlkMessage;
+
+    /// <summary>The topology after a hotplug event: its version, the online CPUs, the queues re-mapped.</summary>
+    public sealed record TopologyChanged(long Version, string Online, int Remapped) : IActorBlkMessage;
+
     /// <summary>Props of the actor starting from <paramref name="initial"/>.</summary>
     public static Props Props(TopologySnapshot initial) => Akka.Actor.Props.Create(() => new CpuTopologyActor(initial));
 }
 
 /// <summary>The CPU-topology actor.</summary>
-internal sealed class CpuTopologyActor : ReceiveActor
+internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash
 {
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly List<DataPlane.RequestQueue> _queues = [];
@@ -49,11 +63,112 @@ internal sealed class CpuTopologyActor : ReceiveActor
     public CpuTopologyActor(TopologySnapshot initial)
     {
         _topology = initial;
+        Ready();
+    }
+
+    public IStash Stash { get; set; } = null!;
+
+    private void Ready()
+    {
         Receive<CpuTopology.Register>(HandleRegister);
         Receive<CpuTopology.Unregister>(HandleUnregister);
         Receive<CpuTopology.GetTopology>(_ => Sender.Tell(new CpuTopology.TopologyInfo(_version, _topology.Source, _topology.PossibleCount,
             _topology.Present.ToCpuListString(), _topology.Online.ToCpuListString(), _topology.NumaNodeCount, _queues.Select(q => q.Name).ToArray())));
+        Receive<CpuTopology.CpuOffline>(m => HandleHotplug(m.Cpu, online: false));
+        Receive<CpuTopology.CpuOnline>(m => HandleHotplug(m.Cpu, online: true));
     }
+
+    // A hotplug event re-maps every registered queue. While it runs everything else waits in the
+    // stash: a queue registering or leaving, a topology query, the next hotplug event. So no one
+    // sees a half-built mapping, and a queue cannot join or leave in the middle.
+    private void HandleHotplug(int cpu, bool online)
+    {
+        TopologySnapshot next;
+        try
+        {
+            next = _topology.WithOnline(cpu, online);
+        }
+        catch (Exception ex) when (ex is ArgumentOutOfRangeException or InvalidOperationException)
+        {
+            Sender.Tell(new Status.Failure(ex));
+            return;
+        }
+
+        if (ReferenceEquals(next, _topology))
+        {
+            Sender.Tell(new CpuTopology.TopologyChanged(_version, _topology.Online.ToCpuListString(), 0));
+            return;
+        }
+
+        var replyTo = Sender;
+        var queues = _queues.ToArray();
+        Become(Remapping);
+        _ = RemapAsync(queues, next).PipeTo(Self,
+            success: count => new RemapDone(next, count, cpu, online, replyTo),
+            failure: ex => new RemapFailed(ex, replyTo));
+    }
+
+    private void Remapping()
+    {
+        Receive<RemapDone>(done =>
+        {
+            _topology = done.Topology;
+            _version++;
+            _log.Info("CPU {Cpu} {State}: {Queues} queue(s) re-mapped, online CPUs {Online} (topology version {Version})",
+                done.Cpu, done.Online ? "online" : "offline", done.Remapped, _topology.Online.ToCpuListString(), _version);
+            done.ReplyTo.Tell(new CpuTopology.TopologyChanged(_version, _topology.Online.ToCpuListString(), done.Remapped));
+            Become(Ready);
+            Stash.UnstashAll();
+        });
+        Receive<RemapFailed>(failed =>
+        {
+            _log.Error(failed.Error, "Re-mapping after a hotplug event failed; the topology stays at version {Version}", _version);
+            failed.ReplyTo.Tell(new Status.Failure(failed.Error));
+            Become(Ready);
+            Stash.UnstashAll();
+        });
+        ReceiveAny(_ => Stash.Stash());
+    }
+
+    // Freeze every queue of a tag set and wait for it to drain (requests staged on a context whose
+    // CPU leaves complete first), rebuild the set's map from the new topology, wire each queue to
+    // it and unfreeze. Submissions meanwhile wait at the usage counter and are not lost.
+    private static async Task<int> RemapAsync(DataPlane.RequestQueue[] queues, TopologySnapshot next)
+    {
+        var remapped = 0;
+        foreach (var set in queues.GroupBy(q => q.TagSet))
+        {
+            var members = set.ToArray();
+            foreach (var q in members)
+            {
+                q.Freeze();
+            }
+
+            try
+            {
+                await Task.WhenAll(members.Select(q => q.WaitFrozenAsync())).ConfigureAwait(false);
+                var map = set.Key.Remap(next);
+                foreach (var q in members)
+                {
+                    q.Remap(map);
+                    remapped++;
+                }
+            }
+            finally
+            {
+                foreach (var q in members)
+                {
+                    q.Unfreeze();
+                }
+            }
+        }
+
+        return remapped;
+    }
+
+    private sealed record RemapDone(TopologySnapshot Topology, int Remapped, int Cpu, bool Online, IActorRef ReplyTo);
+
+    private sealed record RemapFailed(Exception Error, IActorRef ReplyTo);
 
     protected override void PreStart() => _log.Info("CPU topology: {Topology}", _topology.Describe());
 

@@ -1,0 +1,166 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using Akka.Actor;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// CPU hotplug through the topology actor (blk-mq-semantics §8): each event freezes, drains,
+/// re-maps and unfreezes every registered queue. Contexts exist for every possible CPU, so a CPU
+/// coming back needs nothing new; requests in flight across the events complete exactly once.
+/// The simulated machine has 4 CPUs on 2 sockets and each device 2 hardware queues of 2 CPUs.
+/// </summary>
+public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
+{
+    protected HotplugSpec(DispatchMode mode, ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+        Mode = mode;
+    }
+
+    protected DispatchMode Mode { get; }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private Task<IBlockDevice> Create(string name) => Layer.CreateDeviceAsync(new DeviceOptions
+    {
+        Name = name,
+        Dispatch = Mode,
+        Size = 16 << 20,
+        MemoryBacked = true,
+        SubmitQueues = 2,
+        PollQueues = 0,
+    });
+
+    [Fact]
+    public async Task The_map_follows_the_online_cpus_and_offline_contexts_still_complete()
+    {
+        // The map is rebuilt from the online CPUs on every event (§8 item 8, the remapping era):
+        // with CPUs 1-3 offline, CPU 0 serves through an active hctx and any hctx left with
+        // offline CPUs only is inactive (§8 item 2); with all back, every hctx is active again.
+        var device = await Create("hp0");
+        long version = 0;
+        foreach (var cpu in new[] { 3, 2, 1 })
+        {
+            var changed = await Layer.SetCpuOnlineAsync(cpu, online: false);
+            Assert.Equal(1, changed.Remapped);
+            Assert.True(changed.Version > version);
+            version = changed.Version;
+        }
+
+        var serving = device.Queue.SoftwareContexts[0].HardwareQueue(Hardware.Topology.HctxType.Default);
+        Assert.False(serving.IsInactive);
+        Assert.Equal(0, serving.HomeCpu);
+        Assert.All(device.Queue.HardwareContexts.Where(h => h.IsMapped && !h.CpuMask.Contains(0)), h => Assert.True(h.IsInactive));
+
+        // A request submitted on an offline CPU's context still completes (§8 item 7 b).
+        var data = new byte[4096];
+        data.AsSpan().Fill(0x5A);
+        await device.WriteAsync(0, data, cpu: 3);
+
+        foreach (var cpu in new[] { 1, 2, 3 })
+        {
+            await Layer.SetCpuOnlineAsync(cpu, online: true);
+        }
+
+        Assert.All(device.Queue.HardwareContexts, h => Assert.False(h.IsInactive));
+        Assert.All(device.Queue.HardwareContexts, h => Assert.True(h.IsMapped));
+        var back = new byte[4096];
+        await device.ReadAsync(0, back, cpu: 2);
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public async Task Bad_hotplug_events_are_refused_and_change_nothing()
+    {
+        await Create("hp1");
+        var before = await Layer.SetCpuOnlineAsync(0, online: true);
+
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Layer.SetCpuOnlineAsync(9, online: false));
+        await Layer.SetCpuOnlineAsync(1, online: false);
+        await Layer.SetCpuOnlineAsync(2, online: false);
+        await Layer.SetCpuOnlineAsync(3, online: false);
+        await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.SetCpuOnlineAsync(0, online: false));
+
+        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopology.TopologyInfo>(CpuTopology.GetTopology.Instance, TimeSpan.FromSeconds(5));
+        Assert.Equal("0", info.Online);
+        Assert.Equal(before.Version + 3, info.Version);
+    }
+
+    [Fact]
+    public async Task Requests_in_flight_across_repeated_remaps_complete_exactly_once()
+    {
+        var device = await Create("hp2");
+        const int perCpu = 2_000;
+        var completed = 0L;
+        var failed = 0L;
+        using var stop = new CancellationTokenSource();
+
+        async Task Load(int cpu)
+        {
+            var buffer = new byte[4096];
+            for (var i = 0; i < perCpu; i++)
+            {
+                var offset = ((cpu * perCpu) + i) % 4096 * 4096L;
+                var status = await device.ExecuteAsync(i % 2 == 0 ? BlockOp.Write : BlockOp.Read, offset, 4096, buffer, cpu: cpu);
+                Interlocked.Increment(ref completed);
+                if (status != BlockStatus.Ok)
+                {
+                    Interlocked.Increment(ref failed);
+                }
+            }
+        }
+
+        var load = Task.WhenAll(Enumerable.Range(0, 4).Select(cpu => Task.Run(() => Load(cpu))));
+        var remaps = 0;
+        while (!load.IsCompleted)
+        {
+            var cpu = 1 + (remaps % 3);
+            await Layer.SetCpuOnlineAsync(cpu, online: false);
+            await Layer.SetCpuOnlineAsync(cpu, online: true);
+            remaps += 2;
+        }
+
+        await load;
+        Assert.True(remaps >= 2);
+        Assert.Equal(4 * perCpu, completed);
+        Assert.Equal(0, failed);
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+        Assert.Equal(0, device.Queue.Usage.Count);
+        Assert.False(device.Queue.Usage.IsFrozen);
+    }
+
+    [Fact]
+    public async Task A_device_created_and_destroyed_during_remaps_is_registered_and_released_cleanly()
+    {
+        await Create("hp3");
+        var hotplug = Task.Run(async () =>
+        {
+            for (var i = 0; i < 10; i++)
+            {
+                await Layer.SetCpuOnlineAsync(3, online: i % 2 == 1);
+            }
+        });
+
+        for (var i = 0; i < 5; i++)
+        {
+            var extra = await Create($"hp3x{i}");
+            await extra.WriteAsync(0, new byte[512]);
+            await Layer.DestroyDeviceAsync(extra.Name);
+        }
+
+        await hotplug;
+        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopology.TopologyInfo>(CpuTopology.GetTopology.Instance, TimeSpan.FromSeconds(5));
+        Assert.Equal(["hp3"], info.Queues);
+    }
+}
+
+/// <summary>Hotplug in ring dispatch.</summary>
+public sealed class RingHotplugSpec(ITestOutputHelper output) : HotplugSpec(DispatchMode.Ring, output);
+
+/// <summary>Hotplug in mailbox dispatch.</summary>
+public sealed class MailboxHotplugSpec(ITestOutputHelper output) : HotplugSpec(DispatchMode.Mailbox, output);
