@@ -40,6 +40,40 @@ public sealed class DeviceConfigSpec
     }
 
     [Fact]
+    public void Reads_the_retry_timeout_and_fault_keys()
+    {
+        var o = Parse("""
+            name = faulty0, max_retries = 2, reset_after_timeouts = 3, timeout_window = 1000,
+            fault_error_rate = 0.01, fault_resource_rate = 0.02, fault_timeout_rate = 0.003, fault_latency_rate = 0.004,
+            fault_latency = 7, fault_crash_after = 1000, fault_gone = on, fault_reopen_failures = 2, fault_seed = 42
+            """);
+
+        Assert.Equal(2, o.MaxRetries);
+        Assert.Equal(3, o.ResetAfterTimeouts);
+        Assert.Equal(1000, o.TimeoutWindowMs);
+        Assert.Equal(new FaultInjectionOptions
+        {
+            ErrorRate = 0.01, ResourceRate = 0.02, TimeoutRate = 0.003, LatencyRate = 0.004, Latency = TimeSpan.FromMilliseconds(7),
+            CrashAfter = 1000, CrashIsGone = true, ReopenFailures = 2, Seed = 42,
+        }, o.Faults);
+        Assert.True(o.Faults.Enabled);
+        Assert.False(Parse("name = plain").Faults.Enabled);
+    }
+
+    [Fact]
+    public void The_supervision_section_has_the_documented_defaults()
+    {
+        var s = ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.devices = []")).Supervision;
+
+        Assert.Equal(10, s.MaxResets);
+        Assert.Equal(TimeSpan.FromSeconds(60), s.ResetWindow);
+        Assert.Equal(5, s.ReopenAttempts);
+        Assert.Equal(TimeSpan.FromMilliseconds(100), s.ReopenDelay(0));
+        Assert.Equal(TimeSpan.FromMilliseconds(200), s.ReopenDelay(1));
+        Assert.Equal(TimeSpan.FromSeconds(10), s.ReopenDelay(20));
+    }
+
+    [Fact]
     public void The_hocon_null_literal_names_the_null_driver()
     {
         Assert.Equal("null", Parse("name = n, driver = null").Driver);
@@ -114,6 +148,12 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = file, path = /tmp/x, submit_batch = -1", "submit_batch")]
     [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = 2g", "fixed_buffers")]
     [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = lots", "fixed_buffers")]
+    [InlineData("name = x, fault_error_rate = 1.5", "fault_error_rate")]
+    [InlineData("name = x, fault_error_rate = 0.6, fault_resource_rate = 0.6", "fault_error_rate")]
+    [InlineData("name = x, fault_crash_after = -1", "fault_crash_after")]
+    [InlineData("name = x, max_retries = -1", "max_retries")]
+    [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
+    [InlineData("name = x, timeout_window = 0", "timeout_window")]
     public void A_bad_entry_names_the_offending_key(string hocon, string key)
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));
