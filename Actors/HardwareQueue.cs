@@ -114,7 +114,8 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private readonly List<IActorRef> _idleWaiters = [];
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private bool _roundScheduled;
-    private bool _roundInFlight;
+
+    // The batch the driver actor holds (a round in flight), and which driver actor holds it.
     private Request[]? _batch;
     private IActorRef? _batchTarget;
     private bool _driverAlive = true;
@@ -126,6 +127,8 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
         _mailbox = mailbox;
         _maxScanInterval = maxScanInterval;
     }
+
+    private bool RoundInFlight => _batch is not null;
 
     /// <summary>Most requests one mailbox dispatch round hands to the driver.</summary>
     public const int DispatchBatchSize = 64;
@@ -168,7 +171,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 HandleDispatched(done);
                 break;
             case HardwareQueue.WaitIdle:
-                if (_roundInFlight)
+                if (RoundInFlight)
                 {
                     _idleWaiters.Add(Sender);
                 }
@@ -214,7 +217,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     // go to the driver together.
     private void ScheduleRound()
     {
-        if (!_mailbox || _roundScheduled || _roundInFlight)
+        if (!_mailbox || _roundScheduled || RoundInFlight)
         {
             return;
         }
@@ -226,7 +229,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private void HandleRunRound()
     {
         _roundScheduled = false;
-        if (_roundInFlight)
+        if (RoundInFlight)
         {
             return;
         }
@@ -254,7 +257,6 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
             return;
         }
 
-        _roundInFlight = true;
         _batch = batch;
         _batchTarget = _driver;
         _driver.Tell(new DeviceDriver.QueueRqs(_hctx, batch));
@@ -289,7 +291,6 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
 
     private void FinishRound(Request[] batch, DispatchOutcome outcome)
     {
-        _roundInFlight = false;
         _batch = null;
         _batchTarget = null;
         var decision = _hctx.FinishRound(batch, outcome);
@@ -306,7 +307,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 break;
         }
 
-        if (!_roundInFlight)
+        if (!RoundInFlight)
         {
             ReleaseIdleWaiters();
         }

@@ -336,8 +336,9 @@ public sealed class HardwareContext
         }
     }
 
-    // The most tags this queue may hold now: its fair share while it is active among other
-    // active queues, else unlimited (hctx_may_queue's early returns).
+    // hctx_may_queue (blk-mq-semantics §2.5 item 26) as a limit: an active queue on a shared set
+    // may hold at most max(ceil(depth / active_queues), 4) tags; otherwise it is unlimited
+    // (hctx_may_queue's early returns).
     private int ShareLimit()
     {
         var depth = Tags.BitmapTags.Depth;
@@ -349,12 +350,6 @@ public sealed class HardwareContext
         var users = Tags.ActiveQueues;
         return users == 0 ? int.MaxValue : FairShare(depth, users);
     }
-
-    /// <summary>
-    /// <c>hctx_may_queue</c>: on a shared tag set an active queue may hold at most
-    /// <c>max(ceil(depth / active_queues), 4)</c> tags (blk-mq-semantics §2.5 item 26).
-    /// </summary>
-    internal bool MayQueue() => Volatile.Read(ref Account.NrActive) < ShareLimit();
 
     /// <summary>The fair share: <c>max(ceil(depth / users), 4)</c>. 128 / 3 -> 43; 64 / 32 -> 4; 62 / 5 -> 13.</summary>
     public static int FairShare(int depth, int users) => Math.Max((depth + users - 1) / users, 4);

@@ -793,19 +793,27 @@ public sealed class RequestQueue
             }
         }
 
+        return failed + FailInFlight(status);
+    }
+
+    // The requests of this queue the driver holds (started, not completed), over the tag maps of
+    // its hardware queues (one map when tags are host-wide): blk_mq_tagset_busy_iter.
+    private IEnumerable<Request> InFlightRequests()
+    {
         foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
         {
             foreach (var rq in tags.Requests)
             {
-                if (rq.Queue == this && rq.State == RequestState.InFlight && EndRequestWithStatus(rq, status, rq.Generation))
+                if (rq.Queue == this && rq.State == RequestState.InFlight)
                 {
-                    failed++;
+                    yield return rq;
                 }
             }
         }
-
-        return failed;
     }
+
+    // Ends every request the driver holds with status; returns how many this call ended.
+    private int FailInFlight(BlockStatus status) => InFlightRequests().Count(rq => EndRequestWithStatus(rq, status, rq.Generation));
 
     // Bios waiting for a tag hold a queue reference but no request: after teardown they are woken
     // to find the queue detached and fail, so the drain can finish.
@@ -965,19 +973,16 @@ public sealed class RequestQueue
     {
         var requeued = 0;
         var failed = 0;
-        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        foreach (var rq in InFlightRequests())
         {
-            foreach (var rq in tags.Requests)
+            switch (RetryOrFail(rq, failStatus))
             {
-                switch (rq.Queue == this ? RetryOrFail(rq, failStatus) : RetryOutcome.AlreadyCompleted)
-                {
-                    case RetryOutcome.Requeued:
-                        requeued++;
-                        break;
-                    case RetryOutcome.Failed:
-                        failed++;
-                        break;
-                }
+                case RetryOutcome.Requeued:
+                    requeued++;
+                    break;
+                case RetryOutcome.Failed:
+                    failed++;
+                    break;
             }
         }
 
@@ -999,20 +1004,7 @@ public sealed class RequestQueue
     {
         MarkDying();
         _detached = true;
-        var failed = 0;
-        if (failInFlight)
-        {
-            foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
-            {
-                foreach (var rq in tags.Requests)
-                {
-                    if (rq.Queue == this && rq.State == RequestState.InFlight && EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation))
-                    {
-                        failed++;
-                    }
-                }
-            }
-        }
+        var failed = failInFlight ? FailInFlight(BlockStatus.Offline) : 0;
 
         // Whatever waits in rings, dispatch lists or for a tag runs once more, to fail.
         if (IsStarted)
@@ -1028,25 +1020,7 @@ public sealed class RequestQueue
     }
 
     /// <summary>Requests of this queue the driver holds now (started, not completed).</summary>
-    public int InFlightCount
-    {
-        get
-        {
-            var n = 0;
-            foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
-            {
-                foreach (var rq in tags.Requests)
-                {
-                    if (rq.Queue == this && rq.State == RequestState.InFlight)
-                    {
-                        n++;
-                    }
-                }
-            }
-
-            return n;
-        }
-    }
+    public int InFlightCount => InFlightRequests().Count();
 
     /// <summary>Changes <c>max_sectors</c> (bounded by the hardware limit by the caller).</summary>
     internal void SetMaxSectors(int sectors) => _limits = _limits with { MaxSectors = sectors };
