@@ -84,6 +84,7 @@ public sealed record ActorBlkSettings(
             var other => throw new ConfigurationException($"actorblk.clock: '{other}' is not 'system' or 'scheduler'."),
         };
 
+        var watch = c.GetTimeSpan("topology.watch-interval", TimeSpan.FromSeconds(1));
         var devices = c.GetValue("devices")?.GetArray()?.Select(v => DeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
                       .ToList() ?? [];
         var duplicate = devices.GroupBy(d => d.Name).FirstOrDefault(g => g.Count() > 1);
@@ -110,23 +111,43 @@ public sealed record ActorBlkSettings(
                 c.GetTimeSpan("supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
                 c.GetTimeSpan("supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
                 c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts)).Validated(),
+            SysfsRoot = c.GetString("topology.sysfs-root", TopologySnapshot.DefaultSysfsRoot),
+            WatchInterval = watch >= TimeSpan.Zero
+                ? watch
+                : throw new ConfigurationException($"actorblk.topology.watch-interval: {watch} is negative."),
         };
     }
 
     /// <summary>How device drivers are supervised.</summary>
     public SupervisionSettings Supervision { get; init; } = SupervisionSettings.Default;
 
+    /// <summary>The sysfs CPU directory a <c>system</c> topology is read from (<c>topology.sysfs-root</c>).</summary>
+    public string SysfsRoot { get; init; } = TopologySnapshot.DefaultSysfsRoot;
+
+    /// <summary>
+    /// How often the topology actor reads <c>online</c> under <see cref="SysfsRoot"/> to notice CPU
+    /// hotplug on the host (<c>topology.watch-interval</c>); zero turns the watch off. Only a
+    /// <c>system</c> topology read from sysfs is watched.
+    /// </summary>
+    public TimeSpan WatchInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The file the topology actor watches for host CPU hotplug, or null when nothing is watched.</summary>
+    public string? WatchedOnlineFile =>
+        TopologySource == "system" && WatchInterval > TimeSpan.Zero && File.Exists(Path.Combine(SysfsRoot, "online"))
+            ? Path.Combine(SysfsRoot, "online")
+            : null;
+
     /// <summary>The CPU topology these settings describe.</summary>
     public TopologySnapshot BuildTopology()
     {
-        if (TopologySource == "system" && Directory.Exists(TopologySnapshot.DefaultSysfsRoot))
+        if (TopologySource == "system" && Directory.Exists(SysfsRoot))
         {
-            return TopologySnapshot.FromSysfs();
+            return TopologySnapshot.FromSysfs(SysfsRoot);
         }
 
         var cpus = TopologySource == "system" ? Environment.ProcessorCount : SimulatedCpus;
         var all = TopologySnapshot.Simulated(cpus, TopologySource == "system" ? 1 : SimulatedSockets, TopologySource == "system" ? 1 : SimulatedThreadsPerCore);
-        return SimulatedOnline.IsEmpty ? all   : TopologySnapshot.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
+        return SimulatedOnline.IsEmpty ? all : TopologySnapshot.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
     }
 }
 

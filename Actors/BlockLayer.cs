@@ -297,7 +297,8 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     public static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new BlockLayerActor(layer));
 
-    protected override void PreStart() => _topology = Context.ActorOf(CpuTopology.Props(_layer.Topology), "cpu-topology");
+    protected override void PreStart() => _topology = Context.ActorOf(
+        CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval), "cpu-topology");
 
     // A device that fails while it initialises is stopped; its creator gets the failure.
     protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(ex =>

@@ -1,5 +1,6 @@
 using ActorBlk.Actors.Serialization;
 using Akka.Actor;
+using ActorBlk.Hardware.Topology;
 using Akka.Event;
 using DataPlane = ActorBlk.Hardware.Queues;
 using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
@@ -48,25 +49,39 @@ public static class CpuTopology
     /// <summary>The topology after a hotplug event: its version, the online CPUs, the queues re-mapped.</summary>
     public sealed record TopologyChanged(long Version, string Online, int Remapped) : IActorBlkMessage;
 
-    /// <summary>Props of the actor starting from <paramref name="initial"/>.</summary>
-    public static Props Props(TopologySnapshot initial) => Akka.Actor.Props.Create(() => new CpuTopologyActor(initial));
+    /// <summary>
+    /// Props of the actor starting from <paramref name="initial"/>. With <paramref name="watchedOnlineFile"/>
+    /// (the host's <c>/sys/devices/system/cpu/online</c>) it reads that file every
+    /// <paramref name="watchInterval"/> and turns each change into <see cref="CpuOffline"/> and
+    /// <see cref="CpuOnline"/> events.
+    /// </summary>
+    public static Props Props(TopologySnapshot initial, string? watchedOnlineFile = null, TimeSpan watchInterval = default) =>
+        Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval));
 }
 
 /// <summary>The CPU-topology actor.</summary>
-internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash
+internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly List<DataPlane.RequestQueue> _queues = [];
+    private readonly string? _watchedOnlineFile;
+    private readonly TimeSpan _watchInterval;
     private TopologySnapshot _topology;
+    private CpuSet _lastSeenOnline;
     private long _version = 1;
 
-    public CpuTopologyActor(TopologySnapshot initial)
+    public CpuTopologyActor(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval)
     {
         _topology = initial;
+        _lastSeenOnline = initial.Online;
+        _watchedOnlineFile = watchedOnlineFile;
+        _watchInterval = watchInterval;
         Ready();
     }
 
     public IStash Stash { get; set; } = null!;
+
+    public ITimerScheduler Timers { get; set; } = null!;
 
     private void Ready()
     {
@@ -76,6 +91,45 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash
             _topology.Present.ToCpuListString(), _topology.Online.ToCpuListString(), _topology.NumaNodeCount, _queues.Select(q => q.Name).ToArray())));
         Receive<CpuTopology.CpuOffline>(m => HandleHotplug(m.Cpu, online: false));
         Receive<CpuTopology.CpuOnline>(m => HandleHotplug(m.Cpu, online: true));
+        Receive<WatchOnline>(_ => HandleWatch());
+    }
+
+    // The host's online file is compared with what the watch saw last, not with the actor's own
+    // topology: events sent by hand (a simulated hotplug on a real machine) are not undone by the
+    // next read, and each change of the file becomes one event per CPU that changed.
+    private void HandleWatch()
+    {
+        CpuSet now;
+        try
+        {
+            if (!CpuSet.TryParse(File.ReadAllText(_watchedOnlineFile!).Trim(), out now) || now.IsEmpty)
+            {
+                return;
+            }
+        }
+        catch (IOException)
+        {
+            return;
+        }
+
+        if (now.Equals(_lastSeenOnline))
+        {
+            return;
+        }
+
+        foreach (var cpu in _lastSeenOnline.ToArray().Where(c => !now.Contains(c)))
+        {
+            _log.Info("Host CPU {Cpu} went offline ({File}: {Online})", cpu, _watchedOnlineFile, now.ToCpuListString());
+            Self.Tell(new CpuTopology.CpuOffline(cpu), ActorRefs.NoSender);
+        }
+
+        foreach (var cpu in now.ToArray().Where(c => !_lastSeenOnline.Contains(c)))
+        {
+            _log.Info("Host CPU {Cpu} came online ({File}: {Online})", cpu, _watchedOnlineFile, now.ToCpuListString());
+            Self.Tell(new CpuTopology.CpuOnline(cpu), ActorRefs.NoSender);
+        }
+
+        _lastSeenOnline = now;
     }
 
     // A hotplug event re-maps every registered queue. While it runs everything else waits in the
@@ -127,6 +181,8 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash
             Become(Ready);
             Stash.UnstashAll();
         });
+        // The next watch tick reads the file again; no need to keep this one.
+        Receive<WatchOnline>(_ => { });
         ReceiveAny(_ => Stash.Stash());
     }
 
@@ -170,7 +226,20 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash
 
     private sealed record RemapFailed(Exception Error, IActorRef ReplyTo);
 
-    protected override void PreStart() => _log.Info("CPU topology: {Topology}", _topology.Describe());
+    protected override void PreStart()
+    {
+        _log.Info("CPU topology: {Topology}", _topology.Describe());
+        if (_watchedOnlineFile is not null && _watchInterval > TimeSpan.Zero)
+        {
+            _log.Info("Watching {File} every {Interval} ms for CPU hotplug", _watchedOnlineFile, _watchInterval.TotalMilliseconds);
+            Timers.StartPeriodicTimer("watch-online", WatchOnline.Instance, _watchInterval);
+        }
+    }
+
+    private sealed record WatchOnline
+    {
+        public static readonly WatchOnline Instance = new();
+    }
 
     private void HandleRegister(CpuTopology.Register register)
     {
