@@ -72,6 +72,10 @@ internal sealed record BenchOptions
           several devices:
             --devices=N               N devices, each driven by its own --numjobs jobs at --iodepth (1)
             --shared-tags             the devices share one tag set of --hw-queue-depth tags (fair share)
+          CPU hotplug while the load runs:
+            --possible-cpus=N         a simulated machine of N CPUs instead of this one's
+            --hotplug-interval=MS     every MS, take the next CPU (1, 2, ... N-1 in turn) offline, then bring it back
+                                      at the next tick; each event freezes, drains, re-maps and unfreezes every device
           fault injection (null_blk style; any rate > 0 wraps the driver):
             --fault-error-rate=P      share of requests failed with an I/O error (0)
             --fault-timeout-rate=P    share of requests whose completion is lost: they time out and are retried (0)
@@ -148,6 +152,12 @@ internal sealed record BenchOptions
 
     /// <summary>Faults injected into every device (<c>--fault-*</c>).</summary>
     public FaultInjectionOptions Faults { get; init; } = new();
+
+    /// <summary>Possible CPUs of a simulated machine (<c>--possible-cpus</c>); null: this machine's topology.</summary>
+    public int? PossibleCpus { get; init; }
+
+    /// <summary>Interval between CPU hotplug events while the load runs (<c>--hotplug-interval</c>); null: none.</summary>
+    public TimeSpan? HotplugInterval { get; init; }
 
     public bool IsRandom => Pattern is IoPattern.RandRead or IoPattern.RandWrite or IoPattern.RandReadWrite;
 
@@ -240,6 +250,8 @@ internal sealed record BenchOptions
             IoTimeoutMs = cl.Int("io-timeout", 0, 1, int.MaxValue),
             Devices = cl.Int("devices", 1, 1, 64),
             SharedTags = cl.Bool("shared-tags", false),
+            PossibleCpus = cl.String("possible-cpus") is null ? null : cl.Int("possible-cpus", 1, 1, 4096),
+            HotplugInterval = cl.String("hotplug-interval") is null ? null : TimeSpan.FromMilliseconds(cl.Int("hotplug-interval", 100, 1, 3_600_000)),
             Faults = new FaultInjectionOptions
             {
                 ErrorRate = cl.Double("fault-error-rate", 0, 0, 1),
@@ -326,6 +338,11 @@ internal sealed record BenchOptions
         catch (ArgumentOutOfRangeException ex)
         {
             throw new UsageException($"option --{ex.ParamName?.Replace('_', '-')}: {ex.Message.Split(" (Parameter")[0]}");
+        }
+
+        if (HotplugInterval is not null && PossibleCpus is < 2)
+        {
+            throw new UsageException("option --hotplug-interval: the machine needs at least two CPUs (--possible-cpus) to take one offline.");
         }
 
         if (Runtime is { } r && r <= TimeSpan.Zero)

@@ -71,6 +71,17 @@ internal static class BenchReport
                 w.WriteEndObject();
             }
 
+            if (r.Hotplug is { } h)
+            {
+                w.WriteStartObject("hotplug");
+                w.WriteNumber("interval_ms", h.IntervalMs);
+                w.WriteNumber("events", h.Events);
+                w.WriteNumber("remaps", h.Remaps);
+                w.WriteNumber("topology_version", h.TopologyVersion);
+                w.WriteNumber("max_event_ms", Math.Round(h.MaxEventMs, 3));
+                w.WriteEndObject();
+            }
+
             w.WriteBoolean("shared_tags", r.Options.SharedTags);
             w.WriteStartArray("devices");
             foreach (var d in r.Devices)
@@ -140,6 +151,11 @@ internal static class BenchReport
         if (sup.Faults is { } f)
         {
             sb.Append(Inv, $"  faults       : errors={f.Errors}, resource={f.Resource}, lost={f.Lost}, stalls={f.Stalls}, crashes={f.Crashes}\n");
+        }
+
+        if (r.Hotplug is { } h)
+        {
+            sb.Append(Inv, $"  hotplug      : every {h.IntervalMs} ms: events={h.Events}, remaps={h.Remaps}, topology version={h.TopologyVersion}, longest event={h.MaxEventMs:0.###} ms\n");
         }
 
         if (r.Devices.Count > 1)

@@ -27,6 +27,9 @@ internal sealed record BenchResult(
     /// <summary>Supervision over all devices: timeouts that expired, resets, faults injected.</summary>
     public SupervisionFigures Supervision { get; init; } = new();
 
+    /// <summary>The CPU hotplug events sent while the load ran (<c>--hotplug-interval</c>); null without them.</summary>
+    public HotplugFigures? Hotplug { get; init; }
+
     /// <summary>
     /// The figures of several devices run side by side as one: latencies merged, counters summed,
     /// the longest measured interval (they ran at the same time).

@@ -38,7 +38,13 @@ internal static class BenchCommand
             akka.stdout-loglevel = OFF
             akka.loggers = ["Akka.Logger.Serilog.SerilogLogger, Akka.Logger.Serilog"]
             akka.log-dead-letters = off
-            """).WithFallback(ActorBlkSettings.DefaultConfig());
+            """);
+        if (options.PossibleCpus is { } possible)
+        {
+            config = ConfigurationFactory.ParseString($"actorblk.topology {{ source = simulated, simulated.cpus = {possible} }}").WithFallback(config);
+        }
+
+        config = config.WithFallback(ActorBlkSettings.DefaultConfig());
         using var system = ActorSystem.Create("actorblk-bench", config);
         try
         {
@@ -61,8 +67,20 @@ internal static class BenchCommand
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
             var engine = driver is FileBlockDriver file ? (file.Engine == IoEngine.IoUring ? "io_uring" : "psync") : deviceOptions.Driver;
 
+            if (options.HotplugInterval is not null && layer.Topology.Online.Count < 2)
+            {
+                await DestroyAll(layer, devices).ConfigureAwait(false);
+                throw new UsageException($"option --hotplug-interval: {layer.Topology.Online.Count} CPU online; at least two are needed (--possible-cpus).");
+            }
+
             using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(runs, options) : null;
+            using var stopHotplug = new CancellationTokenSource();
+            var hotplug = options.HotplugInterval is { } interval
+                ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
+                : Task.FromResult<HotplugFigures?>(null);
             var results = await Task.WhenAll(runs.Select(r => r.RunAsync())).ConfigureAwait(false);
+            await stopHotplug.CancelAsync().ConfigureAwait(false);
+            var hotplugFigures = await hotplug.ConfigureAwait(false);
             progress?.Dispose();
 
             var supervision = new SupervisionFigures();
@@ -72,7 +90,7 @@ internal static class BenchCommand
             }
 
             await DestroyAll(layer, devices).ConfigureAwait(false);
-            var result = BenchResult.Combine(results) with { Supervision = supervision };
+            var result = BenchResult.Combine(results) with { Supervision = supervision, Hotplug = hotplugFigures };
             Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
             if (result.Submitted != result.Completed)
             {

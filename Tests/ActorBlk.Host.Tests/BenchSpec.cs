@@ -173,6 +173,28 @@ public sealed class BenchSpec
         }
     }
 
+    [Theory]
+    [InlineData("ring")]
+    [InlineData("mailbox")]
+    public async Task Cpus_go_offline_and_online_under_load_and_every_io_completes_once(string dispatch)
+    {
+        // Issue 5 item 2: a simulated 4-CPU machine, four jobs on CPUs 0-3, and a CPU taken offline
+        // or brought back every 10 ms; each event re-maps the one device (freeze, drain, re-map,
+        // unfreeze). Every submitted I/O completes, and the machine ends with every CPU online.
+        var json = await RunJson("--device=null", "--possible-cpus=4", "--hotplug-interval=10", "--numjobs=4", "--submit-queues=2",
+            "--iodepth=8", "--rw=randrw", "--bs=4k", "--size=16m", "--runtime=1", "--memory-backed=1", $"--dispatch={dispatch}");
+
+        var a = json.GetProperty("actorblk");
+        Assert.Equal(a.GetProperty("submitted").GetInt64(), a.GetProperty("completed").GetInt64());
+        Assert.Equal(0, a.GetProperty("errors").GetInt64());
+        var hotplug = a.GetProperty("hotplug");
+        var events = hotplug.GetProperty("events").GetInt64();
+        Assert.True(events >= 2, $"{events} hotplug events");
+        Assert.Equal(0, events % 2);
+        Assert.Equal(events, hotplug.GetProperty("remaps").GetInt64());
+        Assert.Equal(events + 1, hotplug.GetProperty("topology_version").GetInt64());
+    }
+
     [Fact]
     public async Task Private_tag_sets_report_no_peak()
     {
@@ -197,6 +219,9 @@ public sealed class BenchSpec
     [InlineData("--engine=libaio", "option --engine")]
     [InlineData("--iodepth_batch_submit=-1", "option --iodepth_batch_submit")]
     [InlineData("--frobnicate=1", "unknown option: --frobnicate")]
+    [InlineData("--hotplug-interval=0", "option --hotplug-interval")]
+    [InlineData("--possible-cpus=1 --hotplug-interval=10", "option --hotplug-interval")]
+    [InlineData("--possible-cpus=0", "option --possible-cpus")]
     public async Task Bad_options_exit_with_2_and_say_which(string option, string message)
     {
         await using var bench = ActorBlkProcess.Start(["bench", .. option.Split(' '), "--size=1m"]);
