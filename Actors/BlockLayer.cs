@@ -4,6 +4,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Hardware.Topology;
 using Akka;
 using Akka.Actor;
@@ -174,6 +175,53 @@ public sealed class BlockLayer : IExtension
         return await topology.Ask<CpuTopology.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The attribute paths of every registered device that start with <paramref name="prefix"/>
+    /// (<c>block/nullb0/queue/</c>, <c>kernel/debug/block/</c>, or empty for all), sorted.
+    /// </summary>
+    public IReadOnlyList<string> ListAttributes(string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        var p = Normalize(prefix);
+        return _devices.Values.SelectMany(d => d.Attributes.List()).Where(path => path.StartsWith(p, StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal).ToArray();
+    }
+
+    /// <summary>Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c> ...</summary>
+    /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
+    public string ReadAttribute(string path) => AttributesOf(path, out var p).Read(p);
+
+    /// <summary>Writes an attribute with the kernel's rules for it.</summary>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only) or EINVAL (refused value); nothing changed.</exception>
+    public ValueTask WriteAttributeAsync(string path, string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        return AttributesOf(path, out var p).WriteAsync(p, value);
+    }
+
+    // "/sys/block/nullb0/queue/x", "block/nullb0/queue/x" and "kernel/debug/block/nullb0/..." name the device in the path.
+    private QueueAttributes AttributesOf(string path, out string normalized)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        normalized = Normalize(path);
+        var parts = normalized.Split('/');
+        var device = parts switch
+        {
+            ["block", var name, ..] => name,
+            ["kernel", "debug", "block", var name, ..] => name,
+            _ => null,
+        };
+        return device is not null && _devices.TryGetValue(device, out var d)
+            ? d.Attributes
+            : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
+    }
+
+    private static string Normalize(string path)
+    {
+        var p = path.Trim().Trim('/');
+        return p.StartsWith("sys/", StringComparison.Ordinal) ? p[4..] : p == "sys" ? string.Empty : p;
+    }
+
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
     public bool TryGetDevice(string name, out IBlockDevice device)
     {
@@ -297,8 +345,11 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     public static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new BlockLayerActor(layer));
 
-    protected override void PreStart() => _topology = Context.ActorOf(
-        CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval), "cpu-topology");
+    protected override void PreStart()
+    {
+        _topology = Context.ActorOf(CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval), "cpu-topology");
+        Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
+    }
 
     // A device that fails while it initialises is stopped; its creator gets the failure.
     protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(ex =>

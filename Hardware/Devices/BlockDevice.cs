@@ -60,6 +60,9 @@ public sealed class BlockDevice : IBlockDevice
     public RequestQueue Queue { get; }
 
     /// <inheritdoc />
+    public Sysfs.QueueAttributes Attributes => Queue.Attributes;
+
+    /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu)
     {
         if (Check(BlockOp.Read, offset, buffer.Length, RequestFlags.None) is { } error)

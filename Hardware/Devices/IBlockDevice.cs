@@ -86,6 +86,12 @@ public interface IBlockDevice : IAsyncDisposable
     /// <summary>The request queue behind the device (data-plane state, statistics).</summary>
     RequestQueue Queue { get; }
 
+    /// <summary>
+    /// The device's sysfs-style attribute tree (<c>block/&lt;name&gt;/queue/...</c>, <c>block/&lt;name&gt;/mq/...</c>,
+    /// <c>kernel/debug/block/&lt;name&gt;/...</c>): read and write settings and statistics by path.
+    /// </summary>
+    Sysfs.QueueAttributes Attributes { get; }
+
     /// <summary>Reads <c>buffer.Length</c> bytes at <paramref name="offset"/>.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = AnyCpu);
 

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
 
@@ -89,6 +90,7 @@ public sealed class RequestQueue
             _hctxs[i] = new HardwareContext(this, i, tagSet.TagsOf(i), map.TypeOf(i)).InitAccount(queueAccount);
         }
 
+        Attributes = new QueueAttributes(this);
         Remap(map);
         Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2));
     }
@@ -107,6 +109,9 @@ public sealed class RequestQueue
 
     /// <summary>The usage counter.</summary>
     public QueueUsageCounter Usage { get; } = new();
+
+    /// <summary>The queue's attribute tree (sysfs): published at registration, rebuilt after each re-map.</summary>
+    public QueueAttributes Attributes { get; }
 
     /// <summary>Pool of bios for this queue.</summary>
     public BioPool Bios { get; }
@@ -210,6 +215,7 @@ public sealed class RequestQueue
         if (Interlocked.Exchange(ref _registered, 1) == 0)
         {
             Usage.SwitchToPerCpu(_contexts.Length);
+            Attributes.Publish();
         }
     }
 
@@ -719,6 +725,12 @@ public sealed class RequestQueue
 
             _hctxs[i].Map(cpus, contexts, online, map.TypeOf(i));
         }
+
+        // The tree follows the new mapping (mq/<N> for mapped queues, their cpu_list), published whole.
+        if (IsRegistered && !IsDying)
+        {
+            Attributes.Publish();
+        }
     }
 
     /// <summary>Marks every hardware queue idle on the tag set (tag set unshared, or the queue leaving it).</summary>
@@ -746,6 +758,8 @@ public sealed class RequestQueue
     /// <returns>The number of requests that had to be failed.</returns>
     public async Task<int> ShutdownAsync(TimeSpan drainTimeout)
     {
+        // The attributes go first, as del_gendisk removes the disk's sysfs before the queue drains.
+        Attributes.Withdraw();
         MarkDying();
         var drained = Usage.WaitDrainedAsync();
         var failed = 0;

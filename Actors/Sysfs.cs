@@ -1,0 +1,107 @@
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Sysfs;
+using Akka.Actor;
+using Akka.Event;
+
+namespace ActorBlk.Actors;
+
+/// <summary>
+/// Protocol of the sysfs actor (<c>/user/actorblk/sysfs</c>): the node's attribute tree and CPU
+/// hotplug, for clients on other nodes (<c>actorblk sysfs</c>, <c>actorblk hotplug</c>). Every
+/// refusal comes back as <see cref="Failed"/> with the errno, never as a silent drop.
+/// </summary>
+public static class Sysfs
+{
+    /// <summary>The actor's name under the guardian.</summary>
+    public const string ActorName = "sysfs";
+
+    /// <summary>Lists the attribute paths that start with <paramref name="Prefix"/> (reply <see cref="Listing"/>).</summary>
+    public sealed record List(string Prefix = "") : IActorBlkQuery;
+
+    /// <summary>Attribute paths, sorted.</summary>
+    public sealed record Listing(string[] Paths) : IActorBlkMessage;
+
+    /// <summary>Reads an attribute (reply <see cref="Value"/> or <see cref="Failed"/>).</summary>
+    public sealed record Read(string Path) : IActorBlkQuery;
+
+    /// <summary>An attribute's contents: at most one 4096-byte page.</summary>
+    public sealed record Value(string Path, string Text) : IActorBlkMessage;
+
+    /// <summary>Writes an attribute (reply <see cref="Written"/> or <see cref="Failed"/>).</summary>
+    public sealed record Write(string Path, string Text) : IActorBlkMessage;
+
+    /// <summary>The write took effect; <paramref name="Text"/> is what the attribute reads now.</summary>
+    public sealed record Written(string Path, string Text) : IActorBlkMessage;
+
+    /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopology.TopologyChanged"/> or <see cref="Failed"/>).</summary>
+    public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
+
+    /// <summary>A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY) and why.</summary>
+    public sealed record Failed(string Path, string Errno, string Message) : IActorBlkMessage;
+
+    internal static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new SysfsActor(layer));
+}
+
+/// <summary>
+/// Serves <see cref="Sysfs"/> messages. Reads are answered at once from the published snapshots
+/// (they never wait for a re-map or a registration); writes and hotplug events may wait (a freeze),
+/// so they run asynchronously and the answer is piped back.
+/// </summary>
+internal sealed class SysfsActor : ReceiveActor
+{
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+
+    public SysfsActor(BlockLayer layer)
+    {
+        Receive<Sysfs.List>(list => Sender.Tell(new Sysfs.Listing([.. layer.ListAttributes(list.Prefix ?? string.Empty)])));
+        Receive<Sysfs.Read>(read =>
+        {
+            try
+            {
+                Sender.Tell(new Sysfs.Value(read.Path, layer.ReadAttribute(read.Path ?? string.Empty)));
+            }
+            catch (AttributeException ex)
+            {
+                Sender.Tell(new Sysfs.Failed(read.Path ?? string.Empty, ex.Errno.ToString(), ex.Reason));
+            }
+        });
+        Receive<Sysfs.Write>(write =>
+        {
+            var path = write.Path ?? string.Empty;
+            WriteAsync(layer, path, write.Text ?? string.Empty).PipeTo(Sender);
+        });
+        Receive<Sysfs.Hotplug>(hotplug => HotplugAsync(layer, hotplug).PipeTo(Sender));
+    }
+
+    private async Task<object> WriteAsync(BlockLayer layer, string path, string text)
+    {
+        try
+        {
+            await layer.WriteAttributeAsync(path, text).ConfigureAwait(false);
+            _log.Info("sysfs: wrote '{Value}' to {Path}", text.TrimEnd('\n'), path);
+            return new Sysfs.Written(path, layer.ReadAttribute(path));
+        }
+        catch (AttributeException ex)
+        {
+            return new Sysfs.Failed(path, ex.Errno.ToString(), ex.Reason);
+        }
+    }
+
+    private static async Task<object> HotplugAsync(BlockLayer layer, Sysfs.Hotplug hotplug)
+    {
+        var path = $"devices/system/cpu/cpu{hotplug.Cpu}/online";
+        try
+        {
+            return await layer.SetCpuOnlineAsync(hotplug.Cpu, hotplug.Online).ConfigureAwait(false);
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            return new Sysfs.Failed(path, "ENOENT", ex.Message.Split(" (Parameter")[0]);
+        }
+        catch (InvalidOperationException ex)
+        {
+            // The kernel refuses to take the last online CPU down with EBUSY.
+            return new Sysfs.Failed(path, "EBUSY", ex.Message);
+        }
+    }
+}

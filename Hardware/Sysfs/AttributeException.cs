@@ -1,0 +1,56 @@
+namespace ActorBlk.Hardware.Sysfs;
+
+/// <summary>The errno a sysfs operation fails with, as the kernel returns it to <c>read(2)</c> and <c>write(2)</c>.</summary>
+public enum AttributeErrno
+{
+    /// <summary>No such attribute (or the device is going away).</summary>
+    ENOENT,
+
+    /// <summary>The value is refused: not a number, out of range, or against the attribute's rule.</summary>
+    EINVAL,
+
+    /// <summary>The attribute is read-only.</summary>
+    EACCES,
+}
+
+/// <summary>A refused attribute read or write; nothing changed.</summary>
+public sealed class AttributeException : Exception
+{
+    /// <summary>Creates the exception.</summary>
+    public AttributeException(string path, AttributeErrno errno, string reason)
+        : base($"{path}: {reason} ({errno})")
+    {
+        Path = path;
+        Errno = errno;
+        Reason = reason;
+    }
+
+    /// <summary>Creates the exception (for serializers and tools).</summary>
+    public AttributeException()
+        : this(string.Empty, AttributeErrno.ENOENT, "no such attribute")
+    {
+    }
+
+    /// <summary>Creates the exception (for serializers and tools).</summary>
+    public AttributeException(string message)
+        : this(string.Empty, AttributeErrno.EINVAL, message)
+    {
+    }
+
+    /// <summary>Creates the exception (for serializers and tools).</summary>
+    public AttributeException(string message, Exception innerException)
+        : base(message, innerException)
+    {
+        Path = string.Empty;
+        Reason = message;
+    }
+
+    /// <summary>The attribute path.</summary>
+    public string Path { get; }
+
+    /// <summary>The errno.</summary>
+    public AttributeErrno Errno { get; }
+
+    /// <summary>Why, in words.</summary>
+    public string Reason { get; }
+}

@@ -1,0 +1,368 @@
+using System.Globalization;
+using System.Text;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Sysfs;
+
+/// <summary>One attribute file: how it shows and, when writable, how it stores.</summary>
+internal sealed record AttributeFile(Func<string> Show, Func<string, string, ValueTask>? Store);
+
+/// <summary>
+/// An immutable snapshot of one disk's attribute tree (blk-mq-semantics §11): built whole at
+/// registration and after every re-map, then published with one reference swap, so a reader
+/// sees the tree before or after a change and never one half built.
+/// </summary>
+/// <remarks>
+/// Paths are those of the kernel, rooted at <c>/sys</c>:
+/// <list type="bullet">
+/// <item><c>block/&lt;dev&gt;/queue/{nr_requests, rq_affinity, io_poll, io_poll_delay, io_timeout, nomerges,
+/// logical_block_size, physical_block_size, max_sectors_kb, max_hw_sectors_kb, read_only, rotational}</c>;</item>
+/// <item><c>block/&lt;dev&gt;/mq/&lt;N&gt;/{nr_tags, nr_reserved_tags, cpu_list}</c> for mapped hardware queues only;</item>
+/// <item><c>kernel/debug/block/&lt;dev&gt;/hctx&lt;N&gt;/{state, type, active, queued, run, dispatched, pending, tags}</c>
+/// and <c>.../hctx&lt;N&gt;/cpu&lt;M&gt;/{dispatched, merged, completed, rq_list}</c> for each mapped context.</item>
+/// </list>
+/// Values read live; the layout is fixed for the snapshot's life.
+/// </remarks>
+public sealed class AttributeTree
+{
+    private readonly SortedDictionary<string, AttributeFile> _files;
+
+    internal AttributeTree(SortedDictionary<string, AttributeFile> files, long version)
+    {
+        _files = files;
+        Version = version;
+        Paths = [.. files.Keys];
+    }
+
+    /// <summary>Every attribute path of the snapshot, sorted.</summary>
+    public IReadOnlyList<string> Paths { get; }
+
+    /// <summary>Counts the snapshots of one disk: each re-map publishes the next.</summary>
+    public long Version { get; }
+
+    /// <summary>True when the snapshot has <paramref name="path"/>.</summary>
+    public bool Contains(string path) => _files.ContainsKey(path);
+
+    /// <summary>Reads an attribute: at most one page (4095 characters).</summary>
+    /// <exception cref="AttributeException">ENOENT: no such attribute.</exception>
+    public string Read(string path)
+    {
+        var text = Find(path).Show();
+        return text.Length <= PageBuffer.Limit ? text : text[..PageBuffer.Limit];
+    }
+
+    /// <summary>Writes an attribute.</summary>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only) or EINVAL (refused value); nothing changed.</exception>
+    public ValueTask WriteAsync(string path, string value)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        var file = Find(path);
+        if (file.Store is null)
+        {
+            throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is read-only");
+        }
+
+        return file.Store(path, value);
+    }
+
+    private AttributeFile Find(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return _files.TryGetValue(path.Trim('/'), out var file)
+            ? file
+            : throw new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
+    }
+}
+
+/// <summary>
+/// The attribute tree of one request queue: created when the queue registers, rebuilt after each
+/// re-map, withdrawn when it unregisters (reads then fail with ENOENT, as on a dying queue).
+/// </summary>
+public sealed class QueueAttributes
+{
+    private readonly RequestQueue _queue;
+    private AttributeTree? _current;
+    private long _version;
+
+    internal QueueAttributes(RequestQueue queue) => _queue = queue;
+
+    /// <summary>The published snapshot, or null while the queue is not registered.</summary>
+    public AttributeTree? Current => Volatile.Read(ref _current);
+
+    /// <summary>The attribute paths of the current snapshot (empty while unregistered).</summary>
+    public IReadOnlyList<string> List() => Current?.Paths ?? [];
+
+    /// <summary>Reads an attribute of the current snapshot.</summary>
+    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying.</exception>
+    public string Read(string path) => Live(path).Read(path);
+
+    /// <summary>Writes an attribute of the current snapshot.</summary>
+    /// <exception cref="AttributeException">ENOENT, EACCES or EINVAL; nothing changed.</exception>
+    public ValueTask WriteAsync(string path, string value) => Live(path).WriteAsync(path, value);
+
+    /// <summary>Builds the tree of the queue's current mapping and publishes it.</summary>
+    internal void Publish() => Volatile.Write(ref _current, Build(Interlocked.Increment(ref _version)));
+
+    /// <summary>Withdraws the tree.</summary>
+    internal void Withdraw() => Volatile.Write(ref _current, null);
+
+    private AttributeTree Live(string path) =>
+        Current is { } tree && !_queue.IsDying
+            ? tree
+            : throw new AttributeException(path, AttributeErrno.ENOENT, $"{_queue.Name} is not registered");
+
+    // ------------------------------------------------------------------ the layout
+
+    private AttributeTree Build(long version)
+    {
+        var q = _queue;
+        var files = new SortedDictionary<string, AttributeFile>(StringComparer.Ordinal);
+        var queueDir = $"block/{q.Name}/queue/";
+        void Add(string path, Func<string> show, Func<string, string, ValueTask>? store = null) => files[path] = new AttributeFile(show, store);
+
+        Add(queueDir + "nr_requests", () => Line(q.NrRequests), async (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            try
+            {
+                await q.SetNrRequestsAsync((long)value).ConfigureAwait(false);
+            }
+            catch (ArgumentOutOfRangeException ex)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, ex.Message.Split(" (Parameter")[0].Split('\n')[0]);
+            }
+        });
+
+        // §6 item 1: 0, 1 and 2 set the flags; another number is accepted and changes nothing.
+        Add(queueDir + "rq_affinity", () => Line((int)q.RqAffinity), (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            if (value <= 2)
+            {
+                q.RqAffinity = (CompletionAffinity)value;
+            }
+
+            return ValueTask.CompletedTask;
+        });
+
+        // §7 item 7 [cur]: shows whether polling is possible; writes are ignored, EINVAL without the poll feature.
+        Add(queueDir + "io_poll", () => Line(q.CanPoll ? 1 : 0), (path, text) =>
+        {
+            ParseUnsigned(path, text);
+            if ((q.Driver.Features & Drivers.DriverFeatures.Poll) == 0 || q.TagSet.PollQueues == 0)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, "the device cannot poll");
+            }
+
+            return ValueTask.CompletedTask;
+        });
+
+        // §7 item 7 [cur]: always -1; a write must be a number >= -1 (the hybrid-poll rule) and is then ignored.
+        Add(queueDir + "io_poll_delay", () => "-1\n", (path, text) =>
+        {
+            if (!int.TryParse(Chomp(text), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var delay) || delay < -1)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not -1 or a delay in microseconds");
+            }
+
+            return ValueTask.CompletedTask;
+        });
+
+        // §5 item 1: milliseconds; 0 is refused.
+        Add(queueDir + "io_timeout", () => Line(q.IoTimeoutMs), (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            if (value is 0 or > int.MaxValue)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, value == 0 ? "a timeout of 0 ms" : "the timeout does not fit");
+            }
+
+            q.IoTimeoutMs = (int)value;
+            return ValueTask.CompletedTask;
+        });
+
+        // §3.2 item 4: 2 = no merges, any other non-zero = one-hit merges only, 0 = all.
+        Add(queueDir + "nomerges", () => Line((int)q.MergePolicy), (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            q.MergePolicy = value switch { 0 => MergePolicy.All, 2 => MergePolicy.Off, _ => MergePolicy.SimpleOnly };
+            return ValueTask.CompletedTask;
+        });
+
+        Add(queueDir + "logical_block_size", () => Line(q.Limits.LogicalBlockSize));
+        Add(queueDir + "physical_block_size", () => Line(q.Limits.PhysicalBlockSize));
+        Add(queueDir + "max_hw_sectors_kb", () => Line(q.Limits.MaxHardwareSectors / 2));
+
+        // §11.3 item 9: at most max_hw_sectors_kb and at least a page (4 KiB); 0 restores the default.
+        Add(queueDir + "max_sectors_kb", () => Line(q.Limits.MaxSectors / 2), (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            var hardwareKb = q.Limits.MaxHardwareSectors / 2;
+            if (value == 0)
+            {
+                q.SetMaxSectors(Math.Min(q.Limits.MaxHardwareSectors, QueueLimits.DefaultMaxSectors));
+                return ValueTask.CompletedTask;
+            }
+
+            if (value > (ulong)hardwareKb || value < PageBuffer.PageSize / 1024 || value * 1024 < (ulong)q.Limits.LogicalBlockSize)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"{value} is not within 4..{hardwareKb} (max_hw_sectors_kb)");
+            }
+
+            q.SetMaxSectors((int)value * 2);
+            return ValueTask.CompletedTask;
+        });
+
+        Add(queueDir + "read_only", () => Line(q.ReadOnly ? 1 : 0), (path, text) =>
+        {
+            var value = ParseUnsigned(path, text);
+            if (value > 1)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"{value} is not 0 or 1");
+            }
+
+            q.ReadOnly = value == 1;
+            return ValueTask.CompletedTask;
+        });
+
+        // Any non-zero number marks the device rotational, as queue_feature_store does.
+        Add(queueDir + "rotational", () => Line(q.Rotational ? 1 : 0), (path, text) =>
+        {
+            q.Rotational = ParseUnsigned(path, text) != 0;
+            return ValueTask.CompletedTask;
+        });
+
+        // §11.1: a directory per mapped hardware queue; cpu_list is fixed for the snapshot.
+        foreach (var hctx in q.HardwareContexts.Where(h => h.IsMapped))
+        {
+            var dir = $"block/{q.Name}/mq/{hctx.Index}/";
+            var tags = hctx.Tags;
+            var cpuList = CpuList(hctx.CpuMask);
+            Add(dir + "nr_tags", () => Line(tags.NrTags));
+            Add(dir + "nr_reserved_tags", () => Line(tags.NrReserved));
+            Add(dir + "cpu_list", () => cpuList);
+
+            var debug = $"kernel/debug/block/{q.Name}/hctx{hctx.Index}/";
+            Add(debug + "state", () => State(hctx));
+            Add(debug + "type", () => hctx.Type.ToString().ToLowerInvariant() + "\n");
+            Add(debug + "active", () => Line(hctx.ActiveRequests));
+            Add(debug + "queued", () => Line(hctx.QueuedCount));
+            Add(debug + "run", () => Line(hctx.RunCount));
+            Add(debug + "dispatched", () => Dispatched(hctx));
+            Add(debug + "pending", () => RequestList("HCTX pending:\n", hctx.Tags, rq => rq.Hctx == hctx));
+            Add(debug + "tags", () => Tags(hctx));
+            foreach (var ctx in hctx.Contexts)
+            {
+                var cpu = debug + $"cpu{ctx.Cpu}/";
+                Add(cpu + "dispatched", () => $"{ctx.DispatchedSync} {ctx.DispatchedAsync}\n");
+                Add(cpu + "merged", () => Line(ctx.Merged));
+                Add(cpu + "completed", () => $"{ctx.CompletedSync} {ctx.CompletedAsync}\n");
+                Add(cpu + "rq_list", () => RequestList("CTX pending:\n", hctx.Tags, rq => rq.Ctx == ctx && rq.Hctx == hctx));
+            }
+        }
+
+        return new AttributeTree(files, version);
+    }
+
+    // ------------------------------------------------------------------ formats
+
+    private static string Line(long value) => value.ToString(CultureInfo.InvariantCulture) + "\n";
+
+    private static string Chomp(string text) => text.EndsWith('\n') ? text[..^1] : text;
+
+    // queue_var_store: an unsigned decimal up to UINT_MAX, one trailing newline allowed (§11.3 item 10).
+    private static ulong ParseUnsigned(string path, string text)
+    {
+        var digits = Chomp(text);
+        if (!ulong.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)
+        {
+            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{digits}' is not an unsigned number up to {uint.MaxValue}");
+        }
+
+        return value;
+    }
+
+    // blk_mq_hw_sysfs_cpus_show: "0, 1, 2, 3\n", entries that do not fit in the page left out.
+    private static string CpuList(Topology.CpuSet cpus)
+    {
+        var sb = new StringBuilder();
+        foreach (var cpu in cpus)
+        {
+            var entry = (sb.Length == 0 ? string.Empty : ", ") + cpu.ToString(CultureInfo.InvariantCulture);
+            if (sb.Length + entry.Length > PageBuffer.Limit - 1)
+            {
+                break;
+            }
+
+            sb.Append(entry);
+        }
+
+        return sb.Append('\n').ToString();
+    }
+
+    private static string State(HardwareContext hctx)
+    {
+        var flags = new List<string>();
+        if (hctx.IsStopped)
+        {
+            flags.Add("STOPPED");
+        }
+
+        if (hctx.IsTagActive)
+        {
+            flags.Add("TAG_ACTIVE");
+        }
+
+        if (hctx.NeedsRestart)
+        {
+            flags.Add("SCHED_RESTART");
+        }
+
+        if (hctx.IsInactive)
+        {
+            flags.Add("INACTIVE");
+        }
+
+        return string.Join('|', flags) + "\n";
+    }
+
+    // §11.1 item 5: "%8u\t%lu" per bucket, labels 0, 1, 2, 4, ... and a last "N+" line.
+    private static string Dispatched(HardwareContext hctx)
+    {
+        var sb = new StringBuilder();
+        var buckets = hctx.DispatchedHistogram;
+        for (var i = 0; i < buckets.Count; i++)
+        {
+            var label = i == 0 ? 0 : 1 << (i - 1);
+            var name = i == buckets.Count - 1 ? $"{label}+" : label.ToString(CultureInfo.InvariantCulture);
+            sb.Append(CultureInfo.InvariantCulture, $"{name,8}\t{buckets[i]}\n");
+        }
+
+        return sb.ToString();
+    }
+
+    private static string Tags(HardwareContext hctx)
+    {
+        var tags = hctx.Tags;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"nr_tags={tags.NrTags}\nnr_reserved_tags={tags.NrReserved}\nactive_queues={tags.ActiveQueues}\nbusy={tags.InUse}\nnr_active={hctx.ActiveRequests}\n");
+    }
+
+    // The requests a list holds: allocated (tag held) and not yet started, one line each,
+    // "\t" and 16 hex digits (a 64-bit pointer's width, the kernel's "%p"), bounded to the page.
+    private static string RequestList(string header, Tags.TagMap tags, Func<Request, bool> belongs)
+    {
+        var page = new PageBuffer().Append(header);
+        foreach (var rq in tags.Requests)
+        {
+            if (rq.State == RequestState.Idle && tags.IsAllocated(rq.Tag) && belongs(rq)
+                && !page.TryAppendEntry(string.Create(CultureInfo.InvariantCulture, $"\t{((ulong)(uint)(rq.Hctx?.Index ?? 0) << 32) | (uint)rq.Tag:x16}\n")))
+            {
+                break;
+            }
+        }
+
+        return page.ToString();
+    }
+}

@@ -1,0 +1,271 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
+using Akka.Actor;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// The attribute tree (blk-mq-semantics §11) through the block layer and through the sysfs actor:
+/// its layout, the kernel's read and write rules, the one-page bound, and that it follows hotplug
+/// and registration. The simulated machine has 4 CPUs on 2 sockets.
+/// </summary>
+public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
+{
+    public SysfsSpec(ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+    }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private Task<IBlockDevice> Create(string name, int submitQueues = 2, int depth = 64, MergePolicy nomerges = MergePolicy.All) =>
+        Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = name,
+            Size = 64 << 20,
+            SubmitQueues = submitQueues,
+            PollQueues = 0,
+            HwQueueDepth = depth,
+            NoMerges = nomerges,
+        });
+
+    private async Task<AttributeException> Refused(string path, string value) =>
+        await Assert.ThrowsAsync<AttributeException>(async () => await Layer.WriteAttributeAsync(path, value));
+
+    [Fact]
+    public async Task Queue_attributes_show_the_defaults()
+    {
+        await Create("sd0");
+        string Read(string name) => Layer.ReadAttribute($"block/sd0/queue/{name}");
+
+        Assert.Equal("64\n", Read("nr_requests"));        // §2.6 item 28: queue depth without a scheduler
+        Assert.Equal("1\n", Read("rq_affinity"));         // §6 item 2
+        Assert.Equal("0\n", Read("io_poll"));             // no poll queues
+        Assert.Equal("-1\n", Read("io_poll_delay"));      // §7 item 7 [cur]
+        Assert.Equal("5000\n", Read("io_timeout"));       // null_blk's 5 s (§5 item 1)
+        Assert.Equal("0\n", Read("nomerges"));
+        Assert.Equal("512\n", Read("logical_block_size"));
+        Assert.Equal("512\n", Read("physical_block_size"));
+        Assert.Equal("1280\n", Read("max_sectors_kb"));   // BLK_DEF_MAX_SECTORS_CAP, 2560 sectors
+        Assert.Equal("1280\n", Read("max_hw_sectors_kb"));
+        Assert.Equal("0\n", Read("read_only"));
+        Assert.Equal("0\n", Read("rotational"));
+
+        // "/sys/" in front is accepted, as a shell user would type it.
+        Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd0/queue/nr_requests"));
+        var queueDir = Layer.ListAttributes("block/sd0/queue/");
+        Assert.Equal(12, queueDir.Count);
+    }
+
+    [Fact]
+    public async Task Mq_directories_exist_for_mapped_hardware_queues_only()
+    {
+        // §11.1 item 1 and §15: a directory per mapped hardware queue only, each with nr_tags,
+        // nr_reserved_tags and cpu_list ("0, 1" form). With the contiguous map ([3.13]) and CPU 3
+        // offline, 3 online CPUs serve 4 hardware queues: one is left unmapped and has no directory.
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "sd1", Size = 64 << 20, SubmitQueues = 4, PollQueues = 0, CpuMapAlgorithm = Hardware.Topology.CpuMapAlgorithm.Contiguous,
+        });
+        Assert.Equal([0, 1, 2, 3], MqDirectories("sd1"));
+
+        await Layer.SetCpuOnlineAsync(3, online: false);
+        var mapped = device.Queue.HardwareContexts.Where(h => h.IsMapped).Select(h => h.Index).ToArray();
+        Assert.True(mapped.Length < 4);
+        Assert.Equal(mapped, MqDirectories("sd1"));
+        var cpus = new List<int>();
+        foreach (var n in mapped)
+        {
+            Assert.Equal("64\n", Layer.ReadAttribute($"block/sd1/mq/{n}/nr_tags"));
+            Assert.Equal("0\n", Layer.ReadAttribute($"block/sd1/mq/{n}/nr_reserved_tags"));
+            var list = Layer.ReadAttribute($"block/sd1/mq/{n}/cpu_list");
+            Assert.Matches("^[0-9]+(, [0-9]+)*\n$", list);
+            Assert.Equal(device.Queue.HardwareContexts[n].CpuMask.ToCommaSeparatedString() + "\n", list);
+            cpus.AddRange(list.TrimEnd('\n').Split(", ").Select(int.Parse));
+        }
+
+        Assert.Equal([0, 1, 2, 3], cpus.Order());
+        var unmapped = device.Queue.HardwareContexts.First(h => !h.IsMapped).Index;
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute($"block/sd1/mq/{unmapped}/nr_tags")).Errno);
+
+        await Layer.SetCpuOnlineAsync(3, online: true);
+        Assert.Equal([0, 1, 2, 3], MqDirectories("sd1"));
+        Assert.Equal("3\n", Layer.ReadAttribute("block/sd1/mq/3/cpu_list"));
+    }
+
+    private int[] MqDirectories(string device) =>
+        Layer.ListAttributes($"block/{device}/mq/").Select(p => int.Parse(p.Split('/')[3])).Distinct().Order().ToArray();
+
+    [Fact]
+    public async Task Writes_follow_the_kernels_rules_and_bad_ones_change_nothing()
+    {
+        var device = await Create("sd2");
+        var q = device.Queue;
+
+        // nr_requests (§2.6 item 29): below 4 becomes 4; above the depth, not a number, or above UINT_MAX: EINVAL.
+        await Layer.WriteAttributeAsync("block/sd2/queue/nr_requests", "2\n");
+        Assert.Equal("4\n", Layer.ReadAttribute("block/sd2/queue/nr_requests"));
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "65")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "many")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "4294967296")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "-1")).Errno);
+        Assert.Equal(4, q.NrRequests);
+        await Layer.WriteAttributeAsync("block/sd2/queue/nr_requests", "64");
+        Assert.Equal(64, q.NrRequests);
+
+        // rq_affinity (§6 item 1): 0/1/2 set it; another number is accepted and changes nothing.
+        await Layer.WriteAttributeAsync("block/sd2/queue/rq_affinity", "2");
+        await Layer.WriteAttributeAsync("block/sd2/queue/rq_affinity", "3");
+        Assert.Equal("2\n", Layer.ReadAttribute("block/sd2/queue/rq_affinity"));
+        Assert.Equal(CompletionAffinity.SubmittingCpu, q.RqAffinity);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/rq_affinity", "two")).Errno);
+
+        // io_timeout (§5 item 1): milliseconds, 0 refused.
+        await Layer.WriteAttributeAsync("block/sd2/queue/io_timeout", "1500\n");
+        Assert.Equal(1500, q.IoTimeoutMs);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/io_timeout", "0")).Errno);
+        Assert.Equal(1500, q.IoTimeoutMs);
+
+        // nomerges (§3.2 item 4): 2 = none, other non-zero = one-hit only.
+        await Layer.WriteAttributeAsync("block/sd2/queue/nomerges", "7");
+        Assert.Equal("1\n", Layer.ReadAttribute("block/sd2/queue/nomerges"));
+        await Layer.WriteAttributeAsync("block/sd2/queue/nomerges", "2");
+        Assert.Equal(MergePolicy.Off, q.MergePolicy);
+
+        // max_sectors_kb (§11.3 item 9): 4..max_hw_sectors_kb, 0 restores the default.
+        await Layer.WriteAttributeAsync("block/sd2/queue/max_sectors_kb", "64");
+        Assert.Equal(128, q.Limits.MaxSectors);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/max_sectors_kb", "1281")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/max_sectors_kb", "2")).Errno);
+        Assert.Equal(128, q.Limits.MaxSectors);
+        await Layer.WriteAttributeAsync("block/sd2/queue/max_sectors_kb", "0");
+        Assert.Equal("1280\n", Layer.ReadAttribute("block/sd2/queue/max_sectors_kb"));
+
+        // read_only 0/1 takes effect on the next write; rotational: any non-zero is 1.
+        await Layer.WriteAttributeAsync("block/sd2/queue/read_only", "1");
+        await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.WriteAsync(0, new byte[4096]));
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/read_only", "2")).Errno);
+        await Layer.WriteAttributeAsync("block/sd2/queue/read_only", "0");
+        await device.WriteAsync(0, new byte[4096]);
+        await Layer.WriteAttributeAsync("block/sd2/queue/rotational", "9");
+        Assert.Equal("1\n", Layer.ReadAttribute("block/sd2/queue/rotational"));
+
+        // io_poll without poll queues: EINVAL; io_poll_delay: a number >= -1, then ignored (§7 item 7).
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/io_poll", "1")).Errno);
+        await Layer.WriteAttributeAsync("block/sd2/queue/io_poll_delay", "50");
+        Assert.Equal("-1\n", Layer.ReadAttribute("block/sd2/queue/io_poll_delay"));
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/io_poll_delay", "-2")).Errno);
+
+        // Read-only attributes, unknown attributes and unknown devices.
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("block/sd2/queue/logical_block_size", "4096")).Errno);
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("block/sd2/mq/0/nr_tags", "8")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/sd2/queue/scheduler", "none")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/nosuch/queue/nr_requests", "8")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("proc/meminfo")).Errno);
+        Assert.Equal("512\n", Layer.ReadAttribute("block/sd2/queue/logical_block_size"));
+    }
+
+    [Fact]
+    public async Task A_long_pending_list_is_cut_at_one_page_with_an_ellipsis()
+    {
+        // §11.1 item 6: 1,000 pending requests would need 18,000 bytes; the page holds the header,
+        // as many 18-byte entries as fit in 4095 bytes, and "\t...\n".
+        var device = await Create("sd3", submitQueues: 1, depth: 1024, nomerges: MergePolicy.Off);
+        await device.Queue.QuiesceAsync();
+        var buffers = Enumerable.Range(0, 1000).Select(_ => new byte[512]).ToArray();
+        var reads = Enumerable.Range(0, 1000).Select(i => device.ReadAsync(i * 4096L, buffers[i]).AsTask()).ToArray();
+
+        string pending;
+        try
+        {
+            pending = Layer.ReadAttribute("kernel/debug/block/sd3/hctx0/pending");
+        }
+        finally
+        {
+            device.Queue.Unquiesce();
+        }
+
+
+        Assert.StartsWith("HCTX pending:\n", pending);
+        Assert.EndsWith("\t...\n", pending);
+        Assert.True(pending.Length <= PageBuffer.PageSize - 1, $"{pending.Length} characters");
+        var entries = pending.Split('\n', StringSplitOptions.RemoveEmptyEntries).Skip(1).SkipLast(1).ToArray();
+        Assert.Equal((4095 - 14) / 18, entries.Length);
+        Assert.All(entries, e => Assert.Matches("^\t[0-9a-f]{16}$", e));
+        Assert.Equal(entries.Length, entries.Distinct().Count());
+        await Task.WhenAll(reads);
+        Assert.Equal("1000\n", Layer.ReadAttribute("kernel/debug/block/sd3/hctx0/queued"));
+        Assert.Equal("HCTX pending:\n", Layer.ReadAttribute("kernel/debug/block/sd3/hctx0/pending"));
+        Assert.Equal("0\n", Layer.ReadAttribute("kernel/debug/block/sd3/hctx0/active"));
+    }
+
+    [Fact]
+    public async Task Debug_counters_follow_the_io()
+    {
+        var device = await Create("sd4", submitQueues: 1);
+        await device.WriteAsync(0, new byte[4096], cpu: 1);
+        await device.ReadAsync(65536, new byte[4096], cpu: 1);
+
+        var hctx = device.Queue.SoftwareContexts[1].HardwareQueue(Hardware.Topology.HctxType.Default).Index;
+        var dir = $"kernel/debug/block/sd4/hctx{hctx}/";
+        Assert.Equal("1 1\n", Layer.ReadAttribute(dir + "cpu1/dispatched"));   // "<sync> <async>": the read is sync, the write async
+        Assert.Equal("1 1\n", Layer.ReadAttribute(dir + "cpu1/completed"));
+        Assert.Equal("0\n", Layer.ReadAttribute(dir + "cpu1/merged"));
+        Assert.Equal("CTX pending:\n", Layer.ReadAttribute(dir + "cpu1/rq_list"));
+        Assert.Equal("2\n", Layer.ReadAttribute(dir + "queued"));
+        var histogram = Layer.ReadAttribute(dir + "dispatched").Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(["       0", "       1", "       2", "       4", "       8", "      16", "     32+"], histogram.Select(l => l.Split('\t')[0]));
+        Assert.Equal(2, histogram.Sum(l => long.Parse(l.Split('\t')[1])));
+        Assert.Contains("nr_tags=64\n", Layer.ReadAttribute(dir + "tags"));
+        Assert.Equal("default\n", Layer.ReadAttribute(dir + "type"));
+    }
+
+    [Fact]
+    public async Task The_tree_follows_hotplug_and_goes_with_the_device()
+    {
+        var device = await Create("sd5", submitQueues: 2);
+        var before = device.Attributes.Current!;
+        await Layer.SetCpuOnlineAsync(3, online: false);
+        var after = device.Attributes.Current!;
+        Assert.True(after.Version > before.Version);
+        Assert.DoesNotContain(after.Paths, p => p.EndsWith("/cpu3/dispatched", StringComparison.Ordinal) && IsOfflineCtx(device, 3));
+        await Layer.SetCpuOnlineAsync(3, online: true);
+
+        await Layer.DestroyDeviceAsync("sd5");
+        Assert.Empty(Layer.ListAttributes("block/sd5/"));
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/sd5/queue/nr_requests")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => device.Attributes.Read("block/sd5/queue/nr_requests")).Errno);
+    }
+
+    [Fact]
+    public async Task The_sysfs_actor_answers_reads_writes_listings_and_hotplug_with_typed_replies()
+    {
+        await Create("sd6");
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+
+        sysfs.Tell(new Sysfs.List("block/sd6/queue/"), TestActor);
+        Assert.Contains("block/sd6/queue/nr_requests", (await ExpectMsgAsync<Sysfs.Listing>()).Paths);
+        sysfs.Tell(new Sysfs.Read("block/sd6/queue/io_timeout"), TestActor);
+        Assert.Equal("5000\n", (await ExpectMsgAsync<Sysfs.Value>()).Text);
+        sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", "16\n"), TestActor);
+        Assert.Equal(new Sysfs.Written("block/sd6/queue/nr_requests", "16\n"), await ExpectMsgAsync<Sysfs.Written>(TimeSpan.FromSeconds(20)));
+        sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", "lots"), TestActor);
+        Assert.Equal("EINVAL", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        sysfs.Tell(new Sysfs.Read("block/sd6/queue/nope"), TestActor);
+        Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+
+        sysfs.Tell(new Sysfs.Hotplug(2, Online: false), TestActor);
+        Assert.Equal("0-1,3", (await ExpectMsgAsync<CpuTopology.TopologyChanged>()).Online);
+        sysfs.Tell(new Sysfs.Hotplug(2, Online: true), TestActor);
+        Assert.Equal("0-3", (await ExpectMsgAsync<CpuTopology.TopologyChanged>()).Online);
+        sysfs.Tell(new Sysfs.Hotplug(9, Online: true), TestActor);
+        Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+    }
+
+    private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
+        !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
+}
