@@ -12,6 +12,8 @@ public static class Program
         usage:
           actorblk serve [--config PATH] [--port N]    run a node serving the devices of hocon.conf
           actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
+          actorblk sysfs list|cat PATH|write PATH VALUE read and write a running node's attributes
+          actorblk hotplug offline|online CPU           take a running node's CPU offline or online
           actorblk help                                 this text
 
         """;
@@ -29,7 +31,13 @@ public static class Program
         {
             if (args.Length > 1 && args[1] is "--help" or "-h")
             {
-                Console.Out.WriteLine(args[0] == "bench" ? Bench.BenchOptions.Usage : Help);
+                Console.Out.WriteLine(args[0] switch
+                {
+                    "bench" => Bench.BenchOptions.Usage,
+                    "sysfs" => SysfsCommand.SysfsUsage,
+                    "hotplug" => SysfsCommand.HotplugUsage,
+                    _ => Help,
+                });
                 return 0;
             }
 
@@ -38,6 +46,8 @@ public static class Program
             {
                 "serve" => await ServeCommand.RunAsync(cl).ConfigureAwait(false),
                 "bench" => await BenchCommand.RunAsync(cl).ConfigureAwait(false),
+                "sysfs" => await SysfsCommand.RunSysfsAsync(cl).ConfigureAwait(false),
+                "hotplug" => await SysfsCommand.RunHotplugAsync(cl).ConfigureAwait(false),
                 _ => throw new UsageException($"unknown command '{args[0]}'."),
             };
         }

@@ -83,6 +83,73 @@ public sealed partial class ServeSpec
     }
 
     [Fact]
+    public async Task Sysfs_and_hotplug_commands_reach_a_running_node_over_remoting()
+    {
+        // Issue 5 item 7: `actorblk sysfs` lists, reads and writes the node's attributes and
+        // `actorblk hotplug` re-maps its devices, as separate processes over Akka remoting.
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0");
+        var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
+        var address = AddressLine().Match(line).Groups["address"].Value[..^"/user/actorblk".Length];
+
+        async Task<(int Code, string Out, string All)> Run(params string[] args)
+        {
+            await using var command = ActorBlkProcess.Start([args[0], "--node", address, .. args[1..]]);
+            var code = await command.WaitForExitAsync(StartTimeout);
+            return (code, command.StandardOutput, command.Output);
+        }
+
+        var list = await Run("sysfs", "list", "block/nullb0/queue/");
+        Assert.Equal(0, list.Code);
+        Assert.Contains("block/nullb0/queue/nr_requests\n", list.Out);
+        Assert.Equal(12, list.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+
+        var timeout = await Run("sysfs", "cat", "/sys/block/nullb0/queue/io_timeout");
+        Assert.Equal((0, "5000\n"), (timeout.Code, timeout.Out));
+        Assert.Equal(0, (await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "2")).Code);
+        Assert.Equal("4\n", (await Run("sysfs", "cat", "block/nullb0/queue/nr_requests")).Out);
+
+        var refused = await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "lots");
+        Assert.Equal(1, refused.Code);
+        Assert.Contains("block/nullb0/queue/nr_requests: 'lots' is not an unsigned number", refused.All);
+        Assert.Contains("(EINVAL)", refused.All);
+        Assert.Contains("(EACCES)", (await Run("sysfs", "write", "block/nullb0/queue/logical_block_size", "4096")).All);
+        Assert.Contains("(ENOENT)", (await Run("sysfs", "cat", "block/sdz/queue/nr_requests")).All);
+
+        // This machine's CPUs (the default hocon.conf reads /sys): the last one cannot go.
+        var cpus = Environment.ProcessorCount;
+        var last = await Run("hotplug", "offline", (cpus - 1).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        if (cpus > 1)
+        {
+            Assert.Equal(0, last.Code);
+            Assert.Contains($"CPU {cpus - 1} offline", last.Out);
+            Assert.Contains("2 device(s) re-mapped", last.Out);
+            var back = await Run("hotplug", "online", (cpus - 1).ToString(System.Globalization.CultureInfo.InvariantCulture));
+            Assert.Equal(0, back.Code);
+            Assert.Contains($"online CPUs 0-{cpus - 1}", back.Out);
+        }
+        else
+        {
+            Assert.Contains("(EBUSY)", last.All);
+        }
+
+        Assert.Contains("(ENOENT)", (await Run("hotplug", "online", "4096")).All);
+        Assert.Equal(2, (await Run("hotplug", "sideways", "1")).Code);
+
+        node.Terminate();
+        Assert.Equal(0, await node.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("sysfs: wrote '2' to block/nullb0/queue/nr_requests", node.Output);
+    }
+
+    [Fact]
+    public async Task The_commands_say_so_when_no_node_answers()
+    {
+        await using var command = ActorBlkProcess.Start("sysfs", "--port", "1", "list");
+
+        Assert.Equal(1, await command.WaitForExitAsync(StartTimeout));
+        Assert.Contains("no ActorBlk node answered at akka.tcp://actorblk@127.0.0.1:1", command.Output);
+    }
+
+    [Fact]
     public async Task A_bad_device_entry_is_refused_with_the_key_named()
     {
         var config = Path.Combine(Path.GetTempPath(), $"actorblk-bad-{Guid.NewGuid():N}.conf");
@@ -105,6 +172,9 @@ public sealed partial class ServeSpec
     [InlineData("frobnicate", "unknown command 'frobnicate'")]
     [InlineData("serve --port 70000", "--port")]
     [InlineData("serve --config /nonexistent.conf", "does not exist")]
+    [InlineData("sysfs --port 4053", "a sub-command is needed")]
+    [InlineData("sysfs --port 4053 cat", "is not list [PREFIX], cat PATH or write PATH VALUE")]
+    [InlineData("hotplug --port 4053 offline one", "'one' is not a CPU number")]
     public async Task Usage_errors_exit_with_2_and_say_why(string args, string message)
     {
         await using var node = ActorBlkProcess.Start(args.Split(' '));
