@@ -47,14 +47,14 @@ public sealed class BlockDevice : IBlockDevice
     public AlignedBuffer AllocateBuffer(int length)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
-        return Queue.Driver.AllocateBuffer(length) ?? new AlignedBuffer(length, Math.Max(AlignedBuffer.PageAlignment, MemoryAlignment));
+        return (Queue.Kind == QueueKind.MultiQueue ? Queue.Driver.AllocateBuffer(length) : null) ?? new AlignedBuffer(length, Math.Max(AlignedBuffer.PageAlignment, MemoryAlignment));
     }
 
     /// <inheritdoc />
     public bool IsReadOnly => Queue.ReadOnly;
 
     /// <inheritdoc />
-    public DispatchMode Dispatch => Queue.Runtime.Mode;
+    public DispatchMode Dispatch => Queue.Kind == QueueKind.BioBased ? DispatchMode.Bio : Queue.IsStarted ? Queue.Runtime.Mode : DispatchMode.Ring;
 
     /// <inheritdoc />
     public RequestQueue Queue { get; }
@@ -212,7 +212,9 @@ public sealed class BlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public override string ToString() => $"{Name} ({Capacity} bytes, {LogicalBlockSize}-byte blocks, {Queue.TagSet.HardwareQueueCount} hw queues)";
+    public override string ToString() => Queue.Kind == QueueKind.MultiQueue
+        ? $"{Name} ({Capacity} bytes, {LogicalBlockSize}-byte blocks, {Queue.TagSet.HardwareQueueCount} hw queues)"
+        : $"{Name} ({Capacity} bytes, {LogicalBlockSize}-byte blocks, {Queue.Kind.ToString().ToLowerInvariant()})";
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private Bio Prepare(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu)
@@ -250,7 +252,7 @@ public sealed class BlockDevice : IBlockDevice
         var lbs = limits.LogicalBlockSize;
         if (((offset | length) & (lbs - 1)) == 0 && length > 0 && offset >= 0 && length <= MaxIoBytes &&
             offset <= limits.CapacityBytes - length && (flags & ~CallerFlags) == 0 &&
-            (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits))
+            (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits) && Queue.AcceptsIo)
         {
             return null;
         }
@@ -269,6 +271,11 @@ public sealed class BlockDevice : IBlockDevice
     private InvalidBlockRequestException Diagnose(BlockOp op, long offset, long length, RequestFlags flags, QueueLimits limits)
     {
         var lbs = limits.LogicalBlockSize;
+        if (!Queue.AcceptsIo)
+        {
+            return Invalid(InvalidRequestReason.NotRegistered, op, offset, length, "the device is not registered");
+        }
+
         if ((flags & ~CallerFlags) != 0)
         {
             return Invalid(InvalidRequestReason.InvalidFlags, op, offset, length, $"flags {flags & ~CallerFlags} are reserved to the block layer");

@@ -62,6 +62,9 @@ public enum InvalidRequestReason
 
     /// <summary>A flag that callers may not set (tag reservation, for example).</summary>
     InvalidFlags,
+
+    /// <summary>The device is allocated but not registered: nothing dispatches its I/O yet.</summary>
+    NotRegistered,
 }
 
 /// <summary>

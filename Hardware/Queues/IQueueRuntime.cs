@@ -13,6 +13,9 @@ public enum DispatchMode
 
     /// <summary>Every request travels as messages: software-context actor, hardware-queue actor, driver actor, completion.</summary>
     Mailbox,
+
+    /// <summary>A bio-based device: bios go to its bio driver on the submitting thread (no requests, no queues).</summary>
+    Bio,
 }
 
 /// <summary>

@@ -27,8 +27,18 @@ namespace ActorBlk.Hardware.Queues;
 /// </remarks>
 public sealed class RequestQueue
 {
-    private readonly SoftwareContext[] _contexts;
-    private readonly HardwareContext[] _hctxs;
+    /// <summary><c>BLKDEV_DEFAULT_RQ</c>: the <c>nr_requests</c> of a queue that is not (yet) multi-queue.</summary>
+    public const int DefaultNrRequests = 128;
+
+    /// <summary>The timeout of a queue whose tag set names none: 30 s (blk-mq-semantics §5 item 1).</summary>
+    public const int DefaultTimeoutMs = 30_000;
+
+    private readonly CpuTopology _allocatedOn;
+    private SoftwareContext[] _contexts = [];
+    private HardwareContext[] _hctxs = [];
+    private TagSet? _tagSet;
+    private IBlockDriver? _driver;
+    private IBioDriver? _bioDriver;
     private IQueueRuntime? _runtime;
     private volatile QueueLimits _limits;
     private int _quiesceDepth;
@@ -41,10 +51,15 @@ public sealed class RequestQueue
     private volatile int _nrRequests;
     private int _registered;
     private volatile bool _detached;
+    private volatile int _kind;
+    private volatile int _dead;
+    private volatile bool _acceptsIo;
 
     /// <summary>
-    /// Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>.
-    /// The queue joins the set with <see cref="Tags.TagSet.AddQueue"/> (which may make it shared).
+    /// Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>:
+    /// <c>blk_mq_alloc_queue</c>, phase 1 (<see cref="Allocate"/>) and phase 2
+    /// (<see cref="InitializeMq"/>) in one. The queue joins the set with <see cref="Tags.TagSet.AddQueue"/>
+    /// (which may make it shared).
     /// </summary>
     /// <param name="name">The disk name ("nullb0").</param>
     /// <param name="tagSet">The tag set.</param>
@@ -52,57 +67,147 @@ public sealed class RequestQueue
     /// <param name="options">Run-time settings.</param>
     /// <param name="clock">Clock for request deadlines; the system clock by default.</param>
     public RequestQueue(string name, TagSet tagSet, IBlockDriver driver, QueueOptions? options = null, BlockClock? clock = null)
+        : this(name, (tagSet ?? throw new ArgumentNullException(nameof(tagSet))).Map.Topology, (driver ?? throw new ArgumentNullException(nameof(driver))).Limits, clock)
+    {
+        InitializeMq(tagSet, driver, options);
+    }
+
+    // Phase 1 (blk_alloc_queue): a generic queue with limits, a usage counter in atomic mode, the
+    // default settings and no dispatch machinery; it can become bio-based or multi-queue later.
+    private RequestQueue(string name, CpuTopology topology, QueueLimits limits, BlockClock? clock)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);
-        ArgumentNullException.ThrowIfNull(tagSet);
-        ArgumentNullException.ThrowIfNull(driver);
-        options ??= new QueueOptions();
+        ArgumentNullException.ThrowIfNull(topology);
+        ArgumentNullException.ThrowIfNull(limits);
+        limits.Validate();
 
         Name = name;
-        TagSet = tagSet;
-        Driver = driver;
         Clock = clock ?? BlockClock.System;
-        _limits = driver.Limits;
-        _limits.Validate();
+        _allocatedOn = topology;
+        _limits = limits;
+        _rqAffinity = (int)CompletionAffinity.CacheGroup;
+        _ioTimeoutMs = DefaultTimeoutMs;
+        _nrRequests = DefaultNrRequests;
+        MaxRetries = DefaultMaxRetries;
+        Attributes = new QueueAttributes(this);
+        Bios = new BioPool(64);
+    }
 
-        _mergePolicy = (int)options.MergePolicy;
-        _rqAffinity = (int)options.RqAffinity;
-        _ioTimeoutMs = options.IoTimeoutMs > 0 ? options.IoTimeoutMs : tagSet.TimeoutMs;
-        _readOnly = options.ReadOnly;
-        _rotational = options.Rotational;
+    /// <summary>
+    /// Allocates a placeholder queue (phase 1 of two-phase initialisation, <c>blk_alloc_queue</c>,
+    /// blk-mq-semantics §10): a name, limits and a usage counter, nothing per CPU or per hardware
+    /// queue. Make it bio-based with <see cref="InitializeBioBased"/> or multi-queue with
+    /// <see cref="InitializeMq"/>; the choice is then fixed.
+    /// </summary>
+    public static RequestQueue Allocate(string name, CpuTopology topology, QueueLimits? limits = null, BlockClock? clock = null) =>
+        new(name, topology, limits ?? new QueueLimits(), clock);
+
+    /// <summary>
+    /// Phase 2 for a multi-queue queue (<c>blk_mq_init_allocated_queue</c>): software contexts for
+    /// every possible CPU, the hardware queues of <paramref name="tagSet"/>, the map, nr_requests =
+    /// the tag depth, the set's timeout. The driver's limits replace the placeholder's.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queue was already initialised (its type is fixed).</exception>
+    public void InitializeMq(TagSet tagSet, IBlockDriver driver, QueueOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(tagSet);
+        ArgumentNullException.ThrowIfNull(driver);
+        driver.Limits.Validate();
+        options ??= new QueueOptions();
+        SetKind(QueueKind.MultiQueue);
+
+        _tagSet = tagSet;
+        _driver = driver;
+        _limits = driver.Limits;
+        ApplyOptions(options, tagSet.TimeoutMs);
         _ioPoll = options.IoPoll && tagSet.PollQueues > 0 && (driver.Features & DriverFeatures.Poll) != 0;
         _nrRequests = tagSet.QueueDepth;
-        MaxRetries = options.MaxRetries;
-        Continuation = options.Continuation;
 
         var map = tagSet.Map;
-        _contexts = new SoftwareContext[map.Topology.PossibleCount];
-        for (var cpu = 0; cpu < _contexts.Length; cpu++)
+        var contexts = new SoftwareContext[map.Topology.PossibleCount];
+        for (var cpu = 0; cpu < contexts.Length; cpu++)
         {
-            _contexts[cpu] = new SoftwareContext(this, cpu);
+            contexts[cpu] = new SoftwareContext(this, cpu);
         }
 
         // With host-wide tags activity is accounted per request queue rather than per hardware queue.
         var queueAccount = tagSet.IsHostWide ? new TagShareAccount() : null;
-        _hctxs = new HardwareContext[tagSet.HardwareQueueCount];
-        for (var i = 0; i < _hctxs.Length; i++)
+        var hctxs = new HardwareContext[tagSet.HardwareQueueCount];
+        for (var i = 0; i < hctxs.Length; i++)
         {
-            _hctxs[i] = new HardwareContext(this, i, tagSet.TagsOf(i), map.TypeOf(i)).InitAccount(queueAccount);
+            hctxs[i] = new HardwareContext(this, i, tagSet.TagsOf(i), map.TypeOf(i)).InitAccount(queueAccount);
         }
 
-        Attributes = new QueueAttributes(this);
+        _contexts = contexts;
+        _hctxs = hctxs;
         Remap(map);
         Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2));
     }
+
+    /// <summary>
+    /// Phase 2 for a bio-based queue: every bio goes to <paramref name="driver"/> whole (split only
+    /// to the queue's limits), holding a usage reference until the driver ends it with
+    /// <see cref="EndBio"/>. There are no tags, contexts or hardware queues.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queue was already initialised (its type is fixed).</exception>
+    public void InitializeBioBased(IBioDriver driver, QueueOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(driver);
+        driver.Limits.Validate();
+        SetKind(QueueKind.BioBased);
+        _bioDriver = driver;
+        _limits = driver.Limits;
+        ApplyOptions(options ?? new QueueOptions(), DefaultTimeoutMs);
+    }
+
+    private void SetKind(QueueKind kind)
+    {
+        if (Interlocked.CompareExchange(ref _kind, (int)kind, (int)QueueKind.Placeholder) != (int)QueueKind.Placeholder)
+        {
+            throw new InvalidOperationException($"Queue {Name} is already {Kind}; a queue's type is fixed once initialised.");
+        }
+
+        if (_dead != 0)
+        {
+            throw new InvalidOperationException($"Queue {Name} is dead.");
+        }
+    }
+
+    private void ApplyOptions(QueueOptions options, int setTimeoutMs)
+    {
+        _mergePolicy = (int)options.MergePolicy;
+        _rqAffinity = (int)options.RqAffinity;
+        _ioTimeoutMs = options.IoTimeoutMs > 0 ? options.IoTimeoutMs : setTimeoutMs > 0 ? setTimeoutMs : DefaultTimeoutMs;
+        _readOnly = options.ReadOnly;
+        _rotational = options.Rotational;
+        MaxRetries = options.MaxRetries;
+        Continuation = options.Continuation;
+    }
+
+    /// <summary>What the queue is: a placeholder, bio-based or multi-queue.</summary>
+    public QueueKind Kind => (QueueKind)_kind;
+
+    /// <summary>Where the queue is in its life (blk-mq-semantics §9-§10).</summary>
+    public QueueState State =>
+        _dead != 0 ? QueueState.Dead
+        : Usage.IsDying ? QueueState.Dying
+        : IsRegistered ? QueueState.Registered
+        : Kind != QueueKind.Placeholder ? QueueState.Initialized
+        : QueueState.Allocated;
+
+    /// <summary>The bio driver of a bio-based queue, else null.</summary>
+    public IBioDriver? BioDriver => _bioDriver;
 
     /// <summary>The disk name.</summary>
     public string Name { get; }
 
     /// <summary>The tag set.</summary>
-    public TagSet TagSet { get; }
+    /// <exception cref="InvalidOperationException">The queue is not multi-queue.</exception>
+    public TagSet TagSet => _tagSet ?? throw NotMultiQueue();
 
     /// <summary>The driver.</summary>
-    public IBlockDriver Driver { get; }
+    /// <exception cref="InvalidOperationException">The queue is not multi-queue.</exception>
+    public IBlockDriver Driver => _driver ?? throw NotMultiQueue();
 
     /// <summary>The clock request deadlines are measured on.</summary>
     public BlockClock Clock { get; }
@@ -114,16 +219,16 @@ public sealed class RequestQueue
     public QueueAttributes Attributes { get; }
 
     /// <summary>Pool of bios for this queue.</summary>
-    public BioPool Bios { get; }
+    public BioPool Bios { get; private set; }
 
     /// <summary>Where awaited I/O continues.</summary>
-    public CompletionContinuation Continuation { get; }
+    public CompletionContinuation Continuation { get; private set; }
 
     /// <summary>The queue's limits (capacity, block sizes, request size).</summary>
     public QueueLimits Limits => _limits;
 
-    /// <summary>The topology of the current CPU map.</summary>
-    public CpuTopology Topology => TagSet.Map.Topology;
+    /// <summary>The topology of the current CPU map (the one the queue was allocated on, until it is multi-queue).</summary>
+    public CpuTopology Topology => _tagSet?.Map.Topology ?? _allocatedOn;
 
     /// <summary>One software context per possible CPU.</summary>
     public IReadOnlyList<SoftwareContext> SoftwareContexts => _contexts;
@@ -133,6 +238,12 @@ public sealed class RequestQueue
 
     /// <summary>The dispatch runtime; set by <see cref="Start"/>.</summary>
     public IQueueRuntime Runtime => _runtime ?? throw new InvalidOperationException($"Queue {Name} has no dispatch runtime: it was never started.");
+
+    /// <summary>
+    /// True once the queue takes I/O: a multi-queue queue once a runtime serves it, a bio-based one
+    /// once registered. A dying queue still accepts submissions, which then fail with Offline.
+    /// </summary>
+    public bool AcceptsIo => _acceptsIo;
 
     /// <summary>True once a runtime serves the queue.</summary>
     public bool IsStarted => Volatile.Read(ref _runtime) is not null;
@@ -198,12 +309,18 @@ public sealed class RequestQueue
     public void Start(IQueueRuntime runtime)
     {
         ArgumentNullException.ThrowIfNull(runtime);
+        if (Kind != QueueKind.MultiQueue)
+        {
+            throw new InvalidOperationException($"Queue {Name} is {Kind.ToString().ToLowerInvariant()}; only a multi-queue queue has a dispatch runtime.");
+        }
+
         if (Interlocked.CompareExchange(ref _runtime, runtime, null) is not null)
         {
             throw new InvalidOperationException($"Queue {Name} is already started.");
         }
 
         runtime.Attach(this);
+        _acceptsIo = true;
     }
 
     /// <summary>
@@ -212,10 +329,19 @@ public sealed class RequestQueue
     /// </summary>
     public void Register()
     {
+        if (Kind == QueueKind.Placeholder)
+        {
+            throw new InvalidOperationException($"Queue {Name} is a placeholder: initialise it as bio-based or multi-queue before registering it.");
+        }
+
         if (Interlocked.Exchange(ref _registered, 1) == 0)
         {
-            Usage.SwitchToPerCpu(_contexts.Length);
+            Usage.SwitchToPerCpu(Topology.PossibleCount);
             Attributes.Publish();
+            if (Kind == QueueKind.BioBased)
+            {
+                _acceptsIo = true;
+            }
         }
     }
 
@@ -247,6 +373,19 @@ public sealed class RequestQueue
             bio.Flags &= ~(RequestFlags.PreFlush | RequestFlags.Fua);
         }
 
+        // A bio-based queue hands the whole bio to its driver, holding a usage reference until the
+        // driver ends it, so freezes and teardown drain bio-based I/O as they drain requests.
+        if (_bioDriver is { } bioDriver)
+        {
+            bio.Plug = null;
+            if (Enter(bio))
+            {
+                bioDriver.SubmitBio(this, bio);
+            }
+
+            return;
+        }
+
         var max = MaxSectorsFor(bio.Op, limits);
         if (bio.Sectors > max && max > 0)
         {
@@ -262,6 +401,25 @@ public sealed class RequestQueue
             Runtime.Submit(_contexts[bio.Cpu], bio);
         }
     }
+
+    /// <summary>
+    /// Ends a bio of a bio-based queue (<c>bio_endio</c> from its driver): drops the usage reference
+    /// it held and completes it. Later calls for the same bio are ignored.
+    /// </summary>
+    public void EndBio(Bio bio, BlockStatus status)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        if (bio.Entered)
+        {
+            bio.Entered = false;
+            Usage.Exit(bio.Cpu);
+        }
+
+        bio.Complete(status);
+    }
+
+    private InvalidOperationException NotMultiQueue() =>
+        new($"Queue {Name} is {Kind.ToString().ToLowerInvariant()}, not multi-queue: it has no tag set, driver or hardware queues.");
 
     // Takes the bio's usage reference, or completes it (Again, Offline), or parks it until the
     // queue thaws. Returns true when the bio may proceed.
@@ -784,8 +942,31 @@ public sealed class RequestQueue
             }
         }
 
-        TagSet.RemoveQueue(this);
+        _tagSet?.RemoveQueue(this);
+        if (_bioDriver is { } bioDriver)
+        {
+            bioDriver.Detach(this);
+        }
+
+        _dead = 1;
         return failed;
+    }
+
+    /// <summary>
+    /// Destroys a queue that was never registered (<c>blk_put_queue</c> on a probe that found no
+    /// device): it only marks the queue dead, because nothing per CPU or per hardware queue was
+    /// started for it; the caller still owns the driver.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queue is registered; unregister it with <see cref="ShutdownAsync"/>.</exception>
+    public void Destroy()
+    {
+        if (IsRegistered || IsStarted)
+        {
+            throw new InvalidOperationException($"Queue {Name} is registered; shut it down instead.");
+        }
+
+        Usage.MarkDying();
+        _dead = 1;
     }
 
     /// <summary>

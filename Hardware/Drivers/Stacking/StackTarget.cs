@@ -1,0 +1,283 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+/// <summary>One piece of a bio on a member device: where it goes and which part of the bio it is.</summary>
+/// <param name="Member">The member device.</param>
+/// <param name="MemberOffset">Byte offset on the member.</param>
+/// <param name="BioOffset">Byte offset within the bio.</param>
+/// <param name="Length">Bytes.</param>
+public readonly record struct StackPiece(IBlockDevice Member, long MemberOffset, int BioOffset, int Length);
+
+/// <summary>
+/// A bio-based stacking target over other ActorBlk devices, as device-mapper's linear and striped
+/// targets: a bio is cut at member boundaries into pieces, each piece is submitted to its member,
+/// and the bio ends when every piece has (with the first error, if any). A flush goes to every member.
+/// </summary>
+public abstract class StackTarget : IBioDriver
+{
+    private readonly IBlockDevice[] _members;
+
+    /// <summary>Creates the target over <paramref name="members"/> (distinct devices).</summary>
+    protected StackTarget(IReadOnlyList<IBlockDevice> members, long capacityBytes)
+    {
+        ArgumentNullException.ThrowIfNull(members);
+        if (members.Count == 0)
+        {
+            throw new ArgumentException("A stacking target needs at least one member device.", nameof(members));
+        }
+
+        _members = [.. members.Distinct()];
+        var lbs = _members.Max(m => m.LogicalBlockSize);
+        var maxSectors = _members.Min(m => m.Queue.Limits.MaxSectors);
+        Limits = new QueueLimits
+        {
+            LogicalBlockSize = lbs,
+            PhysicalBlockSize = Math.Max(lbs, _members.Max(m => m.Queue.Limits.PhysicalBlockSize)),
+            CapacitySectors = capacityBytes / lbs * lbs >> Bio.SectorShift,
+            MaxHardwareSectors = Math.Max(maxSectors, QueueLimits.DefaultMaxSectors),
+            MaxSectors = QueueLimits.DefaultMaxSectors,
+            MemoryAlignment = _members.Max(m => m.MemoryAlignment),
+            MaxDiscardSectors = _members.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
+            MaxWriteZeroesSectors = _members.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
+            VolatileWriteCache = _members.Any(m => m.Queue.Limits.VolatileWriteCache),
+            Fua = _members.All(m => m.Queue.Limits.Fua),
+        };
+    }
+
+    /// <summary>The member devices.</summary>
+    public IReadOnlyList<IBlockDevice> Members => _members;
+
+    /// <inheritdoc />
+    public QueueLimits Limits { get; }
+
+    /// <inheritdoc />
+    public abstract string Description { get; }
+
+    /// <summary>The target's name in a table ("linear", "striped").</summary>
+    public abstract string TargetType { get; }
+
+    /// <summary>The pieces of the byte range [<paramref name="offset"/>, + <paramref name="length"/>), in order.</summary>
+    public abstract IEnumerable<StackPiece> Map(long offset, int length);
+
+    /// <inheritdoc />
+    public void SubmitBio(RequestQueue queue, Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        ArgumentNullException.ThrowIfNull(bio);
+        var io = new StackedIo(queue, bio);
+        if (bio.Op == BlockOp.Flush)
+        {
+            foreach (var member in _members)
+            {
+                io.Submit(member, BlockOp.Flush, 0, 0, default, bio.Flags, bio.Cpu);
+            }
+        }
+        else
+        {
+            foreach (var piece in Map(bio.Offset, bio.Size))
+            {
+                var buffer = bio.Op.HasData() ? bio.Buffer.Slice(piece.BioOffset, piece.Length) : default;
+                io.Submit(piece.Member, bio.Op, piece.MemberOffset, piece.Length, buffer, bio.Flags, bio.Cpu);
+            }
+        }
+
+        io.Submitted();
+    }
+
+    /// <inheritdoc />
+    public void Detach(RequestQueue queue)
+    {
+    }
+
+    /// <summary>The target owns nothing native; the members belong to the block layer.</summary>
+    public void Dispose() => GC.SuppressFinalize(this);
+
+    // One bio in flight on the members: a count of its pieces plus one for the submission, so the
+    // bio cannot end while pieces are still being submitted; the first error wins.
+    private sealed class StackedIo(RequestQueue queue, Bio bio) : IBioEndIo
+    {
+        private int _pending = 1;
+        private int _status;
+
+        public void Submit(IBlockDevice member, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu)
+        {
+            Interlocked.Increment(ref _pending);
+            try
+            {
+                member.SubmitWithEndIo(op, offset, length, buffer, flags & ~RequestFlags.NoMerge, cpu, this);
+            }
+            catch (InvalidBlockRequestException ex)
+            {
+                Done(ex.Reason == InvalidRequestReason.NotSupported ? BlockStatus.NotSupported : BlockStatus.IoError);
+            }
+            catch (InvalidOperationException)
+            {
+                // A member that is being removed.
+                Done(BlockStatus.Offline);
+            }
+        }
+
+        public void Submitted() => Done(BlockStatus.Ok);
+
+        public void OnBioComplete(Bio piece, BlockStatus status) => Done(status);
+
+        private void Done(BlockStatus status)
+        {
+            if (status != BlockStatus.Ok)
+            {
+                Interlocked.CompareExchange(ref _status, (int)status, 0);
+            }
+
+            if (Interlocked.Decrement(ref _pending) == 0)
+            {
+                queue.EndBio(bio, (BlockStatus)Volatile.Read(ref _status));
+            }
+        }
+    }
+}
+
+/// <summary>An extent of a linear table: <paramref name="Length"/> bytes of <paramref name="Device"/> from <paramref name="Offset"/>.</summary>
+public sealed record LinearExtent(IBlockDevice Device, long Offset, long Length);
+
+/// <summary>
+/// dm-linear: the extents one after another. A bio that crosses from one extent into the next is
+/// cut at the boundary.
+/// </summary>
+public sealed class LinearTarget : StackTarget
+{
+    private readonly LinearExtent[] _extents;
+    private readonly long[] _starts;
+
+    /// <summary>Creates the target.</summary>
+    /// <exception cref="ArgumentException">An extent is empty, misaligned or outside its device.</exception>
+    public LinearTarget(IReadOnlyList<LinearExtent> extents)
+        : base(Check(extents).Select(e => e.Device).ToArray(), extents.Sum(e => e.Length))
+    {
+        _extents = [.. extents];
+        _starts = new long[_extents.Length];
+        long start = 0;
+        for (var i = 0; i < _extents.Length; i++)
+        {
+            _starts[i] = start;
+            start += _extents[i].Length;
+            if (_extents[i].Length % Limits.LogicalBlockSize != 0 || _extents[i].Offset % Limits.LogicalBlockSize != 0)
+            {
+                throw new ArgumentException($"extent {i} ({_extents[i].Device.Name}): offset and length must be multiples of the {Limits.LogicalBlockSize}-byte block size.", nameof(extents));
+            }
+        }
+    }
+
+    /// <summary>The extents.</summary>
+    public IReadOnlyList<LinearExtent> Extents => _extents;
+
+    /// <inheritdoc />
+    public override string TargetType => "linear";
+
+    /// <inheritdoc />
+    public override string Description => "linear over " + string.Join(", ", _extents.Select(e => $"{e.Device.Name}+{e.Offset}:{e.Length}"));
+
+    /// <inheritdoc />
+    public override IEnumerable<StackPiece> Map(long offset, int length)
+    {
+        var i = Array.BinarySearch(_starts, offset);
+        i = i >= 0 ? i : ~i - 1;
+        var done = 0;
+        while (done < length)
+        {
+            var extent = _extents[i];
+            var within = offset + done - _starts[i];
+            var piece = (int)Math.Min(length - done, extent.Length - within);
+            yield return new StackPiece(extent.Device, extent.Offset + within, done, piece);
+            done += piece;
+            i++;
+        }
+    }
+
+    private static IReadOnlyList<LinearExtent> Check(IReadOnlyList<LinearExtent> extents)
+    {
+        ArgumentNullException.ThrowIfNull(extents);
+        if (extents.Count == 0)
+        {
+            throw new ArgumentException("A linear table needs at least one extent.", nameof(extents));
+        }
+
+        foreach (var e in extents)
+        {
+            if (e.Length <= 0 || e.Offset < 0 || e.Offset > e.Device.Capacity - e.Length)
+            {
+                throw new ArgumentException($"extent {e.Device.Name}+{e.Offset}:{e.Length} does not lie within the device's {e.Device.Capacity} bytes.", nameof(extents));
+            }
+        }
+
+        return extents;
+    }
+}
+
+/// <summary>
+/// dm-stripe: chunks of <see cref="ChunkBytes"/> dealt round-robin over the members (chunk c on
+/// member c mod N at chunk c div N). A bio is cut at every chunk boundary it crosses.
+/// </summary>
+public sealed class StripedTarget : StackTarget
+{
+    private readonly IBlockDevice[] _stripes;
+
+    /// <summary>Creates the target; the capacity is the smallest member's whole chunks times the stripe count.</summary>
+    /// <exception cref="ArgumentException">No members, a member twice, or a chunk that is not a power of two of at least one block.</exception>
+    public StripedTarget(IReadOnlyList<IBlockDevice> stripes, int chunkBytes)
+        : base(stripes, Capacity(stripes, chunkBytes))
+    {
+        _stripes = [.. stripes];
+        ChunkBytes = chunkBytes;
+        if (chunkBytes < Limits.LogicalBlockSize)
+        {
+            throw new ArgumentException($"chunk of {chunkBytes} bytes is smaller than the {Limits.LogicalBlockSize}-byte block size.", nameof(chunkBytes));
+        }
+    }
+
+    /// <summary>The chunk size in bytes.</summary>
+    public int ChunkBytes { get; }
+
+    /// <summary>The stripes in order.</summary>
+    public IReadOnlyList<IBlockDevice> Stripes => _stripes;
+
+    /// <inheritdoc />
+    public override string TargetType => "striped";
+
+    /// <inheritdoc />
+    public override string Description => $"striped over {string.Join(", ", _stripes.Select(s => s.Name))}, {ChunkBytes}-byte chunks";
+
+    /// <inheritdoc />
+    public override IEnumerable<StackPiece> Map(long offset, int length)
+    {
+        var done = 0;
+        while (done < length)
+        {
+            var at = offset + done;
+            var chunk = at / ChunkBytes;
+            var within = (int)(at % ChunkBytes);
+            var piece = Math.Min(length - done, ChunkBytes - within);
+            var member = _stripes[(int)(chunk % _stripes.Length)];
+            yield return new StackPiece(member, chunk / _stripes.Length * ChunkBytes + within, done, piece);
+            done += piece;
+        }
+    }
+
+    private static long Capacity(IReadOnlyList<IBlockDevice> stripes, int chunkBytes)
+    {
+        ArgumentNullException.ThrowIfNull(stripes);
+        if (stripes.Count == 0 || stripes.Distinct().Count() != stripes.Count)
+        {
+            throw new ArgumentException("A striped table needs distinct member devices.", nameof(stripes));
+        }
+
+        if (chunkBytes <= 0 || (chunkBytes & (chunkBytes - 1)) != 0)
+        {
+            throw new ArgumentException($"chunk of {chunkBytes} bytes is not a power of two.", nameof(chunkBytes));
+        }
+
+        return stripes.Min(s => s.Capacity) / chunkBytes * chunkBytes * stripes.Count;
+    }
+}
