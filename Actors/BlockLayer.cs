@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Sysfs;
@@ -121,6 +122,70 @@ public sealed class BlockLayer : IExtension
     }
 
     /// <summary>
+    /// Allocates a device without registering it (phases 1 and 2 of §10, no registration): its
+    /// driver, tag set and queue exist, but nothing per CPU or per hardware queue is started (no
+    /// actors, no dispatch threads, no attribute tree) and I/O fails with
+    /// <see cref="InvalidRequestReason.NotRegistered"/>. Register it with
+    /// <see cref="RegisterDeviceAsync"/>, or destroy it (cheaply) with <see cref="DestroyDeviceAsync"/>.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    public async Task<IBlockDevice> AllocateDeviceAsync(DeviceOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var created = await Guardian.Ask<Created>(new Allocate(options), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return created.Device;
+    }
+
+    /// <summary>Registers a device made by <see cref="AllocateDeviceAsync"/>; completes when it serves I/O.</summary>
+    /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    /// <exception cref="InvalidOperationException">It is registered already, or it is a stacked device.</exception>
+    public async Task<IBlockDevice> RegisterDeviceAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var reply = await Guardian.Ask<object>(new Register(name), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return reply switch
+        {
+            Created c => c.Device,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
+        };
+    }
+
+    /// <summary>
+    /// Creates a stacked device as device-mapper does (<c>dmsetup create</c> without a table): a
+    /// placeholder queue under <paramref name="name"/>, neither bio-based nor multi-queue until the
+    /// first <see cref="LoadTableAsync"/>. Its I/O fails with NotRegistered until then.
+    /// </summary>
+    /// <exception cref="DeviceOptionsException">The name is taken or invalid.</exception>
+    public async Task<IBlockDevice> CreateStackedDeviceAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var created = await Guardian.Ask<Created>(new CreateStacked(name), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return created.Device;
+    }
+
+    /// <summary>
+    /// Loads a table into a stacked device. The first table decides the device's type and registers
+    /// it; a later one replaces the target while the device is frozen (in-flight I/O drains first).
+    /// Member devices cannot be destroyed while a stacked device uses them.
+    /// </summary>
+    /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    /// <exception cref="DeviceOptionsException">The table is refused (unknown or busy member, bad geometry).</exception>
+    public async Task<IBlockDevice> LoadTableAsync(string name, StackTable table, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(table);
+        var reply = await Guardian.Ask<object>(new LoadTable(name, table), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        return reply switch
+        {
+            Created c => c.Device,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
+        };
+    }
+
+    /// <summary>
     /// Creates a device, blocking the calling thread until it is registered. Prefer
     /// <see cref="CreateDeviceAsync(DeviceOptions, CancellationToken)"/> in asynchronous code.
     /// </summary>
@@ -133,6 +198,7 @@ public sealed class BlockLayer : IExtension
     /// drain timeout), later I/O fails with Offline. Completes with the number of failed requests.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
     public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -141,6 +207,7 @@ public sealed class BlockLayer : IExtension
         {
             Destroyed d => d.FailedRequests,
             NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            DeviceBusy busy => throw new DeviceBusyException(name, busy.Holder),
             _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
         };
     }
@@ -267,6 +334,21 @@ public sealed class BlockLayer : IExtension
     /// <summary>The device exists and serves I/O. Local only.</summary>
     public sealed record Created(BlockDevice Device) : INoSerializationVerificationNeeded;
 
+    /// <summary>Allocate a device without registering it (reply <see cref="Created"/>, or a failure). Local only.</summary>
+    public sealed record Allocate(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
+
+    /// <summary>Register an allocated device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
+    public sealed record Register(string Name) : INoSerializationVerificationNeeded;
+
+    /// <summary>Create a stacked device's placeholder (reply <see cref="Created"/>). Local only.</summary>
+    public sealed record CreateStacked(string Name) : INoSerializationVerificationNeeded;
+
+    /// <summary>Load a table into a stacked device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
+    public sealed record LoadTable(string Name, StackTable Table) : INoSerializationVerificationNeeded;
+
+    /// <summary>The device cannot be destroyed: <paramref name="Holder"/> is built on it.</summary>
+    public sealed record DeviceBusy(string Name, string Holder) : IActorBlkMessage;
+
     /// <summary>Destroy a device (reply <see cref="Destroyed"/> or <see cref="NoSuchDevice"/>).</summary>
     public sealed record Destroy(string Name) : IActorBlkMessage;
 
@@ -313,7 +395,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     private readonly BlockLayer _layer;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Entry> _devices = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, (IActorRef Actor, TagSetState Set)> _sharedTagSets = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, SharedTagSet> _sharedTagSets = new(StringComparer.Ordinal);
     private IActorRef _topology = ActorRefs.Nobody;
 
     // Actor names carry an incarnation number: a device destroyed and created again under the
@@ -324,6 +406,10 @@ internal sealed class BlockLayerActor : ReceiveActor
     {
         _layer = layer;
         Receive<BlockLayer.Create>(HandleCreate);
+        Receive<BlockLayer.Allocate>(HandleAllocate);
+        Receive<BlockLayer.Register>(HandleRegister);
+        Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
+        Receive<BlockLayer.LoadTable>(HandleLoadTable);
         Receive<RequestQueue.Ready>(HandleReady);
         Receive<BlockLayer.Destroy>(HandleDestroy);
         Receive<RequestQueue.Unregistered>(HandleUnregistered);
@@ -331,7 +417,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
         Receive<BlockLayer.GetDeviceInfo>(get =>
         {
-            if (_devices.TryGetValue(get.Name, out var entry) && entry.Ready)
+            if (_devices.TryGetValue(get.Name, out var entry) && entry.Ready && entry.Actor is not null)
             {
                 entry.Actor.Forward(RequestQueue.GetInfo.Instance);
             }
@@ -360,18 +446,54 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleCreate(BlockLayer.Create create)
     {
-        var options = create.Options;
-        if (_devices.ContainsKey(options.Name))
+        if (Build(create.Options, create.Driver) is { } entry)
         {
-            create.Driver?.Dispose();
-            Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
+            entry.Creator = Sender;
+            StartActor(entry);
+        }
+    }
+
+    // Allocation only: driver, tag set and queue exist; no actor, no dispatch thread, no sysfs.
+    private void HandleAllocate(BlockLayer.Allocate allocate)
+    {
+        if (Build(allocate.Options, allocate.Driver) is { } entry)
+        {
+            Sender.Tell(new BlockLayer.Created(entry.Device));
+        }
+    }
+
+    private void HandleRegister(BlockLayer.Register register)
+    {
+        if (!_devices.TryGetValue(register.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(register.Name));
             return;
         }
 
+        if (entry.Actor is not null || entry.Device.Queue.Kind != QueueKind.MultiQueue)
+        {
+            Sender.Tell(new Status.Failure(new InvalidOperationException(
+                $"Device {register.Name} is {(entry.Actor is not null ? "already registered" : "a stacked device; load a table to register it")}.")));
+            return;
+        }
+
+        entry.Creator = Sender;
+        StartActor(entry);
+    }
+
+    // Builds the data plane of a device (driver, tag set, queue) and reserves its name. Replies with
+    // a failure and returns null when the options or the driver are refused.
+    private Entry? Build(DeviceOptions options, IBlockDriver? driver)
+    {
+        if (_devices.ContainsKey(options.Name))
+        {
+            driver?.Dispose();
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
+            return null;
+        }
+
         BlockDevice device;
-        IActorRef tagSetActor;
-        bool privateTagSet;
-        IBlockDriver? driver = create.Driver;
+        TagSetState set;
         try
         {
             if (driver is null)
@@ -385,20 +507,16 @@ internal sealed class BlockLayerActor : ReceiveActor
                 driver = options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
             }
 
-            TagSetState set;
             if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
             {
-                (tagSetActor, set) = shared;
-                privateTagSet = false;
+                set = shared.Set;
             }
             else
             {
                 set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
-                privateTagSet = !options.SharedTags;
-                tagSetActor = Context.ActorOf(TagSet.Props(set), privateTagSet ? $"tags-{options.Name}-{++_incarnation}" : $"shared-{options.TagSetName}-{++_incarnation}");
-                if (!privateTagSet)
+                if (options.SharedTags)
                 {
-                    _sharedTagSets[options.TagSetName] = (tagSetActor, set);
+                    _sharedTagSets[options.TagSetName] = new SharedTagSet(set);
                 }
             }
 
@@ -407,7 +525,10 @@ internal sealed class BlockLayerActor : ReceiveActor
                 _log.Info("{Device}: hw_queue_depth {Requested} reduced to {Depth} (BLK_MQ_MAX_DEPTH)", options.Name, set.RequestedDepth, set.QueueDepth);
             }
 
-            var queue = DeviceBuilder.CreateQueue(options, set, driver, _layer.Clock);
+            // Two-phase initialisation (§10): the generic queue first, then the multi-queue parts.
+            var queue = DataPlaneQueue.Allocate(options.Name, set.Map.Topology, driver.Limits, _layer.Clock);
+            queue.InitializeMq(set, driver, options.ToQueueOptions());
+            DeviceBuilder.ApplyLimits(options, queue);
             var name = options.Name;
             device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
         }
@@ -416,13 +537,112 @@ internal sealed class BlockLayerActor : ReceiveActor
             driver?.Dispose();
             _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
             Sender.Tell(new Status.Failure(ex));
+            return null;
+        }
+
+        var entry = new Entry(device, set, options);
+        _devices[options.Name] = entry;
+        return entry;
+    }
+
+    // Registration: the tag-set actor (created on first use), the request-queue actor and its
+    // children; the actor answers Ready once joined to its tag set and the CPU topology.
+    private void StartActor(Entry entry)
+    {
+        var options = entry.Options;
+        if (options.SharedTags)
+        {
+            var shared = _sharedTagSets[options.TagSetName];
+            shared.Actor ??= Context.ActorOf(TagSet.Props(shared.Set), $"shared-{options.TagSetName}-{++_incarnation}");
+            entry.TagSetActor = shared.Actor;
+        }
+        else
+        {
+            entry.TagSetActor = Context.ActorOf(TagSet.Props(entry.TagSet!), $"tags-{options.Name}-{++_incarnation}");
+        }
+
+        _layer.Track(entry.Device, options.Dispatch);
+        entry.Actor = Context.ActorOf(RequestQueue.Props(entry.Device, entry.TagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
+        Context.Watch(entry.Actor);
+    }
+
+    // dm create: a placeholder queue under the name, neither bio-based nor multi-queue yet.
+    private void HandleCreateStacked(BlockLayer.CreateStacked create)
+    {
+        if (_devices.ContainsKey(create.Name))
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", "a device with this name already exists.")));
             return;
         }
 
-        _layer.Track(device, options.Dispatch);
-        var actor = Context.ActorOf(RequestQueue.Props(device, tagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
-        Context.Watch(actor);
-        _devices[options.Name] = new Entry(device, actor, tagSetActor, privateTagSet, options, Sender);
+        try
+        {
+            var queue = DataPlaneQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
+            var name = create.Name;
+            var device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+            _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });
+            Sender.Tell(new BlockLayer.Created(device));
+        }
+        catch (ArgumentException ex)
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", ex.Message)));
+        }
+    }
+
+    // dm table load + resume. The first table decides what the device is (§10 item 3): a linear or
+    // striped table makes it bio-based and registers it. A later table of the same kind replaces
+    // the target while the queue is frozen (suspend, swap, resume).
+    private void HandleLoadTable(BlockLayer.LoadTable load)
+    {
+        if (!_devices.TryGetValue(load.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(load.Name));
+            return;
+        }
+
+        var queue = entry.Device.Queue;
+        if (queue.Kind == QueueKind.MultiQueue || entry.Destroyers.Count > 0)
+        {
+            Sender.Tell(new Status.Failure(new InvalidOperationException($"Device {load.Name} is {(entry.Destroyers.Count > 0 ? "being removed" : "not a stacked device")}.")));
+            return;
+        }
+
+        StackTarget target;
+        try
+        {
+            var members = load.Table.MemberNames.Select(m => MemberOf(load.Name, m)).ToArray();
+            target = load.Table.Build(members);
+        }
+        catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException)
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
+            return;
+        }
+
+        if (queue.Kind == QueueKind.Placeholder)
+        {
+            queue.InitializeBioBased(target);
+            entry.Holds = [.. target.Members.Select(m => m.Name)];
+            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device), $"dev-{load.Name}-{++_incarnation}");
+            Context.Watch(entry.Actor);
+            entry.Creator = Sender;
+            return;
+        }
+
+        entry.Actor!.Forward(new StackedDevice.SwapTarget(target));
+        entry.Holds = [.. target.Members.Select(m => m.Name)];
+    }
+
+    private IBlockDevice MemberOf(string stacked, string member)
+    {
+        if (member == stacked)
+        {
+            throw new ArgumentException($"{stacked} cannot be a member of itself.");
+        }
+
+        return _devices.TryGetValue(member, out var m) && m.Ready && m.Destroyers.Count == 0
+            ? m.Device
+            : throw new KeyNotFoundException($"member device '{member}' does not exist or is not registered.");
     }
 
     private void HandleReady(RequestQueue.Ready ready)
@@ -434,7 +654,9 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         entry.Ready = true;
         _layer.Publish(entry.Device);
-        _log.Info("{Device}: {Driver} driver: {Description}", ready.Name, entry.Device.Queue.Driver.Kind, entry.Device.Queue.Driver.Description);
+        var queue = entry.Device.Queue;
+        _log.Info("{Device}: {Driver} driver: {Description}", ready.Name,
+            queue.Kind == QueueKind.MultiQueue ? queue.Driver.Kind : "bio-based", queue.Kind == QueueKind.MultiQueue ? queue.Driver.Description : queue.BioDriver!.Description);
         entry.Creator?.Tell(new BlockLayer.Created(entry.Device));
         entry.Creator = null;
     }
@@ -444,6 +666,28 @@ internal sealed class BlockLayerActor : ReceiveActor
         if (!_devices.TryGetValue(destroy.Name, out var entry))
         {
             Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name));
+            return;
+        }
+
+        var holder = _devices.Values.FirstOrDefault(e => e.Holds.Contains(destroy.Name));
+        if (holder is not null)
+        {
+            Sender.Tell(new BlockLayer.DeviceBusy(destroy.Name, holder.Options.Name));
+            return;
+        }
+
+        if (entry.Actor is null)
+        {
+            // Never registered: nothing runs for it, so destroying it is only releasing it.
+            _devices.Remove(destroy.Name);
+            entry.Device.Queue.Destroy();
+            if (entry.Device.Queue.Kind == QueueKind.MultiQueue)
+            {
+                entry.Device.Queue.Driver.Dispose();
+            }
+
+            ReleaseTagSet(entry);
+            Sender.Tell(new BlockLayer.Destroyed(destroy.Name, 0));
             return;
         }
 
@@ -461,7 +705,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
-        Context.Unwatch(entry.Actor);
+        Context.Unwatch(entry.Actor!);
         _layer.Forget(done.Name);
         ReleaseTagSet(entry);
         foreach (var destroyer in entry.Destroyers)
@@ -472,7 +716,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleTerminated(Terminated terminated)
     {
-        var entry = _devices.Values.FirstOrDefault(e => e.Actor.Equals(terminated.ActorRef));
+        var entry = _devices.Values.FirstOrDefault(e => terminated.ActorRef.Equals(e.Actor));
         if (entry is null)
         {
             return;
@@ -491,7 +735,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleIo(BlockLayer.Io io)
     {
-        if (_devices.TryGetValue(io.Device, out var entry) && entry.Ready)
+        if (_devices.TryGetValue(io.Device, out var entry) && entry.Ready && entry.Actor is not null)
         {
             entry.Actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
         }
@@ -503,37 +747,60 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void ReleaseTagSet(Entry entry)
     {
-        var set = entry.Device.Queue.TagSet;
-        if (entry.PrivateTagSet)
+        if (entry.TagSet is not { } set)
         {
-            Context.Stop(entry.TagSetActor);
+            return;
         }
-        else if (set.Queues.Count == 0 && _sharedTagSets.Remove(entry.Options.TagSetName))
+
+        if (!entry.Options.SharedTags)
         {
-            Context.Stop(entry.TagSetActor);
+            if (entry.TagSetActor is { } actor)
+            {
+                Context.Stop(actor);
+            }
+        }
+        else if (set.Queues.Count == 0 && _devices.Values.All(e => e.TagSet != set)
+                 && _sharedTagSets.Remove(entry.Options.TagSetName, out var shared) && shared.Actor is { } sharedActor)
+        {
+            Context.Stop(sharedActor);
         }
     }
 
-    private static BlockLayer.DeviceSummary Summary(Entry e) => new(e.Device.Name, e.Device.Queue.Driver.Kind, e.Device.Capacity, e.Device.LogicalBlockSize,
-        e.Device.Queue.HardwareContexts.Count, e.Options.Dispatch.ToString().ToLowerInvariant(), e.Device.Queue.TagSet.Name);
+    private static BlockLayer.DeviceSummary Summary(Entry e) => e.Device.Queue.Kind == QueueKind.MultiQueue
+        ? new(e.Device.Name, e.Device.Queue.Driver.Kind, e.Device.Capacity, e.Device.LogicalBlockSize,
+            e.Device.Queue.HardwareContexts.Count, e.Options.Dispatch.ToString().ToLowerInvariant(), e.Device.Queue.TagSet.Name)
+        : new(e.Device.Name, (e.Device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", e.Device.Capacity, e.Device.LogicalBlockSize,
+            0, "bio", string.Empty);
 
-    private sealed class Entry(BlockDevice device, IActorRef actor, IActorRef tagSetActor, bool privateTagSet, DeviceOptions options, IActorRef creator)
+    private sealed class SharedTagSet(TagSetState set)
+    {
+        public TagSetState Set { get; } = set;
+
+        // Created when the first queue of the set registers.
+        public IActorRef? Actor { get; set; }
+    }
+
+    private sealed class Entry(BlockDevice device, TagSetState? tagSet, DeviceOptions options)
     {
         public BlockDevice Device { get; } = device;
 
-        public IActorRef Actor { get; } = actor;
-
-        public IActorRef TagSetActor { get; } = tagSetActor;
-
-        public bool PrivateTagSet { get; } = privateTagSet;
+        public TagSetState? TagSet { get; } = tagSet;
 
         public DeviceOptions Options { get; } = options;
 
-        public IActorRef? Creator { get; set; } = creator;
+        // Null until the device registers.
+        public IActorRef? Actor { get; set; }
+
+        public IActorRef? TagSetActor { get; set; }
+
+        public IActorRef? Creator { get; set; }
 
         public bool Ready { get; set; }
 
         public List<IActorRef> Destroyers { get; } = [];
+
+        // Devices this stacked device is built on: they cannot be destroyed while it lives.
+        public string[] Holds { get; set; } = [];
     }
 }
 

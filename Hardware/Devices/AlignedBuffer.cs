@@ -1,3 +1,4 @@
+using ActorBlk.Hardware.Interop;
 using System.Buffers;
 using System.Numerics;
 using System.Runtime.InteropServices;
@@ -31,7 +32,7 @@ public sealed unsafe class AlignedBuffer : MemoryManager<byte>
 
         Length = length;
         Alignment = alignment;
-        _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), (nuint)alignment);
+        _pointer = (byte*)NativeAllocations.AlignedAlloc((nuint)Math.Max(length, 1), (nuint)alignment);
         NativeMemory.Clear(_pointer, (nuint)length);
     }
 
@@ -98,7 +99,7 @@ public sealed unsafe class AlignedBuffer : MemoryManager<byte>
         }
         else
         {
-            NativeMemory.AlignedFree(pointer);
+            NativeAllocations.AlignedFree(pointer, (nuint)Math.Max(Length, 1));
         }
     }
 }

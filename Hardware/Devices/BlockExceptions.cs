@@ -171,3 +171,20 @@ public sealed class BlockDeviceOpenException : BlockDeviceException
     /// <summary>The errno of the failed call (positive), or 0.</summary>
     public int Errno { get; }
 }
+
+/// <summary>
+/// A device cannot be destroyed because a stacked device is built on it (the kernel's EBUSY for a
+/// disk device-mapper holds). Nothing changed.
+/// </summary>
+public sealed class DeviceBusyException : BlockDeviceException
+{
+    /// <summary>Creates the exception.</summary>
+    public DeviceBusyException(string device, string holder)
+        : base(device, $"{device} is in use by {holder} (EBUSY); remove {holder} first.")
+    {
+        Holder = holder;
+    }
+
+    /// <summary>The stacked device that holds it.</summary>
+    public string Holder { get; }
+}

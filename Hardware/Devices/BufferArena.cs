@@ -1,3 +1,4 @@
+using ActorBlk.Hardware.Interop;
 using System.Runtime.InteropServices;
 
 namespace ActorBlk.Hardware.Devices;
@@ -35,7 +36,7 @@ public sealed unsafe class BufferArena : IDisposable
         _pages = (int)((bytes + Page - 1) / Page);
         Length = (long)_pages * Page;
         _used = new ulong[(_pages + 63) / 64];
-        _memory = (byte*)NativeMemory.AlignedAlloc((nuint)Length, Page);
+        _memory = (byte*)NativeAllocations.AlignedAlloc((nuint)Length, Page);
     }
 
     /// <summary>The largest arena: one io_uring registered buffer may span at most 1 GiB.</summary>
@@ -137,7 +138,7 @@ public sealed unsafe class BufferArena : IDisposable
     {
         if (_disposed && _outstanding == 0 && _memory is not null)
         {
-            NativeMemory.AlignedFree(_memory);
+            NativeAllocations.AlignedFree(_memory, (nuint)Length);
             _memory = null;
         }
     }

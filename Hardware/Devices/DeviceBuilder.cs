@@ -45,12 +45,19 @@ public static class DeviceBuilder
     {
         ArgumentNullException.ThrowIfNull(options);
         var queue = new RequestQueue(options.Name, tagSet, driver, options.ToQueueOptions(), clock);
+        ApplyLimits(options, queue);
+        return queue;
+    }
+
+    /// <summary>Applies the options' limits the driver does not set (<c>max_sectors_kb</c>) to a queue.</summary>
+    public static void ApplyLimits(DeviceOptions options, RequestQueue queue)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(queue);
         if (options.MaxSectorsKb > 0)
         {
             queue.SetMaxSectors(Math.Min(options.MaxSectorsKb * 2, queue.Limits.MaxHardwareSectors));
         }
-
-        return queue;
     }
 
     /// <summary>

@@ -42,6 +42,11 @@ internal sealed unsafe class IoRing : IDisposable
     private bool _filesRegistered;
     private int _disposed;
 
+    private static long _live;
+
+    /// <summary>io_uring instances open in this process (rings set up and not yet disposed).</summary>
+    public static long LiveRings => Interlocked.Read(ref _live);
+
     private IoRing(int fd, in IoUringParams p)
     {
         _fd = fd;
@@ -71,6 +76,7 @@ internal sealed unsafe class IoRing : IDisposable
             throw;
         }
 
+        Interlocked.Increment(ref _live);
         _sqHead = (uint*)(_sqRing + p.SqOff.Head);
         _sqTail = (uint*)(_sqRing + p.SqOff.Tail);
         _sqMask = *(uint*)(_sqRing + p.SqOff.RingMask);
@@ -343,6 +349,7 @@ internal sealed unsafe class IoRing : IDisposable
 
         Unmap();
         LibC.Close(_fd);
+        Interlocked.Decrement(ref _live);
     }
 
     private static byte* Map(int fd, nuint size, long offset)

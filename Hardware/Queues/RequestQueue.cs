@@ -160,6 +160,31 @@ public sealed class RequestQueue
         ApplyOptions(options ?? new QueueOptions(), DefaultTimeoutMs);
     }
 
+    /// <summary>
+    /// Replaces the bio driver of a bio-based queue (a new device-mapper table of the same type).
+    /// Only while frozen and drained: no bio may be in the old driver.
+    /// </summary>
+    /// <returns>The driver replaced.</returns>
+    /// <exception cref="InvalidOperationException">The queue is not bio-based, or bios are still in flight.</exception>
+    public IBioDriver ReplaceBioDriver(IBioDriver driver)
+    {
+        ArgumentNullException.ThrowIfNull(driver);
+        driver.Limits.Validate();
+        if (_bioDriver is not { } old)
+        {
+            throw new InvalidOperationException($"Queue {Name} is not bio-based.");
+        }
+
+        if (Usage.Count != 0)
+        {
+            throw new InvalidOperationException($"Queue {Name} has {Usage.Count} bio(s) in flight; freeze it first.");
+        }
+
+        _bioDriver = driver;
+        _limits = driver.Limits;
+        return old;
+    }
+
     private void SetKind(QueueKind kind)
     {
         if (Interlocked.CompareExchange(ref _kind, (int)kind, (int)QueueKind.Placeholder) != (int)QueueKind.Placeholder)

@@ -124,6 +124,11 @@ public sealed class QueueAttributes
         Add(queueDir + "nr_requests", () => Line(q.NrRequests), async (path, text) =>
         {
             var value = ParseUnsigned(path, text);
+            if (q.Kind != QueueKind.MultiQueue)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, "a bio-based queue has no requests");
+            }
+
             try
             {
                 await q.SetNrRequestsAsync((long)value).ConfigureAwait(false);
@@ -150,7 +155,7 @@ public sealed class QueueAttributes
         Add(queueDir + "io_poll", () => Line(q.CanPoll ? 1 : 0), (path, text) =>
         {
             ParseUnsigned(path, text);
-            if ((q.Driver.Features & Drivers.DriverFeatures.Poll) == 0 || q.TagSet.PollQueues == 0)
+            if (q.Kind != QueueKind.MultiQueue || (q.Driver.Features & Drivers.DriverFeatures.Poll) == 0 || q.TagSet.PollQueues == 0)
             {
                 throw new AttributeException(path, AttributeErrno.EINVAL, "the device cannot poll");
             }

@@ -215,7 +215,7 @@ internal sealed unsafe class FileCommand : IDisposable
         FreeBounce();
         if (_iov is not null)
         {
-            NativeMemory.Free(_iov);
+            NativeAllocations.Free(_iov, (nuint)(_iovCapacity * sizeof(LibC.IoVec)));
             _iov = null;
             _iovCapacity = 0;
         }
@@ -240,7 +240,7 @@ internal sealed unsafe class FileCommand : IDisposable
         }
 
         var capacity = Math.Max(count, Math.Max(4, _iovCapacity * 2));
-        _iov = (LibC.IoVec*)NativeMemory.Realloc(_iov, (nuint)(capacity * sizeof(LibC.IoVec)));
+        _iov = (LibC.IoVec*)NativeAllocations.Realloc(_iov, (nuint)(_iovCapacity * sizeof(LibC.IoVec)), (nuint)(capacity * sizeof(LibC.IoVec)));
         _iovCapacity = capacity;
         if (_pins.Length < capacity)
         {
@@ -258,7 +258,7 @@ internal sealed unsafe class FileCommand : IDisposable
         FreeBounce();
         try
         {
-            _bounce = (byte*)NativeMemory.AlignedAlloc(size, (nuint)alignment);
+            _bounce = (byte*)NativeAllocations.AlignedAlloc(size, (nuint)alignment);
         }
         catch (OutOfMemoryException)
         {
@@ -273,7 +273,7 @@ internal sealed unsafe class FileCommand : IDisposable
     {
         if (_bounce is not null)
         {
-            NativeMemory.AlignedFree(_bounce);
+            NativeAllocations.AlignedFree(_bounce, _bounceCapacity);
             _bounce = null;
             _bounceCapacity = 0;
         }

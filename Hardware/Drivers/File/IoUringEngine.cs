@@ -96,7 +96,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 throw new IoUringException(-LibC.LastErrno, "eventfd");
             }
 
-            _eventBuffer = (ulong*)NativeMemory.AlignedAlloc(sizeof(ulong), sizeof(ulong));
+            _eventBuffer = (ulong*)NativeAllocations.AlignedAlloc(sizeof(ulong), sizeof(ulong));
         }
         else
         {
@@ -289,7 +289,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         if (_eventFd >= 0)
         {
             LibC.Close(_eventFd);
-            NativeMemory.AlignedFree(_eventBuffer);
+            NativeAllocations.AlignedFree(_eventBuffer, sizeof(ulong));
         }
 
         // Memory the kernel may still write into is never freed: with requests stuck in the

@@ -1,0 +1,87 @@
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
+using Akka.Actor;
+using Akka.Event;
+
+namespace ActorBlk.Actors;
+
+/// <summary>
+/// Protocol of a stacked (bio-based) device's actor: it registers the queue, swaps tables while
+/// the queue is frozen, and unregisters it. Stacking queues have no software contexts, hardware
+/// queues or tags, and do not take part in CPU hotplug (blk-mq-semantics §8 item 1).
+/// </summary>
+public static class StackedDevice
+{
+    /// <summary>Replace the target (a new table of the same type); the reply is <see cref="BlockLayer.Created"/>. Local only.</summary>
+    public sealed record SwapTarget(StackTarget Target) : INoSerializationVerificationNeeded;
+
+    internal static Props Props(BlockDevice device) => Akka.Actor.Props.Create(() => new StackedDeviceActor(device));
+}
+
+/// <summary>The stacked device's actor.</summary>
+internal sealed class StackedDeviceActor : ReceiveActor
+{
+    private readonly BlockDevice _device;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private IActorRef? _unregisterReplyTo;
+
+    public StackedDeviceActor(BlockDevice device)
+    {
+        _device = device;
+        Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
+        Receive<RequestQueue.GetInfo>(_ => Sender.Tell(Info()));
+        Receive<RequestQueue.Io>(io => Sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.NotSupported,
+            $"{_device.Name} is bio-based; submit to it in-process.")));
+        Receive<RequestQueue.Unregister>(_ =>
+        {
+            _unregisterReplyTo = Sender;
+            _log.Info("Unregistering {Device}", _device.Name);
+            _device.Queue.ShutdownAsync(Context.System.Settings.Config.GetTimeSpan("actorblk.drain-timeout", TimeSpan.FromSeconds(30)))
+                .PipeTo(Self, success: failed => new ShutdownDone(failed));
+        });
+        Receive<ShutdownDone>(done =>
+        {
+            _device.Queue.BioDriver?.Dispose();
+            _log.Info("Unregistered {Device}: {State}", _device.Name, done.Failed == 0 ? "every bio completed" : $"{done.Failed} failed");
+            var reply = new RequestQueue.Unregistered(_device.Name, done.Failed);
+            _unregisterReplyTo?.Tell(reply);
+            if (!Equals(_unregisterReplyTo, Context.Parent))
+            {
+                Context.Parent.Tell(reply);
+            }
+
+            Context.Stop(Self);
+        });
+    }
+
+    protected override void PreStart()
+    {
+        _device.Queue.Register();
+        _log.Info("Registered {Device}: {Description}", _device.Name, _device.Queue.BioDriver!.Description);
+        Context.Parent.Tell(new RequestQueue.Ready(_device.Name));
+    }
+
+    // dm suspend, table swap, resume: the freeze drains every bio in the old target first.
+    private async Task<object> SwapAsync(StackTarget target)
+    {
+        var queue = _device.Queue;
+        await queue.FreezeAsync().ConfigureAwait(false);
+        try
+        {
+            queue.ReplaceBioDriver(target).Dispose();
+        }
+        finally
+        {
+            queue.Unfreeze();
+        }
+
+        return new BlockLayer.Created(_device);
+    }
+
+    private RequestQueue.Info Info() => new(_device.Name, (_device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", _device.Capacity,
+        _device.LogicalBlockSize, 0, _device.Queue.Topology.PossibleCount, "bio", string.Empty, _device.Queue.IsRegistered, _device.Queue.IsDying,
+        _device.Queue.Usage.Count, 0, 0, 0, "online");
+
+    private sealed record ShutdownDone(int Failed);
+}
