@@ -1,0 +1,206 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Interop;
+using ActorBlk.Hardware.IoUring;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
+using ActorBlk.Testing;
+using Akka.Actor;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// The queue lifecycle (blk-mq-semantics §9-§10, issue 5 items 3-4): allocate -> initialise ->
+/// register -> unregister -> dead; nothing per CPU or per hardware queue runs before registration;
+/// and 1,000 register/unregister cycles leave no actor, queue, tag set or native buffer behind.
+/// </summary>
+public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
+{
+    public LifecycleSpec(ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+    }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private static DeviceOptions Options(string name, DispatchMode mode = DispatchMode.Ring) => new()
+    {
+        Name = name,
+        Size = 8 << 20,
+        MemoryBacked = true,
+        SubmitQueues = 2,
+        Dispatch = mode,
+    };
+
+    [Fact]
+    public async Task An_allocated_device_runs_nothing_until_it_is_registered()
+    {
+        var before = await SettledActorCountAsync(-1);
+
+        var device = await Layer.AllocateDeviceAsync(Options("lc0"));
+        var queue = device.Queue;
+        Assert.Equal(QueueKind.MultiQueue, queue.Kind);
+        Assert.Equal(QueueState.Initialized, queue.State);
+        Assert.False(queue.Usage.IsPerCpu);                       // §9 item 2: atomic mode until registered
+        Assert.False(queue.IsStarted);                            // no dispatch loops
+        Assert.Empty(device.Attributes.List());                   // no sysfs
+        Assert.DoesNotContain(Layer.Devices, d => d.Name == "lc0");
+        Assert.Equal(before, ActorCount());                       // no actor at all
+        var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.WriteAsync(0, new byte[4096]));
+        Assert.Equal(InvalidRequestReason.NotRegistered, refused.Reason);
+        Assert.Equal(0, queue.Usage.Count);
+
+        await Layer.RegisterDeviceAsync("lc0");
+        Assert.Equal(QueueState.Registered, queue.State);
+        Assert.True(queue.Usage.IsPerCpu);
+        Assert.True(queue.IsStarted);
+        Assert.Contains("block/lc0/queue/nr_requests", device.Attributes.List());
+        Assert.True(ActorCount() > before);
+        await device.WriteAsync(0, new byte[4096]);
+
+        await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.RegisterDeviceAsync("lc0"));
+        await Assert.ThrowsAsync<KeyNotFoundException>(() => Layer.RegisterDeviceAsync("nosuch"));
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("lc0"));
+        Assert.Equal(QueueState.Dead, queue.State);
+        Assert.Equal(before, await SettledActorCountAsync(before));
+        var late = await Assert.ThrowsAsync<BlockIoException>(async () => await device.WriteAsync(0, new byte[4096]));
+        Assert.Equal(Hardware.Requests.BlockStatus.Offline, late.Status);
+    }
+
+    [Fact]
+    public async Task An_allocated_device_is_destroyed_without_ever_starting()
+    {
+        var before = await SettledActorCountAsync(-1);
+        var device = await Layer.AllocateDeviceAsync(Options("lc1") with { SharedTags = true, TagSetName = "host0" });
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("lc1"));
+        Assert.Equal(QueueState.Dead, device.Queue.State);
+        Assert.Equal(before, ActorCount());
+
+        // The name is free again, and the shared tag set went with its last queue.
+        var again = await Layer.CreateDeviceAsync(Options("lc1") with { SharedTags = true, TagSetName = "host0" });
+        Assert.NotSame(device.Queue.TagSet, again.Queue.TagSet);
+        await Layer.DestroyDeviceAsync("lc1");
+    }
+
+    [Fact]
+    public async Task A_placeholder_is_neither_bio_based_nor_multi_queue_until_its_first_table()
+    {
+        var device = await Layer.CreateStackedDeviceAsync("dm-0");
+
+        Assert.Equal(QueueKind.Placeholder, device.Queue.Kind);
+        Assert.Equal(QueueState.Allocated, device.Queue.State);
+        Assert.Equal(Hardware.Queues.RequestQueue.DefaultNrRequests, device.Queue.NrRequests);   // §10 item 1: nr_requests = 128
+        Assert.Equal(InvalidRequestReason.NotRegistered,
+            (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.ReadAsync(0, new byte[512]))).Reason);
+        Assert.Throws<InvalidOperationException>(() => device.Queue.TagSet);
+        await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.RegisterDeviceAsync("dm-0"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("dm-0"));
+        Assert.Equal(QueueState.Dead, device.Queue.State);
+    }
+
+    [Theory]
+    [InlineData(DispatchMode.Ring)]
+    [InlineData(DispatchMode.Mailbox)]
+    public async Task A_thousand_register_unregister_cycles_leave_nothing_behind(DispatchMode mode)
+    {
+        // One cycle first, so lazily created shared things (completion workers, pools) exist.
+        await CycleAsync("warm", mode);
+        var actors = await SettledActorCountAsync(-1);
+        var nativeBytes = NativeAllocations.LiveBytes;
+        var nativeBlocks = NativeAllocations.LiveBlocks;
+        var rings = IoRing.LiveRings;
+
+        var queues = new List<WeakReference>();
+        for (var i = 0; i < 1000; i++)
+        {
+            var (queue, tags) = await CycleAsync($"cyc{i}", mode);
+            queues.Add(queue);
+            queues.Add(tags);
+        }
+
+        Assert.Equal(actors, await SettledActorCountAsync(actors));
+        Assert.Equal(nativeBytes, NativeAllocations.LiveBytes);
+        Assert.Equal(nativeBlocks, NativeAllocations.LiveBlocks);
+        Assert.Equal(rings, IoRing.LiveRings);
+        Assert.Empty(Layer.Devices);
+        Assert.Empty(Layer.ListAttributes());
+
+        // Every queue and tag set (with its preallocated requests) can be collected.
+        await AwaitAssertAsync(() =>
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            GC.Collect();
+            Assert.Equal(0, queues.Count(q => q.IsAlive));
+        }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(200));
+    }
+
+    [Fact]
+    public async Task File_devices_give_back_their_rings_and_native_buffers()
+    {
+        using var dir = new TempDirectory();
+        var path = dir.CreateFile("disk.img", 4 << 20);
+        var options = new DeviceOptions { Name = "fd", Driver = "file", Path = path, FixedBuffers = 1 << 20 };
+        await using (var warm = await Layer.CreateDeviceAsync(options with { Name = "fd-warm" }))
+        {
+            await warm.WriteAsync(0, new byte[4096]);
+        }
+
+        await SettledActorCountAsync(-1);
+        var nativeBytes = NativeAllocations.LiveBytes;
+        var rings = IoRing.LiveRings;
+        for (var i = 0; i < 50; i++)
+        {
+            var device = await Layer.CreateDeviceAsync(options with { Name = $"fd{i}" });
+            using (var buffer = device.AllocateBuffer(4096))
+            {
+                await device.WriteAsync(i * 4096L, buffer.Memory);
+                await device.ReadAsync(i * 4096L, buffer.Memory);
+            }
+
+            if (i % 2 == 0)
+            {
+                Assert.True(NativeAllocations.LiveBytes > nativeBytes);   // the registered-buffer arena is counted
+            }
+
+            await Layer.DestroyDeviceAsync(device.Name);
+        }
+
+        Assert.Equal(nativeBytes, NativeAllocations.LiveBytes);
+        Assert.Equal(rings, IoRing.LiveRings);
+    }
+
+    private async Task<(WeakReference Queue, WeakReference Tags)> CycleAsync(string name, DispatchMode mode)
+    {
+        var device = await Layer.CreateDeviceAsync(Options(name, mode));
+        await device.WriteAsync(0, new byte[4096]);
+        await device.ReadAsync(0, new byte[4096]);
+        var refs = (new WeakReference(device.Queue), new WeakReference(device.Queue.TagSet));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync(name));
+        return refs;
+    }
+
+    // Actors under /user/actorblk, counted through the actor tree.
+    private int ActorCount() => Count(Layer.Guardian);
+
+    private static int Count(IActorRef actor) =>
+        1 + (actor is ActorRefWithCell cell ? cell.Children.Sum(Count) : 0);
+
+    // Stopping is asynchronous: wait until the count is `expected` (or, with -1, stops changing).
+    private async Task<int> SettledActorCountAsync(int expected)
+    {
+        var last = -2;
+        await AwaitAssertAsync(() =>
+        {
+            var now = ActorCount();
+            var settled = expected >= 0 ? now == expected : now == last;
+            last = now;
+            Assert.True(settled, $"{now} actors");
+        }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(50));
+        return last;
+    }
+}
