@@ -1,0 +1,191 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// Stacked devices built on two-phase initialisation (blk-mq-semantics §10, issue 5 item 5): a
+/// placeholder made bio-based by its first table, linear and striped targets over ActorBlk
+/// devices, bios cut at member boundaries, usage references held per bio.
+/// </summary>
+public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private const int MiB = 1 << 20;
+
+    public StackedDeviceSpec(ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+    }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private Task<IBlockDevice> Member(string name, long size = 4 * MiB, DispatchMode mode = DispatchMode.Ring) => Layer.CreateDeviceAsync(new DeviceOptions
+    {
+        Name = name,
+        Size = size,
+        MemoryBacked = true,
+        Dispatch = mode,
+    });
+
+    private static byte[] Pattern(int length, int seed)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    [Fact]
+    public async Task A_linear_device_concatenates_its_members_and_cuts_bios_at_the_boundary()
+    {
+        var a = await Member("la", 1 * MiB);
+        var b = await Member("lb", 2 * MiB, DispatchMode.Mailbox);
+        var dm = await Layer.CreateStackedDeviceAsync("linear0");
+        Assert.Same(dm, await Layer.LoadTableAsync("linear0", StackTable.Linear("la", "lb")));
+
+        Assert.Equal(QueueKind.BioBased, dm.Queue.Kind);
+        Assert.Equal(QueueState.Registered, dm.Queue.State);
+        Assert.Equal(DispatchMode.Bio, dm.Dispatch);
+        Assert.Equal(3 * MiB, dm.Capacity);
+
+        // 64 KiB across the 1 MiB boundary: the first 16 KiB land at the end of la, the rest at the start of lb.
+        var data = Pattern(64 << 10, 1);
+        await dm.WriteAsync(MiB - (16 << 10), data);
+        var onA = new byte[16 << 10];
+        var onB = new byte[48 << 10];
+        await a.ReadAsync(MiB - (16 << 10), onA);
+        await b.ReadAsync(0, onB);
+        Assert.Equal(data, onA.Concat(onB).ToArray());
+
+        var back = new byte[64 << 10];
+        await dm.ReadAsync(MiB - (16 << 10), back);
+        Assert.Equal(data, back);
+        await dm.FlushAsync();
+
+        // Bad input is refused as for any device, and nothing reaches the members.
+        await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await dm.ReadAsync(3 * MiB, new byte[512]));
+        await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await dm.ReadAsync(100, new byte[512]));
+        Assert.Equal("linear", (await Layer.GetDeviceInfoAsync("linear0")).Driver);
+    }
+
+    [Fact]
+    public async Task A_striped_device_deals_chunks_round_robin()
+    {
+        var stripes = new[] { await Member("s0"), await Member("s1"), await Member("s2") };
+        await Layer.CreateStackedDeviceAsync("stripe0");
+        var dm = await Layer.LoadTableAsync("stripe0", StackTable.Striped(8192, "s0", "s1", "s2"));
+        Assert.Equal(3 * 4 * MiB, dm.Capacity);
+
+        // 10 chunks from chunk 1: chunk c is on stripe c % 3 at (c / 3) * chunk.
+        var data = Pattern(10 * 8192, 2);
+        await dm.WriteAsync(8192, data);
+        for (var c = 1; c <= 10; c++)
+        {
+            var chunk = new byte[8192];
+            await stripes[c % 3].ReadAsync(c / 3 * 8192L, chunk);
+            Assert.Equal(data.AsSpan((c - 1) * 8192, 8192).ToArray(), chunk);
+        }
+
+        // A bio inside one chunk goes to one stripe only.
+        var small = Pattern(4096, 3);
+        await dm.WriteAsync(3 * 8192 + 2048, small);
+        var onS0 = new byte[4096];
+        await stripes[0].ReadAsync(8192 + 2048, onS0);
+        Assert.Equal(small, onS0);
+    }
+
+    [Fact]
+    public async Task The_first_table_fixes_the_type_and_a_later_one_swaps_the_target_frozen()
+    {
+        await Member("m0");
+        await Member("m1");
+        await Layer.CreateStackedDeviceAsync("swap0");
+        var dm = await Layer.LoadTableAsync("swap0", StackTable.Linear("m0"));
+        var data = Pattern(4096, 4);
+        await dm.WriteAsync(0, data);
+
+        // A second table (dm reload): suspend, swap, resume. m1 is blank, so the same read now sees zeroes.
+        await Layer.LoadTableAsync("swap0", StackTable.Linear("m1"));
+        var back = new byte[4096];
+        await dm.ReadAsync(0, back);
+        Assert.Equal(new byte[4096], back);
+        Assert.Equal(QueueKind.BioBased, dm.Queue.Kind);
+
+        // Tables naming unknown members, the device itself, or a bad chunk are refused; nothing changes.
+        await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Linear("nosuch")));
+        await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Linear("swap0")));
+        await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Striped(3000, "m0", "m1")));
+        await Assert.ThrowsAsync<KeyNotFoundException>(() => Layer.LoadTableAsync("nosuch", StackTable.Linear("m0")));
+        await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.LoadTableAsync("m0", StackTable.Linear("m1")));
+        await dm.ReadAsync(0, back);
+        Assert.Equal(new byte[4096], back);
+    }
+
+    [Fact]
+    public async Task Members_are_held_until_the_stacked_device_goes()
+    {
+        await Member("h0");
+        await Member("h1");
+        await Layer.CreateStackedDeviceAsync("hold0");
+        await Layer.LoadTableAsync("hold0", StackTable.Striped(4096, "h0", "h1"));
+
+        var busy = await Assert.ThrowsAsync<DeviceBusyException>(() => Layer.DestroyDeviceAsync("h1"));
+        Assert.Equal("hold0", busy.Holder);
+        Assert.True(Layer.TryGetDevice("h1", out _));
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("hold0"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("h1"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("h0"));
+    }
+
+    [Fact]
+    public async Task Every_bio_holds_a_usage_reference_so_freeze_and_removal_drain_it()
+    {
+        // A slow member (timer completions of 200 ms) keeps bios in flight on the stacked device.
+        var slow = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "slow0", Size = 4 * MiB, IrqMode = IrqMode.Timer, CompletionNsec = 200_000_000,
+        });
+        await Layer.CreateStackedDeviceAsync("drain0");
+        var dm = await Layer.LoadTableAsync("drain0", StackTable.Linear("slow0"));
+
+        var reads = Enumerable.Range(0, 8).Select(i => dm.ReadAsync(i * 65536L, new byte[4096]).AsTask()).ToArray();
+        Assert.Equal(8, dm.Queue.Usage.Count);
+
+        // A freeze waits for the bios, as it waits for requests.
+        dm.Queue.Freeze();
+        var frozen = dm.Queue.WaitFrozenAsync();
+        Assert.False(frozen.IsCompleted);
+        await Task.WhenAll(reads);
+        await frozen;
+        Assert.Equal(0, dm.Queue.Usage.Count);
+        dm.Queue.Unfreeze();
+
+        // Removal drains what is in flight; later I/O fails with Offline.
+        var inflight = dm.ReadAsync(0, new byte[4096]).AsTask();
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("drain0"));
+        Assert.True(inflight.IsCompletedSuccessfully);
+        Assert.Equal(QueueState.Dead, dm.Queue.State);
+        var late = await Assert.ThrowsAsync<BlockIoException>(async () => await dm.ReadAsync(0, new byte[4096]));
+        Assert.Equal(BlockStatus.Offline, late.Status);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("slow0"));
+    }
+
+    [Fact]
+    public async Task Stacked_devices_have_queue_attributes_and_no_mq_directory()
+    {
+        await Member("a0");
+        await Layer.CreateStackedDeviceAsync("attr0");
+        await Layer.LoadTableAsync("attr0", StackTable.Linear("a0"));
+
+        Assert.Equal("1280\n", Layer.ReadAttribute("block/attr0/queue/max_sectors_kb"));
+        Assert.Empty(Layer.ListAttributes("block/attr0/mq/"));
+        var refused = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await Layer.WriteAttributeAsync("block/attr0/queue/nr_requests", "32"));
+        Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, refused.Errno);
+    }
+}
