@@ -553,7 +553,32 @@ public sealed class RequestQueue
     }
 
     /// <summary>Continues a parked submission (tag or freeze wait ended).</summary>
-    internal void ResumeSubmission(Bio bio) => SubmitBio(bio);
+    internal void ResumeSubmission(Bio bio)
+    {
+        if (_bioDriver is { } bioDriver)
+        {
+            if (bio.Entered || Enter(bio))
+            {
+                bioDriver.SubmitBio(this, bio);
+            }
+
+            return;
+        }
+
+        SubmitBio(bio);
+    }
+
+    /// <summary>A bio that waited for the queue to thaw tries again: through the runtime, or on the thread pool for a bio-based queue.</summary>
+    internal void ResumeAfterFreeze(Bio bio)
+    {
+        if (_bioDriver is not null || !IsStarted)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+            return;
+        }
+
+        Runtime.ResumeBio(bio);
+    }
 
     /// <summary>Stages a request on its hardware queue, registering it in its context's merge window.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

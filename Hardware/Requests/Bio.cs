@@ -244,7 +244,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     protected internal override void OnTagAvailable() => Queue?.Runtime.ResumeBio(this);
 
     /// <inheritdoc />
-    void IFreezeWaiter.OnUnfrozen() => Queue?.Runtime.ResumeBio(this);
+    void IFreezeWaiter.OnUnfrozen() => Queue?.ResumeAfterFreeze(this);
 
     /// <inheritdoc />
     public override string ToString() => $"bio {Op.Name()} sector {Sector} +{Sectors}";

@@ -1,0 +1,113 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Drivers;
+
+/// <summary>
+/// Linear and striped targets and the bio-based queue they drive (blk-mq-semantics §10), on
+/// data-plane devices without a control plane.
+/// </summary>
+public sealed class StackTargetSpec : IAsyncLifetime
+{
+    private readonly BlockSoftIrq _softIrq = new(2);
+    private readonly List<BlockDevice> _devices = [];
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var d in _devices)
+        {
+            await d.DisposeAsync();
+        }
+
+        _softIrq.Dispose();
+    }
+
+    private BlockDevice Member(string name, long size)
+    {
+        var device = DeviceBuilder.CreateRingDevice(new DeviceOptions { Name = name, Size = size, MemoryBacked = true }, CpuTopology.Simulated(2), _softIrq);
+        _devices.Add(device);
+        return device;
+    }
+
+    [Fact]
+    public void Linear_maps_offsets_through_the_extents_and_cuts_at_their_ends()
+    {
+        var a = Member("a", 1 << 20);
+        var b = Member("b", 1 << 20);
+        var target = new LinearTarget([new LinearExtent(a, 4096, 8192), new LinearExtent(b, 0, 16384)]);
+
+        Assert.Equal(24576, target.Limits.CapacityBytes);
+        Assert.Equal([new StackPiece(a, 4096 + 1024, 0, 4096)], target.Map(1024, 4096));
+        Assert.Equal([new StackPiece(a, 4096 + 6144, 0, 2048), new StackPiece(b, 0, 2048, 4096)], target.Map(6144, 6144));
+        Assert.Equal([new StackPiece(b, 8192, 0, 512)], target.Map(16384, 512));
+    }
+
+    [Fact]
+    public void Striped_deals_chunks_over_the_stripes()
+    {
+        var s = new[] { Member("s0", 1 << 20), Member("s1", 1 << 20), Member("s2", (1 << 20) + 4096) };
+        var target = new StripedTarget(s, 4096);
+
+        // The smallest stripe's whole chunks times three.
+        Assert.Equal(3L << 20, target.Limits.CapacityBytes);
+        Assert.Equal(
+            [new StackPiece(s[0], 4096 + 2048, 0, 2048), new StackPiece(s[1], 4096, 2048, 4096), new StackPiece(s[2], 4096, 6144, 1024)],
+            target.Map(3 * 4096 + 2048, 7168));
+    }
+
+    [Fact]
+    public void Bad_geometry_is_refused()
+    {
+        var a = Member("a", 1 << 20);
+        var b = Member("b", 1 << 20);
+        Assert.Throws<ArgumentException>(() => new LinearTarget([]));
+        Assert.Throws<ArgumentException>(() => new LinearTarget([new LinearExtent(a, 1 << 20, 512)]));
+        Assert.Throws<ArgumentException>(() => new LinearTarget([new LinearExtent(a, 100, 512)]));
+        Assert.Throws<ArgumentException>(() => new StripedTarget([a, b], 3000));
+        Assert.Throws<ArgumentException>(() => new StripedTarget([a, b], 256));
+        Assert.Throws<ArgumentException>(() => new StripedTarget([a, a], 4096));
+    }
+
+    [Fact]
+    public async Task A_bio_based_queue_holds_a_usage_reference_per_bio_and_its_type_is_fixed()
+    {
+        var a = Member("a", 1 << 20);
+        var b = Member("b", 1 << 20);
+        var queue = RequestQueue.Allocate("dm-0", CpuTopology.Simulated(2));
+        Assert.Equal(QueueState.Allocated, queue.State);
+
+        var target = new LinearTarget([new LinearExtent(a, 0, 1 << 20), new LinearExtent(b, 0, 1 << 20)]);
+        queue.InitializeBioBased(target);
+        Assert.Throws<InvalidOperationException>(() => queue.InitializeBioBased(target));
+        Assert.Throws<InvalidOperationException>(() => queue.Start(new RingRuntime(_softIrq)));
+        queue.Register();
+        Assert.Equal(QueueState.Registered, queue.State);
+
+        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(5))));
+        var data = new byte[8192];
+        new Random(7).NextBytes(data);
+        await device.WriteAsync((1 << 20) - 4096, data);
+        var back = new byte[8192];
+        await device.ReadAsync((1 << 20) - 4096, back);
+        Assert.Equal(data, back);
+        Assert.Equal(0, queue.Usage.Count);
+
+        // A freeze keeps new bios out until it ends.
+        queue.Freeze();
+        await queue.WaitFrozenAsync();
+        var waiting = device.ReadAsync(0, back).AsTask();
+        Assert.False(waiting.IsCompleted);
+        queue.Unfreeze();
+        await waiting;
+
+        await device.DisposeAsync();
+        Assert.Equal(QueueState.Dead, queue.State);
+        Assert.Equal(BlockStatus.Offline, (await Assert.ThrowsAsync<BlockIoException>(async () => await device.ReadAsync(0, back))).Status);
+    }
+}
