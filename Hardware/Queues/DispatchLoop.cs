@@ -43,7 +43,12 @@ internal sealed class DispatchLoop
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
     private readonly object _idleLock = new();
     private readonly TaskCompletionSource _exited = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private Thread? _thread;
+    private const int Idle = 0;
+    private const int Armed = 1;
+    private const int Running = 2;
+    private const int Stopped = 3;
+
+    private int _state = Idle;
     private TaskCompletionSource? _idleWaiter;
     private ICompletionReaper? _reaper;
     private int _sleeping;
@@ -61,15 +66,12 @@ internal sealed class DispatchLoop
     /// <summary>Rounds that ended with the loop going to sleep.</summary>
     public long Parks { get; private set; }
 
-    public void Start()
-    {
-        _thread = new Thread(Run)
-        {
-            IsBackground = true,
-            Name = $"actorblk/{_hctx.Queue.Name}/hctx{_hctx.Index}",
-        };
-        _thread.Start();
-    }
+    /// <summary>
+    /// Arms the loop. Its thread starts with the first work for the hardware queue (a staged
+    /// request or a kick), so a queue that is created and removed without I/O, or a hardware queue
+    /// no submitter uses, costs no thread (kblockd likewise runs work only when there is some).
+    /// </summary>
+    public void Start() => Volatile.Write(ref _state, Armed);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void Stage(Request rq)
@@ -79,7 +81,32 @@ internal sealed class DispatchLoop
             ThrowRingFull();
         }
 
+        EnsureRunning();
         Wake();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void EnsureRunning()
+    {
+        if (Volatile.Read(ref _state) == Armed)
+        {
+            StartThread();
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void StartThread()
+    {
+        if (Interlocked.CompareExchange(ref _state, Running, Armed) != Armed)
+        {
+            return;
+        }
+
+        new Thread(Run)
+        {
+            IsBackground = true,
+            Name = $"actorblk/{_hctx.Queue.Name}/hctx{_hctx.Index}",
+        }.Start();
     }
 
     public void StageBatch(ReadOnlySpan<Request> requests)
@@ -95,12 +122,14 @@ internal sealed class DispatchLoop
             }
         }
 
+        EnsureRunning();
         Wake();
     }
 
     public void Kick()
     {
         Volatile.Write(ref _kicked, 1);
+        EnsureRunning();
         Wake();
     }
 
@@ -121,9 +150,16 @@ internal sealed class DispatchLoop
     public Task StopAsync()
     {
         _stopping = true;
+
+        // A loop whose thread never started has nothing to stop, and never will start now.
+        if (Interlocked.Exchange(ref _state, Stopped) != Running)
+        {
+            return Task.CompletedTask;
+        }
+
         _wake.Set();
         Volatile.Read(ref _reaper)?.Wake();
-        return _thread is null ? Task.CompletedTask : _exited.Task;
+        return _exited.Task;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
