@@ -19,7 +19,9 @@ namespace ActorBlk.Benchmarks;
 /// <item><c>unregistered (block layer)</c>: the same through <see cref="BlockLayer.AllocateDeviceAsync"/> and
 /// <see cref="BlockLayer.DestroyDeviceAsync"/>, two guardian round trips and a driver.</item>
 /// <item><c>registered</c>: <see cref="BlockLayer.CreateDeviceAsync(DeviceOptions, CancellationToken)"/> +
-/// destroy: the actors, the dispatch loops, the attribute tree, the topology registration. Target: 2,000/s.</item>
+/// destroy: the actors, the attribute tree, the topology registration. Target: 2,000/s.</item>
+/// <item><c>registered + one read</c>: as registered, with one 4 KiB read, which in ring dispatch
+/// starts the dispatch thread of one hardware queue (loops start with their first work).</item>
 /// </list>
 /// One operation is one create+destroy cycle.
 /// </summary>
@@ -31,6 +33,7 @@ public class QueueLifecycleBenchmarks
     private HostTagSet _hostTags = null!;
     private NullBlockDriver _driver = null!;
     private Topology _topology = null!;
+    private readonly byte[] _buffer = new byte[4096];
     private int _n;
 
     [Params(DispatchMode.Ring, DispatchMode.Mailbox)]
@@ -79,6 +82,15 @@ public class QueueLifecycleBenchmarks
     {
         var name = "r" + _n++;
         await _layer.CreateDeviceAsync(Options(name));
+        await _layer.DestroyDeviceAsync(name);
+    }
+
+    [Benchmark(Description = "registered + one read")]
+    public async Task RegisteredWithIo()
+    {
+        var name = "io" + _n++;
+        var device = await _layer.CreateDeviceAsync(Options(name));
+        await device.ReadAsync(0, _buffer);
         await _layer.DestroyDeviceAsync(name);
     }
 
