@@ -311,19 +311,43 @@ public sealed class BlockLayer : IExtension
         }
     }
 
+    // Every device the guardian knows, registered or not; stacked devices go before the devices
+    // they are built on (a busy member waits for the next pass).
     private async Task DestroyAllDevicesAsync()
     {
-        foreach (var name in _devices.Keys.ToArray())
+        var names = await Guardian.Ask<string[]>(AllDeviceNames.Instance, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+        var left = new List<string>(names);
+        while (left.Count > 0)
         {
-            try
+            var busy = new List<string>();
+            foreach (var name in left)
             {
-                await DestroyDeviceAsync(name).ConfigureAwait(false);
+                try
+                {
+                    await DestroyDeviceAsync(name).ConfigureAwait(false);
+                }
+                catch (KeyNotFoundException)
+                {
+                    // Destroyed concurrently.
+                }
+                catch (DeviceBusyException)
+                {
+                    busy.Add(name);
+                }
             }
-            catch (KeyNotFoundException)
+
+            if (busy.Count == left.Count)
             {
-                // Destroyed concurrently.
+                break;
             }
+
+            left = busy;
         }
+    }
+
+    internal sealed record AllDeviceNames : INoSerializationVerificationNeeded
+    {
+        public static readonly AllDeviceNames Instance = new();
     }
 
     // ------------------------------------------------------------------ guardian protocol
@@ -407,6 +431,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         _layer = layer;
         Receive<BlockLayer.Create>(HandleCreate);
         Receive<BlockLayer.Allocate>(HandleAllocate);
+        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(_devices.Keys.ToArray()));
         Receive<BlockLayer.Register>(HandleRegister);
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);

@@ -177,6 +177,23 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Shutdown_removes_stacked_devices_before_their_members_and_unregistered_ones_too()
+    {
+        var m0 = await Member("z0");
+        var m1 = await Member("z1");
+        await Layer.CreateStackedDeviceAsync("zl");
+        var linear = await Layer.LoadTableAsync("zl", StackTable.Linear("z0", "z1"));
+        await Layer.CreateStackedDeviceAsync("zz");
+        var nested = await Layer.LoadTableAsync("zz", StackTable.Linear("zl"));
+        var allocated = await Layer.AllocateDeviceAsync(new DeviceOptions { Name = "za", Size = MiB });
+        await nested.WriteAsync(0, new byte[4096]);
+
+        await Akka.Actor.CoordinatedShutdown.Get(Sys).Run(Akka.Actor.CoordinatedShutdown.ClrExitReason.Instance);
+
+        Assert.All(new[] { m0, m1, linear, nested, allocated }, d => Assert.Equal(QueueState.Dead, d.Queue.State));
+    }
+
+    [Fact]
     public async Task Stacked_devices_have_queue_attributes_and_no_mq_directory()
     {
         await Member("a0");
