@@ -187,14 +187,14 @@ public sealed class RequestQueue
 
     private void SetKind(QueueKind kind)
     {
-        if (Interlocked.CompareExchange(ref _kind, (int)kind, (int)QueueKind.Placeholder) != (int)QueueKind.Placeholder)
-        {
-            throw new InvalidOperationException($"Queue {Name} is already {Kind}; a queue's type is fixed once initialised.");
-        }
-
         if (_dead != 0)
         {
             throw new InvalidOperationException($"Queue {Name} is dead.");
+        }
+
+        if (Interlocked.CompareExchange(ref _kind, (int)kind, (int)QueueKind.Placeholder) != (int)QueueKind.Placeholder)
+        {
+            throw new InvalidOperationException($"Queue {Name} is already {Kind}; a queue's type is fixed once initialised.");
         }
     }
 

@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Devices;
@@ -10,30 +11,15 @@ namespace ActorBlk.Hardware.Tests.Devices;
 /// <summary>A memory-backed null device on ring dispatch, end to end, with real dispatch threads.</summary>
 public sealed class RingDeviceSpec : IAsyncLifetime
 {
-    private readonly BlockSoftIrq _softIrq = new(8);
-    private readonly List<IBlockDevice> _devices = [];
+    private readonly RingDevices _devices = new(8);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        foreach (var d in _devices)
-        {
-            await d.DisposeAsync();
-        }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-        _softIrq.Dispose();
-    }
-
-    private BlockDevice Create(DeviceOptions? options = null, int cpus = 4)
-    {
-        var device = DeviceBuilder.CreateRingDevice(
-            options ?? new DeviceOptions { Name = "ring0", Size = 64 << 20, MemoryBacked = true, SubmitQueues = 2 },
-            CpuTopology.Simulated(cpus, sockets: cpus >= 4 ? 2 : 1),
-            _softIrq);
-        _devices.Add(device);
-        return device;
-    }
+    private BlockDevice Create(DeviceOptions? options = null, int cpus = 4) => _devices.Create(
+        options ?? new DeviceOptions { Name = "ring0", Size = 64 << 20, MemoryBacked = true, SubmitQueues = 2 },
+        CpuTopology.Simulated(cpus, sockets: cpus >= 4 ? 2 : 1));
 
     private static byte[] Pattern(int length, int seed)
     {

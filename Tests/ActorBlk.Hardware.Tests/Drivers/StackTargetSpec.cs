@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Drivers;
@@ -13,27 +14,14 @@ namespace ActorBlk.Hardware.Tests.Drivers;
 /// </summary>
 public sealed class StackTargetSpec : IAsyncLifetime
 {
-    private readonly BlockSoftIrq _softIrq = new(2);
-    private readonly List<BlockDevice> _devices = [];
+    private readonly RingDevices _devices = new(2);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        foreach (var d in _devices)
-        {
-            await d.DisposeAsync();
-        }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-        _softIrq.Dispose();
-    }
-
-    private BlockDevice Member(string name, long size)
-    {
-        var device = DeviceBuilder.CreateRingDevice(new DeviceOptions { Name = name, Size = size, MemoryBacked = true }, CpuTopology.Simulated(2), _softIrq);
-        _devices.Add(device);
-        return device;
-    }
+    private BlockDevice Member(string name, long size) =>
+        _devices.Create(new DeviceOptions { Name = name, Size = size, MemoryBacked = true }, CpuTopology.Simulated(2));
 
     [Fact]
     public void Linear_maps_offsets_through_the_extents_and_cuts_at_their_ends()
@@ -85,7 +73,7 @@ public sealed class StackTargetSpec : IAsyncLifetime
         var target = new LinearTarget([new LinearExtent(a, 0, 1 << 20), new LinearExtent(b, 0, 1 << 20)]);
         queue.InitializeBioBased(target);
         Assert.Throws<InvalidOperationException>(() => queue.InitializeBioBased(target));
-        Assert.Throws<InvalidOperationException>(() => queue.Start(new RingRuntime(_softIrq)));
+        Assert.Throws<InvalidOperationException>(() => queue.Start(new ActorBlk.Testing.ManualRuntime()));
         queue.Register();
         Assert.Equal(QueueState.Registered, queue.State);
 
