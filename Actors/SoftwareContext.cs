@@ -90,7 +90,18 @@ internal sealed class SoftwareContextActor : UntypedActor
         }
     }
 
-    private void HandleSubmit(SoftwareContext.Submit io)
+    private void HandleSubmit(SoftwareContext.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log);
+}
+
+/// <summary>An I/O that arrived as a message (from a peer node or an actor), submitted to a device with its reply as the end-io.</summary>
+internal static class MessageIo
+{
+    /// <summary>
+    /// Submits <paramref name="io"/> to <paramref name="device"/> on <paramref name="cpu"/>; the
+    /// sender receives <see cref="SoftwareContext.Completed"/> (with the data of a read) or, for a
+    /// malformed I/O, <see cref="SoftwareContext.Rejected"/> at once.
+    /// </summary>
+    public static void Submit(IBlockDevice device, SoftwareContext.Submit io, int cpu, IActorRef sender, ILoggingAdapter log)
     {
         var buffer = io.Op switch
         {
@@ -102,22 +113,22 @@ internal sealed class SoftwareContextActor : UntypedActor
         var length = io.Op == BlockOp.Write ? buffer.Length : io.Length;
         if (io.Op == BlockOp.Write && io.Length != buffer.Length)
         {
-            Sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{_device.Name}: the write carries {buffer.Length} bytes but names {io.Length}."));
+            sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: the write carries {buffer.Length} bytes but names {io.Length}."));
             return;
         }
 
         try
         {
-            _device.SubmitWithEndIo(io.Op, io.Offset, length, buffer, io.Flags, _ctx.Cpu, new Reply(Sender, io.Id, io.Op == BlockOp.Read ? buffer : null));
+            device.SubmitWithEndIo(io.Op, io.Offset, length, buffer, io.Flags, cpu, new Reply(sender, io.Id, io.Op == BlockOp.Read ? buffer : null));
         }
         catch (InvalidBlockRequestException ex)
         {
-            if (_log.IsDebugEnabled)
+            if (log.IsDebugEnabled)
             {
-                _log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, Sender, ex.Message);
+                log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, sender, ex.Message);
             }
 
-            Sender.Tell(new SoftwareContext.Rejected(io.Id, ex.Reason, ex.Message));
+            sender.Tell(new SoftwareContext.Rejected(io.Id, ex.Reason, ex.Message));
         }
     }
 

@@ -31,8 +31,8 @@ internal sealed class StackedDeviceActor : ReceiveActor
         _device = device;
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
         Receive<RequestQueue.GetInfo>(_ => Sender.Tell(Info()));
-        Receive<RequestQueue.Io>(io => Sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.NotSupported,
-            $"{_device.Name} is bio-based; submit to it in-process.")));
+        Receive<RequestQueue.Io>(io => MessageIo.Submit(_device, new SoftwareContext.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
+            io.Cpu, Sender, _log));
         Receive<RequestQueue.Unregister>(_ =>
         {
             _unregisterReplyTo = Sender;

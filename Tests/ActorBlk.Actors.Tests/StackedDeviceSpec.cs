@@ -71,6 +71,15 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await dm.ReadAsync(3 * MiB, new byte[512]));
         await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await dm.ReadAsync(100, new byte[512]));
         Assert.Equal("linear", (await Layer.GetDeviceInfoAsync("linear0")).Driver);
+
+        // I/O that arrives as a message (as from a peer node) reaches the stacked device too.
+        var block = Pattern(8192, 9);
+        Layer.Guardian.Tell(new BlockLayer.Io("linear0", 1, BlockOp.Write, MiB - 4096, 8192, block), TestActor);
+        Assert.Equal(BlockStatus.Ok, (await ExpectMsgAsync<SoftwareContext.Completed>()).Status);
+        Layer.Guardian.Tell(new BlockLayer.Io("linear0", 2, BlockOp.Read, MiB - 4096, 8192), TestActor);
+        Assert.Equal(block, (await ExpectMsgAsync<SoftwareContext.Completed>()).Data);
+        Layer.Guardian.Tell(new BlockLayer.Io("linear0", 3, BlockOp.Read, 100, 512), TestActor);
+        Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContext.Rejected>()).Reason);
     }
 
     [Fact]
