@@ -84,13 +84,35 @@ public sealed record ActorBlkSettings(
             var other => throw new ConfigurationException($"actorblk.clock: '{other}' is not 'system' or 'scheduler'."),
         };
 
-        var watch = c.GetTimeSpan("topology.watch-interval", TimeSpan.FromSeconds(1));
+        TimeSpan watch;
+        try
+        {
+            watch = c.GetTimeSpan("topology.watch-interval", TimeSpan.FromSeconds(1));
+        }
+        catch (FormatException)
+        {
+            throw new ConfigurationException($"actorblk.topology.watch-interval: '{c.GetString("topology.watch-interval")}' is not a duration (1s, 500ms, 0s for off).");
+        }
+
         var devices = c.GetValue("devices")?.GetArray()?.Select(v => DeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
                       .ToList() ?? [];
-        var duplicate = devices.GroupBy(d => d.Name).FirstOrDefault(g => g.Count() > 1);
+        var stacked = c.GetValue("stacked-devices")?.GetArray()?.Select(v => StackedDeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
+                      .ToList() ?? [];
+        var duplicate = devices.Select(d => d.Name).Concat(stacked.Select(d => d.Name)).GroupBy(n => n).FirstOrDefault(g => g.Count() > 1);
         if (duplicate is not null)
         {
-            throw new DeviceOptionsException(duplicate.Key, "name", "two devices in actorblk.devices share this name.");
+            throw new DeviceOptionsException(duplicate.Key, "name", "two devices in actorblk.devices and actorblk.stacked-devices share this name.");
+        }
+
+        var known = new HashSet<string>(devices.Select(d => d.Name), StringComparer.Ordinal);
+        foreach (var entry in stacked)
+        {
+            if (entry.Table.MemberNames.FirstOrDefault(m => !known.Contains(m)) is { } unknown)
+            {
+                throw new DeviceOptionsException(entry.Name, "members", $"'{unknown}' is not a device listed before it.");
+            }
+
+            known.Add(entry.Name);
         }
 
         return new ActorBlkSettings(
@@ -111,6 +133,7 @@ public sealed record ActorBlkSettings(
                 c.GetTimeSpan("supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
                 c.GetTimeSpan("supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
                 c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts)).Validated(),
+            StackedDevices = stacked,
             SysfsRoot = c.GetString("topology.sysfs-root", TopologySnapshot.DefaultSysfsRoot),
             WatchInterval = watch >= TimeSpan.Zero
                 ? watch
@@ -120,6 +143,12 @@ public sealed record ActorBlkSettings(
 
     /// <summary>How device drivers are supervised.</summary>
     public SupervisionSettings Supervision { get; init; } = SupervisionSettings.Default;
+
+    /// <summary>
+    /// Stacked devices to create at start, after <see cref="Devices"/> and in order
+    /// (<c>actorblk.stacked-devices</c>): each may name devices of the list or earlier stacked ones.
+    /// </summary>
+    public IReadOnlyList<StackedDeviceOptions> StackedDevices { get; init; } = [];
 
     /// <summary>The sysfs CPU directory a <c>system</c> topology is read from (<c>topology.sysfs-root</c>).</summary>
     public string SysfsRoot { get; init; } = TopologySnapshot.DefaultSysfsRoot;

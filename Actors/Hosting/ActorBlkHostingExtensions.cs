@@ -46,6 +46,12 @@ public static class ActorBlkHostingExtensions
             {
                 await layer.CreateDeviceAsync(device).ConfigureAwait(false);
             }
+
+            foreach (var stacked in layer.Settings.StackedDevices)
+            {
+                await layer.CreateStackedDeviceAsync(stacked.Name).ConfigureAwait(false);
+                await layer.LoadTableAsync(stacked.Name, stacked.Table).ConfigureAwait(false);
+            }
         });
         return builder;
     }

@@ -62,6 +62,13 @@ internal static class ServeCommand
                     cluster.SelfAddress, string.Join(",", cluster.SelfRoles), layer.Topology.Describe());
                 foreach (var device in layer.Devices.OrderBy(d => d.Name))
                 {
+                    if (device.Queue.BioDriver is { } target)
+                    {
+                        Log.Information("Serving {Device}: stacked device of {Size}, {Block}-byte blocks, {Target}",
+                            device.Name, Sizes.Format(device.Capacity), device.LogicalBlockSize, target.Description);
+                        continue;
+                    }
+
                     Log.Information("Serving {Device}: {Driver} device of {Size}, {Block}-byte blocks, {Queues} hardware queue(s) of {Depth} tags, {Dispatch} dispatch",
                         device.Name, device.Queue.Driver.Kind, Sizes.Format(device.Capacity), device.LogicalBlockSize,
                         device.Queue.HardwareContexts.Count, device.Queue.TagSet.QueueDepth, device.Dispatch.ToString().ToLowerInvariant());

@@ -181,6 +181,54 @@ public sealed class DeviceConfigSpec
     }
 
     [Fact]
+    public void Stacked_devices_and_the_topology_watch_are_read()
+    {
+        var settings = ActorBlkSettings.Create(ConfigurationFactory.ParseString("""
+            actorblk {
+              topology { sysfs-root = "/tmp/cpu", watch-interval = 250ms }
+              devices = [ { name = a, size = 1m }, { name = b, size = 1m } ]
+              stacked-devices = [
+                { name = r0, type = striped, members = [a, b] }
+                { name = v0, type = linear, members = [r0, a] }
+              ]
+            }
+            """));
+
+        Assert.Equal("/tmp/cpu", settings.SysfsRoot);
+        Assert.Equal(TimeSpan.FromMilliseconds(250), settings.WatchInterval);
+        Assert.Equal(["r0", "v0"], settings.StackedDevices.Select(d => d.Name));
+        var striped = Assert.IsType<Hardware.Drivers.Stacking.StripedTable>(settings.StackedDevices[0].Table);
+        Assert.Equal(StackedDeviceConfig.DefaultChunkBytes, striped.ChunkBytes);
+        Assert.Equal(["r0", "a"], settings.StackedDevices[1].Table.MemberNames);
+    }
+
+    [Theory]
+    [InlineData("{ name = s, type = mirror, members = [a] }", "type")]
+    [InlineData("{ name = s, members = [a] }", "type")]
+    [InlineData("{ name = s, type = linear, members = [] }", "members")]
+    [InlineData("{ name = s, type = linear, members = [nosuch] }", "members")]
+    [InlineData("{ name = s, type = linear, members = [s] }", "members")]
+    [InlineData("{ name = s, type = linear, chunk = 4k, members = [a] }", "chunk")]
+    [InlineData("{ name = s, type = striped, chunk = 3000, members = [a] }", "chunk")]
+    [InlineData("{ name = s, type = striped, chunk = lots, members = [a] }", "chunk")]
+    [InlineData("{ name = s, type = linear, members = [a], stripes = 2 }", "stripes")]
+    [InlineData("{ name = a, type = linear, members = [a] }", "name")]
+    [InlineData("{ type = linear, members = [a] }", "name")]
+    public void A_bad_stacked_entry_names_the_offending_key(string entry, string key)
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString(
+            $"actorblk {{ devices = [ {{ name = a, size = 1m }} ], stacked-devices = [ {entry} ] }}")));
+
+        Assert.Equal(key, ex.Option);
+    }
+
+    [Theory]
+    [InlineData("-1s")]
+    [InlineData("often")]
+    public void A_watch_interval_that_is_not_a_duration_is_refused(string interval) =>
+        Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString($"actorblk.topology.watch-interval = {interval}")));
+
+    [Fact]
     public void Two_devices_may_not_share_a_name()
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.devices = [ { name = a }, { name = a } ]")));

@@ -46,6 +46,43 @@ public sealed class HostingSpec
     }
 
     [Fact]
+    public async Task Stacked_devices_of_the_configuration_are_built_on_its_devices_and_removed_first()
+    {
+        var options = new ActorBlkOptions
+        {
+            Hocon = """
+                actorblk.topology.source = simulated
+                actorblk.devices = [
+                  { name = sda, size = 1m, memory_backed = on }
+                  { name = sdb, size = 1m, memory_backed = on, dispatch = mailbox }
+                ]
+                actorblk.stacked-devices = [
+                  { name = md0, type = striped, chunk = 4k, members = [sda, sdb] }
+                  { name = vg0, type = linear, members = [md0] }
+                ]
+                """,
+        };
+        using var host = Build(options);
+        await host.StartAsync();
+
+        var layer = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
+        Assert.Equal(["md0", "sda", "sdb", "vg0"], layer.Devices.Select(d => d.Name).Order());
+        Assert.True(layer.TryGetDevice("vg0", out var vg0));
+        Assert.True(layer.TryGetDevice("sdb", out var sdb));
+        Assert.Equal(2 << 20, vg0.Capacity);
+
+        // Chunk 1 of md0 is sdb's first 4 KiB.
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)i).ToArray();
+        await vg0.WriteAsync(4096, data);
+        var back = new byte[4096];
+        await sdb.ReadAsync(0, back);
+        Assert.Equal(data, back);
+
+        await host.StopAsync();
+        Assert.Empty(layer.Devices);
+    }
+
+    [Fact]
     public async Task The_readme_example_runs()
     {
         var data = await ReadmeExample.RunAsync();
