@@ -132,7 +132,10 @@ public sealed record ActorBlkSettings(
                 c.GetTimeSpan("supervision.reset-window", SupervisionSettings.Default.ResetWindow),
                 c.GetTimeSpan("supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
                 c.GetTimeSpan("supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
-                c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts)).Validated(),
+                c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts))
+            {
+                MaxReopens = c.GetInt("supervision.max-reopens", SupervisionSettings.Default.MaxReopens),
+            }.Validated(),
             StackedDevices = stacked,
             SysfsRoot = c.GetString("topology.sysfs-root", TopologySnapshot.DefaultSysfsRoot),
             WatchInterval = watch >= TimeSpan.Zero
@@ -194,6 +197,13 @@ public sealed record SupervisionSettings(int MaxResets, TimeSpan ResetWindow, Ti
     /// <summary>The library defaults: 10 resets a minute; reopen after 100 ms, doubling up to 10 s, 5 attempts.</summary>
     public static readonly SupervisionSettings Default = new(10, TimeSpan.FromMinutes(1), TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(10), 5);
 
+    /// <summary>
+    /// Times a device may be gone and reopened within <see cref="ResetWindow"/>; the next time it is
+    /// gone it is given up (offline) instead of reopened, so a device that keeps failing does not
+    /// cycle between resets and reopens for ever. 3 by default.
+    /// </summary>
+    public int MaxReopens { get; init; } = 3;
+
     /// <summary>The delay before reopen attempt <paramref name="attempt"/> (0-based): min * 2^attempt, at most max.</summary>
     public TimeSpan ReopenDelay(int attempt) =>
         TimeSpan.FromTicks(Math.Min(ReopenBackoffMax.Ticks, ReopenBackoffMin.Ticks * (1L << Math.Min(attempt, 30))));
@@ -202,7 +212,7 @@ public sealed record SupervisionSettings(int MaxResets, TimeSpan ResetWindow, Ti
     /// <exception cref="ConfigurationException">A setting is out of range.</exception>
     public SupervisionSettings Validated()
     {
-        if (MaxResets < 0 || ResetWindow <= TimeSpan.Zero || ReopenBackoffMin <= TimeSpan.Zero || ReopenBackoffMax < ReopenBackoffMin || ReopenAttempts < 0)
+        if (MaxResets < 0 || ResetWindow <= TimeSpan.Zero || ReopenBackoffMin <= TimeSpan.Zero || ReopenBackoffMax < ReopenBackoffMin || ReopenAttempts < 0 || MaxReopens < 0)
         {
             throw new ConfigurationException($"actorblk.supervision: out of range ({this}).");
         }

@@ -75,6 +75,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private int _failedAtShutdown;
     private readonly DeviceOptions _options;
     private readonly Queue<(DateTimeOffset At, int Count)> _timeoutWindow = new();
+    private readonly Queue<DateTimeOffset> _stops = new();
     private int _timeoutsInWindow;
     private long _resets;
     private int _reopenAttempt;
@@ -358,7 +359,23 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private void HandleDriverStopped()
     {
         _driverDead = true;
-        if ((_queue.Driver.Features & DriverFeatures.Reopenable) != 0 && _layer.Settings.Supervision.ReopenAttempts > 0)
+        var supervision = _layer.Settings.Supervision;
+        var now = Context.System.Scheduler.Now;
+        _stops.Enqueue(now);
+        while (_stops.Count > 0 && now - _stops.Peek() > supervision.ResetWindow)
+        {
+            _stops.Dequeue();
+        }
+
+        if (_stops.Count > supervision.MaxReopens)
+        {
+            _log.Error("{Device}: the device stopped {Stops} times within {Window} s (max-reopens = {Max}); giving it up",
+                _queue.Name, _stops.Count, supervision.ResetWindow.TotalSeconds, supervision.MaxReopens);
+            GoOffline();
+            return;
+        }
+
+        if ((_queue.Driver.Features & DriverFeatures.Reopenable) != 0 && supervision.ReopenAttempts > 0)
         {
             _health = DeviceHealth.Reopening;
             _reopenAttempt = 0;

@@ -68,6 +68,7 @@ public sealed class DeviceConfigSpec
         Assert.Equal(10, s.MaxResets);
         Assert.Equal(TimeSpan.FromSeconds(60), s.ResetWindow);
         Assert.Equal(5, s.ReopenAttempts);
+        Assert.Equal(3, s.MaxReopens);
         Assert.Equal(TimeSpan.FromMilliseconds(100), s.ReopenDelay(0));
         Assert.Equal(TimeSpan.FromMilliseconds(200), s.ReopenDelay(1));
         Assert.Equal(TimeSpan.FromSeconds(10), s.ReopenDelay(20));

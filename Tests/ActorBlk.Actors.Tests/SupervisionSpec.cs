@@ -27,6 +27,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
           reopen-backoff-min = 100ms
           reopen-backoff-max = 1s
           reopen-attempts = 3
+          max-reopens = 2
         }
         """).WithFallback(Configs.VirtualTime);
 
@@ -235,6 +236,31 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
 
         // A request that is no longer in flight is left alone.
         Assert.False(device.Queue.AbortRequest(driver.TimedOut[0]));
+    }
+
+    [Fact]
+    public async Task A_device_gone_more_than_max_reopens_times_in_the_window_is_given_up()
+    {
+        // Reopened twice (max-reopens = 2); the third time it is gone within the minute it goes
+        // offline instead of cycling through resets and reopens for ever.
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable);
+        var device = await Create(driver, "cycling");
+        for (var i = 1; i <= 2; i++)
+        {
+            DriverOf("cycling").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException($"gone {i}", deviceGone: true)));
+            var n = i;
+            await AdvanceUntil(() => driver.ReopenCalls == n);
+            await AwaitAssertAsync(async () => Assert.Equal("online", (await InfoOf("cycling")).Health));
+        }
+
+        await EventFilter.Error(contains: "stopped 3 times").ExpectOneAsync(async () =>
+        {
+            DriverOf("cycling").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("gone 3", deviceGone: true)));
+            await Until(() => device.Queue.IsDying);
+        });
+
+        Assert.Equal(2, driver.ReopenCalls);
+        Assert.Equal(BlockStatus.Offline, await device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]));
     }
 
     [Fact]
