@@ -648,7 +648,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         {
             queue.InitializeBioBased(target);
             entry.Holds = [.. target.Members.Select(m => m.Name)];
-            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device), $"dev-{load.Name}-{++_incarnation}");
+            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
             Context.Watch(entry.Actor);
             entry.Creator = Sender;
             return;

@@ -16,7 +16,7 @@ public static class StackedDevice
     /// <summary>Replace the target (a new table of the same type); the reply is <see cref="BlockLayer.Created"/>. Local only.</summary>
     public sealed record SwapTarget(StackTarget Target) : INoSerializationVerificationNeeded;
 
-    internal static Props Props(BlockDevice device) => Akka.Actor.Props.Create(() => new StackedDeviceActor(device));
+    internal static Props Props(BlockDevice device, TimeSpan drainTimeout) => Akka.Actor.Props.Create(() => new StackedDeviceActor(device, drainTimeout));
 }
 
 /// <summary>The stacked device's actor.</summary>
@@ -26,7 +26,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private IActorRef? _unregisterReplyTo;
 
-    public StackedDeviceActor(BlockDevice device)
+    public StackedDeviceActor(BlockDevice device, TimeSpan drainTimeout)
     {
         _device = device;
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
@@ -37,8 +37,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             _unregisterReplyTo = Sender;
             _log.Info("Unregistering {Device}", _device.Name);
-            _device.Queue.ShutdownAsync(Context.System.Settings.Config.GetTimeSpan("actorblk.drain-timeout", TimeSpan.FromSeconds(30)))
-                .PipeTo(Self, success: failed => new ShutdownDone(failed));
+            _device.Queue.ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
         });
         Receive<ShutdownDone>(done =>
         {
