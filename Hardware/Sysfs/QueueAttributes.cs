@@ -90,8 +90,8 @@ public sealed class QueueAttributes
     /// <summary>The published snapshot, or null while the queue is not registered.</summary>
     public AttributeTree? Current => Volatile.Read(ref _current);
 
-    /// <summary>The attribute paths of the current snapshot (empty while unregistered).</summary>
-    public IReadOnlyList<string> List() => Current?.Paths ?? [];
+    /// <summary>The attribute paths of the current snapshot (empty while unregistered or dying).</summary>
+    public IReadOnlyList<string> List() => Current is { } tree && !_queue.IsDying ? tree.Paths : [];
 
     /// <summary>Reads an attribute of the current snapshot.</summary>
     /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying.</exception>
