@@ -25,10 +25,11 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
     private const int BlockSize = 4096;
     private const int Unknown = -1;
 
-    // Enough resets allowed that the crashes and timeout bursts of the run never give the device up.
+    // Enough resets and reopens allowed that the crashes and timeout bursts of the run never give the device up.
     private static readonly Config Tolerant = ConfigurationFactory.ParseString("""
         actorblk.supervision {
           max-resets = 1000
+          max-reopens = 1000
           reopen-backoff-min = 20ms
           reopen-backoff-max = 100ms
           reopen-attempts = 5
