@@ -33,6 +33,7 @@ public sealed class BlockLayer : IExtension
 
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
+    private TopologySnapshot? _currentTopology;
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
     public BlockLayer(ExtendedActorSystem system)
@@ -66,6 +67,9 @@ public sealed class BlockLayer : IExtension
 
     /// <summary>The CPU topology devices are mapped on at start.</summary>
     public TopologySnapshot Topology { get; }
+
+    /// <summary>The CPU topology now: the one the last hotplug event left (the start one before any).</summary>
+    public TopologySnapshot CurrentTopology => Volatile.Read(ref _currentTopology) ?? Topology;
 
     /// <summary>The guardian actor, <c>/user/actorblk</c>.</summary>
     public IActorRef Guardian { get; }
@@ -250,20 +254,51 @@ public sealed class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(prefix);
         var p = Normalize(prefix);
-        return _devices.Values.SelectMany(d => d.Attributes.List()).Where(path => path.StartsWith(p, StringComparison.Ordinal))
-            .Order(StringComparer.Ordinal).ToArray();
+        return CpuAttributes.List(CurrentTopology).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
+            .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
 
-    /// <summary>Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c> ...</summary>
+    /// <summary>
+    /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
+    /// <c>devices/system/cpu/online</c> ...
+    /// </summary>
     /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
-    public string ReadAttribute(string path) => AttributesOf(path, out var p).Read(p);
-
-    /// <summary>Writes an attribute with the kernel's rules for it.</summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only) or EINVAL (refused value); nothing changed.</exception>
-    public ValueTask WriteAttributeAsync(string path, string value)
+    public string ReadAttribute(string path)
     {
+        ArgumentNullException.ThrowIfNull(path);
+        var p = Normalize(path);
+        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(path, out p).Read(p);
+    }
+
+    /// <summary>
+    /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
+    /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value) or EBUSY (the last online CPU); nothing changed.</exception>
+    public async ValueTask WriteAttributeAsync(string path, string value)
+    {
+        ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(value);
-        return AttributesOf(path, out var p).WriteAsync(p, value);
+        var p = Normalize(path);
+        if (!CpuAttributes.Owns(p))
+        {
+            await AttributesOf(path, out p).WriteAsync(p, value).ConfigureAwait(false);
+            return;
+        }
+
+        var (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
+        try
+        {
+            await SetCpuOnlineAsync(cpu, online).ConfigureAwait(false);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new AttributeException(p, AttributeErrno.EBUSY, ex.Message);
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            throw new AttributeException(p, AttributeErrno.ENOENT, ex.Message.Split(" (Parameter")[0]);
+        }
     }
 
     // "/sys/block/nullb0/queue/x", "block/nullb0/queue/x" and "kernel/debug/block/nullb0/..." name the device in the path.
@@ -296,6 +331,8 @@ public sealed class BlockLayer : IExtension
         device = d!;
         return found;
     }
+
+    internal void PublishTopology(TopologySnapshot topology) => Volatile.Write(ref _currentTopology, topology);
 
     internal DispatchMode ModeOf(DataPlaneQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
 
@@ -458,7 +495,8 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     protected override void PreStart()
     {
-        _topology = Context.ActorOf(CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval), "cpu-topology");
+        _topology = Context.ActorOf(
+            CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
         Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
     }
 

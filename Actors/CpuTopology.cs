@@ -56,7 +56,11 @@ public static class CpuTopology
     /// <see cref="CpuOnline"/> events.
     /// </summary>
     public static Props Props(TopologySnapshot initial, string? watchedOnlineFile = null, TimeSpan watchInterval = default) =>
-        Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval));
+        Props(initial, watchedOnlineFile, watchInterval, null);
+
+    /// <summary>As above, with <paramref name="published"/> called with every topology the actor adopts (the first at start).</summary>
+    internal static Props Props(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<TopologySnapshot>? published) =>
+        Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval, published));
 }
 
 /// <summary>The CPU-topology actor.</summary>
@@ -66,12 +70,14 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     private readonly List<DataPlane.RequestQueue> _queues = [];
     private readonly string? _watchedOnlineFile;
     private readonly TimeSpan _watchInterval;
+    private readonly Action<TopologySnapshot>? _published;
     private TopologySnapshot _topology;
     private CpuSet _lastSeenOnline;
     private long _version = 1;
 
-    public CpuTopologyActor(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval)
+    public CpuTopologyActor(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<TopologySnapshot>? published)
     {
+        _published = published;
         _topology = initial;
         _lastSeenOnline = initial.Online;
         _watchedOnlineFile = watchedOnlineFile;
@@ -168,6 +174,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         {
             _topology = done.Topology;
             _version++;
+            _published?.Invoke(_topology);
             _log.Info("CPU {Cpu} {State}: {Queues} queue(s) re-mapped, online CPUs {Online} (topology version {Version})",
                 done.Cpu, done.Online ? "online" : "offline", done.Remapped, _topology.Online.ToCpuListString(), _version);
             done.ReplyTo.Tell(new CpuTopology.TopologyChanged(_version, _topology.Online.ToCpuListString(), done.Remapped));
@@ -229,6 +236,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     protected override void PreStart()
     {
         _log.Info("CPU topology: {Topology}", _topology.Describe());
+        _published?.Invoke(_topology);
         if (_watchedOnlineFile is not null && _watchInterval > TimeSpan.Zero)
         {
             _log.Info("Watching {File} every {Interval} ms for CPU hotplug", _watchedOnlineFile, _watchInterval.TotalMilliseconds);

@@ -11,6 +11,9 @@ public enum AttributeErrno
 
     /// <summary>The attribute is read-only.</summary>
     EACCES,
+
+    /// <summary>The change is refused in the current state (taking the last online CPU offline).</summary>
+    EBUSY,
 }
 
 /// <summary>A refused attribute read or write; nothing changed.</summary>

@@ -127,7 +127,7 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(nativeBlocks, NativeAllocations.LiveBlocks);
         Assert.Equal(rings, IoRing.LiveRings);
         Assert.Empty(Layer.Devices);
-        Assert.Empty(Layer.ListAttributes());
+        Assert.Empty(Layer.ListAttributes("block/"));
 
         // Every queue and tag set (with its preallocated requests) can be collected.
         await AwaitAssertAsync(() =>

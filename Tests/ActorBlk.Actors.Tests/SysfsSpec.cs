@@ -242,6 +242,34 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Cpu_online_files_show_the_topology_and_writing_them_is_a_hotplug_event()
+    {
+        // As /sys/devices/system/cpu: cpulists, and cpuN/online (kstrtobool) for present CPUs.
+        var device = await Create("sd7", submitQueues: 2);
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        Assert.Equal("0-3\n", Layer.ReadAttribute("/sys/devices/system/cpu/possible"));
+        Assert.Equal("1\n", Layer.ReadAttribute("devices/system/cpu/cpu2/online"));
+        Assert.Contains("devices/system/cpu/cpu3/online", Layer.ListAttributes("devices/"));
+
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "0\n");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        Assert.Equal("0\n", Layer.ReadAttribute("devices/system/cpu/cpu2/online"));
+        Assert.False(Layer.CurrentTopology.IsOnline(2));
+        Assert.True(device.Queue.HardwareContexts.Where(h => h.CpuMask.Contains(2)).All(h => h.IsInactive || h.CpuMask.Count > 1));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "on");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "maybe")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("devices/system/cpu/cpu9/online", "1")).Errno);
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("devices/system/cpu/online", "0-1")).Errno);
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu1/online", "0");
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "0");
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu3/online", "0");
+        Assert.Equal(AttributeErrno.EBUSY, (await Refused("devices/system/cpu/cpu0/online", "0")).Errno);
+        Assert.Equal("0\n", Layer.ReadAttribute("devices/system/cpu/online"));
+    }
+
+    [Fact]
     public async Task The_sysfs_actor_answers_reads_writes_listings_and_hotplug_with_typed_replies()
     {
         await Create("sd6");

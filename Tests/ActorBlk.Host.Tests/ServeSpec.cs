@@ -133,6 +133,8 @@ public sealed partial class ServeSpec
         }
 
         Assert.Contains("(ENOENT)", (await Run("hotplug", "online", "4096")).All);
+        var online = await Run("sysfs", "cat", "devices/system/cpu/online");
+        Assert.Equal(cpus > 1 ? $"0-{cpus - 1}\n" : "0\n", online.Out);
         Assert.Equal(2, (await Run("hotplug", "sideways", "1")).Code);
 
         node.Terminate();

@@ -1,0 +1,85 @@
+using System.Globalization;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Sysfs;
+
+/// <summary>
+/// The CPU part of the tree, as under <c>/sys/devices/system/cpu</c>: <c>possible</c>,
+/// <c>present</c> and <c>online</c> (cpulists, read-only) and <c>cpu&lt;N&gt;/online</c> for each
+/// present CPU (0 or 1; writing it is a hotplug event).
+/// </summary>
+public static class CpuAttributes
+{
+    /// <summary>The directory, relative to the tree's root.</summary>
+    public const string Root = "devices/system/cpu/";
+
+    /// <summary>True for paths under <see cref="Root"/>.</summary>
+    public static bool Owns(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        return path.StartsWith(Root, StringComparison.Ordinal);
+    }
+
+    /// <summary>The paths for <paramref name="topology"/>.</summary>
+    public static IEnumerable<string> List(CpuTopology topology)
+    {
+        ArgumentNullException.ThrowIfNull(topology);
+        yield return Root + "online";
+        yield return Root + "possible";
+        yield return Root + "present";
+        foreach (var cpu in topology.Present)
+        {
+            yield return Root + "cpu" + cpu.ToString(CultureInfo.InvariantCulture) + "/online";
+        }
+    }
+
+    /// <summary>Reads one of the paths.</summary>
+    /// <exception cref="AttributeException">ENOENT: no such path.</exception>
+    public static string Read(CpuTopology topology, string path)
+    {
+        ArgumentNullException.ThrowIfNull(topology);
+        return path switch
+        {
+            Root + "online" => topology.Online.ToCpuListString() + "\n",
+            Root + "possible" => topology.Possible.ToCpuListString() + "\n",
+            Root + "present" => topology.Present.ToCpuListString() + "\n",
+            _ => (topology.IsOnline(CpuOf(topology, path)) ? "1" : "0") + "\n",
+        };
+    }
+
+    /// <summary>Checks a write of <c>cpu&lt;N&gt;/online</c> and returns the event it asks for.</summary>
+    /// <exception cref="AttributeException">ENOENT (no such path), EACCES (a read-only list) or EINVAL (not a boolean).</exception>
+    public static (int Cpu, bool Online) ParseWrite(CpuTopology topology, string path, string value)
+    {
+        ArgumentNullException.ThrowIfNull(topology);
+        ArgumentNullException.ThrowIfNull(value);
+        if (path is Root + "online" or Root + "possible" or Root + "present")
+        {
+            throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is read-only");
+        }
+
+        var cpu = CpuOf(topology, path);
+
+        // kstrtobool: 1/y/Y/on and 0/n/N/off.
+        var text = value.EndsWith('\n') ? value[..^1] : value;
+        return text switch
+        {
+            "1" or "y" or "Y" or "on" => (cpu, true),
+            "0" or "n" or "N" or "off" => (cpu, false),
+            _ => throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text}' is not 0 or 1"),
+        };
+    }
+
+    private static int CpuOf(CpuTopology topology, string path)
+    {
+        var rest = path[Root.Length..];
+        if (rest.StartsWith("cpu", StringComparison.Ordinal) && rest.EndsWith("/online", StringComparison.Ordinal)
+            && int.TryParse(rest.AsSpan(3, rest.Length - 3 - "/online".Length), NumberStyles.None, CultureInfo.InvariantCulture, out var cpu)
+            && topology.Present.Contains(cpu))
+        {
+            return cpu;
+        }
+
+        throw new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
+    }
+}
