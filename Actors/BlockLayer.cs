@@ -267,7 +267,7 @@ public sealed class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(path);
         var p = Normalize(path);
-        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(path, out p).Read(p);
+        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
     }
 
     /// <summary>
@@ -282,7 +282,7 @@ public sealed class BlockLayer : IExtension
         var p = Normalize(path);
         if (!CpuAttributes.Owns(p))
         {
-            await AttributesOf(path, out p).WriteAsync(p, value).ConfigureAwait(false);
+            await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
             return;
         }
 
@@ -302,11 +302,10 @@ public sealed class BlockLayer : IExtension
     }
 
     // "/sys/block/nullb0/queue/x", "block/nullb0/queue/x" and "kernel/debug/block/nullb0/..." name the device in the path.
-    private QueueAttributes AttributesOf(string path, out string normalized)
+    // The path is already normalised by the caller.
+    private QueueAttributes AttributesOf(string path)
     {
-        ArgumentNullException.ThrowIfNull(path);
-        normalized = Normalize(path);
-        var parts = normalized.Split('/');
+        var parts = path.Split('/');
         var device = parts switch
         {
             ["block", var name, ..] => name,
@@ -479,9 +478,9 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
         Receive<BlockLayer.GetDeviceInfo>(get =>
         {
-            if (_devices.TryGetValue(get.Name, out var entry) && entry.Ready && entry.Actor is not null)
+            if (_devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
             {
-                entry.Actor.Forward(RequestQueue.GetInfo.Instance);
+                actor.Forward(RequestQueue.GetInfo.Instance);
             }
             else
             {
@@ -798,9 +797,9 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleIo(BlockLayer.Io io)
     {
-        if (_devices.TryGetValue(io.Device, out var entry) && entry.Ready && entry.Actor is not null)
+        if (_devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
         {
-            entry.Actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
+            actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
         }
         else
         {

@@ -568,10 +568,10 @@ public sealed class RequestQueue
         SubmitBio(bio);
     }
 
-    /// <summary>A bio that waited for the queue to thaw tries again: through the runtime, or on the thread pool for a bio-based queue.</summary>
+    /// <summary>A bio that waited for the queue to thaw tries again: through the runtime, or on the thread pool for a bio-based queue (it has none).</summary>
     internal void ResumeAfterFreeze(Bio bio)
     {
-        if (_bioDriver is not null || !IsStarted)
+        if (_bioDriver is not null)
         {
             ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
             return;
