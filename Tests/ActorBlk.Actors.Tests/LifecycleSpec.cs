@@ -12,10 +12,22 @@ using Xunit.Abstractions;
 namespace ActorBlk.Actors.Tests;
 
 /// <summary>
+/// Leak measurements read process-wide counters (<see cref="NativeAllocations"/>, <see cref="IoRing.LiveRings"/>):
+/// a file device created by a spec running in parallel would move them, so these specs run alone.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ProcessCountersCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "process-wide counters";
+}
+
+/// <summary>
 /// The queue lifecycle (blk-mq-semantics §9-§10, issue 5 items 3-4): allocate -> initialise ->
 /// register -> unregister -> dead; nothing per CPU or per hardware queue runs before registration;
 /// and 1,000 register/unregister cycles leave no actor, queue, tag set or native buffer behind.
 /// </summary>
+[Collection(ProcessCountersCollection.Name)]
 public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
 {
     public LifecycleSpec(ITestOutputHelper output)
