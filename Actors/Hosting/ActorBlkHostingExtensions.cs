@@ -11,7 +11,8 @@ public static class ActorBlkHostingExtensions
     /// Adds ActorBlk to an actor system built with Akka.Hosting: the library's HOCON defaults, the
     /// serializer binding for its messages, the <see cref="BlockLayer"/> extension (registered in the
     /// <see cref="ActorRegistry"/> under <see cref="BlockLayer"/>), and the devices of
-    /// <paramref name="options"/> and of <c>actorblk.devices</c>, created at start.
+    /// <c>actorblk.devices</c> and of <paramref name="options"/>, then the stacked devices of
+    /// <c>actorblk.stacked-devices</c> and of <paramref name="options"/>, created at start in that order.
     /// </summary>
     /// <example>
     /// <code>
@@ -38,6 +39,7 @@ public static class ActorBlkHostingExtensions
         }
 
         var devices = options.Devices.ToArray();
+        var stackedDevices = options.StackedDevices.ToArray();
         builder.AddStartup(async (system, registry) =>
         {
             var layer = BlockLayer.Get(system);
@@ -47,7 +49,7 @@ public static class ActorBlkHostingExtensions
                 await layer.CreateDeviceAsync(device).ConfigureAwait(false);
             }
 
-            foreach (var stacked in layer.Settings.StackedDevices)
+            foreach (var stacked in layer.Settings.StackedDevices.Concat(stackedDevices))
             {
                 await layer.CreateStackedDeviceAsync(stacked.Name).ConfigureAwait(false);
                 await layer.LoadTableAsync(stacked.Name, stacked.Table).ConfigureAwait(false);

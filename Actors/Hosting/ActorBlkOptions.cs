@@ -9,6 +9,14 @@ public sealed class ActorBlkOptions
     public IList<DeviceOptions> Devices { get; } = [];
 
     /// <summary>
+    /// Stacked devices to create when the actor system starts, in order, after every device and
+    /// after <c>actorblk.stacked-devices</c>: their tables may name any of those, typed or from
+    /// HOCON, or a stacked device before them in this list.
+    /// </summary>
+    /// <example><c>StackedDevices = { new StackedDeviceOptions("md0", StackTable.Striped(4096, "sda", "sdb")) }</c></example>
+    public IList<StackedDeviceOptions> StackedDevices { get; } = [];
+
+    /// <summary>
     /// HOCON placed over the library defaults (the <c>actorblk { ... }</c> section), e.g. a simulated
     /// topology for tests: <c>actorblk.topology.source = simulated</c>.
     /// </summary>

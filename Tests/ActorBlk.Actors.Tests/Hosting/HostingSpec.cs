@@ -1,5 +1,6 @@
 using ActorBlk.Actors.Hosting;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
 using Akka.Actor;
 using Akka.Hosting;
 using Microsoft.Extensions.DependencyInjection;
@@ -80,6 +81,57 @@ public sealed class HostingSpec
 
         await host.StopAsync();
         Assert.Empty(layer.Devices);
+    }
+
+    [Fact]
+    public async Task Typed_stacked_devices_may_stack_over_typed_and_configured_devices()
+    {
+        var options = new ActorBlkOptions
+        {
+            Hocon = """
+                actorblk.topology.source = simulated
+                actorblk.devices = [ { name = sda, size = 1m, memory_backed = on } ]
+                """,
+            Devices = { new DeviceOptions { Name = "sdb", Size = 2 << 20, MemoryBacked = true } },
+            StackedDevices =
+            {
+                new StackedDeviceOptions("vg0", StackTable.Linear("sdb", "sda")),
+                new StackedDeviceOptions("vg1", StackTable.Linear("vg0")),
+            },
+        };
+        using var host = Build(options);
+        await host.StartAsync();
+
+        var layer = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
+        Assert.True(layer.TryGetDevice("vg1", out var vg1));
+        Assert.True(layer.TryGetDevice("sda", out var sda));
+        Assert.Equal(3 << 20, vg1.Capacity);
+
+        // Past sdb's 2 MiB, the linear table continues at sda's first byte.
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+        await vg1.WriteAsync(2 << 20, data);
+        var back = new byte[4096];
+        await sda.ReadAsync(0, back);
+        Assert.Equal(data, back);
+
+        await host.StopAsync();
+        Assert.Empty(layer.Devices);
+    }
+
+    [Fact]
+    public async Task A_typed_stacked_device_over_no_such_device_fails_the_start()
+    {
+        var options = new ActorBlkOptions
+        {
+            Hocon = "actorblk.topology.source = simulated",
+            Devices = { new DeviceOptions { Name = "sda", Size = 1 << 20, MemoryBacked = true } },
+            StackedDevices = { new StackedDeviceOptions("vg0", StackTable.Linear("sda", "sdz")) },
+        };
+        using var host = Build(options);
+
+        var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => host.StartAsync());
+        Assert.Contains("sdz", refused.Message, StringComparison.Ordinal);
+        await host.StopAsync();
     }
 
     [Fact]
