@@ -7,7 +7,7 @@ namespace ActorBlk.Actors;
 
 /// <summary>A stacked device of the configuration: its name and its table.</summary>
 /// <param name="Name">The device name.</param>
-/// <param name="Table">Its table, naming member devices of <c>actorblk.devices</c> or earlier stacked devices.</param>
+/// <param name="Table">Its table, naming member devices created before it.</param>
 public sealed record StackedDeviceOptions(string Name, StackTable Table);
 
 /// <summary>
