@@ -12,6 +12,16 @@ namespace ActorBlk.Actors.Tests.Hosting;
 /// <summary>Embedding through Akka.Hosting, as an application does.</summary>
 public sealed class HostingSpec
 {
+    // 4 KiB written to the stacked device at `offset` are read back from `member` at `memberOffset`.
+    private static async Task AssertLandsOnAsync(IBlockDevice stacked, long offset, IBlockDevice member, long memberOffset)
+    {
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+        await stacked.WriteAsync(offset, data);
+        var back = new byte[4096];
+        await member.ReadAsync(memberOffset, back);
+        Assert.Equal(data, back);
+    }
+
     private static IHost Build(ActorBlkOptions options) => Host.CreateDefaultBuilder()
         .ConfigureServices(services => services.AddAkka("embedded", (builder, _) => builder
             .AddHocon("akka.loglevel = WARNING", HoconAddMode.Prepend)
@@ -73,11 +83,7 @@ public sealed class HostingSpec
         Assert.Equal(2 << 20, vg0.Capacity);
 
         // Chunk 1 of md0 is sdb's first 4 KiB.
-        var data = Enumerable.Range(0, 4096).Select(i => (byte)i).ToArray();
-        await vg0.WriteAsync(4096, data);
-        var back = new byte[4096];
-        await sdb.ReadAsync(0, back);
-        Assert.Equal(data, back);
+        await AssertLandsOnAsync(vg0, 4096, sdb, 0);
 
         await host.StopAsync();
         Assert.Empty(layer.Devices);
@@ -108,11 +114,7 @@ public sealed class HostingSpec
         Assert.Equal(3 << 20, vg1.Capacity);
 
         // Past sdb's 2 MiB, the linear table continues at sda's first byte.
-        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
-        await vg1.WriteAsync(2 << 20, data);
-        var back = new byte[4096];
-        await sda.ReadAsync(0, back);
-        Assert.Equal(data, back);
+        await AssertLandsOnAsync(vg1, 2 << 20, sda, 0);
 
         await host.StopAsync();
         Assert.Empty(layer.Devices);
