@@ -1,4 +1,5 @@
 using System.Numerics;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Rings;
 
 namespace ActorBlk.Hardware.Requests;
@@ -28,6 +29,9 @@ public sealed class BioPool
         _free = new MpmcRing<Bio>((int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(2, capacity)));
     }
 
+    /// <summary>The queue whose bios these are: a completion refused on a pooled bio is counted there.</summary>
+    internal RequestQueue? Owner { get; init; }
+
     /// <summary>Number of bios this pool has ever created (a warm pool stops growing).</summary>
     public long Allocated => Interlocked.Read(ref _allocated);
 
@@ -40,11 +44,13 @@ public sealed class BioPool
         if (t_owner == this && t_cached is { } cached)
         {
             t_cached = null;
+            cached.Revive();
             return cached;
         }
 
         if (_free.TryTake(out var bio))
         {
+            bio.Revive();
             return bio;
         }
 
