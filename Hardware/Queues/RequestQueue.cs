@@ -91,7 +91,7 @@ public sealed class RequestQueue
         _nrRequests = DefaultNrRequests;
         MaxRetries = DefaultMaxRetries;
         Attributes = new QueueAttributes(this);
-        Bios = new BioPool(64) { Owner = this };
+        Bios = new BioPool(64);
     }
 
     /// <summary>
@@ -142,7 +142,7 @@ public sealed class RequestQueue
         _contexts = contexts;
         _hctxs = hctxs;
         Remap(map);
-        Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2)) { Owner = this };
+        Bios = new BioPool(Math.Max(64, tagSet.QueueDepth * _hctxs.Length * 2));
     }
 
     /// <summary>
@@ -1273,7 +1273,7 @@ public sealed class RequestQueue
     /// (or was back in its pool). Every bio completes exactly once, so this stays 0; anything else
     /// is a block-layer bug that would otherwise go unseen (<c>kernel/debug/block/&lt;dev&gt;/double_completions</c>).
     /// </summary>
-    public long DoubleCompletions => Interlocked.Read(ref _doubleCompletions);
+    public long DoubleCompletions => Interlocked.Read(ref _doubleCompletions) + Bios.RefusedCompletions;
 
     internal void CountDoubleCompletion() => Interlocked.Increment(ref _doubleCompletions);
 

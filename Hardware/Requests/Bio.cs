@@ -171,7 +171,17 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private void RefuseSecondCompletion() => (Queue ?? Pool?.Owner)?.CountDoubleCompletion();
+    private void RefuseSecondCompletion()
+    {
+        if (Queue is { } queue)
+        {
+            queue.CountDoubleCompletion();
+        }
+        else
+        {
+            Pool?.CountRefusedCompletion();
+        }
+    }
 
     /// <summary>Makes a bio taken from its pool completable again.</summary>
     internal void Revive() => Volatile.Write(ref _completed, Live);

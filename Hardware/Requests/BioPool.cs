@@ -1,5 +1,4 @@
 using System.Numerics;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Rings;
 
 namespace ActorBlk.Hardware.Requests;
@@ -21,6 +20,7 @@ public sealed class BioPool
 
     private readonly MpmcRing<Bio> _free;
     private long _allocated;
+    private long _refused;
 
     /// <summary>Creates a pool holding up to <paramref name="capacity"/> idle bios (rounded up to a power of two).</summary>
     public BioPool(int capacity)
@@ -29,8 +29,14 @@ public sealed class BioPool
         _free = new MpmcRing<Bio>((int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(2, capacity)));
     }
 
-    /// <summary>The queue whose bios these are: a completion refused on a pooled bio is counted there.</summary>
-    internal RequestQueue? Owner { get; init; }
+    /// <summary>
+    /// Completions refused on bios already back in this pool (they name no queue any more). Kept
+    /// here rather than on the owning queue: a thread's cached bio keeps its pool reachable, and
+    /// the pool must not keep a destroyed queue alive.
+    /// </summary>
+    internal long RefusedCompletions => Interlocked.Read(ref _refused);
+
+    internal void CountRefusedCompletion() => Interlocked.Increment(ref _refused);
 
     /// <summary>Number of bios this pool has ever created (a warm pool stops growing).</summary>
     public long Allocated => Interlocked.Read(ref _allocated);
