@@ -208,7 +208,8 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
             }
 
             var batch = _scratch.AsSpan(0, n);
-            var decision = FinishRound(batch, Issue(batch));
+            var outcome = Issue(batch);
+            var decision = _hctx.FinishRound(batch, outcome);
             batch.Clear();
             switch (decision)
             {
@@ -218,7 +219,7 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
                     Timers.StartSingleTimer(RerunKey, HardwareQueue.Run.Instance, HardwareContext.ResourceDelay);
                     return;
                 case DispatchDecision.Faulted:
-                    Context.Parent.Tell(new HardwareQueue.DeviceFaulted(_hctx.Index, _hctx.LastFault!));
+                    Context.Parent.Tell(new HardwareQueue.DeviceFaulted(_hctx.Index, outcome.Fault!));
                     return;
                 default:
                     // Idle, or waiting for a completion to rerun it (SCHED_RESTART).
@@ -245,8 +246,6 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
             return _hctx.Issue(_driver, batch);
         }
     }
-
-    private DispatchDecision FinishRound(ReadOnlySpan<Request> batch, DispatchOutcome outcome) => _hctx.FinishRound(batch, outcome);
 
     private sealed record Quiesced
     {
