@@ -91,6 +91,7 @@ public sealed class RequestQueue
         _nrRequests = DefaultNrRequests;
         MaxRetries = DefaultMaxRetries;
         Attributes = new QueueAttributes(this);
+        Stats = new DiskStats(Clock);
         Bios = new BioPool(64);
     }
 
@@ -243,6 +244,9 @@ public sealed class RequestQueue
 
     /// <summary>The queue's attribute tree (sysfs): published at registration, rebuilt after each re-map.</summary>
     public QueueAttributes Attributes { get; }
+
+    /// <summary>The disk's I/O accounting (<c>block/&lt;dev&gt;/stat</c> and <c>inflight</c>).</summary>
+    public DiskStats Stats { get; }
 
     /// <summary>Pool of bios for this queue.</summary>
     public BioPool Bios { get; private set; }
@@ -539,6 +543,7 @@ public sealed class RequestQueue
 
         var rq = hctx.Tags[tag];
         rq.InitFromBio(bio, this, ctx, hctx);
+        rq.StatStartNs = Stats.Start(bio.Op);
         ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
         if (type == HctxType.Poll)
         {
@@ -633,6 +638,7 @@ public sealed class RequestQueue
         // on another thread at once, and the bio returned to its pool and reused. Nothing below a
         // successful merge may touch it, so everything needed afterwards is read first.
         var cpu = bio.Cpu;
+        var op = bio.Op;
         var merged = bio.Plug is { } plug && plug.TryMerge(bio, this);
 
         // A staged request can only be waiting if the hardware queue's ring is not empty; checking
@@ -649,6 +655,7 @@ public sealed class RequestQueue
 
         // The request already holds a queue reference; the merged bio gives its own back.
         ctx.CountMerged();
+        Stats.Merge(op);
         Usage.Exit(cpu);
         return true;
     }
@@ -782,6 +789,12 @@ public sealed class RequestQueue
         var bios = rq.DetachBios();
 
         ctx.CountCompleted(sync);
+        if (rq.StatStartNs != 0)
+        {
+            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs);
+            rq.StatStartNs = 0;
+        }
+
         hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
         Usage.Exit(ctx.Cpu);
         hctx.RestartIfNeeded();
