@@ -14,6 +14,7 @@ public static class Program
           actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
           actorblk sysfs list|cat PATH|write PATH VALUE read and write a running node's attributes
           actorblk hotplug offline|online CPU           take a running node's CPU offline or online
+          actorblk iostat [-x] [INTERVAL [COUNT]]         a running node's device statistics, as iostat shows them
           actorblk help                                 this text
 
         """;
@@ -36,6 +37,7 @@ public static class Program
                     "bench" => Bench.BenchOptions.Usage,
                     "sysfs" => SysfsCommand.SysfsUsage,
                     "hotplug" => SysfsCommand.HotplugUsage,
+                    "iostat" => IostatCommand.Usage,
                     _ => Help,
                 });
                 return 0;
@@ -48,6 +50,7 @@ public static class Program
                 "bench" => await BenchCommand.RunAsync(cl).ConfigureAwait(false),
                 "sysfs" => await SysfsCommand.RunSysfsAsync(cl).ConfigureAwait(false),
                 "hotplug" => await SysfsCommand.RunHotplugAsync(cl).ConfigureAwait(false),
+                "iostat" => await IostatCommand.RunAsync(cl, Console.Out).ConfigureAwait(false),
                 _ => throw new UsageException($"unknown command '{args[0]}'."),
             };
         }
