@@ -102,19 +102,51 @@ public sealed class DiskStats
     private readonly Slot[] _slots;
     private readonly int _mask;
     private readonly BlockClock _clock;
+    private readonly long[] _errors = new long[32]; // by BlockStatus; the rare path, not per processor
     private long _stampNs; // update_io_ticks' bd_stamp, in ns; compared at millisecond granularity
     private long _ioTicksMs;
+    private long _timeouts;
+    private long _resets;
+    private long _remaps;
 
     /// <summary>Creates the accounting of a disk, timed on <paramref name="clock"/>.</summary>
-    public DiskStats(BlockClock clock)
+    /// <param name="clock">The clock requests are timed on.</param>
+    /// <param name="device">The disk's name: the <c>device</c> tag of its metrics.</param>
+    public DiskStats(BlockClock clock, string device = "")
     {
         ArgumentNullException.ThrowIfNull(clock);
+        ArgumentNullException.ThrowIfNull(device);
         _clock = clock;
+        Device = device;
         var slots = (int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(1, Environment.ProcessorCount));
         _slots = new Slot[slots];
         _mask = slots - 1;
         _stampNs = clock.NowNanoseconds;
     }
+
+    /// <summary>The disk's name.</summary>
+    public string Device { get; }
+
+    /// <summary>Requests that timed out (reported by the timeout handler).</summary>
+    public long Timeouts => Interlocked.Read(ref _timeouts);
+
+    /// <summary>Device resets.</summary>
+    public long Resets => Interlocked.Read(ref _resets);
+
+    /// <summary>Re-maps of the hardware queues to CPUs (CPU hotplug, <c>blk_mq_map_swqueue</c>).</summary>
+    public long Remaps => Interlocked.Read(ref _remaps);
+
+    /// <summary>Requests completed with <paramref name="status"/> (0 for <see cref="BlockStatus.Ok"/>, which is not counted as an error).</summary>
+    public long Errors(BlockStatus status) => (uint)status < (uint)_errors.Length ? Interlocked.Read(ref _errors[(int)status]) : 0;
+
+    /// <summary>Counts <paramref name="expired"/> timed-out requests.</summary>
+    public void CountTimeouts(long expired) => Interlocked.Add(ref _timeouts, expired);
+
+    /// <summary>Counts a device reset.</summary>
+    public void CountReset() => Interlocked.Increment(ref _resets);
+
+    /// <summary>Counts a re-map.</summary>
+    public void CountRemap() => Interlocked.Increment(ref _remaps);
 
     /// <summary>The clock the accounting reads, in nanoseconds.</summary>
     public long NowNanoseconds => _clock.NowNanoseconds;
@@ -152,7 +184,7 @@ public sealed class DiskStats
     /// <paramref name="sectors"/> sectors started at <paramref name="startNs"/> (from <see cref="Start"/>) is done.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Done(BlockOp op, int sectors, long startNs)
+    public void Done(BlockOp op, int sectors, long startNs, BlockStatus status = BlockStatus.Ok)
     {
         var now = _clock.NowNanoseconds;
         UpdateIoTicks(now, end: true);
@@ -166,6 +198,16 @@ public sealed class DiskStats
 
         Interlocked.Add(ref slot.Nanoseconds(group), Math.Max(0, now - startNs));
         Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.DoneRead : ref slot.DoneWrite));
+        if (status != BlockStatus.Ok && (uint)status < (uint)_errors.Length)
+        {
+            Interlocked.Increment(ref _errors[(int)status]);
+        }
+
+        // The latency histogram costs nothing unless someone listens (dotnet-counters, an exporter).
+        if (BlockMetrics.Duration.Enabled)
+        {
+            BlockMetrics.RecordDuration(this, group, now - startNs);
+        }
     }
 
     /// <summary>Requests in flight now, reads and writes (the <c>inflight</c> file).</summary>

@@ -91,7 +91,7 @@ public sealed class RequestQueue
         _nrRequests = DefaultNrRequests;
         MaxRetries = DefaultMaxRetries;
         Attributes = new QueueAttributes(this);
-        Stats = new DiskStats(Clock);
+        Stats = new DiskStats(Clock, name);
         Bios = new BioPool(64);
     }
 
@@ -368,6 +368,7 @@ public sealed class RequestQueue
         {
             Usage.SwitchToPerCpu(Topology.PossibleCount);
             Attributes.Publish();
+            BlockMetrics.Add(this);
             if (Kind == QueueKind.BioBased)
             {
                 _acceptsIo = true;
@@ -791,7 +792,7 @@ public sealed class RequestQueue
         ctx.CountCompleted(sync);
         if (rq.StatStartNs != 0)
         {
-            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs);
+            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs, status);
             rq.StatStartNs = 0;
         }
 
@@ -953,6 +954,8 @@ public sealed class RequestQueue
         {
             Attributes.Publish();
         }
+
+        Stats.CountRemap();
     }
 
     /// <summary>Marks every hardware queue idle on the tag set (tag set unshared, or the queue leaving it).</summary>
@@ -982,6 +985,7 @@ public sealed class RequestQueue
     {
         // The attributes go first, as del_gendisk removes the disk's sysfs before the queue drains.
         Attributes.Withdraw();
+        BlockMetrics.Remove(this);
         MarkDying();
         var drained = Usage.WaitDrainedAsync();
         var failed = 0;
