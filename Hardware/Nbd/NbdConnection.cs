@@ -40,6 +40,9 @@ public sealed class NbdConnection
     private readonly Channel<NbdRequestSlot> _free = Channel.CreateUnbounded<NbdRequestSlot>(SlotChannelOptions);
     private readonly List<NbdRequestSlot> _slots = [];
     private readonly CancellationTokenSource _abort = new();
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private NbdRequestSlot[] _batch = [];
+    private int _writing;
     private Stream _stream;
     private PipeReader _reader;
     private PipeWriter _writer;
@@ -101,12 +104,20 @@ public sealed class NbdConnection
         }
     }
 
-    /// <summary>Called by a slot when the block layer completed its last part.</summary>
-    internal void Completed(NbdRequestSlot slot) => _completed.Writer.TryWrite(slot);
+    /// <summary>
+    /// Called by a slot when the block layer completed its last part (on the completion context)
+    /// or by the reader for a request answered at once. The reply is written from here when no
+    /// other thread is writing: a separate writer task would cost one more thread wake-up per reply.
+    /// </summary>
+    internal void Completed(NbdRequestSlot slot)
+    {
+        _completed.Writer.TryWrite(slot);
+        Drain();
+    }
 
     private async Task RunAsync()
     {
-        Task? writer = null;
+        var transmitted = false;
         try
         {
             bool transmit;
@@ -118,6 +129,7 @@ public sealed class NbdConnection
 
             if (transmit)
             {
+                _batch = new NbdRequestSlot[Options.MaxInFlight];
                 for (var i = 0; i < Options.MaxInFlight; i++)
                 {
                     var slot = new NbdRequestSlot(this);
@@ -125,7 +137,7 @@ public sealed class NbdConnection
                     _free.Writer.TryWrite(slot);
                 }
 
-                writer = Task.Run(WriteRepliesAsync);
+                transmitted = true;
                 await ReadRequestsAsync().ConfigureAwait(false);
             }
         }
@@ -144,9 +156,10 @@ public sealed class NbdConnection
             Release();
         }
 
-        if (writer is not null)
+        if (transmitted)
         {
-            await writer.ConfigureAwait(false);
+            // Every request this connection submitted has completed and its reply went out (or was dropped).
+            await _drained.Task.ConfigureAwait(false);
         }
 
         await CloseAsync().ConfigureAwait(false);
@@ -203,6 +216,7 @@ public sealed class NbdConnection
         if (Interlocked.Decrement(ref _references) == 0)
         {
             _completed.Writer.TryComplete();
+            _drained.TrySetResult();
         }
     }
 
@@ -862,52 +876,89 @@ public sealed class NbdConnection
 
     // ---------------------------------------------------------------- replies
 
-    private async Task WriteRepliesAsync()
+    /// <summary>
+    /// Writes every completed reply, flushes, then recycles the slots (so a slot's buffer is reused
+    /// only after its data left). One thread at a time; a flush that cannot finish at once
+    /// continues asynchronously and drains again after it.
+    /// </summary>
+    private void Drain()
     {
-        var reader = _completed.Reader;
-        try
+        while (Interlocked.CompareExchange(ref _writing, 1, 0) == 0)
         {
-            while (await reader.WaitToReadAsync().ConfigureAwait(false))
+            var count = 0;
+            while (count < _batch.Length && _writer.UnflushedBytes < FlushThreshold && _completed.Reader.TryRead(out var slot))
             {
-                while (reader.TryRead(out var slot))
-                {
-                    if (!_broken)
-                    {
-                        try
-                        {
-                            WriteReply(slot);
-                        }
-                        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
-                        {
-                            Abort();
-                        }
-                    }
-
-                    Recycle(slot);
-                    if (!_broken && _writer.UnflushedBytes >= FlushThreshold)
-                    {
-                        await FlushRepliesAsync().ConfigureAwait(false);
-                    }
-                }
-
                 if (!_broken)
                 {
-                    await FlushRepliesAsync().ConfigureAwait(false);
+                    try
+                    {
+                        WriteReply(slot);
+                    }
+                    catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+                    {
+                        Abort();
+                    }
                 }
+
+                _batch[count++] = slot;
             }
-        }
-        finally
-        {
-            // Nothing more will be sent: wake the reader if it still waits for the client.
-            Abort();
+
+            if (count > 0 && !_broken)
+            {
+                ValueTask<FlushResult> flush;
+                try
+                {
+                    flush = _writer.FlushAsync();
+                }
+                catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+                {
+                    Abort();
+                    flush = default;
+                }
+
+                if (!flush.IsCompleted)
+                {
+                    _ = FinishFlushAsync(flush, count);
+                    return;
+                }
+
+                EndFlush(flush);
+            }
+
+            RecycleBatch(count);
+            Volatile.Write(ref _writing, 0);
+            if (!_completed.Reader.TryPeek(out _))
+            {
+                return;
+            }
         }
     }
 
-    private async ValueTask FlushRepliesAsync()
+    private async Task FinishFlushAsync(ValueTask<FlushResult> flush, int count)
     {
         try
         {
-            var result = await _writer.FlushAsync().ConfigureAwait(false);
+            var result = await flush.ConfigureAwait(false);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                Abort();
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            Abort();
+        }
+
+        RecycleBatch(count);
+        Volatile.Write(ref _writing, 0);
+        Drain();
+    }
+
+    private void EndFlush(ValueTask<FlushResult> flush)
+    {
+        try
+        {
+            var result = flush.GetAwaiter().GetResult();
             if (result.IsCompleted || result.IsCanceled)
             {
                 Abort();
@@ -917,6 +968,16 @@ public sealed class NbdConnection
         {
             // The client is gone: drop the remaining replies, keep returning slots.
             Abort();
+        }
+    }
+
+    private void RecycleBatch(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            var slot = _batch[i];
+            _batch[i] = null!;
+            Recycle(slot);
         }
     }
 
