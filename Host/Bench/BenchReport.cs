@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 using ActorBlk.Hardware.Requests;
@@ -161,7 +162,7 @@ internal static class BenchReport
         sb.Append(Inv, $"     issued rwts: total={r.Read.TotalIos},{r.Write.TotalIos},0,0 short=0,0,0,0 dropped={r.Read.Failed},{r.Write.Failed},0,0\n");
         if (r.Read.Failed + r.Write.Failed > 0)
         {
-            sb.Append(Inv, $"     errors    : total={r.Read.Failed + r.Write.Failed}, first_error={firstError}/<{r.FirstError.Describe()}>\n");
+            sb.Append(Inv, $"     errors    : total={r.Read.Failed + r.Write.Failed}, first_error={firstError}/<{Marshal.GetPInvokeErrorMessage(firstError)}>\n");
         }
 
         sb.Append(Inv, $"  engines      : {string.Join(",", r.Engines.Select(e => e ?? "-"))} (per hardware queue; - never dispatched)\n");
