@@ -227,9 +227,11 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "sched_getaffinity", SetLastError = true)]
     public static partial int SchedGetAffinity(int pid, nuint size, ulong* mask);
 
-    // No SetLastError: it runs on every submission and completion of a thread that is not ours, and
-    // its only failure (-1, ENOSYS) is handled by the caller without errno. glibc serves it from the vDSO.
+    // It runs on every submission and completion of a thread that is not ours. glibc answers from
+    // the vDSO in a few nanoseconds without blocking, so the GC transition is skipped; no
+    // SetLastError, as the caller handles the only failure (-1) without errno.
     /// <summary>sched_getcpu(3): the CPU the calling thread runs on, or -1.</summary>
     [LibraryImport(Library, EntryPoint = "sched_getcpu")]
+    [SuppressGCTransition]
     public static partial int SchedGetCpu();
 }
