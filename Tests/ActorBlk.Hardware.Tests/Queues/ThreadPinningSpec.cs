@@ -86,6 +86,31 @@ public sealed class ThreadPinningSpec
     }
 
     [SkippableFact]
+    public void With_the_system_topology_a_thread_that_is_not_ours_counts_as_the_cpu_it_runs_on()
+    {
+        var topology = CpuTopology.FromSysfs();
+        var usable = topology.Online.Intersect(ProcessCpus());
+        Skip.If(usable.Count < 2, $"one usable CPU ({usable})");
+
+        // Pinned by the spec to each usable CPU in turn, an unbound thread resolves to exactly it.
+        foreach (var cpu in usable)
+        {
+            var resolved = -1;
+            var pinned = false;
+            var thread = new Thread(() =>
+            {
+                pinned = CpuAffinity.TryPinCurrentThread(CpuSet.Of(cpu), "spec");
+                resolved = CurrentCpu.Resolve(topology);
+            });
+            thread.Start();
+            thread.Join();
+
+            Assert.True(pinned);
+            Assert.Equal(cpu, resolved);
+        }
+    }
+
+    [SkippableFact]
     public async Task With_a_simulated_topology_nothing_is_pinned_and_cpus_are_labels()
     {
         var submitter = CpuAffinity.OfCurrentThread();
