@@ -150,6 +150,7 @@ public sealed class BenchSpec
         Assert.True(injected.GetProperty("lost").GetInt64() > 0);
         Assert.True(injected.GetProperty("resource").GetInt64() > 0);
         Assert.True(a.GetProperty("errors").GetInt64() >= a.GetProperty("timeouts").GetInt64());
+        Assert.Equal(0, a.GetProperty("double_completions").GetInt64());
 
         // Issue 16 item 6: without ramp or runtime every completion is in the window; failed I/Os
         // are in total_ios and drop_ios, not in io_bytes.
