@@ -51,6 +51,7 @@ internal static class ServeCommand
 
         // Refuse a bad device list before anything starts, with the offending key named.
         ActorBlkSettings.Create(config);
+        var prometheusPrefix = PrometheusEndpoint.Prefix(config.HasPath("actorblk.metrics.prometheus") ? config.GetString("actorblk.metrics.prometheus") : null);
         Log.Logger = Logging.CreateConsoleLogger();
         Log.Information("Starting ActorBlk node from {Config}", Path.GetFullPath(path));
 
@@ -114,6 +115,10 @@ internal static class ServeCommand
 
         try
         {
+            using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix);
+            Log.Information(metrics is null
+                ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
+                : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
             using var host = builder.Build();
             await host.RunAsync().ConfigureAwait(false);
             Log.Information("ActorBlk node stopped");
