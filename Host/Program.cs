@@ -14,7 +14,7 @@ public static class Program
           actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
           actorblk sysfs list|cat PATH|write PATH VALUE read and write a running node's attributes
           actorblk hotplug offline|online CPU           take a running node's CPU offline or online
-          actorblk iostat [-x] [INTERVAL [COUNT]]         a running node's device statistics, as iostat shows them
+          actorblk iostat [-x] [INTERVAL [COUNT]]       a running node's device statistics, as iostat shows them
           actorblk help                                 this text
 
         """;
