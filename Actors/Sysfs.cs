@@ -36,7 +36,10 @@ public static class Sysfs
     /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopology.TopologyChanged"/> or <see cref="Failed"/>).</summary>
     public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
 
-    /// <summary>A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY) and why.</summary>
+    /// <summary>
+    /// A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY; EPERM for a write
+    /// or hotplug from the network without the admin secret; ENAMETOOLONG) and why.
+    /// </summary>
     public sealed record Failed(string Path, string Errno, string Message) : IActorBlkMessage;
 
     internal static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new SysfsActor(layer));
@@ -53,6 +56,25 @@ internal sealed class SysfsActor : ReceiveActor
 
     public SysfsActor(BlockLayer layer)
     {
+        // Bounds first (README, "Security"): a path longer than PATH_MAX or a value longer than a
+        // page is refused before anything looks it up.
+        Receive<Sysfs.List>(list => (list.Prefix?.Length ?? 0) > RemoteSurface.MaxPath,
+            list => Sender.Tell(TooLong(list.Prefix!)));
+        Receive<Sysfs.Read>(read => (read.Path?.Length ?? 0) > RemoteSurface.MaxPath, read => Sender.Tell(TooLong(read.Path!)));
+        Receive<Sysfs.Write>(write => (write.Path?.Length ?? 0) > RemoteSurface.MaxPath, write => Sender.Tell(TooLong(write.Path!)));
+        Receive<Sysfs.Write>(write => (write.Text?.Length ?? 0) > RemoteSurface.MaxValue,
+            write => Sender.Tell(new Sysfs.Failed(write.Path ?? string.Empty, "EINVAL", $"the value is longer than {RemoteSurface.MaxValue} bytes")));
+        Receive<RemoteSurface.AdminRefused>(refused =>
+        {
+            var path = refused.Request switch
+            {
+                Sysfs.Write w => w.Path ?? string.Empty,
+                Sysfs.Hotplug h => $"devices/system/cpu/cpu{h.Cpu}/online",
+                _ => string.Empty,
+            };
+            _log.Warning("sysfs: refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
+            Sender.Tell(new Sysfs.Failed(path, "EPERM", refused.Reason));
+        });
         Receive<Sysfs.List>(list => Sender.Tell(new Sysfs.Listing([.. layer.ListAttributes(list.Prefix ?? string.Empty)])));
         Receive<Sysfs.Read>(read =>
         {
@@ -72,6 +94,9 @@ internal sealed class SysfsActor : ReceiveActor
         });
         Receive<Sysfs.Hotplug>(hotplug => HotplugAsync(layer, hotplug).PipeTo(Sender));
     }
+
+    private static Sysfs.Failed TooLong(string path) =>
+        new(path[..64] + "...", "ENAMETOOLONG", $"the path is longer than {RemoteSurface.MaxPath} bytes");
 
     private async Task<object> WriteAsync(BlockLayer layer, string path, string text)
     {
