@@ -1,6 +1,7 @@
 using System.Runtime.Serialization;
 using Akka.Actor;
 using Akka.Dispatch.SysMsg;
+using Akka.Event;
 using Akka.Remote.Serialization;
 using Akka.Serialization;
 
@@ -112,12 +113,16 @@ public sealed class GuardedSystemMessageSerializer : Serializer
     public override byte[] ToBinary(object obj) => _inner.ToBinary(obj);
 
     /// <inheritdoc />
-    /// <exception cref="SerializationException">Not a death-watch message, or one naming local actors falsely.</exception>
+    /// <remarks>
+    /// A refused system message is not deserialized (or, for a forged death-watch message, not
+    /// returned): <see cref="RefusedSystemMessage"/> comes back instead, which the recipient
+    /// ignores. Throwing would fail the peer's whole association (system messages are acknowledged).
+    /// </remarks>
     public override object FromBinary(byte[] bytes, Type type)
     {
         if (type != typeof(Watch) && type != typeof(Unwatch) && type != typeof(DeathWatchNotification))
         {
-            throw new SerializationException($"ActorBlk refuses system message {type?.Name ?? "(none)"} from the network.");
+            return new RefusedSystemMessage(type?.Name ?? "(none)");
         }
 
         var message = _inner.FromBinary(bytes, type);
@@ -128,11 +133,15 @@ public sealed class GuardedSystemMessageSerializer : Serializer
             DeathWatchNotification d => IsLocal(d.Actor),
             _ => true,
         };
-        return forged ? throw new SerializationException($"ActorBlk refuses {type.Name} naming a local actor from the network.") : message;
+        return forged ? new RefusedSystemMessage(type.Name + " naming a local actor") : message;
     }
 
     private static bool IsLocal(IActorRef? actor) => actor is null || actor is IActorRefScope { IsLocal: true };
 }
+
+/// <summary>A system message refused by <see cref="GuardedSystemMessageSerializer"/>: an ordinary message its recipient leaves unhandled.</summary>
+/// <param name="What">The refused message's type.</param>
+public sealed record RefusedSystemMessage(string What) : INoSerializationVerificationNeeded, IDeadLetterSuppression;
 
 /// <summary>
 /// Serializer id 3 (<c>daemon-create</c>): remote deployment is refused both ways (a peer's
