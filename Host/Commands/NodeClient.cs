@@ -25,7 +25,7 @@ internal sealed class NodeClient : IAsyncDisposable
         _secret = secret;
     }
 
-    /// <summary>The node's address (<c>akka.tcp://actorblk@127.0.0.1:4053</c>).</summary>
+    /// <summary>The node's address (<c>akka.tcp://actorblk@127.0.0.1:4053</c>; <c>akka.ssl.tcp://</c> with TLS).</summary>
     public string Address { get; }
 
     /// <summary>
@@ -42,20 +42,20 @@ internal sealed class NodeClient : IAsyncDisposable
             return node.TrimEnd('/');
         }
 
-        if (port is null)
+        // The port, and the scheme (akka.ssl.tcp with TLS), from hocon.conf.
+        var scheme = "akka.tcp";
+        try
         {
-            try
-            {
-                var path = configPath ?? NodeConfig.Locate();
-                port = NodeConfig.Load(path, null).GetInt("akka.remote.dot-netty.tcp.port", 4053);
-            }
-            catch (UsageException) when (configPath is null)
-            {
-                port = 4053;
-            }
+            var config = NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
+            port ??= config.GetInt("akka.remote.dot-netty.tcp.port", 4053);
+            scheme = config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : scheme;
+        }
+        catch (UsageException) when (configPath is null)
+        {
+            port ??= 4053;
         }
 
-        return $"akka.tcp://{NodeConfig.SystemName}@127.0.0.1:{port}";
+        return $"{scheme}://{NodeConfig.SystemName}@127.0.0.1:{port}";
     }
 
     /// <summary>
