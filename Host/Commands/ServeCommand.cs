@@ -60,6 +60,7 @@ internal static class ServeCommand
             tls is null ? "plain TCP" : "TLS with mutual authentication",
             secret is null ? "are refused (no admin secret)" : $"need the admin secret ({(config.GetString(RemoteSurface.SecretKey, string.Empty).Length > 0 ? RemoteSurface.SecretKey : config.GetString(RemoteSurface.SecretFileKey, string.Empty))})");
 
+        ActorSystem? started = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
@@ -73,6 +74,7 @@ internal static class ServeCommand
             .WithTls(tls)
             .AddStartup(async (system, _) =>
             {
+                started = system;
                 var cluster = Cluster.Get(system);
                 if (cluster.Settings.SeedNodes.Count == 0)
                 {
@@ -107,8 +109,7 @@ internal static class ServeCommand
         {
             using var host = builder.Build();
             await host.RunAsync().ConfigureAwait(false);
-            var system = (ActorSystem?)host.Services.GetService(typeof(ActorSystem));
-            if (system is not null && BlockLayer.Get(system).FailureReason is { } failure)
+            if (started is not null && BlockLayer.Get(started).FailureReason is { } failure)
             {
                 // The guardian or an ActorBlk actor stopped: never a clean exit.
                 Log.Fatal("ActorBlk node stopped after a failure: {Reason}", failure);
