@@ -38,7 +38,8 @@ public static class Sysfs
 
     /// <summary>
     /// A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY; EPERM for a write
-    /// or hotplug from the network without the admin secret; ENAMETOOLONG) and why.
+    /// or hotplug from the network without the admin secret; ENAMETOOLONG; E2BIG for a listing too
+    /// large for one remoting message) and why.
     /// </summary>
     public sealed record Failed(string Path, string Errno, string Message) : IActorBlkMessage;
 
@@ -75,7 +76,23 @@ internal sealed class SysfsActor : ReceiveActor
             _log.Warning("sysfs: refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
             Sender.Tell(new Sysfs.Failed(path, "EPERM", refused.Reason));
         });
-        Receive<Sysfs.List>(list => Sender.Tell(new Sysfs.Listing([.. layer.ListAttributes(list.Prefix ?? string.Empty)])));
+        var maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
+        Receive<Sysfs.List>(list =>
+        {
+            var paths = layer.ListAttributes(list.Prefix ?? string.Empty);
+
+            // A listing larger than one remoting message would be dropped by the transport and
+            // its caller would wait for ever: refuse it, and say how to narrow it.
+            var bytes = paths.Sum(p => (long)p.Length + 8);
+            if (bytes > maxRemoteData && Sender is IActorRefScope { IsLocal: false })
+            {
+                Sender.Tell(new Sysfs.Failed(list.Prefix ?? string.Empty, "E2BIG",
+                    $"{paths.Count} paths ({bytes} bytes) do not fit in one remoting message (at most {maxRemoteData}); list a narrower prefix"));
+                return;
+            }
+
+            Sender.Tell(new Sysfs.Listing([.. paths]));
+        });
         Receive<Sysfs.Read>(read =>
         {
             try

@@ -49,39 +49,44 @@ public sealed class ActorBlkJsonSerializer : NewtonSoftJsonSerializer
 /// </summary>
 public sealed class GuardedMiscMessageSerializer : SerializerWithStringManifest
 {
-    private readonly MiscMessageSerializer _inner;
-    private readonly HashSet<string> _refused;
+    // Created on first use: a system without Akka.Remote (no remote serializer config) still lists
+    // this serializer and must be able to start.
+    private readonly Lazy<MiscMessageSerializer> _lazyInner;
+    private readonly Lazy<HashSet<string>> _refused;
 
     /// <summary>Created by Akka's serialization extension.</summary>
     public GuardedMiscMessageSerializer(ExtendedActorSystem system)
         : base(system)
     {
-        _inner = new MiscMessageSerializer(system);
-        _refused = new HashSet<string>(StringComparer.Ordinal)
+        _lazyInner = new(() => new MiscMessageSerializer(system));
+        _refused = new(() => new HashSet<string>(StringComparer.Ordinal)
         {
-            _inner.Manifest(PoisonPill.Instance), _inner.Manifest(Kill.Instance), _inner.Manifest(new Status.Failure(new InvalidOperationException())),
-        };
+            _lazyInner.Value.Manifest(PoisonPill.Instance), _lazyInner.Value.Manifest(Kill.Instance),
+            _lazyInner.Value.Manifest(new Status.Failure(new InvalidOperationException())),
+        });
     }
 
     /// <inheritdoc />
-    public override int Identifier => _inner.Identifier;
+    public override int Identifier => 16;
+
+    private MiscMessageSerializer Inner => _lazyInner.Value;
 
     /// <inheritdoc />
-    public override byte[] ToBinary(object obj) => _inner.ToBinary(obj);
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
 
     /// <inheritdoc />
-    public override string Manifest(object o) => _inner.Manifest(o);
+    public override string Manifest(object o) => Inner.Manifest(o);
 
     /// <inheritdoc />
     /// <exception cref="SerializationException">PoisonPill, Kill or Status.Failure.</exception>
     public override object FromBinary(byte[] bytes, string manifest)
     {
-        if (manifest is null || _refused.Contains(manifest))
+        if (manifest is null || _refused.Value.Contains(manifest))
         {
             throw new SerializationException($"ActorBlk refuses this message from the network (akka-misc manifest '{manifest}': PoisonPill, Kill or Status.Failure).");
         }
 
-        return _inner.FromBinary(bytes, manifest);
+        return Inner.FromBinary(bytes, manifest);
     }
 }
 
@@ -94,23 +99,25 @@ public sealed class GuardedMiscMessageSerializer : SerializerWithStringManifest
 /// </summary>
 public sealed class GuardedSystemMessageSerializer : Serializer
 {
-    private readonly SystemMessageSerializer _inner;
+    private readonly Lazy<SystemMessageSerializer> _lazyInner;
 
     /// <summary>Created by Akka's serialization extension.</summary>
     public GuardedSystemMessageSerializer(ExtendedActorSystem system)
         : base(system)
     {
-        _inner = new SystemMessageSerializer(system);
+        _lazyInner = new(() => new SystemMessageSerializer(system));
     }
 
     /// <inheritdoc />
-    public override int Identifier => _inner.Identifier;
+    public override int Identifier => 22;
 
     /// <inheritdoc />
-    public override bool IncludeManifest => _inner.IncludeManifest;
+    public override bool IncludeManifest => true;
+
+    private SystemMessageSerializer Inner => _lazyInner.Value;
 
     /// <inheritdoc />
-    public override byte[] ToBinary(object obj) => _inner.ToBinary(obj);
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
 
     /// <inheritdoc />
     /// <remarks>
@@ -125,7 +132,7 @@ public sealed class GuardedSystemMessageSerializer : Serializer
             return new RefusedSystemMessage(type?.Name ?? "(none)");
         }
 
-        var message = _inner.FromBinary(bytes, type);
+        var message = Inner.FromBinary(bytes, type);
         var forged = message switch
         {
             Watch w => IsLocal(w.Watcher),
@@ -177,28 +184,30 @@ public sealed class RefusingDaemonMsgCreateSerializer : Serializer
 /// </summary>
 public sealed class GuardedProtobufSerializer : Serializer
 {
-    private readonly ProtobufSerializer _inner;
+    private readonly Lazy<ProtobufSerializer> _lazyInner;
 
     /// <summary>Created by Akka's serialization extension.</summary>
     public GuardedProtobufSerializer(ExtendedActorSystem system)
         : base(system)
     {
-        _inner = new ProtobufSerializer(system);
+        _lazyInner = new(() => new ProtobufSerializer(system));
     }
 
     /// <inheritdoc />
-    public override int Identifier => _inner.Identifier;
+    public override int Identifier => 2;
 
     /// <inheritdoc />
-    public override bool IncludeManifest => _inner.IncludeManifest;
+    public override bool IncludeManifest => true;
+
+    private ProtobufSerializer Inner => _lazyInner.Value;
 
     /// <inheritdoc />
-    public override byte[] ToBinary(object obj) => _inner.ToBinary(obj);
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
 
     /// <inheritdoc />
     /// <exception cref="SerializationException">The type is not a Google.Protobuf message.</exception>
     public override object FromBinary(byte[] bytes, Type type) =>
         type?.GetInterface("Google.Protobuf.IMessage") is { } iface && iface.Assembly.GetName().Name == "Google.Protobuf"
-            ? _inner.FromBinary(bytes, type)
+            ? Inner.FromBinary(bytes, type)
             : throw new SerializationException($"ActorBlk refuses {type?.FullName ?? "(none)"} through the protobuf serializer.");
 }

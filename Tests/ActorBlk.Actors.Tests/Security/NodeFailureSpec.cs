@@ -20,14 +20,21 @@ public sealed class NodeFailureSpec(ITestOutputHelper output) : Akka.TestKit.Xun
     {
         var layer = Layer;
         await layer.CreateDeviceAsync(new Hardware.Devices.DeviceOptions { Name = "nullb0", Size = 1 << 20, PollQueues = 0 });
-        await EventFilter.Error(contains: "ActorBlk failed").ExpectOneAsync(() =>
-        {
-            Sys.Stop(layer.Guardian);
-            return Task.CompletedTask;
-        });
+        var errors = CreateTestProbe();
+        Sys.EventStream.Subscribe(errors.Ref, typeof(Akka.Event.Error));
+        Sys.Stop(layer.Guardian);
 
         await Sys.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.Contains("/user/actorblk stopped unexpectedly", layer.FailureReason);
+
+        // Logged at error level before the shutdown began (so already in the probe's queue).
+        var logged = new List<string>();
+        while (errors.HasMessages)
+        {
+            logged.Add(errors.ReceiveOne(TimeSpan.Zero)!.ToString()!);
+        }
+
+        Assert.Contains(logged, l => l.Contains("ActorBlk failed", StringComparison.Ordinal) && l.Contains("stopped unexpectedly", StringComparison.Ordinal));
         Assert.IsType<BlockLayer.NodeFailed>(CoordinatedShutdown.Get(Sys).ShutdownReason);
         Assert.NotEqual(0, BlockLayer.NodeFailed.Instance.ExitCode);
     }
