@@ -57,6 +57,7 @@ internal static class BenchReport
             w.WriteNumber("completed", r.Completed);
             w.WriteNumber("errors", r.Errors);
             w.WriteNumber("timeouts", r.Timeouts);
+            w.WriteNumber("double_completions", r.DoubleCompletions);
             w.WriteNumber("timeouts_expired", r.Supervision.TimeoutsExpired);
             w.WriteNumber("device_errors", r.Supervision.DeviceErrors);
             w.WriteNumber("resets", r.Supervision.Resets);

@@ -30,6 +30,9 @@ internal sealed record BenchResult(
     /// <summary>The CPU hotplug events sent while the load ran (<c>--hotplug-interval</c>); null without them.</summary>
     public HotplugFigures? Hotplug { get; init; }
 
+    /// <summary>Second completions of a bio refused by the devices' queues (<c>RequestQueue.DoubleCompletions</c>); 0 unless the block layer has a bug.</summary>
+    public long DoubleCompletions { get; init; }
+
     /// <summary>
     /// The figures of several devices run side by side as one: latencies merged, counters summed,
     /// the longest measured interval (they ran at the same time).

@@ -12,11 +12,11 @@ namespace ActorBlk.Host.Commands;
 /// <summary>
 /// <c>actorblk bench</c>: a fio-style load generator. It creates the device in a local actor
 /// system (ring or mailbox dispatch), drives it with fio's workload options, and reports in fio's
-/// human or JSON format. The run fails (exit 3) unless every submitted I/O completed.
+/// human or JSON format. The run fails (exit 3) unless every submitted I/O completed, and completed once.
 /// </summary>
 internal static class BenchCommand
 {
-    /// <summary>Exit code of a run in which submitted and completed I/Os differ.</summary>
+    /// <summary>Exit code of a run in which submitted and completed I/Os differ, or an I/O completed twice.</summary>
     public const int LostIo = 3;
 
     public static async Task<int> RunAsync(CommandLine cl)
@@ -90,11 +90,22 @@ internal static class BenchCommand
             }
 
             await DestroyAll(layer, devices).ConfigureAwait(false);
-            var result = BenchResult.Combine(results) with { Supervision = supervision, Hotplug = hotplugFigures };
+            var result = BenchResult.Combine(results) with
+            {
+                Supervision = supervision,
+                Hotplug = hotplugFigures,
+                DoubleCompletions = devices.Sum(d => d.Queue.DoubleCompletions),   // read after teardown, which completes too
+            };
             Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
             if (result.Submitted != result.Completed)
             {
                 await Console.Error.WriteLineAsync($"actorblk bench: {result.Submitted} I/Os were submitted but {result.Completed} completed.").ConfigureAwait(false);
+                return LostIo;
+            }
+
+            if (result.DoubleCompletions != 0)
+            {
+                await Console.Error.WriteLineAsync($"actorblk bench: {result.DoubleCompletions} second completion(s) of an I/O were refused.").ConfigureAwait(false);
                 return LostIo;
             }
 

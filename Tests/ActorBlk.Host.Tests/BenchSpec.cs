@@ -147,6 +147,7 @@ public sealed class BenchSpec
         Assert.True(injected.GetProperty("lost").GetInt64() > 0);
         Assert.True(injected.GetProperty("resource").GetInt64() > 0);
         Assert.True(a.GetProperty("errors").GetInt64() >= a.GetProperty("timeouts").GetInt64());
+        Assert.Equal(0, a.GetProperty("double_completions").GetInt64());
     }
 
     [Fact]
