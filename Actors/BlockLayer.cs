@@ -203,10 +203,24 @@ public sealed class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
+    /// <exception cref="TimeoutException">The removal did not finish in time; the name stays taken until it does.</exception>
     public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var reply = await Guardian.Ask<object>(new Destroy(name), Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        // Teardown waits up to the drain timeout for requests to drain, and as long again for the
+        // stragglers it failed to arrive (RequestQueue.ShutdownAsync), then releases the device.
+        var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
+        object reply;
+        try
+        {
+            reply = await Guardian.Ask<object>(new Destroy(name), limit, cancellationToken).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
+        }
+
+
         return reply switch
         {
             Destroyed d => d.FailedRequests,
