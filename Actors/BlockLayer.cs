@@ -34,6 +34,7 @@ public sealed class BlockLayer : IExtension
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
     private TopologySnapshot? _currentTopology;
+    private long _shutdownDrainTicks;
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
     public BlockLayer(ExtendedActorSystem system)
@@ -53,6 +54,13 @@ public sealed class BlockLayer : IExtension
         var shutdown = CoordinatedShutdown.Get(system);
         shutdown.AddTask(CoordinatedShutdown.PhaseServiceStop, "actorblk-destroy-devices", async () =>
         {
+            // Every outstanding I/O must complete (with Offline if need be) while the actors that
+            // carry it still run: the phase is cut off after its timeout and the system then stops
+            // the actors, so teardown at shutdown drains for a quarter of the phase at most
+            // instead of the full drain timeout, and every device is torn down at once.
+            var phase = shutdown.Timeout(CoordinatedShutdown.PhaseServiceStop);
+            var drain = TimeSpan.FromTicks(Math.Min(Settings.DrainTimeout.Ticks, phase.Ticks / 4));
+            Volatile.Write(ref _shutdownDrainTicks, Math.Max(drain.Ticks, TimeSpan.FromMilliseconds(100).Ticks));
             await DestroyAllDevicesAsync().ConfigureAwait(false);
             return Done.Instance;
         });
@@ -64,6 +72,13 @@ public sealed class BlockLayer : IExtension
 
     /// <summary>The <c>actorblk</c> settings.</summary>
     public ActorBlkSettings Settings { get; }
+
+    /// <summary>
+    /// How long unregistering a device waits for its I/O to drain before failing the rest: the
+    /// drain timeout, or less once the actor system shuts down (see the shutdown task).
+    /// </summary>
+    internal TimeSpan UnregisterDrainTimeout =>
+        Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
 
     /// <summary>The CPU topology devices are mapped on at start.</summary>
     public TopologySnapshot Topology { get; }
@@ -369,8 +384,9 @@ public sealed class BlockLayer : IExtension
         var left = new List<string>(names);
         while (left.Count > 0)
         {
-            var busy = new List<string>();
-            foreach (var name in left)
+            // Devices are torn down together, so shutdown takes one drain, not one per device.
+            var busy = new ConcurrentBag<string>();
+            await Task.WhenAll(left.Select(async name =>
             {
                 try
                 {
@@ -384,14 +400,14 @@ public sealed class BlockLayer : IExtension
                 {
                     busy.Add(name);
                 }
-            }
+            })).ConfigureAwait(false);
 
             if (busy.Count == left.Count)
             {
                 break;
             }
 
-            left = busy;
+            left = [.. busy];
         }
     }
 
