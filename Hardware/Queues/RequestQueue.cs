@@ -472,6 +472,18 @@ public sealed class RequestQueue
                 bio.Complete(BlockStatus.Again);
                 return false;
             default:
+                // A dying queue fails the bio on the thread pool, not inline: a caller that
+                // resubmits at once after every error would otherwise spin on its thread (the
+                // failure completes synchronously, so its await never yields) and a storm of them
+                // starves the threads teardown itself needs. Deferred, each retry is one queued
+                // work item (the bio itself: nothing is allocated) and teardown keeps its turn.
+                if (!bio.FailureDeferred)
+                {
+                    bio.FailureDeferred = true;
+                    ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+                    return false;
+                }
+
                 bio.Complete(BlockStatus.Offline);
                 return false;
         }

@@ -107,6 +107,9 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// <summary>True once the bio holds a reference on its queue's usage counter.</summary>
     internal bool Entered { get; set; }
 
+    /// <summary>True once a dying queue deferred this bio's failure to the thread pool (see RequestQueue.Enter).</summary>
+    internal bool FailureDeferred { get; set; }
+
     /// <summary>
     /// True once the flow awaits this bio, or the split parent it is a piece of. A request built
     /// for it after that moment (by a software-context actor, or after a wait for a tag or a thaw)
@@ -196,6 +199,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         UserToken = 0;
         Buffer = default;
         Entered = false;
+        FailureDeferred = false;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
         Volatile.Write(ref _completed, 0);
