@@ -47,7 +47,7 @@ public sealed class BlockLayer : IExtension
         system.Settings.InjectTopLevelFallback(ActorBlkSettings.DefaultConfig());
         Settings = ActorBlkSettings.Create(system);
         Topology = Settings.BuildTopology();
-        SoftIrq = new BlockSoftIrq(Topology.PossibleCount);
+        SoftIrq = new BlockSoftIrq(Topology);
         Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
         Guardian = system.ActorOf(BlockLayerActor.Props(this), GuardianName);
 
@@ -64,7 +64,14 @@ public sealed class BlockLayer : IExtension
             await DestroyAllDevicesAsync().ConfigureAwait(false);
             return Done.Instance;
         });
-        system.WhenTerminated.ContinueWith(_ => SoftIrq.Dispose(), TaskScheduler.Default);
+        // A thread that cannot be pinned to its CPUs keeps running unpinned; say so once per thread.
+        Action<string> pinFailed = message => system.Log.Warning("{0}", message);
+        CpuAffinity.PinFailed += pinFailed;
+        system.WhenTerminated.ContinueWith(_ =>
+        {
+            CpuAffinity.PinFailed -= pinFailed;
+            SoftIrq.Dispose();
+        }, TaskScheduler.Default);
     }
 
     /// <summary>The actor system.</summary>

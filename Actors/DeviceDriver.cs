@@ -10,16 +10,15 @@ using Akka.Event;
 namespace ActorBlk.Actors;
 
 /// <summary>
-/// Protocol of the device-driver actor: it owns the <see cref="IBlockDriver"/>, is where QueueRq
-/// runs in mailbox dispatch, and is the unit its supervisor (the request-queue actor) restarts
-/// or stops when the device fails. A restart is a device reset: dispatch is quiesced, the driver
-/// is reset, and the requests it held are retried or failed by the retry rule.
+/// Protocol of the device-driver actors: one per hardware queue of a device. In mailbox dispatch
+/// the driver actor of a hardware queue is its dispatcher: it takes batches off the queue, calls
+/// QueueRq and finishes the round within one message. In both modes it is the unit its supervisor
+/// (the request-queue actor) restarts or stops when the device fails. A restart is a device reset:
+/// dispatch on every hardware queue is quiesced, the driver is reset, and the requests it held are
+/// retried or failed by the retry rule.
 /// </summary>
 public static class DeviceDriver
 {
-    /// <summary>Hand a dispatch batch to the driver; the sender gets <see cref="HardwareQueue.Dispatched"/>. Local only.</summary>
-    public sealed record QueueRqs(HardwareContext Hctx, Request[] Batch) : INoSerializationVerificationNeeded;
-
     /// <summary>
     /// The device failed (a driver exception during dispatch, or timeouts piling up): the actor
     /// throws <paramref name="Error"/> so its supervisor decides. <paramref name="HardwareQueue"/>
@@ -30,12 +29,16 @@ public static class DeviceDriver
     /// <summary>Sent to the parent when a reset finished: requests requeued and failed (out of retries).</summary>
     public sealed record ResetDone(string Reason, int Requeued, int Failed) : IActorBlkMessage;
 
-    /// <summary>Props of the actor owning the driver of <paramref name="queue"/>.</summary>
-    /// <param name="queue">The request queue whose driver the actor owns.</param>
+    /// <summary>Props of the driver actor of hardware queue <paramref name="hardwareQueue"/> of <paramref name="queue"/>.</summary>
+    /// <param name="queue">The request queue whose driver the actor calls.</param>
+    /// <param name="hardwareQueue">The index of the hardware queue the actor serves.</param>
     /// <param name="blocking">The driver's QueueRq may block: give the actor its own thread.</param>
-    public static Props Props(DataPlaneQueue queue, bool blocking)
+    public static Props Props(DataPlaneQueue queue, int hardwareQueue, bool blocking)
     {
-        var props = Akka.Actor.Props.Create(() => new DeviceDriverActor(queue));
+        ArgumentNullException.ThrowIfNull(queue);
+        ArgumentOutOfRangeException.ThrowIfNegative(hardwareQueue);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(hardwareQueue, queue.HardwareContexts.Count);
+        var props = Akka.Actor.Props.Create(() => new DeviceDriverActor(queue, hardwareQueue));
         return blocking ? props.WithDispatcher(ActorBlkSettings.BlockingDriverDispatcher) : props;
     }
 }
@@ -46,29 +49,46 @@ public static class DeviceDriver
 /// </summary>
 public sealed class DeviceTimeoutsException(string message) : BlockDeviceErrorException(message);
 
-/// <summary>The device-driver actor.</summary>
-internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash
+/// <summary>The device-driver actor of one hardware queue.</summary>
+internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWithTimers
 {
+    /// <summary>Most requests one mailbox dispatch round hands to the driver.</summary>
+    public const int DispatchBatchSize = 64;
+
+    // Rounds run in one turn before the actor yields its thread to other actors (it sends itself
+    // a Run when work is left).
+    private const int RoundsPerTurn = 4;
+    private const string RerunKey = "rerun";
+
     private readonly DataPlaneQueue _queue;
+    private readonly HardwareContext _hctx;
     private readonly IBlockDriver _driver;
-    private readonly HashSet<HardwareContext> _initialised = [];
+    private readonly Request[] _scratch = new Request[DispatchBatchSize];
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private bool _initialised;
     private string _resetReason = string.Empty;
 
-    public DeviceDriverActor(DataPlaneQueue queue)
+    public DeviceDriverActor(DataPlaneQueue queue, int hardwareQueue)
     {
         _queue = queue;
+        _hctx = queue.HardwareContexts[hardwareQueue];
         _driver = queue.Driver;
     }
 
     public IStash Stash { get; set; } = null!;
 
+    public ITimerScheduler Timers { get; set; } = null!;
+
     protected override void OnReceive(object message)
     {
         switch (message)
         {
-            case DeviceDriver.QueueRqs q:
-                HandleQueueRqs(q);
+            case HardwareQueue.Run:
+                RunTurn();
+                break;
+            case HardwareQueue.WaitIdle:
+                // Rounds run within one message: none is in progress now.
+                Sender.Tell(HardwareQueue.DispatchIdle.Instance);
                 break;
             case DeviceDriver.Fail f:
                 // Let the supervisor decide: Restart resets the device, Stop gives it up.
@@ -84,36 +104,43 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash
         base.PostRestart(reason);
         _resetReason = reason.Message;
         Become(Resetting);
+
+        // The quiesce covers every hardware queue of the device, so no other driver actor calls
+        // the driver while it resets; it asks this actor too, which answers from Resetting.
         _queue.QuiesceAsync().PipeTo(Self, success: () => Quiesced.Instance, failure: ex => new Status.Failure(ex));
     }
 
     protected override void PostStop()
     {
-        // exit_hctx for the hardware queues this actor initialised (mailbox dispatch); a restart
-        // passes here too, and the next instance initialises them again, as after a reset.
-        foreach (var hctx in _initialised)
+        // exit_hctx for the hardware queue this actor initialised (mailbox dispatch); a restart
+        // passes here too, and the next instance initialises it again, as after a reset.
+        if (!_initialised)
         {
-            try
-            {
-                _driver.ExitHardwareContext(hctx);
-            }
-            catch (Exception ex)
-            {
-                _log.Warning(ex, "{Driver} driver of {Device}: exit of hctx {Index} failed", _driver.Kind, _queue.Name, hctx.Index);
-            }
+            return;
         }
 
-        _initialised.Clear();
+        _initialised = false;
+        try
+        {
+            _driver.ExitHardwareContext(_hctx);
+        }
+        catch (Exception ex)
+        {
+            _log.Warning(ex, "{Driver} driver of {Device}: exit of hctx {Index} failed", _driver.Kind, _queue.Name, _hctx.Index);
+        }
     }
 
-    // While the device resets, nothing reaches the driver: a batch comes back untouched, as from
-    // a device that is busy (DeviceResource), and runs again when the queue is unquiesced.
+    // While the device resets the queue is quiesced: a turn takes nothing, and the unquiesce at
+    // the end of the reset runs every hardware queue again.
     private void Resetting(object message)
     {
         switch (message)
         {
-            case DeviceDriver.QueueRqs q:
-                Sender.Tell(new HardwareQueue.Dispatched(q.Batch, new DispatchOutcome(0, 0, BlockStatus.DeviceResource, null)));
+            case HardwareQueue.Run:
+                RunTurn();
+                break;
+            case HardwareQueue.WaitIdle:
+                Sender.Tell(HardwareQueue.DispatchIdle.Instance);
                 break;
             case Quiesced:
                 FinishReset();
@@ -160,22 +187,64 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash
         Stash.UnstashAll();
     }
 
+    // One turn of the dispatcher (mailbox dispatch; a ring-dispatch queue never sends Run here):
+    // rounds of take, issue, finish (blk_mq_run_hw_queue) until the queue has nothing to give,
+    // with the rerun rules of blk-mq-semantics §3 deciding what follows a partial round.
+    private void RunTurn()
+    {
+        if (_queue.Runtime is not MailboxRuntime runtime)
+        {
+            return;
+        }
+
+        runtime.BeginTurn(_hctx.Index);
+        for (var round = 0; round < RoundsPerTurn; round++)
+        {
+            var n = _hctx.TakeBatch(_scratch);
+            if (n == 0)
+            {
+                // Empty, stopped or quiesced: a staged request, Start or Unquiesce runs it again.
+                return;
+            }
+
+            var batch = _scratch.AsSpan(0, n);
+            var outcome = Issue(batch);
+            var decision = _hctx.FinishRound(batch, outcome);
+            batch.Clear();
+            switch (decision)
+            {
+                case DispatchDecision.RerunNow:
+                    continue;
+                case DispatchDecision.RerunAfterDelay:
+                    Timers.StartSingleTimer(RerunKey, HardwareQueue.Run.Instance, HardwareContext.ResourceDelay);
+                    return;
+                case DispatchDecision.Faulted:
+                    Context.Parent.Tell(new HardwareQueue.DeviceFaulted(_hctx.Index, outcome.Fault!));
+                    return;
+                default:
+                    // Idle, or waiting for a completion to rerun it (SCHED_RESTART).
+                    return;
+            }
+        }
+
+        // Work is left: yield, and run again after what is already in the mailbox.
+        runtime.Kick(_hctx);
+    }
+
     // The driver runs as if on the hardware queue's CPU, so inline completions are routed as they
     // would be from that CPU's interrupt.
-    private void HandleQueueRqs(DeviceDriver.QueueRqs q)
+    private DispatchOutcome Issue(ReadOnlySpan<Request> batch)
     {
-        if (_initialised.Add(q.Hctx))
+        if (!_initialised)
         {
-            _driver.InitHardwareContext(q.Hctx);
+            _driver.InitHardwareContext(_hctx);
+            _initialised = true;
         }
 
-        DispatchOutcome outcome;
-        using (CurrentCpu.Bind(q.Hctx.HomeCpu))
+        using (CurrentCpu.Bind(_hctx.HomeCpu))
         {
-            outcome = q.Hctx.Issue(_driver, q.Batch);
+            return _hctx.Issue(_driver, batch);
         }
-
-        Sender.Tell(new HardwareQueue.Dispatched(q.Batch, outcome));
     }
 
     private sealed record Quiesced

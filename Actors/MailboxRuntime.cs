@@ -7,21 +7,32 @@ using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
 namespace ActorBlk.Actors;
 
 /// <summary>
-/// Mailbox dispatch (<see cref="DispatchMode.Mailbox"/>): every step of a request is a message.
-/// A bio goes to its software-context actor, which builds and stages the request; the request
-/// goes to its hardware-queue actor, which hands batches to the driver actor; a redirected
-/// completion goes back to the software-context actor of the submitting CPU.
+/// Mailbox dispatch (<see cref="DispatchMode.Mailbox"/>): I/O arrives as messages. A bio goes to
+/// its software-context actor (the bio itself is the message), which builds the request and
+/// stages it in the hardware queue's ring; the first request staged on an idle queue sends one
+/// <see cref="HardwareQueue.Run"/> to that queue's driver actor, which takes, issues and finishes
+/// whole batches in its own mailbox turn. A redirected completion goes to the software-context
+/// actor of the submitting CPU (the request itself is the message).
 /// </summary>
+/// <remarks>
+/// Each hardware queue has one dispatcher at a time: its driver actor, or, while no driver actor
+/// lives (the device is gone), its hardware-queue actor, which fails what is staged once the
+/// device is offline and otherwise lets it wait for the reopened device's driver actor.
+/// </remarks>
 internal sealed class MailboxRuntime : IQueueRuntime
 {
     private readonly IActorRef[] _contexts;
-    private readonly IActorRef[] _hardwareQueues;
+    private readonly Slot[] _slots;
     private readonly TimeSpan _askTimeout;
 
-    public MailboxRuntime(IActorRef[] contexts, IActorRef[] hardwareQueues, TimeSpan askTimeout)
+    /// <summary>Creates the runtime.</summary>
+    /// <param name="contexts">The software-context actors, by CPU.</param>
+    /// <param name="dispatchers">The first dispatcher of each hardware queue, by index (its driver actor).</param>
+    /// <param name="askTimeout">How long a quiesce waits for a dispatcher to answer.</param>
+    public MailboxRuntime(IActorRef[] contexts, IActorRef[] dispatchers, TimeSpan askTimeout)
     {
         _contexts = contexts;
-        _hardwareQueues = hardwareQueues;
+        _slots = dispatchers.Select(d => new Slot(d)).ToArray();
         _askTimeout = askTimeout;
     }
 
@@ -31,22 +42,72 @@ internal sealed class MailboxRuntime : IQueueRuntime
     {
     }
 
-    public void Submit(DataPlane.SoftwareContext ctx, Bio bio) => _contexts[ctx.Cpu].Tell(new SoftwareContext.SubmitBio(bio));
+    public void Submit(DataPlane.SoftwareContext ctx, Bio bio) => _contexts[ctx.Cpu].Tell(bio);
 
-    public void ResumeBio(Bio bio) => _contexts[bio.Cpu].Tell(new SoftwareContext.SubmitBio(bio));
+    public void ResumeBio(Bio bio) => _contexts[bio.Cpu].Tell(bio);
 
-    public void Stage(HardwareContext hctx, Request request) => _hardwareQueues[hctx.Index].Tell(new HardwareQueue.Dispatch(request));
+    // Staging is a publish to the hardware queue's ring (any thread may); only the first request
+    // staged since the dispatcher's last turn costs a message.
+    public void Stage(HardwareContext hctx, Request request)
+    {
+        hctx.Stage(request);
+        Kick(hctx);
+    }
 
-    public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests) =>
-        _hardwareQueues[hctx.Index].Tell(new HardwareQueue.DispatchBatch(requests.ToArray()));
+    public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests)
+    {
+        foreach (var rq in requests)
+        {
+            hctx.Stage(rq);
+        }
 
-    public void Kick(HardwareContext hctx) => _hardwareQueues[hctx.Index].Tell(HardwareQueue.Run.Instance);
+        Kick(hctx);
+    }
 
-    public void DeliverCompletion(DataPlane.SoftwareContext target, Request request) =>
-        _contexts[target.Cpu].Tell(new SoftwareContext.CompleteRequest(request));
+    public void Kick(HardwareContext hctx)
+    {
+        var slot = _slots[hctx.Index];
+        if (Interlocked.Exchange(ref slot.Scheduled, 1) == 0)
+        {
+            Volatile.Read(ref slot.Dispatcher).Tell(HardwareQueue.Run.Instance, ActorRefs.NoSender);
+        }
+    }
 
+    public void DeliverCompletion(DataPlane.SoftwareContext target, Request request) => _contexts[target.Cpu].Tell(request);
+
+    // A dispatcher runs a round within one message, so the answer to this one means no round is
+    // in progress.
     public Task WaitDispatchIdleAsync(HardwareContext hctx) =>
-        _hardwareQueues[hctx.Index].Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, _askTimeout);
+        Volatile.Read(ref _slots[hctx.Index].Dispatcher).Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, _askTimeout);
 
     public Task DetachAsync() => Task.CompletedTask;
+
+    /// <summary>
+    /// Called by the dispatcher of hardware queue <paramref name="index"/> at the start of its turn,
+    /// before it takes a batch: a request staged from now on sends another <see cref="HardwareQueue.Run"/>.
+    /// </summary>
+    public void BeginTurn(int index) => Interlocked.Exchange(ref _slots[index].Scheduled, 0);
+
+    /// <summary>True when <paramref name="actor"/> is the dispatcher of hardware queue <paramref name="index"/>.</summary>
+    public bool IsDispatcher(int index, IActorRef actor) => Volatile.Read(ref _slots[index].Dispatcher).Equals(actor);
+
+    /// <summary>
+    /// Makes <paramref name="dispatcher"/> the dispatcher of hardware queue <paramref name="index"/>
+    /// (the previous one is dead) and runs it.
+    /// </summary>
+    public void SetDispatcher(int index, IActorRef dispatcher)
+    {
+        var slot = _slots[index];
+        Volatile.Write(ref slot.Dispatcher, dispatcher);
+        Interlocked.Exchange(ref slot.Scheduled, 1);
+        dispatcher.Tell(HardwareQueue.Run.Instance, ActorRefs.NoSender);
+    }
+
+    private sealed class Slot(IActorRef dispatcher)
+    {
+        public IActorRef Dispatcher = dispatcher;
+
+        // 1 while a Run is on its way to the dispatcher (or it is in its turn before BeginTurn).
+        public int Scheduled;
+    }
 }

@@ -65,7 +65,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private IActorRef[] _contexts = [];
     private IActorRef[] _hardwareQueues = [];
-    private IActorRef _driver = ActorRefs.Nobody;
+    // The driver actors, one per hardware queue, and which of them are alive.
+    private IActorRef[] _drivers = [];
+    private bool[] _driverAlive = [];
+    private MailboxRuntime? _mailbox;
     private bool _joined;
     private bool _registered;
     private int _nextCpu;
@@ -80,7 +83,8 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private long _resets;
     private int _reopenAttempt;
     private DeviceHealth _health = DeviceHealth.Online;
-    private bool _driverDead;
+    private bool _stoppingDrivers;
+    private readonly Queue<DateTimeOffset> _restarts = new();
     private bool _shutdownDone;
 
     public RequestQueueActor(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer, DeviceOptions options)
@@ -104,17 +108,37 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         Offline,
     }
 
-    // The driver actor is the device under supervision. A transient device error restarts it,
-    // which resets the device (DeviceDriverActor.PostRestart); a device that is gone stops it.
-    // More than max-resets restarts within reset-window stop it as well.
+    // The driver actors are the device under supervision. A transient device error restarts the
+    // one it was reported to, which resets the whole device (DeviceDriverActor.PostRestart); a
+    // device that is gone stops it, and the others with it. More than max-resets restarts of any
+    // of them within reset-window stop it as well: the limit is the device's, not each queue's.
     protected override SupervisorStrategy SupervisorStrategy()
     {
         var supervision = _layer.Settings.Supervision;
+        var scheduler = Context.System.Scheduler;
         // A device error is expected: one line with the device, the directive and the cause, and
         // the stack only for anything else (a bug). Akka's own failure log is off for the same reason.
         return new OneForOneStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), ex =>
         {
             var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
+            if (directive == Directive.Restart)
+            {
+                var now = scheduler.Now;
+                while (_restarts.Count > 0 && now - _restarts.Peek() > supervision.ResetWindow)
+                {
+                    _restarts.Dequeue();
+                }
+
+                if (_restarts.Count >= supervision.MaxResets)
+                {
+                    directive = Directive.Stop;
+                }
+                else
+                {
+                    _restarts.Enqueue(now);
+                }
+            }
+
             if (ex is BlockDeviceErrorException)
             {
                 _log.Error("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
@@ -131,15 +155,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     protected override void PreStart()
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
-        var driver = _driver = StartDriver();
+        StartDrivers();
         _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContext.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
-            .Select(h => Context.ActorOf(HardwareQueue.Props(h, driver, mailbox, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
+            .Select(h => Context.ActorOf(HardwareQueue.Props(h, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
             .ToArray();
 
-        IQueueRuntime runtime = mailbox
-            ? new MailboxRuntime(_contexts, _hardwareQueues, _layer.Settings.DrainTimeout)
-            : new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
+        // Mailbox dispatch: each hardware queue's driver actor is its dispatcher.
+        _mailbox = mailbox ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout) : null;
+        IQueueRuntime runtime = _mailbox ?? (IQueueRuntime)new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
         _queue.Events = new QueueEvents(Self);
         _queue.Start(runtime);
         _queue.Register();
@@ -206,8 +230,8 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _log.Info("{Device}: reset after '{Reason}': {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
                     _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
                 break;
-            case Terminated t when t.ActorRef.Equals(_driver):
-                HandleDriverStopped();
+            case Terminated t when DriverIndex(t.ActorRef) >= 0:
+                HandleDriverTerminated(DriverIndex(t.ActorRef));
                 break;
             case TryReopen:
                 HandleReopen();
@@ -238,19 +262,19 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 // before the driver frees itself.
                 _failedAtShutdown = done.Failed;
                 _shutdownDone = true;
-                if (_driverDead)
+                if (AllDriversDead)
                 {
                     _tagSet.Tell(new TagSet.Leave(_queue));
                 }
                 else
                 {
-                    Context.Stop(_driver);
+                    StopDrivers();
                 }
 
                 break;
-            case Terminated t when t.ActorRef.Equals(_driver):
-                _driverDead = true;
-                if (_shutdownDone)
+            case Terminated t when DriverIndex(t.ActorRef) >= 0:
+                MarkDriverDead(DriverIndex(t.ActorRef));
+                if (_shutdownDone && AllDriversDead)
                 {
                     _tagSet.Tell(new TagSet.Leave(_queue));
                 }
@@ -302,12 +326,75 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
     // ------------------------------------------------------------------ helpers
 
-    private IActorRef StartDriver()
+    // One driver actor per hardware queue, driver-0, driver-1, ... (their names are free again
+    // once all of them are terminated, which a reopen waits for).
+    private void StartDrivers()
     {
-        var driver = Context.ActorOf(DeviceDriver.Props(_queue, (_queue.Driver.Features & DriverFeatures.Blocking) != 0), "driver");
-        Context.Watch(driver);
-        _driverDead = false;
-        return driver;
+        var blocking = (_queue.Driver.Features & DriverFeatures.Blocking) != 0;
+        _drivers = new IActorRef[_queue.HardwareContexts.Count];
+        _driverAlive = new bool[_drivers.Length];
+        for (var i = 0; i < _drivers.Length; i++)
+        {
+            _drivers[i] = Context.Watch(Context.ActorOf(DeviceDriver.Props(_queue, i, blocking), $"driver-{i}"));
+            _driverAlive[i] = true;
+        }
+
+        _stoppingDrivers = false;
+    }
+
+    private void StopDrivers()
+    {
+        _stoppingDrivers = true;
+        for (var i = 0; i < _drivers.Length; i++)
+        {
+            if (_driverAlive[i])
+            {
+                Context.Stop(_drivers[i]);
+            }
+        }
+    }
+
+    private int DriverIndex(IActorRef actor) => Array.IndexOf(_drivers, actor);
+
+    private bool AllDriversDead => Array.TrueForAll(_driverAlive, alive => !alive);
+
+    // A dead driver actor's hardware queue is dispatched by its hardware-queue actor, which keeps
+    // requests waiting (or fails them once the device is offline). Nothing was lost with the
+    // actor: a round runs within one message, and staged requests stay in the queue.
+    private void MarkDriverDead(int index)
+    {
+        _driverAlive[index] = false;
+        _mailbox?.SetDispatcher(index, _hardwareQueues[index]);
+    }
+
+    // The driver actor a failure is reported to: the one of the hardware queue it happened on,
+    // else (device-wide) the first one alive.
+    private IActorRef? DriverFor(int hctx)
+    {
+        if (hctx >= 0 && hctx < _drivers.Length && _driverAlive[hctx])
+        {
+            return _drivers[hctx];
+        }
+
+        var alive = Array.IndexOf(_driverAlive, true);
+        return alive >= 0 ? _drivers[alive] : null;
+    }
+
+    // The supervisor stopped a driver actor: the device is gone. The other driver actors are
+    // stopped too, and the device is handled as gone once none is left (so no dispatch round runs
+    // any more when it is reopened or set offline).
+    private void HandleDriverTerminated(int index)
+    {
+        MarkDriverDead(index);
+        if (!_stoppingDrivers)
+        {
+            StopDrivers();
+        }
+
+        if (AllDriversDead)
+        {
+            HandleDriverStopped();
+        }
     }
 
     // A device error stops the hardware queue it happened on; the driver actor rethrows it so its
@@ -322,7 +409,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
         _log.Warning("{Device} hctx {Index}: device error ({Error}: {Message}); reporting it to the supervisor",
             _queue.Name, hctx, error.GetType().Name, error.Message);
-        _driver.Tell(new DeviceDriver.Fail(hctx, error));
+        DriverFor(hctx)?.Tell(new DeviceDriver.Fail(hctx, error));
     }
 
     // Timeouts are counted in a sliding window; reset_after_timeouts of them within timeout_window
@@ -350,7 +437,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             var message = $"{_queue.Name}: {_timeoutsInWindow} request(s) timed out within {window.TotalSeconds:0.###} s (reset_after_timeouts = {limit})";
             _timeoutWindow.Clear();
             _timeoutsInWindow = 0;
-            _driver.Tell(new DeviceDriver.Fail(-1, new DeviceTimeoutsException(message)));
+            DriverFor(t.HardwareQueue)?.Tell(new DeviceDriver.Fail(-1, new DeviceTimeoutsException(message)));
         }
     }
 
@@ -358,7 +445,6 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     // reopen gets attempts with back-off while requests wait, else the device goes offline.
     private void HandleDriverStopped()
     {
-        _driverDead = true;
         var supervision = _layer.Settings.Supervision;
         var now = Context.System.Scheduler.Now;
         _stops.Enqueue(now);
@@ -422,10 +508,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
         // Reopened: a fresh device; whatever the old one held is taken back and retried.
         var (requeued, failed) = _queue.ReclaimInFlight(BlockStatus.IoError);
-        _driver = StartDriver();
-        foreach (var hctx in _hardwareQueues)
+        StartDrivers();
+        for (var i = 0; i < _drivers.Length; i++)
         {
-            hctx.Tell(new HardwareQueue.UseDriver(_driver));
+            _mailbox?.SetDispatcher(i, _drivers[i]);
         }
 
         foreach (var hctx in _queue.HardwareContexts)

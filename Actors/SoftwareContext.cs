@@ -15,10 +15,16 @@ namespace ActorBlk.Actors;
 /// </summary>
 public static class SoftwareContext
 {
-    /// <summary>Run the submission path for a bio on this context (mailbox dispatch). Local only.</summary>
+    /// <summary>
+    /// Run the submission path for a bio on this context. Local only. (Mailbox dispatch sends the
+    /// <see cref="Bio"/> itself, which the actor takes as the same command.)
+    /// </summary>
     public sealed record SubmitBio(Bio Bio) : INoSerializationVerificationNeeded;
 
-    /// <summary>Run the completion of a request redirected to this context's CPU (rq_affinity). Local only.</summary>
+    /// <summary>
+    /// Run the completion of a request redirected to this context's CPU (rq_affinity). Local only.
+    /// (Mailbox dispatch sends the <see cref="Request"/> itself, which the actor takes as the same command.)
+    /// </summary>
     public sealed record CompleteRequest(Request Request) : INoSerializationVerificationNeeded;
 
     /// <summary>
@@ -72,6 +78,14 @@ internal sealed class SoftwareContextActor : UntypedActor
         using var bind = CurrentCpu.Bind(_ctx.Cpu);
         switch (message)
         {
+            // Mailbox dispatch sends the bio and the redirected request themselves, with no
+            // wrapper to allocate per I/O; the records are the same commands for other senders.
+            case Bio bio:
+                _ctx.Queue.SubmitBio(bio);
+                break;
+            case Request request:
+                _ctx.Queue.EndRequest(request);
+                break;
             case SoftwareContext.SubmitBio submit:
                 _ctx.Queue.SubmitBio(submit.Bio);
                 break;

@@ -133,8 +133,21 @@ internal sealed class DispatchLoop
         Wake();
     }
 
+    /// <summary>
+    /// Completes when no round is in progress: at once when none is, otherwise when the current
+    /// round ends (the quiesce wait, <c>blk_mq_wait_quiesce_done</c>).
+    /// </summary>
+    /// <remarks>
+    /// The loop clears <c>_inRound</c> and then looks for a waiter; a waiter publishes itself and
+    /// then looks at <c>_inRound</c> again. With a full fence between the write and the read on
+    /// both sides (a Dekker pair, as for <c>_sleeping</c>), at least one of them sees the other:
+    /// either the loop finds the waiter, or the waiter sees the round over and completes itself.
+    /// Without the second look a waiter could read a stale "in round", register after the loop
+    /// had looked, and wait for a round that never comes on an idle queue.
+    /// </remarks>
     public Task WaitIdleAsync()
     {
+        Task waiting;
         lock (_idleLock)
         {
             if (Volatile.Read(ref _inRound) == 0)
@@ -143,8 +156,17 @@ internal sealed class DispatchLoop
             }
 
             _idleWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            return _idleWaiter.Task;
+            waiting = _idleWaiter.Task;
         }
+
+        // Pairs with the exchange that ends a round: the waiter is published before _inRound is read again.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _inRound) == 0)
+        {
+            SignalIdle();
+        }
+
+        return waiting;
     }
 
     public Task StopAsync()
@@ -191,7 +213,13 @@ internal sealed class DispatchLoop
     private void Run()
     {
         t_current = this;
-        using var bind = CurrentCpu.Bind(_hctx.HomeCpu);
+
+        // With the system's topology the thread is pinned to its queue's online CPUs (kblockd runs
+        // hctx work on hctx->cpumask) and counts as the CPU it is on; with a simulated topology
+        // it counts as the queue's home CPU, a label (Bind(-1) leaves the thread unbound).
+        var pin = !_hctx.Queue.Topology.IsSimulated && CpuAffinity.IsSupported;
+        var pinnedMask = pin ? PinToMask() : null;
+        using var bind = CurrentCpu.Bind(pin ? -1 : _hctx.HomeCpu);
         var scratch = new Request[BatchSize];
         long rerunAt = 0;
         try
@@ -202,6 +230,12 @@ internal sealed class DispatchLoop
             Volatile.Write(ref _reaper, _hctx.Reaper);
             while (!_stopping)
             {
+                // A remap (CPU hotplug) gives the queue a new mask: follow it.
+                if (pinnedMask is not null && !ReferenceEquals(pinnedMask, _hctx.CpuMask))
+                {
+                    pinnedMask = PinToMask();
+                }
+
                 Volatile.Write(ref _kicked, 0);
 
                 // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
@@ -213,7 +247,9 @@ internal sealed class DispatchLoop
                 }
                 finally
                 {
-                    Volatile.Write(ref _inRound, 0);
+                    // Full fence: the round is over before a waiter is looked for (pairs with the
+                    // fence in WaitIdleAsync; a plain store could pass the read of _idleWaiter).
+                    Interlocked.Exchange(ref _inRound, 0);
                     SignalIdle();
                 }
 
@@ -253,6 +289,18 @@ internal sealed class DispatchLoop
                 _exited.TrySetResult();
             }
         }
+    }
+
+    private CpuSet PinToMask()
+    {
+        var mask = _hctx.CpuMask;
+        var cpus = mask.Intersect(_hctx.Queue.Topology.Online);
+        if (!cpus.IsEmpty)
+        {
+            CpuAffinity.TryPinCurrentThread(cpus, Thread.CurrentThread.Name ?? _hctx.ToString());
+        }
+
+        return mask;
     }
 
     private void Park(long rerunAt)

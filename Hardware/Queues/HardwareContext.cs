@@ -442,7 +442,7 @@ public sealed class HardwareContext
     /// dispatcher when a request arrives as a message; ring dispatch publishes from submitters).
     /// </summary>
     /// <exception cref="InvalidOperationException">The ring is full; it is sized to the tag depth, so this is a bug.</exception>
-    public void Stage(Request rq)
+    internal void Stage(Request rq)
     {
         ArgumentNullException.ThrowIfNull(rq);
         if (!Ring.TryPublish(rq))
@@ -459,7 +459,7 @@ public sealed class HardwareContext
     /// the dispatch list first (setting SCHED_RESTART, as the kernel does when it finds earlier
     /// leftovers), then new requests from the ring. Returns 0 while stopped or quiesced.
     /// </summary>
-    public int TakeBatch(Span<Request> batch)
+    internal int TakeBatch(Span<Request> batch)
     {
         if (IsStopped || Queue.IsQuiesced || batch.Length == 0)
         {
@@ -506,7 +506,7 @@ public sealed class HardwareContext
     /// driver rejected with another status; calls CommitRqs when the batch stopped early after
     /// something was queued.
     /// </summary>
-    public DispatchOutcome Issue(IBlockDriver driver, ReadOnlySpan<Request> batch)
+    internal DispatchOutcome Issue(IBlockDriver driver, ReadOnlySpan<Request> batch)
     {
         ArgumentNullException.ThrowIfNull(driver);
         if (Queue.IsOffline)
@@ -568,7 +568,7 @@ public sealed class HardwareContext
     /// Third step (dispatcher): puts leftovers back at the head of the dispatch list in order,
     /// updates the busy average and histogram, and says when to run next.
     /// </summary>
-    public DispatchDecision FinishRound(ReadOnlySpan<Request> batch, DispatchOutcome outcome)
+    internal DispatchDecision FinishRound(ReadOnlySpan<Request> batch, DispatchOutcome outcome)
     {
         _dispatched[DispatchBucket(outcome.Queued)]++;
         var leftovers = batch[outcome.Processed..];
@@ -600,7 +600,7 @@ public sealed class HardwareContext
     }
 
     /// <summary>One whole round on the calling thread: take, issue, finish (ring mode's dispatch loop).</summary>
-    public DispatchDecision RunOnce(IBlockDriver driver, Request[] scratch)
+    internal DispatchDecision RunOnce(IBlockDriver driver, Request[] scratch)
     {
         ArgumentNullException.ThrowIfNull(scratch);
         var n = TakeBatch(scratch);

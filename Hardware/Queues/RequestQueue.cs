@@ -55,6 +55,7 @@ public sealed class RequestQueue
     private volatile int _kind;
     private volatile int _dead;
     private volatile bool _acceptsIo;
+    private long _doubleCompletions;
 
     // Plugs holding (or that held) requests of this queue, until they are disposed: a freeze or
     // teardown flushes them so it never waits on a plugged request (see BlockPlug).
@@ -494,7 +495,7 @@ public sealed class RequestQueue
     /// thread in ring mode, the software-context actor in mailbox mode). Also the re-entry point of
     /// a bio that waited for a tag or for the queue to unfreeze.
     /// </summary>
-    public void SubmitBio(Bio bio)
+    internal void SubmitBio(Bio bio)
     {
         ArgumentNullException.ThrowIfNull(bio);
         if (!bio.Entered)
@@ -833,7 +834,7 @@ public sealed class RequestQueue
     /// tag and the usage reference first, then completes every bio with the request's status,
     /// so a continuation that submits again finds the tag free.
     /// </summary>
-    public void EndRequest(Request rq)
+    internal void EndRequest(Request rq)
     {
         ArgumentNullException.ThrowIfNull(rq);
         var status = rq.Status;
@@ -1339,6 +1340,15 @@ public sealed class RequestQueue
 
     /// <summary>Requests of this queue the driver holds now (started, not completed).</summary>
     public int InFlightCount => InFlightRequests().Count();
+
+    /// <summary>
+    /// Completions of a bio of this queue that were refused because the bio had already completed
+    /// (or was back in its pool). Every bio completes exactly once, so this stays 0; anything else
+    /// is a block-layer bug that would otherwise go unseen (<c>kernel/debug/block/&lt;dev&gt;/double_completions</c>).
+    /// </summary>
+    public long DoubleCompletions => Interlocked.Read(ref _doubleCompletions) + Bios.RefusedCompletions;
+
+    internal void CountDoubleCompletion() => Interlocked.Increment(ref _doubleCompletions);
 
     /// <summary>Changes <c>max_sectors</c> (bounded by the hardware limit by the caller).</summary>
     internal void SetMaxSectors(int sectors) => _limits = _limits with { MaxSectors = sectors };

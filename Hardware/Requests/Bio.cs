@@ -39,6 +39,13 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// <summary>The sector size the block layer counts in (512 bytes), whatever the logical block size.</summary>
     public const int SectorSize = 1 << SectorShift;
 
+    // _completed: Live until the first completion, then Completed; Pooled from its release until
+    // it is rented again, so a completion that arrives after the bio went back to its pool is
+    // refused (and counted) instead of resolving an I/O nobody submitted.
+    private const int Live = 0;
+    private const int Completed = 1;
+    private const int Pooled = 2;
+
     private ManualResetValueTaskSourceCore<BlockStatus> _core;
     private int _pendingChildren;
     private int _childStatus;
@@ -140,13 +147,15 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
 
     /// <summary>
     /// Completes the bio exactly once: resolves the awaiting <c>ValueTask</c> or calls the end-io
-    /// call-back. Later calls are ignored and return false.
+    /// call-back. A later call is refused, returns false and is counted in its queue's
+    /// <see cref="RequestQueue.DoubleCompletions"/>: it is a block-layer bug made visible.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal bool Complete(BlockStatus status)
     {
-        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        if (Interlocked.CompareExchange(ref _completed, Completed, Live) != Live)
         {
+            RefuseSecondCompletion();
             return false;
         }
 
@@ -171,6 +180,22 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         _core.SetResult(status);
         return true;
     }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RefuseSecondCompletion()
+    {
+        if (Queue is { } queue)
+        {
+            queue.CountDoubleCompletion();
+        }
+        else
+        {
+            Pool?.CountRefusedCompletion();
+        }
+    }
+
+    /// <summary>Makes a bio taken from its pool completable again.</summary>
+    internal void Revive() => Volatile.Write(ref _completed, Live);
 
     private void ChildCompleted(BlockStatus status)
     {
@@ -202,7 +227,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         FailureDeferred = false;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
-        Volatile.Write(ref _completed, 0);
+        Volatile.Write(ref _completed, Pooled);
         _core.Reset();
         Pool?.Return(this);
     }

@@ -20,6 +20,7 @@ public sealed class BioPool
 
     private readonly MpmcRing<Bio> _free;
     private long _allocated;
+    private long _refused;
 
     /// <summary>Creates a pool holding up to <paramref name="capacity"/> idle bios (rounded up to a power of two).</summary>
     public BioPool(int capacity)
@@ -27,6 +28,15 @@ public sealed class BioPool
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         _free = new MpmcRing<Bio>((int)BitOperations.RoundUpToPowerOf2((uint)Math.Max(2, capacity)));
     }
+
+    /// <summary>
+    /// Completions refused on bios already back in this pool (they name no queue any more). Kept
+    /// here rather than on the owning queue: a thread's cached bio keeps its pool reachable, and
+    /// the pool must not keep a destroyed queue alive.
+    /// </summary>
+    internal long RefusedCompletions => Interlocked.Read(ref _refused);
+
+    internal void CountRefusedCompletion() => Interlocked.Increment(ref _refused);
 
     /// <summary>Number of bios this pool has ever created (a warm pool stops growing).</summary>
     public long Allocated => Interlocked.Read(ref _allocated);
@@ -40,11 +50,13 @@ public sealed class BioPool
         if (t_owner == this && t_cached is { } cached)
         {
             t_cached = null;
+            cached.Revive();
             return cached;
         }
 
         if (_free.TryTake(out var bio))
         {
+            bio.Revive();
             return bio;
         }
 

@@ -20,7 +20,8 @@ internal sealed record AttributeFile(Func<string> Show, Func<string, string, Val
 /// logical_block_size, physical_block_size, max_sectors_kb, max_hw_sectors_kb, read_only, rotational}</c>;</item>
 /// <item><c>block/&lt;dev&gt;/mq/&lt;N&gt;/{nr_tags, nr_reserved_tags, cpu_list}</c> for mapped hardware queues only;</item>
 /// <item><c>kernel/debug/block/&lt;dev&gt;/hctx&lt;N&gt;/{state, type, active, queued, run, dispatched, pending, tags}</c>
-/// and <c>.../hctx&lt;N&gt;/cpu&lt;M&gt;/{dispatched, merged, completed, rq_list}</c> for each mapped context.</item>
+/// and <c>.../hctx&lt;N&gt;/cpu&lt;M&gt;/{dispatched, merged, completed, rq_list}</c> for each mapped context;</item>
+/// <item><c>kernel/debug/block/&lt;dev&gt;/double_completions</c>: bio completions refused as second ones (<see cref="RequestQueue.DoubleCompletions"/>).</item>
 /// </list>
 /// Values read live; the layout is fixed for the snapshot's life.
 /// </remarks>
@@ -237,6 +238,9 @@ public sealed class QueueAttributes
             q.Rotational = ParseUnsigned(path, text) != 0;
             return ValueTask.CompletedTask;
         });
+
+        // Not a kernel file: refused second completions of this queue's bios (0 unless the block layer has a bug).
+        Add($"kernel/debug/block/{q.Name}/double_completions", () => Line(q.DoubleCompletions));
 
         // §11.1: a directory per mapped hardware queue; cpu_list is fixed for the snapshot.
         foreach (var hctx in q.HardwareContexts.Where(h => h.IsMapped))

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using ActorBlk.Actors;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
-using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
 using Akka.Configuration;
@@ -12,11 +11,11 @@ namespace ActorBlk.Host.Commands;
 /// <summary>
 /// <c>actorblk bench</c>: a fio-style load generator. It creates the device in a local actor
 /// system (ring or mailbox dispatch), drives it with fio's workload options, and reports in fio's
-/// human or JSON format. The run fails (exit 3) unless every submitted I/O completed.
+/// human or JSON format. The run fails (exit 3) unless every submitted I/O completed, and completed once.
 /// </summary>
 internal static class BenchCommand
 {
-    /// <summary>Exit code of a run in which submitted and completed I/Os differ.</summary>
+    /// <summary>Exit code of a run in which submitted and completed I/Os differ, or an I/O completed twice.</summary>
     public const int LostIo = 3;
 
     public static async Task<int> RunAsync(CommandLine cl)
@@ -28,7 +27,8 @@ internal static class BenchCommand
             throw new UsageException($"unexpected argument '{cl.Positional[0]}'.");
         }
 
-        var deviceOptions = options.ToDeviceOptions();
+        // Fails early, with the option named, on a combination no device accepts.
+        _ = options.ToDeviceOptions();
 
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
         // when supervision has something to say).
@@ -65,7 +65,6 @@ internal static class BenchCommand
             var driver = device.Queue.Driver;
             await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {driver.Description}").ConfigureAwait(false);
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
-            var engine = driver is FileBlockDriver file ? (file.Engine == IoEngine.IoUring ? "io_uring" : "psync") : deviceOptions.Driver;
 
             if (options.HotplugInterval is not null && layer.Topology.Online.Count < 2)
             {
@@ -90,11 +89,22 @@ internal static class BenchCommand
             }
 
             await DestroyAll(layer, devices).ConfigureAwait(false);
-            var result = BenchResult.Combine(results) with { Supervision = supervision, Hotplug = hotplugFigures };
-            Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
+            var result = BenchResult.Combine(results) with
+            {
+                Supervision = supervision,
+                Hotplug = hotplugFigures,
+                DoubleCompletions = devices.Sum(d => d.Queue.DoubleCompletions),   // read after teardown, which completes too
+            };
+            Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
             if (result.Submitted != result.Completed)
             {
                 await Console.Error.WriteLineAsync($"actorblk bench: {result.Submitted} I/Os were submitted but {result.Completed} completed.").ConfigureAwait(false);
+                return LostIo;
+            }
+
+            if (result.DoubleCompletions != 0)
+            {
+                await Console.Error.WriteLineAsync($"actorblk bench: {result.DoubleCompletions} second completion(s) of an I/O were refused.").ConfigureAwait(false);
                 return LostIo;
             }
 

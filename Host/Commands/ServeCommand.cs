@@ -1,5 +1,6 @@
 using ActorBlk.Actors;
 using ActorBlk.Actors.Hosting;
+using ActorBlk.Actors.Nbd;
 using Akka.Cluster;
 using Akka.Hosting;
 using Akka.Logger.Serilog;
@@ -16,12 +17,13 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class ServeCommand
 {
-    public const string Usage = "actorblk serve [--config PATH] [--port N]";
+    public const string Usage = "actorblk serve [--config PATH] [--port N] [--nbd-listen ADDRESS:PORT|off]";
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var path = cl.String("config") ?? NodeConfig.Locate();
         int? port = cl.Has("port") ? cl.Int("port", 4053, 0, 65535) : null;
+        var nbdListen = cl.String("nbd-listen");
         cl.RejectUnknown();
         if (cl.Positional.Count > 0)
         {
@@ -29,6 +31,23 @@ internal static class ServeCommand
         }
 
         var config = NodeConfig.Load(path, port);
+        if (nbdListen is not null)
+        {
+            config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
+        }
+
+        // Refuse a bad NBD section (and a non-loopback address without TLS) before anything starts.
+        ActorBlk.Hardware.Nbd.NbdServerOptions? nbdOptions;
+        try
+        {
+            var nbd = NbdExportSettings.Create(config);
+            nbdOptions = nbd.Listen is null ? null : nbd.ToServerOptions();
+            nbdOptions?.Validate();
+        }
+        catch (Exception ex) when (ex is Akka.Configuration.ConfigurationException or ArgumentException)
+        {
+            throw new UsageException($"NBD export: {ex.Message}");
+        }
 
         // Refuse a bad device list before anything starts, with the offending key named.
         ActorBlkSettings.Create(config);
@@ -75,6 +94,22 @@ internal static class ServeCommand
                 }
 
                 Log.Information("Devices are addressable at {Guardian}", $"{cluster.SelfAddress}/user/{BlockLayer.GuardianName}");
+                if (nbdOptions is null)
+                {
+                    Log.Information("NBD export is off (actorblk.nbd.listen = off)");
+                }
+                else
+                {
+                    var (_, server) = NbdExport.Start(layer, nbdOptions);
+                    var endpoint = server.LocalEndPoint;
+                    foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
+                    {
+                        Log.Information("Exporting {Device} over NBD at nbd://{Endpoint}/{Device}{Default}",
+                            device.Name, endpoint, device.Name, index == 0 ? " (the default export)" : string.Empty);
+                    }
+
+                    Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
+                }
             }));
 
         try

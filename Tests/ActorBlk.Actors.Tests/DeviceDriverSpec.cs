@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
+using Akka.Actor;
 using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
@@ -11,7 +12,10 @@ namespace ActorBlk.Actors.Tests;
 
 using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
 
-/// <summary>The device-driver actor, with a probe standing in for the hardware queue.</summary>
+/// <summary>
+/// The device-driver actor of one hardware queue: the queue's dispatcher in mailbox dispatch, and
+/// the unit whose restart resets the device. The spec is its parent.
+/// </summary>
 public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
 {
     public DeviceDriverSpec(ITestOutputHelper output)
@@ -19,91 +23,124 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
     {
     }
 
-    private static Request[] Stage(MailboxRig rig, int n)
+    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
+
+    private static Task Idle(IActorRef dispatcher) => dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, TimeSpan.FromSeconds(10));
+
+    // A rig whose software contexts are real actors and whose hardware queues are dispatched by
+    // the given actors (made from the rig).
+    private MailboxRig Rig(ScriptedDriver driver, Func<MailboxRig, IActorRef[]> dispatchers, int hardwareQueues = 1)
     {
-        // Builds n requests through the real submission path (a manual runtime stages them in the ring).
-        var runtime = new ManualRuntime();
-        rig.Queue.Start(runtime);
-        for (var i = 0; i < n; i++)
+        var rig = new MailboxRig(driver, CpuTopology.Simulated(2), hardwareQueues: hardwareQueues);
+        var contexts = rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContext.Props(c, rig.Device))).ToArray();
+        rig.Start(contexts, dispatchers(rig));
+        return rig;
+    }
+
+    private static void Read(MailboxRig rig, int n)
+    {
+        using (rig.Device.Plug())
         {
-            _ = TestQueues.Submit(rig.Queue, BlockOp.Read, i * 64, 8);
+            for (var i = 0; i < n; i++)
+            {
+                _ = rig.Device.ReadAsync(i * 65536L, new byte[512], cpu: 0);
+            }
         }
-
-        var batch = new Request[n];
-        rig.Queue.HardwareContexts[0].TakeBatch(batch);
-        return batch;
     }
 
     [Fact]
-    public async Task Runs_the_batch_through_the_driver_and_answers_the_outcome()
+    public async Task A_round_stops_at_a_refusal_and_commits_what_it_queued()
     {
-        var rig = new MailboxRig(new ScriptedDriver(), CpuTopology.Simulated(2));
-        var batch = Stage(rig, 3);
-        rig.Driver.Script(BlockStatus.Ok, BlockStatus.DeviceResource);
-        var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: false));
+        IActorRef driver = ActorRefs.Nobody;
+        var rig = Rig(new ScriptedDriver(), r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: false))]);
+        rig.Driver.Script(BlockStatus.Ok, BlockStatus.DeviceResource, BlockStatus.DeviceResource);
 
-        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
+        Read(rig, 3);
 
-        var done = await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
-        Assert.Same(batch, done.Batch);
-        Assert.Equal(new DispatchOutcome(1, 1, BlockStatus.DeviceResource, null), done.Outcome);
+        // The first round queues one and commits it; SCHED_RESTART was clear, so the leftovers
+        // run again at once, are refused again, and wait for a completion.
+        await Until(() => rig.Driver.Calls.Count == 3);
+        await Idle(driver);
+        Assert.Single(rig.Driver.InFlight);
         Assert.Equal(1, rig.Driver.CommitCalls);
+        Assert.Equal(2, rig.Queue.HardwareContexts[0].PendingCount);
     }
 
     [Fact]
-    public async Task Initialises_each_hardware_queue_once_on_its_own_thread()
+    public async Task Initialises_its_hardware_queue_once_on_its_own_thread()
     {
-        var rig = new MailboxRig(new ScriptedDriver(), CpuTopology.Simulated(2));
-        var batch = Stage(rig, 2);
-        var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: true));
+        IActorRef driver = ActorRefs.Nobody;
+        var rig = Rig(new ScriptedDriver(), r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: true))]);
 
-        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch[..1]), hctx.Ref);
-        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch[1..]), hctx.Ref);
-        await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
-        await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
+        Read(rig, 1);
+        await Until(() => rig.Driver.InFlight.Count == 1);
+        _ = rig.Device.ReadAsync(65536, new byte[512], cpu: 1);
+        await Until(() => rig.Driver.InFlight.Count == 2);
+        await Idle(driver);
 
         Assert.Equal(1, rig.Driver.InitHardwareContextCalls);
-        Assert.Equal(2, rig.Driver.InFlight.Count);
     }
 
     [Fact]
-    public async Task A_restart_resets_the_device_and_reports_what_it_requeued()
+    public async Task A_restart_resets_the_device_and_what_it_held_is_retried()
     {
         // §3.5: a transient device error restarts the actor; the restart quiesces dispatch, resets
-        // the driver, hands what it held to the retry rule and tells the parent (here the probe).
-        var rig = new MailboxRig(new ScriptedDriver(extra: Hardware.Drivers.DriverFeatures.Resettable), CpuTopology.Simulated(2));
-        var batch = Stage(rig, 2);
-        var hctx = CreateTestProbe();
-        var driver = ChildActorOf(DeviceDriver.Props(rig.Queue, blocking: false),
-            new Akka.Actor.OneForOneStrategy(_ => Akka.Actor.Directive.Restart));
-        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
-        await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
-        Assert.Equal(2, rig.Queue.InFlightCount);
+        // the driver, hands what it held to the retry rule and tells the parent (here the spec);
+        // the unquiesce runs the queue, and the requests reach the reset device again.
+        IActorRef driver = ActorRefs.Nobody;
+        var rig = Rig(new ScriptedDriver(extra: Hardware.Drivers.DriverFeatures.Resettable),
+            r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: false), new OneForOneStrategy(_ => Directive.Restart))]);
+        Read(rig, 2);
+        await Until(() => rig.Driver.InFlight.Count == 2);
+        var held = rig.Driver.InFlight.ToArray();
 
         driver.Tell(new DeviceDriver.Fail(-1, new Hardware.Drivers.BlockDeviceErrorException("controller fatal status")), TestActor);
 
         var done = await ExpectMsgAsync<DeviceDriver.ResetDone>();
         Assert.Equal(new DeviceDriver.ResetDone("controller fatal status", 2, 0), done);
         Assert.Equal(1, rig.Driver.ResetCalls);
-        Assert.Equal(0, rig.Queue.InFlightCount);
-        Assert.Equal(2, rig.Queue.HardwareContexts[0].PendingCount);
-        Assert.All(batch, rq => Assert.Equal(1, rq.Retries));
+        await Until(() => rig.Driver.InFlight.Count == 2);
+        Assert.All(held, rq => Assert.Equal(1, rq.Retries));
+        Assert.False(rig.Queue.IsQuiesced);
     }
 
     [Fact]
-    public async Task A_driver_exception_is_an_outcome_not_a_crash()
+    public async Task A_reset_quiesces_every_hardware_queue_before_it_resets_the_driver()
     {
-        var rig = new MailboxRig(new ScriptedDriver { ThrowOnQueue = new InvalidOperationException("bug") }, CpuTopology.Simulated(2));
-        var batch = Stage(rig, 1);
-        var hctx = CreateTestProbe();
-        var driver = Sys.ActorOf(DeviceDriver.Props(rig.Queue, blocking: false));
+        // Hardware queue 1's dispatcher is a probe: the reset started by queue 0's driver actor
+        // waits for it to be idle too before the driver is reset.
+        var other = CreateTestProbe();
+        IActorRef driver = ActorRefs.Nobody;
+        var rig = Rig(new ScriptedDriver(extra: Hardware.Drivers.DriverFeatures.Resettable),
+            r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: false), new OneForOneStrategy(_ => Directive.Restart)), other.Ref],
+            hardwareQueues: 2);
 
-        driver.Tell(new DeviceDriver.QueueRqs(rig.Queue.HardwareContexts[0], batch), hctx.Ref);
+        driver.Tell(new DeviceDriver.Fail(0, new Hardware.Drivers.BlockDeviceErrorException("controller fatal status")), TestActor);
 
-        var done = await hctx.ExpectMsgAsync<HardwareQueue.Dispatched>();
-        Assert.IsType<InvalidOperationException>(done.Outcome.Fault);
-        Assert.Equal(0, done.Outcome.Processed);
+        await other.ExpectMsgAsync<HardwareQueue.WaitIdle>();
+        await ExpectNoMsgAsync(TimeSpan.FromMilliseconds(200));
+        Assert.Equal(0, rig.Driver.ResetCalls);
+        Assert.True(rig.Queue.IsQuiesced);
+
+        other.Reply(HardwareQueue.DispatchIdle.Instance);
+        await ExpectMsgAsync<DeviceDriver.ResetDone>();
+        Assert.Equal(1, rig.Driver.ResetCalls);
+        Assert.False(rig.Queue.IsQuiesced);
+    }
+
+    [Fact]
+    public async Task A_driver_exception_is_reported_to_the_parent_not_a_crash()
+    {
+        IActorRef driver = ActorRefs.Nobody;
+        var rig = Rig(new ScriptedDriver { ThrowOnQueue = new InvalidOperationException("bug") },
+            r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: false), new OneForOneStrategy(_ => Directive.Escalate))]);
+
+        Read(rig, 1);
+
+        var fault = await ExpectMsgAsync<HardwareQueue.DeviceFaulted>();
+        Assert.IsType<InvalidOperationException>(fault.Error);
+        Assert.True(rig.Queue.HardwareContexts[0].IsStopped);
+        await Idle(driver);
+        Assert.Equal(1, rig.Queue.HardwareContexts[0].PendingCount);
     }
 }

@@ -252,12 +252,20 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
     public async Task Destroying_drains_in_flight_io_and_later_io_fails_offline()
     {
         var device = await Create(new DeviceOptions { Name = "gone", Size = 8 << 20, IrqMode = IrqMode.Timer, CompletionNsec = 200_000 });
-        var inflight = Enumerable.Range(0, 40).Select(i => device.ExecuteAsync(BlockOp.Read, i * 4096L, 4096, new byte[4096]).AsTask()).ToArray();
+        var ledger = new Testing.CompletionLedger(40);
+        var inflight = Enumerable.Range(0, 40).Select(i => ledger.Submit(device, BlockOp.Read, i * 4096L, 4096, new byte[4096])).ToArray();
 
         Assert.Equal(0, await Layer.DestroyDeviceAsync("gone"));
 
+        // Teardown drained every request: each end-io ran once (counted in the call-back, per
+        // request), and no bio completion was refused as a second one.
         Assert.All(await Task.WhenAll(inflight), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(0, ledger.Missing);
+        Assert.Equal(0, ledger.Duplicated);
+        Assert.Equal(40, ledger.Completed);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
         Assert.Equal(BlockStatus.Offline, await device.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]));
+        Assert.Equal(0, device.Queue.DoubleCompletions);
         Assert.False(Layer.TryGetDevice("gone", out _));
         var again = await Create(new DeviceOptions { Name = "gone", Size = 1 << 20 });
         Assert.Equal("gone", again.Name);

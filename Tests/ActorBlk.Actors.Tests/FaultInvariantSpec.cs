@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Configuration;
 using Xunit;
 using Xunit.Abstractions;
@@ -14,7 +15,8 @@ namespace ActorBlk.Actors.Tests;
 /// several submitting threads against a device injecting every fault there is — I/O errors,
 /// Resource/DeviceResource refusals, lost completions (timeouts and retries), latency spikes and a
 /// crash every so many requests (a reset, or a gone device reopened) — and still every request
-/// completes exactly once, every tag is free at the end, and what was written successfully reads back.
+/// completes exactly once (counted per request in its end-io call-back, with no second completion
+/// refused by the queue), every tag is free at the end, and what was written successfully reads back.
 /// </summary>
 public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
 {
@@ -24,6 +26,9 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
     private const int BlocksPerSlot = 16;
     private const int BlockSize = 4096;
     private const int Unknown = -1;
+
+    // Liveness bound only: a lost completion would otherwise hang the run.
+    private static readonly TimeSpan Liveness = TimeSpan.FromMinutes(5);
 
     // Enough resets and reopens allowed that the crashes and timeout bursts of the run never give the device up.
     private static readonly Config Tolerant = ConfigurationFactory.ParseString("""
@@ -98,8 +103,8 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
         // unknown after a failed write (a failed write may or may not have reached the medium).
         var versions = new int[Submitters * Slots * BlocksPerSlot];
         var statuses = new long[Enum.GetValues<BlockStatus>().Max(s => (int)s) + 1];
-        long submitted = 0;
-        long completed = 0;
+        var expected = Submitters * Slots * (PerSubmitter / Slots);
+        var ledger = new CompletionLedger(expected);
         long mismatches = 0;
 
         async Task Slot(int submitter, int slot)
@@ -118,11 +123,11 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
                     Fill(buffer, block, version);
                 }
 
-                Interlocked.Increment(ref submitted);
+                // Counted in the end-io call-back, per request: a second completion or a missing
+                // one shows in the ledger, not only in a task that completes once or hangs.
                 var status = op == BlockOp.Flush
-                    ? await device.ExecuteAsync(op, 0, 0, Memory<byte>.Empty, cpu: submitter)
-                    : await device.ExecuteAsync(op, (long)block * BlockSize, BlockSize, buffer, cpu: submitter);
-                Interlocked.Increment(ref completed);
+                    ? await ledger.Submit(device, op, 0, 0, Memory<byte>.Empty, cpu: submitter)
+                    : await ledger.Submit(device, op, (long)block * BlockSize, BlockSize, buffer, cpu: submitter);
                 Interlocked.Increment(ref statuses[(int)status]);
 
                 if (op == BlockOp.Write)
@@ -139,11 +144,20 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
         var work = Enumerable.Range(0, Submitters)
             .SelectMany(s => Enumerable.Range(0, Slots).Select(slot => Task.Run(() => Slot(s, slot))))
             .ToArray();
-        await Task.WhenAll(work);
+        var all = Task.WhenAll(work);
+        var finished = await Task.WhenAny(all, Task.Delay(Liveness)) == all;
 
-        // Exactly once: every submission came back with one status; nothing is held anywhere.
-        Assert.Equal(Submitters * Slots * (PerSubmitter / Slots), submitted);
-        Assert.Equal(submitted, completed);
+        // Exactly once: every request's end-io ran once (none missing, none twice), no bio
+        // completion was refused as a second one, and nothing is held anywhere.
+        Assert.Equal(0, ledger.Missing);
+        Assert.True(finished, "the load did not finish");
+        await all;
+        Assert.Equal(expected, ledger.Submitted);
+        Assert.Equal(0, ledger.Duplicated);
+        Assert.Equal(ledger.Submitted, ledger.Completed);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+        Assert.Equal("0\n", device.Attributes.Read($"kernel/debug/block/{device.Name}/double_completions"));
+        var submitted = ledger.Submitted;
         Assert.Equal(submitted, statuses.Sum());
         await AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), TimeSpan.FromSeconds(10));
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));

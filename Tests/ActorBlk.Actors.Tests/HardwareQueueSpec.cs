@@ -13,13 +13,15 @@ namespace ActorBlk.Actors.Tests;
 using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
 
 /// <summary>
-/// The hardware-queue actor as the mailbox dispatcher, with a probe standing in for the driver
-/// actor (the spec runs the driver calls itself) and virtual time for its timers.
+/// Mailbox dispatch of one hardware queue: its driver actor is the dispatcher (a round runs in one
+/// message, against a scripted driver), its hardware-queue actor runs the timeout scan and takes
+/// stop/start, and dispatches only while no driver actor lives. Virtual time drives the timers;
+/// the spec is the actors' parent, so reports to the request-queue actor arrive here.
 /// </summary>
 public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
 {
     private readonly MailboxRig _rig;
-    private readonly TestProbe _driver;
+    private readonly IActorRef _driver;
     private readonly IActorRef _hctx;
 
     public HardwareQueueSpec(ITestOutputHelper output)
@@ -27,43 +29,25 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     {
         _rig = new MailboxRig(new ScriptedDriver(), CpuTopology.Simulated(2), new QueueOptions { MergePolicy = MergePolicy.Off, IoTimeoutMs = 1000 },
             clock: new SchedulerBlockClock(Sys.Scheduler));
-        _driver = CreateTestProbe();
         var contexts = _rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContext.Props(c, _rig.Device))).ToArray();
-        _hctx = ChildActorOf(HardwareQueue.Props(_rig.Queue.HardwareContexts[0], _driver.Ref, mailbox: true, TimeSpan.FromSeconds(1)));
-        _rig.Start(contexts, [_hctx]);
+        _driver = ChildActorOf(DeviceDriver.Props(_rig.Queue, 0, blocking: false));
+        _hctx = ChildActorOf(HardwareQueue.Props(_rig.Queue.HardwareContexts[0], TimeSpan.FromSeconds(1)));
+        _rig.Start(contexts, [_driver]);
     }
 
     private TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
 
     private HardwareContext Hctx => _rig.Queue.HardwareContexts[0];
 
-    private async Task<DeviceDriver.QueueRqs> ExpectBatch() => await _driver.ExpectMsgAsync<DeviceDriver.QueueRqs>();
+    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
 
-    // Plays the driver actor: runs the batch through the scripted driver and answers the queue.
-    private void Answer(DeviceDriver.QueueRqs batch) =>
-        _driver.Reply(new HardwareQueue.Dispatched(batch.Batch, batch.Hctx.Issue(_rig.Driver, batch.Batch)));
+    // The dispatcher answers once the round in progress (if any) has finished.
+    private Task Idle(IActorRef dispatcher) => dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, TimeSpan.FromSeconds(10));
 
-    [Fact]
-    public async Task A_batch_lost_with_a_stopped_driver_goes_back_and_reaches_the_next_one()
-    {
-        // The driver actor stops (a gone device) with the batch unanswered in its mailbox.
-        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 0);
-        var lost = await ExpectBatch();
-        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(50));
-        Sys.Stop(_driver.Ref);
-        await AwaitConditionAsync(() => Task.FromResult(Hctx.PendingCount == 1), TimeSpan.FromSeconds(5));
-
-        // No dispatch while there is no driver; the reopened device's actor gets the same request.
-        var reopened = CreateTestProbe();
-        _hctx.Tell(new HardwareQueue.UseDriver(reopened.Ref));
-        var again = await reopened.ExpectMsgAsync<DeviceDriver.QueueRqs>();
-        Assert.Same(lost.Batch[0], again.Batch[0]);
-        reopened.Reply(new HardwareQueue.Dispatched(again.Batch, again.Hctx.Issue(_rig.Driver, again.Batch)));
-        Assert.Single(_rig.Driver.InFlight);
-    }
+    private int Calls => _rig.Driver.Calls.Count;
 
     [Fact]
-    public async Task Staged_requests_go_to_the_driver_actor_in_one_batch()
+    public async Task Staged_requests_reach_the_driver_in_one_round()
     {
         using (_rig.Device.Plug())
         {
@@ -73,66 +57,67 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
             }
         }
 
-        var batch = await ExpectBatch();
-        Assert.Equal(3, batch.Batch.Length);
-        Answer(batch);
-        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(100));
-        Assert.Equal(3, _rig.Driver.InFlight.Count);
+        await Until(() => _rig.Driver.InFlight.Count == 3);
+        await Idle(_driver);
         Assert.Equal([false, false, true], _rig.Driver.Calls.Select(c => c.Last));
+        Assert.Equal(1, Hctx.DispatchedHistogram[HardwareContext.DispatchBucket(3)]);
+        Assert.Equal(1, _rig.Driver.InitHardwareContextCalls);
     }
 
     [Fact]
     public async Task Resource_reruns_at_once_then_after_3_ms_of_virtual_time()
     {
-        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
         _rig.Driver.Script(BlockStatus.Resource, BlockStatus.Resource);
+        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
 
-        Answer(await ExpectBatch());          // SCHED_RESTART clear: rerun now
-        Answer(await ExpectBatch());          // restart set, Resource: rerun after 3 ms
-        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(100));
+        // SCHED_RESTART clear: rerun now; then set, and Resource: rerun after 3 ms.
+        await Until(() => Calls == 2);
+        await Idle(_driver);
+        Assert.Empty(_rig.Driver.InFlight);
 
         Scheduler.Advance(TimeSpan.FromMilliseconds(3));
-        Answer(await ExpectBatch());
-
-        Assert.Single(_rig.Driver.InFlight);
+        await Until(() => _rig.Driver.InFlight.Count == 1);
+        Assert.Equal(3, Calls);
     }
 
     [Fact]
     public async Task Device_resource_waits_for_a_completion()
     {
         _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
-        Answer(await ExpectBatch());
-        _ = _rig.Device.ReadAsync(4096, new byte[512], cpu: 1);
+        await Until(() => _rig.Driver.InFlight.Count == 1);
         _rig.Driver.Script(BlockStatus.DeviceResource, BlockStatus.DeviceResource);
-        Answer(await ExpectBatch());
-        Answer(await ExpectBatch());
+        _ = _rig.Device.ReadAsync(4096, new byte[512], cpu: 1);
+        await Until(() => Calls == 3);
 
         Scheduler.Advance(TimeSpan.FromMilliseconds(10));
-        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(100));
+        await Idle(_driver);
+        Assert.Equal(3, Calls);
 
         _rig.Driver.CompleteAll();
-        Answer(await ExpectBatch());
-        Assert.Single(_rig.Driver.InFlight);
+        await Until(() => _rig.Driver.InFlight.Count == 1);
+        Assert.Equal(4, Calls);
     }
 
     [Fact]
-    public async Task Wait_idle_answers_only_after_the_round_in_flight()
+    public async Task A_quiesce_asks_the_dispatcher_and_the_unquiesce_runs_it_again()
     {
+        // The quiesce completes when the driver actor answers WaitIdle (no round in progress).
+        await _rig.Queue.QuiesceAsync().WaitAsync(TimeSpan.FromSeconds(10));
+
         _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
-        var batch = await ExpectBatch();
+        await Until(() => Hctx.PendingCount == 1);
+        await Idle(_driver);
+        Assert.Equal(0, Calls);
 
-        _hctx.Tell(HardwareQueue.WaitIdle.Instance);
-        await ExpectNoMsgAsync(TimeSpan.FromMilliseconds(100));
-
-        Answer(batch);
-        await ExpectMsgAsync<HardwareQueue.DispatchIdle>();
+        _rig.Queue.Unquiesce();
+        await Until(() => _rig.Driver.InFlight.Count == 1);
     }
 
     [Fact]
     public async Task The_timeout_scan_reports_expired_requests_to_the_parent()
     {
         _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
-        Answer(await ExpectBatch());
+        await Until(() => _rig.Driver.InFlight.Count == 1);
 
         // Step virtual time past one io_timeout; each scan re-arms its timer when it has run.
         await AwaitAssertAsync(() =>
@@ -149,9 +134,8 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task A_driver_fault_stops_the_queue_and_is_reported()
     {
-        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
         _rig.Driver.ThrowOnQueue = new Hardware.Drivers.BlockDeviceErrorException("media gone");
-        Answer(await ExpectBatch());
+        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
 
         var fault = await ExpectMsgAsync<HardwareQueue.DeviceFaulted>();
         Assert.Equal("media gone", fault.Error.Message);
@@ -163,11 +147,52 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     public async Task Stop_and_start_control_dispatch()
     {
         _hctx.Tell(HardwareQueue.Stop.Instance);
+        await Until(() => Hctx.IsStopped);
         _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
-        await _driver.ExpectNoMsgAsync(TimeSpan.FromMilliseconds(200));
+        await Until(() => Hctx.PendingCount == 1);
+        await Idle(_driver);
+        Assert.Equal(0, Calls);
 
         _hctx.Tell(HardwareQueue.Start.Instance);
-        Answer(await ExpectBatch());
+        await Until(() => _rig.Driver.InFlight.Count == 1);
+    }
+
+    [Fact]
+    public async Task Requests_staged_while_no_driver_actor_lives_wait_for_the_next_one()
+    {
+        // The driver actor stops (a gone device); its queue's dispatcher becomes the
+        // hardware-queue actor, which keeps requests waiting while the device may come back.
+        Watch(_driver);
+        Sys.Stop(_driver);
+        await ExpectTerminatedAsync(_driver);
+        _rig.Runtime.SetDispatcher(0, _hctx);
+
+        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
+        await Until(() => Hctx.PendingCount == 1);
+        await Idle(_hctx);
+        Assert.Equal(0, Calls);
+
+        var reopened = ChildActorOf(DeviceDriver.Props(_rig.Queue, 0, blocking: false));
+        _rig.Runtime.SetDispatcher(0, reopened);
+        await Until(() => _rig.Driver.InFlight.Count == 1);
+        Assert.Equal(0, Hctx.PendingCount);
+    }
+
+    [Fact]
+    public async Task Without_a_driver_actor_an_offline_queue_fails_what_is_staged()
+    {
+        Watch(_driver);
+        Sys.Stop(_driver);
+        await ExpectTerminatedAsync(_driver);
+        _rig.Runtime.SetDispatcher(0, _hctx);
+        var read = _rig.Device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]);
+        await Until(() => Hctx.PendingCount == 1);
+
+        _rig.Queue.SetOffline(failInFlight: true);
+
+        Assert.Equal(BlockStatus.Offline, await read.AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(0, Calls);
+        Assert.Equal(0, Hctx.Tags.InUse);
     }
 
     [Fact]

@@ -2,6 +2,7 @@ using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Actor;
 using Xunit;
 using Xunit.Abstractions;
@@ -96,9 +97,8 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
     {
         var device = await Create("hp2");
         const int perCpu = 2_000;
-        var completed = 0L;
+        var ledger = new CompletionLedger(4 * perCpu);
         var failed = 0L;
-        using var stop = new CancellationTokenSource();
 
         async Task Load(int cpu)
         {
@@ -106,8 +106,7 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
             for (var i = 0; i < perCpu; i++)
             {
                 var offset = ((cpu * perCpu) + i) % 4096 * 4096L;
-                var status = await device.ExecuteAsync(i % 2 == 0 ? BlockOp.Write : BlockOp.Read, offset, 4096, buffer, cpu: cpu);
-                Interlocked.Increment(ref completed);
+                var status = await ledger.Submit(device, i % 2 == 0 ? BlockOp.Write : BlockOp.Read, offset, 4096, buffer, cpu: cpu);
                 if (status != BlockStatus.Ok)
                 {
                     Interlocked.Increment(ref failed);
@@ -127,7 +126,13 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
 
         await load;
         Assert.True(remaps >= 2);
-        Assert.Equal(4 * perCpu, completed);
+
+        // Counted in the end-io call-back per request: each completed once, none twice, none refused.
+        Assert.Equal(4 * perCpu, ledger.Submitted);
+        Assert.Equal(0, ledger.Missing);
+        Assert.Equal(0, ledger.Duplicated);
+        Assert.Equal(ledger.Submitted, ledger.Completed);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
         Assert.Equal(0, failed);
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
         Assert.Equal(0, device.Queue.Usage.Count);

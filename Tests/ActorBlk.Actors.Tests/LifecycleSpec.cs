@@ -80,6 +80,7 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(before, await SettledActorCountAsync(before));
         var late = await Assert.ThrowsAsync<BlockIoException>(async () => await device.WriteAsync(0, new byte[4096]));
         Assert.Equal(Hardware.Requests.BlockStatus.Offline, late.Status);
+        Assert.Equal(0, queue.DoubleCompletions);
     }
 
     [Fact]
@@ -193,6 +194,7 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         await device.ReadAsync(0, new byte[4096]);
         var refs = (new WeakReference(device.Queue), new WeakReference(device.Queue.TagSet));
         Assert.Equal(0, await Layer.DestroyDeviceAsync(name));
+        Assert.Equal(0, device.Queue.DoubleCompletions);
         return refs;
     }
 

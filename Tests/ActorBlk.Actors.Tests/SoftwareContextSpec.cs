@@ -14,7 +14,7 @@ namespace ActorBlk.Actors.Tests;
 
 using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
 
-/// <summary>The software-context actor, with a probe standing in for its hardware queue.</summary>
+/// <summary>The software-context actor, with a probe standing in for its hardware queue's dispatcher.</summary>
 public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
 {
     private readonly MailboxRig _rig;
@@ -30,16 +30,26 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
         _rig.Start(contexts, [_hctx.Ref]);
     }
 
+    // Staging kicks the dispatcher once; the request waits in the hardware queue's ring, where the
+    // spec takes it as the dispatcher would.
+    private async Task<Request> ExpectStaged()
+    {
+        await _hctx.ExpectMsgAsync<HardwareQueue.Run>();
+        var batch = new Request[1];
+        Assert.Equal(1, _rig.Queue.HardwareContexts[0].TakeBatch(batch));
+        return batch[0];
+    }
+
     [Fact]
     public async Task A_request_sent_to_a_context_is_built_on_its_cpu_and_staged_on_its_hardware_queue()
     {
         _rig.Contexts[2].Tell(new Proto.Submit(7, BlockOp.Read, 4096, 4096));
 
-        var dispatch = await _hctx.ExpectMsgAsync<HardwareQueue.Dispatch>();
+        var rq = await ExpectStaged();
 
-        Assert.Equal(8, dispatch.Request.Sector);
-        Assert.Equal(8, dispatch.Request.Sectors);
-        Assert.Equal(2, dispatch.Request.Ctx!.Cpu);
+        Assert.Equal(8, rq.Sector);
+        Assert.Equal(8, rq.Sectors);
+        Assert.Equal(2, rq.Ctx!.Cpu);
         Assert.Equal(1, _rig.Queue.SoftwareContexts[2].DispatchedSync);
     }
 
@@ -48,7 +58,7 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
     {
         var data = Enumerable.Range(0, 512).Select(i => (byte)i).ToArray();
         _rig.Contexts[3].Tell(new Proto.Submit(11, BlockOp.Write, 0, 512, data));
-        var rq = (await _hctx.ExpectMsgAsync<HardwareQueue.Dispatch>()).Request;
+        var rq = await ExpectStaged();
 
         // The "device" completes it from CPU 0; rq_affinity 2 sends the completion to CPU 3's actor.
         rq.Start();
@@ -68,7 +78,7 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
     public async Task A_read_reply_carries_the_data()
     {
         _rig.Contexts[1].Tell(new Proto.Submit(5, BlockOp.Read, 0, 1024));
-        var rq = (await _hctx.ExpectMsgAsync<HardwareQueue.Dispatch>()).Request;
+        var rq = await ExpectStaged();
         foreach (var bio in rq.Bios)
         {
             bio.Buffer.Span.Fill(0xAB);
@@ -86,7 +96,7 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
     public async Task A_failed_io_replies_its_status_without_data()
     {
         _rig.Contexts[0].Tell(new Proto.Submit(9, BlockOp.Read, 0, 512));
-        var rq = (await _hctx.ExpectMsgAsync<HardwareQueue.Dispatch>()).Request;
+        var rq = await ExpectStaged();
         rq.Start();
         rq.End(BlockStatus.Medium);
 
@@ -121,7 +131,7 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
     public async Task Stats_report_the_contexts_counters()
     {
         _rig.Contexts[2].Tell(new Proto.Submit(1, BlockOp.Read, 0, 512));
-        await _hctx.ExpectMsgAsync<HardwareQueue.Dispatch>();
+        await ExpectStaged();
 
         _rig.Contexts[2].Tell(Proto.GetStats.Instance);
 

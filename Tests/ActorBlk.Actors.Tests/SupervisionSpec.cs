@@ -48,7 +48,8 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
 
     private static DriverFeatures Resettable => DriverFeatures.Resettable;
 
-    private ActorSelection DriverOf(string device) => Sys.ActorSelection($"/user/actorblk/dev-{device}-*/driver");
+    // The driver actor of hardware queue 0 (each hardware queue has its own).
+    private ActorSelection DriverOf(string device) => Sys.ActorSelection($"/user/actorblk/dev-{device}-*/driver-0");
 
     private async Task<RequestQueue.Info> InfoOf(string device) =>
         await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueue.Info>(RequestQueue.GetInfo.Instance, TimeSpan.FromSeconds(5));

@@ -12,15 +12,15 @@ using RequestQueue = ActorBlk.Hardware.Queues.RequestQueue;
 using TagSet = ActorBlk.Hardware.Tags.TagSet;
 
 /// <summary>
-/// A data-plane queue wired for mailbox dispatch, whose software-context and hardware-queue
-/// actors are each either the real actor or a probe supplied by the spec.
+/// A data-plane queue wired for mailbox dispatch, whose software-context actors and hardware
+/// queue dispatchers are each either the real actor or a probe supplied by the spec.
 /// </summary>
 public sealed class MailboxRig
 {
-    public MailboxRig(ScriptedDriver driver, CpuTopology topology, QueueOptions? options = null, int depth = 16, BlockClock? clock = null)
+    public MailboxRig(ScriptedDriver driver, CpuTopology topology, QueueOptions? options = null, int depth = 16, BlockClock? clock = null, int hardwareQueues = 1)
     {
         Driver = driver;
-        TagSet = new TagSet(new TagSetOptions { QueueDepth = depth, Seed = 5 }, topology, driver.InitRequest);
+        TagSet = new TagSet(new TagSetOptions { QueueDepth = depth, Seed = 5, HardwareQueues = hardwareQueues }, topology, driver.InitRequest);
         Queue = new RequestQueue("rig0", TagSet, driver, options ?? new QueueOptions { MergePolicy = MergePolicy.Off }, clock);
         TagSet.AddQueue(Queue);
         Device = new BlockDevice(Queue);
@@ -36,13 +36,16 @@ public sealed class MailboxRig
 
     public IActorRef[] Contexts { get; private set; } = [];
 
-    public IActorRef[] HardwareQueues { get; private set; } = [];
+    public IActorRef[] Dispatchers { get; private set; } = [];
 
-    /// <summary>Starts the queue on mailbox dispatch with the given actors.</summary>
-    public void Start(IActorRef[] contexts, IActorRef[] hardwareQueues)
+    internal MailboxRuntime Runtime { get; private set; } = null!;
+
+    /// <summary>Starts the queue on mailbox dispatch with the given actors (a dispatcher per hardware queue).</summary>
+    public void Start(IActorRef[] contexts, IActorRef[] dispatchers)
     {
         Contexts = contexts;
-        HardwareQueues = hardwareQueues;
-        Queue.Start(new MailboxRuntime(contexts, hardwareQueues, TimeSpan.FromSeconds(5)));
+        Dispatchers = dispatchers;
+        Runtime = new MailboxRuntime(contexts, dispatchers, TimeSpan.FromSeconds(5));
+        Queue.Start(Runtime);
     }
 }
