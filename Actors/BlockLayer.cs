@@ -34,6 +34,7 @@ public sealed class BlockLayer : IExtension
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
     private TopologySnapshot? _currentTopology;
+    private long _shutdownDrainTicks;
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
     public BlockLayer(ExtendedActorSystem system)
@@ -57,6 +58,13 @@ public sealed class BlockLayer : IExtension
         var shutdown = CoordinatedShutdown.Get(system);
         shutdown.AddTask(CoordinatedShutdown.PhaseServiceStop, "actorblk-destroy-devices", async () =>
         {
+            // Every outstanding I/O must complete (with Offline if need be) while the actors that
+            // carry it still run: the phase is cut off after its timeout and the system then stops
+            // the actors, so teardown at shutdown drains for a quarter of the phase at most
+            // instead of the full drain timeout, and every device is torn down at once.
+            var phase = shutdown.Timeout(CoordinatedShutdown.PhaseServiceStop);
+            var drain = TimeSpan.FromTicks(Math.Min(Settings.DrainTimeout.Ticks, phase.Ticks / 4));
+            Volatile.Write(ref _shutdownDrainTicks, Math.Max(drain.Ticks, TimeSpan.FromMilliseconds(100).Ticks));
             await DestroyAllDevicesAsync().ConfigureAwait(false);
             return Done.Instance;
         });
@@ -75,6 +83,13 @@ public sealed class BlockLayer : IExtension
 
     /// <summary>The <c>actorblk</c> settings.</summary>
     public ActorBlkSettings Settings { get; }
+
+    /// <summary>
+    /// How long unregistering a device waits for its I/O to drain before failing the rest: the
+    /// drain timeout, or less once the actor system shuts down (see the shutdown task).
+    /// </summary>
+    internal TimeSpan UnregisterDrainTimeout =>
+        Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
 
     /// <summary>The CPU topology devices are mapped on at start.</summary>
     public TopologySnapshot Topology { get; }
@@ -222,10 +237,24 @@ public sealed class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
+    /// <exception cref="TimeoutException">The removal did not finish in time; the name stays taken until it does.</exception>
     public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var reply = await Guardian.Ask<object>(new Destroy(name), Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        // Teardown waits up to the drain timeout for requests to drain, and as long again for the
+        // stragglers it failed to arrive (RequestQueue.ShutdownAsync), then releases the device.
+        var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
+        object reply;
+        try
+        {
+            reply = await Guardian.Ask<object>(new Destroy(name), limit, cancellationToken).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
+        }
+
+
         return reply switch
         {
             Destroyed d => d.FailedRequests,
@@ -427,8 +456,9 @@ public sealed class BlockLayer : IExtension
         var left = new List<string>(names);
         while (left.Count > 0)
         {
-            var busy = new List<string>();
-            foreach (var name in left)
+            // Devices are torn down together, so shutdown takes one drain, not one per device.
+            var busy = new ConcurrentBag<string>();
+            await Task.WhenAll(left.Select(async name =>
             {
                 try
                 {
@@ -442,14 +472,14 @@ public sealed class BlockLayer : IExtension
                 {
                     busy.Add(name);
                 }
-            }
+            })).ConfigureAwait(false);
 
             if (busy.Count == left.Count)
             {
                 break;
             }
 
-            left = busy;
+            left = [.. busy];
         }
     }
 
