@@ -30,6 +30,7 @@ internal static class IostatCommand
         ArgumentNullException.ThrowIfNull(cl);
         var node = cl.String("node");
         var address = NodeClient.AddressFrom(cl);
+        var nodeConfig = NodeClient.ConfigFrom(cl);
         if (node is not null && !node.Contains("://", StringComparison.Ordinal))
         {
             // HOST:PORT, as iostat users would give it.
@@ -86,7 +87,19 @@ internal static class IostatCommand
             count = c;
         }
 
-        await using var client = NodeClient.Connect(address);
+        NodeClient connected;
+        try
+        {
+            // TLS settings from the node's configuration, as `actorblk sysfs` connects (README, "Security").
+            connected = NodeClient.Connect(address, nodeConfig);
+        }
+        catch (Akka.Configuration.ConfigurationException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return Failed;
+        }
+
+        await using var client = connected;
         try
         {
             var previous = await SampleAsync(client, devices).ConfigureAwait(false);
