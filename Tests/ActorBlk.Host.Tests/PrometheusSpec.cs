@@ -21,11 +21,6 @@ public sealed class PrometheusSpec
     [Fact]
     public async Task A_scrape_shows_the_device_counters()
     {
-        var port = FreePort();
-        var prefix = PrometheusEndpoint.Prefix($"127.0.0.1:{port}");
-        Assert.Equal($"http://127.0.0.1:{port}/", prefix);
-        using var provider = PrometheusEndpoint.Start(prefix!);
-
         var driver = new ScriptedDriver { CompleteInline = true };
         var (queue, runtime) = TestQueues.Create(driver, name: "prom0");
         queue.Register();
@@ -33,8 +28,24 @@ public sealed class PrometheusSpec
         runtime.RunRound();
         Assert.Equal(BlockStatus.Ok, await read);
 
+        // The free port is probed, then bound by the listener: a process started in between (other
+        // specs start nodes) may take it, so a listener that could not serve is tried on another.
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
-        var text = await http.GetStringAsync(new Uri($"{prefix}metrics"));
+        string? text = null;
+        for (var attempt = 0; text is null; attempt++)
+        {
+            var port = FreePort();
+            var prefix = PrometheusEndpoint.Prefix($"127.0.0.1:{port}");
+            Assert.Equal($"http://127.0.0.1:{port}/", prefix);
+            using var provider = PrometheusEndpoint.Start(prefix!);
+            try
+            {
+                text = await http.GetStringAsync(new Uri($"{prefix}metrics"));
+            }
+            catch (HttpRequestException) when (attempt < 2)
+            {
+            }
+        }
 
         Assert.Matches(new Regex(@"^actorblk_io_operations_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 1(\s|$)", RegexOptions.Multiline), text);
         Assert.Matches(new Regex(@"^actorblk_io_bytes_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 4096(\s|$)", RegexOptions.Multiline), text);
