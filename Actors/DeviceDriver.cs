@@ -68,6 +68,11 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
     private bool _initialised;
     private string _resetReason = string.Empty;
 
+    // True from the reset's quiesce until FinishReset releases it. A driver actor stopped in the
+    // middle of a reset (the device was found gone meanwhile) releases it in PostStop, or the
+    // queue would stay quiesced after a reopen and every request would wait for ever.
+    private bool _resetQuiesceHeld;
+
     public DeviceDriverActor(DataPlaneQueue queue, int hardwareQueue)
     {
         _queue = queue;
@@ -104,6 +109,7 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
         base.PostRestart(reason);
         _resetReason = reason.Message;
         Become(Resetting);
+        _resetQuiesceHeld = true;
 
         // The quiesce covers every hardware queue of the device, so no other driver actor calls
         // the driver while it resets; it asks this actor too, which answers from Resetting.
@@ -112,6 +118,12 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
 
     protected override void PostStop()
     {
+        if (_resetQuiesceHeld)
+        {
+            _resetQuiesceHeld = false;
+            _queue.Unquiesce();
+        }
+
         // exit_hctx for the hardware queue this actor initialised (mailbox dispatch); a restart
         // passes here too, and the next instance initialises it again, as after a reset.
         if (!_initialised)
@@ -179,6 +191,7 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
         }
         finally
         {
+            _resetQuiesceHeld = false;
             _queue.Unquiesce();
         }
 

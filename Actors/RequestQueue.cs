@@ -84,6 +84,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private int _reopenAttempt;
     private DeviceHealth _health = DeviceHealth.Online;
     private bool _stoppingDrivers;
+
+    // Set when the supervisor stops a driver actor because the device is gone; cleared when the
+    // driver actors start again (a reopen). Until then no driver actor is restarted.
+    private bool _goneDecided;
     private readonly Queue<DateTimeOffset> _restarts = new();
     private bool _shutdownDone;
 
@@ -121,7 +125,18 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         return new OneForOneStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), ex =>
         {
             var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
-            if (directive == Directive.Restart)
+            if (directive == Directive.Stop)
+            {
+                _goneDecided = true;
+            }
+            else if (_goneDecided)
+            {
+                // Another driver actor of this device was stopped as gone: every one of them is
+                // being stopped, so a reset now (its quiesce racing the stop) would only get in
+                // the way of the reopen. The device is handled as gone once all are dead.
+                directive = Directive.Stop;
+            }
+            else
             {
                 var now = scheduler.Now;
                 while (_restarts.Count > 0 && now - _restarts.Peek() > supervision.ResetWindow)
@@ -342,6 +357,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         }
 
         _stoppingDrivers = false;
+        _goneDecided = false;
     }
 
     private void StopDrivers()
