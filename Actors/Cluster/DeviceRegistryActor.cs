@@ -92,8 +92,8 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         {
             var queue = device.Queue;
             var state = queue.IsOffline ? ClusterDeviceStates.Offline
-                : queue.State == QueueState.Registered ? ClusterDeviceStates.Live
-                : ClusterDeviceStates.Dying;
+                : queue.IsDying || queue.State != QueueState.Registered ? ClusterDeviceStates.Dying
+                : ClusterDeviceStates.Live;
             var entry = new ClusterDevice(
                 device.Name,
                 _self,
@@ -169,6 +169,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     private void Withdrawing()
     {
+        Receive<Withdraw>(_ => HandleWithdraw());
         Receive<UpdateSuccess>(s => Reply(s.Request, true));
         Receive<UpdateTimeout>(t => Reply(t.Request, false));
         Receive<ModifyFailure>(f => Reply(f.Request, false));
