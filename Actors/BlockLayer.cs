@@ -49,7 +49,7 @@ public sealed class BlockLayer : IExtension
         system.Settings.InjectTopLevelFallback(ActorBlkSettings.DefaultConfig());
         Settings = ActorBlkSettings.Create(system);
         Topology = Settings.BuildTopology();
-        SoftIrq = new BlockSoftIrq(Topology.PossibleCount);
+        SoftIrq = new BlockSoftIrq(Topology);
         Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
         ClusterDevices = new ClusterDevices(system.Provider is Akka.Cluster.IClusterActorRefProvider
             && system.Settings.Config.GetBoolean("actorblk.cluster.registry.enabled", true));
@@ -61,7 +61,14 @@ public sealed class BlockLayer : IExtension
             await DestroyAllDevicesAsync().ConfigureAwait(false);
             return Done.Instance;
         });
-        system.WhenTerminated.ContinueWith(_ => SoftIrq.Dispose(), TaskScheduler.Default);
+        // A thread that cannot be pinned to its CPUs keeps running unpinned; say so once per thread.
+        Action<string> pinFailed = message => system.Log.Warning("{0}", message);
+        CpuAffinity.PinFailed += pinFailed;
+        system.WhenTerminated.ContinueWith(_ =>
+        {
+            CpuAffinity.PinFailed -= pinFailed;
+            SoftIrq.Dispose();
+        }, TaskScheduler.Default);
 
         // The cluster-wide registry (README, "Cluster"): on every cluster member unless turned off.
         var registry = system.Settings.Config.GetConfig("actorblk.cluster.registry");

@@ -27,9 +27,23 @@ public static class DeviceBuilder
         {
             "null" => new NullBlockDriver(options.ToNullBlockOptions(), options.Name),
             "file" => new FileBlockDriver(options.ToFileBlockOptions(), options.Name),
+            "nbd" => CreateNbdDriver(options),
             _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
         };
         return options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
+    }
+
+    private static Drivers.Nbd.NbdClientDriver CreateNbdDriver(DeviceOptions options)
+    {
+        var uri = Drivers.Nbd.NbdUri.Parse(options.Uri!);
+        try
+        {
+            return new Drivers.Nbd.NbdClientDriver(new Drivers.Nbd.NbdClientOptions { Uri = uri, Connections = options.Connections }, options.Name);
+        }
+        catch (IOException ex)
+        {
+            throw new BlockDeviceOpenException(options.Name, uri.ToString(), OpenFailure.Other, 0, ex.Message);
+        }
     }
 
     /// <summary>Creates a private tag set for a device.</summary>
@@ -46,6 +60,11 @@ public static class DeviceBuilder
         ArgumentNullException.ThrowIfNull(options);
         var queue = new RequestQueue(options.Name, tagSet, driver, options.ToQueueOptions(), clock);
         ApplyLimits(options, queue);
+        if (driver is Drivers.Nbd.NbdClientDriver { ReadOnly: true })
+        {
+            queue.ReadOnly = true; // the server exports it read-only
+        }
+
         return queue;
     }
 

@@ -32,6 +32,12 @@ public sealed partial record DeviceOptions
     /// <summary>The backing file or block device of the file device (<c>path</c>).</summary>
     public string? Path { get; init; }
 
+    /// <summary>The export of an <c>nbd</c> device (<c>uri</c>): <c>nbd://host:port/export</c>, or <c>nbds://</c> for TLS.</summary>
+    public string? Uri { get; init; }
+
+    /// <summary>Connections of an <c>nbd</c> device (<c>connections</c>), one hardware queue each; it replaces <see cref="SubmitQueues"/>.</summary>
+    public int Connections { get; init; } = 1;
+
     /// <summary>O_DIRECT for the file device (<c>direct</c>, on by default); off means buffered I/O.</summary>
     public bool Direct { get; init; } = true;
 
@@ -145,9 +151,40 @@ public sealed partial record DeviceOptions
             Fail("name", $"'{Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters).");
         }
 
-        if (Driver is not ("null" or "file"))
+        if (Driver is not ("null" or "file" or "nbd"))
         {
-            Fail("driver", $"unknown driver '{Driver}' (known: null, file).");
+            Fail("driver", $"unknown driver '{Driver}' (known: null, file, nbd).");
+        }
+
+        if (Driver == "nbd")
+        {
+            if (string.IsNullOrWhiteSpace(Uri))
+            {
+                Fail("uri", "the nbd driver needs the export's URI (nbd://host:port/export).");
+            }
+
+            try
+            {
+                Drivers.Nbd.NbdUri.Parse(Uri!);
+            }
+            catch (FormatException ex)
+            {
+                Fail("uri", ex.Message);
+            }
+
+            if (Connections is < 1 or > 64)
+            {
+                Fail("connections", $"{Connections} is not 1 to 64.");
+            }
+
+            if (Size is not null)
+            {
+                Fail("size", "an nbd device takes its size from the server.");
+            }
+        }
+        else if (Uri is not null)
+        {
+            Fail("uri", $"only the nbd driver has a URI (this device's driver is '{Driver}').");
         }
 
         if (Driver == "file" && string.IsNullOrWhiteSpace(Path))
@@ -274,7 +311,7 @@ public sealed partial record DeviceOptions
     public TagSetOptions ToTagSetOptions(int payloadSize) => new()
     {
         Name = SharedTags ? TagSetName : Name,
-        HardwareQueues = SubmitQueues,
+        HardwareQueues = Driver == "nbd" ? Connections : SubmitQueues,
         PollQueues = IoPoll ? PollQueues : 0,
         QueueDepth = HwQueueDepth,
         ReservedTags = ReservedTags,

@@ -218,4 +218,20 @@ internal static unsafe partial class LibC
 
     [LibraryImport(Library, EntryPoint = "read", SetLastError = true)]
     public static partial nint Read(int fd, void* buffer, nuint count);
+
+    /// <summary>sched_setaffinity(2): <paramref name="pid"/> 0 is the calling thread; 0, or -1 and errno.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_setaffinity", SetLastError = true)]
+    public static partial int SchedSetAffinity(int pid, nuint size, ulong* mask);
+
+    /// <summary>sched_getaffinity(2): <paramref name="pid"/> 0 is the calling thread; 0, or -1 and errno.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_getaffinity", SetLastError = true)]
+    public static partial int SchedGetAffinity(int pid, nuint size, ulong* mask);
+
+    // It runs on every submission and completion of a thread that is not ours. glibc answers from
+    // the vDSO in a few nanoseconds without blocking, so the GC transition is skipped; no
+    // SetLastError, as the caller handles the only failure (-1) without errno.
+    /// <summary>sched_getcpu(3): the CPU the calling thread runs on, or -1.</summary>
+    [LibraryImport(Library, EntryPoint = "sched_getcpu")]
+    [SuppressGCTransition]
+    public static partial int SchedGetCpu();
 }

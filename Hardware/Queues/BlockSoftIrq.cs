@@ -14,19 +14,33 @@ namespace ActorBlk.Hardware.Queues;
 /// once, reverses it to arrival order and ends each request with the thread bound to <c>s</c>. The
 /// list is pushed with a compare-and-swap and emptied with one exchange, so it needs no lock and is
 /// free of ABA. Workers start on first use; all queues of a process share them, as CPUs are shared.
+/// With a topology read from the system each worker is pinned to its CPU (<c>sched_setaffinity</c>),
+/// so a redirected completion really runs there; with a simulated topology the CPU is a label.
 /// </remarks>
 public sealed class BlockSoftIrq : IDisposable
 {
     private readonly CpuQueue?[] _cpus;
     private readonly object _startLock = new();
+    private readonly bool _pin;
     private volatile bool _disposed;
 
-    /// <summary>Creates the completion lists for <paramref name="cpuCount"/> possible CPUs.</summary>
+    /// <summary>Creates the completion lists for <paramref name="cpuCount"/> possible CPUs; the workers are not pinned.</summary>
     public BlockSoftIrq(int cpuCount)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(cpuCount, 1);
         _cpus = new CpuQueue?[cpuCount];
     }
+
+    /// <summary>
+    /// Creates the completion lists for the possible CPUs of <paramref name="topology"/>; when it
+    /// was read from the system, each worker is pinned to its CPU.
+    /// </summary>
+    public BlockSoftIrq(CpuTopology topology)
+        : this((topology ?? throw new ArgumentNullException(nameof(topology))).PossibleCount) =>
+        _pin = !topology.IsSimulated && CpuAffinity.IsSupported;
+
+    /// <summary>True when each worker is pinned to its CPU.</summary>
+    public bool PinsWorkers => _pin;
 
     /// <summary>Number of CPUs whose worker has started.</summary>
     public int ActiveWorkers => _cpus.Count(c => c is not null);
@@ -57,22 +71,24 @@ public sealed class BlockSoftIrq : IDisposable
         lock (_startLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            return _cpus[cpu] ??= new CpuQueue(cpu);
+            return _cpus[cpu] ??= new CpuQueue(cpu, _pin);
         }
     }
 
     private sealed class CpuQueue
     {
         private readonly int _cpu;
+        private readonly bool _pin;
         private readonly Thread _thread;
         private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
         private Request? _head;
         private volatile bool _stopping;
         private long _processed;
 
-        public CpuQueue(int cpu)
+        public CpuQueue(int cpu, bool pin)
         {
             _cpu = cpu;
+            _pin = pin;
             _thread = new Thread(Run) { IsBackground = true, Name = $"actorblk-softirq/{cpu}" };
             _thread.Start();
         }
@@ -108,6 +124,11 @@ public sealed class BlockSoftIrq : IDisposable
 
         private void Run()
         {
+            if (_pin)
+            {
+                CpuAffinity.TryPinCurrentThread(CpuSet.Of(_cpu), _thread.Name!);
+            }
+
             using var bind = CurrentCpu.Bind(_cpu);
             while (true)
             {

@@ -213,7 +213,13 @@ internal sealed class DispatchLoop
     private void Run()
     {
         t_current = this;
-        using var bind = CurrentCpu.Bind(_hctx.HomeCpu);
+
+        // With the system's topology the thread is pinned to its queue's online CPUs (kblockd runs
+        // hctx work on hctx->cpumask) and counts as the CPU it is on; with a simulated topology
+        // it counts as the queue's home CPU, a label (Bind(-1) leaves the thread unbound).
+        var pin = !_hctx.Queue.Topology.IsSimulated && CpuAffinity.IsSupported;
+        var pinnedMask = pin ? PinToMask() : null;
+        using var bind = CurrentCpu.Bind(pin ? -1 : _hctx.HomeCpu);
         var scratch = new Request[BatchSize];
         long rerunAt = 0;
         try
@@ -224,6 +230,12 @@ internal sealed class DispatchLoop
             Volatile.Write(ref _reaper, _hctx.Reaper);
             while (!_stopping)
             {
+                // A remap (CPU hotplug) gives the queue a new mask: follow it.
+                if (pinnedMask is not null && !ReferenceEquals(pinnedMask, _hctx.CpuMask))
+                {
+                    pinnedMask = PinToMask();
+                }
+
                 Volatile.Write(ref _kicked, 0);
 
                 // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
@@ -277,6 +289,18 @@ internal sealed class DispatchLoop
                 _exited.TrySetResult();
             }
         }
+    }
+
+    private CpuSet PinToMask()
+    {
+        var mask = _hctx.CpuMask;
+        var cpus = mask.Intersect(_hctx.Queue.Topology.Online);
+        if (!cpus.IsEmpty)
+        {
+            CpuAffinity.TryPinCurrentThread(cpus, Thread.CurrentThread.Name ?? _hctx.ToString());
+        }
+
+        return mask;
     }
 
     private void Park(long rerunAt)

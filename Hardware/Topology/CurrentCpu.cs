@@ -3,9 +3,11 @@ using System.Runtime.CompilerServices;
 namespace ActorBlk.Hardware.Topology;
 
 /// <summary>
-/// Which CPU the calling thread counts as running on. Threads the block layer owns (dispatch
-/// loops, completion workers) are bound to a CPU of the topology; other threads use the
-/// processor they are actually on, folded into the topology's CPUs when it is simulated.
+/// Which CPU the calling thread counts as running on. Threads the block layer binds (completion
+/// workers; dispatch loops with a simulated topology or a one-CPU mask; actors for one message)
+/// count as that CPU. Other threads use the processor they are on: with a topology read from the
+/// system that is the real CPU (<c>sched_getcpu</c>); with a simulated one it is the processor id
+/// folded into the simulated CPUs, a label.
 /// </summary>
 public static class CurrentCpu
 {
@@ -40,7 +42,9 @@ public static class CurrentCpu
             return bound - 1;
         }
 
-        var id = Thread.GetCurrentProcessorId();
+        // .NET's processor id is a per-thread cache refreshed now and then; the real topology asks
+        // the kernel (a vDSO call) so that rq_affinity compares CPUs the threads are really on.
+        var id = topology.IsSimulated ? Thread.GetCurrentProcessorId() : RealProcessor();
         var count = topology.PossibleCount;
         if ((uint)id >= (uint)count)
         {
@@ -48,6 +52,12 @@ public static class CurrentCpu
         }
 
         return topology.Online.Contains(id) ? id : NextOnline(topology, id);
+    }
+
+    private static int RealProcessor()
+    {
+        var id = CpuAffinity.CurrentProcessor();
+        return id >= 0 ? id : Thread.GetCurrentProcessorId();
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

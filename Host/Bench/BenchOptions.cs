@@ -57,6 +57,8 @@ internal sealed record BenchOptions
           device (ActorBlk's names):
             --device=null             the null device (null_blk)
             --device=file:PATH        a regular file or block device; a missing file is created at --size
+            --device=nbd://HOST:PORT/EXPORT  an NBD export through the nbd client driver (nbds:// for TLS);
+                                      --submit-queues sets its connections, one hardware queue each
             --engine=io_uring|psync   file device I/O engine (io_uring; psync where io_uring is unavailable)
             --dispatch=ring|mailbox   (ring)
             --submit-queues=N         hardware queues (1)
@@ -275,11 +277,22 @@ internal sealed record BenchOptions
     public DeviceOptions ToDeviceOptions(int index)
     {
         var path = FilePath;
-        if (Device != "null" && string.IsNullOrEmpty(path))
+        if (Device.StartsWith("nbd://", StringComparison.Ordinal) || Device.StartsWith("nbds://", StringComparison.Ordinal))
         {
-            throw new UsageException($"option --device: '{Device}' is not null or file:PATH.");
+            // The export keeps its own size and block size; the queue settings are ActorBlk's.
+            return ToDeviceOptions(index, null) with { Driver = "nbd", Uri = Device, Connections = SubmitQueues, Size = null, Path = null, FixedBuffers = 0, MemoryBacked = false };
         }
 
+        if (Device != "null" && string.IsNullOrEmpty(path))
+        {
+            throw new UsageException($"option --device: '{Device}' is not null, file:PATH or nbd://HOST:PORT/EXPORT.");
+        }
+
+        return ToDeviceOptions(index, path);
+    }
+
+    private DeviceOptions ToDeviceOptions(int index, string? path)
+    {
         return new DeviceOptions
         {
             Name = $"bench{index}",

@@ -1,6 +1,8 @@
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Commands;
 
 namespace ActorBlk.Host.Bench;
@@ -11,6 +13,13 @@ namespace ActorBlk.Host.Bench;
 /// <c>slat_ns</c>, <c>clat_ns</c>, <c>lat_ns</c> and their percentiles), plus an <c>actorblk</c>
 /// object; or its human-readable summary.
 /// </summary>
+/// <remarks>
+/// Errors are counted apart, as fio does with <c>continue_on_error</c>: a failed I/O counts in its
+/// direction's <c>total_ios</c> and <c>drop_ios</c>, never in <c>io_bytes</c>, <c>iops</c>,
+/// <c>bw</c> or the latencies; the job's <c>error</c> and <c>first_error</c> are the errno of the
+/// first failure in the window and <c>total_err</c> their number. <c>short_ios</c> stays 0: a
+/// request completes whole or fails, it is never partly done.
+/// </remarks>
 internal static class BenchReport
 {
     /// <summary>The percentiles fio reports by default.</summary>
@@ -18,8 +27,11 @@ internal static class BenchReport
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static string Json(BenchResult r, string engine)
+    public static string Json(BenchResult r)
     {
+        var engine = EngineSummary(r.Engines);
+        var firstError = -r.FirstError.ToErrno();
+        var totalErrors = r.Read.Failed + r.Write.Failed;
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
         {
@@ -37,7 +49,7 @@ internal static class BenchReport
             w.WriteStartObject();
             w.WriteString("jobname", r.Options.Name);
             w.WriteNumber("groupid", 0);
-            w.WriteNumber("error", 0);
+            w.WriteNumber("error", firstError);
             w.WriteNumber("eta", 0);
             w.WriteNumber("elapsed", (long)Math.Round(r.Elapsed.TotalSeconds));
             w.WriteStartObject("job options");
@@ -49,6 +61,8 @@ internal static class BenchReport
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
             w.WriteNumber("sys_cpu", Math.Round(r.SysCpu, 6));
+            w.WriteNumber("total_err", totalErrors);
+            w.WriteNumber("first_error", firstError);
             w.WriteEndObject();
             w.WriteEndArray();
 
@@ -100,6 +114,7 @@ internal static class BenchReport
                 }
 
                 w.WriteNumber("went_idle", d.WentIdle);
+                WriteEngines(w, d.Engines);
 
                 w.WriteEndObject();
             }
@@ -107,6 +122,7 @@ internal static class BenchReport
             w.WriteEndArray();
             w.WriteString("dispatch", r.Options.Dispatch.ToString().ToLowerInvariant());
             w.WriteString("engine", engine);
+            WriteEngines(w, r.Engines);
             w.WriteString("device", r.DeviceDescription);
             w.WriteEndObject();
             w.WriteEndObject();
@@ -115,10 +131,12 @@ internal static class BenchReport
         return Encoding.UTF8.GetString(stream.ToArray());
     }
 
-    public static string Human(BenchResult r, string engine)
+    public static string Human(BenchResult r)
     {
+        var engine = EngineSummary(r.Engines);
+        var firstError = -r.FirstError.ToErrno();
         var sb = new StringBuilder();
-        sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err= 0: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Options.Dispatch.ToString().ToLowerInvariant()}, engine={engine}\n");
+        sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err={firstError,2}: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Options.Dispatch.ToString().ToLowerInvariant()}, engine={engine}\n");
         foreach (var (name, stats) in new[] { ("read", r.Read), ("write", r.Write) })
         {
             if (stats.Ios == 0)
@@ -142,6 +160,13 @@ internal static class BenchReport
         }
 
         sb.Append(Inv, $"  cpu          : usr={r.UsrCpu:0.00}%, sys={r.SysCpu:0.00}%\n");
+        sb.Append(Inv, $"     issued rwts: total={r.Read.TotalIos},{r.Write.TotalIos},0,0 short=0,0,0,0 dropped={r.Read.Failed},{r.Write.Failed},0,0\n");
+        if (r.Read.Failed + r.Write.Failed > 0)
+        {
+            sb.Append(Inv, $"     errors    : total={r.Read.Failed + r.Write.Failed}, first_error={firstError}/<{Marshal.GetPInvokeErrorMessage(firstError)}>\n");
+        }
+
+        sb.Append(Inv, $"  engines      : {string.Join(",", r.Engines.Select(e => e ?? "-"))} (per hardware queue; - never dispatched)\n");
         sb.Append(Inv, $"  actorblk     : submitted={r.Submitted}, completed={r.Completed}, errors={r.Errors}, timeouts={r.Timeouts}\n");
         var sup = r.Supervision;
         if (sup.TimeoutsExpired > 0 || sup.Resets > 0 || sup.DeviceErrors > 0 || sup.Faults is not null)
@@ -211,14 +236,39 @@ internal static class BenchReport
         w.WriteNumber("bw", (long)(s.Bytes / seconds / 1024));
         w.WriteNumber("iops", Math.Round(s.Ios / seconds, 6));
         w.WriteNumber("runtime", (long)measured.TotalMilliseconds);
-        w.WriteNumber("total_ios", s.Ios);
+        w.WriteNumber("total_ios", s.TotalIos);
         w.WriteNumber("short_ios", 0);
-        w.WriteNumber("drop_ios", 0);
+        w.WriteNumber("drop_ios", s.Failed);
         // Like fio with disable_slat: no separate submission latency, so clat is the whole latency.
         WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
         WriteLatency(w, "clat_ns", s.Total, percentiles: true);
         WriteLatency(w, "lat_ns", s.Total, percentiles: true);
         w.WriteEndObject();
+    }
+
+    /// <summary>The engines the hardware queues used, "+"-joined when they differ ("io_uring+psync"); "none" when no queue dispatched.</summary>
+    public static string EngineSummary(IReadOnlyList<string?> engines)
+    {
+        var used = engines.OfType<string>().Distinct(StringComparer.Ordinal).ToArray();
+        return used.Length == 0 ? "none" : string.Join("+", used);
+    }
+
+    private static void WriteEngines(Utf8JsonWriter w, IReadOnlyList<string?> engines)
+    {
+        w.WriteStartArray("engines");
+        foreach (var e in engines)
+        {
+            if (e is null)
+            {
+                w.WriteNullValue();
+            }
+            else
+            {
+                w.WriteStringValue(e);
+            }
+        }
+
+        w.WriteEndArray();
     }
 
     private static void WriteLatency(Utf8JsonWriter w, string name, LatencyRecorder l, bool percentiles)

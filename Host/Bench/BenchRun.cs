@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 
@@ -21,6 +23,16 @@ internal sealed record BenchResult(
     double SysCpu,
     string DeviceDescription)
 {
+    /// <summary>The first error of the measured window (<see cref="BlockStatus.Ok"/> when none), fio's <c>first_error</c>.</summary>
+    public BlockStatus FirstError { get; init; }
+
+    /// <summary>
+    /// The engine each hardware queue used, device after device, read after the run: a file
+    /// device's io_uring or psync per queue (a queue whose ring could not be set up serves through
+    /// psync), the driver's kind for other devices, null for a queue that never dispatched.
+    /// </summary>
+    public IReadOnlyList<string?> Engines { get; init; } = [];
+
     /// <summary>Each device's figures (one entry per device of <c>--devices</c>).</summary>
     public IReadOnlyList<DeviceFigures> Devices { get; init; } = [];
 
@@ -53,11 +65,14 @@ internal sealed record BenchResult(
         }
 
         var first = results[0];
+        var firstError = results.Select(r => r.FirstError).FirstOrDefault(e => e != BlockStatus.Ok);
         return new BenchResult(first.Options, read, write, results.Max(r => r.Measured), results.Max(r => r.Elapsed),
             results.Sum(r => r.Submitted), results.Sum(r => r.Completed), results.Sum(r => r.Errors), results.Sum(r => r.Timeouts),
             results.Max(r => r.UsrCpu), results.Max(r => r.SysCpu), $"{results.Count} devices{(first.Options.SharedTags ? " on one tag set" : string.Empty)}: {first.DeviceDescription}")
         {
             Devices = [.. results.SelectMany(r => r.Devices)],
+            Engines = [.. results.SelectMany(r => r.Engines)],
+            FirstError = firstError,
             Supervision = results.Select(r => r.Supervision).Aggregate((a, b) => a + b),
         };
     }
@@ -71,7 +86,8 @@ internal sealed record BenchResult(
 /// accounting, <c>nr_active</c>); null when its tag set is not shared.
 /// </param>
 /// <param name="WentIdle">Times a timeout scan found it idle during the measured interval, handing its share to the others.</param>
-internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight, long WentIdle);
+/// <param name="Engines">The engine of each of its hardware queues (see <see cref="BenchResult.Engines"/>).</param>
+internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight, long WentIdle, IReadOnlyList<string?> Engines);
 
 /// <summary>What supervision saw and the fault injector did.</summary>
 internal sealed record SupervisionFigures(long TimeoutsExpired = 0, long Resets = 0, long DeviceErrors = 0, FaultTotals? Faults = null)
@@ -101,14 +117,14 @@ internal sealed class BenchRun
     private readonly BenchOptions _o;
     private readonly IBlockDevice _device;
     private readonly Job[] _jobs;
-    private readonly ThreadLocal<ThreadStats> _threadStats = new(() => new ThreadStats(), trackAllValues: true);
+    private readonly BenchAccounting _accounting;
     private volatile bool _stop;
-    private volatile int _epoch;
 
-    public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus)
+    public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
     {
         _o = options;
         _device = device;
+        _accounting = new BenchAccounting(clock ?? BenchClock.System, options.BlockSize);
         var cpus = onlineCpus.ToArray();
         _jobs = Enumerable.Range(0, options.NumJobs).Select(j =>
         {
@@ -129,13 +145,16 @@ internal sealed class BenchRun
         var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
         var ramping = _o.RampTime > TimeSpan.Zero;
-        _epoch = ramping ? 0 : 1;
+        if (!ramping)
+        {
+            _accounting.OpenWindow(_o.Runtime);
+        }
 
         var work = Task.WhenAll(_jobs.Select(RunJobAsync));
         if (ramping)
         {
             await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
-            _epoch = 1;
+            _accounting.OpenWindow(_o.Runtime);
         }
 
         // Peak in-flight counts start over with the measured interval.
@@ -149,7 +168,7 @@ internal sealed class BenchRun
         process.Refresh();
         var usr0 = process.UserProcessorTime;
         var sys0 = process.PrivilegedProcessorTime;
-        var measureStart = Stopwatch.GetTimestamp();
+        var cpuStart = Stopwatch.GetTimestamp();
         if (_o.Runtime is { } runtime)
         {
             await Task.WhenAny(work, Task.Delay(runtime, cancellationToken)).ConfigureAwait(false);
@@ -159,7 +178,10 @@ internal sealed class BenchRun
             await Task.WhenAny(work, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
         }
 
-        var measureEnd = Stopwatch.GetTimestamp();
+        // The window ends at runtime (fixed when it opened) or now if the work ended first;
+        // completions after its end, while the jobs wind down, are not recorded.
+        _accounting.CloseWindow();
+        var cpuInterval = Stopwatch.GetElapsedTime(cpuStart);
         int? peak = _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         process.Refresh();
@@ -172,20 +194,10 @@ internal sealed class BenchRun
             slot.Release();
         }
 
-        var measured = Stopwatch.GetElapsedTime(measureStart, measureEnd);
-        var read = new OpStats();
-        var write = new OpStats();
+        var measured = _accounting.Measured;
+        var (read, write, firstError) = _accounting.Collect();
+        _accounting.Dispose();
         long submitted = 0, completed = 0, errors = 0, timeouts = 0;
-        foreach (var stats in _threadStats.Values)
-        {
-            if (stats.Epoch == 1)
-            {
-                read.Add(stats.Read);
-                write.Add(stats.Write);
-            }
-        }
-
-        _threadStats.Dispose();
         foreach (var slot in _jobs.SelectMany(j => j.Slots))
         {
             submitted += slot.Submitted;
@@ -194,11 +206,29 @@ internal sealed class BenchRun
             timeouts += slot.Timeouts;
         }
 
+        // Read after the run: a hardware queue picks its engine when its dispatch starts.
+        var engines = EnginesOf(_device);
+        var seconds = Math.Max(measured.TotalSeconds, 1e-9);
+        var cpuSeconds = Math.Max(cpuInterval.TotalSeconds, 1e-9);
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
-            100.0 * usr.TotalSeconds / measured.TotalSeconds, 100.0 * sys.TotalSeconds / measured.TotalSeconds, _device.ToString() ?? _device.Name)
+            100.0 * usr.TotalSeconds / cpuSeconds, 100.0 * sys.TotalSeconds / cpuSeconds, _device.ToString() ?? _device.Name)
         {
-            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / measured.TotalSeconds, peak, wentIdle)],
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines)],
+            Engines = engines,
+            FirstError = firstError,
         };
+    }
+
+    /// <summary>The engine each hardware queue of <paramref name="device"/> uses now (null: the queue never dispatched).</summary>
+    internal static IReadOnlyList<string?> EnginesOf(IBlockDevice device)
+    {
+        var driver = device.Queue.Driver;
+        while (driver is FaultInjectionDriver faulty)
+        {
+            driver = faulty.Inner;
+        }
+
+        return [.. device.Queue.HardwareContexts.Select(h => driver is FileBlockDriver file ? file.EngineOf(h) : driver.Kind)];
     }
 
     private Task RunJobAsync(Job job)
@@ -242,7 +272,7 @@ internal sealed class BenchRun
                 var slot = job.Slots[index];
                 _device.Poll(entry.Io);
                 var status = entry.Io.Completion.Result;
-                Record(slot, entry.Read, status, entry.T0, Stopwatch.GetTimestamp());
+                Record(slot, entry.Read, status, entry.T0);
                 if (!_stop && job.TryClaim())
                 {
                     entry = SubmitPolled(job, slot);
@@ -263,7 +293,7 @@ internal sealed class BenchRun
     {
         var read = NextIsRead(slot);
         var offset = NextOffset(job, slot);
-        var t0 = Stopwatch.GetTimestamp();
+        var t0 = _accounting.Now;
         var io = _device.Submit(read ? BlockOp.Read : BlockOp.Write, offset, slot.Buffer, job.Cpu);
         slot.Submitted++;
         return (io, read, t0);
@@ -282,13 +312,11 @@ internal sealed class BenchRun
         ? (long)(slot.NextRandom() % (ulong)job.Blocks) * _o.BlockSize
         : job.NextSequential();
 
-    // Latencies are kept per completing thread (a dispatch loop, a completion worker, a polling
-    // job): a handful of histograms that stay in cache, written without locks by their thread.
-    // The measured epoch starts after ramp_time; a thread resets its own statistics the first
-    // time it sees it, so no one touches a thread's numbers but the thread. Counters stay per slot.
-    // Two timestamps per I/O (as fio with disable_slat): the asynchronous call returns at once, so
-    // submission and completion latency are one measurement.
-    private void Record(Slot slot, bool read, BlockStatus status, long t0, long t2)
+    // Counters stay per slot (the whole run, for submitted == completed); what the window
+    // measured is kept per completing thread by the accounting. Two timestamps per I/O (as fio
+    // with disable_slat): the asynchronous call returns at once, so submission and completion
+    // latency are one measurement.
+    private void Record(Slot slot, bool read, BlockStatus status, long t0)
     {
         slot.Completed++;
         if (status != BlockStatus.Ok)
@@ -300,24 +328,7 @@ internal sealed class BenchRun
             }
         }
 
-        var epoch = _epoch;
-        if (epoch == 0)
-        {
-            return;
-        }
-
-        var thread = _threadStats.Value!;
-        if (thread.Epoch != epoch)
-        {
-            thread.Read.Reset();
-            thread.Write.Reset();
-            thread.Epoch = epoch;
-        }
-
-        var stats = read ? thread.Read : thread.Write;
-        stats.Total.RecordTicks(t2 - t0);
-        stats.Ios++;
-        stats.Bytes += _o.BlockSize;
+        _accounting.Record(read, status, t0);
     }
 
     private sealed class Job
@@ -394,13 +405,13 @@ internal sealed class BenchRun
             _read = run.NextIsRead(this);
             var offset = run.NextOffset(job, this);
             Submitted++;
-            _t0 = Stopwatch.GetTimestamp();
+            _t0 = run._accounting.Now;
             run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
         }
 
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
-            _run!.Record(this, _read, status, _t0, Stopwatch.GetTimestamp());
+            _run!.Record(this, _read, status, _t0);
             SubmitNext();
         }
 
@@ -428,14 +439,5 @@ internal sealed class BenchRun
             _state = x;
             return x * 0x2545F4914F6CDD1DUL;
         }
-    }
-
-    private sealed class ThreadStats
-    {
-        public OpStats Read { get; } = new();
-
-        public OpStats Write { get; } = new();
-
-        public int Epoch { get; set; } = -1;
     }
 }

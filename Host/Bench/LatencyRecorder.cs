@@ -76,24 +76,26 @@ internal sealed class LatencyRecorder
 /// <summary>What one operation kind (read or write) did during the measured period.</summary>
 internal sealed class OpStats
 {
-    /// <summary>Submission to completion, per I/O.</summary>
+    /// <summary>Submission to completion, per successful I/O.</summary>
     public LatencyRecorder Total { get; } = new();
 
+    /// <summary>I/Os that succeeded: the ones IOPS, bandwidth and latency are made of.</summary>
     public long Ios { get; set; }
 
+    /// <summary>Bytes moved by the I/Os that succeeded.</summary>
     public long Bytes { get; set; }
 
-    public void Reset()
-    {
-        Total.Reset();
-        Ios = 0;
-        Bytes = 0;
-    }
+    /// <summary>I/Os that ended with an error (fio's <c>drop_ios</c> here).</summary>
+    public long Failed { get; set; }
+
+    /// <summary>Every I/O that finished in the window, failed or not (fio's <c>total_ios</c>).</summary>
+    public long TotalIos => Ios + Failed;
 
     public void Add(OpStats other)
     {
         Total.Add(other.Total);
         Ios += other.Ios;
         Bytes += other.Bytes;
+        Failed += other.Failed;
     }
 }

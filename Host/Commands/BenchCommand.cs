@@ -2,7 +2,6 @@ using System.Diagnostics;
 using ActorBlk.Actors;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
-using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
 using Akka.Configuration;
@@ -28,7 +27,8 @@ internal static class BenchCommand
             throw new UsageException($"unexpected argument '{cl.Positional[0]}'.");
         }
 
-        var deviceOptions = options.ToDeviceOptions();
+        // Fails early, with the option named, on a combination no device accepts.
+        _ = options.ToDeviceOptions();
 
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
         // when supervision has something to say).
@@ -65,7 +65,6 @@ internal static class BenchCommand
             var driver = device.Queue.Driver;
             await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {driver.Description}").ConfigureAwait(false);
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
-            var engine = driver is FileBlockDriver file ? (file.Engine == IoEngine.IoUring ? "io_uring" : "psync") : deviceOptions.Driver;
 
             if (options.HotplugInterval is not null && layer.Topology.Online.Count < 2)
             {
@@ -96,7 +95,7 @@ internal static class BenchCommand
                 Hotplug = hotplugFigures,
                 DoubleCompletions = devices.Sum(d => d.Queue.DoubleCompletions),   // read after teardown, which completes too
             };
-            Console.Out.Write(options.Json ? BenchReport.Json(result, engine) + "\n" : BenchReport.Human(result, engine));
+            Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
             if (result.Submitted != result.Completed)
             {
                 await Console.Error.WriteLineAsync($"actorblk bench: {result.Submitted} I/Os were submitted but {result.Completed} completed.").ConfigureAwait(false);

@@ -1,5 +1,6 @@
 using ActorBlk.Actors;
 using ActorBlk.Actors.Hosting;
+using ActorBlk.Actors.Nbd;
 using Akka.Cluster;
 using Akka.Hosting;
 using Akka.Logger.Serilog;
@@ -17,7 +18,7 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class ServeCommand
 {
-    public const string Usage = "actorblk serve [--config PATH] [--port N] [--seed HOST:PORT[,HOST:PORT...]] [--hostname H]";
+    public const string Usage = "actorblk serve [--config PATH] [--port N] [--seed HOST:PORT[,HOST:PORT...]] [--hostname H] [--nbd-listen ADDRESS:PORT|off]";
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
@@ -30,6 +31,7 @@ internal static class ServeCommand
             throw new UsageException($"option --hostname: '{hostname}' is not a host name or address.");
         }
 
+        var nbdListen = cl.String("nbd-listen");
         cl.RejectUnknown();
         if (cl.Positional.Count > 0)
         {
@@ -37,6 +39,23 @@ internal static class ServeCommand
         }
 
         var config = NodeConfig.Load(path, port, seeds, hostname);
+        if (nbdListen is not null)
+        {
+            config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
+        }
+
+        // Refuse a bad NBD section (and a non-loopback address without TLS) before anything starts.
+        ActorBlk.Hardware.Nbd.NbdServerOptions? nbdOptions;
+        try
+        {
+            var nbd = NbdExportSettings.Create(config);
+            nbdOptions = nbd.Listen is null ? null : nbd.ToServerOptions();
+            nbdOptions?.Validate();
+        }
+        catch (Exception ex) when (ex is Akka.Configuration.ConfigurationException or ArgumentException)
+        {
+            throw new UsageException($"NBD export: {ex.Message}");
+        }
 
         // Refuse a bad device list before anything starts, with the offending key named.
         ActorBlkSettings.Create(config);
@@ -83,6 +102,23 @@ internal static class ServeCommand
                 }
 
                 Log.Information("Devices are addressable at {Guardian}", $"{cluster.SelfAddress}/user/{BlockLayer.GuardianName}");
+                if (nbdOptions is null)
+                {
+                    Log.Information("NBD export is off (actorblk.nbd.listen = off)");
+                }
+                else
+                {
+                    var (_, server) = NbdExport.Start(layer, nbdOptions);
+                    var endpoint = server.LocalEndPoint;
+                    foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
+                    {
+                        Log.Information("Exporting {Device} over NBD at nbd://{Endpoint}/{Device}{Default}",
+                            device.Name, endpoint, device.Name, index == 0 ? " (the default export)" : string.Empty);
+                    }
+
+                    Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
+                    layer.SetNbdEndpoint(NbdEndpointOf(endpoint, nbdOptions));
+                }
                 LogClusterDevices(layer);
             }));
 
@@ -103,6 +139,11 @@ internal static class ServeCommand
             await Log.CloseAndFlushAsync().ConfigureAwait(false);
         }
     }
+
+    // The address the registry publishes for this node's exports: nbds:// when the export takes
+    // nothing but TLS.
+    private static string NbdEndpointOf(System.Net.EndPoint? endpoint, ActorBlk.Hardware.Nbd.NbdServerOptions options) =>
+        $"{(options.Tls.ToString().Equals("require", StringComparison.OrdinalIgnoreCase) ? "nbds" : "nbd")}://{endpoint}";
 
     // One line per device that appears, changes or disappears in the cluster's registry.
     private static void LogClusterDevices(BlockLayer layer)

@@ -164,6 +164,18 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         // other threads at once. A merged bio must never be touched after it was handed over, or a
         // reused bio double-counts its queue reference and the drain below never finishes.
         var device = await Create(new DeviceOptions { Name = "churn", Size = 1 << 20, IrqMode = IrqMode.None });
+
+        // Whether the churn below merges depends on timing, so one merge is made certain first:
+        // two adjacent reads staged on one context of a quiesced queue (blk-mq-semantics §3.2).
+        var hctx = device.Queue.HardwareContexts[0];
+        await device.Queue.QuiesceAsync();
+        var first = device.ReadAsync(0, new byte[4096], cpu: 1).AsTask();
+        await AwaitConditionAsync(() => Task.FromResult(hctx.PendingCount == 1));
+        var second = device.ReadAsync(4096, new byte[4096], cpu: 1).AsTask();
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.SoftwareContexts[1].Merged == 1));
+        device.Queue.Unquiesce();
+        await Task.WhenAll(first, second);
+
         await Task.WhenAll(Enumerable.Range(0, 16).Select(w => Task.Run(async () =>
         {
             var buffer = new byte[4096];

@@ -101,6 +101,9 @@ public sealed class BenchSpec
         Assert.Equal(1024, actorblk.GetProperty("completed").GetInt64());
         Assert.Equal(0, actorblk.GetProperty("errors").GetInt64());
         Assert.Equal(engine, actorblk.GetProperty("engine").GetString());
+
+        // Read after the run from the one hardware queue (submit_queues = 1).
+        Assert.Equal([engine], actorblk.GetProperty("engines").EnumerateArray().Select(e => e.GetString()));
     }
 
     [Fact]
@@ -148,6 +151,16 @@ public sealed class BenchSpec
         Assert.True(injected.GetProperty("resource").GetInt64() > 0);
         Assert.True(a.GetProperty("errors").GetInt64() >= a.GetProperty("timeouts").GetInt64());
         Assert.Equal(0, a.GetProperty("double_completions").GetInt64());
+
+        // Issue 16 item 6: without ramp or runtime every completion is in the window; failed I/Os
+        // are in total_ios and drop_ios, not in io_bytes.
+        var job = json.GetProperty("jobs")[0];
+        var (read, write) = (job.GetProperty("read"), job.GetProperty("write"));
+        Assert.Equal(4096, read.GetProperty("total_ios").GetInt64() + write.GetProperty("total_ios").GetInt64());
+        Assert.Equal(a.GetProperty("errors").GetInt64(), read.GetProperty("drop_ios").GetInt64() + write.GetProperty("drop_ios").GetInt64());
+        Assert.Equal((read.GetProperty("total_ios").GetInt64() - read.GetProperty("drop_ios").GetInt64()) * 4096, read.GetProperty("io_bytes").GetInt64());
+        Assert.Equal(a.GetProperty("errors").GetInt64(), job.GetProperty("total_err").GetInt64());
+        Assert.True(job.GetProperty("error").GetInt32() > 0);
     }
 
     [Fact]

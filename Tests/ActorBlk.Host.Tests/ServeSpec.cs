@@ -42,7 +42,7 @@ public sealed partial class ServeSpec
     [Fact]
     public async Task Serves_the_default_configuration_over_remoting_and_stops_on_sigterm()
     {
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0");
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var guardianPath = AddressLine().Match(line).Groups["address"].Value;
         Assert.Contains("Serving nullb0", node.Output);
@@ -87,7 +87,7 @@ public sealed partial class ServeSpec
     {
         // Issue 5 item 7: `actorblk sysfs` lists, reads and writes the node's attributes and
         // `actorblk hotplug` re-maps its devices, as separate processes over Akka remoting.
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0");
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var address = AddressLine().Match(line).Groups["address"].Value[..^"/user/actorblk".Length];
 

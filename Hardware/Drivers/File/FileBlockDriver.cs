@@ -136,6 +136,13 @@ public sealed class FileBlockDriver : IBlockDriver
     /// <summary>The engine serving the device: io_uring, or psync when asked for or when io_uring is unavailable.</summary>
     public IoEngine Engine => RequestedEngine == IoEngine.Psync || FallbackReason is not null ? IoEngine.Psync : IoEngine.IoUring;
 
+    /// <summary>
+    /// The engine serving <paramref name="hctx"/> ("io_uring" or "psync"), or null while it has
+    /// none: its dispatch has not started (the engine is set up then) or it was torn down. A
+    /// queue whose ring could not be set up says "psync" even when others of the device say "io_uring".
+    /// </summary>
+    public string? EngineOf(HardwareContext hctx) => (hctx?.DriverData as FileEngine)?.Name;
+
     /// <summary>Why psync serves although io_uring was asked for; null when it does not.</summary>
     public string? FallbackReason => Volatile.Read(ref _fallbackReason);
 

@@ -1,0 +1,121 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Nbd;
+using Akka.Configuration;
+
+namespace ActorBlk.Actors.Nbd;
+
+/// <summary>The <c>actorblk.nbd</c> section: where and how a node exports its devices over NBD.</summary>
+/// <param name="Listen">The endpoint, or null when <c>listen = off</c>.</param>
+/// <param name="Tls">STARTTLS policy.</param>
+/// <param name="CertificatePath">The server certificate (PEM, or PKCS#12 for .pfx/.p12).</param>
+/// <param name="KeyPath">The PEM private key when the certificate file holds none.</param>
+/// <param name="AllowInsecure">Allow a non-loopback listen address without TLS.</param>
+/// <param name="MaxConnections">Connections at once.</param>
+/// <param name="MaxInFlight">Requests in flight per connection.</param>
+/// <param name="MaxPayload">Largest read or write.</param>
+/// <param name="HandshakeTimeout">Time a client has to finish negotiation.</param>
+public sealed record NbdExportSettings(
+    IPEndPoint? Listen,
+    NbdTlsMode Tls,
+    string CertificatePath,
+    string KeyPath,
+    bool AllowInsecure,
+    int MaxConnections,
+    int MaxInFlight,
+    int MaxPayload,
+    TimeSpan HandshakeTimeout)
+{
+    /// <summary>Reads <c>actorblk.nbd</c> of <paramref name="config"/> over the library defaults.</summary>
+    /// <exception cref="ConfigurationException">A key is malformed; the message names it.</exception>
+    public static NbdExportSettings Create(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var c = config.WithFallback(ActorBlkSettings.DefaultConfig()).GetConfig("actorblk.nbd");
+        var listenText = c.GetString("listen", "off");
+        var tls = c.GetString("tls", "off").ToLowerInvariant() switch
+        {
+            "off" or "false" => NbdTlsMode.Off,
+            "on" or "true" => NbdTlsMode.On,
+            "require" => NbdTlsMode.Require,
+            var other => throw new ConfigurationException($"actorblk.nbd.tls: '{other}' is not off, on or require."),
+        };
+        var payloadText = c.GetString("max-payload", "32m");
+        if (!ByteSize.TryParse(payloadText, out var payload) || payload > int.MaxValue)
+        {
+            throw new ConfigurationException($"actorblk.nbd.max-payload: '{payloadText}' is not a size.");
+        }
+
+        return new NbdExportSettings(
+            ParseListen(listenText),
+            tls,
+            c.GetString("certificate", string.Empty),
+            c.GetString("key", string.Empty),
+            c.GetBoolean("allow-insecure", false),
+            c.GetInt("max-connections", 1024),
+            c.GetInt("max-in-flight", 128),
+            (int)payload,
+            c.GetTimeSpan("handshake-timeout", TimeSpan.FromSeconds(30)));
+    }
+
+    /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>
+    /// <exception cref="ConfigurationException">The text is none of these.</exception>
+    public static IPEndPoint? ParseListen(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        if (text is "off" or "false" or "")
+        {
+            return null;
+        }
+
+        var colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port) || port > 65535 ||
+            !IPAddress.TryParse(text[..colon].Trim('[', ']'), out var address))
+        {
+            throw new ConfigurationException($"actorblk.nbd.listen: '{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809) or off.");
+        }
+
+        return new IPEndPoint(address, port);
+    }
+
+    /// <summary>The server options, with the certificate loaded when TLS is on.</summary>
+    /// <exception cref="InvalidOperationException">Listening is off.</exception>
+    /// <exception cref="ConfigurationException">The certificate cannot be loaded.</exception>
+    public NbdServerOptions ToServerOptions()
+    {
+        var listen = Listen ?? throw new InvalidOperationException("actorblk.nbd.listen is off.");
+        return new NbdServerOptions
+        {
+            Listen = listen,
+            Tls = Tls,
+            Certificate = Tls == NbdTlsMode.Off ? null : LoadCertificate(),
+            AllowInsecure = AllowInsecure,
+            MaxConnections = MaxConnections,
+            MaxInFlight = MaxInFlight,
+            MaxPayload = MaxPayload,
+            HandshakeTimeout = HandshakeTimeout,
+        };
+    }
+
+    private X509Certificate2 LoadCertificate()
+    {
+        if (CertificatePath.Length == 0)
+        {
+            throw new ConfigurationException($"actorblk.nbd.tls = {Tls.ToString().ToLowerInvariant()} needs actorblk.nbd.certificate (a PEM or .pfx file).");
+        }
+
+        try
+        {
+            var ext = Path.GetExtension(CertificatePath).ToLowerInvariant();
+            return ext is ".pfx" or ".p12"
+                ? X509CertificateLoader.LoadPkcs12FromFile(CertificatePath, null)
+                : X509Certificate2.CreateFromPemFile(CertificatePath, KeyPath.Length == 0 ? null : KeyPath);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException or ArgumentException)
+        {
+            throw new ConfigurationException($"actorblk.nbd.certificate: cannot load '{CertificatePath}'{(KeyPath.Length > 0 ? $" with key '{KeyPath}'" : string.Empty)}: {ex.Message}");
+        }
+    }
+}

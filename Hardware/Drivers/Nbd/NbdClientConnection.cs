@@ -1,0 +1,408 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Text;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Nbd;
+
+/// <summary>
+/// One NBD connection of the client driver, serving one hardware queue (as Linux's nbd driver
+/// does): requests are written into a send pipe by the queue's dispatcher and pushed to the socket
+/// by a pump; a receiver matches replies to requests by cookie (generation and tag) and completes
+/// them. Simple replies only, so a read's data follows its 16-byte reply header.
+/// </summary>
+internal sealed class NbdClientConnection : IDisposable
+{
+    private const int MaxTags = 1 << 14;
+
+    private readonly Socket _socket;
+    private readonly Stream _stream;
+    private readonly Pipe _send = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
+    private readonly Pending[] _pending = new Pending[MaxTags];
+    private HardwareContext? _hctx;
+    private int _dead;
+
+    private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload)
+    {
+        _socket = socket;
+        _stream = stream;
+        Size = size;
+        Flags = flags;
+        MinimumBlock = minimumBlock;
+        MaximumPayload = maximumPayload;
+        for (var i = 0; i < _pending.Length; i++)
+        {
+            _pending[i] = new Pending();
+        }
+    }
+
+    public ulong Size { get; }
+
+    public NbdTransmissionFlags Flags { get; }
+
+    public uint MinimumBlock { get; }
+
+    public uint MaximumPayload { get; }
+
+    public bool IsDead => Volatile.Read(ref _dead) != 0;
+
+    /// <summary>Connects and negotiates (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME).</summary>
+    /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
+    public static NbdClientConnection Connect(NbdUri uri, TimeSpan timeout)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            using (var cts = new CancellationTokenSource(timeout))
+            {
+                socket.ConnectAsync(uri.Host, uri.Port, cts.Token).AsTask().GetAwaiter().GetResult();
+            }
+
+            socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
+            socket.SendTimeout = (int)timeout.TotalMilliseconds;
+            Stream stream = new NetworkStream(socket, ownsSocket: false);
+            var greeting = ReadExactly(stream, 18);
+            if (BinaryPrimitives.ReadUInt64BigEndian(greeting) != NbdProtocol.InitMagic || BinaryPrimitives.ReadUInt64BigEndian(greeting.AsSpan(8)) != NbdProtocol.OptionMagic)
+            {
+                throw new IOException($"{uri} is not a newstyle NBD server.");
+            }
+
+            var handshake = (NbdHandshakeFlags)BinaryPrimitives.ReadUInt16BigEndian(greeting.AsSpan(16));
+            if ((handshake & NbdHandshakeFlags.FixedNewstyle) == 0)
+            {
+                throw new IOException($"{uri} does not speak fixed newstyle negotiation.");
+            }
+
+            var noZeroes = (handshake & NbdHandshakeFlags.NoZeroes) != 0;
+            WriteU32(stream, (uint)(NbdClientFlags.FixedNewstyle | (noZeroes ? NbdClientFlags.NoZeroes : 0)));
+            if (uri.Tls)
+            {
+                SendOption(stream, NbdOption.StartTls, []);
+                var reply = ReadOptionReply(stream);
+                if (reply.Type != NbdReply.Ack)
+                {
+                    throw new IOException($"{uri}: the server refused STARTTLS ({Describe(reply.Type, reply.Data)}).");
+                }
+
+                var tls = new SslStream(stream, leaveInnerStreamOpen: false, (_, _, _, _) => true);
+                tls.AuthenticateAsClient(new SslClientAuthenticationOptions { TargetHost = uri.Host });
+                stream = tls;
+            }
+
+            var name = Encoding.UTF8.GetBytes(uri.Export);
+            var go = new byte[4 + name.Length + 2 + 2];
+            BinaryPrimitives.WriteUInt32BigEndian(go, (uint)name.Length);
+            name.CopyTo(go, 4);
+            BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(4 + name.Length), 1);
+            BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(6 + name.Length), (ushort)NbdInfo.BlockSize);
+            SendOption(stream, NbdOption.Go, go);
+            ulong size = 0;
+            NbdTransmissionFlags flags = 0;
+            uint minimum = 1, maximum = 32 << 20;
+            while (true)
+            {
+                var reply = ReadOptionReply(stream);
+                if (reply.Type == NbdReply.Ack)
+                {
+                    break;
+                }
+
+                if (reply.Type == NbdReply.ErrUnsupported)
+                {
+                    // An old server: NBD_OPT_EXPORT_NAME has no error path, it closes on failure.
+                    SendOption(stream, NbdOption.ExportName, name);
+                    var export = ReadExactly(stream, 10 + (noZeroes ? 0 : NbdProtocol.ExportNamePadding));
+                    size = BinaryPrimitives.ReadUInt64BigEndian(export);
+                    flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(export.AsSpan(8));
+                    break;
+                }
+
+                if (reply.Type != NbdReply.Info)
+                {
+                    throw new IOException($"{uri}: {Describe(reply.Type, reply.Data)}.");
+                }
+
+                switch ((NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(reply.Data))
+                {
+                    case NbdInfo.Export when reply.Data.Length >= 12:
+                        size = BinaryPrimitives.ReadUInt64BigEndian(reply.Data.AsSpan(2));
+                        flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.Data.AsSpan(10));
+                        break;
+                    case NbdInfo.BlockSize when reply.Data.Length >= 14:
+                        minimum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(2));
+                        maximum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(10));
+                        break;
+                }
+            }
+
+            socket.ReceiveTimeout = 0;
+            socket.SendTimeout = 0;
+            return new NbdClientConnection(socket, stream, size, flags, minimum, maximum);
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException or EndOfStreamException or System.Security.Authentication.AuthenticationException)
+        {
+            socket.Dispose();
+            throw new IOException($"cannot connect to {uri}: {ex.Message}", ex);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Starts the pump and the receiver for <paramref name="hctx"/>.</summary>
+    public void Start(HardwareContext hctx)
+    {
+        _hctx = hctx;
+        _ = Task.Run(PumpAsync);
+        _ = Task.Run(ReceiveAsync);
+    }
+
+    /// <summary>Writes one request into the send pipe (the dispatcher's thread); sent at <see cref="Push"/>.</summary>
+    public void Enqueue(Request request, NbdCommand command, NbdCommandFlags flags)
+    {
+        var tag = request.Tag;
+        var generation = request.Generation;
+        var pending = _pending[tag];
+        pending.Request = request;
+        pending.Generation = generation;
+        pending.Read = command == NbdCommand.Read;
+        var writer = _send.Writer;
+        var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
+        BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)flags);
+        BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)command);
+        BinaryPrimitives.WriteUInt64BigEndian(span[8..], ((ulong)generation << 32) | (uint)tag);
+        BinaryPrimitives.WriteUInt64BigEndian(span[16..], command == NbdCommand.Flush ? 0 : (ulong)request.Offset);
+        BinaryPrimitives.WriteUInt32BigEndian(span[24..], command == NbdCommand.Flush ? 0 : (uint)request.Bytes);
+        writer.Advance(NbdProtocol.RequestHeaderLength);
+        if (command == NbdCommand.Write)
+        {
+            foreach (var bio in request.Bios)
+            {
+                writer.Write(bio.Buffer.Span[..bio.Size]);
+            }
+        }
+    }
+
+    /// <summary>Hands what was enqueued to the pump (the doorbell).</summary>
+    public void Push()
+    {
+        // The send pipe never pauses its writer (pauseWriterThreshold 0), so this completes at once.
+        var flush = _send.Writer.FlushAsync();
+        if (flush.IsCompleted)
+        {
+            flush.GetAwaiter().GetResult();
+        }
+        else
+        {
+            _ = flush.AsTask();
+        }
+    }
+
+    /// <summary>Closes the socket; the receiver then reports the connection lost.</summary>
+    public void Kill()
+    {
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    public void Dispose()
+    {
+        Interlocked.Exchange(ref _dead, 1);
+        Kill();
+        _send.Writer.Complete();
+        _socket.Dispose();
+    }
+
+    private async Task PumpAsync()
+    {
+        var reader = _send.Reader;
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAsync().ConfigureAwait(false);
+                foreach (var segment in result.Buffer)
+                {
+                    await _stream.WriteAsync(segment).ConfigureAwait(false);
+                }
+
+                reader.AdvanceTo(result.Buffer.End);
+                if (result.IsCompleted)
+                {
+                    return;
+                }
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            Lost(ex.Message);
+        }
+        finally
+        {
+            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async Task ReceiveAsync()
+    {
+        var reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
+        try
+        {
+            while (true)
+            {
+                var result = await reader.ReadAtLeastAsync(NbdProtocol.SimpleReplyHeaderLength).ConfigureAwait(false);
+                var buffer = result.Buffer;
+                if (buffer.Length < NbdProtocol.SimpleReplyHeaderLength)
+                {
+                    Lost("the server closed the connection");
+                    return;
+                }
+
+                var magicOk = ParseReply(buffer.Slice(0, NbdProtocol.SimpleReplyHeaderLength), out var error, out var cookie);
+                reader.AdvanceTo(buffer.GetPosition(NbdProtocol.SimpleReplyHeaderLength));
+                if (!magicOk)
+                {
+                    Lost("bad reply magic");
+                    return;
+                }
+
+                var tag = (int)(cookie & 0xffffffff);
+                var generation = (uint)(cookie >> 32);
+                if (tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation)
+                {
+                    // Framing depends on knowing the request (a read's data follows): a reply we
+                    // cannot match leaves the stream unparseable.
+                    Lost($"a reply for unknown cookie 0x{cookie:x}");
+                    return;
+                }
+
+                var pending = _pending[tag];
+                if (pending.Read && error == NbdError.None)
+                {
+                    foreach (var bio in request.Bios)
+                    {
+                        await ReadIntoAsync(reader, bio.Buffer[..bio.Size]).ConfigureAwait(false);
+                    }
+                }
+
+                pending.Request = null;
+                request.Complete(NbdErrors.ToStatus(error), generation);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
+        {
+            Lost(ex.Message);
+        }
+        finally
+        {
+            await reader.CompleteAsync().ConfigureAwait(false);
+        }
+    }
+
+    private static bool ParseReply(ReadOnlySequence<byte> bytes, out NbdError error, out ulong cookie)
+    {
+        Span<byte> header = stackalloc byte[NbdProtocol.SimpleReplyHeaderLength];
+        bytes.CopyTo(header);
+        error = (NbdError)BinaryPrimitives.ReadUInt32BigEndian(header[4..]);
+        cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+        return BinaryPrimitives.ReadUInt32BigEndian(header) == NbdProtocol.SimpleReplyMagic;
+    }
+
+    private static async ValueTask ReadIntoAsync(PipeReader reader, Memory<byte> target)
+    {
+        var copied = 0;
+        while (copied < target.Length)
+        {
+            var result = await reader.ReadAsync().ConfigureAwait(false);
+            var take = (int)Math.Min(result.Buffer.Length, target.Length - copied);
+            result.Buffer.Slice(0, take).CopyTo(target.Span[copied..]);
+            reader.AdvanceTo(result.Buffer.GetPosition(take));
+            copied += take;
+            if (copied < target.Length && result.IsCompleted)
+            {
+                throw new EndOfStreamException("the server closed the connection inside a read's data");
+            }
+        }
+    }
+
+    /// <summary>
+    /// The connection is gone: tell the block layer (once). Its supervision reopens the device
+    /// with back-off and retries the requests that were in flight, or takes the device offline.
+    /// </summary>
+    private void Lost(string why)
+    {
+        if (Interlocked.Exchange(ref _dead, 1) != 0 || _hctx is not { } hctx)
+        {
+            return;
+        }
+
+        Kill();
+        hctx.Queue.Events?.OnDeviceError(hctx, new BlockDeviceErrorException($"{hctx}: NBD connection lost: {why}", deviceGone: true));
+    }
+
+    private static string Describe(NbdReply type, byte[] data) =>
+        data.Length > 0 ? $"{type}: {Encoding.UTF8.GetString(data)}" : type.ToString();
+
+    private static byte[] ReadExactly(Stream stream, int count)
+    {
+        var buffer = new byte[count];
+        stream.ReadExactly(buffer);
+        return buffer;
+    }
+
+    private static void WriteU32(Stream stream, uint value)
+    {
+        Span<byte> b = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(b, value);
+        stream.Write(b);
+    }
+
+    private static void SendOption(Stream stream, NbdOption option, byte[] data)
+    {
+        var header = new byte[16 + data.Length];
+        BinaryPrimitives.WriteUInt64BigEndian(header, NbdProtocol.OptionMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), (uint)option);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(12), (uint)data.Length);
+        data.CopyTo(header, 16);
+        stream.Write(header);
+        stream.Flush();
+    }
+
+    private static (NbdReply Type, byte[] Data) ReadOptionReply(Stream stream)
+    {
+        var header = ReadExactly(stream, 20);
+        if (BinaryPrimitives.ReadUInt64BigEndian(header) != NbdProtocol.ReplyMagic)
+        {
+            throw new IOException("bad option reply magic");
+        }
+
+        var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
+        if (length > 1 << 20)
+        {
+            throw new IOException($"option reply of {length} bytes");
+        }
+
+        return ((NbdReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)), ReadExactly(stream, (int)length));
+    }
+
+    /// <summary>What the receiver needs to know about a request in flight.</summary>
+    private sealed class Pending
+    {
+        public Request? Request;
+        public uint Generation;
+        public bool Read;
+    }
+}

@@ -1,0 +1,234 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Nbd;
+
+/// <summary>Settings of the NBD client driver.</summary>
+public sealed record NbdClientOptions
+{
+    /// <summary>The export (<c>uri</c>).</summary>
+    public required NbdUri Uri { get; init; }
+
+    /// <summary>Connections, one per hardware queue (<c>connections</c>).</summary>
+    public int Connections { get; init; } = 1;
+
+    /// <summary>How long connecting and negotiating may take.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>
+/// A device that lives on an NBD server (<c>driver = nbd</c>), the way Linux's nbd driver sits
+/// under blk-mq: one connection per hardware queue, the tag depth as each connection's in-flight
+/// limit, and the block layer's timeouts and supervision around it. A lost connection is reported
+/// as a device that is gone: supervision reconnects with back-off (<see cref="Reopen"/>) and the
+/// requests that were in flight are retried by the retry rule, or the device goes offline and
+/// every request fails with <see cref="BlockStatus.Offline"/>.
+/// </summary>
+public sealed class NbdClientDriver : IBlockDriver
+{
+    private readonly NbdClientOptions _options;
+    private readonly NbdClientConnection?[] _connections;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<int, HardwareContext> _hardwareContexts = [];
+    private readonly ulong _size;
+    private readonly NbdTransmissionFlags _flags;
+
+    /// <summary>Connects every connection and negotiates the export.</summary>
+    /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
+    public NbdClientDriver(NbdClientOptions options, string deviceName)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
+        _connections = new NbdClientConnection?[options.Connections];
+        try
+        {
+            for (var i = 0; i < _connections.Length; i++)
+            {
+                _connections[i] = NbdClientConnection.Connect(options.Uri, options.ConnectTimeout);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+
+        var first = _connections[0]!;
+        _size = first.Size;
+        _flags = first.Flags;
+        if (_connections.Length > 1 && (_flags & NbdTransmissionFlags.CanMultiConn) == 0)
+        {
+            Dispose();
+            throw new IOException($"{deviceName}: {options.Uri} does not allow several connections (no NBD_FLAG_CAN_MULTI_CONN); use connections = 1.");
+        }
+
+        var lbs = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2(Math.Max(first.MinimumBlock, 512)), 512, 4096);
+        var maxSectors = (int)Math.Min(Math.Min(first.MaximumPayload, 32u << 20), int.MaxValue) >> Bio.SectorShift;
+        var trim = (_flags & NbdTransmissionFlags.SendTrim) != 0;
+        var zeroes = (_flags & NbdTransmissionFlags.SendWriteZeroes) != 0;
+        Limits = new QueueLimits
+        {
+            LogicalBlockSize = lbs,
+            PhysicalBlockSize = lbs,
+            CapacitySectors = (long)(_size >> Bio.SectorShift) & ~((lbs >> Bio.SectorShift) - 1L),
+            MaxHardwareSectors = maxSectors,
+            MaxSectors = Math.Min(maxSectors, QueueLimits.DefaultMaxSectors),
+            // Discards and zeroes carry no payload; a 32-bit NBD length bounds them.
+            MaxDiscardSectors = trim ? (int)((uint.MaxValue & ~(uint)(lbs - 1)) >> Bio.SectorShift) : 0,
+            MaxWriteZeroesSectors = zeroes ? (int)((uint.MaxValue & ~(uint)(lbs - 1)) >> Bio.SectorShift) : 0,
+            VolatileWriteCache = (_flags & NbdTransmissionFlags.SendFlush) != 0,
+            Fua = (_flags & NbdTransmissionFlags.SendFua) != 0,
+        };
+    }
+
+    /// <inheritdoc />
+    public string Kind => "nbd";
+
+    /// <inheritdoc />
+    public string Description => $"nbd client of {_options.Uri}, {_connections.Length} connection(s), flags {_flags}";
+
+    /// <inheritdoc />
+    public QueueLimits Limits { get; }
+
+    /// <summary>The server exports the device read-only.</summary>
+    public bool ReadOnly => (_flags & NbdTransmissionFlags.ReadOnly) != 0;
+
+    /// <inheritdoc />
+    public DriverFeatures Features => DriverFeatures.Resettable | DriverFeatures.Reopenable;
+
+    /// <inheritdoc />
+    public void InitHardwareContext(HardwareContext hctx)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        lock (_lock)
+        {
+            _hardwareContexts[hctx.Index] = hctx;
+            _connections[hctx.Index % _connections.Length]?.Start(hctx);
+        }
+    }
+
+    /// <inheritdoc />
+    public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        ArgumentNullException.ThrowIfNull(request);
+        var connection = Volatile.Read(ref _connections[hctx.Index % _connections.Length]);
+        if (connection is null || connection.IsDead)
+        {
+            throw new BlockDeviceErrorException($"{hctx}: the NBD connection to {_options.Uri} is down.", deviceGone: true);
+        }
+
+        NbdCommand command;
+        switch (request.Op)
+        {
+            case BlockOp.Read:
+                command = NbdCommand.Read;
+                break;
+            case BlockOp.Write:
+                command = NbdCommand.Write;
+                break;
+            case BlockOp.Flush:
+                command = NbdCommand.Flush;
+                break;
+            case BlockOp.Discard:
+                command = NbdCommand.Trim;
+                break;
+            case BlockOp.WriteZeroes:
+                command = NbdCommand.WriteZeroes;
+                break;
+            default:
+                return BlockStatus.NotSupported;
+        }
+
+        var flags = (request.Flags & RequestFlags.Fua) != 0 && Limits.Fua && command != NbdCommand.Flush && command != NbdCommand.Read
+            ? NbdCommandFlags.Fua
+            : NbdCommandFlags.None;
+        request.Start();
+        connection.Enqueue(request, command, flags);
+        if (last)
+        {
+            connection.Push();
+        }
+
+        return BlockStatus.Ok;
+    }
+
+    /// <inheritdoc />
+    public void CommitRqs(HardwareContext hctx)
+    {
+        ArgumentNullException.ThrowIfNull(hctx);
+        Volatile.Read(ref _connections[hctx.Index % _connections.Length])?.Push();
+    }
+
+    /// <summary>
+    /// A request's deadline passed: the connection it went out on is presumed dead (as Linux's nbd
+    /// driver does) and is closed, which reports the device gone; supervision reconnects and the
+    /// block layer retries the request.
+    /// </summary>
+    public TimeoutAction Timeout(Request request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Hctx is { } hctx)
+        {
+            Volatile.Read(ref _connections[hctx.Index % _connections.Length])?.Kill();
+        }
+
+        return TimeoutAction.ResetTimer;
+    }
+
+    /// <summary>Drops and re-opens every connection (dispatch is stopped; in-flight requests are the block layer's to retry).</summary>
+    public void Reset() => Reconnect();
+
+    /// <summary>Reconnects; throws (device still gone) while the server cannot be reached.</summary>
+    /// <exception cref="BlockDeviceErrorException">The server is still unreachable.</exception>
+    public void Reopen() => Reconnect();
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            for (var i = 0; i < _connections.Length; i++)
+            {
+                _connections[i]?.Dispose();
+                _connections[i] = null;
+            }
+        }
+    }
+
+    private void Reconnect()
+    {
+        lock (_lock)
+        {
+            for (var i = 0; i < _connections.Length; i++)
+            {
+                var old = _connections[i];
+                old?.Dispose();
+                Volatile.Write(ref _connections[i], null);
+                NbdClientConnection fresh;
+                try
+                {
+                    fresh = NbdClientConnection.Connect(_options.Uri, _options.ConnectTimeout);
+                }
+                catch (IOException ex)
+                {
+                    throw new BlockDeviceErrorException($"reconnecting to {_options.Uri}: {ex.Message}", deviceGone: true, ex);
+                }
+
+                if (fresh.Size != _size)
+                {
+                    fresh.Dispose();
+                    throw new BlockDeviceErrorException($"{_options.Uri} changed size from {_size} to {fresh.Size} bytes.", deviceGone: true);
+                }
+
+                Volatile.Write(ref _connections[i], fresh);
+                if (_hardwareContexts.TryGetValue(i, out var hctx))
+                {
+                    fresh.Start(hctx);
+                }
+            }
+        }
+    }
+}

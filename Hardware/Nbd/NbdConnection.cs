@@ -1,0 +1,1092 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.IO.Pipelines;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Text;
+using System.Threading.Channels;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Nbd;
+
+/// <summary>
+/// One client connection of an <see cref="NbdServer"/>: fixed newstyle negotiation, then the
+/// transmission phase. Requests are pipelined: the reader takes a slot per request (at most
+/// <see cref="NbdServerOptions.MaxInFlight"/>), submits it to the device as one bio (the same
+/// path as any caller: tags, merging, timeouts and hotplug apply) and reads on; the writer sends
+/// the replies in completion order.
+/// </summary>
+/// <remarks>
+/// A client that vanishes never leaves anything behind: requests already submitted complete in
+/// the block layer and free their tags, their replies are dropped, and the slots' buffers are
+/// freed once the last one has come back.
+/// </remarks>
+public sealed class NbdConnection
+{
+    /// <summary>The longest option payload accepted; NBD strings are at most 4 KiB, so this is generous.</summary>
+    internal const int MaxOptionLength = 64 << 10;
+
+    /// <summary>Unflushed reply bytes after which the writer flushes before taking the next reply.</summary>
+    private const int FlushThreshold = 256 << 10;
+
+    private static readonly UnboundedChannelOptions SlotChannelOptions = new() { SingleReader = true, AllowSynchronousContinuations = false };
+
+    private readonly NbdServer _server;
+    private readonly Socket _socket;
+    private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Channel<NbdRequestSlot> _completed = Channel.CreateUnbounded<NbdRequestSlot>(SlotChannelOptions);
+    private readonly Channel<NbdRequestSlot> _free = Channel.CreateUnbounded<NbdRequestSlot>(SlotChannelOptions);
+    private readonly List<NbdRequestSlot> _slots = [];
+    private readonly CancellationTokenSource _abort = new();
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private NbdRequestSlot[] _batch = [];
+    private int _writing;
+    private Stream _stream;
+    private PipeReader _reader;
+    private PipeWriter _writer;
+    private SslStream? _tls;
+    private IBlockDevice? _device;
+    private bool _structured;
+    private bool _allocationContext;
+    private string? _contextExport;
+    private NbdTransmissionFlags _transmissionFlags;
+    private int _references = 1;
+    private int _inFlight;
+    private volatile bool _broken;
+
+    internal NbdConnection(NbdServer server, Socket socket, long id)
+    {
+        _server = server;
+        _socket = socket;
+        Id = id;
+        socket.NoDelay = true;
+        _stream = new NetworkStream(socket, ownsSocket: false);
+        _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
+        _writer = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
+    }
+
+    /// <summary>The connection number (in accept order).</summary>
+    public long Id { get; }
+
+    /// <summary>Completes when the connection is closed and every request it submitted has completed.</summary>
+    public Task Completion => _completion.Task;
+
+    /// <summary>Requests of this connection in the block layer or waiting for their reply.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>The device the client selected, once in the transmission phase.</summary>
+    public IBlockDevice? Device => _device;
+
+    private NbdServerOptions Options => _server.Options;
+
+    internal void Start() => _ = Task.Run(RunAsync);
+
+    /// <summary>Closes the socket; requests in flight still complete in the block layer.</summary>
+    internal void Abort()
+    {
+        _broken = true;
+        try
+        {
+            _abort.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Called by a slot when the block layer completed its last part (on the completion context)
+    /// or by the reader for a request answered at once. The reply is written from here when no
+    /// other thread is writing: a separate writer task would cost one more thread wake-up per reply.
+    /// </summary>
+    internal void Completed(NbdRequestSlot slot)
+    {
+        _completed.Writer.TryWrite(slot);
+        Drain();
+    }
+
+    private async Task RunAsync()
+    {
+        var transmitted = false;
+        try
+        {
+            bool transmit;
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
+            {
+                handshake.CancelAfter(Options.HandshakeTimeout);
+                transmit = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
+            }
+
+            if (transmit)
+            {
+                _batch = new NbdRequestSlot[Options.MaxInFlight];
+                for (var i = 0; i < Options.MaxInFlight; i++)
+                {
+                    var slot = new NbdRequestSlot(this);
+                    _slots.Add(slot);
+                    _free.Writer.TryWrite(slot);
+                }
+
+                transmitted = true;
+                await ReadRequestsAsync().ConfigureAwait(false);
+            }
+        }
+#pragma warning disable CA1031 // A connection's failure of any kind must end that connection only, never the node.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            if (ex is not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
+            {
+                _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
+            }
+        }
+        finally
+        {
+            // The reader's reference: once every in-flight request has replied, the writer stops.
+            Release();
+        }
+
+        if (transmitted)
+        {
+            // Every request this connection submitted has completed and its reply went out (or was dropped).
+            await _drained.Task.ConfigureAwait(false);
+        }
+
+        await CloseAsync().ConfigureAwait(false);
+    }
+
+    private string RemoteEndPoint()
+    {
+        try
+        {
+            return _socket.RemoteEndPoint?.ToString() ?? "?";
+        }
+        catch (ObjectDisposedException)
+        {
+            return "?";
+        }
+    }
+
+    private async Task CloseAsync()
+    {
+        foreach (var slot in _slots)
+        {
+            slot.ReleaseBuffer();
+        }
+
+        try
+        {
+            await _reader.CompleteAsync().ConfigureAwait(false);
+            await _writer.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+        }
+
+        try
+        {
+            if (_tls is not null)
+            {
+                await _tls.DisposeAsync().ConfigureAwait(false);
+            }
+
+            await _stream.DisposeAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException)
+        {
+        }
+
+        _socket.Dispose();
+        _abort.Dispose();
+        _completion.TrySetResult();
+    }
+
+    private void Release()
+    {
+        if (Interlocked.Decrement(ref _references) == 0)
+        {
+            _completed.Writer.TryComplete();
+            _drained.TrySetResult();
+        }
+    }
+
+    // ---------------------------------------------------------------- negotiation
+
+    /// <summary>Runs the handshake and the option haggling; true when the transmission phase starts.</summary>
+    private async Task<bool> NegotiateAsync(CancellationToken ct)
+    {
+        var hello = new byte[18];
+        BinaryPrimitives.WriteUInt64BigEndian(hello, NbdProtocol.InitMagic);
+        BinaryPrimitives.WriteUInt64BigEndian(hello.AsSpan(8), NbdProtocol.OptionMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(hello.AsSpan(16), (ushort)(NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes));
+        await _writer.WriteAsync(hello, ct).ConfigureAwait(false);
+
+        var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(await ReadExactAsync(4, ct).ConfigureAwait(false));
+        if ((clientFlags & ~(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)) != 0)
+        {
+            throw new NbdProtocolException($"unknown client flags 0x{(uint)clientFlags:x}");
+        }
+
+        var noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+        while (true)
+        {
+            var header = await ReadExactAsync(NbdProtocol.OptionHeaderLength, ct).ConfigureAwait(false);
+            if (BinaryPrimitives.ReadUInt64BigEndian(header) != NbdProtocol.OptionMagic)
+            {
+                throw new NbdProtocolException("bad option magic");
+            }
+
+            var option = (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
+            var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
+            if (length > MaxOptionLength)
+            {
+                // Refuse without reading gigabytes: answer, then close (the data is never consumed).
+                await ReplyAsync(option, NbdReply.ErrTooBig, Encoding.UTF8.GetBytes($"option data of {length} bytes is over the limit of {MaxOptionLength}"), ct).ConfigureAwait(false);
+                throw new NbdProtocolException($"option {option} with {length} bytes of data");
+            }
+
+            var data = length == 0 ? [] : await ReadExactAsync((int)length, ct).ConfigureAwait(false);
+            if (Options.Tls == NbdTlsMode.Require && _tls is null && option is not (NbdOption.StartTls or NbdOption.Abort))
+            {
+                if (option == NbdOption.ExportName)
+                {
+                    throw new NbdProtocolException("NBD_OPT_EXPORT_NAME before the required STARTTLS");
+                }
+
+                await ReplyAsync(option, NbdReply.ErrTlsRequired, Encoding.UTF8.GetBytes("this server requires TLS (NBD_OPT_STARTTLS)"), ct).ConfigureAwait(false);
+                continue;
+            }
+
+            switch (option)
+            {
+                case NbdOption.ExportName:
+                    return await ExportNameAsync(data, noZeroes, ct).ConfigureAwait(false);
+
+                case NbdOption.Abort:
+                    await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+                    return false;
+
+                case NbdOption.List:
+                    await ListAsync(data, ct).ConfigureAwait(false);
+                    break;
+
+                case NbdOption.StartTls:
+                    await StartTlsAsync(data, ct).ConfigureAwait(false);
+                    break;
+
+                case NbdOption.Info:
+                case NbdOption.Go:
+                    if (await InfoAsync(option, data, ct).ConfigureAwait(false))
+                    {
+                        return true;
+                    }
+
+                    break;
+
+                case NbdOption.StructuredReply:
+                    if (data.Length != 0)
+                    {
+                        await ReplyErrorAsync(option, NbdReply.ErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data", ct).ConfigureAwait(false);
+                    }
+                    else if (_structured)
+                    {
+                        await ReplyErrorAsync(option, NbdReply.ErrInvalid, "structured replies are already negotiated", ct).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        _structured = true;
+                        await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+                    }
+
+                    break;
+
+                case NbdOption.ListMetaContext:
+                case NbdOption.SetMetaContext:
+                    await MetaContextAsync(option, data, ct).ConfigureAwait(false);
+                    break;
+
+                default:
+                    await ReplyErrorAsync(option, NbdReply.ErrUnsupported, $"option {(uint)option} is not supported", ct).ConfigureAwait(false);
+                    break;
+            }
+        }
+    }
+
+    private async Task<bool> ExportNameAsync(byte[] data, bool noZeroes, CancellationToken ct)
+    {
+        var name = Encoding.UTF8.GetString(data);
+        if (!_server.Catalog.TryGetExport(name, out var device))
+        {
+            // NBD_OPT_EXPORT_NAME has no error reply: the only answer to an unknown name is to close.
+            throw new NbdProtocolException($"no export named '{name}'");
+        }
+
+        Select(device, name);
+        var reply = new byte[10 + (noZeroes ? 0 : NbdProtocol.ExportNamePadding)];
+        BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)device.Capacity);
+        BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), (ushort)_transmissionFlags);
+        await _writer.WriteAsync(reply, ct).ConfigureAwait(false);
+        return true;
+    }
+
+    private async Task ListAsync(byte[] data, CancellationToken ct)
+    {
+        if (data.Length != 0)
+        {
+            await ReplyErrorAsync(NbdOption.List, NbdReply.ErrInvalid, "NBD_OPT_LIST takes no data", ct).ConfigureAwait(false);
+            return;
+        }
+
+        foreach (var device in _server.Catalog.Exports)
+        {
+            var name = Encoding.UTF8.GetBytes(device.Name);
+            var entry = new byte[4 + name.Length];
+            BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)name.Length);
+            name.CopyTo(entry, 4);
+            WriteReply(NbdOption.List, NbdReply.Server, entry);
+        }
+
+        await ReplyAsync(NbdOption.List, NbdReply.Ack, [], ct).ConfigureAwait(false);
+    }
+
+    private async Task StartTlsAsync(byte[] data, CancellationToken ct)
+    {
+        if (data.Length != 0)
+        {
+            await ReplyErrorAsync(NbdOption.StartTls, NbdReply.ErrInvalid, "NBD_OPT_STARTTLS takes no data", ct).ConfigureAwait(false);
+            return;
+        }
+
+        if (Options.Tls == NbdTlsMode.Off || Options.Certificate is null)
+        {
+            await ReplyErrorAsync(NbdOption.StartTls, NbdReply.ErrUnsupported, "TLS is off on this server", ct).ConfigureAwait(false);
+            return;
+        }
+
+        if (_tls is not null)
+        {
+            await ReplyErrorAsync(NbdOption.StartTls, NbdReply.ErrInvalid, "TLS is already on", ct).ConfigureAwait(false);
+            return;
+        }
+
+        await ReplyAsync(NbdOption.StartTls, NbdReply.Ack, [], ct).ConfigureAwait(false);
+
+        // The client starts the TLS handshake only after our ACK, so the plain reader holds no
+        // bytes beyond the option: it can be dropped and the pipes rebuilt over the TLS stream.
+        await _reader.CompleteAsync().ConfigureAwait(false);
+        await _writer.CompleteAsync().ConfigureAwait(false);
+        _tls = new SslStream(_stream, leaveInnerStreamOpen: true);
+        await _tls.AuthenticateAsServerAsync(
+            new SslServerAuthenticationOptions
+            {
+                ServerCertificate = Options.Certificate,
+                ClientCertificateRequired = false,
+                EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+            },
+            ct).ConfigureAwait(false);
+        _reader = PipeReader.Create(_tls, new StreamPipeReaderOptions(leaveOpen: true));
+        _writer = PipeWriter.Create(_tls, new StreamPipeWriterOptions(leaveOpen: true));
+
+        // Anything negotiated in plain text is forgotten after the upgrade (proto.md, STARTTLS).
+        _structured = false;
+        _allocationContext = false;
+        _contextExport = null;
+    }
+
+    /// <summary>NBD_OPT_INFO and NBD_OPT_GO; true when GO succeeded.</summary>
+    private async Task<bool> InfoAsync(NbdOption option, byte[] data, CancellationToken ct)
+    {
+        if (data.Length < 6)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "option data too short", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        var nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
+        if (nameLength > (uint)(data.Length - 6) || nameLength > NbdProtocol.MaxStringLength)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "export name length does not fit the option", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        var name = Encoding.UTF8.GetString(data, 4, (int)nameLength);
+        var count = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(4 + (int)nameLength));
+        if (data.Length != 6 + nameLength + (2 * count))
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "information request count does not match the option length", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        var requested = new HashSet<NbdInfo>();
+        for (var i = 0; i < count; i++)
+        {
+            requested.Add((NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(6 + (int)nameLength + (2 * i))));
+        }
+
+        if (!_server.Catalog.TryGetExport(name, out var device))
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named '{name}'", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        if (!device.Queue.AcceptsIo)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrShutdown, $"export '{device.Name}' is going away", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        var flags = TransmissionFlags(device);
+        if (requested.Contains(NbdInfo.Name))
+        {
+            var n = Encoding.UTF8.GetBytes(device.Name);
+            var info = new byte[2 + n.Length];
+            BinaryPrimitives.WriteUInt16BigEndian(info, (ushort)NbdInfo.Name);
+            n.CopyTo(info, 2);
+            WriteReply(option, NbdReply.Info, info);
+        }
+
+        if (requested.Contains(NbdInfo.Description))
+        {
+            var d = Encoding.UTF8.GetBytes(Describe(device));
+            var info = new byte[2 + d.Length];
+            BinaryPrimitives.WriteUInt16BigEndian(info, (ushort)NbdInfo.Description);
+            d.CopyTo(info, 2);
+            WriteReply(option, NbdReply.Info, info);
+        }
+
+        // Block sizes are sent whether asked for or not (a client must ignore what it did not ask).
+        var sizes = new byte[14];
+        BinaryPrimitives.WriteUInt16BigEndian(sizes, (ushort)NbdInfo.BlockSize);
+        var (minimum, preferred, maximum) = BlockSizes(device);
+        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(2), minimum);
+        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(6), preferred);
+        BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(10), maximum);
+        WriteReply(option, NbdReply.Info, sizes);
+
+        var export = new byte[12];
+        BinaryPrimitives.WriteUInt16BigEndian(export, (ushort)NbdInfo.Export);
+        BinaryPrimitives.WriteUInt64BigEndian(export.AsSpan(2), (ulong)device.Capacity);
+        BinaryPrimitives.WriteUInt16BigEndian(export.AsSpan(10), (ushort)flags);
+        WriteReply(option, NbdReply.Info, export);
+        await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+        if (option != NbdOption.Go)
+        {
+            return false;
+        }
+
+        Select(device, name);
+        return true;
+    }
+
+    private async Task MetaContextAsync(NbdOption option, byte[] data, CancellationToken ct)
+    {
+        if (option == NbdOption.SetMetaContext && !_structured)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "NBD_OPT_SET_META_CONTEXT needs structured replies first", ct).ConfigureAwait(false);
+            return;
+        }
+
+        var queries = ParseContextQueries(data, out var exportName);
+        if (queries is null)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "malformed metadata context request", ct).ConfigureAwait(false);
+            return;
+        }
+
+        if (!_server.Catalog.TryGetExport(exportName, out _))
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named '{exportName}'", ct).ConfigureAwait(false);
+            return;
+        }
+
+        var selected = false;
+        var context = Encoding.UTF8.GetBytes(NbdProtocol.BaseAllocation);
+        var entry = new byte[4 + context.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(entry, NbdProtocol.BaseAllocationId);
+        context.CopyTo(entry, 4);
+        var matches = option == NbdOption.ListMetaContext
+            ? queries.Count == 0 || queries.Any(q => q is "base:" or NbdProtocol.BaseAllocation)
+            : queries.Contains(NbdProtocol.BaseAllocation);
+        if (matches)
+        {
+            WriteReply(option, NbdReply.MetaContext, entry);
+            selected = true;
+        }
+
+        if (option == NbdOption.SetMetaContext)
+        {
+            // Each SET replaces the previous selection, for the export it names.
+            _allocationContext = selected;
+            _contextExport = exportName;
+        }
+
+        await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+    }
+
+    private static List<string>? ParseContextQueries(byte[] data, out string exportName)
+    {
+        exportName = string.Empty;
+        if (data.Length < 8)
+        {
+            return null;
+        }
+
+        var nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
+        if (nameLength > (uint)(data.Length - 8) || nameLength > NbdProtocol.MaxStringLength)
+        {
+            return null;
+        }
+
+        exportName = Encoding.UTF8.GetString(data, 4, (int)nameLength);
+        var pos = 4 + (int)nameLength;
+        var count = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(pos));
+        pos += 4;
+        var queries = new List<string>();
+        for (var i = 0u; i < count; i++)
+        {
+            if (data.Length - pos < 4)
+            {
+                return null;
+            }
+
+            var len = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(pos));
+            pos += 4;
+            if (len > (uint)(data.Length - pos) || len > NbdProtocol.MaxStringLength)
+            {
+                return null;
+            }
+
+            queries.Add(Encoding.UTF8.GetString(data, pos, (int)len));
+            pos += (int)len;
+        }
+
+        return pos == data.Length ? queries : null;
+    }
+
+    private void Select(IBlockDevice device, string name)
+    {
+        _device = device;
+        _transmissionFlags = TransmissionFlags(device);
+        if (_contextExport != name && !(_contextExport?.Length == 0 && name.Length == 0))
+        {
+            // A context chosen for another export does not carry over to this one.
+            _allocationContext = false;
+        }
+    }
+
+    private NbdTransmissionFlags TransmissionFlags(IBlockDevice device)
+    {
+        var limits = device.Queue.Limits;
+
+        // Every connection reaches the same request queue, and a flush is a flush of the device:
+        // what one connection flushed is visible on every other, so multi-conn is true.
+        var flags = NbdTransmissionFlags.HasFlags | NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua |
+                    NbdTransmissionFlags.CanMultiConn;
+        if (device.IsReadOnly)
+        {
+            flags |= NbdTransmissionFlags.ReadOnly;
+        }
+        else
+        {
+            if (limits.MaxDiscardSectors > 0)
+            {
+                flags |= NbdTransmissionFlags.SendTrim;
+            }
+
+            // Write-zeroes is always the device's own operation (never emulated with writes), so it is fast.
+            if (limits.MaxWriteZeroesSectors > 0)
+            {
+                flags |= NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero;
+            }
+        }
+
+        if (_structured)
+        {
+            // Reads are always answered in one chunk, so "don't fragment" costs nothing.
+            flags |= NbdTransmissionFlags.SendDf;
+        }
+
+        return flags;
+    }
+
+    private (uint Minimum, uint Preferred, uint Maximum) BlockSizes(IBlockDevice device)
+    {
+        var limits = device.Queue.Limits;
+        var minimum = (uint)device.LogicalBlockSize;
+        var preferred = (uint)Math.Max(Math.Max(limits.PhysicalBlockSize, 4096), device.LogicalBlockSize);
+        var maximum = (uint)Math.Max(Options.MaxPayload, device.LogicalBlockSize);
+        return (minimum, preferred, maximum);
+    }
+
+    private static string Describe(IBlockDevice device) =>
+        $"ActorBlk {(device.Queue.BioDriver is null ? device.Queue.Driver.Kind : "stacked")} device {device.Name}, {device.LogicalBlockSize}-byte blocks";
+
+    private void WriteReply(NbdOption option, NbdReply type, ReadOnlySpan<byte> data)
+    {
+        var span = _writer.GetSpan(NbdProtocol.OptionReplyHeaderLength + data.Length);
+        BinaryPrimitives.WriteUInt64BigEndian(span, NbdProtocol.ReplyMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(span[8..], (uint)option);
+        BinaryPrimitives.WriteUInt32BigEndian(span[12..], (uint)type);
+        BinaryPrimitives.WriteUInt32BigEndian(span[16..], (uint)data.Length);
+        data.CopyTo(span[20..]);
+        _writer.Advance(NbdProtocol.OptionReplyHeaderLength + data.Length);
+    }
+
+    private async ValueTask ReplyAsync(NbdOption option, NbdReply type, byte[] data, CancellationToken ct)
+    {
+        WriteReply(option, type, data);
+        await _writer.FlushAsync(ct).ConfigureAwait(false);
+    }
+
+    private ValueTask ReplyErrorAsync(NbdOption option, NbdReply type, string message, CancellationToken ct) =>
+        ReplyAsync(option, type, Encoding.UTF8.GetBytes(message), ct);
+
+    private async ValueTask<byte[]> ReadExactAsync(int count, CancellationToken ct)
+    {
+        var result = await _reader.ReadAtLeastAsync(count, ct).ConfigureAwait(false);
+        var buffer = result.Buffer;
+        if (buffer.Length < count)
+        {
+            _reader.AdvanceTo(buffer.End);
+            throw new EndOfStreamException("the client closed the connection");
+        }
+
+        var bytes = buffer.Slice(0, count).ToArray();
+        _reader.AdvanceTo(buffer.GetPosition(count));
+        return bytes;
+    }
+
+    // ---------------------------------------------------------------- transmission
+
+    private async Task ReadRequestsAsync()
+    {
+        var device = _device!;
+        var ct = _abort.Token;
+        while (true)
+        {
+            var result = await _reader.ReadAtLeastAsync(NbdProtocol.RequestHeaderLength, ct).ConfigureAwait(false);
+            var buffer = result.Buffer;
+            if (buffer.Length < NbdProtocol.RequestHeaderLength)
+            {
+                _reader.AdvanceTo(buffer.End);
+                return; // the client went away between requests
+            }
+
+            var header = new RequestHeader(buffer.Slice(0, NbdProtocol.RequestHeaderLength));
+            _reader.AdvanceTo(buffer.GetPosition(NbdProtocol.RequestHeaderLength));
+            if (header.Magic != NbdProtocol.RequestMagic)
+            {
+                // Framing is lost: nothing after this can be parsed, so the protocol requires closing.
+                throw new NbdProtocolException($"bad request magic 0x{header.Magic:x8}");
+            }
+
+            if (header.Command == NbdCommand.Disconnect)
+            {
+                return; // in-flight requests still complete and reply; then the writer closes
+            }
+
+            if (header.Command == NbdCommand.Write && header.Length > (uint)Options.MaxPayload)
+            {
+                // The payload is too large to take and the stream cannot be resynchronised cheaply.
+                throw new NbdProtocolException($"write of {header.Length} bytes is over the maximum payload of {Options.MaxPayload}");
+            }
+
+            if (!_free.Reader.TryRead(out var slot))
+            {
+                slot = await _free.Reader.ReadAsync(ct).ConfigureAwait(false);
+            }
+
+            Interlocked.Increment(ref _references);
+            Interlocked.Increment(ref _inFlight);
+            slot.Reset(header.Cookie, header.Command, header.Flags, (long)header.Offset, header.Length);
+            if (header.Command == NbdCommand.Write)
+            {
+                slot.EnsureBuffer(device, (int)header.Length);
+                try
+                {
+                    await ReadPayloadAsync(slot.Payload, ct).ConfigureAwait(false);
+                }
+                catch
+                {
+                    // Never submitted: give the slot back without a reply.
+                    Recycle(slot);
+                    throw;
+                }
+            }
+
+            Dispatch(device, slot);
+        }
+    }
+
+    private async ValueTask ReadPayloadAsync(Memory<byte> target, CancellationToken ct)
+    {
+        var copied = 0;
+        while (copied < target.Length)
+        {
+            var result = await _reader.ReadAsync(ct).ConfigureAwait(false);
+            var buffer = result.Buffer;
+            var take = (int)Math.Min(buffer.Length, target.Length - copied);
+            buffer.Slice(0, take).CopyTo(target.Span[copied..]);
+            _reader.AdvanceTo(buffer.GetPosition(take));
+            copied += take;
+            if (copied < target.Length && result.IsCompleted)
+            {
+                throw new EndOfStreamException("the client closed the connection inside a write payload");
+            }
+        }
+    }
+
+    /// <summary>Checks a request and submits it to the block layer, or answers it at once.</summary>
+    private void Dispatch(IBlockDevice device, NbdRequestSlot slot)
+    {
+        var error = Check(device, slot);
+        if (error != NbdError.None)
+        {
+            slot.Error = error;
+            Completed(slot);
+            return;
+        }
+
+        var flags = (slot.Flags & NbdCommandFlags.Fua) != 0 ? RequestFlags.Fua : RequestFlags.None;
+        switch (slot.Command)
+        {
+            case NbdCommand.Read:
+                slot.EnsureBuffer(device, (int)slot.Length);
+                Submit(device, slot, BlockOp.Read, slot.Offset, slot.Length, slot.Payload, RequestFlags.None);
+                break;
+            case NbdCommand.Write:
+                Submit(device, slot, BlockOp.Write, slot.Offset, slot.Length, slot.Payload, flags);
+                break;
+            case NbdCommand.Flush:
+                Submit(device, slot, BlockOp.Flush, 0, 0, default, RequestFlags.None);
+                break;
+            case NbdCommand.Trim:
+                Submit(device, slot, BlockOp.Discard, slot.Offset, slot.Length, default, flags);
+                break;
+            case NbdCommand.WriteZeroes:
+                Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default, flags);
+                break;
+            case NbdCommand.BlockStatus:
+                // Answered by the writer from the request alone: every byte is reported as data.
+                Completed(slot);
+                break;
+            default:
+                slot.Error = NbdError.Invalid;
+                Completed(slot);
+                break;
+        }
+    }
+
+    private NbdError Check(IBlockDevice device, NbdRequestSlot slot)
+    {
+        var command = slot.Command;
+        if (command is not (NbdCommand.Read or NbdCommand.Write or NbdCommand.Flush or NbdCommand.Trim or NbdCommand.WriteZeroes or NbdCommand.BlockStatus))
+        {
+            return NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.Flush)
+        {
+            return NbdError.None;
+        }
+
+        var writes = command is NbdCommand.Write or NbdCommand.Trim or NbdCommand.WriteZeroes;
+        if (writes && device.IsReadOnly)
+        {
+            return NbdError.Perm;
+        }
+
+        if (slot.Length == 0 || slot.Offset < 0 || slot.Offset > device.Capacity - slot.Length)
+        {
+            return NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.Read && slot.Length > (uint)Options.MaxPayload)
+        {
+            return _structured ? NbdError.Overflow : NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.BlockStatus)
+        {
+            return _allocationContext ? NbdError.None : NbdError.Invalid;
+        }
+
+        var allowed = command switch
+        {
+            NbdCommand.Write => NbdCommandFlags.Fua,
+            NbdCommand.Trim => NbdCommandFlags.Fua,
+            NbdCommand.WriteZeroes => NbdCommandFlags.Fua | NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
+            _ => NbdCommandFlags.DontFragment,
+        };
+        if ((slot.Flags & ~allowed) != 0)
+        {
+            return NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.Trim && (_transmissionFlags & NbdTransmissionFlags.SendTrim) == 0)
+        {
+            return NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.WriteZeroes && (_transmissionFlags & NbdTransmissionFlags.SendWriteZeroes) == 0)
+        {
+            return (slot.Flags & NbdCommandFlags.FastZero) != 0 ? NbdError.NotSupported : NbdError.Invalid;
+        }
+
+        return (slot.Offset | slot.Length) % device.LogicalBlockSize != 0 ? NbdError.Invalid : NbdError.None;
+    }
+
+    /// <summary>
+    /// Submits one request; trims and write-zeroes longer than one bio can carry go as several
+    /// bios, and the reply waits for the last.
+    /// </summary>
+    private static void Submit(IBlockDevice device, NbdRequestSlot slot, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags)
+    {
+        var chunk = BlockDevice.MaxIoBytes & ~(long)(device.LogicalBlockSize - 1);
+        var parts = op.HasData() || length == 0 ? 1 : (int)((length + chunk - 1) / chunk);
+        slot.ExpectParts(parts);
+        for (var i = 0; i < parts; i++)
+        {
+            var partOffset = offset + (i * chunk);
+            var partLength = parts == 1 ? length : Math.Min(chunk, length - (i * chunk));
+            try
+            {
+                device.SubmitWithEndIo(op, partOffset, partLength, buffer, flags, IBlockDevice.AnyCpu, slot);
+            }
+            catch (InvalidBlockRequestException ex)
+            {
+                slot.PartRefused(NbdErrors.FromRefusal(ex.Reason));
+            }
+            catch (ObjectDisposedException)
+            {
+                slot.PartRefused(NbdError.Shutdown);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- replies
+
+    /// <summary>
+    /// Writes every completed reply, flushes, then recycles the slots (so a slot's buffer is reused
+    /// only after its data left). One thread at a time; a flush that cannot finish at once
+    /// continues asynchronously and drains again after it.
+    /// </summary>
+    private void Drain()
+    {
+        while (Interlocked.CompareExchange(ref _writing, 1, 0) == 0)
+        {
+            var count = 0;
+            while (count < _batch.Length && _writer.UnflushedBytes < FlushThreshold && _completed.Reader.TryRead(out var slot))
+            {
+                if (!_broken)
+                {
+                    try
+                    {
+                        WriteReply(slot);
+                    }
+                    catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+                    {
+                        Abort();
+                    }
+                }
+
+                _batch[count++] = slot;
+            }
+
+            if (count > 0 && !_broken)
+            {
+                ValueTask<FlushResult> flush;
+                try
+                {
+                    flush = _writer.FlushAsync();
+                }
+                catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+                {
+                    Abort();
+                    flush = default;
+                }
+
+                if (!flush.IsCompleted)
+                {
+                    _ = FinishFlushAsync(flush, count);
+                    return;
+                }
+
+                EndFlush(flush);
+            }
+
+            RecycleBatch(count);
+            Volatile.Write(ref _writing, 0);
+            if (!_completed.Reader.TryPeek(out _))
+            {
+                return;
+            }
+        }
+    }
+
+    private async Task FinishFlushAsync(ValueTask<FlushResult> flush, int count)
+    {
+        try
+        {
+            var result = await flush.ConfigureAwait(false);
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                Abort();
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            Abort();
+        }
+
+        RecycleBatch(count);
+        Volatile.Write(ref _writing, 0);
+        Drain();
+    }
+
+    private void EndFlush(ValueTask<FlushResult> flush)
+    {
+        try
+        {
+            var result = flush.GetAwaiter().GetResult();
+            if (result.IsCompleted || result.IsCanceled)
+            {
+                Abort();
+            }
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The client is gone: drop the remaining replies, keep returning slots.
+            Abort();
+        }
+    }
+
+    private void RecycleBatch(int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            var slot = _batch[i];
+            _batch[i] = null!;
+            Recycle(slot);
+        }
+    }
+
+    private void Recycle(NbdRequestSlot slot)
+    {
+        slot.TrimBuffer();
+        Interlocked.Decrement(ref _inFlight);
+        _free.Writer.TryWrite(slot);
+        Release();
+    }
+
+    private void WriteReply(NbdRequestSlot slot)
+    {
+        var error = slot.Error;
+        if (!_structured)
+        {
+            var data = error == NbdError.None && slot.Command == NbdCommand.Read ? (int)slot.Length : 0;
+            var span = _writer.GetSpan(NbdProtocol.SimpleReplyHeaderLength);
+            BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.SimpleReplyMagic);
+            BinaryPrimitives.WriteUInt32BigEndian(span[4..], (uint)error);
+            BinaryPrimitives.WriteUInt64BigEndian(span[8..], slot.Cookie);
+            _writer.Advance(NbdProtocol.SimpleReplyHeaderLength);
+            if (data > 0)
+            {
+                _writer.Write(slot.Payload.Span);
+            }
+
+            return;
+        }
+
+        if (error != NbdError.None)
+        {
+            var span = WriteChunkHeader(slot.Cookie, NbdChunkType.Error, 6);
+            BinaryPrimitives.WriteUInt32BigEndian(span, (uint)error);
+            BinaryPrimitives.WriteUInt16BigEndian(span[4..], 0);
+            _writer.Advance(6);
+            return;
+        }
+
+        switch (slot.Command)
+        {
+            case NbdCommand.Read:
+            {
+                var span = WriteChunkHeader(slot.Cookie, NbdChunkType.OffsetData, 8 + slot.Length);
+                BinaryPrimitives.WriteUInt64BigEndian(span, (ulong)slot.Offset);
+                _writer.Advance(8);
+                _writer.Write(slot.Payload.Span);
+                break;
+            }
+
+            case NbdCommand.BlockStatus:
+            {
+                // One extent covering the request: allocated data (a device that does not track
+                // allocation may answer so; proto.md, base:allocation).
+                var span = WriteChunkHeader(slot.Cookie, NbdChunkType.BlockStatus, 12);
+                BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.BaseAllocationId);
+                BinaryPrimitives.WriteUInt32BigEndian(span[4..], slot.Length);
+                BinaryPrimitives.WriteUInt32BigEndian(span[8..], (uint)NbdAllocationFlags.Data);
+                _writer.Advance(12);
+                break;
+            }
+
+            default:
+                WriteChunkHeader(slot.Cookie, NbdChunkType.None, 0);
+                break;
+        }
+    }
+
+    /// <summary>Writes a final chunk's header and returns the span after it (at least the chunk's fixed part).</summary>
+    private Span<byte> WriteChunkHeader(ulong cookie, NbdChunkType type, uint length)
+    {
+        var span = _writer.GetSpan(NbdProtocol.StructuredReplyHeaderLength + 16);
+        BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.StructuredReplyMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(span[4..], 1); // NBD_REPLY_FLAG_DONE
+        BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)type);
+        BinaryPrimitives.WriteUInt64BigEndian(span[8..], cookie);
+        BinaryPrimitives.WriteUInt32BigEndian(span[16..], length);
+        _writer.Advance(NbdProtocol.StructuredReplyHeaderLength);
+        return _writer.GetSpan(16);
+    }
+
+    /// <summary>A parsed 28-byte request header.</summary>
+    private readonly struct RequestHeader
+    {
+        public RequestHeader(ReadOnlySequence<byte> bytes)
+        {
+            Span<byte> h = stackalloc byte[NbdProtocol.RequestHeaderLength];
+            bytes.CopyTo(h);
+            Magic = BinaryPrimitives.ReadUInt32BigEndian(h);
+            Flags = (NbdCommandFlags)BinaryPrimitives.ReadUInt16BigEndian(h[4..]);
+            Command = (NbdCommand)BinaryPrimitives.ReadUInt16BigEndian(h[6..]);
+            Cookie = BinaryPrimitives.ReadUInt64BigEndian(h[8..]);
+            Offset = BinaryPrimitives.ReadUInt64BigEndian(h[16..]);
+            Length = BinaryPrimitives.ReadUInt32BigEndian(h[24..]);
+        }
+
+        public uint Magic { get; }
+
+        public NbdCommandFlags Flags { get; }
+
+        public NbdCommand Command { get; }
+
+        public ulong Cookie { get; }
+
+        public ulong Offset { get; }
+
+        public uint Length { get; }
+    }
+}
+
+/// <summary>The peer broke the NBD protocol in a way that ends the connection.</summary>
+public sealed class NbdProtocolException(string message) : Exception(message);

@@ -1,0 +1,150 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Nbd;
+
+/// <summary>
+/// One in-flight NBD request of a connection: its header, its payload buffer (kept and reused
+/// across requests, so the read and write paths allocate nothing) and its outcome. The slot is the
+/// bio's end_io: the block layer's completion hands it to the connection's reply writer.
+/// </summary>
+internal sealed class NbdRequestSlot : IBioEndIo
+{
+    /// <summary>Buffers up to this size stay with the slot; larger ones are freed after the reply.</summary>
+    internal const int KeepBytes = 1 << 20;
+
+    private readonly NbdConnection _connection;
+    private int _pending;
+    private int _status;
+
+    public NbdRequestSlot(NbdConnection connection) => _connection = connection;
+
+    public ulong Cookie { get; private set; }
+
+    public NbdCommand Command { get; private set; }
+
+    public NbdCommandFlags Flags { get; private set; }
+
+    public long Offset { get; private set; }
+
+    public uint Length { get; private set; }
+
+    /// <summary>The wire error of the reply, set before submission (refused) or at completion.</summary>
+    public NbdError Error { get; set; }
+
+    public AlignedBuffer? Buffer { get; private set; }
+
+    public Memory<byte> Payload => Buffer is { } b ? b.Memory[..(int)Length] : default;
+
+    public void Reset(ulong cookie, NbdCommand command, NbdCommandFlags flags, long offset, uint length)
+    {
+        Cookie = cookie;
+        Command = command;
+        Flags = flags;
+        Offset = offset;
+        Length = length;
+        Error = NbdError.None;
+        _status = 0;
+    }
+
+    /// <summary>Makes <see cref="Buffer"/> hold at least <paramref name="length"/> bytes, from <paramref name="device"/>'s memory.</summary>
+    public void EnsureBuffer(IBlockDevice device, int length)
+    {
+        if (Buffer is { } b && b.Length >= length)
+        {
+            return;
+        }
+
+        ((IDisposable?)Buffer)?.Dispose();
+        Buffer = null;
+        // Round up to a power of two (at least 64 KiB) so a slot grows a few times, not per size.
+        var size = Math.Max(64 << 10, (int)Math.Min(1L << 30, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)));
+        Buffer = device.AllocateBuffer(size);
+    }
+
+    /// <summary>Frees a buffer too large to keep (after the reply went out).</summary>
+    public void TrimBuffer()
+    {
+        if (Buffer is { Length: > KeepBytes } b)
+        {
+            ((IDisposable)b).Dispose();
+            Buffer = null;
+        }
+    }
+
+    public void ReleaseBuffer()
+    {
+        ((IDisposable?)Buffer)?.Dispose();
+        Buffer = null;
+    }
+
+    /// <summary>The request goes to the block layer as <paramref name="parts"/> bios; the reply waits for all.</summary>
+    public void ExpectParts(int parts) => Volatile.Write(ref _pending, parts);
+
+    /// <summary>A part that was never submitted (refused by the device's checks) counts as completed with <paramref name="error"/>.</summary>
+    public void PartRefused(NbdError error)
+    {
+        Interlocked.CompareExchange(ref _status, (int)error, 0);
+        if (Interlocked.Decrement(ref _pending) == 0)
+        {
+            Finish();
+        }
+    }
+
+    public void OnBioComplete(Bio bio, BlockStatus status)
+    {
+        if (status != BlockStatus.Ok)
+        {
+            Interlocked.CompareExchange(ref _status, (int)NbdErrors.FromStatus(status), 0);
+        }
+
+        if (Interlocked.Decrement(ref _pending) == 0)
+        {
+            Finish();
+        }
+    }
+
+    private void Finish()
+    {
+        Error = (NbdError)Volatile.Read(ref _status);
+        _connection.Completed(this);
+    }
+}
+
+/// <summary>How block-layer outcomes become NBD errors.</summary>
+public static class NbdErrors
+{
+    /// <summary>The wire error for a block status (blk-mq-semantics §3.8: the status of the request).</summary>
+    public static NbdError FromStatus(BlockStatus status) => status switch
+    {
+        BlockStatus.Ok => NbdError.None,
+        BlockStatus.NoSpace => NbdError.NoSpace,
+        BlockStatus.Invalid => NbdError.Invalid,
+        BlockStatus.NotSupported => NbdError.NotSupported,
+        BlockStatus.Offline => NbdError.Shutdown,
+        BlockStatus.Resource or BlockStatus.Again => NbdError.NoMemory,
+        _ => NbdError.Io,
+    };
+
+    /// <summary>The wire error for a request the device refused before submission.</summary>
+    public static NbdError FromRefusal(InvalidRequestReason reason) => reason switch
+    {
+        InvalidRequestReason.ReadOnly => NbdError.Perm,
+        InvalidRequestReason.NotSupported => NbdError.NotSupported,
+        InvalidRequestReason.NotRegistered => NbdError.Shutdown,
+        _ => NbdError.Invalid,
+    };
+
+    /// <summary>The status an NBD client reports for a wire error.</summary>
+    public static BlockStatus ToStatus(NbdError error) => error switch
+    {
+        NbdError.None => BlockStatus.Ok,
+        NbdError.NoSpace => BlockStatus.NoSpace,
+        NbdError.Invalid or NbdError.Overflow => BlockStatus.Invalid,
+        NbdError.NotSupported => BlockStatus.NotSupported,
+        NbdError.Shutdown => BlockStatus.Offline,
+        NbdError.Perm => BlockStatus.Invalid,
+        NbdError.NoMemory => BlockStatus.Resource,
+        _ => BlockStatus.IoError,
+    };
+}

@@ -1,0 +1,155 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+
+namespace ActorBlk.Hardware.Nbd;
+
+/// <summary>
+/// An NBD server: listens on a TCP endpoint and serves every device of an
+/// <see cref="INbdExportCatalog"/> with fixed newstyle negotiation. Each accepted socket is one
+/// <see cref="NbdConnection"/>, which pipelines its requests into the block layer.
+/// </summary>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly Socket _listener;
+    private readonly ConcurrentDictionary<long, NbdConnection> _connections = new();
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly Task _acceptLoop;
+    private long _nextId;
+    private long _accepted;
+    private long _refused;
+    private int _disposed;
+
+    private NbdServer(INbdExportCatalog catalog, NbdServerOptions options, Action<string>? log)
+    {
+        Catalog = catalog;
+        Options = options;
+        Log = log;
+        _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            _listener.Bind(options.Listen);
+            _listener.Listen(512);
+        }
+        catch
+        {
+            _listener.Dispose();
+            throw;
+        }
+
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        _acceptLoop = Task.Run(AcceptLoopAsync);
+    }
+
+    /// <summary>The bound endpoint (the real port when the options named port 0).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    /// <summary>The exports.</summary>
+    public INbdExportCatalog Catalog { get; }
+
+    /// <summary>The settings.</summary>
+    public NbdServerOptions Options { get; }
+
+    /// <summary>Connections open now.</summary>
+    public int ConnectionCount => _connections.Count;
+
+    /// <summary>Connections accepted since start.</summary>
+    public long AcceptedConnections => Interlocked.Read(ref _accepted);
+
+    /// <summary>Connections closed at accept because <see cref="NbdServerOptions.MaxConnections"/> were open.</summary>
+    public long RefusedConnections => Interlocked.Read(ref _refused);
+
+    /// <summary>Requests in flight in the block layer over all connections.</summary>
+    public int InFlight => _connections.Values.Sum(c => c.InFlight);
+
+    internal Action<string>? Log { get; }
+
+    /// <summary>Validates <paramref name="options"/>, binds and starts accepting.</summary>
+    /// <param name="catalog">The devices to export.</param>
+    /// <param name="options">Settings.</param>
+    /// <param name="log">Receives one line per notable event (connection errors); may be null.</param>
+    /// <exception cref="ArgumentException">The options are invalid (see <see cref="NbdServerOptions.Validate"/>).</exception>
+    /// <exception cref="SocketException">The endpoint cannot be bound.</exception>
+    public static NbdServer Start(INbdExportCatalog catalog, NbdServerOptions options, Action<string>? log = null)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        return new NbdServer(catalog, options, log);
+    }
+
+    /// <summary>
+    /// Stops accepting, closes every connection and waits until each connection's requests
+    /// have completed in the block layer (they are not cancelled: every request completes and
+    /// frees its tag).
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        _listener.Dispose();
+        try
+        {
+            await _acceptLoop.ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException or SocketException)
+        {
+            // The listener was closed under the accept.
+        }
+
+        var open = _connections.Values.ToArray();
+        foreach (var c in open)
+        {
+            c.Abort();
+        }
+
+        await Task.WhenAll(open.Select(c => c.Completion)).ConfigureAwait(false);
+        _stopping.Dispose();
+    }
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+            {
+                return;
+            }
+            catch (SocketException ex) when (!_stopping.IsCancellationRequested)
+            {
+                // A connection reset between SYN and accept: nothing to serve, keep listening.
+                Log?.Invoke($"NBD accept failed: {ex.Message}");
+                continue;
+            }
+
+            Interlocked.Increment(ref _accepted);
+            if (_connections.Count >= Options.MaxConnections)
+            {
+                Interlocked.Increment(ref _refused);
+                socket.Dispose();
+                continue;
+            }
+
+            var id = Interlocked.Increment(ref _nextId);
+            var connection = new NbdConnection(this, socket, id);
+            _connections[id] = connection;
+            connection.Start();
+            _ = connection.Completion.ContinueWith(
+                (_, state) => ((NbdServer)state!)._connections.TryRemove(id, out NbdConnection? _),
+                this,
+                CancellationToken.None,
+                TaskContinuationOptions.ExecuteSynchronously,
+                TaskScheduler.Default);
+        }
+    }
+}

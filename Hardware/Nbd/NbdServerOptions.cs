@@ -1,0 +1,94 @@
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+
+namespace ActorBlk.Hardware.Nbd;
+
+/// <summary>How an NBD server treats <c>NBD_OPT_STARTTLS</c>.</summary>
+public enum NbdTlsMode
+{
+    /// <summary>No TLS: <c>NBD_OPT_STARTTLS</c> is answered <c>NBD_REP_ERR_UNSUP</c>.</summary>
+    Off,
+
+    /// <summary>TLS offered: a client may upgrade with <c>NBD_OPT_STARTTLS</c> or stay in plain text.</summary>
+    On,
+
+    /// <summary>TLS required: every option but STARTTLS and ABORT is refused with <c>NBD_REP_ERR_TLS_REQD</c> until the upgrade.</summary>
+    Require,
+}
+
+/// <summary>Settings of an <see cref="NbdServer"/>.</summary>
+public sealed record NbdServerOptions
+{
+    /// <summary>Default for <see cref="MaxPayload"/>: 32 MiB, the largest request the protocol document says clients may expect to work.</summary>
+    public const int DefaultMaxPayload = 32 << 20;
+
+    /// <summary>Where to listen; port 0 picks a free port (see <see cref="NbdServer.LocalEndPoint"/>).</summary>
+    public IPEndPoint Listen { get; init; } = new(IPAddress.Loopback, NbdProtocol.DefaultPort);
+
+    /// <summary>STARTTLS policy.</summary>
+    public NbdTlsMode Tls { get; init; } = NbdTlsMode.Off;
+
+    /// <summary>The server certificate (with its private key) when <see cref="Tls"/> is not <see cref="NbdTlsMode.Off"/>.</summary>
+    public X509Certificate2? Certificate { get; init; }
+
+    /// <summary>
+    /// Allows listening on a non-loopback address without <see cref="NbdTlsMode.Require"/>. Off by
+    /// default: an NBD export gives anyone who can connect full read and write access.
+    /// </summary>
+    public bool AllowInsecure { get; init; }
+
+    /// <summary>Connections served at once; further connections are closed at accept.</summary>
+    public int MaxConnections { get; init; } = 1024;
+
+    /// <summary>Requests one connection keeps in flight; the connection stops reading when all are taken.</summary>
+    public int MaxInFlight { get; init; } = 128;
+
+    /// <summary>The largest read or write payload (advertised as the maximum block size).</summary>
+    public int MaxPayload { get; init; } = DefaultMaxPayload;
+
+    /// <summary>How long a client may take to finish negotiation.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Checks the settings.</summary>
+    /// <exception cref="ArgumentException">A setting is out of range, TLS lacks a certificate, or a non-loopback address is used without TLS and without <see cref="AllowInsecure"/>.</exception>
+    public void Validate()
+    {
+        ArgumentNullException.ThrowIfNull(Listen);
+        if (MaxConnections < 1)
+        {
+            throw new ArgumentException($"max-connections must be at least 1, not {MaxConnections}.", nameof(MaxConnections));
+        }
+
+        if (MaxInFlight is < 1 or > 65536)
+        {
+            throw new ArgumentException($"max-in-flight must be 1 to 65536, not {MaxInFlight}.", nameof(MaxInFlight));
+        }
+
+        if (MaxPayload < 4096 || (MaxPayload & (MaxPayload - 1)) != 0 || MaxPayload > 1 << 30)
+        {
+            throw new ArgumentException($"max-payload must be a power of two from 4 KiB to 1 GiB, not {MaxPayload}.", nameof(MaxPayload));
+        }
+
+        if (HandshakeTimeout <= TimeSpan.Zero)
+        {
+            throw new ArgumentException("handshake-timeout must be positive.", nameof(HandshakeTimeout));
+        }
+
+        if (Tls != NbdTlsMode.Off && Certificate is null)
+        {
+            throw new ArgumentException($"tls = {Tls.ToString().ToLowerInvariant()} needs a certificate.", nameof(Certificate));
+        }
+
+        if (Certificate is { HasPrivateKey: false })
+        {
+            throw new ArgumentException("the TLS certificate has no private key.", nameof(Certificate));
+        }
+
+        if (!IPAddress.IsLoopback(Listen.Address) && Tls != NbdTlsMode.Require && !AllowInsecure)
+        {
+            throw new ArgumentException(
+                $"refusing to export NBD on {Listen}, which is not a loopback address, without TLS: anyone who can reach it could read and write every device. " +
+                "Set actorblk.nbd.tls = require (with a certificate), or actorblk.nbd.allow-insecure = on to accept the risk.", nameof(Listen));
+        }
+    }
+}

@@ -1,0 +1,136 @@
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// What a bench run counts, and when: the measured window and the per-direction figures fio
+/// reports. The window opens after <c>ramp_time</c> and closes at the end of <c>runtime</c>
+/// (fixed when it opens, so a late wake-up of the timer cannot stretch it) or when the last I/O
+/// of a size-bound run completes. A completion is recorded only when its time falls inside the
+/// window. A failed I/O counts in its direction's <c>total_ios</c> and <c>drop_ios</c> and in the
+/// error totals, never in bytes, IOPS, bandwidth or latency (fio's <c>io_completed</c> accounts
+/// bytes and latency only for I/Os without an error).
+/// </summary>
+/// <remarks>
+/// Completions run on many threads (dispatch loops, completion workers, polling jobs). Each thread
+/// writes its own statistics without locks; <see cref="Collect"/> merges them once every I/O has
+/// completed, so no one reads a thread's numbers while it writes them.
+/// </remarks>
+internal sealed class BenchAccounting : IDisposable
+{
+    private readonly BenchClock _clock;
+    private readonly int _blockSize;
+    private readonly ThreadLocal<ThreadStats> _threads = new(() => new ThreadStats(), trackAllValues: true);
+    private long _start = long.MaxValue;
+    private long _end = long.MaxValue;
+
+    public BenchAccounting(BenchClock clock, int blockSize)
+    {
+        ArgumentNullException.ThrowIfNull(clock);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        _clock = clock;
+        _blockSize = blockSize;
+    }
+
+    /// <summary>Now, on the run's clock.</summary>
+    public long Now => _clock.Timestamp;
+
+    /// <summary>
+    /// Opens the measured window now. With a <paramref name="runtime"/> its end is fixed at once:
+    /// completions later than that are not recorded however late the run is stopped.
+    /// </summary>
+    public void OpenWindow(TimeSpan? runtime)
+    {
+        var start = _clock.Timestamp;
+        Volatile.Write(ref _end, runtime is { } r ? start + BenchClock.Ticks(r) : long.MaxValue);
+        Volatile.Write(ref _start, start);
+    }
+
+    /// <summary>Closes the window now, unless its runtime already ended it earlier.</summary>
+    public void CloseWindow()
+    {
+        var now = _clock.Timestamp;
+        if (now < Volatile.Read(ref _end))
+        {
+            Volatile.Write(ref _end, now);
+        }
+    }
+
+    /// <summary>The measured interval: from the window's opening to its end.</summary>
+    public TimeSpan Measured
+    {
+        get
+        {
+            var start = Volatile.Read(ref _start);
+            var end = Volatile.Read(ref _end);
+            return start == long.MaxValue || end == long.MaxValue ? TimeSpan.Zero : BenchClock.Duration(Math.Max(0, end - start));
+        }
+    }
+
+    /// <summary>
+    /// Records one finished I/O submitted at <paramref name="submitted"/> and completed now, if
+    /// now is inside the window; returns whether it was recorded.
+    /// </summary>
+    public bool Record(bool read, BlockStatus status, long submitted)
+    {
+        var completed = _clock.Timestamp;
+        if (completed < Volatile.Read(ref _start) || completed > Volatile.Read(ref _end))
+        {
+            return false;
+        }
+
+        var thread = _threads.Value!;
+        var stats = read ? thread.Read : thread.Write;
+        if (status == BlockStatus.Ok)
+        {
+            stats.Total.RecordTicks(completed - submitted);
+            stats.Ios++;
+            stats.Bytes += _blockSize;
+        }
+        else
+        {
+            stats.Failed++;
+            if (completed < thread.FirstErrorAt)
+            {
+                thread.FirstErrorAt = completed;
+                thread.FirstError = status;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>Merges every thread's figures; call once no I/O is in flight.</summary>
+    public (OpStats Read, OpStats Write, BlockStatus FirstError) Collect()
+    {
+        var read = new OpStats();
+        var write = new OpStats();
+        var firstAt = long.MaxValue;
+        var first = BlockStatus.Ok;
+        foreach (var t in _threads.Values)
+        {
+            read.Add(t.Read);
+            write.Add(t.Write);
+            if (t.FirstErrorAt < firstAt)
+            {
+                firstAt = t.FirstErrorAt;
+                first = t.FirstError;
+            }
+        }
+
+        return (read, write, first);
+    }
+
+    public void Dispose() => _threads.Dispose();
+
+    private sealed class ThreadStats
+    {
+        public OpStats Read { get; } = new();
+
+        public OpStats Write { get; } = new();
+
+        public long FirstErrorAt { get; set; } = long.MaxValue;
+
+        public BlockStatus FirstError { get; set; }
+    }
+}

@@ -1,0 +1,28 @@
+using System.Diagnostics;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// The clock a bench run times its I/Os and its measured window on, in <see cref="Stopwatch"/>
+/// ticks (<see cref="Stopwatch.Frequency"/> per second). A run uses <see cref="System"/>; the
+/// accounting specs drive a manual clock so the arithmetic is checked without wall time.
+/// </summary>
+internal abstract class BenchClock
+{
+    /// <summary>The high-resolution monotonic clock (<see cref="Stopwatch.GetTimestamp"/>).</summary>
+    public static BenchClock System { get; } = new StopwatchClock();
+
+    /// <summary>Ticks since an arbitrary origin; never goes backwards.</summary>
+    public abstract long Timestamp { get; }
+
+    /// <summary>A duration in this clock's ticks.</summary>
+    public static long Ticks(TimeSpan duration) => (long)(duration.TotalSeconds * Stopwatch.Frequency);
+
+    /// <summary>A number of this clock's ticks as a duration.</summary>
+    public static TimeSpan Duration(long ticks) => TimeSpan.FromSeconds((double)ticks / Stopwatch.Frequency);
+
+    private sealed class StopwatchClock : BenchClock
+    {
+        public override long Timestamp => Stopwatch.GetTimestamp();
+    }
+}

@@ -1,0 +1,94 @@
+using System.Net;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Akka.Configuration;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests.Nbd;
+
+/// <summary>
+/// A device on an NBD server under the block layer's supervision: a lost connection is a device
+/// that is gone, reopened with back-off (the requests retried), and a server that stays gone
+/// turns the device offline with Offline errors, never a hang.
+/// </summary>
+public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
+
+    private static readonly Config Supervised = ConfigurationFactory.ParseString("""
+        akka.loglevel = WARNING
+        actorblk.topology { source = simulated, simulated.cpus = 2 }
+        actorblk.supervision {
+          reopen-backoff-min = 50ms
+          reopen-backoff-max = 200ms
+          reopen-attempts = 3
+          max-reopens = 5
+        }
+        """);
+
+    public NbdRemoteDeviceSpec(ITestOutputHelper output)
+        : base(Supervised, output: output)
+    {
+    }
+
+    private static NbdServer Serve(IBlockDevice device, int port = 0) =>
+        NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, port) });
+
+    [Fact]
+    public async Task A_server_that_comes_back_is_reconnected_and_the_data_is_read_again()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "mem0", Size = 16 << 20, MemoryBacked = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        var server = Serve(backing);
+        var port = server.LocalEndPoint.Port;
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}/mem0", IoTimeoutMs = 5000 });
+        var data = Enumerable.Repeat((byte)0x77, 4096).ToArray();
+        await remote.WriteAsync(8192, data);
+
+        // The server goes away and comes back on the same port.
+        await server.DisposeAsync();
+        server = Serve(backing, port);
+        try
+        {
+            var back = new byte[4096];
+            await AwaitAssertAsync(async () =>
+            {
+                var status = await remote.ExecuteAsync(BlockOp.Read, 8192, 4096, back).AsTask().WaitAsync(Liveness);
+                Assert.Equal(BlockStatus.Ok, status);
+            }, Liveness, TimeSpan.FromMilliseconds(50));
+            Assert.Equal(data, back);
+            await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 1), Liveness);
+        }
+        finally
+        {
+            await layer.DestroyDeviceAsync("remote0");
+            await server.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task A_server_that_stays_gone_turns_the_device_offline_with_offline_errors()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "mem1", Size = 16 << 20, MemoryBacked = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        var server = Serve(backing);
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "remote1", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/mem1", IoTimeoutMs = 5000 });
+        await remote.WriteAsync(0, new byte[4096]);
+        await server.DisposeAsync();
+
+        // Every request completes: the ones issued while supervision reconnects are retried and
+        // then failed, and once the device is offline each fails at once with Offline.
+        await AwaitAssertAsync(async () =>
+        {
+            var status = await remote.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness);
+            Assert.Equal(BlockStatus.Offline, status);
+        }, Liveness, TimeSpan.FromMilliseconds(50));
+        Assert.Equal(BlockStatus.Offline, await remote.ExecuteAsync(BlockOp.Write, 4096, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+        await layer.DestroyDeviceAsync("remote1");
+    }
+}

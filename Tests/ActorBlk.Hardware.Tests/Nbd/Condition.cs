@@ -1,0 +1,22 @@
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>Awaits a condition that other threads make true (TestKit's AwaitCondition for data-plane specs).</summary>
+public static class Condition
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>Polls <paramref name="condition"/> until it holds; fails with <paramref name="what"/> after a generous timeout.</summary>
+    public static async Task EventuallyAsync(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + Timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"not true within {Timeout.TotalSeconds} s: {what}");
+            }
+
+            await Task.Delay(10);
+        }
+    }
+}

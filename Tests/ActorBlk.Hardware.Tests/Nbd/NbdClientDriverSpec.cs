@@ -1,0 +1,138 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Nbd;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// The NBD client driver (<c>driver = nbd</c>): a device whose data lives on an NBD server, one
+/// hardware queue per connection, against our own export and against nbdkit.
+/// </summary>
+public sealed class NbdClientDriverSpec
+{
+    private static async Task ExerciseAsync(IBlockDevice device, long size)
+    {
+        Assert.Equal(size, device.Capacity);
+        var data = Enumerable.Range(0, 64 << 10).Select(i => (byte)(i * 31 + 7)).ToArray();
+        await device.WriteAsync(1 << 20, data, ActorBlk.Hardware.Requests.RequestFlags.Fua);
+        var back = new byte[data.Length];
+        await device.ReadAsync(1 << 20, back);
+        Assert.Equal(data, back);
+        await device.FlushAsync();
+        await device.WriteZeroesAsync(1 << 20, 4096);
+        await device.DiscardAsync((1 << 20) + 4096, 4096);
+        await device.ReadAsync(1 << 20, back);
+        Assert.All(back.AsSpan(0, 8192).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(data.AsSpan(8192).ToArray(), back.AsSpan(8192).ToArray());
+
+        // Many in flight at once over every connection (each connection's limit is its tag depth).
+        var tasks = Enumerable.Range(0, 256).Select(async i =>
+        {
+            var block = Enumerable.Repeat((byte)i, 4096).ToArray();
+            await device.WriteAsync((long)i * 4096, block, cpu: i % 2);
+            var read = new byte[4096];
+            await device.ReadAsync((long)i * 4096, read, cpu: (i + 1) % 2);
+            Assert.All(read, b => Assert.Equal((byte)i, b));
+        });
+        await Task.WhenAll(tasks);
+        var error = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.ReadAsync(size, new byte[4096]));
+        Assert.Equal(InvalidRequestReason.OutOfRange, error.Reason);
+    }
+
+    [Fact]
+    public async Task Against_our_own_export_with_two_connections_reads_and_writes_the_served_device()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = fx.Uri("mem0"), Connections = 2, HwQueueDepth = 32 }, CpuTopology.Simulated(2));
+        Assert.Equal(2, device.Queue.HardwareContexts.Count);
+        Assert.Equal(2, fx.Server.ConnectionCount);
+        Assert.Equal("nbd", device.Queue.Driver.Kind);
+        await ExerciseAsync(device, NbdExportFixture.MemSize);
+
+        // What went over NBD is on the served device.
+        var direct = new byte[4096];
+        await fx.Mem.ReadAsync(100 * 4096, direct);
+        Assert.All(direct, b => Assert.Equal(100, b));
+
+        var ro = devices.Create(new DeviceOptions { Name = "remote1", Driver = "nbd", Uri = fx.Uri("ro0") }, CpuTopology.Simulated(2));
+        Assert.True(ro.IsReadOnly);
+        Assert.Equal(InvalidRequestReason.ReadOnly, (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await ro.WriteAsync(0, new byte[512]))).Reason);
+    }
+
+    [SkippableFact]
+    public async Task Against_nbdkit_memory_reads_and_writes()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        var port = FreePort();
+        var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "memory", "64M" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var nbdkit = Process.Start(psi)!;
+        try
+        {
+            await Condition.EventuallyAsync(() => CanConnect(port), "nbdkit listens");
+            await using var devices = new RingDevices(2);
+            var device = devices.Create(new DeviceOptions { Name = "kit0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}", Connections = 2 }, CpuTopology.Simulated(2));
+            await ExerciseAsync(device, 64 << 20);
+        }
+        finally
+        {
+            nbdkit.Kill();
+            await nbdkit.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
+    public void An_unreachable_server_fails_device_creation_with_the_uri_named()
+    {
+        var port = FreePort();
+        var ex = Assert.Throws<BlockDeviceOpenException>(() => DeviceBuilder.CreateDriver(new DeviceOptions { Name = "gone0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}/x" }));
+        Assert.Contains($"nbd://127.0.0.1:{port}/x", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("nbd://h/e", "h", 10809, "e", false)]
+    [InlineData("nbds://10.0.0.1:10900/disk%200", "10.0.0.1", 10900, "disk 0", true)]
+    [InlineData("nbd://[::1]:99/", "::1", 99, "", false)]
+    public void Uris_parse(string text, string host, int port, string export, bool tls) =>
+        Assert.Equal(new NbdUri(host, port, export, tls), NbdUri.Parse(text));
+
+    [Fact]
+    public void Bad_options_are_refused_with_the_key_named()
+    {
+        Assert.Equal("uri", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Driver = "nbd" }.Validate()).Option);
+        Assert.Equal("uri", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Driver = "nbd", Uri = "http://x/" }.Validate()).Option);
+        Assert.Equal("connections", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Driver = "nbd", Uri = "nbd://x/", Connections = 0 }.Validate()).Option);
+        Assert.Equal("uri", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Uri = "nbd://x/" }.Validate()).Option);
+    }
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    private static bool CanConnect(int port)
+    {
+        try
+        {
+            using var c = new TcpClient();
+            c.Connect(IPAddress.Loopback, port);
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// Hostile input never crashes the node or another connection: bad magic, unknown flags, option
+/// lengths of gigabytes, oversized requests, reads past the end, a client that vanishes with
+/// writes in flight, a thousand connections opened and dropped, a client that never negotiates
+/// and a device removed under its connections.
+/// </summary>
+public sealed class NbdHostileInputSpec
+{
+    /// <summary>A healthy client still gets a correct read after whatever came before.</summary>
+    private static async Task AssertServesAsync(NbdExportFixture fx)
+    {
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = client;
+        await client.SendRequestAsync(NbdCommand.Read, 99, 0, 4096);
+        var reply = await client.ReadSimpleReplyAsync(_ => 4096);
+        Assert.Equal((NbdError.None, 99UL), (reply.Error, reply.Cookie));
+    }
+
+    [Fact]
+    public async Task Bad_option_magic_and_unknown_client_flags_close_only_that_connection()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using (var other = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+        {
+            await using (var bad = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+            {
+                await bad.WriteAsync(Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+                Assert.True(await bad.ClosedByServerAsync());
+            }
+
+            await using (var flags = await RawNbdClient.NegotiateAsync(fx.Endpoint, (NbdClientFlags)0x80000001))
+            {
+                Assert.True(await flags.ClosedByServerAsync());
+            }
+
+            // The connection opened before is still negotiating normally.
+            await other.SendOptionAsync(NbdOption.StructuredReply, []);
+            Assert.Equal(NbdReply.Ack, (await other.ReadOptionReplyAsync()).Type);
+        }
+
+        await AssertServesAsync(fx);
+    }
+
+    [Fact]
+    public async Task An_option_length_of_gigabytes_is_refused_as_too_big_without_reading_or_allocating_it()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var before = GC.GetTotalAllocatedBytes(precise: true);
+        await using (var client = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+        {
+            await client.SendOptionAsync(NbdOption.Go, [0, 0, 0, 0], length: 3u << 30);
+            var reply = await client.ReadOptionReplyAsync();
+            Assert.Equal((NbdOption.Go, NbdReply.ErrTooBig), (reply.Option, reply.Type));
+            Assert.True(await client.ClosedByServerAsync());
+        }
+
+        // 3 GiB were announced; far less than that was allocated in the whole process meanwhile.
+        Assert.True(GC.GetTotalAllocatedBytes(precise: true) - before < 1L << 30);
+        await AssertServesAsync(fx);
+    }
+
+    [Fact]
+    public async Task Bad_request_magic_closes_the_connection_and_oversized_requests_are_refused()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using (client)
+        {
+            // A read over the advertised maximum payload is answered EINVAL (no payload to skip)...
+            await client.SendRequestAsync(NbdCommand.Read, 1, 0, (uint)NbdServerOptions.DefaultMaxPayload * 2);
+            Assert.Equal((NbdError.Invalid, 1UL), ((await client.ReadSimpleReplyAsync()).Error, 1UL));
+
+            // ... and past the end of the device too.
+            await client.SendRequestAsync(NbdCommand.Read, 2, (ulong)NbdExportFixture.MemSize, 4096);
+            Assert.Equal(NbdError.Invalid, (await client.ReadSimpleReplyAsync()).Error);
+            await client.SendRequestAsync(NbdCommand.WriteZeroes, 3, (ulong)NbdExportFixture.MemSize - 4096, 8192);
+            Assert.Equal(NbdError.Invalid, (await client.ReadSimpleReplyAsync()).Error);
+
+            // Lost framing cannot be recovered: a bad magic ends the connection.
+            await client.SendRequestAsync(NbdCommand.Read, 4, 0, 4096, magic: 0xdeadbeef);
+            Assert.True(await client.ClosedByServerAsync());
+        }
+
+        var (big, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using (big)
+        {
+            // A write over the maximum: its payload is not taken, the connection is closed.
+            await big.SendRequestAsync(NbdCommand.Write, 5, 0, uint.MaxValue);
+            Assert.True(await big.ClosedByServerAsync());
+        }
+
+        await AssertServesAsync(fx);
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0, "every connection closed");
+    }
+
+    [Fact]
+    public async Task A_client_that_vanishes_with_64_writes_in_flight_leaks_nothing()
+    {
+        // A device whose requests stay in flight until the test completes them.
+        var driver = new ScriptedDriver(capacityBytes: 64 << 20);
+        using var softIrq = new BlockSoftIrq(2);
+        var tagSet = DeviceBuilder.CreateTagSet(new DeviceOptions { Name = "held0", HwQueueDepth = 128 }, driver, CpuTopology.Simulated(2));
+        var queue = new RequestQueue("held0", tagSet, driver, new QueueOptions());
+        tagSet.AddQueue(queue);
+        queue.Start(new RingRuntime(softIrq));
+        queue.Register();
+        await using var device = new BlockDevice(queue, async d => await d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30)));
+        await using var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held0");
+        await using (client)
+        {
+            var payload = new byte[4096];
+            for (var i = 0; i < 64; i++)
+            {
+                await client.SendRequestAsync(NbdCommand.Write, (ulong)i, (ulong)i * 16384, 4096, payload: payload);
+            }
+
+            await Condition.EventuallyAsync(() => driver.InFlight.Count == 64, "64 writes reached the driver");
+            client.Vanish();
+        }
+
+        // The writes are still the block layer's: they complete normally, free their tags, and
+        // only then does the connection go away with its buffers.
+        Assert.Equal(64, server.InFlight);
+        Assert.Equal(1, server.ConnectionCount);
+        Assert.Equal(64, driver.CompleteAll());
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connection is gone");
+        await Condition.EventuallyAsync(() => queue.InFlightCount == 0, "every tag is free");
+        Assert.Equal(0, server.InFlight);
+    }
+
+    [Fact]
+    public async Task A_thousand_connections_opened_and_dropped_leave_the_server_serving()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var endpoint = fx.Endpoint;
+        for (var batch = 0; batch < 20; batch++)
+        {
+            await Task.WhenAll(Enumerable.Range(0, 50).Select(async i =>
+            {
+                using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                await socket.ConnectAsync(endpoint).WaitAsync(RawNbdClient.Timeout);
+                switch (i % 4)
+                {
+                    case 0:
+                        break; // dropped at once
+                    case 1:
+                        socket.LingerState = new LingerOption(true, 0); // reset
+                        break;
+                    case 2:
+                        await socket.ReceiveAsync(new Memory<byte>(new byte[18])).AsTask().WaitAsync(RawNbdClient.Timeout);
+                        await socket.SendAsync(new byte[] { 0, 0, 0, 3, 0x49, 0x48 }); // flags, half an option
+                        break;
+                    default:
+                        await socket.SendAsync(new byte[] { 1, 2, 3 });
+                        break;
+                }
+            }));
+        }
+
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0, "all 1,000 connections are closed");
+        Assert.True(fx.Server.AcceptedConnections >= 1000);
+        await AssertServesAsync(fx);
+    }
+
+    [Fact]
+    public async Task A_client_that_never_negotiates_is_dropped_after_the_handshake_timeout()
+    {
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { HandshakeTimeout = TimeSpan.FromMilliseconds(200) });
+        await using var silent = await RawNbdClient.ConnectAsync(fx.Endpoint);
+        await silent.ReadAsync(18);
+        Assert.True(await silent.ClosedByServerAsync());
+    }
+
+    [Fact]
+    public async Task Connections_beyond_max_connections_are_closed_at_accept()
+    {
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxConnections = 2 });
+        await using var a = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await using var b = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await using var c = await RawNbdClient.ConnectAsync(fx.Endpoint);
+        Assert.True(await c.ClosedByServerAsync());
+        Assert.Equal(1, fx.Server.RefusedConnections);
+    }
+
+    [Fact]
+    public async Task A_device_removed_under_a_connection_answers_eshutdown()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "ro0");
+        await using var _ = client;
+        await client.SendRequestAsync(NbdCommand.Read, 1, 0, 4096);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync(_ => 4096)).Error);
+
+        await fx.ReadOnly.DisposeAsync();
+        await client.SendRequestAsync(NbdCommand.Read, 2, 0, 4096);
+        var reply = await client.ReadSimpleReplyAsync(_ => 4096);
+        Assert.Equal((NbdError.Shutdown, 2UL), (reply.Error, reply.Cookie));
+        await AssertServesAsync(fx);
+    }
+
+    [Fact]
+    public void A_non_loopback_address_without_tls_is_refused_with_the_reason()
+    {
+        var options = new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Any, 0) };
+        var ex = Assert.Throws<ArgumentException>(() => NbdServer.Start(new NbdDeviceList([]), options));
+        Assert.Contains("not a loopback address", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("allow-insecure", ex.Message, StringComparison.Ordinal);
+    }
+}

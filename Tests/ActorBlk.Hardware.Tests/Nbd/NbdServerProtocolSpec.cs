@@ -1,0 +1,300 @@
+using System.Buffers.Binary;
+using System.Text;
+using ActorBlk.Hardware.Nbd;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// The NBD server at the byte level: fixed newstyle negotiation (every option the server knows
+/// and the refusal of those it does not) and the transmission phase with simple and structured
+/// replies, pipelined requests and error mapping.
+/// </summary>
+public sealed class NbdServerProtocolSpec
+{
+    [Fact]
+    public async Task Greeting_offers_fixed_newstyle_and_no_zeroes()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        Assert.Equal((ushort)(NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes), client.HandshakeFlags);
+    }
+
+    [Fact]
+    public async Task List_names_every_export_then_acks()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await client.SendOptionAsync(NbdOption.List, []);
+        var names = new List<string>();
+        while (true)
+        {
+            var reply = await client.ReadOptionReplyAsync();
+            if (reply.Type == NbdReply.Ack)
+            {
+                break;
+            }
+
+            Assert.Equal(NbdReply.Server, reply.Type);
+            var length = (int)BinaryPrimitives.ReadUInt32BigEndian(reply.Data);
+            names.Add(Encoding.UTF8.GetString(reply.Data, 4, length));
+        }
+
+        Assert.Equal(["mem0", "ro0"], names);
+    }
+
+    [Fact]
+    public async Task Info_reports_size_flags_name_description_and_block_sizes()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await client.SendOptionAsync(NbdOption.Info, RawNbdClient.InfoRequest("mem0", NbdInfo.Name, NbdInfo.Description, NbdInfo.BlockSize));
+        var infos = new Dictionary<NbdInfo, byte[]>();
+        while (true)
+        {
+            var reply = await client.ReadOptionReplyAsync();
+            if (reply.Type == NbdReply.Ack)
+            {
+                break;
+            }
+
+            Assert.Equal(NbdReply.Info, reply.Type);
+            infos[(NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(reply.Data)] = reply.Data;
+        }
+
+        Assert.Equal((ulong)NbdExportFixture.MemSize, BinaryPrimitives.ReadUInt64BigEndian(infos[NbdInfo.Export].AsSpan(2)));
+        var flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(infos[NbdInfo.Export].AsSpan(10));
+        Assert.Equal(
+            NbdTransmissionFlags.HasFlags | NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim |
+            NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero | NbdTransmissionFlags.CanMultiConn,
+            flags);
+        Assert.Equal("mem0", Encoding.UTF8.GetString(infos[NbdInfo.Name].AsSpan(2)));
+        Assert.Contains("mem0", Encoding.UTF8.GetString(infos[NbdInfo.Description].AsSpan(2)), StringComparison.Ordinal);
+        var sizes = infos[NbdInfo.BlockSize];
+        Assert.Equal(512u, BinaryPrimitives.ReadUInt32BigEndian(sizes.AsSpan(2)));
+        Assert.Equal(4096u, BinaryPrimitives.ReadUInt32BigEndian(sizes.AsSpan(6)));
+        Assert.Equal((uint)NbdServerOptions.DefaultMaxPayload, BinaryPrimitives.ReadUInt32BigEndian(sizes.AsSpan(10)));
+
+        // INFO leaves the client in negotiation: another option works.
+        await client.SendOptionAsync(NbdOption.Info, RawNbdClient.InfoRequest("ro0"));
+        var ro = (NbdTransmissionFlags)0;
+        while (true)
+        {
+            var reply = await client.ReadOptionReplyAsync();
+            if (reply.Type == NbdReply.Ack)
+            {
+                break;
+            }
+
+            if (BinaryPrimitives.ReadUInt16BigEndian(reply.Data) == (ushort)NbdInfo.Export)
+            {
+                ro = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.Data.AsSpan(10));
+            }
+        }
+
+        Assert.True(ro.HasFlag(NbdTransmissionFlags.ReadOnly));
+        Assert.False(ro.HasFlag(NbdTransmissionFlags.SendTrim));
+    }
+
+    [Fact]
+    public async Task Unknown_export_unknown_option_and_malformed_options_get_error_replies()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await client.SendOptionAsync(NbdOption.Go, RawNbdClient.InfoRequest("sdz"));
+        Assert.Equal(NbdReply.ErrUnknown, (await client.ReadOptionReplyAsync()).Type);
+
+        await client.SendOptionAsync((NbdOption)77, [1, 2, 3]);
+        var unsup = await client.ReadOptionReplyAsync();
+        Assert.Equal(((NbdOption)77, NbdReply.ErrUnsupported), (unsup.Option, unsup.Type));
+
+        await client.SendOptionAsync(NbdOption.Go, [0, 0, 0, 9, 1, 2]);
+        Assert.Equal(NbdReply.ErrInvalid, (await client.ReadOptionReplyAsync()).Type);
+
+        await client.SendOptionAsync(NbdOption.List, [1]);
+        Assert.Equal(NbdReply.ErrInvalid, (await client.ReadOptionReplyAsync()).Type);
+
+        await client.SendOptionAsync(NbdOption.SetMetaContext, RawNbdClient.MetaContextRequest("mem0", NbdProtocol.BaseAllocation));
+        Assert.Equal(NbdReply.ErrInvalid, (await client.ReadOptionReplyAsync()).Type); // needs structured replies first
+
+        await client.SendOptionAsync(NbdOption.StartTls, []);
+        Assert.Equal(NbdReply.ErrUnsupported, (await client.ReadOptionReplyAsync()).Type); // TLS is off
+
+        // Still negotiating after all of that.
+        await client.SendOptionAsync(NbdOption.Abort, []);
+        Assert.Equal(NbdReply.Ack, (await client.ReadOptionReplyAsync()).Type);
+        Assert.True(await client.ClosedByServerAsync());
+    }
+
+    [Fact]
+    public async Task Export_name_answers_size_flags_and_the_124_zero_bytes_unless_no_zeroes()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using (var client = await RawNbdClient.NegotiateAsync(fx.Endpoint, NbdClientFlags.FixedNewstyle))
+        {
+            await client.SendOptionAsync(NbdOption.ExportName, Encoding.UTF8.GetBytes("ro0"));
+            var reply = await client.ReadAsync(10 + 124);
+            Assert.Equal(8UL << 20, BinaryPrimitives.ReadUInt64BigEndian(reply));
+            Assert.True(((NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.AsSpan(8))).HasFlag(NbdTransmissionFlags.ReadOnly));
+            Assert.All(reply.Skip(10), b => Assert.Equal(0, b));
+            await client.SendRequestAsync(NbdCommand.Read, 5, 0, 512);
+            var read = await client.ReadSimpleReplyAsync(_ => 512);
+            Assert.Equal((NbdError.None, 5UL), (read.Error, read.Cookie));
+        }
+
+        await using (var client = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+        {
+            // The empty name is the default export, the first device; NO_ZEROES drops the padding.
+            await client.SendOptionAsync(NbdOption.ExportName, []);
+            var reply = await client.ReadAsync(10);
+            Assert.Equal((ulong)NbdExportFixture.MemSize, BinaryPrimitives.ReadUInt64BigEndian(reply));
+            await client.SendRequestAsync(NbdCommand.Flush, 6, 0, 0);
+            var flushed = await client.ReadSimpleReplyAsync();
+            Assert.Equal((NbdError.None, 6UL), (flushed.Error, flushed.Cookie));
+        }
+
+        await using (var client = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+        {
+            // No error reply exists for NBD_OPT_EXPORT_NAME: an unknown name closes the connection.
+            await client.SendOptionAsync(NbdOption.ExportName, Encoding.UTF8.GetBytes("sdz"));
+            Assert.True(await client.ClosedByServerAsync());
+        }
+    }
+
+    [Fact]
+    public async Task Simple_replies_carry_writes_reads_trims_and_zeroes()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, size, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = client;
+        Assert.Equal((ulong)NbdExportFixture.MemSize, size);
+        var data = Enumerable.Range(0, 8192).Select(i => (byte)(i * 13 + 1)).ToArray();
+        await client.SendRequestAsync(NbdCommand.Write, 1, 4096, 8192, NbdCommandFlags.Fua, data);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync()).Error);
+        await client.SendRequestAsync(NbdCommand.Read, 2, 4096, 8192);
+        var read = await client.ReadSimpleReplyAsync(_ => 8192);
+        Assert.Equal(data, read.Data);
+
+        await client.SendRequestAsync(NbdCommand.WriteZeroes, 3, 4096, 4096, NbdCommandFlags.NoHole | NbdCommandFlags.FastZero);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync()).Error);
+        await client.SendRequestAsync(NbdCommand.Trim, 4, 8192, 4096);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync()).Error);
+        await client.SendRequestAsync(NbdCommand.Read, 5, 4096, 8192);
+        Assert.All((await client.ReadSimpleReplyAsync(_ => 8192)).Data, b => Assert.Equal(0, b));
+
+        // What the NBD client wrote is on the device itself.
+        var direct = new byte[512];
+        await client.SendRequestAsync(NbdCommand.Write, 6, 0, 512, payload: Enumerable.Repeat((byte)0x5a, 512).ToArray());
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync()).Error);
+        await fx.Mem.ReadAsync(0, direct);
+        Assert.All(direct, b => Assert.Equal(0x5a, b));
+
+        await client.SendRequestAsync(NbdCommand.Disconnect, 7, 0, 0);
+        Assert.True(await client.ClosedByServerAsync());
+    }
+
+    [Fact]
+    public async Task Errors_map_to_einval_eperm_and_unknown_commands_get_einval()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = client;
+
+        // Past the end, misaligned, zero length, unknown command, unknown flag, block status without a context.
+        await client.SendRequestAsync(NbdCommand.Read, 1, (ulong)NbdExportFixture.MemSize - 512, 1024);
+        await client.SendRequestAsync(NbdCommand.Read, 2, 100, 512);
+        await client.SendRequestAsync(NbdCommand.Read, 3, 0, 0);
+        await client.SendRequestAsync((NbdCommand)42, 4, 0, 512);
+        await client.SendRequestAsync(NbdCommand.Read, 5, 0, 512, (NbdCommandFlags)0x100);
+        await client.SendRequestAsync(NbdCommand.BlockStatus, 6, 0, 512);
+        await client.SendRequestAsync(NbdCommand.Read, 7, ulong.MaxValue - 10, 512);
+        var errors = new Dictionary<ulong, NbdError>();
+        for (var i = 0; i < 7; i++)
+        {
+            var r = await client.ReadSimpleReplyAsync();
+            errors[r.Cookie] = r.Error;
+        }
+
+        Assert.All(errors.Values, e => Assert.Equal(NbdError.Invalid, e));
+        Assert.Equal(7, errors.Count);
+
+        // The connection still serves good requests.
+        await client.SendRequestAsync(NbdCommand.Read, 8, 0, 512);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync(_ => 512)).Error);
+
+        var (ro, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "ro0");
+        await using var __ = ro;
+        await ro.SendRequestAsync(NbdCommand.Write, 9, 0, 512, payload: new byte[512]);
+        Assert.Equal(NbdError.Perm, (await ro.ReadSimpleReplyAsync()).Error);
+        await ro.SendRequestAsync(NbdCommand.Trim, 10, 0, 512);
+        Assert.Equal(NbdError.Perm, (await ro.ReadSimpleReplyAsync()).Error);
+        await ro.SendRequestAsync(NbdCommand.Read, 11, 0, 512);
+        Assert.Equal(NbdError.None, (await ro.ReadSimpleReplyAsync(_ => 512)).Error);
+    }
+
+    [Fact]
+    public async Task Structured_replies_carry_data_errors_and_base_allocation_extents()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, flags) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", structured: true, allocation: true);
+        await using var _ = client;
+        Assert.True(flags.HasFlag(NbdTransmissionFlags.SendDf));
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)i).ToArray();
+        await client.SendRequestAsync(NbdCommand.Write, 1, 1 << 20, 4096, payload: data);
+        var done = await client.ReadChunkAsync();
+        Assert.Equal((1, NbdChunkType.None, 1UL, 0), (done.Flags, done.Type, done.Cookie, done.Data.Length));
+
+        await client.SendRequestAsync(NbdCommand.Read, 2, 1 << 20, 4096, NbdCommandFlags.DontFragment);
+        var chunk = await client.ReadChunkAsync();
+        Assert.Equal((1, NbdChunkType.OffsetData, 2UL), (chunk.Flags, chunk.Type, chunk.Cookie));
+        Assert.Equal(1UL << 20, BinaryPrimitives.ReadUInt64BigEndian(chunk.Data));
+        Assert.Equal(data, chunk.Data[8..]);
+
+        await client.SendRequestAsync(NbdCommand.BlockStatus, 3, 0, 1 << 20);
+        var status = await client.ReadChunkAsync();
+        Assert.Equal((1, NbdChunkType.BlockStatus, 3UL), (status.Flags, status.Type, status.Cookie));
+        Assert.Equal(NbdProtocol.BaseAllocationId, BinaryPrimitives.ReadUInt32BigEndian(status.Data));
+        Assert.Equal(1u << 20, BinaryPrimitives.ReadUInt32BigEndian(status.Data.AsSpan(4)));
+
+        await client.SendRequestAsync(NbdCommand.Read, 4, (ulong)NbdExportFixture.MemSize, 4096);
+        var error = await client.ReadChunkAsync();
+        Assert.Equal((1, NbdChunkType.Error, 4UL), (error.Flags, error.Type, error.Cookie));
+        Assert.Equal((uint)NbdError.Invalid, BinaryPrimitives.ReadUInt32BigEndian(error.Data));
+    }
+
+    [Fact]
+    public async Task Pipelined_requests_all_complete_and_every_cookie_is_answered_once()
+    {
+        await using var fx = NbdExportFixture.Start(queueDepth: 16);
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = client;
+        const int Count = 512;
+        for (var i = 0; i < Count; i++)
+        {
+            var payload = Enumerable.Repeat((byte)(i & 0xff), 4096).ToArray();
+            await client.SendRequestAsync(NbdCommand.Write, (ulong)i, (ulong)i * 4096, 4096, payload: payload);
+        }
+
+        var seen = new HashSet<ulong>();
+        for (var i = 0; i < Count; i++)
+        {
+            var r = await client.ReadSimpleReplyAsync();
+            Assert.Equal(NbdError.None, r.Error);
+            Assert.True(seen.Add(r.Cookie));
+        }
+
+        for (var i = 0; i < Count; i++)
+        {
+            await client.SendRequestAsync(NbdCommand.Read, (ulong)(Count + i), (ulong)i * 4096, 4096);
+        }
+
+        for (var i = 0; i < Count; i++)
+        {
+            var r = await client.ReadSimpleReplyAsync(_ => 4096);
+            var index = (int)r.Cookie - Count;
+            Assert.All(r.Data, b => Assert.Equal((byte)(index & 0xff), b));
+        }
+
+        await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
+    }
+}

@@ -1,0 +1,238 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using ActorBlk.Hardware.Nbd;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// A byte-level NBD client for protocol specs: it sends exactly what a test says (including
+/// malformed input) and parses what comes back, with no protocol logic of its own beyond framing.
+/// </summary>
+public sealed class RawNbdClient : IAsyncDisposable
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    private readonly Socket _socket;
+    private readonly NetworkStream _stream;
+
+    private RawNbdClient(Socket socket)
+    {
+        _socket = socket;
+        _socket.NoDelay = true;
+        _stream = new NetworkStream(socket, ownsSocket: true);
+    }
+
+    public ushort HandshakeFlags { get; private set; }
+
+    public static async Task<RawNbdClient> ConnectAsync(IPEndPoint endpoint)
+    {
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(endpoint).WaitAsync(Timeout);
+        return new RawNbdClient(socket);
+    }
+
+    /// <summary>Connects, reads the greeting and sends the client flags.</summary>
+    public static async Task<RawNbdClient> NegotiateAsync(IPEndPoint endpoint, NbdClientFlags flags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)
+    {
+        var client = await ConnectAsync(endpoint);
+        var hello = await client.ReadAsync(18);
+        if (BinaryPrimitives.ReadUInt64BigEndian(hello) != NbdProtocol.InitMagic || BinaryPrimitives.ReadUInt64BigEndian(hello.AsSpan(8)) != NbdProtocol.OptionMagic)
+        {
+            throw new InvalidDataException("not an NBD newstyle greeting");
+        }
+
+        client.HandshakeFlags = BinaryPrimitives.ReadUInt16BigEndian(hello.AsSpan(16));
+        await client.WriteU32Async((uint)flags);
+        return client;
+    }
+
+    /// <summary>Negotiates and enters transmission with NBD_OPT_GO; returns size and flags.</summary>
+    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false)
+    {
+        var client = await NegotiateAsync(endpoint);
+        if (structured)
+        {
+            await client.SendOptionAsync(NbdOption.StructuredReply, []);
+            var r = await client.ReadOptionReplyAsync();
+            if (r.Type != NbdReply.Ack)
+            {
+                throw new InvalidDataException($"structured reply refused: {r.Type}");
+            }
+        }
+
+        if (allocation)
+        {
+            await client.SendOptionAsync(NbdOption.SetMetaContext, MetaContextRequest(export, NbdProtocol.BaseAllocation));
+            while ((await client.ReadOptionReplyAsync()).Type != NbdReply.Ack)
+            {
+            }
+        }
+
+        await client.SendOptionAsync(NbdOption.Go, InfoRequest(export));
+        ulong size = 0;
+        NbdTransmissionFlags flags = 0;
+        while (true)
+        {
+            var reply = await client.ReadOptionReplyAsync();
+            if (reply.Type == NbdReply.Ack)
+            {
+                return (client, size, flags);
+            }
+
+            if (reply.Type != NbdReply.Info)
+            {
+                throw new InvalidDataException($"GO failed: {reply.Type} {Encoding.UTF8.GetString(reply.Data)}");
+            }
+
+            if (BinaryPrimitives.ReadUInt16BigEndian(reply.Data) == (ushort)NbdInfo.Export)
+            {
+                size = BinaryPrimitives.ReadUInt64BigEndian(reply.Data.AsSpan(2));
+                flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.Data.AsSpan(10));
+            }
+        }
+    }
+
+    public static byte[] InfoRequest(string export, params NbdInfo[] infos)
+    {
+        var name = Encoding.UTF8.GetBytes(export);
+        var data = new byte[4 + name.Length + 2 + (2 * infos.Length)];
+        BinaryPrimitives.WriteUInt32BigEndian(data, (uint)name.Length);
+        name.CopyTo(data, 4);
+        BinaryPrimitives.WriteUInt16BigEndian(data.AsSpan(4 + name.Length), (ushort)infos.Length);
+        for (var i = 0; i < infos.Length; i++)
+        {
+            BinaryPrimitives.WriteUInt16BigEndian(data.AsSpan(6 + name.Length + (2 * i)), (ushort)infos[i]);
+        }
+
+        return data;
+    }
+
+    public static byte[] MetaContextRequest(string export, params string[] queries)
+    {
+        using var ms = new MemoryStream();
+        var name = Encoding.UTF8.GetBytes(export);
+        Span<byte> u32 = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(u32, (uint)name.Length);
+        ms.Write(u32);
+        ms.Write(name);
+        BinaryPrimitives.WriteUInt32BigEndian(u32, (uint)queries.Length);
+        ms.Write(u32);
+        foreach (var q in queries)
+        {
+            var b = Encoding.UTF8.GetBytes(q);
+            BinaryPrimitives.WriteUInt32BigEndian(u32, (uint)b.Length);
+            ms.Write(u32);
+            ms.Write(b);
+        }
+
+        return ms.ToArray();
+    }
+
+    public async Task SendOptionAsync(NbdOption option, byte[] data, uint? length = null)
+    {
+        var header = new byte[16];
+        BinaryPrimitives.WriteUInt64BigEndian(header, NbdProtocol.OptionMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), (uint)option);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(12), length ?? (uint)data.Length);
+        await WriteAsync(header);
+        await WriteAsync(data);
+    }
+
+    public async Task<(NbdOption Option, NbdReply Type, byte[] Data)> ReadOptionReplyAsync()
+    {
+        var header = await ReadAsync(20);
+        if (BinaryPrimitives.ReadUInt64BigEndian(header) != NbdProtocol.ReplyMagic)
+        {
+            throw new InvalidDataException("bad option reply magic");
+        }
+
+        var option = (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
+        var type = (NbdReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
+        var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
+        return (option, type, await ReadAsync((int)length));
+    }
+
+    public async Task SendRequestAsync(NbdCommand command, ulong cookie, ulong offset, uint length, NbdCommandFlags flags = NbdCommandFlags.None, byte[]? payload = null, uint magic = NbdProtocol.RequestMagic)
+    {
+        var header = new byte[28 + (payload?.Length ?? 0)];
+        BinaryPrimitives.WriteUInt32BigEndian(header, magic);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(4), (ushort)flags);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), (ushort)command);
+        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
+        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(16), offset);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), length);
+        payload?.CopyTo(header, 28);
+        await WriteAsync(header);
+    }
+
+    /// <summary>Reads a simple reply; <paramref name="dataFor"/> says how many data bytes follow a successful reply to a cookie.</summary>
+    public async Task<(NbdError Error, ulong Cookie, byte[] Data)> ReadSimpleReplyAsync(Func<ulong, int>? dataFor = null)
+    {
+        var header = await ReadAsync(16);
+        if (BinaryPrimitives.ReadUInt32BigEndian(header) != NbdProtocol.SimpleReplyMagic)
+        {
+            throw new InvalidDataException("bad simple reply magic");
+        }
+
+        var error = (NbdError)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(4));
+        var cookie = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8));
+        var length = error == NbdError.None && dataFor is not null ? dataFor(cookie) : 0;
+        return (error, cookie, await ReadAsync(length));
+    }
+
+    public async Task<(ushort Flags, NbdChunkType Type, ulong Cookie, byte[] Data)> ReadChunkAsync()
+    {
+        var header = await ReadAsync(20);
+        if (BinaryPrimitives.ReadUInt32BigEndian(header) != NbdProtocol.StructuredReplyMagic)
+        {
+            throw new InvalidDataException("bad structured reply magic");
+        }
+
+        return (BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(4)), (NbdChunkType)BinaryPrimitives.ReadUInt16BigEndian(header.AsSpan(6)),
+            BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8)), await ReadAsync((int)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16))));
+    }
+
+    public async Task WriteU32Async(uint value)
+    {
+        var b = new byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(b, value);
+        await WriteAsync(b);
+    }
+
+    public async Task WriteAsync(byte[] data) => await _stream.WriteAsync(data).AsTask().WaitAsync(Timeout);
+
+    public async Task<byte[]> ReadAsync(int count)
+    {
+        var buffer = new byte[count];
+        await _stream.ReadExactlyAsync(buffer).AsTask().WaitAsync(Timeout);
+        return buffer;
+    }
+
+    /// <summary>True when the server closed the connection (a read returns end of stream or a reset).</summary>
+    public async Task<bool> ClosedByServerAsync()
+    {
+        try
+        {
+            var one = new byte[1];
+            return await _stream.ReadAsync(one).AsTask().WaitAsync(Timeout) == 0;
+        }
+        catch (IOException)
+        {
+            return true;
+        }
+    }
+
+    /// <summary>Drops the connection at once (RST), as a crashed client would.</summary>
+    public void Vanish()
+    {
+        _socket.LingerState = new LingerOption(true, 0);
+        _socket.Close();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stream.DisposeAsync();
+    }
+}
