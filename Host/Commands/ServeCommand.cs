@@ -143,7 +143,7 @@ internal static class ServeCommand
     // The address the registry publishes for this node's exports: nbds:// when the export takes
     // nothing but TLS.
     private static string NbdEndpointOf(System.Net.EndPoint? endpoint, ActorBlk.Hardware.Nbd.NbdServerOptions options) =>
-        $"{(options.Tls.ToString().Equals("require", StringComparison.OrdinalIgnoreCase) ? "nbds" : "nbd")}://{endpoint}";
+        $"{(options.Tls == ActorBlk.Hardware.Nbd.NbdTlsMode.Require ? "nbds" : "nbd")}://{endpoint}";
 
     // One line per device that appears, changes or disappears in the cluster's registry.
     private static void LogClusterDevices(BlockLayer layer)
