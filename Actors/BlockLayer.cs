@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using ActorBlk.Actors.Cluster;
+using ActorBlk.Actors.Clustering;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
@@ -37,6 +37,7 @@ public sealed class BlockLayer : IExtension
     private TopologySnapshot? _currentTopology;
     private readonly IActorRef? _registry;
     private string? _nbdEndpoint;
+    private long _shutdownDrainTicks;
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
     public BlockLayer(ExtendedActorSystem system)
@@ -55,9 +56,20 @@ public sealed class BlockLayer : IExtension
             && system.Settings.Config.GetBoolean("actorblk.cluster.registry.enabled", true));
         Guardian = system.ActorOf(BlockLayerActor.Props(this), GuardianName);
 
+        // The guardian must never stop while the node runs: if it does, the node serves nothing,
+        // so it fails loudly and shuts down (README, "Security").
+        system.SystemActorOf(Akka.Actor.Props.Create(() => new GuardianWatchdog(this)), GuardianName + "-watchdog");
+
         var shutdown = CoordinatedShutdown.Get(system);
         shutdown.AddTask(CoordinatedShutdown.PhaseServiceStop, "actorblk-destroy-devices", async () =>
         {
+            // Every outstanding I/O must complete (with Offline if need be) while the actors that
+            // carry it still run: the phase is cut off after its timeout and the system then stops
+            // the actors, so teardown at shutdown drains for a quarter of the phase at most
+            // instead of the full drain timeout, and every device is torn down at once.
+            var phase = shutdown.Timeout(CoordinatedShutdown.PhaseServiceStop);
+            var drain = TimeSpan.FromTicks(Math.Min(Settings.DrainTimeout.Ticks, phase.Ticks / 4));
+            Volatile.Write(ref _shutdownDrainTicks, Math.Max(drain.Ticks, TimeSpan.FromMilliseconds(100).Ticks));
             await DestroyAllDevicesAsync().ConfigureAwait(false);
             return Done.Instance;
         });
@@ -119,6 +131,13 @@ public sealed class BlockLayer : IExtension
     /// <summary>The <c>actorblk</c> settings.</summary>
     public ActorBlkSettings Settings { get; }
 
+    /// <summary>
+    /// How long unregistering a device waits for its I/O to drain before failing the rest: the
+    /// drain timeout, or less once the actor system shuts down (see the shutdown task).
+    /// </summary>
+    internal TimeSpan UnregisterDrainTimeout =>
+        Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
+
     /// <summary>The CPU topology devices are mapped on at start.</summary>
     public TopologySnapshot Topology { get; }
 
@@ -130,6 +149,14 @@ public sealed class BlockLayer : IExtension
 
     /// <summary>Every device currently registered.</summary>
     public IReadOnlyCollection<IBlockDevice> Devices => _devices.Values.ToArray();
+
+    /// <summary>
+    /// Why the block layer failed (its guardian or one of its actors stopped unexpectedly), or null.
+    /// A failed layer has run coordinated shutdown with <see cref="NodeFailed"/>; a host exits non-zero.
+    /// </summary>
+    public string? FailureReason => Volatile.Read(ref _failureReason);
+
+    private string? _failureReason;
 
     internal BlockSoftIrq SoftIrq { get; }
 
@@ -257,10 +284,24 @@ public sealed class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
+    /// <exception cref="TimeoutException">The removal did not finish in time; the name stays taken until it does.</exception>
     public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var reply = await Guardian.Ask<object>(new Destroy(name), Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        // Teardown waits up to the drain timeout for requests to drain, and as long again for the
+        // stragglers it failed to arrive (RequestQueue.ShutdownAsync), then releases the device.
+        var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
+        object reply;
+        try
+        {
+            reply = await Guardian.Ask<object>(new Destroy(name), limit, cancellationToken).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
+        }
+
+
         return reply switch
         {
             Destroyed d => d.FailedRequests,
@@ -385,6 +426,53 @@ public sealed class BlockLayer : IExtension
         return found;
     }
 
+    /// <summary>
+    /// Records that the layer failed (an actor it cannot serve without stopped), logs it at error
+    /// level and runs coordinated shutdown with <see cref="NodeFailed"/>. The first reason wins.
+    /// </summary>
+    internal void Fail(string reason)
+    {
+        if (Interlocked.CompareExchange(ref _failureReason, reason, null) is not null)
+        {
+            return;
+        }
+
+        System.Log.Error("ActorBlk failed: {Reason}; the node serves nothing and shuts down", reason);
+        _ = CoordinatedShutdown.Get(System).Run(NodeFailed.Instance);
+    }
+
+    /// <summary>The coordinated-shutdown reason of a failed block layer (<see cref="FailureReason"/>).</summary>
+    public sealed class NodeFailed : CoordinatedShutdown.Reason
+    {
+        /// <summary>The instance.</summary>
+        public static readonly NodeFailed Instance = new();
+
+        private NodeFailed()
+        {
+        }
+
+        /// <inheritdoc />
+        public override int ExitCode => 70;
+    }
+
+    // Watches the guardian from outside /user: its stop outside a shutdown fails the layer.
+    private sealed class GuardianWatchdog : ReceiveActor
+    {
+        public GuardianWatchdog(BlockLayer layer)
+        {
+            Context.Watch(layer.Guardian);
+            Receive<Terminated>(t =>
+            {
+                if (CoordinatedShutdown.Get(Context.System).ShutdownReason is null)
+                {
+                    layer.Fail($"the guardian {t.ActorRef.Path} stopped unexpectedly");
+                }
+
+                Context.Stop(Self);
+            });
+        }
+    }
+
     internal void PublishTopology(TopologySnapshot topology) => Volatile.Write(ref _currentTopology, topology);
 
     internal DispatchMode ModeOf(DataPlaneQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
@@ -410,12 +498,19 @@ public sealed class BlockLayer : IExtension
     // they are built on (a busy member waits for the next pass).
     private async Task DestroyAllDevicesAsync()
     {
+        if (FailureReason is not null)
+        {
+            // The guardian may be gone; its children (the devices) stopped with it.
+            return;
+        }
+
         var names = await Guardian.Ask<string[]>(AllDeviceNames.Instance, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
         var left = new List<string>(names);
         while (left.Count > 0)
         {
-            var busy = new List<string>();
-            foreach (var name in left)
+            // Devices are torn down together, so shutdown takes one drain, not one per device.
+            var busy = new ConcurrentBag<string>();
+            await Task.WhenAll(left.Select(async name =>
             {
                 try
                 {
@@ -429,14 +524,14 @@ public sealed class BlockLayer : IExtension
                 {
                     busy.Add(name);
                 }
-            }
+            })).ConfigureAwait(false);
 
             if (busy.Count == left.Count)
             {
                 break;
             }
 
-            left = busy;
+            left = [.. busy];
         }
     }
 
@@ -474,8 +569,8 @@ public sealed class BlockLayer : IExtension
     /// <summary>The device is gone.</summary>
     public sealed record Destroyed(string Name, int FailedRequests) : IActorBlkMessage;
 
-    /// <summary>No device has that name.</summary>
-    public sealed record NoSuchDevice(string Name) : IActorBlkMessage;
+    /// <summary>No device has that name; <paramref name="Id"/> is the request id of an <see cref="Io"/> (0 otherwise).</summary>
+    public sealed record NoSuchDevice(string Name, long Id = 0) : IActorBlkMessage;
 
     /// <summary>Asks for a device's <see cref="RequestQueue.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
     public sealed record GetDeviceInfo(string Name) : IActorBlkQuery;
@@ -496,7 +591,9 @@ public sealed class BlockLayer : IExtension
     /// <summary>
     /// An I/O for a device of this node, addressed by name: the cluster's way in. The sender
     /// receives <see cref="SoftwareContext.Completed"/>, <see cref="SoftwareContext.Rejected"/> or
-    /// <see cref="NoSuchDevice"/>.
+    /// <see cref="NoSuchDevice"/>, each with <paramref name="Id"/>. Every field is checked before
+    /// anything is allocated (<c>MessageIo.Check</c>); over remoting a read or write moves at most
+    /// one frame of data.
     /// </summary>
     public sealed record Io(string Device, long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
 }
@@ -516,6 +613,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     private readonly Dictionary<string, Entry> _devices = new(StringComparer.Ordinal);
     private readonly Dictionary<string, SharedTagSet> _sharedTagSets = new(StringComparer.Ordinal);
     private IActorRef _topology = ActorRefs.Nobody;
+    private IActorRef _sysfs = ActorRefs.Nobody;
 
     // Actor names carry an incarnation number: a device destroyed and created again under the
     // same name gets new actors while the old ones may still be stopping.
@@ -535,16 +633,21 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<RequestQueue.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
         Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
+        Receive<RemoteSurface.AdminRefused>(refused =>
+        {
+            _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
+            Sender.Tell(new RemoteSurface.NotAuthorized(refused.Request.ToString() ?? string.Empty, refused.Reason));
+        });
         Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
         Receive<BlockLayer.GetDeviceInfo>(get =>
         {
-            if (_devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
+            if (get.Name is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
             {
                 actor.Forward(RequestQueue.GetInfo.Instance);
             }
             else
             {
-                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name));
+                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name ?? string.Empty));
             }
         });
         Receive<Terminated>(HandleTerminated);
@@ -556,7 +659,17 @@ internal sealed class BlockLayerActor : ReceiveActor
     {
         _topology = Context.ActorOf(
             CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
-        Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
+        _sysfs = Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
+        Context.Watch(_topology);
+        Context.Watch(_sysfs);
+    }
+
+    // A restart would stop every device with the guardian's children: the layer fails instead and
+    // the node shuts down (never serving nothing while it runs).
+    protected override void PreRestart(Exception reason, object message)
+    {
+        _layer.Fail($"the guardian failed on {message?.GetType().Name ?? "a message"}: {reason.Message}");
+        base.PreRestart(reason, message);
     }
 
     // A device that fails while it initialises is stopped; its creator gets the failure.
@@ -785,9 +898,9 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleDestroy(BlockLayer.Destroy destroy)
     {
-        if (!_devices.TryGetValue(destroy.Name, out var entry))
+        if (destroy.Name is not { Length: > 0 and <= RemoteSurface.MaxDeviceName } || !_devices.TryGetValue(destroy.Name, out var entry))
         {
-            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name));
+            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name ?? string.Empty));
             return;
         }
 
@@ -838,10 +951,23 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleTerminated(Terminated terminated)
     {
+        if (terminated.ActorRef.Equals(_topology) || terminated.ActorRef.Equals(_sysfs))
+        {
+            // Without either the node cannot re-map or answer clients: fail it, never limp on.
+            _layer.Fail($"{terminated.ActorRef.Path} stopped unexpectedly");
+            return;
+        }
+
         var entry = _devices.Values.FirstOrDefault(e => terminated.ActorRef.Equals(e.Actor));
         if (entry is null)
         {
             return;
+        }
+
+        if (entry is { Ready: true, Destroyers.Count: 0 })
+        {
+            // A serving device's actor stopped without being destroyed.
+            _layer.Fail($"the actor of device {entry.Options.Name} ({terminated.ActorRef.Path}) stopped unexpectedly");
         }
 
         // The device actor died without unregistering (it failed while initialising).
@@ -857,13 +983,13 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleIo(BlockLayer.Io io)
     {
-        if (_devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
+        if (io.Device is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
         {
             actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
         }
         else
         {
-            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device));
+            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device ?? string.Empty, io.Id));
         }
     }
 

@@ -254,7 +254,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         switch (message)
         {
             case CpuTopology.Unregistered:
-                _queue.ShutdownAsync(_layer.Settings.DrainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
+                _queue.ShutdownAsync(_layer.UnregisterDrainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
                 break;
             case ShutdownDone done:
                 // The driver actor runs exit_hctx when it stops (mailbox dispatch): it must be
@@ -290,7 +290,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 if (_failedAtShutdown > 0)
                 {
                     _log.Warning("Unregistered {Device}: {Failed} request(s) did not drain within {Timeout} and were failed with Offline",
-                        _queue.Name, _failedAtShutdown, _layer.Settings.DrainTimeout);
+                        _queue.Name, _failedAtShutdown, _layer.UnregisterDrainTimeout);
                 }
                 else
                 {

@@ -66,6 +66,7 @@ internal sealed class SoftwareContextActor : UntypedActor
     private readonly DataPlane.SoftwareContext _ctx;
     private readonly BlockDevice _device;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly int _maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
 
     public SoftwareContextActor(DataPlane.SoftwareContext ctx, BlockDevice device)
     {
@@ -104,7 +105,7 @@ internal sealed class SoftwareContextActor : UntypedActor
         }
     }
 
-    private void HandleSubmit(SoftwareContext.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log);
+    private void HandleSubmit(SoftwareContext.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData);
 }
 
 /// <summary>An I/O that arrived as a message (from a peer node or an actor), submitted to a device with its reply as the end-io.</summary>
@@ -113,23 +114,31 @@ internal static class MessageIo
     /// <summary>
     /// Submits <paramref name="io"/> to <paramref name="device"/> on <paramref name="cpu"/>; the
     /// sender receives <see cref="SoftwareContext.Completed"/> (with the data of a read) or, for a
-    /// malformed I/O, <see cref="SoftwareContext.Rejected"/> at once.
+    /// malformed I/O, <see cref="SoftwareContext.Rejected"/> at once. Every field is checked before
+    /// anything is allocated (<see cref="Check"/>); a sender on another node may move at most
+    /// <paramref name="maxRemoteData"/> bytes per message (the remoting frame, less the envelope).
     /// </summary>
-    public static void Submit(IBlockDevice device, SoftwareContext.Submit io, int cpu, IActorRef sender, ILoggingAdapter log)
+    public static void Submit(IBlockDevice device, SoftwareContext.Submit io, int cpu, IActorRef sender, ILoggingAdapter log, int maxRemoteData = int.MaxValue)
     {
+        if (Check(device, io, sender, maxRemoteData) is { } refusal)
+        {
+            if (log.IsDebugEnabled)
+            {
+                log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, sender, refusal.Message);
+            }
+
+            sender.Tell(refusal);
+            return;
+        }
+
         var buffer = io.Op switch
         {
-            BlockOp.Read => new byte[Math.Max(0, io.Length)],
+            BlockOp.Read => new byte[io.Length],
             BlockOp.Write => io.Data ?? [],
             _ => [],
         };
 
         var length = io.Op == BlockOp.Write ? buffer.Length : io.Length;
-        if (io.Op == BlockOp.Write && io.Length != buffer.Length)
-        {
-            sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: the write carries {buffer.Length} bytes but names {io.Length}."));
-            return;
-        }
 
         try
         {
@@ -144,6 +153,58 @@ internal static class MessageIo
 
             sender.Tell(new SoftwareContext.Rejected(io.Id, ex.Reason, ex.Message));
         }
+    }
+
+    /// <summary>
+    /// The refusal of <paramref name="io"/> before anything is allocated or submitted, or null: a
+    /// defined operation, a length of 0 or more within the device's <c>max_sectors_kb</c> (reads
+    /// and writes; discards and write-zeroes move no data but stay within the capacity), data only
+    /// on writes and exactly as long as named, and for a sender on another node a read or write
+    /// that fits in one remoting frame (larger transfers go over NBD).
+    /// </summary>
+    public static SoftwareContext.Rejected? Check(IBlockDevice device, SoftwareContext.Submit io, IActorRef sender, int maxRemoteData)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(io);
+        if (!Enum.IsDefined(io.Op))
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.NotSupported, $"{device.Name}: operation {(int)io.Op} is not defined.");
+        }
+
+        if (io.Length < 0 || io.Offset < 0)
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: offset {io.Offset} and length {io.Length} must not be negative.");
+        }
+
+        var movesData = io.Op is BlockOp.Read or BlockOp.Write;
+        if (io.Data is not null && io.Op != BlockOp.Write)
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: only a write carries data.");
+        }
+
+        if (io.Op == BlockOp.Write && (io.Data?.Length ?? 0) != io.Length)
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: the write carries {io.Data?.Length ?? 0} bytes but names {io.Length}.");
+        }
+
+        if (io.Length > device.Capacity || io.Offset > device.Capacity - io.Length)
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes at offset {io.Offset} lie beyond the capacity ({device.Capacity} bytes).");
+        }
+
+        var maxBytes = (long)device.Queue.Limits.MaxSectors * 512;
+        if (movesData && io.Length > maxBytes)
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes exceed max_sectors_kb ({maxBytes / 1024}); split the I/O.");
+        }
+
+        if (movesData && io.Length > maxRemoteData && sender is IActorRefScope { IsLocal: false })
+        {
+            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange,
+                $"{device.Name}: {io.Length} bytes do not fit in one remoting message (at most {maxRemoteData}); move large transfers over NBD.");
+        }
+
+        return null;
     }
 
     // Replies to the submitter when the bio completes; read data travels back in the reply.

@@ -32,7 +32,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
         Receive<RequestQueue.GetInfo>(_ => Sender.Tell(Info()));
         Receive<RequestQueue.Io>(io => MessageIo.Submit(_device, new SoftwareContext.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
-            io.Cpu, Sender, _log));
+            io.Cpu, Sender, _log, Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config)));
         Receive<RequestQueue.Unregister>(_ =>
         {
             _unregisterReplyTo = Sender;

@@ -36,7 +36,11 @@ public static class Sysfs
     /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopology.TopologyChanged"/> or <see cref="Failed"/>).</summary>
     public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
 
-    /// <summary>A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY) and why.</summary>
+    /// <summary>
+    /// A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY; EPERM for a write
+    /// or hotplug from the network without the admin secret; ENAMETOOLONG; E2BIG for a listing too
+    /// large for one remoting message) and why.
+    /// </summary>
     public sealed record Failed(string Path, string Errno, string Message) : IActorBlkMessage;
 
     internal static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new SysfsActor(layer));
@@ -53,7 +57,42 @@ internal sealed class SysfsActor : ReceiveActor
 
     public SysfsActor(BlockLayer layer)
     {
-        Receive<Sysfs.List>(list => Sender.Tell(new Sysfs.Listing([.. layer.ListAttributes(list.Prefix ?? string.Empty)])));
+        // Bounds first (README, "Security"): a path longer than PATH_MAX or a value longer than a
+        // page is refused before anything looks it up.
+        Receive<Sysfs.List>(list => (list.Prefix?.Length ?? 0) > RemoteSurface.MaxPath,
+            list => Sender.Tell(TooLong(list.Prefix!)));
+        Receive<Sysfs.Read>(read => (read.Path?.Length ?? 0) > RemoteSurface.MaxPath, read => Sender.Tell(TooLong(read.Path!)));
+        Receive<Sysfs.Write>(write => (write.Path?.Length ?? 0) > RemoteSurface.MaxPath, write => Sender.Tell(TooLong(write.Path!)));
+        Receive<Sysfs.Write>(write => (write.Text?.Length ?? 0) > RemoteSurface.MaxValue,
+            write => Sender.Tell(new Sysfs.Failed(write.Path ?? string.Empty, "EINVAL", $"the value is longer than {RemoteSurface.MaxValue} bytes")));
+        Receive<RemoteSurface.AdminRefused>(refused =>
+        {
+            var path = refused.Request switch
+            {
+                Sysfs.Write w => w.Path ?? string.Empty,
+                Sysfs.Hotplug h => $"devices/system/cpu/cpu{h.Cpu}/online",
+                _ => string.Empty,
+            };
+            _log.Warning("sysfs: refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
+            Sender.Tell(new Sysfs.Failed(path, "EPERM", refused.Reason));
+        });
+        var maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
+        Receive<Sysfs.List>(list =>
+        {
+            var paths = layer.ListAttributes(list.Prefix ?? string.Empty);
+
+            // A listing larger than one remoting message would be dropped by the transport and
+            // its caller would wait for ever: refuse it, and say how to narrow it.
+            var bytes = paths.Sum(p => (long)p.Length + 8);
+            if (bytes > maxRemoteData && Sender is IActorRefScope { IsLocal: false })
+            {
+                Sender.Tell(new Sysfs.Failed(list.Prefix ?? string.Empty, "E2BIG",
+                    $"{paths.Count} paths ({bytes} bytes) do not fit in one remoting message (at most {maxRemoteData}); list a narrower prefix"));
+                return;
+            }
+
+            Sender.Tell(new Sysfs.Listing([.. paths]));
+        });
         Receive<Sysfs.Read>(read =>
         {
             try
@@ -72,6 +111,9 @@ internal sealed class SysfsActor : ReceiveActor
         });
         Receive<Sysfs.Hotplug>(hotplug => HotplugAsync(layer, hotplug).PipeTo(Sender));
     }
+
+    private static Sysfs.Failed TooLong(string path) =>
+        new(path[..64] + "...", "ENAMETOOLONG", $"the path is longer than {RemoteSurface.MaxPath} bytes");
 
     private async Task<object> WriteAsync(BlockLayer layer, string path, string text)
     {

@@ -36,6 +36,10 @@ public static class ActorBlkHostingExtensions
         if (options.AddSerializer)
         {
             builder.WithCustomSerializer("actorblk", [typeof(IActorBlkMessage)], system => new ActorBlkHyperionSerializer(system));
+
+            // Akka's serializers that can name a type or stop an actor, replaced under their ids
+            // (README, "Security"); in front of the application's HOCON so it cannot undo them.
+            builder.AddHocon(ActorBlkRemoting.SerializerConfig, HoconAddMode.Prepend);
         }
 
         var devices = options.Devices.ToArray();

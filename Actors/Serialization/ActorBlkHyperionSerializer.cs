@@ -10,9 +10,13 @@ namespace ActorBlk.Actors.Serialization;
 /// akka.actor.serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
 /// akka.actor.serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
 /// </code>
+/// Every payload it reads comes from the network and passes <see cref="RemoteSurface.Admit"/>:
+/// only request and reply types are delivered, administrative requests only with the admin secret.
 /// </summary>
 public sealed class ActorBlkHyperionSerializer : HyperionSerializer
 {
+    private readonly Lazy<byte[]?> _secret;
+
     /// <summary>The serializer id on the wire (distinct from stock Hyperion's -5).</summary>
     public const int SerializerId = 7351;
 
@@ -30,6 +34,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
     public ActorBlkHyperionSerializer(ExtendedActorSystem system)
         : base(system, HyperionSettings)
     {
+        _secret = SecretOf(system);
     }
 
     /// <summary>Created by Akka's serialization extension from HOCON (with the serializer's config block).</summary>
@@ -37,10 +42,33 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
         : base(system, HyperionSettings)
     {
         _ = config;
+        _secret = SecretOf(system);
     }
 
     /// <inheritdoc />
     public override int Identifier => SerializerId;
+
+    /// <inheritdoc />
+    /// <exception cref="System.Runtime.Serialization.SerializationException">The payload is not one the network may send.</exception>
+    public override object FromBinary(byte[] bytes, Type type)
+    {
+        object message;
+        try
+        {
+            message = base.FromBinary(bytes, type);
+        }
+        catch (Exception ex) when (ex is not System.Runtime.Serialization.SerializationException)
+        {
+            // Hyperion's refusals (an unsafe or unlisted type) and malformed input: Akka.Remote logs
+            // a SerializationException and drops the message, keeping the association.
+            throw new System.Runtime.Serialization.SerializationException($"Refused an ActorBlk payload: {ex.Message}", ex);
+        }
+
+        return RemoteSurface.Admit(message, _secret.Value);
+    }
+
+    private static Lazy<byte[]?> SecretOf(ExtendedActorSystem system) => new(() =>
+        RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null);
 
     /// <summary>No types are pre-registered: every manifest carries its type name, checked by the filter.</summary>
     public sealed class NoExtraKnownTypes : IKnownTypesProvider

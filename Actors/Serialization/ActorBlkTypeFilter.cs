@@ -24,16 +24,25 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
     /// <summary>The filter instance.</summary>
     public static ActorBlkTypeFilter Instance { get; } = new();
 
-    private static readonly HashSet<string> AllowedSystemTypes = new(StringComparer.Ordinal)
+    // Each allowed system type with the assembly it must come from: a name is never trusted alone,
+    // since "System.String, EvilAssembly" would make Hyperion load that assembly's type.
+    private static readonly Dictionary<string, string> AllowedSystemTypes = new Type[]
     {
-        "System.String", "System.Byte[]", "System.Int16", "System.Int32", "System.Int64", "System.UInt16",
-        "System.UInt32", "System.UInt64", "System.Byte", "System.SByte", "System.Boolean", "System.Double",
-        "System.Single", "System.Decimal", "System.Char", "System.TimeSpan", "System.DateTime",
-        "System.DateTimeOffset", "System.Guid", "System.String[]", "System.Int32[]", "System.Int64[]",
-        "System.Nullable`1", "System.Collections.Generic.List`1", "System.Collections.Generic.Dictionary`2",
-        "System.Collections.Generic.KeyValuePair`2", "System.Collections.Immutable.ImmutableArray`1",
-        "System.Collections.Immutable.ImmutableList`1", "System.Collections.Immutable.ImmutableDictionary`2",
-        "Akka.Actor.ActorRefBase+Surrogate", "Akka.Actor.Address",
+        typeof(string), typeof(byte[]), typeof(short), typeof(int), typeof(long), typeof(ushort),
+        typeof(uint), typeof(ulong), typeof(byte), typeof(sbyte), typeof(bool), typeof(double),
+        typeof(float), typeof(decimal), typeof(char), typeof(TimeSpan), typeof(DateTime),
+        typeof(DateTimeOffset), typeof(Guid), typeof(string[]), typeof(int[]), typeof(long[]),
+        typeof(Nullable<>), typeof(List<>), typeof(Dictionary<,>),
+        typeof(KeyValuePair<,>), typeof(System.Collections.Immutable.ImmutableArray<>),
+        typeof(System.Collections.Immutable.ImmutableList<>), typeof(System.Collections.Immutable.ImmutableDictionary<,>),
+        typeof(Akka.Actor.ActorRefBase.Surrogate), typeof(Akka.Actor.Address),
+    }.ToDictionary(t => t.FullName!, t => t.Assembly.GetName().Name!, StringComparer.Ordinal);
+
+    // The core library goes by several names on the wire (Hyperion writes "%core%" forms, .NET
+    // Framework peers write mscorlib); all of them mean the runtime's own core library here.
+    private static readonly HashSet<string> CoreLibraryNames = new(StringComparer.Ordinal)
+    {
+        typeof(object).Assembly.GetName().Name!, "mscorlib", "System.Private.CoreLib", "System.Runtime", "netstandard",
     };
 
     /// <inheritdoc />
@@ -48,32 +57,40 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
         return TryAllow(typeName, ref pos, out var allowed) && allowed;
     }
 
-    private static readonly ConcurrentDictionary<string, bool> Decisions = new(StringComparer.Ordinal);
+    private static readonly ConcurrentDictionary<string, string?> Decisions = new(StringComparer.Ordinal);
 
-    /// <summary>True for a normalised (unqualified) type name on the allow-list.</summary>
-    public static bool IsAllowedName(string fullName)
+    /// <summary>
+    /// True for a normalised (unqualified) type name on the allow-list that comes from
+    /// <paramref name="assembly"/> (a simple assembly name, e.g. <c>ActorBlk.Actors</c>).
+    /// </summary>
+    public static bool IsAllowedName(string fullName, string assembly)
     {
         ArgumentNullException.ThrowIfNull(fullName);
-        if (AllowedSystemTypes.Contains(fullName))
+        ArgumentNullException.ThrowIfNull(assembly);
+        if (AllowedSystemTypes.TryGetValue(fullName, out var home))
         {
-            return true;
+            return home == assembly || (CoreLibraryNames.Contains(home) && CoreLibraryNames.Contains(assembly));
         }
 
-        // An array is allowed when its element type is.
+        // An array is allowed when its element type is (the array lives in the element's assembly).
         if (fullName.EndsWith("[]", StringComparison.Ordinal))
         {
-            return IsAllowedName(fullName[..^2]);
+            return IsAllowedName(fullName[..^2], assembly);
         }
 
-        return fullName.StartsWith("ActorBlk.", StringComparison.Ordinal) && Decisions.GetOrAdd(fullName, IsActorBlkWireType);
+        return fullName.StartsWith("ActorBlk.", StringComparison.Ordinal)
+               && Decisions.GetOrAdd(fullName, IsActorBlkWireType) is { } actual && actual == assembly;
     }
 
-    // Only types of ActorBlk's own assemblies that are messages, or enums carried by messages.
-    private static bool IsActorBlkWireType(string fullName)
+    // The assembly of an ActorBlk type that is a message, or an enum carried by messages; null for
+    // every other type (and for names no ActorBlk assembly defines).
+    private static string? IsActorBlkWireType(string fullName)
     {
         var type = typeof(IActorBlkMessage).Assembly.GetType(fullName, throwOnError: false)
                    ?? typeof(BlockOp).Assembly.GetType(fullName, throwOnError: false);
-        return type is not null && (typeof(IActorBlkMessage).IsAssignableFrom(type) || type.IsEnum);
+        return type is not null && (typeof(IActorBlkMessage).IsAssignableFrom(type) || type.IsEnum)
+            ? type.Assembly.GetName().Name
+            : null;
     }
 
     // Parses "Full.Name[`n[[arg, asm],[arg, asm]]][, assembly...]" from pos, checking the name and
@@ -108,7 +125,6 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
                 }
 
                 argsAllowed &= argAllowed;
-                SkipAssembly(text, ref pos);
                 if (pos >= text.Length || text[pos] != ']')
                 {
                     return false;
@@ -135,17 +151,31 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
             pos += 2;
         }
 
-        allowed = argsAllowed && IsAllowedName(name);
+        // The assembly: ", Assembly[, Version=..., Culture=..., PublicKeyToken=...]" up to the
+        // closing bracket of a generic argument (or the end of the text). A name without one is
+        // refused: the resolver would pick the assembly itself.
+        var assembly = ReadAssembly(text, ref pos);
+        allowed = argsAllowed && assembly is not null && IsAllowedName(name, assembly);
         return true;
     }
 
-    // Skips ", Assembly, Version=..., Culture=..., PublicKeyToken=..." up to the closing bracket of
-    // a generic argument (or the end of the text).
-    private static void SkipAssembly(string text, ref int pos)
+    // Reads the simple assembly name after the type name and leaves pos at the closing bracket of
+    // a generic argument (or the end of the text); null when there is none.
+    private static string? ReadAssembly(string text, ref int pos)
     {
+        var start = pos;
         while (pos < text.Length && text[pos] != ']')
         {
             pos++;
         }
+
+        var part = text[start..pos].Trim();
+        if (part.Length == 0 || part[0] != ',')
+        {
+            return null;
+        }
+
+        var simple = part[1..].Split(',')[0].Trim();
+        return simple.Length == 0 ? null : simple;
     }
 }

@@ -97,6 +97,14 @@ public sealed class QueueUsageCounter
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public EnterResult TryEnter(int cpu)
     {
+        // A dying queue never opens again: refuse without touching the counter, so callers that
+        // resubmit at once after every error cannot keep the count from ever reading zero (the
+        // drain teardown waits for) nor contend on the counter and the drain lock.
+        if (Volatile.Read(ref _gate) == GateDying)
+        {
+            return EnterResult.Dying;
+        }
+
         Add(cpu, 1);
 
         // The increment above is a full fence: it is visible before the gate is read.

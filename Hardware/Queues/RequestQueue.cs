@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Requests;
@@ -55,6 +56,10 @@ public sealed class RequestQueue
     private volatile int _dead;
     private volatile bool _acceptsIo;
     private long _doubleCompletions;
+
+    // Plugs holding (or that held) requests of this queue, until they are disposed: a freeze or
+    // teardown flushes them so it never waits on a plugged request (see BlockPlug).
+    private readonly ConcurrentDictionary<BlockPlug, byte> _plugs = new();
 
     /// <summary>
     /// Creates (allocates and initialises) a multi-queue request queue on <paramref name="tagSet"/>:
@@ -468,6 +473,18 @@ public sealed class RequestQueue
                 bio.Complete(BlockStatus.Again);
                 return false;
             default:
+                // A dying queue fails the bio on the thread pool, not inline: a caller that
+                // resubmits at once after every error would otherwise spin on its thread (the
+                // failure completes synchronously, so its await never yields) and a storm of them
+                // starves the threads teardown itself needs. Deferred, each retry is one queued
+                // work item (the bio itself: nothing is allocated) and teardown keeps its turn.
+                if (!bio.FailureDeferred)
+                {
+                    bio.FailureDeferred = true;
+                    ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+                    return false;
+                }
+
                 bio.Complete(BlockStatus.Offline);
                 return false;
         }
@@ -547,10 +564,49 @@ public sealed class RequestQueue
 
         if (plug is not null && plug.Add(rq))
         {
+            FlushIfSleepingOrFrozen(plug, bio);
             return;
         }
 
         Issue(rq);
+    }
+
+    /// <summary>
+    /// After a request went into <paramref name="plug"/>: flush it at once when the flow already
+    /// awaits the bio (the request was built after the flow went to sleep: by a software-context
+    /// actor, or after a wait for a tag or a thaw) or when the queue is freezing or dying (the
+    /// freeze flushed the queue's plugs already and must not wait for this one). The bio may
+    /// belong to its pool again by now; reading its mark then only costs a needless flush.
+    /// </summary>
+    private void FlushIfSleepingOrFrozen(BlockPlug plug, Bio bio)
+    {
+        // Full fence after the add, pairing with Bio's await mark and with Freeze's gate change.
+        Interlocked.MemoryBarrier();
+        if (bio.IsAwaited || Usage.IsFrozen)
+        {
+            plug.Flush();
+        }
+    }
+
+    /// <summary>Registers a plug that holds a request of this queue (until <see cref="UntrackPlug"/>).</summary>
+    internal void TrackPlug(BlockPlug plug) => _plugs.TryAdd(plug, 0);
+
+    /// <summary>Forgets a plug that was disposed.</summary>
+    internal void UntrackPlug(BlockPlug plug) => _plugs.TryRemove(plug, out _);
+
+    // A freeze or teardown hands every plugged request to its hardware queue, so the drain it
+    // waits for never depends on a flow that has not awaited yet (blk_flush_plug from schedule).
+    private void FlushPlugs()
+    {
+        if (_plugs.IsEmpty)
+        {
+            return;
+        }
+
+        foreach (var plug in _plugs.Keys)
+        {
+            plug.Flush();
+        }
     }
 
     /// <summary>Continues a parked submission (tag or freeze wait ended).</summary>
@@ -633,7 +689,13 @@ public sealed class RequestQueue
         // on another thread at once, and the bio returned to its pool and reused. Nothing below a
         // successful merge may touch it, so everything needed afterwards is read first.
         var cpu = bio.Cpu;
-        var merged = bio.Plug is { } plug && plug.TryMerge(bio, this);
+        var plug = bio.Plug;
+        var merged = plug is not null && plug.TryMerge(bio, this);
+        if (merged)
+        {
+            // Merged into a plugged request: the same rule as a request added to the plug.
+            FlushIfSleepingOrFrozen(plug!, bio);
+        }
 
         // A staged request can only be waiting if the hardware queue's ring is not empty; checking
         // that first keeps the common case free of the window scan (list_empty_careful).
@@ -855,7 +917,9 @@ public sealed class RequestQueue
     /// <summary>Starts a freeze (<c>blk_freeze_queue_start</c>) and runs every hardware queue so staged work drains.</summary>
     public void Freeze()
     {
-        if (Usage.Freeze() && IsStarted)
+        var first = Usage.Freeze();
+        FlushPlugs();
+        if (first && IsStarted)
         {
             foreach (var hctx in _hctxs)
             {
@@ -956,7 +1020,11 @@ public sealed class RequestQueue
     /// to enter are woken so they fail too. Bios that already entered, including those waiting for
     /// a tag, still run: the drain waits for them.
     /// </summary>
-    public void MarkDying() => Usage.MarkDying();
+    public void MarkDying()
+    {
+        Usage.MarkDying();
+        FlushPlugs();
+    }
 
     /// <summary>
     /// Tears the queue down (<c>blk_mq_destroy_queue</c>): marks it dying, waits up to
@@ -982,7 +1050,12 @@ public sealed class RequestQueue
 
             failed = FailOutstanding(BlockStatus.Offline);
             WakeTagWaiters();
-            await drained.ConfigureAwait(false);
+
+            // What still holds a reference now is on its way to fail (a woken tag waiter, a bio
+            // travelling to its context): each finds the queue detached and fails with Offline
+            // wherever it arrives. Teardown waits for them, but only so long, so that it finishes
+            // in bounded time whatever the submitters or the thread pool do.
+            await Task.WhenAny(drained, Task.Delay(drainTimeout)).ConfigureAwait(false);
         }
         else
         {

@@ -50,6 +50,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     private int _pendingChildren;
     private int _childStatus;
     private int _completed;
+    private int _awaited;
 
     internal Bio(BioPool? pool)
     {
@@ -112,6 +113,16 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
 
     /// <summary>True once the bio holds a reference on its queue's usage counter.</summary>
     internal bool Entered { get; set; }
+
+    /// <summary>True once a dying queue deferred this bio's failure to the thread pool (see RequestQueue.Enter).</summary>
+    internal bool FailureDeferred { get; set; }
+
+    /// <summary>
+    /// True once the flow awaits this bio, or the split parent it is a piece of. A request built
+    /// for it after that moment (by a software-context actor, or after a wait for a tag or a thaw)
+    /// must not stay in the plug: the flow already went to sleep and flushed it.
+    /// </summary>
+    internal bool IsAwaited => Volatile.Read(ref _awaited) != 0 || (Parent?.IsAwaited ?? false);
 
     /// <summary>The token of the <c>ValueTask</c> currently backed by this bio.</summary>
     internal short Version => _core.Version;
@@ -213,7 +224,9 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         UserToken = 0;
         Buffer = default;
         Entered = false;
+        FailureDeferred = false;
         Cookie = PollCookie.None;
+        Volatile.Write(ref _awaited, 0);
         Volatile.Write(ref _completed, Pooled);
         _core.Reset();
         Pool?.Return(this);
@@ -274,8 +287,12 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// <inheritdoc />
     public override string ToString() => $"bio {Op.Name()} sector {Sector} +{Sectors}";
 
+    // The flow goes to sleep on this bio. Marking it awaited with a full fence before flushing
+    // pairs with the submission path, which adds the request to the plug and then (after a full
+    // fence) reads the mark: either this flush finds the request or the submitter flushes.
     private void FlushPlugBeforeWaiting()
     {
+        Interlocked.Exchange(ref _awaited, 1);
         var plug = Request?.Plug ?? Plug;
         plug?.FlushBeforeWait();
     }

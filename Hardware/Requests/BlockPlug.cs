@@ -20,6 +20,13 @@ namespace ActorBlk.Hardware.Requests;
 /// when the flow awaits an I/O that still sits in the plug, the counterpart of the kernel flushing
 /// the plug of a task that goes to sleep.
 /// </para>
+/// <para>
+/// A plug never holds back an I/O the flow already awaits: a request built after the await (by a
+/// software-context actor in mailbox dispatch, or for a bio that waited for a tag or a thaw) is
+/// flushed at once. And a freeze never waits on a plugged request: every queue knows the plugs
+/// holding its requests and flushes them when it starts to freeze or to die, as the kernel's
+/// plugs are flushed when their task sleeps (<c>blk_flush_plug</c> from <c>schedule</c>).
+/// </para>
 /// </remarks>
 public sealed class BlockPlug : IDisposable
 {
@@ -39,6 +46,11 @@ public sealed class BlockPlug : IDisposable
     private bool _multipleQueues;
     private bool _finished;
     private long _flushes;
+
+    // The queues this plug registered with (RequestQueue.TrackPlug), so a freeze of any of them
+    // can flush it; usually one, so the first needs no list.
+    private RequestQueue? _trackedQueue;
+    private List<RequestQueue>? _moreTrackedQueues;
 
     private BlockPlug(bool nested) => _nested = nested;
 
@@ -90,12 +102,27 @@ public sealed class BlockPlug : IDisposable
             return;
         }
 
+        RequestQueue? tracked;
+        List<RequestQueue>? more;
         lock (_lock)
         {
             _finished = true;
+            tracked = _trackedQueue;
+            more = _moreTrackedQueues;
+            _trackedQueue = null;
+            _moreTrackedQueues = null;
         }
 
         Flush();
+        tracked?.UntrackPlug(this);
+        if (more is not null)
+        {
+            foreach (var queue in more)
+            {
+                queue.UntrackPlug(this);
+            }
+        }
+
         if (s_current.Value == this)
         {
             s_current.Value = null;
@@ -189,6 +216,7 @@ public sealed class BlockPlug : IDisposable
                 _multipleQueues = true;
             }
 
+            Track(rq.Queue!);
             rq.Plug = this;
             rq.NextInList = null;
             if (_tail is null)
@@ -215,6 +243,33 @@ public sealed class BlockPlug : IDisposable
 
     /// <summary>The flow is about to wait for a plugged I/O: flush so the wait can end.</summary>
     internal void FlushBeforeWait() => Flush();
+
+    // Under _lock: registers with the queue once for the plug's life, so the queue's freezes and
+    // teardown can flush this plug from another thread.
+    private void Track(RequestQueue queue)
+    {
+        if (_trackedQueue == queue)
+        {
+            return;
+        }
+
+        if (_trackedQueue is null)
+        {
+            _trackedQueue = queue;
+        }
+        else
+        {
+            _moreTrackedQueues ??= [];
+            if (_moreTrackedQueues.Contains(queue))
+            {
+                return;
+            }
+
+            _moreTrackedQueues.Add(queue);
+        }
+
+        queue.TrackPlug(this);
+    }
 
     // Runs of requests for the same hardware queue are staged with one publish each.
     private static void Issue(Request? list)

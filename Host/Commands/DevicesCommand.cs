@@ -1,5 +1,5 @@
 using System.Globalization;
-using ActorBlk.Actors.Cluster;
+using ActorBlk.Actors.Clustering;
 
 namespace ActorBlk.Host.Commands;
 

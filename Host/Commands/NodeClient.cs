@@ -1,5 +1,7 @@
 using ActorBlk.Actors;
+using ActorBlk.Actors.Serialization;
 using Akka.Actor;
+using Akka.Actor.Setup;
 using Akka.Configuration;
 
 namespace ActorBlk.Host.Commands;
@@ -14,14 +16,16 @@ internal sealed class NodeClient : IAsyncDisposable
     public static readonly TimeSpan AnswerTimeout = TimeSpan.FromSeconds(60);
 
     private readonly ActorSystem _system;
+    private readonly string? _secret;
 
-    private NodeClient(ActorSystem system, string address)
+    private NodeClient(ActorSystem system, string address, string? secret)
     {
         _system = system;
         Address = address;
+        _secret = secret;
     }
 
-    /// <summary>The node's address (<c>akka.tcp://actorblk@127.0.0.1:4053</c>).</summary>
+    /// <summary>The node's address (<c>akka.tcp://actorblk@127.0.0.1:4053</c>; <c>akka.ssl.tcp://</c> with TLS).</summary>
     public string Address { get; }
 
     /// <summary>
@@ -38,36 +42,76 @@ internal sealed class NodeClient : IAsyncDisposable
             return node.TrimEnd('/');
         }
 
-        if (port is null)
+        // The port, and the scheme (akka.ssl.tcp with TLS), from hocon.conf.
+        var scheme = "akka.tcp";
+        try
         {
-            try
-            {
-                var path = configPath ?? NodeConfig.Locate();
-                port = NodeConfig.Load(path, null).GetInt("akka.remote.dot-netty.tcp.port", 4053);
-            }
-            catch (UsageException) when (configPath is null)
-            {
-                port = 4053;
-            }
+            var config = NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
+            port ??= config.GetInt("akka.remote.dot-netty.tcp.port", 4053);
+            scheme = config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : scheme;
+        }
+        catch (UsageException) when (configPath is null)
+        {
+            port ??= 4053;
         }
 
-        return $"akka.tcp://{NodeConfig.SystemName}@127.0.0.1:{port}";
+        return $"{scheme}://{NodeConfig.SystemName}@127.0.0.1:{port}";
     }
 
-    /// <summary>Starts the client actor system.</summary>
-    public static NodeClient Connect(string address)
+    /// <summary>
+    /// The node configuration a client reads its TLS settings and admin secret from:
+    /// <c>--config PATH</c>, else the hocon.conf <c>serve</c> would use, else none.
+    /// </summary>
+    public static Config? ConfigFrom(CommandLine cl)
     {
-        var config = ConfigurationFactory.ParseString("""
+        var configPath = cl.String("config");
+        try
+        {
+            return NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
+        }
+        catch (UsageException) when (configPath is null)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Starts the client actor system: remoting on an ephemeral loopback port, untrusted mode (a
+    /// client serves nothing), ActorBlk's guarded serializers, and TLS with the node's certificate
+    /// when <paramref name="nodeConfig"/> turns it on. The admin secret for writes and hotplug comes
+    /// from <c>$ACTORBLK_ADMIN_SECRET</c>, else the node configuration (README, "Security").
+    /// </summary>
+    public static NodeClient Connect(string address, Config? nodeConfig = null)
+    {
+        var tls = nodeConfig?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
+        var config = ConfigurationFactory.ParseString($$"""
             akka.loglevel = ERROR
             akka.stdout-loglevel = OFF
             akka.log-dead-letters = off
             akka.actor.provider = remote
-            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0, enable-ssl = {{(tls ? "on" : "off")}} }
             akka.remote.log-remote-lifecycle-events = off
-            akka.actor.serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
-            akka.actor.serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
-            """);
-        return new NodeClient(ActorSystem.Create("actorblk-client", config), address);
+            akka.remote.untrusted-mode = on
+            """).WithFallback(ActorBlkRemoting.SerializerConfig);
+        if (tls)
+        {
+            var path = nodeConfig!.GetString("akka.remote.dot-netty.tcp.ssl.certificate.path", string.Empty);
+            var password = nodeConfig.GetString("akka.remote.dot-netty.tcp.ssl.certificate.password", string.Empty);
+            var pin = nodeConfig.GetBoolean("actorblk.remote.pin-certificate", true) ? "on" : "off";
+            config = ConfigurationFactory.ParseString($$"""
+                akka.remote.dot-netty.tcp.ssl.certificate { path = {{System.Text.Json.JsonSerializer.Serialize(path)}}, password = {{System.Text.Json.JsonSerializer.Serialize(password)}} }
+                actorblk.remote.pin-certificate = {{pin}}
+                """).WithFallback(config);
+        }
+
+        var secret = Environment.GetEnvironmentVariable(RemoteSurface.SecretVariable) is { Length: > 0 } fromEnv
+            ? fromEnv.Trim()
+            : nodeConfig is null ? null : RemoteSurface.ResolveSecret(nodeConfig, create: false);
+        var setup = BootstrapSetup.Create().WithConfig(config);
+        var system = ActorBlkRemoting.TlsSetup(config) is { } ssl
+            ? ActorSystem.Create("actorblk-client", ActorSystemSetup.Create(setup, ssl))
+            : ActorSystem.Create("actorblk-client", setup);
+        return new NodeClient(system, address, secret);
     }
 
     /// <summary>Sends <paramref name="message"/> to the node's sysfs actor and returns the answer.</summary>
@@ -83,6 +127,12 @@ internal sealed class NodeClient : IAsyncDisposable
         catch (ActorNotFoundException)
         {
             throw new NodeUnreachableException($"no ActorBlk node answered at {Address} (is `actorblk serve` running there?).");
+        }
+
+        // Administrative requests carry the admin secret; the node refuses them (EPERM) without it.
+        if (message is IActorBlkMessage admin && RemoteSurface.AdminTypes.Contains(message.GetType()) && _secret is not null)
+        {
+            message = new RemoteSurface.Authenticated(_secret, admin);
         }
 
         try

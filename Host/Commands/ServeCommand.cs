@@ -1,6 +1,8 @@
 using ActorBlk.Actors;
 using ActorBlk.Actors.Hosting;
 using ActorBlk.Actors.Nbd;
+using ActorBlk.Actors.Serialization;
+using Akka.Actor;
 using Akka.Cluster;
 using Akka.Hosting;
 using Akka.Logger.Serilog;
@@ -57,11 +59,35 @@ internal static class ServeCommand
             throw new UsageException($"NBD export: {ex.Message}");
         }
 
-        // Refuse a bad device list before anything starts, with the offending key named.
+        // Refuse a bad device list before anything starts, with the offending key named; likewise
+        // an exposed address without TLS, or TLS without a usable certificate (README, "Security").
         ActorBlkSettings.Create(config);
+        string? insecure;
+        Akka.Remote.Transport.DotNetty.DotNettySslSetup? tls;
+        try
+        {
+            insecure = ActorBlkRemoting.CheckBinding(config);
+            tls = ActorBlkRemoting.TlsSetup(config);
+        }
+        catch (Akka.Configuration.ConfigurationException ex)
+        {
+            throw new UsageException(ex.Message);
+        }
+
+        // The admin secret remote writes and hotplug must carry: created (random, owner-only) if missing.
+        var secret = RemoteSurface.ResolveSecret(config, create: true);
         Log.Logger = Logging.CreateConsoleLogger();
         Log.Information("Starting ActorBlk node from {Config}", Path.GetFullPath(path));
+        if (insecure is not null)
+        {
+            Log.Warning("{Warning}", insecure);
+        }
 
+        Log.Information("Remoting: {Tls}; administrative requests from the network {Admin}",
+            tls is null ? "plain TCP" : "TLS with mutual authentication",
+            secret is null ? "are refused (no admin secret)" : $"need the admin secret ({(config.GetString(RemoteSurface.SecretKey, string.Empty).Length > 0 ? RemoteSurface.SecretKey : config.GetString(RemoteSurface.SecretFileKey, string.Empty))})");
+
+        ActorSystem? started = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
@@ -72,8 +98,10 @@ internal static class ServeCommand
                 loggers.AddSerilogLogging();
             })
             .WithActorBlk()
+            .WithTls(tls)
             .AddStartup(async (system, _) =>
             {
+                started = system;
                 var cluster = Cluster.Get(system);
                 if (cluster.Settings.SeedNodes.Count == 0)
                 {
@@ -126,6 +154,13 @@ internal static class ServeCommand
         {
             using var host = builder.Build();
             await host.RunAsync().ConfigureAwait(false);
+            if (started is not null && BlockLayer.Get(started).FailureReason is { } failure)
+            {
+                // The guardian or an ActorBlk actor stopped: never a clean exit.
+                Log.Fatal("ActorBlk node stopped after a failure: {Reason}", failure);
+                return 1;
+            }
+
             Log.Information("ActorBlk node stopped");
             return 0;
         }
@@ -153,8 +188,8 @@ internal static class ServeCommand
             return;
         }
 
-        var known = new Dictionary<string, Actors.Cluster.ClusterDevice>(StringComparer.Ordinal);
-        void Report(IReadOnlyList<Actors.Cluster.ClusterDevice> snapshot)
+        var known = new Dictionary<string, Actors.Clustering.ClusterDevice>(StringComparer.Ordinal);
+        void Report(IReadOnlyList<Actors.Clustering.ClusterDevice> snapshot)
         {
             lock (known)
             {
@@ -180,4 +215,8 @@ internal static class ServeCommand
         layer.ClusterDevices.Watch(Report);
         Report(layer.ClusterDevices.Snapshot);
     }
+
+    // The DotNetty TLS setup (certificate, mutual authentication, pinning), when TLS is on.
+    private static AkkaConfigurationBuilder WithTls(this AkkaConfigurationBuilder builder, Akka.Remote.Transport.DotNetty.DotNettySslSetup? tls) =>
+        tls is null ? builder : builder.AddSetup(tls);
 }

@@ -15,6 +15,8 @@ internal static class SysfsCommand
           PATH as under /sys: block/nullb0/queue/nr_requests, block/nullb0/mq/0/cpu_list,
           kernel/debug/block/nullb0/hctx0/pending ("/sys/" in front is accepted).
           The node is akka.tcp://actorblk@127.0.0.1:PORT, PORT from --port, else from hocon.conf, else 4053.
+          write (and hotplug) send the admin secret: $ACTORBLK_ADMIN_SECRET, else hocon.conf's
+          actorblk.remote.admin-secret(-file); TLS settings come from hocon.conf too.
         """;
 
     public const string HotplugUsage = """
@@ -29,6 +31,7 @@ internal static class SysfsCommand
     public static async Task<int> RunSysfsAsync(CommandLine cl)
     {
         var address = NodeClient.AddressFrom(cl);
+        var nodeConfig = NodeClient.ConfigFrom(cl);
         cl.RejectUnknown();
         object message = cl.Positional switch
         {
@@ -40,12 +43,13 @@ internal static class SysfsCommand
             _ => throw new UsageException($"'{string.Join(' ', cl.Positional)}' is not list [PREFIX], cat PATH or write PATH VALUE.\n{SysfsUsage}"),
         };
 
-        return await AskAsync(address, message).ConfigureAwait(false);
+        return await AskAsync(address, message, nodeConfig).ConfigureAwait(false);
     }
 
     public static async Task<int> RunHotplugAsync(CommandLine cl)
     {
         var address = NodeClient.AddressFrom(cl);
+        var nodeConfig = NodeClient.ConfigFrom(cl);
         cl.RejectUnknown();
         if (cl.Positional is not [var action and ("offline" or "online"), var cpuText])
         {
@@ -57,12 +61,23 @@ internal static class SysfsCommand
             throw new UsageException($"'{cpuText}' is not a CPU number.\n{HotplugUsage}");
         }
 
-        return await AskAsync(address, new Sysfs.Hotplug(cpu, action == "online")).ConfigureAwait(false);
+        return await AskAsync(address, new Sysfs.Hotplug(cpu, action == "online"), nodeConfig).ConfigureAwait(false);
     }
 
-    private static async Task<int> AskAsync(string address, object message)
+    private static async Task<int> AskAsync(string address, object message, Akka.Configuration.Config? nodeConfig)
     {
-        await using var client = NodeClient.Connect(address);
+        NodeClient connected;
+        try
+        {
+            connected = NodeClient.Connect(address, nodeConfig);
+        }
+        catch (Akka.Configuration.ConfigurationException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return Refused;
+        }
+
+        await using var client = connected;
         object reply;
         try
         {

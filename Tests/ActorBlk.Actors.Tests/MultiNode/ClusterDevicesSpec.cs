@@ -1,11 +1,11 @@
-using ActorBlk.Actors.Cluster;
+using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using Akka.Actor;
 using Akka.Cluster;
 using Xunit;
 
-namespace ActorBlk.Actors.Tests.Cluster;
+namespace ActorBlk.Actors.Tests.MultiNode;
 
 /// <summary>Multi-node specs start several actor systems with remoting each: one at a time.</summary>
 [CollectionDefinition(Name, DisableParallelization = true)]

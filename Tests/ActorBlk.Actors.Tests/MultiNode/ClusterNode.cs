@@ -1,16 +1,17 @@
 using System.Threading.Channels;
-using ActorBlk.Actors.Cluster;
+using ActorBlk.Actors.Clustering;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Configuration;
 using AkkaCluster = Akka.Cluster.Cluster;
 
-namespace ActorBlk.Actors.Tests.Cluster;
+namespace ActorBlk.Actors.Tests.MultiNode;
 
 /// <summary>
 /// One member of an in-process test cluster: an actor system with remoting on 127.0.0.1 (an
-/// ephemeral port), the split-brain resolver of the repository's hocon.conf with a short
-/// stable-after, and the block layer with its registry. Cluster events are read from a channel.
+/// ephemeral port) in untrusted mode with ActorBlk's guarded serializers (as `actorblk serve`),
+/// the split-brain resolver of the repository's hocon.conf with a short stable-after, and the
+/// block layer with its registry. Cluster events are read from a channel.
 /// </summary>
 internal sealed class ClusterNode : IAsyncDisposable
 {
@@ -65,13 +66,14 @@ internal sealed class ClusterNode : IAsyncDisposable
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
             akka.remote.log-remote-lifecycle-events = off
-            akka.actor.serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
-            akka.actor.serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
             akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms }
             # A test crash: the system stops without leaving the cluster.
             akka.coordinated-shutdown.run-by-actor-system-terminate = off
             actorblk.cluster.registry.poll-interval = 200ms
-            """).WithFallback(cluster).WithFallback(Support.Configs.Simulated);
+            """).WithFallback(cluster)
+            .WithFallback(ActorBlk.Actors.Serialization.ActorBlkRemoting.SerializerConfig)
+            .WithFallback(ActorBlk.Actors.Serialization.ActorBlkRemoting.UntrustedModeConfig)
+            .WithFallback(Support.Configs.Simulated);
     }
 
     /// <summary>A file at the repository root.</summary>

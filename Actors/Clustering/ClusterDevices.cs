@@ -1,5 +1,5 @@
 
-namespace ActorBlk.Actors.Cluster;
+namespace ActorBlk.Actors.Clustering;
 
 /// <summary>
 /// The devices of the whole cluster, as this node's registry sees them

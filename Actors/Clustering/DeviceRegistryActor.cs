@@ -7,7 +7,7 @@ using Akka.DistributedData;
 using Akka.Event;
 using AkkaCluster = Akka.Cluster.Cluster;
 
-namespace ActorBlk.Actors.Cluster;
+namespace ActorBlk.Actors.Clustering;
 
 /// <summary>
 /// This node's part of the cluster-wide device registry (<c>/user/actorblk-registry</c>). The
@@ -18,6 +18,7 @@ namespace ActorBlk.Actors.Cluster;
 /// that is removed or downed; entries of such a member that reach a node later (gossip from a
 /// node that had not removed them yet) are removed when they arrive, so every replica converges
 /// on the same map. A node that finds one of its own live entries missing or stale writes it again.
+/// The snapshot shows only well-formed entries (bounded fields) of members this node knows.
 /// </summary>
 internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 {
@@ -34,6 +35,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly string _self;
     private readonly HashSet<UniqueAddress> _gone = [];
+    private readonly HashSet<UniqueAddress> _members = [];
     private Dictionary<string, ClusterDevice> _mine = new(StringComparer.Ordinal);
     private ImmutableDictionary<string, ClusterDevice> _map = ImmutableDictionary<string, ClusterDevice>.Empty;
     private bool _withdrawn;
@@ -49,7 +51,13 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         Receive<Changed>(HandleChanged);
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
         Receive<ClusterEvent.MemberDowned>(m => Prune(m.Member.UniqueAddress));
-        Receive<ClusterEvent.IMemberEvent>(_ => { });
+        Receive<ClusterEvent.IMemberEvent>(m =>
+        {
+            if (_members.Add(m.Member.UniqueAddress))
+            {
+                Publish();
+            }
+        });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<LocalDevicesChanged>(_ => PublishMine());
         Receive<Poll>(_ => PublishMine());
@@ -189,6 +197,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     private void Prune(UniqueAddress member)
     {
+        _members.Remove(member);
         if (member.Equals(_cluster.SelfUniqueAddress) || !_gone.Add(member))
         {
             return;
@@ -263,6 +272,9 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         var snapshot = _map.Values
             .Where(v => v is not null && v.IsWellFormed && !_gone.Any(g => IsOwner(g, v)))
             .Where(v => v.Node != _self || v.NodeUid == selfUid)
+            // Only entries of members this node knows (an entry whose owner has not been seen
+            // joining yet shows once its member event arrives).
+            .Where(v => (v.Node == _self && v.NodeUid == selfUid) || _members.Any(m => IsOwner(m, v)))
             .OrderBy(v => v.Name, StringComparer.Ordinal)
             .ThenBy(v => v.Node, StringComparer.Ordinal)
             .ToArray();

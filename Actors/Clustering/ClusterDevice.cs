@@ -1,6 +1,6 @@
 using ActorBlk.Actors.Serialization;
 
-namespace ActorBlk.Actors.Cluster;
+namespace ActorBlk.Actors.Clustering;
 
 /// <summary>
 /// One device of the cluster as the registry publishes it: where it lives and what it is. Its id is
@@ -28,7 +28,7 @@ public sealed record ClusterDevice(
     string NbdEndpoint) : IActorBlkMessage
 {
     /// <summary>Longest device name the registry accepts.</summary>
-    public const int MaxNameLength = 128;
+    public const int MaxNameLength = RemoteSurface.MaxDeviceName;
 
     /// <summary>Longest node endpoint (<c>host:port</c>) the registry accepts.</summary>
     public const int MaxNodeLength = 300;

@@ -1,0 +1,132 @@
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+using Akka.Configuration;
+using Akka.Remote.Transport.DotNetty;
+
+namespace ActorBlk.Actors.Serialization;
+
+/// <summary>
+/// The remoting configuration every ActorBlk actor system uses, node or client (README,
+/// "Security"): ActorBlk messages through the allow-listed Hyperion serializer, and Akka's
+/// serializers that can name a type or stop an actor replaced by guarded ones under the same ids.
+/// <c>WithActorBlk</c> applies it; a raw-HOCON system puts <see cref="SerializerConfig"/> in front of
+/// its own configuration.
+/// </summary>
+public static class ActorBlkRemoting
+{
+    /// <summary>The serializer replacements and the ActorBlk binding.</summary>
+    public static Config SerializerConfig { get; } = ConfigurationFactory.ParseString(SerializerHocon);
+
+    /// <summary>
+    /// Untrusted mode with the paths clients use (<c>/user/actorblk</c> and its sysfs actor) and the
+    /// cluster daemon paths members use trusted for actor selections.
+    /// </summary>
+    public static Config UntrustedModeConfig { get; } = ConfigurationFactory.ParseString(UntrustedHocon);
+
+    /// <summary>The paths <see cref="UntrustedModeConfig"/> trusts.</summary>
+    public static IReadOnlyList<string> TrustedSelectionPaths { get; } =
+    [
+        "/user/actorblk", "/user/actorblk/sysfs",
+        "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver",
+    ];
+
+    /// <summary>The key that allows binding a non-loopback address without TLS.</summary>
+    public const string AllowInsecureKey = "actorblk.allow-insecure-remoting";
+
+    /// <summary>
+    /// The TLS setup of <paramref name="config"/> when <c>akka.remote.dot-netty.tcp.enable-ssl</c> is
+    /// on, else null: the PKCS#12 certificate of <c>ssl.certificate.path</c> (and <c>password</c>),
+    /// mutual authentication, and (with <c>actorblk.remote.pin-certificate = on</c>, the default)
+    /// peers accepted only when they present that same certificate, so a self-signed certificate
+    /// shared by the nodes and their clients works and nothing else connects. With pinning off,
+    /// Akka's chain validation applies (a certificate from a CA the machine trusts).
+    /// </summary>
+    /// <exception cref="ConfigurationException">TLS is on but the certificate is missing or unreadable.</exception>
+    public static DotNettySslSetup? TlsSetup(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (!config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false))
+        {
+            return null;
+        }
+
+        var path = config.GetString("akka.remote.dot-netty.tcp.ssl.certificate.path", string.Empty);
+        var password = config.GetString("akka.remote.dot-netty.tcp.ssl.certificate.password", string.Empty);
+        if (string.IsNullOrWhiteSpace(path))
+        {
+            throw new ConfigurationException("akka.remote.dot-netty.tcp.enable-ssl is on but ssl.certificate.path is empty (README, \"Security\").");
+        }
+
+        X509Certificate2 certificate;
+        try
+        {
+            certificate = X509CertificateLoader.LoadPkcs12FromFile(path, string.IsNullOrEmpty(password) ? null : password, X509KeyStorageFlags.Exportable);
+        }
+        catch (Exception ex) when (ex is System.Security.Cryptography.CryptographicException or IOException or UnauthorizedAccessException)
+        {
+            throw new ConfigurationException($"cannot read the TLS certificate {path}: {ex.Message}");
+        }
+
+        if (!certificate.HasPrivateKey)
+        {
+            throw new ConfigurationException($"the TLS certificate {path} has no private key.");
+        }
+
+        var pin = config.GetBoolean("actorblk.remote.pin-certificate", true);
+        return pin
+            ? new DotNettySslSetup(certificate, suppressValidation: false, requireMutualAuthentication: true, CertificateValidation.PinnedCertificate(certificate.Thumbprint))
+            : new DotNettySslSetup(certificate, suppressValidation: false, requireMutualAuthentication: true);
+    }
+
+    /// <summary>
+    /// Checks where <paramref name="config"/> binds remoting. Loopback, or any address with TLS, is
+    /// fine (null). Another address without TLS is refused unless
+    /// <c>actorblk.allow-insecure-remoting = on</c>, which returns the warning to log.
+    /// </summary>
+    /// <exception cref="ConfigurationException">A non-loopback address without TLS, not explicitly allowed.</exception>
+    public static string? CheckBinding(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var host = config.GetString("akka.remote.dot-netty.tcp.hostname", string.Empty);
+        if (config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) || IsLoopback(host))
+        {
+            return null;
+        }
+
+        var what = $"Akka.Remote binds {(string.IsNullOrWhiteSpace(host) ? "every interface" : host)} without TLS: any peer that reaches it can read and write devices and read the admin secret off the wire";
+        if (!config.GetBoolean(AllowInsecureKey, false))
+        {
+            throw new ConfigurationException($"{what}. Enable TLS (akka.remote.dot-netty.tcp.enable-ssl, README \"Security\") or set {AllowInsecureKey} = on.");
+        }
+
+        return what + $" ({AllowInsecureKey} = on).";
+    }
+
+    private static bool IsLoopback(string host) =>
+        string.Equals(host, "localhost", StringComparison.OrdinalIgnoreCase)
+        || (IPAddress.TryParse(host, out var address) && IPAddress.IsLoopback(address));
+
+    /// <summary>The HOCON of <see cref="SerializerConfig"/>.</summary>
+    public const string SerializerHocon = """
+        akka.actor {
+          serializers {
+            actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
+            json = "ActorBlk.Actors.Serialization.ActorBlkJsonSerializer, ActorBlk.Actors"
+            akka-misc = "ActorBlk.Actors.Serialization.GuardedMiscMessageSerializer, ActorBlk.Actors"
+            akka-system-msg = "ActorBlk.Actors.Serialization.GuardedSystemMessageSerializer, ActorBlk.Actors"
+            daemon-create = "ActorBlk.Actors.Serialization.RefusingDaemonMsgCreateSerializer, ActorBlk.Actors"
+            proto = "ActorBlk.Actors.Serialization.GuardedProtobufSerializer, ActorBlk.Actors"
+          }
+          serialization-bindings {
+            "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk
+          }
+        }
+        """;
+
+    private const string UntrustedHocon = """
+        akka.remote {
+          untrusted-mode = on
+          trusted-selection-paths = ["/user/actorblk", "/user/actorblk/sysfs", "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver", "/system/ddataReplicator"]
+        }
+        """;
+}

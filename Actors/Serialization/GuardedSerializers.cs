@@ -1,0 +1,213 @@
+using System.Runtime.Serialization;
+using Akka.Actor;
+using Akka.Dispatch.SysMsg;
+using Akka.Event;
+using Akka.Remote.Serialization;
+using Akka.Serialization;
+
+namespace ActorBlk.Actors.Serialization;
+
+// Akka.Remote picks the deserializer by the id the sender wrote, not by the binding, so every
+// serializer a node has registered is reachable from the network. These replace the stock ones
+// under the same ids (hocon.conf, "serializers") and refuse what no peer may send: arbitrary types
+// by name (JSON, protobuf by name, exceptions by name), PoisonPill and Kill, remote deployment, and
+// system messages that would stop, suspend or confuse a local actor (README, "Security").
+
+/// <summary>
+/// Serializer id 1 (<c>json</c>): writes as Akka's Newtonsoft serializer does, but never reads a
+/// payload: JSON with type names can instantiate any type the node can load, and nothing ActorBlk
+/// or Akka.Remote sends uses it.
+/// </summary>
+public sealed class ActorBlkJsonSerializer : NewtonSoftJsonSerializer
+{
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public ActorBlkJsonSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+    }
+
+    /// <summary>Created by Akka's serialization extension (with the serializer's config block).</summary>
+    public ActorBlkJsonSerializer(ExtendedActorSystem system, Akka.Configuration.Config config)
+        : base(system, config)
+    {
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 1;
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">Always: JSON payloads are refused.</exception>
+    public override object FromBinary(byte[] bytes, Type type) =>
+        throw new SerializationException($"ActorBlk refuses JSON payloads ({type?.FullName ?? "no type"}): only allow-listed ActorBlk messages are read from the network.");
+}
+
+/// <summary>
+/// Serializer id 16 (<c>akka-misc</c>): Akka.Remote's <see cref="MiscMessageSerializer"/> without
+/// <see cref="PoisonPill"/>, <see cref="Kill"/> (which untrusted mode lets through) and
+/// <see cref="Status.Failure"/> (its exception is rebuilt from a type name the sender chooses).
+/// Identify, ActorIdentity, actor references and remote-watch heartbeats pass.
+/// </summary>
+public sealed class GuardedMiscMessageSerializer : SerializerWithStringManifest
+{
+    // Created on first use: a system without Akka.Remote (no remote serializer config) still lists
+    // this serializer and must be able to start.
+    private readonly Lazy<MiscMessageSerializer> _lazyInner;
+    private readonly Lazy<HashSet<string>> _refused;
+
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public GuardedMiscMessageSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+        _lazyInner = new(() => new MiscMessageSerializer(system));
+        _refused = new(() => new HashSet<string>(StringComparer.Ordinal)
+        {
+            _lazyInner.Value.Manifest(PoisonPill.Instance), _lazyInner.Value.Manifest(Kill.Instance),
+            _lazyInner.Value.Manifest(new Status.Failure(new InvalidOperationException())),
+        });
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 16;
+
+    private MiscMessageSerializer Inner => _lazyInner.Value;
+
+    /// <inheritdoc />
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
+
+    /// <inheritdoc />
+    public override string Manifest(object o) => Inner.Manifest(o);
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">PoisonPill, Kill or Status.Failure.</exception>
+    public override object FromBinary(byte[] bytes, string manifest)
+    {
+        if (manifest is null || _refused.Value.Contains(manifest))
+        {
+            throw new SerializationException($"ActorBlk refuses this message from the network (akka-misc manifest '{manifest}': PoisonPill, Kill or Status.Failure).");
+        }
+
+        return Inner.FromBinary(bytes, manifest);
+    }
+}
+
+/// <summary>
+/// Serializer id 22 (<c>akka-system-msg</c>): only the remote death-watch messages, and only as a
+/// peer may legitimately send them: <see cref="Watch"/> and <see cref="Unwatch"/> of a local actor by
+/// a remote watcher, <see cref="DeathWatchNotification"/> about a remote actor. Create, Recreate,
+/// Suspend, Resume, Terminate, Supervise and Failed are refused, as is a notification that claims a
+/// local actor died (it would make the guardian forget a live device).
+/// </summary>
+public sealed class GuardedSystemMessageSerializer : Serializer
+{
+    private readonly Lazy<SystemMessageSerializer> _lazyInner;
+
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public GuardedSystemMessageSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+        _lazyInner = new(() => new SystemMessageSerializer(system));
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 22;
+
+    /// <inheritdoc />
+    public override bool IncludeManifest => true;
+
+    private SystemMessageSerializer Inner => _lazyInner.Value;
+
+    /// <inheritdoc />
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// A refused system message is not deserialized (or, for a forged death-watch message, not
+    /// returned): <see cref="RefusedSystemMessage"/> comes back instead, which the recipient
+    /// ignores. Throwing would fail the peer's whole association (system messages are acknowledged).
+    /// </remarks>
+    public override object FromBinary(byte[] bytes, Type type)
+    {
+        if (type != typeof(Watch) && type != typeof(Unwatch) && type != typeof(DeathWatchNotification))
+        {
+            return new RefusedSystemMessage(type?.Name ?? "(none)");
+        }
+
+        var message = Inner.FromBinary(bytes, type);
+        var forged = message switch
+        {
+            Watch w => IsLocal(w.Watcher),
+            Unwatch u => IsLocal(u.Watcher),
+            DeathWatchNotification d => IsLocal(d.Actor),
+            _ => true,
+        };
+        return forged ? new RefusedSystemMessage(type.Name + " naming a local actor") : message;
+    }
+
+    private static bool IsLocal(IActorRef? actor) => actor is null || actor is IActorRefScope { IsLocal: true };
+}
+
+/// <summary>A system message refused by <see cref="GuardedSystemMessageSerializer"/>: an ordinary message its recipient leaves unhandled.</summary>
+/// <param name="What">The refused message's type.</param>
+public sealed record RefusedSystemMessage(string What) : INoSerializationVerificationNeeded, IDeadLetterSuppression;
+
+/// <summary>
+/// Serializer id 3 (<c>daemon-create</c>): remote deployment is refused both ways (a peer's
+/// DaemonMsgCreate names actor types and arguments to instantiate here).
+/// </summary>
+public sealed class RefusingDaemonMsgCreateSerializer : Serializer
+{
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public RefusingDaemonMsgCreateSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 3;
+
+    /// <inheritdoc />
+    public override bool IncludeManifest => false;
+
+    /// <inheritdoc />
+    /// <exception cref="NotSupportedException">Always.</exception>
+    public override byte[] ToBinary(object obj) => throw new NotSupportedException("ActorBlk nodes do not deploy actors remotely.");
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">Always.</exception>
+    public override object FromBinary(byte[] bytes, Type type) => throw new SerializationException("ActorBlk refuses remote deployment (DaemonMsgCreate).");
+}
+
+/// <summary>
+/// Serializer id 2 (<c>proto</c>): Akka.Remote's <see cref="ProtobufSerializer"/> for Google.Protobuf
+/// messages only; any other type named by the manifest is refused before the serializer looks
+/// at it (it reads a static member of the type it is given).
+/// </summary>
+public sealed class GuardedProtobufSerializer : Serializer
+{
+    private readonly Lazy<ProtobufSerializer> _lazyInner;
+
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public GuardedProtobufSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+        _lazyInner = new(() => new ProtobufSerializer(system));
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 2;
+
+    /// <inheritdoc />
+    public override bool IncludeManifest => true;
+
+    private ProtobufSerializer Inner => _lazyInner.Value;
+
+    /// <inheritdoc />
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">The type is not a Google.Protobuf message.</exception>
+    public override object FromBinary(byte[] bytes, Type type) =>
+        type?.GetInterface("Google.Protobuf.IMessage") is { } iface && iface.Assembly.GetName().Name == "Google.Protobuf"
+            ? Inner.FromBinary(bytes, type)
+            : throw new SerializationException($"ActorBlk refuses {type?.FullName ?? "(none)"} through the protobuf serializer.");
+}

@@ -1,0 +1,208 @@
+using System.Runtime.Serialization;
+using System.Security.Cryptography;
+using System.Text;
+using Akka.Actor;
+using Akka.Configuration;
+
+namespace ActorBlk.Actors.Serialization;
+
+/// <summary>
+/// What a node accepts from the network (README, "Security"). Every ActorBlk payload that arrives
+/// goes through <see cref="Admit"/> after Hyperion has built it (from allow-listed types only):
+/// <list type="bullet">
+/// <item>its root type must be one of <see cref="InboundTypes"/>, the requests clients send and the
+/// replies they receive; the node's internal protocol (registration, unregistration, queue start and
+/// stop, tag-set joins, resets) never comes from the network;</item>
+/// <item>an administrative request (<see cref="AdminTypes"/>: destroy, attribute writes, CPU hotplug)
+/// is delivered only inside an <see cref="Authenticated"/> envelope carrying the node's admin
+/// secret; without it the recipient gets <see cref="AdminRefused"/> and answers
+/// <see cref="NotAuthorized"/>.</item>
+/// </list>
+/// Messages sent inside the process never pass through a serializer, so local callers (the
+/// <see cref="BlockLayer"/> API, the hosting application) need no secret.
+/// </summary>
+public static class RemoteSurface
+{
+    /// <summary>Longest device name (Linux DISK_NAME_LEN).</summary>
+    public const int MaxDeviceName = 32;
+
+    /// <summary>Longest attribute path (PATH_MAX).</summary>
+    public const int MaxPath = 4096;
+
+    /// <summary>Longest attribute value (one page, as sysfs).</summary>
+    public const int MaxValue = 4096;
+
+    /// <summary>
+    /// Bytes of a remote message set aside for the envelope (recipient and sender paths, manifest,
+    /// the reply's other fields): an I/O whose data travels in a message may carry at most
+    /// <c>maximum-frame-size</c> minus this.
+    /// </summary>
+    public const int EnvelopeReserve = 8192;
+
+    /// <summary>The configuration key of the admin secret (inline).</summary>
+    public const string SecretKey = "actorblk.remote.admin-secret";
+
+    /// <summary>The configuration key of the file holding the admin secret.</summary>
+    public const string SecretFileKey = "actorblk.remote.admin-secret-file";
+
+    /// <summary>The environment variable that overrides both (for clients).</summary>
+    public const string SecretVariable = "ACTORBLK_ADMIN_SECRET";
+
+    /// <summary>Request and reply types a node or a client accepts from the network.</summary>
+    public static IReadOnlySet<Type> InboundTypes { get; } = new HashSet<Type>
+    {
+        // Requests.
+        typeof(BlockLayer.Io), typeof(BlockLayer.ListDevices), typeof(BlockLayer.GetDeviceInfo), typeof(BlockLayer.Destroy),
+        typeof(RequestQueue.Io), typeof(RequestQueue.GetInfo), typeof(SoftwareContext.Submit), typeof(SoftwareContext.GetStats),
+        typeof(HardwareQueue.GetStats), typeof(TagSet.GetState), typeof(CpuTopology.GetTopology), typeof(CpuTopology.CpuOffline),
+        typeof(CpuTopology.CpuOnline), typeof(Sysfs.List), typeof(Sysfs.Read), typeof(Sysfs.Write), typeof(Sysfs.Hotplug),
+        typeof(Authenticated), typeof(Clustering.ListClusterDevices),
+
+        // Replies.
+        typeof(BlockLayer.Destroyed), typeof(BlockLayer.NoSuchDevice), typeof(BlockLayer.DeviceBusy), typeof(BlockLayer.DeviceList),
+        typeof(RequestQueue.Info), typeof(SoftwareContext.Completed), typeof(SoftwareContext.Rejected), typeof(SoftwareContext.Stats),
+        typeof(HardwareQueue.Stats), typeof(TagSet.State), typeof(CpuTopology.TopologyInfo), typeof(CpuTopology.TopologyChanged),
+        typeof(Sysfs.Listing), typeof(Sysfs.Value), typeof(Sysfs.Written), typeof(Sysfs.Failed), typeof(NotAuthorized),
+        typeof(Clustering.ClusterDeviceList),
+
+        // Registry entries, inside Distributed Data gossip between members (README, "Cluster").
+        typeof(Clustering.ClusterDevice),
+    };
+
+    /// <summary>Requests that change the node: accepted from the network only when authenticated.</summary>
+    public static IReadOnlySet<Type> AdminTypes { get; } = new HashSet<Type>
+    {
+        typeof(BlockLayer.Destroy), typeof(Sysfs.Write), typeof(Sysfs.Hotplug), typeof(CpuTopology.CpuOffline), typeof(CpuTopology.CpuOnline),
+    };
+
+    /// <summary>
+    /// Decides what a payload that came from the network becomes: itself, the inner request of a
+    /// valid <see cref="Authenticated"/> envelope, or <see cref="AdminRefused"/>.
+    /// </summary>
+    /// <exception cref="SerializationException">The root type is not one the network may send.</exception>
+    public static object Admit(object message, byte[]? secret)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        var type = message.GetType();
+        if (!InboundTypes.Contains(type))
+        {
+            throw new SerializationException($"ActorBlk does not accept {type.FullName} from the network.");
+        }
+
+        if (message is Authenticated envelope)
+        {
+            if (envelope.Message is null || !InboundTypes.Contains(envelope.Message.GetType()) || envelope.Message is Authenticated)
+            {
+                throw new SerializationException("ActorBlk does not accept that authenticated payload from the network.");
+            }
+
+            return Verify(envelope.Credential, secret)
+                ? envelope.Message
+                : new AdminRefused(envelope.Message, "the admin credential is wrong");
+        }
+
+        return AdminTypes.Contains(type) ? new AdminRefused(message, "administrative requests from the network must be authenticated (README, \"Security\")") : message;
+    }
+
+    /// <summary>True when <paramref name="credential"/> is the secret (constant time); never when no secret is set.</summary>
+    public static bool Verify(string? credential, byte[]? secret)
+    {
+        if (secret is not { Length: > 0 } || string.IsNullOrEmpty(credential) || credential.Length > 1024)
+        {
+            return false;
+        }
+
+        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(credential), secret);
+    }
+
+    /// <summary>
+    /// The admin secret of <paramref name="config"/>: <c>ACTORBLK_ADMIN_SECRET</c> when
+    /// <paramref name="fromEnvironment"/>, else <c>actorblk.remote.admin-secret</c>, else the
+    /// contents of <c>actorblk.remote.admin-secret-file</c> (first line). With
+    /// <paramref name="create"/> a missing file is created with a random secret, readable by its
+    /// owner only. Null when there is none.
+    /// </summary>
+    public static string? ResolveSecret(Config config, bool create, bool fromEnvironment = false)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (fromEnvironment && Environment.GetEnvironmentVariable(SecretVariable) is { Length: > 0 } fromEnv)
+        {
+            return fromEnv.Trim();
+        }
+
+        if (config.GetString(SecretKey, string.Empty) is { Length: > 0 } inline)
+        {
+            return inline.Trim();
+        }
+
+        var file = ExpandHome(config.GetString(SecretFileKey, string.Empty));
+        if (string.IsNullOrWhiteSpace(file))
+        {
+            return null;
+        }
+
+        if (File.Exists(file))
+        {
+            var text = File.ReadAllText(file).Split('\n')[0].Trim();
+            return text.Length > 0 ? text : null;
+        }
+
+        if (!create)
+        {
+            return null;
+        }
+
+        var secret = Convert.ToHexString(RandomNumberGenerator.GetBytes(32)).ToLowerInvariant();
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
+        try
+        {
+            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+            if (!OperatingSystem.IsWindows())
+            {
+                options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            }
+
+            using (var stream = new FileStream(file, options))
+            using (var writer = new StreamWriter(stream))
+            {
+                writer.WriteLine(secret);
+            }
+
+            return secret;
+        }
+        catch (IOException) when (File.Exists(file))
+        {
+            // Another node created it first: use theirs.
+            return File.ReadAllText(file).Split('\n')[0].Trim();
+        }
+    }
+
+    /// <summary>The largest data an I/O message may carry over remoting with <paramref name="config"/>.</summary>
+    public static int MaxRemoteData(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var frame = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size", 128000) ?? 128000;
+        return (int)Math.Clamp(frame - EnvelopeReserve, 0, int.MaxValue);
+    }
+
+    private static string ExpandHome(string path) =>
+        path.StartsWith("~/", StringComparison.Ordinal)
+            ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), path[2..])
+            : path;
+
+    /// <summary>
+    /// An administrative request with the node's admin secret (<c>actorblk.remote.admin-secret</c>
+    /// or the secret file). Over plain TCP the secret travels in clear: use TLS off loopback.
+    /// </summary>
+    public sealed record Authenticated(string Credential, IActorBlkMessage Message) : IActorBlkMessage
+    {
+        /// <inheritdoc />
+        public override string ToString() => $"Authenticated {{ Message = {Message} }}";
+    }
+
+    /// <summary>An administrative request came from the network without a valid credential; the recipient refuses it.</summary>
+    public sealed record AdminRefused(object Request, string Reason) : INoSerializationVerificationNeeded;
+
+    /// <summary>The reply to an administrative request that was not authenticated: nothing changed.</summary>
+    public sealed record NotAuthorized(string Request, string Reason) : IActorBlkMessage;
+}

@@ -1,0 +1,158 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// <c>queue/nr_requests</c> written under load (issue 16 item 12, blk-mq-semantics §2.6 items
+/// 29-30): every tag waiter is woken when the depth changes, so random reads and writes checked
+/// against a shadow copy all complete; and at shutdown every outstanding I/O completes with an
+/// error whatever state the queue is in (frozen, quiesced, waiting for tags).
+/// </summary>
+public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
+
+    protected DepthChangeSpec(DispatchMode mode, ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+        Mode = mode;
+    }
+
+    protected DispatchMode Mode { get; }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private Task<IBlockDevice> Create(string name, int depth = 64) => Layer.CreateDeviceAsync(new DeviceOptions
+    {
+        Name = name,
+        Dispatch = Mode,
+        Size = 8 << 20,
+        MemoryBacked = true,
+        SubmitQueues = 2,
+        PollQueues = 0,
+        HwQueueDepth = depth,
+    });
+
+    private static async Task Bounded(Task work, string what)
+    {
+        var winner = await Task.WhenAny(work, Task.Delay(Generous));
+        Assert.True(winner == work, $"{what} did not finish within {Generous.TotalSeconds} s");
+        await work;
+    }
+
+    // Run by each mode's class (ring: skipped until issue 16 item 12 is fixed, see there).
+    protected async Task DepthChangesRacingTagWaiters()
+    {
+        var device = await Create("dc0");
+        const int workers = 8;
+        const int perWorker = 1_500;
+        const int block = 4096;
+        var slots = (int)(device.Capacity / (128 * 1024));
+        var shadow = new byte[device.Capacity];
+        var done = 0L;
+
+        // Each worker owns its slots, so the shadow copy is exact without locking.
+        async Task Worker(int w)
+        {
+            var random = new Random(w);
+            var buffer = new byte[128 * 1024];
+            var back = new byte[128 * 1024];
+            for (var i = 0; i < perWorker; i++)
+            {
+                var slot = (random.Next(slots / workers) * workers) + w;
+                var length = random.Next(1, 33) * block;
+                var offset = (long)slot * buffer.Length;
+                if (random.Next(2) == 0)
+                {
+                    random.NextBytes(buffer.AsSpan(0, length));
+                    await device.WriteAsync(offset, buffer.AsMemory(0, length), cpu: w % 4);
+                    buffer.AsSpan(0, length).CopyTo(shadow.AsSpan((int)offset, length));
+                }
+                else
+                {
+                    await device.ReadAsync(offset, back.AsMemory(0, length), cpu: w % 4);
+                    Assert.True(back.AsSpan(0, length).SequenceEqual(shadow.AsSpan((int)offset, length)), $"worker {w} read {offset}+{length} differs from what it wrote");
+                }
+
+                Interlocked.Increment(ref done);
+            }
+        }
+
+        var load = Task.WhenAll(Enumerable.Range(0, workers).Select(w => Task.Run(() => Worker(w))));
+        var writes = 0;
+        var churn = Task.Run(async () =>
+        {
+            var values = new[] { "4", "16", "64", "2" };
+            while (!load.IsCompleted)
+            {
+                await device.Attributes.WriteAsync("block/dc0/queue/nr_requests", values[writes++ % values.Length]);
+                await Task.WhenAny(load, Task.Delay(5));
+            }
+        });
+
+        await Bounded(load, $"the load of {workers * perWorker} I/Os under nr_requests writes");
+        await Bounded(churn, "the nr_requests writer");
+        Assert.True(writes > 1);
+        Assert.Equal(0, device.Queue.Usage.Count);
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.BitmapTags.WaitersActive));
+    }
+
+    [Fact]
+    public async Task Shrinking_the_depth_wakes_waiters_held_back_by_a_larger_batch()
+    {
+        // Many waiters on a deep queue; the depth drops to 4 while they wait: all must run.
+        var device = await Create("dc1", depth: 64);
+        await device.Queue.QuiesceAsync();
+        var ios = Enumerable.Range(0, 200).Select(i => device.WriteAsync(i % 1024 * 4096L, new byte[4096], cpu: i % 4).AsTask()).ToArray();
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous);
+        var resize = device.Attributes.WriteAsync("block/dc1/queue/nr_requests", "4").AsTask();
+        device.Queue.Unquiesce();
+        await Bounded(resize, "the resize");
+        await Bounded(Task.WhenAll(ios), "the waiters");
+        Assert.Equal("4", device.Attributes.Read("block/dc1/queue/nr_requests").Trim());
+    }
+
+    [Fact]
+    public async Task Shutdown_with_a_frozen_quiesced_queue_and_tag_waiters_fails_every_io()
+    {
+        var device = await Create("dc2", depth: 4);
+        var queue = device.Queue;
+
+        // Tags all taken by staged requests that cannot dispatch, waiters behind them, and a freeze
+        // that therefore never drains: then the layer shuts down.
+        await queue.QuiesceAsync();
+        var ios = Enumerable.Range(0, 64).Select(i => device.WriteAsync(i * 4096L, new byte[4096], cpu: i % 4).AsTask()).ToArray();
+        await AwaitConditionAsync(() => Task.FromResult(queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous);
+        queue.Freeze();
+        var late = device.WriteAsync(0, new byte[4096]).AsTask();
+
+        await Bounded(Sys.Terminate(), "the actor system's termination");
+        foreach (var io in ios.Append(late))
+        {
+            await Bounded(io.ContinueWith(_ => { }, TaskScheduler.Default), "an outstanding I/O");
+            Assert.True(io.IsFaulted, "an outstanding I/O succeeded on a queue that never dispatched");
+            var error = Assert.IsType<BlockIoException>(io.Exception!.InnerException);
+            Assert.Equal(BlockStatus.Offline, error.Status);
+        }
+    }
+}
+
+/// <summary>Depth changes in ring dispatch.</summary>
+public sealed class RingDepthChangeSpec(ITestOutputHelper output) : DepthChangeSpec(DispatchMode.Ring, output)
+{
+    [Fact(Skip = "Reproduces issue 16 item 12 in ring dispatch (the load stops for good under nr_requests writes); not fixed yet")]
+    public Task Depth_changes_racing_tag_waiters_lose_no_waiter_and_no_data() => DepthChangesRacingTagWaiters();
+}
+
+/// <summary>Depth changes in mailbox dispatch.</summary>
+public sealed class MailboxDepthChangeSpec(ITestOutputHelper output) : DepthChangeSpec(DispatchMode.Mailbox, output)
+{
+    [Fact]
+    public Task Depth_changes_racing_tag_waiters_lose_no_waiter_and_no_data() => DepthChangesRacingTagWaiters();
+}

@@ -1,0 +1,198 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Akka.Configuration;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// Teardown under a retry storm (issue 16 item 2): callers that resubmit at once after every
+/// error keep hammering a device while it is destroyed. Destroy finishes in bounded time, I/O to
+/// the dying or dead queue fails fast with a typed error, and once destroy returned the name is
+/// free. Liveness checks are bounded so a hang fails the test.
+/// </summary>
+public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
+
+    private readonly TempDirectory _dir;
+
+    protected TeardownStormSpec(DispatchMode mode, ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+        Mode = mode;
+        _dir = new TempDirectory("actorblk-storm");
+    }
+
+    protected DispatchMode Mode { get; }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    protected override void AfterAll()
+    {
+        base.AfterAll();
+        _dir.Dispose();
+    }
+
+    private Task<IBlockDevice> CreateNull(string name) => Layer.CreateDeviceAsync(new DeviceOptions
+    {
+        Name = name,
+        Dispatch = Mode,
+        Size = 16 << 20,
+        MemoryBacked = true,
+        SubmitQueues = 2,
+        PollQueues = 0,
+        HwQueueDepth = 16,
+    });
+
+    private async Task<IBlockDevice> CreateFile(string name)
+    {
+        var path = _dir.File($"{name}.img");
+        var entry = ConfigurationFactory.ParseString(
+            $"name = {name}, driver = file, path = \"{path}\", size = 8m, submit_queues = 2, hw_queue_depth = 16, dispatch = {Mode.ToString().ToLowerInvariant()}");
+        return await Layer.CreateDeviceAsync(DeviceConfig.Parse(entry));
+    }
+
+    private static async Task Bounded(Task work, string what)
+    {
+        var winner = await Task.WhenAny(work, Task.Delay(Generous));
+        Assert.True(winner == work, $"{what} did not finish within {Generous.TotalSeconds} s");
+        await work;
+    }
+
+    // 16 naive callers: every error is answered by an immediate resubmission, until told to stop.
+    private async Task Storm(IBlockDevice device, Func<IBlockDevice, Task<IBlockDevice>> recreate)
+    {
+        var name = device.Name;
+        using var stop = new CancellationTokenSource();
+        var errors = 0L;
+        var oks = 0L;
+        var untyped = 0L;
+        var warm = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        async Task Caller(int c)
+        {
+            var buffer = new byte[4096];
+            var i = 0;
+            while (!stop.IsCancellationRequested)
+            {
+                try
+                {
+                    var offset = ((c * 97L) + i++) % 2048 * 4096;
+                    if (i % 2 == 0)
+                    {
+                        await device.WriteAsync(offset, buffer, cpu: c % 4);
+                    }
+                    else
+                    {
+                        await device.ReadAsync(offset, buffer, cpu: c % 4);
+                    }
+
+                    if (Interlocked.Increment(ref oks) == 200)
+                    {
+                        warm.TrySetResult();
+                    }
+                }
+                catch (BlockIoException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+                catch (InvalidBlockRequestException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+                catch (Exception)
+                {
+                    Interlocked.Increment(ref untyped);
+                }
+
+                // No yield: a failed I/O completes synchronously, so each caller spins on its
+                // thread-pool thread, as a naive client does; teardown must finish regardless.
+            }
+        }
+
+        var callers = Enumerable.Range(0, 16).Select(c => Task.Run(() => Caller(c))).ToArray();
+        await Bounded(warm.Task, "the warm-up");
+        await Bounded(Layer.DestroyDeviceAsync(name), "destroy under a retry storm");
+
+        // Once destroy returned the name is free, while the storm still runs.
+        Assert.False(Layer.TryGetDevice(name, out _));
+        Assert.Equal(QueueState.Dead, device.Queue.State);
+        var before = Interlocked.Read(ref errors);
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(Interlocked.Read(ref errors) > before + 1000), Generous), "fast failures after destroy");
+
+        var again = await recreate(device);
+        Assert.True(Layer.TryGetDevice(name, out var listed));
+        Assert.Same(again, listed);
+        await again.WriteAsync(0, new byte[4096]);
+
+        stop.Cancel();
+        await Bounded(Task.WhenAll(callers), "the callers");
+        Assert.Equal(0, untyped);
+        Assert.True(errors > 0);
+        await Layer.DestroyDeviceAsync(name);
+    }
+
+    [Fact]
+    public async Task Destroying_a_null_device_under_a_retry_storm_is_bounded_and_frees_the_name()
+    {
+        var device = await CreateNull("storm0");
+        await Storm(device, _ => CreateNull("storm0"));
+    }
+
+    [Fact]
+    public async Task Destroying_a_file_device_under_a_retry_storm_is_bounded_and_frees_the_name()
+    {
+        var device = await CreateFile("storm1");
+        await Storm(device, _ => CreateFile("storm1"));
+    }
+
+    [Fact]
+    public async Task Io_to_a_dead_queue_fails_fast_with_offline_and_allocates_nothing()
+    {
+        var device = await CreateNull("storm2");
+        await Layer.DestroyDeviceAsync("storm2");
+        var buffer = new byte[4096];
+
+        // Warm the path once, then measure.
+        Assert.Equal(BlockStatus.Offline, await device.ExecuteAsync(BlockOp.Read, 0, 4096, buffer));
+        // The failure completes on the thread pool (so a retry loop yields), hence the process-wide
+        // count; the actor system's own background work allows a little slack, far below one
+        // object (24 bytes) per I/O.
+        // The loop runs off the test framework's synchronization context, which would allocate a
+        // post per await.
+        const int count = 10_000;
+        var wrong = 0;
+        var allocated = GC.GetTotalAllocatedBytes(precise: true);
+        await Task.Run(async () =>
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var status = await device.ExecuteAsync(BlockOp.Read, 0, 4096, buffer);
+                if (status != BlockStatus.Offline)
+                {
+                    wrong++;
+                }
+            }
+        });
+
+        var perIo = (GC.GetTotalAllocatedBytes(precise: true) - allocated) / (double)count;
+        Assert.Equal(0, wrong);
+        Assert.True(perIo < 24, $"{perIo:F1} bytes allocated per failed I/O");
+        var error = await Assert.ThrowsAsync<BlockIoException>(async () => await device.WriteAsync(0, buffer));
+        Assert.Equal(BlockStatus.Offline, error.Status);
+        Assert.Equal(0, device.Queue.Usage.Count);
+    }
+}
+
+/// <summary>Teardown storms in ring dispatch (alone: the allocation check reads a process-wide count).</summary>
+[Collection(ProcessCountersCollection.Name)]
+public sealed class RingTeardownStormSpec(ITestOutputHelper output) : TeardownStormSpec(DispatchMode.Ring, output);
+
+/// <summary>Teardown storms in mailbox dispatch (alone: the allocation check reads a process-wide count).</summary>
+[Collection(ProcessCountersCollection.Name)]
+public sealed class MailboxTeardownStormSpec(ITestOutputHelper output) : TeardownStormSpec(DispatchMode.Mailbox, output);
