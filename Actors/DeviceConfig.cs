@@ -20,7 +20,7 @@ public static class DeviceConfig
         "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
         "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
         "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
-        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "uri", "connections", "direct", "engine", "submit_batch", "fixed_buffers", "max_retries", "reset_after_timeouts", "timeout_window",
+        "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "uri", "connections", "tls_ca", "tls_verify", "direct", "engine", "submit_batch", "fixed_buffers", "max_retries", "reset_after_timeouts", "timeout_window",
         "fault_error_rate", "fault_resource_rate", "fault_timeout_rate", "fault_latency_rate", "fault_latency", "fault_crash_after",
         "fault_gone", "fault_reopen_failures", "fault_seed",
     };
@@ -48,6 +48,8 @@ public static class DeviceConfig
             Path = entry.HasPath("path") ? entry.GetString("path") : defaults.Path,
             Uri = entry.HasPath("uri") ? entry.GetString("uri") : defaults.Uri,
             Connections = Int(entry, name, "connections", defaults.Connections),
+            TlsCa = entry.HasPath("tls_ca") ? entry.GetString("tls_ca") : defaults.TlsCa,
+            TlsVerify = Bool(entry, name, "tls_verify", defaults.TlsVerify),
             Direct = Bool(entry, name, "direct", defaults.Direct),
             Engine = Choice(entry, name, "engine", defaults.Engine, ("io_uring", IoEngine.IoUring), ("psync", IoEngine.Psync)),
             SubmitBatch = Int(entry, name, "submit_batch", defaults.SubmitBatch),

@@ -38,7 +38,7 @@ public static class DeviceBuilder
         var uri = Drivers.Nbd.NbdUri.Parse(options.Uri!);
         try
         {
-            return new Drivers.Nbd.NbdClientDriver(new Drivers.Nbd.NbdClientOptions { Uri = uri, Connections = options.Connections }, options.Name);
+            return new Drivers.Nbd.NbdClientDriver(new Drivers.Nbd.NbdClientOptions { Uri = uri, Connections = options.Connections, TlsCa = options.TlsCa, TlsVerify = options.TlsVerify }, options.Name);
         }
         catch (IOException ex)
         {

@@ -35,6 +35,15 @@ public sealed partial record DeviceOptions
     /// <summary>The export of an <c>nbd</c> device (<c>uri</c>): <c>nbd://host:port/export</c>, or <c>nbds://</c> for TLS.</summary>
     public string? Uri { get; init; }
 
+    /// <summary>
+    /// For an <c>nbds://</c> device: PEM file of the CA (or the server certificate) the server's
+    /// certificate must chain to (<c>tls_ca</c>); null uses the system trust store.
+    /// </summary>
+    public string? TlsCa { get; init; }
+
+    /// <summary>For an <c>nbds://</c> device: verify the server certificate (<c>tls_verify</c>); off is insecure, for self-signed test setups only.</summary>
+    public bool TlsVerify { get; init; } = true;
+
     /// <summary>Connections of an <c>nbd</c> device (<c>connections</c>), one hardware queue each; it replaces <see cref="SubmitQueues"/>.</summary>
     public int Connections { get; init; } = 1;
 
@@ -182,9 +191,9 @@ public sealed partial record DeviceOptions
                 Fail("size", "an nbd device takes its size from the server.");
             }
         }
-        else if (Uri is not null)
+        else if (Uri is not null || TlsCa is not null)
         {
-            Fail("uri", $"only the nbd driver has a URI (this device's driver is '{Driver}').");
+            Fail(Uri is not null ? "uri" : "tls_ca", $"only the nbd driver has a URI or TLS settings (this device's driver is '{Driver}').");
         }
 
         if (Driver == "file" && string.IsNullOrWhiteSpace(Path))

@@ -96,6 +96,50 @@ public sealed class MemoryStore
         }
     }
 
+    /// <summary>
+    /// Measures the run of same-state bytes that starts at <paramref name="offset"/>: allocated
+    /// (a page exists) or a hole (no page; reads as zeroes). The run stops at the first page of
+    /// the other state or after <paramref name="maxLength"/> bytes. Page granularity: a page
+    /// partly zeroed by <see cref="Zero"/> stays allocated.
+    /// </summary>
+    /// <param name="offset">Start of the range.</param>
+    /// <param name="maxLength">Longest run to report (positive).</param>
+    /// <param name="allocated">Whether the run holds allocated pages.</param>
+    /// <returns>Length of the run in bytes, from 1 to <paramref name="maxLength"/>.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">The range lies outside the store or is empty.</exception>
+    public long AllocationRun(long offset, long maxLength, out bool allocated)
+    {
+        CheckRange(offset, maxLength);
+        ArgumentOutOfRangeException.ThrowIfZero(maxLength);
+        var end = offset + maxLength;
+        allocated = PageAt(offset >> PageShift, create: false) is not null;
+        var index = (offset >> PageShift) + 1;
+        var lastIndex = (end - 1) >> PageShift;
+        while (index <= lastIndex)
+        {
+            var dir = Volatile.Read(ref _directories[index >> DirectoryShift]);
+            if (dir is null)
+            {
+                if (allocated)
+                {
+                    break;
+                }
+
+                index = ((index >> DirectoryShift) + 1) << DirectoryShift; // a whole directory of holes
+                continue;
+            }
+
+            if ((Volatile.Read(ref dir[index & (DirectorySize - 1)]) is not null) != allocated)
+            {
+                break;
+            }
+
+            index++;
+        }
+
+        return Math.Min(index << PageShift, end) - offset;
+    }
+
     private byte[]? PageAt(long index, bool create)
     {
         ref var directory = ref _directories[index >> DirectoryShift];

@@ -64,7 +64,7 @@ public sealed record NullBlockOptions
 /// polling caller (null_blk's <c>null_poll</c>). The timeout handler completes a request with
 /// <see cref="BlockStatus.Timeout"/>, as null_blk does for requests it lost on purpose.
 /// </remarks>
-public sealed class NullBlockDriver : IBlockDriver
+public sealed class NullBlockDriver : IBlockDriver, IAllocationMap
 {
     private readonly NullBlockOptions _options;
     private readonly MemoryStore? _store;
@@ -209,6 +209,23 @@ public sealed class NullBlockDriver : IBlockDriver
     {
         request.Complete(BlockStatus.Timeout);
         return TimeoutAction.Done;
+    }
+
+    /// <summary>
+    /// Reports allocation of a memory-backed device from its store (4 KiB pages); a device that
+    /// keeps no data cannot tell, and returns <see langword="false"/>.
+    /// </summary>
+    /// <inheritdoc />
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        if (_store is null)
+        {
+            (length, allocated) = (0, true);
+            return false;
+        }
+
+        length = _store.AllocationRun(offset, maxLength, out allocated);
+        return true;
     }
 
     /// <inheritdoc />

@@ -7,6 +7,7 @@ using System.Security.Authentication;
 using System.Text;
 using System.Threading.Channels;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Nbd;
@@ -31,6 +32,9 @@ public sealed class NbdConnection
     /// <summary>Unflushed reply bytes after which the writer flushes before taking the next reply.</summary>
     private const int FlushThreshold = 256 << 10;
 
+    /// <summary>Most extents in one block status reply; a longer map is cut short, as the protocol allows.</summary>
+    private const int MaxExtents = 512;
+
     private static readonly UnboundedChannelOptions SlotChannelOptions = new() { SingleReader = true, AllowSynchronousContinuations = false };
 
     private readonly NbdServer _server;
@@ -48,6 +52,7 @@ public sealed class NbdConnection
     private PipeWriter _writer;
     private SslStream? _tls;
     private IBlockDevice? _device;
+    private IAllocationMap? _allocation;
     private bool _structured;
     private bool _allocationContext;
     private string? _contextExport;
@@ -576,6 +581,7 @@ public sealed class NbdConnection
     private void Select(IBlockDevice device, string name)
     {
         _device = device;
+        _allocation = device.Queue.BioDriver is null ? device.Queue.Driver as IAllocationMap : null;
         _transmissionFlags = TransmissionFlags(device);
         if (_contextExport != name && !(_contextExport?.Length == 0 && name.Length == 0))
         {
@@ -777,7 +783,7 @@ public sealed class NbdConnection
                 Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default, flags);
                 break;
             case NbdCommand.BlockStatus:
-                // Answered by the writer from the request alone: every byte is reported as data.
+                // Answered by the writer from the driver's allocation map (or as one data extent).
                 Completed(slot);
                 break;
             default:
@@ -1029,21 +1035,60 @@ public sealed class NbdConnection
             }
 
             case NbdCommand.BlockStatus:
-            {
-                // One extent covering the request: allocated data (a device that does not track
-                // allocation may answer so; proto.md, base:allocation).
-                var span = WriteChunkHeader(slot.Cookie, NbdChunkType.BlockStatus, 12);
-                BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.BaseAllocationId);
-                BinaryPrimitives.WriteUInt32BigEndian(span[4..], slot.Length);
-                BinaryPrimitives.WriteUInt32BigEndian(span[8..], (uint)NbdAllocationFlags.Data);
-                _writer.Advance(12);
+                WriteBlockStatus(slot);
                 break;
-            }
 
             default:
                 WriteChunkHeader(slot.Cookie, NbdChunkType.None, 0);
                 break;
         }
+    }
+
+    /// <summary>
+    /// Writes a <c>base:allocation</c> block status chunk: the extents of the requested range as
+    /// the driver's allocation map reports them (holes as <c>NBD_STATE_HOLE | NBD_STATE_ZERO</c>),
+    /// or one data extent when the driver does not track allocation (proto.md, base:allocation).
+    /// At most <see cref="MaxExtents"/> extents, one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last
+    /// may end before the range does, which the protocol allows.
+    /// </summary>
+    private void WriteBlockStatus(NbdRequestSlot slot)
+    {
+        var max = (slot.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : MaxExtents;
+        var header = NbdProtocol.StructuredReplyHeaderLength;
+        var span = _writer.GetSpan(header + 4 + (8 * max));
+        var offset = slot.Offset;
+        var end = slot.Offset + slot.Length;
+        var count = 0;
+        while (offset < end && count < max)
+        {
+            long length;
+            bool allocated;
+            try
+            {
+                if (_allocation is null || !_allocation.TryGetExtent(offset, end - offset, out length, out allocated))
+                {
+                    (length, allocated) = (end - offset, true);
+                }
+            }
+            catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+            {
+                (length, allocated) = (end - offset, true); // the device changed under us: claim data, which is always safe
+            }
+
+            var entry = span[(header + 4 + (8 * count))..];
+            BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)length);
+            BinaryPrimitives.WriteUInt32BigEndian(entry[4..], (uint)(allocated ? NbdAllocationFlags.Data : NbdAllocationFlags.Hole | NbdAllocationFlags.Zero));
+            offset += length;
+            count++;
+        }
+
+        BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.StructuredReplyMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(span[4..], 1); // NBD_REPLY_FLAG_DONE
+        BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)NbdChunkType.BlockStatus);
+        BinaryPrimitives.WriteUInt64BigEndian(span[8..], slot.Cookie);
+        BinaryPrimitives.WriteUInt32BigEndian(span[16..], (uint)(4 + (8 * count)));
+        BinaryPrimitives.WriteUInt32BigEndian(span[header..], NbdProtocol.BaseAllocationId);
+        _writer.Advance(header + 4 + (8 * count));
     }
 
     /// <summary>Writes a final chunk's header and returns the span after it (at least the chunk's fixed part).</summary>

@@ -54,9 +54,11 @@ public sealed class MailboxAllocationSpec : Akka.TestKit.Xunit2.TestKit
         _output.WriteLine($"irqmode {irqmode}: {once} bytes for {Ios} I/Os, {twice} for {2 * Ios}: {perIo:0.0} bytes per I/O");
 
         // Doubling the I/O count must not double what is allocated: a message wrapper (24 bytes or
-        // more) per I/O would add over a megabyte here.
-        Assert.True(once < 64 * 1024, $"{once} bytes allocated over {Ios} I/Os");
-        Assert.True(twice - once < 16 * 1024, $"{once} bytes for {Ios} I/Os but {twice} for {2 * Ios} ({perIo:0.0} bytes per I/O)");
+        // more) per I/O would add over a megabyte here. The bounds leave room for what the runtime
+        // and other actor systems still shutting down allocate now and then on a loaded machine
+        // (CI saw 20 KB in a run): 256 KiB is about 5 bytes per I/O, a fifth of one object.
+        Assert.True(once < 256 * 1024, $"{once} bytes allocated over {Ios} I/Os");
+        Assert.True(twice - once < 256 * 1024, $"{once} bytes for {Ios} I/Os but {twice} for {2 * Ios} ({perIo:0.0} bytes per I/O)");
     }
 
     private static async Task<long> LeastOf(int runs, Func<Task<long>> measure)

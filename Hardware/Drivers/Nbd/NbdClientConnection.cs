@@ -2,6 +2,9 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Net.Security;
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using System.Net.Sockets;
 using System.Text;
 using ActorBlk.Hardware.Nbd;
@@ -51,10 +54,51 @@ internal sealed class NbdClientConnection : IDisposable
 
     public bool IsDead => Volatile.Read(ref _dead) != 0;
 
+    /// <summary>
+    /// Sets how the server certificate is checked: not at all when verification is off; against the
+    /// CA file as the only trust anchors when one is given (the name must match too); otherwise
+    /// by the system's default validation.
+    /// </summary>
+    private static void ConfigureVerification(SslClientAuthenticationOptions authentication, NbdClientOptions options)
+    {
+        if (!options.TlsVerify)
+        {
+            authentication.RemoteCertificateValidationCallback = (_, _, _, _) => true; // tls_verify = off: insecure by request
+            return;
+        }
+
+        if (options.TlsCa is null)
+        {
+            return;
+        }
+
+        var anchors = new X509Certificate2Collection();
+        try
+        {
+            anchors.ImportFromPemFile(options.TlsCa);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
+        {
+            throw new NbdTlsException($"{options.Uri}: cannot read tls_ca '{options.TlsCa}': {ex.Message}", ex);
+        }
+
+        if (anchors.Count == 0)
+        {
+            throw new NbdTlsException($"{options.Uri}: tls_ca '{options.TlsCa}' holds no PEM certificate.", null);
+        }
+
+        var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
+        policy.CustomTrustStore.AddRange(anchors);
+        authentication.CertificateChainPolicy = policy;
+    }
+
     /// <summary>Connects and negotiates (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME).</summary>
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
-    public static NbdClientConnection Connect(NbdUri uri, TimeSpan timeout)
+    /// <exception cref="NbdTlsException">TLS failed: the server certificate is not trusted, or the CA file cannot be read.</exception>
+    public static NbdClientConnection Connect(NbdClientOptions options)
     {
+        var uri = options.Uri;
+        var timeout = options.ConnectTimeout;
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
         {
@@ -89,9 +133,19 @@ internal sealed class NbdClientConnection : IDisposable
                     throw new IOException($"{uri}: the server refused STARTTLS ({Describe(reply.Type, reply.Data)}).");
                 }
 
-                var tls = new SslStream(stream, leaveInnerStreamOpen: false, (_, _, _, _) => true);
-                tls.AuthenticateAsClient(new SslClientAuthenticationOptions { TargetHost = uri.Host });
+                var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = tls;
+                var authentication = new SslClientAuthenticationOptions { TargetHost = uri.Host };
+                ConfigureVerification(authentication, options);
+                try
+                {
+                    tls.AuthenticateAsClient(authentication);
+                }
+                catch (AuthenticationException ex)
+                {
+                    throw new NbdTlsException($"{uri}: TLS handshake failed: {ex.Message}" +
+                        (options.TlsVerify ? $" (server certificate checked against {(options.TlsCa is null ? "the system trust store" : $"tls_ca '{options.TlsCa}'")})" : string.Empty), ex);
+                }
             }
 
             var name = Encoding.UTF8.GetBytes(uri.Export);
@@ -404,5 +458,21 @@ internal sealed class NbdClientConnection : IDisposable
         public Request? Request;
         public uint Generation;
         public bool Read;
+    }
+}
+
+/// <summary>
+/// TLS with an NBD server failed: the server certificate is not trusted (wrong or missing CA,
+/// name mismatch, expired) or the <c>tls_ca</c> file cannot be used. An <see cref="IOException"/>,
+/// so opening the device reports it as an open failure with this message.
+/// </summary>
+public sealed class NbdTlsException : IOException
+{
+    /// <summary>Creates the error.</summary>
+    /// <param name="message">What failed, naming the server and the trust anchors.</param>
+    /// <param name="inner">The TLS or file error behind it.</param>
+    public NbdTlsException(string message, Exception? inner)
+        : base(message, inner)
+    {
     }
 }

@@ -14,6 +14,18 @@ public sealed record NbdClientOptions
     /// <summary>Connections, one per hardware queue (<c>connections</c>).</summary>
     public int Connections { get; init; } = 1;
 
+    /// <summary>
+    /// For <c>nbds://</c>: a PEM file of the certificate authorities (or the server certificate
+    /// itself) the server's certificate must chain to (<c>tls_ca</c>). Null: the system's trust store.
+    /// </summary>
+    public string? TlsCa { get; init; }
+
+    /// <summary>
+    /// For <c>nbds://</c>: verify the server certificate and its name (<c>tls_verify</c>, on by
+    /// default). Off accepts any certificate, which is insecure: only for self-signed test setups.
+    /// </summary>
+    public bool TlsVerify { get; init; } = true;
+
     /// <summary>How long connecting and negotiating may take.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
 }
@@ -46,7 +58,7 @@ public sealed class NbdClientDriver : IBlockDriver
         {
             for (var i = 0; i < _connections.Length; i++)
             {
-                _connections[i] = NbdClientConnection.Connect(options.Uri, options.ConnectTimeout);
+                _connections[i] = NbdClientConnection.Connect(options);
             }
         }
         catch
@@ -210,7 +222,7 @@ public sealed class NbdClientDriver : IBlockDriver
                 NbdClientConnection fresh;
                 try
                 {
-                    fresh = NbdClientConnection.Connect(_options.Uri, _options.ConnectTimeout);
+                    fresh = NbdClientConnection.Connect(_options);
                 }
                 catch (IOException ex)
                 {

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.RegularExpressions;
 using ActorBlk.Hardware.Nbd;
 using Xunit;
@@ -33,8 +34,32 @@ public sealed partial class NbdRealClientsSpec
         Assert.Contains("export=\"mem0\"", list.Replace(": ", "=", StringComparison.Ordinal), StringComparison.Ordinal);
         Assert.Contains("ro0", list, StringComparison.Ordinal);
 
+        // A fresh memory-backed export is one hole.
         var map = await ExternalTool.RunAsync("nbdinfo", "--map", fx.Uri("mem0"));
-        Assert.Matches(@"0\s+67108864\s+0\s+data", map);
+        Assert.Matches(@"0\s+67108864\s+3\s+hole,zero", map);
+    }
+
+    [SkippableFact]
+    public async Task Nbdinfo_map_shows_written_blocks_as_data_and_the_rest_as_holes()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+        Skip.IfNot(ExternalTool.Exists("qemu-io"), "qemu-io (qemu-utils) is not installed");
+        await using var fx = NbdExportFixture.Start();
+        await ExternalTool.RunAsync("qemu-io", "-f", "raw",
+            "-c", "write -P 0xab 1M 8k",
+            "-c", "write -P 0xcd 4M 4k",
+            "-c", "write -P 0xef 8M 64k",
+            "-c", "discard 8M 32k",
+            fx.Uri("mem0"));
+        var map = await ExternalTool.RunAsync("nbdinfo", "--map", fx.Uri("mem0"));
+        var rows = MapRow().Matches(map).Select(m => (long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture), long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture), m.Groups[3].Value)).ToArray();
+        Assert.Equal(
+            [
+                (0L, 1L << 20, "hole,zero"), (1L << 20, 8192L, "data"), ((1L << 20) + 8192, (3L << 20) - 8192, "hole,zero"),
+                (4L << 20, 4096L, "data"), ((4L << 20) + 4096, (4L << 20) - 4096 + (32L << 10), "hole,zero"),
+                ((8L << 20) + (32L << 10), 32L << 10, "data"), ((8L << 20) + (64L << 10), NbdExportFixture.MemSize - (8L << 20) - (64L << 10), "hole,zero"),
+            ],
+            rows);
     }
 
     [SkippableFact]
@@ -120,6 +145,9 @@ public sealed partial class NbdRealClientsSpec
         Assert.Matches(ErrZero(), output);
         await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
     }
+
+    [GeneratedRegex(@"^\s*(\d+)\s+(\d+)\s+\d+\s+(\S+)\s*$", RegexOptions.Multiline)]
+    private static partial Regex MapRow();
 
     [GeneratedRegex(@"err=\s*0")]
     private static partial Regex ErrZero();

@@ -263,6 +263,60 @@ public sealed class NbdServerProtocolSpec
     }
 
     [Fact]
+    public async Task Block_status_reports_the_memory_store_allocation_and_trim_and_write_zeroes_make_holes()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", structured: true, allocation: true);
+        await using var _ = client;
+        const uint HoleZero = (uint)(NbdAllocationFlags.Hole | NbdAllocationFlags.Zero);
+        var cookie = 1UL;
+
+        async Task<(uint Length, uint Flags)[]> StatusAsync(ulong offset, uint length, NbdCommandFlags flags = NbdCommandFlags.None)
+        {
+            var id = cookie++;
+            await client.SendRequestAsync(NbdCommand.BlockStatus, id, offset, length, flags);
+            var chunk = await client.ReadChunkAsync();
+            Assert.Equal((1, NbdChunkType.BlockStatus, id), (chunk.Flags, chunk.Type, chunk.Cookie));
+            Assert.Equal(NbdProtocol.BaseAllocationId, BinaryPrimitives.ReadUInt32BigEndian(chunk.Data));
+            return Enumerable.Range(0, (chunk.Data.Length - 4) / 8)
+                .Select(i => (BinaryPrimitives.ReadUInt32BigEndian(chunk.Data.AsSpan(4 + (8 * i))), BinaryPrimitives.ReadUInt32BigEndian(chunk.Data.AsSpan(8 + (8 * i)))))
+                .ToArray();
+        }
+
+        async Task CommandAsync(NbdCommand command, ulong offset, uint length, byte[]? payload = null)
+        {
+            var id = cookie++;
+            await client.SendRequestAsync(command, id, offset, length, payload: payload);
+            var done = await client.ReadChunkAsync();
+            Assert.Equal((NbdChunkType.None, id), (done.Type, done.Cookie));
+        }
+
+        // Nothing written yet: one hole.
+        Assert.Equal([(4u << 20, HoleZero)], await StatusAsync(0, 4 << 20));
+
+        await CommandAsync(NbdCommand.Write, 1 << 20, 4096, new byte[4096]);
+        await CommandAsync(NbdCommand.Write, 3 << 20, 8192, Enumerable.Repeat((byte)7, 8192).ToArray());
+        Assert.Equal(
+            [((1u << 20), HoleZero), (4096u, 0u), ((2u << 20) - 4096, HoleZero), (8192u, 0u), ((1u << 20) - 8192, HoleZero)],
+            await StatusAsync(0, 4 << 20));
+
+        // A range that starts inside a page and ends inside the data.
+        Assert.Equal([(512u, HoleZero), (2048u, 0u)], await StatusAsync((1 << 20) - 512, 2560));
+
+        // NBD_CMD_FLAG_REQ_ONE: only the first extent.
+        Assert.Equal([((1u << 20), HoleZero)], await StatusAsync(0, 4 << 20, NbdCommandFlags.ReqOne));
+
+        // Trim and write-zeroes of whole pages free them.
+        await CommandAsync(NbdCommand.Trim, 3 << 20, 4096);
+        await CommandAsync(NbdCommand.WriteZeroes, 1 << 20, 4096);
+        Assert.Equal([((3u << 20) + 4096, HoleZero), (4096u, 0u), ((1u << 20) - 8192, HoleZero)], await StatusAsync(0, 4 << 20));
+
+        // A read-only export that is not memory-backed would answer data; the null store's size is
+        // bounded, so the end of the device is reachable.
+        Assert.Equal([(4096u, HoleZero)], await StatusAsync((ulong)NbdExportFixture.MemSize - 4096, 4096));
+    }
+
+    [Fact]
     public async Task Pipelined_requests_all_complete_and_every_cookie_is_answered_once()
     {
         await using var fx = NbdExportFixture.Start(queueDepth: 16);

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
@@ -34,7 +35,8 @@ public sealed class NbdTlsSpec
         }
 
         await using var devices = new RingDevices(2);
-        var device = devices.Create(new DeviceOptions { Name = "tls0", Driver = "nbd", Uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0", Connections = 2 }, CpuTopology.Simulated(2));
+        // tls_verify = off: the certificate is self-signed, so nothing could vouch for it.
+        var device = devices.Create(new DeviceOptions { Name = "tls0", Driver = "nbd", Uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0", Connections = 2, TlsVerify = false }, CpuTopology.Simulated(2));
         var data = Enumerable.Range(0, 8192).Select(i => (byte)(i ^ 0x5a)).ToArray();
         await device.WriteAsync(4096, data);
         var back = new byte[data.Length];
@@ -42,6 +44,62 @@ public sealed class NbdTlsSpec
         Assert.Equal(data, back);
         await fx.Mem.ReadAsync(4096, back);
         Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public async Task The_nbds_client_verifies_the_server_certificate_against_tls_ca()
+    {
+        using var certs = new TestCertificates();
+        using var other = new TestCertificates("Some other CA");
+        using var dir = new TempDirectory("nbd-tls");
+        var rightCa = certs.WriteAuthorityPem(dir.File("ca.pem"));
+        var wrongCa = other.WriteAuthorityPem(dir.File("other-ca.pem"));
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { Tls = NbdTlsMode.Require, Certificate = certs.Server });
+        var uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0";
+
+        // The right CA: connects, and the data goes through.
+        await using (var devices = new RingDevices(2))
+        {
+            var device = devices.Create(new DeviceOptions { Name = "tls2", Driver = "nbd", Uri = uri, TlsCa = rightCa }, CpuTopology.Simulated(2));
+            var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+            await device.WriteAsync(8192, data);
+            var back = new byte[data.Length];
+            await fx.Mem.ReadAsync(8192, back);
+            Assert.Equal(data, back);
+        }
+
+        // The wrong CA: a typed TLS error from the driver, an open failure from the builder.
+        var tls = Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = wrongCa }, "tls3"));
+        Assert.Contains("TLS handshake failed", tls.Message, StringComparison.Ordinal);
+        Assert.Contains(wrongCa, tls.Message, StringComparison.Ordinal);
+        var open = Assert.Throws<BlockDeviceOpenException>(() => DeviceBuilder.CreateDriver(new DeviceOptions { Name = "tls3", Driver = "nbd", Uri = uri, TlsCa = wrongCa }));
+        Assert.Contains("TLS handshake failed", open.Message, StringComparison.Ordinal);
+
+        // No CA given: the system trust store does not know the test CA either.
+        Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri) }, "tls4"));
+
+        // A CA file that is not there is reported as such.
+        var missing = Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = dir.File("absent.pem") }, "tls5"));
+        Assert.Contains("cannot read tls_ca", missing.Message, StringComparison.Ordinal);
+
+        // The server closed each refused handshake; it still serves a verified client.
+        var again = new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = rightCa }, "tls6");
+        again.Dispose();
+    }
+
+    [SkippableFact]
+    public async Task Nbdinfo_connects_over_tls_with_x509_certificates()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+        using var certs = new TestCertificates();
+        using var dir = new TempDirectory("nbd-tls-x509");
+        certs.WriteAuthorityPem(dir.File("ca-cert.pem"));
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { Tls = NbdTlsMode.Require, Certificate = certs.Server });
+
+        // libnbd (gnutls) reads ca-cert.pem from the tls-certificates directory and checks the
+        // server's certificate and host name with it.
+        var info = await ExternalTool.RunAsync("nbdinfo", $"nbds://localhost:{fx.Endpoint.Port}/mem0?tls-certificates={dir.Path}");
+        Assert.Matches(@"export-size:\s+67108864", info);
     }
 
     [Fact]

@@ -1,0 +1,20 @@
+namespace ActorBlk.Hardware.Drivers;
+
+/// <summary>
+/// A driver that knows which parts of its medium hold data and which are holes that read as
+/// zeroes (what SEEK_DATA/SEEK_HOLE or NBD's <c>base:allocation</c> report). Optional: a driver
+/// without it is taken to hold data everywhere.
+/// </summary>
+public interface IAllocationMap
+{
+    /// <summary>
+    /// Describes the extent that starts at <paramref name="offset"/>: a run of bytes that are all
+    /// allocated or all holes, at most <paramref name="maxLength"/> long.
+    /// </summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="maxLength">Longest extent to report (positive; the range lies on the device).</param>
+    /// <param name="length">Length of the extent in bytes (1..<paramref name="maxLength"/>) when known.</param>
+    /// <param name="allocated"><see langword="true"/> for data, <see langword="false"/> for a hole that reads as zeroes.</param>
+    /// <returns><see langword="false"/> when this instance cannot tell (then every byte counts as data).</returns>
+    bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated);
+}

@@ -1,0 +1,59 @@
+using ActorBlk.Actors.Nbd;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Testing;
+using Akka.Configuration;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests.Nbd;
+
+/// <summary>
+/// TLS settings from hocon: the server's <c>actorblk.nbd</c> certificate keys and a device
+/// entry's <c>tls_ca</c> / <c>tls_verify</c>, used end to end.
+/// </summary>
+public sealed class NbdTlsSettingsSpec
+{
+    [Fact]
+    public async Task The_hocon_certificate_and_key_serve_tls_and_a_device_entry_with_tls_ca_verifies_it()
+    {
+        using var certs = new TestCertificates();
+        using var dir = new TempDirectory("nbd-tls-settings");
+        var (certificate, key) = certs.WriteServerPem(dir.File("server.pem"), dir.File("server.key"));
+        var ca = certs.WriteAuthorityPem(dir.File("ca.pem"));
+        var settings = NbdExportSettings.Create(ConfigurationFactory.ParseString($$"""
+            actorblk.nbd {
+              listen = "127.0.0.1:0"
+              tls = require
+              certificate = "{{certificate}}"
+              key = "{{key}}"
+            }
+            """));
+        Assert.Equal((NbdTlsMode.Require, certificate, key), (settings.Tls, settings.CertificatePath, settings.KeyPath));
+        var options = settings.ToServerOptions();
+        Assert.NotNull(options.Certificate);
+        Assert.True(options.Certificate.HasPrivateKey);
+        Assert.Equal(certs.Server.Thumbprint, options.Certificate.Thumbprint);
+
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "mem0", Size = 8 << 20, MemoryBacked = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        await using var server = NbdServer.Start(new NbdDeviceList([backing]), options);
+        var entry = DeviceConfig.Parse(ConfigurationFactory.ParseString($$"""
+            name = tlsr0
+            driver = nbd
+            uri = "nbds://127.0.0.1:{{server.LocalEndPoint.Port}}/mem0"
+            tls_ca = "{{ca}}"
+            """));
+        Assert.Equal((ca, true), (entry.TlsCa, entry.TlsVerify));
+        var remote = devices.Create(entry, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i + 3)).ToArray();
+        await remote.WriteAsync(4096, data);
+        var back = new byte[4096];
+        await backing.ReadAsync(4096, back);
+        Assert.Equal(data, back);
+
+        // tls_verify = off parses; a PEM certificate without its key cannot serve TLS.
+        Assert.False(DeviceConfig.Parse(ConfigurationFactory.ParseString("name = x\ndriver = nbd\nuri = \"nbds://h/e\"\ntls_verify = off")).TlsVerify);
+        var keyless = NbdExportSettings.Create(ConfigurationFactory.ParseString($$"""actorblk.nbd { listen = "127.0.0.1:0", tls = on, certificate = "{{ca}}" }"""));
+        Assert.Throws<ConfigurationException>(() => keyless.ToServerOptions());
+    }
+}
