@@ -59,14 +59,14 @@ internal sealed class ClusterNode : IAsyncDisposable
             }
             """;
         var cluster = ConfigurationFactory.ParseString(sbr);
-        return ConfigurationFactory.ParseString("""
+        return ConfigurationFactory.ParseString($$"""
             akka.loglevel = WARNING
             akka.stdout-loglevel = WARNING
             akka.log-dead-letters = off
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
             akka.remote.log-remote-lifecycle-events = off
-            akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms }
+            akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms, delta-crdt.enabled = {{(shipped.GetBoolean("akka.cluster.distributed-data.delta-crdt.enabled", true) ? "on" : "off")}} }
             # A test crash: the system stops without leaving the cluster.
             akka.coordinated-shutdown.run-by-actor-system-terminate = off
             actorblk.cluster.registry.poll-interval = 200ms
