@@ -227,6 +227,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case DeviceDriver.ResetDone done:
                 _resets++;
+                _queue.Stats.CountReset();
                 _log.Info("{Device}: reset after '{Reason}': {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
                     _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
                 break;
@@ -317,6 +318,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case HardwareQueue.TimeoutsExpired t:
                 _timeouts += t.Expired;
+                _queue.Stats.CountTimeouts(t.Expired);
                 break;
             default:
                 Unhandled(message);
@@ -417,6 +419,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private void HandleTimeouts(HardwareQueue.TimeoutsExpired t)
     {
         _timeouts += t.Expired;
+        _queue.Stats.CountTimeouts(t.Expired);
         var limit = _options.ResetAfterTimeouts;
         if (limit <= 0 || _health != DeviceHealth.Online)
         {

@@ -17,6 +17,7 @@ public static class Program
           actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
           actorblk sysfs list|cat PATH|write PATH VALUE read and write a running node's attributes
           actorblk hotplug offline|online CPU           take a running node's CPU offline or online
+          actorblk iostat [-x] [INTERVAL [COUNT]]       a running node's device statistics, as iostat shows them
           actorblk help                                 this text
 
         """;
@@ -41,6 +42,7 @@ public static class Program
                     "hotplug" => SysfsCommand.HotplugUsage,
                     "devices" => DevicesCommand.Usage,
                     "serve" => ServeCommand.Usage,
+                    "iostat" => IostatCommand.Usage,
                     _ => Help,
                 });
                 return 0;
@@ -54,6 +56,7 @@ public static class Program
                 "sysfs" => await SysfsCommand.RunSysfsAsync(cl).ConfigureAwait(false),
                 "hotplug" => await SysfsCommand.RunHotplugAsync(cl).ConfigureAwait(false),
                 "devices" => await DevicesCommand.RunAsync(cl).ConfigureAwait(false),
+                "iostat" => await IostatCommand.RunAsync(cl, Console.Out).ConfigureAwait(false),
                 _ => throw new UsageException($"unknown command '{args[0]}'."),
             };
         }

@@ -13,9 +13,19 @@ public abstract class BlockClock
     /// <summary>Milliseconds since an arbitrary origin; never goes backwards.</summary>
     public abstract long NowMilliseconds { get; }
 
+    /// <summary>
+    /// Nanoseconds since an arbitrary origin, for I/O accounting (<c>ktime_get_ns</c>); never goes
+    /// backwards. The system clock reads the high-resolution timestamp; another clock its milliseconds.
+    /// </summary>
+    public virtual long NowNanoseconds => NowMilliseconds * 1_000_000;
+
     private sealed class SystemClock : BlockClock
     {
+        private static readonly double NanosecondsPerTick = 1e9 / global::System.Diagnostics.Stopwatch.Frequency;
+
         public override long NowMilliseconds => Environment.TickCount64;
+
+        public override long NowNanoseconds => (long)(global::System.Diagnostics.Stopwatch.GetTimestamp() * NanosecondsPerTick);
     }
 }
 

@@ -96,6 +96,7 @@ public sealed class RequestQueue
         _nrRequests = DefaultNrRequests;
         MaxRetries = DefaultMaxRetries;
         Attributes = new QueueAttributes(this);
+        Stats = new DiskStats(Clock, name);
         Bios = new BioPool(64);
     }
 
@@ -249,6 +250,9 @@ public sealed class RequestQueue
     /// <summary>The queue's attribute tree (sysfs): published at registration, rebuilt after each re-map.</summary>
     public QueueAttributes Attributes { get; }
 
+    /// <summary>The disk's I/O accounting (<c>block/&lt;dev&gt;/stat</c> and <c>inflight</c>).</summary>
+    public DiskStats Stats { get; }
+
     /// <summary>Pool of bios for this queue.</summary>
     public BioPool Bios { get; private set; }
 
@@ -369,6 +373,7 @@ public sealed class RequestQueue
         {
             Usage.SwitchToPerCpu(Topology.PossibleCount);
             Attributes.Publish();
+            BlockMetrics.Add(this);
             if (Kind == QueueKind.BioBased)
             {
                 _acceptsIo = true;
@@ -556,6 +561,7 @@ public sealed class RequestQueue
 
         var rq = hctx.Tags[tag];
         rq.InitFromBio(bio, this, ctx, hctx);
+        rq.StatStartNs = Stats.Start(bio.Op);
         ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
         if (type == HctxType.Poll)
         {
@@ -689,6 +695,7 @@ public sealed class RequestQueue
         // on another thread at once, and the bio returned to its pool and reused. Nothing below a
         // successful merge may touch it, so everything needed afterwards is read first.
         var cpu = bio.Cpu;
+        var op = bio.Op;
         var plug = bio.Plug;
         var merged = plug is not null && plug.TryMerge(bio, this);
         if (merged)
@@ -711,6 +718,7 @@ public sealed class RequestQueue
 
         // The request already holds a queue reference; the merged bio gives its own back.
         ctx.CountMerged();
+        Stats.Merge(op);
         Usage.Exit(cpu);
         return true;
     }
@@ -844,6 +852,12 @@ public sealed class RequestQueue
         var bios = rq.DetachBios();
 
         ctx.CountCompleted(sync);
+        if (rq.StatStartNs != 0)
+        {
+            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs, status);
+            rq.StatStartNs = 0;
+        }
+
         hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
         Usage.Exit(ctx.Cpu);
         hctx.RestartIfNeeded();
@@ -1004,6 +1018,8 @@ public sealed class RequestQueue
         {
             Attributes.Publish();
         }
+
+        Stats.CountRemap();
     }
 
     /// <summary>Marks every hardware queue idle on the tag set (tag set unshared, or the queue leaving it).</summary>
@@ -1037,6 +1053,7 @@ public sealed class RequestQueue
     {
         // The attributes go first, as del_gendisk removes the disk's sysfs before the queue drains.
         Attributes.Withdraw();
+        BlockMetrics.Remove(this);
         MarkDying();
         var drained = Usage.WaitDrainedAsync();
         var failed = 0;

@@ -136,6 +136,9 @@ public sealed class Request
     /// <summary>The plug holding this request before dispatch, if any.</summary>
     internal BlockPlug? Plug { get; set; }
 
+    /// <summary>When I/O accounting started (<c>start_time_ns</c>, <see cref="Queues.DiskStats.Start"/>); 0 = not accounted.</summary>
+    internal long StatStartNs { get; set; }
+
     /// <summary>Intrusive link: plug list, dispatch list or completion list (only one at a time).</summary>
     internal Request? NextInList { get; set; }
 

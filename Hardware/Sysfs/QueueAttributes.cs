@@ -18,6 +18,7 @@ internal sealed record AttributeFile(Func<string> Show, Func<string, string, Val
 /// <list type="bullet">
 /// <item><c>block/&lt;dev&gt;/queue/{nr_requests, rq_affinity, io_poll, io_poll_delay, io_timeout, nomerges,
 /// logical_block_size, physical_block_size, max_sectors_kb, max_hw_sectors_kb, read_only, rotational}</c>;</item>
+/// <item><c>block/&lt;dev&gt;/stat</c> (the 17 fields of Documentation/block/stat.rst) and <c>block/&lt;dev&gt;/inflight</c> (<see cref="DiskStats"/>);</item>
 /// <item><c>block/&lt;dev&gt;/mq/&lt;N&gt;/{nr_tags, nr_reserved_tags, cpu_list}</c> for mapped hardware queues only;</item>
 /// <item><c>kernel/debug/block/&lt;dev&gt;/hctx&lt;N&gt;/{state, type, active, queued, run, dispatched, pending, tags}</c>
 /// and <c>.../hctx&lt;N&gt;/cpu&lt;M&gt;/{dispatched, merged, completed, rq_list}</c> for each mapped context;</item>
@@ -237,6 +238,14 @@ public sealed class QueueAttributes
         {
             q.Rotational = ParseUnsigned(path, text) != 0;
             return ValueTask.CompletedTask;
+        });
+
+        // Documentation/block/stat.rst: the 17 fields; inflight: "%8u %8u" reads and writes in flight.
+        Add($"block/{q.Name}/stat", () => q.Stats.Read().Format());
+        Add($"block/{q.Name}/inflight", () =>
+        {
+            var (reads, writes) = q.Stats.InFlight();
+            return string.Create(CultureInfo.InvariantCulture, $"{reads,8} {writes,8}\n");
         });
 
         // Not a kernel file: refused second completions of this queue's bios (0 unless the block layer has a bug).

@@ -54,6 +54,7 @@ internal sealed record BenchOptions
             --time_based, --group_reporting, --thread, --norandommap, --lat_percentiles   accepted, always on
             --randrepeat=0|1          same random offsets every run (1)
             --output-format=normal|json
+            --eta=auto|always|never   the status line on stderr: auto = when stderr is a terminal (auto)
           device (ActorBlk's names):
             --device=null             the null device (null_blk)
             --device=file:PATH        a regular file or block device; a missing file is created at --size
@@ -111,6 +112,9 @@ internal sealed record BenchOptions
     public bool RandRepeat { get; init; } = true;
 
     public bool Json { get; init; }
+
+    /// <summary>fio's <c>--eta</c>: the status line on stderr; null = auto (when stderr is a terminal and the output is not JSON).</summary>
+    public bool? Eta { get; init; }
 
     public string Device { get; init; } = "null";
 
@@ -221,6 +225,13 @@ internal sealed record BenchOptions
                 "normal" => false,
                 "json" => true,
                 var other => throw new UsageException($"option --output-format: '{other}' is not normal or json."),
+            },
+            Eta = cl.String("eta", "auto") switch
+            {
+                "auto" => null,
+                "always" => true,
+                "never" => false,
+                var other => throw new UsageException($"option --eta: '{other}' is not auto, always or never."),
             },
             Device = cl.String("device", "null")!,
             Engine = cl.String("engine", "io_uring") switch

@@ -72,7 +72,7 @@ internal static class BenchCommand
                 throw new UsageException($"option --hotplug-interval: {layer.Topology.Online.Count} CPU online; at least two are needed (--possible-cpus).");
             }
 
-            using var progress = !options.Json && !Console.IsOutputRedirected ? Progress(runs, options) : null;
+            using var progress = options.Eta ?? (!options.Json && !Console.IsErrorRedirected) ? Progress(runs, options) : null;
             using var stopHotplug = new CancellationTokenSource();
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
@@ -80,7 +80,11 @@ internal static class BenchCommand
             var results = await Task.WhenAll(runs.Select(r => r.RunAsync())).ConfigureAwait(false);
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             var hotplugFigures = await hotplug.ConfigureAwait(false);
-            progress?.Dispose();
+            if (progress is not null)
+            {
+                await progress.DisposeAsync().ConfigureAwait(false);
+                await Console.Error.WriteLineAsync().ConfigureAwait(false); // the status line stays, the report starts below it
+            }
 
             var supervision = new SupervisionFigures();
             foreach (var d in devices)
@@ -134,7 +138,7 @@ internal static class BenchCommand
         return new SupervisionFigures(info.Timeouts, info.Resets, info.DeviceErrors, faults);
     }
 
-    // fio's status line, rewritten in place once a second while the run goes on.
+    // fio's status line on stderr (--eta), rewritten in place once a second while the run goes on.
     private static Timer Progress(BenchRun[] runs, BenchOptions options)
     {
         var started = Stopwatch.GetTimestamp();
@@ -150,7 +154,7 @@ internal static class BenchCommand
             var elapsed = Stopwatch.GetElapsedTime(started, now);
             var total = (options.Runtime ?? TimeSpan.Zero) + options.RampTime;
             var eta = total > elapsed ? total - elapsed : TimeSpan.Zero;
-            Console.Out.Write($"\rJobs: {options.NumJobs} [{options.PatternName}][{Sizes.Format(rate * options.BlockSize)}/s][{BenchReport.Count(rate)} IOPS][eta {eta:mm\\:ss}]   ");
+            Console.Error.Write($"\rJobs: {options.NumJobs} [{options.PatternName}][{Sizes.Format(rate * options.BlockSize)}/s][{BenchReport.Count(rate)} IOPS][eta {eta:mm\\:ss}]   ");
         }, null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
     }
 }

@@ -76,6 +76,7 @@ internal static class ServeCommand
 
         // The admin secret remote writes and hotplug must carry: created (random, owner-only) if missing.
         var secret = RemoteSurface.ResolveSecret(config, create: true);
+        var prometheusPrefix = PrometheusEndpoint.Prefix(config.HasPath("actorblk.metrics.prometheus") ? config.GetString("actorblk.metrics.prometheus") : null);
         Log.Logger = Logging.CreateConsoleLogger();
         Log.Information("Starting ActorBlk node from {Config}", Path.GetFullPath(path));
         if (insecure is not null)
@@ -152,6 +153,10 @@ internal static class ServeCommand
 
         try
         {
+            using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix);
+            Log.Information(metrics is null
+                ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
+                : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
             using var host = builder.Build();
             await host.RunAsync().ConfigureAwait(false);
             if (started is not null && BlockLayer.Get(started).FailureReason is { } failure)

@@ -1,0 +1,67 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Host.Commands;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>serve's Prometheus endpoint (<c>actorblk.metrics.prometheus</c>), scraped on loopback.</summary>
+public sealed class PrometheusSpec
+{
+    private static int FreePort()
+    {
+        using var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        return ((IPEndPoint)probe.LocalEndpoint).Port;
+    }
+
+    [Fact]
+    public async Task A_scrape_shows_the_device_counters()
+    {
+        var driver = new ScriptedDriver { CompleteInline = true };
+        var (queue, runtime) = TestQueues.Create(driver, name: "prom0");
+        queue.Register();
+        var read = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+        runtime.RunRound();
+        Assert.Equal(BlockStatus.Ok, await read);
+
+        // The free port is probed, then bound by the listener: a process started in between (other
+        // specs start nodes) may take it, so a listener that could not serve is tried on another.
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        string? text = null;
+        for (var attempt = 0; text is null; attempt++)
+        {
+            var port = FreePort();
+            var prefix = PrometheusEndpoint.Prefix($"127.0.0.1:{port}");
+            Assert.Equal($"http://127.0.0.1:{port}/", prefix);
+            using var provider = PrometheusEndpoint.Start(prefix!);
+            try
+            {
+                text = await http.GetStringAsync(new Uri($"{prefix}metrics"));
+            }
+            catch (HttpRequestException) when (attempt < 2)
+            {
+            }
+        }
+
+        Assert.Matches(new Regex(@"^actorblk_io_operations_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 1(\s|$)", RegexOptions.Multiline), text);
+        Assert.Matches(new Regex(@"^actorblk_io_bytes_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 4096(\s|$)", RegexOptions.Multiline), text);
+        Assert.Matches(new Regex(@"^actorblk_tags_depth\{[^}]*device=""prom0""[^}]*\} 64(\s|$)", RegexOptions.Multiline), text);
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData("")]
+    [InlineData("off")]
+    public void Off_starts_nothing(string? listen) => Assert.Null(PrometheusEndpoint.Prefix(listen));
+
+    [Theory]
+    [InlineData("9464")]
+    [InlineData("localhost:9464")]
+    [InlineData("127.0.0.1:0")]
+    [InlineData("127.0.0.1:99999")]
+    public void A_bad_address_is_a_usage_error(string listen) => Assert.Throws<UsageException>(() => PrometheusEndpoint.Prefix(listen));
+}
