@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using ActorBlk.Actors.Clustering;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
@@ -34,6 +35,8 @@ public sealed class BlockLayer : IExtension
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
     private TopologySnapshot? _currentTopology;
+    private readonly IActorRef? _registry;
+    private string? _nbdEndpoint;
     private long _shutdownDrainTicks;
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
@@ -49,6 +52,8 @@ public sealed class BlockLayer : IExtension
         Topology = Settings.BuildTopology();
         SoftIrq = new BlockSoftIrq(Topology);
         Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
+        ClusterDevices = new ClusterDevices(system.Provider is Akka.Cluster.IClusterActorRefProvider
+            && system.Settings.Config.GetBoolean("actorblk.cluster.registry.enabled", true));
         Guardian = system.ActorOf(BlockLayerActor.Props(this), GuardianName);
 
         // The guardian must never stop while the node runs: if it does, the node serves nothing,
@@ -76,6 +81,48 @@ public sealed class BlockLayer : IExtension
             CpuAffinity.PinFailed -= pinFailed;
             SoftIrq.Dispose();
         }, TaskScheduler.Default);
+
+        // The cluster-wide registry (README, "Cluster"): on every cluster member unless turned off.
+        var registry = system.Settings.Config.GetConfig("actorblk.cluster.registry");
+        if (ClusterDevices.IsEnabled)
+        {
+            var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);
+            _registry = system.ActorOf(DeviceRegistryActor.Props(this, poll), DeviceRegistryActor.ActorName);
+            shutdown.AddTask(CoordinatedShutdown.PhaseBeforeClusterShutdown, "actorblk-withdraw-devices", async () =>
+            {
+                try
+                {
+                    await _registry.Ask<DeviceRegistryActor.Withdrawn>(DeviceRegistryActor.Withdraw.Instance, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+                }
+                catch (AskTimeoutException)
+                {
+                    // The other members prune this node's entries when it is removed.
+                }
+
+                return Done.Instance;
+            });
+        }
+    }
+
+    /// <summary>
+    /// Every device of the cluster (name, owner node, capacity, block size, hardware queues,
+    /// read-only, state, NBD endpoint) as this node's registry sees it: a snapshot, name resolution
+    /// (<c>name</c> or <c>name@host:port</c>) and a way to watch changes. Empty when the actor
+    /// system is not a cluster member.
+    /// </summary>
+    public ClusterDevices ClusterDevices { get; }
+
+    /// <summary>The NBD server address this node's devices are exported at (<c>nbd://host:port</c>), if any.</summary>
+    public string? NbdEndpoint => Volatile.Read(ref _nbdEndpoint);
+
+    /// <summary>
+    /// Sets the address of this node's NBD server (<c>nbd://host:port</c>; null: none), which the
+    /// cluster registry publishes for each device as <c>nbd://host:port/&lt;name&gt;</c>.
+    /// </summary>
+    public void SetNbdEndpoint(string? endpoint)
+    {
+        Volatile.Write(ref _nbdEndpoint, string.IsNullOrWhiteSpace(endpoint) ? null : endpoint);
+        _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
     }
 
     /// <summary>The actor system.</summary>
@@ -432,13 +479,18 @@ public sealed class BlockLayer : IExtension
 
     internal void Track(BlockDevice device, DispatchMode mode) => _modes[device.Queue] = mode;
 
-    internal void Publish(BlockDevice device) => _devices[device.Name] = device;
+    internal void Publish(BlockDevice device)
+    {
+        _devices[device.Name] = device;
+        _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
+    }
 
     internal void Forget(string name)
     {
         if (_devices.TryRemove(name, out var device))
         {
             _modes.TryRemove(device.Queue, out _);
+            _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
         }
     }
 
@@ -580,6 +632,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.Destroy>(HandleDestroy);
         Receive<RequestQueue.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
+        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
         Receive<RemoteSurface.AdminRefused>(refused =>
         {
             _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);

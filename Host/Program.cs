@@ -10,7 +10,10 @@ public static class Program
         actorblk: a user-space multi-queue block layer on Akka.NET
 
         usage:
-          actorblk serve [--config PATH] [--port N]    run a node serving the devices of hocon.conf
+          actorblk serve [--config PATH] [--port N] [--seed HOST:PORT,...] [--hostname H]
+                                                        run a node serving the devices of hocon.conf,
+                                                        joining the cluster of the seed nodes
+          actorblk devices [--node HOST:PORT]           list the devices of the whole cluster
           actorblk bench [fio-style options]            drive a device like fio (actorblk bench --help)
           actorblk sysfs list|cat PATH|write PATH VALUE read and write a running node's attributes
           actorblk hotplug offline|online CPU           take a running node's CPU offline or online
@@ -37,6 +40,8 @@ public static class Program
                     "bench" => Bench.BenchOptions.Usage,
                     "sysfs" => SysfsCommand.SysfsUsage,
                     "hotplug" => SysfsCommand.HotplugUsage,
+                    "devices" => DevicesCommand.Usage,
+                    "serve" => ServeCommand.Usage,
                     "iostat" => IostatCommand.Usage,
                     _ => Help,
                 });
@@ -50,6 +55,7 @@ public static class Program
                 "bench" => await BenchCommand.RunAsync(cl).ConfigureAwait(false),
                 "sysfs" => await SysfsCommand.RunSysfsAsync(cl).ConfigureAwait(false),
                 "hotplug" => await SysfsCommand.RunHotplugAsync(cl).ConfigureAwait(false),
+                "devices" => await DevicesCommand.RunAsync(cl).ConfigureAwait(false),
                 "iostat" => await IostatCommand.RunAsync(cl, Console.Out).ConfigureAwait(false),
                 _ => throw new UsageException($"unknown command '{args[0]}'."),
             };

@@ -126,7 +126,7 @@ public static class ActorBlkRemoting
     private const string UntrustedHocon = """
         akka.remote {
           untrusted-mode = on
-          trusted-selection-paths = ["/user/actorblk", "/user/actorblk/sysfs", "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver"]
+          trusted-selection-paths = ["/user/actorblk", "/user/actorblk/sysfs", "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver", "/user/ddataReplicator"]
         }
         """;
 }

@@ -56,13 +56,17 @@ public static class RemoteSurface
         typeof(RequestQueue.Io), typeof(RequestQueue.GetInfo), typeof(SoftwareContext.Submit), typeof(SoftwareContext.GetStats),
         typeof(HardwareQueue.GetStats), typeof(TagSet.GetState), typeof(CpuTopology.GetTopology), typeof(CpuTopology.CpuOffline),
         typeof(CpuTopology.CpuOnline), typeof(Sysfs.List), typeof(Sysfs.Read), typeof(Sysfs.Write), typeof(Sysfs.Hotplug),
-        typeof(Authenticated),
+        typeof(Authenticated), typeof(Clustering.ListClusterDevices),
 
         // Replies.
         typeof(BlockLayer.Destroyed), typeof(BlockLayer.NoSuchDevice), typeof(BlockLayer.DeviceBusy), typeof(BlockLayer.DeviceList),
         typeof(RequestQueue.Info), typeof(SoftwareContext.Completed), typeof(SoftwareContext.Rejected), typeof(SoftwareContext.Stats),
         typeof(HardwareQueue.Stats), typeof(TagSet.State), typeof(CpuTopology.TopologyInfo), typeof(CpuTopology.TopologyChanged),
         typeof(Sysfs.Listing), typeof(Sysfs.Value), typeof(Sysfs.Written), typeof(Sysfs.Failed), typeof(NotAuthorized),
+        typeof(Clustering.ClusterDeviceList),
+
+        // Registry entries, inside Distributed Data gossip between members (README, "Cluster").
+        typeof(Clustering.ClusterDevice),
     };
 
     /// <summary>Requests that change the node: accepted from the network only when authenticated.</summary>

@@ -145,6 +145,31 @@ internal sealed class NodeClient : IAsyncDisposable
         }
     }
 
+    /// <summary>Sends <paramref name="message"/> to the node's guardian (<c>/user/actorblk</c>) and returns the answer.</summary>
+    /// <exception cref="NodeUnreachableException">No node answered at the address.</exception>
+    public async Task<T> AskGuardianAsync<T>(object message)
+    {
+        var path = $"{Address}/user/{BlockLayer.GuardianName}";
+        IActorRef guardian;
+        try
+        {
+            guardian = await _system.ActorSelection(path).ResolveOne(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (ActorNotFoundException)
+        {
+            throw new NodeUnreachableException($"no ActorBlk node answered at {Address} (is `actorblk serve` running there?).");
+        }
+
+        try
+        {
+            return await guardian.Ask<T>(message, AnswerTimeout).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException)
+        {
+            throw new NodeUnreachableException($"the node at {Address} did not answer within {AnswerTimeout.TotalSeconds:0} s.");
+        }
+    }
+
     /// <inheritdoc />
     public async ValueTask DisposeAsync() => await _system.Terminate().ConfigureAwait(false);
 }

@@ -26,9 +26,12 @@ internal static class NodeConfig
 
     /// <summary>
     /// Loads <paramref name="path"/>. A port override replaces the remoting port and, when it
-    /// differs from the configured one, clears the seed list so the node joins itself once bound.
+    /// differs from the configured one and no <paramref name="seeds"/> are given, clears the seed
+    /// list so the node joins itself once bound. <paramref name="seeds"/> (<c>HOST:PORT</c> each)
+    /// replace <c>akka.cluster.seed-nodes</c>; <paramref name="hostname"/> replaces the remoting
+    /// hostname (the host part of the node's address).
     /// </summary>
-    public static Config Load(string path, int? port)
+    public static Config Load(string path, int? port, IReadOnlyList<string>? seeds = null, string? hostname = null)
     {
         if (!File.Exists(path))
         {
@@ -45,11 +48,60 @@ internal static class NodeConfig
             throw new UsageException($"{path} is not valid HOCON: {ex.Message}");
         }
 
+        if (hostname is not null)
+        {
+            config = ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.hostname = {Quote(hostname)}").WithFallback(config);
+        }
+
+        if (seeds is { Count: > 0 })
+        {
+            var scheme = config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : "akka.tcp";
+            var list = string.Join(", ", seeds.Select(s => Quote($"{scheme}://{SystemName}@{s}")));
+            config = ConfigurationFactory.ParseString($"akka.cluster.seed-nodes = [{list}]").WithFallback(config);
+        }
+
         if (port is { } p && p != config.GetInt("akka.remote.dot-netty.tcp.port", 4053))
         {
-            config = ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.port = {p}\nakka.cluster.seed-nodes = []").WithFallback(config);
+            var clear = seeds is { Count: > 0 } ? string.Empty : "\nakka.cluster.seed-nodes = []";
+            config = ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.port = {p}{clear}").WithFallback(config);
         }
 
         return config;
     }
+
+    /// <summary>
+    /// Parses <c>--seed HOST:PORT[,HOST:PORT...]</c>: each a host name or IPv4 address (an IPv6
+    /// address in brackets) and a port from 1 to 65535.
+    /// </summary>
+    public static IReadOnlyList<string> ParseSeeds(string text)
+    {
+        var seeds = new List<string>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            seeds.Add(ParseEndpoint(part, "--seed"));
+        }
+
+        return seeds.Count > 0 ? seeds : throw new UsageException("option --seed: expected HOST:PORT[,HOST:PORT...].");
+    }
+
+    /// <summary>Checks one <c>HOST:PORT</c> and returns it.</summary>
+    public static string ParseEndpoint(string text, string option)
+    {
+        var colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text[(colon + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port)
+            || port is < 1 or > 65535 || !IsHostName(text[..colon]))
+        {
+            throw new UsageException($"option {option}: '{text}' is not HOST:PORT (a port from 1 to 65535).");
+        }
+
+        return text;
+    }
+
+    /// <summary>True for a host name, an IPv4 address, or an IPv6 address in brackets.</summary>
+    public static bool IsHostName(string host) =>
+        host.Length is > 0 and <= 253
+        && (host.StartsWith('[') && host.EndsWith(']') && System.Net.IPAddress.TryParse(host[1..^1], out _)
+            || host.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '-'));
+
+    private static string Quote(string text) => System.Text.Json.JsonSerializer.Serialize(text);
 }

@@ -13,18 +13,26 @@ using Serilog;
 namespace ActorBlk.Host.Commands;
 
 /// <summary>
-/// <c>actorblk serve</c>: runs a single-node Akka cluster on 127.0.0.1 from hocon.conf, creates
-/// the devices it lists, logs what it serves, and stops cleanly on Ctrl-C or SIGTERM (devices are
-/// drained and destroyed by coordinated shutdown).
+/// <c>actorblk serve</c>: runs an Akka cluster node on 127.0.0.1 from hocon.conf (alone, or joining
+/// the nodes of <c>--seed</c>), creates the devices it lists, logs what it serves and the devices
+/// that appear and disappear in the cluster, and stops cleanly on Ctrl-C or SIGTERM (devices are
+/// drained and destroyed by coordinated shutdown, then the node leaves the cluster).
 /// </summary>
 internal static class ServeCommand
 {
-    public const string Usage = "actorblk serve [--config PATH] [--port N] [--nbd-listen ADDRESS:PORT|off]";
+    public const string Usage = "actorblk serve [--config PATH] [--port N] [--seed HOST:PORT[,HOST:PORT...]] [--hostname H] [--nbd-listen ADDRESS:PORT|off]";
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var path = cl.String("config") ?? NodeConfig.Locate();
         int? port = cl.Has("port") ? cl.Int("port", 4053, 0, 65535) : null;
+        var seeds = cl.String("seed") is { } seedText ? NodeConfig.ParseSeeds(seedText) : null;
+        var hostname = cl.String("hostname");
+        if (hostname is not null && !NodeConfig.IsHostName(hostname))
+        {
+            throw new UsageException($"option --hostname: '{hostname}' is not a host name or address.");
+        }
+
         var nbdListen = cl.String("nbd-listen");
         cl.RejectUnknown();
         if (cl.Positional.Count > 0)
@@ -32,7 +40,7 @@ internal static class ServeCommand
             throw new UsageException($"unexpected argument '{cl.Positional[0]}'. Usage: {Usage}");
         }
 
-        var config = NodeConfig.Load(path, port);
+        var config = NodeConfig.Load(path, port, seeds, hostname);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -138,7 +146,9 @@ internal static class ServeCommand
                     }
 
                     Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
+                    layer.SetNbdEndpoint(NbdEndpointOf(endpoint, nbdOptions));
                 }
+                LogClusterDevices(layer);
             }));
 
         try
@@ -168,6 +178,47 @@ internal static class ServeCommand
         {
             await Log.CloseAndFlushAsync().ConfigureAwait(false);
         }
+    }
+
+    // The address the registry publishes for this node's exports: nbds:// when the export takes
+    // nothing but TLS.
+    private static string NbdEndpointOf(System.Net.EndPoint? endpoint, ActorBlk.Hardware.Nbd.NbdServerOptions options) =>
+        $"{(options.Tls == ActorBlk.Hardware.Nbd.NbdTlsMode.Require ? "nbds" : "nbd")}://{endpoint}";
+
+    // One line per device that appears, changes or disappears in the cluster's registry.
+    private static void LogClusterDevices(BlockLayer layer)
+    {
+        if (!layer.ClusterDevices.IsEnabled)
+        {
+            return;
+        }
+
+        var known = new Dictionary<string, Actors.Clustering.ClusterDevice>(StringComparer.Ordinal);
+        void Report(IReadOnlyList<Actors.Clustering.ClusterDevice> snapshot)
+        {
+            lock (known)
+            {
+                foreach (var device in snapshot)
+                {
+                    if (!known.TryGetValue(device.Id, out var had) || had != device)
+                    {
+                        Log.Information("Cluster device {Id}: {State}, {Size}, {Block}-byte blocks, {Queues} hardware queue(s){ReadOnly}",
+                            device.Id, device.State, Sizes.Format(device.Capacity), device.LogicalBlockSize, device.HardwareQueues, device.ReadOnly ? ", read-only" : string.Empty);
+                    }
+
+                    known[device.Id] = device;
+                }
+
+                foreach (var gone in known.Keys.Except(snapshot.Select(d => d.Id)).ToArray())
+                {
+                    known.Remove(gone);
+                    Log.Information("Cluster device {Id}: removed", gone);
+                }
+            }
+        }
+
+        layer.ClusterDevices.Watch(Report);
+        Report(layer.ClusterDevices.Snapshot);
     }
 
     // The DotNetty TLS setup (certificate, mutual authentication, pinning), when TLS is on.

@@ -1,0 +1,87 @@
+using ActorBlk.Actors.Serialization;
+
+namespace ActorBlk.Actors.Clustering;
+
+/// <summary>
+/// One device of the cluster as the registry publishes it: where it lives and what it is. Its id is
+/// <c>name@host:port</c> (<see cref="Id"/>); a plain name addresses it when no other node has a
+/// device of that name (<see cref="ClusterDevices.Resolve(string)"/>).
+/// </summary>
+/// <param name="Name">The device name on its node.</param>
+/// <param name="Node">The owner node's remoting endpoint, <c>host:port</c>.</param>
+/// <param name="NodeUid">The owner node's incarnation (a node restarted at the same address has another one).</param>
+/// <param name="Capacity">Capacity in bytes.</param>
+/// <param name="LogicalBlockSize">Logical block size in bytes.</param>
+/// <param name="HardwareQueues">Number of hardware queues (1 for a stacked device).</param>
+/// <param name="ReadOnly">True when writes are refused.</param>
+/// <param name="State">One of <see cref="ClusterDeviceStates"/>.</param>
+/// <param name="NbdEndpoint">The owner's NBD export of the device (<c>nbd://host:port/name</c>), empty when it exports none.</param>
+public sealed record ClusterDevice(
+    string Name,
+    string Node,
+    long NodeUid,
+    long Capacity,
+    int LogicalBlockSize,
+    int HardwareQueues,
+    bool ReadOnly,
+    string State,
+    string NbdEndpoint) : IActorBlkMessage
+{
+    /// <summary>Longest device name the registry accepts.</summary>
+    public const int MaxNameLength = RemoteSurface.MaxDeviceName;
+
+    /// <summary>Longest node endpoint (<c>host:port</c>) the registry accepts.</summary>
+    public const int MaxNodeLength = 300;
+
+    /// <summary>Longest NBD endpoint the registry accepts.</summary>
+    public const int MaxEndpointLength = 512;
+
+    /// <summary>The cluster-wide id, <c>name@host:port</c>.</summary>
+    public string Id => $"{Name}@{Node}";
+
+    /// <summary>
+    /// True when every field is within its bounds: entries from other nodes that are not are left
+    /// out of the registry's snapshot (the replicated map is a network surface).
+    /// </summary>
+    public bool IsWellFormed =>
+        Name is { Length: > 0 and <= MaxNameLength } && !Name.Contains('@', StringComparison.Ordinal)
+        && Node is { Length: > 0 and <= MaxNodeLength }
+        && NbdEndpoint is { Length: <= MaxEndpointLength }
+        && State is ClusterDeviceStates.Live or ClusterDeviceStates.Offline or ClusterDeviceStates.Dying
+        && Capacity >= 0 && LogicalBlockSize > 0 && HardwareQueues >= 0;
+}
+
+/// <summary>The states a <see cref="ClusterDevice"/> is published in.</summary>
+public static class ClusterDeviceStates
+{
+    /// <summary>Registered and serving I/O.</summary>
+    public const string Live = "live";
+
+    /// <summary>Registered, but its driver gave up: every request fails with Offline.</summary>
+    public const string Offline = "offline";
+
+    /// <summary>Being unregistered: new requests fail with Offline while it drains.</summary>
+    public const string Dying = "dying";
+}
+
+/// <summary>Asks a node's guardian for the cluster's devices as it sees them (reply <see cref="ClusterDeviceList"/>).</summary>
+public sealed record ListClusterDevices : IActorBlkQuery
+{
+    /// <summary>The one instance.</summary>
+    public static readonly ListClusterDevices Instance = new();
+}
+
+/// <summary>The cluster's devices as one node sees them, sorted by name then node.</summary>
+/// <param name="Devices">The devices.</param>
+/// <param name="Enabled">False when the node is not a cluster member (it keeps no registry).</param>
+public sealed record ClusterDeviceList(ClusterDevice[] Devices, bool Enabled) : IActorBlkMessage;
+
+/// <summary>A device name matched no device of the cluster.</summary>
+public sealed class ClusterDeviceNotFoundException(string message) : Exception(message);
+
+/// <summary>A plain device name matched devices on several nodes: use <c>name@host:port</c>.</summary>
+public sealed class AmbiguousClusterDeviceException(string message, IReadOnlyList<ClusterDevice> candidates) : Exception(message)
+{
+    /// <summary>The devices the name matched.</summary>
+    public IReadOnlyList<ClusterDevice> Candidates { get; } = candidates;
+}

@@ -1,0 +1,113 @@
+
+namespace ActorBlk.Actors.Clustering;
+
+/// <summary>
+/// The devices of the whole cluster, as this node's registry sees them
+/// (<see cref="BlockLayer.ClusterDevices"/>): a snapshot, name resolution, and a way to watch
+/// changes. Every node publishes its registered devices in a replicated map (Akka.DistributedData);
+/// an entry changes with its device's state and disappears when the device is removed or its node
+/// leaves or is downed. The view is eventually consistent: a change made on another node shows here
+/// after a gossip round or two.
+/// </summary>
+public sealed class ClusterDevices
+{
+    private readonly object _gate = new();
+    private ClusterDevice[] _snapshot = [];
+    private Action<IReadOnlyList<ClusterDevice>>? _watchers;
+
+    internal ClusterDevices(bool enabled) => IsEnabled = enabled;
+
+    /// <summary>False when the actor system is not a cluster member (its provider is not <c>cluster</c>): the snapshot stays empty.</summary>
+    public bool IsEnabled { get; }
+
+    /// <summary>Every device of the cluster, this node's included, sorted by name then node.</summary>
+    public IReadOnlyList<ClusterDevice> Snapshot => Volatile.Read(ref _snapshot);
+
+    /// <summary>
+    /// The device addressed by <paramref name="name"/>: <c>name@host:port</c> names one device of one
+    /// node; a plain <c>name</c> is accepted when exactly one node has a device of that name.
+    /// </summary>
+    /// <exception cref="ClusterDeviceNotFoundException">No device matches.</exception>
+    /// <exception cref="AmbiguousClusterDeviceException">A plain name matches devices on several nodes.</exception>
+    public ClusterDevice Resolve(string name) => Resolve(Snapshot, name);
+
+    /// <summary>
+    /// Calls <paramref name="onChange"/> with the new snapshot after every change (on the registry's
+    /// thread: return quickly) until the returned handle is disposed.
+    /// </summary>
+    public IDisposable Watch(Action<IReadOnlyList<ClusterDevice>> onChange)
+    {
+        ArgumentNullException.ThrowIfNull(onChange);
+        lock (_gate)
+        {
+            _watchers += onChange;
+        }
+
+        return new Unwatch(this, onChange);
+    }
+
+    /// <summary>Completes with the first snapshot (the current one included) that satisfies <paramref name="condition"/>.</summary>
+    public async Task<IReadOnlyList<ClusterDevice>> WaitForAsync(Func<IReadOnlyList<ClusterDevice>, bool> condition, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(condition);
+        var done = new TaskCompletionSource<IReadOnlyList<ClusterDevice>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var watch = Watch(s =>
+        {
+            if (condition(s))
+            {
+                done.TrySetResult(s);
+            }
+        });
+        var now = Snapshot;
+        if (condition(now))
+        {
+            return now;
+        }
+
+        await using var registration = cancellationToken.Register(() => done.TrySetCanceled(cancellationToken)).ConfigureAwait(false);
+        return await done.Task.ConfigureAwait(false);
+    }
+
+    internal static ClusterDevice Resolve(IReadOnlyList<ClusterDevice> devices, string name)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        var at = name.IndexOf('@', StringComparison.Ordinal);
+        if (at >= 0)
+        {
+            var match = devices.FirstOrDefault(d => string.Equals(d.Id, name, StringComparison.Ordinal));
+            return match ?? throw new ClusterDeviceNotFoundException($"no device {name[..at]} on node {name[(at + 1)..]} in the cluster.");
+        }
+
+        var matches = devices.Where(d => string.Equals(d.Name, name, StringComparison.Ordinal)).ToArray();
+        return matches.Length switch
+        {
+            1 => matches[0],
+            0 => throw new ClusterDeviceNotFoundException($"no device named {name} in the cluster."),
+            _ => throw new AmbiguousClusterDeviceException(
+                $"{matches.Length} nodes have a device named {name}: address one as {string.Join(" or ", matches.Select(m => m.Id))}.", matches),
+        };
+    }
+
+    internal void Publish(ClusterDevice[] snapshot)
+    {
+        Action<IReadOnlyList<ClusterDevice>>? watchers;
+        lock (_gate)
+        {
+            Volatile.Write(ref _snapshot, snapshot);
+            watchers = _watchers;
+        }
+
+        watchers?.Invoke(snapshot);
+    }
+
+    private sealed class Unwatch(ClusterDevices owner, Action<IReadOnlyList<ClusterDevice>> onChange) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (owner._gate)
+            {
+                owner._watchers -= onChange;
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+using System.Collections.Immutable;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.DistributedData;
+using Akka.Event;
+using AkkaCluster = Akka.Cluster.Cluster;
+
+namespace ActorBlk.Actors.Clustering;
+
+/// <summary>
+/// This node's part of the cluster-wide device registry (<c>/user/actorblk-registry</c>). The
+/// registry is one <see cref="LWWDictionary{TKey,TValue}"/> replicated by Akka.DistributedData, keyed by
+/// <c>name@host:port</c>. Each node writes only its own devices' entries (WriteLocal; gossip
+/// spreads them): when the block layer registers or forgets a device, and whenever a periodic
+/// look at its devices finds a state that changed. Every node removes the entries of a member
+/// that is removed or downed; entries of such a member that reach a node later (gossip from a
+/// node that had not removed them yet) are removed when they arrive, so every replica converges
+/// on the same map. A node that finds one of its own live entries missing or stale writes it again.
+/// The snapshot shows only well-formed entries (bounded fields) of members this node knows.
+/// </summary>
+internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
+{
+    /// <summary>The actor's name under <c>/user</c>.</summary>
+    public const string ActorName = "actorblk-registry";
+
+    /// <summary>The replicated map's key.</summary>
+    public static readonly LWWDictionaryKey<string, ClusterDevice> Key = new("actorblk-devices");
+
+    private readonly BlockLayer _layer;
+    private readonly AkkaCluster _cluster;
+    private readonly IActorRef _replicator;
+    private readonly TimeSpan _pollInterval;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly string _self;
+    private readonly HashSet<UniqueAddress> _gone = [];
+    private readonly HashSet<UniqueAddress> _members = [];
+    private Dictionary<string, ClusterDevice> _mine = new(StringComparer.Ordinal);
+    private ImmutableDictionary<string, ClusterDevice> _map = ImmutableDictionary<string, ClusterDevice>.Empty;
+    private bool _withdrawn;
+
+    public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval)
+    {
+        _layer = layer;
+        _cluster = AkkaCluster.Get(Context.System);
+        _replicator = DistributedData.Get(Context.System).Replicator;
+        _pollInterval = pollInterval;
+        _self = NodeName(_cluster.SelfAddress);
+
+        Receive<Changed>(HandleChanged);
+        Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
+        Receive<ClusterEvent.MemberDowned>(m => Prune(m.Member.UniqueAddress));
+        Receive<ClusterEvent.IMemberEvent>(m =>
+        {
+            if (_members.Add(m.Member.UniqueAddress))
+            {
+                Publish();
+            }
+        });
+        Receive<ClusterEvent.CurrentClusterState>(_ => { });
+        Receive<LocalDevicesChanged>(_ => PublishMine());
+        Receive<Poll>(_ => PublishMine());
+        Receive<Withdraw>(_ => HandleWithdraw());
+        Receive<UpdateSuccess>(_ => { });
+        Receive<UpdateTimeout>(t => Reply(t.Request, false));
+        Receive<ModifyFailure>(f => _log.Warning("Device registry update failed: {0}", f.Cause.Message));
+        Receive<StoreFailure>(_ => { });
+    }
+
+    /// <inheritdoc />
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    /// <summary>The node name entries use, <c>host:port</c>.</summary>
+    public static string NodeName(Address address) => $"{address.Host}:{address.Port}";
+
+    public static Props Props(BlockLayer layer, TimeSpan pollInterval) => Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval));
+
+    protected override void PreStart()
+    {
+        _replicator.Tell(Dsl.Subscribe(Key, Self));
+        _cluster.Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
+        if (_pollInterval > TimeSpan.Zero)
+        {
+            Timers.StartPeriodicTimer("poll", Poll.Instance, _pollInterval);
+        }
+
+        PublishMine();
+    }
+
+    protected override void PostStop() => _cluster.Unsubscribe(Self);
+
+    // This node's devices as entries, from the block layer's registered devices.
+    private Dictionary<string, ClusterDevice> Describe()
+    {
+        var uid = _cluster.SelfUniqueAddress.Uid;
+        var endpoint = _layer.NbdEndpoint;
+        var result = new Dictionary<string, ClusterDevice>(StringComparer.Ordinal);
+        foreach (var device in _layer.Devices)
+        {
+            var queue = device.Queue;
+            var state = queue.IsOffline ? ClusterDeviceStates.Offline
+                : queue.IsDying || queue.State != QueueState.Registered ? ClusterDeviceStates.Dying
+                : ClusterDeviceStates.Live;
+            var entry = new ClusterDevice(
+                device.Name,
+                _self,
+                uid,
+                device.Capacity,
+                device.LogicalBlockSize,
+                queue.BioDriver is null ? queue.HardwareContexts.Count : 1,
+                device.IsReadOnly,
+                state,
+                endpoint is null ? string.Empty : $"{endpoint.TrimEnd('/')}/{device.Name}");
+            result[entry.Id] = entry;
+        }
+
+        return result;
+    }
+
+    private void PublishMine()
+    {
+        if (_withdrawn)
+        {
+            return;
+        }
+
+        var now = Describe();
+        var self = _cluster.SelfUniqueAddress;
+        var changed = now.Where(kv => !_mine.TryGetValue(kv.Key, out var had) || had != kv.Value).Select(kv => kv.Value).ToArray();
+        var removed = _mine.Keys.Where(k => !now.ContainsKey(k)).ToArray();
+        _mine = now;
+        if (changed.Length == 0 && removed.Length == 0)
+        {
+            return;
+        }
+
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
+        {
+            foreach (var entry in changed)
+            {
+                map = map.SetItem(self, entry.Id, entry);
+            }
+
+            foreach (var key in removed)
+            {
+                if (map.TryGetValue(key, out var had) && had.NodeUid == self.Uid)
+                {
+                    map = map.Remove(self, key);
+                }
+            }
+
+            return map;
+        }));
+    }
+
+    // Before the node leaves (coordinated shutdown, after its devices are destroyed): take every
+    // entry of this incarnation out of the map and wait (bounded) for a majority to see it.
+    private void HandleWithdraw()
+    {
+        _withdrawn = true;
+        var self = _cluster.SelfUniqueAddress;
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender, map =>
+        {
+            foreach (var (key, value) in map.Entries)
+            {
+                if (value.NodeUid == self.Uid && value.Node == _self)
+                {
+                    map = map.Remove(self, key);
+                }
+            }
+
+            return map;
+        }));
+        Become(Withdrawing);
+    }
+
+    private void Withdrawing()
+    {
+        Receive<Withdraw>(_ => HandleWithdraw());
+        Receive<UpdateSuccess>(s => Reply(s.Request, true));
+        Receive<UpdateTimeout>(t => Reply(t.Request, false));
+        Receive<ModifyFailure>(f => Reply(f.Request, false));
+        Receive<Changed>(HandleChanged);
+        Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
+        Receive<ClusterEvent.MemberDowned>(m => Prune(m.Member.UniqueAddress));
+        ReceiveAny(_ => { });
+    }
+
+    private static void Reply(object? request, bool done)
+    {
+        if (request is IActorRef asker)
+        {
+            asker.Tell(done ? Withdrawn.Done : Withdrawn.TimedOut);
+        }
+    }
+
+    private void Prune(UniqueAddress member)
+    {
+        _members.Remove(member);
+        if (member.Equals(_cluster.SelfUniqueAddress) || !_gone.Add(member))
+        {
+            return;
+        }
+
+        RemoveEntriesOf([member]);
+        Publish();
+    }
+
+    private void RemoveEntriesOf(IReadOnlyCollection<UniqueAddress> members)
+    {
+        var self = _cluster.SelfUniqueAddress;
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
+        {
+            foreach (var (key, value) in map.Entries)
+            {
+                if (members.Any(m => IsOwner(m, value)))
+                {
+                    map = map.Remove(self, key);
+                }
+            }
+
+            return map;
+        }));
+    }
+
+    private static bool IsOwner(UniqueAddress member, ClusterDevice entry) =>
+        entry.NodeUid == member.Uid && entry.Node == NodeName(member.Address);
+
+    private void HandleChanged(Changed changed)
+    {
+        if (!changed.Key.Equals(Key))
+        {
+            return;
+        }
+
+        _map = changed.Get(Key).Entries.ToImmutableDictionary(StringComparer.Ordinal);
+
+        // Entries of a member already removed or downed that arrived late: remove them here too.
+        var late = _gone.Where(g => _map.Values.Any(v => IsOwner(g, v))).ToArray();
+        if (late.Length > 0)
+        {
+            RemoveEntriesOf(late);
+        }
+
+        // Own entries missing or stale (another node pruned them, or an older incarnation of this
+        // node at the same address wrote them): write them again.
+        if (!_withdrawn && _mine.Any(kv => !_map.TryGetValue(kv.Key, out var seen) || seen != kv.Value))
+        {
+            var self = _cluster.SelfUniqueAddress;
+            var mine = _mine.Values.ToArray();
+            _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
+            {
+                foreach (var entry in mine)
+                {
+                    if (!map.TryGetValue(entry.Id, out var seen) || seen != entry)
+                    {
+                        map = map.SetItem(self, entry.Id, entry);
+                    }
+                }
+
+                return map;
+            }));
+        }
+
+        Publish();
+    }
+
+    private void Publish()
+    {
+        var selfUid = _cluster.SelfUniqueAddress.Uid;
+        var snapshot = _map.Values
+            .Where(v => v is not null && v.IsWellFormed && !_gone.Any(g => IsOwner(g, v)))
+            .Where(v => v.Node != _self || v.NodeUid == selfUid)
+            // Only entries of members this node knows (an entry whose owner has not been seen
+            // joining yet shows once its member event arrives).
+            .Where(v => (v.Node == _self && v.NodeUid == selfUid) || _members.Any(m => IsOwner(m, v)))
+            .OrderBy(v => v.Name, StringComparer.Ordinal)
+            .ThenBy(v => v.Node, StringComparer.Ordinal)
+            .ToArray();
+        if (!snapshot.SequenceEqual(_layer.ClusterDevices.Snapshot))
+        {
+            try
+            {
+                _layer.ClusterDevices.Publish(snapshot);
+            }
+            catch (Exception ex)
+            {
+                _log.Warning(ex, "A watcher of the cluster's devices failed");
+            }
+        }
+    }
+
+    /// <summary>The block layer registered or forgot a device.</summary>
+    internal sealed record LocalDevicesChanged
+    {
+        public static readonly LocalDevicesChanged Instance = new();
+    }
+
+    /// <summary>Take this node's entries out of the registry before it leaves; reply <see cref="Withdrawn"/>.</summary>
+    internal sealed record Withdraw
+    {
+        public static readonly Withdraw Instance = new();
+    }
+
+    /// <summary>Reply to <see cref="Withdraw"/>.</summary>
+    internal sealed record Withdrawn(bool Acknowledged)
+    {
+        public static readonly Withdrawn Done = new(true);
+
+        public static readonly Withdrawn TimedOut = new(false);
+    }
+
+    private sealed record Poll
+    {
+        public static readonly Poll Instance = new();
+    }
+}

@@ -1,0 +1,168 @@
+using ActorBlk.Actors.Clustering;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using Akka.Actor;
+using Akka.Cluster;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests.MultiNode;
+
+/// <summary>Multi-node specs start several actor systems with remoting each: one at a time.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ClusterCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "Cluster";
+}
+
+/// <summary>
+/// Issue 14 items 1 and 2: three actor systems on 127.0.0.1 join one cluster; every node publishes
+/// its devices in the replicated registry and every node sees each device appear, change state and
+/// disappear (destroyed, or its node crashed and downed by the split-brain resolver of hocon.conf:
+/// keep-oldest with down-if-alone, so a 3-node cluster survives the loss of its oldest node and a
+/// 2-node cluster the loss of its younger one). Plain names resolve when unique, name@node always.
+/// </summary>
+[Collection(ClusterCollection.Name)]
+public sealed class ClusterDevicesSpec
+{
+    // Liveness bounds for a loaded 2-core machine: failure detection (~3-5 s), stable-after (2 s),
+    // removal and gossip; generous on purpose.
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);
+
+    [Fact]
+    public async Task Every_node_sees_every_device_its_state_and_its_removal_and_survives_the_loss_of_a_node()
+    {
+        await using var a = ClusterNode.Start("a");
+        await using var b = ClusterNode.Start("b");
+        await using var c = ClusterNode.Start("c");
+        await a.JoinAsync(a, Within);
+        await b.JoinAsync(a, Within);
+        await c.JoinAsync(a, Within);
+        ClusterNode[] all = [a, b, c];
+
+        // Devices with distinct shapes; nullb0 exists on two nodes.
+        await a.Layer.CreateDeviceAsync(new DeviceOptions { Name = "nullb0", Size = 1 << 20, PollQueues = 0 });
+        await b.Layer.CreateDeviceAsync(new DeviceOptions { Name = "nullb0", Size = 2 << 20, PollQueues = 0 });
+        await c.Layer.CreateDeviceAsync(new DeviceOptions { Name = "sdb", Size = 4 << 20, BlockSize = 4096, SubmitQueues = 2, ReadOnly = true, PollQueues = 0 });
+        await c.Layer.CreateDeviceAsync(new DeviceOptions { Name = "sdc", Size = 1 << 20, PollQueues = 0 });
+
+        foreach (var node in all)
+        {
+            await node.WaitForDevicesAsync(d => d.Count == 4, Within);
+        }
+
+        var seen = b.Devices.Snapshot;
+        string[] ids = [$"nullb0@{a.Name}", $"nullb0@{b.Name}", $"sdb@{c.Name}", $"sdc@{c.Name}"];
+        Assert.Equal(ids.Order(StringComparer.Ordinal), seen.Select(d => d.Id));
+        var sdb = seen.Single(d => d.Name == "sdb");
+        Assert.Equal((c.Name, c.Cluster.SelfUniqueAddress.Uid, 4L << 20, 4096, 2, true, ClusterDeviceStates.Live, string.Empty),
+            (sdb.Node, sdb.NodeUid, sdb.Capacity, sdb.LogicalBlockSize, sdb.HardwareQueues, sdb.ReadOnly, sdb.State, sdb.NbdEndpoint));
+        Assert.Equal(2L << 20, seen.Single(d => d.Id == $"nullb0@{b.Name}").Capacity);
+        foreach (var node in all)
+        {
+            Assert.Equal(seen, node.Devices.Snapshot);
+        }
+
+        // Names: unique plain names resolve, an ambiguous one is refused naming both, name@node always works.
+        Assert.Same(a.Devices.Snapshot.Single(d => d.Name == "sdb"), a.Devices.Resolve("sdb"));
+        var ambiguous = Assert.Throws<AmbiguousClusterDeviceException>(() => a.Devices.Resolve("nullb0"));
+        Assert.Equal(2, ambiguous.Candidates.Count);
+        Assert.Contains("2 nodes have a device named nullb0: address one as nullb0@127.0.0.1:", ambiguous.Message);
+        Assert.Contains($"nullb0@{a.Name}", ambiguous.Message);
+        Assert.Contains($"nullb0@{b.Name}", ambiguous.Message);
+        Assert.Equal(2L << 20, a.Devices.Resolve($"nullb0@{b.Name}").Capacity);
+        Assert.Throws<ClusterDeviceNotFoundException>(() => a.Devices.Resolve("sdz"));
+        Assert.Throws<ClusterDeviceNotFoundException>(() => a.Devices.Resolve($"sdb@{a.Name}"));
+
+        // The guardian answers the same table to a query (what `actorblk devices` asks).
+        var list = await c.Layer.Guardian.Ask<ClusterDeviceList>(ListClusterDevices.Instance, Within);
+        Assert.True(list.Enabled);
+        Assert.Equal(seen, list.Devices);
+
+        // A state change: sdc's driver reports the device gone (a null device cannot be reopened),
+        // so it goes offline; every node sees it.
+        c.System.ActorSelection("/user/actorblk/dev-sdc-*/driver-0").Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("gone", deviceGone: true)));
+        foreach (var node in all)
+        {
+            await node.WaitForDevicesAsync(d => d.Any(e => e.Name == "sdc" && e.State == ClusterDeviceStates.Offline), Within);
+        }
+
+        // Removal: destroying a device takes it out of every registry.
+        await c.Layer.DestroyDeviceAsync("sdc");
+        foreach (var node in all)
+        {
+            await node.WaitForDevicesAsync(d => d.Count == 3 && d.All(e => e.Name != "sdc"), Within);
+        }
+
+        // The oldest node (a) crashes: alone on its side against two, it is downed (down-if-alone);
+        // b and c stay up and drop its device.
+        var aAddress = a.Cluster.SelfUniqueAddress;
+        await a.CrashAsync();
+        foreach (var node in new[] { b, c })
+        {
+            await node.WaitForEventAsync(e => e is ClusterEvent.MemberRemoved r && r.Member.UniqueAddress.Equals(aAddress), Within);
+            await node.WaitForDevicesAsync(d => d.Count == 2 && d.All(e => e.Node != ClusterNodeName(aAddress)), Within);
+            Assert.Equal(MemberStatus.Up, node.Cluster.SelfMember.Status);
+        }
+
+        // Now b is the oldest of two; the younger (c) crashes and b keeps running (keep-oldest).
+        var cAddress = c.Cluster.SelfUniqueAddress;
+        await c.CrashAsync();
+        await b.WaitForEventAsync(e => e is ClusterEvent.MemberRemoved r && r.Member.UniqueAddress.Equals(cAddress), Within);
+        var left = await b.WaitForDevicesAsync(d => d.Count == 1, Within);
+        Assert.Equal($"nullb0@{b.Name}", Assert.Single(left).Id);
+        Assert.Equal(MemberStatus.Up, b.Cluster.SelfMember.Status);
+        Assert.False(b.System.WhenTerminated.IsCompleted);
+        Assert.Equal([b.Cluster.SelfAddress], b.Cluster.State.Members.Select(m => m.Address));
+    }
+
+    [Fact]
+    public async Task A_node_that_leaves_drains_its_devices_and_withdraws_them_before_it_goes()
+    {
+        await using var a = ClusterNode.Start("a");
+        await using var b = ClusterNode.Start("b");
+        await a.JoinAsync(a, Within);
+        await b.JoinAsync(a, Within);
+        await b.Layer.CreateDeviceAsync(new DeviceOptions { Name = "nullb1", Size = 1 << 20, PollQueues = 0 });
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Name == "nullb1"), Within);
+
+        // Coordinated shutdown destroys (drains) b's devices in service-stop, then withdraws b's
+        // entries from the registry waiting for a majority (here both nodes) to have the removal,
+        // then leaves. A task of b's own between the withdrawal and the leave looks at a's replica:
+        // the entry is gone there while b is still an Up member, so a learnt it from b, not from
+        // pruning after b's removal.
+        var bAddress = b.Cluster.SelfUniqueAddress;
+        var beforeLeave = new TaskCompletionSource<(bool EntryOnA, MemberStatus? BOnA)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        CoordinatedShutdown.Get(b.System).AddTask(CoordinatedShutdown.PhaseClusterShardingShutdownRegion, "test-look-at-a", async () =>
+        {
+            var onA = await DistributedDataOf(a).Ask<Akka.DistributedData.IGetResponse>(
+                Akka.DistributedData.Dsl.Get(DeviceRegistryActor.Key, Akka.DistributedData.ReadLocal.Instance), Within);
+            var entries = onA is Akka.DistributedData.GetSuccess success ? success.Get(DeviceRegistryActor.Key).Entries.Keys : [];
+            beforeLeave.TrySetResult((entries.Any(k => k.StartsWith("nullb1@", StringComparison.Ordinal)),
+                a.Cluster.State.Members.FirstOrDefault(m => m.UniqueAddress.Equals(bAddress))?.Status));
+            return Akka.Done.Instance;
+        });
+
+        await CoordinatedShutdown.Get(b.System).Run(CoordinatedShutdown.ClusterLeavingReason.Instance).WaitAsync(Within);
+        Assert.Empty(b.Layer.Devices);
+        Assert.Equal((false, MemberStatus.Up), await beforeLeave.Task.WaitAsync(Within));
+        await a.WaitForEventAsync(e => e is ClusterEvent.MemberRemoved r && r.Member.UniqueAddress.Equals(bAddress), Within);
+        await a.WaitForDevicesAsync(d => d.Count == 0, Within);
+        Assert.Equal(MemberStatus.Up, a.Cluster.SelfMember.Status);
+    }
+
+    private static IActorRef DistributedDataOf(ClusterNode node) => Akka.DistributedData.DistributedData.Get(node.System).Replicator;
+
+    [Fact]
+    public void A_node_that_is_not_a_cluster_member_keeps_no_registry()
+    {
+        using var system = ActorSystem.Create("local", Support.Configs.Simulated);
+        var layer = BlockLayer.Get(system);
+
+        Assert.False(layer.ClusterDevices.IsEnabled);
+        Assert.Empty(layer.ClusterDevices.Snapshot);
+        Assert.Throws<ClusterDeviceNotFoundException>(() => layer.ClusterDevices.Resolve("nullb0"));
+    }
+
+    private static string ClusterNodeName(UniqueAddress address) => DeviceRegistryActor.NodeName(address.Address);
+}

@@ -1,0 +1,166 @@
+using System.Threading.Channels;
+using ActorBlk.Actors.Clustering;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Configuration;
+using AkkaCluster = Akka.Cluster.Cluster;
+
+namespace ActorBlk.Actors.Tests.MultiNode;
+
+/// <summary>
+/// One member of an in-process test cluster: an actor system with remoting on 127.0.0.1 (an
+/// ephemeral port) in untrusted mode with ActorBlk's guarded serializers (as `actorblk serve`),
+/// the split-brain resolver of the repository's hocon.conf with a short stable-after, and the
+/// block layer with its registry. Cluster events are read from a channel.
+/// </summary>
+internal sealed class ClusterNode : IAsyncDisposable
+{
+    private readonly Channel<ClusterEvent.IMemberEvent> _events = Channel.CreateUnbounded<ClusterEvent.IMemberEvent>();
+
+    private ClusterNode(ActorSystem system)
+    {
+        System = system;
+        Cluster = AkkaCluster.Get(system);
+        Layer = BlockLayer.Get(system);
+        system.ActorOf(Props.Create(() => new EventPump(_events.Writer)), "test-member-events");
+    }
+
+    public ActorSystem System { get; }
+
+    public AkkaCluster Cluster { get; }
+
+    public BlockLayer Layer { get; }
+
+    public ClusterDevices Devices => Layer.ClusterDevices;
+
+    /// <summary>The node name registry entries carry, <c>127.0.0.1:port</c>.</summary>
+    public string Name => DeviceRegistryActor.NodeName(Cluster.SelfAddress);
+
+    public static ClusterNode Start(string name) => new(ActorSystem.Create("actorblk", Config()));
+
+    /// <summary>
+    /// The cluster section of the repository's hocon.conf (seed nodes cleared, stable-after 2 s) over
+    /// the specs' simulated machine, with fast registry gossip.
+    /// </summary>
+    public static Config Config()
+    {
+        var shipped = ConfigurationFactory.ParseString(File.ReadAllText(RepositoryFile("hocon.conf")));
+        var sbr = $$"""
+            akka.cluster {
+              seed-nodes = []
+              log-info = off
+              min-nr-of-members = 1
+              downing-provider-class = "{{shipped.GetString("akka.cluster.downing-provider-class")}}"
+              split-brain-resolver {
+                active-strategy = {{shipped.GetString("akka.cluster.split-brain-resolver.active-strategy")}}
+                keep-oldest.down-if-alone = {{(shipped.GetBoolean("akka.cluster.split-brain-resolver.keep-oldest.down-if-alone") ? "on" : "off")}}
+                stable-after = 2s
+              }
+            }
+            """;
+        var cluster = ConfigurationFactory.ParseString(sbr);
+        return ConfigurationFactory.ParseString($$"""
+            akka.loglevel = WARNING
+            akka.stdout-loglevel = WARNING
+            akka.log-dead-letters = off
+            akka.actor.provider = cluster
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+            akka.remote.log-remote-lifecycle-events = off
+            akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms, delta-crdt.enabled = {{(shipped.GetBoolean("akka.cluster.distributed-data.delta-crdt.enabled", true) ? "on" : "off")}} }
+            # A test crash: the system stops without leaving the cluster.
+            akka.coordinated-shutdown.run-by-actor-system-terminate = off
+            actorblk.cluster.registry.poll-interval = 200ms
+            """).WithFallback(cluster)
+            .WithFallback(ActorBlk.Actors.Serialization.ActorBlkRemoting.SerializerConfig)
+            .WithFallback(ActorBlk.Actors.Serialization.ActorBlkRemoting.UntrustedModeConfig)
+            .WithFallback(Support.Configs.Simulated);
+    }
+
+    /// <summary>A file at the repository root.</summary>
+    public static string RepositoryFile(string name)
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
+        {
+            dir = dir.Parent;
+        }
+
+        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), name);
+    }
+
+    /// <summary>Joins <paramref name="seed"/> (itself to form a cluster) and waits until this node is Up.</summary>
+    public async Task JoinAsync(ClusterNode seed, TimeSpan within)
+    {
+        var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Cluster.RegisterOnMemberUp(() => up.TrySetResult());
+        await Cluster.JoinAsync(seed.Cluster.SelfAddress).WaitAsync(within);
+        await up.Task.WaitAsync(within);
+    }
+
+    /// <summary>Reads this node's member events until one matches.</summary>
+    public async Task<ClusterEvent.IMemberEvent> WaitForEventAsync(Func<ClusterEvent.IMemberEvent, bool> match, TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        await foreach (var e in _events.Reader.ReadAllAsync(cts.Token))
+        {
+            if (match(e))
+            {
+                return e;
+            }
+        }
+
+        throw new InvalidOperationException("the event stream ended");
+    }
+
+    /// <summary>Waits until this node's registry snapshot satisfies <paramref name="condition"/>.</summary>
+    public async Task<IReadOnlyList<ClusterDevice>> WaitForDevicesAsync(Func<IReadOnlyList<ClusterDevice>, bool> condition, TimeSpan within)
+    {
+        using var cts = new CancellationTokenSource(within);
+        try
+        {
+            return await Devices.WaitForAsync(condition, cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"{Name}: the registry did not get there within {within}; it holds {string.Join(", ", Devices.Snapshot)}");
+        }
+    }
+
+    /// <summary>
+    /// A crash as far as the cluster can tell: the registry stops first (so nothing is withdrawn),
+    /// the devices are destroyed (to release their memory and threads), and the system stops
+    /// without leaving the cluster. The others see it unreachable; the split-brain resolver decides.
+    /// </summary>
+    public async Task CrashAsync()
+    {
+        var registry = await System.ActorSelection($"/user/{DeviceRegistryActor.ActorName}").ResolveOne(TimeSpan.FromSeconds(30));
+        await registry.GracefulStop(TimeSpan.FromSeconds(30));
+        foreach (var device in Layer.Devices.ToArray())
+        {
+            await Layer.DestroyDeviceAsync(device.Name);
+        }
+
+        await System.Terminate().WaitAsync(TimeSpan.FromSeconds(60));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!System.WhenTerminated.IsCompleted)
+        {
+            await CoordinatedShutdown.Get(System).Run(CoordinatedShutdown.ClrExitReason.Instance).WaitAsync(TimeSpan.FromSeconds(60));
+            await System.Terminate().WaitAsync(TimeSpan.FromSeconds(60));
+        }
+    }
+
+    private sealed class EventPump : ReceiveActor
+    {
+        public EventPump(ChannelWriter<ClusterEvent.IMemberEvent> writer)
+        {
+            Receive<ClusterEvent.IMemberEvent>(e => writer.TryWrite(e));
+            Receive<ClusterEvent.CurrentClusterState>(_ => { });
+        }
+
+        protected override void PreStart() =>
+            AkkaCluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
+    }
+}

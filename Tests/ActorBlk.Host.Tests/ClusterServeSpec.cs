@@ -1,0 +1,112 @@
+using System.Text.RegularExpressions;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// Issue 14 items 1 and 2 as processes: two `actorblk serve` nodes form one cluster with
+/// <c>--seed</c>, `actorblk devices` prints every device of both from either node, and a node
+/// stopped by SIGTERM drains its devices, withdraws them and leaves; the other keeps serving.
+/// </summary>
+public sealed partial class ClusterServeSpec
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);
+
+    [GeneratedRegex(@"Devices are addressable at akka\.tcp://actorblk@(?<node>127\.0\.0\.1:\d+)/user/actorblk")]
+    private static partial Regex AddressLine();
+
+    private static string Config(string devices)
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"actorblk-cluster-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(path, File.ReadAllText(ServeSpecPaths.RepositoryHocon()) + $$"""
+
+            actorblk.devices = [ {{devices}} ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = "127.0.0.1:0"
+            """);
+        return path;
+    }
+
+    [Fact]
+    public async Task Two_serve_processes_form_one_cluster_list_each_others_devices_and_one_leaves_on_sigterm()
+    {
+        var configA = Config("{ name = nullb0, size = 16m }");
+        var configB = Config("{ name = nullb0, size = 32m }, { name = nullb1, size = 8m, bs = 4096, read_only = on }");
+        try
+        {
+            await using var a = ActorBlkProcess.Start("serve", "--config", configA, "--port", "0");
+            var nodeA = AddressLine().Match(await a.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+            await using var b = ActorBlkProcess.Start("serve", "--config", configB, "--port", "0", "--seed", nodeA);
+            var nodeB = AddressLine().Match(await b.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+
+            // a logs b's devices as they arrive in its registry.
+            await a.WaitForLineAsync(l => l.Contains($"Cluster device nullb1@{nodeB}: live", StringComparison.Ordinal), Within);
+            await a.WaitForLineAsync(l => l.Contains($"Cluster device nullb0@{nodeB}: live", StringComparison.Ordinal), Within);
+
+            await using (var list = ActorBlkProcess.Start("devices", "--node", nodeA))
+            {
+                Assert.Equal(0, await list.WaitForExitAsync(Within));
+                var lines = list.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+                Assert.Equal(4, lines.Length);
+                Assert.Matches(@"^NAME\s+NODE\s+SIZE\s+BS\s+HWQ\s+RO\s+STATE\s+NBD$", lines[0]);
+                Assert.Matches($@"^nullb0\s+{Regex.Escape(nodeA)}\s+16MiB\s+512\s+1\s+0\s+live\s+nbd://127\.0\.0\.1:\d+/nullb0$", lines.Single(l => l.Contains(nodeA, StringComparison.Ordinal)));
+                Assert.Matches($@"^nullb1\s+{Regex.Escape(nodeB)}\s+8MiB\s+4096\s+1\s+1\s+live\s+nbd://127\.0\.0\.1:\d+/nullb1$", lines.Single(l => l.StartsWith("nullb1", StringComparison.Ordinal)));
+                Assert.Single(lines, l => l.StartsWith("nullb0", StringComparison.Ordinal) && l.Contains(nodeB, StringComparison.Ordinal) && l.Contains("32MiB", StringComparison.Ordinal));
+            }
+
+            // b stops: its devices drain, are withdrawn, and it leaves; a keeps running without them.
+            b.Terminate();
+            Assert.Equal(0, await b.WaitForExitAsync(Within));
+            Assert.Contains("Unregistered nullb1: every request completed", b.Output);
+            await a.WaitForLineAsync(l => l.Contains($"Cluster device nullb1@{nodeB}: removed", StringComparison.Ordinal), Within);
+
+            await using (var list = ActorBlkProcess.Start("devices", "--node", nodeA))
+            {
+                Assert.Equal(0, await list.WaitForExitAsync(Within));
+                var lines = list.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+                Assert.Equal(2, lines.Length);
+                Assert.StartsWith("nullb0", lines[1], StringComparison.Ordinal);
+                Assert.Contains(nodeA, lines[1], StringComparison.Ordinal);
+            }
+
+            a.Terminate();
+            Assert.Equal(0, await a.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(configA);
+            File.Delete(configB);
+        }
+    }
+
+    [Theory]
+    [InlineData("serve --seed nowhere", "option --seed: 'nowhere' is not HOST:PORT")]
+    [InlineData("serve --seed 127.0.0.1:99999", "is not HOST:PORT")]
+    [InlineData("serve --hostname bad/host", "option --hostname: 'bad/host' is not a host name")]
+    [InlineData("devices --node 127.0.0.1", "option --node: '127.0.0.1' is not HOST:PORT")]
+    [InlineData("devices --node 127.0.0.1:4053 extra", "unexpected argument 'extra'")]
+    public async Task Cluster_usage_errors_exit_with_2_and_say_why(string args, string message)
+    {
+        await using var command = ActorBlkProcess.Start(args.Split(' '));
+
+        Assert.Equal(2, await command.WaitForExitAsync(Within));
+        Assert.Contains(message, command.Output);
+    }
+}
+
+/// <summary>Where the repository's files are.</summary>
+internal static class ServeSpecPaths
+{
+    /// <summary>The repository's default hocon.conf.</summary>
+    public static string RepositoryHocon()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
+        {
+            dir = dir.Parent;
+        }
+
+        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
+    }
+}
