@@ -10,6 +10,7 @@ namespace ActorBlk.Host.Tests;
 /// `actorblk serve` exports its devices over NBD to real clients: nbdinfo, nbdcopy, qemu-img,
 /// qemu-io and fio's nbd engine, started against a served node (.ci/run installs them).
 /// </summary>
+[Collection(ServeProcessesCollection.Name)]
 public sealed partial class NbdClientsSpec
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(90);

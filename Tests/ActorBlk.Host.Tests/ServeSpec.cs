@@ -12,6 +12,7 @@ namespace ActorBlk.Host.Tests;
 /// `actorblk serve` as a process: a single-node cluster on 127.0.0.1 serving the devices of its
 /// configuration, reached by a second actor system over Akka remoting, stopped by SIGTERM.
 /// </summary>
+[Collection(ServeProcessesCollection.Name)]
 public sealed partial class ServeSpec
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
