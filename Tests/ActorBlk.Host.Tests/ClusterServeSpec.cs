@@ -20,7 +20,7 @@ public sealed partial class ClusterServeSpec
     private static string Config(string devices)
     {
         var path = Path.Combine(Path.GetTempPath(), $"actorblk-cluster-{Guid.NewGuid():N}.conf");
-        File.WriteAllText(path, File.ReadAllText(ServeSpecPaths.RepositoryHocon()) + $$"""
+        File.WriteAllText(path, File.ReadAllText(RepositoryFiles.Hocon()) + $$"""
 
             actorblk.devices = [ {{devices}} ]
             actorblk.topology.source = simulated
@@ -93,21 +93,5 @@ public sealed partial class ClusterServeSpec
 
         Assert.Equal(2, await command.WaitForExitAsync(Within));
         Assert.Contains(message, command.Output);
-    }
-}
-
-/// <summary>Where the repository's files are.</summary>
-internal static class ServeSpecPaths
-{
-    /// <summary>The repository's default hocon.conf.</summary>
-    public static string RepositoryHocon()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
     }
 }

@@ -18,17 +18,6 @@ public sealed partial class NbdClientsSpec
     [GeneratedRegex(@"NBD export listening on (?<endpoint>127\.0\.0\.1:\d+)")]
     private static partial Regex ListeningLine();
 
-    private static string RepositoryHocon()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
-    }
-
     private static bool Installed(params string[] tools) =>
         tools.All(t => (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(':').Any(d => d.Length > 0 && File.Exists(Path.Combine(d, t))));
 
@@ -60,7 +49,7 @@ public sealed partial class NbdClientsSpec
         Skip.IfNot(Installed("nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "fio"), "the NBD clients are not installed (.ci/run installs them)");
         using var dir = new TempDirectory();
         var config = dir.File("node.conf");
-        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryHocon()) + $$"""
+        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryFiles.Hocon()) + $$"""
 
             actorblk.devices = [
               { name = nbd0, driver = "null", size = 64m, memory_backed = on, irqmode = 0, hw_queue_depth = 64 }
@@ -104,7 +93,7 @@ public sealed partial class NbdClientsSpec
     [Fact]
     public async Task A_non_loopback_listen_address_without_tls_is_refused_and_the_error_says_why()
     {
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0", "--nbd-listen", "0.0.0.0:10809");
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "0.0.0.0:10809");
         Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
         Assert.Contains("not a loopback address", node.Output);
         Assert.Contains("allow-insecure", node.Output);
@@ -115,7 +104,7 @@ public sealed partial class NbdClientsSpec
     {
         using var dir = new TempDirectory();
         var config = dir.File("node.conf");
-        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryHocon()) + "\nactorblk.devices = [ { name = nullb0, size = 16m } ]\n");
+        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryFiles.Hocon()) + "\nactorblk.devices = [ { name = nullb0, size = 16m } ]\n");
         await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0", "--nbd-listen", "off");
         await node.WaitForLineAsync(l => l.Contains("NBD export is off", StringComparison.Ordinal), StartTimeout);
         node.Terminate();

@@ -30,17 +30,6 @@ public sealed partial class SecureServeSpec : IDisposable
     [GeneratedRegex(@"Devices are addressable at (?<address>akka\.ssl\.tcp://\S+)/user/actorblk")]
     private static partial Regex AddressLine();
 
-    private static string RepositoryHocon()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
-    }
-
     // A self-signed certificate (PKCS#12), made here and deleted with the directory.
     private string MakeCertificate()
     {
@@ -60,7 +49,7 @@ public sealed partial class SecureServeSpec : IDisposable
     private string Config(string extra)
     {
         var path = Path.Combine(_dir, $"node-{Guid.NewGuid():N}.conf");
-        File.WriteAllText(path, File.ReadAllText(RepositoryHocon()) + $$"""
+        File.WriteAllText(path, File.ReadAllText(RepositoryFiles.Hocon()) + $$"""
 
             actorblk.devices = [ { name = nullb0, driver = "null", size = 64m, memory_backed = on } ]
             actorblk.topology { source = simulated, simulated { cpus = 4 } }

@@ -17,18 +17,6 @@ public sealed partial class ServeSpec
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
 
-    /// <summary>The repository's default hocon.conf (the README's set-up command serves it).</summary>
-    private static string RepositoryHocon()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "ActorBlk.sln")))
-        {
-            dir = dir.Parent;
-        }
-
-        return Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root"), "hocon.conf");
-    }
-
     private static ActorSystem Client() => ActorSystem.Create("client", ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
         akka.actor.provider = remote
@@ -43,7 +31,7 @@ public sealed partial class ServeSpec
     [Fact]
     public async Task Serves_the_default_configuration_over_remoting_and_stops_on_sigterm()
     {
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var guardianPath = AddressLine().Match(line).Groups["address"].Value;
         Assert.Contains("Serving nullb0", node.Output);
@@ -88,7 +76,7 @@ public sealed partial class ServeSpec
     {
         // Issue 5 item 7: `actorblk sysfs` lists, reads and writes the node's attributes and
         // `actorblk hotplug` re-maps its devices, as separate processes over Akka remoting.
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryHocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0");
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var address = AddressLine().Match(line).Groups["address"].Value[..^"/user/actorblk".Length];
 
