@@ -41,9 +41,14 @@ public sealed partial class ClusterServeSpec
             await using var b = ActorBlkProcess.Start("serve", "--config", configB, "--port", "0", "--seed", nodeA);
             var nodeB = AddressLine().Match(await b.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
 
-            // a logs b's devices as they arrive in its registry.
-            await a.WaitForLineAsync(l => l.Contains($"Cluster device nullb1@{nodeB}: live", StringComparison.Ordinal), Within);
-            await a.WaitForLineAsync(l => l.Contains($"Cluster device nullb0@{nodeB}: live", StringComparison.Ordinal), Within);
+            // a logs b's devices as they arrive in its registry, in either order (one gossip
+            // delivers both; the lines are read once, so each is awaited whichever comes first).
+            var pending = new HashSet<string> { $"Cluster device nullb0@{nodeB}: live", $"Cluster device nullb1@{nodeB}: live" };
+            while (pending.Count > 0)
+            {
+                var line = await a.WaitForLineAsync(l => pending.Any(p => l.Contains(p, StringComparison.Ordinal)), Within);
+                pending.RemoveWhere(p => line.Contains(p, StringComparison.Ordinal));
+            }
 
             await using (var list = ActorBlkProcess.Start("devices", "--node", nodeA))
             {
