@@ -93,6 +93,7 @@ public sealed partial class NbdClientsSpec
     [Fact]
     public async Task A_non_loopback_listen_address_without_tls_is_refused_and_the_error_says_why()
     {
+        // serve refuses the address while reading its settings, before remoting or NBD bind anything.
         await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "0.0.0.0:10809");
         Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
         Assert.Contains("not a loopback address", node.Output);

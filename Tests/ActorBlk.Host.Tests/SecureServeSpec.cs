@@ -117,6 +117,7 @@ public sealed partial class SecureServeSpec : IDisposable
     [Fact]
     public async Task A_non_loopback_address_without_tls_is_refused_unless_explicitly_allowed()
     {
+        // serve refuses the address while reading its settings, before remoting binds anything.
         var config = Config("akka.remote.dot-netty.tcp.hostname = \"0.0.0.0\"");
         await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
 

@@ -216,6 +216,7 @@ public sealed class NbdHostileInputSpec
     [Fact]
     public void A_non_loopback_address_without_tls_is_refused_with_the_reason()
     {
+        // Refused by validation before any socket exists: nothing is ever bound to this address.
         var options = new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Any, 0) };
         var ex = Assert.Throws<ArgumentException>(() => NbdServer.Start(new NbdDeviceList([]), options));
         Assert.Contains("not a loopback address", ex.Message, StringComparison.Ordinal);
