@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using Xunit;
+using static ActorBlk.Testing.AllocationMeter;
 
 namespace ActorBlk.Hardware.Tests.Devices;
 
@@ -44,48 +45,5 @@ public sealed class ZeroAllocationSpec
         // or a thread-pool work item elsewhere in the process) does not scale with the I/Os.
         Assert.True(once < 64 * 1024, $"{once} bytes allocated over {Ios} I/Os");
         Assert.True(twice - once < 16 * 1024, $"{once} bytes for {Ios} I/Os but {twice} for {2 * Ios}");
-    }
-
-    private static async Task<long> LeastOf(int runs, Func<Task<long>> measure)
-    {
-        var least = long.MaxValue;
-        for (var i = 0; i < runs; i++)
-        {
-            least = Math.Min(least, await measure());
-        }
-
-        return least;
-    }
-
-    private static async Task<long> Measure(IBlockDevice device, int ios)
-    {
-        var before = GC.GetTotalAllocatedBytes(precise: true);
-        await RunIos(device, ios);
-        return GC.GetTotalAllocatedBytes(precise: true) - before;
-    }
-
-    // Runs on a pool thread without the test framework's synchronization context, with execution
-    // context flow suppressed: the awaits are the application's, not xUnit's.
-    private static Task RunIos(IBlockDevice device, int ios)
-    {
-        using (ExecutionContext.SuppressFlow())
-        {
-            return Task.Run(async () =>
-            {
-                var buffer = new byte[4096];
-                for (var i = 0; i < ios; i++)
-                {
-                    var offset = (i % 4096) * 4096L;
-                    if ((i & 1) == 0)
-                    {
-                        await device.WriteAsync(offset, buffer, cpu: i % 4);
-                    }
-                    else
-                    {
-                        await device.ReadAsync(offset, buffer, cpu: i % 4);
-                    }
-                }
-            });
-        }
     }
 }
