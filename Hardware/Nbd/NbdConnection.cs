@@ -64,6 +64,7 @@ public sealed class NbdConnection
     private byte[] _in = [];
     private int _inStart;
     private int _inEnd;
+    private bool _inputEmpty;
     private int _writing;
     private Stream _stream;
     private PipeReader _reader;
@@ -959,10 +960,23 @@ public sealed class NbdConnection
         {
             while (true)
             {
+                if (_inputEmpty)
+                {
+                    // The last receive left the socket empty (it returned less than asked): wait
+                    // in poll at once instead of finding out with a receive that fails.
+                    _inputEmpty = false;
+                    Uncork();
+                    if (!Poll(fd))
+                    {
+                        return 0;
+                    }
+                }
+
                 var n = LibC.Recv(fd, p, target.Length, LibC.MSG_DONTWAIT);
                 if (n > 0)
                 {
                     Cork();
+                    _inputEmpty = n < target.Length;
                     return (int)n;
                 }
 
@@ -979,14 +993,25 @@ public sealed class NbdConnection
                 if (n == -LibC.EAGAIN)
                 {
                     Uncork();
-                    var polled = LibC.PollOne(fd, LibC.POLLIN);
-                    if (polled < 0 && polled != -LibC.EINTR)
+                    if (!Poll(fd))
                     {
-                        throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
+                        return 0;
                     }
                 }
             }
         }
+    }
+
+    /// <summary>Waits until the socket is readable (or shut down); false after <see cref="Abort"/>.</summary>
+    private bool Poll(int fd)
+    {
+        var polled = LibC.PollOne(fd, LibC.POLLIN);
+        if (polled < 0 && polled != -LibC.EINTR)
+        {
+            throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
+        }
+
+        return !_broken;
     }
 
     private async ValueTask ReadPayloadAsync(Memory<byte> target, CancellationToken ct)
