@@ -46,7 +46,7 @@ public sealed partial class BlockLayer
     /// <summary>No device has that name; <paramref name="Id"/> is the request id of an <see cref="Io"/> (0 otherwise).</summary>
     public sealed record NoSuchDevice(string Name, long Id = 0) : IActorBlkMessage;
 
-    /// <summary>Asks for a device's <see cref="RequestQueue.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
+    /// <summary>Asks for a device's <see cref="RequestQueueProtocol.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
     public sealed record GetDeviceInfo(string Name) : IActorBlkQuery;
 
     /// <summary>Ask for the devices (reply <see cref="DeviceList"/>).</summary>
@@ -64,7 +64,7 @@ public sealed partial class BlockLayer
 
     /// <summary>
     /// An I/O for a device of this node, addressed by name: the cluster's way in. The sender
-    /// receives <see cref="SoftwareContext.Completed"/>, <see cref="SoftwareContext.Rejected"/> or
+    /// receives <see cref="SoftwareContextProtocol.Completed"/>, <see cref="SoftwareContextProtocol.Rejected"/> or
     /// <see cref="NoSuchDevice"/>, each with <paramref name="Id"/>. Every field is checked before
     /// anything is allocated (<c>MessageIo.Check</c>); over remoting a read or write moves at most
     /// one frame of data.

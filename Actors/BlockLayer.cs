@@ -8,8 +8,6 @@ using ActorBlk.Hardware.Topology;
 using Akka;
 using Akka.Actor;
 using Akka.Event;
-using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
-using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
 
 namespace ActorBlk.Actors;
 
@@ -29,8 +27,8 @@ public sealed partial class BlockLayer : IExtension
     public const string GuardianName = "actorblk";
 
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
-    private TopologySnapshot? _currentTopology;
+    private readonly ConcurrentDictionary<RequestQueue, DispatchMode> _modes = new();
+    private CpuTopology? _currentTopology;
     private readonly IActorRef? _registry;
     private string? _nbdEndpoint;
     private long _shutdownDrainTicks;
@@ -135,10 +133,10 @@ public sealed partial class BlockLayer : IExtension
         Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
 
     /// <summary>The CPU topology devices are mapped on at start.</summary>
-    public TopologySnapshot Topology { get; }
+    public CpuTopology Topology { get; }
 
     /// <summary>The CPU topology now: the one the last hotplug event left (the start one before any).</summary>
-    public TopologySnapshot CurrentTopology => Volatile.Read(ref _currentTopology) ?? Topology;
+    public CpuTopology CurrentTopology => Volatile.Read(ref _currentTopology) ?? Topology;
 
     /// <summary>The guardian actor, <c>/user/actorblk</c>.</summary>
     public IActorRef Guardian { get; }
@@ -311,13 +309,13 @@ public sealed partial class BlockLayer : IExtension
     /// resets supervision has seen.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
-    public async Task<RequestQueue.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
+    public async Task<RequestQueueProtocol.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
         var reply = await Guardian.Ask<object>(new GetDeviceInfo(name), TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
         return reply switch
         {
-            RequestQueue.Info info => info,
+            RequestQueueProtocol.Info info => info,
             NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
             _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
         };
@@ -329,11 +327,11 @@ public sealed partial class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The CPU is not present.</exception>
     /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
-    public async Task<CpuTopology.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
+    public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {
         var topology = System.ActorSelection(Guardian.Path / "cpu-topology");
-        object message = online ? new CpuTopology.CpuOnline(cpu) : new CpuTopology.CpuOffline(cpu);
-        return await topology.Ask<CpuTopology.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        object message = online ? new CpuTopologyProtocol.CpuOnline(cpu) : new CpuTopologyProtocol.CpuOffline(cpu);
+        return await topology.Ask<CpuTopologyProtocol.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
@@ -391,9 +389,9 @@ public sealed partial class BlockLayer : IExtension
         }
     }
 
-    internal void PublishTopology(TopologySnapshot topology) => Volatile.Write(ref _currentTopology, topology);
+    internal void PublishTopology(CpuTopology topology) => Volatile.Write(ref _currentTopology, topology);
 
-    internal DispatchMode ModeOf(DataPlaneQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
+    internal DispatchMode ModeOf(RequestQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
 
     internal void Track(BlockDevice device, DispatchMode mode) => _modes[device.Queue] = mode;
 

@@ -4,10 +4,9 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
 using Akka.Actor;
 using Akka.Event;
-using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
-using TagSetState = ActorBlk.Hardware.Tags.TagSet;
 
 namespace ActorBlk.Actors;
 
@@ -34,9 +33,9 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.Register>(HandleRegister);
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);
-        Receive<RequestQueue.Ready>(HandleReady);
+        Receive<RequestQueueProtocol.Ready>(HandleReady);
         Receive<BlockLayer.Destroy>(HandleDestroy);
-        Receive<RequestQueue.Unregistered>(HandleUnregistered);
+        Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
         Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
         Receive<RemoteSurface.AdminRefused>(refused =>
@@ -49,7 +48,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         {
             if (get.Name is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
             {
-                actor.Forward(RequestQueue.GetInfo.Instance);
+                actor.Forward(RequestQueueProtocol.GetInfo.Instance);
             }
             else
             {
@@ -64,7 +63,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     protected override void PreStart()
     {
         _topology = Context.ActorOf(
-            CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
+            CpuTopologyProtocol.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
         _sysfs = Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
         Context.Watch(_topology);
         Context.Watch(_sysfs);
@@ -134,7 +133,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         BlockDevice device;
-        TagSetState set;
+        TagSet set;
         try
         {
             if (driver is null)
@@ -167,7 +166,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             }
 
             // Two-phase initialisation (§10): the generic queue first, then the multi-queue parts.
-            var queue = DataPlaneQueue.Allocate(options.Name, set.Map.Topology, driver.Limits, _layer.Clock);
+            var queue = RequestQueue.Allocate(options.Name, set.Map.Topology, driver.Limits, _layer.Clock);
             queue.InitializeMq(set, driver, options.ToQueueOptions());
             DeviceBuilder.ApplyLimits(options, queue);
             var name = options.Name;
@@ -194,16 +193,16 @@ internal sealed class BlockLayerActor : ReceiveActor
         if (options.SharedTags)
         {
             var shared = _sharedTagSets[options.TagSetName];
-            shared.Actor ??= Context.ActorOf(TagSet.Props(shared.Set), $"shared-{options.TagSetName}-{++_incarnation}");
+            shared.Actor ??= Context.ActorOf(TagSetProtocol.Props(shared.Set), $"shared-{options.TagSetName}-{++_incarnation}");
             entry.TagSetActor = shared.Actor;
         }
         else
         {
-            entry.TagSetActor = Context.ActorOf(TagSet.Props(entry.TagSet!), $"tags-{options.Name}-{++_incarnation}");
+            entry.TagSetActor = Context.ActorOf(TagSetProtocol.Props(entry.TagSet!), $"tags-{options.Name}-{++_incarnation}");
         }
 
         _layer.Track(entry.Device, options.Dispatch);
-        entry.Actor = Context.ActorOf(RequestQueue.Props(entry.Device, entry.TagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
+        entry.Actor = Context.ActorOf(RequestQueueProtocol.Props(entry.Device, entry.TagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
         Context.Watch(entry.Actor);
     }
 
@@ -218,7 +217,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         try
         {
-            var queue = DataPlaneQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
+            var queue = RequestQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
             var name = create.Name;
             var device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
             _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });
@@ -286,7 +285,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             : throw new KeyNotFoundException($"member device '{member}' does not exist or is not registered.");
     }
 
-    private void HandleReady(RequestQueue.Ready ready)
+    private void HandleReady(RequestQueueProtocol.Ready ready)
     {
         if (!_devices.TryGetValue(ready.Name, out var entry))
         {
@@ -335,11 +334,11 @@ internal sealed class BlockLayerActor : ReceiveActor
         entry.Destroyers.Add(Sender);
         if (entry.Destroyers.Count == 1)
         {
-            entry.Actor.Tell(RequestQueue.Unregister.Instance);
+            entry.Actor.Tell(RequestQueueProtocol.Unregister.Instance);
         }
     }
 
-    private void HandleUnregistered(RequestQueue.Unregistered done)
+    private void HandleUnregistered(RequestQueueProtocol.Unregistered done)
     {
         if (!_devices.Remove(done.Name, out var entry))
         {
@@ -391,7 +390,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     {
         if (io.Device is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
         {
-            actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
+            actor.Forward(new RequestQueueProtocol.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
         }
         else
         {
@@ -426,19 +425,19 @@ internal sealed class BlockLayerActor : ReceiveActor
         : new(e.Device.Name, (e.Device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", e.Device.Capacity, e.Device.LogicalBlockSize,
             0, "bio", string.Empty);
 
-    private sealed class SharedTagSet(TagSetState set)
+    private sealed class SharedTagSet(TagSet set)
     {
-        public TagSetState Set { get; } = set;
+        public TagSet Set { get; } = set;
 
         // Created when the first queue of the set registers.
         public IActorRef? Actor { get; set; }
     }
 
-    private sealed class Entry(BlockDevice device, TagSetState? tagSet, DeviceOptions options)
+    private sealed class Entry(BlockDevice device, TagSet? tagSet, DeviceOptions options)
     {
         public BlockDevice Device { get; } = device;
 
-        public TagSetState? TagSet { get; } = tagSet;
+        public TagSet? TagSet { get; } = tagSet;
 
         public DeviceOptions Options { get; } = options;
 
