@@ -67,6 +67,8 @@ public sealed class NbdConnection
     private bool _inputEmpty;
     private int _writing;
     private Stream _stream;
+    private readonly BlockingStream _plain;
+    private int _threadId;
     private PipeReader _reader;
     private PipeWriter _writer;
     private SslStream? _tls;
@@ -86,7 +88,8 @@ public sealed class NbdConnection
         _socket = socket;
         Id = id;
         socket.NoDelay = true;
-        _stream = new NetworkStream(socket, ownsSocket: false);
+        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false));
+        _stream = _plain;
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
         _writer = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
     }
@@ -105,7 +108,22 @@ public sealed class NbdConnection
 
     private NbdServerOptions Options => _server.Options;
 
-    internal void Start() => _ = Task.Run(RunAsync);
+    /// <summary>
+    /// Runs the connection on a thread of its own. Until STARTTLS (if ever) its socket I/O is
+    /// blocking system calls on that thread, so the socket is never registered with .NET's socket
+    /// engine: an arriving request wakes this thread and nothing else (an engine-registered
+    /// socket wakes the engine's thread and a thread-pool worker for every arrival).
+    /// </summary>
+    internal void Start() =>
+        new Thread(() =>
+        {
+            _threadId = Environment.CurrentManagedThreadId;
+            _ = RunAsync();
+        })
+        {
+            IsBackground = true,
+            Name = $"actorblk/nbd{Id}",
+        }.Start();
 
     /// <summary>Closes the socket; requests in flight still complete in the block layer.</summary>
     internal void Abort()
@@ -147,6 +165,8 @@ public sealed class NbdConnection
             bool transmit;
             using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
             {
+                // A blocking receive does not see the token: the timeout shuts the socket down.
+                using var timeout = handshake.Token.UnsafeRegister(static c => ((NbdConnection)c!).Abort(), this);
                 handshake.CancelAfter(Options.HandshakeTimeout);
                 transmit = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
             }
@@ -163,7 +183,12 @@ public sealed class NbdConnection
                 }
 
                 transmitted = true;
-                if (_tls is null && OperatingSystem.IsLinux())
+                if (_tls is null && OperatingSystem.IsLinux() && Environment.CurrentManagedThreadId == _threadId)
+                {
+                    // Still on the connection's thread (every await so far completed at once).
+                    ReadRequestsBlocking();
+                }
+                else if (_tls is null && OperatingSystem.IsLinux())
                 {
                     await ReadOnThreadAsync().ConfigureAwait(false);
                 }
@@ -420,6 +445,10 @@ public sealed class NbdConnection
         // bytes beyond the option: it can be dropped and the pipes rebuilt over the TLS stream.
         await _reader.CompleteAsync().ConfigureAwait(false);
         await _writer.CompleteAsync().ConfigureAwait(false);
+
+        // TLS records are written from completion threads through SslStream: from here on the
+        // socket's I/O is asynchronous (the socket engine's), so a slow client never blocks them.
+        _plain.Blocking = false;
         _tls = new SslStream(_stream, leaveInnerStreamOpen: true);
         await _tls.AuthenticateAsServerAsync(
             new SslServerAuthenticationOptions
@@ -1265,10 +1294,90 @@ public sealed class NbdConnection
     /// <summary>Sends the reply buffer (and a large read's payload after it) in one write, or two.</summary>
     private ValueTask WriteOut()
     {
-        var output = (Stream?)_tls ?? _stream;
         var head = _out.AsMemory(0, _outLength);
         var tail = _outTail;
+        if (_plain.Blocking && OperatingSystem.IsLinux())
+        {
+            return SendRaw(head, tail);
+        }
+
+        var output = (Stream?)_tls ?? _stream;
         return tail.IsEmpty ? output.WriteAsync(head) : WriteWithTailAsync(output, head, tail);
+    }
+
+    /// <summary>
+    /// Sends without blocking (the caller may be a dispatch loop serving other connections); what
+    /// the socket cannot take at once is sent by a thread-pool thread that waits in poll for room.
+    /// </summary>
+    private ValueTask SendRaw(ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
+    {
+        var fd = (int)_socket.SafeHandle.DangerousGetHandle();
+        var sent = TrySend(fd, head.Span);
+        if (sent == head.Length)
+        {
+            var sentTail = tail.IsEmpty ? 0 : TrySend(fd, tail.Span);
+            if (sentTail == tail.Length)
+            {
+                return default;
+            }
+
+            var restTail = tail[sentTail..];
+            return new ValueTask(Task.Run(() => SendBlocking(fd, default, restTail)));
+        }
+
+        var restHead = head[sent..];
+        return new ValueTask(Task.Run(() => SendBlocking(fd, restHead, tail)));
+    }
+
+    private unsafe int TrySend(int fd, ReadOnlySpan<byte> data)
+    {
+        var sent = 0;
+        fixed (byte* p = data)
+        {
+            while (sent < data.Length)
+            {
+                var n = LibC.Send(fd, p + sent, data.Length - sent, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
+                if (n > 0)
+                {
+                    sent += (int)n;
+                }
+                else if (n == -LibC.EAGAIN)
+                {
+                    break;
+                }
+                else if (n != -LibC.EINTR)
+                {
+                    throw new IOException($"NBD connection {Id}: send failed: {LibC.Describe((int)n)}");
+                }
+            }
+        }
+
+        return sent;
+    }
+
+    private void SendBlocking(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
+    {
+        foreach (var part in (ReadOnlyMemory<byte>[])[head, tail])
+        {
+            var rest = part;
+            while (!rest.IsEmpty)
+            {
+                if (_broken)
+                {
+                    throw new IOException($"NBD connection {Id} was closed");
+                }
+
+                rest = rest[TrySend(fd, rest.Span)..];
+                if (!rest.IsEmpty)
+                {
+                    var polled = LibC.PollOne(fd, LibC.POLLOUT);
+                    if (polled < 0 && polled != -LibC.EINTR)
+                    {
+                        throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
+                    }
+                }
+            }
+        }
     }
 
     private static async ValueTask WriteWithTailAsync(Stream output, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
@@ -1504,6 +1613,101 @@ public sealed class NbdConnection
         public ulong Offset { get; }
 
         public uint Length { get; }
+    }
+}
+
+/// <summary>
+/// A socket stream whose asynchronous reads and writes are blocking calls while
+/// <see cref="Blocking"/> is set (the connection's own thread makes them), so the socket is never
+/// registered with .NET's socket engine; cleared, it is the plain asynchronous stream.
+/// </summary>
+internal sealed class BlockingStream(NetworkStream inner) : Stream
+{
+    public bool Blocking { get; set; } = true;
+
+    public override bool CanRead => true;
+
+    public override bool CanWrite => true;
+
+    public override bool CanSeek => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+
+    public override int Read(Span<byte> buffer) => inner.Read(buffer);
+
+    public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
+
+    public override void Write(ReadOnlySpan<byte> buffer) => inner.Write(buffer);
+
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!Blocking)
+        {
+            return inner.ReadAsync(buffer, cancellationToken);
+        }
+
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            return new ValueTask<int>(inner.Read(buffer.Span));
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            return ValueTask.FromException<int>(ex);
+        }
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!Blocking)
+        {
+            return inner.WriteAsync(buffer, cancellationToken);
+        }
+
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            inner.Write(buffer.Span);
+            return default;
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            return ValueTask.FromException(ex);
+        }
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override void Flush()
+    {
+    }
+
+    public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            inner.Dispose();
+        }
+
+        base.Dispose(disposing);
     }
 }
 
