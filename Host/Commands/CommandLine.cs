@@ -69,7 +69,8 @@ internal static class CommandLine
                 errorAction.ShowHelp = false;
             }
 
-            await parse.InvokeAsync(invocation).ConfigureAwait(false);
+            // Suggestions are written to the invocation's output: here they belong with the errors, on stderr.
+            await parse.InvokeAsync(new InvocationConfiguration { Output = error, Error = error, ProcessTerminationTimeout = null }).ConfigureAwait(false);
             await error.WriteLineAsync($"See '{HelpCommandOf(parse)} --help'.").ConfigureAwait(false);
             return UsageError;
         }
