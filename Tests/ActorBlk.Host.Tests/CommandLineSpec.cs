@@ -65,7 +65,7 @@ public sealed class CommandLineSpec
     [InlineData("bench --numjbos 2", "--numjobs")]
     [InlineData("bench --write_lat_lgo=x", "--write_lat_log")]
     [InlineData("benhc --rw=read", "bench")]
-    [InlineData("iostat --nodes 127.0.0.1:4053", "--node")]
+    [InlineData("devices --nodes 127.0.0.1:4053", "--node")]
     public async Task A_misspelt_option_or_command_is_a_usage_error_with_a_suggestion(string args, string suggestion)
     {
         var (code, _, error) = await Run(args.Split(' '));
