@@ -4,14 +4,17 @@ using System.Globalization;
 
 namespace ActorBlk.Host.Commands;
 
-/// <summary>The value of a fio boolean option (see <see cref="CliOptions.Bool"/>).</summary>
-internal enum Toggle
+/// <summary>
+/// An option's value with the word it was given as (or its default's), which <c>--help</c> shows
+/// as the default: <c>randread</c>, <c>4k</c>, <c>1</c> rather than the parsed value's own text.
+/// </summary>
+/// <typeparam name="T">The parsed value's type.</typeparam>
+/// <param name="Text">The word.</param>
+/// <param name="Value">The parsed value.</param>
+internal readonly record struct Word<T>(string Text, T Value)
 {
-    /// <summary>0.</summary>
-    Off,
-
-    /// <summary>1.</summary>
-    On,
+    /// <inheritdoc/>
+    public override string ToString() => Text;
 }
 
 /// <summary>
@@ -90,65 +93,66 @@ internal static class CliOptions
 
     /// <summary>
     /// fio's boolean: <c>--name</c> alone is 1; <c>--name=1</c>, <c>=0</c>, on/off, true/false, yes/no.
-    /// Its type is <see cref="Toggle"/>, not bool: System.CommandLine lets a bool option take only
-    /// true or false as its value, and fio's spelling is 0 or 1.
+    /// Its type is not bool: System.CommandLine lets a bool option take only true or false as its
+    /// value, and fio's spelling is 0 or 1.
     /// </summary>
-    public static Option<Toggle> Bool(string name, bool fallback, string description) => new(name)
+    public static Option<Word<bool>> Bool(string name, bool fallback, string description) => new(name)
     {
         Description = description,
         HelpName = "0|1",
         Arity = ArgumentArity.ZeroOrOne,
-        DefaultValueFactory = _ => fallback ? Toggle.On : Toggle.Off,
+        DefaultValueFactory = _ => Flag(fallback),
         CustomParser = r =>
         {
             if (r.Tokens.Count == 0)
             {
-                return Toggle.On;
+                return Flag(true);
             }
 
             var text = r.Tokens[0].Value;
             switch (text.ToLowerInvariant())
             {
                 case "1" or "on" or "true" or "yes":
-                    return Toggle.On;
+                    return Flag(true);
                 case "0" or "off" or "false" or "no":
-                    return Toggle.Off;
+                    return Flag(false);
                 default:
                     r.AddError($"option {name}: '{text}' is not 0 or 1.");
-                    return fallback ? Toggle.On : Toggle.Off;
+                    return Flag(fallback);
             }
         },
     };
 
-    /// <summary>Whether the <see cref="Bool"/> option <paramref name="option"/> is on.</summary>
-    public static bool IsOn(this ParseResult parse, Option<Toggle> option) => parse.GetValue(option) == Toggle.On;
+    /// <summary>The parsed value of a <see cref="Bool"/>, <see cref="Choice"/> or <see cref="Size"/> option.</summary>
+    public static T ValueOf<T>(this ParseResult parse, Option<Word<T>> option) => parse.GetValue(option).Value;
 
     /// <summary>One of a fixed set of words, each naming a value; the words complete in the shell.</summary>
-    public static Option<T> Choice<T>(string name, T fallback, IReadOnlyList<(string Word, T Value)> choices, string description, params string[] aliases)
+    public static Option<Word<T>> Choice<T>(string name, string fallback, IReadOnlyList<(string Word, T Value)> choices, string description, params string[] aliases)
     {
-        var option = new Option<T>(name, aliases)
+        var fallbackValue = choices.First(c => c.Word == fallback).Value;
+        var option = new Option<Word<T>>(name, aliases)
         {
             Description = description,
             HelpName = string.Join('|', choices.Select(c => c.Word).Distinct()),
-            DefaultValueFactory = _ => fallback,
+            DefaultValueFactory = _ => new(fallback, fallbackValue),
             CustomParser = r =>
             {
                 if (Value(r, name) is not { } text)
                 {
-                    return fallback;
+                    return new(fallback, fallbackValue);
                 }
 
                 foreach (var (word, value) in choices)
                 {
                     if (word == text)
                     {
-                        return value;
+                        return new(word, value);
                     }
                 }
 
                 var words = choices.Select(c => c.Word).Distinct().ToList();
                 r.AddError($"option {name}: '{text}' is not {string.Join(", ", words.Take(words.Count - 1))} or {words[^1]}.");
-                return fallback;
+                return new(fallback, fallbackValue);
             },
         };
         option.CompletionSources.Clear();
@@ -164,24 +168,26 @@ internal static class CliOptions
     };
 
     /// <summary>fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024).</summary>
-    public static Option<long> Size(string name, string fallback, string description) => new(name)
+    public static Option<Word<long>> Size(string name, string fallback, string description) => new(name)
     {
         Description = description,
         HelpName = "SIZE",
-        DefaultValueFactory = _ => Sizes.Parse(name.TrimStart('-'), fallback),
+        DefaultValueFactory = _ => new(fallback, Sizes.Parse(name.TrimStart('-'), fallback)),
         CustomParser = r =>
         {
             try
             {
-                return Value(r, name) is { } text ? Sizes.Parse(name.TrimStart('-'), text) : 0;
+                return Value(r, name) is { } text ? new(text, Sizes.Parse(name.TrimStart('-'), text)) : default;
             }
             catch (UsageException ex)
             {
                 r.AddError(ex.Message);
-                return 0;
+                return default;
             }
         },
     };
+
+    private static Word<bool> Flag(bool on) => new(on ? "1" : "0", on);
 
     /// <summary>fio's time: plain seconds, or a unit suffix (us, ms, s, m, h); null when not given.</summary>
     public static Option<TimeSpan?> Seconds(string name, string description) => new(name)
