@@ -101,7 +101,8 @@ internal static class CliOptions
         Description = description,
         HelpName = "0|1",
         Arity = ArgumentArity.ZeroOrOne,
-        DefaultValueFactory = _ => Flag(fallback),
+        // Given without a value, the option is not parsed but defaulted: the default is then 1.
+        DefaultValueFactory = r => r.Parent is OptionResult { Implicit: false } ? Flag(true) : Flag(fallback),
         CustomParser = r =>
         {
             if (r.Tokens.Count == 0)

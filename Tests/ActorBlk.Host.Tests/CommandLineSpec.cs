@@ -128,6 +128,23 @@ public sealed class CommandLineSpec
     }
 
     [Fact]
+    public void A_boolean_given_alone_is_on_and_takes_0_or_1()
+    {
+        var alone = BenchCommandLine.Parse("--shared-tags", "--io-poll", "--hw-queue-depth=128", "--memory-backed", "--log_offset");
+        Assert.True(alone.SharedTags);
+        Assert.True(alone.IoPoll);
+        Assert.True(alone.MemoryBacked);
+        Assert.True(alone.LogOffset);
+        Assert.Equal(128, alone.HwQueueDepth);
+
+        var valued = BenchCommandLine.Parse("--direct", "0", "--randrepeat=0", "--memory-backed=1", "--fixedbufs", "on");
+        Assert.False(valued.Direct);
+        Assert.False(valued.RandRepeat);
+        Assert.True(valued.MemoryBacked);
+        Assert.True(valued.FixedBuffers);
+    }
+
+    [Fact]
     public void Defaults_are_fios_and_aliases_name_the_same_option()
     {
         var options = BenchCommandLine.Parse();
