@@ -68,6 +68,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
     private bool _checkRequested;
     private CancellationTokenSource? _checkStop;
     private long _userIo;
+    private int _readRotor;
 
     private MirrorTarget(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions options, long dataBytes, long regionBytes, Guid arrayId, TimeProvider time)
         : base(legs, dataBytes)
@@ -572,6 +573,14 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
 
             if (unreadable[i])
             {
+                // Known faulty: start without it. Counted in sync by the newest readable legs: it
+                // may be newer than all of them, so no source can be chosen.
+                if (reference.States[i] == MirrorLegState.InSync)
+                {
+                    throw new MirrorAssemblyException(name, $"leg {legs[i].Name} cannot be read and the newest readable metadata (generation {newest}) counts it in sync: "
+                        + "it may hold newer writes, so no leg is clearly newest.");
+                }
+
                 states[i] = MirrorLegState.Faulty;
                 continue;
             }
@@ -808,11 +817,15 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         }
     }
 
+    // The in-sync leg with the fewest I/Os in flight; ties go round-robin so sequential reads spread too.
     private int PickReadLeg(int tried)
     {
         var best = -1;
-        for (var i = 0; i < _legs.Length; i++)
+        var from = (int)((uint)Interlocked.Increment(ref _readRotor) % (uint)_legs.Length);
+        for (var k = 0; k < _legs.Length; k++)
         {
+            var i = (from + k) % _legs.Length;
+
             // A racy read of one byte: a leg failing meanwhile fails the read, which then goes on.
             if ((tried & (1 << i)) != 0 || _state[i] != MirrorLegState.InSync)
             {
