@@ -744,9 +744,9 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
             }
 
-            status = first == BlockStatus.NotSupported ? BlockStatus.NotSupported
+            status = Volatile.Read(ref _failed) ? BlockStatus.Offline
+                : first == BlockStatus.NotSupported ? BlockStatus.NotSupported
                 : good > 0 ? BlockStatus.Ok
-                : Volatile.Read(ref _failed) ? BlockStatus.Offline
                 : first == BlockStatus.Ok ? BlockStatus.IoError : first;
         }
         catch (Exception)
@@ -813,7 +813,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         finally
         {
             Interlocked.Decrement(ref _userIo);
-            queue.EndBio(bio, Volatile.Read(ref _failed) ? BlockStatus.Offline : status);
+            queue.EndBio(bio, status != BlockStatus.Ok && Volatile.Read(ref _failed) ? BlockStatus.Offline : status);
         }
     }
 
@@ -1151,18 +1151,20 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                     _syncAction = check ? "check" : "recover";
                 }
 
+                var finished = true;
                 if (check)
                 {
                     await CheckPassAsync(_checkStop!.Token).ConfigureAwait(false);
                 }
                 else
                 {
-                    await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
+                    finished = await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
                 }
 
                 lock (_lock)
                 {
-                    if (!_syncAgain && (check || !_state.Any(s => s == MirrorLegState.Rebuilding)))
+                    // A recover that found no leg to copy from stops; a re-add starts it again.
+                    if (!_syncAgain && (check || !finished || !_state.Any(s => s == MirrorLegState.Rebuilding)))
                     {
                         _syncAction = "idle";
                         _syncDone = _syncTotal = 0;
@@ -1183,7 +1185,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
 
     // md's recovery: copy each dirty region from an in-sync leg to the rebuilding legs, a chunk at
     // a time with the chunk held against writes, so no write can land between the read and the copy.
-    private async Task RecoverPassAsync(CancellationToken ct)
+    private async Task<bool> RecoverPassAsync(CancellationToken ct)
     {
         int[] targets;
         var dirty = new List<int>();
@@ -1214,13 +1216,13 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
                 if (targets.Length == 0)
                 {
-                    return;
+                    return true;
                 }
 
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
                 if (!await CopyChunkAsync(targets, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
-                    return;
+                    return false;
                 }
 
                 lock (_lock)
@@ -1257,19 +1259,21 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
 
             if (!done)
             {
-                return;
+                return true;
             }
 
             if (_state.All(s => s == MirrorLegState.InSync))
             {
                 Array.Clear(_bits);
-                BumpPages();
             }
 
+            // Every page, so a leg now in sync holds the whole bitmap: after a restart it may be the one read.
+            BumpPages();
             _generation++;
         }
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
+        return true;
     }
 
     private async Task<bool> CopyChunkAsync(int[] targets, long at, Memory<byte> chunk)
