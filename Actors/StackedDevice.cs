@@ -80,7 +80,15 @@ internal sealed class StackedDeviceActor : ReceiveActor
 
     private RequestQueueProtocol.Info Info() => new(_device.Name, (_device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", _device.Capacity,
         _device.LogicalBlockSize, 0, _device.Queue.Topology.PossibleCount, "bio", string.Empty, _device.Queue.IsRegistered, _device.Queue.IsDying,
-        _device.Queue.Usage.Count, 0, 0, 0, "online");
+        _device.Queue.Usage.Count, 0, 0, 0, Health());
+
+    // A mirror's health in md's words: offline once no leg is in sync, else degraded while a leg is not (recovering while one is copied).
+    private string Health() => _device.Queue.BioDriver switch
+    {
+        MirrorTarget { IsFailed: true } => "offline",
+        MirrorTarget { Degraded: > 0 } m => m.SyncAction == "recover" ? "recovering" : "degraded",
+        _ => "online",
+    };
 
     private sealed record ShutdownDone(int Failed);
 }
