@@ -37,7 +37,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             _unregisterReplyTo = Sender;
             _log.Info("Unregistering {Device}", _device.Name);
-            _device.Queue.ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
+            ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
         });
         Receive<ShutdownDone>(done =>
         {
@@ -59,6 +59,18 @@ internal sealed class StackedDeviceActor : ReceiveActor
         _device.Queue.Register();
         _log.Info("Registered {Device}: {Description}", _device.Name, _device.Queue.BioDriver!.Description);
         Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
+    }
+
+    // Drains the queue; a mirror then stops its resync and writes a clean bitmap while its legs still exist.
+    private async Task<int> ShutdownAsync(TimeSpan drainTimeout)
+    {
+        var failed = await _device.Queue.ShutdownAsync(drainTimeout).ConfigureAwait(false);
+        if (_device.Queue.BioDriver is MirrorTarget mirror)
+        {
+            await mirror.StopAsync().ConfigureAwait(false);
+        }
+
+        return failed;
     }
 
     // dm suspend, table swap, resume: the freeze drains every bio in the old target first.

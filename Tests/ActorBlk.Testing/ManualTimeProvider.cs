@@ -81,18 +81,24 @@ public sealed class ManualTimeProvider : TimeProvider
         }
     }
 
-    /// <summary>Completes when a timer is waiting to fire (at once if one is).</summary>
-    public Task WhenTimerPendingAsync()
+    /// <summary>Completes when at least <paramref name="count"/> timers are waiting to fire (at once if they are).</summary>
+    public async Task WhenTimersPendingAsync(int count = 1)
     {
-        lock (_lock)
+        while (true)
         {
-            if (_timers.Any(t => t.Due is not null))
+            Task next;
+            lock (_lock)
             {
-                return Task.CompletedTask;
+                if (_timers.Count(t => t.Due is not null) >= count)
+                {
+                    return;
+                }
+
+                _pending ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                next = _pending.Task;
             }
 
-            _pending ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            return _pending.Task;
+            await next.ConfigureAwait(false);
         }
     }
 

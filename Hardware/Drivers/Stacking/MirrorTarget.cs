@@ -55,6 +55,8 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
     // The write-intent bitmap: one bit per region, written in 4 KiB pages. A page's version counts
     // its changes; persisted is the version last written to the legs.
     private readonly ulong[] _bits;
+    private readonly ulong[] _touched;
+    private readonly int[] _regionWrites;
     private readonly long[] _pageVersion;
     private readonly long[] _pagePersisted;
 
@@ -86,6 +88,8 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         _inflight = new int[_legs.Length];
         _correctedReads = new long[_legs.Length];
         _bits = new ulong[(Regions + 63) / 64];
+        _touched = new ulong[_bits.Length];
+        _regionWrites = new int[Regions];
         var pages = (int)(((Regions + 7) / 8 + MirrorSuperblock.BitmapPageBytes - 1) / MirrorSuperblock.BitmapPageBytes);
         _pageVersion = new long[pages];
         _pagePersisted = new long[pages];
@@ -407,7 +411,11 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         base.Dispose();
     }
 
-    /// <summary>Stops the background sync and waits for its last chunk (call before the legs go away).</summary>
+    /// <summary>
+    /// Stops the background sync, waits for its last chunk and, when every leg is in sync and no
+    /// write is in flight, clears the bitmap on the legs (md's clean stop), so the next start
+    /// resyncs nothing. Call it after the last I/O and before the legs go away.
+    /// </summary>
     public async Task StopAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);
@@ -418,6 +426,18 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         catch (OperationCanceledException)
         {
         }
+
+        lock (_lock)
+        {
+            if (_failed || _state.Any(s => s != MirrorLegState.InSync))
+            {
+                return;
+            }
+
+            ClearBitsOfIdleRegions();
+        }
+
+        await PersistAsync(superblocks: false).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -655,11 +675,18 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 SetAllBits();
             }
 
-            if (_state.All(s => s == MirrorLegState.InSync))
+            // Every leg in sync yet bits set: the mirror stopped with writes in flight (a crash), so
+            // the legs may differ in those regions. As md's resync after an unclean shutdown, the
+            // first leg is the source and the others are rebuilt for those regions.
+            if (_state.All(s => s == MirrorLegState.InSync) && _bits.Any(w => w != 0))
             {
-                Array.Clear(_bits);
-                BumpPages();
+                for (var i = 1; i < _state.Length; i++)
+                {
+                    _state[i] = MirrorLegState.Rebuilding;
+                }
             }
+
+            BumpPages();
         }
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
@@ -672,6 +699,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         }
 
         KickSync();
+        _ = BitmapDaemonAsync();
     }
 
     // ------------------------------------------------------------------ I/O
@@ -680,6 +708,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
     {
         var status = BlockStatus.IoError;
         RangeGate.Holder? held = null;
+        var marked = false;
         try
         {
             var ranged = bio.Op != BlockOp.Flush;
@@ -688,17 +717,19 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 held = await _gate.EnterWriteAsync(bio.Offset, bio.Offset + bio.Size).ConfigureAwait(false);
             }
 
+            // md's write-intent bitmap: the regions' bits are on the in-sync legs before any leg
+            // sees the write, so after a crash or a leg failure the bitmap covers every range the
+            // legs may disagree on.
+            if (ranged)
+            {
+                marked = true;
+                await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
+            }
+
             MirrorLegState[] atStart;
-            bool degraded;
             lock (_lock)
             {
                 atStart = [.. _state];
-                degraded = _state.Any(s => s != MirrorLegState.InSync);
-            }
-
-            if (ranged && degraded)
-            {
-                await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
             }
 
             // Every leg that is in sync or rebuilding gets the write at once.
@@ -712,7 +743,6 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
             }
 
             var good = 0;
-            var failed = false;
             var first = BlockStatus.Ok;
             for (var i = 0; i < _legs.Length; i++)
             {
@@ -733,15 +763,8 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 else
                 {
                     first = first == BlockStatus.Ok ? s : first;
-                    failed = true;
                     await FailLeg(i).ConfigureAwait(false);
                 }
-            }
-
-            // The legs that missed it are faulty now: the bitmap must say where before the write is acknowledged.
-            if (failed && ranged && !Volatile.Read(ref _failed))
-            {
-                await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
             }
 
             status = Volatile.Read(ref _failed) ? BlockStatus.Offline
@@ -756,6 +779,11 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         }
         finally
         {
+            if (marked)
+            {
+                LeaveRegions(bio.Offset, bio.Size);
+            }
+
             if (held is not null)
             {
                 _gate.Exit(held);
@@ -969,11 +997,11 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         }
     }
 
-    // Sets the bits of [offset, offset + length) and returns once the pages holding them are on every in-sync leg.
+    // Counts a write in its regions, sets their bits and returns once the pages holding them are
+    // on every in-sync leg.
     private Task MarkDirtyAsync(long offset, int length)
     {
-        var first = (int)(offset / RegionBytes);
-        var last = (int)((offset + Math.Max(length, 1) - 1) / RegionBytes);
+        var (first, last) = RegionsOf(offset, length);
         var firstPage = first / (MirrorSuperblock.BitmapPageBytes * 8);
         var lastPage = last / (MirrorSuperblock.BitmapPageBytes * 8);
         var clean = true;
@@ -981,6 +1009,8 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         {
             for (var r = first; r <= last; r++)
             {
+                _regionWrites[r]++;
+                _touched[r >> 6] |= 1UL << (r & 63);
                 if ((_bits[r >> 6] & (1UL << (r & 63))) == 0)
                 {
                     _bits[r >> 6] |= 1UL << (r & 63);
@@ -995,6 +1025,79 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
         }
 
         return clean ? Task.CompletedTask : PersistAsync(superblocks: false);
+    }
+
+    private void LeaveRegions(long offset, int length)
+    {
+        var (first, last) = RegionsOf(offset, length);
+        lock (_lock)
+        {
+            for (var r = first; r <= last; r++)
+            {
+                _regionWrites[r]--;
+            }
+        }
+    }
+
+    private (int First, int Last) RegionsOf(long offset, int length) =>
+        ((int)(offset / RegionBytes), (int)((offset + Math.Max(length, 1) - 1) / RegionBytes));
+
+    // md's bitmap daemon: every interval, with every leg in sync, the bits of regions that had no
+    // write in flight and none since the last pass are cleared and the pages written.
+    private async Task BitmapDaemonAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(Options.BitmapDaemonInterval, _time, _stop.Token).ConfigureAwait(false);
+                await ClearIdleBitsAsync().ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    /// <summary>One pass of the bitmap daemon (md's <c>bitmap_daemon_work</c>).</summary>
+    internal Task ClearIdleBitsAsync()
+    {
+        var changed = false;
+        lock (_lock)
+        {
+            if (!_failed && _state.All(s => s == MirrorLegState.InSync))
+            {
+                for (var r = 0; r < Regions; r++)
+                {
+                    var bit = 1UL << (r & 63);
+                    if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && (_touched[r >> 6] & bit) == 0)
+                    {
+                        _bits[r >> 6] &= ~bit;
+                        _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+                        changed = true;
+                    }
+                }
+            }
+
+            Array.Clear(_touched);
+        }
+
+        return changed ? PersistAsync(superblocks: false) : Task.CompletedTask;
+    }
+
+    // With every leg in sync, the bits of regions no write is in flight on are owed to nobody. Under the lock.
+    private void ClearBitsOfIdleRegions()
+    {
+        for (var r = 0; r < Regions; r++)
+        {
+            var bit = 1UL << (r & 63);
+            if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0)
+            {
+                _bits[r >> 6] &= ~bit;
+            }
+        }
+
+        BumpPages();
     }
 
     // Writes the superblock (when asked) and every changed bitmap page to each leg that is not
@@ -1264,7 +1367,7 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
 
             if (_state.All(s => s == MirrorLegState.InSync))
             {
-                Array.Clear(_bits);
+                ClearBitsOfIdleRegions();
             }
 
             // Every page, so a leg now in sync holds the whole bitmap: after a restart it may be the one read.
@@ -1459,6 +1562,9 @@ public sealed record MirrorOptions
     /// <summary>md's <c>sync_speed_max</c> in KiB/s (200000 by default).</summary>
     public long SyncSpeedMaxKiB { get; init; } = 200_000;
 
+    /// <summary>How often the bitmap daemon clears the bits of idle regions while every leg is in sync (md's <c>daemon_sleep</c>, 5 s).</summary>
+    public TimeSpan BitmapDaemonInterval { get; init; } = TimeSpan.FromSeconds(5);
+
     /// <summary>For a new mirror: the legs are known to be equal (all zero), so no first resync (mdadm <c>--assume-clean</c>).</summary>
     public bool AssumeClean { get; init; }
 
@@ -1469,6 +1575,11 @@ public sealed record MirrorOptions
         if (RegionBytes < MirrorTarget.SyncChunkBytes || (RegionBytes & (RegionBytes - 1)) != 0)
         {
             throw new ArgumentException($"region of {RegionBytes} bytes is not a power of two of at least {MirrorTarget.SyncChunkBytes >> 10} KiB.", nameof(RegionBytes));
+        }
+
+        if (BitmapDaemonInterval <= TimeSpan.Zero)
+        {
+            throw new ArgumentException($"bitmap daemon interval {BitmapDaemonInterval} is not positive.", nameof(BitmapDaemonInterval));
         }
 
         if (SyncSpeedMinKiB <= 0 || SyncSpeedMaxKiB < SyncSpeedMinKiB)

@@ -197,7 +197,6 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         var (b, fb) = Leg("b");
         var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
         var md = Serve(mirror);
-        await md.WriteAsync(0, Stamp(0, 1));
 
         fb.Dead = true;
         // Five regions written while b is away, two blocks in one of them.
@@ -271,6 +270,64 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         await AssertLegsEqual(second);
+    }
+
+    [Fact]
+    public async Task After_a_crash_with_writes_in_flight_the_regions_in_the_bitmap_are_resynced_from_the_first_leg()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var options = Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], options);
+        var md = Serve(first);
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        await md.WriteAsync(5 * Region, Stamp(5, 1));
+        Assert.Equal(2, first.DirtyRegions());
+
+        // The node dies: no clean stop, and a write reached a but not b.
+        first.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (5 * Region), Stamp(5, 2));
+
+        var copiedBefore = fb.DataBytesWritten;
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], options);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        await second.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(2, second.ResyncedRegions);
+        Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(0, second.Degraded);
+        Assert.Equal(0, second.DirtyRegions());
+        await AssertLegsEqual(second);
+    }
+
+    [Fact]
+    public async Task The_bitmap_daemon_clears_a_region_idle_for_a_whole_interval_and_a_clean_stop_leaves_nothing_to_resync()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(), clock);
+        var md = Serve(mirror);
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        await md.WriteAsync(Region, Stamp(1, 1));
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        Assert.Equal(2, mirror.DirtyRegions());
+
+        // Written since the last pass: kept by the first one, cleared by the second.
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        Assert.Equal(2, mirror.DirtyRegions());
+        await md.WriteAsync(3 * Region, Stamp(3, 2));
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        Assert.Equal(1, mirror.DirtyRegions());
+
+        // A clean stop clears the rest on the legs: the next start copies nothing.
+        await mirror.StopAsync();
+        var again = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        Assert.Equal(0, again.Degraded);
+        Assert.Equal(0, again.DirtyRegions());
+        await again.StopAsync();
+        again.Dispose();
     }
 
     [Fact]
@@ -466,9 +523,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(0, fb.ReadErrors);
     }
 
-    // Waits until the sync sleeps on the manual clock, or has finished.
+    // Waits until the sync sleeps on the manual clock beside the bitmap daemon, or has finished.
     private static Task AwaitTimer(ManualTimeProvider clock, MirrorTarget mirror) =>
-        Task.WhenAny(clock.WhenTimerPendingAsync(), mirror.SyncIdle).WaitAsync(Patience);
+        Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
 
     private static async Task WriteSuperblock(IBlockDevice leg, MirrorTarget mirror, int role, long generation, MirrorLegState[] states)
     {
