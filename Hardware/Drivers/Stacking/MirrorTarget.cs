@@ -1336,6 +1336,13 @@ public sealed class MirrorTarget : StackTarget, IAttributeSource
                 await throttle.AfterAsync(length, ct).ConfigureAwait(false);
             }
 
+            // A region counts as copied only if a leg got all of it.
+            targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
+            if (targets.Length == 0)
+            {
+                return true;
+            }
+
             Interlocked.Increment(ref _resyncedRegions);
             lock (_lock)
             {

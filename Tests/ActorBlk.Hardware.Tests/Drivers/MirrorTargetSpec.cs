@@ -331,6 +331,73 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Three_legs_keep_the_bitmap_for_a_leg_still_away_while_another_returns()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], Options());
+        var md = Serve(mirror);
+        fc.Dead = true;
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        fb.Dead = true;
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+        Assert.Equal(2, mirror.Degraded);
+        Assert.Equal(2, mirror.DirtyRegions());
+
+        // b returns: both regions are copied, but c still needs them, so the bits stay.
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(2, mirror.DirtyRegions());
+        await md.WriteAsync(6 * Region, Stamp(6, 1));
+
+        fc.Dead = false;
+        await mirror.ReAddAsync(2);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(0, mirror.Degraded);
+        Assert.Equal(5, mirror.ResyncedRegions);
+        Assert.Equal(0, mirror.DirtyRegions());
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_leg_dying_again_during_its_resync_leaves_the_mirror_degraded_and_a_later_re_add_completes()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        fb.Dead = true;
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // Its superblock and three chunks, then it is gone again.
+        fb.Dead = false;
+        fb.DieAfterWrites(4);
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(1, mirror.Degraded);
+
+        // The three regions it got before it died again are owed to it no more.
+        Assert.Equal(3, mirror.ResyncedRegions);
+        Assert.Equal(5, mirror.DirtyRegions());
+        await md.WriteAsync(9 * Region, Stamp(9, 1));
+
+        fb.DieAfterWrites(long.MaxValue);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(3 + 6, mirror.ResyncedRegions);
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
     public async Task A_new_leg_is_copied_whole()
     {
         var (a, _) = Leg("a");
