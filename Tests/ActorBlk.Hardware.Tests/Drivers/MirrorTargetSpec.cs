@@ -191,6 +191,67 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Writes_and_reads_during_the_resync_of_a_returning_leg_end_once_each_and_the_copy_never_overwrites_them()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 100_000, SyncSpeedMaxKiB = 100_000 });
+        var md = Serve(mirror);
+        var blocks = (int)(md.Capacity / Block);
+        var acknowledged = new int[blocks];
+        var errors = 0;
+        var version = 0;
+
+        async Task Load(int writers, int writesEach)
+        {
+            var round = Interlocked.Increment(ref version) * 1000;
+            await Task.WhenAll(Enumerable.Range(0, writers).Select(w => Task.Run(async () =>
+            {
+                var random = new Random(round + w);
+                var back = new byte[Block];
+                for (var n = 1; n <= writesEach; n++)
+                {
+                    var block = (random.Next(blocks / writers) * writers) + w;
+                    try
+                    {
+                        await md.WriteAsync((long)block * Block, Stamp(block, round + n));
+                        acknowledged[block] = round + n;
+                        await md.ReadAsync((long)random.Next(blocks) * Block, back);
+                    }
+                    catch (BlockIoException)
+                    {
+                        Interlocked.Increment(ref errors);
+                    }
+                }
+            }))).WaitAsync(Patience);
+        }
+
+        // b dies under load, comes back, and is resynced while the load goes on.
+        fb.DieAfterWrites(100);
+        await Load(4, 100);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        fb.DieAfterWrites(long.MaxValue);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await Load(4, 150);
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(0, errors);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                Assert.Equal(Stamp(block, acknowledged[block]), await ReadRaw(b, (long)block * Block, Block));
+            }
+        }
+
+        await AssertLegsEqual(mirror);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    [Fact]
     public async Task A_returning_leg_is_resynced_for_the_dirty_regions_only_and_then_the_legs_match_block_for_block()
     {
         var (a, _) = Leg("a");
