@@ -23,6 +23,7 @@ public sealed partial class MirrorTarget
                 return;
             }
 
+            _syncAction = "recover";
             _sync = Task.Run(SyncLoopAsync);
         }
     }

@@ -295,6 +295,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             _checkRequested = true;
             _checkStop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            _syncAction = "check";
             _sync = Task.Run(SyncLoopAsync);
             return _sync;
         }
