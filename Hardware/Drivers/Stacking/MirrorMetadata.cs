@@ -36,7 +36,7 @@ public sealed class MirrorAssemblyException : BlockDeviceException
 /// </summary>
 /// <remarks>
 /// Superblock layout, little-endian: magic "ABLKMIR1" (8), version (4), role (4), legs (4),
-/// reserved (4), array id (16), generation (8), data offset (8), data bytes (8), region bytes (8),
+/// flags (4: bit 0 clean, set by an orderly stop), array id (16), generation (8), data offset (8), data bytes (8), region bytes (8),
 /// then per role (3 slots of 16 bytes from byte 72): state (1), padding (7), last generation the
 /// role was known in sync (8); an FNV-1a 64 checksum of bytes 0..4087 at byte 4088.
 /// </remarks>
@@ -71,6 +71,9 @@ internal sealed class MirrorSuperblock
 
     public int Legs { get; init; }
 
+    /// <summary>Written by an orderly stop with no write in flight; a start without it follows a crash.</summary>
+    public bool Clean { get; init; }
+
     public long Generation { get; init; }
 
     public long DataBytes { get; init; }
@@ -91,6 +94,7 @@ internal sealed class MirrorSuperblock
         BinaryPrimitives.WriteInt32LittleEndian(block[8..], Version);
         BinaryPrimitives.WriteInt32LittleEndian(block[12..], Role);
         BinaryPrimitives.WriteInt32LittleEndian(block[16..], Legs);
+        BinaryPrimitives.WriteInt32LittleEndian(block[20..], Clean ? 1 : 0);
         ArrayId.TryWriteBytes(block[24..40]);
         BinaryPrimitives.WriteInt64LittleEndian(block[40..], Generation);
         BinaryPrimitives.WriteInt64LittleEndian(block[48..], DataOffset);
@@ -134,6 +138,7 @@ internal sealed class MirrorSuperblock
         {
             Role = role,
             Legs = legs,
+            Clean = (BinaryPrimitives.ReadInt32LittleEndian(block[20..]) & 1) != 0,
             ArrayId = new Guid(block[24..40]),
             Generation = BinaryPrimitives.ReadInt64LittleEndian(block[40..]),
             DataBytes = BinaryPrimitives.ReadInt64LittleEndian(block[56..]),

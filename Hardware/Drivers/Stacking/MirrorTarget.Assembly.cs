@@ -217,14 +217,15 @@ public sealed partial class MirrorTarget
                 SetAllBits();
             }
 
-            // Every leg in sync yet bits set: the mirror stopped with writes in flight (a crash), so
-            // the legs may differ in those regions. As md's resync after an unclean shutdown, the
-            // first leg is the source and the others are rebuilt for those regions.
-            if (_state.All(s => s == MirrorLegState.InSync) && _bits.Any(w => w != 0))
+            // No clean stop and bits set: the mirror stopped with writes in flight (a crash), so the
+            // in-sync legs may differ in those regions. As md's resync after an unclean shutdown, the
+            // first in-sync leg is the source and the other in-sync legs are rebuilt for them.
+            if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0))
             {
-                for (var i = 1; i < _state.Length; i++)
+                var source = Array.IndexOf(_state, MirrorLegState.InSync);
+                for (var i = source + 1; i < _state.Length; i++)
                 {
-                    _state[i] = MirrorLegState.Rebuilding;
+                    _state[i] = _state[i] == MirrorLegState.InSync ? MirrorLegState.Rebuilding : _state[i];
                 }
             }
 

@@ -172,6 +172,7 @@ public sealed partial class MirrorTarget
         try
         {
             MirrorLegState[] states;
+            bool clean;
             long generation;
             long[] last;
             var dirtyPages = new List<(int Page, long Version, byte[] Bytes)>();
@@ -184,6 +185,7 @@ public sealed partial class MirrorTarget
                 }
 
                 states = [.. _state];
+                clean = _clean;
                 generation = _generation;
                 last = [.. _lastInSync];
                 for (var p = 0; p < _pageVersion.Length; p++)
@@ -233,6 +235,7 @@ public sealed partial class MirrorTarget
                         ArrayId = _arrayId,
                         Role = i,
                         Legs = _legs.Length,
+                        Clean = clean,
                         Generation = generation,
                         DataBytes = DataBytes,
                         RegionBytes = RegionBytes,

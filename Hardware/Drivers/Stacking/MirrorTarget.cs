@@ -51,6 +51,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private long _generation;
     private long _persistedGeneration = -1;
     private bool _failed;
+    private bool _clean;
 
     // The write-intent bitmap: one bit per region, written in 4 KiB pages. A page's version counts
     // its changes; persisted is the version last written to the legs.
@@ -324,7 +325,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     {
         ArgumentNullException.ThrowIfNull(queue);
         ArgumentNullException.ThrowIfNull(bio);
-        if (Volatile.Read(ref _failed))
+        // A failed mirror, or one stopped (md's stopped array), takes no more I/O.
+        if (Volatile.Read(ref _failed) || _stop.IsCancellationRequested)
         {
             queue.EndBio(bio, BlockStatus.Offline);
             return;
@@ -347,9 +349,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     }
 
     /// <summary>
-    /// Stops the background sync, waits for its last chunk and, when every leg is in sync and no
-    /// write is in flight, clears the bitmap on the legs (md's clean stop), so the next start
-    /// resyncs nothing. Call it after the last I/O and before the legs go away.
+    /// Stops the background sync, waits for its last chunk, clears the bitmap when every leg is in
+    /// sync, and marks the superblocks clean when no write is in flight (md's clean stop), so the
+    /// next start resyncs nothing it need not. Call it after the last I/O and before the legs go
+    /// away; I/O submitted after it (or after <see cref="StackTarget.Dispose"/>) ends with Offline.
     /// </summary>
     public async Task StopAsync()
     {
@@ -364,15 +367,22 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
         lock (_lock)
         {
-            if (_failed || _state.Any(s => s != MirrorLegState.InSync))
+            if (_failed)
             {
                 return;
             }
 
-            ClearBitsOfIdleRegions();
+            if (_state.All(s => s == MirrorLegState.InSync))
+            {
+                ClearBitsOfIdleRegions();
+            }
+
+            // Clean only with no write in flight: then the in-sync legs hold the same data.
+            _clean = _regionWrites.All(w => w == 0);
+            _generation++;
         }
 
-        await PersistAsync(superblocks: false).ConfigureAwait(false);
+        await PersistAsync(superblocks: true).ConfigureAwait(false);
     }
 
     // ------------------------------------------------------------------ I/O

@@ -364,6 +364,43 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_degraded_mirror_rebuilds_its_second_in_sync_leg_after_a_crash_but_not_after_a_clean_stop()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, fc) = Leg("c");
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], Options());
+        var md = Serve(first);
+        fc.Dead = true;
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+        await md.WriteAsync(6 * Region, Stamp(6, 1));
+
+        // A clean stop: b is as good as a, only c is behind.
+        await first.StopAsync();
+        fc.Dead = false;
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(2));
+        await second.FailLegAsync(2);
+        var md2 = Serve(second, "md1");
+        await md2.WriteAsync(6 * Region, Stamp(6, 2));
+
+        // A crash with c still away, and a write that reached a only: b is rebuilt too.
+        second.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (6 * Region), Stamp(6, 3));
+        var third = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        Assert.Equal(MirrorLegState.InSync, third.LegState(0));
+        Assert.Equal(MirrorLegState.Rebuilding, third.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, third.LegState(2));
+        await PumpUntilIdle(clock, third);
+        Assert.Equal(0, third.Degraded);
+        await AssertLegsEqual(third);
+        Assert.Equal(Stamp(6, 3), await ReadRaw(c, 6 * Region, Block));
+    }
+
+    [Fact]
     public async Task The_bitmap_daemon_clears_a_region_idle_for_a_whole_interval_and_a_clean_stop_leaves_nothing_to_resync()
     {
         var (a, _) = Leg("a");
