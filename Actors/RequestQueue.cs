@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Event;
 
@@ -170,7 +171,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
         StartDrivers();
-        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContextProtocol.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
+        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(OnCpu(SoftwareContextProtocol.Props(ctx, _device), ctx.Cpu), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
             .Select(h => Context.ActorOf(HardwareQueue.Props(h, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
             .ToArray();
@@ -351,13 +352,22 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _driverAlive = new bool[_drivers.Length];
         for (var i = 0; i < _drivers.Length; i++)
         {
-            _drivers[i] = Context.Watch(Context.ActorOf(DeviceDriver.Props(_queue, i, blocking), $"driver-{i}"));
+            var props = DeviceDriver.Props(_queue, i, blocking);
+            _drivers[i] = Context.Watch(Context.ActorOf(blocking ? props : OnCpu(props, _queue.HardwareContexts[i].HomeCpu), $"driver-{i}"));
             _driverAlive[i] = true;
         }
 
         _stoppingDrivers = false;
         _goneDecided = false;
     }
+
+    // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher);
+    // ring dispatch leaves them on the default dispatcher.
+    private Props OnCpu(Props props, int cpu) =>
+        _layer.ModeOf(_queue) == DispatchMode.Mailbox && _layer.Settings.MailboxDispatcher
+            ? props.WithDispatcher(MailboxDispatcherConfigurator.For(Context.System, cpu, !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
+                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput))
+            : props;
 
     private void StopDrivers()
     {
