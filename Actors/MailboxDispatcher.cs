@@ -62,6 +62,9 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         Throughput = throughput;
     }
 
+    /// <summary>True on this dispatcher's thread (within a turn of one of its actors).</summary>
+    public bool IsCurrentThread => t_current == this;
+
     /// <summary>Times the thread went to sleep (for tests and diagnostics).</summary>
     public long Parks { get; private set; }
 

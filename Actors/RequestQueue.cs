@@ -177,7 +177,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             .ToArray();
 
         // Mailbox dispatch: each hardware queue's driver actor is its dispatcher.
-        _mailbox = mailbox ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout) : null;
+        _mailbox = mailbox
+            ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout, _queue.SoftwareContexts.Select(ctx => ThreadOf(ctx.Cpu)).ToArray())
+            : null;
         IQueueRuntime runtime = _mailbox ?? (IQueueRuntime)new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
         _queue.Events = new QueueEvents(Self);
         _queue.Start(runtime);
@@ -361,13 +363,17 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _goneDecided = false;
     }
 
-    // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher);
-    // ring dispatch leaves them on the default dispatcher.
-    private Props OnCpu(Props props, int cpu) =>
+    // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher,
+    // actorblk.mailbox.dispatcher = per-cpu); ring dispatch leaves them on the default dispatcher.
+    private string? MailboxDispatcherId(int cpu) =>
         _layer.ModeOf(_queue) == DispatchMode.Mailbox && _layer.Settings.MailboxDispatcher
-            ? props.WithDispatcher(MailboxDispatcherConfigurator.For(Context.System, cpu, !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
-                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput))
-            : props;
+            ? MailboxDispatcherConfigurator.For(Context.System, cpu, !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
+                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput)
+            : null;
+
+    private Props OnCpu(Props props, int cpu) => MailboxDispatcherId(cpu) is { } id ? props.WithDispatcher(id) : props;
+
+    private MailboxDispatcher? ThreadOf(int cpu) => MailboxDispatcherId(cpu) is { } id ? Context.System.Dispatchers.Lookup(id) as MailboxDispatcher : null;
 
     private void StopDrivers()
     {
