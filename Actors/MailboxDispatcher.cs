@@ -68,6 +68,15 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     /// <summary>Times the thread went to sleep (for tests and diagnostics).</summary>
     public long Parks { get; private set; }
 
+    /// <summary>
+    /// Bios whose submission path ran at once on this thread instead of as a message to their
+    /// context actor (<see cref="MailboxRuntime.Submit"/>). Written by this thread only.
+    /// </summary>
+    public long InlineSubmissions { get; internal set; }
+
+    /// <summary>True while a thread serves the dispatcher.</summary>
+    public bool IsRunning => Volatile.Read(ref _running) != 0;
+
     /// <summary>Threads started so far (the first message, and again after each shutdown).</summary>
     public int ThreadsStarted => Volatile.Read(ref _threadsStarted);
 

@@ -67,6 +67,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         }
 
         t_inline = 1;
+        thread.InlineSubmissions++;
         try
         {
             using var bind = CurrentCpu.Bind(cpu);
