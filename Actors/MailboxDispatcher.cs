@@ -145,7 +145,16 @@ internal sealed class MailboxDispatcher : MessageDispatcher
             {
                 while (_queue.TryDequeue(out var run))
                 {
-                    run.Run();
+                    try
+                    {
+                        run.Run();
+                    }
+                    catch (Exception ex)
+                    {
+                        // Akka handles an actor's failure within the mailbox's run; anything that
+                        // still escapes is reported, and must not end the thread the CPU's actors need.
+                        ReportFailure(ex);
+                    }
                 }
 
                 if (_stopping)
