@@ -148,6 +148,7 @@ public sealed record ActorBlkSettings(
                 "default" => false,
                 var other => throw new ConfigurationException($"actorblk.mailbox.dispatcher: '{other}' is not 'per-cpu' or 'default'."),
             },
+            MailboxPin = c.GetBoolean("mailbox.pin", true),
             MailboxSpin = mailboxSpin >= 0
                 ? TimeSpan.FromMicroseconds(mailboxSpin)
                 : throw new ConfigurationException($"actorblk.mailbox.spin-microseconds: {mailboxSpin} is negative."),
@@ -163,6 +164,13 @@ public sealed record ActorBlkSettings(
     /// default); false leaves them on Akka's default dispatcher (<c>default</c>).
     /// </summary>
     public bool MailboxDispatcher { get; init; } = true;
+
+    /// <summary>
+    /// Pin each per-CPU mailbox thread to its CPU when the topology is read from the system
+    /// (<c>mailbox.pin</c>, on by default); off lets the scheduler move it, which a machine shared
+    /// with other busy processes may prefer.
+    /// </summary>
+    public bool MailboxPin { get; init; } = true;
 
     /// <summary>How long an idle per-CPU mailbox thread spins before it parks (<c>mailbox.spin-microseconds</c>).</summary>
     public TimeSpan MailboxSpin { get; init; } = TimeSpan.FromMicroseconds(20);

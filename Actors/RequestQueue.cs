@@ -367,7 +367,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     // actorblk.mailbox.dispatcher = per-cpu); ring dispatch leaves them on the default dispatcher.
     private string? MailboxDispatcherId(int cpu) =>
         _layer.ModeOf(_queue) == DispatchMode.Mailbox && _layer.Settings.MailboxDispatcher
-            ? MailboxDispatcherConfigurator.For(Context.System, cpu, !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
+            ? MailboxDispatcherConfigurator.For(Context.System, cpu, _layer.Settings.MailboxPin && !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
                 _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput)
             : null;
 
