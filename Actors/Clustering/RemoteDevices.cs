@@ -235,6 +235,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 SubmitQueues = connections,
                 Connections = 1,
                 PollQueues = 0,
+                // An nbd device's default (30 s, as the kernel's), not the null device's 5 s.
+                IoTimeoutMs = template.IoTimeoutMs > 0 ? template.IoTimeoutMs : ActorBlk.Hardware.Tags.TagSet.DefaultTimeoutMs,
                 IoPoll = false,
                 SharedTags = false,
                 MemoryBacked = false,
