@@ -280,8 +280,15 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 return;
             }
 
-            // Reconnecting failed: the old (offline) queue stays, and the next check tries again.
-            _log.Warning("Reconnecting {0} failed: {1}; trying again", built.Entry.Id, error.Message);
+            // Reconnecting failed: the old (offline) queue stays, and the next periodic check
+            // (not this one: that would retry in a tight loop) tries again.
+            _log.Warning("Reconnecting {0} failed: {1}; trying again in {2} ms", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
+            if (slot.Closing)
+            {
+                Release(slot);
+            }
+
+            return;
         }
         else if (slot.Target is { } target)
         {
