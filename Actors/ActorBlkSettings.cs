@@ -2,7 +2,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Configuration;
-using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
 
 namespace ActorBlk.Actors;
 
@@ -137,7 +136,7 @@ public sealed record ActorBlkSettings(
                 MaxReopens = c.GetInt("supervision.max-reopens", SupervisionSettings.Default.MaxReopens),
             }.Validated(),
             StackedDevices = stacked,
-            SysfsRoot = c.GetString("topology.sysfs-root", TopologySnapshot.DefaultSysfsRoot),
+            SysfsRoot = c.GetString("topology.sysfs-root", CpuTopology.DefaultSysfsRoot),
             WatchInterval = watch >= TimeSpan.Zero
                 ? watch
                 : throw new ConfigurationException($"actorblk.topology.watch-interval: {watch} is negative."),
@@ -154,7 +153,7 @@ public sealed record ActorBlkSettings(
     public IReadOnlyList<StackedDeviceOptions> StackedDevices { get; init; } = [];
 
     /// <summary>The sysfs CPU directory a <c>system</c> topology is read from (<c>topology.sysfs-root</c>).</summary>
-    public string SysfsRoot { get; init; } = TopologySnapshot.DefaultSysfsRoot;
+    public string SysfsRoot { get; init; } = CpuTopology.DefaultSysfsRoot;
 
     /// <summary>
     /// How often the topology actor reads <c>online</c> under <see cref="SysfsRoot"/> to notice CPU
@@ -170,16 +169,16 @@ public sealed record ActorBlkSettings(
             : null;
 
     /// <summary>The CPU topology these settings describe.</summary>
-    public TopologySnapshot BuildTopology()
+    public CpuTopology BuildTopology()
     {
         if (TopologySource == "system" && Directory.Exists(SysfsRoot))
         {
-            return TopologySnapshot.FromSysfs(SysfsRoot);
+            return CpuTopology.FromSysfs(SysfsRoot);
         }
 
         var cpus = TopologySource == "system" ? Environment.ProcessorCount : SimulatedCpus;
-        var all = TopologySnapshot.Simulated(cpus, TopologySource == "system" ? 1 : SimulatedSockets, TopologySource == "system" ? 1 : SimulatedThreadsPerCore);
-        return SimulatedOnline.IsEmpty ? all : TopologySnapshot.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
+        var all = CpuTopology.Simulated(cpus, TopologySource == "system" ? 1 : SimulatedSockets, TopologySource == "system" ? 1 : SimulatedThreadsPerCore);
+        return SimulatedOnline.IsEmpty ? all : CpuTopology.Simulated(cpus, SimulatedSockets, SimulatedThreadsPerCore, online: SimulatedOnline);
     }
 }
 

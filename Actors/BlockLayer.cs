@@ -1,19 +1,13 @@
 using System.Collections.Concurrent;
 using ActorBlk.Actors.Clustering;
-using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
-using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Hardware.Topology;
 using Akka;
 using Akka.Actor;
 using Akka.Event;
-using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
-using TagSetState = ActorBlk.Hardware.Tags.TagSet;
-using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
 
 namespace ActorBlk.Actors;
 
@@ -27,14 +21,14 @@ namespace ActorBlk.Actors;
 /// Akka.Hosting application. Devices are destroyed (drained) when the actor system shuts down
 /// through CoordinatedShutdown.
 /// </remarks>
-public sealed class BlockLayer : IExtension
+public sealed partial class BlockLayer : IExtension
 {
     /// <summary>The guardian's name under <c>/user</c>.</summary>
     public const string GuardianName = "actorblk";
 
     private readonly ConcurrentDictionary<string, BlockDevice> _devices = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<DataPlaneQueue, DispatchMode> _modes = new();
-    private TopologySnapshot? _currentTopology;
+    private readonly ConcurrentDictionary<RequestQueue, DispatchMode> _modes = new();
+    private CpuTopology? _currentTopology;
     private readonly IActorRef? _registry;
     private readonly DeviceOpener _opener;
     private string? _nbdEndpoint;
@@ -168,10 +162,10 @@ public sealed class BlockLayer : IExtension
         Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
 
     /// <summary>The CPU topology devices are mapped on at start.</summary>
-    public TopologySnapshot Topology { get; }
+    public CpuTopology Topology { get; }
 
     /// <summary>The CPU topology now: the one the last hotplug event left (the start one before any).</summary>
-    public TopologySnapshot CurrentTopology => Volatile.Read(ref _currentTopology) ?? Topology;
+    public CpuTopology CurrentTopology => Volatile.Read(ref _currentTopology) ?? Topology;
 
     /// <summary>The guardian actor, <c>/user/actorblk</c>.</summary>
     public IActorRef Guardian { get; }
@@ -330,7 +324,6 @@ public sealed class BlockLayer : IExtension
             throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
         }
 
-
         return reply switch
         {
             Destroyed d => d.FailedRequests,
@@ -345,13 +338,13 @@ public sealed class BlockLayer : IExtension
     /// resets supervision has seen.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
-    public async Task<RequestQueue.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
+    public async Task<RequestQueueProtocol.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
         var reply = await Guardian.Ask<object>(new GetDeviceInfo(name), TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
         return reply switch
         {
-            RequestQueue.Info info => info,
+            RequestQueueProtocol.Info info => info,
             NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
             _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
         };
@@ -363,88 +356,11 @@ public sealed class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The CPU is not present.</exception>
     /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
-    public async Task<CpuTopology.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
+    public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {
         var topology = System.ActorSelection(Guardian.Path / "cpu-topology");
-        object message = online ? new CpuTopology.CpuOnline(cpu) : new CpuTopology.CpuOffline(cpu);
-        return await topology.Ask<CpuTopology.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
-    }
-
-    /// <summary>
-    /// The attribute paths of every registered device that start with <paramref name="prefix"/>
-    /// (<c>block/nullb0/queue/</c>, <c>kernel/debug/block/</c>, or empty for all), sorted.
-    /// </summary>
-    public IReadOnlyList<string> ListAttributes(string prefix = "")
-    {
-        ArgumentNullException.ThrowIfNull(prefix);
-        var p = Normalize(prefix);
-        return CpuAttributes.List(CurrentTopology).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
-            .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
-    }
-
-    /// <summary>
-    /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
-    /// <c>devices/system/cpu/online</c> ...
-    /// </summary>
-    /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
-    public string ReadAttribute(string path)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        var p = Normalize(path);
-        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
-    }
-
-    /// <summary>
-    /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
-    /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
-    /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value) or EBUSY (the last online CPU); nothing changed.</exception>
-    public async ValueTask WriteAttributeAsync(string path, string value)
-    {
-        ArgumentNullException.ThrowIfNull(path);
-        ArgumentNullException.ThrowIfNull(value);
-        var p = Normalize(path);
-        if (!CpuAttributes.Owns(p))
-        {
-            await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
-            return;
-        }
-
-        var (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
-        try
-        {
-            await SetCpuOnlineAsync(cpu, online).ConfigureAwait(false);
-        }
-        catch (InvalidOperationException ex)
-        {
-            throw new AttributeException(p, AttributeErrno.EBUSY, ex.Message);
-        }
-        catch (ArgumentOutOfRangeException ex)
-        {
-            throw new AttributeException(p, AttributeErrno.ENOENT, ex.Message.Split(" (Parameter")[0]);
-        }
-    }
-
-    // "/sys/block/nullb0/queue/x", "block/nullb0/queue/x" and "kernel/debug/block/nullb0/..." name the device in the path.
-    // The path is already normalised by the caller.
-    private QueueAttributes AttributesOf(string path)
-    {
-        var parts = path.Split('/');
-        var device = parts switch
-        {
-            ["block", var name, ..] => name,
-            ["kernel", "debug", "block", var name, ..] => name,
-            _ => null,
-        };
-        return device is not null && _devices.TryGetValue(device, out var d)
-            ? d.Attributes
-            : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
-    }
-
-    private static string Normalize(string path)
-    {
-        var p = path.Trim().Trim('/');
-        return p.StartsWith("sys/", StringComparison.Ordinal) ? p[4..] : p == "sys" ? string.Empty : p;
+        object message = online ? new CpuTopologyProtocol.CpuOnline(cpu) : new CpuTopologyProtocol.CpuOffline(cpu);
+        return await topology.Ask<CpuTopologyProtocol.TopologyChanged>(message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
@@ -502,9 +418,9 @@ public sealed class BlockLayer : IExtension
         }
     }
 
-    internal void PublishTopology(TopologySnapshot topology) => Volatile.Write(ref _currentTopology, topology);
+    internal void PublishTopology(CpuTopology topology) => Volatile.Write(ref _currentTopology, topology);
 
-    internal DispatchMode ModeOf(DataPlaneQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
+    internal DispatchMode ModeOf(RequestQueue queue) => _modes.TryGetValue(queue, out var mode) ? mode : DispatchMode.Ring;
 
     internal void Track(BlockDevice device, DispatchMode mode) => _modes[device.Queue] = mode;
 
@@ -563,68 +479,6 @@ public sealed class BlockLayer : IExtension
             left = [.. busy];
         }
     }
-
-    internal sealed record AllDeviceNames : INoSerializationVerificationNeeded
-    {
-        public static readonly AllDeviceNames Instance = new();
-    }
-
-    // ------------------------------------------------------------------ guardian protocol
-
-    /// <summary>Create a device, on <paramref name="Driver"/> when given (reply <see cref="Created"/>, or a failure). Local only.</summary>
-    public sealed record Create(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
-
-    /// <summary>The device exists and serves I/O. Local only.</summary>
-    public sealed record Created(BlockDevice Device) : INoSerializationVerificationNeeded;
-
-    /// <summary>Allocate a device without registering it (reply <see cref="Created"/>, or a failure). Local only.</summary>
-    public sealed record Allocate(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
-
-    /// <summary>Register an allocated device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
-    public sealed record Register(string Name) : INoSerializationVerificationNeeded;
-
-    /// <summary>Create a stacked device's placeholder (reply <see cref="Created"/>). Local only.</summary>
-    public sealed record CreateStacked(string Name) : INoSerializationVerificationNeeded;
-
-    /// <summary>Load a table into a stacked device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
-    public sealed record LoadTable(string Name, StackTable Table) : INoSerializationVerificationNeeded;
-
-    /// <summary>The device cannot be destroyed: <paramref name="Holder"/> is built on it.</summary>
-    public sealed record DeviceBusy(string Name, string Holder) : IActorBlkMessage;
-
-    /// <summary>Destroy a device (reply <see cref="Destroyed"/> or <see cref="NoSuchDevice"/>).</summary>
-    public sealed record Destroy(string Name) : IActorBlkMessage;
-
-    /// <summary>The device is gone.</summary>
-    public sealed record Destroyed(string Name, int FailedRequests) : IActorBlkMessage;
-
-    /// <summary>No device has that name; <paramref name="Id"/> is the request id of an <see cref="Io"/> (0 otherwise).</summary>
-    public sealed record NoSuchDevice(string Name, long Id = 0) : IActorBlkMessage;
-
-    /// <summary>Asks for a device's <see cref="RequestQueue.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
-    public sealed record GetDeviceInfo(string Name) : IActorBlkQuery;
-
-    /// <summary>Ask for the devices (reply <see cref="DeviceList"/>).</summary>
-    public sealed record ListDevices : IActorBlkQuery
-    {
-        /// <summary>The instance.</summary>
-        public static readonly ListDevices Instance = new();
-    }
-
-    /// <summary>The devices of this node.</summary>
-    public sealed record DeviceList(DeviceSummary[] Devices) : IActorBlkMessage;
-
-    /// <summary>One device.</summary>
-    public sealed record DeviceSummary(string Name, string Driver, long Capacity, int LogicalBlockSize, int HardwareQueues, string Dispatch, string TagSet) : IActorBlkMessage;
-
-    /// <summary>
-    /// An I/O for a device of this node, addressed by name: the cluster's way in. The sender
-    /// receives <see cref="SoftwareContext.Completed"/>, <see cref="SoftwareContext.Rejected"/> or
-    /// <see cref="NoSuchDevice"/>, each with <paramref name="Id"/>. Every field is checked before
-    /// anything is allocated (<c>MessageIo.Check</c>); over remoting a read or write moves at most
-    /// one frame of data.
-    /// </summary>
-    public sealed record Io(string Device, long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
 }
 
 /// <summary>Creates the <see cref="BlockLayer"/> extension.</summary>
@@ -632,457 +486,4 @@ public sealed class BlockLayerProvider : ExtensionIdProvider<BlockLayer>
 {
     /// <inheritdoc />
     public override BlockLayer CreateExtension(ExtendedActorSystem system) => new(system);
-}
-
-/// <summary>The guardian: creates and destroys devices and their tag sets, routes I/O by device name.</summary>
-internal sealed class BlockLayerActor : ReceiveActor
-{
-    private readonly BlockLayer _layer;
-    private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly Dictionary<string, Entry> _devices = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, SharedTagSet> _sharedTagSets = new(StringComparer.Ordinal);
-    private IActorRef _topology = ActorRefs.Nobody;
-    private IActorRef _sysfs = ActorRefs.Nobody;
-
-    // Actor names carry an incarnation number: a device destroyed and created again under the
-    // same name gets new actors while the old ones may still be stopping.
-    private long _incarnation;
-
-    public BlockLayerActor(BlockLayer layer)
-    {
-        _layer = layer;
-        Receive<BlockLayer.Create>(HandleCreate);
-        Receive<BlockLayer.Allocate>(HandleAllocate);
-        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(_devices.Keys.ToArray()));
-        Receive<BlockLayer.Register>(HandleRegister);
-        Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
-        Receive<BlockLayer.LoadTable>(HandleLoadTable);
-        Receive<RequestQueue.Ready>(HandleReady);
-        Receive<BlockLayer.Destroy>(HandleDestroy);
-        Receive<RequestQueue.Unregistered>(HandleUnregistered);
-        Receive<BlockLayer.Io>(HandleIo);
-        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
-        Receive<RemoteSurface.AdminRefused>(refused =>
-        {
-            _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
-            Sender.Tell(new RemoteSurface.NotAuthorized(refused.Request.ToString() ?? string.Empty, refused.Reason));
-        });
-        Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
-        Receive<BlockLayer.GetDeviceInfo>(get =>
-        {
-            if (get.Name is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
-            {
-                actor.Forward(RequestQueue.GetInfo.Instance);
-            }
-            else
-            {
-                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name ?? string.Empty));
-            }
-        });
-        Receive<Terminated>(HandleTerminated);
-    }
-
-    public static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new BlockLayerActor(layer));
-
-    protected override void PreStart()
-    {
-        _topology = Context.ActorOf(
-            CpuTopology.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
-        _sysfs = Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
-        Context.Watch(_topology);
-        Context.Watch(_sysfs);
-    }
-
-    // A restart would stop every device with the guardian's children: the layer fails instead and
-    // the node shuts down (never serving nothing while it runs).
-    protected override void PreRestart(Exception reason, object message)
-    {
-        _layer.Fail($"the guardian failed on {message?.GetType().Name ?? "a message"}: {reason.Message}");
-        base.PreRestart(reason, message);
-    }
-
-    // A device that fails while it initialises is stopped; its creator gets the failure.
-    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(ex =>
-    {
-        _log.Error(ex, "A device actor failed; stopping it");
-        return Directive.Stop;
-    });
-
-    private void HandleCreate(BlockLayer.Create create)
-    {
-        if (Build(create.Options, create.Driver) is { } entry)
-        {
-            entry.Creator = Sender;
-            StartActor(entry);
-        }
-    }
-
-    // Allocation only: driver, tag set and queue exist; no actor, no dispatch thread, no sysfs.
-    private void HandleAllocate(BlockLayer.Allocate allocate)
-    {
-        if (Build(allocate.Options, allocate.Driver) is { } entry)
-        {
-            Sender.Tell(new BlockLayer.Created(entry.Device));
-        }
-    }
-
-    private void HandleRegister(BlockLayer.Register register)
-    {
-        if (!_devices.TryGetValue(register.Name, out var entry))
-        {
-            Sender.Tell(new BlockLayer.NoSuchDevice(register.Name));
-            return;
-        }
-
-        if (entry.Actor is not null || entry.Device.Queue.Kind != QueueKind.MultiQueue)
-        {
-            Sender.Tell(new Status.Failure(new InvalidOperationException(
-                $"Device {register.Name} is {(entry.Actor is not null ? "already registered" : "a stacked device; load a table to register it")}.")));
-            return;
-        }
-
-        entry.Creator = Sender;
-        StartActor(entry);
-    }
-
-    // Builds the data plane of a device (driver, tag set, queue) and reserves its name. Replies with
-    // a failure and returns null when the options or the driver are refused.
-    private Entry? Build(DeviceOptions options, IBlockDriver? driver)
-    {
-        if (_devices.ContainsKey(options.Name))
-        {
-            driver?.Dispose();
-            Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
-            return null;
-        }
-
-        BlockDevice device;
-        TagSetState set;
-        try
-        {
-            if (driver is null)
-            {
-                options.Validate();
-                driver = DeviceBuilder.CreateDriver(options);
-            }
-            else
-            {
-                (options with { Driver = "null", Path = null }).Validate();
-                driver = options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
-            }
-
-            if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
-            {
-                set = shared.Set;
-            }
-            else
-            {
-                set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
-                if (options.SharedTags)
-                {
-                    _sharedTagSets[options.TagSetName] = new SharedTagSet(set);
-                }
-            }
-
-            if (set.DepthWasClamped)
-            {
-                _log.Info("{Device}: hw_queue_depth {Requested} reduced to {Depth} (BLK_MQ_MAX_DEPTH)", options.Name, set.RequestedDepth, set.QueueDepth);
-            }
-
-            // Two-phase initialisation (§10): the generic queue first, then the multi-queue parts.
-            var queue = DataPlaneQueue.Allocate(options.Name, set.Map.Topology, driver.Limits, _layer.Clock);
-            queue.InitializeMq(set, driver, options.ToQueueOptions());
-            DeviceBuilder.ApplyLimits(options, queue);
-            var name = options.Name;
-            device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
-        }
-        catch (Exception ex) when (ex is ArgumentException or BlockDeviceException or IOException or UnauthorizedAccessException or InvalidOperationException)
-        {
-            driver?.Dispose();
-            _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
-            Sender.Tell(new Status.Failure(ex));
-            return null;
-        }
-
-        var entry = new Entry(device, set, options);
-        _devices[options.Name] = entry;
-        return entry;
-    }
-
-    // Registration: the tag-set actor (created on first use), the request-queue actor and its
-    // children; the actor answers Ready once joined to its tag set and the CPU topology.
-    private void StartActor(Entry entry)
-    {
-        var options = entry.Options;
-        if (options.SharedTags)
-        {
-            var shared = _sharedTagSets[options.TagSetName];
-            shared.Actor ??= Context.ActorOf(TagSet.Props(shared.Set), $"shared-{options.TagSetName}-{++_incarnation}");
-            entry.TagSetActor = shared.Actor;
-        }
-        else
-        {
-            entry.TagSetActor = Context.ActorOf(TagSet.Props(entry.TagSet!), $"tags-{options.Name}-{++_incarnation}");
-        }
-
-        _layer.Track(entry.Device, options.Dispatch);
-        entry.Actor = Context.ActorOf(RequestQueue.Props(entry.Device, entry.TagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
-        Context.Watch(entry.Actor);
-    }
-
-    // dm create: a placeholder queue under the name, neither bio-based nor multi-queue yet.
-    private void HandleCreateStacked(BlockLayer.CreateStacked create)
-    {
-        if (_devices.ContainsKey(create.Name))
-        {
-            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", "a device with this name already exists.")));
-            return;
-        }
-
-        try
-        {
-            var queue = DataPlaneQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
-            var name = create.Name;
-            var device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
-            _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });
-            Sender.Tell(new BlockLayer.Created(device));
-        }
-        catch (ArgumentException ex)
-        {
-            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", ex.Message)));
-        }
-    }
-
-    // dm table load + resume. The first table decides what the device is (§10 item 3): a linear or
-    // striped table makes it bio-based and registers it. A later table of the same kind replaces
-    // the target while the queue is frozen (suspend, swap, resume).
-    private void HandleLoadTable(BlockLayer.LoadTable load)
-    {
-        if (!_devices.TryGetValue(load.Name, out var entry))
-        {
-            Sender.Tell(new BlockLayer.NoSuchDevice(load.Name));
-            return;
-        }
-
-        var queue = entry.Device.Queue;
-        if (queue.Kind == QueueKind.MultiQueue || entry.Destroyers.Count > 0)
-        {
-            Sender.Tell(new Status.Failure(new InvalidOperationException($"Device {load.Name} is {(entry.Destroyers.Count > 0 ? "being removed" : "not a stacked device")}.")));
-            return;
-        }
-
-        StackTarget target;
-        try
-        {
-            var members = load.Table.MemberNames.Select(m => MemberOf(load.Name, m)).ToArray();
-            target = load.Table.Build(members);
-        }
-        catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException)
-        {
-            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
-            return;
-        }
-
-        if (queue.Kind == QueueKind.Placeholder)
-        {
-            queue.InitializeBioBased(target);
-            entry.Holds = [.. target.Members.Select(m => m.Name)];
-            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
-            Context.Watch(entry.Actor);
-            entry.Creator = Sender;
-            return;
-        }
-
-        entry.Actor!.Forward(new StackedDevice.SwapTarget(target));
-        entry.Holds = [.. target.Members.Select(m => m.Name)];
-    }
-
-    private IBlockDevice MemberOf(string stacked, string member)
-    {
-        if (member == stacked)
-        {
-            throw new ArgumentException($"{stacked} cannot be a member of itself.");
-        }
-
-        return _devices.TryGetValue(member, out var m) && m.Ready && m.Destroyers.Count == 0
-            ? m.Device
-            : throw new KeyNotFoundException($"member device '{member}' does not exist or is not registered.");
-    }
-
-    private void HandleReady(RequestQueue.Ready ready)
-    {
-        if (!_devices.TryGetValue(ready.Name, out var entry))
-        {
-            return;
-        }
-
-        entry.Ready = true;
-        _layer.Publish(entry.Device);
-        var queue = entry.Device.Queue;
-        _log.Info("{Device}: {Driver} driver: {Description}", ready.Name,
-            queue.Kind == QueueKind.MultiQueue ? queue.Driver.Kind : "bio-based", queue.Kind == QueueKind.MultiQueue ? queue.Driver.Description : queue.BioDriver!.Description);
-        entry.Creator?.Tell(new BlockLayer.Created(entry.Device));
-        entry.Creator = null;
-    }
-
-    private void HandleDestroy(BlockLayer.Destroy destroy)
-    {
-        if (destroy.Name is not { Length: > 0 and <= RemoteSurface.MaxDeviceName } || !_devices.TryGetValue(destroy.Name, out var entry))
-        {
-            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name ?? string.Empty));
-            return;
-        }
-
-        var holder = _devices.Values.FirstOrDefault(e => e.Holds.Contains(destroy.Name));
-        if (holder is not null)
-        {
-            Sender.Tell(new BlockLayer.DeviceBusy(destroy.Name, holder.Options.Name));
-            return;
-        }
-
-        if (entry.Actor is null)
-        {
-            // Never registered: nothing runs for it, so destroying it is only releasing it.
-            _devices.Remove(destroy.Name);
-            entry.Device.Queue.Destroy();
-            if (entry.Device.Queue.Kind == QueueKind.MultiQueue)
-            {
-                entry.Device.Queue.Driver.Dispose();
-            }
-
-            ReleaseTagSet(entry);
-            Sender.Tell(new BlockLayer.Destroyed(destroy.Name, 0));
-            return;
-        }
-
-        entry.Destroyers.Add(Sender);
-        if (entry.Destroyers.Count == 1)
-        {
-            entry.Actor.Tell(RequestQueue.Unregister.Instance);
-        }
-    }
-
-    private void HandleUnregistered(RequestQueue.Unregistered done)
-    {
-        if (!_devices.Remove(done.Name, out var entry))
-        {
-            return;
-        }
-
-        Context.Unwatch(entry.Actor!);
-        _layer.Forget(done.Name);
-        ReleaseTagSet(entry);
-        foreach (var destroyer in entry.Destroyers)
-        {
-            destroyer.Tell(new BlockLayer.Destroyed(done.Name, done.FailedRequests));
-        }
-    }
-
-    private void HandleTerminated(Terminated terminated)
-    {
-        if (terminated.ActorRef.Equals(_topology) || terminated.ActorRef.Equals(_sysfs))
-        {
-            // Without either the node cannot re-map or answer clients: fail it, never limp on.
-            _layer.Fail($"{terminated.ActorRef.Path} stopped unexpectedly");
-            return;
-        }
-
-        var entry = _devices.Values.FirstOrDefault(e => terminated.ActorRef.Equals(e.Actor));
-        if (entry is null)
-        {
-            return;
-        }
-
-        if (entry is { Ready: true, Destroyers.Count: 0 })
-        {
-            // A serving device's actor stopped without being destroyed.
-            _layer.Fail($"the actor of device {entry.Options.Name} ({terminated.ActorRef.Path}) stopped unexpectedly");
-        }
-
-        // The device actor died without unregistering (it failed while initialising).
-        _devices.Remove(entry.Options.Name);
-        _layer.Forget(entry.Options.Name);
-        ReleaseTagSet(entry);
-        entry.Creator?.Tell(new Status.Failure(new InvalidOperationException($"Device {entry.Options.Name} failed while it was being registered; see the log.")));
-        foreach (var destroyer in entry.Destroyers)
-        {
-            destroyer.Tell(new BlockLayer.Destroyed(entry.Options.Name, 0));
-        }
-    }
-
-    private void HandleIo(BlockLayer.Io io)
-    {
-        if (io.Device is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
-        {
-            actor.Forward(new RequestQueue.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
-        }
-        else
-        {
-            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device ?? string.Empty, io.Id));
-        }
-    }
-
-    private void ReleaseTagSet(Entry entry)
-    {
-        if (entry.TagSet is not { } set)
-        {
-            return;
-        }
-
-        if (!entry.Options.SharedTags)
-        {
-            if (entry.TagSetActor is { } actor)
-            {
-                Context.Stop(actor);
-            }
-        }
-        else if (set.Queues.Count == 0 && _devices.Values.All(e => e.TagSet != set)
-                 && _sharedTagSets.Remove(entry.Options.TagSetName, out var shared) && shared.Actor is { } sharedActor)
-        {
-            Context.Stop(sharedActor);
-        }
-    }
-
-    private static BlockLayer.DeviceSummary Summary(Entry e) => e.Device.Queue.Kind == QueueKind.MultiQueue
-        ? new(e.Device.Name, e.Device.Queue.Driver.Kind, e.Device.Capacity, e.Device.LogicalBlockSize,
-            e.Device.Queue.HardwareContexts.Count, e.Options.Dispatch.ToString().ToLowerInvariant(), e.Device.Queue.TagSet.Name)
-        : new(e.Device.Name, (e.Device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", e.Device.Capacity, e.Device.LogicalBlockSize,
-            0, "bio", string.Empty);
-
-    private sealed class SharedTagSet(TagSetState set)
-    {
-        public TagSetState Set { get; } = set;
-
-        // Created when the first queue of the set registers.
-        public IActorRef? Actor { get; set; }
-    }
-
-    private sealed class Entry(BlockDevice device, TagSetState? tagSet, DeviceOptions options)
-    {
-        public BlockDevice Device { get; } = device;
-
-        public TagSetState? TagSet { get; } = tagSet;
-
-        public DeviceOptions Options { get; } = options;
-
-        // Null until the device registers.
-        public IActorRef? Actor { get; set; }
-
-        public IActorRef? TagSetActor { get; set; }
-
-        public IActorRef? Creator { get; set; }
-
-        public bool Ready { get; set; }
-
-        public List<IActorRef> Destroyers { get; } = [];
-
-        // Devices this stacked device is built on: they cannot be destroyed while it lives.
-        public string[] Holds { get; set; } = [];
-    }
-}
-
-/// <summary>Request deadlines on the actor system scheduler's clock, so TestKit virtual time moves them.</summary>
-internal sealed class SchedulerBlockClock(IScheduler scheduler) : BlockClock
-{
-    public override long NowMilliseconds => (long)scheduler.MonotonicClock.TotalMilliseconds;
 }

@@ -1,9 +1,8 @@
 using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Queues;
 using Akka.Actor;
 using ActorBlk.Hardware.Topology;
 using Akka.Event;
-using DataPlane = ActorBlk.Hardware.Queues;
-using TopologySnapshot = ActorBlk.Hardware.Topology.CpuTopology;
 
 namespace ActorBlk.Actors;
 
@@ -11,16 +10,16 @@ namespace ActorBlk.Actors;
 /// Protocol of the CPU-topology actor: it holds the current topology snapshot and the request
 /// queues registered against it, so that a change of CPUs can re-map every one of them.
 /// </summary>
-public static class CpuTopology
+public static class CpuTopologyProtocol
 {
     /// <summary>Register a queue (reply <see cref="Registered"/>). Local only.</summary>
-    public sealed record Register(DataPlane.RequestQueue Queue) : INoSerializationVerificationNeeded;
+    public sealed record Register(RequestQueue Queue) : INoSerializationVerificationNeeded;
 
     /// <summary>The queue is registered against topology <paramref name="Version"/>.</summary>
     public sealed record Registered(string Queue, long Version) : IActorBlkMessage;
 
     /// <summary>Unregister a queue (reply <see cref="Unregistered"/>). Local only.</summary>
-    public sealed record Unregister(DataPlane.RequestQueue Queue) : INoSerializationVerificationNeeded;
+    public sealed record Unregister(RequestQueue Queue) : INoSerializationVerificationNeeded;
 
     /// <summary>The queue is no longer re-mapped.</summary>
     public sealed record Unregistered(string Queue) : IActorBlkMessage;
@@ -55,11 +54,11 @@ public static class CpuTopology
     /// <paramref name="watchInterval"/> and turns each change into <see cref="CpuOffline"/> and
     /// <see cref="CpuOnline"/> events.
     /// </summary>
-    public static Props Props(TopologySnapshot initial, string? watchedOnlineFile = null, TimeSpan watchInterval = default) =>
+    public static Props Props(CpuTopology initial, string? watchedOnlineFile = null, TimeSpan watchInterval = default) =>
         Props(initial, watchedOnlineFile, watchInterval, null);
 
     /// <summary>As above, with <paramref name="published"/> called with every topology the actor adopts (the first at start).</summary>
-    internal static Props Props(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<TopologySnapshot>? published) =>
+    internal static Props Props(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published) =>
         Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval, published));
 }
 
@@ -67,15 +66,15 @@ public static class CpuTopology
 internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWithTimers
 {
     private readonly ILoggingAdapter _log = Context.GetLogger();
-    private readonly List<DataPlane.RequestQueue> _queues = [];
+    private readonly List<RequestQueue> _queues = [];
     private readonly string? _watchedOnlineFile;
     private readonly TimeSpan _watchInterval;
-    private readonly Action<TopologySnapshot>? _published;
-    private TopologySnapshot _topology;
+    private readonly Action<CpuTopology>? _published;
+    private CpuTopology _topology;
     private CpuSet _lastSeenOnline;
     private long _version = 1;
 
-    public CpuTopologyActor(TopologySnapshot initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<TopologySnapshot>? published)
+    public CpuTopologyActor(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published)
     {
         _published = published;
         _topology = initial;
@@ -91,12 +90,12 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
 
     private void Ready()
     {
-        Receive<CpuTopology.Register>(HandleRegister);
-        Receive<CpuTopology.Unregister>(HandleUnregister);
-        Receive<CpuTopology.GetTopology>(_ => Sender.Tell(new CpuTopology.TopologyInfo(_version, _topology.Source, _topology.PossibleCount,
+        Receive<CpuTopologyProtocol.Register>(HandleRegister);
+        Receive<CpuTopologyProtocol.Unregister>(HandleUnregister);
+        Receive<CpuTopologyProtocol.GetTopology>(_ => Sender.Tell(new CpuTopologyProtocol.TopologyInfo(_version, _topology.Source, _topology.PossibleCount,
             _topology.Present.ToCpuListString(), _topology.Online.ToCpuListString(), _topology.NumaNodeCount, _queues.Select(q => q.Name).ToArray())));
-        Receive<CpuTopology.CpuOffline>(m => HandleHotplug(m.Cpu, online: false));
-        Receive<CpuTopology.CpuOnline>(m => HandleHotplug(m.Cpu, online: true));
+        Receive<CpuTopologyProtocol.CpuOffline>(m => HandleHotplug(m.Cpu, online: false));
+        Receive<CpuTopologyProtocol.CpuOnline>(m => HandleHotplug(m.Cpu, online: true));
         Receive<WatchOnline>(_ => HandleWatch());
     }
 
@@ -126,13 +125,13 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         foreach (var cpu in _lastSeenOnline.ToArray().Where(c => !now.Contains(c)))
         {
             _log.Info("Host CPU {Cpu} went offline ({File}: {Online})", cpu, _watchedOnlineFile, now.ToCpuListString());
-            Self.Tell(new CpuTopology.CpuOffline(cpu), ActorRefs.NoSender);
+            Self.Tell(new CpuTopologyProtocol.CpuOffline(cpu), ActorRefs.NoSender);
         }
 
         foreach (var cpu in now.ToArray().Where(c => !_lastSeenOnline.Contains(c)))
         {
             _log.Info("Host CPU {Cpu} came online ({File}: {Online})", cpu, _watchedOnlineFile, now.ToCpuListString());
-            Self.Tell(new CpuTopology.CpuOnline(cpu), ActorRefs.NoSender);
+            Self.Tell(new CpuTopologyProtocol.CpuOnline(cpu), ActorRefs.NoSender);
         }
 
         _lastSeenOnline = now;
@@ -143,7 +142,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     // sees a half-built mapping, and a queue cannot join or leave in the middle.
     private void HandleHotplug(int cpu, bool online)
     {
-        TopologySnapshot next;
+        CpuTopology next;
         try
         {
             next = _topology.WithOnline(cpu, online);
@@ -156,7 +155,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
 
         if (ReferenceEquals(next, _topology))
         {
-            Sender.Tell(new CpuTopology.TopologyChanged(_version, _topology.Online.ToCpuListString(), 0));
+            Sender.Tell(new CpuTopologyProtocol.TopologyChanged(_version, _topology.Online.ToCpuListString(), 0));
             return;
         }
 
@@ -177,7 +176,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
             _published?.Invoke(_topology);
             _log.Info("CPU {Cpu} {State}: {Queues} queue(s) re-mapped, online CPUs {Online} (topology version {Version})",
                 done.Cpu, done.Online ? "online" : "offline", done.Remapped, _topology.Online.ToCpuListString(), _version);
-            done.ReplyTo.Tell(new CpuTopology.TopologyChanged(_version, _topology.Online.ToCpuListString(), done.Remapped));
+            done.ReplyTo.Tell(new CpuTopologyProtocol.TopologyChanged(_version, _topology.Online.ToCpuListString(), done.Remapped));
             Become(Ready);
             Stash.UnstashAll();
         });
@@ -196,7 +195,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     // Freeze every queue of a tag set and wait for it to drain (requests staged on a context whose
     // CPU leaves complete first), rebuild the set's map from the new topology, wire each queue to
     // it and unfreeze. Submissions meanwhile wait at the usage counter and are not lost.
-    private static async Task<int> RemapAsync(DataPlane.RequestQueue[] queues, TopologySnapshot next)
+    private static async Task<int> RemapAsync(RequestQueue[] queues, CpuTopology next)
     {
         var remapped = 0;
         foreach (var set in queues.GroupBy(q => q.TagSet))
@@ -229,7 +228,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         return remapped;
     }
 
-    private sealed record RemapDone(TopologySnapshot Topology, int Remapped, int Cpu, bool Online, IActorRef ReplyTo);
+    private sealed record RemapDone(CpuTopology Topology, int Remapped, int Cpu, bool Online, IActorRef ReplyTo);
 
     private sealed record RemapFailed(Exception Error, IActorRef ReplyTo);
 
@@ -249,19 +248,19 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         public static readonly WatchOnline Instance = new();
     }
 
-    private void HandleRegister(CpuTopology.Register register)
+    private void HandleRegister(CpuTopologyProtocol.Register register)
     {
         if (!_queues.Contains(register.Queue))
         {
             _queues.Add(register.Queue);
         }
 
-        Sender.Tell(new CpuTopology.Registered(register.Queue.Name, _version));
+        Sender.Tell(new CpuTopologyProtocol.Registered(register.Queue.Name, _version));
     }
 
-    private void HandleUnregister(CpuTopology.Unregister unregister)
+    private void HandleUnregister(CpuTopologyProtocol.Unregister unregister)
     {
         _queues.Remove(unregister.Queue);
-        Sender.Tell(new CpuTopology.Unregistered(unregister.Queue.Name));
+        Sender.Tell(new CpuTopologyProtocol.Unregistered(unregister.Queue.Name));
     }
 }

@@ -3,7 +3,6 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
-using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
 using Akka.Actor;
 using Akka.Event;
 
@@ -33,7 +32,7 @@ public static class DeviceDriver
     /// <param name="queue">The request queue whose driver the actor calls.</param>
     /// <param name="hardwareQueue">The index of the hardware queue the actor serves.</param>
     /// <param name="blocking">The driver's QueueRq may block: give the actor its own thread.</param>
-    public static Props Props(DataPlaneQueue queue, int hardwareQueue, bool blocking)
+    public static Props Props(RequestQueue queue, int hardwareQueue, bool blocking)
     {
         ArgumentNullException.ThrowIfNull(queue);
         ArgumentOutOfRangeException.ThrowIfNegative(hardwareQueue);
@@ -60,7 +59,7 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
     private const int RoundsPerTurn = 4;
     private const string RerunKey = "rerun";
 
-    private readonly DataPlaneQueue _queue;
+    private readonly RequestQueue _queue;
     private readonly HardwareContext _hctx;
     private readonly IBlockDriver _driver;
     private readonly Request[] _scratch = new Request[DispatchBatchSize];
@@ -73,7 +72,7 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
     // queue would stay quiesced after a reopen and every request would wait for ever.
     private bool _resetQuiesceHeld;
 
-    public DeviceDriverActor(DataPlaneQueue queue, int hardwareQueue)
+    public DeviceDriverActor(RequestQueue queue, int hardwareQueue)
     {
         _queue = queue;
         _hctx = queue.HardwareContexts[hardwareQueue];

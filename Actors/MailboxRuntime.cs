@@ -1,8 +1,6 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Akka.Actor;
-using DataPlane = ActorBlk.Hardware.Queues;
-using DataPlaneQueue = ActorBlk.Hardware.Queues.RequestQueue;
 
 namespace ActorBlk.Actors;
 
@@ -38,11 +36,11 @@ internal sealed class MailboxRuntime : IQueueRuntime
 
     public DispatchMode Mode => DispatchMode.Mailbox;
 
-    public void Attach(DataPlaneQueue queue)
+    public void Attach(RequestQueue queue)
     {
     }
 
-    public void Submit(DataPlane.SoftwareContext ctx, Bio bio) => _contexts[ctx.Cpu].Tell(bio);
+    public void Submit(SoftwareContext ctx, Bio bio) => _contexts[ctx.Cpu].Tell(bio);
 
     public void ResumeBio(Bio bio) => _contexts[bio.Cpu].Tell(bio);
 
@@ -73,7 +71,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         }
     }
 
-    public void DeliverCompletion(DataPlane.SoftwareContext target, Request request) => _contexts[target.Cpu].Tell(request);
+    public void DeliverCompletion(SoftwareContext target, Request request) => _contexts[target.Cpu].Tell(request);
 
     // A dispatcher runs a round within one message, so the answer to this one means no round is
     // in progress.

@@ -5,7 +5,6 @@ using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Akka.Actor;
 using Akka.Event;
-using DataPlane = ActorBlk.Hardware.Queues;
 
 namespace ActorBlk.Actors;
 
@@ -14,7 +13,7 @@ namespace ActorBlk.Actors;
 /// hardware-queue and driver actors, registers the disk with its tag set and the CPU topology,
 /// routes I/O submitted as messages, and tears everything down on unregistration.
 /// </summary>
-public static class RequestQueue
+public static class RequestQueueProtocol
 {
     /// <summary>Sent to the parent once the disk is registered and serving I/O.</summary>
     public sealed record Ready(string Name) : IActorBlkMessage;
@@ -31,8 +30,8 @@ public static class RequestQueue
 
     /// <summary>
     /// An I/O submitted as a message. It is handed to the software context of <paramref name="Cpu"/>
-    /// (any when negative); the sender receives <see cref="SoftwareContext.Completed"/> or
-    /// <see cref="SoftwareContext.Rejected"/>.
+    /// (any when negative); the sender receives <see cref="SoftwareContextProtocol.Completed"/> or
+    /// <see cref="SoftwareContextProtocol.Rejected"/>.
     /// </summary>
     public sealed record Io(long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
 
@@ -58,7 +57,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private const string ReopenTimer = "reopen";
 
     private readonly BlockDevice _device;
-    private readonly DataPlane.RequestQueue _queue;
+    private readonly RequestQueue _queue;
     private readonly IActorRef _tagSet;
     private readonly IActorRef _topology;
     private readonly BlockLayer _layer;
@@ -171,7 +170,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
         StartDrivers();
-        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContext.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
+        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContextProtocol.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
             .Select(h => Context.ActorOf(HardwareQueue.Props(h, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
             .ToArray();
@@ -183,8 +182,8 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _queue.Start(runtime);
         _queue.Register();
 
-        _tagSet.Tell(new TagSet.Join(_queue));
-        _topology.Tell(new CpuTopology.Register(_queue));
+        _tagSet.Tell(new TagSetProtocol.Join(_queue));
+        _topology.Tell(new CpuTopologyProtocol.Register(_queue));
         Become(Initializing);
     }
 
@@ -196,10 +195,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         switch (message)
         {
-            case TagSet.Joined:
+            case TagSetProtocol.Joined:
                 _joined = true;
                 break;
-            case CpuTopology.Registered:
+            case CpuTopologyProtocol.Registered:
                 _registered = true;
                 break;
             default:
@@ -211,7 +210,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         {
             _log.Info("Registered {Device}: {Description}, {Dispatch} dispatch, {Cpus} software contexts",
                 _queue.Name, _device.ToString(), _queue.Runtime.Mode, _contexts.Length);
-            Context.Parent.Tell(new RequestQueue.Ready(_queue.Name));
+            Context.Parent.Tell(new RequestQueueProtocol.Ready(_queue.Name));
             Stash.UnstashAll();
             Become(Active);
         }
@@ -221,11 +220,11 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         switch (message)
         {
-            case RequestQueue.Io io:
+            case RequestQueueProtocol.Io io:
                 var cpu = io.Cpu >= 0 && io.Cpu < _contexts.Length ? io.Cpu : NextCpu();
-                _contexts[cpu].Forward(new SoftwareContext.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags));
+                _contexts[cpu].Forward(new SoftwareContextProtocol.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags));
                 break;
-            case RequestQueue.GetInfo:
+            case RequestQueueProtocol.GetInfo:
                 Sender.Tell(Info());
                 break;
             case HardwareQueue.TimeoutsExpired t:
@@ -252,11 +251,11 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case TryReopen:
                 HandleReopen();
                 break;
-            case RequestQueue.Unregister:
+            case RequestQueueProtocol.Unregister:
                 Timers.Cancel(ReopenTimer);
                 _unregisterReplyTo = Sender;
                 _log.Info("Unregistering {Device}", _queue.Name);
-                _topology.Tell(new CpuTopology.Unregister(_queue));
+                _topology.Tell(new CpuTopologyProtocol.Unregister(_queue));
                 Become(Unregistering);
                 break;
             default:
@@ -269,7 +268,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         switch (message)
         {
-            case CpuTopology.Unregistered:
+            case CpuTopologyProtocol.Unregistered:
                 _queue.ShutdownAsync(_layer.UnregisterDrainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
                 break;
             case ShutdownDone done:
@@ -280,7 +279,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _shutdownDone = true;
                 if (AllDriversDead)
                 {
-                    _tagSet.Tell(new TagSet.Leave(_queue));
+                    _tagSet.Tell(new TagSetProtocol.Leave(_queue));
                 }
                 else
                 {
@@ -292,7 +291,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 MarkDriverDead(DriverIndex(t.ActorRef));
                 if (_shutdownDone && AllDriversDead)
                 {
-                    _tagSet.Tell(new TagSet.Leave(_queue));
+                    _tagSet.Tell(new TagSetProtocol.Leave(_queue));
                 }
 
                 break;
@@ -301,7 +300,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case HardwareQueue.DeviceFaulted:
             case DeviceError:
                 break;
-            case TagSet.Left:
+            case TagSetProtocol.Left:
                 _queue.Driver.Dispose();
                 if (_failedAtShutdown > 0)
                 {
@@ -313,7 +312,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                     _log.Info("Unregistered {Device}: every request completed", _queue.Name);
                 }
 
-                var reply = new RequestQueue.Unregistered(_queue.Name, _failedAtShutdown);
+                var reply = new RequestQueueProtocol.Unregistered(_queue.Name, _failedAtShutdown);
                 _unregisterReplyTo?.Tell(reply);
                 if (!Equals(_unregisterReplyTo, Context.Parent))
                 {
@@ -325,10 +324,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case Status.Failure failure:
                 _log.Error(failure.Cause, "Unregistering {Device} failed", _queue.Name);
                 throw failure.Cause;
-            case RequestQueue.Io io:
-                Sender.Tell(new SoftwareContext.Rejected(io.Id, InvalidRequestReason.NotSupported, $"{_queue.Name}: the device is being removed."));
+            case RequestQueueProtocol.Io io:
+                Sender.Tell(new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.NotSupported, $"{_queue.Name}: the device is being removed."));
                 break;
-            case RequestQueue.GetInfo:
+            case RequestQueueProtocol.GetInfo:
                 Sender.Tell(Info());
                 break;
             case HardwareQueue.TimeoutsExpired t:
@@ -565,7 +564,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         return cpu;
     }
 
-    private RequestQueue.Info Info() => new(_queue.Name, _queue.Driver.Kind, _device.Capacity, _device.LogicalBlockSize,
+    private RequestQueueProtocol.Info Info() => new(_queue.Name, _queue.Driver.Kind, _device.Capacity, _device.LogicalBlockSize,
         _queue.HardwareContexts.Count, _queue.SoftwareContexts.Count, _queue.IsStarted ? _queue.Runtime.Mode.ToString().ToLowerInvariant() : "none",
         _queue.TagSet.Name, _queue.IsRegistered, _queue.IsDying, _queue.Usage.Count, _timeouts, _deviceErrors, _resets, _health.ToString().ToLowerInvariant());
 

@@ -1,10 +1,10 @@
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Event;
-using DataPlane = ActorBlk.Hardware.Queues;
 
 namespace ActorBlk.Actors;
 
@@ -13,7 +13,7 @@ namespace ActorBlk.Actors;
 /// dispatch it runs the submission path of its CPU (merge, tag, stage) and the completions
 /// redirected to its CPU; in both modes it serves statistics and I/O submitted as messages.
 /// </summary>
-public static class SoftwareContext
+public static class SoftwareContextProtocol
 {
     /// <summary>
     /// Run the submission path for a bio on this context. Local only. (Mailbox dispatch sends the
@@ -56,19 +56,19 @@ public static class SoftwareContext
     public sealed record Stats(int Cpu, long DispatchedSync, long DispatchedAsync, long Merged, long CompletedSync, long CompletedAsync) : IActorBlkMessage;
 
     /// <summary>Props of the actor for <paramref name="ctx"/> of <paramref name="device"/>.</summary>
-    public static Props Props(DataPlane.SoftwareContext ctx, BlockDevice device) =>
+    public static Props Props(SoftwareContext ctx, BlockDevice device) =>
         Akka.Actor.Props.Create(() => new SoftwareContextActor(ctx, device));
 }
 
 /// <summary>The software-context actor. Runs every message bound to its CPU.</summary>
 internal sealed class SoftwareContextActor : UntypedActor
 {
-    private readonly DataPlane.SoftwareContext _ctx;
+    private readonly SoftwareContext _ctx;
     private readonly BlockDevice _device;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly int _maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
 
-    public SoftwareContextActor(DataPlane.SoftwareContext ctx, BlockDevice device)
+    public SoftwareContextActor(SoftwareContext ctx, BlockDevice device)
     {
         _ctx = ctx;
         _device = device;
@@ -87,17 +87,17 @@ internal sealed class SoftwareContextActor : UntypedActor
             case Request request:
                 _ctx.Queue.EndRequest(request);
                 break;
-            case SoftwareContext.SubmitBio submit:
+            case SoftwareContextProtocol.SubmitBio submit:
                 _ctx.Queue.SubmitBio(submit.Bio);
                 break;
-            case SoftwareContext.CompleteRequest complete:
+            case SoftwareContextProtocol.CompleteRequest complete:
                 _ctx.Queue.EndRequest(complete.Request);
                 break;
-            case SoftwareContext.Submit io:
+            case SoftwareContextProtocol.Submit io:
                 HandleSubmit(io);
                 break;
-            case SoftwareContext.GetStats:
-                Sender.Tell(new SoftwareContext.Stats(_ctx.Cpu, _ctx.DispatchedSync, _ctx.DispatchedAsync, _ctx.Merged, _ctx.CompletedSync, _ctx.CompletedAsync));
+            case SoftwareContextProtocol.GetStats:
+                Sender.Tell(new SoftwareContextProtocol.Stats(_ctx.Cpu, _ctx.DispatchedSync, _ctx.DispatchedAsync, _ctx.Merged, _ctx.CompletedSync, _ctx.CompletedAsync));
                 break;
             default:
                 Unhandled(message);
@@ -105,7 +105,7 @@ internal sealed class SoftwareContextActor : UntypedActor
         }
     }
 
-    private void HandleSubmit(SoftwareContext.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData);
+    private void HandleSubmit(SoftwareContextProtocol.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData);
 }
 
 /// <summary>An I/O that arrived as a message (from a peer node or an actor), submitted to a device with its reply as the end-io.</summary>
@@ -113,12 +113,12 @@ internal static class MessageIo
 {
     /// <summary>
     /// Submits <paramref name="io"/> to <paramref name="device"/> on <paramref name="cpu"/>; the
-    /// sender receives <see cref="SoftwareContext.Completed"/> (with the data of a read) or, for a
-    /// malformed I/O, <see cref="SoftwareContext.Rejected"/> at once. Every field is checked before
+    /// sender receives <see cref="SoftwareContextProtocol.Completed"/> (with the data of a read) or, for a
+    /// malformed I/O, <see cref="SoftwareContextProtocol.Rejected"/> at once. Every field is checked before
     /// anything is allocated (<see cref="Check"/>); a sender on another node may move at most
     /// <paramref name="maxRemoteData"/> bytes per message (the remoting frame, less the envelope).
     /// </summary>
-    public static void Submit(IBlockDevice device, SoftwareContext.Submit io, int cpu, IActorRef sender, ILoggingAdapter log, int maxRemoteData = int.MaxValue)
+    public static void Submit(IBlockDevice device, SoftwareContextProtocol.Submit io, int cpu, IActorRef sender, ILoggingAdapter log, int maxRemoteData = int.MaxValue)
     {
         if (Check(device, io, sender, maxRemoteData) is { } refusal)
         {
@@ -151,7 +151,7 @@ internal static class MessageIo
                 log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, sender, ex.Message);
             }
 
-            sender.Tell(new SoftwareContext.Rejected(io.Id, ex.Reason, ex.Message));
+            sender.Tell(new SoftwareContextProtocol.Rejected(io.Id, ex.Reason, ex.Message));
         }
     }
 
@@ -162,45 +162,45 @@ internal static class MessageIo
     /// on writes and exactly as long as named, and for a sender on another node a read or write
     /// that fits in one remoting frame (larger transfers go over NBD).
     /// </summary>
-    public static SoftwareContext.Rejected? Check(IBlockDevice device, SoftwareContext.Submit io, IActorRef sender, int maxRemoteData)
+    public static SoftwareContextProtocol.Rejected? Check(IBlockDevice device, SoftwareContextProtocol.Submit io, IActorRef sender, int maxRemoteData)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(io);
         if (!Enum.IsDefined(io.Op))
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.NotSupported, $"{device.Name}: operation {(int)io.Op} is not defined.");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.NotSupported, $"{device.Name}: operation {(int)io.Op} is not defined.");
         }
 
         if (io.Length < 0 || io.Offset < 0)
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: offset {io.Offset} and length {io.Length} must not be negative.");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: offset {io.Offset} and length {io.Length} must not be negative.");
         }
 
         var movesData = io.Op is BlockOp.Read or BlockOp.Write;
         if (io.Data is not null && io.Op != BlockOp.Write)
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: only a write carries data.");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: only a write carries data.");
         }
 
         if (io.Op == BlockOp.Write && (io.Data?.Length ?? 0) != io.Length)
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: the write carries {io.Data?.Length ?? 0} bytes but names {io.Length}.");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: the write carries {io.Data?.Length ?? 0} bytes but names {io.Length}.");
         }
 
         if (io.Length > device.Capacity || io.Offset > device.Capacity - io.Length)
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes at offset {io.Offset} lie beyond the capacity ({device.Capacity} bytes).");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes at offset {io.Offset} lie beyond the capacity ({device.Capacity} bytes).");
         }
 
         var maxBytes = (long)device.Queue.Limits.MaxSectors * 512;
         if (movesData && io.Length > maxBytes)
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes exceed max_sectors_kb ({maxBytes / 1024}); split the I/O.");
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes exceed max_sectors_kb ({maxBytes / 1024}); split the I/O.");
         }
 
         if (movesData && io.Length > maxRemoteData && sender is IActorRefScope { IsLocal: false })
         {
-            return new SoftwareContext.Rejected(io.Id, InvalidRequestReason.OutOfRange,
+            return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange,
                 $"{device.Name}: {io.Length} bytes do not fit in one remoting message (at most {maxRemoteData}); move large transfers over NBD.");
         }
 
@@ -211,6 +211,6 @@ internal static class MessageIo
     private sealed class Reply(IActorRef replyTo, long id, byte[]? readBuffer) : IBioEndIo
     {
         public void OnBioComplete(Bio bio, BlockStatus status) =>
-            replyTo.Tell(new SoftwareContext.Completed(id, status, status == BlockStatus.Ok ? readBuffer : null));
+            replyTo.Tell(new SoftwareContextProtocol.Completed(id, status, status == BlockStatus.Ok ? readBuffer : null));
     }
 }

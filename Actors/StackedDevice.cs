@@ -30,10 +30,10 @@ internal sealed class StackedDeviceActor : ReceiveActor
     {
         _device = device;
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
-        Receive<RequestQueue.GetInfo>(_ => Sender.Tell(Info()));
-        Receive<RequestQueue.Io>(io => MessageIo.Submit(_device, new SoftwareContext.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
+        Receive<RequestQueueProtocol.GetInfo>(_ => Sender.Tell(Info()));
+        Receive<RequestQueueProtocol.Io>(io => MessageIo.Submit(_device, new SoftwareContextProtocol.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
             io.Cpu, Sender, _log, Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config)));
-        Receive<RequestQueue.Unregister>(_ =>
+        Receive<RequestQueueProtocol.Unregister>(_ =>
         {
             _unregisterReplyTo = Sender;
             _log.Info("Unregistering {Device}", _device.Name);
@@ -43,7 +43,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             _device.Queue.BioDriver?.Dispose();
             _log.Info("Unregistered {Device}: {State}", _device.Name, done.Failed == 0 ? "every bio completed" : $"{done.Failed} failed");
-            var reply = new RequestQueue.Unregistered(_device.Name, done.Failed);
+            var reply = new RequestQueueProtocol.Unregistered(_device.Name, done.Failed);
             _unregisterReplyTo?.Tell(reply);
             if (!Equals(_unregisterReplyTo, Context.Parent))
             {
@@ -58,7 +58,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
     {
         _device.Queue.Register();
         _log.Info("Registered {Device}: {Description}", _device.Name, _device.Queue.BioDriver!.Description);
-        Context.Parent.Tell(new RequestQueue.Ready(_device.Name));
+        Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
     }
 
     // dm suspend, table swap, resume: the freeze drains every bio in the old target first.
@@ -78,7 +78,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         return new BlockLayer.Created(_device);
     }
 
-    private RequestQueue.Info Info() => new(_device.Name, (_device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", _device.Capacity,
+    private RequestQueueProtocol.Info Info() => new(_device.Name, (_device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", _device.Capacity,
         _device.LogicalBlockSize, 0, _device.Queue.Topology.PossibleCount, "bio", string.Empty, _device.Queue.IsRegistered, _device.Queue.IsDying,
         _device.Queue.Usage.Count, 0, 0, 0, "online");
 

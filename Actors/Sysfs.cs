@@ -33,7 +33,7 @@ public static class Sysfs
     /// <summary>The write took effect; <paramref name="Text"/> is what the attribute reads now.</summary>
     public sealed record Written(string Path, string Text) : IActorBlkMessage;
 
-    /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopology.TopologyChanged"/> or <see cref="Failed"/>).</summary>
+    /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopologyProtocol.TopologyChanged"/> or <see cref="Failed"/>).</summary>
     public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
 
     /// <summary>

@@ -1,8 +1,8 @@
 using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
 using Akka.Actor;
 using Akka.Event;
-using DataPlane = ActorBlk.Hardware.Queues;
-using TagSetState = ActorBlk.Hardware.Tags.TagSet;
 
 namespace ActorBlk.Actors;
 
@@ -10,16 +10,16 @@ namespace ActorBlk.Actors;
 /// Protocol of the tag-set actor: request queues join and leave the set through it, so the
 /// moments a set becomes shared or unshared are serialised and logged in one place.
 /// </summary>
-public static class TagSet
+public static class TagSetProtocol
 {
     /// <summary>A queue joins the set; the reply is <see cref="Joined"/>. Local only.</summary>
-    public sealed record Join(DataPlane.RequestQueue Queue) : INoSerializationVerificationNeeded;
+    public sealed record Join(RequestQueue Queue) : INoSerializationVerificationNeeded;
 
     /// <summary>The queue joined; <paramref name="Shared"/> tells whether the set is now shared.</summary>
     public sealed record Joined(string TagSet, bool Shared, int Queues) : IActorBlkMessage;
 
     /// <summary>A queue leaves the set; the reply is <see cref="Left"/>. Local only.</summary>
-    public sealed record Leave(DataPlane.RequestQueue Queue) : INoSerializationVerificationNeeded;
+    public sealed record Leave(RequestQueue Queue) : INoSerializationVerificationNeeded;
 
     /// <summary>The queue left; <paramref name="Queues"/> remain.</summary>
     public sealed record Left(string TagSet, bool Shared, int Queues) : IActorBlkMessage;
@@ -44,24 +44,24 @@ public static class TagSet
     public sealed record State(string Name, string[] Queues, bool Shared, int Depth, int Reserved, int HardwareQueues, bool HostWide, int[] ActiveQueues, int[] InUse) : IActorBlkMessage;
 
     /// <summary>Props of the actor for <paramref name="set"/>.</summary>
-    public static Props Props(TagSetState set) => Akka.Actor.Props.Create(() => new TagSetActor(set));
+    public static Props Props(TagSet set) => Akka.Actor.Props.Create(() => new TagSetActor(set));
 }
 
 /// <summary>The tag-set actor.</summary>
 internal sealed class TagSetActor : ReceiveActor
 {
-    private readonly TagSetState _set;
+    private readonly TagSet _set;
     private readonly ILoggingAdapter _log = Context.GetLogger();
 
-    public TagSetActor(TagSetState set)
+    public TagSetActor(TagSet set)
     {
         _set = set;
-        Receive<TagSet.Join>(HandleJoin);
-        Receive<TagSet.Leave>(HandleLeave);
-        Receive<TagSet.GetState>(_ => Sender.Tell(Snapshot()));
+        Receive<TagSetProtocol.Join>(HandleJoin);
+        Receive<TagSetProtocol.Leave>(HandleLeave);
+        Receive<TagSetProtocol.GetState>(_ => Sender.Tell(Snapshot()));
     }
 
-    private void HandleJoin(TagSet.Join join)
+    private void HandleJoin(TagSetProtocol.Join join)
     {
         if (_set.AddQueue(join.Queue))
         {
@@ -70,23 +70,23 @@ internal sealed class TagSetActor : ReceiveActor
                 Hardware.Queues.HardwareContext.FairShare(_set.QueueDepth - _set.ReservedTags, 2), _set.QueueDepth);
         }
 
-        Sender.Tell(new TagSet.Joined(_set.Name, _set.IsShared, _set.Queues.Count));
+        Sender.Tell(new TagSetProtocol.Joined(_set.Name, _set.IsShared, _set.Queues.Count));
     }
 
-    private void HandleLeave(TagSet.Leave leave)
+    private void HandleLeave(TagSetProtocol.Leave leave)
     {
         if (_set.RemoveQueue(leave.Queue))
         {
             _log.Info("Tag set {TagSet} is no longer shared: {Queue} keeps every tag", _set.Name, _set.Queues.Single().Name);
         }
 
-        Sender.Tell(new TagSet.Left(_set.Name, _set.IsShared, _set.Queues.Count));
+        Sender.Tell(new TagSetProtocol.Left(_set.Name, _set.IsShared, _set.Queues.Count));
     }
 
-    private TagSet.State Snapshot()
+    private TagSetProtocol.State Snapshot()
     {
         var maps = _set.AllTags.ToArray();
-        return new TagSet.State(_set.Name, _set.Queues.Select(q => q.Name).ToArray(), _set.IsShared, _set.QueueDepth, _set.ReservedTags,
+        return new TagSetProtocol.State(_set.Name, _set.Queues.Select(q => q.Name).ToArray(), _set.IsShared, _set.QueueDepth, _set.ReservedTags,
             _set.HardwareQueueCount, _set.IsHostWide, maps.Select(t => t.ActiveQueues).ToArray(), maps.Select(t => t.InUse).ToArray());
     }
 }

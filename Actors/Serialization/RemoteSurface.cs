@@ -53,15 +53,15 @@ public static class RemoteSurface
     {
         // Requests.
         typeof(BlockLayer.Io), typeof(BlockLayer.ListDevices), typeof(BlockLayer.GetDeviceInfo), typeof(BlockLayer.Destroy),
-        typeof(RequestQueue.Io), typeof(RequestQueue.GetInfo), typeof(SoftwareContext.Submit), typeof(SoftwareContext.GetStats),
-        typeof(HardwareQueue.GetStats), typeof(TagSet.GetState), typeof(CpuTopology.GetTopology), typeof(CpuTopology.CpuOffline),
-        typeof(CpuTopology.CpuOnline), typeof(Sysfs.List), typeof(Sysfs.Read), typeof(Sysfs.Write), typeof(Sysfs.Hotplug),
+        typeof(RequestQueueProtocol.Io), typeof(RequestQueueProtocol.GetInfo), typeof(SoftwareContextProtocol.Submit), typeof(SoftwareContextProtocol.GetStats),
+        typeof(HardwareQueue.GetStats), typeof(TagSetProtocol.GetState), typeof(CpuTopologyProtocol.GetTopology), typeof(CpuTopologyProtocol.CpuOffline),
+        typeof(CpuTopologyProtocol.CpuOnline), typeof(Sysfs.List), typeof(Sysfs.Read), typeof(Sysfs.Write), typeof(Sysfs.Hotplug),
         typeof(Authenticated), typeof(Clustering.ListClusterDevices),
 
         // Replies.
         typeof(BlockLayer.Destroyed), typeof(BlockLayer.NoSuchDevice), typeof(BlockLayer.DeviceBusy), typeof(BlockLayer.DeviceList),
-        typeof(RequestQueue.Info), typeof(SoftwareContext.Completed), typeof(SoftwareContext.Rejected), typeof(SoftwareContext.Stats),
-        typeof(HardwareQueue.Stats), typeof(TagSet.State), typeof(CpuTopology.TopologyInfo), typeof(CpuTopology.TopologyChanged),
+        typeof(RequestQueueProtocol.Info), typeof(SoftwareContextProtocol.Completed), typeof(SoftwareContextProtocol.Rejected), typeof(SoftwareContextProtocol.Stats),
+        typeof(HardwareQueue.Stats), typeof(TagSetProtocol.State), typeof(CpuTopologyProtocol.TopologyInfo), typeof(CpuTopologyProtocol.TopologyChanged),
         typeof(Sysfs.Listing), typeof(Sysfs.Value), typeof(Sysfs.Written), typeof(Sysfs.Failed), typeof(NotAuthorized),
         typeof(Clustering.ClusterDeviceList),
 
@@ -72,7 +72,7 @@ public static class RemoteSurface
     /// <summary>Requests that change the node: accepted from the network only when authenticated.</summary>
     public static IReadOnlySet<Type> AdminTypes { get; } = new HashSet<Type>
     {
-        typeof(BlockLayer.Destroy), typeof(Sysfs.Write), typeof(Sysfs.Hotplug), typeof(CpuTopology.CpuOffline), typeof(CpuTopology.CpuOnline),
+        typeof(BlockLayer.Destroy), typeof(Sysfs.Write), typeof(Sysfs.Hotplug), typeof(CpuTopologyProtocol.CpuOffline), typeof(CpuTopologyProtocol.CpuOnline),
     };
 
     /// <summary>

@@ -103,7 +103,7 @@ internal static class SysfsCommand
                 return 0;
             case Sysfs.Written:
                 return 0;
-            case CpuTopology.TopologyChanged changed:
+            case CpuTopologyProtocol.TopologyChanged changed:
                 var hotplug = (Sysfs.Hotplug)message;
                 await Console.Out.WriteLineAsync($"CPU {hotplug.Cpu} {(hotplug.Online ? "online" : "offline")}: online CPUs {changed.Online}, {changed.Remapped} device(s) re-mapped, topology version {changed.Version}")
                     .ConfigureAwait(false);

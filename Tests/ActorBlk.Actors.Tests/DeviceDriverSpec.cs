@@ -10,7 +10,6 @@ using Xunit.Abstractions;
 
 namespace ActorBlk.Actors.Tests;
 
-using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
 
 /// <summary>
 /// The device-driver actor of one hardware queue: the queue's dispatcher in mailbox dispatch, and
@@ -32,7 +31,7 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
     private MailboxRig Rig(ScriptedDriver driver, Func<MailboxRig, IActorRef[]> dispatchers, int hardwareQueues = 1)
     {
         var rig = new MailboxRig(driver, CpuTopology.Simulated(2), hardwareQueues: hardwareQueues);
-        var contexts = rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContext.Props(c, rig.Device))).ToArray();
+        var contexts = rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContextProtocol.Props(c, rig.Device))).ToArray();
         rig.Start(contexts, dispatchers(rig));
         return rig;
     }

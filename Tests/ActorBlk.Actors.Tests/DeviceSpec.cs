@@ -234,14 +234,14 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         var data = Pattern(4096, 5);
 
         Layer.Guardian.Tell(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 4096, 4096, data));
-        Assert.Equal(new SoftwareContext.Completed(1, BlockStatus.Ok, null), await ExpectMsgAsync<SoftwareContext.Completed>());
+        Assert.Equal(new SoftwareContextProtocol.Completed(1, BlockStatus.Ok, null), await ExpectMsgAsync<SoftwareContextProtocol.Completed>());
         Layer.Guardian.Tell(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 4096, 4096, Cpu: 2));
-        var read = await ExpectMsgAsync<SoftwareContext.Completed>();
+        var read = await ExpectMsgAsync<SoftwareContextProtocol.Completed>();
 
         Assert.Equal(2, read.Id);
         Assert.Equal(data, read.Data);
         Layer.Guardian.Tell(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 7, 4096));
-        Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContext.Rejected>()).Reason);
+        Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContextProtocol.Rejected>()).Reason);
         Layer.Guardian.Tell(new BlockLayer.Io("nope", 4, BlockOp.Read, 0, 4096));
         Assert.Equal("nope", (await ExpectMsgAsync<BlockLayer.NoSuchDevice>()).Name);
     }

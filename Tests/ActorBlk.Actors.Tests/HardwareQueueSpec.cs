@@ -10,7 +10,6 @@ using Xunit.Abstractions;
 
 namespace ActorBlk.Actors.Tests;
 
-using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
 
 /// <summary>
 /// Mailbox dispatch of one hardware queue: its driver actor is the dispatcher (a round runs in one
@@ -29,7 +28,7 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     {
         _rig = new MailboxRig(new ScriptedDriver(), CpuTopology.Simulated(2), new QueueOptions { MergePolicy = MergePolicy.Off, IoTimeoutMs = 1000 },
             clock: new SchedulerBlockClock(Sys.Scheduler));
-        var contexts = _rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContext.Props(c, _rig.Device))).ToArray();
+        var contexts = _rig.Queue.SoftwareContexts.Select(c => Sys.ActorOf(SoftwareContextProtocol.Props(c, _rig.Device))).ToArray();
         _driver = ChildActorOf(DeviceDriver.Props(_rig.Queue, 0, blocking: false));
         _hctx = ChildActorOf(HardwareQueue.Props(_rig.Queue.HardwareContexts[0], TimeSpan.FromSeconds(1)));
         _rig.Start(contexts, [_driver]);

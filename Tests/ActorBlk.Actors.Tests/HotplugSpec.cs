@@ -87,7 +87,7 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.SetCpuOnlineAsync(3, online: false);
         await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.SetCpuOnlineAsync(0, online: false));
 
-        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopology.TopologyInfo>(CpuTopology.GetTopology.Instance, TimeSpan.FromSeconds(5));
+        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopologyProtocol.TopologyInfo>(CpuTopologyProtocol.GetTopology.Instance, TimeSpan.FromSeconds(5));
         Assert.Equal("0", info.Online);
         Assert.Equal(before.Version + 3, info.Version);
     }
@@ -159,7 +159,7 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         }
 
         await hotplug;
-        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopology.TopologyInfo>(CpuTopology.GetTopology.Instance, TimeSpan.FromSeconds(5));
+        var info = await Sys.ActorSelection("/user/actorblk/cpu-topology").Ask<CpuTopologyProtocol.TopologyInfo>(CpuTopologyProtocol.GetTopology.Instance, TimeSpan.FromSeconds(5));
         Assert.Equal(["hp3"], info.Queues);
     }
 }

@@ -76,7 +76,7 @@ public sealed class HotplugWatchSpec : Akka.TestKit.Xunit2.TestKit
         var topology = Sys.ActorSelection(Layer.Guardian.Path / "cpu-topology");
         await AwaitAssertAsync(async () =>
         {
-            var info = await topology.Ask<CpuTopology.TopologyInfo>(CpuTopology.GetTopology.Instance, TimeSpan.FromSeconds(10));
+            var info = await topology.Ask<CpuTopologyProtocol.TopologyInfo>(CpuTopologyProtocol.GetTopology.Instance, TimeSpan.FromSeconds(10));
             Assert.Equal(online, info.Online);
             Assert.Equal(version, info.Version);
         }, TimeSpan.FromSeconds(20));

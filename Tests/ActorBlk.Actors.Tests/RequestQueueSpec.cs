@@ -27,18 +27,18 @@ public sealed class RequestQueueSpec : Akka.TestKit.Xunit2.TestKit
         var queue = DeviceBuilder.CreateQueue(options, DeviceBuilder.CreateTagSet(options, driver, layer.Topology), driver);
         _device = new BlockDevice(queue);
         layer.Track(_device, options.Dispatch);
-        _queue = ChildActorOf(RequestQueue.Props(_device, _tagSet.Ref, _topology.Ref, layer, options));
+        _queue = ChildActorOf(RequestQueueProtocol.Props(_device, _tagSet.Ref, _topology.Ref, layer, options));
     }
 
     private async Task BecomeReady()
     {
-        var join = await _tagSet.ExpectMsgAsync<TagSet.Join>();
-        var register = await _topology.ExpectMsgAsync<CpuTopology.Register>();
+        var join = await _tagSet.ExpectMsgAsync<TagSetProtocol.Join>();
+        var register = await _topology.ExpectMsgAsync<CpuTopologyProtocol.Register>();
         Assert.Same(_device.Queue, join.Queue);
         Assert.Same(_device.Queue, register.Queue);
-        _tagSet.Reply(new TagSet.Joined("rq0", false, 1));
-        _topology.Reply(new CpuTopology.Registered("rq0", 1));
-        Assert.Equal("rq0", (await ExpectMsgAsync<RequestQueue.Ready>()).Name);
+        _tagSet.Reply(new TagSetProtocol.Joined("rq0", false, 1));
+        _topology.Reply(new CpuTopologyProtocol.Registered("rq0", 1));
+        Assert.Equal("rq0", (await ExpectMsgAsync<RequestQueueProtocol.Ready>()).Name);
     }
 
     [Fact]
@@ -48,8 +48,8 @@ public sealed class RequestQueueSpec : Akka.TestKit.Xunit2.TestKit
 
         Assert.True(_device.Queue.IsRegistered);
         Assert.True(_device.Queue.Usage.IsPerCpu);
-        _queue.Tell(RequestQueue.GetInfo.Instance);
-        var info = await ExpectMsgAsync<RequestQueue.Info>();
+        _queue.Tell(RequestQueueProtocol.GetInfo.Instance);
+        var info = await ExpectMsgAsync<RequestQueueProtocol.Info>();
         Assert.Equal("ring", info.Dispatch);
         Assert.Equal(1L << 20, info.Capacity);
     }
@@ -57,12 +57,12 @@ public sealed class RequestQueueSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task Io_sent_before_registration_completes_is_held_until_then()
     {
-        _queue.Tell(new RequestQueue.Io(1, BlockOp.Write, 0, 512, new byte[512]));
+        _queue.Tell(new RequestQueueProtocol.Io(1, BlockOp.Write, 0, 512, new byte[512]));
         await ExpectNoMsgAsync(TimeSpan.FromMilliseconds(200));
 
         await BecomeReady();
 
-        Assert.Equal(BlockStatus.Ok, (await ExpectMsgAsync<SoftwareContext.Completed>()).Status);
+        Assert.Equal(BlockStatus.Ok, (await ExpectMsgAsync<SoftwareContextProtocol.Completed>()).Status);
     }
 
     [Fact]
@@ -72,13 +72,13 @@ public sealed class RequestQueueSpec : Akka.TestKit.Xunit2.TestKit
         Watch(_queue);
         await _device.WriteAsync(0, new byte[512]);
 
-        _queue.Tell(RequestQueue.Unregister.Instance);
-        _topology.Reply(await _topology.ExpectMsgAsync<CpuTopology.Unregister>() is { } u ? new CpuTopology.Unregistered(u.Queue.Name) : null!);
-        var leave = await _tagSet.ExpectMsgAsync<TagSet.Leave>();
-        _tagSet.Reply(new TagSet.Left("rq0", false, 0));
+        _queue.Tell(RequestQueueProtocol.Unregister.Instance);
+        _topology.Reply(await _topology.ExpectMsgAsync<CpuTopologyProtocol.Unregister>() is { } u ? new CpuTopologyProtocol.Unregistered(u.Queue.Name) : null!);
+        var leave = await _tagSet.ExpectMsgAsync<TagSetProtocol.Leave>();
+        _tagSet.Reply(new TagSetProtocol.Left("rq0", false, 0));
 
         Assert.Same(_device.Queue, leave.Queue);
-        Assert.Equal(new RequestQueue.Unregistered("rq0", 0), await ExpectMsgAsync<RequestQueue.Unregistered>());
+        Assert.Equal(new RequestQueueProtocol.Unregistered("rq0", 0), await ExpectMsgAsync<RequestQueueProtocol.Unregistered>());
         await ExpectTerminatedAsync(_queue);
         Assert.True(_device.Queue.IsDying);
         Assert.Equal(BlockStatus.Offline, await _device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]));

@@ -75,11 +75,11 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         // I/O that arrives as a message (as from a peer node) reaches the stacked device too.
         var block = Pattern(8192, 9);
         Layer.Guardian.Tell(new BlockLayer.Io("linear0", 1, BlockOp.Write, MiB - 4096, 8192, block), TestActor);
-        Assert.Equal(BlockStatus.Ok, (await ExpectMsgAsync<SoftwareContext.Completed>()).Status);
+        Assert.Equal(BlockStatus.Ok, (await ExpectMsgAsync<SoftwareContextProtocol.Completed>()).Status);
         Layer.Guardian.Tell(new BlockLayer.Io("linear0", 2, BlockOp.Read, MiB - 4096, 8192), TestActor);
-        Assert.Equal(block, (await ExpectMsgAsync<SoftwareContext.Completed>()).Data);
+        Assert.Equal(block, (await ExpectMsgAsync<SoftwareContextProtocol.Completed>()).Data);
         Layer.Guardian.Tell(new BlockLayer.Io("linear0", 3, BlockOp.Read, 100, 512), TestActor);
-        Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContext.Rejected>()).Reason);
+        Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContextProtocol.Rejected>()).Reason);
     }
 
     [Fact]

@@ -51,8 +51,8 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     // The driver actor of hardware queue 0 (each hardware queue has its own).
     private ActorSelection DriverOf(string device) => Sys.ActorSelection($"/user/actorblk/dev-{device}-*/driver-0");
 
-    private async Task<RequestQueue.Info> InfoOf(string device) =>
-        await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueue.Info>(RequestQueue.GetInfo.Instance, TimeSpan.FromSeconds(5));
+    private async Task<RequestQueueProtocol.Info> InfoOf(string device) =>
+        await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueueProtocol.Info>(RequestQueueProtocol.GetInfo.Instance, TimeSpan.FromSeconds(5));
 
     private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
 

@@ -287,9 +287,9 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
 
         sysfs.Tell(new Sysfs.Hotplug(2, Online: false), TestActor);
-        Assert.Equal("0-1,3", (await ExpectMsgAsync<CpuTopology.TopologyChanged>()).Online);
+        Assert.Equal("0-1,3", (await ExpectMsgAsync<CpuTopologyProtocol.TopologyChanged>()).Online);
         sysfs.Tell(new Sysfs.Hotplug(2, Online: true), TestActor);
-        Assert.Equal("0-3", (await ExpectMsgAsync<CpuTopology.TopologyChanged>()).Online);
+        Assert.Equal("0-3", (await ExpectMsgAsync<CpuTopologyProtocol.TopologyChanged>()).Online);
         sysfs.Tell(new Sysfs.Hotplug(9, Online: true), TestActor);
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
     }

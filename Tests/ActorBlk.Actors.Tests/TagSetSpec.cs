@@ -1,11 +1,10 @@
 using ActorBlk.Actors.Tests.Support;
-using DataQueue = ActorBlk.Hardware.Queues.RequestQueue;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Xunit;
 using Xunit.Abstractions;
-using DataTagSet = ActorBlk.Hardware.Tags.TagSet;
-using DataTagSetOptions = ActorBlk.Hardware.Tags.TagSetOptions;
 
 namespace ActorBlk.Actors.Tests;
 
@@ -21,23 +20,23 @@ public sealed class TagSetSpec : Akka.TestKit.Xunit2.TestKit
     public async Task The_second_queue_makes_the_set_shared_and_leaving_unshares_it()
     {
         var topology = Hardware.Topology.CpuTopology.Simulated(2);
-        var set = new DataTagSet(new DataTagSetOptions { Name = "host0", QueueDepth = 32 }, topology);
-        var a = new DataQueue("a", set, new ScriptedDriver());
-        var b = new DataQueue("b", set, new ScriptedDriver());
-        var actor = Sys.ActorOf(TagSet.Props(set));
+        var set = new TagSet(new TagSetOptions { Name = "host0", QueueDepth = 32 }, topology);
+        var a = new RequestQueue("a", set, new ScriptedDriver());
+        var b = new RequestQueue("b", set, new ScriptedDriver());
+        var actor = Sys.ActorOf(TagSetProtocol.Props(set));
 
-        actor.Tell(new TagSet.Join(a));
-        Assert.Equal(new TagSet.Joined("host0", false, 1), await ExpectMsgAsync<TagSet.Joined>());
-        actor.Tell(new TagSet.Join(b));
-        Assert.Equal(new TagSet.Joined("host0", true, 2), await ExpectMsgAsync<TagSet.Joined>());
+        actor.Tell(new TagSetProtocol.Join(a));
+        Assert.Equal(new TagSetProtocol.Joined("host0", false, 1), await ExpectMsgAsync<TagSetProtocol.Joined>());
+        actor.Tell(new TagSetProtocol.Join(b));
+        Assert.Equal(new TagSetProtocol.Joined("host0", true, 2), await ExpectMsgAsync<TagSetProtocol.Joined>());
 
-        actor.Tell(TagSet.GetState.Instance);
-        var state = await ExpectMsgAsync<TagSet.State>();
+        actor.Tell(TagSetProtocol.GetState.Instance);
+        var state = await ExpectMsgAsync<TagSetProtocol.State>();
         Assert.Equal(["a", "b"], state.Queues);
         Assert.True(state.Shared);
         Assert.Equal(32, state.Depth);
 
-        actor.Tell(new TagSet.Leave(b));
-        Assert.Equal(new TagSet.Left("host0", false, 1), await ExpectMsgAsync<TagSet.Left>());
+        actor.Tell(new TagSetProtocol.Leave(b));
+        Assert.Equal(new TagSetProtocol.Left("host0", false, 1), await ExpectMsgAsync<TagSetProtocol.Left>());
     }
 }

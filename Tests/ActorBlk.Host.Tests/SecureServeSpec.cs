@@ -99,8 +99,8 @@ public sealed partial class SecureServeSpec : IDisposable
         {
             var guardian = client.ActorSelection($"{address}/user/actorblk");
             var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 3)).ToArray();
-            var write = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(30));
-            var read = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(30));
+            var write = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(30));
+            var read = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(30));
             Assert.Equal(BlockStatus.Ok, write.Status);
             Assert.Equal(data, read.Data);
         }

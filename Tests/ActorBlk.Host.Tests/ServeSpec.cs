@@ -42,15 +42,15 @@ public sealed partial class ServeSpec
         {
             var guardian = client.ActorSelection(guardianPath);
             var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
-            var write = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(10));
-            var read = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(10));
-            var rejected = await guardian.Ask<SoftwareContext.Rejected>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 100, 512), TimeSpan.FromSeconds(10));
+            var write = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(10));
+            var read = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(10));
+            var rejected = await guardian.Ask<SoftwareContextProtocol.Rejected>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 100, 512), TimeSpan.FromSeconds(10));
             var unknown = await guardian.Ask<BlockLayer.NoSuchDevice>(new BlockLayer.Io("sda", 4, BlockOp.Read, 0, 512), TimeSpan.FromSeconds(10));
             var list = await guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(10));
 
             // The file device: a real write and read of the backing file, through the cluster.
-            var diskWrite = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("disk0", 5, BlockOp.Write, 1 << 20, 4096, data), TimeSpan.FromSeconds(10));
-            var diskRead = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("disk0", 6, BlockOp.Read, 1 << 20, 4096), TimeSpan.FromSeconds(10));
+            var diskWrite = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("disk0", 5, BlockOp.Write, 1 << 20, 4096, data), TimeSpan.FromSeconds(10));
+            var diskRead = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("disk0", 6, BlockOp.Read, 1 << 20, 4096), TimeSpan.FromSeconds(10));
             Assert.Equal(BlockStatus.Ok, diskWrite.Status);
             Assert.Equal(data, diskRead.Data);
 

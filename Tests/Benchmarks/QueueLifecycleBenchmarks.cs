@@ -2,8 +2,8 @@ using ActorBlk.Actors;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
-using HostTagSet = ActorBlk.Hardware.Tags.TagSet;
-using Topology = ActorBlk.Hardware.Topology.CpuTopology;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Configuration;
 using BenchmarkDotNet.Attributes;
@@ -30,9 +30,9 @@ public class QueueLifecycleBenchmarks
 {
     private ActorSystem _system = null!;
     private BlockLayer _layer = null!;
-    private HostTagSet _hostTags = null!;
+    private TagSet _hostTags = null!;
     private NullBlockDriver _driver = null!;
-    private Topology _topology = null!;
+    private CpuTopology _topology = null!;
     private readonly byte[] _buffer = new byte[4096];
     private int _n;
 

@@ -63,7 +63,7 @@ public sealed class NodeFailureSpec(ITestOutputHelper output) : Akka.TestKit.Xun
         await layer.CreateDeviceAsync(new Hardware.Devices.DeviceOptions { Name = "nullb0", Size = 1 << 20, PollQueues = 0 });
         var probe = CreateTestProbe();
         layer.Guardian.Tell(new BlockLayer.GetDeviceInfo("nullb0"), probe.Ref);
-        await probe.ExpectMsgAsync<RequestQueue.Info>(TimeSpan.FromSeconds(30));
+        await probe.ExpectMsgAsync<RequestQueueProtocol.Info>(TimeSpan.FromSeconds(30));
         Sys.Stop(probe.LastSender);
 
         await Sys.WhenTerminated.WaitAsync(TimeSpan.FromSeconds(60));

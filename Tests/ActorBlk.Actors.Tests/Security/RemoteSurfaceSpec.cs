@@ -126,11 +126,11 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
     {
         var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
         Guardian(from.Sys).Tell(new BlockLayer.Io("nullb0", 900, BlockOp.Write, 8192, 4096, data), from.Ref);
-        var written = await from.ExpectMsgAsync<SoftwareContext.Completed>(TimeSpan.FromSeconds(30));
+        var written = await from.ExpectMsgAsync<SoftwareContextProtocol.Completed>(TimeSpan.FromSeconds(30));
         Assert.Equal((900L, BlockStatus.Ok), (written.Id, written.Status));
 
         Guardian(from.Sys).Tell(new BlockLayer.Io("nullb0", 901, BlockOp.Read, 8192, 4096), from.Ref);
-        var read = await from.ExpectMsgAsync<SoftwareContext.Completed>(TimeSpan.FromSeconds(30));
+        var read = await from.ExpectMsgAsync<SoftwareContextProtocol.Completed>(TimeSpan.FromSeconds(30));
         Assert.Equal((901L, BlockStatus.Ok), (read.Id, read.Status));
         Assert.Equal(data, read.Data);
         Assert.Contains("nullb0", Layer.Devices.Select(d => d.Name));
@@ -224,7 +224,7 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
 
         // The attacker learns the device actor's reference from an answer it sends.
         Guardian(_attacker).Tell(new BlockLayer.GetDeviceInfo("nullb0"), attacker.Ref);
-        await attacker.ExpectMsgAsync<RequestQueue.Info>(TimeSpan.FromSeconds(30));
+        await attacker.ExpectMsgAsync<RequestQueueProtocol.Info>(TimeSpan.FromSeconds(30));
         var device = (IInternalActorRef)attacker.LastSender;
         Guardian(_attacker).Tell(new Identify(1), attacker.Ref);
         var guardian = (IInternalActorRef)(await attacker.ExpectMsgAsync<ActorIdentity>(TimeSpan.FromSeconds(30))).Subject!;
@@ -232,12 +232,12 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         // Terminate the device actor; tell the guardian its device died; unregister it directly.
         device.SendSystemMessage(new Terminate());
         guardian.SendSystemMessage(new DeathWatchNotification(device, existenceConfirmed: true, addressTerminated: false));
-        device.Tell(RequestQueue.Unregister.Instance, attacker.Ref);
+        device.Tell(RequestQueueProtocol.Unregister.Instance, attacker.Ref);
         device.Tell(HardwareQueue.Stop.Instance, attacker.Ref);
 
         // Ordering over the association: the device actor answers what came after.
-        device.Tell(new RequestQueue.Io(77, BlockOp.Read, 0, 512), attacker.Ref);
-        Assert.Equal(BlockStatus.Ok, (await attacker.ExpectMsgAsync<SoftwareContext.Completed>(TimeSpan.FromSeconds(30))).Status);
+        device.Tell(new RequestQueueProtocol.Io(77, BlockOp.Read, 0, 512), attacker.Ref);
+        Assert.Equal(BlockStatus.Ok, (await attacker.ExpectMsgAsync<SoftwareContextProtocol.Completed>(TimeSpan.FromSeconds(30))).Status);
         await AssertStillServes(attacker);
         Assert.Null(Layer.FailureReason);
 
@@ -284,23 +284,23 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
 
         // The whole device: beyond max_sectors_kb.
         Guardian(_attacker).Tell(new BlockLayer.Io("nullb0", 41, BlockOp.Read, 0, (int)Capacity), attacker.Ref);
-        var whole = await attacker.ExpectMsgAsync<SoftwareContext.Rejected>(TimeSpan.FromSeconds(30));
+        var whole = await attacker.ExpectMsgAsync<SoftwareContextProtocol.Rejected>(TimeSpan.FromSeconds(30));
         Assert.Equal((41L, InvalidRequestReason.OutOfRange), (whole.Id, whole.Reason));
         Assert.Contains("max_sectors_kb", whole.Message);
 
         // Within max_sectors_kb but larger than one remoting frame: the reply could never arrive.
         Guardian(_attacker).Tell(new BlockLayer.Io("nullb0", 42, BlockOp.Read, 0, 256 << 10), attacker.Ref);
-        var frame = await attacker.ExpectMsgAsync<SoftwareContext.Rejected>(TimeSpan.FromSeconds(30));
+        var frame = await attacker.ExpectMsgAsync<SoftwareContextProtocol.Rejected>(TimeSpan.FromSeconds(30));
         Assert.Equal(42L, frame.Id);
         Assert.Contains("NBD", frame.Message);
 
         // Negative, beyond the capacity, data on a read, an unknown device: typed, with the id.
         Guardian(_attacker).Tell(new BlockLayer.Io("nullb0", 43, BlockOp.Read, 0, -1), attacker.Ref);
-        Assert.Equal(43L, (await attacker.ExpectMsgAsync<SoftwareContext.Rejected>(TimeSpan.FromSeconds(30))).Id);
+        Assert.Equal(43L, (await attacker.ExpectMsgAsync<SoftwareContextProtocol.Rejected>(TimeSpan.FromSeconds(30))).Id);
         Guardian(_attacker).Tell(new BlockLayer.Io("nullb0", 44, BlockOp.Read, Capacity - 512, 4096), attacker.Ref);
-        Assert.Equal(44L, (await attacker.ExpectMsgAsync<SoftwareContext.Rejected>(TimeSpan.FromSeconds(30))).Id);
+        Assert.Equal(44L, (await attacker.ExpectMsgAsync<SoftwareContextProtocol.Rejected>(TimeSpan.FromSeconds(30))).Id);
         Guardian(_attacker).Tell(new BlockLayer.Io("nullb0", 45, BlockOp.Read, 0, 512, new byte[512]), attacker.Ref);
-        Assert.Equal(45L, (await attacker.ExpectMsgAsync<SoftwareContext.Rejected>(TimeSpan.FromSeconds(30))).Id);
+        Assert.Equal(45L, (await attacker.ExpectMsgAsync<SoftwareContextProtocol.Rejected>(TimeSpan.FromSeconds(30))).Id);
         Guardian(_attacker).Tell(new BlockLayer.Io("nope", 46, BlockOp.Read, 0, 512), attacker.Ref);
         Assert.Equal(new BlockLayer.NoSuchDevice("nope", 46), await attacker.ExpectMsgAsync<BlockLayer.NoSuchDevice>(TimeSpan.FromSeconds(30)));
 
@@ -311,10 +311,10 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
     public async Task Internal_protocol_messages_are_not_accepted_from_the_network()
     {
         var attacker = CreateTestProbe(_attacker);
-        Guardian(_attacker).Tell(new RequestQueue.Unregistered("nullb0", 0), attacker.Ref);
-        Guardian(_attacker).Tell(new RequestQueue.Ready("nullb0"), attacker.Ref);
+        Guardian(_attacker).Tell(new RequestQueueProtocol.Unregistered("nullb0", 0), attacker.Ref);
+        Guardian(_attacker).Tell(new RequestQueueProtocol.Ready("nullb0"), attacker.Ref);
         await AssertStillServes(attacker);
-        AssertNothingDelivered<RequestQueue.Unregistered>();
-        AssertNothingDelivered<RequestQueue.Ready>();
+        AssertNothingDelivered<RequestQueueProtocol.Unregistered>();
+        AssertNothingDelivered<RequestQueueProtocol.Ready>();
     }
 }

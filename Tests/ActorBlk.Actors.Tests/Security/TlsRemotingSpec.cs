@@ -105,16 +105,16 @@ public sealed class TlsRemotingSpec : IAsyncLifetime
         Assert.Equal("16\n", written.Text);
 
         // hotplug: CPU 3 offline and back.
-        var offline = await sysfs.Ask<CpuTopology.TopologyChanged>(new RemoteSurface.Authenticated(Secret, new Sysfs.Hotplug(3, Online: false)), TimeSpan.FromSeconds(60));
+        var offline = await sysfs.Ask<CpuTopologyProtocol.TopologyChanged>(new RemoteSurface.Authenticated(Secret, new Sysfs.Hotplug(3, Online: false)), TimeSpan.FromSeconds(60));
         Assert.Equal("0-2", offline.Online);
-        var online = await sysfs.Ask<CpuTopology.TopologyChanged>(new RemoteSurface.Authenticated(Secret, new Sysfs.Hotplug(3, Online: true)), TimeSpan.FromSeconds(60));
+        var online = await sysfs.Ask<CpuTopologyProtocol.TopologyChanged>(new RemoteSurface.Authenticated(Secret, new Sysfs.Hotplug(3, Online: true)), TimeSpan.FromSeconds(60));
         Assert.Equal("0-3", online.Online);
 
         // I/O messages: a write and the read of it.
         var data = Enumerable.Range(0, 8192).Select(i => (byte)(i % 251)).ToArray();
-        var w = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 4096, data.Length, data), TimeSpan.FromSeconds(30));
+        var w = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 4096, data.Length, data), TimeSpan.FromSeconds(30));
         Assert.Equal((1L, BlockStatus.Ok), (w.Id, w.Status));
-        var r = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 4096, data.Length), TimeSpan.FromSeconds(30));
+        var r = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 4096, data.Length), TimeSpan.FromSeconds(30));
         Assert.Equal(data, r.Data);
 
         // A plain-TCP client (at the same port) and a client with another certificate resolve nothing.
@@ -125,7 +125,7 @@ public sealed class TlsRemotingSpec : IAsyncLifetime
         await Assert.ThrowsAsync<ActorNotFoundException>(() => stranger.ActorSelection($"{Address(node)}/user/actorblk").ResolveOne(TimeSpan.FromSeconds(10)));
 
         // The node still serves its client.
-        var again = await guardian.Ask<SoftwareContext.Completed>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 4096, 512), TimeSpan.FromSeconds(30));
+        var again = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 4096, 512), TimeSpan.FromSeconds(30));
         Assert.Equal(BlockStatus.Ok, again.Status);
     }
 

@@ -33,20 +33,20 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
 
     public static IEnumerable<object[]> Messages() =>
     [
-        [new SoftwareContext.Submit(1, BlockOp.Write, 4096, 3, [1, 2, 3], RequestFlags.Fua)],
-        [new SoftwareContext.Completed(2, BlockStatus.Medium, null)],
-        [new SoftwareContext.Completed(3, BlockStatus.Ok, [9, 8])],
-        [new SoftwareContext.Rejected(4, InvalidRequestReason.Misaligned, "offset 7")],
-        [SoftwareContext.GetStats.Instance],
-        [new SoftwareContext.Stats(3, 1, 2, 3, 4, 5)],
+        [new SoftwareContextProtocol.Submit(1, BlockOp.Write, 4096, 3, [1, 2, 3], RequestFlags.Fua)],
+        [new SoftwareContextProtocol.Completed(2, BlockStatus.Medium, null)],
+        [new SoftwareContextProtocol.Completed(3, BlockStatus.Ok, [9, 8])],
+        [new SoftwareContextProtocol.Rejected(4, InvalidRequestReason.Misaligned, "offset 7")],
+        [SoftwareContextProtocol.GetStats.Instance],
+        [new SoftwareContextProtocol.Stats(3, 1, 2, 3, 4, 5)],
         [new HardwareQueue.Stats(1, true, false, 10, 20, 3, 4, 2, [1, 2, 3, 4, 5, 6, 7])],
-        [TagSet.GetState.Instance],
-        [new TagSet.State("t", ["a", "b"], true, 128, 0, 1, false, [2], [5])],
-        [CpuTopology.GetTopology.Instance],
-        [new CpuTopology.TopologyInfo(2, "simulated", 8, "0-7", "0-6", 2, ["nullb0"])],
-        [new RequestQueue.Io(5, BlockOp.Read, 0, 512, null, RequestFlags.NoWait, 2)],
-        [RequestQueue.GetInfo.Instance],
-        [new RequestQueue.Info("n", "null", 1 << 30, 512, 2, 8, "ring", "n", true, false, 0, 1, 2, 3, "online")],
+        [TagSetProtocol.GetState.Instance],
+        [new TagSetProtocol.State("t", ["a", "b"], true, 128, 0, 1, false, [2], [5])],
+        [CpuTopologyProtocol.GetTopology.Instance],
+        [new CpuTopologyProtocol.TopologyInfo(2, "simulated", 8, "0-7", "0-6", 2, ["nullb0"])],
+        [new RequestQueueProtocol.Io(5, BlockOp.Read, 0, 512, null, RequestFlags.NoWait, 2)],
+        [RequestQueueProtocol.GetInfo.Instance],
+        [new RequestQueueProtocol.Info("n", "null", 1 << 30, 512, 2, 8, "ring", "n", true, false, 0, 1, 2, 3, "online")],
         [new BlockLayer.Destroyed("nullb0", 3)],
         [new BlockLayer.NoSuchDevice("x")],
         [new BlockLayer.NoSuchDevice("x", 12)],
@@ -80,13 +80,13 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
         [HardwareQueue.Stop.Instance],
         [HardwareQueue.Start.Instance],
         [new HardwareQueue.TimeoutsExpired(0, 2, 5)],
-        [new TagSet.Joined("shared", true, 2)],
-        [new TagSet.Left("shared", false, 1)],
-        [new CpuTopology.Registered("nullb0", 4)],
-        [new CpuTopology.Unregistered("nullb0")],
-        [new RequestQueue.Ready("nullb0")],
-        [RequestQueue.Unregister.Instance],
-        [new RequestQueue.Unregistered("nullb0", 0)],
+        [new TagSetProtocol.Joined("shared", true, 2)],
+        [new TagSetProtocol.Left("shared", false, 1)],
+        [new CpuTopologyProtocol.Registered("nullb0", 4)],
+        [new CpuTopologyProtocol.Unregistered("nullb0")],
+        [new RequestQueueProtocol.Ready("nullb0")],
+        [RequestQueueProtocol.Unregister.Instance],
+        [new RequestQueueProtocol.Unregistered("nullb0", 0)],
     ];
 
     [Theory]
@@ -103,8 +103,8 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
         [new BlockLayer.Destroy("nullb0")],
         [new Sysfs.Write("block/nullb0/queue/nr_requests", "4")],
         [new Sysfs.Hotplug(1, false)],
-        [new CpuTopology.CpuOffline(1)],
-        [new CpuTopology.CpuOnline(1)],
+        [new CpuTopologyProtocol.CpuOffline(1)],
+        [new CpuTopologyProtocol.CpuOnline(1)],
     ];
 
     [Theory]
@@ -134,11 +134,11 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Theory]
-    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, ActorBlk.Actors, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null", true)]
-    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, ActorBlk.Actors", true)]
-    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, ActorBlk.Hardware", false)]
-    [InlineData("ActorBlk.Actors.SoftwareContext+Submit, Evil", false)]
-    [InlineData("ActorBlk.Actors.SoftwareContext+Submit", false)]
+    [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Actors, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null", true)]
+    [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Actors", true)]
+    [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Hardware", false)]
+    [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, Evil", false)]
+    [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit", false)]
     [InlineData("System.String, Evil", false)]
     [InlineData("System.String, mscorlib", true)]
     [InlineData("System.Collections.Generic.List`1[[System.String, Evil]], System.Private.CoreLib", false)]

@@ -7,9 +7,6 @@ using Akka.Actor;
 
 namespace ActorBlk.Actors.Tests.Support;
 
-using CpuTopology = ActorBlk.Hardware.Topology.CpuTopology;
-using RequestQueue = ActorBlk.Hardware.Queues.RequestQueue;
-using TagSet = ActorBlk.Hardware.Tags.TagSet;
 
 /// <summary>
 /// A data-plane queue wired for mailbox dispatch, whose software-context actors and hardware

@@ -1,0 +1,85 @@
+using ActorBlk.Hardware.Sysfs;
+
+namespace ActorBlk.Actors;
+
+// Attribute-path routing of the block layer: sysfs and debugfs paths name a device, whose queue attributes answer.
+
+public sealed partial class BlockLayer
+{
+    /// <summary>
+    /// The attribute paths of every registered device that start with <paramref name="prefix"/>
+    /// (<c>block/nullb0/queue/</c>, <c>kernel/debug/block/</c>, or empty for all), sorted.
+    /// </summary>
+    public IReadOnlyList<string> ListAttributes(string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        var p = Normalize(prefix);
+        return CpuAttributes.List(CurrentTopology).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
+            .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
+    }
+
+    /// <summary>
+    /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
+    /// <c>devices/system/cpu/online</c> ...
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
+    public string ReadAttribute(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        var p = Normalize(path);
+        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
+    }
+
+    /// <summary>
+    /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
+    /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value) or EBUSY (the last online CPU); nothing changed.</exception>
+    public async ValueTask WriteAttributeAsync(string path, string value)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(value);
+        var p = Normalize(path);
+        if (!CpuAttributes.Owns(p))
+        {
+            await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
+            return;
+        }
+
+        var (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
+        try
+        {
+            await SetCpuOnlineAsync(cpu, online).ConfigureAwait(false);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new AttributeException(p, AttributeErrno.EBUSY, ex.Message);
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            throw new AttributeException(p, AttributeErrno.ENOENT, ex.Message.Split(" (Parameter")[0]);
+        }
+    }
+
+    // "/sys/block/nullb0/queue/x", "block/nullb0/queue/x" and "kernel/debug/block/nullb0/..." name the device in the path.
+    // The path is already normalised by the caller.
+    private QueueAttributes AttributesOf(string path)
+    {
+        var parts = path.Split('/');
+        var device = parts switch
+        {
+            ["block", var name, ..] => name,
+            ["kernel", "debug", "block", var name, ..] => name,
+            _ => null,
+        };
+        return device is not null && _devices.TryGetValue(device, out var d)
+            ? d.Attributes
+            : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
+    }
+
+    private static string Normalize(string path)
+    {
+        var p = path.Trim().Trim('/');
+        return p.StartsWith("sys/", StringComparison.Ordinal) ? p[4..] : p == "sys" ? string.Empty : p;
+    }
+}

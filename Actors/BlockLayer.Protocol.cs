@@ -1,0 +1,73 @@
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Requests;
+using Akka.Actor;
+
+namespace ActorBlk.Actors;
+
+// The guardian's protocol: the messages /user/actorblk receives and answers.
+
+public sealed partial class BlockLayer
+{
+    internal sealed record AllDeviceNames : INoSerializationVerificationNeeded
+    {
+        public static readonly AllDeviceNames Instance = new();
+    }
+
+    /// <summary>Create a device, on <paramref name="Driver"/> when given (reply <see cref="Created"/>, or a failure). Local only.</summary>
+    public sealed record Create(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
+
+    /// <summary>The device exists and serves I/O. Local only.</summary>
+    public sealed record Created(BlockDevice Device) : INoSerializationVerificationNeeded;
+
+    /// <summary>Allocate a device without registering it (reply <see cref="Created"/>, or a failure). Local only.</summary>
+    public sealed record Allocate(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;
+
+    /// <summary>Register an allocated device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
+    public sealed record Register(string Name) : INoSerializationVerificationNeeded;
+
+    /// <summary>Create a stacked device's placeholder (reply <see cref="Created"/>). Local only.</summary>
+    public sealed record CreateStacked(string Name) : INoSerializationVerificationNeeded;
+
+    /// <summary>Load a table into a stacked device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
+    public sealed record LoadTable(string Name, StackTable Table) : INoSerializationVerificationNeeded;
+
+    /// <summary>The device cannot be destroyed: <paramref name="Holder"/> is built on it.</summary>
+    public sealed record DeviceBusy(string Name, string Holder) : IActorBlkMessage;
+
+    /// <summary>Destroy a device (reply <see cref="Destroyed"/> or <see cref="NoSuchDevice"/>).</summary>
+    public sealed record Destroy(string Name) : IActorBlkMessage;
+
+    /// <summary>The device is gone.</summary>
+    public sealed record Destroyed(string Name, int FailedRequests) : IActorBlkMessage;
+
+    /// <summary>No device has that name; <paramref name="Id"/> is the request id of an <see cref="Io"/> (0 otherwise).</summary>
+    public sealed record NoSuchDevice(string Name, long Id = 0) : IActorBlkMessage;
+
+    /// <summary>Asks for a device's <see cref="RequestQueueProtocol.Info"/>; the answer is that, or <see cref="NoSuchDevice"/>.</summary>
+    public sealed record GetDeviceInfo(string Name) : IActorBlkQuery;
+
+    /// <summary>Ask for the devices (reply <see cref="DeviceList"/>).</summary>
+    public sealed record ListDevices : IActorBlkQuery
+    {
+        /// <summary>The instance.</summary>
+        public static readonly ListDevices Instance = new();
+    }
+
+    /// <summary>The devices of this node.</summary>
+    public sealed record DeviceList(DeviceSummary[] Devices) : IActorBlkMessage;
+
+    /// <summary>One device.</summary>
+    public sealed record DeviceSummary(string Name, string Driver, long Capacity, int LogicalBlockSize, int HardwareQueues, string Dispatch, string TagSet) : IActorBlkMessage;
+
+    /// <summary>
+    /// An I/O for a device of this node, addressed by name: the cluster's way in. The sender
+    /// receives <see cref="SoftwareContextProtocol.Completed"/>, <see cref="SoftwareContextProtocol.Rejected"/> or
+    /// <see cref="NoSuchDevice"/>, each with <paramref name="Id"/>. Every field is checked before
+    /// anything is allocated (<c>MessageIo.Check</c>); over remoting a read or write moves at most
+    /// one frame of data.
+    /// </summary>
+    public sealed record Io(string Device, long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
+}

@@ -1,0 +1,458 @@
+using ActorBlk.Actors.Clustering;
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Tags;
+using Akka.Actor;
+using Akka.Event;
+
+namespace ActorBlk.Actors;
+
+/// <summary>The guardian: creates and destroys devices and their tag sets, routes I/O by device name.</summary>
+internal sealed class BlockLayerActor : ReceiveActor
+{
+    private readonly BlockLayer _layer;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Dictionary<string, Entry> _devices = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, SharedTagSet> _sharedTagSets = new(StringComparer.Ordinal);
+    private IActorRef _topology = ActorRefs.Nobody;
+    private IActorRef _sysfs = ActorRefs.Nobody;
+
+    // Actor names carry an incarnation number: a device destroyed and created again under the
+    // same name gets new actors while the old ones may still be stopping.
+    private long _incarnation;
+
+    public BlockLayerActor(BlockLayer layer)
+    {
+        _layer = layer;
+        Receive<BlockLayer.Create>(HandleCreate);
+        Receive<BlockLayer.Allocate>(HandleAllocate);
+        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(_devices.Keys.ToArray()));
+        Receive<BlockLayer.Register>(HandleRegister);
+        Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
+        Receive<BlockLayer.LoadTable>(HandleLoadTable);
+        Receive<RequestQueueProtocol.Ready>(HandleReady);
+        Receive<BlockLayer.Destroy>(HandleDestroy);
+        Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
+        Receive<BlockLayer.Io>(HandleIo);
+        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
+        Receive<RemoteSurface.AdminRefused>(refused =>
+        {
+            _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
+            Sender.Tell(new RemoteSurface.NotAuthorized(refused.Request.ToString() ?? string.Empty, refused.Reason));
+        });
+        Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
+        Receive<BlockLayer.GetDeviceInfo>(get =>
+        {
+            if (get.Name is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
+            {
+                actor.Forward(RequestQueueProtocol.GetInfo.Instance);
+            }
+            else
+            {
+                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name ?? string.Empty));
+            }
+        });
+        Receive<Terminated>(HandleTerminated);
+    }
+
+    public static Props Props(BlockLayer layer) => Akka.Actor.Props.Create(() => new BlockLayerActor(layer));
+
+    protected override void PreStart()
+    {
+        _topology = Context.ActorOf(
+            CpuTopologyProtocol.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
+        _sysfs = Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
+        Context.Watch(_topology);
+        Context.Watch(_sysfs);
+    }
+
+    // A restart would stop every device with the guardian's children: the layer fails instead and
+    // the node shuts down (never serving nothing while it runs).
+    protected override void PreRestart(Exception reason, object message)
+    {
+        _layer.Fail($"the guardian failed on {message?.GetType().Name ?? "a message"}: {reason.Message}");
+        base.PreRestart(reason, message);
+    }
+
+    // A device that fails while it initialises is stopped; its creator gets the failure.
+    protected override SupervisorStrategy SupervisorStrategy() => new OneForOneStrategy(ex =>
+    {
+        _log.Error(ex, "A device actor failed; stopping it");
+        return Directive.Stop;
+    });
+
+    private void HandleCreate(BlockLayer.Create create)
+    {
+        if (Build(create.Options, create.Driver) is { } entry)
+        {
+            entry.Creator = Sender;
+            StartActor(entry);
+        }
+    }
+
+    // Allocation only: driver, tag set and queue exist; no actor, no dispatch thread, no sysfs.
+    private void HandleAllocate(BlockLayer.Allocate allocate)
+    {
+        if (Build(allocate.Options, allocate.Driver) is { } entry)
+        {
+            Sender.Tell(new BlockLayer.Created(entry.Device));
+        }
+    }
+
+    private void HandleRegister(BlockLayer.Register register)
+    {
+        if (!_devices.TryGetValue(register.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(register.Name));
+            return;
+        }
+
+        if (entry.Actor is not null || entry.Device.Queue.Kind != QueueKind.MultiQueue)
+        {
+            Sender.Tell(new Status.Failure(new InvalidOperationException(
+                $"Device {register.Name} is {(entry.Actor is not null ? "already registered" : "a stacked device; load a table to register it")}.")));
+            return;
+        }
+
+        entry.Creator = Sender;
+        StartActor(entry);
+    }
+
+    // Builds the data plane of a device (driver, tag set, queue) and reserves its name. Replies with
+    // a failure and returns null when the options or the driver are refused.
+    private Entry? Build(DeviceOptions options, IBlockDriver? driver)
+    {
+        if (_devices.ContainsKey(options.Name))
+        {
+            driver?.Dispose();
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(options.Name, "name", "a device with this name already exists.")));
+            return null;
+        }
+
+        BlockDevice device;
+        TagSet set;
+        try
+        {
+            if (driver is null)
+            {
+                options.Validate();
+                driver = DeviceBuilder.CreateDriver(options);
+            }
+            else
+            {
+                (options with { Driver = "null", Path = null }).Validate();
+                driver = options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
+            }
+
+            if (options.SharedTags && _sharedTagSets.TryGetValue(options.TagSetName, out var shared))
+            {
+                set = shared.Set;
+            }
+            else
+            {
+                set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
+                if (options.SharedTags)
+                {
+                    _sharedTagSets[options.TagSetName] = new SharedTagSet(set);
+                }
+            }
+
+            if (set.DepthWasClamped)
+            {
+                _log.Info("{Device}: hw_queue_depth {Requested} reduced to {Depth} (BLK_MQ_MAX_DEPTH)", options.Name, set.RequestedDepth, set.QueueDepth);
+            }
+
+            // Two-phase initialisation (§10): the generic queue first, then the multi-queue parts.
+            var queue = RequestQueue.Allocate(options.Name, set.Map.Topology, driver.Limits, _layer.Clock);
+            queue.InitializeMq(set, driver, options.ToQueueOptions());
+            DeviceBuilder.ApplyLimits(options, queue);
+            var name = options.Name;
+            device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+        }
+        catch (Exception ex) when (ex is ArgumentException or BlockDeviceException or IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            driver?.Dispose();
+            _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
+            Sender.Tell(new Status.Failure(ex));
+            return null;
+        }
+
+        var entry = new Entry(device, set, options);
+        _devices[options.Name] = entry;
+        return entry;
+    }
+
+    // Registration: the tag-set actor (created on first use), the request-queue actor and its
+    // children; the actor answers Ready once joined to its tag set and the CPU topology.
+    private void StartActor(Entry entry)
+    {
+        var options = entry.Options;
+        if (options.SharedTags)
+        {
+            var shared = _sharedTagSets[options.TagSetName];
+            shared.Actor ??= Context.ActorOf(TagSetProtocol.Props(shared.Set), $"shared-{options.TagSetName}-{++_incarnation}");
+            entry.TagSetActor = shared.Actor;
+        }
+        else
+        {
+            entry.TagSetActor = Context.ActorOf(TagSetProtocol.Props(entry.TagSet!), $"tags-{options.Name}-{++_incarnation}");
+        }
+
+        _layer.Track(entry.Device, options.Dispatch);
+        entry.Actor = Context.ActorOf(RequestQueueProtocol.Props(entry.Device, entry.TagSetActor, _topology, _layer, options), $"dev-{options.Name}-{++_incarnation}");
+        Context.Watch(entry.Actor);
+    }
+
+    // dm create: a placeholder queue under the name, neither bio-based nor multi-queue yet.
+    private void HandleCreateStacked(BlockLayer.CreateStacked create)
+    {
+        if (_devices.ContainsKey(create.Name))
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", "a device with this name already exists.")));
+            return;
+        }
+
+        try
+        {
+            var queue = RequestQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
+            var name = create.Name;
+            var device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+            _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });
+            Sender.Tell(new BlockLayer.Created(device));
+        }
+        catch (ArgumentException ex)
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", ex.Message)));
+        }
+    }
+
+    // dm table load + resume. The first table decides what the device is (§10 item 3): a linear or
+    // striped table makes it bio-based and registers it. A later table of the same kind replaces
+    // the target while the queue is frozen (suspend, swap, resume).
+    private void HandleLoadTable(BlockLayer.LoadTable load)
+    {
+        if (!_devices.TryGetValue(load.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(load.Name));
+            return;
+        }
+
+        var queue = entry.Device.Queue;
+        if (queue.Kind == QueueKind.MultiQueue || entry.Destroyers.Count > 0)
+        {
+            Sender.Tell(new Status.Failure(new InvalidOperationException($"Device {load.Name} is {(entry.Destroyers.Count > 0 ? "being removed" : "not a stacked device")}.")));
+            return;
+        }
+
+        StackTarget target;
+        try
+        {
+            var members = load.Table.MemberNames.Select(m => MemberOf(load.Name, m)).ToArray();
+            target = load.Table.Build(members);
+        }
+        catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException)
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
+            return;
+        }
+
+        if (queue.Kind == QueueKind.Placeholder)
+        {
+            queue.InitializeBioBased(target);
+            entry.Holds = [.. target.Members.Select(m => m.Name)];
+            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
+            Context.Watch(entry.Actor);
+            entry.Creator = Sender;
+            return;
+        }
+
+        entry.Actor!.Forward(new StackedDevice.SwapTarget(target));
+        entry.Holds = [.. target.Members.Select(m => m.Name)];
+    }
+
+    private IBlockDevice MemberOf(string stacked, string member)
+    {
+        if (member == stacked)
+        {
+            throw new ArgumentException($"{stacked} cannot be a member of itself.");
+        }
+
+        return _devices.TryGetValue(member, out var m) && m.Ready && m.Destroyers.Count == 0
+            ? m.Device
+            : throw new KeyNotFoundException($"member device '{member}' does not exist or is not registered.");
+    }
+
+    private void HandleReady(RequestQueueProtocol.Ready ready)
+    {
+        if (!_devices.TryGetValue(ready.Name, out var entry))
+        {
+            return;
+        }
+
+        entry.Ready = true;
+        _layer.Publish(entry.Device);
+        var queue = entry.Device.Queue;
+        _log.Info("{Device}: {Driver} driver: {Description}", ready.Name,
+            queue.Kind == QueueKind.MultiQueue ? queue.Driver.Kind : "bio-based", queue.Kind == QueueKind.MultiQueue ? queue.Driver.Description : queue.BioDriver!.Description);
+        entry.Creator?.Tell(new BlockLayer.Created(entry.Device));
+        entry.Creator = null;
+    }
+
+    private void HandleDestroy(BlockLayer.Destroy destroy)
+    {
+        if (destroy.Name is not { Length: > 0 and <= RemoteSurface.MaxDeviceName } || !_devices.TryGetValue(destroy.Name, out var entry))
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name ?? string.Empty));
+            return;
+        }
+
+        var holder = _devices.Values.FirstOrDefault(e => e.Holds.Contains(destroy.Name));
+        if (holder is not null)
+        {
+            Sender.Tell(new BlockLayer.DeviceBusy(destroy.Name, holder.Options.Name));
+            return;
+        }
+
+        if (entry.Actor is null)
+        {
+            // Never registered: nothing runs for it, so destroying it is only releasing it.
+            _devices.Remove(destroy.Name);
+            entry.Device.Queue.Destroy();
+            if (entry.Device.Queue.Kind == QueueKind.MultiQueue)
+            {
+                entry.Device.Queue.Driver.Dispose();
+            }
+
+            ReleaseTagSet(entry);
+            Sender.Tell(new BlockLayer.Destroyed(destroy.Name, 0));
+            return;
+        }
+
+        entry.Destroyers.Add(Sender);
+        if (entry.Destroyers.Count == 1)
+        {
+            entry.Actor.Tell(RequestQueueProtocol.Unregister.Instance);
+        }
+    }
+
+    private void HandleUnregistered(RequestQueueProtocol.Unregistered done)
+    {
+        if (!_devices.Remove(done.Name, out var entry))
+        {
+            return;
+        }
+
+        Context.Unwatch(entry.Actor!);
+        _layer.Forget(done.Name);
+        ReleaseTagSet(entry);
+        foreach (var destroyer in entry.Destroyers)
+        {
+            destroyer.Tell(new BlockLayer.Destroyed(done.Name, done.FailedRequests));
+        }
+    }
+
+    private void HandleTerminated(Terminated terminated)
+    {
+        if (terminated.ActorRef.Equals(_topology) || terminated.ActorRef.Equals(_sysfs))
+        {
+            // Without either the node cannot re-map or answer clients: fail it, never limp on.
+            _layer.Fail($"{terminated.ActorRef.Path} stopped unexpectedly");
+            return;
+        }
+
+        var entry = _devices.Values.FirstOrDefault(e => terminated.ActorRef.Equals(e.Actor));
+        if (entry is null)
+        {
+            return;
+        }
+
+        if (entry is { Ready: true, Destroyers.Count: 0 })
+        {
+            // A serving device's actor stopped without being destroyed.
+            _layer.Fail($"the actor of device {entry.Options.Name} ({terminated.ActorRef.Path}) stopped unexpectedly");
+        }
+
+        // The device actor died without unregistering (it failed while initialising).
+        _devices.Remove(entry.Options.Name);
+        _layer.Forget(entry.Options.Name);
+        ReleaseTagSet(entry);
+        entry.Creator?.Tell(new Status.Failure(new InvalidOperationException($"Device {entry.Options.Name} failed while it was being registered; see the log.")));
+        foreach (var destroyer in entry.Destroyers)
+        {
+            destroyer.Tell(new BlockLayer.Destroyed(entry.Options.Name, 0));
+        }
+    }
+
+    private void HandleIo(BlockLayer.Io io)
+    {
+        if (io.Device is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(io.Device, out var entry) && entry is { Ready: true, Actor: { } actor })
+        {
+            actor.Forward(new RequestQueueProtocol.Io(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags, io.Cpu));
+        }
+        else
+        {
+            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device ?? string.Empty, io.Id));
+        }
+    }
+
+    private void ReleaseTagSet(Entry entry)
+    {
+        if (entry.TagSet is not { } set)
+        {
+            return;
+        }
+
+        if (!entry.Options.SharedTags)
+        {
+            if (entry.TagSetActor is { } actor)
+            {
+                Context.Stop(actor);
+            }
+        }
+        else if (set.Queues.Count == 0 && _devices.Values.All(e => e.TagSet != set)
+                 && _sharedTagSets.Remove(entry.Options.TagSetName, out var shared) && shared.Actor is { } sharedActor)
+        {
+            Context.Stop(sharedActor);
+        }
+    }
+
+    private static BlockLayer.DeviceSummary Summary(Entry e) => e.Device.Queue.Kind == QueueKind.MultiQueue
+        ? new(e.Device.Name, e.Device.Queue.Driver.Kind, e.Device.Capacity, e.Device.LogicalBlockSize,
+            e.Device.Queue.HardwareContexts.Count, e.Options.Dispatch.ToString().ToLowerInvariant(), e.Device.Queue.TagSet.Name)
+        : new(e.Device.Name, (e.Device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", e.Device.Capacity, e.Device.LogicalBlockSize,
+            0, "bio", string.Empty);
+
+    private sealed class SharedTagSet(TagSet set)
+    {
+        public TagSet Set { get; } = set;
+
+        // Created when the first queue of the set registers.
+        public IActorRef? Actor { get; set; }
+    }
+
+    private sealed class Entry(BlockDevice device, TagSet? tagSet, DeviceOptions options)
+    {
+        public BlockDevice Device { get; } = device;
+
+        public TagSet? TagSet { get; } = tagSet;
+
+        public DeviceOptions Options { get; } = options;
+
+        // Null until the device registers.
+        public IActorRef? Actor { get; set; }
+
+        public IActorRef? TagSetActor { get; set; }
+
+        public IActorRef? Creator { get; set; }
+
+        public bool Ready { get; set; }
+
+        public List<IActorRef> Destroyers { get; } = [];
+
+        // Devices this stacked device is built on: they cannot be destroyed while it lives.
+        public string[] Holds { get; set; } = [];
+    }
+}

@@ -1,0 +1,288 @@
+using System.Numerics;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+// Dispatch of a hardware queue: stop/start, requeue, staging and the three-step round (blk-mq-semantics §3.5).
+
+public sealed partial class HardwareContext
+{
+    /// <summary>Stops the queue (<c>blk_mq_stop_hw_queue</c>): nothing is dispatched until <see cref="StartQueue"/>.</summary>
+    public void StopQueue() => Interlocked.Or(ref _state, StateStopped);
+
+    /// <summary>Starts a stopped queue and runs it (<c>blk_mq_start_hw_queue</c>).</summary>
+    public void StartQueue()
+    {
+        Interlocked.And(ref _state, ~StateStopped);
+        Queue.Runtime.Kick(this);
+    }
+
+    /// <summary>Hands a request back for dispatch ahead of new work, from any thread (<c>blk_mq_requeue_request</c>).</summary>
+    public void Requeue(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        rq.Unstart();
+        PutBack(rq);
+    }
+
+    // An idle (unstarted) request goes back ahead of new work and the queue is run.
+    internal void PutBack(Request rq)
+    {
+        if (!Requeued.TryPublish(rq))
+        {
+            throw new InvalidOperationException("The requeue ring overflowed; it is sized to the tag depth and cannot fill.");
+        }
+
+        Queue.Runtime.Kick(this);
+    }
+
+    /// <summary>
+    /// Stages a request for the next round (the dispatcher's side of staging, used by the mailbox
+    /// dispatcher when a request arrives as a message; ring dispatch publishes from submitters).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The ring is full; it is sized to the tag depth, so this is a bug.</exception>
+    internal void Stage(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        if (!Ring.TryPublish(rq))
+        {
+            throw new InvalidOperationException($"{this}: the staging ring overflowed; it is sized to the tag depth.");
+        }
+    }
+
+    /// <summary>True when a round would find something to dispatch.</summary>
+    public bool HasWork => Volatile.Read(ref _dispatchCount) > 0 || !Ring.IsEmpty || !Requeued.IsEmpty;
+
+    /// <summary>
+    /// First step of a round (dispatcher): fills <paramref name="batch"/> with requests to dispatch,
+    /// the dispatch list first (setting SCHED_RESTART, as the kernel does when it finds earlier
+    /// leftovers), then new requests from the ring. Returns 0 while stopped or quiesced.
+    /// </summary>
+    internal int TakeBatch(Span<Request> batch)
+    {
+        if (IsStopped || Queue.IsQuiesced || batch.Length == 0)
+        {
+            return 0;
+        }
+
+        // Counters written by the dispatcher only: plain writes, read racily by statistics.
+        Volatile.Write(ref _run, _run + 1);
+        SpliceRequeued();
+
+        var n = 0;
+        if (_dispatchHead is not null)
+        {
+            Interlocked.Or(ref _state, StateSchedRestart);
+            while (n < batch.Length && _dispatchHead is { } rq)
+            {
+                _dispatchHead = rq.NextInList;
+                rq.NextInList = null;
+                batch[n++] = rq;
+            }
+
+            if (_dispatchHead is null)
+            {
+                _dispatchTail = null;
+            }
+
+            Volatile.Write(ref _dispatchCount, _dispatchCount - n);
+            return n;
+        }
+
+        n = Ring.TakeBatch(batch);
+        for (var i = 0; i < n; i++)
+        {
+            batch[i].ClaimForDispatch();
+        }
+
+        Volatile.Write(ref _queued, _queued + n);
+        return n;
+    }
+
+    /// <summary>
+    /// Second step (driver context): calls the driver for each request (<c>blk_mq_dispatch_rq_list</c>).
+    /// Stops at the first Resource/DeviceResource refusal or driver exception; ends requests the
+    /// driver rejected with another status; calls CommitRqs when the batch stopped early after
+    /// something was queued.
+    /// </summary>
+    internal DispatchOutcome Issue(IBlockDriver driver, ReadOnlySpan<Request> batch)
+    {
+        ArgumentNullException.ThrowIfNull(driver);
+        if (Queue.IsOffline)
+        {
+            // The device is gone or the queue torn down: nothing reaches the driver any more.
+            foreach (var rq in batch)
+            {
+                Queue.EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            }
+
+            return new DispatchOutcome(0, batch.Length, BlockStatus.Ok, null);
+        }
+
+        var queued = 0;
+        var status = BlockStatus.Ok;
+        var i = 0;
+        Exception? fault = null;
+        for (; i < batch.Length; i++)
+        {
+            var rq = batch[i];
+            var generation = rq.Generation;
+            try
+            {
+                status = driver.QueueRq(this, rq, last: i == batch.Length - 1);
+            }
+            catch (Exception ex)
+            {
+                fault = ex;
+                status = BlockStatus.IoError;
+                rq.Unstart();
+                break;
+            }
+
+            if (status == BlockStatus.Ok)
+            {
+                queued++;
+                continue;
+            }
+
+            if (status is BlockStatus.Resource or BlockStatus.DeviceResource)
+            {
+                rq.Unstart();
+                break;
+            }
+
+            Queue.EndRequestWithStatus(rq, status, generation);
+        }
+
+        var processed = i;
+        if ((processed < batch.Length || status != BlockStatus.Ok) && queued > 0)
+        {
+            driver.CommitRqs(this);
+        }
+
+        return new DispatchOutcome(queued, processed, status, fault);
+    }
+
+    /// <summary>
+    /// Third step (dispatcher): puts leftovers back at the head of the dispatch list in order,
+    /// updates the busy average and histogram, and says when to run next.
+    /// </summary>
+    internal DispatchDecision FinishRound(ReadOnlySpan<Request> batch, DispatchOutcome outcome)
+    {
+        _dispatched[DispatchBucket(outcome.Queued)]++;
+        var leftovers = batch[outcome.Processed..];
+        if (leftovers.IsEmpty)
+        {
+            UpdateDispatchBusy(false);
+            return HasWork ? DispatchDecision.RerunNow : DispatchDecision.Idle;
+        }
+
+        for (var i = leftovers.Length - 1; i >= 0; i--)
+        {
+            PushFront(leftovers[i]);
+        }
+
+        UpdateDispatchBusy(true);
+        if (outcome.Fault is not null)
+        {
+            LastFault = outcome.Fault;
+            StopQueue();
+            return DispatchDecision.Faulted;
+        }
+
+        if (!NeedsRestart)
+        {
+            return DispatchDecision.RerunNow;
+        }
+
+        return outcome.LastStatus == BlockStatus.Resource ? DispatchDecision.RerunAfterDelay : DispatchDecision.WaitForCompletion;
+    }
+
+    /// <summary>One whole round on the calling thread: take, issue, finish (ring mode's dispatch loop).</summary>
+    internal DispatchDecision RunOnce(IBlockDriver driver, Request[] scratch)
+    {
+        ArgumentNullException.ThrowIfNull(scratch);
+        var n = TakeBatch(scratch);
+        if (n == 0)
+        {
+            return IsStopped || Queue.IsQuiesced || !HasWork ? DispatchDecision.Idle : DispatchDecision.RerunNow;
+        }
+
+        var outcome = Issue(driver, scratch.AsSpan(0, n));
+        var decision = FinishRound(scratch.AsSpan(0, n), outcome);
+        Array.Clear(scratch, 0, n);
+        return decision;
+    }
+
+    /// <summary>The histogram bucket of a round that queued <paramref name="queued"/> requests: 0, or min(6, ilog2(n) + 1).</summary>
+    public static int DispatchBucket(int queued) => queued == 0 ? 0 : Math.Min(DispatchOrder - 1, BitOperations.Log2((uint)queued) + 1);
+
+    /// <summary>Takes every request off the dispatch list and the rings (teardown, device reset).</summary>
+    internal List<Request> DrainPending()
+    {
+        var all = new List<Request>();
+        SpliceRequeued();
+        while (_dispatchHead is { } rq)
+        {
+            _dispatchHead = rq.NextInList;
+            rq.NextInList = null;
+            all.Add(rq);
+        }
+
+        _dispatchTail = null;
+        Volatile.Write(ref _dispatchCount, 0);
+        while (Ring.TryTake(out var staged))
+        {
+            staged.ClaimForDispatch();
+            all.Add(staged);
+        }
+
+        return all;
+    }
+
+    // blk_mq_update_dispatch_busy: ewma = (7 * ewma + (busy ? 16 : 0)) / 8, untouched at 0 when idle.
+    internal void UpdateDispatchBusy(bool busy)
+    {
+        var ewma = _dispatchBusy;
+        if (ewma == 0 && !busy)
+        {
+            return;
+        }
+
+        ewma = ((ewma * 7) + (busy ? 16 : 0)) / 8;
+        Volatile.Write(ref _dispatchBusy, ewma);
+    }
+
+    private void PushFront(Request rq)
+    {
+        rq.NextInList = _dispatchHead;
+        _dispatchHead = rq;
+        _dispatchTail ??= rq;
+        Volatile.Write(ref _dispatchCount, _dispatchCount + 1);
+    }
+
+    private void PushBack(Request rq)
+    {
+        rq.NextInList = null;
+        if (_dispatchTail is null)
+        {
+            _dispatchHead = rq;
+        }
+        else
+        {
+            _dispatchTail.NextInList = rq;
+        }
+
+        _dispatchTail = rq;
+        Volatile.Write(ref _dispatchCount, _dispatchCount + 1);
+    }
+
+    private void SpliceRequeued()
+    {
+        while (Requeued.TryTake(out var rq))
+        {
+            PushBack(rq);
+        }
+    }
+}

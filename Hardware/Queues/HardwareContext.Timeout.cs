@@ -1,0 +1,57 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+// The timeout scan of a hardware queue (blk-timeout.c, blk-mq-semantics §5).
+
+public sealed partial class HardwareContext
+{
+    /// <summary>
+    /// The timeout scan of this hardware queue (<c>blk_mq_timeout_work</c>, blk-mq-semantics §5):
+    /// every in-flight request whose deadline has passed gets TIMED_OUT and the driver's handler,
+    /// which either completed it (Done) or asks for another full timeout (ResetTimer). A shared
+    /// queue with nothing in flight is marked idle.
+    /// </summary>
+    public TimeoutScanResult ScanTimeouts(long now, IBlockDriver driver)
+    {
+        ArgumentNullException.ThrowIfNull(driver);
+        var expired = 0;
+        var inFlight = 0;
+        var requests = Tags.Requests;
+        for (var t = 0; t < requests.Count; t++)
+        {
+            var rq = requests[t];
+            if (rq.Hctx != this || rq.Queue != Queue || rq.State != RequestState.InFlight)
+            {
+                continue;
+            }
+
+            inFlight++;
+            var generation = rq.Generation;
+            if (rq.TimedOut || now < rq.Deadline || !rq.TryMarkTimedOut())
+            {
+                continue;
+            }
+
+            expired++;
+            var action = driver.Timeout(rq);
+            if (action == TimeoutAction.ResetTimer && rq.Generation == generation && rq.State == RequestState.InFlight)
+            {
+                rq.ResetTimer(now);
+            }
+        }
+
+        // Idle only when nothing is started and no tag is held either: a request that holds a tag
+        // but waits in a mailbox or on the dispatch list (mailbox dispatch keeps many there) is
+        // work in progress, and marking its queue idle would hand its share to the others. The
+        // kernel looks at started requests only; the difference is when a scan catches every
+        // request of a busy queue between allocation and start.
+        if (inFlight == 0 && Volatile.Read(ref Account.NrActive) == 0)
+        {
+            MarkIdle();
+        }
+
+        return new TimeoutScanResult(expired, inFlight);
+    }
+}

@@ -1,0 +1,222 @@
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+// Lifecycle of a request queue: start, register, dying, shutdown, destroy, offline, and failing what is left.
+
+public sealed partial class RequestQueue
+{
+    /// <summary>Starts the queue on a dispatch runtime (ring loops or actors).</summary>
+    public void Start(IQueueRuntime runtime)
+    {
+        ArgumentNullException.ThrowIfNull(runtime);
+        if (Kind != QueueKind.MultiQueue)
+        {
+            throw new InvalidOperationException($"Queue {Name} is {Kind.ToString().ToLowerInvariant()}; only a multi-queue queue has a dispatch runtime.");
+        }
+
+        if (Interlocked.CompareExchange(ref _runtime, runtime, null) is not null)
+        {
+            throw new InvalidOperationException($"Queue {Name} is already started.");
+        }
+
+        runtime.Attach(this);
+        _acceptsIo = true;
+    }
+
+    /// <summary>
+    /// Registers the queue (<c>blk_register_queue</c>): the usage counter switches from atomic to
+    /// per-CPU mode now that the queue is known to be a real device.
+    /// </summary>
+    public void Register()
+    {
+        if (Kind == QueueKind.Placeholder)
+        {
+            throw new InvalidOperationException($"Queue {Name} is a placeholder: initialise it as bio-based or multi-queue before registering it.");
+        }
+
+        if (Interlocked.Exchange(ref _registered, 1) == 0)
+        {
+            Usage.SwitchToPerCpu(Topology.PossibleCount);
+            Attributes.Publish();
+            BlockMetrics.Add(this);
+            if (Kind == QueueKind.BioBased)
+            {
+                _acceptsIo = true;
+            }
+        }
+    }
+
+    /// <summary>Marks every hardware queue idle on the tag set (tag set unshared, or the queue leaving it).</summary>
+    public void MarkAllIdle()
+    {
+        foreach (var hctx in _hctxs)
+        {
+            hctx.MarkIdle();
+        }
+    }
+
+    /// <summary>
+    /// Starts dying (<c>blk_queue_start_drain</c>): new entries fail with Offline and bios waiting
+    /// to enter are woken so they fail too. Bios that already entered, including those waiting for
+    /// a tag, still run: the drain waits for them.
+    /// </summary>
+    public void MarkDying()
+    {
+        Usage.MarkDying();
+        FlushPlugs();
+    }
+
+    /// <summary>
+    /// Tears the queue down (<c>blk_mq_destroy_queue</c>): marks it dying, waits up to
+    /// <paramref name="drainTimeout"/> for every request to complete, then stops dispatch and fails
+    /// whatever is left with <see cref="BlockStatus.Offline"/>, and leaves the tag set. Every request
+    /// submitted before completes exactly once, whatever the driver does afterwards.
+    /// </summary>
+    /// <returns>The number of requests that had to be failed.</returns>
+    public async Task<int> ShutdownAsync(TimeSpan drainTimeout)
+    {
+        // The attributes go first, as del_gendisk removes the disk's sysfs before the queue drains.
+        Attributes.Withdraw();
+        BlockMetrics.Remove(this);
+        MarkDying();
+        var drained = Usage.WaitDrainedAsync();
+        var failed = 0;
+        if (await Task.WhenAny(drained, Task.Delay(drainTimeout)).ConfigureAwait(false) != drained)
+        {
+            _detached = true;
+            if (IsStarted)
+            {
+                await Runtime.DetachAsync().ConfigureAwait(false);
+            }
+
+            failed = FailOutstanding(BlockStatus.Offline);
+            WakeTagWaiters();
+
+            // What still holds a reference now is on its way to fail (a woken tag waiter, a bio
+            // travelling to its context): each finds the queue detached and fails with Offline
+            // wherever it arrives. Teardown waits for them, but only so long, so that it finishes
+            // in bounded time whatever the submitters or the thread pool do.
+            await Task.WhenAny(drained, Task.Delay(drainTimeout)).ConfigureAwait(false);
+        }
+        else
+        {
+            _detached = true;
+            if (IsStarted)
+            {
+                await Runtime.DetachAsync().ConfigureAwait(false);
+            }
+        }
+
+        _tagSet?.RemoveQueue(this);
+        if (_bioDriver is { } bioDriver)
+        {
+            bioDriver.Detach(this);
+        }
+
+        _dead = 1;
+        return failed;
+    }
+
+    /// <summary>
+    /// Destroys a queue that was never registered (<c>blk_put_queue</c> on a probe that found no
+    /// device): it only marks the queue dead, because nothing per CPU or per hardware queue was
+    /// started for it; the caller still owns the driver.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The queue is registered; unregister it with <see cref="ShutdownAsync"/>.</exception>
+    public void Destroy()
+    {
+        if (IsRegistered || IsStarted)
+        {
+            throw new InvalidOperationException($"Queue {Name} is registered; shut it down instead.");
+        }
+
+        Usage.MarkDying();
+        _dead = 1;
+    }
+
+    /// <summary>
+    /// Ends every request of this queue that holds a tag, staged or in flight, with
+    /// <paramref name="status"/>. Dispatch must be stopped (runtime detached or every hardware queue
+    /// stopped and idle). Completions racing with this are resolved exactly once.
+    /// </summary>
+    public int FailOutstanding(BlockStatus status)
+    {
+        var failed = 0;
+        foreach (var hctx in _hctxs)
+        {
+            foreach (var rq in hctx.DrainPending())
+            {
+                if (EndRequestWithStatus(rq, status, rq.Generation))
+                {
+                    failed++;
+                }
+            }
+        }
+
+        return failed + FailInFlight(status);
+    }
+
+    // The requests of this queue the driver holds (started, not completed), over the tag maps of
+    // its hardware queues (one map when tags are host-wide): blk_mq_tagset_busy_iter.
+    private IEnumerable<Request> InFlightRequests()
+    {
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            foreach (var rq in tags.Requests)
+            {
+                if (rq.Queue == this && rq.State == RequestState.InFlight)
+                {
+                    yield return rq;
+                }
+            }
+        }
+    }
+
+    // Ends every request the driver holds with status; returns how many this call ended.
+    private int FailInFlight(BlockStatus status) => InFlightRequests().Count(rq => EndRequestWithStatus(rq, status, rq.Generation));
+
+    // Bios waiting for a tag hold a queue reference but no request: after teardown they are woken
+    // to find the queue detached and fail, so the drain can finish.
+    private void WakeTagWaiters()
+    {
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            tags.BitmapTags.WakeAll();
+            tags.ReservedTags.WakeAll();
+        }
+    }
+
+    /// <summary>True once the device went offline (<see cref="SetOffline"/>) or the queue was torn down.</summary>
+    public bool IsOffline => _detached;
+
+    /// <summary>
+    /// The device is gone for good: the queue is marked dying, and every request that has not
+    /// reached the driver fails with <see cref="BlockStatus.Offline"/> when dispatch takes it, as
+    /// does every later submission and every bio waiting for a tag. With
+    /// <paramref name="failInFlight"/> (a driver that abandoned its requests) the requests the
+    /// driver holds fail too; otherwise they complete when the driver answers.
+    /// </summary>
+    /// <returns>How many in-flight requests were failed.</returns>
+    public int SetOffline(bool failInFlight)
+    {
+        MarkDying();
+        _detached = true;
+        var failed = failInFlight ? FailInFlight(BlockStatus.Offline) : 0;
+
+        // Whatever waits in rings, dispatch lists or for a tag runs once more, to fail.
+        if (IsStarted)
+        {
+            foreach (var hctx in _hctxs)
+            {
+                hctx.StartQueue();
+            }
+        }
+
+        WakeTagWaiters();
+        return failed;
+    }
+
+    /// <summary>Requests of this queue the driver holds now (started, not completed).</summary>
+    public int InFlightCount => InFlightRequests().Count();
+}

@@ -1,0 +1,92 @@
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Queues;
+
+// The retry policy of a request queue: retry or fail, abort, and reclaiming requests after a device reset.
+
+public sealed partial class RequestQueue
+{
+    /// <summary>The default of <see cref="MaxRetries"/>.</summary>
+    public const int DefaultMaxRetries = 5;
+
+    /// <summary>How many times a request taken back from the device is retried before it fails.</summary>
+    public int MaxRetries { get; set; }
+
+    /// <summary>
+    /// The retry rule, for a request the driver gives up on (a timeout) or the block layer takes
+    /// back (a device reset): while it has retries left, is not fail-fast and the queue is not
+    /// dying, it goes back to the head of its hardware queue with one retry more; otherwise it
+    /// completes with <paramref name="failStatus"/>. Exactly once either way: a request that
+    /// completed meanwhile is left alone.
+    /// </summary>
+    public RetryOutcome RetryOrFail(Request rq, BlockStatus failStatus)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        var generation = rq.Generation;
+        if (rq.Queue != this || rq.State != RequestState.InFlight)
+        {
+            return RetryOutcome.AlreadyCompleted;
+        }
+
+        if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
+        {
+            if (!rq.TryUnstart(generation))
+            {
+                return RetryOutcome.AlreadyCompleted;
+            }
+
+            rq.Retries++;
+            rq.Hctx!.PutBack(rq);
+            return RetryOutcome.Requeued;
+        }
+
+        return EndRequestWithStatus(rq, failStatus, generation) ? RetryOutcome.Failed : RetryOutcome.AlreadyCompleted;
+    }
+
+    /// <summary>
+    /// <c>blk_abort_request</c> (semantics §5 item 8): the request's deadline becomes now and its
+    /// hardware queue's timeout scan runs at once, so the driver's <c>Timeout</c> handler sees it
+    /// as expired. A request that is not in flight on this queue is left alone.
+    /// </summary>
+    /// <returns>True when the request was in flight and is now due.</returns>
+    public bool AbortRequest(Request rq)
+    {
+        ArgumentNullException.ThrowIfNull(rq);
+        if (rq.Queue != this || rq.State != RequestState.InFlight || rq.Hctx is not { } hctx)
+        {
+            return false;
+        }
+
+        rq.Deadline = Clock.NowMilliseconds;
+        Events?.OnAbort(hctx);
+        return true;
+    }
+
+    /// <summary>
+    /// Takes back every request the driver holds (<c>blk_mq_tagset_busy_iter</c> after a
+    /// controller reset) and applies <see cref="RetryOrFail"/> to each. Call it with dispatch
+    /// quiesced and after the driver's <see cref="IBlockDriver.Reset"/>, so the driver has
+    /// abandoned them.
+    /// </summary>
+    /// <returns>How many were requeued and how many failed.</returns>
+    public (int Requeued, int Failed) ReclaimInFlight(BlockStatus failStatus)
+    {
+        var requeued = 0;
+        var failed = 0;
+        foreach (var rq in InFlightRequests())
+        {
+            switch (RetryOrFail(rq, failStatus))
+            {
+                case RetryOutcome.Requeued:
+                    requeued++;
+                    break;
+                case RetryOutcome.Failed:
+                    failed++;
+                    break;
+            }
+        }
+
+        return (requeued, failed);
+    }
+}

@@ -1,0 +1,398 @@
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Hardware.Queues;
+
+// Submission of a request queue: submit_bio, entering, plugging, merging, splitting and issuing (blk-mq-semantics §3).
+
+public sealed partial class RequestQueue
+{
+    /// <summary>
+    /// Submits a prepared bio (<c>submit_bio</c>): strips flush semantics the device does not need,
+    /// splits it to the request size limit, and runs the rest of the path in the bio's software context.
+    /// </summary>
+    public void Submit(Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        bio.Queue = this;
+        if (bio.Cpu < 0 || bio.Cpu >= _contexts.Length)
+        {
+            bio.Cpu = CurrentCpu.Resolve(Topology);
+        }
+
+        var limits = _limits;
+        if (!limits.VolatileWriteCache)
+        {
+            // Without a volatile write cache there is nothing to flush: an empty flush completes at once.
+            if (bio.Op == BlockOp.Flush)
+            {
+                bio.Complete(BlockStatus.Ok);
+                return;
+            }
+
+            bio.Flags &= ~(RequestFlags.PreFlush | RequestFlags.Fua);
+        }
+
+        // A bio-based queue hands the whole bio to its driver, holding a usage reference until the
+        // driver ends it, so freezes and teardown drain bio-based I/O as they drain requests.
+        if (_bioDriver is { } bioDriver)
+        {
+            bio.Plug = null;
+            if (Enter(bio))
+            {
+                bioDriver.SubmitBio(this, bio);
+            }
+
+            return;
+        }
+
+        var max = MaxSectorsFor(bio.Op, limits);
+        if (bio.Sectors > max && max > 0)
+        {
+            Split(bio, max);
+            return;
+        }
+
+        // The submitter takes the queue reference (bio_queue_enter in submit_bio_noacct), so a bio
+        // still travelling to its software context is drained by a freeze or a teardown like one
+        // already staged, in either dispatch mode.
+        if (Enter(bio))
+        {
+            Runtime.Submit(_contexts[bio.Cpu], bio);
+        }
+    }
+
+    /// <summary>
+    /// Ends a bio of a bio-based queue (<c>bio_endio</c> from its driver): drops the usage reference
+    /// it held and completes it. Later calls for the same bio are ignored.
+    /// </summary>
+    public void EndBio(Bio bio, BlockStatus status)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        if (bio.Entered)
+        {
+            bio.Entered = false;
+            Usage.Exit(bio.Cpu);
+        }
+
+        bio.Complete(status);
+    }
+
+    private InvalidOperationException NotMultiQueue() =>
+        new($"Queue {Name} is {Kind.ToString().ToLowerInvariant()}, not multi-queue: it has no tag set, driver or hardware queues.");
+
+    // Takes the bio's usage reference, or completes it (Again, Offline), or parks it until the
+    // queue thaws. Returns true when the bio may proceed.
+    private bool Enter(Bio bio)
+    {
+        // Read before the bio may be parked: once it waits, a thaw on another thread may resume and
+        // complete it, and a completed bio belongs to its pool again.
+        var plug = bio.Plug;
+        var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
+        switch (result)
+        {
+            case EnterResult.Entered:
+                bio.Entered = true;
+                return true;
+            case EnterResult.Waiting:
+                // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
+                plug?.FlushBeforeWait();
+                return false;
+            case EnterResult.Frozen:
+                bio.Complete(BlockStatus.Again);
+                return false;
+            default:
+                // A dying queue fails the bio on the thread pool, not inline: a caller that
+                // resubmits at once after every error would otherwise spin on its thread (the
+                // failure completes synchronously, so its await never yields) and a storm of them
+                // starves the threads teardown itself needs. Deferred, each retry is one queued
+                // work item (the bio itself: nothing is allocated) and teardown keeps its turn.
+                if (!bio.FailureDeferred)
+                {
+                    bio.FailureDeferred = true;
+                    ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+                    return false;
+                }
+
+                bio.Complete(BlockStatus.Offline);
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// The body of <c>blk_mq_submit_bio</c>, run in the bio's software context (the submitting
+    /// thread in ring mode, the software-context actor in mailbox mode). Also the re-entry point of
+    /// a bio that waited for a tag or for the queue to unfreeze.
+    /// </summary>
+    internal void SubmitBio(Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(bio);
+        if (!bio.Entered)
+        {
+            // A bio resumed after waiting for the queue to thaw.
+            if (!Enter(bio))
+            {
+                return;
+            }
+        }
+        else if (_detached)
+        {
+            // Entered before the queue died, but dispatch has been torn down since (a tag waiter
+            // woken at teardown, or a bio still on its way to its context).
+            FailEntered(bio, BlockStatus.Offline);
+            return;
+        }
+
+        var type = HctxType.Default;
+        if ((bio.Flags & RequestFlags.Polled) != 0)
+        {
+            if (!_ioPoll)
+            {
+                FailEntered(bio, BlockStatus.NotSupported);
+                return;
+            }
+
+            type = HctxType.Poll;
+        }
+        else if (bio.Op == BlockOp.Read && TagSet.ReadQueues > 0)
+        {
+            type = HctxType.Read;
+        }
+
+        var ctx = _contexts[bio.Cpu];
+        var hctx = _hctxs[TagSet.Map.HardwareQueueFor(bio.Cpu, type)];
+
+        if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
+        {
+            return;
+        }
+
+        var plug = bio.Plug; // read before the bio may be parked as a tag waiter (see Enter)
+        var tag = hctx.AllocateTag(bio, ctx.Cpu);
+        if (tag < 0)
+        {
+            if (tag == HardwareContext.TagWaiting)
+            {
+                plug?.FlushBeforeWait();
+            }
+            else
+            {
+                FailEntered(bio, BlockStatus.Again);
+            }
+
+            return;
+        }
+
+        var rq = hctx.Tags[tag];
+        rq.InitFromBio(bio, this, ctx, hctx);
+        rq.StatStartNs = Stats.Start(bio.Op);
+        ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
+        if (type == HctxType.Poll)
+        {
+            bio.Cookie = rq.UniqueTag;
+        }
+
+        if (plug is not null && plug.Add(rq))
+        {
+            FlushIfSleepingOrFrozen(plug, bio);
+            return;
+        }
+
+        Issue(rq);
+    }
+
+    /// <summary>
+    /// After a request went into <paramref name="plug"/>: flush it at once when the flow already
+    /// awaits the bio (the request was built after the flow went to sleep: by a software-context
+    /// actor, or after a wait for a tag or a thaw) or when the queue is freezing or dying (the
+    /// freeze flushed the queue's plugs already and must not wait for this one). The bio may
+    /// belong to its pool again by now; reading its mark then only costs a needless flush.
+    /// </summary>
+    private void FlushIfSleepingOrFrozen(BlockPlug plug, Bio bio)
+    {
+        // Full fence after the add, pairing with Bio's await mark and with Freeze's gate change.
+        Interlocked.MemoryBarrier();
+        if (bio.IsAwaited || Usage.IsFrozen)
+        {
+            plug.Flush();
+        }
+    }
+
+    /// <summary>Registers a plug that holds a request of this queue (until <see cref="UntrackPlug"/>).</summary>
+    internal void TrackPlug(BlockPlug plug) => _plugs.TryAdd(plug, 0);
+
+    /// <summary>Forgets a plug that was disposed.</summary>
+    internal void UntrackPlug(BlockPlug plug) => _plugs.TryRemove(plug, out _);
+
+    // A freeze or teardown hands every plugged request to its hardware queue, so the drain it
+    // waits for never depends on a flow that has not awaited yet (blk_flush_plug from schedule).
+    private void FlushPlugs()
+    {
+        if (_plugs.IsEmpty)
+        {
+            return;
+        }
+
+        foreach (var plug in _plugs.Keys)
+        {
+            plug.Flush();
+        }
+    }
+
+    /// <summary>Continues a parked submission (tag or freeze wait ended).</summary>
+    internal void ResumeSubmission(Bio bio)
+    {
+        if (_bioDriver is { } bioDriver)
+        {
+            if (bio.Entered || Enter(bio))
+            {
+                bioDriver.SubmitBio(this, bio);
+            }
+
+            return;
+        }
+
+        SubmitBio(bio);
+    }
+
+    /// <summary>A bio that waited for the queue to thaw tries again: through the runtime, or on the thread pool for a bio-based queue (it has none).</summary>
+    internal void ResumeAfterFreeze(Bio bio)
+    {
+        if (_bioDriver is not null)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(bio, preferLocal: false);
+            return;
+        }
+
+        Runtime.ResumeBio(bio);
+    }
+
+    /// <summary>Stages a request on its hardware queue, registering it in its context's merge window.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Issue(Request rq)
+    {
+        if (_detached)
+        {
+            EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            return;
+        }
+
+        PrepareStaging(rq);
+        Runtime.Stage(rq.Hctx!, rq);
+    }
+
+    /// <summary>Stages a batch of requests of one hardware queue (a plug flush).</summary>
+    internal void IssueBatch(HardwareContext hctx, ReadOnlySpan<Request> requests)
+    {
+        if (_detached)
+        {
+            // A plug flushed after teardown: nothing will dispatch these any more.
+            foreach (var rq in requests)
+            {
+                EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+            }
+
+            return;
+        }
+
+        foreach (var rq in requests)
+        {
+            PrepareStaging(rq);
+        }
+
+        Runtime.StageBatch(hctx, requests);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void PrepareStaging(Request rq)
+    {
+        if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(rq))
+        {
+            rq.MarkStaged();
+            rq.Ctx!.Window(rq.Hctx!.Type).Add(rq);
+        }
+    }
+
+    private bool TryMergeBio(Bio bio, SoftwareContext ctx, HardwareContext hctx)
+    {
+        // Once merged, the bio belongs to its request: the request may be dispatched and completed
+        // on another thread at once, and the bio returned to its pool and reused. Nothing below a
+        // successful merge may touch it, so everything needed afterwards is read first.
+        var cpu = bio.Cpu;
+        var op = bio.Op;
+        var plug = bio.Plug;
+        var merged = plug is not null && plug.TryMerge(bio, this);
+        if (merged)
+        {
+            // Merged into a plugged request: the same rule as a request added to the plug.
+            FlushIfSleepingOrFrozen(plug!, bio);
+        }
+
+        // A staged request can only be waiting if the hardware queue's ring is not empty; checking
+        // that first keeps the common case free of the window scan (list_empty_careful).
+        if (!merged && !hctx.Ring.IsEmpty)
+        {
+            merged = ctx.Window(hctx.Type).TryMerge(bio, ctx, hctx, _limits) == MergeResult.Merged;
+        }
+
+        if (!merged)
+        {
+            return false;
+        }
+
+        // The request already holds a queue reference; the merged bio gives its own back.
+        ctx.CountMerged();
+        Stats.Merge(op);
+        Usage.Exit(cpu);
+        return true;
+    }
+
+    private void FailEntered(Bio bio, BlockStatus status)
+    {
+        bio.Entered = false;
+        Usage.Exit(bio.Cpu);
+        bio.Complete(status);
+    }
+
+    // bio_split_to_limits: pieces of at most max sectors, completing the parent when all are done.
+    private void Split(Bio parent, int maxSectors)
+    {
+        var pieceBytes = maxSectors << Bio.SectorShift;
+        var pieces = (parent.Size + pieceBytes - 1) / pieceBytes;
+        parent.ExpectChildren(pieces);
+        for (var offset = 0; offset < parent.Size; offset += pieceBytes)
+        {
+            var length = Math.Min(pieceBytes, parent.Size - offset);
+            var child = Bios.Rent();
+            child.Op = parent.Op;
+            child.Flags = parent.Flags;
+            child.Sector = parent.Sector + (offset >> Bio.SectorShift);
+            child.Size = length;
+            child.Buffer = parent.Op.HasData() ? parent.Buffer.Slice(offset, length) : default;
+            child.Cpu = parent.Cpu;
+            child.Plug = parent.Plug;
+            child.Queue = this;
+            child.Parent = parent;
+            Runtime.Submit(_contexts[child.Cpu], child);
+        }
+    }
+
+    private static int MaxSectorsFor(BlockOp op, QueueLimits limits)
+    {
+        var lbsSectors = limits.LogicalBlockSize >> Bio.SectorShift;
+        var max = op switch
+        {
+            BlockOp.Discard => limits.MaxDiscardSectors,
+            BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors,
+            BlockOp.Flush => 0,
+            _ => limits.MaxSectors,
+        };
+        return max / lbsSectors * lbsSectors;
+    }
+
+    /// <summary><c>op_is_sync</c>: reads, and writes marked sync, FUA or preflush.</summary>
+    internal static bool IsSync(BlockOp op, RequestFlags flags) =>
+        op == BlockOp.Read || (flags & (RequestFlags.Sync | RequestFlags.Fua | RequestFlags.PreFlush)) != 0;
+}
