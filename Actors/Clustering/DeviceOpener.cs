@@ -52,8 +52,15 @@ internal sealed class DeviceOpener
         var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.Open(target, template), OpenTimeout, cancellationToken).ConfigureAwait(false);
         var id = target.Id;
         var remote = _remote;
+        var system = _layer.System;
         return new ClusterBlockDevice(target, opened.Target, async () =>
-            await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false));
+        {
+            // A node going down destroys its queues itself (and the actor may be gone already).
+            if (CoordinatedShutdown.Get(system).ShutdownReason is null && !system.WhenTerminated.IsCompleted)
+            {
+                await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false);
+            }
+        });
     }
 
     // Opening waits for the NBD connections (connect timeout) and the queue's registration.

@@ -397,6 +397,12 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
+        if (CoordinatedShutdown.Get(Context.System).ShutdownReason is not null)
+        {
+            // The node is going down and destroys every device: build nothing new.
+            return;
+        }
+
         var queue = target.Device.Queue;
         var driver = queue.Driver as NbdClientDriver;
         var entry = _snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);

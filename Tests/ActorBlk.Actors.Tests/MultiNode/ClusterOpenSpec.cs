@@ -270,6 +270,26 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(data, onOwner);
     }
 
+    [Fact]
+    public async Task A_node_that_is_not_a_cluster_member_opens_its_own_devices_and_nothing_else()
+    {
+        var layer = BlockLayer.Get(Sys);
+        var own = await layer.CreateDeviceAsync(Memory("solo0", 1 << 20));
+
+        await using (var opened = await layer.OpenAsync("solo0"))
+        {
+            Assert.False(opened.IsRemote);
+            Assert.Same(own.Queue, opened.Queue);
+            await opened.WriteAsync(0, Pattern(512, 5));
+        }
+
+        Assert.True(layer.TryGetDevice("solo0", out _));
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => layer.OpenAsync("solo1"));
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => layer.OpenAsync("solo0@127.0.0.1:4053"));
+        await Assert.ThrowsAsync<ArgumentException>(() => layer.OpenAsync(" "));
+        await layer.DestroyDeviceAsync("solo0");
+    }
+
     // Repeats one I/O (each bounded) until it completes with the expected status.
     private async Task WaitForStatusAsync(IBlockDevice device, BlockStatus expected, BlockOp op = BlockOp.Read, byte[]? data = null)
     {
