@@ -34,7 +34,9 @@ internal static class ClusterJoin
                 actorblk.devices = []
                 actorblk.stacked-devices = []
                 """))
-            .WithFallback(node);
+            .WithFallback(node)
+            // Gossip may arrive before anything touches Distributed Data: its serializer must be known from the start.
+            .WithFallback(Akka.DistributedData.DistributedData.DefaultConfig());
     }
 
     /// <summary>Waits until this node is Up and the registry resolves <paramref name="name"/>, then opens it.</summary>
