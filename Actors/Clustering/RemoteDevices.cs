@@ -58,7 +58,6 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
-    private IReadOnlyList<ClusterDevice> _snapshot = [];
     private IDisposable? _watch;
 
     public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval)
@@ -70,11 +69,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Receive<RemoteDevices.Close>(HandleClose);
         Receive<Built>(HandleBuilt);
         Receive<Released>(HandleReleased);
-        Receive<SnapshotChanged>(s =>
-        {
-            _snapshot = s.Devices;
-            CheckAll();
-        });
+        Receive<SnapshotChanged>(_ => CheckAll());
         Receive<Check>(_ => CheckAll());
         Receive<ClusterEvent.UnreachableMember>(u =>
         {
@@ -105,7 +100,6 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     {
         var self = Self;
         _watch = _layer.ClusterDevices.Watch(s => self.Tell(new SnapshotChanged(s)));
-        _snapshot = _layer.ClusterDevices.Snapshot;
         AkkaCluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
             typeof(ClusterEvent.IReachabilityEvent), typeof(ClusterEvent.MemberRemoved));
         if (_checkInterval > TimeSpan.Zero)
@@ -352,7 +346,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             slot.Swapping = false;
             if (!slot.Closing)
             {
-                if (_snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id) is { } entry)
+                if (Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id) is { } entry)
                 {
                     Build(slot, entry);
                 }
@@ -382,6 +376,10 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         slot.Reopeners.Clear();
     }
 
+    // The registry's current snapshot, not the one of the last change message: an open may be
+    // asked for by a caller that saw a snapshot whose change message has not arrived here yet.
+    private IReadOnlyList<ClusterDevice> Snapshot => _layer.ClusterDevices.Snapshot;
+
     private void CheckAll()
     {
         foreach (var slot in _slots.Values.ToArray())
@@ -405,7 +403,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         var queue = target.Device.Queue;
         var driver = queue.Driver as NbdClientDriver;
-        var entry = _snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
+        var entry = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
         if (entry is null || _unreachable.Contains(slot.Entry.Node))
         {
             var why = entry is null ? "the device left the cluster's registry" : $"its node {slot.Entry.Node} is unreachable";
