@@ -60,6 +60,8 @@ internal sealed record BenchOptions
             --device=file:PATH        a regular file or block device; a missing file is created at --size
             --device=nbd://HOST:PORT/EXPORT  an NBD export through the nbd client driver (nbds:// for TLS);
                                       --submit-queues sets its connections, one hardware queue each
+            --join=HOST:PORT          join the cluster at HOST:PORT as a client (hocon.conf of the working
+                                      directory); --device=NAME or NAME@HOST:PORT names a device of the cluster
             --engine=io_uring|psync   file device I/O engine (io_uring; psync where io_uring is unavailable)
             --dispatch=ring|mailbox   (ring)
             --submit-queues=N         hardware queues (1)
@@ -150,6 +152,12 @@ internal sealed record BenchOptions
     /// <summary>Request timeout in ms (<c>--io-timeout</c>); 0 keeps the driver's default.</summary>
     public int IoTimeoutMs { get; init; }
 
+    /// <summary>
+    /// A cluster node to join as a client (<c>--join HOST:PORT</c>); <see cref="Device"/> then names a
+    /// device of the cluster, opened wherever it lives. Null: the device is created in the bench's process.
+    /// </summary>
+    public string? Join { get; init; }
+
     /// <summary>How many devices run side by side (<c>--devices</c>).</summary>
     public int Devices { get; init; } = 1;
 
@@ -234,6 +242,7 @@ internal sealed record BenchOptions
                 var other => throw new UsageException($"option --eta: '{other}' is not auto, always or never."),
             },
             Device = cl.String("device", "null")!,
+            Join = cl.String("join") is { } join ? Commands.NodeConfig.ParseEndpoint(join, "--join") : null,
             Engine = cl.String("engine", "io_uring") switch
             {
                 "io_uring" or "iouring" => IoEngine.IoUring,
@@ -287,6 +296,13 @@ internal sealed record BenchOptions
     /// <summary>Device <paramref name="index"/> of the <see cref="Devices"/> the bench drives: bench0, bench1, ...</summary>
     public DeviceOptions ToDeviceOptions(int index)
     {
+        if (Join is not null)
+        {
+            // A device of the cluster: these are the settings of its local queue (the owner's NBD
+            // export gives size and block size); --submit-queues above 1 sets the connections.
+            return ToDeviceOptions(index, null) with { Connections = SubmitQueues, Size = null, FixedBuffers = 0, MemoryBacked = false };
+        }
+
         var path = FilePath;
         if (Device.StartsWith("nbd://", StringComparison.Ordinal) || Device.StartsWith("nbds://", StringComparison.Ordinal))
         {
@@ -348,6 +364,11 @@ internal sealed record BenchOptions
         if (Size < BlockSize || Size % 512 != 0)
         {
             throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");
+        }
+
+        if (Join is not null && (Devices > 1 || Device == "null" || FilePath is not null || Device.Contains("://", StringComparison.Ordinal)))
+        {
+            throw new UsageException("option --join: --device must name one device of the cluster (NAME or NAME@HOST:PORT).");
         }
 
         if (Devices > 1 && FilePath is not null)

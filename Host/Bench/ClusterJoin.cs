@@ -16,6 +16,9 @@ namespace ActorBlk.Host.Bench;
 /// </summary>
 internal static class ClusterJoin
 {
+    /// <summary>How long joining and finding the device may take.</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
     /// <summary>The role the bench joins with.</summary>
     public const string Role = "client";
 
