@@ -71,9 +71,12 @@ internal sealed class BenchAccounting : IDisposable
     /// Records one finished I/O submitted at <paramref name="submitted"/> and completed now, if
     /// now is inside the window; returns whether it was recorded.
     /// </summary>
-    public bool Record(bool read, BlockStatus status, long submitted)
+    public bool Record(bool read, BlockStatus status, long submitted) => Record(read, status, submitted, out _);
+
+    /// <summary>As <see cref="Record(bool, BlockStatus, long)"/>, giving the completion time it read.</summary>
+    public bool Record(bool read, BlockStatus status, long submitted, out long completed)
     {
-        var completed = _clock.Timestamp;
+        completed = _clock.Timestamp;
         if (completed < Volatile.Read(ref _start) || completed > Volatile.Read(ref _end))
         {
             return false;
@@ -98,6 +101,31 @@ internal sealed class BenchAccounting : IDisposable
         }
 
         return true;
+    }
+
+    /// <summary>When the window opened, on the run's clock; <see cref="long.MaxValue"/> before it opens.</summary>
+    public long WindowStart => Volatile.Read(ref _start);
+
+    /// <summary>
+    /// The figures so far, while I/O still runs (<c>--status-interval</c>): every thread's
+    /// statistics merged as they are at this moment, and the interval measured up to now. Threads
+    /// keep writing while they are read, so an I/O recorded during the copy may be in one figure
+    /// and not yet in another; the next snapshot and the final <see cref="Collect"/> have it.
+    /// </summary>
+    public (OpStats Read, OpStats Write, TimeSpan Measured) Snapshot()
+    {
+        var read = new OpStats();
+        var write = new OpStats();
+        foreach (var t in _threads.Values)
+        {
+            read.Add(t.Read);
+            write.Add(t.Write);
+        }
+
+        var start = Volatile.Read(ref _start);
+        var end = Math.Min(Volatile.Read(ref _end), _clock.Timestamp);
+        var measured = start == long.MaxValue ? TimeSpan.Zero : BenchClock.Duration(Math.Max(0, end - start));
+        return (read, write, measured);
     }
 
     /// <summary>Merges every thread's figures; call once no I/O is in flight.</summary>

@@ -21,6 +21,9 @@ internal abstract class BenchClock
     /// <summary>A number of this clock's ticks as a duration.</summary>
     public static TimeSpan Duration(long ticks) => TimeSpan.FromSeconds((double)ticks / Stopwatch.Frequency);
 
+    /// <summary>A number of this clock's ticks in nanoseconds.</summary>
+    public static long Nanoseconds(long ticks) => (long)(ticks * (1e9 / Stopwatch.Frequency));
+
     private sealed class StopwatchClock : BenchClock
     {
         public override long Timestamp => Stopwatch.GetTimestamp();

@@ -36,61 +36,6 @@ internal enum IoPattern
 /// </summary>
 internal sealed record BenchOptions
 {
-    public const string Usage = """
-        actorblk bench [fio-style options]
-          workload (fio's names):
-            --name=NAME               job name (actorblk)
-            --rw=PATTERN              read | write | randread | randwrite | rw | randrw (randread)
-            --rwmixread=PERCENT       share of reads in mixed patterns (50)
-            --bs=SIZE                 block size per I/O (4k)
-            --size=SIZE               device region each job covers; ends the run when no runtime is set (1g)
-            --iodepth=N               I/Os each job keeps in flight (1)
-            --iodepth_batch_submit=N  io_uring: submit as soon as N I/Os are prepared; 0 = once per dispatch round (1)
-            --fixedbufs=0|1           io_uring: I/O buffers from registered memory (0)
-            --numjobs=N               jobs, each on its own CPU (1)
-            --runtime=SECONDS         run this long (time based)
-            --ramp_time=SECONDS       run this long before measuring (0)
-            --direct=0|1              O_DIRECT for file devices, buffered I/O with 0 (1)
-            --time_based, --group_reporting, --thread, --norandommap, --lat_percentiles   accepted, always on
-            --randrepeat=0|1          same random offsets every run (1)
-            --output-format=normal|json
-            --eta=auto|always|never   the status line on stderr: auto = when stderr is a terminal (auto)
-          device (ActorBlk's names):
-            --device=null             the null device (null_blk)
-            --device=file:PATH        a regular file or block device; a missing file is created at --size
-            --device=nbd://HOST:PORT/EXPORT  an NBD export through the nbd client driver (nbds:// for TLS);
-                                      --submit-queues sets its connections, one hardware queue each
-            --join=HOST:PORT          join the cluster at HOST:PORT as a client (hocon.conf of the working
-                                      directory); --device=NAME or NAME@HOST:PORT names a device of the cluster
-            --engine=io_uring|psync   file device I/O engine (io_uring; psync where io_uring is unavailable)
-            --dispatch=ring|mailbox   (ring)
-            --submit-queues=N         hardware queues (1)
-            --hw-queue-depth=N        tags per hardware queue (64)
-            --irqmode=0|1|2           null completion mode (1)
-            --completion-nsec=N       timer completion delay, irqmode 2 (10000)
-            --rq-affinity=0|1|2       completion affinity (1)
-            --nomerges=0|1|2          merge policy (0)
-            --io-poll=0|1             polled I/O through a poll queue (0)
-            --memory-backed=0|1       keep data in RAM (0)
-            --completion=inline|threadpool   where completions continue (inline)
-            --io-timeout=MS           request timeout in milliseconds, like queue/io_timeout (null: 5000)
-          several devices:
-            --devices=N               N devices, each driven by its own --numjobs jobs at --iodepth (1)
-            --shared-tags             the devices share one tag set of --hw-queue-depth tags (fair share)
-          CPU hotplug while the load runs:
-            --possible-cpus=N         a simulated machine of N CPUs instead of this one's
-            --hotplug-interval=MS     every MS, take the next CPU (1, 2, ... N-1 in turn) offline, then bring it back
-                                      at the next tick; each event freezes, drains, re-maps and unfreezes every device
-          fault injection (null_blk style; any rate > 0 wraps the driver):
-            --fault-error-rate=P      share of requests failed with an I/O error (0)
-            --fault-timeout-rate=P    share of requests whose completion is lost: they time out and are retried (0)
-            --fault-resource-rate=P   share of requests refused with Resource/DeviceResource (0)
-            --fault-latency-rate=P    share of requests behind a latency spike of --fault-latency (0)
-            --fault-latency=MS        length of a latency spike (10)
-            --fault-crash-after=N     the device crashes every N requests and is reset (0 = never)
-            --fault-seed=N            seed of the fault decisions (1)
-        """;
-
     public string Name { get; init; } = "actorblk";
 
     public IoPattern Pattern { get; init; } = IoPattern.RandRead;
@@ -152,6 +97,24 @@ internal sealed record BenchOptions
     /// <summary>Request timeout in ms (<c>--io-timeout</c>); 0 keeps the driver's default.</summary>
     public int IoTimeoutMs { get; init; }
 
+    /// <summary>fio's <c>--status-interval</c>: a full report of the figures so far this often; null: only at the end.</summary>
+    public TimeSpan? StatusInterval { get; init; }
+
+    /// <summary>fio's <c>--write_lat_log</c>: PREFIX of the per-job latency logs (PREFIX_lat.N.log, PREFIX_clat.N.log); null: none.</summary>
+    public string? LatLog { get; init; }
+
+    /// <summary>fio's <c>--write_iops_log</c>: PREFIX of the per-job IOPS logs (PREFIX_iops.N.log); null: none.</summary>
+    public string? IopsLog { get; init; }
+
+    /// <summary>fio's <c>--log_avg_msec</c>: one averaged log entry per direction per this many ms; 0 logs every I/O.</summary>
+    public int LogAvgMsec { get; init; }
+
+    /// <summary>fio's <c>--log_offset</c>: the logs carry each I/O's offset.</summary>
+    public bool LogOffset { get; init; }
+
+    /// <summary><c>--plot FILE.png|FILE.svg</c>: IOPS over time and the latency percentile curve; null: no plot.</summary>
+    public string? Plot { get; init; }
+
     /// <summary>
     /// A cluster node to join as a client (<c>--join HOST:PORT</c>); <see cref="Device"/> then names a
     /// device of the cluster, opened wherever it lives. Null: the device is created in the bench's process.
@@ -195,100 +158,6 @@ internal sealed record BenchOptions
         IoPattern.ReadWrite => "rw",
         _ => "randrw",
     };
-
-    public static BenchOptions Parse(CommandLine cl)
-    {
-        // fio flags ActorBlk always behaves as if given.
-        foreach (var flag in new[] { "time_based", "group_reporting", "thread", "norandommap", "lat_percentiles" })
-        {
-            cl.Bool(flag, true);
-        }
-
-        var options = new BenchOptions
-        {
-            Name = cl.String("name", "actorblk")!,
-            Pattern = (cl.String("rw") ?? cl.String("readwrite", "randread")) switch
-            {
-                "read" => IoPattern.Read,
-                "write" => IoPattern.Write,
-                "randread" => IoPattern.RandRead,
-                "randwrite" => IoPattern.RandWrite,
-                "rw" or "readwrite" => IoPattern.ReadWrite,
-                "randrw" => IoPattern.RandReadWrite,
-                var other => throw new UsageException($"option --rw: '{other}' is not read, write, randread, randwrite, rw or randrw."),
-            },
-            RwMixRead = cl.Int("rwmixread", 50, 0, 100),
-            BlockSize = (int)Math.Min(int.MaxValue, Sizes.Parse("bs", cl.String("bs", "4k")!)),
-            Size = Sizes.Parse("size", cl.String("size", "1g")!),
-            IoDepth = cl.Int("iodepth", 1, 1, 65536),
-            SubmitBatch = cl.Int("iodepth_batch_submit", cl.Int("iodepth_batch", 1, 0, 65536), 0, 65536),
-            FixedBuffers = cl.Bool("fixedbufs", false),
-            NumJobs = cl.Int("numjobs", 1, 1, 1024),
-            Runtime = Seconds(cl, "runtime"),
-            RampTime = Seconds(cl, "ramp_time") ?? TimeSpan.Zero,
-            Direct = cl.Bool("direct", true),
-            RandRepeat = cl.Bool("randrepeat", true),
-            Json = (cl.String("output-format") ?? cl.String("output_format", "normal")) switch
-            {
-                "normal" => false,
-                "json" => true,
-                var other => throw new UsageException($"option --output-format: '{other}' is not normal or json."),
-            },
-            Eta = cl.String("eta", "auto") switch
-            {
-                "auto" => null,
-                "always" => true,
-                "never" => false,
-                var other => throw new UsageException($"option --eta: '{other}' is not auto, always or never."),
-            },
-            Device = cl.String("device", "null")!,
-            Join = cl.String("join") is { } join ? Commands.NodeConfig.ParseEndpoint(join, "--join") : null,
-            Engine = cl.String("engine", "io_uring") switch
-            {
-                "io_uring" or "iouring" => IoEngine.IoUring,
-                "psync" => IoEngine.Psync,
-                var other => throw new UsageException($"option --engine: '{other}' is not io_uring or psync."),
-            },
-            Dispatch = cl.String("dispatch", "ring") switch
-            {
-                "ring" => DispatchMode.Ring,
-                "mailbox" => DispatchMode.Mailbox,
-                var other => throw new UsageException($"option --dispatch: '{other}' is not ring or mailbox."),
-            },
-            SubmitQueues = cl.Int("submit-queues", 1, 1, 1024),
-            HwQueueDepth = cl.Int("hw-queue-depth", 64, 1, 10240),
-            IrqMode = (IrqMode)cl.Int("irqmode", 1, 0, 2),
-            CompletionNsec = cl.Long("completion-nsec", 10_000, 0),
-            RqAffinity = (CompletionAffinity)cl.Int("rq-affinity", 1, 0, 2),
-            NoMerges = (MergePolicy)cl.Int("nomerges", 0, 0, 2),
-            IoPoll = cl.Bool("io-poll", false),
-            MemoryBacked = cl.Bool("memory-backed", false),
-            Completion = cl.String("completion", "inline") switch
-            {
-                "inline" => CompletionContinuation.Inline,
-                "threadpool" => CompletionContinuation.ThreadPool,
-                var other => throw new UsageException($"option --completion: '{other}' is not inline or threadpool."),
-            },
-            IoTimeoutMs = cl.Int("io-timeout", 0, 1, int.MaxValue),
-            Devices = cl.Int("devices", 1, 1, 64),
-            SharedTags = cl.Bool("shared-tags", false),
-            PossibleCpus = cl.String("possible-cpus") is null ? null : cl.Int("possible-cpus", 1, 1, 4096),
-            HotplugInterval = cl.String("hotplug-interval") is null ? null : TimeSpan.FromMilliseconds(cl.Int("hotplug-interval", 100, 1, 3_600_000)),
-            Faults = new FaultInjectionOptions
-            {
-                ErrorRate = cl.Double("fault-error-rate", 0, 0, 1),
-                TimeoutRate = cl.Double("fault-timeout-rate", 0, 0, 1),
-                ResourceRate = cl.Double("fault-resource-rate", 0, 0, 1),
-                LatencyRate = cl.Double("fault-latency-rate", 0, 0, 1),
-                Latency = TimeSpan.FromMilliseconds(cl.Int("fault-latency", 10, 0, 60_000)),
-                CrashAfter = cl.Long("fault-crash-after", 0, 0),
-                Seed = cl.Int("fault-seed", 1),
-            },
-        };
-
-        options.Validate();
-        return options;
-    }
 
     /// <summary>The device the bench drives (the first of <see cref="Devices"/>).</summary>
     public DeviceOptions ToDeviceOptions() => ToDeviceOptions(0);
@@ -354,8 +223,14 @@ internal sealed record BenchOptions
         };
     }
 
-    private void Validate()
+    /// <summary>Refuses combinations no single option's parser can see, naming the option.</summary>
+    internal void Validate()
     {
+        if (Join is not null && (Devices > 1 || Device == "null" || FilePath is not null || Device.Contains("://", StringComparison.Ordinal)))
+        {
+            throw new UsageException("option --join: --device must name one device of the cluster (NAME or NAME@HOST:PORT).");
+        }
+
         if (BlockSize < 512 || BlockSize % 512 != 0)
         {
             throw new UsageException($"option --bs: {BlockSize} is not a multiple of 512.");
@@ -364,11 +239,6 @@ internal sealed record BenchOptions
         if (Size < BlockSize || Size % 512 != 0)
         {
             throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");
-        }
-
-        if (Join is not null && (Devices > 1 || Device == "null" || FilePath is not null || Device.Contains("://", StringComparison.Ordinal)))
-        {
-            throw new UsageException("option --join: --device must name one device of the cluster (NAME or NAME@HOST:PORT).");
         }
 
         if (Devices > 1 && FilePath is not null)
@@ -390,43 +260,19 @@ internal sealed record BenchOptions
             throw new UsageException("option --hotplug-interval: the machine needs at least two CPUs (--possible-cpus) to take one offline.");
         }
 
+        if (StatusInterval is { } si && si < TimeSpan.FromMilliseconds(1))
+        {
+            throw new UsageException("option --status-interval must be at least 1 ms.");
+        }
+
+        if (Plot is { } plot && !plot.EndsWith(".png", StringComparison.OrdinalIgnoreCase) && !plot.EndsWith(".svg", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"option --plot: '{plot}' does not end in .png or .svg.");
+        }
+
         if (Runtime is { } r && r <= TimeSpan.Zero)
         {
             throw new UsageException("option --runtime must be positive.");
         }
-    }
-
-    private static TimeSpan? Seconds(CommandLine cl, string name)
-    {
-        var text = cl.String(name);
-        if (text is null)
-        {
-            return null;
-        }
-
-        // fio accepts plain seconds or a unit suffix (s, ms, m).
-        var t = text.Trim().ToLowerInvariant();
-        var scale = 1.0;
-        if (t.EndsWith("ms", StringComparison.Ordinal))
-        {
-            scale = 0.001;
-            t = t[..^2];
-        }
-        else if (t.EndsWith('s'))
-        {
-            t = t[..^1];
-        }
-        else if (t.EndsWith('m'))
-        {
-            scale = 60;
-            t = t[..^1];
-        }
-
-        if (!double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) || v < 0)
-        {
-            throw new UsageException($"option --{name}: '{text}' is not a duration in seconds.");
-        }
-
-        return TimeSpan.FromSeconds(v * scale);
     }
 }

@@ -140,8 +140,46 @@ internal sealed class BenchRun
     /// <summary>Completed I/Os so far (for the progress line; a racy sum is fine).</summary>
     public long CompletedSoFar => _jobs.Sum(j => j.Slots.Sum(s => s.Completed));
 
+    /// <summary>Completed reads so far (racy, for the status line).</summary>
+    public long ReadsSoFar => _jobs.Sum(j => j.Slots.Sum(s => s.CompletedReads));
+
     /// <summary>Bytes completed so far.</summary>
     public long BytesSoFar => CompletedSoFar * _o.BlockSize;
+
+    /// <summary>The share of the size-bound work issued so far, 0 to 1 (racy, for the status line).</summary>
+    public double IssuedShare => _jobs.Average(j => j.IssuedShare);
+
+    /// <summary>
+    /// Each job's I/O logs (one per in-flight slot; <c>--write_lat_log</c>, <c>--write_iops_log</c>),
+    /// empty without logging. Read once the run has ended.
+    /// </summary>
+    public IReadOnlyList<IReadOnlyList<IoLog>> JobLogs => [.. _jobs.Where(j => j.Slots[0].Log is not null).Select(j => (IReadOnlyList<IoLog>)[.. j.Slots.Select(s => s.Log!)])];
+
+    /// <summary>The I/Os completed per window over the whole run (<c>--plot</c>), or null without a plot. Read once the run has ended.</summary>
+    public IReadOnlyList<IoLog>? Timelines => _jobs[0].Slots[0].Timeline is null ? null : [.. _jobs.SelectMany(j => j.Slots).Select(s => s.Timeline!)];
+
+    /// <summary>
+    /// What the run measured so far, while it runs (<c>--status-interval</c>): the accounting's
+    /// snapshot (see <see cref="BenchAccounting.Snapshot"/>) and the slots' counters.
+    /// </summary>
+    public BenchResult Snapshot()
+    {
+        var (read, write, measured) = _accounting.Snapshot();
+        long submitted = 0, completed = 0, errors = 0, timeouts = 0;
+        foreach (var slot in _jobs.SelectMany(j => j.Slots))
+        {
+            submitted += slot.Submitted;
+            completed += slot.Completed;
+            errors += slot.Errors;
+            timeouts += slot.Timeouts;
+        }
+
+        var seconds = Math.Max(measured.TotalSeconds, 1e-9);
+        return new BenchResult(_o, read, write, measured, _accounting.Measured, submitted, completed, errors, timeouts, 0, 0, _device.ToString() ?? _device.Name)
+        {
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, [])],
+        };
+    }
 
     public async Task<BenchResult> RunAsync(CancellationToken cancellationToken = default)
     {
@@ -222,6 +260,12 @@ internal sealed class BenchRun
         };
     }
 
+    /// <summary>
+    /// The width of a plot window: about 200 points over the runtime, at least 10 ms (100 ms
+    /// when the run is size bound and its length unknown).
+    /// </summary>
+    internal static int PlotWindowMs(BenchOptions o) => o.Runtime is { } r ? (int)Math.Clamp(r.TotalMilliseconds / 200, 10, 60_000) : 100;
+
     /// <summary>The engine each hardware queue of <paramref name="device"/> uses now (null: the queue never dispatched).</summary>
     internal static IReadOnlyList<string?> EnginesOf(IBlockDevice device)
     {
@@ -256,7 +300,7 @@ internal sealed class BenchRun
 
     private void RunPolledJob(Job job)
     {
-        var inflight = new (PolledIo Io, bool Read, long T0)[job.Slots.Length];
+        var inflight = new (PolledIo Io, bool Read, long T0, long Offset)[job.Slots.Length];
         var busy = new bool[inflight.Length];
         var active = 0;
         for (var i = 0; i < inflight.Length && job.TryClaim(); i++)
@@ -275,7 +319,7 @@ internal sealed class BenchRun
                 var slot = job.Slots[index];
                 _device.Poll(entry.Io);
                 var status = entry.Io.Completion.Result;
-                Record(slot, entry.Read, status, entry.T0);
+                Record(slot, entry.Read, status, entry.T0, entry.Offset);
                 if (!_stop && job.TryClaim())
                 {
                     entry = SubmitPolled(job, slot);
@@ -292,14 +336,14 @@ internal sealed class BenchRun
         }
     }
 
-    private (PolledIo, bool, long) SubmitPolled(Job job, Slot slot)
+    private (PolledIo, bool, long, long) SubmitPolled(Job job, Slot slot)
     {
         var read = NextIsRead(slot);
         var offset = NextOffset(job, slot);
         var t0 = _accounting.Now;
         var io = _device.Submit(read ? BlockOp.Read : BlockOp.Write, offset, slot.Buffer, job.Cpu);
         slot.Submitted++;
-        return (io, read, t0);
+        return (io, read, t0, offset);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -319,7 +363,7 @@ internal sealed class BenchRun
     // measured is kept per completing thread by the accounting. Two timestamps per I/O (as fio
     // with disable_slat): the asynchronous call returns at once, so submission and completion
     // latency are one measurement.
-    private void Record(Slot slot, bool read, BlockStatus status, long t0)
+    private void Record(Slot slot, bool read, BlockStatus status, long t0, long offset)
     {
         slot.Completed++;
         if (status != BlockStatus.Ok)
@@ -331,7 +375,18 @@ internal sealed class BenchRun
             }
         }
 
-        _accounting.Record(read, status, t0);
+        if (read)
+        {
+            slot.CompletedReads++;
+        }
+
+        if (_accounting.Record(read, status, t0, out var completed) && status == BlockStatus.Ok && (slot.Log ?? slot.Timeline) is not null)
+        {
+            var at = BenchClock.Nanoseconds(completed - _accounting.WindowStart);
+            var latency = BenchClock.Nanoseconds(completed - t0);
+            slot.Log?.Add(at, latency, read, _o.BlockSize, offset);
+            slot.Timeline?.Add(at, latency, read, _o.BlockSize, offset);
+        }
     }
 
     private sealed class Job
@@ -350,8 +405,15 @@ internal sealed class BenchRun
             _blockSize = o.BlockSize;
             _timeBased = o.Runtime is not null;
             Blocks = o.Size / o.BlockSize;
-            Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(device.AllocateBuffer(o.BlockSize), seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))).ToArray();
+            Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(device.AllocateBuffer(o.BlockSize), seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))
+            {
+                Log = o.LatLog is not null || o.IopsLog is not null ? new IoLog(o.LogAvgMsec) : null,
+                Timeline = o.Plot is not null ? new IoLog(PlotWindowMs(o)) : null,
+            }).ToArray();
         }
+
+        /// <summary>The share of <c>size</c> issued so far (0 when time based).</summary>
+        public double IssuedShare => _timeBased ? 0 : Math.Min(1.0, (double)Volatile.Read(ref _issued) / _size);
 
         public int Index { get; }
 
@@ -386,6 +448,7 @@ internal sealed class BenchRun
         private Job? _job;
         private bool _read;
         private long _t0;
+        private long _offset;
 
         public Task Done => _done.Task;
 
@@ -407,6 +470,7 @@ internal sealed class BenchRun
 
             _read = run.NextIsRead(this);
             var offset = run.NextOffset(job, this);
+            _offset = offset;
             Submitted++;
             _t0 = run._accounting.Now;
             run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
@@ -414,7 +478,7 @@ internal sealed class BenchRun
 
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
-            _run!.Record(this, _read, status, _t0);
+            _run!.Record(this, _read, status, _t0, _offset);
             SubmitNext();
         }
 
@@ -426,6 +490,14 @@ internal sealed class BenchRun
         public long Submitted { get; set; }
 
         public long Completed { get; set; }
+
+        public long CompletedReads { get; set; }
+
+        /// <summary>This slot's entries of the job's fio logs, or null without logging.</summary>
+        public IoLog? Log { get; init; }
+
+        /// <summary>This slot's completions per plot window, or null without a plot.</summary>
+        public IoLog? Timeline { get; init; }
 
         public long Errors { get; set; }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using ActorBlk.Actors;
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
@@ -19,15 +18,9 @@ internal static class BenchCommand
     /// <summary>Exit code of a run in which submitted and completed I/Os differ, or an I/O completed twice.</summary>
     public const int LostIo = 3;
 
-    public static async Task<int> RunAsync(CommandLine cl)
+    /// <summary>Runs the bench with <paramref name="options"/> (parsed by <see cref="BenchCommandLine"/>).</summary>
+    public static async Task<int> RunAsync(BenchOptions options)
     {
-        var options = BenchOptions.Parse(cl);
-        cl.RejectUnknown();
-        if (cl.Positional.Count > 0)
-        {
-            throw new UsageException($"unexpected argument '{cl.Positional[0]}'.");
-        }
-
         // Fails early, with the option named, on a combination no device accepts.
         _ = options.ToDeviceOptions();
 
@@ -85,12 +78,18 @@ internal static class BenchCommand
             }
 
             using var progress = options.Eta ?? (!options.Json && !Console.IsErrorRedirected) ? Progress(runs, options) : null;
+            using var stopReports = new CancellationTokenSource();
+            var reports = options.StatusInterval is { } every
+                ? new BenchStatusReports(every, BenchClock.System, () => BenchResult.Combine([.. runs.Select(r => r.Snapshot())]), Console.Out, options.Json).RunAsync(stopReports.Token)
+                : Task.CompletedTask;
             using var stopHotplug = new CancellationTokenSource();
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
                 : Task.FromResult<HotplugFigures?>(null);
             var results = await Task.WhenAll(runs.Select(r => r.RunAsync())).ConfigureAwait(false);
             await stopHotplug.CancelAsync().ConfigureAwait(false);
+            await stopReports.CancelAsync().ConfigureAwait(false);
+            await reports.ConfigureAwait(false);
             var hotplugFigures = await hotplug.ConfigureAwait(false);
             if (progress is not null)
             {
@@ -114,6 +113,13 @@ internal static class BenchCommand
                 Cluster = cluster,
             };
             Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
+            WriteLogs(options, runs);
+            if (options.Plot is { } plot)
+            {
+                BenchPlot.Write(plot, result, [.. runs.SelectMany(r => r.Timelines ?? [])]);
+                await Console.Error.WriteLineAsync($"actorblk bench: plot written to {plot}").ConfigureAwait(false);
+            }
+
             if (result.Submitted != result.Completed)
             {
                 await Console.Error.WriteLineAsync($"actorblk bench: {result.Submitted} I/Os were submitted but {result.Completed} completed.").ConfigureAwait(false);
@@ -163,20 +169,42 @@ internal static class BenchCommand
     // fio's status line on stderr (--eta), rewritten in place once a second while the run goes on.
     private static Timer Progress(BenchRun[] runs, BenchOptions options)
     {
-        var started = Stopwatch.GetTimestamp();
-        long lastIos = 0;
-        var lastTime = started;
-        return new Timer(_ =>
+        var line = new BenchStatusLine(options, BenchClock.System, () =>
         {
-            var now = Stopwatch.GetTimestamp();
-            var ios = runs.Sum(r => r.CompletedSoFar);
-            var rate = (ios - lastIos) / Stopwatch.GetElapsedTime(lastTime, now).TotalSeconds;
-            lastIos = ios;
-            lastTime = now;
-            var elapsed = Stopwatch.GetElapsedTime(started, now);
-            var total = (options.Runtime ?? TimeSpan.Zero) + options.RampTime;
-            var eta = total > elapsed ? total - elapsed : TimeSpan.Zero;
-            Console.Error.Write($"\rJobs: {options.NumJobs} [{options.PatternName}][{Sizes.Format(rate * options.BlockSize)}/s][{BenchReport.Count(rate)} IOPS][eta {eta:mm\\:ss}]   ");
-        }, null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+            var reads = runs.Sum(r => r.ReadsSoFar);
+            return (reads, runs.Sum(r => r.CompletedSoFar) - reads, runs.Average(r => r.IssuedShare));
+        });
+        return new Timer(_ => Console.Error.Write($"\r{line.Next()}   "), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
+    }
+
+    /// <summary>
+    /// fio's per-job logs: PREFIX_lat.N.log and PREFIX_clat.N.log (the same values: submission is
+    /// asynchronous and not timed apart, as fio with disable_slat, so PREFIX_slat.N.log is written
+    /// empty), PREFIX_iops.N.log; N numbers the jobs from 1, device after device.
+    /// </summary>
+    internal static void WriteLogs(BenchOptions options, IReadOnlyList<BenchRun> runs)
+    {
+        var jobs = runs.SelectMany(r => r.JobLogs).ToList();
+        for (var j = 0; j < jobs.Count; j++)
+        {
+            var n = j + 1;
+            if (options.LatLog is { } lat)
+            {
+                var entries = IoLog.Merge(jobs[j], iops: false);
+                foreach (var kind in new[] { "lat", "clat" })
+                {
+                    using var file = new StreamWriter($"{lat}_{kind}.{n}.log");
+                    IoLog.Write(file, entries, options.LogOffset);
+                }
+
+                File.WriteAllText($"{lat}_slat.{n}.log", string.Empty);
+            }
+
+            if (options.IopsLog is { } iops)
+            {
+                using var file = new StreamWriter($"{iops}_iops.{n}.log");
+                IoLog.Write(file, IoLog.Merge(jobs[j], iops: true), options.LogOffset);
+            }
+        }
     }
 }

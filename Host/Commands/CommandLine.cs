@@ -1,4 +1,7 @@
-using System.Globalization;
+using System.CommandLine;
+using System.CommandLine.Invocation;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Host.Bench;
 
 namespace ActorBlk.Host.Commands;
 
@@ -6,133 +9,104 @@ namespace ActorBlk.Host.Commands;
 public sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
-/// Options in fio's style: <c>--name=value</c> or <c>--name value</c>, <c>--flag</c> for booleans.
-/// Every option must be consumed; an unknown one is an error naming it.
+/// The <c>actorblk</c> command line, parsed by System.CommandLine: one sub-command per tool, each
+/// with <c>--help</c>; options as <c>--name=value</c> or <c>--name value</c>; a misspelt option or
+/// command gets suggestions; the <c>[suggest]</c> directive answers shell completion (dotnet-suggest).
+/// Exit codes: 0 success, 1 failure, 2 usage error, and a command's own (bench's 3 for a lost I/O).
 /// </summary>
-internal sealed class CommandLine
+internal static class CommandLine
 {
-    private readonly Dictionary<string, string?> _options = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _used = new(StringComparer.Ordinal);
+    /// <summary>Exit code of a usage error: a missing, unknown or malformed option or argument.</summary>
+    public const int UsageError = 2;
 
-    public CommandLine(IEnumerable<string> args)
+    /// <summary>The root command with every sub-command; <c>iostat</c> reports to <paramref name="output"/>.</summary>
+    public static RootCommand Create(TextWriter output)
     {
-        var list = args.ToList();
-        for (var i = 0; i < list.Count; i++)
+        var root = new RootCommand("actorblk: a user-space multi-queue block layer on Akka.NET")
         {
-            var arg = list[i];
-            if (!arg.StartsWith("--", StringComparison.Ordinal) || arg.Length == 2)
-            {
-                Positional.Add(arg);
-                continue;
-            }
-
-            var eq = arg.IndexOf('=', StringComparison.Ordinal);
-            string name;
-            string? value;
-            if (eq > 0)
-            {
-                name = arg[2..eq];
-                value = arg[(eq + 1)..];
-            }
-            else
-            {
-                name = arg[2..];
-                value = i + 1 < list.Count && !list[i + 1].StartsWith("--", StringComparison.Ordinal) ? list[++i] : null;
-            }
-
-            if (!_options.TryAdd(name, value))
-            {
-                throw new UsageException($"option --{name} is given twice.");
-            }
-        }
-    }
-
-    public List<string> Positional { get; } = [];
-
-    public bool Has(string name)
-    {
-        _used.Add(name);
-        return _options.ContainsKey(name);
-    }
-
-    public string? String(string name, string? fallback = null)
-    {
-        _used.Add(name);
-        return _options.TryGetValue(name, out var v) ? v ?? throw new UsageException($"option --{name} needs a value.") : fallback;
-    }
-
-    public int Int(string name, int fallback, int min = int.MinValue, int max = int.MaxValue)
-    {
-        var text = String(name);
-        if (text is null)
-        {
-            return fallback;
-        }
-
-        if (!int.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var v) || v < min || v > max)
-        {
-            throw new UsageException($"option --{name}: '{text}' is not a whole number from {min} to {max}.");
-        }
-
-        return v;
-    }
-
-    public long Long(string name, long fallback, long min = long.MinValue)
-    {
-        var text = String(name);
-        if (text is null)
-        {
-            return fallback;
-        }
-
-        if (!long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var v) || v < min)
-        {
-            throw new UsageException($"option --{name}: '{text}' is not a whole number of at least {min}.");
-        }
-
-        return v;
-    }
-
-    public double Double(string name, double fallback, double min, double max)
-    {
-        var text = String(name);
-        if (text is null)
-        {
-            return fallback;
-        }
-
-        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) || v < min || v > max)
-        {
-            throw new UsageException($"option --{name}: '{text}' is not a number from {min} to {max}.");
-        }
-
-        return v;
-    }
-
-    /// <summary>A boolean: <c>--name</c>, <c>--name=1</c>, <c>--name=0</c> (fio's convention), on/off, true/false.</summary>
-    public bool Bool(string name, bool fallback)
-    {
-        _used.Add(name);
-        if (!_options.TryGetValue(name, out var text))
-        {
-            return fallback;
-        }
-
-        return (text ?? "1").ToLowerInvariant() switch
-        {
-            "1" or "on" or "true" or "yes" => true,
-            "0" or "off" or "false" or "no" => false,
-            _ => throw new UsageException($"option --{name}: '{text}' is not 0 or 1."),
+            ServeCommand.Create(),
+            DevicesCommand.Create(),
+            new BenchCommandLine().Create(BenchCommand.RunAsync),
+            SysfsCommand.CreateSysfs(),
+            SysfsCommand.CreateHotplug(),
+            IostatCommand.Create(output),
         };
+        return root;
     }
 
-    /// <summary>Throws for any option nobody asked for (a typo must not be ignored).</summary>
-    public void RejectUnknown()
+    /// <summary>
+    /// Parses and runs <paramref name="args"/>. Parse errors (with suggestions) and usage errors go to
+    /// <paramref name="error"/> and return <see cref="UsageError"/>; help goes to <paramref name="output"/>.
+    /// </summary>
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, TextWriter output, TextWriter error)
     {
-        var unknown = _options.Keys.Where(k => !_used.Contains(k)).ToList();
-        if (unknown.Count > 0)
+        ArgumentNullException.ThrowIfNull(args);
+        var root = Create(output);
+        var invocation = new InvocationConfiguration
         {
-            throw new UsageException($"unknown option{(unknown.Count > 1 ? "s" : string.Empty)}: {string.Join(", ", unknown.Select(u => "--" + u))}.");
+            Output = output,
+            Error = error,
+
+            // Exceptions are the commands' to report (below); and serve stops on SIGTERM through the
+            // generic host's coordinated shutdown, not through the parser's cancellation.
+            EnableDefaultExceptionHandler = false,
+            ProcessTerminationTimeout = null,
+        };
+
+        if (args.Count == 0)
+        {
+            await root.Parse(["--help"]).InvokeAsync(invocation).ConfigureAwait(false);
+            return UsageError;
         }
+
+        // `actorblk help [COMMAND]` as `actorblk [COMMAND] --help`.
+        var parse = args[0] == "help" ? root.Parse([.. args.Skip(1), "--help"]) : root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            // The errors and the typo suggestions; the whole help would push them off the screen.
+            if (parse.Action is ParseErrorAction errorAction)
+            {
+                errorAction.ShowHelp = false;
+            }
+
+            // Suggestions are written to the invocation's output: here they belong with the errors, on stderr.
+            await parse.InvokeAsync(new InvocationConfiguration { Output = error, Error = error, ProcessTerminationTimeout = null }).ConfigureAwait(false);
+            await error.WriteLineAsync($"See '{HelpCommandOf(parse)} --help'.").ConfigureAwait(false);
+            return UsageError;
+        }
+
+        try
+        {
+            return await parse.InvokeAsync(invocation).ConfigureAwait(false);
+        }
+        catch (UsageException ex)
+        {
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            await error.WriteLineAsync($"See '{HelpCommandOf(parse)} --help'.").ConfigureAwait(false);
+            return UsageError;
+        }
+        catch (DeviceOptionsException ex)
+        {
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return UsageError;
+        }
+        catch (BlockDeviceOpenException ex)
+        {
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
+    }
+
+    // "actorblk sysfs write" for a parse of `sysfs write ...`.
+    private static string HelpCommandOf(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var result = parse.CommandResult; result is not null; result = result.Parent as System.CommandLine.Parsing.CommandResult)
+        {
+            names.Add(result.Command is RootCommand ? "actorblk" : result.Command.Name);
+        }
+
+        names.Reverse();
+        return string.Join(' ', names);
     }
 }

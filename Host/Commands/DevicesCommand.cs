@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using ActorBlk.Actors.Clustering;
 
@@ -9,25 +10,28 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class DevicesCommand
 {
-    public const string Usage = """
-        actorblk devices [--node HOST:PORT | --node ADDRESS | --port N | --config PATH]
-          Prints every device of the cluster the node belongs to: name, owner node, size, logical
-          block size, hardware queues, read-only, state (live, offline, dying) and NBD endpoint.
-          A device is addressed as NAME@NODE, or by NAME alone when no other node has one of that name.
-        """;
-
-    public static async Task<int> RunAsync(CommandLine cl)
+    /// <summary>The <c>devices</c> command.</summary>
+    public static Command Create()
     {
-        var node = cl.String("node");
-        var address = node is not null && !node.Contains("://", StringComparison.Ordinal)
-            ? $"akka.tcp://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(node, "--node")}"
-            : NodeClient.AddressFrom(cl);
-        cl.RejectUnknown();
-        if (cl.Positional.Count > 0)
+        var node = new NodeOptions();
+        var command = new Command("devices", """
+            List the devices of the whole cluster the node belongs to: name, owner node, size, logical
+            block size, hardware queues, read-only, state (live, offline, dying) and NBD endpoint.
+            A device is addressed as NAME@NODE, or by NAME alone when no other node has one of that name.
+            """);
+        node.AddTo(command);
+        command.SetAction((parse, _) =>
         {
-            throw new UsageException($"unexpected argument '{cl.Positional[0]}'.\n{Usage}");
-        }
+            var text = parse.GetValue(node.Node);
+            return RunAsync(text is not null && !text.Contains("://", StringComparison.Ordinal)
+                ? $"akka.tcp://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}"
+                : node.AddressFrom(parse));
+        });
+        return command;
+    }
 
+    private static async Task<int> RunAsync(string address)
+    {
         await using var client = NodeClient.Connect(address);
         ClusterDeviceList list;
         try

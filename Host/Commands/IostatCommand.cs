@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using ActorBlk.Actors;
@@ -12,44 +13,48 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class IostatCommand
 {
-    public const string Usage = """
-        actorblk iostat [-x] [--node HOST:PORT | --port N | --config PATH] [DEVICE ...] [INTERVAL [COUNT]]
-          Device statistics of a running node, computed from successive reads of
-          block/<dev>/stat as sysstat's iostat computes them; -x for the extended columns
-          (r/s rkB/s rrqm/s %rrqm r_await rareq-sz, the same for w and d, f/s f_await, aqu-sz, %util).
-          Every report covers one interval: the node's time since boot is not known, so the
-          first report is that of the first INTERVAL seconds (iostat -y). Without INTERVAL one
-          report over 1 second; without COUNT reports until interrupted.
+    private const string Description = """
+        A running node's device statistics, computed from successive reads of block/<dev>/stat as
+        sysstat's iostat computes them; -x for the extended columns (r/s rkB/s rrqm/s %rrqm r_await
+        rareq-sz, the same for w and d, f/s f_await, aqu-sz, %util). Every report covers one interval:
+        the node's time since boot is not known, so the first report is that of the first INTERVAL
+        seconds (iostat -y). Without INTERVAL one report over 1 second; without COUNT reports until
+        interrupted. --node takes HOST:PORT as iostat users would give it.
         """;
 
     /// <summary>Exit code when the node cannot be read.</summary>
     public const int Failed = 1;
 
-    public static async Task<int> RunAsync(CommandLine cl, TextWriter output, CancellationToken cancel = default)
+    /// <summary>The <c>iostat</c> command; reports go to <paramref name="output"/>.</summary>
+    public static Command Create(TextWriter output)
     {
-        ArgumentNullException.ThrowIfNull(cl);
-        var node = cl.String("node");
-        var address = NodeClient.AddressFrom(cl);
-        var nodeConfig = NodeClient.ConfigFrom(cl);
-        if (node is not null && !node.Contains("://", StringComparison.Ordinal))
+        var node = new NodeOptions();
+        var extended = new Option<bool>("-x") { Description = "the extended columns" };
+        var operands = new Argument<string[]>("operands") { HelpName = "DEVICE... INTERVAL COUNT", Arity = ArgumentArity.ZeroOrMore, Description = "devices (all when none), then the interval in seconds and the number of reports" };
+        var command = new Command("iostat", Description) { extended, operands };
+        node.AddTo(command);
+        command.SetAction((parse, cancel) =>
         {
-            // HOST:PORT, as iostat users would give it.
-            address = $"akka.tcp://{NodeConfig.SystemName}@{node}";
-        }
+            var text = parse.GetValue(node.Node);
+            var address = text is not null && !text.Contains("://", StringComparison.Ordinal)
+                ? $"akka.tcp://{NodeConfig.SystemName}@{text}"
+                : node.AddressFrom(parse);
+            return RunAsync(address, node.ConfigFrom(parse), parse.GetValue(extended), parse.GetValue(operands) ?? [], output, cancel);
+        });
+        return command;
+    }
 
-        cl.RejectUnknown();
-        var extended = false;
+    /// <summary>Runs the reports; a bad operand list is a <see cref="UsageException"/>.</summary>
+    public static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig, bool extended, IReadOnlyList<string> operands, TextWriter output, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(operands);
         var devices = new List<string>();
         var numbers = new List<string>();
-        foreach (var arg in cl.Positional)
+        foreach (var arg in operands)
         {
-            if (arg == "-x")
+            if (arg.StartsWith('-'))
             {
-                extended = true;
-            }
-            else if (arg.StartsWith('-'))
-            {
-                throw new UsageException($"unknown option {arg}.\n{Usage}");
+                throw new UsageException($"unknown option {arg}.");
             }
             else if (char.IsAsciiDigit(arg[0]) || arg[0] == '.')
             {
@@ -57,7 +62,7 @@ internal static class IostatCommand
             }
             else if (numbers.Count > 0)
             {
-                throw new UsageException($"device '{arg}' after the interval.\n{Usage}");
+                throw new UsageException($"device '{arg}' after the interval.");
             }
             else
             {
@@ -67,13 +72,13 @@ internal static class IostatCommand
 
         if (numbers.Count > 2)
         {
-            throw new UsageException($"at most an interval and a count.\n{Usage}");
+            throw new UsageException("at most an interval and a count.");
         }
 
         var interval = 1.0;
         if (numbers.Count > 0 && (!double.TryParse(numbers[0], NumberStyles.Float, CultureInfo.InvariantCulture, out interval) || interval <= 0 || interval > 86_400))
         {
-            throw new UsageException($"'{numbers[0]}' is not an interval in seconds.\n{Usage}");
+            throw new UsageException($"'{numbers[0]}' is not an interval in seconds.");
         }
 
         long? count = numbers.Count == 0 ? 1 : null;
@@ -81,7 +86,7 @@ internal static class IostatCommand
         {
             if (!long.TryParse(numbers[1], NumberStyles.None, CultureInfo.InvariantCulture, out var c) || c < 1)
             {
-                throw new UsageException($"'{numbers[1]}' is not a count of reports.\n{Usage}");
+                throw new UsageException($"'{numbers[1]}' is not a count of reports.");
             }
 
             count = c;

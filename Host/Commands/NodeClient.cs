@@ -32,11 +32,8 @@ internal sealed class NodeClient : IAsyncDisposable
     /// The node named by <c>--node ADDRESS</c>, else by <c>--port N</c> on 127.0.0.1, else by the
     /// remoting port of hocon.conf (<c>--config PATH</c> or the one <c>serve</c> would use), else 4053.
     /// </summary>
-    public static string AddressFrom(CommandLine cl)
+    public static string AddressFrom(string? node, int? port, string? configPath)
     {
-        var node = cl.String("node");
-        int? port = cl.Has("port") ? cl.Int("port", 4053, 1, 65535) : null;
-        var configPath = cl.String("config");
         if (node is not null)
         {
             return node.TrimEnd('/');
@@ -62,9 +59,8 @@ internal sealed class NodeClient : IAsyncDisposable
     /// The node configuration a client reads its TLS settings and admin secret from:
     /// <c>--config PATH</c>, else the hocon.conf <c>serve</c> would use, else none.
     /// </summary>
-    public static Config? ConfigFrom(CommandLine cl)
+    public static Config? ConfigFrom(string? configPath)
     {
-        var configPath = cl.String("config");
         try
         {
             return NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);

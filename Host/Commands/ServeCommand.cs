@@ -1,3 +1,4 @@
+using System.CommandLine;
 using ActorBlk.Actors;
 using ActorBlk.Actors.Hosting;
 using ActorBlk.Actors.Nbd;
@@ -20,24 +21,29 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class ServeCommand
 {
-    public const string Usage = "actorblk serve [--config PATH] [--port N] [--seed HOST:PORT[,HOST:PORT...]] [--hostname H] [--nbd-listen ADDRESS:PORT|off]";
-
-    public static async Task<int> RunAsync(CommandLine cl)
+    /// <summary>The <c>serve</c> command and its options.</summary>
+    public static Command Create()
     {
-        var path = cl.String("config") ?? NodeConfig.Locate();
-        int? port = cl.Has("port") ? cl.Int("port", 4053, 0, 65535) : null;
-        var seeds = cl.String("seed") is { } seedText ? NodeConfig.ParseSeeds(seedText) : null;
-        var hostname = cl.String("hostname");
+        var config = CliOptions.Text("--config", "PATH", "the node's hocon.conf (default: ./hocon.conf, else the one beside the binary)");
+        var port = CliOptions.OptionalInt("--port", 0, 65535, "remoting port, 0 for any free one (default: hocon.conf's, else 4053)");
+        var seed = CliOptions.Text("--seed", "HOST:PORT[,HOST:PORT...]", "join the cluster of these nodes");
+        var hostname = CliOptions.Text("--hostname", "H", "the host name or address other nodes reach this one at");
+        var nbdListen = CliOptions.Text("--nbd-listen", "ADDRESS:PORT|off", "the NBD export's address, or off (default: actorblk.nbd.listen)");
+        var command = new Command("serve", "Run a node serving the devices of hocon.conf, joining the cluster of the seed nodes.")
+        {
+            config, port, seed, hostname, nbdListen,
+        };
+        command.SetAction((parse, _) => RunAsync(
+            parse.GetValue(config) ?? NodeConfig.Locate(), parse.GetValue(port), parse.GetValue(seed), parse.GetValue(hostname), parse.GetValue(nbdListen)));
+        return command;
+    }
+
+    private static async Task<int> RunAsync(string path, int? port, string? seedText, string? hostname, string? nbdListen)
+    {
+        var seeds = seedText is not null ? NodeConfig.ParseSeeds(seedText) : null;
         if (hostname is not null && !NodeConfig.IsHostName(hostname))
         {
             throw new UsageException($"option --hostname: '{hostname}' is not a host name or address.");
-        }
-
-        var nbdListen = cl.String("nbd-listen");
-        cl.RejectUnknown();
-        if (cl.Positional.Count > 0)
-        {
-            throw new UsageException($"unexpected argument '{cl.Positional[0]}'. Usage: {Usage}");
         }
 
         var config = NodeConfig.Load(path, port, seeds, hostname);

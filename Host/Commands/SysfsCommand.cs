@@ -1,3 +1,4 @@
+using System.CommandLine;
 using ActorBlk.Actors;
 
 namespace ActorBlk.Host.Commands;
@@ -8,60 +9,73 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class SysfsCommand
 {
-    public const string SysfsUsage = """
-        actorblk sysfs [--node ADDRESS | --port N | --config PATH] list [PREFIX]
-        actorblk sysfs [...] cat PATH
-        actorblk sysfs [...] write PATH VALUE
-          PATH as under /sys: block/nullb0/queue/nr_requests, block/nullb0/mq/0/cpu_list,
-          kernel/debug/block/nullb0/hctx0/pending ("/sys/" in front is accepted).
-          The node is akka.tcp://actorblk@127.0.0.1:PORT, PORT from --port, else from hocon.conf, else 4053.
-          write (and hotplug) send the admin secret: $ACTORBLK_ADMIN_SECRET, else hocon.conf's
-          actorblk.remote.admin-secret(-file); TLS settings come from hocon.conf too.
-        """;
-
-    public const string HotplugUsage = """
-        actorblk hotplug [--node ADDRESS | --port N | --config PATH] offline|online CPU
-          Takes a CPU of the node offline or brings it online: every device is frozen, drained,
-          re-mapped and unfrozen before the command returns.
-        """;
-
     /// <summary>Exit code of a refused operation (the errno is printed).</summary>
     public const int Refused = 1;
 
-    public static async Task<int> RunSysfsAsync(CommandLine cl)
-    {
-        var address = NodeClient.AddressFrom(cl);
-        var nodeConfig = NodeClient.ConfigFrom(cl);
-        cl.RejectUnknown();
-        object message = cl.Positional switch
-        {
-            ["list"] => new Sysfs.List(),
-            ["list", var prefix] => new Sysfs.List(prefix),
-            ["cat", var path] => new Sysfs.Read(path),
-            ["write", var path, var value] => new Sysfs.Write(path, value),
-            [] => throw new UsageException($"a sub-command is needed.\n{SysfsUsage}"),
-            _ => throw new UsageException($"'{string.Join(' ', cl.Positional)}' is not list [PREFIX], cat PATH or write PATH VALUE.\n{SysfsUsage}"),
-        };
+    private const string PathHelp = "PATH as under /sys: block/nullb0/queue/nr_requests, block/nullb0/mq/0/cpu_list, kernel/debug/block/nullb0/hctx0/pending (\"/sys/\" in front is accepted)";
 
-        return await AskAsync(address, message, nodeConfig).ConfigureAwait(false);
+    /// <summary>The <c>sysfs</c> command: <c>list [PREFIX]</c>, <c>cat PATH</c>, <c>write PATH VALUE</c>.</summary>
+    public static Command CreateSysfs()
+    {
+        var node = new NodeOptions();
+        var command = new Command("sysfs", """
+            Read and write a running node's attributes. The node is akka.tcp://actorblk@127.0.0.1:PORT, PORT from
+            --port, else from hocon.conf, else 4053. write (and hotplug) send the admin secret: $ACTORBLK_ADMIN_SECRET,
+            else hocon.conf's actorblk.remote.admin-secret(-file); TLS settings come from hocon.conf too.
+            """);
+        node.AddTo(command);
+
+        var prefix = new Argument<string?>("PREFIX") { Description = "list only the paths that start with it", Arity = ArgumentArity.ZeroOrOne };
+        var list = new Command("list", "List the attribute paths.") { prefix };
+        list.SetAction((parse, _) => AskAsync(node.AddressFrom(parse), new Sysfs.List(parse.GetValue(prefix) ?? string.Empty), node.ConfigFrom(parse)));
+
+        var catPath = new Argument<string>("PATH") { Description = PathHelp };
+        var cat = new Command("cat", "Print an attribute.") { catPath };
+        cat.SetAction((parse, _) => AskAsync(node.AddressFrom(parse), new Sysfs.Read(parse.GetRequiredValue(catPath)), node.ConfigFrom(parse)));
+
+        var writePath = new Argument<string>("PATH") { Description = PathHelp };
+        var value = new Argument<string>("VALUE") { Description = "the text written to it" };
+        var write = new Command("write", "Write an attribute (needs the admin secret).") { writePath, value };
+        write.SetAction((parse, _) => AskAsync(node.AddressFrom(parse), new Sysfs.Write(parse.GetRequiredValue(writePath), parse.GetRequiredValue(value)), node.ConfigFrom(parse)));
+
+        command.Subcommands.Add(list);
+        command.Subcommands.Add(cat);
+        command.Subcommands.Add(write);
+        return command;
     }
 
-    public static async Task<int> RunHotplugAsync(CommandLine cl)
+    /// <summary>The <c>hotplug</c> command: <c>offline CPU</c>, <c>online CPU</c>.</summary>
+    public static Command CreateHotplug()
     {
-        var address = NodeClient.AddressFrom(cl);
-        var nodeConfig = NodeClient.ConfigFrom(cl);
-        cl.RejectUnknown();
-        if (cl.Positional is not [var action and ("offline" or "online"), var cpuText])
+        var node = new NodeOptions();
+        var command = new Command("hotplug", """
+            Take a CPU of a running node offline or bring it online: every device is frozen, drained,
+            re-mapped and unfrozen before the command returns.
+            """);
+        node.AddTo(command);
+        foreach (var online in new[] { false, true })
         {
-            throw new UsageException($"expected offline|online CPU.\n{HotplugUsage}");
+            var cpu = new Argument<int>("CPU")
+            {
+                Description = "the CPU number",
+                CustomParser = r =>
+                {
+                    var text = r.Tokens.Count > 0 ? r.Tokens[0].Value : string.Empty;
+                    if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n))
+                    {
+                        return n;
+                    }
+
+                    r.AddError($"'{text}' is not a CPU number.");
+                    return -1;
+                },
+            };
+            var action = new Command(online ? "online" : "offline", online ? "Bring the CPU online." : "Take the CPU offline.") { cpu };
+            action.SetAction((parse, _) => AskAsync(node.AddressFrom(parse), new Sysfs.Hotplug(parse.GetValue(cpu), online), node.ConfigFrom(parse)));
+            command.Subcommands.Add(action);
         }
 
-        if (!int.TryParse(cpuText, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var cpu))
-        {
-            throw new UsageException($"'{cpuText}' is not a CPU number.\n{HotplugUsage}");
-        }
-
-        return await AskAsync(address, new Sysfs.Hotplug(cpu, action == "online"), nodeConfig).ConfigureAwait(false);
+        return command;
     }
 
     private static async Task<int> AskAsync(string address, object message, Akka.Configuration.Config? nodeConfig)

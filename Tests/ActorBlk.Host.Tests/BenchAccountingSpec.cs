@@ -1,7 +1,7 @@
-using System.Diagnostics;
 using System.Text.Json;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Bench;
+using ActorBlk.Host.Tests.Support;
 using Xunit;
 
 namespace ActorBlk.Host.Tests;
@@ -157,15 +157,5 @@ public sealed class BenchAccountingSpec
         Assert.Equal("io_uring", engines[0].GetString());
         Assert.Equal("psync", engines[1].GetString());
         Assert.Equal(JsonValueKind.Null, engines[2].ValueKind);
-    }
-
-    /// <summary>A bench clock that moves only when the spec says so.</summary>
-    private sealed class ManualBenchClock : BenchClock
-    {
-        private long _now = 1_000_000;
-
-        public override long Timestamp => _now;
-
-        public void Advance(TimeSpan by) => _now += (long)(by.TotalSeconds * Stopwatch.Frequency);
     }
 }

@@ -232,7 +232,7 @@ public sealed class BenchSpec
     [InlineData("--device=tape", "option --device")]
     [InlineData("--engine=libaio", "option --engine")]
     [InlineData("--iodepth_batch_submit=-1", "option --iodepth_batch_submit")]
-    [InlineData("--frobnicate=1", "unknown option: --frobnicate")]
+    [InlineData("--frobnicate=1", "Unrecognized command or argument '--frobnicate=1'")]
     [InlineData("--hotplug-interval=0", "option --hotplug-interval")]
     [InlineData("--possible-cpus=1 --hotplug-interval=10", "option --hotplug-interval")]
     [InlineData("--possible-cpus=0", "option --possible-cpus")]

@@ -91,7 +91,7 @@ public sealed partial class ClusterServeSpec
     [InlineData("serve --seed 127.0.0.1:99999", "is not HOST:PORT")]
     [InlineData("serve --hostname bad/host", "option --hostname: 'bad/host' is not a host name")]
     [InlineData("devices --node 127.0.0.1", "option --node: '127.0.0.1' is not HOST:PORT")]
-    [InlineData("devices --node 127.0.0.1:4053 extra", "unexpected argument 'extra'")]
+    [InlineData("devices --node 127.0.0.1:4053 extra", "Unrecognized command or argument 'extra'")]
     public async Task Cluster_usage_errors_exit_with_2_and_say_why(string args, string message)
     {
         await using var command = ActorBlkProcess.Start(args.Split(' '));

@@ -159,12 +159,12 @@ public sealed partial class ServeSpec
     }
 
     [Theory]
-    [InlineData("serve --bogus", "unknown option: --bogus")]
-    [InlineData("frobnicate", "unknown command 'frobnicate'")]
+    [InlineData("serve --bogus", "Unrecognized command or argument '--bogus'")]
+    [InlineData("frobnicate", "Unrecognized command or argument 'frobnicate'")]
     [InlineData("serve --port 70000", "--port")]
     [InlineData("serve --config /nonexistent.conf", "does not exist")]
-    [InlineData("sysfs --port 4053", "a sub-command is needed")]
-    [InlineData("sysfs --port 4053 cat", "is not list [PREFIX], cat PATH or write PATH VALUE")]
+    [InlineData("sysfs --port 4053", "Required command was not provided.")]
+    [InlineData("sysfs --port 4053 cat", "Required argument 'PATH' missing for command: 'cat'.")]
     [InlineData("hotplug --port 4053 offline one", "'one' is not a CPU number")]
     public async Task Usage_errors_exit_with_2_and_say_why(string args, string message)
     {

@@ -1,0 +1,218 @@
+using System.CommandLine;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.File;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Host.Commands;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// The options of <c>actorblk bench</c> as System.CommandLine declares them: fio's names and
+/// meanings for the workload (<c>--rw=randread --bs=4k --iodepth=32</c>, either
+/// <c>--name=value</c> or <c>--name value</c>), ActorBlk's for the device. Each value is checked
+/// by its option's parser, so a bad one is a usage error naming the option before anything starts.
+/// </summary>
+/// <remarks>
+/// To add an option: declare it below (a <see cref="CliOptions"/> factory gives fio's value
+/// syntax and the error message), list it in <see cref="All"/> under its heading, add a property
+/// to <see cref="BenchOptions"/> and read it in <see cref="From"/>.
+/// </remarks>
+internal sealed class BenchCommandLine
+{
+    // Workload (fio's names).
+    private readonly Option<string> Name = new("--name") { Description = "job name", HelpName = "NAME", DefaultValueFactory = _ => "actorblk" };
+    private readonly Option<Word<IoPattern>> Rw = CliOptions.Choice("--rw", "randread",
+        [("read", IoPattern.Read), ("write", IoPattern.Write), ("randread", IoPattern.RandRead), ("randwrite", IoPattern.RandWrite),
+         ("rw", IoPattern.ReadWrite), ("readwrite", IoPattern.ReadWrite), ("randrw", IoPattern.RandReadWrite)],
+        "I/O pattern", "--readwrite");
+
+    private readonly Option<int> RwMixRead = CliOptions.Int("--rwmixread", 50, 0, 100, "share of reads in mixed patterns, in percent");
+    private readonly Option<Word<long>> Bs = CliOptions.Size("--bs", "4k", "block size per I/O");
+    private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g", "device region each job covers; ends the run when no runtime is set");
+    private readonly Option<int> IoDepth = CliOptions.Int("--iodepth", 1, 1, 65536, "I/Os each job keeps in flight");
+    private readonly Option<int> IoDepthBatchSubmit = CliOptions.Int("--iodepth_batch_submit", 1, 0, 65536, "io_uring: submit as soon as N I/Os are prepared; 0 = once per dispatch round", "--iodepth_batch");
+    private readonly Option<Word<bool>> FixedBufs = CliOptions.Bool("--fixedbufs", false, "io_uring: I/O buffers from registered memory");
+    private readonly Option<int> NumJobs = CliOptions.Int("--numjobs", 1, 1, 1024, "jobs, each on its own CPU");
+    private readonly Option<TimeSpan?> Runtime = CliOptions.Seconds("--runtime", "run this long (time based)");
+    private readonly Option<TimeSpan?> RampTime = CliOptions.Seconds("--ramp_time", "run this long before measuring [default: 0]");
+    private readonly Option<Word<bool>> Direct = CliOptions.Bool("--direct", true, "O_DIRECT for file devices, buffered I/O with 0");
+    private readonly Option<Word<bool>> RandRepeat = CliOptions.Bool("--randrepeat", true, "same random offsets every run");
+
+    // fio flags ActorBlk always behaves as if given.
+    private readonly Option<Word<bool>>[] AlwaysOn =
+        [.. new[] { "--time_based", "--group_reporting", "--thread", "--norandommap", "--lat_percentiles" }.Select(f => CliOptions.Bool(f, true, "accepted, always on"))];
+
+    // Reporting (fio's names).
+    private readonly Option<Word<bool>> Json = CliOptions.Choice("--output-format", "normal", [("normal", false), ("json", true)], "the report on stdout", "--output_format");
+    private readonly Option<Word<EtaMode>> Eta = CliOptions.Choice("--eta", "auto", [("auto", EtaMode.Auto), ("always", EtaMode.Always), ("never", EtaMode.Never)],
+        "the status line on stderr: auto = when stderr is a terminal and the output is not JSON");
+
+    private readonly Option<TimeSpan?> StatusInterval = CliOptions.Seconds("--status-interval",
+        "a full report of the figures so far (cumulative from the start) every SECONDS on stdout; with JSON one object per report");
+
+    private readonly Option<string?> WriteLatLog = CliOptions.Text("--write_lat_log", "PREFIX", "per-job latency logs PREFIX_lat.N.log and PREFIX_clat.N.log in fio's log format");
+    private readonly Option<string?> WriteIopsLog = CliOptions.Text("--write_iops_log", "PREFIX", "per-job IOPS logs PREFIX_iops.N.log in fio's log format");
+    private readonly Option<int> LogAvgMsec = CliOptions.Int("--log_avg_msec", 0, 0, 3_600_000, "one averaged log entry per direction per N ms; 0 logs every I/O");
+    private readonly Option<Word<bool>> LogOffset = CliOptions.Bool("--log_offset", false, "log entries carry the I/O's offset");
+    private readonly Option<string?> Plot = CliOptions.Text("--plot", "FILE.png|FILE.svg", "draw IOPS over time and the latency percentile curve");
+
+    // Device (ActorBlk's names).
+    private readonly Option<string> Device = new("--device")
+    {
+        Description = "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT",
+        HelpName = "null|file:PATH|nbd://HOST:PORT/EXPORT",
+        DefaultValueFactory = _ => "null",
+    };
+
+    private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
+        "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");
+
+    private readonly Option<Word<IoEngine>> Engine = CliOptions.Choice("--engine", "io_uring", [("io_uring", IoEngine.IoUring), ("iouring", IoEngine.IoUring), ("psync", IoEngine.Psync)],
+        "file device I/O engine (psync where io_uring is unavailable)");
+
+    private readonly Option<Word<DispatchMode>> Dispatch = CliOptions.Choice("--dispatch", "ring", [("ring", DispatchMode.Ring), ("mailbox", DispatchMode.Mailbox)], "dispatch mode");
+    private readonly Option<int> SubmitQueues = CliOptions.Int("--submit-queues", 1, 1, 1024, "hardware queues");
+    private readonly Option<int> HwQueueDepth = CliOptions.Int("--hw-queue-depth", 64, 1, 10240, "tags per hardware queue");
+    private readonly Option<int> IrqModeOption = CliOptions.Int("--irqmode", 1, 0, 2, "null completion mode: 0 none, 1 softirq, 2 timer");
+    private readonly Option<long> CompletionNsec = CliOptions.Long("--completion-nsec", 10_000, 0, "timer completion delay, irqmode 2");
+    private readonly Option<int> RqAffinity = CliOptions.Int("--rq-affinity", 1, 0, 2, "completion affinity");
+    private readonly Option<int> NoMerges = CliOptions.Int("--nomerges", 0, 0, 2, "merge policy");
+    private readonly Option<Word<bool>> IoPoll = CliOptions.Bool("--io-poll", false, "polled I/O through a poll queue");
+    private readonly Option<Word<bool>> MemoryBacked = CliOptions.Bool("--memory-backed", false, "keep data in RAM");
+    private readonly Option<Word<CompletionContinuation>> Completion = CliOptions.Choice("--completion", "inline",
+        [("inline", CompletionContinuation.Inline), ("threadpool", CompletionContinuation.ThreadPool)], "where completions continue");
+
+    private readonly Option<int> IoTimeout = CliOptions.Int("--io-timeout", 0, 1, int.MaxValue, "request timeout in milliseconds, like queue/io_timeout; 0 keeps the driver's (null: 5000)");
+
+    // Several devices, CPU hotplug.
+    private readonly Option<int> Devices = CliOptions.Int("--devices", 1, 1, 64, "N devices, each driven by its own --numjobs jobs at --iodepth");
+    private readonly Option<Word<bool>> SharedTags = CliOptions.Bool("--shared-tags", false, "the devices share one tag set of --hw-queue-depth tags (fair share)");
+    private readonly Option<int?> PossibleCpus = CliOptions.OptionalInt("--possible-cpus", 1, 4096, "a simulated machine of N CPUs instead of this one's");
+    private readonly Option<int?> HotplugInterval = CliOptions.OptionalInt("--hotplug-interval", 1, 3_600_000,
+        "every MS, take the next CPU (1, 2, ... N-1 in turn) offline, then bring it back at the next tick; each event freezes, drains, re-maps and unfreezes every device", "MS");
+
+    // Fault injection (null_blk style; any rate > 0 wraps the driver).
+    private readonly Option<double> FaultErrorRate = CliOptions.Double("--fault-error-rate", 0, 0, 1, "share of requests failed with an I/O error");
+    private readonly Option<double> FaultTimeoutRate = CliOptions.Double("--fault-timeout-rate", 0, 0, 1, "share of requests whose completion is lost: they time out and are retried");
+    private readonly Option<double> FaultResourceRate = CliOptions.Double("--fault-resource-rate", 0, 0, 1, "share of requests refused with Resource/DeviceResource");
+    private readonly Option<double> FaultLatencyRate = CliOptions.Double("--fault-latency-rate", 0, 0, 1, "share of requests behind a latency spike of --fault-latency");
+    private readonly Option<int> FaultLatency = CliOptions.Int("--fault-latency", 10, 0, 60_000, "length of a latency spike in ms");
+    private readonly Option<long> FaultCrashAfter = CliOptions.Long("--fault-crash-after", 0, 0, "the device crashes every N requests and is reset (0 = never)");
+    private readonly Option<int> FaultSeed = CliOptions.Int("--fault-seed", 1, int.MinValue, int.MaxValue, "seed of the fault decisions");
+
+    /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
+    private IEnumerable<Option> All =>
+    [
+        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, Direct, RandRepeat, .. AlwaysOn,
+        Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Device, Join, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
+        Devices, SharedTags, PossibleCpus, HotplugInterval,
+        FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
+    ];
+
+    /// <summary>The <c>bench</c> command; its action runs <paramref name="run"/> with the options read.</summary>
+    public Command Create(Func<BenchOptions, Task<int>> run)
+    {
+        ArgumentNullException.ThrowIfNull(run);
+        var command = new Command("bench", "Drive a device like fio: fio's workload options and report (normal or JSON), ActorBlk's device options.");
+        foreach (var option in All)
+        {
+            command.Options.Add(option);
+        }
+
+        command.SetAction((parse, _) => run(From(parse)));
+        return command;
+    }
+
+    /// <summary>
+    /// Parses <c>bench</c>'s arguments (without the command name) alone, for specs and tools: the
+    /// options, or a <see cref="UsageException"/> with the first parse error.
+    /// </summary>
+    public static BenchOptions Parse(params string[] args)
+    {
+        var cli = new BenchCommandLine();
+        var parse = cli.Create(_ => Task.FromResult(0)).Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            throw new UsageException(parse.Errors[0].Message);
+        }
+
+        return cli.From(parse);
+    }
+
+    /// <summary>The options of a parse without errors, checked as a whole (<see cref="UsageException"/> names the option at fault).</summary>
+    public BenchOptions From(ParseResult parse)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        var hotplugMs = parse.GetValue(HotplugInterval);
+        var options = new BenchOptions
+        {
+            Name = parse.GetValue(Name) ?? "actorblk",
+            Pattern = parse.ValueOf(Rw),
+            RwMixRead = parse.GetValue(RwMixRead),
+            BlockSize = (int)Math.Min(int.MaxValue, parse.ValueOf(Bs)),
+            Size = parse.ValueOf(SizeOption),
+            IoDepth = parse.GetValue(IoDepth),
+            SubmitBatch = parse.GetValue(IoDepthBatchSubmit),
+            FixedBuffers = parse.ValueOf(FixedBufs),
+            NumJobs = parse.GetValue(NumJobs),
+            Runtime = parse.GetValue(Runtime),
+            RampTime = parse.GetValue(RampTime) ?? TimeSpan.Zero,
+            Direct = parse.ValueOf(Direct),
+            RandRepeat = parse.ValueOf(RandRepeat),
+            Json = parse.ValueOf(Json),
+            Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
+            StatusInterval = parse.GetValue(StatusInterval),
+            LatLog = parse.GetValue(WriteLatLog),
+            IopsLog = parse.GetValue(WriteIopsLog),
+            LogAvgMsec = parse.GetValue(LogAvgMsec),
+            LogOffset = parse.ValueOf(LogOffset),
+            Plot = parse.GetValue(Plot),
+            Device = parse.GetValue(Device) ?? "null",
+            Join = parse.GetValue(Join) is { } join ? NodeConfig.ParseEndpoint(join, "--join") : null,
+            Engine = parse.ValueOf(Engine),
+            Dispatch = parse.ValueOf(Dispatch),
+            SubmitQueues = parse.GetValue(SubmitQueues),
+            HwQueueDepth = parse.GetValue(HwQueueDepth),
+            IrqMode = (IrqMode)parse.GetValue(IrqModeOption),
+            CompletionNsec = parse.GetValue(CompletionNsec),
+            RqAffinity = (CompletionAffinity)parse.GetValue(RqAffinity),
+            NoMerges = (MergePolicy)parse.GetValue(NoMerges),
+            IoPoll = parse.ValueOf(IoPoll),
+            MemoryBacked = parse.ValueOf(MemoryBacked),
+            Completion = parse.ValueOf(Completion),
+            IoTimeoutMs = parse.GetValue(IoTimeout),
+            Devices = parse.GetValue(Devices),
+            SharedTags = parse.ValueOf(SharedTags),
+            PossibleCpus = parse.GetValue(PossibleCpus),
+            HotplugInterval = hotplugMs is { } ms ? TimeSpan.FromMilliseconds(ms) : null,
+            Faults = new FaultInjectionOptions
+            {
+                ErrorRate = parse.GetValue(FaultErrorRate),
+                TimeoutRate = parse.GetValue(FaultTimeoutRate),
+                ResourceRate = parse.GetValue(FaultResourceRate),
+                LatencyRate = parse.GetValue(FaultLatencyRate),
+                Latency = TimeSpan.FromMilliseconds(parse.GetValue(FaultLatency)),
+                CrashAfter = parse.GetValue(FaultCrashAfter),
+                Seed = parse.GetValue(FaultSeed),
+            },
+        };
+
+        options.Validate();
+        return options;
+    }
+}
+
+/// <summary>fio's <c>--eta</c>.</summary>
+internal enum EtaMode
+{
+    /// <summary>The status line when stderr is a terminal and the output is not JSON.</summary>
+    Auto,
+
+    /// <summary>Always the status line.</summary>
+    Always,
+
+    /// <summary>No status line.</summary>
+    Never,
+}

@@ -1,0 +1,150 @@
+using System.Text;
+using System.Text.Json;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Host.Bench;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// Issue 12 item 4: bench's status line in fio's form and <c>--status-interval</c>'s periodic full
+/// reports, on a clock the spec moves (no wall time).
+/// </summary>
+public sealed class BenchStatusSpec
+{
+    private const int BlockSize = 4096;
+
+    [Fact]
+    public void The_status_line_has_fios_form()
+    {
+        Assert.Equal("Jobs: 4 (f=1): [r(4)][45.0%][r=1.51GiB/s][r=395k IOPS][eta 00m:06s]",
+            BenchStatusLine.Format(4, 1, 'r', 45.0, showRead: true, showWrite: false, 395_000, 0, BlockSize, TimeSpan.FromSeconds(6)));
+        Assert.Equal("Jobs: 2 (f=2): [m(2)][99.9%][r=400KiB/s,w=4MiB/s][r=100,w=1024 IOPS][eta 01h:01m:01s]",
+            BenchStatusLine.Format(2, 2, 'm', 99.94, showRead: true, showWrite: true, 100, 1024, BlockSize, TimeSpan.FromSeconds(3661)));
+        Assert.Equal("1d:00h:00m:00s", BenchStatusLine.Eta(TimeSpan.FromDays(1)));
+    }
+
+    [Fact]
+    public void A_time_based_line_shows_the_rate_since_the_last_line_progress_and_eta()
+    {
+        var clock = new ManualBenchClock();
+        long reads = 0;
+        var line = new BenchStatusLine(new BenchOptions { Pattern = IoPattern.Read, Runtime = TimeSpan.FromSeconds(8), RampTime = TimeSpan.FromSeconds(2), NumJobs = 2 }, clock, () => (reads, 0, 0));
+
+        clock.Advance(TimeSpan.FromSeconds(5));
+        reads = 5000;
+        Assert.Equal("Jobs: 2 (f=1): [R(2)][50.0%][r=3.91MiB/s][r=1000 IOPS][eta 00m:05s]", line.Next());
+
+        clock.Advance(TimeSpan.FromSeconds(1));
+        reads = 29_000;
+        Assert.Equal("Jobs: 2 (f=1): [R(2)][60.0%][r=93.75MiB/s][r=24k IOPS][eta 00m:04s]", line.Next());
+    }
+
+    [Fact]
+    public void A_size_bound_line_takes_progress_and_eta_from_the_bytes_issued()
+    {
+        var clock = new ManualBenchClock();
+        long writes = 0;
+        var issued = 0.0;
+        var line = new BenchStatusLine(new BenchOptions { Pattern = IoPattern.RandWrite }, clock, () => (0, writes, issued));
+
+        clock.Advance(TimeSpan.FromSeconds(3));
+        writes = 300;
+        issued = 0.25;
+        Assert.Equal("Jobs: 1 (f=1): [w(1)][25.0%][w=400KiB/s][w=100 IOPS][eta 00m:09s]", line.Next());
+    }
+
+    [Fact]
+    public void Status_interval_writes_a_full_report_each_interval_with_the_figures_so_far()
+    {
+        var clock = new ManualBenchClock();
+        using var accounting = new BenchAccounting(clock, BlockSize);
+        accounting.OpenWindow(TimeSpan.FromSeconds(10));
+        var output = new StringWriter();
+        var reports = new BenchStatusReports(TimeSpan.FromSeconds(1), clock,
+            () =>
+            {
+                var (read, write, measured) = accounting.Snapshot();
+                return new BenchResult(new BenchOptions(), read, write, measured, measured, read.TotalIos, read.TotalIos, 0, 0, 0, 0, "spec");
+            },
+            output, json: true);
+
+        // 100 reads of 1 ms each in the first second, 300 in the next two.
+        Complete(clock, accounting, 100);
+        clock.Advance(TimeSpan.FromMilliseconds(899));
+        Assert.False(reports.Poll());
+        Assert.Equal(TimeSpan.FromMilliseconds(1), reports.DueIn);
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        Assert.True(reports.Poll());
+        Assert.False(reports.Poll());
+
+        Complete(clock, accounting, 300);
+        clock.Advance(TimeSpan.FromMilliseconds(1700));
+        Assert.True(reports.Poll());   // at 3 s: the report due at 2 s, late; the one due at 3 s is the same report
+        Assert.False(reports.Poll());
+        Assert.Equal(2, reports.Written);
+
+        var documents = JsonDocuments(output.ToString());
+        Assert.Equal(2, documents.Count);
+        var first = documents[0].GetProperty("jobs")[0].GetProperty("read");
+        var second = documents[1].GetProperty("jobs")[0].GetProperty("read");
+        Assert.Equal(100, first.GetProperty("total_ios").GetInt64());
+        Assert.Equal(1000, first.GetProperty("runtime").GetInt64());
+        Assert.Equal(100, first.GetProperty("iops").GetDouble(), tolerance: 0.01);
+        Assert.Equal(400, second.GetProperty("total_ios").GetInt64());
+        Assert.Equal(3000, second.GetProperty("runtime").GetInt64());
+        Assert.Equal(133.33, second.GetProperty("iops").GetDouble(), tolerance: 0.01);   // cumulative from the start, as fio's
+    }
+
+    [Fact]
+    public void Status_interval_in_normal_output_repeats_the_human_report()
+    {
+        var clock = new ManualBenchClock();
+        using var accounting = new BenchAccounting(clock, BlockSize);
+        accounting.OpenWindow(null);
+        var output = new StringWriter();
+        var reports = new BenchStatusReports(TimeSpan.FromMilliseconds(500), clock,
+            () =>
+            {
+                var (read, write, measured) = accounting.Snapshot();
+                return new BenchResult(new BenchOptions { Name = "periodic" }, read, write, measured, measured, read.TotalIos, read.TotalIos, 0, 0, 0, 0, "spec");
+            },
+            output, json: false);
+
+        for (var i = 0; i < 4; i++)
+        {
+            Complete(clock, accounting, 10);
+            clock.Advance(TimeSpan.FromMilliseconds(490));
+            Assert.True(reports.Poll());
+        }
+
+        var text = output.ToString();
+        Assert.Equal(4, text.Split("periodic: (groupid=0, jobs=1)").Length - 1);
+        Assert.Contains("submitted=40, completed=40", text, StringComparison.Ordinal);
+    }
+
+    private static void Complete(ManualBenchClock clock, BenchAccounting accounting, int count)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            var t0 = clock.Timestamp;
+            clock.Advance(TimeSpan.FromMilliseconds(1));
+            Assert.True(accounting.Record(read: true, BlockStatus.Ok, t0));
+        }
+    }
+
+    // fio's JSON with --status-interval: a sequence of complete documents.
+    internal static List<JsonElement> JsonDocuments(string text)
+    {
+        var documents = new List<JsonElement>();
+        var reader = new Utf8JsonReader(Encoding.UTF8.GetBytes(text), new JsonReaderOptions { AllowMultipleValues = true });
+        while (reader.Read())
+        {
+            using var document = JsonDocument.ParseValue(ref reader);
+            documents.Add(document.RootElement.Clone());
+        }
+
+        return documents;
+    }
+}

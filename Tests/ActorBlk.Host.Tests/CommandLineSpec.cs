@@ -1,0 +1,173 @@
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Host.Bench;
+using ActorBlk.Host.Commands;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// Issue 12 item 5: `actorblk`'s command line through System.CommandLine, run in process: help for
+/// every command, suggestions for a misspelt option or command, exit code 2 for a usage error,
+/// fio's spellings in both forms, and the [suggest] directive shell completion uses.
+/// </summary>
+public sealed class CommandLineSpec
+{
+    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
+    {
+        using var output = new StringWriter();
+        using var error = new StringWriter();
+        var code = await CommandLine.RunAsync(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Theory]
+    [InlineData("serve")]
+    [InlineData("devices")]
+    [InlineData("bench")]
+    [InlineData("sysfs")]
+    [InlineData("sysfs list")]
+    [InlineData("sysfs cat")]
+    [InlineData("sysfs write")]
+    [InlineData("hotplug")]
+    [InlineData("hotplug offline")]
+    [InlineData("iostat")]
+    public async Task Every_command_has_help(string command)
+    {
+        foreach (var help in new[] { "--help", "-h" })
+        {
+            var (code, output, _) = await Run([.. command.Split(' '), help]);
+
+            Assert.Equal(0, code);
+            // The usage line starts with the executable's name: actorblk, or the test host here.
+            Assert.Contains("Usage:", output, StringComparison.Ordinal);
+            Assert.Contains($" {command} ", output, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Help_lists_every_command_and_without_a_command_is_a_usage_error()
+    {
+        var (code, output, _) = await Run("help");
+        Assert.Equal(0, code);
+        foreach (var command in new[] { "serve", "devices", "bench", "sysfs", "hotplug", "iostat" })
+        {
+            Assert.Contains($"  {command} ", output, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(2, (await Run()).Code);
+        var benchHelp = await Run("help", "bench");
+        Assert.Equal(0, benchHelp.Code);
+        Assert.Contains("--iodepth", benchHelp.Out, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("bench --iodepht=4", "--iodepth")]
+    [InlineData("bench --numjbos 2", "--numjobs")]
+    [InlineData("bench --write_lat_lgo=x", "--write_lat_log")]
+    [InlineData("benhc --rw=read", "bench")]
+    [InlineData("devices --nodes 127.0.0.1:4053", "--node")]
+    public async Task A_misspelt_option_or_command_is_a_usage_error_with_a_suggestion(string args, string suggestion)
+    {
+        var (code, _, error) = await Run(args.Split(' '));
+
+        Assert.Equal(2, code);
+        Assert.Contains("Did you mean", error, StringComparison.Ordinal);
+        Assert.Contains("\n" + suggestion + "\n", error.ReplaceLineEndings("\n"), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("bench --iodepth=0", "option --iodepth: '0' is not a whole number from 1 to 65536.")]
+    [InlineData("bench --rw=sideways", "option --rw: 'sideways' is not read, write, randread, randwrite, rw, readwrite or randrw.")]
+    [InlineData("bench --bs=4q", "option --bs: '4q' is not a size")]
+    [InlineData("bench --direct=2", "option --direct: '2' is not 0 or 1.")]
+    [InlineData("bench --runtime=soon", "option --runtime: 'soon' is not a duration in seconds.")]
+    [InlineData("bench --plot=out.jpg", "option --plot: 'out.jpg' does not end in .png or .svg.")]
+    [InlineData("bench --log_avg_msec=-1", "option --log_avg_msec")]
+    [InlineData("bench --iodepth", "--iodepth")]
+    [InlineData("bench extra", "Unrecognized command or argument 'extra'")]
+    [InlineData("serve --port=70000", "option --port: '70000' is not a whole number from 0 to 65535.")]
+    [InlineData("sysfs", "Required command was not provided.")]
+    [InlineData("sysfs cat", "Required argument 'PATH' missing")]
+    [InlineData("hotplug offline three", "'three' is not a CPU number.")]
+    [InlineData("frobnicate", "Unrecognized command or argument 'frobnicate'")]
+    public async Task Usage_errors_exit_with_2_and_say_what_is_wrong(string args, string message)
+    {
+        var (code, output, error) = await Run(args.Split(' '));
+
+        Assert.Equal(2, code);
+        Assert.Contains(message, error, StringComparison.Ordinal);
+        Assert.DoesNotContain(message, output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Fio_spellings_parse_as_name_equals_value_and_as_name_space_value()
+    {
+        string[] equals = ["--rw=randwrite", "--bs=64k", "--iodepth=32", "--numjobs=2", "--size=1g", "--runtime=10s", "--ramp_time=500ms",
+            "--direct=0", "--time_based", "--group_reporting=1", "--output-format=json", "--eta=never", "--status-interval=2",
+            "--write_lat_log=job", "--write_iops_log=job", "--log_avg_msec=100", "--log_offset=1", "--plot=run.svg"];
+        var spaced = equals.SelectMany(a => a.Split('=', 2)).ToArray();
+
+        var options = BenchCommandLine.Parse(equals);
+        Assert.Equal(options, BenchCommandLine.Parse(spaced));
+        Assert.Equal(IoPattern.RandWrite, options.Pattern);
+        Assert.Equal(64 * 1024, options.BlockSize);
+        Assert.Equal(32, options.IoDepth);
+        Assert.Equal(2, options.NumJobs);
+        Assert.Equal(1L << 30, options.Size);
+        Assert.Equal(TimeSpan.FromSeconds(10), options.Runtime);
+        Assert.Equal(TimeSpan.FromMilliseconds(500), options.RampTime);
+        Assert.False(options.Direct);
+        Assert.True(options.Json);
+        Assert.False(options.Eta);
+        Assert.Equal(TimeSpan.FromSeconds(2), options.StatusInterval);
+        Assert.Equal("job", options.LatLog);
+        Assert.Equal("job", options.IopsLog);
+        Assert.Equal(100, options.LogAvgMsec);
+        Assert.True(options.LogOffset);
+        Assert.Equal("run.svg", options.Plot);
+    }
+
+    [Fact]
+    public void A_boolean_given_alone_is_on_and_takes_0_or_1()
+    {
+        var alone = BenchCommandLine.Parse("--shared-tags", "--io-poll", "--hw-queue-depth=128", "--memory-backed", "--log_offset");
+        Assert.True(alone.SharedTags);
+        Assert.True(alone.IoPoll);
+        Assert.True(alone.MemoryBacked);
+        Assert.True(alone.LogOffset);
+        Assert.Equal(128, alone.HwQueueDepth);
+
+        var valued = BenchCommandLine.Parse("--direct", "0", "--randrepeat=0", "--memory-backed=1", "--fixedbufs", "on");
+        Assert.False(valued.Direct);
+        Assert.False(valued.RandRepeat);
+        Assert.True(valued.MemoryBacked);
+        Assert.True(valued.FixedBuffers);
+    }
+
+    [Fact]
+    public void Defaults_are_fios_and_aliases_name_the_same_option()
+    {
+        var options = BenchCommandLine.Parse();
+        Assert.Equal(new BenchOptions(), options);
+
+        var aliased = BenchCommandLine.Parse("--readwrite=randrw", "--output_format=json", "--iodepth_batch=4");
+        Assert.Equal(IoPattern.RandReadWrite, aliased.Pattern);
+        Assert.True(aliased.Json);
+        Assert.Equal(4, aliased.SubmitBatch);
+        Assert.Equal(DispatchMode.Mailbox, BenchCommandLine.Parse("--dispatch", "mailbox").Dispatch);
+    }
+
+    [Theory]
+    [InlineData("[suggest:11]", "bench --iod", "--iodepth")]
+    [InlineData("[suggest:13]", "bench --rw ra", "randread")]
+    [InlineData("[suggest:15]", "bench --eta alw", "always")]
+    [InlineData("[suggest:3]", "ben", "bench")]
+    [InlineData("[suggest:15]", "sysfs --port 1 ", "list")]
+    public async Task The_suggest_directive_completes_options_values_and_commands(string directive, string line, string completion)
+    {
+        var (code, output, _) = await Run(directive, line);
+
+        Assert.Equal(0, code);
+        Assert.Contains(completion, output.Split('\n', StringSplitOptions.TrimEntries));
+    }
+}
