@@ -33,6 +33,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.Register>(HandleRegister);
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);
+        Receive<TableBuilt>(HandleTableBuilt);
         Receive<RequestQueueProtocol.Ready>(HandleReady);
         Receive<BlockLayer.Destroy>(HandleDestroy);
         Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
@@ -247,15 +248,76 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
-        StackTarget target;
+        // A mirror's legs carry its state: a second assembly over live legs would fork it.
+        if (entry.Assembling || (queue.Kind == QueueKind.BioBased && (load.Table is MirrorTable || queue.BioDriver is MirrorTarget)))
+        {
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", entry.Assembling
+                ? "a table is being loaded already."
+                : "a mirror's table cannot be replaced, nor another table by a mirror: remove the device and create it again.")));
+            return;
+        }
+
+        Task<StackTarget> building;
         try
         {
             var members = load.Table.MemberNames.Select(m => MemberOf(load.Name, m)).ToArray();
-            target = load.Table.Build(members);
+            building = load.Table.BuildAsync(load.Name, members);
         }
         catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException)
         {
             Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
+            return;
+        }
+
+        if (building.IsCompleted)
+        {
+            InstallTable(entry, load, building, Sender);
+            return;
+        }
+
+        // A mirror reads its legs' metadata first; the legs are held from now on.
+        entry.Assembling = true;
+        entry.Holds = [.. load.Table.MemberNames];
+        var sender = Sender;
+        building.ContinueWith(t => new TableBuilt(load, t, sender), TaskScheduler.Default).PipeTo(Self);
+    }
+
+    private void HandleTableBuilt(TableBuilt built)
+    {
+        if (_devices.TryGetValue(built.Load.Name, out var entry) && entry.Assembling)
+        {
+            entry.Assembling = false;
+            InstallTable(entry, built.Load, built.Building, built.ReplyTo);
+            return;
+        }
+
+        // The placeholder was removed meanwhile.
+        if (built.Building.IsCompletedSuccessfully)
+        {
+            built.Building.Result.Dispose();
+        }
+
+        built.ReplyTo.Tell(new BlockLayer.NoSuchDevice(built.Load.Name));
+    }
+
+    private void InstallTable(Entry entry, BlockLayer.LoadTable load, Task<StackTarget> building, IActorRef replyTo)
+    {
+        var queue = entry.Device.Queue;
+        StackTarget target;
+        try
+        {
+            target = building.GetAwaiter().GetResult();
+        }
+        catch (MirrorAssemblyException ex)
+        {
+            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            replyTo.Tell(new Status.Failure(ex));
+            return;
+        }
+        catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException or BlockDeviceException)
+        {
+            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            replyTo.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
             return;
         }
 
@@ -265,11 +327,11 @@ internal sealed class BlockLayerActor : ReceiveActor
             entry.Holds = [.. target.Members.Select(m => m.Name)];
             entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
             Context.Watch(entry.Actor);
-            entry.Creator = Sender;
+            entry.Creator = replyTo;
             return;
         }
 
-        entry.Actor!.Forward(new StackedDevice.SwapTarget(target));
+        entry.Actor!.Tell(new StackedDevice.SwapTarget(target), replyTo);
         entry.Holds = [.. target.Members.Select(m => m.Name)];
     }
 
@@ -454,5 +516,11 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // Devices this stacked device is built on: they cannot be destroyed while it lives.
         public string[] Holds { get; set; } = [];
+
+        // A table is being built (a mirror reading its legs' metadata).
+        public bool Assembling { get; set; }
     }
+
+    // A table built off the actor (a mirror's assembly), back to install it.
+    private sealed record TableBuilt(BlockLayer.LoadTable Load, Task<StackTarget> Building, IActorRef ReplyTo);
 }

@@ -37,7 +37,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             _unregisterReplyTo = Sender;
             _log.Info("Unregistering {Device}", _device.Name);
-            _device.Queue.ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
+            ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
         });
         Receive<ShutdownDone>(done =>
         {
@@ -61,6 +61,18 @@ internal sealed class StackedDeviceActor : ReceiveActor
         Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
     }
 
+    // Drains the queue; a mirror then stops its resync and writes a clean bitmap while its legs still exist.
+    private async Task<int> ShutdownAsync(TimeSpan drainTimeout)
+    {
+        var failed = await _device.Queue.ShutdownAsync(drainTimeout).ConfigureAwait(false);
+        if (_device.Queue.BioDriver is MirrorTarget mirror)
+        {
+            await mirror.StopAsync().ConfigureAwait(false);
+        }
+
+        return failed;
+    }
+
     // dm suspend, table swap, resume: the freeze drains every bio in the old target first.
     private async Task<object> SwapAsync(StackTarget target)
     {
@@ -80,7 +92,15 @@ internal sealed class StackedDeviceActor : ReceiveActor
 
     private RequestQueueProtocol.Info Info() => new(_device.Name, (_device.Queue.BioDriver as StackTarget)?.TargetType ?? "stacked", _device.Capacity,
         _device.LogicalBlockSize, 0, _device.Queue.Topology.PossibleCount, "bio", string.Empty, _device.Queue.IsRegistered, _device.Queue.IsDying,
-        _device.Queue.Usage.Count, 0, 0, 0, "online");
+        _device.Queue.Usage.Count, 0, 0, 0, Health());
+
+    // A mirror's health in md's words: offline once no leg is in sync, else degraded while a leg is not (recovering while one is copied).
+    private string Health() => _device.Queue.BioDriver switch
+    {
+        MirrorTarget { IsFailed: true } => "offline",
+        MirrorTarget { Degraded: > 0 } m => m.SyncAction == "recover" ? "recovering" : "degraded",
+        _ => "online",
+    };
 
     private sealed record ShutdownDone(int Failed);
 }

@@ -11,14 +11,20 @@ namespace ActorBlk.Actors;
 public sealed record StackedDeviceOptions(string Name, StackTable Table);
 
 /// <summary>
-/// Reads one <c>actorblk.stacked-devices</c> entry: <c>name</c>, <c>type</c> (<c>linear</c> or
-/// <c>striped</c>), <c>members</c> (device names, in order) and, for striped, <c>chunk</c> (a size,
-/// a power of two, 64k by default). An unknown key is an error.
+/// Reads one <c>actorblk.stacked-devices</c> entry: <c>name</c>, <c>type</c> (<c>linear</c>,
+/// <c>striped</c> or <c>mirror</c>), <c>members</c> (device names, in order) and, for striped,
+/// <c>chunk</c> (a size, a power of two, 64k by default); for mirror (2 or 3 legs) <c>region</c>
+/// (bytes per write-intent bitmap bit, a power of two from 64k, 64m by default),
+/// <c>sync-speed-min</c> and <c>sync-speed-max</c> (KiB/s, 1000 and 200000 by default) and
+/// <c>assume-clean</c> (a new mirror's legs are equal: no first resync). An unknown key is an error.
 /// </summary>
 public static class StackedDeviceConfig
 {
     /// <summary>Every key an entry may have.</summary>
-    public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.Ordinal) { "name", "type", "members", "chunk" };
+    public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.Ordinal) { "name", "type", "members", "chunk", "region", "sync-speed-min", "sync-speed-max", "assume-clean" };
+
+    /// <summary>The keys only a mirror entry may have.</summary>
+    private static readonly string[] MirrorKeys = ["region", "sync-speed-min", "sync-speed-max", "assume-clean"];
 
     /// <summary>The chunk of a striped entry that names none.</summary>
     public const int DefaultChunkBytes = 64 << 10;
@@ -44,6 +50,11 @@ public static class StackedDeviceConfig
         }
 
         var type = entry.HasPath("type") ? entry.GetString("type") : null;
+        if (type != "mirror" && MirrorKeys.FirstOrDefault(entry.HasPath) is { } mirrorKey)
+        {
+            throw new DeviceOptionsException(name, mirrorKey, $"only a mirror has {mirrorKey}.");
+        }
+
         switch (type)
         {
             case "linear":
@@ -61,8 +72,63 @@ public static class StackedDeviceConfig
                 }
 
                 return new StackedDeviceOptions(name, StackTable.Striped((int)chunk, members));
+            case "mirror":
+                return new StackedDeviceOptions(name, ParseMirror(name, entry, members));
             default:
-                throw new DeviceOptionsException(name, "type", $"'{type}' is not linear or striped.");
+                throw new DeviceOptionsException(name, "type", $"'{type}' is not linear, striped or mirror.");
         }
+    }
+
+    private static StackTable ParseMirror(string name, Config entry, string[] legs)
+    {
+        if (entry.HasPath("chunk"))
+        {
+            throw new DeviceOptionsException(name, "chunk", "a mirror has no chunk size (its bitmap has a region size).");
+        }
+
+        if (legs.Length is < 2 or > 3 || legs.Distinct().Count() != legs.Length)
+        {
+            throw new DeviceOptionsException(name, "members", $"a mirror needs 2 or 3 distinct legs, not [{string.Join(", ", legs)}].");
+        }
+
+        var defaults = new MirrorOptions();
+        var region = entry.HasPath("region") ? DeviceConfig.ParseSize(name, entry.GetString("region"), "region") : defaults.RegionBytes;
+        if (region < MirrorTarget.SyncChunkBytes || region > 1L << 40 || !BitOperations.IsPow2(region))
+        {
+            throw new DeviceOptionsException(name, "region", $"{region} bytes is not a power of two from 64 KiB to 1 TiB.");
+        }
+
+        var min = Speed(name, entry, "sync-speed-min", defaults.SyncSpeedMinKiB);
+        var max = Speed(name, entry, "sync-speed-max", defaults.SyncSpeedMaxKiB);
+        if (max < min)
+        {
+            throw new DeviceOptionsException(name, "sync-speed-max", $"{max} KiB/s is below sync-speed-min ({min} KiB/s).");
+        }
+
+        var clean = false;
+        if (entry.HasPath("assume-clean"))
+        {
+            clean = entry.GetString("assume-clean") switch
+            {
+                "on" or "true" or "yes" => true,
+                "off" or "false" or "no" => false,
+                var other => throw new DeviceOptionsException(name, "assume-clean", $"'{other}' is not on or off."),
+            };
+        }
+
+        return StackTable.Mirror(new MirrorOptions { RegionBytes = region, SyncSpeedMinKiB = min, SyncSpeedMaxKiB = max, AssumeClean = clean }, legs);
+    }
+
+    private static long Speed(string name, Config entry, string key, long fallback)
+    {
+        if (!entry.HasPath(key))
+        {
+            return fallback;
+        }
+
+        var text = entry.GetString(key);
+        return long.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var kib) && kib > 0
+            ? kib
+            : throw new DeviceOptionsException(name, key, $"'{text}' is not a rate in KiB/s (a whole number above 0).");
     }
 }

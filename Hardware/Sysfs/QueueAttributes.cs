@@ -5,6 +5,19 @@ using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Sysfs;
 
+/// <summary>Adds one attribute file: its path, how it shows and, when writable, how it stores (path, value).</summary>
+public delegate void AttributeAdder(string path, Func<string> show, Func<string, string, ValueTask>? store);
+
+/// <summary>
+/// A bio-based driver with attributes of its own in the device's tree (md's <c>block/&lt;dev&gt;/md/</c>),
+/// added each time the tree is built.
+/// </summary>
+public interface IAttributeSource
+{
+    /// <summary>Adds the driver's attributes under <paramref name="deviceDirectory"/> (<c>block/&lt;dev&gt;/</c>).</summary>
+    void AddAttributes(string deviceDirectory, AttributeAdder add);
+}
+
 /// <summary>One attribute file: how it shows and, when writable, how it stores.</summary>
 internal sealed record AttributeFile(Func<string> Show, Func<string, string, ValueTask>? Store);
 
@@ -247,6 +260,12 @@ public sealed class QueueAttributes
             var (reads, writes) = q.Stats.InFlight();
             return string.Create(CultureInfo.InvariantCulture, $"{reads,8} {writes,8}\n");
         });
+
+        // A driver's own directory (a mirror's md/), as the md personality adds it to the disk's kobject.
+        if (q.Kind == QueueKind.BioBased && q.BioDriver is IAttributeSource source)
+        {
+            source.AddAttributes($"block/{q.Name}/", (path, show, store) => Add(path, show, store));
+        }
 
         // Not a kernel file: refused second completions of this queue's bios (0 unless the block layer has a bug).
         Add($"kernel/debug/block/{q.Name}/double_completions", () => Line(q.DoubleCompletions));

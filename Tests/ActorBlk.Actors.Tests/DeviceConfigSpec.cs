@@ -204,7 +204,8 @@ public sealed class DeviceConfigSpec
     }
 
     [Theory]
-    [InlineData("{ name = s, type = mirror, members = [a] }", "type")]
+    [InlineData("{ name = s, type = raid5, members = [a] }", "type")]
+    [InlineData("{ name = s, type = mirror, members = [a] }", "members")]
     [InlineData("{ name = s, members = [a] }", "type")]
     [InlineData("{ name = s, type = linear, members = [] }", "members")]
     [InlineData("{ name = s, type = linear, members = [nosuch] }", "members")]

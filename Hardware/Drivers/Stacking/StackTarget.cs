@@ -63,7 +63,7 @@ public abstract class StackTarget : IBioDriver
     public abstract IEnumerable<StackPiece> Map(long offset, int length);
 
     /// <inheritdoc />
-    public void SubmitBio(RequestQueue queue, Bio bio)
+    public virtual void SubmitBio(RequestQueue queue, Bio bio)
     {
         ArgumentNullException.ThrowIfNull(queue);
         ArgumentNullException.ThrowIfNull(bio);
@@ -93,7 +93,7 @@ public abstract class StackTarget : IBioDriver
     }
 
     /// <summary>The target owns nothing native; the members belong to the block layer.</summary>
-    public void Dispose() => GC.SuppressFinalize(this);
+    public virtual void Dispose() => GC.SuppressFinalize(this);
 
     // One bio in flight on the members: a count of its pieces plus one for the submission, so the
     // bio cannot end while pieces are still being submitted; the first error wins.

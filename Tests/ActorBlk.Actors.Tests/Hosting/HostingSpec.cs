@@ -90,6 +90,40 @@ public sealed class HostingSpec
     }
 
     [Fact]
+    public async Task A_mirror_of_the_configuration_reads_its_legs_metadata_at_start_and_stops_clean()
+    {
+        var options = new ActorBlkOptions
+        {
+            Hocon = """
+                actorblk.topology.source = simulated
+                actorblk.devices = [
+                  { name = sda, size = 1m, memory_backed = on }
+                  { name = sdb, size = 1m, memory_backed = on, dispatch = mailbox }
+                ]
+                actorblk.stacked-devices = [
+                  { name = md0, type = mirror, members = [sda, sdb], region = 64k }
+                ]
+                """,
+        };
+        using var host = Build(options);
+        await host.StartAsync();
+
+        var layer = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
+        Assert.True(layer.TryGetDevice("md0", out var md0));
+        Assert.True(layer.TryGetDevice("sdb", out var sdb));
+        Assert.Equal((1 << 20) - Hardware.Drivers.Stacking.MirrorSuperblock.DataOffset, md0.Capacity);
+        Assert.Equal("65536\n", layer.ReadAttribute("block/md0/md/bitmap/chunksize"));
+
+        // A new mirror copies its first leg to the second; then byte 0 of md0 is byte 65536 of each leg.
+        var mirror = (Hardware.Drivers.Stacking.MirrorTarget)md0.Queue.BioDriver!;
+        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        await AssertLandsOnAsync(md0, 0, sdb, Hardware.Drivers.Stacking.MirrorSuperblock.DataOffset);
+
+        await host.StopAsync();
+        Assert.Empty(layer.Devices);
+    }
+
+    [Fact]
     public async Task Typed_stacked_devices_may_stack_over_typed_and_configured_devices()
     {
         var options = new ActorBlkOptions

@@ -1,0 +1,161 @@
+using System.Buffers.Binary;
+using ActorBlk.Hardware.Devices;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+/// <summary>What a mirror knows about one of its legs (md's per-device state).</summary>
+public enum MirrorLegState : byte
+{
+    /// <summary>No state recorded (a blank superblock slot).</summary>
+    None = 0,
+
+    /// <summary>Holds every acknowledged write: a source for reads and resync (md <c>in_sync</c>).</summary>
+    InSync = 1,
+
+    /// <summary>Failed: gets no I/O until it is re-added (md <c>faulty</c>).</summary>
+    Faulty = 2,
+
+    /// <summary>Gets every write and is being resynced; never read (md's recovering <c>spare</c>).</summary>
+    Rebuilding = 3,
+}
+
+/// <summary>A mirror refused to start: its legs' metadata disagree, belong to another mirror, or leave no leg to read from.</summary>
+public sealed class MirrorAssemblyException : BlockDeviceException
+{
+    /// <summary>Creates the exception.</summary>
+    public MirrorAssemblyException(string device, string message)
+        : base(device, message)
+    {
+    }
+}
+
+/// <summary>
+/// The metadata area at the start of every mirror leg, which is not part of the exported capacity
+/// (md's version-1.2 superblock and internal bitmap play this part): a 4 KiB superblock at byte 0,
+/// then the write-intent bitmap, one bit per region, up to <see cref="DataOffset"/>.
+/// </summary>
+/// <remarks>
+/// Superblock layout, little-endian: magic "ABLKMIR1" (8), version (4), role (4), legs (4),
+/// flags (4: bit 0 clean, set by an orderly stop), array id (16), generation (8), data offset (8), data bytes (8), region bytes (8),
+/// then per role (3 slots of 16 bytes from byte 72): state (1), padding (7), last generation the
+/// role was known in sync (8); an FNV-1a 64 checksum of bytes 0..4087 at byte 4088.
+/// </remarks>
+internal sealed class MirrorSuperblock
+{
+    /// <summary>Bytes of the superblock.</summary>
+    public const int SuperblockBytes = 4096;
+
+    /// <summary>Where the data area starts on every leg: 4 KiB superblock + 60 KiB bitmap.</summary>
+    public const long DataOffset = 64 << 10;
+
+    /// <summary>Bytes of one bitmap page, the unit the bitmap is written in.</summary>
+    public const int BitmapPageBytes = 4096;
+
+    /// <summary>Bitmap pages that fit between the superblock and the data.</summary>
+    public const int MaxBitmapPages = (int)((DataOffset - SuperblockBytes) / BitmapPageBytes);
+
+    /// <summary>Regions the bitmap can hold.</summary>
+    public const long MaxRegions = (long)MaxBitmapPages * BitmapPageBytes * 8;
+
+    /// <summary>Legs a superblock describes at most.</summary>
+    public const int MaxLegs = 3;
+
+    private const ulong Magic = 0x3152494D4B4C4241; // "ABLKMIR1"
+    private const int Version = 1;
+    private const int RoleTable = 72;
+    private const int ChecksumAt = SuperblockBytes - 8;
+
+    public Guid ArrayId { get; init; }
+
+    public int Role { get; init; }
+
+    public int Legs { get; init; }
+
+    /// <summary>Written by an orderly stop with no write in flight; a start without it follows a crash.</summary>
+    public bool Clean { get; init; }
+
+    public long Generation { get; init; }
+
+    public long DataBytes { get; init; }
+
+    public long RegionBytes { get; init; }
+
+    public MirrorLegState[] States { get; init; } = new MirrorLegState[MaxLegs];
+
+    public long[] LastInSync { get; init; } = new long[MaxLegs];
+
+    /// <summary>Byte offset of bitmap page <paramref name="page"/> on a leg.</summary>
+    public static long BitmapPageOffset(int page) => SuperblockBytes + ((long)page * BitmapPageBytes);
+
+    public void Encode(Span<byte> block)
+    {
+        block[..SuperblockBytes].Clear();
+        BinaryPrimitives.WriteUInt64LittleEndian(block, Magic);
+        BinaryPrimitives.WriteInt32LittleEndian(block[8..], Version);
+        BinaryPrimitives.WriteInt32LittleEndian(block[12..], Role);
+        BinaryPrimitives.WriteInt32LittleEndian(block[16..], Legs);
+        BinaryPrimitives.WriteInt32LittleEndian(block[20..], Clean ? 1 : 0);
+        ArrayId.TryWriteBytes(block[24..40]);
+        BinaryPrimitives.WriteInt64LittleEndian(block[40..], Generation);
+        BinaryPrimitives.WriteInt64LittleEndian(block[48..], DataOffset);
+        BinaryPrimitives.WriteInt64LittleEndian(block[56..], DataBytes);
+        BinaryPrimitives.WriteInt64LittleEndian(block[64..], RegionBytes);
+        for (var r = 0; r < Legs; r++)
+        {
+            block[RoleTable + (r * 16)] = (byte)States[r];
+            BinaryPrimitives.WriteInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..], LastInSync[r]);
+        }
+
+        BinaryPrimitives.WriteUInt64LittleEndian(block[ChecksumAt..], Checksum(block[..ChecksumAt]));
+    }
+
+    /// <summary>Decodes a superblock; null for a blank or foreign block, or one whose checksum is wrong.</summary>
+    public static MirrorSuperblock? TryDecode(ReadOnlySpan<byte> block)
+    {
+        if (block.Length < SuperblockBytes || BinaryPrimitives.ReadUInt64LittleEndian(block) != Magic
+            || BinaryPrimitives.ReadInt32LittleEndian(block[8..]) != Version
+            || BinaryPrimitives.ReadUInt64LittleEndian(block[ChecksumAt..]) != Checksum(block[..ChecksumAt]))
+        {
+            return null;
+        }
+
+        var legs = BinaryPrimitives.ReadInt32LittleEndian(block[16..]);
+        var role = BinaryPrimitives.ReadInt32LittleEndian(block[12..]);
+        if (legs is < 2 or > MaxLegs || role < 0 || role >= legs || BinaryPrimitives.ReadInt64LittleEndian(block[48..]) != DataOffset)
+        {
+            return null;
+        }
+
+        var states = new MirrorLegState[MaxLegs];
+        var last = new long[MaxLegs];
+        for (var r = 0; r < legs; r++)
+        {
+            states[r] = (MirrorLegState)block[RoleTable + (r * 16)];
+            last[r] = BinaryPrimitives.ReadInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..]);
+        }
+
+        return new MirrorSuperblock
+        {
+            Role = role,
+            Legs = legs,
+            Clean = (BinaryPrimitives.ReadInt32LittleEndian(block[20..]) & 1) != 0,
+            ArrayId = new Guid(block[24..40]),
+            Generation = BinaryPrimitives.ReadInt64LittleEndian(block[40..]),
+            DataBytes = BinaryPrimitives.ReadInt64LittleEndian(block[56..]),
+            RegionBytes = BinaryPrimitives.ReadInt64LittleEndian(block[64..]),
+            States = states,
+            LastInSync = last,
+        };
+    }
+
+    private static ulong Checksum(ReadOnlySpan<byte> bytes)
+    {
+        var hash = 14695981039346656037UL;
+        foreach (var b in bytes)
+        {
+            hash = (hash ^ b) * 1099511628211UL;
+        }
+
+        return hash;
+    }
+}

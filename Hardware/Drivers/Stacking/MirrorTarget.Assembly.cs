@@ -1,0 +1,247 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+// Assembly: reading the legs' superblocks and deciding each leg's part (md's assemble).
+public sealed partial class MirrorTarget
+{
+    /// <summary>
+    /// Reads the legs' superblocks and starts the mirror (md's assemble): legs whose generation is
+    /// the newest are the sources; an older leg the newest ones recorded as faulty is re-added and
+    /// resynced for the bitmap's dirty regions; a blank leg is resynced whole. All legs blank make
+    /// a new mirror whose first leg is the source (every leg in sync with
+    /// <see cref="MirrorOptions.AssumeClean"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">Fewer than 2 or more than 3 legs, a leg twice, or legs of different block sizes or too small.</exception>
+    /// <exception cref="MirrorAssemblyException">The legs belong to different mirrors, were written apart (none is clearly newest), or none is in sync.</exception>
+    public static async Task<MirrorTarget> AssembleAsync(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions? options = null, TimeProvider? time = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(legs);
+        options ??= new MirrorOptions();
+        options.Validate();
+        if (legs.Count is < 2 or > MirrorSuperblock.MaxLegs || legs.Distinct().Count() != legs.Count)
+        {
+            throw new ArgumentException($"A mirror needs 2 or 3 distinct legs, not {legs.Count}.", nameof(legs));
+        }
+
+        var lbs = legs[0].LogicalBlockSize;
+        if (legs.Any(l => l.LogicalBlockSize != lbs) || MirrorSuperblock.SuperblockBytes % lbs != 0)
+        {
+            throw new ArgumentException($"mirror legs must share one logical block size of at most 4096 bytes ({string.Join(", ", legs.Select(l => $"{l.Name}: {l.LogicalBlockSize}"))}).", nameof(legs));
+        }
+
+        var smallest = legs.Min(l => l.Capacity);
+        if (smallest < MirrorSuperblock.DataOffset + SyncChunkBytes)
+        {
+            throw new ArgumentException($"mirror legs must hold more than the {MirrorSuperblock.DataOffset >> 10} KiB metadata area and one {SyncChunkBytes >> 10} KiB chunk (smallest: {smallest} bytes).", nameof(legs));
+        }
+
+        // Superblocks; a leg that cannot be read starts faulty.
+        var blocks = new MirrorSuperblock?[legs.Count];
+        var unreadable = new bool[legs.Count];
+        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, legs.Max(l => l.MemoryAlignment))))
+        {
+            for (var i = 0; i < legs.Count; i++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var status = await SafeIo(legs[i], BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
+                unreadable[i] = status != BlockStatus.Ok;
+                blocks[i] = status == BlockStatus.Ok ? MirrorSuperblock.TryDecode(buffer.Memory.Span) : null;
+            }
+        }
+
+        var plan = Plan(name, legs, blocks, unreadable);
+        var existing = plan.Reference;
+        var dataBytes = existing?.DataBytes ?? (smallest - MirrorSuperblock.DataOffset) / lbs * lbs;
+        if (dataBytes > smallest - MirrorSuperblock.DataOffset)
+        {
+            throw new MirrorAssemblyException(name, $"the mirror holds {dataBytes} bytes but leg {legs.First(l => l.Capacity - MirrorSuperblock.DataOffset < dataBytes).Name} is too small for them.");
+        }
+
+        var regionBytes = existing?.RegionBytes ?? options.RegionBytes;
+        while ((dataBytes + regionBytes - 1) / regionBytes > MirrorSuperblock.MaxRegions)
+        {
+            regionBytes *= 2;
+        }
+
+        var target = new MirrorTarget(name, legs, options, dataBytes, regionBytes, existing?.ArrayId ?? Guid.NewGuid(), time ?? TimeProvider.System);
+        await target.StartAsync(plan, existing is null && options.AssumeClean).ConfigureAwait(false);
+        return target;
+    }
+
+    // ------------------------------------------------------------------ assembly
+
+    private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long Generation, bool FullResync);
+
+    // Decides each leg's part from the superblocks, or refuses (md's super_1_validate / analyse_sbs).
+    private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable)
+    {
+        var n = legs.Count;
+        var states = new MirrorLegState[n];
+        var last = new long[n];
+        var known = Enumerable.Range(0, n).Where(i => blocks[i] is not null).ToArray();
+        if (known.Length == 0)
+        {
+            if (unreadable.Any(u => u))
+            {
+                throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => unreadable[i]).Select(i => legs[i].Name))} cannot be read and no leg holds mirror metadata.");
+            }
+
+            return new AssemblyPlan(null, states, last, 0, true);
+        }
+
+        var ids = known.Select(i => blocks[i]!.ArrayId).Distinct().ToArray();
+        if (ids.Length > 1)
+        {
+            throw new MirrorAssemblyException(name, $"the legs belong to different mirrors ({string.Join(", ", known.Select(i => $"{legs[i].Name}: {blocks[i]!.ArrayId}"))}).");
+        }
+
+        foreach (var i in known)
+        {
+            if (blocks[i]!.Role != i || blocks[i]!.Legs != n)
+            {
+                throw new MirrorAssemblyException(name, $"leg {legs[i].Name} is leg {blocks[i]!.Role} of {blocks[i]!.Legs} in its metadata, but leg {i} of {n} in the table.");
+            }
+        }
+
+        var newest = known.Max(i => blocks[i]!.Generation);
+        var sources = known.Where(i => blocks[i]!.Generation == newest && blocks[i]!.States[i] == MirrorLegState.InSync).ToArray();
+        if (sources.Length == 0)
+        {
+            throw new MirrorAssemblyException(name, $"no leg of the newest generation ({newest}) is in sync: nothing to read from.");
+        }
+
+        var reference = blocks[sources[0]]!;
+        foreach (var s in sources.Skip(1))
+        {
+            if (!blocks[s]!.States.AsSpan(0, n).SequenceEqual(reference.States.AsSpan(0, n)))
+            {
+                throw new MirrorAssemblyException(name, $"legs {legs[sources[0]].Name} and {legs[s].Name} both have generation {newest} but disagree about the legs' states; none is clearly newest.");
+            }
+        }
+
+        var full = false;
+        for (var i = 0; i < n; i++)
+        {
+            last[i] = reference.LastInSync[i];
+            if (sources.Contains(i))
+            {
+                states[i] = MirrorLegState.InSync;
+                continue;
+            }
+
+            if (unreadable[i])
+            {
+                // Known faulty: start without it. Counted in sync by the newest readable legs: it
+                // may be newer than all of them, so no source can be chosen.
+                if (reference.States[i] == MirrorLegState.InSync)
+                {
+                    throw new MirrorAssemblyException(name, $"leg {legs[i].Name} cannot be read and the newest readable metadata (generation {newest}) counts it in sync: "
+                        + "it may hold newer writes, so no leg is clearly newest.");
+                }
+
+                states[i] = MirrorLegState.Faulty;
+                continue;
+            }
+
+            var sb = blocks[i];
+            if (sb is null)
+            {
+                // A new or wiped leg: copied whole.
+                states[i] = MirrorLegState.Rebuilding;
+                full = true;
+                continue;
+            }
+
+            // A leg that went on as a source while recording a newest source as faulty was written
+            // apart from it (a split brain): refuse rather than pick one.
+            if (sb.States[i] == MirrorLegState.InSync && sources.Any(s => sb.States[s] == MirrorLegState.Faulty))
+            {
+                throw new MirrorAssemblyException(name, $"leg {legs[i].Name} (generation {sb.Generation}) was written while it counted {string.Join(", ", sources.Where(s => sb.States[s] == MirrorLegState.Faulty).Select(s => legs[s].Name))} faulty, "
+                    + $"and that leg went on without it up to generation {newest}: the legs were written apart and none is clearly newest.");
+            }
+
+            // Recorded faulty or rebuilding by the newest legs: the bitmap holds every region it
+            // missed. Otherwise (they think it in sync but it is behind, as after a crash between
+            // superblock writes) no bitmap covers it: copy it whole.
+            states[i] = MirrorLegState.Rebuilding;
+            full |= reference.States[i] is not (MirrorLegState.Faulty or MirrorLegState.Rebuilding);
+        }
+
+        return new AssemblyPlan(reference, states, last, newest, full);
+    }
+
+    private async Task StartAsync(AssemblyPlan plan, bool assumeClean)
+    {
+        if (plan.Reference is { } reference)
+        {
+            // The bitmap of a newest in-sync leg.
+            var source = Array.IndexOf(plan.States, MirrorLegState.InSync);
+            var pages = _pageVersion.Length;
+            using var buffer = new AlignedBuffer(pages * MirrorSuperblock.BitmapPageBytes, Math.Max(AlignedBuffer.PageAlignment, _legs[source].MemoryAlignment));
+            var status = await SafeIo(_legs[source], BlockOp.Read, MirrorSuperblock.SuperblockBytes, buffer.Length, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
+            if (status != BlockStatus.Ok)
+            {
+                throw new MirrorAssemblyException(_name, $"the write-intent bitmap of {_legs[source].Name} cannot be read ({status}).");
+            }
+
+            var bytes = buffer.Memory.Span;
+            for (var r = 0; r < Regions; r++)
+            {
+                if ((bytes[r >> 3] & (1 << (r & 7))) != 0)
+                {
+                    _bits[r >> 6] |= 1UL << (r & 63);
+                }
+            }
+        }
+
+        lock (_lock)
+        {
+            Array.Copy(plan.States, _state, _state.Length);
+            Array.Copy(plan.LastInSync, _lastInSync, _lastInSync.Length);
+            _generation = plan.Generation + 1;
+            if (plan.Reference is null)
+            {
+                // A new mirror: the first leg is the source unless the caller vouches the legs are equal.
+                for (var i = 0; i < _state.Length; i++)
+                {
+                    _state[i] = i == 0 || assumeClean ? MirrorLegState.InSync : MirrorLegState.Rebuilding;
+                }
+            }
+
+            if ((plan.FullResync && _state.Any(s => s == MirrorLegState.Rebuilding)) || plan.Reference is null && !assumeClean)
+            {
+                SetAllBits();
+            }
+
+            // No clean stop and bits set: the mirror stopped with writes in flight (a crash), so the
+            // in-sync legs may differ in those regions. As md's resync after an unclean shutdown, the
+            // first in-sync leg is the source and the other in-sync legs are rebuilt for them.
+            if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0))
+            {
+                var source = Array.IndexOf(_state, MirrorLegState.InSync);
+                for (var i = source + 1; i < _state.Length; i++)
+                {
+                    _state[i] = _state[i] == MirrorLegState.InSync ? MirrorLegState.Rebuilding : _state[i];
+                }
+            }
+
+            BumpPages();
+        }
+
+        await PersistAsync(superblocks: true).ConfigureAwait(false);
+        lock (_lock)
+        {
+            if (_state.All(s => s != MirrorLegState.InSync))
+            {
+                throw new MirrorAssemblyException(_name, "every leg failed while the mirror started.");
+            }
+        }
+
+        KickSync();
+        _ = BitmapDaemonAsync();
+    }
+}

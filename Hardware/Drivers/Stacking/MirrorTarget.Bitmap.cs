@@ -1,0 +1,277 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+// Leg failure, the write-intent bitmap and the metadata writes.
+public sealed partial class MirrorTarget
+{
+    // ------------------------------------------------------------------ leg failure and metadata
+
+    // Marks a leg faulty and writes the new state to the legs left; completes when that is on them.
+    // The last leg in sync failing fails the mirror: every I/O then ends Offline.
+    private Task FailLeg(int leg)
+    {
+        lock (_lock)
+        {
+            if (_state[leg] == MirrorLegState.Faulty)
+            {
+                // Another I/O failed it first; this one waits until that is on the legs too.
+                return _failed ? Task.CompletedTask : PersistAsync(superblocks: true);
+            }
+
+            if (_state[leg] == MirrorLegState.InSync)
+            {
+                _lastInSync[leg] = _generation;
+            }
+
+            _state[leg] = MirrorLegState.Faulty;
+            if (_state.Any(s => s == MirrorLegState.InSync))
+            {
+                _generation++;
+                return PersistAsync(superblocks: true);
+            }
+
+            Volatile.Write(ref _failed, true);
+        }
+
+        // Outside the lock: cancelling runs the sync's continuations.
+        _stop.Cancel();
+        return Task.CompletedTask;
+    }
+
+    private void SetAllBits()
+    {
+        for (var r = 0; r < Regions; r++)
+        {
+            _bits[r >> 6] |= 1UL << (r & 63);
+        }
+
+        BumpPages();
+    }
+
+    private void BumpPages()
+    {
+        for (var p = 0; p < _pageVersion.Length; p++)
+        {
+            _pageVersion[p]++;
+        }
+    }
+
+    // Counts a write in its regions, sets their bits and returns once the pages holding them are
+    // on every in-sync leg.
+    private Task MarkDirtyAsync(long offset, int length)
+    {
+        var (first, last) = RegionsOf(offset, length);
+        var firstPage = first / (MirrorSuperblock.BitmapPageBytes * 8);
+        var lastPage = last / (MirrorSuperblock.BitmapPageBytes * 8);
+        var clean = true;
+        lock (_lock)
+        {
+            for (var r = first; r <= last; r++)
+            {
+                _regionWrites[r]++;
+                _touched[r >> 6] |= 1UL << (r & 63);
+                if ((_bits[r >> 6] & (1UL << (r & 63))) == 0)
+                {
+                    _bits[r >> 6] |= 1UL << (r & 63);
+                    _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+                }
+            }
+
+            for (var p = firstPage; p <= lastPage; p++)
+            {
+                clean &= _pagePersisted[p] == _pageVersion[p];
+            }
+        }
+
+        return clean ? Task.CompletedTask : PersistAsync(superblocks: false);
+    }
+
+    private void LeaveRegions(long offset, int length)
+    {
+        var (first, last) = RegionsOf(offset, length);
+        lock (_lock)
+        {
+            for (var r = first; r <= last; r++)
+            {
+                _regionWrites[r]--;
+            }
+        }
+    }
+
+    private (int First, int Last) RegionsOf(long offset, int length) =>
+        ((int)(offset / RegionBytes), (int)((offset + Math.Max(length, 1) - 1) / RegionBytes));
+
+    // md's bitmap daemon: every interval, with every leg in sync, the bits of regions that had no
+    // write in flight and none since the last pass are cleared and the pages written.
+    private async Task BitmapDaemonAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(Options.BitmapDaemonInterval, _time, _stop.Token).ConfigureAwait(false);
+                await ClearIdleBitsAsync().ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    /// <summary>One pass of the bitmap daemon (md's <c>bitmap_daemon_work</c>).</summary>
+    internal Task ClearIdleBitsAsync()
+    {
+        var changed = false;
+        lock (_lock)
+        {
+            if (!_failed && _state.All(s => s == MirrorLegState.InSync))
+            {
+                for (var r = 0; r < Regions; r++)
+                {
+                    var bit = 1UL << (r & 63);
+                    if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && (_touched[r >> 6] & bit) == 0)
+                    {
+                        _bits[r >> 6] &= ~bit;
+                        _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+                        changed = true;
+                    }
+                }
+            }
+
+            Array.Clear(_touched);
+        }
+
+        return changed ? PersistAsync(superblocks: false) : Task.CompletedTask;
+    }
+
+    // With every leg in sync, the bits of regions no write is in flight on are owed to nobody. Under the lock.
+    private void ClearBitsOfIdleRegions()
+    {
+        for (var r = 0; r < Regions; r++)
+        {
+            var bit = 1UL << (r & 63);
+            if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0)
+            {
+                _bits[r >> 6] &= ~bit;
+            }
+        }
+
+        BumpPages();
+    }
+
+    // Writes the superblock (when asked) and every changed bitmap page to each leg that is not
+    // faulty (bitmap pages to in-sync legs only). One writer at a time, always of the newest
+    // state, so a later call never leaves older metadata behind an earlier one. A leg that fails
+    // a metadata write is failed in turn.
+    private async Task PersistAsync(bool superblocks)
+    {
+        await _metaLock.WaitAsync().ConfigureAwait(false);
+        List<int>? failed = null;
+        try
+        {
+            MirrorLegState[] states;
+            bool clean;
+            long generation;
+            long[] last;
+            var dirtyPages = new List<(int Page, long Version, byte[] Bytes)>();
+            lock (_lock)
+            {
+                // Nothing to do when the newest state and every bitmap page are on the legs already.
+                if (_failed || (_persistedGeneration == _generation && _pageVersion.AsSpan().SequenceEqual(_pagePersisted)))
+                {
+                    return;
+                }
+
+                states = [.. _state];
+                clean = _clean;
+                generation = _generation;
+                last = [.. _lastInSync];
+                for (var p = 0; p < _pageVersion.Length; p++)
+                {
+                    if (_pagePersisted[p] != _pageVersion[p])
+                    {
+                        var bytes = new byte[MirrorSuperblock.BitmapPageBytes];
+                        for (var b = 0; b < bytes.Length; b++)
+                        {
+                            var r = (p * MirrorSuperblock.BitmapPageBytes * 8) + (b * 8);
+                            if (r >= Regions)
+                            {
+                                break;
+                            }
+
+                            bytes[b] = (byte)(_bits[r >> 6] >> (r & 63));
+                        }
+
+                        dirtyPages.Add((p, _pageVersion[p], bytes));
+                    }
+                }
+            }
+
+            using var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
+            for (var i = 0; i < _legs.Length; i++)
+            {
+                if (states[i] == MirrorLegState.Faulty)
+                {
+                    continue;
+                }
+
+                var ok = true;
+                if (states[i] == MirrorLegState.InSync)
+                {
+                    foreach (var (page, _, bytes) in dirtyPages)
+                    {
+                        bytes.CopyTo(buffer.Memory.Span);
+                        ok &= await SafeIo(_legs[i], BlockOp.Write, MirrorSuperblock.BitmapPageOffset(page), MirrorSuperblock.BitmapPageBytes, buffer.Memory,
+                            RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
+                    }
+                }
+
+                if (superblocks && ok)
+                {
+                    new MirrorSuperblock
+                    {
+                        ArrayId = _arrayId,
+                        Role = i,
+                        Legs = _legs.Length,
+                        Clean = clean,
+                        Generation = generation,
+                        DataBytes = DataBytes,
+                        RegionBytes = RegionBytes,
+                        States = [.. states, .. new MirrorLegState[MirrorSuperblock.MaxLegs - states.Length]],
+                        LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
+                    }.Encode(buffer.Memory.Span);
+                    ok = await SafeIo(_legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
+                }
+
+                if (!ok)
+                {
+                    (failed ??= []).Add(i);
+                }
+            }
+
+            lock (_lock)
+            {
+                foreach (var (page, version, _) in dirtyPages)
+                {
+                    _pagePersisted[page] = Math.Max(_pagePersisted[page], version);
+                }
+
+                if (superblocks)
+                {
+                    _persistedGeneration = Math.Max(_persistedGeneration, generation);
+                }
+            }
+        }
+        finally
+        {
+            _metaLock.Release();
+        }
+
+        foreach (var leg in failed ?? [])
+        {
+            await FailLeg(leg).ConfigureAwait(false);
+        }
+    }
+}

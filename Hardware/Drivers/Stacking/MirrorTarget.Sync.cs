@@ -1,0 +1,330 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Requests;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+// Background sync: recovery of rebuilding legs, check, and the rate limit.
+public sealed partial class MirrorTarget
+{
+    // ------------------------------------------------------------------ resync and check
+
+    private void KickSync()
+    {
+        lock (_lock)
+        {
+            if (_failed || _stop.IsCancellationRequested || !_state.Any(s => s == MirrorLegState.Rebuilding))
+            {
+                return;
+            }
+
+            if (!_sync.IsCompleted)
+            {
+                _syncAgain = true;
+                return;
+            }
+
+            _syncAction = "recover";
+            _sync = Task.Run(SyncLoopAsync);
+        }
+    }
+
+    private async Task SyncLoopAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                bool check;
+                lock (_lock)
+                {
+                    _syncAgain = false;
+                    check = _checkRequested;
+                    _checkRequested = false;
+                    if (_failed || _stop.IsCancellationRequested || (!check && !_state.Any(s => s == MirrorLegState.Rebuilding)))
+                    {
+                        _syncAction = "idle";
+                        _syncDone = _syncTotal = 0;
+                        return;
+                    }
+
+                    _syncAction = check ? "check" : "recover";
+                }
+
+                var finished = true;
+                if (check)
+                {
+                    await CheckPassAsync(_checkStop!.Token).ConfigureAwait(false);
+                }
+                else
+                {
+                    finished = await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
+                }
+
+                lock (_lock)
+                {
+                    // A recover that found no leg to copy from stops; a re-add starts it again.
+                    if (!_syncAgain && (check || !finished || !_state.Any(s => s == MirrorLegState.Rebuilding)))
+                    {
+                        _syncAction = "idle";
+                        _syncDone = _syncTotal = 0;
+                        return;
+                    }
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            lock (_lock)
+            {
+                _syncAction = "idle";
+                _syncDone = _syncTotal = 0;
+            }
+        }
+    }
+
+    // md's recovery: copy each dirty region from an in-sync leg to the rebuilding legs, a chunk at
+    // a time with the chunk held against writes, so no write can land between the read and the copy.
+    private async Task<bool> RecoverPassAsync(CancellationToken ct)
+    {
+        int[] targets;
+        var dirty = new List<int>();
+        lock (_lock)
+        {
+            targets = [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
+            for (var r = 0; r < Regions; r++)
+            {
+                if ((_bits[r >> 6] & (1UL << (r & 63))) != 0)
+                {
+                    dirty.Add(r);
+                }
+            }
+
+            _syncDone = 0;
+            _syncTotal = dirty.Sum(r => RegionLength(r));
+        }
+
+        var throttle = new Throttle(this);
+        using var buffer = new AlignedBuffer(SyncChunkBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
+        foreach (var r in dirty)
+        {
+            var start = r * RegionBytes;
+            var end = start + RegionLength(r);
+            for (var at = start; at < end; at += SyncChunkBytes)
+            {
+                ct.ThrowIfCancellationRequested();
+                targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
+                if (targets.Length == 0)
+                {
+                    return true;
+                }
+
+                var length = (int)Math.Min(SyncChunkBytes, end - at);
+                if (!await CopyChunkAsync(targets, at, buffer.Memory[..length]).ConfigureAwait(false))
+                {
+                    return false;
+                }
+
+                lock (_lock)
+                {
+                    _syncDone += length;
+                }
+
+                await throttle.AfterAsync(length, ct).ConfigureAwait(false);
+            }
+
+            // A region counts as copied only if a leg got all of it.
+            targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
+            if (targets.Length == 0)
+            {
+                return true;
+            }
+
+            Interlocked.Increment(ref _resyncedRegions);
+            lock (_lock)
+            {
+                // With no faulty leg the region's bit is owed to nobody any more.
+                if (!_state.Any(s => s == MirrorLegState.Faulty))
+                {
+                    _bits[r >> 6] &= ~(1UL << (r & 63));
+                    _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+                }
+            }
+        }
+
+        lock (_lock)
+        {
+            var done = false;
+            foreach (var t in targets)
+            {
+                if (_state[t] == MirrorLegState.Rebuilding)
+                {
+                    _state[t] = MirrorLegState.InSync;
+                    done = true;
+                }
+            }
+
+            if (!done)
+            {
+                return true;
+            }
+
+            if (_state.All(s => s == MirrorLegState.InSync))
+            {
+                ClearBitsOfIdleRegions();
+            }
+
+            // Every page, so a leg now in sync holds the whole bitmap: after a restart it may be the one read.
+            BumpPages();
+            _generation++;
+        }
+
+        await PersistAsync(superblocks: true).ConfigureAwait(false);
+        return true;
+    }
+
+    private async Task<bool> CopyChunkAsync(int[] targets, long at, Memory<byte> chunk)
+    {
+        var held = await _gate.EnterExclusiveAsync(at, at + chunk.Length).ConfigureAwait(false);
+        try
+        {
+            var tried = 0;
+            while (true)
+            {
+                var source = PickReadLeg(tried);
+                if (source < 0)
+                {
+                    // No leg to copy from: the rebuilding legs stay rebuilding.
+                    return false;
+                }
+
+                tried |= 1 << source;
+                var s = await LegIo(source, BlockOp.Read, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
+                if (s == BlockStatus.Ok)
+                {
+                    break;
+                }
+
+                if (s is BlockStatus.Offline or BlockStatus.Transport)
+                {
+                    await FailLeg(source).ConfigureAwait(false);
+                }
+            }
+
+            var writes = targets.Select(t => LegIo(t, BlockOp.Write, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
+            for (var i = 0; i < writes.Length; i++)
+            {
+                if (await writes[i].ConfigureAwait(false) != BlockStatus.Ok)
+                {
+                    await FailLeg(targets[i]).ConfigureAwait(false);
+                }
+            }
+
+            return true;
+        }
+        finally
+        {
+            _gate.Exit(held);
+        }
+    }
+
+    private async Task CheckPassAsync(CancellationToken ct)
+    {
+        Interlocked.Exchange(ref _mismatchSectors, 0);
+        lock (_lock)
+        {
+            _syncDone = 0;
+            _syncTotal = DataBytes;
+        }
+
+        var throttle = new Throttle(this);
+        var alignment = Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment));
+        var buffers = _legs.Select(_ => new AlignedBuffer(SyncChunkBytes, alignment)).ToArray();
+        try
+        {
+            for (long at = 0; at < DataBytes; at += SyncChunkBytes)
+            {
+                ct.ThrowIfCancellationRequested();
+                var length = (int)Math.Min(SyncChunkBytes, DataBytes - at);
+                var held = await _gate.EnterExclusiveAsync(at, at + length).ConfigureAwait(false);
+                try
+                {
+                    var legs = Enumerable.Range(0, _legs.Length).Where(i => LegState(i) == MirrorLegState.InSync).ToArray();
+                    var reads = legs.Select(i => LegIo(i, BlockOp.Read, at, length, buffers[i].Memory[..length], RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
+                    var ok = new List<int>();
+                    for (var k = 0; k < reads.Length; k++)
+                    {
+                        if (await reads[k].ConfigureAwait(false) == BlockStatus.Ok)
+                        {
+                            ok.Add(legs[k]);
+                        }
+                    }
+
+                    Interlocked.Add(ref _mismatchSectors, CountMismatches(buffers, ok, length, Limits.LogicalBlockSize));
+                }
+                finally
+                {
+                    _gate.Exit(held);
+                }
+
+                lock (_lock)
+                {
+                    _syncDone += length;
+                }
+
+                await throttle.AfterAsync(length, ct).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            foreach (var b in buffers)
+            {
+                ((IDisposable)b).Dispose();
+            }
+        }
+    }
+
+    // Sectors of the blocks in which the legs' copies differ.
+    private static long CountMismatches(AlignedBuffer[] buffers, List<int> legs, int length, int block)
+    {
+        long sectors = 0;
+        for (var b = 0; legs.Count > 1 && b < length; b += block)
+        {
+            var first = buffers[legs[0]].Memory.Span.Slice(b, block);
+            for (var k = 1; k < legs.Count; k++)
+            {
+                if (!buffers[legs[k]].Memory.Span.Slice(b, block).SequenceEqual(first))
+                {
+                    sectors += block >> Bio.SectorShift;
+                    break;
+                }
+            }
+        }
+
+        return sectors;
+    }
+
+    private long RegionLength(int r) => Math.Min(RegionBytes, DataBytes - (r * RegionBytes));
+
+    // md's sync throttle: never above sync_speed_max; above sync_speed_min only while no user I/O
+    // is in flight on the mirror. Rates are averaged over the pass; the clock is the mirror's
+    // TimeProvider, so tests move it by hand.
+    private sealed class Throttle(MirrorTarget mirror)
+    {
+        private readonly long _start = mirror._time.GetTimestamp();
+        private long _bytes;
+
+        public async ValueTask AfterAsync(int bytes, CancellationToken ct)
+        {
+            _bytes += bytes;
+            var elapsed = mirror._time.GetElapsedTime(_start);
+            var busy = Interlocked.Read(ref mirror._userIo) > 0;
+            var limit = Math.Max(1, busy ? mirror.SyncSpeedMinKiB : mirror.SyncSpeedMaxKiB);
+            var due = TimeSpan.FromSeconds(_bytes / 1024.0 / limit);
+            Interlocked.Exchange(ref mirror._syncSpeedKiB, (long)(_bytes / 1024.0 / Math.Max(elapsed.TotalSeconds, due.TotalSeconds)));
+            if (due > elapsed)
+            {
+                await Task.Delay(due - elapsed, mirror._time, ct).ConfigureAwait(false);
+            }
+        }
+    }
+}

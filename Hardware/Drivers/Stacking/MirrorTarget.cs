@@ -1,0 +1,630 @@
+using System.Globalization;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+/// <summary>
+/// md raid1 over 2 or 3 legs (any <see cref="IBlockDevice"/>, local or remote). Every leg starts
+/// with a 64 KiB metadata area (<see cref="MirrorSuperblock"/>: generation, per-leg state and
+/// the write-intent bitmap) that is not part of the exported capacity.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Writes, FUA writes, flushes, discards and write-zeroes go to every leg that is in sync or
+/// rebuilding and end when all have; a leg that fails one is marked faulty (its superblocks
+/// updated) before the write is acknowledged, and the write succeeds while one leg that was in
+/// sync at its start has it. Reads go to the in-sync leg with the fewest reads in flight; a read
+/// error is retried on the next leg and the good data written back over the failing range
+/// (md's <c>fix_read_error</c>). When no leg is in sync any more, every I/O fails with
+/// <see cref="BlockStatus.Offline"/>.
+/// </para>
+/// <para>
+/// While a leg is not in sync, each write first sets the bits of its regions in the write-intent
+/// bitmap and writes the bitmap pages to the in-sync legs. A leg that returns (re-added, or found
+/// stale at start) is resynced from an in-sync leg for the set regions only, in 64 KiB chunks,
+/// each copied with the range held exclusively against writes, at a rate between
+/// <see cref="MirrorOptions.SyncSpeedMinKiB"/> and <see cref="MirrorOptions.SyncSpeedMaxKiB"/>.
+/// </para>
+/// </remarks>
+public sealed partial class MirrorTarget : StackTarget, IAttributeSource
+{
+    /// <summary>Bytes copied (or compared) per resync or check step, md's <c>RESYNC_BLOCK_SIZE</c>.</summary>
+    public const int SyncChunkBytes = 64 << 10;
+
+    private readonly IBlockDevice[] _legs;
+    private readonly string _name;
+    private readonly TimeProvider _time;
+    private readonly object _lock = new();
+    private readonly RangeGate _gate = new();
+    private readonly SemaphoreSlim _metaLock = new(1, 1);
+    private readonly CancellationTokenSource _stop = new();
+
+    // Leg state, under _lock.
+    private readonly MirrorLegState[] _state;
+    private readonly long[] _lastInSync;
+    private readonly int[] _inflight;
+    private readonly long[] _correctedReads;
+    private readonly Guid _arrayId;
+    private long _generation;
+    private long _persistedGeneration = -1;
+    private bool _failed;
+    private bool _clean;
+
+    // The write-intent bitmap: one bit per region, written in 4 KiB pages. A page's version counts
+    // its changes; persisted is the version last written to the legs.
+    private readonly ulong[] _bits;
+    private readonly ulong[] _touched;
+    private readonly int[] _regionWrites;
+    private readonly long[] _pageVersion;
+    private readonly long[] _pagePersisted;
+
+    // Background sync (recover or check), under _lock.
+    private Task _sync = Task.CompletedTask;
+    private bool _syncAgain;
+    private string _syncAction = "idle";
+    private long _syncDone;
+    private long _syncTotal;
+    private long _syncSpeedKiB;
+    private bool _checkRequested;
+    private CancellationTokenSource? _checkStop;
+    private long _userIo;
+    private int _readRotor;
+
+    private MirrorTarget(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions options, long dataBytes, long regionBytes, Guid arrayId, TimeProvider time)
+        : base(legs, dataBytes)
+    {
+        _name = name;
+        _legs = [.. legs];
+        _time = time;
+        Options = options;
+        RegionBytes = regionBytes;
+        DataBytes = Limits.CapacityBytes;
+        Regions = (int)((DataBytes + regionBytes - 1) / regionBytes);
+        _arrayId = arrayId;
+        _state = new MirrorLegState[_legs.Length];
+        _lastInSync = new long[_legs.Length];
+        _inflight = new int[_legs.Length];
+        _correctedReads = new long[_legs.Length];
+        _bits = new ulong[(Regions + 63) / 64];
+        _touched = new ulong[_bits.Length];
+        _regionWrites = new int[Regions];
+        var pages = (int)(((Regions + 7) / 8 + MirrorSuperblock.BitmapPageBytes - 1) / MirrorSuperblock.BitmapPageBytes);
+        _pageVersion = new long[pages];
+        _pagePersisted = new long[pages];
+        SyncSpeedMinKiB = options.SyncSpeedMinKiB;
+        SyncSpeedMaxKiB = options.SyncSpeedMaxKiB;
+    }
+
+    /// <summary>The options the mirror was built with.</summary>
+    public MirrorOptions Options { get; }
+
+    /// <summary>The legs, in role order.</summary>
+    public IReadOnlyList<IBlockDevice> Legs => _legs;
+
+    /// <summary>Bytes the mirror exports (the smallest leg less the metadata area).</summary>
+    public long DataBytes { get; }
+
+    /// <summary>Bytes of data one bitmap bit stands for.</summary>
+    public long RegionBytes { get; }
+
+    /// <summary>Regions of the data area (bits of the bitmap).</summary>
+    public int Regions { get; }
+
+    /// <summary>The array's identity, the same in every leg's superblock.</summary>
+    public Guid ArrayId => _arrayId;
+
+    /// <summary>The generation (md's event count): bumped on every change of leg state and persisted in every leg that is not faulty.</summary>
+    public long Generation
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _generation;
+            }
+        }
+    }
+
+    /// <summary>True when no leg is in sync any more: every I/O fails with Offline.</summary>
+    public bool IsFailed => Volatile.Read(ref _failed);
+
+    /// <summary>Legs that are not in sync (md's <c>degraded</c>).</summary>
+    public int Degraded
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _state.Count(s => s != MirrorLegState.InSync);
+            }
+        }
+    }
+
+    /// <summary>Regions copied by resync since the mirror started.</summary>
+    public long ResyncedRegions => Interlocked.Read(ref _resyncedRegions);
+
+    private long _resyncedRegions;
+
+    /// <summary>Sectors found different between legs by the last <c>check</c> (md's <c>mismatch_cnt</c>).</summary>
+    public long MismatchSectors => Interlocked.Read(ref _mismatchSectors);
+
+    private long _mismatchSectors;
+
+    /// <summary>Lower resync rate limit in KiB/s: below it, resync does not yield to user I/O (md <c>sync_speed_min</c>).</summary>
+    public long SyncSpeedMinKiB { get; set; }
+
+    /// <summary>Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>).</summary>
+    public long SyncSpeedMaxKiB { get; set; }
+
+    /// <summary>The sync running: <c>idle</c>, <c>recover</c> (rebuilding legs) or <c>check</c>.</summary>
+    public string SyncAction
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _syncAction;
+            }
+        }
+    }
+
+    /// <summary>Bytes done and bytes to do of the sync running (0, 0 when idle).</summary>
+    public (long Done, long Total) SyncProgress
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return (_syncDone, _syncTotal);
+            }
+        }
+    }
+
+    /// <summary>Completes when no sync runs (and none is due to start).</summary>
+    public Task SyncIdle
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _sync;
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public override string TargetType => "mirror";
+
+    /// <inheritdoc />
+    public override string Description => $"mirror over {string.Join(", ", _legs.Select(l => l.Name))}, {RegionBytes >> 10} KiB regions";
+
+    /// <summary>The state of leg <paramref name="leg"/>.</summary>
+    public MirrorLegState LegState(int leg)
+    {
+        lock (_lock)
+        {
+            return _state[leg];
+        }
+    }
+
+    /// <summary>Read errors of leg <paramref name="leg"/> corrected from another leg (md's per-device <c>errors</c>).</summary>
+    public long CorrectedReadErrors(int leg) => Interlocked.Read(ref _correctedReads[leg]);
+
+    /// <summary>Regions whose bit is set in the write-intent bitmap.</summary>
+    public int DirtyRegions()
+    {
+        lock (_lock)
+        {
+            return _bits.Sum(w => System.Numerics.BitOperations.PopCount(w));
+        }
+    }
+
+    /// <summary>
+    /// Re-adds a faulty leg (md <c>--re-add</c>): it becomes rebuilding, gets every write from now
+    /// on, and is resynced in the background: for the bitmap's dirty regions when its superblock
+    /// is this mirror's, whole otherwise.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The leg is not faulty, or the mirror has failed.</exception>
+    public async Task ReAddAsync(int leg)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(leg);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
+        MirrorSuperblock? sb;
+        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs[leg].MemoryAlignment)))
+        {
+            var status = await SafeIo(_legs[leg], BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
+            if (status != BlockStatus.Ok)
+            {
+                throw new BlockIoException(_legs[leg].Name, BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, status);
+            }
+
+            sb = MirrorSuperblock.TryDecode(buffer.Memory.Span);
+        }
+
+        lock (_lock)
+        {
+            if (_failed || _state[leg] != MirrorLegState.Faulty)
+            {
+                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} is {(_failed ? "gone with the whole mirror" : _state[leg].ToString().ToLowerInvariant())}, not faulty.");
+            }
+
+            // Known: the bitmap has every write it missed since it was last in sync. Unknown: all of it.
+            if (sb is null || sb.ArrayId != _arrayId || sb.Generation > _generation)
+            {
+                SetAllBits();
+            }
+
+            _state[leg] = MirrorLegState.Rebuilding;
+            _generation++;
+        }
+
+        await PersistAsync(superblocks: true).ConfigureAwait(false);
+        KickSync();
+    }
+
+    /// <summary>Marks a leg faulty by hand (md's <c>echo faulty &gt; state</c>); the mirror goes on degraded.</summary>
+    /// <exception cref="InvalidOperationException">It is the last leg in sync.</exception>
+    public Task FailLegAsync(int leg)
+    {
+        lock (_lock)
+        {
+            if (_state[leg] == MirrorLegState.InSync && _state.Count(s => s == MirrorLegState.InSync) == 1)
+            {
+                throw new InvalidOperationException($"{_name}: {_legs[leg].Name} is the last leg in sync.");
+            }
+        }
+
+        return FailLeg(leg);
+    }
+
+    /// <summary>
+    /// Starts md's <c>check</c>: every chunk is read from all in-sync legs and compared;
+    /// differing sectors are counted in <see cref="MismatchSectors"/> (nothing is repaired).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The mirror is degraded or a sync runs.</exception>
+    public Task CheckAsync()
+    {
+        lock (_lock)
+        {
+            if (_failed || _state.Any(s => s != MirrorLegState.InSync) || !_sync.IsCompleted)
+            {
+                throw new InvalidOperationException($"{_name}: check needs every leg in sync and no sync running (sync_action: {_syncAction}).");
+            }
+
+            _checkRequested = true;
+            _checkStop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            _syncAction = "check";
+            _sync = Task.Run(SyncLoopAsync);
+            return _sync;
+        }
+    }
+
+    /// <inheritdoc />
+    public override IEnumerable<StackPiece> Map(long offset, int length)
+    {
+        var legs = new List<StackPiece>();
+        lock (_lock)
+        {
+            for (var i = 0; i < _legs.Length; i++)
+            {
+                if (_state[i] != MirrorLegState.Faulty)
+                {
+                    legs.Add(new StackPiece(_legs[i], MirrorSuperblock.DataOffset + offset, 0, length));
+                }
+            }
+        }
+
+        return legs;
+    }
+
+    /// <inheritdoc />
+    public override void SubmitBio(RequestQueue queue, Bio bio)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        ArgumentNullException.ThrowIfNull(bio);
+        // A failed mirror, or one stopped (md's stopped array), takes no more I/O.
+        if (Volatile.Read(ref _failed) || _stop.IsCancellationRequested)
+        {
+            queue.EndBio(bio, BlockStatus.Offline);
+            return;
+        }
+
+        Interlocked.Increment(ref _userIo);
+        _ = bio.Op switch
+        {
+            BlockOp.Read => ReadAsync(queue, bio),
+            BlockOp.Write or BlockOp.Flush or BlockOp.Discard or BlockOp.WriteZeroes => WriteAsync(queue, bio),
+            _ => End(queue, bio, BlockStatus.NotSupported),
+        };
+    }
+
+    /// <inheritdoc />
+    public override void Dispose()
+    {
+        _stop.Cancel();
+        base.Dispose();
+    }
+
+    /// <summary>
+    /// Stops the background sync, waits for its last chunk, clears the bitmap when every leg is in
+    /// sync, and marks the superblocks clean when no write is in flight (md's clean stop), so the
+    /// next start resyncs nothing it need not. Call it after the last I/O and before the legs go
+    /// away; I/O submitted after it (or after <see cref="StackTarget.Dispose"/>) ends with Offline.
+    /// </summary>
+    public async Task StopAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await SyncIdle.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        lock (_lock)
+        {
+            if (_failed)
+            {
+                return;
+            }
+
+            if (_state.All(s => s == MirrorLegState.InSync))
+            {
+                ClearBitsOfIdleRegions();
+            }
+
+            // Clean only with no write in flight: then the in-sync legs hold the same data.
+            _clean = _regionWrites.All(w => w == 0);
+            _generation++;
+        }
+
+        await PersistAsync(superblocks: true).ConfigureAwait(false);
+    }
+
+    // ------------------------------------------------------------------ I/O
+
+    private async Task WriteAsync(RequestQueue queue, Bio bio)
+    {
+        var status = BlockStatus.IoError;
+        RangeGate.Holder? held = null;
+        var marked = false;
+        try
+        {
+            var ranged = bio.Op != BlockOp.Flush;
+            if (ranged)
+            {
+                held = await _gate.EnterWriteAsync(bio.Offset, bio.Offset + bio.Size).ConfigureAwait(false);
+            }
+
+            // md's write-intent bitmap: the regions' bits are on the in-sync legs before any leg
+            // sees the write, so after a crash or a leg failure the bitmap covers every range the
+            // legs may disagree on.
+            if (ranged)
+            {
+                marked = true;
+                await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
+            }
+
+            MirrorLegState[] atStart;
+            lock (_lock)
+            {
+                atStart = [.. _state];
+            }
+
+            // Every leg that is in sync or rebuilding gets the write at once.
+            var pending = new ValueTask<BlockStatus>[_legs.Length];
+            for (var i = 0; i < _legs.Length; i++)
+            {
+                if (atStart[i] != MirrorLegState.Faulty)
+                {
+                    pending[i] = LegIo(i, bio.Op, bio.Offset, bio.Size, bio.Op == BlockOp.Write ? bio.Buffer : default, bio.Flags, bio.Cpu);
+                }
+            }
+
+            var good = 0;
+            var first = BlockStatus.Ok;
+            for (var i = 0; i < _legs.Length; i++)
+            {
+                if (atStart[i] == MirrorLegState.Faulty)
+                {
+                    continue;
+                }
+
+                var s = await pending[i].ConfigureAwait(false);
+                if (s == BlockStatus.Ok)
+                {
+                    good += atStart[i] == MirrorLegState.InSync ? 1 : 0;
+                }
+                else if (s == BlockStatus.NotSupported)
+                {
+                    first = BlockStatus.NotSupported;
+                }
+                else
+                {
+                    first = first == BlockStatus.Ok ? s : first;
+                    await FailLeg(i).ConfigureAwait(false);
+                }
+            }
+
+            status = Volatile.Read(ref _failed) ? BlockStatus.Offline
+                : first == BlockStatus.NotSupported ? BlockStatus.NotSupported
+                : good > 0 ? BlockStatus.Ok
+                : first == BlockStatus.Ok ? BlockStatus.IoError : first;
+        }
+        catch (Exception)
+        {
+            // Nothing below throws by design; if it did, the bio still ends once.
+            status = Volatile.Read(ref _failed) ? BlockStatus.Offline : BlockStatus.IoError;
+        }
+        finally
+        {
+            if (marked)
+            {
+                LeaveRegions(bio.Offset, bio.Size);
+            }
+
+            if (held is not null)
+            {
+                _gate.Exit(held);
+            }
+
+            Interlocked.Decrement(ref _userIo);
+            queue.EndBio(bio, status);
+        }
+    }
+
+    private async Task ReadAsync(RequestQueue queue, Bio bio)
+    {
+        var status = BlockStatus.Offline;
+        List<int>? bad = null;
+        try
+        {
+            var tried = 0;
+            while (true)
+            {
+                var leg = PickReadLeg(tried);
+                if (leg < 0)
+                {
+                    break;
+                }
+
+                tried |= 1 << leg;
+                var s = await LegIo(leg, BlockOp.Read, bio.Offset, bio.Size, bio.Buffer, bio.Flags, bio.Cpu).ConfigureAwait(false);
+                if (s == BlockStatus.Ok)
+                {
+                    if (bad is not null)
+                    {
+                        await FixReadErrorAsync(bad, leg, bio.Offset, bio.Size).ConfigureAwait(false);
+                    }
+
+                    status = BlockStatus.Ok;
+                    break;
+                }
+
+                status = s;
+                if (s is BlockStatus.Offline or BlockStatus.Transport)
+                {
+                    // The leg is gone, not a bad sector: nothing to repair.
+                    await FailLeg(leg).ConfigureAwait(false);
+                }
+                else
+                {
+                    (bad ??= []).Add(leg);
+                }
+            }
+        }
+        catch (Exception)
+        {
+            status = BlockStatus.IoError;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _userIo);
+            queue.EndBio(bio, status != BlockStatus.Ok && Volatile.Read(ref _failed) ? BlockStatus.Offline : status);
+        }
+    }
+
+    // The in-sync leg with the fewest I/Os in flight; ties go round-robin so sequential reads spread too.
+    private int PickReadLeg(int tried)
+    {
+        var best = -1;
+        var from = (int)((uint)Interlocked.Increment(ref _readRotor) % (uint)_legs.Length);
+        for (var k = 0; k < _legs.Length; k++)
+        {
+            var i = (from + k) % _legs.Length;
+
+            // A racy read of one byte: a leg failing meanwhile fails the read, which then goes on.
+            if ((tried & (1 << i)) != 0 || _state[i] != MirrorLegState.InSync)
+            {
+                continue;
+            }
+
+            if (best < 0 || Volatile.Read(ref _inflight[i]) < Volatile.Read(ref _inflight[best]))
+            {
+                best = i;
+            }
+        }
+
+        return best;
+    }
+
+    // md's fix_read_error: with the range held against writes, read the good data again and write
+    // it over the failing range of each leg that failed the read; a leg that fails that too is faulty.
+    private async Task FixReadErrorAsync(List<int> bad, int good, long offset, int length)
+    {
+        var held = await _gate.EnterExclusiveAsync(offset, offset + length).ConfigureAwait(false);
+        try
+        {
+            using var buffer = new AlignedBuffer(length, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
+            if (await LegIo(good, BlockOp.Read, offset, length, buffer.Memory, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false) != BlockStatus.Ok)
+            {
+                return;
+            }
+
+            foreach (var leg in bad)
+            {
+                if (LegState(leg) != MirrorLegState.InSync)
+                {
+                    continue;
+                }
+
+                var s = await LegIo(leg, BlockOp.Write, offset, length, buffer.Memory, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
+                if (s == BlockStatus.Ok)
+                {
+                    Interlocked.Increment(ref _correctedReads[leg]);
+                }
+                else
+                {
+                    await FailLeg(leg).ConfigureAwait(false);
+                }
+            }
+        }
+        finally
+        {
+            _gate.Exit(held);
+        }
+    }
+
+    private static Task End(RequestQueue queue, Bio bio, BlockStatus status)
+    {
+        queue.EndBio(bio, status);
+        return Task.CompletedTask;
+    }
+
+    private ValueTask<BlockStatus> LegIo(int leg, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu) =>
+        SafeIo(_legs[leg], op, op == BlockOp.Flush ? 0 : MirrorSuperblock.DataOffset + offset, op == BlockOp.Flush ? 0 : length, buffer, flags, cpu, _inflight, leg);
+
+    // One I/O on a leg as a status: a leg that refuses it or is being removed answers with a status too.
+    private static async ValueTask<BlockStatus> SafeIo(IBlockDevice leg, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags,
+        int cpu = IBlockDevice.AnyCpu, int[]? inflight = null, int index = 0)
+    {
+        if (inflight is not null)
+        {
+            Interlocked.Increment(ref inflight[index]);
+        }
+
+        try
+        {
+            return await leg.ExecuteAsync(op, offset, length, buffer, flags & ~(RequestFlags.NoMerge | RequestFlags.Polled | RequestFlags.NoWait), cpu).ConfigureAwait(false);
+        }
+        catch (InvalidBlockRequestException ex)
+        {
+            return ex.Reason == InvalidRequestReason.NotSupported ? BlockStatus.NotSupported : BlockStatus.IoError;
+        }
+        catch (InvalidOperationException)
+        {
+            return BlockStatus.Offline;
+        }
+        finally
+        {
+            if (inflight is not null)
+            {
+                Interlocked.Decrement(ref inflight[index]);
+            }
+        }
+    }
+}

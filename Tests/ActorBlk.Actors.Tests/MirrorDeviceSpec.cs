@@ -1,0 +1,180 @@
+using ActorBlk.Actors.Tests.Support;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using Akka.Configuration;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// Mirrors (md raid1, issue 13) as the block layer builds them: from a table or a
+/// <c>stacked-devices</c> entry, over legs held against removal, refused with a typed error when
+/// the legs' metadata disagree, and degraded without a caller error when a leg's device is gone
+/// (the fault-injection driver's crash).
+/// </summary>
+public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private const int MiB = 1 << 20;
+    private const int Block = 4096;
+
+    public MirrorDeviceSpec(ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+    }
+
+    private BlockLayer Layer => BlockLayer.Get(Sys);
+
+    private Task<IBlockDevice> Leg(string name, FaultInjectionOptions? faults = null, DispatchMode mode = DispatchMode.Ring) => Layer.CreateDeviceAsync(new DeviceOptions
+    {
+        Name = name,
+        Size = 4 * MiB,
+        MemoryBacked = true,
+        Dispatch = mode,
+        Faults = faults ?? new FaultInjectionOptions(),
+    });
+
+    private static byte[] Stamp(long block, int version)
+    {
+        var data = new byte[Block];
+        new Random(HashCode.Combine(block, version)).NextBytes(data);
+        return data;
+    }
+
+    [Fact]
+    public async Task A_mirror_table_makes_a_device_whose_legs_each_hold_everything_and_cannot_be_removed_under_it()
+    {
+        var a = await Leg("ma", mode: DispatchMode.Mailbox);
+        var b = await Leg("mb");
+        await Layer.CreateStackedDeviceAsync("md0");
+        var md = await Layer.LoadTableAsync("md0", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "ma", "mb"));
+
+        Assert.Equal(QueueKind.BioBased, md.Queue.Kind);
+        Assert.Equal((4 * MiB) - MirrorSuperblock.DataOffset, md.Capacity);
+        await md.WriteAsync(5 * Block, Stamp(5, 1));
+        foreach (var leg in new[] { a, b })
+        {
+            var raw = new byte[Block];
+            await leg.ReadAsync(MirrorSuperblock.DataOffset + (5 * Block), raw);
+            Assert.Equal(Stamp(5, 1), raw);
+        }
+
+        var info = await Layer.GetDeviceInfoAsync("md0");
+        Assert.Equal("mirror", info.Driver);
+        Assert.Equal("online", info.Health);
+        Assert.Equal("raid1\n", Layer.ReadAttribute("block/md0/md/level"));
+        Assert.Equal("in_sync\n", Layer.ReadAttribute("block/md0/md/dev-ma/state"));
+
+        var busy = await Assert.ThrowsAsync<DeviceBusyException>(() => Layer.DestroyDeviceAsync("mb"));
+        Assert.Contains("md0", busy.Message, StringComparison.Ordinal);
+        var reload = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("md0", StackTable.Mirror("ma", "mb")));
+        Assert.Equal("table", reload.Option);
+
+        // A leg failed by hand: the device says so and goes on.
+        await Layer.WriteAttributeAsync("block/md0/md/dev-mb/state", "faulty");
+        Assert.Equal("degraded", (await Layer.GetDeviceInfoAsync("md0")).Health);
+        await md.WriteAsync(6 * Block, Stamp(6, 1));
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("md0"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mb"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("ma"));
+    }
+
+    [Fact]
+    public async Task Legs_of_different_mirrors_are_refused_with_MirrorAssemblyException_and_released()
+    {
+        await Leg("p0");
+        await Leg("p1");
+        await Leg("q0");
+        await Leg("q1");
+        var clean = new MirrorOptions { AssumeClean = true };
+        await Layer.CreateStackedDeviceAsync("mdp");
+        await Layer.LoadTableAsync("mdp", StackTable.Mirror(clean, "p0", "p1"));
+        await Layer.CreateStackedDeviceAsync("mdq");
+        await Layer.LoadTableAsync("mdq", StackTable.Mirror(clean, "q0", "q1"));
+        await Layer.DestroyDeviceAsync("mdp");
+        await Layer.DestroyDeviceAsync("mdq");
+
+        await Layer.CreateStackedDeviceAsync("mdx");
+        var refused = await Assert.ThrowsAsync<MirrorAssemblyException>(() => Layer.LoadTableAsync("mdx", StackTable.Mirror("p0", "q1")));
+        Assert.Contains("different mirrors", refused.Message, StringComparison.Ordinal);
+
+        // Nothing holds the legs after the refusal.
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("q1"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdx"));
+
+        // The two legs of one mirror start it again, with the generation of the last run moved on.
+        await Layer.CreateStackedDeviceAsync("mdp2");
+        var again = await Layer.LoadTableAsync("mdp2", StackTable.Mirror("p0", "p1"));
+        Assert.Equal("0\n", Layer.ReadAttribute("block/mdp2/md/degraded"));
+        Assert.True(long.Parse(Layer.ReadAttribute("block/mdp2/md/events"), System.Globalization.CultureInfo.InvariantCulture) >= 2);
+        Assert.Equal(4 * MiB - MirrorSuperblock.DataOffset, again.Capacity);
+    }
+
+    [Fact]
+    public async Task A_leg_whose_device_crashes_for_good_under_verified_writes_costs_the_callers_nothing()
+    {
+        await Leg("ca");
+        await Leg("cb", new FaultInjectionOptions { CrashAfter = 150, CrashIsGone = true, ReopenFailures = -1 });
+        await Layer.CreateStackedDeviceAsync("mdc");
+        var md = await Layer.LoadTableAsync("mdc", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "ca", "cb"));
+        var mirror = (MirrorTarget)md.Queue.BioDriver!;
+
+        const int Writers = 4;
+        const int WritesEach = 100;
+        var blocks = (int)(md.Capacity / Block);
+        var acknowledged = new int[blocks];
+        var errors = 0;
+        await Task.WhenAll(Enumerable.Range(0, Writers).Select(w => Task.Run(async () =>
+        {
+            var random = new Random(w);
+            for (var n = 1; n <= WritesEach; n++)
+            {
+                var block = (random.Next(blocks / Writers) * Writers) + w;
+                try
+                {
+                    await md.WriteAsync((long)block * Block, Stamp(block, n));
+                    acknowledged[block] = n;
+                }
+                catch (BlockIoException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+            }
+        }))).WaitAsync(TimeSpan.FromSeconds(120));
+
+        Assert.Equal(0, errors);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal("1\n", Layer.ReadAttribute("block/mdc/md/degraded"));
+        var back = new byte[Block];
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                await md.ReadAsync((long)block * Block, back);
+                Assert.Equal(Stamp(block, acknowledged[block]), back);
+            }
+        }
+    }
+
+    [Fact]
+    public void A_mirror_entry_parses_its_keys_and_refuses_bad_ones()
+    {
+        static StackedDeviceOptions Parse(string hocon) => StackedDeviceConfig.Parse(ConfigurationFactory.ParseString(hocon));
+
+        var table = Assert.IsType<MirrorTable>(Parse("name = md0, type = mirror, members = [a, b], region = 1m, sync-speed-min = 5000, sync-speed-max = 90000, assume-clean = on").Table);
+        Assert.Equal(["a", "b"], table.Legs);
+        Assert.Equal(new MirrorOptions { RegionBytes = 1 << 20, SyncSpeedMinKiB = 5000, SyncSpeedMaxKiB = 90000, AssumeClean = true }, table.Options);
+        Assert.Equal(new MirrorOptions(), Assert.IsType<MirrorTable>(Parse("name = md0, type = mirror, members = [a, b, c]").Table).Options);
+
+        Assert.Equal("members", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a]")).Option);
+        Assert.Equal("members", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b, c, d]")).Option);
+        Assert.Equal("region", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b], region = 96k")).Option);
+        Assert.Equal("sync-speed-max", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b], sync-speed-min = 10, sync-speed-max = 5")).Option);
+        Assert.Equal("chunk", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b], chunk = 64k")).Option);
+        Assert.Equal("region", Assert.Throws<DeviceOptionsException>(() => Parse("name = vg0, type = linear, members = [a, b], region = 1m")).Option);
+    }
+}

@@ -1,0 +1,728 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Drivers;
+
+/// <summary>
+/// The mirror (raid1) target on data-plane devices without a control plane: each leg is a
+/// <see cref="FaultyLeg"/> over a memory-backed ring device, so a test can kill a leg, bring it
+/// back, or make a range fail reads.
+/// </summary>
+public sealed class MirrorTargetSpec : IAsyncLifetime
+{
+    private const int Block = 4096;
+    private const long LegBytes = 4L << 20;
+    private const long Region = 64 << 10;
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
+    private readonly RingDevices _devices = new(2);
+    private readonly List<BlockDevice> _stacked = [];
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        for (var i = _stacked.Count - 1; i >= 0; i--)
+        {
+            await _stacked[i].DisposeAsync();
+        }
+
+        await _devices.DisposeAsync();
+    }
+
+    private (BlockDevice Device, FaultyLeg Faults) Leg(string name, long size = LegBytes)
+    {
+        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = size, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
+        var (device, faults) = FaultyLeg.Create(name, inner);
+        faults.CountFrom = MirrorSuperblock.DataOffset;
+        _stacked.Add(device);
+        return (device, faults);
+    }
+
+    private BlockDevice Serve(MirrorTarget target, string name = "md0")
+    {
+        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
+        queue.InitializeBioBased(target);
+        queue.Register();
+        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        _stacked.Add(device);
+        return device;
+    }
+
+    private static MirrorOptions Options(bool assumeClean = true) => new() { RegionBytes = Region, AssumeClean = assumeClean };
+
+    private static byte[] Stamp(long block, int version)
+    {
+        var data = new byte[Block];
+        new Random(HashCode.Combine(block, version)).NextBytes(data);
+        BitConverter.TryWriteBytes(data, block);
+        BitConverter.TryWriteBytes(data.AsSpan(8), version);
+        return data;
+    }
+
+    private static async Task<byte[]> ReadRaw(IBlockDevice leg, long offset, int length)
+    {
+        var buffer = new byte[length];
+        await leg.ReadAsync(MirrorSuperblock.DataOffset + offset, buffer);
+        return buffer;
+    }
+
+    private static async Task AssertLegsEqual(MirrorTarget mirror)
+    {
+        for (long at = 0; at < mirror.DataBytes; at += 256 << 10)
+        {
+            var length = (int)Math.Min(256 << 10, mirror.DataBytes - at);
+            var first = await ReadRaw(mirror.Legs[0], at, length);
+            for (var l = 1; l < mirror.Legs.Count; l++)
+            {
+                var other = await ReadRaw(mirror.Legs[l], at, length);
+                for (var b = 0; b < length; b += Block)
+                {
+                    Assert.True(first.AsSpan(b, Block).SequenceEqual(other.AsSpan(b, Block)), $"legs 0 and {l} differ in the block at {at + b}");
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Writes_flushes_discards_and_write_zeroes_reach_every_leg_and_reads_spread_over_the_legs()
+    {
+        var (a, fa) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+
+        Assert.Equal(LegBytes - MirrorSuperblock.DataOffset, md.Capacity);
+        Assert.Equal(0, mirror.Degraded);
+        for (var k = 0; k < 16; k++)
+        {
+            await md.WriteAsync(k * 3 * Block, Stamp(k, 1), k % 2 == 0 ? RequestFlags.Fua : RequestFlags.None);
+        }
+
+        await md.FlushAsync();
+        await md.DiscardAsync(100 * Block, 4 * Block);
+        await md.WriteZeroesAsync(200 * Block, 4 * Block);
+        foreach (var leg in new[] { a, b })
+        {
+            for (var k = 0; k < 16; k++)
+            {
+                Assert.Equal(Stamp(k, 1), await ReadRaw(leg, k * 3 * Block, Block));
+            }
+        }
+
+        Assert.All(new[] { fa, fb }, f => Assert.True(f.Flushes >= 1 && f.Discards == 1 && f.WriteZeroes == 1, $"{f.Description}: {f.Flushes} flushes, {f.Discards} discards, {f.WriteZeroes} write-zeroes"));
+
+        // 64 reads at once, then 64 one by one: both legs serve a fair share of each.
+        var readsBefore = (fa.Reads, fb.Reads);
+        var buffers = Enumerable.Range(0, 64).Select(_ => new byte[Block]).ToArray();
+        await Task.WhenAll(Enumerable.Range(0, 64).Select(i => md.ReadAsync(i % 16 * 3 * Block, buffers[i]).AsTask()));
+        for (var i = 0; i < 64; i++)
+        {
+            Assert.Equal(Stamp(i % 16, 1), buffers[i]);
+            await md.ReadAsync(i % 16 * 3 * Block, buffers[i]);
+        }
+
+        var (ra, rb) = (fa.Reads - readsBefore.Item1, fb.Reads - readsBefore.Item2);
+        Assert.Equal(128, ra + rb);
+        Assert.InRange(ra, 32, 96);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+    }
+
+    [Fact]
+    public async Task A_leg_dying_under_verified_random_writes_costs_the_callers_nothing_and_every_acknowledged_write_is_on_the_survivor()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        fb.DieAfterWrites(300);
+
+        // Eight writers, each owning the blocks congruent to it mod 8, so the last acknowledged
+        // version of every block is known.
+        const int Writers = 8;
+        const int WritesEach = 120;
+        var blocks = (int)(md.Capacity / Block);
+        var acknowledged = new int[blocks];
+        var errors = 0;
+        await Task.WhenAll(Enumerable.Range(0, Writers).Select(w => Task.Run(async () =>
+        {
+            var random = new Random(w);
+            for (var n = 1; n <= WritesEach; n++)
+            {
+                var block = (random.Next(blocks / Writers) * Writers) + w;
+                try
+                {
+                    await md.WriteAsync((long)block * Block, Stamp(block, n));
+                    acknowledged[block] = n;
+                }
+                catch (BlockIoException)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+            }
+        })));
+
+        Assert.Equal(0, errors);
+        Assert.True(fb.Dead);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(0));
+        Assert.Equal(1, mirror.Degraded);
+        Assert.True(mirror.DirtyRegions() > 0);
+        var back = new byte[Block];
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] == 0)
+            {
+                continue;
+            }
+
+            Assert.Equal(Stamp(block, acknowledged[block]), await ReadRaw(a, (long)block * Block, Block));
+            await md.ReadAsync((long)block * Block, back);
+            Assert.Equal(Stamp(block, acknowledged[block]), back);
+        }
+
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    [Fact]
+    public async Task Writes_and_reads_during_the_resync_of_a_returning_leg_end_once_each_and_the_copy_never_overwrites_them()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 100_000, SyncSpeedMaxKiB = 100_000 });
+        var md = Serve(mirror);
+        var blocks = (int)(md.Capacity / Block);
+        var acknowledged = new int[blocks];
+        var errors = 0;
+        var version = 0;
+
+        async Task Load(int writers, int writesEach)
+        {
+            var round = Interlocked.Increment(ref version) * 1000;
+            await Task.WhenAll(Enumerable.Range(0, writers).Select(w => Task.Run(async () =>
+            {
+                var random = new Random(round + w);
+                var back = new byte[Block];
+                for (var n = 1; n <= writesEach; n++)
+                {
+                    var block = (random.Next(blocks / writers) * writers) + w;
+                    try
+                    {
+                        await md.WriteAsync((long)block * Block, Stamp(block, round + n));
+                        acknowledged[block] = round + n;
+                        await md.ReadAsync((long)random.Next(blocks) * Block, back);
+                    }
+                    catch (BlockIoException)
+                    {
+                        Interlocked.Increment(ref errors);
+                    }
+                }
+            }))).WaitAsync(Patience);
+        }
+
+        // b dies under load, comes back, and is resynced while the load goes on.
+        fb.DieAfterWrites(100);
+        await Load(4, 100);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        fb.DieAfterWrites(long.MaxValue);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await Load(4, 150);
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(0, errors);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                Assert.Equal(Stamp(block, acknowledged[block]), await ReadRaw(b, (long)block * Block, Block));
+            }
+        }
+
+        await AssertLegsEqual(mirror);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    [Fact]
+    public async Task A_returning_leg_is_resynced_for_the_dirty_regions_only_and_then_the_legs_match_block_for_block()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+
+        fb.Dead = true;
+        // Five regions written while b is away, two blocks in one of them.
+        long[] dirty = [1, 7, 8, 20, 40];
+        foreach (var r in dirty)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await md.WriteAsync((7 * Region) + Block, Stamp(99, 2));
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(dirty.Length, mirror.DirtyRegions());
+
+        fb.Dead = false;
+        var copiedBefore = fb.DataBytesWritten;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(dirty.Length, mirror.ResyncedRegions);
+        Assert.Equal(dirty.Length * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(0, mirror.Degraded);
+        Assert.Equal(0, mirror.DirtyRegions());
+        await AssertLegsEqual(mirror);
+        Assert.Equal(Stamp(99, 2), await ReadRaw(b, (7 * Region) + Block, Block));
+    }
+
+    [Fact]
+    public async Task The_bitmap_and_generations_survive_a_restart_and_the_stale_leg_is_resynced_from_the_newer_one_only()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(first);
+        fb.Dead = true;
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        await md.WriteAsync(9 * Region, Stamp(9, 1));
+        var generation = first.Generation;
+        await first.StopAsync();
+        _stacked.Remove(md);
+        await md.DisposeAsync();
+        fb.Dead = false;
+
+        // The restarted mirror holds the resync back (its clock does not move) to show the stale
+        // leg is never read meanwhile.
+        var clock = new ManualTimeProvider();
+        var copiedBefore = fb.DataBytesWritten;
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        Assert.True(second.Generation > generation);
+        Assert.Equal(first.ArrayId, second.ArrayId);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(2, second.DirtyRegions());
+        var md2 = Serve(second, "md1");
+        var readsOfB = fb.Reads;
+        var back = new byte[Block];
+        for (var i = 0; i < 20; i++)
+        {
+            await md2.ReadAsync(9 * Region, back);
+            Assert.Equal(Stamp(9, 1), back);
+        }
+
+        Assert.Equal(readsOfB, fb.Reads);
+        while (!second.SyncIdle.IsCompleted)
+        {
+            await AwaitTimer(clock, second);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await second.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(2, second.ResyncedRegions);
+        Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        await AssertLegsEqual(second);
+    }
+
+    [Fact]
+    public async Task After_a_crash_with_writes_in_flight_the_regions_in_the_bitmap_are_resynced_from_the_first_leg()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var options = Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], options);
+        var md = Serve(first);
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        await md.WriteAsync(5 * Region, Stamp(5, 1));
+        Assert.Equal(2, first.DirtyRegions());
+
+        // The node dies: no clean stop, and a write reached a but not b.
+        first.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (5 * Region), Stamp(5, 2));
+
+        // The resync waits for a clock that moves only when told, so the rebuilding state is seen.
+        var copiedBefore = fb.DataBytesWritten;
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal("recover", second.SyncAction);
+        await PumpUntilIdle(clock, second);
+        Assert.Equal(2, second.ResyncedRegions);
+        Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(0, second.Degraded);
+        Assert.Equal(0, second.DirtyRegions());
+        await AssertLegsEqual(second);
+    }
+
+    [Fact]
+    public async Task A_degraded_mirror_rebuilds_its_second_in_sync_leg_after_a_crash_but_not_after_a_clean_stop()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, fc) = Leg("c");
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], Options());
+        var md = Serve(first);
+        fc.Dead = true;
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+        await md.WriteAsync(6 * Region, Stamp(6, 1));
+
+        // A clean stop: b is as good as a, only c is behind.
+        await first.StopAsync();
+        fc.Dead = false;
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(2));
+        await second.FailLegAsync(2);
+        var md2 = Serve(second, "md1");
+        await md2.WriteAsync(6 * Region, Stamp(6, 2));
+
+        // A crash with c still away, and a write that reached a only: b is rebuilt too.
+        second.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (6 * Region), Stamp(6, 3));
+        var third = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        Assert.Equal(MirrorLegState.InSync, third.LegState(0));
+        Assert.Equal(MirrorLegState.Rebuilding, third.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, third.LegState(2));
+        await PumpUntilIdle(clock, third);
+        Assert.Equal(0, third.Degraded);
+        await AssertLegsEqual(third);
+        Assert.Equal(Stamp(6, 3), await ReadRaw(c, 6 * Region, Block));
+    }
+
+    [Fact]
+    public async Task The_bitmap_daemon_clears_a_region_idle_for_a_whole_interval_and_a_clean_stop_leaves_nothing_to_resync()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(), clock);
+        var md = Serve(mirror);
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        await md.WriteAsync(Region, Stamp(1, 1));
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        Assert.Equal(2, mirror.DirtyRegions());
+
+        // Written since the last pass: kept by the first one, cleared by the second.
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        Assert.Equal(2, mirror.DirtyRegions());
+        await md.WriteAsync(3 * Region, Stamp(3, 2));
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await clock.WhenTimersPendingAsync(1).WaitAsync(Patience);
+        Assert.Equal(1, mirror.DirtyRegions());
+
+        // A clean stop clears the rest on the legs: the next start copies nothing.
+        await mirror.StopAsync();
+        var again = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        Assert.Equal(0, again.Degraded);
+        Assert.Equal(0, again.DirtyRegions());
+        await again.StopAsync();
+        again.Dispose();
+    }
+
+    [Fact]
+    public async Task Three_legs_keep_the_bitmap_for_a_leg_still_away_while_another_returns()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], Options());
+        var md = Serve(mirror);
+        fc.Dead = true;
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        fb.Dead = true;
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+        Assert.Equal(2, mirror.Degraded);
+        Assert.Equal(2, mirror.DirtyRegions());
+
+        // b returns: both regions are copied, but c still needs them, so the bits stay.
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(2, mirror.DirtyRegions());
+        await md.WriteAsync(6 * Region, Stamp(6, 1));
+
+        fc.Dead = false;
+        await mirror.ReAddAsync(2);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(0, mirror.Degraded);
+        Assert.Equal(5, mirror.ResyncedRegions);
+        Assert.Equal(0, mirror.DirtyRegions());
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_leg_dying_again_during_its_resync_leaves_the_mirror_degraded_and_a_later_re_add_completes()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        fb.Dead = true;
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // Its superblock and three chunks, then it is gone again.
+        fb.Dead = false;
+        fb.DieAfterWrites(4);
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(1, mirror.Degraded);
+
+        // The three regions it got before it died again are owed to it no more.
+        Assert.Equal(3, mirror.ResyncedRegions);
+        Assert.Equal(5, mirror.DirtyRegions());
+        await md.WriteAsync(9 * Region, Stamp(9, 1));
+
+        fb.DieAfterWrites(long.MaxValue);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(3 + 6, mirror.ResyncedRegions);
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_new_leg_is_copied_whole()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(assumeClean: false) with { SyncSpeedMinKiB = 1024, SyncSpeedMaxKiB = 1024 }, clock);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(0));
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(mirror.Regions, mirror.ResyncedRegions);
+        Assert.Equal(mirror.DataBytes, fb.DataBytesWritten);
+        Assert.Equal(0, mirror.Degraded);
+    }
+
+    [Fact]
+    public async Task Losing_every_leg_fails_io_with_Offline_and_nothing_hangs()
+    {
+        var (a, fa) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await md.WriteAsync(0, Stamp(0, 1));
+
+        fa.Dead = true;
+        await md.WriteAsync(Block, Stamp(1, 1)).AsTask().WaitAsync(Patience);
+        Assert.Equal(1, mirror.Degraded);
+
+        fb.Dead = true;
+        var write = await Assert.ThrowsAsync<BlockIoException>(async () => await md.WriteAsync(2 * Block, Stamp(2, 1)).AsTask().WaitAsync(Patience));
+        Assert.Equal(BlockStatus.Offline, write.Status);
+        Assert.True(mirror.IsFailed);
+        var statuses = await Task.WhenAll(Enumerable.Range(0, 16).Select(i => md.ExecuteAsync(i % 2 == 0 ? BlockOp.Read : BlockOp.Write, i * Block, Block, new byte[Block]).AsTask()))
+            .WaitAsync(Patience);
+        Assert.All(statuses, s => Assert.Equal(BlockStatus.Offline, s));
+        Assert.Equal(BlockStatus.Offline, await md.ExecuteAsync(BlockOp.Flush, 0, 0, default).AsTask().WaitAsync(Patience));
+        Assert.Equal(0, md.Queue.Usage.Count);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+    }
+
+    [Fact]
+    public async Task A_read_error_is_retried_on_the_other_leg_and_the_good_data_written_over_the_bad_range()
+    {
+        var (a, fa) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await md.WriteAsync(10 * Block, Stamp(10, 1));
+        fa.BadRange(MirrorSuperblock.DataOffset + (10 * Block), Block);
+
+        // Reads alternate between the legs; within a few, one meets the bad range on a.
+        var back = new byte[Block];
+        for (var i = 0; i < 8 && fa.ReadErrors == 0; i++)
+        {
+            await md.ReadAsync(10 * Block, back);
+            Assert.Equal(Stamp(10, 1), back);
+        }
+
+        Assert.Equal(1, fa.ReadErrors);
+        Assert.False(fa.HasBadRange);
+        Assert.Equal(1, mirror.CorrectedReadErrors(0));
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(0));
+        Assert.Equal(Stamp(10, 1), await ReadRaw(a, 10 * Block, Block));
+        Assert.Equal(0, fb.ReadErrors);
+        Assert.Equal("1\n", md.Attributes.Read("block/md0/md/dev-a/errors"));
+    }
+
+    [Fact]
+    public async Task A_stale_leg_alone_is_refused_as_a_source_when_the_newer_leg_cannot_be_read()
+    {
+        var (a, fa) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        // a is unreadable at start and b counts it in sync: a may be the newer one.
+        fa.Dead = true;
+        var ex = await Assert.ThrowsAsync<MirrorAssemblyException>(() => MirrorTarget.AssembleAsync("md0", [a, b], Options()));
+        Assert.Contains("a cannot be read", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Legs_written_apart_refuse_to_start_with_a_typed_error()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        // Each leg went on without the other: a at generation 9 counting b faulty, b likewise.
+        await WriteSuperblock(a, mirror, role: 0, generation: 9, [MirrorLegState.InSync, MirrorLegState.Faulty]);
+        await WriteSuperblock(b, mirror, role: 1, generation: 9, [MirrorLegState.Faulty, MirrorLegState.InSync]);
+        var same = await Assert.ThrowsAsync<MirrorAssemblyException>(() => MirrorTarget.AssembleAsync("md0", [a, b], Options()));
+        Assert.Contains("none is clearly newest", same.Message, StringComparison.Ordinal);
+
+        // b older but written apart all the same.
+        await WriteSuperblock(b, mirror, role: 1, generation: 8, [MirrorLegState.Faulty, MirrorLegState.InSync]);
+        var apart = await Assert.ThrowsAsync<MirrorAssemblyException>(() => MirrorTarget.AssembleAsync("md0", [a, b], Options()));
+        Assert.Contains("written apart", apart.Message, StringComparison.Ordinal);
+
+        // b merely behind (it still counts a in sync): it is resynced from a (a clean bitmap: nothing to copy).
+        await WriteSuperblock(b, mirror, role: 1, generation: 8, [MirrorLegState.InSync, MirrorLegState.InSync]);
+        var healed = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await healed.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(0, healed.ResyncedRegions);
+        Assert.True(healed.Generation > 9);
+        Assert.Equal(MirrorLegState.InSync, healed.LegState(1));
+        await healed.StopAsync();
+        healed.Dispose();
+
+        // A leg of another mirror is refused.
+        var (c, _) = Leg("c");
+        var other = await MirrorTarget.AssembleAsync("md9", [c, Leg("d").Device], Options());
+        await other.StopAsync();
+        other.Dispose();
+        var foreign = await Assert.ThrowsAsync<MirrorAssemblyException>(() => MirrorTarget.AssembleAsync("md0", [a, c], Options()));
+        Assert.Contains("different mirrors", foreign.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Resync_keeps_to_sync_speed_max_on_virtual_time_and_a_write_during_it_is_never_overwritten_by_the_copy()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 512, SyncSpeedMaxKiB = 512 }, clock);
+        var md = Serve(mirror);
+        fb.Dead = true;
+        for (var r = 0; r < 16; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+
+        // 512 KiB/s: the first chunk goes at once, then the copy waits for the clock.
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+        Assert.Equal("recover\n", md.Attributes.Read("block/md0/md/sync_action"));
+        Assert.Equal($"{MirrorTarget.SyncChunkBytes >> 9} / {(16 * Region) >> 9}\n", md.Attributes.Read("block/md0/md/sync_completed"));
+        Assert.Equal("spare\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+
+        // A write to a region the copy has not reached yet: it goes to both legs, and the copy
+        // of that region later must not put the old data back.
+        await md.WriteAsync(12 * Region, Stamp(12, 2));
+
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+        Assert.InRange(mirror.SyncProgress.Done, 512 << 10, (512 << 10) + MirrorTarget.SyncChunkBytes);
+
+        while (!mirror.SyncIdle.IsCompleted)
+        {
+            clock.Advance(TimeSpan.FromSeconds(1));
+            await AwaitTimer(clock, mirror);
+        }
+
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(Stamp(12, 2), await ReadRaw(b, 12 * Region, Block));
+        await AssertLegsEqual(mirror);
+        Assert.Equal("idle\n", md.Attributes.Read("block/md0/md/sync_action"));
+        Assert.Equal("0\n", md.Attributes.Read("block/md0/md/degraded"));
+    }
+
+    [Fact]
+    public async Task Check_counts_mismatched_sectors_and_the_md_attributes_show_the_state()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await md.WriteAsync(0, Stamp(0, 1));
+
+        // Two blocks differ behind the mirror's back.
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (5 * Block), Stamp(5, 7));
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (300 * Block), Stamp(300, 7));
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal($"{2 * Block >> 9}\n", md.Attributes.Read("block/md0/md/mismatch_cnt"));
+
+        Assert.Equal("raid1\n", md.Attributes.Read("block/md0/md/level"));
+        Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        Assert.Equal("faulty\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+        Assert.Equal("1\n", md.Attributes.Read("block/md0/md/degraded"));
+        var last = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync("block/md0/md/dev-a/state", "faulty"));
+        Assert.Equal(Hardware.Sysfs.AttributeErrno.EBUSY, last.Errno);
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+        Assert.Equal(0, fb.ReadErrors);
+    }
+
+    // Moves the manual clock a second at a time until the sync has finished.
+    private static async Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror)
+    {
+        while (!mirror.SyncIdle.IsCompleted)
+        {
+            await AwaitTimer(clock, mirror);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await mirror.SyncIdle.WaitAsync(Patience);
+    }
+
+    // Waits until the sync sleeps on the manual clock beside the bitmap daemon, or has finished.
+    private static Task AwaitTimer(ManualTimeProvider clock, MirrorTarget mirror) =>
+        Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
+
+    private static async Task WriteSuperblock(IBlockDevice leg, MirrorTarget mirror, int role, long generation, MirrorLegState[] states)
+    {
+        var block = new byte[MirrorSuperblock.SuperblockBytes];
+        new MirrorSuperblock
+        {
+            ArrayId = mirror.ArrayId,
+            Role = role,
+            Legs = 2,
+            Generation = generation,
+            DataBytes = mirror.DataBytes,
+            RegionBytes = mirror.RegionBytes,
+            States = [.. states, MirrorLegState.None],
+            LastInSync = new long[3],
+        }.Encode(block);
+        await leg.WriteAsync(0, block, RequestFlags.Fua);
+    }
+}

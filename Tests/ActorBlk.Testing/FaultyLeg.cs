@@ -1,0 +1,151 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
+
+namespace ActorBlk.Testing;
+
+/// <summary>
+/// A bio-based device in front of another that fails on command, for mirror specs: the whole
+/// device can die (every I/O ends <see cref="BlockStatus.Offline"/>, or after a number of writes),
+/// and a range can go bad for reads (<see cref="BlockStatus.Medium"/>) until it is written again,
+/// as a disk remaps a sector on write. Counts what reaches the device below.
+/// </summary>
+public sealed class FaultyLeg : IBioDriver
+{
+    private readonly IBlockDevice _inner;
+    private long _badStart = -1;
+    private long _badEnd = -1;
+    private long _writesLeft = long.MaxValue;
+
+    private FaultyLeg(IBlockDevice inner) => _inner = inner;
+
+    /// <summary>Every I/O fails with Offline while set.</summary>
+    public bool Dead { get; set; }
+
+    /// <summary>Reads passed on.</summary>
+    public long Reads;
+
+    /// <summary>Writes passed on.</summary>
+    public long Writes;
+
+    /// <summary>Bytes written at or beyond <see cref="CountFrom"/> (a mirror's data area).</summary>
+    public long DataBytesWritten;
+
+    /// <summary>Flushes, discards and write-zeroes passed on.</summary>
+    public long Flushes, Discards, WriteZeroes;
+
+    /// <summary>Reads failed with Medium on the bad range.</summary>
+    public long ReadErrors;
+
+    /// <summary>Where <see cref="DataBytesWritten"/> starts counting.</summary>
+    public long CountFrom { get; set; }
+
+    /// <inheritdoc />
+    public QueueLimits Limits => _inner.Queue.Limits;
+
+    /// <inheritdoc />
+    public string Description => "faulty over " + _inner.Name;
+
+    /// <summary>The device below.</summary>
+    public IBlockDevice Inner => _inner;
+
+    /// <summary>A registered bio-based device named <paramref name="name"/> over <paramref name="inner"/>, and its fault switch.</summary>
+    public static (BlockDevice Device, FaultyLeg Faults) Create(string name, IBlockDevice inner, int cpus = 2)
+    {
+        var faults = new FaultyLeg(inner);
+        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(cpus));
+        queue.InitializeBioBased(faults);
+        queue.Register();
+        return (new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30)))), faults);
+    }
+
+    /// <summary>Dies after <paramref name="writes"/> more writes.</summary>
+    public void DieAfterWrites(long writes) => Interlocked.Exchange(ref _writesLeft, writes);
+
+    /// <summary>Reads overlapping [<paramref name="offset"/>, + <paramref name="length"/>) fail until the range is written.</summary>
+    public void BadRange(long offset, long length)
+    {
+        Volatile.Write(ref _badStart, offset);
+        Volatile.Write(ref _badEnd, offset + length);
+    }
+
+    /// <summary>True while a bad range is set.</summary>
+    public bool HasBadRange => Volatile.Read(ref _badStart) >= 0;
+
+    /// <inheritdoc />
+    public void SubmitBio(RequestQueue queue, Bio bio)
+    {
+        var overlapsBad = bio.Offset < Volatile.Read(ref _badEnd) && Volatile.Read(ref _badStart) < bio.Offset + bio.Size;
+        if (bio.Op.IsWrite() && Interlocked.Decrement(ref _writesLeft) < 0)
+        {
+            Dead = true;
+        }
+
+        if (Dead)
+        {
+            queue.EndBio(bio, BlockStatus.Offline);
+            return;
+        }
+
+        switch (bio.Op)
+        {
+            case BlockOp.Read when overlapsBad:
+                Interlocked.Increment(ref ReadErrors);
+                queue.EndBio(bio, BlockStatus.Medium);
+                return;
+            case BlockOp.Read:
+                Interlocked.Increment(ref Reads);
+                break;
+            case BlockOp.Write:
+                Interlocked.Increment(ref Writes);
+                if (bio.Offset >= CountFrom)
+                {
+                    Interlocked.Add(ref DataBytesWritten, bio.Size);
+                }
+
+                if (overlapsBad)
+                {
+                    Volatile.Write(ref _badStart, -1);
+                    Volatile.Write(ref _badEnd, -1);
+                }
+
+                break;
+            case BlockOp.Flush:
+                Interlocked.Increment(ref Flushes);
+                break;
+            case BlockOp.Discard:
+                Interlocked.Increment(ref Discards);
+                break;
+            case BlockOp.WriteZeroes:
+                Interlocked.Increment(ref WriteZeroes);
+                break;
+        }
+
+        try
+        {
+            _inner.SubmitWithEndIo(bio.Op, bio.Offset, bio.Op == BlockOp.Flush ? 0 : bio.Size, bio.Op.HasData() ? bio.Buffer : default,
+                bio.Flags & ~RequestFlags.NoMerge, bio.Cpu, new EndIo(queue, bio));
+        }
+        catch (InvalidBlockRequestException)
+        {
+            queue.EndBio(bio, BlockStatus.IoError);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Detach(RequestQueue queue)
+    {
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+    }
+
+    private sealed class EndIo(RequestQueue queue, Bio bio) : IBioEndIo
+    {
+        public void OnBioComplete(Bio piece, BlockStatus status) => queue.EndBio(bio, status);
+    }
+}
