@@ -114,6 +114,8 @@ public sealed record ActorBlkSettings(
             known.Add(entry.Name);
         }
 
+        var mailboxSpin = c.GetInt("mailbox.spin-microseconds", 20);
+        var mailboxThroughput = c.GetInt("mailbox.throughput", 64);
         return new ActorBlkSettings(
             source,
             c.GetInt("topology.simulated.cpus", 8),
@@ -140,8 +142,41 @@ public sealed record ActorBlkSettings(
             WatchInterval = watch >= TimeSpan.Zero
                 ? watch
                 : throw new ConfigurationException($"actorblk.topology.watch-interval: {watch} is negative."),
+            MailboxDispatcher = c.GetString("mailbox.dispatcher", "per-cpu") switch
+            {
+                "per-cpu" => true,
+                "default" => false,
+                var other => throw new ConfigurationException($"actorblk.mailbox.dispatcher: '{other}' is not 'per-cpu' or 'default'."),
+            },
+            MailboxPin = c.GetBoolean("mailbox.pin", true),
+            MailboxSpin = mailboxSpin >= 0
+                ? TimeSpan.FromMicroseconds(mailboxSpin)
+                : throw new ConfigurationException($"actorblk.mailbox.spin-microseconds: {mailboxSpin} is negative."),
+            MailboxThroughput = mailboxThroughput > 0
+                ? mailboxThroughput
+                : throw new ConfigurationException($"actorblk.mailbox.throughput: {mailboxThroughput} is not positive."),
         };
     }
+
+    /// <summary>
+    /// Mailbox dispatch runs each CPU's software-context actor and the driver actors of the hardware
+    /// queues homed on it on one dedicated thread per CPU (<c>mailbox.dispatcher = per-cpu</c>, the
+    /// default); false leaves them on Akka's default dispatcher (<c>default</c>).
+    /// </summary>
+    public bool MailboxDispatcher { get; init; } = true;
+
+    /// <summary>
+    /// Pin each per-CPU mailbox thread to its CPU when the topology is read from the system
+    /// (<c>mailbox.pin</c>, on by default); off lets the scheduler move it, which a machine shared
+    /// with other busy processes may prefer.
+    /// </summary>
+    public bool MailboxPin { get; init; } = true;
+
+    /// <summary>How long an idle per-CPU mailbox thread spins before it parks (<c>mailbox.spin-microseconds</c>).</summary>
+    public TimeSpan MailboxSpin { get; init; } = TimeSpan.FromMicroseconds(20);
+
+    /// <summary>Messages an actor on a per-CPU mailbox thread handles per turn (<c>mailbox.throughput</c>).</summary>
+    public int MailboxThroughput { get; init; } = 64;
 
     /// <summary>How device drivers are supervised.</summary>
     public SupervisionSettings Supervision { get; init; } = SupervisionSettings.Default;

@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 
 namespace ActorBlk.Actors;
@@ -19,7 +20,13 @@ namespace ActorBlk.Actors;
 /// </remarks>
 internal sealed class MailboxRuntime : IQueueRuntime
 {
+    // Depth of submissions run inline on this thread (see Submit): one level at most, so a bio that
+    // completes within its submission and whose end-io submits again goes through the mailbox.
+    [ThreadStatic]
+    private static int t_inline;
+
     private readonly IActorRef[] _contexts;
+    private readonly MailboxDispatcher?[] _threads;
     private readonly Slot[] _slots;
     private readonly TimeSpan _askTimeout;
 
@@ -27,9 +34,14 @@ internal sealed class MailboxRuntime : IQueueRuntime
     /// <param name="contexts">The software-context actors, by CPU.</param>
     /// <param name="dispatchers">The first dispatcher of each hardware queue, by index (its driver actor).</param>
     /// <param name="askTimeout">How long a quiesce waits for a dispatcher to answer.</param>
-    public MailboxRuntime(IActorRef[] contexts, IActorRef[] dispatchers, TimeSpan askTimeout)
+    /// <param name="threads">
+    /// The per-CPU thread each software-context actor runs on, by CPU (null entries, or null, on
+    /// Akka's default dispatcher): a bio submitted on its context's own thread is run there at once.
+    /// </param>
+    public MailboxRuntime(IActorRef[] contexts, IActorRef[] dispatchers, TimeSpan askTimeout, MailboxDispatcher?[]? threads = null)
     {
         _contexts = contexts;
+        _threads = threads ?? new MailboxDispatcher?[contexts.Length];
         _slots = dispatchers.Select(d => new Slot(d)).ToArray();
         _askTimeout = askTimeout;
     }
@@ -40,7 +52,32 @@ internal sealed class MailboxRuntime : IQueueRuntime
     {
     }
 
-    public void Submit(SoftwareContext ctx, Bio bio) => _contexts[ctx.Cpu].Tell(bio);
+    // A bio submitted on the thread that runs its context actor (an end-io on that CPU submitting
+    // the next I/O from a driver actor's turn) runs the submission path at once: that thread would
+    // run the message next anyway, so the context stays served by one thread at a time and the
+    // message is saved. Any other submitter sends the bio to the context actor.
+    public void Submit(SoftwareContext ctx, Bio bio)
+    {
+        var cpu = ctx.Cpu;
+        var thread = _threads[cpu];
+        if (thread is null || t_inline != 0 || !thread.IsCurrentThread)
+        {
+            _contexts[cpu].Tell(bio);
+            return;
+        }
+
+        t_inline = 1;
+        thread.InlineSubmissions++;
+        try
+        {
+            using var bind = CurrentCpu.Bind(cpu);
+            ctx.Queue.SubmitBio(bio);
+        }
+        finally
+        {
+            t_inline = 0;
+        }
+    }
 
     public void ResumeBio(Bio bio) => _contexts[bio.Cpu].Tell(bio);
 

@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Event;
 
@@ -170,13 +171,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     {
         var mailbox = _layer.ModeOf(_queue) == DispatchMode.Mailbox;
         StartDrivers();
-        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(SoftwareContextProtocol.Props(ctx, _device), $"ctx-{ctx.Cpu}")).ToArray();
+        _contexts = _queue.SoftwareContexts.Select(ctx => Context.ActorOf(OnCpu(SoftwareContextProtocol.Props(ctx, _device), ctx.Cpu), $"ctx-{ctx.Cpu}")).ToArray();
         _hardwareQueues = _queue.HardwareContexts
             .Select(h => Context.ActorOf(HardwareQueue.Props(h, _layer.Settings.TimeoutScanInterval), $"hctx-{h.Index}"))
             .ToArray();
 
         // Mailbox dispatch: each hardware queue's driver actor is its dispatcher.
-        _mailbox = mailbox ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout) : null;
+        _mailbox = mailbox
+            ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout, _queue.SoftwareContexts.Select(ctx => ThreadOf(ctx.Cpu)).ToArray())
+            : null;
         IQueueRuntime runtime = _mailbox ?? (IQueueRuntime)new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
         _queue.Events = new QueueEvents(Self);
         _queue.Start(runtime);
@@ -351,13 +354,26 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _driverAlive = new bool[_drivers.Length];
         for (var i = 0; i < _drivers.Length; i++)
         {
-            _drivers[i] = Context.Watch(Context.ActorOf(DeviceDriver.Props(_queue, i, blocking), $"driver-{i}"));
+            var props = DeviceDriver.Props(_queue, i, blocking);
+            _drivers[i] = Context.Watch(Context.ActorOf(blocking ? props : OnCpu(props, _queue.HardwareContexts[i].HomeCpu), $"driver-{i}"));
             _driverAlive[i] = true;
         }
 
         _stoppingDrivers = false;
         _goneDecided = false;
     }
+
+    // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher,
+    // actorblk.mailbox.dispatcher = per-cpu); ring dispatch leaves them on the default dispatcher.
+    private string? MailboxDispatcherId(int cpu) =>
+        _layer.ModeOf(_queue) == DispatchMode.Mailbox && _layer.Settings.MailboxDispatcher
+            ? MailboxDispatcherConfigurator.For(Context.System, cpu, _layer.Settings.MailboxPin && !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
+                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput)
+            : null;
+
+    private Props OnCpu(Props props, int cpu) => MailboxDispatcherId(cpu) is { } id ? props.WithDispatcher(id) : props;
+
+    private MailboxDispatcher? ThreadOf(int cpu) => MailboxDispatcherId(cpu) is { } id ? Context.System.Dispatchers.Lookup(id) as MailboxDispatcher : null;
 
     private void StopDrivers()
     {

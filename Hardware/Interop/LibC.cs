@@ -127,6 +127,50 @@ internal static unsafe partial class LibC
     /// <summary>0, or -errno.</summary>
     public static int Check(int result) => result < 0 ? -LastErrno : result;
 
+    public const int MSG_DONTWAIT = 0x40;
+    public const int MSG_NOSIGNAL = 0x4000;
+    public const short POLLIN = 0x1;
+    public const short POLLOUT = 0x4;
+
+    /// <summary>send(2) from a pinned buffer; bytes sent, or -errno.</summary>
+    public static long Send(int fd, void* buffer, long count, int flags)
+    {
+        var n = SendRaw(fd, buffer, (nuint)count, flags);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    [LibraryImport(Library, EntryPoint = "send", SetLastError = true)]
+    private static partial nint SendRaw(int fd, void* buffer, nuint count, int flags);
+
+    /// <summary>recv(2) into a pinned buffer; bytes received (0 at end of stream), or -errno.</summary>
+    public static long Recv(int fd, void* buffer, long count, int flags)
+    {
+        var n = RecvRaw(fd, buffer, (nuint)count, flags);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>poll(2) on one descriptor for <paramref name="events"/>, without a timeout; 1 (or 0), or -errno.</summary>
+    public static int PollOne(int fd, short events)
+    {
+        var pfd = new PollFd { Fd = fd, Events = events };
+        var n = PollRaw(&pfd, 1, -1);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short REvents;
+    }
+
+    [LibraryImport(Library, EntryPoint = "recv", SetLastError = true)]
+    private static partial nint RecvRaw(int fd, void* buffer, nuint count, int flags);
+
+    [LibraryImport(Library, EntryPoint = "poll", SetLastError = true)]
+    private static partial int PollRaw(PollFd* fds, nuint count, int timeout);
+
     [StructLayout(LayoutKind.Sequential)]
     public struct IoVec
     {

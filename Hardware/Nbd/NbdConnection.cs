@@ -8,6 +8,7 @@ using System.Text;
 using System.Threading.Channels;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Nbd;
@@ -32,6 +33,15 @@ public sealed class NbdConnection
     /// <summary>Unflushed reply bytes after which the writer flushes before taking the next reply.</summary>
     private const int FlushThreshold = 256 << 10;
 
+    /// <summary>
+    /// Size of the reply buffer: replies are copied into it and sent with one write per batch.
+    /// Room for a flush threshold's worth plus one more small reply or block status chunk.
+    /// </summary>
+    private const int ReplyBufferSize = FlushThreshold + (8 << 10);
+
+    /// <summary>Size of the blocking reader's input buffer.</summary>
+    private const int InputBufferSize = 256 << 10;
+
     /// <summary>Most extents in one block status reply; a longer map is cut short, as the protocol allows.</summary>
     private const int MaxExtents = 512;
 
@@ -46,8 +56,19 @@ public sealed class NbdConnection
     private readonly CancellationTokenSource _abort = new();
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private NbdRequestSlot[] _batch = [];
+    private int _batchCount;
+    private byte[] _out = [];
+    private int _outLength;
+    private ReadOnlyMemory<byte> _outTail;
+    private int _corked;
+    private byte[] _in = [];
+    private int _inStart;
+    private int _inEnd;
+    private bool _inputEmpty;
     private int _writing;
     private Stream _stream;
+    private readonly BlockingStream _plain;
+    private int _threadId;
     private PipeReader _reader;
     private PipeWriter _writer;
     private SslStream? _tls;
@@ -67,7 +88,8 @@ public sealed class NbdConnection
         _socket = socket;
         Id = id;
         socket.NoDelay = true;
-        _stream = new NetworkStream(socket, ownsSocket: false);
+        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false));
+        _stream = _plain;
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
         _writer = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
     }
@@ -86,7 +108,22 @@ public sealed class NbdConnection
 
     private NbdServerOptions Options => _server.Options;
 
-    internal void Start() => _ = Task.Run(RunAsync);
+    /// <summary>
+    /// Runs the connection on a thread of its own. Until STARTTLS (if ever) its socket I/O is
+    /// blocking system calls on that thread, so the socket is never registered with .NET's socket
+    /// engine: an arriving request wakes this thread and nothing else (an engine-registered
+    /// socket wakes the engine's thread and a thread-pool worker for every arrival).
+    /// </summary>
+    internal void Start() =>
+        new Thread(() =>
+        {
+            _threadId = Environment.CurrentManagedThreadId;
+            _ = RunAsync();
+        })
+        {
+            IsBackground = true,
+            Name = $"actorblk/nbd{Id}",
+        }.Start();
 
     /// <summary>Closes the socket; requests in flight still complete in the block layer.</summary>
     internal void Abort()
@@ -128,6 +165,8 @@ public sealed class NbdConnection
             bool transmit;
             using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
             {
+                // A blocking receive does not see the token: the timeout shuts the socket down.
+                using var timeout = handshake.Token.UnsafeRegister(static c => ((NbdConnection)c!).Abort(), this);
                 handshake.CancelAfter(Options.HandshakeTimeout);
                 transmit = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
             }
@@ -135,6 +174,7 @@ public sealed class NbdConnection
             if (transmit)
             {
                 _batch = new NbdRequestSlot[Options.MaxInFlight];
+                _out = new byte[ReplyBufferSize];
                 for (var i = 0; i < Options.MaxInFlight; i++)
                 {
                     var slot = new NbdRequestSlot(this);
@@ -143,7 +183,19 @@ public sealed class NbdConnection
                 }
 
                 transmitted = true;
-                await ReadRequestsAsync().ConfigureAwait(false);
+                if (_tls is null && OperatingSystem.IsLinux() && Environment.CurrentManagedThreadId == _threadId)
+                {
+                    // Still on the connection's thread (every await so far completed at once).
+                    ReadRequestsBlocking();
+                }
+                else if (_tls is null && OperatingSystem.IsLinux())
+                {
+                    await ReadOnThreadAsync().ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadRequestsAsync().ConfigureAwait(false);
+                }
             }
         }
 #pragma warning disable CA1031 // A connection's failure of any kind must end that connection only, never the node.
@@ -157,6 +209,9 @@ public sealed class NbdConnection
         }
         finally
         {
+            // Replies held back while the reader went through its buffer go out now.
+            Uncork();
+
             // The reader's reference: once every in-flight request has replied, the writer stops.
             Release();
         }
@@ -390,6 +445,10 @@ public sealed class NbdConnection
         // bytes beyond the option: it can be dropped and the pipes rebuilt over the TLS stream.
         await _reader.CompleteAsync().ConfigureAwait(false);
         await _writer.CompleteAsync().ConfigureAwait(false);
+
+        // TLS records are written from completion threads through SslStream: from here on the
+        // socket's I/O is asynchronous (the socket engine's), so a slow client never blocks them.
+        _plain.Blocking = false;
         _tls = new SslStream(_stream, leaveInnerStreamOpen: true);
         await _tls.AuthenticateAsServerAsync(
             new SslServerAuthenticationOptions
@@ -680,7 +739,17 @@ public sealed class NbdConnection
         var ct = _abort.Token;
         while (true)
         {
-            var result = await _reader.ReadAtLeastAsync(NbdProtocol.RequestHeaderLength, ct).ConfigureAwait(false);
+            // Requests already buffered are taken without waiting, and their replies are held
+            // back (corked) until the buffer is used up: then one write sends them all. Before
+            // any wait the cork comes off, so a reply never waits for the client's next request.
+            var read = _reader.ReadAtLeastAsync(NbdProtocol.RequestHeaderLength, ct);
+            if (!read.IsCompleted)
+            {
+                Uncork();
+            }
+
+            var result = await read.ConfigureAwait(false);
+            Cork();
             var buffer = result.Buffer;
             if (buffer.Length < NbdProtocol.RequestHeaderLength)
             {
@@ -690,31 +759,19 @@ public sealed class NbdConnection
 
             var header = new RequestHeader(buffer.Slice(0, NbdProtocol.RequestHeaderLength));
             _reader.AdvanceTo(buffer.GetPosition(NbdProtocol.RequestHeaderLength));
-            if (header.Magic != NbdProtocol.RequestMagic)
-            {
-                // Framing is lost: nothing after this can be parsed, so the protocol requires closing.
-                throw new NbdProtocolException($"bad request magic 0x{header.Magic:x8}");
-            }
-
-            if (header.Command == NbdCommand.Disconnect)
+            if (!Accept(header))
             {
                 return; // in-flight requests still complete and reply; then the writer closes
             }
 
-            if (header.Command == NbdCommand.Write && header.Length > (uint)Options.MaxPayload)
-            {
-                // The payload is too large to take and the stream cannot be resynchronised cheaply.
-                throw new NbdProtocolException($"write of {header.Length} bytes is over the maximum payload of {Options.MaxPayload}");
-            }
-
             if (!_free.Reader.TryRead(out var slot))
             {
+                // Slots come back when their replies were written: those held back must go now.
+                Uncork();
                 slot = await _free.Reader.ReadAsync(ct).ConfigureAwait(false);
             }
 
-            Interlocked.Increment(ref _references);
-            Interlocked.Increment(ref _inFlight);
-            slot.Reset(header.Cookie, header.Command, header.Flags, (long)header.Offset, header.Length);
+            Start(slot, header);
             if (header.Command == NbdCommand.Write)
             {
                 slot.EnsureBuffer(device, (int)header.Length);
@@ -734,12 +791,270 @@ public sealed class NbdConnection
         }
     }
 
+    /// <summary>Checks a request header; false for NBD_CMD_DISC. Throws when the framing is lost.</summary>
+    private bool Accept(in RequestHeader header)
+    {
+        if (header.Magic != NbdProtocol.RequestMagic)
+        {
+            // Framing is lost: nothing after this can be parsed, so the protocol requires closing.
+            throw new NbdProtocolException($"bad request magic 0x{header.Magic:x8}");
+        }
+
+        if (header.Command == NbdCommand.Disconnect)
+        {
+            return false;
+        }
+
+        if (header.Command == NbdCommand.Write && header.Length > (uint)Options.MaxPayload)
+        {
+            // The payload is too large to take and the stream cannot be resynchronised cheaply.
+            throw new NbdProtocolException($"write of {header.Length} bytes is over the maximum payload of {Options.MaxPayload}");
+        }
+
+        return true;
+    }
+
+    private void Start(NbdRequestSlot slot, in RequestHeader header)
+    {
+        Interlocked.Increment(ref _references);
+        Interlocked.Increment(ref _inFlight);
+        slot.Reset(header.Cookie, header.Command, header.Flags, (long)header.Offset, header.Length);
+    }
+
+    // ------------------------------------------------------------ blocking reader (plain TCP)
+
+    /// <summary>
+    /// Runs the transmission phase's reader on a thread of its own that blocks in the kernel
+    /// (poll and recv on the socket), as nbdkit does: an arriving request wakes this thread
+    /// directly, which submits it (and, when the hardware queue issues directly and the driver
+    /// completes inline, writes its reply) without a hop through the socket engine's thread
+    /// and the thread pool. TLS connections keep the pipe reader over the TLS stream.
+    /// </summary>
+    private Task ReadOnThreadAsync()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        new Thread(() =>
+        {
+            try
+            {
+                ReadRequestsBlocking();
+                done.TrySetResult();
+            }
+#pragma warning disable CA1031 // handed to RunAsync, which ends the connection for any failure
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                done.TrySetException(ex);
+            }
+        })
+        {
+            IsBackground = true,
+            Name = $"actorblk/nbd{Id}",
+        }.Start();
+        return done.Task;
+    }
+
+    private void ReadRequestsBlocking()
+    {
+        var device = _device!;
+        var handle = _socket.SafeHandle;
+        var added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            var fd = (int)handle.DangerousGetHandle();
+            _in = GC.AllocateUninitializedArray<byte>(InputBufferSize, pinned: true);
+
+            // Bytes the negotiation's pipe reader already took from the socket come first.
+            if (_reader.TryRead(out var pending))
+            {
+                var buffered = pending.Buffer;
+                if (buffered.Length > _in.Length)
+                {
+                    _in = GC.AllocateUninitializedArray<byte>((int)buffered.Length, pinned: true);
+                }
+
+                buffered.CopyTo(_in);
+                _inEnd = (int)buffered.Length;
+                _reader.AdvanceTo(buffered.End);
+            }
+
+            while (Fill(fd, NbdProtocol.RequestHeaderLength))
+            {
+                var header = new RequestHeader(_in.AsSpan(_inStart, NbdProtocol.RequestHeaderLength));
+                _inStart += NbdProtocol.RequestHeaderLength;
+                if (!Accept(header))
+                {
+                    return;
+                }
+
+                if (!_free.Reader.TryRead(out var slot))
+                {
+                    // Slots come back when their replies were written: those held back must go now.
+                    Uncork();
+                    slot = _free.Reader.ReadAsync(_abort.Token).AsTask().GetAwaiter().GetResult();
+                }
+
+                Start(slot, header);
+                if (header.Command == NbdCommand.Write)
+                {
+                    slot.EnsureBuffer(device, (int)header.Length);
+                    try
+                    {
+                        ReceivePayload(fd, slot.Payload.Span);
+                    }
+                    catch
+                    {
+                        // Never submitted: give the slot back without a reply.
+                        Recycle(slot);
+                        throw;
+                    }
+                }
+
+                Dispatch(device, slot);
+            }
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
+    }
+
+    /// <summary>Makes the input buffer hold at least <paramref name="count"/> unread bytes; false at the end of the stream.</summary>
+    private bool Fill(int fd, int count)
+    {
+        while (_inEnd - _inStart < count)
+        {
+            if (_in.Length - _inStart < count)
+            {
+                _in.AsSpan(_inStart, _inEnd - _inStart).CopyTo(_in);
+                _inEnd -= _inStart;
+                _inStart = 0;
+            }
+
+            var n = Receive(fd, _in.AsSpan(_inEnd));
+            if (n == 0)
+            {
+                return false; // the client went away
+            }
+
+            _inEnd += n;
+        }
+
+        return true;
+    }
+
+    private void ReceivePayload(int fd, Span<byte> target)
+    {
+        var copied = Math.Min(_inEnd - _inStart, target.Length);
+        _in.AsSpan(_inStart, copied).CopyTo(target);
+        _inStart += copied;
+        while (copied < target.Length)
+        {
+            var rest = target.Length - copied;
+            if (rest <= _in.Length / 4)
+            {
+                // A small rest comes through the input buffer, with whatever follows it.
+                if (!Fill(fd, rest))
+                {
+                    throw new EndOfStreamException("the client closed the connection inside a write payload");
+                }
+
+                _in.AsSpan(_inStart, rest).CopyTo(target[copied..]);
+                _inStart += rest;
+                return;
+            }
+
+            var n = Receive(fd, target[copied..]);
+            if (n == 0)
+            {
+                throw new EndOfStreamException("the client closed the connection inside a write payload");
+            }
+
+            copied += n;
+        }
+    }
+
+    /// <summary>
+    /// Receives what the socket holds, waiting in poll when it holds nothing; 0 at the end of the
+    /// stream or after <see cref="Abort"/> (which shuts the socket down, ending any wait). Replies
+    /// held back while requests kept coming are released before a wait.
+    /// </summary>
+    private unsafe int Receive(int fd, Span<byte> target)
+    {
+        fixed (byte* p = target)
+        {
+            while (true)
+            {
+                if (_inputEmpty)
+                {
+                    // The last receive left the socket empty (it returned less than asked): wait
+                    // in poll at once instead of finding out with a receive that fails.
+                    _inputEmpty = false;
+                    Uncork();
+                    if (!Poll(fd))
+                    {
+                        return 0;
+                    }
+                }
+
+                var n = LibC.Recv(fd, p, target.Length, LibC.MSG_DONTWAIT);
+                if (n > 0)
+                {
+                    Cork();
+                    _inputEmpty = n < target.Length;
+                    return (int)n;
+                }
+
+                if (n == 0 || _broken)
+                {
+                    return 0;
+                }
+
+                if (n != -LibC.EAGAIN && n != -LibC.EINTR)
+                {
+                    throw new IOException($"NBD connection {Id}: recv failed: {LibC.Describe((int)n)}");
+                }
+
+                if (n == -LibC.EAGAIN)
+                {
+                    Uncork();
+                    if (!Poll(fd))
+                    {
+                        return 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Waits until the socket is readable (or shut down); false after <see cref="Abort"/>.</summary>
+    private bool Poll(int fd)
+    {
+        var polled = LibC.PollOne(fd, LibC.POLLIN);
+        if (polled < 0 && polled != -LibC.EINTR)
+        {
+            throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
+        }
+
+        return !_broken;
+    }
+
     private async ValueTask ReadPayloadAsync(Memory<byte> target, CancellationToken ct)
     {
         var copied = 0;
         while (copied < target.Length)
         {
-            var result = await _reader.ReadAsync(ct).ConfigureAwait(false);
+            var read = _reader.ReadAsync(ct);
+            if (!read.IsCompleted)
+            {
+                Uncork();
+            }
+
+            var result = await read.ConfigureAwait(false);
             var buffer = result.Buffer;
             var take = (int)Math.Min(buffer.Length, target.Length - copied);
             buffer.Slice(0, take).CopyTo(target.Span[copied..]);
@@ -882,20 +1197,40 @@ public sealed class NbdConnection
 
     // ---------------------------------------------------------------- replies
 
+    /// <summary>Holds replies back while the reader takes requests that are already buffered.</summary>
+    private void Cork() => Volatile.Write(ref _corked, 1);
+
+    /// <summary>Lets held-back replies go: writes them unless another thread is writing (which then does).</summary>
+    private void Uncork()
+    {
+        // Full fence, pairing with the one in Drain after _writing is cleared: either this
+        // Drain gets the writer, or the thread that had it sees the cork off and writes.
+        Interlocked.Exchange(ref _corked, 0);
+        Drain();
+    }
+
     /// <summary>
-    /// Writes every completed reply, flushes, then recycles the slots (so a slot's buffer is reused
-    /// only after its data left). One thread at a time; a flush that cannot finish at once
-    /// continues asynchronously and drains again after it.
+    /// Copies completed replies into the reply buffer and sends them with one write, then recycles
+    /// the slots (so a slot's buffer is reused only after its data left). While the reader is
+    /// corked the write waits until it uncorks, unless the buffer or the batch is full. One thread
+    /// at a time; a write that cannot finish at once continues asynchronously and drains again after it.
     /// </summary>
     private void Drain()
     {
         while (Interlocked.CompareExchange(ref _writing, 1, 0) == 0)
         {
-            var count = 0;
-            while (count < _batch.Length && _writer.UnflushedBytes < FlushThreshold && _completed.Reader.TryRead(out var slot))
+            var full = false;
+            while (_batchCount < _batch.Length && _completed.Reader.TryPeek(out var slot))
             {
                 if (!_broken)
                 {
+                    var size = ReplySize(slot);
+                    if (_outLength + size > _out.Length && _outLength > 0)
+                    {
+                        full = true; // send what is there first
+                        break;
+                    }
+
                     try
                     {
                         WriteReply(slot);
@@ -906,69 +1241,174 @@ public sealed class NbdConnection
                     }
                 }
 
-                _batch[count++] = slot;
+                _completed.Reader.TryRead(out _);
+                _batch[_batchCount++] = slot;
+                if (!_outTail.IsEmpty || _outLength >= FlushThreshold)
+                {
+                    full = true;
+                    break;
+                }
             }
 
-            if (count > 0 && !_broken)
+            var count = _batchCount;
+            if (count > 0 && (_broken || full || count == _batch.Length || Volatile.Read(ref _corked) == 0))
             {
-                ValueTask<FlushResult> flush;
-                try
+                _batchCount = 0;
+                if (!_broken)
                 {
-                    flush = _writer.FlushAsync();
-                }
-                catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
-                {
-                    Abort();
-                    flush = default;
+                    ValueTask write;
+                    try
+                    {
+                        write = WriteOut();
+                    }
+                    catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+                    {
+                        Abort();
+                        write = default;
+                    }
+
+                    if (!write.IsCompleted)
+                    {
+                        _ = FinishWriteAsync(write, count);
+                        return;
+                    }
+
+                    EndWrite(write);
                 }
 
-                if (!flush.IsCompleted)
-                {
-                    _ = FinishFlushAsync(flush, count);
-                    return;
-                }
-
-                EndFlush(flush);
+                _outLength = 0;
+                _outTail = default;
+                RecycleBatch(count);
             }
 
-            RecycleBatch(count);
-            Volatile.Write(ref _writing, 0);
-            if (!_completed.Reader.TryPeek(out _))
+            // Full fence: the writer is free before the cork and the queue are looked at again
+            // (pairs with Uncork, and with Completed's write to the queue before its Drain).
+            Interlocked.Exchange(ref _writing, 0);
+            if (!_completed.Reader.TryPeek(out _) && (Volatile.Read(ref _batchCount) == 0 || Volatile.Read(ref _corked) != 0))
             {
                 return;
             }
         }
     }
 
-    private async Task FinishFlushAsync(ValueTask<FlushResult> flush, int count)
+    /// <summary>Sends the reply buffer (and a large read's payload after it) in one write, or two.</summary>
+    private ValueTask WriteOut()
+    {
+        var head = _out.AsMemory(0, _outLength);
+        var tail = _outTail;
+        if (_plain.Blocking && OperatingSystem.IsLinux())
+        {
+            return SendRaw(head, tail);
+        }
+
+        var output = (Stream?)_tls ?? _stream;
+        return tail.IsEmpty ? output.WriteAsync(head) : WriteWithTailAsync(output, head, tail);
+    }
+
+    /// <summary>
+    /// Sends without blocking (the caller may be a dispatch loop serving other connections); what
+    /// the socket cannot take at once is sent by a thread-pool thread that waits in poll for room.
+    /// </summary>
+    private ValueTask SendRaw(ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
+    {
+        var fd = (int)_socket.SafeHandle.DangerousGetHandle();
+        var sent = TrySend(fd, head.Span);
+        if (sent == head.Length)
+        {
+            var sentTail = tail.IsEmpty ? 0 : TrySend(fd, tail.Span);
+            if (sentTail == tail.Length)
+            {
+                return default;
+            }
+
+            var restTail = tail[sentTail..];
+            return new ValueTask(Task.Run(() => SendBlocking(fd, default, restTail)));
+        }
+
+        var restHead = head[sent..];
+        return new ValueTask(Task.Run(() => SendBlocking(fd, restHead, tail)));
+    }
+
+    private unsafe int TrySend(int fd, ReadOnlySpan<byte> data)
+    {
+        var sent = 0;
+        fixed (byte* p = data)
+        {
+            while (sent < data.Length)
+            {
+                var n = LibC.Send(fd, p + sent, data.Length - sent, LibC.MSG_DONTWAIT | LibC.MSG_NOSIGNAL);
+                if (n > 0)
+                {
+                    sent += (int)n;
+                }
+                else if (n == -LibC.EAGAIN)
+                {
+                    break;
+                }
+                else if (n != -LibC.EINTR)
+                {
+                    throw new IOException($"NBD connection {Id}: send failed: {LibC.Describe((int)n)}");
+                }
+            }
+        }
+
+        return sent;
+    }
+
+    private void SendBlocking(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
+    {
+        foreach (var part in (ReadOnlyMemory<byte>[])[head, tail])
+        {
+            var rest = part;
+            while (!rest.IsEmpty)
+            {
+                if (_broken)
+                {
+                    throw new IOException($"NBD connection {Id} was closed");
+                }
+
+                rest = rest[TrySend(fd, rest.Span)..];
+                if (!rest.IsEmpty)
+                {
+                    var polled = LibC.PollOne(fd, LibC.POLLOUT);
+                    if (polled < 0 && polled != -LibC.EINTR)
+                    {
+                        throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
+                    }
+                }
+            }
+        }
+    }
+
+    private static async ValueTask WriteWithTailAsync(Stream output, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
+    {
+        await output.WriteAsync(head).ConfigureAwait(false);
+        await output.WriteAsync(tail).ConfigureAwait(false);
+    }
+
+    private async Task FinishWriteAsync(ValueTask write, int count)
     {
         try
         {
-            var result = await flush.ConfigureAwait(false);
-            if (result.IsCompleted || result.IsCanceled)
-            {
-                Abort();
-            }
+            await write.ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
             Abort();
         }
 
+        _outLength = 0;
+        _outTail = default;
         RecycleBatch(count);
-        Volatile.Write(ref _writing, 0);
+        Interlocked.Exchange(ref _writing, 0);
         Drain();
     }
 
-    private void EndFlush(ValueTask<FlushResult> flush)
+    private void EndWrite(ValueTask write)
     {
         try
         {
-            var result = flush.GetAwaiter().GetResult();
-            if (result.IsCompleted || result.IsCanceled)
-            {
-                Abort();
-            }
+            write.GetAwaiter().GetResult();
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
@@ -995,20 +1435,54 @@ public sealed class NbdConnection
         Release();
     }
 
+    /// <summary>Bytes of <paramref name="slot"/>'s reply, payload included.</summary>
+    private int ReplySize(NbdRequestSlot slot)
+    {
+        var data = slot.Error == NbdError.None && slot.Command == NbdCommand.Read ? (int)slot.Length : 0;
+        if (!_structured)
+        {
+            return NbdProtocol.SimpleReplyHeaderLength + data;
+        }
+
+        return NbdProtocol.StructuredReplyHeaderLength + (slot.Error != NbdError.None ? 6 : slot.Command switch
+        {
+            NbdCommand.Read => 8 + data,
+            NbdCommand.BlockStatus => 4 + (8 * ((slot.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : MaxExtents)),
+            _ => 0,
+        });
+    }
+
+    /// <summary>The free part of the reply buffer.</summary>
+    private Span<byte> Free => _out.AsSpan(_outLength);
+
+    /// <summary>Appends a read's payload, or sends it after the buffer when it does not fit.</summary>
+    private void AppendPayload(ReadOnlyMemory<byte> payload)
+    {
+        if (payload.Length <= _out.Length - _outLength)
+        {
+            payload.Span.CopyTo(Free);
+            _outLength += payload.Length;
+        }
+        else
+        {
+            _outTail = payload; // the slot is recycled only after the write
+        }
+    }
+
     private void WriteReply(NbdRequestSlot slot)
     {
         var error = slot.Error;
         if (!_structured)
         {
             var data = error == NbdError.None && slot.Command == NbdCommand.Read ? (int)slot.Length : 0;
-            var span = _writer.GetSpan(NbdProtocol.SimpleReplyHeaderLength);
+            var span = Free;
             BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.SimpleReplyMagic);
             BinaryPrimitives.WriteUInt32BigEndian(span[4..], (uint)error);
             BinaryPrimitives.WriteUInt64BigEndian(span[8..], slot.Cookie);
-            _writer.Advance(NbdProtocol.SimpleReplyHeaderLength);
+            _outLength += NbdProtocol.SimpleReplyHeaderLength;
             if (data > 0)
             {
-                _writer.Write(slot.Payload.Span);
+                AppendPayload(slot.Payload);
             }
 
             return;
@@ -1019,7 +1493,7 @@ public sealed class NbdConnection
             var span = WriteChunkHeader(slot.Cookie, NbdChunkType.Error, 6);
             BinaryPrimitives.WriteUInt32BigEndian(span, (uint)error);
             BinaryPrimitives.WriteUInt16BigEndian(span[4..], 0);
-            _writer.Advance(6);
+            _outLength += 6;
             return;
         }
 
@@ -1029,8 +1503,8 @@ public sealed class NbdConnection
             {
                 var span = WriteChunkHeader(slot.Cookie, NbdChunkType.OffsetData, 8 + slot.Length);
                 BinaryPrimitives.WriteUInt64BigEndian(span, (ulong)slot.Offset);
-                _writer.Advance(8);
-                _writer.Write(slot.Payload.Span);
+                _outLength += 8;
+                AppendPayload(slot.Payload);
                 break;
             }
 
@@ -1055,7 +1529,7 @@ public sealed class NbdConnection
     {
         var max = (slot.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : MaxExtents;
         var header = NbdProtocol.StructuredReplyHeaderLength;
-        var span = _writer.GetSpan(header + 4 + (8 * max));
+        var span = Free[..(header + 4 + (8 * max))];
         var offset = slot.Offset;
         var end = slot.Offset + slot.Length;
         var count = 0;
@@ -1088,29 +1562,32 @@ public sealed class NbdConnection
         BinaryPrimitives.WriteUInt64BigEndian(span[8..], slot.Cookie);
         BinaryPrimitives.WriteUInt32BigEndian(span[16..], (uint)(4 + (8 * count)));
         BinaryPrimitives.WriteUInt32BigEndian(span[header..], NbdProtocol.BaseAllocationId);
-        _writer.Advance(header + 4 + (8 * count));
+        _outLength += header + 4 + (8 * count);
     }
 
-    /// <summary>Writes a final chunk's header and returns the span after it (at least the chunk's fixed part).</summary>
+    /// <summary>Writes a final chunk's header and returns the span after it (room for the chunk's fixed part).</summary>
     private Span<byte> WriteChunkHeader(ulong cookie, NbdChunkType type, uint length)
     {
-        var span = _writer.GetSpan(NbdProtocol.StructuredReplyHeaderLength + 16);
+        var span = Free;
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.StructuredReplyMagic);
         BinaryPrimitives.WriteUInt16BigEndian(span[4..], 1); // NBD_REPLY_FLAG_DONE
         BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)type);
         BinaryPrimitives.WriteUInt64BigEndian(span[8..], cookie);
         BinaryPrimitives.WriteUInt32BigEndian(span[16..], length);
-        _writer.Advance(NbdProtocol.StructuredReplyHeaderLength);
-        return _writer.GetSpan(16);
+        _outLength += NbdProtocol.StructuredReplyHeaderLength;
+        return Free;
     }
 
     /// <summary>A parsed 28-byte request header.</summary>
     private readonly struct RequestHeader
     {
         public RequestHeader(ReadOnlySequence<byte> bytes)
+            : this(Copy(bytes, stackalloc byte[NbdProtocol.RequestHeaderLength]))
         {
-            Span<byte> h = stackalloc byte[NbdProtocol.RequestHeaderLength];
-            bytes.CopyTo(h);
+        }
+
+        public RequestHeader(ReadOnlySpan<byte> h)
+        {
             Magic = BinaryPrimitives.ReadUInt32BigEndian(h);
             Flags = (NbdCommandFlags)BinaryPrimitives.ReadUInt16BigEndian(h[4..]);
             Command = (NbdCommand)BinaryPrimitives.ReadUInt16BigEndian(h[6..]);
@@ -1121,6 +1598,12 @@ public sealed class NbdConnection
 
         public uint Magic { get; }
 
+        private static ReadOnlySpan<byte> Copy(ReadOnlySequence<byte> bytes, Span<byte> target)
+        {
+            bytes.CopyTo(target);
+            return target;
+        }
+
         public NbdCommandFlags Flags { get; }
 
         public NbdCommand Command { get; }
@@ -1130,6 +1613,101 @@ public sealed class NbdConnection
         public ulong Offset { get; }
 
         public uint Length { get; }
+    }
+}
+
+/// <summary>
+/// A socket stream whose asynchronous reads and writes are blocking calls while
+/// <see cref="Blocking"/> is set (the connection's own thread makes them), so the socket is never
+/// registered with .NET's socket engine; cleared, it is the plain asynchronous stream.
+/// </summary>
+internal sealed class BlockingStream(NetworkStream inner) : Stream
+{
+    public bool Blocking { get; set; } = true;
+
+    public override bool CanRead => true;
+
+    public override bool CanWrite => true;
+
+    public override bool CanSeek => false;
+
+    public override long Length => throw new NotSupportedException();
+
+    public override long Position
+    {
+        get => throw new NotSupportedException();
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+
+    public override int Read(Span<byte> buffer) => inner.Read(buffer);
+
+    public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
+
+    public override void Write(ReadOnlySpan<byte> buffer) => inner.Write(buffer);
+
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!Blocking)
+        {
+            return inner.ReadAsync(buffer, cancellationToken);
+        }
+
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            return new ValueTask<int>(inner.Read(buffer.Span));
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            return ValueTask.FromException<int>(ex);
+        }
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (!Blocking)
+        {
+            return inner.WriteAsync(buffer, cancellationToken);
+        }
+
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            inner.Write(buffer.Span);
+            return default;
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or OperationCanceledException)
+        {
+            return ValueTask.FromException(ex);
+        }
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override void Flush()
+    {
+    }
+
+    public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            inner.Dispose();
+        }
+
+        base.Dispose(disposing);
     }
 }
 

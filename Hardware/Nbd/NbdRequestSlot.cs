@@ -13,6 +13,9 @@ internal sealed class NbdRequestSlot : IBioEndIo
     /// <summary>Buffers up to this size stay with the slot; larger ones are freed after the reply.</summary>
     internal const int KeepBytes = 1 << 20;
 
+    /// <summary>The smallest buffer a slot allocates.</summary>
+    internal const int MinimumBytes = 4096;
+
     private readonly NbdConnection _connection;
     private int _pending;
     private int _status;
@@ -57,8 +60,10 @@ internal sealed class NbdRequestSlot : IBioEndIo
 
         ((IDisposable?)Buffer)?.Dispose();
         Buffer = null;
-        // Round up to a power of two (at least 64 KiB) so a slot grows a few times, not per size.
-        var size = Math.Max(64 << 10, (int)Math.Min(1L << 30, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)));
+        // Round up to a power of two (at least a page) so a slot grows a few times, not per size.
+        // Small: a connection has max-in-flight slots and each buffer is zeroed (page faults) when
+        // allocated, so 4 KiB I/O should not cost 64 KiB per slot.
+        var size = Math.Max(MinimumBytes, (int)Math.Min(1L << 30, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)));
         Buffer = device.AllocateBuffer(size);
     }
 

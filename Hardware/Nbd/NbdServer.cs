@@ -39,6 +39,7 @@ public sealed class NbdServer : IAsyncDisposable
         }
 
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        NbdMetrics.Add(this);
         _acceptLoop = Task.Run(AcceptLoopAsync);
     }
 
@@ -91,6 +92,7 @@ public sealed class NbdServer : IAsyncDisposable
             return;
         }
 
+        NbdMetrics.Remove(this);
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener.Dispose();
         try

@@ -28,6 +28,20 @@ namespace ActorBlk.Hardware.Queues;
 /// kernel and waits for completions in the same system call; submitters wake it through
 /// <see cref="ICompletionReaper.Wake"/>. There is no user-space spin: the kernel wakes the loop.
 /// </para>
+/// <para>
+/// Direct issue (<c>blk_mq_try_issue_directly</c>, blk-mq-semantics §3.1 k and §3.5 item 27):
+/// a submitter that finds the loop parked and the hardware queue not busy runs the round itself,
+/// on its own thread, instead of waking the loop: the request reaches the driver (and, for a
+/// driver that completes inline, its completion runs) with no thread hand-off. The round is the
+/// loop's own (<see cref="HardwareContext.RunOnce"/>), so a stopped or quiesced queue dispatches
+/// nothing and a refused request goes back to the dispatch list exactly as in the loop; whatever
+/// the round leaves to do (a refusal, more work, a fault) is handed to the loop. Rounds are
+/// mutually exclusive through an owner flag that the loop takes around each of its rounds too,
+/// and a direct round counts as "in round" for <see cref="WaitIdleAsync"/>, so a quiesce waits
+/// for it as <c>blk_mq_quiesce_queue</c> waits for <c>hctx_lock</c> sections. Not used for
+/// hardware queues with an <see cref="ICompletionReaper"/> (the driver's ring belongs to the
+/// loop's thread) or after <see cref="StopAsync"/>.
+/// </para>
 /// </remarks>
 internal sealed class DispatchLoop
 {
@@ -56,15 +70,28 @@ internal sealed class DispatchLoop
     private int _inRound;
     private volatile bool _stopping;
 
-    public DispatchLoop(HardwareContext hctx, IBlockDriver driver, TimeSpan spin)
+    // 1 while a round runs (the loop's or a direct one); the loop keeps it when it exits.
+    private int _owner;
+
+    // Set by the loop once the driver's InitHardwareContext ran and no reaper was attached.
+    private volatile bool _directReady;
+    private readonly bool _directIssue;
+    private readonly Request[] _directScratch = new Request[BatchSize];
+    private long _directRounds;
+
+    public DispatchLoop(HardwareContext hctx, IBlockDriver driver, TimeSpan spin, bool directIssue = false)
     {
         _hctx = hctx;
         _driver = driver;
         _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
+        _directIssue = directIssue;
     }
 
     /// <summary>Rounds that ended with the loop going to sleep.</summary>
     public long Parks { get; private set; }
+
+    /// <summary>Rounds run by submitters on their own threads (direct issue).</summary>
+    public long DirectRounds => Volatile.Read(ref _directRounds);
 
     /// <summary>
     /// Arms the loop. Its thread starts with the first work for the hardware queue (a staged
@@ -82,7 +109,10 @@ internal sealed class DispatchLoop
         }
 
         EnsureRunning();
-        Wake();
+        if (!TryIssueDirectly())
+        {
+            Wake();
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -123,7 +153,10 @@ internal sealed class DispatchLoop
         }
 
         EnsureRunning();
-        Wake();
+        if (!TryIssueDirectly())
+        {
+            Wake();
+        }
     }
 
     public void Kick()
@@ -228,6 +261,7 @@ internal sealed class DispatchLoop
 
             // Published before the loop can first announce that it sleeps (a full fence in Park).
             Volatile.Write(ref _reaper, _hctx.Reaper);
+            _directReady = _directIssue && _reaper is null;
             while (!_stopping)
             {
                 // A remap (CPU hotplug) gives the queue a new mask: follow it.
@@ -238,19 +272,16 @@ internal sealed class DispatchLoop
 
                 Volatile.Write(ref _kicked, 0);
 
-                // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
-                Interlocked.Exchange(ref _inRound, 1);
+                // A submitter may be running a direct round: the loop's round waits for it.
+                AcquireOwner();
                 DispatchDecision decision;
                 try
                 {
-                    decision = _hctx.RunOnce(_driver, scratch);
+                    decision = RunRound(scratch);
                 }
                 finally
                 {
-                    // Full fence: the round is over before a waiter is looked for (pairs with the
-                    // fence in WaitIdleAsync; a plain store could pass the read of _idleWaiter).
-                    Interlocked.Exchange(ref _inRound, 0);
-                    SignalIdle();
+                    Volatile.Write(ref _owner, 0);
                 }
 
                 switch (decision)
@@ -279,6 +310,10 @@ internal sealed class DispatchLoop
         }
         finally
         {
+            // Kept for good: no direct round runs once the loop has exited (teardown drains the
+            // rings after this, and the driver's context is gone).
+            _directReady = false;
+            AcquireOwner();
             try
             {
                 _driver.ExitHardwareContext(_hctx);
@@ -288,6 +323,100 @@ internal sealed class DispatchLoop
                 t_current = null;
                 _exited.TrySetResult();
             }
+        }
+    }
+
+    // One round with the quiesce handshake (the caller owns the dispatcher).
+    private DispatchDecision RunRound(Request[] scratch)
+    {
+        // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
+        Interlocked.Exchange(ref _inRound, 1);
+        try
+        {
+            return _hctx.RunOnce(_driver, scratch);
+        }
+        finally
+        {
+            // Full fence: the round is over before a waiter is looked for (pairs with the
+            // fence in WaitIdleAsync; a plain store could pass the read of _idleWaiter).
+            Interlocked.Exchange(ref _inRound, 0);
+            SignalIdle();
+        }
+    }
+
+    private void AcquireOwner()
+    {
+        if (Interlocked.CompareExchange(ref _owner, 1, 0) == 0)
+        {
+            return;
+        }
+
+        // A direct round is short (one batch): wait it out.
+        var spinner = default(SpinWait);
+        do
+        {
+            spinner.SpinOnce();
+        }
+        while (Interlocked.CompareExchange(ref _owner, 1, 0) != 0);
+    }
+
+    /// <summary>
+    /// Direct issue: when the loop is parked, the hardware queue is not busy and no other round
+    /// runs, runs one round on the calling thread. False when the caller must wake the loop.
+    /// </summary>
+    private bool TryIssueDirectly()
+    {
+        // The loop's own thread, a loop that is awake (it will find the request), a busy queue
+        // (kernel: direct issue only while dispatch_busy is 0), or a round already running.
+        if (!_directReady || t_current == this || _hctx.DispatchBusy != 0)
+        {
+            return false;
+        }
+
+        // Pairs with the fence in Park: the published request is visible before _sleeping is read.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _sleeping) == 0 || Interlocked.CompareExchange(ref _owner, 1, 0) != 0)
+        {
+            return false;
+        }
+
+        // The caller may be another queue's loop (a stacked driver submitting): restore its mark.
+        var previous = t_current;
+        DispatchDecision decision;
+        try
+        {
+            if (_stopping)
+            {
+                return false;
+            }
+
+            // A submission from inside this round (an inline completion submitting the next I/O)
+            // only publishes: the round's end sees it (RerunNow) and hands it to the loop.
+            t_current = this;
+            decision = RunRound(_directScratch);
+            _directRounds++;
+        }
+        finally
+        {
+            t_current = previous;
+            Volatile.Write(ref _owner, 0);
+        }
+
+        switch (decision)
+        {
+            case DispatchDecision.Idle:
+            case DispatchDecision.WaitForCompletion:
+                // Nothing left, or a completion reruns the queue (SCHED_RESTART). A submitter that
+                // published while this round ran and found the owner taken woke the loop itself.
+                return true;
+            case DispatchDecision.Faulted:
+                _hctx.Queue.Events?.OnDeviceError(_hctx, _hctx.LastFault ?? new BlockDeviceErrorException($"{_hctx}: the driver failed during dispatch."));
+                return true;
+            default:
+                // More work, or a refusal to retry: the loop runs the hardware queue (item 27:
+                // RESOURCE -> dispatch list and run the hctx).
+                Kick();
+                return true;
         }
     }
 

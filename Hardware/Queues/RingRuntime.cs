@@ -15,16 +15,22 @@ public sealed class RingRuntime : IQueueRuntime
 
     private readonly BlockSoftIrq _softIrq;
     private readonly TimeSpan _spin;
+    private readonly bool _directIssue;
     private DispatchLoop[] _loops = [];
 
     /// <summary>Creates a ring runtime delivering redirected completions through <paramref name="softIrq"/>.</summary>
     /// <param name="softIrq">The per-CPU completion workers (shared by all queues).</param>
     /// <param name="spin">How long idle dispatch loops spin before parking.</param>
-    public RingRuntime(BlockSoftIrq softIrq, TimeSpan? spin = null)
+    /// <param name="directIssue">
+    /// Let a submitter that finds its hardware queue's loop parked and the queue not busy run the
+    /// dispatch round on its own thread (<c>blk_mq_try_issue_directly</c>; see <see cref="DispatchLoop"/>).
+    /// </param>
+    public RingRuntime(BlockSoftIrq softIrq, TimeSpan? spin = null, bool directIssue = true)
     {
         ArgumentNullException.ThrowIfNull(softIrq);
         _softIrq = softIrq;
         _spin = spin ?? DefaultSpin;
+        _directIssue = directIssue;
     }
 
     /// <inheritdoc />
@@ -33,6 +39,9 @@ public sealed class RingRuntime : IQueueRuntime
     /// <summary>Times the dispatch loops went to sleep (a measure of idleness).</summary>
     public long Parks => _loops.Sum(l => l.Parks);
 
+    /// <summary>Dispatch rounds that submitters ran on their own threads (direct issue).</summary>
+    public long DirectRounds => _loops.Sum(l => l.DirectRounds);
+
     /// <inheritdoc />
     public void Attach(RequestQueue queue)
     {
@@ -40,7 +49,7 @@ public sealed class RingRuntime : IQueueRuntime
         var loops = new DispatchLoop[queue.HardwareContexts.Count];
         for (var i = 0; i < loops.Length; i++)
         {
-            loops[i] = new DispatchLoop(queue.HardwareContexts[i], queue.Driver, _spin);
+            loops[i] = new DispatchLoop(queue.HardwareContexts[i], queue.Driver, _spin, _directIssue);
         }
 
         _loops = loops;

@@ -5,11 +5,14 @@
 #   2. our NBD client driver (`actorblk bench --device nbd://...`) vs fio's nbd engine, both
 #      against our export: 4k randread QD32.
 # Usage: Tests/Benchmarks/compare-nbd.sh   (from the repository root, after a Release build)
-# Environment: RUNTIME (s, 10), SIZE (1g), PORT (ours, 10820), KITPORT (nbdkit, 10821).
+# Environment: RUNTIME (s, 10), SIZE (1g), PORT (ours, 10820), KITPORT (nbdkit, 10821),
+#   WARMUP (s, 3): each workload first runs this long against both servers, unmeasured, so the
+#   figures are steady state (our export's first seconds are spent in the JIT's tiering).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUNTIME=${RUNTIME:-10}
+WARMUP=${WARMUP:-3}
 SIZE=${SIZE:-1g}
 PORT=${PORT:-10820}
 KITPORT=${KITPORT:-10821}
@@ -44,11 +47,19 @@ done
 
 # fio prints "connected to NBD server" before its JSON.
 iops() { python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'; }
-fio_nbd() { # uri rw qd
+fio_nbd() { # uri rw qd [runtime]
   fio --name=nbd --ioengine=nbd --uri="$1" --rw="$2" --bs=4k --iodepth="$3" --size="$SIZE" \
-      --runtime="$RUNTIME" --time_based --output-format=json 2>/dev/null | iops
+      --runtime="${4:-$RUNTIME}" --time_based --output-format=json 2>/dev/null | iops
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+if [[ "$WARMUP" != 0 ]]; then
+  for spec in "randread 32" "randwrite 32" "randread 1"; do
+    set -- $spec
+    fio_nbd "nbd://127.0.0.1:$PORT/nbd0" "$1" "$2" "$WARMUP" >/dev/null
+    fio_nbd "nbd://127.0.0.1:$KITPORT/" "$1" "$2" "$WARMUP" >/dev/null
+  done
+fi
 
 echo "load before: $(uptime)"
 printf '%-20s %14s %14s %8s\n' workload "actorblk IOPS" "nbdkit IOPS" ratio

@@ -94,6 +94,25 @@ public sealed class NbdClientDriver : IBlockDriver
             VolatileWriteCache = (_flags & NbdTransmissionFlags.SendFlush) != 0,
             Fua = (_flags & NbdTransmissionFlags.SendFua) != 0,
         };
+        NbdMetrics.Add(this, deviceName);
+    }
+
+    /// <summary>Connections that are open and not found dead (<c>actorblk.nbd.client.connections</c>).</summary>
+    public int LiveConnections
+    {
+        get
+        {
+            var live = 0;
+            foreach (var connection in _connections)
+            {
+                if (connection is { IsDead: false })
+                {
+                    live++;
+                }
+            }
+
+            return live;
+        }
     }
 
     /// <inheritdoc />
@@ -231,6 +250,7 @@ public sealed class NbdClientDriver : IBlockDriver
     /// <inheritdoc />
     public void Dispose()
     {
+        NbdMetrics.Remove(this);
         lock (_lock)
         {
             for (var i = 0; i < _connections.Length; i++)

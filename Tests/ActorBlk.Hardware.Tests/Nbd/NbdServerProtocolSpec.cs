@@ -351,4 +351,108 @@ public sealed class NbdServerProtocolSpec
 
         await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
     }
+
+    [Fact]
+    public async Task Bursts_larger_than_the_server_buffers_get_every_byte_back()
+    {
+        // Each burst is one client write. The writes (96 of 4 KiB, then one of 1 MiB) overrun the
+        // server's 256 KiB input buffer, so payloads straddle its refills and the big one is
+        // received straight into its slot. The reads come back in replies batched into one send
+        // per round, and the 1 MiB read is larger than the reply buffer, so its payload follows
+        // the batch. Every cookie is answered once with its own bytes, in both reply formats.
+        await using var fx = NbdExportFixture.Start();
+        const int Small = 96;
+        const int Big = 1 << 20;
+        const ulong BigOffset = 8 << 20;
+        byte[] Pattern(int length, int seed) => Enumerable.Range(0, length).Select(i => (byte)((i * 7) + (seed * 13) + (i >> 12))).ToArray();
+
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using (client)
+        {
+            var writes = new List<byte>();
+            for (var i = 0; i < Small; i++)
+            {
+                writes.AddRange(Request(NbdCommand.Write, (ulong)i, (ulong)i * 4096, 4096, Pattern(4096, i)));
+            }
+
+            writes.AddRange(Request(NbdCommand.Write, Small, BigOffset, Big, Pattern(Big, Small)));
+            await client.WriteAsync([.. writes]);
+            var answered = new HashSet<ulong>();
+            for (var i = 0; i <= Small; i++)
+            {
+                var r = await client.ReadSimpleReplyAsync();
+                Assert.Equal(NbdError.None, r.Error);
+                Assert.True(answered.Add(r.Cookie), $"cookie {r.Cookie} answered twice");
+            }
+
+            var reads = new List<byte>();
+            for (var i = 0; i < Small; i++)
+            {
+                reads.AddRange(Request(NbdCommand.Read, 1000 + (ulong)i, (ulong)i * 4096, 4096));
+            }
+
+            reads.AddRange(Request(NbdCommand.Read, 2000, BigOffset, Big));
+            await client.WriteAsync([.. reads]);
+            answered.Clear();
+            for (var i = 0; i <= Small; i++)
+            {
+                var r = await client.ReadSimpleReplyAsync(cookie => cookie == 2000 ? Big : 4096);
+                Assert.Equal(NbdError.None, r.Error);
+                Assert.True(answered.Add(r.Cookie), $"cookie {r.Cookie} answered twice");
+                Assert.Equal(r.Cookie == 2000 ? Pattern(Big, Small) : Pattern(4096, (int)r.Cookie - 1000), r.Data);
+            }
+        }
+
+        var (structured, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", structured: true);
+        await using (structured)
+        {
+            await structured.WriteAsync([.. Request(NbdCommand.Read, 7, 4096, 4096), .. Request(NbdCommand.Read, 8, BigOffset, Big)]);
+            for (var i = 0; i < 2; i++)
+            {
+                var chunk = await structured.ReadChunkAsync();
+                Assert.Equal(NbdChunkType.OffsetData, chunk.Type);
+                var expected = chunk.Cookie == 8 ? Pattern(Big, Small) : Pattern(4096, 1);
+                Assert.Equal(chunk.Cookie == 8 ? BigOffset : 4096UL, BinaryPrimitives.ReadUInt64BigEndian(chunk.Data));
+                Assert.Equal(expected, chunk.Data[8..]);
+            }
+        }
+
+        await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
+    }
+
+    [Fact]
+    public async Task A_client_that_reads_its_replies_late_gets_them_all_once_it_reads()
+    {
+        // 400 reads of 64 KiB are 25 MiB of replies, more than the sockets buffer: the server's
+        // sends find the socket full, finish from a thread that waits for room, and the reader
+        // waits for slots meanwhile. Nothing is lost or doubled once the client reads.
+        await using var fx = NbdExportFixture.Start();
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = client;
+        const int Count = 400;
+        const int Length = 64 << 10;
+        await client.WriteAsync([.. Enumerable.Range(0, Count).SelectMany(i => Request(NbdCommand.Read, (ulong)i, (ulong)i * Length % (32 << 20), Length))]);
+        var answered = new HashSet<ulong>();
+        for (var i = 0; i < Count; i++)
+        {
+            var r = await client.ReadSimpleReplyAsync(_ => Length);
+            Assert.Equal(NbdError.None, r.Error);
+            Assert.True(answered.Add(r.Cookie), $"cookie {r.Cookie} answered twice");
+        }
+
+        Assert.Equal(Count, answered.Count);
+        await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
+    }
+
+    private static byte[] Request(NbdCommand command, ulong cookie, ulong offset, uint length, byte[]? payload = null)
+    {
+        var bytes = new byte[28 + (payload?.Length ?? 0)];
+        BinaryPrimitives.WriteUInt32BigEndian(bytes, NbdProtocol.RequestMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(bytes.AsSpan(6), (ushort)command);
+        BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(8), cookie);
+        BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(16), offset);
+        BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(24), length);
+        payload?.CopyTo(bytes, 28);
+        return bytes;
+    }
 }

@@ -21,14 +21,14 @@ public sealed class DispatchLoopParkSpec
 
     // A queue whose single hardware queue is served by ring dispatch (one dispatch loop), without
     // a device or a control plane around it.
-    private static (RequestQueue Queue, ScriptedDriver Driver, RingRuntime Runtime) CreateQueue(BlockSoftIrq softIrq, int cpus = 4)
+    private static (RequestQueue Queue, ScriptedDriver Driver, RingRuntime Runtime) CreateQueue(BlockSoftIrq softIrq, int cpus = 4, bool directIssue = false)
     {
         var driver = new ScriptedDriver { CompleteInline = true };
         var topology = CpuTopology.Simulated(cpus);
         var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
         var queue = new RequestQueue("loop0", tagSet, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
         tagSet.AddQueue(queue);
-        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero);
+        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue);
         queue.Start(runtime);
         return (queue, driver, runtime);
     }
@@ -120,15 +120,19 @@ public sealed class DispatchLoopParkSpec
         Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
     }
 
-    [Fact]
-    public async Task Many_submitters_against_a_parking_loop_lose_no_wake_up()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Many_submitters_against_a_parking_loop_lose_no_wake_up(bool directIssue)
     {
         // Every submission publishes and then looks at "sleeping"; the loop announces sleep and
         // then looks for work: one of the two always sees the other. A lost wake-up would leave
         // a request staged in a parked loop's ring and its submitter waiting forever.
-        // Continuations are forced off the loop's thread, as above.
+        // Continuations are forced off the loop's thread, as above. With direct issue, submitters
+        // that find the loop parked run rounds themselves, racing each other and the loop for the
+        // round (blk-mq-semantics §3.5 item 27): still every request reaches the driver once.
         using var softIrq = new BlockSoftIrq(4);
-        var (queue, driver, runtime) = CreateQueue(softIrq);
+        var (queue, driver, runtime) = CreateQueue(softIrq, directIssue: directIssue);
         const int submitters = 4;
         const int each = 20_000;
         try
@@ -151,7 +155,64 @@ public sealed class DispatchLoopParkSpec
 
         Assert.Equal(submitters * each, driver.Calls.Count);
         Assert.True(runtime.Parks > 0, "the loop never parked, so no wake-up was exercised");
+        Assert.True(!directIssue || runtime.DirectRounds > 0, "no submitter ever issued directly");
         Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
+        Assert.Equal(0, queue.Usage.Count);
+    }
+
+    [Fact]
+    public async Task A_submitter_issues_directly_to_a_parked_loop_but_never_to_a_quiesced_or_stopped_queue()
+    {
+        // Direct issue (blk-mq-semantics §3.5 item 27): with the loop parked and the hardware
+        // queue not busy, the submitting thread runs the round, so the driver has the request
+        // when Submit returns. A quiesced (§3.6 item 30) or stopped queue dispatches nothing on
+        // that path either; the request waits until unquiesce or start runs the queue.
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, driver, runtime) = CreateQueue(softIrq, directIssue: true);
+        var hctx = queue.HardwareContexts[0];
+        try
+        {
+            // The first submission starts the loop's thread (it initialises the driver's context).
+            Assert.Equal(BlockStatus.Ok, await TestQueues.Submit(queue, BlockOp.Read, 0, 8, cpu: 1).AsTask().WaitAsync(Liveness));
+            await Task.Yield();
+            Assert.True(SpinWait.SpinUntil(() => runtime.Parks > 0, Liveness), "the loop never parked");
+
+            var rounds = runtime.DirectRounds;
+            var calls = driver.Calls.Count;
+            var direct = TestQueues.Submit(queue, BlockOp.Read, 8, 8, cpu: 1).AsTask();
+            Assert.Equal(calls + 1, driver.Calls.Count);
+            Assert.True(runtime.DirectRounds > rounds, "the submitter did not run the round");
+            Assert.Equal(BlockStatus.Ok, await direct.WaitAsync(Liveness));
+            await Task.Yield();
+            Assert.True(SpinWait.SpinUntil(() => hctx.Tags.InUse == 0, Liveness));
+
+            await queue.QuiesceAsync().WaitAsync(Liveness);
+            rounds = runtime.DirectRounds;
+            calls = driver.Calls.Count;
+            var quiesced = TestQueues.Submit(queue, BlockOp.Read, 16, 8, cpu: 1).AsTask();
+            Assert.True(runtime.DirectRounds > rounds, "the direct path was not taken");
+            Assert.Equal(calls, driver.Calls.Count);
+            Assert.False(quiesced.IsCompleted);
+            queue.Unquiesce();
+            Assert.Equal(BlockStatus.Ok, await quiesced.WaitAsync(Liveness));
+            await Task.Yield();
+            Assert.True(SpinWait.SpinUntil(() => hctx.Tags.InUse == 0 && runtime.Parks > 0 && hctx.PendingCount == 0, Liveness));
+
+            hctx.StopQueue();
+            calls = driver.Calls.Count;
+            var stopped = TestQueues.Submit(queue, BlockOp.Read, 24, 8, cpu: 1).AsTask();
+            Assert.Equal(calls, driver.Calls.Count);
+            Assert.False(stopped.IsCompleted);
+            hctx.StartQueue();
+            Assert.Equal(BlockStatus.Ok, await stopped.WaitAsync(Liveness));
+            Assert.Equal(calls + 1, driver.Calls.Count);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+
+        Assert.Equal(0, hctx.Tags.InUse);
         Assert.Equal(0, queue.Usage.Count);
     }
 }
