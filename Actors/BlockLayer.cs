@@ -30,6 +30,7 @@ public sealed partial class BlockLayer : IExtension
     private readonly ConcurrentDictionary<RequestQueue, DispatchMode> _modes = new();
     private CpuTopology? _currentTopology;
     private readonly IActorRef? _registry;
+    private readonly DeviceOpener _opener;
     private string? _nbdEndpoint;
     private long _shutdownDrainTicks;
 
@@ -78,6 +79,7 @@ public sealed partial class BlockLayer : IExtension
 
         // The cluster-wide registry (README, "Cluster"): on every cluster member unless turned off.
         var registry = system.Settings.Config.GetConfig("actorblk.cluster.registry");
+        _opener = new DeviceOpener(this, registry?.GetTimeSpan("remote-check-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1));
         if (ClusterDevices.IsEnabled)
         {
             var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);

@@ -98,6 +98,12 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         var result = new Dictionary<string, ClusterDevice>(StringComparer.Ordinal);
         foreach (var device in _layer.Devices)
         {
+            if (_layer.IsImported(device.Name))
+            {
+                // Another node's device, opened here: its owner publishes it.
+                continue;
+            }
+
             var queue = device.Queue;
             var state = queue.IsOffline ? ClusterDeviceStates.Offline
                 : queue.IsDying || queue.State != QueueState.Registered ? ClusterDeviceStates.Dying

@@ -60,6 +60,7 @@ public static class NbdExport
             {
                 var order = layer.Settings.Devices.Select(d => d.Name).Concat(layer.Settings.StackedDevices.Select(s => s.Name)).ToList();
                 return layer.Devices
+                    .Where(d => !layer.IsImported(d.Name))
                     .OrderBy(d => order.IndexOf(d.Name) is var i and >= 0 ? i : int.MaxValue)
                     .ThenBy(d => d.Name, StringComparer.Ordinal)
                     .ToList();
@@ -70,7 +71,8 @@ public static class NbdExport
         {
             if (name.Length > 0)
             {
-                return layer.TryGetDevice(name, out device);
+                // Another node's device opened here is exported by its owner, not re-exported.
+                return layer.TryGetDevice(name, out device) && !layer.IsImported(name);
             }
 
             device = Exports.FirstOrDefault()!;

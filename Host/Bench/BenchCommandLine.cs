@@ -60,10 +60,13 @@ internal sealed class BenchCommandLine
     // Device (ActorBlk's names).
     private readonly Option<string> Device = new("--device")
     {
-        Description = "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), or nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections)",
+        Description = "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT",
         HelpName = "null|file:PATH|nbd://HOST:PORT/EXPORT",
         DefaultValueFactory = _ => "null",
     };
+
+    private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
+        "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");
 
     private readonly Option<Word<IoEngine>> Engine = CliOptions.Choice("--engine", "io_uring", [("io_uring", IoEngine.IoUring), ("iouring", IoEngine.IoUring), ("psync", IoEngine.Psync)],
         "file device I/O engine (psync where io_uring is unavailable)");
@@ -103,7 +106,7 @@ internal sealed class BenchCommandLine
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, Direct, RandRepeat, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
-        Device, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
+        Device, Join, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
     ];
@@ -167,6 +170,7 @@ internal sealed class BenchCommandLine
             LogOffset = parse.ValueOf(LogOffset),
             Plot = parse.GetValue(Plot),
             Device = parse.GetValue(Device) ?? "null",
+            Join = parse.GetValue(Join) is { } join ? NodeConfig.ParseEndpoint(join, "--join") : null,
             Engine = parse.ValueOf(Engine),
             Dispatch = parse.ValueOf(Dispatch),
             SubmitQueues = parse.GetValue(SubmitQueues),

@@ -115,6 +115,12 @@ internal sealed record BenchOptions
     /// <summary><c>--plot FILE.png|FILE.svg</c>: IOPS over time and the latency percentile curve; null: no plot.</summary>
     public string? Plot { get; init; }
 
+    /// <summary>
+    /// A cluster node to join as a client (<c>--join HOST:PORT</c>); <see cref="Device"/> then names a
+    /// device of the cluster, opened wherever it lives. Null: the device is created in the bench's process.
+    /// </summary>
+    public string? Join { get; init; }
+
     /// <summary>How many devices run side by side (<c>--devices</c>).</summary>
     public int Devices { get; init; } = 1;
 
@@ -159,6 +165,13 @@ internal sealed record BenchOptions
     /// <summary>Device <paramref name="index"/> of the <see cref="Devices"/> the bench drives: bench0, bench1, ...</summary>
     public DeviceOptions ToDeviceOptions(int index)
     {
+        if (Join is not null)
+        {
+            // A device of the cluster: these are the settings of its local queue (the owner's NBD
+            // export gives size and block size); --submit-queues above 1 sets the connections.
+            return ToDeviceOptions(index, null) with { Connections = SubmitQueues, Size = null, FixedBuffers = 0, MemoryBacked = false };
+        }
+
         var path = FilePath;
         if (Device.StartsWith("nbd://", StringComparison.Ordinal) || Device.StartsWith("nbds://", StringComparison.Ordinal))
         {
@@ -213,6 +226,11 @@ internal sealed record BenchOptions
     /// <summary>Refuses combinations no single option's parser can see, naming the option.</summary>
     internal void Validate()
     {
+        if (Join is not null && (Devices > 1 || Device == "null" || FilePath is not null || Device.Contains("://", StringComparison.Ordinal)))
+        {
+            throw new UsageException("option --join: --device must name one device of the cluster (NAME or NAME@HOST:PORT).");
+        }
+
         if (BlockSize < 512 || BlockSize % 512 != 0)
         {
             throw new UsageException($"option --bs: {BlockSize} is not a multiple of 512.");

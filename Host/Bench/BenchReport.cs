@@ -97,6 +97,17 @@ internal static class BenchReport
                 w.WriteEndObject();
             }
 
+            if (r.Cluster is { } c)
+            {
+                w.WriteStartObject("cluster");
+                w.WriteString("device", c.Device);
+                w.WriteString("owner", c.Owner);
+                w.WriteBoolean("remote", c.Remote);
+                w.WriteString("nbd", c.NbdEndpoint);
+                w.WriteString("local_queue", c.LocalQueue);
+                w.WriteEndObject();
+            }
+
             w.WriteBoolean("shared_tags", r.Options.SharedTags);
             w.WriteStartArray("devices");
             foreach (var d in r.Devices)
@@ -137,6 +148,11 @@ internal static class BenchReport
         var firstError = -r.FirstError.ToErrno();
         var sb = new StringBuilder();
         sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err={firstError,2}: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Options.Dispatch.ToString().ToLowerInvariant()}, engine={engine}\n");
+        if (r.Cluster is { } c)
+        {
+            sb.Append(Inv, $"  cluster: {c.Device} owned by {c.Owner}, {(c.Remote ? $"remote over {c.NbdEndpoint} as local queue {c.LocalQueue}" : "local")}\n");
+        }
+
         foreach (var (name, stats) in new[] { ("read", r.Read), ("write", r.Write) })
         {
             if (stats.Ios == 0)

@@ -42,6 +42,9 @@ internal sealed record BenchResult(
     /// <summary>The CPU hotplug events sent while the load ran (<c>--hotplug-interval</c>); null without them.</summary>
     public HotplugFigures? Hotplug { get; init; }
 
+    /// <summary>Where the device lives, for a run that joined a cluster (<c>--join</c>); null otherwise.</summary>
+    public ClusterFigures? Cluster { get; init; }
+
     /// <summary>Second completions of a bio refused by the devices' queues (<c>RequestQueue.DoubleCompletions</c>); 0 unless the block layer has a bug.</summary>
     public long DoubleCompletions { get; init; }
 

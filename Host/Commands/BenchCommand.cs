@@ -1,4 +1,5 @@
 using ActorBlk.Actors;
+using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Host.Bench;
@@ -37,13 +38,24 @@ internal static class BenchCommand
             config = ConfigurationFactory.ParseString($"actorblk.topology {{ source = simulated, simulated.cpus = {possible} }}").WithFallback(config);
         }
 
-        config = config.WithFallback(ActorBlkSettings.DefaultConfig());
-        using var system = ActorSystem.Create("actorblk-bench", config);
+        // --join: a client member of the cluster (README, "Cluster") that opens the device wherever it lives.
+        config = options.Join is { } join
+            ? ClusterJoin.Config(join, null, config)
+            : config.WithFallback(ActorBlkSettings.DefaultConfig());
+        using var system = ActorSystem.Create(options.Join is null ? "actorblk-bench" : NodeConfig.SystemName, config);
         try
         {
             var layer = BlockLayer.Get(system);
             var devices = new List<IBlockDevice>();
-            for (var i = 0; i < options.Devices; i++)
+            ClusterFigures? cluster = null;
+            if (options.Join is not null)
+            {
+                var opened = await ClusterJoin.OpenAsync(system, options.Device, options.ToDeviceOptions(0), ClusterJoin.Patience).ConfigureAwait(false);
+                cluster = new ClusterFigures(opened.Device.Id, opened.Device.Node, opened.IsRemote, opened.Device.NbdEndpoint, opened.Name);
+                devices.Add(opened);
+            }
+
+            for (var i = devices.Count; i < options.Devices; i++)
             {
                 devices.Add(await layer.CreateDeviceAsync(options.ToDeviceOptions(i)).ConfigureAwait(false));
             }
@@ -91,12 +103,14 @@ internal static class BenchCommand
                 supervision += await SupervisionOf(layer, d).ConfigureAwait(false);
             }
 
+            var queues = devices.Select(d => d.Queue).ToArray();
             await DestroyAll(layer, devices).ConfigureAwait(false);
             var result = BenchResult.Combine(results) with
             {
                 Supervision = supervision,
                 Hotplug = hotplugFigures,
-                DoubleCompletions = devices.Sum(d => d.Queue.DoubleCompletions),   // read after teardown, which completes too
+                DoubleCompletions = queues.Sum(q => q.DoubleCompletions),   // read after teardown, which completes too
+                Cluster = cluster,
             };
             Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
             WriteLogs(options, runs);
@@ -131,7 +145,15 @@ internal static class BenchCommand
     {
         foreach (var d in devices)
         {
-            await layer.DestroyDeviceAsync(d.Name).ConfigureAwait(false);
+            if (d is ClusterBlockDevice opened)
+            {
+                // A device of the cluster is closed, not destroyed (its local queue goes with the last handle).
+                await opened.CloseAsync().ConfigureAwait(false);
+            }
+            else
+            {
+                await layer.DestroyDeviceAsync(d.Name).ConfigureAwait(false);
+            }
         }
     }
 

@@ -46,6 +46,7 @@ public sealed class NbdClientDriver : IBlockDriver
     private readonly Dictionary<int, HardwareContext> _hardwareContexts = [];
     private readonly ulong _size;
     private readonly NbdTransmissionFlags _flags;
+    private string? _retired;
 
     /// <summary>Connects every connection and negotiates the export.</summary>
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
@@ -127,7 +128,37 @@ public sealed class NbdClientDriver : IBlockDriver
     public bool ReadOnly => (_flags & NbdTransmissionFlags.ReadOnly) != 0;
 
     /// <inheritdoc />
-    public DriverFeatures Features => DriverFeatures.Resettable | DriverFeatures.Reopenable;
+    /// <remarks>A retired driver (<see cref="Retire"/>) is no longer reopenable: losing it takes the device offline.</remarks>
+    public DriverFeatures Features => Volatile.Read(ref _retired) is null
+        ? DriverFeatures.Resettable | DriverFeatures.Reopenable
+        : DriverFeatures.Resettable;
+
+    /// <summary>Why the driver was retired, or null while it serves.</summary>
+    public string? RetiredReason => Volatile.Read(ref _retired);
+
+    /// <summary>
+    /// Gives the server up for good (its node left the cluster, or the export went away): every
+    /// connection is closed, which reports the device gone, and since a retired driver cannot be
+    /// reopened, supervision takes the device offline at once: the requests in flight (a write
+    /// among them has an unknown outcome) and every later one fail with
+    /// <see cref="BlockStatus.Offline"/>. Idempotent; the first reason is kept.
+    /// </summary>
+    public void Retire(string reason)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(reason);
+        if (Interlocked.CompareExchange(ref _retired, reason, null) is not null)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            foreach (var connection in _connections)
+            {
+                connection?.Kill();
+            }
+        }
+    }
 
     /// <inheritdoc />
     public void InitHardwareContext(HardwareContext hctx)
@@ -232,6 +263,11 @@ public sealed class NbdClientDriver : IBlockDriver
 
     private void Reconnect()
     {
+        if (Volatile.Read(ref _retired) is { } why)
+        {
+            throw new BlockDeviceErrorException($"{_options.Uri} was given up: {why}", deviceGone: true);
+        }
+
         lock (_lock)
         {
             for (var i = 0; i < _connections.Length; i++)

@@ -1,4 +1,7 @@
+using System.Net;
 using System.Threading.Channels;
+using ActorBlk.Actors.Nbd;
+using ActorBlk.Hardware.Nbd;
 using ActorBlk.Actors.Clustering;
 using Akka.Actor;
 using Akka.Cluster;
@@ -36,7 +39,20 @@ internal sealed class ClusterNode : IAsyncDisposable
     /// <summary>The node name registry entries carry, <c>127.0.0.1:port</c>.</summary>
     public string Name => DeviceRegistryActor.NodeName(Cluster.SelfAddress);
 
-    public static ClusterNode Start(string name) => new(ActorSystem.Create("actorblk", Config()));
+    /// <summary>The node's NBD export, once <see cref="ExportNbd"/> started it.</summary>
+    public NbdServer? Nbd { get; private set; }
+
+    public static ClusterNode Start(string name, int port = 0) => new(ActorSystem.Create("actorblk", ConfigurationFactory
+        .ParseString($"akka.remote.dot-netty.tcp.port = {port}").WithFallback(Config())));
+
+    /// <summary>Exports this node's devices over NBD on 127.0.0.1 (port 0: a free one) and publishes the endpoint, as `serve` does.</summary>
+    public NbdServer ExportNbd()
+    {
+        var (_, server) = NbdExport.Start(Layer, new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        Layer.SetNbdEndpoint($"nbd://{server.LocalEndPoint}");
+        Nbd = server;
+        return server;
+    }
 
     /// <summary>
     /// The cluster section of the repository's hocon.conf (seed nodes cleared, stable-after 2 s) over
@@ -135,6 +151,13 @@ internal sealed class ClusterNode : IAsyncDisposable
     {
         var registry = await System.ActorSelection($"/user/{DeviceRegistryActor.ActorName}").ResolveOne(TimeSpan.FromSeconds(30));
         await registry.GracefulStop(TimeSpan.FromSeconds(30));
+
+        // The NBD export vanishes at once: its connections close under their clients, as at a kill -9.
+        if (Nbd is { } nbd)
+        {
+            await nbd.DisposeAsync();
+        }
+
         foreach (var device in Layer.Devices.ToArray())
         {
             await Layer.DestroyDeviceAsync(device.Name);

@@ -1,5 +1,6 @@
 using System.Net;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
@@ -90,5 +91,32 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
         }, Liveness, TimeSpan.FromMilliseconds(50));
         Assert.Equal(BlockStatus.Offline, await remote.ExecuteAsync(BlockOp.Write, 4096, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
         await layer.DestroyDeviceAsync("remote1");
+    }
+
+    [Fact]
+    public async Task A_retired_driver_takes_the_device_offline_without_reopening_even_while_the_server_answers()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "mem2", Size = 16 << 20, MemoryBacked = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        await using var server = Serve(backing);
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "remote2", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/mem2", IoTimeoutMs = 5000 });
+        await remote.WriteAsync(0, new byte[4096]);
+        var driver = Assert.IsType<ActorBlk.Hardware.Drivers.Nbd.NbdClientDriver>(remote.Queue.Driver);
+
+        // Retired (its owner left the cluster): the connection closes and, not reopenable any
+        // more, the device goes offline although the server would take it back.
+        driver.Retire("the owner left");
+        Assert.Equal("the owner left", driver.RetiredReason);
+        Assert.Equal(ActorBlk.Hardware.Drivers.DriverFeatures.Resettable, driver.Features);
+        await AwaitAssertAsync(async () =>
+        {
+            var status = await remote.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness);
+            Assert.Equal(BlockStatus.Offline, status);
+        }, Liveness, TimeSpan.FromMilliseconds(50));
+        Assert.True(remote.Queue.IsOffline);
+        Assert.Throws<BlockDeviceErrorException>(() => driver.Reopen());
+        await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 0), Liveness);
+        await layer.DestroyDeviceAsync("remote2");
     }
 }

@@ -99,6 +99,13 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>SIGKILL: the process dies at once, with no shutdown of any kind (the kernel closes its sockets).</summary>
+    public async Task KillAsync()
+    {
+        _process.Kill(entireProcessTree: true);
+        await _process.WaitForExitAsync();
+    }
+
     /// <summary>Waits for the exit code.</summary>
     public async Task<int> WaitForExitAsync(TimeSpan within)
     {

@@ -1,0 +1,115 @@
+using System.Collections.Concurrent;
+using ActorBlk.Hardware.Devices;
+using Akka.Actor;
+using AkkaCluster = Akka.Cluster.Cluster;
+
+namespace ActorBlk.Actors.Clustering;
+
+/// <summary>
+/// Resolves a device name of the cluster for <see cref="BlockLayer.OpenAsync(string, CancellationToken)"/>
+/// and opens it: this node's device directly, another node's through <see cref="RemoteDeviceActor"/>.
+/// </summary>
+internal sealed class DeviceOpener
+{
+    private readonly BlockLayer _layer;
+    private readonly IActorRef? _remote;
+
+    // Local queues of remote devices (local name -> cluster id): neither published in the registry
+    // nor exported over NBD, since the device is the owner's.
+    private readonly ConcurrentDictionary<string, string> _imported = new(StringComparer.Ordinal);
+
+    public DeviceOpener(BlockLayer layer, TimeSpan checkInterval)
+    {
+        _layer = layer;
+        if (layer.ClusterDevices.IsEnabled)
+        {
+            _remote = layer.System.ActorOf(RemoteDevices.Props(layer, _imported, checkInterval), RemoteDevices.ActorName);
+        }
+    }
+
+    /// <summary>True when <paramref name="name"/> is the local queue of another node's device.</summary>
+    public bool IsImported(string name) => _imported.ContainsKey(name);
+
+    public async Task<ClusterBlockDevice> OpenAsync(string name, DeviceOptions? template, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        var target = Resolve(name);
+        if (!IsOtherNode(target))
+        {
+            if (_layer.TryGetDevice(target.Name, out var local))
+            {
+                return new ClusterBlockDevice(target, local);
+            }
+
+            throw new ClusterDeviceNotFoundException($"no device named {target.Name} on this node ({target.Node}).");
+        }
+
+        if (_remote is null)
+        {
+            throw new ClusterDeviceNotFoundException($"{name} is not a device of this node, and this node is not a cluster member.");
+        }
+
+        var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.Open(target, template), OpenTimeout, cancellationToken).ConfigureAwait(false);
+        var id = target.Id;
+        var remote = _remote;
+        var system = _layer.System;
+        return new ClusterBlockDevice(target, opened.Target, async () =>
+        {
+            // A node going down destroys its queues itself (and the actor may be gone already).
+            if (CoordinatedShutdown.Get(system).ShutdownReason is null && !system.WhenTerminated.IsCompleted)
+            {
+                await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false);
+            }
+        });
+    }
+
+    // Opening waits for the NBD connections (connect timeout) and the queue's registration.
+    private TimeSpan OpenTimeout => _layer.Settings.DrainTimeout + TimeSpan.FromSeconds(30);
+
+    // Closing the last handle destroys the queue (drain, then fail what is left, twice at most).
+    private TimeSpan CloseTimeout => (2 * _layer.Settings.DrainTimeout) + TimeSpan.FromSeconds(30);
+
+    private string? SelfNode => _layer.ClusterDevices.IsEnabled ? DeviceRegistryActor.NodeName(AkkaCluster.Get(_layer.System).SelfAddress) : null;
+
+    private bool IsOtherNode(ClusterDevice device) => SelfNode is { } self && device.Node != self;
+
+    // name@node names one device; a plain name must match exactly one device of the cluster, this
+    // node's own devices counted even before the registry shows them.
+    private ClusterDevice Resolve(string name)
+    {
+        var self = SelfNode;
+        var snapshot = _layer.ClusterDevices.Snapshot;
+        var at = name.IndexOf('@', StringComparison.Ordinal);
+        if (at >= 0)
+        {
+            if (name[(at + 1)..] == self || (self is null && name[(at + 1)..].Length == 0))
+            {
+                return LocalEntry(name[..at]) ?? throw new ClusterDeviceNotFoundException($"no device {name[..at]} on node {name[(at + 1)..]} (this node).");
+            }
+
+            return ClusterDevices.Resolve(snapshot, name);
+        }
+
+        List<ClusterDevice> candidates = [.. snapshot.Where(d => d.Name == name && d.Node != self)];
+        if (LocalEntry(name) is { } local)
+        {
+            candidates.Add(local);
+        }
+
+        return ClusterDevices.Resolve(candidates, name);
+    }
+
+    // This node's device of that name as the registry shows it (or would: the registry may lag).
+    private ClusterDevice? LocalEntry(string name)
+    {
+        if (!_layer.TryGetDevice(name, out var device) || IsImported(name))
+        {
+            return null;
+        }
+
+        var self = SelfNode;
+        return _layer.ClusterDevices.Snapshot.FirstOrDefault(d => d.Name == name && d.Node == self)
+            ?? new ClusterDevice(name, self ?? "local", self is null ? 0 : AkkaCluster.Get(_layer.System).SelfUniqueAddress.Uid, device.Capacity,
+                device.LogicalBlockSize, device.Queue.HardwareContexts.Count, device.IsReadOnly, ClusterDeviceStates.Live, string.Empty);
+    }
+}

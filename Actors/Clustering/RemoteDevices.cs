@@ -1,0 +1,482 @@
+using System.Collections.Concurrent;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Nbd;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.Event;
+using AkkaCluster = Akka.Cluster.Cluster;
+
+namespace ActorBlk.Actors.Clustering;
+
+/// <summary>
+/// Protocol of the actor that keeps this node's view of other nodes' devices
+/// (<c>/user/actorblk-remote</c>): one local request queue per remote device opened here, driven by
+/// the NBD client over the owner's export, shared by every handle and destroyed with the last.
+/// Everything here is local to the node: nothing new crosses Akka remoting (the data travels over
+/// NBD, discovery over the registry's Distributed Data).
+/// </summary>
+internal static class RemoteDevices
+{
+    /// <summary>The actor's name under <c>/user</c>.</summary>
+    public const string ActorName = "actorblk-remote";
+
+    /// <summary>Open (or share) the local queue of <paramref name="Device"/>; reply <see cref="Opened"/> or a failure.</summary>
+    public sealed record Open(ClusterDevice Device, DeviceOptions? Template) : INoSerializationVerificationNeeded;
+
+    /// <summary>The shared target of a remote device's handles.</summary>
+    public sealed record Opened(RemoteDeviceTarget Target) : INoSerializationVerificationNeeded;
+
+    /// <summary>A handle of <paramref name="Id"/> closed; reply <see cref="Closed"/> once the queue is released (when it was the last).</summary>
+    public sealed record Close(string Id) : INoSerializationVerificationNeeded;
+
+    /// <summary>Reply to <see cref="Close"/>.</summary>
+    public sealed record Closed : INoSerializationVerificationNeeded
+    {
+        public static readonly Closed Instance = new();
+    }
+
+    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval) =>
+        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval));
+}
+
+/// <summary>
+/// Keeps each remote device's local queue in step with the registry and the owner's reachability.
+/// The owner unreachable, or the device gone from the registry (destroyed, or its node removed):
+/// the queue's NBD driver is retired, so the queue goes offline and every request in flight or
+/// later fails with Offline (never a hang, and never a success for a write whose outcome is
+/// unknown). The device published again (its node back at the same address, a new incarnation or
+/// a new NBD endpoint) while the queue is offline: the queue is replaced by a new one connected to
+/// the published endpoint, under the same local name, and every handle uses it from then on.
+/// </summary>
+internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
+{
+    private const string CheckTimer = "check";
+
+    private readonly BlockLayer _layer;
+    private readonly ConcurrentDictionary<string, string> _imported;
+    private readonly TimeSpan _checkInterval;
+    private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
+    private IDisposable? _watch;
+
+    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval)
+    {
+        _layer = layer;
+        _imported = imported;
+        _checkInterval = checkInterval;
+        Receive<RemoteDevices.Open>(HandleOpen);
+        Receive<RemoteDevices.Close>(HandleClose);
+        Receive<Built>(HandleBuilt);
+        Receive<Released>(HandleReleased);
+        Receive<SnapshotChanged>(_ => CheckAll());
+        Receive<Check>(_ => CheckAll());
+        Receive<ClusterEvent.UnreachableMember>(u =>
+        {
+            if (_unreachable.Add(DeviceRegistryActor.NodeName(u.Member.Address)))
+            {
+                CheckAll();
+            }
+        });
+        Receive<ClusterEvent.ReachableMember>(r =>
+        {
+            if (_unreachable.Remove(DeviceRegistryActor.NodeName(r.Member.Address)))
+            {
+                CheckAll();
+            }
+        });
+        Receive<ClusterEvent.MemberRemoved>(r =>
+        {
+            _unreachable.Remove(DeviceRegistryActor.NodeName(r.Member.Address));
+            CheckAll();
+        });
+        Receive<ClusterEvent.CurrentClusterState>(_ => { });
+    }
+
+    /// <inheritdoc />
+    public ITimerScheduler Timers { get; set; } = null!;
+
+    protected override void PreStart()
+    {
+        var self = Self;
+        _watch = _layer.ClusterDevices.Watch(s => self.Tell(new SnapshotChanged(s)));
+        AkkaCluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
+            typeof(ClusterEvent.IReachabilityEvent), typeof(ClusterEvent.MemberRemoved));
+        if (_checkInterval > TimeSpan.Zero)
+        {
+            Timers.StartPeriodicTimer(CheckTimer, Check.Instance, _checkInterval);
+        }
+    }
+
+    protected override void PostStop()
+    {
+        _watch?.Dispose();
+        AkkaCluster.Get(Context.System).Unsubscribe(Self);
+    }
+
+    /// <summary>The local queue name of a remote device: <c>name-host-port</c>, or the name and a hash when that is too long.</summary>
+    internal static string LocalName(ClusterDevice device)
+    {
+        var node = new string([.. device.Node.Select(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' ? c : '-')]);
+        var name = $"{device.Name}-{node}";
+        if (name.Length <= ClusterDevice.MaxNameLength)
+        {
+            return name;
+        }
+
+        // FNV-1a: the same id gives the same name on every run.
+        var hash = 2166136261u;
+        foreach (var c in device.Id)
+        {
+            hash = (hash ^ c) * 16777619;
+        }
+
+        var prefix = device.Name.Length > ClusterDevice.MaxNameLength - 9 ? device.Name[..(ClusterDevice.MaxNameLength - 9)] : device.Name;
+        return $"{prefix}-{hash:x8}";
+    }
+
+    private void HandleOpen(RemoteDevices.Open open)
+    {
+        var id = open.Device.Id;
+        if (_slots.TryGetValue(id, out var slot) && !slot.Closing)
+        {
+            slot.Refs++;
+            if (slot.Target is { } target)
+            {
+                Sender.Tell(new RemoteDevices.Opened(target));
+            }
+            else
+            {
+                slot.Waiters.Add(Sender);
+            }
+
+            return;
+        }
+
+        if (slot is { Closing: true })
+        {
+            // The last handle is being closed: the next open waits for the release, then builds afresh.
+            slot.Reopeners.Add((open, Sender));
+            return;
+        }
+
+        slot = new Slot(open.Device, LocalName(open.Device), open.Template) { Refs = 1 };
+        slot.Waiters.Add(Sender);
+        _slots[id] = slot;
+        Build(slot, open.Device);
+    }
+
+    private void HandleClose(RemoteDevices.Close close)
+    {
+        if (!_slots.TryGetValue(close.Id, out var slot) || slot.Refs == 0)
+        {
+            Sender.Tell(RemoteDevices.Closed.Instance);
+            return;
+        }
+
+        slot.Refs--;
+        if (slot.Refs > 0)
+        {
+            Sender.Tell(RemoteDevices.Closed.Instance);
+            return;
+        }
+
+        slot.Closing = true;
+        slot.Closers.Add(Sender);
+        if (slot.Building is null && !slot.Swapping)
+        {
+            Release(slot);
+        }
+    }
+
+    // Connects a new local queue to the device's export, off the actor (connecting may take the
+    // NBD connect timeout), then registers it with the block layer under the slot's local name.
+    private void Build(Slot slot, ClusterDevice device)
+    {
+        var generation = ++slot.Generation;
+        slot.Building = device;
+        var layer = _layer;
+        var name = slot.LocalName;
+        var template = slot.Template ?? new DeviceOptions();
+        var connections = Math.Clamp(template.Connections > 1 ? template.Connections : device.HardwareQueues, 1, 64);
+        _imported[name] = device.Id;
+        var self = Self;
+        Task.Run(async () =>
+        {
+            if (string.IsNullOrEmpty(device.NbdEndpoint))
+            {
+                throw new ClusterDeviceNotFoundException($"{device.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?).");
+            }
+
+            var uri = NbdUri.Parse(device.NbdEndpoint);
+            NbdClientDriver driver;
+            try
+            {
+                driver = new NbdClientDriver(new NbdClientOptions { Uri = uri, Connections = connections, TlsCa = template.TlsCa, TlsVerify = template.TlsVerify }, name);
+            }
+            catch (IOException ex)
+            {
+                throw new BlockDeviceOpenException(name, uri.ToString(), OpenFailure.Other, 0, $"{device.Id}: {ex.Message}");
+            }
+
+            var options = template with
+            {
+                Name = name,
+                Driver = "null",
+                Uri = null,
+                Path = null,
+                TlsCa = null,
+                SubmitQueues = connections,
+                Connections = 1,
+                PollQueues = 0,
+                // An nbd device's default (30 s, as the kernel's), not the null device's 5 s.
+                IoTimeoutMs = template.IoTimeoutMs > 0 ? template.IoTimeoutMs : ActorBlk.Hardware.Tags.TagSet.DefaultTimeoutMs,
+                IoPoll = false,
+                SharedTags = false,
+                MemoryBacked = false,
+                ReadOnly = template.ReadOnly || driver.ReadOnly || device.ReadOnly,
+            };
+            return await layer.CreateDeviceAsync(options, driver).ConfigureAwait(false);
+        }).ContinueWith(t => new Built(slot, generation, device, t.IsCompletedSuccessfully ? t.Result : null,
+            t.Exception?.GetBaseException() ?? (t.IsCanceled ? new TaskCanceledException() : null)), TaskScheduler.Default).PipeTo(self);
+    }
+
+    private void HandleBuilt(Built built)
+    {
+        var slot = built.Slot;
+        if (built.Generation != slot.Generation)
+        {
+            return;
+        }
+
+        slot.Building = null;
+        if (built.Device is null)
+        {
+            var error = built.Error ?? new InvalidOperationException("the device was not created");
+            if (slot.Target is null)
+            {
+                // The first open failed: every waiter gets the error and the slot goes.
+                _log.Warning("Opening {0} failed: {1}", built.Entry.Id, error.Message);
+                foreach (var waiter in slot.Waiters)
+                {
+                    waiter.Tell(new Status.Failure(error));
+                }
+
+                slot.Waiters.Clear();
+                foreach (var closer in slot.Closers)
+                {
+                    closer.Tell(RemoteDevices.Closed.Instance);
+                }
+
+                _slots.Remove(built.Entry.Id);
+                _imported.TryRemove(slot.LocalName, out _);
+                RetryReopeners(slot);
+                return;
+            }
+
+            // Reconnecting failed: the old (offline) queue stays, and the next periodic check
+            // (not this one: that would retry in a tight loop) tries again.
+            _log.Warning("Reconnecting {0} failed: {1}; trying again in {2} ms", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
+            if (slot.Closing)
+            {
+                Release(slot);
+            }
+
+            return;
+        }
+        else if (slot.Target is { } target)
+        {
+            target.Device = built.Device;
+            slot.Entry = built.Entry;
+            _log.Info("{0} reconnected to {1} as {2}", built.Entry.Id, built.Entry.NbdEndpoint, built.Device.Name);
+        }
+        else
+        {
+            slot.Target = new RemoteDeviceTarget(built.Device);
+            slot.Entry = built.Entry;
+            _log.Info("Opened {0} at {1} as {2}", built.Entry.Id, built.Entry.NbdEndpoint, built.Device.Name);
+        }
+
+        foreach (var waiter in slot.Waiters)
+        {
+            waiter.Tell(new RemoteDevices.Opened(slot.Target!));
+        }
+
+        slot.Waiters.Clear();
+        if (slot.Closing)
+        {
+            Release(slot);
+            return;
+        }
+
+        CheckSlot(slot);
+    }
+
+    // The last handle closed: retire the driver (so nothing reconnects) and destroy the queue.
+    private void Release(Slot slot)
+    {
+        var device = slot.Target?.Device;
+        if (device is null)
+        {
+            Self.Tell(new Released(slot));
+            return;
+        }
+
+        var layer = _layer;
+        var self = Self;
+        Task.Run(async () =>
+        {
+            try
+            {
+                await layer.DestroyDeviceAsync(device.Name).ConfigureAwait(false);
+            }
+            catch (KeyNotFoundException)
+            {
+                // Already gone (the node is shutting down).
+            }
+        }).ContinueWith(_ => new Released(slot), TaskScheduler.Default).PipeTo(self);
+    }
+
+    private void HandleReleased(Released released)
+    {
+        var slot = released.Slot;
+        if (slot.Swapping)
+        {
+            // An offline queue was destroyed to make room for its replacement.
+            slot.Swapping = false;
+            if (!slot.Closing)
+            {
+                if (Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id) is { } entry)
+                {
+                    Build(slot, entry);
+                }
+
+                return;
+            }
+        }
+
+        _slots.Remove(slot.Entry.Id);
+        _imported.TryRemove(slot.LocalName, out _);
+        _log.Info("Closed {0}", slot.Entry.Id);
+        foreach (var closer in slot.Closers)
+        {
+            closer.Tell(RemoteDevices.Closed.Instance);
+        }
+
+        RetryReopeners(slot);
+    }
+
+    private void RetryReopeners(Slot slot)
+    {
+        foreach (var (open, sender) in slot.Reopeners)
+        {
+            Self.Tell(open, sender);
+        }
+
+        slot.Reopeners.Clear();
+    }
+
+    // The registry's current snapshot, not the one of the last change message: an open may be
+    // asked for by a caller that saw a snapshot whose change message has not arrived here yet.
+    private IReadOnlyList<ClusterDevice> Snapshot => _layer.ClusterDevices.Snapshot;
+
+    private void CheckAll()
+    {
+        foreach (var slot in _slots.Values.ToArray())
+        {
+            CheckSlot(slot);
+        }
+    }
+
+    private void CheckSlot(Slot slot)
+    {
+        if (slot.Building is not null || slot.Closing || slot.Swapping || slot.Target is not { } target)
+        {
+            return;
+        }
+
+        if (CoordinatedShutdown.Get(Context.System).ShutdownReason is not null)
+        {
+            // The node is going down and destroys every device: build nothing new.
+            return;
+        }
+
+        var queue = target.Device.Queue;
+        var driver = queue.Driver as NbdClientDriver;
+        var entry = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
+        if (entry is null || _unreachable.Contains(slot.Entry.Node))
+        {
+            var why = entry is null ? "the device left the cluster's registry" : $"its node {slot.Entry.Node} is unreachable";
+            if (driver is { RetiredReason: null })
+            {
+                _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
+                driver.Retire(why);
+            }
+
+            return;
+        }
+
+        var moved = entry.NbdEndpoint != slot.Entry.NbdEndpoint;
+        if (entry.State != ClusterDeviceStates.Live || string.IsNullOrEmpty(entry.NbdEndpoint))
+        {
+            return;
+        }
+
+        if (moved && driver is { RetiredReason: null })
+        {
+            _log.Warning("{0} moved to {1}; its local queue {2} goes offline and reconnects", slot.Entry.Id, entry.NbdEndpoint, target.Device.Name);
+            driver.Retire($"the device moved to {entry.NbdEndpoint}");
+            return;
+        }
+
+        if (!queue.IsOffline)
+        {
+            // Still serving (its driver reconnects by itself while the export answers).
+            slot.Entry = entry;
+            return;
+        }
+
+        // Offline while the registry shows the device live and its node reachable: replace the queue.
+        slot.Swapping = true;
+        _log.Info("{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
+        Release(slot);
+    }
+
+    private sealed class Slot(ClusterDevice entry, string localName, DeviceOptions? template)
+    {
+        public ClusterDevice Entry { get; set; } = entry;
+
+        public string LocalName { get; } = localName;
+
+        public DeviceOptions? Template { get; } = template;
+
+        public RemoteDeviceTarget? Target { get; set; }
+
+        public int Refs { get; set; }
+
+        public int Generation { get; set; }
+
+        public ClusterDevice? Building { get; set; }
+
+        public bool Closing { get; set; }
+
+        public bool Swapping { get; set; }
+
+        public List<IActorRef> Waiters { get; } = [];
+
+        public List<IActorRef> Closers { get; } = [];
+
+        public List<(RemoteDevices.Open Open, IActorRef Sender)> Reopeners { get; } = [];
+    }
+
+    private sealed record Built(Slot Slot, int Generation, ClusterDevice Entry, IBlockDevice? Device, Exception? Error);
+
+    private sealed record Released(Slot Slot);
+
+    private sealed record SnapshotChanged(IReadOnlyList<ClusterDevice> Devices);
+
+    private sealed record Check
+    {
+        public static readonly Check Instance = new();
+    }
+}

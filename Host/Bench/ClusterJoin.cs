@@ -1,0 +1,96 @@
+using ActorBlk.Actors;
+using ActorBlk.Actors.Clustering;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Host.Commands;
+using Akka.Actor;
+using Akka.Configuration;
+using AkkaCluster = Akka.Cluster.Cluster;
+
+namespace ActorBlk.Host.Bench;
+
+/// <summary>
+/// <c>actorblk bench --join HOST:PORT --device NAME</c>: the bench joins the cluster as a member of
+/// role <c>client</c> that owns no devices, waits until the registry shows <c>NAME</c>, and opens it
+/// wherever it lives (<see cref="BlockLayer.OpenAsync(string, DeviceOptions?, CancellationToken)"/>):
+/// another node's device is driven through a local queue on the NBD client driver.
+/// </summary>
+internal static class ClusterJoin
+{
+    /// <summary>How long joining and finding the device may take.</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
+    /// <summary>The role the bench joins with.</summary>
+    public const string Role = "client";
+
+    /// <summary>
+    /// The node configuration (hocon.conf, or <paramref name="configPath"/>: the cluster's remoting,
+    /// TLS and serializer settings) with the seed replaced by <paramref name="join"/>, an ephemeral
+    /// port, the client role and no devices of its own.
+    /// </summary>
+    public static Config Config(string join, string? configPath, Config overrides)
+    {
+        var node = NodeConfig.Load(configPath ?? NodeConfig.Locate(), port: 0, seeds: [NodeConfig.ParseEndpoint(join, "--join")]);
+        return overrides
+            .WithFallback(ConfigurationFactory.ParseString($"""
+                akka.cluster.roles = [{Role}]
+                akka.cluster.log-info = off
+                actorblk.devices = []
+                actorblk.stacked-devices = []
+                """))
+            .WithFallback(node)
+            // Gossip may arrive before anything touches Distributed Data: its serializer must be known from the start.
+            .WithFallback(Akka.DistributedData.DistributedData.DefaultConfig());
+    }
+
+    /// <summary>Waits until this node is Up and the registry resolves <paramref name="name"/>, then opens it.</summary>
+    /// <exception cref="UsageException">The cluster or the device did not appear within <paramref name="within"/>, or the name is ambiguous.</exception>
+    public static async Task<ClusterBlockDevice> OpenAsync(ActorSystem system, string name, DeviceOptions template, TimeSpan within)
+    {
+        var cluster = AkkaCluster.Get(system);
+        var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RegisterOnMemberUp(() => up.TrySetResult());
+        try
+        {
+            await up.Task.WaitAsync(within).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new UsageException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
+        }
+
+        var layer = BlockLayer.Get(system);
+        using var wait = new CancellationTokenSource(within);
+        try
+        {
+            await layer.ClusterDevices.WaitForAsync(devices => Resolves(devices, name), wait.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            throw new UsageException($"option --device: no device {name} appeared in the cluster within {within.TotalSeconds} s; it has {string.Join(", ", layer.ClusterDevices.Snapshot.Select(d => d.Id))}.");
+        }
+
+        try
+        {
+            return await layer.OpenAsync(name, template).ConfigureAwait(false);
+        }
+        catch (AmbiguousClusterDeviceException ex)
+        {
+            throw new UsageException($"option --device: {ex.Message}");
+        }
+    }
+
+    // True once the name matches a device (an ambiguous name matches: opening it then says so).
+    private static bool Resolves(IReadOnlyList<ClusterDevice> devices, string name)
+    {
+        var at = name.IndexOf('@', StringComparison.Ordinal);
+        return at >= 0 ? devices.Any(d => d.Id == name) : devices.Any(d => d.Name == name);
+    }
+}
+
+/// <summary>Where the device of a <c>bench --join</c> run lives.</summary>
+/// <param name="Device">The device's cluster id, <c>name@host:port</c>.</param>
+/// <param name="Owner">The owner node, <c>host:port</c>.</param>
+/// <param name="Remote">True when the device is another node's, driven over NBD.</param>
+/// <param name="NbdEndpoint">The owner's NBD export of the device.</param>
+/// <param name="LocalQueue">The local queue's name on the bench node.</param>
+internal sealed record ClusterFigures(string Device, string Owner, bool Remote, string NbdEndpoint, string LocalQueue);

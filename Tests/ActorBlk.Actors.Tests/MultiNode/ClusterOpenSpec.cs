@@ -1,0 +1,306 @@
+using ActorBlk.Actors.Clustering;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using Akka.Cluster;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests.MultiNode;
+
+/// <summary>
+/// Issue 14 items 3 and 4: any node opens any device of the cluster with
+/// <see cref="BlockLayer.OpenAsync(string, CancellationToken)"/>. Three actor systems on 127.0.0.1
+/// (port 0) join one cluster, each exporting its devices over NBD (port 0); a device of another node
+/// is a local queue on the NBD client driver, shared by every handle and destroyed with the last;
+/// the owner destroying it or being lost turns its I/O into errors (never a hang, never a success
+/// for a write whose outcome is unknown), and the owner coming back at the same address makes the
+/// same handle work again.
+/// </summary>
+[Collection(ClusterCollection.Name)]
+public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
+{
+    // Liveness bounds for a loaded 2-core machine (failure detection, stable-after 2 s, gossip).
+    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(90);
+
+    private static readonly DeviceOptions ThreadPoolCompletions = new() { Completion = CompletionContinuation.ThreadPool, IoTimeoutMs = 10_000 };
+
+    public ClusterOpenSpec()
+        : base(Support.Configs.Simulated)
+    {
+    }
+
+    private static DeviceOptions Memory(string name, int size = 16 << 20) =>
+        new() { Name = name, Size = size, MemoryBacked = true, PollQueues = 0 };
+
+    private static byte[] Pattern(int length, byte seed) => [.. Enumerable.Range(0, length).Select(i => (byte)(seed + (i * 7)))];
+
+    private static async Task<(ClusterNode A, ClusterNode B, ClusterNode C)> StartClusterAsync()
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b");
+        var c = ClusterNode.Start("c");
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        await c.JoinAsync(a, Liveness);
+        foreach (var node in new[] { a, b, c })
+        {
+            node.ExportNbd();
+        }
+
+        return (a, b, c);
+    }
+
+    [Fact]
+    public async Task Any_node_opens_any_device_by_name_and_handles_of_one_device_share_one_queue_until_the_last_closes()
+    {
+        var (a, b, c) = await StartClusterAsync();
+        await using var _a = a;
+        await using var _b = b;
+        await using var _c = c;
+        var ownerA = await a.Layer.CreateDeviceAsync(Memory("nullb0"));
+        await b.Layer.CreateDeviceAsync(Memory("nullb0"));
+        await c.Layer.CreateDeviceAsync(Memory("sdc", 4 << 20) with { BlockSize = 4096, SubmitQueues = 2 });
+        foreach (var node in new[] { a, b, c })
+        {
+            await node.WaitForDevicesAsync(d => d.Count == 3 && d.All(e => e.NbdEndpoint.Length > 0), Liveness);
+        }
+
+        // Names: a plain name on two nodes is refused with both choices; an unknown one is not found.
+        var ambiguous = await Assert.ThrowsAsync<AmbiguousClusterDeviceException>(() => c.Layer.OpenAsync("nullb0"));
+        Assert.Equal(new[] { $"nullb0@{a.Name}", $"nullb0@{b.Name}" }.Order(StringComparer.Ordinal), ambiguous.Candidates.Select(d => d.Id).Order(StringComparer.Ordinal));
+        Assert.Contains($"nullb0@{a.Name}", ambiguous.Message);
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => c.Layer.OpenAsync("sdz"));
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => c.Layer.OpenAsync($"sdc@{a.Name}"));
+
+        // A local name is the local device itself; closing the handle leaves the device alone.
+        var local = await c.Layer.OpenAsync("sdc");
+        Assert.False(local.IsRemote);
+        Assert.True(c.Layer.TryGetDevice("sdc", out var sdc));
+        Assert.Same(sdc.Queue, local.Queue);
+        await local.CloseAsync();
+        Assert.True(c.Layer.TryGetDevice("sdc", out _));
+        Assert.Throws<ObjectDisposedException>(() => local.Capacity);
+
+        // Another node's device, from another node, by plain name (unique) and by name@node.
+        await using var sdcOnA = await a.Layer.OpenAsync("sdc");
+        Assert.True(sdcOnA.IsRemote);
+        Assert.Equal((c.Name, 4L << 20, 4096, 2), (sdcOnA.Device.Node, sdcOnA.Capacity, sdcOnA.LogicalBlockSize, sdcOnA.Queue.HardwareContexts.Count));
+
+        var first = await c.Layer.OpenAsync($"nullb0@{a.Name}");
+        var second = await c.Layer.OpenAsync($"nullb0@{a.Name}");
+        Assert.True(first.IsRemote);
+        Assert.Same(first.Queue, second.Queue);
+        Assert.Equal(a.Name, first.Device.Node);
+        Assert.Equal(ownerA.Capacity, first.Capacity);
+        Assert.Equal("nbd", first.Queue.Driver.Kind);
+        Assert.Equal(1, a.Nbd!.ConnectionCount);
+
+        // Real I/O: written through one handle, read through the other and on the owner itself.
+        var data = Pattern(64 << 10, 3);
+        await first.WriteAsync(1 << 20, data, RequestFlags.Fua);
+        var back = new byte[data.Length];
+        await second.ReadAsync(1 << 20, back);
+        Assert.Equal(data, back);
+        var onOwner = new byte[data.Length];
+        await ownerA.ReadAsync(1 << 20, onOwner);
+        Assert.Equal(data, onOwner);
+        var fromOwner = Pattern(8192, 91);
+        await ownerA.WriteAsync(0, fromOwner);
+        var seen = new byte[8192];
+        await first.ReadAsync(0, seen);
+        Assert.Equal(fromOwner, seen);
+        await second.FlushAsync();
+        await second.WriteZeroesAsync(1 << 20, 4096);
+        await second.ReadAsync(1 << 20, back.AsMemory(0, 4096));
+        Assert.All(back.Take(4096), x => Assert.Equal(0, x));
+
+        // Plugging: writes held under a plug go out together and all complete.
+        var parts = Enumerable.Range(0, 8).Select(i => Pattern(4096, (byte)i)).ToArray();
+        ValueTask[] plugged;
+        using (first.Plug())
+        {
+            plugged = [.. parts.Select((p, i) => first.WriteAsync((4 << 20) + (i * 4096), p))];
+        }
+
+        foreach (var io in plugged)
+        {
+            await io.AsTask().WaitAsync(Liveness);
+        }
+
+        var merged = new byte[8 * 4096];
+        await ownerA.ReadAsync(4 << 20, merged);
+        Assert.Equal(parts.SelectMany(p => p), merged);
+
+        // Attributes and the same exceptions as a local device.
+        await first.Attributes.WriteAsync($"block/{first.Name}/queue/nr_requests", "32");
+        Assert.Equal("32", second.Attributes.Read($"block/{second.Name}/queue/nr_requests").Trim());
+        var misaligned = await Assert.ThrowsAsync<InvalidBlockRequestException>(() => first.ReadAsync(100, new byte[512]).AsTask());
+        Assert.Equal(InvalidRequestReason.Misaligned, misaligned.Reason);
+        await Assert.ThrowsAsync<InvalidBlockRequestException>(() => first.ReadAsync(first.Capacity, new byte[4096]).AsTask());
+
+        // The local queue is this node's only: not published in the registry, not re-exported.
+        var localName = first.Name;
+        Assert.True(c.Layer.TryGetDevice(localName, out _));
+        Assert.DoesNotContain(c.Nbd!.Catalog.Exports, d => d.Name == localName);
+        Assert.DoesNotContain(c.Devices.Snapshot, d => d.Name == localName);
+
+        // Closing: the first close keeps the shared queue; the last destroys it and its connection.
+        await first.CloseAsync();
+        Assert.Throws<ObjectDisposedException>(() => first.ReadAsync(0, back));
+        Assert.True(c.Layer.TryGetDevice(localName, out _));
+        await second.ReadAsync(0, seen);
+        Assert.Equal(fromOwner, seen);
+        await second.CloseAsync();
+        Assert.False(c.Layer.TryGetDevice(localName, out _));
+        await WaitUntilAsync(() => a.Nbd!.ConnectionCount == 0, "a's NBD connections to close");
+
+        // Opened again later: a new queue, the data still on the owner.
+        await using var again = await c.Layer.OpenAsync($"nullb0@{a.Name}");
+        await again.ReadAsync(0, seen);
+        Assert.Equal(fromOwner, seen);
+    }
+
+    [Fact]
+    public async Task The_owner_destroying_a_device_others_have_open_fails_their_io_with_offline()
+    {
+        var (a, b, c) = await StartClusterAsync();
+        await using var _a = a;
+        await using var _b = b;
+        await using var _c = c;
+        await a.Layer.CreateDeviceAsync(Memory("vol0"));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol0" && e.NbdEndpoint.Length > 0), Liveness);
+        await using var vol = await b.Layer.OpenAsync("vol0", ThreadPoolCompletions);
+        await vol.WriteAsync(0, Pattern(4096, 1));
+
+        await a.Layer.DestroyDeviceAsync("vol0");
+        await b.WaitForDevicesAsync(d => d.All(e => e.Name != "vol0"), Liveness);
+
+        // Every I/O completes; once the queue is offline each fails with Offline at once.
+        await WaitForStatusAsync(vol, BlockStatus.Offline);
+        Assert.Equal(BlockStatus.Offline, await vol.ExecuteAsync(BlockOp.Write, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+        Assert.True(vol.Queue.IsOffline);
+        Assert.Equal(0L, vol.Queue.DoubleCompletions);
+    }
+
+    [Fact]
+    public async Task Losing_the_owner_under_load_fails_every_io_and_its_return_at_the_same_address_reconnects_the_same_handle()
+    {
+        var (a, b, c) = await StartClusterAsync();
+        await using var _a = a;
+        await using var _b = b;
+        var cPort = c.Cluster.SelfAddress.Port!.Value;
+        var cName = c.Name;
+        await c.Layer.CreateDeviceAsync(Memory("nullb3"));
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Name == "nullb3" && e.NbdEndpoint.Length > 0), Liveness);
+        await using var disk = await a.Layer.OpenAsync($"nullb3@{cName}", ThreadPoolCompletions);
+        var queueName = disk.Name;
+
+        // QD32: 32 workers write and read back their own block until an I/O fails.
+        using var stop = new CancellationTokenSource();
+        var running = 0;
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var workers = Enumerable.Range(0, 32).Select(w => Task.Run(async () =>
+        {
+            var block = Pattern(4096, (byte)w);
+            var back = new byte[4096];
+            var signalled = false;
+            while (true)
+            {
+                var offset = w * 4096L;
+                var write = await disk.ExecuteAsync(BlockOp.Write, offset, 4096, block).AsTask().WaitAsync(Liveness);
+                if (write != BlockStatus.Ok)
+                {
+                    return write;
+                }
+
+                var read = await disk.ExecuteAsync(BlockOp.Read, offset, 4096, back).AsTask().WaitAsync(Liveness);
+                if (read != BlockStatus.Ok)
+                {
+                    return read;
+                }
+
+                Assert.Equal(block, back);
+                if (!signalled)
+                {
+                    signalled = true;
+                    if (Interlocked.Increment(ref running) == 32)
+                    {
+                        started.TrySetResult();
+                    }
+                }
+            }
+        })).ToArray();
+        await started.Task.WaitAsync(Liveness);
+
+        // The owner dies: its NBD export closes under the connections, its actor system stops
+        // without leaving, and the split-brain resolver downs it (alone against two).
+        var cAddress = c.Cluster.SelfUniqueAddress;
+        await c.CrashAsync();
+
+        // Every worker's I/O completes with an error, never a hang; later I/O fails too.
+        var statuses = await Task.WhenAll(workers).WaitAsync(Liveness);
+        Assert.All(statuses, s => Assert.NotEqual(BlockStatus.Ok, s));
+        await WaitForStatusAsync(disk, BlockStatus.Offline);
+        Assert.Equal(0L, disk.Queue.DoubleCompletions);
+
+        // Downed and removed: the device leaves every registry.
+        foreach (var node in new[] { a, b })
+        {
+            await node.WaitForEventAsync(e => e is ClusterEvent.MemberRemoved r && r.Member.UniqueAddress.Equals(cAddress), Liveness);
+            await node.WaitForDevicesAsync(d => d.All(e => e.Node != cName), Liveness);
+        }
+
+        // The node comes back at the same address (a new incarnation, a new NBD port) and serves
+        // the device again: the handle opened before works again without being reopened.
+        await using var back = ClusterNode.Start("c", cPort);
+        await back.JoinAsync(a, Liveness);
+        back.ExportNbd();
+        await back.Layer.CreateDeviceAsync(Memory("nullb3"));
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Id == $"nullb3@{cName}" && e.NodeUid == back.Cluster.SelfUniqueAddress.Uid && e.NbdEndpoint.Length > 0), Liveness);
+
+        var data = Pattern(4096, 77);
+        await WaitForStatusAsync(disk, BlockStatus.Ok, BlockOp.Write, data);
+        var read = new byte[4096];
+        await disk.ReadAsync(0, read).AsTask().WaitAsync(Liveness);
+        Assert.Equal(data, read);
+        Assert.Equal(queueName, disk.Name);
+        var onOwner = new byte[4096];
+        Assert.True(back.Layer.TryGetDevice("nullb3", out var owner));
+        await owner.ReadAsync(0, onOwner);
+        Assert.Equal(data, onOwner);
+    }
+
+    [Fact]
+    public async Task A_node_that_is_not_a_cluster_member_opens_its_own_devices_and_nothing_else()
+    {
+        var layer = BlockLayer.Get(Sys);
+        var own = await layer.CreateDeviceAsync(Memory("solo0", 1 << 20));
+
+        await using (var opened = await layer.OpenAsync("solo0"))
+        {
+            Assert.False(opened.IsRemote);
+            Assert.Same(own.Queue, opened.Queue);
+            await opened.WriteAsync(0, Pattern(512, 5));
+        }
+
+        Assert.True(layer.TryGetDevice("solo0", out _));
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => layer.OpenAsync("solo1"));
+        await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => layer.OpenAsync("solo0@127.0.0.1:4053"));
+        await Assert.ThrowsAsync<ArgumentException>(() => layer.OpenAsync(" "));
+        await layer.DestroyDeviceAsync("solo0");
+    }
+
+    // Repeats one I/O (each bounded) until it completes with the expected status.
+    private async Task WaitForStatusAsync(IBlockDevice device, BlockStatus expected, BlockOp op = BlockOp.Read, byte[]? data = null)
+    {
+        var buffer = data ?? new byte[4096];
+        await AwaitAssertAsync(async () =>
+        {
+            var status = await device.ExecuteAsync(op, 0, 4096, buffer).AsTask().WaitAsync(Liveness);
+            Assert.Equal(expected, status);
+        }, Liveness, TimeSpan.FromMilliseconds(100));
+    }
+
+    private Task WaitUntilAsync(Func<bool> condition, string what) =>
+        AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50), what);
+}

@@ -1,0 +1,71 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// Issue 14 item 7: `actorblk bench --join HOST:PORT --device NAME` joins the cluster as a client,
+/// opens the device wherever it lives (here on the one `serve` node, over its NBD export), drives
+/// it, and its JSON names the owner node.
+/// </summary>
+[Collection(ServeProcessesCollection.Name)]
+public sealed partial class ClusterBenchSpec
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);
+
+    [GeneratedRegex(@"Devices are addressable at akka\.tcp://actorblk@(?<node>127\.0\.0\.1:\d+)/user/actorblk")]
+    private static partial Regex AddressLine();
+
+    [Fact]
+    public async Task Bench_joins_the_cluster_drives_a_device_of_another_node_and_names_its_owner()
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-join-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(config, File.ReadAllText(RepositoryFiles.Hocon()) + """
+
+            actorblk.devices = [ { name = far0, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = "127.0.0.1:0"
+            """);
+        try
+        {
+            await using var owner = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+            var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+
+            await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--device=far0", "--rw=randrw", "--bs=4k", "--iodepth=8",
+                "--size=64m", "--runtime=1", "--output-format=json", "--eta=never");
+            Assert.Equal(0, await bench.WaitForExitAsync(Within));
+            using var json = JsonDocument.Parse(bench.StandardOutput);
+            var actorblk = json.RootElement.GetProperty("actorblk");
+            var cluster = actorblk.GetProperty("cluster");
+            Assert.Equal($"far0@{node}", cluster.GetProperty("device").GetString());
+            Assert.Equal(node, cluster.GetProperty("owner").GetString());
+            Assert.True(cluster.GetProperty("remote").GetBoolean());
+            Assert.Matches(@"^nbd://127\.0\.0\.1:\d+/far0$", cluster.GetProperty("nbd").GetString());
+            Assert.Equal(actorblk.GetProperty("submitted").GetInt64(), actorblk.GetProperty("completed").GetInt64());
+            Assert.Equal(0, actorblk.GetProperty("errors").GetInt64());
+            var job = json.RootElement.GetProperty("jobs")[0];
+            Assert.True(job.GetProperty("read").GetProperty("total_ios").GetInt64() > 0);
+            Assert.True(job.GetProperty("write").GetProperty("total_ios").GetInt64() > 0);
+
+            owner.Terminate();
+            Assert.Equal(0, await owner.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
+    [Theory]
+    [InlineData("--join=nowhere", "--join")]
+    [InlineData("--join=127.0.0.1:4053", "--device must name one device of the cluster")]
+    public async Task Bench_join_usage_errors_exit_with_2_and_say_why(string join, string message)
+    {
+        await using var bench = ActorBlkProcess.Start("bench", join);
+
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains(message, bench.Output);
+    }
+}
