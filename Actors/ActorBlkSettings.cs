@@ -50,6 +50,47 @@ public sealed record ActorBlkSettings(
         return ConfigurationFactory.ParseString(reader.ReadToEnd());
     }
 
+    /// <summary>
+    /// The objects of the list <c>actorblk.KEY</c>. An empty list (<c>[]</c>, <c>[ ]</c>, or only
+    /// comments and newlines inside) has none; an element that is not an object is refused.
+    /// </summary>
+    private static IEnumerable<Config> Entries(Config c, string key)
+    {
+        var list = c.GetValue(key);
+        if (list is null || list.IsEmpty)
+        {
+            yield break;
+        }
+
+        IList<Akka.Configuration.Hocon.HoconValue> values;
+        try
+        {
+            values = list.IsString() ? throw new FormatException("a string") : list.GetArray();
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            throw new ConfigurationException($"actorblk.{key}: must be a list of objects ([{{ name = ... }}, ...]), not '{list}'.");
+        }
+
+        var index = 0;
+        foreach (var value in values)
+        {
+            if (value is null || value.IsEmpty)
+            {
+                index++;
+                continue;
+            }
+
+            if (!value.IsObject())
+            {
+                throw new ConfigurationException($"actorblk.{key}[{index}]: '{value}' is not an object ({{ name = ..., ... }}).");
+            }
+
+            yield return new Config(new Akka.Configuration.Hocon.HoconRoot(value));
+            index++;
+        }
+    }
+
     /// <summary>Reads the settings of <paramref name="system"/>.</summary>
     public static ActorBlkSettings Create(ActorSystem system)
     {
@@ -93,10 +134,8 @@ public sealed record ActorBlkSettings(
             throw new ConfigurationException($"actorblk.topology.watch-interval: '{c.GetString("topology.watch-interval")}' is not a duration (1s, 500ms, 0s for off).");
         }
 
-        var devices = c.GetValue("devices")?.GetArray()?.Select(v => DeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
-                      .ToList() ?? [];
-        var stacked = c.GetValue("stacked-devices")?.GetArray()?.Select(v => StackedDeviceConfig.Parse(new Config(new Akka.Configuration.Hocon.HoconRoot(v))))
-                      .ToList() ?? [];
+        var devices = Entries(c, "devices").Select(DeviceConfig.Parse).ToList();
+        var stacked = Entries(c, "stacked-devices").Select(StackedDeviceConfig.Parse).ToList();
         var duplicate = devices.Select(d => d.Name).Concat(stacked.Select(d => d.Name)).GroupBy(n => n).FirstOrDefault(g => g.Count() > 1);
         if (duplicate is not null)
         {

@@ -225,6 +225,28 @@ public sealed class DeviceConfigSpec
     }
 
     [Theory]
+    [InlineData("actorblk.devices = []")]
+    [InlineData("actorblk.devices = [ ]")]
+    [InlineData("actorblk.devices = [\n  # none yet\n]")]
+    [InlineData("actorblk.stacked-devices = [ ]")]
+    public void An_empty_device_list_has_no_devices(string hocon)
+    {
+        var settings = ActorBlkSettings.Create(ConfigurationFactory.ParseString(hocon));
+        Assert.Empty(settings.Devices);
+        Assert.Empty(settings.StackedDevices);
+    }
+
+    [Theory]
+    [InlineData("actorblk.devices = [ 1 ]")]
+    [InlineData("actorblk.devices = [ \"nullb0\" ]")]
+    [InlineData("actorblk.devices = nullb0")]
+    public void A_device_list_entry_that_is_not_an_object_is_refused(string hocon)
+    {
+        var ex = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString(hocon)));
+        Assert.Contains("actorblk.devices", ex.Message);
+    }
+
+    [Theory]
     [InlineData("-1s")]
     [InlineData("often")]
     public void A_watch_interval_that_is_not_a_duration_is_refused(string interval) =>
