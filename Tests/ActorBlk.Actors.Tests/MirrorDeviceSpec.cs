@@ -4,6 +4,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Configuration;
 using Xunit;
 using Xunit.Abstractions;
@@ -123,28 +124,8 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         var md = await Layer.LoadTableAsync("mdc", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "ca", "cb"));
         var mirror = (MirrorTarget)md.Queue.BioDriver!;
 
-        const int Writers = 4;
-        const int WritesEach = 100;
         var blocks = (int)(md.Capacity / Block);
-        var acknowledged = new int[blocks];
-        var errors = 0;
-        await Task.WhenAll(Enumerable.Range(0, Writers).Select(w => Task.Run(async () =>
-        {
-            var random = new Random(w);
-            for (var n = 1; n <= WritesEach; n++)
-            {
-                var block = (random.Next(blocks / Writers) * Writers) + w;
-                try
-                {
-                    await md.WriteAsync((long)block * Block, Stamp(block, n));
-                    acknowledged[block] = n;
-                }
-                catch (BlockIoException)
-                {
-                    Interlocked.Increment(ref errors);
-                }
-            }
-        }))).WaitAsync(TimeSpan.FromSeconds(120));
+        var (acknowledged, errors) = await VerifiedWriters.RunAsync(md, Block, writers: 4, writesEach: 100, (b, v) => Stamp(b, v)).WaitAsync(TimeSpan.FromSeconds(120));
 
         Assert.Equal(0, errors);
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));

@@ -144,28 +144,8 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         // Eight writers, each owning the blocks congruent to it mod 8, so the last acknowledged
         // version of every block is known.
-        const int Writers = 8;
-        const int WritesEach = 120;
         var blocks = (int)(md.Capacity / Block);
-        var acknowledged = new int[blocks];
-        var errors = 0;
-        await Task.WhenAll(Enumerable.Range(0, Writers).Select(w => Task.Run(async () =>
-        {
-            var random = new Random(w);
-            for (var n = 1; n <= WritesEach; n++)
-            {
-                var block = (random.Next(blocks / Writers) * Writers) + w;
-                try
-                {
-                    await md.WriteAsync((long)block * Block, Stamp(block, n));
-                    acknowledged[block] = n;
-                }
-                catch (BlockIoException)
-                {
-                    Interlocked.Increment(ref errors);
-                }
-            }
-        })));
+        var (acknowledged, errors) = await VerifiedWriters.RunAsync(md, Block, writers: 8, writesEach: 120, (b, v) => Stamp(b, v));
 
         Assert.Equal(0, errors);
         Assert.True(fb.Dead);
