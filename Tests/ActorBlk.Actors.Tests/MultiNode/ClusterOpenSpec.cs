@@ -131,6 +131,16 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         await ownerA.ReadAsync(4 << 20, merged);
         Assert.Equal(parts.SelectMany(p => p), merged);
 
+        // An await inside a plug, as a new user writes it: the awaited write is issued (a plug
+        // never holds back an awaited request), then a read-back in the same plug sees it.
+        using (first.Plug())
+        {
+            await first.WriteAsync((5 << 20) - 4096, parts[3]).AsTask().WaitAsync(Liveness);
+            var inPlug = new byte[4096];
+            await first.ReadAsync((5 << 20) - 4096, inPlug).AsTask().WaitAsync(Liveness);
+            Assert.Equal(parts[3], inPlug);
+        }
+
         // Attributes and the same exceptions as a local device.
         await first.Attributes.WriteAsync($"block/{first.Name}/queue/nr_requests", "32");
         Assert.Equal("32", second.Attributes.Read($"block/{second.Name}/queue/nr_requests").Trim());
