@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 
@@ -223,7 +224,7 @@ internal sealed class BenchRun
         // completions after its end, while the jobs wind down, are not recorded.
         _accounting.CloseWindow();
         var cpuInterval = Stopwatch.GetElapsedTime(cpuStart);
-        int? peak = _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
+        int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         process.Refresh();
         var usr = process.UserProcessorTime - usr0;
@@ -269,6 +270,12 @@ internal sealed class BenchRun
     /// <summary>The engine each hardware queue of <paramref name="device"/> uses now (null: the queue never dispatched).</summary>
     internal static IReadOnlyList<string?> EnginesOf(IBlockDevice device)
     {
+        if (device.Queue.Kind != QueueKind.MultiQueue)
+        {
+            // A stacked device (bio-based): no hardware queues of its own.
+            return [];
+        }
+
         var driver = device.Queue.Driver;
         while (driver is FaultInjectionDriver faulty)
         {
