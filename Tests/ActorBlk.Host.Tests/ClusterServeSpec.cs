@@ -106,8 +106,9 @@ public sealed partial class ClusterServeSpec
 
             async Task Sysfs(params string[] args)
             {
-                await using var command = ActorBlkProcess.Start(["sysfs", "--node", nodeA, .. args]);
-                Assert.Equal(0, await command.WaitForExitAsync(Within));
+                await using var command = ActorBlkProcess.Start(["sysfs", "--node", $"akka.tcp://actorblk@{nodeA}", .. args]);
+                var code = await command.WaitForExitAsync(Within);
+                Assert.True(code == 0, $"sysfs {string.Join(' ', args)}: exit {code}: {command.Output}");
             }
 
             // The registry has the stacked device, with its NBD export, once it is published.
