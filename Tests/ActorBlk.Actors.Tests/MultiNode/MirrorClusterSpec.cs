@@ -185,7 +185,8 @@ public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
         var md = await a.Layer.LoadTableAsync("mdt", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "sleg", $"tleg@{b.Name}"));
         var mirror = (MirrorTarget)md.Queue.BioDriver!;
         var remote = mirror.Legs[1];
-        Assert.NotEqual("tleg", remote.Name);
+        var remoteQueue = remote.Name;
+        Assert.NotEqual("tleg", remoteQueue);
         Assert.True(a.Layer.TryGetDevice(remote.Name, out _));
         Assert.Equal(1, b.Nbd!.ConnectionCount);
 
@@ -211,7 +212,8 @@ public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
 
         // Removing the mirror closes its handle of the remote leg: the local queue and the NBD connection go.
         Assert.Equal(0, await a.Layer.DestroyDeviceAsync("mdt").WaitAsync(Liveness));
-        Assert.False(a.Layer.TryGetDevice(remote.Name, out _));
+        Assert.False(a.Layer.TryGetDevice(remoteQueue, out _));
+        Assert.Throws<ObjectDisposedException>(() => remote.Capacity);
         await AwaitConditionAsync(() => Task.FromResult(b.Nbd.ConnectionCount == 0), Liveness, TimeSpan.FromMilliseconds(50), "b's NBD connection to close");
         Assert.True(b.Layer.TryGetDevice("tleg", out _));
     }
