@@ -217,4 +217,19 @@ public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
         await AwaitConditionAsync(() => Task.FromResult(b.Nbd.ConnectionCount == 0), Liveness, TimeSpan.FromMilliseconds(50), "b's NBD connection to close");
         Assert.True(b.Layer.TryGetDevice("tleg", out _));
     }
+
+    [Fact]
+    public void A_stacked_devices_entry_may_name_a_member_of_another_node_as_name_at_node_but_not_an_unknown_plain_name()
+    {
+        static ActorBlkSettings Parse(string members) => ActorBlkSettings.Create(Akka.Configuration.ConfigurationFactory.ParseString($$"""
+            actorblk.devices = [ { name = lega, size = 16m } ]
+            actorblk.stacked-devices = [ { name = md0, type = mirror, members = [{{members}}] } ]
+            """));
+
+        var table = Assert.IsType<MirrorTable>(Parse("lega, \"legb@127.0.0.1:4054\"").StackedDevices.Single().Table);
+        Assert.Equal(["lega", "legb@127.0.0.1:4054"], table.Legs);
+        var unknown = Assert.Throws<DeviceOptionsException>(() => Parse("lega, legb"));
+        Assert.Equal("members", unknown.Option);
+        Assert.Contains("'legb'", unknown.Message, StringComparison.Ordinal);
+    }
 }
