@@ -175,6 +175,27 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
                 Assert.Equal(Stamp(block, acknowledged[block]), back);
             }
         }
+
+        // The dead leg is replaced as with mdadm --add after --remove: the mirror is removed (a clean
+        // stop) and its table loaded again with a new device in that slot. The survivor's metadata
+        // makes it the source; the blank leg is copied whole, then holds every acknowledged write.
+        await Layer.DestroyDeviceAsync("mdc");
+        await Layer.DestroyDeviceAsync("cb");
+        var fresh = await Leg("cc");
+        await Layer.CreateStackedDeviceAsync("mdc");
+        var again = await Layer.LoadTableAsync("mdc", StackTable.Mirror("ca", "cc"));
+        var rebuilt = (MirrorTarget)again.Queue.BioDriver!;
+        await rebuilt.SyncIdle.WaitAsync(TimeSpan.FromSeconds(120));
+        Assert.Equal(0, rebuilt.Degraded);
+        Assert.Equal(rebuilt.Regions, rebuilt.ResyncedRegions);
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                await fresh.ReadAsync(MirrorSuperblock.DataOffset + ((long)block * Block), back);
+                Assert.Equal(Stamp(block, acknowledged[block]), back);
+            }
+        }
     }
 
     [Fact]
