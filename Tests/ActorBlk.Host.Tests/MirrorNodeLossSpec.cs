@@ -291,4 +291,46 @@ public sealed partial class MirrorNodeLossSpec(ITestOutputHelper output)
             File.Delete(legConfig);
         }
     }
+
+    [Fact]
+    public async Task A_seed_whose_hocon_mirror_names_a_leg_of_a_node_that_joins_later_forms_the_cluster_and_serves_the_mirror_once_the_leg_appears()
+    {
+        // The shipped topology in a file: the mirror's node is the seed (no --seed), its table
+        // names legb@B; B joins it afterwards. The seed must form the cluster before it creates
+        // its devices, or B could never join and the table would wait for legb in vain.
+        static int FreePort()
+        {
+            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            listener.Start();
+            var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+            listener.Stop();
+            return port;
+        }
+
+        var (portA, portB) = (FreePort(), FreePort());
+        var configA = Config("{ name = lega, size = 16m, memory_backed = 1 }");
+        File.AppendAllText(configA, $"\nactorblk.stacked-devices = [ {{ name = md0, type = mirror, members = [lega, \"legb@127.0.0.1:{portB}\"], assume-clean = on }} ]\n");
+        var configB = Config("{ name = legb, size = 16m, memory_backed = 1 }");
+        try
+        {
+            await using var a = ActorBlkProcess.Start("serve", "--config", configA, "--port", portA.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            await using var b = ActorBlkProcess.Start("serve", "--config", configB, "--port", portB.ToString(System.Globalization.CultureInfo.InvariantCulture), "--seed", $"127.0.0.1:{portA}");
+            await a.WaitForLineAsync(l => l.Contains("Serving md0: stacked device", StringComparison.Ordinal) && l.Contains($"legb-127.0.0.1-{portB}", StringComparison.Ordinal), Within);
+            await a.WaitForLineAsync(l => AddressLine().IsMatch(l), Within);
+
+            await using var list = ActorBlkProcess.Start("devices", "--node", $"127.0.0.1:{portA}");
+            Assert.Equal(0, await list.WaitForExitAsync(Within));
+            Assert.EndsWith("raid1 2/2 in_sync", list.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries).Single(l => l.StartsWith("md0", StringComparison.Ordinal)), StringComparison.Ordinal);
+
+            b.Terminate();
+            Assert.Equal(0, await b.WaitForExitAsync(Within));
+            a.Terminate();
+            Assert.Equal(0, await a.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(configA);
+            File.Delete(configB);
+        }
+    }
 }
