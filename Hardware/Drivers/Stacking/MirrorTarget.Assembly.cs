@@ -243,5 +243,6 @@ public sealed partial class MirrorTarget
 
         KickSync();
         _ = BitmapDaemonAsync();
+        WatchReconnects();
     }
 }

@@ -259,6 +259,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
+            if (_legs[leg] is IReconnectingBlockDevice device && _takenAt.Length > leg)
+            {
+                _takenAt[leg] = device.Incarnation;
+            }
         }
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
@@ -344,6 +348,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <inheritdoc />
     public override void Dispose()
     {
+        UnwatchReconnects();
         _stop.Cancel();
         base.Dispose();
     }
