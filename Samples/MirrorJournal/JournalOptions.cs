@@ -1,3 +1,5 @@
+using Serilog.Events;
+
 namespace ActorBlk.Samples.MirrorJournal;
 
 /// <summary>What a run of the sample does (its command line; <c>--help</c> describes each).</summary>
@@ -59,6 +61,9 @@ public sealed record JournalOptions
 
     /// <summary>Time between progress lines.</summary>
     public TimeSpan Interval { get; init; }
+
+    /// <summary>Lowest level of the node's own log (on stderr).</summary>
+    public LogEventLevel LogLevel { get; init; } = LogEventLevel.Error;
 
     /// <summary>What is wrong with the options, or null.</summary>
     public string? Problem() =>

@@ -7,9 +7,12 @@ using ActorBlk.Hardware.Drivers.Stacking;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.Hosting;
+using Akka.Logger.Serilog;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Serilog;
+using Serilog.Events;
 using AkkaCluster = Akka.Cluster.Cluster;
 
 namespace ActorBlk.Samples.MirrorJournal;
@@ -112,7 +115,9 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             // Both legs must be whole before each can be checked on its own.
             if (mirror.Degraded > 0 && !mirror.IsFailed)
             {
-                Say($"waiting for the mirror to be whole again (degraded {mirror.Degraded}, sync_action {mirror.SyncAction}); bring the second node back, Ctrl-C to give up");
+                Say(mirror.SyncAction == "idle"
+                    ? $"waiting for the mirror to be whole again (degraded {mirror.Degraded}): bring the second node back; Ctrl-C to give up"
+                    : $"waiting for the resync to finish (sync_action {mirror.SyncAction}); Ctrl-C to give up");
                 await WaitUntilAsync(() => mirror.Degraded == 0 && mirror.SyncAction == "idle", "the mirror being whole again", _giveUp.Token, swallow: true);
             }
 
@@ -166,18 +171,17 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             }
 
             await host.StopAsync();
+            await Log.CloseAndFlushAsync();
         }
     }
 
     // The embedded node: the shared hocon.conf (remoting, serializers, split-brain resolver) with
-    // this node's port, Akka's console logger, no devices of the file but the local leg.
+    // this node's port and log level, no devices of the file but the local leg.
     private IHost BuildHost(Config shared)
     {
         var config = ConfigurationFactory.ParseString($"""
-            akka.loglevel = ERROR
+            akka.loglevel = {options.LogLevel switch { LogEventLevel.Error => "ERROR", LogEventLevel.Warning => "WARNING", _ => "INFO" }}
             akka.stdout-loglevel = ERROR
-            akka.loggers = ["Akka.Event.DefaultLogger"]
-            akka.logger-formatter = "Akka.Event.DefaultLogMessageFormatter, Akka"
             akka.remote.dot-netty.tcp.port = {options.Port}
             # This node forms the cluster by joining itself (FormClusterAsync); the second node seeds from it.
             akka.cluster.seed-nodes = []
@@ -190,11 +194,24 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             // Gossip may arrive before anything touches Distributed Data: its serializer must be known from the start.
             .WithFallback(Akka.DistributedData.DistributedData.DefaultConfig());
 
+        // The node's own log (Akka's and ActorBlk's, through Serilog as in `actorblk serve`) goes to
+        // stderr, so stdout carries the sample's report alone.
+        Log.Logger = new LoggerConfiguration()
+            .MinimumLevel.Is(options.LogLevel)
+            .WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}{Exception}",
+                formatProvider: CultureInfo.InvariantCulture, standardErrorFromLevel: LogEventLevel.Verbose)
+            .CreateLogger();
+
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddSingleton<IHostLifetime, QuietLifetime>();
         builder.Services.AddAkka("actorblk", (akka, _) => akka
             .AddHocon(config, HoconAddMode.Prepend)
+            .ConfigureLoggers(loggers =>
+            {
+                loggers.ClearLoggers();
+                loggers.AddSerilogLogging();
+            })
             .WithActorBlk(new ActorBlkOptions
             {
                 Devices =
@@ -238,13 +255,13 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
 
     private async Task<Actors.Clustering.ClusterDevice> WaitForLegAsync(BlockLayer layer, string name)
     {
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-        limit.CancelAfter(options.Patience);
+        // Live, and exported: `serve` publishes its NBD endpoint just after its devices.
+        using var limit = Limit(_stop.Token);
         var at = name.Contains('@', StringComparison.Ordinal);
         try
         {
             await layer.ClusterDevices.WaitForAsync(
-                d => d.Any(e => (at ? e.Id == name : e.Name == name) && e.State == Actors.Clustering.ClusterDeviceStates.Live), limit.Token);
+                d => d.Any(e => (at ? e.Id == name : e.Name == name) && e.State == Actors.Clustering.ClusterDeviceStates.Live && e.NbdEndpoint.Length > 0), limit.Token);
             return layer.ClusterDevices.Resolve(name);
         }
         catch (OperationCanceledException)

@@ -19,11 +19,13 @@ var killAt = new Option<long>("--kill-at") { HelpName = "N", DefaultValueFactory
 var degradedRecords = new Option<long>("--degraded-records") { HelpName = "N", DefaultValueFactory = _ => 300, Description = "chaos: records appended while degraded before the restart (at least)" };
 var afterRecords = new Option<long>("--after-records") { HelpName = "N", DefaultValueFactory = _ => 200, Description = "chaos: records appended after the resync" };
 var patience = new Option<int>("--patience") { HelpName = "SECONDS", DefaultValueFactory = _ => 300, Description = "longest wait for the second node, a state change of the mirror, or the resync at the end" };
+var logLevel = new Option<string>("--log-level") { HelpName = "error|warning|information", DefaultValueFactory = _ => "error", Description = "the node's own log (Akka and ActorBlk) on stderr from this level" };
+logLevel.AcceptOnlyFromAmong("error", "warning", "information");
 var interval = new Option<double>("--interval") { HelpName = "SECONDS", DefaultValueFactory = _ => 1, Description = "seconds between progress lines" };
 
 var root = new RootCommand("Keeps a checksummed append-only journal on a mirror over a local leg and a leg on a second node, survives the loss of that node, resyncs it, and verifies every record on both legs.")
 {
-    config, port, dir, leg, legMib, regionKib, records, rate, depth, chaos, actorblk, killAt, degradedRecords, afterRecords, patience, interval,
+    config, port, dir, leg, legMib, regionKib, records, rate, depth, chaos, actorblk, killAt, degradedRecords, afterRecords, patience, interval, logLevel,
 };
 root.SetAction(async (parse, _) =>
 {
@@ -45,6 +47,7 @@ root.SetAction(async (parse, _) =>
         AfterRecords = parse.GetValue(afterRecords),
         Patience = TimeSpan.FromSeconds(parse.GetValue(patience)),
         Interval = TimeSpan.FromSeconds(parse.GetValue(interval)),
+        LogLevel = Enum.Parse<Serilog.Events.LogEventLevel>(parse.GetValue(logLevel)!, ignoreCase: true),
     };
     if (options.Problem() is { } problem)
     {
