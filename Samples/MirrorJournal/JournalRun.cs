@@ -186,6 +186,8 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             # This node forms the cluster by joining itself (FormClusterAsync); the second node seeds from it.
             akka.cluster.seed-nodes = []
             akka.cluster.log-info = off
+            # The lost node's connection errors are expected here; the mirror's lines say what happened.
+            akka.remote.log-remote-lifecycle-events = off
             # Stopping the sample stops the node; nothing else runs coordinated shutdown.
             akka.coordinated-shutdown.run-by-clr-shutdown-hook = off
             actorblk.devices = []
