@@ -200,6 +200,8 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
         // stderr, so stdout carries the sample's report alone.
         Log.Logger = new LoggerConfiguration()
             .MinimumLevel.Is(options.LogLevel)
+            // Remoting's error for the killed node's dropped association (an internal type): expected, and the mirror's lines report the loss.
+            .Filter.ByExcluding(e => e.Exception?.GetType().FullName == "Akka.Remote.EndpointDisassociatedException")
             .WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}{Exception}",
                 formatProvider: CultureInfo.InvariantCulture, standardErrorFromLevel: LogEventLevel.Verbose)
             .CreateLogger();

@@ -96,7 +96,7 @@ public sealed class MirrorWatch(BlockLayer layer, MirrorTarget mirror, JournalWr
         }
         else if (now == MirrorLegState.Rebuilding)
         {
-            say($"leg {name} is back: re-added, resyncing {mirror.DirtyRegions()} dirty regions of {mirror.Regions} (sync_action {mirror.SyncAction})");
+            say($"leg {name} is back: re-added, resyncing {mirror.DirtyRegions()} dirty regions of {mirror.Regions}");
         }
         else if (was != MirrorLegState.InSync)
         {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Samples.MirrorJournal;
 using ActorBlk.Testing;
 using Xunit;
 using Xunit.Abstractions;
@@ -41,11 +42,11 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
             """);
 
         await using var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll",
-            "--chaos", "--config", config, "--port", "0", "--dir", dir.Path, "--leg-mib", "32", "--region-kib", "256",
+            "--chaos", "--config", config, "--port", "0", "--dir", dir.Path, "--leg-mib", "64", "--region-kib", "256",
             "--rate", "100", "--kill-at", "200", "--degraded-records", "200", "--after-records", "100", "--patience", "240");
         try
         {
-            await sample.WaitForLineAsync(l => l.Contains("initial sync done: copied 128 of 128 regions", StringComparison.Ordinal), Within);
+            await sample.WaitForLineAsync(l => l.Contains("initial sync done: copied 256 of 256 regions", StringComparison.Ordinal), Within);
             await sample.WaitForLineAsync(l => l.Contains("chaos: kill -9 of the second node", StringComparison.Ordinal), Within);
             await sample.WaitForLineAsync(l => l.Contains("mirror degraded: leg journal-leg1@127.0.0.1:", StringComparison.Ordinal), Within);
             await sample.WaitForLineAsync(l => l.Contains("chaos: restarting the second node", StringComparison.Ordinal), Within);
@@ -54,6 +55,7 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
             Assert.Equal(0, await sample.WaitForExitAsync(Within));
             var copied = long.Parse(resync.Groups["copied"].Value, CultureInfo.InvariantCulture);
             var regions = long.Parse(resync.Groups["regions"].Value, CultureInfo.InvariantCulture);
+            Assert.Equal(256, regions);
             Assert.InRange(copied, 1, regions - 1); // the regions written while degraded, not the whole leg
 
             var stopped = StoppedLine().Match(sample.StandardOutput);
@@ -70,5 +72,24 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
         {
             output.WriteLine(sample.Output);
         }
+    }
+
+    // What the run's verification rests on: a record that is not exactly the one appended is refused.
+    [Fact]
+    public void A_journal_record_verifies_only_as_appended_in_its_own_slot()
+    {
+        var slot = new byte[JournalRecord.SlotBytes];
+        JournalRecord.Encode(slot, 41, DateTime.UtcNow);
+        Assert.Null(JournalRecord.Verify(slot, 41));
+        Assert.Equal("holds sequence number 41", JournalRecord.Verify(slot, 42));
+
+        var flipped = (byte[])slot.Clone();
+        flipped[JournalRecord.HeaderBytes + 3] ^= 0x10;
+        Assert.Equal("checksum mismatch", JournalRecord.Verify(flipped, 41));
+
+        var tail = (byte[])slot.Clone();
+        tail[^1] = 1;
+        Assert.Equal("payload differs from what was appended", JournalRecord.Verify(tail, 41));
+        Assert.Equal("empty slot", JournalRecord.Verify(new byte[JournalRecord.SlotBytes], 41));
     }
 }
