@@ -28,6 +28,9 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly CancellationTokenSource _stop = new();
     private readonly CancellationTokenSource _giveUp = new();
+    private readonly CancellationTokenSource _watchStop = new();
+    private Task _watching = Task.CompletedTask;
+    private LegNode? _node2;
 
     /// <summary>Runs the sample; 0 when every record verified on both legs.</summary>
     public async Task<int> RunAsync()
@@ -40,6 +43,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
         catch (Exception ex)
         {
             Say($"FAILED: {ex.GetType().Name}: {ex.Message}");
+            await _stop.CancelAsync();
             return 1;
         }
         finally
@@ -64,7 +68,6 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
 
         using var host = BuildHost(ConfigurationFactory.ParseString(configText));
         await host.StartAsync();
-        LegNode? node2 = null;
         try
         {
             var system = host.Services.GetRequiredService<ActorSystem>();
@@ -76,7 +79,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             string legName;
             if (options.Chaos)
             {
-                node2 = await StartNode2Async(actorblk, node2Config, 0, self);
+                var node2 = await StartNode2Async(actorblk, node2Config, 0, self);
                 legName = $"{JournalOptions.RemoteLeg}@{node2.Address}";
             }
             else
@@ -97,19 +100,18 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
 
             var writer = new JournalWriter(journal, mirror, slots, options.Depth, options.Rate);
             var watch = new MirrorWatch(layer, mirror, writer, [JournalOptions.LocalLeg, leg.Id], options.Interval, Say);
-            using var watching = new CancellationTokenSource();
-            var watchTask = watch.RunAsync(watching.Token);
+            _watching = watch.RunAsync(_watchStop.Token);
             var writing = Task.Run(() => writer.RunAsync(limit, _stop.Token));
-            if (node2 is not null)
+            if (options.Chaos)
             {
-                node2 = await ChaosAsync(layer, mirror, writer, writing, node2, actorblk!, node2Config, self);
+                await ChaosAsync(layer, mirror, writer, writing, actorblk!, node2Config, self);
                 await _stop.CancelAsync();
             }
 
             await writing;
             await journal.FlushAsync();
             var stoppedBy = writer.Failure is not null ? $"an append failed: {writer.Failure.Message}"
-                : writer.Full ? "the journal is full" : node2 is not null ? "the chaos steps are done" : _stop.IsCancellationRequested ? "Ctrl-C" : "done";
+                : writer.Full ? "the journal is full" : options.Chaos ? "the chaos steps are done" : _stop.IsCancellationRequested ? "Ctrl-C" : "done";
             Say($"journal stopped ({stoppedBy}): {writer.Written} records written, {writer.WrittenDegraded} of them while degraded");
 
             // Both legs must be whole before each can be checked on its own.
@@ -121,8 +123,8 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
                 await WaitUntilAsync(() => mirror.Degraded == 0 && mirror.SyncAction == "idle", "the mirror being whole again", _giveUp.Token, swallow: true);
             }
 
-            await watching.CancelAsync();
-            await watchTask;
+            await _watchStop.CancelAsync();
+            await _watching;
             watch.Check();
             Say(watch.Progress(writer.Written));
             var whole = mirror.Degraded == 0;
@@ -159,15 +161,18 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
         catch (Exception ex)
         {
             Say($"FAILED: {ex.GetType().Name}: {ex.Message}");
+            await _stop.CancelAsync();
             return 1;
         }
         finally
         {
-            if (node2 is not null)
+            await _watchStop.CancelAsync();
+            await _watching;
+            if (_node2 is not null)
             {
-                var code = await node2.StopAsync(options.Patience);
+                var code = await _node2.StopAsync(options.Patience);
                 Say($"second node stopped (exit code {code?.ToString(CultureInfo.InvariantCulture) ?? "-"})");
-                await node2.DisposeAsync();
+                await _node2.DisposeAsync();
             }
 
             await host.StopAsync();
@@ -253,6 +258,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
         }
 
         var node = await LegNode.StartAsync(actorblk, config, port, seed, Path.Combine(options.Dir, "node2.log"), options.Patience);
+        _node2 = node;
         Say($"chaos: second node started (pid {node.Pid}) at {node.Address}; its log is {Path.Combine(options.Dir, "node2.log")}");
         return node;
     }
@@ -299,33 +305,36 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     // kill -9 of the second node while the journal runs; once the cluster has downed it and the
     // journal went on degraded, the node is started again at the same address and the mirror takes
     // its leg back by itself.
-    private async Task<LegNode> ChaosAsync(BlockLayer layer, MirrorTarget mirror, JournalWriter writer, Task writing, LegNode node2, string actorblk, string config, string self)
+    private async Task ChaosAsync(BlockLayer layer, MirrorTarget mirror, JournalWriter writer, Task writing, string actorblk, string config, string self)
     {
+        var lost = _node2!;
         await WrittenAsync(writer, writing, options.KillAt);
-        Say($"chaos: kill -9 of the second node (pid {node2.Pid}) after {writer.Written} records");
-        await node2.KillAsync();
-        await node2.DisposeAsync();
+        Say($"chaos: kill -9 of the second node (pid {lost.Pid}) after {writer.Written} records");
+        await lost.DisposeAsync();
+        _node2 = null;
 
         await WaitUntilAsync(() => mirror.Degraded > 0, "the mirror marking the lost leg faulty", _stop.Token);
         var degradedAt = writer.Written;
-        await layer.ClusterDevices.WaitForAsync(d => d.All(e => e.Node != node2.Address), Limit(_stop.Token).Token);
+        using (var limit = Limit(_stop.Token))
+        {
+            try
+            {
+                await layer.ClusterDevices.WaitForAsync(d => d.All(e => e.Node != lost.Address), limit.Token);
+            }
+            catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
+            {
+                throw new TimeoutException($"the cluster did not remove the killed node {lost.Address} within {options.Patience.TotalSeconds} s.");
+            }
+        }
+
         Say($"chaos: the second node is out of the cluster (downed by the split-brain resolver) after {writer.Written} records");
         await WrittenAsync(writer, writing, degradedAt + options.DegradedRecords);
 
-        var port = int.Parse(node2.Address[(node2.Address.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
-        Say($"chaos: restarting the second node at {node2.Address} after {writer.Written} records ({writer.WrittenDegraded} written while degraded)");
-        var again = await StartNode2Async(actorblk, config, port, self);
-        try
-        {
-            await WaitUntilAsync(() => mirror.Degraded == 0 && mirror.SyncAction == "idle", "the mirror taking the leg back and resyncing it", _stop.Token);
-            await WrittenAsync(writer, writing, writer.Written + options.AfterRecords);
-            return again;
-        }
-        catch
-        {
-            await again.DisposeAsync();
-            throw;
-        }
+        var port = int.Parse(lost.Address[(lost.Address.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
+        Say($"chaos: restarting the second node at {lost.Address} after {writer.Written} records ({writer.WrittenDegraded} written while degraded)");
+        await StartNode2Async(actorblk, config, port, self);
+        await WaitUntilAsync(() => mirror.Degraded == 0 && mirror.SyncAction == "idle", "the mirror taking the leg back and resyncing it", _stop.Token);
+        await WrittenAsync(writer, writing, writer.Written + options.AfterRecords);
     }
 
     private async Task WrittenAsync(JournalWriter writer, Task writing, long count)
