@@ -260,6 +260,22 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
+        // md claims its legs exclusively (bd_claim with the array as holder): a device that a mirror
+        // is built on is no other stacked device's member, and a mirror takes no device another
+        // stacked device is built on. Linear and striped tables may share members, as dm's do.
+        // Members are compared by what they resolve to: a device name here, name@node for another node's.
+        var keys = load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? h.Device.Id : m).ToArray();
+        var claimed = _devices.Values
+            .Where(e => e != entry && (load.Table is MirrorTable || e.ClaimsExclusively))
+            .SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
+            .FirstOrDefault(c => keys.Contains(c.Member, StringComparer.Ordinal));
+        if (claimed.Member is not null)
+        {
+            CloseMembers(load.Opened.Values);
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "members", $"'{claimed.Member}' is claimed by {claimed.Holder}: a mirror's legs are its own.")));
+            return;
+        }
+
         Task<StackTarget> building;
         try
         {
@@ -282,6 +298,8 @@ internal sealed class BlockLayerActor : ReceiveActor
         // A mirror reads its legs' metadata first; the legs are held from now on.
         entry.Assembling = true;
         entry.Holds = [.. load.Table.MemberNames.Where(m => !load.Opened.ContainsKey(m))];
+        entry.Claims = keys;
+        entry.ClaimsExclusively = true;
         var sender = Sender;
         building.ContinueWith(t => new TableBuilt(load, t, sender), TaskScheduler.Default).PipeTo(Self);
     }
@@ -316,20 +334,22 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
         catch (MirrorAssemblyException ex)
         {
-            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            Unclaim(entry);
             CloseMembers(load.Opened.Values);
             replyTo.Tell(new Status.Failure(ex));
             return;
         }
         catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException or BlockDeviceException)
         {
-            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            Unclaim(entry);
             CloseMembers(load.Opened.Values);
             replyTo.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
             return;
         }
 
         entry.Opened.AddRange(load.Opened.Values);
+        entry.Claims = [.. target.Members.Select(m => m is ClusterBlockDevice { IsRemote: true } remote ? remote.Device.Id : m.Name)];
+        entry.ClaimsExclusively = target is MirrorTarget;
         if (queue.Kind == QueueKind.Placeholder)
         {
             queue.InitializeBioBased(target);
@@ -342,6 +362,18 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         entry.Actor!.Tell(new StackedDevice.SwapTarget(target), replyTo);
         entry.Holds = HoldsOf(target);
+    }
+
+    // A table that failed to build leaves a placeholder holding and claiming nothing, and a
+    // device with a table as it was.
+    private static void Unclaim(Entry entry)
+    {
+        if (entry.Device.Queue.Kind == QueueKind.Placeholder)
+        {
+            entry.Holds = [];
+            entry.Claims = [];
+            entry.ClaimsExclusively = false;
+        }
     }
 
     // The local devices a stacked device is built on. A remote member's local queue is not held:
@@ -573,6 +605,12 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // Handles of members on other nodes, closed when the device goes.
         public List<ClusterBlockDevice> Opened { get; } = [];
+
+        // Every member (a device name here, name@node for another node's) and whether they are
+        // claimed exclusively (a mirror's legs).
+        public string[] Claims { get; set; } = [];
+
+        public bool ClaimsExclusively { get; set; }
 
         // A table is being built (a mirror reading its legs' metadata).
         public bool Assembling { get; set; }
