@@ -85,8 +85,11 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             else
             {
                 legName = options.Leg ?? JournalOptions.RemoteLeg;
-                Say($"waiting for device {legName} on a second node; start it in another terminal:");
-                Say($"  dotnet {actorblk ?? "actorblk.dll"} serve --config {node2Config} --port {(options.Port == 0 ? 4054 : options.Port + 1)} --seed {self} --nbd-listen 127.0.0.1:0");
+                Say($"waiting for device {legName} on a second node{(options.Leg is null ? "; start it in another terminal:" : string.Empty)}");
+                if (options.Leg is null)
+                {
+                    Say($"  dotnet {actorblk ?? "actorblk.dll"} serve --config {node2Config} --port {(options.Port == 0 ? 4054 : options.Port + 1)} --seed {self} --nbd-listen 127.0.0.1:0");
+                }
             }
 
             var leg = await WaitForLegAsync(layer, legName);
@@ -109,7 +112,11 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             }
 
             await writing;
-            await journal.FlushAsync();
+            if (writer.Failure is null)
+            {
+                await journal.FlushAsync(); // every append is FUA already; this is the journal's close
+            }
+
             var stoppedBy = writer.Failure is not null ? $"an append failed: {writer.Failure.Message}"
                 : writer.Full ? "the journal is full" : options.Chaos ? "the chaos steps are done" : _stop.IsCancellationRequested ? "Ctrl-C" : "done";
             Say($"journal stopped ({stoppedBy}): {writer.Written} records written, {writer.WrittenDegraded} of them while degraded");
