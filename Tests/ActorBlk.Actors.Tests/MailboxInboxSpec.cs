@@ -21,6 +21,9 @@ namespace ActorBlk.Actors.Tests;
 public sealed class MailboxInboxSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
+
+    // How often an awaited condition is looked at (the TestKit's default is coarse).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
     private readonly ITestOutputHelper _output;
 
     public MailboxInboxSpec(ITestOutputHelper output)
@@ -139,11 +142,11 @@ public sealed class MailboxInboxSpec : Akka.TestKit.Xunit2.TestKit
         // CPU 2's thread with the CPU's software-context actor. One read first, so both exist.
         var warm = new EndIoLedger(1);
         device.SubmitWithEndIo(BlockOp.Read, 0, 4096, new byte[4096], RequestFlags.None, 2, warm.For(0));
-        await AwaitConditionAsync(() => Task.FromResult(warm.Completed == 1), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(warm.Completed == 1), Liveness, Poll);
 
         using var gate = new Gate();
         Sys.ActorOf(Props.Create(() => new GateActor(gate)).WithDispatcher(MailboxDispatcherConfigurator.For(Sys, 2, false, TimeSpan.Zero, 64))).Tell("block");
-        await AwaitConditionAsync(() => Task.FromResult(gate.Entered.IsSet), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(gate.Entered.IsSet), Liveness, Poll);
 
         var before = runtime.InboxCounters(2);
         var hctx = device.Queue.HardwareContexts[2];
@@ -161,7 +164,7 @@ public sealed class MailboxInboxSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, ends.Completed);
 
         gate.Release.Set();
-        await AwaitConditionAsync(() => Task.FromResult(ends.Completed == N), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(ends.Completed == N), Liveness, Poll);
 
         var after = runtime.InboxCounters(2);
         Assert.Equal(before.Messages + 1, after.Messages);
@@ -184,11 +187,11 @@ public sealed class MailboxInboxSpec : Akka.TestKit.Xunit2.TestKit
         var runtime = (MailboxRuntime)device.Queue.Runtime;
         var warm = new EndIoLedger(1);
         device.SubmitWithEndIo(BlockOp.Read, 0, 4096, new byte[4096], RequestFlags.None, 3, warm.For(0));
-        await AwaitConditionAsync(() => Task.FromResult(warm.Completed == 1), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(warm.Completed == 1), Liveness, Poll);
 
         using var gate = new Gate();
         Sys.ActorOf(Props.Create(() => new GateActor(gate)).WithDispatcher(MailboxDispatcherConfigurator.For(Sys, 3, false, TimeSpan.Zero, 64))).Tell("block");
-        await AwaitConditionAsync(() => Task.FromResult(gate.Entered.IsSet), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(gate.Entered.IsSet), Liveness, Poll);
 
         var before = runtime.InboxCounters(3);
         var ends = new EndIoLedger(N);
@@ -204,10 +207,10 @@ public sealed class MailboxInboxSpec : Akka.TestKit.Xunit2.TestKit
 
         // More bios than tags (64): the rest wait for tags and resume through the inbox.
         gate.Release.Set();
-        await AwaitConditionAsync(() => Task.FromResult(ends.Completed == N), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(ends.Completed == N), Liveness, Poll);
         ends.AssertEachOnce(BlockStatus.Ok);
         Assert.Equal(0, device.Queue.DoubleCompletions);
-        await AwaitAssertAsync(() => Assert.Equal(0, device.Queue.HardwareContexts.Sum(h => h.ActiveRequests)), Liveness);
+        await AwaitAssertAsync(() => Assert.Equal(0, device.Queue.HardwareContexts.Sum(h => h.ActiveRequests)), Liveness, Poll);
     }
 
     [Fact]
