@@ -73,6 +73,29 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
         }
     }
 
+    /// <summary>
+    /// Raised when a remote device's local queue goes offline because its owner node was lost or
+    /// the device left the registry or moved (never for a device of this node).
+    /// </summary>
+    public event EventHandler? Disconnected
+    {
+        add
+        {
+            if (_remote is not null)
+            {
+                _remote.Disconnected += value;
+            }
+        }
+
+        remove
+        {
+            if (_remote is not null)
+            {
+                _remote.Disconnected -= value;
+            }
+        }
+    }
+
     /// <summary>True once <see cref="CloseAsync"/> ran.</summary>
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
 
@@ -178,6 +201,8 @@ internal sealed class RemoteDeviceTarget(IBlockDevice device)
 
     public event EventHandler? Reconnected;
 
+    public event EventHandler? Disconnected;
+
     public IBlockDevice Device => Volatile.Read(ref _device);
 
     public int Incarnation => Volatile.Read(ref _incarnation);
@@ -189,4 +214,7 @@ internal sealed class RemoteDeviceTarget(IBlockDevice device)
         Interlocked.Increment(ref _incarnation);
         Reconnected?.Invoke(sender, EventArgs.Empty);
     }
+
+    // The queue was retired (owner lost, device gone or moved): its I/O fails Offline from now on.
+    public void Disconnect(object sender) => Disconnected?.Invoke(sender, EventArgs.Empty);
 }

@@ -411,6 +411,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
                 driver.Retire(why);
+                target.Disconnect(this);
             }
 
             return;
@@ -426,6 +427,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             _log.Warning("{0} moved to {1}; its local queue {2} goes offline and reconnects", slot.Entry.Id, entry.NbdEndpoint, target.Device.Name);
             driver.Retire($"the device moved to {entry.NbdEndpoint}");
+            target.Disconnect(this);
             return;
         }
 

@@ -16,4 +16,11 @@ public interface IReconnectingBlockDevice : IBlockDevice
     /// I/O (after <see cref="Incarnation"/> has grown). Handlers must not block.
     /// </summary>
     event EventHandler? Reconnected;
+
+    /// <summary>
+    /// Raised, on a thread of the runtime, when the backing queue goes offline for good (its owner
+    /// node was lost, or the device was removed or moved): I/O fails <c>Offline</c> until a
+    /// <see cref="Reconnected"/>. Handlers must not block.
+    /// </summary>
+    event EventHandler? Disconnected;
 }

@@ -13,6 +13,7 @@ public sealed partial class MirrorTarget
     // only a newer incarnation takes it back: no flapping between faulty and rebuilding.
     private int[] _takenAt = [];
     private EventHandler?[] _onReconnected = [];
+    private EventHandler?[] _onDisconnected = [];
     private long _autoReAdds;
 
     /// <summary>Legs taken back by themselves after their remote device reconnected.</summary>
@@ -22,6 +23,7 @@ public sealed partial class MirrorTarget
     {
         _takenAt = new int[_legs.Length];
         _onReconnected = new EventHandler?[_legs.Length];
+        _onDisconnected = new EventHandler?[_legs.Length];
         for (var i = 0; i < _legs.Length; i++)
         {
             if (_legs[i] is IReconnectingBlockDevice device)
@@ -29,7 +31,9 @@ public sealed partial class MirrorTarget
                 var leg = i;
                 _takenAt[i] = device.Incarnation;
                 _onReconnected[i] = (_, _) => TakeBack(leg);
+                _onDisconnected[i] = (_, _) => LetGo(leg);
                 device.Reconnected += _onReconnected[i];
+                device.Disconnected += _onDisconnected[i];
             }
         }
     }
@@ -38,12 +42,30 @@ public sealed partial class MirrorTarget
     {
         for (var i = 0; i < _onReconnected.Length; i++)
         {
-            if (_onReconnected[i] is { } handler && _legs[i] is IReconnectingBlockDevice device)
+            if (_legs[i] is IReconnectingBlockDevice device)
             {
-                device.Reconnected -= handler;
-                _onReconnected[i] = null;
+                device.Reconnected -= _onReconnected[i];
+                device.Disconnected -= _onDisconnected[i];
+                _onReconnected[i] = _onDisconnected[i] = null;
             }
         }
+    }
+
+    // A leg whose connection is gone is marked faulty at once, even with no I/O to notice it (DRBD
+    // drops a peer on connection loss), so md/degraded tells the truth on an idle mirror. The last
+    // leg in sync is left to the I/O that meets Offline, as FailLegAsync leaves it.
+    private void LetGo(int leg)
+    {
+        lock (_lock)
+        {
+            if (_failed || _stop.IsCancellationRequested || _state[leg] == MirrorLegState.Faulty
+                || (_state[leg] == MirrorLegState.InSync && _state.Count(s => s == MirrorLegState.InSync) == 1))
+            {
+                return;
+            }
+        }
+
+        _ = Task.Run(() => FailLeg(leg));
     }
 
     // Called when a leg reconnected, and after a leg was failed (the reconnection may have come

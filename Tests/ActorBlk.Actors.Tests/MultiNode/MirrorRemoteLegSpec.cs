@@ -93,6 +93,11 @@ public sealed class MirrorRemoteLegSpec : Akka.TestKit.Xunit2.TestKit, IDisposab
         // The leg's node crashes. Writes and reads go on with no error; the leg is faulty.
         var cAddress = c.Cluster.SelfUniqueAddress;
         await c.CrashAsync();
+
+        // Idle, the mirror still learns of it: the handle's queue is retired when the node turns
+        // unreachable, and the leg is marked faulty with no I/O to meet the error.
+        await UntilAsync(() => mirror.LegState(1) == MirrorLegState.Faulty);
+        Assert.Equal("1\n", a.Layer.ReadAttribute("block/md0/md/degraded"));
         var written = new Dictionary<long, byte[]>();
         for (var i = 0; i < 6; i++)
         {
