@@ -6,7 +6,7 @@ namespace ActorBlk.Hardware.Queues;
 /// <summary>
 /// The time I/O accounting reads (<c>blk_time_get_ns</c>, block/blk.h): the high-resolution
 /// monotonic clock in <see cref="Stopwatch"/> ticks, read at most once per completion batch.
-/// Inside a batch (one dispatch round of a driver that does not block, one reap of completions)
+/// Inside a batch (one dispatch round of a driver that does not block, one reap of an io_uring's completions)
 /// the first read on the thread is kept and later reads return it, as the kernel keeps the time
 /// in the task's plug (<c>plug-&gt;cur_ktime</c>) until the task sleeps. Outside a batch every
 /// read is fresh.
@@ -60,6 +60,19 @@ public static class BlockTime
         }
 
         return outer;
+    }
+
+    /// <summary>
+    /// Forgets the batch's time after the thread blocked inside the batch (a synchronous transfer),
+    /// so the next read is fresh again, as the kernel drops the plug's time when the task sleeps.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Invalidate()
+    {
+        if (t_cached > 0)
+        {
+            t_cached = -1;
+        }
     }
 
     /// <summary>Ends a batch started by <see cref="EnterBatch"/>: the next read outside it is fresh.</summary>
