@@ -1,5 +1,6 @@
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
 
 namespace ActorBlk.Actors;
 
@@ -30,6 +31,74 @@ public sealed partial class BlockLayer
     /// </summary>
     public Task<ClusterBlockDevice> OpenAsync(string name, DeviceOptions? template, CancellationToken cancellationToken = default) =>
         _opener.OpenAsync(name, template, cancellationToken);
+
+    /// <summary>How long <see cref="LoadTableAsync"/> waits for a member on another node to appear in the registry (<c>actorblk.cluster.registry.member-wait</c>).</summary>
+    internal TimeSpan MemberWait { get; }
+
+    // The members of a table that live on other nodes, opened (README, "Mirrors"). A member that is
+    // a device of this node is left to the guardian, which resolves it by name.
+    private async Task<IReadOnlyDictionary<string, ClusterBlockDevice>> OpenMembersAsync(string name, StackTable table, CancellationToken cancellationToken)
+    {
+        var opened = new Dictionary<string, ClusterBlockDevice>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var member in table.MemberNames.Distinct(StringComparer.Ordinal))
+            {
+                var qualified = member.Contains('@', StringComparison.Ordinal);
+                if ((!qualified && TryGetDevice(member, out _)) || !ClusterDevices.IsEnabled)
+                {
+                    continue;
+                }
+
+                opened[member] = await OpenMemberAsync(name, member, cancellationToken).ConfigureAwait(false);
+            }
+
+            return opened;
+        }
+        catch
+        {
+            foreach (var handle in opened.Values)
+            {
+                await handle.CloseAsync().ConfigureAwait(false);
+            }
+
+            throw;
+        }
+    }
+
+    private async Task<ClusterBlockDevice> OpenMemberAsync(string stacked, string member, CancellationToken cancellationToken)
+    {
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        wait.CancelAfter(MemberWait);
+        var at = member.IndexOf('@', StringComparison.Ordinal);
+        while (true)
+        {
+            try
+            {
+                return await _opener.OpenAsync(member, null, cancellationToken).ConfigureAwait(false);
+            }
+            catch (ClusterDeviceNotFoundException ex)
+            {
+                // The registry may not show it yet (this node or the owner just joined): wait for it.
+                try
+                {
+                    await ClusterDevices.WaitForAsync(s => s.Any(d => at >= 0 ? d.Id == member : d.Name == member), wait.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw new DeviceOptionsException(stacked, "members", $"member '{member}' is not a device of this node and did not appear in the cluster's registry within {MemberWait.TotalSeconds:0.#} s: {ex.Message}");
+                }
+            }
+            catch (AmbiguousClusterDeviceException ex)
+            {
+                throw new DeviceOptionsException(stacked, "members", ex.Message);
+            }
+            catch (BlockDeviceOpenException ex)
+            {
+                throw new DeviceOptionsException(stacked, "members", $"member '{member}' cannot be opened: {ex.Message}");
+            }
+        }
+    }
 
     /// <summary>True when <paramref name="name"/> is this node's local queue of another node's device (not published, not exported).</summary>
     internal bool IsImported(string name) => _opener.IsImported(name);

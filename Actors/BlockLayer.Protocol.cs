@@ -1,3 +1,4 @@
+using ActorBlk.Actors.Clustering;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
@@ -32,7 +33,15 @@ public sealed partial class BlockLayer
     public sealed record CreateStacked(string Name) : INoSerializationVerificationNeeded;
 
     /// <summary>Load a table into a stacked device (reply <see cref="Created"/> once it serves I/O). Local only.</summary>
-    public sealed record LoadTable(string Name, StackTable Table) : INoSerializationVerificationNeeded;
+    public sealed record LoadTable(string Name, StackTable Table) : INoSerializationVerificationNeeded
+    {
+        /// <summary>
+        /// Members on other nodes, opened by <see cref="LoadTableAsync"/> (member name to handle).
+        /// The guardian owns them from the moment it receives this: it closes them when the table
+        /// is refused or the device is destroyed.
+        /// </summary>
+        internal IReadOnlyDictionary<string, ClusterBlockDevice> Opened { get; init; } = new Dictionary<string, ClusterBlockDevice>();
+    }
 
     /// <summary>The device cannot be destroyed: <paramref name="Holder"/> is built on it.</summary>
     public sealed record DeviceBusy(string Name, string Holder) : IActorBlkMessage;

@@ -80,6 +80,7 @@ public sealed partial class BlockLayer : IExtension
         // The cluster-wide registry (README, "Cluster"): on every cluster member unless turned off.
         var registry = system.Settings.Config.GetConfig("actorblk.cluster.registry");
         _opener = new DeviceOpener(this, registry?.GetTimeSpan("remote-check-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1));
+        MemberWait = registry?.GetTimeSpan("member-wait", TimeSpan.FromSeconds(30)) ?? TimeSpan.FromSeconds(30);
         if (ClusterDevices.IsEnabled)
         {
             var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);
@@ -249,15 +250,22 @@ public sealed partial class BlockLayer : IExtension
     /// <summary>
     /// Loads a table into a stacked device. The first table decides the device's type and registers
     /// it; a later one replaces the target while the device is frozen (in-flight I/O drains first).
-    /// Member devices cannot be destroyed while a stacked device uses them.
+    /// Member devices cannot be destroyed while a stacked device uses them. A member that is not a
+    /// device of this node (<c>name@host:port</c>, or a plain name only another node has) is opened
+    /// with <see cref="OpenAsync(string, CancellationToken)"/>, waiting up to
+    /// <c>actorblk.cluster.registry.member-wait</c> for the cluster's registry to show it; the
+    /// stacked device holds that handle and closes it when it is destroyed.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
-    /// <exception cref="DeviceOptionsException">The table is refused (unknown or busy member, bad geometry).</exception>
+    /// <exception cref="DeviceOptionsException">The table is refused (unknown, ambiguous, unreachable or busy member, bad geometry).</exception>
     public async Task<IBlockDevice> LoadTableAsync(string name, StackTable table, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(table);
-        var reply = await Guardian.Ask<object>(new LoadTable(name, table), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        var opened = await OpenMembersAsync(name, table, cancellationToken).ConfigureAwait(false);
+        // From here the guardian owns the opened members: it closes them if the table is refused.
+        var reply = await Guardian.Ask<object>(new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+
         return reply switch
         {
             Created c => c.Device,

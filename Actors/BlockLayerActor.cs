@@ -237,6 +237,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     {
         if (!_devices.TryGetValue(load.Name, out var entry))
         {
+            CloseMembers(load.Opened.Values);
             Sender.Tell(new BlockLayer.NoSuchDevice(load.Name));
             return;
         }
@@ -244,6 +245,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         var queue = entry.Device.Queue;
         if (queue.Kind == QueueKind.MultiQueue || entry.Destroyers.Count > 0)
         {
+            CloseMembers(load.Opened.Values);
             Sender.Tell(new Status.Failure(new InvalidOperationException($"Device {load.Name} is {(entry.Destroyers.Count > 0 ? "being removed" : "not a stacked device")}.")));
             return;
         }
@@ -251,20 +253,38 @@ internal sealed class BlockLayerActor : ReceiveActor
         // A mirror's legs carry its state: a second assembly over live legs would fork it.
         if (entry.Assembling || (queue.Kind == QueueKind.BioBased && (load.Table is MirrorTable || queue.BioDriver is MirrorTarget)))
         {
+            CloseMembers(load.Opened.Values);
             Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", entry.Assembling
                 ? "a table is being loaded already."
                 : "a mirror's table cannot be replaced, nor another table by a mirror: remove the device and create it again.")));
             return;
         }
 
+        // md claims its legs exclusively (bd_claim with the array as holder): a device that a mirror
+        // is built on is no other stacked device's member, and a mirror takes no device another
+        // stacked device is built on. Linear and striped tables may share members, as dm's do.
+        // Members are compared by what they resolve to: a device name here, name@node for another node's.
+        var keys = load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? h.Device.Id : m).ToArray();
+        var claimed = _devices.Values
+            .Where(e => e != entry && (load.Table is MirrorTable || e.ClaimsExclusively))
+            .SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
+            .FirstOrDefault(c => keys.Contains(c.Member, StringComparer.Ordinal));
+        if (claimed.Member is not null)
+        {
+            CloseMembers(load.Opened.Values);
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "members", $"'{claimed.Member}' is claimed by {claimed.Holder}: a mirror's legs are its own.")));
+            return;
+        }
+
         Task<StackTarget> building;
         try
         {
-            var members = load.Table.MemberNames.Select(m => MemberOf(load.Name, m)).ToArray();
+            var members = load.Table.MemberNames.Select(m => MemberOf(load, m)).ToArray();
             building = load.Table.BuildAsync(load.Name, members);
         }
         catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException)
         {
+            CloseMembers(load.Opened.Values);
             Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
             return;
         }
@@ -277,7 +297,9 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // A mirror reads its legs' metadata first; the legs are held from now on.
         entry.Assembling = true;
-        entry.Holds = [.. load.Table.MemberNames];
+        entry.Holds = [.. load.Table.MemberNames.Where(m => !load.Opened.ContainsKey(m))];
+        entry.Claims = keys;
+        entry.ClaimsExclusively = true;
         var sender = Sender;
         building.ContinueWith(t => new TableBuilt(load, t, sender), TaskScheduler.Default).PipeTo(Self);
     }
@@ -297,6 +319,8 @@ internal sealed class BlockLayerActor : ReceiveActor
             built.Building.Result.Dispose();
         }
 
+        CloseMembers(built.Load.Opened.Values);
+
         built.ReplyTo.Tell(new BlockLayer.NoSuchDevice(built.Load.Name));
     }
 
@@ -310,21 +334,26 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
         catch (MirrorAssemblyException ex)
         {
-            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            Unclaim(entry);
+            CloseMembers(load.Opened.Values);
             replyTo.Tell(new Status.Failure(ex));
             return;
         }
         catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException or InvalidOperationException or BlockDeviceException)
         {
-            entry.Holds = queue.Kind == QueueKind.Placeholder ? [] : entry.Holds;
+            Unclaim(entry);
+            CloseMembers(load.Opened.Values);
             replyTo.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", ex.Message)));
             return;
         }
 
+        entry.Opened.AddRange(load.Opened.Values);
+        entry.Claims = [.. target.Members.Select(m => m is ClusterBlockDevice { IsRemote: true } remote ? remote.Device.Id : m.Name)];
+        entry.ClaimsExclusively = target is MirrorTarget;
         if (queue.Kind == QueueKind.Placeholder)
         {
             queue.InitializeBioBased(target);
-            entry.Holds = [.. target.Members.Select(m => m.Name)];
+            entry.Holds = HoldsOf(target);
             entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
             Context.Watch(entry.Actor);
             entry.Creator = replyTo;
@@ -332,14 +361,64 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         entry.Actor!.Tell(new StackedDevice.SwapTarget(target), replyTo);
-        entry.Holds = [.. target.Members.Select(m => m.Name)];
+        entry.Holds = HoldsOf(target);
     }
 
-    private IBlockDevice MemberOf(string stacked, string member)
+    // A table that failed to build leaves a placeholder holding and claiming nothing, and a
+    // device with a table as it was.
+    private static void Unclaim(Entry entry)
     {
+        if (entry.Device.Queue.Kind == QueueKind.Placeholder)
+        {
+            entry.Holds = [];
+            entry.Claims = [];
+            entry.ClaimsExclusively = false;
+        }
+    }
+
+    // The local devices a stacked device is built on. A remote member's local queue is not held:
+    // it belongs to the handle, which replaces it when the owner comes back.
+    private static string[] HoldsOf(StackTarget target) =>
+        [.. target.Members.Select(m => m is ClusterBlockDevice { IsRemote: false } local ? local.Name : m is ClusterBlockDevice ? null : m.Name).OfType<string>()];
+
+    // Closes the handles of remote members (each close destroys the local queue when it is the
+    // last handle of that device); errors are logged, never thrown into the guardian.
+    private Task CloseMembers(IEnumerable<ClusterBlockDevice> handles)
+    {
+        var list = handles.ToArray();
+        if (list.Length == 0)
+        {
+            return Task.CompletedTask;
+        }
+
+        var log = _log;
+        return Task.Run(async () =>
+        {
+            foreach (var handle in list)
+            {
+                try
+                {
+                    await handle.CloseAsync().ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    log.Warning("Closing member {0} failed: {1}", handle, ex.Message);
+                }
+            }
+        });
+    }
+
+    private IBlockDevice MemberOf(BlockLayer.LoadTable load, string member)
+    {
+        var stacked = load.Name;
         if (member == stacked)
         {
             throw new ArgumentException($"{stacked} cannot be a member of itself.");
+        }
+
+        if (load.Opened.TryGetValue(member, out var opened))
+        {
+            return opened;
         }
 
         return _devices.TryGetValue(member, out var m) && m.Ready && m.Destroyers.Count == 0
@@ -410,10 +489,16 @@ internal sealed class BlockLayerActor : ReceiveActor
         Context.Unwatch(entry.Actor!);
         _layer.Forget(done.Name);
         ReleaseTagSet(entry);
-        foreach (var destroyer in entry.Destroyers)
+        // Remote members are closed before the destroy is answered: their local queues are gone then.
+        var destroyers = entry.Destroyers.ToArray();
+        var destroyed = new BlockLayer.Destroyed(done.Name, done.FailedRequests);
+        CloseMembers(entry.Opened).ContinueWith(_ =>
         {
-            destroyer.Tell(new BlockLayer.Destroyed(done.Name, done.FailedRequests));
-        }
+            foreach (var destroyer in destroyers)
+            {
+                destroyer.Tell(destroyed);
+            }
+        }, TaskScheduler.Default);
     }
 
     private void HandleTerminated(Terminated terminated)
@@ -441,6 +526,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         _devices.Remove(entry.Options.Name);
         _layer.Forget(entry.Options.Name);
         ReleaseTagSet(entry);
+        CloseMembers(entry.Opened);
         entry.Creator?.Tell(new Status.Failure(new InvalidOperationException($"Device {entry.Options.Name} failed while it was being registered; see the log.")));
         foreach (var destroyer in entry.Destroyers)
         {
@@ -516,6 +602,15 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // Devices this stacked device is built on: they cannot be destroyed while it lives.
         public string[] Holds { get; set; } = [];
+
+        // Handles of members on other nodes, closed when the device goes.
+        public List<ClusterBlockDevice> Opened { get; } = [];
+
+        // Every member (a device name here, name@node for another node's) and whether they are
+        // claimed exclusively (a mirror's legs).
+        public string[] Claims { get; set; } = [];
+
+        public bool ClaimsExclusively { get; set; }
 
         // A table is being built (a mirror reading its legs' metadata).
         public bool Assembling { get; set; }

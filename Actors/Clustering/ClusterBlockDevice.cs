@@ -21,7 +21,7 @@ namespace ActorBlk.Actors.Clustering;
 /// node came back) a new queue connects and the same handle works again, so
 /// <see cref="Queue"/> and <see cref="Attributes"/> may change over the handle's life.
 /// </remarks>
-public sealed class ClusterBlockDevice : IBlockDevice
+public sealed class ClusterBlockDevice : IReconnectingBlockDevice
 {
     private readonly RemoteDeviceTarget? _remote;
     private readonly IBlockDevice? _local;
@@ -46,6 +46,32 @@ public sealed class ClusterBlockDevice : IBlockDevice
 
     /// <summary>True when the device lives on another node and this handle drives it over NBD.</summary>
     public bool IsRemote => _remote is not null;
+
+    /// <inheritdoc />
+    public int Incarnation => _remote?.Incarnation ?? 0;
+
+    /// <summary>
+    /// Raised after a remote device's local queue was replaced by a new one connected to the
+    /// owner's new incarnation (never for a device of this node).
+    /// </summary>
+    public event EventHandler? Reconnected
+    {
+        add
+        {
+            if (_remote is not null)
+            {
+                _remote.Reconnected += value;
+            }
+        }
+
+        remove
+        {
+            if (_remote is not null)
+            {
+                _remote.Reconnected -= value;
+            }
+        }
+    }
 
     /// <summary>True once <see cref="CloseAsync"/> ran.</summary>
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
@@ -148,10 +174,19 @@ public sealed class ClusterBlockDevice : IBlockDevice
 internal sealed class RemoteDeviceTarget(IBlockDevice device)
 {
     private IBlockDevice _device = device;
+    private int _incarnation;
 
-    public IBlockDevice Device
+    public event EventHandler? Reconnected;
+
+    public IBlockDevice Device => Volatile.Read(ref _device);
+
+    public int Incarnation => Volatile.Read(ref _incarnation);
+
+    // The handles see the new queue before anyone hears of it.
+    public void Replace(IBlockDevice device, object sender)
     {
-        get => Volatile.Read(ref _device);
-        set => Volatile.Write(ref _device, value);
+        Volatile.Write(ref _device, device);
+        Interlocked.Increment(ref _incarnation);
+        Reconnected?.Invoke(sender, EventArgs.Empty);
     }
 }

@@ -286,7 +286,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         }
         else if (slot.Target is { } target)
         {
-            target.Device = built.Device;
+            target.Replace(built.Device, this);
             slot.Entry = built.Entry;
             _log.Info("{0} reconnected to {1} as {2}", built.Entry.Id, built.Entry.NbdEndpoint, built.Device.Name);
         }

@@ -46,6 +46,42 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_mirror_claims_its_legs_exclusively_while_linear_and_striped_tables_may_share_members()
+    {
+        await Leg("xa");
+        await Leg("xb");
+        await Leg("xc");
+        await Layer.CreateStackedDeviceAsync("mdx");
+        await Layer.LoadTableAsync("mdx", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "xa", "xb"));
+
+        // Another mirror over one of its legs, or a linear device over it, is refused (md's bd_claim).
+        await Layer.CreateStackedDeviceAsync("mdy");
+        var second = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("mdy", StackTable.Mirror("xc", "xb")));
+        Assert.Equal(("mdy", "members"), (second.Device, second.Option));
+        Assert.Contains("'xb' is claimed by mdx", second.Message, StringComparison.Ordinal);
+        await Layer.CreateStackedDeviceAsync("lin0");
+        var linear = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("lin0", StackTable.Linear("xa")));
+        Assert.Contains("claimed by mdx", linear.Message, StringComparison.Ordinal);
+
+        // Two linear devices may share a member (dm's tables do); a mirror then cannot take it.
+        await Layer.LoadTableAsync("lin0", StackTable.Linear("xc"));
+        await Layer.CreateStackedDeviceAsync("lin1");
+        await Layer.LoadTableAsync("lin1", StackTable.Linear("xc"));
+        await Leg("xd");
+        var taken = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("mdy", StackTable.Mirror("xd", "xc")));
+        Assert.Contains("'xc' is claimed by lin", taken.Message, StringComparison.Ordinal);
+
+        // The refused placeholder claims nothing; once the mirror is gone its legs are free again.
+        await Layer.DestroyDeviceAsync("mdx");
+        await Layer.DestroyDeviceAsync("lin0");
+        await Layer.DestroyDeviceAsync("lin1");
+        var md = await Layer.LoadTableAsync("mdy", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10 }, "xc", "xb"));
+        Assert.Equal("mirror", (await Layer.GetDeviceInfoAsync("mdy")).Driver);
+        await Layer.DestroyDeviceAsync("mdy");
+        Assert.NotNull(md);
+    }
+
+    [Fact]
     public async Task A_mirror_table_makes_a_device_whose_legs_each_hold_everything_and_cannot_be_removed_under_it()
     {
         var a = await Leg("ma", mode: DispatchMode.Mailbox);
@@ -136,6 +172,27 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
             if (acknowledged[block] != 0)
             {
                 await md.ReadAsync((long)block * Block, back);
+                Assert.Equal(Stamp(block, acknowledged[block]), back);
+            }
+        }
+
+        // The dead leg is replaced as with mdadm --add after --remove: the mirror is removed (a clean
+        // stop) and its table loaded again with a new device in that slot. The survivor's metadata
+        // makes it the source; the blank leg is copied whole, then holds every acknowledged write.
+        await Layer.DestroyDeviceAsync("mdc");
+        await Layer.DestroyDeviceAsync("cb");
+        var fresh = await Leg("cc");
+        await Layer.CreateStackedDeviceAsync("mdc");
+        var again = await Layer.LoadTableAsync("mdc", StackTable.Mirror("ca", "cc"));
+        var rebuilt = (MirrorTarget)again.Queue.BioDriver!;
+        await rebuilt.SyncIdle.WaitAsync(TimeSpan.FromSeconds(120));
+        Assert.Equal(0, rebuilt.Degraded);
+        Assert.Equal(rebuilt.Regions, rebuilt.ResyncedRegions);
+        for (var block = 0; block < blocks; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                await fresh.ReadAsync(MirrorSuperblock.DataOffset + ((long)block * Block), back);
                 Assert.Equal(Stamp(block, acknowledged[block]), back);
             }
         }

@@ -222,6 +222,7 @@ public sealed partial class MirrorTarget
             // first in-sync leg is the source and the other in-sync legs are rebuilt for them.
             if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0))
             {
+                _resyncAfterCrash = true;
                 var source = Array.IndexOf(_state, MirrorLegState.InSync);
                 for (var i = source + 1; i < _state.Length; i++)
                 {
@@ -243,5 +244,6 @@ public sealed partial class MirrorTarget
 
         KickSync();
         _ = BitmapDaemonAsync();
+        WatchReconnects();
     }
 }

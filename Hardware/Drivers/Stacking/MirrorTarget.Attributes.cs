@@ -21,9 +21,10 @@ public sealed partial class MirrorTarget
             switch (text.Trim())
             {
                 case "check":
+                case "repair":
                     try
                     {
-                        _ = CheckAsync();
+                        _ = text.Trim() == "check" ? CheckAsync() : RepairAsync();
                     }
                     catch (InvalidOperationException ex)
                     {
@@ -35,7 +36,7 @@ public sealed partial class MirrorTarget
                     CancellationTokenSource? stop;
                     lock (_lock)
                     {
-                        stop = _syncAction == "check" ? _checkStop : null;
+                        stop = _syncAction is "check" or "repair" ? _checkStop : null;
                     }
 
                     if (stop is not null)
@@ -45,7 +46,7 @@ public sealed partial class MirrorTarget
 
                     break;
                 default:
-                    throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not check or idle");
+                    throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not check, repair or idle");
             }
         });
         add(md + "sync_completed", () =>

@@ -10,7 +10,13 @@ public sealed partial class MirrorTarget
 
     // Marks a leg faulty and writes the new state to the legs left; completes when that is on them.
     // The last leg in sync failing fails the mirror: every I/O then ends Offline.
-    private Task FailLeg(int leg)
+    private async Task FailLeg(int leg)
+    {
+        await MarkFaulty(leg).ConfigureAwait(false);
+        TakeBack(leg);
+    }
+
+    private Task MarkFaulty(int leg)
     {
         lock (_lock)
         {

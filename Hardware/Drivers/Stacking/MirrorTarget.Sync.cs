@@ -23,7 +23,7 @@ public sealed partial class MirrorTarget
                 return;
             }
 
-            _syncAction = "recover";
+            _syncAction = RecoverName;
             _sync = Task.Run(SyncLoopAsync);
         }
     }
@@ -47,13 +47,13 @@ public sealed partial class MirrorTarget
                         return;
                     }
 
-                    _syncAction = check ? "check" : "recover";
+                    _syncAction = check ? (_repair ? "repair" : "check") : RecoverName;
                 }
 
                 var finished = true;
                 if (check)
                 {
-                    await CheckPassAsync(_checkStop!.Token).ConfigureAwait(false);
+                    await CheckPassAsync(_repair, _checkStop!.Token).ConfigureAwait(false);
                 }
                 else
                 {
@@ -153,6 +153,7 @@ public sealed partial class MirrorTarget
 
         lock (_lock)
         {
+            _resyncAfterCrash = false;
             var done = false;
             foreach (var t in targets)
             {
@@ -227,7 +228,10 @@ public sealed partial class MirrorTarget
         }
     }
 
-    private async Task CheckPassAsync(CancellationToken ct)
+    // Under _lock.
+    private string RecoverName => _resyncAfterCrash ? "resync" : "recover";
+
+    private async Task CheckPassAsync(bool repair, CancellationToken ct)
     {
         Interlocked.Exchange(ref _mismatchSectors, 0);
         lock (_lock)
@@ -260,6 +264,10 @@ public sealed partial class MirrorTarget
                     }
 
                     Interlocked.Add(ref _mismatchSectors, CountMismatches(buffers, ok, length, Limits.LogicalBlockSize));
+                    if (repair)
+                    {
+                        await RewriteMismatchesAsync(buffers, ok, at, length).ConfigureAwait(false);
+                    }
                 }
                 finally
                 {
@@ -279,6 +287,40 @@ public sealed partial class MirrorTarget
             foreach (var b in buffers)
             {
                 ((IDisposable)b).Dispose();
+            }
+        }
+    }
+
+    // md's repair: each block in which a leg differs from the first readable leg is written over
+    // from it, the range still held against writes. A leg that fails the write is faulty.
+    private async Task RewriteMismatchesAsync(AlignedBuffer[] buffers, List<int> legs, long at, int length)
+    {
+        var block = Limits.LogicalBlockSize;
+        for (var k = 1; k < legs.Count; k++)
+        {
+            var leg = legs[k];
+            for (var b = 0; b < length; b += block)
+            {
+                if (buffers[leg].Memory.Span.Slice(b, block).SequenceEqual(buffers[legs[0]].Memory.Span.Slice(b, block)))
+                {
+                    continue;
+                }
+
+                // One write per run of differing blocks.
+                var end = b + block;
+                while (end < length && !buffers[leg].Memory.Span.Slice(end, block).SequenceEqual(buffers[legs[0]].Memory.Span.Slice(end, block)))
+                {
+                    end += block;
+                }
+
+                var status = await LegIo(leg, BlockOp.Write, at + b, end - b, buffers[legs[0]].Memory[b..end], RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
+                if (status != BlockStatus.Ok)
+                {
+                    await FailLeg(leg).ConfigureAwait(false);
+                    break;
+                }
+
+                b = end - block;
             }
         }
     }

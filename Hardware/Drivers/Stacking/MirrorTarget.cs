@@ -69,6 +69,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private long _syncTotal;
     private long _syncSpeedKiB;
     private bool _checkRequested;
+    private bool _repair;
+
+    // Set at a start after a crash (no clean stop, bits set): the in-sync legs are being made equal
+    // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out).
+    private bool _resyncAfterCrash;
     private CancellationTokenSource? _checkStop;
     private long _userIo;
     private int _readRotor;
@@ -159,7 +164,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <summary>Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>).</summary>
     public long SyncSpeedMaxKiB { get; set; }
 
-    /// <summary>The sync running: <c>idle</c>, <c>recover</c> (rebuilding legs) or <c>check</c>.</summary>
+    /// <summary>The sync running: <c>idle</c>, <c>resync</c> (making the legs equal after a crash), <c>recover</c> (rebuilding legs), <c>check</c> or <c>repair</c>.</summary>
     public string SyncAction
     {
         get
@@ -259,6 +264,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
+            if (_legs[leg] is IReconnectingBlockDevice device && _takenAt.Length > leg)
+            {
+                _takenAt[leg] = device.Incarnation;
+            }
         }
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
@@ -285,18 +294,30 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// differing sectors are counted in <see cref="MismatchSectors"/> (nothing is repaired).
     /// </summary>
     /// <exception cref="InvalidOperationException">The mirror is degraded or a sync runs.</exception>
-    public Task CheckAsync()
+    public Task CheckAsync() => StartCheck(repair: false);
+
+    /// <summary>
+    /// Starts md's <c>repair</c>: a <see cref="CheckAsync"/> that also writes the first leg's copy
+    /// of every differing block over the other legs' (md's <c>process_checks</c> takes the first
+    /// readable copy as the good one). <see cref="MismatchSectors"/> counts what was rewritten.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The mirror is degraded or a sync runs.</exception>
+    public Task RepairAsync() => StartCheck(repair: true);
+
+    private Task StartCheck(bool repair)
     {
+        var action = repair ? "repair" : "check";
         lock (_lock)
         {
             if (_failed || _state.Any(s => s != MirrorLegState.InSync) || !_sync.IsCompleted)
             {
-                throw new InvalidOperationException($"{_name}: check needs every leg in sync and no sync running (sync_action: {_syncAction}).");
+                throw new InvalidOperationException($"{_name}: {action} needs every leg in sync and no sync running (sync_action: {_syncAction}).");
             }
 
             _checkRequested = true;
+            _repair = repair;
             _checkStop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-            _syncAction = "check";
+            _syncAction = action;
             _sync = Task.Run(SyncLoopAsync);
             return _sync;
         }
@@ -344,6 +365,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <inheritdoc />
     public override void Dispose()
     {
+        UnwatchReconnects();
         _stop.Cancel();
         base.Dispose();
     }

@@ -42,8 +42,8 @@ internal sealed class ClusterNode : IAsyncDisposable
     /// <summary>The node's NBD export, once <see cref="ExportNbd"/> started it.</summary>
     public NbdServer? Nbd { get; private set; }
 
-    public static ClusterNode Start(string name, int port = 0) => new(ActorSystem.Create("actorblk", ConfigurationFactory
-        .ParseString($"akka.remote.dot-netty.tcp.port = {port}").WithFallback(Config())));
+    public static ClusterNode Start(string name, int port = 0, string hocon = "") => new(ActorSystem.Create("actorblk", ConfigurationFactory
+        .ParseString($"akka.remote.dot-netty.tcp.port = {port}\n{hocon}").WithFallback(Config())));
 
     /// <summary>Exports this node's devices over NBD on 127.0.0.1 (port 0: a free one) and publishes the endpoint, as `serve` does.</summary>
     public NbdServer ExportNbd()

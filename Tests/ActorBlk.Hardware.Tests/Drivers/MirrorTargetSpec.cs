@@ -334,7 +334,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         var clock = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
         Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
-        Assert.Equal("recover", second.SyncAction);
+
+        // md calls making the in-sync legs equal after a crash "resync" (a returning leg is "recover").
+        Assert.Equal("resync", second.SyncAction);
         await PumpUntilIdle(clock, second);
         Assert.Equal(2, second.ResyncedRegions);
         Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
@@ -671,6 +673,38 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await mirror.SyncIdle.WaitAsync(Patience);
         Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-b/state"));
         Assert.Equal(0, fb.ReadErrors);
+    }
+
+    [Fact]
+    public async Task Repair_writes_the_first_legs_copy_over_every_differing_block_and_a_second_check_finds_none()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await md.WriteAsync(0, Stamp(0, 1));
+        await md.WriteAsync(7 * Block, Stamp(7, 1));
+
+        // Three blocks differ on b, two of them adjacent (one write for the run), one on a.
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (7 * Block), Stamp(7, 9));
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (8 * Block), Stamp(8, 9));
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (400 * Block), Stamp(400, 9));
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (900 * Block), Stamp(900, 9));
+        var writesBefore = fb.DataBytesWritten;
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "repair\n");
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        // md counts what it found (and rewrote) in mismatch_cnt; only b was written, 4 blocks' worth.
+        Assert.Equal($"{4 * Block >> 9}\n", md.Attributes.Read("block/md0/md/mismatch_cnt"));
+        Assert.Equal(4 * Block, fb.DataBytesWritten - writesBefore);
+        Assert.Equal(Stamp(7, 1), await ReadRaw(b, 7 * Block, Block));
+        Assert.Equal(Stamp(900, 9), await ReadRaw(b, 900 * Block, Block));
+        await AssertLegsEqual(mirror);
+
+        await mirror.CheckAsync().WaitAsync(Patience);
+        Assert.Equal(0, mirror.MismatchSectors);
+        var bad = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync("block/md0/md/sync_action", "frobnicate"));
+        Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, bad.Errno);
     }
 
     // Moves the manual clock a second at a time until the sync has finished.

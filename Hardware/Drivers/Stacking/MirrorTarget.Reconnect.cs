@@ -1,0 +1,82 @@
+using ActorBlk.Hardware.Devices;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+// Legs that come back by themselves: a remote leg (IReconnectingBlockDevice) whose owner node was
+// lost fails Offline and is marked faulty; when the node returns, its handle gets a new queue and
+// the mirror re-adds the leg, so the bitmap's dirty regions are copied to it (DRBD reconnects the
+// same way; md leaves a re-add to the administrator because its legs do not come back on their own).
+public sealed partial class MirrorTarget
+{
+    // Per leg: the handle's incarnation when the leg was last taken in (started or re-added). A leg
+    // that fails on that same incarnation failed on a live connection (a bad disk on the owner), so
+    // only a newer incarnation takes it back: no flapping between faulty and rebuilding.
+    private int[] _takenAt = [];
+    private EventHandler?[] _onReconnected = [];
+    private long _autoReAdds;
+
+    /// <summary>Legs taken back by themselves after their remote device reconnected.</summary>
+    public long AutomaticReAdds => Interlocked.Read(ref _autoReAdds);
+
+    private void WatchReconnects()
+    {
+        _takenAt = new int[_legs.Length];
+        _onReconnected = new EventHandler?[_legs.Length];
+        for (var i = 0; i < _legs.Length; i++)
+        {
+            if (_legs[i] is IReconnectingBlockDevice device)
+            {
+                var leg = i;
+                _takenAt[i] = device.Incarnation;
+                _onReconnected[i] = (_, _) => TakeBack(leg);
+                device.Reconnected += _onReconnected[i];
+            }
+        }
+    }
+
+    private void UnwatchReconnects()
+    {
+        for (var i = 0; i < _onReconnected.Length; i++)
+        {
+            if (_onReconnected[i] is { } handler && _legs[i] is IReconnectingBlockDevice device)
+            {
+                device.Reconnected -= handler;
+                _onReconnected[i] = null;
+            }
+        }
+    }
+
+    // Called when a leg reconnected, and after a leg was failed (the reconnection may have come
+    // first, while the leg still counted in sync, with the failure of an I/O of the old queue later).
+    private void TakeBack(int leg)
+    {
+        if (_legs[leg] is not IReconnectingBlockDevice device || _stop.IsCancellationRequested)
+        {
+            return;
+        }
+
+        var incarnation = device.Incarnation;
+        lock (_lock)
+        {
+            if (_failed || _state[leg] != MirrorLegState.Faulty || incarnation == _takenAt[leg])
+            {
+                return;
+            }
+
+            _takenAt[leg] = incarnation;
+        }
+
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await ReAddAsync(leg).ConfigureAwait(false);
+                Interlocked.Increment(ref _autoReAdds);
+            }
+            catch (Exception ex) when (ex is BlockIoException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)
+            {
+                // It failed again (or the mirror stopped): it stays faulty until the next reconnection or a manual re-add.
+            }
+        });
+    }
+}
