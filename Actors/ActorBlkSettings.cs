@@ -145,7 +145,8 @@ public sealed record ActorBlkSettings(
         var known = new HashSet<string>(devices.Select(d => d.Name), StringComparer.Ordinal);
         foreach (var entry in stacked)
         {
-            if (entry.Table.MemberNames.FirstOrDefault(m => !known.Contains(m)) is { } unknown)
+            // A member named name@host:port is a device of another node, opened when the table loads.
+            if (entry.Table.MemberNames.FirstOrDefault(m => !known.Contains(m) && !m.Contains('@', StringComparison.Ordinal)) is { } unknown)
             {
                 throw new DeviceOptionsException(entry.Name, "members", $"'{unknown}' is not a device listed before it.");
             }

@@ -1,22 +1,34 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Rings;
 using ActorBlk.Hardware.Topology;
 using Akka.Actor;
+using Akka.Event;
 
 namespace ActorBlk.Actors;
 
 /// <summary>
 /// Mailbox dispatch (<see cref="DispatchMode.Mailbox"/>): I/O arrives as messages. A bio goes to
-/// its software-context actor (the bio itself is the message), which builds the request and
-/// stages it in the hardware queue's ring; the first request staged on an idle queue sends one
-/// <see cref="HardwareQueue.Run"/> to that queue's driver actor, which takes, issues and finishes
-/// whole batches in its own mailbox turn. A redirected completion goes to the software-context
-/// actor of the submitting CPU (the request itself is the message).
+/// its software-context actor, which builds the request and stages it in the hardware queue's
+/// ring; the first request staged on an idle queue sends one <see cref="HardwareQueue.Run"/> to
+/// that queue's driver actor, which takes, issues and finishes whole batches in its own mailbox
+/// turn. A redirected completion goes to the software-context actor of the submitting CPU.
 /// </summary>
 /// <remarks>
+/// <para>
+/// A bio (or a redirected request) from a thread other than its context's own is published to
+/// the context's inbox, a lock-free MPSC ring, and only the first item published since the
+/// context actor's last turn sends a message (<see cref="DrainInbox"/>, a shared instance). The
+/// actor takes everything published meanwhile in one turn, so a burst of N submissions costs one
+/// Akka envelope and at most one wake-up of the CPU's thread, and its requests reach the driver
+/// actor as one batch behind one <see cref="HardwareQueue.Run"/>. When the inbox is full the item
+/// travels as a message of its own, as every bio did before.
+/// </para>
+/// <para>
 /// Each hardware queue has one dispatcher at a time: its driver actor, or, while no driver actor
 /// lives (the device is gone), its hardware-queue actor, which fails what is staged once the
 /// device is offline and otherwise lets it wait for the reopened device's driver actor.
+/// </para>
 /// </remarks>
 internal sealed class MailboxRuntime : IQueueRuntime
 {
@@ -26,6 +38,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
     private static int t_inline;
 
     private readonly IActorRef[] _contexts;
+    private readonly Inbox[] _inboxes;
     private readonly MailboxDispatcher?[] _threads;
     private readonly Slot[] _slots;
     private readonly TimeSpan _askTimeout;
@@ -43,6 +56,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         _contexts = contexts;
         _threads = threads ?? new MailboxDispatcher?[contexts.Length];
         _slots = dispatchers.Select(d => new Slot(d)).ToArray();
+        _inboxes = contexts.Select(_ => new Inbox()).ToArray();
         _askTimeout = askTimeout;
     }
 
@@ -55,14 +69,14 @@ internal sealed class MailboxRuntime : IQueueRuntime
     // A bio submitted on the thread that runs its context actor (an end-io on that CPU submitting
     // the next I/O from a driver actor's turn) runs the submission path at once: that thread would
     // run the message next anyway, so the context stays served by one thread at a time and the
-    // message is saved. Any other submitter sends the bio to the context actor.
+    // message is saved. Any other submitter publishes the bio to the context's inbox (Post).
     public void Submit(SoftwareContext ctx, Bio bio)
     {
         var cpu = ctx.Cpu;
         var thread = _threads[cpu];
         if (thread is null || t_inline != 0 || !thread.IsCurrentThread)
         {
-            _contexts[cpu].Tell(bio);
+            Post(cpu, bio);
             return;
         }
 
@@ -79,7 +93,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         }
     }
 
-    public void ResumeBio(Bio bio) => _contexts[bio.Cpu].Tell(bio);
+    public void ResumeBio(Bio bio) => Post(bio.Cpu, bio);
 
     // Staging is a publish to the hardware queue's ring (any thread may); only the first request
     // staged since the dispatcher's last turn costs a message.
@@ -108,7 +122,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         }
     }
 
-    public void DeliverCompletion(SoftwareContext target, Request request) => _contexts[target.Cpu].Tell(request);
+    public void DeliverCompletion(SoftwareContext target, Request request) => Post(target.Cpu, request);
 
     // A dispatcher runs a round within one message, so the answer to this one means no round is
     // in progress.
@@ -136,6 +150,158 @@ internal sealed class MailboxRuntime : IQueueRuntime
         Volatile.Write(ref slot.Dispatcher, dispatcher);
         Interlocked.Exchange(ref slot.Scheduled, 1);
         dispatcher.Tell(HardwareQueue.Run.Instance, ActorRefs.NoSender);
+    }
+
+    /// <summary>
+    /// Runs, in the turn of <paramref name="ctx"/>'s actor (on its CPU), what was published to the
+    /// context's inbox: at most <see cref="DrainBatch"/> items, oldest first. The bios' requests
+    /// are staged on their hardware queues and each queue's dispatcher is sent one Run for all of
+    /// them. What is left (more than a batch, or items behind one whose path threw) is drained by
+    /// a later turn, after the other actors of the CPU's thread had theirs.
+    /// </summary>
+    /// <returns>The number of items run.</returns>
+    public int Drain(SoftwareContext ctx)
+    {
+        var inbox = _inboxes[ctx.Cpu];
+
+        // Cleared before the first take (a full fence): an item published from now on sends another
+        // DrainInbox unless this turn takes it. Pairs with the fence in Post.
+        Interlocked.Exchange(ref inbox.Scheduled, 0);
+        var queue = ctx.Queue;
+        var n = 0;
+        try
+        {
+            while (n < DrainBatch && inbox.Ring.TryTake(out var item))
+            {
+                n++;
+                if (item is Bio bio)
+                {
+                    queue.SubmitBio(bio);
+                }
+                else
+                {
+                    queue.EndRequest((Request)item);
+                }
+            }
+        }
+        finally
+        {
+            inbox.Drained += n;
+            inbox.Turns++;
+            if (!inbox.Ring.IsEmpty)
+            {
+                Wake(ctx.Cpu, inbox);
+            }
+        }
+
+        return n;
+    }
+
+    /// <summary>
+    /// Counters of <paramref name="cpu"/>'s inbox (tests and diagnostics): the <see cref="DrainInbox"/>
+    /// messages sent, the items that travelled as messages of their own because the inbox was full,
+    /// the items run by <see cref="Drain"/> and in how many turns, and the items waiting now.
+    /// </summary>
+    public (long Messages, long Overflows, long Drained, long Turns, int Waiting) InboxCounters(int cpu)
+    {
+        var inbox = _inboxes[cpu];
+        return (Interlocked.Read(ref inbox.Messages), Interlocked.Read(ref inbox.Overflows),
+            Volatile.Read(ref inbox.Drained), Volatile.Read(ref inbox.Turns), inbox.Ring.Count);
+    }
+
+    /// <summary>
+    /// Runs everything left in <paramref name="ctx"/>'s inbox when its actor stops, so that no
+    /// item is stranded where nobody looks: on a torn-down queue each fails with Offline, on a
+    /// live one (a restart) it is staged for the driver actor.
+    /// </summary>
+    public void DrainOnStop(SoftwareContext ctx)
+    {
+        var inbox = _inboxes[ctx.Cpu];
+        var queue = ctx.Queue;
+        while (inbox.Ring.TryTake(out var item))
+        {
+            inbox.Drained++;
+            if (item is Bio bio)
+            {
+                queue.SubmitBio(bio);
+            }
+            else
+            {
+                queue.EndRequest((Request)item);
+            }
+        }
+    }
+
+    // Hands a bio or a redirected request to cpu's context actor from any thread: one publish to
+    // its inbox, and one DrainInbox for all items published until the actor's next turn.
+    private void Post(int cpu, object item)
+    {
+        var inbox = _inboxes[cpu];
+        if (!inbox.Ring.TryPublish(item))
+        {
+            // More items wait than the inbox holds: this one travels as a message of its own (the
+            // context actor takes a Bio or a Request message as the same command).
+            Interlocked.Increment(ref inbox.Overflows);
+            _contexts[cpu].Tell(item, ActorRefs.NoSender);
+            return;
+        }
+
+        // Dekker pair with the exchange in Drain: the item is visible before the flag is read, so
+        // either this producer sees the flag cleared or the draining turn sees the item. Reading
+        // the flag first keeps producers of a burst from bouncing its cache line.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref inbox.Scheduled) == 0)
+        {
+            Wake(cpu, inbox);
+        }
+    }
+
+    private void Wake(int cpu, Inbox inbox)
+    {
+        if (Interlocked.Exchange(ref inbox.Scheduled, 1) == 0)
+        {
+            Interlocked.Increment(ref inbox.Messages);
+            _contexts[cpu].Tell(DrainInbox.Instance, ActorRefs.NoSender);
+        }
+    }
+
+    /// <summary>
+    /// Most inbox items one turn of a context actor runs; the rest wait for its next turn, so the
+    /// driver actors on the same thread dispatch what the turn staged without waiting for a long
+    /// burst to end (the batch of a driver round, <see cref="DeviceDriverActor.DispatchBatchSize"/>).
+    /// </summary>
+    internal const int DrainBatch = 64;
+
+    /// <summary>
+    /// Slots of each context's inbox. Bios are not bounded by tags, so the inbox may fill; an item
+    /// that finds it full is sent as a message of its own. 256 covers the bursts of a few jobs at
+    /// QD32 for 4 KiB of memory per context.
+    /// </summary>
+    internal const int InboxCapacity = 256;
+
+    /// <summary>Tells a software-context actor to run its inbox (<see cref="Drain"/>). One is on its way per context at a time.</summary>
+    internal sealed class DrainInbox : INoSerializationVerificationNeeded, IDeadLetterSuppression
+    {
+        /// <summary>The instance.</summary>
+        public static readonly DrainInbox Instance = new();
+
+        private DrainInbox()
+        {
+        }
+    }
+
+    // A context's inbox. Scheduled is 1 while a DrainInbox is on its way (or the actor is in its
+    // turn before Drain cleared it).
+    private sealed class Inbox
+    {
+        public readonly MpscRing<object> Ring = new(InboxCapacity);
+        public int Scheduled;
+        public long Messages;
+        public long Overflows;
+
+        // Written by the context actor's turn only.
+        public long Drained;
+        public long Turns;
     }
 
     private sealed class Slot(IActorRef dispatcher)

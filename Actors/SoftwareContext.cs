@@ -16,14 +16,16 @@ namespace ActorBlk.Actors;
 public static class SoftwareContextProtocol
 {
     /// <summary>
-    /// Run the submission path for a bio on this context. Local only. (Mailbox dispatch sends the
-    /// <see cref="Bio"/> itself, which the actor takes as the same command.)
+    /// Run the submission path for a bio on this context. Local only. (Mailbox dispatch publishes a
+    /// bio to the context's inbox, or, when that is full, sends the <see cref="Bio"/> itself, which
+    /// the actor takes as the same command.)
     /// </summary>
     public sealed record SubmitBio(Bio Bio) : INoSerializationVerificationNeeded;
 
     /// <summary>
     /// Run the completion of a request redirected to this context's CPU (rq_affinity). Local only.
-    /// (Mailbox dispatch sends the <see cref="Request"/> itself, which the actor takes as the same command.)
+    /// (Mailbox dispatch publishes it to the context's inbox, or, when that is full, sends the
+    /// <see cref="Request"/> itself, which the actor takes as the same command.)
     /// </summary>
     public sealed record CompleteRequest(Request Request) : INoSerializationVerificationNeeded;
 
@@ -79,8 +81,18 @@ internal sealed class SoftwareContextActor : UntypedActor
         using var bind = CurrentCpu.Bind(_ctx.Cpu);
         switch (message)
         {
-            // Mailbox dispatch sends the bio and the redirected request themselves, with no
-            // wrapper to allocate per I/O; the records are the same commands for other senders.
+            // Mailbox dispatch publishes bios and redirected requests to the context's inbox and
+            // sends one DrainInbox for all of them (MailboxRuntime.Post).
+            case MailboxRuntime.DrainInbox:
+                if (_ctx.Queue.Runtime is MailboxRuntime runtime)
+                {
+                    runtime.Drain(_ctx);
+                }
+
+                break;
+
+            // When the inbox is full, mailbox dispatch sends the bio and the redirected request
+            // themselves, with no wrapper to allocate; the records are the same commands for other senders.
             case Bio bio:
                 _ctx.Queue.SubmitBio(bio);
                 break;
@@ -103,6 +115,19 @@ internal sealed class SoftwareContextActor : UntypedActor
                 Unhandled(message);
                 break;
         }
+    }
+
+    // A bio or request still in the inbox when the actor stops (teardown, or a restart) is run
+    // now: on a torn-down queue it fails with Offline instead of waiting where nobody looks.
+    protected override void PostStop()
+    {
+        if (_ctx.Queue.IsStarted && _ctx.Queue.Runtime is MailboxRuntime runtime)
+        {
+            using var bind = CurrentCpu.Bind(_ctx.Cpu);
+            runtime.DrainOnStop(_ctx);
+        }
+
+        base.PostStop();
     }
 
     private void HandleSubmit(SoftwareContextProtocol.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData);

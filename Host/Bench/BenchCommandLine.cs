@@ -68,6 +68,9 @@ internal sealed class BenchCommandLine
     private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
         "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");
 
+    private readonly Option<string?> ConfigFile = CliOptions.Text("--config", "PATH",
+        "a node configuration (HOCON) whose actorblk.devices and actorblk.stacked-devices the bench creates in its own process (after joining, with --join, whose remoting and TLS settings then come from it); --device then names one of them, a mirror for instance");
+
     private readonly Option<Word<IoEngine>> Engine = CliOptions.Choice("--engine", "io_uring", [("io_uring", IoEngine.IoUring), ("iouring", IoEngine.IoUring), ("psync", IoEngine.Psync)],
         "file device I/O engine (psync where io_uring is unavailable)");
 
@@ -106,7 +109,7 @@ internal sealed class BenchCommandLine
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, Direct, RandRepeat, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
-        Device, Join, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
+        Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
     ];
@@ -171,6 +174,7 @@ internal sealed class BenchCommandLine
             Plot = parse.GetValue(Plot),
             Device = parse.GetValue(Device) ?? "null",
             Join = parse.GetValue(Join) is { } join ? NodeConfig.ParseEndpoint(join, "--join") : null,
+            Config = parse.GetValue(ConfigFile),
             Engine = parse.ValueOf(Engine),
             Dispatch = parse.ValueOf(Dispatch),
             SubmitQueues = parse.GetValue(SubmitQueues),

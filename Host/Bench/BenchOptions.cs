@@ -121,6 +121,14 @@ internal sealed record BenchOptions
     /// </summary>
     public string? Join { get; init; }
 
+    /// <summary>
+    /// A node configuration (<c>--config PATH</c>) whose <c>actorblk.devices</c> and
+    /// <c>actorblk.stacked-devices</c> the bench creates in its process; <see cref="Device"/> then
+    /// names one of them. With <see cref="Join"/> the bench joins with this file's remoting and TLS
+    /// settings first, so a stacked device may name devices of other nodes. Null: none.
+    /// </summary>
+    public string? Config { get; init; }
+
     /// <summary>How many devices run side by side (<c>--devices</c>).</summary>
     public int Devices { get; init; } = 1;
 

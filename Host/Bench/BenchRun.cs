@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 
@@ -223,7 +224,7 @@ internal sealed class BenchRun
         // completions after its end, while the jobs wind down, are not recorded.
         _accounting.CloseWindow();
         var cpuInterval = Stopwatch.GetElapsedTime(cpuStart);
-        int? peak = _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
+        int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         process.Refresh();
         var usr = process.UserProcessorTime - usr0;
@@ -269,6 +270,12 @@ internal sealed class BenchRun
     /// <summary>The engine each hardware queue of <paramref name="device"/> uses now (null: the queue never dispatched).</summary>
     internal static IReadOnlyList<string?> EnginesOf(IBlockDevice device)
     {
+        if (device.Queue.Kind != QueueKind.MultiQueue)
+        {
+            // A stacked device (bio-based): no hardware queues of its own.
+            return [];
+        }
+
         var driver = device.Queue.Driver;
         while (driver is FaultInjectionDriver faulty)
         {
@@ -438,6 +445,8 @@ internal sealed class BenchRun
     // runs on the completion context; a slot is only ever touched by the flow of its current I/O.
     private sealed class Slot(AlignedBuffer memory, ulong seed) : IBioEndIo
     {
+        private const int Idle = 0, Submitting = 1, CompletedInSubmit = 2;
+
         // Aligned memory from the device, as fio allocates its buffers: O_DIRECT takes it without
         // a bounce copy, and with --fixedbufs it is registered memory.
         private readonly AlignedBuffer _memory = memory;
@@ -449,6 +458,9 @@ internal sealed class BenchRun
         private bool _read;
         private long _t0;
         private long _offset;
+
+        // Whether the slot's I/O is still inside SubmitWithEndIo, and whether it completed there.
+        private int _phase;
 
         public Task Done => _done.Task;
 
@@ -462,24 +474,39 @@ internal sealed class BenchRun
         {
             var run = _run!;
             var job = _job!;
-            if (run._stop || !job.TryClaim())
+            while (true)
             {
-                _done.TrySetResult();
-                return;
-            }
+                if (run._stop || !job.TryClaim())
+                {
+                    _done.TrySetResult();
+                    return;
+                }
 
-            _read = run.NextIsRead(this);
-            var offset = run.NextOffset(job, this);
-            _offset = offset;
-            Submitted++;
-            _t0 = run._accounting.Now;
-            run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
+                _read = run.NextIsRead(this);
+                var offset = run.NextOffset(job, this);
+                _offset = offset;
+                Submitted++;
+                _t0 = run._accounting.Now;
+                Volatile.Write(ref _phase, Submitting);
+                run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
+                if (Interlocked.CompareExchange(ref _phase, Idle, Submitting) == Submitting)
+                {
+                    return; // the completion comes later and submits the next I/O
+                }
+
+                // It completed before the submission returned (a stacked device over legs that
+                // complete inline): the next I/O is submitted here, not from inside the completion,
+                // so the stack does not grow with every I/O.
+            }
         }
 
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
             _run!.Record(this, _read, status, _t0, _offset);
-            SubmitNext();
+            if (Interlocked.CompareExchange(ref _phase, CompletedInSubmit, Submitting) != Submitting)
+            {
+                SubmitNext();
+            }
         }
 
         public Memory<byte> Buffer => _memory.Memory;

@@ -46,18 +46,7 @@ internal static class ClusterJoin
     /// <exception cref="UsageException">The cluster or the device did not appear within <paramref name="within"/>, or the name is ambiguous.</exception>
     public static async Task<ClusterBlockDevice> OpenAsync(ActorSystem system, string name, DeviceOptions template, TimeSpan within)
     {
-        var cluster = AkkaCluster.Get(system);
-        var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        cluster.RegisterOnMemberUp(() => up.TrySetResult());
-        try
-        {
-            await up.Task.WaitAsync(within).ConfigureAwait(false);
-        }
-        catch (TimeoutException)
-        {
-            throw new UsageException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
-        }
-
+        await WaitUpAsync(system, within).ConfigureAwait(false);
         var layer = BlockLayer.Get(system);
         using var wait = new CancellationTokenSource(within);
         try
@@ -76,6 +65,23 @@ internal static class ClusterJoin
         catch (AmbiguousClusterDeviceException ex)
         {
             throw new UsageException($"option --device: {ex.Message}");
+        }
+    }
+
+    /// <summary>Waits until this node is Up.</summary>
+    /// <exception cref="UsageException">It did not join within <paramref name="within"/>.</exception>
+    public static async Task WaitUpAsync(ActorSystem system, TimeSpan within)
+    {
+        var cluster = AkkaCluster.Get(system);
+        var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        cluster.RegisterOnMemberUp(() => up.TrySetResult());
+        try
+        {
+            await up.Task.WaitAsync(within).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new UsageException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
         }
     }
 

@@ -22,7 +22,11 @@ internal static class BenchCommand
     public static async Task<int> RunAsync(BenchOptions options)
     {
         // Fails early, with the option named, on a combination no device accepts.
-        _ = options.ToDeviceOptions();
+        var configured = options.Config is null ? null : Configured(options);
+        if (configured is null)
+        {
+            _ = options.ToDeviceOptions();
+        }
 
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
         // when supervision has something to say).
@@ -40,7 +44,7 @@ internal static class BenchCommand
 
         // --join: a client member of the cluster (README, "Cluster") that opens the device wherever it lives.
         config = options.Join is { } join
-            ? ClusterJoin.Config(join, null, config)
+            ? ClusterJoin.Config(join, options.Config, config)
             : config.WithFallback(ActorBlkSettings.DefaultConfig());
         using var system = ActorSystem.Create(options.Join is null ? "actorblk-bench" : NodeConfig.SystemName, config);
         try
@@ -48,7 +52,32 @@ internal static class BenchCommand
             var layer = BlockLayer.Get(system);
             var devices = new List<IBlockDevice>();
             ClusterFigures? cluster = null;
-            if (options.Join is not null)
+
+            // --config: the file's devices, then its stacked devices, as serve creates them; the
+            // bench drives the one --device names and removes them all in reverse order at the end.
+            var owned = new List<IBlockDevice>();
+            Task Teardown() => owned.Count > 0 ? DestroyAll(layer, Enumerable.Reverse(owned)) : DestroyAll(layer, devices);
+            if (configured is not null)
+            {
+                if (options.Join is not null)
+                {
+                    await ClusterJoin.WaitUpAsync(system, ClusterJoin.Patience).ConfigureAwait(false);
+                }
+
+                foreach (var d in configured.Devices)
+                {
+                    owned.Add(await layer.CreateDeviceAsync(d).ConfigureAwait(false));
+                }
+
+                foreach (var stacked in configured.StackedDevices)
+                {
+                    await layer.CreateStackedDeviceAsync(stacked.Name).ConfigureAwait(false);
+                    owned.Add(await layer.LoadTableAsync(stacked.Name, stacked.Table).ConfigureAwait(false));
+                }
+
+                devices.Add(owned.Single(d => d.Name == options.Device));
+            }
+            else if (options.Join is not null)
             {
                 var opened = await ClusterJoin.OpenAsync(system, options.Device, options.ToDeviceOptions(0), ClusterJoin.Patience).ConfigureAwait(false);
                 cluster = new ClusterFigures(opened.Device.Id, opened.Device.Node, opened.IsRemote, opened.Device.NbdEndpoint, opened.Name);
@@ -63,17 +92,17 @@ internal static class BenchCommand
             var device = devices[0];
             if (options.Size > device.Capacity)
             {
-                await DestroyAll(layer, devices).ConfigureAwait(false);
+                await Teardown().ConfigureAwait(false);
                 throw new UsageException($"option --size: {options.Size} bytes is more than the device holds ({device.Capacity} bytes).");
             }
 
-            var driver = device.Queue.Driver;
-            await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {driver.Description}").ConfigureAwait(false);
+            var description = device.Queue.BioDriver?.Description ?? device.Queue.Driver.Description;
+            await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {description}").ConfigureAwait(false);
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
 
             if (options.HotplugInterval is not null && layer.Topology.Online.Count < 2)
             {
-                await DestroyAll(layer, devices).ConfigureAwait(false);
+                await Teardown().ConfigureAwait(false);
                 throw new UsageException($"option --hotplug-interval: {layer.Topology.Online.Count} CPU online; at least two are needed (--possible-cpus).");
             }
 
@@ -104,7 +133,7 @@ internal static class BenchCommand
             }
 
             var queues = devices.Select(d => d.Queue).ToArray();
-            await DestroyAll(layer, devices).ConfigureAwait(false);
+            await Teardown().ConfigureAwait(false);
             var result = BenchResult.Combine(results) with
             {
                 Supervision = supervision,
@@ -141,6 +170,33 @@ internal static class BenchCommand
         }
     }
 
+    // The devices of --config, checked before anything starts: --device must name one of them.
+    private static ActorBlkSettings Configured(BenchOptions options)
+    {
+        ActorBlkSettings settings;
+        try
+        {
+            settings = ActorBlkSettings.Create(NodeConfig.Load(options.Config!, port: null));
+        }
+        catch (Exception ex) when (ex is ConfigurationException or DeviceOptionsException)
+        {
+            throw new UsageException($"option --config: {ex.Message}");
+        }
+
+        var names = settings.Devices.Select(d => d.Name).Concat(settings.StackedDevices.Select(d => d.Name)).ToArray();
+        if (!names.Contains(options.Device, StringComparer.Ordinal))
+        {
+            throw new UsageException($"option --device: '{options.Device}' is not a device of {options.Config} (it has {(names.Length == 0 ? "none" : string.Join(", ", names))}).");
+        }
+
+        if (options.Devices > 1)
+        {
+            throw new UsageException("option --devices: with --config the bench drives the one device --device names.");
+        }
+
+        return settings;
+    }
+
     private static async Task DestroyAll(BlockLayer layer, IEnumerable<IBlockDevice> devices)
     {
         foreach (var d in devices)
@@ -160,7 +216,7 @@ internal static class BenchCommand
     private static async Task<SupervisionFigures> SupervisionOf(BlockLayer layer, IBlockDevice device)
     {
         var info = await layer.GetDeviceInfoAsync(device.Name).ConfigureAwait(false);
-        var faults = device.Queue.Driver is FaultInjectionDriver f
+        var faults = device.Queue.BioDriver is null && device.Queue.Driver is FaultInjectionDriver f
             ? new FaultTotals(f.Injected.Errors, f.Injected.Resource, f.Injected.Lost, f.Injected.Stalls, f.Injected.Crashes)
             : null;
         return new SupervisionFigures(info.Timeouts, info.Resets, info.DeviceErrors, faults);

@@ -166,6 +166,37 @@ internal sealed class NodeClient : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Reads <paramref name="paths"/> from the attribute tree of the node at <paramref name="address"/>
+    /// (any node, not only <see cref="Address"/>), all at once. A path the node refuses (ENOENT ...)
+    /// reads null, and so does every path of a node that does not answer within <paramref name="within"/>.
+    /// </summary>
+    public async Task<string?[]> ReadAttributesAsync(string address, IReadOnlyList<string> paths, TimeSpan within)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        IActorRef sysfs;
+        try
+        {
+            sysfs = await _system.ActorSelection($"{address.TrimEnd('/')}/user/{BlockLayer.GuardianName}/{Sysfs.ActorName}").ResolveOne(within).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is ActorNotFoundException or TimeoutException)
+        {
+            return new string?[paths.Count];
+        }
+
+        return await Task.WhenAll(paths.Select(async path =>
+        {
+            try
+            {
+                return await sysfs.Ask<object>(new Sysfs.Read(path), within).ConfigureAwait(false) is Sysfs.Value value ? value.Text : null;
+            }
+            catch (AskTimeoutException)
+            {
+                return null;
+            }
+        })).ConfigureAwait(false);
+    }
+
     /// <inheritdoc />
     public async ValueTask DisposeAsync() => await _system.Terminate().ConfigureAwait(false);
 }

@@ -104,17 +104,22 @@ internal static class ServeCommand
                 loggers.ClearLoggers();
                 loggers.AddSerilogLogging();
             })
+            // A node without seeds forms its cluster before its devices are created: a stacked
+            // device with a member on another node waits for that node to join and publish it.
+            .AddStartup(async (system, _) =>
+            {
+                var cluster = Cluster.Get(system);
+                if (cluster.Settings.SeedNodes.Count == 0)
+                {
+                    await cluster.JoinAsync(cluster.SelfAddress).ConfigureAwait(false);
+                }
+            })
             .WithActorBlk()
             .WithTls(tls)
             .AddStartup(async (system, _) =>
             {
                 started = system;
                 var cluster = Cluster.Get(system);
-                if (cluster.Settings.SeedNodes.Count == 0)
-                {
-                    await cluster.JoinAsync(cluster.SelfAddress).ConfigureAwait(false);
-                }
-
                 var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 cluster.RegisterOnMemberUp(() => up.TrySetResult());
                 await up.Task.ConfigureAwait(false);

@@ -51,6 +51,38 @@ public sealed class BenchSpec
     }
 
     [Fact]
+    public async Task A_stacked_device_of_a_config_file_is_driven_by_name_and_legs_completing_inline_do_not_grow_the_stack()
+    {
+        // --config creates the file's devices and stacked devices in the bench's process; the
+        // mirror's legs complete inline (irqmode 0), so each I/O may complete inside its submission.
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-bench-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(config, """
+            actorblk.topology.source = simulated
+            actorblk.devices = [
+              { name = m0, size = 16m, memory_backed = on, irqmode = 0 },
+              { name = m1, size = 16m, memory_backed = on, irqmode = 0 } ]
+            actorblk.stacked-devices = [ { name = md0, type = mirror, members = [m0, m1], assume-clean = on } ]
+            """);
+        try
+        {
+            var json = await RunJson("--config", config, "--device=md0", "--rw=randrw", "--bs=512", "--iodepth=4", "--size=8m");
+            var job = json.GetProperty("jobs")[0];
+            Assert.Equal(16384, job.GetProperty("read").GetProperty("total_ios").GetInt64() + job.GetProperty("write").GetProperty("total_ios").GetInt64());
+            var actorblk = json.GetProperty("actorblk");
+            Assert.Equal(16384, actorblk.GetProperty("completed").GetInt64());
+            Assert.Equal(0, actorblk.GetProperty("errors").GetInt64());
+
+            await using var unknown = ActorBlkProcess.Start("bench", "--config", config, "--device=md9");
+            Assert.Equal(2, await unknown.WaitForExitAsync(Within));
+            Assert.Contains("option --device: 'md9' is not a device of", unknown.Output);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
+    [Fact]
     public async Task Without_a_runtime_each_job_moves_size_bytes()
     {
         var json = await RunJson("--device=null", "--rw=write", "--bs=64k", "--size=8m", "--iodepth=4", "--numjobs=2", "--memory-backed=1");

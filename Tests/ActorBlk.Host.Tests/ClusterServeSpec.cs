@@ -55,9 +55,9 @@ public sealed partial class ClusterServeSpec
                 Assert.Equal(0, await list.WaitForExitAsync(Within));
                 var lines = list.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
                 Assert.Equal(4, lines.Length);
-                Assert.Matches(@"^NAME\s+NODE\s+SIZE\s+BS\s+HWQ\s+RO\s+STATE\s+NBD$", lines[0]);
-                Assert.Matches($@"^nullb0\s+{Regex.Escape(nodeA)}\s+16MiB\s+512\s+1\s+0\s+live\s+nbd://127\.0\.0\.1:\d+/nullb0$", lines.Single(l => l.Contains(nodeA, StringComparison.Ordinal)));
-                Assert.Matches($@"^nullb1\s+{Regex.Escape(nodeB)}\s+8MiB\s+4096\s+1\s+1\s+live\s+nbd://127\.0\.0\.1:\d+/nullb1$", lines.Single(l => l.StartsWith("nullb1", StringComparison.Ordinal)));
+                Assert.Matches(@"^NAME\s+NODE\s+SIZE\s+BS\s+HWQ\s+RO\s+STATE\s+NBD\s+MIRROR$", lines[0]);
+                Assert.Matches($@"^nullb0\s+{Regex.Escape(nodeA)}\s+16MiB\s+512\s+1\s+0\s+live\s+nbd://127\.0\.0\.1:\d+/nullb0\s+-$", lines.Single(l => l.Contains(nodeA, StringComparison.Ordinal)));
+                Assert.Matches($@"^nullb1\s+{Regex.Escape(nodeB)}\s+8MiB\s+4096\s+1\s+1\s+live\s+nbd://127\.0\.0\.1:\d+/nullb1\s+-$", lines.Single(l => l.StartsWith("nullb1", StringComparison.Ordinal)));
                 Assert.Single(lines, l => l.StartsWith("nullb0", StringComparison.Ordinal) && l.Contains(nodeB, StringComparison.Ordinal) && l.Contains("32MiB", StringComparison.Ordinal));
             }
 
@@ -85,6 +85,77 @@ public sealed partial class ClusterServeSpec
             File.Delete(configB);
         }
     }
+
+    [Fact]
+    public async Task Devices_shows_a_mirrors_state_from_its_owners_md_attributes()
+    {
+        // Issue 13 item 5: the MIRROR column, read from the owner's block/<dev>/md/ attributes.
+        var config = Config("{ name = m0, size = 16m, memory_backed = 1 }, { name = m1, size = 16m, memory_backed = 1 }");
+        File.AppendAllText(config, "\nactorblk.stacked-devices = [ { name = md0, type = mirror, members = [m0, m1], region = 1m, assume-clean = on } ]\n");
+        try
+        {
+            await using var a = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+            var nodeA = AddressLine().Match(await a.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+
+            async Task<string[]> Devices()
+            {
+                await using var list = ActorBlkProcess.Start("devices", "--node", nodeA);
+                Assert.Equal(0, await list.WaitForExitAsync(Within));
+                return list.StandardOutput.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            }
+
+            async Task Sysfs(params string[] args)
+            {
+                await using var command = ActorBlkProcess.Start(["sysfs", "--node", $"akka.tcp://actorblk@{nodeA}", .. args]);
+                var code = await command.WaitForExitAsync(Within);
+                Assert.True(code == 0, $"sysfs {string.Join(' ', args)}: exit {code}: {command.Output}");
+            }
+
+            // The registry has the stacked device, with its NBD export, once it is published.
+            await a.WaitForLineAsync(l => l.Contains("Cluster device md0@", StringComparison.Ordinal), Within);
+            var lines = await Devices();
+            for (var i = 0; i < 30 && !lines.Any(l => l.StartsWith("md0", StringComparison.Ordinal) && l.Contains("nbd://", StringComparison.Ordinal)); i++)
+            {
+                lines = await Devices();
+            }
+
+            Assert.Equal(4, lines.Length);
+            Assert.Matches(@"^NAME\s+NODE\s+SIZE\s+BS\s+HWQ\s+RO\s+STATE\s+NBD\s+MIRROR$", lines[0]);
+            Assert.Matches($@"^md0\s+{Regex.Escape(nodeA)}\s+\S+\s+512\s+1\s+0\s+live\s+nbd://127\.0\.0\.1:\d+/md0\s+raid1 2/2 in_sync$", lines.Single(l => l.StartsWith("md0", StringComparison.Ordinal)));
+            Assert.Matches(@"^m0\s.*\snbd://127\.0\.0\.1:\d+/m0\s+-$", lines.Single(l => l.StartsWith("m0", StringComparison.Ordinal)));
+
+            // A leg failed by hand: degraded; re-added (nothing written meanwhile): in sync again.
+            await Sysfs("write", "block/md0/md/dev-m1/state", "faulty");
+            Assert.EndsWith("raid1 1/2 degraded", (await Devices()).Single(l => l.StartsWith("md0", StringComparison.Ordinal)), StringComparison.Ordinal);
+            await Sysfs("write", "block/md0/md/dev-m1/state", "re-add");
+            var md0 = string.Empty;
+            for (var i = 0; i < 30 && !md0.EndsWith("in_sync", StringComparison.Ordinal); i++)
+            {
+                md0 = (await Devices()).Single(l => l.StartsWith("md0", StringComparison.Ordinal));
+                Assert.Matches(@"raid1 (2/2 in_sync|1/2 recover \d+%|1/2 degraded)$", md0);
+            }
+
+            Assert.EndsWith("raid1 2/2 in_sync", md0, StringComparison.Ordinal);
+            a.Terminate();
+            Assert.Equal(0, await a.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
+    [Theory]
+    [InlineData("raid1\n", "2\n", "0\n", "idle\n", "none\n", "raid1 2/2 in_sync")]
+    [InlineData("raid1\n", "3\n", "1\n", "idle\n", "none\n", "raid1 2/3 degraded")]
+    [InlineData("raid1\n", "2\n", "1\n", "recover\n", "37000 / 100000\n", "raid1 1/2 recover 37%")]
+    [InlineData("raid1\n", "2\n", "0\n", "check\n", "5 / 10\n", "raid1 2/2 check 50%")]
+    [InlineData("raid1\n", "2\n", "1\n", "recover\n", "none\n", "raid1 1/2 recover ?")]
+    [InlineData("raid1\n", "2\n", "2\n", "idle\n", "none\n", "raid1 0/2 failed")]
+    [InlineData("raid1\n", null, "0\n", "idle\n", "none\n", "?")]
+    [InlineData(null, null, null, null, null, null)]
+    public void The_mirror_column_says_legs_in_sync_and_the_running_sync(string? level, string? disks, string? degraded, string? action, string? completed, string? expected) =>
+        Assert.Equal(expected, ActorBlk.Host.Commands.DevicesCommand.MirrorState(level, disks, degraded, action, completed));
 
     [Theory]
     [InlineData("serve --seed nowhere", "option --seed: 'nowhere' is not HOST:PORT")]
