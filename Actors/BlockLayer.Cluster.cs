@@ -73,16 +73,21 @@ public sealed partial class BlockLayer
         var at = member.IndexOf('@', StringComparison.Ordinal);
         while (true)
         {
+            var seen = ClusterDevices.Snapshot;
             try
             {
                 return await _opener.OpenAsync(member, null, cancellationToken).ConfigureAwait(false);
             }
             catch (ClusterDeviceNotFoundException ex)
             {
-                // The registry may not show it yet (this node or the owner just joined): wait for it.
+                // The registry may not show it yet (this node or the owner just joined), or not its
+                // NBD export yet: wait for a newer snapshot that shows it exported, never spinning on
+                // the one that was just refused.
                 try
                 {
-                    await ClusterDevices.WaitForAsync(s => s.Any(d => at >= 0 ? d.Id == member : d.Name == member), wait.Token).ConfigureAwait(false);
+                    await ClusterDevices.WaitForAsync(
+                        s => !ReferenceEquals(s, seen) && s.Any(d => (at >= 0 ? d.Id == member : d.Name == member) && d.NbdEndpoint.Length > 0),
+                        wait.Token).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                 {

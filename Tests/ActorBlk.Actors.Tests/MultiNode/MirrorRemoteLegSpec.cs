@@ -166,4 +166,25 @@ public sealed class MirrorRemoteLegSpec : Akka.TestKit.Xunit2.TestKit, IDisposab
         await a.Layer.DestroyDeviceAsync("md1");
         await a.Layer.DestroyDeviceAsync("local");
     }
+
+    [Fact]
+    public async Task A_remote_leg_that_is_published_but_never_exported_refuses_the_table_after_member_wait_without_spinning()
+    {
+        var a = ClusterNode.Start("a", hocon: "actorblk.cluster.registry.member-wait = 3s");
+        await using var _a = a;
+        var b = ClusterNode.Start("b");
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+
+        // b publishes its device but runs no NBD export: opening it is refused until an endpoint shows.
+        await b.Layer.CreateDeviceAsync(Memory("noexport"));
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Id == $"noexport@{b.Name}"), Liveness);
+        await a.Layer.CreateDeviceAsync(Memory("local"));
+        await a.Layer.CreateStackedDeviceAsync("md2");
+        var refused = await Assert.ThrowsAsync<DeviceOptionsException>(
+            () => a.Layer.LoadTableAsync("md2", StackTable.Mirror("local", $"noexport@{b.Name}")).WaitAsync(Liveness));
+        Assert.Equal("members", refused.Option);
+        Assert.Contains("NBD", refused.Message, StringComparison.Ordinal);
+    }
 }
