@@ -15,7 +15,8 @@ public abstract class BlockClock
 
     /// <summary>
     /// Nanoseconds since an arbitrary origin, for I/O accounting (<c>ktime_get_ns</c>); never goes
-    /// backwards. The system clock reads the high-resolution timestamp; another clock its milliseconds.
+    /// backwards. The system clock reads the high-resolution timestamp, once per completion batch
+    /// (<see cref="BlockTime"/>); another clock its milliseconds.
     /// </summary>
     public virtual long NowNanoseconds => NowMilliseconds * 1_000_000;
 
@@ -25,7 +26,7 @@ public abstract class BlockClock
 
         public override long NowMilliseconds => Environment.TickCount64;
 
-        public override long NowNanoseconds => (long)(global::System.Diagnostics.Stopwatch.GetTimestamp() * NanosecondsPerTick);
+        public override long NowNanoseconds => (long)(BlockTime.Timestamp * NanosecondsPerTick);
     }
 }
 

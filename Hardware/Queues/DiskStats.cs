@@ -95,6 +95,14 @@ public readonly record struct DiskStatSample(
 /// <c>inflight</c> file shows it (writes, discards and flushes are writes, <c>op_is_write</c>).
 /// A slot is chosen by the processor the thread runs on; the adds are interlocked, so a thread
 /// moved between the read of its processor id and the add cannot lose a count.
+/// A dispatch loop of a driver that does not block accounts in batches (<see cref="EnterBatch"/>):
+/// the starts and completions of its rounds are summed in the thread's own counters with plain
+/// adds and added to a slot every <c>DispatchLoop.StatsFlushEvery</c> of them and whenever the
+/// loop stops running rounds (before it spins or parks), so they cost a handful of interlocked
+/// adds per flush instead of five per request. A reader can therefore miss the counts of the
+/// last few rounds of a loop that is still busy, never those of an idle one; starts are added
+/// before completions, so in_flight never reads low because of a batch. A direct round run by a
+/// submitter is its own batch, flushed when it ends.
 /// </remarks>
 public sealed class DiskStats
 {
@@ -166,9 +174,100 @@ public sealed class DiskStats
     {
         var now = _clock.NowNanoseconds;
         UpdateIoTicks(now, end: false);
-        ref var slot = ref Local();
-        Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.StartedRead : ref slot.StartedWrite));
+        if (ReferenceEquals(t_batchOwner, this))
+        {
+            var batch = t_batch!;
+            batch.Pending++;
+            if (op == BlockOp.Read)
+            {
+                batch.StartedRead++;
+            }
+            else
+            {
+                batch.StartedWrite++;
+            }
+        }
+        else
+        {
+            ref var slot = ref Local();
+            Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.StartedRead : ref slot.StartedWrite));
+        }
+
         return now == 0 ? 1 : now;
+    }
+
+    /// <summary>
+    /// Makes the calling thread's accounting for this disk one batch until <see cref="ExitBatch"/>
+    /// (a dispatch round, or a dispatch loop while it runs rounds back to back): counts go to the
+    /// thread's counters and reach the slots at <see cref="FlushBatch"/> or <see cref="ExitBatch"/>.
+    /// Returns false, and batches nothing, when the thread already batches (for this disk or for
+    /// another one whose round called into this one); pass the result to <see cref="ExitBatch"/>.
+    /// </summary>
+    internal bool EnterBatch()
+    {
+        if (t_batchOwner is not null)
+        {
+            return false;
+        }
+
+        t_batch ??= new BatchCounters();
+        t_batchOwner = this;
+        return true;
+    }
+
+    /// <summary>Ends the batch <see cref="EnterBatch"/> started (when it returned true): adds its counts to a slot.</summary>
+    internal void ExitBatch(bool entered)
+    {
+        if (!entered)
+        {
+            return;
+        }
+
+        FlushBatch();
+        t_batchOwner = null;
+    }
+
+    /// <summary>The number of starts and completions the calling thread holds for this disk, not yet added to a slot.</summary>
+    internal long BatchPending => ReferenceEquals(t_batchOwner, this) ? t_batch!.Pending : 0;
+
+    /// <summary>Adds the counts the calling thread holds for this disk to a slot (nothing when it holds none).</summary>
+    internal void FlushBatch()
+    {
+        if (!ReferenceEquals(t_batchOwner, this))
+        {
+            return;
+        }
+
+        var batch = t_batch!;
+        if (batch.Pending == 0)
+        {
+            return;
+        }
+
+        ref var slot = ref Local();
+
+        // Starts first: a reader sums completions before starts, so in_flight cannot read low.
+        AddIfAny(ref slot.StartedRead, ref batch.StartedRead);
+        AddIfAny(ref slot.StartedWrite, ref batch.StartedWrite);
+        for (var g = 0; g < Groups; g++)
+        {
+            AddIfAny(ref slot.Ios((StatGroup)g), ref batch.Ios[g]);
+            AddIfAny(ref slot.Sectors((StatGroup)g), ref batch.Sectors[g]);
+            AddIfAny(ref slot.Nanoseconds((StatGroup)g), ref batch.Nanoseconds[g]);
+        }
+
+        AddIfAny(ref slot.DoneRead, ref batch.DoneRead);
+        AddIfAny(ref slot.DoneWrite, ref batch.DoneWrite);
+        batch.Pending = 0;
+
+        static void AddIfAny(ref long target, ref long count)
+        {
+            if (count != 0)
+            {
+                Interlocked.Add(ref target, count);
+                count = 0;
+            }
+        }
     }
 
     /// <summary><c>blk_account_io_merge_bio</c>: a bio of <paramref name="op"/> merged into a request.</summary>
@@ -189,15 +288,39 @@ public sealed class DiskStats
         var now = _clock.NowNanoseconds;
         UpdateIoTicks(now, end: true);
         var group = GroupOf(op);
-        ref var slot = ref Local();
-        Interlocked.Increment(ref slot.Ios(group));
-        if (group != StatGroup.Flush)
+        if (ReferenceEquals(t_batchOwner, this))
         {
-            Interlocked.Add(ref slot.Sectors(group), sectors);
+            var batch = t_batch!;
+            batch.Pending++;
+            batch.Ios[(int)group]++;
+            if (group != StatGroup.Flush)
+            {
+                batch.Sectors[(int)group] += sectors;
+            }
+
+            batch.Nanoseconds[(int)group] += Math.Max(0, now - startNs);
+            if (op == BlockOp.Read)
+            {
+                batch.DoneRead++;
+            }
+            else
+            {
+                batch.DoneWrite++;
+            }
+        }
+        else
+        {
+            ref var slot = ref Local();
+            Interlocked.Increment(ref slot.Ios(group));
+            if (group != StatGroup.Flush)
+            {
+                Interlocked.Add(ref slot.Sectors(group), sectors);
+            }
+
+            Interlocked.Add(ref slot.Nanoseconds(group), Math.Max(0, now - startNs));
+            Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.DoneRead : ref slot.DoneWrite));
         }
 
-        Interlocked.Add(ref slot.Nanoseconds(group), Math.Max(0, now - startNs));
-        Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.DoneRead : ref slot.DoneWrite));
         if (status != BlockStatus.Ok && (uint)status < (uint)_errors.Length)
         {
             Interlocked.Increment(ref _errors[(int)status]);
@@ -290,6 +413,14 @@ public sealed class DiskStats
         return reads + writes > 0;
     }
 
+    // The disk whose accounting the thread batches now, and the thread's counters (one object
+    // per thread that ever ran a round, reused by every disk).
+    [ThreadStatic]
+    private static DiskStats? t_batchOwner;
+
+    [ThreadStatic]
+    private static BatchCounters? t_batch;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref Slot Local() => ref _slots[Thread.GetCurrentProcessorId() & _mask];
 
@@ -318,5 +449,26 @@ public sealed class DiskStats
 
         [UnscopedRef]
         public ref long Nanoseconds(StatGroup g) => ref Unsafe.Add(ref _ns0, (int)g);
+    }
+
+    // A round's counts, kept by its thread until the round ends.
+    private sealed class BatchCounters
+    {
+        public long StartedRead;
+        public long StartedWrite;
+        public long DoneRead;
+        public long DoneWrite;
+        public Groups4 Ios;
+        public Groups4 Sectors;
+        public Groups4 Nanoseconds;
+
+        // Starts and completions counted since the last flush.
+        public long Pending;
+    }
+
+    [InlineArray(Groups)]
+    private struct Groups4
+    {
+        private long _element;
     }
 }

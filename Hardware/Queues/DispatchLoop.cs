@@ -48,6 +48,9 @@ internal sealed class DispatchLoop
     /// <summary>Most requests handed to the driver per round.</summary>
     public const int BatchSize = 64;
 
+    /// <summary>How many starts and completions a busy loop counts before it adds them to the disk statistics.</summary>
+    internal const int StatsFlushEvery = 256;
+
     [ThreadStatic]
     private static DispatchLoop? t_current;
 
@@ -79,12 +82,19 @@ internal sealed class DispatchLoop
     private readonly Request[] _directScratch = new Request[BatchSize];
     private long _directRounds;
 
+    // Whether a round is one accounting batch (BlockTime, DiskStats): not for drivers that may
+    // block in QueueRq, where the round's time would go stale and its counts be seen late.
+    private readonly bool _batchTime;
+
     public DispatchLoop(HardwareContext hctx, IBlockDriver driver, TimeSpan spin, bool directIssue = false)
     {
         _hctx = hctx;
         _driver = driver;
         _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
         _directIssue = directIssue;
+
+        // A driver that may block in QueueRq would make a cached time stale within the round.
+        _batchTime = (driver.Features & DriverFeatures.Blocking) == 0;
     }
 
     /// <summary>Rounds that ended with the loop going to sleep.</summary>
@@ -255,6 +265,8 @@ internal sealed class DispatchLoop
         using var bind = CurrentCpu.Bind(pin ? -1 : _hctx.HomeCpu);
         var scratch = new Request[BatchSize];
         long rerunAt = 0;
+        var stats = _hctx.Queue.Stats;
+        var statsBatch = false;
         try
         {
             _driver.InitHardwareContext(_hctx);
@@ -262,6 +274,10 @@ internal sealed class DispatchLoop
             // Published before the loop can first announce that it sleeps (a full fence in Park).
             Volatile.Write(ref _reaper, _hctx.Reaper);
             _directReady = _directIssue && _reaper is null;
+
+            // The loop's rounds account in one batch, flushed every StatsFlushEvery counts and
+            // before the loop spins or sleeps (DiskStats.EnterBatch).
+            statsBatch = _batchTime && stats.EnterBatch();
             while (!_stopping)
             {
                 // A remap (CPU hotplug) gives the queue a new mask: follow it.
@@ -277,7 +293,7 @@ internal sealed class DispatchLoop
                 DispatchDecision decision;
                 try
                 {
-                    decision = RunRound(scratch);
+                    decision = RunRound(scratch, direct: false);
                 }
                 finally
                 {
@@ -290,6 +306,11 @@ internal sealed class DispatchLoop
                         // Busy: hand this round's submissions over and collect what finished
                         // before taking more, so completions are not starved by a steady stream.
                         _reaper?.Reap();
+                        if (statsBatch && stats.BatchPending >= StatsFlushEvery)
+                        {
+                            stats.FlushBatch();
+                        }
+
                         continue;
                     case DispatchDecision.RerunAfterDelay:
                         rerunAt = Environment.TickCount64 + (long)HardwareContext.ResourceDelay.TotalMilliseconds;
@@ -305,11 +326,15 @@ internal sealed class DispatchLoop
                     continue;
                 }
 
+                // No round follows at once: what the rounds counted becomes visible now.
+                stats.FlushBatch();
                 Park(rerunAt);
             }
         }
         finally
         {
+            stats.ExitBatch(statsBatch);
+
             // Kept for good: no direct round runs once the loop has exited (teardown drains the
             // rings after this, and the driver's context is gone).
             _directReady = false;
@@ -327,16 +352,37 @@ internal sealed class DispatchLoop
     }
 
     // One round with the quiesce handshake (the caller owns the dispatcher).
-    private DispatchDecision RunRound(Request[] scratch)
+    private DispatchDecision RunRound(Request[] scratch, bool direct)
     {
         // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
         Interlocked.Exchange(ref _inRound, 1);
+
+        // The round's accounting reads the clock once (blk_time_get_ns with a plug's cached time).
+        // A direct round's disk statistics are one batch; the loop's thread batches across its
+        // rounds (see Run) and flushes before it parks.
+        var outerTime = 0L;
+        var statsBatch = false;
+        if (_batchTime)
+        {
+            outerTime = BlockTime.EnterBatch();
+            if (direct)
+            {
+                statsBatch = _hctx.Queue.Stats.EnterBatch();
+            }
+        }
+
         try
         {
             return _hctx.RunOnce(_driver, scratch);
         }
         finally
         {
+            if (_batchTime)
+            {
+                _hctx.Queue.Stats.ExitBatch(statsBatch);
+                BlockTime.ExitBatch(outerTime);
+            }
+
             // Full fence: the round is over before a waiter is looked for (pairs with the
             // fence in WaitIdleAsync; a plain store could pass the read of _idleWaiter).
             Interlocked.Exchange(ref _inRound, 0);
@@ -393,7 +439,7 @@ internal sealed class DispatchLoop
             // A submission from inside this round (an inline completion submitting the next I/O)
             // only publishes: the round's end sees it (RerunNow) and hands it to the loop.
             t_current = this;
-            decision = RunRound(_directScratch);
+            decision = RunRound(_directScratch, direct: true);
             _directRounds++;
         }
         finally

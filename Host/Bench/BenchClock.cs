@@ -15,6 +15,14 @@ internal abstract class BenchClock
     /// <summary>Ticks since an arbitrary origin; never goes backwards.</summary>
     public abstract long Timestamp { get; }
 
+    /// <summary>
+    /// The time a completion is recorded at: read once per completion batch, as fio reads it once
+    /// per batch of reaped events (<c>io_u_queued_complete</c>). The system clock returns the
+    /// block layer's batch time (<see cref="ActorBlk.Hardware.Queues.BlockTime"/>), which is never
+    /// earlier than the submission of a request the batch completes; other clocks their <see cref="Timestamp"/>.
+    /// </summary>
+    public virtual long CompletionTimestamp => Timestamp;
+
     /// <summary>A duration in this clock's ticks.</summary>
     public static long Ticks(TimeSpan duration) => (long)(duration.TotalSeconds * Stopwatch.Frequency);
 
@@ -27,5 +35,7 @@ internal abstract class BenchClock
     private sealed class StopwatchClock : BenchClock
     {
         public override long Timestamp => Stopwatch.GetTimestamp();
+
+        public override long CompletionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
     }
 }

@@ -363,7 +363,7 @@ internal sealed class BenchRun
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private long NextOffset(Job job, Slot slot) => _o.IsRandom
-        ? (long)(slot.NextRandom() % (ulong)job.Blocks) * _o.BlockSize
+        ? (long)Math.BigMul(slot.NextRandom(), (ulong)job.Blocks, out _) * _o.BlockSize // the high word: uniform in [0, blocks) without a division
         : job.NextSequential();
 
     // Counters stay per slot (the whole run, for submitted == completed); what the window

@@ -471,9 +471,20 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         do
         {
             n = _ring.Reap(cqes);
-            for (var i = 0; i < n; i++)
+
+            // One reap is one completion batch: its accounting reads the clock once (BlockTime),
+            // after the entries were taken, so never before a request it completes was submitted.
+            var outer = BlockTime.EnterBatch();
+            try
             {
-                completed += Handle(cqes[i]);
+                for (var i = 0; i < n; i++)
+                {
+                    completed += Handle(cqes[i]);
+                }
+            }
+            finally
+            {
+                BlockTime.ExitBatch(outer);
             }
         }
         while (n == ReapBatch);
@@ -532,7 +543,9 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (result == -LibC.EOPNOTSUPP && rq.Op == BlockOp.WriteZeroes)
             {
-                return ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes);
+                var zeroed = ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes);
+                BlockTime.Invalidate();
+                return zeroed;
             }
 
             return BlockStatusExtensions.FromErrno(result);
@@ -545,9 +558,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 return BlockStatus.IoError;
             }
 
-            // A short transfer (buffered I/O near the end of a file, say): finish it here.
+            // A short transfer (buffered I/O near the end of a file, say): finish it here. It
+            // blocks, so the reap's cached time is stale afterwards.
             command.Advance(result);
-            return command.TransferSync(Target.Fd, rq.Op, (rq.Flags & RequestFlags.Fua) != 0 ? LibC.RWF_DSYNC : 0);
+            var status = command.TransferSync(Target.Fd, rq.Op, (rq.Flags & RequestFlags.Fua) != 0 ? LibC.RWF_DSYNC : 0);
+            BlockTime.Invalidate();
+            return status;
         }
 
         return BlockStatus.Ok;

@@ -1,0 +1,216 @@
+using System.Diagnostics;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Queues;
+
+/// <summary>
+/// Accounting in batches, the cost cuts of the null path: a dispatch round reads the clock once
+/// (<see cref="BlockTime"/>, <c>blk_time_get_ns</c> with a plug's cached time) and a dispatch
+/// loop adds its disk statistics to the per-CPU slots in batches (<see cref="DiskStats.EnterBatch"/>),
+/// never losing a count and never leaving one unseen once the loop is idle.
+/// </summary>
+public sealed class AccountingBatchSpec
+{
+    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public void A_batch_holds_its_counts_until_flushed_and_then_adds_every_one()
+    {
+        var stats = new DiskStats(new ManualBlockClock(1000));
+        Assert.True(stats.EnterBatch());
+        try
+        {
+            var read = stats.Start(BlockOp.Read);
+            var write = stats.Start(BlockOp.Write);
+            stats.Done(BlockOp.Read, 8, read);
+            Assert.Equal(3, stats.BatchPending);
+
+            // Held by the thread: not in the slots yet.
+            Assert.Equal(0UL, stats.Read().ReadIos);
+            Assert.Equal((0L, 0L), stats.InFlight());
+
+            stats.FlushBatch();
+            Assert.Equal(0, stats.BatchPending);
+            var s = stats.Read();
+            Assert.Equal(1UL, s.ReadIos);
+            Assert.Equal(8UL, s.ReadSectors);
+            Assert.Equal((0L, 1L), stats.InFlight());
+
+            stats.Done(BlockOp.Write, 16, write, BlockStatus.IoError);
+        }
+        finally
+        {
+            stats.ExitBatch(true);
+        }
+
+        // Ending the batch adds what it still held; errors are counted at once, as before.
+        var end = stats.Read();
+        Assert.Equal(1UL, end.WriteIos);
+        Assert.Equal(16UL, end.WriteSectors);
+        Assert.Equal(1, stats.Errors(BlockStatus.IoError));
+        Assert.Equal((0L, 0L), stats.InFlight());
+        Assert.Equal(0, stats.BatchPending);
+    }
+
+    [Fact]
+    public void A_thread_that_already_batches_counts_another_disk_at_once()
+    {
+        // A stacked device's round inside another device's round: only the outer disk batches.
+        var outer = new DiskStats(new ManualBlockClock());
+        var inner = new DiskStats(new ManualBlockClock());
+        Assert.True(outer.EnterBatch());
+        try
+        {
+            Assert.False(inner.EnterBatch());
+            inner.Done(BlockOp.Read, 8, inner.Start(BlockOp.Read));
+            inner.ExitBatch(false);
+            Assert.Equal(1UL, inner.Read().ReadIos);
+            Assert.Equal(0, inner.BatchPending);
+
+            outer.Done(BlockOp.Read, 8, outer.Start(BlockOp.Read));
+            Assert.Equal(0UL, outer.Read().ReadIos);
+        }
+        finally
+        {
+            outer.ExitBatch(true);
+        }
+
+        Assert.Equal(1UL, outer.Read().ReadIos);
+    }
+
+    [Fact]
+    public void A_batch_reads_the_clock_once_and_a_blocked_or_ended_batch_reads_it_afresh()
+    {
+        var outside = BlockTime.Timestamp;
+        var state = BlockTime.EnterBatch();
+        long first;
+        try
+        {
+            first = BlockTime.Timestamp;
+            Assert.True(first >= outside);
+
+            // However far the clock moves, the batch keeps its time...
+            SpinUntilAfter(first);
+            Assert.Equal(first, BlockTime.Timestamp);
+
+            // ...and a nested batch shares it.
+            var nested = BlockTime.EnterBatch();
+            Assert.Equal(first, BlockTime.Timestamp);
+            BlockTime.ExitBatch(nested);
+            Assert.Equal(first, BlockTime.Timestamp);
+
+            // A thread that blocked inside the batch reads afresh, once.
+            BlockTime.Invalidate();
+            var second = BlockTime.Timestamp;
+            Assert.True(second > first);
+            SpinUntilAfter(second);
+            Assert.Equal(second, BlockTime.Timestamp);
+        }
+        finally
+        {
+            BlockTime.ExitBatch(state);
+        }
+
+        // Outside a batch every read is fresh.
+        var now = BlockTime.Timestamp;
+        Assert.True(now > first);
+        SpinUntilAfter(now);
+        Assert.True(BlockTime.Timestamp > now);
+    }
+
+    [Fact]
+    public async Task A_dispatch_loop_counts_every_request_once_it_is_idle_and_when_it_stops()
+    {
+        // 2,000 reads completed inline on the loop's thread, each resubmitting the next from its
+        // completion (as the bench does), so the loop runs rounds back to back and batches its
+        // counts; once it parks, and once it stopped, every one of them is in the statistics.
+        using var softIrq = new BlockSoftIrq(4);
+        var driver = new ScriptedDriver { CompleteInline = true };
+        var topology = CpuTopology.Simulated(4);
+        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
+        var queue = new RequestQueue("batch0", tagSet, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
+        tagSet.AddQueue(queue);
+        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
+        queue.Start(runtime);
+        const int Total = 2_000;
+        const int Chains = 8;
+        try
+        {
+            var chains = Enumerable.Range(0, Chains).Select(c => Chain(queue, c, Total / Chains)).ToArray();
+            await Task.WhenAll(chains).WaitAsync(Liveness);
+            var parks = runtime.Parks;
+            runtime.Kick(queue.HardwareContexts[0]);
+            Assert.True(SpinWait.SpinUntil(() => runtime.Parks > parks, Liveness), "the loop did not park");
+
+            var idle = queue.Stats.Read();
+            Assert.Equal((ulong)Total, idle.ReadIos);
+            Assert.Equal((ulong)(Total * 8), idle.ReadSectors);
+            Assert.Equal(0UL, idle.InFlight);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+
+        Assert.Equal((ulong)Total, queue.Stats.Read().ReadIos);
+        Assert.Equal((0L, 0L), queue.Stats.InFlight());
+        Assert.Equal(Total, driver.Calls.Count);
+    }
+
+    // One in-flight slot: each completion submits the next read from the completion context.
+    private static Task Chain(RequestQueue queue, int index, int count)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var endIo = new ChainedEndIo(queue, index, count, done);
+        endIo.SubmitNext();
+        return done.Task;
+    }
+
+    private static void SpinUntilAfter(long timestamp)
+    {
+        var spinner = default(SpinWait);
+        while (Stopwatch.GetTimestamp() <= timestamp)
+        {
+            spinner.SpinOnce(sleep1Threshold: -1);
+        }
+    }
+
+    private sealed class ChainedEndIo(RequestQueue queue, int index, int count, TaskCompletionSource done) : IBioEndIo
+    {
+        private int _left = count;
+
+        public void SubmitNext()
+        {
+            if (_left-- == 0)
+            {
+                done.TrySetResult();
+                return;
+            }
+
+            var bio = queue.Bios.Rent();
+            bio.Op = BlockOp.Read;
+            bio.Sector = index * 8;
+            bio.Size = 4096;
+            bio.Buffer = new byte[4096];
+            bio.Cpu = index % 4;
+            bio.EndIo = this;
+            queue.Submit(bio);
+        }
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            if (status != BlockStatus.Ok)
+            {
+                done.TrySetException(new InvalidOperationException($"read failed: {status}"));
+                return;
+            }
+
+            SubmitNext();
+        }
+    }
+}
