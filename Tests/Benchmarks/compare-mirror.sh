@@ -9,13 +9,15 @@
 # node holding md0, polled with `actorblk sysfs`), against legb's sequential write rate at the
 # resync's chunk size (64k) at QD1 (the resync copies one chunk at a time) and at QD32.
 # Usage: Tests/Benchmarks/compare-mirror.sh   (from the repository root, after a Release build)
-# Environment: RUNTIME (s, 10), LEGSIZE (MiB, 1024), PORT (B's Akka port, 4080; A's resync node
+# Environment: RUNTIME (s, 10), RAMP (s, 3: --ramp_time, so the memory-backed legs' pages are
+# touched before the measured window; a fresh process pays a page fault per first write), LEGSIZE (MiB, 256), PORT (B's Akka port, 4080; A's resync node
 # uses PORT+1), NBDPORT (B's NBD port, 10840), SYNCMAX (the resync's sync-speed-max, KiB/s, 4000000).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUNTIME=${RUNTIME:-10}
-LEGSIZE=${LEGSIZE:-1024}
+LEGSIZE=${LEGSIZE:-256}
+RAMP=${RAMP:-3}
 PORT=${PORT:-4080}
 NBDPORT=${NBDPORT:-10840}
 SYNCMAX=${SYNCMAX:-4000000}
@@ -52,11 +54,11 @@ done
 { cat hocon.conf; echo "actorblk.devices = [ { name = lega, $leg } ]"
   echo "actorblk.stacked-devices = [ { name = md0, type = mirror, members = [lega, \"legb@127.0.0.1:$PORT\"], assume-clean = on } ]"; } > "$work/a.conf"
 
-iops() { python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'; }
-kibs() { python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int((j["read"]["bw_bytes"]+j["write"]["bw_bytes"])/1024))'; }
+iops() { python3 -c 'import json,sys; t=sys.stdin.read(); j=json.JSONDecoder().raw_decode(t[t.index("{"):])[0]["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'; }
+kibs() { python3 -c 'import json,sys; t=sys.stdin.read(); j=json.JSONDecoder().raw_decode(t[t.index("{"):])[0]["jobs"][0]; print(int((j["read"]["bw_bytes"]+j["write"]["bw_bytes"])/1024))'; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 size=$((LEGSIZE - 1))m   # within the mirror's capacity (the leg less its 64 KiB metadata area)
-workload() { echo --rw="$1" --bs=4k --iodepth=32 --size="$size" --runtime="$RUNTIME" --output-format=json; }
+workload() { echo --rw="$1" --bs=4k --iodepth=32 --size="$size" --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json; }
 # The mirror's metadata on legb (its first 64 KiB) overwritten, so the next mirror finds it blank.
 wipe() { actorblk bench --join="127.0.0.1:$PORT" --device=legb --rw=write --bs=64k --iodepth=1 --size=64k --output-format=json > /dev/null 2> "$work/wipe.err" || { cat "$work/wipe.err" >&2; exit 1; }; }
 run() {  # run NAME ARGS...: the bench's JSON in $work/NAME.json, its stderr in $work/NAME.err
