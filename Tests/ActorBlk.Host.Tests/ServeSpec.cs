@@ -36,7 +36,13 @@ public sealed partial class ServeSpec
         var guardianPath = AddressLine().Match(line).Groups["address"].Value;
         Assert.Contains("Serving nullb0", node.Output);
         Assert.Contains("Serving disk0: file device of 256MiB", node.Output);
-        Assert.Contains("disk0: file driver: file /var/tmp/actorblk-disk0.img (O_DIRECT", node.Output);
+        // The guardian logs the driver line through Akka's logger, which may write it after the
+        // address line: wait for it rather than expect it already there.
+        const string DriverLine = "disk0: file driver: file /var/tmp/actorblk-disk0.img (O_DIRECT";
+        if (!node.Output.Contains(DriverLine, StringComparison.Ordinal))
+        {
+            await node.WaitForLineAsync(l => l.Contains(DriverLine, StringComparison.Ordinal), StartTimeout);
+        }
 
         using (var client = Client())
         {
