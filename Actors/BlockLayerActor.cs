@@ -264,7 +264,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         // is built on is no other stacked device's member, and a mirror takes no device another
         // stacked device is built on. Linear and striped tables may share members, as dm's do.
         // Members are compared by what they resolve to: a device name here, name@node for another node's.
-        var keys = load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? h.Device.Id : m).ToArray();
+        var keys = ClaimKeys(load);
         var claimed = _devices.Values
             .Where(e => e != entry && (load.Table is MirrorTable || e.ClaimsExclusively))
             .SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
@@ -299,7 +299,6 @@ internal sealed class BlockLayerActor : ReceiveActor
         entry.Assembling = true;
         entry.Holds = [.. load.Table.MemberNames.Where(m => !load.Opened.ContainsKey(m))];
         entry.Claims = keys;
-        entry.ClaimsExclusively = true;
         var sender = Sender;
         building.ContinueWith(t => new TableBuilt(load, t, sender), TaskScheduler.Default).PipeTo(Self);
     }
@@ -348,8 +347,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         entry.Opened.AddRange(load.Opened.Values);
-        entry.Claims = [.. target.Members.Select(m => m is ClusterBlockDevice { IsRemote: true } remote ? remote.Device.Id : m.Name)];
-        entry.ClaimsExclusively = target is MirrorTarget;
+        entry.Claims = ClaimKeys(load);
         if (queue.Kind == QueueKind.Placeholder)
         {
             queue.InitializeBioBased(target);
@@ -372,14 +370,17 @@ internal sealed class BlockLayerActor : ReceiveActor
         {
             entry.Holds = [];
             entry.Claims = [];
-            entry.ClaimsExclusively = false;
         }
     }
 
     // The local devices a stacked device is built on. A remote member's local queue is not held:
     // it belongs to the handle, which replaces it when the owner comes back.
     private static string[] HoldsOf(StackTarget target) =>
-        [.. target.Members.Select(m => m is ClusterBlockDevice { IsRemote: false } local ? local.Name : m is ClusterBlockDevice ? null : m.Name).OfType<string>()];
+        [.. target.Members.Where(m => m is not ClusterBlockDevice { IsRemote: true }).Select(m => m.Name)];
+
+    // Members as they resolve: a device name here, name@node for another node's.
+    private static string[] ClaimKeys(BlockLayer.LoadTable load) =>
+        [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? h.Device.Id : m)];
 
     // Closes the handles of remote members (each close destroys the local queue when it is the
     // last handle of that device); errors are logged, never thrown into the guardian.
@@ -610,7 +611,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         // claimed exclusively (a mirror's legs).
         public string[] Claims { get; set; } = [];
 
-        public bool ClaimsExclusively { get; set; }
+        public bool ClaimsExclusively => Assembling || Device.Queue.BioDriver is MirrorTarget;
 
         // A table is being built (a mirror reading its legs' metadata).
         public bool Assembling { get; set; }

@@ -174,14 +174,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
             while (n < DrainBatch && inbox.Ring.TryTake(out var item))
             {
                 n++;
-                if (item is Bio bio)
-                {
-                    queue.SubmitBio(bio);
-                }
-                else
-                {
-                    queue.EndRequest((Request)item);
-                }
+                Run(queue, item);
             }
         }
         finally
@@ -221,14 +214,20 @@ internal sealed class MailboxRuntime : IQueueRuntime
         while (inbox.Ring.TryTake(out var item))
         {
             inbox.Drained++;
-            if (item is Bio bio)
-            {
-                queue.SubmitBio(bio);
-            }
-            else
-            {
-                queue.EndRequest((Request)item);
-            }
+            Run(queue, item);
+        }
+    }
+
+    // An inbox item: a bio to submit, or a request whose completion was redirected here.
+    private static void Run(RequestQueue queue, object item)
+    {
+        if (item is Bio bio)
+        {
+            queue.SubmitBio(bio);
+        }
+        else
+        {
+            queue.EndRequest((Request)item);
         }
     }
 
