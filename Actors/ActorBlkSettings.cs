@@ -41,6 +41,9 @@ public sealed record ActorBlkSettings(
     /// <summary>The dispatcher path for blocking drivers.</summary>
     public const string BlockingDriverDispatcher = "actorblk.blocking-driver-dispatcher";
 
+    /// <summary>The default of <c>mailbox.busy-spin-microseconds</c>.</summary>
+    public const int DefaultMailboxBusySpinMicroseconds = 1000;
+
     /// <summary>The library's defaults (the embedded reference.conf).</summary>
     public static Config DefaultConfig()
     {
@@ -156,6 +159,7 @@ public sealed record ActorBlkSettings(
 
         var mailboxSpin = c.GetInt("mailbox.spin-microseconds", 20);
         var mailboxThroughput = c.GetInt("mailbox.throughput", 64);
+        var mailboxBusySpin = c.GetInt("mailbox.busy-spin-microseconds", DefaultMailboxBusySpinMicroseconds);
         return new ActorBlkSettings(
             source,
             c.GetInt("topology.simulated.cpus", 8),
@@ -192,6 +196,9 @@ public sealed record ActorBlkSettings(
             MailboxSpin = mailboxSpin >= 0
                 ? TimeSpan.FromMicroseconds(mailboxSpin)
                 : throw new ConfigurationException($"actorblk.mailbox.spin-microseconds: {mailboxSpin} is negative."),
+            MailboxBusySpin = mailboxBusySpin >= 0
+                ? TimeSpan.FromMicroseconds(mailboxBusySpin)
+                : throw new ConfigurationException($"actorblk.mailbox.busy-spin-microseconds: {mailboxBusySpin} is negative."),
             MailboxThroughput = mailboxThroughput > 0
                 ? mailboxThroughput
                 : throw new ConfigurationException($"actorblk.mailbox.throughput: {mailboxThroughput} is not positive."),
@@ -214,6 +221,14 @@ public sealed record ActorBlkSettings(
 
     /// <summary>How long an idle per-CPU mailbox thread spins before it parks (<c>mailbox.spin-microseconds</c>).</summary>
     public TimeSpan MailboxSpin { get; init; } = TimeSpan.FromMicroseconds(20);
+
+    /// <summary>
+    /// How long, at most, an idle per-CPU mailbox thread keeps spinning while I/O submitted on its
+    /// CPU is outstanding (<c>mailbox.busy-spin-microseconds</c>): its completion, or the next bio
+    /// its submitter sends from another thread, is expected soon, and a parked thread would pay a
+    /// wake-up for it. At most <see cref="MailboxSpin"/> turns it off.
+    /// </summary>
+    public TimeSpan MailboxBusySpin { get; init; } = TimeSpan.FromMicroseconds(DefaultMailboxBusySpinMicroseconds);
 
     /// <summary>Messages an actor on a per-CPU mailbox thread handles per turn (<c>mailbox.throughput</c>).</summary>
     public int MailboxThroughput { get; init; } = 64;

@@ -10,7 +10,8 @@ namespace ActorBlk.Actors;
 /// <summary>
 /// The Akka dispatcher of one CPU's block-layer actors in mailbox dispatch: the software-context
 /// actor of the CPU and the driver actor of every hardware queue whose home CPU it is run on one
-/// dedicated thread, which spins briefly when idle and then parks (as a ring dispatch loop does).
+/// dedicated thread, which spins briefly when idle, longer while I/O submitted on its CPU is
+/// outstanding (<see cref="MailboxIdleSpin"/>), and then parks.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -39,24 +40,35 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     [ThreadStatic]
     private static MailboxDispatcher? t_current;
 
+    // Every this many pauses of the idle spin the thread yields its CPU (sched_yield).
+    private const int YieldEvery = 4;
+
     private readonly ConcurrentQueue<IRunnable> _queue = new();
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
     private readonly int _cpu;
     private readonly bool _pin;
     private readonly long _spinTicks;
+    private readonly long _busySpinTicks;
     private readonly string _threadName;
+    private readonly object _sourcesLock = new();
+
+    // What the idle thread asks before it parks (copy on write: the thread reads it without a lock).
+    private IMailboxWorkSource[] _sources = [];
+    private MailboxIdleSpin _idle;
 
     // 1 while a thread serves the queue (or is about to start); the thread clears it when it ends.
     private int _running;
     private int _sleeping;
     private volatile bool _stopping;
 
-    public MailboxDispatcher(MessageDispatcherConfigurator configurator, string id, int cpu, bool pin, TimeSpan spin, int throughput)
+    public MailboxDispatcher(MessageDispatcherConfigurator configurator, string id, int cpu, bool pin, TimeSpan spin, int throughput, TimeSpan busySpin)
         : base(configurator)
     {
         _cpu = cpu;
         _pin = pin;
         _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
+        _busySpinTicks = (long)(busySpin.TotalSeconds * Stopwatch.Frequency);
+        _idle = new MailboxIdleSpin(_spinTicks, _busySpinTicks);
         _threadName = $"actorblk/mailbox/cpu{cpu}";
         Id = id;
         Throughput = throughput;
@@ -67,6 +79,40 @@ internal sealed class MailboxDispatcher : MessageDispatcher
 
     /// <summary>Times the thread went to sleep (for tests and diagnostics).</summary>
     public long Parks { get; private set; }
+
+    /// <summary>
+    /// Spin intervals the idle thread added because work was expected (a watched source had I/O
+    /// outstanding), instead of parking (for tests and diagnostics). Written by this thread only.
+    /// </summary>
+    public long BusySpinExtensions => _idle.Extensions;
+
+    /// <summary>Times the idle thread parked at the busy-spin bound although work was still expected.</summary>
+    public long BusySpinBoundReached => _idle.BoundReached;
+
+    /// <summary>
+    /// Asks <paramref name="source"/>, from now on, whether work is expected before the idle thread
+    /// parks (a software-context actor on this thread, while it lives).
+    /// </summary>
+    public void Watch(IMailboxWorkSource source)
+    {
+        lock (_sourcesLock)
+        {
+            Volatile.Write(ref _sources, [.. _sources, source]);
+        }
+    }
+
+    /// <summary>Stops asking <paramref name="source"/> (<see cref="Watch"/>).</summary>
+    public void Unwatch(IMailboxWorkSource source)
+    {
+        lock (_sourcesLock)
+        {
+            var index = Array.IndexOf(_sources, source);
+            if (index >= 0)
+            {
+                Volatile.Write(ref _sources, [.. _sources.AsSpan(0, index), .. _sources.AsSpan(index + 1)]);
+            }
+        }
+    }
 
     /// <summary>
     /// Bios whose submission path ran at once on this thread instead of as a message to their
@@ -81,6 +127,7 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     public int ThreadsStarted => Volatile.Read(ref _threadsStarted);
 
     private int _threadsStarted;
+    private int _pauses;
 
     protected override void ExecuteTask(IRunnable run)
     {
@@ -190,17 +237,41 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         return Interlocked.CompareExchange(ref _running, 1, 0) != 0;
     }
 
+    // Spins while work is expected soon (MailboxIdleSpin), then parks.
     private void Park()
     {
-        var spinUntil = Stopwatch.GetTimestamp() + _spinTicks;
-        while (Stopwatch.GetTimestamp() < spinUntil)
+        _idle.Begin(Stopwatch.GetTimestamp());
+        var probe = new SourcesProbe(Volatile.Read(ref _sources));
+        while (true)
         {
+            while (_idle.InInterval(Stopwatch.GetTimestamp()))
+            {
+                if (!_queue.IsEmpty || _stopping)
+                {
+                    return;
+                }
+
+                if (++_pauses % YieldEvery == 0)
+                {
+                    // A thread that shares this CPU (an unpinned completion thread whose end-io
+                    // hands work to this thread) gets it now rather than at the end of our slice.
+                    Thread.Yield();
+                }
+                else
+                {
+                    Thread.SpinWait(8);
+                }
+            }
+
             if (!_queue.IsEmpty || _stopping)
             {
                 return;
             }
 
-            Thread.SpinWait(8);
+            if (!_idle.Extend(Stopwatch.GetTimestamp(), ref probe))
+            {
+                break;
+            }
         }
 
         _wake.Reset();
@@ -215,6 +286,23 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         _wake.Wait();
         Volatile.Write(ref _sleeping, 0);
     }
+
+    // The watched sources, asked in turn; a struct so the idle loop allocates nothing.
+    private readonly struct SourcesProbe(IMailboxWorkSource[] sources) : IExpectedWorkProbe
+    {
+        public bool ExpectsWork()
+        {
+            foreach (var source in sources)
+            {
+                if (source.ExpectsWork)
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
 }
 
 /// <summary>Makes the <see cref="MailboxDispatcher"/> of each CPU, registered with Akka under its own id on first use.</summary>
@@ -222,24 +310,33 @@ internal sealed class MailboxDispatcherConfigurator : MessageDispatcherConfigura
 {
     private readonly MailboxDispatcher _instance;
 
-    private MailboxDispatcherConfigurator(Config config, IDispatcherPrerequisites prerequisites, string id, int cpu, bool pin, TimeSpan spin, int throughput)
+    private MailboxDispatcherConfigurator(Config config, IDispatcherPrerequisites prerequisites, string id, int cpu, bool pin, TimeSpan spin, int throughput, TimeSpan busySpin)
         : base(config, prerequisites) =>
-        _instance = new MailboxDispatcher(this, id, cpu, pin, spin, throughput);
+        _instance = new MailboxDispatcher(this, id, cpu, pin, spin, throughput, busySpin);
 
     public override MessageDispatcher Dispatcher() => _instance;
 
     /// <summary>
     /// The dispatcher id of <paramref name="cpu"/>'s block-layer actors in <paramref name="system"/>,
-    /// registering the dispatcher on first use.
+    /// registering the dispatcher on first use (the settings of the first call stay).
     /// </summary>
-    public static string For(ActorSystem system, int cpu, bool pin, TimeSpan spin, int throughput)
+    /// <param name="system">The actor system.</param>
+    /// <param name="cpu">The CPU.</param>
+    /// <param name="pin">Pin the thread to the CPU.</param>
+    /// <param name="spin">How long the idle thread spins before it parks.</param>
+    /// <param name="throughput">Messages per actor turn.</param>
+    /// <param name="busySpin">
+    /// How long, at most, the idle thread spins while a watched source expects work
+    /// (<see cref="MailboxIdleSpin"/>); at most <paramref name="spin"/> turns it off.
+    /// </param>
+    public static string For(ActorSystem system, int cpu, bool pin, TimeSpan spin, int throughput, TimeSpan busySpin = default)
     {
         var id = $"actorblk.mailbox-dispatcher-cpu{cpu}";
         var dispatchers = system.Dispatchers;
         if (!dispatchers.HasDispatcher(id))
         {
             var config = ConfigurationFactory.ParseString($"id = \"{id}\"").WithFallback(dispatchers.DefaultDispatcherConfig);
-            var configurator = new MailboxDispatcherConfigurator(config, dispatchers.Prerequisites, id, cpu, pin, spin, throughput);
+            var configurator = new MailboxDispatcherConfigurator(config, dispatchers.Prerequisites, id, cpu, pin, spin, throughput, busySpin);
             if (dispatchers.RegisterConfigurator(id, configurator))
             {
                 // Ends the thread with the actor system even if Akka never shuts the dispatcher down.

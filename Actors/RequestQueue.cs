@@ -368,7 +368,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private string? MailboxDispatcherId(int cpu) =>
         _layer.ModeOf(_queue) == DispatchMode.Mailbox && _layer.Settings.MailboxDispatcher
             ? MailboxDispatcherConfigurator.For(Context.System, cpu, _layer.Settings.MailboxPin && !_queue.Topology.IsSimulated && CpuAffinity.IsSupported,
-                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput)
+                _layer.Settings.MailboxSpin, _layer.Settings.MailboxThroughput, _layer.Settings.MailboxBusySpin)
             : null;
 
     private Props OnCpu(Props props, int cpu) => MailboxDispatcherId(cpu) is { } id ? props.WithDispatcher(id) : props;

@@ -63,7 +63,13 @@ public static class SoftwareContextProtocol
 }
 
 /// <summary>The software-context actor. Runs every message bound to its CPU.</summary>
-internal sealed class SoftwareContextActor : UntypedActor
+/// <remarks>
+/// On a per-CPU mailbox thread it is a work source of that thread: while requests submitted
+/// through its context are outstanding, their completions (redirected here) or the next bios of
+/// their submitters are expected soon, and the idle thread spins instead of parking
+/// (<see cref="MailboxIdleSpin"/>).
+/// </remarks>
+internal sealed class SoftwareContextActor : UntypedActor, IMailboxWorkSource
 {
     private readonly SoftwareContext _ctx;
     private readonly BlockDevice _device;
@@ -74,6 +80,16 @@ internal sealed class SoftwareContextActor : UntypedActor
     {
         _ctx = ctx;
         _device = device;
+    }
+
+    /// <summary>Requests dispatched from this context (allocated) and not yet completed.</summary>
+    bool IMailboxWorkSource.ExpectsWork =>
+        _ctx.DispatchedSync + _ctx.DispatchedAsync != _ctx.CompletedSync + _ctx.CompletedAsync;
+
+    protected override void PreStart()
+    {
+        base.PreStart();
+        (Context.Dispatcher as MailboxDispatcher)?.Watch(this);
     }
 
     protected override void OnReceive(object message)
@@ -121,6 +137,7 @@ internal sealed class SoftwareContextActor : UntypedActor
     // now: on a torn-down queue it fails with Offline instead of waiting where nobody looks.
     protected override void PostStop()
     {
+        (Context.Dispatcher as MailboxDispatcher)?.Unwatch(this);
         if (_ctx.Queue.IsStarted && _ctx.Queue.Runtime is MailboxRuntime runtime)
         {
             using var bind = CurrentCpu.Bind(_ctx.Cpu);

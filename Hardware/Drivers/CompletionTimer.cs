@@ -1,5 +1,7 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 
 namespace ActorBlk.Hardware.Drivers;
 
@@ -8,22 +10,52 @@ namespace ActorBlk.Hardware.Drivers;
 /// (irqmode 2, <c>completion_nsec</c>) and of injected latency.
 /// </summary>
 /// <remarks>
+/// <para>
 /// Delays are microseconds, below what a sleeping thread can hit, so the thread spins while the
 /// next completion is less than <see cref="SpinThreshold"/> away and sleeps otherwise; with nothing
-/// scheduled it parks. Scheduling takes a lock on a priority queue; nothing is allocated per
-/// request once the queue has grown.
+/// scheduled it spins <see cref="IdleSpin"/> more and then parks. A spinning thread yields its CPU
+/// every few pauses.
+/// </para>
+/// <para>
+/// A scheduler publishes the entry to a lock-free intake queue and wakes the thread only when it
+/// sleeps (a Dekker pair of full fences: the scheduler enqueues and then reads the sleeping flag;
+/// the thread sets the flag and then looks at the intake once more). The thread alone moves
+/// entries into its priority queue, so a dispatcher scheduling a batch never contends with the
+/// spinning thread for a lock. Nothing is allocated per request once the queues have grown.
+/// </para>
+/// <para>
+/// A completion runs as if on the CPU that scheduled it (the CPU a block-layer thread is bound
+/// to, such as a mailbox driver actor on its hardware queue's CPU), as null_blk's hrtimer fires on
+/// the CPU that armed it: rq_affinity and an end-io that submits again see that CPU.
+/// </para>
 /// </remarks>
 public sealed class CompletionTimer : IDisposable
 {
     /// <summary>Below this distance to the next due completion the thread spins instead of sleeping.</summary>
     public static readonly TimeSpan SpinThreshold = TimeSpan.FromMilliseconds(2);
 
+    /// <summary>
+    /// How long the thread spins with nothing scheduled before it parks. When the completions'
+    /// end-ios hand the next I/O to another thread (mailbox dispatch), nothing is scheduled until
+    /// that thread issues it, a few microseconds later; a parked timer thread would cost that
+    /// thread a futex wake per burst and delay the burst by a wake-up.
+    /// </summary>
+    public static readonly TimeSpan IdleSpin = TimeSpan.FromMicroseconds(50);
+
+    // Every this many pauses of a spin the thread yields its CPU (sched_yield), so a thread that
+    // shares the CPU and was handed work (a pinned mailbox thread) runs instead of waiting for the
+    // end of the time slice.
+    private const int YieldEvery = 4;
+
+    private readonly ConcurrentQueue<Incoming> _intake = new();
     private readonly PriorityQueue<Entry, long> _due = new();
-    private readonly object _lock = new();
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
     private readonly Thread _thread;
     private volatile bool _stopping;
+    private int _sleeping;
+    private long _scheduled;
     private long _fired;
+    private int _pauses;
 
     /// <summary>Starts the timer thread.</summary>
     public CompletionTimer(string name)
@@ -36,30 +68,19 @@ public sealed class CompletionTimer : IDisposable
     public long Fired => Interlocked.Read(ref _fired);
 
     /// <summary>Number of completions waiting.</summary>
-    public int Pending
-    {
-        get
-        {
-            lock (_lock)
-            {
-                return _due.Count;
-            }
-        }
-    }
+    public int Pending => (int)(Interlocked.Read(ref _scheduled) - Interlocked.Read(ref _fired));
 
     /// <summary>Completes <paramref name="rq"/> (incarnation <paramref name="generation"/>) with <paramref name="status"/> after <paramref name="delay"/>.</summary>
     public void Schedule(Request rq, uint generation, BlockStatus status, TimeSpan delay)
     {
         ArgumentNullException.ThrowIfNull(rq);
         var due = Stopwatch.GetTimestamp() + (long)(delay.TotalSeconds * Stopwatch.Frequency);
-        bool first;
-        lock (_lock)
-        {
-            first = _due.Count == 0 || due < PeekDue();
-            _due.Enqueue(new Entry(rq, generation, status), due);
-        }
+        Interlocked.Increment(ref _scheduled);
+        _intake.Enqueue(new Incoming(new Entry(rq, generation, status, CurrentCpu.Bound), due));
 
-        if (first)
+        // Dekker pair with Park: the entry is visible before the flag is read.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _sleeping) != 0)
         {
             _wake.Set();
         }
@@ -78,59 +99,107 @@ public sealed class CompletionTimer : IDisposable
         _wake.Dispose();
     }
 
-    private long PeekDue() => _due.TryPeek(out _, out var due) ? due : long.MaxValue;
-
     private void Run()
     {
         var spinTicks = (long)(SpinThreshold.TotalSeconds * Stopwatch.Frequency);
+        var idleSpinTicks = (long)(IdleSpin.TotalSeconds * Stopwatch.Frequency);
+        var idleSince = 0L;
         while (true)
         {
-            Entry entry;
-            long due;
-            _wake.Reset();
-            lock (_lock)
+            while (_intake.TryDequeue(out var incoming))
             {
-                if (!_due.TryPeek(out entry, out due))
+                _due.Enqueue(incoming.Entry, incoming.Due);
+            }
+
+            var now = Stopwatch.GetTimestamp();
+            if (_due.TryPeek(out var entry, out var due) && (due <= now || _stopping))
+            {
+                _due.Dequeue();
+                idleSince = 0;
+                Fire(entry);
+                continue;
+            }
+
+            if (_due.Count == 0)
+            {
+                if (_stopping)
                 {
-                    if (_stopping)
+                    if (_intake.IsEmpty)
                     {
                         return;
                     }
 
-                    due = long.MaxValue;
+                    continue;
                 }
-                else if (due <= Stopwatch.GetTimestamp() || _stopping)
-                {
-                    _due.Dequeue();
-                }
-                else
-                {
-                    entry = default;
-                }
-            }
 
-            if (entry.Request is not null)
-            {
-                entry.Request.Complete(entry.Status, entry.Generation);
-                Interlocked.Increment(ref _fired);
-                continue;
-            }
+                if (idleSince == 0)
+                {
+                    idleSince = now;
+                }
 
-            var wait = due - Stopwatch.GetTimestamp();
-            if (due == long.MaxValue)
-            {
-                _wake.Wait();
+                if (now - idleSince < idleSpinTicks)
+                {
+                    Pause();
+                    continue;
+                }
+
+                idleSince = 0;
+                Park(Timeout.InfiniteTimeSpan);
             }
-            else if (wait > spinTicks)
+            else if (due - now > spinTicks)
             {
-                _wake.Wait(TimeSpan.FromSeconds((double)(wait - spinTicks) / Stopwatch.Frequency));
+                Park(TimeSpan.FromSeconds((double)(due - now - spinTicks) / Stopwatch.Frequency));
             }
             else
             {
-                Thread.SpinWait(16);
+                Pause();
             }
         }
     }
 
-    private readonly record struct Entry(Request Request, uint Generation, BlockStatus Status);
+    private void Pause()
+    {
+        if (++_pauses % YieldEvery == 0)
+        {
+            Thread.Yield();
+        }
+        else
+        {
+            Thread.SpinWait(16);
+        }
+    }
+
+    private void Fire(Entry entry)
+    {
+        if (entry.Cpu >= 0)
+        {
+            using (CurrentCpu.Bind(entry.Cpu))
+            {
+                entry.Request.Complete(entry.Status, entry.Generation);
+            }
+        }
+        else
+        {
+            entry.Request.Complete(entry.Status, entry.Generation);
+        }
+
+        Interlocked.Increment(ref _fired);
+    }
+
+    // Sleeps until a scheduler wakes the thread, Dispose, or the timeout.
+    private void Park(TimeSpan timeout)
+    {
+        _wake.Reset();
+        Interlocked.Exchange(ref _sleeping, 1);
+        if (_intake.IsEmpty && !_stopping)
+        {
+            _wake.Wait(timeout);
+        }
+
+        Volatile.Write(ref _sleeping, 0);
+    }
+
+    private readonly record struct Entry(Request Request, uint Generation, BlockStatus Status, int Cpu);
+
+    private readonly record struct Incoming(Entry Entry, long Due);
 }

@@ -89,12 +89,15 @@ public sealed class MailboxDispatcherSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox.dispatcher = pinned")));
         Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox.throughput = 0")));
         Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox.spin-microseconds = -1")));
-        var settings = ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox { dispatcher = default, throughput = 5, spin-microseconds = 0, pin = off }"));
+        Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox.busy-spin-microseconds = -1")));
+        Assert.Equal(TimeSpan.FromMicroseconds(1000), ActorBlkSettings.Create(ConfigurationFactory.Empty).MailboxBusySpin);
+        var settings = ActorBlkSettings.Create(ConfigurationFactory.ParseString("actorblk.mailbox { dispatcher = default, throughput = 5, spin-microseconds = 0, busy-spin-microseconds = 0, pin = off }"));
         Assert.False(settings.MailboxDispatcher);
         Assert.False(settings.MailboxPin);
         Assert.True(ActorBlkSettings.Create(ConfigurationFactory.Empty).MailboxPin);
         Assert.Equal(5, settings.MailboxThroughput);
         Assert.Equal(TimeSpan.Zero, settings.MailboxSpin);
+        Assert.Equal(TimeSpan.Zero, settings.MailboxBusySpin);
     }
 
     [Fact]
