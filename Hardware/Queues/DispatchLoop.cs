@@ -87,6 +87,7 @@ internal sealed class DispatchLoop
     private readonly bool _directIssue;
     private readonly Request[] _directScratch = new Request[BatchSize];
     private long _directRounds;
+    private long _ownedRounds;
 
     // Whether a round is one accounting batch (BlockTime, DiskStats): not for drivers that may
     // block in QueueRq, where the round's time would go stale and its counts be seen late.
@@ -108,6 +109,9 @@ internal sealed class DispatchLoop
 
     /// <summary>Rounds run by submitters on their own threads (direct issue).</summary>
     public long DirectRounds => Volatile.Read(ref _directRounds);
+
+    /// <summary>Times the loop took the dispatcher (one handshake each; a chain of rounds counts once).</summary>
+    public long OwnedRounds => Volatile.Read(ref _ownedRounds);
 
     /// <summary>
     /// Arms the loop. Its thread starts with the first work for the hardware queue (a staged
@@ -296,6 +300,7 @@ internal sealed class DispatchLoop
 
                 // A submitter may be running a direct round: the loop's round waits for it.
                 AcquireOwner();
+                Volatile.Write(ref _ownedRounds, _ownedRounds + 1);
                 DispatchDecision decision;
                 try
                 {
