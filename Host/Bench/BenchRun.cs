@@ -122,6 +122,8 @@ internal sealed class BenchRun
     private readonly IBlockDevice _device;
     private readonly Job[] _jobs;
     private readonly BenchAccounting _accounting;
+    private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _jobsToStart;
     private volatile bool _stop;
 
     public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
@@ -136,7 +138,16 @@ internal sealed class BenchRun
             var cpu = options.NumJobs == 1 ? IBlockDevice.AnyCpu : cpus[j % cpus.Length];
             return new Job(j, cpu, options, device, seed: options.RandRepeat ? 0x9E3779B97F4A7C15UL + (ulong)j : (ulong)Random.Shared.NextInt64());
         }).ToArray();
+        _jobsToStart = _jobs.Length;
     }
+
+    /// <summary>
+    /// Completes once every job of this run has submitted its first I/Os (each slot one), so the
+    /// device holds its tags and counts as active. <see cref="RunAsync"/> starts its ramp from the
+    /// moment all runs have started (fio starts every job before its ramp clock), so a device whose
+    /// jobs start late cannot leave the others a larger fair share inside the measured window.
+    /// </summary>
+    public Task Started => _started.Task;
 
     /// <summary>Completed I/Os so far (for the progress line; a racy sum is fine).</summary>
     public long CompletedSoFar => _jobs.Sum(j => j.Slots.Sum(s => s.Completed));
@@ -182,7 +193,13 @@ internal sealed class BenchRun
         };
     }
 
-    public async Task<BenchResult> RunAsync(CancellationToken cancellationToken = default)
+    /// <summary>Runs the jobs to the end of the window.</summary>
+    /// <param name="allStarted">
+    /// Completes when the jobs of every run of the same bench have started (see <see cref="Started"/>);
+    /// the ramp is counted from then. Null for a run alone: its own <see cref="Started"/>.
+    /// </param>
+    /// <param name="cancellationToken">Ends the wait for the window early.</param>
+    public async Task<BenchResult> RunAsync(Task? allStarted = null, CancellationToken cancellationToken = default)
     {
         var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
@@ -195,6 +212,7 @@ internal sealed class BenchRun
         var work = Task.WhenAll(_jobs.Select(RunJobAsync));
         if (ramping)
         {
+            await Task.WhenAny(work, allStarted ?? Started).ConfigureAwait(false);
             await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
             _accounting.OpenWindow(_o.Runtime);
         }
@@ -301,8 +319,18 @@ internal sealed class BenchRun
                 slot.SubmitNext();
             }
 
+            JobStarted();
+
             return Task.WhenAll(job.Slots.Select(s => s.Done));
         });
+    }
+
+    private void JobStarted()
+    {
+        if (Interlocked.Decrement(ref _jobsToStart) == 0)
+        {
+            _started.TrySetResult();
+        }
     }
 
     private void RunPolledJob(Job job)
@@ -316,6 +344,8 @@ internal sealed class BenchRun
             busy[i] = true;
             active++;
         }
+
+        JobStarted();
 
         var index = 0;
         while (active > 0)

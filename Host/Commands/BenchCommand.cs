@@ -115,7 +115,9 @@ internal static class BenchCommand
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
                 : Task.FromResult<HotplugFigures?>(null);
-            var results = await Task.WhenAll(runs.Select(r => r.RunAsync())).ConfigureAwait(false);
+            // The ramp of every run counts from the moment all of them have started (BenchRun.Started).
+            var allStarted = Task.WhenAll(runs.Select(r => r.Started));
+            var results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted))).ConfigureAwait(false);
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
             await reports.ConfigureAwait(false);

@@ -9,15 +9,17 @@
 # node holding md0, polled with `actorblk sysfs`), against legb's sequential write rate at the
 # resync's chunk size (64k) at QD1 (the resync copies one chunk at a time) and at QD32.
 # Usage: Tests/Benchmarks/compare-mirror.sh   (from the repository root, after a Release build)
-# Environment: RUNTIME (s, 10), RAMP (s, 3: --ramp_time, so the memory-backed legs' pages are
-# touched before the measured window; a fresh process pays a page fault per first write), LEGSIZE (MiB, 256), PORT (B's Akka port, 4080; A's resync node
+# Environment: RUNTIME (s, 10), RAMP (s, 10: --ramp_time, left out of the measured window: a fresh
+# bench process pays a page fault per first write to a memory-backed leg, and .NET's tiered JIT
+# recompiles the hot path for about 10 s; a profile with a 3 s ramp showed the JIT thread on 10-30%
+# of a core inside the window), LEGSIZE (MiB, 256), PORT (B's Akka port, 4080; A's resync node
 # uses PORT+1), NBDPORT (B's NBD port, 10840), SYNCMAX (the resync's sync-speed-max, KiB/s, 4000000).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RUNTIME=${RUNTIME:-10}
 LEGSIZE=${LEGSIZE:-256}
-RAMP=${RAMP:-3}
+RAMP=${RAMP:-10}
 PORT=${PORT:-4080}
 NBDPORT=${NBDPORT:-10840}
 SYNCMAX=${SYNCMAX:-4000000}

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -431,14 +432,19 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 await MarkDirtyAsync(bio.Offset, bio.Size).ConfigureAwait(false);
             }
 
-            MirrorLegState[] atStart;
+            // The legs' states at the write's start and their pending I/Os, inline in the state
+            // machine (at most MaxLegs), so a write allocates no arrays.
+            var atStart = default(LegStates);
             lock (_lock)
             {
-                atStart = [.. _state];
+                for (var i = 0; i < _legs.Length; i++)
+                {
+                    atStart[i] = _state[i];
+                }
             }
 
             // Every leg that is in sync or rebuilding gets the write at once.
-            var pending = new ValueTask<BlockStatus>[_legs.Length];
+            var pending = default(LegIos);
             for (var i = 0; i < _legs.Length; i++)
             {
                 if (atStart[i] != MirrorLegState.Faulty)
@@ -621,6 +627,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         SafeIo(_legs[leg], op, op == BlockOp.Flush ? 0 : MirrorSuperblock.DataOffset + offset, op == BlockOp.Flush ? 0 : length, buffer, flags, cpu, _inflight, leg);
 
     // One I/O on a leg as a status: a leg that refuses it or is being removed answers with a status too.
+    // Each caller awaits it once, so its state machine comes from a pool: a write to a remote leg,
+    // which completes later on the connection's thread, allocates no box for it.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private static async ValueTask<BlockStatus> SafeIo(IBlockDevice leg, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags,
         int cpu = IBlockDevice.AnyCpu, int[]? inflight = null, int index = 0)
     {
@@ -648,5 +657,17 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 Interlocked.Decrement(ref inflight[index]);
             }
         }
+    }
+
+    [InlineArray(MirrorSuperblock.MaxLegs)]
+    private struct LegStates
+    {
+        private MirrorLegState _first;
+    }
+
+    [InlineArray(MirrorSuperblock.MaxLegs)]
+    private struct LegIos
+    {
+        private ValueTask<BlockStatus> _first;
     }
 }
