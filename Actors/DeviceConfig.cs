@@ -52,7 +52,7 @@ public static class DeviceConfig
             TlsVerify = Bool(entry, name, "tls_verify", defaults.TlsVerify),
             Direct = Bool(entry, name, "direct", defaults.Direct),
             Engine = Choice(entry, name, "engine", defaults.Engine, ("io_uring", IoEngine.IoUring), ("psync", IoEngine.Psync)),
-            SubmitBatch = Int(entry, name, "submit_batch", defaults.SubmitBatch),
+            SubmitBatch = SubmitBatch(entry, name, defaults.SubmitBatch),
             FixedBuffers = entry.HasPath("fixed_buffers") ? ParseSize(name, entry.GetString("fixed_buffers"), "fixed_buffers") : defaults.FixedBuffers,
             MaxRetries = Int(entry, name, "max_retries", defaults.MaxRetries),
             ResetAfterTimeouts = Int(entry, name, "reset_after_timeouts", defaults.ResetAfterTimeouts),
@@ -123,6 +123,12 @@ public static class DeviceConfig
 
         return (int)value;
     }
+
+    // submit_batch: a whole number, or "auto" (null: the engine adapts the batch).
+    private static int? SubmitBatch(Config c, string device, int? fallback) =>
+        !c.HasPath("submit_batch") ? fallback
+        : string.Equals(c.GetString("submit_batch"), "auto", StringComparison.OrdinalIgnoreCase) ? null
+        : Int(c, device, "submit_batch", 0);
 
     private static long Long(Config c, string device, string key, long fallback)
     {

@@ -56,8 +56,11 @@ public sealed partial record DeviceOptions
     /// <summary>Registered memory of the file device in bytes (<c>fixed_buffers</c>; 0 = none, at most 1 GiB).</summary>
     public long FixedBuffers { get; init; }
 
-    /// <summary>io_uring submission batch of the file device (<c>submit_batch</c>; 1; 0 = once per dispatch round).</summary>
-    public int SubmitBatch { get; init; } = 1;
+    /// <summary>
+    /// io_uring submission batch of the file device (<c>submit_batch</c>): null (<c>auto</c>, the
+    /// default) adapts to the requests in flight; N submits every N requests; 0 once per dispatch round.
+    /// </summary>
+    public int? SubmitBatch { get; init; }
 
     /// <summary>Logical block size in bytes (<c>bs</c>), 512..4096.</summary>
     public int BlockSize { get; init; } = 512;
@@ -216,9 +219,9 @@ public sealed partial record DeviceOptions
             Fail("fixed_buffers", $"{FixedBuffers} bytes is not 0 to 1 GiB.");
         }
 
-        if (SubmitBatch < 0)
+        if (SubmitBatch is < 0)
         {
-            Fail("submit_batch", $"{SubmitBatch} cannot be negative (0 submits once per dispatch round).");
+            Fail("submit_batch", $"{SubmitBatch} cannot be negative (auto adapts, 0 submits once per dispatch round).");
         }
 
         if (BlockSize is < 512 or > 4096 || (BlockSize & (BlockSize - 1)) != 0)

@@ -108,6 +108,12 @@ internal sealed unsafe class IoRing : IDisposable
     /// <summary>Completion ring size.</summary>
     public uint CqEntries { get; }
 
+    /// <summary>Calls of <see cref="Submit"/> that handed entries to the kernel (one io_uring_enter each, bar EINTR retries).</summary>
+    public long Submissions { get; private set; }
+
+    /// <summary>Entries handed to the kernel by <see cref="Submit"/>.</summary>
+    public long Submitted { get; private set; }
+
     /// <summary>Entries prepared and not yet handed to the kernel.</summary>
     public uint Unsubmitted => _sqeTail - Volatile.Read(ref *_sqHead);
 
@@ -214,6 +220,12 @@ internal sealed unsafe class IoRing : IDisposable
 
             if (result != -LibC.EINTR)
             {
+                if (toSubmit > 0 && result > 0)
+                {
+                    Submissions++;
+                    Submitted += result;
+                }
+
                 return result;
             }
         }

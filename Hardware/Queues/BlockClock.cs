@@ -26,7 +26,11 @@ public abstract class BlockClock
 
         public override long NowMilliseconds => Environment.TickCount64;
 
-        public override long NowNanoseconds => (long)(BlockTime.Timestamp * NanosecondsPerTick);
+        // Linux's Stopwatch ticks are nanoseconds already: no conversion through a double then
+        // (a static readonly the JIT folds, so the test costs nothing once the code is optimised).
+        private static readonly bool TicksAreNanoseconds = global::System.Diagnostics.Stopwatch.Frequency == 1_000_000_000;
+
+        public override long NowNanoseconds => TicksAreNanoseconds ? BlockTime.Timestamp : (long)(BlockTime.Timestamp * NanosecondsPerTick);
     }
 }
 

@@ -64,7 +64,9 @@ public static class BlockTime
 
     /// <summary>
     /// Forgets the batch's time after the thread blocked inside the batch (a synchronous transfer),
-    /// so the next read is fresh again, as the kernel drops the plug's time when the task sleeps.
+    /// so the next read is fresh again, as the kernel drops the plug's time when the task sleeps;
+    /// also between the rounds a dispatch loop chains inside one owned round, each of which is its
+    /// own batch.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Invalidate()

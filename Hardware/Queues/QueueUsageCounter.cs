@@ -275,7 +275,14 @@ public sealed class QueueUsageCounter
         }
         else
         {
-            Interlocked.Add(ref stripes[(uint)cpu % (uint)stripes.Length].Value, delta);
+            // One stripe per CPU: the index is the CPU, without a division, unless it is out of range.
+            var index = (uint)cpu;
+            if (index >= (uint)stripes.Length)
+            {
+                index %= (uint)stripes.Length;
+            }
+
+            Interlocked.Add(ref stripes[index].Value, delta);
         }
     }
 

@@ -42,6 +42,9 @@ public sealed class RingRuntime : IQueueRuntime
     /// <summary>Dispatch rounds that submitters ran on their own threads (direct issue).</summary>
     public long DirectRounds => _loops.Sum(l => l.DirectRounds);
 
+    /// <summary>Times the dispatch loops took their dispatcher, each for one round or a chain of them.</summary>
+    internal long OwnedRounds => _loops.Sum(l => l.OwnedRounds);
+
     /// <inheritdoc />
     public void Attach(RequestQueue queue)
     {

@@ -102,10 +102,13 @@ public sealed class SoftwareContext
 /// a new bio is merged against (<c>blk_bio_list_merge</c> scans at most the 8 newest).
 /// </summary>
 /// <remarks>
-/// Adding never locks: slots are claimed with an interlocked increment, and a slot may be
-/// overwritten while a merger reads it. That is harmless because a merger validates each
-/// candidate under the request's own staging lock: still staged, still this context's, still
-/// this hardware queue's. Requests already taken for dispatch are skipped.
+/// Adding never locks, nor uses an interlocked operation: the window is a hint, not a list a
+/// request must stay on. Two submitters adding at once may both take the same slot (a plain
+/// increment of the position can lose one of theirs), and a slot may be overwritten while a
+/// merger reads it; either way some staged request is not examined, which only costs a merge
+/// opportunity, as a full window does. A merger validates each candidate under the request's
+/// own staging lock: still staged, still this context's, still this hardware queue's. Requests
+/// already taken for dispatch are skipped.
 /// </remarks>
 internal sealed class MergeWindow
 {
@@ -117,8 +120,10 @@ internal sealed class MergeWindow
 
     public void Add(Request rq)
     {
-        var slot = Interlocked.Increment(ref _next) - 1;
+        // Not interlocked (see the remarks): a lost increment or a shared slot only hides a request from mergers.
+        var slot = Volatile.Read(ref _next);
         Volatile.Write(ref _slots[slot & (Size - 1)], rq);
+        Volatile.Write(ref _next, slot + 1);
     }
 
     /// <summary>Tries the newest staged requests, newest first; stops at the first merge or limit refusal.</summary>

@@ -268,7 +268,10 @@ public sealed class Request
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void ClaimForDispatch()
     {
-        if (Interlocked.CompareExchange(ref _stage, StagedIdle, Staged) == Staged)
+        // Never staged for merging (merges off, or not mergeable): no merger can reach it, and it
+        // needs no compare-and-swap. Only the submitter marks it staged, before it is published.
+        var stage = Volatile.Read(ref _stage);
+        if (stage == StagedIdle || (stage == Staged && Interlocked.CompareExchange(ref _stage, StagedIdle, Staged) == Staged))
         {
             return;
         }

@@ -31,7 +31,7 @@ internal sealed class BenchCommandLine
     private readonly Option<Word<long>> Bs = CliOptions.Size("--bs", "4k", "block size per I/O");
     private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g", "device region each job covers; ends the run when no runtime is set");
     private readonly Option<int> IoDepth = CliOptions.Int("--iodepth", 1, 1, 65536, "I/Os each job keeps in flight");
-    private readonly Option<int> IoDepthBatchSubmit = CliOptions.Int("--iodepth_batch_submit", 1, 0, 65536, "io_uring: submit as soon as N I/Os are prepared; 0 = once per dispatch round", "--iodepth_batch");
+    private readonly Option<int?> IoDepthBatchSubmit = CliOptions.OptionalInt("--iodepth_batch_submit", 0, 65536, "io_uring: submit as soon as N I/Os are prepared (1: each alone, fio's default); 0 = once per dispatch round [default: adaptive, half of the I/Os in flight, 1 to 16]", "N", "--iodepth_batch");
     private readonly Option<Word<bool>> FixedBufs = CliOptions.Bool("--fixedbufs", false, "io_uring: I/O buffers from registered memory");
     private readonly Option<int> NumJobs = CliOptions.Int("--numjobs", 1, 1, 1024, "jobs, each on its own CPU");
     private readonly Option<TimeSpan?> Runtime = CliOptions.Seconds("--runtime", "run this long (time based)");

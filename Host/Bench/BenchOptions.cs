@@ -67,7 +67,7 @@ internal sealed record BenchOptions
 
     public IoEngine Engine { get; init; } = IoEngine.IoUring;
 
-    public int SubmitBatch { get; init; } = 1;
+    public int? SubmitBatch { get; init; }
 
     public bool FixedBuffers { get; init; }
 

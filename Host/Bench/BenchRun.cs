@@ -533,7 +533,13 @@ internal sealed class BenchRun
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
             _run!.Record(this, _read, status, _t0, _offset);
-            if (Interlocked.CompareExchange(ref _phase, CompletedInSubmit, Submitting) != Submitting)
+
+            // Idle: the submission returned long ago (the usual case) and no one else touches the
+            // phase of this I/O any more, so no compare-and-swap is needed to take the next one.
+            // Submitting: the submitter may be returning right now, and exactly one of the two
+            // goes on with the next I/O.
+            if (Volatile.Read(ref _phase) == Idle ||
+                Interlocked.CompareExchange(ref _phase, CompletedInSubmit, Submitting) != Submitting)
             {
                 SubmitNext();
             }

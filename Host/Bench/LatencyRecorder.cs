@@ -15,6 +15,9 @@ internal sealed class LatencyRecorder
 
     private static readonly double NsPerTick = 1e9 / Stopwatch.Frequency;
 
+    // Linux's Stopwatch ticks are nanoseconds: no conversion through a double (folded by the JIT).
+    private static readonly bool TicksAreNs = Stopwatch.Frequency == 1_000_000_000;
+
     public LatencyRecorder() => Histogram = new LongHistogram(1, HighestNs, 3);
 
     public LongHistogram Histogram { get; }
@@ -36,7 +39,7 @@ internal sealed class LatencyRecorder
     /// <summary>Records a latency given in stopwatch ticks.</summary>
     public void RecordTicks(long ticks)
     {
-        var ns = Math.Clamp((long)(ticks * NsPerTick), 1, HighestNs);
+        var ns = Math.Clamp(TicksAreNs ? ticks : (long)(ticks * NsPerTick), 1, HighestNs);
         Histogram.RecordValue(ns);
         Count++;
         Sum += ns;

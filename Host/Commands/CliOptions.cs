@@ -38,7 +38,7 @@ internal static class CliOptions
     };
 
     /// <summary>A whole number from <paramref name="min"/> to <paramref name="max"/>, or null when not given.</summary>
-    public static Option<int?> OptionalInt(string name, int min, int max, string description, string helpName = "N") => new(name)
+    public static Option<int?> OptionalInt(string name, int min, int max, string description, string helpName = "N", params string[] aliases) => new(name, aliases)
     {
         Description = description,
         HelpName = helpName,

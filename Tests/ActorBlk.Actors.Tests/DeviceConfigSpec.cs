@@ -115,8 +115,10 @@ public sealed class DeviceConfigSpec
         var defaults = Parse("name = disk1, driver = file, path = /dev/vdb");
         Assert.True(defaults.Direct);
         Assert.Equal(IoEngine.IoUring, defaults.Engine);
-        Assert.Equal(1, defaults.SubmitBatch);
+        Assert.Null(defaults.SubmitBatch);
         Assert.Null(defaults.Size);
+        Assert.Null(Parse("name = disk2, driver = file, path = /dev/vdb, submit_batch = auto").SubmitBatch);
+        Assert.Equal(4, Parse("name = disk3, driver = file, path = /dev/vdb, submit_batch = 4").SubmitBatch);
     }
 
     [Theory]
@@ -147,6 +149,7 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = file, path = /tmp/x, engine = aio", "engine")]
     [InlineData("name = x, driver = file, path = /tmp/x, direct = sometimes", "direct")]
     [InlineData("name = x, driver = file, path = /tmp/x, submit_batch = -1", "submit_batch")]
+    [InlineData("name = x, driver = file, path = /tmp/x, submit_batch = often", "submit_batch")]
     [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = 2g", "fixed_buffers")]
     [InlineData("name = x, driver = file, path = /tmp/x, fixed_buffers = lots", "fixed_buffers")]
     [InlineData("name = x, fault_error_rate = 1.5", "fault_error_rate")]

@@ -59,7 +59,7 @@ public sealed class FileBlockDriver : IBlockDriver
             throw new ArgumentOutOfRangeException(nameof(options), options.SizeBytes, "size must be positive.");
         }
 
-        if (options.SubmitBatch < 0)
+        if (options.SubmitBatch is < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.SubmitBatch, "submit_batch cannot be negative.");
         }

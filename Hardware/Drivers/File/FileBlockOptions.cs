@@ -43,10 +43,12 @@ public sealed record FileBlockOptions
 
     /// <summary>
     /// io_uring: hand prepared entries to the kernel as soon as this many are waiting (fio's
-    /// <c>iodepth_batch_submit</c>, 1 by default as in fio); 0 submits once per dispatch round.
-    /// See the README for why small batches win on virtualised disks.
+    /// <c>iodepth_batch_submit</c>; 1 submits each request alone, as fio does by default); 0
+    /// submits once per dispatch round. Null (the default, <c>submit_batch = auto</c>) adapts:
+    /// a batch is half of the requests the kernel already holds, 1 to 16. See the README for why
+    /// small batches win on virtualised disks.
     /// </summary>
-    public int SubmitBatch { get; init; } = 1;
+    public int? SubmitBatch { get; init; }
 
     /// <summary>
     /// Bytes of registered memory (io_uring fixed buffers, fio's <c>fixedbufs</c>): buffers from

@@ -11,7 +11,8 @@ namespace ActorBlk.Hardware.Drivers.File;
 
 /// <summary>
 /// The io_uring engine of one hardware queue: one ring, the backing file registered as fixed file
-/// 0, requests turned into SQEs in QueueRq and handed to the kernel once per dispatch round.
+/// 0, requests turned into SQEs in QueueRq and handed to the kernel in batches (see
+/// <see cref="FileBlockOptions.SubmitBatch"/>).
 /// </summary>
 /// <remarks>
 /// <para>
@@ -47,11 +48,15 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private const ulong LinkBit = 1UL << 31;
     private const ulong TagMask = 0xFFFF;
     private const int ReapBatch = 32;
+
+    /// <summary>The most entries one adaptive submission waits for (the kernel's plug flushes at 32 requests).</summary>
+    internal const uint AdaptiveBatchLimit = 16;
     private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(30);
 
     private readonly IoRing _ring;
     private readonly bool _owned;
     private readonly uint _submitBatch;
+    private readonly bool _adaptive;
     private readonly BufferArena? _arena;
     private readonly string? _arenaFailure;
     private readonly bool _fixedFile;
@@ -65,12 +70,13 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private volatile bool _stopping;
     private int _disposed;
 
-    private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int submitBatch, BufferArena? arena)
+    private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int? submitBatch, BufferArena? arena)
         : base(target, hctx)
     {
         _ring = ring;
         _owned = owned;
-        _submitBatch = (uint)submitBatch;
+        _adaptive = submitBatch is null;
+        _submitBatch = (uint)(submitBatch ?? 0);
         if (arena is not null)
         {
             var registered = ring.RegisterBuffer((void*)arena.Address, (nuint)arena.Length);
@@ -116,7 +122,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             var parts = new List<string>
             {
                 $"{_ring.SqEntries} entries",
-                _submitBatch switch
+                _adaptive ? $"submits adaptively (batches of half the requests in the kernel, 1 to {AdaptiveBatchLimit})" : _submitBatch switch
                 {
                     0 => "submits once per dispatch round",
                     1 => "submits each request as it is prepared",
@@ -161,6 +167,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// <summary>Reads and writes issued from registered memory (READ_FIXED/WRITE_FIXED), for tests and statistics.</summary>
     public long FixedIos { get; private set; }
 
+    /// <summary>System calls that handed entries to the kernel (for tests and statistics).</summary>
+    public long Submissions => _ring.Submissions;
+
+    /// <summary>Entries handed to the kernel, the wake-up read included (for tests and statistics).</summary>
+    public long Submitted => _ring.Submitted;
+
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
 
@@ -172,7 +184,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// dispatch, becomes the ring's single issuer). Returns null with the reason when the kernel
     /// refuses the ring.
     /// </summary>
-    public static IoUringEngine? TryCreate(FileTarget target, HardwareContext hctx, int submitBatch, BufferArena? arena, out string? failure)
+    public static IoUringEngine? TryCreate(FileTarget target, HardwareContext hctx, int? submitBatch, BufferArena? arena, out string? failure)
     {
         var owned = hctx.HasDispatchThread;
 
@@ -208,16 +220,16 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (_owned)
             {
-                // Hand entries over as soon as submit_batch are waiting, except for the round's
-                // last: the dispatch loop submits it in the very system call that then waits for
+                // Hand entries over once a batch is waiting, except for the round's last: the
+                // dispatch loop submits it in the very system call that then waits for
                 // completions (or reaps, when more work is queued), so a lone request costs one
                 // system call, not two.
-                if (_submitBatch > 0 && !last && _ring.Unsubmitted >= _submitBatch)
+                if (!last && _ring.Unsubmitted >= BatchThreshold())
                 {
                     SubmitChecked(0, -1);
                 }
             }
-            else if (last || (_submitBatch > 0 && _ring.Unsubmitted >= _submitBatch))
+            else if (last || _ring.Unsubmitted >= BatchThreshold())
             {
                 SubmitChecked(0, -1);
             }
@@ -299,6 +311,29 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             base.Dispose();
         }
     }
+
+    /// <summary>
+    /// How many prepared entries make a submission. Fixed with <c>submit_batch = N</c>; never
+    /// within a round with 0. Adaptive (the default): half of the requests the kernel already
+    /// holds, at least 1 and at most <see cref="AdaptiveBatchLimit"/>. A device with little to do
+    /// gets each request at once; a busy one gets them a few at a time, one system call, one plug
+    /// and one doorbell for the lot, while it still has the other half to work on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private uint BatchThreshold()
+    {
+        if (!_adaptive)
+        {
+            return _submitBatch == 0 ? uint.MaxValue : _submitBatch;
+        }
+
+        // _inflight counts prepared entries too; the ring's unsubmitted ones are not the kernel's.
+        return AdaptiveBatch(Volatile.Read(ref _inflight) - (int)_ring.Unsubmitted);
+    }
+
+    /// <summary>The adaptive batch when the kernel holds <paramref name="held"/> requests: half of them, 1 to <see cref="AdaptiveBatchLimit"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static uint AdaptiveBatch(int held) => Math.Clamp((uint)Math.Max(0, held) / 2, 1u, AdaptiveBatchLimit);
 
     private BlockStatus Prepare(FileCommand command, Request rq)
     {

@@ -26,6 +26,30 @@ public sealed unsafe class IoRingSpec
     }
 
     [Fact]
+    public void Submissions_count_the_enters_that_carried_entries_and_how_many()
+    {
+        using var ring = Create(16);
+        Span<IoUringCqe> cqes = stackalloc IoUringCqe[16];
+        for (var batch = 1; batch <= 4; batch++)
+        {
+            for (var i = 0; i < batch; i++)
+            {
+                var sqe = ring.TryGetSqe();
+                Assert.True(sqe is not null);
+                sqe->Opcode = IoUringOp.Nop;
+            }
+
+            Assert.Equal(batch, ring.Submit((uint)batch));
+            Assert.Equal(batch, ring.Reap(cqes));
+        }
+
+        // A wait that hands nothing over is not a submission.
+        Assert.Equal(-ActorBlk.Hardware.Interop.LibC.ETIME, ring.Submit(1, timeoutMs: 1));
+        Assert.Equal(4, ring.Submissions);
+        Assert.Equal(1 + 2 + 3 + 4, ring.Submitted);
+    }
+
+    [Fact]
     public void Completion_ring_size_is_twice_the_submission_ring()
     {
         using var ring = Create(16);

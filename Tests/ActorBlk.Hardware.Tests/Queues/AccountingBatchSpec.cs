@@ -162,6 +162,133 @@ public sealed class AccountingBatchSpec
         Assert.Equal(Total, driver.Calls.Count);
     }
 
+    [Fact]
+    public async Task Chained_rounds_pay_one_handshake_and_time_no_completion_before_its_submission()
+    {
+        // Queue depth 1, each completion resubmitting from inside the round (the bench at QD1):
+        // the loop chains its rounds, taking the dispatcher once per chain, and each chained
+        // round reads the clock afresh, so every completion is timed after its submission.
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, driver) = CreateLoopQueue(softIrq, "chain0");
+        const int Total = 5_000;
+        var endIo = new TimedEndIo(queue, Total);
+        try
+        {
+            endIo.SubmitNext();
+            await endIo.Done.WaitAsync(Liveness);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+
+        Assert.Equal(0, endIo.TimedBeforeSubmission);
+        Assert.Equal(Total, driver.Calls.Count);
+        var rounds = queue.HardwareContexts[0].RunCount;
+        Assert.True(rounds >= Total, $"{rounds} rounds for {Total} requests at depth 1");
+        Assert.True(runtime.OwnedRounds * 4 <= rounds, $"{runtime.OwnedRounds} handshakes for {rounds} rounds");
+        Assert.Equal((ulong)Total, queue.Stats.Read().ReadIos);
+    }
+
+    [Fact]
+    public async Task A_quiesce_stops_a_chain_of_rounds_and_nothing_is_dispatched_until_it_ends()
+    {
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, driver) = CreateLoopQueue(softIrq, "chain1");
+        var endIo = new TimedEndIo(queue, int.MaxValue);
+        try
+        {
+            endIo.SubmitNext();
+            Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref endIo.Completed) >= 1_000, Liveness), "the chain did not run");
+
+            // The quiesce returns once the chain's owned round has ended: from then on nothing
+            // reaches the driver, however long the test looks.
+            await queue.QuiesceAsync().WaitAsync(Liveness);
+            var dispatched = Volatile.Read(ref endIo.Completed);
+            for (var i = 0; i < 1_000; i++)
+            {
+                Thread.SpinWait(100);
+                Assert.Equal(dispatched, Volatile.Read(ref endIo.Completed));
+            }
+
+            // The staged request waits; unquiesced, the chain goes on.
+            endIo.StopAfter(dispatched + 100);
+            queue.Unquiesce();
+            await endIo.Done.WaitAsync(Liveness);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+
+        Assert.Equal(0, endIo.TimedBeforeSubmission);
+        Assert.Equal(driver.Calls.Count, Volatile.Read(ref endIo.Completed));
+    }
+
+    private static (RequestQueue Queue, RingRuntime Runtime, ScriptedDriver Driver) CreateLoopQueue(BlockSoftIrq softIrq, string name)
+    {
+        var driver = new ScriptedDriver { CompleteInline = true };
+        var topology = CpuTopology.Simulated(4);
+        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
+        var queue = new RequestQueue(name, tagSet, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
+        tagSet.AddQueue(queue);
+        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
+        queue.Start(runtime);
+        return (queue, runtime, driver);
+    }
+
+    // One in-flight read at a time; records whether a completion was timed (on the block layer's
+    // batch clock, as the bench times it) before its submission (on the plain clock).
+    private sealed class TimedEndIo(RequestQueue queue, int total) : IBioEndIo
+    {
+        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly byte[] _buffer = new byte[4096];
+        private long _submittedAt;
+        private int _limit = total;
+        public int Completed;
+        public int TimedBeforeSubmission;
+
+        public Task Done => _done.Task;
+
+        public void StopAfter(int count) => Volatile.Write(ref _limit, count);
+
+        public void SubmitNext()
+        {
+            if (Completed >= Volatile.Read(ref _limit))
+            {
+                _done.TrySetResult();
+                return;
+            }
+
+            var bio = queue.Bios.Rent();
+            bio.Op = BlockOp.Read;
+            bio.Sector = (Completed % 1024) * 8;
+            bio.Size = 4096;
+            bio.Buffer = _buffer;
+            bio.Cpu = 0;
+            bio.EndIo = this;
+            _submittedAt = Stopwatch.GetTimestamp();
+            queue.Submit(bio);
+        }
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            if (BlockTime.Timestamp < _submittedAt)
+            {
+                TimedBeforeSubmission++;
+            }
+
+            if (status != BlockStatus.Ok)
+            {
+                _done.TrySetException(new InvalidOperationException($"read failed: {status}"));
+                return;
+            }
+
+            Volatile.Write(ref Completed, Completed + 1);
+            SubmitNext();
+        }
+    }
+
     // One in-flight slot: each completion submits the next read from the completion context.
     private static Task Chain(RequestQueue queue, int index, int count)
     {
