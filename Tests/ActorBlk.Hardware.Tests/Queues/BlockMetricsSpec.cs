@@ -131,6 +131,9 @@ public sealed class BlockMetricsSpec
         // The histogram is recorded at completion (the listener enabled it): 3 ms each.
         Assert.Equal(0.003, recorder.Get("actorblk.io.duration", ("op", "read")), 6);
         Assert.Equal(0.003, recorder.Get("actorblk.io.duration", ("op", "write")), 6);
+
+        // BlockMetrics holds queues weakly: keep this one alive through the last collection.
+        GC.KeepAlive(queue);
     }
 
     [Fact]
