@@ -54,7 +54,13 @@ public sealed class DeviceDriverSpec : Akka.TestKit.Xunit2.TestKit
         var rig = Rig(new ScriptedDriver(), r => [driver = ChildActorOf(DeviceDriver.Props(r.Queue, 0, blocking: false))]);
         rig.Driver.Script(BlockStatus.Ok, BlockStatus.DeviceResource, BlockStatus.DeviceResource);
 
+        // The three reads are staged while the queue is quiesced, so the driver's first round
+        // takes all three: the plug's flush posts them to the context one by one, and a context
+        // thread that is awake could otherwise hand the driver the first alone.
+        await rig.Queue.QuiesceAsync();
         Read(rig, 3);
+        await Until(() => rig.Queue.HardwareContexts[0].PendingCount == 3);
+        rig.Queue.Unquiesce();
 
         // The first round queues one and commits it; SCHED_RESTART was clear, so the leftovers
         // run again at once, are refused again, and wait for a completion.
