@@ -77,6 +77,9 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     /// <summary>True on this dispatcher's thread (within a turn of one of its actors).</summary>
     public bool IsCurrentThread => t_current == this;
 
+    /// <summary>True on the thread of any per-CPU mailbox dispatcher (within a turn of one of its actors).</summary>
+    public static bool IsAnyCurrentThread => t_current is not null;
+
     /// <summary>Times the thread went to sleep (for tests and diagnostics).</summary>
     public long Parks { get; private set; }
 
