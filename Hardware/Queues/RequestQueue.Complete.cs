@@ -30,11 +30,15 @@ public sealed partial class RequestQueue
         var target = rq.Ctx!;
         var cpu = CurrentCpu.Resolve(topology);
         var submit = target.Cpu;
-        if (cpu != submit &&
-            (affinity == CompletionAffinity.SubmittingCpu || !topology.SharesCache(cpu, submit)) &&
-            topology.IsOnline(submit))
+        var runtime = Runtime;
+        if (topology.IsOnline(submit) &&
+            ((cpu != submit && (affinity == CompletionAffinity.SubmittingCpu || !topology.SharesCache(cpu, submit))) ||
+             !runtime.CompletesInPlace(target)))
         {
-            Runtime.DeliverCompletion(target, rq);
+            // Redirected to the submitting CPU by rq_affinity, or completed on a thread that is no
+            // CPU of the runtime's (mailbox dispatch: a timer or reaper thread), whose completion
+            // runs on the submitting CPU's thread as a kernel interrupt's softirq runs on a CPU.
+            runtime.DeliverCompletion(target, rq);
         }
         else
         {
