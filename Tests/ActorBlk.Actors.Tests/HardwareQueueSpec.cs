@@ -48,6 +48,12 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task Staged_requests_reach_the_driver_in_one_round()
     {
+        // The three reads are staged while the queue is quiesced, so the driver's first round
+        // takes all three. A plug alone does not promise it in mailbox dispatch: each bio reaches
+        // the context actor through its inbox and joins the plug there, and a plug that ends before
+        // the actor took all three has flushed only those it held (the later ones then issue on
+        // their own), so an awake context thread could hand the driver the first alone.
+        await _rig.Queue.QuiesceAsync();
         using (_rig.Device.Plug())
         {
             for (var i = 0; i < 3; i++)
@@ -56,6 +62,9 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
             }
         }
 
+        await Until(() => Hctx.PendingCount == 3);
+        Assert.Empty(_rig.Driver.Calls);
+        _rig.Queue.Unquiesce();
         await Until(() => _rig.Driver.InFlight.Count == 3);
         await Idle(_driver);
         Assert.Equal([false, false, true], _rig.Driver.Calls.Select(c => c.Last));
