@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Topology;
 using Akka.Actor;
 using Akka.Configuration;
@@ -52,6 +53,9 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     private readonly string _threadName;
     private readonly object _sourcesLock = new();
 
+    // Timer completions armed on this thread (null_blk's timer mode): fired here, between turns.
+    private readonly CpuTimerHost _timers = new();
+
     // What the idle thread asks before it parks (copy on write: the thread reads it without a lock).
     private IMailboxWorkSource[] _sources = [];
     private MailboxIdleSpin _idle;
@@ -76,6 +80,9 @@ internal sealed class MailboxDispatcher : MessageDispatcher
 
     /// <summary>True on this dispatcher's thread (within a turn of one of its actors).</summary>
     public bool IsCurrentThread => t_current == this;
+
+    /// <summary>True on the thread of any per-CPU mailbox dispatcher (within a turn of one of its actors).</summary>
+    public static bool IsAnyCurrentThread => t_current is not null;
 
     /// <summary>Times the thread went to sleep (for tests and diagnostics).</summary>
     public long Parks { get; private set; }
@@ -181,6 +188,7 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     private void Run()
     {
         t_current = this;
+        _timers.Attach();
         if (_pin)
         {
             CpuAffinity.TryPinCurrentThread(CpuSet.Of(_cpu), _threadName);
@@ -202,6 +210,13 @@ internal sealed class MailboxDispatcher : MessageDispatcher
                         // still escapes is reported, and must not end the thread the CPU's actors need.
                         ReportFailure(ex);
                     }
+
+                    FireTimers(all: false);
+                }
+
+                if (FireTimers(all: _stopping) != 0)
+                {
+                    continue;
                 }
 
                 if (_stopping)
@@ -219,8 +234,39 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         }
         finally
         {
+            CpuTimerHost.Detach();
             t_current = null;
         }
+    }
+
+    /// <summary>Timer completions armed on this thread and not fired yet (tests and diagnostics).</summary>
+    public int TimersArmed => _timers.Count;
+
+    /// <summary>Timer completions this thread fired itself (tests and diagnostics). Written by this thread only.</summary>
+    public long TimersFired { get; private set; }
+
+    // Fires the timer completions armed on this thread that are due (all of them when the thread
+    // ends, as the timer's own thread delivers what is pending when it is disposed).
+    private int FireTimers(bool all)
+    {
+        if (_timers.Count == 0)
+        {
+            return 0;
+        }
+
+        var n = 0;
+        try
+        {
+            n = _timers.FireDue(Stopwatch.GetTimestamp(), all);
+        }
+        catch (Exception ex)
+        {
+            n = 1;
+            ReportFailure(ex);
+        }
+
+        TimersFired += n;
+        return n;
     }
 
     // Ends the thread unless an item came in meanwhile (then it keeps serving).
@@ -241,12 +287,13 @@ internal sealed class MailboxDispatcher : MessageDispatcher
     private void Park()
     {
         _idle.Begin(Stopwatch.GetTimestamp());
-        var probe = new SourcesProbe(Volatile.Read(ref _sources));
+        var probe = new SourcesProbe(Volatile.Read(ref _sources), _timers);
         while (true)
         {
-            while (_idle.InInterval(Stopwatch.GetTimestamp()))
+            long now;
+            while (_idle.InInterval(now = Stopwatch.GetTimestamp()))
             {
-                if (!_queue.IsEmpty || _stopping)
+                if (!_queue.IsEmpty || _stopping || now >= _timers.NextDue)
                 {
                     return;
                 }
@@ -283,15 +330,34 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         }
 
         Parks++;
-        _wake.Wait();
+        if (_timers.Count == 0)
+        {
+            _wake.Wait();
+        }
+        else
+        {
+            // A completion armed here is due later: sleep until then at most.
+            var ticks = _timers.NextDue - Stopwatch.GetTimestamp();
+            if (ticks > 0)
+            {
+                _wake.Wait(TimeSpan.FromSeconds((double)ticks / Stopwatch.Frequency));
+            }
+        }
+
         Volatile.Write(ref _sleeping, 0);
     }
 
-    // The watched sources, asked in turn; a struct so the idle loop allocates nothing.
-    private readonly struct SourcesProbe(IMailboxWorkSource[] sources) : IExpectedWorkProbe
+    // The watched sources, asked in turn, and the timer completions armed here (each is work due
+    // soon); a struct so the idle loop allocates nothing.
+    private readonly struct SourcesProbe(IMailboxWorkSource[] sources, CpuTimerHost timers) : IExpectedWorkProbe
     {
         public bool ExpectsWork()
         {
+            if (timers.Count != 0)
+            {
+                return true;
+            }
+
             foreach (var source in sources)
             {
                 if (source.ExpectsWork)

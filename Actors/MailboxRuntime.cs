@@ -124,6 +124,16 @@ internal sealed class MailboxRuntime : IQueueRuntime
 
     public void DeliverCompletion(SoftwareContext target, Request request) => Post(target.Cpu, request);
 
+    // Each CPU's actors run on that CPU's mailbox thread, so in mailbox dispatch a CPU is a thread:
+    // a completion on any other thread (a timer's, an io_uring reaper's, an application's) is handed
+    // to the submitting CPU's inbox, as an interrupt on another CPU raises the block softirq there.
+    // Its end-io then runs on the mailbox thread, and a next bio it submits takes the inline path
+    // (Submit) instead of crossing back through the inbox. A completion on a mailbox thread (a
+    // driver actor's inline completion) runs in place when rq_affinity lets it. Without per-CPU
+    // threads (Akka's default dispatcher) no thread belongs to a CPU and nothing changes.
+    public bool CompletesInPlace(SoftwareContext target) =>
+        _threads[target.Cpu] is null || MailboxDispatcher.IsAnyCurrentThread;
+
     // A dispatcher runs a round within one message, so the answer to this one means no round is
     // in progress.
     public Task WaitDispatchIdleAsync(HardwareContext hctx) =>
@@ -174,6 +184,11 @@ internal sealed class MailboxRuntime : IQueueRuntime
             while (n < DrainBatch && inbox.Ring.TryTake(out var item))
             {
                 n++;
+                if (item is Request)
+                {
+                    inbox.Completions++;
+                }
+
                 Run(queue, item);
             }
         }
@@ -201,6 +216,13 @@ internal sealed class MailboxRuntime : IQueueRuntime
         return (Interlocked.Read(ref inbox.Messages), Interlocked.Read(ref inbox.Overflows),
             Volatile.Read(ref inbox.Drained), Volatile.Read(ref inbox.Turns), inbox.Ring.Count);
     }
+
+    /// <summary>
+    /// Completions run by <see cref="Drain"/> on <paramref name="cpu"/>'s thread (tests and
+    /// diagnostics): requests redirected there by rq_affinity or handed over from a thread foreign
+    /// to the CPUs (<see cref="CompletesInPlace"/>).
+    /// </summary>
+    public long CompletionsDrained(int cpu) => Volatile.Read(ref _inboxes[cpu].Completions);
 
     /// <summary>
     /// Runs everything left in <paramref name="ctx"/>'s inbox when its actor stops, so that no
@@ -300,6 +322,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
 
         // Written by the context actor's turn only.
         public long Drained;
+        public long Completions;
         public long Turns;
     }
 

@@ -85,3 +85,39 @@ public sealed class AmbiguousClusterDeviceException(string message, IReadOnlyLis
     /// <summary>The devices the name matched.</summary>
     public IReadOnlyList<ClusterDevice> Candidates { get; } = candidates;
 }
+
+/// <summary>
+/// One node's value in the registry's replicated map: every device the node owns, written whole
+/// by that node alone. The map is keyed by <see cref="Key"/> (<c>host:port#uid</c>), so a device
+/// that goes away is a new value of its node's entry, never a removal of a key: a last-writer-wins
+/// register orders one writer's values by its own clock, and a late copy of an older value cannot
+/// bring a destroyed device back. Keys are removed only for members that are gone.
+/// </summary>
+/// <param name="Node">The owner node's remoting endpoint, <c>host:port</c>.</param>
+/// <param name="NodeUid">The owner node's incarnation.</param>
+/// <param name="Devices">The node's devices, sorted by name.</param>
+internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices) : IActorBlkMessage
+{
+    /// <summary>Most devices one node's entry may list (more marks the entry malformed).</summary>
+    public const int MaxDevices = 4096;
+
+    /// <summary>The map key of a node's entry.</summary>
+    public static string KeyOf(string node, long uid) => $"{node}#{uid}";
+
+    /// <summary>This entry's map key.</summary>
+    public string Key => KeyOf(Node, NodeUid);
+
+    /// <summary>
+    /// True when the entry and every device in it are within bounds and every device names this
+    /// entry's node and incarnation (the map is a network surface; a malformed entry is left out whole).
+    /// </summary>
+    public bool IsWellFormed =>
+        Node is { Length: > 0 and <= ClusterDevice.MaxNodeLength }
+        && Devices is { Length: <= MaxDevices }
+        && Devices.All(d => d is not null && d.IsWellFormed && d.Node == Node && d.NodeUid == NodeUid);
+
+    /// <summary>True when <paramref name="other"/> lists the same devices for the same node.</summary>
+    public bool SameAs(ClusterNodeDevices? other) =>
+        other is not null && other.Node == Node && other.NodeUid == NodeUid
+        && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices);
+}

@@ -11,14 +11,16 @@ namespace ActorBlk.Actors.Clustering;
 
 /// <summary>
 /// This node's part of the cluster-wide device registry (<c>/user/actorblk-registry</c>). The
-/// registry is one <see cref="LWWDictionary{TKey,TValue}"/> replicated by Akka.DistributedData, keyed by
-/// <c>name@host:port</c>. Each node writes only its own devices' entries (WriteLocal; gossip
-/// spreads them): when the block layer registers or forgets a device, and whenever a periodic
-/// look at its devices finds a state that changed. Every node removes the entries of a member
-/// that is removed or downed; entries of such a member that reach a node later (gossip from a
-/// node that had not removed them yet) are removed when they arrive, so every replica converges
-/// on the same map. A node that finds one of its own live entries missing or stale writes it again.
-/// The snapshot shows only well-formed entries (bounded fields) of members this node knows.
+/// registry is one <see cref="LWWDictionary{TKey,TValue}"/> replicated by Akka.DistributedData with
+/// one entry per member, keyed <c>host:port#uid</c>: the <see cref="ClusterNodeDevices"/> of that
+/// member, written whole by that member alone (WriteLocal; gossip spreads it) when the block layer
+/// registers or forgets a device and whenever a periodic look at its devices finds a state that
+/// changed. A destroyed device is therefore a new value of its node's entry, ordered after the old
+/// one by the entry's last-writer-wins clock, and never a removal racing an update. Every node
+/// removes the entry of a member that is removed or downed; an entry of such a member that reaches
+/// a node later (gossip from a node that had not removed it yet) is removed when it arrives, so every
+/// replica converges on the same map. A node that finds its own entry missing or stale writes it
+/// again. The snapshot shows only well-formed entries (bounded fields) of members this node knows.
 /// </summary>
 internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 {
@@ -26,7 +28,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     public const string ActorName = "actorblk-registry";
 
     /// <summary>The replicated map's key.</summary>
-    public static readonly LWWDictionaryKey<string, ClusterDevice> Key = new("actorblk-devices");
+    public static readonly LWWDictionaryKey<string, ClusterNodeDevices> Key = new("actorblk-nodes");
 
     private readonly BlockLayer _layer;
     private readonly AkkaCluster _cluster;
@@ -36,8 +38,8 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private readonly string _self;
     private readonly HashSet<UniqueAddress> _gone = [];
     private readonly HashSet<UniqueAddress> _members = [];
-    private Dictionary<string, ClusterDevice> _mine = new(StringComparer.Ordinal);
-    private ImmutableDictionary<string, ClusterDevice> _map = ImmutableDictionary<string, ClusterDevice>.Empty;
+    private ClusterNodeDevices? _mine;
+    private ImmutableDictionary<string, ClusterNodeDevices> _map = ImmutableDictionary<string, ClusterNodeDevices>.Empty;
     private bool _withdrawn;
 
     public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval)
@@ -90,12 +92,12 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     protected override void PostStop() => _cluster.Unsubscribe(Self);
 
-    // This node's devices as entries, from the block layer's registered devices.
-    private Dictionary<string, ClusterDevice> Describe()
+    // This node's devices as its entry, from the block layer's registered devices.
+    private ClusterNodeDevices Describe()
     {
         var uid = _cluster.SelfUniqueAddress.Uid;
         var endpoint = _layer.NbdEndpoint;
-        var result = new Dictionary<string, ClusterDevice>(StringComparer.Ordinal);
+        var devices = new List<ClusterDevice>();
         foreach (var device in _layer.Devices)
         {
             if (_layer.IsImported(device.Name))
@@ -108,7 +110,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             var state = queue.IsOffline ? ClusterDeviceStates.Offline
                 : queue.IsDying || queue.State != QueueState.Registered ? ClusterDeviceStates.Dying
                 : ClusterDeviceStates.Live;
-            var entry = new ClusterDevice(
+            devices.Add(new ClusterDevice(
                 device.Name,
                 _self,
                 uid,
@@ -117,11 +119,11 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
                 queue.BioDriver is null ? queue.HardwareContexts.Count : 1,
                 device.IsReadOnly,
                 state,
-                endpoint is null ? string.Empty : $"{endpoint.TrimEnd('/')}/{device.Name}");
-            result[entry.Id] = entry;
+                endpoint is null ? string.Empty : $"{endpoint.TrimEnd('/')}/{device.Name}"));
         }
 
-        return result;
+        devices.Sort((x, y) => string.CompareOrdinal(x.Name, y.Name));
+        return new ClusterNodeDevices(_self, uid, [.. devices]);
     }
 
     private void PublishMine()
@@ -132,52 +134,35 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }
 
         var now = Describe();
-        var self = _cluster.SelfUniqueAddress;
-        var changed = now.Where(kv => !_mine.TryGetValue(kv.Key, out var had) || had != kv.Value).Select(kv => kv.Value).ToArray();
-        var removed = _mine.Keys.Where(k => !now.ContainsKey(k)).ToArray();
-        _mine = now;
-        if (changed.Length == 0 && removed.Length == 0)
+        if (now.SameAs(_mine))
         {
             return;
         }
 
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
-        {
-            foreach (var entry in changed)
-            {
-                map = map.SetItem(self, entry.Id, entry);
-            }
-
-            foreach (var key in removed)
-            {
-                if (map.TryGetValue(key, out var had) && had.NodeUid == self.Uid)
-                {
-                    map = map.Remove(self, key);
-                }
-            }
-
-            return map;
-        }));
+        _mine = now;
+        Write(now, WriteLocal.Instance, ask: null);
     }
 
-    // Before the node leaves (coordinated shutdown, after its devices are destroyed): take every
-    // entry of this incarnation out of the map and wait (bounded) for a majority to see it.
+    // Writes this node's entry whole. The register's clock orders it after every value this node
+    // wrote before, whatever order replicas receive them in.
+    private void Write(ClusterNodeDevices entry, IWriteConsistency consistency, IActorRef? ask)
+    {
+        var self = _cluster.SelfUniqueAddress;
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, consistency, ask, map =>
+            map.TryGetValue(entry.Key, out var had) && had.SameAs(entry) ? map : map.SetItem(self, entry.Key, entry)));
+    }
+
+    // Before the node leaves (coordinated shutdown, after its devices are destroyed): write this
+    // incarnation's entry with no devices and wait (bounded) for a majority to have it. The empty
+    // entry itself goes when the member is removed.
     private void HandleWithdraw()
     {
         _withdrawn = true;
+        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, []);
+        _mine = empty;
         var self = _cluster.SelfUniqueAddress;
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender, map =>
-        {
-            foreach (var (key, value) in map.Entries)
-            {
-                if (value.NodeUid == self.Uid && value.Node == _self)
-                {
-                    map = map.Remove(self, key);
-                }
-            }
-
-            return map;
-        }));
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender,
+            map => map.SetItem(self, empty.Key, empty)));
         Become(Withdrawing);
     }
 
@@ -216,11 +201,11 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private void RemoveEntriesOf(IReadOnlyCollection<UniqueAddress> members)
     {
         var self = _cluster.SelfUniqueAddress;
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
+        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, WriteLocal.Instance, map =>
         {
             foreach (var (key, value) in map.Entries)
             {
-                if (members.Any(m => IsOwner(m, value)))
+                if (value is null || members.Any(m => IsOwner(m, value)))
                 {
                     map = map.Remove(self, key);
                 }
@@ -230,7 +215,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }));
     }
 
-    private static bool IsOwner(UniqueAddress member, ClusterDevice entry) =>
+    private static bool IsOwner(UniqueAddress member, ClusterNodeDevices entry) =>
         entry.NodeUid == member.Uid && entry.Node == NodeName(member.Address);
 
     private void HandleChanged(Changed changed)
@@ -243,30 +228,17 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         _map = changed.Get(Key).Entries.ToImmutableDictionary(StringComparer.Ordinal);
 
         // Entries of a member already removed or downed that arrived late: remove them here too.
-        var late = _gone.Where(g => _map.Values.Any(v => IsOwner(g, v))).ToArray();
+        var late = _gone.Where(g => _map.Values.Any(v => v is not null && IsOwner(g, v))).ToArray();
         if (late.Length > 0)
         {
             RemoveEntriesOf(late);
         }
 
-        // Own entries missing or stale (another node pruned them, or an older incarnation of this
-        // node at the same address wrote them): write them again.
-        if (!_withdrawn && _mine.Any(kv => !_map.TryGetValue(kv.Key, out var seen) || seen != kv.Value))
+        // Own entry missing or stale (another node pruned it, or an older value arrived after a
+        // newer one was read here): write it again.
+        if (_mine is { } mine && (!_map.TryGetValue(mine.Key, out var seen) || !mine.SameAs(seen)))
         {
-            var self = _cluster.SelfUniqueAddress;
-            var mine = _mine.Values.ToArray();
-            _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterDevice>.Empty, WriteLocal.Instance, map =>
-            {
-                foreach (var entry in mine)
-                {
-                    if (!map.TryGetValue(entry.Id, out var seen) || seen != entry)
-                    {
-                        map = map.SetItem(self, entry.Id, entry);
-                    }
-                }
-
-                return map;
-            }));
+            Write(mine, WriteLocal.Instance, ask: null);
         }
 
         Publish();
@@ -281,6 +253,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             // Only entries of members this node knows (an entry whose owner has not been seen
             // joining yet shows once its member event arrives).
             .Where(v => (v.Node == _self && v.NodeUid == selfUid) || _members.Any(m => IsOwner(m, v)))
+            .SelectMany(v => v.Devices)
             .OrderBy(v => v.Name, StringComparer.Ordinal)
             .ThenBy(v => v.Node, StringComparer.Ordinal)
             .ToArray();

@@ -66,7 +66,7 @@ public static class RemoteSurface
         typeof(Clustering.ClusterDeviceList),
 
         // Registry entries, inside Distributed Data gossip between members (README, "Cluster").
-        typeof(Clustering.ClusterDevice),
+        typeof(Clustering.ClusterNodeDevices), typeof(Clustering.ClusterDevice),
     };
 
     /// <summary>Requests that change the node: accepted from the network only when authenticated.</summary>

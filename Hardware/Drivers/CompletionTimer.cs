@@ -76,7 +76,17 @@ public sealed class CompletionTimer : IDisposable
         ArgumentNullException.ThrowIfNull(rq);
         var due = Stopwatch.GetTimestamp() + (long)(delay.TotalSeconds * Stopwatch.Frequency);
         Interlocked.Increment(ref _scheduled);
-        _intake.Enqueue(new Incoming(new Entry(rq, generation, status, CurrentCpu.Bound), due));
+        var entry = new Entry(rq, generation, status, CurrentCpu.Bound);
+
+        // Armed on a CPU's own thread (mailbox dispatch): that thread fires it, as null_blk's
+        // hrtimer fires on the CPU that armed it, and this thread stays out of the request's way.
+        if (CpuTimerHost.Current is { } host)
+        {
+            host.Add(this, entry, due);
+            return;
+        }
+
+        _intake.Enqueue(new Incoming(entry, due));
 
         // Dekker pair with Park: the entry is visible before the flag is read.
         Interlocked.MemoryBarrier();
@@ -169,6 +179,9 @@ public sealed class CompletionTimer : IDisposable
         }
     }
 
+    /// <summary>Fires an entry armed on a CPU's own thread (<see cref="CpuTimerHost"/>), on that thread.</summary>
+    internal void FireHosted(Entry entry) => Fire(entry);
+
     private void Fire(Entry entry)
     {
         if (entry.Cpu >= 0)
@@ -199,7 +212,55 @@ public sealed class CompletionTimer : IDisposable
         Volatile.Write(ref _sleeping, 0);
     }
 
-    private readonly record struct Entry(Request Request, uint Generation, BlockStatus Status, int Cpu);
+    /// <summary>A scheduled completion.</summary>
+    internal readonly record struct Entry(Request Request, uint Generation, BlockStatus Status, int Cpu);
 
     private readonly record struct Incoming(Entry Entry, long Due);
+}
+
+/// <summary>
+/// Timer completions fired by the thread of a CPU itself: a thread that hosts one (mailbox
+/// dispatch's per-CPU thread, <see cref="Attach"/>) fires the completions armed on it between its
+/// other work, as null_blk's hrtimer fires on the CPU that armed it, instead of handing them to the
+/// timer's own thread and back. Used by that thread only; nothing is allocated per entry once the
+/// queue has grown.
+/// </summary>
+internal sealed class CpuTimerHost
+{
+    [ThreadStatic]
+    private static CpuTimerHost? t_current;
+
+    private readonly PriorityQueue<(CompletionTimer Timer, CompletionTimer.Entry Entry), long> _due = new();
+
+    /// <summary>The host of the calling thread, or null.</summary>
+    public static CpuTimerHost? Current => t_current;
+
+    /// <summary>Completions armed and not fired yet.</summary>
+    public int Count => _due.Count;
+
+    /// <summary>The timestamp (<see cref="Stopwatch"/>) of the next completion, or <see cref="long.MaxValue"/>.</summary>
+    public long NextDue => _due.TryPeek(out _, out var due) ? due : long.MaxValue;
+
+    /// <summary>Makes this the host of the calling thread: completions armed on it from now on are fired by it.</summary>
+    public void Attach() => t_current = this;
+
+    /// <summary>The calling thread hosts no timer any more (what is armed stays here until fired).</summary>
+    public static void Detach() => t_current = null;
+
+    /// <summary>Fires, oldest first, every completion due at <paramref name="now"/>, or every one when <paramref name="all"/>.</summary>
+    /// <returns>The number fired.</returns>
+    public int FireDue(long now, bool all = false)
+    {
+        var n = 0;
+        while (_due.TryPeek(out var item, out var due) && (all || due <= now))
+        {
+            _due.Dequeue();
+            n++;
+            item.Timer.FireHosted(item.Entry);
+        }
+
+        return n;
+    }
+
+    internal void Add(CompletionTimer timer, CompletionTimer.Entry entry, long due) => _due.Enqueue((timer, entry), due);
 }

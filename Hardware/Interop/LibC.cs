@@ -38,7 +38,10 @@ internal static unsafe partial class LibC
 
     public const int PROT_READ = 1;
     public const int PROT_WRITE = 2;
+    public const int PROT_EXEC = 4;
     public const int MAP_SHARED = 1;
+    public const int MAP_PRIVATE = 2;
+    public const int MAP_ANONYMOUS = 0x20;
     public const int MAP_POPULATE = 0x8000;
 
     public const int FALLOC_FL_KEEP_SIZE = 0x01;
@@ -250,6 +253,9 @@ internal static unsafe partial class LibC
 
     [LibraryImport(Library, EntryPoint = "mmap", SetLastError = true)]
     public static partial void* MMap(void* address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport(Library, EntryPoint = "mprotect", SetLastError = true)]
+    public static partial int MProtect(void* address, nuint length, int protection);
 
     [LibraryImport(Library, EntryPoint = "munmap", SetLastError = true)]
     public static partial int MUnmap(void* address, nuint length);

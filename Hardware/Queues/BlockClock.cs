@@ -7,7 +7,11 @@ namespace ActorBlk.Hardware.Queues;
 /// </summary>
 public abstract class BlockClock
 {
-    /// <summary>The monotonic system clock (<see cref="Environment.TickCount64"/>).</summary>
+    /// <summary>
+    /// The monotonic system clock: <see cref="TimestampClock"/> (the time-stamp counter where it
+    /// is invariant, else <c>CLOCK_MONOTONIC</c>), read once per completion batch (<see cref="BlockTime"/>);
+    /// milliseconds are its nanoseconds divided, so a request's deadline costs no clock read of its own inside a round.
+    /// </summary>
     public static BlockClock System { get; } = new SystemClock();
 
     /// <summary>Milliseconds since an arbitrary origin; never goes backwards.</summary>
@@ -24,7 +28,8 @@ public abstract class BlockClock
     {
         private static readonly double NanosecondsPerTick = 1e9 / global::System.Diagnostics.Stopwatch.Frequency;
 
-        public override long NowMilliseconds => Environment.TickCount64;
+        // Deadlines and the timeout scans read the same clock; inside a round the batch's time.
+        public override long NowMilliseconds => NowNanoseconds / 1_000_000;
 
         // Linux's Stopwatch ticks are nanoseconds already: no conversion through a double then
         // (a static readonly the JIT folds, so the test costs nothing once the code is optimised).

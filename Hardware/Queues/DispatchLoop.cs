@@ -266,6 +266,7 @@ internal sealed class DispatchLoop
     private void Run()
     {
         t_current = this;
+        SoftwareContext.MarkLoopThread();
 
         // With the system's topology the thread is pinned to its queue's online CPUs (kblockd runs
         // hctx work on hctx->cpumask) and counts as the CPU it is on; with a simulated topology

@@ -50,6 +50,16 @@ public interface IQueueRuntime
     /// <summary>Runs <see cref="RequestQueue.EndRequest"/> for a redirected completion on <paramref name="target"/>'s CPU.</summary>
     void DeliverCompletion(SoftwareContext target, Request request);
 
+    /// <summary>
+    /// True when the calling thread may run the completion of a request submitted through
+    /// <paramref name="target"/> in place, once rq_affinity found no reason to redirect it. False
+    /// when the thread is foreign to the runtime's CPUs (a timer or reaper thread completing for a
+    /// mailbox-dispatched queue): the completion then goes to <paramref name="target"/>'s CPU through
+    /// <see cref="DeliverCompletion"/>, as the kernel's interrupt would run it on a CPU of its own.
+    /// Ring dispatch, whose threads count as the CPU they run on, always answers true.
+    /// </summary>
+    bool CompletesInPlace(SoftwareContext target) => true;
+
     /// <summary>Completes when no dispatch round of <paramref name="hctx"/> is in progress (for quiesce).</summary>
     Task WaitDispatchIdleAsync(HardwareContext hctx);
 

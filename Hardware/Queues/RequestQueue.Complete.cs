@@ -30,11 +30,15 @@ public sealed partial class RequestQueue
         var target = rq.Ctx!;
         var cpu = CurrentCpu.Resolve(topology);
         var submit = target.Cpu;
-        if (cpu != submit &&
-            (affinity == CompletionAffinity.SubmittingCpu || !topology.SharesCache(cpu, submit)) &&
-            topology.IsOnline(submit))
+        var runtime = Runtime;
+        if (topology.IsOnline(submit) &&
+            ((cpu != submit && (affinity == CompletionAffinity.SubmittingCpu || !topology.SharesCache(cpu, submit))) ||
+             !runtime.CompletesInPlace(target)))
         {
-            Runtime.DeliverCompletion(target, rq);
+            // Redirected to the submitting CPU by rq_affinity, or completed on a thread that is no
+            // CPU of the runtime's (mailbox dispatch: a timer or reaper thread), whose completion
+            // runs on the submitting CPU's thread as a kernel interrupt's softirq runs on a CPU.
+            runtime.DeliverCompletion(target, rq);
         }
         else
         {
@@ -75,7 +79,9 @@ public sealed partial class RequestQueue
     /// <summary>
     /// The completion proper, on the completion context (<c>__blk_mq_end_request</c>): frees the
     /// tag and the usage reference first, then completes every bio with the request's status,
-    /// so a continuation that submits again finds the tag free.
+    /// so a continuation that submits again finds the tag free. A request whose only bio has an
+    /// end_io call-back keeps its usage reference over the call-back instead, for a resubmission
+    /// from the call-back to take over (<see cref="CompleteHoldingUsage"/>).
     /// </summary>
     internal void EndRequest(Request rq)
     {
@@ -94,6 +100,13 @@ public sealed partial class RequestQueue
         }
 
         hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
+        if (bios is { Next: null, EndIo: not null } && !Usage.IsFrozen)
+        {
+            hctx.RestartIfNeeded();
+            CompleteHoldingUsage(bios, status, ctx.Cpu);
+            return;
+        }
+
         Usage.Exit(ctx.Cpu);
         hctx.RestartIfNeeded();
 
@@ -103,6 +116,43 @@ public sealed partial class RequestQueue
             bios.Next = null;
             bios.Complete(status);
             bios = next;
+        }
+    }
+
+    // The queue whose usage reference the thread holds over an end_io call-back (see
+    // CompleteHoldingUsage); Enter takes it over. Null when none is held or it was taken.
+    [ThreadStatic]
+    private static RequestQueue? t_heldUsage;
+
+    /// <summary>
+    /// Completes a request's only bio, which has an end_io call-back, holding the request's usage
+    /// reference over the call-back: a bio the call-back submits to this queue on this thread (the
+    /// next I/O of a loop such as the bench's, or fio's) takes the reference over in
+    /// <see cref="Enter"/> instead of dropping it here and taking a new one there, two interlocked
+    /// operations per I/O. The reference never lapses, so a freeze that started meanwhile counts it
+    /// and waits for the new request, as for any request that entered before the gate closed; a
+    /// submission while the gate is closed enters as usual. A reference not taken over is dropped
+    /// when the call-back returns: later than before the call-back, as the kernel drops it
+    /// (<c>blk_queue_exit</c> after <c>bio_endio</c>).
+    /// </summary>
+    private void CompleteHoldingUsage(Bio bio, BlockStatus status, int cpu)
+    {
+        var outer = t_heldUsage;
+        t_heldUsage = this;
+        try
+        {
+            bio.Complete(status);
+        }
+        finally
+        {
+            // A nested completion of this queue on this thread restores its own outer mark, so
+            // the mark still names this queue exactly when this reference was not taken over.
+            var taken = !ReferenceEquals(t_heldUsage, this);
+            t_heldUsage = outer;
+            if (!taken)
+            {
+                Usage.Exit(cpu);
+            }
         }
     }
 

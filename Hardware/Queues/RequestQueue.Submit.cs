@@ -90,6 +90,16 @@ public sealed partial class RequestQueue
         // Read before the bio may be parked: once it waits, a thaw on another thread may resume and
         // complete it, and a completed bio belongs to its pool again.
         var plug = bio.Plug;
+
+        // Submitted from an end_io call-back of this queue that holds its request's reference
+        // while the queue is open: take that reference over (CompleteHoldingUsage).
+        if (ReferenceEquals(t_heldUsage, this) && !Usage.IsFrozen)
+        {
+            t_heldUsage = null;
+            bio.Entered = true;
+            return true;
+        }
+
         var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
         switch (result)
         {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
@@ -13,7 +14,16 @@ namespace ActorBlk.Hardware.Queues;
 public sealed class SoftwareContext
 {
     private readonly MergeWindow[] _windows = [new(), new(), new()];
+    // Counted with interlocked adds by any thread.
     private Counters _counters;
+
+    // Counted with plain adds by the one dispatch-loop thread that owns them (_owner), on a cache
+    // line of their own.
+    private Counters _owned;
+    private object? _owner;
+
+    [ThreadStatic]
+    private static object? t_loopToken;
 
     internal SoftwareContext(RequestQueue queue, int cpu)
     {
@@ -28,27 +38,65 @@ public sealed class SoftwareContext
     public int Cpu { get; }
 
     /// <summary>Requests allocated on this context for synchronous I/O (reads, sync writes).</summary>
-    public long DispatchedSync => Interlocked.Read(ref _counters.DispatchedSync);
+    public long DispatchedSync => Interlocked.Read(ref _counters.DispatchedSync) + Volatile.Read(ref _owned.DispatchedSync);
 
     /// <summary>Requests allocated on this context for asynchronous I/O.</summary>
-    public long DispatchedAsync => Interlocked.Read(ref _counters.DispatchedAsync);
+    public long DispatchedAsync => Interlocked.Read(ref _counters.DispatchedAsync) + Volatile.Read(ref _owned.DispatchedAsync);
 
     /// <summary>Bios merged into an existing request on this context (plug or staging window).</summary>
     public long Merged => Interlocked.Read(ref _counters.Merged);
 
     /// <summary>Requests of this context completed, synchronous I/O.</summary>
-    public long CompletedSync => Interlocked.Read(ref _counters.CompletedSync);
+    public long CompletedSync => Interlocked.Read(ref _counters.CompletedSync) + Volatile.Read(ref _owned.CompletedSync);
 
     /// <summary>Requests of this context completed, asynchronous I/O.</summary>
-    public long CompletedAsync => Interlocked.Read(ref _counters.CompletedAsync);
+    public long CompletedAsync => Interlocked.Read(ref _counters.CompletedAsync) + Volatile.Read(ref _owned.CompletedAsync);
 
     /// <summary>The hardware queue serving requests of <paramref name="type"/> from this context.</summary>
     public HardwareContext HardwareQueue(HctxType type) => Queue.HardwareContexts[Queue.TagSet.Map.HardwareQueueFor(Cpu, type)];
 
     internal MergeWindow Window(HctxType type) => _windows[(int)type];
 
+    /// <summary>
+    /// Marks the calling thread as a dispatch loop's: it may take a context's owned counters
+    /// (<see cref="CountDispatched"/>). Called once by each loop thread at its start.
+    /// </summary>
+    internal static void MarkLoopThread() => t_loopToken ??= new object();
+
+    // True when the calling thread counts this context with plain adds: it is a dispatch loop's
+    // and owns the context's second set of counters, or takes them now (the first loop thread to
+    // count here does, for the context's life; at low queue depth that thread submits, through
+    // its completions' resubmissions, and completes nearly every request). The owned counters
+    // have that one writer, so a plain add loses nothing; a reader adds both sets, each exact.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool OwnedByThisThread()
+    {
+        var token = t_loopToken;
+        if (token is null)
+        {
+            return false;
+        }
+
+        var owner = Volatile.Read(ref _owner);
+        return ReferenceEquals(owner, token) || (owner is null && Interlocked.CompareExchange(ref _owner, token, null) is null);
+    }
+
     internal void CountDispatched(bool sync)
     {
+        if (OwnedByThisThread())
+        {
+            if (sync)
+            {
+                Volatile.Write(ref _owned.DispatchedSync, _owned.DispatchedSync + 1);
+            }
+            else
+            {
+                Volatile.Write(ref _owned.DispatchedAsync, _owned.DispatchedAsync + 1);
+            }
+
+            return;
+        }
+
         if (sync)
         {
             Interlocked.Increment(ref _counters.DispatchedSync);
@@ -63,6 +111,20 @@ public sealed class SoftwareContext
 
     internal void CountCompleted(bool sync)
     {
+        if (OwnedByThisThread())
+        {
+            if (sync)
+            {
+                Volatile.Write(ref _owned.CompletedSync, _owned.CompletedSync + 1);
+            }
+            else
+            {
+                Volatile.Write(ref _owned.CompletedAsync, _owned.CompletedAsync + 1);
+            }
+
+            return;
+        }
+
         if (sync)
         {
             Interlocked.Increment(ref _counters.CompletedSync);

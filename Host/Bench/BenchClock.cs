@@ -9,7 +9,10 @@ namespace ActorBlk.Host.Bench;
 /// </summary>
 internal abstract class BenchClock
 {
-    /// <summary>The high-resolution monotonic clock (<see cref="Stopwatch.GetTimestamp"/>).</summary>
+    /// <summary>
+    /// The high-resolution monotonic clock the block layer times I/O on (<see cref="ActorBlk.Hardware.Queues.TimestampClock"/>:
+    /// the CPU's time-stamp counter where it is invariant, <see cref="Stopwatch.GetTimestamp"/> otherwise).
+    /// </summary>
     public static BenchClock System { get; } = new StopwatchClock();
 
     /// <summary>Ticks since an arbitrary origin; never goes backwards.</summary>
@@ -34,7 +37,7 @@ internal abstract class BenchClock
 
     private sealed class StopwatchClock : BenchClock
     {
-        public override long Timestamp => Stopwatch.GetTimestamp();
+        public override long Timestamp => ActorBlk.Hardware.Queues.TimestampClock.GetTimestamp();
 
         public override long CompletionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
     }

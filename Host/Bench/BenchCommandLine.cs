@@ -40,6 +40,10 @@ internal sealed class BenchCommandLine
     private readonly Option<Word<bool>> Direct = CliOptions.Bool("--direct", true, "O_DIRECT for file devices, buffered I/O with 0");
     private readonly Option<Word<bool>> RandRepeat = CliOptions.Bool("--randrepeat", true, "same random offsets every run");
 
+    private readonly Option<Word<TimestampSource>> ClockSource = CliOptions.Choice("--clocksource", "auto",
+        [("auto", TimestampSource.Auto), ("tsc", TimestampSource.Tsc), ("cpu", TimestampSource.Tsc), ("monotonic", TimestampSource.Monotonic), ("clock_gettime", TimestampSource.Monotonic)],
+        "clock of the I/O timestamps (fio's clocksource): tsc (cpu) reads the CPU's time-stamp counter, monotonic (clock_gettime) the kernel's clock; auto takes tsc on x86-64 Linux with constant_tsc and nonstop_tsc");
+
     // fio flags ActorBlk always behaves as if given.
     private readonly Option<Word<bool>>[] AlwaysOn =
         [.. new[] { "--time_based", "--group_reporting", "--thread", "--norandommap", "--lat_percentiles" }.Select(f => CliOptions.Bool(f, true, "accepted, always on"))];
@@ -108,7 +112,7 @@ internal sealed class BenchCommandLine
     /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
     private IEnumerable<Option> All =>
     [
-        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, .. AlwaysOn,
+        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, ClockSource, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, PossibleCpus, HotplugInterval,
@@ -166,6 +170,7 @@ internal sealed class BenchCommandLine
             JitWarmup = parse.GetValue(JitWarmup) ?? TimeSpan.FromSeconds(5),
             Direct = parse.ValueOf(Direct),
             RandRepeat = parse.ValueOf(RandRepeat),
+            ClockSource = parse.ValueOf(ClockSource),
             Json = parse.ValueOf(Json),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval),

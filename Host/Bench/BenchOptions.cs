@@ -65,6 +65,9 @@ internal sealed record BenchOptions
 
     public bool RandRepeat { get; init; } = true;
 
+    /// <summary>The clock of the I/O timestamps (<c>--clocksource</c>, fio's <c>clocksource</c>).</summary>
+    public TimestampSource ClockSource { get; init; } = TimestampSource.Auto;
+
     public bool Json { get; init; }
 
     /// <summary>fio's <c>--eta</c>: the status line on stderr; null = auto (when stderr is a terminal and the output is not JSON).</summary>

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Commands;
 
@@ -135,6 +136,7 @@ internal static class BenchReport
             w.WriteString("dispatch", r.Options.Dispatch.ToString().ToLowerInvariant());
             w.WriteString("engine", engine);
             WriteEngines(w, r.Engines);
+            w.WriteString("clocksource", TimestampClock.Source == TimestampSource.Tsc ? "tsc" : "monotonic");
             w.WriteString("device", r.DeviceDescription);
             w.WriteEndObject();
             w.WriteEndObject();

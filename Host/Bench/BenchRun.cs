@@ -488,7 +488,7 @@ internal sealed class BenchRun
         if (_accounting.Record(read, status, t0, out var completed) && status == BlockStatus.Ok && (slot.Log ?? slot.Timeline) is not null)
         {
             var at = BenchClock.Nanoseconds(completed - _accounting.WindowStart);
-            var latency = BenchClock.Nanoseconds(completed - t0);
+            var latency = BenchClock.Nanoseconds(Math.Max(0, completed - t0)); // readings of two CPUs' counters may cross by a few ns
             slot.Log?.Add(at, latency, read, _o.BlockSize, offset);
             slot.Timeline?.Add(at, latency, read, _o.BlockSize, offset);
         }

@@ -2,6 +2,7 @@ using ActorBlk.Actors;
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
 using Akka.Configuration;
@@ -26,6 +27,12 @@ internal static class BenchCommand
         if (configured is null)
         {
             _ = options.ToDeviceOptions();
+        }
+
+        // The timestamps' clock is fixed at its first read, before any device exists.
+        if (!TimestampClock.Select(options.ClockSource) || (options.ClockSource == TimestampSource.Tsc && TimestampClock.Source != TimestampSource.Tsc))
+        {
+            await Console.Error.WriteLineAsync($"actorblk: --clocksource={options.ClockSource.ToString().ToLowerInvariant()} is not available ({TimestampClock.FallbackReason ?? "the clock was read already"}); timestamps use the {TimestampClock.Source.ToString().ToLowerInvariant()} clock").ConfigureAwait(false);
         }
 
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable

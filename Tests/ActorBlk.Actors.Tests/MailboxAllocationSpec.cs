@@ -37,6 +37,7 @@ public sealed class MailboxAllocationSpec : Akka.TestKit.Xunit2.TestKit
     [Theory]
     [InlineData(IrqMode.None)]
     [InlineData(IrqMode.SoftIrq)]
+    [InlineData(IrqMode.Timer)] // completions fired by the arming CPU's mailbox thread (CpuTimerHost)
     public async Task Awaited_reads_and_writes_allocate_no_object_per_io(IrqMode irqmode)
     {
         var device = await BlockLayer.Get(Sys).CreateDeviceAsync(new DeviceOptions

@@ -137,8 +137,8 @@ public sealed class ClusterDevicesSpec
         {
             var onA = await DistributedDataOf(a).Ask<Akka.DistributedData.IGetResponse>(
                 Akka.DistributedData.Dsl.Get(DeviceRegistryActor.Key, Akka.DistributedData.ReadLocal.Instance), Within);
-            var entries = onA is Akka.DistributedData.GetSuccess success ? success.Get(DeviceRegistryActor.Key).Entries.Keys : [];
-            beforeLeave.TrySetResult((entries.Any(k => k.StartsWith("nullb1@", StringComparison.Ordinal)),
+            var entries = onA is Akka.DistributedData.GetSuccess success ? success.Get(DeviceRegistryActor.Key).Entries.Values : [];
+            beforeLeave.TrySetResult((entries.Any(e => e.Devices.Any(d => d.Name == "nullb1")),
                 a.Cluster.State.Members.FirstOrDefault(m => m.UniqueAddress.Equals(bAddress))?.Status));
             return Akka.Done.Instance;
         });

@@ -1,0 +1,76 @@
+using ActorBlk.Actors.Clustering;
+using ActorBlk.Actors.Serialization;
+using Akka.Actor;
+using Akka.Cluster;
+using Akka.DistributedData;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests.MultiNode;
+
+/// <summary>
+/// The registry's replicated value (README, "Cluster"): one entry per member holding all its
+/// devices, so that a destroyed device is a newer value of its node's entry rather than a key
+/// removal racing an update (a removal lost on one replica once left a destroyed device listed
+/// there), and entries that do not hold together are left out.
+/// </summary>
+public sealed class ClusterRegistryEntrySpec
+{
+    private static readonly UniqueAddress Owner = new(new Address("akka.tcp", "actorblk", "127.0.0.1", 4053), 17);
+
+    private static ClusterDevice Device(string name, string state = ClusterDeviceStates.Live, string node = "127.0.0.1:4053", long uid = 17) =>
+        new(name, node, uid, 1 << 20, 512, 1, false, state, string.Empty);
+
+    private static ClusterNodeDevices Entry(params ClusterDevice[] devices) => new("127.0.0.1:4053", 17, devices);
+
+    [Fact]
+    public void An_older_value_of_a_nodes_entry_that_arrives_late_does_not_bring_a_destroyed_device_back()
+    {
+        var key = Entry().Key;
+        var empty = LWWDictionary<string, ClusterNodeDevices>.Empty;
+        var live = empty.SetItem(Owner, key, Entry(Device("sdb"), Device("sdc")));
+        var offline = live.SetItem(Owner, key, Entry(Device("sdb"), Device("sdc", ClusterDeviceStates.Offline)));
+        var destroyed = offline.SetItem(Owner, key, Entry(Device("sdb")));
+
+        // A replica that has the newest value and then merges older ones (delta or full state, in
+        // any order) keeps the newest; one that has an older value takes the newest when it comes.
+        foreach (var merged in new[] { destroyed.Merge(offline), destroyed.Merge(live).Merge(offline), live.Merge(destroyed).Merge(offline), offline.Merge(destroyed) })
+        {
+            Assert.Equal(["sdb"], merged.Entries[key].Devices.Select(d => d.Name));
+        }
+    }
+
+    [Fact]
+    public void An_entry_holds_together_only_with_bounded_fields_and_devices_of_its_own_node()
+    {
+        Assert.True(Entry().IsWellFormed);
+        Assert.True(Entry(Device("sdb"), Device("sdc")).IsWellFormed);
+        Assert.Equal("127.0.0.1:4053#17", Entry().Key);
+
+        // A device of another node or incarnation, a malformed device, or too many devices.
+        Assert.False(Entry(Device("sdb", node: "127.0.0.1:4054")).IsWellFormed);
+        Assert.False(Entry(Device("sdb", uid: 18)).IsWellFormed);
+        Assert.False(Entry(Device(new string('x', RemoteSurface.MaxDeviceName + 1))).IsWellFormed);
+        Assert.False(Entry(Device("sdb", state: "gone")).IsWellFormed);
+        Assert.False(Entry(null!).IsWellFormed);
+        Assert.False(new ClusterNodeDevices("127.0.0.1:4053", 17, null!).IsWellFormed);
+        Assert.False(new ClusterNodeDevices(new string('h', ClusterDevice.MaxNodeLength + 1), 17, []).IsWellFormed);
+        Assert.False(Entry(Enumerable.Range(0, ClusterNodeDevices.MaxDevices + 1).Select(i => Device($"d{i}")).ToArray()).IsWellFormed);
+    }
+
+    [Fact]
+    public void Two_entries_are_the_same_when_they_list_the_same_devices_for_the_same_incarnation()
+    {
+        Assert.True(Entry(Device("sdb")).SameAs(Entry(Device("sdb"))));
+        Assert.False(Entry(Device("sdb")).SameAs(Entry(Device("sdb", ClusterDeviceStates.Offline))));
+        Assert.False(Entry(Device("sdb")).SameAs(Entry()));
+        Assert.False(Entry().SameAs(new ClusterNodeDevices("127.0.0.1:4053", 18, [])));
+        Assert.False(Entry().SameAs(null));
+    }
+
+    [Fact]
+    public void The_entry_type_may_arrive_from_the_network_inside_gossip()
+    {
+        Assert.Contains(typeof(ClusterNodeDevices), RemoteSurface.InboundTypes);
+        Assert.DoesNotContain(typeof(ClusterNodeDevices), RemoteSurface.AdminTypes);
+    }
+}
