@@ -36,6 +36,7 @@ internal sealed class BenchCommandLine
     private readonly Option<int> NumJobs = CliOptions.Int("--numjobs", 1, 1, 1024, "jobs, each on its own CPU");
     private readonly Option<TimeSpan?> Runtime = CliOptions.Seconds("--runtime", "run this long (time based)");
     private readonly Option<TimeSpan?> RampTime = CliOptions.Seconds("--ramp_time", "run this long before measuring [default: 0]");
+    private readonly Option<TimeSpan?> JitWarmup = CliOptions.Seconds("--jit_warmup", "at most this long, before the ramp of a time-based run, the jobs run unmeasured until the JIT used under 5% of a CPU over 0.5 s (the tiered code reached its optimised form); 0 = off [default: 5]");
     private readonly Option<Word<bool>> Direct = CliOptions.Bool("--direct", true, "O_DIRECT for file devices, buffered I/O with 0");
     private readonly Option<Word<bool>> RandRepeat = CliOptions.Bool("--randrepeat", true, "same random offsets every run");
 
@@ -111,7 +112,7 @@ internal sealed class BenchCommandLine
     /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
     private IEnumerable<Option> All =>
     [
-        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, Direct, RandRepeat, ClockSource, .. AlwaysOn,
+        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, ClockSource, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, PossibleCpus, HotplugInterval,
@@ -166,6 +167,7 @@ internal sealed class BenchCommandLine
             NumJobs = parse.GetValue(NumJobs),
             Runtime = parse.GetValue(Runtime),
             RampTime = parse.GetValue(RampTime) ?? TimeSpan.Zero,
+            JitWarmup = parse.GetValue(JitWarmup) ?? TimeSpan.FromSeconds(5),
             Direct = parse.ValueOf(Direct),
             RandRepeat = parse.ValueOf(RandRepeat),
             ClockSource = parse.ValueOf(ClockSource),

@@ -54,6 +54,13 @@ internal sealed record BenchOptions
 
     public TimeSpan RampTime { get; init; } = TimeSpan.Zero;
 
+    /// <summary>
+    /// The longest a time-based run lets the JIT settle before its ramp and window start
+    /// (<c>--jit_warmup</c>; zero: no wait). The command line's default is 5 s; options built in
+    /// code default to none.
+    /// </summary>
+    public TimeSpan JitWarmup { get; init; } = TimeSpan.Zero;
+
     public bool Direct { get; init; } = true;
 
     public bool RandRepeat { get; init; } = true;

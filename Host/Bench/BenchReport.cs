@@ -73,6 +73,7 @@ internal static class BenchReport
             w.WriteNumber("errors", r.Errors);
             w.WriteNumber("timeouts", r.Timeouts);
             w.WriteNumber("double_completions", r.DoubleCompletions);
+            w.WriteNumber("jit_warmup_ms", (long)r.JitWarmup.TotalMilliseconds);
             w.WriteNumber("timeouts_expired", r.Supervision.TimeoutsExpired);
             w.WriteNumber("device_errors", r.Supervision.DeviceErrors);
             w.WriteNumber("resets", r.Supervision.Resets);

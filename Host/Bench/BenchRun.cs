@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime;
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
@@ -33,6 +34,9 @@ internal sealed record BenchResult(
     /// psync), the driver's kind for other devices, null for a queue that never dispatched.
     /// </summary>
     public IReadOnlyList<string?> Engines { get; init; } = [];
+
+    /// <summary>How long the run waited for the JIT before its ramp and window (<c>--jit_warmup</c>); zero without the wait.</summary>
+    public TimeSpan JitWarmup { get; init; }
 
     /// <summary>Each device's figures (one entry per device of <c>--devices</c>).</summary>
     public IReadOnlyList<DeviceFigures> Devices { get; init; } = [];
@@ -77,6 +81,7 @@ internal sealed record BenchResult(
             Devices = [.. results.SelectMany(r => r.Devices)],
             Engines = [.. results.SelectMany(r => r.Engines)],
             FirstError = firstError,
+            JitWarmup = results.Max(r => r.JitWarmup),
             Supervision = results.Select(r => r.Supervision).Aggregate((a, b) => a + b),
         };
     }
@@ -204,16 +209,27 @@ internal sealed class BenchRun
         var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
         var ramping = _o.RampTime > TimeSpan.Zero;
-        if (!ramping)
+        var warming = _o.JitWarmup > TimeSpan.Zero && _o.Runtime is not null;
+        if (!ramping && !warming)
         {
             _accounting.OpenWindow(_o.Runtime);
         }
 
         var work = Task.WhenAll(_jobs.Select(RunJobAsync));
-        if (ramping)
+        var warmup = TimeSpan.Zero;
+        if (ramping || warming)
         {
             await Task.WhenAny(work, allStarted ?? Started).ConfigureAwait(false);
-            await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
+            if (warming)
+            {
+                warmup = await WaitForJitAsync(work, _o.JitWarmup, JitQuiet, cancellationToken).ConfigureAwait(false);
+            }
+
+            if (ramping)
+            {
+                await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
+            }
+
             _accounting.OpenWindow(_o.Runtime);
         }
 
@@ -276,7 +292,59 @@ internal sealed class BenchRun
             Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines)],
             Engines = engines,
             FirstError = firstError,
+            JitWarmup = warmup,
         };
+    }
+
+    /// <summary>The window over which the warm-up looks at the JIT's work.</summary>
+    internal static readonly TimeSpan JitQuiet = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>The share of one CPU the JIT may still use over <see cref="JitQuiet"/> for the warm-up to end.</summary>
+    internal const double JitQuietShare = 0.05;
+
+    /// <summary>
+    /// The JIT warm-up of a time-based run (<c>--jit_warmup</c>): while the jobs run unmeasured,
+    /// waits until the JIT spent less than <see cref="JitQuietShare"/> of a CPU compiling over the
+    /// last <paramref name="quiet"/> (the I/O path's methods have gone through tiered compilation
+    /// to their optimised code, and the bulk of the background compilations that compete with the
+    /// jobs for the CPUs is over), at most <paramref name="limit"/>, or until the work ends.
+    /// Returns how long it waited.
+    /// </summary>
+    /// <remarks>
+    /// Without it the first second or so of a run measures tier-0 and instrumented code and a
+    /// compiler thread busy beside the jobs: at queue depth 1 on the file device that was 55-90%
+    /// of the later rate over the first 1-1.5 s, a few percent of a 5 s run. The window is longer
+    /// than the runtime's call-counting delay (100 ms after the last tier-0 compilation; a pause
+    /// of 270 ms was seen before tier-up began), so the pause before tier-up does not end it.
+    /// </remarks>
+    internal static async Task<TimeSpan> WaitForJitAsync(Task work, TimeSpan limit, TimeSpan quiet, CancellationToken cancellationToken)
+    {
+        var poll = TimeSpan.FromMilliseconds(Math.Clamp(quiet.TotalMilliseconds / 10, 1, 100));
+        var start = Stopwatch.GetTimestamp();
+        var samples = new Queue<(long At, TimeSpan Jit)>();
+        samples.Enqueue((start, JitInfo.GetCompilationTime()));
+        var budget = quiet * JitQuietShare;
+        while (!work.IsCompleted && !cancellationToken.IsCancellationRequested && Stopwatch.GetElapsedTime(start) < limit)
+        {
+            await Task.WhenAny(work, Task.Delay(poll, cancellationToken)).ConfigureAwait(false);
+            var now = Stopwatch.GetTimestamp();
+            var jit = JitInfo.GetCompilationTime();
+
+            // The oldest sample still at least a window old marks the window's start.
+            while (samples.Count > 1 && Stopwatch.GetElapsedTime(samples.ElementAt(1).At, now) >= quiet)
+            {
+                samples.Dequeue();
+            }
+
+            var (at, before) = samples.Peek();
+            samples.Enqueue((now, jit));
+            if (Stopwatch.GetElapsedTime(at, now) >= quiet && jit - before < budget)
+            {
+                break;
+            }
+        }
+
+        return Stopwatch.GetElapsedTime(start);
     }
 
     /// <summary>
