@@ -83,27 +83,13 @@ public sealed class SoftwareContext
 
     internal void CountDispatched(bool sync)
     {
-        if (OwnedByThisThread())
-        {
-            if (sync)
-            {
-                Volatile.Write(ref _owned.DispatchedSync, _owned.DispatchedSync + 1);
-            }
-            else
-            {
-                Volatile.Write(ref _owned.DispatchedAsync, _owned.DispatchedAsync + 1);
-            }
-
-            return;
-        }
-
         if (sync)
         {
-            Interlocked.Increment(ref _counters.DispatchedSync);
+            Count(ref _owned.DispatchedSync, ref _counters.DispatchedSync);
         }
         else
         {
-            Interlocked.Increment(ref _counters.DispatchedAsync);
+            Count(ref _owned.DispatchedAsync, ref _counters.DispatchedAsync);
         }
     }
 
@@ -111,27 +97,28 @@ public sealed class SoftwareContext
 
     internal void CountCompleted(bool sync)
     {
-        if (OwnedByThisThread())
-        {
-            if (sync)
-            {
-                Volatile.Write(ref _owned.CompletedSync, _owned.CompletedSync + 1);
-            }
-            else
-            {
-                Volatile.Write(ref _owned.CompletedAsync, _owned.CompletedAsync + 1);
-            }
-
-            return;
-        }
-
         if (sync)
         {
-            Interlocked.Increment(ref _counters.CompletedSync);
+            Count(ref _owned.CompletedSync, ref _counters.CompletedSync);
         }
         else
         {
-            Interlocked.Increment(ref _counters.CompletedAsync);
+            Count(ref _owned.CompletedAsync, ref _counters.CompletedAsync);
+        }
+    }
+
+    // The owning loop thread adds to its own set with a plain add (it is the only writer there);
+    // every other thread adds to the shared set with an interlocked add. Readers sum both.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Count(ref long owned, ref long shared)
+    {
+        if (OwnedByThisThread())
+        {
+            Volatile.Write(ref owned, owned + 1);
+        }
+        else
+        {
+            Interlocked.Increment(ref shared);
         }
     }
 

@@ -12,7 +12,7 @@ public sealed class BenchEtaSpec
     [Fact]
     public async Task Eta_always_writes_the_status_line_to_stderr_and_leaves_stdout_to_the_report()
     {
-        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=3", "--eta=always", "--output-format=json");
+        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=3", "--jit_warmup=0", "--eta=always", "--output-format=json");
         Assert.Equal(0, await bench.WaitForExitAsync(Within));
         Assert.Matches(@"Jobs: 1 \(f=1\): \[r\(1\)\]\[\d+\.\d%\]\[r=[\d.]+[KMG]?i?B/s\]\[r=[\d.]+[kM]? IOPS\]\[eta \d\dm:\d\ds\]", bench.Output);
         Assert.DoesNotContain("Jobs:", bench.StandardOutput, StringComparison.Ordinal);
@@ -24,7 +24,7 @@ public sealed class BenchEtaSpec
     [InlineData("--eta=auto")]
     public async Task Never_and_auto_with_stderr_redirected_write_no_status_line(string eta)
     {
-        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=2", eta);
+        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=2", "--jit_warmup=0", eta);
         Assert.Equal(0, await bench.WaitForExitAsync(Within));
         Assert.DoesNotContain("Jobs:", bench.Output, StringComparison.Ordinal);
     }

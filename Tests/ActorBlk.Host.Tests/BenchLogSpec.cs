@@ -128,7 +128,7 @@ public sealed class BenchLogSpec
         {
             var prefix = Path.Combine(dir.FullName, "w");
             var plot = Path.Combine(dir.FullName, "run.png");
-            await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=2",
+            await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=4", "--runtime=2", "--jit_warmup=0",
                 $"--write_iops_log={prefix}", "--log_avg_msec=250", $"--plot={plot}", "--output-format=json");
             Assert.Equal(0, await bench.WaitForExitAsync(Within));
             var totalIos = JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64();
