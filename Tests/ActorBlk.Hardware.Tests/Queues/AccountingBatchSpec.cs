@@ -267,7 +267,9 @@ public sealed class AccountingBatchSpec
             bio.Buffer = _buffer;
             bio.Cpu = 0;
             bio.EndIo = this;
-            _submittedAt = Stopwatch.GetTimestamp();
+            // The block layer's own clock (the TSC where it is reliable): another clock, even
+            // the monotonic one it was calibrated against, drifts from it by parts per million.
+            _submittedAt = TimestampClock.GetTimestamp();
             queue.Submit(bio);
         }
 
@@ -301,7 +303,7 @@ public sealed class AccountingBatchSpec
     private static void SpinUntilAfter(long timestamp)
     {
         var spinner = default(SpinWait);
-        while (Stopwatch.GetTimestamp() <= timestamp)
+        while (TimestampClock.GetTimestamp() <= timestamp)
         {
             spinner.SpinOnce(sleep1Threshold: -1);
         }
