@@ -44,7 +44,10 @@ public enum TimestampSource
 /// a batch against a window) reads this one clock. Counters of different CPUs may differ by a
 /// few cycles and <c>rdtsc</c> is not serialising, so a reader must clamp a negative difference
 /// of two readings taken on different threads to zero (the disk statistics and the bench do).
-/// Deadlines and timeouts do not read this clock (<see cref="BlockClock.NowMilliseconds"/>).
+/// Request deadlines and the timeout scans read it too, in milliseconds, through
+/// <see cref="BlockClock.System"/>. Because the calibrated counter drifts from the monotonic clock
+/// by parts per million, a timestamp of this clock must never be compared with one of
+/// <see cref="Stopwatch"/>. The first read calibrates, which takes about 20 ms once per process.
 /// </para>
 /// </remarks>
 public static class TimestampClock
