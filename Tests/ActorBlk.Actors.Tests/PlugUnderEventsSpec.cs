@@ -1,5 +1,6 @@
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Xunit;
@@ -16,13 +17,16 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
 
-    protected PlugUnderEventsSpec(DispatchMode mode, ITestOutputHelper output)
+    protected PlugUnderEventsSpec(DispatchMode mode, ITestOutputHelper output, IrqMode irqMode = IrqMode.SoftIrq)
         : base(Configs.Simulated, output: output)
     {
         Mode = mode;
+        Irq = irqMode;
     }
 
     protected DispatchMode Mode { get; }
+
+    protected IrqMode Irq { get; }
 
     private BlockLayer Layer => BlockLayer.Get(Sys);
 
@@ -35,6 +39,7 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
         SubmitQueues = 2,
         PollQueues = 0,
         HwQueueDepth = depth,
+        IrqMode = Irq,
     });
 
     private static async Task Bounded(Task work, string what)
@@ -287,3 +292,10 @@ public sealed class RingPlugUnderEventsSpec(ITestOutputHelper output) : PlugUnde
 
 /// <summary>Plugs under events in mailbox dispatch.</summary>
 public sealed class MailboxPlugUnderEventsSpec(ITestOutputHelper output) : PlugUnderEventsSpec(DispatchMode.Mailbox, output);
+
+/// <summary>
+/// Plugs under events in mailbox dispatch with timer completions (irqmode 2), which the CPU's
+/// mailbox thread that armed them fires itself (<c>CpuTimerHost</c>): awaited plugged I/O, freezes
+/// and hotplug while completions are armed on those threads.
+/// </summary>
+public sealed class MailboxTimerPlugUnderEventsSpec(ITestOutputHelper output) : PlugUnderEventsSpec(DispatchMode.Mailbox, output, IrqMode.Timer);

@@ -1,5 +1,6 @@
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
@@ -21,14 +22,17 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
 
     private readonly TempDirectory _dir;
 
-    protected TeardownStormSpec(DispatchMode mode, ITestOutputHelper output)
+    protected TeardownStormSpec(DispatchMode mode, ITestOutputHelper output, IrqMode irqMode = IrqMode.SoftIrq)
         : base(Configs.Simulated, output: output)
     {
         Mode = mode;
+        Irq = irqMode;
         _dir = new TempDirectory("actorblk-storm");
     }
 
     protected DispatchMode Mode { get; }
+
+    protected IrqMode Irq { get; }
 
     private BlockLayer Layer => BlockLayer.Get(Sys);
 
@@ -47,6 +51,7 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
         SubmitQueues = 2,
         PollQueues = 0,
         HwQueueDepth = 16,
+        IrqMode = Irq,
     });
 
     private async Task<IBlockDevice> CreateFile(string name)
@@ -196,3 +201,11 @@ public sealed class RingTeardownStormSpec(ITestOutputHelper output) : TeardownSt
 /// <summary>Teardown storms in mailbox dispatch (alone: the allocation check reads a process-wide count).</summary>
 [Collection(ProcessCountersCollection.Name)]
 public sealed class MailboxTeardownStormSpec(ITestOutputHelper output) : TeardownStormSpec(DispatchMode.Mailbox, output);
+
+/// <summary>
+/// Teardown storms in mailbox dispatch with timer completions (irqmode 2): completions still armed
+/// on the CPUs' mailbox threads (<c>CpuTimerHost</c>) when the device goes (alone: the allocation
+/// check reads a process-wide count).
+/// </summary>
+[Collection(ProcessCountersCollection.Name)]
+public sealed class MailboxTimerTeardownStormSpec(ITestOutputHelper output) : TeardownStormSpec(DispatchMode.Mailbox, output, IrqMode.Timer);
