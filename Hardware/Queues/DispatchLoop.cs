@@ -82,6 +82,9 @@ internal sealed class DispatchLoop
     // 1 while a round runs (the loop's or a direct one); the loop keeps it when it exits.
     private int _owner;
 
+    // True while the owner runs a round (RunRound), written and read by that thread only.
+    private bool _ownerInRound;
+
     // Set by the loop once the driver's InitHardwareContext ran and no reaper was attached.
     private volatile bool _directReady;
     private readonly bool _directIssue;
@@ -268,7 +271,18 @@ internal sealed class DispatchLoop
     }
 
     private bool HasWork =>
-        _stopping || Volatile.Read(ref _kicked) != 0 || !_hctx.Ring.IsEmpty || !_hctx.Requeued.IsEmpty;
+        _stopping || Volatile.Read(ref _kicked) != 0 || _hctx.OwnerStagedCount > 0 || !_hctx.Ring.IsEmpty || !_hctx.Requeued.IsEmpty;
+
+    /// <summary>
+    /// Stages a request on the hardware queue's own list when the calling thread is running a
+    /// round of this loop (the loop's thread, or a submitter's direct round): a completion in the
+    /// round that submits again. The next round takes it first, as the kernel issues such a
+    /// request directly; it never waits in the ring, so it is not offered to mergers either. Only
+    /// inside a round: a quiesce waits for the round to end, after which nothing is added until it
+    /// is lifted, so teardown and reset drain the list as they drain the ring.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool TryStageOwned(Request rq) => t_current == this && _ownerInRound && _hctx.TryStageOwned(rq);
 
     private void Run()
     {
@@ -392,6 +406,7 @@ internal sealed class DispatchLoop
 
         try
         {
+            _ownerInRound = true;
             var decision = _hctx.RunOnce(_driver, scratch);
             if (!direct && _batchTime)
             {
@@ -402,6 +417,7 @@ internal sealed class DispatchLoop
         }
         finally
         {
+            _ownerInRound = false;
             if (_batchTime)
             {
                 _hctx.Queue.Stats.ExitBatch(statsBatch);

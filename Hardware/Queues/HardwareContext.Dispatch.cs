@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Numerics;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Requests;
@@ -52,7 +53,53 @@ public sealed partial class HardwareContext
     }
 
     /// <summary>True when a round would find something to dispatch.</summary>
-    public bool HasWork => Volatile.Read(ref _dispatchCount) > 0 || !Ring.IsEmpty || !Requeued.IsEmpty;
+    public bool HasWork => Volatile.Read(ref _dispatchCount) > 0 || _ownerStagedCount > 0 || !Ring.IsEmpty || !Requeued.IsEmpty;
+
+    /// <summary>Most requests the dispatcher's own list holds (one round's batch).</summary>
+    internal const int OwnerStagedCapacity = 64;
+
+    /// <summary>Requests on the dispatcher's own list (see <see cref="TryStageOwned"/>).</summary>
+    internal int OwnerStagedCount => _ownerStagedCount;
+
+    /// <summary>Requests ever staged on the dispatcher's own list instead of the ring.</summary>
+    internal long OwnerStagedTotal => Volatile.Read(ref _ownerStagedTotal);
+
+    /// <summary>
+    /// Stages a request on the dispatcher's own list, for the thread that owns the dispatcher and
+    /// is inside a round (the caller checks that): only while the ring is empty, so that a thread's
+    /// requests are still dispatched in the order it staged them (the list is taken before the
+    /// ring, and nothing of this thread can wait in the ring behind it), and while the list has room.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool TryStageOwned(Request rq)
+    {
+        var n = _ownerStagedCount;
+        if (n == _ownerStaged.Length || !Ring.IsEmpty)
+        {
+            return false;
+        }
+
+        _ownerStaged[n] = rq;
+        Volatile.Write(ref _ownerStagedCount, n + 1);
+        Volatile.Write(ref _ownerStagedTotal, _ownerStagedTotal + 1);
+        return true;
+    }
+
+    // Moves the dispatcher's own list to the front of batch; returns how many.
+    private int TakeOwnerStaged(Span<Request> batch)
+    {
+        var count = _ownerStagedCount;
+        var n = Math.Min(count, batch.Length);
+        _ownerStaged.AsSpan(0, n).CopyTo(batch);
+        if (n < count)
+        {
+            _ownerStaged.AsSpan(n, count - n).CopyTo(_ownerStaged);
+        }
+
+        _ownerStaged.AsSpan(count - n, n).Clear();
+        Volatile.Write(ref _ownerStagedCount, count - n);
+        return n;
+    }
 
     /// <summary>
     /// First step of a round (dispatcher): fills <paramref name="batch"/> with requests to dispatch,
@@ -90,8 +137,10 @@ public sealed partial class HardwareContext
             return n;
         }
 
-        n = Ring.TakeBatch(batch);
-        for (var i = 0; i < n; i++)
+        // The dispatcher's own list first: what its thread staged while the ring was empty.
+        var owned = _ownerStagedCount > 0 ? TakeOwnerStaged(batch) : 0;
+        n = owned + Ring.TakeBatch(batch[owned..]);
+        for (var i = owned; i < n; i++)
         {
             batch[i].ClaimForDispatch();
         }
@@ -232,6 +281,13 @@ public sealed partial class HardwareContext
 
         _dispatchTail = null;
         Volatile.Write(ref _dispatchCount, 0);
+        for (var i = 0; i < _ownerStagedCount; i++)
+        {
+            all.Add(_ownerStaged[i]);
+            _ownerStaged[i] = null!;
+        }
+
+        Volatile.Write(ref _ownerStagedCount, 0);
         while (Ring.TryTake(out var staged))
         {
             staged.ClaimForDispatch();

@@ -47,6 +47,13 @@ public sealed partial class HardwareContext
     private Request? _dispatchHead;
     private Request? _dispatchTail;
     private int _dispatchCount;
+
+    // Requests the dispatcher staged from inside its own round (TryStageOwned): touched only by
+    // the thread that owns the dispatcher, and read by others only once it has handed ownership
+    // over (the owner flag, a quiesce's idle wait, or the loop's exit).
+    private readonly Request[] _ownerStaged = new Request[OwnerStagedCapacity];
+    private int _ownerStagedCount;
+    private long _ownerStagedTotal;
     private int _state;
     private int _dispatchBusy;
     private int _waitIndex;
@@ -141,7 +148,7 @@ public sealed partial class HardwareContext
     public long QueuedCount => Volatile.Read(ref _queued);
 
     /// <summary>Requests waiting to be dispatched: the dispatch list and the submission ring.</summary>
-    public int PendingCount => Volatile.Read(ref _dispatchCount) + Ring.Count + Requeued.Count;
+    public int PendingCount => Volatile.Read(ref _dispatchCount) + Volatile.Read(ref _ownerStagedCount) + Ring.Count + Requeued.Count;
 
     /// <summary>The exception a driver threw in the last faulted round, if any.</summary>
     public Exception? LastFault { get; private set; }

@@ -295,8 +295,15 @@ public sealed partial class RequestQueue
             return;
         }
 
+        var hctx = rq.Hctx!;
+        var runtime = Runtime;
+        if (runtime.TryStageOwned(hctx, rq))
+        {
+            return;
+        }
+
         PrepareStaging(rq);
-        Runtime.Stage(rq.Hctx!, rq);
+        runtime.Stage(hctx, rq);
     }
 
     /// <summary>Stages a batch of requests of one hardware queue (a plug flush).</summary>

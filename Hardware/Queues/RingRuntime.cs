@@ -72,6 +72,9 @@ public sealed class RingRuntime : IQueueRuntime
     public void Stage(HardwareContext hctx, Request request) => _loops[hctx.Index].Stage(request);
 
     /// <inheritdoc />
+    public bool TryStageOwned(HardwareContext hctx, Request request) => _loops[hctx.Index].TryStageOwned(request);
+
+    /// <inheritdoc />
     public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests) => _loops[hctx.Index].StageBatch(requests);
 
     /// <inheritdoc />
