@@ -128,6 +128,13 @@ internal sealed class DispatchLoop
             ThrowRingFull();
         }
 
+        // Published on the loop's own thread (an inline completion submitting the next I/O): the
+        // loop is running and awake, and takes the request in its next round.
+        if (t_current == this)
+        {
+            return;
+        }
+
         EnsureRunning();
         if (!TryIssueDirectly())
         {

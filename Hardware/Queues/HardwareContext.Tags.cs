@@ -186,6 +186,20 @@ public sealed partial class HardwareContext
         Tags.Free(tag, cpu);
     }
 
+    /// <summary>
+    /// Whether a completion may hold <paramref name="rq"/>'s tag over its end_io call-back for a
+    /// resubmission to take over (<c>RequestQueue.CompleteHolding</c>): a normal tag of this
+    /// hardware queue's map, on a tag set that is not shared (no fair-share count to carry over),
+    /// while nobody waits for a tag.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool CanHoldTag(Request rq) =>
+        !rq.CountsActive &&
+        ReferenceEquals(rq.Owner, Tags) &&
+        rq.Tag >= Tags.NrReserved &&
+        !Queue.TagSet.IsShared &&
+        Tags.BitmapTags.WaitersActive == 0;
+
     /// <summary>A completion on this queue clears SCHED_RESTART and reruns it (<c>blk_mq_sched_restart</c>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal void RestartIfNeeded()

@@ -78,10 +78,11 @@ public sealed partial class RequestQueue
 
     /// <summary>
     /// The completion proper, on the completion context (<c>__blk_mq_end_request</c>): frees the
-    /// tag and the usage reference first, then completes every bio with the request's status,
-    /// so a continuation that submits again finds the tag free. A request whose only bio has an
-    /// end_io call-back keeps its usage reference over the call-back instead, for a resubmission
-    /// from the call-back to take over (<see cref="CompleteHoldingUsage"/>).
+    /// tag and the usage reference, then completes every bio with the request's status, so a
+    /// continuation that submits again finds the tag free. A request whose only bio has an end_io
+    /// call-back keeps its usage reference, and its tag when nobody waits for one, over the
+    /// call-back instead, for a resubmission from the call-back to take over
+    /// (<see cref="CompleteHolding"/>).
     /// </summary>
     internal void EndRequest(Request rq)
     {
@@ -99,14 +100,25 @@ public sealed partial class RequestQueue
             rq.StatStartNs = 0;
         }
 
-        hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
         if (bios is { Next: null, EndIo: not null } && !Usage.IsFrozen)
         {
+            // The request is idle from here on either way: only its tag may stay allocated.
+            var holdTag = hctx.CanHoldTag(rq);
+            if (holdTag)
+            {
+                rq.MarkIdle();
+            }
+            else
+            {
+                hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
+            }
+
             hctx.RestartIfNeeded();
-            CompleteHoldingUsage(bios, status, ctx.Cpu);
+            CompleteHolding(bios, status, ctx.Cpu, holdTag ? rq : null);
             return;
         }
 
+        hctx.ReleaseTag(rq, rq.Tag, ctx.Cpu);
         Usage.Exit(ctx.Cpu);
         hctx.RestartIfNeeded();
 
@@ -114,46 +126,94 @@ public sealed partial class RequestQueue
         {
             var next = bios.Next;
             bios.Next = null;
-            bios.Complete(status);
+            bios.CompleteFromRequest(status);
             bios = next;
         }
     }
 
-    // The queue whose usage reference the thread holds over an end_io call-back (see
-    // CompleteHoldingUsage); Enter takes it over. Null when none is held or it was taken.
+    /// <summary>
+    /// What the thread holds over an end_io call-back (see <see cref="CompleteHolding"/>): the
+    /// queue whose usage reference it holds and the idle request whose tag it holds. A submission
+    /// on the thread takes them over (<see cref="Enter"/>, <see cref="TakeHeldTag"/>) and clears
+    /// the field it took.
+    /// </summary>
+    private sealed class EndIoHold
+    {
+        public RequestQueue? Usage;
+        public Request? Tag;
+    }
+
     [ThreadStatic]
-    private static RequestQueue? t_heldUsage;
+    private static EndIoHold? t_hold;
 
     /// <summary>
     /// Completes a request's only bio, which has an end_io call-back, holding the request's usage
-    /// reference over the call-back: a bio the call-back submits to this queue on this thread (the
-    /// next I/O of a loop such as the bench's, or fio's) takes the reference over in
-    /// <see cref="Enter"/> instead of dropping it here and taking a new one there, two interlocked
-    /// operations per I/O. The reference never lapses, so a freeze that started meanwhile counts it
-    /// and waits for the new request, as for any request that entered before the gate closed; a
-    /// submission while the gate is closed enters as usual. A reference not taken over is dropped
-    /// when the call-back returns: later than before the call-back, as the kernel drops it
-    /// (<c>blk_queue_exit</c> after <c>bio_endio</c>).
+    /// reference, and its tag if <paramref name="heldTag"/> is set, over the call-back: a bio the
+    /// call-back submits to this queue on this thread (the next I/O of a loop such as the bench's,
+    /// or fio's) takes them over in <see cref="Enter"/> and <see cref="SubmitBio"/> instead of
+    /// dropping them here and taking new ones there, four interlocked operations per I/O and the
+    /// bitmap search.
+    /// <list type="bullet">
+    /// <item>The usage reference never lapses, so a freeze that started meanwhile counts it and
+    /// waits for the new request, as for any request that entered before the gate closed; a
+    /// submission while the gate is closed enters as usual.</item>
+    /// <item>The tag is held only while nobody waits for a tag of its map, and taken over only
+    /// while still nobody does (<see cref="TakeHeldTag"/>), so a waiter that queued meanwhile is
+    /// passed over by at most the one request that took the tag: the next completion finds it
+    /// waiting and frees its tag.</item>
+    /// <item>What is not taken over is dropped when the call-back returns, the tag first: as the
+    /// kernel frees the tag and drops the reference after <c>bio_endio</c>
+    /// (<c>blk_mq_end_request</c> then <c>blk_mq_free_request</c>, <c>blk_queue_exit</c>).</item>
+    /// </list>
     /// </summary>
-    private void CompleteHoldingUsage(Bio bio, BlockStatus status, int cpu)
+    private void CompleteHolding(Bio bio, BlockStatus status, int cpu, Request? heldTag)
     {
-        var outer = t_heldUsage;
-        t_heldUsage = this;
+        var hold = t_hold ??= new EndIoHold();
+        var outerUsage = hold.Usage;
+        var outerTag = hold.Tag;
+        hold.Usage = this;
+        hold.Tag = heldTag;
         try
         {
-            bio.Complete(status);
+            bio.CompleteFromRequest(status);
         }
         finally
         {
-            // A nested completion of this queue on this thread restores its own outer mark, so
-            // the mark still names this queue exactly when this reference was not taken over.
-            var taken = !ReferenceEquals(t_heldUsage, this);
-            t_heldUsage = outer;
-            if (!taken)
+            // A nested completion on this thread restores its own outer marks, so each mark still
+            // names what this completion holds exactly when it was not taken over.
+            var usageTaken = !ReferenceEquals(hold.Usage, this);
+            var tagTaken = !ReferenceEquals(hold.Tag, heldTag);
+            hold.Usage = outerUsage;
+            hold.Tag = outerTag;
+            if (heldTag is not null && !tagTaken)
+            {
+                heldTag.Owner.Free(heldTag.Tag, cpu);
+            }
+
+            if (!usageTaken)
             {
                 Usage.Exit(cpu);
             }
         }
+    }
+
+    /// <summary>
+    /// The tag an end_io call-back on this thread holds (<see cref="CompleteHolding"/>), taken over
+    /// for a request of <paramref name="hctx"/> when it belongs to that hardware queue's map, the
+    /// bio asks for a normal tag and nobody waits for one; otherwise -1.
+    /// </summary>
+    private static int TakeHeldTag(HardwareContext hctx, Bio bio)
+    {
+        if (t_hold is not { Tag: { } held } hold ||
+            !ReferenceEquals(held.Hctx, hctx) ||
+            (bio.Flags & RequestFlags.Reserved) != 0 ||
+            !hctx.CanHoldTag(held))
+        {
+            return -1;
+        }
+
+        hold.Tag = null;
+        return held.Tag;
     }
 
     /// <summary>

@@ -93,9 +93,9 @@ public sealed partial class RequestQueue
 
         // Submitted from an end_io call-back of this queue that holds its request's reference
         // while the queue is open: take that reference over (CompleteHoldingUsage).
-        if (ReferenceEquals(t_heldUsage, this) && !Usage.IsFrozen)
+        if (t_hold is { } hold && ReferenceEquals(hold.Usage, this) && !Usage.IsFrozen)
         {
-            t_heldUsage = null;
+            hold.Usage = null;
             bio.Entered = true;
             return true;
         }
@@ -180,7 +180,13 @@ public sealed partial class RequestQueue
         }
 
         var plug = bio.Plug; // read before the bio may be parked as a tag waiter (see Enter)
-        var tag = hctx.AllocateTag(bio, ctx.Cpu);
+        // Submitted from an end_io call-back that holds its request's tag: take it over.
+        var tag = TakeHeldTag(hctx, bio);
+        if (tag < 0)
+        {
+            tag = hctx.AllocateTag(bio, ctx.Cpu);
+        }
+
         if (tag < 0)
         {
             if (tag == HardwareContext.TagWaiting)

@@ -159,6 +159,31 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
             return false;
         }
 
+        return Finish(status);
+    }
+
+    /// <summary>
+    /// Completes a bio of a request from the request's completion, which the request's own
+    /// exactly-once mark (<see cref="Request.TryComplete"/>) already made the only one: nothing
+    /// else completes a bio that belongs to a request, so the bio's mark is a plain write here,
+    /// still checked, so a bio found already completed or back in its pool is refused and counted.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal bool CompleteFromRequest(BlockStatus status)
+    {
+        if (Volatile.Read(ref _completed) != Live)
+        {
+            RefuseSecondCompletion();
+            return false;
+        }
+
+        _completed = Completed;
+        return Finish(status);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool Finish(BlockStatus status)
+    {
         Status = status;
         Request = null;
         Plug = null;

@@ -41,6 +41,9 @@ internal sealed class BenchAccounting : IDisposable
     /// <summary>Now, on the run's clock.</summary>
     public long Now => _clock.Timestamp;
 
+    /// <summary>The submission time of an I/O submitted now (<see cref="BenchClock.SubmissionTimestamp"/>).</summary>
+    public long SubmissionNow => _clock.SubmissionTimestamp;
+
     /// <summary>
     /// Opens the measured window now. With a <paramref name="runtime"/> its end is fixed at once:
     /// completions later than that are not recorded however late the run is stopped.

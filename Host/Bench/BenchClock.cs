@@ -26,6 +26,15 @@ internal abstract class BenchClock
     /// </summary>
     public virtual long CompletionTimestamp => Timestamp;
 
+    /// <summary>
+    /// The time a submission is recorded at. An I/O submitted from inside a completion batch (the
+    /// next I/O of a slot, submitted from the previous one's end_io) takes the batch's time, as the
+    /// kernel's <c>blk_time_get_ns</c> returns a plug's cached time; that time was read before the
+    /// submission, so the latency recorded errs high by the completion work before it, never low.
+    /// Outside a batch the system clock reads afresh; other clocks return their <see cref="Timestamp"/>.
+    /// </summary>
+    public virtual long SubmissionTimestamp => Timestamp;
+
     /// <summary>A duration in this clock's ticks.</summary>
     public static long Ticks(TimeSpan duration) => (long)(duration.TotalSeconds * Stopwatch.Frequency);
 
@@ -40,5 +49,7 @@ internal abstract class BenchClock
         public override long Timestamp => ActorBlk.Hardware.Queues.TimestampClock.GetTimestamp();
 
         public override long CompletionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
+
+        public override long SubmissionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
     }
 }

@@ -584,7 +584,7 @@ internal sealed class BenchRun
                 var offset = run.NextOffset(job, this);
                 _offset = offset;
                 Submitted++;
-                _t0 = run._accounting.Now;
+                _t0 = run._accounting.SubmissionNow;
                 Volatile.Write(ref _phase, Submitting);
                 run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
                 if (Interlocked.CompareExchange(ref _phase, Idle, Submitting) == Submitting)
