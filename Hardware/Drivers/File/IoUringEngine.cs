@@ -122,7 +122,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             var parts = new List<string>
             {
                 $"{_ring.SqEntries} entries",
-                _adaptive ? $"submits adaptively (batches of half the requests in the kernel, 1 to {AdaptiveBatchLimit})" : _submitBatch switch
+                _adaptive ? $"submits adaptively (batches of half the requests in the kernel, 1 to {AdaptiveBatchLimit}; a request for an idle device at once)" : _submitBatch switch
                 {
                     0 => "submits once per dispatch round",
                     1 => "submits each request as it is prepared",
@@ -173,6 +173,15 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// <summary>Entries handed to the kernel, the wake-up read included (for tests and statistics).</summary>
     public long Submitted => _ring.Submitted;
 
+    /// <summary>
+    /// Rounds whose last request went to the kernel on its own system call because the device
+    /// held nothing else (adaptive batches), rather than with the loop's wait (for tests and
+    /// statistics). At queue depth 1 that is every request: the doorbell rings before the loop
+    /// finishes its round and goes to wait, as fio's submit-then-wait does, and the wait is a
+    /// second system call, made while the device works.
+    /// </summary>
+    public long IdleDeviceSubmissions { get; private set; }
+
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
 
@@ -220,11 +229,13 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (_owned)
             {
-                // Hand entries over once a batch is waiting, except for the round's last: the
-                // dispatch loop submits it in the very system call that then waits for
-                // completions (or reaps, when more work is queued), so a lone request costs one
-                // system call, not two.
-                if (!last && _ring.Unsubmitted >= BatchThreshold())
+                // Hand entries over once a batch is waiting. The round's last rides on the
+                // system call with which the dispatch loop then waits for completions (or reaps,
+                // when more work is queued), one system call instead of two, unless the device
+                // has nothing else to do (adaptive batches): then it goes now, as fio submits,
+                // so the device starts it without waiting for the rest of the round and the
+                // loop's way to its wait (see IdleDeviceSubmissions).
+                if (last ? IdleDevice() : _ring.Unsubmitted >= BatchThreshold())
                 {
                     SubmitChecked(0, -1);
                 }
@@ -329,6 +340,23 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
         // _inflight counts prepared entries too; the ring's unsubmitted ones are not the kernel's.
         return AdaptiveBatch(Volatile.Read(ref _inflight) - (int)_ring.Unsubmitted);
+    }
+
+    /// <summary>
+    /// With adaptive batches, whether the kernel holds none of this engine's requests: everything
+    /// in flight is still in the ring, unsubmitted (the round's last request then goes at once;
+    /// counted in <see cref="IdleDeviceSubmissions"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool IdleDevice()
+    {
+        if (!_adaptive || Volatile.Read(ref _inflight) != (int)_ring.Unsubmitted)
+        {
+            return false;
+        }
+
+        IdleDeviceSubmissions++;
+        return true;
     }
 
     /// <summary>The adaptive batch when the kernel holds <paramref name="held"/> requests: half of them, 1 to <see cref="AdaptiveBatchLimit"/>.</summary>

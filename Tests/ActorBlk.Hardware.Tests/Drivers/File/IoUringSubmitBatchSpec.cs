@@ -85,6 +85,33 @@ public sealed class IoUringSubmitBatchSpec : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData(null, true)]
+    [InlineData(0, false)]
+    [InlineData(4, false)]
+    public async Task At_queue_depth_1_a_request_for_an_idle_device_goes_at_once_only_with_adaptive_batches(int? submitBatch, bool atOnce)
+    {
+        // One read at a time: every round carries one request and the kernel holds nothing else.
+        // Adaptive: each is submitted when it is prepared, before the loop goes to wait. A fixed
+        // setting keeps its meaning: the round's last request rides on the wait.
+        var device = Create(submitBatch);
+        var data = Pattern(Requests * 4096, 5);
+        await device.WriteAsync(0, data);
+        var engine = EngineOf(device);
+
+        var before = engine.IdleDeviceSubmissions;
+        var back = new byte[4096];
+        for (var i = 0; i < Requests; i++)
+        {
+            await device.ReadAsync(i * 4096L, back, cpu: 0);
+            Assert.True(back.AsSpan().SequenceEqual(data.AsSpan(i * 4096, 4096)), $"read {i}");
+        }
+
+        Assert.Equal(atOnce ? Requests : 0, engine.IdleDeviceSubmissions - before);
+        Assert.Equal(0, engine.InFlight);
+        Assert.Equal(0, device.Queue.HardwareContexts[0].Tags.InUse);
+    }
+
+    [Theory]
     [InlineData(null)]
     [InlineData(1)]
     [InlineData(5)]
