@@ -90,13 +90,23 @@ public sealed partial class HardwareContext
     {
         var count = _ownerStagedCount;
         var n = Math.Min(count, batch.Length);
-        _ownerStaged.AsSpan(0, n).CopyTo(batch);
-        if (n < count)
+        var staged = _ownerStaged;
+        for (var i = 0; i < n; i++)
         {
-            _ownerStaged.AsSpan(n, count - n).CopyTo(_ownerStaged);
+            batch[i] = staged[i];
         }
 
-        _ownerStaged.AsSpan(count - n, n).Clear();
+        // What did not fit moves to the front, in order; the slots left behind are cleared.
+        for (var i = n; i < count; i++)
+        {
+            staged[i - n] = staged[i];
+        }
+
+        for (var i = count - n; i < count; i++)
+        {
+            staged[i] = null!;
+        }
+
         Volatile.Write(ref _ownerStagedCount, count - n);
         return n;
     }
@@ -260,7 +270,13 @@ public sealed partial class HardwareContext
 
         var outcome = Issue(driver, scratch.AsSpan(0, n));
         var decision = FinishRound(scratch.AsSpan(0, n), outcome);
-        Array.Clear(scratch, 0, n);
+
+        // Mostly one or a few: a loop costs less than a call to clear them.
+        for (var i = 0; i < n; i++)
+        {
+            scratch[i] = null!;
+        }
+
         return decision;
     }
 

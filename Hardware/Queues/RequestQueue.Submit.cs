@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tags;
@@ -412,7 +413,8 @@ public sealed partial class RequestQueue
             BlockOp.Flush => 0,
             _ => limits.MaxSectors,
         };
-        return max / lbsSectors * lbsSectors;
+        // A power of two (QueueLimits.Validate): a mask, not a division per I/O.
+        return BitOperations.IsPow2(lbsSectors) ? max & -lbsSectors : max / lbsSectors * lbsSectors;
     }
 
     /// <summary><c>op_is_sync</c>: reads, and writes marked sync, FUA or preflush.</summary>
