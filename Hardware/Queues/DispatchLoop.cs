@@ -385,6 +385,7 @@ internal sealed class DispatchLoop
     }
 
     // One round with the quiesce handshake (the caller owns the dispatcher).
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private DispatchDecision RunRound(Request[] scratch, bool direct)
     {
         // Full fence: the round is announced before the quiesce flag is read in TakeBatch.
