@@ -226,7 +226,12 @@ public sealed class BlockDevice : IBlockDevice
         bio.Size = (int)length;
         bio.Buffer = buffer;
         bio.Cpu = cpu;
-        bio.Plug = BlockPlug.Current;
+        // A pooled bio has no plug: store one only when the flow has one (most have none).
+        if (BlockPlug.Current is { } plug)
+        {
+            bio.Plug = plug;
+        }
+
         bio.RunContinuationsAsynchronously = _threadPoolContinuations;
         return bio;
     }

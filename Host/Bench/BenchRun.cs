@@ -124,6 +124,9 @@ internal sealed record FaultTotals(long Errors, long Resource, long Lost, long S
 internal sealed class BenchRun
 {
     private readonly BenchOptions _o;
+
+    // The options' read share, read per I/O: computed once (the property derives it from the pattern).
+    private readonly int _readShare;
     private readonly IBlockDevice _device;
     private readonly Job[] _jobs;
     private readonly BenchAccounting _accounting;
@@ -134,6 +137,7 @@ internal sealed class BenchRun
     public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
     {
         _o = options;
+        _readShare = options.ReadShare;
         _device = device;
         _accounting = new BenchAccounting(clock ?? BenchClock.System, options.BlockSize);
         var cpus = onlineCpus.ToArray();
@@ -452,7 +456,7 @@ internal sealed class BenchRun
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool NextIsRead(Slot slot) => _o.ReadShare switch
+    private bool NextIsRead(Slot slot) => _readShare switch
     {
         100 => true,
         0 => false,
