@@ -31,6 +31,23 @@ public static class TestQueues
         return (queue, runtime);
     }
 
+    /// <summary>
+    /// A queue served by a real dispatch loop (<see cref="RingRuntime"/>, no spin, no direct
+    /// issue) over a <see cref="ScriptedDriver"/> that completes inline: one hardware queue of
+    /// depth 64 on four simulated CPUs. The caller detaches the runtime.
+    /// </summary>
+    public static (RequestQueue Queue, RingRuntime Runtime, ScriptedDriver Driver) CreateLoop(BlockSoftIrq softIrq, string name, MergePolicy merges = MergePolicy.Off)
+    {
+        var driver = new ScriptedDriver { CompleteInline = true };
+        var topology = CpuTopology.Simulated(4);
+        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
+        var queue = new RequestQueue(name, tagSet, driver, new QueueOptions { MergePolicy = merges });
+        tagSet.AddQueue(queue);
+        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
+        queue.Start(runtime);
+        return (queue, runtime, driver);
+    }
+
     /// <summary>Rents and submits a bio on <paramref name="cpu"/>; returns its status task.</summary>
     public static ValueTask<BlockStatus> Submit(RequestQueue queue, BlockOp op, long sector, int sectors, int cpu = 0, RequestFlags flags = RequestFlags.None, byte[]? buffer = null)
     {

@@ -1,8 +1,6 @@
 using System.Diagnostics;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -130,13 +128,7 @@ public sealed class AccountingBatchSpec
         // completion (as the bench does), so the loop runs rounds back to back and batches its
         // counts; once it parks, and once it stopped, every one of them is in the statistics.
         using var softIrq = new BlockSoftIrq(4);
-        var driver = new ScriptedDriver { CompleteInline = true };
-        var topology = CpuTopology.Simulated(4);
-        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
-        var queue = new RequestQueue("batch0", tagSet, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
-        tagSet.AddQueue(queue);
-        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
-        queue.Start(runtime);
+        var (queue, runtime, driver) = TestQueues.CreateLoop(softIrq, "batch0");
         const int Total = 2_000;
         const int Chains = 8;
         try
@@ -169,7 +161,7 @@ public sealed class AccountingBatchSpec
         // the loop chains its rounds, taking the dispatcher once per chain, and each chained
         // round reads the clock afresh, so every completion is timed after its submission.
         using var softIrq = new BlockSoftIrq(4);
-        var (queue, runtime, driver) = CreateLoopQueue(softIrq, "chain0");
+        var (queue, runtime, driver) = TestQueues.CreateLoop(softIrq, "chain0");
         const int Total = 5_000;
         var endIo = new TimedEndIo(queue, Total);
         try
@@ -194,7 +186,7 @@ public sealed class AccountingBatchSpec
     public async Task A_quiesce_stops_a_chain_of_rounds_and_nothing_is_dispatched_until_it_ends()
     {
         using var softIrq = new BlockSoftIrq(4);
-        var (queue, runtime, driver) = CreateLoopQueue(softIrq, "chain1");
+        var (queue, runtime, driver) = TestQueues.CreateLoop(softIrq, "chain1");
         var endIo = new TimedEndIo(queue, int.MaxValue);
         try
         {
@@ -223,18 +215,6 @@ public sealed class AccountingBatchSpec
 
         Assert.Equal(0, endIo.TimedBeforeSubmission);
         Assert.Equal(driver.Calls.Count, Volatile.Read(ref endIo.Completed));
-    }
-
-    private static (RequestQueue Queue, RingRuntime Runtime, ScriptedDriver Driver) CreateLoopQueue(BlockSoftIrq softIrq, string name)
-    {
-        var driver = new ScriptedDriver { CompleteInline = true };
-        var topology = CpuTopology.Simulated(4);
-        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
-        var queue = new RequestQueue(name, tagSet, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
-        tagSet.AddQueue(queue);
-        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
-        queue.Start(runtime);
-        return (queue, runtime, driver);
     }
 
     // One in-flight read at a time; records whether a completion was timed (on the block layer's
@@ -292,13 +272,8 @@ public sealed class AccountingBatchSpec
     }
 
     // One in-flight slot: each completion submits the next read from the completion context.
-    private static Task Chain(RequestQueue queue, int index, int count)
-    {
-        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var endIo = new ChainedEndIo(queue, index, count, done);
-        endIo.SubmitNext();
-        return done.Task;
-    }
+    private static Task Chain(RequestQueue queue, int index, int count) =>
+        new ChainedReads(queue, count, _ => index * 8, cpu: index % 4).Start().Done;
 
     private static void SpinUntilAfter(long timestamp)
     {
@@ -306,40 +281,6 @@ public sealed class AccountingBatchSpec
         while (TimestampClock.GetTimestamp() <= timestamp)
         {
             spinner.SpinOnce(sleep1Threshold: -1);
-        }
-    }
-
-    private sealed class ChainedEndIo(RequestQueue queue, int index, int count, TaskCompletionSource done) : IBioEndIo
-    {
-        private int _left = count;
-
-        public void SubmitNext()
-        {
-            if (_left-- == 0)
-            {
-                done.TrySetResult();
-                return;
-            }
-
-            var bio = queue.Bios.Rent();
-            bio.Op = BlockOp.Read;
-            bio.Sector = index * 8;
-            bio.Size = 4096;
-            bio.Buffer = new byte[4096];
-            bio.Cpu = index % 4;
-            bio.EndIo = this;
-            queue.Submit(bio);
-        }
-
-        public void OnBioComplete(Bio bio, BlockStatus status)
-        {
-            if (status != BlockStatus.Ok)
-            {
-                done.TrySetException(new InvalidOperationException($"read failed: {status}"));
-                return;
-            }
-
-            SubmitNext();
         }
     }
 }

@@ -140,11 +140,7 @@ public sealed class EndIoHoldSpec
         var driver = new ScriptedDriver();
         var (queue, runtime) = TestQueues.Create(driver, depth: 8);
         var step = new Step(queue, resubmit: true) { FreezeBeforeResubmit = true };
-        step.Submit(sector: 0);
-        runtime.RunRound();
-        var rq = Assert.Single(driver.InFlight);
-        driver.InFlight.Clear();
-
+        var rq = DispatchFirst(step, runtime, driver);
         Assert.True(rq.End(BlockStatus.Ok));
 
         // The resubmission was made after the gate closed, so it entered as usual and waits for
@@ -170,11 +166,7 @@ public sealed class EndIoHoldSpec
         var driver = new ScriptedDriver();
         var (queue, runtime) = TestQueues.Create(driver, depth: 8);
         var step = new Step(queue, resubmit: true) { FreezeAfterResubmit = true };
-        step.Submit(sector: 0);
-        runtime.RunRound();
-        var rq = Assert.Single(driver.InFlight);
-        driver.InFlight.Clear();
-
+        var rq = DispatchFirst(step, runtime, driver);
         Assert.True(rq.End(BlockStatus.Ok));
 
         // The resubmission took the reference over while the queue was open: the freeze counts it.
@@ -212,6 +204,16 @@ public sealed class EndIoHoldSpec
         Assert.False(step.TagAllocated);
         Assert.False(queue.HardwareContexts[0].Tags.IsAllocated(tag));
         GC.KeepAlive(other);
+    }
+
+    // Submits the step's first read (sector 0) and dispatches it: the request the driver holds.
+    private static Request DispatchFirst(Step step, ManualRuntime runtime, ScriptedDriver driver)
+    {
+        step.Submit(sector: 0);
+        runtime.RunRound();
+        var rq = Assert.Single(driver.InFlight);
+        driver.InFlight.Clear();
+        return rq;
     }
 
     // One bio at a time with an end_io call-back that records what it sees and may submit again.

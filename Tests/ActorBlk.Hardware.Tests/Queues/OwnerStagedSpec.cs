@@ -1,7 +1,5 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -98,19 +96,12 @@ public sealed class OwnerStagedSpec
         // A dispatch loop, merges on (the list is not offered to mergers), a driver completing
         // inline: each completion submits the next sector from inside the loop's round.
         using var softIrq = new BlockSoftIrq(4);
-        var driver = new ScriptedDriver { CompleteInline = true };
-        var topology = CpuTopology.Simulated(4);
-        var tagSet = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 64, Seed = 7 }, topology, driver.InitRequest);
-        var queue = new RequestQueue("owned0", tagSet, driver, new QueueOptions());
-        tagSet.AddQueue(queue);
-        var runtime = new RingRuntime(softIrq, spin: TimeSpan.Zero, directIssue: false);
-        queue.Start(runtime);
+        var (queue, runtime, driver) = TestQueues.CreateLoop(softIrq, "owned0", MergePolicy.All);
         const int Total = 2_000;
-        var chain = new Chain(queue, Total);
+        var chain = new ChainedReads(queue, Total, i => i * 16L);
         try
         {
-            chain.SubmitNext();
-            await chain.Done.WaitAsync(Liveness);
+            await chain.Start().Done.WaitAsync(Liveness);
         }
         finally
         {
@@ -125,46 +116,5 @@ public sealed class OwnerStagedSpec
 
         Assert.Equal(0, hctx.PendingCount);
         Assert.Equal(0, queue.DoubleCompletions);
-    }
-
-    private sealed class Chain(RequestQueue queue, int total) : IBioEndIo
-    {
-        private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private int _submitted;
-
-        public Task Done => _done.Task;
-
-        /// <summary>The sectors in the order they completed (one at a time: the order of dispatch).</summary>
-        public List<long> Completed { get; } = [];
-
-        public void SubmitNext()
-        {
-            if (_submitted == total)
-            {
-                _done.TrySetResult();
-                return;
-            }
-
-            var bio = queue.Bios.Rent();
-            bio.Op = BlockOp.Read;
-            bio.Sector = _submitted++ * 16L;
-            bio.Size = 4096;
-            bio.Buffer = new byte[4096];
-            bio.Cpu = 0;
-            bio.EndIo = this;
-            queue.Submit(bio);
-        }
-
-        public void OnBioComplete(Bio bio, BlockStatus status)
-        {
-            if (status != BlockStatus.Ok)
-            {
-                _done.TrySetException(new InvalidOperationException($"read failed: {status}"));
-                return;
-            }
-
-            Completed.Add(bio.Sector);
-            SubmitNext();
-        }
     }
 }
