@@ -187,7 +187,7 @@ public sealed partial class RequestQueue
             hold.Tag = outerTag;
             if (heldTag is not null && !tagTaken)
             {
-                heldTag.Owner.Free(heldTag.Tag, cpu);
+                heldTag.Hctx!.ReleaseTag(heldTag, heldTag.Tag, cpu);
             }
 
             if (!usageTaken)

@@ -93,7 +93,7 @@ public sealed partial class RequestQueue
         var plug = bio.Plug;
 
         // Submitted from an end_io call-back of this queue that holds its request's reference
-        // while the queue is open: take that reference over (CompleteHoldingUsage).
+        // while the queue is open: take that reference over (CompleteHolding).
         if (t_hold is { } hold && ReferenceEquals(hold.Usage, this) && !Usage.IsFrozen)
         {
             hold.Usage = null;

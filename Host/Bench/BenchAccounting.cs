@@ -41,8 +41,8 @@ internal sealed class BenchAccounting : IDisposable
     /// <summary>Now, on the run's clock.</summary>
     public long Now => _clock.Timestamp;
 
-    /// <summary>The submission time of an I/O submitted now (<see cref="BenchClock.SubmissionTimestamp"/>).</summary>
-    public long SubmissionNow => _clock.SubmissionTimestamp;
+    /// <summary>The submission time of an I/O submitted now (<see cref="BenchClock.BatchTimestamp"/>).</summary>
+    public long SubmissionNow => _clock.BatchTimestamp;
 
     /// <summary>
     /// Opens the measured window now. With a <paramref name="runtime"/> its end is fixed at once:
@@ -85,7 +85,7 @@ internal sealed class BenchAccounting : IDisposable
     /// <summary>As <see cref="Record(bool, BlockStatus, long)"/>, giving the completion time it read.</summary>
     public bool Record(bool read, BlockStatus status, long submitted, out long completed)
     {
-        completed = _clock.CompletionTimestamp;
+        completed = _clock.BatchTimestamp;
         if (completed < Volatile.Read(ref _start) || completed > Volatile.Read(ref _end))
         {
             return false;

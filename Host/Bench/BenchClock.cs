@@ -19,21 +19,16 @@ internal abstract class BenchClock
     public abstract long Timestamp { get; }
 
     /// <summary>
-    /// The time a completion is recorded at: read once per completion batch, as fio reads it once
-    /// per batch of reaped events (<c>io_u_queued_complete</c>). The system clock returns the
-    /// block layer's batch time (<see cref="ActorBlk.Hardware.Queues.BlockTime"/>), which is never
-    /// earlier than the submission of a request the batch completes; other clocks their <see cref="Timestamp"/>.
+    /// The time a completion or a submission is recorded at: inside a completion batch, the
+    /// batch's time, read once per batch as fio reads it once per batch of reaped events
+    /// (<c>io_u_queued_complete</c>) and as the kernel's <c>blk_time_get_ns</c> returns a plug's
+    /// cached time; outside one, the time now. The system clock returns the block layer's batch
+    /// time (<see cref="ActorBlk.Hardware.Queues.BlockTime"/>): it is never earlier than the
+    /// submission of a request the batch completes, and it was read before any submission made in
+    /// the batch (the next I/O of a slot, from the previous one's end_io), so a latency errs high,
+    /// never low. Other clocks return their <see cref="Timestamp"/>.
     /// </summary>
-    public virtual long CompletionTimestamp => Timestamp;
-
-    /// <summary>
-    /// The time a submission is recorded at. An I/O submitted from inside a completion batch (the
-    /// next I/O of a slot, submitted from the previous one's end_io) takes the batch's time, as the
-    /// kernel's <c>blk_time_get_ns</c> returns a plug's cached time; that time was read before the
-    /// submission, so the latency recorded errs high by the completion work before it, never low.
-    /// Outside a batch the system clock reads afresh; other clocks return their <see cref="Timestamp"/>.
-    /// </summary>
-    public virtual long SubmissionTimestamp => Timestamp;
+    public virtual long BatchTimestamp => Timestamp;
 
     /// <summary>A duration in this clock's ticks.</summary>
     public static long Ticks(TimeSpan duration) => (long)(duration.TotalSeconds * Stopwatch.Frequency);
@@ -48,8 +43,6 @@ internal abstract class BenchClock
     {
         public override long Timestamp => ActorBlk.Hardware.Queues.TimestampClock.GetTimestamp();
 
-        public override long CompletionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
-
-        public override long SubmissionTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
+        public override long BatchTimestamp => ActorBlk.Hardware.Queues.BlockTime.Timestamp;
     }
 }
