@@ -157,6 +157,112 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Destroying_a_device_under_a_storm_of_end_io_resubmissions_completes_every_bio_once()
+    {
+        // Callers that resubmit from their end_io call-back on every completion, success or error
+        // (a loop like fio's): the path where a completion holds its tag and usage reference over
+        // the call-back for the resubmission to take over, and, with inline completions in ring
+        // dispatch, stages it on the dispatcher's own list.
+        var name = "storm3";
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = name,
+            Dispatch = Mode,
+            Size = 16 << 20,
+            MemoryBacked = true,
+            SubmitQueues = 2,
+            PollQueues = 0,
+            HwQueueDepth = 16,
+            IrqMode = IrqMode.None,
+        });
+        using var stop = new CancellationTokenSource();
+        var callers = Enumerable.Range(0, 16).Select(c => new EndIoCaller(device, c, stop.Token)).ToArray();
+        foreach (var caller in callers)
+        {
+            _ = Task.Run(caller.Next);
+        }
+
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Oks)) > 2000), Generous), "the warm-up");
+        await Bounded(Layer.DestroyDeviceAsync(name), "destroy under a storm of end_io resubmissions");
+        Assert.False(Layer.TryGetDevice(name, out _));
+        var before = callers.Sum(c => Interlocked.Read(ref c.Failures));
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Failures)) > before + 1000), Generous), "fast failures after destroy");
+
+        stop.Cancel();
+        await Bounded(Task.WhenAll(callers.Select(c => c.Stopped)), "the callers");
+        foreach (var caller in callers)
+        {
+            Assert.Equal(Interlocked.Read(ref caller.Submitted), Interlocked.Read(ref caller.Completed));
+        }
+
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+        Assert.Equal(0, device.Queue.Usage.Count);
+    }
+
+    // One bio in flight, resubmitted from its own completion whatever the status; a refusal at
+    // submission (the device is gone) is retried from the thread pool. Nested resubmissions (a
+    // completion that ran inside its own submission) go through the pool too, so the stack stays flat.
+    private sealed class EndIoCaller(IBlockDevice device, int index, CancellationToken stop) : IBioEndIo, IThreadPoolWorkItem
+    {
+        [ThreadStatic]
+        private static int t_depth;
+
+        private readonly byte[] _buffer = new byte[4096];
+        private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _i;
+        public long Submitted;
+        public long Completed;
+        public long Oks;
+        public long Failures;
+
+        public Task Stopped => _stopped.Task;
+
+        public void Next()
+        {
+            if (stop.IsCancellationRequested)
+            {
+                _stopped.TrySetResult();
+                return;
+            }
+
+            var i = _i++;
+            var offset = ((index * 97L) + i) % 2048 * 4096;
+            Interlocked.Increment(ref Submitted);
+            t_depth++;
+            try
+            {
+                device.SubmitWithEndIo(i % 2 == 0 ? BlockOp.Write : BlockOp.Read, offset, 4096, _buffer, RequestFlags.None, index % 4, this);
+            }
+            catch (InvalidBlockRequestException)
+            {
+                // Refused before it was submitted: nothing will complete it.
+                Interlocked.Decrement(ref Submitted);
+                Interlocked.Increment(ref Failures);
+                ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+            }
+            finally
+            {
+                t_depth--;
+            }
+        }
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            Interlocked.Increment(ref Completed);
+            Interlocked.Increment(ref status == BlockStatus.Ok ? ref Oks : ref Failures);
+            if (t_depth > 0)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+                return;
+            }
+
+            Next();
+        }
+
+        void IThreadPoolWorkItem.Execute() => Next();
+    }
+
+    [Fact]
     public async Task Io_to_a_dead_queue_fails_fast_with_offline_and_allocates_nothing()
     {
         var device = await CreateNull("storm2");
