@@ -70,9 +70,11 @@ public sealed class BlockDevice : IBlockDevice
             return ValueTask.FromException(error);
         }
 
-        var bio = Prepare(BlockOp.Read, offset, buffer.Length, buffer, RequestFlags.None, cpu);
+        var thread = BlockThread.Current;
+
+        var bio = Prepare(thread, BlockOp.Read, offset, buffer.Length, buffer, RequestFlags.None, cpu);
         var task = bio.AsValueTask();
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return task;
     }
 
@@ -85,18 +87,20 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         // The block layer never writes into a write's buffer.
-        var bio = Prepare(BlockOp.Write, offset, data.Length, MemoryMarshal.AsMemory(data), flags, cpu);
+        var thread = BlockThread.Current;
+        var bio = Prepare(thread, BlockOp.Write, offset, data.Length, MemoryMarshal.AsMemory(data), flags, cpu);
         var task = bio.AsValueTask();
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return task;
     }
 
     /// <inheritdoc />
     public ValueTask FlushAsync(int cpu = IBlockDevice.AnyCpu)
     {
-        var bio = Prepare(BlockOp.Flush, 0, 0, default, RequestFlags.Sync, cpu);
+        var thread = BlockThread.Current;
+        var bio = Prepare(thread, BlockOp.Flush, 0, 0, default, RequestFlags.Sync, cpu);
         var task = bio.AsValueTask();
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return task;
     }
 
@@ -119,9 +123,11 @@ public sealed class BlockDevice : IBlockDevice
             return ValueTask.FromException<BlockStatus>(error);
         }
 
-        var bio = Prepare(op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
+        var thread = BlockThread.Current;
+
+        var bio = Prepare(thread, op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
         var task = bio.AsStatusTask();
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return task;
     }
 
@@ -139,9 +145,11 @@ public sealed class BlockDevice : IBlockDevice
             throw error;
         }
 
-        var bio = Prepare(op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
+        var thread = BlockThread.Current;
+
+        var bio = Prepare(thread, op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
         bio.EndIo = endIo;
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
     }
 
     /// <inheritdoc />
@@ -162,9 +170,11 @@ public sealed class BlockDevice : IBlockDevice
             throw error;
         }
 
-        var bio = Prepare(op, offset, buffer.Length, buffer, RequestFlags.Polled, cpu);
+        var thread = BlockThread.Current;
+
+        var bio = Prepare(thread, op, offset, buffer.Length, buffer, RequestFlags.Polled, cpu);
         var io = new PolledIo(bio, bio.AsStatusTask());
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return io;
     }
 
@@ -217,9 +227,9 @@ public sealed class BlockDevice : IBlockDevice
         : $"{Name} ({Capacity} bytes, {LogicalBlockSize}-byte blocks, {Queue.Kind.ToString().ToLowerInvariant()})";
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private Bio Prepare(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu)
+    private Bio Prepare(BlockThread thread, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu)
     {
-        var bio = Queue.Bios.Rent();
+        var bio = Queue.Bios.Rent(thread);
         bio.Op = op;
         bio.Flags = flags;
         bio.Sector = offset >> Bio.SectorShift;
@@ -243,9 +253,11 @@ public sealed class BlockDevice : IBlockDevice
             return ValueTask.FromException(error);
         }
 
-        var bio = Prepare(op, offset, length, default, RequestFlags.None, cpu);
+        var thread = BlockThread.Current;
+
+        var bio = Prepare(thread, op, offset, length, default, RequestFlags.None, cpu);
         var task = bio.AsValueTask();
-        Queue.Submit(bio);
+        Queue.Submit(bio, thread);
         return task;
     }
 

@@ -24,6 +24,12 @@ public abstract class BlockClock
     /// </summary>
     public virtual long NowNanoseconds => NowMilliseconds * 1_000_000;
 
+    /// <summary><see cref="NowNanoseconds"/> read by a caller that holds the calling thread's state.</summary>
+    internal virtual long NowNanosecondsOn(BlockThread thread) => NowNanoseconds;
+
+    /// <summary><see cref="NowMilliseconds"/> read by a caller that holds the calling thread's state.</summary>
+    internal virtual long NowMillisecondsOn(BlockThread thread) => NowMilliseconds;
+
     private sealed class SystemClock : BlockClock
     {
         private static readonly double NanosecondsPerTick = 1e9 / global::System.Diagnostics.Stopwatch.Frequency;
@@ -35,7 +41,12 @@ public abstract class BlockClock
         // (a static readonly the JIT folds, so the test costs nothing once the code is optimised).
         private static readonly bool TicksAreNanoseconds = global::System.Diagnostics.Stopwatch.Frequency == 1_000_000_000;
 
-        public override long NowNanoseconds => TicksAreNanoseconds ? BlockTime.Timestamp : (long)(BlockTime.Timestamp * NanosecondsPerTick);
+        public override long NowNanoseconds => NowNanosecondsOn(BlockThread.Current);
+
+        internal override long NowNanosecondsOn(BlockThread thread) =>
+            TicksAreNanoseconds ? BlockTime.TimestampOn(thread) : (long)(BlockTime.TimestampOn(thread) * NanosecondsPerTick);
+
+        internal override long NowMillisecondsOn(BlockThread thread) => NowNanosecondsOn(thread) / 1_000_000;
     }
 }
 

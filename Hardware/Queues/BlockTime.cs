@@ -21,64 +21,66 @@ namespace ActorBlk.Hardware.Queues;
 /// </remarks>
 public static class BlockTime
 {
-    // 0: no batch on this thread; -1: in a batch, not read yet; otherwise the batch's time.
-    [ThreadStatic]
-    private static long t_cached;
-
     /// <summary>Now, in <see cref="Stopwatch"/> ticks: the batch's time inside a batch, the clock otherwise.</summary>
     public static long Timestamp
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        get
-        {
-            var cached = t_cached;
-            if (cached > 0)
-            {
-                return cached;
-            }
-
-            var now = TimestampClock.GetTimestamp();
-            if (cached < 0)
-            {
-                t_cached = now;
-            }
-
-            return now;
-        }
+        get => TimestampOn(BlockThread.Current);
     }
 
-    /// <summary>
-    /// Starts a batch on this thread; returns the state to hand back to <see cref="ExitBatch"/>.
-    /// A nested batch (a stacked device's round inside another's) shares the outer one's time.
-    /// </summary>
+    /// <summary><see cref="Timestamp"/> for the calling thread, whose state the caller already holds.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static long EnterBatch()
+    internal static long TimestampOn(BlockThread thread)
     {
-        var outer = t_cached;
+        // 0: no batch on this thread; -1: in a batch, not read yet; otherwise the batch's time.
+        var cached = thread.Time;
+        if (cached > 0)
+        {
+            return cached;
+        }
+
+        var now = TimestampClock.GetTimestamp();
+        if (cached < 0)
+        {
+            thread.Time = now;
+        }
+
+        return now;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static long EnterBatch() => EnterBatch(BlockThread.Current);
+
+    /// <summary>Starts a batch on the calling thread unless one runs; returns what <see cref="ExitBatch(long)"/> restores.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static long EnterBatch(BlockThread thread)
+    {
+        var outer = thread.Time;
         if (outer == 0)
         {
-            t_cached = -1;
+            thread.Time = -1;
         }
 
         return outer;
     }
 
-    /// <summary>
-    /// Forgets the batch's time after the thread blocked inside the batch (a synchronous transfer),
-    /// so the next read is fresh again, as the kernel drops the plug's time when the task sleeps;
-    /// also between the rounds a dispatch loop chains inside one owned round, each of which is its
-    /// own batch.
-    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void Invalidate()
+    internal static void Invalidate() => Invalidate(BlockThread.Current);
+
+    /// <summary>Makes the next read of the batch fresh (a new round of the same batch).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Invalidate(BlockThread thread)
     {
-        if (t_cached > 0)
+        if (thread.Time > 0)
         {
-            t_cached = -1;
+            thread.Time = -1;
         }
     }
 
-    /// <summary>Ends a batch started by <see cref="EnterBatch"/>: the next read outside it is fresh.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static void ExitBatch(long outer) => t_cached = outer;
+    internal static void ExitBatch(long outer) => BlockThread.Current.Time = outer;
+
+    /// <summary>Ends the batch <see cref="EnterBatch(BlockThread)"/> started.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void ExitBatch(BlockThread thread, long outer) => thread.Time = outer;
 }

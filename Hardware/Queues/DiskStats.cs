@@ -170,13 +170,17 @@ public sealed class DiskStats
 
     /// <summary><c>blk_account_io_start</c>: a request starts being accounted; returns its start time (ns, never 0).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public long Start(BlockOp op)
+    public long Start(BlockOp op) => Start(op, BlockThread.Current);
+
+    /// <summary><see cref="Start(BlockOp)"/> for a caller that holds the calling thread's state.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal long Start(BlockOp op, BlockThread thread)
     {
-        var now = _clock.NowNanoseconds;
+        var now = _clock.NowNanosecondsOn(thread);
         UpdateIoTicks(now, end: false);
-        if (ReferenceEquals(t_batchOwner, this))
+        if (ReferenceEquals(thread.StatsOwner, this))
         {
-            var batch = t_batch!;
+            var batch = thread.StatsBatch!;
             batch.Pending++;
             if (op == BlockOp.Read)
             {
@@ -205,13 +209,14 @@ public sealed class DiskStats
     /// </summary>
     internal bool EnterBatch()
     {
-        if (t_batchOwner is not null)
+        var thread = BlockThread.Current;
+        if (thread.StatsOwner is not null)
         {
             return false;
         }
 
-        t_batch ??= new BatchCounters();
-        t_batchOwner = this;
+        thread.StatsBatch ??= new BatchCounters();
+        thread.StatsOwner = this;
         return true;
     }
 
@@ -224,21 +229,25 @@ public sealed class DiskStats
         }
 
         FlushBatch();
-        t_batchOwner = null;
+        BlockThread.Current.StatsOwner = null;
     }
 
     /// <summary>The number of starts and completions the calling thread holds for this disk, not yet added to a slot.</summary>
-    internal long BatchPending => ReferenceEquals(t_batchOwner, this) ? t_batch!.Pending : 0;
+    internal long BatchPending => BatchPendingOn(BlockThread.Current);
+
+    /// <summary><see cref="BatchPending"/> for a caller that holds the calling thread's state.</summary>
+    internal long BatchPendingOn(BlockThread thread) => ReferenceEquals(thread.StatsOwner, this) ? thread.StatsBatch!.Pending : 0;
 
     /// <summary>Adds the counts the calling thread holds for this disk to a slot (nothing when it holds none).</summary>
     internal void FlushBatch()
     {
-        if (!ReferenceEquals(t_batchOwner, this))
+        var thread = BlockThread.Current;
+        if (!ReferenceEquals(thread.StatsOwner, this))
         {
             return;
         }
 
-        var batch = t_batch!;
+        var batch = thread.StatsBatch!;
         if (batch.Pending == 0)
         {
             return;
@@ -280,17 +289,22 @@ public sealed class DiskStats
 
     /// <summary>
     /// <c>blk_account_io_completion</c> and <c>blk_account_io_done</c>: a request of
-    /// <paramref name="sectors"/> sectors started at <paramref name="startNs"/> (from <see cref="Start"/>) is done.
+    /// <paramref name="sectors"/> sectors started at <paramref name="startNs"/> (from <see cref="Start(BlockOp)"/>) is done.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Done(BlockOp op, int sectors, long startNs, BlockStatus status = BlockStatus.Ok)
+    public void Done(BlockOp op, int sectors, long startNs, BlockStatus status = BlockStatus.Ok) =>
+        Done(op, sectors, startNs, BlockThread.Current, status);
+
+    /// <summary><see cref="Done(BlockOp, int, long, BlockStatus)"/> for a caller that holds the calling thread's state.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Done(BlockOp op, int sectors, long startNs, BlockThread thread, BlockStatus status = BlockStatus.Ok)
     {
-        var now = _clock.NowNanoseconds;
+        var now = _clock.NowNanosecondsOn(thread);
         UpdateIoTicks(now, end: true);
         var group = GroupOf(op);
-        if (ReferenceEquals(t_batchOwner, this))
+        if (ReferenceEquals(thread.StatsOwner, this))
         {
-            var batch = t_batch!;
+            var batch = thread.StatsBatch!;
             batch.Pending++;
             batch.Ios[(int)group]++;
             if (group != StatGroup.Flush)
@@ -413,14 +427,6 @@ public sealed class DiskStats
         return reads + writes > 0;
     }
 
-    // The disk whose accounting the thread batches now, and the thread's counters (one object
-    // per thread that ever ran a round, reused by every disk).
-    [ThreadStatic]
-    private static DiskStats? t_batchOwner;
-
-    [ThreadStatic]
-    private static BatchCounters? t_batch;
-
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private ref Slot Local() => ref _slots[Thread.GetCurrentProcessorId() & _mask];
 
@@ -452,7 +458,7 @@ public sealed class DiskStats
     }
 
     // A round's counts, kept by its thread until the round ends.
-    private sealed class BatchCounters
+    internal sealed class BatchCounters
     {
         public long StartedRead;
         public long StartedWrite;
@@ -467,7 +473,7 @@ public sealed class DiskStats
     }
 
     [InlineArray(Groups)]
-    private struct Groups4
+    internal struct Groups4
     {
         private long _element;
     }

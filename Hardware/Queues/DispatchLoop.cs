@@ -57,9 +57,6 @@ internal sealed class DispatchLoop
     /// </summary>
     internal const int ChainedRounds = 16;
 
-    [ThreadStatic]
-    private static DispatchLoop? t_current;
-
     private readonly HardwareContext _hctx;
     private readonly IBlockDriver _driver;
     private readonly long _spinTicks;
@@ -133,7 +130,7 @@ internal sealed class DispatchLoop
 
         // Published on the loop's own thread (an inline completion submitting the next I/O): the
         // loop is running and awake, and takes the request in its next round.
-        if (t_current == this)
+        if (BlockThread.Current.Loop == this)
         {
             return;
         }
@@ -250,7 +247,7 @@ internal sealed class DispatchLoop
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void Wake()
     {
-        if (t_current == this)
+        if (BlockThread.Current.Loop == this)
         {
             return;
         }
@@ -282,12 +279,13 @@ internal sealed class DispatchLoop
     /// is lifted, so teardown and reset drain the list as they drain the ring.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public bool TryStageOwned(Request rq) => t_current == this && _ownerInRound && _hctx.TryStageOwned(rq);
+    public bool TryStageOwned(Request rq, BlockThread thread) => thread.Loop == this && _ownerInRound && _hctx.TryStageOwned(rq);
 
     private void Run()
     {
-        t_current = this;
-        SoftwareContext.MarkLoopThread();
+        var thread = BlockThread.Current;
+        thread.Loop = this;
+        thread.IsLoopThread = true;
 
         // With the system's topology the thread is pinned to its queue's online CPUs (kblockd runs
         // hctx work on hctx->cpumask) and counts as the CPU it is on; with a simulated topology
@@ -339,7 +337,7 @@ internal sealed class DispatchLoop
                         // Busy: hand this round's submissions over and collect what finished
                         // before taking more, so completions are not starved by a steady stream.
                         _reaper?.Reap();
-                        if (statsBatch && stats.BatchPending >= StatsFlushEvery)
+                        if (statsBatch && stats.BatchPendingOn(thread) >= StatsFlushEvery)
                         {
                             stats.FlushBatch();
                         }
@@ -378,7 +376,7 @@ internal sealed class DispatchLoop
             }
             finally
             {
-                t_current = null;
+                thread.Loop = null;
                 _exited.TrySetResult();
             }
         }
@@ -396,9 +394,10 @@ internal sealed class DispatchLoop
         // rounds (see Run) and flushes before it parks.
         var outerTime = 0L;
         var statsBatch = false;
+        var thread = BlockThread.Current;
         if (_batchTime)
         {
-            outerTime = BlockTime.EnterBatch();
+            outerTime = BlockTime.EnterBatch(thread);
             if (direct)
             {
                 statsBatch = _hctx.Queue.Stats.EnterBatch();
@@ -411,7 +410,7 @@ internal sealed class DispatchLoop
             var decision = _hctx.RunOnce(_driver, scratch);
             if (!direct && _batchTime)
             {
-                decision = ChainRounds(scratch, decision);
+                decision = ChainRounds(scratch, decision, thread);
             }
 
             return decision;
@@ -422,7 +421,7 @@ internal sealed class DispatchLoop
             if (_batchTime)
             {
                 _hctx.Queue.Stats.ExitBatch(statsBatch);
-                BlockTime.ExitBatch(outerTime);
+                BlockTime.ExitBatch(thread, outerTime);
             }
 
             // Full fence: the round is over before a waiter is looked for (pairs with the
@@ -443,7 +442,7 @@ internal sealed class DispatchLoop
     // submitted. Not with a reaper (its submissions and completions are served between rounds),
     // nor once a stop, a kick or an idle waiter (a quiesce) is pending, nor once the disk
     // statistics' batch is due for a flush: the loop does those between rounds, as before.
-    private DispatchDecision ChainRounds(Request[] scratch, DispatchDecision decision)
+    private DispatchDecision ChainRounds(Request[] scratch, DispatchDecision decision, BlockThread thread)
     {
         if (_reaper is not null)
         {
@@ -454,12 +453,12 @@ internal sealed class DispatchLoop
         for (var chained = 1; decision == DispatchDecision.RerunNow && chained < ChainedRounds; chained++)
         {
             if (_stopping || Volatile.Read(ref _kicked) != 0 || Volatile.Read(ref _idleWaiter) is not null ||
-                stats.BatchPending >= StatsFlushEvery)
+                stats.BatchPendingOn(thread) >= StatsFlushEvery)
             {
                 break;
             }
 
-            BlockTime.Invalidate();
+            BlockTime.Invalidate(thread);
             decision = _hctx.RunOnce(_driver, scratch);
         }
 
@@ -490,7 +489,8 @@ internal sealed class DispatchLoop
     {
         // The loop's own thread, a loop that is awake (it will find the request), a busy queue
         // (kernel: direct issue only while dispatch_busy is 0), or a round already running.
-        if (!_directReady || t_current == this || _hctx.DispatchBusy != 0)
+        var thread = BlockThread.Current;
+        if (!_directReady || thread.Loop == this || _hctx.DispatchBusy != 0)
         {
             return false;
         }
@@ -503,7 +503,7 @@ internal sealed class DispatchLoop
         }
 
         // The caller may be another queue's loop (a stacked driver submitting): restore its mark.
-        var previous = t_current;
+        var previous = thread.Loop;
         DispatchDecision decision;
         try
         {
@@ -514,13 +514,13 @@ internal sealed class DispatchLoop
 
             // A submission from inside this round (an inline completion submitting the next I/O)
             // only publishes: the round's end sees it (RerunNow) and hands it to the loop.
-            t_current = this;
+            thread.Loop = this;
             decision = RunRound(_directScratch, direct: true);
             _directRounds++;
         }
         finally
         {
-            t_current = previous;
+            thread.Loop = previous;
             Volatile.Write(ref _owner, 0);
         }
 

@@ -50,6 +50,9 @@ public interface IQueueRuntime
     /// </summary>
     bool TryStageOwned(HardwareContext hctx, Request request) => false;
 
+    /// <summary><see cref="TryStageOwned(HardwareContext, Request)"/> for a caller that holds the calling thread's state.</summary>
+    internal bool TryStageOwned(HardwareContext hctx, Request request, BlockThread thread) => TryStageOwned(hctx, request);
+
     /// <summary>Hands a batch of staged requests to one hardware queue's dispatcher with one wake-up.</summary>
     void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests);
 

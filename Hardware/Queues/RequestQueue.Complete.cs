@@ -92,11 +92,12 @@ public sealed partial class RequestQueue
         var ctx = rq.Ctx!;
         var sync = IsSync(rq.Op, rq.Flags);
         var bios = rq.DetachBios();
+        var thread = BlockThread.Current;
 
-        ctx.CountCompleted(sync);
+        ctx.CountCompleted(sync, thread);
         if (rq.StatStartNs != 0)
         {
-            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs, status);
+            Stats.Done(rq.Op, rq.Sectors, rq.StatStartNs, thread, status);
             rq.StatStartNs = 0;
         }
 
@@ -114,7 +115,7 @@ public sealed partial class RequestQueue
             }
 
             hctx.RestartIfNeeded();
-            CompleteHolding(bios, status, ctx.Cpu, holdTag ? rq : null);
+            CompleteHolding(bios, status, ctx.Cpu, holdTag ? rq : null, thread);
             return;
         }
 
@@ -132,25 +133,10 @@ public sealed partial class RequestQueue
     }
 
     /// <summary>
-    /// What the thread holds over an end_io call-back (see <see cref="CompleteHolding"/>): the
-    /// queue whose usage reference it holds and the idle request whose tag it holds. A submission
-    /// on the thread takes them over (<see cref="Enter"/>, <see cref="TakeHeldTag"/>) and clears
-    /// the field it took.
-    /// </summary>
-    private sealed class EndIoHold
-    {
-        public RequestQueue? Usage;
-        public Request? Tag;
-    }
-
-    [ThreadStatic]
-    private static EndIoHold? t_hold;
-
-    /// <summary>
     /// Completes a request's only bio, which has an end_io call-back, holding the request's usage
     /// reference, and its tag if <paramref name="heldTag"/> is set, over the call-back: a bio the
     /// call-back submits to this queue on this thread (the next I/O of a loop such as the bench's,
-    /// or fio's) takes them over in <see cref="Enter"/> and <see cref="SubmitBio"/> instead of
+    /// or fio's) takes them over in <see cref="Enter(Bio)"/> and <see cref="SubmitBio"/> instead of
     /// dropping them here and taking new ones there, four interlocked operations per I/O and the
     /// bitmap search.
     /// <list type="bullet">
@@ -166,13 +152,14 @@ public sealed partial class RequestQueue
     /// (<c>blk_mq_end_request</c> then <c>blk_mq_free_request</c>, <c>blk_queue_exit</c>).</item>
     /// </list>
     /// </summary>
-    private void CompleteHolding(Bio bio, BlockStatus status, int cpu, Request? heldTag)
+    private void CompleteHolding(Bio bio, BlockStatus status, int cpu, Request? heldTag, BlockThread hold)
     {
-        var hold = t_hold ??= new EndIoHold();
-        var outerUsage = hold.Usage;
-        var outerTag = hold.Tag;
-        hold.Usage = this;
-        hold.Tag = heldTag;
+        // The marks: what the thread holds over the call-back (BlockThread.HoldUsage, HoldTag); a
+        // submission on the thread takes them over (Enter, TakeHeldTag) and clears what it took.
+        var outerUsage = hold.HoldUsage;
+        var outerTag = hold.HoldTag;
+        hold.HoldUsage = this;
+        hold.HoldTag = heldTag;
         try
         {
             bio.CompleteFromRequest(status);
@@ -181,10 +168,10 @@ public sealed partial class RequestQueue
         {
             // A nested completion on this thread restores its own outer marks, so each mark still
             // names what this completion holds exactly when it was not taken over.
-            var usageTaken = !ReferenceEquals(hold.Usage, this);
-            var tagTaken = !ReferenceEquals(hold.Tag, heldTag);
-            hold.Usage = outerUsage;
-            hold.Tag = outerTag;
+            var usageTaken = !ReferenceEquals(hold.HoldUsage, this);
+            var tagTaken = !ReferenceEquals(hold.HoldTag, heldTag);
+            hold.HoldUsage = outerUsage;
+            hold.HoldTag = outerTag;
             if (heldTag is not null && !tagTaken)
             {
                 heldTag.Hctx!.ReleaseTag(heldTag, heldTag.Tag, cpu);
@@ -202,9 +189,9 @@ public sealed partial class RequestQueue
     /// for a request of <paramref name="hctx"/> when it belongs to that hardware queue's map, the
     /// bio asks for a normal tag and nobody waits for one; otherwise -1.
     /// </summary>
-    private static int TakeHeldTag(HardwareContext hctx, Bio bio)
+    private static int TakeHeldTag(HardwareContext hctx, Bio bio, BlockThread thread)
     {
-        if (t_hold is not { Tag: { } held } hold ||
+        if (thread.HoldTag is not { } held ||
             !ReferenceEquals(held.Hctx, hctx) ||
             (bio.Flags & RequestFlags.Reserved) != 0 ||
             !hctx.CanHoldTag(held))
@@ -212,7 +199,7 @@ public sealed partial class RequestQueue
             return -1;
         }
 
-        hold.Tag = null;
+        thread.HoldTag = null;
         return held.Tag;
     }
 

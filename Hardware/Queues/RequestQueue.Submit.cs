@@ -14,13 +14,16 @@ public sealed partial class RequestQueue
     /// Submits a prepared bio (<c>submit_bio</c>): strips flush semantics the device does not need,
     /// splits it to the request size limit, and runs the rest of the path in the bio's software context.
     /// </summary>
-    public void Submit(Bio bio)
+    public void Submit(Bio bio) => Submit(bio, BlockThread.Current);
+
+    /// <summary><see cref="Submit(Bio)"/> for a caller that holds the calling thread's state.</summary>
+    internal void Submit(Bio bio, BlockThread thread)
     {
         ArgumentNullException.ThrowIfNull(bio);
         bio.Queue = this;
         if (bio.Cpu < 0 || bio.Cpu >= _contexts.Length)
         {
-            bio.Cpu = CurrentCpu.Resolve(Topology);
+            bio.Cpu = CurrentCpu.Resolve(Topology, thread);
         }
 
         var limits = _limits;
@@ -41,7 +44,7 @@ public sealed partial class RequestQueue
         if (_bioDriver is { } bioDriver)
         {
             bio.Plug = null;
-            if (Enter(bio))
+            if (Enter(bio, thread))
             {
                 bioDriver.SubmitBio(this, bio);
             }
@@ -59,7 +62,7 @@ public sealed partial class RequestQueue
         // The submitter takes the queue reference (bio_queue_enter in submit_bio_noacct), so a bio
         // still travelling to its software context is drained by a freeze or a teardown like one
         // already staged, in either dispatch mode.
-        if (Enter(bio))
+        if (Enter(bio, thread))
         {
             Runtime.Submit(_contexts[bio.Cpu], bio);
         }
@@ -86,7 +89,9 @@ public sealed partial class RequestQueue
 
     // Takes the bio's usage reference, or completes it (Again, Offline), or parks it until the
     // queue thaws. Returns true when the bio may proceed.
-    private bool Enter(Bio bio)
+    private bool Enter(Bio bio) => Enter(bio, BlockThread.Current);
+
+    private bool Enter(Bio bio, BlockThread thread)
     {
         // Read before the bio may be parked: once it waits, a thaw on another thread may resume and
         // complete it, and a completed bio belongs to its pool again.
@@ -94,9 +99,9 @@ public sealed partial class RequestQueue
 
         // Submitted from an end_io call-back of this queue that holds its request's reference
         // while the queue is open: take that reference over (CompleteHolding).
-        if (t_hold is { } hold && ReferenceEquals(hold.Usage, this) && !Usage.IsFrozen)
+        if (ReferenceEquals(thread.HoldUsage, this) && !Usage.IsFrozen)
         {
-            hold.Usage = null;
+            thread.HoldUsage = null;
             bio.Entered = true;
             return true;
         }
@@ -140,10 +145,11 @@ public sealed partial class RequestQueue
     internal void SubmitBio(Bio bio)
     {
         ArgumentNullException.ThrowIfNull(bio);
+        var thread = BlockThread.Current;
         if (!bio.Entered)
         {
             // A bio resumed after waiting for the queue to thaw.
-            if (!Enter(bio))
+            if (!Enter(bio, thread))
             {
                 return;
             }
@@ -182,7 +188,7 @@ public sealed partial class RequestQueue
 
         var plug = bio.Plug; // read before the bio may be parked as a tag waiter (see Enter)
         // Submitted from an end_io call-back that holds its request's tag: take it over.
-        var tag = TakeHeldTag(hctx, bio);
+        var tag = TakeHeldTag(hctx, bio, thread);
         if (tag < 0)
         {
             tag = hctx.AllocateTag(bio, ctx.Cpu);
@@ -204,8 +210,8 @@ public sealed partial class RequestQueue
 
         var rq = hctx.Tags[tag];
         rq.InitFromBio(bio, this, ctx, hctx);
-        rq.StatStartNs = Stats.Start(bio.Op);
-        ctx.CountDispatched(IsSync(bio.Op, bio.Flags));
+        rq.StatStartNs = Stats.Start(bio.Op, thread);
+        ctx.CountDispatched(IsSync(bio.Op, bio.Flags), thread);
         if (type == HctxType.Poll)
         {
             bio.Cookie = rq.UniqueTag;
@@ -217,7 +223,7 @@ public sealed partial class RequestQueue
             return;
         }
 
-        Issue(rq);
+        Issue(rq, thread);
     }
 
     /// <summary>
@@ -288,7 +294,11 @@ public sealed partial class RequestQueue
 
     /// <summary>Stages a request on its hardware queue, registering it in its context's merge window.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void Issue(Request rq)
+    internal void Issue(Request rq) => Issue(rq, BlockThread.Current);
+
+    /// <summary><see cref="Issue(Request)"/> for a caller that holds the calling thread's state.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void Issue(Request rq, BlockThread thread)
     {
         if (_detached)
         {
@@ -298,7 +308,7 @@ public sealed partial class RequestQueue
 
         var hctx = rq.Hctx!;
         var runtime = Runtime;
-        if (runtime.TryStageOwned(hctx, rq))
+        if (runtime.TryStageOwned(hctx, rq, thread))
         {
             return;
         }

@@ -72,7 +72,10 @@ public sealed class RingRuntime : IQueueRuntime
     public void Stage(HardwareContext hctx, Request request) => _loops[hctx.Index].Stage(request);
 
     /// <inheritdoc />
-    public bool TryStageOwned(HardwareContext hctx, Request request) => _loops[hctx.Index].TryStageOwned(request);
+    public bool TryStageOwned(HardwareContext hctx, Request request) => _loops[hctx.Index].TryStageOwned(request, BlockThread.Current);
+
+    /// <inheritdoc cref="IQueueRuntime.TryStageOwned(HardwareContext, Request)"/>
+    bool IQueueRuntime.TryStageOwned(HardwareContext hctx, Request request, BlockThread thread) => _loops[hctx.Index].TryStageOwned(request, thread);
 
     /// <inheritdoc />
     public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests) => _loops[hctx.Index].StageBatch(requests);

@@ -22,9 +22,6 @@ public sealed class SoftwareContext
     private Counters _owned;
     private object? _owner;
 
-    [ThreadStatic]
-    private static object? t_loopToken;
-
     internal SoftwareContext(RequestQueue queue, int cpu)
     {
         Queue = queue;
@@ -57,22 +54,16 @@ public sealed class SoftwareContext
 
     internal MergeWindow Window(HctxType type) => _windows[(int)type];
 
-    /// <summary>
-    /// Marks the calling thread as a dispatch loop's: it may take a context's owned counters
-    /// (<see cref="CountDispatched"/>). Called once by each loop thread at its start.
-    /// </summary>
-    internal static void MarkLoopThread() => t_loopToken ??= new object();
-
     // True when the calling thread counts this context with plain adds: it is a dispatch loop's
-    // and owns the context's second set of counters, or takes them now (the first loop thread to
+    // (BlockThread.IsLoopThread, set by each loop thread at its start; the thread's state is the
+    // owner token) and owns the context's second set of counters, or takes them now (the first loop thread to
     // count here does, for the context's life; at low queue depth that thread submits, through
     // its completions' resubmissions, and completes nearly every request). The owned counters
     // have that one writer, so a plain add loses nothing; a reader adds both sets, each exact.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool OwnedByThisThread()
+    private bool OwnedByThisThread(BlockThread token)
     {
-        var token = t_loopToken;
-        if (token is null)
+        if (!token.IsLoopThread)
         {
             return false;
         }
@@ -81,38 +72,38 @@ public sealed class SoftwareContext
         return ReferenceEquals(owner, token) || (owner is null && Interlocked.CompareExchange(ref _owner, token, null) is null);
     }
 
-    internal void CountDispatched(bool sync)
+    internal void CountDispatched(bool sync, BlockThread thread)
     {
         if (sync)
         {
-            Count(ref _owned.DispatchedSync, ref _counters.DispatchedSync);
+            Count(ref _owned.DispatchedSync, ref _counters.DispatchedSync, thread);
         }
         else
         {
-            Count(ref _owned.DispatchedAsync, ref _counters.DispatchedAsync);
+            Count(ref _owned.DispatchedAsync, ref _counters.DispatchedAsync, thread);
         }
     }
 
     internal void CountMerged() => Interlocked.Increment(ref _counters.Merged);
 
-    internal void CountCompleted(bool sync)
+    internal void CountCompleted(bool sync, BlockThread thread)
     {
         if (sync)
         {
-            Count(ref _owned.CompletedSync, ref _counters.CompletedSync);
+            Count(ref _owned.CompletedSync, ref _counters.CompletedSync, thread);
         }
         else
         {
-            Count(ref _owned.CompletedAsync, ref _counters.CompletedAsync);
+            Count(ref _owned.CompletedAsync, ref _counters.CompletedAsync, thread);
         }
     }
 
     // The owning loop thread adds to its own set with a plain add (it is the only writer there);
     // every other thread adds to the shared set with an interlocked add. Readers sum both.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Count(ref long owned, ref long shared)
+    private void Count(ref long owned, ref long shared, BlockThread thread)
     {
-        if (OwnedByThisThread())
+        if (OwnedByThisThread(thread))
         {
             Volatile.Write(ref owned, owned + 1);
         }

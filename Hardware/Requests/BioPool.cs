@@ -1,4 +1,6 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Rings;
 
 namespace ActorBlk.Hardware.Requests;
@@ -10,14 +12,6 @@ namespace ActorBlk.Hardware.Requests;
 /// </summary>
 public sealed class BioPool
 {
-    // A one-entry cache per thread: with inline completions a bio is returned and the next one
-    // rented on the same thread, so the common case needs no compare-and-swap on the shared ring.
-    [ThreadStatic]
-    private static BioPool? t_owner;
-
-    [ThreadStatic]
-    private static Bio? t_cached;
-
     private readonly MpmcRing<Bio> _free;
     private long _allocated;
     private long _refused;
@@ -45,11 +39,17 @@ public sealed class BioPool
     public int Idle => _free.Count;
 
     /// <summary>Takes an idle bio, or creates one.</summary>
-    public Bio Rent()
+    public Bio Rent() => Rent(BlockThread.Current);
+
+    // A one-entry cache per thread (BlockThread.PoolCached): with inline completions a bio is
+    // returned and the next one rented on the same thread, so the common case needs no
+    // compare-and-swap on the shared ring.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal Bio Rent(BlockThread thread)
     {
-        if (t_owner == this && t_cached is { } cached)
+        if (thread.PoolOwner == this && thread.PoolCached is { } cached)
         {
-            t_cached = null;
+            thread.PoolCached = null;
             cached.Revive();
             return cached;
         }
@@ -79,10 +79,11 @@ public sealed class BioPool
 
     internal void Return(Bio bio)
     {
-        if (t_cached is null)
+        var thread = BlockThread.Current;
+        if (thread.PoolCached is null)
         {
-            t_owner = this;
-            t_cached = bio;
+            thread.PoolOwner = this;
+            thread.PoolCached = bio;
             return;
         }
 

@@ -38,6 +38,11 @@ public sealed class BlockPlug : IDisposable
 
     private static readonly AsyncLocal<BlockPlug?> s_current = new();
 
+    // Plugs started and not yet finished, in the whole process. While there are none, no flow can
+    // have an unfinished plug, and Current skips the async-local lookup (the thread's execution
+    // context, a TLS read, on every submission).
+    private static int s_unfinished;
+
     private readonly object _lock = new();
     private readonly bool _nested;
     private Request? _head;
@@ -54,8 +59,8 @@ public sealed class BlockPlug : IDisposable
 
     private BlockPlug(bool nested) => _nested = nested;
 
-    /// <summary>The plug active on the current flow, if any.</summary>
-    public static BlockPlug? Current => s_current.Value;
+    /// <summary>The plug active on the current flow, if any (a finished plug, which holds nothing, may read as none).</summary>
+    public static BlockPlug? Current => Volatile.Read(ref s_unfinished) == 0 ? null : s_current.Value;
 
     /// <summary>Number of requests held.</summary>
     public int Count
@@ -90,6 +95,7 @@ public sealed class BlockPlug : IDisposable
         }
 
         var plug = new BlockPlug(nested: false);
+        Interlocked.Increment(ref s_unfinished);
         s_current.Value = plug;
         return plug;
     }
@@ -104,8 +110,10 @@ public sealed class BlockPlug : IDisposable
 
         RequestQueue? tracked;
         List<RequestQueue>? more;
+        bool first;
         lock (_lock)
         {
+            first = !_finished;
             _finished = true;
             tracked = _trackedQueue;
             more = _moreTrackedQueues;
@@ -126,6 +134,11 @@ public sealed class BlockPlug : IDisposable
         if (s_current.Value == this)
         {
             s_current.Value = null;
+        }
+
+        if (first)
+        {
+            Interlocked.Decrement(ref s_unfinished);
         }
     }
 

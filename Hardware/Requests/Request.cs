@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Tags;
@@ -136,7 +137,7 @@ public sealed class Request
     /// <summary>The plug holding this request before dispatch, if any.</summary>
     internal BlockPlug? Plug { get; set; }
 
-    /// <summary>When I/O accounting started (<c>start_time_ns</c>, <see cref="Queues.DiskStats.Start"/>); 0 = not accounted.</summary>
+    /// <summary>When I/O accounting started (<c>start_time_ns</c>, <see cref="Queues.DiskStats.Start(BlockOp)"/>); 0 = not accounted.</summary>
     internal long StatStartNs { get; set; }
 
     /// <summary>Intrusive link: plug list, dispatch list or completion list (only one at a time).</summary>
@@ -151,11 +152,11 @@ public sealed class Request
     /// <exception cref="InvalidOperationException">The request is not idle (started twice).</exception>
     public void Start()
     {
-        var queue = Queue ?? throw new InvalidOperationException("The request is not allocated.");
+        var queue = Queue;
         var word = Volatile.Read(ref _word);
-        if ((word & StateMask) != (int)RequestState.Idle)
+        if (queue is null || (word & StateMask) != (int)RequestState.Idle)
         {
-            throw new InvalidOperationException($"Request tag {Tag} started while {State}.");
+            ThrowNotStartable();
         }
 
         if (TimeoutMs <= 0)
@@ -170,6 +171,12 @@ public sealed class Request
         // an idle request starts it, so a plain increment of the generation is enough.
         Volatile.Write(ref _word, Word((uint)(word >> 32) + 1, RequestState.InFlight));
     }
+
+    // Out of line: the message's formatting would otherwise cost the hot path a stack frame to clear.
+    [DoesNotReturn]
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ThrowNotStartable() => throw new InvalidOperationException(
+        Queue is null ? "The request is not allocated." : $"Request tag {Tag} started while {State}.");
 
     /// <summary>
     /// Completes a started request (<c>blk_mq_complete_request</c>): the completion runs here or

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using ActorBlk.Hardware.Queues;
 
 namespace ActorBlk.Hardware.Topology;
 
@@ -11,11 +12,8 @@ namespace ActorBlk.Hardware.Topology;
 /// </summary>
 public static class CurrentCpu
 {
-    [ThreadStatic]
-    private static int t_bound; // CPU id + 1; 0 = not bound
-
     /// <summary>The CPU this thread is bound to, or -1.</summary>
-    public static int Bound => t_bound - 1;
+    public static int Bound => BlockThread.Current.BoundCpu - 1;
 
     /// <summary>
     /// Binds the calling thread to <paramref name="cpu"/> until the returned scope is disposed;
@@ -23,8 +21,9 @@ public static class CurrentCpu
     /// </summary>
     public static Scope Bind(int cpu)
     {
-        var previous = t_bound;
-        t_bound = cpu + 1;
+        var thread = BlockThread.Current;
+        var previous = thread.BoundCpu;
+        thread.BoundCpu = cpu + 1;
         return new Scope(previous);
     }
 
@@ -34,9 +33,13 @@ public static class CurrentCpu
     /// (simulated) topology has it offline.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int Resolve(CpuTopology topology)
+    public static int Resolve(CpuTopology topology) => Resolve(topology, BlockThread.Current);
+
+    /// <summary><see cref="Resolve(CpuTopology)"/> for a caller that holds the calling thread's state.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int Resolve(CpuTopology topology, BlockThread thread)
     {
-        var bound = t_bound;
+        var bound = thread.BoundCpu;
         if (bound != 0)
         {
             return bound - 1;
@@ -75,6 +78,6 @@ public static class CurrentCpu
         internal Scope(int previous) => _previous = previous;
 
         /// <inheritdoc />
-        public void Dispose() => t_bound = _previous;
+        public void Dispose() => BlockThread.Current.BoundCpu = _previous;
     }
 }
