@@ -542,13 +542,29 @@ internal sealed class BenchRun
         }
     }
 
+    // A thread's submissions of the bench's slots: whether it is inside one now, and the slots whose
+    // I/O completed inline there, for that submission to go on with once it returns (as the kernel
+    // queues bios submitted during a submission on current->bio_list instead of recursing). One
+    // thread-static read per I/O, where a compare-and-swap on the slot used to decide who goes on.
+    private sealed class SubmitterState
+    {
+        [ThreadStatic]
+        private static SubmitterState? t_current;
+
+        /// <summary>True while the thread is inside a slot's submission.</summary>
+        public bool InSubmit;
+
+        /// <summary>Slots whose I/O completed inline during that submission.</summary>
+        public Slot? Pending;
+
+        public static SubmitterState Current => t_current ??= new SubmitterState();
+    }
+
     // An in-flight slot: it submits one I/O with itself as the completion call-back, records it
     // when it completes and submits the next, like one iodepth entry of a fio job. The call-back
     // runs on the completion context; a slot is only ever touched by the flow of its current I/O.
     private sealed class Slot(AlignedBuffer memory, ulong seed) : IBioEndIo
     {
-        private const int Idle = 0, Submitting = 1, CompletedInSubmit = 2;
-
         // Aligned memory from the device, as fio allocates its buffers: O_DIRECT takes it without
         // a bounce copy, and with --fixedbufs it is registered memory.
         private readonly AlignedBuffer _memory = memory;
@@ -561,8 +577,8 @@ internal sealed class BenchRun
         private long _t0;
         private long _offset;
 
-        // Whether the slot's I/O is still inside SubmitWithEndIo, and whether it completed there.
-        private int _phase;
+        // The next slot on its thread's list of slots whose I/O completed inside a submission.
+        private Slot? _nextPending;
 
         public Task Done => _done.Task;
 
@@ -572,48 +588,68 @@ internal sealed class BenchRun
             _job = job;
         }
 
-        public void SubmitNext()
-        {
-            var run = _run!;
-            var job = _job!;
-            while (true)
-            {
-                if (run._stop || !job.TryClaim())
-                {
-                    _done.TrySetResult();
-                    return;
-                }
-
-                _read = run.NextIsRead(this);
-                var offset = run.NextOffset(job, this);
-                _offset = offset;
-                Submitted++;
-                _t0 = run._accounting.SubmissionNow;
-                Volatile.Write(ref _phase, Submitting);
-                run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
-                if (Interlocked.CompareExchange(ref _phase, Idle, Submitting) == Submitting)
-                {
-                    return; // the completion comes later and submits the next I/O
-                }
-
-                // It completed before the submission returned (a stacked device over legs that
-                // complete inline): the next I/O is submitted here, not from inside the completion,
-                // so the stack does not grow with every I/O.
-            }
-        }
+        public void SubmitNext() => SubmitNext(SubmitterState.Current);
 
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
             _run!.Record(this, _read, status, _t0, _offset);
 
-            // Idle: the submission returned long ago (the usual case) and no one else touches the
-            // phase of this I/O any more, so no compare-and-swap is needed to take the next one.
-            // Submitting: the submitter may be returning right now, and exactly one of the two
-            // goes on with the next I/O.
-            if (Volatile.Read(ref _phase) == Idle ||
-                Interlocked.CompareExchange(ref _phase, CompletedInSubmit, Submitting) != Submitting)
+            // Completed inside a submission on this thread (a stacked device over legs that
+            // complete inline): that submission goes on with this slot once it returns, so the
+            // stack does not grow with every I/O. Anywhere else (the usual case: a later round of
+            // the dispatch loop, or another thread while the submitter is still returning) the
+            // next I/O is submitted here, and nothing is shared with the submitter to decide it.
+            var thread = SubmitterState.Current;
+            if (thread.InSubmit)
             {
-                SubmitNext();
+                _nextPending = thread.Pending;
+                thread.Pending = this;
+                return;
+            }
+
+            SubmitNext(thread);
+        }
+
+        private void SubmitNext(SubmitterState thread)
+        {
+            var slot = this;
+            while (true)
+            {
+                slot.SubmitOne(thread);
+                slot = thread.Pending;
+                if (slot is null)
+                {
+                    return;
+                }
+
+                thread.Pending = slot._nextPending;
+                slot._nextPending = null;
+            }
+        }
+
+        private void SubmitOne(SubmitterState thread)
+        {
+            var run = _run!;
+            var job = _job!;
+            if (run._stop || !job.TryClaim())
+            {
+                _done.TrySetResult();
+                return;
+            }
+
+            _read = run.NextIsRead(this);
+            var offset = run.NextOffset(job, this);
+            _offset = offset;
+            Submitted++;
+            _t0 = run._accounting.SubmissionNow;
+            thread.InSubmit = true;
+            try
+            {
+                run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
+            }
+            finally
+            {
+                thread.InSubmit = false;
             }
         }
 
