@@ -121,6 +121,13 @@ public sealed class BlockPlug : IDisposable
             _moreTrackedQueues = null;
         }
 
+        // Finished from here on (Add and TryMerge refuse it), so it no longer counts as unfinished
+        // even if the flush below throws.
+        if (first)
+        {
+            Interlocked.Decrement(ref s_unfinished);
+        }
+
         Flush();
         tracked?.UntrackPlug(this);
         if (more is not null)
@@ -134,11 +141,6 @@ public sealed class BlockPlug : IDisposable
         if (s_current.Value == this)
         {
             s_current.Value = null;
-        }
-
-        if (first)
-        {
-            Interlocked.Decrement(ref s_unfinished);
         }
     }
 

@@ -647,6 +647,13 @@ internal sealed class BenchRun
             {
                 run._device.SubmitWithEndIo(_read ? BlockOp.Read : BlockOp.Write, offset, Buffer.Length, Buffer, RequestFlags.None, job.Cpu, this);
             }
+            catch (Exception ex)
+            {
+                // Refused (the device went away, for instance): this slot ends with the error, and
+                // the exception goes neither into the completion context that called us nor past
+                // the slots waiting on this thread's list.
+                _done.TrySetException(ex);
+            }
             finally
             {
                 thread.InSubmit = false;
