@@ -17,6 +17,9 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise (seconds here).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     protected DepthChangeSpec(DispatchMode mode, ITestOutputHelper output)
         : base(Configs.Simulated, output: output)
     {
@@ -125,7 +128,7 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
         var device = await Create("dc1", depth: 64);
         await device.Queue.QuiesceAsync();
         var ios = Enumerable.Range(0, 200).Select(i => device.WriteAsync(i % 1024 * 4096L, new byte[4096], cpu: i % 4).AsTask()).ToArray();
-        await AwaitConditionAsync(() => Task.FromResult(device.Queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous);
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous, Poll);
         var resize = device.Attributes.WriteAsync("block/dc1/queue/nr_requests", "4").AsTask();
         device.Queue.Unquiesce();
         await Bounded(resize, "the resize");
@@ -143,7 +146,7 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
         // that therefore never drains: then the layer shuts down.
         await queue.QuiesceAsync();
         var ios = Enumerable.Range(0, 64).Select(i => device.WriteAsync(i * 4096L, new byte[4096], cpu: i % 4).AsTask()).ToArray();
-        await AwaitConditionAsync(() => Task.FromResult(queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous);
+        await AwaitConditionAsync(() => Task.FromResult(queue.HardwareContexts.Sum(h => h.Tags.BitmapTags.WaitersActive) > 0), Generous, Poll);
         queue.Freeze();
         var late = device.WriteAsync(0, new byte[4096]).AsTask();
 

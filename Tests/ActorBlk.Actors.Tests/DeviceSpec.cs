@@ -140,13 +140,13 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         await device.Queue.QuiesceAsync();
 
         var writes = new List<Task> { device.WriteAsync(0, Pattern(4096, 10), cpu: 1).AsTask() };
-        await AwaitConditionAsync(() => Task.FromResult(hctx.PendingCount == 1));
+        await AwaitConditionAsync(() => Task.FromResult(hctx.PendingCount == 1), null, TimeSpan.FromMilliseconds(10));
         for (var i = 1; i < 4; i++)
         {
             writes.Add(device.WriteAsync(i * 4096L, Pattern(4096, 10 + i), cpu: 1).AsTask());
         }
 
-        await AwaitConditionAsync(() => Task.FromResult(device.Queue.SoftwareContexts[1].Merged == 3));
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.SoftwareContexts[1].Merged == 3), null, TimeSpan.FromMilliseconds(10));
         device.Queue.Unquiesce();
         await Task.WhenAll(writes);
 
@@ -170,9 +170,9 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         var hctx = device.Queue.HardwareContexts[0];
         await device.Queue.QuiesceAsync();
         var first = device.ReadAsync(0, new byte[4096], cpu: 1).AsTask();
-        await AwaitConditionAsync(() => Task.FromResult(hctx.PendingCount == 1));
+        await AwaitConditionAsync(() => Task.FromResult(hctx.PendingCount == 1), null, TimeSpan.FromMilliseconds(10));
         var second = device.ReadAsync(4096, new byte[4096], cpu: 1).AsTask();
-        await AwaitConditionAsync(() => Task.FromResult(device.Queue.SoftwareContexts[1].Merged == 1));
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.SoftwareContexts[1].Merged == 1), null, TimeSpan.FromMilliseconds(10));
         device.Queue.Unquiesce();
         await Task.WhenAll(first, second);
 
@@ -204,7 +204,7 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
             }
 
             // In mailbox dispatch the software-context actors build the requests, so they reach the plug asynchronously.
-            await AwaitConditionAsync(() => Task.FromResult(plug.Count == 5));
+            await AwaitConditionAsync(() => Task.FromResult(plug.Count == 5), null, TimeSpan.FromMilliseconds(10));
             Assert.All(writes, w => Assert.False(w.IsCompleted));
         }
 

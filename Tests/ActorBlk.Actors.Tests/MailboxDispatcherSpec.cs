@@ -19,6 +19,9 @@ public sealed class MailboxDispatcherSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise (seconds here).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     public MailboxDispatcherSpec(ITestOutputHelper output)
         : base(Configs.Simulated, output: output)
     {
@@ -125,7 +128,7 @@ public sealed class MailboxDispatcherSpec : Akka.TestKit.Xunit2.TestKit
         }, TaskCreationOptions.LongRunning)).ToArray();
         await Task.WhenAll(producers);
 
-        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == Producers * PerProducer), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == Producers * PerProducer), Liveness, Poll);
         Assert.True(dispatcher.Parks > 0, "the thread never parked: the race was not exercised");
     }
 
@@ -137,15 +140,15 @@ public sealed class MailboxDispatcherSpec : Akka.TestKit.Xunit2.TestKit
         var counter = new Counter();
         var actor = Sys.ActorOf(Props.Create(() => new CountingActor(counter)).WithDispatcher(id));
         actor.Tell(1);
-        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 1), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 1), Liveness, Poll);
         Assert.True(dispatcher.IsRunning);
         Assert.Equal(1, dispatcher.ThreadsStarted);
 
         dispatcher.Terminate();
-        await AwaitConditionAsync(() => Task.FromResult(!dispatcher.IsRunning), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(!dispatcher.IsRunning), Liveness, Poll);
 
         actor.Tell(2);
-        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 2), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 2), Liveness, Poll);
         Assert.Equal(2, dispatcher.ThreadsStarted);
     }
 
@@ -157,10 +160,10 @@ public sealed class MailboxDispatcherSpec : Akka.TestKit.Xunit2.TestKit
         var dispatcher = (MailboxDispatcher)system.Dispatchers.Lookup(id);
         var counter = new Counter();
         system.ActorOf(Props.Create(() => new CountingActor(counter)).WithDispatcher(id)).Tell(1);
-        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 1), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref counter.Count) == 1), Liveness, Poll);
 
         await system.Terminate();
-        await AwaitConditionAsync(() => Task.FromResult(!dispatcher.IsRunning), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(!dispatcher.IsRunning), Liveness, Poll);
     }
 
     private sealed class Counter

@@ -15,6 +15,9 @@ public sealed class MailboxIdleSpinSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise: 6 s per wait here.
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     public MailboxIdleSpinSpec(ITestOutputHelper output)
         : base(Configs.Simulated, output: output)
     {
@@ -116,12 +119,12 @@ public sealed class MailboxIdleSpinSpec : Akka.TestKit.Xunit2.TestKit
         var actor = Sys.ActorOf(Props.Create(() => new CountingActor(counter)).WithDispatcher(id));
 
         actor.Tell(1);
-        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref source.Asked) >= 1_000), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref source.Asked) >= 1_000), Liveness, Poll);
         Assert.Equal(0, dispatcher.Parks);
         Assert.True(dispatcher.BusySpinExtensions > 0);
 
         source.Expecting = false;
-        await AwaitConditionAsync(() => Task.FromResult(dispatcher.Parks == 1), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(dispatcher.Parks == 1), Liveness, Poll);
         Assert.Equal(0, dispatcher.BusySpinBoundReached);
 
         // Unwatched, the source is not asked any more: the next idle period parks at once.
@@ -129,7 +132,7 @@ public sealed class MailboxIdleSpinSpec : Akka.TestKit.Xunit2.TestKit
         source.Expecting = true;
         var asked = Volatile.Read(ref source.Asked);
         actor.Tell(2);
-        await AwaitConditionAsync(() => Task.FromResult(dispatcher.Parks == 2), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(dispatcher.Parks == 2), Liveness, Poll);
         Assert.Equal(2, Volatile.Read(ref counter.Count));
         Assert.Equal(asked, Volatile.Read(ref source.Asked));
     }

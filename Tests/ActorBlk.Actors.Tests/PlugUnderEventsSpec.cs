@@ -17,6 +17,9 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise (seconds here).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     protected PlugUnderEventsSpec(DispatchMode mode, ITestOutputHelper output, IrqMode irqMode = IrqMode.SoftIrq)
         : base(Configs.Simulated, output: output)
     {
@@ -193,7 +196,7 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
         await Bounded(load, $"plugged load under events ({Interlocked.Read(ref done)} I/Os done)");
         await Bounded(churn, "the event source");
         Assert.Equal(workers * perWorker, done);
-        await Bounded(AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), Generous), "the drain");
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), Generous, Poll), "the drain");
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
     }
 

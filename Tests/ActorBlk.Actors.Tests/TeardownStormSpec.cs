@@ -20,6 +20,9 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Generous = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise (seconds here).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     private readonly TempDirectory _dir;
 
     protected TeardownStormSpec(DispatchMode mode, ITestOutputHelper output, IrqMode irqMode = IrqMode.SoftIrq)
@@ -128,7 +131,7 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
         Assert.False(Layer.TryGetDevice(name, out _));
         Assert.Equal(QueueState.Dead, device.Queue.State);
         var before = Interlocked.Read(ref errors);
-        await Bounded(AwaitConditionAsync(() => Task.FromResult(Interlocked.Read(ref errors) > before + 1000), Generous), "fast failures after destroy");
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(Interlocked.Read(ref errors) > before + 1000), Generous, Poll), "fast failures after destroy");
 
         var again = await recreate(device);
         Assert.True(Layer.TryGetDevice(name, out var listed));
@@ -182,11 +185,11 @@ public abstract class TeardownStormSpec : Akka.TestKit.Xunit2.TestKit
             _ = Task.Run(caller.Next);
         }
 
-        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Oks)) > 2000), Generous), "the warm-up");
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Oks)) > 2000), Generous, Poll), "the warm-up");
         await Bounded(Layer.DestroyDeviceAsync(name), "destroy under a storm of end_io resubmissions");
         Assert.False(Layer.TryGetDevice(name, out _));
         var before = callers.Sum(c => Interlocked.Read(ref c.Failures));
-        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Failures)) > before + 1000), Generous), "fast failures after destroy");
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(callers.Sum(c => Interlocked.Read(ref c.Failures)) > before + 1000), Generous, Poll), "fast failures after destroy");
 
         stop.Cancel();
         await Bounded(Task.WhenAll(callers.Select(c => c.Stopped)), "the callers");

@@ -19,6 +19,9 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
 
+    // AwaitConditionAsync polls every tenth of its limit unless told otherwise (seconds here).
+    private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(10);
+
     private static readonly Config Supervised = ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
         actorblk.topology { source = simulated, simulated.cpus = 2 }
@@ -62,7 +65,7 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
                 Assert.Equal(BlockStatus.Ok, status);
             }, Liveness, TimeSpan.FromMilliseconds(50));
             Assert.Equal(data, back);
-            await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 1), Liveness);
+            await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 1), Liveness, Poll);
         }
         finally
         {
@@ -116,7 +119,7 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
         }, Liveness, TimeSpan.FromMilliseconds(50));
         Assert.True(remote.Queue.IsOffline);
         Assert.Throws<BlockDeviceErrorException>(() => driver.Reopen());
-        await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 0), Liveness);
+        await AwaitConditionAsync(() => Task.FromResult(server.ConnectionCount == 0), Liveness, Poll);
         await layer.DestroyDeviceAsync("remote2");
     }
 }
