@@ -71,7 +71,6 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         var thread = BlockThread.Current;
-
         var bio = Prepare(thread, BlockOp.Read, offset, buffer.Length, buffer, RequestFlags.None, cpu);
         var task = bio.AsValueTask();
         Queue.Submit(bio, thread);
@@ -124,7 +123,6 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         var thread = BlockThread.Current;
-
         var bio = Prepare(thread, op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
         var task = bio.AsStatusTask();
         Queue.Submit(bio, thread);
@@ -146,7 +144,6 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         var thread = BlockThread.Current;
-
         var bio = Prepare(thread, op, op == BlockOp.Flush ? 0 : offset, op == BlockOp.Flush ? 0 : length, op.HasData() ? buffer : default, flags, cpu);
         bio.EndIo = endIo;
         Queue.Submit(bio, thread);
@@ -171,7 +168,6 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         var thread = BlockThread.Current;
-
         var bio = Prepare(thread, op, offset, buffer.Length, buffer, RequestFlags.Polled, cpu);
         var io = new PolledIo(bio, bio.AsStatusTask());
         Queue.Submit(bio, thread);
@@ -254,7 +250,6 @@ public sealed class BlockDevice : IBlockDevice
         }
 
         var thread = BlockThread.Current;
-
         var bio = Prepare(thread, op, offset, length, default, RequestFlags.None, cpu);
         var task = bio.AsValueTask();
         Queue.Submit(bio, thread);

@@ -27,9 +27,6 @@ public abstract class BlockClock
     /// <summary><see cref="NowNanoseconds"/> read by a caller that holds the calling thread's state.</summary>
     internal virtual long NowNanosecondsOn(BlockThread thread) => NowNanoseconds;
 
-    /// <summary><see cref="NowMilliseconds"/> read by a caller that holds the calling thread's state.</summary>
-    internal virtual long NowMillisecondsOn(BlockThread thread) => NowMilliseconds;
-
     private sealed class SystemClock : BlockClock
     {
         private static readonly double NanosecondsPerTick = 1e9 / global::System.Diagnostics.Stopwatch.Frequency;
@@ -45,8 +42,6 @@ public abstract class BlockClock
 
         internal override long NowNanosecondsOn(BlockThread thread) =>
             TicksAreNanoseconds ? BlockTime.TimestampOn(thread) : (long)(BlockTime.TimestampOn(thread) * NanosecondsPerTick);
-
-        internal override long NowMillisecondsOn(BlockThread thread) => NowNanosecondsOn(thread) / 1_000_000;
     }
 }
 

@@ -48,10 +48,14 @@ public static class BlockTime
         return now;
     }
 
+    /// <summary>
+    /// Starts a batch on this thread; returns the state to hand back to <see cref="ExitBatch(long)"/>.
+    /// A nested batch (a stacked device's round inside another's) shares the outer one's time.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static long EnterBatch() => EnterBatch(BlockThread.Current);
 
-    /// <summary>Starts a batch on the calling thread unless one runs; returns what <see cref="ExitBatch(long)"/> restores.</summary>
+    /// <summary><see cref="EnterBatch()"/> for a caller that holds the calling thread's state.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static long EnterBatch(BlockThread thread)
     {
@@ -64,10 +68,16 @@ public static class BlockTime
         return outer;
     }
 
+    /// <summary>
+    /// Forgets the batch's time after the thread blocked inside the batch (a synchronous transfer),
+    /// so the next read is fresh again, as the kernel drops the plug's time when the task sleeps;
+    /// also between the rounds a dispatch loop chains inside one owned round, each of which is its
+    /// own batch.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Invalidate() => Invalidate(BlockThread.Current);
 
-    /// <summary>Makes the next read of the batch fresh (a new round of the same batch).</summary>
+    /// <summary><see cref="Invalidate()"/> for a caller that holds the calling thread's state.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void Invalidate(BlockThread thread)
     {
@@ -77,10 +87,11 @@ public static class BlockTime
         }
     }
 
+    /// <summary>Ends a batch started by <see cref="EnterBatch()"/>: the next read outside it is fresh.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void ExitBatch(long outer) => BlockThread.Current.Time = outer;
 
-    /// <summary>Ends the batch <see cref="EnterBatch(BlockThread)"/> started.</summary>
+    /// <summary><see cref="ExitBatch(long)"/> for a caller that holds the calling thread's state.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void ExitBatch(BlockThread thread, long outer) => thread.Time = outer;
 }

@@ -121,7 +121,11 @@ internal sealed class DispatchLoop
     public void Start() => Volatile.Write(ref _state, Armed);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public void Stage(Request rq)
+    public void Stage(Request rq) => Stage(rq, BlockThread.Current);
+
+    /// <summary><see cref="Stage(Request)"/> for a caller that holds the calling thread's state.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Stage(Request rq, BlockThread thread)
     {
         if (!_hctx.Ring.TryPublish(rq))
         {
@@ -130,15 +134,15 @@ internal sealed class DispatchLoop
 
         // Published on the loop's own thread (an inline completion submitting the next I/O): the
         // loop is running and awake, and takes the request in its next round.
-        if (BlockThread.Current.Loop == this)
+        if (thread.Loop == this)
         {
             return;
         }
 
         EnsureRunning();
-        if (!TryIssueDirectly())
+        if (!TryIssueDirectly(thread))
         {
-            Wake();
+            Wake(thread);
         }
     }
 
@@ -179,10 +183,11 @@ internal sealed class DispatchLoop
             }
         }
 
+        var thread = BlockThread.Current;
         EnsureRunning();
-        if (!TryIssueDirectly())
+        if (!TryIssueDirectly(thread))
         {
-            Wake();
+            Wake(thread);
         }
     }
 
@@ -190,7 +195,7 @@ internal sealed class DispatchLoop
     {
         Volatile.Write(ref _kicked, 1);
         EnsureRunning();
-        Wake();
+        Wake(BlockThread.Current);
     }
 
     /// <summary>
@@ -245,9 +250,9 @@ internal sealed class DispatchLoop
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void Wake()
+    private void Wake(BlockThread thread)
     {
-        if (BlockThread.Current.Loop == this)
+        if (thread.Loop == this)
         {
             return;
         }
@@ -485,11 +490,10 @@ internal sealed class DispatchLoop
     /// Direct issue: when the loop is parked, the hardware queue is not busy and no other round
     /// runs, runs one round on the calling thread. False when the caller must wake the loop.
     /// </summary>
-    private bool TryIssueDirectly()
+    private bool TryIssueDirectly(BlockThread thread)
     {
         // The loop's own thread, a loop that is awake (it will find the request), a busy queue
         // (kernel: direct issue only while dispatch_busy is 0), or a round already running.
-        var thread = BlockThread.Current;
         if (!_directReady || thread.Loop == this || _hctx.DispatchBusy != 0)
         {
             return false;

@@ -41,12 +41,15 @@ public interface IQueueRuntime
     /// <summary>Hands one staged request to its hardware queue's dispatcher.</summary>
     void Stage(HardwareContext hctx, Request request);
 
+    /// <summary><see cref="Stage(HardwareContext, Request)"/> for a caller that holds the calling thread's state.</summary>
+    internal void Stage(HardwareContext hctx, Request request, BlockThread thread) => Stage(hctx, request);
+
     /// <summary>
     /// Stages <paramref name="request"/> for the next round of <paramref name="hctx"/> when the
     /// calling thread is running a round of that hardware queue itself (a completion in the round
     /// submitting again) and nothing waits in its ring: the request goes to the dispatcher's own
     /// list and is dispatched next, like the kernel's direct issue, with no ring publish and no
-    /// merge window. False when the request must be staged through <see cref="Stage"/>.
+    /// merge window. False when the request must be staged through <see cref="Stage(HardwareContext, Request)"/>.
     /// </summary>
     bool TryStageOwned(HardwareContext hctx, Request request) => false;
 

@@ -314,7 +314,7 @@ public sealed partial class RequestQueue
         }
 
         PrepareStaging(rq);
-        runtime.Stage(hctx, rq);
+        runtime.Stage(hctx, rq, thread);
     }
 
     /// <summary>Stages a batch of requests of one hardware queue (a plug flush).</summary>

@@ -71,6 +71,9 @@ public sealed class RingRuntime : IQueueRuntime
     /// <inheritdoc />
     public void Stage(HardwareContext hctx, Request request) => _loops[hctx.Index].Stage(request);
 
+    /// <inheritdoc cref="IQueueRuntime.Stage(HardwareContext, Request)"/>
+    void IQueueRuntime.Stage(HardwareContext hctx, Request request, BlockThread thread) => _loops[hctx.Index].Stage(request, thread);
+
     /// <inheritdoc />
     public bool TryStageOwned(HardwareContext hctx, Request request) => _loops[hctx.Index].TryStageOwned(request, BlockThread.Current);
 

@@ -56,10 +56,11 @@ public sealed class SoftwareContext
 
     // True when the calling thread counts this context with plain adds: it is a dispatch loop's
     // (BlockThread.IsLoopThread, set by each loop thread at its start; the thread's state is the
-    // owner token) and owns the context's second set of counters, or takes them now (the first loop thread to
-    // count here does, for the context's life; at low queue depth that thread submits, through
-    // its completions' resubmissions, and completes nearly every request). The owned counters
-    // have that one writer, so a plain add loses nothing; a reader adds both sets, each exact.
+    // owner token) and owns the context's second set of counters, or takes them now (the first
+    // loop thread to count here does, for the context's life; at low queue depth that thread
+    // submits, through its completions' resubmissions, and completes nearly every request). The
+    // owned counters have that one writer, so a plain add loses nothing; a reader adds both sets,
+    // each exact.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool OwnedByThisThread(BlockThread token)
     {

@@ -649,9 +649,11 @@ internal sealed class BenchRun
             }
             catch (Exception ex)
             {
-                // Refused (the device went away, for instance): this slot ends with the error, and
-                // the exception goes neither into the completion context that called us nor past
-                // the slots waiting on this thread's list.
+                // Refused (the device went away, for instance): not in flight, so not counted as
+                // submitted; this slot ends with the error, and the exception goes neither into
+                // the completion context that called us nor past the slots waiting on this
+                // thread's list.
+                Submitted--;
                 _done.TrySetException(ex);
             }
             finally
