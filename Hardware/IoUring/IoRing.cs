@@ -31,6 +31,7 @@ internal sealed unsafe class IoRing : IDisposable
     private readonly nuint _sqesSize;
     private readonly uint* _sqHead;
     private readonly uint* _sqTail;
+    private readonly uint* _sqFlags;
     private readonly uint _sqMask;
     private readonly uint* _cqHead;
     private readonly uint* _cqTail;
@@ -79,6 +80,7 @@ internal sealed unsafe class IoRing : IDisposable
         Interlocked.Increment(ref _live);
         _sqHead = (uint*)(_sqRing + p.SqOff.Head);
         _sqTail = (uint*)(_sqRing + p.SqOff.Tail);
+        _sqFlags = (uint*)(_sqRing + p.SqOff.Flags);
         _sqMask = *(uint*)(_sqRing + p.SqOff.RingMask);
         _cqHead = (uint*)(_cqRing + p.CqOff.Head);
         _cqTail = (uint*)(_cqRing + p.CqOff.Tail);
@@ -110,6 +112,9 @@ internal sealed unsafe class IoRing : IDisposable
 
     /// <summary>Calls of <see cref="Submit"/> that handed entries to the kernel (one io_uring_enter each, bar EINTR retries).</summary>
     public long Submissions { get; private set; }
+
+    /// <summary>System calls made by <see cref="Submit"/>, whether or not they carried entries (for tests and statistics).</summary>
+    public long Enters { get; private set; }
 
     /// <summary>Entries handed to the kernel by <see cref="Submit"/>.</summary>
     public long Submitted { get; private set; }
@@ -206,6 +211,7 @@ internal sealed unsafe class IoRing : IDisposable
         while (true)
         {
             var toSubmit = _sqeTail - Volatile.Read(ref *_sqHead);
+            Enters++;
             int result;
             if (minComplete > 0 && timeoutMs >= 0)
             {
@@ -275,6 +281,13 @@ internal sealed unsafe class IoRing : IDisposable
 
     /// <summary>True when completions are waiting in the ring.</summary>
     public bool HasCompletions => Volatile.Read(ref *_cqTail) != *_cqHead;
+
+    /// <summary>
+    /// True when the kernel holds completion work that only an enter with GETEVENTS runs
+    /// (<c>IORING_SQ_TASKRUN</c>); meaningful only on a ring set up with
+    /// <see cref="IoUringSetupFlags.TaskRunFlag"/>, always false otherwise.
+    /// </summary>
+    public bool TaskWorkPending => (Volatile.Read(ref *_sqFlags) & (uint)IoUringSqFlags.TaskRun) != 0;
 
     /// <summary>Registers descriptors as fixed files (index = position); 0 or -errno.</summary>
     public int RegisterFiles(ReadOnlySpan<int> fds)

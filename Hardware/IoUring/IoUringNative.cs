@@ -25,8 +25,25 @@ internal enum IoUringSetupFlags : uint
     CqSize = 1u << 3,
     SubmitAll = 1u << 7,
     CoopTaskRun = 1u << 8,
+
+    /// <summary>
+    /// <c>IORING_SETUP_TASKRUN_FLAG</c>: with COOP_TASKRUN or DEFER_TASKRUN the kernel sets
+    /// <see cref="IoUringSqFlags.TaskRun"/> in the SQ ring's flags while completion work waits for
+    /// the issuer to enter (5.19+).
+    /// </summary>
+    TaskRunFlag = 1u << 9,
     SingleIssuer = 1u << 12,
     DeferTaskRun = 1u << 13,
+}
+
+/// <summary><c>IORING_SQ_*</c> bits of the SQ ring's flags word.</summary>
+[Flags]
+internal enum IoUringSqFlags : uint
+{
+    None = 0,
+
+    /// <summary><c>IORING_SQ_TASKRUN</c>: completion work is pending; an enter with GETEVENTS runs it.</summary>
+    TaskRun = 1u << 2,
 }
 
 /// <summary><c>IORING_FEAT_*</c> bits the kernel reports at setup.</summary>

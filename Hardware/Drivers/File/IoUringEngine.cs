@@ -38,7 +38,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 {
     /// <summary>Setup flags asked for when the dispatch thread owns the ring.</summary>
     public const IoUringSetupFlags OwnedFlags =
-        IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.SubmitAll;
+        IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.TaskRunFlag | IoUringSetupFlags.SubmitAll;
 
     /// <summary>Setup flags asked for when submissions come from actor threads and completions are reaped on another thread.</summary>
     public const IoUringSetupFlags SharedFlags = IoUringSetupFlags.SubmitAll;
@@ -144,6 +144,11 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 parts.Add("COOP_TASKRUN");
             }
 
+            if ((_ring.Flags & IoUringSetupFlags.TaskRunFlag) != 0)
+            {
+                parts.Add("TASKRUN_FLAG");
+            }
+
             parts.Add(_fixedFile ? "registered file" : "unregistered file");
             if (_arena is not null)
             {
@@ -181,6 +186,15 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// second system call, made while the device works.
     /// </summary>
     public long IdleDeviceSubmissions { get; private set; }
+
+    /// <summary>
+    /// Reaps that took their completions without entering the kernel: nothing to submit and no
+    /// completion work pending (for tests and statistics).
+    /// </summary>
+    public long SkippedEnters { get; private set; }
+
+    /// <summary>io_uring_enter calls made for this queue's ring (for tests and statistics).</summary>
+    public long Enters => _ring.Enters;
 
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
@@ -263,14 +277,44 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// Enters the kernel only when it has something to do: entries to hand over, or, with
+    /// DEFER_TASKRUN, completion work that only an enter runs. The kernel says when such work is
+    /// pending (<c>IORING_SQ_TASKRUN</c>, with TASKRUN_FLAG); without that flag, an enter is
+    /// made while requests are in the kernel and the completion ring is empty. Completions that
+    /// are already in the ring (a read from the page cache, a request that finished during its
+    /// own submission) are taken without a system call; work still pending is run by the next
+    /// enter, at the latest the loop's wait.
+    /// </remarks>
     public int Reap()
     {
-        if (_ring.Unsubmitted > 0 || ((_ring.Flags & IoUringSetupFlags.DeferTaskRun) != 0 && _inflight > 0))
+        if (_ring.Unsubmitted > 0 || CompletionWorkPending())
         {
             SubmitChecked(0, -1);
         }
+        else
+        {
+            SkippedEnters++;
+        }
 
         return Drain();
+    }
+
+    /// <summary>
+    /// With DEFER_TASKRUN, whether an enter would post completions: the kernel's
+    /// <c>IORING_SQ_TASKRUN</c> where the ring has TASKRUN_FLAG, else requests in the kernel and
+    /// none in the completion ring.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool CompletionWorkPending()
+    {
+        var flags = _ring.Flags;
+        if ((flags & IoUringSetupFlags.DeferTaskRun) == 0 || Volatile.Read(ref _inflight) == 0)
+        {
+            return false;
+        }
+
+        return (flags & IoUringSetupFlags.TaskRunFlag) != 0 ? _ring.TaskWorkPending : !_ring.HasCompletions;
     }
 
     /// <inheritdoc />

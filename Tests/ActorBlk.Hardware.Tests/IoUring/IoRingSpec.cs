@@ -113,6 +113,62 @@ public sealed unsafe class IoRingSpec
     }
 
     [Fact]
+    public void With_TASKRUN_FLAG_the_kernel_flags_deferred_completion_work_until_an_enter_runs_it()
+    {
+        // A read of an empty eventfd waits in the kernel; the write that wakes it queues the
+        // completion as task work, which DEFER_TASKRUN leaves for the issuer's next enter.
+        using var ring = Create(4, IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.TaskRunFlag);
+        Assert.True((ring.Flags & IoUringSetupFlags.TaskRunFlag) != 0, $"TASKRUN_FLAG refused: {ring.Flags}");
+        var fd = ActorBlk.Hardware.Interop.LibC.EventFd(0, 0);
+        Assert.True(fd >= 0);
+        try
+        {
+            ulong value = 0;
+            var sqe = ring.TryGetSqe();
+            sqe->Opcode = IoUringOp.Read;
+            sqe->Fd = fd;
+            sqe->Address = (ulong)&value;
+            sqe->Length = sizeof(ulong);
+            sqe->UserData = 7;
+            Assert.Equal(1, ring.Submit());
+            Assert.False(ring.TaskWorkPending);
+            Assert.False(ring.HasCompletions);
+
+            ulong one = 1;
+            Assert.Equal(sizeof(ulong), (int)ActorBlk.Hardware.Interop.LibC.Write(fd, &one, sizeof(ulong)));
+
+            // The completion is pending and not yet in the ring: only an enter posts it.
+            Assert.True(ring.TaskWorkPending);
+            Assert.False(ring.HasCompletions);
+            var enters = ring.Enters;
+            Assert.Equal(0, ring.Submit());
+            Assert.Equal(enters + 1, ring.Enters);
+            Assert.False(ring.TaskWorkPending);
+            Span<IoUringCqe> cqe = stackalloc IoUringCqe[1];
+            Assert.Equal(1, ring.Reap(cqe));
+            Assert.Equal(7ul, cqe[0].UserData);
+            Assert.Equal(sizeof(ulong), cqe[0].Result);
+            Assert.Equal(1ul, value);
+        }
+        finally
+        {
+            ActorBlk.Hardware.Interop.LibC.Close(fd);
+        }
+    }
+
+    [Fact]
+    public void A_completion_posted_during_its_submission_leaves_no_work_flagged()
+    {
+        // A NOP completes inside the enter that submits it: nothing is left for a second enter.
+        using var ring = Create(4, IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.TaskRunFlag);
+        var sqe = ring.TryGetSqe();
+        sqe->Opcode = IoUringOp.Nop;
+        Assert.Equal(1, ring.Submit());
+        Assert.True(ring.HasCompletions);
+        Assert.False(ring.TaskWorkPending);
+    }
+
+    [Fact]
     public void Files_and_the_ring_descriptor_register()
     {
         using var ring = Create(4);
