@@ -86,10 +86,17 @@ internal static unsafe partial class LibC
     public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(Math.Abs(errno));
 
     /// <summary>A raw system call with up to six arguments; the result, or -errno.</summary>
+    /// <remarks>
+    /// The import does not use <c>SetLastError</c>: that marshalling clears errno before every call
+    /// and copies it into the runtime's per-thread slot after it (a thread-local lookup), on the
+    /// io_uring hot path twice per I/O. errno is read here only when the call failed, the same
+    /// read the generated marshalling makes, and the result carries it (nothing reads
+    /// <see cref="LastErrno"/> after this call).
+    /// </remarks>
     public static long Syscall(long number, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0, long a6 = 0)
     {
         var result = SyscallRaw(number, a1, a2, a3, a4, a5, a6);
-        return result == -1 ? -LastErrno : result;
+        return result == -1 ? -Marshal.GetLastSystemError() : result;
     }
 
     /// <summary>open(2); the descriptor, or -errno.</summary>
@@ -204,7 +211,7 @@ internal static unsafe partial class LibC
         public uint DioOffsetAlign;
     }
 
-    [LibraryImport(Library, EntryPoint = "syscall", SetLastError = true)]
+    [LibraryImport(Library, EntryPoint = "syscall")]
     private static partial long SyscallRaw(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 
     [LibraryImport(Library, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
