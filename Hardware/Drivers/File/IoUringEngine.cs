@@ -193,7 +193,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// </summary>
     public long SkippedEnters { get; private set; }
 
-    /// <summary>io_uring_enter calls made for this queue's ring (for tests and statistics).</summary>
+    /// <summary>io_uring_enter calls made through the ring's <c>Submit</c>: every call of the dispatch thread, the reaper thread's waits excluded (for tests and statistics).</summary>
     public long Enters => _ring.Enters;
 
     /// <summary>Requests in the kernel now.</summary>
@@ -281,7 +281,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// Enters the kernel only when it has something to do: entries to hand over, or, with
     /// DEFER_TASKRUN, completion work that only an enter runs. The kernel says when such work is
     /// pending (<c>IORING_SQ_TASKRUN</c>, with TASKRUN_FLAG); without that flag, an enter is
-    /// made while requests are in the kernel and the completion ring is empty. Completions that
+    /// made whenever requests are in the kernel. Completions that
     /// are already in the ring (a read from the page cache, a request that finished during its
     /// own submission) are taken without a system call; work still pending is run by the next
     /// enter, at the latest the loop's wait.
@@ -302,8 +302,8 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
     /// <summary>
     /// With DEFER_TASKRUN, whether an enter would post completions: the kernel's
-    /// <c>IORING_SQ_TASKRUN</c> where the ring has TASKRUN_FLAG, else requests in the kernel and
-    /// none in the completion ring.
+    /// <c>IORING_SQ_TASKRUN</c> where the ring has TASKRUN_FLAG, else whenever requests are in
+    /// the kernel.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool CompletionWorkPending()
@@ -314,7 +314,9 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             return false;
         }
 
-        return (flags & IoUringSetupFlags.TaskRunFlag) != 0 ? _ring.TaskWorkPending : !_ring.HasCompletions;
+        // Without the flag (a kernel that refused it also refused DEFER_TASKRUN, so this is only
+        // a guard) nothing says whether work is pending: enter, as before.
+        return (flags & IoUringSetupFlags.TaskRunFlag) == 0 || _ring.TaskWorkPending;
     }
 
     /// <inheritdoc />
