@@ -193,7 +193,10 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// </summary>
     public long SkippedEnters { get; private set; }
 
-    /// <summary>io_uring_enter calls made through the ring's <c>Submit</c>: every call of the dispatch thread, the reaper thread's waits excluded (for tests and statistics).</summary>
+    /// <summary>
+    /// io_uring_enter calls made through the ring's <c>Submit</c>: every call of the dispatch
+    /// thread, the reaper thread's waits excluded (for tests and statistics).
+    /// </summary>
     public long Enters => _ring.Enters;
 
     /// <summary>Requests in the kernel now.</summary>
@@ -281,10 +284,9 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// Enters the kernel only when it has something to do: entries to hand over, or, with
     /// DEFER_TASKRUN, completion work that only an enter runs. The kernel says when such work is
     /// pending (<c>IORING_SQ_TASKRUN</c>, with TASKRUN_FLAG); without that flag, an enter is
-    /// made whenever requests are in the kernel. Completions that
-    /// are already in the ring (a read from the page cache, a request that finished during its
-    /// own submission) are taken without a system call; work still pending is run by the next
-    /// enter, at the latest the loop's wait.
+    /// made whenever requests are in the kernel. Completions that are already in the ring (a read
+    /// from the page cache, a request that finished during its own submission) are taken without
+    /// a system call; work still pending is run by the next enter, at the latest the loop's wait.
     /// </remarks>
     public int Reap()
     {
