@@ -187,6 +187,11 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
                     hctx.StartQueue();
                 }
             }
+
+            // Told before the queue runs again: the reset is counted before any request it
+            // requeued can complete, so whoever saw that completion and then asks the queue
+            // (GetInfo, the stat files) finds the reset.
+            Context.Parent.Tell(new DeviceDriver.ResetDone(_resetReason, requeued, failed));
         }
         finally
         {
@@ -194,7 +199,6 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
             _queue.Unquiesce();
         }
 
-        Context.Parent.Tell(new DeviceDriver.ResetDone(_resetReason, requeued, failed));
         Become(OnReceive);
         Stash.UnstashAll();
     }

@@ -159,7 +159,7 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("0\n", device.Attributes.Read($"kernel/debug/block/{device.Name}/double_completions"));
         var submitted = ledger.Submitted;
         Assert.Equal(submitted, statuses.Sum());
-        await AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), TimeSpan.FromSeconds(60), TimeSpan.FromMilliseconds(10));
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
         Assert.Equal(0, device.Queue.InFlightCount);
         Assert.Equal(0, mismatches);

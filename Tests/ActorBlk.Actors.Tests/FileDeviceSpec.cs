@@ -93,7 +93,7 @@ public abstract class FileDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(OpenFailure.NotFound, error.Cause);
         Assert.Equal("ghost", error.Device);
 
-        var reply = await Layer.Guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(5));
+        var reply = await Layer.Guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(30));
         Assert.DoesNotContain(reply.Devices, d => d.Name == "ghost");
 
         // The name is free and the layer creates devices as before.

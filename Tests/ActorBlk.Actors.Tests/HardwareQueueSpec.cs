@@ -38,10 +38,10 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
 
     private HardwareContext Hctx => _rig.Queue.HardwareContexts[0];
 
-    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
+    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
 
     // The dispatcher answers once the round in progress (if any) has finished.
-    private Task Idle(IActorRef dispatcher) => dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, TimeSpan.FromSeconds(10));
+    private Task Idle(IActorRef dispatcher) => dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, TimeSpan.FromSeconds(30));
 
     private int Calls => _rig.Driver.Calls.Count;
 
@@ -110,7 +110,7 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
     public async Task A_quiesce_asks_the_dispatcher_and_the_unquiesce_runs_it_again()
     {
         // The quiesce completes when the driver actor answers WaitIdle (no round in progress).
-        await _rig.Queue.QuiesceAsync().WaitAsync(TimeSpan.FromSeconds(10));
+        await _rig.Queue.QuiesceAsync().WaitAsync(TimeSpan.FromSeconds(30));
 
         _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
         await Until(() => Hctx.PendingCount == 1);
@@ -132,7 +132,7 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
         {
             Scheduler.Advance(TimeSpan.FromMilliseconds(100));
             Assert.True(HasMessages);
-        }, TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(20));
+        }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(20));
 
         var expired = await ExpectMsgAsync<HardwareQueue.TimeoutsExpired>();
         Assert.Equal(1, expired.Expired);
@@ -198,7 +198,7 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
 
         _rig.Queue.SetOffline(failInFlight: true);
 
-        Assert.Equal(BlockStatus.Offline, await read.AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(BlockStatus.Offline, await read.AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(0, Calls);
         Assert.Equal(0, Hctx.Tags.InUse);
     }

@@ -69,7 +69,10 @@ public sealed class SoftwareContextSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(11, completed.Id);
         Assert.Equal(BlockStatus.Ok, completed.Status);
         Assert.Equal(1, _rig.Queue.SoftwareContexts[3].CompletedAsync);
-        Assert.Equal(0, _rig.Queue.Usage.Count);
+
+        // The reply is sent from the bio's call-back; the request's usage reference is dropped
+        // when the call-back returns, on the completing thread.
+        await AwaitConditionAsync(() => Task.FromResult(_rig.Queue.Usage.Count == 0), TimeSpan.FromSeconds(60), TimeSpan.FromMilliseconds(10));
     }
 
     [Fact]

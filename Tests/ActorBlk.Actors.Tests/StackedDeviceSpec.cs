@@ -155,7 +155,9 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task Every_bio_holds_a_usage_reference_so_freeze_and_removal_drain_it()
     {
-        // A slow member (timer completions of 200 ms) keeps bios in flight on the stacked device.
+        // A member that does not dispatch (quiesced: its requests are built and staged, then
+        // held) keeps bios in flight on the stacked device until it runs again; its timer
+        // completions of 200 ms keep the later read in flight during the removal.
         var slow = await Layer.CreateDeviceAsync(new DeviceOptions
         {
             Name = "slow0", Size = 4 * MiB, IrqMode = IrqMode.Timer, CompletionNsec = 200_000_000,
@@ -163,6 +165,7 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.CreateStackedDeviceAsync("drain0");
         var dm = await Layer.LoadTableAsync("drain0", StackTable.Linear("slow0"));
 
+        await slow.Queue.QuiesceAsync();
         var reads = Enumerable.Range(0, 8).Select(i => dm.ReadAsync(i * 65536L, new byte[4096]).AsTask()).ToArray();
         Assert.Equal(8, dm.Queue.Usage.Count);
 
@@ -170,6 +173,8 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         dm.Queue.Freeze();
         var frozen = dm.Queue.WaitFrozenAsync();
         Assert.False(frozen.IsCompleted);
+        Assert.All(reads, r => Assert.False(r.IsCompleted));
+        slow.Queue.Unquiesce();
         await Task.WhenAll(reads);
         await frozen;
         Assert.Equal(0, dm.Queue.Usage.Count);

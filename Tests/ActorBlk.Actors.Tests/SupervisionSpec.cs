@@ -52,9 +52,9 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     private ActorSelection DriverOf(string device) => Sys.ActorSelection($"/user/actorblk/dev-{device}-*/driver-0");
 
     private async Task<RequestQueueProtocol.Info> InfoOf(string device) =>
-        await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueueProtocol.Info>(RequestQueueProtocol.GetInfo.Instance, TimeSpan.FromSeconds(5));
+        await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueueProtocol.Info>(RequestQueueProtocol.GetInfo.Instance, TimeSpan.FromSeconds(30));
 
-    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(10), TimeSpan.FromMilliseconds(10));
+    private Task Until(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
 
     // Advances virtual time in steps until the condition holds (timers re-arm as they fire).
     private Task AdvanceUntil(Func<bool> condition, int stepMs = 50) => AwaitConditionAsync(() =>

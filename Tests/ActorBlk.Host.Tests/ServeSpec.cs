@@ -48,9 +48,9 @@ public sealed partial class ServeSpec
         {
             var guardian = client.ActorSelection(guardianPath);
             var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
-            var write = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(10));
-            var read = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(10));
-            var rejected = await guardian.Ask<SoftwareContextProtocol.Rejected>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 100, 512), TimeSpan.FromSeconds(10));
+            var write = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 1, BlockOp.Write, 8192, 4096, data), TimeSpan.FromSeconds(30));
+            var read = await guardian.Ask<SoftwareContextProtocol.Completed>(new BlockLayer.Io("nullb0", 2, BlockOp.Read, 8192, 4096), TimeSpan.FromSeconds(30));
+            var rejected = await guardian.Ask<SoftwareContextProtocol.Rejected>(new BlockLayer.Io("nullb0", 3, BlockOp.Read, 100, 512), TimeSpan.FromSeconds(30));
             var unknown = await guardian.Ask<BlockLayer.NoSuchDevice>(new BlockLayer.Io("sda", 4, BlockOp.Read, 0, 512), TimeSpan.FromSeconds(10));
             var list = await guardian.Ask<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance, TimeSpan.FromSeconds(10));
 

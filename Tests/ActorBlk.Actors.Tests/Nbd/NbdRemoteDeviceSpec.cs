@@ -24,6 +24,7 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
 
     private static readonly Config Supervised = ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
+        akka.test.single-expect-default = 20s
         actorblk.topology { source = simulated, simulated.cpus = 2 }
         actorblk.supervision {
           reopen-backoff-min = 50ms

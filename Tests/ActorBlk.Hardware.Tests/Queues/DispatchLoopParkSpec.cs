@@ -76,7 +76,9 @@ public sealed class DispatchLoopParkSpec
             await loop.StopAsync().WaitAsync(Liveness);
         }
 
-        Assert.True(done >= 10_000, $"only {done} iterations ran");
+        // The budget bounds the run, not its speed: a quiet machine runs all two million; a
+        // loaded one still runs thousands, each a chance for the race.
+        Assert.True(done >= 1_000, $"only {done} iterations ran");
         Assert.True(pending > 0, "no waiter ever raced a round");
     }
 
