@@ -1,3 +1,4 @@
+using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.IoUring;
 using Xunit;
 
@@ -44,7 +45,7 @@ public sealed unsafe class IoRingSpec
         }
 
         // A wait that hands nothing over is not a submission.
-        Assert.Equal(-ActorBlk.Hardware.Interop.LibC.ETIME, ring.Submit(1, timeoutMs: 1));
+        Assert.Equal(-LibC.ETIME, ring.Submit(1, timeoutMs: 1));
         Assert.Equal(4, ring.Submissions);
         Assert.Equal(1 + 2 + 3 + 4, ring.Submitted);
     }
@@ -120,7 +121,7 @@ public sealed unsafe class IoRingSpec
         using var ring = Create(4, IoUringSetupFlags.SingleIssuer | IoUringSetupFlags.DeferTaskRun | IoUringSetupFlags.CoopTaskRun | IoUringSetupFlags.TaskRunFlag);
         // Without DEFER_TASKRUN (5.19-6.0 keep the flag and drop it) the work would run as the write returns.
         Assert.True((ring.Flags & (IoUringSetupFlags.TaskRunFlag | IoUringSetupFlags.DeferTaskRun)) == (IoUringSetupFlags.TaskRunFlag | IoUringSetupFlags.DeferTaskRun), $"TASKRUN_FLAG or DEFER_TASKRUN refused: {ring.Flags}");
-        var fd = ActorBlk.Hardware.Interop.LibC.EventFd(0, 0);
+        var fd = LibC.EventFd(0, 0);
         Assert.True(fd >= 0);
         try
         {
@@ -136,7 +137,7 @@ public sealed unsafe class IoRingSpec
             Assert.False(ring.HasCompletions);
 
             ulong one = 1;
-            Assert.Equal(sizeof(ulong), (int)ActorBlk.Hardware.Interop.LibC.Write(fd, &one, sizeof(ulong)));
+            Assert.Equal(sizeof(ulong), (int)LibC.Write(fd, &one, sizeof(ulong)));
 
             // The completion is pending and not yet in the ring: only an enter posts it.
             Assert.True(ring.TaskWorkPending);
@@ -153,7 +154,7 @@ public sealed unsafe class IoRingSpec
         }
         finally
         {
-            ActorBlk.Hardware.Interop.LibC.Close(fd);
+            LibC.Close(fd);
         }
     }
 
