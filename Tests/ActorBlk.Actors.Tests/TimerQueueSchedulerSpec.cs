@@ -1,0 +1,198 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using ActorBlk.Actors.Tests.Support;
+using Akka.Actor;
+using Akka.Configuration;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// The library's Akka scheduler (<see cref="TimerQueueScheduler"/>): the defaults select it, it keeps
+/// the wheel's contract (never early, cancel, fixed-delay repeats, failures logged, pending work run
+/// once at shutdown), it frees a cancelled registration at once, and under concurrent scheduling and
+/// cancelling every registration runs at most once, every one not cancelled exactly once.
+/// </summary>
+public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
+{
+    private readonly ITestOutputHelper _output;
+
+    public TimerQueueSchedulerSpec(ITestOutputHelper output)
+        : base(Configs.Simulated, output: output)
+    {
+        _output = output;
+    }
+
+    [Fact]
+    public void The_library_defaults_select_the_timer_queue_scheduler()
+    {
+        Assert.IsType<TimerQueueScheduler>(Sys.Scheduler);
+        Assert.Equal(typeof(TimerQueueScheduler).AssemblyQualifiedName!.Split(',')[0],
+            ActorBlkSettings.DefaultConfig().GetString("akka.scheduler.implementation").Split(',')[0].Trim());
+    }
+
+    [Fact]
+    public void A_scheduled_tell_arrives_once_and_not_before_its_delay()
+    {
+        var clock = Stopwatch.StartNew();
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(40), TestActor, "due", ActorRefs.NoSender);
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(120), TestActor, "fence", ActorRefs.NoSender);
+
+        ExpectMsg("due");
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(40), $"ran after {clock.Elapsed.TotalMilliseconds} ms");
+
+        // Nothing else between them: a second run of the first would come before the fence.
+        ExpectMsg("fence");
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(120));
+    }
+
+    [Fact]
+    public async Task A_cancelled_tell_never_arrives_and_its_timer_is_freed_at_once()
+    {
+        using var scheduler = Standalone();
+        var cancel = new Cancelable((IScheduler)scheduler);
+        ((IScheduler)scheduler).ScheduleTellOnce(TimeSpan.FromHours(1), TestActor, "never", ActorRefs.NoSender, cancel);
+        Assert.Equal(1, scheduler.Pending);
+
+        cancel.Cancel();
+        Assert.Equal(0, scheduler.Pending);
+
+        // Already cancelled when scheduled: nothing is armed at all.
+        ((IScheduler)scheduler).ScheduleTellOnce(TimeSpan.Zero, TestActor, "never", ActorRefs.NoSender, cancel);
+        Assert.Equal(0, scheduler.Pending);
+
+        ((IScheduler)scheduler).ScheduleTellOnce(TimeSpan.FromMilliseconds(20), TestActor, "fence", ActorRefs.NoSender);
+        await ExpectMsgAsync("fence");
+        await AwaitConditionAsync(() => Task.FromResult(scheduler.Pending == 0));
+    }
+
+    [Fact]
+    public async Task A_repeated_tell_runs_until_it_is_cancelled()
+    {
+        var cancel = Sys.Scheduler.ScheduleTellRepeatedlyCancelable(TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(5), TestActor, "tick", ActorRefs.NoSender);
+        for (var i = 0; i < 5; i++)
+        {
+            await ExpectMsgAsync("tick");
+        }
+
+        cancel.Cancel();
+
+        // A run already under way when the cancel came may still deliver one more.
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(60), TestActor, "fence", ActorRefs.NoSender);
+        var late = 0;
+        while (await ReceiveOneAsync(TimeSpan.FromSeconds(20)) is "tick")
+        {
+            late++;
+        }
+
+        Assert.InRange(late, 0, 1);
+    }
+
+    [Fact]
+    public async Task A_repeated_action_that_throws_is_logged_and_not_run_again()
+    {
+        using var scheduler = Standalone();
+        var runs = 0;
+        var fence = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await EventFilter.Error(contains: "Error while executing scheduled task").ExpectOneAsync(async () =>
+        {
+            ((IScheduler)scheduler).Advanced.ScheduleRepeatedly(TimeSpan.Zero, TimeSpan.FromMilliseconds(1), () =>
+            {
+                Interlocked.Increment(ref runs);
+                throw new InvalidOperationException("scheduled failure");
+            });
+            await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref runs) == 1));
+        });
+
+        // Other registrations go on; the failed one did not run again before this one ran 30 ms later.
+        ((IScheduler)scheduler).Advanced.ScheduleOnce(TimeSpan.FromMilliseconds(30), () => fence.SetResult());
+        await fence.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(1, Volatile.Read(ref runs));
+        await AwaitConditionAsync(() => Task.FromResult(scheduler.Pending == 0));
+    }
+
+    [Fact]
+    public void Shutdown_runs_each_pending_registration_once_and_then_refuses_new_ones()
+    {
+        var scheduler = Standalone();
+        var once = 0;
+        var repeated = 0;
+        var cancelled = 0;
+        var cancel = new Cancelable((IScheduler)scheduler);
+        for (var i = 0; i < 3; i++)
+        {
+            ((IScheduler)scheduler).Advanced.ScheduleOnce(TimeSpan.FromHours(1), () => Interlocked.Increment(ref once));
+        }
+
+        ((IScheduler)scheduler).Advanced.ScheduleRepeatedly(TimeSpan.FromHours(1), TimeSpan.FromHours(1), () => Interlocked.Increment(ref repeated));
+        ((IScheduler)scheduler).Advanced.ScheduleOnce(TimeSpan.FromHours(1), () => Interlocked.Increment(ref cancelled), cancel);
+        cancel.Cancel();
+        Assert.Equal(4, scheduler.Pending);
+
+        scheduler.Dispose();
+        scheduler.Dispose();
+
+        Assert.Equal(3, once);
+        Assert.Equal(1, repeated);
+        Assert.Equal(0, cancelled);
+        Assert.Equal(0, scheduler.Pending);
+        Assert.Throws<SchedulerException>(() => ((IScheduler)scheduler).Advanced.ScheduleOnce(TimeSpan.Zero, () => { }));
+    }
+
+    [Fact]
+    public async Task Under_concurrent_scheduling_and_cancelling_each_registration_runs_at_most_once()
+    {
+        using var scheduler = Standalone();
+        const int Threads = 4;
+        const int PerThread = 2_500;
+        var runs = new int[Threads * PerThread];
+        var early = 0;
+        var cancels = new Cancelable?[runs.Length];
+        var expected = new ConcurrentBag<int>();
+
+        var workers = Enumerable.Range(0, Threads).Select(t => Task.Run(() =>
+        {
+            var random = new Random(t);
+            for (var i = 0; i < PerThread; i++)
+            {
+                var id = (t * PerThread) + i;
+                var delay = TimeSpan.FromMilliseconds(random.Next(0, 3));
+                var scheduled = Stopwatch.GetTimestamp();
+                var cancel = random.Next(3) == 0 ? new Cancelable((IScheduler)scheduler) : null;
+                cancels[id] = cancel;
+                ((IScheduler)scheduler).Advanced.ScheduleOnce(delay, () =>
+                {
+                    if (Stopwatch.GetElapsedTime(scheduled) < delay)
+                    {
+                        Interlocked.Increment(ref early);
+                    }
+
+                    Interlocked.Increment(ref runs[id]);
+                }, cancel);
+                if (cancel is null)
+                {
+                    expected.Add(id);
+                }
+                else if (random.Next(2) == 0)
+                {
+                    cancel.Cancel();
+                }
+                else
+                {
+                    expected.Add(id);
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(workers);
+
+        // Cancelled after it may have run, or never cancelled: it runs exactly once.
+        await AwaitConditionAsync(() => Task.FromResult(expected.All(id => Volatile.Read(ref runs[id]) == 1)), TimeSpan.FromSeconds(60));
+        await AwaitConditionAsync(() => Task.FromResult(scheduler.Pending == 0), TimeSpan.FromSeconds(60));
+        Assert.All(runs, r => Assert.InRange(r, 0, 1));
+        Assert.Equal(0, early);
+        _output.WriteLine($"ran {runs.Sum()} of {runs.Length}, {runs.Length - expected.Count} cancelled before their time");
+    }
+
+    private TimerQueueScheduler Standalone() => new(ConfigurationFactory.Empty, Sys.Log);
+}
