@@ -47,6 +47,9 @@ public sealed class HostingSpec
         var registry = host.Services.GetRequiredService<ActorRegistry>();
 
         Assert.Equal(layer.Guardian, registry.Get<BlockLayer>());
+
+        // The library's defaults reach the system's own settings: its scheduler is ActorBlk's.
+        Assert.IsType<TimerQueueScheduler>(system.Scheduler);
         Assert.Equal(["fromhocon", "typed"], layer.Devices.Select(d => d.Name).Order());
         Assert.True(layer.TryGetDevice("typed", out var device));
         await device.WriteAsync(0, new byte[4096]);
