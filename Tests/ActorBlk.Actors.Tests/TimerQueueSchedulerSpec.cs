@@ -33,18 +33,32 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
-    public void A_scheduled_tell_arrives_once_and_not_before_its_delay()
+    public void Scheduled_tells_arrive_once_each_and_not_before_their_delays()
     {
         var clock = Stopwatch.StartNew();
         Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(40), TestActor, "due", ActorRefs.NoSender);
-        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(120), TestActor, "fence", ActorRefs.NoSender);
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(120), TestActor, "later", ActorRefs.NoSender);
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(200), TestActor, "fence", ActorRefs.NoSender);
 
-        ExpectMsg("due");
-        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(40), $"ran after {clock.Elapsed.TotalMilliseconds} ms");
+        // A stalled machine may deliver them together, in any order; each still not before its
+        // time, and none twice (a second run of one would come before the last).
+        var arrivals = new List<(string Message, TimeSpan At)>();
+        for (var i = 0; i < 3; i++)
+        {
+            arrivals.Add(((string)ReceiveOne(TimeSpan.FromSeconds(20))!, clock.Elapsed));
+        }
 
-        // Nothing else between them: a second run of the first would come before the fence.
-        ExpectMsg("fence");
-        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(120));
+        Assert.Equal(["due", "fence", "later"], arrivals.Select(a => a.Message).Order());
+        var delays = new Dictionary<string, int> { ["due"] = 40, ["later"] = 120, ["fence"] = 200 };
+        Assert.All(arrivals, a => Assert.True(a.At >= TimeSpan.FromMilliseconds(delays[a.Message]), $"{a.Message} after {a.At.TotalMilliseconds} ms"));
+    }
+
+    [Fact]
+    public void Tells_to_local_actors_arrive_unwrapped_and_local_time_is_utc()
+    {
+        Sys.Scheduler.ScheduleTellOnce(TimeSpan.Zero, TestActor, "plain", ActorRefs.NoSender);
+        Assert.Equal("plain", ExpectMsg<string>());
+        Assert.Equal(TimeSpan.Zero, Sys.Scheduler.Now.Offset);
     }
 
     [Fact]
@@ -68,25 +82,21 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
-    public async Task A_repeated_tell_runs_until_it_is_cancelled()
+    public async Task A_repeated_action_runs_until_it_is_cancelled()
     {
-        var cancel = Sys.Scheduler.ScheduleTellRepeatedlyCancelable(TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(5), TestActor, "tick", ActorRefs.NoSender);
-        for (var i = 0; i < 5; i++)
-        {
-            await ExpectMsgAsync("tick");
-        }
+        var runs = 0;
+        var cancel = new Cancelable(Sys.Scheduler);
+        Sys.Scheduler.Advanced.ScheduleRepeatedly(TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(5), () => Interlocked.Increment(ref runs), cancel);
+        await AwaitConditionAsync(() => Task.FromResult(Volatile.Read(ref runs) >= 5));
 
         cancel.Cancel();
+        var atCancel = Volatile.Read(ref runs);
 
-        // A run already under way when the cancel came may still deliver one more.
-        Sys.Scheduler.ScheduleTellOnce(TimeSpan.FromMilliseconds(60), TestActor, "fence", ActorRefs.NoSender);
-        var late = 0;
-        while (await ReceiveOneAsync(TimeSpan.FromSeconds(20)) is "tick")
-        {
-            late++;
-        }
-
-        Assert.InRange(late, 0, 1);
+        // A run already under way when the cancel came may still finish; none starts after it.
+        var fence = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Sys.Scheduler.Advanced.ScheduleOnce(TimeSpan.FromMilliseconds(60), () => fence.SetResult());
+        await fence.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.InRange(Volatile.Read(ref runs), atCancel, atCancel + 1);
     }
 
     [Fact]
@@ -148,7 +158,6 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
         const int PerThread = 2_500;
         var runs = new int[Threads * PerThread];
         var early = 0;
-        var cancels = new Cancelable?[runs.Length];
         var expected = new ConcurrentBag<int>();
 
         var workers = Enumerable.Range(0, Threads).Select(t => Task.Run(() =>
@@ -160,7 +169,6 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
                 var delay = TimeSpan.FromMilliseconds(random.Next(0, 3));
                 var scheduled = Stopwatch.GetTimestamp();
                 var cancel = random.Next(3) == 0 ? new Cancelable((IScheduler)scheduler) : null;
-                cancels[id] = cancel;
                 ((IScheduler)scheduler).Advanced.ScheduleOnce(delay, () =>
                 {
                     if (Stopwatch.GetElapsedTime(scheduled) < delay)
@@ -192,6 +200,78 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
         Assert.All(runs, r => Assert.InRange(r, 0, 1));
         Assert.Equal(0, early);
         _output.WriteLine($"ran {runs.Sum()} of {runs.Length}, {runs.Length - expected.Count} cancelled before their time");
+    }
+
+    [Fact]
+    public async Task A_shutdown_racing_timers_and_schedules_runs_each_registration_at_most_once_and_every_accepted_one()
+    {
+        var scheduler = Standalone();
+        const int Threads = 4;
+        const int Cap = 50_000;
+        var runs = new int[Threads * Cap];
+        var repeats = 0;
+        var accepted = new ConcurrentBag<int>();
+        var refused = new ConcurrentBag<int>();
+        var halfway = new CountdownEvent(Threads);
+
+        // Repeated ones too: a shutdown must not leave one armed behind it.
+        for (var i = 0; i < 50; i++)
+        {
+            ((IScheduler)scheduler).Advanced.ScheduleRepeatedly(TimeSpan.FromMilliseconds(i % 3), TimeSpan.FromMilliseconds(1), () => Interlocked.Increment(ref repeats));
+        }
+
+        // Each thread schedules until the shutdown refuses it, so schedules race the shutdown.
+        var workers = Enumerable.Range(0, Threads).Select(t => Task.Run(() =>
+        {
+            var random = new Random(t);
+            for (var i = 0; i < Cap; i++)
+            {
+                if (i == 1_000)
+                {
+                    halfway.Signal();
+                }
+
+                var id = (t * Cap) + i;
+                var cancel = random.Next(4) == 0 ? new Cancelable((IScheduler)scheduler) : null;
+                try
+                {
+                    ((IScheduler)scheduler).Advanced.ScheduleOnce(TimeSpan.FromMilliseconds(random.Next(0, 3)), () => Interlocked.Increment(ref runs[id]), cancel);
+                }
+                catch (SchedulerException)
+                {
+                    refused.Add(id);
+                    return;
+                }
+
+                if (cancel is null)
+                {
+                    accepted.Add(id);
+                }
+                else
+                {
+                    cancel.Cancel();
+                }
+            }
+        })).ToArray();
+
+        halfway.Wait(TimeSpan.FromSeconds(60));
+        scheduler.Dispose();
+        await Task.WhenAll(workers);
+
+        // Every accepted one ran, by its timer or by the shutdown, exactly once; a refused one never.
+        await AwaitConditionAsync(() => Task.FromResult(accepted.All(id => Volatile.Read(ref runs[id]) == 1)), TimeSpan.FromSeconds(60));
+        await AwaitConditionAsync(() => Task.FromResult(scheduler.Pending == 0), TimeSpan.FromSeconds(60));
+        Assert.All(runs, r => Assert.InRange(r, 0, 1));
+        Assert.All(refused, id => Assert.Equal(0, runs[id]));
+        Assert.Equal(Threads, refused.Count);
+
+        // Nothing was left armed: the repeated actions stay still (a fence on another scheduler).
+        var repeated = Volatile.Read(ref repeats);
+        var fence = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Sys.Scheduler.Advanced.ScheduleOnce(TimeSpan.FromMilliseconds(30), () => fence.SetResult());
+        await fence.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(repeated, Volatile.Read(ref repeats));
+        _output.WriteLine($"accepted {accepted.Count}, refused after the shutdown {refused.Count}, repeated runs {repeated}");
     }
 
     private TimerQueueScheduler Standalone() => new(ConfigurationFactory.Empty, Sys.Log);
