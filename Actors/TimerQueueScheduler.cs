@@ -165,7 +165,16 @@ public sealed class TimerQueueScheduler : SchedulerBase, IDateTimeOffsetNowTimeP
         }
 
         // A shutdown that began meanwhile may have missed it: it runs once now, as the others did.
-        if (Volatile.Read(ref _stopped) != 0 && registration.TryClaimForShutdown())
+        if (Volatile.Read(ref _stopped) != 0)
+        {
+            RunIfClaimedForShutdown(registration);
+        }
+    }
+
+    // A waiting registration the shutdown did not reach: taken from the timer and run once.
+    private void RunIfClaimedForShutdown(Registration registration)
+    {
+        if (registration.TryClaimForShutdown())
         {
             _pending.TryRemove(registration, out _);
             if (!registration.Cancelled)
@@ -263,14 +272,7 @@ public sealed class TimerQueueScheduler : SchedulerBase, IDateTimeOffsetNowTimeP
         // take it: look again now that it waits (both sides use full fences, so one sees the other).
         if (Volatile.Read(ref _stopped) != 0)
         {
-            if (registration.TryClaimForShutdown())
-            {
-                _pending.TryRemove(registration, out _);
-                if (!registration.Cancelled)
-                {
-                    Run(registration);
-                }
-            }
+            RunIfClaimedForShutdown(registration);
         }
         else if (registration.Cancelled)
         {
@@ -312,19 +314,14 @@ public sealed class TimerQueueScheduler : SchedulerBase, IDateTimeOffsetNowTimeP
     }
 
     // The actor cell unwraps these before the actor sees the message (as it does the wheel's).
-    private sealed class ScheduledMessage(object message) : IScheduledTellMsg
+    private class ScheduledMessage(object message) : IScheduledTellMsg
     {
         public object Message => message;
 
         public override string ToString() => $"{{Scheduled: {message}}}";
     }
 
-    private sealed class ScheduledMessageNoReceiveTimeout(object message) : IScheduledTellMsg, INotInfluenceReceiveTimeout
-    {
-        public object Message => message;
-
-        public override string ToString() => $"{{Scheduled: {message}}}";
-    }
+    private sealed class ScheduledMessageNoReceiveTimeout(object message) : ScheduledMessage(message), INotInfluenceReceiveTimeout;
 
     private sealed class Registration
     {
