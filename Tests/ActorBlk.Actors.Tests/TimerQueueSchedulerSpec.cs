@@ -62,6 +62,19 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public void A_receive_timeout_fires_through_scheduled_ticks_that_do_not_influence_it()
+    {
+        // A receive timeout is itself a scheduled tell. An actor whose periodic timer (also on the
+        // scheduler) sends it messages that do not influence the timeout still gets the timeout
+        // while they keep coming; a message that does influence it (the string) restarts it.
+        var actor = Sys.ActorOf(Props.Create(() => new IdleWatcher(TestActor)));
+        ExpectMsg<ReceiveTimeout>();
+        actor.Tell("stop-ticking");
+        ExpectMsg("stopped");
+        ExpectMsg<ReceiveTimeout>();
+    }
+
+    [Fact]
     public async Task A_cancelled_tell_never_arrives_and_its_timer_is_freed_at_once()
     {
         using var scheduler = Standalone();
@@ -272,6 +285,30 @@ public sealed class TimerQueueSchedulerSpec : Akka.TestKit.Xunit2.TestKit
         await fence.Task.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.Equal(repeated, Volatile.Read(ref repeats));
         _output.WriteLine($"accepted {accepted.Count}, refused after the shutdown {refused.Count}, repeated runs {repeated}");
+    }
+
+    private sealed record Tick : INotInfluenceReceiveTimeout;
+
+    private sealed class IdleWatcher : ReceiveActor, IWithTimers
+    {
+        public IdleWatcher(IActorRef probe)
+        {
+            Receive<Tick>(_ => { });
+            Receive<ReceiveTimeout>(t => probe.Tell(t));
+            Receive<string>(_ =>
+            {
+                Timers.Cancel("tick");
+                probe.Tell("stopped");
+            });
+        }
+
+        public ITimerScheduler Timers { get; set; } = null!;
+
+        protected override void PreStart()
+        {
+            Timers.StartPeriodicTimer("tick", new Tick(), TimeSpan.FromMilliseconds(5));
+            Context.SetReceiveTimeout(TimeSpan.FromMilliseconds(100));
+        }
     }
 
     private TimerQueueScheduler Standalone() => new(ConfigurationFactory.Empty, Sys.Log);
