@@ -60,11 +60,6 @@ public static class DeviceBuilder
         ArgumentNullException.ThrowIfNull(options);
         var queue = new RequestQueue(options.Name, tagSet, driver, options.ToQueueOptions(), clock);
         ApplyLimits(options, queue);
-        if (driver is Drivers.Nbd.NbdClientDriver { ReadOnly: true })
-        {
-            queue.ReadOnly = true; // the server exports it read-only
-        }
-
         return queue;
     }
 

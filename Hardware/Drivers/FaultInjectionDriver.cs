@@ -129,6 +129,9 @@ public sealed class FaultInjectionDriver : IBlockDriver
     public QueueLimits Limits => _inner.Limits;
 
     /// <inheritdoc />
+    public bool ReadOnly => _inner.ReadOnly;
+
+    /// <inheritdoc />
     public DriverFeatures Features =>
         (_inner.Features & ~DriverFeatures.Poll) | DriverFeatures.Resettable | DriverFeatures.Reopenable |
         (_options.LatencyRate > 0 ? DriverFeatures.Blocking : 0) | (_inner.Features & DriverFeatures.Poll);

@@ -71,6 +71,14 @@ public interface IBlockDriver : IDisposable
     /// <summary>One line describing the device for the start-up log (backing store, engine); the kind by default.</summary>
     string Description => Kind;
 
+    /// <summary>
+    /// True when the device behind the driver refuses writes whatever the queue says: an NBD
+    /// server that exports it read-only, a file opened read-only. The queue is then read-only from
+    /// its creation and cannot be made writable (<c>set_disk_ro</c> by the driver, which
+    /// <c>BLKROSET</c> cannot undo). False by default.
+    /// </summary>
+    bool ReadOnly => false;
+
     /// <summary>Geometry, capacity and capabilities of the device.</summary>
     QueueLimits Limits { get; }
 

@@ -126,6 +126,7 @@ public sealed partial class RequestQueue
         _driver = driver;
         _limits = driver.Limits;
         ApplyOptions(options, tagSet.TimeoutMs);
+        _readOnly |= driver.ReadOnly;
         _ioPoll = options.IoPoll && tagSet.PollQueues > 0 && (driver.Features & DriverFeatures.Poll) != 0;
         _nrRequests = tagSet.QueueDepth;
 
@@ -320,10 +321,19 @@ public sealed partial class RequestQueue
     }
 
     /// <summary>The device refuses writes.</summary>
+    /// <exception cref="InvalidOperationException">Set to false on a queue whose driver is read-only (<see cref="IBlockDriver.ReadOnly"/>).</exception>
     public bool ReadOnly
     {
         get => _readOnly;
-        set => _readOnly = value;
+        set
+        {
+            if (!value && _driver is { ReadOnly: true })
+            {
+                throw new InvalidOperationException($"{Name}: the driver's device is read-only ({_driver.Description}); the queue cannot be made writable");
+            }
+
+            _readOnly = value;
+        }
     }
 
     /// <summary>The device is rotational.</summary>

@@ -242,6 +242,11 @@ public sealed class QueueAttributes
                 throw new AttributeException(path, AttributeErrno.EINVAL, $"{value} is not 0 or 1");
             }
 
+            if (value == 0 && q.Kind == QueueKind.MultiQueue && q.Driver.ReadOnly)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"the driver's device is read-only ({q.Driver.Description}); it cannot be made writable");
+            }
+
             q.ReadOnly = value == 1;
             return ValueTask.CompletedTask;
         });

@@ -146,6 +146,9 @@ public sealed class FileBlockDriver : IBlockDriver
     /// <summary>Why psync serves although io_uring was asked for; null when it does not.</summary>
     public string? FallbackReason => Volatile.Read(ref _fallbackReason);
 
+    /// <inheritdoc />
+    public bool ReadOnly => _target.ReadOnly;
+
     /// <summary>One line for the start-up log: backing store, mode, engine and its set-up.</summary>
     public string Description
     {

@@ -124,7 +124,7 @@ public sealed class NbdClientDriver : IBlockDriver
     /// <inheritdoc />
     public QueueLimits Limits { get; }
 
-    /// <summary>The server exports the device read-only.</summary>
+    /// <summary>The server exports the device read-only (<c>NBD_FLAG_READ_ONLY</c>): the queue is read-only too.</summary>
     public bool ReadOnly => (_flags & NbdTransmissionFlags.ReadOnly) != 0;
 
     /// <inheritdoc />

@@ -75,6 +75,45 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
         }
     }
 
+    // Found from outside: a device entry of a node's configuration (`driver = nbd`) on an export
+    // the server marks read-only (NBD_FLAG_READ_ONLY, `nbdkit -r`) was created writable, because
+    // only the device builder, not the block layer's actor, looked at the driver's flag. Writes
+    // went to the server and came back as EINVAL, and our own export re-exported it writable.
+    [Fact]
+    public async Task A_read_only_export_is_a_read_only_device_that_cannot_be_made_writable()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "ro0", Size = 8 << 20, MemoryBacked = true, ReadOnly = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        await using var server = Serve(backing);
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/ro0" });
+        try
+        {
+            Assert.True(remote.IsReadOnly);
+            Assert.Equal("1\n", layer.ReadAttribute("block/remote0/queue/read_only"));
+
+            // Refused here with a typed reason, not sent to the server.
+            var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await remote.WriteAsync(0, new byte[4096]));
+            Assert.Equal(InvalidRequestReason.ReadOnly, refused.Reason);
+            Assert.Equal(0UL, backing.Queue.Stats.Read().WriteIos);
+
+            // The attribute cannot make it writable; nothing changes.
+            var error = await Assert.ThrowsAsync<ActorBlk.Hardware.Sysfs.AttributeException>(async () => await layer.WriteAttributeAsync("block/remote0/queue/read_only", "0"));
+            Assert.Equal(ActorBlk.Hardware.Sysfs.AttributeErrno.EINVAL, error.Errno);
+            Assert.Contains("read-only", error.Reason, StringComparison.Ordinal);
+            Assert.True(remote.IsReadOnly);
+            await layer.WriteAttributeAsync("block/remote0/queue/read_only", "1");
+
+            // Reads still work.
+            var back = new byte[4096];
+            await remote.ReadAsync(0, back);
+        }
+        finally
+        {
+            await layer.DestroyDeviceAsync("remote0");
+        }
+    }
+
     [Fact]
     public async Task A_server_that_stays_gone_turns_the_device_offline_with_offline_errors()
     {

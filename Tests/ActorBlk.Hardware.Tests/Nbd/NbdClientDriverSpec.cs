@@ -69,9 +69,49 @@ public sealed class NbdClientDriverSpec
     public async Task Against_nbdkit_memory_reads_and_writes()
     {
         Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        await WithNbdkitAsync(["memory", "64M"], async port =>
+        {
+            await using var devices = new RingDevices(2);
+            var device = devices.Create(new DeviceOptions { Name = "kit0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}", Connections = 2 }, CpuTopology.Simulated(2));
+            await ExerciseAsync(device, 64 << 20);
+        });
+    }
+
+    // nbdkit -r: NBD_FLAG_READ_ONLY, and no trim or zeroes. The device is read-only and refuses
+    // writes itself, with a typed reason, instead of sending them for the server to refuse.
+    [SkippableFact]
+    public async Task Against_nbdkit_read_only_the_device_is_read_only()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        await WithNbdkitAsync(["-r", "memory", "16M"], async port =>
+        {
+            await using var devices = new RingDevices(2);
+            var device = devices.Create(new DeviceOptions { Name = "kitro0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}" }, CpuTopology.Simulated(2));
+            Assert.True(device.IsReadOnly);
+            Assert.True(device.Queue.Driver.ReadOnly);
+            var error = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.WriteAsync(0, new byte[4096]));
+            Assert.Equal(InvalidRequestReason.ReadOnly, error.Reason);
+
+            // The server offers neither zeroes nor trim on a read-only export: refused here too
+            // (support is checked before read-only, see BlockDevice's validation).
+            foreach (var write in new Func<Task>[] { async () => await device.WriteZeroesAsync(0, 4096), async () => await device.DiscardAsync(0, 4096) })
+            {
+                Assert.Contains((await Assert.ThrowsAsync<InvalidBlockRequestException>(write)).Reason, new[] { InvalidRequestReason.NotSupported, InvalidRequestReason.ReadOnly });
+            }
+
+            Assert.Throws<InvalidOperationException>(() => device.Queue.ReadOnly = false);
+            Assert.True(device.IsReadOnly);
+            var back = new byte[4096];
+            await device.ReadAsync(4096, back);
+            Assert.All(back, b => Assert.Equal(0, b));
+        });
+    }
+
+    private static async Task WithNbdkitAsync(string[] args, Func<int, Task> body)
+    {
         var port = FreePort();
         var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "memory", "64M" })
+        foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture) }.Concat(args))
         {
             psi.ArgumentList.Add(a);
         }
@@ -80,9 +120,7 @@ public sealed class NbdClientDriverSpec
         try
         {
             await Condition.EventuallyAsync(() => CanConnect(port), "nbdkit listens");
-            await using var devices = new RingDevices(2);
-            var device = devices.Create(new DeviceOptions { Name = "kit0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}", Connections = 2 }, CpuTopology.Simulated(2));
-            await ExerciseAsync(device, 64 << 20);
+            await body(port);
         }
         finally
         {
