@@ -28,6 +28,9 @@ public sealed record NbdExportSettings(
     int MaxPayload,
     TimeSpan HandshakeTimeout)
 {
+    /// <summary>At shutdown, how long connections may take to answer the requests in flight before they are closed (<c>shutdown-grace</c>).</summary>
+    public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
+
     /// <summary>Reads <c>actorblk.nbd</c> of <paramref name="config"/> over the library defaults.</summary>
     /// <exception cref="ConfigurationException">A key is malformed; the message names it.</exception>
     public static NbdExportSettings Create(Config config)
@@ -57,7 +60,10 @@ public sealed record NbdExportSettings(
             c.GetInt("max-connections", 1024),
             c.GetInt("max-in-flight", 128),
             (int)payload,
-            c.GetTimeSpan("handshake-timeout", TimeSpan.FromSeconds(30)));
+            c.GetTimeSpan("handshake-timeout", TimeSpan.FromSeconds(30)))
+        {
+            ShutdownGrace = c.GetTimeSpan("shutdown-grace", TimeSpan.FromSeconds(3)),
+        };
     }
 
     /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>
@@ -96,6 +102,7 @@ public sealed record NbdExportSettings(
             MaxInFlight = MaxInFlight,
             MaxPayload = MaxPayload,
             HandshakeTimeout = HandshakeTimeout,
+            ShutdownGrace = ShutdownGrace,
         };
     }
 

@@ -14,7 +14,7 @@ public sealed class BlockDevice : IBlockDevice
     /// <summary>Most bytes one call moves (a bio's size is 32-bit, as in the kernel); split larger ranges.</summary>
     public const long MaxIoBytes = int.MaxValue & ~4095L;
 
-    private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge;
+    private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge | RequestFlags.NoUnmap;
 
     private readonly Func<BlockDevice, ValueTask>? _dispose;
     private readonly bool _threadPoolContinuations;

@@ -96,6 +96,20 @@ public sealed class MemoryStore
         }
     }
 
+    /// <summary>Zeroes a range and keeps it allocated (write-zeroes with <c>REQ_NOUNMAP</c>): no page is freed, missing ones are created.</summary>
+    public void ZeroProvisioned(long offset, long length)
+    {
+        CheckRange(offset, length);
+        var end = offset + length;
+        while (offset < end)
+        {
+            var inPage = (int)(offset & (PageSize - 1));
+            var n = (int)Math.Min(PageSize - inPage, end - offset);
+            PageAt(offset >> PageShift, create: true)!.AsSpan(inPage, n).Clear();
+            offset += n;
+        }
+    }
+
     /// <summary>
     /// Measures the run of same-state bytes that starts at <paramref name="offset"/>: allocated
     /// (a page exists) or a hole (no page; reads as zeroes). The run stops at the first page of

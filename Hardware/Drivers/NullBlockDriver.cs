@@ -250,6 +250,9 @@ public sealed class NullBlockDriver : IBlockDriver, IAllocationMap
                 }
 
                 return BlockStatus.Ok;
+            case BlockOp.WriteZeroes when (rq.Flags & RequestFlags.NoUnmap) != 0:
+                store.ZeroProvisioned(rq.Offset, rq.Bytes);
+                return BlockStatus.Ok;
             case BlockOp.Discard:
             case BlockOp.WriteZeroes:
                 store.Zero(rq.Offset, rq.Bytes);

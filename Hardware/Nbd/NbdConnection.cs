@@ -54,6 +54,9 @@ public sealed class NbdConnection
     private readonly Channel<NbdRequestSlot> _free = Channel.CreateUnbounded<NbdRequestSlot>(SlotChannelOptions);
     private readonly List<NbdRequestSlot> _slots = [];
     private readonly CancellationTokenSource _abort = new();
+
+    // Cancelled by StopReading (server shutdown) and by Abort: ends the reader's waits.
+    private readonly CancellationTokenSource _stopReading;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private NbdRequestSlot[] _batch = [];
     private int _batchCount;
@@ -81,12 +84,15 @@ public sealed class NbdConnection
     private int _references = 1;
     private int _inFlight;
     private volatile bool _broken;
+    private volatile bool _transmitting;
+    private volatile bool _stopRequested;
 
     internal NbdConnection(NbdServer server, Socket socket, long id)
     {
         _server = server;
         _socket = socket;
         Id = id;
+        _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         socket.NoDelay = true;
         _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false));
         _stream = _plain;
@@ -147,6 +153,40 @@ public sealed class NbdConnection
     }
 
     /// <summary>
+    /// The server is shutting down: take no further request, let the requests in flight complete
+    /// and send their replies, then close (the protocol's "wait for inflight requests to be
+    /// serviced prior to initiating a hard disconnect"). A connection still negotiating has
+    /// nothing in flight and is closed at once. <see cref="Abort"/> after a grace period ends
+    /// what is left.
+    /// </summary>
+    internal void StopReading()
+    {
+        _stopRequested = true;
+        if (!_transmitting)
+        {
+            Abort();
+            return;
+        }
+
+        try
+        {
+            _stopReading.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
+        try
+        {
+            // Wakes a reader blocked in poll; the replies still go out on the sending side.
+            _socket.Shutdown(SocketShutdown.Receive);
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>
     /// Called by a slot when the block layer completed its last part (on the completion context)
     /// or by the reader for a request answered at once. The reply is written from here when no
     /// other thread is writing: a separate writer task would cost one more thread wake-up per reply.
@@ -183,6 +223,13 @@ public sealed class NbdConnection
                 }
 
                 transmitted = true;
+                _transmitting = true;
+                if (_stopRequested)
+                {
+                    // The server began to stop during the negotiation's last step.
+                    Abort();
+                }
+
                 if (_tls is null && OperatingSystem.IsLinux() && Environment.CurrentManagedThreadId == _threadId)
                 {
                     // Still on the connection's thread (every await so far completed at once).
@@ -267,6 +314,7 @@ public sealed class NbdConnection
         }
 
         _socket.Dispose();
+        _stopReading.Dispose();
         _abort.Dispose();
         _completion.TrySetResult();
     }
@@ -554,10 +602,17 @@ public sealed class NbdConnection
 
     private async Task MetaContextAsync(NbdOption option, byte[] data, CancellationToken ct)
     {
-        if (option == NbdOption.SetMetaContext && !_structured)
+        if (option == NbdOption.SetMetaContext)
         {
-            await ReplyErrorAsync(option, NbdReply.ErrInvalid, "NBD_OPT_SET_META_CONTEXT needs structured replies first", ct).ConfigureAwait(false);
-            return;
+            // "Issuing this command replaces all previously-set metadata contexts (including
+            // when this command fails)."
+            _allocationContext = false;
+            _contextExport = null;
+            if (!_structured)
+            {
+                await ReplyErrorAsync(option, NbdReply.ErrInvalid, "NBD_OPT_SET_META_CONTEXT needs structured replies first", ct).ConfigureAwait(false);
+                return;
+            }
         }
 
         var queries = ParseContextQueries(data, out var exportName);
@@ -576,7 +631,9 @@ public sealed class NbdConnection
         var selected = false;
         var context = Encoding.UTF8.GetBytes(NbdProtocol.BaseAllocation);
         var entry = new byte[4 + context.Length];
-        BinaryPrimitives.WriteUInt32BigEndian(entry, NbdProtocol.BaseAllocationId);
+
+        // LIST's replies carry the reserved id 0 ("SHOULD be set to zero"); SET's the id to use.
+        BinaryPrimitives.WriteUInt32BigEndian(entry, option == NbdOption.SetMetaContext ? NbdProtocol.BaseAllocationId : 0);
         context.CopyTo(entry, 4);
         var matches = option == NbdOption.ListMetaContext
             ? queries.Count == 0 || queries.Any(q => q is "base:" or NbdProtocol.BaseAllocation)
@@ -736,8 +793,8 @@ public sealed class NbdConnection
     private async Task ReadRequestsAsync()
     {
         var device = _device!;
-        var ct = _abort.Token;
-        while (true)
+        var ct = _stopReading.Token;
+        while (!_broken && !_stopRequested)
         {
             // Requests already buffered are taken without waiting, and their replies are held
             // back (corked) until the buffer is used up: then one write sends them all. Before
@@ -892,7 +949,7 @@ public sealed class NbdConnection
                 {
                     // Slots come back when their replies were written: those held back must go now.
                     Uncork();
-                    slot = _free.Reader.ReadAsync(_abort.Token).AsTask().GetAwaiter().GetResult();
+                    slot = _free.Reader.ReadAsync(_stopReading.Token).AsTask().GetAwaiter().GetResult();
                 }
 
                 Start(slot, header);
@@ -926,6 +983,13 @@ public sealed class NbdConnection
     /// <summary>Makes the input buffer hold at least <paramref name="count"/> unread bytes; false at the end of the stream.</summary>
     private bool Fill(int fd, int count)
     {
+        // A broken connection (its replies cannot be delivered: the client reset it) takes no more
+        // of what it had buffered, and a stopping server takes no new request.
+        if (_broken || _stopRequested)
+        {
+            return false;
+        }
+
         while (_inEnd - _inStart < count)
         {
             if (_in.Length - _inStart < count)
@@ -1095,7 +1159,9 @@ public sealed class NbdConnection
                 Submit(device, slot, BlockOp.Discard, slot.Offset, slot.Length, default, flags);
                 break;
             case NbdCommand.WriteZeroes:
-                Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default, flags);
+                // NO_HOLE: "the area MUST be fully provisioned", which REQ_NOUNMAP asks of the driver.
+                Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default,
+                    (slot.Flags & NbdCommandFlags.NoHole) != 0 ? flags | RequestFlags.NoUnmap : flags);
                 break;
             case NbdCommand.BlockStatus:
                 // Answered by the writer from the driver's allocation map (or as one data extent).
@@ -1127,9 +1193,16 @@ public sealed class NbdConnection
             return NbdError.Perm;
         }
 
-        if (slot.Length == 0 || slot.Offset < 0 || slot.Offset > device.Capacity - slot.Length)
+        if (slot.Length == 0 || slot.Offset < 0)
         {
             return NbdError.Invalid;
+        }
+
+        if (slot.Offset > device.Capacity - slot.Length)
+        {
+            // "The server SHOULD return NBD_ENOSPC if it receives a write [or write zeroes]
+            // request including one or more sectors beyond the size of the device."
+            return command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid;
         }
 
         if (command == NbdCommand.Read && slot.Length > (uint)Options.MaxPayload)
@@ -1142,12 +1215,13 @@ public sealed class NbdConnection
             return _allocationContext ? NbdError.None : NbdError.Invalid;
         }
 
-        var allowed = command switch
+        // FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated, in which
+        // case the server MUST accept all commands with this bit set (even by ignoring the bit)".
+        var allowed = NbdCommandFlags.Fua | command switch
         {
-            NbdCommand.Write => NbdCommandFlags.Fua,
-            NbdCommand.Trim => NbdCommandFlags.Fua,
-            NbdCommand.WriteZeroes => NbdCommandFlags.Fua | NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
-            _ => NbdCommandFlags.DontFragment,
+            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
+            NbdCommand.Read => NbdCommandFlags.DontFragment,
+            _ => NbdCommandFlags.None,
         };
         if ((slot.Flags & ~allowed) != 0)
         {

@@ -81,9 +81,11 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Stops accepting, closes every connection and waits until each connection's requests
-    /// have completed in the block layer (they are not cancelled: every request completes and
-    /// frees its tag).
+    /// Stops accepting and stops every connection: each takes no further request, and the
+    /// requests in flight complete and are answered before it closes, for at most
+    /// <see cref="NbdServerOptions.ShutdownGrace"/>; connections still open then are closed hard
+    /// (replies not yet sent are dropped). Returns when every connection's requests have completed
+    /// in the block layer (they are never cancelled: every request completes and frees its tag).
     /// </summary>
     public async ValueTask DisposeAsync()
     {
@@ -107,10 +109,22 @@ public sealed class NbdServer : IAsyncDisposable
         var open = _connections.Values.ToArray();
         foreach (var c in open)
         {
-            c.Abort();
+            c.StopReading();
         }
 
-        await Task.WhenAll(open.Select(c => c.Completion)).ConfigureAwait(false);
+        var all = Task.WhenAll(open.Select(c => c.Completion));
+        using (var grace = new CancellationTokenSource(Options.ShutdownGrace))
+        {
+            if (await Task.WhenAny(all, Task.Delay(Timeout.Infinite, grace.Token)).ConfigureAwait(false) != all)
+            {
+                foreach (var c in open)
+                {
+                    c.Abort();
+                }
+            }
+        }
+
+        await all.ConfigureAwait(false);
         _stopping.Dispose();
     }
 

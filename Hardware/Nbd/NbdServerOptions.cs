@@ -49,6 +49,12 @@ public sealed record NbdServerOptions
     /// <summary>How long a client may take to finish negotiation.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// At shutdown, how long connections may take to answer the requests they have in flight
+    /// before they are closed hard (zero: at once). They take no new request meanwhile.
+    /// </summary>
+    public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
+
     /// <summary>Checks the settings.</summary>
     /// <exception cref="ArgumentException">A setting is out of range, TLS lacks a certificate, or a non-loopback address is used without TLS and without <see cref="AllowInsecure"/>.</exception>
     public void Validate()
@@ -72,6 +78,11 @@ public sealed record NbdServerOptions
         if (HandshakeTimeout <= TimeSpan.Zero)
         {
             throw new ArgumentException("handshake-timeout must be positive.", nameof(HandshakeTimeout));
+        }
+
+        if (ShutdownGrace < TimeSpan.Zero || ShutdownGrace > TimeSpan.FromMinutes(10))
+        {
+            throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {ShutdownGrace}.", nameof(ShutdownGrace));
         }
 
         if (Tls != NbdTlsMode.Off && Certificate is null)

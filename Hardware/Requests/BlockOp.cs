@@ -49,6 +49,12 @@ public enum RequestFlags : ushort
 
     /// <summary>Allocate from the reserved tags (<c>BLK_MQ_REQ_RESERVED</c>).</summary>
     Reserved = 1 << 7,
+
+    /// <summary>
+    /// Write-zeroes only: the range stays provisioned, no block is freed (<c>REQ_NOUNMAP</c>, NBD's
+    /// <c>NBD_CMD_FLAG_NO_HOLE</c>). Without it a driver may free what it zeroes. Other operations ignore it.
+    /// </summary>
+    NoUnmap = 1 << 8,
 }
 
 /// <summary>Helpers over <see cref="BlockOp"/>.</summary>

@@ -103,7 +103,7 @@ internal abstract class FileEngine : IDisposable
             case BlockOp.WriteZeroes:
                 return target.IsBlockDevice
                     ? RangeIoctl(fd, LibC.BLKZEROOUT, rq.Offset, rq.Bytes)
-                    : ZeroFileRange(fd, rq.Offset, rq.Bytes);
+                    : ZeroFileRange(fd, rq.Offset, rq.Bytes, provisioned: (rq.Flags & RequestFlags.NoUnmap) != 0);
 
             default:
                 return BlockStatus.NotSupported;
@@ -111,15 +111,20 @@ internal abstract class FileEngine : IDisposable
     }
 
     /// <summary>
-    /// Zeroes a file range: FALLOC_FL_ZERO_RANGE, or punching a hole where the file system has no
-    /// zero-range (tmpfs); either way the range reads back as zeroes.
+    /// Zeroes a file range: FALLOC_FL_ZERO_RANGE (which keeps the blocks allocated), or punching a
+    /// hole where the file system has no zero-range (tmpfs), then, when <paramref name="provisioned"/>
+    /// (<c>REQ_NOUNMAP</c>), allocating the range again; either way the range reads back as zeroes.
     /// </summary>
-    public static BlockStatus ZeroFileRange(int fd, long offset, long length)
+    public static BlockStatus ZeroFileRange(int fd, long offset, long length, bool provisioned = false)
     {
         var status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
-        return status == BlockStatus.NotSupported
-            ? Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length)
-            : status;
+        if (status != BlockStatus.NotSupported)
+        {
+            return status;
+        }
+
+        status = Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        return status == BlockStatus.Ok && provisioned ? Fallocate(fd, LibC.FALLOC_FL_KEEP_SIZE, offset, length) : status;
     }
 
     private static BlockStatus FDataSync(int fd)

@@ -654,7 +654,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (result == -LibC.EOPNOTSUPP && rq.Op == BlockOp.WriteZeroes)
             {
-                var zeroed = ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes);
+                var zeroed = ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes, provisioned: (rq.Flags & RequestFlags.NoUnmap) != 0);
                 BlockTime.Invalidate();
                 return zeroed;
             }

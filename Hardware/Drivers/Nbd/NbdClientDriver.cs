@@ -207,6 +207,11 @@ public sealed class NbdClientDriver : IBlockDriver
         var flags = (request.Flags & RequestFlags.Fua) != 0 && Limits.Fua && command != NbdCommand.Flush && command != NbdCommand.Read
             ? NbdCommandFlags.Fua
             : NbdCommandFlags.None;
+        if (command == NbdCommand.WriteZeroes && (request.Flags & RequestFlags.NoUnmap) != 0)
+        {
+            flags |= NbdCommandFlags.NoHole; // as Linux's nbd driver sends REQ_NOUNMAP
+        }
+
         request.Start();
         connection.Enqueue(request, command, flags);
         if (last)

@@ -56,4 +56,14 @@ public sealed class NbdTlsSettingsSpec
         var keyless = NbdExportSettings.Create(ConfigurationFactory.ParseString($$"""actorblk.nbd { listen = "127.0.0.1:0", tls = on, certificate = "{{ca}}" }"""));
         Assert.Throws<ConfigurationException>(() => keyless.ToServerOptions());
     }
+
+    [Fact]
+    public void Shutdown_grace_comes_from_hocon_with_a_three_second_default_and_bad_values_are_refused()
+    {
+        Assert.Equal(TimeSpan.FromSeconds(3), NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd.listen = "127.0.0.1:0" """)).ToServerOptions().ShutdownGrace);
+        var set = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", shutdown-grace = 250ms }"""));
+        Assert.Equal(TimeSpan.FromMilliseconds(250), set.ToServerOptions().ShutdownGrace);
+        var bad = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", shutdown-grace = 2h }""")).ToServerOptions();
+        Assert.Contains("shutdown-grace", Assert.Throws<ArgumentException>(bad.Validate).Message, StringComparison.Ordinal);
+    }
 }

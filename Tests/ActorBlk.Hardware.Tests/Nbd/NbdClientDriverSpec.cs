@@ -65,6 +65,30 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(InvalidRequestReason.ReadOnly, (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await ro.WriteAsync(0, new byte[512]))).Reason);
     }
 
+    // REQ_NOUNMAP on write-zeroes goes out as NBD_CMD_FLAG_NO_HOLE (as Linux's nbd driver sends
+    // it), so the served memory device keeps the range allocated; without it the pages are freed.
+    [Fact]
+    public async Task Write_zeroes_with_no_unmap_is_sent_with_no_hole()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = fx.Uri("mem0") }, CpuTopology.Simulated(2));
+        var map = (ActorBlk.Hardware.Drivers.IAllocationMap)fx.Mem.Queue.Driver;
+        var data = Enumerable.Repeat((byte)0x42, 65536).ToArray();
+        await device.WriteAsync(1 << 20, data);
+        await device.WriteAsync(2 << 20, data);
+        Assert.Equal(ActorBlk.Hardware.Requests.BlockStatus.Ok, await device.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.WriteZeroes, 1 << 20, 65536, default, ActorBlk.Hardware.Requests.RequestFlags.NoUnmap));
+        await device.WriteZeroesAsync(2 << 20, 65536);
+
+        Assert.True(map.TryGetExtent(1 << 20, 65536, out var kept, out var allocated));
+        Assert.Equal((65536L, true), (kept, allocated));
+        Assert.True(map.TryGetExtent(2 << 20, 65536, out var freed, out allocated));
+        Assert.Equal((65536L, false), (freed, allocated));
+        var back = new byte[65536];
+        await device.ReadAsync(1 << 20, back);
+        Assert.All(back, b => Assert.Equal(0, b));
+    }
+
     [SkippableFact]
     public async Task Against_nbdkit_memory_reads_and_writes()
     {

@@ -83,11 +83,12 @@ public sealed class NbdHostileInputSpec
             await client.SendRequestAsync(NbdCommand.Read, 1, 0, (uint)NbdServerOptions.DefaultMaxPayload * 2);
             Assert.Equal((NbdError.Invalid, 1UL), ((await client.ReadSimpleReplyAsync()).Error, 1UL));
 
-            // ... and past the end of the device too.
+            // ... and past the end of the device too; a write-zeroes past the end gets the
+            // protocol's ENOSPC ("SHOULD return NBD_ENOSPC ... beyond the size of the device").
             await client.SendRequestAsync(NbdCommand.Read, 2, (ulong)NbdExportFixture.MemSize, 4096);
             Assert.Equal(NbdError.Invalid, (await client.ReadSimpleReplyAsync()).Error);
             await client.SendRequestAsync(NbdCommand.WriteZeroes, 3, (ulong)NbdExportFixture.MemSize - 4096, 8192);
-            Assert.Equal(NbdError.Invalid, (await client.ReadSimpleReplyAsync()).Error);
+            Assert.Equal(NbdError.NoSpace, (await client.ReadSimpleReplyAsync()).Error);
 
             // Lost framing cannot be recovered: a bad magic ends the connection.
             await client.SendRequestAsync(NbdCommand.Read, 4, 0, 4096, magic: 0xdeadbeef);
