@@ -33,6 +33,7 @@ public sealed partial class BlockLayer : IExtension
     private readonly DeviceOpener _opener;
     private string? _nbdEndpoint;
     private long _shutdownDrainTicks;
+    private readonly CancellationTokenSource _stopping = new();
 
     /// <summary>Created by Akka through <see cref="BlockLayerProvider"/>.</summary>
     public BlockLayer(ExtendedActorSystem system)
@@ -56,6 +57,14 @@ public sealed partial class BlockLayer : IExtension
         system.SystemActorOf(Akka.Actor.Props.Create(() => new GuardianWatchdog(this)), GuardianName + "-watchdog");
 
         var shutdown = CoordinatedShutdown.Get(system);
+
+        // Waits of the start-up (a cluster to join, a stacked device's member to appear) end when
+        // the node is told to stop, so SIGTERM stops a node that never finished starting.
+        shutdown.AddTask(CoordinatedShutdown.PhaseBeforeServiceUnbind, "actorblk-stopping", () =>
+        {
+            _stopping.Cancel();
+            return Task.FromResult(Done.Instance);
+        });
         shutdown.AddTask(CoordinatedShutdown.PhaseServiceStop, "actorblk-destroy-devices", async () =>
         {
             // Every outstanding I/O must complete (with Offline if need be) while the actors that
@@ -73,6 +82,7 @@ public sealed partial class BlockLayer : IExtension
         CpuAffinity.PinFailed += pinFailed;
         system.WhenTerminated.ContinueWith(_ =>
         {
+            _stopping.Cancel();
             CpuAffinity.PinFailed -= pinFailed;
             SoftIrq.Dispose();
         }, TaskScheduler.Default);
@@ -108,6 +118,13 @@ public sealed partial class BlockLayer : IExtension
     /// system is not a cluster member.
     /// </summary>
     public ClusterDevices ClusterDevices { get; }
+
+    /// <summary>
+    /// Cancelled when the node begins to shut down (coordinated shutdown's first phase) or its
+    /// actor system terminates: start-up waits (the cluster to join, a stacked device's member on
+    /// another node) pass it so that a node told to stop does not wait for them.
+    /// </summary>
+    public CancellationToken Stopping => _stopping.Token;
 
     /// <summary>The NBD server address this node's devices are exported at (<c>nbd://host:port</c>), if any.</summary>
     public string? NbdEndpoint => Volatile.Read(ref _nbdEndpoint);

@@ -56,7 +56,7 @@ public static class ActorBlkHostingExtensions
             foreach (var stacked in layer.Settings.StackedDevices.Concat(stackedDevices))
             {
                 await layer.CreateStackedDeviceAsync(stacked.Name).ConfigureAwait(false);
-                await layer.LoadTableAsync(stacked.Name, stacked.Table).ConfigureAwait(false);
+                await layer.LoadTableAsync(stacked.Name, stacked.Table, layer.Stopping).ConfigureAwait(false);
             }
         });
         return builder;

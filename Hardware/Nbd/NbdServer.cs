@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
+using ActorBlk.Hardware.Interop;
 
 namespace ActorBlk.Hardware.Nbd;
 
@@ -28,7 +29,7 @@ public sealed class NbdServer : IAsyncDisposable
         _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            _listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            ListenSockets.AllowRestart(_listener);
             _listener.Bind(options.Listen);
             _listener.Listen(512);
         }

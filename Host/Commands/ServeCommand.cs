@@ -108,6 +108,7 @@ internal static class ServeCommand
             // device with a member on another node waits for that node to join and publish it.
             .AddStartup(async (system, _) =>
             {
+                started = system;
                 var cluster = Cluster.Get(system);
                 if (cluster.Settings.SeedNodes.Count == 0)
                 {
@@ -122,9 +123,23 @@ internal static class ServeCommand
                 var cluster = Cluster.Get(system);
                 var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 cluster.RegisterOnMemberUp(() => up.TrySetResult());
-                await up.Task.ConfigureAwait(false);
-
                 var layer = BlockLayer.Get(system);
+
+                // A node whose seeds never answer keeps trying to join (Akka retries without end);
+                // told to stop meanwhile, it stops instead of waiting on.
+                using (layer.Stopping.UnsafeRegister(static t => ((TaskCompletionSource)t!).TrySetCanceled(), up))
+                {
+                    try
+                    {
+                        await up.Task.ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        Log.Warning("Stopping before the node joined its cluster (seed nodes {Seeds})", string.Join(", ", cluster.Settings.SeedNodes));
+                        return;
+                    }
+                }
+
                 Log.Information("Node {Address} is up (roles: {Roles}); CPU topology {Topology}",
                     cluster.SelfAddress, string.Join(",", cluster.SelfRoles), layer.Topology.Describe());
                 foreach (var device in layer.Devices.OrderBy(d => d.Name))
@@ -148,7 +163,16 @@ internal static class ServeCommand
                 }
                 else
                 {
-                    var (_, server) = NbdExport.Start(layer, nbdOptions);
+                    ActorBlk.Hardware.Nbd.NbdServer server;
+                    try
+                    {
+                        server = NbdExport.Start(layer, nbdOptions).Server;
+                    }
+                    catch (System.Net.Sockets.SocketException ex)
+                    {
+                        throw new InvalidOperationException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
+                    }
+
                     var endpoint = server.LocalEndPoint;
                     foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
                     {
@@ -164,6 +188,7 @@ internal static class ServeCommand
 
         try
         {
+            ThrowIfRemotingPortInUse(config);
             using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix);
             Log.Information(metrics is null
                 ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
@@ -180,6 +205,12 @@ internal static class ServeCommand
             Log.Information("ActorBlk node stopped");
             return 0;
         }
+        catch (Exception ex) when (ex.GetBaseException() is OperationCanceledException && started is not null && BlockLayer.Get(started).Stopping.IsCancellationRequested)
+        {
+            // Told to stop while the start-up still waited (for a stacked device's member, say).
+            Log.Information("ActorBlk node stopped before its start-up finished");
+            return 0;
+        }
         catch (Exception ex)
         {
             Log.Fatal(ex, "The node failed: {Reason}", ex.GetBaseException().Message);
@@ -188,6 +219,40 @@ internal static class ServeCommand
         finally
         {
             await Log.CloseAndFlushAsync().ConfigureAwait(false);
+        }
+    }
+
+    // Akka's transport binds with SO_REUSEPORT on Linux, so a second node on a port in use would
+    // start beside the first and share its connections: refuse it first, naming the port.
+    private static void ThrowIfRemotingPortInUse(Akka.Configuration.Config config)
+    {
+        var tcp = config.GetConfig("akka.remote.dot-netty.tcp");
+        if (tcp is null)
+        {
+            return;
+        }
+
+        var bindPort = tcp.GetString("bind-port", string.Empty);
+        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : tcp.GetInt("port", 0);
+        var host = tcp.GetString("bind-hostname", string.Empty) is { Length: > 0 } bindHost ? bindHost : tcp.GetString("hostname", string.Empty);
+        if (port == 0 || host.Length == 0)
+        {
+            return;
+        }
+
+        var address = System.Net.IPAddress.TryParse(host, out var parsed) ? parsed : System.Net.Dns.GetHostAddresses(host).FirstOrDefault();
+        if (address is null)
+        {
+            return; // Akka reports a name it cannot resolve itself
+        }
+
+        try
+        {
+            ActorBlk.Hardware.Interop.ListenSockets.ThrowIfInUse(new System.Net.IPEndPoint(address, port));
+        }
+        catch (System.Net.Sockets.SocketException ex) when (ex.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
+        {
+            throw new InvalidOperationException($"the remoting address {host}:{port} is in use (another ActorBlk node?); choose another with --port, or 0 for any free one ({ex.Message})");
         }
     }
 
