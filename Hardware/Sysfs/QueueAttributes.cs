@@ -314,7 +314,8 @@ public sealed class QueueAttributes
     private static string Chomp(string text) => text.EndsWith('\n') ? text[..^1] : text;
 
     // queue_var_store: an unsigned decimal up to UINT_MAX, one trailing newline allowed (§11.3 item 10).
-    private static ulong ParseUnsigned(string path, string text)
+    // Also the rule of md's numeric attributes (kstrtouint), which the mirror's use.
+    internal static ulong ParseUnsigned(string path, string text)
     {
         var digits = Chomp(text);
         if (!ulong.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)

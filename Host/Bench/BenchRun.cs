@@ -54,6 +54,13 @@ internal sealed record BenchResult(
     public long DoubleCompletions { get; init; }
 
     /// <summary>
+    /// The devices that went offline during the run (an I/O completed with
+    /// <see cref="BlockStatus.Offline"/>: the device is gone for good, its owner node left or
+    /// was lost). The run stopped there, as nothing later could succeed.
+    /// </summary>
+    public IReadOnlyList<string> WentOffline { get; init; } = [];
+
+    /// <summary>
     /// The figures of several devices run side by side as one: latencies merged, counters summed,
     /// the longest measured interval (they ran at the same time).
     /// </summary>
@@ -83,6 +90,7 @@ internal sealed record BenchResult(
             FirstError = firstError,
             JitWarmup = results.Max(r => r.JitWarmup),
             Supervision = results.Select(r => r.Supervision).Aggregate((a, b) => a + b),
+            WentOffline = [.. results.SelectMany(r => r.WentOffline)],
         };
     }
 }
@@ -133,6 +141,7 @@ internal sealed class BenchRun
     private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _jobsToStart;
     private volatile bool _stop;
+    private volatile bool _offline;
 
     public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
     {
@@ -297,6 +306,7 @@ internal sealed class BenchRun
             Engines = engines,
             FirstError = firstError,
             JitWarmup = warmup,
+            WentOffline = _offline ? [_device.Name] : [],
         };
     }
 
@@ -477,6 +487,14 @@ internal sealed class BenchRun
         slot.Completed++;
         if (status != BlockStatus.Ok)
         {
+            if (status == BlockStatus.Offline)
+            {
+                // The device is gone for good: every later I/O would fail at once, so the jobs
+                // stop here instead of spinning on errors until the runtime ends.
+                _offline = true;
+                _stop = true;
+            }
+
             slot.Errors++;
             if (status == BlockStatus.Timeout)
             {

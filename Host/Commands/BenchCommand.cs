@@ -170,6 +170,12 @@ internal static class BenchCommand
                 return LostIo;
             }
 
+            if (result.WentOffline.Count > 0)
+            {
+                await Console.Error.WriteLineAsync($"actorblk bench: {string.Join(", ", result.WentOffline)} went offline during the run (the run stopped there).").ConfigureAwait(false);
+                return 1;
+            }
+
             return 0;
         }
         finally
@@ -224,7 +230,17 @@ internal static class BenchCommand
 
     private static async Task<SupervisionFigures> SupervisionOf(BlockLayer layer, IBlockDevice device)
     {
-        var info = await layer.GetDeviceInfoAsync(device.Name).ConfigureAwait(false);
+        RequestQueueProtocol.Info info;
+        try
+        {
+            info = await layer.GetDeviceInfoAsync(device.Name).ConfigureAwait(false);
+        }
+        catch (KeyNotFoundException)
+        {
+            // Already removed: a cluster device's local queue goes when its owner node is downed.
+            return new SupervisionFigures(device.Queue.Stats.Timeouts, device.Queue.Stats.Resets, 0, null);
+        }
+
         var faults = device.Queue.BioDriver is null && device.Queue.Driver is FaultInjectionDriver f
             ? new FaultTotals(f.Injected.Errors, f.Injected.Resource, f.Injected.Lost, f.Injected.Stalls, f.Injected.Crashes)
             : null;

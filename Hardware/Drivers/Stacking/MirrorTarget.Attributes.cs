@@ -101,9 +101,12 @@ public sealed partial class MirrorTarget
 
     private ValueTask SetSpeed(string path, string text, bool min)
     {
-        if (!long.TryParse(text.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var kib) || kib <= 0)
+        // md's min_sync_store / max_sync_store: kstrtouint, so a decimal up to UINT_MAX with one
+        // trailing newline allowed, nothing else (no spaces, signs or hex); 0 is refused.
+        var kib = (long)QueueAttributes.ParseUnsigned(path, text);
+        if (kib == 0)
         {
-            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not a rate in KiB/s");
+            throw new AttributeException(path, AttributeErrno.EINVAL, "0 is not a rate in KiB/s");
         }
 
         if (min)

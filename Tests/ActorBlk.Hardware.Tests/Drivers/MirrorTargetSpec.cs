@@ -707,6 +707,33 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, bad.Errno);
     }
 
+    [Fact]
+    public async Task Sync_speed_limits_take_unsigned_decimals_up_to_uint_max_as_md_does_and_nothing_else()
+    {
+        // md's min_sync_store / max_sync_store parse with kstrtouint: found from outside, the mirror
+        // took 99999999999, " 5" and "5 " (and README promises the queue attributes' rule).
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        foreach (var attribute in new[] { "sync_speed_min", "sync_speed_max" })
+        {
+            var path = $"block/md0/md/{attribute}";
+            var before = md.Attributes.Read(path);
+            foreach (var bad in new[] { "99999999999", "4294967296", " 5", "5 ", "-5", "+8", "0x10", "0", "abc", "5\n\n", "" })
+            {
+                var error = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(path, bad));
+                Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, error.Errno);
+                Assert.Equal(before, md.Attributes.Read(path));
+            }
+
+            await md.Attributes.WriteAsync(path, "4294967295\n");
+            Assert.Equal("4294967295\n", md.Attributes.Read(path));
+            await md.Attributes.WriteAsync(path, "2048");
+            Assert.Equal("2048\n", md.Attributes.Read(path));
+        }
+    }
+
     // Moves the manual clock a second at a time until the sync has finished.
     private static async Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror)
     {
