@@ -114,18 +114,19 @@ public sealed class NbdServer : IAsyncDisposable
         }
 
         var all = Task.WhenAll(open.Select(c => c.Completion));
-        using (var grace = new CancellationTokenSource(Options.ShutdownGrace))
+        try
         {
-            if (await Task.WhenAny(all, Task.Delay(Timeout.Infinite, grace.Token)).ConfigureAwait(false) != all)
-            {
-                foreach (var c in open)
-                {
-                    c.Abort();
-                }
-            }
+            await all.WaitAsync(Options.ShutdownGrace).ConfigureAwait(false);
         }
+        catch (TimeoutException)
+        {
+            foreach (var c in open)
+            {
+                c.Abort();
+            }
 
-        await all.ConfigureAwait(false);
+            await all.ConfigureAwait(false);
+        }
         _stopping.Dispose();
     }
 
