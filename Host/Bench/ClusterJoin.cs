@@ -42,6 +42,27 @@ internal static class ClusterJoin
             .WithFallback(Akka.DistributedData.DistributedData.DefaultConfig());
     }
 
+    /// <summary>
+    /// Refuses a device address that cannot name a cluster device before anything starts: an
+    /// empty name, or a node part (after <c>@</c>) that is not <c>HOST:PORT</c>. Without it a
+    /// malformed address waited the full <see cref="Patience"/> for a device that cannot appear.
+    /// </summary>
+    /// <exception cref="UsageException">The address is malformed.</exception>
+    public static void CheckDeviceAddress(string device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        var at = device.IndexOf('@', StringComparison.Ordinal);
+        if (at == 0 || device.Length == 0)
+        {
+            throw new UsageException($"option --device: '{device}' is not NAME or NAME@HOST:PORT.");
+        }
+
+        if (at > 0)
+        {
+            NodeConfig.ParseEndpoint(device[(at + 1)..], "--device");
+        }
+    }
+
     /// <summary>Waits until this node is Up and the registry resolves <paramref name="name"/>, then opens it.</summary>
     /// <exception cref="UsageException">The cluster or the device did not appear within <paramref name="within"/>, or the name is ambiguous.</exception>
     public static async Task<ClusterBlockDevice> OpenAsync(ActorSystem system, string name, DeviceOptions template, TimeSpan within)

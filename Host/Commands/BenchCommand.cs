@@ -50,6 +50,11 @@ internal static class BenchCommand
         }
 
         // --join: a client member of the cluster (README, "Cluster") that opens the device wherever it lives.
+        if (options.Join is not null && options.Config is null)
+        {
+            ClusterJoin.CheckDeviceAddress(options.Device);
+        }
+
         config = options.Join is { } join
             ? ClusterJoin.Config(join, options.Config, config)
             : config.WithFallback(ActorBlkSettings.DefaultConfig());

@@ -85,6 +85,8 @@ public sealed class CommandLineSpec
     [InlineData("bench --log_avg_msec=-1", "option --log_avg_msec")]
     [InlineData("bench --iodepth", "--iodepth")]
     [InlineData("bench extra", "Unrecognized command or argument 'extra'")]
+    [InlineData("bench --join=127.0.0.1:1 --device=vol-a@bogus", "option --device: 'bogus' is not HOST:PORT")]
+    [InlineData("bench --join=127.0.0.1:1 --device=@127.0.0.1:4053", "option --device: '@127.0.0.1:4053' is not NAME or NAME@HOST:PORT.")]
     [InlineData("serve --port=70000", "option --port: '70000' is not a whole number from 0 to 65535.")]
     [InlineData("sysfs", "Required command was not provided.")]
     [InlineData("sysfs cat", "Required argument 'PATH' missing")]
