@@ -38,7 +38,9 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.Destroy>(HandleDestroy);
         Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
-        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList([.. _layer.ClusterDevices.Snapshot], _layer.ClusterDevices.IsEnabled)));
+        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList(
+            ClusterDevices.AsSeenFrom(_layer.ClusterDevices.Snapshot, _layer.ClusterDevices.IsEnabled ? UnreachableNodes() : []),
+            _layer.ClusterDevices.IsEnabled)));
         Receive<RemoteSurface.AdminRefused>(refused =>
         {
             _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
@@ -124,6 +126,10 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     // Builds the data plane of a device (driver, tag set, queue) and reserves its name. Replies with
     // a failure and returns null when the options or the driver are refused.
+    // The nodes this node's failure detector holds unreachable, as host:port.
+    private IReadOnlyCollection<string> UnreachableNodes() =>
+        [.. Akka.Cluster.Cluster.Get(Context.System).State.Unreachable.Select(m => DeviceRegistryActor.NodeName(m.Address))];
+
     private Entry? Build(DeviceOptions options, IBlockDriver? driver)
     {
         if (_devices.ContainsKey(options.Name))

@@ -62,6 +62,14 @@ public static class ClusterDeviceStates
 
     /// <summary>Being unregistered: new requests fail with Offline while it drains.</summary>
     public const string Dying = "dying";
+
+    /// <summary>
+    /// Not published by an owner: how a node answering <see cref="ListClusterDevices"/> shows a
+    /// live device whose node its failure detector holds unreachable (killed, cut off). The entry
+    /// stays until the node is downed and removed, or comes back; its I/O meanwhile fails with
+    /// Offline on the nodes that see it so.
+    /// </summary>
+    public const string Unreachable = "unreachable";
 }
 
 /// <summary>Asks a node's guardian for the cluster's devices as it sees them (reply <see cref="ClusterDeviceList"/>).</summary>

@@ -68,6 +68,20 @@ public sealed class ClusterDevices
         return await done.Task.ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The registry's entries as a node shows them (<see cref="ListClusterDevices"/>): a live
+    /// device of a node in <paramref name="unreachableNodes"/> (<c>host:port</c>) reads
+    /// <see cref="ClusterDeviceStates.Unreachable"/>; everything else as published.
+    /// </summary>
+    internal static ClusterDevice[] AsSeenFrom(IReadOnlyList<ClusterDevice> devices, IReadOnlyCollection<string> unreachableNodes)
+    {
+        ArgumentNullException.ThrowIfNull(devices);
+        ArgumentNullException.ThrowIfNull(unreachableNodes);
+        return unreachableNodes.Count == 0
+            ? [.. devices]
+            : [.. devices.Select(d => d.State == ClusterDeviceStates.Live && unreachableNodes.Contains(d.Node) ? d with { State = ClusterDeviceStates.Unreachable } : d)];
+    }
+
     internal static ClusterDevice Resolve(IReadOnlyList<ClusterDevice> devices, string name)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);

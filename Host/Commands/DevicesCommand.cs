@@ -16,8 +16,8 @@ internal static class DevicesCommand
         var node = new NodeOptions();
         var command = new Command("devices", """
             List the devices of the whole cluster the node belongs to: name, owner node, size, logical
-            block size, hardware queues, read-only, state (live, offline, dying), NBD endpoint and, for
-            a mirror, its state as its owner's md attributes give it (raid1 2/2 in_sync, raid1 1/2
+            block size, hardware queues, read-only, state (live, offline, dying, or unreachable while
+            the asked node cannot reach the owner), NBD endpoint and, for a mirror, its state as its owner's md attributes give it (raid1 2/2 in_sync, raid1 1/2
             degraded, raid1 1/2 recover 37%; ? when the owner does not answer, - for other devices).
             A device is addressed as NAME@NODE, or by NAME alone when no other node has one of that name.
             """);
@@ -128,7 +128,13 @@ internal static class DevicesCommand
         var scheme = address[..Math.Max(0, address.IndexOf("://", StringComparison.Ordinal))];
         var within = TimeSpan.FromSeconds(5);
         var states = new Dictionary<string, string>(StringComparer.Ordinal);
-        var nodes = devices.Where(d => d.State != ClusterDeviceStates.Dying).GroupBy(d => d.Node, StringComparer.Ordinal);
+        // An unreachable node is not asked (it would only time out): its devices show "?".
+        foreach (var d in devices.Where(d => d.State == ClusterDeviceStates.Unreachable))
+        {
+            states[d.Id] = "?";
+        }
+
+        var nodes = devices.Where(d => d.State is not (ClusterDeviceStates.Dying or ClusterDeviceStates.Unreachable)).GroupBy(d => d.Node, StringComparer.Ordinal);
         var answers = await Task.WhenAll(nodes.Select(async node =>
         {
             var owner = $"{scheme}://{NodeConfig.SystemName}@{node.Key}";

@@ -73,4 +73,28 @@ public sealed class ClusterRegistryEntrySpec
         Assert.Contains(typeof(ClusterNodeDevices), RemoteSurface.InboundTypes);
         Assert.DoesNotContain(typeof(ClusterNodeDevices), RemoteSurface.AdminTypes);
     }
+
+    [Fact]
+    public void A_live_device_of_an_unreachable_node_is_listed_as_unreachable_and_is_never_accepted_from_the_registry()
+    {
+        // Found from outside: while a killed node waited to be downed, `actorblk devices` showed
+        // its devices `live` although every I/O to them already failed with Offline.
+        var devices = new[]
+        {
+            Device("sda", node: "127.0.0.1:4053"),
+            Device("sdb", node: "127.0.0.1:4054"),
+            Device("sdc", ClusterDeviceStates.Offline, node: "127.0.0.1:4054"),
+            Device("sdd", ClusterDeviceStates.Dying, node: "127.0.0.1:4054"),
+        };
+
+        Assert.Equal(devices, ClusterDevices.AsSeenFrom(devices, []));
+        var seen = ClusterDevices.AsSeenFrom(devices, ["127.0.0.1:4054"]);
+        Assert.Equal(
+            [ClusterDeviceStates.Live, ClusterDeviceStates.Unreachable, ClusterDeviceStates.Offline, ClusterDeviceStates.Dying],
+            seen.Select(d => d.State));
+        Assert.Equal(devices.Select(d => d.Id), seen.Select(d => d.Id));
+
+        // A view state only: an owner that published it would be left out of the registry.
+        Assert.False(Device("sde", ClusterDeviceStates.Unreachable).IsWellFormed);
+    }
 }
