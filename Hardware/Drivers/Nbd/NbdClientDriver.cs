@@ -239,7 +239,20 @@ public sealed class NbdClientDriver : IBlockDriver
         ArgumentNullException.ThrowIfNull(request);
         if (request.Hctx is { } hctx)
         {
-            Volatile.Read(ref _connections[hctx.Index % _connections.Length])?.Kill();
+            var connection = Volatile.Read(ref _connections[hctx.Index % _connections.Length]);
+            if ((connection is null || connection.IsDead) && (hctx.Queue.IsOffline || RetiredReason is not null))
+            {
+                // Its connection is gone and none will come back: a request that raced into the
+                // dead connection after the queue had failed those in flight (going offline) would
+                // otherwise wait for a reply that cannot come, its timer reset for ever. Fail it,
+                // as nbd_xmit_timeout does once no socket is left.
+                if (request.Queue is { } queue && queue.CompleteRequest(request, BlockStatus.Offline, request.Generation))
+                {
+                    return TimeoutAction.Done;
+                }
+            }
+
+            connection?.Kill();
         }
 
         return TimeoutAction.ResetTimer;
