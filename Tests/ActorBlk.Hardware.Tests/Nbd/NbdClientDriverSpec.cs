@@ -160,25 +160,53 @@ public sealed class NbdClientDriverSpec
         });
     }
 
+    // Starts nbdkit on a free port and runs the body against it. The port is free when chosen but
+    // not reserved, so another spec may take it before nbdkit binds it (one CI run waited 60 s for
+    // an nbdkit that had exited): nbdkit exiting before it listens is retried on another port.
     private static async Task WithNbdkitAsync(string[] args, Func<int, Task> body)
     {
-        var port = FreePort();
-        var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture) }.Concat(args))
+        for (var attempt = 1; ; attempt++)
         {
-            psi.ArgumentList.Add(a);
-        }
+            var port = FreePort();
+            var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture) }.Concat(args))
+            {
+                psi.ArgumentList.Add(a);
+            }
 
-        using var nbdkit = Process.Start(psi)!;
-        try
-        {
-            await Condition.EventuallyAsync(() => CanConnect(port), "nbdkit listens");
-            await body(port);
-        }
-        finally
-        {
-            nbdkit.Kill();
-            await nbdkit.WaitForExitAsync();
+            using var nbdkit = Process.Start(psi)!;
+            var errors = new System.Text.StringBuilder();
+            nbdkit.ErrorDataReceived += (_, e) =>
+            {
+                lock (errors)
+                {
+                    errors.AppendLine(e.Data);
+                }
+            };
+            nbdkit.OutputDataReceived += (_, _) => { };
+            nbdkit.BeginErrorReadLine();
+            nbdkit.BeginOutputReadLine();
+            try
+            {
+                await Condition.EventuallyAsync(() => nbdkit.HasExited || CanConnect(port), "nbdkit listens or exits");
+                if (nbdkit.HasExited)
+                {
+                    Assert.True(attempt < 5, $"nbdkit exited before listening, five times; last: {errors}");
+                    continue;
+                }
+
+                await body(port);
+                return;
+            }
+            finally
+            {
+                if (!nbdkit.HasExited)
+                {
+                    nbdkit.Kill();
+                }
+
+                await nbdkit.WaitForExitAsync();
+            }
         }
     }
 
