@@ -525,20 +525,21 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         catch (Exception ex)
         {
             _reopenAttempt++;
-            if ((_queue.Driver.Features & DriverFeatures.Reopenable) == 0)
-            {
-                // Given up while waiting (a cluster device whose owner left the registry): no
-                // later attempt can succeed, so the requests that wait fail now, not after the
-                // remaining back-off.
-                _log.Warning("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
-                _queue.Unquiesce();
-                GoOffline();
-                return;
-            }
 
-            if (_reopenAttempt >= supervision.ReopenAttempts)
+            // Given up while waiting (a cluster device whose owner left the registry), no later
+            // attempt can succeed: the requests that wait fail now, not after the remaining back-off.
+            var givenUp = (_queue.Driver.Features & DriverFeatures.Reopenable) == 0;
+            if (givenUp || _reopenAttempt >= supervision.ReopenAttempts)
             {
-                _log.Error("{Device}: reopen attempt {Attempt} failed ({Message}); giving the device up", _queue.Name, _reopenAttempt, ex.Message);
+                if (givenUp)
+                {
+                    _log.Warning("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
+                }
+                else
+                {
+                    _log.Error("{Device}: reopen attempt {Attempt} failed ({Message}); giving the device up", _queue.Name, _reopenAttempt, ex.Message);
+                }
+
                 _queue.Unquiesce();
                 GoOffline();
                 return;

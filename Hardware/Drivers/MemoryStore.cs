@@ -74,7 +74,12 @@ public sealed class MemoryStore
     }
 
     /// <summary>Zeroes a range, freeing whole pages (discard and write-zeroes).</summary>
-    public void Zero(long offset, long length)
+    public void Zero(long offset, long length) => ZeroRange(offset, length, provision: false);
+
+    /// <summary>Zeroes a range and keeps it allocated (write-zeroes with <c>REQ_NOUNMAP</c>): no page is freed, missing ones are created.</summary>
+    public void ZeroProvisioned(long offset, long length) => ZeroRange(offset, length, provision: true);
+
+    private void ZeroRange(long offset, long length, bool provision)
     {
         CheckRange(offset, length);
         var end = offset + length;
@@ -83,29 +88,15 @@ public sealed class MemoryStore
             var inPage = (int)(offset & (PageSize - 1));
             var n = (int)Math.Min(PageSize - inPage, end - offset);
             var index = offset >> PageShift;
-            if (inPage == 0 && n == PageSize)
+            if (!provision && inPage == 0 && n == PageSize)
             {
                 FreePage(index);
             }
             else
             {
-                PageAt(index, create: false)?.AsSpan(inPage, n).Clear();
+                PageAt(index, create: provision)?.AsSpan(inPage, n).Clear();
             }
 
-            offset += n;
-        }
-    }
-
-    /// <summary>Zeroes a range and keeps it allocated (write-zeroes with <c>REQ_NOUNMAP</c>): no page is freed, missing ones are created.</summary>
-    public void ZeroProvisioned(long offset, long length)
-    {
-        CheckRange(offset, length);
-        var end = offset + length;
-        while (offset < end)
-        {
-            var inPage = (int)(offset & (PageSize - 1));
-            var n = (int)Math.Min(PageSize - inPage, end - offset);
-            PageAt(offset >> PageShift, create: true)!.AsSpan(inPage, n).Clear();
             offset += n;
         }
     }

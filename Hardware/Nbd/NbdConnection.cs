@@ -135,21 +135,8 @@ public sealed class NbdConnection
     internal void Abort()
     {
         _broken = true;
-        try
-        {
-            _abort.Cancel();
-        }
-        catch (ObjectDisposedException)
-        {
-        }
-
-        try
-        {
-            _socket.Shutdown(SocketShutdown.Both);
-        }
-        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-        {
-        }
+        CancelQuietly(_abort);
+        ShutdownQuietly(SocketShutdown.Both);
     }
 
     /// <summary>
@@ -168,18 +155,30 @@ public sealed class NbdConnection
             return;
         }
 
+        CancelQuietly(_stopReading);
+
+        // Wakes a reader blocked in poll; the replies still go out on the sending side.
+        ShutdownQuietly(SocketShutdown.Receive);
+    }
+
+    // Both run from other threads (the server's shutdown, a timer) and may meet a connection that
+    // has just closed: a disposed token source or socket means there is nothing left to do.
+    private static void CancelQuietly(CancellationTokenSource source)
+    {
         try
         {
-            _stopReading.Cancel();
+            source.Cancel();
         }
         catch (ObjectDisposedException)
         {
         }
+    }
 
+    private void ShutdownQuietly(SocketShutdown how)
+    {
         try
         {
-            // Wakes a reader blocked in poll; the replies still go out on the sending side.
-            _socket.Shutdown(SocketShutdown.Receive);
+            _socket.Shutdown(how);
         }
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
