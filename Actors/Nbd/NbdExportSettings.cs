@@ -31,6 +31,12 @@ public sealed record NbdExportSettings(
     /// <summary>At shutdown, how long connections may take to answer the requests in flight before they are closed (<c>shutdown-grace</c>).</summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
 
+    /// <summary>Payload memory of all connections' requests in flight (<c>max-buffer-memory</c>).</summary>
+    public long MaxBufferMemory { get; init; } = 1L << 30;
+
+    /// <summary>How long a reply may wait for the client to take any of it before the connection is closed (<c>send-timeout</c>).</summary>
+    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Reads <c>actorblk.nbd</c> of <paramref name="config"/> over the library defaults.</summary>
     /// <exception cref="ConfigurationException">A key is malformed; the message names it.</exception>
     public static NbdExportSettings Create(Config config)
@@ -51,6 +57,12 @@ public sealed record NbdExportSettings(
             throw new ConfigurationException($"actorblk.nbd.max-payload: '{payloadText}' is not a size.");
         }
 
+        var memoryText = c.GetString("max-buffer-memory", "1g");
+        if (!ByteSize.TryParse(memoryText, out var memory))
+        {
+            throw new ConfigurationException($"actorblk.nbd.max-buffer-memory: '{memoryText}' is not a size.");
+        }
+
         return new NbdExportSettings(
             ParseListen(listenText),
             tls,
@@ -63,6 +75,8 @@ public sealed record NbdExportSettings(
             c.GetTimeSpan("handshake-timeout", TimeSpan.FromSeconds(30)))
         {
             ShutdownGrace = c.GetTimeSpan("shutdown-grace", TimeSpan.FromSeconds(3)),
+            MaxBufferMemory = memory,
+            SendTimeout = c.GetTimeSpan("send-timeout", TimeSpan.FromSeconds(60)),
         };
     }
 
@@ -103,6 +117,8 @@ public sealed record NbdExportSettings(
             MaxPayload = MaxPayload,
             HandshakeTimeout = HandshakeTimeout,
             ShutdownGrace = ShutdownGrace,
+            MaxBufferMemory = MaxBufferMemory,
+            SendTimeout = SendTimeout,
         };
     }
 

@@ -160,10 +160,13 @@ internal static unsafe partial class LibC
     }
 
     /// <summary>poll(2) on one descriptor for <paramref name="events"/>, without a timeout; 1 (or 0), or -errno.</summary>
-    public static int PollOne(int fd, short events)
+    public static int PollOne(int fd, short events) => PollOne(fd, events, -1);
+
+    /// <summary>poll(2) on one descriptor for <paramref name="events"/> for at most <paramref name="timeoutMs"/> (-1: no limit); 1 when ready, 0 at the timeout, or -errno.</summary>
+    public static int PollOne(int fd, short events, int timeoutMs)
     {
         var pfd = new PollFd { Fd = fd, Events = events };
-        var n = PollRaw(&pfd, 1, -1);
+        var n = PollRaw(&pfd, 1, timeoutMs);
         return n < 0 ? -LastErrno : n;
     }
 

@@ -94,7 +94,7 @@ public sealed class NbdConnection
         Id = id;
         _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         socket.NoDelay = true;
-        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false));
+        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false), server.Options.SendTimeout);
         _stream = _plain;
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
         _writer = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
@@ -285,9 +285,12 @@ public sealed class NbdConnection
 
     private async Task CloseAsync()
     {
+        // Every slot came back (the drain waited for them), so the buffers left are kept ones.
         foreach (var slot in _slots)
         {
+            var kept = slot.BufferBytes;
             slot.ReleaseBuffer();
+            _server.Budget.DropKept(kept);
         }
 
         try
@@ -828,19 +831,19 @@ public sealed class NbdConnection
             }
 
             Start(slot, header);
-            if (header.Command == NbdCommand.Write)
+            try
             {
-                slot.EnsureBuffer(device, (int)header.Length);
-                try
+                await PrepareBufferAsync(device, slot, ct).ConfigureAwait(false);
+                if (header.Command == NbdCommand.Write)
                 {
                     await ReadPayloadAsync(slot.Payload, ct).ConfigureAwait(false);
                 }
-                catch
-                {
-                    // Never submitted: give the slot back without a reply.
-                    Recycle(slot);
-                    throw;
-                }
+            }
+            catch
+            {
+                // Never submitted: give the slot back without a reply.
+                Recycle(slot);
+                throw;
             }
 
             Dispatch(device, slot);
@@ -874,7 +877,60 @@ public sealed class NbdConnection
     {
         Interlocked.Increment(ref _references);
         Interlocked.Increment(ref _inFlight);
+        _server.Budget.Unkeep(slot.BufferBytes);
         slot.Reset(header.Cookie, header.Command, header.Flags, (long)header.Offset, header.Length);
+    }
+
+    /// <summary>
+    /// Gives the slot a buffer its request can use: a write's payload, or a read that will run (one
+    /// the checks refuse needs none). A larger buffer than the slot has is taken from the server's
+    /// budget first, which waits while other requests hold it; replies held back go out before.
+    /// </summary>
+    private ValueTask PrepareBufferAsync(IBlockDevice device, NbdRequestSlot slot, CancellationToken ct)
+    {
+        var size = slot.Command switch
+        {
+            NbdCommand.Write => NbdRequestSlot.BufferSizeFor(slot.Length),
+            NbdCommand.Read when Check(device, slot) == NbdError.None => NbdRequestSlot.BufferSizeFor(slot.Length),
+            _ => 0,
+        };
+        if (slot.BufferBytes >= size)
+        {
+            return default;
+        }
+
+        var budget = _server.Budget;
+        var old = slot.BufferBytes;
+        slot.ReleaseBuffer();
+        budget.Return(old);
+        var take = budget.TakeAsync(size, ct);
+        if (take.IsCompletedSuccessfully)
+        {
+            AllocateBuffer(device, slot, size);
+            return default;
+        }
+
+        Uncork();
+        return AllocateAfterAsync(take, device, slot, size);
+    }
+
+    private async ValueTask AllocateAfterAsync(ValueTask take, IBlockDevice device, NbdRequestSlot slot, int size)
+    {
+        await take.ConfigureAwait(false);
+        AllocateBuffer(device, slot, size);
+    }
+
+    private void AllocateBuffer(IBlockDevice device, NbdRequestSlot slot, int size)
+    {
+        try
+        {
+            slot.AllocateBuffer(device, size);
+        }
+        catch
+        {
+            _server.Budget.Return(size);
+            throw;
+        }
     }
 
     // ------------------------------------------------------------ blocking reader (plain TCP)
@@ -952,19 +1008,24 @@ public sealed class NbdConnection
                 }
 
                 Start(slot, header);
-                if (header.Command == NbdCommand.Write)
+                try
                 {
-                    slot.EnsureBuffer(device, (int)header.Length);
-                    try
+                    var prepare = PrepareBufferAsync(device, slot, _stopReading.Token);
+                    if (!prepare.IsCompletedSuccessfully)
+                    {
+                        prepare.AsTask().GetAwaiter().GetResult();
+                    }
+
+                    if (header.Command == NbdCommand.Write)
                     {
                         ReceivePayload(fd, slot.Payload.Span);
                     }
-                    catch
-                    {
-                        // Never submitted: give the slot back without a reply.
-                        Recycle(slot);
-                        throw;
-                    }
+                }
+                catch
+                {
+                    // Never submitted: give the slot back without a reply.
+                    Recycle(slot);
+                    throw;
                 }
 
                 Dispatch(device, slot);
@@ -1145,7 +1206,7 @@ public sealed class NbdConnection
         switch (slot.Command)
         {
             case NbdCommand.Read:
-                slot.EnsureBuffer(device, (int)slot.Length);
+                // PrepareBufferAsync gave every read that passes the checks its buffer.
                 Submit(device, slot, BlockOp.Read, slot.Offset, slot.Length, slot.Payload, RequestFlags.None);
                 break;
             case NbdCommand.Write:
@@ -1395,12 +1456,17 @@ public sealed class NbdConnection
             }
 
             var restTail = tail[sentTail..];
-            return new ValueTask(Task.Run(() => SendBlocking(fd, default, restTail)));
+            return new ValueTask(SendLater(fd, default, restTail));
         }
 
         var restHead = head[sent..];
-        return new ValueTask(Task.Run(() => SendBlocking(fd, restHead, tail)));
+        return new ValueTask(SendLater(fd, restHead, tail));
     }
+
+    // A thread of its own, not the pool's: it may wait up to the send timeout for a client that
+    // stopped reading, and a few such clients must not starve the pool the actors run on.
+    private Task SendLater(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail) =>
+        Task.Factory.StartNew(() => SendBlocking(fd, head, tail), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     private unsafe int TrySend(int fd, ReadOnlySpan<byte> data)
     {
@@ -1428,8 +1494,15 @@ public sealed class NbdConnection
         return sent;
     }
 
+    /// <summary>
+    /// Sends the rest of a reply, waiting for room in the socket. A client that takes no byte of it
+    /// for <see cref="NbdServerOptions.SendTimeout"/> has stopped reading: the send fails and the
+    /// connection is aborted, which gives its slots and their buffers back.
+    /// </summary>
     private void SendBlocking(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
     {
+        var timeout = Options.SendTimeout;
+        var lastProgress = Environment.TickCount64;
         foreach (var part in (ReadOnlyMemory<byte>[])[head, tail])
         {
             var rest = part;
@@ -1440,14 +1513,30 @@ public sealed class NbdConnection
                     throw new IOException($"NBD connection {Id} was closed");
                 }
 
-                rest = rest[TrySend(fd, rest.Span)..];
-                if (!rest.IsEmpty)
+                var sent = TrySend(fd, rest.Span);
+                rest = rest[sent..];
+                var now = Environment.TickCount64;
+                if (sent > 0)
                 {
-                    var polled = LibC.PollOne(fd, LibC.POLLOUT);
-                    if (polled < 0 && polled != -LibC.EINTR)
-                    {
-                        throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
-                    }
+                    lastProgress = now;
+                }
+
+                if (rest.IsEmpty)
+                {
+                    break;
+                }
+
+                var left = (long)timeout.TotalMilliseconds - (now - lastProgress);
+                if (left <= 0)
+                {
+                    throw new NbdSendTimeoutException(timeout);
+                }
+
+                // In slices, so an abort (which sets _broken) is seen within a second.
+                var polled = LibC.PollOne(fd, LibC.POLLOUT, (int)Math.Min(left, 1000));
+                if (polled < 0 && polled != -LibC.EINTR)
+                {
+                    throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
                 }
             }
         }
@@ -1467,6 +1556,11 @@ public sealed class NbdConnection
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
+            if (ex is NbdSendTimeoutException && !_broken)
+            {
+                _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
+            }
+
             Abort();
         }
 
@@ -1502,7 +1596,15 @@ public sealed class NbdConnection
 
     private void Recycle(NbdRequestSlot slot)
     {
-        slot.TrimBuffer();
+        // A buffer stays with the slot for the next request when it is small and the server's
+        // budget lets idle slots keep it; otherwise it is freed and its bytes go to any waiter.
+        var bytes = slot.BufferBytes;
+        if (bytes > 0 && (bytes > NbdRequestSlot.KeepBytes || !_server.Budget.TryKeep(bytes)))
+        {
+            slot.ReleaseBuffer();
+            _server.Budget.Return(bytes);
+        }
+
         Interlocked.Decrement(ref _inFlight);
         _free.Writer.TryWrite(slot);
         Release();
@@ -1694,9 +1796,12 @@ public sealed class NbdConnection
 /// <see cref="Blocking"/> is set (the connection's own thread makes them), so the socket is never
 /// registered with .NET's socket engine; cleared, it is the plain asynchronous stream.
 /// </summary>
-internal sealed class BlockingStream(NetworkStream inner) : Stream
+internal sealed class BlockingStream(NetworkStream inner, TimeSpan sendTimeout) : Stream
 {
     public bool Blocking { get; set; } = true;
+
+    /// <summary>How long an asynchronous write may wait for the peer to take its bytes.</summary>
+    public TimeSpan SendTimeout { get; } = sendTimeout;
 
     public override bool CanRead => true;
 
@@ -1745,7 +1850,8 @@ internal sealed class BlockingStream(NetworkStream inner) : Stream
     {
         if (!Blocking)
         {
-            return inner.WriteAsync(buffer, cancellationToken);
+            var write = inner.WriteAsync(buffer, cancellationToken);
+            return write.IsCompleted ? write : WithSendTimeoutAsync(write);
         }
 
         try
@@ -1762,6 +1868,20 @@ internal sealed class BlockingStream(NetworkStream inner) : Stream
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    // TLS writes one record (at most 16 KiB) per call: a record the peer does not take within the
+    // timeout means it stopped reading. The connection is then aborted, which ends the write.
+    private async ValueTask WithSendTimeoutAsync(ValueTask write)
+    {
+        try
+        {
+            await write.AsTask().WaitAsync(SendTimeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new NbdSendTimeoutException(SendTimeout);
+        }
+    }
 
     public override void Flush()
     {
@@ -1783,6 +1903,10 @@ internal sealed class BlockingStream(NetworkStream inner) : Stream
         base.Dispose(disposing);
     }
 }
+
+/// <summary>A reply waited longer than <see cref="NbdServerOptions.SendTimeout"/> for the client to take any of it.</summary>
+public sealed class NbdSendTimeoutException(TimeSpan timeout)
+    : IOException($"the client took no reply bytes for {timeout.TotalSeconds:0.###} s (send-timeout): it stopped reading");
 
 /// <summary>The peer broke the NBD protocol in a way that ends the connection.</summary>
 public sealed class NbdProtocolException(string message) : Exception(message);

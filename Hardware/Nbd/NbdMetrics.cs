@@ -27,6 +27,8 @@ public static class NbdMetrics
         meter.CreateObservableCounter("actorblk.nbd.server.accepted", () => PerServer(s => s.AcceptedConnections), "{connection}", "NBD connections accepted since the server started.");
         meter.CreateObservableCounter("actorblk.nbd.server.refused", () => PerServer(s => s.RefusedConnections), "{connection}", "NBD connections closed at accept because the connection limit was reached.");
         meter.CreateObservableUpDownCounter("actorblk.nbd.server.in_flight", () => PerServer(s => s.InFlight), "{request}", "NBD requests in the block layer over all of the server's connections.");
+        meter.CreateObservableUpDownCounter("actorblk.nbd.server.buffer_memory", () => PerServer(s => s.BufferBytesInUse + s.BufferBytesKept), "By", "Payload memory of the server's connections: buffers of requests in flight and buffers kept by idle slots.");
+        meter.CreateObservableCounter("actorblk.nbd.server.buffer_waits", () => PerServer(s => s.BufferWaits), "{request}", "NBD requests that waited for payload memory (max-buffer-memory) since the server started.");
         meter.CreateObservableUpDownCounter("actorblk.nbd.client.connections", PerClient, "{connection}", "Live connections of an NBD client device to its server, by device.");
     }
 

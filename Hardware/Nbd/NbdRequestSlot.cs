@@ -10,7 +10,7 @@ namespace ActorBlk.Hardware.Nbd;
 /// </summary>
 internal sealed class NbdRequestSlot : IBioEndIo
 {
-    /// <summary>Buffers up to this size stay with the slot; larger ones are freed after the reply.</summary>
+    /// <summary>Buffers up to this size may stay with an idle slot (within the server's budget); larger ones are freed after the reply.</summary>
     internal const int KeepBytes = 1 << 20;
 
     /// <summary>The smallest buffer a slot allocates.</summary>
@@ -50,33 +50,26 @@ internal sealed class NbdRequestSlot : IBioEndIo
         _status = 0;
     }
 
-    /// <summary>Makes <see cref="Buffer"/> hold at least <paramref name="length"/> bytes, from <paramref name="device"/>'s memory.</summary>
-    public void EnsureBuffer(IBlockDevice device, int length)
-    {
-        if (Buffer is { } b && b.Length >= length)
-        {
-            return;
-        }
+    /// <summary>Bytes of the buffer the slot holds (0 without one).</summary>
+    public long BufferBytes => Buffer?.Length ?? 0;
 
-        ((IDisposable?)Buffer)?.Dispose();
-        Buffer = null;
-        // Round up to a power of two (at least a page) so a slot grows a few times, not per size.
-        // Small: a connection has max-in-flight slots and each buffer is zeroed (page faults) when
-        // allocated, so 4 KiB I/O should not cost 64 KiB per slot.
-        var size = Math.Max(MinimumBytes, (int)Math.Min(1L << 30, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)length)));
+    /// <summary>
+    /// The buffer size for a payload of <paramref name="length"/> bytes: a power of two, at least a
+    /// page, so a slot grows a few times, not per size. Small, because a connection has
+    /// max-in-flight slots and each buffer is zeroed (page faults) when allocated: 4 KiB I/O should
+    /// not cost 64 KiB per slot.
+    /// </summary>
+    public static int BufferSizeFor(uint length) =>
+        Math.Max(MinimumBytes, (int)Math.Min(1L << 30, System.Numerics.BitOperations.RoundUpToPowerOf2(length)));
+
+    /// <summary>Gives the slot a new buffer of <paramref name="size"/> bytes from <paramref name="device"/>'s memory (the old one must be released first).</summary>
+    public void AllocateBuffer(IBlockDevice device, int size)
+    {
+        System.Diagnostics.Debug.Assert(Buffer is null, "the old buffer is released first");
         Buffer = device.AllocateBuffer(size);
     }
 
-    /// <summary>Frees a buffer too large to keep (after the reply went out).</summary>
-    public void TrimBuffer()
-    {
-        if (Buffer is { Length: > KeepBytes } b)
-        {
-            ((IDisposable)b).Dispose();
-            Buffer = null;
-        }
-    }
-
+    /// <summary>Frees the buffer, if any.</summary>
     public void ReleaseBuffer()
     {
         ((IDisposable?)Buffer)?.Dispose();

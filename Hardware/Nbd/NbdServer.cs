@@ -26,6 +26,7 @@ public sealed class NbdServer : IAsyncDisposable
         Catalog = catalog;
         Options = options;
         Log = log;
+        Budget = new NbdBufferBudget(options.MaxBufferMemory);
         _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -64,6 +65,17 @@ public sealed class NbdServer : IAsyncDisposable
 
     /// <summary>Requests in flight in the block layer over all connections.</summary>
     public int InFlight => _connections.Values.Sum(c => c.InFlight);
+
+    /// <summary>Payload bytes held by requests in flight, over all connections (at most <see cref="NbdServerOptions.MaxBufferMemory"/>, give or take kept buffers that a request reused).</summary>
+    public long BufferBytesInUse => Budget.InUse;
+
+    /// <summary>Payload bytes idle connections keep for reuse.</summary>
+    public long BufferBytesKept => Budget.Kept;
+
+    /// <summary>Requests that had to wait for payload memory since the server started.</summary>
+    public long BufferWaits => Budget.Waits;
+
+    internal NbdBufferBudget Budget { get; }
 
     internal Action<string>? Log { get; }
 

@@ -46,6 +46,21 @@ public sealed record NbdServerOptions
     /// <summary>The largest read or write payload (advertised as the maximum block size).</summary>
     public int MaxPayload { get; init; } = DefaultMaxPayload;
 
+    /// <summary>
+    /// Payload memory the server's requests in flight may hold, over all connections together
+    /// (at least <see cref="MaxPayload"/>). A connection whose next read or write would pass it waits,
+    /// reading nothing more, until replies of any connection have gone out. Idle connections
+    /// keep buffers for reuse within a quarter more. Default 1 GiB.
+    /// </summary>
+    public long MaxBufferMemory { get; init; } = 1L << 30;
+
+    /// <summary>
+    /// How long a reply may wait for the client to take any of its bytes. A client that reads no
+    /// reply for this long has stopped reading: its connection is closed, and the memory its
+    /// replies held is given back. Default 60 s.
+    /// </summary>
+    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>How long a client may take to finish negotiation.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -73,6 +88,16 @@ public sealed record NbdServerOptions
         if (MaxPayload < 4096 || (MaxPayload & (MaxPayload - 1)) != 0 || MaxPayload > 1 << 30)
         {
             throw new ArgumentException($"max-payload must be a power of two from 4 KiB to 1 GiB, not {MaxPayload}.", nameof(MaxPayload));
+        }
+
+        if (MaxBufferMemory < MaxPayload || MaxBufferMemory > 1L << 40)
+        {
+            throw new ArgumentException($"max-buffer-memory must be from max-payload ({MaxPayload}) to 1 TiB, not {MaxBufferMemory}.", nameof(MaxBufferMemory));
+        }
+
+        if (SendTimeout < TimeSpan.FromSeconds(1) || SendTimeout > TimeSpan.FromHours(1))
+        {
+            throw new ArgumentException($"send-timeout must be from 1 s to 1 hour, not {SendTimeout}.", nameof(SendTimeout));
         }
 
         if (HandshakeTimeout <= TimeSpan.Zero)

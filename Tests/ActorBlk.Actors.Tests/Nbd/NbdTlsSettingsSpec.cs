@@ -66,4 +66,18 @@ public sealed class NbdTlsSettingsSpec
         var bad = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", shutdown-grace = 2h }""")).ToServerOptions();
         Assert.Contains("shutdown-grace", Assert.Throws<ArgumentException>(bad.Validate).Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Buffer_memory_and_send_timeout_come_from_hocon_and_bad_values_are_refused()
+    {
+        var defaults = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd.listen = "127.0.0.1:0" """)).ToServerOptions();
+        Assert.Equal(1L << 30, defaults.MaxBufferMemory);
+        Assert.Equal(TimeSpan.FromSeconds(60), defaults.SendTimeout);
+        var set = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 256m, send-timeout = 5s }""")).ToServerOptions();
+        Assert.Equal(256L << 20, set.MaxBufferMemory);
+        Assert.Equal(TimeSpan.FromSeconds(5), set.SendTimeout);
+        Assert.Contains("max-buffer-memory", Assert.Throws<ConfigurationException>(() => NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = lots }"""))).Message, StringComparison.Ordinal);
+        var small = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 1m }""")).ToServerOptions();
+        Assert.Contains("max-buffer-memory", Assert.Throws<ArgumentException>(small.Validate).Message, StringComparison.Ordinal);
+    }
 }

@@ -84,6 +84,10 @@ public sealed class NbdMetricsSpec
         // can finish while the server still counts it in flight.
         await Condition.EventuallyAsync(() => recorder.Collect("actorblk.nbd.server.in_flight", endpoint) == 0, "the server recycled the write's slot");
 
+        // The 4 KiB write's buffer stays with its idle slot, within the budget's keep share.
+        Assert.Equal(4096, recorder.Collect("actorblk.nbd.server.buffer_memory", endpoint));
+        Assert.Equal(0, recorder.Collect("actorblk.nbd.server.buffer_waits", endpoint));
+
         // The client device is gone: it is no longer reported, and the server sees its
         // connections close (awaited, the server drops a connection when its socket ends).
         await devices.DisposeAsync();
@@ -91,6 +95,7 @@ public sealed class NbdMetricsSpec
         await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0, "the server dropped the closed connections");
         Assert.Equal(0, recorder.Collect("actorblk.nbd.server.connections", endpoint));
         Assert.Equal(2, recorder.Collect("actorblk.nbd.server.accepted", endpoint));
+        Assert.Equal(0, recorder.Collect("actorblk.nbd.server.buffer_memory", endpoint));
 
         await fx.Server.DisposeAsync();
         Assert.Null(recorder.Collect("actorblk.nbd.server.connections", endpoint));

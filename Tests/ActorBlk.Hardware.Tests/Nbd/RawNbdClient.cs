@@ -26,17 +26,24 @@ public sealed class RawNbdClient : IAsyncDisposable
 
     public ushort HandshakeFlags { get; private set; }
 
-    public static async Task<RawNbdClient> ConnectAsync(IPEndPoint endpoint)
+    /// <param name="endpoint">The server.</param>
+    /// <param name="receiveBuffer">SO_RCVBUF before connecting (0: the system's), to make a client that does not read fill up fast.</param>
+    public static async Task<RawNbdClient> ConnectAsync(IPEndPoint endpoint, int receiveBuffer = 0)
     {
         var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        if (receiveBuffer > 0)
+        {
+            socket.ReceiveBufferSize = receiveBuffer;
+        }
+
         await socket.ConnectAsync(endpoint).WaitAsync(Timeout);
         return new RawNbdClient(socket);
     }
 
     /// <summary>Connects, reads the greeting and sends the client flags.</summary>
-    public static async Task<RawNbdClient> NegotiateAsync(IPEndPoint endpoint, NbdClientFlags flags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)
+    public static async Task<RawNbdClient> NegotiateAsync(IPEndPoint endpoint, NbdClientFlags flags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes, int receiveBuffer = 0)
     {
-        var client = await ConnectAsync(endpoint);
+        var client = await ConnectAsync(endpoint, receiveBuffer);
         var hello = await client.ReadAsync(18);
         if (BinaryPrimitives.ReadUInt64BigEndian(hello) != NbdProtocol.InitMagic || BinaryPrimitives.ReadUInt64BigEndian(hello.AsSpan(8)) != NbdProtocol.OptionMagic)
         {
@@ -49,9 +56,9 @@ public sealed class RawNbdClient : IAsyncDisposable
     }
 
     /// <summary>Negotiates and enters transmission with NBD_OPT_GO; returns size and flags.</summary>
-    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false)
+    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false, int receiveBuffer = 0)
     {
-        var client = await NegotiateAsync(endpoint);
+        var client = await NegotiateAsync(endpoint, receiveBuffer: receiveBuffer);
         if (structured)
         {
             await client.SendOptionAsync(NbdOption.StructuredReply, []);

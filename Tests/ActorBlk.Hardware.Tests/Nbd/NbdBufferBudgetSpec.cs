@@ -1,0 +1,154 @@
+using System.Buffers.Binary;
+using ActorBlk.Hardware.Nbd;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// The NBD server's payload memory over all connections (<see cref="NbdServerOptions.MaxBufferMemory"/>)
+/// and the send timeout that frees what a client that stopped reading held
+/// (<see cref="NbdServerOptions.SendTimeout"/>).
+/// </summary>
+public sealed class NbdBufferBudgetSpec
+{
+    private const long MiB = 1 << 20;
+
+    [Fact]
+    public async Task Takes_that_fit_go_at_once_and_the_rest_wait_first_come_first_served()
+    {
+        var budget = new NbdBufferBudget(4 * MiB);
+        Assert.True(budget.TakeAsync(3 * MiB, default).IsCompletedSuccessfully);
+        var large = budget.TakeAsync(2 * MiB, default).AsTask();
+        var small = budget.TakeAsync(MiB / 2, default).AsTask();
+
+        // The small take would fit beside the 3 MiB, but the large one came first.
+        Assert.False(large.IsCompleted);
+        Assert.False(small.IsCompleted);
+        Assert.Equal(2, budget.Waiting);
+        Assert.Equal(2, budget.Waits);
+
+        budget.Return(3 * MiB);
+        await large.WaitAsync(Condition.Timeout);
+        await small.WaitAsync(Condition.Timeout);
+        Assert.Equal((2 * MiB) + (MiB / 2), budget.InUse);
+        Assert.Equal(0, budget.Waiting);
+    }
+
+    [Fact]
+    public async Task A_cancelled_taker_takes_nothing_and_lets_the_next_one_through()
+    {
+        var budget = new NbdBufferBudget(4 * MiB);
+        Assert.True(budget.TakeAsync(3 * MiB, default).IsCompletedSuccessfully);
+        using var cancel = new CancellationTokenSource();
+        var large = budget.TakeAsync(4 * MiB, cancel.Token).AsTask();
+        var small = budget.TakeAsync(MiB, default).AsTask();
+        Assert.False(small.IsCompleted);
+
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => large);
+        await small.WaitAsync(Condition.Timeout);
+        Assert.Equal(4 * MiB, budget.InUse);
+    }
+
+    [Fact]
+    public void With_nothing_in_use_any_take_goes_at_once()
+    {
+        // A lone request never waits for itself, whatever its size.
+        var budget = new NbdBufferBudget(8 << 10);
+        Assert.True(budget.TakeAsync(64 << 10, default).IsCompletedSuccessfully);
+        Assert.Equal(64 << 10, budget.InUse);
+    }
+
+    [Fact]
+    public void Idle_slots_keep_buffers_only_within_a_quarter_of_the_capacity_and_never_while_a_taker_waits()
+    {
+        var budget = new NbdBufferBudget(4 * MiB);
+        Assert.Equal(MiB, budget.KeepCapacity);
+        Assert.True(budget.TakeAsync(3 * MiB, default).IsCompletedSuccessfully);
+
+        Assert.True(budget.TryKeep(MiB / 2));
+        Assert.True(budget.TryKeep(MiB / 2));
+        Assert.False(budget.TryKeep(MiB / 2)); // a full megabyte is kept: this one is freed
+        budget.Return(MiB / 2);
+        Assert.Equal(MiB, budget.Kept);
+        Assert.Equal(MiB + (MiB / 2), budget.InUse);
+
+        // A kept buffer reused by a request counts as in use again; one freed at close leaves the count.
+        budget.Unkeep(MiB / 2);
+        Assert.Equal(MiB / 2, budget.Kept);
+        Assert.Equal(2 * MiB, budget.InUse);
+        budget.DropKept(MiB / 2);
+        Assert.Equal(0, budget.Kept);
+
+        // With a taker waiting, a finished buffer is freed so that its memory goes to the taker.
+        var waiting = budget.TakeAsync(3 * MiB, default);
+        Assert.False(waiting.IsCompleted);
+        Assert.False(budget.TryKeep(MiB / 2));
+    }
+
+    [Fact]
+    public async Task A_client_that_stops_reading_holds_at_most_the_budget_and_is_closed_after_the_send_timeout()
+    {
+        // Client A pipelines 64 reads of 1 MiB and never reads a reply. Before the budget the
+        // server allocated a buffer for each of them (up to max-in-flight x max-payload per
+        // connection, 4 GiB with the defaults) and kept them as long as the client lived. Now the
+        // server's requests hold at most max-buffer-memory: A's reader waits for memory, and so
+        // does client B's read behind it. After the send timeout with no reply byte taken, A is
+        // closed, its memory is given back, and B is served.
+        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, SendTimeout = TimeSpan.FromSeconds(2), MaxInFlight = 64 };
+        await using var fx = NbdExportFixture.Start(options);
+        var pattern = Enumerable.Range(0, (int)MiB).Select(i => (byte)(i * 7)).ToArray();
+        await fx.Mem.WriteAsync(8 * MiB, pattern);
+
+        var a = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
+        await using var _ = a;
+        var burst = new byte[64 * 28];
+        for (var i = 0; i < 64; i++)
+        {
+            var h = burst.AsSpan(i * 28, 28);
+            BinaryPrimitives.WriteUInt32BigEndian(h, NbdProtocol.RequestMagic);
+            BinaryPrimitives.WriteUInt16BigEndian(h[6..], (ushort)NbdCommand.Read);
+            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)i);
+            BinaryPrimitives.WriteUInt64BigEndian(h[16..], (ulong)(i % 32) * (ulong)MiB);
+            BinaryPrimitives.WriteUInt32BigEndian(h[24..], (uint)MiB);
+        }
+
+        await a.WriteAsync(burst);
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting >= 1, "client A's reader waits for memory");
+        var bound = options.MaxBufferMemory + fx.Server.Budget.KeepCapacity;
+        Assert.InRange(fx.Server.BufferBytesInUse, 0, bound);
+
+        var (b, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var __ = b;
+        await b.SendRequestAsync(NbdCommand.Read, 7, (ulong)(8 * MiB), (uint)MiB);
+        var reply = b.ReadSimpleReplyAsync(_ => (int)MiB);
+
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1, "client A, which read no reply, is closed");
+        var (error, cookie, data) = await reply;
+        Assert.Equal(NbdError.None, error);
+        Assert.Equal(7ul, cookie);
+        Assert.Equal(pattern, data);
+        Assert.True(fx.Server.BufferWaits >= 1);
+
+        await Condition.EventuallyAsync(() => fx.Server.InFlight == 0 && fx.Server.BufferBytesInUse == 0, "every request's memory is given back");
+        Assert.InRange(fx.Server.BufferBytesKept, 0, fx.Server.Budget.KeepCapacity);
+        await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
+        lock (fx.Log)
+        {
+            Assert.DoesNotContain(fx.Log, line => line.Contains("Exception", StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void Options_out_of_range_are_refused_with_the_key_named()
+    {
+        var low = Assert.Throws<ArgumentException>(() => new NbdServerOptions { MaxPayload = 1 << 20, MaxBufferMemory = 512 << 10 }.Validate());
+        Assert.Contains("max-buffer-memory", low.Message, StringComparison.Ordinal);
+        var zero = Assert.Throws<ArgumentException>(() => new NbdServerOptions { SendTimeout = TimeSpan.Zero }.Validate());
+        Assert.Contains("send-timeout", zero.Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentException>(() => new NbdServerOptions { SendTimeout = TimeSpan.FromHours(2) }.Validate());
+        new NbdServerOptions().Validate();
+        Assert.Equal(1L << 30, new NbdServerOptions().MaxBufferMemory);
+        Assert.Equal(TimeSpan.FromSeconds(60), new NbdServerOptions().SendTimeout);
+    }
+}
