@@ -90,6 +90,39 @@ public sealed class NbdClientDriverSpec
         Assert.All(back, b => Assert.Equal(0, b));
     }
 
+    // A request that raced into a connection as it died, after the queue had gone offline and
+    // failed the requests in flight, waited for a reply that could not come, its timer reset for
+    // ever (the NBD driver's timeout only closed the connection). Once no connection can come back
+    // (offline or retired) the timeout fails it, as Linux's nbd_xmit_timeout does. (A first
+    // version scanned before the receiver had marked the connection dead, and failed once in CI.)
+    [Fact]
+    public async Task A_request_left_in_a_dead_connection_of_an_offline_queue_is_failed_by_its_timeout()
+    {
+        await using var devices = new RingDevices(2);
+        var topology = CpuTopology.Simulated(2);
+        var held = devices.Create(new DeviceOptions { Name = "held0", Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
+        await using var server = NbdServer.Start(new NbdDeviceList([held]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
+        var remote = devices.Create(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/held0", IoTimeoutMs = 1000 }, topology);
+        var read = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
+        await Condition.EventuallyAsync(() => server.InFlight == 1, "the read reaches the server, which holds it");
+
+        // The race's outcome, set up directly: the queue is offline with the read still in flight,
+        // and the read's connection is gone.
+        var driver = (NbdClientDriver)remote.Queue.Driver;
+        remote.Queue.SetOffline(failInFlight: false);
+        driver.Retire("the spec gives it up");
+        Assert.False(read.IsCompleted);
+
+        // Retire shuts the socket down; the connection is dead once its receiver has seen that
+        // (this harness has no supervision, so nothing else touches the read meanwhile).
+        await Condition.EventuallyAsync(() => driver.LiveConnections == 0, "the killed connection is dead");
+
+        // Its deadline long past: the scan calls the driver's timeout, which fails it.
+        remote.Queue.HardwareContexts[0].ScanTimeouts(long.MaxValue, driver);
+        Assert.Equal(ActorBlk.Hardware.Requests.BlockStatus.Offline, await read.WaitAsync(Condition.Timeout));
+        Assert.Equal(0L, remote.Queue.DoubleCompletions);
+    }
+
     [SkippableFact]
     public async Task Against_nbdkit_memory_reads_and_writes()
     {
