@@ -34,8 +34,8 @@ public sealed record NbdExportSettings(
     /// <summary>Payload memory of all connections' requests in flight (<c>max-buffer-memory</c>).</summary>
     public long MaxBufferMemory { get; init; } = 1L << 30;
 
-    /// <summary>How long a reply may wait for the client to take any of it before the connection is closed (<c>send-timeout</c>).</summary>
-    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>How long a client may stall inside a reply or a write payload before its connection is closed (<c>stall-timeout</c>).</summary>
+    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>Reads <c>actorblk.nbd</c> of <paramref name="config"/> over the library defaults.</summary>
     /// <exception cref="ConfigurationException">A key is malformed; the message names it.</exception>
@@ -76,7 +76,7 @@ public sealed record NbdExportSettings(
         {
             ShutdownGrace = c.GetTimeSpan("shutdown-grace", TimeSpan.FromSeconds(3)),
             MaxBufferMemory = memory,
-            SendTimeout = c.GetTimeSpan("send-timeout", TimeSpan.FromSeconds(60)),
+            StallTimeout = c.GetTimeSpan("stall-timeout", TimeSpan.FromSeconds(60)),
         };
     }
 
@@ -118,7 +118,7 @@ public sealed record NbdExportSettings(
             HandshakeTimeout = HandshakeTimeout,
             ShutdownGrace = ShutdownGrace,
             MaxBufferMemory = MaxBufferMemory,
-            SendTimeout = SendTimeout,
+            StallTimeout = StallTimeout,
         };
     }
 

@@ -9,7 +9,7 @@ namespace ActorBlk.Hardware.Nbd;
 /// connection meanwhile reads nothing more. Idle buffers are kept only up to a quarter of the
 /// capacity, and never while a taker waits. So the server holds at most the capacity plus that
 /// quarter, whatever its clients send: a client that pipelines large reads and never reads the
-/// replies makes other connections wait (until <see cref="NbdServerOptions.SendTimeout"/> closes
+/// replies makes other connections wait (until <see cref="NbdServerOptions.StallTimeout"/> closes
 /// it), not the node run out of memory.
 /// </summary>
 /// <remarks>

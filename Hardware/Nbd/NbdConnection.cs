@@ -86,6 +86,7 @@ public sealed class NbdConnection
     private volatile bool _broken;
     private volatile bool _transmitting;
     private volatile bool _stopRequested;
+    private bool _inPayload;
 
     internal NbdConnection(NbdServer server, Socket socket, long id)
     {
@@ -94,7 +95,7 @@ public sealed class NbdConnection
         Id = id;
         _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         socket.NoDelay = true;
-        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false), server.Options.SendTimeout);
+        _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false), server.Options.StallTimeout);
         _stream = _plain;
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
         _writer = PipeWriter.Create(_stream, new StreamPipeWriterOptions(leaveOpen: true));
@@ -248,7 +249,7 @@ public sealed class NbdConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            if (ex is not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
+            if (ex is NbdStallException or not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
             {
                 _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
@@ -1073,6 +1074,21 @@ public sealed class NbdConnection
 
     private void ReceivePayload(int fd, Span<byte> target)
     {
+        // The payload's buffer holds budget the other connections may wait for: a client that
+        // stops sending it is closed after the stall timeout (between requests it may idle).
+        _inPayload = true;
+        try
+        {
+            ReceivePayloadCore(fd, target);
+        }
+        finally
+        {
+            _inPayload = false;
+        }
+    }
+
+    private void ReceivePayloadCore(int fd, Span<byte> target)
+    {
         var copied = Math.Min(_inEnd - _inStart, target.Length);
         _in.AsSpan(_inStart, copied).CopyTo(target);
         _inStart += copied;
@@ -1158,7 +1174,12 @@ public sealed class NbdConnection
     /// <summary>Waits until the socket is readable (or shut down); false after <see cref="Abort"/>.</summary>
     private bool Poll(int fd)
     {
-        var polled = LibC.PollOne(fd, LibC.POLLIN);
+        var polled = LibC.PollOne(fd, LibC.POLLIN, _inPayload ? (int)Options.StallTimeout.TotalMilliseconds : -1);
+        if (polled == 0)
+        {
+            throw NbdStallException.Payload(Options.StallTimeout);
+        }
+
         if (polled < 0 && polled != -LibC.EINTR)
         {
             throw new IOException($"NBD connection {Id}: poll failed: {LibC.Describe(polled)}");
@@ -1173,12 +1194,24 @@ public sealed class NbdConnection
         while (copied < target.Length)
         {
             var read = _reader.ReadAsync(ct);
-            if (!read.IsCompleted)
+            ReadResult result;
+            if (read.IsCompleted)
+            {
+                result = await read.ConfigureAwait(false);
+            }
+            else
             {
                 Uncork();
+                try
+                {
+                    result = await read.AsTask().WaitAsync(Options.StallTimeout, ct).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    throw NbdStallException.Payload(Options.StallTimeout);
+                }
             }
 
-            var result = await read.ConfigureAwait(false);
             var buffer = result.Buffer;
             var take = (int)Math.Min(buffer.Length, target.Length - copied);
             buffer.Slice(0, take).CopyTo(target.Span[copied..]);
@@ -1496,12 +1529,12 @@ public sealed class NbdConnection
 
     /// <summary>
     /// Sends the rest of a reply, waiting for room in the socket. A client that takes no byte of it
-    /// for <see cref="NbdServerOptions.SendTimeout"/> has stopped reading: the send fails and the
+    /// for <see cref="NbdServerOptions.StallTimeout"/> has stopped reading: the send fails and the
     /// connection is aborted, which gives its slots and their buffers back.
     /// </summary>
     private void SendBlocking(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
     {
-        var timeout = Options.SendTimeout;
+        var timeout = Options.StallTimeout;
         var lastProgress = Environment.TickCount64;
         foreach (var part in (ReadOnlyMemory<byte>[])[head, tail])
         {
@@ -1529,7 +1562,7 @@ public sealed class NbdConnection
                 var left = (long)timeout.TotalMilliseconds - (now - lastProgress);
                 if (left <= 0)
                 {
-                    throw new NbdSendTimeoutException(timeout);
+                    throw NbdStallException.Reply(timeout);
                 }
 
                 // In slices, so an abort (which sets _broken) is seen within a second.
@@ -1556,7 +1589,7 @@ public sealed class NbdConnection
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
-            if (ex is NbdSendTimeoutException && !_broken)
+            if (ex is NbdStallException && !_broken)
             {
                 _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
@@ -1796,12 +1829,12 @@ public sealed class NbdConnection
 /// <see cref="Blocking"/> is set (the connection's own thread makes them), so the socket is never
 /// registered with .NET's socket engine; cleared, it is the plain asynchronous stream.
 /// </summary>
-internal sealed class BlockingStream(NetworkStream inner, TimeSpan sendTimeout) : Stream
+internal sealed class BlockingStream(NetworkStream inner, TimeSpan stallTimeout) : Stream
 {
     public bool Blocking { get; set; } = true;
 
     /// <summary>How long an asynchronous write may wait for the peer to take its bytes.</summary>
-    public TimeSpan SendTimeout { get; } = sendTimeout;
+    public TimeSpan StallTimeout { get; } = stallTimeout;
 
     public override bool CanRead => true;
 
@@ -1851,7 +1884,7 @@ internal sealed class BlockingStream(NetworkStream inner, TimeSpan sendTimeout) 
         if (!Blocking)
         {
             var write = inner.WriteAsync(buffer, cancellationToken);
-            return write.IsCompleted ? write : WithSendTimeoutAsync(write);
+            return write.IsCompleted ? write : WithStallTimeoutAsync(write);
         }
 
         try
@@ -1871,15 +1904,15 @@ internal sealed class BlockingStream(NetworkStream inner, TimeSpan sendTimeout) 
 
     // TLS writes one record (at most 16 KiB) per call: a record the peer does not take within the
     // timeout means it stopped reading. The connection is then aborted, which ends the write.
-    private async ValueTask WithSendTimeoutAsync(ValueTask write)
+    private async ValueTask WithStallTimeoutAsync(ValueTask write)
     {
         try
         {
-            await write.AsTask().WaitAsync(SendTimeout).ConfigureAwait(false);
+            await write.AsTask().WaitAsync(StallTimeout).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {
-            throw new NbdSendTimeoutException(SendTimeout);
+            throw NbdStallException.Reply(StallTimeout);
         }
     }
 
@@ -1904,9 +1937,26 @@ internal sealed class BlockingStream(NetworkStream inner, TimeSpan sendTimeout) 
     }
 }
 
-/// <summary>A reply waited longer than <see cref="NbdServerOptions.SendTimeout"/> for the client to take any of it.</summary>
-public sealed class NbdSendTimeoutException(TimeSpan timeout)
-    : IOException($"the client took no reply bytes for {timeout.TotalSeconds:0.###} s (send-timeout): it stopped reading");
+/// <summary>
+/// A client stalled in the middle of a transfer for longer than
+/// <see cref="NbdServerOptions.StallTimeout"/>: it took no byte of a reply, or sent no byte of a
+/// write's payload. Its connection is closed.
+/// </summary>
+public sealed class NbdStallException : IOException
+{
+    private NbdStallException(string message)
+        : base(message)
+    {
+    }
+
+    /// <summary>The client took no byte of a reply.</summary>
+    public static NbdStallException Reply(TimeSpan timeout) =>
+        new($"the client took no reply bytes for {timeout.TotalSeconds:0.###} s (stall-timeout): it stopped reading");
+
+    /// <summary>The client sent no byte of a write's payload.</summary>
+    public static NbdStallException Payload(TimeSpan timeout) =>
+        new($"the client sent no bytes of a write's payload for {timeout.TotalSeconds:0.###} s (stall-timeout)");
+}
 
 /// <summary>The peer broke the NBD protocol in a way that ends the connection.</summary>
 public sealed class NbdProtocolException(string message) : Exception(message);

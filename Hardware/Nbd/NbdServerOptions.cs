@@ -55,11 +55,12 @@ public sealed record NbdServerOptions
     public long MaxBufferMemory { get; init; } = 1L << 30;
 
     /// <summary>
-    /// How long a reply may wait for the client to take any of its bytes. A client that reads no
-    /// reply for this long has stopped reading: its connection is closed, and the memory its
-    /// replies held is given back. Default 60 s.
+    /// How long a client may stall in the middle of a transfer: a reply it takes no byte of (it
+    /// stopped reading), or a write whose payload it sends no byte of. Its connection is then
+    /// closed and the memory its requests held goes to the others. A client may idle between
+    /// requests as long as it likes. Default 60 s.
     /// </summary>
-    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>How long a client may take to finish negotiation.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
@@ -95,9 +96,9 @@ public sealed record NbdServerOptions
             throw new ArgumentException($"max-buffer-memory must be from max-payload ({MaxPayload}) to 1 TiB, not {MaxBufferMemory}.", nameof(MaxBufferMemory));
         }
 
-        if (SendTimeout < TimeSpan.FromSeconds(1) || SendTimeout > TimeSpan.FromHours(1))
+        if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))
         {
-            throw new ArgumentException($"send-timeout must be from 1 s to 1 hour, not {SendTimeout}.", nameof(SendTimeout));
+            throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {StallTimeout}.", nameof(StallTimeout));
         }
 
         if (HandshakeTimeout <= TimeSpan.Zero)

@@ -72,10 +72,10 @@ public sealed class NbdTlsSettingsSpec
     {
         var defaults = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd.listen = "127.0.0.1:0" """)).ToServerOptions();
         Assert.Equal(1L << 30, defaults.MaxBufferMemory);
-        Assert.Equal(TimeSpan.FromSeconds(60), defaults.SendTimeout);
-        var set = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 256m, send-timeout = 5s }""")).ToServerOptions();
+        Assert.Equal(TimeSpan.FromSeconds(60), defaults.StallTimeout);
+        var set = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 256m, stall-timeout = 5s }""")).ToServerOptions();
         Assert.Equal(256L << 20, set.MaxBufferMemory);
-        Assert.Equal(TimeSpan.FromSeconds(5), set.SendTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(5), set.StallTimeout);
         Assert.Contains("max-buffer-memory", Assert.Throws<ConfigurationException>(() => NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = lots }"""))).Message, StringComparison.Ordinal);
         var small = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 1m }""")).ToServerOptions();
         Assert.Contains("max-buffer-memory", Assert.Throws<ArgumentException>(small.Validate).Message, StringComparison.Ordinal);

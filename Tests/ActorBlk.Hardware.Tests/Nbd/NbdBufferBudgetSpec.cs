@@ -7,7 +7,7 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// <summary>
 /// The NBD server's payload memory over all connections (<see cref="NbdServerOptions.MaxBufferMemory"/>)
 /// and the send timeout that frees what a client that stopped reading held
-/// (<see cref="NbdServerOptions.SendTimeout"/>).
+/// (<see cref="NbdServerOptions.StallTimeout"/>).
 /// </summary>
 public sealed class NbdBufferBudgetSpec
 {
@@ -95,7 +95,7 @@ public sealed class NbdBufferBudgetSpec
         // server's requests hold at most max-buffer-memory: A's reader waits for memory, and so
         // does client B's read behind it. After the send timeout with no reply byte taken, A is
         // closed, its memory is given back, and B is served.
-        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, SendTimeout = TimeSpan.FromSeconds(2), MaxInFlight = 64 };
+        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromSeconds(2), MaxInFlight = 64 };
         await using var fx = NbdExportFixture.Start(options);
         var pattern = Enumerable.Range(0, (int)MiB).Select(i => (byte)(i * 7)).ToArray();
         await fx.Mem.WriteAsync(8 * MiB, pattern);
@@ -135,8 +135,34 @@ public sealed class NbdBufferBudgetSpec
         await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
         lock (fx.Log)
         {
-            Assert.DoesNotContain(fx.Log, line => line.Contains("Exception", StringComparison.Ordinal));
+            Assert.Contains(fx.Log, line => line.Contains("took no reply bytes for 2 s", StringComparison.Ordinal));
         }
+    }
+
+    [Fact]
+    public async Task A_client_that_stops_inside_a_write_payload_is_closed_after_the_stall_timeout_and_its_memory_given_back()
+    {
+        // Half of a 1 MiB write's payload, then nothing: the slot's buffer holds a quarter of the
+        // budget meanwhile. Between requests a client may idle for ever; inside a payload it may not.
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromSeconds(2) });
+        var (idle, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = idle;
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var __ = client;
+        await client.SendRequestAsync(NbdCommand.Write, 1, 0, (uint)MiB, payload: new byte[MiB / 2]);
+        await Condition.EventuallyAsync(() => fx.Server.BufferBytesInUse >= MiB, "the write's buffer is taken");
+
+        Assert.True(await client.ClosedByServerAsync());
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1 && fx.Server.BufferBytesInUse == 0, "the stalled connection is gone and its buffer given back");
+        Assert.Equal(0ul, fx.Mem.Queue.Stats.Read().WriteIos);
+        lock (fx.Log)
+        {
+            Assert.Contains(fx.Log, line => line.Contains("sent no bytes of a write's payload", StringComparison.Ordinal));
+        }
+
+        // The client that idles between requests is still served.
+        await idle.SendRequestAsync(NbdCommand.Read, 2, 0, 4096);
+        Assert.Equal(NbdError.None, (await idle.ReadSimpleReplyAsync(_ => 4096)).Error);
     }
 
     [Fact]
@@ -144,11 +170,11 @@ public sealed class NbdBufferBudgetSpec
     {
         var low = Assert.Throws<ArgumentException>(() => new NbdServerOptions { MaxPayload = 1 << 20, MaxBufferMemory = 512 << 10 }.Validate());
         Assert.Contains("max-buffer-memory", low.Message, StringComparison.Ordinal);
-        var zero = Assert.Throws<ArgumentException>(() => new NbdServerOptions { SendTimeout = TimeSpan.Zero }.Validate());
-        Assert.Contains("send-timeout", zero.Message, StringComparison.Ordinal);
-        Assert.Throws<ArgumentException>(() => new NbdServerOptions { SendTimeout = TimeSpan.FromHours(2) }.Validate());
+        var zero = Assert.Throws<ArgumentException>(() => new NbdServerOptions { StallTimeout = TimeSpan.Zero }.Validate());
+        Assert.Contains("stall-timeout", zero.Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentException>(() => new NbdServerOptions { StallTimeout = TimeSpan.FromHours(2) }.Validate());
         new NbdServerOptions().Validate();
         Assert.Equal(1L << 30, new NbdServerOptions().MaxBufferMemory);
-        Assert.Equal(TimeSpan.FromSeconds(60), new NbdServerOptions().SendTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(60), new NbdServerOptions().StallTimeout);
     }
 }
