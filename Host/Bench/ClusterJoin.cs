@@ -64,7 +64,8 @@ internal static class ClusterJoin
     }
 
     /// <summary>Waits until this node is Up and the registry resolves <paramref name="name"/>, then opens it.</summary>
-    /// <exception cref="UsageException">The cluster or the device did not appear within <paramref name="within"/>, or the name is ambiguous.</exception>
+    /// <exception cref="CommandFailedException">The cluster or the device did not appear within <paramref name="within"/>.</exception>
+    /// <exception cref="UsageException">The name is ambiguous.</exception>
     public static async Task<ClusterBlockDevice> OpenAsync(ActorSystem system, string name, DeviceOptions template, TimeSpan within)
     {
         await WaitUpAsync(system, within).ConfigureAwait(false);
@@ -76,7 +77,7 @@ internal static class ClusterJoin
         }
         catch (OperationCanceledException)
         {
-            throw new UsageException($"option --device: no device {name} appeared in the cluster within {within.TotalSeconds} s; it has {string.Join(", ", layer.ClusterDevices.Snapshot.Select(d => d.Id))}.");
+            throw new CommandFailedException($"option --device: no device {name} appeared in the cluster within {within.TotalSeconds} s; it has {string.Join(", ", layer.ClusterDevices.Snapshot.Select(d => d.Id))}.");
         }
 
         try
@@ -90,7 +91,7 @@ internal static class ClusterJoin
     }
 
     /// <summary>Waits until this node is Up.</summary>
-    /// <exception cref="UsageException">It did not join within <paramref name="within"/>.</exception>
+    /// <exception cref="CommandFailedException">It did not join within <paramref name="within"/>.</exception>
     public static async Task WaitUpAsync(ActorSystem system, TimeSpan within)
     {
         var cluster = AkkaCluster.Get(system);
@@ -102,7 +103,7 @@ internal static class ClusterJoin
         }
         catch (TimeoutException)
         {
-            throw new UsageException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
+            throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
         }
     }
 

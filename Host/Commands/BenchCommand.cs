@@ -29,6 +29,15 @@ internal static class BenchCommand
             _ = options.ToDeviceOptions();
         }
 
+        CheckOutputPaths(options);
+
+        // SIGINT and SIGTERM stop the run, as fio's "terminating on signal": the jobs wind down,
+        // the devices are removed in order and the report covers the run until the signal. Left
+        // to the runtime, the signal would end the process under the running jobs (Akka's
+        // shutdown hook removing the devices they use). Before the run there is nothing to
+        // report: the bench exits at once. A second signal does not wait for the report.
+        using var interrupt = new BenchInterrupt();
+
         // The timestamps' clock is fixed at its first read, before any device exists.
         if (!TimestampClock.Select(options.ClockSource) || (options.ClockSource == TimestampSource.Tsc && TimestampClock.Source != TimestampSource.Tsc))
         {
@@ -58,7 +67,11 @@ internal static class BenchCommand
         config = options.Join is { } join
             ? ClusterJoin.Config(join, options.Config, config)
             : config.WithFallback(ActorBlkSettings.DefaultConfig());
+        // The bench handles SIGINT and SIGTERM itself (BenchInterrupt); Akka's hook would stop the
+        // system, and remove the devices, under the running jobs.
+        config = ConfigurationFactory.ParseString("akka.coordinated-shutdown.run-by-clr-shutdown-hook = off").WithFallback(config);
         using var system = ActorSystem.Create(options.Join is null ? "actorblk-bench" : NodeConfig.SystemName, config);
+        interrupt.BeforeExit = () => CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClrExitReason.Instance).Wait(TimeSpan.FromSeconds(10));
         try
         {
             var layer = BlockLayer.Get(system);
@@ -129,7 +142,8 @@ internal static class BenchCommand
                 : Task.FromResult<HotplugFigures?>(null);
             // The ramp of every run counts from the moment all of them have started (BenchRun.Started).
             var allStarted = Task.WhenAll(runs.Select(r => r.Started));
-            var results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted))).ConfigureAwait(false);
+            var results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted, interrupt.Begin()))).ConfigureAwait(false);
+            interrupt.End();
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
             await reports.ConfigureAwait(false);
@@ -156,11 +170,21 @@ internal static class BenchCommand
                 Cluster = cluster,
             };
             Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
-            WriteLogs(options, runs);
-            if (options.Plot is { } plot)
+            var written = true;
+            try
             {
-                BenchPlot.Write(plot, result, [.. runs.SelectMany(r => r.Timelines ?? [])]);
-                await Console.Error.WriteLineAsync($"actorblk bench: plot written to {plot}").ConfigureAwait(false);
+                WriteLogs(options, runs);
+                if (options.Plot is { } plot)
+                {
+                    BenchPlot.Write(plot, result, [.. runs.SelectMany(r => r.Timelines ?? [])]);
+                    await Console.Error.WriteLineAsync($"actorblk bench: plot written to {plot}").ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                // The report is out; a log or plot that cannot be written fails the run, not the process.
+                await Console.Error.WriteLineAsync($"actorblk bench: {ex.Message}").ConfigureAwait(false);
+                written = false;
             }
 
             if (result.Submitted != result.Completed)
@@ -181,12 +205,35 @@ internal static class BenchCommand
                 return 1;
             }
 
-            return 0;
+            if (!written)
+            {
+                return 1;
+            }
+
+            return interrupt.Signal is null ? 0 : BenchExit.Interrupted;
         }
         finally
         {
             await system.Terminate().ConfigureAwait(false);
             await Serilog.Log.CloseAndFlushAsync().ConfigureAwait(false);
+        }
+    }
+
+    // fio opens its logs before the run; a directory that does not exist is known before anything starts.
+    private static void CheckOutputPaths(BenchOptions options)
+    {
+        foreach (var (option, path) in new[] { ("--plot", options.Plot), ("--write_lat_log", options.LatLog), ("--write_iops_log", options.IopsLog) })
+        {
+            if (path is null)
+            {
+                continue;
+            }
+
+            var directory = Path.GetDirectoryName(Path.GetFullPath(path));
+            if (directory is not null && !Directory.Exists(directory))
+            {
+                throw new UsageException($"option {option}: the directory {directory} does not exist.");
+            }
         }
     }
 
@@ -228,7 +275,14 @@ internal static class BenchCommand
             }
             else
             {
-                await layer.DestroyDeviceAsync(d.Name).ConfigureAwait(false);
+                try
+                {
+                    await layer.DestroyDeviceAsync(d.Name).ConfigureAwait(false);
+                }
+                catch (KeyNotFoundException)
+                {
+                    // Removed already (the node is stopping): nothing is left to remove.
+                }
             }
         }
     }
@@ -240,9 +294,10 @@ internal static class BenchCommand
         {
             info = await layer.GetDeviceInfoAsync(device.Name).ConfigureAwait(false);
         }
-        catch (KeyNotFoundException)
+        catch (Exception ex) when (ex is KeyNotFoundException or AskTimeoutException)
         {
-            // Already removed: a cluster device's local queue goes when its owner node is downed.
+            // Already removed (a cluster device's local queue goes when its owner node is downed),
+            // or its actor no longer answers: the queue's own counters are what is left.
             return new SupervisionFigures(device.Queue.Stats.Timeouts, device.Queue.Stats.Resets, 0, null);
         }
 

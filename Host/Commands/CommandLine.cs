@@ -8,6 +8,9 @@ namespace ActorBlk.Host.Commands;
 /// <summary>A command-line option was missing, unknown or malformed.</summary>
 public sealed class UsageException(string message) : Exception(message);
 
+/// <summary>A command could not do its work (a node or device that did not appear, a file that cannot be written): exit code 1, the message on stderr.</summary>
+public sealed class CommandFailedException(string message) : Exception(message);
+
 /// <summary>
 /// The <c>actorblk</c> command line, parsed by System.CommandLine: one sub-command per tool, each
 /// with <c>--help</c>; options as <c>--name=value</c> or <c>--name value</c>; a misspelt option or
@@ -91,6 +94,11 @@ internal static class CommandLine
             return UsageError;
         }
         catch (BlockDeviceOpenException ex)
+        {
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
+        catch (CommandFailedException ex)
         {
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;

@@ -91,11 +91,14 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     }
 
     /// <summary>Sends SIGTERM, as a service manager or Ctrl-C would.</summary>
-    public void Terminate()
+    public void Terminate() => Signal(SigTerm);
+
+    /// <summary>Sends signal <paramref name="signal"/> (2: SIGINT, Ctrl-C; 15: SIGTERM).</summary>
+    public void Signal(int signal)
     {
-        if (Kill(_process.Id, SigTerm) != 0)
+        if (Kill(_process.Id, signal) != 0)
         {
-            throw new InvalidOperationException($"kill({_process.Id}, SIGTERM) failed: errno {Marshal.GetLastPInvokeError()}.");
+            throw new InvalidOperationException($"kill({_process.Id}, {signal}) failed: errno {Marshal.GetLastPInvokeError()}.");
         }
     }
 
