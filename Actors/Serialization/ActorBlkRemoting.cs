@@ -116,6 +116,7 @@ public static class ActorBlkRemoting
             akka-system-msg = "ActorBlk.Actors.Serialization.GuardedSystemMessageSerializer, ActorBlk.Actors"
             daemon-create = "ActorBlk.Actors.Serialization.RefusingDaemonMsgCreateSerializer, ActorBlk.Actors"
             proto = "ActorBlk.Actors.Serialization.GuardedProtobufSerializer, ActorBlk.Actors"
+            akka-cluster = "ActorBlk.Actors.Serialization.GuardedClusterMessageSerializer, ActorBlk.Actors"
           }
           serialization-bindings {
             "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk

@@ -211,3 +211,61 @@ public sealed class GuardedProtobufSerializer : Serializer
             ? Inner.FromBinary(bytes, type)
             : throw new SerializationException($"ActorBlk refuses {type?.FullName ?? "(none)"} through the protobuf serializer.");
 }
+
+/// <summary>
+/// Serializer id 5 (<c>akka-cluster</c>): Akka.Cluster's <see cref="Akka.Cluster.Serialization.ClusterMessageSerializer"/>
+/// without the user actions <c>Leave</c> and <c>Down</c>. A member acts on those only when they
+/// are its own (<c>Cluster.Leave</c>, <c>Cluster.Down</c> and the downing provider tell the local
+/// cluster daemon, in the process), so none comes over the network; but the daemon's path is
+/// trusted for joining and gossip, and through it any peer could make a node leave, or down any
+/// member, without the admin secret. Joining, gossip and heartbeats pass.
+/// </summary>
+public sealed class GuardedClusterMessageSerializer : SerializerWithStringManifest
+{
+    private readonly Lazy<Akka.Cluster.Serialization.ClusterMessageSerializer> _lazyInner;
+    private readonly Lazy<HashSet<string>> _refused;
+
+    /// <summary>Created by Akka's serialization extension.</summary>
+    public GuardedClusterMessageSerializer(ExtendedActorSystem system)
+        : base(system)
+    {
+        _lazyInner = new(() => new Akka.Cluster.Serialization.ClusterMessageSerializer(system));
+        _refused = new(() =>
+        {
+            // The user actions are internal to Akka.Cluster: their manifests are asked of the
+            // serializer itself, so a change of Akka's wire names cannot open the hole again.
+            var address = new Address("akka.tcp", "x", "127.0.0.1", 1);
+            return new HashSet<string>(new[] { "Leave", "Down" }.Select(name =>
+            {
+                var type = typeof(Akka.Cluster.Cluster).Assembly.GetType($"Akka.Cluster.ClusterUserAction+{name}", throwOnError: true)!;
+                return _lazyInner.Value.Manifest(Activator.CreateInstance(type, address)!);
+            }), StringComparer.Ordinal);
+        });
+    }
+
+    /// <inheritdoc />
+    public override int Identifier => 5;
+
+    /// <summary>The manifests refused from the network (Leave, Down).</summary>
+    public IReadOnlySet<string> RefusedManifests => _refused.Value;
+
+    private Akka.Cluster.Serialization.ClusterMessageSerializer Inner => _lazyInner.Value;
+
+    /// <inheritdoc />
+    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
+
+    /// <inheritdoc />
+    public override string Manifest(object o) => Inner.Manifest(o);
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">Leave or Down.</exception>
+    public override object FromBinary(byte[] bytes, string manifest)
+    {
+        if (manifest is null || _refused.Value.Contains(manifest))
+        {
+            throw new SerializationException($"ActorBlk refuses this message from the network (akka-cluster manifest '{manifest}': a Leave or Down is only taken from the node itself).");
+        }
+
+        return Inner.FromBinary(bytes, manifest);
+    }
+}

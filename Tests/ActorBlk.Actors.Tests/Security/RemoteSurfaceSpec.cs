@@ -85,7 +85,10 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         akka.actor.provider = remote
         akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
         akka.actor.serializers.rogue = "ActorBlk.Actors.Tests.Security.RogueHyperionSerializer, ActorBlk.Actors.Tests"
+        akka.actor.serializers.akka-cluster = "Akka.Cluster.Serialization.ClusterMessageSerializer, Akka.Cluster"
+        akka.actor.serialization-identifiers { "Akka.Cluster.Serialization.ClusterMessageSerializer, Akka.Cluster" = 5 }
         akka.actor.serialization-bindings {
+          "Akka.Cluster.IClusterMessage, Akka.Cluster" = akka-cluster
           "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = rogue
           "ActorBlk.Actors.Tests.Security.HyperionGadget, ActorBlk.Actors.Tests" = rogue
         }
@@ -244,6 +247,30 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         // The forged notification reached the guardian only as a refusal it ignores.
         var refused = Delivered().OfType<RefusedSystemMessage>().Select(r => r.What).ToList();
         Assert.Contains("DeathWatchNotification naming a local actor", refused);
+    }
+
+    [Fact]
+    public async Task Leave_and_down_through_the_trusted_cluster_daemon_path_are_refused()
+    {
+        // The daemon's path is trusted (members join and gossip through it); an outside audit made
+        // nodes leave and downed them through it with no secret. A member takes Leave and Down only
+        // from itself, so the guarded cluster serializer refuses both from the network.
+        var attacker = CreateTestProbe(_attacker);
+        var self = Cluster.Get(Sys).SelfAddress;
+        var daemon = _attacker.ActorSelection($"{Node}/system/cluster/core/daemon");
+        foreach (var name in new[] { "Leave", "Down" })
+        {
+            var type = typeof(Cluster).Assembly.GetType($"Akka.Cluster.ClusterUserAction+{name}", throwOnError: true)!;
+            daemon.Tell(Activator.CreateInstance(type, self)!, attacker.Ref);
+        }
+
+        // Identify is handled in the daemon's mailbox after what came before it over the association.
+        daemon.Tell(new Identify(7), attacker.Ref);
+        Assert.NotNull((await attacker.ExpectMsgAsync<ActorIdentity>(TimeSpan.FromSeconds(30))).Subject);
+        await AssertStillServes(attacker);
+        Assert.Equal(MemberStatus.Up, Cluster.Get(Sys).SelfMember.Status);
+        var guarded = Assert.IsType<GuardedClusterMessageSerializer>(Sys.Serialization.FindSerializerForType(typeof(Cluster).Assembly.GetType("Akka.Cluster.ClusterUserAction+Leave", throwOnError: true)!));
+        Assert.Equal(2, guarded.RefusedManifests.Count);
     }
 
     [Fact]
