@@ -53,6 +53,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
     public override object FromBinary(byte[] bytes, Type type)
     {
         object message;
+        t_reading++;
         try
         {
             message = base.FromBinary(bytes, type);
@@ -63,8 +64,52 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             // a SerializationException and drops the message, keeping the association.
             throw new System.Runtime.Serialization.SerializationException($"Refused an ActorBlk payload: {ex.Message}", ex);
         }
+        finally
+        {
+            t_reading--;
+        }
 
         return RemoteSurface.Admit(message, _secret.Value);
+    }
+
+    [ThreadStatic]
+    private static bool t_inEnvelope;
+
+    [ThreadStatic]
+    private static int t_reading;
+
+    /// <summary>True on a thread that is reading a payload (the type filter refuses surrogated types then).</summary>
+    internal static bool Reading => t_reading > 0;
+
+    /// <summary>The node's ActorBlk serializer.</summary>
+    /// <exception cref="InvalidOperationException">ActorBlk messages are not bound to it (the serializer configuration is missing).</exception>
+    internal static ActorBlkHyperionSerializer Of(ActorSystem system) =>
+        ((ExtendedActorSystem)system).Serialization.FindSerializerForType(typeof(IActorBlkMessage)) as ActorBlkHyperionSerializer
+        ?? throw new InvalidOperationException("ActorBlk messages are not bound to ActorBlkHyperionSerializer (ActorBlkRemoting.SerializerConfig).");
+
+    /// <summary>
+    /// Reads the request of an <see cref="RemoteSurface.Authenticated"/> envelope from its own bytes
+    /// (the envelope's admission is decided by <see cref="RemoteSurface.Admit"/> on the whole). An
+    /// envelope inside an envelope is refused here, before it is read: nesting is one level deep.
+    /// </summary>
+    /// <exception cref="System.Runtime.Serialization.SerializationException">Nested, malformed, or not a message.</exception>
+    internal IActorBlkMessage ReadEnveloped(byte[] bytes)
+    {
+        if (t_inEnvelope)
+        {
+            throw new System.Runtime.Serialization.SerializationException("ActorBlk does not accept an authenticated envelope inside another.");
+        }
+
+        t_inEnvelope = true;
+        try
+        {
+            return base.FromBinary(bytes, typeof(object)) as IActorBlkMessage
+                   ?? throw new System.Runtime.Serialization.SerializationException("The authenticated envelope does not carry an ActorBlk message.");
+        }
+        finally
+        {
+            t_inEnvelope = false;
+        }
     }
 
     private static Lazy<byte[]?> SecretOf(ExtendedActorSystem system) => new(() =>

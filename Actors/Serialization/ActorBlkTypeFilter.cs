@@ -59,6 +59,13 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
 
     private static readonly ConcurrentDictionary<string, string?> Decisions = new(StringComparer.Ordinal);
 
+    // ActorBlk messages that are never read as themselves: they have a surrogate on the wire.
+    private static readonly HashSet<string> SurrogatedOnly = new(
+        typeof(IActorBlkMessage).Assembly.GetTypes()
+            .Where(t => typeof(IActorBlkMessage).IsAssignableFrom(t) && typeof(Akka.Util.ISurrogated).IsAssignableFrom(t))
+            .Select(t => t.FullName!),
+        StringComparer.Ordinal);
+
     /// <summary>
     /// True for a normalised (unqualified) type name on the allow-list that comes from
     /// <paramref name="assembly"/> (a simple assembly name, e.g. <c>ActorBlk.Actors</c>).
@@ -78,8 +85,12 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
             return IsAllowedName(fullName[..^2], assembly);
         }
 
+        // A type with a wire surrogate (ISurrogated) travels as its surrogate only: read as itself
+        // it could nest (an envelope in an envelope). Hyperion asks about the root type when it
+        // writes one too, so the refusal holds only while a payload is read.
         return fullName.StartsWith("ActorBlk.", StringComparison.Ordinal)
-               && Decisions.GetOrAdd(fullName, IsActorBlkWireType) is { } actual && actual == assembly;
+               && Decisions.GetOrAdd(fullName, IsActorBlkWireType) is { } actual && actual == assembly
+               && !(ActorBlkHyperionSerializer.Reading && SurrogatedOnly.Contains(fullName));
     }
 
     // The assembly of an ActorBlk type that is a message, or an enum carried by messages; null for
@@ -88,7 +99,11 @@ public sealed class ActorBlkTypeFilter : ITypeFilter
     {
         var type = typeof(IActorBlkMessage).Assembly.GetType(fullName, throwOnError: false)
                    ?? typeof(BlockOp).Assembly.GetType(fullName, throwOnError: false);
-        return type is not null && (typeof(IActorBlkMessage).IsAssignableFrom(type) || type.IsEnum)
+        // Only concrete types: a manifest names the runtime type of a value, never an interface or
+        // an abstract class, and one in a generic argument (List<IActorBlkMessage>) would let values
+        // nest inside values to any depth.
+        return type is not null && !type.IsInterface && !type.IsAbstract
+               && (typeof(IActorBlkMessage).IsAssignableFrom(type) || type.IsEnum)
             ? type.Assembly.GetName().Name
             : null;
     }

@@ -194,10 +194,29 @@ public static class RemoteSurface
     /// An administrative request with the node's admin secret (<c>actorblk.remote.admin-secret</c>
     /// or the secret file). Over plain TCP the secret travels in clear: use TLS off loopback.
     /// </summary>
-    public sealed record Authenticated(string Credential, IActorBlkMessage Message) : IActorBlkMessage
+    /// <remarks>
+    /// On the wire it is <see cref="AuthenticatedWire"/>: the request travels as bytes of its own,
+    /// read back on its own, so an envelope can never hold another envelope. Sent as a graph, an
+    /// envelope nested 14,000 deep (about 56 KB) overflowed the reader's stack and killed the node
+    /// before anything could look at it (an outside audit).
+    /// </remarks>
+    public sealed record Authenticated(string Credential, IActorBlkMessage Message) : IActorBlkMessage, Akka.Util.ISurrogated
     {
         /// <inheritdoc />
         public override string ToString() => $"Authenticated {{ Message = {Message} }}";
+
+        /// <inheritdoc />
+        public Akka.Util.ISurrogate ToSurrogate(ActorSystem system) =>
+            new AuthenticatedWire(Credential, system.Serialization.FindSerializerFor(Message).ToBinary(Message));
+    }
+
+    /// <summary>The wire form of <see cref="Authenticated"/>: the credential and the request's own serialized bytes.</summary>
+    public sealed record AuthenticatedWire(string Credential, byte[] Message) : IActorBlkMessage, Akka.Util.ISurrogate
+    {
+        /// <inheritdoc />
+        /// <exception cref="SerializationException">The request is not one an envelope may carry (an envelope, or not a message).</exception>
+        public Akka.Util.ISurrogated FromSurrogate(ActorSystem system) =>
+            new Authenticated(Credential, ActorBlkHyperionSerializer.Of(system).ReadEnveloped(Message));
     }
 
     /// <summary>An administrative request came from the network without a valid credential; the recipient refuses it.</summary>

@@ -133,7 +133,53 @@ public sealed class SerializationSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Contains("Unsafe Type", ex.ToString());
     }
 
+    [Fact]
+    public void An_envelope_nested_thousands_deep_is_refused_at_its_first_type_without_reading_the_graph()
+    {
+        // An outside audit sent Authenticated(Authenticated(... Destroy)) 28,000 deep (112 KB) as a
+        // Hyperion graph: reading it overflowed the stack and killed the node before Admit could
+        // refuse it. The envelope now travels as its surrogate (AuthenticatedWire, the request as
+        // bytes); the envelope type itself is refused while a payload is read, so the reader stops
+        // at the root. The graph is written by a plain Hyperion (no surrogates, no filter) on a
+        // thread with room for its recursion.
+        IActorBlkMessage nested = new BlockLayer.Destroy("nullb0");
+        for (var i = 0; i < 20_000; i++)
+        {
+            nested = new RemoteSurface.Authenticated("guess", nested);
+        }
+
+        byte[] bytes = [];
+        var writer = new Thread(() =>
+        {
+            var plain = new Hyperion.Serializer(Hyperion.SerializerOptions.Default.WithVersionTolerance(true).WithPreserveObjectReferences(false));
+            using var stream = new MemoryStream();
+            plain.Serialize(nested, stream);
+            bytes = stream.ToArray();
+        }, 512 << 20);
+        writer.Start();
+        writer.Join();
+        Assert.True(bytes.Length > 40_000, $"{bytes.Length} bytes");
+
+        var ours = Sys.Serialization.FindSerializerForType(typeof(IActorBlkMessage));
+        var ex = Assert.ThrowsAny<Exception>(() => ours.FromBinary(bytes, typeof(object)));
+        Assert.Contains("Unsafe Type", ex.ToString());
+    }
+
+    [Fact]
+    public void An_envelope_inside_an_envelope_is_refused_and_one_level_round_trips()
+    {
+        var serializer = Sys.Serialization.FindSerializerForType(typeof(IActorBlkMessage));
+        var inner = new RemoteSurface.Authenticated("s", new BlockLayer.ListDevices());
+        var twice = new RemoteSurface.Authenticated("s", inner);
+        Assert.Throws<System.Runtime.Serialization.SerializationException>(() => serializer.FromBinary(serializer.ToBinary(twice), typeof(object)));
+
+        // One level: the request inside comes back (refused as not authenticated: this system has no secret).
+        Assert.IsType<BlockLayer.ListDevices>(Assert.IsType<RemoteSurface.AdminRefused>(serializer.FromBinary(serializer.ToBinary(inner), typeof(object))).Request);
+    }
+
     [Theory]
+    [InlineData("System.Collections.Generic.List`1[[ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors]], System.Private.CoreLib", false)]
+    [InlineData("ActorBlk.Actors.Serialization.RemoteSurface+AuthenticatedWire, ActorBlk.Actors", true)]
     [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Actors, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null", true)]
     [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Actors", true)]
     [InlineData("ActorBlk.Actors.SoftwareContextProtocol+Submit, ActorBlk.Hardware", false)]
