@@ -423,6 +423,13 @@ internal sealed class BlockLayerActor : ReceiveActor
             throw new ArgumentException($"{stacked} cannot be a member of itself.");
         }
 
+        if (Holds(member, stacked))
+        {
+            // cA over cB over cA: the first I/O would recurse through the two tables until the
+            // stack overflows and the process dies (an outside audit did it).
+            throw new ArgumentException($"{member} is stacked over {stacked} (directly or through other devices): the table would make a cycle.");
+        }
+
         if (load.Opened.TryGetValue(member, out var opened))
         {
             return opened;
@@ -431,6 +438,32 @@ internal sealed class BlockLayerActor : ReceiveActor
         return _devices.TryGetValue(member, out var m) && m.Ready && m.Destroyers.Count == 0
             ? m.Device
             : throw new KeyNotFoundException($"member device '{member}' does not exist or is not registered.");
+    }
+
+    // True when device `from` holds `target` as a member, directly or through stacked members.
+    private bool Holds(string from, string target)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var next = new Stack<string>([from]);
+        while (next.TryPop(out var name))
+        {
+            if (!seen.Add(name) || !_devices.TryGetValue(name, out var entry))
+            {
+                continue;
+            }
+
+            foreach (var held in entry.Holds)
+            {
+                if (held == target)
+                {
+                    return true;
+                }
+
+                next.Push(held);
+            }
+        }
+
+        return false;
     }
 
     private void HandleReady(RequestQueueProtocol.Ready ready)

@@ -136,6 +136,29 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_table_that_would_close_a_cycle_through_other_stacked_devices_is_refused()
+    {
+        // cA over n, cB over cA, then cA reloaded over cB: accepted before, and the first I/O
+        // recursed through the two tables until the stack overflowed and the process died.
+        await Member("cyc-n");
+        await Layer.CreateStackedDeviceAsync("cycA");
+        await Layer.LoadTableAsync("cycA", StackTable.Linear("cyc-n"));
+        await Layer.CreateStackedDeviceAsync("cycB");
+        await Layer.LoadTableAsync("cycB", StackTable.Linear("cycA"));
+        await Layer.CreateStackedDeviceAsync("cycC");
+        await Layer.LoadTableAsync("cycC", StackTable.Linear("cycB"));
+
+        var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("cycA", StackTable.Linear("cycC")));
+        Assert.Contains("cycle", refused.Message, StringComparison.Ordinal);
+
+        // Nothing changed: the old table still serves.
+        Assert.True(Layer.TryGetDevice("cycA", out var a));
+        await a!.ReadAsync(0, new byte[4096]);
+        Assert.True(Layer.TryGetDevice("cycC", out var c));
+        await c!.ReadAsync(0, new byte[4096]);
+    }
+
+    [Fact]
     public async Task Members_are_held_until_the_stacked_device_goes()
     {
         await Member("h0");
