@@ -179,7 +179,9 @@ internal sealed class BlockLayerActor : ReceiveActor
             var name = options.Name;
             device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
         }
-        catch (Exception ex) when (ex is ArgumentException or BlockDeviceException or IOException or UnauthorizedAccessException or InvalidOperationException)
+#pragma warning disable CA1031 // Whatever building one device throws fails that creation, never the guardian and with it the node.
+        catch (Exception ex)
+#pragma warning restore CA1031
         {
             driver?.Dispose();
             _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
@@ -216,6 +218,14 @@ internal sealed class BlockLayerActor : ReceiveActor
     // dm create: a placeholder queue under the name, neither bio-based nor multi-queue yet.
     private void HandleCreateStacked(BlockLayer.CreateStacked create)
     {
+        if (!DeviceOptions.IsDeviceName(create.Name))
+        {
+            // The name becomes an actor name and a path in the attribute tree: "a/b" failed the
+            // guardian (an illegal actor name) and with it the whole node.
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name ?? string.Empty, "name", $"'{create.Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters; not . or ..).")));
+            return;
+        }
+
         if (_devices.ContainsKey(create.Name))
         {
             Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", "a device with this name already exists.")));

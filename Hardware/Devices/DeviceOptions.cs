@@ -158,9 +158,9 @@ public sealed partial record DeviceOptions
     /// <exception cref="DeviceOptionsException">An option cannot describe a device.</exception>
     public void Validate()
     {
-        if (string.IsNullOrEmpty(Name) || Name.Length > 32 || !NamePattern().IsMatch(Name))
+        if (!IsDeviceName(Name))
         {
-            Fail("name", $"'{Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters).");
+            Fail("name", $"'{Name}' is not a device name (letters, digits, '-', '_', '.'; at most 32 characters; not . or ..).");
         }
 
         if (Driver is not ("null" or "file" or "nbd"))
@@ -232,6 +232,11 @@ public sealed partial record DeviceOptions
         if (Size is { } size && (size <= 0 || size % BlockSize != 0))
         {
             Fail("size", $"{size} bytes is not a positive multiple of the block size ({BlockSize}).");
+        }
+
+        if (MemoryBacked && Size is > MaxMemoryBackedSize)
+        {
+            Fail("size", $"{Size} bytes: a memory-backed device holds at most {MaxMemoryBackedSize} bytes (1 PiB; its pages are allocated as written).");
         }
 
         if (SubmitQueues < 1)
@@ -378,6 +383,16 @@ public sealed partial record DeviceOptions
 
     /// <summary>The request timeout in effect: the option, or the driver's default.</summary>
     public int EffectiveTimeoutMs => IoTimeoutMs > 0 ? IoTimeoutMs : Driver == "null" ? NullDefaultTimeoutMs : TagSet.DefaultTimeoutMs;
+
+    /// <summary>The largest memory-backed device: 1 PiB (its page directory is sized for the whole capacity up front).</summary>
+    public const long MaxMemoryBackedSize = 1L << 50;
+
+    /// <summary>
+    /// True for a valid device name: letters, digits, '-', '_' and '.', 1 to 32 characters, and not
+    /// "." or ".." (a name is a path component of the attribute tree).
+    /// </summary>
+    public static bool IsDeviceName(string? name) =>
+        !string.IsNullOrEmpty(name) && name.Length <= 32 && name is not ("." or "..") && NamePattern().IsMatch(name);
 
     private void Fail(string option, string message) => throw new DeviceOptionsException(Name, option, message);
 

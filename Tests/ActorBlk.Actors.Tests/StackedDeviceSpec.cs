@@ -159,6 +159,28 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Bad_names_and_sizes_are_refused_and_the_node_goes_on()
+    {
+        // An outside audit stopped the node with both: "a/b" as a stacked device's name became an
+        // illegal actor name, and a 2^56-byte memory-backed size overflowed the store's page
+        // directory; either failed the guardian, and with it the node.
+        foreach (var name in new[] { "a/b", ".", "..", "x y", new string('n', 33) })
+        {
+            var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.CreateStackedDeviceAsync(name));
+            Assert.Equal("name", refused.Option);
+            await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.CreateDeviceAsync(new DeviceOptions { Name = name, Size = 1 << 20 }));
+        }
+
+        var huge = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.CreateDeviceAsync(new DeviceOptions { Name = "huge0", Size = 1L << 56, MemoryBacked = true }));
+        Assert.Equal("size", huge.Option);
+
+        Assert.Null(Layer.FailureReason);
+        await Member("after0");
+        Assert.True(Layer.TryGetDevice("after0", out var after));
+        await after!.WriteAsync(0, new byte[4096]);
+    }
+
+    [Fact]
     public async Task Members_are_held_until_the_stacked_device_goes()
     {
         await Member("h0");
