@@ -36,6 +36,9 @@ public sealed partial class HardwareContext
         Queue.Runtime.Kick(this);
         var bt = reserved ? Tags.ReservedTags : Tags.BitmapTags;
         var waitIndex = reserved ? 0 : Interlocked.Increment(ref _waitIndex);
+
+        // Marked before it can be woken: its request, built when it resumes, skips the plug.
+        bio.Parked = true;
         bt.AddWaiter(bio, waitIndex);
         tag = TryAllocateTag(cpu, reserved);
         if (tag < 0)
@@ -45,6 +48,7 @@ public sealed partial class HardwareContext
 
         if (bt.CancelWaiter(bio))
         {
+            bio.Parked = false; // it never slept
             return tag;
         }
 

@@ -114,6 +114,7 @@ public sealed partial class RequestQueue
                 return true;
             case EnterResult.Waiting:
                 // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
+                bio.Parked = true;
                 plug?.FlushBeforeWait();
                 return false;
             case EnterResult.Frozen:
@@ -198,6 +199,7 @@ public sealed partial class RequestQueue
         {
             if (tag == HardwareContext.TagWaiting)
             {
+                // Read nothing of the bio after this: a tag freed meanwhile may have resumed it.
                 plug?.FlushBeforeWait();
             }
             else
@@ -217,7 +219,10 @@ public sealed partial class RequestQueue
             bio.Cookie = rq.UniqueTag;
         }
 
-        if (plug is not null && plug.Add(rq))
+        // A bio that waited (for a tag or a thaw) is issued at once, as blk_mq_get_tag's sleep
+        // flushes the task's plug: held in the plug, its request would keep a tag that a bio the
+        // flow awaits may be waiting for.
+        if (plug is not null && !bio.Parked && plug.Add(rq))
         {
             FlushIfSleepingOrFrozen(plug, bio);
             return;

@@ -118,6 +118,14 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     internal bool FailureDeferred { get; set; }
 
     /// <summary>
+    /// The bio waited for a tag or for the queue to thaw: its request, built when it resumes, is
+    /// issued at once instead of going into the plug. The flow may not await it for a long time,
+    /// and a plugged request would hold its tag meanwhile: with every tag held that way, a bio the
+    /// flow does await would wait for a tag for ever.
+    /// </summary>
+    internal bool Parked { get; set; }
+
+    /// <summary>
     /// True once the flow awaits this bio, or the split parent it is a piece of. A request built
     /// for it after that moment (by a software-context actor, or after a wait for a tag or a thaw)
     /// must not stay in the plug: the flow already went to sleep and flushed it.
@@ -250,6 +258,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         Buffer = default;
         Entered = false;
         FailureDeferred = false;
+        Parked = false;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
         Volatile.Write(ref _completed, Pooled);
