@@ -43,7 +43,10 @@ public sealed partial class RequestQueue
         // driver ends it, so freezes and teardown drain bio-based I/O as they drain requests.
         if (_bioDriver is { } bioDriver)
         {
-            bio.Plug = null;
+            // The bio keeps the flow's plug: its members' requests go into that plug, so awaiting
+            // the bio, and freezing or removing this queue, must flush it (else an await inside a
+            // plug on a stacked device waited for ever).
+            bio.Plug?.TrackStacked(this);
             if (Enter(bio, thread))
             {
                 bioDriver.SubmitBio(this, bio);

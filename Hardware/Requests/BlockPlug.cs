@@ -256,6 +256,22 @@ public sealed class BlockPlug : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// A bio of the flow went to a bio-based (stacked) queue, whose members' requests may come
+    /// into this plug: the stacked queue's freezes and teardown must flush it too, since they wait
+    /// for the stacked bio, which waits for those requests.
+    /// </summary>
+    internal void TrackStacked(RequestQueue queue)
+    {
+        lock (_lock)
+        {
+            if (!_finished)
+            {
+                Track(queue);
+            }
+        }
+    }
+
     /// <summary>The flow is about to wait for a plugged I/O: flush so the wait can end.</summary>
     internal void FlushBeforeWait() => Flush();
 
