@@ -130,7 +130,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// for it after that moment (by a software-context actor, or after a wait for a tag or a thaw)
     /// must not stay in the plug: the flow already went to sleep and flushed it.
     /// </summary>
-    internal bool IsAwaited => Volatile.Read(ref _awaited) != 0 || (Parent?.IsAwaited ?? false);
+    internal bool IsAwaited => Volatile.Read(ref _awaited) != 0 || (Parent?.IsAwaited ?? false) || (EndIo is IStackedPiece piece && piece.Upper.IsAwaited);
 
     /// <summary>The token of the <c>ValueTask</c> currently backed by this bio.</summary>
     internal short Version => _core.Version;
@@ -330,4 +330,15 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         var plug = Request?.Plug ?? Plug;
         plug?.FlushBeforeWait();
     }
+}
+
+/// <summary>
+/// The end_io of a bio a stacked device sent to a member: the flow awaits the stacked device's
+/// bio, so the member's request counts as awaited too (in mailbox dispatch it may be built after
+/// the flow went to sleep, and must then skip the plug).
+/// </summary>
+internal interface IStackedPiece
+{
+    /// <summary>The stacked device's bio this piece belongs to.</summary>
+    Bio Upper { get; }
 }

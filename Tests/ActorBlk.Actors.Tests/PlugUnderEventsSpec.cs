@@ -1,6 +1,7 @@
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Xunit;
@@ -83,6 +84,70 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
 
         await Bounded(Task.Run(Work), "awaited plugged writes");
         Assert.Equal(0, device.Queue.Usage.Count);
+    }
+
+    [Fact]
+    public async Task More_plugged_writes_than_tags_awaited_in_order_all_complete()
+    {
+        // An outside audit: with depth 4 and 20 writes started inside a plug, then awaited in order,
+        // the flow hung after 4. Writes that waited for a tag were built later, as tags came back,
+        // and went into the plug, which held their tags while the write the flow awaited waited for
+        // one. A request built after a wait for a tag is now issued at once (the kernel's tag wait
+        // sleeps, which flushes the plug). Depth 1 and a shared tag set are the tightest forms.
+        foreach (var depth in new[] { 1, 4 })
+        {
+            var device = await Create($"tw{depth}", depth);
+            async Task Work()
+            {
+                for (var round = 0; round < 20; round++)
+                {
+                    using var plug = device.Plug();
+                    var writes = new List<ValueTask>();
+                    for (var i = 0; i < 5 * depth; i++)
+                    {
+                        writes.Add(device.WriteAsync(i * 16384L, Pattern(4096, i)));
+                    }
+
+                    foreach (var w in writes)
+                    {
+                        await w;
+                    }
+                }
+            }
+
+            await Bounded(Task.Run(Work), $"plugged writes over {depth} tag(s)");
+            await AwaitConditionAsync(() => Task.FromResult(device.Queue.HardwareContexts.All(h => h.Tags.InUse == 0)), Generous, Poll);
+        }
+    }
+
+    [Fact]
+    public async Task An_await_inside_a_plug_on_a_stacked_device_completes_and_a_reload_flushes_what_is_not_awaited()
+    {
+        // The stacked bio's members' requests went into the flow's plug while the stacked bio
+        // itself was unplugged, so awaiting it flushed nothing: it waited for ever, and a table
+        // reload (a freeze of the stacked queue) timed out waiting for it.
+        await Create("st-m0");
+        await Create("st-m1");
+        await Layer.CreateStackedDeviceAsync("st0");
+        var stacked = await Layer.LoadTableAsync("st0", StackTable.Linear("st-m0", "st-m1"));
+        async Task Work()
+        {
+            using (stacked.Plug())
+            {
+                await stacked.WriteAsync(0, Pattern(4096, 3));
+                var pending = stacked.WriteAsync(8192, Pattern(4096, 4)).AsTask();
+
+                // Not awaited yet: the reload freezes the stacked queue, which flushes the plug.
+                await Layer.LoadTableAsync("st0", StackTable.Linear("st-m0", "st-m1"));
+                await pending;
+            }
+
+            var back = new byte[4096];
+            await stacked.ReadAsync(8192, back);
+            Assert.Equal(Pattern(4096, 4), back);
+        }
+
+        await Bounded(Task.Run(Work), "an await inside a plug on a stacked device");
     }
 
     [Fact]

@@ -97,8 +97,10 @@ public abstract class StackTarget : IBioDriver
 
     // One bio in flight on the members: a count of its pieces plus one for the submission, so the
     // bio cannot end while pieces are still being submitted; the first error wins.
-    private sealed class StackedIo(RequestQueue queue, Bio bio) : IBioEndIo
+    private sealed class StackedIo(RequestQueue queue, Bio bio) : IBioEndIo, IStackedPiece
     {
+        public Bio Upper => bio;
+
         private int _pending = 1;
         private int _status;
 
