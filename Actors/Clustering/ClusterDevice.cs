@@ -104,8 +104,50 @@ public sealed class AmbiguousClusterDeviceException(string message, IReadOnlyLis
 /// <param name="Node">The owner node's remoting endpoint, <c>host:port</c>.</param>
 /// <param name="NodeUid">The owner node's incarnation.</param>
 /// <param name="Devices">The node's devices, sorted by name.</param>
-internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices) : IActorBlkMessage
+/// <param name="Signature">HMAC-SHA256 of the entry with the admin secret (<see cref="Sign"/>), or null without a secret.</param>
+internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices, byte[]? Signature = null) : IActorBlkMessage
 {
+    /// <summary>
+    /// This entry signed with the cluster's admin secret (HMAC-SHA256 over every field), or
+    /// unsigned when no secret is set. Members share the secret; a peer without it cannot write an
+    /// entry members believe (Distributed Data does not authenticate the node a write claims to
+    /// come from: an outside audit redirected a device's I/O to its own NBD server that way).
+    /// </summary>
+    public ClusterNodeDevices Sign(byte[]? key) =>
+        this with { Signature = key is null ? null : System.Security.Cryptography.HMACSHA256.HashData(key, Canonical()) };
+
+    /// <summary>True when the entry carries the signature of <paramref name="key"/> (any entry, when there is no key).</summary>
+    public bool IsSignedWith(byte[]? key) =>
+        key is null
+        || (Signature is { Length: 32 } signature
+            && System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(signature, System.Security.Cryptography.HMACSHA256.HashData(key, Canonical())));
+
+    // Every field, in order, unambiguous (lengths before strings).
+    private byte[] Canonical()
+    {
+        using var stream = new MemoryStream();
+        using var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8);
+        writer.Write("actorblk-nodes/1");
+        writer.Write(Node);
+        writer.Write(NodeUid);
+        writer.Write(Devices.Length);
+        foreach (var d in Devices)
+        {
+            writer.Write(d.Name);
+            writer.Write(d.Node);
+            writer.Write(d.NodeUid);
+            writer.Write(d.Capacity);
+            writer.Write(d.LogicalBlockSize);
+            writer.Write(d.HardwareQueues);
+            writer.Write(d.ReadOnly);
+            writer.Write(d.State);
+            writer.Write(d.NbdEndpoint);
+        }
+
+        writer.Flush();
+        return stream.ToArray();
+    }
+
     /// <summary>Most devices one node's entry may list (more marks the entry malformed).</summary>
     public const int MaxDevices = 4096;
 
@@ -127,5 +169,6 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
     /// <summary>True when <paramref name="other"/> lists the same devices for the same node.</summary>
     public bool SameAs(ClusterNodeDevices? other) =>
         other is not null && other.Node == Node && other.NodeUid == NodeUid
-        && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices);
+        && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices)
+        && (other.Signature ?? []).AsSpan().SequenceEqual(Signature ?? []);
 }

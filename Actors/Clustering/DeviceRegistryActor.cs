@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Queues;
 using Akka.Actor;
 using Akka.Cluster;
@@ -42,6 +43,9 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private ImmutableDictionary<string, ClusterNodeDevices> _map = ImmutableDictionary<string, ClusterNodeDevices>.Empty;
     private bool _withdrawn;
 
+    // The admin secret: entries are signed with it and entries without its signature are ignored.
+    private readonly byte[]? _key;
+
     public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval)
     {
         _layer = layer;
@@ -49,6 +53,9 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         _replicator = DistributedData.Get(Context.System).Replicator;
         _pollInterval = pollInterval;
         _self = NodeName(_cluster.SelfAddress);
+        _key = RemoteSurface.ResolveSecret(Context.System.Settings.Config, create: false) is { Length: > 0 } secret
+            ? System.Text.Encoding.UTF8.GetBytes(secret)
+            : null;
 
         Receive<Changed>(HandleChanged);
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
@@ -123,7 +130,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }
 
         devices.Sort((x, y) => string.CompareOrdinal(x.Name, y.Name));
-        return new ClusterNodeDevices(_self, uid, [.. devices]);
+        return new ClusterNodeDevices(_self, uid, [.. devices]).Sign(_key);
     }
 
     private void PublishMine()
@@ -158,7 +165,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private void HandleWithdraw()
     {
         _withdrawn = true;
-        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, []);
+        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, []).Sign(_key);
         _mine = empty;
         var self = _cluster.SelfUniqueAddress;
         _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender,
@@ -248,7 +255,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     {
         var selfUid = _cluster.SelfUniqueAddress.Uid;
         var snapshot = _map.Values
-            .Where(v => v is not null && v.IsWellFormed && !_gone.Any(g => IsOwner(g, v)))
+            .Where(v => v is not null && v.IsWellFormed && v.IsSignedWith(_key) && !_gone.Any(g => IsOwner(g, v)))
             .Where(v => v.Node != _self || v.NodeUid == selfUid)
             // Only entries of members this node knows (an entry whose owner has not been seen
             // joining yet shows once its member event arrives).

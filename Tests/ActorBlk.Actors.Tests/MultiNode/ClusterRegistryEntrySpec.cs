@@ -68,6 +68,27 @@ public sealed class ClusterRegistryEntrySpec
     }
 
     [Fact]
+    public void Entries_signed_with_the_admin_secret_are_believed_and_forged_or_altered_ones_are_not()
+    {
+        // An outside audit wrote an entry for another node through Distributed Data (which takes
+        // the writer's claimed address on trust) and moved its devices to its own NBD server.
+        var key = System.Text.Encoding.UTF8.GetBytes("the cluster's secret");
+        var signed = Entry(Device("sdb")).Sign(key);
+        Assert.True(signed.IsSignedWith(key));
+        Assert.True(signed.SameAs(Entry(Device("sdb")).Sign(key)));
+
+        Assert.False(Entry(Device("sdb")).IsSignedWith(key));                                    // unsigned
+        Assert.False(Entry(Device("sdb")).Sign(System.Text.Encoding.UTF8.GetBytes("guess")).IsSignedWith(key));   // another key
+        var moved = signed with { Devices = [Device("sdb") with { NbdEndpoint = "nbd://127.0.0.1:11499/sdb" }] };
+        Assert.False(moved.IsSignedWith(key));                                                   // altered after signing
+        Assert.False((signed with { Signature = new byte[32] }).IsSignedWith(key));
+
+        // Without a secret (a cluster that set none) entries carry no signature and all are taken.
+        Assert.Null(Entry().Sign(null).Signature);
+        Assert.True(Entry().IsSignedWith(null));
+    }
+
+    [Fact]
     public void The_entry_type_may_arrive_from_the_network_inside_gossip()
     {
         Assert.Contains(typeof(ClusterNodeDevices), RemoteSurface.InboundTypes);
