@@ -24,17 +24,34 @@ internal static class DevicesCommand
         node.AddTo(command);
         command.SetAction((parse, _) =>
         {
+            // The node's TLS settings come from its hocon.conf, as for the other client commands:
+            // with TLS on, HOST:PORT means akka.ssl.tcp, and the client must load the TLS transport.
+            var nodeConfig = node.ConfigFrom(parse);
+            var tls = nodeConfig?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
             var text = parse.GetValue(node.Node);
-            return RunAsync(text is not null && !text.Contains("://", StringComparison.Ordinal)
-                ? $"akka.tcp://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}"
-                : node.AddressFrom(parse));
+            return RunAsync(
+                text is not null && !text.Contains("://", StringComparison.Ordinal)
+                    ? $"{(tls ? "akka.ssl.tcp" : "akka.tcp")}://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}"
+                    : node.AddressFrom(parse),
+                nodeConfig);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(string address)
+    private static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig)
     {
-        await using var client = NodeClient.Connect(address);
+        NodeClient connected;
+        try
+        {
+            connected = NodeClient.Connect(address, nodeConfig);
+        }
+        catch (Akka.Configuration.ConfigurationException ex)
+        {
+            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
+
+        await using var client = connected;
         ClusterDeviceList list;
         try
         {

@@ -80,6 +80,10 @@ internal sealed class NodeClient : IAsyncDisposable
     public static NodeClient Connect(string address, Config? nodeConfig = null)
     {
         var tls = nodeConfig?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
+        if (!tls && address.StartsWith("akka.ssl.tcp://", StringComparison.Ordinal))
+        {
+            throw new ConfigurationException($"{address} uses TLS: pass the node's hocon.conf (--config) for its certificate.");
+        }
         var config = ConfigurationFactory.ParseString($$"""
             akka.loglevel = ERROR
             akka.stdout-loglevel = OFF

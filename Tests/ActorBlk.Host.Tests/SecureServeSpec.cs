@@ -88,6 +88,12 @@ public sealed partial class SecureServeSpec : IDisposable
         Assert.Contains("online CPUs 0-2", offline.Out);
         Assert.Equal(0, (await Run("hotplug", "online", "3")).Code);
 
+        // devices with the node's hocon.conf: it crashed (no TLS transport loaded) before.
+        var devices = await Run("devices");
+        Assert.Equal(0, devices.Code);
+        Assert.Contains("nullb0", devices.Out);
+        Assert.DoesNotContain("Unhandled exception", devices.All);
+
         // I/O messages from an actor system holding the certificate.
         var clientConfig = ConfigurationFactory.ParseString($$"""
             akka.loglevel = WARNING
