@@ -80,6 +80,12 @@ internal sealed class SysfsActor : ReceiveActor
         Receive<Sysfs.List>(list =>
         {
             var paths = layer.ListAttributes(list.Prefix ?? string.Empty);
+            if (paths.Count == 0 && !string.IsNullOrEmpty(list.Prefix))
+            {
+                // As ls on a path that does not exist: an unknown device or directory is ENOENT, not an empty listing.
+                Sender.Tell(new Sysfs.Failed(list.Prefix, "ENOENT", "no attribute under this path"));
+                return;
+            }
 
             // A listing larger than one remoting message would be dropped by the transport and
             // its caller would wait for ever: refuse it, and say how to narrow it.

@@ -137,7 +137,7 @@ public sealed partial class RequestQueue
 
         if (nr > TagSet.QueueDepth)
         {
-            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {nr} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
+            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {value} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
         }
 
         return nr;

@@ -123,7 +123,9 @@ internal static class SysfsCommand
                     .ConfigureAwait(false);
                 return 0;
             case Sysfs.Failed failed:
-                await Console.Error.WriteLineAsync($"actorblk: {failed.Path}: {failed.Message} ({failed.Errno})").ConfigureAwait(false);
+                // Most messages name their errno already; it is added only where one does not.
+                var said = failed.Message.Contains($"({failed.Errno})", StringComparison.Ordinal) ? failed.Message : $"{failed.Message} ({failed.Errno})";
+                await Console.Error.WriteLineAsync($"actorblk: {failed.Path}: {said}").ConfigureAwait(false);
                 return Refused;
             default:
                 await Console.Error.WriteLineAsync($"actorblk: unexpected answer {reply}").ConfigureAwait(false);

@@ -290,6 +290,12 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         sysfs.Tell(new Sysfs.Read("block/sd6/queue/nope"), TestActor);
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
 
+        // Listing a device or directory that does not exist is ENOENT, as ls says (it was an empty listing).
+        sysfs.Tell(new Sysfs.List("block/nope/"), TestActor);
+        Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", "4294967295"), TestActor);
+        Assert.Contains("4294967295 exceeds the tag depth", (await ExpectMsgAsync<Sysfs.Failed>()).Message);
+
         sysfs.Tell(new Sysfs.Hotplug(2, Online: false), TestActor);
         Assert.Equal("0-1,3", (await ExpectMsgAsync<CpuTopologyProtocol.TopologyChanged>()).Online);
         sysfs.Tell(new Sysfs.Hotplug(2, Online: true), TestActor);
