@@ -173,7 +173,7 @@ internal sealed class BenchCommandLine
             ClockSource = parse.ValueOf(ClockSource),
             Json = parse.ValueOf(Json),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
-            StatusInterval = parse.GetValue(StatusInterval),
+            StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
             LatLog = parse.GetValue(WriteLatLog),
             IopsLog = parse.GetValue(WriteIopsLog),
             LogAvgMsec = parse.GetValue(LogAvgMsec),

@@ -278,9 +278,9 @@ internal sealed record BenchOptions
             throw new UsageException("option --hotplug-interval: the machine needs at least two CPUs (--possible-cpus) to take one offline.");
         }
 
-        if (StatusInterval is { } si && si < TimeSpan.FromMilliseconds(1))
+        if (StatusInterval is { } si && si > TimeSpan.Zero && si < TimeSpan.FromMilliseconds(1))
         {
-            throw new UsageException("option --status-interval must be at least 1 ms.");
+            throw new UsageException("option --status-interval must be 0 (off, as fio's default) or at least 1 ms.");
         }
 
         if (Plot is { } plot && !plot.EndsWith(".png", StringComparison.OrdinalIgnoreCase) && !plot.EndsWith(".svg", StringComparison.OrdinalIgnoreCase))

@@ -41,7 +41,8 @@ internal static class BenchReport
             w.WriteString("fio version", "actorblk-bench-1");
             w.WriteNumber("timestamp", now.ToUnixTimeSeconds());
             w.WriteNumber("timestamp_ms", now.ToUnixTimeMilliseconds());
-            w.WriteString("time", now.ToString("R", Inv));
+            // fio's ctime(3) form: "Thu Dec  3 14:45:47 2026".
+            w.WriteString("time", $"{now.ToString("ddd MMM", Inv)} {now.Day,2} {now.ToString("HH:mm:ss yyyy", Inv)}");
             w.WriteStartObject("global options");
             WriteJobOptions(w, r.Options);
             w.WriteEndObject();
@@ -237,7 +238,10 @@ internal static class BenchReport
 
         if (o.Runtime is { } runtime)
         {
-            w.WriteString("runtime", ((long)runtime.TotalSeconds).ToString(Inv));
+            // As given: fio echoes the option's text, and 1500ms is not "1".
+            w.WriteString("runtime", runtime.TotalSeconds == Math.Floor(runtime.TotalSeconds)
+                ? ((long)runtime.TotalSeconds).ToString(Inv)
+                : $"{(long)runtime.TotalMilliseconds}ms");
         }
 
         w.WriteString("ramp_time", ((long)o.RampTime.TotalSeconds).ToString(Inv));
@@ -253,7 +257,9 @@ internal static class BenchReport
         w.WriteNumber("io_kbytes", s.Bytes / 1024);
         w.WriteNumber("bw_bytes", (long)(s.Bytes / seconds));
         w.WriteNumber("bw", (long)(s.Bytes / seconds / 1024));
-        w.WriteNumber("iops", Math.Round(s.Ios / seconds, 6));
+        // Always with a fraction, as fio writes it (a whole number would read as an integer).
+        w.WritePropertyName("iops");
+        w.WriteRawValue((s.Ios / seconds).ToString("F6", Inv));
         w.WriteNumber("runtime", (long)measured.TotalMilliseconds);
         w.WriteNumber("total_ios", s.TotalIos);
         w.WriteNumber("short_ios", 0);

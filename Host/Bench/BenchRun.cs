@@ -141,6 +141,7 @@ internal sealed class BenchRun
     private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _jobsToStart;
     private volatile bool _stop;
+    private long _runStarted = Stopwatch.GetTimestamp();
     private volatile bool _offline;
 
     public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
@@ -205,7 +206,8 @@ internal sealed class BenchRun
         }
 
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
-        return new BenchResult(_o, read, write, measured, _accounting.Measured, submitted, completed, errors, timeouts, 0, 0, _device.ToString() ?? _device.Name)
+        // Elapsed is wall time since the run started, as fio's "elapsed" (it was the window's length).
+        return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(_runStarted), submitted, completed, errors, timeouts, 0, 0, _device.ToString() ?? _device.Name)
         {
             Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, [])],
         };
@@ -221,6 +223,7 @@ internal sealed class BenchRun
     {
         var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
+        _runStarted = started;
         var ramping = _o.RampTime > TimeSpan.Zero;
         var warming = _o.JitWarmup > TimeSpan.Zero && _o.Runtime is not null;
         if (!ramping && !warming)
