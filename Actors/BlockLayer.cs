@@ -279,6 +279,11 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(table);
+        if (table.MemberNames is null || table.MemberNames.Any(m => string.IsNullOrEmpty(m)))
+        {
+            throw new DeviceOptionsException(name, "table", "a member name is missing (null or empty).");
+        }
+
         var opened = await OpenMembersAsync(name, table, cancellationToken).ConfigureAwait(false);
         // From here the guardian owns the opened members: it closes them if the table is refused.
         var reply = await Guardian.Ask<object>(new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);

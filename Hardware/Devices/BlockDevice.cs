@@ -276,7 +276,8 @@ public sealed class BlockDevice : IBlockDevice
     {
         BlockOp.Discard => limits.MaxDiscardSectors > 0,
         BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors > 0,
-        _ => true,
+        BlockOp.Read or BlockOp.Write or BlockOp.Flush => true,
+        _ => false, // not an operation at all ((BlockOp)99): refused before submission
     };
 
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -178,6 +178,14 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         await Member("after0");
         Assert.True(Layer.TryGetDevice("after0", out var after));
         await after!.WriteAsync(0, new byte[4096]);
+
+        // A table with a missing member name, a stripe chunk larger than the members (a device of
+        // no capacity), and an operation that does not exist: typed refusals, nothing submitted.
+        await Layer.CreateStackedDeviceAsync("bad-t");
+        Assert.Equal("table", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("bad-t", StackTable.Linear("after0", null!)))).Option);
+        Assert.Equal("table", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("bad-t", StackTable.Striped(1 << 30, "after0")))).Option);
+        var op = await Assert.ThrowsAsync<InvalidBlockRequestException>(() => after.ExecuteAsync((BlockOp)99, 0, 4096, new byte[4096]).AsTask());
+        Assert.Equal(InvalidRequestReason.NotSupported, op.Reason);
     }
 
     [Fact]

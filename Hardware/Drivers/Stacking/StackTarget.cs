@@ -280,6 +280,13 @@ public sealed class StripedTarget : StackTarget
             throw new ArgumentException($"chunk of {chunkBytes} bytes is not a power of two.", nameof(chunkBytes));
         }
 
-        return stripes.Min(s => s.Capacity) / chunkBytes * chunkBytes * stripes.Count;
+        var smallest = stripes.Min(s => s.Capacity);
+        if (smallest < chunkBytes)
+        {
+            // A device of no capacity, every I/O out of range.
+            throw new ArgumentException($"chunk of {chunkBytes} bytes is larger than the smallest member ({smallest} bytes): the device would hold nothing.", nameof(chunkBytes));
+        }
+
+        return smallest / chunkBytes * chunkBytes * stripes.Count;
     }
 }
