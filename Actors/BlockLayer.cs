@@ -186,12 +186,20 @@ public sealed partial class BlockLayer : IExtension
     /// <summary>
     /// Creates a device and completes when it is registered and serving I/O.
     /// </summary>
+    /// <remarks>
+    /// The token of this and the other calls that change the node (allocate, register, create a
+    /// stacked device, load a table, destroy) is honoured until the request reaches the node: a
+    /// token cancelled before changes nothing and throws <see cref="OperationCanceledException"/>.
+    /// Once sent, the change goes through and the call returns its outcome, so a caller never
+    /// holds an exception for a device that was created or removed anyway.
+    /// </remarks>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
     public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        var created = await Guardian.Ask<Created>(new Create(options), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        var created = await Guardian.Ask<Created>(new Create(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -216,7 +224,8 @@ public sealed partial class BlockLayer : IExtension
             throw;
         }
 
-        var created = await Guardian.Ask<Created>(new Create(options, driver), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        var created = await Guardian.Ask<Created>(new Create(options, driver), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -232,7 +241,8 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        var created = await Guardian.Ask<Created>(new Allocate(options), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        var created = await Guardian.Ask<Created>(new Allocate(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -242,7 +252,8 @@ public sealed partial class BlockLayer : IExtension
     public async Task<IBlockDevice> RegisterDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var reply = await Guardian.Ask<object>(new Register(name), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        var reply = await Guardian.Ask<object>(new Register(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return reply switch
         {
             Created c => c.Device,
@@ -260,7 +271,8 @@ public sealed partial class BlockLayer : IExtension
     public async Task<IBlockDevice> CreateStackedDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        var created = await Guardian.Ask<Created>(new CreateStacked(name), Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        var created = await Guardian.Ask<Created>(new CreateStacked(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -284,9 +296,10 @@ public sealed partial class BlockLayer : IExtension
             throw new DeviceOptionsException(name, "table", "a member name is missing (null or empty).");
         }
 
+        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
         var opened = await OpenMembersAsync(name, table, cancellationToken).ConfigureAwait(false);
         // From here the guardian owns the opened members: it closes them if the table is refused.
-        var reply = await Guardian.Ask<object>(new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, cancellationToken).ConfigureAwait(false);
+        var reply = await Guardian.Ask<object>(new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
 
         return reply switch
         {
@@ -306,7 +319,8 @@ public sealed partial class BlockLayer : IExtension
 
     /// <summary>
     /// Unregisters and destroys a device: in-flight I/O drains (or fails with Offline after the
-    /// drain timeout), later I/O fails with Offline. Completes with the number of failed requests.
+    /// drain timeout), later I/O fails with Offline. Completes with the number of requests failed at
+    /// the drain timeout (a request carries every bio merged into it: adjacent writes may count once).
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
@@ -320,7 +334,8 @@ public sealed partial class BlockLayer : IExtension
         object reply;
         try
         {
-            reply = await Guardian.Ask<object>(new Destroy(name), limit, cancellationToken).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+            reply = await Guardian.Ask<object>(new Destroy(name), limit, CancellationToken.None).ConfigureAwait(false);
         }
         catch (AskTimeoutException ex)
         {

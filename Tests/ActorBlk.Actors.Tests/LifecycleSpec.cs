@@ -47,6 +47,34 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
     };
 
     [Fact]
+    public async Task A_token_cancelled_before_the_call_changes_nothing_and_one_cancelled_after_it_gets_the_outcome()
+    {
+        // An outside audit: a cancelled create threw, yet created the device (its name taken, the
+        // caller with no handle), and a cancelled destroy threw, yet destroyed it.
+        using var before = new CancellationTokenSource();
+        await before.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Layer.CreateDeviceAsync(Options("cx0"), before.Token));
+        Assert.False(Layer.TryGetDevice("cx0", out _));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Layer.CreateStackedDeviceAsync("cx1", before.Token));
+        Assert.False(Layer.TryGetDevice("cx1", out _));
+
+        using var after = new CancellationTokenSource();
+        var creating = Layer.CreateDeviceAsync(Options("cx2"), after.Token);
+        await after.CancelAsync();
+        var device = await creating;
+        Assert.True(Layer.TryGetDevice("cx2", out var found));
+        Assert.Same(device, found);
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Layer.DestroyDeviceAsync("cx2", before.Token));
+        Assert.True(Layer.TryGetDevice("cx2", out _));
+        using var late = new CancellationTokenSource();
+        var destroying = Layer.DestroyDeviceAsync("cx2", late.Token);
+        await late.CancelAsync();
+        Assert.Equal(0, await destroying);
+        Assert.False(Layer.TryGetDevice("cx2", out _));
+    }
+
+    [Fact]
     public async Task An_allocated_device_runs_nothing_until_it_is_registered()
     {
         var before = await SettledActorCountAsync(-1);
