@@ -66,7 +66,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     protected override void PreStart()
     {
         _topology = Context.ActorOf(
-            CpuTopologyProtocol.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology), "cpu-topology");
+            CpuTopologyProtocol.Props(_layer.Topology, _layer.Settings.WatchedOnlineFile, _layer.Settings.WatchInterval, _layer.PublishTopology, _layer.Stopping), "cpu-topology");
         _sysfs = Context.ActorOf(Sysfs.Props(_layer), Sysfs.ActorName);
         Context.Watch(_topology);
         Context.Watch(_sysfs);

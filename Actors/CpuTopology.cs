@@ -58,8 +58,8 @@ public static class CpuTopologyProtocol
         Props(initial, watchedOnlineFile, watchInterval, null);
 
     /// <summary>As above, with <paramref name="published"/> called with every topology the actor adopts (the first at start).</summary>
-    internal static Props Props(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published) =>
-        Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval, published));
+    internal static Props Props(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published, CancellationToken stopping = default) =>
+        Akka.Actor.Props.Create(() => new CpuTopologyActor(initial, watchedOnlineFile, watchInterval, published, stopping));
 }
 
 /// <summary>The CPU-topology actor.</summary>
@@ -74,8 +74,14 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     private CpuSet _lastSeenOnline;
     private long _version = 1;
 
-    public CpuTopologyActor(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published)
+    // The node is stopping: a remap stops waiting for queues to drain (one may never drain, its
+    // requests held by a device that does not answer), so the devices' teardown, queued behind
+    // the remap, can fail what they hold and finish.
+    private readonly CancellationToken _stopping;
+
+    public CpuTopologyActor(CpuTopology initial, string? watchedOnlineFile, TimeSpan watchInterval, Action<CpuTopology>? published, CancellationToken stopping)
     {
+        _stopping = stopping;
         _published = published;
         _topology = initial;
         _lastSeenOnline = initial.Online;
@@ -162,7 +168,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         var replyTo = Sender;
         var queues = _queues.ToArray();
         Become(Remapping);
-        _ = RemapAsync(queues, next).PipeTo(Self,
+        _ = RemapAsync(queues, next, _stopping).PipeTo(Self,
             success: count => new RemapDone(next, count, cpu, online, replyTo),
             failure: ex => new RemapFailed(ex, replyTo));
     }
@@ -195,7 +201,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     // Freeze every queue of a tag set and wait for it to drain (requests staged on a context whose
     // CPU leaves complete first), rebuild the set's map from the new topology, wire each queue to
     // it and unfreeze. Submissions meanwhile wait at the usage counter and are not lost.
-    private static async Task<int> RemapAsync(RequestQueue[] queues, CpuTopology next)
+    private static async Task<int> RemapAsync(RequestQueue[] queues, CpuTopology next, CancellationToken stopping)
     {
         var remapped = 0;
         foreach (var set in queues.GroupBy(q => q.TagSet))
@@ -208,7 +214,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
 
             try
             {
-                await Task.WhenAll(members.Select(q => q.WaitFrozenAsync())).ConfigureAwait(false);
+                await Task.WhenAll(members.Select(q => q.WaitFrozenAsync())).WaitAsync(stopping).ConfigureAwait(false);
                 var map = set.Key.Remap(next);
                 foreach (var q in members)
                 {
