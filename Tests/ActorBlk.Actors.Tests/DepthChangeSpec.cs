@@ -1,5 +1,7 @@
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using Akka.Actor;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Xunit;
@@ -134,6 +136,34 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
         await Bounded(resize, "the resize");
         await Bounded(Task.WhenAll(ios), "the waiters");
         Assert.Equal("4", device.Attributes.Read("block/dc1/queue/nr_requests").Trim());
+    }
+
+    [Fact]
+    public async Task Shutdown_during_a_hotplug_that_waits_on_a_device_that_never_drains_fails_every_io()
+    {
+        // An outside audit: a write held for an hour by a device, a CPU going offline (its remap
+        // waits for that device to drain), then the host stops. The remap never ended, so the
+        // devices' removal, queued behind it, never ran: the write never completed and the other
+        // device kept serving after the stop. Now the remap stops waiting when the node stops.
+        var stuck = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "dc-stuck", Dispatch = Mode, Size = 16 << 20, MemoryBacked = true, SubmitQueues = 2, PollQueues = 0,
+            IrqMode = IrqMode.Timer, CompletionNsec = 3_600_000_000_000, IoTimeoutMs = 600_000,
+        });
+        var good = await Create("dc-good");
+        var held = stuck.WriteAsync(0, new byte[4096]).AsTask();
+        await AwaitConditionAsync(() => Task.FromResult(stuck.Queue.InFlightCount > 0), Generous, Poll);
+        var hotplug = Layer.SetCpuOnlineAsync(1, online: false);
+        await AwaitConditionAsync(() => Task.FromResult(stuck.Queue.Usage.IsFrozen), Generous, Poll);
+        var waiting = good.WriteAsync(0, new byte[4096]).AsTask();
+
+        await Bounded(CoordinatedShutdown.Get(Sys).Run(CoordinatedShutdown.ClrExitReason.Instance), "the shutdown");
+        await Bounded(held.ContinueWith(_ => { }, TaskScheduler.Default), "the held write");
+        Assert.Equal(BlockStatus.Offline, Assert.IsType<BlockIoException>(held.Exception!.InnerException).Status);
+        await Bounded(waiting.ContinueWith(_ => { }, TaskScheduler.Default), "the other device's write");
+        await Bounded(hotplug.ContinueWith(_ => { }, TaskScheduler.Default), "the hotplug event");
+        Assert.True(hotplug.IsFaulted || hotplug.IsCanceled, "the remap ended by the stop does not report success");
+        Assert.Empty(Layer.Devices);
     }
 
     [Fact]
