@@ -55,7 +55,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             }
             else
             {
-                Sender.Tell(new BlockLayer.NoSuchDevice(get.Name ?? string.Empty));
+                Sender.Tell(new BlockLayer.NoSuchDevice(Echo(get.Name)));
             }
         });
         Receive<Terminated>(HandleTerminated);
@@ -476,6 +476,10 @@ internal sealed class BlockLayerActor : ReceiveActor
         return false;
     }
 
+    // A name in a refusal, cut to the longest a device may have: a peer's 100 KB name is not echoed back whole.
+    private static string Echo(string? name) =>
+        name is null ? string.Empty : name.Length <= RemoteSurface.MaxDeviceName ? name : name[..RemoteSurface.MaxDeviceName] + "...";
+
     private void HandleReady(RequestQueueProtocol.Ready ready)
     {
         if (!_devices.TryGetValue(ready.Name, out var entry))
@@ -496,7 +500,7 @@ internal sealed class BlockLayerActor : ReceiveActor
     {
         if (destroy.Name is not { Length: > 0 and <= RemoteSurface.MaxDeviceName } || !_devices.TryGetValue(destroy.Name, out var entry))
         {
-            Sender.Tell(new BlockLayer.NoSuchDevice(destroy.Name ?? string.Empty));
+            Sender.Tell(new BlockLayer.NoSuchDevice(Echo(destroy.Name)));
             return;
         }
 
@@ -592,7 +596,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
         else
         {
-            Sender.Tell(new BlockLayer.NoSuchDevice(io.Device ?? string.Empty, io.Id));
+            Sender.Tell(new BlockLayer.NoSuchDevice(Echo(io.Device), io.Id));
         }
     }
 
