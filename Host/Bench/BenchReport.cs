@@ -57,9 +57,9 @@ internal static class BenchReport
             w.WriteStartObject("job options");
             WriteJobOptions(w, r.Options);
             w.WriteEndObject();
-            WriteOp(w, "read", r.Read, r.Measured);
-            WriteOp(w, "write", r.Write, r.Measured);
-            WriteOp(w, "trim", new OpStats(), r.Measured);
+            WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples);
+            WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples);
+            WriteOp(w, "trim", new OpStats(), r.Measured, []);
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
             w.WriteNumber("sys_cpu", Math.Round(r.SysCpu, 6));
@@ -249,7 +249,7 @@ internal static class BenchReport
         w.WriteString("device", o.Device);
     }
 
-    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured)
+    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples)
     {
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
         w.WriteStartObject(name);
@@ -268,6 +268,26 @@ internal static class BenchReport
         WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
         WriteLatency(w, "clat_ns", s.Total, percentiles: true);
         WriteLatency(w, "lat_ns", s.Total, percentiles: true);
+
+        // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group.
+        var bw = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
+        var iops = SampleStats.Of([.. samples.Select(x => x.Iops)]);
+        w.WriteNumber("bw_min", (long)bw.Min);
+        w.WriteNumber("bw_max", (long)bw.Max);
+        w.WritePropertyName("bw_agg");
+        w.WriteRawValue((bw.Count > 0 ? 100.0 : 0.0).ToString("F6", Inv));
+        w.WritePropertyName("bw_mean");
+        w.WriteRawValue(bw.Mean.ToString("F6", Inv));
+        w.WritePropertyName("bw_dev");
+        w.WriteRawValue(bw.StdDev.ToString("F6", Inv));
+        w.WriteNumber("bw_samples", bw.Count);
+        w.WriteNumber("iops_min", (long)iops.Min);
+        w.WriteNumber("iops_max", (long)iops.Max);
+        w.WritePropertyName("iops_mean");
+        w.WriteRawValue(iops.Mean.ToString("F6", Inv));
+        w.WritePropertyName("iops_stddev");
+        w.WriteRawValue(iops.StdDev.ToString("F6", Inv));
+        w.WriteNumber("iops_samples", iops.Count);
         w.WriteEndObject();
     }
 

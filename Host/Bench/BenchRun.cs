@@ -60,6 +60,12 @@ internal sealed record BenchResult(
     /// </summary>
     public IReadOnlyList<string> WentOffline { get; init; } = [];
 
+    /// <summary>Bandwidth and IOPS samples of reads over the measured window (<see cref="BenchSampler"/>).</summary>
+    public IReadOnlyList<RateSample> ReadSamples { get; init; } = [];
+
+    /// <summary>Bandwidth and IOPS samples of writes over the measured window.</summary>
+    public IReadOnlyList<RateSample> WriteSamples { get; init; } = [];
+
     /// <summary>
     /// The figures of several devices run side by side as one: latencies merged, counters summed,
     /// the longest measured interval (they ran at the same time).

@@ -140,6 +140,10 @@ internal static class BenchCommand
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
                 : Task.FromResult<HotplugFigures?>(null);
+            // fio's bw and iops samples (bw_min ... iops_stddev in the JSON), every 500 ms.
+            var sampler = new BenchSampler();
+            var sampling = sampler.RunAsync(() => BenchResult.Combine([.. runs.Select(r => r.Snapshot())]), BenchSampler.DefaultInterval, stopReports.Token);
+
             // The ramp of every run counts from the moment all of them have started (BenchRun.Started).
             var allStarted = Task.WhenAll(runs.Select(r => r.Started));
             var results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted, interrupt.Begin()))).ConfigureAwait(false);
@@ -147,6 +151,7 @@ internal static class BenchCommand
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
             await reports.ConfigureAwait(false);
+            await sampling.ConfigureAwait(false);
             var hotplugFigures = await hotplug.ConfigureAwait(false);
             if (progress is not null)
             {
@@ -168,6 +173,8 @@ internal static class BenchCommand
                 Hotplug = hotplugFigures,
                 DoubleCompletions = queues.Sum(q => q.DoubleCompletions),   // read after teardown, which completes too
                 Cluster = cluster,
+                ReadSamples = sampler.Read,
+                WriteSamples = sampler.Write,
             };
             Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
             var written = true;
