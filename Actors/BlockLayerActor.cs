@@ -141,6 +141,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         BlockDevice device;
         TagSet set;
+        var addedSharedSet = false;
         try
         {
             if (driver is null)
@@ -164,6 +165,7 @@ internal sealed class BlockLayerActor : ReceiveActor
                 if (options.SharedTags)
                 {
                     _sharedTagSets[options.TagSetName] = new SharedTagSet(set);
+                    addedSharedSet = true;
                 }
             }
 
@@ -184,6 +186,12 @@ internal sealed class BlockLayerActor : ReceiveActor
 #pragma warning restore CA1031
         {
             driver?.Dispose();
+            if (addedSharedSet)
+            {
+                // Made for this device alone: the next device of that set name starts afresh.
+                _sharedTagSets.Remove(options.TagSetName);
+            }
+
             _log.Warning("Refused to create device {Device}: {Reason}", options.Name, ex.Message);
             Sender.Tell(new Status.Failure(ex));
             return null;

@@ -254,8 +254,10 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private void Publish()
     {
         var selfUid = _cluster.SelfUniqueAddress.Uid;
-        var snapshot = _map.Values
-            .Where(v => v is not null && v.IsWellFormed && v.IsSignedWith(_key) && !_gone.Any(g => IsOwner(g, v)))
+        // An entry counts only under its own key: a signed entry copied under another key (the
+        // signature does not cover the map key) is not believed.
+        var snapshot = _map.Where(kv => kv.Value is not null && kv.Key == kv.Value.Key).Select(kv => kv.Value)
+            .Where(v => v.IsWellFormed && v.IsSignedWith(_key) && !_gone.Any(g => IsOwner(g, v)))
             .Where(v => v.Node != _self || v.NodeUid == selfUid)
             // Only entries of members this node knows (an entry whose owner has not been seen
             // joining yet shows once its member event arrives).

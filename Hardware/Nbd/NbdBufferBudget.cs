@@ -94,6 +94,19 @@ internal sealed class NbdBufferBudget
         if (ct.CanBeCanceled)
         {
             waiter.Registration = ct.UnsafeRegister(static (state, token) => ((NbdBufferBudget)((object[])state!)[0]).Cancel((Waiter)((object[])state)[1], token), new object[] { this, waiter });
+
+            // Granted before the registration was stored: Complete disposed the empty one, so this
+            // one is disposed here (twice is harmless).
+            bool settled;
+            lock (_lock)
+            {
+                settled = waiter.Node is null;
+            }
+
+            if (settled)
+            {
+                waiter.Registration.Dispose();
+            }
         }
 
         return new ValueTask(waiter.Task);

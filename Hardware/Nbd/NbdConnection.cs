@@ -253,6 +253,13 @@ public sealed class NbdConnection
             {
                 _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
+
+            if (ex is NbdStallException)
+            {
+                // The read that timed out is still pending on the stream: end it before the
+                // pipes are completed and their buffers go back to the pool.
+                Abort();
+            }
         }
         finally
         {
@@ -1239,7 +1246,15 @@ public sealed class NbdConnection
         switch (slot.Command)
         {
             case NbdCommand.Read:
-                // PrepareBufferAsync gave every read that passes the checks its buffer.
+                // PrepareBufferAsync gave every read that passed the checks its buffer; a device
+                // whose geometry changed in between (a table reload) could pass it now without one.
+                if (slot.BufferBytes < slot.Length)
+                {
+                    slot.Error = NbdError.Invalid;
+                    Completed(slot);
+                    break;
+                }
+
                 Submit(device, slot, BlockOp.Read, slot.Offset, slot.Length, slot.Payload, RequestFlags.None);
                 break;
             case NbdCommand.Write:

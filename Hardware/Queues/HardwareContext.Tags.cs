@@ -38,6 +38,7 @@ public sealed partial class HardwareContext
         var waitIndex = reserved ? 0 : Interlocked.Increment(ref _waitIndex);
 
         // Marked before it can be woken: its request, built when it resumes, skips the plug.
+        var wasParked = bio.Parked;
         bio.Parked = true;
         bt.AddWaiter(bio, waitIndex);
         tag = TryAllocateTag(cpu, reserved);
@@ -48,7 +49,7 @@ public sealed partial class HardwareContext
 
         if (bt.CancelWaiter(bio))
         {
-            bio.Parked = false; // it never slept
+            bio.Parked = wasParked; // it did not sleep this time (it may have before)
             return tag;
         }
 

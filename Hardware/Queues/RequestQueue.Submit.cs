@@ -109,7 +109,24 @@ public sealed partial class RequestQueue
             return true;
         }
 
-        var result = (bio.Flags & RequestFlags.NoWait) != 0 ? Usage.TryEnter(bio.Cpu) : Usage.EnterOrWait(bio.Cpu, bio);
+        EnterResult result;
+        if ((bio.Flags & RequestFlags.NoWait) != 0)
+        {
+            result = Usage.TryEnter(bio.Cpu);
+        }
+        else
+        {
+            // Marked before it can be queued: a thaw on another thread may resume it at once, and
+            // its request must then skip the plug (see Bio.Parked). Put back unless it waits.
+            var wasParked = bio.Parked;
+            bio.Parked = true;
+            result = Usage.EnterOrWait(bio.Cpu, bio);
+            if (result != EnterResult.Waiting)
+            {
+                bio.Parked = wasParked;
+            }
+        }
+
         switch (result)
         {
             case EnterResult.Entered:
@@ -117,7 +134,7 @@ public sealed partial class RequestQueue
                 return true;
             case EnterResult.Waiting:
                 // Like a task that sleeps: flush its plug so plugged requests can drain the freeze.
-                bio.Parked = true;
+                // Read nothing of the bio after this: a thaw may have resumed it already.
                 plug?.FlushBeforeWait();
                 return false;
             case EnterResult.Frozen:

@@ -76,7 +76,14 @@ internal sealed class BenchInterrupt : IDisposable
 
         Signal = name;
         Console.Error.WriteLine($"actorblk bench: terminating on signal {name}; the report covers the run until now");
-        _stop.Cancel();
+        try
+        {
+            _stop.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The bench is finishing (its registrations are being disposed): nothing left to stop.
+        }
     }
 }
 
