@@ -198,7 +198,7 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var created = await Guardian.Ask<Created>(new Create(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
@@ -224,7 +224,7 @@ public sealed partial class BlockLayer : IExtension
             throw;
         }
 
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var created = await Guardian.Ask<Created>(new Create(options, driver), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
@@ -241,7 +241,7 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var created = await Guardian.Ask<Created>(new Allocate(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
@@ -252,7 +252,7 @@ public sealed partial class BlockLayer : IExtension
     public async Task<IBlockDevice> RegisterDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var reply = await Guardian.Ask<object>(new Register(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return reply switch
         {
@@ -271,7 +271,7 @@ public sealed partial class BlockLayer : IExtension
     public async Task<IBlockDevice> CreateStackedDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var created = await Guardian.Ask<Created>(new CreateStacked(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
@@ -296,7 +296,7 @@ public sealed partial class BlockLayer : IExtension
             throw new DeviceOptionsException(name, "table", "a member name is missing (null or empty).");
         }
 
-        cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var opened = await OpenMembersAsync(name, table, cancellationToken).ConfigureAwait(false);
         // From here the guardian owns the opened members: it closes them if the table is refused.
         var reply = await Guardian.Ask<object>(new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
@@ -334,7 +334,7 @@ public sealed partial class BlockLayer : IExtension
         object reply;
         try
         {
-            cancellationToken.ThrowIfCancellationRequested(); // honoured until the request is sent; then the outcome is awaited
+            cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
             reply = await Guardian.Ask<object>(new Destroy(name), limit, CancellationToken.None).ConfigureAwait(false);
         }
         catch (AskTimeoutException ex)

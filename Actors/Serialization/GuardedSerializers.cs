@@ -42,34 +42,36 @@ public sealed class ActorBlkJsonSerializer : NewtonSoftJsonSerializer
 }
 
 /// <summary>
-/// Serializer id 16 (<c>akka-misc</c>): Akka.Remote's <see cref="MiscMessageSerializer"/> without
-/// <see cref="PoisonPill"/>, <see cref="Kill"/> (which untrusted mode lets through) and
-/// <see cref="Status.Failure"/> (its exception is rebuilt from a type name the sender chooses).
-/// Identify, ActorIdentity, actor references and remote-watch heartbeats pass.
+/// A stock string-manifest serializer under its own id, with some of its manifests refused from
+/// the network. The stock serializer is created on first use: a system without the module it
+/// belongs to (no Akka.Remote or Akka.Cluster config) still lists this one and must start.
 /// </summary>
-public sealed class GuardedMiscMessageSerializer : SerializerWithStringManifest
+public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringManifest
+    where TInner : SerializerWithStringManifest
 {
-    // Created on first use: a system without Akka.Remote (no remote serializer config) still lists
-    // this serializer and must be able to start.
-    private readonly Lazy<MiscMessageSerializer> _lazyInner;
+    private readonly Lazy<TInner> _inner;
     private readonly Lazy<HashSet<string>> _refused;
+    private readonly string _what;
 
-    /// <summary>Created by Akka's serialization extension.</summary>
-    public GuardedMiscMessageSerializer(ExtendedActorSystem system)
+    /// <param name="system">The actor system.</param>
+    /// <param name="create">Creates the stock serializer.</param>
+    /// <param name="refused">The manifests refused, asked of the stock serializer.</param>
+    /// <param name="what">What is refused, for the exception's message ("akka-misc manifest ...: what").</param>
+    protected ManifestGuardingSerializer(ExtendedActorSystem system, Func<TInner> create, Func<TInner, IEnumerable<string>> refused, string what)
         : base(system)
     {
-        _lazyInner = new(() => new MiscMessageSerializer(system));
-        _refused = new(() => new HashSet<string>(StringComparer.Ordinal)
-        {
-            _lazyInner.Value.Manifest(PoisonPill.Instance), _lazyInner.Value.Manifest(Kill.Instance),
-            _lazyInner.Value.Manifest(new Status.Failure(new InvalidOperationException())),
-        });
+        ArgumentNullException.ThrowIfNull(create);
+        ArgumentNullException.ThrowIfNull(refused);
+        _inner = new(create);
+        _refused = new(() => new HashSet<string>(refused(_inner.Value), StringComparer.Ordinal));
+        _what = what;
     }
 
-    /// <inheritdoc />
-    public override int Identifier => 16;
+    /// <summary>The manifests refused from the network.</summary>
+    public IReadOnlySet<string> RefusedManifests => _refused.Value;
 
-    private MiscMessageSerializer Inner => _lazyInner.Value;
+    /// <summary>The stock serializer.</summary>
+    protected TInner Inner => _inner.Value;
 
     /// <inheritdoc />
     public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
@@ -78,16 +80,32 @@ public sealed class GuardedMiscMessageSerializer : SerializerWithStringManifest
     public override string Manifest(object o) => Inner.Manifest(o);
 
     /// <inheritdoc />
-    /// <exception cref="SerializationException">PoisonPill, Kill or Status.Failure.</exception>
+    /// <exception cref="SerializationException">A refused manifest.</exception>
     public override object FromBinary(byte[] bytes, string manifest)
     {
         if (manifest is null || _refused.Value.Contains(manifest))
         {
-            throw new SerializationException($"ActorBlk refuses this message from the network (akka-misc manifest '{manifest}': PoisonPill, Kill or Status.Failure).");
+            throw new SerializationException($"ActorBlk refuses this message from the network (manifest '{manifest}': {_what}).");
         }
 
         return Inner.FromBinary(bytes, manifest);
     }
+}
+
+/// <summary>
+/// Serializer id 16 (<c>akka-misc</c>): Akka.Remote's <see cref="MiscMessageSerializer"/> without
+/// <see cref="PoisonPill"/>, <see cref="Kill"/> (which untrusted mode lets through) and
+/// <see cref="Status.Failure"/> (its exception is rebuilt from a type name the sender chooses).
+/// Identify, ActorIdentity, actor references and remote-watch heartbeats pass.
+/// </summary>
+public sealed class GuardedMiscMessageSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<MiscMessageSerializer>(
+    system,
+    () => new MiscMessageSerializer(system),
+    inner => [inner.Manifest(PoisonPill.Instance), inner.Manifest(Kill.Instance), inner.Manifest(new Status.Failure(new InvalidOperationException()))],
+    "akka-misc: PoisonPill, Kill or Status.Failure")
+{
+    /// <inheritdoc />
+    public override int Identifier => 16;
 }
 
 /// <summary>
@@ -220,52 +238,24 @@ public sealed class GuardedProtobufSerializer : Serializer
 /// trusted for joining and gossip, and through it any peer could make a node leave, or down any
 /// member, without the admin secret. Joining, gossip and heartbeats pass.
 /// </summary>
-public sealed class GuardedClusterMessageSerializer : SerializerWithStringManifest
+public sealed class GuardedClusterMessageSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<Akka.Cluster.Serialization.ClusterMessageSerializer>(
+    system,
+    () => new Akka.Cluster.Serialization.ClusterMessageSerializer(system),
+    UserActionManifests,
+    "akka-cluster: a Leave or Down is only taken from the node itself")
 {
-    private readonly Lazy<Akka.Cluster.Serialization.ClusterMessageSerializer> _lazyInner;
-    private readonly Lazy<HashSet<string>> _refused;
-
-    /// <summary>Created by Akka's serialization extension.</summary>
-    public GuardedClusterMessageSerializer(ExtendedActorSystem system)
-        : base(system)
-    {
-        _lazyInner = new(() => new Akka.Cluster.Serialization.ClusterMessageSerializer(system));
-        _refused = new(() =>
-        {
-            // The user actions are internal to Akka.Cluster: their manifests are asked of the
-            // serializer itself, so a change of Akka's wire names cannot open the hole again.
-            var address = new Address("akka.tcp", "x", "127.0.0.1", 1);
-            return new HashSet<string>(new[] { "Leave", "Down" }.Select(name =>
-            {
-                var type = typeof(Akka.Cluster.Cluster).Assembly.GetType($"Akka.Cluster.ClusterUserAction+{name}", throwOnError: true)!;
-                return _lazyInner.Value.Manifest(Activator.CreateInstance(type, address)!);
-            }), StringComparer.Ordinal);
-        });
-    }
-
     /// <inheritdoc />
     public override int Identifier => 5;
 
-    /// <summary>The manifests refused from the network (Leave, Down).</summary>
-    public IReadOnlySet<string> RefusedManifests => _refused.Value;
-
-    private Akka.Cluster.Serialization.ClusterMessageSerializer Inner => _lazyInner.Value;
-
-    /// <inheritdoc />
-    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
-
-    /// <inheritdoc />
-    public override string Manifest(object o) => Inner.Manifest(o);
-
-    /// <inheritdoc />
-    /// <exception cref="SerializationException">Leave or Down.</exception>
-    public override object FromBinary(byte[] bytes, string manifest)
+    // The user actions are internal to Akka.Cluster: their manifests are asked of the serializer
+    // itself, so a change of Akka's wire names cannot open the hole again.
+    private static IEnumerable<string> UserActionManifests(Akka.Cluster.Serialization.ClusterMessageSerializer inner)
     {
-        if (manifest is null || _refused.Value.Contains(manifest))
+        var address = new Address("akka.tcp", "x", "127.0.0.1", 1);
+        foreach (var name in new[] { "Leave", "Down" })
         {
-            throw new SerializationException($"ActorBlk refuses this message from the network (akka-cluster manifest '{manifest}': a Leave or Down is only taken from the node itself).");
+            var type = typeof(Akka.Cluster.Cluster).Assembly.GetType($"Akka.Cluster.ClusterUserAction+{name}", throwOnError: true)!;
+            yield return inner.Manifest(Activator.CreateInstance(type, address)!);
         }
-
-        return Inner.FromBinary(bytes, manifest);
     }
 }

@@ -839,9 +839,10 @@ public sealed class NbdConnection
             }
 
             Start(slot, header);
+            var error = Check(device, slot);
             try
             {
-                await PrepareBufferAsync(device, slot, ct).ConfigureAwait(false);
+                await PrepareBufferAsync(device, slot, error, ct).ConfigureAwait(false);
                 if (header.Command == NbdCommand.Write)
                 {
                     await ReadPayloadAsync(slot.Payload, ct).ConfigureAwait(false);
@@ -854,7 +855,7 @@ public sealed class NbdConnection
                 throw;
             }
 
-            Dispatch(device, slot);
+            Dispatch(device, slot, error);
         }
     }
 
@@ -894,12 +895,12 @@ public sealed class NbdConnection
     /// the checks refuse needs none). A larger buffer than the slot has is taken from the server's
     /// budget first, which waits while other requests hold it; replies held back go out before.
     /// </summary>
-    private ValueTask PrepareBufferAsync(IBlockDevice device, NbdRequestSlot slot, CancellationToken ct)
+    private ValueTask PrepareBufferAsync(IBlockDevice device, NbdRequestSlot slot, NbdError error, CancellationToken ct)
     {
         var size = slot.Command switch
         {
             NbdCommand.Write => NbdRequestSlot.BufferSizeFor(slot.Length),
-            NbdCommand.Read when Check(device, slot) == NbdError.None => NbdRequestSlot.BufferSizeFor(slot.Length),
+            NbdCommand.Read when error == NbdError.None => NbdRequestSlot.BufferSizeFor(slot.Length),
             _ => 0,
         };
         if (slot.BufferBytes >= size)
@@ -1016,9 +1017,10 @@ public sealed class NbdConnection
                 }
 
                 Start(slot, header);
+                var error = Check(device, slot);
                 try
                 {
-                    var prepare = PrepareBufferAsync(device, slot, _stopReading.Token);
+                    var prepare = PrepareBufferAsync(device, slot, error, _stopReading.Token);
                     if (!prepare.IsCompletedSuccessfully)
                     {
                         prepare.AsTask().GetAwaiter().GetResult();
@@ -1036,7 +1038,7 @@ public sealed class NbdConnection
                     throw;
                 }
 
-                Dispatch(device, slot);
+                Dispatch(device, slot, error);
             }
         }
         finally
@@ -1232,9 +1234,9 @@ public sealed class NbdConnection
     }
 
     /// <summary>Checks a request and submits it to the block layer, or answers it at once.</summary>
-    private void Dispatch(IBlockDevice device, NbdRequestSlot slot)
+    // The request was checked once, before its buffer was decided (a read the checks refuse gets none).
+    private void Dispatch(IBlockDevice device, NbdRequestSlot slot, NbdError error)
     {
-        var error = Check(device, slot);
         if (error != NbdError.None)
         {
             slot.Error = error;
@@ -1246,15 +1248,7 @@ public sealed class NbdConnection
         switch (slot.Command)
         {
             case NbdCommand.Read:
-                // PrepareBufferAsync gave every read that passed the checks its buffer; a device
-                // whose geometry changed in between (a table reload) could pass it now without one.
-                if (slot.BufferBytes < slot.Length)
-                {
-                    slot.Error = NbdError.Invalid;
-                    Completed(slot);
-                    break;
-                }
-
+                // PrepareBufferAsync gave every read that passed the checks its buffer.
                 Submit(device, slot, BlockOp.Read, slot.Offset, slot.Length, slot.Payload, RequestFlags.None);
                 break;
             case NbdCommand.Write:

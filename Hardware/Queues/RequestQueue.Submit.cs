@@ -109,15 +109,12 @@ public sealed partial class RequestQueue
             return true;
         }
 
-        EnterResult result;
-        if ((bio.Flags & RequestFlags.NoWait) != 0)
+        var result = Usage.TryEnter(bio.Cpu);
+        if (result == EnterResult.Frozen && (bio.Flags & RequestFlags.NoWait) == 0)
         {
-            result = Usage.TryEnter(bio.Cpu);
-        }
-        else
-        {
-            // Marked before it can be queued: a thaw on another thread may resume it at once, and
-            // its request must then skip the plug (see Bio.Parked). Put back unless it waits.
+            // Only off the fast path: marked before it can be queued, since a thaw on another
+            // thread may resume it at once, and its request must then skip the plug (see
+            // Bio.Parked). Put back unless it waits.
             var wasParked = bio.Parked;
             bio.Parked = true;
             result = Usage.EnterOrWait(bio.Cpu, bio);
