@@ -10,8 +10,10 @@ namespace ActorBlk.Actors.Serialization;
 /// akka.actor.serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
 /// akka.actor.serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
 /// </code>
-/// Every payload it reads comes from the network and passes <see cref="RemoteSurface.Admit"/>:
-/// only request and reply types are delivered, administrative requests only with the admin secret.
+/// Every payload it reads comes from the network: it must match <see cref="WireSchema"/> before
+/// Hyperion reads it (exact type names, declared field types, lengths within the payload), and
+/// what Hyperion builds passes <see cref="RemoteSurface.Admit"/>: only request and reply types are
+/// delivered, administrative requests only with the admin secret.
 /// </summary>
 public sealed class ActorBlkHyperionSerializer : HyperionSerializer
 {
@@ -52,6 +54,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
     /// <exception cref="System.Runtime.Serialization.SerializationException">The payload is not one the network may send.</exception>
     public override object FromBinary(byte[] bytes, Type type)
     {
+        WireSchema.Check(bytes);
         object message;
         t_reading++;
         try
@@ -100,6 +103,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             throw new System.Runtime.Serialization.SerializationException("ActorBlk does not accept an authenticated envelope inside another.");
         }
 
+        WireSchema.Check(bytes);
         t_inEnvelope = true;
         try
         {
