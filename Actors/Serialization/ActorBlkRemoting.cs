@@ -27,7 +27,7 @@ public static class ActorBlkRemoting
     public static IReadOnlyList<string> TrustedSelectionPaths { get; } =
     [
         "/user/actorblk", "/user/actorblk/sysfs",
-        "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver",
+        "/system/cluster/core/daemon", "/system/cluster/heartbeatReceiver", "/user/ddataReplicator",
     ];
 
     /// <summary>The key that allows binding a non-loopback address without TLS.</summary>
@@ -117,6 +117,8 @@ public static class ActorBlkRemoting
             daemon-create = "ActorBlk.Actors.Serialization.RefusingDaemonMsgCreateSerializer, ActorBlk.Actors"
             proto = "ActorBlk.Actors.Serialization.GuardedProtobufSerializer, ActorBlk.Actors"
             akka-cluster = "ActorBlk.Actors.Serialization.GuardedClusterMessageSerializer, ActorBlk.Actors"
+            akka-data-replication = "ActorBlk.Actors.Serialization.GuardedReplicatorMessageSerializer, ActorBlk.Actors"
+            akka-replicated-data = "ActorBlk.Actors.Serialization.GuardedReplicatedDataSerializer, ActorBlk.Actors"
           }
           serialization-bindings {
             "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk

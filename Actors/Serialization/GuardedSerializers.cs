@@ -51,24 +51,39 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
 {
     private readonly Lazy<TInner> _inner;
     private readonly Lazy<HashSet<string>> _refused;
+    private readonly Lazy<HashSet<string>> _compressed;
     private readonly string _what;
+
+    /// <summary>
+    /// Most bytes a compressed payload may expand to (16 MiB). An honest one must fit in a remoting
+    /// frame compressed (128,000 bytes by default) and expands a few times; gzip can expand a
+    /// thousand times, so a peer could make the stock serializer allocate about 400 MB for one
+    /// frame.
+    /// </summary>
+    public const long MaxDecompressedBytes = 16 << 20;
 
     /// <param name="system">The actor system.</param>
     /// <param name="create">Creates the stock serializer.</param>
     /// <param name="refused">The manifests refused, asked of the stock serializer.</param>
     /// <param name="what">What is refused, for the exception's message ("akka-misc manifest ...: what").</param>
-    protected ManifestGuardingSerializer(ExtendedActorSystem system, Func<TInner> create, Func<TInner, IEnumerable<string>> refused, string what)
+    /// <param name="compressed">The manifests whose payload is gzip, accepted only if it expands to at most <see cref="MaxDecompressedBytes"/>.</param>
+    protected ManifestGuardingSerializer(ExtendedActorSystem system, Func<TInner> create, Func<TInner, IEnumerable<string>> refused, string what,
+        Func<TInner, IEnumerable<string>>? compressed = null)
         : base(system)
     {
         ArgumentNullException.ThrowIfNull(create);
         ArgumentNullException.ThrowIfNull(refused);
         _inner = new(create);
         _refused = new(() => new HashSet<string>(refused(_inner.Value), StringComparer.Ordinal));
+        _compressed = new(() => new HashSet<string>(compressed?.Invoke(_inner.Value) ?? [], StringComparer.Ordinal));
         _what = what;
     }
 
     /// <summary>The manifests refused from the network.</summary>
     public IReadOnlySet<string> RefusedManifests => _refused.Value;
+
+    /// <summary>The manifests whose compressed payload is bounded by <see cref="MaxDecompressedBytes"/>.</summary>
+    public IReadOnlySet<string> CompressedManifests => _compressed.Value;
 
     /// <summary>The stock serializer.</summary>
     protected TInner Inner => _inner.Value;
@@ -88,7 +103,37 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
             throw new SerializationException($"ActorBlk refuses this message from the network (manifest '{manifest}': {_what}).");
         }
 
+        if (_compressed.Value.Contains(manifest))
+        {
+            CheckExpansion(bytes, manifest);
+        }
+
         return Inner.FromBinary(bytes, manifest);
+    }
+
+    // Inflates the payload into a small buffer, counting, and refuses it past the limit or when it
+    // is not gzip. Nothing it expands to is kept: the stock serializer inflates it again.
+    private static void CheckExpansion(byte[] bytes, string manifest)
+    {
+        using var gzip = new System.IO.Compression.GZipStream(new MemoryStream(bytes, writable: false), System.IO.Compression.CompressionMode.Decompress);
+        Span<byte> buffer = stackalloc byte[4096];
+        long total = 0;
+        try
+        {
+            for (int read; (read = gzip.Read(buffer)) > 0;)
+            {
+                total += read;
+                if (total > MaxDecompressedBytes)
+                {
+                    throw new SerializationException(
+                        $"ActorBlk refuses a compressed message (manifest '{manifest}') that expands past {MaxDecompressedBytes} bytes from {bytes.Length}.");
+                }
+            }
+        }
+        catch (InvalidDataException ex)
+        {
+            throw new SerializationException($"ActorBlk refuses a compressed message (manifest '{manifest}') that is not valid gzip: {ex.Message}", ex);
+        }
     }
 }
 
@@ -258,4 +303,43 @@ public sealed class GuardedClusterMessageSerializer(ExtendedActorSystem system) 
             yield return inner.Manifest(Activator.CreateInstance(type, address)!);
         }
     }
+}
+
+/// <summary>
+/// Serializer id 12 (<c>akka-data-replication</c>): Akka.DistributedData's
+/// <see cref="Akka.DistributedData.Serialization.ReplicatorMessageSerializer"/>, with its gzip-compressed
+/// gossip bounded by <see cref="ManifestGuardingSerializer{TInner}.MaxDecompressedBytes"/>. The
+/// stock serializer inflates gossip with no limit, and the replicator is reachable by any peer.
+/// </summary>
+public sealed class GuardedReplicatorMessageSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<Akka.DistributedData.Serialization.ReplicatorMessageSerializer>(
+    system,
+    () => new Akka.DistributedData.Serialization.ReplicatorMessageSerializer(system),
+    _ => [],
+    "akka-data-replication",
+    _ => [ConstantOf(typeof(Akka.DistributedData.Serialization.ReplicatorMessageSerializer), "GossipManifest")])
+{
+    /// <inheritdoc />
+    public override int Identifier => 12;
+
+    // Gossip is internal to Akka.DistributedData: its manifest is the serializer's own constant.
+    internal static string ConstantOf(Type type, string name) =>
+        type.GetField(name, System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)?.GetRawConstantValue() as string
+        ?? throw new InvalidOperationException($"{type.Name}.{name} is gone: the guard for compressed payloads needs updating.");
+}
+
+/// <summary>
+/// Serializer id 11 (<c>akka-replicated-data</c>): Akka.DistributedData's
+/// <see cref="Akka.DistributedData.Serialization.ReplicatedDataSerializer"/>, with its gzip-compressed
+/// <c>ORSet</c> bounded by <see cref="ManifestGuardingSerializer{TInner}.MaxDecompressedBytes"/> (it
+/// travels inside every replicator message that carries data).
+/// </summary>
+public sealed class GuardedReplicatedDataSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<Akka.DistributedData.Serialization.ReplicatedDataSerializer>(
+    system,
+    () => new Akka.DistributedData.Serialization.ReplicatedDataSerializer(system),
+    _ => [],
+    "akka-replicated-data",
+    inner => [inner.Manifest(Akka.DistributedData.ORSet<string>.Empty)])
+{
+    /// <inheritdoc />
+    public override int Identifier => 11;
 }
