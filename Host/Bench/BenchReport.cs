@@ -63,6 +63,11 @@ internal static class BenchReport
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
             w.WriteNumber("sys_cpu", Math.Round(r.SysCpu, 6));
+            w.WriteNumber("ctx", r.Usage.ContextSwitches);
+            w.WriteNumber("majf", r.Usage.MajorFaults);
+            w.WriteNumber("minf", r.Usage.MinorFaults);
+            WriteDepths(w, r.Options.IoDepth);
+            WriteLatencyGroups(w, r);
             w.WriteNumber("total_err", totalErrors);
             w.WriteNumber("first_error", firstError);
             w.WriteEndObject();
@@ -179,7 +184,21 @@ internal static class BenchReport
             }
         }
 
-        sb.Append(Inv, $"  cpu          : usr={r.UsrCpu:0.00}%, sys={r.SysCpu:0.00}%\n");
+        // fio's lines: the latency groups that hold any I/O, five to a line.
+        foreach (var (name, groups) in LatencyGroups(AllLatencies(r)))
+        {
+            var shown = groups.Where(g => g.Percent > 0).ToList();
+            for (var i = 0; i < shown.Count; i += 5)
+            {
+                sb.Append(Inv, $"  lat ({name[8..].Replace("us", "usec", StringComparison.Ordinal).Replace("ns", "nsec", StringComparison.Ordinal).Replace("ms", "msec", StringComparison.Ordinal)})   : ");
+                sb.AppendJoin(", ", shown.Skip(i).Take(5).Select(g => string.Create(Inv, $"{g.Key}={g.Percent:0.00}%")));
+                sb.Append('\n');
+            }
+        }
+
+        sb.Append(Inv, $"  cpu          : usr={r.UsrCpu:0.00}%, sys={r.SysCpu:0.00}%, ctx={r.Usage.ContextSwitches}, majf={r.Usage.MajorFaults}, minf={r.Usage.MinorFaults}\n");
+        var depthGroup = DepthGroup(r.Options.IoDepth);
+        sb.Append("  IO depths    : ").AppendJoin(", ", new[] { "1", "2", "4", "8", "16", "32", ">=64" }.Select(k => $"{k}={(k == depthGroup ? "100.0" : "0.0")}%")).Append('\n');
         sb.Append(Inv, $"     issued rwts: total={r.Read.TotalIos},{r.Write.TotalIos},0,0 short=0,0,0,0 dropped={r.Read.Failed},{r.Write.Failed},0,0\n");
         if (r.Read.Failed + r.Write.Failed > 0)
         {
@@ -288,6 +307,106 @@ internal static class BenchReport
         w.WritePropertyName("iops_stddev");
         w.WriteRawValue(iops.StdDev.ToString("F6", Inv));
         w.WriteNumber("iops_samples", iops.Count);
+        w.WriteEndObject();
+    }
+
+    // fio's latency groups (stat.c): ns, us and ms, each bound the top of its group.
+    private static readonly (string Name, string[] Keys, long Scale)[] LatencyGroupNames =
+    [
+        ("latency_ns", ["2", "4", "10", "20", "50", "100", "250", "500", "750", "1000"], 1),
+        ("latency_us", ["2", "4", "10", "20", "50", "100", "250", "500", "750", "1000"], 1_000),
+        ("latency_ms", ["2", "4", "10", "20", "50", "100", "250", "500", "750", "1000", "2000"], 1_000_000),
+    ];
+
+    private static readonly long[] LatencyBounds = [.. LatencyGroupNames.SelectMany(g => g.Keys.Select(k => long.Parse(k, Inv) * g.Scale))];
+
+    /// <summary>
+    /// The share of I/Os (in percent) in each of fio's latency groups: <c>latency_ns</c>,
+    /// <c>latency_us</c>, <c>latency_ms</c> (whose last, <c>&gt;=2000</c>, holds 2 s and more),
+    /// over every completed I/O of the window, reads and writes together, as fio does.
+    /// </summary>
+    internal static IReadOnlyDictionary<string, IReadOnlyList<(string Key, double Percent)>> LatencyGroups(LatencyRecorder all)
+    {
+        var counts = all.Groups(LatencyBounds);
+        var total = Math.Max(all.Count, 1);
+        var result = new Dictionary<string, IReadOnlyList<(string, double)>>();
+        var index = 0;
+        foreach (var (name, keys, _) in LatencyGroupNames)
+        {
+            var list = new List<(string, double)>();
+            foreach (var key in keys)
+            {
+                list.Add((key, Percent(counts[index++], total)));
+            }
+
+            if (name == "latency_ms")
+            {
+                list.Add((">=2000", Percent(counts[index], total)));
+            }
+
+            result[name] = list;
+        }
+
+        return result;
+    }
+
+    // fio's stat_calc_lat: a group that holds any I/O shows at least 0.01%.
+    private static double Percent(long count, long total) => count == 0 ? 0 : Math.Max(0.01, 100.0 * count / total);
+
+    private static LatencyRecorder AllLatencies(BenchResult r)
+    {
+        var all = new LatencyRecorder();
+        all.Add(r.Read.Total);
+        all.Add(r.Write.Total);
+        return all;
+    }
+
+    private static void WriteLatencyGroups(Utf8JsonWriter w, BenchResult r)
+    {
+        foreach (var (name, groups) in LatencyGroups(AllLatencies(r)))
+        {
+            w.WriteStartObject(name);
+            foreach (var (key, percent) in groups)
+            {
+                w.WritePropertyName(key);
+                w.WriteRawValue(percent.ToString("F6", Inv));
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteNumber("latency_depth", r.Options.IoDepth);
+        w.WriteNumber("latency_target", 0);
+        w.WritePropertyName("latency_percentile");
+        w.WriteRawValue(100.0.ToString("F6", Inv));
+        w.WriteNumber("latency_window", 0);
+    }
+
+    /// <summary>fio's <c>iodepth_level</c> group of a queue depth: 1, 2, 4, 8, 16, 32 or &gt;=64.</summary>
+    internal static string DepthGroup(int depth) => depth switch
+    {
+        <= 1 => "1",
+        < 4 => "2",
+        < 8 => "4",
+        < 16 => "8",
+        < 32 => "16",
+        < 64 => "32",
+        _ => ">=64",
+    };
+
+    // iodepth_level: a job keeps --iodepth I/Os in flight by construction (that many slots, each
+    // submitting its next I/O when its last completes), so every submission after the first
+    // --iodepth finds that depth. The share of the fill is below 0.01% of any run; it is left out.
+    private static void WriteDepths(Utf8JsonWriter w, int depth)
+    {
+        var group = DepthGroup(depth);
+        w.WriteStartObject("iodepth_level");
+        foreach (var key in new[] { "1", "2", "4", "8", "16", "32", ">=64" })
+        {
+            w.WritePropertyName(key);
+            w.WriteRawValue((key == group ? 100.0 : 0.0).ToString("F6", Inv));
+        }
+
         w.WriteEndObject();
     }
 

@@ -60,6 +60,9 @@ internal sealed record BenchResult(
     /// </summary>
     public IReadOnlyList<string> WentOffline { get; init; } = [];
 
+    /// <summary>The process's context switches and page faults over the measured window (fio's ctx, majf, minf).</summary>
+    public ResourceUsage.Snapshot Usage { get; init; }
+
     /// <summary>Bandwidth and IOPS samples of reads over the measured window (<see cref="BenchSampler"/>).</summary>
     public IReadOnlyList<RateSample> ReadSamples { get; init; } = [];
 
@@ -95,6 +98,8 @@ internal sealed record BenchResult(
             Engines = [.. results.SelectMany(r => r.Engines)],
             FirstError = firstError,
             JitWarmup = results.Max(r => r.JitWarmup),
+            // One process: each device's window saw the same counters; the widest view is the largest.
+            Usage = results.Select(r => r.Usage).MaxBy(u => u.ContextSwitches),
             Supervision = results.Select(r => r.Supervision).Aggregate((a, b) => a + b),
             WentOffline = [.. results.SelectMany(r => r.WentOffline)],
         };
@@ -266,6 +271,7 @@ internal sealed class BenchRun
         process.Refresh();
         var usr0 = process.UserProcessorTime;
         var sys0 = process.PrivilegedProcessorTime;
+        var usage0 = ResourceUsage.Now();
         var cpuStart = Stopwatch.GetTimestamp();
         if (_o.Runtime is { } runtime)
         {
@@ -280,6 +286,7 @@ internal sealed class BenchRun
         // completions after its end, while the jobs wind down, are not recorded.
         _accounting.CloseWindow();
         var cpuInterval = Stopwatch.GetElapsedTime(cpuStart);
+        var usage = ResourceUsage.Now() - usage0;
         int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         process.Refresh();
@@ -315,6 +322,7 @@ internal sealed class BenchRun
             Engines = engines,
             FirstError = firstError,
             JitWarmup = warmup,
+            Usage = usage,
             WentOffline = _offline ? [_device.Name] : [],
         };
     }

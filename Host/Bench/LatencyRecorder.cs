@@ -132,6 +132,38 @@ internal sealed class LatencyRecorder
         Max = Math.Max(Max, other.Max);
     }
 
+    /// <summary>
+    /// How many latencies fall in each group that <paramref name="upperBoundsNs"/> (ascending)
+    /// marks: group i holds the latencies below bound i and at or above bound i - 1, and one more
+    /// group at the end holds those at or above the last bound. fio's <c>latency_ns</c>,
+    /// <c>latency_us</c> and <c>latency_ms</c> are such groups. A latency is placed by the lowest
+    /// value of its histogram bucket (3 significant digits), so one within 0.1% of a bound may
+    /// land on the bound's lower side.
+    /// </summary>
+    public long[] Groups(ReadOnlySpan<long> upperBoundsNs)
+    {
+        var groups = new long[upperBoundsNs.Length + 1];
+        var group = 0;
+        for (var i = 0; i < _counts.Length; i++)
+        {
+            var n = _counts[i];
+            if (n == 0)
+            {
+                continue;
+            }
+
+            var value = ValueAt(i);
+            while (group < upperBoundsNs.Length && value >= upperBoundsNs[group])
+            {
+                group++;
+            }
+
+            groups[group] += n;
+        }
+
+        return groups;
+    }
+
     /// <summary>HdrHistogram's counts index of <paramref name="value"/> (1 to <see cref="HighestNs"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static int CountsIndex(long value)

@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using System.Text.Json;
+using ActorBlk.Host.Bench;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// The rest of fio's job report: the latency groups (<c>latency_ns</c>, <c>latency_us</c>,
+/// <c>latency_ms</c>, fio's stat.c: each key the top of its group, a group with any I/O at least
+/// 0.01%), <c>iodepth_level</c>, <c>ctx</c>/<c>majf</c>/<c>minf</c>, in JSON and in the normal
+/// report's <c>lat (usec)</c>, <c>cpu</c> and <c>IO depths</c> lines.
+/// </summary>
+public sealed class BenchReportGroupsSpec
+{
+    [Fact]
+    public void Each_latency_lands_in_fios_group_and_the_shares_are_of_every_io()
+    {
+        var reads = new OpStats();
+        var writes = new OpStats();
+        Record(reads.Total, 1);                 // ns "2": below 2 ns
+        Record(reads.Total, 3);                 // ns "4"
+        Record(reads.Total, 150, count: 2);     // ns "250"
+        Record(writes.Total, 1_500, count: 4);  // us "2": 1 us to 2 us
+        Record(writes.Total, 999_999);          // us "1000": just under 1 ms
+        Record(reads.Total, 1_500_000);         // ms "2"
+        Record(reads.Total, 1_500_000_000);     // ms "2000": 1 s to 2 s
+        Record(reads.Total, 3_000_000_000);     // ms ">=2000"
+        Record(reads.Total, 20_000, count: 9_988); // us "50": the body, so one I/O is 0.005%
+        reads.Ios = reads.Total.Count;
+        writes.Ios = writes.Total.Count;
+
+        var result = new BenchResult(new BenchOptions { IoDepth = 16 }, reads, writes, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1),
+            Submitted: 10_000, Completed: 10_000, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
+        {
+            Usage = new ResourceUsage.Snapshot(ContextSwitches: 12, MajorFaults: 1, MinorFaults: 345),
+        };
+        var job = JsonDocument.Parse(BenchReport.Json(result)).RootElement.GetProperty("jobs")[0];
+
+        // fio's keys, in fio's order; a group with one I/O of 10,000 shows 0.01% (fio's floor).
+        Assert.Equal(Groups(("2", 0.01), ("4", 0.01), ("10", 0), ("20", 0), ("50", 0), ("100", 0), ("250", 0.02), ("500", 0), ("750", 0), ("1000", 0)),
+            Shares(job.GetProperty("latency_ns")));
+        Assert.Equal(Groups(("2", 0.04), ("4", 0), ("10", 0), ("20", 0), ("50", 99.88), ("100", 0), ("250", 0), ("500", 0), ("750", 0), ("1000", 0.01)),
+            Shares(job.GetProperty("latency_us")));
+        Assert.Equal(Groups(("2", 0.01), ("4", 0), ("10", 0), ("20", 0), ("50", 0), ("100", 0), ("250", 0), ("500", 0), ("750", 0), ("1000", 0), ("2000", 0.01), (">=2000", 0.01)),
+            Shares(job.GetProperty("latency_ms")));
+        Assert.Equal(16, job.GetProperty("latency_depth").GetInt32());
+
+        Assert.Equal(Groups(("1", 0), ("2", 0), ("4", 0), ("8", 0), ("16", 100), ("32", 0), (">=64", 0)), Shares(job.GetProperty("iodepth_level")));
+        Assert.Equal(12, job.GetProperty("ctx").GetInt64());
+        Assert.Equal(1, job.GetProperty("majf").GetInt64());
+        Assert.Equal(345, job.GetProperty("minf").GetInt64());
+
+        var human = BenchReport.Human(result);
+        Assert.Contains("  lat (nsec)   : 2=0.01%, 4=0.01%, 250=0.02%\n", human);
+        Assert.Contains("  lat (usec)   : 2=0.04%, 50=99.88%, 1000=0.01%\n", human);
+        Assert.Contains("  lat (msec)   : 2=0.01%, 2000=0.01%, >=2000=0.01%\n", human);
+        Assert.Contains("ctx=12, majf=1, minf=345", human);
+        Assert.Contains("  IO depths    : 1=0.0%, 2=0.0%, 4=0.0%, 8=0.0%, 16=100.0%, 32=0.0%, >=64=0.0%\n", human);
+    }
+
+    [Theory]
+    [InlineData(1, "1")]
+    [InlineData(2, "2")]
+    [InlineData(3, "2")]
+    [InlineData(4, "4")]
+    [InlineData(31, "16")]
+    [InlineData(32, "32")]
+    [InlineData(63, "32")]
+    [InlineData(64, ">=64")]
+    [InlineData(4096, ">=64")]
+    public void A_queue_depth_falls_in_fios_iodepth_group(int depth, string group) => Assert.Equal(group, BenchReport.DepthGroup(depth));
+
+    [Fact]
+    public void The_process_counters_only_grow()
+    {
+        var before = ResourceUsage.Now();
+        _ = new byte[64 << 20].AsSpan().ToArray(); // touches fresh pages: minor faults
+        var after = ResourceUsage.Now();
+        Assert.True(after.MinorFaults > before.MinorFaults, $"{before} -> {after}");
+        Assert.True(after.ContextSwitches >= before.ContextSwitches);
+    }
+
+    private static void Record(LatencyRecorder recorder, long ns, int count = 1)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            recorder.RecordTicks((long)(ns * (Stopwatch.Frequency / 1e9)));
+        }
+    }
+
+    private static List<(string, double)> Groups(params (string Key, double Percent)[] groups) => [.. groups];
+
+    private static List<(string, double)> Shares(JsonElement element) =>
+        [.. element.EnumerateObject().Select(p => (p.Name, Math.Round(p.Value.GetDouble(), 2)))];
+}
