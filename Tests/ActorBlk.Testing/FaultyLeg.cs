@@ -61,6 +61,27 @@ public sealed class FaultyLeg : IBioDriver
         return (new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30)))), faults);
     }
 
+    /// <summary>
+    /// The next write of exactly [<paramref name="offset"/>, + <paramref name="length"/>) waits for
+    /// <paramref name="release"/> and then ends with its status, reaching the device only if that
+    /// is Ok. The task returned completes when the write has arrived.
+    /// </summary>
+    public Task HoldWrite(long offset, int length, Task<BlockStatus> release)
+    {
+        var arrived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _hold, new Hold(offset, length, release, arrived));
+        return arrived.Task;
+    }
+
+    private sealed record Hold(long Offset, int Length, Task<BlockStatus> Release, TaskCompletionSource Arrived);
+
+    private Hold? _hold;
+
+    /// <summary>The next <paramref name="reads"/> reads fail with <see cref="BlockStatus.Medium"/> (a transient read error).</summary>
+    public void FailNextReads(long reads) => Interlocked.Exchange(ref _readsToFail, reads);
+
+    private long _readsToFail;
+
     /// <summary>Dies after <paramref name="writes"/> more writes.</summary>
     public void DieAfterWrites(long writes) => Interlocked.Exchange(ref _writesLeft, writes);
 
@@ -89,9 +110,34 @@ public sealed class FaultyLeg : IBioDriver
             return;
         }
 
+        if (bio.Op == BlockOp.Write && Volatile.Read(ref _hold) is { } hold && hold.Offset == bio.Offset && hold.Length == bio.Size
+            && Interlocked.CompareExchange(ref _hold, null, hold) == hold)
+        {
+            hold.Arrived.SetResult();
+            _ = hold.Release.ContinueWith(
+                t =>
+                {
+                    if (t.Result == BlockStatus.Ok)
+                    {
+                        Pass(queue, bio, overlapsBad: false);
+                    }
+                    else
+                    {
+                        queue.EndBio(bio, t.Result);
+                    }
+                },
+                TaskScheduler.Default);
+            return;
+        }
+
+        Pass(queue, bio, overlapsBad);
+    }
+
+    private void Pass(RequestQueue queue, Bio bio, bool overlapsBad)
+    {
         switch (bio.Op)
         {
-            case BlockOp.Read when overlapsBad:
+            case BlockOp.Read when overlapsBad || (Volatile.Read(ref _readsToFail) > 0 && Interlocked.Decrement(ref _readsToFail) >= 0):
                 Interlocked.Increment(ref ReadErrors);
                 queue.EndBio(bio, BlockStatus.Medium);
                 return;

@@ -218,16 +218,14 @@ public sealed partial class MirrorTarget
             }
 
             // No clean stop and bits set: the mirror stopped with writes in flight (a crash), so the
-            // in-sync legs may differ in those regions. As md's resync after an unclean shutdown, the
-            // first in-sync leg is the source and the other in-sync legs are rebuilt for them.
+            // in-sync legs may differ in those regions. As md's resync after an unclean shutdown,
+            // they stay in sync (each holds every acknowledged write, so any of them can carry the
+            // mirror if the others fail), those regions are read from the first in-sync leg only,
+            // and the resync copies them from it to the others.
             if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0))
             {
                 _resyncAfterCrash = true;
-                var source = Array.IndexOf(_state, MirrorLegState.InSync);
-                for (var i = source + 1; i < _state.Length; i++)
-                {
-                    _state[i] = _state[i] == MirrorLegState.InSync ? MirrorLegState.Rebuilding : _state[i];
-                }
+                _crashPending = [.. _bits];
             }
 
             BumpPages();

@@ -45,8 +45,14 @@ public sealed partial class MirrorTarget
                     }
 
                     break;
+                case "recover":
+                case "resync":
+                    // md's MD_RECOVERY_NEEDED: starts a recovery or resync that has work and is not
+                    // running (one that stopped for want of a readable leg); else nothing to do.
+                    KickSync();
+                    break;
                 default:
-                    throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not check, repair or idle");
+                    throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not check, repair, recover, resync or idle");
             }
         });
         add(md + "sync_completed", () =>

@@ -137,7 +137,7 @@ public sealed partial class MirrorTarget
                 for (var r = 0; r < Regions; r++)
                 {
                     var bit = 1UL << (r & 63);
-                    if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && (_touched[r >> 6] & bit) == 0)
+                    if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && (_touched[r >> 6] & bit) == 0 && !CrashPendingRegion(r))
                     {
                         _bits[r >> 6] &= ~bit;
                         _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
@@ -152,13 +152,14 @@ public sealed partial class MirrorTarget
         return changed ? PersistAsync(superblocks: false) : Task.CompletedTask;
     }
 
-    // With every leg in sync, the bits of regions no write is in flight on are owed to nobody. Under the lock.
+    // With every leg in sync, the bits of regions no write is in flight on (and no resync after a
+    // crash still owes) are owed to nobody. Under the lock.
     private void ClearBitsOfIdleRegions()
     {
         for (var r = 0; r < Regions; r++)
         {
             var bit = 1UL << (r & 63);
-            if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0)
+            if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && !CrashPendingRegion(r))
             {
                 _bits[r >> 6] &= ~bit;
             }

@@ -12,7 +12,7 @@ public sealed partial class MirrorTarget
     {
         lock (_lock)
         {
-            if (_failed || _stop.IsCancellationRequested || !_state.Any(s => s == MirrorLegState.Rebuilding))
+            if (_failed || _stop.IsCancellationRequested || !HasRecoverWork())
             {
                 return;
             }
@@ -40,7 +40,7 @@ public sealed partial class MirrorTarget
                     _syncAgain = false;
                     check = _checkRequested;
                     _checkRequested = false;
-                    if (_failed || _stop.IsCancellationRequested || (!check && !_state.Any(s => s == MirrorLegState.Rebuilding)))
+                    if (_failed || _stop.IsCancellationRequested || (!check && !HasRecoverWork()))
                     {
                         _syncAction = "idle";
                         _syncDone = _syncTotal = 0;
@@ -51,19 +51,28 @@ public sealed partial class MirrorTarget
                 }
 
                 var finished = true;
-                if (check)
+                try
                 {
-                    await CheckPassAsync(_repair, _checkStop!.Token).ConfigureAwait(false);
+                    if (check)
+                    {
+                        await CheckPassAsync(_repair, _checkStop!.Token).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        finished = await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
+                    }
                 }
-                else
+                catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
                 {
-                    finished = await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
+                    // A check stopped by hand (sync_action idle): a recovery asked for meanwhile
+                    // (a re-add during the check) still runs.
                 }
 
                 lock (_lock)
                 {
-                    // A recover that found no leg to copy from stops; a re-add starts it again.
-                    if (!_syncAgain && (check || !finished || !_state.Any(s => s == MirrorLegState.Rebuilding)))
+                    // A recover that found no leg to copy from stops; a re-add (of the rebuilding
+                    // leg too) or sync_action "recover" starts it again.
+                    if (!_syncAgain && (!finished || !HasRecoverWork()))
                     {
                         _syncAction = "idle";
                         _syncDone = _syncTotal = 0;
@@ -82,18 +91,22 @@ public sealed partial class MirrorTarget
         }
     }
 
-    // md's recovery: copy each dirty region from an in-sync leg to the rebuilding legs, a chunk at
-    // a time with the chunk held against writes, so no write can land between the read and the copy.
+    // md's recovery and resync: copy each dirty region from the first in-sync leg to the legs that
+    // are rebuilding and, after a crash, to the other in-sync legs for the regions that were being
+    // written; a chunk at a time with the chunk held against writes, so no write can land between
+    // the read and the copy. Returns false when no leg could be read from (the legs stay as they are).
     private async Task<bool> RecoverPassAsync(CancellationToken ct)
     {
-        int[] targets;
+        int[] rebuilding;
         var dirty = new List<int>();
         lock (_lock)
         {
-            targets = [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
+            // Only the legs rebuilding now get every region of this pass; one re-added later waits
+            // for the next pass (the re-add asks for it).
+            rebuilding = [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
             for (var r = 0; r < Regions; r++)
             {
-                if ((_bits[r >> 6] & (1UL << (r & 63))) != 0)
+                if ((_bits[r >> 6] & (1UL << (r & 63))) != 0 || CrashPendingRegion(r))
                 {
                     dirty.Add(r);
                 }
@@ -107,19 +120,22 @@ public sealed partial class MirrorTarget
         using var buffer = new AlignedBuffer(SyncChunkBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
         foreach (var r in dirty)
         {
+            lock (_lock)
+            {
+                // Nothing owed here any more (the legs to rebuild failed meanwhile): no copy, no wait.
+                if (!CrashPendingRegion(r) && !rebuilding.Any(t => _state[t] == MirrorLegState.Rebuilding))
+                {
+                    continue;
+                }
+            }
+
             var start = r * RegionBytes;
             var end = start + RegionLength(r);
             for (var at = start; at < end; at += SyncChunkBytes)
             {
                 ct.ThrowIfCancellationRequested();
-                targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
-                if (targets.Length == 0)
-                {
-                    return true;
-                }
-
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
-                if (!await CopyChunkAsync(targets, at, buffer.Memory[..length]).ConfigureAwait(false))
+                if (!await CopyChunkAsync(r, rebuilding, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
                     return false;
                 }
@@ -132,18 +148,25 @@ public sealed partial class MirrorTarget
                 await throttle.AfterAsync(length, ct).ConfigureAwait(false);
             }
 
-            // A region counts as copied only if a leg got all of it.
-            targets = [.. targets.Where(t => LegState(t) == MirrorLegState.Rebuilding)];
-            if (targets.Length == 0)
-            {
-                return true;
-            }
-
-            Interlocked.Increment(ref _resyncedRegions);
             lock (_lock)
             {
-                // With no faulty leg the region's bit is owed to nobody any more.
-                if (!_state.Any(s => s == MirrorLegState.Faulty))
+                // Counted when a leg still rebuilding, or a second in-sync leg after a crash, got it.
+                if (rebuilding.Any(t => _state[t] == MirrorLegState.Rebuilding)
+                    || (CrashPendingRegion(r) && _state.Count(s => s == MirrorLegState.InSync) > 1))
+                {
+                    Interlocked.Increment(ref _resyncedRegions);
+                }
+
+                // Every leg left got the whole region: the crash no longer owes it.
+                if (CrashPendingRegion(r))
+                {
+                    _crashPending[r >> 6] &= ~(1UL << (r & 63));
+                }
+
+                // With no faulty leg and no write in flight on it, the region's bit is owed to
+                // nobody. A write in flight keeps it: should it fail on a leg, that leg is faulty and
+                // the bit is what a re-add copies.
+                if (!_state.Any(s => s == MirrorLegState.Faulty) && _regionWrites[r] == 0 && !CrashPendingRegion(r))
                 {
                     _bits[r >> 6] &= ~(1UL << (r & 63));
                     _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
@@ -153,18 +176,19 @@ public sealed partial class MirrorTarget
 
         lock (_lock)
         {
+            var changed = _resyncAfterCrash;
             _resyncAfterCrash = false;
-            var done = false;
-            foreach (var t in targets)
+            _crashPending = [];
+            foreach (var t in rebuilding)
             {
                 if (_state[t] == MirrorLegState.Rebuilding)
                 {
                     _state[t] = MirrorLegState.InSync;
-                    done = true;
+                    changed = true;
                 }
             }
 
-            if (!done)
+            if (!changed)
             {
                 return true;
             }
@@ -183,7 +207,14 @@ public sealed partial class MirrorTarget
         return true;
     }
 
-    private async Task<bool> CopyChunkAsync(int[] targets, long at, Memory<byte> chunk)
+    // Times a source read that failed (a bad sector, not a lost leg) is tried again before the next
+    // in-sync leg is tried as the source.
+    private const int SourceReadAttempts = 3;
+
+    // Copies one chunk of region r from the first in-sync leg to the legs that need it: the
+    // rebuilding legs of the pass and, while the crash owes the region, the other in-sync legs.
+    // False when no in-sync leg could be read.
+    private async Task<bool> CopyChunkAsync(int region, int[] rebuilding, long at, Memory<byte> chunk)
     {
         var held = await _gate.EnterExclusiveAsync(at, at + chunk.Length).ConfigureAwait(false);
         try
@@ -191,36 +222,61 @@ public sealed partial class MirrorTarget
             var tried = 0;
             while (true)
             {
-                var source = PickReadLeg(tried);
+                var source = FirstInSync(tried);
                 if (source < 0)
                 {
-                    // No leg to copy from: the rebuilding legs stay rebuilding.
+                    // No leg to copy from: the legs stay as they are.
                     return false;
                 }
 
-                tried |= 1 << source;
-                var s = await LegIo(source, BlockOp.Read, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
-                if (s == BlockStatus.Ok)
+                List<int> targets;
+                lock (_lock)
                 {
-                    break;
+                    var crash = CrashPendingRegion(region);
+                    targets = [.. Enumerable.Range(0, _legs.Length).Where(t => t != source
+                        && ((_state[t] == MirrorLegState.Rebuilding && rebuilding.Contains(t)) || (crash && _state[t] == MirrorLegState.InSync)))];
+                }
+
+                if (targets.Count == 0)
+                {
+                    return true;
+                }
+
+                var s = BlockStatus.IoError;
+                for (var attempt = 0; attempt < SourceReadAttempts; attempt++)
+                {
+                    s = await LegIo(source, BlockOp.Read, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
+                    if (s is BlockStatus.Ok or BlockStatus.Offline or BlockStatus.Transport)
+                    {
+                        break;
+                    }
                 }
 
                 if (s is BlockStatus.Offline or BlockStatus.Transport)
                 {
                     await FailLeg(source).ConfigureAwait(false);
+                    continue;
                 }
-            }
 
-            var writes = targets.Select(t => LegIo(t, BlockOp.Write, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
-            for (var i = 0; i < writes.Length; i++)
-            {
-                if (await writes[i].ConfigureAwait(false) != BlockStatus.Ok)
+                if (s != BlockStatus.Ok)
                 {
-                    await FailLeg(targets[i]).ConfigureAwait(false);
+                    // This leg cannot give the chunk; the next in-sync one may (and after a crash
+                    // its copy then goes over this one's too).
+                    tried |= 1 << source;
+                    continue;
                 }
-            }
 
-            return true;
+                var writes = targets.Select(t => LegIo(t, BlockOp.Write, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
+                for (var i = 0; i < writes.Length; i++)
+                {
+                    if (await writes[i].ConfigureAwait(false) != BlockStatus.Ok)
+                    {
+                        await FailLeg(targets[i]).ConfigureAwait(false);
+                    }
+                }
+
+                return true;
+            }
         }
         finally
         {

@@ -73,8 +73,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private bool _repair;
 
     // Set at a start after a crash (no clean stop, bits set): the in-sync legs are being made equal
-    // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out).
+    // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out). The legs stay
+    // in sync meanwhile, as in md: each holds every acknowledged write, and they may differ only in
+    // the regions of _crashPending, where writes were in flight at the crash. Those are read from
+    // the first in-sync leg only (md's choose_first) and copied from it to the others; a region
+    // leaves the set once copied. Under _lock (read racily by reads: bits only ever clear).
     private bool _resyncAfterCrash;
+    private ulong[] _crashPending = [];
     private CancellationTokenSource? _checkStop;
     private long _userIo;
     private int _readRotor;
@@ -252,6 +257,18 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
         lock (_lock)
         {
+            // A rebuilding leg whose recovery stopped (no leg could be read from) is started again.
+            if (!_failed && _state[leg] == MirrorLegState.Rebuilding)
+            {
+                if (!_sync.IsCompleted)
+                {
+                    throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} is rebuilding now (sync_action: {_syncAction}).");
+                }
+
+                KickSync();
+                return;
+            }
+
             if (_failed || _state[leg] != MirrorLegState.Faulty)
             {
                 throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} is {(_failed ? "gone with the whole mirror" : _state[leg].ToString().ToLowerInvariant())}, not faulty.");
@@ -310,7 +327,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         var action = repair ? "repair" : "check";
         lock (_lock)
         {
-            if (_failed || _state.Any(s => s != MirrorLegState.InSync) || !_sync.IsCompleted)
+            if (_failed || _state.Any(s => s != MirrorLegState.InSync) || _resyncAfterCrash || !_sync.IsCompleted)
             {
                 throw new InvalidOperationException($"{_name}: {action} needs every leg in sync and no sync running (sync_action: {_syncAction}).");
             }
@@ -400,8 +417,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 ClearBitsOfIdleRegions();
             }
 
-            // Clean only with no write in flight: then the in-sync legs hold the same data.
-            _clean = _regionWrites.All(w => w == 0);
+            // Clean only with no write in flight and no resync after a crash left: then the in-sync
+            // legs hold the same data.
+            _clean = _regionWrites.All(w => w == 0) && !_resyncAfterCrash;
             _generation++;
         }
 
@@ -512,9 +530,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         try
         {
             var tried = 0;
+            var first = Volatile.Read(ref _resyncAfterCrash) && CrashPending(bio.Offset, bio.Size);
             while (true)
             {
-                var leg = PickReadLeg(tried);
+                var leg = first ? FirstInSync(tried) : PickReadLeg(tried);
                 if (leg < 0)
                 {
                     break;
@@ -555,6 +574,42 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             queue.EndBio(bio, status != BlockStatus.Ok && Volatile.Read(ref _failed) ? BlockStatus.Offline : status);
         }
     }
+
+    // The lowest in-sync leg not tried: the one copy read (and copied from) where in-sync legs may differ.
+    private int FirstInSync(int tried)
+    {
+        for (var i = 0; i < _legs.Length; i++)
+        {
+            if ((tried & (1 << i)) == 0 && LegState(i) == MirrorLegState.InSync)
+            {
+                return i;
+            }
+        }
+
+        return -1;
+    }
+
+    // True when a region of the range still waits for the resync after a crash.
+    private bool CrashPending(long offset, int length)
+    {
+        var (first, last) = RegionsOf(offset, length);
+        var pending = Volatile.Read(ref _crashPending);
+        for (var r = first; r <= last && pending.Length > 0; r++)
+        {
+            if ((Volatile.Read(ref pending[r >> 6]) & (1UL << (r & 63))) != 0)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    // Under _lock.
+    private bool CrashPendingRegion(int r) => _crashPending.Length > 0 && (_crashPending[r >> 6] & (1UL << (r & 63))) != 0;
+
+    // Under _lock: a leg to rebuild, or in-sync legs to make equal after a crash.
+    private bool HasRecoverWork() => _resyncAfterCrash || _state.Any(s => s == MirrorLegState.Rebuilding);
 
     // The in-sync leg with the fewest I/Os in flight; ties go round-robin so sequential reads spread too.
     private int PickReadLeg(int tried)

@@ -329,11 +329,22 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         first.Dispose();
         await a.WriteAsync(MirrorSuperblock.DataOffset + (5 * Region), Stamp(5, 2));
 
-        // The resync waits for a clock that moves only when told, so the rebuilding state is seen.
+        // The resync waits for a clock that moves only when told, so its state is seen. As in md,
+        // both legs stay in sync (each holds every acknowledged write): the mirror is not degraded,
+        // and a region the crash left unequal is read from the first leg only (md's choose_first),
+        // every time, until it is copied.
         var copiedBefore = fb.DataBytesWritten;
         var clock = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
-        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(0, second.Degraded);
+        var md2 = Serve(second, "md1");
+        var read = new byte[Block];
+        for (var i = 0; i < 8; i++)
+        {
+            await md2.ReadAsync(5 * Region, read);
+            Assert.Equal(Stamp(5, 2), read);
+        }
 
         // md calls making the in-sync legs equal after a crash "resync" (a returning leg is "recover").
         Assert.Equal("resync", second.SyncAction);
@@ -374,8 +385,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await a.WriteAsync(MirrorSuperblock.DataOffset + (6 * Region), Stamp(6, 3));
         var third = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
         Assert.Equal(MirrorLegState.InSync, third.LegState(0));
-        Assert.Equal(MirrorLegState.Rebuilding, third.LegState(1));
+        Assert.Equal(MirrorLegState.InSync, third.LegState(1));
         Assert.Equal(MirrorLegState.Rebuilding, third.LegState(2));
+        Assert.Equal("resync", third.SyncAction);
         await PumpUntilIdle(clock, third);
         Assert.Equal(0, third.Degraded);
         await AssertLegsEqual(third);
@@ -644,6 +656,156 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await AssertLegsEqual(mirror);
         Assert.Equal("idle\n", md.Attributes.Read("block/md0/md/sync_action"));
         Assert.Equal("0\n", md.Attributes.Read("block/md0/md/degraded"));
+    }
+
+    [Fact]
+    public async Task A_write_on_a_chunk_already_copied_that_then_fails_on_the_returning_leg_leaves_its_region_owed_to_it()
+    {
+        // An outside audit: the recovery cleared a region's bit once it had copied the region,
+        // although a write on a chunk it had already copied was still in flight. That write then
+        // failed on the returning leg (faulty again), the re-add found nothing to copy, and reads
+        // got the old data from that leg. A region's bit now stays while a write is in flight on it.
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { RegionBytes = 4 * Region, SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(0, Stamp(0, 1));
+
+        // b returns; the first 64 KiB chunk of the region is copied, then the copy waits for the clock.
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fb.HoldWrite(MirrorSuperblock.DataOffset + Block, Block, release.Task);
+        await mirror.ReAddAsync(1);
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+
+        // A write on that chunk, which b holds while the copy finishes the region.
+        var write = md.WriteAsync(Block, Stamp(1, 2)).AsTask();
+        await arrived.WaitAsync(Patience);
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+
+        // b fails it: a has it, so it is acknowledged; b is faulty and owed the region.
+        release.SetResult(BlockStatus.IoError);
+        await write.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(1, mirror.DirtyRegions());
+
+        await mirror.ReAddAsync(1);
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(Stamp(1, 2), await ReadRaw(b, Block, Block));
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_re_add_during_a_check_stopped_by_hand_still_rebuilds_the_leg()
+    {
+        // An outside audit: stopping a check (sync_action idle) after a re-add had asked for a
+        // recovery dropped the request, and the leg stayed a spare for good.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        var md = Serve(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await AwaitTimer(clock, mirror);
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        Assert.Equal("check\n", md.Attributes.Read("block/md0/md/sync_action"));
+        Assert.Equal("spare\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "idle");
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+        Assert.Equal(0, mirror.Degraded);
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_source_read_error_is_retried_and_a_recovery_that_stopped_starts_again_on_re_add_or_recover()
+    {
+        // An outside audit: one failed read of the source during a recovery left the leg a spare
+        // with nothing running, and re-add refused it (EBUSY: rebuilding, not faulty).
+        var (a, fa) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+
+        // A transient error: the chunk is read again.
+        fa.FailNextReads(1);
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(1, fa.ReadErrors);
+
+        // A bad sector on the only source: the recovery stops, the leg stays a spare.
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+        fa.BadRange(MirrorSuperblock.DataOffset + (4 * Region), Block);
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        Assert.Equal("idle\n", md.Attributes.Read("block/md0/md/sync_action"));
+
+        // Re-add starts it again (it stops again: the sector is still bad).
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+
+        // The block is written again (the sector heals, and b gets the write too): recover finishes.
+        await md.WriteAsync(4 * Region, Stamp(4, 2));
+        Assert.False(fa.HasBadRange);
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "recover");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task After_a_crash_the_first_leg_failing_during_the_resync_leaves_the_mirror_on_the_others()
+    {
+        // An outside audit: the resync after a crash made every in-sync leg but the first a
+        // spare, so the first leg failing then took the whole mirror offline, and the others could
+        // not be assembled again. As md, they stay in sync during the resync.
+        var (a, fa) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var options = Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], options);
+        var md = Serve(first);
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        await md.WriteAsync(5 * Region, Stamp(5, 1));
+        first.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (5 * Region), Stamp(5, 2));
+
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        Assert.Equal("resync", second.SyncAction);
+        Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, second.LegState(i)));
+
+        fa.Dead = true;
+        var md2 = Serve(second, "md1");
+        await md2.WriteAsync(7 * Region, Stamp(7, 1));
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(0));
+        Assert.Equal(1, second.Degraded);
+        var buffer = new byte[Block];
+        await md2.ReadAsync(2 * Region, buffer);
+        Assert.Equal(Stamp(2, 1), buffer);
+        await md2.ReadAsync(5 * Region, buffer);
+        Assert.Equal(Stamp(5, 1), buffer);
+
+        await PumpUntilIdle(clock, second);
+        Assert.Equal("idle", second.SyncAction);
+        foreach (var block in new long[] { 2 * Region, 5 * Region, 7 * Region })
+        {
+            Assert.Equal(await ReadRaw(b, block, Block), await ReadRaw(c, block, Block));
+        }
     }
 
     [Fact]
