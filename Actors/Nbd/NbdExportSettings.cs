@@ -37,6 +37,9 @@ public sealed record NbdExportSettings(
     /// <summary>How long a client may stall inside a reply or a write payload before its connection is closed (<c>stall-timeout</c>).</summary>
     public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>The slowest a transfer (a write's payload, a reply) may go, in bytes a second, after <c>stall-timeout</c> (<c>min-transfer-rate</c>; 0 off).</summary>
+    public long MinTransferRate { get; init; } = 256 << 10;
+
     /// <summary>Reads <c>actorblk.nbd</c> of <paramref name="config"/> over the library defaults.</summary>
     /// <exception cref="ConfigurationException">A key is malformed; the message names it.</exception>
     public static NbdExportSettings Create(Config config)
@@ -63,6 +66,12 @@ public sealed record NbdExportSettings(
             throw new ConfigurationException($"actorblk.nbd.max-buffer-memory: '{memoryText}' is not a size.");
         }
 
+        var rateText = c.GetString("min-transfer-rate", "256k");
+        if (!ByteSize.TryParse(rateText, out var rate))
+        {
+            throw new ConfigurationException($"actorblk.nbd.min-transfer-rate: '{rateText}' is not a size (bytes a second; 0 turns it off).");
+        }
+
         return new NbdExportSettings(
             ParseListen(listenText),
             tls,
@@ -77,6 +86,7 @@ public sealed record NbdExportSettings(
             ShutdownGrace = c.GetTimeSpan("shutdown-grace", TimeSpan.FromSeconds(3)),
             MaxBufferMemory = memory,
             StallTimeout = c.GetTimeSpan("stall-timeout", TimeSpan.FromSeconds(60)),
+            MinTransferRate = rate,
         };
     }
 
@@ -119,6 +129,7 @@ public sealed record NbdExportSettings(
             ShutdownGrace = ShutdownGrace,
             MaxBufferMemory = MaxBufferMemory,
             StallTimeout = StallTimeout,
+            MinTransferRate = MinTransferRate,
         };
     }
 

@@ -87,6 +87,9 @@ public sealed class NbdConnection
     private volatile bool _transmitting;
     private volatile bool _stopRequested;
     private bool _inPayload;
+    private long _payloadStart;
+    private long _payloadDeadline;
+    private long _payloadBytes;
 
     internal NbdConnection(NbdServer server, Socket socket, long id)
     {
@@ -1084,8 +1087,12 @@ public sealed class NbdConnection
     private void ReceivePayload(int fd, Span<byte> target)
     {
         // The payload's buffer holds budget the other connections may wait for: a client that
-        // stops sending it is closed after the stall timeout (between requests it may idle).
+        // stops sending it is closed after the stall timeout, and one that sends it slower than
+        // min-transfer-rate at its deadline (between requests it may idle).
         _inPayload = true;
+        _payloadStart = Environment.TickCount64;
+        _payloadDeadline = Options.TransferDeadline(_payloadStart, target.Length);
+        _payloadBytes = target.Length;
         try
         {
             ReceivePayloadCore(fd, target);
@@ -1183,10 +1190,26 @@ public sealed class NbdConnection
     /// <summary>Waits until the socket is readable (or shut down); false after <see cref="Abort"/>.</summary>
     private bool Poll(int fd)
     {
-        var polled = LibC.PollOne(fd, LibC.POLLIN, _inPayload ? (int)Options.StallTimeout.TotalMilliseconds : -1);
+        var timeout = -1;
+        var slow = false;
+        if (_inPayload)
+        {
+            var left = _payloadDeadline - Environment.TickCount64;
+            if (left <= 0)
+            {
+                throw NbdStallException.Slow("sent a write's payload", _payloadBytes, Environment.TickCount64 - _payloadStart, Options);
+            }
+
+            timeout = (int)Math.Min(Options.StallTimeout.TotalMilliseconds, left);
+            slow = left < Options.StallTimeout.TotalMilliseconds;
+        }
+
+        var polled = LibC.PollOne(fd, LibC.POLLIN, timeout);
         if (polled == 0)
         {
-            throw NbdStallException.Payload(Options.StallTimeout);
+            throw slow
+                ? NbdStallException.Slow("sent a write's payload", _payloadBytes, Environment.TickCount64 - _payloadStart, Options)
+                : NbdStallException.Payload(Options.StallTimeout);
         }
 
         if (polled < 0 && polled != -LibC.EINTR)
@@ -1200,6 +1223,8 @@ public sealed class NbdConnection
     private async ValueTask ReadPayloadAsync(Memory<byte> target, CancellationToken ct)
     {
         var copied = 0;
+        var start = Environment.TickCount64;
+        var deadline = Options.TransferDeadline(start, target.Length);
         while (copied < target.Length)
         {
             var read = _reader.ReadAsync(ct);
@@ -1211,13 +1236,22 @@ public sealed class NbdConnection
             else
             {
                 Uncork();
+                var left = deadline - Environment.TickCount64;
+                if (left <= 0)
+                {
+                    throw NbdStallException.Slow("sent a write's payload", target.Length, Environment.TickCount64 - start, Options);
+                }
+
+                var wait = TimeSpan.FromMilliseconds(Math.Min(Options.StallTimeout.TotalMilliseconds, left));
                 try
                 {
-                    result = await read.AsTask().WaitAsync(Options.StallTimeout, ct).ConfigureAwait(false);
+                    result = await read.AsTask().WaitAsync(wait, ct).ConfigureAwait(false);
                 }
                 catch (TimeoutException)
                 {
-                    throw NbdStallException.Payload(Options.StallTimeout);
+                    throw wait < Options.StallTimeout
+                        ? NbdStallException.Slow("sent a write's payload", target.Length, Environment.TickCount64 - start, Options)
+                        : NbdStallException.Payload(Options.StallTimeout);
                 }
             }
 
@@ -1544,7 +1578,9 @@ public sealed class NbdConnection
     private void SendBlocking(int fd, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> tail)
     {
         var timeout = Options.StallTimeout;
-        var lastProgress = Environment.TickCount64;
+        var start = Environment.TickCount64;
+        var lastProgress = start;
+        var deadline = Options.TransferDeadline(start, head.Length + tail.Length);
         foreach (var part in (ReadOnlyMemory<byte>[])[head, tail])
         {
             var rest = part;
@@ -1573,6 +1609,15 @@ public sealed class NbdConnection
                 {
                     throw NbdStallException.Reply(timeout);
                 }
+
+                // A client that takes a byte now and then still holds the reply's buffer: it must
+                // take the reply at min-transfer-rate at least.
+                if (now >= deadline)
+                {
+                    throw NbdStallException.Slow("took a reply", head.Length + tail.Length, now - start, Options);
+                }
+
+                left = Math.Min(left, deadline - now);
 
                 // In slices, so an abort (which sets _broken) is seen within a second.
                 var polled = LibC.PollOne(fd, LibC.POLLOUT, (int)Math.Min(left, 1000));
@@ -1965,6 +2010,11 @@ public sealed class NbdStallException : IOException
     /// <summary>The client sent no byte of a write's payload.</summary>
     public static NbdStallException Payload(TimeSpan timeout) =>
         new($"the client sent no bytes of a write's payload for {timeout.TotalSeconds:0.###} s (stall-timeout)");
+
+    /// <summary>The client moved a transfer slower than <see cref="NbdServerOptions.MinTransferRate"/> allows.</summary>
+    internal static NbdStallException Slow(string what, long bytes, long elapsedMs, NbdServerOptions options) =>
+        new($"the client {what} of {bytes} bytes too slowly: not done after {elapsedMs / 1000.0:0.###} s " +
+            $"(stall-timeout {options.StallTimeout.TotalSeconds:0.###} s plus min-transfer-rate {options.MinTransferRate} bytes/s)");
 }
 
 /// <summary>The peer broke the NBD protocol in a way that ends the connection.</summary>

@@ -62,6 +62,23 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// The slowest a client may send a write's payload or take a reply, in bytes a second, on top
+    /// of <see cref="StallTimeout"/>: a transfer of N bytes must end within the stall timeout plus
+    /// N over this rate. A client that trickles a byte now and then (never stalling for the whole
+    /// timeout) would otherwise hold its buffer's share of <see cref="MaxBufferMemory"/> for ever.
+    /// Default 256 KiB/s; 0 turns it off.
+    /// </summary>
+    public long MinTransferRate { get; init; } = 256 << 10;
+
+    /// <summary>
+    /// When a transfer of <paramref name="bytes"/> that starts at <paramref name="startMs"/>
+    /// (<see cref="Environment.TickCount64"/>) must have ended, by <see cref="StallTimeout"/> and
+    /// <see cref="MinTransferRate"/>; <see cref="long.MaxValue"/> when the rate is off.
+    /// </summary>
+    public long TransferDeadline(long startMs, long bytes) =>
+        MinTransferRate <= 0 ? long.MaxValue : startMs + (long)StallTimeout.TotalMilliseconds + (bytes * 1000 / MinTransferRate);
+
     /// <summary>How long a client may take to finish negotiation.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -99,6 +116,11 @@ public sealed record NbdServerOptions
         if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))
         {
             throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {StallTimeout}.", nameof(StallTimeout));
+        }
+
+        if (MinTransferRate < 0 || MinTransferRate > 1L << 40)
+        {
+            throw new ArgumentException($"min-transfer-rate must be from 0 (off) to 1 TiB/s, not {MinTransferRate}.", nameof(MinTransferRate));
         }
 
         if (HandshakeTimeout <= TimeSpan.Zero)

@@ -166,6 +166,69 @@ public sealed class NbdBufferBudgetSpec
     }
 
     [Fact]
+    public async Task A_client_that_trickles_a_write_payload_is_closed_at_its_deadline_and_the_others_are_served()
+    {
+        // An outside audit: two clients each sent a 1 MiB write's header and then a payload byte
+        // every 2 s, never stalling for the whole stall-timeout; they held the 2 MiB budget, and a
+        // third client's 4 KiB read got no reply. A payload of N bytes must now end within the
+        // stall timeout plus N at min-transfer-rate: here 2 s + 1 MiB at 256 KiB/s = 6 s.
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions
+        {
+            MaxPayload = (int)MiB, MaxBufferMemory = 2 * MiB, StallTimeout = TimeSpan.FromSeconds(2), MinTransferRate = 256 << 10,
+        });
+        var tricklers = new List<RawNbdClient>();
+        for (var i = 0; i < 2; i++)
+        {
+            var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+            tricklers.Add(client);
+            await client.SendRequestAsync(NbdCommand.Write, (ulong)i, 0, (uint)MiB);
+        }
+
+        await Condition.EventuallyAsync(() => fx.Server.BufferBytesInUse >= 2 * MiB, "both writes' buffers are taken");
+        var (victim, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var _ = victim;
+        await victim.SendRequestAsync(NbdCommand.Read, 9, 0, 4096);
+        var reply = victim.ReadSimpleReplyAsync(_ => 4096);
+
+        // A byte from each every half second (pacing, not waiting) until the server closes them.
+        var open = tricklers.ToList();
+        for (var tick = 0; open.Count > 0 && tick < 120; tick++)
+        {
+            foreach (var t in open.ToList())
+            {
+                try
+                {
+                    await t.WriteAsync([0x5a]);
+                }
+                catch (IOException)
+                {
+                    open.Remove(t);
+                }
+            }
+
+            await Task.WhenAny(reply, Task.Delay(500));
+            if (reply.IsCompleted)
+            {
+                break;
+            }
+        }
+
+        Assert.Equal(NbdError.None, (await reply.WaitAsync(Condition.Timeout)).Error);
+        foreach (var t in tricklers)
+        {
+            Assert.True(await t.ClosedByServerAsync());
+            await t.DisposeAsync();
+        }
+
+        lock (fx.Log)
+        {
+            Assert.Contains(fx.Log, line => line.Contains("sent a write's payload of 1048576 bytes too slowly", StringComparison.Ordinal));
+        }
+
+        Assert.Equal(0ul, fx.Mem.Queue.Stats.Read().WriteIos);
+    }
+
+    [Fact]
     public void Options_out_of_range_are_refused_with_the_key_named()
     {
         var low = Assert.Throws<ArgumentException>(() => new NbdServerOptions { MaxPayload = 1 << 20, MaxBufferMemory = 512 << 10 }.Validate());
@@ -176,5 +239,11 @@ public sealed class NbdBufferBudgetSpec
         new NbdServerOptions().Validate();
         Assert.Equal(1L << 30, new NbdServerOptions().MaxBufferMemory);
         Assert.Equal(TimeSpan.FromSeconds(60), new NbdServerOptions().StallTimeout);
+        Assert.Equal(256 << 10, new NbdServerOptions().MinTransferRate);
+        Assert.Contains("min-transfer-rate", Assert.Throws<ArgumentException>(() => new NbdServerOptions { MinTransferRate = -1 }.Validate()).Message, StringComparison.Ordinal);
+
+        // 32 MiB at 256 KiB/s after a 60 s stall timeout: 188 s; off with 0.
+        Assert.Equal(1000 + 60_000 + 128_000, new NbdServerOptions().TransferDeadline(1000, 32 << 20));
+        Assert.Equal(long.MaxValue, new NbdServerOptions { MinTransferRate = 0 }.TransferDeadline(1000, 32 << 20));
     }
 }
