@@ -130,7 +130,7 @@ public sealed record ActorBlkSettings(
         TimeSpan watch;
         try
         {
-            watch = c.GetTimeSpan("topology.watch-interval", TimeSpan.FromSeconds(1));
+            watch = Span(c, "topology.watch-interval", TimeSpan.FromSeconds(1));
         }
         catch (FormatException)
         {
@@ -157,29 +157,29 @@ public sealed record ActorBlkSettings(
             known.Add(entry.Name);
         }
 
-        var mailboxSpin = c.GetInt("mailbox.spin-microseconds", 20);
-        var mailboxThroughput = c.GetInt("mailbox.throughput", 64);
-        var mailboxBusySpin = c.GetInt("mailbox.busy-spin-microseconds", DefaultMailboxBusySpinMicroseconds);
+        var mailboxSpin = Int(c, "mailbox.spin-microseconds", 20);
+        var mailboxThroughput = Int(c, "mailbox.throughput", 64);
+        var mailboxBusySpin = Int(c, "mailbox.busy-spin-microseconds", DefaultMailboxBusySpinMicroseconds);
         return new ActorBlkSettings(
             source,
-            c.GetInt("topology.simulated.cpus", 8),
-            c.GetInt("topology.simulated.sockets", 1),
-            c.GetInt("topology.simulated.threads-per-core", 1),
+            Int(c, "topology.simulated.cpus", 8),
+            Int(c, "topology.simulated.sockets", 1),
+            Int(c, "topology.simulated.threads-per-core", 1),
             online,
             clock,
-            c.GetTimeSpan("timeout-scan-interval", TimeSpan.FromSeconds(1)),
-            c.GetTimeSpan("drain-timeout", TimeSpan.FromSeconds(30)),
-            TimeSpan.FromMicroseconds(c.GetInt("ring.spin-microseconds", 20)),
+            Span(c, "timeout-scan-interval", TimeSpan.FromSeconds(1)),
+            Span(c, "drain-timeout", TimeSpan.FromSeconds(30)),
+            TimeSpan.FromMicroseconds(Int(c, "ring.spin-microseconds", 20)),
             devices)
         {
             Supervision = new SupervisionSettings(
-                c.GetInt("supervision.max-resets", SupervisionSettings.Default.MaxResets),
-                c.GetTimeSpan("supervision.reset-window", SupervisionSettings.Default.ResetWindow),
-                c.GetTimeSpan("supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
-                c.GetTimeSpan("supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
-                c.GetInt("supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts))
+                Int(c, "supervision.max-resets", SupervisionSettings.Default.MaxResets),
+                Span(c, "supervision.reset-window", SupervisionSettings.Default.ResetWindow),
+                Span(c, "supervision.reopen-backoff-min", SupervisionSettings.Default.ReopenBackoffMin),
+                Span(c, "supervision.reopen-backoff-max", SupervisionSettings.Default.ReopenBackoffMax),
+                Int(c, "supervision.reopen-attempts", SupervisionSettings.Default.ReopenAttempts))
             {
-                MaxReopens = c.GetInt("supervision.max-reopens", SupervisionSettings.Default.MaxReopens),
+                MaxReopens = Int(c, "supervision.max-reopens", SupervisionSettings.Default.MaxReopens),
             }.Validated(),
             StackedDevices = stacked,
             SysfsRoot = c.GetString("topology.sysfs-root", CpuTopology.DefaultSysfsRoot),
@@ -203,6 +203,31 @@ public sealed record ActorBlkSettings(
                 ? mailboxThroughput
                 : throw new ConfigurationException($"actorblk.mailbox.throughput: {mailboxThroughput} is not positive."),
         };
+    }
+
+    // A duration or a whole number of the actorblk section, its key named when it does not parse.
+    private static TimeSpan Span(Config c, string key, TimeSpan fallback)
+    {
+        try
+        {
+            return c.GetTimeSpan(key, fallback);
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException)
+        {
+            throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is not a duration (e.g. 500ms, 30s).");
+        }
+    }
+
+    private static int Int(Config c, string key, int fallback)
+    {
+        try
+        {
+            return c.GetInt(key, fallback);
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException)
+        {
+            throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is not a whole number.");
+        }
     }
 
     /// <summary>

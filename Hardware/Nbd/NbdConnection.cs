@@ -564,6 +564,15 @@ public sealed class NbdConnection
             return false;
         }
 
+        // An offline device (its backend is gone for good: an NBD server that went away, a lost
+        // node) is not available; answering GO would let a reconnecting client loop through
+        // ESHUTDOWN on every request (an outside audit).
+        if (device.Queue.IsOffline)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"export '{device.Name}' is offline: its device is gone", ct).ConfigureAwait(false);
+            return false;
+        }
+
         if (!device.Queue.AcceptsIo)
         {
             await ReplyErrorAsync(option, NbdReply.ErrShutdown, $"export '{device.Name}' is going away", ct).ConfigureAwait(false);
@@ -1318,6 +1327,22 @@ public sealed class NbdConnection
             return NbdError.Invalid;
         }
 
+        // FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated, in which
+        // case the server MUST accept all commands with this bit set (even by ignoring the bit)";
+        // a flag unknown, or not defined for the command, SHOULD be EINVAL (flush and block status
+        // included: an outside audit found them taking any flag).
+        var allowed = NbdCommandFlags.Fua | command switch
+        {
+            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
+            NbdCommand.Read => NbdCommandFlags.DontFragment,
+            NbdCommand.BlockStatus => NbdCommandFlags.ReqOne,
+            _ => NbdCommandFlags.None,
+        };
+        if ((slot.Flags & ~allowed) != 0)
+        {
+            return NbdError.Invalid;
+        }
+
         if (command == NbdCommand.Flush)
         {
             return NbdError.None;
@@ -1329,12 +1354,13 @@ public sealed class NbdConnection
             return NbdError.Perm;
         }
 
-        if (slot.Length == 0 || slot.Offset < 0)
+        if (slot.Length == 0)
         {
             return NbdError.Invalid;
         }
 
-        if (slot.Offset > device.Capacity - slot.Length)
+        // An offset of 2^63 or more (negative here) is beyond any device too.
+        if (slot.Offset < 0 || slot.Offset > device.Capacity - slot.Length)
         {
             // "The server SHOULD return NBD_ENOSPC if it receives a write [or write zeroes]
             // request including one or more sectors beyond the size of the device."
@@ -1349,19 +1375,6 @@ public sealed class NbdConnection
         if (command == NbdCommand.BlockStatus)
         {
             return _allocationContext ? NbdError.None : NbdError.Invalid;
-        }
-
-        // FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated, in which
-        // case the server MUST accept all commands with this bit set (even by ignoring the bit)".
-        var allowed = NbdCommandFlags.Fua | command switch
-        {
-            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
-            NbdCommand.Read => NbdCommandFlags.DontFragment,
-            _ => NbdCommandFlags.None,
-        };
-        if ((slot.Flags & ~allowed) != 0)
-        {
-            return NbdError.Invalid;
         }
 
         if (command == NbdCommand.Trim && (_transmissionFlags & NbdTransmissionFlags.SendTrim) == 0)

@@ -20,7 +20,12 @@ internal sealed class BenchAccounting : IDisposable
 {
     private readonly BenchClock _clock;
     private readonly int _blockSize;
-    private readonly ThreadLocal<ThreadStats> _threads = new(() => new ThreadStats(), trackAllValues: true);
+    private readonly ThreadLocal<ThreadStats> _threads;
+
+    // Every thread's statistics, kept here rather than read from the ThreadLocal's Values: a
+    // sampler that asked for a snapshot just as the run disposed its accounting read a disposed
+    // ThreadLocal and took the process down (one run in forty under CPU hotplug).
+    private readonly List<ThreadStats> _all = [];
     // The statistics this thread recorded into last, and (ThreadStats.Owner) for which accounting:
     // one thread-static, read once per completion (each costs a TLS lookup on Linux).
     [ThreadStatic]
@@ -35,6 +40,16 @@ internal sealed class BenchAccounting : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
         _clock = clock;
         _blockSize = blockSize;
+        _threads = new ThreadLocal<ThreadStats>(() =>
+        {
+            var stats = new ThreadStats();
+            lock (_all)
+            {
+                _all.Add(stats);
+            }
+
+            return stats;
+        });
     }
 
     /// <summary>Now, on the run's clock.</summary>
@@ -124,7 +139,7 @@ internal sealed class BenchAccounting : IDisposable
     {
         var read = new OpStats();
         var write = new OpStats();
-        foreach (var t in _threads.Values)
+        foreach (var t in AllThreads())
         {
             read.Add(t.Read);
             write.Add(t.Write);
@@ -143,7 +158,7 @@ internal sealed class BenchAccounting : IDisposable
         var write = new OpStats();
         var firstAt = long.MaxValue;
         var first = BlockStatus.Ok;
-        foreach (var t in _threads.Values)
+        foreach (var t in AllThreads())
         {
             read.Add(t.Read);
             write.Add(t.Write);
@@ -158,6 +173,14 @@ internal sealed class BenchAccounting : IDisposable
     }
 
     public void Dispose() => _threads.Dispose();
+
+    private ThreadStats[] AllThreads()
+    {
+        lock (_all)
+        {
+            return [.. _all];
+        }
+    }
 
     // This thread's statistics: the last accounting a thread recorded for is remembered in a
     // thread-static, which is cheaper than ThreadLocal's lookup on every completion.

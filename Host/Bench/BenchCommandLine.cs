@@ -161,6 +161,7 @@ internal sealed class BenchCommandLine
             RwMixRead = parse.GetValue(RwMixRead),
             BlockSize = (int)Math.Min(int.MaxValue, parse.ValueOf(Bs)),
             Size = parse.ValueOf(SizeOption),
+            SizeGiven = parse.GetResult(SizeOption) is { Implicit: false },
             IoDepth = parse.GetValue(IoDepth),
             SubmitBatch = parse.GetValue(IoDepthBatchSubmit),
             FixedBuffers = parse.ValueOf(FixedBufs),

@@ -46,6 +46,13 @@ internal sealed record BenchOptions
 
     public long Size { get; init; } = 1L << 30;
 
+    /// <summary>
+    /// True when <c>--size</c> was given. Without it a device that exists (a file, an NBD export,
+    /// a cluster or configured device) is driven whole, as fio does; one the bench creates (null,
+    /// a missing file) gets <see cref="Size"/>'s default.
+    /// </summary>
+    public bool SizeGiven { get; init; }
+
     public int IoDepth { get; init; } = 1;
 
     public int NumJobs { get; init; } = 1;

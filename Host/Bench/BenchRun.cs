@@ -320,7 +320,10 @@ internal sealed class BenchRun
         {
             Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines)],
             Engines = engines,
-            FirstError = firstError,
+            // The window's first error, as fio's; a run whose errors all fell outside it (every I/O
+            // failing in the ramp, say) reports the run's first, so err= is never 0 after errors.
+            FirstError = firstError != BlockStatus.Ok ? firstError
+                : _jobs.SelectMany(j => j.Slots).Select(s => s.FirstError).FirstOrDefault(e => e != BlockStatus.Ok),
             JitWarmup = warmup,
             Usage = usage,
             WentOffline = _offline ? [_device.Name] : [],
@@ -513,6 +516,11 @@ internal sealed class BenchRun
             }
 
             slot.Errors++;
+            if (slot.FirstError == BlockStatus.Ok)
+            {
+                slot.FirstError = status;
+            }
+
             if (status == BlockStatus.Timeout)
             {
                 slot.Timeouts++;
@@ -715,6 +723,9 @@ internal sealed class BenchRun
         public IoLog? Timeline { get; init; }
 
         public long Errors { get; set; }
+
+        /// <summary>The first error this slot saw over the whole run (ramp and wind-down included).</summary>
+        public BlockStatus FirstError { get; set; }
 
         public long Timeouts { get; set; }
 

@@ -3,6 +3,7 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Bench;
 using Akka.Actor;
 using Akka.Configuration;
@@ -115,10 +116,31 @@ internal static class BenchCommand
             }
 
             var device = devices[0];
-            if (options.Size > device.Capacity)
+            var capacity = device.Capacity;
+            if (!options.SizeGiven)
+            {
+                // fio's default: the whole device.
+                options = options with { Size = capacity };
+            }
+
+            string? unusable = null;
+            if (options.Size > capacity)
+            {
+                unusable = $"option --size: {options.Size} bytes is more than the device holds ({capacity} bytes).";
+            }
+            else if (options.BlockSize % device.LogicalBlockSize != 0)
+            {
+                unusable = $"option --bs: {options.BlockSize} bytes is not a multiple of the device's {device.LogicalBlockSize}-byte logical block size.";
+            }
+            else if (device.IsReadOnly && options.ReadShare < 100)
+            {
+                unusable = $"option --rw: {options.PatternName} writes, and {device.Name} is read-only.";
+            }
+
+            if (unusable is not null)
             {
                 await Teardown().ConfigureAwait(false);
-                throw new UsageException($"option --size: {options.Size} bytes is more than the device holds ({device.Capacity} bytes).");
+                throw new UsageException(unusable);
             }
 
             var description = device.Queue.BioDriver?.Description ?? device.Queue.Driver.Description;
@@ -146,7 +168,22 @@ internal static class BenchCommand
 
             // The ramp of every run counts from the moment all of them have started (BenchRun.Started).
             var allStarted = Task.WhenAll(runs.Select(r => r.Started));
-            var results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted, interrupt.Begin()))).ConfigureAwait(false);
+            BenchResult[] results;
+            try
+            {
+                results = await Task.WhenAll(runs.Select(r => r.RunAsync(allStarted, interrupt.Begin()))).ConfigureAwait(false);
+            }
+            catch (InvalidBlockRequestException ex)
+            {
+                // The device refused an I/O at submission (it became read-only under the run, say):
+                // a failed run with the device's reason, not a crash.
+                interrupt.End();
+                await stopHotplug.CancelAsync().ConfigureAwait(false);
+                await stopReports.CancelAsync().ConfigureAwait(false);
+                await Teardown().ConfigureAwait(false);
+                throw new CommandFailedException($"the device refused an I/O: {ex.Message}");
+            }
+
             interrupt.End();
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
@@ -192,6 +229,13 @@ internal static class BenchCommand
                 // The report is out; a log or plot that cannot be written fails the run, not the process.
                 await Console.Error.WriteLineAsync($"actorblk bench: {ex.Message}").ConfigureAwait(false);
                 written = false;
+            }
+
+            if (result.Errors > 0 && result.Read.Ios + result.Write.Ios == 0)
+            {
+                // Every I/O failed: the report says how, the run failed (fio exits 1 on I/O errors).
+                await Console.Error.WriteLineAsync($"actorblk bench: no I/O succeeded ({result.Errors} failed, the first with errno {-result.FirstError.ToErrno()}).").ConfigureAwait(false);
+                return 1;
             }
 
             if (result.Submitted != result.Completed)

@@ -103,6 +103,13 @@ internal static class CommandLine
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;
         }
+        catch (Exception ex) when (ex is Akka.Configuration.ConfigurationException or FormatException)
+        {
+            // A configuration value that does not parse (actorblk.drain-timeout = banana) or is out
+            // of range: the settings' reader names the key; Akka's own getters give the text.
+            await error.WriteLineAsync($"actorblk: configuration: {ex.Message}").ConfigureAwait(false);
+            return UsageError;
+        }
     }
 
     // "actorblk sysfs write" for a parse of `sysfs write ...`.

@@ -26,14 +26,7 @@ internal static class DevicesCommand
         {
             // The node's TLS settings come from its hocon.conf, as for the other client commands:
             // with TLS on, HOST:PORT means akka.ssl.tcp, and the client must load the TLS transport.
-            var nodeConfig = node.ConfigFrom(parse);
-            var tls = nodeConfig?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
-            var text = parse.GetValue(node.Node);
-            return RunAsync(
-                text is not null && !text.Contains("://", StringComparison.Ordinal)
-                    ? $"{(tls ? "akka.ssl.tcp" : "akka.tcp")}://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}"
-                    : node.AddressFrom(parse),
-                nodeConfig);
+            return RunAsync(node.AddressFrom(parse), node.ConfigFrom(parse));
         });
         return command;
     }

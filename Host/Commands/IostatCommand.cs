@@ -35,11 +35,7 @@ internal static class IostatCommand
         node.AddTo(command);
         command.SetAction((parse, cancel) =>
         {
-            var text = parse.GetValue(node.Node);
-            var address = text is not null && !text.Contains("://", StringComparison.Ordinal)
-                ? $"akka.tcp://{NodeConfig.SystemName}@{text}"
-                : node.AddressFrom(parse);
-            return RunAsync(address, node.ConfigFrom(parse), parse.GetValue(extended), parse.GetValue(operands) ?? [], output, cancel);
+            return RunAsync(node.AddressFrom(parse), node.ConfigFrom(parse), parse.GetValue(extended), parse.GetValue(operands) ?? [], output, cancel);
         });
         return command;
     }

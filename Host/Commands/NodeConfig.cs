@@ -41,10 +41,12 @@ internal static class NodeConfig
         Config config;
         try
         {
-            config = ConfigurationFactory.ParseString(File.ReadAllText(path));
+            config = ConfigurationFactory.ParseString(File.ReadAllText(path), IncludesFrom(Path.GetDirectoryName(Path.GetFullPath(path))!, depth: 0));
         }
-        catch (Exception ex) when (ex is ConfigurationException or FormatException or InvalidOperationException)
+        catch (Exception ex) when (ex is ConfigurationException or FormatException or InvalidOperationException or NullReferenceException or IOException)
         {
+            // Akka's parser throws a NullReferenceException for an include it has no callback for,
+            // and for some malformed input: either way the file is what is wrong.
             throw new UsageException($"{path} is not valid HOCON: {ex.Message}");
         }
 
@@ -104,4 +106,22 @@ internal static class NodeConfig
             || host.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '-'));
 
     private static string Quote(string text) => System.Text.Json.JsonSerializer.Serialize(text);
+
+    // HOCON's include "FILE": the file, relative to the including file's directory, parsed with
+    // the same rule for its own includes (at most 16 deep: a file that includes itself is refused).
+    private static Func<string, Akka.Configuration.Hocon.HoconRoot> IncludesFrom(string directory, int depth) => name =>
+    {
+        if (depth >= 16)
+        {
+            throw new ConfigurationException($"include \"{name}\": includes nest more than 16 deep.");
+        }
+
+        var file = Path.GetFullPath(Path.Combine(directory, name.Trim().Trim('"')));
+        if (!File.Exists(file))
+        {
+            throw new ConfigurationException($"include \"{name}\": {file} does not exist.");
+        }
+
+        return Akka.Configuration.Hocon.Parser.Parse(File.ReadAllText(file), IncludesFrom(Path.GetDirectoryName(file)!, depth + 1));
+    };
 }

@@ -29,7 +29,41 @@ internal sealed class NodeOptions
     }
 
     /// <summary>The node's address from <c>--node</c>, <c>--port</c> or <c>--config</c> (see <see cref="NodeClient.AddressFrom"/>).</summary>
-    public string AddressFrom(ParseResult parse) => NodeClient.AddressFrom(parse.GetValue(Node), parse.GetValue(Port), parse.GetValue(Config));
+    /// <remarks>
+    /// <c>--node HOST:PORT</c> becomes <c>akka.tcp://actorblk@HOST:PORT</c> (<c>akka.ssl.tcp</c>
+    /// when the node configuration turns TLS on); a full address must parse as an Akka address.
+    /// </remarks>
+    /// <exception cref="UsageException"><c>--node</c> is neither.</exception>
+    public string AddressFrom(ParseResult parse)
+    {
+        var text = parse.GetValue(Node);
+        if (text is null)
+        {
+            return NodeClient.AddressFrom(null, parse.GetValue(Port), parse.GetValue(Config));
+        }
+
+        if (!text.Contains("://", StringComparison.Ordinal))
+        {
+            var tls = ConfigFrom(parse)?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
+            return $"{(tls ? "akka.ssl.tcp" : "akka.tcp")}://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}";
+        }
+
+        var address = text.TrimEnd('/');
+        try
+        {
+            var parsed = Akka.Actor.Address.Parse(address);
+            if (parsed.Host is null || parsed.Port is not (>= 1 and <= 65535))
+            {
+                throw new UriFormatException("no host or port");
+            }
+        }
+        catch (Exception ex) when (ex is UriFormatException or FormatException or ArgumentException)
+        {
+            throw new UsageException($"option --node: '{text}' is not HOST:PORT or an address like akka.tcp://{NodeConfig.SystemName}@127.0.0.1:4053.");
+        }
+
+        return address;
+    }
 
     /// <summary>The node configuration the client reads TLS settings and the admin secret from (see <see cref="NodeClient.ConfigFrom"/>).</summary>
     public Config? ConfigFrom(ParseResult parse) => NodeClient.ConfigFrom(parse.GetValue(Config));

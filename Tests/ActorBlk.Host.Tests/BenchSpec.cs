@@ -16,7 +16,8 @@ public sealed class BenchSpec
     private static async Task<JsonElement> RunJson(params string[] args)
     {
         await using var bench = ActorBlkProcess.Start(["bench", .. args, "--output-format=json"]);
-        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        var exit = await bench.WaitForExitAsync(Within);
+        Assert.True(exit == 0, $"bench exited {exit}:\n{bench.Output}");
         // stdout carries the report alone; logs go to stderr.
         return JsonDocument.Parse(bench.StandardOutput).RootElement;
     }

@@ -77,6 +77,15 @@ public sealed class NbdClientDriver : IBlockDriver
             throw new IOException($"{deviceName}: {options.Uri} does not allow several connections (no NBD_FLAG_CAN_MULTI_CONN); use connections = 1.");
         }
 
+        // The server's minimum block size is a MUST for the client (NBD_INFO_BLOCK_SIZE): above
+        // 4096, the largest logical block size here, no request could honour it.
+        if (first.MinimumBlock > 4096)
+        {
+            Dispose();
+            throw new IOException($"{deviceName}: {options.Uri} needs requests aligned to {first.MinimumBlock} bytes (its minimum block size); " +
+                "ActorBlk's logical block size is at most 4096.");
+        }
+
         var lbs = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2(Math.Max(first.MinimumBlock, 512)), 512, 4096);
         var maxSectors = (int)Math.Min(Math.Min(first.MaximumPayload, 32u << 20), int.MaxValue) >> Bio.SectorShift;
         var trim = (_flags & NbdTransmissionFlags.SendTrim) != 0;

@@ -165,6 +165,23 @@ public sealed class NbdClientDriverSpec
         });
     }
 
+    // An outside audit: an export whose minimum block size is 64 KiB was opened with 4096-byte
+    // blocks (the size was clamped), and every request then failed with EINVAL. The minimum is a
+    // MUST for the client: above 4096, the largest logical block size here, the open fails and says why.
+    [SkippableFact]
+    public async Task An_export_whose_minimum_block_size_is_above_4096_is_refused_at_open_with_the_reason()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        await WithNbdkitAsync(
+            ["--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=65536", "blocksize-preferred=65536", "blocksize-maximum=1048576", "blocksize-error-policy=error"],
+            port =>
+            {
+                var ex = Assert.Throws<BlockDeviceOpenException>(() => DeviceBuilder.CreateDriver(new DeviceOptions { Name = "kit64k", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}" }));
+                Assert.Contains("needs requests aligned to 65536 bytes", ex.ToString(), StringComparison.Ordinal);
+                return Task.CompletedTask;
+            });
+    }
+
     // Starts nbdkit on a free port and runs the body against it. The port is free when chosen but
     // not reserved, so another spec may take it before nbdkit binds it (one CI run waited 60 s for
     // an nbdkit that had exited): nbdkit exiting before it listens is retried on another port.

@@ -58,8 +58,13 @@ public sealed class NbdProtocolRulesSpec
         await client.SendRequestAsync(NbdCommand.Read, 4, end - 512, 1024);
         await client.SendRequestAsync(NbdCommand.Trim, 5, end, 512);
         await client.SendRequestAsync(NbdCommand.Write, 6, 0, 0);
+        await client.SendRequestAsync(NbdCommand.Write, 8, ulong.MaxValue - 511, 512, payload: new byte[512]); // 2^64 - 512
+        await client.SendRequestAsync(NbdCommand.Flush, 9, 0, 0, (NbdCommandFlags)0x40);
+        await client.SendRequestAsync(NbdCommand.Flush, 10, 0, 0, NbdCommandFlags.NoHole);
+        await client.SendRequestAsync(NbdCommand.BlockStatus, 11, 0, 4096, (NbdCommandFlags)0x40);
+        await client.SendRequestAsync(NbdCommand.Flush, 12, 0, 0, NbdCommandFlags.Fua);
         var errors = new Dictionary<ulong, NbdError>();
-        for (var i = 0; i < 6; i++)
+        for (var i = 0; i < 11; i++)
         {
             var reply = await client.ReadSimpleReplyAsync();
             errors[reply.Cookie] = reply.Error;
@@ -71,6 +76,15 @@ public sealed class NbdProtocolRulesSpec
         Assert.Equal(NbdError.Invalid, errors[4]);
         Assert.Equal(NbdError.Invalid, errors[5]);
         Assert.Equal(NbdError.Invalid, errors[6]); // zero length is not a range question
+
+        // An outside audit: a write far past the end got EINVAL (its offset read as negative), and
+        // flush and block status took any flag; a flag unknown or not the command's SHOULD be
+        // EINVAL, and FUA MUST be taken by every command.
+        Assert.Equal(NbdError.NoSpace, errors[8]);
+        Assert.Equal(NbdError.Invalid, errors[9]);
+        Assert.Equal(NbdError.Invalid, errors[10]);
+        Assert.Equal(NbdError.Invalid, errors[11]);
+        Assert.Equal(NbdError.None, errors[12]);
 
         // Nothing was written: the last sector still reads as zeroes, and the connection goes on.
         await client.SendRequestAsync(NbdCommand.Read, 7, end - 512, 512);

@@ -97,6 +97,23 @@ public sealed class NbdServerProtocolSpec
     }
 
     [Fact]
+    public async Task An_export_whose_device_went_offline_is_refused_at_go_and_info()
+    {
+        // An outside audit: a re-exported NBD device whose server went away still answered GO, and
+        // then every request with ESHUTDOWN, so a reconnecting client looped for ever.
+        await using var fx = NbdExportFixture.Start();
+        fx.Mem.Queue.SetOffline(failInFlight: true);
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        foreach (var option in new[] { NbdOption.Info, NbdOption.Go })
+        {
+            await client.SendOptionAsync(option, RawNbdClient.InfoRequest("mem0"));
+            var reply = await client.ReadOptionReplyAsync();
+            Assert.Equal((option, NbdReply.ErrUnknown), (reply.Option, reply.Type));
+            Assert.Contains("offline", System.Text.Encoding.UTF8.GetString(reply.Data), StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public async Task Unknown_export_unknown_option_and_malformed_options_get_error_replies()
     {
         await using var fx = NbdExportFixture.Start();

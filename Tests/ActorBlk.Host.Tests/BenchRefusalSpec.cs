@@ -1,0 +1,62 @@
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// What an outside audit found `actorblk bench` doing with a device that cannot take the workload:
+/// a read-only device under writes, or a --bs below the logical block size, aborted the process
+/// (SIGABRT, exit 134) from the first submission; a run whose every I/O failed reported err=0 and
+/// exited 0; and --size defaulted to 1 GiB on every device, where fio drives the whole device.
+/// </summary>
+public sealed class BenchRefusalSpec : IDisposable
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);
+
+    private readonly string _config = Path.Combine(Path.GetTempPath(), $"actorblk-refusal-{Guid.NewGuid():N}.conf");
+
+    public BenchRefusalSpec()
+    {
+        File.WriteAllText(_config, """
+            actorblk.topology.source = simulated
+            actorblk.devices = [
+              { name = ro0, size = 16m, memory_backed = on, read_only = on },
+              { name = b4k, size = 16m, memory_backed = on, bs = 4096 } ]
+            """);
+    }
+
+    public void Dispose() => File.Delete(_config);
+
+    [Theory]
+    [InlineData("ro0", "--rw=randwrite", "option --rw: randwrite writes, and ro0 is read-only.")]
+    [InlineData("ro0", "--rw=randrw", "option --rw: randrw writes, and ro0 is read-only.")]
+    [InlineData("b4k", "--bs=512", "option --bs: 512 bytes is not a multiple of the device's 4096-byte logical block size.")]
+    public async Task A_workload_the_device_cannot_take_is_a_usage_error_naming_the_option(string device, string option, string message)
+    {
+        await using var bench = ActorBlkProcess.Start("bench", "--config", _config, $"--device={device}", option, "--runtime=1");
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains(message, bench.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", bench.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Without_size_an_existing_device_is_driven_whole_as_fio_does()
+    {
+        // 16 MiB in 4 KiB reads with no runtime: the run covers the whole device once.
+        await using var bench = ActorBlkProcess.Start("bench", "--config", _config, "--device=ro0", "--rw=read", "--bs=4k", "--output-format=json");
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        var json = System.Text.Json.JsonDocument.Parse(bench.StandardOutput).RootElement;
+        Assert.Equal(4096, json.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
+        Assert.Equal("16777216", json.GetProperty("global options").GetProperty("size").GetString());
+    }
+
+    [Fact]
+    public async Task A_run_whose_every_io_failed_reports_the_error_and_exits_1()
+    {
+        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--size=16m", "--runtime=1", "--fault-error-rate=1", "--output-format=json");
+        Assert.Equal(1, await bench.WaitForExitAsync(Within));
+        Assert.Contains("no I/O succeeded", bench.Output, StringComparison.Ordinal);
+        var job = System.Text.Json.JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0];
+        Assert.NotEqual(0, job.GetProperty("error").GetInt32());
+    }
+}

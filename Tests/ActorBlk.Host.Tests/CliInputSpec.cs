@@ -1,0 +1,79 @@
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// Operator input an outside audit found aborting the CLI (SIGABRT, exit 134) or ignored: a
+/// configuration value that does not parse, an HOCON include, a malformed --node, and --node
+/// HOST:PORT for sysfs and hotplug (taken as an address and never answered).
+/// </summary>
+public sealed class CliInputSpec : IDisposable
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);
+
+    private readonly string _dir = Directory.CreateTempSubdirectory("actorblk-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Theory]
+    [InlineData("actorblk.drain-timeout = banana", "actorblk.drain-timeout: 'banana' is not a duration")]
+    [InlineData("actorblk.supervision.max-resets = x", "actorblk.supervision.max-resets: 'x' is not a whole number")]
+    [InlineData("actorblk.topology.source = simulatd", "actorblk.topology.source: 'simulatd' is not 'system' or 'simulated'")]
+    public async Task A_setting_that_does_not_parse_is_a_usage_error_naming_the_key(string line, string message)
+    {
+        var config = Path.Combine(_dir, "bad.conf");
+        File.WriteAllText(config, $"akka.remote.dot-netty.tcp.port = 0\nactorblk.nbd.listen = off\n{line}\n");
+        await using var serve = ActorBlkProcess.Start("serve", "--config", config);
+        Assert.Equal(2, await serve.WaitForExitAsync(Within));
+        Assert.Contains(message, serve.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", serve.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_configuration_may_include_a_file_next_to_it()
+    {
+        File.WriteAllText(Path.Combine(_dir, "base.conf"), "akka.remote.dot-netty.tcp.port = 1\n");
+        var config = Path.Combine(_dir, "node.conf");
+        File.WriteAllText(config, "include \"base.conf\"\n");
+        await using var sysfs = ActorBlkProcess.Start("sysfs", "list", "--config", config);
+        Assert.Equal(1, await sysfs.WaitForExitAsync(Within));
+        Assert.Contains("no ActorBlk node answered at akka.tcp://actorblk@127.0.0.1:1 ", sysfs.Output, StringComparison.Ordinal);
+
+        File.WriteAllText(config, "include \"missing.conf\"\n");
+        await using var missing = ActorBlkProcess.Start("sysfs", "list", "--config", config);
+        Assert.Equal(2, await missing.WaitForExitAsync(Within));
+        Assert.Contains("missing.conf", missing.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", missing.Output, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("iostat")]
+    [InlineData("sysfs")]
+    [InlineData("hotplug")]
+    [InlineData("devices")]
+    public async Task Node_takes_host_and_port_or_an_address_and_refuses_anything_else(string command)
+    {
+        string[] rest = command switch
+        {
+            "iostat" => ["1", "1"],
+            "sysfs" => ["list"],
+            "hotplug" => ["online", "1"],
+            _ => [],
+        };
+        string[] Args(string node) => command == "sysfs" ? ["sysfs", "list", "--node", node] : command == "hotplug" ? ["hotplug", "online", "1", "--node", node] : [command, .. rest, "--node", node];
+
+        foreach (var bad in new[] { "nonsense", "127.0.0.1:99999", "akka.tcp://x@" })
+        {
+            await using var refused = ActorBlkProcess.Start(Args(bad));
+            Assert.Equal(2, await refused.WaitForExitAsync(Within));
+            Assert.Contains("option --node", refused.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Unhandled exception", refused.Output, StringComparison.Ordinal);
+        }
+
+        // HOST:PORT is the node at akka.tcp://actorblk@HOST:PORT (none listens on port 1).
+        await using var hostPort = ActorBlkProcess.Start(Args("127.0.0.1:1"));
+        Assert.Equal(1, await hostPort.WaitForExitAsync(Within));
+        Assert.Contains("akka.tcp://actorblk@127.0.0.1:1", hostPort.Output, StringComparison.Ordinal);
+    }
+}
