@@ -155,7 +155,7 @@ public sealed class BlockDeviceOpenException : BlockDeviceException
     /// <param name="errno">The errno (positive), or 0 when no system call failed.</param>
     /// <param name="detail">What was being done and what went wrong.</param>
     public BlockDeviceOpenException(string device, string path, OpenFailure cause, int errno, string detail)
-        : base(device, $"{device}: cannot use '{path}': {detail}" + (errno != 0 ? $" (errno {errno})." : "."))
+        : base(device, $"{device}: cannot use '{path}': {detail?.TrimEnd('.')}" + (errno != 0 ? $" (errno {errno})." : "."))
     {
         Path = path;
         Cause = cause;

@@ -249,9 +249,12 @@ public sealed partial record DeviceOptions
             Fail("poll_queues", $"{PollQueues}: io_poll needs at least one poll queue.");
         }
 
-        if (HwQueueDepth < 1)
+        if (HwQueueDepth is < 1 or > TagSet.MaxDepth)
         {
-            Fail("hw_queue_depth", $"{HwQueueDepth}: the depth must be at least 1.");
+            // The kernel clamps a driver's depth to BLK_MQ_MAX_DEPTH; an option the operator set
+            // is refused instead, as bench's --hw-queue-depth is (an outside audit found it clamped
+            // in silence).
+            Fail("hw_queue_depth", $"{HwQueueDepth}: the depth must be from 1 to {TagSet.MaxDepth} (BLK_MQ_MAX_DEPTH).");
         }
 
         if (ReservedTags < 0 || ReservedTags >= Math.Min(HwQueueDepth, TagSet.MaxDepth))

@@ -62,7 +62,14 @@ internal static class CommandLine
             return UsageError;
         }
 
-        // `actorblk help [COMMAND]` as `actorblk [COMMAND] --help`.
+        // `actorblk help [COMMAND]` as `actorblk [COMMAND] --help`; help for a command that does
+        // not exist is a usage error, not the main help with success.
+        if (args[0] == "help" && args.Count > 1 && !root.Subcommands.Any(c => c.Name == args[1] || c.Aliases.Contains(args[1])))
+        {
+            await error.WriteLineAsync($"actorblk: '{args[1]}' is not a command; the commands are {string.Join(", ", root.Subcommands.Where(c => !c.Hidden).Select(c => c.Name))}.").ConfigureAwait(false);
+            return UsageError;
+        }
+
         var parse = args[0] == "help" ? root.Parse([.. args.Skip(1), "--help"]) : root.Parse(args);
         if (parse.Errors.Count > 0)
         {

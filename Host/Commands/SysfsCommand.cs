@@ -119,7 +119,7 @@ internal static class SysfsCommand
                 return 0;
             case CpuTopologyProtocol.TopologyChanged changed:
                 var hotplug = (Sysfs.Hotplug)message;
-                await Console.Out.WriteLineAsync($"CPU {hotplug.Cpu} {(hotplug.Online ? "online" : "offline")}: online CPUs {changed.Online}, {changed.Remapped} device(s) re-mapped, topology version {changed.Version}")
+                await Console.Out.WriteLineAsync($"CPU {hotplug.Cpu} {(hotplug.Online ? "online" : "offline")}: online CPUs {changed.Online}; {changed.Remapped} device(s) re-mapped; topology version {changed.Version}")
                     .ConfigureAwait(false);
                 return 0;
             case Sysfs.Failed failed:

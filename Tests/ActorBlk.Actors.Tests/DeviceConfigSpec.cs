@@ -140,6 +140,8 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, rq_affinity = 5", "rq_affinity")]
     [InlineData("name = x, memory_backed = maybe", "memory_backed")]
     [InlineData("name = x, hw_queue_depth = lots", "hw_queue_depth")]
+    [InlineData("name = x, hw_queue_depth = 10241", "hw_queue_depth")] // clamped in silence before (an outside audit)
+    [InlineData("name = x, hw_queue_depth = 0", "hw_queue_depth")]
     [InlineData("name = x, dispatch = carrier-pigeon", "dispatch")]
     [InlineData("name = \"a b\"", "name")]
     [InlineData("name = x, reserved_tags = 64", "reserved_tags")]

@@ -47,6 +47,14 @@ public sealed class CliInputSpec : IDisposable
         Assert.DoesNotContain("Unhandled exception", missing.Output, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Help_for_a_command_that_does_not_exist_is_a_usage_error()
+    {
+        await using var help = ActorBlkProcess.Start("help", "nosuchcommand");
+        Assert.Equal(2, await help.WaitForExitAsync(Within));
+        Assert.Contains("'nosuchcommand' is not a command; the commands are serve, devices, bench", help.Output, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("iostat")]
     [InlineData("sysfs")]
