@@ -162,7 +162,7 @@ internal static class BenchReport
             sb.Append(Inv, $"  cluster: {c.Device} owned by {c.Owner}, {(c.Remote ? $"remote over {c.NbdEndpoint} as local queue {c.LocalQueue}" : "local")}\n");
         }
 
-        foreach (var (name, stats) in new[] { ("read", r.Read), ("write", r.Write) })
+        foreach (var (name, stats, samples) in new[] { ("read", r.Read, r.ReadSamples), ("write", r.Write, r.WriteSamples) })
         {
             if (stats.Ios == 0)
             {
@@ -181,6 +181,17 @@ internal static class BenchReport
                 {
                     sb.Append('\n');
                 }
+            }
+
+            // fio's per-interval lines (the JSON's bw_* and iops_*), from the 500 ms samples.
+            if (samples.Count > 0)
+            {
+                var rate = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
+                var iops = SampleStats.Of([.. samples.Select(x => x.Iops)]);
+                var mib = rate.Mean >= 10_000;
+                var scale = mib ? 1024.0 : 1.0;
+                sb.Append(Inv, $"   bw ({(mib ? "  MiB/s" : "  KiB/s")}): min={(long)(rate.Min / scale)}, max={(long)(rate.Max / scale)}, per=100.00%, avg={rate.Mean / scale:0.00}, stdev={rate.StdDev / scale:0.00}, samples={rate.Count}\n");
+                sb.Append(Inv, $"   iops        : min={(long)iops.Min}, max={(long)iops.Max}, avg={iops.Mean:0.00}, stdev={iops.StdDev:0.00}, samples={iops.Count}\n");
             }
         }
 

@@ -34,6 +34,7 @@ public sealed class BenchReportGroupsSpec
             Submitted: 10_000, Completed: 10_000, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
         {
             Usage = new ResourceUsage.Snapshot(ContextSwitches: 12, MajorFaults: 1, MinorFaults: 345),
+            ReadSamples = [new RateSample(1000, 250), new RateSample(3000, 750)],
         };
         var job = JsonDocument.Parse(BenchReport.Json(result)).RootElement.GetProperty("jobs")[0];
 
@@ -57,6 +58,10 @@ public sealed class BenchReportGroupsSpec
         Assert.Contains("  lat (msec)   : 2=0.01%, 2000=0.01%, >=2000=0.01%\n", human);
         Assert.Contains("ctx=12, majf=1, minf=345", human);
         Assert.Contains("  IO depths    : 1=0.0%, 2=0.0%, 4=0.0%, 8=0.0%, 16=100.0%, 32=0.0%, >=64=0.0%\n", human);
+
+        // fio's per-interval lines under the read's percentiles (sample standard deviation, n - 1).
+        Assert.Contains("   bw (  KiB/s): min=1000, max=3000, per=100.00%, avg=2000.00, stdev=1414.21, samples=2\n", human);
+        Assert.Contains("   iops        : min=250, max=750, avg=500.00, stdev=353.55, samples=2\n", human);
     }
 
     [Theory]
