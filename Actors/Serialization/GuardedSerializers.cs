@@ -51,7 +51,7 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
 {
     private readonly Lazy<TInner> _inner;
     private readonly Lazy<HashSet<string>> _refused;
-    private readonly Lazy<HashSet<string>> _compressed;
+    private readonly bool _boundGzip;
     private readonly string _what;
 
     /// <summary>
@@ -66,24 +66,29 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     /// <param name="create">Creates the stock serializer.</param>
     /// <param name="refused">The manifests refused, asked of the stock serializer.</param>
     /// <param name="what">What is refused, for the exception's message ("akka-misc manifest ...: what").</param>
-    /// <param name="compressed">The manifests whose payload is gzip, accepted only if it expands to at most <see cref="MaxDecompressedBytes"/>.</param>
+    /// <param name="boundGzip">
+    /// Every gzip payload (whatever its manifest: the stock serializer compresses several types)
+    /// is accepted only if it expands to at most <see cref="MaxDecompressedBytes"/>. A payload is
+    /// gzip when it starts with gzip's magic bytes, which no protobuf message can (0x1F would be
+    /// field 3 with wire type 7, which does not exist).
+    /// </param>
     protected ManifestGuardingSerializer(ExtendedActorSystem system, Func<TInner> create, Func<TInner, IEnumerable<string>> refused, string what,
-        Func<TInner, IEnumerable<string>>? compressed = null)
+        bool boundGzip = false)
         : base(system)
     {
         ArgumentNullException.ThrowIfNull(create);
         ArgumentNullException.ThrowIfNull(refused);
         _inner = new(create);
         _refused = new(() => new HashSet<string>(refused(_inner.Value), StringComparer.Ordinal));
-        _compressed = new(() => new HashSet<string>(compressed?.Invoke(_inner.Value) ?? [], StringComparer.Ordinal));
+        _boundGzip = boundGzip;
         _what = what;
     }
 
     /// <summary>The manifests refused from the network.</summary>
     public IReadOnlySet<string> RefusedManifests => _refused.Value;
 
-    /// <summary>The manifests whose compressed payload is bounded by <see cref="MaxDecompressedBytes"/>.</summary>
-    public IReadOnlySet<string> CompressedManifests => _compressed.Value;
+    /// <summary>True when every gzip payload is bounded by <see cref="MaxDecompressedBytes"/>.</summary>
+    public bool BoundsGzip => _boundGzip;
 
     /// <summary>The stock serializer.</summary>
     protected TInner Inner => _inner.Value;
@@ -103,7 +108,7 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
             throw new SerializationException($"ActorBlk refuses this message from the network (manifest '{manifest}': {_what}).");
         }
 
-        if (_compressed.Value.Contains(manifest))
+        if (_boundGzip && bytes is [0x1F, 0x8B, ..])
         {
             CheckExpansion(bytes, manifest);
         }
@@ -316,7 +321,7 @@ public sealed class GuardedReplicatorMessageSerializer(ExtendedActorSystem syste
     () => new Akka.DistributedData.Serialization.ReplicatorMessageSerializer(system),
     _ => [],
     "akka-data-replication",
-    _ => [ConstantOf(typeof(Akka.DistributedData.Serialization.ReplicatorMessageSerializer), "GossipManifest")])
+    boundGzip: true)
 {
     /// <inheritdoc />
     public override int Identifier => 12;
@@ -330,15 +335,16 @@ public sealed class GuardedReplicatorMessageSerializer(ExtendedActorSystem syste
 /// <summary>
 /// Serializer id 11 (<c>akka-replicated-data</c>): Akka.DistributedData's
 /// <see cref="Akka.DistributedData.Serialization.ReplicatedDataSerializer"/>, with its gzip-compressed
-/// <c>ORSet</c> bounded by <see cref="ManifestGuardingSerializer{TInner}.MaxDecompressedBytes"/> (it
-/// travels inside every replicator message that carries data).
+/// payloads (<c>ORSet</c>, which travels inside every replicator message that carries data, and the
+/// dictionaries, the registry's <c>LWWDictionary</c> among them) bounded by
+/// <see cref="ManifestGuardingSerializer{TInner}.MaxDecompressedBytes"/>.
 /// </summary>
 public sealed class GuardedReplicatedDataSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<Akka.DistributedData.Serialization.ReplicatedDataSerializer>(
     system,
     () => new Akka.DistributedData.Serialization.ReplicatedDataSerializer(system),
     _ => [],
     "akka-replicated-data",
-    inner => [inner.Manifest(Akka.DistributedData.ORSet<string>.Empty)])
+    boundGzip: true)
 {
     /// <inheritdoc />
     public override int Identifier => 11;

@@ -231,7 +231,7 @@ internal static class BenchCommand
                 written = false;
             }
 
-            if (result.Errors > 0 && result.Read.Ios + result.Write.Ios == 0)
+            if (result.Errors > 0 && result.Read.Ios + result.Write.Ios == 0 && result.WentOffline.Count == 0)
             {
                 // Every I/O failed: the report says how, the run failed (fio exits 1 on I/O errors).
                 await Console.Error.WriteLineAsync($"actorblk bench: no I/O succeeded ({result.Errors} failed, the first with errno {-result.FirstError.ToErrno()}).").ConfigureAwait(false);

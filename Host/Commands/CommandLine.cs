@@ -110,6 +110,12 @@ internal static class CommandLine
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;
         }
+        catch (ActorBlk.Hardware.Devices.BlockDeviceException ex)
+        {
+            // A device the command could not assemble or open (a mirror whose legs disagree, say).
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
         catch (Exception ex) when (ex is Akka.Configuration.ConfigurationException or FormatException)
         {
             // A configuration value that does not parse (actorblk.drain-timeout = banana) or is out

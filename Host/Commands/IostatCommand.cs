@@ -148,9 +148,22 @@ internal static class IostatCommand
         var names = devices;
         if (names.Count == 0)
         {
-            var listing = await client.AskAsync(new Sysfs.List("block/")).ConfigureAwait(false) as Sysfs.Listing
-                ?? throw new IostatException("the node did not list its devices.");
-            names = [.. listing.Paths.Where(p => p.EndsWith("/stat", StringComparison.Ordinal) && p.Count(c => c == '/') == 2).Select(p => p.Split('/')[1])];
+            switch (await client.AskAsync(new Sysfs.List("block/")).ConfigureAwait(false))
+            {
+                case Sysfs.Listing listing:
+                    names = [.. listing.Paths.Where(p => p.EndsWith("/stat", StringComparison.Ordinal) && p.Count(c => c == '/') == 2).Select(p => p.Split('/')[1])];
+                    break;
+                case Sysfs.Failed { Errno: "E2BIG" }:
+                    // More attribute paths than one remoting message holds (about 130 devices and
+                    // up): the guardian's device list, a few dozen bytes a device, names them.
+                    var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).ConfigureAwait(false);
+                    names = [.. list.Devices.Select(d => d.Name)];
+                    break;
+                case Sysfs.Failed failed:
+                    throw new IostatException($"the node did not list its devices: {failed.Errno} {failed.Message}");
+                default:
+                    throw new IostatException("the node did not list its devices.");
+            }
         }
 
         var result = new SortedDictionary<string, (DiskStatSample, TimeSpan)>(StringComparer.Ordinal);

@@ -32,6 +32,7 @@ public sealed partial class MirrorTarget
             }
 
             _state[leg] = MirrorLegState.Faulty;
+            _legEpoch[leg]++;
             if (_state.Any(s => s == MirrorLegState.InSync))
             {
                 _generation++;

@@ -98,12 +98,15 @@ public sealed partial class MirrorTarget
     private async Task<bool> RecoverPassAsync(CancellationToken ct)
     {
         int[] rebuilding;
+        long[] epochs;
         var dirty = new List<int>();
         lock (_lock)
         {
-            // Only the legs rebuilding now get every region of this pass; one re-added later waits
-            // for the next pass (the re-add asks for it).
+            // Only the legs rebuilding now get every region of this pass; one re-added later (or
+            // failed and re-added meanwhile) waits for the next pass, which the re-add asks for,
+            // and keeps every bit it needs until then (see Target).
             rebuilding = [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
+            epochs = [.. rebuilding.Select(i => _legEpoch[i])];
             for (var r = 0; r < Regions; r++)
             {
                 if ((_bits[r >> 6] & (1UL << (r & 63))) != 0 || CrashPendingRegion(r))
@@ -116,6 +119,13 @@ public sealed partial class MirrorTarget
             _syncTotal = dirty.Sum(r => RegionLength(r));
         }
 
+        // Under _lock: a leg this pass copies to, rebuilding since the pass started.
+        bool Target(int leg)
+        {
+            var k = Array.IndexOf(rebuilding, leg);
+            return k >= 0 && _state[leg] == MirrorLegState.Rebuilding && _legEpoch[leg] == epochs[k];
+        }
+
         var throttle = new Throttle(this);
         using var buffer = new AlignedBuffer(SyncChunkBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
         foreach (var r in dirty)
@@ -123,7 +133,7 @@ public sealed partial class MirrorTarget
             lock (_lock)
             {
                 // Nothing owed here any more (the legs to rebuild failed meanwhile): no copy, no wait.
-                if (!CrashPendingRegion(r) && !rebuilding.Any(t => _state[t] == MirrorLegState.Rebuilding))
+                if (!CrashPendingRegion(r) && !rebuilding.Any(Target))
                 {
                     continue;
                 }
@@ -135,7 +145,7 @@ public sealed partial class MirrorTarget
             {
                 ct.ThrowIfCancellationRequested();
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
-                if (!await CopyChunkAsync(r, rebuilding, at, buffer.Memory[..length]).ConfigureAwait(false))
+                if (!await CopyChunkAsync(r, Target, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
                     return false;
                 }
@@ -151,7 +161,7 @@ public sealed partial class MirrorTarget
             lock (_lock)
             {
                 // Counted when a leg still rebuilding, or a second in-sync leg after a crash, got it.
-                if (rebuilding.Any(t => _state[t] == MirrorLegState.Rebuilding)
+                if (rebuilding.Any(Target)
                     || (CrashPendingRegion(r) && _state.Count(s => s == MirrorLegState.InSync) > 1))
                 {
                     Interlocked.Increment(ref _resyncedRegions);
@@ -163,10 +173,13 @@ public sealed partial class MirrorTarget
                     _crashPending[r >> 6] &= ~(1UL << (r & 63));
                 }
 
-                // With no faulty leg and no write in flight on it, the region's bit is owed to
-                // nobody. A write in flight keeps it: should it fail on a leg, that leg is faulty and
-                // the bit is what a re-add copies.
-                if (!_state.Any(s => s == MirrorLegState.Faulty) && _regionWrites[r] == 0 && !CrashPendingRegion(r))
+                // With every leg in sync or copied by this pass, and no write in flight on it, the
+                // region's bit is owed to nobody. A leg faulty, or rebuilding but not this pass's
+                // (re-added after it started), keeps it: the bit is what its recovery copies. A
+                // write in flight keeps it too: should it fail on a leg, that leg is faulty and
+                // owed the region (outside audits found both losing acknowledged writes).
+                if (_regionWrites[r] == 0 && !CrashPendingRegion(r)
+                    && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || Target(i)))
                 {
                     _bits[r >> 6] &= ~(1UL << (r & 63));
                     _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
@@ -181,7 +194,7 @@ public sealed partial class MirrorTarget
             _crashPending = [];
             foreach (var t in rebuilding)
             {
-                if (_state[t] == MirrorLegState.Rebuilding)
+                if (Target(t))
                 {
                     _state[t] = MirrorLegState.InSync;
                     changed = true;
@@ -214,7 +227,7 @@ public sealed partial class MirrorTarget
     // Copies one chunk of region r from the first in-sync leg to the legs that need it: the
     // rebuilding legs of the pass and, while the crash owes the region, the other in-sync legs.
     // False when no in-sync leg could be read.
-    private async Task<bool> CopyChunkAsync(int region, int[] rebuilding, long at, Memory<byte> chunk)
+    private async Task<bool> CopyChunkAsync(int region, Func<int, bool> target, long at, Memory<byte> chunk)
     {
         var held = await _gate.EnterExclusiveAsync(at, at + chunk.Length).ConfigureAwait(false);
         try
@@ -233,8 +246,7 @@ public sealed partial class MirrorTarget
                 lock (_lock)
                 {
                     var crash = CrashPendingRegion(region);
-                    targets = [.. Enumerable.Range(0, _legs.Length).Where(t => t != source
-                        && ((_state[t] == MirrorLegState.Rebuilding && rebuilding.Contains(t)) || (crash && _state[t] == MirrorLegState.InSync)))];
+                    targets = [.. Enumerable.Range(0, _legs.Length).Where(t => t != source && (target(t) || (crash && _state[t] == MirrorLegState.InSync)))];
                 }
 
                 if (targets.Count == 0)

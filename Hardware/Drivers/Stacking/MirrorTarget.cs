@@ -47,6 +47,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private readonly MirrorLegState[] _state;
     private readonly long[] _lastInSync;
     private readonly int[] _inflight;
+
+    // Bumped each time a leg goes faulty (under _lock): a recovery pass copies to, and at its end
+    // declares in sync, only the legs that were rebuilding when it started and have not failed
+    // since. A leg failed and re-added within one pass missed writes the pass never saw.
+    private readonly long[] _legEpoch;
     private readonly long[] _correctedReads;
     private readonly Guid _arrayId;
     private long _generation;
@@ -98,6 +103,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _state = new MirrorLegState[_legs.Length];
         _lastInSync = new long[_legs.Length];
         _inflight = new int[_legs.Length];
+        _legEpoch = new long[_legs.Length];
         _correctedReads = new long[_legs.Length];
         _bits = new ulong[(Regions + 63) / 64];
         _touched = new ulong[_bits.Length];

@@ -701,6 +701,66 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_leg_re_added_while_another_legs_recovery_runs_gets_every_region_before_it_is_in_sync()
+    {
+        // An outside audit: b's recovery cleared the bits of the regions it copied once no leg was
+        // faulty, though c, re-added meanwhile, was not among its targets; c's own pass then found
+        // nothing to copy and c was declared in sync with the old data.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(1);
+        await mirror.FailLegAsync(2);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await mirror.ReAddAsync(1);
+        await AwaitTimer(clock, mirror);
+        await mirror.ReAddAsync(2);
+        await PumpUntilIdle(clock, mirror);
+        Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, mirror.LegState(i)));
+        for (var r = 0; r < 8; r++)
+        {
+            Assert.Equal(Stamp(r, 2), await ReadRaw(c, r * Region, Block));
+        }
+
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_leg_failed_and_re_added_within_one_pass_is_not_declared_in_sync_by_that_pass()
+    {
+        // An outside audit: b failed during its recovery, a write then landed on a chunk the pass
+        // had already copied (b missed it), and b was re-added while the same pass still ran; the
+        // pass declared b in sync at its end and cleared the bit that recorded the write.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { RegionBytes = 4 * Region, SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(0, Stamp(0, 2));
+        await mirror.ReAddAsync(1);
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(Block, Stamp(1, 3));
+        await mirror.ReAddAsync(1);
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(Stamp(1, 3), await ReadRaw(b, Block, Block));
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
     public async Task A_re_add_during_a_check_stopped_by_hand_still_rebuilds_the_leg()
     {
         // An outside audit: stopping a check (sync_action idle) after a re-add had asked for a
