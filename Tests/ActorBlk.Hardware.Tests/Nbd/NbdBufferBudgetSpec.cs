@@ -133,9 +133,12 @@ public sealed class NbdBufferBudgetSpec
         await Condition.EventuallyAsync(() => fx.Server.InFlight == 0 && fx.Server.BufferBytesInUse == 0, "every request's memory is given back");
         Assert.InRange(fx.Server.BufferBytesKept, 0, fx.Server.Budget.KeepCapacity);
         await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
+        // Closed as stalled, or (when the client's kernel still takes a few bytes now and then)
+        // as too slow at its deadline: 2 s plus 1 MiB at min-transfer-rate.
         lock (fx.Log)
         {
-            Assert.Contains(fx.Log, line => line.Contains("took no reply bytes for 2 s", StringComparison.Ordinal));
+            Assert.Contains(fx.Log, line => line.Contains("took no reply bytes for 2 s", StringComparison.Ordinal)
+                                            || line.Contains("took a reply of", StringComparison.Ordinal));
         }
     }
 
