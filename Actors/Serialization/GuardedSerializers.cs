@@ -325,11 +325,6 @@ public sealed class GuardedReplicatorMessageSerializer(ExtendedActorSystem syste
 {
     /// <inheritdoc />
     public override int Identifier => 12;
-
-    // Gossip is internal to Akka.DistributedData: its manifest is the serializer's own constant.
-    internal static string ConstantOf(Type type, string name) =>
-        type.GetField(name, System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Static)?.GetRawConstantValue() as string
-        ?? throw new InvalidOperationException($"{type.Name}.{name} is gone: the guard for compressed payloads needs updating.");
 }
 
 /// <summary>

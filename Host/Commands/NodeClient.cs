@@ -29,16 +29,12 @@ internal sealed class NodeClient : IAsyncDisposable
     public string Address { get; }
 
     /// <summary>
-    /// The node named by <c>--node ADDRESS</c>, else by <c>--port N</c> on 127.0.0.1, else by the
-    /// remoting port of hocon.conf (<c>--config PATH</c> or the one <c>serve</c> would use), else 4053.
+    /// The node on 127.0.0.1 at <c>--port N</c>, else at the remoting port of hocon.conf
+    /// (<c>--config PATH</c> or the one <c>serve</c> would use), else 4053. <c>--node</c> is read
+    /// by <see cref="NodeOptions.AddressFrom"/>.
     /// </summary>
-    public static string AddressFrom(string? node, int? port, string? configPath)
+    public static string AddressFrom(int? port, string? configPath)
     {
-        if (node is not null)
-        {
-            return node.TrimEnd('/');
-        }
-
         // The port, and the scheme (akka.ssl.tcp with TLS), from hocon.conf.
         var scheme = "akka.tcp";
         try

@@ -39,7 +39,7 @@ internal sealed class NodeOptions
         var text = parse.GetValue(Node);
         if (text is null)
         {
-            return NodeClient.AddressFrom(null, parse.GetValue(Port), parse.GetValue(Config));
+            return NodeClient.AddressFrom(parse.GetValue(Port), parse.GetValue(Config));
         }
 
         if (!text.Contains("://", StringComparison.Ordinal))
