@@ -113,7 +113,7 @@ public sealed class ClusterDevicesSpec
         Assert.Equal($"nullb0@{b.Name}", Assert.Single(left).Id);
         Assert.Equal(MemberStatus.Up, b.Cluster.SelfMember.Status);
         Assert.False(b.System.WhenTerminated.IsCompleted);
-        Assert.Equal([b.Cluster.SelfAddress], b.Cluster.State.Members.Select(m => m.Address));
+        Assert.Equal([b.Cluster.SelfAddress], (await b.CurrentStateAsync(Within)).Members.Select(m => m.Address));
     }
 
     [Fact]

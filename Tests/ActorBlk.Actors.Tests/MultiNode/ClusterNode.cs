@@ -19,13 +19,14 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 internal sealed class ClusterNode : IAsyncDisposable
 {
     private readonly Channel<ClusterEvent.IMemberEvent> _events = Channel.CreateUnbounded<ClusterEvent.IMemberEvent>();
+    private readonly IActorRef _pump;
 
     private ClusterNode(ActorSystem system)
     {
         System = system;
         Cluster = AkkaCluster.Get(system);
         Layer = BlockLayer.Get(system);
-        system.ActorOf(Props.Create(() => new EventPump(_events.Writer)), "test-member-events");
+        _pump = system.ActorOf(Props.Create(() => new EventPump(_events.Writer)), "test-member-events");
     }
 
     public ActorSystem System { get; }
@@ -133,6 +134,18 @@ internal sealed class ClusterNode : IAsyncDisposable
         throw new InvalidOperationException("the event stream ended");
     }
 
+    /// <summary>
+    /// The cluster state as the node's event publisher holds it now. <see cref="AkkaCluster.State"/>
+    /// is a read view fed by its own subscription, so it may not yet show an event that
+    /// <see cref="WaitForEventAsync"/> returned; the publisher's state, asked after, always does.
+    /// </summary>
+    public async Task<ClusterEvent.CurrentClusterState> CurrentStateAsync(TimeSpan within)
+    {
+        var reply = new TaskCompletionSource<ClusterEvent.CurrentClusterState>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _pump.Tell(new EventPump.AskState(reply));
+        return await reply.Task.WaitAsync(within);
+    }
+
     /// <summary>Waits until this node's registry snapshot satisfies <paramref name="condition"/>.</summary>
     public async Task<IReadOnlyList<ClusterDevice>> WaitForDevicesAsync(Func<IReadOnlyList<ClusterDevice>, bool> condition, TimeSpan within)
     {
@@ -182,11 +195,28 @@ internal sealed class ClusterNode : IAsyncDisposable
 
     private sealed class EventPump : ReceiveActor
     {
+        private readonly Queue<TaskCompletionSource<ClusterEvent.CurrentClusterState>> _asks = new();
+
         public EventPump(ChannelWriter<ClusterEvent.IMemberEvent> writer)
         {
             Receive<ClusterEvent.IMemberEvent>(e => writer.TryWrite(e));
-            Receive<ClusterEvent.CurrentClusterState>(_ => { });
+            Receive<AskState>(ask =>
+            {
+                _asks.Enqueue(ask.Reply);
+                AkkaCluster.Get(Context.System).SendCurrentClusterState(Self);
+            });
+
+            // Only replies to AskState arrive here: the subscription sends its initial state as events.
+            Receive<ClusterEvent.CurrentClusterState>(state =>
+            {
+                if (_asks.TryDequeue(out var reply))
+                {
+                    reply.TrySetResult(state);
+                }
+            });
         }
+
+        public sealed record AskState(TaskCompletionSource<ClusterEvent.CurrentClusterState> Reply);
 
         protected override void PreStart() =>
             AkkaCluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
