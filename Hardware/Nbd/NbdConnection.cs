@@ -42,6 +42,9 @@ public sealed class NbdConnection
     /// <summary>Size of the blocking reader's input buffer.</summary>
     private const int InputBufferSize = 256 << 10;
 
+    /// <summary>Size of the blocking reader's buffer for a refused write's payload.</summary>
+    private const int SkipBufferSize = 64 << 10;
+
     /// <summary>Most extents in one block status reply; a longer map is cut short, as the protocol allows.</summary>
     private const int MaxExtents = 512;
 
@@ -65,6 +68,9 @@ public sealed class NbdConnection
     private ReadOnlyMemory<byte> _outTail;
     private int _corked;
     private byte[] _in = [];
+
+    // Where the blocking reader drops an oversized write's payload; allocated at the first one.
+    private byte[]? _skip;
     private int _inStart;
     private int _inEnd;
     private bool _inputEmpty;
@@ -857,7 +863,7 @@ public sealed class NbdConnection
                 await PrepareBufferAsync(device, slot, error, ct).ConfigureAwait(false);
                 if (header.Command == NbdCommand.Write)
                 {
-                    await ReadPayloadAsync(slot.Payload, ct).ConfigureAwait(false);
+                    await ReadPayloadAsync(Oversized(slot) ? Memory<byte>.Empty : slot.Payload, (int)slot.Length, ct).ConfigureAwait(false);
                 }
             }
             catch
@@ -885,14 +891,25 @@ public sealed class NbdConnection
             return false;
         }
 
-        if (header.Command == NbdCommand.Write && header.Length > (uint)Options.MaxPayload)
+        if (header.Command == NbdCommand.Write && header.Length > (uint)Math.Max(Options.MaxPayload, NbdProtocol.MaxTolerablePayload))
         {
-            // The payload is too large to take and the stream cannot be resynchronised cheaply.
+            // Over the maximum payload and over 32 MiB: "either the server or the client MAY
+            // initiate a hard disconnect if a payload length ... would be large enough to be
+            // deemed a denial of service attack". A smaller write over a configured max-payload
+            // is read past and refused (see Oversized).
             throw new NbdProtocolException($"write of {header.Length} bytes is over the maximum payload of {Options.MaxPayload}");
         }
 
         return true;
     }
+
+    /// <summary>
+    /// A write over the advertised maximum payload (a client's breach: it "MUST NOT request a
+    /// length larger than the maximum payload size") that is still at most 32 MiB, which "SHOULD
+    /// NOT be considered a denial of service attack": its payload is read past without a buffer
+    /// and the request refused with EINVAL, so the connection goes on.
+    /// </summary>
+    private bool Oversized(NbdRequestSlot slot) => slot.Command == NbdCommand.Write && slot.Length > (uint)Options.MaxPayload;
 
     private void Start(NbdRequestSlot slot, in RequestHeader header)
     {
@@ -911,7 +928,7 @@ public sealed class NbdConnection
     {
         var size = slot.Command switch
         {
-            NbdCommand.Write => NbdRequestSlot.BufferSizeFor(slot.Length),
+            NbdCommand.Write when !Oversized(slot) => NbdRequestSlot.BufferSizeFor(slot.Length),
             NbdCommand.Read when error == NbdError.None => NbdRequestSlot.BufferSizeFor(slot.Length),
             _ => 0,
         };
@@ -1040,7 +1057,7 @@ public sealed class NbdConnection
 
                     if (header.Command == NbdCommand.Write)
                     {
-                        ReceivePayload(fd, slot.Payload.Span);
+                        ReceivePayload(fd, Oversized(slot) ? Span<byte>.Empty : slot.Payload.Span, (int)slot.Length);
                     }
                 }
                 catch
@@ -1093,18 +1110,31 @@ public sealed class NbdConnection
         return true;
     }
 
-    private void ReceivePayload(int fd, Span<byte> target)
+    /// <summary>Receives a write's <paramref name="length"/> payload bytes into <paramref name="target"/>, or past them when it is empty.</summary>
+    private void ReceivePayload(int fd, Span<byte> target, int length)
     {
         // The payload's buffer holds budget the other connections may wait for: a client that
         // stops sending it is closed after the stall timeout, and one that sends it slower than
         // min-transfer-rate at its deadline (between requests it may idle).
         _inPayload = true;
         _payloadStart = Environment.TickCount64;
-        _payloadDeadline = Options.TransferDeadline(_payloadStart, target.Length);
-        _payloadBytes = target.Length;
+        _payloadDeadline = Options.TransferDeadline(_payloadStart, length);
+        _payloadBytes = length;
         try
         {
-            ReceivePayloadCore(fd, target);
+            if (!target.IsEmpty)
+            {
+                ReceivePayloadCore(fd, target);
+                return;
+            }
+
+            var scratch = _skip ??= new byte[SkipBufferSize];
+            for (var left = length; left > 0;)
+            {
+                var n = Math.Min(left, scratch.Length);
+                ReceivePayloadCore(fd, scratch.AsSpan(0, n));
+                left -= n;
+            }
         }
         finally
         {
@@ -1229,12 +1259,13 @@ public sealed class NbdConnection
         return !_broken;
     }
 
-    private async ValueTask ReadPayloadAsync(Memory<byte> target, CancellationToken ct)
+    /// <summary>Reads a write's <paramref name="length"/> payload bytes into <paramref name="target"/>, or past them when it is empty.</summary>
+    private async ValueTask ReadPayloadAsync(Memory<byte> target, int length, CancellationToken ct)
     {
         var copied = 0;
         var start = Environment.TickCount64;
-        var deadline = Options.TransferDeadline(start, target.Length);
-        while (copied < target.Length)
+        var deadline = Options.TransferDeadline(start, length);
+        while (copied < length)
         {
             var read = _reader.ReadAsync(ct);
             ReadResult result;
@@ -1248,7 +1279,7 @@ public sealed class NbdConnection
                 var left = deadline - Environment.TickCount64;
                 if (left <= 0)
                 {
-                    throw NbdStallException.Slow("sent a write's payload", target.Length, Environment.TickCount64 - start, Options);
+                    throw NbdStallException.Slow("sent a write's payload", length, Environment.TickCount64 - start, Options);
                 }
 
                 var wait = TimeSpan.FromMilliseconds(Math.Min(Options.StallTimeout.TotalMilliseconds, left));
@@ -1259,17 +1290,21 @@ public sealed class NbdConnection
                 catch (TimeoutException)
                 {
                     throw wait < Options.StallTimeout
-                        ? NbdStallException.Slow("sent a write's payload", target.Length, Environment.TickCount64 - start, Options)
+                        ? NbdStallException.Slow("sent a write's payload", length, Environment.TickCount64 - start, Options)
                         : NbdStallException.Payload(Options.StallTimeout);
                 }
             }
 
             var buffer = result.Buffer;
-            var take = (int)Math.Min(buffer.Length, target.Length - copied);
-            buffer.Slice(0, take).CopyTo(target.Span[copied..]);
+            var take = (int)Math.Min(buffer.Length, length - copied);
+            if (!target.IsEmpty)
+            {
+                buffer.Slice(0, take).CopyTo(target.Span[copied..]);
+            }
+
             _reader.AdvanceTo(buffer.GetPosition(take));
             copied += take;
-            if (copied < target.Length && result.IsCompleted)
+            if (copied < length && result.IsCompleted)
             {
                 throw new EndOfStreamException("the client closed the connection inside a write payload");
             }
@@ -1322,6 +1357,11 @@ public sealed class NbdConnection
     private NbdError Check(IBlockDevice device, NbdRequestSlot slot)
     {
         var command = slot.Command;
+        if (Oversized(slot))
+        {
+            return NbdError.Invalid;
+        }
+
         if (command is not (NbdCommand.Read or NbdCommand.Write or NbdCommand.Flush or NbdCommand.Trim or NbdCommand.WriteZeroes or NbdCommand.BlockStatus))
         {
             return NbdError.Invalid;

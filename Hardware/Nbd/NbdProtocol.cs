@@ -49,6 +49,12 @@ public static class NbdProtocol
     /// <summary>The longest string (export name, description, context) the protocol allows.</summary>
     public const int MaxStringLength = 4096;
 
+    /// <summary>
+    /// 32 MiB: "any payload not exceeding 2^25 (33,554,432) bytes SHOULD NOT be considered a denial
+    /// of service attack, even if that length is larger than the advertised maximum payload size".
+    /// </summary>
+    public const int MaxTolerablePayload = 1 << 25;
+
     /// <summary>The name of the one metadata context this server offers.</summary>
     public const string BaseAllocation = "base:allocation";
 

@@ -98,13 +98,78 @@ public sealed class NbdHostileInputSpec
         var (big, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
         await using (big)
         {
-            // A write over the maximum: its payload is not taken, the connection is closed.
+            // A write over the maximum and over 32 MiB: its payload is not taken, the connection
+            // is closed (a payload that large may be "deemed a denial of service attack").
             await big.SendRequestAsync(NbdCommand.Write, 5, 0, uint.MaxValue);
             Assert.True(await big.ClosedByServerAsync());
         }
 
         await AssertServesAsync(fx);
         await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0, "every connection closed");
+    }
+
+    /// <summary>
+    /// "Any payload not exceeding 2^25 (33,554,432) bytes SHOULD NOT be considered a denial of
+    /// service attack, even if that length is larger than the advertised maximum payload size":
+    /// a write over a configured 1 MiB maximum is read past and refused with EINVAL, nothing is
+    /// written, and the connection goes on; one byte over 32 MiB still closes it. Both request
+    /// readers: the blocking one (plain TCP) and the asynchronous one (TLS). An outside audit
+    /// found the first closing the connection.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_write_over_a_configured_maximum_but_within_32_MiB_is_refused_and_the_connection_goes_on(bool tls)
+    {
+        using var certs = new TestCertificates();
+        const int Max = 1 << 20;
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions
+        {
+            MaxPayload = Max,
+            MaxBufferMemory = 2 * Max,
+            Tls = tls ? NbdTlsMode.Require : NbdTlsMode.Off,
+            Certificate = tls ? certs.Server : null,
+        });
+        var marker = Enumerable.Repeat((byte)0xa5, 4096).ToArray();
+        await fx.Mem.WriteAsync(0, marker);
+
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", tls: tls);
+        await using (client)
+        {
+            // Twice the maximum, then the largest tolerated payload: each refused, its payload
+            // (a pattern that would overwrite the marker) consumed, and the stream still framed.
+            ulong cookie = 1;
+            foreach (var length in new[] { 2 * Max, NbdProtocol.MaxTolerablePayload })
+            {
+                await client.SendRequestAsync(NbdCommand.Write, cookie, 0, (uint)length, payload: new byte[length]);
+                Assert.Equal((NbdError.Invalid, cookie), await ReplyAsync(client));
+                cookie++;
+            }
+
+            // Requests after it are served: a write at the maximum and a read of the marker.
+            var data = Enumerable.Range(0, Max).Select(i => (byte)(i * 13)).ToArray();
+            await client.SendRequestAsync(NbdCommand.Write, 10, 4096, Max, payload: data);
+            Assert.Equal((NbdError.None, 10UL), await ReplyAsync(client));
+            await client.SendRequestAsync(NbdCommand.Read, 11, 0, 4096);
+            var read = await client.ReadSimpleReplyAsync(_ => 4096);
+            Assert.Equal((NbdError.None, 11UL), (read.Error, read.Cookie));
+            Assert.Equal(marker, read.Data);
+
+            // One byte over 32 MiB (and over the maximum) is past what the protocol asks a server to take.
+            await client.SendRequestAsync(NbdCommand.Write, 12, 0, NbdProtocol.MaxTolerablePayload + 1u);
+            Assert.True(await client.ClosedByServerAsync());
+        }
+
+        var back = new byte[Max];
+        await fx.Mem.ReadAsync(4096, back);
+        Assert.Equal(Enumerable.Range(0, Max).Select(i => (byte)(i * 13)).ToArray(), back);
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0, "every connection closed");
+
+        static async Task<(NbdError, ulong)> ReplyAsync(RawNbdClient client)
+        {
+            var reply = await client.ReadSimpleReplyAsync();
+            return (reply.Error, reply.Cookie);
+        }
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using System.Text;
 using ActorBlk.Hardware.Nbd;
@@ -15,7 +16,7 @@ public sealed class RawNbdClient : IAsyncDisposable
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    private Stream _stream;
 
     private RawNbdClient(Socket socket)
     {
@@ -55,10 +56,33 @@ public sealed class RawNbdClient : IAsyncDisposable
         return client;
     }
 
-    /// <summary>Negotiates and enters transmission with NBD_OPT_GO; returns size and flags.</summary>
-    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false, int receiveBuffer = 0)
+    /// <summary>
+    /// NBD_OPT_STARTTLS, then a TLS handshake that trusts any server certificate: what follows
+    /// goes over TLS, so the server reads with its asynchronous (TLS) request reader.
+    /// </summary>
+    public async Task StartTlsAsync()
+    {
+        await SendOptionAsync(NbdOption.StartTls, []);
+        var reply = await ReadOptionReplyAsync();
+        if (reply.Type != NbdReply.Ack)
+        {
+            throw new InvalidDataException($"STARTTLS refused: {reply.Type}");
+        }
+
+        var tls = new SslStream(_stream, leaveInnerStreamOpen: false, (_, _, _, _) => true);
+        await tls.AuthenticateAsClientAsync("localhost").WaitAsync(Timeout);
+        _stream = tls;
+    }
+
+    /// <summary>Negotiates (over TLS when <paramref name="tls"/>) and enters transmission with NBD_OPT_GO; returns size and flags.</summary>
+    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false, int receiveBuffer = 0, bool tls = false)
     {
         var client = await NegotiateAsync(endpoint, receiveBuffer: receiveBuffer);
+        if (tls)
+        {
+            await client.StartTlsAsync();
+        }
+
         if (structured)
         {
             await client.SendOptionAsync(NbdOption.StructuredReply, []);
