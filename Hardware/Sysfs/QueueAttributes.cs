@@ -313,12 +313,14 @@ public sealed class QueueAttributes
 
     private static string Chomp(string text) => text.EndsWith('\n') ? text[..^1] : text;
 
-    // queue_var_store: an unsigned decimal up to UINT_MAX, one trailing newline allowed (§11.3 item 10).
-    // Also the rule of md's numeric attributes (kstrtouint), which the mirror's use.
+    // queue_var_store: kstrtoul, base 10, then at most UINT_MAX (§11.3 item 10): an unsigned decimal
+    // with one optional leading '+' and one trailing newline. Also the rule of md's numeric
+    // attributes (kstrtouint), which the mirror's use.
     internal static ulong ParseUnsigned(string path, string text)
     {
         var digits = Chomp(text);
-        if (!ulong.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)
+        var unsigned = digits.StartsWith('+') ? digits.AsSpan(1) : digits.AsSpan();
+        if (!ulong.TryParse(unsigned, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)
         {
             throw new AttributeException(path, AttributeErrno.EINVAL, $"'{digits}' is not an unsigned number up to {uint.MaxValue}");
         }

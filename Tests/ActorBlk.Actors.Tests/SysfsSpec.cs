@@ -113,7 +113,14 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "many")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "4294967296")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "-1")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "+")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "++8")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/nr_requests", "+-8")).Errno);
         Assert.Equal(4, q.NrRequests);
+
+        // kstrtoul takes one leading '+' ("echo +32 > nr_requests" works on Linux).
+        await Layer.WriteAttributeAsync("block/sd2/queue/nr_requests", "+32\n");
+        Assert.Equal(32, q.NrRequests);
         await Layer.WriteAttributeAsync("block/sd2/queue/nr_requests", "64");
         Assert.Equal(64, q.NrRequests);
 

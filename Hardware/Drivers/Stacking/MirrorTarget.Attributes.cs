@@ -108,7 +108,7 @@ public sealed partial class MirrorTarget
     private ValueTask SetSpeed(string path, string text, bool min)
     {
         // md's min_sync_store / max_sync_store: kstrtouint, so a decimal up to UINT_MAX with one
-        // trailing newline allowed, nothing else (no spaces, signs or hex); 0 is refused.
+        // optional leading '+' and one trailing newline, nothing else (no spaces, '-' or hex); 0 is refused.
         var kib = (long)QueueAttributes.ParseUnsigned(path, text);
         if (kib == 0)
         {

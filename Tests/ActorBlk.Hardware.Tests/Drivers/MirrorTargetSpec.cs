@@ -942,7 +942,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         {
             var path = $"block/md0/md/{attribute}";
             var before = md.Attributes.Read(path);
-            foreach (var bad in new[] { "99999999999", "4294967296", " 5", "5 ", "-5", "+8", "0x10", "0", "abc", "5\n\n", "" })
+            foreach (var bad in new[] { "99999999999", "4294967296", " 5", "5 ", "-5", "+", "++8", "+-8", "+0", "0x10", "0", "abc", "5\n\n", "" })
             {
                 var error = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(path, bad));
                 Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, error.Errno);
@@ -953,6 +953,10 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             Assert.Equal("4294967295\n", md.Attributes.Read(path));
             await md.Attributes.WriteAsync(path, "2048");
             Assert.Equal("2048\n", md.Attributes.Read(path));
+
+            // kstrtouint takes one leading '+'.
+            await md.Attributes.WriteAsync(path, "+1024\n");
+            Assert.Equal("1024\n", md.Attributes.Read(path));
         }
     }
 
