@@ -94,6 +94,73 @@ public sealed record ActorBlkSettings(
         }
     }
 
+    /// <summary>
+    /// Refuses a setting under <c>actorblk</c> that the library does not know (a misspelt
+    /// <c>devcies</c> would otherwise leave a node with no devices and no word why). Every key
+    /// must be one of reference.conf's, at every depth, except inside
+    /// <c>blocking-driver-dispatcher</c> (an Akka dispatcher's own settings); the device lists
+    /// are checked entry by entry when they are read.
+    /// </summary>
+    private static void RefuseUnknownKeys(Config config, Config defaults)
+    {
+        if (config.IsEmpty || !config.HasPath("actorblk"))
+        {
+            return;
+        }
+
+        var given = config.GetValue("actorblk");
+        if (given is null || !given.IsObject())
+        {
+            return; // "actorblk = 5" fails with Akka's own message when the section is read
+        }
+
+        Walk("actorblk", given.GetObject(), defaults.GetValue("actorblk").GetObject());
+
+        static void Walk(string path, Akka.Configuration.Hocon.HoconObject given, Akka.Configuration.Hocon.HoconObject known)
+        {
+            foreach (var (key, value) in given.Items)
+            {
+                var where = $"{path}.{key}";
+                if (!known.Items.TryGetValue(key, out var reference))
+                {
+                    var near = known.Items.Keys.Where(k => Distance(k, key) <= 2).Order(StringComparer.Ordinal).ToArray();
+                    throw new ConfigurationException(near.Length > 0
+                        ? $"{where}: unknown setting (did you mean {string.Join(" or ", near.Select(k => $"{path}.{k}"))}?)."
+                        : $"{where}: unknown setting; {path} takes {string.Join(", ", known.Items.Keys.Order(StringComparer.Ordinal))}.");
+                }
+
+                if (where != BlockingDriverDispatcher && value.IsObject() && reference.IsObject())
+                {
+                    Walk(where, value.GetObject(), reference.GetObject());
+                }
+            }
+        }
+    }
+
+    // Levenshtein distance, for the "did you mean" of a misspelt setting (keys are short).
+    private static int Distance(string a, string b)
+    {
+        var previous = new int[b.Length + 1];
+        var current = new int[b.Length + 1];
+        for (var j = 0; j <= b.Length; j++)
+        {
+            previous[j] = j;
+        }
+
+        for (var i = 1; i <= a.Length; i++)
+        {
+            current[0] = i;
+            for (var j = 1; j <= b.Length; j++)
+            {
+                current[j] = Math.Min(Math.Min(current[j - 1] + 1, previous[j] + 1), previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+            }
+
+            (previous, current) = (current, previous);
+        }
+
+        return previous[b.Length];
+    }
+
     /// <summary>Reads the settings of <paramref name="system"/>.</summary>
     public static ActorBlkSettings Create(ActorSystem system)
     {
@@ -107,7 +174,9 @@ public sealed record ActorBlkSettings(
     public static ActorBlkSettings Create(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var c = config.WithFallback(DefaultConfig()).GetConfig("actorblk");
+        var defaults = DefaultConfig();
+        RefuseUnknownKeys(config, defaults);
+        var c = config.WithFallback(defaults).GetConfig("actorblk");
         var source = c.GetString("topology.source", "system");
         if (source is not ("system" or "simulated"))
         {
