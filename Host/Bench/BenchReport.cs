@@ -173,15 +173,7 @@ internal static class BenchReport
             var bw = stats.Bytes / seconds;
             sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Sizes.Format(bw)}/s ({Decimal(bw)}B/s)({Sizes.Format(stats.Bytes)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
             Line(sb, "     lat", stats.Total);
-            sb.Append("    lat percentiles (nsec):\n");
-            for (var i = 0; i < Percentiles.Length; i++)
-            {
-                sb.Append(i % 4 == 0 ? "     |" : ",").Append(Inv, $" {Percentiles[i],5:0.00}th=[{stats.Total.Histogram.GetValueAtPercentile(Percentiles[i]),6}]");
-                if (i % 4 == 3 || i == Percentiles.Length - 1)
-                {
-                    sb.Append('\n');
-                }
-            }
+            PercentileLines(sb, "lat", stats.Total);
 
             // fio's per-interval lines (the JSON's bw_* and iops_*), from the 500 ms samples.
             if (samples.Count > 0)
@@ -468,8 +460,111 @@ internal static class BenchReport
         w.WriteEndObject();
     }
 
-    private static void Line(StringBuilder sb, string label, LatencyRecorder l) =>
-        sb.Append(Inv, $"{label} (nsec): min={(l.Count == 0 ? 0 : l.Min)}, max={l.Max}, avg={l.Mean:0.00}, stdev={l.StdDev:0.00}\n");
+    /// <summary>
+    /// fio's <c>display_lat</c>: nanoseconds, or microseconds / milliseconds when the spread is
+    /// that large (<c>nsec_to_usec</c>, <c>nsec_to_msec</c>: min over 2,000 / 2,000,000, max over
+    /// 99,999 / 99,999,999, stdev over 1,000 / 1,000,000), min and max as fio's <c>num2str</c>
+    /// writes them (six characters at most: 1234567 is 1234.6k).
+    /// </summary>
+    private static void Line(StringBuilder sb, string label, LatencyRecorder l)
+    {
+        var min = l.Count == 0 ? 0UL : (ulong)l.Min;
+        var max = (ulong)l.Max;
+        var (mean, dev, unit) = (l.Mean, l.StdDev, "nsec");
+        if (min > 2_000_000 && max > 99_999_999 && dev > 1_000_000.0)
+        {
+            (min, max, mean, dev, unit) = (min / 1_000_000, max / 1_000_000, mean / 1_000_000.0, dev / 1_000_000.0, "msec");
+        }
+        else if (min > 2000 && max > 99_999 && dev > 1000.0)
+        {
+            (min, max, mean, dev, unit) = (min / 1000, max / 1000, mean / 1000.0, dev / 1000.0, "usec");
+        }
+
+        sb.Append(Inv, $"{label} ({unit}): min={Num2Str(min)}, max={Num2Str(max)}, avg={mean,5:0.00}, stdev={dev,5:0.00}\n");
+    }
+
+    /// <summary>
+    /// fio's <c>show_clat_percentiles</c> at its default precision (2): nanoseconds, or
+    /// microseconds / milliseconds when the values' range is that large (each value rounded up),
+    /// the value column as wide as the largest needs (at least 5), as many to a line as fit 80
+    /// columns.
+    /// </summary>
+    private static void PercentileLines(StringBuilder sb, string label, LatencyRecorder l)
+    {
+        var values = Percentiles.Select(p => (ulong)l.Histogram.GetValueAtPercentile(p)).ToArray();
+        var (minv, maxv) = (values.Min(), values.Max());
+        var (scale, divisor, unit) = minv > 2_000_000 && maxv > 99_999_999 ? (2, 1_000_000UL, "msec")
+            : minv > 2000 && maxv > 99_999 ? (1, 1000UL, "usec")
+            : (0, 1UL, "nsec");
+        var width = Math.Max(5, (int)(Math.Log10(maxv / divisor) + 1));
+        var perLine = (80 - 7) / (2 + 10 + width);
+        sb.Append(Inv, $"    {label} percentiles ({unit}):\n     |");
+        for (var j = 0; j < values.Length; j++)
+        {
+            if (j != 0 && j % perLine == 0)
+            {
+                sb.Append("     |");
+            }
+
+            var value = values[j];
+            for (var i = 0; i < scale; i++)
+            {
+                value = (value + 999) / 1000;
+            }
+
+            var last = j == values.Length - 1;
+            sb.Append(Inv, $" {Percentiles[j],5:0.00}th=[").Append(value.ToString(Inv).PadLeft(width)).Append(']').Append(last ? '\n' : ',');
+            if (!last && j % perLine == perLine - 1)
+            {
+                sb.Append('\n');
+            }
+        }
+    }
+
+    /// <summary>fio's <c>num2str(num, 6, 1, 0, N2S_NONE)</c>: at most six characters, with k, M, G, ... and decimals where they fit.</summary>
+    public static string Num2Str(ulong num, int maxLength = 6)
+    {
+        string[] prefixes = ["", "k", "M", "G", "T", "P", "E"];
+        var post = 0;
+        var modulo = uint.MaxValue;
+        var carry = false;
+        while (post < prefixes.Length)
+        {
+            if (num.ToString(Inv).Length <= maxLength)
+            {
+                break;
+            }
+
+            modulo = (uint)(num % 1000);
+            num /= 1000;
+            carry = modulo >= 500;
+            post++;
+        }
+
+        if (post >= prefixes.Length)
+        {
+            post = 0;
+        }
+
+        if (modulo == uint.MaxValue)
+        {
+            return num.ToString(Inv) + prefixes[post];
+        }
+
+        var digits = num.ToString(Inv).Length;
+        if (maxLength - digits <= 1)
+        {
+            return (carry ? num + 1 : num).ToString(Inv) + prefixes[post];
+        }
+
+        var fraction = (modulo / 1000.0).ToString("F" + (maxLength - digits - 1).ToString(Inv), Inv);
+        if (fraction[0] == '1')
+        {
+            num++;
+        }
+
+        return $"{num.ToString(Inv)}.{fraction[2..]}{prefixes[post]}";
+    }
 
     /// <summary>fio's compact count: 2906k, 1.2M.</summary>
     public static string Count(double value) => value switch

@@ -64,6 +64,45 @@ public sealed class BenchReportGroupsSpec
         Assert.Contains("   iops        : min=250, max=750, avg=500.00, stdev=353.55, samples=2\n", human);
     }
 
+    /// <summary>
+    /// fio's <c>display_lat</c> and <c>show_clat_percentiles</c> switch from nsec to usec or msec
+    /// by the spread of the values (stat.h <c>nsec_to_usec</c>/<c>nsec_to_msec</c>); the report
+    /// printed nanoseconds always.
+    /// </summary>
+    [Theory]
+    [InlineData(300L, 900L, "     lat (nsec): min=300, max=900, avg=600.00, stdev=301.51\n", "    lat percentiles (nsec):\n")]
+    [InlineData(5_000L, 200_000L, "     lat (usec): min=5, max=200, avg=102.50, stdev=97.99\n", "    lat percentiles (usec):\n")]
+    [InlineData(3_000_000L, 150_000_000L, "     lat (msec): min=3, max=150, avg=76.50, stdev=73.87\n", "    lat percentiles (msec):\n")]
+    public void Latencies_are_printed_in_the_unit_fio_would_choose(long low, long high, string line, string header)
+    {
+        var reads = new OpStats();
+        Record(reads.Total, low, count: 50);
+        Record(reads.Total, high, count: 50);
+        reads.Ios = reads.Total.Count;
+        var result = new BenchResult(new BenchOptions(), reads, new OpStats(), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1),
+            Submitted: 100, Completed: 100, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+
+        var human = BenchReport.Human(result);
+        Assert.Contains(line, human);
+        Assert.Contains(header, human);
+
+        // Seventeen percentiles, four to a line at fio's width (the value column at least 5 wide).
+        var percentiles = human[(human.IndexOf(header, StringComparison.Ordinal) + header.Length)..].Split('\n').TakeWhile(l => l.StartsWith("     |", StringComparison.Ordinal)).ToArray();
+        Assert.Equal([4, 4, 4, 4, 1], percentiles.Select(l => l.Split("th=[").Length - 1));
+        Assert.StartsWith("     |  1.00th=[", percentiles[0], StringComparison.Ordinal);
+        Assert.EndsWith("]", percentiles[^1], StringComparison.Ordinal);
+    }
+
+    /// <summary>fio's <c>num2str(n, 6, 1, 0, N2S_NONE)</c>, which writes min and max in those lines.</summary>
+    [Theory]
+    [InlineData(0UL, "0")]
+    [InlineData(999_999UL, "999999")]
+    [InlineData(1_234_567UL, "1234.6k")]
+    [InlineData(12_345_678UL, "12346k")]
+    [InlineData(99_999_999UL, "100000k")]
+    [InlineData(1_234_567_890UL, "1234.6M")]
+    public void Min_and_max_are_written_as_fios_num2str_writes_them(ulong value, string text) => Assert.Equal(text, BenchReport.Num2Str(value));
+
     [Theory]
     [InlineData(1, "1")]
     [InlineData(2, "2")]
