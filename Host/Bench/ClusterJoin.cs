@@ -38,6 +38,9 @@ internal static class ClusterJoin
                 actorblk.stacked-devices = []
                 """))
             .WithFallback(node)
+            // The library's defaults, for a --config that lacks them (the leave's patience with an
+            // unreachable member among them: README, "Cluster").
+            .WithFallback(ActorBlkSettings.DefaultConfig())
             // Gossip may arrive before anything touches Distributed Data: its serializer must be known from the start.
             .WithFallback(Akka.DistributedData.DistributedData.DefaultConfig());
     }

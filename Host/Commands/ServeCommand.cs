@@ -202,6 +202,18 @@ internal static class ServeCommand
                 return 1;
             }
 
+            var reason = started is null ? null : CoordinatedShutdown.Get(started).ShutdownReason;
+            if (reason is CoordinatedShutdown.ClusterDowningReason or CoordinatedShutdown.ClusterJoinUnsuccessfulReason)
+            {
+                // Downed by the cluster (its split-brain resolver kept the other side) or never
+                // joined: the node did not stop because it was asked to, so a supervisor that
+                // restarts failed services must see a failure (an outside audit saw exit 0).
+                Log.Fatal(reason is CoordinatedShutdown.ClusterDowningReason
+                    ? "ActorBlk node stopped: the cluster downed it (its split-brain resolver kept the other side)"
+                    : "ActorBlk node stopped: it could not join the cluster");
+                return 1;
+            }
+
             Log.Information("ActorBlk node stopped");
             return 0;
         }

@@ -142,6 +142,38 @@ public sealed partial class ClusterNodeLossSpec(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// A node the cluster downs did not stop because it was asked to: `serve` exits 1 and says
+    /// why, so a supervisor that restarts failed services restarts it (an outside audit saw exit
+    /// 0, the code of a clean SIGTERM). Two nodes; the oldest is killed; keep-oldest downs the
+    /// survivor (README, "Cluster": losing the oldest of 2 stops the survivor too).
+    /// </summary>
+    [Fact]
+    public async Task A_node_the_cluster_downs_exits_1_and_says_so()
+    {
+        var configA = Config("{ name = seed1, size = 1m }");
+        var configB = Config("{ name = vol1, size = 1m }");
+        try
+        {
+            await using var a = ActorBlkProcess.Start("serve", "--config", configA, "--port", "0");
+            var nodeA = AddressLine().Match(await a.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+            await using var b = ActorBlkProcess.Start("serve", "--config", configB, "--port", "0", "--seed", nodeA);
+            await b.WaitForLineAsync(l => AddressLine().IsMatch(l), Within);
+
+            // b is a member once a's device reached its registry.
+            await b.WaitForLineAsync(l => l.Contains($"Cluster device seed1@{nodeA}: live", StringComparison.Ordinal), Within);
+
+            await a.KillAsync();
+            Assert.Equal(1, await b.WaitForExitAsync(Within));
+            Assert.Contains("ActorBlk node stopped: the cluster downed it", b.Output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(configA);
+            File.Delete(configB);
+        }
+    }
+
     // Repeats one I/O (each bounded) until it completes with the expected status, for at most Within.
     private static async Task<BlockStatus> AwaitStatusAsync(IBlockDevice device, BlockStatus expected, BlockOp op = BlockOp.Read, byte[]? data = null)
     {
