@@ -49,6 +49,12 @@ public sealed partial class BlockLayer
     /// <summary>Destroy a device (reply <see cref="Destroyed"/> or <see cref="NoSuchDevice"/>).</summary>
     public sealed record Destroy(string Name) : IActorBlkMessage;
 
+    /// <summary>
+    /// A handle's dispose: destroy the device named <paramref name="Name"/> only if it is still
+    /// <paramref name="Device"/> (a newer device of the same name is not the handle's); local only.
+    /// </summary>
+    internal sealed record DestroyHandle(string Name, IBlockDevice Device) : INoSerializationVerificationNeeded;
+
     /// <summary>The device is gone.</summary>
     public sealed record Destroyed(string Name, int FailedRequests) : IActorBlkMessage;
 

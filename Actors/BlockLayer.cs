@@ -352,6 +352,41 @@ public sealed partial class BlockLayer : IExtension
     }
 
     /// <summary>
+    /// A device handle's <see cref="IAsyncDisposable.DisposeAsync"/>: destroys its device, unless
+    /// it is gone already (destroyed by name, or a node shutdown) or the name now belongs to a newer
+    /// device (an outside audit saw a stale handle's dispose destroy its successor); both are no-ops.
+    /// </summary>
+    /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
+    internal async ValueTask DisposeHandleAsync(string name, IBlockDevice device)
+    {
+        if (Guardian.IsNobody() || System.WhenTerminated.IsCompleted)
+        {
+            return;
+        }
+
+        var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
+        object reply;
+        try
+        {
+            reply = await Guardian.Ask<object>(new DestroyHandle(name, device), limit, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
+        }
+
+        switch (reply)
+        {
+            case Destroyed or NoSuchDevice:
+                return;
+            case DeviceBusy busy:
+                throw new DeviceBusyException(name, busy.Holder);
+            default:
+                throw new InvalidOperationException($"Unexpected reply {reply}.");
+        }
+    }
+
+    /// <summary>
     /// The request-queue actor's summary of a device: its health, the timeouts, device errors and
     /// resets supervision has seen.
     /// </summary>

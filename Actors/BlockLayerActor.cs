@@ -36,6 +36,17 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<TableBuilt>(HandleTableBuilt);
         Receive<RequestQueueProtocol.Ready>(HandleReady);
         Receive<BlockLayer.Destroy>(HandleDestroy);
+        Receive<BlockLayer.DestroyHandle>(handle =>
+        {
+            if (_devices.TryGetValue(handle.Name, out var entry) && ReferenceEquals(entry.Device, handle.Device))
+            {
+                HandleDestroy(new BlockLayer.Destroy(handle.Name));
+            }
+            else
+            {
+                Sender.Tell(new BlockLayer.NoSuchDevice(handle.Name));
+            }
+        });
         Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
         Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList(
@@ -179,7 +190,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             queue.InitializeMq(set, driver, options.ToQueueOptions());
             DeviceBuilder.ApplyLimits(options, queue);
             var name = options.Name;
-            device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+            device = new BlockDevice(queue, self => _layer.DisposeHandleAsync(name, self));
         }
 #pragma warning disable CA1031 // Whatever building one device throws fails that creation, never the guardian and with it the node.
         catch (Exception ex)
@@ -244,7 +255,7 @@ internal sealed class BlockLayerActor : ReceiveActor
         {
             var queue = RequestQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
             var name = create.Name;
-            var device = new BlockDevice(queue, async _ => await _layer.DestroyDeviceAsync(name).ConfigureAwait(false));
+            var device = new BlockDevice(queue, self => _layer.DisposeHandleAsync(name, self));
             _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });
             Sender.Tell(new BlockLayer.Created(device));
         }

@@ -75,6 +75,34 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Disposing_a_stale_handle_leaves_the_newer_device_of_its_name_alone()
+    {
+        // An outside audit: create, destroy by name, create again, then dispose the first handle:
+        // the dispose destroyed the new device (by name), and on a device already gone it threw
+        // KeyNotFoundException. A handle's dispose destroys its own device only, once.
+        var old = await Layer.CreateDeviceAsync(Options("st0"));
+        await Layer.DestroyDeviceAsync("st0");
+        var current = await Layer.CreateDeviceAsync(Options("st0"));
+        await current.WriteAsync(0, new byte[4096]);
+
+        await old.DisposeAsync();
+        Assert.True(Layer.TryGetDevice("st0", out var still));
+        Assert.Same(current, still);
+        await current.WriteAsync(4096, new byte[4096]);
+
+        // Disposed after a destroy by name, and twice: nothing to do either time.
+        await Layer.DestroyDeviceAsync("st0");
+        await current.DisposeAsync();
+        await current.DisposeAsync();
+        Assert.False(Layer.TryGetDevice("st0", out _));
+
+        // Its own device, still there: the dispose destroys it.
+        var own = await Layer.CreateDeviceAsync(Options("st0", DispatchMode.Mailbox));
+        await own.DisposeAsync();
+        Assert.False(Layer.TryGetDevice("st0", out _));
+    }
+
+    [Fact]
     public async Task An_allocated_device_runs_nothing_until_it_is_registered()
     {
         var before = await SettledActorCountAsync(-1);
