@@ -135,9 +135,35 @@ internal sealed class MailboxRuntime : IQueueRuntime
         _threads[target.Cpu] is null || MailboxDispatcher.IsAnyCurrentThread;
 
     // A dispatcher runs a round within one message, so the answer to this one means no round is
-    // in progress.
-    public Task WaitDispatchIdleAsync(HardwareContext hctx) =>
-        Volatile.Read(ref _slots[hctx.Index].Dispatcher).Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, _askTimeout);
+    // in progress. A dispatcher that dies meanwhile (a driver actor stopped by supervision, to be
+    // reopened) never answers, and runs no round either: its death ends the wait, or the wait
+    // moves on to the successor set in its place. Before, the ask waited the drain timeout and
+    // failed, and the quiesce it served (an nr_requests write) was left raised for good: the
+    // queue never dispatched again (an outside audit).
+    public async Task WaitDispatchIdleAsync(HardwareContext hctx)
+    {
+        var slot = _slots[hctx.Index];
+        while (true)
+        {
+            var dispatcher = Volatile.Read(ref slot.Dispatcher);
+            using var watching = new CancellationTokenSource();
+            var idle = dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, _askTimeout);
+            var died = dispatcher.WatchAsync(watching.Token);
+            if (await Task.WhenAny(idle, died).ConfigureAwait(false) == idle || !await died.ConfigureAwait(false))
+            {
+                await watching.CancelAsync().ConfigureAwait(false);
+                await idle.ConfigureAwait(false);
+                return;
+            }
+
+            // The dead dispatcher's ask ends in a timeout nobody waits for.
+            _ = idle.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            if (ReferenceEquals(Volatile.Read(ref slot.Dispatcher), dispatcher))
+            {
+                return;
+            }
+        }
+    }
 
     public Task DetachAsync() => Task.CompletedTask;
 

@@ -46,9 +46,19 @@ public sealed partial class RequestQueue
             return;
         }
 
-        foreach (var hctx in _hctxs)
+        try
         {
-            await Runtime.WaitDispatchIdleAsync(hctx).ConfigureAwait(false);
+            foreach (var hctx in _hctxs)
+            {
+                await Runtime.WaitDispatchIdleAsync(hctx).ConfigureAwait(false);
+            }
+        }
+        catch
+        {
+            // A quiesce that failed is not held: the caller's Unquiesce would never come, and the
+            // queue would never dispatch again.
+            Unquiesce();
+            throw;
         }
     }
 

@@ -265,6 +265,31 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task An_nr_requests_write_while_the_driver_waits_to_be_reopened_goes_through_and_io_resumes()
+    {
+        // An outside audit (mailbox dispatch) raced an nr_requests write with supervision stopping
+        // the driver actor to reopen it, and the queue stayed quiesced for good; the race itself
+        // (a quiesce asking a dispatcher that dies) is MailboxQuiesceSpec's. Here the whole path:
+        // virtual time holds the reopen back while the write goes through, then I/O resumes.
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable);
+        var device = await Create(driver, "requeue");
+        var old = await DriverOf("requeue").ResolveOne(TimeSpan.FromSeconds(30));
+        Watch(old);
+        old.Tell(new DeviceDriver.Fail(-1, new BlockDeviceErrorException("gone", deviceGone: true)));
+        await ExpectTerminatedAsync(old);
+
+        await Layer.WriteAttributeAsync("block/requeue/queue/nr_requests", "16").AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(16, device.Queue.NrRequests);
+
+        await AdvanceUntil(() => driver.ReopenCalls == 1);
+        var read = device.ReadAsync(0, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.CompleteAll();
+        await read.WaitAsync(TimeSpan.FromSeconds(30));
+        AssertTagsFree(device);
+    }
+
+    [Fact]
     public async Task Too_many_resets_in_the_window_stop_the_device()
     {
         var driver = new ScriptedDriver(extra: Resettable);
