@@ -29,10 +29,12 @@ public sealed partial class RequestQueue
         var limits = _limits;
         if (!limits.VolatileWriteCache)
         {
-            // Without a volatile write cache there is nothing to flush: an empty flush completes at once.
+            // Without a volatile write cache there is nothing to flush: an empty flush completes at
+            // once, as in submit_bio_noacct; on a device being removed, or gone, with Offline, as
+            // any other I/O (an Ok there claimed durability of a device that no longer exists).
             if (bio.Op == BlockOp.Flush)
             {
-                bio.Complete(BlockStatus.Ok);
+                bio.Complete(IsDying ? BlockStatus.Offline : BlockStatus.Ok);
                 return;
             }
 

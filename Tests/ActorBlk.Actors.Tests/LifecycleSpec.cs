@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.IoUring;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Testing;
 using Akka.Actor;
@@ -100,6 +101,43 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         var own = await Layer.CreateDeviceAsync(Options("st0", DispatchMode.Mailbox));
         await own.DisposeAsync();
         Assert.False(Layer.TryGetDevice("st0", out _));
+    }
+
+    [Theory]
+    [InlineData(DispatchMode.Ring)]
+    [InlineData(DispatchMode.Mailbox)]
+    public async Task A_flush_is_checked_like_any_other_request(DispatchMode mode)
+    {
+        // An outside audit: flushes skipped the checks. A polled flush was accepted and, on a
+        // device with poll queues, never completed (no cookie to poll with) holding a poll tag;
+        // a flush on an unregistered or a destroyed device answered Ok.
+        var device = await Layer.CreateDeviceAsync(Options($"fl{(int)mode}", mode) with { WriteCache = true, IoPoll = true, PollQueues = 1 });
+        foreach (var flags in new[] { RequestFlags.Polled, RequestFlags.Reserved, (RequestFlags)0x4000 })
+        {
+            var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.ExecuteAsync(BlockOp.Flush, 0, 0, default, flags));
+            Assert.Equal(InvalidRequestReason.InvalidFlags, refused.Reason);
+            refused = Assert.Throws<InvalidBlockRequestException>(() => device.SubmitWithEndIo(BlockOp.Flush, 0, 0, default, flags, IBlockDevice.AnyCpu, new NeverCalled()));
+            Assert.Equal(InvalidRequestReason.InvalidFlags, refused.Reason);
+        }
+
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Flush, 0, 0, default, RequestFlags.Sync));
+        await device.FlushAsync();
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+
+        // Destroyed: Offline, as a read or a write, with or without a write cache.
+        var plain = await Layer.CreateDeviceAsync(Options($"fm{(int)mode}", mode));
+        foreach (var gone in new[] { device, plain })
+        {
+            await Layer.DestroyDeviceAsync(gone.Name);
+            Assert.Equal(BlockStatus.Offline, (await Assert.ThrowsAsync<BlockIoException>(async () => await gone.FlushAsync())).Status);
+            Assert.Equal(BlockStatus.Offline, await gone.ExecuteAsync(BlockOp.Flush, 0, 0, default));
+        }
+
+        // Allocated, never registered: NotRegistered, as a write.
+        var allocated = await Layer.AllocateDeviceAsync(Options($"fa{(int)mode}", mode));
+        Assert.Equal(InvalidRequestReason.NotRegistered, (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await allocated.FlushAsync())).Reason);
+        Assert.Equal(InvalidRequestReason.NotRegistered, (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await allocated.ExecuteAsync(BlockOp.Flush, 0, 0, default))).Reason);
+        await Layer.DestroyDeviceAsync(allocated.Name);
     }
 
     [Fact]
@@ -272,5 +310,10 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
             Assert.True(settled, $"{now} actors");
         }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(50));
         return last;
+    }
+
+    private sealed class NeverCalled : IBioEndIo
+    {
+        public void OnBioComplete(Bio bio, BlockStatus status) => throw new InvalidOperationException("a refused request never completes");
     }
 }
