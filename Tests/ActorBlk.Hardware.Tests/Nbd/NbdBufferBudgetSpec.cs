@@ -13,6 +13,12 @@ public sealed class NbdBufferBudgetSpec
 {
     private const long MiB = 1 << 20;
 
+    // The stall timeout of the specs whose clients stop or trickle. Each spec must see a state
+    // that lasts only until the server closes the stalled client (a reader waiting for memory, a
+    // payload buffer taken), and a trickler's next byte must come within it; a test thread on a
+    // loaded 2-core machine can be held off the CPU for seconds, so it is far above the pacing.
+    private static readonly TimeSpan Stall = TimeSpan.FromSeconds(10);
+
     [Fact]
     public async Task Takes_that_fit_go_at_once_and_the_rest_wait_first_come_first_served()
     {
@@ -95,7 +101,7 @@ public sealed class NbdBufferBudgetSpec
         // server's requests hold at most max-buffer-memory: A's reader waits for memory, and so
         // does client B's read behind it. After the send timeout with no reply byte taken, A is
         // closed, its memory is given back, and B is served.
-        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromSeconds(2), MaxInFlight = 64 };
+        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = Stall, MaxInFlight = 64 };
         await using var fx = NbdExportFixture.Start(options);
         var pattern = Enumerable.Range(0, (int)MiB).Select(i => (byte)(i * 7)).ToArray();
         await fx.Mem.WriteAsync(8 * MiB, pattern);
@@ -134,10 +140,10 @@ public sealed class NbdBufferBudgetSpec
         Assert.InRange(fx.Server.BufferBytesKept, 0, fx.Server.Budget.KeepCapacity);
         await Condition.EventuallyAsync(() => fx.Mem.Queue.InFlightCount == 0, "every tag is free again");
         // Closed as stalled, or (when the client's kernel still takes a few bytes now and then)
-        // as too slow at its deadline: 2 s plus 1 MiB at min-transfer-rate.
+        // as too slow at its deadline: the stall timeout plus 1 MiB at min-transfer-rate.
         lock (fx.Log)
         {
-            Assert.Contains(fx.Log, line => line.Contains("took no reply bytes for 2 s", StringComparison.Ordinal)
+            Assert.Contains(fx.Log, line => line.Contains($"took no reply bytes for {Stall.TotalSeconds} s", StringComparison.Ordinal)
                                             || line.Contains("took a reply of", StringComparison.Ordinal));
         }
     }
@@ -147,7 +153,7 @@ public sealed class NbdBufferBudgetSpec
     {
         // Half of a 1 MiB write's payload, then nothing: the slot's buffer holds a quarter of the
         // budget meanwhile. Between requests a client may idle for ever; inside a payload it may not.
-        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromSeconds(2) });
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = Stall });
         var (idle, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
         await using var _ = idle;
         var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
@@ -174,10 +180,10 @@ public sealed class NbdBufferBudgetSpec
         // An outside audit: two clients each sent a 1 MiB write's header and then a payload byte
         // every 2 s, never stalling for the whole stall-timeout; they held the 2 MiB budget, and a
         // third client's 4 KiB read got no reply. A payload of N bytes must now end within the
-        // stall timeout plus N at min-transfer-rate: here 2 s + 1 MiB at 256 KiB/s = 6 s.
+        // stall timeout plus N at min-transfer-rate: here 10 s + 1 MiB at 1 MiB/s = 11 s.
         await using var fx = NbdExportFixture.Start(new NbdServerOptions
         {
-            MaxPayload = (int)MiB, MaxBufferMemory = 2 * MiB, StallTimeout = TimeSpan.FromSeconds(2), MinTransferRate = 256 << 10,
+            MaxPayload = (int)MiB, MaxBufferMemory = 2 * MiB, StallTimeout = Stall, MinTransferRate = MiB,
         });
         var tricklers = new List<RawNbdClient>();
         for (var i = 0; i < 2; i++)
