@@ -241,6 +241,7 @@ public sealed class BlockDevice : IBlockDevice
         if (BlockPlug.Current is { } plug)
         {
             bio.Plug = plug;
+            bio.PlugSleeps = plug.Sleeps;
         }
 
         bio.RunContinuationsAsynchronously = _threadPoolContinuations;

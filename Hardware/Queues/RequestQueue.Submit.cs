@@ -241,10 +241,14 @@ public sealed partial class RequestQueue
         // A bio that waited (for a tag or a thaw) is issued at once, as blk_mq_get_tag's sleep
         // flushes the task's plug: held in the plug, its request would keep a tag that a bio the
         // flow awaits may be waiting for.
-        if (plug is not null && !bio.Parked && plug.Add(rq))
+        if (plug is not null && !bio.Parked)
         {
-            FlushIfSleepingOrFrozen(plug, bio);
-            return;
+            var sleeps = bio.PlugSleeps;
+            if (plug.Add(rq))
+            {
+                FlushIfSleepingOrFrozen(plug, bio, sleeps);
+                return;
+            }
         }
 
         Issue(rq, thread);
@@ -257,11 +261,14 @@ public sealed partial class RequestQueue
     /// freeze flushed the queue's plugs already and must not wait for this one). The bio may
     /// belong to its pool again by now; reading its mark then only costs a needless flush.
     /// </summary>
-    private void FlushIfSleepingOrFrozen(BlockPlug plug, Bio bio)
+    private void FlushIfSleepingOrFrozen(BlockPlug plug, Bio bio, long sleeps)
     {
-        // Full fence after the add, pairing with Bio's await mark and with Freeze's gate change.
+        // Full fence after the add, pairing with Bio's await mark, the plug's sleep count and
+        // Freeze's gate change. The flow slept since it submitted the bio when the count moved:
+        // it awaited another bio of the plug (an outside audit, mailbox dispatch: a bio submitted
+        // before an await of another, its request built after the await's flush, stayed plugged).
         Interlocked.MemoryBarrier();
-        if (bio.IsAwaited || Usage.IsFrozen)
+        if (bio.IsAwaited || plug.Sleeps != sleeps || Usage.IsFrozen)
         {
             plug.Flush();
         }
@@ -381,11 +388,12 @@ public sealed partial class RequestQueue
         var cpu = bio.Cpu;
         var op = bio.Op;
         var plug = bio.Plug;
+        var sleeps = bio.PlugSleeps;
         var merged = plug is not null && plug.TryMerge(bio, this);
         if (merged)
         {
             // Merged into a plugged request: the same rule as a request added to the plug.
-            FlushIfSleepingOrFrozen(plug!, bio);
+            FlushIfSleepingOrFrozen(plug!, bio, sleeps);
         }
 
         // A staged request can only be waiting if the hardware queue's ring is not empty; checking
@@ -431,6 +439,7 @@ public sealed partial class RequestQueue
             child.Buffer = parent.Op.HasData() ? parent.Buffer.Slice(offset, length) : default;
             child.Cpu = parent.Cpu;
             child.Plug = parent.Plug;
+            child.PlugSleeps = parent.PlugSleeps;
             child.Queue = this;
             child.Parent = parent;
             Runtime.Submit(_contexts[child.Cpu], child);

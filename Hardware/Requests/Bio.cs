@@ -105,6 +105,9 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
 
     internal BlockPlug? Plug { get; set; }
 
+    /// <summary><see cref="BlockPlug.Sleeps"/> of <see cref="Plug"/> when the flow submitted this bio.</summary>
+    internal long PlugSleeps { get; set; }
+
     internal Request? Request { get; set; }
 
     internal IBioEndIo? EndIo { get; set; }

@@ -51,6 +51,7 @@ public sealed class BlockPlug : IDisposable
     private bool _multipleQueues;
     private bool _finished;
     private long _flushes;
+    private long _sleeps;
 
     // The queues this plug registered with (RequestQueue.TrackPlug), so a freeze of any of them
     // can flush it; usually one, so the first needs no list.
@@ -273,7 +274,21 @@ public sealed class BlockPlug : IDisposable
     }
 
     /// <summary>The flow is about to wait for a plugged I/O: flush so the wait can end.</summary>
-    internal void FlushBeforeWait() => Flush();
+    internal void FlushBeforeWait()
+    {
+        // The sleep is counted before the flush, with a full fence: a request of a bio submitted
+        // before this sleep but built after this flush (by a software-context actor in mailbox
+        // dispatch) sees the count moved on and is flushed by its builder.
+        Interlocked.Increment(ref _sleeps);
+        Flush();
+    }
+
+    /// <summary>
+    /// How often the flow went to sleep on a bio of this plug (<see cref="FlushBeforeWait"/>). A bio
+    /// records it when submitted: a request built for it after the count moved on belongs to a
+    /// flow that already slept, as the kernel's plug flush on schedule() would have issued it.
+    /// </summary>
+    internal long Sleeps => Volatile.Read(ref _sleeps);
 
     // Under _lock: registers with the queue once for the plug's life, so the queue's freezes and
     // teardown can flush this plug from another thread.

@@ -87,6 +87,39 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_bio_submitted_before_the_flow_awaits_another_is_issued_by_that_await()
+    {
+        // An outside audit (mailbox dispatch, about half of 100 tries): a bio submitted with an
+        // end-io, then an await of another bio of the same plug; the first one's request, built
+        // by its software-context actor after the await's flush, joined the flushed plug and
+        // stayed there until the plug was disposed, so waiting for it inside the plug hung. The
+        // flow slept since it submitted the bio: its request is issued, as the kernel's plug
+        // flush on schedule() issues everything the task submitted before it slept.
+        var device = await Create("pl9");
+        async Task Work()
+        {
+            for (var i = 0; i < 100; i++)
+            {
+                var first = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+                using (device.Plug())
+                {
+                    device.SubmitWithEndIo(BlockOp.Write, 0, 4096, Pattern(4096, i), RequestFlags.None, i % 2, new EndIo(first));
+                    await device.WriteAsync(409_600, Pattern(4096, i + 1));
+                    Assert.Equal(BlockStatus.Ok, await first.Task.WaitAsync(Generous));
+                }
+            }
+        }
+
+        await Bounded(Task.Run(Work), "a bio submitted before an await in the plug");
+        Assert.Equal(0, device.Queue.Usage.Count);
+    }
+
+    private sealed class EndIo(TaskCompletionSource<BlockStatus> done) : IBioEndIo
+    {
+        public void OnBioComplete(Bio bio, BlockStatus status) => done.TrySetResult(status);
+    }
+
+    [Fact]
     public async Task More_plugged_writes_than_tags_awaited_in_order_all_complete()
     {
         // An outside audit: with depth 4 and 20 writes started inside a plug, then awaited in order,
