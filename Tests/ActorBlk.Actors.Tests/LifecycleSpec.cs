@@ -141,6 +141,23 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task After_the_actor_system_terminated_the_layers_calls_fail_at_once()
+    {
+        // An outside audit: a create after shutdown failed with AskTimeoutException after 5 s, a
+        // destroy with TimeoutException after 70 s. A system of its own, so the spec's stays up.
+        var system = ActorSystem.Create("gone", Configs.Simulated);
+        var layer = BlockLayer.Get(system);
+        var device = await layer.CreateDeviceAsync(Options("td0"));
+        await system.Terminate();
+
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.CreateDeviceAsync(Options("td1")).WaitAsync(TimeSpan.FromSeconds(2)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.DestroyDeviceAsync("td0").WaitAsync(TimeSpan.FromSeconds(2)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.GetDeviceInfoAsync("td0").WaitAsync(TimeSpan.FromSeconds(2)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.SetCpuOnlineAsync(1, false).WaitAsync(TimeSpan.FromSeconds(2)));
+        await device.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(2));
+    }
+
+    [Fact]
     public async Task An_allocated_device_runs_nothing_until_it_is_registered()
     {
         var before = await SettledActorCountAsync(-1);
