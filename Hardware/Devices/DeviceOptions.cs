@@ -287,9 +287,10 @@ public sealed partial record DeviceOptions
             Fail("io_timeout", $"{IoTimeoutMs} cannot be negative.");
         }
 
-        if (MaxSectorsKb < 0 || (MaxSectorsKb > 0 && MaxSectorsKb * 1024 < BlockSize))
+        // As the attribute (§11.3 item 9): at least a page; at most 2 GiB (a bio's size is 32-bit).
+        if (MaxSectorsKb < 0 || (MaxSectorsKb > 0 && (MaxSectorsKb < 4 || MaxSectorsKb > 2 << 20 || MaxSectorsKb * 1024L < BlockSize)))
         {
-            Fail("max_sectors_kb", $"{MaxSectorsKb} must hold at least one block of {BlockSize} bytes.");
+            Fail("max_sectors_kb", $"{MaxSectorsKb} is not 0 (the default) or 4 to {2 << 20} KiB holding at least one block of {BlockSize} bytes.");
         }
 
         if (!Enum.IsDefined(Dispatch))

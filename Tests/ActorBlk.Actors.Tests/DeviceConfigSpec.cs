@@ -160,6 +160,10 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, max_retries = -1", "max_retries")]
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]
+    [InlineData("name = x, max_sectors_kb = 1", "max_sectors_kb")] // below a page: the attribute refuses it (an outside audit)
+    [InlineData("name = x, max_sectors_kb = 3", "max_sectors_kb")]
+    [InlineData("name = x, max_sectors_kb = 2097153", "max_sectors_kb")]
+    [InlineData("name = x, max_sectors_kb = 2147483647", "max_sectors_kb")] // overflowed the check before
     public void A_bad_entry_names_the_offending_key(string hocon, string key)
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));
