@@ -44,7 +44,9 @@ public readonly struct PolledIo
 /// Unless the device was created with <c>completion = threadpool</c>, code after <c>await</c> runs
 /// on the completion context (a dispatch loop or completion worker), like a kernel completion
 /// call-back: it must not block. Every <c>cpu</c> parameter names the submitting CPU explicitly
-/// (for tests and pinned workers); <see cref="AnyCpu"/> uses the CPU the caller runs on.
+/// (for tests and pinned workers); <see cref="AnyCpu"/> uses the CPU the caller runs on, and so
+/// does any value that is not a possible CPU of the device's topology (below 0, or at least the
+/// number of possible CPUs). An offline CPU is valid: its software context still takes the I/O.
 /// </para>
 /// </remarks>
 public interface IBlockDevice : IAsyncDisposable
