@@ -440,11 +440,21 @@ public sealed partial class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The CPU is not present.</exception>
     /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
+    /// <exception cref="TimeoutException">The remap did not end within the drain timeout plus 10 s; it goes on.</exception>
+    /// <exception cref="ObjectDisposedException">The node's actor system has terminated.</exception>
     public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {
         var topology = System.ActorSelection(Guardian.Path / "cpu-topology");
         object message = online ? new CpuTopologyProtocol.CpuOnline(cpu) : new CpuTopologyProtocol.CpuOffline(cpu);
-        return await AskAsync<CpuTopologyProtocol.TopologyChanged>(topology, message, Settings.DrainTimeout + TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        var limit = Settings.DrainTimeout + TimeSpan.FromSeconds(10);
+        try
+        {
+            return await AskAsync<CpuTopologyProtocol.TopologyChanged>(topology, message, limit, cancellationToken).ConfigureAwait(false);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new TimeoutException($"CPU {cpu} {(online ? "online" : "offline")}: the remap did not answer within {limit.TotalSeconds} s (a device it freezes is still draining); it goes on, and the topology changes when it ends.", ex);
+        }
     }
 
     /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
