@@ -247,6 +247,20 @@ public sealed partial class HardwareContext
         {
             LastFault = outcome.Fault;
             StopQueue();
+
+            // The device went offline while this round ran, after Issue looked (a driver that
+            // failed because its connection had just been dropped for good): the start that
+            // SetOffline gives every hardware queue may have come before this stop, and nothing
+            // starts an offline queue again (its supervisor ignores device errors by then), so
+            // the leftovers, never started and so never timed out, would wait for ever. Start
+            // it: the next round fails them with Offline. StopQueue's interlocked write orders the
+            // stop before this read, and SetOffline marks the queue offline before it starts the
+            // queues, so either that start clears this stop or this read sees the queue offline.
+            if (Queue.IsOffline)
+            {
+                StartQueue();
+            }
+
             return DispatchDecision.Faulted;
         }
 

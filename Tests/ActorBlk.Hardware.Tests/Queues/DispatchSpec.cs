@@ -177,6 +177,28 @@ public sealed class DispatchSpec
         Assert.IsType<ActorBlk.Hardware.Drivers.BlockDeviceErrorException>(hctx.LastFault);
     }
 
+    // The device goes offline while a round runs, after Issue looked, and the driver then fails
+    // (an NBD connection dropped for good as a read was dispatched): SetOffline started the queue
+    // before the round's fault stopped it, and the read, never started so never timed out, waited
+    // on the dispatch list for ever (a 90 s hang in ClusterOpenSpec). The fault is still
+    // reported, the queue is left running and the next round fails the read with Offline.
+    [Fact]
+    public async Task A_fault_in_a_round_that_raced_the_queue_going_offline_leaves_it_running_to_fail_the_request()
+    {
+        var driver = new OfflineThenThrowDriver(new ScriptedDriver());
+        var (queue, runtime) = TestQueues.Create(driver, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        var read = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+        Assert.True(queue.IsOffline);
+        Assert.False(queue.HardwareContexts[0].IsStopped);
+
+        runtime.RunRound();
+        Assert.True(read.IsCompleted);
+        Assert.Equal(BlockStatus.Offline, await read);
+        Assert.Equal(1, driver.Calls);
+    }
+
     [Fact]
     public async Task No_wait_submission_without_a_tag_fails_with_again()
     {
@@ -213,5 +235,27 @@ public sealed class DispatchSpec
     public void The_dispatched_histogram_buckets_by_powers_of_two()
     {
         Assert.Equal([0, 1, 2, 2, 3, 4, 5, 6, 6], new[] { 0, 1, 2, 3, 4, 8, 16, 32, 1000 }.Select(HardwareContext.DispatchBucket));
+    }
+
+    // Takes the queue offline from inside QueueRq (as SetOffline racing the round), then fails as
+    // a driver whose connection is gone does.
+    private sealed class OfflineThenThrowDriver(ScriptedDriver inner) : ActorBlk.Hardware.Drivers.IBlockDriver
+    {
+        public int Calls { get; private set; }
+
+        public string Kind => "offline-then-throw";
+
+        public QueueLimits Limits => inner.Limits;
+
+        public ActorBlk.Hardware.Drivers.DriverFeatures Features => inner.Features;
+
+        public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+        {
+            Calls++;
+            hctx.Queue.SetOffline(failInFlight: true);
+            throw new ActorBlk.Hardware.Drivers.BlockDeviceErrorException("the connection is down", deviceGone: true);
+        }
+
+        public void Dispose() => inner.Dispose();
     }
 }
