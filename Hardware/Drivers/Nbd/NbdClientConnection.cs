@@ -28,6 +28,7 @@ internal sealed class NbdClientConnection : IDisposable
     private readonly Pipe _send = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
     private readonly Pending[] _pending = new Pending[MaxTags];
     private HardwareContext? _hctx;
+    private int _started;
     private int _dead;
 
     private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload)
@@ -210,13 +211,26 @@ internal sealed class NbdClientConnection : IDisposable
         }
     }
 
-    /// <summary>Starts the pump and the receiver for <paramref name="hctx"/>.</summary>
+    /// <summary>
+    /// Starts the pump and the receiver for <paramref name="hctx"/>, once: a later call only
+    /// updates the hardware queue. (A reconnect starts its fresh connection, and in mailbox
+    /// dispatch the new driver actor's first round calls InitHardwareContext, which started it
+    /// again: two receivers then split one socket's replies between them.)
+    /// </summary>
     public void Start(HardwareContext hctx)
     {
         _hctx = hctx;
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+        {
+            return;
+        }
+
         _ = Task.Run(PumpAsync);
         _ = Task.Run(ReceiveAsync);
     }
+
+    /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
+    internal int Started => Volatile.Read(ref _started);
 
     /// <summary>Writes one request into the send pipe (the dispatcher's thread); sent at <see cref="Push"/>.</summary>
     public void Enqueue(Request request, NbdCommand command, NbdCommandFlags flags)

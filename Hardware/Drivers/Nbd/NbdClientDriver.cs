@@ -169,6 +169,9 @@ public sealed class NbdClientDriver : IBlockDriver
         }
     }
 
+    /// <summary>The live connections, for specs.</summary>
+    internal IEnumerable<NbdClientConnection> Connections => _connections.OfType<NbdClientConnection>();
+
     /// <inheritdoc />
     public void InitHardwareContext(HardwareContext hctx)
     {

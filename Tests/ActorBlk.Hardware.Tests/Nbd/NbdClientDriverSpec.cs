@@ -124,6 +124,31 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(0L, remote.Queue.DoubleCompletions);
     }
 
+    [Fact]
+    public async Task A_reconnected_connection_starts_one_receiver_however_often_its_queue_is_initialised()
+    {
+        // Mailbox dispatch: a reset or reopen reconnects and starts the fresh connection, then the
+        // new driver actor's first round calls InitHardwareContext, which started it a second
+        // time: two pumps and two receivers on one socket, splitting its replies between them.
+        await using var fx = NbdExportFixture.Start();
+        await using var devices = new RingDevices(2);
+        var remote = devices.Create(new DeviceOptions { Name = "rc0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{fx.Endpoint.Port}/mem0" }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)remote.Queue.Driver;
+        driver.Reset();
+        driver.InitHardwareContext(remote.Queue.HardwareContexts[0]);
+        Assert.All(driver.Connections, c => Assert.Equal(1, c.Started));
+
+        // And the connection works: data written reads back, many times over.
+        for (var i = 0; i < 64; i++)
+        {
+            var data = Enumerable.Range(0, 4096).Select(b => (byte)(b + i)).ToArray();
+            await remote.WriteAsync(i * 4096L, data).AsTask().WaitAsync(Condition.Timeout);
+            var back = new byte[4096];
+            await remote.ReadAsync(i * 4096L, back).AsTask().WaitAsync(Condition.Timeout);
+            Assert.Equal(data, back);
+        }
+    }
+
     [SkippableFact]
     public async Task Against_nbdkit_memory_reads_and_writes()
     {
