@@ -100,6 +100,11 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private Request[]? _scratch;
 
+    // True from a scan that found expired requests until they are handled after the dispatch
+    // rounds in progress ended; a scan asked for meanwhile (an abort) runs right after.
+    private bool _handlingExpired;
+    private bool _scanAgain;
+
     public HardwareQueueActor(HardwareContext hctx, TimeSpan maxScanInterval)
     {
         _hctx = hctx;
@@ -123,6 +128,9 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
                 break;
             case HardwareQueue.ScanTimeouts:
                 HandleScan();
+                break;
+            case HandleExpired expired:
+                HandleExpiredAfterDispatch(expired.Now);
                 break;
             case HardwareQueue.Stop:
                 _hctx.StopQueue();
@@ -166,21 +174,64 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
         }
     }
 
+    // The kernel's two passes (blk_mq_timeout_work, blk-mq-semantics §5 item 5): find the expired
+    // requests, wait for the dispatch rounds in progress (blk_mq_wait_quiesce_done), then handle
+    // what is still expired at the same time. A request whose QueueRq is still running (a thread
+    // preempted, or a driver blocking, between Start and its completion inside QueueRq) is thus
+    // never completed by its timeout handler under the driver's feet: the driver would go on
+    // moving data for a request whose tag, bios and buffer already belong to other I/O.
     private void HandleScan()
     {
-        var result = _hctx.ScanTimeouts(_hctx.Queue.Clock.NowMilliseconds, _hctx.Queue.Driver);
+        if (_handlingExpired)
+        {
+            _scanAgain = true;
+            return;
+        }
+
+        var now = _hctx.Queue.Clock.NowMilliseconds;
+        var queue = _hctx.Queue;
+        if (_hctx.FindExpired(now).Expired == 0 || !queue.IsStarted)
+        {
+            Report(_hctx.ScanTimeouts(now, queue.Driver));
+            ScheduleScan();
+            return;
+        }
+
+        _handlingExpired = true;
+        queue.Runtime.WaitDispatchIdleAsync(_hctx).PipeTo(Self, success: () => new HandleExpired(now), failure: _ => new HandleExpired(now));
+    }
+
+    // The rounds that were in progress when the expired requests were found have ended. A wait
+    // that failed (its dispatcher died) ends the rounds it waited for too.
+    private void HandleExpiredAfterDispatch(long now)
+    {
+        _handlingExpired = false;
+        Report(_hctx.ScanTimeouts(now, _hctx.Queue.Driver));
+        if (_scanAgain)
+        {
+            _scanAgain = false;
+            Self.Tell(HardwareQueue.ScanTimeouts.Instance);
+            return;
+        }
+
+        ScheduleScan();
+    }
+
+    private void Report(TimeoutScanResult result)
+    {
         if (result.Expired > 0)
         {
             _log.Warning("{Queue} hctx {Index}: {Expired} request(s) timed out after {Timeout} ms ({InFlight} in flight)",
                 _hctx.Queue.Name, _hctx.Index, result.Expired, _hctx.Queue.IoTimeoutMs, result.InFlight);
             Context.Parent.Tell(new HardwareQueue.TimeoutsExpired(_hctx.Index, result.Expired, result.InFlight));
         }
-
-        ScheduleScan();
     }
 
     // One timer per hardware queue, re-armed after each scan so an io_timeout change takes effect.
     private void ScheduleScan() =>
         Timers.StartSingleTimer(TimeoutScanKey, HardwareQueue.ScanTimeouts.Instance,
             HardwareQueue.ScanInterval(_maxScanInterval, _hctx.Queue.IoTimeoutMs));
+
+    // The second pass of a scan that found requests expired at Now.
+    private sealed record HandleExpired(long Now);
 }

@@ -58,7 +58,9 @@ public enum DriverFeatures
 /// Threading: all calls for one hardware queue come from one dispatcher at a time (its dispatch
 /// loop thread in ring mode, its driver actor in mailbox mode), and <see cref="InitHardwareContext"/>
 /// runs on that dispatcher before the first <c>QueueRq</c>. <see cref="Timeout"/> runs on the
-/// hardware queue's control actor, concurrently with dispatch; <see cref="Poll"/> runs on the
+/// hardware queue's control actor, concurrently with dispatch, but never while the <c>QueueRq</c>
+/// that started its request is still running (the scan waits for the rounds in progress first,
+/// as the kernel's timeout work waits for a quiesce grace period); <see cref="Poll"/> runs on the
 /// polling caller. Throwing <see cref="BlockDeviceErrorException"/> from <c>QueueRq</c> reports a
 /// device error to the driver's supervisor.
 /// </para>

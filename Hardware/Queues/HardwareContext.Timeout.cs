@@ -13,9 +13,30 @@ public sealed partial class HardwareContext
     /// which either completed it (Done) or asks for another full timeout (ResetTimer). A shared
     /// queue with nothing in flight is marked idle.
     /// </summary>
+    /// <remarks>
+    /// This is the second pass of the kernel's scan: the caller must first have found the expired
+    /// requests with <see cref="FindExpired"/> and then waited for the dispatch rounds in progress
+    /// (<see cref="IQueueRuntime.WaitDispatchIdleAsync"/>), passing the same <paramref name="now"/>,
+    /// so that no handler runs while the <c>QueueRq</c> that started its request is still running
+    /// (a driver that completes inside <c>QueueRq</c> would otherwise move data for a request the
+    /// handler already completed, and whose tag, bios and buffers belong to other I/O by then).
+    /// </remarks>
     public TimeoutScanResult ScanTimeouts(long now, IBlockDriver driver)
     {
         ArgumentNullException.ThrowIfNull(driver);
+        return Scan(now, driver);
+    }
+
+    /// <summary>
+    /// The first pass of the timeout scan (blk-mq-semantics §5 item 5): counts the in-flight
+    /// requests expired at <paramref name="now"/> without handling them, and marks an idle shared
+    /// queue idle. When some expired, the caller waits for the dispatch rounds in progress and then
+    /// handles them with <see cref="ScanTimeouts"/> and the same <paramref name="now"/>.
+    /// </summary>
+    public TimeoutScanResult FindExpired(long now) => Scan(now, driver: null);
+
+    private TimeoutScanResult Scan(long now, IBlockDriver? driver)
+    {
         var expired = 0;
         var inFlight = 0;
         var requests = Tags.Requests;
@@ -28,8 +49,19 @@ public sealed partial class HardwareContext
             }
 
             inFlight++;
+            if (rq.TimedOut || now < rq.Deadline)
+            {
+                continue;
+            }
+
+            if (driver is null)
+            {
+                expired++;
+                continue;
+            }
+
             var generation = rq.Generation;
-            if (rq.TimedOut || now < rq.Deadline || !rq.TryMarkTimedOut())
+            if (!rq.TryMarkTimedOut())
             {
                 continue;
             }
