@@ -190,8 +190,19 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
 
         var now = _hctx.Queue.Clock.NowMilliseconds;
         var queue = _hctx.Queue;
-        if (_hctx.FindExpired(now).Expired == 0 || !queue.IsStarted)
+        var found = _hctx.FindExpired(now);
+        if (found.Expired == 0)
         {
+            // Nothing to hand to the driver. Not the handling pass: an abort landing since the
+            // first pass (its deadline now, in the same millisecond) would be handled without the
+            // wait; its own scan follows and takes the two passes.
+            ScheduleScan();
+            return;
+        }
+
+        if (!queue.IsStarted)
+        {
+            // No dispatch rounds run, so none can be in progress.
             Report(_hctx.ScanTimeouts(now, queue.Driver));
             ScheduleScan();
             return;
