@@ -329,28 +329,38 @@ public sealed partial class BlockLayer : IExtension
     public async Task<int> DestroyDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
-        // Teardown waits up to the drain timeout for requests to drain, and as long again for the
-        // stragglers it failed to arrive (RequestQueue.ShutdownAsync), then releases the device.
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
+        return await DestroyAsync(new Destroy(name), name).ConfigureAwait(false) switch
+        {
+            Destroyed d => d.FailedRequests,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            var reply => throw Unexpected(name, reply),
+        };
+    }
+
+    /// <summary>
+    /// Sends a destroy (<see cref="Destroy"/>, or a handle's <see cref="DestroyHandle"/>) and waits
+    /// for its removal: teardown waits up to the drain timeout for requests to drain, and as long
+    /// again for the stragglers it failed to arrive (RequestQueue.ShutdownAsync), then releases
+    /// the device.
+    /// </summary>
+    private async Task<object> DestroyAsync(object destroy, string name)
+    {
         var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
-        object reply;
         try
         {
-            cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-            reply = await AskAsync<object>(Guardian, new Destroy(name), limit, CancellationToken.None).ConfigureAwait(false);
+            return await AskAsync<object>(Guardian, destroy, limit, CancellationToken.None).ConfigureAwait(false);
         }
         catch (AskTimeoutException ex)
         {
             throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
         }
-
-        return reply switch
-        {
-            Destroyed d => d.FailedRequests,
-            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
-            DeviceBusy busy => throw new DeviceBusyException(name, busy.Holder),
-            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
-        };
     }
+
+    // A destroy's reply that is neither done nor "no such device".
+    private static Exception Unexpected(string name, object reply) => reply is DeviceBusy busy
+        ? new DeviceBusyException(name, busy.Holder)
+        : new InvalidOperationException($"Unexpected reply {reply}.");
 
     /// <summary>
     /// Asks an actor of this node, failing at once with <see cref="ObjectDisposedException"/> when
@@ -363,7 +373,7 @@ public sealed partial class BlockLayer : IExtension
         var ask = target.Ask<T>(message, timeout, cancellationToken);
         if (await Task.WhenAny(ask, System.WhenTerminated).ConfigureAwait(false) != ask)
         {
-            _ = ask.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            ask.ObserveFault();
             ThrowIfTerminated();
         }
 
@@ -386,34 +396,19 @@ public sealed partial class BlockLayer : IExtension
     /// <exception cref="DeviceBusyException">A stacked device is built on it (EBUSY).</exception>
     internal async ValueTask DisposeHandleAsync(string name, IBlockDevice device)
     {
-        if (Guardian.IsNobody() || System.WhenTerminated.IsCompleted)
-        {
-            return;
-        }
-
-        var limit = (2 * Settings.DrainTimeout) + TimeSpan.FromSeconds(10);
         object reply;
         try
         {
-            reply = await AskAsync<object>(Guardian, new DestroyHandle(name, device), limit, CancellationToken.None).ConfigureAwait(false);
+            reply = await DestroyAsync(new DestroyHandle(name, device), name).ConfigureAwait(false);
         }
         catch (ObjectDisposedException)
         {
-            return; // the node stopped meanwhile, and its devices with it
-        }
-        catch (AskTimeoutException ex)
-        {
-            throw new TimeoutException($"Destroying device '{name}' did not finish within {limit.TotalSeconds} s; it is still being removed and its name stays taken until it is.", ex);
+            return; // the node stopped, and its devices with it
         }
 
-        switch (reply)
+        if (reply is not (Destroyed or NoSuchDevice))
         {
-            case Destroyed or NoSuchDevice:
-                return;
-            case DeviceBusy busy:
-                throw new DeviceBusyException(name, busy.Holder);
-            default:
-                throw new InvalidOperationException($"Unexpected reply {reply}.");
+            throw Unexpected(name, reply);
         }
     }
 

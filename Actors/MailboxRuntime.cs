@@ -157,7 +157,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
             }
 
             // The dead dispatcher's ask ends in a timeout nobody waits for.
-            _ = idle.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            idle.ObserveFault();
             if (ReferenceEquals(Volatile.Read(ref slot.Dispatcher), dispatcher))
             {
                 return;
