@@ -1424,7 +1424,8 @@ public sealed class NbdConnection
 
         if (command == NbdCommand.WriteZeroes && (_transmissionFlags & NbdTransmissionFlags.SendWriteZeroes) == 0)
         {
-            return (slot.Flags & NbdCommandFlags.FastZero) != 0 ? NbdError.NotSupported : NbdError.Invalid;
+            // FAST_ZERO was not advertised either: EINVAL, not ENOTSUP (proto.md, "Zero writes").
+            return NbdError.Invalid;
         }
 
         return (slot.Offset | slot.Length) % device.LogicalBlockSize != 0 ? NbdError.Invalid : NbdError.None;

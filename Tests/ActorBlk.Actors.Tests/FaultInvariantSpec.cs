@@ -78,18 +78,25 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
         }
     }
 
+    // file: the faults over the file driver's io_uring engine, whose crashes restart the driver
+    // with requests still in the kernel (an engine that lost count of them waited 30 s for each
+    // at its stop and then unmapped its ring under its reaper thread: an access violation).
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task Every_request_completes_exactly_once_and_successful_writes_read_back(bool gone)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public async Task Every_request_completes_exactly_once_and_successful_writes_read_back(bool gone, bool file)
     {
+        using var dir = file ? new TempDirectory() : null;
         var device = await BlockLayer.Get(Sys).CreateDeviceAsync(new DeviceOptions
         {
-            Name = gone ? "faulty-gone" : "faulty",
+            Name = gone ? "faulty-gone" : file ? "faulty-file" : "faulty",
             Dispatch = Mode,
             Size = 8 << 20,
             BlockSize = 4096,
-            MemoryBacked = true,
+            MemoryBacked = !file,
+            Driver = file ? "file" : "null",
+            Path = dir?.File("faulty.img"),
             SubmitQueues = 2,
             HwQueueDepth = 32,
             IoTimeoutMs = 50,

@@ -356,6 +356,14 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
         var drained = _owned ? DrainOwned() : StopReaper();
         _slow?.Dispose();
+        if (!_owned && _reaperThread!.IsAlive)
+        {
+            // The reaper still runs (the kernel held requests past the drain limit): it reads the
+            // ring's mapped queues, so the ring is left to the process with the commands' buffers
+            // rather than unmapped under it.
+            return;
+        }
+
         _ring.Dispose();
         if (_eventFd >= 0)
         {
@@ -621,24 +629,29 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         var tag = (int)(data & TagMask);
         var generation = (uint)(data >> 32);
         var command = CommandOrNull(tag);
-        if (command?.Request is null || command.Generation != generation)
-        {
-            return 0;
-        }
-
+        var current = command?.Request is not null && command.Generation == generation;
         if ((data & LinkBit) != 0)
         {
-            // The pre-flush of a linked pair: only its failure matters (the write then fails with ECANCELED).
-            if (cqe.Result < 0)
+            // The pre-flush of a linked pair: only its failure matters (the write then fails with
+            // ECANCELED). It was not counted in flight.
+            if (current && cqe.Result < 0)
             {
-                command.LinkStatus = BlockStatusExtensions.FromErrno(cqe.Result);
+                command!.LinkStatus = BlockStatusExtensions.FromErrno(cqe.Result);
             }
 
             return 0;
         }
 
+        // Every request entry was counted in flight when prepared, and leaves the kernel once, here,
+        // even when its request was taken back meanwhile (a driver reset requeued it under a new
+        // generation): uncounted, the reaper would wait for it for ever and a stop would time out.
         Interlocked.Decrement(ref _inflight);
-        Complete(command, Finish(command, cqe.Result));
+        if (!current)
+        {
+            return 0;
+        }
+
+        Complete(command!, Finish(command!, cqe.Result));
         return 1;
     }
 

@@ -349,7 +349,7 @@ internal sealed class NbdClientConnection : IDisposable
 
                 var tag = (int)(cookie & 0xffffffff);
                 var generation = (uint)(cookie >> 32);
-                if (tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation)
+                if ((uint)tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation)
                 {
                     // Framing depends on knowing the request (a read's data follows): a reply we
                     // cannot match leaves the stream unparseable.
