@@ -180,7 +180,12 @@ public sealed class BlockDevice : IBlockDevice
     }
 
     /// <inheritdoc />
-    public int Poll(uint cookie) => Queue.Poll(cookie);
+    public int Poll(uint cookie)
+    {
+        // bio_poll flushes the caller's plug first: a request still in it was never issued.
+        BlockPlug.Current?.Flush();
+        return Queue.Poll(cookie);
+    }
 
     /// <inheritdoc />
     public int Poll(in PolledIo io)
@@ -190,6 +195,7 @@ public sealed class BlockDevice : IBlockDevice
             return 0;
         }
 
+        BlockPlug.Current?.Flush();
         var found = 0;
         var spin = default(SpinWait);
         while (io.Bio.Version == io.Version && !io.Completion.IsCompleted)
@@ -197,8 +203,16 @@ public sealed class BlockDevice : IBlockDevice
             var cookie = io.Cookie;
             if (cookie == PollCookie.None)
             {
-                // Mailbox mode: the software-context actor has not built the request yet.
-                spin.SpinOnce(sleep1Threshold: -1);
+                // No request of its own (yet): mailbox mode before the software-context actor built
+                // it, a bio merged into another's request, or one split (no longer polled). Reap
+                // every poll queue, so a request nobody else polls still completes.
+                var n = Queue.PollAll();
+                found += n;
+                if (n == 0)
+                {
+                    spin.SpinOnce(sleep1Threshold: -1);
+                }
+
                 continue;
             }
 

@@ -126,10 +126,18 @@ public interface IBlockDevice : IAsyncDisposable
     /// <summary>Submits a polled read or write (<c>REQ_POLLED</c>); complete it with <see cref="Poll(uint)"/>.</summary>
     PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = AnyCpu);
 
-    /// <summary>Polls until the request behind <paramref name="cookie"/> completed; 0 for a stale cookie or a non-pollable device.</summary>
+    /// <summary>
+    /// Polls until the request behind <paramref name="cookie"/> completed; 0 for a stale cookie or a
+    /// non-pollable device. Flushes the calling flow's plug first (<c>bio_poll</c>).
+    /// </summary>
     int Poll(uint cookie);
 
-    /// <summary>Polls until <paramref name="io"/> completed (works in both dispatch modes).</summary>
+    /// <summary>
+    /// Polls until <paramref name="io"/> completed (works in both dispatch modes). Flushes the
+    /// calling flow's plug first; an I/O without a cookie of its own (merged into another polled
+    /// request, not yet built, or split by <c>max_sectors_kb</c> and so no longer polled) is
+    /// completed by reaping every poll queue.
+    /// </summary>
     int Poll(in PolledIo io);
 
     /// <summary>Starts a plug on the calling flow: I/O is held back and issued in batches until it is disposed.</summary>

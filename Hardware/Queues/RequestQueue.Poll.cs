@@ -59,4 +59,32 @@ public sealed partial class RequestQueue
 
         return found;
     }
+
+    /// <summary>
+    /// Runs one round of completion processing on every poll queue and returns the completions it
+    /// found: how a poller whose bio has no cookie (merged into another bio's request, or not yet
+    /// built) still makes progress, as io_uring's iopoll loop reaps every queue it has I/O on.
+    /// </summary>
+    internal int PollAll()
+    {
+        if (!_ioPoll)
+        {
+            return 0;
+        }
+
+        var found = 0;
+        foreach (var hctx in _hctxs)
+        {
+            if (hctx.Type == HctxType.Poll)
+            {
+                var n = Driver.Poll(hctx);
+                if (n > 0)
+                {
+                    found += n;
+                }
+            }
+        }
+
+        return found;
+    }
 }

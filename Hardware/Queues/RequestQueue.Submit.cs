@@ -423,8 +423,14 @@ public sealed partial class RequestQueue
     }
 
     // bio_split_to_limits: pieces of at most max sectors, completing the parent when all are done.
+    // A split bio is no longer polled (bio_split_rw's bio_clear_polled: "Bio splitting may cause
+    // subtle trouble such as hang when doing sync iopoll"): the parent has no request and so no
+    // cookie, and nobody would poll its pieces' requests; they complete like any other request
+    // and the poller, seeing no cookie, waits for the parent (an outside audit: polled I/O larger
+    // than max_sectors_kb hung its pollers, and a freeze behind them, until the I/O timeout).
     private void Split(Bio parent, int maxSectors)
     {
+        parent.Flags &= ~RequestFlags.Polled;
         var pieceBytes = maxSectors << Bio.SectorShift;
         var pieces = (parent.Size + pieceBytes - 1) / pieceBytes;
         parent.ExpectChildren(pieces);
