@@ -27,9 +27,21 @@ internal sealed class NbdClientConnection : IDisposable
     private readonly Stream _stream;
     private readonly Pipe _send = new(new PipeOptions(pauseWriterThreshold: 0, resumeWriterThreshold: 0, useSynchronizationContext: false));
     private readonly Pending[] _pending = new Pending[MaxTags];
+    private readonly Lock _sendLock = new();
     private HardwareContext? _hctx;
+    private Task _pump = Task.CompletedTask;
     private int _started;
     private int _dead;
+
+    // Requests sent (or in the send pipe) whose reply has not come; the receiver's alone to lower.
+    private int _outstanding;
+
+    // No more requests go out (NBD_ESHUTDOWN seen): the outstanding ones are let finish, then
+    // NBD_CMD_DISC. Written under _sendLock.
+    private bool _closing;
+
+    // NBD_CMD_DISC is in the send pipe and its writer completed: nothing more may be written.
+    private bool _disconnected;
 
     private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload)
     {
@@ -54,6 +66,16 @@ internal sealed class NbdClientConnection : IDisposable
     public uint MaximumPayload { get; }
 
     public bool IsDead => Volatile.Read(ref _dead) != 0;
+
+    /// <summary>
+    /// The server said it is shutting down (an <c>NBD_ESHUTDOWN</c> reply): no new request is
+    /// taken, and once the outstanding ones are answered the connection disconnects and is
+    /// reported lost.
+    /// </summary>
+    public bool IsClosing => Volatile.Read(ref _closing);
+
+    /// <summary>Requests sent whose reply has not come, for specs.</summary>
+    internal int Outstanding => Volatile.Read(ref _outstanding);
 
     /// <summary>
     /// Sets how the server certificate is checked: not at all when verification is off; against the
@@ -225,15 +247,33 @@ internal sealed class NbdClientConnection : IDisposable
             return;
         }
 
-        _ = Task.Run(PumpAsync);
+        _pump = Task.Run(PumpAsync);
         _ = Task.Run(ReceiveAsync);
     }
 
     /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
     internal int Started => Volatile.Read(ref _started);
 
-    /// <summary>Writes one request into the send pipe (the dispatcher's thread); sent at <see cref="Push"/>.</summary>
-    public void Enqueue(Request request, NbdCommand command, NbdCommandFlags flags)
+    /// <summary>
+    /// Writes one request into the send pipe (the dispatcher's thread); sent at <see cref="Push"/>.
+    /// False, with nothing written, once the connection takes no more requests (closing after
+    /// <c>NBD_ESHUTDOWN</c>, disconnected, or dead).
+    /// </summary>
+    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags)
+    {
+        lock (_sendLock)
+        {
+            if (_closing || _disconnected || IsDead)
+            {
+                return false;
+            }
+
+            Write(request, command, flags);
+            return true;
+        }
+    }
+
+    private void Write(Request request, NbdCommand command, NbdCommandFlags flags)
     {
         var tag = request.Tag;
         var generation = request.Generation;
@@ -241,6 +281,7 @@ internal sealed class NbdClientConnection : IDisposable
         pending.Request = request;
         pending.Generation = generation;
         pending.Read = command == NbdCommand.Read;
+        Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
         var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
@@ -262,6 +303,17 @@ internal sealed class NbdClientConnection : IDisposable
     /// <summary>Hands what was enqueued to the pump (the doorbell).</summary>
     public void Push()
     {
+        lock (_sendLock)
+        {
+            if (!_disconnected)
+            {
+                Flush();
+            }
+        }
+    }
+
+    private void Flush()
+    {
         // The send pipe never pauses its writer (pauseWriterThreshold 0), so this completes at once.
         var flush = _send.Writer.FlushAsync();
         if (flush.IsCompleted)
@@ -271,6 +323,34 @@ internal sealed class NbdClientConnection : IDisposable
         else
         {
             _ = flush.AsTask();
+        }
+    }
+
+    /// <summary>
+    /// Initiates a soft disconnect (proto.md): writes <c>NBD_CMD_DISC</c> (offset and length zero,
+    /// no reply) as the last thing in the send pipe and completes it, so the pump sends it and
+    /// stops. Nothing is written after it. False if it was sent already.
+    /// </summary>
+    private bool SendDisconnect()
+    {
+        lock (_sendLock)
+        {
+            if (_disconnected)
+            {
+                return false;
+            }
+
+            _closing = true;
+            _disconnected = true;
+            var writer = _send.Writer;
+            var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
+            span[..NbdProtocol.RequestHeaderLength].Clear();
+            BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
+            BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)NbdCommand.Disconnect);
+            writer.Advance(NbdProtocol.RequestHeaderLength);
+            Flush();
+            writer.Complete();
+            return true;
         }
     }
 
@@ -290,7 +370,12 @@ internal sealed class NbdClientConnection : IDisposable
     {
         Interlocked.Exchange(ref _dead, 1);
         Kill();
-        _send.Writer.Complete();
+        lock (_sendLock)
+        {
+            _disconnected = true;
+            _send.Writer.Complete();
+        }
+
         _socket.Dispose();
     }
 
@@ -367,7 +452,36 @@ internal sealed class NbdClientConnection : IDisposable
                 }
 
                 pending.Request = null;
-                request.Complete(NbdErrors.ToStatus(error), generation);
+                Interlocked.Decrement(ref _outstanding);
+                if (error == NbdError.Shutdown)
+                {
+                    // The server is shutting down (proto.md: the client MUST initiate a soft
+                    // disconnect). The request is not completed: it stays in flight, and the
+                    // reconnect after the disconnect takes it back and retries it, as for a lost
+                    // connection. No new request goes out here; the outstanding ones may finish.
+                    lock (_sendLock)
+                    {
+                        _closing = true;
+                    }
+                }
+                else
+                {
+                    request.Complete(NbdErrors.ToStatus(error), generation);
+                }
+
+                if (Volatile.Read(ref _closing) && Volatile.Read(ref _outstanding) == 0)
+                {
+                    // Every outstanding request is answered (TryEnqueue takes none once closing):
+                    // disconnect softly, let the pump send it, then report the connection lost so
+                    // supervision reconnects and retries what the server refused.
+                    if (SendDisconnect())
+                    {
+                        await _pump.ConfigureAwait(false);
+                    }
+
+                    Lost("the server is shutting down (NBD_ESHUTDOWN)");
+                    return;
+                }
             }
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)

@@ -36,7 +36,10 @@ public sealed record NbdClientOptions
 /// limit, and the block layer's timeouts and supervision around it. A lost connection is reported
 /// as a device that is gone: supervision reconnects with back-off (<see cref="Reopen"/>) and the
 /// requests that were in flight are retried by the retry rule, or the device goes offline and
-/// every request fails with <see cref="BlockStatus.Offline"/>.
+/// every request fails with <see cref="BlockStatus.Offline"/>. An <c>NBD_ESHUTDOWN</c> reply (the
+/// server is shutting down) takes the same path after a soft disconnect: the connection takes no
+/// new request, lets the outstanding ones finish, sends <c>NBD_CMD_DISC</c> and is reported lost;
+/// the request refused with ESHUTDOWN is not failed but retried after the reconnect.
 /// </summary>
 public sealed class NbdClientDriver : IBlockDriver
 {
@@ -225,7 +228,19 @@ public sealed class NbdClientDriver : IBlockDriver
         }
 
         request.Start();
-        connection.Enqueue(request, command, flags);
+        if (!connection.TryEnqueue(request, command, flags))
+        {
+            if (connection.IsDead)
+            {
+                throw new BlockDeviceErrorException($"{hctx}: the NBD connection to {_options.Uri} is down.", deviceGone: true);
+            }
+
+            // The server is shutting down (NBD_ESHUTDOWN): the connection finishes what it has
+            // outstanding and then disconnects and is reported lost. Until then the request waits
+            // here (rerun after the resource delay); after it, the reconnect serves it.
+            return BlockStatus.Resource;
+        }
+
         if (last)
         {
             connection.Push();
