@@ -306,6 +306,52 @@ public sealed class NbdClientDriver : IBlockDriver
         }
     }
 
+    /// <summary>
+    /// How the export a reconnect negotiated differs from the one the device was opened on in a way
+    /// that breaks what the device advertised (its size, its read-only state, flush, FUA, trim,
+    /// write-zeroes, multi-conn, its logical block size or maximum request size), or null when it
+    /// can serve the device as it is. A capability the server gained is no difference: the device
+    /// just does not use it.
+    /// </summary>
+    private string? Incompatibility(NbdClientConnection fresh)
+    {
+        if (fresh.Size != _size)
+        {
+            return $"changed size from {_size} to {fresh.Size} bytes";
+        }
+
+        if (!ReadOnly && (fresh.Flags & NbdTransmissionFlags.ReadOnly) != 0)
+        {
+            return "became read-only (NBD_FLAG_READ_ONLY)";
+        }
+
+        var advertised = _flags & (NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes);
+        if (_connections.Length > 1)
+        {
+            advertised |= NbdTransmissionFlags.CanMultiConn;
+        }
+
+        var lost = advertised & ~fresh.Flags;
+        if (lost != 0)
+        {
+            return $"no longer advertises {lost} (transmission flags were {_flags}, now {fresh.Flags})";
+        }
+
+        var lbs = (uint)Limits.LogicalBlockSize;
+        if (fresh.MinimumBlock > lbs || lbs % Math.Max(fresh.MinimumBlock, 1u) != 0)
+        {
+            return $"now has a minimum block size of {fresh.MinimumBlock} bytes, which the device's logical block size of {lbs} bytes does not honour";
+        }
+
+        var largest = (long)Limits.MaxHardwareSectors << Bio.SectorShift;
+        if (fresh.MaximumPayload < largest)
+        {
+            return $"now has a maximum block size of {fresh.MaximumPayload} bytes, below the device's largest request of {largest} bytes";
+        }
+
+        return null;
+    }
+
     private void Reconnect()
     {
         if (Volatile.Read(ref _retired) is { } why)
@@ -330,10 +376,10 @@ public sealed class NbdClientDriver : IBlockDriver
                     throw new BlockDeviceErrorException($"reconnecting to {_options.Uri}: {ex.Message}", deviceGone: true, ex);
                 }
 
-                if (fresh.Size != _size)
+                if (Incompatibility(fresh) is { } change)
                 {
                     fresh.Dispose();
-                    throw new BlockDeviceErrorException($"{_options.Uri} changed size from {_size} to {fresh.Size} bytes.", deviceGone: true);
+                    throw new BlockDeviceErrorException($"{_options.Uri} {change}; refusing the reconnect (the device keeps what it advertised at open).", deviceGone: true);
                 }
 
                 Volatile.Write(ref _connections[i], fresh);

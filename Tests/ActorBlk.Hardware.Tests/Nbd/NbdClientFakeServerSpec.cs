@@ -1,0 +1,77 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Nbd;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// The NBD client driver against a scripted server (<see cref="FakeNbdServer"/>) that negotiates
+/// odd exports or misbehaves: what the driver refuses, and how it says so.
+/// </summary>
+public sealed class NbdClientFakeServerSpec
+{
+    private const NbdTransmissionFlags All = NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes;
+
+    private static FakeNbdExport Changed(string change) => change switch
+    {
+        "read-only" => FakeNbdExport.Default with { Flags = All | NbdTransmissionFlags.ReadOnly },
+        "no flush" => FakeNbdExport.Default with { Flags = All & ~NbdTransmissionFlags.SendFlush },
+        "no fua" => FakeNbdExport.Default with { Flags = All & ~NbdTransmissionFlags.SendFua },
+        "no trim" => FakeNbdExport.Default with { Flags = All & ~NbdTransmissionFlags.SendTrim },
+        "no write-zeroes" => FakeNbdExport.Default with { Flags = All & ~NbdTransmissionFlags.SendWriteZeroes },
+        "minimum block 4096" => FakeNbdExport.Default with { MinimumBlock = 4096 },
+        "maximum block 64 KiB" => FakeNbdExport.Default with { MaximumPayload = 64 << 10 },
+        "size" => FakeNbdExport.Default with { Size = 32 << 20 },
+        _ => throw new ArgumentOutOfRangeException(nameof(change)),
+    };
+
+    // Found from outside: a reconnect compared only the size, so an export that came back
+    // read-only, without flush or FUA (a write cache no longer flushed), without trim or
+    // write-zeroes, or with a larger minimum block size was served as if nothing had changed.
+    // Each is now refused like a changed size: the reopen fails (device still gone), naming the
+    // server and the change, and supervision retries or takes the device offline.
+    [Theory]
+    [InlineData("read-only", "read-only")]
+    [InlineData("no flush", "SendFlush")]
+    [InlineData("no fua", "SendFua")]
+    [InlineData("no trim", "SendTrim")]
+    [InlineData("no write-zeroes", "SendWriteZeroes")]
+    [InlineData("minimum block 4096", "minimum block size of 4096")]
+    [InlineData("maximum block 64 KiB", "maximum block size of 65536")]
+    [InlineData("size", "changed size")]
+    public async Task A_reconnect_to_an_export_that_lost_what_the_device_advertised_is_refused_with_the_change_named(string change, string named)
+    {
+        await using var server = new FakeNbdServer(i => i == 0 ? FakeNbdExport.Default : Changed(change), s => s.ServeAsync(0));
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "fake0", Driver = "nbd", Uri = server.Uri() }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        Assert.True(device.Queue.Limits.VolatileWriteCache && device.Queue.Limits.Fua);
+
+        var refused = Assert.Throws<BlockDeviceErrorException>(() => driver.Reopen());
+        Assert.True(refused.DeviceGone);
+        Assert.Contains(server.Uri(), refused.Message, StringComparison.Ordinal);
+        Assert.Contains(named, refused.Message, StringComparison.Ordinal);
+        Assert.Contains("refusing the reconnect", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(0, driver.LiveConnections);
+        Assert.Empty(server.Faults);
+    }
+
+    [Fact]
+    public async Task A_reconnect_to_an_export_that_only_gained_capabilities_is_taken()
+    {
+        var gained = FakeNbdExport.Default with { Flags = All | NbdTransmissionFlags.CanMultiConn | NbdTransmissionFlags.SendFastZero, MaximumPayload = 64 << 20 };
+        await using var server = new FakeNbdServer(i => i == 0 ? FakeNbdExport.Default : gained, s => s.ServeAsync(0x5a));
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "fake0", Driver = "nbd", Uri = server.Uri() }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        driver.Reopen();
+        Assert.Equal(1, driver.LiveConnections);
+        var back = new byte[4096];
+        await device.ReadAsync(0, back).AsTask().WaitAsync(Condition.Timeout);
+        Assert.All(back, b => Assert.Equal(0x5a, b));
+    }
+}
