@@ -118,6 +118,7 @@ internal sealed class NbdClientConnection : IDisposable
     /// <summary>Connects and negotiates (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME).</summary>
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
     /// <exception cref="NbdTlsException">TLS failed: the server certificate is not trusted, or the CA file cannot be read.</exception>
+    /// <exception cref="NbdClientProtocolException">The server sent a malformed option reply (an NBD_REP_INFO of the wrong length for its type).</exception>
     public static NbdClientConnection Connect(NbdClientOptions options)
     {
         var uri = options.Uri;
@@ -204,13 +205,13 @@ internal sealed class NbdClientConnection : IDisposable
                     throw new IOException($"{uri}: {Describe(reply.Type, reply.Data)}.");
                 }
 
-                switch ((NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(reply.Data))
+                switch (CheckInfo(uri, reply.Data))
                 {
-                    case NbdInfo.Export when reply.Data.Length >= 12:
+                    case NbdInfo.Export:
                         size = BinaryPrimitives.ReadUInt64BigEndian(reply.Data.AsSpan(2));
                         flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.Data.AsSpan(10));
                         break;
-                    case NbdInfo.BlockSize when reply.Data.Length >= 14:
+                    case NbdInfo.BlockSize:
                         minimum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(2));
                         maximum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(10));
                         break;
@@ -535,6 +536,34 @@ internal sealed class NbdClientConnection : IDisposable
         hctx.Queue.Events?.OnDeviceError(hctx, new BlockDeviceErrorException($"{hctx}: NBD connection lost: {why}", deviceGone: true));
     }
 
+    /// <summary>
+    /// The information type of an <c>NBD_REP_INFO</c> payload, checked to be as long as proto.md
+    /// fixes it for that type (NBD_INFO_EXPORT 12 bytes, NBD_INFO_BLOCK_SIZE 14); other types
+    /// (name, description, later ones) are variable or unknown and not read.
+    /// </summary>
+    /// <exception cref="NbdClientProtocolException">The payload is too short for a type, or of the wrong length for its type.</exception>
+    private static NbdInfo CheckInfo(NbdUri uri, byte[] data)
+    {
+        if (data.Length < 2)
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: an NBD_REP_INFO reply of {data.Length} byte(s), too short for its information type.");
+        }
+
+        var info = (NbdInfo)BinaryPrimitives.ReadUInt16BigEndian(data);
+        var (name, expected) = info switch
+        {
+            NbdInfo.Export => ("NBD_INFO_EXPORT", 12),
+            NbdInfo.BlockSize => ("NBD_INFO_BLOCK_SIZE", 14),
+            _ => (string.Empty, -1),
+        };
+        if (expected >= 0 && data.Length != expected)
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: an NBD_REP_INFO reply for {name} of {data.Length} bytes (it is {expected} bytes).");
+        }
+
+        return info;
+    }
+
     private static string Describe(NbdReply type, byte[] data) =>
         data.Length > 0 ? $"{type}: {Encoding.UTF8.GetString(data)}" : type.ToString();
 
@@ -601,6 +630,22 @@ public sealed class NbdTlsException : IOException
     /// <param name="inner">The TLS or file error behind it.</param>
     public NbdTlsException(string message, Exception? inner)
         : base(message, inner)
+    {
+    }
+}
+
+/// <summary>
+/// An NBD server broke the protocol while the client driver negotiated with it (a malformed
+/// option reply). The message names the server and the export. An <see cref="IOException"/>, so
+/// opening the device reports it as an open failure with this message, and a reconnect as a
+/// failed attempt.
+/// </summary>
+public sealed class NbdClientProtocolException : IOException
+{
+    /// <summary>Creates the error.</summary>
+    /// <param name="message">What the server sent, naming the server and the export.</param>
+    public NbdClientProtocolException(string message)
+        : base(message)
     {
     }
 }

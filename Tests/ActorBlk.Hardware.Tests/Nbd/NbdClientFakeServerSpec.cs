@@ -74,4 +74,51 @@ public sealed class NbdClientFakeServerSpec
         await device.ReadAsync(0, back).AsTask().WaitAsync(Condition.Timeout);
         Assert.All(back, b => Assert.Equal(0x5a, b));
     }
+
+    private static byte[] Info(NbdInfo type, int length)
+    {
+        var info = new byte[length];
+        if (length >= 2)
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(info, (ushort)type);
+        }
+
+        if (type == NbdInfo.Export && length >= 10)
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(info.AsSpan(2), 16 << 20);
+        }
+
+        return info;
+    }
+
+    // Found from outside: an NBD_REP_INFO of the wrong length for its type gave an
+    // ArgumentOutOfRangeException naming no server (one too short for its type field), or was
+    // silently skipped or half read (an NBD_INFO_EXPORT of 11 or 13 bytes). Now it is a protocol
+    // error, typed, naming the server and the export, and an open failure of the device.
+    [Theory]
+    [InlineData(-1, 1)]
+    [InlineData((int)NbdInfo.Export, 11)]
+    [InlineData((int)NbdInfo.Export, 13)]
+    [InlineData((int)NbdInfo.BlockSize, 10)]
+    [InlineData((int)NbdInfo.BlockSize, 15)]
+    public async Task A_malformed_info_reply_is_a_protocol_error_naming_the_server_and_export(int type, int length)
+    {
+        var bad = Info((NbdInfo)Math.Max(type, 0), length);
+        var export = FakeNbdExport.Default with
+        {
+            RawInfos = type == (int)NbdInfo.Export ? [bad] : [FakeNbdSession.ExportInfo(FakeNbdExport.Default), bad],
+        };
+        await using var server = new FakeNbdServer(_ => export, s => s.ServeAsync(0));
+        var uri = NbdUri.Parse(server.Uri("disk7"));
+
+        var error = Assert.ThrowsAny<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = uri }, "fake0").Dispose());
+        Assert.Equal("NbdClientProtocolException", error.GetType().Name);
+        Assert.Contains("nbd://127.0.0.1:" + uri.Port + "/disk7", error.Message, StringComparison.Ordinal);
+        Assert.Contains("NBD_REP_INFO", error.Message, StringComparison.Ordinal);
+
+        await using var devices = new RingDevices(2);
+        var open = Assert.Throws<BlockDeviceOpenException>(() => devices.Create(new DeviceOptions { Name = "fake0", Driver = "nbd", Uri = server.Uri("disk7") }, CpuTopology.Simulated(2)));
+        Assert.Contains("NBD_REP_INFO", open.Message, StringComparison.Ordinal);
+        Assert.Empty(server.Faults);
+    }
 }
