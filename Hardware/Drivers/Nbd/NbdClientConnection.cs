@@ -30,6 +30,7 @@ internal sealed class NbdClientConnection : IDisposable
     private readonly Lock _sendLock = new();
     private HardwareContext? _hctx;
     private Task _pump = Task.CompletedTask;
+    private Task _receive = Task.CompletedTask;
     private int _started;
     private int _dead;
 
@@ -249,7 +250,7 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _pump = Task.Run(PumpAsync);
-        _ = Task.Run(ReceiveAsync);
+        _receive = Task.Run(ReceiveAsync);
     }
 
     /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
@@ -367,9 +368,30 @@ internal sealed class NbdClientConnection : IDisposable
         }
     }
 
-    public void Dispose()
+    /// <summary>Closes the connection with a soft disconnect while it is alive (<see cref="Close"/>, waiting for the server).</summary>
+    public void Dispose() => Close(waitForServer: true);
+
+    /// <summary>
+    /// Closes the connection. While it is alive this is an orderly close (proto.md's soft
+    /// disconnect): <c>NBD_CMD_DISC</c> goes out after everything already enqueued, the sending side
+    /// is shut down, and with <paramref name="waitForServer"/> the replies to any request still
+    /// outstanding are read until the server closes (each wait bounded by
+    /// <see cref="DisconnectWait"/>). A dead connection is just closed.
+    /// </summary>
+    public void Close(bool waitForServer)
     {
-        Interlocked.Exchange(ref _dead, 1);
+        if (Interlocked.Exchange(ref _dead, 1) == 0)
+        {
+            try
+            {
+                Disconnect(waitForServer);
+            }
+            catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException or AggregateException)
+            {
+                // Going away anyway: the disconnect is a courtesy to the server.
+            }
+        }
+
         Kill();
         lock (_sendLock)
         {
@@ -378,6 +400,53 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _socket.Dispose();
+    }
+
+    /// <summary>How long an orderly close waits for NBD_CMD_DISC to go out, and for the server to close.</summary>
+    internal static readonly TimeSpan DisconnectWait = TimeSpan.FromSeconds(2);
+
+    private void Disconnect(bool waitForServer)
+    {
+        if (Volatile.Read(ref _started) == 0)
+        {
+            // Never started (a driver refusing the export after negotiation): no pump, so the
+            // request goes to the stream directly; nothing was sent before it.
+            lock (_sendLock)
+            {
+                if (_disconnected)
+                {
+                    return;
+                }
+
+                _disconnected = true;
+            }
+
+            var disc = new byte[NbdProtocol.RequestHeaderLength];
+            BinaryPrimitives.WriteUInt32BigEndian(disc, NbdProtocol.RequestMagic);
+            BinaryPrimitives.WriteUInt16BigEndian(disc.AsSpan(6), (ushort)NbdCommand.Disconnect);
+            _socket.SendTimeout = (int)DisconnectWait.TotalMilliseconds;
+            _stream.Write(disc);
+            _stream.Flush();
+            _socket.Shutdown(SocketShutdown.Send);
+            return;
+        }
+
+        if (!SendDisconnect())
+        {
+            return; // sent already (NBD_ESHUTDOWN), and the receiver reports the connection lost
+        }
+
+        if (!_pump.Wait(DisconnectWait))
+        {
+            return;
+        }
+
+        _socket.Shutdown(SocketShutdown.Send);
+        if (waitForServer)
+        {
+            // The server handles what is outstanding and closes; the receiver sees that end.
+            _receive.Wait(DisconnectWait);
+        }
     }
 
     private async Task PumpAsync()

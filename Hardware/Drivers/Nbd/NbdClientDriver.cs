@@ -364,7 +364,7 @@ public sealed class NbdClientDriver : IBlockDriver
             for (var i = 0; i < _connections.Length; i++)
             {
                 var old = _connections[i];
-                old?.Dispose();
+                old?.Close(waitForServer: false);
                 Volatile.Write(ref _connections[i], null);
                 NbdClientConnection fresh;
                 try

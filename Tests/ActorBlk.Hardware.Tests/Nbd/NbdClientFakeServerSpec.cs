@@ -121,4 +121,55 @@ public sealed class NbdClientFakeServerSpec
         Assert.Contains("NBD_REP_INFO", open.Message, StringComparison.Ordinal);
         Assert.Empty(server.Faults);
     }
+
+    // Found from outside: disposing the device (or the driver refusing an export it negotiated)
+    // dropped the TCP connection without NBD_CMD_DISC. proto.md: the client terminates with a
+    // soft disconnect, after its requests are answered, and sends nothing after it.
+    [Fact]
+    public async Task Disposing_the_device_sends_nbd_cmd_disc_after_the_last_reply_and_nothing_after_it()
+    {
+        var ended = new TaskCompletionSource<FakeNbdSession>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, async s =>
+        {
+            await s.ServeAsync(0x11);
+
+            // Read to the end: anything after the disconnect would show up here.
+            while (await s.ReadRequestAsync() is not null)
+            {
+            }
+
+            ended.SetResult(s);
+        });
+        var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "fake0", Driver = "nbd", Uri = server.Uri() }, CpuTopology.Simulated(2));
+        await device.WriteAsync(0, new byte[4096]).AsTask().WaitAsync(Condition.Timeout);
+        var back = new byte[4096];
+        await device.ReadAsync(0, back).AsTask().WaitAsync(Condition.Timeout);
+        await devices.DisposeAsync();
+
+        var session = await ended.Task.WaitAsync(Condition.Timeout);
+        Assert.Equal([NbdCommand.Write, NbdCommand.Read, NbdCommand.Disconnect], session.Received.Select(r => r.Command));
+        var disc = session.Received.Last();
+        Assert.Equal((0UL, 0U, NbdCommandFlags.None), (disc.Offset, disc.Length, disc.Flags));
+        Assert.Empty(server.Faults);
+    }
+
+    [Fact]
+    public async Task A_driver_that_refuses_the_export_it_negotiated_disconnects_softly()
+    {
+        var ended = new TaskCompletionSource<FakeNbdSession>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var huge = FakeNbdExport.Default with { MinimumBlock = 65536 };
+        await using var server = new FakeNbdServer(_ => huge, async s =>
+        {
+            while (await s.ReadRequestAsync() is not null)
+            {
+            }
+
+            ended.SetResult(s);
+        });
+        var refused = Assert.ThrowsAny<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(server.Uri()) }, "fake0"));
+        Assert.Contains("65536", refused.Message, StringComparison.Ordinal);
+        var session = await ended.Task.WaitAsync(Condition.Timeout);
+        Assert.Equal([NbdCommand.Disconnect], session.Received.Select(r => r.Command));
+    }
 }
