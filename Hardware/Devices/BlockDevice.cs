@@ -14,7 +14,7 @@ public sealed class BlockDevice : IBlockDevice
     /// <summary>Most bytes one call moves (a bio's size is 32-bit, as in the kernel); split larger ranges.</summary>
     public const long MaxIoBytes = int.MaxValue & ~4095L;
 
-    private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge | RequestFlags.NoUnmap;
+    private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge | RequestFlags.NoUnmap | RequestFlags.NoFallback;
 
     private readonly Func<BlockDevice, ValueTask>? _dispose;
     private readonly bool _threadPoolContinuations;
@@ -284,7 +284,7 @@ public sealed class BlockDevice : IBlockDevice
         var lbs = limits.LogicalBlockSize;
         if (((offset | length) & (lbs - 1)) == 0 && length > 0 && offset >= 0 && length <= MaxIoBytes &&
             offset <= limits.CapacityBytes - length && (flags & ~CallerFlags) == 0 &&
-            (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits) && Queue.AcceptsIo)
+            (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits, flags) && Queue.AcceptsIo)
         {
             return null;
         }
@@ -298,10 +298,13 @@ public sealed class BlockDevice : IBlockDevice
     private InvalidBlockRequestException? CheckFlush(RequestFlags flags) =>
         (flags & ~CallerFlags) == 0 && Queue.AcceptsIo ? null : Diagnose(BlockOp.Flush, 0, 0, flags, Queue.Limits);
 
-    private static bool Supported(BlockOp op, QueueLimits limits) => op switch
+    // A write-zeroes that may not fall back to zeroing slowly (NoFallback, NBD's FAST_ZERO) needs a
+    // device whose zeroing is fast: else NotSupported at once, as BLKDEV_ZERO_NOFALLBACK gives
+    // EOPNOTSUPP.
+    private static bool Supported(BlockOp op, QueueLimits limits, RequestFlags flags) => op switch
     {
         BlockOp.Discard => limits.MaxDiscardSectors > 0,
-        BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors > 0,
+        BlockOp.WriteZeroes => limits.MaxWriteZeroesSectors > 0 && (limits.FastWriteZeroes || (flags & RequestFlags.NoFallback) == 0),
         BlockOp.Read or BlockOp.Write or BlockOp.Flush => true,
         _ => false, // not an operation at all ((BlockOp)99): refused before submission
     };
@@ -320,9 +323,11 @@ public sealed class BlockDevice : IBlockDevice
             return Invalid(InvalidRequestReason.InvalidFlags, op, offset, length, $"flags {flags & ~CallerFlags} are reserved to the block layer");
         }
 
-        if (!Supported(op, limits))
+        if (!Supported(op, limits, flags))
         {
-            return Invalid(InvalidRequestReason.NotSupported, op, offset, length, $"the device does not support {op.Name()}");
+            return Invalid(InvalidRequestReason.NotSupported, op, offset, length, limits.MaxWriteZeroesSectors > 0 && op == BlockOp.WriteZeroes
+                ? "the device's write-zeroes is not fast (NoFallback)"
+                : $"the device does not support {op.Name()}");
         }
 
         if (op.IsWrite() && Queue.ReadOnly)

@@ -753,10 +753,15 @@ public sealed class NbdConnection
                 flags |= NbdTransmissionFlags.SendTrim;
             }
 
-            // Write-zeroes is always the device's own operation (never emulated with writes), so it is fast.
+            // Write-zeroes is always the device's own operation (never emulated with writes here); it
+            // is fast unless the device is itself an NBD client whose server did not promise that.
             if (limits.MaxWriteZeroesSectors > 0)
             {
-                flags |= NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero;
+                flags |= NbdTransmissionFlags.SendWriteZeroes;
+                if (limits.FastWriteZeroes)
+                {
+                    flags |= NbdTransmissionFlags.SendFastZero;
+                }
             }
         }
 
@@ -1340,8 +1345,10 @@ public sealed class NbdConnection
                 break;
             case NbdCommand.WriteZeroes:
                 // NO_HOLE: "the area MUST be fully provisioned", which REQ_NOUNMAP asks of the driver.
+                // FAST_ZERO: fail at once rather than zero slowly, which REQ_NOFALLBACK asks.
                 Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default,
-                    (slot.Flags & NbdCommandFlags.NoHole) != 0 ? flags | RequestFlags.NoUnmap : flags);
+                    flags | ((slot.Flags & NbdCommandFlags.NoHole) != 0 ? RequestFlags.NoUnmap : 0)
+                          | ((slot.Flags & NbdCommandFlags.FastZero) != 0 ? RequestFlags.NoFallback : 0));
                 break;
             case NbdCommand.BlockStatus:
                 // Answered by the writer from the driver's allocation map (or as one data extent).
@@ -1425,6 +1432,13 @@ public sealed class NbdConnection
         if (command == NbdCommand.WriteZeroes && (_transmissionFlags & NbdTransmissionFlags.SendWriteZeroes) == 0)
         {
             // FAST_ZERO was not advertised either: EINVAL, not ENOTSUP (proto.md, "Zero writes").
+            return NbdError.Invalid;
+        }
+
+        if (command == NbdCommand.WriteZeroes && (slot.Flags & NbdCommandFlags.FastZero) != 0 && (_transmissionFlags & NbdTransmissionFlags.SendFastZero) == 0)
+        {
+            // "If the server did not advertise NBD_FLAG_SEND_FAST_ZERO ... the server SHOULD fail
+            // with NBD_EINVAL" (a write-zeroes export of an NBD client device without fast zero).
             return NbdError.Invalid;
         }
 

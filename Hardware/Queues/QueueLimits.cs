@@ -46,6 +46,15 @@ public sealed record QueueLimits
     /// <summary>Largest write-zeroes in sectors; 0 means it is not supported.</summary>
     public int MaxWriteZeroesSectors { get; init; }
 
+    /// <summary>
+    /// Write-zeroes is fast: the driver never zeroes by writing buffers of zeroes, and honours
+    /// <see cref="RequestFlags.NoFallback"/> (NBD's <c>NBD_FLAG_SEND_FAST_ZERO</c> on an export of
+    /// the device). True for the local drivers (an allocation-map or <c>fallocate</c> operation);
+    /// an NBD client device has it only when its server advertised fast zero. Meaningless when
+    /// <see cref="MaxWriteZeroesSectors"/> is 0.
+    /// </summary>
+    public bool FastWriteZeroes { get; init; } = true;
+
     /// <summary>The device has a volatile write cache, so flush and FUA mean something (<c>write_cache</c>).</summary>
     public bool VolatileWriteCache { get; init; }
 

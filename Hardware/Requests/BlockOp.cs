@@ -55,6 +55,14 @@ public enum RequestFlags : ushort
     /// <c>NBD_CMD_FLAG_NO_HOLE</c>). Without it a driver may free what it zeroes. Other operations ignore it.
     /// </summary>
     NoUnmap = 1 << 8,
+
+    /// <summary>
+    /// Write-zeroes only: fail with <see cref="BlockStatus.NotSupported"/> at once rather than zero
+    /// slowly (<c>BLKDEV_ZERO_NOFALLBACK</c>, NBD's <c>NBD_CMD_FLAG_FAST_ZERO</c>). The local
+    /// drivers' write-zeroes is always fast; the NBD client forwards it as FAST_ZERO. Other
+    /// operations ignore it.
+    /// </summary>
+    NoFallback = 1 << 9,
 }
 
 /// <summary>Helpers over <see cref="BlockOp"/>.</summary>

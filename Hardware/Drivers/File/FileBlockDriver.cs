@@ -103,6 +103,10 @@ public sealed class FileBlockDriver : IBlockDriver
             MaxDiscardSectors = discard ? int.MaxValue >> Bio.SectorShift : 0,
             MaxWriteZeroesSectors = discard ? int.MaxValue >> Bio.SectorShift : 0,
 
+            // A file zeroes with fallocate; a block device with BLKZEROOUT, which the kernel may
+            // carry out by writing zeroes (no BLKDEV_ZERO_NOFALLBACK there), so it is not fast.
+            FastWriteZeroes = !_target.IsBlockDevice,
+
             // The page cache (buffered) or the disk's cache (direct) is volatile until fdatasync.
             VolatileWriteCache = !options.ReadOnly,
             Fua = !options.ReadOnly,

@@ -105,6 +105,8 @@ public sealed class NbdClientDriver : IBlockDriver
             MaxWriteZeroesSectors = zeroes ? (int)((uint.MaxValue & ~(uint)(lbs - 1)) >> Bio.SectorShift) : 0,
             VolatileWriteCache = (_flags & NbdTransmissionFlags.SendFlush) != 0,
             Fua = (_flags & NbdTransmissionFlags.SendFua) != 0,
+            // Only the server knows whether its zeroing is fast; it says so with SEND_FAST_ZERO.
+            FastWriteZeroes = (_flags & NbdTransmissionFlags.SendFastZero) != 0,
         };
         NbdMetrics.Add(this, deviceName);
     }
@@ -227,6 +229,17 @@ public sealed class NbdClientDriver : IBlockDriver
             flags |= NbdCommandFlags.NoHole; // as Linux's nbd driver sends REQ_NOUNMAP
         }
 
+        if (command == NbdCommand.WriteZeroes && (request.Flags & RequestFlags.NoFallback) != 0)
+        {
+            if (!Limits.FastWriteZeroes)
+            {
+                // The server did not promise fast zeroes, so it may not be sent FAST_ZERO (proto.md).
+                return BlockStatus.NotSupported;
+            }
+
+            flags |= NbdCommandFlags.FastZero;
+        }
+
         request.Start();
         if (!connection.TryEnqueue(request, command, flags))
         {
@@ -325,7 +338,7 @@ public sealed class NbdClientDriver : IBlockDriver
             return "became read-only (NBD_FLAG_READ_ONLY)";
         }
 
-        var advertised = _flags & (NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes);
+        var advertised = _flags & (NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendFastZero);
         if (_connections.Length > 1)
         {
             advertised |= NbdTransmissionFlags.CanMultiConn;

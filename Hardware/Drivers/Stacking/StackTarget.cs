@@ -42,6 +42,7 @@ public abstract class StackTarget : IBioDriver
             MemoryAlignment = _members.Max(m => m.MemoryAlignment),
             MaxDiscardSectors = _members.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
             MaxWriteZeroesSectors = _members.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
+            FastWriteZeroes = _members.All(m => m.Queue.Limits.FastWriteZeroes),
             VolatileWriteCache = _members.Any(m => m.Queue.Limits.VolatileWriteCache),
             Fua = _members.All(m => m.Queue.Limits.Fua),
         };
