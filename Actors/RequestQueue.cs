@@ -446,13 +446,17 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     }
 
     // Timeouts are counted in a sliding window; reset_after_timeouts of them within timeout_window
-    // mean the device is hung: it is reset through its supervisor.
+    // mean the device is hung: it is reset through its supervisor. Only a driver a reset can take
+    // requests back from (Resettable) is reset for timeouts: the file driver's I/O is in the
+    // kernel, its reset does nothing, and its timers just re-arm, as the kernel's loop device
+    // waits (an outside audit: a file device under a short io_timeout counted its re-armed timers
+    // into resets and its no-op resets into max-resets, and went offline).
     private void HandleTimeouts(HardwareQueue.TimeoutsExpired t)
     {
         _timeouts += t.Expired;
         _queue.Stats.CountTimeouts(t.Expired);
         var limit = _options.ResetAfterTimeouts;
-        if (limit <= 0 || _health != DeviceHealth.Online)
+        if (limit <= 0 || _health != DeviceHealth.Online || (_queue.Driver.Features & DriverFeatures.Resettable) == 0)
         {
             return;
         }

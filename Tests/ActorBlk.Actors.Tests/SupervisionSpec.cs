@@ -219,6 +219,32 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Timeouts_of_a_driver_a_reset_cannot_take_requests_back_from_re_arm_and_never_reset_it()
+    {
+        // The file driver's case: not Resettable (its I/O is in the kernel), ResetTimer on timeout.
+        // Its timeouts are counted, but a reset would do nothing for them; it used to count them
+        // into resets and the resets into max-resets (3 here) until the device went offline.
+        var driver = new ScriptedDriver { TimeoutAnswer = TimeoutAction.ResetTimer };
+        var device = await Create(driver, "slow", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 2, TimeoutWindowMs = 60_000 });
+        var reads = Enumerable.Range(0, 2).Select(i => device.ReadAsync(i * 65536L, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 2);
+
+        // Twelve expiries each (24 timeouts, 12 times reset_after_timeouts): no reset, still online.
+        await AdvanceUntil(() => driver.TimedOut.Count >= 24, stepMs: 100);
+        var info = await InfoOf("slow");
+        Assert.Equal("online", info.Health);
+        Assert.Equal(0, info.Resets);
+        Assert.True(info.Timeouts >= 24);
+        Assert.Equal(0, driver.ResetCalls);
+        Assert.False(device.Queue.IsDying);
+
+        // The slow I/O still completes, once.
+        driver.CompleteAll();
+        await Task.WhenAll(reads);
+        AssertTagsFree(device);
+    }
+
+    [Fact]
     public async Task An_aborted_request_times_out_at_once_without_waiting_for_its_deadline()
     {
         // §5 item 8: blk_abort_request sets deadline = now and kicks the timeout work. Virtual
