@@ -30,6 +30,13 @@ public static class DeviceBuilder
             "nbd" => CreateNbdDriver(options),
             _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
         };
+        if (options.IoPoll && (driver.Features & DriverFeatures.Poll) == 0)
+        {
+            // Accepted, it gave a device whose every polled submission was refused (an outside audit).
+            driver.Dispose();
+            throw new DeviceOptionsException(options.Name, "io_poll", $"the {options.Driver} driver cannot poll (only the null driver has poll queues).");
+        }
+
         return options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
     }
 

@@ -177,6 +177,21 @@ public sealed class FileOpenSpec : IDisposable
     }
 
     [Fact]
+    public void Io_poll_on_a_driver_that_cannot_poll_is_refused_and_the_file_is_released()
+    {
+        // Accepted, it gave a device whose every polled submission was refused (an outside audit).
+        var path = _dir.CreateFile("poll.img", 1 << 20);
+        var options = new DeviceOptions { Name = "fpoll", Driver = "file", Path = path, IoPoll = true, PollQueues = 1 };
+
+        var refused = Assert.Throws<DeviceOptionsException>(() => DeviceBuilder.CreateDriver(options));
+
+        Assert.Equal("io_poll", refused.Option);
+        Assert.Contains("cannot poll", refused.Message, StringComparison.Ordinal);
+        // The driver it opened on the way was disposed: the file opens again at once, exclusively.
+        DeviceBuilder.CreateDriver(options with { IoPoll = false, PollQueues = 0 }).Dispose();
+    }
+
+    [Fact]
     public async Task A_read_only_device_refuses_writes_and_serves_reads()
     {
         var path = _dir.CreateFile("ro.img", 1 << 20, seed: 5);
