@@ -170,6 +170,26 @@ internal static unsafe partial class LibC
         return n < 0 ? -LastErrno : n;
     }
 
+    /// <summary>
+    /// poll(2) on <paramref name="fd"/> for <paramref name="events"/> and on <paramref name="wakeFd"/>
+    /// for POLLIN, for at most <paramref name="timeoutMs"/> (-1: no limit): 1 when <paramref name="fd"/>
+    /// is ready, 2 when <paramref name="wakeFd"/> is readable (whatever <paramref name="fd"/> is),
+    /// 0 at the timeout, or -errno.
+    /// </summary>
+    public static int PollOneOrWake(int fd, short events, int wakeFd, int timeoutMs)
+    {
+        var pfds = stackalloc PollFd[2];
+        pfds[0] = new PollFd { Fd = fd, Events = events };
+        pfds[1] = new PollFd { Fd = wakeFd, Events = POLLIN };
+        var n = PollRaw(pfds, 2, timeoutMs);
+        if (n < 0)
+        {
+            return -LastErrno;
+        }
+
+        return n == 0 ? 0 : pfds[1].REvents != 0 ? 2 : 1;
+    }
+
     [StructLayout(LayoutKind.Sequential)]
     private struct PollFd
     {

@@ -16,6 +16,10 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly ConcurrentDictionary<long, NbdConnection> _connections = new();
     private readonly CancellationTokenSource _stopping = new();
     private readonly Task _acceptLoop;
+    // Linux: an eventfd that becomes readable (for good) when the server stops: the blocking
+    // request readers poll it beside their socket, so a stop wakes them without shutting the
+    // sockets' receive side (which would hide the client's own end of stream). -1 elsewhere.
+    private readonly int _stopEvent = -1;
     private long _nextId;
     private long _accepted;
     private long _refused;
@@ -27,6 +31,11 @@ public sealed class NbdServer : IAsyncDisposable
         Options = options;
         Log = log;
         Budget = new NbdBufferBudget(options.MaxBufferMemory);
+        if (OperatingSystem.IsLinux())
+        {
+            _stopEvent = LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK);
+        }
+
         _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
@@ -37,6 +46,7 @@ public sealed class NbdServer : IAsyncDisposable
         catch
         {
             _listener.Dispose();
+            CloseStopEvent();
             throw;
         }
 
@@ -79,6 +89,9 @@ public sealed class NbdServer : IAsyncDisposable
 
     internal Action<string>? Log { get; }
 
+    /// <summary>The eventfd that turns readable when the server stops (Linux), or -1 (see <see cref="NbdConnection.StopReading"/>).</summary>
+    internal int StopEvent => _stopEvent;
+
     /// <summary>Validates <paramref name="options"/>, binds and starts accepting.</summary>
     /// <param name="catalog">The devices to export.</param>
     /// <param name="options">Settings.</param>
@@ -97,7 +110,11 @@ public sealed class NbdServer : IAsyncDisposable
     /// Stops accepting and stops every connection: each takes no further request, and the
     /// requests in flight complete and are answered before it closes, for at most
     /// <see cref="NbdServerOptions.ShutdownGrace"/>; connections still open then are closed hard
-    /// (replies not yet sent are dropped). Returns when every connection's requests have completed
+    /// (replies not yet sent are dropped). The close is a graceful one: after its last reply a
+    /// connection ends its sending side (the client reads end of stream after the replies) and
+    /// reads and drops whatever the client still sends (never executing it) until the client
+    /// closes its end, so the client's late requests cannot make the close a reset that destroys
+    /// replies it has not read yet. Returns when every connection's requests have completed
     /// in the block layer (they are never cancelled: every request completes and frees its tag).
     /// </summary>
     public async ValueTask DisposeAsync()
@@ -125,6 +142,8 @@ public sealed class NbdServer : IAsyncDisposable
             c.StopReading();
         }
 
+        SignalStopEvent();
+
         var all = Task.WhenAll(open.Select(c => c.Completion));
         try
         {
@@ -139,7 +158,27 @@ public sealed class NbdServer : IAsyncDisposable
 
             await all.ConfigureAwait(false);
         }
+
+        // Every connection is closed: no reader polls the event any more.
+        CloseStopEvent();
         _stopping.Dispose();
+    }
+
+    private unsafe void SignalStopEvent()
+    {
+        if (_stopEvent >= 0)
+        {
+            var one = 1UL;
+            _ = LibC.Write(_stopEvent, &one, sizeof(ulong));
+        }
+    }
+
+    private void CloseStopEvent()
+    {
+        if (_stopEvent >= 0)
+        {
+            _ = LibC.Close(_stopEvent);
+        }
     }
 
     private async Task AcceptLoopAsync()

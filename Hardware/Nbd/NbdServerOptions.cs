@@ -84,7 +84,9 @@ public sealed record NbdServerOptions
 
     /// <summary>
     /// At shutdown, how long connections may take to answer the requests they have in flight
-    /// before they are closed hard (zero: at once). They take no new request meanwhile.
+    /// and then close gracefully (end of stream after the last reply, then waiting for the
+    /// client's close while dropping what it still sends) before they are closed hard (zero: at
+    /// once). They take no new request meanwhile.
     /// </summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
 

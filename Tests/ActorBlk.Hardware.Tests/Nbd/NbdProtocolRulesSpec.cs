@@ -3,6 +3,8 @@ using System.Net;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -255,8 +257,128 @@ public sealed class NbdProtocolRulesSpec
         }
 
         Assert.True(await client.ClosedByServerAsync());
+
+        // The client closes on the end of stream, as real clients do, which ends the server's linger.
+        await client.DisposeAsync();
         await stopping;
         Assert.Equal(0, server.InFlight);
+    }
+
+    [Fact]
+    public async Task At_shutdown_a_slow_reader_that_keeps_sending_gets_every_reply_then_end_of_stream()
+    {
+        // The replies to the requests in flight must also reach the client. Closing a socket with
+        // the client's later requests unread in it sends a reset, which throws away the replies
+        // still in the server's send buffer (an outside audit: 1 of 20 arrived). Eight reads held
+        // by the driver are in flight when the server stops; the client sends more requests after
+        // that (which must never run), takes nothing until every reply was handed to the socket
+        // (its receive buffer is small, so most wait in the server's send buffer), then reads them
+        // one at a time with another request after each. It gets all eight, then a clean end of
+        // stream; its close ends the server's linger.
+        const int Reads = 8;
+        const int ReadLength = 16384;
+        var (driver, device, softIrq) = HeldDevice("held0");
+        using var _irq = softIrq;
+        await using var _device = device;
+        var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions
+        {
+            Listen = new IPEndPoint(IPAddress.Loopback, 0),
+            MaxInFlight = Reads,
+            ShutdownGrace = TimeSpan.FromMinutes(1), // only the client's close may end the linger here
+        });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held0", receiveBuffer: 4096);
+        await using var _client = client;
+        for (var i = 0; i < Reads; i++)
+        {
+            await client.SendRequestAsync(NbdCommand.Read, (ulong)i, (ulong)i * ReadLength, ReadLength);
+        }
+
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == Reads, "eight reads in the driver");
+
+        // A connection still negotiating is closed as the server stops its connections (after
+        // the one above, which was accepted first): its close says the stop has begun.
+        await using var negotiating = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
+        var stopping = server.DisposeAsync().AsTask();
+        Assert.True(await negotiating.ClosedByServerAsync());
+        for (var i = 0; i < 4; i++)
+        {
+            await client.SendRequestAsync(NbdCommand.Read, 100 + (ulong)i, 0, 512);
+        }
+
+        driver.CompleteInline = true; // should the server ever run a late request, it completes
+        Assert.Equal(Reads, driver.CompleteAll());
+        await Condition.EventuallyAsync(() => server.InFlight == 0, "every reply handed to the socket");
+
+        var answered = new HashSet<ulong>();
+        var late = 200UL;
+        try
+        {
+            while (await client.ReadSimpleReplyOrEndAsync(c => c < Reads ? ReadLength : 512) is { } reply)
+            {
+                Assert.Equal(NbdError.None, reply.Error);
+                Assert.True(answered.Add(reply.Cookie));
+                await client.SendRequestAsync(NbdCommand.Read, late++, 0, 512);
+            }
+        }
+        catch (IOException ex)
+        {
+            Assert.Fail($"the connection was reset after {answered.Count} of {Reads} replies: {ex.Message}");
+        }
+
+        Assert.Equal(Enumerable.Range(0, Reads).Select(i => (ulong)i), answered.Order());
+        await client.DisposeAsync();
+        await stopping.WaitAsync(Condition.Timeout);
+        Assert.Equal(0, server.InFlight);
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connections are gone");
+        Assert.Equal(0, server.BufferBytesInUse);
+        Assert.Equal(0, server.BufferBytesKept);
+        Assert.Empty(driver.InFlight);
+    }
+
+    [Fact]
+    public async Task At_shutdown_a_client_that_never_closes_holds_the_linger_only_for_the_grace()
+    {
+        // After its replies and end of stream, the server waits for the client's close; a client
+        // that neither closes nor stops sending is closed hard when the shutdown grace ends.
+        var (driver, device, softIrq) = HeldDevice("held0");
+        using var _irq = softIrq;
+        await using var _device = device;
+        var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions
+        {
+            Listen = new IPEndPoint(IPAddress.Loopback, 0),
+            ShutdownGrace = TimeSpan.FromMilliseconds(200),
+        });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held0");
+        await using var _client = client;
+        await client.SendRequestAsync(NbdCommand.Read, 1, 0, 4096);
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the read in the driver");
+        await using var negotiating = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
+        var stopping = server.DisposeAsync().AsTask();
+        Assert.True(await negotiating.ClosedByServerAsync()); // the stop has begun
+        await client.SendRequestAsync(NbdCommand.Read, 2, 0, 4096);
+        driver.CompleteInline = true;
+        Assert.Equal(1, driver.CompleteAll());
+        var reply = await client.ReadSimpleReplyAsync(_ => 4096);
+        Assert.Equal((NbdError.None, 1UL), (reply.Error, reply.Cookie));
+
+        // Never closes: the stop still ends, and leaves nothing behind.
+        await stopping.WaitAsync(Condition.Timeout);
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connections are gone");
+        Assert.Equal(0, server.BufferBytesInUse);
+        Assert.True(await client.ClosedByServerAsync());
+    }
+
+    /// <summary>A device whose requests stay in the driver until the test completes them.</summary>
+    private static (ScriptedDriver Driver, BlockDevice Device, BlockSoftIrq SoftIrq) HeldDevice(string name)
+    {
+        var driver = new ScriptedDriver(capacityBytes: 64 << 20);
+        var softIrq = new BlockSoftIrq(2);
+        var tagSet = DeviceBuilder.CreateTagSet(new DeviceOptions { Name = name, HwQueueDepth = 128 }, driver, CpuTopology.Simulated(2));
+        var queue = new RequestQueue(name, tagSet, driver, new QueueOptions());
+        tagSet.AddQueue(queue);
+        queue.Start(new RingRuntime(softIrq));
+        queue.Register();
+        return (driver, new BlockDevice(queue, async d => await d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))), softIrq);
     }
 
     [Fact]

@@ -213,6 +213,30 @@ public sealed class RawNbdClient : IAsyncDisposable
         return (error, cookie, await ReadAsync(length));
     }
 
+    /// <summary>
+    /// Reads a simple reply like <see cref="ReadSimpleReplyAsync"/>, or returns null when the server
+    /// ended the stream cleanly (FIN) before one; a reset throws an <see cref="IOException"/>.
+    /// </summary>
+    public async Task<(NbdError Error, ulong Cookie, byte[] Data)?> ReadSimpleReplyOrEndAsync(Func<ulong, int>? dataFor = null)
+    {
+        var header = new byte[16];
+        if (await _stream.ReadAsync(header.AsMemory(0, 1)).AsTask().WaitAsync(Timeout) == 0)
+        {
+            return null;
+        }
+
+        await _stream.ReadExactlyAsync(header.AsMemory(1)).AsTask().WaitAsync(Timeout);
+        if (BinaryPrimitives.ReadUInt32BigEndian(header) != NbdProtocol.SimpleReplyMagic)
+        {
+            throw new InvalidDataException("bad simple reply magic");
+        }
+
+        var error = (NbdError)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(4));
+        var cookie = BinaryPrimitives.ReadUInt64BigEndian(header.AsSpan(8));
+        var length = error == NbdError.None && dataFor is not null ? dataFor(cookie) : 0;
+        return (error, cookie, await ReadAsync(length));
+    }
+
     public async Task<(ushort Flags, NbdChunkType Type, ulong Cookie, byte[] Data)> ReadChunkAsync()
     {
         var header = await ReadAsync(20);
