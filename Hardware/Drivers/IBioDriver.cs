@@ -17,6 +17,12 @@ public interface IBioDriver : IDisposable
     string Description { get; }
 
     /// <summary>
+    /// The device the driver presents cannot be written (a linear or striped table over a
+    /// read-only member): the queue refuses writes while this holds, and cannot be made writable.
+    /// </summary>
+    bool ReadOnly => false;
+
+    /// <summary>
     /// Takes a bio of <paramref name="queue"/>. The bio holds a usage reference of the queue until
     /// the driver calls <see cref="RequestQueue.EndBio"/>; the call may come from any thread.
     /// </summary>

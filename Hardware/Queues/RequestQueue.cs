@@ -324,17 +324,24 @@ public sealed partial class RequestQueue
     /// <exception cref="InvalidOperationException">Set to false on a queue whose driver is read-only (<see cref="IBlockDriver.ReadOnly"/>).</exception>
     public bool ReadOnly
     {
-        get => _readOnly;
+        get => _readOnly || _bioDriver is { ReadOnly: true };
         set
         {
-            if (!value && _driver is { ReadOnly: true })
+            if (!value && DriverReadOnly is { } why)
             {
-                throw new InvalidOperationException($"{Name}: the driver's device is read-only ({_driver.Description}); the queue cannot be made writable");
+                throw new InvalidOperationException($"{Name}: the driver's device is read-only ({why}); the queue cannot be made writable");
             }
 
             _readOnly = value;
         }
     }
+
+    /// <summary>
+    /// Why the device underneath is read-only (the driver's description: a read-only file or NBD
+    /// export, a stacked table over a read-only member), or null when it can be written.
+    /// </summary>
+    public string? DriverReadOnly =>
+        _driver is { ReadOnly: true } ? _driver.Description : _bioDriver is { ReadOnly: true } ? _bioDriver.Description : null;
 
     /// <summary>The device is rotational.</summary>
     public bool Rotational

@@ -242,9 +242,9 @@ public sealed class QueueAttributes
                 throw new AttributeException(path, AttributeErrno.EINVAL, $"{value} is not 0 or 1");
             }
 
-            if (value == 0 && q.Kind == QueueKind.MultiQueue && q.Driver.ReadOnly)
+            if (value == 0 && q.DriverReadOnly is { } why)
             {
-                throw new AttributeException(path, AttributeErrno.EINVAL, $"the driver's device is read-only ({q.Driver.Description}); it cannot be made writable");
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"the driver's device is read-only ({why}); it cannot be made writable");
             }
 
             q.ReadOnly = value == 1;

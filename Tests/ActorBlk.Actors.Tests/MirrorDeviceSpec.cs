@@ -46,6 +46,24 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_mirror_with_a_read_only_leg_is_refused_naming_the_leg()
+    {
+        // md opens its legs for writing; this mirror used to start with the leg kicked out,
+        // degraded without saying why (an outside audit).
+        await Layer.CreateDeviceAsync(new DeviceOptions { Name = "rwa", Size = 8 << 20, MemoryBacked = true });
+        await Layer.CreateDeviceAsync(new DeviceOptions { Name = "rwb", Size = 8 << 20, MemoryBacked = true, ReadOnly = true });
+        await Layer.CreateStackedDeviceAsync("md-ro");
+
+        var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() =>
+            Layer.LoadTableAsync("md-ro", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "rwa", "rwb")));
+
+        Assert.Contains("rwb is read-only", refused.Message, StringComparison.Ordinal);
+        // Nothing was claimed: the legs are free for another table.
+        await Layer.DestroyDeviceAsync("md-ro");
+        await Layer.DestroyDeviceAsync("rwb");
+    }
+
+    [Fact]
     public async Task A_mirror_claims_its_legs_exclusively_while_linear_and_striped_tables_may_share_members()
     {
         await Leg("xa");

@@ -4,6 +4,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -38,6 +39,36 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         var data = new byte[length];
         new Random(seed).NextBytes(data);
         return data;
+    }
+
+    [Fact]
+    public async Task A_stacked_device_over_a_read_only_member_is_read_only_while_the_member_is()
+    {
+        // dm makes a table over a read-only device read-only; this one used to load writable and
+        // fail its writes with IoError at the member (an outside audit).
+        await Member("roa", 1 * MiB);
+        var b = await Member("rob", 1 * MiB);
+        await Layer.WriteAttributeAsync("block/rob/queue/read_only", "1");
+        var dm = await Layer.CreateStackedDeviceAsync("linear-ro");
+        await Layer.LoadTableAsync("linear-ro", StackTable.Linear("roa", "rob"));
+
+        Assert.True(dm.IsReadOnly);
+        var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(() => dm.WriteAsync(0, new byte[4096]).AsTask());
+        Assert.Equal(InvalidRequestReason.ReadOnly, refused.Reason);
+        await dm.ReadAsync(0, new byte[4096]);
+        Assert.Equal("1\n", Layer.ReadAttribute("block/linear-ro/queue/read_only"));
+        var writable = await Assert.ThrowsAsync<AttributeException>(() => Layer.WriteAttributeAsync("block/linear-ro/queue/read_only", "0").AsTask());
+        Assert.Equal(AttributeErrno.EINVAL, writable.Errno);
+        Assert.Contains("linear", writable.Message, StringComparison.Ordinal);
+
+        // The member made writable again: so is the stack, and writes reach both members.
+        await Layer.WriteAttributeAsync("block/rob/queue/read_only", "0");
+        Assert.False(dm.IsReadOnly);
+        var data = Pattern(8192, 9);
+        await dm.WriteAsync(MiB - 4096, data);
+        var back = new byte[4096];
+        await b.ReadAsync(0, back);
+        Assert.Equal(data[4096..], back);
     }
 
     [Fact]

@@ -27,6 +27,13 @@ public sealed partial class MirrorTarget
             throw new ArgumentException($"A mirror needs 2 or 3 distinct legs, not {legs.Count}.", nameof(legs));
         }
 
+        if (legs.FirstOrDefault(l => l.IsReadOnly) is { } readOnly)
+        {
+            // md opens its members for writing and refuses one it cannot write; this mirror used to
+            // start with the leg kicked out, degraded without saying why (an outside audit).
+            throw new ArgumentException($"mirror leg {readOnly.Name} is read-only: a mirror writes every leg.", nameof(legs));
+        }
+
         var lbs = legs[0].LogicalBlockSize;
         if (legs.Any(l => l.LogicalBlockSize != lbs) || MirrorSuperblock.SuperblockBytes % lbs != 0)
         {

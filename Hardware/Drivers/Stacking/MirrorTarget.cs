@@ -216,6 +216,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     public override string TargetType => "mirror";
 
     /// <inheritdoc />
+    public override bool ReadOnly => false;
+
+    /// <inheritdoc />
     public override string Description => $"mirror over {string.Join(", ", _legs.Select(l => l.Name))}, {RegionBytes >> 10} KiB regions";
 
     /// <summary>The state of leg <paramref name="leg"/>.</summary>

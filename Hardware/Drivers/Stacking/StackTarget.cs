@@ -57,6 +57,29 @@ public abstract class StackTarget : IBioDriver
     /// <inheritdoc />
     public abstract string Description { get; }
 
+    /// <summary>
+    /// True while a member is read-only: a write would reach it and fail, so the stacked device
+    /// refuses writes up front (<c>ReadOnly</c>), as dm makes a table over a read-only device
+    /// read-only. A mirror overrides this: a leg that cannot be written is refused at assembly, and
+    /// one made read-only later fails its writes and is kicked like any failing leg.
+    /// </summary>
+    public virtual bool ReadOnly
+    {
+        get
+        {
+            // Read on every write's check: a loop, not LINQ.
+            foreach (var member in _members)
+            {
+                if (member.IsReadOnly)
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
+
     /// <summary>The target's name in a table ("linear", "striped").</summary>
     public abstract string TargetType { get; }
 
