@@ -95,6 +95,7 @@ internal static class ServeCommand
             secret is null ? "are refused (no admin secret)" : $"need the admin secret ({(config.GetString(RemoteSurface.SecretKey, string.Empty).Length > 0 ? RemoteSurface.SecretKey : config.GetString(RemoteSurface.SecretFileKey, string.Empty))})");
 
         ActorSystem? started = null;
+        CommandFailedException? startupFailure = null;
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
@@ -170,7 +171,11 @@ internal static class ServeCommand
                     }
                     catch (System.Net.Sockets.SocketException ex)
                     {
-                        throw new InvalidOperationException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
+                        // An operator's error, not a fault: stop the node and report it in one line
+                        // (thrown here, Akka.Hosting would print it with its stack trace on stdout).
+                        startupFailure = new CommandFailedException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
+                        StopAfterStartupFailure(system);
+                        return;
                     }
 
                     var endpoint = server.LocalEndPoint;
@@ -195,6 +200,11 @@ internal static class ServeCommand
                 : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
             using var host = builder.Build();
             await host.RunAsync().ConfigureAwait(false);
+            if (startupFailure is not null)
+            {
+                throw startupFailure;
+            }
+
             if (started is not null && BlockLayer.Get(started).FailureReason is { } failure)
             {
                 // The guardian or an ActorBlk actor stopped: never a clean exit.
@@ -223,6 +233,14 @@ internal static class ServeCommand
             Log.Information("ActorBlk node stopped before its start-up finished");
             return 0;
         }
+        catch (Exception ex) when (ExpectedFailure(ex) is { } expected)
+        {
+            // An operator's error (an address in use, a device file locked or missing): one log
+            // line and, through the command line, one line on stderr; no stack trace.
+            Log.Fatal("The node failed: {Reason}", expected.Message);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(expected);
+            throw; // not reached: the line above throws
+        }
         catch (Exception ex)
         {
             Log.Fatal(ex, "The node failed: {Reason}", ex.GetBaseException().Message);
@@ -232,6 +250,26 @@ internal static class ServeCommand
         {
             await Log.CloseAndFlushAsync().ConfigureAwait(false);
         }
+    }
+
+    // The operator's error inside a start-up failure (Akka.Hosting and the generic host may wrap
+    // it): reported by the command line on stderr, exit 1 (2 for device options that are wrong).
+    private static Exception? ExpectedFailure(Exception ex)
+    {
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            if (e is CommandFailedException or ActorBlk.Hardware.Devices.BlockDeviceException or ActorBlk.Hardware.Devices.DeviceOptionsException)
+            {
+                return e;
+            }
+
+            if (e is AggregateException { InnerExceptions.Count: 1 } aggregate)
+            {
+                return ExpectedFailure(aggregate.InnerExceptions[0]);
+            }
+        }
+
+        return null;
     }
 
     // Akka's transport binds with SO_REUSEPORT on Linux, so a second node on a port in use would
@@ -264,8 +302,20 @@ internal static class ServeCommand
         }
         catch (System.Net.Sockets.SocketException ex) when (ex.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
         {
-            throw new InvalidOperationException($"the remoting address {host}:{port} is in use (another ActorBlk node?); choose another with --port, or 0 for any free one ({ex.Message})");
+            throw new CommandFailedException($"the remoting address {host}:{port} is in use (another ActorBlk node?); choose another with --port, or 0 for any free one ({ex.Message})");
         }
+    }
+
+    // Stops the node (its devices drained and removed, the cluster left) without waiting for it.
+    private static void StopAfterStartupFailure(ActorSystem system) =>
+        _ = CoordinatedShutdown.Get(system).Run(StartupFailedReason.Instance);
+
+    // Coordinated shutdown's reason when the start-up found an operator's error.
+    private sealed class StartupFailedReason : CoordinatedShutdown.Reason
+    {
+        public static readonly StartupFailedReason Instance = new();
+
+        public override int ExitCode => 1;
     }
 
     // The address the registry publishes for this node's exports: nbds:// when the export takes

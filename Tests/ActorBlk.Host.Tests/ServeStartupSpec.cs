@@ -69,8 +69,62 @@ public sealed class ServeStartupSpec
         Assert.Equal(1, await second.WaitForExitAsync(Within));
         Assert.Contains($"the remoting address 127.0.0.1:{port} is in use", second.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("Remoting started", second.Output, StringComparison.Ordinal);
+        AssertOneLineOnStandardError(second, $"actorblk: the remoting address 127.0.0.1:{port} is in use");
+        Assert.DoesNotContain("   at ", second.Output, StringComparison.Ordinal);
 
         first.Terminate();
         Assert.Equal(0, await first.WaitForExitAsync(Within));
+    }
+
+    [Fact]
+    public async Task A_node_whose_NBD_address_is_in_use_says_so_on_stderr_in_one_line_and_exits_1()
+    {
+        // An outside audit: the error went to stdout only, as a log line with a stack trace.
+        var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        try
+        {
+            var port = ((IPEndPoint)taken.LocalEndpoint).Port;
+            await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", $"127.0.0.1:{port}");
+            Assert.Equal(1, await node.WaitForExitAsync(Within));
+            AssertOneLineOnStandardError(node, $"actorblk: the NBD export cannot listen on 127.0.0.1:{port}");
+            Assert.Contains($"FTL] The node failed: the NBD export cannot listen on 127.0.0.1:{port}", node.StandardOutput, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", node.Output, StringComparison.Ordinal);
+            Assert.Contains("Unregistered disk0: every request completed", node.StandardOutput, StringComparison.Ordinal);
+        }
+        finally
+        {
+            taken.Stop();
+        }
+    }
+
+    [Fact]
+    public async Task A_node_whose_device_file_is_locked_names_the_file_on_stderr_in_one_line_and_exits_1()
+    {
+        using var dir = new TempDirectory("serve-locked");
+        var image = dir.File("disk0.img");
+        var config = File.ReadAllText(RepositoryFiles.Hocon()).Replace("/var/tmp/actorblk-disk0.img", image, StringComparison.Ordinal);
+        Assert.Contains(image, config, StringComparison.Ordinal);
+        File.WriteAllText(dir.File("hocon.conf"), config);
+
+        // FileShare.None takes flock(LOCK_EX) on Linux, as another device or process holding the file would.
+        using (var holder = new FileStream(image, FileMode.Create, FileAccess.ReadWrite, FileShare.None))
+        {
+            holder.SetLength(16 << 20);
+            await using var node = ActorBlkProcess.Start("serve", "--config", dir.File("hocon.conf"), "--port", "0", "--nbd-listen", "off");
+            Assert.Equal(1, await node.WaitForExitAsync(Within));
+            AssertOneLineOnStandardError(node, $"actorblk: disk0: cannot use '{image}': the file is in use");
+
+            // The node's own report has no stack trace (Akka.Hosting still prints its own before it).
+            var report = node.StandardOutput[node.StandardOutput.IndexOf("FTL] The node failed: disk0: cannot use", StringComparison.Ordinal)..];
+            Assert.DoesNotContain("   at ", report, StringComparison.Ordinal);
+        }
+    }
+
+    private static void AssertOneLineOnStandardError(ActorBlkProcess process, string start)
+    {
+        var lines = process.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var line = Assert.Single(lines);
+        Assert.StartsWith(start, line, StringComparison.Ordinal);
     }
 }

@@ -14,12 +14,13 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
     private readonly StringBuilder _all = new();
     private readonly StringBuilder _stdout = new();
+    private readonly StringBuilder _stderr = new();
     private readonly Task _pump;
 
     private ActorBlkProcess(Process process)
     {
         _process = process;
-        _pump = Task.WhenAll(Pump(process.StandardOutput, _stdout), Pump(process.StandardError, null));
+        _pump = Task.WhenAll(Pump(process.StandardOutput, _stdout), Pump(process.StandardError, _stderr));
     }
 
     /// <summary>Everything the process printed so far.</summary>
@@ -42,6 +43,18 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
             lock (_all)
             {
                 return _stdout.ToString();
+            }
+        }
+    }
+
+    /// <summary>What the process printed on stderr alone.</summary>
+    public string StandardError
+    {
+        get
+        {
+            lock (_all)
+            {
+                return _stderr.ToString();
             }
         }
     }
