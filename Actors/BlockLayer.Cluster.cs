@@ -91,7 +91,7 @@ public sealed partial class BlockLayer
                 }
                 catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                 {
-                    throw new DeviceOptionsException(stacked, "members", $"member '{member}' is not a device of this node and did not appear in the cluster's registry within {MemberWait.TotalSeconds:0.#} s: {ex.Message}");
+                    throw new DeviceOptionsException(stacked, "members", $"member '{member}' is not a device of this node and did not appear in the cluster's registry within {MemberWait.TotalSeconds:0.#} s: {ex.Message}", ex);
                 }
             }
             catch (AmbiguousClusterDeviceException ex)
@@ -100,7 +100,7 @@ public sealed partial class BlockLayer
             }
             catch (BlockDeviceOpenException ex)
             {
-                throw new DeviceOptionsException(stacked, "members", $"member '{member}' cannot be opened: {ex.Message}");
+                throw new DeviceOptionsException(stacked, "members", $"member '{member}' cannot be opened: {ex.Message}", ex);
             }
         }
     }

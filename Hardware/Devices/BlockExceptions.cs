@@ -107,6 +107,19 @@ public sealed class DeviceOptionsException : ArgumentException
         Option = option;
     }
 
+    /// <summary>
+    /// Creates the exception for an option that names something the device could not use when it
+    /// was built (a stacked device's member that cannot be opened or did not appear):
+    /// <paramref name="innerException"/> is why, and a caller may treat it as a failure rather than
+    /// as options that are wrong.
+    /// </summary>
+    public DeviceOptionsException(string device, string option, string message, Exception? innerException)
+        : base($"device '{device}': option '{option}': {message}", option, innerException)
+    {
+        Device = device;
+        Option = option;
+    }
+
     /// <summary>The device the options were for.</summary>
     public string Device { get; }
 

@@ -95,6 +95,13 @@ internal static class CommandLine
             await error.WriteLineAsync($"See '{HelpCommandOf(parse)} --help'.").ConfigureAwait(false);
             return UsageError;
         }
+        catch (DeviceOptionsException ex) when (ex.InnerException is BlockDeviceException or ActorBlk.Actors.Clustering.ClusterDeviceNotFoundException)
+        {
+            // Options that name a device that could not be opened or did not appear (a mirror's
+            // member on another node): a failure (1), as README's exit codes have it, not a usage error.
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
         catch (DeviceOptionsException ex)
         {
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);

@@ -58,6 +58,49 @@ public sealed partial class ClusterBenchSpec
         }
     }
 
+    [Fact]
+    public async Task A_mirror_whose_member_on_another_node_cannot_be_opened_fails_the_bench_with_exit_1_not_a_usage_error()
+    {
+        // README: a device that cannot be opened is a failure (1); the bench exited 2 (an outside
+        // audit). The owner serves no NBD, so its far0 cannot be opened here (whether the registry
+        // shows it yet or not when member-wait ends).
+        var hocon = File.ReadAllText(RepositoryFiles.Hocon());
+        var ownerConfig = Path.Combine(Path.GetTempPath(), $"actorblk-join-{Guid.NewGuid():N}.conf");
+        var benchConfig = Path.Combine(Path.GetTempPath(), $"actorblk-join-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(ownerConfig, hocon + """
+
+            actorblk.devices = [ { name = far0, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = off
+            """);
+        try
+        {
+            await using var owner = ActorBlkProcess.Start("serve", "--config", ownerConfig, "--port", "0");
+            var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+            File.WriteAllText(benchConfig, hocon + $$"""
+
+                actorblk.devices = [ { name = m0, size = 64m, memory_backed = 1 } ]
+                actorblk.stacked-devices = [ { name = md0, type = mirror, members = [m0, "far0@{{node}}"] } ]
+                actorblk.topology.source = simulated
+                actorblk.cluster.registry.member-wait = 5s
+                """);
+
+            await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--config", benchConfig, "--device=md0", "--rw=read", "--bs=4k",
+                "--size=1m", "--jit_warmup=0", "--eta=never");
+            Assert.Equal(1, await bench.WaitForExitAsync(Within));
+            Assert.True(bench.StandardError.Contains($"device 'md0': option 'members': member 'far0@{node}'", StringComparison.Ordinal), bench.StandardError);
+            Assert.DoesNotContain("--help", bench.StandardError, StringComparison.Ordinal);
+
+            owner.Terminate();
+            Assert.Equal(0, await owner.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(ownerConfig);
+            File.Delete(benchConfig);
+        }
+    }
+
     [Theory]
     [InlineData("--join=nowhere", "--join")]
     [InlineData("--join=127.0.0.1:4053", "--device must name one device of the cluster")]
