@@ -13,15 +13,27 @@ public sealed class ClusterDevices
 {
     private readonly object _gate = new();
     private ClusterDevice[] _snapshot = [];
+    private string[] _unverified = [];
     private Action<IReadOnlyList<ClusterDevice>>? _watchers;
 
     internal ClusterDevices(bool enabled) => IsEnabled = enabled;
+
+    // The registry's list of nodes whose entries fail the signature check.
+    internal void SetUnverified(string[] nodes) => Volatile.Write(ref _unverified, nodes);
 
     /// <summary>False when the actor system is not a cluster member (its provider is not <c>cluster</c>): the snapshot stays empty.</summary>
     public bool IsEnabled { get; }
 
     /// <summary>Every device of the cluster, this node's included, sorted by name then node.</summary>
     public IReadOnlyList<ClusterDevice> Snapshot => Volatile.Read(ref _snapshot);
+
+    /// <summary>
+    /// The nodes (<c>host:port</c>, sorted) whose registry entries this node ignores because they
+    /// are not signed with its admin secret (<c>actorblk.remote.admin-secret</c>): their devices are
+    /// missing from <see cref="Snapshot"/>. Not empty, this node's secret most likely differs from
+    /// theirs. Always empty on a node without a secret (it believes every entry).
+    /// </summary>
+    public IReadOnlyList<string> UnverifiedNodes => Volatile.Read(ref _unverified);
 
     /// <summary>
     /// The device addressed by <paramref name="name"/>: <c>name@host:port</c> names one device of one

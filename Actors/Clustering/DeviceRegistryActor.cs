@@ -39,6 +39,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private readonly string _self;
     private readonly HashSet<UniqueAddress> _gone = [];
     private readonly HashSet<UniqueAddress> _members = [];
+    private readonly HashSet<string> _warnedUnverified = new(StringComparer.Ordinal);
     private ClusterNodeDevices? _mine;
     private ImmutableDictionary<string, ClusterNodeDevices> _map = ImmutableDictionary<string, ClusterNodeDevices>.Empty;
     private bool _withdrawn;
@@ -266,6 +267,19 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             .OrderBy(v => v.Name, StringComparer.Ordinal)
             .ThenBy(v => v.Node, StringComparer.Ordinal)
             .ToArray();
+        // Entries of members not signed with this node's secret: most likely a secret that differs.
+        var unverified = _map.Values
+            .Where(v => v is not null && v.Node != _self && v.IsWellFormed && !v.IsSignedWith(_key) && _members.Any(m => IsOwner(m, v)))
+            .Select(v => v.Node)
+            .Distinct(StringComparer.Ordinal)
+            .Order(StringComparer.Ordinal)
+            .ToArray();
+        foreach (var node in unverified.Where(n => _warnedUnverified.Add(n)))
+        {
+            _log.Warning("Ignoring the devices node {0} publishes: its registry entry is not signed with this node's admin secret (actorblk.remote.admin-secret or admin-secret-file differ?)", node);
+        }
+
+        _layer.ClusterDevices.SetUnverified(unverified);
         if (!snapshot.SequenceEqual(_layer.ClusterDevices.Snapshot))
         {
             try

@@ -80,7 +80,7 @@ internal static class ClusterJoin
         }
         catch (OperationCanceledException)
         {
-            throw new CommandFailedException($"option --device: no device {name} appeared in the cluster within {within.TotalSeconds} s; it has {string.Join(", ", layer.ClusterDevices.Snapshot.Select(d => d.Id))}.");
+            throw new CommandFailedException(NotFound(system, name, within));
         }
 
         try
@@ -106,8 +106,48 @@ internal static class ClusterJoin
         }
         catch (TimeoutException)
         {
-            throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
+            throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}, with the same remoting and TLS settings as this node's --config?).");
         }
+    }
+
+    /// <summary>
+    /// Why no device <paramref name="name"/> appeared, with the likely cause: the registry ignoring
+    /// other nodes' entries signed with another admin secret, no other node in the cluster, or a
+    /// name that matches none of the devices it shows.
+    /// </summary>
+    internal static string NotFound(ActorSystem system, string name, TimeSpan within)
+    {
+        var layer = BlockLayer.Get(system);
+        var cluster = AkkaCluster.Get(system);
+        var devices = layer.ClusterDevices.Snapshot;
+        var text = $"option --device: no device {name} appeared in the cluster within {within.TotalSeconds} s; it has {(devices.Count == 0 ? "none" : string.Join(", ", devices.Select(d => d.Id)))}.";
+        var secret = SecretSource(system.Settings.Config);
+        if (layer.ClusterDevices.UnverifiedNodes is { Count: > 0 } unverified)
+        {
+            return $"{text} This node ignores the devices of {string.Join(", ", unverified)}: they are not signed with its admin secret ({secret}), so it most likely differs from the cluster's; use the nodes' --config (or the same admin secret).";
+        }
+
+        var others = cluster.State.Members.Where(m => !m.Address.Equals(cluster.SelfAddress) && !m.HasRole(Role)).Select(m => $"{m.Address.Host}:{m.Address.Port}").ToArray();
+        if (others.Length == 0)
+        {
+            return $"{text} No node serving devices is a member of this cluster: check that --join names a node's remoting address (HOST:PORT).";
+        }
+
+        return devices.Count == 0
+            ? $"{text} The cluster's node(s) {string.Join(", ", others)} show no device here: they serve none, or this node was refused (an admin secret ({secret}) or configuration that differs from theirs: use their --config)."
+            : $"{text} Check --device (NAME or NAME@HOST:PORT).";
+    }
+
+    // Where this node's admin secret comes from, for the hint.
+    private static string SecretSource(Config config)
+    {
+        if (config.GetString(Actors.Serialization.RemoteSurface.SecretKey, string.Empty).Length > 0)
+        {
+            return Actors.Serialization.RemoteSurface.SecretKey;
+        }
+
+        var file = config.GetString(Actors.Serialization.RemoteSurface.SecretFileKey, string.Empty);
+        return file.Length > 0 ? $"{Actors.Serialization.RemoteSurface.SecretFileKey} = {file}" : $"none set: {Actors.Serialization.RemoteSurface.SecretKey}";
     }
 
     // True once the name matches a device (an ambiguous name matches: opening it then says so).

@@ -101,6 +101,56 @@ public sealed partial class ClusterBenchSpec
         }
     }
 
+    [Fact]
+    public async Task A_bench_whose_admin_secret_differs_from_the_cluster_is_told_so_when_the_device_does_not_appear()
+    {
+        // An outside audit: the bench said only that the device list was empty, after 60 s. Here
+        // the join's own wait, shortened, in process (the command waits ClusterJoin.Patience).
+        var hocon = File.ReadAllText(RepositoryFiles.Hocon());
+        var ownerConfig = Path.Combine(Path.GetTempPath(), $"actorblk-join-{Guid.NewGuid():N}.conf");
+        var benchConfig = Path.Combine(Path.GetTempPath(), $"actorblk-join-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(ownerConfig, hocon + """
+
+            actorblk.devices = [ { name = far0, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = "127.0.0.1:0"
+            actorblk.remote.admin-secret = "the-cluster-secret"
+            """);
+        File.WriteAllText(benchConfig, hocon + """
+
+            actorblk.topology.source = simulated
+            actorblk.remote.admin-secret = "another-secret"
+            """);
+        try
+        {
+            await using var owner = ActorBlkProcess.Start("serve", "--config", ownerConfig, "--port", "0");
+            var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+
+            var config = ActorBlk.Host.Bench.ClusterJoin.Config(node, benchConfig, Akka.Configuration.ConfigurationFactory.ParseString("akka.loglevel = WARNING"));
+            using var system = Akka.Actor.ActorSystem.Create(ActorBlk.Host.Commands.NodeConfig.SystemName, config);
+            try
+            {
+                var failure = await Assert.ThrowsAsync<ActorBlk.Host.Commands.CommandFailedException>(() =>
+                    ActorBlk.Host.Bench.ClusterJoin.OpenAsync(system, "far0", new ActorBlk.Hardware.Devices.DeviceOptions(), TimeSpan.FromSeconds(10)));
+                Assert.Contains("no device far0 appeared in the cluster within 10 s; it has none.", failure.Message, StringComparison.Ordinal);
+                Assert.Contains(node, failure.Message, StringComparison.Ordinal);
+                Assert.Contains("admin secret (actorblk.remote.admin-secret)", failure.Message, StringComparison.Ordinal);
+            }
+            finally
+            {
+                await Akka.Actor.CoordinatedShutdown.Get(system).Run(Akka.Actor.CoordinatedShutdown.ClrExitReason.Instance);
+            }
+
+            owner.Terminate();
+            Assert.Equal(0, await owner.WaitForExitAsync(Within));
+        }
+        finally
+        {
+            File.Delete(ownerConfig);
+            File.Delete(benchConfig);
+        }
+    }
+
     [Theory]
     [InlineData("--join=nowhere", "--join")]
     [InlineData("--join=127.0.0.1:4053", "--device must name one device of the cluster")]
