@@ -41,7 +41,9 @@ internal static class NodeConfig
         Config config;
         try
         {
-            config = ConfigurationFactory.ParseString(File.ReadAllText(path), IncludesFrom(Path.GetDirectoryName(Path.GetFullPath(path))!, depth: 0));
+            var text = File.ReadAllText(path);
+            HoconBrackets.Check(text);
+            config = ConfigurationFactory.ParseString(text, IncludesFrom(Path.GetDirectoryName(Path.GetFullPath(path))!, depth: 0));
         }
         catch (Exception ex) when (ex is ConfigurationException or FormatException or InvalidOperationException or NullReferenceException or IOException)
         {
@@ -122,6 +124,16 @@ internal static class NodeConfig
             throw new ConfigurationException($"include \"{name}\": {file} does not exist.");
         }
 
-        return Akka.Configuration.Hocon.Parser.Parse(File.ReadAllText(file), IncludesFrom(Path.GetDirectoryName(file)!, depth + 1));
+        var text = File.ReadAllText(file);
+        try
+        {
+            HoconBrackets.Check(text);
+        }
+        catch (ConfigurationException ex)
+        {
+            throw new ConfigurationException($"include \"{name}\" ({file}): {ex.Message}");
+        }
+
+        return Akka.Configuration.Hocon.Parser.Parse(text, IncludesFrom(Path.GetDirectoryName(file)!, depth + 1));
     };
 }

@@ -1,0 +1,83 @@
+using ActorBlk.Host.Commands;
+using ActorBlk.Host.Tests.Support;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// A configuration file whose braces or brackets do not pair up is refused naming the line: Akka's
+/// parser accepts a last object that is never closed, and the mistake used to surface as a later,
+/// unrelated complaint (an outside audit).
+/// </summary>
+public sealed class NodeConfigBracketsSpec : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("actorblk-brackets-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string Write(string name, string text)
+    {
+        var path = Path.Combine(_dir, name);
+        File.WriteAllText(path, text);
+        return path;
+    }
+
+    [Fact]
+    public void The_repository_hocon_conf_passes()
+    {
+        var config = NodeConfig.Load(RepositoryFiles.Hocon(), port: 0);
+        Assert.False(string.IsNullOrEmpty(config.GetString("actorblk.nbd.listen")));
+    }
+
+    [Fact]
+    public void A_brace_never_closed_is_refused_naming_its_line()
+    {
+        var path = Write("open.conf", "actorblk {\n  nbd {\n    listen = off\n  }\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("not valid HOCON", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("'{' opened at line 1 is never closed", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_bracket_closed_by_the_wrong_kind_is_refused_naming_both_lines()
+    {
+        var path = Write("mismatch.conf", "actorblk {\n  devices = [\n    { name = a, size = 1m }\n  }\n]\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("line 4: '}' closes the '[' opened at line 2", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Brackets_in_strings_and_comments_do_not_count()
+    {
+        const string Triple = "\"\"\"";
+        var path = Write("quoted.conf",
+            "# a comment with { and [\n" +
+            "// another ] }\n" +
+            "actorblk {\n" +
+            "  a = \"{ [ \\\" }\"\n" +
+            "  b = " + Triple + "multi\nline { ] " + Triple + "\n" +
+            "  c = 1 # trailing }\n" +
+            "}\n");
+
+        var config = NodeConfig.Load(path, port: 0);
+
+        Assert.Equal("{ [ \" }", config.GetString("actorblk.a"));
+        Assert.Equal(1, config.GetInt("actorblk.c"));
+    }
+
+    [Fact]
+    public void An_included_file_with_a_brace_never_closed_is_refused_naming_the_include()
+    {
+        Write("inner.conf", "actorblk {\n  nbd.listen = off\n");
+        var path = Write("outer.conf", "include \"inner.conf\"\nactorblk.topology.source = simulated\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("inner.conf", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("never closed", refused.Message, StringComparison.Ordinal);
+    }
+}
