@@ -83,6 +83,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private long _resets;
     private int _reopenAttempt;
     private DeviceHealth _health = DeviceHealth.Online;
+
+    // Taking the queue offline, on the thread pool (GoOffline); teardown starts after it.
+    private Task _offline = Task.CompletedTask;
     private bool _stoppingDrivers;
 
     // Set when the supervisor stops a driver actor because the device is gone; cleared when the
@@ -254,6 +257,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case TryReopen:
                 HandleReopen();
                 break;
+            case WentOffline done:
+                LogOffline(done);
+                break;
             case RequestQueueProtocol.Unregister:
                 Timers.Cancel(ReopenTimer);
                 _unregisterReplyTo = Sender;
@@ -272,7 +278,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         switch (message)
         {
             case CpuTopologyProtocol.Unregistered:
-                _queue.ShutdownAsync(_layer.UnregisterDrainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
+                // After going offline, if that still runs: teardown fails what is left, once.
+                var queue = _queue;
+                var drain = _layer.UnregisterDrainTimeout;
+                _offline.ContinueWith(_ => queue.ShutdownAsync(drain), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default)
+                    .Unwrap()
+                    .PipeTo(Self, success: failed => new ShutdownDone(failed));
+                break;
+            case WentOffline done:
+                LogOffline(done);
                 break;
             case ShutdownDone done:
                 // The driver actor runs exit_hctx when it stops (mailbox dispatch): it must be
@@ -575,12 +589,34 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             _queue.Name, _reopenAttempt + 1, requeued, failed);
     }
 
+    // Takes the queue offline on the thread pool, never on this actor's thread: failing the
+    // requests in flight completes them where it runs, and a completion runs its caller's code
+    // there, a stacked device's continuation and whatever it submits next (a mirror ends its write
+    // on the surviving leg, and the bench's end_io submits the next write, which a local leg may
+    // complete inline again, and so on). On this thread that code held the actor, its timers and
+    // its mailbox for as long as the caller kept I/O going (an outside audit: a mirror over a lost
+    // remote leg at QD8 held it ~27 s, until the remote queue's I/O timeout ended the one write
+    // that broke the chain). The health is Offline at once; the count is logged when it is done.
     private void GoOffline()
     {
         _health = DeviceHealth.Offline;
-        var failed = _queue.SetOffline(failInFlight: (_queue.Driver.Features & DriverFeatures.Resettable) != 0);
+        var queue = _queue;
+        var failInFlight = (queue.Driver.Features & DriverFeatures.Resettable) != 0;
+        var offline = Task.Run(() => queue.SetOffline(failInFlight));
+        _offline = offline;
+        offline.PipeTo(Self, success: failed => new WentOffline(failed, null), failure: ex => new WentOffline(0, ex));
+    }
+
+    private void LogOffline(WentOffline done)
+    {
+        if (done.Error is { } error)
+        {
+            _log.Error(error, "{Device}: the device is offline; failing its requests in flight failed", _queue.Name);
+            return;
+        }
+
         _log.Error("{Device}: the device is offline; the queue is dying, {Failed} request(s) in flight failed, and every pending and later request fails with Offline",
-            _queue.Name, failed);
+            _queue.Name, done.Failed);
     }
 
     private int NextCpu()
@@ -601,6 +637,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _queue.TagSet.Name, _queue.IsRegistered, _queue.IsDying, _queue.Usage.Count, _timeouts, _deviceErrors, _resets, _health.ToString().ToLowerInvariant());
 
     private sealed record ShutdownDone(int Failed);
+
+    // GoOffline's work on the thread pool is done: how many in-flight requests it failed.
+    private sealed record WentOffline(int Failed, Exception? Error);
 
     private sealed record TryReopen
     {

@@ -176,6 +176,37 @@ public sealed partial class RequestQueue
     // Ends every request the driver holds with status; returns how many this call ended.
     private int FailInFlight(BlockStatus status) => InFlightRequests().Count(rq => EndRequestWithStatus(rq, status, rq.Generation));
 
+    // FailInFlight for a device that went away under live I/O (SetOffline): every request the
+    // driver holds is claimed here (completed exactly once: a reply racing this loses), and each
+    // one's completion proper then runs as its own work item on the thread pool, as the kernel
+    // completes each request of a dead device in its own softirq (blk_mq_complete_request from
+    // nbd_clear_que). Ended inline one after another, the first completion ran its caller's code
+    // on this thread before the others were even failed: a stacked device's continuation and what
+    // the caller submits next, which over a leg that completes inline (a mirror degraded onto a
+    // memory device, with a bench at QD8 resubmitting from end_io) is an I/O loop that never
+    // returns while the caller keeps going. The other requests stayed in flight meanwhile, their
+    // writes held until the remote queue's I/O timeout, and the caller's thread (the request
+    // queue's actor) was held as long (an outside audit). Returns how many this call claimed.
+    private int FailInFlightApart(BlockStatus status)
+    {
+        var claimed = new List<Request>();
+        foreach (var rq in InFlightRequests().ToList())
+        {
+            if (rq.TryComplete(rq.Generation))
+            {
+                rq.Status = status;
+                claimed.Add(rq);
+            }
+        }
+
+        foreach (var rq in claimed)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+        }
+
+        return claimed.Count;
+    }
+
     // Bios waiting for a tag hold a queue reference but no request: after teardown they are woken
     // to find the queue detached and fail, so the drain can finish.
     private void WakeTagWaiters()
@@ -195,14 +226,16 @@ public sealed partial class RequestQueue
     /// reached the driver fails with <see cref="BlockStatus.Offline"/> when dispatch takes it, as
     /// does every later submission and every bio waiting for a tag. With
     /// <paramref name="failInFlight"/> (a driver that abandoned its requests) the requests the
-    /// driver holds fail too; otherwise they complete when the driver answers.
+    /// driver holds fail too: each is claimed here and completes on the thread pool, each apart,
+    /// never on the caller's thread (a completion runs its submitter's code); otherwise they
+    /// complete when the driver answers.
     /// </summary>
     /// <returns>How many in-flight requests were failed.</returns>
     public int SetOffline(bool failInFlight)
     {
         MarkDying();
         _detached = true;
-        var failed = failInFlight ? FailInFlight(BlockStatus.Offline) : 0;
+        var failed = failInFlight ? FailInFlightApart(BlockStatus.Offline) : 0;
 
         // Whatever waits in rings, dispatch lists or for a tag runs once more, to fail.
         if (IsStarted)

@@ -1,0 +1,103 @@
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Queues;
+
+/// <summary>
+/// A device that is gone for good (<see cref="RequestQueue.SetOffline"/> with the requests in
+/// flight failed): each request's completion runs apart from the others and from the caller,
+/// as the kernel completes each request of a dead device in its own softirq.
+/// </summary>
+public sealed class OfflineCompletionSpec
+{
+    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(10);
+
+    // Found from outside (a mirror over a remote leg whose node was killed, a bench at QD8): the
+    // requests in flight were failed one after another on the caller's thread (the request
+    // queue's actor), and the first completion's call-back ran the caller's I/O loop there
+    // without returning, so the others stayed in flight until the remote queue's I/O timeout and
+    // the actor was held as long. Here each call-back waits until the spec lets it go: both must
+    // have run, and SetOffline returned, before either is let go.
+    [Fact]
+    public async Task Going_offline_fails_every_request_in_flight_while_a_completion_call_back_has_not_returned()
+    {
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver);
+        using var release = new ManualResetEventSlim(false);
+        var first = new HeldCallBack(release);
+        var second = new HeldCallBack(release);
+        first.Submit(queue, 0);
+        second.Submit(queue, 64);
+        runtime.RunRound();
+        Assert.Equal(2, queue.InFlightCount);
+
+        try
+        {
+            var offline = Task.Run(() => queue.SetOffline(failInFlight: true));
+            Assert.Equal(2, await offline.WaitAsync(Liveness));
+            Assert.True(first.Entered.Wait(Liveness), "the first call-back did not run");
+            Assert.True(second.Entered.Wait(Liveness), "the second call-back did not run");
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        Assert.Equal(BlockStatus.Offline, await first.Done.WaitAsync(Liveness));
+        Assert.Equal(BlockStatus.Offline, await second.Done.WaitAsync(Liveness));
+
+        // Exactly once, and every tag back: the driver's late answers change nothing.
+        foreach (var rq in driver.InFlight.ToArray())
+        {
+            Assert.False(queue.CompleteRequest(rq, BlockStatus.Ok, rq.Generation));
+        }
+
+        var until = DateTime.UtcNow + Liveness;
+        while (queue.HardwareContexts[0].Tags.InUse != 0 && DateTime.UtcNow < until)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
+        Assert.Equal(0, queue.InFlightCount);
+        Assert.Equal(0L, queue.DoubleCompletions);
+        Assert.Equal(1, first.Calls);
+        Assert.Equal(1, second.Calls);
+    }
+
+    // An end_io call-back that does not return until released (a caller's I/O loop, say).
+    private sealed class HeldCallBack(ManualResetEventSlim release) : IBioEndIo
+    {
+        private int _calls;
+
+        public ManualResetEventSlim Entered { get; } = new(false);
+
+        public TaskCompletionSource<BlockStatus> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<BlockStatus> Done => Completion.Task;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public void Submit(RequestQueue queue, long sector)
+        {
+            var bio = queue.Bios.Rent();
+            bio.Op = BlockOp.Read;
+            bio.Sector = sector;
+            bio.Size = 4096;
+            bio.Buffer = new byte[4096];
+            bio.Cpu = 0;
+            bio.EndIo = this;
+            queue.Submit(bio);
+        }
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            Interlocked.Increment(ref _calls);
+            Entered.Set();
+            release.Wait(TimeSpan.FromSeconds(30));
+            Completion.TrySetResult(status);
+        }
+    }
+}
