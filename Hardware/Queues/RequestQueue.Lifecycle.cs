@@ -199,11 +199,7 @@ public sealed partial class RequestQueue
             }
         }
 
-        foreach (var rq in claimed)
-        {
-            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
-        }
-
+        EndApart(claimed);
         return claimed.Count;
     }
 

@@ -70,23 +70,59 @@ public sealed partial class RequestQueue
     /// abandoned them.
     /// </summary>
     /// <returns>How many were requeued and how many failed.</returns>
+    /// <remarks>
+    /// The requests that fail are claimed here and completed each apart on the thread pool, as
+    /// <see cref="SetOffline"/> does: this runs on a supervisor's actor, and a completion runs its
+    /// submitter's code (a mirror's continuation, the caller's next I/O), which must not run there.
+    /// </remarks>
     public (int Requeued, int Failed) ReclaimInFlight(BlockStatus failStatus)
     {
         var requeued = 0;
-        var failed = 0;
-        foreach (var rq in InFlightRequests())
+        List<Request>? failed = null;
+        foreach (var rq in InFlightRequests().ToList())
         {
-            switch (RetryOrFail(rq, failStatus))
+            var generation = rq.Generation;
+            if (rq.Queue != this || rq.State != RequestState.InFlight)
             {
-                case RetryOutcome.Requeued:
+                continue;
+            }
+
+            if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
+            {
+                if (rq.TryUnstart(generation))
+                {
+                    rq.Retries++;
+                    rq.Hctx!.PutBack(rq);
                     requeued++;
-                    break;
-                case RetryOutcome.Failed:
-                    failed++;
-                    break;
+                }
+
+                continue;
+            }
+
+            if (rq.TryComplete(generation))
+            {
+                rq.Status = failStatus;
+                (failed ??= []).Add(rq);
             }
         }
 
-        return (requeued, failed);
+        EndApart(failed);
+        return (requeued, failed?.Count ?? 0);
+    }
+
+    // Completes requests already claimed (TryComplete won, Status set), each as its own work item
+    // on the thread pool, as the kernel completes each request of a reset or dead device in its
+    // own softirq: never inline one after another on the caller's thread.
+    private static void EndApart(List<Request>? claimed)
+    {
+        if (claimed is null)
+        {
+            return;
+        }
+
+        foreach (var rq in claimed)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+        }
     }
 }

@@ -67,6 +67,42 @@ public sealed class OfflineCompletionSpec
         Assert.Equal(1, second.Calls);
     }
 
+    // The same hazard after a reset (ReclaimInFlight on the driver's actor): the requests out of
+    // retries are failed apart too, the others requeued.
+    [Fact]
+    public async Task A_reset_fails_the_requests_out_of_retries_apart_while_a_call_back_has_not_returned()
+    {
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver);
+        queue.MaxRetries = 0;
+        using var release = new ManualResetEventSlim(false);
+        var first = new HeldCallBack(release);
+        var second = new HeldCallBack(release);
+        first.Submit(queue, 0);
+        second.Submit(queue, 64);
+        runtime.RunRound();
+        Assert.Equal(2, queue.InFlightCount);
+
+        try
+        {
+            var reclaim = Task.Run(() => queue.ReclaimInFlight(BlockStatus.IoError));
+            Assert.Equal((0, 2), await reclaim.WaitAsync(Liveness));
+            Assert.True(first.Entered.Wait(Liveness), "the first call-back did not run");
+            Assert.True(second.Entered.Wait(Liveness), "the second call-back did not run");
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        Assert.Equal(BlockStatus.IoError, await first.Done.WaitAsync(Liveness));
+        Assert.Equal(BlockStatus.IoError, await second.Done.WaitAsync(Liveness));
+        Assert.Equal(0, queue.InFlightCount);
+        Assert.Equal(0L, queue.DoubleCompletions);
+        Assert.Equal(1, first.Calls);
+        Assert.Equal(1, second.Calls);
+    }
+
     // An end_io call-back that does not return until released (a caller's I/O loop, say).
     private sealed class HeldCallBack(ManualResetEventSlim release) : IBioEndIo
     {
