@@ -309,13 +309,30 @@ public sealed class NbdClientDriver : IBlockDriver
     public void Dispose()
     {
         NbdMetrics.Remove(this);
+        var closing = new List<NbdClientConnection>();
         lock (_lock)
         {
             for (var i = 0; i < _connections.Length; i++)
             {
-                _connections[i]?.Dispose();
+                if (_connections[i] is { } connection)
+                {
+                    closing.Add(connection);
+                }
+
                 _connections[i] = null;
             }
+        }
+
+        // Each orderly close may wait for its server (NBD_CMD_DISC, then its close; each wait
+        // bounded): side by side, so a device with several connections waits one close's bound,
+        // not the sum, on the thread that destroys it.
+        if (closing.Count == 1)
+        {
+            closing[0].Dispose();
+        }
+        else if (closing.Count > 1)
+        {
+            Task.WaitAll([.. closing.Select(c => Task.Run(c.Dispose))]);
         }
     }
 
