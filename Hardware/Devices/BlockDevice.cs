@@ -204,8 +204,15 @@ public sealed class BlockDevice : IBlockDevice
             if (cookie == PollCookie.None)
             {
                 // No request of its own (yet): mailbox mode before the software-context actor built
-                // it, a bio merged into another's request, or one split (no longer polled). Reap
-                // every poll queue, so a request nobody else polls still completes.
+                // it, a bio merged into another's request, or one split (no longer polled). After a
+                // short spin (the usual wait for the actor), reap every poll queue, so a request
+                // nobody else polls still completes.
+                if (spin.Count < 16)
+                {
+                    spin.SpinOnce(sleep1Threshold: -1);
+                    continue;
+                }
+
                 var n = Queue.PollAll();
                 found += n;
                 if (n == 0)

@@ -23,6 +23,14 @@ public static class DeviceBuilder
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (options.IoPoll && options.Driver != "null")
+        {
+            // Refused before the driver opens anything (a file created, a server dialled): only the
+            // null driver has poll queues. Accepted, it gave a device whose every polled submission
+            // was refused (an outside audit).
+            throw new DeviceOptionsException(options.Name, "io_poll", $"the {options.Driver} driver cannot poll (only the null driver has poll queues).");
+        }
+
         IBlockDriver driver = options.Driver switch
         {
             "null" => new NullBlockDriver(options.ToNullBlockOptions(), options.Name),
@@ -30,13 +38,6 @@ public static class DeviceBuilder
             "nbd" => CreateNbdDriver(options),
             _ => throw new DeviceOptionsException(options.Name, "driver", $"unknown driver '{options.Driver}'."),
         };
-        if (options.IoPoll && (driver.Features & DriverFeatures.Poll) == 0)
-        {
-            // Accepted, it gave a device whose every polled submission was refused (an outside audit).
-            driver.Dispose();
-            throw new DeviceOptionsException(options.Name, "io_poll", $"the {options.Driver} driver cannot poll (only the null driver has poll queues).");
-        }
-
         return options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
     }
 

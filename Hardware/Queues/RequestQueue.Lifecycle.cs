@@ -173,8 +173,30 @@ public sealed partial class RequestQueue
         }
     }
 
+    // The requests the driver holds, each with the generation it was in flight under, read in one
+    // load before its queue is checked: with shared tags a request may be freed and started again
+    // by another queue meanwhile, and a claim with the generation read later would fail that
+    // other device's request (a review). The generation read first can only be older: its claim
+    // then fails, and the request is the newer use's.
+    private List<(Request Rq, uint Generation)> InFlightClaims()
+    {
+        var list = new List<(Request, uint)>();
+        foreach (var tags in _hctxs.Select(h => h.Tags).Distinct())
+        {
+            foreach (var rq in tags.Requests)
+            {
+                if (rq.IsInFlight(out var generation) && rq.Queue == this)
+                {
+                    list.Add((rq, generation));
+                }
+            }
+        }
+
+        return list;
+    }
+
     // Ends every request the driver holds with status; returns how many this call ended.
-    private int FailInFlight(BlockStatus status) => InFlightRequests().Count(rq => EndRequestWithStatus(rq, status, rq.Generation));
+    private int FailInFlight(BlockStatus status) => InFlightClaims().Count(c => EndRequestWithStatus(c.Rq, status, c.Generation));
 
     // FailInFlight for a device that went away under live I/O (SetOffline): every request the
     // driver holds is claimed here (completed exactly once: a reply racing this loses), and each
@@ -190,9 +212,9 @@ public sealed partial class RequestQueue
     private int FailInFlightApart(BlockStatus status)
     {
         var claimed = new List<Request>();
-        foreach (var rq in InFlightRequests().ToList())
+        foreach (var (rq, generation) in InFlightClaims())
         {
-            if (rq.TryComplete(rq.Generation))
+            if (rq.TryComplete(generation))
             {
                 rq.Status = status;
                 claimed.Add(rq);

@@ -79,14 +79,8 @@ public sealed partial class RequestQueue
     {
         var requeued = 0;
         List<Request>? failed = null;
-        foreach (var rq in InFlightRequests().ToList())
+        foreach (var (rq, generation) in InFlightClaims())
         {
-            var generation = rq.Generation;
-            if (rq.Queue != this || rq.State != RequestState.InFlight)
-            {
-                continue;
-            }
-
             if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
             {
                 if (rq.TryUnstart(generation))

@@ -107,6 +107,17 @@ public sealed class Request
     /// <summary>Incremented every time the request is started; identifies one incarnation of the tag.</summary>
     public uint Generation => (uint)(Volatile.Read(ref _word) >> 32);
 
+    /// <summary>
+    /// True when the request is in flight, with the generation it is in flight under, read in one
+    /// load (a scan that claims requests must not pair one use's state with another's generation).
+    /// </summary>
+    internal bool IsInFlight(out uint generation)
+    {
+        var word = Volatile.Read(ref _word);
+        generation = (uint)(word >> 32);
+        return (RequestState)(word & StateMask) == RequestState.InFlight;
+    }
+
     /// <summary>The tag with the hardware queue index: <c>(hctx &lt;&lt; 16) | tag</c> (<c>blk_mq_unique_tag</c>).</summary>
     public uint UniqueTag => UniqueTags.Make(Hctx?.Index ?? 0, Tag);
 

@@ -46,6 +46,23 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_mirror_never_offers_fast_zeroes()
+    {
+        // One leg could refuse a fast zero (an NBD server may answer ENOTSUP to FAST_ZERO even when
+        // it advertised it) that another carried out, leaving the legs different (a review).
+        await Layer.CreateDeviceAsync(new DeviceOptions { Name = "fza", Size = 8 << 20, MemoryBacked = true });
+        await Layer.CreateDeviceAsync(new DeviceOptions { Name = "fzb", Size = 8 << 20, MemoryBacked = true });
+        await Layer.CreateStackedDeviceAsync("md-fz");
+        var md = await Layer.LoadTableAsync("md-fz", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "fza", "fzb"));
+
+        Assert.True(md.Queue.Limits.MaxWriteZeroesSectors > 0);
+        Assert.False(md.Queue.Limits.FastWriteZeroes);
+        var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(() => md.ExecuteAsync(BlockOp.WriteZeroes, 0, 4096, default, RequestFlags.NoFallback).AsTask());
+        Assert.Equal(InvalidRequestReason.NotSupported, refused.Reason);
+        await md.WriteZeroesAsync(0, 4096);
+    }
+
+    [Fact]
     public async Task A_mirror_with_a_read_only_leg_is_refused_naming_the_leg()
     {
         // md opens its legs for writing; this mirror used to start with the leg kicked out,

@@ -368,19 +368,26 @@ internal sealed class NbdClientConnection : IDisposable
         }
     }
 
-    /// <summary>Closes the connection with a soft disconnect while it is alive (<see cref="Close"/>, waiting for the server).</summary>
-    public void Dispose() => Close(waitForServer: true);
+    /// <summary>
+    /// Closes the connection with a soft disconnect while it is alive and nothing is outstanding
+    /// (<see cref="Close"/>), without waiting for the server's own close: a dispose runs on the
+    /// thread that destroys the device (an actor's), which must not wait for a peer.
+    /// </summary>
+    public void Dispose() => Close(waitForServer: false);
 
     /// <summary>
     /// Closes the connection. While it is alive this is an orderly close (proto.md's soft
     /// disconnect): <c>NBD_CMD_DISC</c> goes out after everything already enqueued, the sending side
     /// is shut down, and with <paramref name="waitForServer"/> the replies to any request still
     /// outstanding are read until the server closes (each wait bounded by
-    /// <see cref="DisconnectWait"/>). A dead connection is just closed.
+    /// <see cref="DisconnectWait"/>). A dead connection, or one with requests outstanding, is just
+    /// closed: proto.md has the client wait for its requests before a soft disconnect, and a
+    /// reconnect retries them on the new connection, where the server's finishing the old ones
+    /// after the disconnect could reorder them.
     /// </summary>
     public void Close(bool waitForServer)
     {
-        if (Interlocked.Exchange(ref _dead, 1) == 0)
+        if (Interlocked.Exchange(ref _dead, 1) == 0 && Volatile.Read(ref _outstanding) == 0)
         {
             try
             {
@@ -546,7 +553,15 @@ internal sealed class NbdClientConnection : IDisposable
                     // supervision reconnects and retries what the server refused.
                     if (SendDisconnect())
                     {
-                        await _pump.ConfigureAwait(false);
+                        try
+                        {
+                            // Bounded: a server that stopped reading must not keep the connection
+                            // from being reported lost (every request meanwhile answers Resource).
+                            await _pump.WaitAsync(DisconnectWait).ConfigureAwait(false);
+                        }
+                        catch (TimeoutException)
+                        {
+                        }
                     }
 
                     Lost("the server is shutting down (NBD_ESHUTDOWN)");

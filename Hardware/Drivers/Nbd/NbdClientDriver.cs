@@ -323,16 +323,10 @@ public sealed class NbdClientDriver : IBlockDriver
             }
         }
 
-        // Each orderly close may wait for its server (NBD_CMD_DISC, then its close; each wait
-        // bounded): side by side, so a device with several connections waits one close's bound,
-        // not the sum, on the thread that destroys it.
-        if (closing.Count == 1)
+        // An orderly close sends NBD_CMD_DISC and does not wait for the server's own close.
+        foreach (var connection in closing)
         {
-            closing[0].Dispose();
-        }
-        else if (closing.Count > 1)
-        {
-            Task.WaitAll([.. closing.Select(c => Task.Run(c.Dispose))]);
+            connection.Dispose();
         }
     }
 

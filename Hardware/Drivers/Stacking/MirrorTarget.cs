@@ -90,7 +90,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private int _readRotor;
 
     private MirrorTarget(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions options, long dataBytes, long regionBytes, Guid arrayId, TimeProvider time)
-        : base(legs, dataBytes)
+        : base(legs, dataBytes, fastZeroes: false)
     {
         _name = name;
         _legs = [.. legs];

@@ -21,7 +21,13 @@ public abstract class StackTarget : IBioDriver
     private readonly IBlockDevice[] _members;
 
     /// <summary>Creates the target over <paramref name="members"/> (distinct devices).</summary>
-    protected StackTarget(IReadOnlyList<IBlockDevice> members, long capacityBytes)
+    /// <param name="members">The member devices.</param>
+    /// <param name="capacityBytes">The stacked device's capacity.</param>
+    /// <param name="fastZeroes">
+    /// Whether the target can offer fast write-zeroes when every member does (false for a mirror:
+    /// one leg may refuse a fast zero another carried out, which would leave the legs different).
+    /// </param>
+    protected StackTarget(IReadOnlyList<IBlockDevice> members, long capacityBytes, bool fastZeroes = true)
     {
         ArgumentNullException.ThrowIfNull(members);
         if (members.Count == 0)
@@ -42,7 +48,7 @@ public abstract class StackTarget : IBioDriver
             MemoryAlignment = _members.Max(m => m.MemoryAlignment),
             MaxDiscardSectors = _members.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
             MaxWriteZeroesSectors = _members.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
-            FastWriteZeroes = _members.All(m => m.Queue.Limits.FastWriteZeroes),
+            FastWriteZeroes = fastZeroes && _members.All(m => m.Queue.Limits.FastWriteZeroes),
             VolatileWriteCache = _members.Any(m => m.Queue.Limits.VolatileWriteCache),
             Fua = _members.All(m => m.Queue.Limits.Fua),
         };

@@ -177,9 +177,15 @@ public sealed class FileOpenSpec : IDisposable
     }
 
     [Fact]
-    public void Io_poll_on_a_driver_that_cannot_poll_is_refused_and_the_file_is_released()
+    public void Io_poll_on_a_driver_that_cannot_poll_is_refused_before_the_file_is_opened()
     {
         // Accepted, it gave a device whose every polled submission was refused (an outside audit).
+        // Refused before the driver opens anything: a file to be created is not created.
+        var missing = Path.Combine(Path.GetDirectoryName(_dir.CreateFile("other.img", 4096))!, "never.img");
+        Assert.Equal("io_poll", Assert.Throws<DeviceOptionsException>(() => DeviceBuilder.CreateDriver(
+            new DeviceOptions { Name = "fnew", Driver = "file", Path = missing, Size = 1 << 20, IoPoll = true, PollQueues = 1 })).Option);
+        Assert.False(System.IO.File.Exists(missing));
+
         var path = _dir.CreateFile("poll.img", 1 << 20);
         var options = new DeviceOptions { Name = "fpoll", Driver = "file", Path = path, IoPoll = true, PollQueues = 1 };
 
@@ -187,7 +193,7 @@ public sealed class FileOpenSpec : IDisposable
 
         Assert.Equal("io_poll", refused.Option);
         Assert.Contains("cannot poll", refused.Message, StringComparison.Ordinal);
-        // The driver it opened on the way was disposed: the file opens again at once, exclusively.
+        // Nothing holds the file: it opens at once, exclusively.
         DeviceBuilder.CreateDriver(options with { IoPoll = false, PollQueues = 0 }).Dispose();
     }
 
