@@ -16,6 +16,7 @@ internal static class HoconBrackets
     {
         var open = new Stack<(char Bracket, int Line)>();
         var line = 1;
+        var urlLine = 0; // a line where "x://" starts a comment: most likely an unquoted URL
         for (var i = 0; i < text.Length; i++)
         {
             var c = text[i];
@@ -28,6 +29,11 @@ internal static class HoconBrackets
                     i = EndOfLine(text, i);
                     break;
                 case '/' when i + 1 < text.Length && text[i + 1] == '/':
+                    if (urlLine == 0 && i > 0 && text[i - 1] == ':')
+                    {
+                        urlLine = line;
+                    }
+
                     i = EndOfLine(text, i);
                     break;
                 case '"':
@@ -40,13 +46,13 @@ internal static class HoconBrackets
                     var expected = c == '}' ? '{' : '[';
                     if (open.Count == 0)
                     {
-                        throw new ConfigurationException($"line {line}: '{c}' closes nothing.");
+                        throw new ConfigurationException($"line {line}: '{c}' closes nothing.{UrlHint(urlLine)}");
                     }
 
                     var (bracket, at) = open.Pop();
                     if (bracket != expected)
                     {
-                        throw new ConfigurationException($"line {line}: '{c}' closes the '{bracket}' opened at line {at}.");
+                        throw new ConfigurationException($"line {line}: '{c}' closes the '{bracket}' opened at line {at}.{UrlHint(urlLine)}");
                     }
 
                     break;
@@ -56,9 +62,14 @@ internal static class HoconBrackets
         if (open.Count > 0)
         {
             var (bracket, at) = open.Pop();
-            throw new ConfigurationException($"the '{bracket}' opened at line {at} is never closed.");
+            throw new ConfigurationException($"the '{bracket}' opened at line {at} is never closed.{UrlHint(urlLine)}");
         }
     }
+
+    // HOCON reads "//" as a comment outside quotes, so an unquoted URL hides the rest of its line.
+    private static string UrlHint(int line) => line == 0
+        ? string.Empty
+        : $" (line {line} holds an unquoted URL: HOCON reads '//' as the start of a comment, so quote it, e.g. uri = \"nbd://host:10809/disk0\")";
 
     // The index of the last character of the line (before its newline).
     private static int EndOfLine(string text, int i)
@@ -84,23 +95,29 @@ internal static class HoconBrackets
             return end;
         }
 
+        // A quoted string may span lines (Akka's parser accepts it); one never closed is refused.
+        var opened = line;
         for (var j = i + 1; j < text.Length; j++)
         {
             switch (text[j])
             {
                 case '\\':
+                    if (j + 1 < text.Length && text[j + 1] == '\n')
+                    {
+                        line++;
+                    }
+
                     j++;
                     break;
                 case '"':
                     return j;
                 case '\n':
-                    // An unterminated string: the parser reports it; go on from the next line.
                     line++;
-                    return j;
+                    break;
             }
         }
 
-        return text.Length - 1;
+        throw new ConfigurationException($"the string opened at line {opened} is never closed.");
     }
 
     private static int Count(string text, int from, int to)

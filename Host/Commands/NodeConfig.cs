@@ -24,6 +24,9 @@ internal static class NodeConfig
         return File.Exists(shipped) ? shipped : throw new UsageException($"no {FileName} in {Environment.CurrentDirectory} or {AppContext.BaseDirectory}; pass --config PATH.");
     }
 
+    // How long a configuration may take to parse.
+    private static readonly TimeSpan ParseLimit = TimeSpan.FromSeconds(20);
+
     /// <summary>
     /// Loads <paramref name="path"/>. A port override replaces the remoting port and, when it
     /// differs from the configured one and no <paramref name="seeds"/> are given, clears the seed
@@ -33,6 +36,7 @@ internal static class NodeConfig
     /// </summary>
     public static Config Load(string path, int? port, IReadOnlyList<string>? seeds = null, string? hostname = null)
     {
+        ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path))
         {
             throw new UsageException($"configuration file '{path}' does not exist.");
@@ -43,7 +47,16 @@ internal static class NodeConfig
         {
             var text = File.ReadAllText(path);
             HoconBrackets.Check(text);
-            config = ConfigurationFactory.ParseString(text, IncludesFrom(Path.GetDirectoryName(Path.GetFullPath(path))!, depth: 0));
+
+            // Akka's parser has looped for ever on malformed input (a '}' closing a '['): bounded,
+            // so a node never hangs silently on its configuration.
+            var parse = Task.Run(() => ConfigurationFactory.ParseString(text, IncludesFrom(Path.GetDirectoryName(Path.GetFullPath(path))!, depth: 0)));
+            if (!((IAsyncResult)parse).AsyncWaitHandle.WaitOne(ParseLimit))
+            {
+                throw new ConfigurationException($"the parser did not finish within {ParseLimit.TotalSeconds:0} s (malformed input it does not report).");
+            }
+
+            config = parse.GetAwaiter().GetResult(); // the parser's own exception, unwrapped
         }
         catch (Exception ex) when (ex is ConfigurationException or FormatException or InvalidOperationException or NullReferenceException or IOException)
         {

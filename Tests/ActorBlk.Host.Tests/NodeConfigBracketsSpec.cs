@@ -70,6 +70,40 @@ public sealed class NodeConfigBracketsSpec : IDisposable
     }
 
     [Fact]
+    public void A_quoted_string_may_span_lines_and_one_never_closed_is_refused()
+    {
+        var path = Write("multiline.conf", "actorblk {\n  d = \"x\ny { z\"\n}\n");
+        Assert.Equal("x\ny { z", NodeConfig.Load(path, port: 0).GetString("actorblk.d"));
+
+        var open = Write("openstring.conf", "actorblk {\n  d = \"x }\n}\n");
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(open, port: 0));
+        Assert.Contains("string opened at line 2 is never closed", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void An_unquoted_url_that_hides_a_bracket_is_named()
+    {
+        // HOCON (and Akka's parser) read "//" as a comment outside quotes: the '}' after it is gone.
+        var path = Write("url.conf", "actorblk { devices = [ { name = n, driver = nbd, uri = nbd://127.0.0.1:10809/x } ] }\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("line 1 holds an unquoted URL", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("quote it", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_file_the_parser_refuses_is_still_a_usage_error()
+    {
+        // Brackets pair up; the parser's own refusal (an unresolved substitution) is reported unwrapped.
+        var path = Write("bad.conf", "actorblk {\n  a = ${no.such.path}\n}\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("not valid HOCON", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void An_included_file_with_a_brace_never_closed_is_refused_naming_the_include()
     {
         Write("inner.conf", "actorblk {\n  nbd.listen = off\n");
