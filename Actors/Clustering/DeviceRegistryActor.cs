@@ -268,9 +268,11 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             .ThenBy(v => v.Node, StringComparer.Ordinal)
             .ToArray();
         // Entries of members not signed with this node's secret: most likely a secret that differs.
-        var unverified = _map.Values
-            .Where(v => v is not null && v.Node != _self && v.IsWellFormed && !v.IsSignedWith(_key) && _members.Any(m => IsOwner(m, v)))
-            .Select(v => v.Node)
+        // Only entries under their own key, as for the snapshot: an entry copied under another key
+        // must not make a member look misconfigured.
+        var unverified = _map
+            .Where(kv => kv.Value is { } v && kv.Key == v.Key && v.Node != _self && v.IsWellFormed && !v.IsSignedWith(_key) && _members.Any(m => IsOwner(m, v)))
+            .Select(kv => kv.Value.Node)
             .Distinct(StringComparer.Ordinal)
             .Order(StringComparer.Ordinal)
             .ToArray();

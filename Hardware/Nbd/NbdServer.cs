@@ -36,7 +36,16 @@ public sealed class NbdServer : IAsyncDisposable
             _stopEvent = LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK);
         }
 
-        _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        }
+        catch
+        {
+            CloseStopEvent();
+            throw;
+        }
+
         try
         {
             ListenSockets.AllowRestart(_listener);
