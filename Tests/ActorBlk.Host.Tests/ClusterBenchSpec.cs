@@ -82,7 +82,7 @@ public sealed partial class ClusterBenchSpec
                 actorblk.devices = [ { name = m0, size = 64m, memory_backed = 1 } ]
                 actorblk.stacked-devices = [ { name = md0, type = mirror, members = [m0, "far0@{{node}}"] } ]
                 actorblk.topology.source = simulated
-                actorblk.cluster.registry.member-wait = 5s
+                actorblk.cluster.registry.member-wait = 2s
                 """);
 
             await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--config", benchConfig, "--device=md0", "--rw=read", "--bs=4k",
