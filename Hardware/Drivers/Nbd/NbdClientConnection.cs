@@ -30,7 +30,6 @@ internal sealed class NbdClientConnection : IDisposable
     private readonly Lock _sendLock = new();
     private HardwareContext? _hctx;
     private Task _pump = Task.CompletedTask;
-    private Task _receive = Task.CompletedTask;
     private int _started;
     private int _dead;
 
@@ -250,7 +249,7 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _pump = Task.Run(PumpAsync);
-        _receive = Task.Run(ReceiveAsync);
+        _ = Task.Run(ReceiveAsync);
     }
 
     /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
@@ -345,10 +344,7 @@ internal sealed class NbdClientConnection : IDisposable
             _closing = true;
             _disconnected = true;
             var writer = _send.Writer;
-            var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
-            span[..NbdProtocol.RequestHeaderLength].Clear();
-            BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
-            BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)NbdCommand.Disconnect);
+            WriteDisconnect(writer.GetSpan(NbdProtocol.RequestHeaderLength));
             writer.Advance(NbdProtocol.RequestHeaderLength);
             Flush();
             writer.Complete();
@@ -373,25 +369,25 @@ internal sealed class NbdClientConnection : IDisposable
     /// (<see cref="Close"/>), without waiting for the server's own close: a dispose runs on the
     /// thread that destroys the device (an actor's), which must not wait for a peer.
     /// </summary>
-    public void Dispose() => Close(waitForServer: false);
+    public void Dispose() => Close();
 
     /// <summary>
     /// Closes the connection. While it is alive this is an orderly close (proto.md's soft
     /// disconnect): <c>NBD_CMD_DISC</c> goes out after everything already enqueued, the sending side
-    /// is shut down, and with <paramref name="waitForServer"/> the replies to any request still
-    /// outstanding are read until the server closes (each wait bounded by
-    /// <see cref="DisconnectWait"/>). A dead connection, or one with requests outstanding, is just
+    /// is shut down (waiting at most <see cref="DisconnectWait"/> for it to go out), and the
+    /// connection closes without waiting for the server's own close. A dead connection, or one
+    /// with requests outstanding, is just
     /// closed: proto.md has the client wait for its requests before a soft disconnect, and a
     /// reconnect retries them on the new connection, where the server's finishing the old ones
     /// after the disconnect could reorder them.
     /// </summary>
-    public void Close(bool waitForServer)
+    public void Close()
     {
         if (Interlocked.Exchange(ref _dead, 1) == 0 && Volatile.Read(ref _outstanding) == 0)
         {
             try
             {
-                Disconnect(waitForServer);
+                Disconnect();
             }
             catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException or AggregateException)
             {
@@ -409,10 +405,10 @@ internal sealed class NbdClientConnection : IDisposable
         _socket.Dispose();
     }
 
-    /// <summary>How long an orderly close waits for NBD_CMD_DISC to go out, and for the server to close.</summary>
+    /// <summary>How long an orderly close waits for NBD_CMD_DISC to go out.</summary>
     internal static readonly TimeSpan DisconnectWait = TimeSpan.FromSeconds(2);
 
-    private void Disconnect(bool waitForServer)
+    private void Disconnect()
     {
         if (Volatile.Read(ref _started) == 0)
         {
@@ -429,8 +425,7 @@ internal sealed class NbdClientConnection : IDisposable
             }
 
             var disc = new byte[NbdProtocol.RequestHeaderLength];
-            BinaryPrimitives.WriteUInt32BigEndian(disc, NbdProtocol.RequestMagic);
-            BinaryPrimitives.WriteUInt16BigEndian(disc.AsSpan(6), (ushort)NbdCommand.Disconnect);
+            WriteDisconnect(disc);
             _socket.SendTimeout = (int)DisconnectWait.TotalMilliseconds;
             _stream.Write(disc);
             _stream.Flush();
@@ -449,11 +444,14 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _socket.Shutdown(SocketShutdown.Send);
-        if (waitForServer)
-        {
-            // The server handles what is outstanding and closes; the receiver sees that end.
-            _receive.Wait(DisconnectWait);
-        }
+    }
+
+    // NBD_CMD_DISC: offset, length and cookie zero, no reply.
+    private static void WriteDisconnect(Span<byte> header)
+    {
+        header[..NbdProtocol.RequestHeaderLength].Clear();
+        BinaryPrimitives.WriteUInt32BigEndian(header, NbdProtocol.RequestMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(header[6..], (ushort)NbdCommand.Disconnect);
     }
 
     private async Task PumpAsync()

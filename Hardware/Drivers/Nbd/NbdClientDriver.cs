@@ -388,7 +388,7 @@ public sealed class NbdClientDriver : IBlockDriver
             for (var i = 0; i < _connections.Length; i++)
             {
                 var old = _connections[i];
-                old?.Close(waitForServer: false);
+                old?.Close();
                 Volatile.Write(ref _connections[i], null);
                 NbdClientConnection fresh;
                 try

@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tests.Nbd;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -23,15 +24,8 @@ public sealed class OfflineCompletionSpec
     [Fact]
     public async Task Going_offline_fails_every_request_in_flight_while_a_completion_call_back_has_not_returned()
     {
-        var driver = new ScriptedDriver();
-        var (queue, runtime) = TestQueues.Create(driver);
         using var release = new ManualResetEventSlim(false);
-        var first = new HeldCallBack(release);
-        var second = new HeldCallBack(release);
-        first.Submit(queue, 0);
-        second.Submit(queue, 64);
-        runtime.RunRound();
-        Assert.Equal(2, queue.InFlightCount);
+        var (queue, driver, first, second) = TwoHeldInFlight(release);
 
         try
         {
@@ -54,13 +48,8 @@ public sealed class OfflineCompletionSpec
             Assert.False(queue.CompleteRequest(rq, BlockStatus.Ok, rq.Generation));
         }
 
-        var until = DateTime.UtcNow + Liveness;
-        while (queue.HardwareContexts[0].Tags.InUse != 0 && DateTime.UtcNow < until)
-        {
-            await Task.Delay(10);
-        }
-
-        Assert.Equal(0, queue.HardwareContexts[0].Tags.InUse);
+        // The tag is held over the call-back (end_io hold) and freed when it returns.
+        await Condition.EventuallyAsync(() => queue.HardwareContexts[0].Tags.InUse == 0, "every tag back");
         Assert.Equal(0, queue.InFlightCount);
         Assert.Equal(0L, queue.DoubleCompletions);
         Assert.Equal(1, first.Calls);
@@ -72,16 +61,9 @@ public sealed class OfflineCompletionSpec
     [Fact]
     public async Task A_reset_fails_the_requests_out_of_retries_apart_while_a_call_back_has_not_returned()
     {
-        var driver = new ScriptedDriver();
-        var (queue, runtime) = TestQueues.Create(driver);
-        queue.MaxRetries = 0;
         using var release = new ManualResetEventSlim(false);
-        var first = new HeldCallBack(release);
-        var second = new HeldCallBack(release);
-        first.Submit(queue, 0);
-        second.Submit(queue, 64);
-        runtime.RunRound();
-        Assert.Equal(2, queue.InFlightCount);
+        var (queue, _, first, second) = TwoHeldInFlight(release);
+        queue.MaxRetries = 0;
 
         try
         {
@@ -101,6 +83,20 @@ public sealed class OfflineCompletionSpec
         Assert.Equal(0L, queue.DoubleCompletions);
         Assert.Equal(1, first.Calls);
         Assert.Equal(1, second.Calls);
+    }
+
+    // Two reads in flight, each with a call-back held until release is set.
+    private static (RequestQueue Queue, ScriptedDriver Driver, HeldCallBack First, HeldCallBack Second) TwoHeldInFlight(ManualResetEventSlim release)
+    {
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver);
+        var first = new HeldCallBack(release);
+        var second = new HeldCallBack(release);
+        first.Submit(queue, 0);
+        second.Submit(queue, 64);
+        runtime.RunRound();
+        Assert.Equal(2, queue.InFlightCount);
+        return (queue, driver, first, second);
     }
 
     // An end_io call-back that does not return until released (a caller's I/O loop, say).
