@@ -33,6 +33,11 @@ internal sealed class NbdClientConnection : IDisposable
     private int _started;
     private int _dead;
 
+    // The pump and the receiver still using _stream; the last to end disposes it (a TLS stream
+    // holds native state the socket's close does not free).
+    private int _streamUsers;
+    private int _streamDisposed;
+
     // Requests sent (or in the send pipe) whose reply has not come; the receiver's alone to lower.
     private int _outstanding;
 
@@ -124,6 +129,7 @@ internal sealed class NbdClientConnection : IDisposable
         var uri = options.Uri;
         var timeout = options.ConnectTimeout;
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        Stream? stream = null;
         try
         {
             using (var cts = new CancellationTokenSource(timeout))
@@ -133,7 +139,7 @@ internal sealed class NbdClientConnection : IDisposable
 
             socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
             socket.SendTimeout = (int)timeout.TotalMilliseconds;
-            Stream stream = new NetworkStream(socket, ownsSocket: false);
+            stream = new NetworkStream(socket, ownsSocket: false);
             var greeting = ReadExactly(stream, 18);
             if (BinaryPrimitives.ReadUInt64BigEndian(greeting) != NbdProtocol.InitMagic || BinaryPrimitives.ReadUInt64BigEndian(greeting.AsSpan(8)) != NbdProtocol.OptionMagic)
             {
@@ -224,11 +230,13 @@ internal sealed class NbdClientConnection : IDisposable
         }
         catch (Exception ex) when (ex is SocketException or OperationCanceledException or EndOfStreamException or System.Security.Authentication.AuthenticationException)
         {
+            stream?.Dispose();
             socket.Dispose();
             throw new IOException($"cannot connect to {uri}: {ex.Message}", ex);
         }
         catch
         {
+            stream?.Dispose();
             socket.Dispose();
             throw;
         }
@@ -248,9 +256,37 @@ internal sealed class NbdClientConnection : IDisposable
             return;
         }
 
+        Volatile.Write(ref _streamUsers, 2);
         _pump = Task.Run(PumpAsync);
         _ = Task.Run(ReceiveAsync);
     }
+
+    // The pump or the receiver ended: the last of them disposes the stream, which nothing else
+    // reads or writes once both are gone (NBD_CMD_DISC at a close is written before the pump ends).
+    private void ReleaseStream()
+    {
+        if (Interlocked.Decrement(ref _streamUsers) == 0)
+        {
+            DisposeStream();
+        }
+    }
+
+    private void DisposeStream()
+    {
+        try
+        {
+            _stream.Dispose();
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The socket is closed already; nothing is left to say to the peer.
+        }
+
+        Volatile.Write(ref _streamDisposed, 1);
+    }
+
+    /// <summary>True once the connection's stream (a TLS stream's native state with it) is disposed, for specs.</summary>
+    internal bool StreamDisposed => Volatile.Read(ref _streamDisposed) != 0;
 
     /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
     internal int Started => Volatile.Read(ref _started);
@@ -403,6 +439,11 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _socket.Dispose();
+        if (Interlocked.CompareExchange(ref _started, 1, 0) == 0)
+        {
+            // Never started (and now never will be): no pump or receiver owns the stream.
+            DisposeStream();
+        }
     }
 
     /// <summary>How long an orderly close waits for NBD_CMD_DISC to go out.</summary>
@@ -481,6 +522,7 @@ internal sealed class NbdClientConnection : IDisposable
         finally
         {
             await reader.CompleteAsync().ConfigureAwait(false);
+            ReleaseStream();
         }
     }
 
@@ -574,6 +616,7 @@ internal sealed class NbdClientConnection : IDisposable
         finally
         {
             await reader.CompleteAsync().ConfigureAwait(false);
+            ReleaseStream();
         }
     }
 

@@ -110,4 +110,35 @@ public sealed class NbdTlsSpec
             new DeviceOptions { Name = "tls1", Driver = "nbd", Uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0" }));
         Assert.Contains("refused STARTTLS", ex.Message, StringComparison.Ordinal);
     }
+
+    // Noticed in a review: a connection's close disposed its socket but never its TLS stream,
+    // whose native session state then waited for the finalizer, one per reconnect. Now the last
+    // of the connection's pump and receiver disposes it, on a reset and on a destroy alike.
+    [Fact]
+    public async Task A_tls_connection_disposes_its_stream_when_it_is_reset_and_when_its_device_goes()
+    {
+        using var certificate = SelfSigned();
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { Tls = NbdTlsMode.Require, Certificate = certificate });
+        var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "tlsd0", Driver = "nbd", Uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0", Connections = 2, TlsVerify = false }, CpuTopology.Simulated(2));
+        await device.WriteAsync(0, new byte[4096]);
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        var first = driver.Connections.ToList();
+        Assert.Equal(2, first.Count);
+        Assert.All(first, c => Assert.False(c.StreamDisposed));
+
+        driver.Reset();
+        await Condition.EventuallyAsync(() => first.All(c => c.StreamDisposed), "the reset's old connections dispose their TLS streams");
+        foreach (var hctx in device.Queue.HardwareContexts)
+        {
+            driver.InitHardwareContext(hctx);
+        }
+
+        await device.WriteAsync(4096, new byte[4096]);
+        var second = driver.Connections.ToList();
+        Assert.DoesNotContain(second, first.Contains);
+
+        await devices.DisposeAsync();
+        await Condition.EventuallyAsync(() => second.All(c => c.StreamDisposed), "the destroyed device's connections dispose their TLS streams");
+    }
 }
