@@ -223,7 +223,15 @@ public sealed class BlockDevice : IBlockDevice
                 continue;
             }
 
-            found += Queue.Poll(cookie);
+            // Queue.Poll returns at once for a cookie that no longer names this bio's request (its
+            // completion is on its way, or the request was taken back to be requeued): back off
+            // as above rather than spin hot on the caller's core.
+            var polled = Queue.Poll(cookie);
+            found += polled;
+            if (polled == 0)
+            {
+                spin.SpinOnce(sleep1Threshold: -1);
+            }
         }
 
         return found;
