@@ -1,6 +1,7 @@
 using System.Runtime.Serialization;
 using System.Security.Cryptography;
 using System.Text;
+using ActorBlk.Hardware.Interop;
 using Akka.Actor;
 using Akka.Configuration;
 
@@ -143,8 +144,7 @@ public static class RemoteSurface
 
         if (File.Exists(file))
         {
-            var text = File.ReadAllText(file).Split('\n')[0].Trim();
-            return text.Length > 0 ? text : null;
+            return ReadSecretFile(file);
         }
 
         if (!create)
@@ -152,8 +152,15 @@ public static class RemoteSurface
             return null;
         }
 
+        // Written whole to a private temporary file, then linked into place with link(2), which
+        // fails if the name is taken: a node that starts beside this one sees no file or the whole
+        // secret, never the empty file a create-then-write showed for an instant (it then ran
+        // without a secret, or refused what this one signed), and exactly one creator wins (.NET's
+        // File.Move without overwrite checks and then renames, so two could each think they won).
         var secret = Convert.ToHexString(RandomNumberGenerator.GetBytes(32)).ToLowerInvariant();
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(file))!);
+        var full = Path.GetFullPath(file);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        var temporary = $"{full}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
             var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
@@ -162,19 +169,39 @@ public static class RemoteSurface
                 options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
             }
 
-            using (var stream = new FileStream(file, options))
+            using (var stream = new FileStream(temporary, options))
             using (var writer = new StreamWriter(stream))
             {
                 writer.WriteLine(secret);
             }
 
+            if (OperatingSystem.IsWindows())
+            {
+                File.Move(temporary, full, overwrite: false);
+            }
+            else if (LibC.Link(temporary, full) < 0)
+            {
+                var errno = LibC.LastErrno;
+                throw new IOException($"cannot create the admin secret file {full}: {LibC.Describe(errno)}");
+            }
+
             return secret;
         }
-        catch (IOException) when (File.Exists(file))
+        catch (IOException) when (File.Exists(full))
         {
             // Another node created it first: use theirs.
-            return File.ReadAllText(file).Split('\n')[0].Trim();
+            return ReadSecretFile(full);
         }
+        finally
+        {
+            File.Delete(temporary);
+        }
+    }
+
+    private static string? ReadSecretFile(string file)
+    {
+        var text = File.ReadAllText(file).Split('\n')[0].Trim();
+        return text.Length > 0 ? text : null;
     }
 
     /// <summary>The largest data an I/O message may carry over remoting with <paramref name="config"/>.</summary>

@@ -266,6 +266,10 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "unlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Unlink(string path);
 
+    /// <summary><c>link(2)</c>: a new name for a file; fails with EEXIST when the name is taken (atomic, unlike a check then a rename).</summary>
+    [LibraryImport(Library, EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Link(string existing, string name);
+
     [LibraryImport(Library, EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(int fd);
 
