@@ -171,7 +171,7 @@ internal static class BenchReport
 
             var seconds = r.Measured.TotalSeconds;
             var bw = stats.Bytes / seconds;
-            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Sizes.Format(bw)}/s ({Decimal(bw)}B/s)({Sizes.Format(stats.Bytes)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
+            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
             Line(sb, "     lat", stats.Total);
             PercentileLines(sb, "lat", stats.Total);
 
@@ -180,10 +180,11 @@ internal static class BenchReport
             {
                 var rate = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
                 var iops = SampleStats.Of([.. samples.Select(x => x.Iops)]);
-                var mib = rate.Mean >= 10_000;
+                // fio's show_ddir_status: KiB/s, and MiB/s only once the mean passes 1024 * 1024 KiB/s.
+                var mib = rate.Mean > 1024.0 * 1024.0;
                 var scale = mib ? 1024.0 : 1.0;
-                sb.Append(Inv, $"   bw ({(mib ? "  MiB/s" : "  KiB/s")}): min={(long)(rate.Min / scale)}, max={(long)(rate.Max / scale)}, per=100.00%, avg={rate.Mean / scale:0.00}, stdev={rate.StdDev / scale:0.00}, samples={rate.Count}\n");
-                sb.Append(Inv, $"   iops        : min={(long)iops.Min}, max={(long)iops.Max}, avg={iops.Mean:0.00}, stdev={iops.StdDev:0.00}, samples={iops.Count}\n");
+                sb.Append(Inv, $"   bw ({(mib ? "MiB" : "KiB"),5}/s): min={(ulong)(rate.Min / scale),5}, max={(ulong)(rate.Max / scale),5}, per=100.00%, avg={rate.Mean / scale,5:0.00}, stdev={rate.StdDev / scale,5:0.00}, samples={rate.Count}\n");
+                sb.Append(Inv, $"   iops        : min={(ulong)iops.Min,5}, max={(ulong)iops.Max,5}, avg={iops.Mean,5:0.00}, stdev={iops.StdDev,5:0.00}, samples={iops.Count}\n");
             }
         }
 
@@ -239,7 +240,7 @@ internal static class BenchReport
             if (stats.Ios > 0)
             {
                 var bw = stats.Bytes / r.Measured.TotalSeconds;
-                sb.Append(Inv, $"  {name,5}: bw={Sizes.Format(bw)}/s ({Decimal(bw)}B/s), io={Sizes.Format(stats.Bytes)}, run={(long)r.Measured.TotalMilliseconds}msec\n");
+                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)}), io={Bytes(stats.Bytes, pow2: true)} ({Bytes(stats.Bytes, pow2: false)}), run={(long)r.Measured.TotalMilliseconds}msec\n");
             }
         }
 
@@ -522,10 +523,25 @@ internal static class BenchReport
     }
 
     /// <summary>fio's <c>num2str(num, 6, 1, 0, N2S_NONE)</c>: at most six characters, with k, M, G, ... and decimals where they fit.</summary>
-    public static string Num2Str(ulong num, int maxLength = 6)
+    public static string Num2Str(ulong num, int maxLength = 6) => Num2Str(num, maxLength, 1, pow2: false, string.Empty);
+
+    /// <summary>
+    /// fio's <c>num2str(num, maxlen, base, pow2, units)</c> (lib/num2str.c), carry rounding and
+    /// all: divides by 1000 (or 1024 with <paramref name="pow2"/>) until at most
+    /// <paramref name="maxLength"/> digits are left, then fills the room left (counting the point)
+    /// with decimals. <paramref name="scale"/> is what one unit of <paramref name="num"/> is
+    /// (1024 for KiB). <paramref name="units"/> is "", "B" or "B/s".
+    /// </summary>
+    public static string Num2Str(ulong num, int maxLength, int scale, bool pow2, string units)
     {
-        string[] prefixes = ["", "k", "M", "G", "T", "P", "E"];
+        string[] prefixes = pow2 ? ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] : ["", "k", "M", "G", "T", "P", "E"];
+        var thousand = pow2 ? 1024u : 1000u;
         var post = 0;
+        for (; scale > 1; post++)
+        {
+            scale /= (int)thousand;
+        }
+
         var modulo = uint.MaxValue;
         var carry = false;
         while (post < prefixes.Length)
@@ -535,9 +551,9 @@ internal static class BenchReport
                 break;
             }
 
-            modulo = (uint)(num % 1000);
-            num /= 1000;
-            carry = modulo >= 500;
+            modulo = (uint)(num % thousand);
+            num /= thousand;
+            carry = modulo >= thousand / 2;
             post++;
         }
 
@@ -548,38 +564,32 @@ internal static class BenchReport
 
         if (modulo == uint.MaxValue)
         {
-            return num.ToString(Inv) + prefixes[post];
+            return num.ToString(Inv) + prefixes[post] + units;
         }
 
         var digits = num.ToString(Inv).Length;
         if (maxLength - digits <= 1)
         {
-            return (carry ? num + 1 : num).ToString(Inv) + prefixes[post];
+            return (carry ? num + 1 : num).ToString(Inv) + prefixes[post] + units;
         }
 
-        var fraction = (modulo / 1000.0).ToString("F" + (maxLength - digits - 1).ToString(Inv), Inv);
+        var fraction = ((double)modulo / thousand).ToString("F" + (maxLength - digits - 1).ToString(Inv), Inv);
         if (fraction[0] == '1')
         {
             num++;
         }
 
-        return $"{num.ToString(Inv)}.{fraction[2..]}{prefixes[post]}";
+        return $"{num.ToString(Inv)}.{fraction[2..]}{prefixes[post]}{units}";
     }
 
-    /// <summary>fio's compact count: 2906k, 1.2M.</summary>
-    public static string Count(double value) => value switch
-    {
-        >= 10_000_000 => (value / 1_000_000).ToString("0", Inv) + "M",
-        >= 1_000_000 => (value / 1_000_000).ToString("0.00", Inv) + "M",
-        >= 10_000 => (value / 1000).ToString("0", Inv) + "k",
-        _ => value.ToString("0", Inv),
-    };
+    /// <summary>fio's IOPS figure: <c>num2str(iops, 4, 1, 0, N2S_NONE)</c> (4 significant figures, fio's default): 13.8k, 2906k.</summary>
+    public static string Count(double value) => Num2Str((ulong)Math.Max(0, value), SigFigs, 1, pow2: false, string.Empty);
 
-    private static string Decimal(double bytesPerSecond) => bytesPerSecond switch
-    {
-        >= 1e9 => (bytesPerSecond / 1e9).ToString("0.0", Inv) + "G",
-        >= 1e6 => (bytesPerSecond / 1e6).ToString("0.0", Inv) + "M",
-        >= 1e3 => (bytesPerSecond / 1e3).ToString("0.0", Inv) + "k",
-        _ => bytesPerSecond.ToString("0", Inv),
-    };
+    // fio's significant_figures default, the maxlen of every num2str in its normal output.
+    private const int SigFigs = 4;
+
+    // fio's byte counts and rates, binary then decimal: "649MiB" and "680MB", "54.1MiB/s" and "56.7MB/s".
+    private static string Bytes(double bytes, bool pow2) => Num2Str((ulong)Math.Max(0, bytes), SigFigs, 1, pow2, "B");
+
+    private static string Rate(double bytesPerSecond, bool pow2) => Num2Str((ulong)Math.Max(0, bytesPerSecond), SigFigs, 1, pow2, "B/s");
 }

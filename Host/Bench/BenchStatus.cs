@@ -77,18 +77,21 @@ internal sealed class BenchStatusLine
         var iops = new List<string>();
         if (showRead)
         {
-            bw.Add($"r={Sizes.Format(readIops * blockSize)}/s");
+            bw.Add($"r={Rate(readIops * blockSize)}");
             iops.Add($"r={BenchReport.Count(readIops)}");
         }
 
         if (showWrite)
         {
-            bw.Add($"w={Sizes.Format(writeIops * blockSize)}/s");
+            bw.Add($"w={Rate(writeIops * blockSize)}");
             iops.Add($"w={BenchReport.Count(writeIops)}");
         }
 
         return string.Create(Inv, $"Jobs: {jobs} (f={files}): [{state}({jobs})][{percent:0.0}%][{string.Join(',', bw)}][{string.Join(',', iops)} IOPS][eta {Eta(eta)}]");
     }
+
+    // fio's eta.c: num2str(rate in KiB/s, 4, 1024, pow2, N2S_BYTEPERSEC), e.g. 3604MiB/s.
+    private static string Rate(double bytesPerSecond) => BenchReport.Num2Str((ulong)Math.Max(0, bytesPerSecond / 1024), 4, 1024, pow2: true, "B/s");
 
     /// <summary>fio's eta: <c>00m:07s</c>, <c>01h:02m:03s</c>, <c>1d:02h:03m:04s</c>.</summary>
     public static string Eta(TimeSpan eta)

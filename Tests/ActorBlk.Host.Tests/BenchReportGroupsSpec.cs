@@ -60,8 +60,8 @@ public sealed class BenchReportGroupsSpec
         Assert.Contains("  IO depths    : 1=0.0%, 2=0.0%, 4=0.0%, 8=0.0%, 16=100.0%, 32=0.0%, >=64=0.0%\n", human);
 
         // fio's per-interval lines under the read's percentiles (sample standard deviation, n - 1).
-        Assert.Contains("   bw (  KiB/s): min=1000, max=3000, per=100.00%, avg=2000.00, stdev=1414.21, samples=2\n", human);
-        Assert.Contains("   iops        : min=250, max=750, avg=500.00, stdev=353.55, samples=2\n", human);
+        Assert.Contains("   bw (  KiB/s): min= 1000, max= 3000, per=100.00%, avg=2000.00, stdev=1414.21, samples=2\n", human);
+        Assert.Contains("   iops        : min=  250, max=  750, avg=500.00, stdev=353.55, samples=2\n", human);
     }
 
     /// <summary>
@@ -102,6 +102,49 @@ public sealed class BenchReportGroupsSpec
     [InlineData(99_999_999UL, "100000k")]
     [InlineData(1_234_567_890UL, "1234.6M")]
     public void Min_and_max_are_written_as_fios_num2str_writes_them(ulong value, string text) => Assert.Equal(text, BenchReport.Num2Str(value));
+
+    /// <summary>
+    /// fio's <c>num2str</c> with its other arguments: the byte counts and rates of the report
+    /// (maxlen 4, fio's significant_figures; binary and decimal prefixes) and the status line's
+    /// KiB/s rate (base 1024).
+    /// </summary>
+    [Theory]
+    [InlineData(13_841UL, 4, 1, false, "", "13.8k")]
+    [InlineData(24_000UL, 4, 1, false, "", "24.0k")]
+    [InlineData(2_906_123UL, 4, 1, false, "", "2906k")]
+    [InlineData(999UL, 4, 1, false, "", "999")]
+    [InlineData(680_321_024UL, 4, 1, true, "B", "649MiB")]
+    [InlineData(680_321_024UL, 4, 1, false, "B", "680MB")]
+    [InlineData(56_693_418UL, 4, 1, true, "B/s", "54.1MiB/s")]
+    [InlineData(56_693_418UL, 4, 1, false, "B/s", "56.7MB/s")]
+    [InlineData(512UL, 4, 1, true, "B", "512B")]
+    [InlineData(3_690_000UL, 4, 1024, true, "B/s", "3604MiB/s")]
+    [InlineData(400UL, 4, 1024, true, "B/s", "400KiB/s")]
+    public void Sizes_and_rates_are_written_as_fios_num2str_writes_them(ulong value, int maxLength, int scale, bool pow2, string units, string text) =>
+        Assert.Equal(text, BenchReport.Num2Str(value, maxLength, scale, pow2, units));
+
+    // An outside audit: "IOPS=14k" for 13,841 IOPS (fio: 13.8k), sizes with one or two decimals
+    // ("648.8MiB", fio: 649MiB), and the bw sample line in MiB/s from 10,000 KiB/s (fio switches
+    // above 1024 * 1024 KiB/s), which wrote a 1212 KiB/s minimum as "1".
+    [Fact]
+    public void The_rate_lines_have_fios_figures()
+    {
+        var reads = new OpStats();
+        Record(reads.Total, 20_000, count: 10);
+        reads.Ios = 166_094;
+        reads.Bytes = 166_094L * 4096;
+        var result = new BenchResult(new BenchOptions(), reads, new OpStats(), TimeSpan.FromSeconds(12), TimeSpan.FromSeconds(12),
+            Submitted: 166_094, Completed: 166_094, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
+        {
+            ReadSamples = [new RateSample(1212, 303), new RateSample(132_000, 33_000), new RateSample(60_000, 15_000)],
+        };
+
+        var human = BenchReport.Human(result);
+        Assert.Contains("  read: IOPS=13.8k, BW=54.1MiB/s (56.7MB/s)(649MiB/12000msec)\n", human);
+        Assert.Contains("   bw (  KiB/s): min= 1212, max=132000, per=100.00%, avg=64404.00, stdev=65505.13, samples=3\n", human);
+        Assert.Contains("   iops        : min=  303, max=33000, avg=16101.00, stdev=16376.28, samples=3\n", human);
+        Assert.Contains("   READ: bw=54.1MiB/s (56.7MB/s), io=649MiB (680MB), run=12000msec\n", human);
+    }
 
     [Theory]
     [InlineData(1, "1")]
