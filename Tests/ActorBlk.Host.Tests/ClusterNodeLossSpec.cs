@@ -22,7 +22,7 @@ namespace ActorBlk.Host.Tests;
 /// restarted at the same address serves the device again and the client's handle, never reopened,
 /// works again.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(ClusterProcessesCollection.Name)]
 public sealed partial class ClusterNodeLossSpec(ITestOutputHelper output)
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);

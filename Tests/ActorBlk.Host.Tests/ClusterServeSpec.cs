@@ -9,7 +9,7 @@ namespace ActorBlk.Host.Tests;
 /// <c>--seed</c>, `actorblk devices` prints every device of both from either node, and a node
 /// stopped by SIGTERM drains its devices, withdraws them and leaves; the other keeps serving.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(ClusterProcessesCollection.Name)]
 public sealed partial class ClusterServeSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);

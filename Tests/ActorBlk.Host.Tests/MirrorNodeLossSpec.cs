@@ -23,7 +23,7 @@ namespace ActorBlk.Host.Tests;
 /// after which both legs hold the same data block for block. A mirror whose legs are all on the
 /// killed node fails every I/O with Offline, and nothing hangs.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(ClusterProcessesCollection.Name)]
 public sealed partial class MirrorNodeLossSpec(ITestOutputHelper output)
 {
     // Liveness bounds for a loaded 2-core machine (process start, failure detection, downing, resync).
