@@ -65,8 +65,10 @@ public sealed partial record DeviceOptions
     /// <summary>Logical block size in bytes (<c>bs</c>), 512..4096.</summary>
     public int BlockSize { get; init; } = 512;
 
-    /// <summary>Hardware queues (<c>submit_queues</c>); clamped to the possible CPUs.</summary>
-    public int SubmitQueues { get; init; } = 1;
+    /// <summary>Hardware queues (<c>submit_queues</c>); clamped to the possible CPUs; 0 means 1, as null_blk's parameter (semantics §12.1).</summary>
+    public int SubmitQueues { get => _submitQueues; init => _submitQueues = value == 0 ? 1 : value; }
+
+    private readonly int _submitQueues = 1;
 
     /// <summary>Poll queues (<c>poll_queues</c>); used only when <see cref="IoPoll"/> is on.</summary>
     public int PollQueues { get; init; } = 1;

@@ -25,6 +25,10 @@ public sealed partial class RequestQueue
         {
             bio.Cpu = CurrentCpu.Resolve(Topology, thread);
         }
+        else if (!Topology.Online.Contains(bio.Cpu) && !SubmitOnOfflineCpu(bio, thread))
+        {
+            return;
+        }
 
         var limits = _limits;
         if (!limits.VolatileWriteCache)
@@ -87,6 +91,34 @@ public sealed partial class RequestQueue
         }
 
         bio.Complete(status);
+    }
+
+    /// <summary>
+    /// A bio for an offline CPU's context (a caller that names the CPU, or a thread bound to one
+    /// that went offline). Its hardware queue may be inactive (semantics §8 items 2-3: a tag
+    /// obtained there is given back): a NOWAIT bio fails with <see cref="BlockStatus.Again"/>,
+    /// any other moves to the calling thread's CPU (online, or the next online one), as the
+    /// kernel's allocator retries on the CPU the task was migrated to. False when it completed.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool SubmitOnOfflineCpu(Bio bio, BlockThread thread)
+    {
+        if ((bio.Flags & RequestFlags.NoWait) != 0)
+        {
+            bio.Complete(BlockStatus.Again);
+            return false;
+        }
+
+        var topology = Topology;
+        var cpu = CurrentCpu.Resolve(topology, thread);
+        if (!topology.Online.Contains(cpu))
+        {
+            var next = topology.Online.Next(cpu);
+            cpu = next >= 0 ? next : topology.Online.First;
+        }
+
+        bio.Cpu = cpu;
+        return true;
     }
 
     private InvalidOperationException NotMultiQueue() =>

@@ -58,10 +58,19 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, serving.HomeCpu);
         Assert.All(device.Queue.HardwareContexts.Where(h => h.IsMapped && !h.CpuMask.Contains(0)), h => Assert.True(h.IsInactive));
 
-        // A request submitted on an offline CPU's context still completes (§8 item 7 b).
+        // A request submitted for an offline CPU still completes (§8 item 7 b), but not through
+        // its inactive hardware queue (§8 item 3; an outside audit saw it go there): a NOWAIT one
+        // fails with Again, any other moves to an online CPU's context, as the kernel's allocator
+        // retries on the CPU the task moved to.
+        var offline = new[] { 1, 2, 3 }.First(c => device.Queue.SoftwareContexts[c].HardwareQueue(Hardware.Topology.HctxType.Default).IsInactive);
+        var inactive = device.Queue.SoftwareContexts[offline].HardwareQueue(Hardware.Topology.HctxType.Default);
+        var queuedBefore = inactive.QueuedCount;
         var data = new byte[4096];
         data.AsSpan().Fill(0x5A);
+        Assert.Equal(BlockStatus.Again, await device.ExecuteAsync(BlockOp.Write, 0, 4096, data, RequestFlags.NoWait, cpu: offline));
+        await device.WriteAsync(0, data, cpu: offline);
         await device.WriteAsync(0, data, cpu: 3);
+        Assert.Equal(queuedBefore, inactive.QueuedCount);
 
         foreach (var cpu in new[] { 1, 2, 3 })
         {

@@ -137,6 +137,13 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/io_timeout", "0")).Errno);
         Assert.Equal(1500, q.IoTimeoutMs);
 
+        // Any u32 but 0 (§11.3 item 10; an outside audit saw 4294967295 refused): beyond 2^31 - 1
+        // ms it is held as 2^31 - 1 (24.8 days); past u32, EINVAL.
+        await Layer.WriteAttributeAsync("block/sd2/queue/io_timeout", "4294967295");
+        Assert.Equal(int.MaxValue, q.IoTimeoutMs);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd2/queue/io_timeout", "4294967296")).Errno);
+        await Layer.WriteAttributeAsync("block/sd2/queue/io_timeout", "1500");
+
         // nomerges (§3.2 item 4): 2 = none, other non-zero = one-hit only.
         await Layer.WriteAttributeAsync("block/sd2/queue/nomerges", "7");
         Assert.Equal("1\n", Layer.ReadAttribute("block/sd2/queue/nomerges"));

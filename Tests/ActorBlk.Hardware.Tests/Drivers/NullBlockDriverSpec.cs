@@ -29,6 +29,18 @@ public sealed class NullBlockDriverSpec
         Assert.Equal(0, driver.Limits.MaxDiscardSectors);
     }
 
+    // §12.1: submit_queues 0 -> 1 (an outside audit saw 0 refused); a negative count is still refused.
+    [Fact]
+    public void Submit_queues_0_means_one_hardware_queue()
+    {
+        var options = new DeviceOptions { Name = "sq0", SubmitQueues = 0 };
+        options.Validate();
+        Assert.Equal(1, options.SubmitQueues);
+        var driver = new NullBlockDriver(options.ToNullBlockOptions());
+        Assert.Equal(1, DeviceBuilder.CreateTagSet(options, driver, CpuTopology.Simulated(4)).HardwareQueueCount);
+        Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "sq1", SubmitQueues = -1 }.Validate());
+    }
+
     [Fact]
     public void Memory_backed_devices_block_and_support_discard()
     {
