@@ -46,6 +46,7 @@ internal static class IostatCommand
         ArgumentNullException.ThrowIfNull(operands);
         var devices = new List<string>();
         var numbers = new List<string>();
+        var all = false;
         foreach (var arg in operands)
         {
             if (arg.StartsWith('-'))
@@ -60,10 +61,27 @@ internal static class IostatCommand
             {
                 throw new UsageException($"device '{arg}' after the interval.");
             }
+            else if (arg == "ALL")
+            {
+                // sysstat's ALL: every device (which is what no device name means here).
+                all = true;
+            }
             else
             {
-                devices.Add(arg);
+                // sysstat takes /dev/vda as well as vda.
+                var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
+                if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal))
+                {
+                    throw new UsageException($"'{arg}' is not a device name.");
+                }
+
+                devices.Add(name);
             }
+        }
+
+        if (all)
+        {
+            devices.Clear();
         }
 
         if (numbers.Count > 2)
@@ -103,10 +121,19 @@ internal static class IostatCommand
         await using var client = connected;
         try
         {
+            // The reports keep a fixed period from the first sample, as sysstat's alarm() does:
+            // the time a sample takes (a round trip per device) is not added to every interval.
+            var period = TimeSpan.FromSeconds(interval);
+            var start = Stopwatch.GetTimestamp();
             var previous = await SampleAsync(client, devices).ConfigureAwait(false);
             for (long report = 0; count is null || report < count; report++)
             {
-                await Task.Delay(TimeSpan.FromSeconds(interval), cancel).ConfigureAwait(false);
+                var wait = period * (report + 1) - Stopwatch.GetElapsedTime(start);
+                if (wait > TimeSpan.Zero)
+                {
+                    await Task.Delay(wait, cancel).ConfigureAwait(false);
+                }
+
                 var current = await SampleAsync(client, devices).ConfigureAwait(false);
                 await output.WriteLineAsync(extended ? IostatReport.ExtendedHeader : IostatReport.BasicHeader).ConfigureAwait(false);
                 foreach (var (device, sample) in current)

@@ -44,5 +44,18 @@ public sealed partial class IostatManyDevicesSpec : IDisposable
         var exit = await iostat.WaitForExitAsync(Within);
         Assert.True(exit == 0, $"iostat exited {exit}:\n{iostat.Output}");
         Assert.Equal(200, iostat.StandardOutput.Split('\n').Count(l => Regex.IsMatch(l, @"^d\d{3}\s")));
+
+        // As sysstat takes them (an outside audit: /dev/d007 read block//dev/d007/stat, ENOENT,
+        // and ALL was a device name): a /dev/ path names the device, and ALL names them all.
+        await using var named = ActorBlkProcess.Start("iostat", "--node", $"127.0.0.1:{port}", "/dev/d007", "d008", "1", "2");
+        exit = await named.WaitForExitAsync(Within);
+        Assert.True(exit == 0, $"iostat /dev/d007 d008 exited {exit}:\n{named.Output}");
+        var rows = named.StandardOutput.Split('\n').Where(l => Regex.IsMatch(l, @"^d\d{3}\s")).Select(l => l.Split(' ')[0]).ToList();
+        Assert.Equal(["d007", "d008", "d007", "d008"], rows);
+
+        await using var all = ActorBlkProcess.Start("iostat", "--node", $"127.0.0.1:{port}", "ALL", "1", "1");
+        exit = await all.WaitForExitAsync(Within);
+        Assert.True(exit == 0, $"iostat ALL exited {exit}:\n{all.Output}");
+        Assert.Equal(200, all.StandardOutput.Split('\n').Count(l => Regex.IsMatch(l, @"^d\d{3}\s")));
     }
 }

@@ -109,6 +109,8 @@ public sealed class IostatSpec
     [InlineData("1", "0")]
     [InlineData("-q")]
     [InlineData("1", "nullb0")]
+    [InlineData("/dev/")]
+    [InlineData("/dev/a/b")]
     public async Task Bad_arguments_are_usage_errors(params string[] args)
     {
         using var error = new StringWriter();
