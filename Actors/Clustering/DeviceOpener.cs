@@ -49,6 +49,11 @@ internal sealed class DeviceOpener
             throw new ClusterDeviceNotFoundException($"{name} is not a device of this node, and this node is not a cluster member.");
         }
 
+        if (target.NbdEndpoint.Length == 0)
+        {
+            target = await WaitForExportAsync(target, cancellationToken).ConfigureAwait(false);
+        }
+
         var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.Open(target, template), OpenTimeout, cancellationToken).ConfigureAwait(false);
         var id = target.Id;
         var remote = _remote;
@@ -61,6 +66,27 @@ internal sealed class DeviceOpener
                 await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false);
             }
         });
+    }
+
+    // A node publishes its devices as they register and its NBD export's address once the server
+    // listens (`actorblk serve` starts it after the devices), so for a moment, seconds on a loaded
+    // machine, a live device shows no export: an open then failed with "its node serves no NBD"
+    // (an outside audit, 4 of 9 runs). Wait for the registry to show the export, as a mirror's
+    // member on another node is waited for, up to member-wait.
+    private async Task<ClusterDevice> WaitForExportAsync(ClusterDevice target, CancellationToken cancellationToken)
+    {
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        wait.CancelAfter(_layer.MemberWait);
+        try
+        {
+            var snapshot = await _layer.ClusterDevices.WaitForAsync(s => s.Any(d => d.Id == target.Id && d.NbdEndpoint.Length > 0), wait.Token).ConfigureAwait(false);
+            return snapshot.First(d => d.Id == target.Id && d.NbdEndpoint.Length > 0);
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ClusterDeviceNotFoundException(
+                $"{target.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?), or did not publish one within {_layer.MemberWait.TotalSeconds:0.#} s (actorblk.cluster.registry.member-wait).");
+        }
     }
 
     // Opening waits for the NBD connections (connect timeout) and the queue's registration.

@@ -280,6 +280,39 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(data, onOwner);
     }
 
+    // An outside audit (4 of 9 runs): a node publishes its devices as they register and its NBD
+    // export once the server listens, so for a moment a live device shows no export, and an open
+    // then failed at once with "its node serves no NBD". The open now waits for the export, up to
+    // member-wait, and only then says the node serves none.
+    [Fact]
+    public async Task An_open_of_a_device_whose_export_is_not_published_yet_waits_for_it_up_to_member_wait()
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b", hocon: "actorblk.cluster.registry.member-wait = 3s");
+        await using var _a = a;
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        b.ExportNbd();
+        await a.Layer.CreateDeviceAsync(Memory("late0"));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "late0" && e.State == ClusterDeviceStates.Live && e.NbdEndpoint.Length == 0), Liveness);
+
+        // Never published: refused after member-wait, naming the setting.
+        var never = await Assert.ThrowsAsync<ClusterDeviceNotFoundException>(() => b.Layer.OpenAsync("late0").WaitAsync(Liveness));
+        Assert.Contains("member-wait", never.Message, StringComparison.Ordinal);
+
+        // Published while the open waits: the open connects to it.
+        var open = b.Layer.OpenAsync("late0", ThreadPoolCompletions);
+        a.ExportNbd();
+        await using var late = await open.WaitAsync(Liveness);
+        Assert.True(late.IsRemote);
+        var data = Pattern(4096, 9);
+        await late.WriteAsync(0, data);
+        var back = new byte[4096];
+        await a.Layer.Devices.Single(d => d.Name == "late0").ReadAsync(0, back);
+        Assert.Equal(data, back);
+    }
+
     [Fact]
     public async Task A_node_that_is_not_a_cluster_member_opens_its_own_devices_and_nothing_else()
     {
