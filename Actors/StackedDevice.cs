@@ -58,8 +58,26 @@ internal sealed class StackedDeviceActor : ReceiveActor
     {
         _device.Queue.Register();
         _log.Info("Registered {Device}: {Description}", _device.Name, _device.Queue.BioDriver!.Description);
+        if (_device.Queue.BioDriver is MirrorTarget mirror)
+        {
+            mirror.AutomaticReAddFailed += ReAddFailed;
+        }
         Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
     }
+
+    protected override void PostStop()
+    {
+        if (_device.Queue.BioDriver is MirrorTarget mirror)
+        {
+            mirror.AutomaticReAddFailed -= ReAddFailed;
+        }
+
+        base.PostStop();
+    }
+
+    // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
+    private void ReAddFailed(string leg, string reason) =>
+        _log.Warning("{0}: leg {1} reconnected but was not taken back: {2}; it stays faulty until it reconnects again or is re-added (md/dev-{1}/state)", _device.Name, leg, reason);
 
     // Drains the queue; a mirror then stops its resync and writes a clean bitmap while its legs still exist.
     private async Task<int> ShutdownAsync(TimeSpan drainTimeout)
@@ -80,7 +98,16 @@ internal sealed class StackedDeviceActor : ReceiveActor
         await queue.FreezeAsync().ConfigureAwait(false);
         try
         {
+            if (queue.BioDriver is MirrorTarget old)
+            {
+                old.AutomaticReAddFailed -= ReAddFailed;
+            }
+
             queue.ReplaceBioDriver(target).Dispose();
+            if (target is MirrorTarget mirror)
+            {
+                mirror.AutomaticReAddFailed += ReAddFailed;
+            }
         }
         finally
         {

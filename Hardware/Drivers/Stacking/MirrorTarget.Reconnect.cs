@@ -97,7 +97,12 @@ public sealed partial class MirrorTarget
             }
             catch (Exception ex) when (ex is BlockIoException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)
             {
-                // It failed again (or the mirror stopped): it stays faulty until the next reconnection or a manual re-add.
+                // It failed again, or does not fit (or the mirror stopped): it stays faulty until
+                // the next reconnection or a manual re-add, and whoever listens is told why.
+                if (!_stop.IsCancellationRequested)
+                {
+                    AutomaticReAddFailed?.Invoke(_legs[leg].Name, ex.Message);
+                }
             }
         });
     }

@@ -230,6 +230,34 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         }
     }
 
+    // md refuses a device too small for the array at --add or --re-add ("disk too small"); a leg
+    // that came back (a reconnected remote device) may be another device now (an outside audit: a
+    // leg restarted at half its size was re-added, then failed again on writes past its end).
+    private void CheckFits(IBlockDevice leg)
+    {
+        if (leg.IsReadOnly)
+        {
+            throw new InvalidOperationException($"{_name}: leg {leg.Name} is read-only: a mirror writes every leg.");
+        }
+
+        if (leg.Capacity < MirrorSuperblock.DataOffset + DataBytes)
+        {
+            throw new InvalidOperationException($"{_name}: leg {leg.Name} holds {leg.Capacity} bytes, fewer than the mirror's {DataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to re-add.");
+        }
+
+        if (leg.LogicalBlockSize != Limits.LogicalBlockSize)
+        {
+            throw new InvalidOperationException($"{_name}: leg {leg.Name} has {leg.LogicalBlockSize}-byte blocks, the mirror {Limits.LogicalBlockSize}-byte ones.");
+        }
+    }
+
+    /// <summary>
+    /// Raised when a leg that reconnected could not be taken back by itself (its device is now too
+    /// small, read-only, of another block size, or failed again): the leg's name and why. The leg
+    /// stays faulty until it reconnects once more or is re-added by hand.
+    /// </summary>
+    public event Action<string, string>? AutomaticReAddFailed;
+
     /// <summary>Read errors of leg <paramref name="leg"/> corrected from another leg (md's per-device <c>errors</c>).</summary>
     public long CorrectedReadErrors(int leg) => Interlocked.Read(ref _correctedReads[leg]);
 
@@ -247,11 +275,12 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// on, and is resynced in the background: for the bitmap's dirty regions when its superblock
     /// is this mirror's, whole otherwise.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The leg is not faulty, or the mirror has failed.</exception>
+    /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, or of another block size.</exception>
     public async Task ReAddAsync(int leg)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
+        CheckFits(_legs[leg]);
         MirrorSuperblock? sb;
         using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs[leg].MemoryAlignment)))
         {

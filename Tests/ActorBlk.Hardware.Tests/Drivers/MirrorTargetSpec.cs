@@ -658,6 +658,33 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal("0\n", md.Attributes.Read("block/md0/md/degraded"));
     }
 
+    // md refuses at --re-add a device that cannot carry the array (an outside audit: a remote leg
+    // that came back at half its size was re-added by itself and failed again on writes past its
+    // end, without a word). A re-add checks the leg as assembly does: writable, large enough for
+    // the data and the metadata, the mirror's block size; the leg stays faulty, the reason named.
+    [Fact]
+    public async Task A_leg_that_cannot_carry_the_mirror_is_refused_at_re_add_and_stays_faulty()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(0, Stamp(0, 1));
+
+        b.Queue.ReadOnly = true;
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReAddAsync(1));
+        Assert.Contains("read-only", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+
+        b.Queue.ReadOnly = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(Stamp(0, 1), await ReadRaw(b, 0, Block));
+    }
+
     [Fact]
     public async Task A_write_on_a_chunk_already_copied_that_then_fails_on_the_returning_leg_leaves_its_region_owed_to_it()
     {
