@@ -77,9 +77,17 @@ public sealed partial class BlockLayer
             : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
     }
 
+    // As a path walk does: surrounding blanks and slashes dropped, repeated slashes taken as one
+    // ("block//nullb0/stat" is block/nullb0/stat, as `cat /sys/block//nullb0/stat` reads it).
     private static string Normalize(string path)
     {
-        var p = path.Trim().Trim('/');
+        var p = path.Trim();
+        while (p.Contains("//", StringComparison.Ordinal))
+        {
+            p = p.Replace("//", "/", StringComparison.Ordinal);
+        }
+
+        p = p.Trim('/');
         return p.StartsWith("sys/", StringComparison.Ordinal) ? p[4..] : p == "sys" ? string.Empty : p;
     }
 }

@@ -57,6 +57,10 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
 
         // "/sys/" in front is accepted, as a shell user would type it.
         Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd0/queue/nr_requests"));
+
+        // Repeated slashes are one, as in a path walk (an outside audit: "block//sd0/..." was
+        // "there is no device ''").
+        Assert.Equal("64\n", Layer.ReadAttribute("/sys//block//sd0/queue///nr_requests"));
         var queueDir = Layer.ListAttributes("block/sd0/queue/");
         Assert.Equal(12, queueDir.Count);
     }
