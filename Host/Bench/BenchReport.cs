@@ -53,7 +53,8 @@ internal static class BenchReport
             w.WriteNumber("groupid", 0);
             w.WriteNumber("error", firstError);
             w.WriteNumber("eta", 0);
-            w.WriteNumber("elapsed", (long)Math.Round(r.Elapsed.TotalSeconds));
+            // fio's eta.c: elapsed_sec = (mtime_since_genesis() + 999) / 1000, whole seconds rounded up.
+            w.WriteNumber("elapsed", ((long)r.Elapsed.TotalMilliseconds + 999) / 1000);
             w.WriteStartObject("job options");
             WriteJobOptions(w, r.Options);
             w.WriteEndObject();

@@ -146,6 +146,18 @@ public sealed class BenchReportGroupsSpec
         Assert.Contains("   READ: bw=54.1MiB/s (56.7MB/s), io=649MiB (680MB), run=12000msec\n", human);
     }
 
+    // fio's elapsed_sec rounds up: a 0.4 s run is 1 (an outside audit saw 0), 2.0 s is 2, 2.001 s is 3.
+    [Theory]
+    [InlineData(400, 1)]
+    [InlineData(2000, 2)]
+    [InlineData(2001, 3)]
+    public void Elapsed_is_whole_seconds_rounded_up_as_fios(int milliseconds, long seconds)
+    {
+        var result = new BenchResult(new BenchOptions(), new OpStats(), new OpStats(), TimeSpan.FromMilliseconds(milliseconds), TimeSpan.FromMilliseconds(milliseconds),
+            Submitted: 0, Completed: 0, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+        Assert.Equal(seconds, JsonDocument.Parse(BenchReport.Json(result)).RootElement.GetProperty("jobs")[0].GetProperty("elapsed").GetInt64());
+    }
+
     [Theory]
     [InlineData(1, "1")]
     [InlineData(2, "2")]
