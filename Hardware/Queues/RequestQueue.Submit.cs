@@ -25,8 +25,11 @@ public sealed partial class RequestQueue
         {
             bio.Cpu = CurrentCpu.Resolve(Topology, thread);
         }
-        else if (!Topology.Online.Contains(bio.Cpu) && !SubmitOnOfflineCpu(bio, thread))
+        else if (_tagSet is { } set && !set.Map.Topology.Online.Contains(bio.Cpu) && !SubmitOnOfflineCpu(bio, thread))
         {
+            // Only a queue with hardware queues has a map that follows hotplug: a bio-based
+            // (stacked) queue keeps the topology it was allocated on and leaves the rule to the
+            // queues of its members.
             return;
         }
 

@@ -62,6 +62,22 @@ public sealed class StackTargetSpec : IAsyncLifetime
         Assert.Throws<ArgumentException>(() => new StripedTarget([a, a], 4096));
     }
 
+    // A bio-based queue keeps the topology it was allocated on, so it leaves the offline-CPU rule
+    // (semantics §8 item 3) to its members' queues, whose maps follow hotplug: here CPU 1 was
+    // offline when the stacked queue was made and is online for its member, and NOWAIT I/O for it
+    // goes through. (A guard written with the rule, found in reading: it would fail Again if the
+    // stacked queue applied the rule with its old topology.)
+    [Fact]
+    public async Task A_bio_based_queue_leaves_the_offline_cpu_rule_to_its_members()
+    {
+        var a = Member("a", 1 << 20);
+        var queue = RequestQueue.Allocate("dm-1", CpuTopology.Simulated(2).WithOnline(1, online: false));
+        queue.InitializeBioBased(new LinearTarget([new LinearExtent(a, 0, 1 << 20)]));
+        queue.Register();
+        await using var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(5))));
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Write, 0, 4096, new byte[4096], RequestFlags.NoWait, cpu: 1));
+    }
+
     [Fact]
     public async Task A_bio_based_queue_holds_a_usage_reference_per_bio_and_its_type_is_fixed()
     {
