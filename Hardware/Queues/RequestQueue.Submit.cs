@@ -25,13 +25,6 @@ public sealed partial class RequestQueue
         {
             bio.Cpu = CurrentCpu.Resolve(Topology, thread);
         }
-        else if (_tagSet is { } set && !set.Map.Topology.Online.Contains(bio.Cpu) && !SubmitOnOfflineCpu(bio, thread))
-        {
-            // Only a queue with hardware queues has a map that follows hotplug: a bio-based
-            // (stacked) queue keeps the topology it was allocated on and leaves the rule to the
-            // queues of its members.
-            return;
-        }
 
         var limits = _limits;
         if (!limits.VolatileWriteCache)
@@ -97,30 +90,47 @@ public sealed partial class RequestQueue
     }
 
     /// <summary>
-    /// A bio for an offline CPU's context (a caller that names the CPU, or a thread bound to one
-    /// that went offline). Its hardware queue may be inactive (semantics §8 items 2-3: a tag
-    /// obtained there is given back): a NOWAIT bio fails with <see cref="BlockStatus.Again"/>,
-    /// any other moves to the calling thread's CPU (online, or the next online one), as the
-    /// kernel's allocator retries on the CPU the task was migrated to. False when it completed.
+    /// The bio's hardware queue is inactive: every CPU mapped to it is offline (semantics §8 items
+    /// 2-3). As blk_mq_get_tag gives back a tag obtained there, a NOWAIT bio fails with
+    /// <see cref="BlockStatus.Again"/>, and any other moves to the software context of an online
+    /// CPU whose hardware queue is active (the calling thread's CPU if it is one, as the kernel's
+    /// allocator retries on the CPU the task moved to), keeping its usage reference (the counter
+    /// is a sum over CPUs). Whichever way the bio came here: a caller naming an offline CPU, a
+    /// thread bound to one, a bio resumed after a freeze that remapped the queue or after waiting
+    /// for a tag. False (the bio goes on here) only when no such CPU exists.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool SubmitOnOfflineCpu(Bio bio, BlockThread thread)
+    private bool MovedOffInactive(Bio bio, HctxType type)
     {
         if ((bio.Flags & RequestFlags.NoWait) != 0)
         {
-            bio.Complete(BlockStatus.Again);
+            FailEntered(bio, BlockStatus.Again);
+            return true;
+        }
+
+        var map = TagSet.Map;
+        var online = map.Topology.Online;
+        var cpu = CurrentCpu.Resolve(map.Topology, BlockThread.Current);
+        if (!online.Contains(cpu) || _hctxs[map.HardwareQueueFor(cpu, type)].IsInactive)
+        {
+            cpu = -1;
+            for (var c = online.First; c >= 0; c = online.Next(c))
+            {
+                if (c < _contexts.Length && !_hctxs[map.HardwareQueueFor(c, type)].IsInactive)
+                {
+                    cpu = c;
+                    break;
+                }
+            }
+        }
+
+        if (cpu < 0 || cpu >= _contexts.Length || cpu == bio.Cpu)
+        {
             return false;
         }
 
-        var topology = Topology;
-        var cpu = CurrentCpu.Resolve(topology, thread);
-        if (!topology.Online.Contains(cpu))
-        {
-            var next = topology.Online.Next(cpu);
-            cpu = next >= 0 ? next : topology.Online.First;
-        }
-
         bio.Cpu = cpu;
+        Runtime.Submit(_contexts[cpu], bio);
         return true;
     }
 
@@ -235,6 +245,10 @@ public sealed partial class RequestQueue
 
         var ctx = _contexts[bio.Cpu];
         var hctx = _hctxs[TagSet.Map.HardwareQueueFor(bio.Cpu, type)];
+        if (hctx.IsInactive && MovedOffInactive(bio, type))
+        {
+            return;
+        }
 
         if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
         {

@@ -60,8 +60,8 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
 
         // A request submitted for an offline CPU still completes (§8 item 7 b), but not through
         // its inactive hardware queue (§8 item 3; an outside audit saw it go there): a NOWAIT one
-        // fails with Again, any other moves to an online CPU's context, as the kernel's allocator
-        // retries on the CPU the task moved to.
+        // fails with Again, any other moves to an online CPU's context whose hardware queue is
+        // active, as the kernel's allocator retries on the CPU the task moved to.
         var offline = new[] { 1, 2, 3 }.First(c => device.Queue.SoftwareContexts[c].HardwareQueue(Hardware.Topology.HctxType.Default).IsInactive);
         var inactive = device.Queue.SoftwareContexts[offline].HardwareQueue(Hardware.Topology.HctxType.Default);
         var queuedBefore = inactive.QueuedCount;
@@ -70,6 +70,17 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(BlockStatus.Again, await device.ExecuteAsync(BlockOp.Write, 0, 4096, data, RequestFlags.NoWait, cpu: offline));
         await device.WriteAsync(0, data, cpu: offline);
         await device.WriteAsync(0, data, cpu: 3);
+
+        // The same for a thread bound to that CPU that names none (a review found it went through).
+        var (boundNoWait, bound) = await Task.Run(() =>
+        {
+            using (Hardware.Topology.CurrentCpu.Bind(offline))
+            {
+                return (device.ExecuteAsync(BlockOp.Write, 0, 4096, data, RequestFlags.NoWait).AsTask(), device.WriteAsync(0, data).AsTask());
+            }
+        });
+        Assert.Equal(BlockStatus.Again, await boundNoWait);
+        await bound;
         Assert.Equal(queuedBefore, inactive.QueuedCount);
 
         foreach (var cpu in new[] { 1, 2, 3 })
