@@ -182,7 +182,14 @@ public static class RemoteSurface
             else if (LibC.Link(temporary, full) < 0)
             {
                 var errno = LibC.LastErrno;
-                throw new IOException($"cannot create the admin secret file {full}: {LibC.Describe(errno)}");
+                if (errno == EEXIST)
+                {
+                    throw new IOException($"the admin secret file {full} exists already");
+                }
+
+                // A file system without hard links (vfat, some FUSE and network ones): create the
+                // file in place, as before (a reader may then see it empty for an instant).
+                return CreateInPlace(full, secret);
             }
 
             return secret;
@@ -196,6 +203,21 @@ public static class RemoteSurface
         {
             File.Delete(temporary);
         }
+    }
+
+    private const int EEXIST = 17;
+
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    private static string? CreateInPlace(string file, string secret)
+    {
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
+        using (var stream = new FileStream(file, options))
+        using (var writer = new StreamWriter(stream))
+        {
+            writer.WriteLine(secret);
+        }
+
+        return secret;
     }
 
     private static string? ReadSecretFile(string file)

@@ -123,16 +123,17 @@ internal static class IostatCommand
         {
             // The reports keep a fixed period from the first sample, as sysstat's alarm() does:
             // the time a sample takes (a round trip per device) is not added to every interval.
+            // A sample that overran a whole period skips the ticks it missed (as alarm() signals
+            // coalesce) rather than firing reports back to back over millisecond windows.
             var period = TimeSpan.FromSeconds(interval);
             var start = Stopwatch.GetTimestamp();
             var previous = await SampleAsync(client, devices).ConfigureAwait(false);
+            long tick = 0;
             for (long report = 0; count is null || report < count; report++)
             {
-                var wait = period * (report + 1) - Stopwatch.GetElapsedTime(start);
-                if (wait > TimeSpan.Zero)
-                {
-                    await Task.Delay(wait, cancel).ConfigureAwait(false);
-                }
+                var elapsed = Stopwatch.GetElapsedTime(start);
+                tick = Math.Max(tick + 1, (long)(elapsed / period) + 1);
+                await Task.Delay(period * tick - elapsed, cancel).ConfigureAwait(false);
 
                 var current = await SampleAsync(client, devices).ConfigureAwait(false);
                 await output.WriteLineAsync(extended ? IostatReport.ExtendedHeader : IostatReport.BasicHeader).ConfigureAwait(false);

@@ -16,20 +16,26 @@ public sealed class ServeStartupSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(60);
 
-    private static int UnusedPort()
+    // A port that answers nothing: held by a listener that never accepts (the kernel completes the
+    // TCP handshake into its backlog, nobody speaks), for the whole spec. A port merely found free
+    // could be taken by a node of a spec running beside this one, which would then answer.
+    private sealed class SilentPort : IDisposable
     {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+
+        public SilentPort() => _listener.Start();
+
+        public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+
+        public void Dispose() => _listener.Stop();
     }
 
     [Fact]
     public async Task Sigterm_stops_a_node_whose_seed_never_answers()
     {
         // Akka retries the join without end; the start-up waited for member-up without end too.
-        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0", "--seed", $"127.0.0.1:{UnusedPort()}");
+        using var seed = new SilentPort();
+        await using var node = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", "0", "--nbd-listen", "127.0.0.1:0", "--seed", $"127.0.0.1:{seed.Port}");
         await node.WaitForLineAsync(l => l.Contains("Registered disk0", StringComparison.Ordinal), Within);
         node.Terminate();
         Assert.Equal(0, await node.WaitForExitAsync(Within));
@@ -43,9 +49,10 @@ public sealed class ServeStartupSpec
     {
         // The leg's node never comes; member-wait is 30 s, and the stop must not wait it out.
         using var dir = new TempDirectory("serve-member-wait");
+        using var nobody = new SilentPort();
         var config = File.ReadAllText(RepositoryFiles.Hocon()).Replace(
             "stacked-devices = []",
-            $"stacked-devices = [ {{ name = md9, type = mirror, members = [nullb0, \"disk-x@127.0.0.1:{UnusedPort()}\"] }} ]",
+            $"stacked-devices = [ {{ name = md9, type = mirror, members = [nullb0, \"disk-x@127.0.0.1:{nobody.Port}\"] }} ]",
             StringComparison.Ordinal);
         Assert.Contains("md9", config, StringComparison.Ordinal);
         File.WriteAllText(dir.File("hocon.conf"), config);

@@ -251,9 +251,9 @@ internal sealed class NbdClientConnection : IDisposable
     public void Start(HardwareContext hctx)
     {
         _hctx = hctx;
-        if (Interlocked.Exchange(ref _started, 1) != 0)
+        if (Interlocked.CompareExchange(ref _started, 1, 0) != 0)
         {
-            return;
+            return; // started already, or closed before it was started (2)
         }
 
         Volatile.Write(ref _streamUsers, 2);
@@ -289,7 +289,7 @@ internal sealed class NbdClientConnection : IDisposable
     internal bool StreamDisposed => Volatile.Read(ref _streamDisposed) != 0;
 
     /// <summary>How often <see cref="Start"/> started the pump and the receiver (at most once).</summary>
-    internal int Started => Volatile.Read(ref _started);
+    internal int Started => Volatile.Read(ref _started) == 1 ? 1 : 0;
 
     /// <summary>
     /// Writes one request into the send pipe (the dispatcher's thread); sent at <see cref="Push"/>.
@@ -439,7 +439,7 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         _socket.Dispose();
-        if (Interlocked.CompareExchange(ref _started, 1, 0) == 0)
+        if (Interlocked.CompareExchange(ref _started, 2, 0) == 0)
         {
             // Never started (and now never will be): no pump or receiver owns the stream.
             DisposeStream();

@@ -99,7 +99,14 @@ public sealed partial class MirrorTarget
             {
                 // It failed again, or does not fit (or the mirror stopped): it stays faulty until
                 // the next reconnection or a manual re-add, and whoever listens is told why.
-                if (!_stop.IsCancellationRequested)
+                bool stillFaulty;
+                lock (_lock)
+                {
+                    // Taken back meanwhile by a manual re-add (this one then found it not faulty): nothing to say.
+                    stillFaulty = _state[leg] == MirrorLegState.Faulty;
+                }
+
+                if (stillFaulty && !_stop.IsCancellationRequested)
                 {
                     AutomaticReAddFailed?.Invoke(_legs[leg].Name, ex.Message);
                 }

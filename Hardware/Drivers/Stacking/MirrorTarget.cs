@@ -280,7 +280,6 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
-        CheckFits(_legs[leg]);
         MirrorSuperblock? sb;
         using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs[leg].MemoryAlignment)))
         {
@@ -311,6 +310,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             {
                 throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} is {(_failed ? "gone with the whole mirror" : _state[leg].ToString().ToLowerInvariant())}, not faulty.");
             }
+
+            CheckFits(_legs[leg]);
 
             // Known: the bitmap has every write it missed since it was last in sync. Unknown: all of it.
             if (sb is null || sb.ArrayId != _arrayId || sb.Generation > _generation)

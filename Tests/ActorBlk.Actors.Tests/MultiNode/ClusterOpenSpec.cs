@@ -288,7 +288,7 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
     public async Task An_open_of_a_device_whose_export_is_not_published_yet_waits_for_it_up_to_member_wait()
     {
         var a = ClusterNode.Start("a");
-        var b = ClusterNode.Start("b", hocon: "actorblk.cluster.registry.member-wait = 3s");
+        var b = ClusterNode.Start("b", hocon: "actorblk.cluster.registry.member-wait = 10s");
         await using var _a = a;
         await using var _b = b;
         await a.JoinAsync(a, Liveness);
