@@ -172,7 +172,10 @@ internal sealed class BlockLayerActor : ReceiveActor
             }
             else
             {
-                set = DeviceBuilder.CreateTagSet(options, driver, _layer.Topology);
+                // The topology the last hotplug event left, not the one at start: a device made
+                // while CPUs are offline is mapped over the online ones (an outside audit found its
+                // queues mapped as at boot, active with only offline CPUs, until the next event).
+                set = DeviceBuilder.CreateTagSet(options, driver, _layer.CurrentTopology);
                 if (options.SharedTags)
                 {
                     _sharedTagSets[options.TagSetName] = new SharedTagSet(set);
@@ -253,7 +256,7 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         try
         {
-            var queue = RequestQueue.Allocate(create.Name, _layer.Topology, clock: _layer.Clock);
+            var queue = RequestQueue.Allocate(create.Name, _layer.CurrentTopology, clock: _layer.Clock);
             var name = create.Name;
             var device = new BlockDevice(queue, self => _layer.DisposeHandleAsync(name, self));
             _devices[name] = new Entry(device, null, new DeviceOptions { Name = name, Driver = "stacked" });

@@ -60,7 +60,7 @@ public sealed partial class RequestQueue
         var max = MaxSectorsFor(bio.Op, limits);
         if (bio.Sectors > max && max > 0)
         {
-            Split(bio, max);
+            Split(bio, max, thread);
             return;
         }
 
@@ -477,27 +477,45 @@ public sealed partial class RequestQueue
     // cookie, and nobody would poll its pieces' requests; they complete like any other request
     // and the poller, seeing no cookie, waits for the parent (an outside audit: polled I/O larger
     // than max_sectors_kb hung its pollers, and a freeze behind them, until the I/O timeout).
-    private void Split(Bio parent, int maxSectors)
+    // Splits a bio to the request size limit (bio_split_to_limits). Every field of the parent is
+    // read before the first piece goes: in ring mode the pieces may complete inline, the last of
+    // them completes the parent, and a completed bio belongs to its pool again, where another
+    // thread may rent it (an outside stress test saw pieces cut from someone else's bio). Each
+    // piece takes its own usage reference, as a bio resubmitted by submit_bio_noacct does, so a
+    // piece for a queue that is dying fails Offline here instead of being posted to a software
+    // context that no longer runs (the parent then never completed in mailbox dispatch).
+    private void Split(Bio parent, int maxSectors, BlockThread thread)
     {
         parent.Flags &= ~RequestFlags.Polled;
+        var op = parent.Op;
+        var flags = parent.Flags;
+        var sector = parent.Sector;
+        var size = parent.Size;
+        var buffer = parent.Buffer;
+        var cpu = parent.Cpu;
+        var plug = parent.Plug;
+        var plugSleeps = parent.PlugSleeps;
         var pieceBytes = maxSectors << Bio.SectorShift;
-        var pieces = (parent.Size + pieceBytes - 1) / pieceBytes;
+        var pieces = (size + pieceBytes - 1) / pieceBytes;
         parent.ExpectChildren(pieces);
-        for (var offset = 0; offset < parent.Size; offset += pieceBytes)
+        for (var offset = 0; offset < size; offset += pieceBytes)
         {
-            var length = Math.Min(pieceBytes, parent.Size - offset);
+            var length = Math.Min(pieceBytes, size - offset);
             var child = Bios.Rent();
-            child.Op = parent.Op;
-            child.Flags = parent.Flags;
-            child.Sector = parent.Sector + (offset >> Bio.SectorShift);
+            child.Op = op;
+            child.Flags = flags;
+            child.Sector = sector + (offset >> Bio.SectorShift);
             child.Size = length;
-            child.Buffer = parent.Op.HasData() ? parent.Buffer.Slice(offset, length) : default;
-            child.Cpu = parent.Cpu;
-            child.Plug = parent.Plug;
-            child.PlugSleeps = parent.PlugSleeps;
+            child.Buffer = op.HasData() ? buffer.Slice(offset, length) : default;
+            child.Cpu = cpu;
+            child.Plug = plug;
+            child.PlugSleeps = plugSleeps;
             child.Queue = this;
             child.Parent = parent;
-            Runtime.Submit(_contexts[child.Cpu], child);
+            if (Enter(child, thread))
+            {
+                Runtime.Submit(_contexts[cpu], child);
+            }
         }
     }
 

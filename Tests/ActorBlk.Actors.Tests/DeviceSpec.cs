@@ -283,6 +283,25 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("gone", again.Name);
     }
 
+    // An outside stress test: after a destroy, an I/O larger than max_sectors_kb was split and
+    // its pieces posted to software contexts that no longer ran, so in mailbox dispatch it never
+    // completed (11 of 12). Each piece now takes its usage reference, and fails Offline.
+    [Fact]
+    public async Task A_split_io_on_a_destroyed_device_fails_offline()
+    {
+        var device = await Create(new DeviceOptions { Name = "split0", Size = 8 << 20, MemoryBacked = true, MaxSectorsKb = 4, SubmitQueues = 2 });
+        await device.WriteAsync(0, Pattern(65536, 3));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("split0"));
+
+        foreach (var op in new[] { BlockOp.Write, BlockOp.Read })
+        {
+            var io = device.ExecuteAsync(op, 0, 65536, new byte[65536]).AsTask();
+            Assert.Equal(BlockStatus.Offline, await io.WaitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+    }
+
     [Fact]
     public async Task Disposing_the_device_destroys_it()
     {

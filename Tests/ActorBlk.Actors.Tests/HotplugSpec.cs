@@ -95,6 +95,26 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(data, back);
     }
 
+    // An outside stress test: a device made while CPUs were offline was mapped as at start
+    // (every hctx active, offline CPUs served by it) until the next hotplug event.
+    [Fact]
+    public async Task A_device_made_while_cpus_are_offline_is_mapped_over_the_online_ones()
+    {
+        foreach (var cpu in new[] { 3, 2, 1 })
+        {
+            await Layer.SetCpuOnlineAsync(cpu, online: false);
+        }
+
+        var device = await Create("hp3");
+        Assert.Equal("0", device.Queue.Topology.Online.ToCpuListString());
+        var serving = device.Queue.SoftwareContexts[0].HardwareQueue(Hardware.Topology.HctxType.Default);
+        Assert.False(serving.IsInactive);
+        Assert.All(device.Queue.HardwareContexts.Where(h => h.IsMapped && !h.CpuMask.Contains(0)), h => Assert.True(h.IsInactive));
+        var offline = new[] { 1, 2, 3 }.First(c => device.Queue.SoftwareContexts[c].HardwareQueue(Hardware.Topology.HctxType.Default).IsInactive);
+        Assert.Equal(BlockStatus.Again, await device.ExecuteAsync(BlockOp.Write, 0, 4096, new byte[4096], RequestFlags.NoWait, cpu: offline));
+        await device.WriteAsync(0, new byte[4096], cpu: offline);
+    }
+
     [Fact]
     public async Task Bad_hotplug_events_are_refused_and_change_nothing()
     {
