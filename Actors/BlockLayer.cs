@@ -439,12 +439,13 @@ public sealed partial class BlockLayer : IExtension
     /// <exception cref="ObjectDisposedException">The node's actor system has terminated.</exception>
     public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {
-        var topology = System.ActorSelection(Guardian.Path / "cpu-topology");
+        // Through the guardian, which forwards it to its topology actor (the guardian's mailbox
+        // exists at once; the child only once the guardian has started).
         object message = online ? new CpuTopologyProtocol.CpuOnline(cpu) : new CpuTopologyProtocol.CpuOffline(cpu);
         var limit = Settings.DrainTimeout + TimeSpan.FromSeconds(10);
         try
         {
-            return await AskAsync<CpuTopologyProtocol.TopologyChanged>(topology, message, limit, cancellationToken).ConfigureAwait(false);
+            return await AskAsync<CpuTopologyProtocol.TopologyChanged>(Guardian, message, limit, cancellationToken).ConfigureAwait(false);
         }
         catch (AskTimeoutException ex)
         {

@@ -69,6 +69,11 @@ internal sealed class BlockLayerActor : ReceiveActor
                 Sender.Tell(new BlockLayer.NoSuchDevice(Echo(get.Name)));
             }
         });
+        // BlockLayer.SetCpuOnlineAsync asks here, not the topology actor by path: this actor's
+        // mailbox exists from the moment it is created, its child only once PreStart has run, so
+        // a hotplug event sent first thing after start went to dead letters (a spec caught it).
+        Receive<CpuTopologyProtocol.CpuOffline>(m => _topology.Forward(m));
+        Receive<CpuTopologyProtocol.CpuOnline>(m => _topology.Forward(m));
         Receive<Terminated>(HandleTerminated);
     }
 

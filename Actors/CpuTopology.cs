@@ -193,6 +193,17 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
             Become(Ready);
             Stash.UnstashAll();
         });
+        Receive<RegisterRemapped>(done =>
+        {
+            if (done.Error is not null)
+            {
+                _log.Error(done.Error, "Mapping {Queue}, created during a re-map, to topology version {Version} failed", done.Queue, _version);
+            }
+
+            done.ReplyTo.Tell(new CpuTopologyProtocol.Registered(done.Queue, _version));
+            Become(Ready);
+            Stash.UnstashAll();
+        });
         // The next watch tick reads the file again; no need to keep this one.
         Receive<WatchOnline>(_ => { });
         ReceiveAny(_ => Stash.Stash());
@@ -256,13 +267,31 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
 
     private void HandleRegister(CpuTopologyProtocol.Register register)
     {
-        if (!_queues.Contains(register.Queue))
+        var queue = register.Queue;
+        if (!_queues.Contains(queue))
         {
-            _queues.Add(register.Queue);
+            _queues.Add(queue);
         }
 
-        Sender.Tell(new CpuTopologyProtocol.Registered(register.Queue.Name, _version));
+        if (queue.Kind == QueueKind.MultiQueue && queue.TagSet.Map.Topology.Online.ToCpuListString() != _topology.Online.ToCpuListString())
+        {
+            // Built on an older topology: the device was created while a hotplug event re-mapped
+            // the others (its registration waited in the stash meanwhile). Map its tag set to this
+            // one before it serves, or it kept the old map, with queues active on offline CPUs,
+            // until the next event.
+            var set = _queues.Where(q => q.Kind == QueueKind.MultiQueue && q.TagSet == queue.TagSet).ToArray();
+            var replyTo = Sender;
+            Become(Remapping);
+            _ = RemapAsync(set, _topology, _stopping).PipeTo(Self,
+                success: _ => new RegisterRemapped(queue.Name, replyTo, null),
+                failure: ex => new RegisterRemapped(queue.Name, replyTo, ex));
+            return;
+        }
+
+        Sender.Tell(new CpuTopologyProtocol.Registered(queue.Name, _version));
     }
+
+    private sealed record RegisterRemapped(string Queue, IActorRef ReplyTo, Exception? Error);
 
     private void HandleUnregister(CpuTopologyProtocol.Unregister unregister)
     {

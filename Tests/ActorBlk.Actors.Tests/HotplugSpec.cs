@@ -115,6 +115,29 @@ public abstract class HotplugSpec : Akka.TestKit.Xunit2.TestKit
         await device.WriteAsync(0, new byte[4096], cpu: offline);
     }
 
+    // The same when the device is created while a remap runs: its tag set is built on the
+    // topology before the event, and its registration waits in the topology actor's stash until
+    // the remap ends; it is then mapped to the new topology before it serves.
+    [Fact]
+    public async Task A_device_created_while_a_remap_drains_is_mapped_to_the_topology_it_leaves()
+    {
+        var slow = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "hps", Dispatch = Mode, Size = 16 << 20, SubmitQueues = 2, PollQueues = 0,
+            IrqMode = Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000, IoTimeoutMs = 60_000,
+        });
+        var held = slow.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
+        var offline = Layer.SetCpuOnlineAsync(3, online: false);
+        await AwaitConditionAsync(() => Task.FromResult(slow.Queue.Usage.IsFrozen), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(5));
+
+        var device = await Create("hp4");
+        Assert.Equal("0-2", device.Queue.Topology.Online.ToCpuListString());
+        Assert.Equal(BlockStatus.Ok, await held);
+        await offline;
+        Assert.Equal("0-2", device.Queue.Topology.Online.ToCpuListString());
+        Assert.All(device.Queue.HardwareContexts.Where(h => h.IsMapped), h => Assert.Equal(!h.CpuMask.Intersects(device.Queue.Topology.Online), h.IsInactive));
+    }
+
     [Fact]
     public async Task Bad_hotplug_events_are_refused_and_change_nothing()
     {
