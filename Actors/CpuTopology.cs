@@ -273,7 +273,7 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
             _queues.Add(queue);
         }
 
-        if (queue.Kind == QueueKind.MultiQueue && queue.TagSet.Map.Topology.Online.ToCpuListString() != _topology.Online.ToCpuListString())
+        if (queue.Kind == QueueKind.MultiQueue && IsStale(queue))
         {
             // Built on an older topology: the device was created while a hotplug event re-mapped
             // the others (its registration waited in the stash meanwhile). Map its tag set to this
@@ -292,6 +292,29 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
     }
 
     private sealed record RegisterRemapped(string Queue, IActorRef ReplyTo, Exception? Error);
+
+    // Its tag set's map is of another topology than this actor's, or the queue's hardware queues
+    // are wired to another map than its set's (a queue joining a shared set built on the set's
+    // map before a remap replaced it).
+    private bool IsStale(RequestQueue queue)
+    {
+        var map = queue.TagSet.Map;
+        if (map.Topology.Online.ToCpuListString() != _topology.Online.ToCpuListString())
+        {
+            return true;
+        }
+
+        var hctxs = queue.HardwareContexts;
+        for (var i = 0; i < hctxs.Count; i++)
+        {
+            if (hctxs[i].CpuMask.ToCpuListString() != map.CpusOf(i).ToCpuListString())
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     private void HandleUnregister(CpuTopologyProtocol.Unregister unregister)
     {
