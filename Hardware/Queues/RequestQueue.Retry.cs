@@ -29,14 +29,14 @@ public sealed partial class RequestQueue
             return RetryOutcome.AlreadyCompleted;
         }
 
-        if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
+        if ((rq.Flags & RequestFlags.FailFast) == 0 && (rq.Retries < MaxRetries || rq.RetryNotCounted) && !IsDying && !_detached)
         {
             if (!rq.TryUnstart(generation))
             {
                 return RetryOutcome.AlreadyCompleted;
             }
 
-            rq.Retries++;
+            CountRetry(rq);
             rq.Hctx!.PutBack(rq);
             return RetryOutcome.Requeued;
         }
@@ -81,11 +81,11 @@ public sealed partial class RequestQueue
         List<Request>? failed = null;
         foreach (var (rq, generation) in InFlightClaims())
         {
-            if ((rq.Flags & RequestFlags.FailFast) == 0 && rq.Retries < MaxRetries && !IsDying && !_detached)
+            if ((rq.Flags & RequestFlags.FailFast) == 0 && (rq.Retries < MaxRetries || rq.RetryNotCounted) && !IsDying && !_detached)
             {
                 if (rq.TryUnstart(generation))
                 {
-                    rq.Retries++;
+                    CountRetry(rq);
                     rq.Hctx!.PutBack(rq);
                     requeued++;
                 }
@@ -102,6 +102,18 @@ public sealed partial class RequestQueue
 
         EndApart(failed);
         return (requeued, failed?.Count ?? 0);
+    }
+
+    // One retry more, unless the device refused the request without running it (RetryNotCounted).
+    private static void CountRetry(Request rq)
+    {
+        if (rq.RetryNotCounted)
+        {
+            rq.RetryNotCounted = false;
+            return;
+        }
+
+        rq.Retries++;
     }
 
     // Completes requests already claimed (TryComplete won, Status set), each as its own work item

@@ -133,6 +133,13 @@ public sealed class Request
     /// <summary>How many times the request was retried after a device reset.</summary>
     public int Retries { get; internal set; }
 
+    /// <summary>
+    /// The device refused the request without running it and asked for it again later (an NBD
+    /// server's <c>NBD_ESHUTDOWN</c>): the next time the block layer takes it back, the retry does
+    /// not count against <see cref="Queues.RequestQueue.MaxRetries"/>.
+    /// </summary>
+    internal bool RetryNotCounted { get; set; }
+
     /// <summary>The status the request completed with.</summary>
     public BlockStatus Status { get; internal set; }
 
@@ -348,6 +355,7 @@ public sealed class Request
         bio.Request = this;
         TimeoutMs = 0;
         Retries = 0;
+        RetryNotCounted = false;
         Status = BlockStatus.Ok;
         NextInList = null;
         Plug = null;

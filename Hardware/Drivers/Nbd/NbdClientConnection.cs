@@ -572,6 +572,8 @@ internal sealed class NbdClientConnection : IDisposable
                 Interlocked.Decrement(ref _outstanding);
                 if (error == NbdError.Shutdown)
                 {
+                    // The server never ran it: its retry after the reconnect is not counted.
+                    request.RetryNotCounted = true;
                     // The server is shutting down (proto.md: the client MUST initiate a soft
                     // disconnect). The request is not completed: it stays in flight, and the
                     // reconnect after the disconnect takes it back and retries it, as for a lost

@@ -127,4 +127,44 @@ public sealed class NbdClientSupervisedSpec : Akka.TestKit.Xunit2.TestKit
             await layer.DestroyDeviceAsync("shut0");
         }
     }
+
+    // An NBD_ESHUTDOWN refusal spent one of the request's retries (max_retries), though the server
+    // never ran it: a server restarted more often than that failed a request it never refused
+    // for any fault of its own. The retry after the reconnect is no longer counted.
+    [Fact]
+    public async Task Requests_refused_with_eshutdown_do_not_spend_their_retries()
+    {
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, async session =>
+        {
+            if (session.Index >= 2)
+            {
+                await session.ServeAsync(0xC3);
+                return;
+            }
+
+            // Twice: refuse the request as a server shutting down does, then take the soft disconnect.
+            var request = (await session.ReadRequestAsync())!;
+            await session.ReplyAsync(request, NbdError.Shutdown);
+            while (await session.ReadRequestAsync() is { } next && next.Command != NbdCommand.Disconnect)
+            {
+                await session.ReplyAsync(next, NbdError.Shutdown);
+            }
+        });
+
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "shut1", Driver = "nbd", Uri = server.Uri(), IoTimeoutMs = 60000, MaxRetries = 1 });
+        try
+        {
+            var buffer = new byte[4096];
+            Assert.Equal(BlockStatus.Ok, await remote.ExecuteAsync(BlockOp.Read, 0, 4096, buffer).AsTask().WaitAsync(Liveness));
+            Assert.All(buffer, x => Assert.Equal(0xC3, x));
+            Assert.True(server.Accepted >= 3);
+            Assert.Equal(0L, remote.Queue.DoubleCompletions);
+            Assert.Empty(server.Faults);
+        }
+        finally
+        {
+            await layer.DestroyDeviceAsync("shut1");
+        }
+    }
 }
