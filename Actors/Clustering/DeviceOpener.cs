@@ -79,8 +79,9 @@ internal sealed class DeviceOpener
         wait.CancelAfter(_layer.MemberWait);
         try
         {
-            var snapshot = await _layer.ClusterDevices.WaitForAsync(s => s.Any(d => d.Id == target.Id && d.NbdEndpoint.Length > 0), wait.Token).ConfigureAwait(false);
-            return snapshot.First(d => d.Id == target.Id && d.NbdEndpoint.Length > 0);
+            bool Exported(ClusterDevice d) => d.Id == target.Id && d.NbdEndpoint.Length > 0;
+            var snapshot = await _layer.ClusterDevices.WaitForAsync(s => s.Any(Exported), wait.Token).ConfigureAwait(false);
+            return snapshot.First(Exported);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {

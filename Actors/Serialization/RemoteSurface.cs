@@ -163,18 +163,7 @@ public static class RemoteSurface
         var temporary = $"{full}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
-            var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-            if (!OperatingSystem.IsWindows())
-            {
-                options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-            }
-
-            using (var stream = new FileStream(temporary, options))
-            using (var writer = new StreamWriter(stream))
-            {
-                writer.WriteLine(secret);
-            }
-
+            WriteNew(temporary, secret);
             if (OperatingSystem.IsWindows())
             {
                 File.Move(temporary, full, overwrite: false);
@@ -189,7 +178,7 @@ public static class RemoteSurface
 
                 // A file system without hard links (vfat, some FUSE and network ones): create the
                 // file in place, as before (a reader may then see it empty for an instant).
-                return CreateInPlace(full, secret);
+                WriteNew(full, secret);
             }
 
             return secret;
@@ -207,17 +196,18 @@ public static class RemoteSurface
 
     private const int EEXIST = 17;
 
-    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
-    private static string? CreateInPlace(string file, string secret)
+    // Creates the file (it must not exist), readable by its owner only, holding the secret.
+    private static void WriteNew(string file, string secret)
     {
-        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite };
-        using (var stream = new FileStream(file, options))
-        using (var writer = new StreamWriter(stream))
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
         {
-            writer.WriteLine(secret);
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
         }
 
-        return secret;
+        using var stream = new FileStream(file, options);
+        using var writer = new StreamWriter(stream);
+        writer.WriteLine(secret);
     }
 
     private static string? ReadSecretFile(string file)

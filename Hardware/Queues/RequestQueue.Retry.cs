@@ -29,7 +29,7 @@ public sealed partial class RequestQueue
             return RetryOutcome.AlreadyCompleted;
         }
 
-        if ((rq.Flags & RequestFlags.FailFast) == 0 && (rq.Retries < MaxRetries || rq.RetryNotCounted) && !IsDying && !_detached)
+        if (MayRetry(rq))
         {
             if (!rq.TryUnstart(generation))
             {
@@ -81,7 +81,7 @@ public sealed partial class RequestQueue
         List<Request>? failed = null;
         foreach (var (rq, generation) in InFlightClaims())
         {
-            if ((rq.Flags & RequestFlags.FailFast) == 0 && (rq.Retries < MaxRetries || rq.RetryNotCounted) && !IsDying && !_detached)
+            if (MayRetry(rq))
             {
                 if (rq.TryUnstart(generation))
                 {
@@ -103,6 +103,10 @@ public sealed partial class RequestQueue
         EndApart(failed);
         return (requeued, failed?.Count ?? 0);
     }
+
+    // The retry rule's test: not fail-fast, retries left (or this one not counted), queue alive.
+    private bool MayRetry(Request rq) =>
+        (rq.Flags & RequestFlags.FailFast) == 0 && (rq.Retries < MaxRetries || rq.RetryNotCounted) && !IsDying && !_detached;
 
     // One retry more, unless the device refused the request without running it (RetryNotCounted).
     private static void CountRetry(Request rq)

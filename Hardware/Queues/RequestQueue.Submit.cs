@@ -477,8 +477,7 @@ public sealed partial class RequestQueue
     // cookie, and nobody would poll its pieces' requests; they complete like any other request
     // and the poller, seeing no cookie, waits for the parent (an outside audit: polled I/O larger
     // than max_sectors_kb hung its pollers, and a freeze behind them, until the I/O timeout).
-    // Splits a bio to the request size limit (bio_split_to_limits). Every field of the parent is
-    // read before the first piece goes: in ring mode the pieces may complete inline, the last of
+    // Every field of the parent is read before the first piece goes: in ring mode the pieces may complete inline, the last of
     // them completes the parent, and a completed bio belongs to its pool again, where another
     // thread may rent it (an outside stress test saw pieces cut from someone else's bio). Each
     // piece takes its own usage reference, as a bio resubmitted by submit_bio_noacct does, so a
