@@ -1,8 +1,10 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using ActorBlk.Actors;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Host.Iostat;
 
 namespace ActorBlk.Host.Commands;
@@ -15,11 +17,15 @@ internal static class IostatCommand
 {
     private const string Description = """
         A running node's device statistics, computed from successive reads of block/<dev>/stat as
-        sysstat's iostat computes them; -x for the extended columns (r/s rkB/s rrqm/s %rrqm r_await
-        rareq-sz, the same for w and d, f/s f_await, aqu-sz, %util). Every report covers one interval:
-        the node's time since boot is not known, so the first report is that of the first INTERVAL
-        seconds (iostat -y). Without INTERVAL one report over 1 second; without COUNT reports until
-        interrupted. --node takes HOST:PORT as iostat users would give it.
+        sysstat's iostat computes them. Options as sysstat's, alone or grouped (-dxz): -x the extended
+        columns (r/s rkB/s rrqm/s %rrqm r_await rareq-sz, the same for w and d, f/s f_await, aqu-sz,
+        %util); -k (the default) or -m for kB or MB; -t each report's time (S_TIME_FORMAT=ISO for ISO
+        8601); -z leave out devices with no I/O over the interval; -o JSON sysstat's JSON document;
+        --dec=0|1|2 decimal places; -d and -y are accepted (there is only the device report, and every
+        report covers one interval: the node's time since boot is not known, so the first report is
+        that of the first INTERVAL seconds). Without INTERVAL one report over 1 second; without COUNT
+        reports until interrupted. DEVICE may be NAME, /dev/NAME or ALL. --node takes HOST:PORT as
+        iostat users would give it.
         """;
 
     /// <summary>Exit code when the node cannot be read.</summary>
@@ -29,82 +35,46 @@ internal static class IostatCommand
     public static Command Create(TextWriter output)
     {
         var node = new NodeOptions();
-        var extended = new Option<bool>("-x") { Description = "the extended columns" };
-        var operands = new Argument<string[]>("operands") { HelpName = "DEVICE... INTERVAL COUNT", Arity = ArgumentArity.ZeroOrMore, Description = "devices (all when none), then the interval in seconds and the number of reports" };
-        var command = new Command("iostat", Description) { extended, operands };
+        var operands = new Argument<string[]>("operands") { HelpName = "[-x] [-k|-m] [-t] [-z] [-o JSON] [--dec=N] DEVICE... INTERVAL COUNT", Arity = ArgumentArity.ZeroOrMore, Description = "sysstat's options, the devices (all when none), then the interval in seconds and the number of reports" };
+        var command = new Command("iostat", Description) { operands };
         node.AddTo(command);
+
+        // sysstat's flags group (-dxz) and -o takes a word: no option but the node's is declared, so
+        // every other token reaches the operands, in order, and is parsed as iostat parses its argv.
         command.SetAction((parse, cancel) =>
         {
-            return RunAsync(node.AddressFrom(parse), node.ConfigFrom(parse), parse.GetValue(extended), parse.GetValue(operands) ?? [], output, cancel);
+            var options = IostatOptions.Parse(parse.GetValue(operands) ?? []);
+            return RunAsync(node.AddressFrom(parse), node.ConfigFrom(parse), options, output, cancel);
         });
         return command;
     }
 
-    /// <summary>Runs the reports; a bad operand list is a <see cref="UsageException"/>.</summary>
-    public static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig, bool extended, IReadOnlyList<string> operands, TextWriter output, CancellationToken cancel = default)
+    /// <summary>Runs the reports.</summary>
+    public static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig, IostatOptions options, TextWriter output, CancellationToken cancel = default)
     {
-        ArgumentNullException.ThrowIfNull(operands);
-        var devices = new List<string>();
-        var numbers = new List<string>();
-        var all = false;
-        foreach (var arg in operands)
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(output);
+        // SIGINT and SIGTERM end the reports as sysstat's handler does: no report is written after
+        // it, a JSON document is closed, and the exit code is 0. The handlers stay until the
+        // client is closed: `timeout` signals the process and then its group, so a second signal
+        // may come while the reports end.
+        using var interrupted = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        void OnSignal(PosixSignalContext context)
         {
-            if (arg.StartsWith('-'))
+            context.Cancel = true;
+            try
             {
-                throw new UsageException($"unknown option {arg}.");
+                interrupted.Cancel();
             }
-            else if (char.IsAsciiDigit(arg[0]) || arg[0] == '.')
+            catch (ObjectDisposedException)
             {
-                numbers.Add(arg);
-            }
-            else if (numbers.Count > 0)
-            {
-                throw new UsageException($"device '{arg}' after the interval.");
-            }
-            else if (arg == "ALL")
-            {
-                // sysstat's ALL: every device (which is what no device name means here).
-                all = true;
-            }
-            else
-            {
-                // sysstat takes /dev/vda as well as vda.
-                var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
-                if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal))
-                {
-                    throw new UsageException($"'{arg}' is not a device name.");
-                }
-
-                devices.Add(name);
+                // Signalled as the command returns.
             }
         }
 
-        if (all)
-        {
-            devices.Clear();
-        }
-
-        if (numbers.Count > 2)
-        {
-            throw new UsageException("at most an interval and a count.");
-        }
-
-        var interval = 1.0;
-        if (numbers.Count > 0 && (!double.TryParse(numbers[0], NumberStyles.Float, CultureInfo.InvariantCulture, out interval) || interval <= 0 || interval > 86_400))
-        {
-            throw new UsageException($"'{numbers[0]}' is not an interval in seconds.");
-        }
-
-        long? count = numbers.Count == 0 ? 1 : null;
-        if (numbers.Count == 2)
-        {
-            if (!long.TryParse(numbers[1], NumberStyles.None, CultureInfo.InvariantCulture, out var c) || c < 1)
-            {
-                throw new UsageException($"'{numbers[1]}' is not a count of reports.");
-            }
-
-            count = c;
-        }
+        using var onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        using var onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        cancel = interrupted.Token;
 
         NodeClient connected;
         try
@@ -119,49 +89,70 @@ internal static class IostatCommand
         }
 
         await using var client = connected;
+        var writer = new IostatWriter(output, options);
+        var devices = options.Devices.ToList();
         try
         {
             // The reports keep a fixed period from the first sample, as sysstat's alarm() does:
             // the time a sample takes (a round trip per device) is not added to every interval.
             // A sample that overran a whole period skips the ticks it missed (as alarm() signals
             // coalesce) rather than firing reports back to back over millisecond windows.
-            var period = TimeSpan.FromSeconds(interval);
+            // The clock starts once the first sample is in: the first round trip also connects to
+            // the node, and must not shorten the first interval.
+            var period = TimeSpan.FromSeconds(options.Interval);
+            await writer.BeginAsync(NodeNameOf(address), await CpusOfAsync(client, cancel).ConfigureAwait(false), DateTimeOffset.Now).ConfigureAwait(false);
+            var previous = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
             var start = Stopwatch.GetTimestamp();
-            var previous = await SampleAsync(client, devices).ConfigureAwait(false);
             long tick = 0;
-            for (long report = 0; count is null || report < count; report++)
+            for (long report = 0; options.Count is null || report < options.Count; report++)
             {
                 var elapsed = Stopwatch.GetElapsedTime(start);
                 tick = Math.Max(tick + 1, (long)(elapsed / period) + 1);
-                await Task.Delay(period * tick - elapsed, cancel).ConfigureAwait(false);
+                try
+                {
+                    await Task.Delay(period * tick - elapsed, cancel).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+                {
+                    // Interrupted as sysstat's SIGINT: the JSON document is still closed properly.
+                    break;
+                }
 
-                var current = await SampleAsync(client, devices).ConfigureAwait(false);
-                await output.WriteLineAsync(extended ? IostatReport.ExtendedHeader : IostatReport.BasicHeader).ConfigureAwait(false);
+                var now = DateTimeOffset.Now;
+                var current = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
+                var rows = new List<IostatRow>();
                 foreach (var (device, sample) in current)
                 {
                     if (previous.TryGetValue(device, out var before))
                     {
                         var row = IostatReport.Compute(device, before.Stat, sample.Stat, Math.Max(1e-3, (sample.At - before.At).TotalMilliseconds));
-                        await output.WriteLineAsync(extended ? IostatReport.FormatExtended(row) : IostatReport.FormatBasic(row)).ConfigureAwait(false);
+                        if (!options.OmitIdle || !row.Idle)
+                        {
+                            rows.Add(row);
+                        }
                     }
                 }
 
-                await output.WriteLineAsync().ConfigureAwait(false);
-                await output.FlushAsync(cancel).ConfigureAwait(false);
+                await writer.ReportAsync(now, rows).ConfigureAwait(false);
                 previous = current;
             }
+
+            await writer.EndAsync().ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
-            return 0;
+            // Interrupted while a sample was taken (or before the first): that report is not written.
+            await writer.EndAsync().ConfigureAwait(false);
         }
         catch (NodeUnreachableException ex)
         {
+            await writer.EndAsync().ConfigureAwait(false);
             await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return Failed;
         }
         catch (IostatException ex)
         {
+            await writer.EndAsync().ConfigureAwait(false);
             await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return Failed;
         }
@@ -169,14 +160,41 @@ internal static class IostatCommand
         return 0;
     }
 
+    // The node, as iostat's banner names its host: HOST:PORT of its address.
+    private static string NodeNameOf(string address)
+    {
+        var at = address.LastIndexOf('@');
+        return at >= 0 ? address[(at + 1)..].TrimEnd('/') : address;
+    }
+
+    // The node's CPUs, as sysstat counts them for "(N CPU)": the present ones of its topology.
+    private static async Task<int> CpusOfAsync(NodeClient client, CancellationToken cancel)
+    {
+        if (await client.AskAsync(new Sysfs.Read(CpuAttributes.Root + "present")).WaitAsync(cancel).ConfigureAwait(false) is not Sysfs.Value { Text: var list })
+        {
+            return 0;
+        }
+
+        var count = 0;
+        foreach (var range in list.Trim().Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var dash = range.IndexOf('-', StringComparison.Ordinal);
+            count += dash < 0
+                ? 1
+                : int.Parse(range.AsSpan(dash + 1), CultureInfo.InvariantCulture) - int.Parse(range.AsSpan(0, dash), CultureInfo.InvariantCulture) + 1;
+        }
+
+        return count;
+    }
+
     // One reading of every device's stat (the named ones, else all the node lists), each stamped
     // with the midpoint of its round trip.
-    private static async Task<SortedDictionary<string, (DiskStatSample Stat, TimeSpan At)>> SampleAsync(NodeClient client, List<string> devices)
+    private static async Task<SortedDictionary<string, (DiskStatSample Stat, TimeSpan At)>> SampleAsync(NodeClient client, List<string> devices, CancellationToken cancel)
     {
         var names = devices;
         if (names.Count == 0)
         {
-            switch (await client.AskAsync(new Sysfs.List("block/")).ConfigureAwait(false))
+            switch (await client.AskAsync(new Sysfs.List("block/")).WaitAsync(cancel).ConfigureAwait(false))
             {
                 case Sysfs.Listing listing:
                     names = [.. listing.Paths.Where(p => p.EndsWith("/stat", StringComparison.Ordinal) && p.Count(c => c == '/') == 2).Select(p => p.Split('/')[1])];
@@ -184,7 +202,7 @@ internal static class IostatCommand
                 case Sysfs.Failed { Errno: "E2BIG" }:
                     // More attribute paths than one remoting message holds (about 130 devices and
                     // up): the guardian's device list, a few dozen bytes a device, names them.
-                    var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).ConfigureAwait(false);
+                    var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).WaitAsync(cancel).ConfigureAwait(false);
                     names = [.. list.Devices.Select(d => d.Name)];
                     break;
                 case Sysfs.Failed failed:
@@ -198,7 +216,7 @@ internal static class IostatCommand
         foreach (var name in names)
         {
             var sent = Stopwatch.GetElapsedTime(0);
-            var reply = await client.AskAsync(new Sysfs.Read($"block/{name}/stat")).ConfigureAwait(false);
+            var reply = await client.AskAsync(new Sysfs.Read($"block/{name}/stat")).WaitAsync(cancel).ConfigureAwait(false);
             var at = (sent + Stopwatch.GetElapsedTime(0)) / 2;
             switch (reply)
             {

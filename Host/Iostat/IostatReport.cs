@@ -47,6 +47,9 @@ internal sealed record IostatRow(
 {
     /// <summary>tps: I/Os (reads, writes and discards) per second.</summary>
     public double TransfersPerSecond => ReadsPerSecond + WritesPerSecond + DiscardsPerSecond;
+
+    /// <summary>No read, write, discard or flush over the interval: the rows <c>-z</c> leaves out (sysstat compares the four I/O counters).</summary>
+    public bool Idle => ReadsPerSecond == 0 && WritesPerSecond == 0 && DiscardsPerSecond == 0 && FlushesPerSecond == 0;
 }
 
 /// <summary>The arithmetic and the layout of <c>actorblk iostat</c>; pure, no I/O.</summary>
@@ -98,27 +101,86 @@ internal static class IostatReport
             rSectors / 2, wSectors / 2, dSectors / 2);
     }
 
-    /// <summary>The row as <c>iostat -x</c> prints it: the name in 13 columns, then each value with 2 decimals.</summary>
-    public static string FormatExtended(IostatRow r)
+    /// <summary>The header of the extended report in <paramref name="unit"/> (sysstat's <c>write_disk_stat_header</c>).</summary>
+    public static string ExtendedHeaderFor(IostatUnit unit) =>
+        unit == IostatUnit.Kilobytes ? ExtendedHeader : ExtendedHeader.Replace("kB/s", "MB/s", StringComparison.Ordinal);
+
+    /// <summary>The header of the basic report in <paramref name="unit"/>.</summary>
+    public static string BasicHeaderFor(IostatUnit unit) =>
+        unit == IostatUnit.Kilobytes ? BasicHeader : BasicHeader.Replace("kB_", "MB_", StringComparison.Ordinal);
+
+    /// <summary>
+    /// The row as <c>iostat -x</c> prints it: the name in 13 columns, then each value with
+    /// <paramref name="decimals"/> decimals (<c>--dec</c>) in sysstat's widths; throughput in
+    /// <paramref name="unit"/>, request sizes in kB whatever the unit, as sysstat's.
+    /// </summary>
+    public static string FormatExtended(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2)
     {
         ArgumentNullException.ThrowIfNull(r);
+        var format = "F" + decimals.ToString(CultureInfo.InvariantCulture);
+        var per = Per(unit);
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"{r.Device,-13}");
-        void F(double value, int width) => sb.Append(' ').Append(value.ToString("F2", CultureInfo.InvariantCulture).PadLeft(width));
-        F(r.ReadsPerSecond, 7); F(r.ReadKbPerSecond, 9); F(r.ReadMergesPerSecond, 8); F(r.ReadMergePercent, 6); F(r.ReadAwait, 7); F(r.ReadRequestKb, 8);
-        F(r.WritesPerSecond, 7); F(r.WriteKbPerSecond, 9); F(r.WriteMergesPerSecond, 8); F(r.WriteMergePercent, 6); F(r.WriteAwait, 7); F(r.WriteRequestKb, 8);
-        F(r.DiscardsPerSecond, 7); F(r.DiscardKbPerSecond, 9); F(r.DiscardMergesPerSecond, 8); F(r.DiscardMergePercent, 6); F(r.DiscardAwait, 7); F(r.DiscardRequestKb, 8);
+        void F(double value, int width) => sb.Append(' ').Append(value.ToString(format, CultureInfo.InvariantCulture).PadLeft(width));
+        F(r.ReadsPerSecond, 7); F(r.ReadKbPerSecond / per, 9); F(r.ReadMergesPerSecond, 8); F(r.ReadMergePercent, 6); F(r.ReadAwait, 7); F(r.ReadRequestKb, 8);
+        F(r.WritesPerSecond, 7); F(r.WriteKbPerSecond / per, 9); F(r.WriteMergesPerSecond, 8); F(r.WriteMergePercent, 6); F(r.WriteAwait, 7); F(r.WriteRequestKb, 8);
+        F(r.DiscardsPerSecond, 7); F(r.DiscardKbPerSecond / per, 9); F(r.DiscardMergesPerSecond, 8); F(r.DiscardMergePercent, 6); F(r.DiscardAwait, 7); F(r.DiscardRequestKb, 8);
         F(r.FlushesPerSecond, 7); F(r.FlushAwait, 7); F(r.QueueSize, 7); F(r.Utilization, 6);
         return sb.ToString();
     }
 
-    /// <summary>The row as plain <c>iostat</c> prints it (tps, kB/s and kB over the interval).</summary>
-    public static string FormatBasic(IostatRow r)
+    /// <summary>
+    /// The row as plain <c>iostat</c> prints it: tps, then throughput per second and the amounts
+    /// over the interval (whole units, truncated, as sysstat's integer division) in <paramref name="unit"/>.
+    /// </summary>
+    public static string FormatBasic(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2)
     {
         ArgumentNullException.ThrowIfNull(r);
-        static string F(double value, int width) => value.ToString("F2", CultureInfo.InvariantCulture).PadLeft(width);
-        static string N(double value, int width) => Math.Round(value, MidpointRounding.ToZero).ToString("F0", CultureInfo.InvariantCulture).PadLeft(width);
+        var format = "F" + decimals.ToString(CultureInfo.InvariantCulture);
+        var per = Per(unit);
+        string F(double value, int width) => value.ToString(format, CultureInfo.InvariantCulture).PadLeft(width);
+        static string N(double value, int width) => Math.Floor(value).ToString("F0", CultureInfo.InvariantCulture).PadLeft(width);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{r.Device,-13} {F(r.TransfersPerSecond, 8)} {F(r.ReadKbPerSecond, 12)} {F(r.WriteKbPerSecond, 12)} {F(r.DiscardKbPerSecond, 12)} {N(r.KbRead, 10)} {N(r.KbWritten, 10)} {N(r.KbDiscarded, 10)}");
+            $"{r.Device,-13} {F(r.TransfersPerSecond, 8)} {F(r.ReadKbPerSecond / per, 12)} {F(r.WriteKbPerSecond / per, 12)} {F(r.DiscardKbPerSecond / per, 12)} {N(r.KbRead / per, 10)} {N(r.KbWritten / per, 10)} {N(r.KbDiscarded / per, 10)}");
     }
+
+    /// <summary>
+    /// The row as <c>iostat -x -o JSON</c> writes it (sysstat's <c>write_json_ext_stat</c>): one
+    /// object, its keys in sysstat's order, every value with 2 decimals.
+    /// </summary>
+    public static string JsonExtended(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        var per = Per(unit);
+        var u = UnitName(unit);
+        var sb = new StringBuilder();
+        sb.Append("{\"disk_device\": ").Append(JsonString(r.Device));
+        void F(string key, double value) => sb.Append(", \"").Append(key).Append("\": ").Append(value.ToString("F2", CultureInfo.InvariantCulture));
+        F("r/s", r.ReadsPerSecond); F("w/s", r.WritesPerSecond); F("d/s", r.DiscardsPerSecond); F("f/s", r.FlushesPerSecond);
+        F($"r{u}/s", r.ReadKbPerSecond / per); F($"w{u}/s", r.WriteKbPerSecond / per); F($"d{u}/s", r.DiscardKbPerSecond / per);
+        F("rrqm/s", r.ReadMergesPerSecond); F("wrqm/s", r.WriteMergesPerSecond); F("drqm/s", r.DiscardMergesPerSecond);
+        F("rrqm", r.ReadMergePercent); F("wrqm", r.WriteMergePercent); F("drqm", r.DiscardMergePercent);
+        F("r_await", r.ReadAwait); F("w_await", r.WriteAwait); F("d_await", r.DiscardAwait); F("f_await", r.FlushAwait);
+        F("rareq-sz", r.ReadRequestKb); F("wareq-sz", r.WriteRequestKb); F("dareq-sz", r.DiscardRequestKb);
+        F("aqu-sz", r.QueueSize); F("util", r.Utilization);
+        return sb.Append('}').ToString();
+    }
+
+    /// <summary>The row as <c>iostat -o JSON</c> writes it (sysstat's <c>write_json_basic_stat</c>): rates with 2 decimals, amounts as integers.</summary>
+    public static string JsonBasic(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        var per = Per(unit);
+        var u = UnitName(unit);
+        static string F(double value) => value.ToString("F2", CultureInfo.InvariantCulture);
+        static string N(double value) => Math.Floor(value).ToString("F0", CultureInfo.InvariantCulture);
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{{\"disk_device\": {JsonString(r.Device)}, \"tps\": {F(r.TransfersPerSecond)}, \"{u}_read/s\": {F(r.ReadKbPerSecond / per)}, \"{u}_wrtn/s\": {F(r.WriteKbPerSecond / per)}, \"{u}_dscd/s\": {F(r.DiscardKbPerSecond / per)}, \"{u}_read\": {N(r.KbRead / per)}, \"{u}_wrtn\": {N(r.KbWritten / per)}, \"{u}_dscd\": {N(r.KbDiscarded / per)}}}");
+    }
+
+    private static double Per(IostatUnit unit) => unit == IostatUnit.Kilobytes ? 1.0 : 1024.0;
+
+    private static string UnitName(IostatUnit unit) => unit == IostatUnit.Kilobytes ? "kB" : "MB";
+
+    private static string JsonString(string text) => System.Text.Json.JsonSerializer.Serialize(text);
 }

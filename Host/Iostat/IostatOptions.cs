@@ -1,0 +1,171 @@
+using System.Globalization;
+using ActorBlk.Host.Commands;
+
+namespace ActorBlk.Host.Iostat;
+
+/// <summary>The unit of <c>actorblk iostat</c>'s throughput columns: sysstat's <c>-k</c> (the default) or <c>-m</c>.</summary>
+internal enum IostatUnit
+{
+    /// <summary>kB (<c>-k</c>): sectors / 2.</summary>
+    Kilobytes,
+
+    /// <summary>MB (<c>-m</c>): sectors / 2048.</summary>
+    Megabytes,
+}
+
+/// <summary>
+/// What <c>actorblk iostat</c> was asked for, parsed from its operands as sysstat's iostat parses
+/// its command line (iostat.c <c>main</c>): flags alone or grouped (<c>-dxz</c>), <c>-o JSON</c>,
+/// <c>--dec=N</c>, then device names (<c>ALL</c>, <c>/dev/NAME</c>), then INTERVAL and COUNT.
+/// </summary>
+/// <param name="Extended"><c>-x</c>: the extended columns.</param>
+/// <param name="Unit"><c>-k</c> or <c>-m</c>.</param>
+/// <param name="Timestamp"><c>-t</c>: each report starts with its time.</param>
+/// <param name="OmitIdle"><c>-z</c>: a device with no I/O over the interval is left out of that report.</param>
+/// <param name="Json"><c>-o JSON</c>: sysstat's JSON document instead of tables.</param>
+/// <param name="Decimals"><c>--dec=N</c>: decimal places of the tables' values (2).</param>
+/// <param name="Devices">The devices named; empty for every device.</param>
+/// <param name="Interval">Seconds between reports (1 when not given).</param>
+/// <param name="Count">Reports to print; null for until interrupted.</param>
+internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count)
+{
+    /// <summary>
+    /// Parses the operands. <c>-d</c> (the device report: the only one there is) and <c>-y</c>
+    /// (no report since boot: every report here covers one interval) are accepted and change
+    /// nothing; <c>-c</c> (the node's CPU use is not read), sysstat's other options and anything
+    /// else are usage errors naming the option.
+    /// </summary>
+    /// <exception cref="UsageException">An unknown or refused option, a bad interval or count, a device after the interval.</exception>
+    public static IostatOptions Parse(IReadOnlyList<string> operands)
+    {
+        ArgumentNullException.ThrowIfNull(operands);
+        bool extended = false, timestamp = false, omitIdle = false, json = false;
+        IostatUnit? unit = null;
+        var decimals = 2;
+        var devices = new List<string>();
+        var numbers = new List<string>();
+        var all = false;
+
+        void SetUnit(IostatUnit value, char flag)
+        {
+            if (unit is { } set && set != value)
+            {
+                throw new UsageException($"-{flag} and -{(set == IostatUnit.Kilobytes ? 'k' : 'm')} together: choose one unit.");
+            }
+
+            unit = value;
+        }
+
+        for (var i = 0; i < operands.Count; i++)
+        {
+            var arg = operands[i];
+            if (arg.Length == 0)
+            {
+                throw new UsageException("an empty operand.");
+            }
+
+            if (arg == "-o")
+            {
+                // sysstat takes exactly "JSON" (K_JSON), in upper case.
+                if (i + 1 >= operands.Count || operands[i + 1] != "JSON")
+                {
+                    throw new UsageException("-o takes JSON, the only output format.");
+                }
+
+                json = true;
+                i++;
+            }
+            else if (arg.StartsWith("--dec=", StringComparison.Ordinal))
+            {
+                if (arg.Length != "--dec=".Length + 1 || arg[^1] is < '0' or > '2')
+                {
+                    throw new UsageException($"{arg}: --dec takes 0, 1 or 2.");
+                }
+
+                decimals = arg[^1] - '0';
+            }
+            else if (arg.StartsWith("--", StringComparison.Ordinal))
+            {
+                throw new UsageException($"unknown option {arg}.");
+            }
+            else if (arg[0] == '-')
+            {
+                if (arg.Length == 1)
+                {
+                    throw new UsageException("unknown option -.");
+                }
+
+                foreach (var flag in arg.AsSpan(1))
+                {
+                    switch (flag)
+                    {
+                        case 'x': extended = true; break;
+                        case 'k': SetUnit(IostatUnit.Kilobytes, flag); break;
+                        case 'm': SetUnit(IostatUnit.Megabytes, flag); break;
+                        case 't': timestamp = true; break;
+                        case 'z': omitIdle = true; break;
+                        case 'd': break;
+                        case 'y': break;
+                        case 'c':
+                            throw new UsageException("-c: the node's CPU use is not read; iostat reports devices only.");
+                        default:
+                            throw new UsageException($"unknown option -{flag} (in {arg}); the options are -x -k -m -t -z -d -y, -o JSON and --dec=N.");
+                    }
+                }
+            }
+            else if (char.IsAsciiDigit(arg[0]) || arg[0] == '.')
+            {
+                numbers.Add(arg);
+            }
+            else if (numbers.Count > 0)
+            {
+                throw new UsageException($"device '{arg}' after the interval.");
+            }
+            else if (arg == "ALL")
+            {
+                // sysstat's ALL: every device (which is what no device name means here).
+                all = true;
+            }
+            else
+            {
+                // sysstat takes /dev/vda as well as vda.
+                var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
+                if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal))
+                {
+                    throw new UsageException($"'{arg}' is not a device name.");
+                }
+
+                devices.Add(name);
+            }
+        }
+
+        if (all)
+        {
+            devices.Clear();
+        }
+
+        if (numbers.Count > 2)
+        {
+            throw new UsageException("at most an interval and a count.");
+        }
+
+        var interval = 1.0;
+        if (numbers.Count > 0 && (!double.TryParse(numbers[0], NumberStyles.Float, CultureInfo.InvariantCulture, out interval) || interval <= 0 || interval > 86_400))
+        {
+            throw new UsageException($"'{numbers[0]}' is not an interval in seconds.");
+        }
+
+        long? count = numbers.Count == 0 ? 1 : null;
+        if (numbers.Count == 2)
+        {
+            if (!long.TryParse(numbers[1], NumberStyles.None, CultureInfo.InvariantCulture, out var c) || c < 1)
+            {
+                throw new UsageException($"'{numbers[1]}' is not a count of reports.");
+            }
+
+            count = c;
+        }
+
+        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count);
+    }
+}

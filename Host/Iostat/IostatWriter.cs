@@ -1,0 +1,143 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace ActorBlk.Host.Iostat;
+
+/// <summary>
+/// Writes <c>actorblk iostat</c>'s reports as sysstat's iostat lays them out: the banner, then per
+/// report the time (<c>-t</c>), the header and the rows and a blank line; or with <c>-o JSON</c>
+/// sysstat's document (<c>print_gal_header</c>, <c>write_stats</c>, the closing brackets written
+/// on an interrupt too), tab-indented as sysstat's.
+/// </summary>
+internal sealed class IostatWriter(TextWriter output, IostatOptions options)
+{
+    private bool _begun;
+    private bool _ended;
+    private int _reports;
+
+    /// <summary>sysstat's <c>S_TIME_FORMAT=ISO</c>: dates and times in ISO 8601.</summary>
+    public bool Iso { get; init; } = Environment.GetEnvironmentVariable("S_TIME_FORMAT") == "ISO";
+
+    /// <summary>
+    /// The banner: <c>ActorBlk VERSION (NODE) DATE _MACHINE_ (N CPU)</c> where sysstat writes the
+    /// kernel's name, release and host; in JSON the document's opening and the host's fields.
+    /// </summary>
+    public async Task BeginAsync(string node, int cpus, DateTimeOffset now)
+    {
+        var release = typeof(ActorBlk.Actors.BlockLayer).Assembly.GetName().Version?.ToString(3) ?? "0";
+        var date = now.ToString(Iso ? "yyyy-MM-dd" : "MM/dd/yy", CultureInfo.InvariantCulture);
+        _begun = true;
+        if (options.Json)
+        {
+            var sb = new StringBuilder();
+            sb.Append("{\"sysstat\": {\n");
+            sb.Append("\t\"hosts\": [\n");
+            sb.Append("\t\t{\n");
+            sb.Append("\t\t\t\"nodename\": ").Append(Json(node)).Append(",\n");
+            sb.Append("\t\t\t\"sysname\": \"ActorBlk\",\n");
+            sb.Append("\t\t\t\"release\": ").Append(Json(release)).Append(",\n");
+            sb.Append("\t\t\t\"machine\": ").Append(Json(Machine)).Append(",\n");
+            sb.Append(CultureInfo.InvariantCulture, $"\t\t\t\"number-of-cpus\": {cpus},\n");
+            sb.Append("\t\t\t\"date\": ").Append(Json(date)).Append(",\n");
+            sb.Append("\t\t\t\"statistics\": [\n");
+            await output.WriteAsync(sb.ToString()).ConfigureAwait(false);
+        }
+        else
+        {
+            await output.WriteLineAsync(string.Create(CultureInfo.InvariantCulture, $"ActorBlk {release} ({node}) \t{date} \t_{Machine}_\t({cpus} CPU)")).ConfigureAwait(false);
+            await output.WriteLineAsync().ConfigureAwait(false);
+        }
+
+        await output.FlushAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>One report, taken at <paramref name="at"/>.</summary>
+    public async Task ReportAsync(DateTimeOffset at, IReadOnlyList<IostatRow> rows)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        var sb = new StringBuilder();
+        if (options.Json)
+        {
+            // sysstat writes "," before the newline that ends the previous report's "}".
+            sb.Append(_reports > 0 ? ",\n" : string.Empty);
+            sb.Append("\t\t\t\t{\n");
+            if (options.Timestamp)
+            {
+                sb.Append("\t\t\t\t\t\"timestamp\": ").Append(Json(Timestamp(at))).Append(",\n");
+            }
+
+            sb.Append("\t\t\t\t\t\"disk\": [\n");
+            for (var i = 0; i < rows.Count; i++)
+            {
+                sb.Append("\t\t\t\t\t\t").Append(options.Extended ? IostatReport.JsonExtended(rows[i], options.Unit) : IostatReport.JsonBasic(rows[i], options.Unit));
+                sb.Append(i + 1 < rows.Count ? ",\n" : "\n");
+            }
+
+            if (rows.Count == 0)
+            {
+                sb.Append('\n');
+            }
+
+            sb.Append("\t\t\t\t\t]\n");
+            sb.Append("\t\t\t\t}");
+        }
+        else
+        {
+            if (options.Timestamp)
+            {
+                sb.Append(Timestamp(at)).Append('\n');
+            }
+
+            sb.Append(options.Extended ? IostatReport.ExtendedHeaderFor(options.Unit) : IostatReport.BasicHeaderFor(options.Unit)).Append('\n');
+            foreach (var row in rows)
+            {
+                sb.Append(options.Extended ? IostatReport.FormatExtended(row, options.Unit, options.Decimals) : IostatReport.FormatBasic(row, options.Unit, options.Decimals)).Append('\n');
+            }
+
+            sb.Append('\n');
+        }
+
+        _reports++;
+        await output.WriteAsync(sb.ToString()).ConfigureAwait(false);
+        await output.FlushAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Closes the JSON document (once; nothing for tables, or before the banner).</summary>
+    public async Task EndAsync()
+    {
+        if (!options.Json || !_begun || _ended)
+        {
+            return;
+        }
+
+        _ended = true;
+        await output.WriteAsync((_reports > 0 ? "\n" : string.Empty) + "\t\t\t]\n\t\t}\n\t]\n}}\n").ConfigureAwait(false);
+        await output.FlushAsync().ConfigureAwait(false);
+    }
+
+    // sysstat's DATE_TIME_FORMAT_ISO "%FT%T%z", or "%x %X" in the C locale.
+    private string Timestamp(DateTimeOffset at)
+    {
+        if (!Iso)
+        {
+            return at.ToString("MM/dd/yy HH:mm:ss", CultureInfo.InvariantCulture);
+        }
+
+        var offset = at.Offset;
+        var sign = offset < TimeSpan.Zero ? '-' : '+';
+        offset = offset.Duration();
+        return string.Create(CultureInfo.InvariantCulture, $"{at:yyyy-MM-ddTHH:mm:ss}{sign}{offset.Hours:00}{offset.Minutes:00}");
+    }
+
+    // uname's machine for the process's architecture (the node is usually this machine).
+    private static string Machine => RuntimeInformation.OSArchitecture switch
+    {
+        Architecture.X64 => "x86_64",
+        Architecture.Arm64 => "aarch64",
+        Architecture.X86 => "i686",
+        var other => other.ToString().ToLowerInvariant(),
+    };
+
+    private static string Json(string text) => System.Text.Json.JsonSerializer.Serialize(text);
+}

@@ -1,0 +1,92 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// `actorblk iostat -xz -o JSON -t` against a served node while fio's nbd engine keeps one of its
+/// two devices busy: the idle device is left out of every report (-z), the document is sysstat's
+/// and parses, and SIGTERM ends an unbounded run with the document closed and exit code 0, as
+/// sysstat's signal handler does.
+/// </summary>
+[Collection(ServeProcessesCollection.Name)]
+public sealed partial class IostatJsonSpec
+{
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);
+
+    [GeneratedRegex(@"NBD export listening on (?<endpoint>127\.0\.0\.1:\d+)")]
+    private static partial Regex ListeningLine();
+
+    [GeneratedRegex(@"Devices are addressable at akka\.tcp://actorblk@127\.0\.0\.1:(?<port>\d+)/user/actorblk")]
+    private static partial Regex AddressLine();
+
+    private static bool Installed(string tool) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? string.Empty).Split(':').Any(d => d.Length > 0 && File.Exists(Path.Combine(d, tool)));
+
+    [SkippableFact]
+    public async Task Json_reports_leave_out_the_idle_device_and_sigterm_closes_the_document()
+    {
+        Skip.IfNot(Installed("fio"), "fio is not installed (.ci/run installs it)");
+        using var dir = new TempDirectory();
+        var config = dir.File("node.conf");
+        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryFiles.Hocon()) + """
+
+            actorblk.devices = [
+              { name = busy0, driver = "null", size = 64m, irqmode = 0 }
+              { name = idle0, driver = "null", size = 64m, irqmode = 0 }
+            ]
+            """);
+        await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0", "--nbd-listen", "127.0.0.1:0");
+        var endpoint = ListeningLine().Match(await node.WaitForLineAsync(l => ListeningLine().IsMatch(l), Within)).Groups["endpoint"].Value;
+        var port = AddressLine().Match(node.Output).Groups["port"].Value;
+        Assert.NotEmpty(port);
+
+        // fio reads busy0 for as long as the spec runs; it is killed at the end.
+        var psi = new ProcessStartInfo("fio") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "--name=busy", "--ioengine=nbd", $"--uri=nbd://{endpoint}/busy0", "--rw=randread", "--bs=4k", "--iodepth=4", "--time_based", "--runtime=600" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var fio = Process.Start(psi)!;
+        try
+        {
+            // The second report's interval lies wholly inside fio's run.
+            await using var iostat = ActorBlkProcess.Start("iostat", "--node", $"127.0.0.1:{port}", "-xz", "-t", "-o", "JSON", "1", "2");
+            Assert.Equal(0, await iostat.WaitForExitAsync(Within));
+            using var document = JsonDocument.Parse(iostat.StandardOutput);
+            var statistics = document.RootElement.GetProperty("sysstat").GetProperty("hosts")[0].GetProperty("statistics");
+            Assert.Equal(2, statistics.GetArrayLength());
+            foreach (var report in statistics.EnumerateArray())
+            {
+                Assert.True(report.TryGetProperty("timestamp", out _));
+                Assert.DoesNotContain(report.GetProperty("disk").EnumerateArray(), d => d.GetProperty("disk_device").GetString() == "idle0");
+            }
+
+            var busy = Assert.Single(statistics[1].GetProperty("disk").EnumerateArray());
+            Assert.Equal("busy0", busy.GetProperty("disk_device").GetString());
+            Assert.True(busy.GetProperty("r/s").GetDouble() > 0, iostat.StandardOutput);
+            Assert.Equal(4.0, busy.GetProperty("rareq-sz").GetDouble());
+
+            // Unbounded: SIGTERM after the first row ends it with the document closed.
+            await using var endless = ActorBlkProcess.Start("iostat", "--node", $"127.0.0.1:{port}", "-o", "JSON", "1");
+            await endless.WaitForLineAsync(l => l.Contains("\"disk_device\"", StringComparison.Ordinal), Within);
+            endless.Terminate();
+            Assert.Equal(0, await endless.WaitForExitAsync(Within));
+            using var closed = JsonDocument.Parse(endless.StandardOutput);
+            Assert.True(closed.RootElement.GetProperty("sysstat").GetProperty("hosts")[0].GetProperty("statistics").GetArrayLength() >= 1);
+        }
+        finally
+        {
+            fio.Kill(entireProcessTree: true);
+            await fio.WaitForExitAsync();
+        }
+
+        node.Terminate();
+        Assert.Equal(0, await node.WaitForExitAsync(Within));
+    }
+}

@@ -1,0 +1,213 @@
+using System.Text.Json;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Host.Commands;
+using ActorBlk.Host.Iostat;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// sysstat's options of <c>actorblk iostat</c> (iostat.c's command line, <c>write_disk_stat_header</c>,
+/// <c>write_json_ext_stat</c>, <c>write_json_basic_stat</c>, <c>print_gal_header</c>): grouped
+/// flags, -k/-m, -t, -z, -o JSON and --dec, parsed and laid out as sysstat does.
+/// </summary>
+public sealed class IostatOptionsSpec
+{
+    private static readonly DiskStatSample Before = DiskStatSample.Parse("     100       10      800       50      200       20     3200      400        2      900      460        5        0       40        5        7        3\n");
+    private static readonly DiskStatSample After = DiskStatSample.Parse("    1100       60     8800      550     1200      220    19200     2400        4     1850     2990       15        5      120       25       17       13\n");
+
+    [Fact]
+    public void Flags_group_and_come_anywhere_before_or_after_the_devices()
+    {
+        var o = IostatOptions.Parse(["-dxz", "nullb0", "-t", "-m", "/dev/disk0", "2", "-y", "5"]);
+        Assert.True(o.Extended);
+        Assert.True(o.OmitIdle);
+        Assert.True(o.Timestamp);
+        Assert.False(o.Json);
+        Assert.Equal(IostatUnit.Megabytes, o.Unit);
+        Assert.Equal(["nullb0", "disk0"], o.Devices);
+        Assert.Equal(2, o.Interval);
+        Assert.Equal(5, o.Count);
+    }
+
+    [Fact]
+    public void Defaults_are_one_basic_report_in_kilobytes_over_one_second()
+    {
+        var o = IostatOptions.Parse([]);
+        Assert.Equal(new IostatOptions(false, IostatUnit.Kilobytes, false, false, false, 2, o.Devices, 1.0, 1), o);
+        Assert.Empty(o.Devices);
+        Assert.Null(IostatOptions.Parse(["1"]).Count);
+    }
+
+    [Fact]
+    public void Json_and_decimal_places()
+    {
+        var o = IostatOptions.Parse(["-o", "JSON", "--dec=0", "-k", "ALL", "1", "3"]);
+        Assert.True(o.Json);
+        Assert.Equal(0, o.Decimals);
+        Assert.Empty(o.Devices);
+    }
+
+    [Theory]
+    [InlineData("-km")]              // sysstat: -k with -m is usage()
+    [InlineData("-m", "-k")]
+    [InlineData("-c")]               // no CPU report: the node's CPU use is not read
+    [InlineData("-xq")]
+    [InlineData("-")]
+    [InlineData("-o")]
+    [InlineData("-o", "json")]       // K_JSON is upper case
+    [InlineData("-o", "XML")]
+    [InlineData("--dec=3")]
+    [InlineData("--dec=")]
+    [InlineData("--dec=10")]
+    [InlineData("--human")]
+    [InlineData("1", "nullb0")]
+    [InlineData("1", "2", "3")]
+    public void Refused_options_are_usage_errors(params string[] operands)
+    {
+        Assert.Throws<UsageException>(() => IostatOptions.Parse(operands));
+    }
+
+    [Theory]
+    [InlineData("-dxz", "1", "1")]
+    [InlineData("-o", "JSON", "-t", "1", "1")]
+    [InlineData("--dec=1", "-m", "1", "1")]
+    public async Task The_command_line_hands_sysstat_options_to_iostat_and_only_then_asks_the_node(params string[] args)
+    {
+        // Nothing listens on port 1: a command line iostat accepts fails to reach the node (1),
+        // where a refused one would be a usage error (2).
+        using var error = new StringWriter();
+        Assert.Equal(1, await CommandLine.RunAsync(["iostat", "--port=1", .. args], TextWriter.Null, error));
+        Assert.Empty(error.ToString());
+    }
+
+    [Fact]
+    public void Megabytes_divide_the_throughput_and_leave_request_sizes_in_kilobytes()
+    {
+        var r = IostatReport.Compute("nullb0", Before, After, 1000);
+        Assert.Equal(
+            "Device            r/s     rMB/s   rrqm/s  %rrqm r_await rareq-sz     w/s     wMB/s   wrqm/s  %wrqm w_await wareq-sz     d/s     dMB/s   drqm/s  %drqm d_await dareq-sz     f/s f_await  aqu-sz  %util",
+            IostatReport.ExtendedHeaderFor(IostatUnit.Megabytes));
+
+        // rkB/s 4000 is 3.90625 MB/s, wkB/s 8000 is 7.8125, dkB/s 40 is 0.0390625; rareq-sz stays 4.00 kB.
+        Assert.Equal(
+            "nullb0        1000.00      3.91    50.00   4.76    0.50     4.00 1000.00      7.81   200.00  16.67    2.00     8.00   10.00      0.04     5.00  33.33    2.00     4.00   10.00    1.00    2.53  95.00",
+            IostatReport.FormatExtended(r, IostatUnit.Megabytes));
+
+        // Over the interval: 4000 kB read is 3 whole MB (3.90625, truncated as sysstat's integer division).
+        Assert.Equal(
+            "Device             tps    MB_read/s    MB_wrtn/s    MB_dscd/s    MB_read    MB_wrtn    MB_dscd",
+            IostatReport.BasicHeaderFor(IostatUnit.Megabytes));
+        Assert.Equal(
+            "nullb0         2010.00         3.91         7.81         0.04          3          7          0",
+            IostatReport.FormatBasic(r, IostatUnit.Megabytes));
+    }
+
+    [Fact]
+    public void Decimal_places_keep_the_columns_under_their_headers()
+    {
+        var r = IostatReport.Compute("nullb0", Before, After, 1000);
+        Assert.StartsWith("nullb0           1000      4000       50      5       0        4", IostatReport.FormatExtended(r, IostatUnit.Kilobytes, 0), StringComparison.Ordinal);
+        Assert.StartsWith("nullb0          2010.0       4000.0", IostatReport.FormatBasic(r, IostatUnit.Kilobytes, 1), StringComparison.Ordinal);
+        foreach (var decimals in new[] { 0, 1, 2 })
+        {
+            Assert.Equal(IostatReport.ExtendedHeader.Length, IostatReport.FormatExtended(r, IostatUnit.Kilobytes, decimals).Length);
+            Assert.Equal(IostatReport.BasicHeader.Length, IostatReport.FormatBasic(r, IostatUnit.Megabytes, decimals).Length);
+        }
+    }
+
+    [Fact]
+    public void Json_rows_have_sysstats_keys_in_sysstats_order()
+    {
+        var r = IostatReport.Compute("nullb0", Before, After, 1000);
+        Assert.Equal(
+            "{\"disk_device\": \"nullb0\", \"r/s\": 1000.00, \"w/s\": 1000.00, \"d/s\": 10.00, \"f/s\": 10.00, \"rkB/s\": 4000.00, \"wkB/s\": 8000.00, \"dkB/s\": 40.00, " +
+            "\"rrqm/s\": 50.00, \"wrqm/s\": 200.00, \"drqm/s\": 5.00, \"rrqm\": 4.76, \"wrqm\": 16.67, \"drqm\": 33.33, " +
+            "\"r_await\": 0.50, \"w_await\": 2.00, \"d_await\": 2.00, \"f_await\": 1.00, \"rareq-sz\": 4.00, \"wareq-sz\": 8.00, \"dareq-sz\": 4.00, \"aqu-sz\": 2.53, \"util\": 95.00}",
+            IostatReport.JsonExtended(r));
+        Assert.Equal(
+            "{\"disk_device\": \"nullb0\", \"tps\": 2010.00, \"MB_read/s\": 3.91, \"MB_wrtn/s\": 7.81, \"MB_dscd/s\": 0.04, \"MB_read\": 3, \"MB_wrtn\": 7, \"MB_dscd\": 0}",
+            IostatReport.JsonBasic(r, IostatUnit.Megabytes));
+    }
+
+    [Fact]
+    public void An_idle_interval_is_what_z_leaves_out()
+    {
+        Assert.True(IostatReport.Compute("nullb0", After, After, 1000).Idle);
+        Assert.False(IostatReport.Compute("nullb0", Before, After, 1000).Idle);
+
+        // A flush alone is activity (sysstat compares fl_ios too).
+        var flushed = DiskStatSample.Parse("    1100       60     8800      550     1200      220    19200     2400        4     1850     2990       15        5      120       25       18       13\n");
+        Assert.False(IostatReport.Compute("nullb0", After, flushed, 1000).Idle);
+    }
+
+    [Theory]
+    [InlineData(false, false, 0)]
+    [InlineData(true, true, 1)]
+    [InlineData(true, false, 2)]
+    [InlineData(false, true, 3)]
+    public async Task The_json_document_is_sysstats_and_parses_whatever_the_reports(bool extended, bool timestamp, int reports)
+    {
+        var options = IostatOptions.Parse([.. extended ? new[] { "-x" } : [], .. timestamp ? new[] { "-t" } : [], "-o", "JSON", "1"]);
+        using var text = new StringWriter();
+        var writer = new IostatWriter(text, options) { Iso = true };
+        var at = new DateTimeOffset(2026, 12, 4, 10, 30, 1, TimeSpan.FromHours(1));
+        await writer.BeginAsync("127.0.0.1:4053", 2, at);
+        var row = IostatReport.Compute("nullb0", Before, After, 1000);
+        for (var i = 0; i < reports; i++)
+        {
+            // The second report has no device (all idle under -z): an empty list, still valid.
+            await writer.ReportAsync(at.AddSeconds(i + 1), i == 1 ? [] : [row, row with { Device = "disk0" }]);
+        }
+
+        await writer.EndAsync();
+        await writer.EndAsync();
+
+        using var document = JsonDocument.Parse(text.ToString());
+        var host = document.RootElement.GetProperty("sysstat").GetProperty("hosts")[0];
+        Assert.Equal("127.0.0.1:4053", host.GetProperty("nodename").GetString());
+        Assert.Equal(2, host.GetProperty("number-of-cpus").GetInt32());
+        Assert.Equal("2026-12-04", host.GetProperty("date").GetString());
+        var statistics = host.GetProperty("statistics");
+        Assert.Equal(reports, statistics.GetArrayLength());
+        for (var i = 0; i < reports; i++)
+        {
+            var report = statistics[i];
+            Assert.Equal(timestamp, report.TryGetProperty("timestamp", out var stamp));
+            if (timestamp)
+            {
+                Assert.Equal($"2026-12-04T10:30:0{i + 2}+0100", stamp.GetString());
+            }
+
+            var disks = report.GetProperty("disk");
+            Assert.Equal(i == 1 ? 0 : 2, disks.GetArrayLength());
+            if (disks.GetArrayLength() > 0)
+            {
+                Assert.Equal(extended ? 95.0 : 2010.0, disks[0].GetProperty(extended ? "util" : "tps").GetDouble());
+            }
+        }
+
+        // sysstat's layout: tab indents, "}," between reports, the four closing lines.
+        Assert.StartsWith("{\"sysstat\": {\n\t\"hosts\": [\n\t\t{\n\t\t\t\"nodename\": \"127.0.0.1:4053\",\n", text.ToString(), StringComparison.Ordinal);
+        Assert.EndsWith("\t\t\t]\n\t\t}\n\t]\n}}\n", text.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task The_tables_start_with_the_banner_and_each_report_with_its_time_under_t()
+    {
+        using var text = new StringWriter();
+        var writer = new IostatWriter(text, IostatOptions.Parse(["-t", "1"])) { Iso = false };
+        var at = new DateTimeOffset(2026, 12, 4, 10, 30, 1, TimeSpan.Zero);
+        await writer.BeginAsync("127.0.0.1:4053", 2, at);
+        await writer.ReportAsync(at.AddSeconds(1), [IostatReport.Compute("nullb0", Before, After, 1000)]);
+        await writer.EndAsync();
+
+        var lines = text.ToString().Split('\n');
+        Assert.Matches(@"^ActorBlk \d+\.\d+\.\d+ \(127\.0\.0\.1:4053\) \t12/04/26 \t_[a-z0-9_]+_\t\(2 CPU\)$", lines[0]);
+        Assert.Equal(string.Empty, lines[1]);
+        Assert.Equal("12/04/26 10:30:02", lines[2]);
+        Assert.Equal(IostatReport.BasicHeader, lines[3]);
+        Assert.StartsWith("nullb0 ", lines[4], StringComparison.Ordinal);
+        Assert.Equal(string.Empty, lines[5]);
+    }
+}
