@@ -250,7 +250,13 @@ public sealed partial class RequestQueue
             return;
         }
 
-        if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
+        // A bio woken from a tag wait goes straight back to the tag (see Bio.TagWoken).
+        var woken = bio.TagWoken;
+        if (woken)
+        {
+            bio.TagWoken = false;
+        }
+        else if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
         {
             return;
         }
