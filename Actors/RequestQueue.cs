@@ -185,6 +185,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             : null;
         IQueueRuntime runtime = _mailbox ?? (IQueueRuntime)new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
         _queue.Events = new QueueEvents(Self);
+        _queue.EndIoFaulted += OnEndIoFaulted;
         _queue.Start(runtime);
         _queue.Register();
 
@@ -194,6 +195,32 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     }
 
     protected override void OnReceive(object message) => Unhandled(message);
+
+    protected override void PostStop()
+    {
+        _queue.EndIoFaulted -= OnEndIoFaulted;
+        base.PostStop();
+    }
+
+    // A caller's end_io threw (caught where its bio completed; the I/O counted as completed).
+    // Logged from the completion context, the first time with the stack and then at every power
+    // of two, so a call-back that always throws cannot flood the log.
+    private void OnEndIoFaulted(RequestQueue queue, long count, Exception error)
+    {
+        if ((count & (count - 1)) != 0)
+        {
+            return;
+        }
+
+        if (count == 1)
+        {
+            _log.Warning(error, "{Device}: an end_io call-back threw; the I/O counts as completed (call-backs must not throw)", queue.Name);
+        }
+        else
+        {
+            _log.Warning("{Device}: {Count} end_io call-backs have thrown; the last: {Error}", queue.Name, count, error.Message);
+        }
+    }
 
     // ------------------------------------------------------------------ behaviours
 

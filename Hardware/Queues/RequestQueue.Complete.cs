@@ -211,4 +211,31 @@ public sealed partial class RequestQueue
     public long DoubleCompletions => Interlocked.Read(ref _doubleCompletions) + Bios.RefusedCompletions;
 
     internal void CountDoubleCompletion() => Interlocked.Increment(ref _doubleCompletions);
+
+    /// <summary>
+    /// End-io call-backs (<see cref="IBioEndIo.OnBioComplete"/>) of this queue's bios that threw.
+    /// Each was caught where the bio completed; the I/O counted as completed and nothing of the
+    /// queue's state changed (a call-back's exception is never taken for a device error).
+    /// </summary>
+    public long EndIoFaults => Interlocked.Read(ref _endIoFaults);
+
+    /// <summary>
+    /// Raised, on the completion context, with the count so far and the exception, each time an
+    /// end-io call-back of this queue's bios throws. A handler must not block; what it throws is
+    /// ignored.
+    /// </summary>
+    public event Action<RequestQueue, long, Exception>? EndIoFaulted;
+
+    internal void ReportEndIoFault(Exception ex)
+    {
+        var count = Interlocked.Increment(ref _endIoFaults);
+        try
+        {
+            EndIoFaulted?.Invoke(this, count, ex);
+        }
+        catch (Exception)
+        {
+            // The report is best effort: a handler's own fault must not reach the completion path.
+        }
+    }
 }

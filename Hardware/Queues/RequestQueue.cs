@@ -55,6 +55,7 @@ public sealed partial class RequestQueue
     private volatile int _dead;
     private volatile bool _acceptsIo;
     private long _doubleCompletions;
+    private long _endIoFaults;
 
     // Plugs holding (or that held) requests of this queue, until they are disposed: a freeze or
     // teardown flushes them so it never waits on a plugged request (see BlockPlug).

@@ -11,7 +11,10 @@ public interface IBioEndIo
 {
     /// <summary>
     /// Called once, on the completion context, when the bio has completed. The bio goes back to
-    /// its pool when this returns; read its fields here, do not keep it.
+    /// its pool when this returns; read its fields here, do not keep it. It must not block, and
+    /// should not throw: an exception is caught, the I/O still counts as completed, and the queue
+    /// counts it (<see cref="Queues.RequestQueue.EndIoFaults"/>) and reports it
+    /// (<see cref="Queues.RequestQueue.EndIoFaulted"/>; a device of a <c>BlockLayer</c> logs it).
     /// </summary>
     void OnBioComplete(Bio bio, BlockStatus status);
 }
@@ -217,7 +220,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
 
         if (EndIo is { } endIo)
         {
-            endIo.OnBioComplete(this, status);
+            CallEndIo(endIo, status);
             Release();
             return true;
         }
@@ -225,6 +228,28 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         _core.SetResult(status);
         return true;
     }
+
+    // The caller's end_io runs on the completion context: a driver's dispatch, a completion
+    // worker, a timer thread, a software-context actor. An exception from it is the caller's, not
+    // the device's: caught here, so it cannot pass for a device error (the null driver completes
+    // inside QueueRq, whose catch took it for one and unstarted a request already freed), kill a
+    // completion thread, or leave this bio out of its pool. The I/O counts as completed; the
+    // queue counts and reports the exception (RequestQueue.EndIoFaults, EndIoFaulted).
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void CallEndIo(IBioEndIo endIo, BlockStatus status)
+    {
+        try
+        {
+            endIo.OnBioComplete(this, status);
+        }
+        catch (Exception ex)
+        {
+            ReportEndIoFault(ex);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ReportEndIoFault(Exception ex) => Queue?.ReportEndIoFault(ex);
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void RefuseSecondCompletion()
