@@ -195,7 +195,17 @@ public sealed partial class HardwareContext
             {
                 fault = ex;
                 status = BlockStatus.IoError;
-                rq.Unstart();
+
+                // Put back unless the driver already ended it: never started (its generation is
+                // the one read before QueueRq), or started and still in flight, it is a leftover.
+                // A driver that completed the request and then threw has freed it (its tag may
+                // be another bio's by now): putting it back would run it twice.
+                var started = rq.Generation;
+                if (started != generation && !rq.TryUnstart(started))
+                {
+                    i++;
+                }
+
                 break;
             }
 

@@ -48,6 +48,9 @@ public sealed class ScriptedDriver : IBlockDriver
     /// <summary>Thrown from the next QueueRq only, then cleared.</summary>
     public Exception? ThrowOnce { get; set; }
 
+    /// <summary>Thrown from the next QueueRq after it completed the request inline (a driver bug), then cleared.</summary>
+    public Exception? ThrowAfterComplete { get; set; }
+
     /// <summary>Reset calls (a reset abandons every request in flight).</summary>
     public int ResetCalls { get; private set; }
 
@@ -132,9 +135,17 @@ public sealed class ScriptedDriver : IBlockDriver
             return BlockStatus.Ok;
         }
 
-        if (CompleteInline)
+        if (CompleteInline || ThrowAfterComplete is not null)
         {
             request.End(BlockStatus.Ok);
+            lock (_lock)
+            {
+                if (ThrowAfterComplete is { } after)
+                {
+                    ThrowAfterComplete = null;
+                    throw after;
+                }
+            }
         }
         else
         {

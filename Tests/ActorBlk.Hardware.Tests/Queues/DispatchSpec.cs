@@ -177,6 +177,36 @@ public sealed class DispatchSpec
         Assert.IsType<ActorBlk.Hardware.Drivers.BlockDeviceErrorException>(hctx.LastFault);
     }
 
+    // A driver that completes a request and then throws (a bug: the kernel's queue_rq returns a
+    // status): the fault stops the queue, but the request it already ended is not put back; it
+    // is freed, and running it again would complete its bio twice (or another bio's request).
+    [Fact]
+    public async Task A_driver_exception_after_it_completed_the_request_does_not_put_it_back()
+    {
+        var (queue, runtime, driver) = Create();
+        var first = TestQueues.Submit(queue, BlockOp.Write, 0, 8);
+        var second = TestQueues.Submit(queue, BlockOp.Write, 64, 8);
+        driver.ThrowAfterComplete = new InvalidOperationException("driver bug after End");
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+
+        var hctx = queue.HardwareContexts[0];
+        Assert.True(hctx.IsStopped);
+        Assert.Equal(BlockStatus.Ok, await first);
+        Assert.Equal(1, hctx.PendingCount); // only the second, never handed to the driver
+        Assert.Equal(1, hctx.Tags.InUse);
+
+        hctx.StartQueue();
+        runtime.RunRound();
+        var rq = Assert.Single(driver.InFlight);
+        Assert.Equal(64, rq.Sector);
+        Assert.True(rq.End(BlockStatus.Ok));
+        Assert.Equal(BlockStatus.Ok, await second);
+        Assert.Equal(0, queue.DoubleCompletions);
+        Assert.Equal(0, queue.Usage.Count);
+        Assert.Equal(0, hctx.Tags.InUse);
+    }
+
     // The device goes offline while a round runs, after Issue looked, and the driver then fails
     // (an NBD connection dropped for good as a read was dispatched): SetOffline started the queue
     // before the round's fault stopped it, and the read, never started so never timed out, waited
