@@ -347,9 +347,17 @@ public sealed class DiskStats
         }
     }
 
-    /// <summary>Requests in flight now, reads and writes (the <c>inflight</c> file).</summary>
+    /// <summary>
+    /// Requests in flight now, reads and writes (the <c>inflight</c> file). A reader whose own
+    /// thread holds a batch of this disk's counts (code running inside a dispatch round: an
+    /// awaiter's continuation, an end_io) adds it first, so it sees what its round counted.
+    /// </summary>
     public (long Reads, long Writes) InFlight()
     {
+        // An outside audit read `inflight` and `stat` from the continuation of its last write,
+        // run inline in a direct-issue round, and saw every completion of that round missing
+        // until the round ended.
+        FlushBatch();
         long startedRead = 0, startedWrite = 0, doneRead = 0, doneWrite = 0;
 
         // Done counts first: a request that completes during the sum is then never counted done
@@ -369,7 +377,10 @@ public sealed class DiskStats
         return (Math.Max(0, startedRead - doneRead), Math.Max(0, startedWrite - doneWrite));
     }
 
-    /// <summary>Sums the slots into the 17 fields (<c>part_stat_show</c>, which first brings io_ticks up to now when I/O is in flight).</summary>
+    /// <summary>
+    /// Sums the slots into the 17 fields (<c>part_stat_show</c>, which first brings io_ticks up to
+    /// now when I/O is in flight), after the calling thread's own batch (see <see cref="InFlight"/>).
+    /// </summary>
     public DiskStatSample Read()
     {
         var (reads, writes) = InFlight();
