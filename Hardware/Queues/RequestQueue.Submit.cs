@@ -211,6 +211,18 @@ public sealed partial class RequestQueue
     {
         ArgumentNullException.ThrowIfNull(bio);
         var thread = BlockThread.Current;
+
+        // A bio woken from a tag wait goes straight back to the tag, and one that takes no tag
+        // from the map that woke it hands the wake-up on (see Bio.TagWoken, TagWaiter.WokenBy).
+        var woken = bio.TagWoken;
+        SBitmapQueue? wokenBy = null;
+        if (woken)
+        {
+            bio.TagWoken = false;
+            wokenBy = bio.WokenBy;
+            bio.WokenBy = null;
+        }
+
         if (!bio.Entered)
         {
             // A bio resumed after waiting for the queue to thaw.
@@ -223,6 +235,7 @@ public sealed partial class RequestQueue
         {
             // Entered before the queue died, but dispatch has been torn down since (a tag waiter
             // woken at teardown, or a bio still on its way to its context).
+            wokenBy?.CompensateWakeUp();
             FailEntered(bio, BlockStatus.Offline);
             return;
         }
@@ -232,6 +245,7 @@ public sealed partial class RequestQueue
         {
             if (!_ioPoll)
             {
+                wokenBy?.CompensateWakeUp();
                 FailEntered(bio, BlockStatus.NotSupported);
                 return;
             }
@@ -245,18 +259,30 @@ public sealed partial class RequestQueue
 
         var ctx = _contexts[bio.Cpu];
         var hctx = _hctxs[TagSet.Map.HardwareQueueFor(bio.Cpu, type)];
-        if (hctx.IsInactive && MovedOffInactive(bio, type))
+        if (hctx.IsInactive)
         {
-            return;
+            // A woken bio moved to another CPU's queue takes its wake-up along: its next pass
+            // takes a tag there and, if that is another map, hands the wake-up back (a NOWAIT bio,
+            // the only kind failed here, never waits for a tag, so is never woken).
+            if (woken)
+            {
+                bio.TagWoken = true;
+                bio.WokenBy = wokenBy;
+            }
+
+            if (MovedOffInactive(bio, type))
+            {
+                return;
+            }
+
+            if (woken)
+            {
+                bio.TagWoken = false;
+                bio.WokenBy = null;
+            }
         }
 
-        // A bio woken from a tag wait goes straight back to the tag (see Bio.TagWoken).
-        var woken = bio.TagWoken;
-        if (woken)
-        {
-            bio.TagWoken = false;
-        }
-        else if (_mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
+        if (!woken && _mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
         {
             return;
         }
@@ -264,6 +290,15 @@ public sealed partial class RequestQueue
         var plug = bio.Plug; // read before the bio may be parked as a tag waiter (see Enter)
         // Submitted from an end_io call-back that holds its request's tag: take it over.
         var tag = TakeHeldTag(hctx, bio, thread);
+
+        // Woken by another map (a remap moved the bio's CPU to another hardware queue) or not
+        // allocating at all (the held tag): the wake-up goes back to the map that gave it.
+        if (wokenBy is not null &&
+            (tag >= 0 || !ReferenceEquals(wokenBy, (bio.Flags & RequestFlags.Reserved) != 0 ? hctx.Tags.ReservedTags : hctx.Tags.BitmapTags)))
+        {
+            wokenBy.CompensateWakeUp();
+        }
+
         if (tag < 0)
         {
             tag = hctx.AllocateTag(bio, ctx.Cpu);

@@ -297,6 +297,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         FailureDeferred = false;
         Parked = false;
         TagWoken = false;
+        WokenBy = null;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
         Volatile.Write(ref _completed, Pooled);

@@ -188,6 +188,19 @@ public sealed class SBitmapQueue
         return -1;
     }
 
+    /// <summary>
+    /// Counts one freed tag towards the wake batch (<c>sbitmap_queue_wake_up(bt, 1)</c>) for a
+    /// waiter that was woken here and took no tag from this map: the wake-up stood for a freed
+    /// tag, and without it the waiters left could wait for a free that never comes.
+    /// </summary>
+    public void CompensateWakeUp()
+    {
+        if (Volatile.Read(ref _waitersActive) != 0)
+        {
+            WakeUp(1);
+        }
+    }
+
     /// <summary>Wakes every waiter on every wait queue (<c>sbitmap_queue_wake_all</c>).</summary>
     public void WakeAll()
     {
@@ -290,7 +303,7 @@ public sealed class SBitmapQueue
 
     // Call-backs run outside every wait-queue lock. The chain is reversed (newest first), so it
     // is reversed again to wake in arrival order.
-    private static void Complete(TagWaiter? chain)
+    private void Complete(TagWaiter? chain)
     {
         TagWaiter? ordered = null;
         while (chain is not null)
@@ -306,6 +319,7 @@ public sealed class SBitmapQueue
             var next = ordered.NextWaiter;
             ordered.NextWaiter = null;
             ordered.WaitingOn = null;
+            ordered.WokenBy = this;
             ordered.Reset();
             ordered.OnTagAvailable();
             ordered = next;

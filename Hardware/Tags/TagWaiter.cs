@@ -25,6 +25,14 @@ public abstract class TagWaiter
 
     internal SBitmapQueue? WaitingOn { get; set; }
 
+    /// <summary>
+    /// The map whose freed tag woke this waiter, until the waiter retries. A waiter that then
+    /// takes no tag from it (it moved to another hardware queue, or failed) hands the wake-up on
+    /// (<see cref="SBitmapQueue.CompensateWakeUp"/>), as <c>blk_mq_get_tag</c>'s "fake wake up on
+    /// previous queue for compensating the wake up miss".
+    /// </summary>
+    internal SBitmapQueue? WokenBy { get; set; }
+
     /// <summary>True while the waiter sits on a wait queue.</summary>
     public bool IsWaiting => Volatile.Read(ref _state) == Waiting;
 

@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -57,6 +58,82 @@ public sealed class TagWakeMergeSpec
         }
 
         Assert.Equal(0, bits.Bitmap.Weight());
+        Assert.Equal(0, queue.DoubleCompletions);
+    }
+
+    /// <summary>
+    /// A woken bio that takes no tag from the map that woke it hands the wake-up on, as
+    /// <c>blk_mq_get_tag</c>'s "fake wake up on previous queue for compensating the wake up miss".
+    /// A stress run hung a freeze (<c>nr_requests</c> and a remap) behind 6 tag waiters of a
+    /// hardware queue whose CPUs had gone offline, every tag of it free: each waiter woken there
+    /// moved to an online CPU's queue, using up the wake-up its queue's free stood for.
+    /// </summary>
+    [Fact]
+    public async Task Waiters_woken_on_an_inactive_queue_that_move_away_pass_the_wake_up_on()
+    {
+        // Depth 8: wake_batch 1. Six CPUs on three hardware queues, private tags per queue.
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver, cpus: 6, hwQueues: 3, depth: 8);
+        var map = queue.TagSet.Map;
+
+        // Every CPU but one (the survivor) will go offline, one online CPU for three queues. The
+        // waiters' CPU is one whose queue, now and after the remap, is not the survivor's.
+        var (topology, survivor, cpu) = Enumerable.Range(0, 6)
+            .Select(s => (Topology: Enumerable.Range(0, 6).Where(c => c != s).Aggregate(map.Topology, (t, c) => t.WithOnline(c, false)), Survivor: s))
+            .SelectMany(x =>
+            {
+                var next = CpuMap.Build(x.Topology, 3);
+                var after = next.HardwareQueueFor(x.Survivor, HctxType.Default);
+                return Enumerable.Range(0, 6)
+                    .Where(c => map.HardwareQueueFor(c, HctxType.Default) != after && next.HardwareQueueFor(c, HctxType.Default) != after)
+                    .Select(c => (x.Topology, x.Survivor, Cpu: c));
+            })
+            .First();
+        var waitedOn = queue.HardwareContexts[map.HardwareQueueFor(cpu, HctxType.Default)];
+        var bits = waitedOn.Tags.BitmapTags;
+
+        // Its queue's 8 tags in flight, then 12 waiters on it.
+        var first = Enumerable.Range(0, 8).Select(i => TestQueues.Submit(queue, BlockOp.Read, i * 1000, 8, cpu)).ToList();
+        runtime.RunRound(waitedOn.Index);
+        Assert.Equal(8, driver.InFlight.Count);
+        var waiters = Enumerable.Range(0, 12).Select(i => TestQueues.Submit(queue, BlockOp.Read, 100_000 + (i * 1000), 8, cpu)).ToList();
+        Assert.Equal(12, bits.WaitersActive);
+
+        // The CPUs go offline: the waiters' CPU is left on a queue with offline CPUs only (the
+        // remap is applied directly: nothing is in the rings).
+        queue.Remap(queue.TagSet.Remap(topology));
+        var remapped = queue.TagSet.Map;
+        Assert.True(queue.HardwareContexts[remapped.HardwareQueueFor(cpu, HctxType.Default)].IsInactive);
+        var target = queue.HardwareContexts[remapped.HardwareQueueFor(survivor, HctxType.Default)];
+        Assert.NotSame(bits, target.Tags.BitmapTags);
+
+        // The 8 frees wake 8 waiters, one each; each moves to the survivor's queue and takes its tag
+        // there, so it must hand its wake-up back for the next waiter: all 12 are served.
+        var done = driver.InFlight.ToList();
+        driver.InFlight.Clear();
+        foreach (var rq in done)
+        {
+            Assert.True(rq.End(BlockStatus.Ok));
+        }
+
+        for (var round = 0; round < 50 && waiters.Any(w => !w.IsCompleted); round++)
+        {
+            runtime.RunRound(target.Index);
+            var served = driver.InFlight.ToList();
+            driver.InFlight.Clear();
+            foreach (var rq in served)
+            {
+                Assert.True(rq.End(BlockStatus.Ok));
+            }
+        }
+
+        Assert.Equal(0, bits.WaitersActive);
+        foreach (var t in first.Concat(waiters))
+        {
+            Assert.True(t.IsCompleted);
+            Assert.Equal(BlockStatus.Ok, await t);
+        }
+
         Assert.Equal(0, queue.DoubleCompletions);
     }
 }
