@@ -1,6 +1,7 @@
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
+using Akka.Event;
 
 namespace ActorBlk.Actors;
 
@@ -36,9 +37,11 @@ public sealed partial class BlockLayer
     internal TimeSpan MemberWait { get; }
 
     // The members of a table that live on other nodes, opened (README, "Mirrors"). A member that is
-    // a device of this node is left to the guardian, which resolves it by name.
+    // a device of this node is left to the guardian, which resolves it by name. A mirror that starts
+    // degraded gets a missing member as a handle without a queue, connected when it appears.
     private async Task<IReadOnlyDictionary<string, ClusterBlockDevice>> OpenMembersAsync(string name, StackTable table, CancellationToken cancellationToken)
     {
+        var degraded = table is MirrorTable { Options.StartDegraded: true };
         var opened = new Dictionary<string, ClusterBlockDevice>(StringComparer.Ordinal);
         try
         {
@@ -50,7 +53,7 @@ public sealed partial class BlockLayer
                     continue;
                 }
 
-                opened[member] = await OpenMemberAsync(name, member, cancellationToken).ConfigureAwait(false);
+                opened[member] = await OpenMemberAsync(name, member, degraded, cancellationToken).ConfigureAwait(false);
             }
 
             return opened;
@@ -66,7 +69,7 @@ public sealed partial class BlockLayer
         }
     }
 
-    private async Task<ClusterBlockDevice> OpenMemberAsync(string stacked, string member, CancellationToken cancellationToken)
+    private async Task<ClusterBlockDevice> OpenMemberAsync(string stacked, string member, bool degraded, CancellationToken cancellationToken)
     {
         using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         wait.CancelAfter(MemberWait);
@@ -91,7 +94,10 @@ public sealed partial class BlockLayer
                 }
                 catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                 {
-                    throw new DeviceOptionsException(stacked, "members", $"member '{member}' is not a device of this node and did not appear in the cluster's registry within {MemberWait.TotalSeconds:0.#} s: {ex.Message}", ex);
+                    var why = $"member '{member}' is not a device of this node and did not appear in the cluster's registry within {MemberWait.TotalSeconds:0.#} s: {ex.Message}";
+                    return degraded
+                        ? await OpenMissingMemberAsync(stacked, member, why, cancellationToken).ConfigureAwait(false)
+                        : throw new DeviceOptionsException(stacked, "members", why, ex);
                 }
             }
             catch (AmbiguousClusterDeviceException ex)
@@ -100,9 +106,44 @@ public sealed partial class BlockLayer
             }
             catch (BlockDeviceOpenException ex)
             {
-                throw new DeviceOptionsException(stacked, "members", $"member '{member}' cannot be opened: {ex.Message}", ex);
+                var why = $"member '{member}' cannot be opened: {ex.Message}";
+                return degraded
+                    ? await OpenMissingMemberAsync(stacked, member, why, cancellationToken).ConfigureAwait(false)
+                    : throw new DeviceOptionsException(stacked, "members", why, ex);
             }
         }
+    }
+
+    // start-degraded: the member is missing, so the mirror starts without it and re-adds it when
+    // its device appears. Only a member whose node is known (name@host:port, or a plain name the
+    // registry shows on exactly one other node) can be waited for; another stays refused.
+    private async Task<ClusterBlockDevice> OpenMissingMemberAsync(string stacked, string member, string why, CancellationToken cancellationToken)
+    {
+        var id = member;
+        if (!member.Contains('@', StringComparison.Ordinal))
+        {
+            var self = DeviceRegistryActor.NodeName(Akka.Cluster.Cluster.Get(System).SelfAddress);
+            var others = ClusterDevices.Snapshot.Where(d => d.Name == member && d.Node != self).ToArray();
+            if (others.Length != 1)
+            {
+                throw new DeviceOptionsException(stacked, "members", $"{why} (start-degraded waits only for a member whose node is known: name it name@host:port)");
+            }
+
+            id = others[0].Id;
+        }
+
+        ClusterBlockDevice handle;
+        try
+        {
+            handle = await _opener.OpenMissingAsync(id, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ClusterDeviceNotFoundException ex)
+        {
+            throw new DeviceOptionsException(stacked, "members", $"{why} ({ex.Message})", ex);
+        }
+
+        System.Log.Warning("{0}: {1}; start-degraded: the mirror starts without it (its slot faulty) and re-adds it when it appears", stacked, why);
+        return handle;
     }
 
     /// <summary>True when <paramref name="name"/> is this node's local queue of another node's device (not published, not exported).</summary>

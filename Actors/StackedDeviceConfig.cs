@@ -16,15 +16,17 @@ public sealed record StackedDeviceOptions(string Name, StackTable Table);
 /// <c>chunk</c> (a size, a power of two, 64k by default); for mirror (2 or 3 legs) <c>region</c>
 /// (bytes per write-intent bitmap bit, a power of two from 64k, 64m by default),
 /// <c>sync-speed-min</c> and <c>sync-speed-max</c> (KiB/s, 1000 and 200000 by default) and
-/// <c>assume-clean</c> (a new mirror's legs are equal: no first resync). An unknown key is an error.
+/// <c>assume-clean</c> (a new mirror's legs are equal: no first resync) and <c>start-degraded</c>
+/// (a member on another node that does not appear within member-wait starts faulty instead of
+/// refusing the table, <see cref="MirrorOptions.StartDegraded"/>). An unknown key is an error.
 /// </summary>
 public static class StackedDeviceConfig
 {
     /// <summary>Every key an entry may have.</summary>
-    public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.Ordinal) { "name", "type", "members", "chunk", "region", "sync-speed-min", "sync-speed-max", "assume-clean" };
+    public static readonly IReadOnlySet<string> Keys = new HashSet<string>(StringComparer.Ordinal) { "name", "type", "members", "chunk", "region", "sync-speed-min", "sync-speed-max", "assume-clean", "start-degraded" };
 
     /// <summary>The keys only a mirror entry may have.</summary>
-    private static readonly string[] MirrorKeys = ["region", "sync-speed-min", "sync-speed-max", "assume-clean"];
+    private static readonly string[] MirrorKeys = ["region", "sync-speed-min", "sync-speed-max", "assume-clean", "start-degraded"];
 
     /// <summary>The chunk of a striped entry that names none.</summary>
     public const int DefaultChunkBytes = 64 << 10;
@@ -105,19 +107,18 @@ public static class StackedDeviceConfig
             throw new DeviceOptionsException(name, "sync-speed-max", $"{max} KiB/s is below sync-speed-min ({min} KiB/s).");
         }
 
-        var clean = false;
-        if (entry.HasPath("assume-clean"))
-        {
-            clean = entry.GetString("assume-clean") switch
-            {
-                "on" or "true" or "yes" => true,
-                "off" or "false" or "no" => false,
-                var other => throw new DeviceOptionsException(name, "assume-clean", $"'{other}' is not on or off."),
-            };
-        }
-
-        return StackTable.Mirror(new MirrorOptions { RegionBytes = region, SyncSpeedMinKiB = min, SyncSpeedMaxKiB = max, AssumeClean = clean }, legs);
+        var clean = Switch(name, entry, "assume-clean");
+        var degraded = Switch(name, entry, "start-degraded");
+        return StackTable.Mirror(new MirrorOptions { RegionBytes = region, SyncSpeedMinKiB = min, SyncSpeedMaxKiB = max, AssumeClean = clean, StartDegraded = degraded }, legs);
     }
+
+    // An on/off key, off when absent.
+    private static bool Switch(string name, Config entry, string key) => entry.HasPath(key) && entry.GetString(key) switch
+    {
+        "on" or "true" or "yes" => true,
+        "off" or "false" or "no" => false,
+        var other => throw new DeviceOptionsException(name, key, $"'{other}' is not on or off."),
+    };
 
     private static long Speed(string name, Config entry, string key, long fallback)
     {

@@ -20,12 +20,16 @@ namespace ActorBlk.Actors.Clustering;
 /// request fails with <see cref="BlockStatus.Offline"/>); when the device is published again (its
 /// node came back) a new queue connects and the same handle works again, so
 /// <see cref="Queue"/> and <see cref="Attributes"/> may change over the handle's life.
+/// A handle opened for a mirror leg that had not appeared (<see cref="IsMissing"/>) has no queue
+/// until the device appears: its I/O fails Offline, <see cref="Queue"/> throws, and
+/// <see cref="Reconnected"/> is raised once its first queue connects.
 /// </remarks>
 public sealed class ClusterBlockDevice : IReconnectingBlockDevice
 {
     private readonly RemoteDeviceTarget? _remote;
     private readonly IBlockDevice? _local;
     private readonly Func<ValueTask>? _close;
+    private readonly string? _missingName;
     private int _closed;
 
     internal ClusterBlockDevice(ClusterDevice device, IBlockDevice local)
@@ -41,7 +45,15 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
         _close = close;
     }
 
-    /// <summary>The device as the registry published it when it was opened: its cluster id (<c>name@host:port</c>) and owner node.</summary>
+    // A handle of a device that has not appeared yet: its target gets a queue when it does.
+    internal ClusterBlockDevice(ClusterDevice device, RemoteDeviceTarget remote, string missingName, Func<ValueTask> close)
+        : this(device, remote, close) => _missingName = missingName;
+
+    /// <summary>
+    /// The device as the registry published it when it was opened: its cluster id
+    /// (<c>name@host:port</c>) and owner node. For a handle opened while the device was missing,
+    /// only the name and node are known (size 0, 512-byte blocks, no NBD endpoint).
+    /// </summary>
     public ClusterDevice Device { get; }
 
     /// <summary>True when the device lives on another node and this handle drives it over NBD.</summary>
@@ -49,6 +61,9 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
 
     /// <inheritdoc />
     public int Incarnation => _remote?.Incarnation ?? 0;
+
+    /// <inheritdoc />
+    public bool IsMissing => _remote is { Device: null };
 
     /// <summary>
     /// Raised after a remote device's local queue was replaced by a new one connected to the
@@ -100,19 +115,19 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     public bool IsClosed => Volatile.Read(ref _closed) != 0;
 
     /// <summary>The device name on this node: the device's own name, or the local queue's (<c>name-host-port</c>) for a remote device.</summary>
-    public string Name => Current.Name;
+    public string Name => CurrentOrMissing?.Name ?? _missingName ?? Device.Name;
 
     /// <inheritdoc />
-    public long Capacity => Current.Capacity;
+    public long Capacity => CurrentOrMissing?.Capacity ?? 0;
 
     /// <inheritdoc />
-    public int LogicalBlockSize => Current.LogicalBlockSize;
+    public int LogicalBlockSize => CurrentOrMissing?.LogicalBlockSize ?? Device.LogicalBlockSize;
 
     /// <inheritdoc />
-    public int MemoryAlignment => Current.MemoryAlignment;
+    public int MemoryAlignment => CurrentOrMissing?.MemoryAlignment ?? Device.LogicalBlockSize;
 
     /// <inheritdoc />
-    public bool IsReadOnly => Current.IsReadOnly;
+    public bool IsReadOnly => CurrentOrMissing?.IsReadOnly ?? false;
 
     /// <inheritdoc />
     public DispatchMode Dispatch => Current.Dispatch;
@@ -123,7 +138,10 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     /// <inheritdoc />
     public QueueAttributes Attributes => Current.Attributes;
 
-    private IBlockDevice Current
+    private IBlockDevice Current => CurrentOrMissing ?? throw new InvalidOperationException($"{Device.Id} has not appeared in the cluster yet: this handle has no queue until it does.");
+
+    // Null while the device is missing.
+    private IBlockDevice? CurrentOrMissing
     {
         get
         {
@@ -132,28 +150,35 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
         }
     }
 
+    private ValueTask Missing(BlockOp op, long offset, long length) =>
+        ValueTask.FromException(new BlockIoException(Name, op, offset, length, BlockStatus.Offline));
+
     /// <inheritdoc />
     public AlignedBuffer AllocateBuffer(int length) => Current.AllocateBuffer(length);
 
     /// <inheritdoc />
-    public ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu) => Current.ReadAsync(offset, buffer, cpu);
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu) =>
+        CurrentOrMissing is { } device ? device.ReadAsync(offset, buffer, cpu) : Missing(BlockOp.Read, offset, buffer.Length);
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu) =>
-        Current.WriteAsync(offset, data, flags, cpu);
+        CurrentOrMissing is { } device ? device.WriteAsync(offset, data, flags, cpu) : Missing(BlockOp.Write, offset, data.Length);
 
     /// <inheritdoc />
-    public ValueTask FlushAsync(int cpu = IBlockDevice.AnyCpu) => Current.FlushAsync(cpu);
+    public ValueTask FlushAsync(int cpu = IBlockDevice.AnyCpu) =>
+        CurrentOrMissing is { } device ? device.FlushAsync(cpu) : Missing(BlockOp.Flush, 0, 0);
 
     /// <inheritdoc />
-    public ValueTask DiscardAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => Current.DiscardAsync(offset, length, cpu);
+    public ValueTask DiscardAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) =>
+        CurrentOrMissing is { } device ? device.DiscardAsync(offset, length, cpu) : Missing(BlockOp.Discard, offset, length);
 
     /// <inheritdoc />
-    public ValueTask WriteZeroesAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => Current.WriteZeroesAsync(offset, length, cpu);
+    public ValueTask WriteZeroesAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) =>
+        CurrentOrMissing is { } device ? device.WriteZeroesAsync(offset, length, cpu) : Missing(BlockOp.WriteZeroes, offset, length);
 
     /// <inheritdoc />
     public ValueTask<BlockStatus> ExecuteAsync(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu) =>
-        Current.ExecuteAsync(op, offset, length, buffer, flags, cpu);
+        CurrentOrMissing is { } device ? device.ExecuteAsync(op, offset, length, buffer, flags, cpu) : ValueTask.FromResult(BlockStatus.Offline);
 
     /// <inheritdoc />
     public void SubmitWithEndIo(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu, IBioEndIo endIo) =>
@@ -190,20 +215,24 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     public ValueTask DisposeAsync() => CloseAsync();
 
     /// <inheritdoc />
-    public override string ToString() => IsRemote ? $"{Device.Id} (remote, local queue {_remote!.Device.Name})" : Device.Id;
+    public override string ToString() => IsRemote ? $"{Device.Id} (remote, {(_remote!.Device is { } queue ? $"local queue {queue.Name}" : "missing")})" : Device.Id;
 }
 
-/// <summary>The local queue behind every handle of one remote device; replaced when the device reconnects to a new incarnation of its owner.</summary>
-internal sealed class RemoteDeviceTarget(IBlockDevice device)
+/// <summary>
+/// The local queue behind every handle of one remote device; replaced when the device reconnects
+/// to a new incarnation of its owner. Null while the device is missing (a mirror started degraded
+/// without it): the first queue connected is a "replacement" too, raising Reconnected.
+/// </summary>
+internal sealed class RemoteDeviceTarget(IBlockDevice? device)
 {
-    private IBlockDevice _device = device;
+    private IBlockDevice? _device = device;
     private int _incarnation;
 
     public event EventHandler? Reconnected;
 
     public event EventHandler? Disconnected;
 
-    public IBlockDevice Device => Volatile.Read(ref _device);
+    public IBlockDevice? Device => Volatile.Read(ref _device);
 
     public int Incarnation => Volatile.Read(ref _incarnation);
 

@@ -55,17 +55,41 @@ internal sealed class DeviceOpener
         }
 
         var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.Open(target, template), OpenTimeout, cancellationToken).ConfigureAwait(false);
-        var id = target.Id;
-        var remote = _remote;
+        return new ClusterBlockDevice(target, opened.Target, Closer(target.Id));
+    }
+
+    /// <summary>
+    /// A handle of <paramref name="id"/> (<c>name@host:port</c>, another node's) that has no queue
+    /// until the registry shows the device live and exported (<see cref="ClusterBlockDevice.IsMissing"/>);
+    /// it then connects and raises <see cref="ClusterBlockDevice.Reconnected"/>. A mirror started
+    /// degraded holds its missing leg so.
+    /// </summary>
+    /// <exception cref="ClusterDeviceNotFoundException">This node is not a cluster member, or <paramref name="id"/> names no other node's device.</exception>
+    public async Task<ClusterBlockDevice> OpenMissingAsync(string id, CancellationToken cancellationToken)
+    {
+        var at = id.IndexOf('@', StringComparison.Ordinal);
+        if (_remote is null || at <= 0 || at == id.Length - 1 || id[(at + 1)..] == SelfNode)
+        {
+            throw new ClusterDeviceNotFoundException($"{id} does not name another node's device (name@host:port).");
+        }
+
+        var entry = new ClusterDevice(id[..at], id[(at + 1)..], 0, 0, 512, 1, false, ClusterDeviceStates.Live, string.Empty);
+        var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.OpenMissing(entry, null), OpenTimeout, cancellationToken).ConfigureAwait(false);
+        return new ClusterBlockDevice(entry, opened.Target, RemoteDeviceActor.LocalName(entry), Closer(id));
+    }
+
+    private Func<ValueTask> Closer(string id)
+    {
+        var remote = _remote!;
         var system = _layer.System;
-        return new ClusterBlockDevice(target, opened.Target, async () =>
+        return async () =>
         {
             // A node going down destroys its queues itself (and the actor may be gone already).
             if (CoordinatedShutdown.Get(system).ShutdownReason is null && !system.WhenTerminated.IsCompleted)
             {
                 await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false);
             }
-        });
+        };
     }
 
     // A node publishes its devices as they register and its NBD export's address once the server

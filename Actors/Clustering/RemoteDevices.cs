@@ -23,6 +23,14 @@ internal static class RemoteDevices
     /// <summary>Open (or share) the local queue of <paramref name="Device"/>; reply <see cref="Opened"/> or a failure.</summary>
     public sealed record Open(ClusterDevice Device, DeviceOptions? Template) : INoSerializationVerificationNeeded;
 
+    /// <summary>
+    /// Open (or share) the local queue of <paramref name="Device"/>, a device the registry does not
+    /// show yet (only its name and node are known): reply <see cref="Opened"/> at once, with a target
+    /// that has no queue until the device appears live with an NBD export, then connects one and
+    /// raises its Reconnected (a mirror started degraded without the leg).
+    /// </summary>
+    public sealed record OpenMissing(ClusterDevice Device, DeviceOptions? Template) : INoSerializationVerificationNeeded;
+
     /// <summary>The shared target of a remote device's handles.</summary>
     public sealed record Opened(RemoteDeviceTarget Target) : INoSerializationVerificationNeeded;
 
@@ -66,6 +74,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         _imported = imported;
         _checkInterval = checkInterval;
         Receive<RemoteDevices.Open>(HandleOpen);
+        Receive<RemoteDevices.OpenMissing>(HandleOpenMissing);
         Receive<RemoteDevices.Close>(HandleClose);
         Receive<Built>(HandleBuilt);
         Receive<Released>(HandleReleased);
@@ -141,13 +150,22 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         if (_slots.TryGetValue(id, out var slot) && !slot.Closing)
         {
             slot.Refs++;
-            if (slot.Target is { } target)
+            if (slot.Target is { Device: not null } target)
             {
                 Sender.Tell(new RemoteDevices.Opened(target));
             }
             else
             {
+                // Being built, or missing: then this open waits for the device to connect, or fails
+                // at once when it cannot connect now (not live, or its node unreachable).
                 slot.Waiters.Add(Sender);
+                CheckSlot(slot);
+                if (slot.Building is null && slot.Target is { Device: null })
+                {
+                    slot.Waiters.Remove(Sender);
+                    slot.Refs--;
+                    Sender.Tell(new Status.Failure(new ClusterDeviceNotFoundException($"{id} is not live with an NBD export on a reachable node yet.")));
+                }
             }
 
             return;
@@ -164,6 +182,37 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         slot.Waiters.Add(Sender);
         _slots[id] = slot;
         Build(slot, open.Device);
+    }
+
+    private void HandleOpenMissing(RemoteDevices.OpenMissing open)
+    {
+        var id = open.Device.Id;
+        if (_slots.TryGetValue(id, out var slot) && !slot.Closing)
+        {
+            slot.Refs++;
+            if (slot.Target is { } target)
+            {
+                Sender.Tell(new RemoteDevices.Opened(target));
+            }
+            else
+            {
+                slot.Waiters.Add(Sender);
+            }
+
+            return;
+        }
+
+        if (slot is { Closing: true })
+        {
+            slot.Reopeners.Add((open, Sender));
+            return;
+        }
+
+        slot = new Slot(open.Device, LocalName(open.Device), open.Template) { Refs = 1, Target = new RemoteDeviceTarget(null) };
+        _slots[id] = slot;
+        _log.Info("{0} is not in the cluster's registry: its handle waits for it to appear", id);
+        Sender.Tell(new RemoteDevices.Opened(slot.Target));
+        CheckSlot(slot);
     }
 
     private void HandleClose(RemoteDevices.Close close)
@@ -275,8 +324,16 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             }
 
             // Reconnecting failed: the old (offline) queue stays, and the next periodic check
-            // (not this one: that would retry in a tight loop) tries again.
-            _log.Warning("Reconnecting {0} failed: {1}; trying again in {2} ms", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
+            // (not this one: that would retry in a tight loop) tries again. An open waiting for a
+            // missing device's first queue fails (and gives its reference back).
+            _log.Warning("{0} {1} failed: {2}; trying again in {3} ms", slot.Target.Device is null ? "Connecting missing" : "Reconnecting", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
+            foreach (var waiter in slot.Waiters)
+            {
+                slot.Refs--;
+                waiter.Tell(new Status.Failure(error));
+            }
+
+            slot.Waiters.Clear();
             if (slot.Closing)
             {
                 Release(slot);
@@ -401,6 +458,19 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
+        if (target.Device is null)
+        {
+            // Missing: connect its first queue once the registry shows it live and exported.
+            var appeared = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
+            if (appeared is not null && appeared.State == ClusterDeviceStates.Live && !string.IsNullOrEmpty(appeared.NbdEndpoint) && !_unreachable.Contains(appeared.Node))
+            {
+                _log.Info("{0} appeared at {1}; connecting its local queue {2}", appeared.Id, appeared.NbdEndpoint, slot.LocalName);
+                Build(slot, appeared);
+            }
+
+            return;
+        }
+
         var queue = target.Device.Queue;
         var driver = queue.Driver as NbdClientDriver;
         var entry = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
@@ -468,7 +538,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         public List<IActorRef> Closers { get; } = [];
 
-        public List<(RemoteDevices.Open Open, IActorRef Sender)> Reopeners { get; } = [];
+        public List<(object Open, IActorRef Sender)> Reopeners { get; } = [];
     }
 
     private sealed record Built(Slot Slot, int Generation, ClusterDevice Entry, IBlockDevice? Device, Exception? Error);

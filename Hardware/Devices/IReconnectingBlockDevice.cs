@@ -12,6 +12,15 @@ public interface IReconnectingBlockDevice : IBlockDevice
     int Incarnation { get; }
 
     /// <summary>
+    /// True while the handle has no device behind it: it was opened for a device that had not
+    /// appeared yet (a mirror started degraded without that leg). Meanwhile its geometry is
+    /// unknown (<see cref="IBlockDevice.Capacity"/> is 0), its I/O fails <c>Offline</c>, and
+    /// <see cref="IBlockDevice.Queue"/> throws <see cref="InvalidOperationException"/>; once the
+    /// device appears and its queue connects, <see cref="Reconnected"/> is raised and this is false.
+    /// </summary>
+    bool IsMissing { get; }
+
+    /// <summary>
     /// Raised, on a thread of the runtime, after the backing queue was replaced by one that serves
     /// I/O (after <see cref="Incarnation"/> has grown). Handlers must not block.
     /// </summary>

@@ -21,6 +21,17 @@ public sealed record MirrorOptions
     /// <summary>For a new mirror: the legs are known to be equal (all zero), so no first resync (mdadm <c>--assume-clean</c>).</summary>
     public bool AssumeClean { get; init; }
 
+    /// <summary>
+    /// Start degraded without a leg that is missing (mdadm <c>--run</c>, DRBD's degraded start): a
+    /// leg whose device is not there yet (<see cref="ActorBlk.Hardware.Devices.IReconnectingBlockDevice.IsMissing"/>,
+    /// a remote member that did not appear in the cluster's registry) starts faulty instead of
+    /// refusing the table, as long as a present leg carries the mirror's superblock with a leg in
+    /// sync; it is re-added by itself when its device appears. Never creates a mirror: when no
+    /// present leg holds the mirror's metadata the table is refused (the missing leg may be the
+    /// only copy of the data). Off by default: a missing leg refuses the table.
+    /// </summary>
+    public bool StartDegraded { get; init; }
+
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentException">A value is out of range.</exception>
     public void Validate()

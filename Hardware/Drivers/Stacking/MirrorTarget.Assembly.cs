@@ -11,10 +11,13 @@ public sealed partial class MirrorTarget
     /// the newest are the sources; an older leg the newest ones recorded as faulty is re-added and
     /// resynced for the bitmap's dirty regions; a blank leg is resynced whole. All legs blank make
     /// a new mirror whose first leg is the source (every leg in sync with
-    /// <see cref="MirrorOptions.AssumeClean"/>).
+    /// <see cref="MirrorOptions.AssumeClean"/>). With <see cref="MirrorOptions.StartDegraded"/>, a leg
+    /// whose device is missing (<see cref="IReconnectingBlockDevice.IsMissing"/>) starts faulty, its
+    /// slot recorded so on the present legs, and is re-added by itself when its device appears; the
+    /// present legs must hold the mirror's metadata (a missing leg never makes a new mirror).
     /// </summary>
-    /// <exception cref="ArgumentException">Fewer than 2 or more than 3 legs, a leg twice, or legs of different block sizes or too small.</exception>
-    /// <exception cref="MirrorAssemblyException">The legs belong to different mirrors, were written apart (none is clearly newest), or none is in sync.</exception>
+    /// <exception cref="ArgumentException">Fewer than 2 or more than 3 legs, a leg twice, legs of different block sizes or too small, or a leg missing without <see cref="MirrorOptions.StartDegraded"/> (every leg missing, even with it).</exception>
+    /// <exception cref="MirrorAssemblyException">The legs belong to different mirrors, were written apart (none is clearly newest), none is in sync, or a leg is missing and no present leg holds the mirror's metadata.</exception>
     public static async Task<MirrorTarget> AssembleAsync(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions? options = null, TimeProvider? time = null,
         CancellationToken cancellationToken = default)
     {
@@ -27,20 +30,45 @@ public sealed partial class MirrorTarget
             throw new ArgumentException($"A mirror needs 2 or 3 distinct legs, not {legs.Count}.", nameof(legs));
         }
 
-        if (legs.FirstOrDefault(l => l.IsReadOnly) is { } readOnly)
+        // A missing leg (its device has not appeared) is looked at no further: its incarnation is
+        // read before whether it is missing, so a device appearing meanwhile is either taken as
+        // present or seen as a reconnection after the start (WatchReconnects).
+        var missingAt = new int[legs.Count];
+        var missing = new bool[legs.Count];
+        for (var i = 0; i < legs.Count; i++)
+        {
+            if (legs[i] is IReconnectingBlockDevice reconnecting)
+            {
+                missingAt[i] = reconnecting.Incarnation;
+                missing[i] = reconnecting.IsMissing;
+            }
+        }
+
+        if (missing.Any(m => m) && !options.StartDegraded)
+        {
+            throw new ArgumentException($"mirror leg {legs[Array.IndexOf(missing, true)].Name} is missing (its device has not appeared) and the mirror does not start degraded.", nameof(legs));
+        }
+
+        if (missing.All(m => m))
+        {
+            throw new ArgumentException("every mirror leg is missing: a mirror starts degraded with one present leg at least.", nameof(legs));
+        }
+
+        IBlockDevice[] present = [.. legs.Where((_, i) => !missing[i])];
+        if (present.FirstOrDefault(l => l.IsReadOnly) is { } readOnly)
         {
             // md opens its members for writing and refuses one it cannot write; this mirror used to
             // start with the leg kicked out, degraded without saying why (an outside audit).
             throw new ArgumentException($"mirror leg {readOnly.Name} is read-only: a mirror writes every leg.", nameof(legs));
         }
 
-        var lbs = legs[0].LogicalBlockSize;
-        if (legs.Any(l => l.LogicalBlockSize != lbs) || MirrorSuperblock.SuperblockBytes % lbs != 0)
+        var lbs = present[0].LogicalBlockSize;
+        if (present.Any(l => l.LogicalBlockSize != lbs) || MirrorSuperblock.SuperblockBytes % lbs != 0)
         {
-            throw new ArgumentException($"mirror legs must share one logical block size of at most 4096 bytes ({string.Join(", ", legs.Select(l => $"{l.Name}: {l.LogicalBlockSize}"))}).", nameof(legs));
+            throw new ArgumentException($"mirror legs must share one logical block size of at most 4096 bytes ({string.Join(", ", present.Select(l => $"{l.Name}: {l.LogicalBlockSize}"))}).", nameof(legs));
         }
 
-        var smallest = legs.Min(l => l.Capacity);
+        var smallest = present.Min(l => l.Capacity);
         if (smallest < MirrorSuperblock.DataOffset + SyncChunkBytes)
         {
             throw new ArgumentException($"mirror legs must hold more than the {MirrorSuperblock.DataOffset >> 10} KiB metadata area and one {SyncChunkBytes >> 10} KiB chunk (smallest: {smallest} bytes).", nameof(legs));
@@ -49,23 +77,28 @@ public sealed partial class MirrorTarget
         // Superblocks; a leg that cannot be read starts faulty.
         var blocks = new MirrorSuperblock?[legs.Count];
         var unreadable = new bool[legs.Count];
-        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, legs.Max(l => l.MemoryAlignment))))
+        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, present.Max(l => l.MemoryAlignment))))
         {
             for (var i = 0; i < legs.Count; i++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                if (missing[i])
+                {
+                    continue;
+                }
+
                 var status = await SafeIo(legs[i], BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
                 unreadable[i] = status != BlockStatus.Ok;
                 blocks[i] = status == BlockStatus.Ok ? MirrorSuperblock.TryDecode(buffer.Memory.Span) : null;
             }
         }
 
-        var plan = Plan(name, legs, blocks, unreadable);
+        var plan = Plan(name, legs, blocks, unreadable, missing);
         var existing = plan.Reference;
         var dataBytes = existing?.DataBytes ?? (smallest - MirrorSuperblock.DataOffset) / lbs * lbs;
         if (dataBytes > smallest - MirrorSuperblock.DataOffset)
         {
-            throw new MirrorAssemblyException(name, $"the mirror holds {dataBytes} bytes but leg {legs.First(l => l.Capacity - MirrorSuperblock.DataOffset < dataBytes).Name} is too small for them.");
+            throw new MirrorAssemblyException(name, $"the mirror holds {dataBytes} bytes but leg {present.First(l => l.Capacity - MirrorSuperblock.DataOffset < dataBytes).Name} is too small for them.");
         }
 
         var regionBytes = existing?.RegionBytes ?? options.RegionBytes;
@@ -75,7 +108,7 @@ public sealed partial class MirrorTarget
         }
 
         var target = new MirrorTarget(name, legs, options, dataBytes, regionBytes, existing?.ArrayId ?? Guid.NewGuid(), time ?? TimeProvider.System);
-        await target.StartAsync(plan, existing is null && options.AssumeClean).ConfigureAwait(false);
+        await target.StartAsync(plan, existing is null && options.AssumeClean, [.. missingAt.Select((at, i) => missing[i] ? at : -1)]).ConfigureAwait(false);
         return target;
     }
 
@@ -84,7 +117,7 @@ public sealed partial class MirrorTarget
     private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long Generation, bool FullResync);
 
     // Decides each leg's part from the superblocks, or refuses (md's super_1_validate / analyse_sbs).
-    private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable)
+    private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable, bool[] missing)
     {
         var n = legs.Count;
         var states = new MirrorLegState[n];
@@ -92,6 +125,14 @@ public sealed partial class MirrorTarget
         var known = Enumerable.Range(0, n).Where(i => blocks[i] is not null).ToArray();
         if (known.Length == 0)
         {
+            if (missing.Any(m => m))
+            {
+                // md creates over a "missing" slot only when told to at create time: here a blank
+                // present leg may as well be a replaced disk, and the missing leg the only copy.
+                throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => missing[i]).Select(i => legs[i].Name))} are missing and no present leg holds mirror metadata: "
+                    + "a mirror does not start degraded as a new one (the missing leg may hold its only copy); create it with every leg present.");
+            }
+
             if (unreadable.Any(u => u))
             {
                 throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => unreadable[i]).Select(i => legs[i].Name))} cannot be read and no leg holds mirror metadata.");
@@ -140,6 +181,13 @@ public sealed partial class MirrorTarget
                 continue;
             }
 
+            if (missing[i])
+            {
+                // Started without it (mdadm --run): faulty, whatever the newest metadata says of it.
+                states[i] = MirrorLegState.Faulty;
+                continue;
+            }
+
             if (unreadable[i])
             {
                 // Known faulty: start without it. Counted in sync by the newest readable legs: it
@@ -181,7 +229,7 @@ public sealed partial class MirrorTarget
         return new AssemblyPlan(reference, states, last, newest, full);
     }
 
-    private async Task StartAsync(AssemblyPlan plan, bool assumeClean)
+    private async Task StartAsync(AssemblyPlan plan, bool assumeClean, int[] missingAt)
     {
         if (plan.Reference is { } reference)
         {
@@ -249,6 +297,6 @@ public sealed partial class MirrorTarget
 
         KickSync();
         _ = BitmapDaemonAsync();
-        WatchReconnects();
+        WatchReconnects(missingAt);
     }
 }

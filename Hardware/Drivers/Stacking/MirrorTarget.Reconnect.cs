@@ -19,7 +19,10 @@ public sealed partial class MirrorTarget
     /// <summary>Legs taken back by themselves after their remote device reconnected.</summary>
     public long AutomaticReAdds => Interlocked.Read(ref _autoReAdds);
 
-    private void WatchReconnects()
+    // missingAt: per leg, the incarnation at which its handle was seen missing at assembly (-1
+    // when present). A missing leg counts as taken at that one, so the appearance of its device,
+    // even one that came before the handlers below were added, takes it back.
+    private void WatchReconnects(int[] missingAt)
     {
         _takenAt = new int[_legs.Length];
         _onReconnected = new EventHandler?[_legs.Length];
@@ -29,11 +32,19 @@ public sealed partial class MirrorTarget
             if (_legs[i] is IReconnectingBlockDevice device)
             {
                 var leg = i;
-                _takenAt[i] = device.Incarnation;
+                _takenAt[i] = missingAt[i] >= 0 ? missingAt[i] : device.Incarnation;
                 _onReconnected[i] = (_, _) => TakeBack(leg);
                 _onDisconnected[i] = (_, _) => LetGo(leg);
                 device.Reconnected += _onReconnected[i];
                 device.Disconnected += _onDisconnected[i];
+            }
+        }
+
+        for (var i = 0; i < _legs.Length; i++)
+        {
+            if (missingAt[i] >= 0)
+            {
+                TakeBack(i);
             }
         }
     }

@@ -36,21 +36,29 @@ public abstract class StackTarget : IBioDriver
         }
 
         _members = [.. members.Distinct()];
-        var lbs = _members.Max(m => m.LogicalBlockSize);
-        var maxSectors = _members.Min(m => m.Queue.Limits.MaxSectors);
+
+        // A member with no device yet (a mirror's missing leg) has no limits: the present ones decide.
+        IBlockDevice[] present = [.. _members.Where(m => m is not IReconnectingBlockDevice { IsMissing: true })];
+        if (present.Length == 0)
+        {
+            throw new ArgumentException("A stacking target needs at least one member device that is present.", nameof(members));
+        }
+
+        var lbs = present.Max(m => m.LogicalBlockSize);
+        var maxSectors = present.Min(m => m.Queue.Limits.MaxSectors);
         Limits = new QueueLimits
         {
             LogicalBlockSize = lbs,
-            PhysicalBlockSize = Math.Max(lbs, _members.Max(m => m.Queue.Limits.PhysicalBlockSize)),
+            PhysicalBlockSize = Math.Max(lbs, present.Max(m => m.Queue.Limits.PhysicalBlockSize)),
             CapacitySectors = capacityBytes / lbs * lbs >> Bio.SectorShift,
             MaxHardwareSectors = Math.Max(maxSectors, QueueLimits.DefaultMaxSectors),
             MaxSectors = QueueLimits.DefaultMaxSectors,
-            MemoryAlignment = _members.Max(m => m.MemoryAlignment),
-            MaxDiscardSectors = _members.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
-            MaxWriteZeroesSectors = _members.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
-            FastWriteZeroes = fastZeroes && _members.All(m => m.Queue.Limits.FastWriteZeroes),
-            VolatileWriteCache = _members.Any(m => m.Queue.Limits.VolatileWriteCache),
-            Fua = _members.All(m => m.Queue.Limits.Fua),
+            MemoryAlignment = present.Max(m => m.MemoryAlignment),
+            MaxDiscardSectors = present.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
+            MaxWriteZeroesSectors = present.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
+            FastWriteZeroes = fastZeroes && present.All(m => m.Queue.Limits.FastWriteZeroes),
+            VolatileWriteCache = present.Any(m => m.Queue.Limits.VolatileWriteCache),
+            Fua = present.All(m => m.Queue.Limits.Fua),
         };
     }
 
