@@ -103,7 +103,7 @@ public sealed partial class MirrorTarget
         {
             try
             {
-                await ReAddAsync(leg).ConfigureAwait(false);
+                await ReAddAsync(leg, automatic: true).ConfigureAwait(false);
                 Interlocked.Increment(ref _autoReAdds);
             }
             catch (Exception ex) when (ex is BlockIoException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)

@@ -276,7 +276,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// is this mirror's, whole otherwise.
     /// </summary>
     /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, or of another block size.</exception>
-    public async Task ReAddAsync(int leg)
+    public Task ReAddAsync(int leg) => ReAddAsync(leg, automatic: false);
+
+    // An automatic re-add (the leg's device reconnected) also refuses a leg written apart from the
+    // mirror: its metadata counts itself in sync and a leg in sync here faulty, so it went on
+    // without this mirror's legs (as after a degraded start from a stale leg). Copying over it would
+    // drop its writes without anyone deciding so: a re-add by hand does.
+    private async Task ReAddAsync(int leg, bool automatic)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
@@ -312,6 +318,12 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             }
 
             CheckFits(_legs[leg]);
+            if (automatic && sb is not null && sb.ArrayId == _arrayId && sb.Legs == _legs.Length && sb.States[leg] == MirrorLegState.InSync
+                && Enumerable.Range(0, _legs.Length).Where(j => j != leg && _state[j] == MirrorLegState.InSync && sb.States[j] == MirrorLegState.Faulty).ToArray() is { Length: > 0 } apart)
+            {
+                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} (generation {sb.Generation}) went on in sync while it counted {string.Join(", ", apart.Select(j => _legs[j].Name))} faulty: "
+                    + "it was written apart from this mirror (a split brain), so it is not taken back by itself; a re-add by hand copies over its writes.");
+            }
 
             // Known: the bitmap has every write it missed since it was last in sync. Unknown: all of it.
             if (sb is null || sb.ArrayId != _arrayId || sb.Generation > _generation)
