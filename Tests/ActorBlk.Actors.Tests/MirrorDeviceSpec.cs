@@ -250,4 +250,19 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("chunk", Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b], chunk = 64k")).Option);
         Assert.Equal("region", Assert.Throws<DeviceOptionsException>(() => Parse("name = vg0, type = linear, members = [a, b], region = 1m")).Option);
     }
+
+    [Fact]
+    public void A_mirror_entry_parses_start_degraded_and_refuses_a_bad_value()
+    {
+        static StackedDeviceOptions Parse(string hocon) => StackedDeviceConfig.Parse(ConfigurationFactory.ParseString(hocon));
+
+        Assert.True(Assert.IsType<MirrorTable>(Parse("name = md0, type = mirror, members = [a, \"b@127.0.0.1:4054\"], start-degraded = on").Table).Options.StartDegraded);
+        Assert.False(Assert.IsType<MirrorTable>(Parse("name = md0, type = mirror, members = [a, b], start-degraded = off").Table).Options.StartDegraded);
+        Assert.False(Assert.IsType<MirrorTable>(Parse("name = md0, type = mirror, members = [a, b]").Table).Options.StartDegraded);
+
+        var bad = Assert.Throws<DeviceOptionsException>(() => Parse("name = md0, type = mirror, members = [a, b], start-degraded = sometimes"));
+        Assert.Equal("start-degraded", bad.Option);
+        Assert.Contains("sometimes", bad.Message);
+        Assert.Equal("start-degraded", Assert.Throws<DeviceOptionsException>(() => Parse("name = vg0, type = linear, members = [a, b], start-degraded = on")).Option);
+    }
 }

@@ -1,0 +1,242 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Drivers;
+
+/// <summary>
+/// <see cref="MirrorOptions.StartDegraded"/> on data-plane devices: a leg is a
+/// <see cref="LateLeg"/>, missing until the test hands it its device (as a remote leg whose node
+/// is down until it returns).
+/// </summary>
+public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
+{
+    private const int Block = 4096;
+    private const long LegBytes = 4L << 20;
+    private const long Region = 64 << 10;
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+
+    private readonly RingDevices _devices = new(2);
+    private readonly List<BlockDevice> _stacked = [];
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        for (var i = _stacked.Count - 1; i >= 0; i--)
+        {
+            await _stacked[i].DisposeAsync();
+        }
+
+        await _devices.DisposeAsync();
+    }
+
+    private BlockDevice Leg(string name)
+    {
+        var device = _devices.Create(new DeviceOptions { Name = name, Size = LegBytes, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
+        _stacked.Add(device);
+        return device;
+    }
+
+    private BlockDevice Serve(MirrorTarget target, string name)
+    {
+        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
+        queue.InitializeBioBased(target);
+        queue.Register();
+        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        _stacked.Add(device);
+        return device;
+    }
+
+    private async Task StopAsync(MirrorTarget mirror, BlockDevice md)
+    {
+        await mirror.StopAsync();
+        _stacked.Remove(md);
+        await md.DisposeAsync();
+    }
+
+    private static MirrorOptions Options(bool startDegraded = true) => new() { RegionBytes = Region, AssumeClean = true, StartDegraded = startDegraded };
+
+    // The re-add runs off the Reconnected handler: polled, as TestKit's AwaitConditionAsync does.
+    private static async Task UntilAsync(Func<bool> condition)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(20));
+        var until = DateTime.UtcNow + Patience;
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < until, "the condition did not hold in time");
+            await timer.WaitForNextTickAsync();
+        }
+    }
+
+    private static byte[] Stamp(long block, int version)
+    {
+        var data = new byte[Block];
+        new Random(HashCode.Combine(block, version)).NextBytes(data);
+        return data;
+    }
+
+    private static async Task<byte[]> ReadRaw(IBlockDevice leg, long offset)
+    {
+        var buffer = new byte[Block];
+        await leg.ReadAsync(MirrorSuperblock.DataOffset + offset, buffer);
+        return buffer;
+    }
+
+    [Fact]
+    public async Task A_missing_leg_is_refused_without_the_option_and_never_makes_a_new_mirror_with_it()
+    {
+        var a = Leg("a");
+        await Assert.ThrowsAsync<ArgumentException>(() => MirrorTarget.AssembleAsync("md0", [a, new LateLeg("b")], Options(startDegraded: false)));
+        var blank = await Assert.ThrowsAsync<MirrorAssemblyException>(() => MirrorTarget.AssembleAsync("md0", [a, new LateLeg("b")], Options()));
+        Assert.Contains("b", blank.Message);
+        await Assert.ThrowsAsync<ArgumentException>(() => MirrorTarget.AssembleAsync("md0", [new LateLeg("a"), new LateLeg("b")], Options()));
+    }
+
+    [Fact]
+    public async Task A_leg_that_went_on_without_the_present_one_is_not_taken_back_by_itself_when_it_appears()
+    {
+        // The mirror runs on a and b; a fails, b goes on alone with newer writes, then stops.
+        var a = Leg("a");
+        var b = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(first, "md0");
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        await first.FailLegAsync(0);
+        await md.WriteAsync(2 * Region, Stamp(2, 2));
+        await StopAsync(first, md);
+
+        // Started degraded from a alone (stale: its metadata never heard it failed), b missing.
+        var late = new LateLeg("b");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        var md2 = Serve(second, "md1");
+        Assert.Equal(MirrorLegState.InSync, second.LegState(0));
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+        var back = new byte[Block];
+        await md2.ReadAsync(2 * Region, back);
+        Assert.Equal(Stamp(2, 1), back);
+
+        // b appears: it counts a faulty and itself in sync, so it was written apart. The automatic
+        // re-add refuses it, and its newer write is left alone.
+        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        late.Appear(b);
+        Assert.Contains("split brain", await refused.Task.WaitAsync(Patience));
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+        Assert.Equal(0, second.AutomaticReAdds);
+        Assert.Equal(Stamp(2, 2), await ReadRaw(b, 2 * Region));
+
+        // A re-add by hand decides it: b is copied over from a.
+        await second.ReAddAsync(1);
+        await second.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(Stamp(2, 1), await ReadRaw(b, 2 * Region));
+        Assert.Equal(0, md2.Queue.DoubleCompletions);
+    }
+
+    [Fact]
+    public async Task A_leg_missing_at_the_start_is_taken_back_with_the_dirty_regions_only_when_it_appears()
+    {
+        var a = Leg("a");
+        var b = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(first, "md0");
+        await md.WriteAsync(1 * Region, Stamp(1, 1));
+        await StopAsync(first, md);
+
+        var late = new LateLeg("b");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        Assert.True(second.Generation > first.Generation);
+        var md2 = Serve(second, "md1");
+        await md2.WriteAsync(5 * Region, Stamp(5, 1));
+        await md2.WriteAsync(9 * Region, Stamp(9, 1));
+        Assert.Equal(2, second.DirtyRegions());
+
+        late.Appear(b);
+        await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
+
+        Assert.Equal(1, second.AutomaticReAdds);
+        Assert.Equal(2, second.ResyncedRegions);
+        Assert.Equal(Stamp(5, 1), await ReadRaw(b, 5 * Region));
+        Assert.Equal(Stamp(9, 1), await ReadRaw(b, 9 * Region));
+        Assert.Equal(Stamp(1, 1), await ReadRaw(b, 1 * Region));
+        Assert.Equal(0, md2.Queue.DoubleCompletions);
+    }
+
+    /// <summary>A leg whose device is missing until <see cref="Appear"/> hands it one (raising Reconnected).</summary>
+    private sealed class LateLeg(string name) : IReconnectingBlockDevice
+    {
+        private IBlockDevice? _device;
+        private int _incarnation;
+
+        public event EventHandler? Reconnected;
+
+        public event EventHandler? Disconnected
+        {
+            add { }
+            remove { }
+        }
+
+        public int Incarnation => Volatile.Read(ref _incarnation);
+
+        public bool IsMissing => Volatile.Read(ref _device) is null;
+
+        public string Name => name;
+
+        public long Capacity => _device?.Capacity ?? 0;
+
+        public int LogicalBlockSize => _device?.LogicalBlockSize ?? 512;
+
+        public int MemoryAlignment => _device?.MemoryAlignment ?? 512;
+
+        public bool IsReadOnly => _device?.IsReadOnly ?? false;
+
+        public DispatchMode Dispatch => Device.Dispatch;
+
+        public RequestQueue Queue => Device.Queue;
+
+        public QueueAttributes Attributes => Device.Attributes;
+
+        private IBlockDevice Device => Volatile.Read(ref _device) ?? throw new InvalidOperationException($"{name} is missing");
+
+        public void Appear(IBlockDevice device)
+        {
+            Volatile.Write(ref _device, device);
+            Interlocked.Increment(ref _incarnation);
+            Reconnected?.Invoke(this, EventArgs.Empty);
+        }
+
+        public AlignedBuffer AllocateBuffer(int length) => Device.AllocateBuffer(length);
+
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu) => Device.ReadAsync(offset, buffer, cpu);
+
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu) => Device.WriteAsync(offset, data, flags, cpu);
+
+        public ValueTask FlushAsync(int cpu = IBlockDevice.AnyCpu) => Device.FlushAsync(cpu);
+
+        public ValueTask DiscardAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => Device.DiscardAsync(offset, length, cpu);
+
+        public ValueTask WriteZeroesAsync(long offset, long length, int cpu = IBlockDevice.AnyCpu) => Device.WriteZeroesAsync(offset, length, cpu);
+
+        public ValueTask<BlockStatus> ExecuteAsync(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags = RequestFlags.None, int cpu = IBlockDevice.AnyCpu) =>
+            Volatile.Read(ref _device) is { } device ? device.ExecuteAsync(op, offset, length, buffer, flags, cpu) : ValueTask.FromResult(BlockStatus.Offline);
+
+        public void SubmitWithEndIo(BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu, IBioEndIo endIo) =>
+            Device.SubmitWithEndIo(op, offset, length, buffer, flags, cpu, endIo);
+
+        public PolledIo Submit(BlockOp op, long offset, Memory<byte> buffer, int cpu = IBlockDevice.AnyCpu) => Device.Submit(op, offset, buffer, cpu);
+
+        public int Poll(uint cookie) => Device.Poll(cookie);
+
+        public int Poll(in PolledIo io) => Device.Poll(in io);
+
+        public BlockPlug Plug() => Device.Plug();
+
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+}
