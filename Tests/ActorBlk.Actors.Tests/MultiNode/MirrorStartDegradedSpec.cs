@@ -2,7 +2,9 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
+using Akka.Actor;
 using Akka.Cluster;
+using Akka.Event;
 using Xunit;
 
 namespace ActorBlk.Actors.Tests.MultiNode;
@@ -99,8 +101,12 @@ public sealed class MirrorStartDegradedSpec : Akka.TestKit.Xunit2.TestKit, IDisp
         Assert.True(a.Layer.TryGetDevice("local", out var local));
         var generation = (await SuperblockAsync(local)).Generation;
 
+        var warned = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var listener = a.System.ActorOf(Props.Create(() => new WarningListener(warned, "ghost@127.0.0.1:1")));
+        a.System.EventStream.Subscribe(listener, typeof(Warning));
         await a.Layer.CreateStackedDeviceAsync("md0");
         var md0 = await a.Layer.LoadTableAsync("md0", StackTable.Mirror(Options(startDegraded: true), "local", "ghost@127.0.0.1:1")).WaitAsync(Liveness);
+        Assert.Contains("start-degraded", await warned.Task.WaitAsync(Liveness));
         var mirror = (MirrorTarget)md0.Queue.BioDriver!;
         var missing = Assert.IsType<ClusterBlockDevice>(mirror.Legs[1]);
         Assert.True(missing.IsMissing);
@@ -225,5 +231,19 @@ public sealed class MirrorStartDegradedSpec : Akka.TestKit.Xunit2.TestKit, IDisp
         var legQueue = mirror.Legs[1].Name;
         await a.Layer.DestroyDeviceAsync("md0");
         Assert.False(a.Layer.TryGetDevice(legQueue, out _));
+    }
+
+    // Completes with the first warning that names the member.
+    private sealed class WarningListener : ReceiveActor
+    {
+        public WarningListener(TaskCompletionSource<string> warned, string member) =>
+            Receive<Warning>(w =>
+            {
+                var text = w.Message?.ToString() ?? string.Empty;
+                if (text.Contains(member, StringComparison.Ordinal))
+                {
+                    warned.TrySetResult(text);
+                }
+            });
     }
 }
