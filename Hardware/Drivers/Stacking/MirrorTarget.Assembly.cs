@@ -184,7 +184,15 @@ public sealed partial class MirrorTarget
             if (missing[i])
             {
                 // Started without it (mdadm --run): faulty, whatever the newest metadata says of it.
+                // Counted in sync or rebuilding by the newest legs, it was written with them up to
+                // their generation: that is its last in sync here (a superblock of it newer than
+                // that was written apart, WrittenApart); counted faulty, the generation it failed in.
                 states[i] = MirrorLegState.Faulty;
+                if (reference.States[i] != MirrorLegState.Faulty)
+                {
+                    last[i] = newest;
+                }
+
                 continue;
             }
 
@@ -257,6 +265,10 @@ public sealed partial class MirrorTarget
         {
             Array.Copy(plan.States, _state, _state.Length);
             Array.Copy(plan.LastInSync, _lastInSync, _lastInSync.Length);
+            for (var i = 0; i < _missingAtStart.Length; i++)
+            {
+                _missingAtStart[i] = missingAt[i] >= 0;
+            }
             _generation = plan.Generation + 1;
             if (plan.Reference is null)
             {

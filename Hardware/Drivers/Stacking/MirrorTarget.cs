@@ -46,6 +46,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // Leg state, under _lock.
     private readonly MirrorLegState[] _state;
     private readonly long[] _lastInSync;
+
+    // Per leg: its device was missing when the mirror started (MirrorOptions.StartDegraded) and it
+    // has not been taken back since. Only such a leg can have been written apart from this mirror
+    // (README, "Mirrors"); cleared by its first re-add, after which it is an ordinary leg.
+    private readonly bool[] _missingAtStart;
     private readonly int[] _inflight;
 
     // Bumped each time a leg goes faulty (under _lock): a recovery pass copies to, and at its end
@@ -102,6 +107,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _arrayId = arrayId;
         _state = new MirrorLegState[_legs.Length];
         _lastInSync = new long[_legs.Length];
+        _missingAtStart = new bool[_legs.Length];
         _inflight = new int[_legs.Length];
         _legEpoch = new long[_legs.Length];
         _correctedReads = new long[_legs.Length];
@@ -278,10 +284,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, or of another block size.</exception>
     public Task ReAddAsync(int leg) => ReAddAsync(leg, automatic: false);
 
-    // An automatic re-add (the leg's device reconnected) also refuses a leg written apart from the
-    // mirror: its metadata counts itself in sync and a leg in sync here faulty, so it went on
-    // without this mirror's legs (as after a degraded start from a stale leg). Copying over it would
-    // drop its writes without anyone deciding so: a re-add by hand does.
+    // An automatic re-add (its device appeared) refuses a leg missing at the start that was written
+    // apart from this mirror (a split brain, WrittenApart): copying over it would drop its writes
+    // without anyone deciding so. A re-add by hand does, copying the leg whole.
     private async Task ReAddAsync(int leg, bool automatic)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
@@ -318,19 +323,23 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             }
 
             CheckFits(_legs[leg]);
-            if (automatic && sb is not null && sb.ArrayId == _arrayId && sb.Legs == _legs.Length && sb.States[leg] == MirrorLegState.InSync
-                && Enumerable.Range(0, _legs.Length).Where(j => j != leg && _state[j] == MirrorLegState.InSync && sb.States[j] == MirrorLegState.Faulty).ToArray() is { Length: > 0 } apart)
+            var ours = sb is not null && sb.ArrayId == _arrayId && sb.Legs == _legs.Length && sb.Role == leg;
+            var apart = ours && WrittenApart(leg, sb!);
+            if (automatic && apart)
             {
-                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} (generation {sb.Generation}) went on in sync while it counted {string.Join(", ", apart.Select(j => _legs[j].Name))} faulty: "
+                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} (generation {sb!.Generation}) was written after generation {_lastInSync[leg]}, the last at which this mirror counted it in sync: "
                     + "it was written apart from this mirror (a split brain), so it is not taken back by itself; a re-add by hand copies over its writes.");
             }
 
-            // Known: the bitmap has every write it missed since it was last in sync. Unknown: all of it.
-            if (sb is null || sb.ArrayId != _arrayId || sb.Generation > _generation)
+            // Known: the bitmap has every write it missed since it was last in sync. Unknown, or
+            // written apart (its writes are in no bitmap of this mirror, and diverged histories
+            // reuse generation numbers): all of it.
+            if (!ours || sb!.Generation > _generation || apart)
             {
                 SetAllBits();
             }
 
+            _missingAtStart[leg] = false;
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
             if (_legs[leg] is IReconnectingBlockDevice device && _takenAt.Length > leg)
@@ -342,6 +351,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         await PersistAsync(superblocks: true).ConfigureAwait(false);
         KickSync();
     }
+
+    // A leg missing at the start went on without this mirror when its own superblock counts itself
+    // in sync at a generation newer than the last at which this mirror counted it in sync (a
+    // degraded start from a stale leg while it ran elsewhere). Decided by generations only, and
+    // only for a leg missing at the start: an ordinary faulty leg's superblock stops at the
+    // generation it failed in. A leg that was rebuilding when it failed counts itself rebuilding.
+    private bool WrittenApart(int leg, MirrorSuperblock sb) =>
+        _missingAtStart[leg] && sb.States[leg] == MirrorLegState.InSync && sb.Generation > _lastInSync[leg];
 
     /// <summary>Marks a leg faulty by hand (md's <c>echo faulty &gt; state</c>); the mirror goes on degraded.</summary>
     /// <exception cref="InvalidOperationException">It is the last leg in sync.</exception>

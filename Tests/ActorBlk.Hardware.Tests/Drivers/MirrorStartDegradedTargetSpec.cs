@@ -168,6 +168,66 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         Assert.Equal(0, md2.Queue.DoubleCompletions);
     }
 
+    [Fact]
+    public async Task A_leg_written_apart_is_copied_whole_by_a_re_add_by_hand_after_a_crash_although_its_generation_is_not_newer()
+    {
+        // The mirror runs on a and b; a fails, b alone gets a write to a region a never had, and
+        // the node dies (no clean stop: b's generation is only one ahead of a's).
+        var a = Leg("a");
+        var b = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) });
+        var md = Serve(first, "md0");
+        await first.FailLegAsync(0);
+        await md.WriteAsync(7 * Region, Stamp(7, 1));
+        first.Dispose();
+
+        // Started degraded from a alone: its generation then equals b's, a history of its own.
+        var late = new LateLeg("b");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        var md2 = Serve(second, "md1");
+        await md2.WriteAsync(3 * Region, Stamp(3, 1));
+        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        late.Appear(b);
+        Assert.Contains("split brain", await refused.Task.WaitAsync(Patience));
+
+        // By hand: b becomes a copy of a, the region only b wrote included.
+        await second.ReAddAsync(1);
+        await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
+        Assert.Equal(await ReadRaw(a, 7 * Region), await ReadRaw(b, 7 * Region));
+        Assert.Equal(new byte[Block], await ReadRaw(b, 7 * Region));
+        Assert.Equal(Stamp(3, 1), await ReadRaw(b, 3 * Region));
+    }
+
+    [Fact]
+    public async Task A_leg_of_an_ordinary_mirror_that_failed_while_another_was_faulty_is_taken_back_by_itself_once_that_one_is_in_sync_again()
+    {
+        // Three legs, not started degraded: l2 fails, then the remote r (its superblock still
+        // counts l2 faulty); l2 is re-added and in sync again, then r's node returns.
+        var l1 = Leg("l1");
+        var l2 = Leg("l2");
+        var r = Leg("r");
+        var remote = new LateLeg("r");
+        remote.Appear(r);
+        var mirror = await MirrorTarget.AssembleAsync("md0", [l1, l2, remote], Options(startDegraded: false));
+        var md = Serve(mirror, "md0");
+        string? refused = null;
+        mirror.AutomaticReAddFailed += (_, why) => refused = why;
+        await mirror.FailLegAsync(1);
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        await mirror.FailLegAsync(2);
+        await mirror.ReAddAsync(1);
+        await UntilAsync(() => mirror.LegState(1) == MirrorLegState.InSync && mirror.SyncAction == "idle");
+        await md.WriteAsync(4 * Region, Stamp(4, 1));
+
+        remote.Appear(r);
+        await UntilAsync(() => refused is not null || (mirror.LegState(2) == MirrorLegState.InSync && mirror.SyncAction == "idle"));
+        Assert.Null(refused);
+        Assert.Equal(1, mirror.AutomaticReAdds);
+        Assert.Equal(Stamp(4, 1), await ReadRaw(r, 4 * Region));
+        Assert.Equal(Stamp(3, 1), await ReadRaw(r, 3 * Region));
+    }
+
     /// <summary>A leg whose device is missing until <see cref="Appear"/> hands it one (raising Reconnected).</summary>
     private sealed class LateLeg(string name) : IReconnectingBlockDevice
     {
