@@ -259,7 +259,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     /// <summary>
     /// Raised when a leg that reconnected could not be taken back by itself (its device is now too
-    /// small, read-only, of another block size, or failed again): the leg's name and why. The leg
+    /// small, read-only, of another block size, or failed again; or, for a leg missing at the
+    /// start, blank, another mirror's or written apart from this one): the leg's name and why. The leg
     /// stays faulty until it reconnects once more or is re-added by hand.
     /// </summary>
     public event Action<string, string>? AutomaticReAddFailed;
@@ -284,9 +285,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, or of another block size.</exception>
     public Task ReAddAsync(int leg) => ReAddAsync(leg, automatic: false);
 
-    // An automatic re-add (its device appeared) refuses a leg missing at the start that was written
-    // apart from this mirror (a split brain, WrittenApart): copying over it would drop its writes
-    // without anyone deciding so. A re-add by hand does, copying the leg whole.
+    // A leg missing at the start was checked by nobody: an automatic re-add (its device appeared)
+    // refuses it when it is blank or another mirror's (copying over it would destroy whatever it
+    // holds without anyone deciding so), and when it was written apart from this mirror (a split
+    // brain, WrittenApart). A re-add by hand does all of these, copying the leg whole.
     private async Task ReAddAsync(int leg, bool automatic)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
@@ -324,6 +326,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             CheckFits(_legs[leg]);
             var ours = sb is not null && sb.ArrayId == _arrayId && sb.Legs == _legs.Length && sb.Role == leg;
+            if (automatic && _missingAtStart[leg] && !ours)
+            {
+                throw new InvalidOperationException(sb is null
+                    ? $"{_name}: leg {_legs[leg].Name} was missing when the mirror started and its device holds no mirror metadata (blank, or used otherwise): it is not copied over by itself; a re-add by hand does."
+                    : $"{_name}: leg {_legs[leg].Name} was missing when the mirror started and its device belongs to another mirror ({sb.ArrayId}, leg {sb.Role} of {sb.Legs}): it is not copied over by itself; a re-add by hand does.");
+            }
+
             var apart = ours && WrittenApart(leg, sb!);
             if (automatic && apart)
             {

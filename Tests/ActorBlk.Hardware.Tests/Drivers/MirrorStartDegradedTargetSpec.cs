@@ -228,6 +228,44 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         Assert.Equal(Stamp(3, 1), await ReadRaw(r, 3 * Region));
     }
 
+    [Fact]
+    public async Task A_leg_missing_at_the_start_whose_device_appears_blank_or_another_mirrors_is_not_copied_over_by_itself()
+    {
+        var a = Leg("a");
+        var b = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(first, "md0");
+        await md.WriteAsync(1 * Region, Stamp(1, 1));
+        await StopAsync(first, md);
+
+        var c = Leg("c");
+        var d = Leg("d");
+        var other = await MirrorTarget.AssembleAsync("md9", [c, d], Options());
+        var md9 = Serve(other, "md9");
+        await md9.WriteAsync(1 * Region, Stamp(1, 9));
+        await StopAsync(other, md9);
+
+        var late = new LateLeg("b");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        var refusals = System.Threading.Channels.Channel.CreateUnbounded<string>();
+        second.AutomaticReAddFailed += (_, why) => refusals.Writer.TryWrite(why);
+
+        late.Appear(Leg("blank"));
+        Assert.Contains("holds no mirror metadata", await refusals.Reader.ReadAsync().AsTask().WaitAsync(Patience));
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+
+        late.Appear(c);
+        Assert.Contains("belongs to another mirror", await refusals.Reader.ReadAsync().AsTask().WaitAsync(Patience));
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+        Assert.Equal(Stamp(1, 9), await ReadRaw(c, 1 * Region));
+        Assert.Equal(0, second.AutomaticReAdds);
+
+        // By hand it may: c becomes a copy of a.
+        await second.ReAddAsync(1);
+        await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
+        Assert.Equal(Stamp(1, 1), await ReadRaw(c, 1 * Region));
+    }
+
     /// <summary>A leg whose device is missing until <see cref="Appear"/> hands it one (raising Reconnected).</summary>
     private sealed class LateLeg(string name) : IReconnectingBlockDevice
     {
