@@ -255,11 +255,51 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         {
             throw new InvalidOperationException($"{_name}: leg {leg.Name} has {leg.LogicalBlockSize}-byte blocks, the mirror {Limits.LogicalBlockSize}-byte ones.");
         }
+
+        // The mirror's limits were set from the legs present at its start and are never lowered:
+        // a leg that cannot keep what the mirror advertises would break it (a discard or
+        // write-zeroes refused on one leg, a FUA write or a flush not durable, a buffer misaligned).
+        var limits = leg.Queue.Limits;
+        var weaker = new List<string>();
+        if (Limits.MaxDiscardSectors > 0 && limits.MaxDiscardSectors == 0)
+        {
+            weaker.Add("no discard");
+        }
+
+        if (Limits.MaxWriteZeroesSectors > 0 && limits.MaxWriteZeroesSectors == 0)
+        {
+            weaker.Add("no write-zeroes");
+        }
+
+        if (Limits.FastWriteZeroes && !limits.FastWriteZeroes)
+        {
+            weaker.Add("no fast write-zeroes");
+        }
+
+        if (Limits.Fua && !limits.Fua)
+        {
+            weaker.Add("no FUA");
+        }
+
+        if (!Limits.VolatileWriteCache && limits.VolatileWriteCache)
+        {
+            weaker.Add("a volatile write cache (the mirror advertises none)");
+        }
+
+        if (leg.MemoryAlignment > Limits.MemoryAlignment)
+        {
+            weaker.Add($"a {leg.MemoryAlignment}-byte memory alignment (the mirror's is {Limits.MemoryAlignment})");
+        }
+
+        if (weaker.Count > 0)
+        {
+            throw new InvalidOperationException($"{_name}: leg {leg.Name} has {string.Join(", ", weaker)}: weaker than the mirror's limits, set by the legs it started with.");
+        }
     }
 
     /// <summary>
     /// Raised when a leg that reconnected could not be taken back by itself (its device is now too
-    /// small, read-only, of another block size, or failed again; or, for a leg missing at the
+    /// small, read-only, of another block size, of weaker limits, or failed again; or, for a leg missing at the
     /// start, blank, another mirror's or written apart from this one): the leg's name and why. The leg
     /// stays faulty until it reconnects once more or is re-added by hand.
     /// </summary>
@@ -282,7 +322,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// on, and is resynced in the background: for the bitmap's dirty regions when its superblock
     /// is this mirror's, whole otherwise.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, or of another block size.</exception>
+    /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, of another block size, or has weaker limits than the mirror advertises (no discard, no write-zeroes, no FUA, a volatile write cache where the mirror has none, a larger memory alignment).</exception>
     public Task ReAddAsync(int leg) => ReAddAsync(leg, automatic: false);
 
     // A leg missing at the start was checked by nobody: an automatic re-add (its device appeared)

@@ -36,9 +36,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         await _devices.DisposeAsync();
     }
 
-    private BlockDevice Leg(string name)
+    private BlockDevice Leg(string name, bool discard = true)
     {
-        var device = _devices.Create(new DeviceOptions { Name = name, Size = LegBytes, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
+        var device = _devices.Create(new DeviceOptions { Name = name, Size = LegBytes, MemoryBacked = true, WriteCache = true, Discard = discard }, CpuTopology.Simulated(2));
         _stacked.Add(device);
         return device;
     }
@@ -264,6 +264,34 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         await second.ReAddAsync(1);
         await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
         Assert.Equal(Stamp(1, 1), await ReadRaw(c, 1 * Region));
+    }
+
+    [Fact]
+    public async Task A_leg_missing_at_the_start_whose_device_has_weaker_limits_than_the_mirror_advertises_is_refused()
+    {
+        var a = Leg("a");
+        var b = Leg("b");
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await first.StopAsync();
+        first.Dispose();
+
+        // The mirror started on a alone advertises discard; b's device now has none.
+        var late = new LateLeg("b");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        Assert.True(second.Limits.MaxDiscardSectors > 0);
+        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        var weak = Leg("b2", discard: false);
+        var metadata = new byte[MirrorSuperblock.SuperblockBytes];
+        await b.ReadAsync(0, metadata);
+        await weak.WriteAsync(0, metadata);
+        late.Appear(weak);
+        await UntilAsync(() => refused.Task.IsCompleted || second.LegState(1) != MirrorLegState.Faulty);
+        Assert.True(refused.Task.IsCompleted, "the leg was taken back");
+        Assert.Contains("no discard", await refused.Task);
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+        var manual = await Assert.ThrowsAsync<InvalidOperationException>(() => second.ReAddAsync(1));
+        Assert.Contains("no discard", manual.Message);
     }
 
     /// <summary>A leg whose device is missing until <see cref="Appear"/> hands it one (raising Reconnected).</summary>
