@@ -61,7 +61,15 @@ internal sealed class StackedDeviceActor : ReceiveActor
         if (_device.Queue.BioDriver is MirrorTarget mirror)
         {
             mirror.AutomaticReAddFailed += ReAddFailed;
+
+            // A refusal while the mirror was assembled came before this subscription (it may be
+            // logged twice when it races with it: better than never).
+            if (mirror.LastAutomaticReAddFailure is var (leg, reason))
+            {
+                ReAddFailed(leg, reason);
+            }
         }
+
         Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
     }
 

@@ -19,6 +19,13 @@ public sealed partial class MirrorTarget
     /// <summary>Legs taken back by themselves after their remote device reconnected.</summary>
     public long AutomaticReAdds => Interlocked.Read(ref _autoReAdds);
 
+    /// <summary>
+    /// The last <see cref="AutomaticReAddFailed"/> (leg, why), or null: a refusal may come while the
+    /// mirror is still being assembled (a missing leg whose device appeared meanwhile), before
+    /// anyone could subscribe, so a subscriber reads this once it has subscribed.
+    /// </summary>
+    public (string Leg, string Reason)? LastAutomaticReAddFailure { get; private set; }
+
     // missingAt: per leg, the incarnation at which its handle was seen missing at assembly (-1
     // when present). A missing leg counts as taken at that one, so the appearance of its device,
     // even one that came before the handlers below were added, takes it back.
@@ -119,6 +126,7 @@ public sealed partial class MirrorTarget
 
                 if (stillFaulty && !_stop.IsCancellationRequested)
                 {
+                    LastAutomaticReAddFailure = (_legs[leg].Name, ex.Message);
                     AutomaticReAddFailed?.Invoke(_legs[leg].Name, ex.Message);
                 }
             }

@@ -253,6 +253,8 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         late.Appear(Leg("blank"));
         Assert.Contains("holds no mirror metadata", await refusals.Reader.ReadAsync().AsTask().WaitAsync(Patience));
         Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
+        Assert.Equal("b", second.LastAutomaticReAddFailure?.Leg);
+        Assert.Contains("holds no mirror metadata", second.LastAutomaticReAddFailure?.Reason);
 
         late.Appear(c);
         Assert.Contains("belongs to another mirror", await refusals.Reader.ReadAsync().AsTask().WaitAsync(Patience));
