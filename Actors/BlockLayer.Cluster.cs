@@ -137,8 +137,10 @@ public sealed partial class BlockLayer
         {
             handle = await _opener.OpenMissingAsync(id, cancellationToken).ConfigureAwait(false);
         }
-        catch (ClusterDeviceNotFoundException ex)
+        catch (Exception ex) when (ex is ClusterDeviceNotFoundException or BlockDeviceOpenException)
         {
+            // A BlockDeviceOpenException: the handle joined an open of the same device in flight,
+            // whose build failed.
             throw new DeviceOptionsException(stacked, "members", $"{why} ({ex.Message})", ex);
         }
 

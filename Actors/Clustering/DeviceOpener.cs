@@ -54,7 +54,7 @@ internal sealed class DeviceOpener
             target = await WaitForExportAsync(target, cancellationToken).ConfigureAwait(false);
         }
 
-        var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.Open(target, template), OpenTimeout, cancellationToken).ConfigureAwait(false);
+        var opened = await AskOpenAsync(target.Id, new RemoteDevices.Open(target, template), cancellationToken).ConfigureAwait(false);
         return new ClusterBlockDevice(target, opened.Target, Closer(target.Id));
     }
 
@@ -74,8 +74,24 @@ internal sealed class DeviceOpener
         }
 
         var entry = new ClusterDevice(id[..at], id[(at + 1)..], 0, 0, 512, 1, false, ClusterDeviceStates.Live, string.Empty);
-        var opened = await _remote.Ask<RemoteDevices.Opened>(new RemoteDevices.OpenMissing(entry, null), OpenTimeout, cancellationToken).ConfigureAwait(false);
+        var opened = await AskOpenAsync(id, new RemoteDevices.OpenMissing(entry, null), cancellationToken).ConfigureAwait(false);
         return new ClusterBlockDevice(entry, opened.Target, RemoteDeviceActor.LocalName(entry), Closer(id));
+    }
+
+    // An open whose ask is cancelled or times out may still be (or have been) taken by the actor,
+    // which then holds a reference nobody will close: a Close sent after it (the same mailbox,
+    // in order) gives it back; the actor answers a Close of a slot it does not hold as well.
+    private async Task<RemoteDevices.Opened> AskOpenAsync(string id, object open, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await _remote!.Ask<RemoteDevices.Opened>(open, OpenTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or AskTimeoutException)
+        {
+            _remote!.Tell(new RemoteDevices.Close(id));
+            throw;
+        }
     }
 
     private Func<ValueTask> Closer(string id)
