@@ -37,13 +37,17 @@ public abstract class StackTarget : IBioDriver
 
         _members = [.. members.Distinct()];
 
-        // A member with no device yet (a mirror's missing leg) has no limits: the present ones decide.
+        // A member with no device yet (a mirror's missing leg) has no limits yet, and the target's
+        // are never recomputed: they are set as a member may need when it appears (a volatile
+        // write cache, so flushes are sent; no FUA, no discard, no write-zeroes; buffers aligned to
+        // a page), so a returning leg rarely has weaker ones (MirrorTarget refuses one that has).
         IBlockDevice[] present = [.. _members.Where(m => m is not IReconnectingBlockDevice { IsMissing: true })];
         if (present.Length == 0)
         {
             throw new ArgumentException("A stacking target needs at least one member device that is present.", nameof(members));
         }
 
+        var complete = present.Length == _members.Length;
         var lbs = present.Max(m => m.LogicalBlockSize);
         var maxSectors = present.Min(m => m.Queue.Limits.MaxSectors);
         Limits = new QueueLimits
@@ -53,12 +57,12 @@ public abstract class StackTarget : IBioDriver
             CapacitySectors = capacityBytes / lbs * lbs >> Bio.SectorShift,
             MaxHardwareSectors = Math.Max(maxSectors, QueueLimits.DefaultMaxSectors),
             MaxSectors = QueueLimits.DefaultMaxSectors,
-            MemoryAlignment = present.Max(m => m.MemoryAlignment),
-            MaxDiscardSectors = present.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
-            MaxWriteZeroesSectors = present.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
-            FastWriteZeroes = fastZeroes && present.All(m => m.Queue.Limits.FastWriteZeroes),
-            VolatileWriteCache = present.Any(m => m.Queue.Limits.VolatileWriteCache),
-            Fua = present.All(m => m.Queue.Limits.Fua),
+            MemoryAlignment = Math.Max(present.Max(m => m.MemoryAlignment), complete ? 0 : AlignedBuffer.PageAlignment),
+            MaxDiscardSectors = complete && present.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
+            MaxWriteZeroesSectors = complete && present.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
+            FastWriteZeroes = complete && fastZeroes && present.All(m => m.Queue.Limits.FastWriteZeroes),
+            VolatileWriteCache = !complete || present.Any(m => m.Queue.Limits.VolatileWriteCache),
+            Fua = complete && present.All(m => m.Queue.Limits.Fua),
         };
     }
 

@@ -269,31 +269,50 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_leg_missing_at_the_start_whose_device_has_weaker_limits_than_the_mirror_advertises_is_refused()
+    public async Task A_mirror_started_degraded_advertises_limits_any_leg_can_keep_and_a_returning_leg_with_weaker_ones_is_refused()
     {
         var a = Leg("a");
         var b = Leg("b");
         var first = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        Assert.True(first.Limits.MaxDiscardSectors > 0);
         await first.StopAsync();
         first.Dispose();
 
-        // The mirror started on a alone advertises discard; b's device now has none.
+        // Started degraded: the missing leg's limits are unknown, so none it might lack is advertised.
         var late = new LateLeg("b");
         var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
-        Assert.True(second.Limits.MaxDiscardSectors > 0);
+        Assert.Equal(0, second.Limits.MaxDiscardSectors);
+        Assert.Equal(0, second.Limits.MaxWriteZeroesSectors);
+        Assert.False(second.Limits.Fua);
+        Assert.True(second.Limits.VolatileWriteCache);
+        Assert.True(second.Limits.MemoryAlignment >= AlignedBuffer.PageAlignment);
+        late.Appear(b);
+        await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
+        await second.StopAsync();
+        second.Dispose();
+
+        // An ordinary mirror's remote leg comes back as a device without discard: refused, by
+        // itself and by hand, the limit named.
+        var remote = new LateLeg("b");
+        remote.Appear(b);
+        var third = await MirrorTarget.AssembleAsync("md0", [a, remote], Options(startDegraded: false));
+        Assert.True(third.Limits.MaxDiscardSectors > 0);
         var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        third.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        await third.FailLegAsync(1);
         var weak = Leg("b2", discard: false);
         var metadata = new byte[MirrorSuperblock.SuperblockBytes];
         await b.ReadAsync(0, metadata);
         await weak.WriteAsync(0, metadata);
-        late.Appear(weak);
-        await UntilAsync(() => refused.Task.IsCompleted || second.LegState(1) != MirrorLegState.Faulty);
+        remote.Appear(weak);
+        await UntilAsync(() => refused.Task.IsCompleted || third.LegState(1) != MirrorLegState.Faulty);
         Assert.True(refused.Task.IsCompleted, "the leg was taken back");
         Assert.Contains("no discard", await refused.Task);
-        Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
-        var manual = await Assert.ThrowsAsync<InvalidOperationException>(() => second.ReAddAsync(1));
+        Assert.Equal(MirrorLegState.Faulty, third.LegState(1));
+        var manual = await Assert.ThrowsAsync<InvalidOperationException>(() => third.ReAddAsync(1));
         Assert.Contains("no discard", manual.Message);
+        await third.StopAsync();
+        third.Dispose();
     }
 
     /// <summary>A leg whose device is missing until <see cref="Appear"/> hands it one (raising Reconnected).</summary>
