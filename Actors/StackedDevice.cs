@@ -64,9 +64,9 @@ internal sealed class StackedDeviceActor : ReceiveActor
 
             // A refusal while the mirror was assembled came before this subscription (it may be
             // logged twice when it races with it: better than never).
-            if (mirror.LastAutomaticReAddFailure is var (leg, reason))
+            if (mirror.LastAutomaticReAddFailure is { } last)
             {
-                ReAddFailed(leg, reason);
+                ReAddFailed(last.Leg, last.Reason);
             }
         }
 

@@ -24,7 +24,10 @@ public sealed partial class MirrorTarget
     /// mirror is still being assembled (a missing leg whose device appeared meanwhile), before
     /// anyone could subscribe, so a subscriber reads this once it has subscribed.
     /// </summary>
-    public (string Leg, string Reason)? LastAutomaticReAddFailure { get; private set; }
+    /// <remarks>Cleared when a later automatic re-add succeeds. Read and written whole (one reference), from any thread.</remarks>
+    public MirrorReAddFailure? LastAutomaticReAddFailure => Volatile.Read(ref _lastReAddFailure);
+
+    private MirrorReAddFailure? _lastReAddFailure;
 
     // missingAt: per leg, the incarnation at which its handle was seen missing at assembly (-1
     // when present). A missing leg counts as taken at that one, so the appearance of its device,
@@ -112,6 +115,7 @@ public sealed partial class MirrorTarget
             {
                 await ReAddAsync(leg, automatic: true).ConfigureAwait(false);
                 Interlocked.Increment(ref _autoReAdds);
+                Volatile.Write(ref _lastReAddFailure, null);
             }
             catch (Exception ex) when (ex is BlockIoException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)
             {
@@ -126,10 +130,15 @@ public sealed partial class MirrorTarget
 
                 if (stillFaulty && !_stop.IsCancellationRequested)
                 {
-                    LastAutomaticReAddFailure = (_legs[leg].Name, ex.Message);
+                    Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(_legs[leg].Name, ex.Message));
                     AutomaticReAddFailed?.Invoke(_legs[leg].Name, ex.Message);
                 }
             }
         });
     }
 }
+
+/// <summary>An automatic re-add a mirror refused: the leg and why (<see cref="MirrorTarget.LastAutomaticReAddFailure"/>).</summary>
+/// <param name="Leg">The leg's name.</param>
+/// <param name="Reason">Why it was not taken back.</param>
+public sealed record MirrorReAddFailure(string Leg, string Reason);
