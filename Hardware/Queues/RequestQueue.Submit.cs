@@ -213,13 +213,10 @@ public sealed partial class RequestQueue
         var thread = BlockThread.Current;
 
         // A bio woken from a tag wait goes straight back to the tag, and one that takes no tag
-        // from the map that woke it hands the wake-up on (see Bio.TagWoken, TagWaiter.WokenBy).
-        var woken = bio.TagWoken;
-        SBitmapQueue? wokenBy = null;
-        if (woken)
+        // from the map that woke it hands the wake-up on (see TagWaiter.WokenBy).
+        var wokenBy = bio.WokenBy;
+        if (wokenBy is not null)
         {
-            bio.TagWoken = false;
-            wokenBy = bio.WokenBy;
             bio.WokenBy = null;
         }
 
@@ -264,25 +261,16 @@ public sealed partial class RequestQueue
             // A woken bio moved to another CPU's queue takes its wake-up along: its next pass
             // takes a tag there and, if that is another map, hands the wake-up back (a NOWAIT bio,
             // the only kind failed here, never waits for a tag, so is never woken).
-            if (woken)
-            {
-                bio.TagWoken = true;
-                bio.WokenBy = wokenBy;
-            }
-
+            bio.WokenBy = wokenBy;
             if (MovedOffInactive(bio, type))
             {
                 return;
             }
 
-            if (woken)
-            {
-                bio.TagWoken = false;
-                bio.WokenBy = null;
-            }
+            bio.WokenBy = null;
         }
 
-        if (!woken && _mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
+        if (wokenBy is null && _mergePolicy != (int)MergePolicy.Off && MergeRules.IsMergeable(bio) && TryMergeBio(bio, ctx, hctx))
         {
             return;
         }
@@ -518,8 +506,8 @@ public sealed partial class RequestQueue
     // cookie, and nobody would poll its pieces' requests; they complete like any other request
     // and the poller, seeing no cookie, waits for the parent (an outside audit: polled I/O larger
     // than max_sectors_kb hung its pollers, and a freeze behind them, until the I/O timeout).
-    // Every field of the parent is read before the first piece goes: in ring mode the pieces may complete inline, the last of
-    // them completes the parent, and a completed bio belongs to its pool again, where another
+    // Every field of the parent is read before the first piece goes: in ring mode the pieces may
+    // complete inline, the last of them completes the parent, and a completed bio belongs to its pool again, where another
     // thread may rent it (an outside stress test saw pieces cut from someone else's bio). Each
     // piece takes its own usage reference, as a bio resubmitted by submit_bio_noacct does, so a
     // piece for a queue that is dying fails Offline here instead of being posted to a software

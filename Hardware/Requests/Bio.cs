@@ -132,15 +132,6 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     internal bool Parked { get; set; }
 
     /// <summary>
-    /// The bio was woken from a tag wait: its next pass through the submission path takes a tag
-    /// without trying to merge, as the kernel's task woken in <c>blk_mq_get_tag</c> retries the
-    /// allocation it slept in. A wake-up stands for a freed tag; a woken bio that merged instead
-    /// used it up without taking the tag, and once fewer requests were in flight than a wake
-    /// batch, the waiters left were never woken (<c>TagWakeMergeSpec</c>).
-    /// </summary>
-    internal bool TagWoken { get; set; }
-
-    /// <summary>
     /// True once the flow awaits this bio, or the split parent it is a piece of. A request built
     /// for it after that moment (by a software-context actor, or after a wait for a tag or a thaw)
     /// must not stay in the plug: the flow already went to sleep and flushed it.
@@ -296,7 +287,6 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         Entered = false;
         FailureDeferred = false;
         Parked = false;
-        TagWoken = false;
         WokenBy = null;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
@@ -352,11 +342,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     void IThreadPoolWorkItem.Execute() => Queue?.ResumeSubmission(this);
 
     /// <inheritdoc />
-    protected internal override void OnTagAvailable()
-    {
-        TagWoken = true;
-        Queue?.Runtime.ResumeBio(this);
-    }
+    protected internal override void OnTagAvailable() => Queue?.Runtime.ResumeBio(this);
 
     /// <inheritdoc />
     void IFreezeWaiter.OnUnfrozen() => Queue?.ResumeAfterFreeze(this);

@@ -26,10 +26,14 @@ public abstract class TagWaiter
     internal SBitmapQueue? WaitingOn { get; set; }
 
     /// <summary>
-    /// The map whose freed tag woke this waiter, until the waiter retries. A waiter that then
-    /// takes no tag from it (it moved to another hardware queue, or failed) hands the wake-up on
-    /// (<see cref="SBitmapQueue.CompensateWakeUp"/>), as <c>blk_mq_get_tag</c>'s "fake wake up on
-    /// previous queue for compensating the wake up miss".
+    /// The map whose freed tag woke this waiter, until the waiter retries (null otherwise). A
+    /// woken bio goes straight back to the tag without trying to merge, as the kernel's task woken
+    /// in <c>blk_mq_get_tag</c> retries the allocation it slept in: a wake-up stands for a freed
+    /// tag, and woken bios that merged used wake-ups up without taking their tags, until fewer
+    /// requests were in flight than a wake batch and the waiters left were never woken
+    /// (<c>TagWakeMergeSpec</c>). A waiter that takes no tag from this map (it moved to another
+    /// hardware queue, or failed) hands the wake-up back (<see cref="SBitmapQueue.CompensateWakeUp"/>),
+    /// as <c>blk_mq_get_tag</c>'s "fake wake up on previous queue for compensating the wake up miss".
     /// </summary>
     internal SBitmapQueue? WokenBy { get; set; }
 
