@@ -18,6 +18,9 @@ internal sealed class DeviceOpener
     // nor exported over NBD, since the device is the owner's.
     private readonly ConcurrentDictionary<string, string> _imported = new(StringComparer.Ordinal);
 
+    // Numbers each handle of another node's device, so its Close gives back its own reference.
+    private long _lastHandle;
+
     public DeviceOpener(BlockLayer layer, TimeSpan checkInterval)
     {
         _layer = layer;
@@ -54,8 +57,9 @@ internal sealed class DeviceOpener
             target = await WaitForExportAsync(target, cancellationToken).ConfigureAwait(false);
         }
 
-        var opened = await AskOpenAsync(target.Id, new RemoteDevices.Open(target, template), cancellationToken).ConfigureAwait(false);
-        return new ClusterBlockDevice(target, opened.Target, Closer(target.Id));
+        var handle = Interlocked.Increment(ref _lastHandle);
+        var opened = await AskOpenAsync(target.Id, handle, new RemoteDevices.Open(target, template, handle), cancellationToken).ConfigureAwait(false);
+        return new ClusterBlockDevice(target, opened.Target, Closer(target.Id, handle));
     }
 
     /// <summary>
@@ -74,14 +78,16 @@ internal sealed class DeviceOpener
         }
 
         var entry = new ClusterDevice(id[..at], id[(at + 1)..], 0, 0, 512, 1, false, ClusterDeviceStates.Live, string.Empty);
-        var opened = await AskOpenAsync(id, new RemoteDevices.OpenMissing(entry, null), cancellationToken).ConfigureAwait(false);
-        return new ClusterBlockDevice(entry, opened.Target, RemoteDeviceActor.LocalName(entry), Closer(id));
+        var handle = Interlocked.Increment(ref _lastHandle);
+        var opened = await AskOpenAsync(id, handle, new RemoteDevices.OpenMissing(entry, null, handle), cancellationToken).ConfigureAwait(false);
+        return new ClusterBlockDevice(entry, opened.Target, RemoteDeviceActor.LocalName(entry), Closer(id, handle));
     }
 
     // An open whose ask is cancelled or times out may still be (or have been) taken by the actor,
-    // which then holds a reference nobody will close: a Close sent after it (the same mailbox,
-    // in order) gives it back; the actor answers a Close of a slot it does not hold as well.
-    private async Task<RemoteDevices.Opened> AskOpenAsync(string id, object open, CancellationToken cancellationToken)
+    // which then holds a reference nobody will close: a Close of the same handle sent after it
+    // (the same mailbox, in order) gives that reference back, whether the open was answered, still
+    // waits or failed meanwhile (then it holds none, and the Close changes nothing).
+    private async Task<RemoteDevices.Opened> AskOpenAsync(string id, long handle, object open, CancellationToken cancellationToken)
     {
         try
         {
@@ -89,12 +95,12 @@ internal sealed class DeviceOpener
         }
         catch (Exception ex) when (ex is OperationCanceledException or AskTimeoutException)
         {
-            _remote!.Tell(new RemoteDevices.Close(id));
+            _remote!.Tell(new RemoteDevices.Close(id, handle));
             throw;
         }
     }
 
-    private Func<ValueTask> Closer(string id)
+    private Func<ValueTask> Closer(string id, long handle)
     {
         var remote = _remote!;
         var system = _layer.System;
@@ -103,7 +109,7 @@ internal sealed class DeviceOpener
             // A node going down destroys its queues itself (and the actor may be gone already).
             if (CoordinatedShutdown.Get(system).ShutdownReason is null && !system.WhenTerminated.IsCompleted)
             {
-                await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id), CloseTimeout).ConfigureAwait(false);
+                await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id, handle), CloseTimeout).ConfigureAwait(false);
             }
         };
     }

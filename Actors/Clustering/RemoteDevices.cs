@@ -20,8 +20,11 @@ internal static class RemoteDevices
     /// <summary>The actor's name under <c>/user</c>.</summary>
     public const string ActorName = "actorblk-remote";
 
-    /// <summary>Open (or share) the local queue of <paramref name="Device"/>; reply <see cref="Opened"/> or a failure.</summary>
-    public sealed record Open(ClusterDevice Device, DeviceOptions? Template) : INoSerializationVerificationNeeded;
+    /// <summary>
+    /// Open (or share) the local queue of <paramref name="Device"/> for the handle numbered
+    /// <paramref name="Handle"/> (unique on this node); reply <see cref="Opened"/> or a failure.
+    /// </summary>
+    public sealed record Open(ClusterDevice Device, DeviceOptions? Template, long Handle) : INoSerializationVerificationNeeded;
 
     /// <summary>
     /// Open (or share) the local queue of <paramref name="Device"/>, a device the registry does not
@@ -29,13 +32,19 @@ internal static class RemoteDevices
     /// that has no queue until the device appears live with an NBD export, then connects one and
     /// raises its Reconnected (a mirror started degraded without the leg).
     /// </summary>
-    public sealed record OpenMissing(ClusterDevice Device, DeviceOptions? Template) : INoSerializationVerificationNeeded;
+    public sealed record OpenMissing(ClusterDevice Device, DeviceOptions? Template, long Handle) : INoSerializationVerificationNeeded;
 
     /// <summary>The shared target of a remote device's handles.</summary>
     public sealed record Opened(RemoteDeviceTarget Target) : INoSerializationVerificationNeeded;
 
-    /// <summary>A handle of <paramref name="Id"/> closed; reply <see cref="Closed"/> once the queue is released (when it was the last).</summary>
-    public sealed record Close(string Id) : INoSerializationVerificationNeeded;
+    /// <summary>
+    /// The handle numbered <paramref name="Handle"/> of <paramref name="Id"/> closed, or its open was
+    /// abandoned (the ask cancelled or timed out); reply <see cref="Closed"/> once the queue is
+    /// released (when it was the last). The handle's reference is given back once, wherever it is:
+    /// held, waiting for a connection, or waiting for a release to finish; a handle that holds none
+    /// (its open failed, or never arrived) changes nothing.
+    /// </summary>
+    public sealed record Close(string Id, long Handle) : INoSerializationVerificationNeeded;
 
     /// <summary>Reply to <see cref="Close"/>.</summary>
     public sealed record Closed : INoSerializationVerificationNeeded
@@ -43,8 +52,14 @@ internal static class RemoteDevices
         public static readonly Closed Instance = new();
     }
 
-    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval) =>
-        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval));
+    /// <summary>
+    /// Connects a local queue named by the second argument to the device's export, with the options
+    /// of the third (the open's template); the default builds an NBD client driver.
+    /// </summary>
+    public delegate Task<IBlockDevice> Connector(ClusterDevice device, string localName, DeviceOptions template);
+
+    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null) =>
+        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect));
 }
 
 /// <summary>
@@ -63,16 +78,18 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private readonly BlockLayer _layer;
     private readonly ConcurrentDictionary<string, string> _imported;
     private readonly TimeSpan _checkInterval;
+    private readonly RemoteDevices.Connector _connect;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
     private IDisposable? _watch;
 
-    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval)
+    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null)
     {
         _layer = layer;
         _imported = imported;
         _checkInterval = checkInterval;
+        _connect = connect ?? ((device, name, template) => ConnectAsync(layer, device, name, template));
         Receive<RemoteDevices.Open>(HandleOpen);
         Receive<RemoteDevices.OpenMissing>(HandleOpenMissing);
         Receive<RemoteDevices.Close>(HandleClose);
@@ -149,21 +166,21 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var id = open.Device.Id;
         if (_slots.TryGetValue(id, out var slot) && !slot.Closing)
         {
-            slot.Refs++;
             if (slot.Target is { Device: not null } target)
             {
+                slot.Held.Add(open.Handle);
                 Sender.Tell(new RemoteDevices.Opened(target));
             }
             else
             {
                 // Being built, or missing: then this open waits for the device to connect, or fails
                 // at once when it cannot connect now (not live, or its node unreachable).
-                slot.Waiters.Add(Sender);
+                var waiter = new Waiter(Sender, open.Handle);
+                slot.Waiters.Add(waiter);
                 CheckSlot(slot);
                 if (slot.Building is null && slot.Target is { Device: null })
                 {
-                    slot.Waiters.Remove(Sender);
-                    slot.Refs--;
+                    slot.Waiters.Remove(waiter);
                     Sender.Tell(new Status.Failure(new ClusterDeviceNotFoundException($"{id} is not live with an NBD export on a reachable node yet.")));
                 }
             }
@@ -174,12 +191,12 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         if (slot is { Closing: true })
         {
             // The last handle is being closed: the next open waits for the release, then builds afresh.
-            slot.Reopeners.Add((open, Sender));
+            slot.Reopeners.Add(new Reopener(open, open.Handle, Sender));
             return;
         }
 
-        slot = new Slot(open.Device, LocalName(open.Device), open.Template) { Refs = 1 };
-        slot.Waiters.Add(Sender);
+        slot = new Slot(open.Device, LocalName(open.Device), open.Template);
+        slot.Waiters.Add(new Waiter(Sender, open.Handle));
         _slots[id] = slot;
         Build(slot, open.Device);
     }
@@ -189,14 +206,14 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var id = open.Device.Id;
         if (_slots.TryGetValue(id, out var slot) && !slot.Closing)
         {
-            slot.Refs++;
             if (slot.Target is { } target)
             {
+                slot.Held.Add(open.Handle);
                 Sender.Tell(new RemoteDevices.Opened(target));
             }
             else
             {
-                slot.Waiters.Add(Sender);
+                slot.Waiters.Add(new Waiter(Sender, open.Handle));
             }
 
             return;
@@ -204,26 +221,39 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         if (slot is { Closing: true })
         {
-            slot.Reopeners.Add((open, Sender));
+            slot.Reopeners.Add(new Reopener(open, open.Handle, Sender));
             return;
         }
 
-        slot = new Slot(open.Device, LocalName(open.Device), open.Template) { Refs = 1, Target = new RemoteDeviceTarget(null) };
+        slot = new Slot(open.Device, LocalName(open.Device), open.Template) { Target = new RemoteDeviceTarget(null) };
+        slot.Held.Add(open.Handle);
         _slots[id] = slot;
         _log.Info("{0} is not in the cluster's registry: its handle waits for it to appear", id);
         Sender.Tell(new RemoteDevices.Opened(slot.Target));
         CheckSlot(slot);
     }
 
+    // A handle's reference is given back by its number, never by counting: an abandoned open's
+    // Close may come before or after its open was answered, failed or deferred, and a count
+    // decremented both here and by a failed connection's waiters went one too low (the slot was
+    // then never released once the last real handle closed, and kept reconnecting a queue nobody
+    // held).
     private void HandleClose(RemoteDevices.Close close)
     {
-        if (!_slots.TryGetValue(close.Id, out var slot) || slot.Refs == 0)
+        if (!_slots.TryGetValue(close.Id, out var slot))
         {
             Sender.Tell(RemoteDevices.Closed.Instance);
             return;
         }
 
-        slot.Refs--;
+        if (!slot.Held.Remove(close.Handle) && slot.Waiters.RemoveAll(w => w.Handle == close.Handle) == 0)
+        {
+            // Not held: deferred behind a release (then it is dropped), failed, or never arrived.
+            slot.Reopeners.RemoveAll(r => r.Handle == close.Handle);
+            Sender.Tell(RemoteDevices.Closed.Instance);
+            return;
+        }
+
         if (slot.Refs > 0)
         {
             Sender.Tell(RemoteDevices.Closed.Instance);
@@ -244,50 +274,52 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     {
         var generation = ++slot.Generation;
         slot.Building = device;
-        var layer = _layer;
         var name = slot.LocalName;
         var template = slot.Template ?? new DeviceOptions();
-        var connections = Math.Clamp(template.Connections > 1 ? template.Connections : device.HardwareQueues, 1, 64);
         _imported[name] = device.Id;
         var self = Self;
-        Task.Run(async () =>
-        {
-            if (string.IsNullOrEmpty(device.NbdEndpoint))
-            {
-                throw new ClusterDeviceNotFoundException($"{device.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?).");
-            }
-
-            var uri = NbdUri.Parse(device.NbdEndpoint);
-            NbdClientDriver driver;
-            try
-            {
-                driver = new NbdClientDriver(new NbdClientOptions { Uri = uri, Connections = connections, TlsCa = template.TlsCa, TlsVerify = template.TlsVerify }, name);
-            }
-            catch (IOException ex)
-            {
-                throw new BlockDeviceOpenException(name, uri.ToString(), OpenFailure.Other, 0, $"{device.Id}: {ex.Message}");
-            }
-
-            var options = template with
-            {
-                Name = name,
-                Driver = "null",
-                Uri = null,
-                Path = null,
-                TlsCa = null,
-                SubmitQueues = connections,
-                Connections = 1,
-                PollQueues = 0,
-                // An nbd device's default (30 s, as the kernel's), not the null device's 5 s.
-                IoTimeoutMs = template.IoTimeoutMs > 0 ? template.IoTimeoutMs : ActorBlk.Hardware.Tags.TagSet.DefaultTimeoutMs,
-                IoPoll = false,
-                SharedTags = false,
-                MemoryBacked = false,
-                ReadOnly = template.ReadOnly || driver.ReadOnly || device.ReadOnly,
-            };
-            return await layer.CreateDeviceAsync(options, driver).ConfigureAwait(false);
-        }).ContinueWith(t => new Built(slot, generation, device, t.IsCompletedSuccessfully ? t.Result : null,
+        var connect = _connect;
+        Task.Run(() => connect(device, name, template)).ContinueWith(t => new Built(slot, generation, device, t.IsCompletedSuccessfully ? t.Result : null,
             t.Exception?.GetBaseException() ?? (t.IsCanceled ? new TaskCanceledException() : null)), TaskScheduler.Default).PipeTo(self);
+    }
+
+    private static async Task<IBlockDevice> ConnectAsync(BlockLayer layer, ClusterDevice device, string name, DeviceOptions template)
+    {
+        if (string.IsNullOrEmpty(device.NbdEndpoint))
+        {
+            throw new ClusterDeviceNotFoundException($"{device.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?).");
+        }
+
+        var connections = Math.Clamp(template.Connections > 1 ? template.Connections : device.HardwareQueues, 1, 64);
+        var uri = NbdUri.Parse(device.NbdEndpoint);
+        NbdClientDriver driver;
+        try
+        {
+            driver = new NbdClientDriver(new NbdClientOptions { Uri = uri, Connections = connections, TlsCa = template.TlsCa, TlsVerify = template.TlsVerify }, name);
+        }
+        catch (IOException ex)
+        {
+            throw new BlockDeviceOpenException(name, uri.ToString(), OpenFailure.Other, 0, $"{device.Id}: {ex.Message}");
+        }
+
+        var options = template with
+        {
+            Name = name,
+            Driver = "null",
+            Uri = null,
+            Path = null,
+            TlsCa = null,
+            SubmitQueues = connections,
+            Connections = 1,
+            PollQueues = 0,
+            // An nbd device's default (30 s, as the kernel's), not the null device's 5 s.
+            IoTimeoutMs = template.IoTimeoutMs > 0 ? template.IoTimeoutMs : ActorBlk.Hardware.Tags.TagSet.DefaultTimeoutMs,
+            IoPoll = false,
+            SharedTags = false,
+            MemoryBacked = false,
+            ReadOnly = template.ReadOnly || driver.ReadOnly || device.ReadOnly,
+        };
+        return await layer.CreateDeviceAsync(options, driver).ConfigureAwait(false);
     }
 
     private void HandleBuilt(Built built)
@@ -308,7 +340,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 _log.Warning("Opening {0} failed: {1}", built.Entry.Id, error.Message);
                 foreach (var waiter in slot.Waiters)
                 {
-                    waiter.Tell(new Status.Failure(error));
+                    waiter.Sender.Tell(new Status.Failure(error));
                 }
 
                 slot.Waiters.Clear();
@@ -329,13 +361,14 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             _log.Warning("{0} {1} failed: {2}; trying again in {3} ms", slot.Target.Device is null ? "Connecting missing" : "Reconnecting", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
             foreach (var waiter in slot.Waiters)
             {
-                slot.Refs--;
-                waiter.Tell(new Status.Failure(error));
+                waiter.Sender.Tell(new Status.Failure(error));
             }
 
             slot.Waiters.Clear();
-            if (slot.Closing)
+            if (slot.Closing || slot.Refs == 0)
             {
+                // The failed waiters held the last references (every handle closed while they waited).
+                slot.Closing = true;
                 Release(slot);
             }
 
@@ -356,7 +389,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         foreach (var waiter in slot.Waiters)
         {
-            waiter.Tell(new RemoteDevices.Opened(slot.Target!));
+            slot.Held.Add(waiter.Handle);
+            waiter.Sender.Tell(new RemoteDevices.Opened(slot.Target!));
         }
 
         slot.Waiters.Clear();
@@ -425,9 +459,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
     private void RetryReopeners(Slot slot)
     {
-        foreach (var (open, sender) in slot.Reopeners)
+        foreach (var reopener in slot.Reopeners)
         {
-            Self.Tell(open, sender);
+            Self.Tell(reopener.Open, reopener.Sender);
         }
 
         slot.Reopeners.Clear();
@@ -524,7 +558,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         public RemoteDeviceTarget? Target { get; set; }
 
-        public int Refs { get; set; }
+        /// <summary>References: handles answered, and opens waiting for a connection.</summary>
+        public int Refs => Held.Count + Waiters.Count;
+
+        /// <summary>The handles answered with this slot's target and not closed since.</summary>
+        public HashSet<long> Held { get; } = [];
 
         public int Generation { get; set; }
 
@@ -534,12 +572,16 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         public bool Swapping { get; set; }
 
-        public List<IActorRef> Waiters { get; } = [];
+        public List<Waiter> Waiters { get; } = [];
 
         public List<IActorRef> Closers { get; } = [];
 
-        public List<(object Open, IActorRef Sender)> Reopeners { get; } = [];
+        public List<Reopener> Reopeners { get; } = [];
     }
+
+    private sealed record Waiter(IActorRef Sender, long Handle);
+
+    private sealed record Reopener(object Open, long Handle, IActorRef Sender);
 
     private sealed record Built(Slot Slot, int Generation, ClusterDevice Entry, IBlockDevice? Device, Exception? Error);
 
