@@ -358,7 +358,20 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             // Reconnecting failed: the old (offline) queue stays, and the next periodic check
             // (not this one: that would retry in a tight loop) tries again. An open waiting for a
             // missing device's first queue fails (and gives its reference back).
-            _log.Warning("{0} {1} failed: {2}; trying again in {3} ms", slot.Target.Device is null ? "Connecting missing" : "Reconnecting", built.Entry.Id, error.Message, _checkInterval.TotalMilliseconds);
+            // Tried again at every check while the device stays published: the same failure is
+            // logged once (a leg refusing connections wrote two lines a second for as long as it did).
+            var what = slot.Target.Device is null ? "Connecting missing" : "Reconnecting";
+            if (slot.LastFailure != error.Message)
+            {
+                var again = _checkInterval > TimeSpan.Zero ? $"every {_checkInterval.TotalMilliseconds} ms" : "when the registry changes";
+                _log.Warning("{0} {1} failed: {2}; trying again {3} (logged again when the failure changes)", what, built.Entry.Id, error.Message, again);
+            }
+            else
+            {
+                _log.Debug("{0} {1} failed again: {2}", what, built.Entry.Id, error.Message);
+            }
+
+            slot.LastFailure = error.Message;
             foreach (var waiter in slot.Waiters)
             {
                 waiter.Sender.Tell(new Status.Failure(error));
@@ -378,7 +391,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             target.Replace(built.Device, this);
             slot.Entry = built.Entry;
-            _log.Info("{0} reconnected to {1} as {2}", built.Entry.Id, built.Entry.NbdEndpoint, built.Device.Name);
+            _log.Info("{0} reconnected to {1} as {2}{3}", built.Entry.Id, built.Entry.NbdEndpoint, built.Device.Name, slot.LastFailure is null ? string.Empty : " (after failing: " + slot.LastFailure + ")");
+            slot.LastFailure = null;
         }
         else
         {
@@ -498,7 +512,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             var appeared = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
             if (appeared is not null && appeared.State == ClusterDeviceStates.Live && !string.IsNullOrEmpty(appeared.NbdEndpoint) && !_unreachable.Contains(appeared.Node))
             {
-                _log.Info("{0} appeared at {1}; connecting its local queue {2}", appeared.Id, appeared.NbdEndpoint, slot.LocalName);
+                Log(slot, "{0} appeared at {1}; connecting its local queue {2}", appeared.Id, appeared.NbdEndpoint, slot.LocalName);
                 Build(slot, appeared);
             }
 
@@ -544,8 +558,21 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         // Offline while the registry shows the device live and its node reachable: replace the queue.
         slot.Swapping = true;
-        _log.Info("{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
+        Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
         Release(slot);
+    }
+
+    // An attempt's line: information the first time, debug while the attempts keep failing alike.
+    private void Log(Slot slot, string format, object arg1, object arg2, object arg3)
+    {
+        if (slot.LastFailure is null)
+        {
+            _log.Info(format, arg1, arg2, arg3);
+        }
+        else
+        {
+            _log.Debug(format, arg1, arg2, arg3);
+        }
     }
 
     private sealed class Slot(ClusterDevice entry, string localName, DeviceOptions? template)
@@ -571,6 +598,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         public bool Closing { get; set; }
 
         public bool Swapping { get; set; }
+
+        /// <summary>The last failed (re)connection's message; null once one succeeds.</summary>
+        public string? LastFailure { get; set; }
 
         public List<Waiter> Waiters { get; } = [];
 

@@ -29,9 +29,10 @@ public sealed class RemoteDeviceHandleSpec : Akka.TestKit.Xunit2.TestKit
     private readonly List<TaskCompletionSource<IBlockDevice>> _connections = [];
     private readonly SemaphoreSlim _connecting = new(0);
 
-    // The registry of its own is off: the spec publishes the snapshot the actor reads.
+    // The registry of its own is off: the spec publishes the snapshot the actor reads. Information
+    // lines are published (the cluster's own are off in ClusterNode's configuration).
     public RemoteDeviceHandleSpec(ITestOutputHelper output)
-        : base(ConfigurationFactory.ParseString("actorblk.cluster.registry.enabled = off").WithFallback(ClusterNode.Config()), output: output)
+        : base(ConfigurationFactory.ParseString("actorblk.cluster.registry.enabled = off\nakka.loglevel = INFO").WithFallback(ClusterNode.Config()), output: output)
     {
     }
 
@@ -131,6 +132,37 @@ public sealed class RemoteDeviceHandleSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Empty(_imported);
     }
 
+    // A missing leg whose node refuses connections is tried again at every check (every second by
+    // default): it wrote a warning (and an information line) each time. The same failure is now
+    // logged once, a different one again, and a success says what it recovered from.
+    [Fact]
+    public async Task A_connection_failing_alike_at_every_check_is_logged_once()
+    {
+        var warnings = CreateTestProbe();
+        Sys.EventStream.Subscribe(warnings.Ref, typeof(Akka.Event.Warning));
+        var infos = CreateTestProbe();
+        Sys.EventStream.Subscribe(infos.Ref, typeof(Akka.Event.Info));
+        var actor = StartActor();
+        actor.Tell(new RemoteDevices.OpenMissing(MissingEntry, null, 1), TestActor);
+        ExpectMsg<RemoteDevices.Opened>();
+
+        string[] failures = ["connection refused", "connection refused", "connection refused", "no route to host"];
+        foreach (var failure in failures)
+        {
+            (await RecheckUntilConnectingAsync()).SetException(new IOException(failure));
+        }
+
+        // The last failure's warning comes after anything the earlier ones logged.
+        Assert.Contains("connection refused", warnings.ExpectMsg<Akka.Event.Warning>().Message.ToString(), StringComparison.Ordinal);
+        Assert.Contains("no route to host", warnings.ExpectMsg<Akka.Event.Warning>().Message.ToString(), StringComparison.Ordinal);
+
+        (await RecheckUntilConnectingAsync()).SetResult(await BlockLayer.Get(Sys).CreateDeviceAsync(new DeviceOptions { Name = RemoteDeviceActor.LocalName(Entry), Size = 1 << 20, PollQueues = 0 }));
+        infos.FishForMessage<Akka.Event.Info>(i => i.Message.ToString()!.Contains("reconnected", StringComparison.Ordinal)
+            && i.Message.ToString()!.Contains("after failing: no route to host", StringComparison.Ordinal));
+        actor.Tell(new RemoteDevices.Close(Entry.Id, 1), TestActor);
+        ExpectMsg<RemoteDevices.Closed>();
+    }
+
     private IActorRef StartActor() => Sys.ActorOf(RemoteDevices.Props(BlockLayer.Get(Sys), _imported, TimeSpan.Zero, Connect), "remote-under-test");
 
     private Task<IBlockDevice> Connect(ClusterDevice device, string localName, DeviceOptions template)
@@ -143,6 +175,25 @@ public sealed class RemoteDeviceHandleSpec : Akka.TestKit.Xunit2.TestKit
 
         _connecting.Release();
         return connection.Task;
+    }
+
+    // Every new snapshot is a check, and a check connects a published device again unless a
+    // connection is still under way (its failure may not have reached the actor yet): publish
+    // until the next connection starts.
+    private async Task<TaskCompletionSource<IBlockDevice>> RecheckUntilConnectingAsync()
+    {
+        using var deadline = new CancellationTokenSource(Liveness);
+        while (true)
+        {
+            BlockLayer.Get(Sys).ClusterDevices.Publish([Entry]);
+            if (await _connecting.WaitAsync(TimeSpan.FromMilliseconds(20), deadline.Token))
+            {
+                lock (_connections)
+                {
+                    return _connections[^1];
+                }
+            }
+        }
     }
 
     private async Task<TaskCompletionSource<IBlockDevice>> NextConnectionAsync()
