@@ -126,7 +126,7 @@ internal static class IostatCommand
                     if (previous.TryGetValue(device, out var before))
                     {
                         var row = IostatReport.Compute(device, before.Stat, sample.Stat, Math.Max(1e-3, (sample.At - before.At).TotalMilliseconds));
-                        if (!options.OmitIdle || !row.Idle)
+                        if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
                         {
                             rows.Add(row);
                         }

@@ -27,7 +27,12 @@ internal enum IostatUnit
 /// <param name="Devices">The devices named; empty for every device.</param>
 /// <param name="Interval">Seconds between reports (1 when not given).</param>
 /// <param name="Count">Reports to print; null for until interrupted.</param>
-internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count)
+/// <param name="Unfiltered">
+/// A device was named, or <c>ALL</c>: every device is reported. Otherwise a device that never did
+/// any I/O (no read, write, discard or flush since it was created) is left out, as sysstat leaves
+/// out unused devices unless some are named (iostat.c, <c>I_D_UNFILTERED</c>).
+/// </param>
+internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool Unfiltered = false)
 {
     /// <summary>
     /// Parses the operands. <c>-d</c> (the device report: the only one there is) and <c>-y</c>
@@ -166,6 +171,6 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             count = c;
         }
 
-        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count);
+        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count, all || devices.Count > 0);
     }
 }

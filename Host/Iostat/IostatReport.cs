@@ -64,6 +64,12 @@ internal static class IostatReport
         "Device             tps    kB_read/s    kB_wrtn/s    kB_dscd/s    kB_read    kB_wrtn    kB_dscd";
 
     /// <summary>
+    /// True when the device never did any I/O: no read, write, discard or flush completed since it
+    /// was created (sysstat's test for an unused device, which it leaves out unless devices are named).
+    /// </summary>
+    public static bool NeverUsed(DiskStatSample stat) => stat.ReadIos == 0 && stat.WriteIos == 0 && stat.DiscardIos == 0 && stat.FlushIos == 0;
+
+    /// <summary>
     /// The row of <paramref name="device"/> between <paramref name="previous"/> and
     /// <paramref name="current"/>, taken <paramref name="intervalMs"/> milliseconds apart. A counter
     /// that went backwards (the device was re-created) counts from 0.

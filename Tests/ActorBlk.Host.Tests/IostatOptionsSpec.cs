@@ -26,6 +26,7 @@ public sealed class IostatOptionsSpec
         Assert.False(o.Json);
         Assert.Equal(IostatUnit.Megabytes, o.Unit);
         Assert.Equal(["nullb0", "disk0"], o.Devices);
+        Assert.True(o.Unfiltered);
         Assert.Equal(2, o.Interval);
         Assert.Equal(5, o.Count);
     }
@@ -36,7 +37,29 @@ public sealed class IostatOptionsSpec
         var o = IostatOptions.Parse([]);
         Assert.Equal(new IostatOptions(false, IostatUnit.Kilobytes, false, false, false, 2, o.Devices, 1.0, 1), o);
         Assert.Empty(o.Devices);
+        Assert.False(o.Unfiltered);
         Assert.Null(IostatOptions.Parse(["1"]).Count);
+    }
+
+    // iostat.c: "By default iostat doesn't display unused devices. If some devices are explicitly
+    // entered on the command line then don't apply this rule any more" (ALL included). Unused is
+    // no read, write, discard or flush ever completed (its rd_ios, wr_ios, dc_ios, fl_ios test).
+    [Fact]
+    public void Devices_that_never_did_io_are_left_out_unless_devices_are_named_or_all()
+    {
+        Assert.False(IostatOptions.Parse(["-x", "1", "2"]).Unfiltered);
+        Assert.True(IostatOptions.Parse(["ALL"]).Unfiltered);
+        Assert.True(IostatOptions.Parse(["/dev/nullb0", "1"]).Unfiltered);
+
+        var unused = DiskStatSample.Parse("0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0");
+        Assert.True(IostatReport.NeverUsed(unused));
+        Assert.False(IostatReport.NeverUsed(DiskStatSample.Parse("1 0 8 0 0 0 0 0 0 0 0 0 0 0 0 0 0")));
+        Assert.False(IostatReport.NeverUsed(DiskStatSample.Parse("0 0 0 0 1 0 8 0 0 0 0 0 0 0 0 0 0")));
+        Assert.False(IostatReport.NeverUsed(DiskStatSample.Parse("0 0 0 0 0 0 0 0 0 0 0 1 0 8 0 0 0")));
+        Assert.False(IostatReport.NeverUsed(DiskStatSample.Parse("0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0")));
+
+        // In flight only (a request not completed yet, a time in queue): still unused, as sysstat's test.
+        Assert.True(IostatReport.NeverUsed(DiskStatSample.Parse("0 0 0 0 0 0 0 0 1 5 5 0 0 0 0 0 0")));
     }
 
     [Fact]
