@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Globalization;
 using ActorBlk.Hardware.Sysfs;
 
 namespace ActorBlk.Actors;
@@ -7,6 +9,18 @@ namespace ActorBlk.Actors;
 public sealed partial class BlockLayer
 {
     /// <summary>
+    /// The path of the node's uptime in the attribute tree (<c>uptime</c>, at the root; not a sysfs
+    /// file: the first field of <c>/proc/uptime</c>, read by <c>actorblk iostat</c> for its report
+    /// since start, as sysstat reads <c>/proc/uptime</c> for its report since boot).
+    /// </summary>
+    public const string UptimeAttribute = "uptime";
+
+    private readonly long _started = Stopwatch.GetTimestamp();
+
+    /// <summary>Time since the block layer started on this node (what its devices' statistics count from at most).</summary>
+    public TimeSpan Uptime => Stopwatch.GetElapsedTime(_started);
+
+    /// <summary>
     /// The attribute paths of every registered device that start with <paramref name="prefix"/>
     /// (<c>block/nullb0/queue/</c>, <c>kernel/debug/block/</c>, or empty for all), sorted.
     /// </summary>
@@ -14,19 +28,26 @@ public sealed partial class BlockLayer
     {
         ArgumentNullException.ThrowIfNull(prefix);
         var p = Normalize(prefix);
-        return CpuAttributes.List(CurrentTopology).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
+        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
             .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
-    /// <c>devices/system/cpu/online</c> ...
+    /// <c>devices/system/cpu/online</c>, <c>uptime</c> (seconds since the block layer started, two
+    /// decimals, as <c>/proc/uptime</c>'s first field) ...
     /// </summary>
     /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
     public string ReadAttribute(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
         var p = Normalize(path);
+        if (p == UptimeAttribute)
+        {
+            // Centiseconds, truncated, as the kernel's uptime_proc_show prints them.
+            return (Math.Floor(Uptime.TotalSeconds * 100) / 100).ToString("F2", CultureInfo.InvariantCulture) + "\n";
+        }
+
         return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
     }
 
@@ -40,6 +61,11 @@ public sealed partial class BlockLayer
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(value);
         var p = Normalize(path);
+        if (p == UptimeAttribute)
+        {
+            throw new AttributeException(p, AttributeErrno.EACCES, "the attribute is read-only");
+        }
+
         if (!CpuAttributes.Owns(p))
         {
             await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);

@@ -90,6 +90,9 @@ internal static class IostatCommand
 
         await using var client = connected;
         var writer = new IostatWriter(output, options);
+
+        // sysstat leaves out unused devices unless devices are named (or ALL), and -z idle ones.
+        bool Shown(IostatRow row, DiskStatSample stat) => (options.Unfiltered || !IostatReport.NeverUsed(stat)) && (!options.OmitIdle || !row.Idle);
         var devices = options.Devices.ToList();
         try
         {
@@ -103,8 +106,26 @@ internal static class IostatCommand
             await writer.BeginAsync(NodeNameOf(address), await CpusOfAsync(client, cancel).ConfigureAwait(false), DateTimeOffset.Now).ConfigureAwait(false);
             var previous = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
             var start = Stopwatch.GetTimestamp();
+            long done = 0;
+            if (options.SinceStart && await UptimeAsync(client, cancel).ConfigureAwait(false) is { } uptime)
+            {
+                // sysstat's first report, since boot: every counter from 0 over the uptime.
+                var rows = new List<IostatRow>();
+                foreach (var (device, sample) in previous)
+                {
+                    var row = IostatReport.Compute(device, default, sample.Stat, Math.Max(1e-3, uptime.TotalMilliseconds));
+                    if (Shown(row, sample.Stat))
+                    {
+                        rows.Add(row);
+                    }
+                }
+
+                await writer.ReportAsync(DateTimeOffset.Now, rows).ConfigureAwait(false);
+                done = 1;
+            }
+
             long tick = 0;
-            for (long report = 0; options.Count is null || report < options.Count; report++)
+            for (var report = done; options.Count is null || report < options.Count; report++)
             {
                 var elapsed = Stopwatch.GetElapsedTime(start);
                 tick = Math.Max(tick + 1, (long)(elapsed / period) + 1);
@@ -126,7 +147,7 @@ internal static class IostatCommand
                     if (previous.TryGetValue(device, out var before))
                     {
                         var row = IostatReport.Compute(device, before.Stat, sample.Stat, Math.Max(1e-3, (sample.At - before.At).TotalMilliseconds));
-                        if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
+                        if (Shown(row, sample.Stat))
                         {
                             rows.Add(row);
                         }
@@ -165,6 +186,16 @@ internal static class IostatCommand
     {
         var at = address.LastIndexOf('@');
         return at >= 0 ? address[(at + 1)..].TrimEnd('/') : address;
+    }
+
+    // The node's uptime (its block layer's), as sysstat reads /proc/uptime; null from a node that
+    // does not publish it (then there is no report since start).
+    private static async Task<TimeSpan?> UptimeAsync(NodeClient client, CancellationToken cancel)
+    {
+        var reply = await client.AskAsync(new Sysfs.Read(BlockLayer.UptimeAttribute)).WaitAsync(cancel).ConfigureAwait(false);
+        return reply is Sysfs.Value { Text: var text } && double.TryParse(text.Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && seconds >= 0
+            ? TimeSpan.FromSeconds(seconds)
+            : null;
     }
 
     // The node's CPUs, as sysstat counts them for "(N CPU)": the present ones of its topology.

@@ -27,24 +27,29 @@ internal enum IostatUnit
 /// <param name="Devices">The devices named; empty for every device.</param>
 /// <param name="Interval">Seconds between reports (1 when not given).</param>
 /// <param name="Count">Reports to print; null for until interrupted.</param>
+/// <param name="SinceStart">
+/// The first report covers the time since the node's block layer started, as sysstat's first report
+/// covers the time since boot: always, unless <c>-y</c> is given with an interval (sysstat's
+/// <c>DISPLAY_OMIT_SINCE_BOOT(flags) &amp;&amp; interval > 0</c>). It counts as one of the reports.
+/// </param>
 /// <param name="Unfiltered">
 /// A device was named, or <c>ALL</c>: every device is reported. Otherwise a device that never did
 /// any I/O (no read, write, discard or flush since it was created) is left out, as sysstat leaves
 /// out unused devices unless some are named (iostat.c, <c>I_D_UNFILTERED</c>).
 /// </param>
-internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool Unfiltered = false)
+internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool SinceStart = true, bool Unfiltered = false)
 {
     /// <summary>
-    /// Parses the operands. <c>-d</c> (the device report: the only one there is) and <c>-y</c>
-    /// (no report since boot: every report here covers one interval) are accepted and change
-    /// nothing; <c>-c</c> (the node's CPU use is not read), sysstat's other options and anything
+    /// Parses the operands. <c>-d</c> (the device report: the only one there is) is accepted and
+    /// changes nothing; <c>-y</c> leaves out the report since start when an interval is given;
+    /// <c>-c</c> (the node's CPU use is not read), sysstat's other options and anything
     /// else are usage errors naming the option.
     /// </summary>
     /// <exception cref="UsageException">An unknown or refused option, a bad interval or count, a device after the interval.</exception>
     public static IostatOptions Parse(IReadOnlyList<string> operands)
     {
         ArgumentNullException.ThrowIfNull(operands);
-        bool extended = false, timestamp = false, omitIdle = false, json = false;
+        bool extended = false, timestamp = false, omitIdle = false, json = false, omitSinceStart = false;
         IostatUnit? unit = null;
         var decimals = 2;
         var devices = new List<string>();
@@ -110,7 +115,7 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
                         case 't': timestamp = true; break;
                         case 'z': omitIdle = true; break;
                         case 'd': break;
-                        case 'y': break;
+                        case 'y': omitSinceStart = true; break;
                         case 'c':
                             throw new UsageException("-c: the node's CPU use is not read; iostat reports devices only.");
                         default:
@@ -171,6 +176,6 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             count = c;
         }
 
-        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count, all || devices.Count > 0);
+        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count, !(omitSinceStart && numbers.Count > 0), all || devices.Count > 0);
     }
 }

@@ -263,6 +263,20 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => device.Attributes.Read("block/sd5/queue/nr_requests")).Errno);
     }
 
+    // Not a sysfs file: /proc/uptime's first field (seconds, two decimals, truncated), the node's
+    // block layer's, for iostat's first report (sysstat's "since boot" report reads /proc/uptime).
+    [Fact]
+    public async Task Uptime_is_the_seconds_since_the_block_layer_started_and_is_read_only()
+    {
+        var first = Layer.ReadAttribute("uptime");
+        Assert.Matches(@"^\d+\.\d\d\n$", first);
+        var seconds = double.Parse(first, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(seconds, 0, Layer.Uptime.TotalSeconds);
+        Assert.True(double.Parse(Layer.ReadAttribute("/sys/uptime"), System.Globalization.CultureInfo.InvariantCulture) >= seconds);
+        Assert.Contains("uptime", Layer.ListAttributes(string.Empty));
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("uptime", "0")).Errno);
+    }
+
     [Fact]
     public async Task Cpu_online_files_show_the_topology_and_writing_them_is_a_hotplug_event()
     {

@@ -41,6 +41,18 @@ public sealed class IostatOptionsSpec
         Assert.Null(IostatOptions.Parse(["1"]).Count);
     }
 
+    // iostat.c rw_io_stat_loop: the first report covers the time since boot unless -y is given
+    // with an interval ("DISPLAY_OMIT_SINCE_BOOT(flags) && interval > 0"); it counts as a report.
+    [Fact]
+    public void The_first_report_is_since_start_unless_y_is_given_with_an_interval()
+    {
+        Assert.True(IostatOptions.Parse([]).SinceStart);
+        Assert.True(IostatOptions.Parse(["-x", "1", "3"]).SinceStart);
+        Assert.True(IostatOptions.Parse(["-y"]).SinceStart);
+        Assert.False(IostatOptions.Parse(["-y", "1"]).SinceStart);
+        Assert.False(IostatOptions.Parse(["-dxy", "nullb0", "2", "5"]).SinceStart);
+    }
+
     // iostat.c: "By default iostat doesn't display unused devices. If some devices are explicitly
     // entered on the command line then don't apply this rule any more" (ALL included). Unused is
     // no read, write, discard or flush ever completed (its rd_ios, wr_ios, dc_ios, fl_ios test).
