@@ -78,6 +78,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private int _failedAtShutdown;
     private readonly DeviceOptions _options;
     private readonly Queue<(DateTimeOffset At, int Count)> _timeoutWindow = new();
+
+    // The reopen attempt running on the thread pool, if any.
+    private Task<ReopenDone>? _reopening;
     private readonly Queue<DateTimeOffset> _stops = new();
     private int _timeoutsInWindow;
     private long _resets;
@@ -284,6 +287,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case TryReopen:
                 HandleReopen();
                 break;
+            case ReopenDone done:
+                HandleReopenDone(done);
+                break;
             case WentOffline done:
                 LogOffline(done);
                 break;
@@ -291,6 +297,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 Timers.Cancel(ReopenTimer);
                 _unregisterReplyTo = Sender;
                 _log.Info("Unregistering {Device}", _queue.Name);
+                if (_health == DeviceHealth.Reopening)
+                {
+                    // The requests wait for a device no attempt will reopen now: they fail Offline
+                    // at once rather than after the drain timeout.
+                    _log.Warning("{Device}: destroyed while being reopened; the requests waiting for it fail with Offline", _queue.Name);
+                    _queue.Unquiesce();
+                    GoOffline();
+                }
+
                 _topology.Tell(new CpuTopologyProtocol.Unregister(_queue));
                 Become(Unregistering);
                 break;
@@ -340,12 +355,24 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
                 break;
             case TryReopen:
+            case ReopenDone:
             case DeviceDriver.ResetDone:
             case HardwareQueue.DeviceFaulted:
             case DeviceError:
                 break;
             case TagSetProtocol.Left:
-                _queue.Driver.Dispose();
+                // A reopen attempt may still be connecting (up to its connect timeout): the driver
+                // is disposed once it returns, never under it.
+                var driver = _queue.Driver;
+                if (_reopening is { IsCompleted: false } attempt)
+                {
+                    attempt.ContinueWith(_ => driver.Dispose(), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+                }
+                else
+                {
+                    driver.Dispose();
+                }
+
                 if (_failedAtShutdown > 0)
                 {
                     _log.Warning("Unregistered {Device}: {Failed} request(s) did not drain within {Timeout} and were failed with Offline",
@@ -555,19 +582,34 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         GoOffline();
     }
 
+    // An attempt runs on the thread pool, never on this actor's thread: reopening may take the
+    // driver's connect timeout (an NBD server that accepts and never answers: 10 s per attempt),
+    // and meanwhile this actor must answer the device's info, a destroy, and the node's shutdown
+    // (an outside audit: a shutdown during a reopen timed out its phase and 32 requests never
+    // completed; a destroy waited for the attempt, then the whole drain timeout).
     private void HandleReopen()
     {
+        if (_health != DeviceHealth.Reopening || _reopening is not null)
+        {
+            return;
+        }
+
+        var driver = _queue.Driver;
+        _reopening = Task.Run(driver.Reopen)
+            .ContinueWith(t => new ReopenDone(t.Exception?.GetBaseException()), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        _reopening.PipeTo(Self);
+    }
+
+    private void HandleReopenDone(ReopenDone done)
+    {
+        _reopening = null;
         if (_health != DeviceHealth.Reopening)
         {
             return;
         }
 
         var supervision = _layer.Settings.Supervision;
-        try
-        {
-            _queue.Driver.Reopen();
-        }
-        catch (Exception ex)
+        if (done.Error is { } ex)
         {
             _reopenAttempt++;
 
@@ -597,7 +639,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             return;
         }
 
-        // Reopened: a fresh device; whatever the old one held is taken back and retried.
+        // Reopened: a fresh device; whatever the old one held is taken back and retried, and the
+        // timeouts counted against the old one are forgotten.
+        _timeoutWindow.Clear();
+        _timeoutsInWindow = 0;
         var (requeued, failed) = _queue.ReclaimInFlight(BlockStatus.IoError);
         StartDrivers();
         for (var i = 0; i < _drivers.Length; i++)
@@ -667,6 +712,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
     // GoOffline's work on the thread pool is done: how many in-flight requests it failed.
     private sealed record WentOffline(int Failed, Exception? Error);
+
+    // A reopen attempt returned: null when the device is open again, else why not.
+    private sealed record ReopenDone(Exception? Error);
 
     private sealed record TryReopen
     {

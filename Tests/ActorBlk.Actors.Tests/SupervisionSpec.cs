@@ -185,6 +185,75 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         await after;
     }
 
+    // Found from outside: reopening ran on the request queue's actor, and an NBD server that
+    // accepts and never answers holds a reopen for the connect timeout (10 s). Meanwhile the
+    // device's info timed out, a destroy waited for the attempt and then the whole drain timeout,
+    // and a node shutdown timed out its phase and left the waiting requests never completed. The
+    // attempt now runs on the thread pool: the actor answers, a destroy fails the waiting requests
+    // with Offline at once (each once, every tag freed), and the driver is disposed only after the
+    // attempt returns.
+    [Fact]
+    public async Task A_reopen_that_hangs_holds_neither_the_device_info_nor_a_destroy()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenGate = gate.Task };
+        var device = await Create(driver, "hang");
+        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("server frozen", deviceGone: true);
+        var waiting = device.ExecuteAsync(BlockOp.Read, 512, 512, new byte[512]).AsTask();
+        await AdvanceUntil(() => driver.ReopensBegun == 1);
+
+        // The attempt hangs; the device still answers.
+        Assert.Equal("reopening", (await InfoOf("hang")).Health);
+
+        try
+        {
+            await Layer.DestroyDeviceAsync("hang").WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(BlockStatus.Offline, await held.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Equal(BlockStatus.Offline, await waiting.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Equal(0L, device.Queue.DoubleCompletions);
+            AssertTagsFree(device);
+            Assert.False(driver.Disposed);
+        }
+        finally
+        {
+            gate.SetResult();
+        }
+
+        await Until(() => driver.Disposed);
+        Assert.False(driver.DisposedDuringReopen);
+    }
+
+    // The same audit: requests waiting for a reopen kept timing out every io_timeout; the expiries
+    // queued behind the blocked reopen were counted once it succeeded, against the fresh device,
+    // which was reset at once (a reset toward max-resets). Timeouts while the device is being
+    // reopened are not held against it, and a reopened device starts with a clean count.
+    [Fact]
+    public async Task Timeouts_while_a_device_is_reopened_do_not_reset_the_reopened_device()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenGate = gate.Task, TimeoutAnswer = TimeoutAction.ResetTimer };
+        var device = await Create(driver, "slowback", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 2, TimeoutWindowMs = 60_000 });
+        var reads = Enumerable.Range(0, 2).Select(i => device.ExecuteAsync(BlockOp.Read, i * 65536L, 512, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 2);
+        driver.ThrowOnce = new BlockDeviceErrorException("server frozen", deviceGone: true);
+        var waiting = device.ExecuteAsync(BlockOp.Read, 1 << 20, 512, new byte[512]).AsTask();
+        await AdvanceUntil(() => driver.ReopensBegun == 1);
+
+        // Several timeout periods pass while the attempt hangs.
+        var before = (await InfoOf("slowback")).Timeouts;
+        await AdvanceUntil(() => InfoOf("slowback").Result.Timeouts >= before + 4, stepMs: 500);
+
+        gate.SetResult();
+        await Until(() => driver.InFlight.Count == 3);
+        driver.CompleteAll();
+        Assert.All(await Task.WhenAll([.. reads, waiting]), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(0, driver.ResetCalls);
+        var info = await InfoOf("slowback");
+        Assert.Equal((0, "online"), (info.Resets, info.Health));
+    }
+
     [Fact]
     public async Task A_device_that_never_comes_back_is_given_up_after_its_reopen_attempts()
     {

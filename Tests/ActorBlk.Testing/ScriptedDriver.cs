@@ -11,6 +11,8 @@ namespace ActorBlk.Testing;
 public sealed class ScriptedDriver : IBlockDriver
 {
     private readonly object _lock = new();
+    private int _reopensBegun;
+    private int _reopensRunning;
     private readonly Queue<BlockStatus> _script = new();
 
     public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false,
@@ -59,6 +61,15 @@ public sealed class ScriptedDriver : IBlockDriver
 
     /// <summary>Reopen attempts so far.</summary>
     public int ReopenCalls { get; private set; }
+
+    /// <summary>When set, a reopen attempt waits for it before it does anything (a server that accepts and never answers).</summary>
+    public Task? ReopenGate { get; set; }
+
+    /// <summary>Reopen attempts that have begun, counted before they wait for <see cref="ReopenGate"/>.</summary>
+    public int ReopensBegun => Volatile.Read(ref _reopensBegun);
+
+    /// <summary>True when the driver was disposed while a reopen attempt ran (a teardown that did not wait for it).</summary>
+    public bool DisposedDuringReopen { get; private set; }
 
     public TimeoutAction TimeoutAnswer { get; set; } = TimeoutAction.ResetTimer;
 
@@ -206,6 +217,21 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public void Reopen()
     {
+        Interlocked.Increment(ref _reopensBegun);
+        Interlocked.Increment(ref _reopensRunning);
+        try
+        {
+            ReopenGate?.Wait();
+            ReopenLocked();
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _reopensRunning);
+        }
+    }
+
+    private void ReopenLocked()
+    {
         lock (_lock)
         {
             ReopenCalls++;
@@ -220,5 +246,9 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public bool Disposed { get; private set; }
 
-    public void Dispose() => Disposed = true;
+    public void Dispose()
+    {
+        DisposedDuringReopen |= Volatile.Read(ref _reopensRunning) > 0;
+        Disposed = true;
+    }
 }
