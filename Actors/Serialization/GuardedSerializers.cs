@@ -1,4 +1,5 @@
 using System.Runtime.Serialization;
+using System.Security.Cryptography;
 using Akka.Actor;
 using Akka.Dispatch.SysMsg;
 using Akka.Event;
@@ -294,8 +295,51 @@ public sealed class GuardedClusterMessageSerializer(ExtendedActorSystem system) 
     UserActionManifests,
     "akka-cluster: a Leave or Down is only taken from the node itself")
 {
+    private readonly Lazy<byte[]?> _secret = new(() => RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { Length: > 0 } secret
+        ? System.Text.Encoding.UTF8.GetBytes(secret)
+        : null);
+
+    private readonly Lazy<string> _joinManifest = new(() => JoinProof.Manifest(system));
+
+    private int _refusedJoins;
+
     /// <inheritdoc />
     public override int Identifier => 5;
+
+    /// <inheritdoc />
+    /// <remarks>A <c>Join</c> carries this node's proof of the admin secret (<see cref="JoinProof"/>).</remarks>
+    public override byte[] ToBinary(object obj)
+    {
+        var bytes = base.ToBinary(obj);
+        return _secret.Value is { } secret && Manifest(obj) == _joinManifest.Value ? JoinProof.Add(bytes, secret) : bytes;
+    }
+
+    /// <inheritdoc />
+    /// <exception cref="SerializationException">
+    /// A refused user action, or (on a node with an admin secret) a <c>Join</c> without a valid proof of it.
+    /// </exception>
+    public override object FromBinary(byte[] bytes, string manifest)
+    {
+        if (manifest is not null && manifest == _joinManifest.Value)
+        {
+            var (stripped, proven) = JoinProof.Check(bytes, _secret.Value);
+            if (!proven)
+            {
+                // One warning line for the first refusals, then one in a thousand: a peer may retry for ever.
+                var refused = Interlocked.Increment(ref _refusedJoins);
+                if (refused <= 10 || refused % 1000 == 0)
+                {
+                    system.Log.Warning("Refused a cluster join without proof of this node's admin secret (actorblk.remote.admin-secret or admin-secret-file differ?); {0} refused so far", refused);
+                }
+
+                throw new SerializationException("ActorBlk refuses a cluster Join that does not prove the admin secret.");
+            }
+
+            bytes = stripped;
+        }
+
+        return base.FromBinary(bytes, manifest!);
+    }
 
     // The user actions are internal to Akka.Cluster: their manifests are asked of the serializer
     // itself, so a change of Akka's wire names cannot open the hole again.
@@ -343,4 +387,182 @@ public sealed class GuardedReplicatedDataSerializer(ExtendedActorSystem system) 
 {
     /// <inheritdoc />
     public override int Identifier => 11;
+}
+
+/// <summary>
+/// The proof of the admin secret a node adds to its cluster <c>Join</c>: an extra role,
+/// <c>actorblk-join:</c> and the HMAC-SHA256 of the joining node's unique address (as serialized,
+/// address and incarnation uid) keyed with the secret. The node it joins, when it has a secret,
+/// takes the Join only with a valid proof and strips it before Akka reads the message, so the role
+/// never enters the membership. Without it any process that reached the remoting port joined the
+/// cluster, and a few joining and dying made the split-brain resolver down every node (an outside
+/// audit). A proof names one incarnation of one address, so a copy is of no use to another
+/// process. Gossip itself is still not authenticated (TLS is what admits only certificate holders).
+/// </summary>
+internal static class JoinProof
+{
+    /// <summary>The role's prefix.</summary>
+    public const string Prefix = "actorblk-join:";
+
+    // Join's fields (cluster.proto): node = 1 (UniqueAddress), roles = 2 (repeated string).
+    private const int NodeField = 1;
+    private const int RolesField = 2;
+
+    /// <summary>Akka.Cluster's manifest of its internal Join, asked of its serializer.</summary>
+    public static string Manifest(ExtendedActorSystem system)
+    {
+        var type = typeof(Akka.Cluster.Cluster).Assembly.GetType("Akka.Cluster.InternalClusterAction+Join", throwOnError: true)!;
+        var ctor = type.GetConstructors().OrderByDescending(c => c.GetParameters().Length).First();
+        var node = new Akka.Cluster.UniqueAddress(new Address("akka.tcp", "x", "127.0.0.1", 1), 1);
+        var args = ctor.GetParameters().Select(p => p.ParameterType == typeof(Akka.Cluster.UniqueAddress) ? node
+            : p.ParameterType.IsAssignableFrom(typeof(System.Collections.Immutable.ImmutableHashSet<string>)) ? System.Collections.Immutable.ImmutableHashSet<string>.Empty
+            : p.ParameterType == typeof(Akka.Util.AppVersion) ? Akka.Util.AppVersion.Zero
+            : p.ParameterType.IsValueType ? Activator.CreateInstance(p.ParameterType) : null).ToArray();
+        return new Akka.Cluster.Serialization.ClusterMessageSerializer(system).Manifest(ctor.Invoke(args));
+    }
+
+    /// <summary>Appends the proof to a serialized Join.</summary>
+    public static byte[] Add(byte[] join, byte[] secret)
+    {
+        var node = Fields(join).FirstOrDefault(f => f.Number == NodeField && f.Payload.Length > 0);
+        if (node.Payload.Length == 0)
+        {
+            return join;
+        }
+
+        var role = System.Text.Encoding.UTF8.GetBytes(Prefix + Proof(secret, join.AsSpan(node.Payload.Start, node.Payload.Length)));
+        using var output = new MemoryStream(join.Length + role.Length + 8);
+        output.Write(join);
+        output.WriteByte((RolesField << 3) | 2);
+        WriteVarint(output, (ulong)role.Length);
+        output.Write(role);
+        return output.ToArray();
+    }
+
+    /// <summary>
+    /// The Join without any proof role, and whether it proves <paramref name="secret"/> (always
+    /// true when this node has none: nothing to prove).
+    /// </summary>
+    /// <exception cref="SerializationException">The bytes are not a well-formed protobuf message.</exception>
+    public static (byte[] Stripped, bool Proven) Check(byte[] join, byte[]? secret)
+    {
+        var fields = Fields(join);
+        var node = fields.FirstOrDefault(f => f.Number == NodeField && f.Payload.Length > 0);
+        var proven = secret is null;
+        using var output = new MemoryStream(join.Length);
+        foreach (var field in fields)
+        {
+            if (field.Number == RolesField && field.Wire == 2
+                && System.Text.Encoding.UTF8.GetString(join, field.Payload.Start, field.Payload.Length) is var role
+                && role.StartsWith(Prefix, StringComparison.Ordinal))
+            {
+                proven |= secret is not null && node.Payload.Length > 0 && CryptographicOperations.FixedTimeEquals(
+                    System.Text.Encoding.ASCII.GetBytes(role[Prefix.Length..]),
+                    System.Text.Encoding.ASCII.GetBytes(Proof(secret, join.AsSpan(node.Payload.Start, node.Payload.Length))));
+                continue;
+            }
+
+            output.Write(join, field.Entry.Start, field.Entry.Length);
+        }
+
+        return (output.ToArray(), proven);
+    }
+
+    private static string Proof(byte[] secret, ReadOnlySpan<byte> node)
+    {
+        Span<byte> mac = stackalloc byte[32];
+        using var hmac = new HMACSHA256(secret);
+        var label = "actorblk-cluster-join\0"u8;
+        var data = new byte[label.Length + node.Length];
+        label.CopyTo(data);
+        node.CopyTo(data.AsSpan(label.Length));
+        hmac.TryComputeHash(data, mac, out _);
+        return Convert.ToHexString(mac).ToLowerInvariant();
+    }
+
+    private readonly record struct Slice(int Start, int Length);
+
+    private readonly record struct Field(int Number, int Wire, Slice Entry, Slice Payload);
+
+    // The message's top-level fields, in order, each with its whole entry (key and value).
+    private static List<Field> Fields(byte[] bytes)
+    {
+        var fields = new List<Field>();
+        var at = 0;
+        while (at < bytes.Length)
+        {
+            var start = at;
+            var key = ReadVarint(bytes, ref at);
+            var wire = (int)(key & 7);
+            var number = (int)Math.Min(key >> 3, int.MaxValue);
+            Slice payload;
+            switch (wire)
+            {
+                case 0:
+                    ReadVarint(bytes, ref at);
+                    payload = new Slice(at, 0);
+                    break;
+                case 1:
+                    payload = Take(bytes, ref at, 8);
+                    break;
+                case 2:
+                    var length = ReadVarint(bytes, ref at);
+                    payload = Take(bytes, ref at, length);
+                    break;
+                case 5:
+                    payload = Take(bytes, ref at, 4);
+                    break;
+                default:
+                    throw new SerializationException($"ActorBlk refuses a cluster Join with a malformed field (wire type {wire}).");
+            }
+
+            fields.Add(new Field(number, wire, new Slice(start, at - start), payload));
+        }
+
+        return fields;
+    }
+
+    private static Slice Take(byte[] bytes, ref int at, ulong length)
+    {
+        if (length > (ulong)(bytes.Length - at))
+        {
+            throw new SerializationException("ActorBlk refuses a cluster Join whose field runs past its end.");
+        }
+
+        var slice = new Slice(at, (int)length);
+        at += (int)length;
+        return slice;
+    }
+
+    private static ulong ReadVarint(byte[] bytes, ref int at)
+    {
+        ulong value = 0;
+        for (var shift = 0; shift < 64; shift += 7)
+        {
+            if (at >= bytes.Length)
+            {
+                throw new SerializationException("ActorBlk refuses a cluster Join cut in a varint.");
+            }
+
+            var b = bytes[at++];
+            value |= (ulong)(b & 0x7F) << shift;
+            if ((b & 0x80) == 0)
+            {
+                return value;
+            }
+        }
+
+        throw new SerializationException("ActorBlk refuses a cluster Join with an overlong varint.");
+    }
+
+    private static void WriteVarint(Stream output, ulong value)
+    {
+        while (value >= 0x80)
+        {
+            output.WriteByte((byte)(value | 0x80));
+            value >>= 7;
+        }
+
+        output.WriteByte((byte)value);
+    }
 }

@@ -106,7 +106,7 @@ internal static class ClusterJoin
         }
         catch (TimeoutException)
         {
-            throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}, with the same remoting and TLS settings as this node's --config?).");
+            throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}, with the same remoting and TLS settings as this node's --config, and the same admin secret: a node refuses a join that does not prove its admin secret?).");
         }
     }
 
