@@ -114,7 +114,8 @@ public sealed partial class MirrorTarget
 
     // ------------------------------------------------------------------ assembly
 
-    private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long Generation, bool FullResync);
+    // Written: per leg, the generation of its own superblock as read (0 when it has none, is missing or unreadable).
+    private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long[] Written, long Generation, bool FullResync);
 
     // Decides each leg's part from the superblocks, or refuses (md's super_1_validate / analyse_sbs).
     private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable, bool[] missing)
@@ -138,7 +139,7 @@ public sealed partial class MirrorTarget
                 throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => unreadable[i]).Select(i => legs[i].Name))} cannot be read and no leg holds mirror metadata.");
             }
 
-            return new AssemblyPlan(null, states, last, 0, true);
+            return new AssemblyPlan(null, states, last, new long[n], 0, true);
         }
 
         var ids = known.Select(i => blocks[i]!.ArrayId).Distinct().ToArray();
@@ -234,7 +235,7 @@ public sealed partial class MirrorTarget
             full |= reference.States[i] is not (MirrorLegState.Faulty or MirrorLegState.Rebuilding);
         }
 
-        return new AssemblyPlan(reference, states, last, newest, full);
+        return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full);
     }
 
     private async Task StartAsync(AssemblyPlan plan, bool assumeClean, int[] missingAt)
@@ -265,6 +266,7 @@ public sealed partial class MirrorTarget
         {
             Array.Copy(plan.States, _state, _state.Length);
             Array.Copy(plan.LastInSync, _lastInSync, _lastInSync.Length);
+            Array.Copy(plan.Written, _legWritten, _legWritten.Length);
             for (var i = 0; i < _missingAtStart.Length; i++)
             {
                 _missingAtStart[i] = missingAt[i] >= 0;

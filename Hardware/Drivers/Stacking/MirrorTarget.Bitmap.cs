@@ -28,7 +28,7 @@ public sealed partial class MirrorTarget
 
             if (_state[leg] == MirrorLegState.InSync)
             {
-                _lastInSync[leg] = _generation;
+                _lastInSync[leg] = Math.Min(_generation, _legWritten[leg]);
             }
 
             _state[leg] = MirrorLegState.Faulty;
@@ -177,6 +177,7 @@ public sealed partial class MirrorTarget
     {
         await _metaLock.WaitAsync().ConfigureAwait(false);
         List<int>? failed = null;
+        List<int>? written = null;
         try
         {
             MirrorLegState[] states;
@@ -257,6 +258,10 @@ public sealed partial class MirrorTarget
                 {
                     (failed ??= []).Add(i);
                 }
+                else if (superblocks)
+                {
+                    (written ??= []).Add(i);
+                }
             }
 
             lock (_lock)
@@ -269,6 +274,10 @@ public sealed partial class MirrorTarget
                 if (superblocks)
                 {
                     _persistedGeneration = Math.Max(_persistedGeneration, generation);
+                    foreach (var leg in written ?? [])
+                    {
+                        _legWritten[leg] = Math.Max(_legWritten[leg], generation);
+                    }
                 }
             }
         }

@@ -47,6 +47,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private readonly MirrorLegState[] _state;
     private readonly long[] _lastInSync;
 
+    // Per leg, under _lock: the generation of the last superblock this mirror wrote to it (or read
+    // from it at assembly). A leg that fails is recorded last in sync at this generation, not at
+    // the mirror's current one: a leg that failed the very write of a new generation (its node gone
+    // during a clean stop) holds the one before, and a degraded start from it elsewhere bumps to
+    // the number this mirror had recorded, so the split brain went unseen (an outside audit).
+    private readonly long[] _legWritten;
+
     // Per leg: its device was missing when the mirror started (MirrorOptions.StartDegraded) and it
     // has not been taken back since. Only such a leg can have been written apart from this mirror
     // (README, "Mirrors"); cleared by its first re-add, after which it is an ordinary leg.
@@ -107,6 +114,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _arrayId = arrayId;
         _state = new MirrorLegState[_legs.Length];
         _lastInSync = new long[_legs.Length];
+        _legWritten = new long[_legs.Length];
         _missingAtStart = new bool[_legs.Length];
         _inflight = new int[_legs.Length];
         _legEpoch = new long[_legs.Length];

@@ -199,6 +199,52 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         Assert.Equal(Stamp(3, 1), await ReadRaw(b, 3 * Region));
     }
 
+    // Found from outside with two real nodes: the node of b stopped while the mirror stopped
+    // cleanly, so b failed the stop's superblock write of a new generation and was recorded last in
+    // sync at that generation, though it held the one before. b then started degraded on its own
+    // node (a missing), which bumped its generation to exactly the recorded number, took writes
+    // and was killed; a started degraded (b missing) and took writes; b came back and was taken
+    // back by itself, resyncing a's dirty regions only: thousands of blocks read b's split-brain
+    // data and check counted mismatches on a mirror that said 2/2 in sync.
+    [Fact]
+    public async Task A_leg_that_failed_the_write_of_a_new_generation_and_went_on_elsewhere_is_refused_when_it_appears()
+    {
+        var a = Leg("a");
+        var b = Leg("b");
+        var (faultyB, faults) = FaultyLeg.Create("fb", b);
+        _stacked.Add(faultyB);
+        var first = await MirrorTarget.AssembleAsync("md0", [a, faultyB], Options());
+        var md = Serve(first, "md0");
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        faults.Dead = true;
+        await StopAsync(first, md);
+
+        // b's own node: started degraded from b alone (a missing), a write, then killed.
+        var there = await MirrorTarget.AssembleAsync("md0", [new LateLeg("a"), b], Options());
+        var mdThere = Serve(there, "md-there");
+        await mdThere.WriteAsync(2 * Region, Stamp(2, 2));
+        there.Dispose();
+
+        // a's node: started degraded from a alone (b missing), a write; then b appears.
+        var late = new LateLeg("b");
+        var here = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
+        var mdHere = Serve(here, "md-here");
+        await mdHere.WriteAsync(3 * Region, Stamp(3, 1));
+        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        here.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        late.Appear(b);
+        await UntilAsync(() => refused.Task.IsCompleted || here.LegState(1) != MirrorLegState.Faulty);
+        Assert.True(refused.Task.IsCompleted, "the leg written apart was taken back by itself");
+        Assert.Contains("split brain", await refused.Task);
+        Assert.Equal(MirrorLegState.Faulty, here.LegState(1));
+        Assert.Equal(Stamp(2, 2), await ReadRaw(b, 2 * Region));
+
+        // What the mirror serves is a's history.
+        var back = new byte[Block];
+        await mdHere.ReadAsync(2 * Region, back);
+        Assert.Equal(Stamp(2, 1), back);
+    }
+
     [Fact]
     public async Task A_leg_of_an_ordinary_mirror_that_failed_while_another_was_faulty_is_taken_back_by_itself_once_that_one_is_in_sync_again()
     {

@@ -279,6 +279,26 @@ public sealed class RawNbdClient : IAsyncDisposable
         }
     }
 
+    /// <summary>Every byte the server still sends until it closes the connection (end of stream or reset).</summary>
+    public async Task<byte[]> ReadUntilClosedAsync()
+    {
+        var all = new MemoryStream();
+        var buffer = new byte[8192];
+        try
+        {
+            for (int read; (read = await _stream.ReadAsync(buffer).AsTask().WaitAsync(Timeout)) > 0;)
+            {
+                all.Write(buffer, 0, read);
+            }
+        }
+        catch (IOException)
+        {
+            // Reset: closed too.
+        }
+
+        return all.ToArray();
+    }
+
     /// <summary>Drops the connection at once (RST), as a crashed client would.</summary>
     public void Vanish()
     {
