@@ -79,6 +79,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Connections accepted since start.</summary>
     public long AcceptedConnections => Interlocked.Read(ref _accepted);
 
+    private long _refusalLogged;
+
     /// <summary>Connections closed at accept because <see cref="NbdServerOptions.MaxConnections"/> were open.</summary>
     public long RefusedConnections => Interlocked.Read(ref _refused);
 
@@ -213,7 +215,16 @@ public sealed class NbdServer : IAsyncDisposable
             Interlocked.Increment(ref _accepted);
             if (_connections.Count >= Options.MaxConnections)
             {
-                Interlocked.Increment(ref _refused);
+                // Logged, or an operator whose clients are refused finds nothing (an outside audit
+                // filled max-connections with idle clients): the first, then one line a minute.
+                var refused = Interlocked.Increment(ref _refused);
+                var now = Environment.TickCount64;
+                if (refused == 1 || now - _refusalLogged >= 60_000)
+                {
+                    _refusalLogged = now;
+                    Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: {Options.MaxConnections} connections are open (max-connections); {refused} refused so far");
+                }
+
                 socket.Dispose();
                 continue;
             }
@@ -228,6 +239,18 @@ public sealed class NbdServer : IAsyncDisposable
                 CancellationToken.None,
                 TaskContinuationOptions.ExecuteSynchronously,
                 TaskScheduler.Default);
+        }
+    }
+
+    private static string EndpointOf(Socket socket)
+    {
+        try
+        {
+            return socket.RemoteEndPoint?.ToString() ?? "an unknown peer";
+        }
+        catch (SocketException)
+        {
+            return "a peer already gone";
         }
     }
 }

@@ -264,6 +264,21 @@ public sealed class NbdHostileInputSpec
         await using var c = await RawNbdClient.ConnectAsync(fx.Endpoint);
         Assert.True(await c.ClosedByServerAsync());
         Assert.Equal(1, fx.Server.RefusedConnections);
+
+        // Logged (an outside audit filled the server with idle clients and found no line about
+        // the clients it refused): the first refusal, then at most one line a minute.
+        await using var d = await RawNbdClient.ConnectAsync(fx.Endpoint);
+        Assert.True(await d.ClosedByServerAsync());
+        Assert.Equal(2, fx.Server.RefusedConnections);
+        string[] lines;
+        lock (fx.Log)
+        {
+            lines = [.. fx.Log.Where(l => l.Contains("refused", StringComparison.Ordinal))];
+        }
+
+        var line = Assert.Single(lines);
+        Assert.Contains("NBD connection from 127.0.0.1:", line, StringComparison.Ordinal);
+        Assert.Contains("2 connections are open (max-connections); 1 refused so far", line, StringComparison.Ordinal);
     }
 
     [Fact]
