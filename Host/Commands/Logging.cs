@@ -8,10 +8,16 @@ internal static class Logging
 {
     public const string Template = "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{NewLine}{Exception}";
 
-    /// <summary>A console logger at <paramref name="level"/>; on stderr with <paramref name="toStandardError"/>.</summary>
+    /// <summary>
+    /// A console logger at <paramref name="level"/>; on stderr with <paramref name="toStandardError"/>.
+    /// What peers send that the transport cannot read is limited (<see cref="PeerNoiseLimiter"/>).
+    /// </summary>
     public static ILogger CreateConsoleLogger(LogEventLevel level = LogEventLevel.Information, bool toStandardError = false) => new LoggerConfiguration()
         .MinimumLevel.Is(level)
-        .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture,
-            standardErrorFromLevel: toStandardError ? LogEventLevel.Verbose : null)
+        .WriteTo.Sink(new PeerNoiseLimiter(new LoggerConfiguration()
+            .MinimumLevel.Is(LogEventLevel.Verbose)
+            .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture,
+                standardErrorFromLevel: toStandardError ? LogEventLevel.Verbose : null)
+            .CreateLogger()))
         .CreateLogger();
 }
