@@ -54,6 +54,9 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     private readonly Lazy<HashSet<string>> _refused;
     private readonly bool _boundGzip;
     private readonly string _what;
+    private readonly ExtendedActorSystem _system;
+    private readonly Lazy<byte[]?>? _secret;
+    private int _unsealed;
 
     /// <summary>
     /// Most bytes a compressed payload may expand to (16 MiB). An honest one must fit in a remoting
@@ -73,17 +76,29 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     /// gzip when it starts with gzip's magic bytes, which no protobuf message can (0x1F would be
     /// field 3 with wire type 7, which does not exist).
     /// </param>
+    /// <param name="sealWithSecret">
+    /// On a node with an admin secret, every message is sealed with it (<see cref="ClusterSeal"/>)
+    /// and one without a valid seal is refused: the cluster's own protocol (joining, gossip,
+    /// heartbeats, Distributed Data) is then spoken only by holders of the secret.
+    /// </param>
     protected ManifestGuardingSerializer(ExtendedActorSystem system, Func<TInner> create, Func<TInner, IEnumerable<string>> refused, string what,
-        bool boundGzip = false)
+        bool boundGzip = false, bool sealWithSecret = false)
         : base(system)
     {
+        ArgumentNullException.ThrowIfNull(system);
         ArgumentNullException.ThrowIfNull(create);
         ArgumentNullException.ThrowIfNull(refused);
         _inner = new(create);
         _refused = new(() => new HashSet<string>(refused(_inner.Value), StringComparer.Ordinal));
         _boundGzip = boundGzip;
         _what = what;
+        _system = system;
+        // Not caching a failure (a secret file unreadable for a moment): the next message tries again.
+        _secret = sealWithSecret ? new(() => ClusterSeal.Key(system.Settings.Config), LazyThreadSafetyMode.PublicationOnly) : null;
     }
+
+    /// <summary>True when this node seals what it sends and refuses what is not sealed with its admin secret.</summary>
+    public bool Seals => _secret?.Value is not null;
 
     /// <summary>The manifests refused from the network.</summary>
     public IReadOnlySet<string> RefusedManifests => _refused.Value;
@@ -95,18 +110,27 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     protected TInner Inner => _inner.Value;
 
     /// <inheritdoc />
-    public override byte[] ToBinary(object obj) => Inner.ToBinary(obj);
+    public override byte[] ToBinary(object obj)
+    {
+        var bytes = Inner.ToBinary(obj);
+        return _secret?.Value is { } key ? ClusterSeal.Seal(bytes, Inner.Manifest(obj), key) : bytes;
+    }
 
     /// <inheritdoc />
     public override string Manifest(object o) => Inner.Manifest(o);
 
     /// <inheritdoc />
-    /// <exception cref="SerializationException">A refused manifest.</exception>
+    /// <exception cref="SerializationException">A refused manifest, or (sealing) a message not sealed with this node's admin secret.</exception>
     public override object FromBinary(byte[] bytes, string manifest)
     {
         if (manifest is null || _refused.Value.Contains(manifest))
         {
             throw new SerializationException($"ActorBlk refuses this message from the network (manifest '{manifest}': {_what}).");
+        }
+
+        if (_secret is not null)
+        {
+            bytes = Unseal(bytes, manifest);
         }
 
         if (_boundGzip && bytes is [0x1F, 0x8B, ..])
@@ -115,6 +139,25 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
         }
 
         return Inner.FromBinary(bytes, manifest);
+    }
+
+    private byte[] Unseal(byte[] bytes, string manifest)
+    {
+        var (inner, sealedOk) = ClusterSeal.Open(bytes, manifest, _secret!.Value);
+        if (sealedOk)
+        {
+            return inner;
+        }
+
+        // One warning line for the first refusals, then one in a thousand: a peer may retry for ever.
+        var refused = Interlocked.Increment(ref _unsealed);
+        if (refused <= 10 || refused % 1000 == 0)
+        {
+            _system.Log.Warning("Refused a cluster message ({0}, manifest '{1}') without proof of this node's admin secret: a peer outside the cluster, or its actorblk.remote.admin-secret (admin-secret-file) differs; {2} refused so far",
+                _what.Split(':')[0], manifest, refused);
+        }
+
+        throw new SerializationException($"ActorBlk refuses a cluster message (manifest '{manifest}') that is not sealed with this node's admin secret.");
     }
 
     // Inflates the payload into a small buffer, counting, and refuses it past the limit or when it
@@ -287,59 +330,18 @@ public sealed class GuardedProtobufSerializer : Serializer
 /// are its own (<c>Cluster.Leave</c>, <c>Cluster.Down</c> and the downing provider tell the local
 /// cluster daemon, in the process), so none comes over the network; but the daemon's path is
 /// trusted for joining and gossip, and through it any peer could make a node leave, or down any
-/// member, without the admin secret. Joining, gossip and heartbeats pass.
+/// member, without the admin secret. Joining, gossip and heartbeats pass, sealed with the admin
+/// secret on a node that has one (<see cref="ClusterSeal"/>).
 /// </summary>
 public sealed class GuardedClusterMessageSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<Akka.Cluster.Serialization.ClusterMessageSerializer>(
     system,
     () => new Akka.Cluster.Serialization.ClusterMessageSerializer(system),
     UserActionManifests,
-    "akka-cluster: a Leave or Down is only taken from the node itself")
+    "akka-cluster: a Leave or Down is only taken from the node itself",
+    sealWithSecret: true)
 {
-    private readonly Lazy<byte[]?> _secret = new(() => RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { Length: > 0 } secret
-        ? System.Text.Encoding.UTF8.GetBytes(secret)
-        : null);
-
-    private readonly Lazy<string> _joinManifest = new(() => JoinProof.Manifest(system));
-
-    private int _refusedJoins;
-
     /// <inheritdoc />
     public override int Identifier => 5;
-
-    /// <inheritdoc />
-    /// <remarks>A <c>Join</c> carries this node's proof of the admin secret (<see cref="JoinProof"/>).</remarks>
-    public override byte[] ToBinary(object obj)
-    {
-        var bytes = base.ToBinary(obj);
-        return _secret.Value is { } secret && Manifest(obj) == _joinManifest.Value ? JoinProof.Add(bytes, secret) : bytes;
-    }
-
-    /// <inheritdoc />
-    /// <exception cref="SerializationException">
-    /// A refused user action, or (on a node with an admin secret) a <c>Join</c> without a valid proof of it.
-    /// </exception>
-    public override object FromBinary(byte[] bytes, string manifest)
-    {
-        if (manifest is not null && manifest == _joinManifest.Value)
-        {
-            var (stripped, proven) = JoinProof.Check(bytes, _secret.Value);
-            if (!proven)
-            {
-                // One warning line for the first refusals, then one in a thousand: a peer may retry for ever.
-                var refused = Interlocked.Increment(ref _refusedJoins);
-                if (refused <= 10 || refused % 1000 == 0)
-                {
-                    system.Log.Warning("Refused a cluster join without proof of this node's admin secret (actorblk.remote.admin-secret or admin-secret-file differ?); {0} refused so far", refused);
-                }
-
-                throw new SerializationException("ActorBlk refuses a cluster Join that does not prove the admin secret.");
-            }
-
-            bytes = stripped;
-        }
-
-        return base.FromBinary(bytes, manifest!);
-    }
 
     // The user actions are internal to Akka.Cluster: their manifests are asked of the serializer
     // itself, so a change of Akka's wire names cannot open the hole again.
@@ -365,7 +367,8 @@ public sealed class GuardedReplicatorMessageSerializer(ExtendedActorSystem syste
     () => new Akka.DistributedData.Serialization.ReplicatorMessageSerializer(system),
     _ => [],
     "akka-data-replication",
-    boundGzip: true)
+    boundGzip: true,
+    sealWithSecret: true)
 {
     /// <inheritdoc />
     public override int Identifier => 12;
@@ -383,186 +386,75 @@ public sealed class GuardedReplicatedDataSerializer(ExtendedActorSystem system) 
     () => new Akka.DistributedData.Serialization.ReplicatedDataSerializer(system),
     _ => [],
     "akka-replicated-data",
-    boundGzip: true)
+    boundGzip: true,
+    sealWithSecret: true)
 {
     /// <inheritdoc />
     public override int Identifier => 11;
 }
 
 /// <summary>
-/// The proof of the admin secret a node adds to its cluster <c>Join</c>: an extra role,
-/// <c>actorblk-join:</c> and the HMAC-SHA256 of the joining node's unique address (as serialized,
-/// address and incarnation uid) keyed with the secret. The node it joins, when it has a secret,
-/// takes the Join only with a valid proof and strips it before Akka reads the message, so the role
-/// never enters the membership. Without it any process that reached the remoting port joined the
-/// cluster, and a few joining and dying made the split-brain resolver down every node (an outside
-/// audit). A proof names one incarnation of one address, so a copy is of no use to another
-/// process. Gossip itself is still not authenticated (TLS is what admits only certificate holders).
+/// The seal of the cluster's own messages (<c>akka-cluster</c>, Distributed Data's two
+/// serializers) on a node with an admin secret: 4 bytes of magic, then the HMAC-SHA256 of a
+/// label, the manifest and the message keyed with the secret, then the message. A node with a
+/// secret refuses a message without a valid seal before anything reads it, so only holders of the
+/// secret join, gossip, heartbeat or replicate: before, any process that reached the remoting port
+/// joined the cluster (an outside audit joined with a stock `actorblk bench --join` of another
+/// secret, killed it and joined again, and the split-brain resolver downed every node within a
+/// minute). A node without a secret strips a seal it gets and seals nothing. The seal does not
+/// stop a replay of captured traffic: TLS does, off loopback.
 /// </summary>
-internal static class JoinProof
+internal static class ClusterSeal
 {
-    /// <summary>The role's prefix.</summary>
-    public const string Prefix = "actorblk-join:";
+    /// <summary>The seal's magic: 0xAB starts no protobuf message (field 21, wire type 3) and no gzip stream.</summary>
+    private static ReadOnlySpan<byte> Magic => [0xAB, (byte)'A', (byte)'B', (byte)'1'];
 
-    // Join's fields (cluster.proto): node = 1 (UniqueAddress), roles = 2 (repeated string).
-    private const int NodeField = 1;
-    private const int RolesField = 2;
+    private const int MacBytes = 32;
 
-    /// <summary>Akka.Cluster's manifest of its internal Join, asked of its serializer.</summary>
-    public static string Manifest(ExtendedActorSystem system)
+    /// <summary>The key of the node's admin secret, or null when it has none.</summary>
+    public static byte[]? Key(Akka.Configuration.Config config) =>
+        RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
+
+    /// <summary>The message sealed with <paramref name="key"/>.</summary>
+    public static byte[] Seal(byte[] message, string manifest, byte[] key)
     {
-        var type = typeof(Akka.Cluster.Cluster).Assembly.GetType("Akka.Cluster.InternalClusterAction+Join", throwOnError: true)!;
-        var ctor = type.GetConstructors().OrderByDescending(c => c.GetParameters().Length).First();
-        var node = new Akka.Cluster.UniqueAddress(new Address("akka.tcp", "x", "127.0.0.1", 1), 1);
-        var args = ctor.GetParameters().Select(p => p.ParameterType == typeof(Akka.Cluster.UniqueAddress) ? node
-            : p.ParameterType.IsAssignableFrom(typeof(System.Collections.Immutable.ImmutableHashSet<string>)) ? System.Collections.Immutable.ImmutableHashSet<string>.Empty
-            : p.ParameterType == typeof(Akka.Util.AppVersion) ? Akka.Util.AppVersion.Zero
-            : p.ParameterType.IsValueType ? Activator.CreateInstance(p.ParameterType) : null).ToArray();
-        return new Akka.Cluster.Serialization.ClusterMessageSerializer(system).Manifest(ctor.Invoke(args));
-    }
-
-    /// <summary>Appends the proof to a serialized Join.</summary>
-    public static byte[] Add(byte[] join, byte[] secret)
-    {
-        var node = Fields(join).FirstOrDefault(f => f.Number == NodeField && f.Payload.Length > 0);
-        if (node.Payload.Length == 0)
-        {
-            return join;
-        }
-
-        var role = System.Text.Encoding.UTF8.GetBytes(Prefix + Proof(secret, join.AsSpan(node.Payload.Start, node.Payload.Length)));
-        using var output = new MemoryStream(join.Length + role.Length + 8);
-        output.Write(join);
-        output.WriteByte((RolesField << 3) | 2);
-        WriteVarint(output, (ulong)role.Length);
-        output.Write(role);
-        return output.ToArray();
+        var sealedBytes = new byte[Magic.Length + MacBytes + message.Length];
+        Magic.CopyTo(sealedBytes);
+        Mac(key, manifest, message, sealedBytes.AsSpan(Magic.Length, MacBytes));
+        message.CopyTo(sealedBytes.AsSpan(Magic.Length + MacBytes));
+        return sealedBytes;
     }
 
     /// <summary>
-    /// The Join without any proof role, and whether it proves <paramref name="secret"/> (always
-    /// true when this node has none: nothing to prove).
+    /// The message inside a seal, and whether the seal is valid for <paramref name="key"/>; with no
+    /// key (a node without a secret) any seal is stripped and every message taken.
     /// </summary>
-    /// <exception cref="SerializationException">The bytes are not a well-formed protobuf message.</exception>
-    public static (byte[] Stripped, bool Proven) Check(byte[] join, byte[]? secret)
+    public static (byte[] Message, bool Valid) Open(byte[] bytes, string manifest, byte[]? key)
     {
-        var fields = Fields(join);
-        var node = fields.FirstOrDefault(f => f.Number == NodeField && f.Payload.Length > 0);
-        var proven = secret is null;
-        using var output = new MemoryStream(join.Length);
-        foreach (var field in fields)
+        ArgumentNullException.ThrowIfNull(bytes);
+        if (bytes.Length < Magic.Length + MacBytes || !bytes.AsSpan(0, Magic.Length).SequenceEqual(Magic))
         {
-            if (field.Number == RolesField && field.Wire == 2
-                && System.Text.Encoding.UTF8.GetString(join, field.Payload.Start, field.Payload.Length) is var role
-                && role.StartsWith(Prefix, StringComparison.Ordinal))
-            {
-                proven |= secret is not null && node.Payload.Length > 0 && CryptographicOperations.FixedTimeEquals(
-                    System.Text.Encoding.ASCII.GetBytes(role[Prefix.Length..]),
-                    System.Text.Encoding.ASCII.GetBytes(Proof(secret, join.AsSpan(node.Payload.Start, node.Payload.Length))));
-                continue;
-            }
-
-            output.Write(join, field.Entry.Start, field.Entry.Length);
+            return (bytes, key is null);
         }
 
-        return (output.ToArray(), proven);
-    }
-
-    private static string Proof(byte[] secret, ReadOnlySpan<byte> node)
-    {
-        Span<byte> mac = stackalloc byte[32];
-        using var hmac = new HMACSHA256(secret);
-        var label = "actorblk-cluster-join\0"u8;
-        var data = new byte[label.Length + node.Length];
-        label.CopyTo(data);
-        node.CopyTo(data.AsSpan(label.Length));
-        hmac.TryComputeHash(data, mac, out _);
-        return Convert.ToHexString(mac).ToLowerInvariant();
-    }
-
-    private readonly record struct Slice(int Start, int Length);
-
-    private readonly record struct Field(int Number, int Wire, Slice Entry, Slice Payload);
-
-    // The message's top-level fields, in order, each with its whole entry (key and value).
-    private static List<Field> Fields(byte[] bytes)
-    {
-        var fields = new List<Field>();
-        var at = 0;
-        while (at < bytes.Length)
+        var message = bytes[(Magic.Length + MacBytes)..];
+        if (key is null)
         {
-            var start = at;
-            var key = ReadVarint(bytes, ref at);
-            var wire = (int)(key & 7);
-            var number = (int)Math.Min(key >> 3, int.MaxValue);
-            Slice payload;
-            switch (wire)
-            {
-                case 0:
-                    ReadVarint(bytes, ref at);
-                    payload = new Slice(at, 0);
-                    break;
-                case 1:
-                    payload = Take(bytes, ref at, 8);
-                    break;
-                case 2:
-                    var length = ReadVarint(bytes, ref at);
-                    payload = Take(bytes, ref at, length);
-                    break;
-                case 5:
-                    payload = Take(bytes, ref at, 4);
-                    break;
-                default:
-                    throw new SerializationException($"ActorBlk refuses a cluster Join with a malformed field (wire type {wire}).");
-            }
-
-            fields.Add(new Field(number, wire, new Slice(start, at - start), payload));
+            return (message, true);
         }
 
-        return fields;
+        Span<byte> expected = stackalloc byte[MacBytes];
+        Mac(key, manifest, message, expected);
+        return (message, CryptographicOperations.FixedTimeEquals(expected, bytes.AsSpan(Magic.Length, MacBytes)));
     }
 
-    private static Slice Take(byte[] bytes, ref int at, ulong length)
+    private static void Mac(byte[] key, string manifest, byte[] message, Span<byte> mac)
     {
-        if (length > (ulong)(bytes.Length - at))
-        {
-            throw new SerializationException("ActorBlk refuses a cluster Join whose field runs past its end.");
-        }
-
-        var slice = new Slice(at, (int)length);
-        at += (int)length;
-        return slice;
-    }
-
-    private static ulong ReadVarint(byte[] bytes, ref int at)
-    {
-        ulong value = 0;
-        for (var shift = 0; shift < 64; shift += 7)
-        {
-            if (at >= bytes.Length)
-            {
-                throw new SerializationException("ActorBlk refuses a cluster Join cut in a varint.");
-            }
-
-            var b = bytes[at++];
-            value |= (ulong)(b & 0x7F) << shift;
-            if ((b & 0x80) == 0)
-            {
-                return value;
-            }
-        }
-
-        throw new SerializationException("ActorBlk refuses a cluster Join with an overlong varint.");
-    }
-
-    private static void WriteVarint(Stream output, ulong value)
-    {
-        while (value >= 0x80)
-        {
-            output.WriteByte((byte)(value | 0x80));
-            value >>= 7;
-        }
-
-        output.WriteByte((byte)value);
+        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key);
+        hmac.AppendData("actorblk-cluster-seal\0"u8);
+        hmac.AppendData(System.Text.Encoding.UTF8.GetBytes(manifest));
+        hmac.AppendData("\0"u8);
+        hmac.AppendData(message);
+        hmac.GetHashAndReset(mac);
     }
 }

@@ -126,12 +126,13 @@ public static class RemoteSurface
     public static string? ResolveSecret(Config config, bool create, bool fromEnvironment = false)
     {
         ArgumentNullException.ThrowIfNull(config);
-        if (fromEnvironment && Environment.GetEnvironmentVariable(SecretVariable) is { Length: > 0 } fromEnv)
+        if (fromEnvironment && Environment.GetEnvironmentVariable(SecretVariable) is { } fromEnv && !string.IsNullOrWhiteSpace(fromEnv))
         {
             return fromEnv.Trim();
         }
 
-        if (config.GetString(SecretKey, string.Empty) is { Length: > 0 } inline)
+        // A secret of blanks is none (it was taken as "" by some checks and as a secret by others).
+        if (config.GetString(SecretKey, string.Empty) is { } inline && !string.IsNullOrWhiteSpace(inline))
         {
             return inline.Trim();
         }

@@ -5,8 +5,8 @@ using Serilog.Parsing;
 namespace ActorBlk.Host.Commands;
 
 /// <summary>
-/// Keeps what peers send from flooding the log: Akka.Remote logs every malformed frame or protocol
-/// message a peer sends as an error with a full stack trace (an outside audit: 3,000 connections of
+/// Keeps what peers send from flooding the log: Akka.Remote logs every malformed frame, protocol
+/// message or refused payload a peer sends with a full stack trace (an outside audit: 3,000 connections of
 /// 6 bytes, 18 KB, wrote 21,023 lines, 2.1 MB, in 0.2 s). Such an event (an exception from the
 /// transport's frame decoder or Akka's protocol decoder) is written as one warning line naming the
 /// exception, at most <see cref="PerWindow"/> a minute; the next line after a window with drops
@@ -64,14 +64,22 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
             logEvent.Properties.Select(p => new LogEventProperty(p.Key, p.Value))));
     }
 
-    // The transport's frame decoder (DotNetty.Codecs) or Akka's PDU decoder failing on bytes from
-    // the network: nothing the node did, nothing a stack trace helps with.
+    // The transport's frame decoder (DotNetty's decoder exceptions) or Akka's PDU decoder failing
+    // on bytes from the network: nothing the node did, nothing a stack trace helps with. Not Akka's
+    // other protocol failures (a member's handshake timing out, a disassociation) nor an encoder's.
     internal static bool IsPeerNoise(Exception? exception)
     {
         for (var e = exception; e is not null; e = e.InnerException)
         {
-            var type = e.GetType();
-            if (type.Namespace == "DotNetty.Codecs" || type.FullName is "Akka.Remote.Transport.PduCodecException" or "Akka.Remote.Transport.AkkaProtocolException")
+            if (e.GetType().FullName is "DotNetty.Codecs.CorruptedFrameException" or "DotNetty.Codecs.TooLongFrameException" or "DotNetty.Codecs.DecoderException"
+                or "Akka.Remote.Transport.PduCodecException")
+            {
+                return true;
+            }
+
+            // A message ActorBlk's serializers refused (a peer outside the cluster, a type not on
+            // the wire schema): the refusal is already logged once as a warning where it applies.
+            if (e is System.Runtime.Serialization.SerializationException && e.Message.StartsWith("ActorBlk refuses", StringComparison.Ordinal))
             {
                 return true;
             }

@@ -40,9 +40,16 @@ public sealed class PeerNoiseLimiterSpec
         // A minute later: the next line says how many were dropped.
         time.Advance(TimeSpan.FromMinutes(1));
         limiter.Emit(Event(LogEventLevel.Error, "Error while decoding incoming Akka PDU of length 16",
-            new Akka.Remote.Transport.AkkaProtocolException("Error while decoding incoming Akka PDU of length 16", new InvalidOperationException("input ended"))));
+            new Akka.Remote.Transport.AkkaProtocolException("Error while decoding incoming Akka PDU of length 16",
+                PduCodecException("Decoding PDU failed", new InvalidOperationException("input ended")))));
         Assert.EndsWith("InvalidOperationException: input ended (a peer sent what the transport cannot read; at most 10 such lines a minute, 40 dropped before this one)",
             sink.Events[^1].RenderMessage(System.Globalization.CultureInfo.InvariantCulture));
+
+        // A payload ActorBlk's serializers refused (Akka.Remote's "Deserialization failed" with a stack trace).
+        limiter.Emit(Event(LogEventLevel.Warning, "Deserialization failed for message with serializer id [5]",
+            new System.Runtime.Serialization.SerializationException("ActorBlk refuses a cluster message (manifest 'J') that is not sealed with this node's admin secret.")));
+        Assert.Null(sink.Events[^1].Exception);
+        Assert.Contains("SerializationException: ActorBlk refuses a cluster message", sink.Events[^1].RenderMessage(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -56,9 +63,26 @@ public sealed class PeerNoiseLimiterSpec
             limiter.Emit(Event(LogEventLevel.Error, "ActorBlk failed", failure));
         }
 
-        Assert.Equal(50, sink.Events.Count);
+        // Nor Akka's other protocol failures with members (a handshake that timed out).
+        for (var i = 0; i < 50; i++)
+        {
+            limiter.Emit(Event(LogEventLevel.Error, "Association failed", new Akka.Remote.Transport.AkkaProtocolException("No response from remote. Handshake timed out")));
+        }
+
+        Assert.Equal(100, sink.Events.Count);
+        Assert.All(sink.Events.Skip(50), e => Assert.IsType<Akka.Remote.Transport.AkkaProtocolException>(e.Exception));
+        sink.Events.RemoveRange(50, 50);
         Assert.All(sink.Events, e => Assert.Same(failure, e.Exception));
         Assert.All(sink.Events, e => Assert.Equal(LogEventLevel.Error, e.Level));
+    }
+
+    // Akka.Remote's PduCodecException is internal: built as its decoder throws it.
+    private static Exception PduCodecException(string message, Exception cause)
+    {
+        var type = typeof(Akka.Remote.Transport.AkkaProtocolException).Assembly.GetType("Akka.Remote.Transport.PduCodecException", throwOnError: true)!;
+        var ctor = type.GetConstructors(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)
+            .First(c => c.GetParameters().Select(p => p.ParameterType).SequenceEqual([typeof(string), typeof(Exception)]));
+        return (Exception)ctor.Invoke([message, cause]);
     }
 
     private sealed class Collecting : ILogEventSink

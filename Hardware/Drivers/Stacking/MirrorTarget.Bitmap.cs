@@ -177,7 +177,6 @@ public sealed partial class MirrorTarget
     {
         await _metaLock.WaitAsync().ConfigureAwait(false);
         List<int>? failed = null;
-        List<int>? written = null;
         try
         {
             MirrorLegState[] states;
@@ -260,7 +259,12 @@ public sealed partial class MirrorTarget
                 }
                 else if (superblocks)
                 {
-                    (written ??= []).Add(i);
+                    // At once, not after every leg: a leg that fails while a later leg's write is
+                    // still pending (a remote leg may take its I/O timeout) holds this generation.
+                    lock (_lock)
+                    {
+                        _legWritten[i] = Math.Max(_legWritten[i], generation);
+                    }
                 }
             }
 
@@ -274,10 +278,6 @@ public sealed partial class MirrorTarget
                 if (superblocks)
                 {
                     _persistedGeneration = Math.Max(_persistedGeneration, generation);
-                    foreach (var leg in written ?? [])
-                    {
-                        _legWritten[leg] = Math.Max(_legWritten[leg], generation);
-                    }
                 }
             }
         }
