@@ -55,7 +55,7 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     private readonly bool _boundGzip;
     private readonly string _what;
     private readonly ExtendedActorSystem _system;
-    private readonly Lazy<byte[]?>? _secret;
+    private readonly ClusterSeal.KeySource? _secret;
     private int _unsealed;
 
     /// <summary>
@@ -93,12 +93,11 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
         _boundGzip = boundGzip;
         _what = what;
         _system = system;
-        // Not caching a failure (a secret file unreadable for a moment): the next message tries again.
-        _secret = sealWithSecret ? new(() => ClusterSeal.Key(system.Settings.Config), LazyThreadSafetyMode.PublicationOnly) : null;
+        _secret = sealWithSecret ? new ClusterSeal.KeySource(system.Settings.Config) : null;
     }
 
     /// <summary>True when this node seals what it sends and refuses what is not sealed with its admin secret.</summary>
-    public bool Seals => _secret?.Value is not null;
+    public bool Seals => _secret?.Key is not null;
 
     /// <summary>The manifests refused from the network.</summary>
     public IReadOnlySet<string> RefusedManifests => _refused.Value;
@@ -113,7 +112,7 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
     public override byte[] ToBinary(object obj)
     {
         var bytes = Inner.ToBinary(obj);
-        return _secret?.Value is { } key ? ClusterSeal.Seal(bytes, Inner.Manifest(obj), key) : bytes;
+        return _secret?.Key is { } key ? ClusterSeal.Seal(bytes, Identifier, Inner.Manifest(obj), key) : bytes;
     }
 
     /// <inheritdoc />
@@ -143,7 +142,7 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
 
     private byte[] Unseal(byte[] bytes, string manifest)
     {
-        var (inner, sealedOk) = ClusterSeal.Open(bytes, manifest, _secret!.Value);
+        var (inner, sealedOk) = ClusterSeal.Open(bytes, Identifier, manifest, _secret!.Key);
         if (sealedOk)
         {
             return inner;
@@ -406,21 +405,17 @@ public sealed class GuardedReplicatedDataSerializer(ExtendedActorSystem system) 
 /// </summary>
 internal static class ClusterSeal
 {
-    /// <summary>The seal's magic: 0xAB starts no protobuf message (field 21, wire type 3) and no gzip stream.</summary>
+    /// <summary>The seal's magic: 0xAB (wire type 3, a group, which proto3 never writes) starts no protobuf message and no gzip stream.</summary>
     private static ReadOnlySpan<byte> Magic => [0xAB, (byte)'A', (byte)'B', (byte)'1'];
 
     private const int MacBytes = 32;
 
-    /// <summary>The key of the node's admin secret, or null when it has none.</summary>
-    public static byte[]? Key(Akka.Configuration.Config config) =>
-        RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
-
-    /// <summary>The message sealed with <paramref name="key"/>.</summary>
-    public static byte[] Seal(byte[] message, string manifest, byte[] key)
+    /// <summary>The message sealed with <paramref name="key"/> by the serializer <paramref name="serializer"/> under <paramref name="manifest"/>.</summary>
+    public static byte[] Seal(byte[] message, int serializer, string manifest, byte[] key)
     {
         var sealedBytes = new byte[Magic.Length + MacBytes + message.Length];
         Magic.CopyTo(sealedBytes);
-        Mac(key, manifest, message, sealedBytes.AsSpan(Magic.Length, MacBytes));
+        Mac(key, serializer, manifest, message, sealedBytes.AsSpan(Magic.Length, MacBytes));
         message.CopyTo(sealedBytes.AsSpan(Magic.Length + MacBytes));
         return sealedBytes;
     }
@@ -429,7 +424,7 @@ internal static class ClusterSeal
     /// The message inside a seal, and whether the seal is valid for <paramref name="key"/>; with no
     /// key (a node without a secret) any seal is stripped and every message taken.
     /// </summary>
-    public static (byte[] Message, bool Valid) Open(byte[] bytes, string manifest, byte[]? key)
+    public static (byte[] Message, bool Valid) Open(byte[] bytes, int serializer, string manifest, byte[]? key)
     {
         ArgumentNullException.ThrowIfNull(bytes);
         if (bytes.Length < Magic.Length + MacBytes || !bytes.AsSpan(0, Magic.Length).SequenceEqual(Magic))
@@ -444,17 +439,72 @@ internal static class ClusterSeal
         }
 
         Span<byte> expected = stackalloc byte[MacBytes];
-        Mac(key, manifest, message, expected);
+        Mac(key, serializer, manifest, message, expected);
         return (message, CryptographicOperations.FixedTimeEquals(expected, bytes.AsSpan(Magic.Length, MacBytes)));
     }
 
-    private static void Mac(byte[] key, string manifest, byte[] message, Span<byte> mac)
+    // The serializer's id is in the tag: a message sealed by one serializer is not taken by another
+    // under the same manifest (Distributed Data's two share single-letter manifests).
+    private static void Mac(byte[] key, int serializer, string manifest, byte[] message, Span<byte> mac)
     {
         using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, key);
         hmac.AppendData("actorblk-cluster-seal\0"u8);
+        Span<byte> id = stackalloc byte[4];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(id, serializer);
+        hmac.AppendData(id);
         hmac.AppendData(System.Text.Encoding.UTF8.GetBytes(manifest));
         hmac.AppendData("\0"u8);
         hmac.AppendData(message);
         hmac.GetHashAndReset(mac);
+    }
+
+    /// <summary>
+    /// The node's admin secret as a key, read from its configuration when first needed. A node
+    /// without one (yet: an embedding application whose secret file appears later) looks again at
+    /// most once a second, so it seals and checks from then on. A secret that cannot be read is a
+    /// <see cref="SerializationException"/> (a message refused or not sent), never another exception
+    /// out of a serializer.
+    /// </summary>
+    internal sealed class KeySource(Akka.Configuration.Config config)
+    {
+        private byte[]? _key;
+        private long _lastLook = long.MinValue;
+
+        /// <summary>The key, or null when the node has no secret.</summary>
+        /// <exception cref="SerializationException">The secret file exists but cannot be read.</exception>
+        public byte[]? Key
+        {
+            get
+            {
+                if (Volatile.Read(ref _key) is { } key)
+                {
+                    return key;
+                }
+
+                var now = Environment.TickCount64;
+                var last = Interlocked.Read(ref _lastLook);
+                if (last != long.MinValue && now - last < 1000)
+                {
+                    return null;
+                }
+
+                Interlocked.Exchange(ref _lastLook, now);
+                try
+                {
+                    key = RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
+                }
+                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+                {
+                    throw new SerializationException($"ActorBlk cannot read its admin secret to seal or check a cluster message: {ex.Message}", ex);
+                }
+
+                if (key is not null)
+                {
+                    Volatile.Write(ref _key, key);
+                }
+
+                return key;
+            }
+        }
     }
 }
