@@ -58,7 +58,7 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
         }
 
         var cause = Innermost(logEvent.Exception!);
-        var text = $"{Literal(logEvent)}: {cause.GetType().Name}: {cause.Message} (a peer sent what the transport cannot read; at most {PerWindow} such lines a minute"
+        var text = $"{Literal(logEvent)}: {cause.GetType().Name}: {cause.Message} (a peer sent what the node cannot or will not read; at most {PerWindow} such lines a minute"
             + (dropped > 0 ? $", {dropped} dropped before this one)" : ")");
         inner.Emit(new LogEvent(logEvent.Timestamp, LogEventLevel.Warning, null, Parser.Parse(text.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal)),
             logEvent.Properties.Select(p => new LogEventProperty(p.Key, p.Value))));

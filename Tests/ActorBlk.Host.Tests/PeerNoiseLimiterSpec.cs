@@ -34,7 +34,7 @@ public sealed class PeerNoiseLimiterSpec
         var first = sink.Events[0];
         Assert.Equal(LogEventLevel.Warning, first.Level);
         Assert.Null(first.Exception);
-        Assert.Equal("Error caught channel [peer {0}]: CorruptedFrameException: negative pre-adjustment length field: -65536 (a peer sent what the transport cannot read; at most 10 such lines a minute)",
+        Assert.Equal("Error caught channel [peer {0}]: CorruptedFrameException: negative pre-adjustment length field: -65536 (a peer sent what the node cannot or will not read; at most 10 such lines a minute)",
             first.RenderMessage(System.Globalization.CultureInfo.InvariantCulture));
 
         // A minute later: the next line says how many were dropped.
@@ -42,7 +42,7 @@ public sealed class PeerNoiseLimiterSpec
         limiter.Emit(Event(LogEventLevel.Error, "Error while decoding incoming Akka PDU of length 16",
             new Akka.Remote.Transport.AkkaProtocolException("Error while decoding incoming Akka PDU of length 16",
                 PduCodecException("Decoding PDU failed", new InvalidOperationException("input ended")))));
-        Assert.EndsWith("InvalidOperationException: input ended (a peer sent what the transport cannot read; at most 10 such lines a minute, 40 dropped before this one)",
+        Assert.EndsWith("InvalidOperationException: input ended (a peer sent what the node cannot or will not read; at most 10 such lines a minute, 40 dropped before this one)",
             sink.Events[^1].RenderMessage(System.Globalization.CultureInfo.InvariantCulture));
 
         // A payload ActorBlk's serializers refused (Akka.Remote's "Deserialization failed" with a stack trace).
