@@ -91,8 +91,26 @@ internal static class IostatCommand
         await using var client = connected;
         var writer = new IostatWriter(output, options);
 
-        // sysstat leaves out unused devices unless devices are named (or ALL), and -z idle ones.
-        bool Shown(IostatRow row, DiskStatSample stat) => (options.Unfiltered || !IostatReport.NeverUsed(stat)) && (!options.OmitIdle || !row.Idle);
+        // The rows between two samplings of the devices sampled both times. sysstat leaves out
+        // unused devices unless devices are named (or ALL), and with -z the idle ones.
+        List<IostatRow> Rows(IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> before, SortedDictionary<string, (DiskStatSample Stat, TimeSpan At)> after)
+        {
+            var rows = new List<IostatRow>();
+            foreach (var (device, sample) in after)
+            {
+                if (before.TryGetValue(device, out var from))
+                {
+                    var row = IostatReport.Compute(device, from.Stat, sample.Stat, Math.Max(1e-3, (sample.At - from.At).TotalMilliseconds));
+                    if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
+                    {
+                        rows.Add(row);
+                    }
+                }
+            }
+
+            return rows;
+        }
+
         var devices = options.Devices.ToList();
         try
         {
@@ -109,18 +127,9 @@ internal static class IostatCommand
             long done = 0;
             if (options.SinceStart && await UptimeAsync(client, cancel).ConfigureAwait(false) is { } uptime)
             {
-                // sysstat's first report, since boot: every counter from 0 over the uptime.
-                var rows = new List<IostatRow>();
-                foreach (var (device, sample) in previous)
-                {
-                    var row = IostatReport.Compute(device, default, sample.Stat, Math.Max(1e-3, uptime.TotalMilliseconds));
-                    if (Shown(row, sample.Stat))
-                    {
-                        rows.Add(row);
-                    }
-                }
-
-                await writer.ReportAsync(DateTimeOffset.Now, rows).ConfigureAwait(false);
+                // sysstat's first report, since boot: every counter from 0 at the node's start.
+                var started = previous.ToDictionary(d => d.Key, d => (default(DiskStatSample), d.Value.At - uptime));
+                await writer.ReportAsync(DateTimeOffset.Now, Rows(started, previous)).ConfigureAwait(false);
                 done = 1;
             }
 
@@ -141,20 +150,7 @@ internal static class IostatCommand
 
                 var now = DateTimeOffset.Now;
                 var current = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
-                var rows = new List<IostatRow>();
-                foreach (var (device, sample) in current)
-                {
-                    if (previous.TryGetValue(device, out var before))
-                    {
-                        var row = IostatReport.Compute(device, before.Stat, sample.Stat, Math.Max(1e-3, (sample.At - before.At).TotalMilliseconds));
-                        if (Shown(row, sample.Stat))
-                        {
-                            rows.Add(row);
-                        }
-                    }
-                }
-
-                await writer.ReportAsync(now, rows).ConfigureAwait(false);
+                await writer.ReportAsync(now, Rows(previous, current)).ConfigureAwait(false);
                 previous = current;
             }
 

@@ -74,6 +74,14 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         }
     }
 
+    // The reason of the mirror's first refused automatic re-add.
+    private static Task<string> FirstRefusal(MirrorTarget mirror)
+    {
+        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        mirror.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        return refused.Task;
+    }
+
     private static byte[] Stamp(long block, int version)
     {
         var data = new byte[Block];
@@ -123,10 +131,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
 
         // b appears: it counts a faulty and itself in sync, so it was written apart. The automatic
         // re-add refuses it, and its newer write is left alone.
-        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        var refused = FirstRefusal(second);
         late.Appear(b);
-        Assert.Contains("split brain", await refused.Task.WaitAsync(Patience));
+        Assert.Contains("split brain", await refused.WaitAsync(Patience));
         Assert.Equal(MirrorLegState.Faulty, second.LegState(1));
         Assert.Equal(0, second.AutomaticReAdds);
         Assert.Equal(Stamp(2, 2), await ReadRaw(b, 2 * Region));
@@ -186,10 +193,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         var second = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
         var md2 = Serve(second, "md1");
         await md2.WriteAsync(3 * Region, Stamp(3, 1));
-        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        second.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        var refused = FirstRefusal(second);
         late.Appear(b);
-        Assert.Contains("split brain", await refused.Task.WaitAsync(Patience));
+        Assert.Contains("split brain", await refused.WaitAsync(Patience));
 
         // By hand: b becomes a copy of a, the region only b wrote included.
         await second.ReAddAsync(1);
@@ -230,12 +236,11 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         var here = await MirrorTarget.AssembleAsync("md0", [a, late], Options());
         var mdHere = Serve(here, "md-here");
         await mdHere.WriteAsync(3 * Region, Stamp(3, 1));
-        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        here.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        var refused = FirstRefusal(here);
         late.Appear(b);
-        await UntilAsync(() => refused.Task.IsCompleted || here.LegState(1) != MirrorLegState.Faulty);
-        Assert.True(refused.Task.IsCompleted, "the leg written apart was taken back by itself");
-        Assert.Contains("split brain", await refused.Task);
+        await UntilAsync(() => refused.IsCompleted || here.LegState(1) != MirrorLegState.Faulty);
+        Assert.True(refused.IsCompleted, "the leg written apart was taken back by itself");
+        Assert.Contains("split brain", await refused);
         Assert.Equal(MirrorLegState.Faulty, here.LegState(1));
         Assert.Equal(Stamp(2, 2), await ReadRaw(b, 2 * Region));
 
@@ -343,17 +348,16 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         remote.Appear(b);
         var third = await MirrorTarget.AssembleAsync("md0", [a, remote], Options(startDegraded: false));
         Assert.True(third.Limits.MaxDiscardSectors > 0);
-        var refused = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        third.AutomaticReAddFailed += (_, why) => refused.TrySetResult(why);
+        var refused = FirstRefusal(third);
         await third.FailLegAsync(1);
         var weak = Leg("b2", discard: false);
         var metadata = new byte[MirrorSuperblock.SuperblockBytes];
         await b.ReadAsync(0, metadata);
         await weak.WriteAsync(0, metadata);
         remote.Appear(weak);
-        await UntilAsync(() => refused.Task.IsCompleted || third.LegState(1) != MirrorLegState.Faulty);
-        Assert.True(refused.Task.IsCompleted, "the leg was taken back");
-        Assert.Contains("no discard", await refused.Task);
+        await UntilAsync(() => refused.IsCompleted || third.LegState(1) != MirrorLegState.Faulty);
+        Assert.True(refused.IsCompleted, "the leg was taken back");
+        Assert.Contains("no discard", await refused);
         Assert.Equal(MirrorLegState.Faulty, third.LegState(1));
         var manual = await Assert.ThrowsAsync<InvalidOperationException>(() => third.ReAddAsync(1));
         Assert.Contains("no discard", manual.Message);
