@@ -141,6 +141,9 @@ internal static unsafe partial class LibC
     public const int MSG_NOSIGNAL = 0x4000;
     public const short POLLIN = 0x1;
     public const short POLLOUT = 0x4;
+    public const short POLLERR = 0x8;
+    public const short POLLHUP = 0x10;
+    public const short POLLRDHUP = 0x2000;
 
     /// <summary>send(2) from a pinned buffer; bytes sent, or -errno.</summary>
     public static long Send(int fd, void* buffer, long count, int flags)
@@ -168,6 +171,14 @@ internal static unsafe partial class LibC
         var pfd = new PollFd { Fd = fd, Events = events };
         var n = PollRaw(&pfd, 1, timeoutMs);
         return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary>poll(2) on one descriptor for <paramref name="events"/> without waiting: the events it reports (0 for none), or -errno.</summary>
+    public static int PollNow(int fd, short events)
+    {
+        var pfd = new PollFd { Fd = fd, Events = events };
+        var n = PollRaw(&pfd, 1, 0);
+        return n < 0 ? -LastErrno : n == 0 ? 0 : (ushort)pfd.REvents;
     }
 
     /// <summary>

@@ -70,6 +70,21 @@ internal sealed class NbdBufferBudget
     /// <summary>Takes that had to wait, since the server started.</summary>
     public long Waits => Interlocked.Read(ref _waits);
 
+    /// <summary>Takes <paramref name="bytes"/> for a request's buffer when they fit now and nobody waits; false (nothing taken) otherwise.</summary>
+    public bool TryTake(long bytes)
+    {
+        lock (_lock)
+        {
+            if (_waiters.Count != 0 || !Fits(bytes))
+            {
+                return false;
+            }
+
+            _inUse += bytes;
+            return true;
+        }
+    }
+
     /// <summary>
     /// Takes <paramref name="bytes"/> for a request's buffer: at once when they fit and nobody
     /// waits, else when every earlier taker has been served and enough was given back. A taker

@@ -30,6 +30,9 @@ public sealed class NbdConnection
     /// <summary>The longest option payload accepted; NBD strings are at most 4 KiB, so this is generous.</summary>
     internal const int MaxOptionLength = 64 << 10;
 
+    // How often a connection whose request waits for buffer memory checks that its client is still there.
+    private static readonly TimeSpan HangUpCheckInterval = TimeSpan.FromMilliseconds(250);
+
     /// <summary>Unflushed reply bytes after which the writer flushes before taking the next reply.</summary>
     private const int FlushThreshold = 256 << 10;
 
@@ -998,21 +1001,92 @@ public sealed class NbdConnection
         var old = slot.BufferBytes;
         slot.ReleaseBuffer();
         budget.Return(old);
-        var take = budget.TakeAsync(size, ct);
-        if (take.IsCompletedSuccessfully)
+        if (budget.TryTake(size))
         {
             AllocateBuffer(device, slot, size);
             return default;
         }
 
         Uncork();
-        return AllocateAfterAsync(take, device, slot, size);
+        return AllocateAfterAsync(device, slot, size, ct);
     }
 
-    private async ValueTask AllocateAfterAsync(ValueTask take, IBlockDevice device, NbdRequestSlot slot, int size)
+    /// <summary>
+    /// Waits for the budget to give a request's buffer, watching the client meanwhile: the
+    /// connection reads nothing while it waits, so a client that hangs up (FIN or reset) would
+    /// otherwise go unnoticed until memory came back, which under clients that pipeline large
+    /// reads and read no reply is up to <c>stall-timeout</c> plus their transfer at
+    /// <c>min-transfer-rate</c> (minutes). Each such connection stayed in CLOSE-WAIT holding one of
+    /// <c>max-connections</c>, so clients that gave up on a write and closed filled the server and
+    /// locked everyone out (an outside audit). A hang-up is the client's hard disconnect (NBD:
+    /// "the client ... drops the TCP session"; a client that sends <c>NBD_CMD_DISC</c> "SHOULD
+    /// wait until there are no inflight requests first", so none waits behind it): the request
+    /// and whatever follows it in the input are dropped without a reply, as after a reset.
+    /// </summary>
+    private async ValueTask AllocateAfterAsync(IBlockDevice device, NbdRequestSlot slot, int size, CancellationToken ct)
     {
-        await take.ConfigureAwait(false);
+        var budget = _server.Budget;
+        using (var waiting = CancellationTokenSource.CreateLinkedTokenSource(ct))
+        {
+            var take = budget.TakeAsync(size, waiting.Token).AsTask();
+            while (!take.IsCompleted)
+            {
+                await Task.WhenAny(take, Task.Delay(HangUpCheckInterval, ct)).ConfigureAwait(false);
+                if (take.IsCompleted || HangUp() is not { } how)
+                {
+                    continue;
+                }
+
+                waiting.Cancel();
+                try
+                {
+                    // Granted just before the cancel: the bytes go back.
+                    await take.ConfigureAwait(false);
+                    budget.Return(size);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+
+                throw new IOException($"the client {how} while a request of {size} bytes waited for buffer memory (max-buffer-memory)");
+            }
+
+            await take.ConfigureAwait(false);
+        }
+
         AllocateBuffer(device, slot, size);
+    }
+
+    /// <summary>How the client hung up ("closed its end", "reset the connection"), or null while it is connected (Linux: POLLRDHUP; elsewhere never).</summary>
+    private string? HangUp()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return null;
+        }
+
+        var handle = _socket.SafeHandle;
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var events = LibC.PollNow((int)handle.DangerousGetHandle(), LibC.POLLRDHUP);
+            return events < 0 ? null
+                : (events & (LibC.POLLERR | LibC.POLLHUP)) != 0 ? "reset the connection"
+                : (events & LibC.POLLRDHUP) != 0 ? "closed its end"
+                : null;
+        }
+        catch (ObjectDisposedException)
+        {
+            return "closed its end";
+        }
+        finally
+        {
+            if (added)
+            {
+                handle.DangerousRelease();
+            }
+        }
     }
 
     private void AllocateBuffer(IBlockDevice device, NbdRequestSlot slot, int size)

@@ -148,6 +148,58 @@ public sealed class NbdBufferBudgetSpec
         }
     }
 
+    [Theory]
+    [InlineData(NbdCommand.Write, false)]
+    [InlineData(NbdCommand.Write, true)]
+    [InlineData(NbdCommand.Read, false)]
+    [InlineData(NbdCommand.Read, true)]
+    public async Task A_client_that_hangs_up_while_its_request_waits_for_memory_is_let_go_at_once(NbdCommand command, bool reset)
+    {
+        // An outside audit: clients that pipelined 32 MiB reads and read no reply held the whole
+        // budget; clients behind them that sent a 1 MiB write, gave up and closed stayed in
+        // CLOSE-WAIT, each holding one of max-connections until the budget came back (up to the
+        // stall timeout plus the transfer at min-transfer-rate, minutes), and a client opening
+        // such connections one after another filled all 1,024 and locked everyone out. The
+        // waiting connection now watches its client: a hang-up (FIN or reset) lets it go at once,
+        // its request dropped unexecuted, long before the holder's stall timeout.
+        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 };
+        await using var fx = NbdExportFixture.Start(options);
+        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
+        await using var _ = holder;
+        var burst = new byte[64 * 28];
+        for (var i = 0; i < 64; i++)
+        {
+            var h = burst.AsSpan(i * 28, 28);
+            BinaryPrimitives.WriteUInt32BigEndian(h, NbdProtocol.RequestMagic);
+            BinaryPrimitives.WriteUInt16BigEndian(h[6..], (ushort)NbdCommand.Read);
+            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)i);
+            BinaryPrimitives.WriteUInt64BigEndian(h[16..], (ulong)(i % 32) * (ulong)MiB);
+            BinaryPrimitives.WriteUInt32BigEndian(h[24..], (uint)MiB);
+        }
+
+        await holder.WriteAsync(burst);
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 1, "the holder's reader waits for memory");
+
+        var (quitter, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var __ = quitter;
+        await quitter.SendRequestAsync(command, 1, 40 * MiB, (uint)MiB, payload: command == NbdCommand.Write ? new byte[4000] : null);
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the second client's request waits for memory behind the holder");
+        if (reset)
+        {
+            quitter.Vanish();
+        }
+        else
+        {
+            await quitter.DisposeAsync();
+        }
+
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1 && fx.Server.Budget.Waiting == 1, "the connection of the client that hung up is gone, the holder's still there");
+        Assert.Equal(0ul, fx.Mem.Queue.Stats.Read().WriteIos);
+
+        // The holder, which is still connected, keeps its place.
+        Assert.True(fx.Server.BufferBytesInUse >= 4 * MiB);
+    }
+
     [Fact]
     public async Task A_client_that_stops_inside_a_write_payload_is_closed_after_the_stall_timeout_and_its_memory_given_back()
     {
