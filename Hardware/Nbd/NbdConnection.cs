@@ -432,9 +432,20 @@ public sealed class NbdConnection
             var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
             if (length > MaxOptionLength)
             {
-                // Refuse without reading gigabytes: answer, then close (the data is never consumed).
-                await ReplyAsync(option, NbdReply.ErrTooBig, Encoding.UTF8.GetBytes($"option data of {length} bytes is over the limit of {MaxOptionLength}"), ct).ConfigureAwait(false);
-                throw new NbdProtocolException($"option {option} with {length} bytes of data");
+                // Data up to 32 MiB is read past without a buffer and the option refused, and the
+                // negotiation goes on (nbdkit does the same): closing with the data unread sent a
+                // reset that threw the refusal away before the client read it (an outside audit).
+                // More is refused unread (the connection closes) rather than read for gigabytes.
+                var tooBig = Encoding.UTF8.GetBytes($"option data of {length} bytes is over the limit of {MaxOptionLength}");
+                if (length > NbdProtocol.MaxTolerablePayload)
+                {
+                    await ReplyAsync(option, NbdReply.ErrTooBig, tooBig, ct).ConfigureAwait(false);
+                    throw new NbdProtocolException($"option {option} with {length} bytes of data");
+                }
+
+                await SkipAsync(length, ct).ConfigureAwait(false);
+                await ReplyAsync(option, NbdReply.ErrTooBig, tooBig, ct).ConfigureAwait(false);
+                continue;
             }
 
             var data = length == 0 ? [] : await ReadExactAsync((int)length, ct).ConfigureAwait(false);
@@ -874,6 +885,22 @@ public sealed class NbdConnection
         var bytes = buffer.Slice(0, count).ToArray();
         _reader.AdvanceTo(buffer.GetPosition(count));
         return bytes;
+    }
+
+    /// <summary>Reads past <paramref name="count"/> bytes of the input without keeping them.</summary>
+    private async ValueTask SkipAsync(long count, CancellationToken ct)
+    {
+        while (count > 0)
+        {
+            var result = await _reader.ReadAsync(ct).ConfigureAwait(false);
+            var take = Math.Min(count, result.Buffer.Length);
+            _reader.AdvanceTo(result.Buffer.GetPosition(take));
+            count -= take;
+            if (count > 0 && result.IsCompleted)
+            {
+                throw new EndOfStreamException("the client closed the connection");
+            }
+        }
     }
 
     // ---------------------------------------------------------------- transmission
@@ -1518,6 +1545,14 @@ public sealed class NbdConnection
             _ => NbdCommandFlags.None,
         };
         if ((slot.Flags & ~allowed) != 0)
+        {
+            return NbdError.Invalid;
+        }
+
+        // DF "MUST NOT be set unless the transmission flags include NBD_FLAG_SEND_DF" (advertised
+        // with structured replies only): a flag not applicable here, EINVAL as nbdkit answers it
+        // (an outside audit's differential run found it taken).
+        if ((slot.Flags & NbdCommandFlags.DontFragment) != 0 && (_transmissionFlags & NbdTransmissionFlags.SendDf) == 0)
         {
             return NbdError.Invalid;
         }

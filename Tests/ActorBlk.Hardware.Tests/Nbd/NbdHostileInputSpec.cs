@@ -73,6 +73,23 @@ public sealed class NbdHostileInputSpec
     }
 
     [Fact]
+    public async Task Option_data_over_the_limit_but_sent_in_full_is_read_past_refused_as_too_big_and_the_negotiation_goes_on()
+    {
+        // An outside audit sent an unknown option with 100,000 bytes of data: the server answered
+        // NBD_REP_ERR_TOO_BIG and closed with the data unread, which sent a reset that threw the
+        // answer away before the client read it. Up to 32 MiB is now read past, as nbdkit does.
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await client.SendOptionAsync((NbdOption)0x55, new byte[100_000]);
+        var reply = await client.ReadOptionReplyAsync();
+        Assert.Equal(((NbdOption)0x55, NbdReply.ErrTooBig), (reply.Option, reply.Type));
+        Assert.Contains("100000 bytes", Encoding.UTF8.GetString(reply.Data), StringComparison.Ordinal);
+
+        await client.SendOptionAsync(NbdOption.StructuredReply, []);
+        Assert.Equal(NbdReply.Ack, (await client.ReadOptionReplyAsync()).Type);
+    }
+
+    [Fact]
     public async Task Bad_request_magic_closes_the_connection_and_oversized_requests_are_refused()
     {
         await using var fx = NbdExportFixture.Start();

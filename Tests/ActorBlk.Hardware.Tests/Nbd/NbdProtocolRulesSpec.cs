@@ -43,6 +43,12 @@ public sealed class NbdProtocolRulesSpec
         // Flags a command does not take are still refused.
         await client.SendRequestAsync(NbdCommand.Write, 5, 8192, 4096, NbdCommandFlags.DontFragment, data);
         Assert.Equal(NbdError.Invalid, (await client.ReadSimpleReplyAsync()).Error);
+
+        // DF on a read is refused too without structured replies: NBD_FLAG_SEND_DF was not
+        // advertised, and the flag "MUST NOT be set unless the transmission flags include" it.
+        Assert.False(flags.HasFlag(NbdTransmissionFlags.SendDf));
+        await client.SendRequestAsync(NbdCommand.Read, 6, 8192, 4096, NbdCommandFlags.DontFragment);
+        Assert.Equal((NbdError.Invalid, 6UL), ((await client.ReadSimpleReplyAsync()) is var r ? (r.Error, r.Cookie) : default));
     }
 
     [Fact]
