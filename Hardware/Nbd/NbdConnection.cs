@@ -271,7 +271,7 @@ public sealed class NbdConnection
         {
             if (ex is NbdStallException or not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
             {
-                _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
+                _server.LogClose($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
 
             if (ex is NbdStallException)
@@ -1880,7 +1880,7 @@ public sealed class NbdConnection
         {
             if (ex is NbdStallException && !_broken)
             {
-                _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
+                _server.LogClose($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
 
             Abort();

@@ -80,6 +80,11 @@ public sealed class NbdServer : IAsyncDisposable
     public long AcceptedConnections => Interlocked.Read(ref _accepted);
 
     private long _refusalLogged;
+    private readonly Lock _closeLog = new();
+    private long _closeWindowStart = Environment.TickCount64;
+    private int _closesLogged;
+    private long _closesLeftOut;
+    private long _unloggedCloses;
 
     /// <summary>Connections closed at accept because <see cref="NbdServerOptions.MaxConnections"/> were open.</summary>
     public long RefusedConnections => Interlocked.Read(ref _refused);
@@ -98,7 +103,52 @@ public sealed class NbdServer : IAsyncDisposable
 
     internal NbdBufferBudget Budget { get; }
 
+    /// <summary>Lines a minute <see cref="LogClose"/> logs at most.</summary>
+    internal const int CloseLinesPerMinute = 10;
+
     internal Action<string>? Log { get; }
+
+    /// <summary>
+    /// Logs why a connection was closed for a fault of its client (bad magic, unknown flags, a
+    /// stall): at most <see cref="CloseLinesPerMinute"/> lines a minute, so clients that send
+    /// garbage connection after connection cannot flood the log (an outside audit: 4,299 lines in
+    /// 90 s). The lines left out are counted in <see cref="UnloggedCloses"/> and reported with the
+    /// next line logged.
+    /// </summary>
+    internal void LogClose(string line)
+    {
+        if (Log is null)
+        {
+            return;
+        }
+
+        long left;
+        lock (_closeLog)
+        {
+            var now = Environment.TickCount64;
+            if (now - _closeWindowStart >= 60_000)
+            {
+                _closeWindowStart = now;
+                _closesLogged = 0;
+            }
+
+            if (_closesLogged >= CloseLinesPerMinute)
+            {
+                _closesLeftOut++;
+                Interlocked.Increment(ref _unloggedCloses);
+                return;
+            }
+
+            _closesLogged++;
+            left = _closesLeftOut;
+            _closesLeftOut = 0;
+        }
+
+        Log(left == 0 ? line : $"{line} ({left} more connection(s) closed for a fault of the client were not logged)");
+    }
+
+    /// <summary>Lines <see cref="LogClose"/> left out since the server started.</summary>
+    public long UnloggedCloses => Interlocked.Read(ref _unloggedCloses);
 
     /// <summary>The eventfd that turns readable when the server stops (Linux), or -1 (see <see cref="NbdConnection.StopReading"/>).</summary>
     internal int StopEvent => _stopEvent;

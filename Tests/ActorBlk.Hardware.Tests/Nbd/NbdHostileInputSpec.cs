@@ -73,6 +73,27 @@ public sealed class NbdHostileInputSpec
     }
 
     [Fact]
+    public async Task Connections_closed_for_garbage_are_logged_at_most_ten_a_minute_and_the_rest_counted()
+    {
+        // An outside audit: every connection that sent a bad magic or unknown flags wrote a
+        // warning, 4,299 lines in 90 s from one looping client.
+        await using var fx = NbdExportFixture.Start();
+        for (var i = 0; i < 25; i++)
+        {
+            await using var bad = await RawNbdClient.NegotiateAsync(fx.Endpoint, (NbdClientFlags)0x80000001);
+            Assert.True(await bad.ClosedByServerAsync());
+        }
+
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0 && fx.Server.UnloggedCloses == 25 - NbdServer.CloseLinesPerMinute, "every garbage connection is closed and counted");
+        lock (fx.Log)
+        {
+            Assert.Equal(NbdServer.CloseLinesPerMinute, fx.Log.Count(line => line.Contains("unknown client flags", StringComparison.Ordinal)));
+        }
+
+        await AssertServesAsync(fx);
+    }
+
+    [Fact]
     public async Task Option_data_over_the_limit_but_sent_in_full_is_read_past_refused_as_too_big_and_the_negotiation_goes_on()
     {
         // An outside audit sent an unknown option with 100,000 bytes of data: the server answered
