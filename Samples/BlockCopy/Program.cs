@@ -10,12 +10,29 @@ using Microsoft.Extensions.Hosting;
 
 // usage: BlockCopy [FILE]   copies FILE (or 8 MiB of random data) onto a memory-backed null
 // device served by an embedded ActorBlk block layer, then verifies it.
+const string Usage = "usage: BlockCopy [FILE]\n  copies FILE (at most 256 MiB; 8 MiB of random data without one) onto a memory-backed\n  null device of an embedded ActorBlk block layer, then reads it back and verifies it.";
+const long DeviceSize = 256L << 20;
+if (args.Length > 1 || args is ["-h" or "--help" or "-?"])
+{
+    (args.Length > 1 ? Console.Error : Console.Out).WriteLine(Usage);
+    return args.Length > 1 ? 2 : 0;
+}
+
+if (args is [var path] && (!File.Exists(path) || new FileInfo(path).Length > DeviceSize))
+{
+    Console.Error.WriteLine(File.Exists(path)
+        ? $"BlockCopy: {path} is larger than the device ({DeviceSize >> 20} MiB)."
+        : $"BlockCopy: {path}: no such file.");
+    Console.Error.WriteLine(Usage);
+    return 2;
+}
+
 var builder = Host.CreateApplicationBuilder(args);
 builder.Services.AddAkka("blockcopy", (akka, _) => akka
     .AddHocon("akka.loglevel = WARNING", HoconAddMode.Prepend)
     .WithActorBlk(new ActorBlkOptions
     {
-        Devices = { new DeviceOptions { Name = "copy0", Size = 256L << 20, BlockSize = 4096, MemoryBacked = true, SubmitQueues = 2 } },
+        Devices = { new DeviceOptions { Name = "copy0", Size = DeviceSize, BlockSize = 4096, MemoryBacked = true, SubmitQueues = 2 } },
     }));
 
 using var host = builder.Build();

@@ -24,4 +24,18 @@ public sealed class SampleSpec
             File.Delete(file);
         }
     }
+
+    [Theory]
+    [InlineData("--help", 0)]
+    [InlineData("/nonexistent/blockcopy-source", 2)]
+    public async Task BlockCopy_prints_its_usage_for_help_and_refuses_a_missing_file_without_a_stack_trace(string argument, int exitCode)
+    {
+        // A README walk-through ran `BlockCopy.dll --help`: it opened "--help" as the source file
+        // and died of an unhandled FileNotFoundException (exit 134).
+        await using var sample = ActorBlkProcess.StartProgram("BlockCopy.dll", argument);
+
+        Assert.Equal(exitCode, await sample.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+        Assert.Contains("usage: BlockCopy [FILE]", sample.Output + sample.StandardError, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", sample.StandardError, StringComparison.Ordinal);
+    }
 }
