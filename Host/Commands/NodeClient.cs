@@ -69,7 +69,7 @@ internal sealed class NodeClient : IAsyncDisposable
 
     /// <summary>
     /// Starts the client actor system: remoting on an ephemeral loopback port, untrusted mode (a
-    /// client serves nothing), ActorBlk's guarded serializers, and TLS with the node's certificate
+    /// client serves nothing), its Akka log on stderr (<see cref="ClientLogger"/>), ActorBlk's guarded serializers, and TLS with the node's certificate
     /// when <paramref name="nodeConfig"/> turns it on. The admin secret for writes and hotplug comes
     /// from <c>$ACTORBLK_ADMIN_SECRET</c>, else the node configuration (README, "Security").
     /// </summary>
@@ -83,6 +83,7 @@ internal sealed class NodeClient : IAsyncDisposable
         var config = ConfigurationFactory.ParseString($$"""
             akka.loglevel = ERROR
             akka.stdout-loglevel = OFF
+            akka.loggers = ["{{ClientLogger.TypeName}}"]
             akka.log-dead-letters = off
             akka.actor.provider = remote
             akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0, enable-ssl = {{(tls ? "on" : "off")}} }
