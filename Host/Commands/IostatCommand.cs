@@ -91,26 +91,6 @@ internal static class IostatCommand
         await using var client = connected;
         var writer = new IostatWriter(output, options);
 
-        // The rows between two samplings of the devices sampled both times. sysstat leaves out
-        // unused devices unless devices are named (or ALL), and with -z the idle ones.
-        List<IostatRow> Rows(IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> before, SortedDictionary<string, (DiskStatSample Stat, TimeSpan At)> after)
-        {
-            var rows = new List<IostatRow>();
-            foreach (var (device, sample) in after)
-            {
-                if (before.TryGetValue(device, out var from))
-                {
-                    var row = IostatReport.Compute(device, from.Stat, sample.Stat, Math.Max(1e-3, (sample.At - from.At).TotalMilliseconds));
-                    if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
-                    {
-                        rows.Add(row);
-                    }
-                }
-            }
-
-            return rows;
-        }
-
         var devices = options.Devices.ToList();
         try
         {
@@ -128,8 +108,7 @@ internal static class IostatCommand
             if (options.SinceStart && await UptimeAsync(client, cancel).ConfigureAwait(false) is { } uptime)
             {
                 // sysstat's first report, since boot: every counter from 0 at the node's start.
-                var started = previous.ToDictionary(d => d.Key, d => (default(DiskStatSample), d.Value.At - uptime));
-                await writer.ReportAsync(DateTimeOffset.Now, Rows(started, previous)).ConfigureAwait(false);
+                await writer.ReportAsync(DateTimeOffset.Now, Rows(new Sampling(previous.At - uptime, new Dictionary<string, (DiskStatSample, TimeSpan)>()), previous, options)).ConfigureAwait(false);
                 done = 1;
             }
 
@@ -150,7 +129,7 @@ internal static class IostatCommand
 
                 var now = DateTimeOffset.Now;
                 var current = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
-                await writer.ReportAsync(now, Rows(previous, current)).ConfigureAwait(false);
+                await writer.ReportAsync(now, Rows(previous, current, options)).ConfigureAwait(false);
                 previous = current;
             }
 
@@ -214,10 +193,50 @@ internal static class IostatCommand
         return count;
     }
 
-    // One reading of every device's stat (the named ones, else all the node lists), each stamped
-    // with the midpoint of its round trip.
-    private static async Task<SortedDictionary<string, (DiskStatSample Stat, TimeSpan At)>> SampleAsync(NodeClient client, List<string> devices, CancellationToken cancel)
+    /// <summary>
+    /// The rows between two samplings, as sysstat's <c>write_stats</c> computes them. A device
+    /// not in <paramref name="before"/> (created since, or named and absent until now) counts from
+    /// a zero record at the time of <paramref name="before"/>: sysstat's <c>add_list_device</c>
+    /// zeroes both records of a device it sees for the first time (<c>memset(d->dev_stats[i], 0,
+    /// ...)</c>), so its first interval covers everything it did since it appeared. A device whose
+    /// counters went backwards was destroyed and created again under its name between the two:
+    /// it counts from a zero record too, as sysstat's "Try to detect if device has been removed
+    /// then inserted again" test sets <c>ioj = &amp;iozero</c>. That test looks at the I/O and
+    /// sector counters only (they wrap on 32-bit kernels); ActorBlk's counters are 64-bit and
+    /// never go back on a live device, so any of them going back is taken as a new device. A
+    /// device gone since <paramref name="before"/> is not reported (sysstat skips a device whose
+    /// <c>exist</c> is false). sysstat leaves out unused devices unless devices are named (or
+    /// ALL), and with <c>-z</c> the idle ones.
+    /// </summary>
+    internal static List<IostatRow> Rows(Sampling before, Sampling after, IostatOptions options)
     {
+        ArgumentNullException.ThrowIfNull(before);
+        ArgumentNullException.ThrowIfNull(after);
+        ArgumentNullException.ThrowIfNull(options);
+        var rows = new List<IostatRow>();
+        foreach (var (device, sample) in after.Devices)
+        {
+            var from = before.Devices.TryGetValue(device, out var earlier) && !IostatReport.WentBack(earlier.Stat, sample.Stat)
+                ? earlier
+                : (Stat: default(DiskStatSample), At: before.Devices.ContainsKey(device) ? earlier.At : before.At);
+            var row = IostatReport.Compute(device, from.Stat, sample.Stat, Math.Max(1e-3, (sample.At - from.At).TotalMilliseconds));
+            if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
+            {
+                rows.Add(row);
+            }
+        }
+
+        return rows;
+    }
+
+    // One reading of every device's stat (the named ones, else all the node lists), each stamped
+    // with the midpoint of its round trip; the sampling is stamped with its start. A node with no
+    // device (its block/ listing is ENOENT) and a named device the node does not have (ENOENT)
+    // read as no device: the report is empty, or lacks that device, and the reports go on, as
+    // sysstat's do (a named device that does not exist is skipped until it does).
+    private static async Task<Sampling> SampleAsync(NodeClient client, List<string> devices, CancellationToken cancel)
+    {
+        var started = Stopwatch.GetElapsedTime(0);
         var names = devices;
         if (names.Count == 0)
         {
@@ -231,6 +250,10 @@ internal static class IostatCommand
                     // up): the guardian's device list, a few dozen bytes a device, names them.
                     var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).WaitAsync(cancel).ConfigureAwait(false);
                     names = [.. list.Devices.Select(d => d.Name)];
+                    break;
+                case Sysfs.Failed { Errno: "ENOENT" }:
+                    // Nothing under block/: the node has no device (yet, or any more).
+                    names = [];
                     break;
                 case Sysfs.Failed failed:
                     throw new IostatException($"the node did not list its devices: {failed.Errno} {failed.Message}");
@@ -250,9 +273,9 @@ internal static class IostatCommand
                 case Sysfs.Value value:
                     result[name] = (DiskStatSample.Parse(value.Text), at);
                     break;
-                case Sysfs.Failed failed when devices.Count == 0:
-                    // Unregistered between the listing and the read (hotplug): left out of this report.
-                    _ = failed;
+                case Sysfs.Failed failed when devices.Count == 0 || failed.Errno == "ENOENT":
+                    // Unregistered between the listing and the read (hotplug), or named and not
+                    // there (yet): left out of this report.
                     break;
                 case Sysfs.Failed failed:
                     throw new IostatException($"{name}: {failed.Message} ({failed.Errno})");
@@ -261,8 +284,13 @@ internal static class IostatCommand
             }
         }
 
-        return result;
+        return new Sampling(started, result);
     }
+
+    /// <summary>One sampling: when it started, and each device's reading with the time it was taken (the midpoint of its round trip).</summary>
+    /// <param name="At">When the sampling started, on <see cref="Stopwatch"/>'s clock.</param>
+    /// <param name="Devices">The devices read, by name.</param>
+    internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices);
 }
 
 /// <summary>The node could not be read as iostat needs.</summary>

@@ -70,6 +70,18 @@ internal static class IostatReport
     public static bool NeverUsed(DiskStatSample stat) => stat.ReadIos == 0 && stat.WriteIos == 0 && stat.DiscardIos == 0 && stat.FlushIos == 0;
 
     /// <summary>
+    /// True when a counter of <paramref name="current"/> is below its value in
+    /// <paramref name="previous"/> (in_flight aside, which goes down as requests complete): the
+    /// device was destroyed and created again under its name between the two readings.
+    /// </summary>
+    public static bool WentBack(DiskStatSample previous, DiskStatSample current) =>
+        current.ReadIos < previous.ReadIos || current.ReadMerges < previous.ReadMerges || current.ReadSectors < previous.ReadSectors || current.ReadTicks < previous.ReadTicks
+        || current.WriteIos < previous.WriteIos || current.WriteMerges < previous.WriteMerges || current.WriteSectors < previous.WriteSectors || current.WriteTicks < previous.WriteTicks
+        || current.DiscardIos < previous.DiscardIos || current.DiscardMerges < previous.DiscardMerges || current.DiscardSectors < previous.DiscardSectors || current.DiscardTicks < previous.DiscardTicks
+        || current.FlushIos < previous.FlushIos || current.FlushTicks < previous.FlushTicks
+        || current.IoTicks < previous.IoTicks || current.TimeInQueue < previous.TimeInQueue;
+
+    /// <summary>
     /// The row of <paramref name="device"/> between <paramref name="previous"/> and
     /// <paramref name="current"/>, taken <paramref name="intervalMs"/> milliseconds apart. A counter
     /// that went backwards (the device was re-created) counts from 0.

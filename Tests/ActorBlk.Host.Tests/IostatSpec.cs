@@ -87,6 +87,48 @@ public sealed class IostatSpec
         Assert.Equal(400, r.ReadKbPerSecond, 6);
     }
 
+    // An outside audit (finding 2): a device new since the previous sampling was left out, and its
+    // first sampling became its baseline, so the I/O it did before never showed. sysstat's
+    // add_list_device zeroes a new device's records: its first interval counts from 0.
+    [Fact]
+    public void A_device_new_since_the_previous_sampling_counts_from_a_zero_record()
+    {
+        var rows = IostatCommand.Rows(Sampling(0, ("nullb0", Before)), Sampling(2, ("dyn0", Before), ("nullb0", After)), IostatOptions.Parse([]));
+        Assert.Equal(["dyn0", "nullb0"], rows.Select(r => r.Device));
+        var dyn0 = rows[0];
+        Assert.Equal(50, dyn0.ReadsPerSecond, 6);          // 100 reads since it appeared, over the 2 s since the previous sampling
+        Assert.Equal(400, dyn0.KbRead, 6);                 // 800 sectors / 2
+        Assert.Equal(1600, dyn0.KbWritten, 6);             // 3200 / 2
+        Assert.Equal(0.5, dyn0.ReadAwait, 6);              // 50 ticks / 100 reads
+        Assert.Equal(500, rows[1].ReadsPerSecond, 6);      // nullb0 from its previous reading
+
+        // A device gone since the previous sampling is not reported.
+        Assert.Empty(IostatCommand.Rows(Sampling(0, ("nullb0", Before)), Sampling(1), IostatOptions.Parse([])));
+    }
+
+    // Destroyed and created again under its name between two samplings: a counter below its
+    // previous value means a new device, which counts from 0 as a whole (sysstat's "removed then
+    // inserted again" test, ioj = &iozero). Counter by counter (the old rule) this device showed
+    // 50 writes and a 3 ms w_await: its 150 writes less the old device's 100.
+    [Fact]
+    public void A_device_created_again_between_samplings_counts_from_a_zero_record()
+    {
+        var old = DiskStatSample.Parse("0 0 0 0 100 0 800 400 0 300 400 0 0 0 0 0 0");
+        var again = DiskStatSample.Parse("0 0 0 0 150 0 1200 150 0 120 150 0 0 0 0 0 0");
+        Assert.True(IostatReport.WentBack(old, again));
+        Assert.False(IostatReport.WentBack(Before, After));
+        Assert.False(IostatReport.WentBack(After, After with { InFlight = 0 }));   // in_flight goes down as requests complete
+
+        var row = Assert.Single(IostatCommand.Rows(Sampling(0, ("dyn0", old)), Sampling(1, ("dyn0", again)), IostatOptions.Parse([])));
+        Assert.Equal(150, row.WritesPerSecond, 6);
+        Assert.Equal(600, row.KbWritten, 6);
+        Assert.Equal(1, row.WriteAwait, 6);                // 150 ticks / 150 writes
+        Assert.Equal(12, row.Utilization, 6);              // 120 ms of 1000
+    }
+
+    private static IostatCommand.Sampling Sampling(double seconds, params (string Name, DiskStatSample Stat)[] devices) =>
+        new(TimeSpan.FromSeconds(seconds), devices.ToDictionary(d => d.Name, d => (d.Stat, TimeSpan.FromSeconds(seconds))));
+
     [Fact]
     public void Values_stand_under_their_headers()
     {
