@@ -153,6 +153,7 @@ internal sealed class BenchRun
     private int _jobsToStart;
     private volatile bool _stop;
     private long _runStarted = Stopwatch.GetTimestamp();
+    private long _rampStart = long.MaxValue;
     private volatile bool _offline;
 
     public BenchRun(BenchOptions options, IBlockDevice device, CpuSet onlineCpus, BenchClock? clock = null)
@@ -178,6 +179,13 @@ internal sealed class BenchRun
     /// jobs start late cannot leave the others a larger fair share inside the measured window.
     /// </summary>
     public Task Started => _started.Task;
+
+    /// <summary>
+    /// When the ramp began on the run's clock (the window's opening when there is no ramp): after
+    /// every run's jobs started and the JIT warm-up ended. Null before. The status line counts its
+    /// progress from here over <c>--ramp_time</c> + <c>--runtime</c>.
+    /// </summary>
+    public long? RampStart => Volatile.Read(ref _rampStart) is var at && at != long.MaxValue ? at : null;
 
     /// <summary>Completed I/Os so far (for the progress line; a racy sum is fine).</summary>
     public long CompletedSoFar => _jobs.Sum(j => j.Slots.Sum(s => s.Completed));
@@ -240,6 +248,7 @@ internal sealed class BenchRun
         if (!ramping && !warming)
         {
             _accounting.OpenWindow(_o.Runtime);
+            Volatile.Write(ref _rampStart, _accounting.WindowStart);
         }
 
         var work = Task.WhenAll(_jobs.Select(RunJobAsync));
@@ -252,6 +261,7 @@ internal sealed class BenchRun
                 warmup = await WaitForJitAsync(work, _o.JitWarmup, JitQuiet, cancellationToken).ConfigureAwait(false);
             }
 
+            Volatile.Write(ref _rampStart, _accounting.Now);
             if (ramping)
             {
                 await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);

@@ -365,7 +365,7 @@ internal static class BenchCommand
         {
             var reads = runs.Sum(r => r.ReadsSoFar);
             return (reads, runs.Sum(r => r.CompletedSoFar) - reads, runs.Average(r => r.IssuedShare));
-        });
+        }, () => runs.Select(r => r.RampStart).Where(at => at is not null).DefaultIfEmpty(null).Min());
         return new Timer(_ => Console.Error.Write($"\r{line.Next()}   "), null, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1));
     }
 

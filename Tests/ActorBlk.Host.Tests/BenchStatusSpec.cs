@@ -43,6 +43,34 @@ public sealed class BenchStatusSpec
         Assert.Equal("Jobs: 2 (f=1): [R(2)][60.0%][r=93.8MiB/s][r=24.0k IOPS][eta 00m:04s]", line.Next());
     }
 
+    // An outside audit (finding 5): with a 2,083 ms JIT warm-up and --runtime=4 the line counted
+    // from its creation, so it showed 25% before the window opened, 99.9% at 73% of it, and 100%
+    // with eta 0 a second early. Progress and eta follow --ramp_time + --runtime from the ramp's start.
+    [Fact]
+    public void A_time_based_line_counts_from_the_ramp_not_through_the_jit_warmup()
+    {
+        var clock = new ManualBenchClock();
+        long reads = 0;
+        long? rampStart = null;
+        var line = new BenchStatusLine(new BenchOptions { Pattern = IoPattern.RandRead, Runtime = TimeSpan.FromSeconds(4), RampTime = TimeSpan.FromSeconds(1) }, clock, () => (reads, 0, 0), () => rampStart);
+
+        // The jobs start and the JIT warms up: nothing of the window has passed.
+        clock.Advance(TimeSpan.FromMilliseconds(1000));
+        Assert.Equal("Jobs: 1 (f=1): [r(1)][0.0%][r=0KiB/s][r=0 IOPS][eta 00m:05s]", line.Next());
+        clock.Advance(TimeSpan.FromMilliseconds(1083));
+        reads = 1083;
+        Assert.Equal("Jobs: 1 (f=1): [r(1)][0.0%][r=4000KiB/s][r=1000 IOPS][eta 00m:05s]", line.Next());
+
+        // The ramp begins; the line follows its 1 s and the 4 s window.
+        rampStart = clock.Timestamp;
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal("Jobs: 1 (f=1): [r(1)][20.0%][r=0KiB/s][r=0 IOPS][eta 00m:04s]", line.Next());
+        clock.Advance(TimeSpan.FromSeconds(3));
+        Assert.Equal("Jobs: 1 (f=1): [r(1)][80.0%][r=0KiB/s][r=0 IOPS][eta 00m:01s]", line.Next());
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal("Jobs: 1 (f=1): [r(1)][100.0%][r=0KiB/s][r=0 IOPS][eta 00m:00s]", line.Next());
+    }
+
     [Fact]
     public void A_size_bound_line_takes_progress_and_eta_from_the_bytes_issued()
     {
