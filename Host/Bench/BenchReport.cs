@@ -61,6 +61,7 @@ internal static class BenchReport
             WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples);
             WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples);
             WriteOp(w, "trim", new OpStats(), r.Measured, []);
+            WriteSync(w);
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
             w.WriteNumber("sys_cpu", Math.Round(r.SysCpu, 6));
@@ -210,6 +211,11 @@ internal static class BenchReport
             sb.Append(Inv, $"     errors    : total={r.Read.Failed + r.Write.Failed}, first_error={firstError}/<{Marshal.GetPInvokeErrorMessage(firstError)}>\n");
         }
 
+        // fio 3.33 stat.c show_thread_status_normal: "latency   : target=%llu, window=%llu,
+        // percentile=%.2f%%, depth=%u" whenever latency_depth is set, which is always (the
+        // iodepth); no latency target: 0, 0, 100.00% as the JSON's latency_* keys.
+        sb.Append(Inv, $"     latency   : target=0, window=0, percentile=100.00%, depth={r.Options.IoDepth}\n");
+
         sb.Append(Inv, $"  engines      : {string.Join(",", r.Engines.Select(e => e ?? "-"))} (per hardware queue; - never dispatched)\n");
         sb.Append(Inv, $"  actorblk     : submitted={r.Submitted}, completed={r.Completed}, errors={r.Errors}, timeouts={r.Timeouts}\n");
         var sup = r.Supervision;
@@ -289,9 +295,12 @@ internal static class BenchReport
         w.WriteNumber("short_ios", 0);
         w.WriteNumber("drop_ios", s.Failed);
         // Like fio with disable_slat: no separate submission latency, so clat is the whole latency.
+        // Percentiles as fio's defaults put them (fio 3.33 options.c: clat_percentiles=1,
+        // lat_percentiles=0; stat.c add_ddir_status_json passes each flag to add_ddir_lat_json):
+        // under clat_ns only.
         WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
         WriteLatency(w, "clat_ns", s.Total, percentiles: true);
-        WriteLatency(w, "lat_ns", s.Total, percentiles: true);
+        WriteLatency(w, "lat_ns", s.Total, percentiles: false);
 
         // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group.
         var bw = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
@@ -438,6 +447,16 @@ internal static class BenchReport
         }
 
         w.WriteEndArray();
+    }
+
+    // fio 3.33 stat.c add_ddir_status_json(ts, rs, DDIR_SYNC, root): "sync" with total_ios and
+    // lat_ns (percentiles only with samples). The bench issues no fsync, so both are empty.
+    private static void WriteSync(Utf8JsonWriter w)
+    {
+        w.WriteStartObject("sync");
+        w.WriteNumber("total_ios", 0);
+        WriteLatency(w, "lat_ns", new LatencyRecorder(), percentiles: false);
+        w.WriteEndObject();
     }
 
     private static void WriteLatency(Utf8JsonWriter w, string name, LatencyRecorder l, bool percentiles)

@@ -13,6 +13,36 @@ namespace ActorBlk.Host.Tests;
 /// </summary>
 public sealed class BenchReportGroupsSpec
 {
+    // An outside audit (finding 6) against fio 3.33: the normal report lacked fio's latency line
+    // after issued rwts (stat.c show_thread_status_normal, whenever latency_depth is set); the
+    // JSON lacked fio's "sync" object (add_ddir_status_json(ts, rs, DDIR_SYNC, root): total_ios
+    // and lat_ns), and had lat_ns.percentile, which fio writes only with lat_percentiles=1 (its
+    // defaults: clat_percentiles=1, lat_percentiles=0, so the percentiles are under clat_ns).
+    [Fact]
+    public void The_report_has_fios_latency_line_sync_object_and_percentiles_under_clat_only()
+    {
+        var reads = new OpStats();
+        Record(reads.Total, 20_000, count: 100);
+        reads.Ios = reads.Total.Count;
+        var result = new BenchResult(new BenchOptions { IoDepth = 16 }, reads, new OpStats(), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1),
+            Submitted: 100, Completed: 100, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+
+        var human = BenchReport.Human(result);
+        Assert.Contains("     issued rwts: total=100,0,0,0 short=0,0,0,0 dropped=0,0,0,0\n     latency   : target=0, window=0, percentile=100.00%, depth=16\n", human);
+
+        var job = JsonDocument.Parse(BenchReport.Json(result)).RootElement.GetProperty("jobs")[0];
+        Assert.Equal(["read", "write", "trim", "sync", "job_runtime"], job.EnumerateObject().Select(p => p.Name).SkipWhile(n => n != "read").Take(5));
+        var sync = job.GetProperty("sync");
+        Assert.Equal(["total_ios", "lat_ns"], sync.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(0, sync.GetProperty("total_ios").GetInt64());
+        Assert.Equal(["min", "max", "mean", "stddev", "N"], sync.GetProperty("lat_ns").EnumerateObject().Select(p => p.Name));
+
+        var read = job.GetProperty("read");
+        Assert.True(read.GetProperty("clat_ns").GetProperty("percentile").GetProperty("50.000000").GetInt64() > 0);
+        Assert.False(read.GetProperty("lat_ns").TryGetProperty("percentile", out _));
+        Assert.Equal(100, read.GetProperty("lat_ns").GetProperty("N").GetInt64());
+    }
+
     [Fact]
     public void Each_latency_lands_in_fios_group_and_the_shares_are_of_every_io()
     {

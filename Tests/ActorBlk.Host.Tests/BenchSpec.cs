@@ -35,7 +35,8 @@ public sealed class BenchSpec
         Assert.Equal(read.GetProperty("total_ios").GetInt64() * 4096, read.GetProperty("io_bytes").GetInt64());
         Assert.True(read.GetProperty("iops").GetDouble() > 0);
         Assert.True(read.GetProperty("bw_bytes").GetInt64() > 0);
-        var lat = read.GetProperty("lat_ns");
+        var lat = read.GetProperty("clat_ns");   // fio's defaults: percentiles under clat_ns, not lat_ns
+        Assert.False(read.GetProperty("lat_ns").TryGetProperty("percentile", out _));
         foreach (var p in new[] { "50.000000", "99.000000", "99.900000" })
         {
             Assert.True(lat.GetProperty("percentile").GetProperty(p).GetInt64() > 0);
