@@ -39,6 +39,7 @@ internal sealed class BenchCommandLine
     private readonly Option<TimeSpan?> JitWarmup = CliOptions.Seconds("--jit_warmup", "at most this long, before the ramp of a time-based run, the jobs run unmeasured until the JIT used under 5% of a CPU over 0.5 s (the tiered code reached its optimised form); 0 = off [default: 5]");
     private readonly Option<Word<bool>> Direct = CliOptions.Bool("--direct", true, "O_DIRECT for file devices, buffered I/O with 0");
     private readonly Option<Word<bool>> RandRepeat = CliOptions.Bool("--randrepeat", true, "same random offsets every run");
+    private readonly Option<Word<bool>> LatPercentiles = CliOptions.Bool("--lat_percentiles", false, "percentiles of the whole latency too (fio's lat_percentiles): the JSON's lat_ns gets them and the report a 'lat percentiles' table beside clat's");
 
     private readonly Option<Word<TimestampSource>> ClockSource = CliOptions.Choice("--clocksource", "auto",
         [("auto", TimestampSource.Auto), ("tsc", TimestampSource.Tsc), ("cpu", TimestampSource.Tsc), ("monotonic", TimestampSource.Monotonic), ("clock_gettime", TimestampSource.Monotonic)],
@@ -46,7 +47,7 @@ internal sealed class BenchCommandLine
 
     // fio flags ActorBlk always behaves as if given.
     private readonly Option<Word<bool>>[] AlwaysOn =
-        [.. new[] { "--time_based", "--group_reporting", "--thread", "--norandommap", "--lat_percentiles" }.Select(f => CliOptions.Bool(f, true, "accepted, always on"))];
+        [.. new[] { "--time_based", "--group_reporting", "--thread", "--norandommap" }.Select(f => CliOptions.Bool(f, true, "accepted, always on"))];
 
     // Reporting (fio's names).
     private readonly Option<Word<bool>> Json = CliOptions.Choice("--output-format", "normal", [("normal", false), ("json", true)], "the report on stdout", "--output_format");
@@ -112,7 +113,7 @@ internal sealed class BenchCommandLine
     /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
     private IEnumerable<Option> All =>
     [
-        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, ClockSource, .. AlwaysOn,
+        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, PossibleCpus, HotplugInterval,
@@ -171,6 +172,7 @@ internal sealed class BenchCommandLine
             JitWarmup = parse.GetValue(JitWarmup) ?? TimeSpan.FromSeconds(5),
             Direct = parse.ValueOf(Direct),
             RandRepeat = parse.ValueOf(RandRepeat),
+            LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.ValueOf(ClockSource),
             Json = parse.ValueOf(Json),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },

@@ -72,6 +72,14 @@ internal sealed record BenchOptions
 
     public bool RandRepeat { get; init; } = true;
 
+    /// <summary>
+    /// Percentiles of the whole latency as well as of the completion latency (<c>--lat_percentiles</c>,
+    /// fio's <c>lat_percentiles</c>, off by default): the JSON's <c>lat_ns</c> carries them and the
+    /// report prints a <c>lat percentiles</c> table after the <c>clat</c> one. Without a separate
+    /// submission latency both hold the same values.
+    /// </summary>
+    public bool LatPercentiles { get; init; }
+
     /// <summary>The clock of the I/O timestamps (<c>--clocksource</c>, fio's <c>clocksource</c>).</summary>
     public TimestampSource ClockSource { get; init; } = TimestampSource.Auto;
 

@@ -58,9 +58,9 @@ internal static class BenchReport
             w.WriteStartObject("job options");
             WriteJobOptions(w, r.Options);
             w.WriteEndObject();
-            WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples);
-            WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples);
-            WriteOp(w, "trim", new OpStats(), r.Measured, []);
+            WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples, r.Options.LatPercentiles);
+            WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples, r.Options.LatPercentiles);
+            WriteOp(w, "trim", new OpStats(), r.Measured, [], r.Options.LatPercentiles);
             WriteSync(w);
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
@@ -174,8 +174,17 @@ internal static class BenchReport
             var seconds = r.Measured.TotalSeconds;
             var bw = stats.Bytes / seconds;
             sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
+            // fio's show_ddir_status: clat and lat lines (no slat line without slat samples, as
+            // fio's calc_lat finds none), then the percentiles of clat, fio's default (the JSON's
+            // clat_ns). Without a separate submission latency both lines hold the same figures.
+            Line(sb, "    clat", stats.Total);
             Line(sb, "     lat", stats.Total);
-            PercentileLines(sb, "lat", stats.Total);
+            PercentileLines(sb, "clat", stats.Total);
+            if (r.Options.LatPercentiles)
+            {
+                // fio's show_ddir_status prints the lat table after the clat one (stat.c).
+                PercentileLines(sb, "lat", stats.Total);
+            }
 
             // fio's per-interval lines (the JSON's bw_* and iops_*), from the 500 ms samples.
             if (samples.Count > 0)
@@ -279,7 +288,7 @@ internal static class BenchReport
         w.WriteString("device", o.Device);
     }
 
-    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples)
+    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples, bool latPercentiles)
     {
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
         w.WriteStartObject(name);
@@ -297,10 +306,10 @@ internal static class BenchReport
         // Like fio with disable_slat: no separate submission latency, so clat is the whole latency.
         // Percentiles as fio's defaults put them (fio 3.33 options.c: clat_percentiles=1,
         // lat_percentiles=0; stat.c add_ddir_status_json passes each flag to add_ddir_lat_json):
-        // under clat_ns only.
+        // under clat_ns, and under lat_ns too with --lat_percentiles.
         WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
         WriteLatency(w, "clat_ns", s.Total, percentiles: true);
-        WriteLatency(w, "lat_ns", s.Total, percentiles: false);
+        WriteLatency(w, "lat_ns", s.Total, percentiles: latPercentiles);
 
         // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group.
         var bw = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);

@@ -21,11 +21,12 @@ internal static class IostatCommand
         columns (r/s rkB/s rrqm/s %rrqm r_await rareq-sz, the same for w and d, f/s f_await, aqu-sz,
         %util); -k (the default) or -m for kB or MB; -t each report's time (S_TIME_FORMAT=ISO for ISO
         8601); -z leave out devices with no I/O over the interval; -o JSON sysstat's JSON document;
-        --dec=0|1|2 decimal places; -d and -y are accepted (there is only the device report, and every
-        report covers one interval: the node's time since boot is not known, so the first report is
-        that of the first INTERVAL seconds). Without INTERVAL one report over 1 second; without COUNT
-        reports until interrupted. DEVICE may be NAME, /dev/NAME or ALL. --node takes HOST:PORT as
-        iostat users would give it.
+        --dec=0|1|2 decimal places; -d is accepted (there is only the device report). The first report
+        covers the time since the node's block layer started (sysstat's since boot); -y leaves it out
+        when an INTERVAL is given. Without INTERVAL one report since the start; without COUNT reports
+        until interrupted. Without DEVICE every device that did I/O; DEVICE may be NAME, /dev/NAME or
+        ALL, and a named device the node does not have is left out until it exists. --node takes
+        HOST:PORT as iostat users would give it.
         """;
 
     /// <summary>Exit code when the node cannot be read.</summary>

@@ -41,6 +41,18 @@ public sealed class BenchReportGroupsSpec
         Assert.True(read.GetProperty("clat_ns").GetProperty("percentile").GetProperty("50.000000").GetInt64() > 0);
         Assert.False(read.GetProperty("lat_ns").TryGetProperty("percentile", out _));
         Assert.Equal(100, read.GetProperty("lat_ns").GetProperty("N").GetInt64());
+        Assert.DoesNotContain("    lat percentiles", human, StringComparison.Ordinal);
+
+        // --lat_percentiles (fio's lat_percentiles=1): lat_ns gets them too, and the report a lat
+        // table after the clat one, as fio's show_ddir_status prints them.
+        var both = result with { Options = new BenchOptions { IoDepth = 16, LatPercentiles = true } };
+        var bothRead = JsonDocument.Parse(BenchReport.Json(both)).RootElement.GetProperty("jobs")[0].GetProperty("read");
+        Assert.Equal(
+            bothRead.GetProperty("clat_ns").GetProperty("percentile").GetProperty("99.000000").GetInt64(),
+            bothRead.GetProperty("lat_ns").GetProperty("percentile").GetProperty("99.000000").GetInt64());
+        var bothHuman = BenchReport.Human(both);
+        Assert.True(bothHuman.IndexOf("    clat percentiles (", StringComparison.Ordinal) is var c and >= 0
+                    && bothHuman.IndexOf("    lat percentiles (", StringComparison.Ordinal) > c);
     }
 
     [Fact]
@@ -100,9 +112,9 @@ public sealed class BenchReportGroupsSpec
     /// printed nanoseconds always.
     /// </summary>
     [Theory]
-    [InlineData(300L, 900L, "     lat (nsec): min=300, max=900, avg=600.00, stdev=301.51\n", "    lat percentiles (nsec):\n")]
-    [InlineData(5_000L, 200_000L, "     lat (usec): min=5, max=200, avg=102.50, stdev=97.99\n", "    lat percentiles (usec):\n")]
-    [InlineData(3_000_000L, 150_000_000L, "     lat (msec): min=3, max=150, avg=76.50, stdev=73.87\n", "    lat percentiles (msec):\n")]
+    [InlineData(300L, 900L, "     lat (nsec): min=300, max=900, avg=600.00, stdev=301.51\n", "    clat percentiles (nsec):\n")]
+    [InlineData(5_000L, 200_000L, "     lat (usec): min=5, max=200, avg=102.50, stdev=97.99\n", "    clat percentiles (usec):\n")]
+    [InlineData(3_000_000L, 150_000_000L, "     lat (msec): min=3, max=150, avg=76.50, stdev=73.87\n", "    clat percentiles (msec):\n")]
     public void Latencies_are_printed_in_the_unit_fio_would_choose(long low, long high, string line, string header)
     {
         var reads = new OpStats();
@@ -114,6 +126,7 @@ public sealed class BenchReportGroupsSpec
 
         var human = BenchReport.Human(result);
         Assert.Contains(line, human);
+        Assert.Contains("    clat" + line[8..], human); // fio's clat line, the same figures (no slat)
         Assert.Contains(header, human);
 
         // Seventeen percentiles, four to a line at fio's width (the value column at least 5 wide).

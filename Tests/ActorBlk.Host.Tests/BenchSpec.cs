@@ -158,7 +158,7 @@ public sealed class BenchSpec
         Assert.Equal(0, await bench.WaitForExitAsync(Within));
         Assert.Contains("human: (groupid=0, jobs=1)", bench.Output);
         Assert.Contains("read: IOPS=", bench.Output);
-        Assert.Matches(@"lat percentiles \((nsec|usec|msec)\):", bench.Output);
+        Assert.Matches(@"\n    clat \((nsec|usec|msec)\): min=.*\n     lat \((nsec|usec|msec)\): min=.*\n    clat percentiles \((nsec|usec|msec)\):", bench.Output);
         Assert.Contains("Run status group 0 (all jobs):", bench.Output);
         Assert.Contains("submitted=1024, completed=1024", bench.Output);
     }
