@@ -211,14 +211,14 @@ public sealed class BenchSpec
         var devices = a.GetProperty("devices").EnumerateArray().ToArray();
         Assert.Equal(["bench0", "bench1", "bench2"], devices.Select(d => d.GetProperty("name").GetString()));
         Assert.All(devices, d => Assert.True(d.GetProperty("iops").GetDouble() > 0));
-        if (devices.All(d => d.GetProperty("went_idle").GetInt64() == 0))
-        {
-            Assert.All(devices, d => Assert.InRange(d.GetProperty("peak_inflight").GetInt32(), 1, 43));
-        }
-        else
-        {
-            Assert.All(devices, d => Assert.InRange(d.GetProperty("peak_inflight").GetInt32(), 1, 64));
-        }
+
+        // The peak counts from what a device held when its measured window opened: one that had
+        // the tags of a device idle during the ramp (an idle its went_idle, counted over the
+        // window only, does not show) may start the window above its share of three, as the
+        // kernel never takes tags back. So the report is bounded by the iodepth here (a clean-clone
+        // run under load saw it pass 43 with went_idle 0 everywhere); FairShareSpec checks the
+        // share itself, step by step.
+        Assert.All(devices, d => Assert.InRange(d.GetProperty("peak_inflight").GetInt32(), 1, 64));
     }
 
     [Theory]
