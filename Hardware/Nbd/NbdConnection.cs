@@ -95,6 +95,9 @@ public sealed class NbdConnection
     private volatile bool _broken;
     private volatile bool _transmitting;
     private volatile bool _stopRequested;
+
+    // A refusal was answered and the connection closes after it: gracefully, so the answer is read.
+    private bool _lingerOnClose;
     private bool _inPayload;
     private long _payloadStart;
     private long _payloadDeadline;
@@ -299,6 +302,10 @@ public sealed class NbdConnection
                 await LingerAsync().ConfigureAwait(false);
             }
         }
+        else if (_lingerOnClose && !_broken)
+        {
+            await LingerAsync().ConfigureAwait(false);
+        }
 
         await CloseAsync().ConfigureAwait(false);
     }
@@ -439,7 +446,11 @@ public sealed class NbdConnection
                 var tooBig = Encoding.UTF8.GetBytes($"option data of {length} bytes is over the limit of {MaxOptionLength}");
                 if (length > NbdProtocol.MaxTolerablePayload)
                 {
+                    // Closed gracefully (FIN after the answer, the input drained for at most
+                    // shutdown-grace), or a client that did send the data gets a reset that loses
+                    // the answer (a verifying helper, at 32 MiB + 1).
                     await ReplyAsync(option, NbdReply.ErrTooBig, tooBig, ct).ConfigureAwait(false);
+                    _lingerOnClose = true;
                     throw new NbdProtocolException($"option {option} with {length} bytes of data");
                 }
 

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -108,6 +109,38 @@ public sealed class NbdHostileInputSpec
 
         await client.SendOptionAsync(NbdOption.StructuredReply, []);
         Assert.Equal(NbdReply.Ack, (await client.ReadOptionReplyAsync()).Type);
+    }
+
+    [Fact]
+    public async Task Option_data_over_32_MiB_sent_in_full_is_refused_as_too_big_and_the_answer_arrives_before_the_close()
+    {
+        // Over 32 MiB the connection closes after the answer; closed with the data unread, the
+        // reset threw the answer away before the client read it (a verifying helper). The server
+        // now sends its FIN after the answer and drains the input for at most shutdown-grace.
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { ShutdownGrace = TimeSpan.FromSeconds(30) });
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        var length = (uint)NbdProtocol.MaxTolerablePayload + 1;
+        var header = new byte[16];
+        BinaryPrimitives.WriteUInt64BigEndian(header, NbdProtocol.OptionMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(8), 0x55);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(12), length);
+        await client.WriteAsync(header);
+        var sending = Task.Run(async () =>
+        {
+            var chunk = new byte[1 << 20];
+            for (long sent = 0; sent < length; sent += chunk.Length)
+            {
+                await client.WriteAsync(sent + chunk.Length <= length ? chunk : chunk[..(int)(length - sent)]);
+            }
+        });
+
+        // A client that sends all it declared before it reads (as the audit's did) is not reset
+        // in the middle of it: the server reads the data past while it lingers.
+        await sending.WaitAsync(Condition.Timeout);
+        var reply = await client.ReadOptionReplyAsync();
+        Assert.Equal(((NbdOption)0x55, NbdReply.ErrTooBig), (reply.Option, reply.Type));
+        Assert.True(await client.ClosedByServerAsync());
+        await AssertServesAsync(fx);
     }
 
     [Fact]
