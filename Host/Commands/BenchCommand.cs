@@ -51,6 +51,7 @@ internal static class BenchCommand
         var config = ConfigurationFactory.ParseString("""
             akka.loglevel = WARNING
             akka.stdout-loglevel = OFF
+            akka.stdout-logger-class = "ActorBlk.Host.Commands.SerilogFallbackLogger, actorblk"
             akka.loggers = ["Akka.Logger.Serilog.SerilogLogger, Akka.Logger.Serilog"]
             akka.log-dead-letters = off
             """);

@@ -83,6 +83,7 @@ internal sealed class NodeClient : IAsyncDisposable
         var config = ConfigurationFactory.ParseString($$"""
             akka.loglevel = ERROR
             akka.stdout-loglevel = OFF
+            akka.stdout-logger-class = "{{ClientFallbackLogger.TypeName}}"
             akka.loggers = ["{{ClientLogger.TypeName}}"]
             akka.log-dead-letters = off
             akka.actor.provider = remote

@@ -100,6 +100,7 @@ internal static class ServeCommand
         builder.Logging.ClearProviders();
         builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
             .AddHocon(config, HoconAddMode.Prepend)
+            .AddHocon($"akka.stdout-logger-class = \"{SerilogFallbackLogger.TypeName}\"", HoconAddMode.Prepend)
             .ConfigureLoggers(loggers =>
             {
                 loggers.ClearLoggers();
