@@ -137,6 +137,7 @@ internal static unsafe partial class LibC
     /// <summary>0, or -errno.</summary>
     public static int Check(int result) => result < 0 ? -LastErrno : result;
 
+    public const int MSG_PEEK = 0x2;
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_NOSIGNAL = 0x4000;
     public const short POLLIN = 0x1;

@@ -272,9 +272,16 @@ public sealed class NbdConnection
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            if (ex is NbdStallException or not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
+            if (ex is NbdStallException or NbdProtocolException or AuthenticationException)
             {
+                // The client's fault (a stall, a protocol breach, a failed TLS handshake):
+                // rate-limited, a client can send garbage in a loop.
                 _server.LogClose($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
+            }
+            else if (ex is not (IOException or SocketException or OperationCanceledException or ObjectDisposedException))
+            {
+                // Anything else is the server's: every one is logged, with its stack.
+                _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex}");
             }
 
             if (ex is NbdStallException)
@@ -444,6 +451,22 @@ public sealed class NbdConnection
                 // reset that threw the refusal away before the client read it (an outside audit).
                 // More is refused unread (the connection closes) rather than read for gigabytes.
                 var tooBig = Encoding.UTF8.GetBytes($"option data of {length} bytes is over the limit of {MaxOptionLength}");
+                if (option == NbdOption.ExportName)
+                {
+                    // NBD_OPT_EXPORT_NAME has no error reply: "the server MUST terminate the session".
+                    throw new NbdProtocolException($"NBD_OPT_EXPORT_NAME with {length} bytes of data");
+                }
+
+                if (Options.Tls == NbdTlsMode.Require && _tls is null && option is not NbdOption.StartTls)
+                {
+                    // Before the required STARTTLS the answer is NBD_REP_ERR_TLS_REQD, and an
+                    // unauthenticated client is not read 32 MiB at a time: the connection closes
+                    // after the answer, gracefully.
+                    await ReplyAsync(option, NbdReply.ErrTlsRequired, Encoding.UTF8.GetBytes("this server requires TLS (NBD_OPT_STARTTLS)"), ct).ConfigureAwait(false);
+                    _lingerOnClose = true;
+                    throw new NbdProtocolException($"option {option} with {length} bytes of data before the required STARTTLS");
+                }
+
                 if (length > NbdProtocol.MaxTolerablePayload)
                 {
                     // Closed gracefully (FIN after the answer, the input drained for at most
@@ -1051,15 +1074,14 @@ public sealed class NbdConnection
 
     /// <summary>
     /// Waits for the budget to give a request's buffer, watching the client meanwhile: the
-    /// connection reads nothing while it waits, so a client that hangs up (FIN or reset) would
-    /// otherwise go unnoticed until memory came back, which under clients that pipeline large
-    /// reads and read no reply is up to <c>stall-timeout</c> plus their transfer at
-    /// <c>min-transfer-rate</c> (minutes). Each such connection stayed in CLOSE-WAIT holding one of
+    /// connection reads nothing while it waits, so a client that hangs up would otherwise go
+    /// unnoticed until memory came back, which under clients that pipeline large reads and read
+    /// no reply is up to <c>stall-timeout</c> plus their transfer at <c>min-transfer-rate</c>
+    /// (minutes). Each such connection stayed in CLOSE-WAIT holding one of
     /// <c>max-connections</c>, so clients that gave up on a write and closed filled the server and
-    /// locked everyone out (an outside audit). A hang-up is the client's hard disconnect (NBD:
-    /// "the client ... drops the TCP session"; a client that sends <c>NBD_CMD_DISC</c> "SHOULD
-    /// wait until there are no inflight requests first", so none waits behind it): the request
-    /// and whatever follows it in the input are dropped without a reply, as after a reset.
+    /// locked everyone out (an outside audit). A hang-up (see <see cref="HangUp"/>) lets the
+    /// connection go at once, the request and whatever follows it in the input dropped
+    /// unexecuted, as after a reset.
     /// </summary>
     private async ValueTask AllocateAfterAsync(IBlockDevice device, NbdRequestSlot slot, int size, CancellationToken ct)
     {
@@ -1067,18 +1089,42 @@ public sealed class NbdConnection
         using (var waiting = CancellationTokenSource.CreateLinkedTokenSource(ct))
         {
             var take = budget.TakeAsync(size, waiting.Token).AsTask();
+            if (!OperatingSystem.IsLinux())
+            {
+                await take.ConfigureAwait(false);
+            }
+
+            string? how = null;
             while (!take.IsCompleted)
             {
-                await Task.WhenAny(take, Task.Delay(HangUpCheckInterval, ct)).ConfigureAwait(false);
-                if (take.IsCompleted || HangUp() is not { } how)
+                try
                 {
-                    continue;
+                    await take.WaitAsync(HangUpCheckInterval, ct).ConfigureAwait(false);
+                    break;
+                }
+                catch (TimeoutException)
+                {
+                }
+                catch (OperationCanceledException)
+                {
+                    // The connection is ending (stop, abort): the take's own cancellation is
+                    // linked, so it settles below, granted or not.
+                    break;
                 }
 
+                Interlocked.Increment(ref _server.HangUpChecks);
+                if (!take.IsCompleted && (how = HangUp(slot)) is not null)
+                {
+                    break;
+                }
+            }
+
+            if (how is not null || ct.IsCancellationRequested)
+            {
                 waiting.Cancel();
                 try
                 {
-                    // Granted just before the cancel: the bytes go back.
+                    // Granted just before the cancel: the bytes go back, as nothing will use them.
                     await take.ConfigureAwait(false);
                     budget.Return(size);
                 }
@@ -1086,6 +1132,12 @@ public sealed class NbdConnection
                 {
                 }
 
+                if (how is null)
+                {
+                    ct.ThrowIfCancellationRequested();
+                }
+
+                Interlocked.Increment(ref _server.HangUpCloses);
                 throw new IOException($"the client {how} while a request of {size} bytes waited for buffer memory (max-buffer-memory)");
             }
 
@@ -1095,24 +1147,40 @@ public sealed class NbdConnection
         AllocateBuffer(device, slot, size);
     }
 
-    /// <summary>How the client hung up ("closed its end", "reset the connection"), or null while it is connected (Linux: POLLRDHUP; elsewhere never).</summary>
-    private string? HangUp()
+    /// <summary>
+    /// How the client hung up, or null while it may still want replies (Linux: <c>POLLRDHUP</c>;
+    /// elsewhere never). A reset always counts. A closed sending side (FIN) counts unless the
+    /// input before it holds an <c>NBD_CMD_DISC</c>: libnbd sends the disconnect and then shuts
+    /// its writes down while it reads the replies, and after <c>NBD_CMD_DISC</c> the server "MUST
+    /// handle all outstanding requests" (a review). Without one the FIN is the protocol's hard
+    /// disconnect (the client "drops the TCP session"). Over TLS the input cannot be read ahead,
+    /// and libnbd's TLS shutdown sends <c>close_notify</c> without a FIN, so a FIN there counts.
+    /// </summary>
+    private string? HangUp(NbdRequestSlot waiting)
     {
-        if (!OperatingSystem.IsLinux())
-        {
-            return null;
-        }
-
         var handle = _socket.SafeHandle;
         var added = false;
         try
         {
             handle.DangerousAddRef(ref added);
-            var events = LibC.PollNow((int)handle.DangerousGetHandle(), LibC.POLLRDHUP);
-            return events < 0 ? null
-                : (events & (LibC.POLLERR | LibC.POLLHUP)) != 0 ? "reset the connection"
-                : (events & LibC.POLLRDHUP) != 0 ? "closed its end"
-                : null;
+            var fd = (int)handle.DangerousGetHandle();
+            var events = LibC.PollNow(fd, LibC.POLLRDHUP);
+            if (events < 0)
+            {
+                return null;
+            }
+
+            if ((events & (LibC.POLLERR | LibC.POLLHUP)) != 0)
+            {
+                return "reset the connection";
+            }
+
+            if ((events & LibC.POLLRDHUP) == 0)
+            {
+                return null;
+            }
+
+            return _tls is null && DisconnectQueued(fd, waiting) ? null : "closed its end";
         }
         catch (ObjectDisposedException)
         {
@@ -1125,6 +1193,30 @@ public sealed class NbdConnection
                 handle.DangerousRelease();
             }
         }
+    }
+
+    /// <summary>
+    /// Whether what the client sent before it closed its end (the input buffer's unread bytes
+    /// and the socket's queue, peeked) holds an <c>NBD_CMD_DISC</c> after the waiting request's
+    /// own payload. Plain TCP only (the blocking reader's buffer).
+    /// </summary>
+    private unsafe bool DisconnectQueued(int fd, NbdRequestSlot waiting)
+    {
+        var buffered = _inEnd - _inStart;
+        var queued = Math.Max(0, _socket.Available);
+        var input = new byte[buffered + queued];
+        _in.AsSpan(_inStart, buffered).CopyTo(input);
+        var peeked = 0L;
+        if (queued > 0)
+        {
+            fixed (byte* p = &input[buffered])
+            {
+                peeked = Math.Max(0, LibC.Recv(fd, p, queued, LibC.MSG_PEEK | LibC.MSG_DONTWAIT));
+            }
+        }
+
+        var payload = waiting.Command == NbdCommand.Write ? waiting.Length : 0;
+        return NbdProtocol.HoldsDisconnect(input.AsSpan(0, buffered + (int)peeked), payload);
     }
 
     private void AllocateBuffer(IBlockDevice device, NbdRequestSlot slot, int size)

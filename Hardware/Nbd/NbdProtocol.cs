@@ -31,6 +31,34 @@ public static class NbdProtocol
     /// <summary>Bytes of a transmission request header.</summary>
     public const int RequestHeaderLength = 28;
 
+    /// <summary>
+    /// Whether <paramref name="input"/>, a client's unread requests (compact headers, each write
+    /// followed by its payload) after <paramref name="skip"/> bytes of a payload still to read,
+    /// holds an <c>NBD_CMD_DISC</c>. False at a bad magic (framing lost) or when the input ends.
+    /// </summary>
+    public static bool HoldsDisconnect(ReadOnlySpan<byte> input, long skip)
+    {
+        var at = skip;
+        while (at + RequestHeaderLength <= input.Length)
+        {
+            var header = input.Slice((int)at, RequestHeaderLength);
+            if (System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(header) != RequestMagic)
+            {
+                return false;
+            }
+
+            var command = (NbdCommand)System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+            if (command == NbdCommand.Disconnect)
+            {
+                return true;
+            }
+
+            at += RequestHeaderLength + (command == NbdCommand.Write ? System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(header[24..]) : 0);
+        }
+
+        return false;
+    }
+
     /// <summary>Bytes of a simple reply header.</summary>
     public const int SimpleReplyHeaderLength = 16;
 

@@ -147,6 +147,15 @@ public sealed class NbdServer : IAsyncDisposable
         Log(left == 0 ? line : $"{line} ({left} more connection(s) closed for a fault of the client were not logged)");
     }
 
+    /// <summary>Checks of a waiting connection's client for a hang-up (every 250 ms of a wait for buffer memory), for specs.</summary>
+    internal long HangUpChecks;
+
+    /// <summary>Connections let go because their client hung up while a request waited for buffer memory.</summary>
+    internal long HangUpCloses;
+
+    /// <summary>Connections let go because their client hung up while a request waited for buffer memory, since the server started.</summary>
+    public long HungUpWhileWaiting => Interlocked.Read(ref HangUpCloses);
+
     /// <summary>Lines <see cref="LogClose"/> left out since the server started.</summary>
     public long UnloggedCloses => Interlocked.Read(ref _unloggedCloses);
 

@@ -156,16 +156,87 @@ public sealed class NbdBufferBudgetSpec
     public async Task A_client_that_hangs_up_while_its_request_waits_for_memory_is_let_go_at_once(NbdCommand command, bool reset)
     {
         // An outside audit: clients that pipelined 32 MiB reads and read no reply held the whole
-        // budget; clients behind them that sent a 1 MiB write, gave up and closed stayed in
-        // CLOSE-WAIT, each holding one of max-connections until the budget came back (up to the
-        // stall timeout plus the transfer at min-transfer-rate, minutes), and a client opening
-        // such connections one after another filled all 1,024 and locked everyone out. The
-        // waiting connection now watches its client: a hang-up (FIN or reset) lets it go at once,
-        // its request dropped unexecuted, long before the holder's stall timeout.
-        var options = new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 };
-        await using var fx = NbdExportFixture.Start(options);
-        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
+        // budget; clients behind them that sent a write, gave up and closed stayed in CLOSE-WAIT,
+        // each holding one of max-connections until the budget came back (up to the stall
+        // timeout plus the transfer at min-transfer-rate, minutes), and a client opening such
+        // connections one after another filled all 1,024 and locked everyone out. The waiting
+        // connection now watches its client: a hang-up (a FIN with no NBD_CMD_DISC before it, or
+        // a reset) lets it go at once, its request dropped unexecuted, long before the holder's
+        // stall timeout.
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 });
+        var holder = await HoldTheBudgetAsync(fx);
         await using var _ = holder;
+
+        // A whole 64 KiB write (its payload in the server's socket queue, the FIN behind it), or a read.
+        var (quitter, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var __ = quitter;
+        await quitter.SendRequestAsync(command, 1, 40 * MiB, 64 << 10, payload: command == NbdCommand.Write ? new byte[64 << 10] : null);
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the second client's request waits for memory behind the holder");
+        if (reset)
+        {
+            quitter.Vanish();
+        }
+        else
+        {
+            await quitter.DisposeAsync();
+        }
+
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1 && fx.Server.Budget.Waiting == 1, "the connection of the client that hung up is gone, the holder's still there");
+        Assert.Equal(1, fx.Server.HungUpWhileWaiting);
+
+        // Once the memory comes back nothing of the client that hung up runs: its write was dropped.
+        holder.Vanish();
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 0 && fx.Server.InFlight == 0 && fx.Server.BufferBytesInUse == 0, "the holder is gone and its memory given back");
+        Assert.Equal(0ul, fx.Mem.Queue.Stats.Read().WriteIos);
+    }
+
+    [Fact]
+    public async Task A_client_that_sends_a_disconnect_and_shuts_its_writes_down_while_a_request_waits_for_memory_gets_its_reply()
+    {
+        // libnbd sends NBD_CMD_DISC and then shuts its writes down while it reads the replies;
+        // after NBD_CMD_DISC the server "MUST handle all outstanding requests" (a review of the
+        // hang-up check above, which took that FIN for a hard disconnect): the FIN after a
+        // disconnect is not a hang-up, and the write waiting for memory runs once it comes.
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 });
+        var holder = await HoldTheBudgetAsync(fx);
+        await using var _ = holder;
+
+        var (polite, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
+        await using var __ = polite;
+        var data = Enumerable.Range(0, 64 << 10).Select(i => (byte)(i * 13)).ToArray();
+        await polite.SendRequestAsync(NbdCommand.Write, 1, 40 * MiB, (uint)data.Length, payload: data);
+        await polite.SendRequestAsync(NbdCommand.Disconnect, 2, 0, 0);
+        polite.ShutdownSend();
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the write waits for memory behind the holder");
+        var checks = Interlocked.Read(ref fx.Server.HangUpChecks);
+        await Condition.EventuallyAsync(() => Interlocked.Read(ref fx.Server.HangUpChecks) >= checks + 4, "the waiting connections were checked for a hang-up, twice each");
+        Assert.Equal((2, 0L), (fx.Server.ConnectionCount, fx.Server.HungUpWhileWaiting));
+
+        holder.Vanish();
+        var (error, cookie, _) = await polite.ReadSimpleReplyAsync();
+        Assert.Equal((NbdError.None, 1UL), (error, cookie));
+        Assert.True(await polite.ClosedByServerAsync());
+        var back = new byte[data.Length];
+        await fx.Mem.ReadAsync(40 * MiB, back);
+        Assert.Equal(data, back);
+    }
+
+    [Theory]
+    [InlineData(new byte[0], 0L, false)]
+    [InlineData(new byte[] { 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, 0L, true)]
+    [InlineData(new byte[] { 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, 1L, false)]
+    [InlineData(new byte[] { 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0xee, 0xee, 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, 0L, true)]
+    [InlineData(new byte[] { 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40, 0xee, 0xee, 0x25, 0x60, 0x95, 0x13, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, 0L, false)]
+    public void A_disconnect_is_found_in_the_input_by_walking_headers_and_write_payloads(byte[] input, long skip, bool found) =>
+        // A DISC alone; the same shifted by one byte of payload still to skip (framing lost); a
+        // 2-byte write then a DISC; a 40-byte write whose payload swallows the DISC's bytes.
+        Assert.Equal(found, NbdProtocol.HoldsDisconnect(input, skip));
+
+    // Client A pipelines 64 reads of 1 MiB and reads no reply: it holds the whole 4 MiB budget and
+    // its own reader waits for more.
+    private static async Task<RawNbdClient> HoldTheBudgetAsync(NbdExportFixture fx)
+    {
+        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
         var burst = new byte[64 * 28];
         for (var i = 0; i < 64; i++)
         {
@@ -179,25 +250,7 @@ public sealed class NbdBufferBudgetSpec
 
         await holder.WriteAsync(burst);
         await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 1, "the holder's reader waits for memory");
-
-        var (quitter, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
-        await using var __ = quitter;
-        await quitter.SendRequestAsync(command, 1, 40 * MiB, (uint)MiB, payload: command == NbdCommand.Write ? new byte[4000] : null);
-        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the second client's request waits for memory behind the holder");
-        if (reset)
-        {
-            quitter.Vanish();
-        }
-        else
-        {
-            await quitter.DisposeAsync();
-        }
-
-        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1 && fx.Server.Budget.Waiting == 1, "the connection of the client that hung up is gone, the holder's still there");
-        Assert.Equal(0ul, fx.Mem.Queue.Stats.Read().WriteIos);
-
-        // The holder, which is still connected, keeps its place.
-        Assert.True(fx.Server.BufferBytesInUse >= 4 * MiB);
+        return holder;
     }
 
     [Fact]

@@ -109,6 +109,21 @@ public sealed class NbdHostileInputSpec
 
         await client.SendOptionAsync(NbdOption.StructuredReply, []);
         Assert.Equal(NbdReply.Ack, (await client.ReadOptionReplyAsync()).Type);
+
+        // NBD_OPT_EXPORT_NAME has no error reply ("the server MUST terminate the session"): one
+        // with data over the limit is not answered (an option reply would be read as the export's
+        // size and flags), the connection just closes (a review).
+        await using var named = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        try
+        {
+            await named.SendOptionAsync(NbdOption.ExportName, new byte[100_000]);
+        }
+        catch (IOException)
+        {
+            // The server closed with the rest unread: a reset, which may reach the send first.
+        }
+
+        Assert.Empty(await named.ReadUntilClosedAsync());
     }
 
     [Fact]

@@ -363,21 +363,24 @@ public sealed class NbdProtocolRulesSpec
         Assert.True(await negotiating.ClosedByServerAsync()); // the stop has begun
         await client.SendRequestAsync(NbdCommand.Read, 2, 0, 4096);
         driver.CompleteInline = true;
-        Assert.Equal(1, driver.CompleteAll());
-        var reply = await client.ReadSimpleReplyAsync(_ => 4096);
-        Assert.Equal((NbdError.None, 1UL), (reply.Error, reply.Cookie));
-
-        // Never closes: the stop still ends, and leaves nothing behind.
-        await stopping.WaitAsync(Condition.Timeout);
-        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connections are gone");
-        Assert.Equal(0, server.BufferBytesInUse);
 
         // Read 2 went as the stop began: a connection that had taken it before the stop reached it
-        // answers it (a clean-clone run got its reply here), else it is dropped with the rest of
-        // the input. Either way nothing else comes, and the server closes.
-        var rest = await client.ReadUntilClosedAsync();
-        Assert.True(rest.Length == 0 || (rest.Length == 16 + 4096 && BinaryPrimitives.ReadUInt64BigEndian(rest.AsSpan(8)) == 2 && BinaryPrimitives.ReadUInt32BigEndian(rest.AsSpan(4)) == 0),
-            $"after the last reply the server sent {rest.Length} byte(s)");
+        // answers it (held in the driver with read 1, or completed inline, its reply then going
+        // before read 1's: a run of the suite saw two in the driver), else it is dropped with the
+        // rest of the input. Either way read 1 is answered, nothing else comes, and the server closes.
+        Assert.InRange(driver.CompleteAll(), 1, 2);
+        var replies = await client.ReadUntilClosedAsync(); // the FIN follows the last reply
+        await stopping.WaitAsync(Condition.Timeout);
+        Assert.True(replies.Length is 16 + 4096 or 2 * (16 + 4096), $"the server sent {replies.Length} byte(s)");
+        var cookies = Enumerable.Range(0, replies.Length / (16 + 4096)).Select(i => i * (16 + 4096))
+            .Select(at => (Error: BinaryPrimitives.ReadUInt32BigEndian(replies.AsSpan(at + 4)), Cookie: BinaryPrimitives.ReadUInt64BigEndian(replies.AsSpan(at + 8)))).ToArray();
+        Assert.All(cookies, c => Assert.Equal(0u, c.Error));
+        Assert.Contains(cookies, c => c.Cookie == 1);
+        Assert.Equal(cookies.Length, cookies.Select(c => c.Cookie).Distinct().Count());
+
+        // Never closes: the stop still ends, and leaves nothing behind.
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connections are gone");
+        Assert.Equal(0, server.BufferBytesInUse);
     }
 
     /// <summary>A device whose requests stay in the driver until the test completes them.</summary>

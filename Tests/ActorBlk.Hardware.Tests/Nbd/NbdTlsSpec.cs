@@ -34,6 +34,16 @@ public sealed class NbdTlsSpec
             Assert.True(await plain.ClosedByServerAsync());
         }
 
+        // Option data over 64 KiB before the required STARTTLS: NBD_REP_ERR_TLS_REQD (not
+        // ERR_TOO_BIG, a review), and the unauthenticated client is not read past: the connection
+        // closes after the answer.
+        await using (var big = await RawNbdClient.NegotiateAsync(fx.Endpoint))
+        {
+            await big.SendOptionAsync(NbdOption.List, new byte[100_000]);
+            Assert.Equal(NbdReply.ErrTlsRequired, (await big.ReadOptionReplyAsync()).Type);
+            Assert.True(await big.ClosedByServerAsync());
+        }
+
         await using var devices = new RingDevices(2);
         // tls_verify = off: the certificate is self-signed, so nothing could vouch for it.
         var device = devices.Create(new DeviceOptions { Name = "tls0", Driver = "nbd", Uri = $"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0", Connections = 2, TlsVerify = false }, CpuTopology.Simulated(2));

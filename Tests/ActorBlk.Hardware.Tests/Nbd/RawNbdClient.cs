@@ -299,6 +299,9 @@ public sealed class RawNbdClient : IAsyncDisposable
         return all.ToArray();
     }
 
+    /// <summary>Shuts the sending side down (FIN), as libnbd does after NBD_CMD_DISC; replies can still be read.</summary>
+    public void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
+
     /// <summary>Drops the connection at once (RST), as a crashed client would.</summary>
     public void Vanish()
     {
