@@ -48,10 +48,10 @@ internal static class BenchCommand
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
         // when supervision has something to say).
         Serilog.Log.Logger = Logging.CreateConsoleLogger(Serilog.Events.LogEventLevel.Warning, toStandardError: true);
-        var config = ConfigurationFactory.ParseString("""
+        var config = ConfigurationFactory.ParseString($$"""
             akka.loglevel = WARNING
             akka.stdout-loglevel = OFF
-            akka.stdout-logger-class = "ActorBlk.Host.Commands.SerilogFallbackLogger, actorblk"
+            akka.stdout-logger-class = "{{SerilogFallbackLogger.TypeName}}"
             akka.loggers = ["Akka.Logger.Serilog.SerilogLogger, Akka.Logger.Serilog"]
             akka.log-dead-letters = off
             """);

@@ -196,7 +196,8 @@ internal static class IostatCommand
 
     /// <summary>
     /// The rows between two samplings, as sysstat's <c>write_stats</c> computes them. A device
-    /// not in <paramref name="before"/> (created since, or named and absent until now) counts from
+    /// not in <paramref name="before"/> (created since, named and absent until now, or not read
+    /// in it: on a node, unregistered meanwhile; sysstat would keep its last record) counts from
     /// a zero record at the time of <paramref name="before"/>: sysstat's <c>add_list_device</c>
     /// zeroes both records of a device it sees for the first time (<c>memset(d->dev_stats[i], 0,
     /// ...)</c>), so its first interval covers everything it did since it appeared. A device whose
