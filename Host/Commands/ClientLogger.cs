@@ -23,6 +23,15 @@ internal sealed class ClientLogger : ActorBase, IRequiresMessageQueue<ILoggerMes
     /// </summary>
     public static bool Shows(LogEvent e) => e is not Error { Cause: { } cause } || cause.GetType().FullName != "Akka.Remote.EndpointDisassociatedException";
 
+    /// <summary>Writes <paramref name="e"/> to stderr when it <see cref="Shows"/>.</summary>
+    public static void WriteToStandardError(LogEvent e)
+    {
+        if (Shows(e))
+        {
+            Console.Error.WriteLine(e.ToString());
+        }
+    }
+
     /// <inheritdoc />
     protected override bool Receive(object message)
     {
@@ -32,11 +41,7 @@ internal sealed class ClientLogger : ActorBase, IRequiresMessageQueue<ILoggerMes
                 Sender.Tell(new LoggerInitialized());
                 return true;
             case LogEvent e:
-                if (Shows(e))
-                {
-                    Console.Error.WriteLine(e.ToString());
-                }
-
+                WriteToStandardError(e);
                 return true;
             default:
                 return false;

@@ -57,9 +57,9 @@ internal sealed class ClientFallbackLogger : MinimalLogger
     /// <inheritdoc />
     protected override void Log(object message)
     {
-        if (message is LogEvent e && ClientLogger.Shows(e))
+        if (message is LogEvent e)
         {
-            Console.Error.WriteLine(e.ToString());
+            ClientLogger.WriteToStandardError(e);
         }
     }
 }

@@ -218,9 +218,10 @@ internal static class IostatCommand
         var rows = new List<IostatRow>();
         foreach (var (device, sample) in after.Devices)
         {
-            var from = before.Devices.TryGetValue(device, out var earlier) && !IostatReport.WentBack(earlier.Stat, sample.Stat)
+            var known = before.Devices.TryGetValue(device, out var earlier);
+            var from = known && !IostatReport.WentBack(earlier.Stat, sample.Stat)
                 ? earlier
-                : (Stat: default(DiskStatSample), At: before.Devices.ContainsKey(device) ? earlier.At : before.At);
+                : (Stat: default(DiskStatSample), At: known ? earlier.At : before.At);
             var row = IostatReport.Compute(device, from.Stat, sample.Stat, Math.Max(1e-3, (sample.At - from.At).TotalMilliseconds));
             if ((options.Unfiltered || !IostatReport.NeverUsed(sample.Stat)) && (!options.OmitIdle || !row.Idle))
             {

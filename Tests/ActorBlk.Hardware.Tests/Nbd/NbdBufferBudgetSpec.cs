@@ -109,18 +109,7 @@ public sealed class NbdBufferBudgetSpec
 
         var a = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
         await using var _ = a;
-        var burst = new byte[64 * 28];
-        for (var i = 0; i < 64; i++)
-        {
-            var h = burst.AsSpan(i * 28, 28);
-            BinaryPrimitives.WriteUInt32BigEndian(h, NbdProtocol.RequestMagic);
-            BinaryPrimitives.WriteUInt16BigEndian(h[6..], (ushort)NbdCommand.Read);
-            BinaryPrimitives.WriteUInt64BigEndian(h[8..], (ulong)i);
-            BinaryPrimitives.WriteUInt64BigEndian(h[16..], (ulong)(i % 32) * (ulong)MiB);
-            BinaryPrimitives.WriteUInt32BigEndian(h[24..], (uint)MiB);
-        }
-
-        await a.WriteAsync(burst);
+        await a.WriteAsync(ReadBurst());
         await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting >= 1, "client A's reader waits for memory");
         var bound = options.MaxBufferMemory + fx.Server.Budget.KeepCapacity;
         Assert.InRange(fx.Server.BufferBytesInUse, 0, bound);
@@ -238,11 +227,9 @@ public sealed class NbdBufferBudgetSpec
         // 2-byte write then a DISC; a 40-byte write whose payload swallows the DISC's bytes.
         Assert.Equal(found, NbdProtocol.HoldsDisconnect(input, skip));
 
-    // Client A pipelines 64 reads of 1 MiB and reads no reply: it holds the whole 4 MiB budget and
-    // its own reader waits for more.
-    private static async Task<RawNbdClient> HoldTheBudgetAsync(NbdExportFixture fx)
+    // The headers of 64 reads of 1 MiB over the first 32 MiB, cookies 0 to 63.
+    private static byte[] ReadBurst()
     {
-        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
         var burst = new byte[64 * 28];
         for (var i = 0; i < 64; i++)
         {
@@ -254,7 +241,15 @@ public sealed class NbdBufferBudgetSpec
             BinaryPrimitives.WriteUInt32BigEndian(h[24..], (uint)MiB);
         }
 
-        await holder.WriteAsync(burst);
+        return burst;
+    }
+
+    // Client A pipelines 64 reads of 1 MiB and reads no reply: it holds the whole 4 MiB budget and
+    // its own reader waits for more.
+    private static async Task<RawNbdClient> HoldTheBudgetAsync(NbdExportFixture fx)
+    {
+        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
+        await holder.WriteAsync(ReadBurst());
         await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 1, "the holder's reader waits for memory");
         return holder;
     }
