@@ -237,10 +237,11 @@ public sealed class NbdProtocolRulesSpec
     public async Task At_shutdown_the_requests_in_flight_are_answered_before_the_connection_closes()
     {
         // "On a server shutdown, the server SHOULD wait for inflight requests to be serviced prior
-        // to initiating a hard disconnect." Reads held 300 ms by the null device's timer mode are
+        // to initiating a hard disconnect." Reads held 3 s by the null device's timer mode are
         // in flight when the server is disposed; every one gets its whole reply, then the close.
+        // (Held 300 ms, the first had completed before the eighth arrived in a loaded CI run.)
         await using var devices = new RingDevices(2);
-        var slow = devices.Create(new DeviceOptions { Name = "slow0", Size = 16 << 20, MemoryBacked = true, IrqMode = IrqMode.Timer, CompletionNsec = 300_000_000 }, CpuTopology.Simulated(2));
+        var slow = devices.Create(new DeviceOptions { Name = "slow0", Size = 16 << 20, MemoryBacked = true, IrqMode = IrqMode.Timer, CompletionNsec = 3_000_000_000 }, CpuTopology.Simulated(2));
         var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
         var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "slow0", structured: true);
         await using var _ = client;
