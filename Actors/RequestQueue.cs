@@ -297,6 +297,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 Timers.Cancel(ReopenTimer);
                 _unregisterReplyTo = Sender;
                 _log.Info("Unregistering {Device}", _queue.Name);
+
+                // A reset or reopen in progress (a reconnect waiting for its connect timeout)
+                // gives up now rather than hold the removal for as long.
+                _queue.Driver.CancelRecovery();
                 if (_health == DeviceHealth.Reopening)
                 {
                     // The requests wait for a device no attempt will reopen now: they fail Offline
@@ -348,6 +352,19 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case Terminated t when DriverIndex(t.ActorRef) >= 0:
                 MarkDriverDead(DriverIndex(t.ActorRef));
+                if (!_stoppingDrivers)
+                {
+                    // The device was found gone while it drained (a reset the removal cancelled,
+                    // a connection lost): nothing will dispatch or complete what the driver held,
+                    // so it fails with Offline now rather than at the drain timeout.
+                    StopDrivers();
+                    if (_health != DeviceHealth.Offline)
+                    {
+                        _log.Warning("{Device}: the device was lost while being removed; the requests it held fail with Offline", _queue.Name);
+                        GoOffline();
+                    }
+                }
+
                 if (_shutdownDone && AllDriversDead)
                 {
                     _tagSet.Tell(new TagSetProtocol.Leave(_queue));

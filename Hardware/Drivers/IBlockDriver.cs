@@ -136,6 +136,19 @@ public interface IBlockDriver : IDisposable
     /// </summary>
     /// <exception cref="BlockDeviceErrorException">The device is still gone.</exception>
     void Reopen() => throw new NotSupportedException($"The {Kind} driver cannot reopen a device.");
+
+    /// <summary>
+    /// The device is being removed: a <see cref="Reset"/> or <see cref="Reopen"/> in progress, and
+    /// any later one, gives up at once by throwing <see cref="BlockDeviceErrorException"/> with
+    /// <see cref="BlockDeviceErrorException.DeviceGone"/> set, rather than holding the removal for
+    /// as long as it would take (a reconnect's connect timeout). Requests the driver holds still
+    /// complete; the block layer fails what the driver abandons. Called once, from any thread,
+    /// concurrently with the other calls; the default does nothing (a driver whose reset and reopen
+    /// cannot block need not).
+    /// </summary>
+    void CancelRecovery()
+    {
+    }
 }
 
 /// <summary>

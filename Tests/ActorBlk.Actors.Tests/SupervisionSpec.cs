@@ -225,6 +225,43 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         Assert.False(driver.DisposedDuringReopen);
     }
 
+    // A reset that hangs (the NBD driver reconnecting to a server that accepts and never answers,
+    // for its connect timeout) held a destroy for as long: the driver actor was inside the reset,
+    // the drain waited for the requests the reset would take back, and the queue could stop
+    // neither. A destroy now cancels the recovery (IBlockDriver.CancelRecovery): the reset gives
+    // up as "device gone", and the requests it held fail with Offline at once (not at the drain
+    // timeout), each once, every tag freed, the driver disposed after the reset returned.
+    [Fact]
+    public async Task A_destroy_during_a_reset_that_hangs_cancels_it_and_fails_what_it_held_at_once()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task, CancelsRecovery = true };
+        var device = await Create(driver, "stuckreset");
+        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("connection reset");
+        var failing = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
+        await Until(() => driver.ResetsBegun == 1);
+
+        try
+        {
+            var failedByDrain = await Layer.DestroyDeviceAsync("stuckreset").WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.True(driver.RecoveryCancelled);
+            Assert.Equal(0, failedByDrain);
+            Assert.Equal(BlockStatus.Offline, await held.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Equal(BlockStatus.Offline, await failing.WaitAsync(TimeSpan.FromSeconds(30)));
+            Assert.Equal(0L, device.Queue.DoubleCompletions);
+            AssertTagsFree(device);
+            await Until(() => driver.Disposed);
+            Assert.False(driver.DisposedDuringReset);
+            Assert.Equal(0, driver.ResetCalls);
+        }
+        finally
+        {
+            gate.TrySetResult();
+        }
+    }
+
     // The same audit: requests waiting for a reopen kept timing out every io_timeout; the expiries
     // queued behind the blocked reopen were counted once it succeeded, against the fresh device,
     // which was reset at once (a reset toward max-resets). Timeouts while the device is being

@@ -64,6 +64,12 @@ public sealed class FakeNbdServer : IAsyncDisposable
     /// <summary>The port listened on.</summary>
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
 
+    /// <summary>
+    /// When it returns true for connection <c>i</c>, that connection is accepted and never
+    /// greeted (a server frozen after its accept): the client waits in its negotiation.
+    /// </summary>
+    public Func<int, bool>? Mute { get; init; }
+
     /// <summary>Connections accepted so far.</summary>
     public int Accepted => Volatile.Read(ref _accepted);
 
@@ -118,6 +124,11 @@ public sealed class FakeNbdServer : IAsyncDisposable
         var session = new FakeNbdSession(client, index);
         try
         {
+            if (Mute?.Invoke(index) == true)
+            {
+                await Task.Delay(System.Threading.Timeout.Infinite, _stop.Token).ConfigureAwait(false);
+            }
+
             if (await session.NegotiateAsync(_export(index)).ConfigureAwait(false))
             {
                 await _script(session).ConfigureAwait(false);

@@ -13,6 +13,9 @@ public sealed class ScriptedDriver : IBlockDriver
     private readonly object _lock = new();
     private int _reopensBegun;
     private int _reopensRunning;
+    private int _resetsBegun;
+    private int _resetsRunning;
+    private readonly TaskCompletionSource _recoveryCancelled = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Queue<BlockStatus> _script = new();
 
     public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false,
@@ -55,6 +58,25 @@ public sealed class ScriptedDriver : IBlockDriver
 
     /// <summary>Reset calls (a reset abandons every request in flight).</summary>
     public int ResetCalls { get; private set; }
+
+    /// <summary>When set, a reset waits for it before it does anything (a reconnect to a server that accepts and never answers).</summary>
+    public Task? ResetGate { get; set; }
+
+    /// <summary>Resets that have begun, counted before they wait for <see cref="ResetGate"/>.</summary>
+    public int ResetsBegun => Volatile.Read(ref _resetsBegun);
+
+    /// <summary>True when the driver was disposed while a reset ran.</summary>
+    public bool DisposedDuringReset { get; private set; }
+
+    /// <summary>
+    /// When true the driver honours <see cref="CancelRecovery"/>: a reset or reopen waiting for its
+    /// gate, or starting after it, gives up with a device-gone error. False: it waits for its gate
+    /// whatever happens (a driver that cannot cancel).
+    /// </summary>
+    public bool CancelsRecovery { get; set; }
+
+    /// <summary>Whether the block layer called <see cref="CancelRecovery"/>.</summary>
+    public bool RecoveryCancelled => _recoveryCancelled.Task.IsCompleted;
 
     /// <summary>Reopen attempts that fail before one succeeds; -1: reopening always fails.</summary>
     public int ReopenFailures { get; set; }
@@ -208,10 +230,20 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public void Reset()
     {
-        lock (_lock)
+        Interlocked.Increment(ref _resetsBegun);
+        Interlocked.Increment(ref _resetsRunning);
+        try
         {
-            ResetCalls++;
-            InFlight.Clear();
+            WaitFor(ResetGate);
+            lock (_lock)
+            {
+                ResetCalls++;
+                InFlight.Clear();
+            }
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _resetsRunning);
         }
     }
 
@@ -221,12 +253,33 @@ public sealed class ScriptedDriver : IBlockDriver
         Interlocked.Increment(ref _reopensRunning);
         try
         {
-            ReopenGate?.Wait();
+            WaitFor(ReopenGate);
             ReopenLocked();
         }
         finally
         {
             Interlocked.Decrement(ref _reopensRunning);
+        }
+    }
+
+    public void CancelRecovery() => _recoveryCancelled.TrySetResult();
+
+    private void WaitFor(Task? gate)
+    {
+        if (!CancelsRecovery)
+        {
+            gate?.Wait();
+            return;
+        }
+
+        if (gate is not null)
+        {
+            Task.WhenAny(gate, _recoveryCancelled.Task).Wait();
+        }
+
+        if (RecoveryCancelled)
+        {
+            throw new BlockDeviceErrorException("recovery cancelled: the device is being removed", deviceGone: true);
         }
     }
 
@@ -249,6 +302,7 @@ public sealed class ScriptedDriver : IBlockDriver
     public void Dispose()
     {
         DisposedDuringReopen |= Volatile.Read(ref _reopensRunning) > 0;
+        DisposedDuringReset |= Volatile.Read(ref _resetsRunning) > 0;
         Disposed = true;
     }
 }

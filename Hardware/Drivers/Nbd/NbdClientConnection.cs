@@ -124,16 +124,32 @@ internal sealed class NbdClientConnection : IDisposable
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
     /// <exception cref="NbdTlsException">TLS failed: the server certificate is not trusted, or the CA file cannot be read.</exception>
     /// <exception cref="NbdClientProtocolException">The server sent a malformed option reply (an NBD_REP_INFO of the wrong length for its type).</exception>
-    public static NbdClientConnection Connect(NbdClientOptions options)
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the socket is shut down under a negotiation in progress).</exception>
+    public static NbdClientConnection Connect(NbdClientOptions options, CancellationToken cancellationToken = default)
     {
         var uri = options.Uri;
         var timeout = options.ConnectTimeout;
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         Stream? stream = null;
+
+        // The negotiation reads and writes synchronously (with the connect timeout on the socket):
+        // a cancellation shuts the socket down, which ends a blocked receive at once.
+        using var abort = cancellationToken.Register(static s =>
+        {
+            try
+            {
+                ((Socket)s!).Shutdown(SocketShutdown.Both);
+            }
+            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+            {
+                // Not connected yet (the connect observes the token itself) or closed already.
+            }
+        }, socket);
         try
         {
-            using (var cts = new CancellationTokenSource(timeout))
+            using (var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
             {
+                cts.CancelAfter(timeout);
                 socket.ConnectAsync(uri.Host, uri.Port, cts.Token).AsTask().GetAwaiter().GetResult();
             }
 
@@ -224,9 +240,17 @@ internal sealed class NbdClientConnection : IDisposable
                 }
             }
 
+            cancellationToken.ThrowIfCancellationRequested();
             socket.ReceiveTimeout = 0;
             socket.SendTimeout = 0;
             return new NbdClientConnection(socket, stream, size, flags, minimum, maximum);
+        }
+        catch (Exception ex) when (cancellationToken.IsCancellationRequested)
+        {
+            // Whatever the shut-down socket made the negotiation throw, the cause is the cancel.
+            stream?.Dispose();
+            socket.Dispose();
+            throw new OperationCanceledException($"connecting to {uri} was cancelled", ex, cancellationToken);
         }
         catch (Exception ex) when (ex is SocketException or OperationCanceledException or EndOfStreamException or System.Security.Authentication.AuthenticationException)
         {

@@ -51,6 +51,10 @@ public sealed class NbdClientDriver : IBlockDriver
     private readonly NbdTransmissionFlags _flags;
     private string? _retired;
 
+    // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
+    // progress gives up at once instead of waiting out its connect timeout.
+    private readonly CancellationTokenSource _recovery = new();
+
     /// <summary>Connects every connection and negotiates the export.</summary>
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
     public NbdClientDriver(NbdClientOptions options, string deviceName)
@@ -165,6 +169,8 @@ public sealed class NbdClientDriver : IBlockDriver
             return;
         }
 
+        // First, or the lock below would wait for a reconnect in progress (its connect timeout).
+        _recovery.Cancel();
         lock (_lock)
         {
             foreach (var connection in _connections)
@@ -306,9 +312,14 @@ public sealed class NbdClientDriver : IBlockDriver
     public void Reopen() => Reconnect();
 
     /// <inheritdoc />
+    /// <remarks>A reconnect in progress (a reset or reopen) is cancelled: it throws as a device that is gone.</remarks>
+    public void CancelRecovery() => _recovery.Cancel();
+
+    /// <inheritdoc />
     public void Dispose()
     {
         NbdMetrics.Remove(this);
+        _recovery.Cancel();
         var closing = new List<NbdClientConnection>();
         lock (_lock)
         {
@@ -393,7 +404,11 @@ public sealed class NbdClientDriver : IBlockDriver
                 NbdClientConnection fresh;
                 try
                 {
-                    fresh = NbdClientConnection.Connect(_options);
+                    fresh = NbdClientConnection.Connect(_options, _recovery.Token);
+                }
+                catch (OperationCanceledException ex)
+                {
+                    throw new BlockDeviceErrorException($"reconnecting to {_options.Uri} was abandoned: {Volatile.Read(ref _retired) ?? "the device is being removed"}", deviceGone: true, ex);
                 }
                 catch (IOException ex)
                 {

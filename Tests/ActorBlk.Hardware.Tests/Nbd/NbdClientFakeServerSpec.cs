@@ -75,6 +75,35 @@ public sealed class NbdClientFakeServerSpec
         Assert.All(back, b => Assert.Equal(0x5a, b));
     }
 
+    // A reset or reopen reconnects with a 10 s connect timeout; against a server that accepts and
+    // never answers, a destroy during a reset waited that long (the reset runs on the device's
+    // driver actor), and a retire (the owner's node left) waited for the driver's lock as long.
+    // Cancelling the recovery (the block layer does when it removes the device) or retiring the
+    // driver now ends the reconnect at once, as a device that is gone, and later attempts too.
+    // The connect timeout here is 10 minutes, so only the cancel can end it.
+    [Theory]
+    [InlineData("cancel")]
+    [InlineData("retire")]
+    public async Task A_reconnect_to_a_server_that_never_answers_ends_at_once_when_the_recovery_is_cancelled(string how)
+    {
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, s => s.ServeAsync(0)) { Mute = i => i > 0 };
+        using var driver = new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(server.Uri()), ConnectTimeout = TimeSpan.FromMinutes(10) }, "fake0");
+        var reset = Task.Run(driver.Reset);
+        await Condition.EventuallyAsync(() => server.Accepted == 2, "the reset's reconnect was accepted");
+
+        var cancel = how == "cancel" ? Task.Run(driver.CancelRecovery) : Task.Run(() => driver.Retire("its node left the cluster"));
+        await cancel.WaitAsync(Condition.Timeout);
+        var gone = await Assert.ThrowsAsync<BlockDeviceErrorException>(() => reset.WaitAsync(Condition.Timeout));
+        Assert.True(gone.DeviceGone);
+        Assert.Contains(how == "cancel" ? "the device is being removed" : "its node left the cluster", gone.Message, StringComparison.Ordinal);
+        Assert.Equal(0, driver.LiveConnections);
+
+        // A later attempt gives up at once too, without connecting.
+        Assert.True(Assert.Throws<BlockDeviceErrorException>(driver.Reopen).DeviceGone);
+        Assert.Equal(2, server.Accepted);
+        Assert.Empty(server.Faults);
+    }
+
     private static byte[] Info(NbdInfo type, int length)
     {
         var info = new byte[length];
