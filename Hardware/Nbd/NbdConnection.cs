@@ -1095,6 +1095,10 @@ public sealed class NbdConnection
             }
 
             string? how = null;
+
+            // Once the client's FIN is in, its input is final: a disconnect found queued before it
+            // stays queued for the rest of the wait, and later checks only look for a reset.
+            var disconnectQueued = false;
             while (!take.IsCompleted)
             {
                 try
@@ -1113,7 +1117,7 @@ public sealed class NbdConnection
                 }
 
                 Interlocked.Increment(ref _server.HangUpChecks);
-                if (!take.IsCompleted && (how = HangUp(slot)) is not null)
+                if (!take.IsCompleted && (how = HangUp(slot, ref disconnectQueued)) is not null)
                 {
                     break;
                 }
@@ -1155,8 +1159,10 @@ public sealed class NbdConnection
     /// handle all outstanding requests" (a review). Without one the FIN is the protocol's hard
     /// disconnect (the client "drops the TCP session"). Over TLS the input cannot be read ahead
     /// and libnbd sends a FIN after <c>close_notify</c>, so there only a reset counts.
+    /// <paramref name="disconnectQueued"/> remembers, for one wait, that the input before the FIN
+    /// holds a disconnect, so it is read ahead once rather than at every check.
     /// </summary>
-    private string? HangUp(NbdRequestSlot waiting)
+    private string? HangUp(NbdRequestSlot waiting, ref bool disconnectQueued)
     {
         var handle = _socket.SafeHandle;
         var added = false;
@@ -1183,7 +1189,13 @@ public sealed class NbdConnection
             // Over TLS the input cannot be read ahead, and libnbd closes a TLS session with
             // close_notify and then a FIN (strace of libnbd 1.14 by a verifying helper): a FIN
             // there may follow a DISC, so only a reset counts.
-            return _tls is null && !DisconnectQueued(fd, waiting) ? "closed its end" : null;
+            if (_tls is not null || disconnectQueued)
+            {
+                return null;
+            }
+
+            disconnectQueued = DisconnectQueued(fd, waiting);
+            return disconnectQueued ? null : "closed its end";
         }
         catch (ObjectDisposedException)
         {
@@ -1205,6 +1217,7 @@ public sealed class NbdConnection
     /// </summary>
     private unsafe bool DisconnectQueued(int fd, NbdRequestSlot waiting)
     {
+        Interlocked.Increment(ref _server.DisconnectPeeks);
         var buffered = _inEnd - _inStart;
         var queued = Math.Max(0, _socket.Available);
         var input = new byte[buffered + queued];

@@ -150,6 +150,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Checks of a waiting connection's client for a hang-up (every 250 ms of a wait for buffer memory), for specs.</summary>
     internal long HangUpChecks;
 
+    /// <summary>Reads ahead of a waiting connection's input for an <c>NBD_CMD_DISC</c> after its client's FIN, for specs.</summary>
+    internal long DisconnectPeeks;
+
     /// <summary>Connections let go because their client hung up while a request waited for buffer memory.</summary>
     internal long HangUpCloses;
 
