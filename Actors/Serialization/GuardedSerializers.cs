@@ -467,10 +467,16 @@ internal static class ClusterSeal
     /// </summary>
     internal sealed class KeySource(Akka.Configuration.Config config)
     {
+        private readonly Lock _look = new();
         private byte[]? _key;
         private long _lastLook = long.MinValue;
 
         /// <summary>The key, or null when the node has no secret.</summary>
+        /// <remarks>
+        /// Callers that come while the secret is being read wait for that read (a cluster audit: a
+        /// caller that came during the first read got no key and sent its message unsealed, which
+        /// the other members refused).
+        /// </remarks>
         /// <exception cref="SerializationException">The secret file exists but cannot be read.</exception>
         public byte[]? Key
         {
@@ -481,29 +487,36 @@ internal static class ClusterSeal
                     return key;
                 }
 
-                var now = Environment.TickCount64;
-                var last = Interlocked.Read(ref _lastLook);
-                if (last != long.MinValue && now - last < 1000)
+                lock (_look)
                 {
-                    return null;
-                }
+                    if (_key is { } found)
+                    {
+                        return found;
+                    }
 
-                Interlocked.Exchange(ref _lastLook, now);
-                try
-                {
-                    key = RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
-                }
-                catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-                {
-                    throw new SerializationException($"ActorBlk cannot read its admin secret to seal or check a cluster message: {ex.Message}", ex);
-                }
+                    var now = Environment.TickCount64;
+                    if (_lastLook != long.MinValue && now - _lastLook < 1000)
+                    {
+                        return null;
+                    }
 
-                if (key is not null)
-                {
-                    Volatile.Write(ref _key, key);
-                }
+                    _lastLook = now;
+                    try
+                    {
+                        key = RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
+                    }
+                    catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+                    {
+                        throw new SerializationException($"ActorBlk cannot read its admin secret to seal or check a cluster message: {ex.Message}", ex);
+                    }
 
-                return key;
+                    if (key is not null)
+                    {
+                        Volatile.Write(ref _key, key);
+                    }
+
+                    return key;
+                }
             }
         }
     }

@@ -107,6 +107,33 @@ public sealed class ClusterSealSpec
         Assert.Equal("later"u8.ToArray(), source.Key);
     }
 
+    // A cluster audit: shortly after a member joined, another refused its Distributed Data
+    // messages as "without proof of this node's admin secret", though every member held the same
+    // secret. Each serializer reads the secret at its first message, and a caller that came while
+    // another was reading it got no key (the once-a-second look-again rule took the read in
+    // progress for a look that found nothing) and sent its message unsealed. Callers that come
+    // during the first read now wait for it.
+    [Fact]
+    public async Task Callers_that_come_while_the_secret_is_first_read_all_get_it()
+    {
+        using var dir = new ActorBlk.Testing.TempDirectory();
+        var file = Path.Combine(dir.Path, "admin-secret");
+        await File.WriteAllTextAsync(file, "shared\n");
+        var config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.remote.admin-secret-file = \"{file}\"");
+        const int Callers = 8;
+        for (var round = 0; round < 50; round++)
+        {
+            var source = new ClusterSeal.KeySource(config);
+            using var start = new Barrier(Callers);
+            var keys = Enumerable.Range(0, Callers).Select(_ => Task.Factory.StartNew(() =>
+            {
+                start.SignalAndWait();
+                return source.Key;
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
+            Assert.All(await Task.WhenAll(keys), k => Assert.Equal("shared"u8.ToArray(), k));
+        }
+    }
+
     // Akka.Cluster's internal Join, as the cluster daemon builds it.
     private static object NewJoin(UniqueAddress node, params string[] roles)
     {
