@@ -437,15 +437,17 @@ public sealed partial class BlockLayer : IExtension
     /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
     /// <exception cref="TimeoutException">The remap did not end within the drain timeout plus 10 s; it goes on.</exception>
     /// <exception cref="ObjectDisposedException">The node's actor system has terminated.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled before the event was sent (nothing changed); once sent, the event goes through and the call returns its outcome.</exception>
     public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {
         // Through the guardian, which forwards it to its topology actor (the guardian's mailbox
         // exists at once; the child only once the guardian has started).
         object message = online ? new CpuTopologyProtocol.CpuOnline(cpu) : new CpuTopologyProtocol.CpuOffline(cpu);
         var limit = Settings.DrainTimeout + TimeSpan.FromSeconds(10);
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         try
         {
-            return await AskAsync<CpuTopologyProtocol.TopologyChanged>(Guardian, message, limit, cancellationToken).ConfigureAwait(false);
+            return await AskAsync<CpuTopologyProtocol.TopologyChanged>(Guardian, message, limit, CancellationToken.None).ConfigureAwait(false);
         }
         catch (AskTimeoutException ex)
         {

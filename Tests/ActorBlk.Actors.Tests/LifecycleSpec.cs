@@ -73,6 +73,18 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         await late.CancelAsync();
         Assert.Equal(0, await destroying);
         Assert.False(Layer.TryGetDevice("cx2", out _));
+
+        // An embedding audit: a hotplug call cancelled after it was sent threw, yet the CPU changed.
+        var online = (await Layer.SetCpuOnlineAsync(0, online: true)).Online;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Layer.SetCpuOnlineAsync(1, online: false, before.Token));
+        Assert.Equal(online, (await Layer.SetCpuOnlineAsync(0, online: true)).Online);
+        using var sent = new CancellationTokenSource();
+        var hotplug = Layer.SetCpuOnlineAsync(1, online: false, sent.Token);
+        await sent.CancelAsync();
+        var changed = await hotplug;
+        Assert.NotEqual(online, changed.Online);
+        Assert.Equal(changed.Online, (await Layer.SetCpuOnlineAsync(0, online: true)).Online);
+        await Layer.SetCpuOnlineAsync(1, online: true);
     }
 
     [Fact]
