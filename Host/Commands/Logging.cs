@@ -10,14 +10,15 @@ internal static class Logging
 
     /// <summary>
     /// A console logger at <paramref name="level"/>; on stderr with <paramref name="toStandardError"/>.
-    /// What peers send that the transport cannot read is limited (<see cref="PeerNoiseLimiter"/>).
+    /// What peers send that the transport cannot read is limited (<see cref="PeerNoiseLimiter"/>), and
+    /// a peer that ended its connection is one information line (<see cref="DisassociationFilter"/>).
     /// </summary>
     public static ILogger CreateConsoleLogger(LogEventLevel level = LogEventLevel.Information, bool toStandardError = false) => new LoggerConfiguration()
         .MinimumLevel.Is(level)
-        .WriteTo.Sink(new PeerNoiseLimiter(new LoggerConfiguration()
+        .WriteTo.Sink(new DisassociationFilter(new PeerNoiseLimiter(new LoggerConfiguration()
             .MinimumLevel.Is(LogEventLevel.Verbose)
             .WriteTo.Console(outputTemplate: Template, formatProvider: System.Globalization.CultureInfo.InvariantCulture,
                 standardErrorFromLevel: toStandardError ? LogEventLevel.Verbose : null)
-            .CreateLogger()))
+            .CreateLogger()), level))
         .CreateLogger();
 }

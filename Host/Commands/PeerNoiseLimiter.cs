@@ -88,8 +88,8 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
         return false;
     }
 
-    // The message with its values as they are (strings unquoted, as the console shows them with :lj).
-    private static string Literal(LogEvent logEvent)
+    /// <summary>The message with its values as they are (strings unquoted, as the console shows them with <c>:lj</c>).</summary>
+    internal static string Literal(LogEvent logEvent)
     {
         var text = new System.Text.StringBuilder();
         foreach (var token in logEvent.MessageTemplate.Tokens)

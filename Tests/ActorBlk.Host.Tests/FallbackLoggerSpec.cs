@@ -19,7 +19,7 @@ public sealed class FallbackLoggerSpec
     [Fact]
     public void Serve_and_bench_send_what_reaches_it_to_serilog_at_its_level_with_its_cause()
     {
-        var sink = new Collecting();
+        var sink = new CollectingSink();
         var target = new Serilog.LoggerConfiguration().MinimumLevel.Verbose().WriteTo.Sink(sink).CreateLogger();
         var cause = new InvalidOperationException("boom");
         SerilogFallbackLogger.Write(target, new AkkaEvent.Info("remoting", typeof(FallbackLoggerSpec), "Remoting shut down"));
@@ -43,12 +43,5 @@ public sealed class FallbackLoggerSpec
         using var system = ActorSystem.Create("fallback", $"akka.stdout-logger-class = \"{typeName}\"\nakka.loglevel = OFF");
         Assert.IsType(expected, system.Settings.StdoutLogger);
         await system.Terminate();
-    }
-
-    private sealed class Collecting : ILogEventSink
-    {
-        public List<SerilogEvent.LogEvent> Events { get; } = [];
-
-        public void Emit(SerilogEvent.LogEvent logEvent) => Events.Add(logEvent);
     }
 }

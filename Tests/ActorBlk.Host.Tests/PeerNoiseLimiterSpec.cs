@@ -23,7 +23,7 @@ public sealed class PeerNoiseLimiterSpec
     public void Frames_a_peer_garbled_are_one_line_each_at_most_ten_a_minute_and_the_drops_are_counted()
     {
         var time = new ManualTimeProvider();
-        var sink = new Collecting();
+        var sink = new CollectingSink();
         var limiter = new PeerNoiseLimiter(sink, time);
         for (var i = 0; i < 50; i++)
         {
@@ -55,7 +55,7 @@ public sealed class PeerNoiseLimiterSpec
     [Fact]
     public void Every_other_event_passes_unchanged_with_its_stack_trace()
     {
-        var sink = new Collecting();
+        var sink = new CollectingSink();
         var limiter = new PeerNoiseLimiter(sink, new ManualTimeProvider());
         var failure = new InvalidOperationException("a bug of ours");
         for (var i = 0; i < 50; i++)
@@ -83,12 +83,5 @@ public sealed class PeerNoiseLimiterSpec
         var ctor = type.GetConstructors(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)
             .First(c => c.GetParameters().Select(p => p.ParameterType).SequenceEqual([typeof(string), typeof(Exception)]));
         return (Exception)ctor.Invoke([message, cause]);
-    }
-
-    private sealed class Collecting : ILogEventSink
-    {
-        public List<LogEvent> Events { get; } = [];
-
-        public void Emit(LogEvent logEvent) => Events.Add(logEvent);
     }
 }

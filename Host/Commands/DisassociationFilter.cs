@@ -1,0 +1,67 @@
+using Serilog.Core;
+using Serilog.Events;
+using Serilog.Parsing;
+
+namespace ActorBlk.Host.Commands;
+
+/// <summary>
+/// Akka.Remote reports every peer that closes its connection (a `devices` or `iostat` call that
+/// ended, a `bench --join` client or an application that stopped, a node that left or died) with
+/// a warning carrying the disassociation's stack trace and an ERROR line with the same stack (a
+/// cluster audit: about 15 stack lines per ordinary client exit on every node it talked to).
+/// Ending a connection is no fault: the warning becomes one information line naming the peer,
+/// and the ERROR line, which names no peer, is left out. A node that died is reported by the
+/// cluster itself (unreachable, downed). Every other event passes unchanged.
+/// </summary>
+internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel minimum = LogEventLevel.Verbose) : ILogEventSink
+{
+    /// <summary>Akka.Remote's exception for a connection the peer ended (internal to it, so named).</summary>
+    private const string Disassociated = "Akka.Remote.EndpointDisassociatedException";
+
+    private const string GatedPrefix = "Association with remote system ";
+    private static readonly MessageTemplateParser Parser = new();
+
+    /// <inheritdoc />
+    public void Emit(LogEvent logEvent)
+    {
+        ArgumentNullException.ThrowIfNull(logEvent);
+        if (logEvent.Level >= LogEventLevel.Error && HasDisassociation(logEvent.Exception))
+        {
+            return;
+        }
+
+        if (logEvent.Level == LogEventLevel.Warning && logEvent.Exception is null &&
+            logEvent.MessageTemplate.Text.StartsWith(GatedPrefix, StringComparison.Ordinal))
+        {
+            var text = PeerNoiseLimiter.Literal(logEvent);
+            var reason = text.IndexOf(" Reason is: [" + Disassociated + ":", StringComparison.Ordinal);
+            if (reason > 0)
+            {
+                if (minimum > LogEventLevel.Information)
+                {
+                    return;
+                }
+
+                var line = text[..reason].Replace(" has failed;", " ended (the peer closed its connection: a client that exited, or a node that left or died);", StringComparison.Ordinal);
+                inner.Emit(new LogEvent(logEvent.Timestamp, LogEventLevel.Information, null,
+                    Parser.Parse(line.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal)), []));
+                return;
+            }
+        }
+
+        inner.Emit(logEvent);
+    }
+
+    private static bool HasDisassociation(Exception? exception)
+    {
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            if (e.GetType().FullName == Disassociated)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+}

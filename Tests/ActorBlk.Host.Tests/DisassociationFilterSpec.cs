@@ -1,0 +1,77 @@
+using ActorBlk.Host.Commands;
+using Serilog;
+using Serilog.Events;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// A peer that ends its remoting connection (a `devices` call that returned, a client that
+/// exited, a node that left) is one information line naming it on a node's log, not a warning and
+/// an ERROR line with about fifteen stack lines (a cluster audit found them on every node after
+/// every ordinary client exit); every other event passes unchanged.
+/// </summary>
+public sealed class DisassociationFilterSpec
+{
+    private const string Gated = "Association with remote system {0} has failed; address is now gated for {1} ms. Reason is: [{2}]";
+    private const string Peer = "akka.tcp://actorblk-client@127.0.0.1:37161";
+
+    // As Akka.Remote's endpoint writer throws it (internal to Akka.Remote; Akka.Logger.Serilog
+    // passes the warning's format and its arguments on).
+    private static Exception Disassociation()
+    {
+        var type = typeof(Akka.Remote.RemoteTransportException).Assembly.GetType("Akka.Remote.EndpointDisassociatedException", throwOnError: true)!;
+        var made = (Exception)Activator.CreateInstance(type, System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance, null, ["Disassociated"], null)!;
+        try
+        {
+            throw made;
+        }
+        catch (Exception ex)
+        {
+            return ex;
+        }
+    }
+
+    private static (ILogger Log, CollectingSink Sink) Pipeline(LogEventLevel minimum = LogEventLevel.Information)
+    {
+        var sink = new CollectingSink();
+        return (new LoggerConfiguration().MinimumLevel.Is(minimum).WriteTo.Sink(new DisassociationFilter(sink, minimum)).CreateLogger(), sink);
+    }
+
+    [Fact]
+    public void A_peer_that_ended_its_connection_is_one_information_line_naming_it()
+    {
+        var (log, sink) = Pipeline();
+        log.Warning(Gated, Peer, 5000, Disassociation());
+        log.Error(Disassociation(), "Disassociated");
+
+        var line = Assert.Single(sink.Events);
+        Assert.Equal(LogEventLevel.Information, line.Level);
+        Assert.Null(line.Exception);
+        Assert.Equal($"Association with remote system {Peer} ended (the peer closed its connection: a client that exited, or a node that left or died); address is now gated for 5000 ms.",
+            line.RenderMessage(System.Globalization.CultureInfo.InvariantCulture));
+
+        // A command that logs warnings only (bench) shows neither.
+        var (quiet, none) = Pipeline(LogEventLevel.Warning);
+        quiet.Warning(Gated, Peer, 5000, Disassociation());
+        quiet.Error(Disassociation(), "Disassociated");
+        Assert.Empty(none.Events);
+    }
+
+    [Fact]
+    public void Every_other_event_passes_unchanged()
+    {
+        var (log, sink) = Pipeline();
+        var refused = new InvalidOperationException("Connection refused tcp://actorblk@127.0.0.1:14363");
+        log.Warning(Gated, "akka.tcp://actorblk@127.0.0.1:14363", 5000, refused);
+        var bug = new InvalidOperationException("a bug of ours");
+        log.Error(bug, "ActorBlk failed");
+        log.Warning("Association with remote system {0} has failed", Peer);
+
+        Assert.Equal(3, sink.Events.Count);
+        Assert.Equal(LogEventLevel.Warning, sink.Events[0].Level);
+        Assert.Contains("Connection refused", sink.Events[0].RenderMessage(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+        Assert.Same(bug, sink.Events[1].Exception);
+        Assert.Equal(LogEventLevel.Warning, sink.Events[2].Level);
+    }
+}
