@@ -61,6 +61,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         if (_device.Queue.BioDriver is MirrorTarget mirror)
         {
             mirror.AutomaticReAddFailed += ReAddFailed;
+            mirror.LegFailed += LegFailed;
 
             // A refusal while the mirror was assembled came before this subscription (it may be
             // logged twice when it races with it: better than never).
@@ -78,6 +79,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         if (_device.Queue.BioDriver is MirrorTarget mirror)
         {
             mirror.AutomaticReAddFailed -= ReAddFailed;
+            mirror.LegFailed -= LegFailed;
         }
 
         base.PostStop();
@@ -86,6 +88,20 @@ internal sealed class StackedDeviceActor : ReceiveActor
     // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
     private void ReAddFailed(string leg, string reason) =>
         _log.Warning("{0}: leg {1} reconnected but was not taken back: {2}; it stays faulty until it reconnects again or is re-added (md/dev-{1}/state)", _device.Name, leg, reason);
+
+    // Raised where the leg failed (an I/O completion, the resync, an attribute write), as ReAddFailed.
+    private void LegFailed(string leg, int inSync, int legs)
+    {
+        if (inSync > 0)
+        {
+            _log.Warning("{0}: leg {1} is faulty; the mirror continues on {2} of {3} legs (degraded; md/degraded, md/dev-{1}/state)",
+                _device.Name, leg, inSync, legs);
+        }
+        else
+        {
+            _log.Error("{0}: leg {1} failed and was the last leg in sync: every I/O of the mirror now fails with Offline", _device.Name, leg);
+        }
+    }
 
     // Drains the queue; a mirror then stops its resync and writes a clean bitmap while its legs still exist.
     private async Task<int> ShutdownAsync(TimeSpan drainTimeout)
@@ -109,12 +125,14 @@ internal sealed class StackedDeviceActor : ReceiveActor
             if (queue.BioDriver is MirrorTarget old)
             {
                 old.AutomaticReAddFailed -= ReAddFailed;
+                old.LegFailed -= LegFailed;
             }
 
             queue.ReplaceBioDriver(target).Dispose();
             if (target is MirrorTarget mirror)
             {
                 mirror.AutomaticReAddFailed += ReAddFailed;
+                mirror.LegFailed += LegFailed;
             }
         }
         finally

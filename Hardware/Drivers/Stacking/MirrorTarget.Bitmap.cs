@@ -18,6 +18,8 @@ public sealed partial class MirrorTarget
 
     private Task MarkFaulty(int leg)
     {
+        Task persisted;
+        int inSync;
         lock (_lock)
         {
             if (_state[leg] == MirrorLegState.Faulty)
@@ -33,18 +35,27 @@ public sealed partial class MirrorTarget
 
             _state[leg] = MirrorLegState.Faulty;
             _legEpoch[leg]++;
-            if (_state.Any(s => s == MirrorLegState.InSync))
+            inSync = _state.Count(s => s == MirrorLegState.InSync);
+            if (inSync > 0)
             {
                 _generation++;
-                return PersistAsync(superblocks: true);
+                persisted = PersistAsync(superblocks: true);
             }
-
-            Volatile.Write(ref _failed, true);
+            else
+            {
+                Volatile.Write(ref _failed, true);
+                persisted = Task.CompletedTask;
+            }
         }
 
-        // Outside the lock: cancelling runs the sync's continuations.
-        _stop.Cancel();
-        return Task.CompletedTask;
+        // Outside the lock: the listeners log, and cancelling runs the sync's continuations.
+        LegFailed?.Invoke(_legs[leg].Name, inSync, _legs.Length);
+        if (inSync == 0)
+        {
+            _stop.Cancel();
+        }
+
+        return persisted;
     }
 
     private void SetAllBits()

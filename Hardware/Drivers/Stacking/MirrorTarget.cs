@@ -313,6 +313,15 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// </summary>
     public event Action<string, string>? AutomaticReAddFailed;
 
+    /// <summary>
+    /// Raised when a leg becomes faulty (an I/O error, its device gone, a resync that could not
+    /// read or write it, or an operator's <c>faulty</c>), once per failure: the leg's name, how
+    /// many legs are still in sync (0: the mirror has failed and every I/O ends Offline) and how
+    /// many it has. md logs the same ("Disk failure on ..., disabling device. Operation continuing
+    /// on N devices").
+    /// </summary>
+    public event Action<string, int, int>? LegFailed;
+
     /// <summary>Read errors of leg <paramref name="leg"/> corrected from another leg (md's per-device <c>errors</c>).</summary>
     public long CorrectedReadErrors(int leg) => Interlocked.Read(ref _correctedReads[leg]);
 
