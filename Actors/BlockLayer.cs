@@ -436,7 +436,7 @@ public sealed partial class BlockLayer : IExtension
     /// <exception cref="ArgumentOutOfRangeException">The CPU is not present.</exception>
     /// <exception cref="InvalidOperationException">The CPU is the last one online.</exception>
     /// <exception cref="TimeoutException">The remap did not end within the drain timeout plus 10 s; it goes on.</exception>
-    /// <exception cref="ObjectDisposedException">The node's actor system has terminated.</exception>
+    /// <exception cref="ObjectDisposedException">The node's actor system has terminated, or the node began to stop during the remap (the event was abandoned, nothing changed).</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled before the event was sent (nothing changed); once sent, the event goes through and the call returns its outcome.</exception>
     public async Task<CpuTopologyProtocol.TopologyChanged> SetCpuOnlineAsync(int cpu, bool online, CancellationToken cancellationToken = default)
     {

@@ -188,6 +188,19 @@ internal sealed class CpuTopologyActor : ReceiveActor, IWithUnboundedStash, IWit
         });
         Receive<RemapFailed>(failed =>
         {
+            if (failed.Error is OperationCanceledException && _stopping.IsCancellationRequested)
+            {
+                // The node stops: the remap gave up waiting for the queues (README, "CPU hotplug").
+                // No fault of anyone's, and not the caller's cancellation: the call fails as every
+                // call to a stopped block layer does.
+                _log.Warning("A hotplug event was abandoned because the node is stopping; the topology stays at version {Version}", _version);
+                failed.ReplyTo.Tell(new Status.Failure(new ObjectDisposedException(nameof(BlockLayer),
+                    $"The node is stopping: the hotplug event was abandoned and the topology stays at version {_version}.")));
+                Become(Ready);
+                Stash.UnstashAll();
+                return;
+            }
+
             _log.Error(failed.Error, "Re-mapping after a hotplug event failed; the topology stays at version {Version}", _version);
             failed.ReplyTo.Tell(new Status.Failure(failed.Error));
             Become(Ready);
