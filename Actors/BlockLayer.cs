@@ -319,8 +319,9 @@ public sealed partial class BlockLayer : IExtension
 
     /// <summary>
     /// Unregisters and destroys a device: in-flight I/O drains (or fails with Offline after the
-    /// drain timeout), later I/O fails with Offline. Completes with the number of requests failed at
-    /// the drain timeout (a request carries every bio merged into it: adjacent writes may count once).
+    /// drain timeout, or at once when the device is lost meanwhile: a reset that did not end within
+    /// a second, a device being reopened), later I/O fails with Offline. Completes with the number
+    /// of requests failed (a request carries every bio merged into it: adjacent writes may count once).
     /// Destroys of one device made while its removal runs join it and all return that count.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>

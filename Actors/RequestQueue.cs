@@ -56,6 +56,15 @@ public static class RequestQueueProtocol
 internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWithTimers
 {
     private const string ReopenTimer = "reopen";
+    private const string CancelRecoveryTimer = "cancel-recovery";
+
+    /// <summary>
+    /// How long a removal lets a reset or reopen in progress run before it cancels it
+    /// (<see cref="IBlockDriver.CancelRecovery"/>): a reconnect to a server that answers takes
+    /// milliseconds and gives back the requests it held, which then drain; one to a server that
+    /// accepts and never answers would hold the removal for its connect timeout.
+    /// </summary>
+    internal static readonly TimeSpan RecoveryGrace = TimeSpan.FromSeconds(1);
 
     private readonly BlockDevice _device;
     private readonly RequestQueue _queue;
@@ -76,6 +85,11 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private long _deviceErrors;
     private IActorRef? _unregisterReplyTo;
     private int _failedAtShutdown;
+
+    // Set when the device was found gone while it drained (its requests were failed by going
+    // offline); what that failed is counted among the removal's failures.
+    private bool _lostWhileRemoving;
+    private int _failedWhileRemoving;
     private readonly DeviceOptions _options;
     private readonly Queue<(DateTimeOffset At, int Count)> _timeoutWindow = new();
 
@@ -298,16 +312,21 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _unregisterReplyTo = Sender;
                 _log.Info("Unregistering {Device}", _queue.Name);
 
-                // A reset or reopen in progress (a reconnect waiting for its connect timeout)
-                // gives up now rather than hold the removal for as long.
-                _queue.Driver.CancelRecovery();
                 if (_health == DeviceHealth.Reopening)
                 {
                     // The requests wait for a device no attempt will reopen now: they fail Offline
-                    // at once rather than after the drain timeout.
+                    // at once rather than after the drain timeout, and the attempt gives up.
                     _log.Warning("{Device}: destroyed while being reopened; the requests waiting for it fail with Offline", _queue.Name);
                     _queue.Unquiesce();
                     GoOffline();
+                    CancelRecovery();
+                }
+                else
+                {
+                    // A reset in progress (or one that starts during the drain) gets a grace to
+                    // give the requests it holds back, then gives up rather than hold the removal
+                    // for its connect timeout.
+                    Timers.StartSingleTimer(CancelRecoveryTimer, CancelRecoveryNow.Instance, RecoveryGrace);
                 }
 
                 _topology.Tell(new CpuTopologyProtocol.Unregister(_queue));
@@ -333,16 +352,26 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case WentOffline done:
                 LogOffline(done);
+                if (_lostWhileRemoving)
+                {
+                    _failedWhileRemoving += done.Failed;
+                }
+
+                break;
+            case CancelRecoveryNow:
+                CancelRecovery();
                 break;
             case ShutdownDone done:
                 // The driver actor runs exit_hctx when it stops (mailbox dispatch): it must be
                 // gone before the driver is disposed, as the kernel exits hardware contexts
-                // before the driver frees itself.
+                // before the driver frees itself. A reset still running is not waited for.
                 _failedAtShutdown = done.Failed;
                 _shutdownDone = true;
+                Timers.Cancel(CancelRecoveryTimer);
+                CancelRecovery();
                 if (AllDriversDead)
                 {
-                    _tagSet.Tell(new TagSetProtocol.Leave(_queue));
+                    LeaveTagSet();
                 }
                 else
                 {
@@ -356,18 +385,20 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 {
                     // The device was found gone while it drained (a reset the removal cancelled,
                     // a connection lost): nothing will dispatch or complete what the driver held,
-                    // so it fails with Offline now rather than at the drain timeout.
+                    // so it fails with Offline now rather than at the drain timeout (after the
+                    // teardown, which failed it already, there is nothing left to fail).
                     StopDrivers();
-                    if (_health != DeviceHealth.Offline)
+                    if (_health != DeviceHealth.Offline && !_shutdownDone)
                     {
                         _log.Warning("{Device}: the device was lost while being removed; the requests it held fail with Offline", _queue.Name);
+                        _lostWhileRemoving = true;
                         GoOffline();
                     }
                 }
 
                 if (_shutdownDone && AllDriversDead)
                 {
-                    _tagSet.Tell(new TagSetProtocol.Leave(_queue));
+                    LeaveTagSet();
                 }
 
                 break;
@@ -395,12 +426,18 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                     _log.Warning("Unregistered {Device}: {Failed} request(s) did not drain within {Timeout} and were failed with Offline",
                         _queue.Name, _failedAtShutdown, _layer.UnregisterDrainTimeout);
                 }
-                else
+
+                if (_failedWhileRemoving > 0)
+                {
+                    _log.Warning("Unregistered {Device}: {Failed} request(s) the device held when it was lost were failed with Offline", _queue.Name, _failedWhileRemoving);
+                }
+
+                if (_failedAtShutdown + _failedWhileRemoving == 0)
                 {
                     _log.Info("Unregistered {Device}: every request completed", _queue.Name);
                 }
 
-                var reply = new RequestQueueProtocol.Unregistered(_queue.Name, _failedAtShutdown);
+                var reply = new RequestQueueProtocol.Unregistered(_queue.Name, _failedAtShutdown + _failedWhileRemoving);
                 _unregisterReplyTo?.Tell(reply);
                 if (!Equals(_unregisterReplyTo, Context.Parent))
                 {
@@ -459,6 +496,35 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private Props OnCpu(Props props, int cpu) => MailboxDispatcherId(cpu) is { } id ? props.WithDispatcher(id) : props;
 
     private MailboxDispatcher? ThreadOf(int cpu) => MailboxDispatcherId(cpu) is { } id ? Context.System.Dispatchers.Lookup(id) as MailboxDispatcher : null;
+
+    // Leaves the tag set once going offline, if that still runs (a device lost while it drained),
+    // has failed what it held: the driver is disposed after Left, never under that.
+    private void LeaveTagSet()
+    {
+        var leave = new TagSetProtocol.Leave(_queue);
+        var (tagSet, self) = (_tagSet, Self);
+        if (_offline.IsCompleted)
+        {
+            tagSet.Tell(leave, self);
+            return;
+        }
+
+        _offline.ContinueWith(_ => tagSet.Tell(leave, self), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+    }
+
+    // IBlockDriver.CancelRecovery, which a driver of any provenance implements: a throw is logged,
+    // not let out into the removal.
+    private void CancelRecovery()
+    {
+        try
+        {
+            _queue.Driver.CancelRecovery();
+        }
+        catch (Exception ex)
+        {
+            _log.Warning(ex, "{Driver} driver of {Device}: cancelling its recovery failed", _queue.Driver.Kind, _queue.Name);
+        }
+    }
 
     private void StopDrivers()
     {
@@ -726,6 +792,11 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         _queue.TagSet.Name, _queue.IsRegistered, _queue.IsDying, _queue.Usage.Count, _timeouts, _deviceErrors, _resets, _health.ToString().ToLowerInvariant());
 
     private sealed record ShutdownDone(int Failed);
+
+    private sealed record CancelRecoveryNow
+    {
+        public static readonly CancelRecoveryNow Instance = new();
+    }
 
     // GoOffline's work on the thread pool is done: how many in-flight requests it failed.
     private sealed record WentOffline(int Failed, Exception? Error);

@@ -471,6 +471,12 @@ internal static class ClusterSeal
         private byte[]? _key;
         private long _lastLook = long.MinValue;
 
+        private bool RecentlyLooked(long now)
+        {
+            var last = Interlocked.Read(ref _lastLook);
+            return last != long.MinValue && now - last < 1000;
+        }
+
         /// <summary>The key, or null when the node has no secret.</summary>
         /// <remarks>
         /// Callers that come while the secret is being read wait for that read (a cluster audit: a
@@ -487,6 +493,13 @@ internal static class ClusterSeal
                     return key;
                 }
 
+                // A look that found no secret less than a second ago stands (a node without one
+                // takes this path for every message, so it takes no lock).
+                if (RecentlyLooked(Environment.TickCount64))
+                {
+                    return null;
+                }
+
                 lock (_look)
                 {
                     if (_key is { } found)
@@ -495,24 +508,32 @@ internal static class ClusterSeal
                     }
 
                     var now = Environment.TickCount64;
-                    if (_lastLook != long.MinValue && now - _lastLook < 1000)
+                    if (RecentlyLooked(now))
                     {
                         return null;
                     }
 
-                    _lastLook = now;
                     try
                     {
                         key = RemoteSurface.ResolveSecret(config, create: false) is { Length: > 0 } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null;
                     }
                     catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
                     {
+                        // Not recorded as a look: the next caller reads again and is refused too,
+                        // rather than taken for a node without a secret (which seals nothing and
+                        // takes everything) for a second (a review).
                         throw new SerializationException($"ActorBlk cannot read its admin secret to seal or check a cluster message: {ex.Message}", ex);
                     }
 
                     if (key is not null)
                     {
                         Volatile.Write(ref _key, key);
+                    }
+                    else
+                    {
+                        // Recorded once the look is over, so that no caller takes a look still
+                        // in progress for one that found nothing.
+                        Interlocked.Exchange(ref _lastLook, now);
                     }
 
                     return key;

@@ -141,10 +141,13 @@ public interface IBlockDriver : IDisposable
     /// The device is being removed: a <see cref="Reset"/> or <see cref="Reopen"/> in progress, and
     /// any later one, gives up at once by throwing <see cref="BlockDeviceErrorException"/> with
     /// <see cref="BlockDeviceErrorException.DeviceGone"/> set, rather than holding the removal for
-    /// as long as it would take (a reconnect's connect timeout). Requests the driver holds still
-    /// complete; the block layer fails what the driver abandons. Called once, from any thread,
-    /// concurrently with the other calls; the default does nothing (a driver whose reset and reopen
-    /// cannot block need not).
+    /// as long as it would take (a reconnect's connect timeout). The block layer then takes the
+    /// device as lost and fails every request still in flight with <see cref="BlockStatus.Offline"/>
+    /// (a write among them has an unknown outcome). It calls this at once for a device being
+    /// reopened, and otherwise after a grace of a second (a reset that reconnects in that time
+    /// gives its requests back, and they drain) or when the drain times out. May be called more
+    /// than once, from any thread, concurrently with the other calls; the default does nothing (a
+    /// driver whose reset and reopen cannot block need not implement it).
     /// </summary>
     void CancelRecovery()
     {

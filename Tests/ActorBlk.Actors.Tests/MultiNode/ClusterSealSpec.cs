@@ -134,6 +134,21 @@ public sealed class ClusterSealSpec
         }
     }
 
+    // A review: a secret file that could not be read was refused once, and then taken for no
+    // secret for a second (the look was recorded before the read), so that node sealed nothing
+    // and took unsealed messages meanwhile. Every call is refused while it cannot be read.
+    [Fact]
+    public void A_secret_file_that_cannot_be_read_refuses_every_call_rather_than_taking_everything()
+    {
+        // A file that exists and whose read fails whoever reads it, root included: reading a
+        // process's memory from offset 0 (unmapped) is EIO.
+        var source = new ClusterSeal.KeySource(Akka.Configuration.ConfigurationFactory.ParseString("actorblk.remote.admin-secret-file = \"/proc/self/mem\""));
+        for (var call = 0; call < 3; call++)
+        {
+            Assert.Throws<System.Runtime.Serialization.SerializationException>(() => source.Key);
+        }
+    }
+
     // Akka.Cluster's internal Join, as the cluster daemon builds it.
     private static object NewJoin(UniqueAddress node, params string[] roles)
     {
