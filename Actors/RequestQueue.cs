@@ -90,6 +90,12 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     // offline); what that failed is counted among the removal's failures.
     private bool _lostWhileRemoving;
     private int _failedWhileRemoving;
+
+    // GoOffline runs not yet reported (WentOffline), and whether the tag set is to be left once
+    // they are: the reply then counts what they failed (a continuation on the offline task could
+    // run before PipeTo's, and Left come back first).
+    private int _offlinePending;
+    private bool _leaveAfterOffline;
     private readonly DeviceOptions _options;
     private readonly Queue<(DateTimeOffset At, int Count)> _timeoutWindow = new();
 
@@ -305,6 +311,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 HandleReopenDone(done);
                 break;
             case WentOffline done:
+                _offlinePending--;
                 LogOffline(done);
                 break;
             case RequestQueueProtocol.Unregister:
@@ -318,6 +325,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                     // at once rather than after the drain timeout, and the attempt gives up.
                     _log.Warning("{Device}: destroyed while being reopened; the requests waiting for it fail with Offline", _queue.Name);
                     _queue.Unquiesce();
+                    _lostWhileRemoving = true;
                     GoOffline();
                     CancelRecovery();
                 }
@@ -351,10 +359,17 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                     .PipeTo(Self, success: failed => new ShutdownDone(failed));
                 break;
             case WentOffline done:
+                _offlinePending--;
                 LogOffline(done);
                 if (_lostWhileRemoving)
                 {
                     _failedWhileRemoving += done.Failed;
+                }
+
+                if (_leaveAfterOffline && _offlinePending == 0)
+                {
+                    _leaveAfterOffline = false;
+                    _tagSet.Tell(new TagSetProtocol.Leave(_queue));
                 }
 
                 break;
@@ -498,18 +513,17 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private MailboxDispatcher? ThreadOf(int cpu) => MailboxDispatcherId(cpu) is { } id ? Context.System.Dispatchers.Lookup(id) as MailboxDispatcher : null;
 
     // Leaves the tag set once going offline, if that still runs (a device lost while it drained),
-    // has failed what it held: the driver is disposed after Left, never under that.
+    // has reported what it failed: the reply counts it, and the driver is disposed after Left,
+    // never under that.
     private void LeaveTagSet()
     {
-        var leave = new TagSetProtocol.Leave(_queue);
-        var (tagSet, self) = (_tagSet, Self);
-        if (_offline.IsCompleted)
+        if (_offlinePending > 0)
         {
-            tagSet.Tell(leave, self);
+            _leaveAfterOffline = true;
             return;
         }
 
-        _offline.ContinueWith(_ => tagSet.Tell(leave, self), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        _tagSet.Tell(new TagSetProtocol.Leave(_queue));
     }
 
     // IBlockDriver.CancelRecovery, which a driver of any provenance implements: a throw is logged,
@@ -759,6 +773,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         var failInFlight = (queue.Driver.Features & DriverFeatures.Resettable) != 0;
         var offline = Task.Run(() => queue.SetOffline(failInFlight));
         _offline = offline;
+        _offlinePending++;
         offline.PipeTo(Self, success: failed => new WentOffline(failed, null), failure: ex => new WentOffline(0, ex));
     }
 

@@ -144,8 +144,8 @@ public interface IBlockDriver : IDisposable
     /// as long as it would take (a reconnect's connect timeout). The block layer then takes the
     /// device as lost and fails every request still in flight with <see cref="BlockStatus.Offline"/>
     /// (a write among them has an unknown outcome). It calls this at once for a device being
-    /// reopened, and otherwise after a grace of a second (a reset that reconnects in that time
-    /// gives its requests back, and they drain) or when the drain times out. May be called more
+    /// reopened, and otherwise a second after the removal began (a reset that reconnects by then
+    /// lets the requests waiting for it run, and they drain) or when the drain ends. May be called more
     /// than once, from any thread, concurrently with the other calls; the default does nothing (a
     /// driver whose reset and reopen cannot block need not implement it).
     /// </summary>

@@ -288,12 +288,14 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
 
         var destroying = Layer.DestroyDeviceAsync("quickreset");
         await Until(() => device.Queue.IsDying);
+        Scheduler.Advance(RequestQueueActor.RecoveryGrace - TimeSpan.FromMilliseconds(100));
         gate.SetResult();
 
         // The read the reset took back fails with IoError, by the retry rule (RetryOrFail: a dying
         // queue retries nothing), as before this change. The one that met the error was never
         // started: it waits in the dispatch list and runs now.
         Assert.Equal(BlockStatus.IoError, await held.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.False(driver.RecoveryCancelled);
         await Until(() => driver.InFlight.Count == 1);
         driver.CompleteAll();
         Assert.Equal(0, await destroying.WaitAsync(TimeSpan.FromSeconds(60)));

@@ -239,10 +239,12 @@ public sealed class NbdProtocolRulesSpec
         // "On a server shutdown, the server SHOULD wait for inflight requests to be serviced prior
         // to initiating a hard disconnect." Reads held 3 s by the null device's timer mode are
         // in flight when the server is disposed; every one gets its whole reply, then the close.
-        // (Held 300 ms, the first had completed before the eighth arrived in a loaded CI run.)
+        // (Held 300 ms, the first had completed before the eighth arrived in a loaded CI run; held
+        // 3 s, as long as the default shutdown-grace, the last could complete after the grace
+        // ended. The grace here is 60 s: the server waits for the device, whatever the load.)
         await using var devices = new RingDevices(2);
         var slow = devices.Create(new DeviceOptions { Name = "slow0", Size = 16 << 20, MemoryBacked = true, IrqMode = IrqMode.Timer, CompletionNsec = 3_000_000_000 }, CpuTopology.Simulated(2));
-        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.FromSeconds(60) });
         var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "slow0", structured: true);
         await using var _ = client;
         await slow.WriteAsync(0, Enumerable.Repeat((byte)0x3c, 65536).ToArray());
