@@ -33,6 +33,9 @@ internal sealed class NbdClientConnection : IDisposable
     private int _started;
     private int _dead;
 
+    // Why this client shut the connection down (Kill(why)), for the loss the receiver reports.
+    private string? _killedBecause;
+
     // The pump and the receiver still using _stream; the last to end disposes it (a TLS stream
     // holds native state the socket's close does not free).
     private int _streamUsers;
@@ -413,8 +416,20 @@ internal sealed class NbdClientConnection : IDisposable
     }
 
     /// <summary>Closes the socket; the receiver then reports the connection lost.</summary>
-    public void Kill()
+    public void Kill() => Kill(null);
+
+    /// <summary>
+    /// Shuts the connection down as <see cref="Kill()"/>, saying why: the loss the receiver then
+    /// reports names this client's reason rather than "the server closed the connection" (a
+    /// verifying helper saw every timeout reported as the server's close).
+    /// </summary>
+    public void Kill(string? why)
     {
+        if (why is not null)
+        {
+            Interlocked.CompareExchange(ref _killedBecause, why, null);
+        }
+
         try
         {
             _socket.Shutdown(SocketShutdown.Both);
@@ -561,7 +576,7 @@ internal sealed class NbdClientConnection : IDisposable
                 var buffer = result.Buffer;
                 if (buffer.Length < NbdProtocol.SimpleReplyHeaderLength)
                 {
-                    Lost("the server closed the connection");
+                    Lost(Volatile.Read(ref _killedBecause) ?? "the server closed the connection");
                     return;
                 }
 

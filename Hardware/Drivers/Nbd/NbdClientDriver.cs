@@ -175,7 +175,7 @@ public sealed class NbdClientDriver : IBlockDriver
         {
             foreach (var connection in _connections)
             {
-                connection?.Kill();
+                connection?.Kill($"the client gave the server up: {reason}");
             }
         }
     }
@@ -298,7 +298,7 @@ public sealed class NbdClientDriver : IBlockDriver
                 }
             }
 
-            connection?.Kill();
+            connection?.Kill($"the client closed it after a request timed out (io_timeout {request.Queue?.IoTimeoutMs ?? 0} ms)");
         }
 
         return TimeoutAction.ResetTimer;

@@ -124,6 +124,40 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(0L, remote.Queue.DoubleCompletions);
     }
 
+    // A verifying helper: a request that timed out made the driver close its connection, and the
+    // loss was reported as "the server closed the connection", which sent the operator after the
+    // server. The loss now says the client closed it, and why.
+    [Fact]
+    public async Task A_connection_the_client_closes_after_a_timeout_is_reported_as_closed_by_the_client()
+    {
+        await using var devices = new RingDevices(2);
+        var topology = CpuTopology.Simulated(2);
+        var held = devices.Create(new DeviceOptions { Name = "held1", Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
+        await using var server = NbdServer.Start(new NbdDeviceList([held]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
+        var remote = devices.Create(new DeviceOptions { Name = "remote1", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/held1", IoTimeoutMs = 1000 }, topology);
+        var errors = new LostConnections();
+        remote.Queue.Events = errors;
+        _ = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
+        await Condition.EventuallyAsync(() => server.InFlight == 1, "the read reaches the server, which holds it");
+
+        // Its deadline long past: the scan calls the driver's timeout, which closes the connection.
+        remote.Queue.HardwareContexts[0].ScanTimeouts(long.MaxValue, remote.Queue.Driver);
+        await Condition.EventuallyAsync(() => !errors.Reported.IsEmpty, "the loss is reported");
+        var lost = Assert.Single(errors.Reported);
+        Assert.Contains("NBD connection lost: the client closed it after a request timed out (io_timeout 1000 ms)", lost.Message, StringComparison.Ordinal);
+    }
+
+    private sealed class LostConnections : ActorBlk.Hardware.Queues.IQueueEvents
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<Exception> Reported { get; } = new();
+
+        public void OnDeviceError(ActorBlk.Hardware.Queues.HardwareContext hctx, Exception error) => Reported.Enqueue(error);
+
+        public void OnAbort(ActorBlk.Hardware.Queues.HardwareContext hctx)
+        {
+        }
+    }
+
     [Fact]
     public async Task A_reconnected_connection_starts_one_receiver_however_often_its_queue_is_initialised()
     {
