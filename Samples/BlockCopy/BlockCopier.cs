@@ -16,8 +16,9 @@ public sealed record CopyResult(long Bytes, string SourceHash, string DeviceHash
 }
 
 /// <summary>
-/// Copies a stream onto a block device in chunks, keeping up to <c>depth</c> writes in flight and
-/// submitting each batch under a plug, then flushes and reads everything back to verify it.
+/// Copies a stream onto a block device in chunks, keeping up to <c>depth</c> writes in flight,
+/// then flushes and reads everything back to verify it. The cancellation token stops the copy
+/// between chunks (the writes in flight are awaited first).
 /// </summary>
 public sealed class BlockCopier(IBlockDevice device, int chunkSize = 64 * 1024, int depth = 8)
 {
@@ -33,7 +34,7 @@ public sealed class BlockCopier(IBlockDevice device, int chunkSize = 64 * 1024, 
         var inflight = new Queue<ValueTask>();
         long copied = 0;
         var requests = 0;
-        while (true)
+        while (!cancellationToken.IsCancellationRequested)
         {
             var chunk = new byte[chunkSize];
             var n = await source.ReadAtLeastAsync(chunk, chunkSize, throwOnEndOfStream: false, cancellationToken);
@@ -59,6 +60,7 @@ public sealed class BlockCopier(IBlockDevice device, int chunkSize = 64 * 1024, 
             await inflight.Dequeue();
         }
 
+        cancellationToken.ThrowIfCancellationRequested();
         await device.FlushAsync();
         return new CopyResult(copied, Convert.ToHexString(sourceHash.GetHashAndReset()), await HashDeviceAsync(deviceOffset, copied), requests);
     }

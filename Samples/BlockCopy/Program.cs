@@ -7,6 +7,7 @@ using Akka.Actor;
 using Akka.Hosting;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 
 // usage: BlockCopy [FILE]   copies FILE (or 8 MiB of random data) onto a memory-backed null
 // device served by an embedded ActorBlk block layer, then verifies it.
@@ -22,12 +23,15 @@ if (args is [var path] && (!File.Exists(path) || new FileInfo(path).Length > Dev
 {
     Console.Error.WriteLine(File.Exists(path)
         ? $"BlockCopy: {path} is larger than the device ({DeviceSize >> 20} MiB)."
-        : $"BlockCopy: {path}: no such file.");
+        : Directory.Exists(path) ? $"BlockCopy: {path} is a directory, not a file." : $"BlockCopy: {path}: no such file.");
     Console.Error.WriteLine(Usage);
     return 2;
 }
 
 var builder = Host.CreateApplicationBuilder(args);
+
+// The report is the program's output: no "Application started. Press Ctrl+C" lines in it.
+builder.Logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 builder.Services.AddAkka("blockcopy", (akka, _) => akka
     .AddHocon("akka.loglevel = WARNING", HoconAddMode.Prepend)
     .WithActorBlk(new ActorBlkOptions
@@ -41,12 +45,26 @@ await host.StartAsync();
 var layer = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
 layer.TryGetDevice("copy0", out var device);
 
+// Ctrl-C (or SIGTERM) stops the host, and with it the device: the copy stops between chunks
+// first and says so, rather than meeting the device gone under a write.
+using var stop = CancellationTokenSource.CreateLinkedTokenSource(
+    host.Services.GetRequiredService<IHostApplicationLifetime>().ApplicationStopping, layer.Stopping);
+var stopping = stop.Token;
 Stream source = args.Length > 0 ? File.OpenRead(args[0]) : new MemoryStream(RandomNumberGenerator.GetBytes(8 << 20));
 await using (source)
 {
-    var result = await new BlockCopier(device).CopyAsync(source);
-    Console.WriteLine($"copied {result.Bytes} bytes in {result.Requests} writes onto {device.Name}: " +
-                      (result.Verified ? $"verified (sha256 {result.SourceHash[..16]}...)" : "MISMATCH"));
-    await host.StopAsync();
-    return result.Verified ? 0 : 1;
+    try
+    {
+        var result = await new BlockCopier(device).CopyAsync(source, cancellationToken: stopping);
+        Console.WriteLine($"copied {result.Bytes} bytes in {result.Requests} writes onto {device.Name}: " +
+                          (result.Verified ? $"verified (sha256 {result.SourceHash[..16]}...)" : "MISMATCH"));
+        await host.StopAsync();
+        return result.Verified ? 0 : 1;
+    }
+    catch (Exception ex) when (stopping.IsCancellationRequested && ex is OperationCanceledException or BlockIoException)
+    {
+        Console.Error.WriteLine("BlockCopy: stopped (Ctrl-C or SIGTERM) before the copy was verified.");
+        await host.StopAsync(CancellationToken.None);
+        return 130;
+    }
 }

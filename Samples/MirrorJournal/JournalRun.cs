@@ -31,6 +31,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     private readonly CancellationTokenSource _watchStop = new();
     private Task _watching = Task.CompletedTask;
     private LegNode? _node2;
+    private volatile bool _ctrlC;
 
     /// <summary>Runs the sample; 0 when every record verified on both legs.</summary>
     public async Task<int> RunAsync()
@@ -107,7 +108,16 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             var writing = Task.Run(() => writer.RunAsync(limit, _stop.Token));
             if (options.Chaos)
             {
-                await ChaosAsync(layer, mirror, writer, writing, actorblk!, node2Config, self);
+                try
+                {
+                    await ChaosAsync(layer, mirror, writer, writing, actorblk!, node2Config, self);
+                }
+                catch (OperationCanceledException) when (_ctrlC)
+                {
+                    // README: Ctrl-C stops the journal and goes on to the verification.
+                    Say("chaos: stopped by Ctrl-C; the remaining chaos steps are skipped");
+                }
+
                 await _stop.CancelAsync();
             }
 
@@ -118,7 +128,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             }
 
             var stoppedBy = writer.Failure is not null ? $"an append failed: {writer.Failure.Message}"
-                : writer.Full ? "the journal is full" : options.Chaos ? "the chaos steps are done" : _stop.IsCancellationRequested ? "Ctrl-C" : "done";
+                : writer.Full ? "the journal is full" : _ctrlC ? "Ctrl-C" : options.Chaos ? "the chaos steps are done" : "done";
             Say($"journal stopped ({stoppedBy}): {writer.Written} records written, {writer.WrittenDegraded} of them while degraded");
 
             // Both legs must be whole before each can be checked on its own.
@@ -164,6 +174,12 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
                 ? $"verified: both legs hold all {writer.Written} records, identical (sha256 {results[0].Sha256[..16]}...)"
                 : "NOT verified: see above");
             return ok ? 0 : 1;
+        }
+        catch (OperationCanceledException ex) when (_ctrlC)
+        {
+            Say($"stopped by Ctrl-C ({ex.Message}); NOT verified");
+            await _stop.CancelAsync();
+            return 1;
         }
         catch (Exception ex)
         {
@@ -281,9 +297,13 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
                 d => d.Any(e => (at ? e.Id == name : e.Name == name) && e.State == Actors.Clustering.ClusterDeviceStates.Live && e.NbdEndpoint.Length > 0), limit.Token);
             return layer.ClusterDevices.Resolve(name);
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
         {
             throw new TimeoutException($"no live device {name} appeared in the cluster within {options.Patience.TotalSeconds} s.");
+        }
+        catch (OperationCanceledException)
+        {
+            throw new OperationCanceledException($"before device {name} appeared; nothing was written");
         }
     }
 
@@ -348,6 +368,11 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     {
         using var limit = Limit(_stop.Token);
         await Task.WhenAny(writer.WhenWritten(count), writing, Task.Delay(Timeout.Infinite, limit.Token));
+        if (writer.Written < count && _ctrlC)
+        {
+            throw new OperationCanceledException($"stopped by Ctrl-C at {writer.Written} records.");
+        }
+
         if (writer.Written < count)
         {
             throw new InvalidOperationException($"the journal stopped at {writer.Written} records before {count} (failed, full, stopped, or stuck for {options.Patience.TotalSeconds} s): {writer.Failure?.Message ?? "no error"}.");
@@ -398,6 +423,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     private void OnCancel(object? sender, ConsoleCancelEventArgs e)
     {
         e.Cancel = true;
+        _ctrlC = true;
         if (!_stop.IsCancellationRequested)
         {
             Say("Ctrl-C: stopping the journal (again to give up waiting)");

@@ -58,5 +58,18 @@ root.SetAction(async (parse, _) =>
     return await new JournalRun(options, Console.Out).RunAsync();
 });
 
+// A usage error exits 2, as the sample's own option checks do (1 is "records NOT verified").
+var parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
+{
+    foreach (var error in parsed.Errors)
+    {
+        Console.Error.WriteLine($"MirrorJournal: {error.Message}");
+    }
+
+    Console.Error.WriteLine("MirrorJournal: --help lists the options.");
+    return 2;
+}
+
 // Ctrl-C is the run's own (it stops the journal, then verifies), not System.CommandLine's.
-return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
+return await parsed.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
