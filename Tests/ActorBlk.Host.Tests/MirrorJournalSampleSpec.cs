@@ -74,6 +74,27 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
         }
     }
 
+    // A sample walk-through: Ctrl-C while the sample waited for its second node was reported as
+    // "no live device journal-leg1 appeared in the cluster within 300 s", and a usage error exited
+    // 1, the sample's "records NOT verified".
+    [Fact]
+    public async Task Ctrl_c_while_waiting_for_the_second_node_says_so_and_a_usage_error_exits_2()
+    {
+        using var dir = new TempDirectory("mirror-journal-stop");
+        await using (var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll", "--config", RepositoryFiles.Hocon(), "--port", "0", "--dir", dir.Path, "--patience", "240"))
+        {
+            await sample.WaitForLineAsync(l => l.Contains("waiting for device journal-leg1 on a second node", StringComparison.Ordinal), Within);
+            sample.Signal(2); // SIGINT, as Ctrl-C
+            Assert.Equal(1, await sample.WaitForExitAsync(Within));
+            Assert.Contains("stopped by Ctrl-C (before device journal-leg1 appeared; nothing was written); NOT verified", sample.StandardOutput, StringComparison.Ordinal);
+            Assert.DoesNotContain("TimeoutException", sample.Output, StringComparison.Ordinal);
+        }
+
+        await using var bogus = ActorBlkProcess.StartProgram("MirrorJournal.dll", "--bogus");
+        Assert.Equal(2, await bogus.WaitForExitAsync(Within));
+        Assert.Contains("MirrorJournal: Unrecognized command or argument '--bogus'", bogus.StandardError, StringComparison.Ordinal);
+    }
+
     // What the run's verification rests on: a record that is not exactly the one appended is refused.
     [Fact]
     public void A_journal_record_verifies_only_as_appended_in_its_own_slot()
