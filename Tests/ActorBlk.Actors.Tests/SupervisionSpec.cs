@@ -225,6 +225,21 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         Assert.False(driver.DisposedDuringReopen);
     }
 
+    // A device whose reset waits for the returned gate (a reconnect to a server that accepts and
+    // never answers), begun with one read in flight and one that met the error, waiting for it.
+    private async Task<(TaskCompletionSource Gate, ScriptedDriver Driver, IBlockDevice Device, Task<BlockStatus> Held, Task<BlockStatus> Failing)> ResetBegunAsync(string name)
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task, CancelsRecovery = true };
+        var device = await Create(driver, name);
+        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("connection reset");
+        var failing = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
+        await Until(() => driver.ResetsBegun == 1);
+        return (gate, driver, device, held, failing);
+    }
+
     // A reset that hangs (the NBD driver reconnecting to a server that accepts and never answers,
     // for its connect timeout) held a destroy for as long: the driver actor was inside the reset,
     // the drain waited for the requests the reset would take back, and the queue could stop
@@ -235,14 +250,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task A_destroy_during_a_reset_that_hangs_cancels_it_after_a_grace_and_fails_what_it_held_at_once()
     {
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task, CancelsRecovery = true };
-        var device = await Create(driver, "stuckreset");
-        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
-        await Until(() => driver.InFlight.Count == 1);
-        driver.ThrowOnce = new BlockDeviceErrorException("connection reset");
-        var failing = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
-        await Until(() => driver.ResetsBegun == 1);
+        var (gate, driver, device, held, failing) = await ResetBegunAsync("stuckreset");
 
         try
         {
@@ -277,14 +285,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task A_destroy_during_a_reset_that_ends_within_the_grace_lets_the_requests_waiting_for_it_run()
     {
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task, CancelsRecovery = true };
-        var device = await Create(driver, "quickreset");
-        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
-        await Until(() => driver.InFlight.Count == 1);
-        driver.ThrowOnce = new BlockDeviceErrorException("connection reset");
-        var failing = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
-        await Until(() => driver.ResetsBegun == 1);
+        var (gate, driver, device, held, failing) = await ResetBegunAsync("quickreset");
 
         var destroying = Layer.DestroyDeviceAsync("quickreset");
         await Until(() => device.Queue.IsDying);

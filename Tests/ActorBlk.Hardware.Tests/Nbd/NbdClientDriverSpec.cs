@@ -100,10 +100,8 @@ public sealed class NbdClientDriverSpec
     public async Task A_request_left_in_a_dead_connection_of_an_offline_queue_is_failed_by_its_timeout()
     {
         await using var devices = new RingDevices(2);
-        var topology = CpuTopology.Simulated(2);
-        var held = devices.Create(new DeviceOptions { Name = "held0", Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
-        await using var server = NbdServer.Start(new NbdDeviceList([held]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
-        var remote = devices.Create(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/held0", IoTimeoutMs = 1000 }, topology);
+        var (server, remote) = HoldingServer(devices, "held0", "remote0");
+        await using var serving = server;
         var read = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
         await Condition.EventuallyAsync(() => server.InFlight == 1, "the read reaches the server, which holds it");
 
@@ -124,6 +122,15 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(0L, remote.Queue.DoubleCompletions);
     }
 
+    // An NBD device (io_timeout 1 s) on our own server, whose memory device holds every request 3 s.
+    private static (NbdServer Server, BlockDevice Remote) HoldingServer(RingDevices devices, string held, string remote)
+    {
+        var topology = CpuTopology.Simulated(2);
+        var slow = devices.Create(new DeviceOptions { Name = held, Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
+        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
+        return (server, devices.Create(new DeviceOptions { Name = remote, Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/{held}", IoTimeoutMs = 1000 }, topology));
+    }
+
     // A verifying helper: a request that timed out made the driver close its connection, and the
     // loss was reported as "the server closed the connection", which sent the operator after the
     // server. The loss now says the client closed it, and why.
@@ -131,10 +138,8 @@ public sealed class NbdClientDriverSpec
     public async Task A_connection_the_client_closes_after_a_timeout_is_reported_as_closed_by_the_client()
     {
         await using var devices = new RingDevices(2);
-        var topology = CpuTopology.Simulated(2);
-        var held = devices.Create(new DeviceOptions { Name = "held1", Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
-        await using var server = NbdServer.Start(new NbdDeviceList([held]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
-        var remote = devices.Create(new DeviceOptions { Name = "remote1", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/held1", IoTimeoutMs = 1000 }, topology);
+        var (server, remote) = HoldingServer(devices, "held1", "remote1");
+        await using var serving = server;
         var errors = new LostConnections();
         remote.Queue.Events = errors;
         _ = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
