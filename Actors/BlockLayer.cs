@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using ActorBlk.Actors.Clustering;
+using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
@@ -45,11 +46,19 @@ public sealed partial class BlockLayer : IExtension
         // modules do, so BlockLayer.Get works on a system that never loaded them.
         system.Settings.InjectTopLevelFallback(ActorBlkSettings.DefaultConfig());
         Settings = ActorBlkSettings.Create(system);
+        var clustered = system.Provider is Akka.Cluster.IClusterActorRefProvider
+            && system.Settings.Config.GetBoolean("actorblk.cluster.registry.enabled", true);
+
+        // The registry signs this node's entries with the admin secret and ignores unsigned ones. A
+        // secret file that exists but cannot be read stops the layer here, before anything starts,
+        // with an AdminSecretException (it was taken for no secret: nothing signed or checked).
+        var registryKey = clustered && RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { Length: > 0 } secret
+            ? global::System.Text.Encoding.UTF8.GetBytes(secret)
+            : null;
         Topology = Settings.BuildTopology();
         SoftIrq = new BlockSoftIrq(Topology);
         Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
-        ClusterDevices = new ClusterDevices(system.Provider is Akka.Cluster.IClusterActorRefProvider
-            && system.Settings.Config.GetBoolean("actorblk.cluster.registry.enabled", true));
+        ClusterDevices = new ClusterDevices(clustered);
         Guardian = system.ActorOf(BlockLayerActor.Props(this), GuardianName);
 
         // The guardian must never stop while the node runs: if it does, the node serves nothing,
@@ -94,7 +103,7 @@ public sealed partial class BlockLayer : IExtension
         if (ClusterDevices.IsEnabled)
         {
             var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);
-            _registry = system.ActorOf(DeviceRegistryActor.Props(this, poll), DeviceRegistryActor.ActorName);
+            _registry = system.ActorOf(DeviceRegistryActor.Props(this, poll, registryKey), DeviceRegistryActor.ActorName);
             shutdown.AddTask(CoordinatedShutdown.PhaseBeforeClusterShutdown, "actorblk-withdraw-devices", async () =>
             {
                 try

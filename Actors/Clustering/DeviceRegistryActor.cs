@@ -47,16 +47,14 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     // The admin secret: entries are signed with it and entries without its signature are ignored.
     private readonly byte[]? _key;
 
-    public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval)
+    public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval, byte[]? key)
     {
         _layer = layer;
         _cluster = AkkaCluster.Get(Context.System);
         _replicator = DistributedData.Get(Context.System).Replicator;
         _pollInterval = pollInterval;
         _self = NodeName(_cluster.SelfAddress);
-        _key = RemoteSurface.ResolveSecret(Context.System.Settings.Config, create: false) is { Length: > 0 } secret
-            ? System.Text.Encoding.UTF8.GetBytes(secret)
-            : null;
+        _key = key;
 
         Receive<Changed>(HandleChanged);
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
@@ -84,7 +82,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     /// <summary>The node name entries use, <c>host:port</c>.</summary>
     public static string NodeName(Address address) => $"{address.Host}:{address.Port}";
 
-    public static Props Props(BlockLayer layer, TimeSpan pollInterval) => Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval));
+    public static Props Props(BlockLayer layer, TimeSpan pollInterval, byte[]? key) => Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval, key));
 
     protected override void PreStart()
     {

@@ -72,7 +72,23 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             t_reading--;
         }
 
-        return RemoteSurface.Admit(message, _secret.Value);
+        if (message is RemoteSurface.Authenticated)
+        {
+            try
+            {
+                return RemoteSurface.Admit(message, _secret.Value);
+            }
+            catch (AdminSecretException ex)
+            {
+                // Refused, as with a wrong credential, naming why (the read is tried again with
+                // the next envelope); every other message needs no secret.
+                return RemoteSurface.Admit(message, null) is RemoteSurface.AdminRefused refused
+                    ? refused with { Reason = ex.Message }
+                    : throw new System.Runtime.Serialization.SerializationException(ex.Message, ex);
+            }
+        }
+
+        return RemoteSurface.Admit(message, null);
     }
 
     [ThreadStatic]
@@ -116,8 +132,11 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
         }
     }
 
+    // PublicationOnly: a secret file that cannot be read (AdminSecretException) is read again next
+    // time, not remembered as the failure.
     private static Lazy<byte[]?> SecretOf(ExtendedActorSystem system) => new(() =>
-        RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null);
+        RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null,
+        LazyThreadSafetyMode.PublicationOnly);
 
     /// <summary>No types are pre-registered: every manifest carries its type name, checked by the filter.</summary>
     public sealed class NoExtraKnownTypes : IKnownTypesProvider

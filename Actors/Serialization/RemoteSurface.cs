@@ -123,6 +123,8 @@ public static class RemoteSurface
     /// <paramref name="create"/> a missing file is created with a random secret, readable by its
     /// owner only. Null when there is none.
     /// </summary>
+    /// <exception cref="AdminSecretException">The secret file exists but cannot be read, or (with
+    /// <paramref name="create"/>) is missing and cannot be created.</exception>
     public static string? ResolveSecret(Config config, bool create, bool fromEnvironment = false)
     {
         ArgumentNullException.ThrowIfNull(config);
@@ -143,9 +145,12 @@ public static class RemoteSurface
             return null;
         }
 
-        if (File.Exists(file))
+        // Read, not looked for first: File.Exists is false for a file this process may not see
+        // (a directory it cannot search) or read, and such a secret was taken for none, so the node
+        // sealed nothing and took every cluster message. Only a missing file is no secret.
+        if (TryReadSecretFile(file, out var existing))
         {
-            return ReadSecretFile(file);
+            return existing;
         }
 
         if (!create)
@@ -153,11 +158,23 @@ public static class RemoteSurface
             return null;
         }
 
-        // Written whole to a private temporary file, then linked into place with link(2), which
-        // fails if the name is taken: a node that starts beside this one sees no file or the whole
-        // secret, never the empty file a create-then-write showed for an instant (it then ran
-        // without a secret, or refused what this one signed), and exactly one creator wins (.NET's
-        // File.Move without overwrite checks and then renames, so two could each think they won).
+        try
+        {
+            return CreateSecretFile(file);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException && ex is not AdminSecretException)
+        {
+            throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) is missing and cannot be created: {ex.Message}", ex);
+        }
+    }
+
+    // Written whole to a private temporary file, then linked into place with link(2), which
+    // fails if the name is taken: a node that starts beside this one sees no file or the whole
+    // secret, never the empty file a create-then-write showed for an instant (it then ran
+    // without a secret, or refused what this one signed), and exactly one creator wins (.NET's
+    // File.Move without overwrite checks and then renames, so two could each think they won).
+    private static string? CreateSecretFile(string file)
+    {
         var secret = Convert.ToHexString(RandomNumberGenerator.GetBytes(32)).ToLowerInvariant();
         var full = Path.GetFullPath(file);
         Directory.CreateDirectory(Path.GetDirectoryName(full)!);
@@ -184,10 +201,10 @@ public static class RemoteSurface
 
             return secret;
         }
-        catch (IOException) when (File.Exists(full))
+        catch (IOException) when (TryReadSecretFile(full, out var theirs))
         {
             // Another node created it first: use theirs.
-            return ReadSecretFile(full);
+            return theirs;
         }
         finally
         {
@@ -211,10 +228,28 @@ public static class RemoteSurface
         writer.WriteLine(secret);
     }
 
-    private static string? ReadSecretFile(string file)
+    // False when the file (or a directory on its path) does not exist; a file that exists but
+    // cannot be read, or a directory, is an AdminSecretException.
+    private static bool TryReadSecretFile(string file, out string? secret)
     {
-        var text = File.ReadAllText(file).Split('\n')[0].Trim();
-        return text.Length > 0 ? text : null;
+        string text;
+        try
+        {
+            text = File.ReadAllText(file);
+        }
+        catch (Exception ex) when (ex is FileNotFoundException or DirectoryNotFoundException)
+        {
+            secret = null;
+            return false;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) cannot be read: {ex.Message}", ex);
+        }
+
+        var first = text.Split('\n')[0].Trim();
+        secret = first.Length > 0 ? first : null;
+        return true;
     }
 
     /// <summary>The largest data an I/O message may carry over remoting with <paramref name="config"/>.</summary>
@@ -264,4 +299,21 @@ public static class RemoteSurface
 
     /// <summary>The reply to an administrative request that was not authenticated: nothing changed.</summary>
     public sealed record NotAuthorized(string Request, string Reason) : IActorBlkMessage;
+}
+
+/// <summary>
+/// The admin secret file (<c>actorblk.remote.admin-secret-file</c>) exists but cannot be read (a
+/// file this process may not read, one in a directory it may not search, a directory), or is
+/// missing and cannot be created. A node refuses to seal or check cluster messages, or to start,
+/// rather than run as a node without a secret.
+/// </summary>
+public sealed class AdminSecretException : IOException
+{
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">Names the file and why it cannot be read.</param>
+    /// <param name="inner">The file system's error.</param>
+    public AdminSecretException(string message, Exception inner)
+        : base(message, inner)
+    {
+    }
 }

@@ -112,7 +112,7 @@ internal static class CommandLine
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;
         }
-        catch (CommandFailedException ex)
+        catch (Exception ex) when (ex is CommandFailedException or ActorBlk.Actors.Serialization.AdminSecretException)
         {
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;

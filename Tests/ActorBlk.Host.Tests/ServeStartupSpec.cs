@@ -128,6 +128,25 @@ public sealed class ServeStartupSpec
         }
     }
 
+    // An admin secret file that exists but cannot be read was taken for no secret (File.Exists is
+    // false for it), so the node sealed and checked nothing; here a directory stands for it (the
+    // specs run as root, who may read any file). Now the node does not start.
+    [Fact]
+    public async Task A_node_whose_admin_secret_file_cannot_be_read_names_it_on_stderr_in_one_line_and_exits_1()
+    {
+        using var dir = new TempDirectory("serve-secret");
+        var secret = dir.File("admin-secret");
+        Directory.CreateDirectory(secret);
+        var config = File.ReadAllText(RepositoryFiles.Hocon()).Replace("\"~/.actorblk/admin-secret\"", $"\"{secret}\"", StringComparison.Ordinal);
+        Assert.Contains(secret, config, StringComparison.Ordinal);
+        File.WriteAllText(dir.File("hocon.conf"), config);
+
+        await using var node = ActorBlkProcess.Start("serve", "--config", dir.File("hocon.conf"), "--port", "0", "--nbd-listen", "off");
+        Assert.Equal(1, await node.WaitForExitAsync(Within));
+        AssertOneLineOnStandardError(node, $"actorblk: the admin secret file '{secret}' (actorblk.remote.admin-secret-file) cannot be read: ");
+        Assert.DoesNotContain("   at ", node.Output, StringComparison.Ordinal);
+    }
+
     private static void AssertOneLineOnStandardError(ActorBlkProcess process, string start)
     {
         var lines = process.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
