@@ -10,7 +10,11 @@ namespace ActorBlk.Host.Commands;
 /// command's output alone (a JSON document stays parseable). Akka's default logger writes to
 /// stdout: an outside audit found a SIGKILLed node's <c>Disassociated</c> error and its stack
 /// trace inside <c>iostat -o JSON</c>'s <c>statistics</c> array. That error, a remoting
-/// disassociation, is left out: the command says itself that no node answered.
+/// disassociation, is left out: the command says itself that no node answered. So is what the
+/// transport could not read from the address given (a port that is not ActorBlk remoting: an
+/// operator audit saw DotNetty's <c>TooLongFrameException</c> and 7 stack lines before the
+/// command's own "no ActorBlk node answered"). Whatever else is written is one line, the cause's
+/// type and message without its stack.
 /// </summary>
 internal sealed class ClientLogger : ActorBase, IRequiresMessageQueue<ILoggerMessageQueueSemantics>
 {
@@ -19,16 +23,39 @@ internal sealed class ClientLogger : ActorBase, IRequiresMessageQueue<ILoggerMes
 
     /// <summary>
     /// Whether <paramref name="e"/> is written: all but the disassociation from a node that went
-    /// away (Akka.Remote's <c>EndpointDisassociatedException</c>, internal to it, so named).
+    /// away (Akka.Remote's <c>EndpointDisassociatedException</c>, internal to it, so named) and
+    /// what the transport could not read (<see cref="PeerNoiseLimiter.IsPeerNoise"/>).
     /// </summary>
-    public static bool Shows(LogEvent e) => e is not Error { Cause: { } cause } || cause.GetType().FullName != "Akka.Remote.EndpointDisassociatedException";
+    public static bool Shows(LogEvent e) => e is not Error { Cause: { } cause }
+        || (cause.GetType().FullName != "Akka.Remote.EndpointDisassociatedException" && !PeerNoiseLimiter.IsPeerNoise(cause));
 
-    /// <summary>Writes <paramref name="e"/> to stderr when it <see cref="Shows"/>.</summary>
+    /// <summary>
+    /// <paramref name="e"/> as one line: Akka's level, time and source, the message, and for an
+    /// error the innermost cause's type and message (Akka's own text adds the whole stack).
+    /// </summary>
+    public static string Format(LogEvent e)
+    {
+        ArgumentNullException.ThrowIfNull(e);
+        var line = $"[{e.LogLevel().ToString().Replace("Level", string.Empty, StringComparison.Ordinal).ToUpperInvariant()}][{e.Timestamp:O}][{e.LogSource}] {e.Message}";
+        if (e is Error { Cause: { } cause })
+        {
+            while (cause.InnerException is not null)
+            {
+                cause = cause.InnerException;
+            }
+
+            line += $" ({cause.GetType().Name}: {cause.Message})";
+        }
+
+        return line.ReplaceLineEndings(" ");
+    }
+
+    /// <summary>Writes <paramref name="e"/> to stderr, on one line, when it <see cref="Shows"/>.</summary>
     public static void WriteToStandardError(LogEvent e)
     {
         if (Shows(e))
         {
-            Console.Error.WriteLine(e.ToString());
+            Console.Error.WriteLine(Format(e));
         }
     }
 

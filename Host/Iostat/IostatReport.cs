@@ -172,7 +172,7 @@ internal static class IostatReport
         var per = Per(unit);
         var u = UnitName(unit);
         var sb = new StringBuilder();
-        sb.Append("{\"disk_device\": ").Append(JsonString(r.Device));
+        sb.Append("{\"disk_device\": ").Append(IostatWriter.Json(r.Device));
         void F(string key, double value) => sb.Append(", \"").Append(key).Append("\": ").Append(value.ToString("F2", CultureInfo.InvariantCulture));
         F("r/s", r.ReadsPerSecond); F("w/s", r.WritesPerSecond); F("d/s", r.DiscardsPerSecond); F("f/s", r.FlushesPerSecond);
         F($"r{u}/s", r.ReadKbPerSecond / per); F($"w{u}/s", r.WriteKbPerSecond / per); F($"d{u}/s", r.DiscardKbPerSecond / per);
@@ -193,12 +193,10 @@ internal static class IostatReport
         static string F(double value) => value.ToString("F2", CultureInfo.InvariantCulture);
         static string N(double value) => Math.Floor(value).ToString("F0", CultureInfo.InvariantCulture);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{{\"disk_device\": {JsonString(r.Device)}, \"tps\": {F(r.TransfersPerSecond)}, \"{u}_read/s\": {F(r.ReadKbPerSecond / per)}, \"{u}_wrtn/s\": {F(r.WriteKbPerSecond / per)}, \"{u}_dscd/s\": {F(r.DiscardKbPerSecond / per)}, \"{u}_read\": {N(r.KbRead / per)}, \"{u}_wrtn\": {N(r.KbWritten / per)}, \"{u}_dscd\": {N(r.KbDiscarded / per)}}}");
+            $"{{\"disk_device\": {IostatWriter.Json(r.Device)}, \"tps\": {F(r.TransfersPerSecond)}, \"{u}_read/s\": {F(r.ReadKbPerSecond / per)}, \"{u}_wrtn/s\": {F(r.WriteKbPerSecond / per)}, \"{u}_dscd/s\": {F(r.DiscardKbPerSecond / per)}, \"{u}_read\": {N(r.KbRead / per)}, \"{u}_wrtn\": {N(r.KbWritten / per)}, \"{u}_dscd\": {N(r.KbDiscarded / per)}}}");
     }
 
     private static double Per(IostatUnit unit) => unit == IostatUnit.Kilobytes ? 1.0 : 1024.0;
 
     private static string UnitName(IostatUnit unit) => unit == IostatUnit.Kilobytes ? "kB" : "MB";
-
-    private static string JsonString(string text) => System.Text.Json.JsonSerializer.Serialize(text);
 }

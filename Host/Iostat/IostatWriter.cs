@@ -139,5 +139,12 @@ internal sealed class IostatWriter(TextWriter output, IostatOptions options)
         var other => other.ToString().ToLowerInvariant(),
     };
 
-    private static string Json(string text) => System.Text.Json.JsonSerializer.Serialize(text);
+    /// <summary>
+    /// <paramref name="text"/> as a JSON string, escaping only what JSON requires: the default
+    /// encoder also escapes HTML's characters, so an ISO timestamp's <c>+0000</c> came out as
+    /// <c>\u002B0000</c> (an operator audit; sysstat writes <c>+0000</c>).
+    /// </summary>
+    internal static string Json(string text) => System.Text.Json.JsonSerializer.Serialize(text, Relaxed);
+
+    private static readonly System.Text.Json.JsonSerializerOptions Relaxed = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 }

@@ -47,6 +47,43 @@ public sealed class CliInputSpec : IDisposable
         Assert.DoesNotContain("Unhandled exception", missing.Output, StringComparison.Ordinal);
     }
 
+    // An operator audit pointed iostat at a node's NBD port: the command's own line came after an
+    // Akka ERROR with DotNetty's TooLongFrameException and its 7-line stack trace on stderr.
+    [Fact]
+    public async Task A_port_that_is_not_ActorBlk_remoting_gets_one_line_on_stderr()
+    {
+        // Speaks first, as an NBD server does: the greeting's first four bytes read as a frame
+        // length of about 1.3 GB, over the 128,000 allowed.
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        using var stop = new CancellationTokenSource();
+        var greeter = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                using var client = await listener.AcceptTcpClientAsync(stop.Token);
+                try
+                {
+                    await client.GetStream().WriteAsync("NBDMAGICIHAVEOPT\0\u0003"u8.ToArray(), stop.Token);
+                }
+                catch (IOException)
+                {
+                    // The client closed first.
+                }
+            }
+        });
+
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        await using var devices = ActorBlkProcess.Start("devices", "--node", $"127.0.0.1:{port}");
+        Assert.Equal(1, await devices.WaitForExitAsync(Within));
+        var line = Assert.Single(devices.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+        Assert.StartsWith($"actorblk: no ActorBlk node answered at akka.tcp://actorblk@127.0.0.1:{port}", line, StringComparison.Ordinal);
+        Assert.Empty(devices.StandardOutput);
+        await stop.CancelAsync();
+        listener.Stop();
+        await Assert.ThrowsAnyAsync<Exception>(() => greeter);
+    }
+
     [Fact]
     public async Task Help_for_a_command_that_does_not_exist_is_a_usage_error()
     {

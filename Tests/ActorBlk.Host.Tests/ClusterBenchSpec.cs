@@ -58,6 +58,42 @@ public sealed partial class ClusterBenchSpec
         }
     }
 
+    // An operator audit: a client bench could take its admin secret from --config only when the
+    // file also defined the device (exit 2, "'vol-c' is not a device of client.conf"). With --join,
+    // a device the file does not define is opened from the cluster, the file giving the secret.
+    [Fact]
+    public async Task A_joining_bench_takes_its_secret_from_config_and_opens_a_device_the_file_does_not_define()
+    {
+        using var dir = new ActorBlk.Testing.TempDirectory("join-config");
+        var hocon = File.ReadAllText(RepositoryFiles.Hocon());
+        var ownerConfig = dir.File("owner.conf");
+        File.WriteAllText(ownerConfig, hocon + """
+
+            actorblk.devices = [ { name = far1, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = "127.0.0.1:0"
+            actorblk.remote.admin-secret = "only-in-these-files"
+            """);
+
+        // The repository's file, devices and all, with the cluster's secret: far1 is not among them.
+        var clientConfig = dir.File("client.conf");
+        File.WriteAllText(clientConfig, hocon + "\nactorblk.remote.admin-secret = \"only-in-these-files\"\n");
+
+        await using var owner = ActorBlkProcess.Start("serve", "--config", ownerConfig, "--port", "0");
+        var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+
+        await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--config", clientConfig, "--device=far1", "--rw=randread", "--bs=4k",
+            "--iodepth=4", "--size=64m", "--runtime=1", "--jit_warmup=0", "--output-format=json", "--eta=never");
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        using var json = JsonDocument.Parse(bench.StandardOutput);
+        var cluster = json.RootElement.GetProperty("actorblk").GetProperty("cluster");
+        Assert.Equal(node, cluster.GetProperty("owner").GetString());
+        Assert.True(cluster.GetProperty("remote").GetBoolean());
+
+        owner.Terminate();
+        Assert.Equal(0, await owner.WaitForExitAsync(Within));
+    }
+
     [Fact]
     public async Task A_mirror_whose_member_on_another_node_cannot_be_opened_fails_the_bench_with_exit_1_not_a_usage_error()
     {

@@ -212,6 +212,9 @@ public sealed class IostatOptionsSpec
             if (timestamp)
             {
                 Assert.Equal($"2026-12-04T10:30:0{i + 2}+0100", stamp.GetString());
+
+                // Written as sysstat writes it, not escaped (an operator audit saw \u002B0100).
+                Assert.Contains($"\"timestamp\": \"2026-12-04T10:30:0{i + 2}+0100\"", text.ToString(), StringComparison.Ordinal);
             }
 
             var disks = report.GetProperty("disk");
