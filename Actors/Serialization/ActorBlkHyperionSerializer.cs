@@ -1,4 +1,5 @@
 using Akka.Actor;
+using Akka.Event;
 using Akka.Serialization;
 
 namespace ActorBlk.Actors.Serialization;
@@ -80,11 +81,13 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             }
             catch (AdminSecretException ex)
             {
-                // Refused, as with a wrong credential, naming why (the read is tried again with
-                // the next envelope); every other message needs no secret.
+                // Refused, as with a wrong credential (the read is tried again with the next
+                // envelope); every other message needs no secret. The reason goes back to a peer
+                // not yet authenticated, so it names no path: the operator finds it in the log.
+                system.Log.Warning("Refused an administrative request: {0}", ex.Message);
                 return RemoteSurface.Admit(message, null) is RemoteSurface.AdminRefused refused
-                    ? refused with { Reason = ex.Message }
-                    : throw new System.Runtime.Serialization.SerializationException(ex.Message, ex);
+                    ? refused with { Reason = "the node cannot read its admin secret (see its log)" }
+                    : throw new System.Runtime.Serialization.SerializationException("The node cannot read its admin secret.", ex);
             }
         }
 

@@ -201,10 +201,11 @@ public static class RemoteSurface
 
             return secret;
         }
-        catch (IOException) when (TryReadSecretFile(full, out var theirs))
+        catch (IOException) when (File.Exists(full) || Directory.Exists(full))
         {
-            // Another node created it first: use theirs.
-            return theirs;
+            // Another node created it first: use theirs (read here, not in the filter, where an
+            // exception would be swallowed and the link's "exists already" reported instead).
+            return TryReadSecretFile(full, out var theirs) ? theirs : throw new AdminSecretException($"the admin secret file '{full}' ({SecretFileKey}) went away while it was created", new FileNotFoundException(null, full));
         }
         finally
         {
@@ -247,8 +248,12 @@ public static class RemoteSurface
             throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) cannot be read: {ex.Message}", ex);
         }
 
+        // An empty first line is no secret to use, and was taken for none (a `touch`ed file made
+        // a node that sealed nothing and took everything): refused as unreadable is.
         var first = text.Split('\n')[0].Trim();
-        secret = first.Length > 0 ? first : null;
+        secret = first.Length > 0
+            ? first
+            : throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) is empty: its first line must hold the secret (remove the file and `actorblk serve` creates one)");
         return true;
     }
 
@@ -303,8 +308,8 @@ public static class RemoteSurface
 
 /// <summary>
 /// The admin secret file (<c>actorblk.remote.admin-secret-file</c>) exists but cannot be read (a
-/// file this process may not read, one in a directory it may not search, a directory), or is
-/// missing and cannot be created. A node refuses to seal or check cluster messages, or to start,
+/// file this process may not read, one in a directory it may not search, a directory) or its
+/// first line is empty, or it is missing and cannot be created. A node refuses to seal or check cluster messages, or to start,
 /// rather than run as a node without a secret.
 /// </summary>
 public sealed class AdminSecretException : IOException
@@ -314,6 +319,13 @@ public sealed class AdminSecretException : IOException
     /// <param name="inner">The file system's error.</param>
     public AdminSecretException(string message, Exception inner)
         : base(message, inner)
+    {
+    }
+
+    /// <summary>Creates the exception for a file that was read but holds no secret.</summary>
+    /// <param name="message">Names the file and what is wrong with it.</param>
+    public AdminSecretException(string message)
+        : base(message)
     {
     }
 }

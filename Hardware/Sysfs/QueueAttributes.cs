@@ -215,6 +215,29 @@ public sealed class QueueAttributes
         Add(queueDir + "physical_block_size", () => Line(q.Limits.PhysicalBlockSize));
         Add(queueDir + "max_hw_sectors_kb", () => Line(q.Limits.MaxHardwareSectors / 2));
 
+        // §11.3 item 9, read-only: the limits as the kernel shows them (hw_sector_size is the
+        // logical block size; the discard and write-zeroes limits in bytes, 0 when unsupported;
+        // write_cache and fua from the device's volatile cache and FUA support; no DAX).
+        Add(queueDir + "hw_sector_size", () => Line(q.Limits.LogicalBlockSize));
+        Add(queueDir + "max_segments", () => Line(q.Limits.MaxSegments));
+        Add(queueDir + "discard_max_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
+        Add(queueDir + "discard_max_hw_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
+        Add(queueDir + "write_zeroes_max_bytes", () => Line((long)q.Limits.MaxWriteZeroesSectors << Bio.SectorShift));
+        Add(queueDir + "write_cache", () => q.Limits.VolatileWriteCache ? "write back\n" : "write through\n");
+        Add(queueDir + "fua", () => Line(q.Limits.Fua ? 1 : 0));
+        Add(queueDir + "dax", () => "0\n");
+
+        // §11.3 item 9: the schedulers with the active one in brackets. ActorBlk has none, so
+        // the list is `[none]`; writing `none` changes nothing, any other name is EINVAL, as
+        // for a scheduler the kernel does not have.
+        Add(queueDir + "scheduler", () => "[none]\n", (path, text) =>
+        {
+            var name = Chomp(text).Trim();
+            return name == "none"
+                ? ValueTask.CompletedTask
+                : throw new AttributeException(path, AttributeErrno.EINVAL, $"'{name}' is not a scheduler of this device: ActorBlk dispatches without an I/O scheduler (none)");
+        });
+
         // §11.3 item 9: at most max_hw_sectors_kb and at least a page (4 KiB); 0 restores the default.
         Add(queueDir + "max_sectors_kb", () => Line(q.Limits.MaxSectors / 2), (path, text) =>
         {

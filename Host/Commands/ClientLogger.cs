@@ -24,10 +24,12 @@ internal sealed class ClientLogger : ActorBase, IRequiresMessageQueue<ILoggerMes
     /// <summary>
     /// Whether <paramref name="e"/> is written: all but the disassociation from a node that went
     /// away (Akka.Remote's <c>EndpointDisassociatedException</c>, internal to it, so named) and
-    /// what the transport could not read (<see cref="PeerNoiseLimiter.IsPeerNoise"/>).
+    /// what the transport could not read (<see cref="PeerNoiseLimiter.IsTransportNoise"/>). A
+    /// refusal by ActorBlk's serializers is shown, on one line: it tells a client and a node of
+    /// different versions apart from a node that is not there.
     /// </summary>
     public static bool Shows(LogEvent e) => e is not Error { Cause: { } cause }
-        || (cause.GetType().FullName != "Akka.Remote.EndpointDisassociatedException" && !PeerNoiseLimiter.IsPeerNoise(cause));
+        || (cause.GetType().FullName != "Akka.Remote.EndpointDisassociatedException" && !PeerNoiseLimiter.IsTransportNoise(cause));
 
     /// <summary>
     /// <paramref name="e"/> as one line: Akka's level, time and source, the message, and for an

@@ -16,9 +16,9 @@ internal sealed class NodeClient : IAsyncDisposable
     public static readonly TimeSpan AnswerTimeout = TimeSpan.FromSeconds(60);
 
     private readonly ActorSystem _system;
-    private readonly string? _secret;
+    private readonly Lazy<string?> _secret;
 
-    private NodeClient(ActorSystem system, string address, string? secret)
+    private NodeClient(ActorSystem system, string address, Lazy<string?> secret)
     {
         _system = system;
         Address = address;
@@ -102,9 +102,11 @@ internal sealed class NodeClient : IAsyncDisposable
                 """).WithFallback(config);
         }
 
-        var secret = Environment.GetEnvironmentVariable(RemoteSurface.SecretVariable) is { Length: > 0 } fromEnv
+        // Read when an administrative request needs it: a secret file the user may not read
+        // fails a write or a hotplug (AdminSecretException), never a read such as iostat's.
+        var secret = new Lazy<string?>(() => Environment.GetEnvironmentVariable(RemoteSurface.SecretVariable) is { Length: > 0 } fromEnv
             ? fromEnv.Trim()
-            : nodeConfig is null ? null : RemoteSurface.ResolveSecret(nodeConfig, create: false);
+            : nodeConfig is null ? null : RemoteSurface.ResolveSecret(nodeConfig, create: false));
         var setup = BootstrapSetup.Create().WithConfig(config);
         var system = ActorBlkRemoting.TlsSetup(config) is { } ssl
             ? ActorSystem.Create("actorblk-client", ActorSystemSetup.Create(setup, ssl))
@@ -114,8 +116,16 @@ internal sealed class NodeClient : IAsyncDisposable
 
     /// <summary>Sends <paramref name="message"/> to the node's sysfs actor and returns the answer.</summary>
     /// <exception cref="NodeUnreachableException">No node answered at the address.</exception>
+    /// <exception cref="ActorBlk.Actors.Serialization.AdminSecretException">An administrative request, and the secret file cannot be read.</exception>
     public async Task<object> AskAsync(object message)
     {
+        // Administrative requests carry the admin secret; the node refuses them (EPERM) without it.
+        // Read first, so a secret file that cannot be read is said before anything is sent.
+        if (message is IActorBlkMessage admin && RemoteSurface.AdminTypes.Contains(message.GetType()) && _secret.Value is { } secret)
+        {
+            message = new RemoteSurface.Authenticated(secret, admin);
+        }
+
         var path = $"{Address}/user/{BlockLayer.GuardianName}/{Sysfs.ActorName}";
         IActorRef sysfs;
         try
@@ -125,12 +135,6 @@ internal sealed class NodeClient : IAsyncDisposable
         catch (ActorNotFoundException)
         {
             throw new NodeUnreachableException($"no ActorBlk node answered at {Address} (is `actorblk serve` running there?).");
-        }
-
-        // Administrative requests carry the admin secret; the node refuses them (EPERM) without it.
-        if (message is IActorBlkMessage admin && RemoteSurface.AdminTypes.Contains(message.GetType()) && _secret is not null)
-        {
-            message = new RemoteSurface.Authenticated(_secret, admin);
         }
 
         try

@@ -69,17 +69,31 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
     // other protocol failures (a member's handshake timing out, a disassociation) nor an encoder's.
     internal static bool IsPeerNoise(Exception? exception)
     {
+        if (IsTransportNoise(exception))
+        {
+            return true;
+        }
+
+        for (var e = exception; e is not null; e = e.InnerException)
+        {
+            // A message ActorBlk's serializers refused (a peer outside the cluster, a type not on
+            // the wire schema): the refusal is already logged once as a warning where it applies.
+            if (e is System.Runtime.Serialization.SerializationException && e.Message.StartsWith("ActorBlk refuses", StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    // The transport's frame decoder or Akka's PDU decoder failing on bytes from the network.
+    internal static bool IsTransportNoise(Exception? exception)
+    {
         for (var e = exception; e is not null; e = e.InnerException)
         {
             if (e.GetType().FullName is "DotNetty.Codecs.CorruptedFrameException" or "DotNetty.Codecs.TooLongFrameException" or "DotNetty.Codecs.DecoderException"
                 or "Akka.Remote.Transport.PduCodecException")
-            {
-                return true;
-            }
-
-            // A message ActorBlk's serializers refused (a peer outside the cluster, a type not on
-            // the wire schema): the refusal is already logged once as a warning where it applies.
-            if (e is System.Runtime.Serialization.SerializationException && e.Message.StartsWith("ActorBlk refuses", StringComparison.Ordinal))
             {
                 return true;
             }

@@ -55,6 +55,18 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("0\n", Read("read_only"));
         Assert.Equal("0\n", Read("rotational"));
 
+        // §11.3 item 9's read-only limits (a conformance audit found them missing): a null device
+        // without discard (it needs memory_backed) or a write cache.
+        Assert.Equal("512\n", Read("hw_sector_size"));
+        Assert.Equal("128\n", Read("max_segments"));      // BLK_MAX_SEGMENTS
+        Assert.Equal("0\n", Read("discard_max_bytes"));
+        Assert.Equal("0\n", Read("discard_max_hw_bytes"));
+        Assert.Equal("0\n", Read("write_zeroes_max_bytes"));
+        Assert.Equal("write through\n", Read("write_cache"));
+        Assert.Equal("0\n", Read("fua"));
+        Assert.Equal("0\n", Read("dax"));
+        Assert.Equal("[none]\n", Read("scheduler"));
+
         // "/sys/" in front is accepted, as a shell user would type it.
         Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd0/queue/nr_requests"));
 
@@ -62,7 +74,31 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         // "there is no device ''").
         Assert.Equal("64\n", Layer.ReadAttribute("/sys//block//sd0/queue///nr_requests"));
         var queueDir = Layer.ListAttributes("block/sd0/queue/");
-        Assert.Equal(12, queueDir.Count);
+        Assert.Equal(21, queueDir.Count);
+    }
+
+    [Fact]
+    public async Task The_scheduler_is_none_and_the_limits_follow_the_device()
+    {
+        // §11.3 item 9: `none` may be written (it is the one scheduler); any other name is
+        // EINVAL, as for a scheduler the kernel does not have.
+        await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "sd9", Size = 64 << 20, BlockSize = 4096, MemoryBacked = true, Discard = true, WriteCache = true, PollQueues = 0,
+        });
+        string Read(string name) => Layer.ReadAttribute($"block/sd9/queue/{name}");
+        await Layer.WriteAttributeAsync("block/sd9/queue/scheduler", "none\n");
+        Assert.Equal("[none]\n", Read("scheduler"));
+        var refused = await Refused("block/sd9/queue/scheduler", "mq-deadline");
+        Assert.Equal(AttributeErrno.EINVAL, refused.Errno);
+        Assert.Contains("'mq-deadline' is not a scheduler of this device", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("block/sd9/queue/hw_sector_size", "512")).Errno);
+
+        Assert.Equal("4096\n", Read("hw_sector_size"));
+        Assert.Equal($"{(int.MaxValue >> 9) * 512L}\n", Read("discard_max_bytes"));
+        Assert.Equal($"{(int.MaxValue >> 9) * 512L}\n", Read("write_zeroes_max_bytes"));
+        Assert.Equal("write back\n", Read("write_cache"));
+        Assert.Equal("1\n", Read("fua"));
     }
 
     [Fact]
@@ -181,7 +217,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         // Read-only attributes, unknown attributes and unknown devices.
         Assert.Equal(AttributeErrno.EACCES, (await Refused("block/sd2/queue/logical_block_size", "4096")).Errno);
         Assert.Equal(AttributeErrno.EACCES, (await Refused("block/sd2/mq/0/nr_tags", "8")).Errno);
-        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/sd2/queue/scheduler", "none")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/sd2/queue/iosched/quantum", "8")).Errno);
         Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/nosuch/queue/nr_requests", "8")).Errno);
         Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("proc/meminfo")).Errno);
         Assert.Equal("512\n", Layer.ReadAttribute("block/sd2/queue/logical_block_size"));

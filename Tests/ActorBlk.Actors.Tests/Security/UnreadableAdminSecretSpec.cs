@@ -33,13 +33,32 @@ public sealed class UnreadableAdminSecretSpec : IDisposable
         foreach (var create in new[] { false, true })
         {
             var ex = Assert.Throws<AdminSecretException>(() => RemoteSurface.ResolveSecret(SecretFile(path), create));
-            Assert.Equal($"the admin secret file '{path}' (actorblk.remote.admin-secret-file) cannot be read: Access to the path '{path}' is denied.", ex.Message);
+            Assert.StartsWith($"the admin secret file '{path}' (actorblk.remote.admin-secret-file) cannot be read: ", ex.Message, StringComparison.Ordinal);
+            Assert.IsType<UnauthorizedAccessException>(ex.InnerException);
         }
 
         // The sealing serializers refuse every message rather than seal nothing and take everything.
         var source = new ClusterSeal.KeySource(SecretFile(path));
         var refused = Assert.Throws<System.Runtime.Serialization.SerializationException>(() => source.Key);
         Assert.IsType<AdminSecretException>(refused.InnerException);
+    }
+
+    // A review: a file whose first line is blank (a `touch`ed file) was no secret too.
+    [Theory]
+    [InlineData("")]
+    [InlineData("\n")]
+    [InlineData("   \nsecret-on-line-two\n")]
+    public void A_secret_file_whose_first_line_is_empty_is_an_error_not_no_secret(string contents)
+    {
+        var path = _dir.File("admin-secret");
+        File.WriteAllText(path, contents);
+        foreach (var create in new[] { false, true })
+        {
+            var ex = Assert.Throws<AdminSecretException>(() => RemoteSurface.ResolveSecret(SecretFile(path), create));
+            Assert.StartsWith($"the admin secret file '{path}' (actorblk.remote.admin-secret-file) is empty", ex.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Throws<System.Runtime.Serialization.SerializationException>(() => new ClusterSeal.KeySource(SecretFile(path)).Key);
     }
 
     [Fact]
@@ -76,7 +95,9 @@ public sealed class UnreadableAdminSecretSpec : IDisposable
             var envelope = new RemoteSurface.Authenticated("guess", new BlockLayer.Destroy("nullb0"));
             var refused = Assert.IsType<RemoteSurface.AdminRefused>(serializer.FromBinary(serializer.ToBinary(envelope), typeof(object)));
             Assert.IsType<BlockLayer.Destroy>(refused.Request);
-            Assert.StartsWith($"the admin secret file '{path}' (actorblk.remote.admin-secret-file) cannot be read", refused.Reason, StringComparison.Ordinal);
+
+            // The reason goes back to a peer not yet authenticated: it names no path (a review).
+            Assert.Equal("the node cannot read its admin secret (see its log)", refused.Reason);
 
             // Requests that need no secret still arrive.
             Assert.IsType<BlockLayer.ListDevices>(serializer.FromBinary(serializer.ToBinary(BlockLayer.ListDevices.Instance), typeof(object)));
