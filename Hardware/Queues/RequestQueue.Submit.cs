@@ -27,7 +27,7 @@ public sealed partial class RequestQueue
         }
 
         var limits = _limits;
-        if (!limits.VolatileWriteCache)
+        if (!limits.VolatileWriteCache || _writeCacheDisabled)
         {
             // Without a volatile write cache there is nothing to flush: an empty flush completes at
             // once, as in submit_bio_noacct; on a device being removed, or gone, with Offline, as

@@ -47,6 +47,7 @@ public sealed partial class RequestQueue
     private volatile int _ioTimeoutMs;
     private volatile bool _readOnly;
     private volatile bool _rotational;
+    private volatile bool _writeCacheDisabled;
     private volatile bool _ioPoll;
     private volatile int _nrRequests;
     private int _registered;
@@ -343,6 +344,22 @@ public sealed partial class RequestQueue
     /// </summary>
     public string? DriverReadOnly =>
         _driver is { ReadOnly: true } ? _driver.Description : _bioDriver is { ReadOnly: true } ? _bioDriver.Description : null;
+
+    /// <summary>
+    /// The queue treats the device's volatile write cache as there (<c>write_cache</c> = <c>write
+    /// back</c>): flushes and FUA reach the driver. False when the device has none, or when it was
+    /// turned off (<c>write through</c>, <c>BLK_FLAG_WRITE_CACHE_DISABLED</c>): flushes then
+    /// complete at once and FUA is dropped, as the kernel does, so data in a real volatile cache is
+    /// no longer made durable. Only for a cache that does not lose data (battery-backed).
+    /// </summary>
+    public bool WriteCache => _limits.VolatileWriteCache && !_writeCacheDisabled;
+
+    /// <summary>Turns the write cache off (<c>write through</c>) or back on (<c>write back</c>, which a device without one ignores).</summary>
+    public bool WriteCacheDisabled
+    {
+        get => _writeCacheDisabled;
+        set => _writeCacheDisabled = value;
+    }
 
     /// <summary>The device is rotational.</summary>
     public bool Rotational

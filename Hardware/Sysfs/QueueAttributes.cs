@@ -217,13 +217,25 @@ public sealed class QueueAttributes
 
         // §11.3 item 9, read-only: the limits as the kernel shows them (hw_sector_size is the
         // logical block size; the discard and write-zeroes limits in bytes, 0 when unsupported;
-        // write_cache and fua from the device's volatile cache and FUA support; no DAX).
+        // fua from the device's FUA support; no DAX).
         Add(queueDir + "hw_sector_size", () => Line(q.Limits.LogicalBlockSize));
         Add(queueDir + "max_segments", () => Line(q.Limits.MaxSegments));
         Add(queueDir + "discard_max_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
         Add(queueDir + "discard_max_hw_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
         Add(queueDir + "write_zeroes_max_bytes", () => Line((long)q.Limits.MaxWriteZeroesSectors << Bio.SectorShift));
-        Add(queueDir + "write_cache", () => q.Limits.VolatileWriteCache ? "write back\n" : "write through\n");
+
+        // queue_wc_store: "write back" turns the cache on (a device without one stays "write
+        // through"), "write through" or "none" off: flushes then complete at once and FUA is
+        // dropped. Compared as prefixes, as the kernel's strncmp does; anything else is EINVAL.
+        Add(queueDir + "write_cache", () => q.WriteCache ? "write back\n" : "write through\n", (path, text) =>
+        {
+            q.WriteCacheDisabled = text.StartsWith("write back", StringComparison.Ordinal)
+                ? false
+                : text.StartsWith("write through", StringComparison.Ordinal) || text.StartsWith("none", StringComparison.Ordinal)
+                    ? true
+                    : throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not 'write back' or 'write through'");
+            return ValueTask.CompletedTask;
+        });
         Add(queueDir + "fua", () => Line(q.Limits.Fua ? 1 : 0));
         Add(queueDir + "dax", () => "0\n");
 

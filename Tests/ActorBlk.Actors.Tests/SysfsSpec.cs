@@ -102,6 +102,37 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task Write_through_turns_the_write_cache_off_so_flushes_no_longer_reach_the_device()
+    {
+        // §11.3 item 9, queue_wc_store: "write through" (or "none") sets the cache off, so an
+        // empty flush completes at once and is not accounted; "write back" turns it on again; a
+        // device without a cache stays "write through"; anything else is EINVAL.
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions { Name = "wc0", Size = 64 << 20, WriteCache = true, PollQueues = 0 });
+        string Read(string name) => Layer.ReadAttribute($"block/wc0/{name}");
+        long Flushes() => long.Parse(Read("stat").Split(' ', StringSplitOptions.RemoveEmptyEntries)[15], System.Globalization.CultureInfo.InvariantCulture);
+
+        await device.FlushAsync();
+        Assert.Equal(1, Flushes());
+
+        await Layer.WriteAttributeAsync("block/wc0/queue/write_cache", "write through\n");
+        Assert.Equal("write through\n", Read("queue/write_cache"));
+        await device.FlushAsync();
+        Assert.Equal(1, Flushes());
+
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/wc0/queue/write_cache", "writeback")).Errno);
+        Assert.Equal("write through\n", Read("queue/write_cache"));
+
+        await Layer.WriteAttributeAsync("block/wc0/queue/write_cache", "write back");
+        Assert.Equal("write back\n", Read("queue/write_cache"));
+        await device.FlushAsync();
+        Assert.Equal(2, Flushes());
+
+        await Layer.CreateDeviceAsync(new DeviceOptions { Name = "wc1", Size = 64 << 20, PollQueues = 0 });
+        await Layer.WriteAttributeAsync("block/wc1/queue/write_cache", "write back\n");
+        Assert.Equal("write through\n", Layer.ReadAttribute("block/wc1/queue/write_cache"));
+    }
+
+    [Fact]
     public async Task Mq_directories_exist_for_mapped_hardware_queues_only()
     {
         // §11.1 item 1 and §15: a directory per mapped hardware queue only, each with nr_tags,
