@@ -19,6 +19,7 @@ namespace ActorBlk.Actors.Serialization;
 public sealed class ActorBlkHyperionSerializer : HyperionSerializer
 {
     private readonly Lazy<byte[]?> _secret;
+    private long _lastSecretWarning;
 
     /// <summary>The serializer id on the wire (distinct from stock Hyperion's -5).</summary>
     public const int SerializerId = 7351;
@@ -84,7 +85,14 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
                 // Refused, as with a wrong credential (the read is tried again with the next
                 // envelope); every other message needs no secret. The reason goes back to a peer
                 // not yet authenticated, so it names no path: the operator finds it in the log.
-                system.Log.Warning("Refused an administrative request: {0}", ex.Message);
+                // At most one line a minute: a peer could otherwise write one per message.
+                var now = Environment.TickCount64;
+                var last = Interlocked.Read(ref _lastSecretWarning);
+                if ((last == 0 || now - last >= 60_000) && Interlocked.CompareExchange(ref _lastSecretWarning, now, last) == last)
+                {
+                    system.Log.Warning("Refused administrative requests (at most one line a minute): {0}", ex.Message);
+                }
+
                 return RemoteSurface.Admit(message, null) is RemoteSurface.AdminRefused refused
                     ? refused with { Reason = "the node cannot read its admin secret (see its log)" }
                     : throw new System.Runtime.Serialization.SerializationException("The node cannot read its admin secret.", ex);

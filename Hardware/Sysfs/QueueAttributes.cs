@@ -30,7 +30,8 @@ internal sealed record AttributeFile(Func<string> Show, Func<string, string, Val
 /// Paths are those of the kernel, rooted at <c>/sys</c>:
 /// <list type="bullet">
 /// <item><c>block/&lt;dev&gt;/queue/{nr_requests, rq_affinity, io_poll, io_poll_delay, io_timeout, nomerges,
-/// logical_block_size, physical_block_size, max_sectors_kb, max_hw_sectors_kb, read_only, rotational}</c>;</item>
+/// logical_block_size, physical_block_size, max_sectors_kb, max_hw_sectors_kb, read_only, rotational, hw_sector_size,
+/// max_segments, discard_max_bytes, discard_max_hw_bytes, write_zeroes_max_bytes, write_cache, fua, dax, scheduler}</c>;</item>
 /// <item><c>block/&lt;dev&gt;/stat</c> (the 17 fields of Documentation/block/stat.rst) and <c>block/&lt;dev&gt;/inflight</c> (<see cref="DiskStats"/>);</item>
 /// <item><c>block/&lt;dev&gt;/mq/&lt;N&gt;/{nr_tags, nr_reserved_tags, cpu_list}</c> for mapped hardware queues only;</item>
 /// <item><c>kernel/debug/block/&lt;dev&gt;/hctx&lt;N&gt;/{state, type, active, queued, run, dispatched, pending, tags}</c>
@@ -239,10 +240,10 @@ public sealed class QueueAttributes
         Add(queueDir + "fua", () => Line(q.Limits.Fua ? 1 : 0));
         Add(queueDir + "dax", () => "0\n");
 
-        // §11.3 item 9: the schedulers with the active one in brackets. ActorBlk has none, so
-        // the list is `[none]`; writing `none` changes nothing, any other name is EINVAL, as
+        // §11.3 item 9: the schedulers with the active one in brackets, each followed by a space
+        // (elv_iosched_show). ActorBlk has none, so the list is `[none] `; writing `none` changes nothing, any other name is EINVAL, as
         // for a scheduler the kernel does not have.
-        Add(queueDir + "scheduler", () => "[none]\n", (path, text) =>
+        Add(queueDir + "scheduler", () => "[none] \n", (path, text) =>
         {
             var name = Chomp(text).Trim();
             return name == "none"

@@ -65,7 +65,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("write through\n", Read("write_cache"));
         Assert.Equal("0\n", Read("fua"));
         Assert.Equal("0\n", Read("dax"));
-        Assert.Equal("[none]\n", Read("scheduler"));
+        Assert.Equal("[none] \n", Read("scheduler"));
 
         // "/sys/" in front is accepted, as a shell user would type it.
         Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd0/queue/nr_requests"));
@@ -88,7 +88,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         });
         string Read(string name) => Layer.ReadAttribute($"block/sd9/queue/{name}");
         await Layer.WriteAttributeAsync("block/sd9/queue/scheduler", "none\n");
-        Assert.Equal("[none]\n", Read("scheduler"));
+        Assert.Equal("[none] \n", Read("scheduler"));
         var refused = await Refused("block/sd9/queue/scheduler", "mq-deadline");
         Assert.Equal(AttributeErrno.EINVAL, refused.Errno);
         Assert.Contains("'mq-deadline' is not a scheduler of this device", refused.Message, StringComparison.Ordinal);

@@ -323,7 +323,45 @@ internal sealed class NbdClientConnection : IDisposable
     /// False, with nothing written, once the connection takes no more requests (closing after
     /// <c>NBD_ESHUTDOWN</c>, disconnected, or dead).
     /// </summary>
-    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags)
+    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags) => TryEnqueue(request, command, flags, preFlush: false, postFlush: false);
+
+    /// <summary>
+    /// <see cref="TryEnqueue(Request, NbdCommand, NbdCommandFlags)"/> as the kernel's flush
+    /// sequence (blk-flush.c) runs it for a device with a volatile cache: with
+    /// <paramref name="preFlush"/> an <c>NBD_CMD_FLUSH</c> goes first and the command only once
+    /// the flush is answered; with <paramref name="postFlush"/> (FUA the server cannot take) a
+    /// flush follows once the command is answered. The request completes with the last reply, or
+    /// the first error.
+    /// </summary>
+    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags, bool preFlush, bool postFlush)
+    {
+        lock (_sendLock)
+        {
+            if (_closing || _disconnected || IsDead)
+            {
+                return false;
+            }
+
+            if (preFlush)
+            {
+                Write(request, NbdCommand.Flush, NbdCommandFlags.None);
+                var pending = _pending[request.Tag];
+                pending.Next = (command, flags);
+                pending.PostFlush = postFlush;
+            }
+            else
+            {
+                Write(request, command, flags);
+                _pending[request.Tag].PostFlush = postFlush;
+            }
+
+            return true;
+        }
+    }
+
+    // The next stage of a flush sequence, sent from the receiver once the previous one is
+    // answered. False when the connection takes no more requests.
+    private bool TryContinue(Request request, NbdCommand command, NbdCommandFlags flags, bool postFlush)
     {
         lock (_sendLock)
         {
@@ -333,6 +371,8 @@ internal sealed class NbdClientConnection : IDisposable
             }
 
             Write(request, command, flags);
+            _pending[request.Tag].PostFlush = postFlush;
+            Flush();
             return true;
         }
     }
@@ -345,6 +385,7 @@ internal sealed class NbdClientConnection : IDisposable
         pending.Request = request;
         pending.Generation = generation;
         pending.Read = command == NbdCommand.Read;
+        pending.Next = null;
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
         var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
@@ -609,7 +650,20 @@ internal sealed class NbdClientConnection : IDisposable
 
                 pending.Request = null;
                 Interlocked.Decrement(ref _outstanding);
-                if (error == NbdError.Shutdown)
+                if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
+                {
+                    var (command, flags) = pending.Next ?? (NbdCommand.Flush, NbdCommandFlags.None);
+                    var postFlush = pending.Next is not null && pending.PostFlush;
+                    pending.Next = null;
+                    pending.PostFlush = false;
+                    if (!TryContinue(request, command, flags, postFlush))
+                    {
+                        // The connection takes no more (closing, or gone): the request stays in
+                        // flight and the reconnect retries it whole, as one the server refused.
+                        request.RetryNotCounted = true;
+                    }
+                }
+                else if (error == NbdError.Shutdown)
                 {
                     // The server never ran it: its retry after the reconnect is not counted.
                     request.RetryNotCounted = true;
@@ -781,6 +835,11 @@ internal sealed class NbdClientConnection : IDisposable
         public Request? Request;
         public uint Generation;
         public bool Read;
+
+        // A flush sequence's stages still to send: the command after a preflush, a flush after
+        // a command whose FUA the server cannot take.
+        public (NbdCommand Command, NbdCommandFlags Flags)? Next;
+        public bool PostFlush;
     }
 }
 

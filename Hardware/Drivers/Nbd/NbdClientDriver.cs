@@ -246,8 +246,16 @@ public sealed class NbdClientDriver : IBlockDriver
             flags |= NbdCommandFlags.FastZero;
         }
 
+        // The flush sequence (blk-flush.c) for a device with a volatile cache, which the queue
+        // leaves to the driver: a preflush goes out as NBD_CMD_FLUSH before the command, and a FUA
+        // the server cannot take (it sends flush but not FUA) as a flush after it. Both were
+        // dropped, so a journal's commit could reach the disk before the blocks it commits (a
+        // review). The queue strips both flags when the device has no cache.
+        var writes = command is NbdCommand.Write or NbdCommand.WriteZeroes or NbdCommand.Trim;
+        var preFlush = writes && (request.Flags & RequestFlags.PreFlush) != 0 && Limits.VolatileWriteCache;
+        var postFlush = writes && (request.Flags & RequestFlags.Fua) != 0 && !Limits.Fua && Limits.VolatileWriteCache;
         request.Start();
-        if (!connection.TryEnqueue(request, command, flags))
+        if (!connection.TryEnqueue(request, command, flags, preFlush, postFlush))
         {
             if (connection.IsDead)
             {
