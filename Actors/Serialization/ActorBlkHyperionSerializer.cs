@@ -18,7 +18,10 @@ namespace ActorBlk.Actors.Serialization;
 /// </summary>
 public sealed class ActorBlkHyperionSerializer : HyperionSerializer
 {
-    private readonly Lazy<byte[]?> _secret;
+    // Looked for again at most once a second while there is none, as the cluster seal's (a
+    // Lazy kept a first "no secret" for good, so a secret file that appeared later authenticated
+    // nothing until a restart).
+    private readonly ClusterSeal.KeySource _secret;
     private long _lastSecretWarning;
 
     /// <summary>The serializer id on the wire (distinct from stock Hyperion's -5).</summary>
@@ -38,7 +41,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
     public ActorBlkHyperionSerializer(ExtendedActorSystem system)
         : base(system, HyperionSettings)
     {
-        _secret = SecretOf(system);
+        _secret = new ClusterSeal.KeySource(system.Settings.Config);
     }
 
     /// <summary>Created by Akka's serialization extension from HOCON (with the serializer's config block).</summary>
@@ -46,7 +49,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
         : base(system, HyperionSettings)
     {
         _ = config;
-        _secret = SecretOf(system);
+        _secret = new ClusterSeal.KeySource(system.Settings.Config);
     }
 
     /// <inheritdoc />
@@ -76,11 +79,12 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
 
         if (message is RemoteSurface.Authenticated)
         {
+            byte[]? secret;
             try
             {
-                return RemoteSurface.Admit(message, _secret.Value);
+                secret = _secret.Key;
             }
-            catch (AdminSecretException ex)
+            catch (System.Runtime.Serialization.SerializationException wrapped) when (wrapped.InnerException is AdminSecretException ex)
             {
                 // Refused, as with a wrong credential (the read is tried again with the next
                 // envelope); every other message needs no secret. The reason goes back to a peer
@@ -97,6 +101,8 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
                     ? refused with { Reason = "the node cannot read its admin secret (see its log)" }
                     : throw new System.Runtime.Serialization.SerializationException("The node cannot read its admin secret.", ex);
             }
+
+            return RemoteSurface.Admit(message, secret);
         }
 
         return RemoteSurface.Admit(message, null);
@@ -142,12 +148,6 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             t_inEnvelope = false;
         }
     }
-
-    // PublicationOnly: a secret file that cannot be read (AdminSecretException) is read again next
-    // time, not remembered as the failure.
-    private static Lazy<byte[]?> SecretOf(ExtendedActorSystem system) => new(() =>
-        RemoteSurface.ResolveSecret(system.Settings.Config, create: false) is { } secret ? System.Text.Encoding.UTF8.GetBytes(secret) : null,
-        LazyThreadSafetyMode.PublicationOnly);
 
     /// <summary>No types are pre-registered: every manifest carries its type name, checked by the filter.</summary>
     public sealed class NoExtraKnownTypes : IKnownTypesProvider
