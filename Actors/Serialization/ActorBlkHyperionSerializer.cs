@@ -77,35 +77,36 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
             t_reading--;
         }
 
-        if (message is RemoteSurface.Authenticated)
+        // Only an envelope needs the secret.
+        return message is RemoteSurface.Authenticated ? AdmitAuthenticated(message) : RemoteSurface.Admit(message, null);
+    }
+
+    // An envelope checked against the node's secret. One the node cannot read refuses it, as a
+    // wrong credential (the read is tried again with the next envelope). The reason goes back to a
+    // peer not yet authenticated, so it names no path: the operator finds it in the log, at most
+    // one line a minute (a peer could otherwise write one per message).
+    private object AdmitAuthenticated(object envelope)
+    {
+        byte[]? secret;
+        try
         {
-            byte[]? secret;
-            try
+            secret = _secret.Key;
+        }
+        catch (System.Runtime.Serialization.SerializationException wrapped) when (wrapped.InnerException is AdminSecretException ex)
+        {
+            var now = Environment.TickCount64;
+            var last = Interlocked.Read(ref _lastSecretWarning);
+            if ((last == 0 || now - last >= 60_000) && Interlocked.CompareExchange(ref _lastSecretWarning, now, last) == last)
             {
-                secret = _secret.Key;
-            }
-            catch (System.Runtime.Serialization.SerializationException wrapped) when (wrapped.InnerException is AdminSecretException ex)
-            {
-                // Refused, as with a wrong credential (the read is tried again with the next
-                // envelope); every other message needs no secret. The reason goes back to a peer
-                // not yet authenticated, so it names no path: the operator finds it in the log.
-                // At most one line a minute: a peer could otherwise write one per message.
-                var now = Environment.TickCount64;
-                var last = Interlocked.Read(ref _lastSecretWarning);
-                if ((last == 0 || now - last >= 60_000) && Interlocked.CompareExchange(ref _lastSecretWarning, now, last) == last)
-                {
-                    system.Log.Warning("Refused administrative requests (at most one line a minute): {0}", ex.Message);
-                }
-
-                return RemoteSurface.Admit(message, null) is RemoteSurface.AdminRefused refused
-                    ? refused with { Reason = "the node cannot read its admin secret (see its log)" }
-                    : throw new System.Runtime.Serialization.SerializationException("The node cannot read its admin secret.", ex);
+                system.Log.Warning("Refused administrative requests (at most one line a minute): {0}", ex.Message);
             }
 
-            return RemoteSurface.Admit(message, secret);
+            return RemoteSurface.Admit(envelope, null) is RemoteSurface.AdminRefused refused
+                ? refused with { Reason = "the node cannot read its admin secret (see its log)" }
+                : throw new System.Runtime.Serialization.SerializationException("The node cannot read its admin secret.", ex);
         }
 
-        return RemoteSurface.Admit(message, null);
+        return RemoteSurface.Admit(envelope, secret);
     }
 
     [ThreadStatic]

@@ -230,19 +230,27 @@ public sealed class QueueAttributes
         // dropped. Compared as prefixes, as the kernel's strncmp does; anything else is EINVAL.
         Add(queueDir + "write_cache", () => q.WriteCache ? "write back\n" : "write through\n", (path, text) =>
         {
-            q.WriteCacheDisabled = text.StartsWith("write back", StringComparison.Ordinal)
-                ? false
-                : text.StartsWith("write through", StringComparison.Ordinal) || text.StartsWith("none", StringComparison.Ordinal)
-                    ? true
-                    : throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not 'write back' or 'write through'");
+            if (text.StartsWith("write back", StringComparison.Ordinal))
+            {
+                q.WriteCacheDisabled = false;
+            }
+            else if (text.StartsWith("write through", StringComparison.Ordinal) || text.StartsWith("none", StringComparison.Ordinal))
+            {
+                q.WriteCacheDisabled = true;
+            }
+            else
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not 'write back' or 'write through'");
+            }
+
             return ValueTask.CompletedTask;
         });
         Add(queueDir + "fua", () => Line(q.Limits.Fua ? 1 : 0));
         Add(queueDir + "dax", () => "0\n");
 
         // §11.3 item 9: the schedulers with the active one in brackets, each followed by a space
-        // (elv_iosched_show). ActorBlk has none, so the list is `[none] `; writing `none` changes nothing, any other name is EINVAL, as
-        // for a scheduler the kernel does not have.
+        // (elv_iosched_show). ActorBlk has none, so the list is `[none] `; writing `none` changes
+        // nothing, any other name is EINVAL, as for a scheduler the kernel does not have.
         Add(queueDir + "scheduler", () => "[none] \n", (path, text) =>
         {
             var name = Chomp(text).Trim();

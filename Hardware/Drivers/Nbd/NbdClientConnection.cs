@@ -323,17 +323,21 @@ internal sealed class NbdClientConnection : IDisposable
     /// False, with nothing written, once the connection takes no more requests (closing after
     /// <c>NBD_ESHUTDOWN</c>, disconnected, or dead).
     /// </summary>
-    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags) => TryEnqueue(request, command, flags, preFlush: false, postFlush: false);
+    /// <remarks>
+    /// The kernel's flush sequence (blk-flush.c) for a device with a volatile cache: with
+    /// <paramref name="preFlush"/> an <c>NBD_CMD_FLUSH</c> goes first and the command only once the
+    /// flush is answered; with <paramref name="postFlush"/> (FUA the server cannot take) a flush
+    /// follows once the command is answered. The request completes with the last reply, or the
+    /// first error.
+    /// </remarks>
+    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags, bool preFlush, bool postFlush) => preFlush
+        ? TryWrite(request, NbdCommand.Flush, NbdCommandFlags.None, (command, flags), postFlush, push: false)
+        : TryWrite(request, command, flags, next: null, postFlush, push: false);
 
-    /// <summary>
-    /// <see cref="TryEnqueue(Request, NbdCommand, NbdCommandFlags)"/> as the kernel's flush
-    /// sequence (blk-flush.c) runs it for a device with a volatile cache: with
-    /// <paramref name="preFlush"/> an <c>NBD_CMD_FLUSH</c> goes first and the command only once
-    /// the flush is answered; with <paramref name="postFlush"/> (FUA the server cannot take) a
-    /// flush follows once the command is answered. The request completes with the last reply, or
-    /// the first error.
-    /// </summary>
-    public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags, bool preFlush, bool postFlush)
+    // Writes one stage of a request, remembering the stages after it; with push, hands it to the
+    // pump at once (the receiver sending a flush sequence's next stage). False when the connection
+    // takes no more requests.
+    private bool TryWrite(Request request, NbdCommand command, NbdCommandFlags flags, (NbdCommand Command, NbdCommandFlags Flags)? next, bool postFlush, bool push)
     {
         lock (_sendLock)
         {
@@ -342,42 +346,19 @@ internal sealed class NbdClientConnection : IDisposable
                 return false;
             }
 
-            if (preFlush)
+            var pending = Write(request, command, flags);
+            pending.Next = next;
+            pending.PostFlush = postFlush;
+            if (push)
             {
-                Write(request, NbdCommand.Flush, NbdCommandFlags.None);
-                var pending = _pending[request.Tag];
-                pending.Next = (command, flags);
-                pending.PostFlush = postFlush;
-            }
-            else
-            {
-                Write(request, command, flags);
-                _pending[request.Tag].PostFlush = postFlush;
+                Flush();
             }
 
             return true;
         }
     }
 
-    // The next stage of a flush sequence, sent from the receiver once the previous one is
-    // answered. False when the connection takes no more requests.
-    private bool TryContinue(Request request, NbdCommand command, NbdCommandFlags flags, bool postFlush)
-    {
-        lock (_sendLock)
-        {
-            if (_closing || _disconnected || IsDead)
-            {
-                return false;
-            }
-
-            Write(request, command, flags);
-            _pending[request.Tag].PostFlush = postFlush;
-            Flush();
-            return true;
-        }
-    }
-
-    private void Write(Request request, NbdCommand command, NbdCommandFlags flags)
+    private Pending Write(Request request, NbdCommand command, NbdCommandFlags flags)
     {
         var tag = request.Tag;
         var generation = request.Generation;
@@ -385,7 +366,6 @@ internal sealed class NbdClientConnection : IDisposable
         pending.Request = request;
         pending.Generation = generation;
         pending.Read = command == NbdCommand.Read;
-        pending.Next = null;
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
         var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
@@ -403,6 +383,8 @@ internal sealed class NbdClientConnection : IDisposable
                 writer.Write(bio.Buffer.Span[..bio.Size]);
             }
         }
+
+        return pending;
     }
 
     /// <summary>Hands what was enqueued to the pump (the doorbell).</summary>
@@ -653,10 +635,7 @@ internal sealed class NbdClientConnection : IDisposable
                 if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
                 {
                     var (command, flags) = pending.Next ?? (NbdCommand.Flush, NbdCommandFlags.None);
-                    var postFlush = pending.Next is not null && pending.PostFlush;
-                    pending.Next = null;
-                    pending.PostFlush = false;
-                    if (!TryContinue(request, command, flags, postFlush))
+                    if (!TryWrite(request, command, flags, next: null, postFlush: pending.Next is not null && pending.PostFlush, push: true))
                     {
                         // The connection takes no more (closing, or gone): the request stays in
                         // flight and the reconnect retries it whole, as one the server refused.

@@ -24,6 +24,14 @@ public sealed class UnreadableAdminSecretSpec : IDisposable
     private static Config SecretFile(string path) =>
         ConfigurationFactory.ParseString($"actorblk.remote.admin-secret-file = {System.Text.Json.JsonSerializer.Serialize(path)}");
 
+    // A system whose ActorBlk messages go through the serializer that admits envelopes.
+    private static ActorSystem SerializerSystem(string name, string secretFile) => ActorSystem.Create(name, SecretFile(secretFile).WithFallback(ConfigurationFactory.ParseString("""
+        akka.actor {
+          serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
+          serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
+        }
+        """)));
+
     [Fact]
     public void A_secret_file_that_exists_but_cannot_be_read_is_an_error_naming_the_file_not_no_secret()
     {
@@ -82,13 +90,7 @@ public sealed class UnreadableAdminSecretSpec : IDisposable
     {
         var path = _dir.File("admin-secret");
         Directory.CreateDirectory(path);
-        var config = SecretFile(path).WithFallback(ConfigurationFactory.ParseString("""
-            akka.actor {
-              serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
-              serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
-            }
-            """));
-        var system = ActorSystem.Create("unreadable-secret", config);
+        var system = SerializerSystem("unreadable-secret", path);
         try
         {
             var serializer = system.Serialization.FindSerializerForType(typeof(IActorBlkMessage));
@@ -121,13 +123,7 @@ public sealed class UnreadableAdminSecretSpec : IDisposable
     public async Task A_secret_file_that_appears_later_authenticates_administrative_requests()
     {
         var path = _dir.File("admin-secret");
-        var config = SecretFile(path).WithFallback(ConfigurationFactory.ParseString("""
-            akka.actor {
-              serializers.actorblk = "ActorBlk.Actors.Serialization.ActorBlkHyperionSerializer, ActorBlk.Actors"
-              serialization-bindings { "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk }
-            }
-            """));
-        var system = ActorSystem.Create("late-secret", config);
+        var system = SerializerSystem("late-secret", path);
         try
         {
             var serializer = system.Serialization.FindSerializerForType(typeof(IActorBlkMessage));
