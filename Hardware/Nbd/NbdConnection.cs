@@ -9,6 +9,7 @@ using System.Threading.Channels;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Interop;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Nbd;
@@ -883,8 +884,10 @@ public sealed class NbdConnection
         return (minimum, preferred, maximum);
     }
 
+    // Ends with the device's identity (DiskSequence): a client that reconnects can tell the device
+    // it opened from another created under the same name since.
     private static string Describe(IBlockDevice device) =>
-        $"ActorBlk {(device.Queue.BioDriver is null ? device.Queue.Driver.Kind : "stacked")} device {device.Name}, {device.LogicalBlockSize}-byte blocks";
+        $"ActorBlk {(device.Queue.BioDriver is null ? device.Queue.Driver.Kind : "stacked")} device {device.Name}, {device.LogicalBlockSize}-byte blocks, {DiskSequence.Identity(device.Queue.DiskSeq)}";
 
     private void WriteReply(NbdOption option, NbdReply type, ReadOnlySpan<byte> data)
     {

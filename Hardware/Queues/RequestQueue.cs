@@ -235,6 +235,13 @@ public sealed partial class RequestQueue
     /// <summary>The disk name.</summary>
     public string Name { get; }
 
+    /// <summary>
+    /// The disk sequence number (<c>block/&lt;dev&gt;/diskseq</c>): unique among the queues of this
+    /// process, so a device created again under the same name has another one
+    /// (<see cref="DiskSequence"/>).
+    /// </summary>
+    public ulong DiskSeq { get; } = DiskSequence.Next();
+
     /// <summary>The tag set.</summary>
     /// <exception cref="InvalidOperationException">The queue is not multi-queue.</exception>
     public TagSet TagSet => _tagSet ?? throw NotMultiQueue();

@@ -303,6 +303,12 @@ public sealed class QueueAttributes
             return ValueTask.CompletedTask;
         });
 
+        // The disk's own files: its sequence number (Documentation/ABI/stable/sysfs-block, "diskseq"),
+        // its size in 512-byte sectors and whether it is read-only (the disk's "ro", as queue/read_only).
+        Add($"block/{q.Name}/diskseq", () => Line((long)q.DiskSeq));
+        Add($"block/{q.Name}/size", () => Line(q.Limits.CapacitySectors));
+        Add($"block/{q.Name}/ro", () => Line(q.ReadOnly ? 1 : 0));
+
         // Documentation/block/stat.rst: the 17 fields; inflight: "%8u %8u" reads and writes in flight.
         Add($"block/{q.Name}/stat", () => q.Stats.Read().Format());
         Add($"block/{q.Name}/inflight", () =>

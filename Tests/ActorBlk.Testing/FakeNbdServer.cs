@@ -20,6 +20,9 @@ public sealed record FakeNbdExport(ulong Size, NbdTransmissionFlags Flags, uint 
     /// </summary>
     public IReadOnlyList<byte[]>? RawInfos { get; init; }
 
+    /// <summary>When set, an NBD_INFO_DESCRIPTION with this text follows the well-formed payloads.</summary>
+    public string? Description { get; init; }
+
     /// <summary>A writable 16 MiB export with flush, FUA, trim and write-zeroes.</summary>
     public static FakeNbdExport Default { get; } = new(16 << 20,
         NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes);
@@ -268,7 +271,8 @@ public sealed class FakeNbdSession
                 continue;
             }
 
-            var infos = export.RawInfos ?? [ExportInfo(export), BlockSizeInfo(export)];
+            var infos = export.RawInfos
+                ?? (export.Description is { } description ? [ExportInfo(export), BlockSizeInfo(export), DescriptionInfo(description)] : [ExportInfo(export), BlockSizeInfo(export)]);
             foreach (var info in infos)
             {
                 await OptionReplyAsync(option, NbdReply.Info, info).ConfigureAwait(false);
@@ -287,6 +291,16 @@ public sealed class FakeNbdSession
         BinaryPrimitives.WriteUInt16BigEndian(info, (ushort)NbdInfo.Export);
         BinaryPrimitives.WriteUInt64BigEndian(info.AsSpan(2), export.Size);
         BinaryPrimitives.WriteUInt16BigEndian(info.AsSpan(10), (ushort)(export.Flags | NbdTransmissionFlags.HasFlags));
+        return info;
+    }
+
+    /// <summary>An NBD_INFO_DESCRIPTION payload.</summary>
+    public static byte[] DescriptionInfo(string description)
+    {
+        var text = System.Text.Encoding.UTF8.GetBytes(description);
+        var info = new byte[2 + text.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(info, (ushort)NbdInfo.Description);
+        text.CopyTo(info, 2);
         return info;
     }
 

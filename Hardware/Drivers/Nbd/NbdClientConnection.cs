@@ -51,8 +51,9 @@ internal sealed class NbdClientConnection : IDisposable
     // NBD_CMD_DISC is in the send pipe and its writer completed: nothing more may be written.
     private bool _disconnected;
 
-    private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload)
+    private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload, string? description)
     {
+        Description = description;
         _socket = socket;
         _stream = stream;
         Size = size;
@@ -72,6 +73,9 @@ internal sealed class NbdClientConnection : IDisposable
     public uint MinimumBlock { get; }
 
     public uint MaximumPayload { get; }
+
+    /// <summary>The export's description (<c>NBD_INFO_DESCRIPTION</c>), or null when the server sent none.</summary>
+    public string? Description { get; }
 
     public bool IsDead => Volatile.Read(ref _dead) != 0;
 
@@ -198,15 +202,19 @@ internal sealed class NbdClientConnection : IDisposable
             }
 
             var name = Encoding.UTF8.GetBytes(uri.Export);
-            var go = new byte[4 + name.Length + 2 + 2];
+            // The block sizes, and the description: an ActorBlk server ends it with the device's
+            // identity (DiskSequence), which a reconnect compares with the one it opened.
+            var go = new byte[4 + name.Length + 2 + 4];
             BinaryPrimitives.WriteUInt32BigEndian(go, (uint)name.Length);
             name.CopyTo(go, 4);
-            BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(4 + name.Length), 1);
+            BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(4 + name.Length), 2);
             BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(6 + name.Length), (ushort)NbdInfo.BlockSize);
+            BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(8 + name.Length), (ushort)NbdInfo.Description);
             SendOption(stream, NbdOption.Go, go);
             ulong size = 0;
             NbdTransmissionFlags flags = 0;
             uint minimum = 1, maximum = 32 << 20;
+            string? description = null;
             while (true)
             {
                 var reply = ReadOptionReply(stream);
@@ -240,13 +248,16 @@ internal sealed class NbdClientConnection : IDisposable
                         minimum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(2));
                         maximum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(10));
                         break;
+                    case NbdInfo.Description:
+                        description = Encoding.UTF8.GetString(reply.Data.AsSpan(2, Math.Min(reply.Data.Length - 2, NbdProtocol.MaxStringLength)));
+                        break;
                 }
             }
 
             cancellationToken.ThrowIfCancellationRequested();
             socket.ReceiveTimeout = 0;
             socket.SendTimeout = 0;
-            return new NbdClientConnection(socket, stream, size, flags, minimum, maximum);
+            return new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description);
         }
         catch (Exception ex) when (cancellationToken.IsCancellationRequested)
         {

@@ -49,6 +49,7 @@ public sealed class NbdClientDriver : IBlockDriver
     private readonly Dictionary<int, HardwareContext> _hardwareContexts = [];
     private readonly ulong _size;
     private readonly NbdTransmissionFlags _flags;
+    private readonly string? _identity;
     private string? _retired;
 
     // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
@@ -78,6 +79,13 @@ public sealed class NbdClientDriver : IBlockDriver
         var first = _connections[0]!;
         _size = first.Size;
         _flags = first.Flags;
+        _identity = Identity(first);
+        if (_connections.Skip(1).FirstOrDefault(c => Identity(c!) != _identity) is { } other)
+        {
+            Dispose();
+            throw new IOException($"{deviceName}: {options.Uri} is another device on another connection ({_identity} on the first, {Identity(other)} on a later one): it was created again while the connections opened.");
+        }
+
         if (_connections.Length > 1 && (_flags & NbdTransmissionFlags.CanMultiConn) == 0)
         {
             Dispose();
@@ -349,6 +357,22 @@ public sealed class NbdClientDriver : IBlockDriver
         }
     }
 
+    // The identity an ActorBlk server sends at the end of the export's description, or null.
+    private static string? Identity(NbdClientConnection connection) =>
+        DiskSequence.TryParseIdentity(connection.Description, out var seq, out var boot) ? $"diskseq {seq}@{boot}" : null;
+
+    /// <summary>
+    /// Why the export a reconnect reached is another device than the one opened, or null: the same
+    /// server process (the same boot id) sends another sequence number, so the device was destroyed
+    /// and another created under the export's name. A server that restarted (another boot id) may
+    /// serve the same data again (a file device), as may one that sends no identity.
+    /// </summary>
+    private string? AnotherDevice(NbdClientConnection fresh) =>
+        _identity is { } opened && Identity(fresh) is { } identity && identity != opened
+        && DiskSequence.TryParseIdentity(opened, out _, out var openedBoot) && identity.EndsWith("@" + openedBoot, StringComparison.Ordinal)
+            ? $"is another device now ({opened} was opened, the export is {identity}: it was destroyed and created again under its name)"
+            : null;
+
     /// <summary>
     /// How the export a reconnect negotiated differs from the one the device was opened on in a way
     /// that breaks what the device advertised (its size, its read-only state, flush, FUA, trim,
@@ -421,6 +445,15 @@ public sealed class NbdClientDriver : IBlockDriver
                 catch (IOException ex)
                 {
                     throw new BlockDeviceErrorException($"reconnecting to {_options.Uri}: {ex.Message}", deviceGone: true, ex);
+                }
+
+                if (AnotherDevice(fresh) is { } another)
+                {
+                    // No later attempt can find the device it opened: give it up now, so the queue
+                    // goes offline at once rather than after the remaining back-off.
+                    fresh.Dispose();
+                    Interlocked.CompareExchange(ref _retired, $"{_options.Uri} {another}", null);
+                    throw new BlockDeviceErrorException($"{_options.Uri} {another}; refusing the reconnect and giving the device up.", deviceGone: true);
                 }
 
                 if (Incompatibility(fresh) is { } change)

@@ -192,6 +192,49 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0L, vol.Queue.DoubleCompletions);
     }
 
+    // README "Remote devices": a device destroyed and created again under its name is another
+    // device. Back to back, faster than the registry's gossip, the handle's NBD connection used to
+    // reconnect within the reopen back-off straight to the new (empty) device, and reads returned
+    // zeros after acknowledged writes with no error between (a cluster leak audit). The server now
+    // names each device (diskseq and boot id, NBD_INFO_DESCRIPTION), the reconnect is refused, the
+    // old queue goes offline, and only then does the handle move to the new device.
+    [Fact]
+    public async Task A_device_destroyed_and_created_again_under_its_name_is_never_adopted_without_an_offline_between()
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b");
+        await using var _a = a;
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        a.ExportNbd();
+        b.ExportNbd();
+        await a.Layer.CreateDeviceAsync(Memory("vol1"));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol1" && e.NbdEndpoint.Length > 0), Liveness);
+        await using var vol = await b.Layer.OpenAsync("vol1", ThreadPoolCompletions);
+        var written = Pattern(4096, 3);
+        await vol.WriteAsync(0, written);
+        var before = vol.Queue;
+        var replaced = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        vol.Reconnected += (_, _) => replaced.TrySetResult();
+
+        await a.Layer.DestroyDeviceAsync("vol1");
+        await a.Layer.CreateDeviceAsync(Memory("vol1"));
+
+        // On the old queue a read cannot succeed: its device is gone.
+        var first = new byte[4096];
+        var status = await vol.ExecuteAsync(BlockOp.Read, 0, 4096, first).AsTask().WaitAsync(Liveness);
+        Assert.NotEqual(BlockStatus.Ok, status);
+
+        await replaced.Task.WaitAsync(Liveness);
+        Assert.True(before.IsOffline);
+        Assert.NotSame(before, vol.Queue);
+        var back = new byte[4096];
+        await WaitForStatusAsync(vol, BlockStatus.Ok, data: back);
+        Assert.All(back, x => Assert.Equal(0, x));
+        Assert.Equal(0L, before.DoubleCompletions);
+    }
+
     [Fact]
     public async Task Losing_the_owner_under_load_fails_every_io_and_its_return_at_the_same_address_reconnects_the_same_handle()
     {
