@@ -384,6 +384,13 @@ public sealed partial class RequestQueue
     /// <summary>Changes <c>max_sectors</c> (bounded by the hardware limit by the caller).</summary>
     internal void SetMaxSectors(int sectors) => _limits = _limits with { MaxSectors = sectors };
 
+    /// <summary>The driver's own discard limit in sectors (<c>discard_max_hw_bytes</c>); 0 when it cannot discard.</summary>
+    internal int MaxHardwareDiscardSectors => (_bioDriver?.Limits ?? _driver?.Limits)?.MaxDiscardSectors ?? _limits.MaxDiscardSectors;
+
+    /// <summary>Changes the discard limit (<c>discard_max_bytes</c>), at most the driver's own; 0 turns discard off.</summary>
+    internal void SetMaxDiscardSectors(int sectors) =>
+        _limits = _limits with { MaxDiscardSectors = Math.Min(sectors, MaxHardwareDiscardSectors) };
+
     /// <inheritdoc />
     public override string ToString() => $"queue {Name}";
 }

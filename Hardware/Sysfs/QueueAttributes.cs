@@ -221,8 +221,22 @@ public sealed class QueueAttributes
         // fua from the device's FUA support; no DAX).
         Add(queueDir + "hw_sector_size", () => Line(q.Limits.LogicalBlockSize));
         Add(queueDir + "max_segments", () => Line(q.Limits.MaxSegments));
-        Add(queueDir + "discard_max_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
-        Add(queueDir + "discard_max_hw_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift));
+        // queue_discard_max_store: a multiple of the discard granularity (the logical block size
+        // here) up to the driver's limit, which a larger value is cut to; 0 turns discard off
+        // (discards then fail with NotSupported, and a new NBD connection is offered no trim).
+        Add(queueDir + "discard_max_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift), (path, text) =>
+        {
+            var bytes = ParseUnsigned(path, text);
+            if (bytes % (ulong)q.Limits.LogicalBlockSize != 0)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"{bytes} is not a multiple of the discard granularity ({q.Limits.LogicalBlockSize} bytes)");
+            }
+
+            q.SetMaxDiscardSectors((int)Math.Min(bytes >> Bio.SectorShift, int.MaxValue));
+            return ValueTask.CompletedTask;
+        });
+        Add(queueDir + "discard_max_hw_bytes", () => Line((long)q.MaxHardwareDiscardSectors << Bio.SectorShift));
+        Add(queueDir + "discard_granularity", () => Line(q.MaxHardwareDiscardSectors > 0 ? q.Limits.LogicalBlockSize : 0));
         Add(queueDir + "write_zeroes_max_bytes", () => Line((long)q.Limits.MaxWriteZeroesSectors << Bio.SectorShift));
 
         // queue_wc_store: "write back" turns the cache on (a device without one stays "write

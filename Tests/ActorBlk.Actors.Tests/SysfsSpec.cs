@@ -74,7 +74,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         // "there is no device ''").
         Assert.Equal("64\n", Layer.ReadAttribute("/sys//block//sd0/queue///nr_requests"));
         var queueDir = Layer.ListAttributes("block/sd0/queue/");
-        Assert.Equal(21, queueDir.Count);
+        Assert.Equal(22, queueDir.Count);
     }
 
     [Fact]
@@ -99,6 +99,46 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal($"{(int.MaxValue >> 9) * 512L}\n", Read("write_zeroes_max_bytes"));
         Assert.Equal("write back\n", Read("write_cache"));
         Assert.Equal("1\n", Read("fua"));
+    }
+
+    [Fact]
+    public async Task Discard_max_bytes_limits_discards_to_the_value_written_and_zero_turns_them_off()
+    {
+        // queue_discard_max_store: a multiple of discard_granularity (the logical block size here)
+        // or EINVAL; above discard_max_hw_bytes it is cut to it; the discards that follow are split
+        // to it (stat's field 12 counts each piece); 0 turns discard off, as a device that has none.
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions { Name = "dm0", Size = 64 << 20, BlockSize = 4096, MemoryBacked = true, Discard = true, PollQueues = 0 });
+        string Read(string name) => Layer.ReadAttribute($"block/dm0/{name}");
+        ulong Discards() => DiskStatSample.Parse(Read("stat")).DiscardIos;
+        var hardware = $"{(int.MaxValue >> 9) * 512L}\n";
+        Assert.Equal("4096\n", Read("queue/discard_granularity"));
+
+        await Layer.WriteAttributeAsync("block/dm0/queue/discard_max_bytes", "1048576\n");
+        Assert.Equal("1048576\n", Read("queue/discard_max_bytes"));
+        Assert.Equal(hardware, Read("queue/discard_max_hw_bytes"));
+        await device.DiscardAsync(0, 4 << 20);
+        Assert.Equal(4ul, Discards());
+
+        var misaligned = await Refused("block/dm0/queue/discard_max_bytes", "1000");
+        Assert.Equal(AttributeErrno.EINVAL, misaligned.Errno);
+        Assert.Contains("discard granularity (4096 bytes)", misaligned.Message, StringComparison.Ordinal);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/dm0/queue/discard_max_bytes", "-4096")).Errno);
+        Assert.Equal("1048576\n", Read("queue/discard_max_bytes"));
+
+        await Layer.WriteAttributeAsync("block/dm0/queue/discard_max_bytes", "4294963200");
+        Assert.Equal(hardware, Read("queue/discard_max_bytes"));
+
+        await Layer.WriteAttributeAsync("block/dm0/queue/discard_max_bytes", "0");
+        Assert.Equal("0\n", Read("queue/discard_max_bytes"));
+        var off = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.DiscardAsync(0, 4096));
+        Assert.Equal(InvalidRequestReason.NotSupported, off.Reason);
+        Assert.Equal(4ul, Discards());
+
+        // A device without discard has no granularity, and stays without.
+        await Create("dm1");
+        Assert.Equal("0\n", Layer.ReadAttribute("block/dm1/queue/discard_granularity"));
+        await Layer.WriteAttributeAsync("block/dm1/queue/discard_max_bytes", "4096");
+        Assert.Equal("0\n", Layer.ReadAttribute("block/dm1/queue/discard_max_bytes"));
     }
 
     [Fact]
