@@ -103,7 +103,9 @@ public sealed partial class BlockLayer : IExtension
         if (ClusterDevices.IsEnabled)
         {
             var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);
-            _registry = system.ActorOf(DeviceRegistryActor.Props(this, poll, registryKey), DeviceRegistryActor.ActorName);
+            // Without a key at the start, the secret is looked for again at each poll, as the seal does.
+            var later = new Serialization.ClusterSeal.KeySource(system.Settings.Config);
+            _registry = system.ActorOf(DeviceRegistryActor.Props(this, poll, registryKey, () => later.Key), DeviceRegistryActor.ActorName);
             shutdown.AddTask(CoordinatedShutdown.PhaseBeforeClusterShutdown, "actorblk-withdraw-devices", async () =>
             {
                 try

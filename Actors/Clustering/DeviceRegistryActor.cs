@@ -45,9 +45,13 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private bool _withdrawn;
 
     // The admin secret: entries are signed with it and entries without its signature are ignored.
-    private readonly byte[]? _key;
+    // A node without one (yet: an embedding application whose secret file appears later) looks
+    // again at every poll, as the cluster seal does, and keeps the first it finds.
+    private readonly Func<byte[]?>? _keyOf;
+    private byte[]? _key;
+    private string? _keyFailure;
 
-    public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval, byte[]? key)
+    public DeviceRegistryActor(BlockLayer layer, TimeSpan pollInterval, byte[]? key, Func<byte[]?>? lookAgain = null)
     {
         _layer = layer;
         _cluster = AkkaCluster.Get(Context.System);
@@ -55,6 +59,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         _pollInterval = pollInterval;
         _self = NodeName(_cluster.SelfAddress);
         _key = key;
+        _keyOf = lookAgain;
 
         Receive<Changed>(HandleChanged);
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
@@ -68,7 +73,11 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<LocalDevicesChanged>(_ => PublishMine());
-        Receive<Poll>(_ => PublishMine());
+        Receive<Poll>(_ =>
+        {
+            LookForKey();
+            PublishMine();
+        });
         Receive<Withdraw>(_ => HandleWithdraw());
         Receive<UpdateSuccess>(_ => { });
         Receive<UpdateTimeout>(t => Reply(t.Request, false));
@@ -82,7 +91,42 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     /// <summary>The node name entries use, <c>host:port</c>.</summary>
     public static string NodeName(Address address) => $"{address.Host}:{address.Port}";
 
-    public static Props Props(BlockLayer layer, TimeSpan pollInterval, byte[]? key) => Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval, key));
+    public static Props Props(BlockLayer layer, TimeSpan pollInterval, byte[]? key, Func<byte[]?>? lookAgain = null) =>
+        Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval, key, lookAgain));
+
+    // Without a key, look for the secret again: once found, this node's entry is signed with it
+    // (PublishMine writes it, its signature being new) and only signed entries count from then on.
+    private void LookForKey()
+    {
+        if (_key is not null || _keyOf is null)
+        {
+            return;
+        }
+
+        try
+        {
+            _key = _keyOf();
+            _keyFailure = null;
+        }
+        catch (Exception ex) when (ex is System.Runtime.Serialization.SerializationException or IOException or UnauthorizedAccessException)
+        {
+            // Unreadable: the cluster seal refuses every message meanwhile, so nothing new arrives.
+            if (_keyFailure != ex.Message)
+            {
+                _keyFailure = ex.Message;
+                _log.Warning("Device registry: {0}", ex.Message);
+            }
+
+            return;
+        }
+
+        if (_key is not null)
+        {
+            _log.Info("Device registry: the admin secret appeared; this node's entry is signed with it and unsigned entries are ignored from now on");
+            _warnedUnverified.Clear();
+            Publish();
+        }
+    }
 
     protected override void PreStart()
     {

@@ -107,6 +107,29 @@ public sealed class ClusterSealSpec
         Assert.Equal("later"u8.ToArray(), source.Key);
     }
 
+    // The registry's signatures take the late secret up too (README, "Security"): its key was read
+    // once when the block layer started, so a node whose secret file appeared later sealed its
+    // messages (and joined) but published its devices unsigned, and every other member ignored them
+    // ("not signed with this node's admin secret") until it restarted.
+    [Fact]
+    public async Task A_secret_file_that_appears_later_signs_the_nodes_registry_entry_too()
+    {
+        using var dir = new ActorBlk.Testing.TempDirectory();
+        var file = Path.Combine(dir.Path, "admin-secret");
+        await using var a = ClusterNode.Start("a", hocon: "actorblk.remote.admin-secret = \"late-secret\"");
+        await using var b = ClusterNode.Start("b", hocon: $"actorblk.remote.admin-secret-file = \"{file}\"");
+        await a.JoinAsync(a, Within);
+        await File.WriteAllTextAsync(file, "late-secret\n");
+        await b.JoinAsync(a, Within);
+
+        await b.Layer.CreateDeviceAsync(new ActorBlk.Hardware.Devices.DeviceOptions { Name = "late0", Size = 1 << 20, PollQueues = 0 });
+        await a.Layer.CreateDeviceAsync(new ActorBlk.Hardware.Devices.DeviceOptions { Name = "early0", Size = 1 << 20, PollQueues = 0 });
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Name == "late0" && e.Node == b.Name), Within);
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "early0" && e.Node == a.Name), Within);
+        Assert.Empty(a.Devices.UnverifiedNodes);
+        Assert.Empty(b.Devices.UnverifiedNodes);
+    }
+
     // A cluster audit: shortly after a member joined, another refused its Distributed Data
     // messages as "without proof of this node's admin secret", though every member held the same
     // secret. Each serializer reads the secret at its first message, and a caller that came while
