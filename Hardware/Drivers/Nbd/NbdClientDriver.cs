@@ -49,7 +49,9 @@ public sealed class NbdClientDriver : IBlockDriver
     private readonly Dictionary<int, HardwareContext> _hardwareContexts = [];
     private readonly ulong _size;
     private readonly NbdTransmissionFlags _flags;
-    private readonly string? _identity;
+    // The device's identity as the server last named it (changed only by a reconnect to a
+    // restarted server, under _lock).
+    private string? _identity;
     private string? _retired;
 
     // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
@@ -462,6 +464,8 @@ public sealed class NbdClientDriver : IBlockDriver
                     throw new BlockDeviceErrorException($"{_options.Uri} {change}; refusing the reconnect (the device keeps what it advertised at open).", deviceGone: true);
                 }
 
+                // A restarted server names the device anew: a later re-creation there is caught too.
+                _identity = Identity(fresh) ?? _identity;
                 Volatile.Write(ref _connections[i], fresh);
                 if (_hardwareContexts.TryGetValue(i, out var hctx))
                 {

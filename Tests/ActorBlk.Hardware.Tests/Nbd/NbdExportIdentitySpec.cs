@@ -115,6 +115,30 @@ public sealed class NbdExportIdentitySpec
         Assert.All(back, b => Assert.Equal(0x5a, b));
     }
 
+    // After a reconnect to a restarted server the device is the one that server names: a
+    // re-creation there is refused as well (comparing with the first server's identity, whose boot
+    // id no longer matches, would take it).
+    [Fact]
+    public async Task After_a_reconnect_to_a_restarted_server_a_device_created_again_there_is_refused()
+    {
+        string Named(int connection) => connection switch
+        {
+            0 => "diskseq 5@" + BootA,
+            1 => "diskseq 1@" + BootB,
+            _ => "diskseq 2@" + BootB,
+        };
+        await using var server = new FakeNbdServer(i => FakeNbdExport.Default with { Description = Named(i) }, s => s.ServeAsync(0));
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "ident3", Driver = "nbd", Uri = server.Uri() }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)device.Queue.Driver;
+
+        driver.Reopen();
+        Assert.Null(driver.RetiredReason);
+        var refused = Assert.Throws<BlockDeviceErrorException>(() => driver.Reopen());
+        Assert.Contains($"diskseq 1@{BootB} was opened, the export is diskseq 2@{BootB}", refused.Message, StringComparison.Ordinal);
+        Assert.NotNull(driver.RetiredReason);
+    }
+
     [Fact]
     public async Task Connections_that_open_on_different_devices_fail_the_open()
     {
