@@ -404,22 +404,30 @@ public sealed class NbdProtocolRulesSpec
     [Fact]
     public async Task At_shutdown_with_no_grace_the_connection_closes_at_once_and_the_requests_still_complete()
     {
-        await using var devices = new RingDevices(2);
-        var slow = devices.Create(new DeviceOptions { Name = "slow0", Size = 16 << 20, MemoryBacked = true, IrqMode = IrqMode.Timer, CompletionNsec = 300_000_000 }, CpuTopology.Simulated(2));
-        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
-        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "slow0");
+        // The reads stay in the driver until the test completes them (a device completing them
+        // after 300 ms could finish all four before a loaded machine saw them in flight: a
+        // clean-clone run waited 60 s for "four reads in flight").
+        var (driver, device, softIrq) = HeldDevice("held1");
+        using var _irq = softIrq;
+        await using var _device = device;
+        var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held1");
         await using var _ = client;
         for (var i = 0; i < 4; i++)
         {
             await client.SendRequestAsync(NbdCommand.Read, (ulong)i, (ulong)i * 4096, 4096);
         }
 
-        await Condition.EventuallyAsync(() => server.InFlight == 4, "four reads in flight");
-        await server.DisposeAsync();
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 4 && server.InFlight == 4, "four reads in flight");
+        var stopping = server.DisposeAsync().AsTask();
 
-        // Returned only once the block layer completed them; their replies were dropped.
-        Assert.Equal(0, server.InFlight);
+        // Closed at once, with the reads still held in the driver; the stop returns only once the
+        // block layer completed them (their replies are dropped).
         Assert.True(await client.ClosedByServerAsync());
+        Assert.False(stopping.IsCompleted);
+        Assert.Equal(4, driver.CompleteAll());
+        await stopping.WaitAsync(Condition.Timeout);
+        Assert.Equal(0, server.InFlight);
     }
 
     [Fact]
