@@ -96,7 +96,7 @@ public sealed partial class ServeSpec
         var list = await Run("sysfs", "list", "block/nullb0/queue/");
         Assert.Equal(0, list.Code);
         Assert.Contains("block/nullb0/queue/nr_requests\n", list.Out);
-        Assert.Equal(21, list.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        Assert.Equal(22, list.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
 
         var timeout = await Run("sysfs", "cat", "/sys/block/nullb0/queue/io_timeout");
         Assert.Equal((0, "5000\n"), (timeout.Code, timeout.Out));
