@@ -540,8 +540,12 @@ public sealed partial class BlockLayer : IExtension
         {
             _modes.TryRemove(device.Queue, out _);
             _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
+            DeviceForgotten?.Invoke(device);
         }
     }
+
+    /// <summary>A device was destroyed (or failed while registering): its queue has drained and is gone.</summary>
+    internal event Action<BlockDevice>? DeviceForgotten;
 
     // Every device the guardian knows, registered or not; stacked devices go before the devices
     // they are built on (a busy member waits for the next pass).

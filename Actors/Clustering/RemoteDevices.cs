@@ -529,7 +529,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
                 driver.Retire(why);
-                target.Disconnect(this);
+                Disconnect(slot, target);
             }
 
             return;
@@ -545,7 +545,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             _log.Warning("{0} moved to {1}; its local queue {2} goes offline and reconnects", slot.Entry.Id, entry.NbdEndpoint, target.Device.Name);
             driver.Retire($"the device moved to {entry.NbdEndpoint}");
-            target.Disconnect(this);
+            Disconnect(slot, target);
             return;
         }
 
@@ -556,10 +556,26 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
-        // Offline while the registry shows the device live and its node reachable: replace the queue.
+        // Offline while the registry shows the device live and its node reachable: replace the
+        // queue. Its handles hear that it went first, when nothing above did (the NBD reconnect
+        // found another device under the name, or the server stayed away past the back-off): a
+        // mirror with no I/O to meet the Offline learns it only so, and otherwise took the new
+        // device's Reconnected for its own leg coming back in sync.
+        Disconnect(slot, target);
         slot.Swapping = true;
         Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
         Release(slot);
+    }
+
+    // Raises the handles' Disconnected once per queue: a queue retired above and found offline
+    // at a later check is not reported twice.
+    private void Disconnect(Slot slot, RemoteDeviceTarget target)
+    {
+        if (slot.DisconnectedQueue != target.Device)
+        {
+            slot.DisconnectedQueue = target.Device;
+            target.Disconnect(this);
+        }
     }
 
     // An attempt's line: information the first time, debug while the attempts keep failing alike.
@@ -598,6 +614,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         public bool Closing { get; set; }
 
         public bool Swapping { get; set; }
+
+        /// <summary>The queue whose loss the handles were told of (Disconnected), if any.</summary>
+        public IBlockDevice? DisconnectedQueue { get; set; }
 
         /// <summary>The last failed (re)connection's message; null once one succeeds.</summary>
         public string? LastFailure { get; set; }

@@ -42,8 +42,20 @@ public static class NbdExport
         var log = Logging.GetLogger(layer.System, typeof(NbdExport));
         var server = NbdServer.Start(new BlockLayerCatalog(layer), options, line => log.Warning("{0}", line));
         var actor = layer.System.ActorOf(Props.Create(() => new NbdExportActor(server)), ActorName);
+
+        // A destroyed device's connections close once its queue has drained, so their clients
+        // learn it at once, idle or not (a client reconnecting then meets whatever the name serves).
+        Action<BlockDevice> forgotten = device =>
+        {
+            if (server.CloseConnectionsOf(device) is > 0 and var closed)
+            {
+                log.Info("NBD export {0}: device destroyed; closed its {1} connection(s)", device.Name, closed);
+            }
+        };
+        layer.DeviceForgotten += forgotten;
         CoordinatedShutdown.Get(layer.System).AddTask(CoordinatedShutdown.PhaseServiceUnbind, "actorblk-nbd-stop", async () =>
         {
+            layer.DeviceForgotten -= forgotten;
             await server.DisposeAsync().ConfigureAwait(false);
             await actor.GracefulStop(TimeSpan.FromSeconds(30)).ConfigureAwait(false);
             return Done.Instance;

@@ -169,7 +169,11 @@ public sealed class NbdConnection
     /// plain connection off Linux, or no eventfd) is the receive side shut down to wake the
     /// reader, which makes the lingering close end at the first pause in the client's input.
     /// </remarks>
-    internal void StopReading()
+    /// <param name="alone">
+    /// Only this connection stops (its device was destroyed), so the server's stop event does not
+    /// wake its reader: the receive side is shut down instead.
+    /// </param>
+    internal void StopReading(bool alone = false)
     {
         _stopRequested = true;
         if (!_transmitting)
@@ -179,7 +183,7 @@ public sealed class NbdConnection
         }
 
         CancelQuietly(_stopReading);
-        if (_tls is null && (_server.StopEvent < 0 || !OperatingSystem.IsLinux()))
+        if (alone || (_tls is null && (_server.StopEvent < 0 || !OperatingSystem.IsLinux())))
         {
             // Wakes a reader blocked in a read; the replies still go out on the sending side.
             ShutdownQuietly(SocketShutdown.Receive);

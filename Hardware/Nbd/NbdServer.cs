@@ -180,6 +180,30 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>
+    /// Closes the connections serving <paramref name="device"/>, which was destroyed: each takes no
+    /// further request, sends the replies of those in flight and closes gracefully, so a client
+    /// learns at once that the export it opened is gone (an idle client would otherwise learn it
+    /// only at its next request, from <c>ESHUTDOWN</c>) and reconnects to whatever the name serves
+    /// now, if anything. Connections still negotiating are not affected.
+    /// </summary>
+    /// <returns>How many connections were closed.</returns>
+    public int CloseConnectionsOf(Devices.IBlockDevice device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        var closed = 0;
+        foreach (var connection in _connections.Values)
+        {
+            if (ReferenceEquals(connection.Device, device))
+            {
+                connection.StopReading(alone: true);
+                closed++;
+            }
+        }
+
+        return closed;
+    }
+
+    /// <summary>
     /// Stops accepting and stops every connection: each takes no further request, and the
     /// requests in flight complete and are answered before it closes, for at most
     /// <see cref="NbdServerOptions.ShutdownGrace"/>; connections still open then are closed hard

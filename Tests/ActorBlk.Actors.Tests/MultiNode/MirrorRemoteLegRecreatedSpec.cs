@@ -195,4 +195,60 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         await b.Layer.DestroyDeviceAsync("md0");
         await b.Layer.DestroyDeviceAsync("lleg");
     }
+
+    // The same on an idle mirror: nothing meets the old queue's Offline, so only the handle can
+    // tell the mirror. A helper's audit found its Disconnected missing when the NBD reconnect (not
+    // the registry) took the queue offline; the handle then connected the new device, the leg
+    // still counted in sync, its Reconnected took nothing back, and half the reads that followed
+    // were the new device's zeros.
+    [Fact]
+    public async Task On_an_idle_mirror_a_remote_leg_created_again_goes_faulty_and_is_resynced_whole()
+    {
+        var a = ClusterNode.Start("a");
+        await using var _a = a;
+        var b = ClusterNode.Start("b");
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        a.ExportNbd();
+        b.ExportNbd();
+        await a.Layer.CreateDeviceAsync(Memory("rleg"));
+        await b.Layer.CreateDeviceAsync(Memory("lleg"));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Id == $"rleg@{a.Name}" && e.NbdEndpoint.Length > 0), Liveness);
+        await b.Layer.CreateStackedDeviceAsync("md1");
+        var md1 = await b.Layer.LoadTableAsync("md1", StackTable.Mirror(new MirrorOptions { RegionBytes = Region }, "lleg", $"rleg@{a.Name}"));
+        var mirror = (MirrorTarget)md1.Queue.BioDriver!;
+        var remote = Assert.IsType<ClusterBlockDevice>(mirror.Legs[1]);
+        await mirror.SyncIdle.WaitAsync(Liveness);
+        var expected = Enumerable.Range(0, Blocks).Select(i => Stamp(i, 1)).ToArray();
+        const int PerWrite = (1 << 20) / Block;
+        for (var block = 0; block < Blocks; block += PerWrite)
+        {
+            await md1.WriteAsync((long)block * Block, expected.Skip(block).Take(PerWrite).SelectMany(x => x).ToArray(), RequestFlags.Fua).AsTask().WaitAsync(Liveness);
+        }
+
+        var legFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        mirror.LegFailed += (_, _, _) => legFailed.TrySetResult();
+        var disconnected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        remote.Disconnected += (_, _) => disconnected.TrySetResult();
+        var resyncedBefore = mirror.ResyncedRegions;
+
+        // Idle for real: the bitmap's last clearing written, so the mirror has nothing to write.
+        await UntilAsync(() => mirror.DirtyRegions() == 0, "a clean bitmap");
+        await a.Layer.DestroyDeviceAsync("rleg");
+        await a.Layer.CreateDeviceAsync(Memory("rleg"));
+
+        // No I/O: the handle says its device went, the leg fails, and the re-add copies it whole.
+        await disconnected.Task.WaitAsync(Liveness);
+        await legFailed.Task.WaitAsync(Liveness);
+        await UntilAsync(() => mirror.AutomaticReAdds == 1 && mirror.LegState(1) == MirrorLegState.InSync && mirror.SyncAction == "idle",
+            $"the re-add of the leg (re-adds {mirror.AutomaticReAdds}, leg 1 {mirror.LegState(1)}, sync {mirror.SyncAction})");
+        await mirror.SyncIdle.WaitAsync(Liveness);
+        Assert.Equal(mirror.Regions, mirror.ResyncedRegions - resyncedBefore);
+        var (wrong, zeros, first) = await VerifyAsync(md1, 0, expected);
+        Assert.True(wrong == 0, $"after the re-add, {wrong} of {Blocks} blocks read wrong through the mirror ({zeros} of them zeros, the first block {first})");
+
+        await b.Layer.DestroyDeviceAsync("md1");
+        await b.Layer.DestroyDeviceAsync("lleg");
+    }
 }

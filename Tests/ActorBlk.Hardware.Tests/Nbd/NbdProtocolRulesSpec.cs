@@ -430,6 +430,38 @@ public sealed class NbdProtocolRulesSpec
         Assert.Equal(0, server.InFlight);
     }
 
+    // README, NBD server: a destroyed device's connections close once its queue has drained, so an
+    // idle client learns at once that its export is gone (it learned it only from ESHUTDOWN at its
+    // next request, and a mirror whose remote leg was re-created went on counting it in sync).
+    [Fact]
+    public async Task Closing_a_devices_connections_sends_the_replies_in_flight_then_ends_the_stream_and_leaves_other_devices_alone()
+    {
+        var (driver, device, softIrq) = HeldDevice("held2");
+        using var _irq = softIrq;
+        await using var _device = device;
+        await using var devices = new RingDevices(2);
+        var other = devices.Create(new DeviceOptions { Name = "other0", Size = 16 << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
+        await using var server = NbdServer.Start(new NbdDeviceList([device, other]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held2");
+        await using var _client = client;
+        var (bystander, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "other0");
+        await using var _bystander = bystander;
+        await client.SendRequestAsync(NbdCommand.Read, 7, 0, 4096);
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the read in the driver");
+
+        Assert.Equal(1, server.CloseConnectionsOf(device));
+        Assert.Equal(1, driver.CompleteAll());
+        var reply = await client.ReadSimpleReplyOrEndAsync(_ => 4096);
+        Assert.Equal((NbdError.None, 7ul), (reply!.Value.Error, reply.Value.Cookie));
+        Assert.Null(await client.ReadSimpleReplyOrEndAsync(_ => 4096));
+
+        // The other device's connection still serves.
+        await bystander.SendRequestAsync(NbdCommand.Read, 8, 0, 4096);
+        var served = await bystander.ReadSimpleReplyAsync(_ => 4096);
+        Assert.Equal((NbdError.None, 8ul), (served.Error, served.Cookie));
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 1, "only the other device's connection left");
+    }
+
     [Fact]
     public void A_negative_or_huge_shutdown_grace_is_refused()
     {
