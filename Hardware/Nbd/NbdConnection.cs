@@ -579,12 +579,16 @@ public sealed class NbdConnection
             return;
         }
 
+        // NBD_REP_SERVER: the name, then the export's description as its "implementation-defined
+        // details" (as nbdkit sends them; nbdinfo --list shows them).
         foreach (var device in _server.Catalog.Exports)
         {
             var name = Encoding.UTF8.GetBytes(device.Name);
-            var entry = new byte[4 + name.Length];
+            var details = Encoding.UTF8.GetBytes(Describe(device));
+            var entry = new byte[4 + name.Length + details.Length];
             BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)name.Length);
             name.CopyTo(entry, 4);
+            details.CopyTo(entry, 4 + name.Length);
             WriteReply(NbdOption.List, NbdReply.Server, entry);
         }
 

@@ -27,12 +27,17 @@ public sealed partial class NbdRealClientsSpec
         Assert.Matches(@"is_read_only:\s+false", info);
         Assert.Contains("base:allocation", info, StringComparison.Ordinal);
 
+        // The description ends with the device's identity (README, "A device's identity"), in
+        // the export's information and in the listing's details.
+        Assert.Matches(@"description:\s+ActorBlk null device mem0, 512-byte blocks, diskseq \d+@[0-9a-f]{32}", info);
+
         var ro = await ExternalTool.RunAsync("nbdinfo", fx.Uri("ro0"));
         Assert.Matches(@"is_read_only:\s+true", ro);
 
         var list = await ExternalTool.RunAsync("nbdinfo", "--list", fx.Uri(string.Empty));
         Assert.Contains("export=\"mem0\"", list.Replace(": ", "=", StringComparison.Ordinal), StringComparison.Ordinal);
         Assert.Contains("ro0", list, StringComparison.Ordinal);
+        Assert.Matches(@"description:\s+ActorBlk null device ro0, 512-byte blocks, diskseq \d+@[0-9a-f]{32}", list);
 
         // A fresh memory-backed export is one hole.
         var map = await ExternalTool.RunAsync("nbdinfo", "--map", fx.Uri("mem0"));

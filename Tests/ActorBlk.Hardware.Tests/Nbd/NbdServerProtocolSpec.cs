@@ -38,6 +38,9 @@ public sealed class NbdServerProtocolSpec
             Assert.Equal(NbdReply.Server, reply.Type);
             var length = (int)BinaryPrimitives.ReadUInt32BigEndian(reply.Data);
             names.Add(Encoding.UTF8.GetString(reply.Data, 4, length));
+
+            // The rest is the export's description, as NBD_INFO_DESCRIPTION has it.
+            Assert.Matches($@"^ActorBlk null device {names[^1]}, 512-byte blocks, diskseq \d+@[0-9a-f]{{32}}$", Encoding.UTF8.GetString(reply.Data, 4 + length, reply.Data.Length - 4 - length));
         }
 
         Assert.Equal(["mem0", "ro0"], names);
