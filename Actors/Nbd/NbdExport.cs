@@ -45,13 +45,14 @@ public static class NbdExport
 
         // A destroyed device's connections close once its queue has drained, so their clients
         // learn it at once, idle or not (a client reconnecting then meets whatever the name serves).
-        Action<BlockDevice> forgotten = device =>
+        // Off the block layer's actor: a cancellation may run a connection's continuations inline.
+        Action<BlockDevice> forgotten = device => Task.Run(() =>
         {
             if (server.CloseConnectionsOf(device) is > 0 and var closed)
             {
                 log.Info("NBD export {0}: device destroyed; closed its {1} connection(s)", device.Name, closed);
             }
-        };
+        });
         layer.DeviceForgotten += forgotten;
         CoordinatedShutdown.Get(layer.System).AddTask(CoordinatedShutdown.PhaseServiceUnbind, "actorblk-nbd-stop", async () =>
         {
