@@ -540,7 +540,16 @@ public sealed partial class BlockLayer : IExtension
         {
             _modes.TryRemove(device.Queue, out _);
             _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
-            DeviceForgotten?.Invoke(device);
+            try
+            {
+                DeviceForgotten?.Invoke(device);
+            }
+#pragma warning disable CA1031 // A listener's failure must not stop the destroy from being answered.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                System.Log.Warning(ex, "A listener of destroyed devices failed for {0}", name);
+            }
         }
     }
 

@@ -73,11 +73,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<LocalDevicesChanged>(_ => PublishMine());
-        Receive<Poll>(_ =>
-        {
-            LookForKey();
-            PublishMine();
-        });
+        Receive<Poll>(_ => PublishMine());
         Receive<Withdraw>(_ => HandleWithdraw());
         Receive<UpdateSuccess>(_ => { });
         Receive<UpdateTimeout>(t => Reply(t.Request, false));
@@ -182,6 +178,8 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         {
             return;
         }
+
+        LookForKey();
 
         var now = Describe();
         if (now.SameAs(_mine))

@@ -531,6 +531,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 driver.Retire(why);
                 Disconnect(slot, target);
             }
+            else if (queue.IsOffline || driver is not null)
+            {
+                // Given up already (the reconnect met another device): the handles still hear it.
+                Disconnect(slot, target);
+            }
 
             return;
         }
@@ -571,9 +576,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // at a later check is not reported twice.
     private void Disconnect(Slot slot, RemoteDeviceTarget target)
     {
-        if (slot.DisconnectedQueue != target.Device)
+        if (target.Device is { } device && slot.DisconnectedQueue != device.Queue.DiskSeq)
         {
-            slot.DisconnectedQueue = target.Device;
+            slot.DisconnectedQueue = device.Queue.DiskSeq;
             target.Disconnect(this);
         }
     }
@@ -615,8 +620,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         public bool Swapping { get; set; }
 
-        /// <summary>The queue whose loss the handles were told of (Disconnected), if any.</summary>
-        public IBlockDevice? DisconnectedQueue { get; set; }
+        /// <summary>The disk sequence number of the queue whose loss the handles were told of (Disconnected), 0 for none.</summary>
+        public ulong DisconnectedQueue { get; set; }
 
         /// <summary>The last failed (re)connection's message; null once one succeeds.</summary>
         public string? LastFailure { get; set; }

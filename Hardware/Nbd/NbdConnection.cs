@@ -257,6 +257,12 @@ public sealed class NbdConnection
                     // The server began to stop during the negotiation's last step.
                     Abort();
                 }
+                else if (_device is { } selected && (!selected.Queue.AcceptsIo || selected.Queue.IsDying))
+                {
+                    // Destroyed between GO's check and here: the server's close of its connections
+                    // (CloseConnectionsOf) may have come before this one had selected it.
+                    StopReading(alone: true);
+                }
 
                 if (_tls is null && OperatingSystem.IsLinux() && Environment.CurrentManagedThreadId == _threadId)
                 {
@@ -857,7 +863,8 @@ public sealed class NbdConnection
         }
         else
         {
-            if (limits.MaxDiscardSectors > 0)
+            // The driver's discard, not the limit in use: discard_max_bytes = 0 makes trims no-ops.
+            if (device.Queue.MaxHardwareDiscardSectors > 0)
             {
                 flags |= NbdTransmissionFlags.SendTrim;
             }
@@ -1630,6 +1637,16 @@ public sealed class NbdConnection
                 Submit(device, slot, BlockOp.Flush, 0, 0, default, RequestFlags.None);
                 break;
             case NbdCommand.Trim:
+                if (device.Queue.Limits.MaxDiscardSectors == 0)
+                {
+                    // Discard turned off since the export was opened (queue/discard_max_bytes = 0):
+                    // a trim is advisory ("a client MUST NOT make any assumptions about the
+                    // contents"), so it succeeds doing nothing, and the trim the export advertised
+                    // stays (taking it away would refuse every client's reconnect).
+                    Completed(slot);
+                    break;
+                }
+
                 Submit(device, slot, BlockOp.Discard, slot.Offset, slot.Length, default, flags);
                 break;
             case NbdCommand.WriteZeroes:

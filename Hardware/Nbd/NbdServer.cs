@@ -184,7 +184,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// further request, sends the replies of those in flight and closes gracefully, so a client
     /// learns at once that the export it opened is gone (an idle client would otherwise learn it
     /// only at its next request, from <c>ESHUTDOWN</c>) and reconnects to whatever the name serves
-    /// now, if anything. Connections still negotiating are not affected.
+    /// now, if anything. A connection still negotiating is not counted: one that selected the
+    /// device checks it again as it starts transmitting, and closes the same way.
     /// </summary>
     /// <returns>How many connections were closed.</returns>
     public int CloseConnectionsOf(Devices.IBlockDevice device)

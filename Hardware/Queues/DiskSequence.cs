@@ -23,7 +23,12 @@ public static class DiskSequence
     public static ulong Next() => (ulong)Interlocked.Increment(ref s_last);
 
     /// <summary>The identity of the device numbered <paramref name="diskSeq"/> in this process: <c>diskseq N@boot-id</c>.</summary>
-    public static string Identity(ulong diskSeq) => string.Create(CultureInfo.InvariantCulture, $"diskseq {diskSeq}@{BootId}");
+    public static string Identity(ulong diskSeq) => Format(diskSeq, BootId);
+
+    /// <summary>An identity as <see cref="Identity"/> writes it, of any process: <c>diskseq N@boot-id</c>.</summary>
+    /// <param name="diskSeq">The sequence number.</param>
+    /// <param name="bootId">The process's boot id.</param>
+    public static string Format(ulong diskSeq, string bootId) => string.Create(CultureInfo.InvariantCulture, $"diskseq {diskSeq}@{bootId}");
 
     /// <summary>
     /// Finds an identity written by <see cref="Identity"/> in <paramref name="text"/> (an NBD

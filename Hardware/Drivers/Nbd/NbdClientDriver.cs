@@ -49,9 +49,9 @@ public sealed class NbdClientDriver : IBlockDriver
     private readonly Dictionary<int, HardwareContext> _hardwareContexts = [];
     private readonly ulong _size;
     private readonly NbdTransmissionFlags _flags;
-    // The device's identity as the server last named it (changed only by a reconnect to a
-    // restarted server, under _lock).
-    private string? _identity;
+    // The device's identity as the server last named it: set at open, and by a reconnect (under
+    // _lock) to a restarted server or to one that names it where the first did not.
+    private (ulong Seq, string Boot)? _identity;
     private string? _retired;
 
     // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
@@ -85,7 +85,7 @@ public sealed class NbdClientDriver : IBlockDriver
         if (_connections.Skip(1).FirstOrDefault(c => Identity(c!) != _identity) is { } other)
         {
             Dispose();
-            throw new IOException($"{deviceName}: {options.Uri} is another device on another connection ({_identity} on the first, {Identity(other)} on a later one): it was created again while the connections opened.");
+            throw new IOException($"{deviceName}: {options.Uri} is another device on another connection ({Format(_identity)} on the first, {Format(Identity(other))} on a later one): it was created again while the connections opened.");
         }
 
         if (_connections.Length > 1 && (_flags & NbdTransmissionFlags.CanMultiConn) == 0)
@@ -360,8 +360,11 @@ public sealed class NbdClientDriver : IBlockDriver
     }
 
     // The identity an ActorBlk server sends at the end of the export's description, or null.
-    private static string? Identity(NbdClientConnection connection) =>
-        DiskSequence.TryParseIdentity(connection.Description, out var seq, out var boot) ? $"diskseq {seq}@{boot}" : null;
+    private static (ulong Seq, string Boot)? Identity(NbdClientConnection connection) =>
+        DiskSequence.TryParseIdentity(connection.Description, out var seq, out var boot) ? (seq, boot) : null;
+
+    private static string Format((ulong Seq, string Boot)? identity) =>
+        identity is var (seq, boot) ? DiskSequence.Format(seq, boot) : "no identity";
 
     /// <summary>
     /// Why the export a reconnect reached is another device than the one opened, or null: the same
@@ -370,9 +373,8 @@ public sealed class NbdClientDriver : IBlockDriver
     /// serve the same data again (a file device), as may one that sends no identity.
     /// </summary>
     private string? AnotherDevice(NbdClientConnection fresh) =>
-        _identity is { } opened && Identity(fresh) is { } identity && identity != opened
-        && DiskSequence.TryParseIdentity(opened, out _, out var openedBoot) && identity.EndsWith("@" + openedBoot, StringComparison.Ordinal)
-            ? $"is another device now ({opened} was opened, the export is {identity}: it was destroyed and created again under its name)"
+        _identity is { } opened && Identity(fresh) is { } now && now.Boot == opened.Boot && now.Seq != opened.Seq
+            ? $"is another device now ({Format(opened)} was opened, the export is {Format(now)}: it was destroyed and created again under its name)"
             : null;
 
     /// <summary>
@@ -452,9 +454,10 @@ public sealed class NbdClientDriver : IBlockDriver
                 if (AnotherDevice(fresh) is { } another)
                 {
                     // No later attempt can find the device it opened: give it up now, so the queue
-                    // goes offline at once rather than after the remaining back-off.
+                    // goes offline at once rather than after the remaining back-off, and close the
+                    // connections this reconnect already replaced (Lock is re-entrant).
                     fresh.Dispose();
-                    Interlocked.CompareExchange(ref _retired, $"{_options.Uri} {another}", null);
+                    Retire($"{_options.Uri} {another}");
                     throw new BlockDeviceErrorException($"{_options.Uri} {another}; refusing the reconnect and giving the device up.", deviceGone: true);
                 }
 

@@ -215,15 +215,17 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         var written = Pattern(4096, 3);
         await vol.WriteAsync(0, written);
         var before = vol.Queue;
+        var oldQueue = b.Layer.Devices.Single(d => d.Queue == before);
         var replaced = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         vol.Reconnected += (_, _) => replaced.TrySetResult();
 
         await a.Layer.DestroyDeviceAsync("vol1");
         await a.Layer.CreateDeviceAsync(Memory("vol1"));
 
-        // On the old queue a read cannot succeed: its device is gone.
+        // On the old queue (read directly: the handle may have moved already) a read cannot
+        // succeed: its device is gone.
         var first = new byte[4096];
-        var status = await vol.ExecuteAsync(BlockOp.Read, 0, 4096, first).AsTask().WaitAsync(Liveness);
+        var status = await oldQueue.ExecuteAsync(BlockOp.Read, 0, 4096, first).AsTask().WaitAsync(Liveness);
         Assert.NotEqual(BlockStatus.Ok, status);
 
         await replaced.Task.WaitAsync(Liveness);

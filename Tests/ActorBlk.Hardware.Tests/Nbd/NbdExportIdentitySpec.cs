@@ -139,6 +139,54 @@ public sealed class NbdExportIdentitySpec
         Assert.NotNull(driver.RetiredReason);
     }
 
+    // A review: with several connections, those a refused reconnect had already replaced stayed
+    // open on a driver that no longer reconnects (nothing else would have closed them).
+    [Fact]
+    public async Task A_reconnect_refused_on_a_later_connection_closes_the_ones_already_replaced()
+    {
+        await using var server = new FakeNbdServer(
+            i => FakeNbdExport.Default with { Flags = FakeNbdExport.Default.Flags | NbdTransmissionFlags.CanMultiConn, Description = i < 3 ? "diskseq 5@" + BootA : "diskseq 6@" + BootA },
+            s => s.ServeAsync(0));
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "ident4", Driver = "nbd", Uri = server.Uri(), SubmitQueues = 2, Connections = 2 }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        Assert.Equal(2, driver.LiveConnections);
+
+        // An I/O from each CPU, so that both hardware queues run and their connections start.
+        await device.ReadAsync(0, new byte[4096], cpu: 0).AsTask().WaitAsync(Condition.Timeout);
+        await device.ReadAsync(0, new byte[4096], cpu: 1).AsTask().WaitAsync(Condition.Timeout);
+
+        var refused = Assert.Throws<BlockDeviceErrorException>(() => driver.Reopen());
+        Assert.Contains("is another device now", refused.Message, StringComparison.Ordinal);
+        Assert.NotNull(driver.RetiredReason);
+        await Condition.EventuallyAsync(() => driver.LiveConnections == 0, "every connection closed");
+    }
+
+    // discard_max_bytes = 0 on an exported device: its export keeps the trim it advertised (a trim
+    // is advisory, and taking it away refused every client's reconnect, a review found), and a trim
+    // then succeeds doing nothing.
+    [Fact]
+    public async Task Turning_discard_off_on_an_exported_device_keeps_its_clients_reconnecting_and_makes_trims_no_ops()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "trim0", Size = 16 << 20, MemoryBacked = true, Discard = true }, CpuTopology.Simulated(2));
+        await using var server = NbdServer.Start(new NbdDeviceList([backing]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var client = devices.Create(new DeviceOptions { Name = "trimc", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/trim0" }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)client.Queue.Driver;
+        var data = new byte[4096];
+        Array.Fill(data, (byte)0x3c);
+        await client.WriteAsync(0, data).AsTask().WaitAsync(Condition.Timeout);
+
+        await backing.Queue.Attributes.WriteAsync("block/trim0/queue/discard_max_bytes", "0");
+        driver.Reopen();
+        Assert.Null(driver.RetiredReason);
+        await client.DiscardAsync(0, 4096).AsTask().WaitAsync(Condition.Timeout);
+        var back = new byte[4096];
+        await client.ReadAsync(0, back).AsTask().WaitAsync(Condition.Timeout);
+        Assert.Equal(data, back);
+        Assert.Equal(0ul, backing.Queue.Stats.Read().DiscardIos);
+    }
+
     [Fact]
     public async Task Connections_that_open_on_different_devices_fail_the_open()
     {
