@@ -554,18 +554,20 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
-        if (!queue.IsOffline)
+        if (!queue.IsOffline && driver is not { RetiredReason: not null })
         {
             // Still serving (its driver reconnects by itself while the export answers).
             slot.Entry = entry;
             return;
         }
 
-        // Offline while the registry shows the device live and its node reachable: replace the
-        // queue. Its handles hear that it went first, when nothing above did (the NBD reconnect
-        // found another device under the name, or the server stayed away past the back-off): a
-        // mirror with no I/O to meet the Offline learns it only so, and otherwise took the new
-        // device's Reconnected for its own leg coming back in sync.
+        // Offline, or its driver given up (it never serves again, even before a request found out
+        // and took the queue offline: an idle handle waited for one), while the registry shows
+        // the device live and its node reachable: replace the queue. Its handles hear that it went
+        // first, when nothing above did (the NBD reconnect found another device under the name, or
+        // the server stayed away past the back-off): a mirror with no I/O to meet the Offline
+        // learns it only so, and otherwise took the new device's Reconnected for its own leg
+        // coming back in sync.
         Disconnect(slot, target);
         slot.Swapping = true;
         Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);

@@ -35,6 +35,15 @@ public enum DriverFeatures
 
     /// <summary>A device that is gone can be opened again (<see cref="IBlockDriver.Reopen"/>), with back-off.</summary>
     Reopenable = 1 << 3,
+
+    /// <summary>
+    /// <see cref="IBlockDriver.InitHardwareContext"/> may run on any thread and more than once: the
+    /// queue calls it for every hardware queue as it starts, as Linux's <c>init_hctx</c> runs at
+    /// queue creation, so work that must go on while a queue is idle starts at once (an NBD
+    /// connection's receiver, which sees the server close it). The dispatcher still calls it
+    /// before its first <c>QueueRq</c>.
+    /// </summary>
+    EagerHardwareContexts = 1 << 4,
 }
 
 /// <summary>

@@ -21,6 +21,14 @@ public sealed partial class RequestQueue
         }
 
         runtime.Attach(this);
+        if ((_driver!.Features & Drivers.DriverFeatures.EagerHardwareContexts) != 0)
+        {
+            foreach (var hctx in _hctxs)
+            {
+                _driver.InitHardwareContext(hctx);
+            }
+        }
+
         _acceptsIo = true;
     }
 

@@ -156,10 +156,16 @@ public sealed class NbdClientDriver : IBlockDriver
     public bool ReadOnly => (_flags & NbdTransmissionFlags.ReadOnly) != 0;
 
     /// <inheritdoc />
-    /// <remarks>A retired driver (<see cref="Retire"/>) is no longer reopenable: losing it takes the device offline.</remarks>
+    /// <remarks>
+    /// A retired driver (<see cref="Retire"/>) is no longer reopenable: losing it takes the device
+    /// offline. Hardware queues are set up when the queue starts
+    /// (<see cref="DriverFeatures.EagerHardwareContexts"/>): a connection's receiver runs from then
+    /// on, so a server that closes an idle connection (its device destroyed) is noticed at once,
+    /// not at the first request (an outside audit).
+    /// </remarks>
     public DriverFeatures Features => Volatile.Read(ref _retired) is null
-        ? DriverFeatures.Resettable | DriverFeatures.Reopenable
-        : DriverFeatures.Resettable;
+        ? DriverFeatures.Resettable | DriverFeatures.Reopenable | DriverFeatures.EagerHardwareContexts
+        : DriverFeatures.Resettable | DriverFeatures.EagerHardwareContexts;
 
     /// <summary>Why the driver was retired, or null while it serves.</summary>
     public string? RetiredReason => Volatile.Read(ref _retired);

@@ -237,6 +237,46 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0L, before.DoubleCompletions);
     }
 
+    // The same for a handle that has never sent a request (an outside audit): its connection had
+    // no receiver until the first dispatch, so neither the server's close nor the registry's
+    // retire took its queue offline, no event came, and its first requests failed Offline.
+    [Fact]
+    public async Task An_idle_handle_hears_its_device_destroyed_and_created_again_and_moves_to_the_new_one()
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b");
+        await using var _a = a;
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        a.ExportNbd();
+        b.ExportNbd();
+        await a.Layer.CreateDeviceAsync(Memory("vol2"));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol2" && e.NbdEndpoint.Length > 0), Liveness);
+        await using var vol = await b.Layer.OpenAsync("vol2", ThreadPoolCompletions);
+        var before = vol.Queue;
+        var events = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var replaced = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        vol.Disconnected += (_, _) => events.Enqueue("disconnected");
+        vol.Reconnected += (_, _) =>
+        {
+            events.Enqueue("reconnected");
+            replaced.TrySetResult();
+        };
+        Assert.True(a.Layer.TryGetDevice("vol2", out var old));
+        await old.WriteAsync(0, Pattern(4096, 9));
+
+        await a.Layer.DestroyDeviceAsync("vol2");
+        await a.Layer.CreateDeviceAsync(Memory("vol2"));
+
+        await replaced.Task.WaitAsync(Liveness);
+        Assert.Equal(["disconnected", "reconnected"], events.ToArray());
+        Assert.True(before.IsOffline);
+        var back = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, await vol.ExecuteAsync(BlockOp.Read, 0, 4096, back).AsTask().WaitAsync(Liveness));
+        Assert.All(back, x => Assert.Equal(0, x));
+    }
+
     [Fact]
     public async Task Losing_the_owner_under_load_fails_every_io_and_its_return_at_the_same_address_reconnects_the_same_handle()
     {

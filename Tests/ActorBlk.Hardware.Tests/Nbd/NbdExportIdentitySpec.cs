@@ -225,6 +225,24 @@ public sealed class NbdExportIdentitySpec
         Assert.NotNull(driver.RetiredReason);
     }
 
+    // An outside audit: a client device that had not sent a request had no receiver yet (its
+    // hardware queues were set up at the first dispatch), so a server that closed its connections
+    // (the device destroyed) went unnoticed until then. Its queues are set up as it starts now.
+    [Fact]
+    public async Task A_client_that_never_sent_a_request_notices_the_server_closing_its_connections()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "cold0", Size = 16 << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
+        await using var server = NbdServer.Start(new NbdDeviceList([backing]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var client = devices.Create(new DeviceOptions { Name = "coldc", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/cold0", SubmitQueues = 2, Connections = 2 }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)client.Queue.Driver;
+        Assert.Equal(2, driver.LiveConnections);
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 2, "both connections transmitting");
+
+        Assert.Equal(2, server.CloseConnectionsOf(backing));
+        await Condition.EventuallyAsync(() => driver.LiveConnections == 0, "both connections found closed with no request sent");
+    }
+
     private sealed class SwappableCatalog(IBlockDevice device) : INbdExportCatalog
     {
         public IBlockDevice Device { get; set; } = device;
