@@ -151,7 +151,7 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
         // more, the device goes offline although the server would take it back.
         driver.Retire("the owner left");
         Assert.Equal("the owner left", driver.RetiredReason);
-        Assert.Equal(ActorBlk.Hardware.Drivers.DriverFeatures.Resettable, driver.Features);
+        Assert.Equal(ActorBlk.Hardware.Drivers.DriverFeatures.Resettable | ActorBlk.Hardware.Drivers.DriverFeatures.EagerHardwareContexts, driver.Features);
         await AwaitAssertAsync(async () =>
         {
             var status = await remote.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness);
