@@ -46,7 +46,8 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     // The admin secret: entries are signed with it and entries without its signature are ignored.
     // A node without one (yet: an embedding application whose secret file appears later) looks
-    // again at every poll, as the cluster seal does, and keeps the first it finds.
+    // again whenever it publishes its entry (every poll at least), as the cluster seal does, and
+    // keeps the first it finds.
     private readonly Func<byte[]?>? _keyOf;
     private byte[]? _key;
     private string? _keyFailure;

@@ -529,11 +529,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
                 driver.Retire(why);
-                Disconnect(slot, target);
             }
-            else if (queue.IsOffline || driver is not null)
+
+            // Also when the driver had given itself up already (the reconnect met another device).
+            if (driver is not null || queue.IsOffline)
             {
-                // Given up already (the reconnect met another device): the handles still hear it.
                 Disconnect(slot, target);
             }
 

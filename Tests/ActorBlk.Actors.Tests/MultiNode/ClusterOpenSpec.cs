@@ -50,6 +50,20 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         return (a, b, c);
     }
 
+    // Two nodes exporting over NBD; a owns the memory-backed device, which b sees published.
+    private static async Task<(ClusterNode A, ClusterNode B)> StartPairAsync(string device)
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b");
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        a.ExportNbd();
+        b.ExportNbd();
+        await a.Layer.CreateDeviceAsync(Memory(device));
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == device && e.NbdEndpoint.Length > 0), Liveness);
+        return (a, b);
+    }
+
     [Fact]
     public async Task Any_node_opens_any_device_by_name_and_handles_of_one_device_share_one_queue_until_the_last_closes()
     {
@@ -201,16 +215,9 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task A_device_destroyed_and_created_again_under_its_name_is_never_adopted_without_an_offline_between()
     {
-        var a = ClusterNode.Start("a");
-        var b = ClusterNode.Start("b");
+        var (a, b) = await StartPairAsync("vol1");
         await using var _a = a;
         await using var _b = b;
-        await a.JoinAsync(a, Liveness);
-        await b.JoinAsync(a, Liveness);
-        a.ExportNbd();
-        b.ExportNbd();
-        await a.Layer.CreateDeviceAsync(Memory("vol1"));
-        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol1" && e.NbdEndpoint.Length > 0), Liveness);
         await using var vol = await b.Layer.OpenAsync("vol1", ThreadPoolCompletions);
         var written = Pattern(4096, 3);
         await vol.WriteAsync(0, written);
@@ -243,16 +250,9 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task An_idle_handle_hears_its_device_destroyed_and_created_again_and_moves_to_the_new_one()
     {
-        var a = ClusterNode.Start("a");
-        var b = ClusterNode.Start("b");
+        var (a, b) = await StartPairAsync("vol2");
         await using var _a = a;
         await using var _b = b;
-        await a.JoinAsync(a, Liveness);
-        await b.JoinAsync(a, Liveness);
-        a.ExportNbd();
-        b.ExportNbd();
-        await a.Layer.CreateDeviceAsync(Memory("vol2"));
-        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol2" && e.NbdEndpoint.Length > 0), Liveness);
         await using var vol = await b.Layer.OpenAsync("vol2", ThreadPoolCompletions);
         var before = vol.Queue;
         var events = new System.Collections.Concurrent.ConcurrentQueue<string>();

@@ -50,6 +50,32 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         return data;
     }
 
+    // Two nodes exporting over NBD: a (the seed) will own the remote leg, b the mirror.
+    private static async Task<(ClusterNode A, ClusterNode B)> StartPairAsync()
+    {
+        var a = ClusterNode.Start("a");
+        var b = ClusterNode.Start("b");
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        a.ExportNbd();
+        b.ExportNbd();
+        return (a, b);
+    }
+
+    // Writes every block's first version, in 1 MiB FUA writes, and returns what was written.
+    private static async Task<byte[][]> WriteEveryBlockAsync(IBlockDevice mirror)
+    {
+        var expected = Enumerable.Range(0, Blocks).Select(i => Stamp(i, 1)).ToArray();
+        const int PerWrite = (1 << 20) / Block;
+        for (var block = 0; block < Blocks; block += PerWrite)
+        {
+            var chunk = expected.Skip(block).Take(PerWrite).SelectMany(x => x).ToArray();
+            await mirror.WriteAsync((long)block * Block, chunk, RequestFlags.Fua).AsTask().WaitAsync(Liveness);
+        }
+
+        return expected;
+    }
+
     private Task UntilAsync(Func<bool> condition, string what) =>
         AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50), what);
 
@@ -92,14 +118,9 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
     public async Task A_remote_leg_destroyed_and_created_again_goes_faulty_and_is_resynced_whole_never_serving_the_new_devices_zeros()
     {
         // a owns the remote leg and is the seed; b holds the mirror.
-        var a = ClusterNode.Start("a");
+        var (a, b) = await StartPairAsync();
         await using var _a = a;
-        var b = ClusterNode.Start("b");
         await using var _b = b;
-        await a.JoinAsync(a, Liveness);
-        await b.JoinAsync(a, Liveness);
-        a.ExportNbd();
-        b.ExportNbd();
         await a.Layer.CreateDeviceAsync(Memory("rleg"));
         var local = await b.Layer.CreateDeviceAsync(Memory("lleg"));
         await b.WaitForDevicesAsync(d => d.Any(e => e.Id == $"rleg@{a.Name}" && e.NbdEndpoint.Length > 0), Liveness);
@@ -114,13 +135,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(DataBytes, mirror.DataBytes);
 
         // Every block written, in 1 MiB writes, and acknowledged durable.
-        var expected = Enumerable.Range(0, Blocks).Select(i => Stamp(i, 1)).ToArray();
-        const int PerWrite = (1 << 20) / Block;
-        for (var block = 0; block < Blocks; block += PerWrite)
-        {
-            var chunk = expected.Skip(block).Take(PerWrite).SelectMany(x => x).ToArray();
-            await md0.WriteAsync((long)block * Block, chunk, RequestFlags.Fua).AsTask().WaitAsync(Liveness);
-        }
+        var expected = await WriteEveryBlockAsync(md0);
 
         await md0.FlushAsync().AsTask().WaitAsync(Liveness);
         Assert.True(a.Layer.TryGetDevice("rleg", out var oldOwner));
@@ -204,14 +219,9 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
     [Fact]
     public async Task On_an_idle_mirror_a_remote_leg_created_again_goes_faulty_and_is_resynced_whole()
     {
-        var a = ClusterNode.Start("a");
+        var (a, b) = await StartPairAsync();
         await using var _a = a;
-        var b = ClusterNode.Start("b");
         await using var _b = b;
-        await a.JoinAsync(a, Liveness);
-        await b.JoinAsync(a, Liveness);
-        a.ExportNbd();
-        b.ExportNbd();
         await a.Layer.CreateDeviceAsync(Memory("rleg"));
         await b.Layer.CreateDeviceAsync(Memory("lleg"));
         await b.WaitForDevicesAsync(d => d.Any(e => e.Id == $"rleg@{a.Name}" && e.NbdEndpoint.Length > 0), Liveness);
@@ -220,12 +230,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         var mirror = (MirrorTarget)md1.Queue.BioDriver!;
         var remote = Assert.IsType<ClusterBlockDevice>(mirror.Legs[1]);
         await mirror.SyncIdle.WaitAsync(Liveness);
-        var expected = Enumerable.Range(0, Blocks).Select(i => Stamp(i, 1)).ToArray();
-        const int PerWrite = (1 << 20) / Block;
-        for (var block = 0; block < Blocks; block += PerWrite)
-        {
-            await md1.WriteAsync((long)block * Block, expected.Skip(block).Take(PerWrite).SelectMany(x => x).ToArray(), RequestFlags.Fua).AsTask().WaitAsync(Liveness);
-        }
+        var expected = await WriteEveryBlockAsync(md1);
 
         var legFailed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         mirror.LegFailed += (_, _, _) => legFailed.TrySetResult();
