@@ -238,6 +238,12 @@ public sealed class DiskStats
     /// <summary><see cref="BatchPending"/> for a caller that holds the calling thread's state.</summary>
     internal long BatchPendingOn(BlockThread thread) => ReferenceEquals(thread.StatsOwner, this) ? thread.StatsBatch!.Pending : 0;
 
+    /// <summary>
+    /// Adds the counts the calling thread holds in a batch, for whichever disk it batches, to that
+    /// disk's slots: before a completion wakes an awaiter that goes on on another thread.
+    /// </summary>
+    internal static void FlushThreadBatch() => BlockThread.Current.StatsOwner?.FlushBatch();
+
     /// <summary>Adds the counts the calling thread holds for this disk to a slot (nothing when it holds none).</summary>
     internal void FlushBatch()
     {

@@ -169,6 +169,97 @@ public sealed class AccountingBatchSpec
     }
 
     [Fact]
+    public async Task An_awaiter_that_goes_on_on_another_thread_finds_the_io_it_awaited_counted()
+    {
+        // The awaiter's synchronization context takes its continuation to another thread. The
+        // context reads stat from a third thread while the loop's round, which completed the read
+        // and holds its count in the loop thread's batch, is still running (it waits in Post):
+        // the count must be in the slots already. (Before the completion published its thread's
+        // batch, that read found 0 until the round ended.)
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch1");
+        try
+        {
+            var context = new StatReadingContext(queue.Stats);
+            var (status, _) = await AwaitOneRead(queue, context, readInContinuation: false);
+            Assert.Equal(BlockStatus.Ok, status);
+            Assert.Equal(1UL, context.SeenReadIos);
+            Assert.Equal(1, context.Posts);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+    }
+
+    [Fact]
+    public async Task An_inline_continuation_reads_on_the_completing_thread_and_costs_the_batch_nothing()
+    {
+        // No context: the continuation runs inside the loop's round. It sees its read counted
+        // (its own read adds the thread's batch), and the round did not publish the batch for
+        // it: another thread, reading before the continuation's own read, still finds 0.
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch2");
+        try
+        {
+            var (status, reads) = await AwaitOneRead(queue, context: null, readInContinuation: true);
+            Assert.Equal(BlockStatus.Ok, status);
+            Assert.Equal((0UL, 1UL), reads);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+    }
+
+    // Submits one read whose ValueTask is awaited through a continuation registered before the
+    // submission (so the completion always finds it), under context. With readInContinuation,
+    // the continuation reads ReadIos from another thread and then on its own.
+    private static async Task<(BlockStatus Status, (ulong Other, ulong Own) Reads)> AwaitOneRead(RequestQueue queue, SynchronizationContext? context, bool readInContinuation)
+    {
+        var bio = queue.Bios.Rent();
+        bio.Op = BlockOp.Read;
+        bio.Sector = 0;
+        bio.Size = 4096;
+        bio.Buffer = new byte[4096];
+        bio.Cpu = 0;
+        var awaiter = bio.AsStatusTask().GetAwaiter();
+        var resumed = new TaskCompletionSource<(BlockStatus, (ulong, ulong))>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var previous = SynchronizationContext.Current;
+        SynchronizationContext.SetSynchronizationContext(context);
+        try
+        {
+            awaiter.OnCompleted(() =>
+            {
+                var reads = readInContinuation ? (OnAnotherThread(() => queue.Stats.Read().ReadIos), queue.Stats.Read().ReadIos) : (0UL, 0UL);
+                resumed.TrySetResult((awaiter.GetResult(), reads));
+            });
+        }
+        finally
+        {
+            SynchronizationContext.SetSynchronizationContext(previous);
+        }
+
+        queue.Submit(bio);
+        return await resumed.Task.WaitAsync(Liveness);
+    }
+
+    // A context that, when handed a continuation, first reads stat from a thread of its own
+    // while the poster waits, then runs the continuation on the thread pool.
+    private sealed class StatReadingContext(DiskStats stats) : SynchronizationContext
+    {
+        public ulong SeenReadIos;
+        public int Posts;
+
+        public override void Post(SendOrPostCallback d, object? state)
+        {
+            Posts++;
+            SeenReadIos = OnAnotherThread(() => stats.Read().ReadIos);
+            ThreadPool.QueueUserWorkItem(_ => d(state));
+        }
+    }
+
+    [Fact]
     public async Task Chained_rounds_pay_one_handshake_and_time_no_completion_before_its_submission()
     {
         // Queue depth 1, each completion resubmitting from inside the round (the bench at QD1):
