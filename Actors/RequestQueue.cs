@@ -180,7 +180,13 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 }
             }
 
-            if (ex is BlockDeviceErrorException)
+            if (ex is BlockDeviceErrorException { DeviceGone: true } && (MayReopen() || _queue.Driver.PlannedLoss is not null))
+            {
+                // Gone, and supervision will try to reopen it (the next line says so; giving it up
+                // is the error, logged then), or its owner gave it up on purpose.
+                _log.Warning("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
+            }
+            else if (ex is BlockDeviceErrorException)
             {
                 _log.Error("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
             }
@@ -192,6 +198,11 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             return directive;
         }, loggingEnabled: false);
     }
+
+    // Whether losing the device leads to reopen attempts rather than straight offline (see the
+    // driver actors' Terminated handling; max-reopens may still give it up, with its own error).
+    private bool MayReopen() =>
+        (_queue.Driver.Features & DriverFeatures.Reopenable) != 0 && _layer.Settings.Supervision.ReopenAttempts > 0;
 
     protected override void PreStart()
     {
@@ -782,6 +793,14 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         if (done.Error is { } error)
         {
             _log.Error(error, "{Device}: the device is offline; failing its requests in flight failed", _queue.Name);
+            return;
+        }
+
+        if (_queue.Driver.PlannedLoss is { } planned)
+        {
+            // Its owner destroyed or moved the export: expected, so a warning.
+            _log.Warning("{Device}: the device is offline ({Reason}); {Failed} request(s) in flight failed, and every pending and later request fails with Offline",
+                _queue.Name, planned, done.Failed);
             return;
         }
 

@@ -528,7 +528,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             if (driver is { RetiredReason: null })
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
-                driver.Retire(why);
+                // The owner destroying its device (or leaving the cluster gracefully) is an event
+                // it chose; a node that cannot be reached is a failure.
+                driver.Retire(why, planned: entry is null);
             }
 
             // Also when the driver had given itself up already (the reconnect met another device).
@@ -549,7 +551,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         if (moved && driver is { RetiredReason: null })
         {
             _log.Warning("{0} moved to {1}; its local queue {2} goes offline and reconnects", slot.Entry.Id, entry.NbdEndpoint, target.Device.Name);
-            driver.Retire($"the device moved to {entry.NbdEndpoint}");
+            driver.Retire($"the device moved to {entry.NbdEndpoint}", planned: true);
             Disconnect(slot, target);
             return;
         }

@@ -161,6 +161,15 @@ public interface IBlockDriver : IDisposable
     void CancelRecovery()
     {
     }
+
+    /// <summary>
+    /// Why the device was given up on purpose, or null: its owner destroyed or moved the export a
+    /// client driver serves (<see cref="Nbd.NbdClientDriver.Retire(string, bool)"/>). The loss
+    /// that follows is then an expected event, and the block layer logs it as a warning rather
+    /// than an error; it fails the requests with <see cref="BlockStatus.Offline"/> all the same.
+    /// The default is null.
+    /// </summary>
+    string? PlannedLoss => null;
 }
 
 /// <summary>

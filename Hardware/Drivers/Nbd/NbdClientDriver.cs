@@ -52,7 +52,7 @@ public sealed class NbdClientDriver : IBlockDriver
     // The device's identity as the server last named it: set at open, and by a reconnect (under
     // _lock) to a restarted server or to one that names it where the first did not.
     private (ulong Seq, string Boot)? _identity;
-    private string? _retired;
+    private Retirement? _retired;
 
     // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
     // progress gives up at once instead of waiting out its connect timeout.
@@ -157,7 +157,7 @@ public sealed class NbdClientDriver : IBlockDriver
 
     /// <inheritdoc />
     /// <remarks>
-    /// A retired driver (<see cref="Retire"/>) is no longer reopenable: losing it takes the device
+    /// A retired driver (<see cref="Retire(string)"/>) is no longer reopenable: losing it takes the device
     /// offline. Hardware queues are set up when the queue starts
     /// (<see cref="DriverFeatures.EagerHardwareContexts"/>): a connection's receiver runs from then
     /// on, so a server that closes an idle connection (its device destroyed) is noticed at once,
@@ -168,7 +168,10 @@ public sealed class NbdClientDriver : IBlockDriver
         : DriverFeatures.Resettable | DriverFeatures.EagerHardwareContexts;
 
     /// <summary>Why the driver was retired, or null while it serves.</summary>
-    public string? RetiredReason => Volatile.Read(ref _retired);
+    public string? RetiredReason => Volatile.Read(ref _retired)?.Reason;
+
+    /// <inheritdoc />
+    public string? PlannedLoss => Volatile.Read(ref _retired) is { Planned: true } retirement ? retirement.Reason : null;
 
     /// <summary>
     /// Gives the server up for good (its node left the cluster, or the export went away): every
@@ -177,10 +180,20 @@ public sealed class NbdClientDriver : IBlockDriver
     /// among them has an unknown outcome) and every later one fail with
     /// <see cref="BlockStatus.Offline"/>. Idempotent; the first reason is kept.
     /// </summary>
-    public void Retire(string reason)
+    /// <param name="reason">Why, for the log and the errors.</param>
+    public void Retire(string reason) => Retire(reason, planned: false);
+
+    /// <summary>
+    /// <see cref="Retire(string)"/>, saying whether the loss is an expected event (the export's
+    /// owner destroyed or moved it: <see cref="PlannedLoss"/>, logged as a warning) or a failure
+    /// (its node is unreachable: an error).
+    /// </summary>
+    /// <param name="reason">Why, for the log and the errors.</param>
+    /// <param name="planned">True when the owner gave the export up on purpose.</param>
+    public void Retire(string reason, bool planned)
     {
         ArgumentException.ThrowIfNullOrEmpty(reason);
-        if (Interlocked.CompareExchange(ref _retired, reason, null) is not null)
+        if (Interlocked.CompareExchange(ref _retired, new Retirement(reason, planned), null) is not null)
         {
             return;
         }
@@ -431,7 +444,7 @@ public sealed class NbdClientDriver : IBlockDriver
 
     private void Reconnect()
     {
-        if (Volatile.Read(ref _retired) is { } why)
+        if (RetiredReason is { } why)
         {
             throw new BlockDeviceErrorException($"{_options.Uri} was given up: {why}", deviceGone: true);
         }
@@ -450,7 +463,7 @@ public sealed class NbdClientDriver : IBlockDriver
                 }
                 catch (OperationCanceledException ex)
                 {
-                    throw new BlockDeviceErrorException($"reconnecting to {_options.Uri} was abandoned: {Volatile.Read(ref _retired) ?? "the device is being removed"}", deviceGone: true, ex);
+                    throw new BlockDeviceErrorException($"reconnecting to {_options.Uri} was abandoned: {RetiredReason ?? "the device is being removed"}", deviceGone: true, ex);
                 }
                 catch (IOException ex)
                 {
@@ -463,7 +476,7 @@ public sealed class NbdClientDriver : IBlockDriver
                     // goes offline at once rather than after the remaining back-off, and close the
                     // connections this reconnect already replaced (Lock is re-entrant).
                     fresh.Dispose();
-                    Retire($"{_options.Uri} {another}");
+                    Retire($"{_options.Uri} {another}", planned: true);
                     throw new BlockDeviceErrorException($"{_options.Uri} {another}; refusing the reconnect and giving the device up.", deviceGone: true);
                 }
 
@@ -483,4 +496,6 @@ public sealed class NbdClientDriver : IBlockDriver
             }
         }
     }
+
+    private sealed record Retirement(string Reason, bool Planned);
 }

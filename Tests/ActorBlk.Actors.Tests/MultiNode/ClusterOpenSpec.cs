@@ -195,6 +195,7 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol0" && e.NbdEndpoint.Length > 0), Liveness);
         await using var vol = await b.Layer.OpenAsync("vol0", ThreadPoolCompletions);
         await vol.WriteAsync(0, Pattern(4096, 1));
+        var (warnings, errors) = SubscribeLog(b);
 
         await a.Layer.DestroyDeviceAsync("vol0");
         await b.WaitForDevicesAsync(d => d.All(e => e.Name != "vol0"), Liveness);
@@ -204,6 +205,33 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(BlockStatus.Offline, await vol.ExecuteAsync(BlockOp.Write, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
         Assert.True(vol.Queue.IsOffline);
         Assert.Equal(0L, vol.Queue.DoubleCompletions);
+
+        // The owner chose it: the client's queue logs the loss as a warning naming why, and no
+        // error (it logged two: the supervisor's Stop and the offline line).
+        await warnings.FishForMessageAsync(m => m is Akka.Event.Warning w && $"{w.Message}".Contains("the device is offline (the device left the cluster's registry)"), Liveness);
+        Assert.DoesNotContain(Drain(errors), e => $"{e.Message}".Contains(vol.Name));
+    }
+
+    // Probes on a node's event stream for its warnings and errors.
+    private (Akka.TestKit.TestProbe Warnings, Akka.TestKit.TestProbe Errors) SubscribeLog(ClusterNode node)
+    {
+        var warnings = CreateTestProbe(node.System);
+        var errors = CreateTestProbe(node.System);
+        node.System.EventStream.Subscribe(warnings.Ref, typeof(Akka.Event.Warning));
+        node.System.EventStream.Subscribe(errors.Ref, typeof(Akka.Event.Error));
+        return (warnings, errors);
+    }
+
+    // What a probe holds now: the events published before the last one awaited on the same stream.
+    private static List<Akka.Event.LogEvent> Drain(Akka.TestKit.TestProbe probe)
+    {
+        var events = new List<Akka.Event.LogEvent>();
+        while (probe.HasMessages)
+        {
+            events.Add((Akka.Event.LogEvent)probe.ReceiveOne(TimeSpan.Zero)!);
+        }
+
+        return events;
     }
 
     // README "Remote devices": a device destroyed and created again under its name is another
@@ -330,6 +358,7 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         // The owner dies: its NBD export closes under the connections, its actor system stops
         // without leaving, and the split-brain resolver downs it (alone against two).
         var cAddress = c.Cluster.SelfUniqueAddress;
+        var (_, errors) = SubscribeLog(a);
         await c.CrashAsync();
 
         // Every worker's I/O completes with an error, never a hang; later I/O fails too.
@@ -337,6 +366,9 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.All(statuses, s => Assert.NotEqual(BlockStatus.Ok, s));
         await WaitForStatusAsync(disk, BlockStatus.Offline);
         Assert.Equal(0L, disk.Queue.DoubleCompletions);
+
+        // A lost node is a failure: the offline line is an error (an owner's destroy is a warning).
+        await errors.FishForMessageAsync(m => m is Akka.Event.Error e && $"{e.Message}".Contains($"{queueName}: the device is offline"), Liveness);
 
         // Downed and removed: the device leaves every registry.
         foreach (var node in new[] { a, b })

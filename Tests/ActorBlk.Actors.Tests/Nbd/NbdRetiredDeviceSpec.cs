@@ -12,7 +12,7 @@ namespace ActorBlk.Actors.Tests.Nbd;
 
 /// <summary>
 /// A device whose driver is given up while supervision waits to reopen it (a cluster device whose
-/// owner left the registry: <see cref="NbdClientDriver.Retire"/>) goes offline at the next
+/// owner left the registry: <see cref="NbdClientDriver.Retire(string)"/>) goes offline at the next
 /// attempt, and the requests that wait fail with Offline then, not after every remaining attempt.
 /// </summary>
 public sealed class NbdRetiredDeviceSpec : Akka.TestKit.Xunit2.TestKit
