@@ -726,9 +726,13 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             var givenUp = (_queue.Driver.Features & DriverFeatures.Reopenable) == 0;
             if (givenUp || _reopenAttempt >= supervision.ReopenAttempts)
             {
-                if (givenUp)
+                if (givenUp && _queue.Driver.PlannedLoss is not null)
                 {
                     _log.Warning("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
+                }
+                else if (givenUp)
+                {
+                    _log.Error("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
                 }
                 else
                 {
@@ -785,7 +789,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         var offline = Task.Run(() => queue.SetOffline(failInFlight));
         _offline = offline;
         _offlinePending++;
-        offline.PipeTo(Self, success: failed => new WentOffline(failed, null), failure: ex => new WentOffline(0, ex));
+        // Whether the loss was planned is decided now: a retirement that comes later does not
+        // make a failure that took the device offline an expected event.
+        var planned = queue.Driver.PlannedLoss;
+        offline.PipeTo(Self, success: failed => new WentOffline(failed, null, planned), failure: ex => new WentOffline(0, ex, planned));
     }
 
     private void LogOffline(WentOffline done)
@@ -796,7 +803,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             return;
         }
 
-        if (_queue.Driver.PlannedLoss is { } planned)
+        if (done.Planned is { } planned)
         {
             // Its owner destroyed or moved the export: expected, so a warning.
             _log.Warning("{Device}: the device is offline ({Reason}); {Failed} request(s) in flight failed, and every pending and later request fails with Offline",
@@ -833,7 +840,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     }
 
     // GoOffline's work on the thread pool is done: how many in-flight requests it failed.
-    private sealed record WentOffline(int Failed, Exception? Error);
+    private sealed record WentOffline(int Failed, Exception? Error, string? Planned);
 
     // A reopen attempt returned: null when the device is open again, else why not.
     private sealed record ReopenDone(Exception? Error);

@@ -82,6 +82,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _leftGracefully = new(StringComparer.Ordinal);
     private IDisposable? _watch;
 
     public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null)
@@ -113,7 +114,20 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         });
         Receive<ClusterEvent.MemberRemoved>(r =>
         {
-            _unreachable.Remove(DeviceRegistryActor.NodeName(r.Member.Address));
+            var node = DeviceRegistryActor.NodeName(r.Member.Address);
+            _unreachable.Remove(node);
+
+            // Removed after leaving (Exiting), or after being downed: whether the devices it took
+            // away with it were given up on purpose (see Planned).
+            if (r.PreviousStatus == MemberStatus.Exiting)
+            {
+                _leftGracefully.Add(node);
+            }
+            else
+            {
+                _leftGracefully.Remove(node);
+            }
+
             CheckAll();
         });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
@@ -529,8 +543,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
                 // The owner destroying its device (or leaving the cluster gracefully) is an event
-                // it chose; a node that cannot be reached is a failure.
-                driver.Retire(why, planned: entry is null);
+                // it chose; a node that cannot be reached, or was downed, is a failure.
+                driver.Retire(why, planned: entry is null && Planned(slot.Entry.Node));
             }
 
             // Also when the driver had given itself up already (the reconnect met another device).
@@ -574,6 +588,28 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         slot.Swapping = true;
         Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
         Release(slot);
+    }
+
+    // Whether a device missing from the registry was given up by its node on purpose: the node is
+    // a member neither unreachable nor downed (it destroyed the device), or it was removed after
+    // leaving. The registry also prunes the devices of a node downed, or removed after a crash:
+    // a failure.
+    private bool Planned(string node)
+    {
+        if (_unreachable.Contains(node))
+        {
+            return false;
+        }
+
+        foreach (var member in AkkaCluster.Get(Context.System).State.Members)
+        {
+            if (DeviceRegistryActor.NodeName(member.Address) == node)
+            {
+                return member.Status is not (MemberStatus.Down or MemberStatus.Removed);
+            }
+        }
+
+        return _leftGracefully.Contains(node);
     }
 
     // Raises the handles' Disconnected once per queue: a queue retired above and found offline

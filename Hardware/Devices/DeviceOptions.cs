@@ -300,6 +300,16 @@ public sealed partial record DeviceOptions
             Fail("dispatch", $"{Dispatch} is not ring or mailbox.");
         }
 
+        if (!Enum.IsDefined(Completion))
+        {
+            Fail("completion", $"{(int)Completion} is not inline or threadpool.");
+        }
+
+        if (!Enum.IsDefined(CpuMapAlgorithm))
+        {
+            Fail("cpu_map", $"{(int)CpuMapAlgorithm} is not group-evenly, present-first or contiguous.");
+        }
+
         if (MaxRetries is < 0 or > 100)
         {
             Fail("max_retries", $"{MaxRetries} is not 0 to 100.");

@@ -254,6 +254,12 @@ public sealed class FaultInjectionDriver : IBlockDriver
     }
 
     /// <inheritdoc />
+    public void CancelRecovery() => _inner.CancelRecovery();
+
+    /// <inheritdoc />
+    public string? PlannedLoss => _inner.PlannedLoss;
+
+    /// <inheritdoc />
     public void Dispose() => _inner.Dispose();
 
     private static bool HasOtherInFlight(HardwareContext hctx, Request request)

@@ -135,6 +135,11 @@ public sealed record NbdServerOptions
             throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {ShutdownGrace}.", nameof(ShutdownGrace));
         }
 
+        if (!Enum.IsDefined(Tls))
+        {
+            throw new ArgumentException($"tls must be off, on or require, not {(int)Tls}.", nameof(Tls));
+        }
+
         if (Tls != NbdTlsMode.Off && Certificate is null)
         {
             throw new ArgumentException($"tls = {Tls.ToString().ToLowerInvariant()} needs a certificate.", nameof(Certificate));

@@ -55,16 +55,6 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     private int _completed;
     private int _awaited;
 
-    // Where the continuation runs, for the completing thread's stats batch (Finish): NoWaiter
-    // until an awaiter registers, InlineWaiter once a continuation that SetResult runs on the
-    // completing thread itself is registered, ElsewhereWaiter while one is being registered or
-    // when it runs elsewhere (the thread pool, a synchronization context, a task scheduler).
-    private const int NoWaiter = 0;
-    private const int InlineWaiter = 1;
-    private const int ElsewhereWaiter = 2;
-    private int _waiter;
-    private int _awaiterThread;
-
     internal Bio(BioPool? pool)
     {
         Pool = pool;
@@ -156,22 +146,11 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         set => _core.RunContinuationsAsynchronously = value;
     }
 
-    /// <summary>
-    /// A <c>ValueTask</c> that completes (or throws <see cref="BlockIoException"/>) with the bio;
-    /// taken on the submitting thread, before the bio is submitted.
-    /// </summary>
-    internal ValueTask AsValueTask()
-    {
-        _awaiterThread = Environment.CurrentManagedThreadId;
-        return new(this, _core.Version);
-    }
+    /// <summary>A <c>ValueTask</c> that completes (or throws <see cref="BlockIoException"/>) with the bio.</summary>
+    internal ValueTask AsValueTask() => new(this, _core.Version);
 
-    /// <summary>A <c>ValueTask</c> that yields the bio's status without throwing; taken as <see cref="AsValueTask"/>.</summary>
-    internal ValueTask<BlockStatus> AsStatusTask()
-    {
-        _awaiterThread = Environment.CurrentManagedThreadId;
-        return new(this, _core.Version);
-    }
+    /// <summary>A <c>ValueTask</c> that yields the bio's status without throwing.</summary>
+    internal ValueTask<BlockStatus> AsStatusTask() => new(this, _core.Version);
 
     /// <summary>Makes this bio the parent of <paramref name="children"/> split pieces; it completes when they all have.</summary>
     internal void ExpectChildren(int children)
@@ -224,6 +203,8 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         Plug = null;
         if (Parent is { } parent)
         {
+            // The pieces of a split bio may complete on different threads: each publishes its count.
+            PublishStatsBeforeWaking();
             Parent = null;
             Release();
             parent.ChildCompleted(status);
@@ -243,54 +224,14 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     }
 
     // A dispatch round keeps its accounting in its thread's batch until the round ends
-    // (DiskStats.EnterBatch); a reader on the thread itself adds that batch first. An awaiter
-    // that goes on on another thread (CompletionContinuation.ThreadPool, the awaiter's
-    // synchronization context, a continuation that raced its registration with this completion)
-    // and reads stat or inflight there would miss the counts of the I/O it just awaited, so the
-    // batch goes to the slots before the awaiter is woken. An inline continuation, or the
-    // submitting thread completing its own bio, needs nothing: it reads on this thread.
+    // (DiskStats.EnterBatch); a reader on that thread adds the batch first, a reader on another
+    // does not see it. Whoever awaits a bio may read stat or inflight on any thread once it
+    // resumes: the continuation itself may run here, but what it completes in turn (an async
+    // method's task, AsTask, WhenAll) may wake code on the thread pool or a synchronization
+    // context. So the batch goes to the slots before any awaiter is woken: an I/O is counted by
+    // the time its await returns, wherever. End_io call-backs (the bench's path) keep the batch.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void PublishStatsBeforeWaking()
-    {
-        var waiter = Volatile.Read(ref _waiter);
-        if (waiter == InlineWaiter || (waiter == NoWaiter && _awaiterThread == Environment.CurrentManagedThreadId))
-        {
-            return;
-        }
-
-        DiskStats.FlushThreadBatch();
-    }
-
-    // Registers the awaiter's continuation, noting where SetResult will run it: InlineWaiter only
-    // once the registration is done, so Finish never takes a continuation that found the bio
-    // already completed (and goes to the thread pool) for an inline one.
-    private void Register(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-    {
-        FlushPlugBeforeWaiting();
-        Volatile.Write(ref _waiter, ElsewhereWaiter);
-        _core.OnCompleted(continuation, state, token, flags);
-        if (!_core.RunContinuationsAsynchronously && RunsOnCompletingThread(flags))
-        {
-            Volatile.Write(ref _waiter, InlineWaiter);
-        }
-    }
-
-    // ManualResetValueTaskSourceCore's rule: a continuation captures a synchronization context
-    // other than the base one, or a task scheduler other than the default, when asked to.
-    private static bool RunsOnCompletingThread(ValueTaskSourceOnCompletedFlags flags)
-    {
-        if ((flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) == 0)
-        {
-            return true;
-        }
-
-        if (SynchronizationContext.Current is { } context && context.GetType() != typeof(SynchronizationContext))
-        {
-            return false;
-        }
-
-        return TaskScheduler.Current == TaskScheduler.Default;
-    }
+    private static void PublishStatsBeforeWaking() => DiskStats.FlushThreadBatch();
 
     // The caller's end_io runs on the completion context: a driver's dispatch, a completion
     // worker, a timer thread, a software-context actor. An exception from it is the caller's, not
@@ -362,8 +303,6 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         WokenBy = null;
         Cookie = PollCookie.None;
         Volatile.Write(ref _awaited, 0);
-        Volatile.Write(ref _waiter, NoWaiter);
-        _awaiterThread = 0;
         Volatile.Write(ref _completed, Pooled);
         _core.Reset();
         Pool?.Return(this);
@@ -376,12 +315,18 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     ValueTaskSourceStatus IValueTaskSource<BlockStatus>.GetStatus(short token) => _core.GetStatus(token);
 
     /// <inheritdoc />
-    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-        Register(continuation, state, token, flags);
+    void IValueTaskSource.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        FlushPlugBeforeWaiting();
+        _core.OnCompleted(continuation, state, token, flags);
+    }
 
     /// <inheritdoc />
-    void IValueTaskSource<BlockStatus>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-        Register(continuation, state, token, flags);
+    void IValueTaskSource<BlockStatus>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+    {
+        FlushPlugBeforeWaiting();
+        _core.OnCompleted(continuation, state, token, flags);
+    }
 
     /// <inheritdoc />
     void IValueTaskSource.GetResult(short token)

@@ -322,6 +322,14 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("name", taken.Option);
         var invalid = await Assert.ThrowsAsync<DeviceOptionsException>(() => Create(new DeviceOptions { Name = "bad", HwQueueDepth = 0 }));
         Assert.Equal("hw_queue_depth", invalid.Option);
+
+        // Every enumeration is checked, not only those read from HOCON (an outside audit got the
+        // device for an unknown completion mode, and an ArgumentOutOfRangeException from inside
+        // the CPU map for an unknown algorithm).
+        var completion = await Assert.ThrowsAsync<DeviceOptionsException>(() => Create(new DeviceOptions { Name = "bad", Completion = (CompletionContinuation)9 }));
+        Assert.Equal("completion", completion.Option);
+        var cpuMap = await Assert.ThrowsAsync<DeviceOptionsException>(() => Create(new DeviceOptions { Name = "bad", CpuMapAlgorithm = (CpuMapAlgorithm)9 }));
+        Assert.Equal("cpu_map", cpuMap.Option);
         Assert.Single(Layer.Devices);
     }
 

@@ -476,7 +476,10 @@ public sealed class NbdClientDriver : IBlockDriver
                     // goes offline at once rather than after the remaining back-off, and close the
                     // connections this reconnect already replaced (Lock is re-entrant).
                     fresh.Dispose();
-                    Retire($"{_options.Uri} {another}", planned: true);
+                    // An error for whoever holds it open: its data is not there any more. (A
+                    // cluster handle moves to the new device; the registry may retire the queue
+                    // as planned first.)
+                    Retire($"{_options.Uri} {another}");
                     throw new BlockDeviceErrorException($"{_options.Uri} {another}; refusing the reconnect and giving the device up.", deviceGone: true);
                 }
 

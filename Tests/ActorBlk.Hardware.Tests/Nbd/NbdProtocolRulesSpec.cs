@@ -467,5 +467,6 @@ public sealed class NbdProtocolRulesSpec
     {
         Assert.Throws<ArgumentException>(() => new NbdServerOptions { ShutdownGrace = TimeSpan.FromSeconds(-1) }.Validate());
         Assert.Throws<ArgumentException>(() => new NbdServerOptions { ShutdownGrace = TimeSpan.FromHours(1) }.Validate());
+        Assert.Equal("Tls", Assert.Throws<ArgumentException>(() => new NbdServerOptions { Tls = (NbdTlsMode)9 }.Validate()).ParamName);
     }
 }

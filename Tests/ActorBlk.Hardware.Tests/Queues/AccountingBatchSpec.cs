@@ -193,18 +193,21 @@ public sealed class AccountingBatchSpec
     }
 
     [Fact]
-    public async Task An_inline_continuation_reads_on_the_completing_thread_and_costs_the_batch_nothing()
+    public async Task A_task_made_of_the_bio_wakes_its_awaiter_elsewhere_with_the_io_counted()
     {
-        // No context: the continuation runs inside the loop's round. It sees its read counted
-        // (its own read adds the thread's batch), and the round did not publish the batch for
-        // it: another thread, reading before the continuation's own read, still finds 0.
+        // AsTask registers on the bio with no context: the bio's own continuation runs inline on
+        // the loop's thread, but it completes a Task whose awaiter's context takes the rest
+        // elsewhere, as it does WhenAll, or an async helper's caller (a review of the first fix,
+        // which published the batch only for awaiters it saw leave the thread, found this 0).
         using var softIrq = new BlockSoftIrq(4);
         var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch2");
         try
         {
-            var (status, reads) = await AwaitOneRead(queue, context: null, readInContinuation: true);
+            var context = new StatReadingContext(queue.Stats);
+            var (status, _) = await AwaitOneRead(queue, context, readInContinuation: false, asTask: true);
             Assert.Equal(BlockStatus.Ok, status);
-            Assert.Equal((0UL, 1UL), reads);
+            Assert.Equal(1UL, context.SeenReadIos);
+            Assert.Equal(1, context.Posts);
         }
         finally
         {
@@ -212,10 +215,30 @@ public sealed class AccountingBatchSpec
         }
     }
 
-    // Submits one read whose ValueTask is awaited through a continuation registered before the
-    // submission (so the completion always finds it), under context. With readInContinuation,
-    // the continuation reads ReadIos from another thread and then on its own.
-    private static async Task<(BlockStatus Status, (ulong Other, ulong Own) Reads)> AwaitOneRead(RequestQueue queue, SynchronizationContext? context, bool readInContinuation)
+    [Fact]
+    public async Task An_inline_continuation_finds_the_io_counted_from_any_thread()
+    {
+        // No context: the continuation runs inside the loop's round, which is still going on;
+        // its own read and a read from another thread both count the read it awaited.
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch3");
+        try
+        {
+            var (status, reads) = await AwaitOneRead(queue, context: null, readInContinuation: true);
+            Assert.Equal(BlockStatus.Ok, status);
+            Assert.Equal((1UL, 1UL), reads);
+        }
+        finally
+        {
+            await runtime.DetachAsync().WaitAsync(Liveness);
+        }
+    }
+
+    // Submits one read whose ValueTask (or, with asTask, the Task made of it) is awaited through
+    // a continuation registered before the submission (so the completion always finds it), under
+    // context. With readInContinuation, the continuation reads ReadIos from another thread and
+    // then on its own.
+    private static async Task<(BlockStatus Status, (ulong Other, ulong Own) Reads)> AwaitOneRead(RequestQueue queue, SynchronizationContext? context, bool readInContinuation, bool asTask = false)
     {
         var bio = queue.Bios.Rent();
         bio.Op = BlockOp.Read;
@@ -223,17 +246,23 @@ public sealed class AccountingBatchSpec
         bio.Size = 4096;
         bio.Buffer = new byte[4096];
         bio.Cpu = 0;
-        var awaiter = bio.AsStatusTask().GetAwaiter();
         var resumed = new TaskCompletionSource<(BlockStatus, (ulong, ulong))>(TaskCreationOptions.RunContinuationsAsynchronously);
         var previous = SynchronizationContext.Current;
         SynchronizationContext.SetSynchronizationContext(context);
         try
         {
-            awaiter.OnCompleted(() =>
+            // Both taken under the context: a ValueTask's awaiter captures it when registering,
+            // and AsTask registers on the bio without it (the Task's awaiter captures it).
+            if (asTask)
             {
-                var reads = readInContinuation ? (OnAnotherThread(() => queue.Stats.Read().ReadIos), queue.Stats.Read().ReadIos) : (0UL, 0UL);
-                resumed.TrySetResult((awaiter.GetResult(), reads));
-            });
+                var awaiter = bio.AsStatusTask().AsTask().GetAwaiter();
+                awaiter.OnCompleted(() => resumed.TrySetResult((awaiter.GetResult(), Reads())));
+            }
+            else
+            {
+                var awaiter = bio.AsStatusTask().GetAwaiter();
+                awaiter.OnCompleted(() => resumed.TrySetResult((awaiter.GetResult(), Reads())));
+            }
         }
         finally
         {
@@ -242,6 +271,8 @@ public sealed class AccountingBatchSpec
 
         queue.Submit(bio);
         return await resumed.Task.WaitAsync(Liveness);
+
+        (ulong, ulong) Reads() => readInContinuation ? (OnAnotherThread(() => queue.Stats.Read().ReadIos), queue.Stats.Read().ReadIos) : (0UL, 0UL);
     }
 
     // A context that, when handed a continuation, first reads stat from a thread of its own
