@@ -566,7 +566,7 @@ public sealed class NbdConnection
         if (!_server.Catalog.TryGetExport(name, out var device))
         {
             // NBD_OPT_EXPORT_NAME has no error reply: the only answer to an unknown name is to close.
-            throw new NbdProtocolException($"no export named '{name}'");
+            throw new NbdProtocolException($"no export named {NbdProtocol.Shown(name)}");
         }
 
         Select(device, name);
@@ -659,9 +659,15 @@ public sealed class NbdConnection
         }
 
         var nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
-        if (nameLength > (uint)(data.Length - 6) || nameLength > NbdProtocol.MaxStringLength)
+        if (nameLength > (uint)(data.Length - 6))
         {
             await ReplyErrorAsync(option, NbdReply.ErrInvalid, "export name length does not fit the option", ct).ConfigureAwait(false);
+            return false;
+        }
+
+        if (NbdProtocol.BadString(data.AsSpan(4, (int)nameLength)) is { } bad)
+        {
+            await ReplyErrorAsync(option, NbdReply.ErrInvalid, $"export name {bad}", ct).ConfigureAwait(false);
             return false;
         }
 
@@ -681,7 +687,7 @@ public sealed class NbdConnection
 
         if (!_server.Catalog.TryGetExport(name, out var device))
         {
-            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named '{name}'", ct).ConfigureAwait(false);
+            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named {NbdProtocol.Shown(name)}", ct).ConfigureAwait(false);
             return false;
         }
 
@@ -767,7 +773,7 @@ public sealed class NbdConnection
 
         if (!_server.Catalog.TryGetExport(exportName, out _))
         {
-            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named '{exportName}'", ct).ConfigureAwait(false);
+            await ReplyErrorAsync(option, NbdReply.ErrUnknown, $"no export named {NbdProtocol.Shown(exportName)}", ct).ConfigureAwait(false);
             return;
         }
 
@@ -806,7 +812,7 @@ public sealed class NbdConnection
         }
 
         var nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
-        if (nameLength > (uint)(data.Length - 8) || nameLength > NbdProtocol.MaxStringLength)
+        if (nameLength > (uint)(data.Length - 8) || NbdProtocol.BadString(data.AsSpan(4, (int)nameLength)) is not null)
         {
             return null;
         }
@@ -825,7 +831,7 @@ public sealed class NbdConnection
 
             var len = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(pos));
             pos += 4;
-            if (len > (uint)(data.Length - pos) || len > NbdProtocol.MaxStringLength)
+            if (len > (uint)(data.Length - pos) || NbdProtocol.BadString(data.AsSpan(pos, (int)len)) is not null)
             {
                 return null;
             }
@@ -921,8 +927,10 @@ public sealed class NbdConnection
         await _writer.FlushAsync(ct).ConfigureAwait(false);
     }
 
+    // An error's message is a protocol string: no NUL, at most 4,096 bytes (the messages name what
+    // the client sent through NbdProtocol.Shown, so this cut is a last guard).
     private ValueTask ReplyErrorAsync(NbdOption option, NbdReply type, string message, CancellationToken ct) =>
-        ReplyAsync(option, type, Encoding.UTF8.GetBytes(message), ct);
+        ReplyAsync(option, type, NbdProtocol.StringBytes(message), ct);
 
     private async ValueTask<byte[]> ReadExactAsync(int count, CancellationToken ct)
     {

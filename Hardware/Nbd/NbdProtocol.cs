@@ -77,6 +77,78 @@ public static class NbdProtocol
     /// <summary>The longest string (export name, description, context) the protocol allows.</summary>
     public const int MaxStringLength = 4096;
 
+    // Names shown in a message: the first ShownChars characters, the rest elided.
+    private const int ShownChars = 64;
+
+    /// <summary>
+    /// Why <paramref name="utf8"/> is not a valid protocol string (a name or a query from the
+    /// client), or null: "a string MUST NOT contain NUL characters ... and MUST be no longer than
+    /// 4096 bytes".
+    /// </summary>
+    internal static string? BadString(ReadOnlySpan<byte> utf8) =>
+        utf8.Length > MaxStringLength ? $"is {utf8.Length} bytes long, over the protocol's {MaxStringLength}"
+        : utf8.Contains((byte)0) ? "contains a NUL character"
+        : null;
+
+    /// <summary>
+    /// A name the client sent, for a message that goes back to it or into the log: quoted, its
+    /// control characters escaped, and cut after 64 characters, so the message stays a short
+    /// protocol string (an outside audit: a 4,096-byte name made a 4,114-byte error, and libnbd
+    /// dropped the connection on it instead of reporting an unknown export).
+    /// </summary>
+    internal static string Shown(string name)
+    {
+        var builder = new System.Text.StringBuilder(Math.Min(name.Length, ShownChars) + 24);
+        builder.Append('\'');
+        var shown = 0;
+        foreach (var c in name)
+        {
+            if (shown++ == ShownChars)
+            {
+                builder.Append("...");
+                break;
+            }
+
+            if (char.IsControl(c))
+            {
+                builder.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\x{(int)c:x2}");
+            }
+            else
+            {
+                builder.Append(c);
+            }
+        }
+
+        builder.Append('\'');
+        if (name.Length > ShownChars)
+        {
+            builder.Append(System.Globalization.CultureInfo.InvariantCulture, $" ({name.Length} characters)");
+        }
+
+        return builder.ToString();
+    }
+
+    /// <summary>
+    /// <paramref name="text"/> as a protocol string: UTF-8, NUL characters replaced, cut at a
+    /// character boundary to at most <see cref="MaxStringLength"/> bytes.
+    /// </summary>
+    internal static byte[] StringBytes(string text)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(text.Replace('\0', '?'));
+        if (bytes.Length <= MaxStringLength)
+        {
+            return bytes;
+        }
+
+        var cut = MaxStringLength;
+        while ((bytes[cut] & 0xC0) == 0x80)
+        {
+            cut--;
+        }
+
+        return bytes[..cut];
+    }
+
     /// <summary>
     /// 32 MiB: "any payload not exceeding 2^25 (33,554,432) bytes SHOULD NOT be considered a denial
     /// of service attack, even if that length is larger than the advertised maximum payload size".

@@ -226,10 +226,18 @@ public sealed class QueueAttributes
         // (discards then fail with NotSupported, and a new NBD connection is offered no trim).
         Add(queueDir + "discard_max_bytes", () => Line((long)q.Limits.MaxDiscardSectors << Bio.SectorShift), (path, text) =>
         {
+            // The kernel tests bytes & (granularity - 1): with no discard the granularity is 0, so
+            // every value but 0 is EINVAL (an outside audit: 4096 was taken and read back as 0).
             var bytes = ParseUnsigned(path, text);
-            if (bytes % (ulong)q.Limits.LogicalBlockSize != 0)
+            var granularity = q.MaxHardwareDiscardSectors > 0 ? (ulong)q.Limits.LogicalBlockSize : 0;
+            if (bytes != 0 && granularity == 0)
             {
-                throw new AttributeException(path, AttributeErrno.EINVAL, $"{bytes} is not a multiple of the discard granularity ({q.Limits.LogicalBlockSize} bytes)");
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"{bytes}: the device does not discard (discard_granularity is 0)");
+            }
+
+            if (bytes != 0 && bytes % granularity != 0)
+            {
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"{bytes} is not a multiple of the discard granularity ({granularity} bytes)");
             }
 
             q.SetMaxDiscardSectors((int)Math.Min(bytes >> Bio.SectorShift, int.MaxValue));

@@ -134,10 +134,14 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(InvalidRequestReason.NotSupported, off.Reason);
         Assert.Equal(4ul, Discards());
 
-        // A device without discard has no granularity, and stays without.
+        // A device without discard has no granularity: bytes & (0 - 1) refuses every value but 0
+        // (an outside audit saw 4096 taken and read back as 0), and it stays without.
         await Create("dm1");
         Assert.Equal("0\n", Layer.ReadAttribute("block/dm1/queue/discard_granularity"));
-        await Layer.WriteAttributeAsync("block/dm1/queue/discard_max_bytes", "4096");
+        var none = await Refused("block/dm1/queue/discard_max_bytes", "4096");
+        Assert.Equal(AttributeErrno.EINVAL, none.Errno);
+        Assert.Contains("discard_granularity is 0", none.Message, StringComparison.Ordinal);
+        await Layer.WriteAttributeAsync("block/dm1/queue/discard_max_bytes", "0");
         Assert.Equal("0\n", Layer.ReadAttribute("block/dm1/queue/discard_max_bytes"));
     }
 

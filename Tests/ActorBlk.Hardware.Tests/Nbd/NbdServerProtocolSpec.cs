@@ -147,6 +147,63 @@ public sealed class NbdServerProtocolSpec
     }
 
     [Fact]
+    public async Task An_unknown_name_of_any_allowed_length_gets_a_short_error_and_a_name_that_breaks_the_string_rules_invalid()
+    {
+        // proto.md: a string "MUST NOT contain NUL characters, SHOULD be no longer than 256 bytes
+        // and MUST be no longer than 4096 bytes. This applies to export names and error messages."
+        // An outside audit: a 4,096-byte unknown name came back in a 4,114-byte error, and libnbd
+        // dropped the connection ("option error string too long") instead of reporting it.
+        await using var fx = NbdExportFixture.Start();
+        await using var client = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        var longest = new string('a', NbdProtocol.MaxStringLength);
+        foreach (var option in new[] { NbdOption.Info, NbdOption.Go })
+        {
+            await client.SendOptionAsync(option, RawNbdClient.InfoRequest(longest));
+            var reply = await client.ReadOptionReplyAsync();
+            Assert.Equal((option, NbdReply.ErrUnknown), (reply.Option, reply.Type));
+            Assert.InRange(reply.Data.Length, 1, 256);
+            Assert.StartsWith("no export named 'aaaa", System.Text.Encoding.UTF8.GetString(reply.Data), StringComparison.Ordinal);
+        }
+
+        await client.SendOptionAsync(NbdOption.StructuredReply, []);
+        Assert.Equal(NbdReply.Ack, (await client.ReadOptionReplyAsync()).Type);
+        await client.SendOptionAsync(NbdOption.ListMetaContext, RawNbdClient.MetaContextRequest(longest, NbdProtocol.BaseAllocation));
+        var meta = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdReply.ErrUnknown, meta.Type);
+        Assert.InRange(meta.Data.Length, 1, 256);
+
+        // One byte over, and a NUL inside: invalid, saying which rule.
+        await client.SendOptionAsync(NbdOption.Go, RawNbdClient.InfoRequest(longest + "a"));
+        var over = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdReply.ErrInvalid, over.Type);
+        Assert.Contains("over the protocol's 4096", System.Text.Encoding.UTF8.GetString(over.Data), StringComparison.Ordinal);
+        await client.SendOptionAsync(NbdOption.Go, RawNbdClient.InfoRequest("mem0\0x"));
+        var nul = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdReply.ErrInvalid, nul.Type);
+        Assert.DoesNotContain((byte)0, nul.Data);
+
+        // Still negotiating: the device is there under its real name.
+        await client.SendOptionAsync(NbdOption.Info, RawNbdClient.InfoRequest("mem0"));
+        Assert.Equal(NbdReply.Info, (await client.ReadOptionReplyAsync()).Type);
+    }
+
+    [Fact]
+    public void A_name_shown_in_a_message_is_quoted_escaped_and_cut()
+    {
+        Assert.Equal("'disk0'", NbdProtocol.Shown("disk0"));
+        Assert.Equal("'a\\x00b\\x1b'", NbdProtocol.Shown("a\0b\x1b"));
+        var cut = NbdProtocol.Shown(new string('x', 5000));
+        Assert.Equal($"'{new string('x', 64)}...' (5000 characters)", cut);
+
+        // A message is a protocol string however long: cut at a character boundary, no NUL.
+        var bytes = NbdProtocol.StringBytes(new string('\u00e9', 3000) + "\0");
+        Assert.True(bytes.Length <= NbdProtocol.MaxStringLength);
+        Assert.Equal(0, bytes.Length % 2);
+        Assert.Equal("\u00e9\u00e9", System.Text.Encoding.UTF8.GetString(bytes[^4..]));
+        Assert.Equal("ok?", System.Text.Encoding.UTF8.GetString(NbdProtocol.StringBytes("ok\0")));
+    }
+
+    [Fact]
     public async Task Export_name_answers_size_flags_and_the_124_zero_bytes_unless_no_zeroes()
     {
         await using var fx = NbdExportFixture.Start();
