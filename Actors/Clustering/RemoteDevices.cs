@@ -82,7 +82,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _leftGracefully = new(StringComparer.Ordinal);
+    // How incarnations of nodes (ClusterNodeDevices.KeyOf: address and uid) ended, as this actor
+    // saw it: left (removed after Exiting) or downed; one per address, the latest.
+    private readonly Dictionary<string, (long Uid, bool Left)> _ended = new(StringComparer.Ordinal);
     private IDisposable? _watch;
 
     public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null)
@@ -119,15 +121,13 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
             // Removed after leaving (Exiting), or after being downed: whether the devices it took
             // away with it were given up on purpose (see Planned).
-            if (r.PreviousStatus == MemberStatus.Exiting)
-            {
-                _leftGracefully.Add(node);
-            }
-            else
-            {
-                _leftGracefully.Remove(node);
-            }
-
+            _ended[node] = (r.Member.UniqueAddress.Uid, r.PreviousStatus == MemberStatus.Exiting);
+            CheckAll();
+        });
+        Receive<ClusterEvent.MemberDowned>(d =>
+        {
+            // The registry prunes a downed node's devices at once, maybe before its removal.
+            _ended[DeviceRegistryActor.NodeName(d.Member.Address)] = (d.Member.UniqueAddress.Uid, false);
             CheckAll();
         });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
@@ -141,7 +141,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var self = Self;
         _watch = _layer.ClusterDevices.Watch(s => self.Tell(new SnapshotChanged(s)));
         AkkaCluster.Get(Context.System).Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents,
-            typeof(ClusterEvent.IReachabilityEvent), typeof(ClusterEvent.MemberRemoved));
+            typeof(ClusterEvent.IReachabilityEvent), typeof(ClusterEvent.MemberRemoved), typeof(ClusterEvent.MemberDowned));
         if (_checkInterval > TimeSpan.Zero)
         {
             Timers.StartPeriodicTimer(CheckTimer, Check.Instance, _checkInterval);
@@ -544,7 +544,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
                 // The owner destroying its device (or leaving the cluster gracefully) is an event
                 // it chose; a node that cannot be reached, or was downed, is a failure.
-                driver.Retire(why, planned: entry is null && Planned(slot.Entry.Node));
+                driver.Retire(why, planned: entry is null && Planned(slot.Entry));
             }
 
             // Also when the driver had given itself up already (the reconnect met another device).
@@ -590,26 +590,33 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Release(slot);
     }
 
-    // Whether a device missing from the registry was given up by its node on purpose: the node is
-    // a member neither unreachable nor downed (it destroyed the device), or it was removed after
-    // leaving. The registry also prunes the devices of a node downed, or removed after a crash:
-    // a failure.
-    private bool Planned(string node)
+    // Whether a device missing from the registry was given up by its node on purpose: that
+    // incarnation of the node (its address and uid: a node restarted at the same address is
+    // another) left the cluster, or is still a member neither unreachable nor downed, so it
+    // destroyed the device. The registry also prunes the devices of a node downed, or removed
+    // after a crash: a failure. This actor's own events come first; the cluster's state (which
+    // may lag the registry) only for an incarnation they say nothing about.
+    private bool Planned(ClusterDevice device)
     {
-        if (_unreachable.Contains(node))
+        if (_unreachable.Contains(device.Node))
         {
             return false;
         }
 
+        if (_ended.TryGetValue(device.Node, out var ended) && ended.Uid == device.NodeUid)
+        {
+            return ended.Left;
+        }
+
         foreach (var member in AkkaCluster.Get(Context.System).State.Members)
         {
-            if (DeviceRegistryActor.NodeName(member.Address) == node)
+            if (member.UniqueAddress.Uid == device.NodeUid && DeviceRegistryActor.NodeName(member.Address) == device.Node)
             {
                 return member.Status is not (MemberStatus.Down or MemberStatus.Removed);
             }
         }
 
-        return _leftGracefully.Contains(node);
+        return false;
     }
 
     // Raises the handles' Disconnected once per queue: a queue retired above and found offline

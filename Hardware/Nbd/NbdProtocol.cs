@@ -1,3 +1,6 @@
+using System.Globalization;
+using System.Text;
+
 namespace ActorBlk.Hardware.Nbd;
 
 /// <summary>
@@ -88,6 +91,7 @@ public static class NbdProtocol
     internal static string? BadString(ReadOnlySpan<byte> utf8) =>
         utf8.Length > MaxStringLength ? $"is {utf8.Length} bytes long, over the protocol's {MaxStringLength}"
         : utf8.Contains((byte)0) ? "contains a NUL character"
+        : !System.Text.Unicode.Utf8.IsValid(utf8) ? "is not UTF-8"
         : null;
 
     /// <summary>
@@ -101,28 +105,35 @@ public static class NbdProtocol
         var builder = new System.Text.StringBuilder(Math.Min(name.Length, ShownChars) + 24);
         builder.Append('\'');
         var shown = 0;
-        foreach (var c in name)
+        var total = 0;
+        foreach (var rune in name.EnumerateRunes())
         {
-            if (shown++ == ShownChars)
+            if (total++ >= ShownChars)
             {
-                builder.Append("...");
-                break;
+                continue;
             }
 
-            if (char.IsControl(c))
+            shown++;
+            if (rune.Value is '\'' or '\\')
             {
-                builder.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\x{(int)c:x2}");
+                builder.Append('\\').Append((char)rune.Value);
+            }
+            else if (Rune.GetUnicodeCategory(rune) is UnicodeCategory.Control or UnicodeCategory.Format
+                or UnicodeCategory.LineSeparator or UnicodeCategory.ParagraphSeparator)
+            {
+                var escape = rune.Value <= 0xFF ? $"\\x{rune.Value:x2}" : $"\\u{{{rune.Value:x}}}";
+                builder.Append(escape);
             }
             else
             {
-                builder.Append(c);
+                builder.Append(rune.ToString());
             }
         }
 
         builder.Append('\'');
-        if (name.Length > ShownChars)
+        if (total > shown)
         {
-            builder.Append(System.Globalization.CultureInfo.InvariantCulture, $" ({name.Length} characters)");
+            builder.Append(CultureInfo.InvariantCulture, $"... ({total} characters)");
         }
 
         return builder.ToString();
@@ -134,7 +145,7 @@ public static class NbdProtocol
     /// </summary>
     internal static byte[] StringBytes(string text)
     {
-        var bytes = System.Text.Encoding.UTF8.GetBytes(text.Replace('\0', '?'));
+        var bytes = Encoding.UTF8.GetBytes(text.Replace('\0', '?'));
         if (bytes.Length <= MaxStringLength)
         {
             return bytes;

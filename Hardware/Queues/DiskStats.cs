@@ -101,8 +101,10 @@ public readonly record struct DiskStatSample(
 /// loop stops running rounds (before it spins or parks), so they cost a handful of interlocked
 /// adds per flush instead of five per request. A reader can therefore miss the counts of the
 /// last few rounds of a loop that is still busy, never those of an idle one; starts are added
-/// before completions, so in_flight never reads low because of a batch. A direct round run by a
-/// submitter is its own batch, flushed when it ends.
+/// before completions, so in_flight never reads low because of a batch's own completions (a start
+/// still held in a loop's batch whose completion another thread counted at once, on a completion
+/// worker, can make it read low until the batch is added). A direct round run by a submitter is
+/// its own batch, flushed when it ends.
 /// </remarks>
 public sealed class DiskStats
 {
@@ -240,7 +242,8 @@ public sealed class DiskStats
 
     /// <summary>
     /// Adds the counts the calling thread holds in a batch, for whichever disk it batches, to that
-    /// disk's slots: before a completion wakes an awaiter that goes on on another thread.
+    /// disk's slots: before a completion wakes an awaiter (which may read on any thread) or ends a
+    /// piece of a split bio.
     /// </summary>
     internal static void FlushThreadBatch() => BlockThread.Current.StatsOwner?.FlushBatch();
 

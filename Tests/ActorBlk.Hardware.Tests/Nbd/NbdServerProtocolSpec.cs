@@ -181,6 +181,10 @@ public sealed class NbdServerProtocolSpec
         var nul = await client.ReadOptionReplyAsync();
         Assert.Equal(NbdReply.ErrInvalid, nul.Type);
         Assert.DoesNotContain((byte)0, nul.Data);
+        await client.SendOptionAsync(NbdOption.Go, [0, 0, 0, 2, 0xff, 0xfe, 0, 0]); // "All strings are UTF-8"
+        var notUtf8 = await client.ReadOptionReplyAsync();
+        Assert.Equal(NbdReply.ErrInvalid, notUtf8.Type);
+        Assert.Contains("not UTF-8", System.Text.Encoding.UTF8.GetString(notUtf8.Data), StringComparison.Ordinal);
 
         // Still negotiating: the device is there under its real name.
         await client.SendOptionAsync(NbdOption.Info, RawNbdClient.InfoRequest("mem0"));
@@ -192,8 +196,11 @@ public sealed class NbdServerProtocolSpec
     {
         Assert.Equal("'disk0'", NbdProtocol.Shown("disk0"));
         Assert.Equal("'a\\x00b\\x1b'", NbdProtocol.Shown("a\0b\x1b"));
+        Assert.Equal("'it\\'s \\\\x00'", NbdProtocol.Shown("it's \\x00")); // not taken for an escape
+        Assert.Equal("'a\\u{2028}b\\u{202e}'", NbdProtocol.Shown("a\u2028b\u202e"));
+        Assert.Equal("'\U0001F600'", NbdProtocol.Shown("\U0001F600")); // one character, not two halves
         var cut = NbdProtocol.Shown(new string('x', 5000));
-        Assert.Equal($"'{new string('x', 64)}...' (5000 characters)", cut);
+        Assert.Equal($"'{new string('x', 64)}'... (5000 characters)", cut);
 
         // A message is a protocol string however long: cut at a character boundary, no NUL.
         var bytes = NbdProtocol.StringBytes(new string('\u00e9', 3000) + "\0");
