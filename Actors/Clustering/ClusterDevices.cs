@@ -21,6 +21,15 @@ public sealed class ClusterDevices
     // The registry's list of nodes whose entries fail the signature check.
     internal void SetUnverified(string[] nodes) => Volatile.Write(ref _unverified, nodes);
 
+    // The registry's entries this node believes (ClusterNodeDevices.KeyOf: node and uid), devices
+    // or none: a device missing from the snapshot whose owner's entry is still here was withdrawn
+    // by its owner; one whose whole entry went was pruned with its node (downed, or removed).
+    private HashSet<string> _entries = new(StringComparer.Ordinal);
+
+    internal void SetEntries(HashSet<string> keys) => Volatile.Write(ref _entries, keys);
+
+    internal bool HasEntry(string node, long uid) => Volatile.Read(ref _entries).Contains(ClusterNodeDevices.KeyOf(node, uid));
+
     /// <summary>False when the actor system is not a cluster member (its provider is not <c>cluster</c>): the snapshot stays empty.</summary>
     public bool IsEnabled { get; }
 

@@ -298,12 +298,18 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         var selfUid = _cluster.SelfUniqueAddress.Uid;
         // An entry counts only under its own key: a signed entry copied under another key (the
         // signature does not cover the map key) is not believed.
-        var snapshot = _map.Where(kv => kv.Value is not null && kv.Key == kv.Value.Key).Select(kv => kv.Value)
+        var entries = _map.Where(kv => kv.Value is not null && kv.Key == kv.Value.Key).Select(kv => kv.Value)
             .Where(v => v.IsWellFormed && v.IsSignedWith(_key) && !_gone.Any(g => IsOwner(g, v)))
             .Where(v => v.Node != _self || v.NodeUid == selfUid)
             // Only entries of members this node knows (an entry whose owner has not been seen
             // joining yet shows once its member event arrives).
             .Where(v => (v.Node == _self && v.NodeUid == selfUid) || _members.Any(m => IsOwner(m, v)))
+            .ToArray();
+
+        // Before the snapshot: a watcher that finds a device gone asks whether its owner's entry
+        // still stands (RemoteDevices: withdrawn by its owner, or pruned with its node).
+        _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal));
+        var snapshot = entries
             .SelectMany(v => v.Devices)
             .OrderBy(v => v.Name, StringComparer.Ordinal)
             .ThenBy(v => v.Node, StringComparer.Ordinal)

@@ -590,17 +590,23 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Release(slot);
     }
 
-    // Whether a device missing from the registry was given up by its node on purpose: that
-    // incarnation of the node (its address and uid: a node restarted at the same address is
-    // another) left the cluster, or is still a member neither unreachable nor downed, so it
-    // destroyed the device. The registry also prunes the devices of a node downed, or removed
-    // after a crash: a failure. This actor's own events come first; the cluster's state (which
-    // may lag the registry) only for an incarnation they say nothing about.
+    // Whether a device missing from the registry was given up by its node on purpose. Its
+    // owner's entry (that incarnation: address and uid) still standing, the owner withdrew the
+    // device itself: destroyed, or destroyed with the rest at a graceful shutdown. The whole
+    // entry gone, it was pruned with its node, which is planned only for a node that left (this
+    // actor saw it removed after Exiting, or the cluster shows it leaving); a node downed, or
+    // removed after a crash, or still Up in a view that lags the prune (an owner killed and
+    // restarted at once: another member downed it and the prune came first) is a failure.
     private bool Planned(ClusterDevice device)
     {
         if (_unreachable.Contains(device.Node))
         {
             return false;
+        }
+
+        if (_layer.ClusterDevices.HasEntry(device.Node, device.NodeUid))
+        {
+            return true;
         }
 
         if (_ended.TryGetValue(device.Node, out var ended) && ended.Uid == device.NodeUid)
@@ -612,7 +618,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             if (member.UniqueAddress.Uid == device.NodeUid && DeviceRegistryActor.NodeName(member.Address) == device.Node)
             {
-                return member.Status is not (MemberStatus.Down or MemberStatus.Removed);
+                return member.Status is MemberStatus.Leaving or MemberStatus.Exiting;
             }
         }
 
