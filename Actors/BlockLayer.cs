@@ -79,7 +79,8 @@ public sealed partial class BlockLayer : IExtension
             // Every outstanding I/O must complete (with Offline if need be) while the actors that
             // carry it still run: the phase is cut off after its timeout and the system then stops
             // the actors, so teardown at shutdown drains for a quarter of the phase at most
-            // instead of the full drain timeout, and every device is torn down at once.
+            // instead of the full drain timeout, and the devices are torn down together (stacked
+            // devices first, then the rest: two drains at most).
             var phase = shutdown.Timeout(CoordinatedShutdown.PhaseServiceStop);
             var drain = TimeSpan.FromTicks(Math.Min(Settings.DrainTimeout.Ticks, phase.Ticks / 4));
             Volatile.Write(ref _shutdownDrainTicks, Math.Max(drain.Ticks, TimeSpan.FromMilliseconds(100).Ticks));
@@ -566,7 +567,17 @@ public sealed partial class BlockLayer : IExtension
             return;
         }
 
-        var names = await AskAsync<string[]>(Guardian, AllDeviceNames.Instance, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
+        // Stacked devices first, then what they are built on, as md arrays stop before their
+        // members: a mirror whose leg is a remote device (a device of its own, which the mirror
+        // does not hold) otherwise lost the leg in the same wave and logged it faulty while the
+        // node stopped (a cluster audit).
+        var names = await AskAsync<DeviceNames>(Guardian, AllDeviceNames.Instance, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
+        await DestroyTogetherAsync(names.Stacked).ConfigureAwait(false);
+        await DestroyTogetherAsync(names.Others).ConfigureAwait(false);
+    }
+
+    private async Task DestroyTogetherAsync(string[] names)
+    {
         var left = new List<string>(names);
         while (left.Count > 0)
         {

@@ -29,7 +29,11 @@ internal sealed class BlockLayerActor : ReceiveActor
         _layer = layer;
         Receive<BlockLayer.Create>(HandleCreate);
         Receive<BlockLayer.Allocate>(HandleAllocate);
-        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(_devices.Keys.ToArray()));
+        // Stacked devices first: a node's shutdown stops them before what they are built on (a
+        // mirror's remote leg is a device of its own, not held by the mirror).
+        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(new BlockLayer.DeviceNames(
+            [.. _devices.Where(e => e.Value.Device.Queue.Kind == QueueKind.BioBased).Select(e => e.Key)],
+            [.. _devices.Where(e => e.Value.Device.Queue.Kind != QueueKind.BioBased).Select(e => e.Key)])));
         Receive<BlockLayer.Register>(HandleRegister);
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);
