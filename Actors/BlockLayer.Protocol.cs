@@ -17,8 +17,11 @@ public sealed partial class BlockLayer
         public static readonly AllDeviceNames Instance = new();
     }
 
-    /// <summary>The answer to <see cref="AllDeviceNames"/>: the stacked devices, and the others.</summary>
-    internal sealed record DeviceNames(string[] Stacked, string[] Others) : INoSerializationVerificationNeeded;
+    /// <summary>
+    /// The answer to <see cref="AllDeviceNames"/>: the devices no stacked device is built on, the
+    /// local members of stacked devices, and the local queues of their remote members.
+    /// </summary>
+    internal sealed record DeviceNames(string[] Others, string[] Held, string[] Remote) : INoSerializationVerificationNeeded;
 
     /// <summary>Create a device, on <paramref name="Driver"/> when given (reply <see cref="Created"/>, or a failure). Local only.</summary>
     public sealed record Create(DeviceOptions Options, IBlockDriver? Driver = null) : INoSerializationVerificationNeeded;

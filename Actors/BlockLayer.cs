@@ -79,8 +79,8 @@ public sealed partial class BlockLayer : IExtension
             // Every outstanding I/O must complete (with Offline if need be) while the actors that
             // carry it still run: the phase is cut off after its timeout and the system then stops
             // the actors, so teardown at shutdown drains for a quarter of the phase at most
-            // instead of the full drain timeout, and the devices are torn down together (stacked
-            // devices first, then the rest: two drains at most).
+            // instead of the full drain timeout, and the devices are torn down together: those
+            // no stacked device is built on first, then the members (DestroyAllDevicesAsync).
             var phase = shutdown.Timeout(CoordinatedShutdown.PhaseServiceStop);
             var drain = TimeSpan.FromTicks(Math.Min(Settings.DrainTimeout.Ticks, phase.Ticks / 4));
             Volatile.Write(ref _shutdownDrainTicks, Math.Max(drain.Ticks, TimeSpan.FromMilliseconds(100).Ticks));
@@ -567,13 +567,24 @@ public sealed partial class BlockLayer : IExtension
             return;
         }
 
-        // Stacked devices first, then what they are built on, as md arrays stop before their
-        // members: a mirror whose leg is a remote device (a device of its own, which the mirror
-        // does not hold) otherwise lost the leg in the same wave and logged it faulty while the
-        // node stopped (a cluster audit).
+        // The members of stacked devices after the rest, as md arrays stop before their members,
+        // and the local queues of remote members last: a mirror's remote leg is a device of its
+        // own (the handle's local queue), which the mirror does not hold, and torn down with the
+        // mirror it could go first, so the mirror logged the leg faulty while its node stopped (a
+        // cluster audit). Everything else goes in the first wave, as before; the last takes
+        // whatever is left then (remote legs, devices a failed or busy destroy left, devices that
+        // appeared meanwhile).
         var names = await AskAsync<DeviceNames>(Guardian, AllDeviceNames.Instance, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
-        await DestroyTogetherAsync(names.Stacked).ConfigureAwait(false);
-        await DestroyTogetherAsync(names.Others).ConfigureAwait(false);
+        try
+        {
+            await DestroyTogetherAsync(names.Others).ConfigureAwait(false);
+            await DestroyTogetherAsync(names.Held).ConfigureAwait(false);
+        }
+        finally
+        {
+            var left = await AskAsync<DeviceNames>(Guardian, AllDeviceNames.Instance, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
+            await DestroyTogetherAsync([.. left.Others, .. left.Held, .. left.Remote]).ConfigureAwait(false);
+        }
     }
 
     private async Task DestroyTogetherAsync(string[] names)
@@ -596,6 +607,12 @@ public sealed partial class BlockLayer : IExtension
                 catch (DeviceBusyException)
                 {
                     busy.Add(name);
+                }
+                catch (Exception ex) when (ex is TimeoutException or InvalidOperationException)
+                {
+                    // One device that does not go (its removal still runs, or an unexpected
+                    // reply) must not keep the others from going.
+                    System.Log.Warning("Destroying {0} at shutdown: {1}", name, ex.Message);
                 }
             })).ConfigureAwait(false);
 

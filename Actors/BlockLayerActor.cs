@@ -29,11 +29,18 @@ internal sealed class BlockLayerActor : ReceiveActor
         _layer = layer;
         Receive<BlockLayer.Create>(HandleCreate);
         Receive<BlockLayer.Allocate>(HandleAllocate);
-        // Stacked devices first: a node's shutdown stops them before what they are built on (a
-        // mirror's remote leg is a device of its own, not held by the mirror).
-        Receive<BlockLayer.AllDeviceNames>(_ => Sender.Tell(new BlockLayer.DeviceNames(
-            [.. _devices.Where(e => e.Value.Device.Queue.Kind == QueueKind.BioBased).Select(e => e.Key)],
-            [.. _devices.Where(e => e.Value.Device.Queue.Kind != QueueKind.BioBased).Select(e => e.Key)])));
+        // The members of stacked devices apart: a node's shutdown stops them after the rest, the
+        // local queues of remote members last (a mirror's remote leg is a device of its own, the
+        // handle's local queue, which the mirror does not hold).
+        Receive<BlockLayer.AllDeviceNames>(_ =>
+        {
+            var held = new HashSet<string>(_devices.Values.SelectMany(e => e.Holds), StringComparer.Ordinal);
+            var remote = new HashSet<string>(_devices.Values.SelectMany(e => e.Opened.Select(h => h.Name)), StringComparer.Ordinal);
+            Sender.Tell(new BlockLayer.DeviceNames(
+                [.. _devices.Keys.Where(n => !held.Contains(n) && !remote.Contains(n))],
+                [.. _devices.Keys.Where(n => held.Contains(n) && !remote.Contains(n))],
+                [.. _devices.Keys.Where(remote.Contains)]));
+        });
         Receive<BlockLayer.Register>(HandleRegister);
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);

@@ -26,8 +26,10 @@ public sealed class ShutdownOrderSpec : Akka.TestKit.Xunit2.TestKit
 
     private static DeviceOptions Memory(string name) => new() { Name = name, Size = LegBytes, MemoryBacked = true, PollQueues = 0 };
 
-    [Fact]
-    public async Task A_node_stopping_stops_its_mirror_before_the_mirrors_remote_leg()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_node_stopping_stops_its_mirror_before_the_mirrors_remote_leg(bool nested)
     {
         var a = ClusterNode.Start("a");
         await using var _a = a;
@@ -45,6 +47,14 @@ public sealed class ShutdownOrderSpec : Akka.TestKit.Xunit2.TestKit
         var mirror = (MirrorTarget)md0.Queue.BioDriver!;
         await mirror.SyncIdle.WaitAsync(Setup);
         await md0.WriteAsync(0, new byte[4096]);
+        if (nested)
+        {
+            // A linear device over the mirror, and a device nothing is built on: the linear goes
+            // first, then the mirror, then its legs, and nothing is left.
+            await b.Layer.CreateDeviceAsync(Memory("solo"));
+            await b.Layer.CreateStackedDeviceAsync("lin0");
+            await b.Layer.LoadTableAsync("lin0", StackTable.Linear("md0"));
+        }
 
         var warnings = CreateTestProbe(b.System);
         b.System.EventStream.Subscribe(warnings.Ref, typeof(Akka.Event.Warning));
@@ -60,5 +70,6 @@ public sealed class ShutdownOrderSpec : Akka.TestKit.Xunit2.TestKit
         }
 
         Assert.DoesNotContain(logged, m => m.Contains("is faulty", StringComparison.Ordinal));
+        Assert.Empty(b.Layer.Devices);
     }
 }
