@@ -406,7 +406,8 @@ internal sealed class BlockLayerActor : ReceiveActor
         {
             queue.InitializeBioBased(target);
             entry.Holds = HoldsOf(target);
-            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, _layer.Settings.DrainTimeout), $"dev-{load.Name}-{++_incarnation}");
+            var layer = _layer;
+            entry.Actor = Context.ActorOf(StackedDevice.Props(entry.Device, () => layer.UnregisterDrainTimeout), $"dev-{load.Name}-{++_incarnation}");
             Context.Watch(entry.Actor);
             entry.Creator = replyTo;
             return;

@@ -16,7 +16,9 @@ public static class StackedDevice
     /// <summary>Replace the target (a new table of the same type); the reply is <see cref="BlockLayer.Created"/>. Local only.</summary>
     public sealed record SwapTarget(StackTarget Target) : INoSerializationVerificationNeeded;
 
-    internal static Props Props(BlockDevice device, TimeSpan drainTimeout) => Akka.Actor.Props.Create(() => new StackedDeviceActor(device, drainTimeout));
+    // The drain timeout is read when the device is unregistered: at a node's shutdown it is the
+    // shortened one (BlockLayer.UnregisterDrainTimeout), as for request queues.
+    internal static Props Props(BlockDevice device, Func<TimeSpan> drainTimeout) => Akka.Actor.Props.Create(() => new StackedDeviceActor(device, drainTimeout));
 }
 
 /// <summary>The stacked device's actor.</summary>
@@ -26,7 +28,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private IActorRef? _unregisterReplyTo;
 
-    public StackedDeviceActor(BlockDevice device, TimeSpan drainTimeout)
+    public StackedDeviceActor(BlockDevice device, Func<TimeSpan> drainTimeout)
     {
         _device = device;
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
@@ -37,7 +39,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             _unregisterReplyTo = Sender;
             _log.Info("Unregistering {Device}", _device.Name);
-            ShutdownAsync(drainTimeout).PipeTo(Self, success: failed => new ShutdownDone(failed));
+            ShutdownAsync(drainTimeout()).PipeTo(Self, success: failed => new ShutdownDone(failed));
         });
         Receive<ShutdownDone>(done =>
         {
