@@ -180,15 +180,12 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 }
             }
 
-            if (ex is BlockDeviceErrorException { DeviceGone: true } && (MayReopen() || _queue.Driver.PlannedLoss is not null))
+            if (ex is BlockDeviceErrorException)
             {
                 // Gone, and supervision will try to reopen it (the next line says so; giving it up
-                // is the error, logged then), or its owner gave it up on purpose.
-                _log.Warning("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
-            }
-            else if (ex is BlockDeviceErrorException)
-            {
-                _log.Error("{Device}: supervisor: {Directive} after {Error}: {Message}", _queue.Name, directive, ex.GetType().Name, ex.Message);
+                // is the error, logged then), or its owner gave it up on purpose: a warning.
+                var expected = ex is BlockDeviceErrorException { DeviceGone: true } && (MayReopen() || _queue.Driver.PlannedLoss is not null);
+                _log.Log(expected ? LogLevel.WarningLevel : LogLevel.ErrorLevel, "{Device}: supervisor: {Directive} after {Error}: {Message}", new object[] { _queue.Name, directive, ex.GetType().Name, ex.Message });
             }
             else
             {
@@ -726,13 +723,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             var givenUp = (_queue.Driver.Features & DriverFeatures.Reopenable) == 0;
             if (givenUp || _reopenAttempt >= supervision.ReopenAttempts)
             {
-                if (givenUp && _queue.Driver.PlannedLoss is not null)
+                if (givenUp)
                 {
-                    _log.Warning("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
-                }
-                else if (givenUp)
-                {
-                    _log.Error("{Device}: the device cannot be reopened any more ({Message}); it goes offline", _queue.Name, ex.Message);
+                    var level = _queue.Driver.PlannedLoss is null ? LogLevel.ErrorLevel : LogLevel.WarningLevel;
+                    _log.Log(level, "{Device}: the device cannot be reopened any more ({Message}); it goes offline", new object[] { _queue.Name, ex.Message });
                 }
                 else
                 {

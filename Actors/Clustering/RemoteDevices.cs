@@ -82,8 +82,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly Dictionary<string, Slot> _slots = new(StringComparer.Ordinal);
     private readonly HashSet<string> _unreachable = new(StringComparer.Ordinal);
-    // How incarnations of nodes (ClusterNodeDevices.KeyOf: address and uid) ended, as this actor
-    // saw it: left (removed after Exiting) or downed; one per address, the latest.
+    // How the latest incarnation (uid) of each node (host:port) this actor saw end ended: left
+    // (removed after Exiting) or not (downed, or removed after a crash).
     private readonly Dictionary<string, (long Uid, bool Left)> _ended = new(StringComparer.Ordinal);
     private IDisposable? _watch;
 

@@ -176,20 +176,14 @@ public sealed class AccountingBatchSpec
         // and holds its count in the loop thread's batch, is still running (it waits in Post):
         // the count must be in the slots already. (Before the completion published its thread's
         // batch, that read found 0 until the round ended.)
-        using var softIrq = new BlockSoftIrq(4);
-        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch1");
-        try
+        await OnLoopAsync("batch1", async queue =>
         {
             var context = new StatReadingContext(queue.Stats);
             var (status, _) = await AwaitOneRead(queue, context, readInContinuation: false);
             Assert.Equal(BlockStatus.Ok, status);
             Assert.Equal(1UL, context.SeenReadIos);
             Assert.Equal(1, context.Posts);
-        }
-        finally
-        {
-            await runtime.DetachAsync().WaitAsync(Liveness);
-        }
+        });
     }
 
     [Fact]
@@ -199,20 +193,14 @@ public sealed class AccountingBatchSpec
         // the loop's thread, but it completes a Task whose awaiter's context takes the rest
         // elsewhere, as it does WhenAll, or an async helper's caller (a review of the first fix,
         // which published the batch only for awaiters it saw leave the thread, found this 0).
-        using var softIrq = new BlockSoftIrq(4);
-        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch2");
-        try
+        await OnLoopAsync("batch2", async queue =>
         {
             var context = new StatReadingContext(queue.Stats);
             var (status, _) = await AwaitOneRead(queue, context, readInContinuation: false, asTask: true);
             Assert.Equal(BlockStatus.Ok, status);
             Assert.Equal(1UL, context.SeenReadIos);
             Assert.Equal(1, context.Posts);
-        }
-        finally
-        {
-            await runtime.DetachAsync().WaitAsync(Liveness);
-        }
+        });
     }
 
     [Fact]
@@ -220,13 +208,22 @@ public sealed class AccountingBatchSpec
     {
         // No context: the continuation runs inside the loop's round, which is still going on;
         // its own read and a read from another thread both count the read it awaited.
-        using var softIrq = new BlockSoftIrq(4);
-        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, "batch3");
-        try
+        await OnLoopAsync("batch3", async queue =>
         {
             var (status, reads) = await AwaitOneRead(queue, context: null, readInContinuation: true);
             Assert.Equal(BlockStatus.Ok, status);
             Assert.Equal((1UL, 1UL), reads);
+        });
+    }
+
+    // Runs body against a queue served by a real dispatch loop, detached afterwards.
+    private static async Task OnLoopAsync(string name, Func<RequestQueue, Task> body)
+    {
+        using var softIrq = new BlockSoftIrq(4);
+        var (queue, runtime, _) = TestQueues.CreateLoop(softIrq, name);
+        try
+        {
+            await body(queue);
         }
         finally
         {
