@@ -739,14 +739,15 @@ public sealed class NbdConnection
         BinaryPrimitives.WriteUInt64BigEndian(export.AsSpan(2), (ulong)device.Capacity);
         BinaryPrimitives.WriteUInt16BigEndian(export.AsSpan(10), (ushort)flags);
         WriteReply(option, NbdReply.Info, export);
-        await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
-        if (option != NbdOption.Go)
+        if (option == NbdOption.Go)
         {
-            return false;
+            // Selected before the reply: a client that has read it may be told the device is gone
+            // (CloseConnectionsOf) at once, and this connection must be among those closed.
+            Select(device, name);
         }
 
-        Select(device, name);
-        return true;
+        await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+        return option == NbdOption.Go;
     }
 
     private async Task MetaContextAsync(NbdOption option, byte[] data, CancellationToken ct)

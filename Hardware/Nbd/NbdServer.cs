@@ -184,8 +184,10 @@ public sealed class NbdServer : IAsyncDisposable
     /// further request, sends the replies of those in flight and closes gracefully, so a client
     /// learns at once that the export it opened is gone (an idle client would otherwise learn it
     /// only at its next request, from <c>ESHUTDOWN</c>) and reconnects to whatever the name serves
-    /// now, if anything. A connection still negotiating is not counted: one that selected the
-    /// device checks it again as it starts transmitting, and closes the same way.
+    /// now, if anything. A connection that has selected the device (NBD_OPT_GO or
+    /// NBD_OPT_EXPORT_NAME, selected before its reply is sent) is counted, and closed at once if
+    /// it is still negotiating; one that was between the export's check and its selection checks
+    /// the device again as it starts transmitting, and closes the same way.
     /// </summary>
     /// <returns>How many connections were closed.</returns>
     public int CloseConnectionsOf(Devices.IBlockDevice device)
