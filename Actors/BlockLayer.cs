@@ -206,6 +206,7 @@ public sealed partial class BlockLayer : IExtension
     /// holds an exception for a device that was created or removed anyway.
     /// </remarks>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -222,6 +223,7 @@ public sealed partial class BlockLayer : IExtension
     /// it with the device; if creation fails it is disposed at once.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, IBlockDriver driver, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -249,6 +251,7 @@ public sealed partial class BlockLayer : IExtension
     /// <see cref="RegisterDeviceAsync"/>, or destroy it (cheaply) with <see cref="DestroyDeviceAsync"/>.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> AllocateDeviceAsync(DeviceOptions options, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -261,6 +264,7 @@ public sealed partial class BlockLayer : IExtension
     /// <summary>Registers a device made by <see cref="AllocateDeviceAsync"/>; completes when it serves I/O.</summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="InvalidOperationException">It is registered already, or it is a stacked device.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> RegisterDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -280,6 +284,7 @@ public sealed partial class BlockLayer : IExtension
     /// first <see cref="LoadTableAsync"/>. Its I/O fails with NotRegistered until then.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The name is taken or invalid.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> CreateStackedDeviceAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -299,6 +304,7 @@ public sealed partial class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
     /// <exception cref="DeviceOptionsException">The table is refused (unknown, ambiguous, unreachable or busy member, bad geometry).</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> LoadTableAsync(string name, StackTable table, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -326,6 +332,7 @@ public sealed partial class BlockLayer : IExtension
     /// <see cref="CreateDeviceAsync(DeviceOptions, CancellationToken)"/> in asynchronous code.
     /// </summary>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public IBlockDevice CreateDevice(DeviceOptions options) =>
         Task.Run(() => CreateDeviceAsync(options)).GetAwaiter().GetResult();
 

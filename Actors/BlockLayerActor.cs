@@ -116,6 +116,12 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleCreate(BlockLayer.Create create)
     {
+        if (RefusedWhileStopping(create.Options.Name))
+        {
+            create.Driver?.Dispose();
+            return;
+        }
+
         if (Build(create.Options, create.Driver) is { } entry)
         {
             entry.Creator = Sender;
@@ -126,6 +132,12 @@ internal sealed class BlockLayerActor : ReceiveActor
     // Allocation only: driver, tag set and queue exist; no actor, no dispatch thread, no sysfs.
     private void HandleAllocate(BlockLayer.Allocate allocate)
     {
+        if (RefusedWhileStopping(allocate.Options.Name))
+        {
+            allocate.Driver?.Dispose();
+            return;
+        }
+
         if (Build(allocate.Options, allocate.Driver) is { } entry)
         {
             Sender.Tell(new BlockLayer.Created(entry.Device));
@@ -134,6 +146,11 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     private void HandleRegister(BlockLayer.Register register)
     {
+        if (RefusedWhileStopping(register.Name))
+        {
+            return;
+        }
+
         if (!_devices.TryGetValue(register.Name, out var entry))
         {
             Sender.Tell(new BlockLayer.NoSuchDevice(register.Name));
@@ -156,6 +173,20 @@ internal sealed class BlockLayerActor : ReceiveActor
     // The nodes this node's failure detector holds unreachable, as host:port.
     private IReadOnlyCollection<string> UnreachableNodes() =>
         [.. Akka.Cluster.Cluster.Get(Context.System).State.Unreachable.Select(m => DeviceRegistryActor.NodeName(m.Address))];
+
+    // Once the node has begun to stop nothing new is made: a device made after the shutdown listed
+    // the devices it tears down would outlive it (its callers' I/O never failed, its file locked
+    // until the process exits).
+    private bool RefusedWhileStopping(string name)
+    {
+        if (!_layer.Stopping.IsCancellationRequested)
+        {
+            return false;
+        }
+
+        Sender.Tell(new Status.Failure(new BlockLayerStoppingException(name, _layer.Stopping)));
+        return true;
+    }
 
     private Entry? Build(DeviceOptions options, IBlockDriver? driver)
     {
@@ -264,6 +295,11 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
+        if (RefusedWhileStopping(create.Name))
+        {
+            return;
+        }
+
         if (_devices.ContainsKey(create.Name))
         {
             Sender.Tell(new Status.Failure(new DeviceOptionsException(create.Name, "name", "a device with this name already exists.")));
@@ -289,6 +325,12 @@ internal sealed class BlockLayerActor : ReceiveActor
     // the target while the queue is frozen (suspend, swap, resume).
     private void HandleLoadTable(BlockLayer.LoadTable load)
     {
+        if (RefusedWhileStopping(load.Name))
+        {
+            CloseMembers(load.Opened.Values);
+            return;
+        }
+
         if (!_devices.TryGetValue(load.Name, out var entry))
         {
             CloseMembers(load.Opened.Values);

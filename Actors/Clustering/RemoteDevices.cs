@@ -351,7 +351,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             if (slot.Target is null)
             {
                 // The first open failed: every waiter gets the error and the slot goes.
-                _log.Warning("Opening {0} failed: {1}", built.Entry.Id, error.Message);
+                _log.Log(error is BlockLayerStoppingException ? LogLevel.DebugLevel : LogLevel.WarningLevel, "Opening {0} failed: {1}", new object[] { built.Entry.Id, error.Message });
                 foreach (var waiter in slot.Waiters)
                 {
                     waiter.Sender.Tell(new Status.Failure(error));
@@ -375,7 +375,12 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             // Tried again at every check while the device stays published: the same failure is
             // logged once (a leg refusing connections wrote two lines a second for as long as it did).
             var what = slot.Target.Device is null ? "Connecting missing" : "Reconnecting";
-            if (slot.LastFailure != error.Message)
+            if (error is BlockLayerStoppingException)
+            {
+                // This node stops: its handles go with it, there is nothing to try again.
+                _log.Debug("{0} {1} not tried: {2}", what, built.Entry.Id, error.Message);
+            }
+            else if (slot.LastFailure != error.Message)
             {
                 var again = _checkInterval > TimeSpan.Zero ? $"every {_checkInterval.TotalMilliseconds} ms" : "when the registry changes";
                 _log.Warning("{0} {1} failed: {2}; trying again {3} (logged again when the failure changes)", what, built.Entry.Id, error.Message, again);
