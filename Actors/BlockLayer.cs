@@ -495,6 +495,8 @@ public sealed partial class BlockLayer : IExtension
         }
 
         System.Log.Error("ActorBlk failed: {Reason}; the node serves nothing and shuts down", reason);
+        // The registry says so at once: the nodes using its devices take their loss for a failure.
+        _registry?.Tell(DeviceRegistryActor.LocalDevicesChanged.Instance);
         _ = CoordinatedShutdown.Get(System).Run(NodeFailed.Instance);
     }
 

@@ -105,7 +105,11 @@ public sealed class AmbiguousClusterDeviceException(string message, IReadOnlyLis
 /// <param name="NodeUid">The owner node's incarnation.</param>
 /// <param name="Devices">The node's devices, sorted by name.</param>
 /// <param name="Signature">HMAC-SHA256 of the entry with the admin secret (<see cref="Sign"/>), or null without a secret.</param>
-internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices, byte[]? Signature = null) : IActorBlkMessage
+/// <param name="Failed">
+/// True when the node's block layer failed (<see cref="BlockLayer.FailureReason"/>): its devices
+/// are gone by a failure, not by its choice, though the node withdraws them as it shuts down.
+/// </param>
+internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices, byte[]? Signature = null, bool Failed = false) : IActorBlkMessage
 {
     /// <summary>
     /// This entry signed with the cluster's admin secret (HMAC-SHA256 over every field), or
@@ -144,6 +148,13 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
             writer.Write(d.NbdEndpoint);
         }
 
+        if (Failed)
+        {
+            // After the devices, whose count comes first: unambiguous, and an entry of a node that
+            // did not fail signs as it always did.
+            writer.Write("failed");
+        }
+
         writer.Flush();
         return stream.ToArray();
     }
@@ -168,7 +179,7 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
 
     /// <summary>True when <paramref name="other"/> lists the same devices for the same node.</summary>
     public bool SameAs(ClusterNodeDevices? other) =>
-        other is not null && other.Node == Node && other.NodeUid == NodeUid
+        other is not null && other.Node == Node && other.NodeUid == NodeUid && other.Failed == Failed
         && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices)
         && (other.Signature ?? []).AsSpan().SequenceEqual(Signature ?? []);
 }

@@ -26,9 +26,27 @@ public sealed class ClusterDevices
     // by its owner; one whose whole entry went was pruned with its node (downed, or removed).
     private HashSet<string> _entries = new(StringComparer.Ordinal);
 
-    internal void SetEntries(HashSet<string> keys) => Volatile.Write(ref _entries, keys);
+    // Entries that said their node's block layer failed (ClusterNodeDevices.Failed), kept for good
+    // (one key per failed incarnation): a device gone with such a node was lost, whether the check
+    // comes while the withdrawn entry stands or after it was pruned with the leaving node.
+    private HashSet<string> _failed = new(StringComparer.Ordinal);
+
+    internal void SetEntries(HashSet<string> keys, IEnumerable<string> failed)
+    {
+        var known = Volatile.Read(ref _failed);
+        var added = failed.Where(k => !known.Contains(k)).ToArray();
+        if (added.Length > 0)
+        {
+            // Before the entries: a reader that sees the new entries sees the failure too.
+            Volatile.Write(ref _failed, new HashSet<string>(known.Concat(added), StringComparer.Ordinal));
+        }
+
+        Volatile.Write(ref _entries, keys);
+    }
 
     internal bool HasEntry(string node, long uid) => Volatile.Read(ref _entries).Contains(ClusterNodeDevices.KeyOf(node, uid));
+
+    internal bool HasFailed(string node, long uid) => Volatile.Read(ref _failed).Contains(ClusterNodeDevices.KeyOf(node, uid));
 
     /// <summary>False when the actor system is not a cluster member (its provider is not <c>cluster</c>): the snapshot stays empty.</summary>
     public bool IsEnabled { get; }

@@ -143,6 +143,13 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private ClusterNodeDevices Describe()
     {
         var uid = _cluster.SelfUniqueAddress.Uid;
+        if (_layer.FailureReason is not null)
+        {
+            // The layer failed: its devices serve nothing any more, and their loss is a failure
+            // to the nodes that have them open, not the owner's choice.
+            return new ClusterNodeDevices(_self, uid, [], Failed: true).Sign(_key);
+        }
+
         var endpoint = _layer.NbdEndpoint;
         var devices = new List<ClusterDevice>();
         foreach (var device in _layer.Devices)
@@ -207,7 +214,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private void HandleWithdraw()
     {
         _withdrawn = true;
-        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, []).Sign(_key);
+        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, [], Failed: _layer.FailureReason is not null).Sign(_key);
         _mine = empty;
         var self = _cluster.SelfUniqueAddress;
         _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender,
@@ -308,7 +315,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
         // Before the snapshot: a watcher that finds a device gone asks whether its owner's entry
         // still stands (RemoteDevices: withdrawn by its owner, or pruned with its node).
-        _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal));
+        _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal), entries.Where(v => v.Failed).Select(v => v.Key));
         var snapshot = entries
             .SelectMany(v => v.Devices)
             .OrderBy(v => v.Name, StringComparer.Ordinal)

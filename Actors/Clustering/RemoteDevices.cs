@@ -543,7 +543,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var entry = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
         if (entry is null || _unreachable.Contains(slot.Entry.Node))
         {
-            var why = entry is null ? "the device left the cluster's registry" : $"its node {slot.Entry.Node} is unreachable";
+            var why = entry is not null ? $"its node {slot.Entry.Node} is unreachable"
+                : _layer.ClusterDevices.HasFailed(slot.Entry.Node, slot.Entry.NodeUid) ? $"the block layer of its node {slot.Entry.Node} failed"
+                : "the device left the cluster's registry";
             if (driver is { RetiredReason: null })
             {
                 _log.Warning("{0}: {1}; its local queue {2} goes offline", slot.Entry.Id, why, target.Device.Name);
@@ -604,8 +606,10 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // restarted at once: another member downed it and the prune came first) is a failure.
     private bool Planned(ClusterDevice device)
     {
-        if (_unreachable.Contains(device.Node))
+        if (_unreachable.Contains(device.Node) || _layer.ClusterDevices.HasFailed(device.Node, device.NodeUid))
         {
+            // Cut off, or its block layer failed (it withdraws its devices as it shuts down, but
+            // did not choose to).
             return false;
         }
 

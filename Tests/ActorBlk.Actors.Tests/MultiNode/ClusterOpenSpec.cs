@@ -212,6 +212,32 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         Assert.DoesNotContain(Drain(errors), e => $"{e.Message}".Contains(vol.Name));
     }
 
+    // The owner's block layer failing is no choice of its: it withdraws its devices as it shuts
+    // down (a graceful leave), which the nodes using them took for a planned loss and logged as
+    // warnings. Its registry entry now says the layer failed, and they log errors.
+    [Fact]
+    public async Task An_owner_whose_block_layer_fails_is_a_failure_to_the_nodes_using_its_devices()
+    {
+        var (a, b) = await StartPairAsync("vol3");
+        await using var _a = a;
+        await using var _b = b;
+        await using var vol = await b.Layer.OpenAsync($"vol3@{a.Name}", ThreadPoolCompletions);
+        await vol.WriteAsync(0, Pattern(4096, 3));
+        var queueName = vol.Name;
+        var (warnings, errors) = SubscribeLog(b);
+
+        a.Layer.Fail("a spec failed it");
+
+        await WaitForStatusAsync(vol, BlockStatus.Offline);
+        Assert.Equal(0L, vol.Queue.DoubleCompletions);
+
+        // The give-up names why and, with the offline line, is an error; neither is a planned
+        // loss's warning.
+        await errors.FishForMessageAsync(m => m is Akka.Event.Error e && $"{e.Message}".Contains($"{queueName}: the device cannot be reopened any more") && $"{e.Message}".Contains($"the block layer of its node {a.Name} failed"), Liveness);
+        await errors.FishForMessageAsync(m => m is Akka.Event.Error e && $"{e.Message}".Contains($"{queueName}: the device is offline;"), Liveness);
+        Assert.DoesNotContain(Drain(warnings), w => $"{w.Message}".Contains($"{queueName}: the device is offline (") || $"{w.Message}".Contains($"{queueName}: the device cannot be reopened any more"));
+    }
+
     // Probes on a node's event stream for its warnings and errors.
     private (Akka.TestKit.TestProbe Warnings, Akka.TestKit.TestProbe Errors) SubscribeLog(ClusterNode node)
     {

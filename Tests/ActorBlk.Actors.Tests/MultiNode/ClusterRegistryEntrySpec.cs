@@ -65,6 +65,7 @@ public sealed class ClusterRegistryEntrySpec
         Assert.False(Entry(Device("sdb")).SameAs(Entry()));
         Assert.False(Entry().SameAs(new ClusterNodeDevices("127.0.0.1:4053", 18, [])));
         Assert.False(Entry().SameAs(null));
+        Assert.False(Entry().SameAs(Entry() with { Failed = true }));   // the node's block layer failed
     }
 
     [Fact]
@@ -82,6 +83,8 @@ public sealed class ClusterRegistryEntrySpec
         var moved = signed with { Devices = [Device("sdb") with { NbdEndpoint = "nbd://127.0.0.1:11499/sdb" }] };
         Assert.False(moved.IsSignedWith(key));                                                   // altered after signing
         Assert.False((signed with { Signature = new byte[32] }).IsSignedWith(key));
+        Assert.False((signed with { Failed = true }).IsSignedWith(key));                        // a failure claimed by a forger
+        Assert.True((Entry(Device("sdb")) with { Failed = true }).Sign(key).IsSignedWith(key));
 
         // Without a secret (a cluster that set none) entries carry no signature and all are taken.
         Assert.Null(Entry().Sign(null).Signature);
