@@ -162,11 +162,11 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         var device = await layer.CreateDeviceAsync(Options("td0"));
         await system.Terminate();
 
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.CreateDeviceAsync(Options("td1")).WaitAsync(TimeSpan.FromSeconds(2)));
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.DestroyDeviceAsync("td0").WaitAsync(TimeSpan.FromSeconds(2)));
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.GetDeviceInfoAsync("td0").WaitAsync(TimeSpan.FromSeconds(2)));
-        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.SetCpuOnlineAsync(1, false).WaitAsync(TimeSpan.FromSeconds(2)));
-        await device.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(2));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.CreateDeviceAsync(Options("td1")).WaitAsync(TimeSpan.FromSeconds(30)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.DestroyDeviceAsync("td0").WaitAsync(TimeSpan.FromSeconds(30)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.GetDeviceInfoAsync("td0").WaitAsync(TimeSpan.FromSeconds(30)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.SetCpuOnlineAsync(1, false).WaitAsync(TimeSpan.FromSeconds(30)));
+        await device.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
     }
 
     [Fact]

@@ -270,7 +270,7 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         // The bio gave its usage reference back before it signalled its caller (as EndRequest
         // frees the tag and the reference first, so a continuation that resubmits finds them
         // free): the read has ended, and its caller's status may follow the destroy's answer.
-        await inflight.WaitAsync(TimeSpan.FromSeconds(10));
+        await inflight.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.True(inflight.IsCompletedSuccessfully);
         Assert.Equal(QueueState.Dead, dm.Queue.State);
         var late = await Assert.ThrowsAsync<BlockIoException>(async () => await dm.ReadAsync(0, new byte[4096]));

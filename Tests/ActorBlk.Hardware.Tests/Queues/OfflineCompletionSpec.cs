@@ -13,7 +13,7 @@ namespace ActorBlk.Hardware.Tests.Queues;
 /// </summary>
 public sealed class OfflineCompletionSpec
 {
-    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(60);
 
     // Found from outside (a mirror over a remote leg whose node was killed, a bench at QD8): the
     // requests in flight were failed one after another on the caller's thread (the request
