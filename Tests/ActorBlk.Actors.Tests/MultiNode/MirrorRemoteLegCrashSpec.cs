@@ -1,8 +1,13 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
+using Akka.Actor;
+using Akka.Event;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace ActorBlk.Actors.Tests.MultiNode;
 
@@ -22,9 +27,16 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
 
     private static readonly TimeSpan Setup = TimeSpan.FromSeconds(90);
 
-    public MirrorRemoteLegCrashSpec()
-        : base(Support.Configs.Simulated)
+    // Node a's warnings and errors (the remote queue's device error, reopen attempts, offline;
+    // the mirror's faulty leg) and the spec's own steps, with times: written to the test output,
+    // so a failure shows how long each step took (a failure once kept no log at all).
+    private readonly Timeline _timeline = new();
+    private readonly ITestOutputHelper _output;
+
+    public MirrorRemoteLegCrashSpec(ITestOutputHelper output)
+        : base(Support.Configs.Simulated, output: output)
     {
+        _output = output;
     }
 
     private static DeviceOptions Memory(string name) => new() { Name = name, Size = LegBytes, MemoryBacked = true, PollQueues = 0 };
@@ -40,6 +52,9 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
     {
         var a = ClusterNode.Start("a");
         await using var _a = a;
+        var tap = a.System.ActorOf(Props.Create(() => new LogTap(_timeline)));
+        a.System.EventStream.Subscribe(tap, typeof(Warning));
+        a.System.EventStream.Subscribe(tap, typeof(Error));
         var c = ClusterNode.Start("c");
         await a.JoinAsync(a, Setup);
         await c.JoinAsync(a, Setup);
@@ -53,6 +68,7 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
         var remote = (ClusterBlockDevice)mirror.Legs[1];
         await mirror.SyncIdle.WaitAsync(Setup);
         var queue = remote.Queue;
+        mirror.LegFailed += (leg, inSync, legs) => _timeline.Add($"md0: leg {leg} failed, {inSync} of {legs} in sync");
 
         var blocks = (int)(md0.Capacity / Block);
         var slots = Enumerable.Range(0, 8).Select(i => new Slot(md0, blocks, i)).ToArray();
@@ -64,13 +80,18 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
         try
         {
             await AwaitConditionAsync(() => Task.FromResult(slots.Sum(s => s.Completed) > 500), Setup, TimeSpan.FromMilliseconds(10));
+            _timeline.Add($"crashing c after {slots.Sum(s => s.Completed)} writes");
+            var crashed = Stopwatch.StartNew();
             await c.CrashAsync();
+            _timeline.Add("c crashed");
 
             // The remote leg's queue gives the device up (reopening fails) and goes offline.
             await AwaitConditionAsync(() => Task.FromResult(queue.IsOffline && mirror.LegState(1) == MirrorLegState.Faulty), Setup, TimeSpan.FromMilliseconds(10));
 
             // No write stays held: each slot completes more writes, on the local leg.
             var seen = slots.Select(s => s.Completed).ToArray();
+            var offlineAfter = crashed.Elapsed;
+            _timeline.Add($"remote queue offline and leg faulty; writes completed {string.Join(",", seen)}");
             var progressed = await Task.Run(async () =>
             {
                 var until = DateTime.UtcNow + Liveness;
@@ -86,13 +107,19 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
 
                 return false;
             });
-            Assert.True(progressed, $"writes held: completed {string.Join(",", slots.Select(s => s.Completed))} (at offline {string.Join(",", seen)}); remote in flight {queue.InFlightCount}, remote tags {queue.HardwareContexts.Sum(h => h.Tags.InUse)}, md0 degraded {mirror.Degraded}");
+            _timeline.Add($"liveness window ended (progressed: {progressed})");
+            Assert.True(progressed, $"writes held {Liveness.TotalSeconds} s after the leg was failed ({offlineAfter.TotalSeconds:0.0} s after the crash): completed {string.Join(",", slots.Select(s => s.Completed))} (at offline {string.Join(",", seen)}); remote in flight {queue.InFlightCount}, remote tags {queue.HardwareContexts.Sum(h => h.Tags.InUse)}, md0 degraded {mirror.Degraded}");
         }
         finally
         {
             foreach (var slot in slots)
             {
                 slot.Stop();
+            }
+
+            foreach (var line in _timeline.Lines)
+            {
+                _output.WriteLine(line);
             }
         }
 
@@ -107,6 +134,21 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, queue.HardwareContexts.Sum(h => h.Tags.InUse));
         await a.Layer.DestroyDeviceAsync("md0");
         await a.Layer.DestroyDeviceAsync("lega");
+    }
+
+    private sealed class Timeline
+    {
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private readonly ConcurrentQueue<string> _lines = new();
+
+        public IEnumerable<string> Lines => _lines;
+
+        public void Add(string line) => _lines.Enqueue($"{_clock.Elapsed.TotalSeconds,7:0.000} s  {line}");
+    }
+
+    private sealed class LogTap : ReceiveActor
+    {
+        public LogTap(Timeline timeline) => Receive<LogEvent>(e => timeline.Add($"{e.LogLevel()} {e.LogSource}: {e.Message}"));
     }
 
     // One iodepth entry of a fio-like job, as the bench's slots are: its end_io call-back records
