@@ -6,6 +6,9 @@ namespace ActorBlk.Actors;
 /// device made then would come after the shutdown had listed the devices it tears down, and would
 /// outlive it. It is an <see cref="OperationCanceledException"/> for the node's stop, so start-up
 /// code that treats a cancellation by <see cref="BlockLayer.Stopping"/> as a stop needs nothing more.
+/// As for any cancellation, the task of an async call that throws it ends
+/// <see cref="TaskStatus.Canceled"/>: <c>await</c> rethrows this exception, while
+/// <see cref="Task.Exception"/> stays null (read it with <c>GetAwaiter().GetResult()</c>).
 /// </summary>
 public sealed class BlockLayerStoppingException : OperationCanceledException
 {

@@ -26,19 +26,36 @@ public sealed class ClusterDevices
     // by its owner; one whose whole entry went was pruned with its node (downed, or removed).
     private HashSet<string> _entries = new(StringComparer.Ordinal);
 
-    // Entries that said their node's block layer failed (ClusterNodeDevices.Failed), kept for good
-    // (one key per failed incarnation): a device gone with such a node was lost, whether the check
-    // comes while the withdrawn entry stands or after it was pruned with the leaving node.
+    // Entries that said their node's block layer failed (ClusterNodeDevices.Failed), one key per
+    // failed incarnation: a device gone with such a node was lost, whether the check comes while
+    // the withdrawn entry stands or after it was pruned with the leaving node. The most recent
+    // MaxFailedKept are kept (a node failing at every start under a supervisor adds one each time).
     private HashSet<string> _failed = new(StringComparer.Ordinal);
+    private readonly Queue<string> _failedOrder = new();
 
+    internal const int MaxFailedKept = 1024;
+
+    // Called by the registry actor only (one writer); read by any thread.
     internal void SetEntries(HashSet<string> keys, IEnumerable<string> failed)
     {
         var known = Volatile.Read(ref _failed);
         var added = failed.Where(k => !known.Contains(k)).ToArray();
         if (added.Length > 0)
         {
+            var next = new HashSet<string>(known, StringComparer.Ordinal);
+            foreach (var key in added)
+            {
+                next.Add(key);
+                _failedOrder.Enqueue(key);
+            }
+
+            while (_failedOrder.Count > MaxFailedKept)
+            {
+                next.Remove(_failedOrder.Dequeue());
+            }
+
             // Before the entries: a reader that sees the new entries sees the failure too.
-            Volatile.Write(ref _failed, new HashSet<string>(known.Concat(added), StringComparer.Ordinal));
+            Volatile.Write(ref _failed, next);
         }
 
         Volatile.Write(ref _entries, keys);

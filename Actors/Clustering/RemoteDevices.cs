@@ -294,11 +294,35 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var self = Self;
         var connect = _connect;
         Task.Run(() => connect(device, name, template)).ContinueWith(t => new Built(slot, generation, device, t.IsCompletedSuccessfully ? t.Result : null,
-            t.Exception?.GetBaseException() ?? (t.IsCanceled ? new TaskCanceledException() : null)), TaskScheduler.Default).PipeTo(self);
+            t.IsCompletedSuccessfully ? null : FailureOf(t)), TaskScheduler.Default).PipeTo(self);
+    }
+
+    // What a build threw, as thrown: a cancellation (BlockLayerStoppingException is one) ends
+    // the task Canceled with no Exception, and a bare TaskCanceledException in its place named
+    // neither the device nor the node's stop (a review found the stop's quiet path never taken).
+    private static Exception FailureOf(Task<IBlockDevice> built)
+    {
+        try
+        {
+            built.GetAwaiter().GetResult();
+            return new InvalidOperationException("the device was not created");
+        }
+#pragma warning disable CA1031 // Whatever the build threw is its outcome, reported to the waiters.
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            return ex;
+        }
     }
 
     private static async Task<IBlockDevice> ConnectAsync(BlockLayer layer, ClusterDevice device, string name, DeviceOptions template)
     {
+        if (layer.Stopping.IsCancellationRequested)
+        {
+            // Refused anyway once the node stops: no NBD connection to the owner for it.
+            throw new BlockLayerStoppingException(name, layer.Stopping);
+        }
+
         if (string.IsNullOrEmpty(device.NbdEndpoint))
         {
             throw new ClusterDeviceNotFoundException($"{device.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?).");
