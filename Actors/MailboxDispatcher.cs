@@ -239,6 +239,10 @@ internal sealed class MailboxDispatcher : MessageDispatcher
         }
     }
 
+    /// <summary>The thread's state for a stall report (tests and diagnostics).</summary>
+    public string Describe() =>
+        $"{_threadName} running {Volatile.Read(ref _running)}, sleeping {Volatile.Read(ref _sleeping)}, stopping {_stopping}, {_queue.Count} mailbox(es) queued, {Parks} park(s), {ThreadsStarted} thread(s) started, {_timers.Count} timer(s) armed";
+
     /// <summary>Timer completions armed on this thread and not fired yet (tests and diagnostics).</summary>
     public int TimersArmed => _timers.Count;
 

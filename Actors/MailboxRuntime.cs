@@ -244,6 +244,30 @@ internal sealed class MailboxRuntime : IQueueRuntime
     }
 
     /// <summary>
+    /// The runtime's state for a stall report (tests and diagnostics): each hardware queue's
+    /// dispatcher, whether a <see cref="HardwareQueue.Run"/> is on its way and how many messages
+    /// its mailbox holds; each inbox's flag and counters; each CPU thread's queue and sleep state.
+    /// </summary>
+    public string Describe()
+    {
+        var lines = new List<string>();
+        for (var i = 0; i < _slots.Length; i++)
+        {
+            var dispatcher = Volatile.Read(ref _slots[i].Dispatcher);
+            var mailbox = (dispatcher as ActorRefWithCell)?.Underlying is ActorCell cell ? $"{cell.Mailbox?.MessageQueue.Count} message(s), {(cell.IsTerminated ? "terminated" : "live")}" : "no local cell";
+            lines.Add($"hctx {i}: Run on its way {Volatile.Read(ref _slots[i].Scheduled)}, dispatcher {dispatcher.Path} ({mailbox})");
+        }
+
+        for (var cpu = 0; cpu < _inboxes.Length; cpu++)
+        {
+            var (messages, overflows, drained, turns, waiting) = InboxCounters(cpu);
+            lines.Add($"cpu {cpu} inbox: DrainInbox on its way {Volatile.Read(ref _inboxes[cpu].Scheduled)}, {waiting} waiting, {messages} message(s), {overflows} overflow(s), {drained} drained in {turns} turn(s); thread: {_threads[cpu]?.Describe() ?? "none"}");
+        }
+
+        return string.Join(Environment.NewLine, lines);
+    }
+
+    /// <summary>
     /// Completions run by <see cref="Drain"/> on <paramref name="cpu"/>'s thread (tests and
     /// diagnostics): requests redirected there by rq_affinity or handed over from a thread foreign
     /// to the CPUs (<see cref="CompletesInPlace"/>).
