@@ -2,6 +2,7 @@ using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Testing;
 using Xunit;
 using Xunit.Abstractions;
 using static ActorBlk.Testing.AllocationMeter;
@@ -50,7 +51,7 @@ public sealed class MailboxAllocationSpec : Akka.TestKit.Xunit2.TestKit
         // hunt saw one hang here at load 25-50, irqmode none, with a Run on its way that no turn
         // of the driver actor took; it has not been explained).
         var runtime = (MailboxRuntime)device.Queue.Runtime;
-        var (once, twice) = await WithStallReportAsync(
+        var (once, twice) = await StallWatch.RunAsync(
             async () =>
             {
                 // Warm-up: JIT tiers, pools, mailbox segments.
@@ -60,6 +61,7 @@ public sealed class MailboxAllocationSpec : Akka.TestKit.Xunit2.TestKit
                 // allocate now and then, whereas an allocation per I/O shows in every run.
                 return (await LeastOf(3, () => Measure(device, Ios)), await LeastOf(3, () => Measure(device, 2 * Ios)));
             },
+            () => IosStarted,
             TimeSpan.FromMinutes(2),
             () => $"{runtime.Describe()}{Environment.NewLine}{string.Join(Environment.NewLine, device.Queue.HardwareContexts.Select(h => $"hctx {h.Index}: has work {h.HasWork}, stopped {h.IsStopped}, {h.Tags.InUse} tag(s) in use"))}; quiesced {device.Queue.IsQuiesced}, frozen {device.Queue.Usage.IsFrozen}, {device.Queue.InFlightCount} in flight");
         // The stall report itself works (it is read only when a run stalls).

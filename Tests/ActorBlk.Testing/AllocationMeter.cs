@@ -8,58 +8,11 @@ namespace ActorBlk.Testing;
 /// </summary>
 public static class AllocationMeter
 {
-    // I/Os started by RunIos in this process: a stall watchdog's progress mark.
+    // I/Os started by RunIos in this process.
     private static long s_started;
 
-    /// <summary>
-    /// Runs <paramref name="measurements"/> and returns its outcome, or throws
-    /// <see cref="TimeoutException"/> with <paramref name="describe"/>'s report when no I/O of
-    /// <see cref="RunIos"/> started for <paramref name="stall"/>: an awaited I/O that never
-    /// completes fails the spec with the state it stalled in, instead of hanging the run. The
-    /// watchdog is a thread that sleeps between looks, so it allocates nothing while I/O runs.
-    /// </summary>
-    public static async Task<T> WithStallReportAsync<T>(Func<Task<T>> measurements, TimeSpan stall, Func<string> describe)
-    {
-        ArgumentNullException.ThrowIfNull(measurements);
-        ArgumentNullException.ThrowIfNull(describe);
-        var stalled = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-        using var done = new ManualResetEventSlim(false);
-        var watchdog = new Thread(() =>
-        {
-            var last = Interlocked.Read(ref s_started);
-            var since = System.Diagnostics.Stopwatch.StartNew();
-            while (!done.Wait(TimeSpan.FromSeconds(1)))
-            {
-                var now = Interlocked.Read(ref s_started);
-                if (now != last)
-                {
-                    last = now;
-                    since.Restart();
-                }
-                else if (since.Elapsed >= stall)
-                {
-                    stalled.TrySetResult($"no I/O started for {stall.TotalSeconds} s after {now} in this process:{Environment.NewLine}{describe()}");
-                    return;
-                }
-            }
-        }) { IsBackground = true, Name = "allocation-meter-watchdog" };
-        watchdog.Start();
-        try
-        {
-            var run = measurements();
-            if (await Task.WhenAny(run, stalled.Task).ConfigureAwait(false) != run)
-            {
-                throw new TimeoutException(await stalled.Task.ConfigureAwait(false));
-            }
-
-            return await run.ConfigureAwait(false);
-        }
-        finally
-        {
-            done.Set();
-            watchdog.Join();
-        }
-    }
+    /// <summary>I/Os started by <see cref="RunIos"/> in this process: a <see cref="StallWatch"/>'s progress mark.</summary>
+    public static long IosStarted => Interlocked.Read(ref s_started);
 
     /// <summary>The least of <paramref name="runs"/> measurements: background work allocates now and then, a per-I/O allocation every time.</summary>
     public static async Task<long> LeastOf(int runs, Func<Task<long>> measure)

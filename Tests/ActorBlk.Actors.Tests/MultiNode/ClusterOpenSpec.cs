@@ -51,10 +51,10 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     // Two nodes exporting over NBD; a owns the memory-backed device, which b sees published.
-    private static async Task<(ClusterNode A, ClusterNode B)> StartPairAsync(string device)
+    private static async Task<(ClusterNode A, ClusterNode B)> StartPairAsync(string device, string bHocon = "")
     {
         var a = ClusterNode.Start("a");
-        var b = ClusterNode.Start("b");
+        var b = ClusterNode.Start("b", hocon: bHocon);
         await a.JoinAsync(a, Liveness);
         await b.JoinAsync(a, Liveness);
         a.ExportNbd();
@@ -221,15 +221,9 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         // b retries long enough for the registry's word to come first: with the default five
         // attempts (3.1 s) a slow gossip round could let the reopen give up on its own (an error
         // too, but without the reason this case checks).
-        var a = ClusterNode.Start("a");
+        var (a, b) = await StartPairAsync("vol3", bHocon: "actorblk.supervision.reopen-attempts = 50");
         await using var _a = a;
-        var b = ClusterNode.Start("b", hocon: "actorblk.supervision.reopen-attempts = 50");
         await using var _b = b;
-        await a.JoinAsync(a, Liveness);
-        await b.JoinAsync(a, Liveness);
-        a.ExportNbd();
-        await a.Layer.CreateDeviceAsync(Memory("vol3"));
-        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vol3" && e.NbdEndpoint.Length > 0), Liveness);
         await using var vol = await b.Layer.OpenAsync($"vol3@{a.Name}", ThreadPoolCompletions);
         await vol.WriteAsync(0, Pattern(4096, 3));
         var queueName = vol.Name;

@@ -1,4 +1,5 @@
 using ActorBlk.Hardware.Rings;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Rings;
@@ -19,25 +20,6 @@ public sealed class RingStressSpec
     // machine move an 8-slot ring a few items per time slice: 400,000 items took over 2 minutes
     // at a load of 40, still taking items all along.
     private static readonly TimeSpan Stall = TimeSpan.FromMinutes(1);
-
-    // Waits for the run to end while the count of items taken keeps moving; fails only when
-    // nothing was taken for a whole Stall (an item lost or a ring wedged).
-    private static async Task WhileProgressingAsync(Task run, Func<int> taken)
-    {
-        var last = taken();
-        while (await Task.WhenAny(run, Task.Delay(Stall)) != run)
-        {
-            var now = taken();
-            if (now == last)
-            {
-                throw new TimeoutException($"no item taken for {Stall.TotalSeconds} s (taken {now})");
-            }
-
-            last = now;
-        }
-
-        await run;
-    }
 
     // Producers and consumers spin when the ring is full or empty: each gets a thread of its own,
     // so none waits for the thread pool to grow.
@@ -136,7 +118,7 @@ public sealed class RingStressSpec
             taken++;
         }
 
-        await WhileProgressingAsync(Task.WhenAll([.. producers, consumer]), () => Volatile.Read(ref taken));
+        await StallWatch.RunAsync(() => Task.WhenAll([.. producers, consumer]), () => Volatile.Read(ref taken), Stall, () => $"items taken: {Volatile.Read(ref taken)}");
 
         Assert.Equal(0, outOfOrder);
         Assert.All(seen, count => Assert.Equal(1, count));
@@ -194,7 +176,7 @@ public sealed class RingStressSpec
             }
         })).ToArray();
 
-        await WhileProgressingAsync(Task.WhenAll([.. producers, .. consumerTasks]), () => Volatile.Read(ref taken));
+        await StallWatch.RunAsync(() => Task.WhenAll([.. producers, .. consumerTasks]), () => Volatile.Read(ref taken), Stall, () => $"items taken: {Volatile.Read(ref taken)}");
 
         Assert.Equal(0, outOfOrder);
         Assert.All(seen, count => Assert.Equal(1, count));
