@@ -245,8 +245,10 @@ internal sealed class MailboxRuntime : IQueueRuntime
 
     /// <summary>
     /// The runtime's state for a stall report (tests and diagnostics): each hardware queue's
-    /// dispatcher, whether a <see cref="HardwareQueue.Run"/> is on its way and how many messages
-    /// its mailbox holds; each inbox's flag and counters; each CPU thread's queue and sleep state.
+    /// dispatcher, whether a <see cref="HardwareQueue.Run"/> is on its way, how many messages its
+    /// mailbox holds and which Akka dispatcher runs it (a blocking driver's actor has a pinned
+    /// thread of its own, not its CPU's thread); each inbox's flag and counters; each CPU thread's
+    /// queue and sleep state.
     /// </summary>
     public string Describe()
     {
@@ -254,7 +256,7 @@ internal sealed class MailboxRuntime : IQueueRuntime
         for (var i = 0; i < _slots.Length; i++)
         {
             var dispatcher = Volatile.Read(ref _slots[i].Dispatcher);
-            var mailbox = (dispatcher as ActorRefWithCell)?.Underlying is ActorCell cell ? $"{cell.Mailbox?.MessageQueue.Count} message(s), {(cell.IsTerminated ? "terminated" : "live")}" : "no local cell";
+            var mailbox = (dispatcher as ActorRefWithCell)?.Underlying is ActorCell cell ? $"{cell.Mailbox?.MessageQueue.Count} message(s), {(cell.IsTerminated ? "terminated" : "live")}, on {cell.Dispatcher.Id}" : "no local cell";
             lines.Add($"hctx {i}: Run on its way {Volatile.Read(ref _slots[i].Scheduled)}, dispatcher {dispatcher.Path} ({mailbox})");
         }
 

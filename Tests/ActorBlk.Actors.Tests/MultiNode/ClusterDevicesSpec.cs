@@ -7,12 +7,26 @@ using Xunit;
 
 namespace ActorBlk.Actors.Tests.MultiNode;
 
-/// <summary>Multi-node specs start several actor systems with remoting each: one at a time.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
+/// <summary>
+/// Multi-node specs of the registry and remote devices start several actor systems with remoting
+/// each: one spec at a time within the collection, beside the specs of other collections (the
+/// mirror's multi-node specs among them, <see cref="MirrorClusterCollection"/>). Their clusters
+/// are their own (port 0 on 127.0.0.1), and a test cluster waits on heartbeats and gossip far more
+/// than it computes: run alone, this chain was most of the suite's time with the CPUs half idle.
+/// </summary>
+[CollectionDefinition(Name)]
 public sealed class ClusterCollection
 {
     /// <summary>The collection's name.</summary>
     public const string Name = "Cluster";
+}
+
+/// <summary>The mirror's multi-node specs: one at a time, beside <see cref="ClusterCollection"/>'s.</summary>
+[CollectionDefinition(Name)]
+public sealed class MirrorClusterCollection
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "MirrorCluster";
 }
 
 /// <summary>

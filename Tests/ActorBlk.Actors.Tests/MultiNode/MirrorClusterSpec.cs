@@ -17,7 +17,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// for the remote one), and a mirror table naming a leg as <c>name@host:port</c> opens it, writes
 /// through to the owner, and closes it with the mirror.
 /// </summary>
-[Collection(ClusterCollection.Name)]
+[Collection(MirrorClusterCollection.Name)]
 public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
 {
     // Liveness bounds for a loaded 2-core machine (joining, gossip, NBD).

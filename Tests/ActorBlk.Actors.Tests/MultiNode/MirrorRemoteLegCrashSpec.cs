@@ -15,7 +15,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// A mirror over a local leg and a remote one under I/O at queue depth 8, each write submitted from
 /// the completion of the last (as the bench and fio do), when the remote leg's node crashes.
 /// </summary>
-[Collection(ClusterCollection.Name)]
+[Collection(MirrorClusterCollection.Name)]
 public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
 {
     private const int Block = 4096;

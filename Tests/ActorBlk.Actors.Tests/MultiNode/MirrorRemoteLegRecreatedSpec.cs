@@ -17,7 +17,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// written reads back right through the mirror (reads balanced over both legs) and on the new
 /// device itself.
 /// </summary>
-[Collection(ClusterCollection.Name)]
+[Collection(MirrorClusterCollection.Name)]
 public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
 {
     // Liveness bounds for a loaded 2-core machine (joining, gossip, NBD reconnects, a whole resync).

@@ -13,7 +13,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// by <see cref="BlockLayer.LoadTableAsync"/>; its node crashing makes it faulty with no error to the
 /// caller, and its return at the same address re-adds it by itself and resyncs the dirty regions only.
 /// </summary>
-[Collection(ClusterCollection.Name)]
+[Collection(MirrorClusterCollection.Name)]
 public sealed class MirrorRemoteLegSpec : Akka.TestKit.Xunit2.TestKit, IDisposable
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(90);

@@ -14,7 +14,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// before by default; with <see cref="MirrorOptions.StartDegraded"/> (mdadm --run) it starts with
 /// that slot faulty, serves I/O, and takes the leg back by itself when the device appears.
 /// </summary>
-[Collection(ClusterCollection.Name)]
+[Collection(MirrorClusterCollection.Name)]
 public sealed class MirrorStartDegradedSpec : Akka.TestKit.Xunit2.TestKit, IDisposable
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(90);
