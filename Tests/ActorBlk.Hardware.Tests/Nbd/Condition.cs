@@ -6,14 +6,17 @@ public static class Condition
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
     /// <summary>Polls <paramref name="condition"/> until it holds; fails with <paramref name="what"/> after a generous timeout.</summary>
-    public static async Task EventuallyAsync(Func<bool> condition, string what)
+    public static Task EventuallyAsync(Func<bool> condition, string what) => EventuallyAsync(condition, what, static () => string.Empty);
+
+    /// <summary>As above; the failure also tells <paramref name="state"/>, what the test saw last.</summary>
+    public static async Task EventuallyAsync(Func<bool> condition, string what, Func<string> state)
     {
         var deadline = DateTime.UtcNow + Timeout;
         while (!condition())
         {
             if (DateTime.UtcNow > deadline)
             {
-                throw new TimeoutException($"not true within {Timeout.TotalSeconds} s: {what}");
+                throw new TimeoutException($"not true within {Timeout.TotalSeconds} s: {what} {state()}");
             }
 
             await Task.Delay(10);

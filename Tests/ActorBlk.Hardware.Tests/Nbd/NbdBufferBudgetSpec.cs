@@ -153,15 +153,14 @@ public sealed class NbdBufferBudgetSpec
         // connection now watches its client: a hang-up (a FIN with no NBD_CMD_DISC before it, or
         // a reset) lets it go at once, its request dropped unexecuted, long before the holder's
         // stall timeout.
-        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 });
-        var holder = await HoldTheBudgetAsync(fx);
-        await using var _ = holder;
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64 });
+        await using var holder = await HoldTheBudgetAsync(fx);
 
         // A whole 64 KiB write (its payload in the server's socket queue, the FIN behind it), or a read.
         var (quitter, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0");
         await using var __ = quitter;
         await quitter.SendRequestAsync(command, 1, 40 * MiB, 64 << 10, payload: command == NbdCommand.Write ? new byte[64 << 10] : null);
-        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the second client's request waits for memory behind the holder");
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the second client's request waits for memory behind the holder", () => State(fx));
         if (reset)
         {
             quitter.Vanish();
@@ -171,7 +170,7 @@ public sealed class NbdBufferBudgetSpec
             await quitter.DisposeAsync();
         }
 
-        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 1 && fx.Server.Budget.Waiting == 1, "the connection of the client that hung up is gone, the holder's still there");
+        await Condition.EventuallyAsync(() => fx.Server.ConnectionCount == 2 && fx.Server.Budget.Waiting == 1, "the connection of the client that hung up is gone, the holder's are still there", () => State(fx));
         Assert.Equal(1, fx.Server.HungUpWhileWaiting);
 
         // Once the memory comes back nothing of the client that hung up runs: its write was dropped.
@@ -192,9 +191,8 @@ public sealed class NbdBufferBudgetSpec
         // TLS too, where the input cannot be read ahead: libnbd sends its FIN after close_notify
         // (a verifying helper lost every write of an nbds:// client that way).
         using var certs = new TestCertificates();
-        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = 4 * MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64, Tls = NbdTlsMode.On, Certificate = certs.Server });
-        var holder = await HoldTheBudgetAsync(fx);
-        await using var _ = holder;
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { MaxPayload = (int)MiB, MaxBufferMemory = MiB, StallTimeout = TimeSpan.FromMinutes(5), MaxInFlight = 64, Tls = NbdTlsMode.On, Certificate = certs.Server });
+        await using var holder = await HoldTheBudgetAsync(fx);
 
         var (polite, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", tls: tls);
         await using var __ = polite;
@@ -202,10 +200,10 @@ public sealed class NbdBufferBudgetSpec
         await polite.SendRequestAsync(NbdCommand.Write, 1, 40 * MiB, (uint)data.Length, payload: data);
         await polite.SendRequestAsync(NbdCommand.Disconnect, 2, 0, 0);
         polite.ShutdownSend();
-        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the write waits for memory behind the holder");
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 2, "the write waits for memory behind the holder", () => State(fx));
         var checks = Interlocked.Read(ref fx.Server.HangUpChecks);
         await Condition.EventuallyAsync(() => Interlocked.Read(ref fx.Server.HangUpChecks) >= checks + 8, "the waiting connections were checked for a hang-up, four times each");
-        Assert.Equal((2, 0L), (fx.Server.ConnectionCount, fx.Server.HungUpWhileWaiting));
+        Assert.Equal((3, 0L), (fx.Server.ConnectionCount, fx.Server.HungUpWhileWaiting));
 
         // After the FIN the input is final: the disconnect before it is looked for once, not at
         // every check (plain TCP; over TLS the input is never read ahead).
@@ -248,14 +246,45 @@ public sealed class NbdBufferBudgetSpec
         return burst;
     }
 
-    // Client A pipelines 64 reads of 1 MiB and reads no reply: it holds the whole 4 MiB budget and
-    // its own reader waits for more.
-    private static async Task<RawNbdClient> HoldTheBudgetAsync(NbdExportFixture fx)
+    // Holds the whole budget (max-buffer-memory = max-payload = 1 MiB) so that nothing gives
+    // memory back until the holder vanishes: a 1 MiB write's header and half its payload, then
+    // nothing, whose buffer stays taken until the stall timeout (minutes) closes the connection;
+    // and on a second connection a 1 MiB read, whose reader waits for memory. A request sent
+    // after is sure to wait behind it. (The holder was a client that pipelined 1 MiB reads and
+    // read no reply, awaited until its reader waited for memory. But that was not yet the end of
+    // it: the kernel's send buffer, autotuned on loopback, still took replies after that was first
+    // seen; a reply that finished while the reader held no place in the queue left memory free,
+    // and the next spec request took it and ran instead of waiting, now and then.)
+    private static async Task<BudgetHolder> HoldTheBudgetAsync(NbdExportFixture fx)
     {
-        var holder = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", receiveBuffer: 4096)).Client;
-        await holder.WriteAsync(ReadBurst());
-        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 1, "the holder's reader waits for memory");
-        return holder;
+        Assert.Equal(MiB, fx.Server.Budget.Capacity);
+        var writer = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0")).Client;
+        await writer.SendRequestAsync(NbdCommand.Write, 0, 0, (uint)MiB, payload: new byte[MiB / 2]);
+        await Condition.EventuallyAsync(() => fx.Server.BufferBytesInUse == MiB, "the holder's write takes the whole budget", () => State(fx));
+        var reader = (await RawNbdClient.OpenAsync(fx.Endpoint, "mem0")).Client;
+        await reader.SendRequestAsync(NbdCommand.Read, 0, 0, (uint)MiB);
+        await Condition.EventuallyAsync(() => fx.Server.Budget.Waiting == 1, "the holder's reader waits for memory", () => State(fx));
+        return new BudgetHolder(writer, reader);
+    }
+
+    private static string State(NbdExportFixture fx) =>
+        $"(waiting {fx.Server.Budget.Waiting}, in use {fx.Server.BufferBytesInUse}, kept {fx.Server.BufferBytesKept}, in flight {fx.Server.InFlight}, "
+        + $"connections {fx.Server.ConnectionCount}, waits {fx.Server.BufferWaits}, hung up while waiting {fx.Server.HungUpWhileWaiting}, mem0 writes {fx.Mem.Queue.Stats.Read().WriteIos})";
+
+    /// <summary>The two clients of <see cref="HoldTheBudgetAsync"/>.</summary>
+    private sealed class BudgetHolder(RawNbdClient writer, RawNbdClient reader) : IAsyncDisposable
+    {
+        public void Vanish()
+        {
+            writer.Vanish();
+            reader.Vanish();
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await writer.DisposeAsync();
+            await reader.DisposeAsync();
+        }
     }
 
     [Fact]
