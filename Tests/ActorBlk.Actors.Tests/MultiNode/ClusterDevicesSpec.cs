@@ -10,7 +10,8 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// <summary>
 /// Multi-node specs of the registry and remote devices start several actor systems with remoting
 /// each: one spec at a time within the collection, beside the specs of other collections (the
-/// mirror's multi-node specs among them, <see cref="MirrorClusterCollection"/>). Their clusters
+/// mirror's multi-node specs, <see cref="MirrorClusterCollection"/>, and ClusterOpenSpec, the
+/// longest, a collection of its own). Their clusters
 /// are their own (port 0 on 127.0.0.1), and a test cluster waits on heartbeats and gossip far more
 /// than it computes: run alone, this chain was most of the suite's time with the CPUs half idle.
 /// </summary>

@@ -83,7 +83,7 @@ internal sealed class ClusterNode : IAsyncDisposable
             akka.actor.provider = cluster
             akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
             akka.remote.log-remote-lifecycle-events = off
-            # The specs run beside other test assemblies (serve processes, benchmarks) on 2 cores: a
+            # The specs run beside the suite's other specs (three at a time, on 2 cores): a
             # heartbeat may be late by seconds there. A longer pause than the default 3 s keeps a busy
             # node from being taken for a crashed one (and downed by the split-brain resolver); a real
             # crash is still detected within about 10 s, far inside the specs' liveness bounds.

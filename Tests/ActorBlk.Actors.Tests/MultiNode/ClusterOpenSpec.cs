@@ -14,9 +14,9 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// is a local queue on the NBD client driver, shared by every handle and destroyed with the last;
 /// the owner destroying it or being lost turns its I/O into errors (never a hang, never a success
 /// for a write whose outcome is unknown), and the owner coming back at the same address makes the
-/// same handle work again.
+/// same handle work again. The longest multi-node class (about 80 s): a collection of its own
+/// (xUnit's default), beside <see cref="ClusterCollection"/> and <see cref="MirrorClusterCollection"/>.
 /// </summary>
-[Collection(ClusterCollection.Name)]
 public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
 {
     // Liveness bounds for a loaded 2-core machine (failure detection, stable-after 2 s, gossip).
