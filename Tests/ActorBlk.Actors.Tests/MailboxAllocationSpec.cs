@@ -65,10 +65,11 @@ public sealed class MailboxAllocationSpec : Akka.TestKit.Xunit2.TestKit
             () => IosStarted,
             TimeSpan.FromMinutes(2),
             () => $"{runtime.Describe()}{Environment.NewLine}{string.Join(Environment.NewLine, device.Queue.HardwareContexts.Select(h => $"hctx {h.Index}: has work {h.HasWork}, stopped {h.IsStopped}, {h.Tags.InUse} tag(s) in use"))}; quiesced {device.Queue.IsQuiesced}, frozen {device.Queue.Usage.IsFrozen}, {device.Queue.InFlightCount} in flight");
-        // The stall report itself works (it is read only when a run stalls).
-        // A memory-backed device's driver is a blocking one: its actor has a thread of its own.
-        Assert.Contains("hctx 0: Run on its way", runtime.Describe(), StringComparison.Ordinal);
-        Assert.Contains($"on {ActorBlkSettings.BlockingDriverDispatcher}", runtime.Describe(), StringComparison.Ordinal);
+        // The stall report itself works (it is read only when a run stalls); a memory-backed
+        // device's driver is a blocking one, whose actor has a thread of its own.
+        var report = runtime.Describe();
+        Assert.Contains("hctx 0: Run on its way", report, StringComparison.Ordinal);
+        Assert.Contains($"on {ActorBlkSettings.BlockingDriverDispatcher}", report, StringComparison.Ordinal);
         var perIo = (twice - once) / (double)Ios;
         _output.WriteLine($"irqmode {irqmode}: {once} bytes for {Ios} I/Os, {twice} for {2 * Ios}: {perIo:0.0} bytes per I/O");
 

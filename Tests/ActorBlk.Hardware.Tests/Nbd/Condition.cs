@@ -5,18 +5,18 @@ public static class Condition
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
-    /// <summary>Polls <paramref name="condition"/> until it holds; fails with <paramref name="what"/> after a generous timeout.</summary>
-    public static Task EventuallyAsync(Func<bool> condition, string what) => EventuallyAsync(condition, what, static () => string.Empty);
-
-    /// <summary>As above; the failure also tells <paramref name="state"/>, what the test saw last.</summary>
-    public static async Task EventuallyAsync(Func<bool> condition, string what, Func<string> state)
+    /// <summary>
+    /// Polls <paramref name="condition"/> until it holds; fails with <paramref name="what"/> after a
+    /// generous timeout, and with <paramref name="state"/>'s report of what the test saw last when given.
+    /// </summary>
+    public static async Task EventuallyAsync(Func<bool> condition, string what, Func<string>? state = null)
     {
         var deadline = DateTime.UtcNow + Timeout;
         while (!condition())
         {
             if (DateTime.UtcNow > deadline)
             {
-                throw new TimeoutException($"not true within {Timeout.TotalSeconds} s: {what} {state()}");
+                throw new TimeoutException($"not true within {Timeout.TotalSeconds} s: {what}{(state is null ? "" : " " + state())}");
             }
 
             await Task.Delay(10);
