@@ -12,7 +12,7 @@ namespace ActorBlk.Host.Tests;
 /// signal ran Akka's shutdown hook under the jobs, which reported the local null device offline,
 /// crashed the teardown (no report, exit 134) or hung.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(OwnResourceProcessesCollection.Name)]
 public sealed class BenchSignalSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);

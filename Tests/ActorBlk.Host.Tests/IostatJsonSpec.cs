@@ -13,7 +13,7 @@ namespace ActorBlk.Host.Tests;
 /// and parses, and SIGTERM ends an unbounded run with the document closed and exit code 0, as
 /// sysstat's signal handler does.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(OwnResourceProcessesCollection.Name)]
 public sealed partial class IostatJsonSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);

@@ -13,7 +13,7 @@ namespace ActorBlk.Host.Tests;
 /// client commands' Akka log goes to stderr now, and the disassociation is not logged: the command
 /// says that no node answered.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(OwnResourceProcessesCollection.Name)]
 public sealed partial class IostatNodeLossSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(90);

@@ -16,7 +16,7 @@ namespace ActorBlk.Host.Tests;
 /// the mirror take the leg back and resync it, and at the end reads every record back from each
 /// leg on its own.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(OwnResourceProcessesCollection.Name)]
 public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
 {
     // Liveness only: the run takes about a minute on a loaded 2-core machine.

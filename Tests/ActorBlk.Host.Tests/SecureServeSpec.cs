@@ -19,7 +19,7 @@ namespace ActorBlk.Host.Tests;
 /// processes with the same configuration, and I/O messages travel over it. A non-loopback address
 /// without TLS is refused before anything starts.
 /// </summary>
-[Collection(ServeProcessesCollection.Name)]
+[Collection(OwnResourceProcessesCollection.Name)]
 public sealed partial class SecureServeSpec : IDisposable
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);

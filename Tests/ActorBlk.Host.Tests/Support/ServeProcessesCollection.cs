@@ -3,11 +3,11 @@ using Xunit;
 namespace ActorBlk.Host.Tests.Support;
 
 /// <summary>
-/// Specs that run `actorblk serve` processes share machine-wide resources: the repository's
-/// hocon.conf serves disk0 on /var/tmp/actorblk-disk0.img, which a node locks (flock), and the
-/// admin secret file. They run one after another, never beside each other; beside them run the
-/// specs of other collections (none of which serves that configuration's devices or ports), so
-/// the suite's time is this chain's rather than the chain's plus everyone else's.
+/// Specs that run `actorblk serve` with the repository's hocon.conf as it is: it serves disk0 on
+/// /var/tmp/actorblk-disk0.img, which a node locks (flock), so they run one after another, never
+/// beside each other. Beside them run the other collections, among them
+/// <see cref="OwnResourceProcessesCollection"/>, whose processes serve devices and ports of their
+/// own, so the suite's time is the longest chain's rather than the sum of the chains.
 /// </summary>
 [CollectionDefinition(Name)]
 public sealed class ServeProcessesCollection
