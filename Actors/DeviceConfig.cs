@@ -96,8 +96,27 @@ public static class DeviceConfig
                 ("group-evenly", CpuMapAlgorithm.GroupEvenly), ("present-first", CpuMapAlgorithm.PresentFirst), ("contiguous", CpuMapAlgorithm.Contiguous)),
         };
         options.Validate();
+        foreach (var (key, driver) in DriverKeys)
+        {
+            if (options.Driver != driver && entry.HasPath(key))
+            {
+                throw new DeviceOptionsException(name, key, $"only the {driver} driver has this setting (this device's driver is '{options.Driver}'); it would be ignored.");
+            }
+        }
+
         return options;
     }
+
+    // Keys that only one driver reads: on a device of another driver they would be ignored in
+    // silence (path, uri, tls_ca and io_poll are refused by DeviceOptions.Validate already).
+    // The API's DeviceOptions keeps them as plain properties that other drivers ignore, so that
+    // one set of options (the bench's) can describe any driver.
+    private static readonly (string Key, string Driver)[] DriverKeys =
+    [
+        ("direct", "file"), ("engine", "file"), ("submit_batch", "file"), ("fixed_buffers", "file"),
+        ("connections", "nbd"), ("tls_verify", "nbd"),
+        ("write_cache", "null"),
+    ];
 
     /// <summary>
     /// Parses a size: plain bytes, or a number with a binary unit (k, m, g, t; "KiB" etc. also

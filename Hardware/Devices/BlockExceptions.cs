@@ -99,10 +99,13 @@ public sealed class InvalidBlockRequestException : BlockDeviceException
 /// <summary>Device options that cannot describe a device; names the offending option.</summary>
 public sealed class DeviceOptionsException : ArgumentException
 {
+    private readonly string _text;
+
     /// <summary>Creates the exception.</summary>
     public DeviceOptionsException(string device, string option, string message)
-        : base($"device '{device}': option '{option}': {message}", option)
+        : base(Compose(device, option, message), option)
     {
+        _text = Compose(device, option, message);
         Device = device;
         Option = option;
     }
@@ -114,8 +117,9 @@ public sealed class DeviceOptionsException : ArgumentException
     /// as options that are wrong.
     /// </summary>
     public DeviceOptionsException(string device, string option, string message, Exception? innerException)
-        : base($"device '{device}': option '{option}': {message}", option, innerException)
+        : base(Compose(device, option, message), option, innerException)
     {
+        _text = Compose(device, option, message);
         Device = device;
         Option = option;
     }
@@ -125,6 +129,29 @@ public sealed class DeviceOptionsException : ArgumentException
 
     /// <summary>The option name as in hocon.conf (null_blk and sysfs names: "hw_queue_depth", "bs", ...).</summary>
     public string Option { get; }
+
+    /// <summary>
+    /// One line: <c>device 'NAME': option 'KEY': why</c>. The option is named once, at the start,
+    /// without the <c>(Parameter '...')</c> that <see cref="ArgumentException"/> appends.
+    /// </summary>
+    public override string Message => _text;
+
+    // A message taken from another ArgumentException (a validation the option's value failed)
+    // loses what that exception appended: its "Actual value was ..." line and "(Parameter '...')",
+    // which named the parameter a second and a third time, on a second line.
+    private static string Compose(string device, string option, string message)
+    {
+        foreach (var appended in (ReadOnlySpan<string>)["\nActual value was ", "\r\nActual value was ", " (Parameter '"])
+        {
+            var at = message.IndexOf(appended, StringComparison.Ordinal);
+            if (at > 0)
+            {
+                message = message[..at];
+            }
+        }
+
+        return $"device '{device}': option '{option}': {message.TrimEnd()}";
+    }
 }
 
 /// <summary>Why a backing file or block device could not be opened.</summary>

@@ -51,12 +51,23 @@ public sealed record FaultInjectionOptions
         Check(LatencyRate, "fault_latency_rate");
         if (ErrorRate + ResourceRate + TimeoutRate + LatencyRate > 1)
         {
-            throw new ArgumentOutOfRangeException("fault_error_rate", "The fault rates add up to more than 1.");
+            throw new ArgumentOutOfRangeException("fault_error_rate", FormattableString.Invariant($"the fault rates (fault_error_rate {ErrorRate}, fault_resource_rate {ResourceRate}, fault_timeout_rate {TimeoutRate}, fault_latency_rate {LatencyRate}) add up to more than 1."));
         }
 
-        if (Latency < TimeSpan.Zero || CrashAfter < 0 || ReopenFailures < -1)
+        // Each key on its own, so that the error names the key that is wrong.
+        if (Latency < TimeSpan.Zero)
         {
-            throw new ArgumentOutOfRangeException("fault_crash_after", "fault_latency, fault_crash_after and fault_reopen_failures cannot be negative (reopen failures: -1 means never).");
+            throw new ArgumentOutOfRangeException("fault_latency", FormattableString.Invariant($"{Latency.TotalMilliseconds} ms cannot be negative."));
+        }
+
+        if (CrashAfter < 0)
+        {
+            throw new ArgumentOutOfRangeException("fault_crash_after", FormattableString.Invariant($"{CrashAfter} cannot be negative (0 never crashes)."));
+        }
+
+        if (ReopenFailures < -1)
+        {
+            throw new ArgumentOutOfRangeException("fault_reopen_failures", FormattableString.Invariant($"{ReopenFailures} cannot be below -1 (-1: the reopens never succeed)."));
         }
 
         static void Check(double rate, string name)

@@ -157,7 +157,18 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, fault_error_rate = 1.5", "fault_error_rate")]
     [InlineData("name = x, fault_error_rate = 0.6, fault_resource_rate = 0.6", "fault_error_rate")]
     [InlineData("name = x, fault_crash_after = -1", "fault_crash_after")]
+    [InlineData("name = x, fault_latency = -5", "fault_latency")] // named fault_crash_after before (an outside audit)
+    [InlineData("name = x, fault_reopen_failures = -2", "fault_reopen_failures")]
+    [InlineData("name = x, fault_latency_rate = 1.5", "fault_latency_rate")]
     [InlineData("name = x, max_retries = -1", "max_retries")]
+    [InlineData("name = x, engine = psync", "engine")] // keys of another driver were ignored in silence (an outside audit)
+    [InlineData("name = x, direct = off", "direct")]
+    [InlineData("name = x, submit_batch = 4", "submit_batch")]
+    [InlineData("name = x, fixed_buffers = 1m", "fixed_buffers")]
+    [InlineData("name = x, tls_verify = off", "tls_verify")]
+    [InlineData("name = x, driver = file, path = /tmp/x, connections = 2", "connections")]
+    [InlineData("name = x, driver = file, path = /tmp/x, write_cache = off", "write_cache")]
+    [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", engine = psync", "engine")]
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]
     [InlineData("name = x, max_sectors_kb = 1", "max_sectors_kb")] // below a page: the attribute refuses it (an outside audit)
@@ -169,6 +180,12 @@ public sealed class DeviceConfigSpec
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));
 
         Assert.Equal(key, ex.Option);
+
+        // One line naming the key once: before, a value checked by another ArgumentException
+        // carried its "(Parameter '...')" twice and its "Actual value was" on a second line.
+        Assert.StartsWith($"device '{ex.Device}': option '{key}': ", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("(Parameter", ex.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', ex.Message);
     }
 
     [Fact]

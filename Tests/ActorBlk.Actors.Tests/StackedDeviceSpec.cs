@@ -159,7 +159,8 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         // Tables naming unknown members, the device itself, or a bad chunk are refused; nothing changes.
         await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Linear("nosuch")));
         await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Linear("swap0")));
-        await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Striped(3000, "m0", "m1")));
+        var chunk = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("swap0", StackTable.Striped(3000, "m0", "m1")));
+        Assert.Equal("device 'swap0': option 'table': chunk of 3000 bytes is not a power of two.", chunk.Message); // "(Parameter 'chunkBytes') (Parameter 'table')" before
         await Assert.ThrowsAsync<KeyNotFoundException>(() => Layer.LoadTableAsync("nosuch", StackTable.Linear("m0")));
         await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.LoadTableAsync("m0", StackTable.Linear("m1")));
         await dm.ReadAsync(0, back);
