@@ -445,7 +445,8 @@ public sealed class QueueAttributes
         return string.Join('|', flags) + "\n";
     }
 
-    // §11.1 item 5: "%8u\t%lu" per bucket, labels 0, 1, 2, 4, ... and a last "N+" line.
+    // §11.1 item 5: "%8u\t%lu" per bucket, labels 0, 1, 2, 4, ..., and the last "%8u+\t%lu": the
+    // label padded to 8 and then the '+' ("      32+", nine characters).
     private static string Dispatched(HardwareContext hctx)
     {
         var sb = new StringBuilder();
@@ -453,8 +454,8 @@ public sealed class QueueAttributes
         for (var i = 0; i < buckets.Count; i++)
         {
             var label = i == 0 ? 0 : 1 << (i - 1);
-            var name = i == buckets.Count - 1 ? $"{label}+" : label.ToString(CultureInfo.InvariantCulture);
-            sb.Append(CultureInfo.InvariantCulture, $"{name,8}\t{buckets[i]}\n");
+            var plus = i == buckets.Count - 1 ? "+" : string.Empty;
+            sb.Append(CultureInfo.InvariantCulture, $"{label,8}{plus}\t{buckets[i]}\n");
         }
 
         return sb.ToString();

@@ -346,8 +346,9 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("0\n", Layer.ReadAttribute(dir + "cpu1/merged"));
         Assert.Equal("CTX pending:\n", Layer.ReadAttribute(dir + "cpu1/rq_list"));
         Assert.Equal("2\n", Layer.ReadAttribute(dir + "queued"));
+        // blk-mq-debugfs.c: "%8u\t%lu\n" per bucket and "%8u+\t%lu\n" last, so the '+' follows the padded label.
         var histogram = Layer.ReadAttribute(dir + "dispatched").Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(["       0", "       1", "       2", "       4", "       8", "      16", "     32+"], histogram.Select(l => l.Split('\t')[0]));
+        Assert.Equal(["       0", "       1", "       2", "       4", "       8", "      16", "      32+"], histogram.Select(l => l.Split('\t')[0]));
 
         // A dispatch round records its size after its requests were queued to the driver, which
         // may complete them (and wake this test) first: await the two rounds.
