@@ -11,7 +11,9 @@ namespace ActorBlk.Host.Commands;
 /// cluster audit: about 15 stack lines per ordinary client exit on every node it talked to).
 /// Ending a connection is no fault: the warning becomes one information line naming the peer,
 /// and the ERROR line, which names no peer, is left out. A node that died is reported by the
-/// cluster itself (unreachable, downed). Every other event passes unchanged.
+/// cluster itself (unreachable, downed). DotNetty's "Unable to REMOVE channel ... May not shut down
+/// cleanly", which a transport that shuts down logs for each connection it already let go, is a
+/// debug line. Every other event passes unchanged.
 /// </summary>
 internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel minimum = LogEventLevel.Verbose) : ILogEventSink
 {
@@ -19,6 +21,11 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
     private const string Disassociated = "Akka.Remote.EndpointDisassociatedException";
 
     private const string GatedPrefix = "Association with remote system ";
+
+    // DotNetty's transport, when a connection that closes is no longer in its group (the
+    // transport shutting down has cleared it already): every `bench --join` client's clean exit
+    // printed one per peer (an outside audit). It says nothing about the data.
+    private const string UnableToRemovePrefix = "Unable to REMOVE channel [";
     private static readonly MessageTemplateParser Parser = new();
 
     /// <inheritdoc />
@@ -47,6 +54,18 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
                     Parser.Parse(line.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal)), []));
                 return;
             }
+        }
+
+        if (logEvent.Level == LogEventLevel.Warning &&
+            logEvent.MessageTemplate.Text.StartsWith(UnableToRemovePrefix, StringComparison.Ordinal))
+        {
+            if (minimum <= LogEventLevel.Debug)
+            {
+                inner.Emit(new LogEvent(logEvent.Timestamp, LogEventLevel.Debug, logEvent.Exception, logEvent.MessageTemplate,
+                    logEvent.Properties.Select(p => new LogEventProperty(p.Key, p.Value))));
+            }
+
+            return;
         }
 
         inner.Emit(logEvent);

@@ -28,9 +28,10 @@ internal static class NodeConfig
     private static readonly TimeSpan ParseLimit = TimeSpan.FromSeconds(20);
 
     /// <summary>
-    /// Loads <paramref name="path"/>. A port override replaces the remoting port and, when it
-    /// differs from the configured one and no <paramref name="seeds"/> are given, clears the seed
-    /// list so the node joins itself once bound. <paramref name="seeds"/> (<c>HOST:PORT</c> each)
+    /// Loads <paramref name="path"/>. A port override replaces the remoting port and, when no
+    /// <paramref name="seeds"/> are given, clears the seed list so the node joins itself once
+    /// bound, whatever port and seeds the file names (README: "without --seed, --port N makes a
+    /// node that joins itself"). <paramref name="seeds"/> (<c>HOST:PORT</c> each)
     /// replace <c>akka.cluster.seed-nodes</c>; <paramref name="hostname"/> replaces the remoting
     /// hostname (the host part of the node's address).
     /// </summary>
@@ -77,7 +78,10 @@ internal static class NodeConfig
             config = ConfigurationFactory.ParseString($"akka.cluster.seed-nodes = [{list}]").WithFallback(config);
         }
 
-        if (port is { } p && p != config.GetInt("akka.remote.dot-netty.tcp.port", 4053))
+        // Before, only a port other than the file's cleared the seeds: a file naming its own port
+        // and another node's seeds, with that same --port, joined that node's cluster in silence
+        // (an outside audit).
+        if (port is { } p)
         {
             var clear = seeds is { Count: > 0 } ? string.Empty : "\nakka.cluster.seed-nodes = []";
             config = ConfigurationFactory.ParseString($"akka.remote.dot-netty.tcp.port = {p}{clear}").WithFallback(config);

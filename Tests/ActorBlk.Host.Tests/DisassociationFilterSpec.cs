@@ -39,6 +39,24 @@ public sealed class DisassociationFilterSpec
     }
 
     [Fact]
+    public void A_channel_the_shutting_down_transport_let_go_already_is_a_debug_line()
+    {
+        // Every clean `bench --join` exit printed one per peer at warning level (an outside audit).
+        const string Template = "Unable to REMOVE channel [{0}->{1}](Id={2}) from connection group. May not shut down cleanly.";
+        var (log, sink) = Pipeline(LogEventLevel.Warning);
+        log.Warning(Template, "[::ffff:127.0.0.1]:34734", "[::ffff:127.0.0.1]:46053", "6024b301");
+        Assert.Empty(sink.Events);
+
+        var (verbose, debug) = Pipeline(LogEventLevel.Debug);
+        verbose.Warning(Template, "[::ffff:127.0.0.1]:34734", "[::ffff:127.0.0.1]:46053", "6024b301");
+        Assert.Equal(LogEventLevel.Debug, Assert.Single(debug.Events).Level);
+
+        // Its sibling for a channel that could not be added still warns.
+        log.Warning("Unable to ADD channel [{0}->{1}](Id={2}) to connection group. May not shut down cleanly.", "a", "b", "c");
+        Assert.Equal(LogEventLevel.Warning, Assert.Single(sink.Events).Level);
+    }
+
+    [Fact]
     public void A_peer_that_ended_its_connection_is_one_information_line_naming_it()
     {
         var (log, sink) = Pipeline();

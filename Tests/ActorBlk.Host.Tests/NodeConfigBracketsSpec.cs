@@ -29,6 +29,22 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.False(string.IsNullOrEmpty(config.GetString("actorblk.nbd.listen")));
     }
 
+    [Theory]
+    [InlineData(4056)] // the file's own port: its seeds were kept before (an outside audit)
+    [InlineData(4057)]
+    [InlineData(0)]
+    public void Port_without_seed_makes_a_node_that_joins_itself_whatever_the_file_names(int port)
+    {
+        var path = Write("seeded.conf", "akka.remote.dot-netty.tcp.port = 4056\nakka.cluster.seed-nodes = [\"akka.tcp://actorblk@127.0.0.1:4053\"]\n");
+
+        var config = NodeConfig.Load(path, port);
+
+        Assert.Equal(port, config.GetInt("akka.remote.dot-netty.tcp.port"));
+        Assert.Empty(config.GetStringList("akka.cluster.seed-nodes"));
+        Assert.Equal(["akka.tcp://actorblk@127.0.0.1:4054"], NodeConfig.Load(path, port, seeds: ["127.0.0.1:4054"]).GetStringList("akka.cluster.seed-nodes"));
+        Assert.Equal(["akka.tcp://actorblk@127.0.0.1:4053"], NodeConfig.Load(path, port: null).GetStringList("akka.cluster.seed-nodes"));
+    }
+
     [Fact]
     public void A_brace_never_closed_is_refused_naming_its_line()
     {
