@@ -20,6 +20,7 @@ public sealed partial class MirrorTarget
     {
         Task persisted;
         int inSync;
+        CancellationTokenSource? interrupt;
         lock (_lock)
         {
             if (_state[leg] == MirrorLegState.Faulty)
@@ -36,6 +37,11 @@ public sealed partial class MirrorTarget
             _state[leg] = MirrorLegState.Faulty;
             _legEpoch[leg]++;
             inSync = _state.Count(s => s == MirrorLegState.InSync);
+
+            // md_error interrupts the sync running: a check or repair stops; a recovery stops once
+            // it has no leg left to copy to (while one is left it goes on for it, as md's next
+            // recovery would), and releases the range it holds at its next chunk.
+            interrupt = _passStop is { } pass && (_passIsCheck || !PassHasTargets()) ? pass : null;
             if (inSync > 0)
             {
                 _generation++;
@@ -53,6 +59,17 @@ public sealed partial class MirrorTarget
         if (inSync == 0)
         {
             _stop.Cancel();
+        }
+        else if (interrupt is not null)
+        {
+            try
+            {
+                interrupt.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+                // The pass ended meanwhile.
+            }
         }
 
         return persisted;

@@ -35,11 +35,15 @@ public sealed partial class MirrorTarget
             while (true)
             {
                 bool check;
+                CancellationTokenSource interrupt;
                 lock (_lock)
                 {
                     _syncAgain = false;
                     check = _checkRequested;
                     _checkRequested = false;
+
+                    // A leg that failed between the check's start and here would have interrupted it.
+                    check &= _state.All(s => s == MirrorLegState.InSync);
                     if (_failed || _stop.IsCancellationRequested || (!check && !HasRecoverWork()))
                     {
                         _syncAction = "idle";
@@ -48,6 +52,14 @@ public sealed partial class MirrorTarget
                     }
 
                     _syncAction = check ? (_repair ? "repair" : "check") : RecoverName;
+
+                    // A check is interrupted by any leg failing from now on; a recovery registers
+                    // its interrupt with the legs it copies to (RecoverPassAsync).
+                    interrupt = CancellationTokenSource.CreateLinkedTokenSource(check ? _checkStop!.Token : _stop.Token);
+                    _passIsCheck = check;
+                    _passLegs = [];
+                    _passEpochs = [];
+                    _passStop = check ? interrupt : null;
                 }
 
                 var finished = true;
@@ -55,17 +67,29 @@ public sealed partial class MirrorTarget
                 {
                     if (check)
                     {
-                        await CheckPassAsync(_repair, _checkStop!.Token).ConfigureAwait(false);
+                        await CheckPassAsync(_repair, interrupt.Token).ConfigureAwait(false);
                     }
                     else
                     {
-                        finished = await RecoverPassAsync(_stop.Token).ConfigureAwait(false);
+                        finished = await RecoverPassAsync(interrupt).ConfigureAwait(false);
                     }
                 }
                 catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
                 {
-                    // A check stopped by hand (sync_action idle): a recovery asked for meanwhile
-                    // (a re-add during the check) still runs.
+                    // A check stopped by hand (sync_action idle) or by a leg failing (md_error
+                    // interrupts it, and md starts no check again): a recovery asked for
+                    // meanwhile (a re-add during the check) still runs.
+                }
+                finally
+                {
+                    lock (_lock)
+                    {
+                        _passStop = null;
+                        _passLegs = [];
+                        _passEpochs = [];
+                    }
+
+                    interrupt.Dispose();
                 }
 
                 lock (_lock)
@@ -95,8 +119,12 @@ public sealed partial class MirrorTarget
     // are rebuilding and, after a crash, to the other in-sync legs for the regions that were being
     // written; a chunk at a time with the chunk held against writes, so no write can land between
     // the read and the copy. Returns false when no leg could be read from (the legs stay as they are).
-    private async Task<bool> RecoverPassAsync(CancellationToken ct)
+    // A pass left with no leg to copy to (its rebuilding legs failed, and no crash resync it could
+    // still do) stops at its next chunk, even in its throttle's wait (interrupt, set by MarkFaulty):
+    // the regions it did not finish keep their bits, so a later re-add copies them.
+    private async Task<bool> RecoverPassAsync(CancellationTokenSource interrupt)
     {
+        var ct = interrupt.Token;
         int[] rebuilding;
         long[] epochs;
         var dirty = new List<int>();
@@ -117,6 +145,9 @@ public sealed partial class MirrorTarget
 
             _syncDone = 0;
             _syncTotal = dirty.Sum(r => RegionLength(r));
+            _passLegs = rebuilding;
+            _passEpochs = epochs;
+            _passStop = interrupt;
         }
 
         // Under _lock: a leg this pass copies to, rebuilding since the pass started.
@@ -141,9 +172,22 @@ public sealed partial class MirrorTarget
 
             var start = r * RegionBytes;
             var end = start + RegionLength(r);
+            var interrupted = false;
             for (var at = start; at < end; at += SyncChunkBytes)
             {
-                ct.ThrowIfCancellationRequested();
+                // A stop ends the pass; an interrupt (no leg left to copy to: the condition
+                // checked here) only this pass, which still records what it did.
+                _stop.Token.ThrowIfCancellationRequested();
+                lock (_lock)
+                {
+                    interrupted = !PassHasTargets();
+                }
+
+                if (interrupted)
+                {
+                    break;
+                }
+
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
                 if (!await CopyChunkAsync(r, Target, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
@@ -155,7 +199,21 @@ public sealed partial class MirrorTarget
                     _syncDone += length;
                 }
 
-                await throttle.AfterAsync(length, ct).ConfigureAwait(false);
+                try
+                {
+                    await throttle.AfterAsync(length, ct).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
+                {
+                    interrupted = true;
+                    break;
+                }
+            }
+
+            if (interrupted)
+            {
+                // The region's end is not reached: its bit stays for the legs that did not get it.
+                break;
             }
 
             lock (_lock)
@@ -294,6 +352,23 @@ public sealed partial class MirrorTarget
         {
             _gate.Exit(held);
         }
+    }
+
+    // Under _lock: the recovery running still has a leg to copy to: one it was started for, still
+    // rebuilding since (not failed, nor failed and re-added), or, after a crash, a second in-sync
+    // leg for the regions the crash still owes.
+    private bool PassHasTargets()
+    {
+        for (var k = 0; k < _passLegs.Length; k++)
+        {
+            var leg = _passLegs[k];
+            if (_state[leg] == MirrorLegState.Rebuilding && _legEpoch[leg] == _passEpochs[k])
+            {
+                return true;
+            }
+        }
+
+        return _resyncAfterCrash && _crashPending.Any(w => w != 0) && _state.Count(s => s == MirrorLegState.InSync) > 1;
     }
 
     // Under _lock.

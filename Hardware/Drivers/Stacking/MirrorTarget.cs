@@ -89,6 +89,15 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private bool _checkRequested;
     private bool _repair;
 
+    // The pass running, under _lock: its interrupt (md's MD_RECOVERY_INTR, which md_error sets on
+    // every leg failure), and for a recovery the legs it copies to with their epochs at its start.
+    // A leg failing interrupts a check or repair; a recovery, once no leg it copies to is left and
+    // no crash resync it could still do (see PassHasTargets). Null between passes.
+    private CancellationTokenSource? _passStop;
+    private bool _passIsCheck;
+    private int[] _passLegs = [];
+    private long[] _passEpochs = [];
+
     // Set at a start after a crash (no clean stop, bits set): the in-sync legs are being made equal
     // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out). The legs stay
     // in sync meanwhile, as in md: each holds every acknowledged write, and they may differ only in

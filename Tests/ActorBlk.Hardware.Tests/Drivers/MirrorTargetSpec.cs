@@ -2,6 +2,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tests.Nbd;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -784,6 +785,138 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await PumpUntilIdle(clock, mirror);
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
         Assert.Equal(Stamp(1, 3), await ReadRaw(b, Block, Block));
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task A_recovery_whose_only_rebuilding_leg_fails_stops_at_once_and_a_re_add_copies_everything_it_missed()
+    {
+        // An outside audit: b failing during its recovery left the pass running to its end (~8 s
+        // at 1000 KiB/s on 8 MiB), reading a and holding 64 KiB ranges against writes for nobody,
+        // sync_action recover and Health recovering beside dev-b faulty, and a re-add waiting for
+        // it. As md (md_error sets MD_RECOVERY_INTR), the pass stops at its next chunk. The clock
+        // stands still here: at 64 KiB/s over 16 regions the pass could never end by itself.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        for (var r = 0; r < 16; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        await AwaitTimer(clock, mirror);
+        Assert.Equal("recover\n", md.Attributes.Read("block/md0/md/sync_action"));
+        Assert.Equal(MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+
+        // b fails while the pass waits for its throttle after the first chunk.
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        await Condition.EventuallyAsync(
+            () => md.Attributes.Read("block/md0/md/sync_action") == "idle\n",
+            "the recovery stops once its only leg to copy to is faulty",
+            () => $"sync_action {md.Attributes.Read("block/md0/md/sync_action").Trim()}, sync_completed {md.Attributes.Read("block/md0/md/sync_completed").Trim()}");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal("none\n", md.Attributes.Read("block/md0/md/sync_completed"));
+        Assert.Equal("none\n", md.Attributes.Read("block/md0/md/sync_speed"));
+        Assert.Equal("1\n", md.Attributes.Read("block/md0/md/degraded"));
+        Assert.Equal("faulty\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+
+        // The first region was copied, but the pass stopped before its end: every bit stays, b
+        // is owed all 16 regions. No range is held: writes (one on the region copied) go on.
+        Assert.Equal(16, mirror.DirtyRegions());
+        Assert.Equal(0, mirror.ResyncedRegions);
+        await md.WriteAsync(0, Stamp(0, 2)).AsTask().WaitAsync(Patience);
+        await md.WriteAsync(Region, Stamp(1, 2)).AsTask().WaitAsync(Patience);
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        Assert.Equal("recover\n", md.Attributes.Read("block/md0/md/sync_action"));
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+        Assert.Equal("0\n", md.Attributes.Read("block/md0/md/degraded"));
+        Assert.Equal(16, mirror.ResyncedRegions);
+        Assert.Equal(Stamp(0, 2), await ReadRaw(b, 0, Block));
+        Assert.Equal(Stamp(15, 1), await ReadRaw(b, 15 * Region, Block));
+        await AssertLegsEqual(mirror);
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal("0\n", md.Attributes.Read("block/md0/md/mismatch_cnt"));
+    }
+
+    [Fact]
+    public async Task A_recovery_of_two_legs_goes_on_for_the_one_left_when_the_other_fails_and_keeps_its_bits()
+    {
+        // md interrupts the recovery on any failure and starts it again for the spares left; here
+        // the pass goes on for them. The failed leg keeps the bits of what it did not get.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        for (var r = 0; r < 8; r++)
+        {
+            await a.WriteAsync(MirrorSuperblock.DataOffset + (r * Region), Stamp(r, 1));
+        }
+
+        var clock = new ManualTimeProvider();
+        var options = Options(assumeClean: false) with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        var md = Serve(mirror);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(2));
+        await AwaitTimer(clock, mirror);
+        await mirror.FailLegAsync(2);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+        Assert.Equal("recover", mirror.SyncAction);
+        Assert.True(mirror.SyncProgress.Done > MirrorTarget.SyncChunkBytes, $"the pass went on: {mirror.SyncProgress}");
+
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(2));
+        Assert.Equal(mirror.Regions, mirror.DirtyRegions());
+
+        await mirror.ReAddAsync(2);
+        await PumpUntilIdle(clock, mirror);
+        Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, mirror.LegState(i)));
+        Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
+        await AssertLegsEqual(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal("0\n", md.Attributes.Read("block/md0/md/mismatch_cnt"));
+    }
+
+    [Fact]
+    public async Task A_check_is_interrupted_by_a_leg_failing_as_md_does_and_a_re_add_then_recovers_the_leg()
+    {
+        // md_error interrupts a check or repair too, and md does not start it again. Three legs:
+        // two are still in sync and could be compared, the check stops all the same.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        var md = Serve(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await AwaitTimer(clock, mirror);
+        Assert.Equal("check\n", md.Attributes.Read("block/md0/md/sync_action"));
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-c/state", "faulty");
+        await Condition.EventuallyAsync(
+            () => md.Attributes.Read("block/md0/md/sync_action") == "idle\n",
+            "the check stops when a leg fails",
+            () => $"sync_action {md.Attributes.Read("block/md0/md/sync_action").Trim()}");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal("none\n", md.Attributes.Read("block/md0/md/sync_completed"));
+        await md.WriteAsync(Region, Stamp(1, 1)).AsTask().WaitAsync(Patience);
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-c/state", "re-add");
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal("in_sync\n", md.Attributes.Read("block/md0/md/dev-c/state"));
+        Assert.Equal(Stamp(1, 1), await ReadRaw(c, Region, Block));
         await AssertLegsEqual(mirror);
     }
 
