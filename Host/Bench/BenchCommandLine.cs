@@ -43,7 +43,7 @@ internal sealed class BenchCommandLine
 
     private readonly Option<Word<TimestampSource>> ClockSource = CliOptions.Choice("--clocksource", "auto",
         [("auto", TimestampSource.Auto), ("tsc", TimestampSource.Tsc), ("cpu", TimestampSource.Tsc), ("monotonic", TimestampSource.Monotonic), ("clock_gettime", TimestampSource.Monotonic)],
-        "clock of the I/O timestamps (fio's clocksource): tsc (cpu) reads the CPU's time-stamp counter, monotonic (clock_gettime) the kernel's clock; auto takes tsc on x86-64 Linux with constant_tsc and nonstop_tsc");
+        "clock of the I/O timestamps (fio's clocksource): tsc (cpu) reads the CPU's time-stamp counter, monotonic (clock_gettime) the kernel's clock; auto takes tsc on x86-64 Linux with constant_tsc and nonstop_tsc; without the option the environment variable ACTORBLK_CLOCKSOURCE chooses");
 
     // fio flags ActorBlk always behaves as if given.
     private readonly Option<Word<bool>>[] AlwaysOn =
@@ -173,7 +173,7 @@ internal sealed class BenchCommandLine
             Direct = parse.ValueOf(Direct),
             RandRepeat = parse.ValueOf(RandRepeat),
             LatPercentiles = parse.ValueOf(LatPercentiles),
-            ClockSource = parse.ValueOf(ClockSource),
+            ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
             Json = parse.ValueOf(Json),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio

@@ -80,8 +80,11 @@ internal sealed record BenchOptions
     /// </summary>
     public bool LatPercentiles { get; init; }
 
-    /// <summary>The clock of the I/O timestamps (<c>--clocksource</c>, fio's <c>clocksource</c>).</summary>
-    public TimestampSource ClockSource { get; init; } = TimestampSource.Auto;
+    /// <summary>
+    /// The clock of the I/O timestamps (<c>--clocksource</c>, fio's <c>clocksource</c>); null when
+    /// the option was not given: the environment variable <c>ACTORBLK_CLOCKSOURCE</c> chooses, else auto.
+    /// </summary>
+    public TimestampSource? ClockSource { get; init; }
 
     public bool Json { get; init; }
 

@@ -39,10 +39,11 @@ internal static class BenchCommand
         // report: the bench exits at once. A second signal does not wait for the report.
         using var interrupt = new BenchInterrupt();
 
-        // The timestamps' clock is fixed at its first read, before any device exists.
-        if (!TimestampClock.Select(options.ClockSource) || (options.ClockSource == TimestampSource.Tsc && TimestampClock.Source != TimestampSource.Tsc))
+        // The timestamps' clock is fixed at its first read, before any device exists: --clocksource
+        // when given, else the environment variable ACTORBLK_CLOCKSOURCE (TimestampClock reads it).
+        if (ClockWarning(options.ClockSource, Environment.GetEnvironmentVariable(TimestampClock.EnvironmentVariable)) is { } warning)
         {
-            await Console.Error.WriteLineAsync($"actorblk: --clocksource={options.ClockSource.ToString().ToLowerInvariant()} is not available ({TimestampClock.FallbackReason ?? "the clock was read already"}); timestamps use the {TimestampClock.Source.ToString().ToLowerInvariant()} clock").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync(warning).ConfigureAwait(false);
         }
 
         // Actor logging goes to stderr, so stdout carries the report alone (JSON stays parseable
@@ -269,6 +270,46 @@ internal static class BenchCommand
             await system.Terminate().ConfigureAwait(false);
             await Serilog.Log.CloseAndFlushAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Chooses the timestamps' clock: <paramref name="given"/> (<c>--clocksource</c>) when the
+    /// command line has it, else what <paramref name="environment"/> (the value of
+    /// <c>ACTORBLK_CLOCKSOURCE</c>) asks for, which <see cref="TimestampClock"/> reads at its first
+    /// read. Returns the warning for stderr when the choice cannot be had (the counter is not
+    /// usable here, or the clock was read already) or the variable names no clock (it then counts
+    /// as auto); null otherwise.
+    /// </summary>
+    internal static string? ClockWarning(TimestampSource? given, string? environment)
+    {
+        string asked;
+        TimestampSource source;
+        if (given is { } option)
+        {
+            asked = $"--clocksource={option.ToString().ToLowerInvariant()}";
+            source = option;
+            if (!TimestampClock.Select(option))
+            {
+                return Unavailable(asked);
+            }
+        }
+        else if (environment is null)
+        {
+            return null;
+        }
+        else if (!TimestampClock.TryParse(environment, out source))
+        {
+            return $"actorblk: {TimestampClock.EnvironmentVariable}={environment} is not auto, tsc (cpu) or monotonic (clock_gettime); timestamps use the {TimestampClock.Source.ToString().ToLowerInvariant()} clock";
+        }
+        else
+        {
+            asked = $"{TimestampClock.EnvironmentVariable}={environment}";
+        }
+
+        return source == TimestampSource.Tsc && TimestampClock.Source != TimestampSource.Tsc ? Unavailable(asked) : null;
+
+        static string Unavailable(string asked) =>
+            $"actorblk: {asked} is not available ({TimestampClock.FallbackReason ?? "the clock was read already"}); timestamps use the {TimestampClock.Source.ToString().ToLowerInvariant()} clock";
     }
 
     // fio opens its logs before the run; a directory that does not exist is known before anything starts.

@@ -62,8 +62,14 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     /// <summary>Starts `dotnet actorblk.dll args...` from the test's output directory.</summary>
     public static ActorBlkProcess Start(params string[] args) => StartProgram("actorblk.dll", args);
 
+    /// <summary>Starts `dotnet actorblk.dll args...` with <paramref name="environment"/> set (a null value removes the variable).</summary>
+    public static ActorBlkProcess StartWithEnvironment(IReadOnlyDictionary<string, string?> environment, params string[] args) =>
+        StartProgram("actorblk.dll", args, environment);
+
     /// <summary>Starts `dotnet PROGRAM.dll args...` from the test's output directory.</summary>
-    public static ActorBlkProcess StartProgram(string program, params string[] args)
+    public static ActorBlkProcess StartProgram(string program, params string[] args) => StartProgram(program, args, null);
+
+    private static ActorBlkProcess StartProgram(string program, string[] args, IReadOnlyDictionary<string, string?>? environment)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, program);
         var info = new ProcessStartInfo("dotnet")
@@ -73,6 +79,18 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
             UseShellExecute = false,
             WorkingDirectory = AppContext.BaseDirectory,
         };
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+        {
+            if (value is null)
+            {
+                info.Environment.Remove(name);
+            }
+            else
+            {
+                info.Environment[name] = value;
+            }
+        }
+
         info.ArgumentList.Add(dll);
         foreach (var a in args)
         {
