@@ -68,7 +68,7 @@ internal static class BenchPlot
     {
         var o = result.Options;
         var plot = new Plot();
-        plot.Title($"{o.Name}: rw={o.PatternName}, bs={Commands.Sizes.Format(o.BlockSize)}, iodepth={o.IoDepth}, numjobs={o.NumJobs}, dispatch={o.Dispatch.ToString().ToLowerInvariant()}");
+        plot.Title($"{o.Name}: rw={o.PatternName}, bs={Commands.Sizes.Format(o.BlockSize)}, iodepth={o.IoDepth}, numjobs={o.NumJobs}, dispatch={result.Dispatch}");
         plot.XLabel("time (s)");
         plot.YLabel("IOPS");
         var entries = IoLog.Merge(timelines, iops: true);

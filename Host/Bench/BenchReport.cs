@@ -135,13 +135,14 @@ internal static class BenchReport
                 }
 
                 w.WriteNumber("went_idle", d.WentIdle);
+                w.WriteString("dispatch", d.Dispatch.ToString().ToLowerInvariant());
                 WriteEngines(w, d.Engines);
 
                 w.WriteEndObject();
             }
 
             w.WriteEndArray();
-            w.WriteString("dispatch", r.Options.Dispatch.ToString().ToLowerInvariant());
+            w.WriteString("dispatch", r.Dispatch);
             w.WriteString("engine", engine);
             WriteEngines(w, r.Engines);
             w.WriteString("clocksource", TimestampClock.Source == TimestampSource.Tsc ? "tsc" : "monotonic");
@@ -158,7 +159,7 @@ internal static class BenchReport
         var engine = EngineSummary(r.Engines);
         var firstError = -r.FirstError.ToErrno();
         var sb = new StringBuilder();
-        sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err={firstError,2}: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Options.Dispatch.ToString().ToLowerInvariant()}, engine={engine}\n");
+        sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err={firstError,2}: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Dispatch}, engine={engine}\n");
         if (r.Cluster is { } c)
         {
             sb.Append(Inv, $"  cluster: {c.Device} owned by {c.Owner}, {(c.Remote ? $"remote over {c.NbdEndpoint} as local queue {c.LocalQueue}" : "local")}\n");

@@ -41,6 +41,16 @@ internal sealed record BenchResult(
     /// <summary>Each device's figures (one entry per device of <c>--devices</c>).</summary>
     public IReadOnlyList<DeviceFigures> Devices { get; init; } = [];
 
+    /// <summary>
+    /// The dispatch mode the devices ran (the report's <c>dispatch=</c>, the JSON's
+    /// <c>actorblk.dispatch</c>): ring, mailbox or bio, each device's <see cref="DeviceFigures.Dispatch"/>;
+    /// when the devices differ, each mode once in the order of the devices, joined by <c>+</c> as
+    /// <c>engine</c> joins engines (<c>ring+mailbox</c>). A result without device figures (built by
+    /// a spec) reports the options'.
+    /// </summary>
+    public string Dispatch => string.Join('+',
+        (Devices.Count > 0 ? Devices.Select(d => d.Dispatch) : [Options.Dispatch]).Distinct().Select(m => m.ToString().ToLowerInvariant()));
+
     /// <summary>Supervision over all devices: timeouts that expired, resets, faults injected.</summary>
     public SupervisionFigures Supervision { get; init; } = new();
 
@@ -115,7 +125,12 @@ internal sealed record BenchResult(
 /// </param>
 /// <param name="WentIdle">Times a timeout scan found it idle during the measured interval, handing its share to the others.</param>
 /// <param name="Engines">The engine of each of its hardware queues (see <see cref="BenchResult.Engines"/>).</param>
-internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight, long WentIdle, IReadOnlyList<string?> Engines);
+/// <param name="Dispatch">
+/// How its requests travel, as the device runs it (<see cref="IBlockDevice.Dispatch"/>, read when the
+/// run was set up): ring or mailbox, bio for a stacked device; for a device of the cluster, its
+/// local queue's.
+/// </param>
+internal sealed record DeviceFigures(string Name, double Iops, int? PeakInflight, long WentIdle, IReadOnlyList<string?> Engines, DispatchMode Dispatch);
 
 /// <summary>What supervision saw and the fault injector did.</summary>
 internal sealed record SupervisionFigures(long TimeoutsExpired = 0, long Resets = 0, long DeviceErrors = 0, FaultTotals? Faults = null)
@@ -147,6 +162,7 @@ internal sealed class BenchRun
     // The options' read share, read per I/O: computed once (the property derives it from the pattern).
     private readonly int _readShare;
     private readonly IBlockDevice _device;
+    private readonly DispatchMode _dispatch;
     private readonly Job[] _jobs;
     private readonly BenchAccounting _accounting;
     private readonly TaskCompletionSource _started = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -161,6 +177,8 @@ internal sealed class BenchRun
         _o = options;
         _readShare = options.ReadShare;
         _device = device;
+        // Read while the device is up: a stopped queue (a device gone offline) no longer says.
+        _dispatch = device.Dispatch;
         _accounting = new BenchAccounting(clock ?? BenchClock.System, options.BlockSize);
         var cpus = onlineCpus.ToArray();
         _jobs = Enumerable.Range(0, options.NumJobs).Select(j =>
@@ -228,7 +246,7 @@ internal sealed class BenchRun
         // Elapsed is wall time since the run started, as fio's "elapsed" (it was the window's length).
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(_runStarted), submitted, completed, errors, timeouts, 0, 0, _device.ToString() ?? _device.Name)
         {
-            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, [])],
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, [], _dispatch)],
         };
     }
 
@@ -328,7 +346,7 @@ internal sealed class BenchRun
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
             CpuPercent(usr, cpuSeconds), CpuPercent(sys, cpuSeconds), _device.ToString() ?? _device.Name)
         {
-            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines)],
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines, _dispatch)],
             Engines = engines,
             // The window's first error, as fio's; a run whose errors all fell outside it (every I/O
             // failing in the ramp, say) reports the run's first, so err= is never 0 after errors.

@@ -86,6 +86,38 @@ public sealed class BenchSpec
         }
     }
 
+    // An outside audit: dispatch= and actorblk.dispatch echoed --dispatch (ring by default) for a
+    // device of a config file that runs mailbox dispatch. They say what the device runs.
+    [Fact]
+    public async Task The_report_names_the_dispatch_the_device_runs_not_the_option()
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-bench-{Guid.NewGuid():N}.conf");
+        File.WriteAllText(config, """
+            actorblk.topology.source = simulated
+            actorblk.devices = [
+              { name = m0, driver = "null", size = 16m, dispatch = mailbox, irqmode = 0 },
+              { name = r0, driver = "null", size = 16m, irqmode = 0 } ]
+            actorblk.stacked-devices = [ { name = md0, type = mirror, members = [m0, r0], assume-clean = on } ]
+            """);
+        try
+        {
+            foreach (var (device, dispatch) in new[] { ("m0", "mailbox"), ("r0", "ring"), ("md0", "bio") })
+            {
+                var actorblk = (await RunJson("--config", config, $"--device={device}", "--rw=randread", "--size=1m")).GetProperty("actorblk");
+                Assert.Equal(dispatch, actorblk.GetProperty("dispatch").GetString());
+                Assert.Equal(dispatch, actorblk.GetProperty("devices")[0].GetProperty("dispatch").GetString());
+            }
+
+            await using var human = ActorBlkProcess.Start("bench", "--config", config, "--device=m0", "--dispatch=ring", "--size=1m", "--name=mb");
+            Assert.Equal(0, await human.WaitForExitAsync(Within));
+            Assert.Contains(", iodepth=1, dispatch=mailbox, engine=", human.StandardOutput, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
     [Fact]
     public async Task Without_a_runtime_each_job_moves_size_bytes()
     {
