@@ -195,7 +195,8 @@ internal static class BenchReport
                 // fio's show_ddir_status: KiB/s, and MiB/s only once the mean passes 1024 * 1024 KiB/s.
                 var mib = rate.Mean > 1024.0 * 1024.0;
                 var scale = mib ? 1024.0 : 1.0;
-                sb.Append(Inv, $"   bw ({(mib ? "MiB" : "KiB"),5}/s): min={(ulong)(rate.Min / scale),5}, max={(ulong)(rate.Max / scale),5}, per=100.00%, avg={rate.Mean / scale,5:0.00}, stdev={rate.StdDev / scale,5:0.00}, samples={rate.Count}\n");
+                var share = PercentOfAggregate(rate.Mean, stats.Bytes, r.Measured);
+                sb.Append(Inv, $"   bw ({(mib ? "MiB" : "KiB"),5}/s): min={(ulong)(rate.Min / scale),5}, max={(ulong)(rate.Max / scale),5}, per={share:0.00}%, avg={rate.Mean / scale,5:0.00}, stdev={rate.StdDev / scale,5:0.00}, samples={rate.Count}\n");
                 sb.Append(Inv, $"   iops        : min={(ulong)iops.Min,5}, max={(ulong)iops.Max,5}, avg={iops.Mean,5:0.00}, stdev={iops.StdDev,5:0.00}, samples={iops.Count}\n");
             }
         }
@@ -312,13 +313,14 @@ internal static class BenchReport
         WriteLatency(w, "clat_ns", s.Total, percentiles: true);
         WriteLatency(w, "lat_ns", s.Total, percentiles: latPercentiles);
 
-        // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group.
+        // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group
+        // (0 without samples, as fio's add_ddir_status_json).
         var bw = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
         var iops = SampleStats.Of([.. samples.Select(x => x.Iops)]);
         w.WriteNumber("bw_min", (long)bw.Min);
         w.WriteNumber("bw_max", (long)bw.Max);
         w.WritePropertyName("bw_agg");
-        w.WriteRawValue((bw.Count > 0 ? 100.0 : 0.0).ToString("F6", Inv));
+        w.WriteRawValue((bw.Count > 0 ? PercentOfAggregate(bw.Mean, s.Bytes, measured) : 0.0).ToString("F6", Inv));
         w.WritePropertyName("bw_mean");
         w.WriteRawValue(bw.Mean.ToString("F6", Inv));
         w.WritePropertyName("bw_dev");
@@ -435,6 +437,29 @@ internal static class BenchReport
     }
 
     /// <summary>The engines the hardware queues used, "+"-joined when they differ ("io_uring+psync"); "none" when no queue dispatched.</summary>
+    /// <summary>
+    /// fio's <c>bw_agg</c> and the <c>per=</c> of its <c>bw</c> line (stat.c
+    /// <c>convert_agg_kbytes_percent</c>, fio 3.33): the job's mean bandwidth sample
+    /// (<paramref name="meanKiBPerSecond"/>, truncated to a whole number as fio passes it) as a
+    /// percentage of its group's aggregate bandwidth, at most 100. The aggregate is fio's
+    /// <c>rs-&gt;agg</c>: the group's bytes (<paramref name="groupBytes"/>) times 1000 over its longest
+    /// runtime in whole milliseconds (<paramref name="groupRuntime"/>), in bytes per second, integer
+    /// division; at 1024 bytes per second or less the share is 100. The bench reports one job, the
+    /// group (fio's group_reporting), whose samples are of every job and device together.
+    /// </summary>
+    internal static double PercentOfAggregate(double meanKiBPerSecond, long groupBytes, TimeSpan groupRuntime)
+    {
+        var runMs = (long)groupRuntime.TotalMilliseconds;
+        var aggregate = runMs > 0 ? (ulong)Math.Max(groupBytes, 0) * 1000UL / (ulong)runMs : 0;
+        if (aggregate <= 1024)
+        {
+            return 100.0;
+        }
+
+        var share = (int)meanKiBPerSecond * 100.0 / (aggregate / 1024.0);
+        return Math.Min(share, 100.0);
+    }
+
     public static string EngineSummary(IReadOnlyList<string?> engines)
     {
         var used = engines.OfType<string>().Distinct(StringComparer.Ordinal).ToArray();

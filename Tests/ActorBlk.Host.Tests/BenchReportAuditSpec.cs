@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.Json;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Host.Bench;
@@ -7,7 +8,8 @@ namespace ActorBlk.Host.Tests;
 
 /// <summary>
 /// What an outside audit of the report against README and fio 3.33 found, in process: the
-/// dispatch named was the option's, not the devices'.
+/// dispatch named was the option's, not the devices'; <c>bw_agg</c> and the bw line's <c>per=</c>
+/// were 100 always.
 /// </summary>
 public sealed class BenchReportAuditSpec
 {
@@ -36,5 +38,40 @@ public sealed class BenchReportAuditSpec
         // Several runs combined (--devices) keep each device's.
         var runs = devices.Select(d => Result(new BenchOptions(), d)).ToArray();
         Assert.Equal(dispatch, BenchResult.Combine(runs).Dispatch);
+    }
+
+    // fio 3.33 stat.c convert_agg_kbytes_percent: (int)mean * 100 / (agg / 1024), agg = bytes * 1000
+    // / max_run (ms, integer division), at most 100; 100 when agg is 1024 or less. The first two
+    // rows are fio 3.33's own figures (null engine: numjobs=2 with group_reporting, then --rate=200m).
+    [Theory]
+    [InlineData(67482095.666667, 141131165696L, 2000, 97.925451)]
+    [InlineData(204887.333333, 419434496L, 2000, 100.0)]
+    [InlineData(51200.9, 100L << 20, 1000, 50.0)]
+    [InlineData(25600.0, 100L << 20, 999, 24.975)]
+    [InlineData(500.0, 1024L, 1000, 100.0)]
+    [InlineData(500.0, 0L, 1000, 100.0)]
+    [InlineData(500.0, 1L << 20, 0, 100.0)]
+    public void Bw_agg_is_the_mean_sample_over_the_groups_aggregate_bandwidth_as_fios(double meanKiB, long bytes, int runMs, double percent) =>
+        Assert.Equal(percent, BenchReport.PercentOfAggregate(meanKiB, bytes, TimeSpan.FromMilliseconds(runMs)), 6);
+
+    [Fact]
+    public void The_report_writes_the_share_in_bw_agg_and_per()
+    {
+        var reads = new OpStats { Ios = 25_600, Bytes = 100L << 20 };
+        var writes = new OpStats { Ios = 1, Bytes = 4096 };
+        reads.Total.RecordTicks((long)(20_000 * (Stopwatch.Frequency / 1e9)));
+        writes.Total.RecordTicks((long)(20_000 * (Stopwatch.Frequency / 1e9)));
+        var result = new BenchResult(new BenchOptions(), reads, writes, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1),
+            Submitted: 25_601, Completed: 25_601, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
+        {
+            // A mean of 51,200 KiB/s against 102,400 KiB/s over the window: 50%.
+            ReadSamples = [new RateSample(40_960, 10_240), new RateSample(61_440, 15_360)],
+        };
+
+        Assert.Contains("   bw (  KiB/s): min=40960, max=61440, per=50.00%, avg=51200.00, ", BenchReport.Human(result), StringComparison.Ordinal);
+        var job = JsonDocument.Parse(BenchReport.Json(result)).RootElement.GetProperty("jobs")[0];
+        Assert.Equal(50.0, job.GetProperty("read").GetProperty("bw_agg").GetDouble());
+        // No samples of writes: fio writes 0, and no bw line.
+        Assert.Equal(0.0, job.GetProperty("write").GetProperty("bw_agg").GetDouble());
     }
 }
