@@ -174,7 +174,9 @@ internal static class BenchReport
 
             var seconds = r.Measured.TotalSeconds;
             var bw = stats.Bytes / seconds;
-            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{(long)r.Measured.TotalMilliseconds}msec)\n");
+            // fio (3.9 on) ends the write line with its zone resets (stat.c show_ddir_status,
+            // zbd_write_status), for any device: the bench resets no zone.
+            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{(long)r.Measured.TotalMilliseconds}msec){(name == "write" ? "; 0 zone resets" : string.Empty)}\n");
             // fio's show_ddir_status: clat and lat lines (no slat line without slat samples, as
             // fio's calc_lat finds none), then the percentiles of clat, fio's default (the JSON's
             // clat_ns). Without a separate submission latency both lines hold the same figures.

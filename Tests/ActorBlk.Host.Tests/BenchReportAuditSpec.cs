@@ -9,7 +9,7 @@ namespace ActorBlk.Host.Tests;
 /// <summary>
 /// What an outside audit of the report against README and fio 3.33 found, in process: the
 /// dispatch named was the option's, not the devices'; <c>bw_agg</c> and the bw line's <c>per=</c>
-/// were 100 always.
+/// were 100 always; the write line lacked fio's <c>; 0 zone resets</c>.
 /// </summary>
 public sealed class BenchReportAuditSpec
 {
@@ -73,5 +73,22 @@ public sealed class BenchReportAuditSpec
         Assert.Equal(50.0, job.GetProperty("read").GetProperty("bw_agg").GetDouble());
         // No samples of writes: fio writes 0, and no bw line.
         Assert.Equal(0.0, job.GetProperty("write").GetProperty("bw_agg").GetDouble());
+    }
+
+    // fio 3.33 stat.c show_ddir_status: post_st = zbd_write_status(ts) for DDIR_WRITE alone, on any
+    // device ("; %llu zone resets"); the read line (and trim's) has none.
+    [Fact]
+    public void The_write_line_ends_with_fios_zone_resets_and_the_read_line_does_not()
+    {
+        var reads = new OpStats { Ios = 166_094, Bytes = 166_094L * 4096 };
+        var writes = new OpStats { Ios = 166_094, Bytes = 166_094L * 4096 };
+        reads.Total.RecordTicks((long)(20_000 * (Stopwatch.Frequency / 1e9)));
+        writes.Total.RecordTicks((long)(20_000 * (Stopwatch.Frequency / 1e9)));
+        var result = new BenchResult(new BenchOptions(), reads, writes, TimeSpan.FromSeconds(12), TimeSpan.FromSeconds(12),
+            Submitted: 0, Completed: 0, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+
+        var human = BenchReport.Human(result);
+        Assert.Contains("\n  read: IOPS=13.8k, BW=54.1MiB/s (56.7MB/s)(649MiB/12000msec)\n", human, StringComparison.Ordinal);
+        Assert.Contains("\n  write: IOPS=13.8k, BW=54.1MiB/s (56.7MB/s)(649MiB/12000msec); 0 zone resets\n", human, StringComparison.Ordinal);
     }
 }
