@@ -12,6 +12,8 @@ namespace ActorBlk.Host.Bench;
 /// meanings for the workload (<c>--rw=randread --bs=4k --iodepth=32</c>, either
 /// <c>--name=value</c> or <c>--name value</c>), ActorBlk's for the device. Each value is checked
 /// by its option's parser, so a bad one is a usage error naming the option before anything starts.
+/// An option given more than once takes its last value, as fio does, each value checked in
+/// order (an invalid one fails the parse even when a later one would do).
 /// </summary>
 /// <remarks>
 /// To add an option: declare it below (a <see cref="CliOptions"/> factory gives fio's value
@@ -21,7 +23,7 @@ namespace ActorBlk.Host.Bench;
 internal sealed class BenchCommandLine
 {
     // Workload (fio's names).
-    private readonly Option<string> Name = new("--name") { Description = "job name", HelpName = "NAME", DefaultValueFactory = _ => "actorblk" };
+    private readonly Option<string> Name = CliOptions.TextWithDefault("--name", "actorblk", "NAME", "job name");
     private readonly Option<Word<IoPattern>> Rw = CliOptions.Choice("--rw", "randread",
         [("read", IoPattern.Read), ("write", IoPattern.Write), ("randread", IoPattern.RandRead), ("randwrite", IoPattern.RandWrite),
          ("rw", IoPattern.ReadWrite), ("readwrite", IoPattern.ReadWrite), ("randrw", IoPattern.RandReadWrite)],
@@ -64,12 +66,8 @@ internal sealed class BenchCommandLine
     private readonly Option<string?> Plot = CliOptions.Text("--plot", "FILE.png|FILE.svg", "draw IOPS over time and the latency percentile curve");
 
     // Device (ActorBlk's names).
-    private readonly Option<string> Device = new("--device")
-    {
-        Description = "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT",
-        HelpName = "null|file:PATH|nbd://HOST:PORT/EXPORT",
-        DefaultValueFactory = _ => "null",
-    };
+    private readonly Option<string> Device = CliOptions.TextWithDefault("--device", "null", "null|file:PATH|nbd://HOST:PORT/EXPORT",
+        "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT");
 
     private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
         "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");

@@ -29,188 +29,168 @@ internal static class CliOptions
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
     /// <summary>A whole number from <paramref name="min"/> to <paramref name="max"/>.</summary>
-    public static Option<int> Int(string name, int fallback, int min, int max, string description, params string[] aliases) => new(name, aliases)
+    public static Option<int> Int(string name, int fallback, int min, int max, string description, params string[] aliases) => LastWins(new Option<int>(name, aliases)
     {
         Description = description,
         HelpName = "N",
         DefaultValueFactory = _ => fallback,
         CustomParser = r => ParseInt(r, min, max) ?? fallback,
-    };
+    });
 
     /// <summary>A whole number from <paramref name="min"/> to <paramref name="max"/>, or null when not given.</summary>
-    public static Option<int?> OptionalInt(string name, int min, int max, string description, string helpName = "N", params string[] aliases) => new(name, aliases)
+    public static Option<int?> OptionalInt(string name, int min, int max, string description, string helpName = "N", params string[] aliases) => LastWins(new Option<int?>(name, aliases)
     {
         Description = description,
         HelpName = helpName,
         CustomParser = r => ParseInt(r, min, max),
-    };
+    });
 
     /// <summary>A whole number of at least <paramref name="min"/>.</summary>
-    public static Option<long> Long(string name, long fallback, long min, string description) => new(name)
+    public static Option<long> Long(string name, long fallback, long min, string description) => LastWins(new Option<long>(name)
     {
         Description = description,
         HelpName = "N",
         DefaultValueFactory = _ => fallback,
-        CustomParser = r =>
-        {
-            if (Value(r, name) is not { } text)
-            {
-                return fallback;
-            }
-
-            if (!long.TryParse(text, NumberStyles.AllowLeadingSign, Inv, out var v) || v < min)
-            {
-                r.AddError($"option {name}: '{text}' is not a whole number of at least {min}.");
-                return fallback;
-            }
-
-            return v;
-        },
-    };
+        CustomParser = r => Each(r, name, fallback, text =>
+            long.TryParse(text, NumberStyles.AllowLeadingSign, Inv, out var v) && v >= min
+                ? (v, null)
+                : (fallback, $"option {name}: '{text}' is not a whole number of at least {min}.")),
+    });
 
     /// <summary>A number from <paramref name="min"/> to <paramref name="max"/>.</summary>
-    public static Option<double> Double(string name, double fallback, double min, double max, string description) => new(name)
+    public static Option<double> Double(string name, double fallback, double min, double max, string description) => LastWins(new Option<double>(name)
     {
         Description = description,
         HelpName = "P",
         DefaultValueFactory = _ => fallback,
-        CustomParser = r =>
-        {
-            if (Value(r, name) is not { } text)
-            {
-                return fallback;
-            }
-
-            if (!double.TryParse(text, NumberStyles.Float, Inv, out var v) || v < min || v > max)
-            {
-                r.AddError($"option {name}: '{text}' is not a number from {min} to {max}.");
-                return fallback;
-            }
-
-            return v;
-        },
-    };
+        CustomParser = r => Each(r, name, fallback, text =>
+            double.TryParse(text, NumberStyles.Float, Inv, out var v) && v >= min && v <= max
+                ? (v, null)
+                : (fallback, $"option {name}: '{text}' is not a number from {min} to {max}.")),
+    });
 
     /// <summary>
     /// fio's boolean: <c>--name</c> alone is 1; <c>--name=1</c>, <c>=0</c>, on/off, true/false, yes/no.
     /// Its type is not bool: System.CommandLine lets a bool option take only true or false as its
     /// value, and fio's spelling is 0 or 1.
     /// </summary>
-    public static Option<Word<bool>> Bool(string name, bool fallback, string description) => new(name)
+    /// <remarks>
+    /// Repeated, each value given is checked and the last occurrence wins; one given alone counts
+    /// as 1 there too (<c>--direct=0 --direct</c> is 1), which <see cref="ValueOf(ParseResult, Option{Word{bool}})"/>
+    /// finds from the order of the command line's tokens: an argument's tokens do not say where they stood.
+    /// </remarks>
+    public static Option<Word<bool>> Bool(string name, bool fallback, string description) => LastWins(new Option<Word<bool>>(name)
     {
         Description = description,
         HelpName = "0|1",
-        Arity = ArgumentArity.ZeroOrOne,
         // Given without a value, the option is not parsed but defaulted: the default is then 1.
         DefaultValueFactory = r => r.Parent is OptionResult { Implicit: false } ? Flag(true) : Flag(fallback),
-        CustomParser = r =>
+        CustomParser = r => r.Tokens.Count == 0 ? Flag(true) : Each(r, name, Flag(fallback), text => text.ToLowerInvariant() switch
         {
-            if (r.Tokens.Count == 0)
-            {
-                return Flag(true);
-            }
+            "1" or "on" or "true" or "yes" => (Flag(true), null),
+            "0" or "off" or "false" or "no" => (Flag(false), null),
+            _ => (Flag(fallback), $"option {name}: '{text}' is not 0 or 1."),
+        }),
+    }, ArgumentArity.ZeroOrMore);
 
-            var text = r.Tokens[0].Value;
-            switch (text.ToLowerInvariant())
-            {
-                case "1" or "on" or "true" or "yes":
-                    return Flag(true);
-                case "0" or "off" or "false" or "no":
-                    return Flag(false);
-                default:
-                    r.AddError($"option {name}: '{text}' is not 0 or 1.");
-                    return Flag(fallback);
-            }
-        },
-    };
-
-    /// <summary>The parsed value of a <see cref="Bool"/>, <see cref="Choice"/> or <see cref="Size"/> option.</summary>
+    /// <summary>The parsed value of a <see cref="Choice"/> or <see cref="Size"/> option.</summary>
     public static T ValueOf<T>(this ParseResult parse, Option<Word<T>> option) => parse.GetValue(option).Value;
+
+    /// <summary>
+    /// The parsed value of a <see cref="Bool"/> (or a <see cref="Choice"/> of two): the last
+    /// occurrence's, 1 when that one has no value.
+    /// </summary>
+    public static bool ValueOf(this ParseResult parse, Option<Word<bool>> option)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(option);
+        var value = parse.GetValue(option).Value;
+        var tokens = parse.Tokens;
+        for (var i = tokens.Count - 1; i >= 0; i--)
+        {
+            if (tokens[i].Type == TokenType.Option && (tokens[i].Value == option.Name || option.Aliases.Contains(tokens[i].Value)))
+            {
+                // The last occurrence: alone when no argument follows it.
+                return i + 1 < tokens.Count && tokens[i + 1].Type == TokenType.Argument ? value : option.Arity.MinimumNumberOfValues == 0 || value;
+            }
+        }
+
+        return value;
+    }
 
     /// <summary>One of a fixed set of words, each naming a value; the words complete in the shell.</summary>
     public static Option<Word<T>> Choice<T>(string name, string fallback, IReadOnlyList<(string Word, T Value)> choices, string description, params string[] aliases)
     {
         var fallbackValue = choices.First(c => c.Word == fallback).Value;
-        var option = new Option<Word<T>>(name, aliases)
+        var words = choices.Select(c => c.Word).Distinct().ToList();
+        var option = LastWins(new Option<Word<T>>(name, aliases)
         {
             Description = description,
-            HelpName = string.Join('|', choices.Select(c => c.Word).Distinct()),
+            HelpName = string.Join('|', words),
             DefaultValueFactory = _ => new(fallback, fallbackValue),
-            CustomParser = r =>
+            CustomParser = r => Each(r, name, new Word<T>(fallback, fallbackValue), text =>
             {
-                if (Value(r, name) is not { } text)
-                {
-                    return new(fallback, fallbackValue);
-                }
-
                 foreach (var (word, value) in choices)
                 {
                     if (word == text)
                     {
-                        return new(word, value);
+                        return (new(word, value), null);
                     }
                 }
 
-                var words = choices.Select(c => c.Word).Distinct().ToList();
-                r.AddError($"option {name}: '{text}' is not {string.Join(", ", words.Take(words.Count - 1))} or {words[^1]}.");
-                return new(fallback, fallbackValue);
-            },
-        };
+                return (new(fallback, fallbackValue), $"option {name}: '{text}' is not {string.Join(", ", words.Take(words.Count - 1))} or {words[^1]}.");
+            }),
+        });
         option.CompletionSources.Clear();
         option.CompletionSources.Add(choices.Select(c => c.Word).Distinct().ToArray());
         return option;
     }
 
     /// <summary>A string, or null when not given.</summary>
-    public static Option<string?> Text(string name, string helpName, string description, params string[] aliases) => new(name, aliases)
+    public static Option<string?> Text(string name, string helpName, string description, params string[] aliases) => LastWins(new Option<string?>(name, aliases)
     {
         Description = description,
         HelpName = helpName,
-    };
+        CustomParser = r => Each<string?>(r, name, null, text => (text, null)),
+    });
+
+    /// <summary>A string, <paramref name="fallback"/> when not given.</summary>
+    public static Option<string> TextWithDefault(string name, string fallback, string helpName, string description) => LastWins(new Option<string>(name)
+    {
+        Description = description,
+        HelpName = helpName,
+        DefaultValueFactory = _ => fallback,
+        CustomParser = r => Each(r, name, fallback, text => (text, null)),
+    });
 
     /// <summary>fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024).</summary>
-    public static Option<Word<long>> Size(string name, string fallback, string description) => new(name)
+    public static Option<Word<long>> Size(string name, string fallback, string description) => LastWins(new Option<Word<long>>(name)
     {
         Description = description,
         HelpName = "SIZE",
         DefaultValueFactory = _ => new(fallback, Sizes.Parse(name.TrimStart('-'), fallback)),
-        CustomParser = r =>
+        CustomParser = r => Each(r, name, default(Word<long>), text =>
         {
             try
             {
-                return Value(r, name) is { } text ? new(text, Sizes.Parse(name.TrimStart('-'), text)) : default;
+                return (new(text, Sizes.Parse(name.TrimStart('-'), text)), null);
             }
             catch (UsageException ex)
             {
-                r.AddError(ex.Message);
-                return default;
+                return (default, ex.Message);
             }
-        },
-    };
+        }),
+    });
 
     private static Word<bool> Flag(bool on) => new(on ? "1" : "0", on);
 
     /// <summary>fio's time: plain seconds, or a unit suffix (us, ms, s, m, h); null when not given.</summary>
-    public static Option<TimeSpan?> Seconds(string name, string description) => new(name)
+    public static Option<TimeSpan?> Seconds(string name, string description) => LastWins(new Option<TimeSpan?>(name)
     {
         Description = description,
         HelpName = "SECONDS",
-        CustomParser = r =>
-        {
-            if (Value(r, name) is not { } text)
-            {
-                return null;
-            }
-
-            if (ParseDuration(text) is { } d)
-            {
-                return d;
-            }
-
-            r.AddError($"option {name}: '{text}' is not a duration in seconds.");
-            return null;
-        },
-    };
+        CustomParser = r => Each(r, name, null, text => ParseDuration(text) is { } d ? (d, null) : ((TimeSpan?)null, $"option {name}: '{text}' is not a duration in seconds.")),
+    });
 
     /// <summary>Parses fio's time: <c>10</c> (seconds), <c>10s</c>, <c>500ms</c>, <c>250us</c>, <c>2m</c>, <c>1h</c>; null when malformed or negative.</summary>
     public static TimeSpan? ParseDuration(string text)
@@ -233,29 +213,68 @@ internal static class CliOptions
     private static int? ParseInt(ArgumentResult r, int min, int max)
     {
         var name = ((OptionResult)r.Parent!).Option.Name;
-        if (Value(r, name) is not { } text)
-        {
-            return null;
-        }
-
-        if (!int.TryParse(text, NumberStyles.AllowLeadingSign, Inv, out var v) || v < min || v > max)
-        {
-            r.AddError($"option {name}: '{text}' is not a whole number from {min} to {max}.");
-            return null;
-        }
-
-        return v;
+        return Each<int?>(r, name, null, text =>
+            int.TryParse(text, NumberStyles.AllowLeadingSign, Inv, out var v) && v >= min && v <= max
+                ? (v, null)
+                : (null, $"option {name}: '{text}' is not a whole number from {min} to {max}."));
     }
 
-    // The option's value, or null with an error when it has none (a parse for completion can stop there).
-    private static string? Value(ArgumentResult r, string name)
+    /// <summary>
+    /// fio's rule for an option given more than once: the last occurrence wins (a harness appends
+    /// its overrides to a base command line). Each occurrence takes one value (<c>--iodepth 2 4</c>
+    /// stays an error: 4 is an unexpected argument).
+    /// </summary>
+    private static Option<T> LastWins<T>(Option<T> option, ArgumentArity? arity = null)
+    {
+        option.Arity = arity ?? ArgumentArity.OneOrMore;
+        option.AllowMultipleArgumentsPerToken = false;
+        return option;
+    }
+
+    /// <summary>
+    /// For shell completion (the <c>[suggest]</c> directive): every option that takes its last
+    /// value (<see cref="LastWins"/>) takes one, as before the rule. The completer offers an
+    /// option's own values for as long as its arity allows more; with one, a word after the
+    /// option's value completes to the command's options and sub-commands again.
+    /// </summary>
+    public static void OneValueEach(Command command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        foreach (var option in command.Options.Where(o => o.Arity.MaximumNumberOfValues > 1 && !o.AllowMultipleArgumentsPerToken))
+        {
+            option.Arity = option.Arity.MinimumNumberOfValues == 0 ? ArgumentArity.ZeroOrOne : ArgumentArity.ExactlyOne;
+        }
+
+        foreach (var sub in command.Subcommands)
+        {
+            OneValueEach(sub);
+        }
+    }
+
+    /// <summary>
+    /// Parses every value the option was given, in order, as fio does: the first that
+    /// <paramref name="parse"/> refuses is the option's error (its message), else the last value
+    /// is the option's. No value at all is an error too (a parse for completion can stop there).
+    /// </summary>
+    private static T Each<T>(ArgumentResult r, string name, T fallback, Func<string, (T Value, string? Error)> parse)
     {
         if (r.Tokens.Count == 0)
         {
             r.AddError($"option {name} needs a value.");
-            return null;
+            return fallback;
         }
 
-        return r.Tokens[0].Value;
+        var value = fallback;
+        foreach (var token in r.Tokens)
+        {
+            (value, var error) = parse(token.Value);
+            if (error is not null)
+            {
+                r.AddError(error);
+                return fallback;
+            }
+        }
+
+        return value;
     }
 }

@@ -45,6 +45,10 @@ internal static class CommandLine
     {
         ArgumentNullException.ThrowIfNull(args);
         var root = Create(output);
+        if (args.Count > 0 && args[0].StartsWith("[suggest", StringComparison.Ordinal))
+        {
+            CliOptions.OneValueEach(root);
+        }
         var invocation = new InvocationConfiguration
         {
             Output = output,

@@ -12,7 +12,7 @@ namespace ActorBlk.Host.Commands;
 internal sealed class NodeOptions
 {
     /// <summary><c>--node</c>: the node's Akka address, or HOST:PORT.</summary>
-    public Option<string?> Node { get; } = new("--node") { Description = "the node: akka.tcp://actorblk@HOST:PORT, or HOST:PORT", HelpName = "ADDRESS", Recursive = true };
+    public Option<string?> Node { get; } = Recursive(CliOptions.Text("--node", "ADDRESS", "the node: akka.tcp://actorblk@HOST:PORT, or HOST:PORT"));
 
     /// <summary><c>--port</c>: the node's remoting port on 127.0.0.1.</summary>
     public Option<int?> Port { get; } = Recursive(CliOptions.OptionalInt("--port", 1, 65535, "the node's remoting port on 127.0.0.1"));

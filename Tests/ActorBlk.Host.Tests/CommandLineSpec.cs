@@ -162,12 +162,68 @@ public sealed class CommandLineSpec
         Assert.Equal(DispatchMode.Mailbox, BenchCommandLine.Parse("--dispatch", "mailbox").Dispatch);
     }
 
+    // An outside audit: "bench --iodepth=2 --iodepth=4" exited 2 ("Option '--iodepth' expects a
+    // single argument but 2 were provided."), where fio takes the last; a harness appends its
+    // overrides to a base command line. Every option kind, in both spellings.
+    [Fact]
+    public void A_repeated_option_takes_its_last_value_as_fio_does()
+    {
+        string[] first = ["--iodepth=2", "--iodepth_batch_submit=2", "--completion-nsec=5", "--fault-error-rate=0.1", "--direct=1", "--rw=read",
+            "--name=a", "--device=file:/a", "--plot=a.png", "--size=1m", "--runtime=1", "--clocksource=tsc", "--readwrite=write"];
+        string[] last = ["--iodepth=4", "--iodepth_batch=8", "--completion-nsec=7", "--fault-error-rate=0.2", "--direct=0", "--rw=randwrite",
+            "--name=b", "--device=null", "--plot=b.svg", "--size=2m", "--runtime=500ms", "--clocksource=monotonic"];
+        string[] equals = [.. first, .. last];
+        foreach (var args in new[] { equals, equals.SelectMany(a => a.Split('=', 2)).ToArray() })
+        {
+            var options = BenchCommandLine.Parse(args);
+            Assert.Equal(4, options.IoDepth);
+            Assert.Equal(8, options.SubmitBatch);
+            Assert.Equal(7, options.CompletionNsec);
+            Assert.Equal(0.2, options.Faults.ErrorRate);
+            Assert.False(options.Direct);
+            Assert.Equal(IoPattern.RandWrite, options.Pattern);
+            Assert.Equal("b", options.Name);
+            Assert.Equal("null", options.Device);
+            Assert.Equal("b.svg", options.Plot);
+            Assert.Equal(2L << 20, options.Size);
+            Assert.True(options.SizeGiven);
+            Assert.Equal(TimeSpan.FromMilliseconds(500), options.Runtime);
+            Assert.Equal(TimestampSource.Monotonic, options.ClockSource);
+        }
+
+        // A boolean given alone counts as 1 wherever it stands, the last occurrence deciding.
+        Assert.True(BenchCommandLine.Parse("--direct=0", "--direct").Direct);
+        Assert.True(BenchCommandLine.Parse("--direct", "0", "--direct", "--size=1m").Direct);
+        Assert.False(BenchCommandLine.Parse("--direct", "--direct=0").Direct);
+        Assert.True(BenchCommandLine.Parse("--memory-backed", "--memory-backed").MemoryBacked);
+        Assert.Equal(128, BenchCommandLine.Parse("--hw-queue-depth", "32", "--hw-queue-depth", "128").HwQueueDepth);
+    }
+
+    [Theory]
+    [InlineData("bench --iodepth=0 --iodepth=4", "option --iodepth: '0' is not a whole number from 1 to 65536.")]
+    [InlineData("bench --iodepth=4 --iodepth=0", "option --iodepth: '0' is not a whole number from 1 to 65536.")]
+    [InlineData("bench --rw=sideways --rw=read", "option --rw: 'sideways' is not read,")]
+    [InlineData("bench --bs=4q --bs=4k", "option --bs: '4q' is not a size")]
+    [InlineData("bench --direct=2 --direct", "option --direct: '2' is not 0 or 1.")]
+    [InlineData("bench --runtime=soon --runtime=1", "option --runtime: 'soon' is not a duration in seconds.")]
+    [InlineData("bench --iodepth 2 4", "Unrecognized command or argument '4'")]
+    [InlineData("serve --port=70000 --port=4053", "option --port: '70000' is not a whole number from 0 to 65535.")]
+    [InlineData("devices --port=0 --port=4053", "option --port: '0' is not a whole number from 1 to 65535.")]
+    public async Task Each_value_of_a_repeated_option_is_checked_in_order_as_fio_does(string args, string message)
+    {
+        var (code, _, error) = await Run(args.Split(' '));
+
+        Assert.Equal(2, code);
+        Assert.Contains(message, error, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("[suggest:11]", "bench --iod", "--iodepth")]
     [InlineData("[suggest:13]", "bench --rw ra", "randread")]
     [InlineData("[suggest:15]", "bench --eta alw", "always")]
     [InlineData("[suggest:3]", "ben", "bench")]
     [InlineData("[suggest:15]", "sysfs --port 1 ", "list")]
+    [InlineData("[suggest:16]", "bench --rw read ", "--iodepth")]
     public async Task The_suggest_directive_completes_options_values_and_commands(string directive, string line, string completion)
     {
         var (code, output, _) = await Run(directive, line);
