@@ -108,14 +108,15 @@ public static class DeviceConfig
     }
 
     // Keys that only one driver reads: on a device of another driver they would be ignored in
-    // silence (path, uri, tls_ca and io_poll are refused by DeviceOptions.Validate already).
+    // silence (path, uri, tls_ca and io_poll = on are refused by DeviceOptions.Validate first,
+    // with messages of their own).
     // The API's DeviceOptions keeps them as plain properties that other drivers ignore, so that
     // one set of options (the bench's) can describe any driver.
     private static readonly (string Key, string Driver)[] DriverKeys =
     [
         ("direct", "file"), ("engine", "file"), ("submit_batch", "file"), ("fixed_buffers", "file"),
         ("connections", "nbd"), ("tls_verify", "nbd"),
-        ("write_cache", "null"),
+        ("write_cache", "null"), ("io_poll", "null"), ("poll_queues", "null"),
     ];
 
     /// <summary>

@@ -211,6 +211,13 @@ public sealed partial record DeviceOptions
             Fail("path", $"only the file driver has a backing path (this device's driver is '{Driver}').");
         }
 
+        // Refused here too, not only when the driver is built, so that a configuration gets the
+        // one-line option error before a node starts (a review found serve's start-up stack).
+        if (IoPoll && Driver != "null")
+        {
+            Fail("io_poll", $"the {Driver} driver cannot poll (only the null driver has poll queues).");
+        }
+
         if (!Enum.IsDefined(Engine))
         {
             Fail("engine", $"{Engine} is not io_uring or psync.");

@@ -438,7 +438,6 @@ internal static class BenchReport
         w.WriteEndObject();
     }
 
-    /// <summary>The engines the hardware queues used, "+"-joined when they differ ("io_uring+psync"); "none" when no queue dispatched.</summary>
     /// <summary>
     /// fio's <c>bw_agg</c> and the <c>per=</c> of its <c>bw</c> line (stat.c
     /// <c>convert_agg_kbytes_percent</c>, fio 3.33): the job's mean bandwidth sample
@@ -462,6 +461,7 @@ internal static class BenchReport
         return Math.Min(share, 100.0);
     }
 
+    /// <summary>The engines the hardware queues used, "+"-joined when they differ ("io_uring+psync"); "none" when no queue dispatched.</summary>
     public static string EngineSummary(IReadOnlyList<string?> engines)
     {
         var used = engines.OfType<string>().Distinct(StringComparer.Ordinal).ToArray();

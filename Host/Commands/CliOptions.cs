@@ -90,7 +90,7 @@ internal static class CliOptions
             "1" or "on" or "true" or "yes" => (Flag(true), null),
             "0" or "off" or "false" or "no" => (Flag(false), null),
             _ => (Flag(fallback), $"option {name}: '{text}' is not 0 or 1."),
-        }),
+        }, bareAllowed: true),
     }, ArgumentArity.ZeroOrMore);
 
     /// <summary>The parsed value of a <see cref="Choice"/> or <see cref="Size"/> option.</summary>
@@ -254,11 +254,14 @@ internal static class CliOptions
     /// <summary>
     /// Parses every value the option was given, in order, as fio does: the first that
     /// <paramref name="parse"/> refuses is the option's error (its message), else the last value
-    /// is the option's. No value at all is an error too (a parse for completion can stop there).
+    /// is the option's. No value at all is an error too (a parse for completion can stop there),
+    /// and so is an occurrence without one (<c>--iodepth=2 --iodepth</c>: the last occurrence has
+    /// no value, so the earlier one would have won in silence) unless <paramref name="bareAllowed"/>
+    /// (a boolean, which <see cref="ValueOf(ParseResult, Option{Word{bool}})"/> reads as 1 there).
     /// </summary>
-    private static T Each<T>(ArgumentResult r, string name, T fallback, Func<string, (T Value, string? Error)> parse)
+    private static T Each<T>(ArgumentResult r, string name, T fallback, Func<string, (T Value, string? Error)> parse, bool bareAllowed = false)
     {
-        if (r.Tokens.Count == 0)
+        if (r.Tokens.Count == 0 || (!bareAllowed && r.Parent is OptionResult { IdentifierTokenCount: var given } && given > r.Tokens.Count))
         {
             r.AddError($"option {name} needs a value.");
             return fallback;

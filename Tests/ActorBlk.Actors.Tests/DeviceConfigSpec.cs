@@ -168,6 +168,9 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, tls_verify = off", "tls_verify")]
     [InlineData("name = x, driver = file, path = /tmp/x, connections = 2", "connections")]
     [InlineData("name = x, driver = file, path = /tmp/x, write_cache = off", "write_cache")]
+    [InlineData("name = x, driver = file, path = /tmp/x, io_poll = on", "io_poll")] // a start-up stack in serve before (a review)
+    [InlineData("name = x, driver = file, path = /tmp/x, io_poll = off", "io_poll")]
+    [InlineData("name = x, driver = file, path = /tmp/x, poll_queues = 2", "poll_queues")]
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", engine = psync", "engine")]
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]

@@ -45,7 +45,7 @@ public sealed partial class SecureServeSpec : IDisposable
     }
 
     // hocon.conf with overrides after it (later keys win): one small null device, a simulated
-    // 4-CPU machine, the given extra settings.
+    // 4-CPU machine, NBD on a port of its own (OwnResourceProcessesCollection), the given extra settings.
     private string Config(string extra)
     {
         var path = Path.Combine(_dir, $"node-{Guid.NewGuid():N}.conf");
@@ -53,6 +53,7 @@ public sealed partial class SecureServeSpec : IDisposable
 
             actorblk.devices = [ { name = nullb0, driver = "null", size = 64m, memory_backed = on } ]
             actorblk.topology { source = simulated, simulated { cpus = 4 } }
+            actorblk.nbd.listen = "127.0.0.1:0"
             {{extra}}
             """);
         return path;

@@ -64,7 +64,9 @@ public sealed partial class MirrorTarget
         {
             try
             {
-                interrupt.Cancel();
+                // Not Cancel: the pass's awaits would go on here, on the thread that failed the leg
+                // (a leg's completion, which must not block), with the pass's end and the next one.
+                _ = interrupt.CancelAsync();
             }
             catch (ObjectDisposedException)
             {
