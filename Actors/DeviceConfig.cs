@@ -96,6 +96,15 @@ public static class DeviceConfig
                 ("group-evenly", CpuMapAlgorithm.GroupEvenly), ("present-first", CpuMapAlgorithm.PresentFirst), ("contiguous", CpuMapAlgorithm.Contiguous)),
         };
         options.Validate();
+
+        // TLS settings on a plain nbd:// URI would be ignored: a mistyped scheme then moved the
+        // data in clear without a word (an outside audit).
+        if (options.Driver == "nbd" && !Hardware.Drivers.Nbd.NbdUri.Parse(options.Uri!).Tls && (entry.HasPath("tls_ca") || entry.HasPath("tls_verify")))
+        {
+            var key = entry.HasPath("tls_ca") ? "tls_ca" : "tls_verify";
+            throw new DeviceOptionsException(name, key, $"only an nbds:// URI uses TLS ('{options.Uri}' is plain nbd://); it would be ignored.");
+        }
+
         foreach (var (key, driver) in DriverKeys)
         {
             if (options.Driver != driver && entry.HasPath(key))

@@ -70,7 +70,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
         {
             // Hyperion's refusals (an unsafe or unlisted type) and malformed input: Akka.Remote logs
             // a SerializationException and drops the message, keeping the association.
-            throw new System.Runtime.Serialization.SerializationException($"Refused an ActorBlk payload: {ex.Message}", ex);
+            throw new System.Runtime.Serialization.SerializationException($"ActorBlk refuses a payload it cannot read: {ex.Message}", ex);
         }
         finally
         {
@@ -134,7 +134,7 @@ public sealed class ActorBlkHyperionSerializer : HyperionSerializer
     {
         if (t_inEnvelope)
         {
-            throw new System.Runtime.Serialization.SerializationException("ActorBlk does not accept an authenticated envelope inside another.");
+            throw new System.Runtime.Serialization.SerializationException("ActorBlk refuses an authenticated envelope inside another.");
         }
 
         WireSchema.Check(bytes);

@@ -87,14 +87,14 @@ public static class RemoteSurface
         var type = message.GetType();
         if (!InboundTypes.Contains(type))
         {
-            throw new SerializationException($"ActorBlk does not accept {type.FullName} from the network.");
+            throw new SerializationException($"ActorBlk refuses {type.FullName} from the network.");
         }
 
         if (message is Authenticated envelope)
         {
             if (envelope.Message is null || !InboundTypes.Contains(envelope.Message.GetType()) || envelope.Message is Authenticated)
             {
-                throw new SerializationException("ActorBlk does not accept that authenticated payload from the network.");
+                throw new SerializationException("ActorBlk refuses that authenticated payload from the network.");
             }
 
             return Verify(envelope.Credential, secret)

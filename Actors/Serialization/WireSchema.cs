@@ -123,7 +123,7 @@ internal static class WireSchema
         }
     }
 
-    private static SerializationException Refuse(string why) => new($"Refused an ActorBlk payload that does not match its wire schema: {why}.");
+    private static SerializationException Refuse(string why) => new($"ActorBlk refuses a payload that does not match its wire schema: {why}.");
 
     private sealed record Schema(FrozenDictionary<string, Shape> ByName, FrozenSet<Type> Roots);
 

@@ -172,6 +172,8 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = file, path = /tmp/x, io_poll = off", "io_poll")]
     [InlineData("name = x, driver = file, path = /tmp/x, poll_queues = 2", "poll_queues")]
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", engine = psync", "engine")]
+    [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_ca = /etc/ca.pem", "tls_ca")] // plain nbd:// ignored it in silence (an outside audit)
+    [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_verify = off", "tls_verify")]
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]
     [InlineData("name = x, max_sectors_kb = 1", "max_sectors_kb")] // below a page: the attribute refuses it (an outside audit)

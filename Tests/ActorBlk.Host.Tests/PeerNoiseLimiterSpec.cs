@@ -52,6 +52,39 @@ public sealed class PeerNoiseLimiterSpec
         Assert.Contains("SerializationException: ActorBlk refuses a cluster message", sink.Events[^1].RenderMessage(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
     }
 
+    // An outside audit: 1,000 nested envelopes from a peer without the secret wrote 33,001 log lines
+    // (4.3 MB), each refusal with its stack: only refusals worded "ActorBlk refuses" were limited,
+    // and the envelope, type and wire-schema refusals were worded otherwise.
+    [Fact]
+    public void Every_refusal_of_the_remoting_surface_is_limited_as_peer_noise()
+    {
+        var refusals = new List<Exception>();
+        foreach (var message in new object[]
+        {
+            new ActorBlk.Actors.Serialization.RemoteSurface.Authenticated("x", new ActorBlk.Actors.Serialization.RemoteSurface.Authenticated("x", new ActorBlk.Actors.BlockLayer.Destroy("d119"))),
+            new ActorBlk.Actors.Serialization.RemoteSurface.AuthenticatedWire("x", []),
+        })
+        {
+            refusals.Add(Assert.Throws<System.Runtime.Serialization.SerializationException>(() => ActorBlk.Actors.Serialization.RemoteSurface.Admit(message, secret: null)));
+        }
+
+        var time = new ManualTimeProvider();
+        var sink = new CollectingSink();
+        var limiter = new PeerNoiseLimiter(sink, time);
+        foreach (var refusal in refusals)
+        {
+            for (var i = 0; i < 50; i++)
+            {
+                limiter.Emit(Event(LogEventLevel.Warning, "Deserialization failed for message with serializer id [6]", refusal));
+            }
+
+            Assert.Equal(PeerNoiseLimiter.PerWindow, sink.Events.Count);
+            Assert.All(sink.Events, e => Assert.Null(e.Exception));
+            sink.Events.Clear();
+            time.Advance(TimeSpan.FromMinutes(1));
+        }
+    }
+
     [Fact]
     public void Every_other_event_passes_unchanged_with_its_stack_trace()
     {

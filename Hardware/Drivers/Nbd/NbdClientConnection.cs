@@ -125,6 +125,28 @@ internal sealed class NbdClientConnection : IDisposable
         var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
         policy.CustomTrustStore.AddRange(anchors);
         authentication.CertificateChainPolicy = policy;
+
+        // The server's own certificate in tls_ca is trusted as itself (pinned), whoever issued
+        // it: as a root of trust only a self-signed one chained (an outside audit got PartialChain
+        // for a CA-signed server certificate given as tls_ca, which README said was accepted).
+        // Its name must still match, and nothing else is relaxed.
+        authentication.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
+            errors == SslPolicyErrors.None ||
+            (errors == SslPolicyErrors.RemoteCertificateChainErrors && certificate is not null && IsPinned(anchors, certificate));
+    }
+
+    private static bool IsPinned(X509Certificate2Collection anchors, X509Certificate certificate)
+    {
+        var presented = certificate.GetRawCertData();
+        foreach (var anchor in anchors)
+        {
+            if (anchor.RawData.AsSpan().SequenceEqual(presented))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     /// <summary>Connects and negotiates (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME).</summary>

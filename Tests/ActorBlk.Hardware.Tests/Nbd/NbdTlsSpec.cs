@@ -95,6 +95,13 @@ public sealed class NbdTlsSpec
         // The server closed each refused handshake; it still serves a verified client.
         var again = new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = rightCa }, "tls6");
         again.Dispose();
+
+        // The server's own (CA-signed) certificate as tls_ca: trusted as itself (PartialChain
+        // before, an outside audit), whatever issued it; another CA's server certificate is not.
+        var (pinned, _) = certs.WriteServerPem(dir.File("server.pem"), dir.File("server.key"));
+        new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = pinned }, "tls7").Dispose();
+        var (otherServer, _) = other.WriteServerPem(dir.File("other-server.pem"), dir.File("other-server.key"));
+        Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = otherServer }, "tls8"));
     }
 
     [SkippableFact]
