@@ -180,14 +180,18 @@ internal static class ServeCommand
                     }
 
                     var endpoint = server.LocalEndPoint;
+
+                    // The URI a client uses: nbds:// when the export requires TLS, as the registry
+                    // publishes it (the log said nbd://, which such a server refuses: an outside audit).
+                    var exportUri = NbdEndpointOf(endpoint, nbdOptions);
                     foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
                     {
-                        Log.Information("Exporting {Device} over NBD at nbd://{Endpoint}/{Device}{Default}",
-                            device.Name, endpoint, device.Name, index == 0 ? " (the default export)" : string.Empty);
+                        Log.Information("Exporting {Device} over NBD at {Uri}/{Device}{Default}",
+                            device.Name, exportUri, device.Name, index == 0 ? " (the default export)" : string.Empty);
                     }
 
                     Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
-                    layer.SetNbdEndpoint(NbdEndpointOf(endpoint, nbdOptions));
+                    layer.SetNbdEndpoint(exportUri);
                 }
                 LogClusterDevices(layer);
             }));

@@ -31,7 +31,7 @@ public sealed partial class SecureServeSpec : IDisposable
     private static partial Regex AddressLine();
 
     // A self-signed certificate (PKCS#12), made here and deleted with the directory.
-    private string MakeCertificate()
+    private string MakeCertificate(string file = "node.pfx", string? password = "pfx-password")
     {
         using var key = RSA.Create(2048);
         var request = new CertificateRequest("CN=actorblk", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
@@ -39,8 +39,8 @@ public sealed partial class SecureServeSpec : IDisposable
         san.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(san.Build());
         using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
-        var path = Path.Combine(_dir, "node.pfx");
-        File.WriteAllBytes(path, certificate.Export(X509ContentType.Pkcs12, "pfx-password"));
+        var path = Path.Combine(_dir, file);
+        File.WriteAllBytes(path, certificate.Export(X509ContentType.Pkcs12, password));
         return path;
     }
 
@@ -63,14 +63,21 @@ public sealed partial class SecureServeSpec : IDisposable
     public async Task Sysfs_hotplug_and_io_reach_a_node_over_tls()
     {
         var certificate = MakeCertificate();
+        var nbdCertificate = MakeCertificate("nbd.pfx", password: null);
         var config = Config($$"""
             akka.remote.dot-netty.tcp { enable-ssl = on, ssl.certificate { path = {{System.Text.Json.JsonSerializer.Serialize(certificate)}}, password = "pfx-password" } }
             actorblk.remote.admin-secret = "secure-serve-secret"
+            actorblk.nbd { tls = require, certificate = {{System.Text.Json.JsonSerializer.Serialize(nbdCertificate)}} }
             """);
         await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
         var line = await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout);
         var address = AddressLine().Match(line).Groups["address"].Value;
         Assert.Contains("Remoting: TLS with mutual authentication", node.Output);
+
+        // The export's URI as a client must use it, as the registry publishes it: it said nbd://,
+        // which a server with tls = require refuses (an outside audit).
+        await node.WaitForLineAsync(l => l.Contains("NBD export listening on", StringComparison.Ordinal), StartTimeout);
+        Assert.Matches(@"Exporting nullb0 over NBD at nbds://127\.0\.0\.1:\d+/nullb0 \(the default export\)", node.Output);
 
         async Task<(int Code, string Out, string All)> Run(params string[] args)
         {
