@@ -109,9 +109,15 @@ public sealed record ActorBlkSettings(
         }
 
         var given = config.GetValue("actorblk");
-        if (given is null || !given.IsObject())
+        if (given is null)
         {
-            return; // "actorblk = 5" fails with Akka's own message when the section is read
+            return;
+        }
+
+        if (!given.IsObject())
+        {
+            // It aborted serve with a NullReferenceException from Akka's merge (an outside audit).
+            throw new ConfigurationException($"actorblk: a section {{ ... }} is expected, not '{Text(given)}'.");
         }
 
         Walk("actorblk", given.GetObject(), defaults.GetValue("actorblk").GetObject());
@@ -129,12 +135,30 @@ public sealed record ActorBlkSettings(
                         : $"{where}: unknown setting; {path} takes {string.Join(", ", known.Items.Keys.Order(StringComparer.Ordinal))}.");
                 }
 
-                if (where != BlockingDriverDispatcher && value.IsObject() && reference.IsObject())
+                if (where == BlockingDriverDispatcher)
+                {
+                    continue;
+                }
+
+                // A section where a value belongs, or a value (or list) where a section does: read
+                // raw, these aborted serve with Akka's ArgumentNullException or NullReferenceException.
+                // (Akka's HoconValue calls an empty list neither a string nor a list, so a list is
+                // told from a value only where the reference holds a plain value.)
+                var plain = reference.IsString();
+                if (reference.IsObject() != value.IsObject() || (plain && !value.IsString()))
+                {
+                    throw new ConfigurationException(reference.IsObject() ? $"{where}: a section {{ ... }} is expected, not '{Text(value)}'."
+                        : $"{where}: a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
+                }
+
+                if (value.IsObject())
                 {
                     Walk(where, value.GetObject(), reference.GetObject());
                 }
             }
         }
+
+        static string Text(Akka.Configuration.Hocon.HoconValue value) => value.IsString() ? value.GetString() : value.IsArray() ? "[ ... ]" : "{ ... }";
     }
 
     // Levenshtein distance, for the "did you mean" of a misspelt setting (keys are short).
@@ -177,6 +201,7 @@ public sealed record ActorBlkSettings(
         var defaults = DefaultConfig();
         RefuseUnknownKeys(config, defaults);
         var c = config.WithFallback(defaults).GetConfig("actorblk");
+        CheckSettingsReadElsewhere(c);
         var source = c.GetString("topology.source", "system");
         if (source is not ("system" or "simulated"))
         {
@@ -272,6 +297,40 @@ public sealed record ActorBlkSettings(
                 ? mailboxThroughput
                 : throw new ConfigurationException($"actorblk.mailbox.throughput: {mailboxThroughput} is not positive."),
         };
+    }
+
+    // Settings other parts read when the node starts (the registry, remoting, the NBD export, the
+    // mailbox threads), checked here with the rest so that a value that does not parse is the
+    // one-line configuration error naming its key: read raw there, "pin = banana" aborted serve
+    // with an unhandled NotSupportedException and a bad registry duration failed the start with a
+    // stack trace (an outside audit).
+    private static readonly string[] BooleansReadElsewhere =
+        ["mailbox.pin", "nbd.allow-insecure", "allow-insecure-remoting", "remote.pin-certificate", "cluster.registry.enabled"];
+
+    private static readonly string[] DurationsReadElsewhere =
+        ["cluster.registry.poll-interval", "cluster.registry.remote-check-interval", "cluster.registry.member-wait"];
+
+    private static void CheckSettingsReadElsewhere(Config c)
+    {
+        foreach (var key in BooleansReadElsewhere)
+        {
+            try
+            {
+                _ = c.GetBoolean(key);
+            }
+            catch (Exception ex) when (ex is NotSupportedException or FormatException)
+            {
+                throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is not on or off.");
+            }
+        }
+
+        foreach (var key in DurationsReadElsewhere)
+        {
+            if (Span(c, key, TimeSpan.Zero) < TimeSpan.Zero)
+            {
+                throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is negative.");
+            }
+        }
     }
 
     // A duration or a whole number of the actorblk section, its key named when it does not parse.

@@ -319,6 +319,30 @@ public sealed class DeviceConfigSpec
         Assert.StartsWith(message, ex.Message, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// A value of the wrong kind, or a setting read outside these settings (the registry, the NBD
+    /// export, remoting, the mailbox threads), is the one-line configuration error naming its key:
+    /// each of these aborted serve with an unhandled exception, or failed its start with a stack
+    /// trace, before (an outside audit of the configuration files).
+    /// </summary>
+    [Theory]
+    [InlineData("actorblk.mailbox.pin = banana", "actorblk.mailbox.pin: 'banana' is not on or off.")]
+    [InlineData("actorblk.nbd.allow-insecure = banana", "actorblk.nbd.allow-insecure: 'banana' is not on or off.")]
+    [InlineData("actorblk.allow-insecure-remoting = banana", "actorblk.allow-insecure-remoting: 'banana' is not on or off.")]
+    [InlineData("actorblk.remote.pin-certificate = banana", "actorblk.remote.pin-certificate: 'banana' is not on or off.")]
+    [InlineData("actorblk.cluster.registry.enabled = banana", "actorblk.cluster.registry.enabled: 'banana' is not on or off.")]
+    [InlineData("actorblk.cluster.registry.poll-interval = banana", "actorblk.cluster.registry.poll-interval: 'banana' is not a duration (e.g. 500ms, 30s).")]
+    [InlineData("actorblk.cluster.registry.member-wait = -1s", "actorblk.cluster.registry.member-wait: '-1s' is not a duration (e.g. 500ms, 30s).")]
+    [InlineData("actorblk.drain-timeout { x = 1 }", "actorblk.drain-timeout: a value is expected, not a section { ... }.")]
+    [InlineData("actorblk.drain-timeout = [1, 2]", "actorblk.drain-timeout: a value is expected, not a list [ ... ].")]
+    [InlineData("actorblk.nbd = foo", "actorblk.nbd: a section { ... } is expected, not 'foo'.")]
+    [InlineData("actorblk = 5", "actorblk: a section { ... } is expected, not '5'.")]
+    public void A_value_of_the_wrong_kind_is_refused_naming_its_key(string hocon, string message)
+    {
+        var ex = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString(hocon)));
+        Assert.Equal(message, ex.Message);
+    }
+
     [Fact]
     public void Every_documented_setting_and_the_repository_hocon_conf_are_known()
     {
