@@ -231,6 +231,11 @@ public sealed record ActorBlkSettings(
             throw new ConfigurationException($"actorblk.topology.watch-interval: '{c.GetString("topology.watch-interval")}' is not a duration (1s, 500ms, 0s for off).");
         }
 
+        if (source == "simulated")
+        {
+            CheckSimulatedMachine(Int(c, "topology.simulated.cpus", 8), Int(c, "topology.simulated.sockets", 1), Int(c, "topology.simulated.threads-per-core", 1), online, onlineText);
+        }
+
         var devices = Entries(c, "devices").Select(DeviceConfig.Parse).ToList();
         var stacked = Entries(c, "stacked-devices").Select(StackedDeviceConfig.Parse).ToList();
         var duplicate = devices.Select(d => d.Name).Concat(stacked.Select(d => d.Name)).GroupBy(n => n).FirstOrDefault(g => g.Count() > 1);
@@ -330,6 +335,27 @@ public sealed record ActorBlkSettings(
             {
                 throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is negative.");
             }
+        }
+    }
+
+    // The simulated machine is built when the node starts: refused there, a bad count failed the
+    // start with a stack trace naming a C# parameter, and an online list outside the machine was
+    // accepted ("5" on 4 CPUs left no CPU online, and the first I/O hung: an outside audit).
+    private static void CheckSimulatedMachine(int cpus, int sockets, int threadsPerCore, CpuSet online, string onlineText)
+    {
+        try
+        {
+            _ = CpuTopology.Simulated(cpus, sockets, threadsPerCore);
+        }
+        catch (ArgumentException ex)
+        {
+            var key = ex.ParamName switch { "sockets" => "sockets", "threadsPerCore" => "threads-per-core", _ => "cpus" };
+            throw new ConfigurationException($"actorblk.topology.simulated.{key}: {ex.Message.Split(" (Parameter", 2)[0].Split('\n')[0]}");
+        }
+
+        if (!online.IsEmpty && online.Last >= cpus)
+        {
+            throw new ConfigurationException($"actorblk.topology.simulated.online: '{onlineText}' names CPU {online.Last}, but the simulated machine has CPUs 0-{cpus - 1} (cpus = {cpus}).");
         }
     }
 
@@ -454,11 +480,21 @@ public sealed record SupervisionSettings(int MaxResets, TimeSpan ResetWindow, Ti
     /// <exception cref="ConfigurationException">A setting is out of range.</exception>
     public SupervisionSettings Validated()
     {
-        if (MaxResets < 0 || ResetWindow <= TimeSpan.Zero || ReopenBackoffMin <= TimeSpan.Zero || ReopenBackoffMax < ReopenBackoffMin || ReopenAttempts < 0 || MaxReopens < 0)
-        {
-            throw new ConfigurationException($"actorblk.supervision: out of range ({this}).");
-        }
-
+        // Each key named on its own (the error was the whole record's dump: an outside audit).
+        Check(MaxResets >= 0, "max-resets", $"{MaxResets} is negative");
+        Check(ResetWindow > TimeSpan.Zero, "reset-window", $"{ResetWindow.TotalMilliseconds} ms is not positive");
+        Check(ReopenBackoffMin > TimeSpan.Zero, "reopen-backoff-min", $"{ReopenBackoffMin.TotalMilliseconds} ms is not positive");
+        Check(ReopenBackoffMax >= ReopenBackoffMin, "reopen-backoff-max", $"{ReopenBackoffMax.TotalMilliseconds} ms is below reopen-backoff-min ({ReopenBackoffMin.TotalMilliseconds} ms)");
+        Check(ReopenAttempts >= 0, "reopen-attempts", $"{ReopenAttempts} is negative");
+        Check(MaxReopens >= 0, "max-reopens", $"{MaxReopens} is negative");
         return this;
+
+        static void Check(bool ok, string key, string why)
+        {
+            if (!ok)
+            {
+                throw new ConfigurationException(FormattableString.Invariant($"actorblk.supervision.{key}: {why}."));
+            }
+        }
     }
 }

@@ -161,6 +161,13 @@ public sealed partial class BlockLayer : IExtension
     /// How long unregistering a device waits for its I/O to drain before failing the rest: the
     /// drain timeout, or less once the actor system shuts down (see the shutdown task).
     /// </summary>
+    // How long creating, allocating, registering a device or loading a table waits for the
+    // guardian: behind a teardown it may wait up to a drain, and a device's own start (opening a
+    // file, connecting to a member) takes its time, so more than the drain: with drain-timeout
+    // as the limit, drain-timeout = 100ms failed a node's start creating its first device (an
+    // outside audit).
+    private TimeSpan ControlTimeout => Settings.DrainTimeout + TimeSpan.FromSeconds(30);
+
     internal TimeSpan UnregisterDrainTimeout =>
         Volatile.Read(ref _shutdownDrainTicks) is var ticks and > 0 ? TimeSpan.FromTicks(ticks) : Settings.DrainTimeout;
 
@@ -212,7 +219,7 @@ public sealed partial class BlockLayer : IExtension
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-        var created = await AskAsync<Created>(Guardian, new Create(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var created = await AskAsync<Created>(Guardian, new Create(options), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -239,7 +246,7 @@ public sealed partial class BlockLayer : IExtension
         }
 
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-        var created = await AskAsync<Created>(Guardian, new Create(options, driver), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var created = await AskAsync<Created>(Guardian, new Create(options, driver), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -257,7 +264,7 @@ public sealed partial class BlockLayer : IExtension
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-        var created = await AskAsync<Created>(Guardian, new Allocate(options), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var created = await AskAsync<Created>(Guardian, new Allocate(options), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -269,7 +276,7 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(name);
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-        var reply = await AskAsync<object>(Guardian, new Register(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var reply = await AskAsync<object>(Guardian, new Register(name), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return reply switch
         {
             Created c => c.Device,
@@ -289,7 +296,7 @@ public sealed partial class BlockLayer : IExtension
     {
         ArgumentNullException.ThrowIfNull(name);
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
-        var created = await AskAsync<Created>(Guardian, new CreateStacked(name), Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var created = await AskAsync<Created>(Guardian, new CreateStacked(name), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }
 
@@ -317,7 +324,7 @@ public sealed partial class BlockLayer : IExtension
         cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
         var opened = await OpenMembersAsync(name, table, cancellationToken).ConfigureAwait(false);
         // From here the guardian owns the opened members: it closes them if the table is refused.
-        var reply = await AskAsync<object>(Guardian, new LoadTable(name, table) { Opened = opened }, Settings.DrainTimeout, CancellationToken.None).ConfigureAwait(false);
+        var reply = await AskAsync<object>(Guardian, new LoadTable(name, table) { Opened = opened }, ControlTimeout, CancellationToken.None).ConfigureAwait(false);
 
         return reply switch
         {

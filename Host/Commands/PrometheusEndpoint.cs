@@ -35,18 +35,28 @@ internal static class PrometheusEndpoint
     }
 
     /// <summary>Starts the exporter at <paramref name="prefix"/> (from <see cref="Prefix"/>); dispose the provider to stop it.</summary>
+    /// <exception cref="CommandFailedException">The address cannot be listened on (in use, or not this machine's): one line naming it and the key.</exception>
     public static MeterProvider Start(string prefix)
     {
         var uri = new Uri(prefix);
-        return Sdk.CreateMeterProviderBuilder()
-            .AddMeter(BlockMetrics.MeterName)
-            .AddPrometheusHttpListener(options =>
-            {
-                options.Host = uri.Host;
-                options.Port = uri.Port;
-                options.ScrapeEndpointPath = "/metrics";
-                options.ScrapeResponseCacheDurationMilliseconds = 0; // every scrape reads the counters anew
-            })
-            .Build();
+        try
+        {
+            return Sdk.CreateMeterProviderBuilder()
+                .AddMeter(BlockMetrics.MeterName)
+                .AddPrometheusHttpListener(options =>
+                {
+                    options.Host = uri.Host;
+                    options.Port = uri.Port;
+                    options.ScrapeEndpointPath = "/metrics";
+                    options.ScrapeResponseCacheDurationMilliseconds = 0; // every scrape reads the counters anew
+                })
+                .Build();
+        }
+        catch (Exception ex) when (ex is HttpListenerException or System.Net.Sockets.SocketException || ex.InnerException is HttpListenerException or System.Net.Sockets.SocketException)
+        {
+            // An operator's error, as the NBD and remoting addresses in use are: one line, no stack
+            // (it was "The node failed: Address already in use" with 16 stack lines: an outside audit).
+            throw new CommandFailedException($"the Prometheus endpoint cannot listen on {uri.Host}:{uri.Port} ({(ex.InnerException ?? ex).Message}; another process?): choose another with actorblk.metrics.prometheus, or off");
+        }
     }
 }

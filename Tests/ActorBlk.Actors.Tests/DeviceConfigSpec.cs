@@ -337,6 +337,12 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.drain-timeout = [1, 2]", "actorblk.drain-timeout: a value is expected, not a list [ ... ].")]
     [InlineData("actorblk.nbd = foo", "actorblk.nbd: a section { ... } is expected, not 'foo'.")]
     [InlineData("actorblk = 5", "actorblk: a section { ... } is expected, not '5'.")]
+    [InlineData("actorblk.topology { source = simulated, simulated { cpus = 4, online = \"5\" } }",
+        "actorblk.topology.simulated.online: '5' names CPU 5, but the simulated machine has CPUs 0-3 (cpus = 4).")] // no CPU online, I/O hung
+    [InlineData("actorblk.supervision.max-resets = -1", "actorblk.supervision.max-resets: -1 is negative.")] // the record's dump before
+    [InlineData("actorblk.supervision { reopen-backoff-min = 2s, reopen-backoff-max = 1s }", "actorblk.supervision.reopen-backoff-max: 1000 ms is below reopen-backoff-min (2000 ms).")]
+    [InlineData("actorblk.topology { source = simulated, simulated { cpus = 0 } }", "actorblk.topology.simulated.cpus: A simulated machine has between 1 and 4096 CPUs.")]
+    [InlineData("actorblk.topology { source = simulated, simulated { cpus = 4, threads-per-core = 3 } }", "actorblk.topology.simulated.threads-per-core: threadsPerCore (3) must divide the CPU count (4).")]
     public void A_value_of_the_wrong_kind_is_refused_naming_its_key(string hocon, string message)
     {
         var ex = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString(hocon)));

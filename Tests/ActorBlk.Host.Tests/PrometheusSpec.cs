@@ -19,6 +19,20 @@ public sealed class PrometheusSpec
     }
 
     [Fact]
+    public void An_address_in_use_is_one_line_naming_it_and_the_key()
+    {
+        // serve failed its start with "Address already in use" and 16 stack lines (an outside audit).
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port;
+
+        var refused = Assert.Throws<CommandFailedException>(() => PrometheusEndpoint.Start(PrometheusEndpoint.Prefix($"127.0.0.1:{port}")!).Dispose());
+
+        Assert.StartsWith($"the Prometheus endpoint cannot listen on 127.0.0.1:{port} (", refused.Message, StringComparison.Ordinal);
+        Assert.EndsWith("choose another with actorblk.metrics.prometheus, or off", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_scrape_shows_the_device_counters()
     {
         var driver = new ScriptedDriver { CompleteInline = true };
