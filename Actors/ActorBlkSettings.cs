@@ -257,6 +257,12 @@ public sealed record ActorBlkSettings(
         }
 
         var mailboxSpin = Int(c, "mailbox.spin-microseconds", 20);
+        var ringSpin = Int(c, "ring.spin-microseconds", 20);
+        if (ringSpin < 0)
+        {
+            throw new ConfigurationException($"actorblk.ring.spin-microseconds: {ringSpin} is negative."); // accepted before (an outside audit)
+        }
+
         var mailboxThroughput = Int(c, "mailbox.throughput", 64);
         var mailboxBusySpin = Int(c, "mailbox.busy-spin-microseconds", DefaultMailboxBusySpinMicroseconds);
         return new ActorBlkSettings(
@@ -268,7 +274,7 @@ public sealed record ActorBlkSettings(
             clock,
             Span(c, "timeout-scan-interval", TimeSpan.FromSeconds(1)),
             Span(c, "drain-timeout", TimeSpan.FromSeconds(30)),
-            TimeSpan.FromMicroseconds(Int(c, "ring.spin-microseconds", 20)),
+            TimeSpan.FromMicroseconds(ringSpin),
             devices)
         {
             Supervision = new SupervisionSettings(

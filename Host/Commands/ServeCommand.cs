@@ -83,7 +83,12 @@ internal static class ServeCommand
         // The admin secret remote writes and hotplug must carry: created (random, owner-only) if missing.
         var secret = RemoteSurface.ResolveSecret(config, create: true);
         var prometheusPrefix = PrometheusEndpoint.Prefix(config.HasPath("actorblk.metrics.prometheus") ? config.GetString("actorblk.metrics.prometheus") : null);
-        Log.Logger = Logging.CreateConsoleLogger();
+        // Akka's own events are filtered by akka.loglevel before they reach Serilog; the node's log
+        // lets DEBUG through when that asks for it (it stayed at information: an outside audit)
+        // and otherwise keeps the node's own information lines whatever Akka's level.
+        Log.Logger = Logging.CreateConsoleLogger(string.Equals(config.GetString("akka.loglevel", "INFO"), "DEBUG", StringComparison.OrdinalIgnoreCase)
+            ? Serilog.Events.LogEventLevel.Debug
+            : Serilog.Events.LogEventLevel.Information);
         Log.Information("Starting ActorBlk node from {Config}", Path.GetFullPath(path));
         if (insecure is not null)
         {

@@ -339,6 +339,7 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk = 5", "actorblk: a section { ... } is expected, not '5'.")]
     [InlineData("actorblk.topology { source = simulated, simulated { cpus = 4, online = \"5\" } }",
         "actorblk.topology.simulated.online: '5' names CPU 5, but the simulated machine has CPUs 0-3 (cpus = 4).")] // no CPU online, I/O hung
+    [InlineData("actorblk.ring.spin-microseconds = -5", "actorblk.ring.spin-microseconds: -5 is negative.")]
     [InlineData("actorblk.supervision.max-resets = -1", "actorblk.supervision.max-resets: -1 is negative.")] // the record's dump before
     [InlineData("actorblk.supervision { reopen-backoff-min = 2s, reopen-backoff-max = 1s }", "actorblk.supervision.reopen-backoff-max: 1000 ms is below reopen-backoff-min (2000 ms).")]
     [InlineData("actorblk.topology { source = simulated, simulated { cpus = 0 } }", "actorblk.topology.simulated.cpus: A simulated machine has between 1 and 4096 CPUs.")]
