@@ -56,6 +56,13 @@ public sealed partial class BlockLayer : IExtension
             ? global::System.Text.Encoding.UTF8.GetBytes(secret)
             : null;
         Topology = Settings.BuildTopology();
+        if (Settings.TopologySource == "system" && OperatingSystem.IsLinux() && !Directory.Exists(Settings.SysfsRoot))
+        {
+            // The fallback is meant for machines without sysfs; on Linux a missing directory is
+            // most likely a mistyped actorblk.topology.sysfs-root, which went unremarked (an audit).
+            system.Log.Warning("actorblk.topology.sysfs-root '{0}' does not exist: the block layer maps a simulated machine ({1}) and does not watch CPU hotplug", Settings.SysfsRoot, Topology.Source);
+        }
+
         SoftIrq = new BlockSoftIrq(Topology);
         Clock = Settings.Clock == ClockSource.Scheduler ? new SchedulerBlockClock(system.Scheduler) : BlockClock.System;
         ClusterDevices = new ClusterDevices(clustered);
