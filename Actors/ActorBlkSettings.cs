@@ -144,7 +144,14 @@ public sealed record ActorBlkSettings(
                 // raw, these aborted serve with Akka's ArgumentNullException or NullReferenceException.
                 // (Akka's HoconValue calls an empty list neither a string nor a list, so a list is
                 // told from a value only where the reference holds a plain value.)
+                // A substitution left unresolved (an optional ${?VAR} Akka does not fill) reads as
+                // a section to Akka's HoconValue: such a value is left to the reader, as before.
                 var plain = reference.IsString();
+                if (value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+                {
+                    continue;
+                }
+
                 if (reference.IsObject() != value.IsObject() || (plain && !value.IsString()))
                 {
                     throw new ConfigurationException(reference.IsObject() ? $"{where}: a section {{ ... }} is expected, not '{Text(value)}'."
@@ -337,7 +344,7 @@ public sealed record ActorBlkSettings(
 
         foreach (var key in DurationsReadElsewhere)
         {
-            if (Span(c, key, TimeSpan.Zero) < TimeSpan.Zero)
+            if (Span(c, key, TimeSpan.Zero) is var span && span < TimeSpan.Zero && span != Timeout.InfiniteTimeSpan)
             {
                 throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is negative.");
             }

@@ -351,6 +351,17 @@ public sealed class DeviceConfigSpec
     }
 
     [Fact]
+    public void Optional_substitutions_and_infinite_waits_still_pass_the_kind_check()
+    {
+        // A review of the kind check: Akka reads an unresolved ${?VAR} as a section, and
+        // "infinite" as a negative span; both were accepted before and are again.
+        ActorBlkSettings.Create(ConfigurationFactory.ParseString("""
+            actorblk.remote.admin-secret-file = ${?ACTORBLK_NO_SUCH_VARIABLE}
+            actorblk.cluster.registry.member-wait = infinite
+            """));
+    }
+
+    [Fact]
     public void Every_documented_setting_and_the_repository_hocon_conf_are_known()
     {
         // reference.conf itself, the repository's hocon.conf, and a dispatcher setting of Akka's own.

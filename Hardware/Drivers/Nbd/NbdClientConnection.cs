@@ -94,17 +94,24 @@ internal sealed class NbdClientConnection : IDisposable
     /// CA file as the only trust anchors when one is given (the name must match too); otherwise
     /// by the system's default validation.
     /// </summary>
-    private static void ConfigureVerification(SslClientAuthenticationOptions authentication, NbdClientOptions options)
+    // Why the verification callback refused the server's certificate, for the handshake's error.
+    private sealed class Refusal
     {
+        public string? Reason { get; set; }
+    }
+
+    private static Refusal ConfigureVerification(SslClientAuthenticationOptions authentication, NbdClientOptions options)
+    {
+        var refusal = new Refusal();
         if (!options.TlsVerify)
         {
             authentication.RemoteCertificateValidationCallback = (_, _, _, _) => true; // tls_verify = off: insecure by request
-            return;
+            return refusal;
         }
 
         if (options.TlsCa is null)
         {
-            return;
+            return refusal;
         }
 
         var anchors = new X509Certificate2Collection();
@@ -129,10 +136,27 @@ internal sealed class NbdClientConnection : IDisposable
         // The server's own certificate in tls_ca is trusted as itself (pinned), whoever issued
         // it: as a root of trust only a self-signed one chained (an outside audit got PartialChain
         // for a CA-signed server certificate given as tls_ca, which README said was accepted).
-        // Its name must still match, and nothing else is relaxed.
-        authentication.RemoteCertificateValidationCallback = (_, certificate, _, errors) =>
-            errors == SslPolicyErrors.None ||
-            (errors == SslPolicyErrors.RemoteCertificateChainErrors && certificate is not null && IsPinned(anchors, certificate));
+        // Its name must still match, its validity period hold, and the chain may lack nothing but
+        // its issuer (PartialChain, UntrustedRoot): an expired pinned certificate is refused.
+        authentication.RemoteCertificateValidationCallback = (_, certificate, chain, errors) =>
+        {
+            if (errors == SslPolicyErrors.None)
+            {
+                return true;
+            }
+
+            var statuses = chain?.ChainStatus.Select(s => s.Status).Where(s => s != X509ChainStatusFlags.NoError).Distinct().ToArray() ?? [];
+            const X509ChainStatusFlags Unanchored = X509ChainStatusFlags.PartialChain | X509ChainStatusFlags.UntrustedRoot;
+            if (errors == SslPolicyErrors.RemoteCertificateChainErrors && certificate is X509Certificate2 presented && IsPinned(anchors, presented)
+                && statuses.All(s => (s & ~Unanchored) == 0) && DateTime.Now >= presented.NotBefore && DateTime.Now <= presented.NotAfter)
+            {
+                return true;
+            }
+
+            refusal.Reason = statuses.Length > 0 ? $"{errors}: {string.Join(", ", statuses)}" : errors.ToString();
+            return false;
+        };
+        return refusal;
     }
 
     private static bool IsPinned(X509Certificate2Collection anchors, X509Certificate certificate)
@@ -211,14 +235,14 @@ internal sealed class NbdClientConnection : IDisposable
                 var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = tls;
                 var authentication = new SslClientAuthenticationOptions { TargetHost = uri.Host };
-                ConfigureVerification(authentication, options);
+                var refusal = ConfigureVerification(authentication, options);
                 try
                 {
                     tls.AuthenticateAsClient(authentication);
                 }
                 catch (AuthenticationException ex)
                 {
-                    throw new NbdTlsException($"{uri}: TLS handshake failed: {ex.Message}" +
+                    throw new NbdTlsException($"{uri}: TLS handshake failed: {ex.Message}" + (refusal.Reason is { } why ? $" ({why})" : string.Empty) +
                         (options.TlsVerify ? $" (server certificate checked against {(options.TlsCa is null ? "the system trust store" : $"tls_ca '{options.TlsCa}'")})" : string.Empty), ex);
                 }
             }

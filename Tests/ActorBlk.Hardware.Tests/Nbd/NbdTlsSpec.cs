@@ -104,6 +104,27 @@ public sealed class NbdTlsSpec
         Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri), TlsCa = otherServer }, "tls8"));
     }
 
+    [Fact]
+    public async Task An_expired_server_certificate_pinned_in_tls_ca_is_refused_naming_why()
+    {
+        // A review: pinning accepted the certificate whatever its chain said, so an expired one
+        // passed. The pin stands in for the issuer only.
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(System.Net.IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        using var expired = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-10), DateTimeOffset.UtcNow.AddDays(-1));
+        using var dir = new TempDirectory("nbd-tls-expired");
+        var pinned = dir.File("expired.pem");
+        File.WriteAllText(pinned, expired.ExportCertificatePem());
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { Tls = NbdTlsMode.Require, Certificate = expired });
+
+        var refused = Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse($"nbds://127.0.0.1:{fx.Endpoint.Port}/mem0"), TlsCa = pinned }, "tls9"));
+
+        Assert.Contains("NotTimeValid", refused.Message, StringComparison.Ordinal);
+    }
+
     [SkippableFact]
     public async Task Nbdinfo_connects_over_tls_with_x509_certificates()
     {
