@@ -154,7 +154,7 @@ public sealed partial class MirrorTarget
         bool Target(int leg)
         {
             var k = Array.IndexOf(rebuilding, leg);
-            return k >= 0 && _state[leg] == MirrorLegState.Rebuilding && _legEpoch[leg] == epochs[k];
+            return k >= 0 && RebuildingSince(leg, epochs[k]);
         }
 
         var throttle = new Throttle(this);
@@ -361,8 +361,7 @@ public sealed partial class MirrorTarget
     {
         for (var k = 0; k < _passLegs.Length; k++)
         {
-            var leg = _passLegs[k];
-            if (_state[leg] == MirrorLegState.Rebuilding && _legEpoch[leg] == _passEpochs[k])
+            if (RebuildingSince(_passLegs[k], _passEpochs[k]))
             {
                 return true;
             }
@@ -370,6 +369,10 @@ public sealed partial class MirrorTarget
 
         return _resyncAfterCrash && _crashPending.Any(w => w != 0) && _state.Count(s => s == MirrorLegState.InSync) > 1;
     }
+
+    // Under _lock: the leg is rebuilding, and has not failed (nor failed and been re-added) since
+    // its epoch was the one given, taken when a pass chose it as a leg to copy to.
+    private bool RebuildingSince(int leg, long epoch) => _state[leg] == MirrorLegState.Rebuilding && _legEpoch[leg] == epoch;
 
     // Under _lock.
     private string RecoverName => _resyncAfterCrash ? "resync" : "recover";
