@@ -228,15 +228,7 @@ public sealed record ActorBlkSettings(
             var other => throw new ConfigurationException($"actorblk.clock: '{other}' is not 'system' or 'scheduler'."),
         };
 
-        TimeSpan watch;
-        try
-        {
-            watch = Span(c, "topology.watch-interval", TimeSpan.FromSeconds(1));
-        }
-        catch (FormatException)
-        {
-            throw new ConfigurationException($"actorblk.topology.watch-interval: '{c.GetString("topology.watch-interval")}' is not a duration (1s, 500ms, 0s for off).");
-        }
+        var watch = Span(c, "topology.watch-interval", TimeSpan.FromSeconds(1), "1s, 500ms, 0s for off");
 
         if (source == "simulated")
         {
@@ -342,6 +334,7 @@ public sealed record ActorBlkSettings(
             }
         }
 
+        CheckBlockingDriverDispatcher(c);
         foreach (var key in DurationsReadElsewhere)
         {
             if (Span(c, key, TimeSpan.Zero) is var span && span < TimeSpan.Zero && span != Timeout.InfiniteTimeSpan)
@@ -349,6 +342,26 @@ public sealed record ActorBlkSettings(
                 throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is negative.");
             }
         }
+    }
+
+    // Akka builds a dispatcher when its first actor is made: a blocking-driver-dispatcher that
+    // Akka could not build failed the first blocking device's creation ("Device m0 failed while it
+    // was being registered; see the log") and serve's start with two stack traces (an outside
+    // audit). The type and the values every dispatcher reads are checked here, as Akka reads them.
+    private static readonly string[] DispatcherTypes = ["PinnedDispatcher", "Dispatcher", "ForkJoinDispatcher", "TaskDispatcher", "SynchronizedDispatcher"];
+
+    private static void CheckBlockingDriverDispatcher(Config c)
+    {
+        const string section = "blocking-driver-dispatcher";
+        var type = c.GetString($"{section}.type", "PinnedDispatcher");
+        if (!DispatcherTypes.Contains(type, StringComparer.Ordinal) && Type.GetType(type, throwOnError: false) is null)
+        {
+            throw new ConfigurationException(
+                $"actorblk.{section}.type: '{type}' is not a dispatcher type ({string.Join(", ", DispatcherTypes)}, or an assembly-qualified type name).");
+        }
+
+        _ = Int(c, $"{section}.throughput", 1);
+        _ = Span(c, $"{section}.throughput-deadline-time", TimeSpan.Zero);
     }
 
     // The simulated machine is built when the node starts: refused there, a bad count failed the
@@ -373,7 +386,7 @@ public sealed record ActorBlkSettings(
     }
 
     // A duration or a whole number of the actorblk section, its key named when it does not parse.
-    private static TimeSpan Span(Config c, string key, TimeSpan fallback)
+    private static TimeSpan Span(Config c, string key, TimeSpan fallback, string examples = "e.g. 500ms, 30s")
     {
         try
         {
@@ -381,9 +394,16 @@ public sealed record ActorBlkSettings(
         }
         catch (Exception ex) when (ex is FormatException or OverflowException)
         {
-            throw new ConfigurationException($"actorblk.{key}: '{c.GetString(key)}' is not a duration (e.g. 500ms, 30s).");
+            throw new ConfigurationException($"actorblk.{key}: {NotADuration(c.GetString(key), examples)}");
         }
     }
+
+    // Akka refuses a signed duration before any range check, so "-1s" read "is not a duration"
+    // (an outside audit); the sign is named instead.
+    private static string NotADuration(string text, string examples) =>
+        text.TrimStart().StartsWith('-')
+            ? $"'{text}' is negative; a duration here is 0 or more ({examples})."
+            : $"'{text}' is not a duration ({examples}).";
 
     private static int Int(Config c, string key, int fallback)
     {

@@ -78,16 +78,45 @@ public sealed record NbdExportSettings(
             c.GetString("certificate", string.Empty),
             c.GetString("key", string.Empty),
             c.GetBoolean("allow-insecure", false),
-            c.GetInt("max-connections", 1024),
-            c.GetInt("max-in-flight", 128),
+            Int(c, "max-connections", 1024),
+            Int(c, "max-in-flight", 128),
             (int)payload,
-            c.GetTimeSpan("handshake-timeout", TimeSpan.FromSeconds(30)))
+            Span(c, "handshake-timeout", TimeSpan.FromSeconds(30)))
         {
-            ShutdownGrace = c.GetTimeSpan("shutdown-grace", TimeSpan.FromSeconds(3)),
+            ShutdownGrace = Span(c, "shutdown-grace", TimeSpan.FromSeconds(3)),
             MaxBufferMemory = memory,
-            StallTimeout = c.GetTimeSpan("stall-timeout", TimeSpan.FromSeconds(60)),
+            StallTimeout = Span(c, "stall-timeout", TimeSpan.FromSeconds(60)),
             MinTransferRate = rate,
         };
+    }
+
+    // Read raw, a value that did not parse failed serve with "The input string 'banana' was not
+    // in a correct format." and no key (an outside audit); the key is named now.
+    private static int Int(Config c, string key, int fallback)
+    {
+        try
+        {
+            return c.GetInt(key, fallback);
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException)
+        {
+            throw new ConfigurationException($"actorblk.nbd.{key}: '{c.GetString(key)}' is not a whole number.");
+        }
+    }
+
+    private static TimeSpan Span(Config c, string key, TimeSpan fallback)
+    {
+        try
+        {
+            return c.GetTimeSpan(key, fallback);
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException)
+        {
+            var text = c.GetString(key);
+            throw new ConfigurationException(text.TrimStart().StartsWith('-')
+                ? $"actorblk.nbd.{key}: '{text}' is negative (a duration such as 500ms or 30s is expected)."
+                : $"actorblk.nbd.{key}: '{text}' is not a duration (e.g. 500ms, 30s).");
+        }
     }
 
     /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
 
@@ -117,7 +118,7 @@ public sealed record NbdServerOptions
 
         if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))
         {
-            throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {StallTimeout}.", nameof(StallTimeout));
+            throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {StallTimeout.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s.", nameof(StallTimeout));
         }
 
         if (MinTransferRate < 0 || MinTransferRate > 1L << 40)
@@ -132,7 +133,7 @@ public sealed record NbdServerOptions
 
         if (ShutdownGrace < TimeSpan.Zero || ShutdownGrace > TimeSpan.FromMinutes(10))
         {
-            throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {ShutdownGrace}.", nameof(ShutdownGrace));
+            throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {ShutdownGrace.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s.", nameof(ShutdownGrace));
         }
 
         if (!Enum.IsDefined(Tls))

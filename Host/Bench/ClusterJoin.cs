@@ -29,7 +29,7 @@ internal static class ClusterJoin
     /// </summary>
     public static Config Config(string join, string? configPath, Config overrides)
     {
-        var node = NodeConfig.Load(configPath ?? NodeConfig.Locate(), port: 0, seeds: [NodeConfig.ParseEndpoint(join, "--join")]);
+        var node = NodeConfig.AsClusterNode(NodeConfig.Load(configPath ?? NodeConfig.Locate(), port: 0, seeds: [NodeConfig.ParseEndpoint(join, "--join")]));
         return overrides
             .WithFallback(ConfigurationFactory.ParseString($"""
                 akka.cluster.roles = [{Role}]

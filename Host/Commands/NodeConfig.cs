@@ -91,6 +91,27 @@ internal static class NodeConfig
     }
 
     /// <summary>
+    /// The configuration of a cluster node (<c>serve</c>, <c>bench --join</c>): a file without
+    /// <c>akka.actor.provider</c> gets <c>cluster</c>, and one naming another provider is refused.
+    /// A file written from scratch without the provider failed the start with Akka.Hosting's
+    /// 40-line stack trace about ClusterSettings (an outside audit).
+    /// </summary>
+    /// <exception cref="UsageException">The file names a provider other than <c>cluster</c>.</exception>
+    public static Config AsClusterNode(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var provider = config.HasPath("akka.actor.provider") ? config.GetString("akka.actor.provider") : null;
+        if (string.IsNullOrWhiteSpace(provider))
+        {
+            return ConfigurationFactory.ParseString("akka.actor.provider = cluster").WithFallback(config);
+        }
+
+        return provider == "cluster" || provider.StartsWith("Akka.Cluster.ClusterActorRefProvider", StringComparison.Ordinal)
+            ? config
+            : throw new UsageException($"akka.actor.provider: '{provider}' is not cluster; an ActorBlk node is a cluster member (hocon.conf sets provider = cluster).");
+    }
+
+    /// <summary>
     /// Parses <c>--seed HOST:PORT[,HOST:PORT...]</c>: each a host name or IPv4 address (an IPv6
     /// address in brackets) and a port from 1 to 65535.
     /// </summary>

@@ -21,6 +21,12 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class ServeCommand
 {
+    // The actorblk.nbd keys NbdServerOptions.Validate names at the start of its messages.
+    private static readonly HashSet<string> NbdKeys = new(StringComparer.Ordinal)
+    {
+        "max-connections", "max-in-flight", "max-payload", "max-buffer-memory", "stall-timeout", "min-transfer-rate", "handshake-timeout", "shutdown-grace", "tls",
+    };
+
     /// <summary>The <c>serve</c> command and its options.</summary>
     public static Command Create()
     {
@@ -46,7 +52,7 @@ internal static class ServeCommand
             throw new UsageException($"option --hostname: '{hostname}' is not a host name or address.");
         }
 
-        var config = NodeConfig.Load(path, port, seeds, hostname);
+        var config = NodeConfig.AsClusterNode(NodeConfig.Load(path, port, seeds, hostname));
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -60,9 +66,17 @@ internal static class ServeCommand
             nbdOptions = nbd.Listen is null ? null : nbd.ToServerOptions();
             nbdOptions?.Validate();
         }
-        catch (Exception ex) when (ex is Akka.Configuration.ConfigurationException or ArgumentException)
+        catch (Akka.Configuration.ConfigurationException ex)
         {
             throw new UsageException($"NBD export: {ex.Message}");
+        }
+        catch (ArgumentException ex)
+        {
+            // "max-in-flight must be 1 to 65536, not -3. (Parameter 'MaxInFlight')" named a C#
+            // property and not the key (an outside audit); the key's full name, without the property.
+            var message = ex.ParamName is null ? ex.Message : ex.Message.Replace($" (Parameter '{ex.ParamName}')", string.Empty, StringComparison.Ordinal);
+            var key = message.Split(' ', 2)[0];
+            throw new UsageException($"NBD export: {(NbdKeys.Contains(key) ? "actorblk.nbd." : string.Empty)}{message}");
         }
 
         // Refuse a bad device list before anything starts, with the offending key named; likewise
@@ -209,7 +223,11 @@ internal static class ServeCommand
                 ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
                 : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
             using var host = builder.Build();
-            await host.RunAsync().ConfigureAwait(false);
+            using (HostingEchoFilter.Install())
+            {
+                await host.RunAsync().ConfigureAwait(false);
+            }
+
             if (startupFailure is not null)
             {
                 throw startupFailure;

@@ -332,7 +332,11 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.remote.pin-certificate = banana", "actorblk.remote.pin-certificate: 'banana' is not on or off.")]
     [InlineData("actorblk.cluster.registry.enabled = banana", "actorblk.cluster.registry.enabled: 'banana' is not on or off.")]
     [InlineData("actorblk.cluster.registry.poll-interval = banana", "actorblk.cluster.registry.poll-interval: 'banana' is not a duration (e.g. 500ms, 30s).")]
-    [InlineData("actorblk.cluster.registry.member-wait = -1s", "actorblk.cluster.registry.member-wait: '-1s' is not a duration (e.g. 500ms, 30s).")]
+    [InlineData("actorblk.cluster.registry.member-wait = -1s", "actorblk.cluster.registry.member-wait: '-1s' is negative; a duration here is 0 or more (e.g. 500ms, 30s).")] // "is not a duration" before
+    [InlineData("actorblk.drain-timeout = -30s", "actorblk.drain-timeout: '-30s' is negative; a duration here is 0 or more (e.g. 500ms, 30s).")]
+    [InlineData("actorblk.topology.watch-interval = -1s", "actorblk.topology.watch-interval: '-1s' is negative; a duration here is 0 or more (1s, 500ms, 0s for off).")]
+    [InlineData("actorblk.blocking-driver-dispatcher.type = Banana", "actorblk.blocking-driver-dispatcher.type: 'Banana' is not a dispatcher type (PinnedDispatcher, Dispatcher, ForkJoinDispatcher, TaskDispatcher, SynchronizedDispatcher, or an assembly-qualified type name).")] // failed the first blocking device's creation
+    [InlineData("actorblk.blocking-driver-dispatcher.throughput = banana", "actorblk.blocking-driver-dispatcher.throughput: 'banana' is not a whole number.")]
     [InlineData("actorblk.drain-timeout { x = 1 }", "actorblk.drain-timeout: a value is expected, not a section { ... }.")]
     [InlineData("actorblk.drain-timeout = [1, 2]", "actorblk.drain-timeout: a value is expected, not a list [ ... ].")]
     [InlineData("actorblk.nbd = foo", "actorblk.nbd: a section { ... } is expected, not 'foo'.")]

@@ -164,6 +164,34 @@ public sealed partial class ServeSpec
         }
     }
 
+    /// <summary>
+    /// A bad value in <c>actorblk.nbd</c> is a usage error naming its key: a duration or a count
+    /// that did not parse read "The input string 'banana' was not in a correct format.", and a
+    /// count out of range named a C# property ("(Parameter 'MaxInFlight')"; an outside audit).
+    /// </summary>
+    [Theory]
+    [InlineData("handshake-timeout = banana", "actorblk: NBD export: actorblk.nbd.handshake-timeout: 'banana' is not a duration (e.g. 500ms, 30s).")]
+    [InlineData("shutdown-grace = -1s", "actorblk: NBD export: actorblk.nbd.shutdown-grace: '-1s' is negative (a duration such as 500ms or 30s is expected).")]
+    [InlineData("max-connections = lots", "actorblk: NBD export: actorblk.nbd.max-connections: 'lots' is not a whole number.")]
+    [InlineData("max-in-flight = -3", "actorblk: NBD export: actorblk.nbd.max-in-flight must be 1 to 65536, not -3.\n")]
+    [InlineData("stall-timeout = 500ms", "actorblk: NBD export: actorblk.nbd.stall-timeout must be from 1 s to 1 hour, not 0.5 s.\n")]
+    public async Task A_bad_nbd_setting_is_refused_with_its_key_named(string setting, string message)
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-bad-{Guid.NewGuid():N}.conf");
+        await File.WriteAllTextAsync(config, $"actorblk.nbd.listen = \"127.0.0.1:0\"\nactorblk.nbd.{setting}\nactorblk.devices = []\n");
+        try
+        {
+            await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+
+            Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
+            Assert.Contains(message, node.Output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
     [Theory]
     [InlineData("serve --bogus", "Unrecognized command or argument '--bogus'")]
     [InlineData("frobnicate", "Unrecognized command or argument 'frobnicate'")]

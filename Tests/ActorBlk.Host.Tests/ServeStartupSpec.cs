@@ -122,9 +122,11 @@ public sealed class ServeStartupSpec
             Assert.Equal(1, await node.WaitForExitAsync(Within));
             AssertOneLineOnStandardError(node, $"actorblk: disk0: cannot use '{image}': the file is in use");
 
-            // The node's own report has no stack trace (Akka.Hosting still prints its own before it).
-            var report = node.StandardOutput[node.StandardOutput.IndexOf("FTL] The node failed: disk0: cannot use", StringComparison.Ordinal)..];
-            Assert.DoesNotContain("   at ", report, StringComparison.Ordinal);
+            // No stack trace: Akka.Hosting echoed the failure with its stack on stdout before the
+            // node's own report ("Unable to start AkkaHostedService ..."); serve drops the echo.
+            Assert.Contains("FTL] The node failed: disk0: cannot use", node.StandardOutput, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", node.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Unable to start AkkaHostedService", node.Output, StringComparison.Ordinal);
         }
     }
 
@@ -145,6 +147,34 @@ public sealed class ServeStartupSpec
         Assert.Equal(1, await node.WaitForExitAsync(Within));
         AssertOneLineOnStandardError(node, $"actorblk: the admin secret file '{secret}' (actorblk.remote.admin-secret-file) cannot be read: ");
         Assert.DoesNotContain("   at ", node.Output, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A configuration written from scratch, without <c>akka.actor.provider</c>, failed the start
+    /// with Akka.Hosting's 40-line stack trace about ClusterSettings (an outside audit): an ActorBlk
+    /// node is a cluster member, so the provider defaults to cluster, and another is refused.
+    /// </summary>
+    [Fact]
+    public async Task A_configuration_without_a_provider_is_a_cluster_node_and_another_provider_is_refused()
+    {
+        using var dir = new TempDirectory("serve-provider");
+        var minimal = $$"""
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+            actorblk { nbd.listen = off, remote.admin-secret-file = "{{dir.File("admin-secret")}}", devices = [ { name = n0, driver = null, size = 16m } ] }
+            """;
+        File.WriteAllText(dir.File("minimal.conf"), minimal);
+        await using (var node = ActorBlkProcess.Start("serve", "--config", dir.File("minimal.conf")))
+        {
+            await node.WaitForLineAsync(l => l.Contains("Serving n0", StringComparison.Ordinal), Within);
+            node.Terminate();
+            Assert.Equal(0, await node.WaitForExitAsync(Within));
+        }
+
+        File.WriteAllText(dir.File("remote.conf"), "akka.actor.provider = remote\n" + minimal);
+        await using var refused = ActorBlkProcess.Start("serve", "--config", dir.File("remote.conf"));
+        Assert.Equal(2, await refused.WaitForExitAsync(Within));
+        Assert.StartsWith("actorblk: akka.actor.provider: 'remote' is not cluster; an ActorBlk node is a cluster member", refused.StandardError, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", refused.Output, StringComparison.Ordinal);
     }
 
     private static void AssertOneLineOnStandardError(ActorBlkProcess process, string start)
