@@ -335,6 +335,11 @@ public sealed record ActorBlkSettings(
         }
 
         CheckBlockingDriverDispatcher(c);
+        if (c.GetString("cluster.registry.tls-ca", string.Empty) is { Length: > 0 } ca && !File.Exists(ca))
+        {
+            throw new ConfigurationException($"actorblk.cluster.registry.tls-ca: '{ca}' does not exist (a PEM file of the CA that signed other nodes' NBD certificates).");
+        }
+
         foreach (var key in DurationsReadElsewhere)
         {
             if (Span(c, key, TimeSpan.Zero) is var span && span < TimeSpan.Zero && span != Timeout.InfiniteTimeSpan)

@@ -36,6 +36,13 @@ public sealed partial class BlockLayer
     /// <summary>How long <see cref="LoadTableAsync"/> waits for a member on another node to appear in the registry (<c>actorblk.cluster.registry.member-wait</c>).</summary>
     internal TimeSpan MemberWait { get; }
 
+    /// <summary>
+    /// <c>actorblk.cluster.registry.tls-ca</c>: the CA that other nodes' NBD certificates are
+    /// verified against when an open names none of its own (a template's <c>TlsCa</c>); null for
+    /// the system trust store.
+    /// </summary>
+    internal string? RemoteTlsCa { get; }
+
     // The members of a table that live on other nodes, opened (README, "Mirrors"). A member that is
     // a device of this node is left to the guardian, which resolves it by name. A mirror that starts
     // degraded gets a missing member as a handle without a queue, connected when it appears.

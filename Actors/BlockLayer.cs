@@ -108,6 +108,7 @@ public sealed partial class BlockLayer : IExtension
         var registry = system.Settings.Config.GetConfig("actorblk.cluster.registry");
         _opener = new DeviceOpener(this, registry?.GetTimeSpan("remote-check-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1));
         MemberWait = registry?.GetTimeSpan("member-wait", TimeSpan.FromSeconds(30)) ?? TimeSpan.FromSeconds(30);
+        RemoteTlsCa = registry?.GetString("tls-ca", string.Empty) is { Length: > 0 } ca ? ca : null;
         if (ClusterDevices.IsEnabled)
         {
             var poll = registry?.GetTimeSpan("poll-interval", TimeSpan.FromSeconds(1)) ?? TimeSpan.FromSeconds(1);

@@ -333,7 +333,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         NbdClientDriver driver;
         try
         {
-            driver = new NbdClientDriver(new NbdClientOptions { Uri = uri, Connections = connections, TlsCa = template.TlsCa, TlsVerify = template.TlsVerify }, name);
+            driver = new NbdClientDriver(new NbdClientOptions { Uri = uri, Connections = connections, TlsCa = string.IsNullOrEmpty(template.TlsCa) ? layer.RemoteTlsCa : template.TlsCa, TlsVerify = template.TlsVerify }, name);
         }
         catch (IOException ex)
         {

@@ -45,7 +45,7 @@ internal sealed class BenchCommandLine
 
     private readonly Option<Word<TimestampSource>> ClockSource = CliOptions.Choice("--clocksource", "auto",
         [("auto", TimestampSource.Auto), ("tsc", TimestampSource.Tsc), ("cpu", TimestampSource.Tsc), ("monotonic", TimestampSource.Monotonic), ("clock_gettime", TimestampSource.Monotonic)],
-        "clock of the I/O timestamps (fio's clocksource): tsc (cpu) reads the CPU's time-stamp counter, monotonic (clock_gettime) the kernel's clock; auto takes tsc on x86-64 Linux with constant_tsc and nonstop_tsc; without the option the environment variable ACTORBLK_CLOCKSOURCE chooses");
+        "clock of the I/O timestamps (fio's clocksource): tsc (cpu) reads the CPU's time-stamp counter, monotonic (clock_gettime) the kernel's clock; auto takes tsc on x86-64 Linux with constant_tsc and nonstop_tsc; without the option, the environment variable ACTORBLK_CLOCKSOURCE, when set, takes the place of the default");
 
     // fio flags ActorBlk always behaves as if given.
     private readonly Option<Word<bool>>[] AlwaysOn =

@@ -337,6 +337,7 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.topology.watch-interval = -1s", "actorblk.topology.watch-interval: '-1s' is negative; a duration here is 0 or more (1s, 500ms, 0s for off).")]
     [InlineData("actorblk.blocking-driver-dispatcher.type = Banana", "actorblk.blocking-driver-dispatcher.type: 'Banana' is not a dispatcher type (PinnedDispatcher, Dispatcher, ForkJoinDispatcher, TaskDispatcher, SynchronizedDispatcher, or an assembly-qualified type name).")] // failed the first blocking device's creation
     [InlineData("actorblk.blocking-driver-dispatcher.throughput = banana", "actorblk.blocking-driver-dispatcher.throughput: 'banana' is not a whole number.")]
+    [InlineData("actorblk.cluster.registry.tls-ca = \"/nonexistent/ca.pem\"", "actorblk.cluster.registry.tls-ca: '/nonexistent/ca.pem' does not exist (a PEM file of the CA that signed other nodes' NBD certificates).")]
     [InlineData("actorblk.drain-timeout { x = 1 }", "actorblk.drain-timeout: a value is expected, not a section { ... }.")]
     [InlineData("actorblk.drain-timeout = [1, 2]", "actorblk.drain-timeout: a value is expected, not a list [ ... ].")]
     [InlineData("actorblk.nbd = foo", "actorblk.nbd: a section { ... } is expected, not 'foo'.")]

@@ -189,6 +189,57 @@ public sealed partial class ClusterBenchSpec
         }
     }
 
+    // A joining bench, like a mirror's leg on another node, has no tls_ca of its own: against an
+    // owner whose export requires TLS with a private CA it could only use the system trust store.
+    // actorblk.cluster.registry.tls-ca gives the node's opens the CA to verify against.
+    [Fact]
+    public async Task A_joining_bench_verifies_a_tls_export_against_the_cluster_tls_ca()
+    {
+        using var dir = new ActorBlk.Testing.TempDirectory("join-tls");
+        using (var key = System.Security.Cryptography.RSA.Create(2048))
+        {
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+                "CN=actorblk-nbd", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
+            san.AddIpAddress(System.Net.IPAddress.Loopback);
+            request.CertificateExtensions.Add(san.Build());
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            File.WriteAllBytes(dir.File("nbd.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12));
+            File.WriteAllText(dir.File("ca.pem"), certificate.ExportCertificatePem());
+        }
+
+        var hocon = File.ReadAllText(RepositoryFiles.Hocon()) + "\nactorblk.remote.admin-secret = \"join-tls-secret\"\n";
+        var ownerConfig = dir.File("owner.conf");
+        File.WriteAllText(ownerConfig, hocon + $$"""
+            actorblk.devices = [ { name = far2, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd { listen = "127.0.0.1:0", tls = require, certificate = {{JsonSerializer.Serialize(dir.File("nbd.pfx"))}} }
+            """);
+        var plainConfig = dir.File("plain.conf");
+        File.WriteAllText(plainConfig, hocon);
+        var caConfig = dir.File("ca.conf");
+        File.WriteAllText(caConfig, hocon + $"actorblk.cluster.registry.tls-ca = {JsonSerializer.Serialize(dir.File("ca.pem"))}\n");
+
+        await using var owner = ActorBlkProcess.Start("serve", "--config", ownerConfig, "--port", "0");
+        var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
+        string[] workload = ["--device=far2", "--rw=randread", "--bs=4k", "--iodepth=4", "--size=64m", "--runtime=1", "--jit_warmup=0", "--eta=never"];
+
+        // Without the CA the owner's certificate is not trusted: a device that cannot be opened.
+        await using (var untrusted = ActorBlkProcess.Start(["bench", $"--join={node}", "--config", plainConfig, .. workload]))
+        {
+            Assert.Equal(1, await untrusted.WaitForExitAsync(Within));
+            Assert.Contains("UntrustedRoot", untrusted.Output, StringComparison.Ordinal);
+        }
+
+        await using var trusted = ActorBlkProcess.Start(["bench", $"--join={node}", "--config", caConfig, "--output-format=json", .. workload]);
+        Assert.Equal(0, await trusted.WaitForExitAsync(Within));
+        using var json = JsonDocument.Parse(trusted.StandardOutput);
+        Assert.Equal(node, json.RootElement.GetProperty("actorblk").GetProperty("cluster").GetProperty("owner").GetString());
+
+        owner.Terminate();
+        Assert.Equal(0, await owner.WaitForExitAsync(Within));
+    }
+
     [Theory]
     [InlineData("--join=nowhere", "--join")]
     [InlineData("--join=127.0.0.1:4053", "--device must name one device of the cluster")]
