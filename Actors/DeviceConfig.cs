@@ -19,7 +19,7 @@ public static class DeviceConfig
     {
         "name", "driver", "size", "bs", "submit_queues", "poll_queues", "hw_queue_depth", "reserved_tags",
         "irqmode", "completion_nsec", "memory_backed", "blocking", "discard", "write_cache", "shared_tags",
-        "tag_set", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
+        "tag_set", "tag_fairness", "shared_tag_bitmap", "rq_affinity", "nomerges", "io_poll", "io_timeout", "max_sectors_kb",
         "read_only", "rotational", "dispatch", "completion", "cpu_map", "path", "uri", "connections", "tls_ca", "tls_verify", "direct", "engine", "submit_batch", "fixed_buffers", "max_retries", "reset_after_timeouts", "timeout_window",
         "fault_error_rate", "fault_resource_rate", "fault_timeout_rate", "fault_latency_rate", "fault_latency", "fault_crash_after",
         "fault_gone", "fault_reopen_failures", "fault_seed",
@@ -82,6 +82,7 @@ public static class DeviceConfig
             WriteCache = Bool(entry, name, "write_cache", defaults.WriteCache),
             SharedTags = Bool(entry, name, "shared_tags", defaults.SharedTags),
             TagSetName = Str(entry, "tag_set", defaults.TagSetName),
+            TagFairness = Bool(entry, name, "tag_fairness", defaults.TagFairness),
             HostWideTags = Bool(entry, name, "shared_tag_bitmap", defaults.HostWideTags),
             RqAffinity = (CompletionAffinity)Int(entry, name, "rq_affinity", (int)defaults.RqAffinity),
             NoMerges = (MergePolicy)Int(entry, name, "nomerges", (int)defaults.NoMerges),

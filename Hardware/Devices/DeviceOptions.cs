@@ -103,6 +103,15 @@ public sealed partial record DeviceOptions
     /// <summary>Name of the shared tag set, when <see cref="SharedTags"/> is on (<c>tag_set</c>).</summary>
     public string TagSetName { get; init; } = "shared";
 
+    /// <summary>
+    /// A shared tag set's fair share (<c>tag_fairness</c>, on): each active queue may hold at most
+    /// <c>max(ceil(depth / active queues), 4)</c> tags (<c>hctx_may_queue</c>, blk-mq-semantics
+    /// §2.5). Off, any queue may take the whole set, as with the 2024 proposal that drops the
+    /// throttling. The device that creates a shared set decides for it; later devices join it as
+    /// it is. Without <see cref="SharedTags"/> or <see cref="HostWideTags"/> there is nothing to share.
+    /// </summary>
+    public bool TagFairness { get; init; } = true;
+
     /// <summary>Host-wide tags: one tag map for all hardware queues (<c>shared_tag_bitmap</c>).</summary>
     public bool HostWideTags { get; init; }
 
@@ -357,6 +366,7 @@ public sealed partial record DeviceOptions
         ReservedTags = ReservedTags,
         PayloadSize = payloadSize,
         Flags = (HostWideTags ? TagSetFlags.HostWide : 0) | (Blocking || MemoryBacked ? TagSetFlags.Blocking : 0),
+        FairSharing = TagFairness,
         TimeoutMs = EffectiveTimeoutMs,
         MapAlgorithm = CpuMapAlgorithm,
     };

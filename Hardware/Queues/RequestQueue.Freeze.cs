@@ -147,7 +147,9 @@ public sealed partial class RequestQueue
 
         if (nr > TagSet.QueueDepth)
         {
-            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {value} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
+            // The clamped value is the one checked: "2 exceeds the tag depth 2" was false.
+            var what = nr == value ? $"{nr}" : $"{value} (raised to the minimum {nr})";
+            throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {what} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
         }
 
         return nr;
@@ -156,12 +158,19 @@ public sealed partial class RequestQueue
     /// <summary>
     /// Writes <c>queue/nr_requests</c>: validates it (<see cref="ValidateNrRequests"/>), then with
     /// the queue frozen and quiesced shrinks or restores every hardware queue's normal tags to
-    /// <c>nr - reserved</c> and wakes all tag waiters. Writing the current value does nothing.
+    /// <c>nr - reserved</c> and wakes all tag waiters. Writing the current value does nothing, and
+    /// is checked first, as the kernel's queue_requests_store does: on a device of fewer than 4
+    /// tags the value read back may be written back, though a write below 4 becomes 4.
     /// </summary>
     /// <returns>The value in effect.</returns>
     /// <exception cref="ArgumentOutOfRangeException">The value is refused; nothing changed.</exception>
     public async Task<int> SetNrRequestsAsync(long value)
     {
+        if (value == _nrRequests)
+        {
+            return _nrRequests;
+        }
+
         var nr = ValidateNrRequests(value);
         if (nr == _nrRequests)
         {

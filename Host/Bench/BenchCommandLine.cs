@@ -95,6 +95,7 @@ internal sealed class BenchCommandLine
     // Several devices, CPU hotplug.
     private readonly Option<int> Devices = CliOptions.Int("--devices", 1, 1, 64, "N devices, each driven by its own --numjobs jobs at --iodepth");
     private readonly Option<Word<bool>> SharedTags = CliOptions.Bool("--shared-tags", false, "the devices share one tag set of --hw-queue-depth tags (fair share)");
+    private readonly Option<Word<bool>> TagFairness = CliOptions.Bool("--tag-fairness", true, "with --shared-tags: each active device holds at most max(ceil(depth / active), 4) tags (hctx_may_queue); 0 lets any take them all");
     private readonly Option<int?> PossibleCpus = CliOptions.OptionalInt("--possible-cpus", 1, 4096, "a simulated machine of N CPUs instead of this one's");
     private readonly Option<int?> HotplugInterval = CliOptions.OptionalInt("--hotplug-interval", 1, 3_600_000,
         "every MS, take the next CPU (1, 2, ... N-1 in turn) offline, then bring it back at the next tick; each event freezes, drains, re-maps and unfreezes every device", "MS");
@@ -114,7 +115,7 @@ internal sealed class BenchCommandLine
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
         Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
-        Devices, SharedTags, PossibleCpus, HotplugInterval,
+        Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
     ];
 
@@ -197,6 +198,7 @@ internal sealed class BenchCommandLine
             IoTimeoutMs = parse.GetValue(IoTimeout),
             Devices = parse.GetValue(Devices),
             SharedTags = parse.ValueOf(SharedTags),
+            TagFairness = parse.ValueOf(TagFairness),
             PossibleCpus = parse.GetValue(PossibleCpus),
             HotplugInterval = hotplugMs is { } ms ? TimeSpan.FromMilliseconds(ms) : null,
             Faults = new FaultInjectionOptions

@@ -163,6 +163,9 @@ internal sealed record BenchOptions
     /// <summary>The devices share one tag set (<c>--shared-tags</c>).</summary>
     public bool SharedTags { get; init; }
 
+    /// <summary>The shared tag set's fair share (<c>--tag-fairness</c>, on).</summary>
+    public bool TagFairness { get; init; } = true;
+
     /// <summary>Faults injected into every device (<c>--fault-*</c>).</summary>
     public FaultInjectionOptions Faults { get; init; } = new();
 
@@ -254,6 +257,7 @@ internal sealed record BenchOptions
             Completion = Completion,
             IoTimeoutMs = IoTimeoutMs,
             SharedTags = SharedTags,
+            TagFairness = TagFairness,
             TagSetName = "bench",
             Faults = Faults,
         };

@@ -119,6 +119,7 @@ internal static class BenchReport
             }
 
             w.WriteBoolean("shared_tags", r.Options.SharedTags);
+            w.WriteBoolean("tag_fairness", r.Options.TagFairness);
             w.WriteStartArray("devices");
             foreach (var d in r.Devices)
             {

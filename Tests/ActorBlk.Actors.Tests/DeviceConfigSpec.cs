@@ -37,6 +37,8 @@ public sealed class DeviceConfigSpec
         Assert.Equal(CompletionContinuation.ThreadPool, o.Completion);
         Assert.True(o.IoPoll);
         Assert.Equal(CpuMapAlgorithm.Contiguous, o.CpuMapAlgorithm);
+        Assert.True(o.TagFairness); // §2.5: the fair share is on unless switched off
+        Assert.False(Parse("name = s0, shared_tags = on, tag_fairness = off").TagFairness);
     }
 
     [Fact]

@@ -348,6 +348,21 @@ public abstract class DeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task The_device_that_creates_a_shared_set_decides_its_fair_share()
+    {
+        // §2.5 item 27: "a framework should make it switchable". README claimed the switch; only
+        // the data plane's TagSetOptions had it (an outside audit): tag_fairness = off, and the
+        // devices that join the set take it as it is, as they take its depth.
+        var a = await Create(new DeviceOptions { Name = "fa", Size = 1 << 20, SharedTags = true, TagSetName = "unfair", TagFairness = false });
+        var b = await Create(new DeviceOptions { Name = "fb", Size = 1 << 20, SharedTags = true, TagSetName = "unfair" });
+        var c = await Create(new DeviceOptions { Name = "fc", Size = 1 << 20, SharedTags = true, TagSetName = "fair" });
+
+        Assert.Same(a.Queue.TagSet, b.Queue.TagSet);
+        Assert.False(b.Queue.TagSet.FairSharing);
+        Assert.True(c.Queue.TagSet.FairSharing);
+    }
+
+    [Fact]
     public async Task The_synchronous_create_returns_a_registered_device()
     {
         var device = Layer.CreateDevice(new DeviceOptions { Name = "sync", Size = 1 << 20, Dispatch = Mode });

@@ -242,6 +242,7 @@ public sealed class BenchSpec
         var a = json.GetProperty("actorblk");
         Assert.Equal(a.GetProperty("submitted").GetInt64(), a.GetProperty("completed").GetInt64());
         Assert.True(a.GetProperty("shared_tags").GetBoolean());
+        Assert.True(a.GetProperty("tag_fairness").GetBoolean());
         var devices = a.GetProperty("devices").EnumerateArray().ToArray();
         Assert.Equal(["bench0", "bench1", "bench2"], devices.Select(d => d.GetProperty("name").GetString()));
         Assert.All(devices, d => Assert.True(d.GetProperty("iops").GetDouble() > 0));

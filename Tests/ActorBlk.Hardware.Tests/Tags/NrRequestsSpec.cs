@@ -57,6 +57,25 @@ public sealed class NrRequestsSpec
     }
 
     [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public async Task Writing_the_current_value_succeeds_on_a_device_of_fewer_than_4_tags(int depth)
+    {
+        // Item 29: "equal to current -> no-op success" comes before the clamp to 4: a harness
+        // that writes back what it read got EINVAL ("2 exceeds the tag depth 2") on such a device
+        // (an outside audit). Any other value is raised to 4 and refused, naming the 4.
+        var (queue, _) = TestQueues.Create(new ScriptedDriver(), depth: depth);
+        Assert.Equal(depth, queue.NrRequests);
+
+        Assert.Equal(depth, await queue.SetNrRequestsAsync(depth));
+        var other = depth == 1 ? 2 : 1;
+        var refused = await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => queue.SetNrRequestsAsync(other));
+        Assert.StartsWith($"nr_requests: {other} (raised to the minimum 4) exceeds the tag depth {depth};", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(depth, queue.NrRequests);
+    }
+
+    [Theory]
     [InlineData(65)]
     [InlineData(1000)]
     [InlineData(-1)]
