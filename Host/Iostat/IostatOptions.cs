@@ -160,12 +160,20 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
         }
 
         var interval = 1.0;
-        if (numbers.Count > 0 && (!double.TryParse(numbers[0], NumberStyles.Float, CultureInfo.InvariantCulture, out interval) || interval <= 0 || interval > 86_400))
+        if (numbers.Count > 0 && (!double.TryParse(numbers[0], NumberStyles.Float, CultureInfo.InvariantCulture, out interval) || interval < 0 || interval > 86_400))
         {
             throw new UsageException($"'{numbers[0]}' is not an interval in seconds.");
         }
 
-        long? count = numbers.Count == 0 ? 1 : null;
+        // sysstat: "if (!interval) count = 1" — an interval of 0 is the one since-boot report, as
+        // no interval is (it was refused: an outside audit); "0 3" stays a usage error there too.
+        var zero = numbers.Count > 0 && interval == 0;
+        if (zero && numbers.Count == 2)
+        {
+            throw new UsageException("an interval of 0 takes no count (it prints the one report since the start).");
+        }
+
+        long? count = numbers.Count == 0 || zero ? 1 : null;
         if (numbers.Count == 2)
         {
             if (!long.TryParse(numbers[1], NumberStyles.None, CultureInfo.InvariantCulture, out var c) || c < 1)
@@ -176,6 +184,7 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             count = c;
         }
 
-        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, interval, count, !(omitSinceStart && numbers.Count > 0), all || devices.Count > 0);
+        return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, zero ? 1.0 : interval, count,
+            !(omitSinceStart && numbers.Count > 0 && !zero), all || devices.Count > 0);
     }
 }

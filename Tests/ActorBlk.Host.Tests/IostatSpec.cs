@@ -145,9 +145,23 @@ public sealed class IostatSpec
         }
     }
 
+    [Fact]
+    public void An_interval_of_0_is_the_one_report_since_the_start()
+    {
+        // sysstat: "if (!interval) count = 1", and -y needs an interval above 0 to drop the
+        // report since boot; "iostat 0" was a usage error (an outside audit).
+        foreach (var args in new[] { new[] { "0" }, ["-y", "0"], ["-x", "nullb0", "0"] })
+        {
+            var options = IostatOptions.Parse(args);
+            Assert.Equal(1, options.Count);
+            Assert.True(options.SinceStart);
+        }
+    }
+
     [Theory]
     [InlineData("1", "2", "3")]
-    [InlineData("0")]
+    [InlineData("0", "3")]
+    [InlineData("-1")]
     [InlineData("1", "0")]
     [InlineData("-q")]
     [InlineData("1", "nullb0")]
