@@ -169,6 +169,19 @@ internal sealed class BenchRun
     private int _jobsToStart;
     private volatile bool _stop;
     private long _runStarted = Stopwatch.GetTimestamp();
+
+    // The process's CPU times and resource counts when the run, then its measured window, began:
+    // what an interim report (Snapshot) measures from, as the final report measures from the window.
+    private sealed record CpuBaseline(TimeSpan User, TimeSpan System, ResourceUsage.Snapshot Usage, long At)
+    {
+        public static CpuBaseline Now()
+        {
+            using var process = Process.GetCurrentProcess();
+            return new(process.UserProcessorTime, process.PrivilegedProcessorTime, ResourceUsage.Now(), Stopwatch.GetTimestamp());
+        }
+    }
+
+    private volatile CpuBaseline? _cpuBaseline;
     private long _rampStart = long.MaxValue;
     private volatile bool _offline;
 
@@ -243,10 +256,26 @@ internal sealed class BenchRun
         }
 
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
-        // Elapsed is wall time since the run started, as fio's "elapsed" (it was the window's length).
-        return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(_runStarted), submitted, completed, errors, timeouts, 0, 0, _device.ToString() ?? _device.Name)
+
+        // CPU, context switches, faults and engines as the final report gives them, measured from
+        // the window's start (from the run's during the ramp): interim reports had 0 for the CPU
+        // figures and "none" for the engine (an outside audit; fio fills them in its interim reports).
+        var (usr, sys, usage) = (0.0, 0.0, default(ResourceUsage.Snapshot));
+        if (_cpuBaseline is { } from)
         {
-            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, [], _dispatch)],
+            var now = CpuBaseline.Now();
+            var cpuSeconds = Math.Max(Stopwatch.GetElapsedTime(from.At, now.At).TotalSeconds, 1e-9);
+            (usr, sys, usage) = (CpuPercent(now.User - from.User, cpuSeconds), CpuPercent(now.System - from.System, cpuSeconds), now.Usage - from.Usage);
+        }
+
+        var engines = EnginesOf(_device);
+
+        // Elapsed is wall time since the run started, as fio's "elapsed" (it was the window's length).
+        return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(_runStarted), submitted, completed, errors, timeouts, usr, sys, _device.ToString() ?? _device.Name)
+        {
+            Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, engines, _dispatch)],
+            Engines = engines,
+            Usage = usage,
         };
     }
 
@@ -261,6 +290,7 @@ internal sealed class BenchRun
         var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
         _runStarted = started;
+        _cpuBaseline = CpuBaseline.Now();
         var ramping = _o.RampTime > TimeSpan.Zero;
         var warming = _o.JitWarmup > TimeSpan.Zero && _o.Runtime is not null;
         if (!ramping && !warming)
@@ -301,6 +331,7 @@ internal sealed class BenchRun
         var sys0 = process.PrivilegedProcessorTime;
         var usage0 = ResourceUsage.Now();
         var cpuStart = Stopwatch.GetTimestamp();
+        _cpuBaseline = new CpuBaseline(usr0, sys0, usage0, cpuStart);
         if (_o.Runtime is { } runtime)
         {
             await Task.WhenAny(work, Task.Delay(runtime, cancellationToken)).ConfigureAwait(false);

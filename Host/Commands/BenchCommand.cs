@@ -157,15 +157,20 @@ internal static class BenchCommand
 
             using var progress = options.Eta ?? (!options.Json && !Console.IsErrorRedirected) ? Progress(runs, options) : null;
             using var stopReports = new CancellationTokenSource();
+            // fio's bw and iops samples (bw_min ... iops_stddev in the JSON), every 500 ms; the
+            // interim reports carry the samples taken so far, as fio's do.
+            var sampler = new BenchSampler();
             var reports = options.StatusInterval is { } every
-                ? new BenchStatusReports(every, BenchClock.System, () => BenchResult.Combine([.. runs.Select(r => r.Snapshot())]), Console.Out, options.Json).RunAsync(stopReports.Token)
+                ? new BenchStatusReports(every, BenchClock.System, () => BenchResult.Combine([.. runs.Select(r => r.Snapshot())]) with
+                {
+                    ReadSamples = sampler.Read,
+                    WriteSamples = sampler.Write,
+                }, Console.Out, options.Json).RunAsync(stopReports.Token)
                 : Task.CompletedTask;
             using var stopHotplug = new CancellationTokenSource();
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
                 : Task.FromResult<HotplugFigures?>(null);
-            // fio's bw and iops samples (bw_min ... iops_stddev in the JSON), every 500 ms.
-            var sampler = new BenchSampler();
             var sampling = sampler.RunAsync(() => BenchResult.Combine([.. runs.Select(r => r.Snapshot())]), BenchSampler.DefaultInterval, stopReports.Token);
 
             // The ramp of every run counts from the moment all of them have started (BenchRun.Started).

@@ -164,6 +164,31 @@ public sealed class BenchStatusSpec
         }
     }
 
+    /// <summary>
+    /// An interim report carries the CPU figures, the bandwidth and IOPS samples so far and the
+    /// engines, as the final one does and as fio's interim reports do: they had usr_cpu 0, ctx 0,
+    /// no samples and engine "none" (an outside audit of the operator's tools).
+    /// </summary>
+    [Fact]
+    public async Task Interim_reports_carry_cpu_samples_and_engines()
+    {
+        await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--rw=randread", "--bs=4k", "--iodepth=2", "--runtime=3",
+            "--jit_warmup=0", "--output-format=json", "--status-interval=1", "--eta=never");
+        Assert.Equal(0, await bench.WaitForExitAsync(TimeSpan.FromSeconds(120)));
+        var documents = JsonDocuments(bench.StandardOutput);
+        Assert.True(documents.Count >= 2, $"{documents.Count} reports");
+        foreach (var report in documents)
+        {
+            var job = report.GetProperty("jobs")[0];
+            Assert.True(job.GetProperty("usr_cpu").GetDouble() + job.GetProperty("sys_cpu").GetDouble() > 0, "no CPU time");
+            Assert.True(job.GetProperty("ctx").GetInt64() > 0, "no context switch");
+            Assert.Equal("null", report.GetProperty("actorblk").GetProperty("engine").GetString());
+        }
+
+        // The first interim report comes after a second: two 500 ms samples, or one if it was early.
+        Assert.True(documents[0].GetProperty("jobs")[0].GetProperty("read").GetProperty("iops_samples").GetInt32() >= 1);
+    }
+
     // fio's JSON with --status-interval: a sequence of complete documents.
     internal static List<JsonElement> JsonDocuments(string text)
     {
