@@ -148,7 +148,7 @@ public sealed partial class RequestQueue
         if (nr > TagSet.QueueDepth)
         {
             // The clamped value is the one checked: "2 exceeds the tag depth 2" was false.
-            var what = nr == value ? $"{nr}" : $"{value} (raised to the minimum {nr})";
+            var what = value < MinNrRequests ? $"{value} (raised to the minimum {MinNrRequests})" : $"{value}";
             throw new ArgumentOutOfRangeException(nameof(value), value, $"nr_requests: {what} exceeds the tag depth {TagSet.QueueDepth}; without an I/O scheduler tags cannot grow (EINVAL).");
         }
 
