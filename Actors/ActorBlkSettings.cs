@@ -359,7 +359,14 @@ public sealed record ActorBlkSettings(
     {
         const string section = "blocking-driver-dispatcher";
         var type = c.GetString($"{section}.type", "PinnedDispatcher");
-        if (!DispatcherTypes.Contains(type, StringComparer.Ordinal) && Type.GetType(type, throwOnError: false) is null)
+
+        // Akka resolves any other name with Type.GetType from its own assembly (so an unqualified
+        // Akka.Dispatch name resolves there, not here) and instantiates it as a configurator: a
+        // name that resolves to another type (System.String) failed the first blocking device as before.
+        var resolved = DispatcherTypes.Contains(type, StringComparer.Ordinal)
+            ? null
+            : Type.GetType(type, throwOnError: false) ?? typeof(Akka.Dispatch.MessageDispatcherConfigurator).Assembly.GetType(type, throwOnError: false);
+        if (!DispatcherTypes.Contains(type, StringComparer.Ordinal) && (resolved is null || !typeof(Akka.Dispatch.MessageDispatcherConfigurator).IsAssignableFrom(resolved)))
         {
             throw new ConfigurationException(
                 $"actorblk.{section}.type: '{type}' is not a dispatcher type ({string.Join(", ", DispatcherTypes)}, or an assembly-qualified type name).");

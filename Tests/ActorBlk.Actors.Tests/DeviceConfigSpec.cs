@@ -338,6 +338,7 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.drain-timeout = -30s", "actorblk.drain-timeout: '-30s' is negative; a duration here is 0 or more (e.g. 500ms, 30s).")]
     [InlineData("actorblk.topology.watch-interval = -1s", "actorblk.topology.watch-interval: '-1s' is negative; a duration here is 0 or more (1s, 500ms, 0s for off).")]
     [InlineData("actorblk.blocking-driver-dispatcher.type = Banana", "actorblk.blocking-driver-dispatcher.type: 'Banana' is not a dispatcher type (PinnedDispatcher, Dispatcher, ForkJoinDispatcher, TaskDispatcher, SynchronizedDispatcher, or an assembly-qualified type name).")] // failed the first blocking device's creation
+    [InlineData("actorblk.blocking-driver-dispatcher.type = \"System.String\"", "actorblk.blocking-driver-dispatcher.type: 'System.String' is not a dispatcher type (PinnedDispatcher, Dispatcher, ForkJoinDispatcher, TaskDispatcher, SynchronizedDispatcher, or an assembly-qualified type name).")] // resolved, so passed, and failed the first blocking device
     [InlineData("actorblk.blocking-driver-dispatcher.throughput = banana", "actorblk.blocking-driver-dispatcher.throughput: 'banana' is not a whole number.")]
     [InlineData("actorblk.cluster.registry.tls-ca = \"/nonexistent/ca.pem\"", "actorblk.cluster.registry.tls-ca: '/nonexistent/ca.pem' does not exist (a PEM file of the CA that signed other nodes' NBD certificates).")]
     [InlineData("actorblk.drain-timeout { x = 1 }", "actorblk.drain-timeout: a value is expected, not a section { ... }.")]
@@ -356,6 +357,12 @@ public sealed class DeviceConfigSpec
         var ex = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString(hocon)));
         Assert.Equal(message, ex.Message);
     }
+
+    [Theory]
+    [InlineData("Akka.Dispatch.PinnedDispatcherConfigurator")] // Akka resolves it from its own assembly
+    [InlineData("Akka.Dispatch.DispatcherConfigurator, Akka")]
+    public void A_configurator_type_akka_accepts_passes_the_dispatcher_check(string type) =>
+        ActorBlkSettings.Create(ConfigurationFactory.ParseString($"actorblk.blocking-driver-dispatcher.type = \"{type}\""));
 
     [Fact]
     public void Optional_substitutions_and_infinite_waits_still_pass_the_kind_check()
