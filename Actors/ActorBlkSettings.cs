@@ -335,9 +335,9 @@ public sealed record ActorBlkSettings(
         }
 
         CheckBlockingDriverDispatcher(c);
-        if (c.GetString("cluster.registry.tls-ca", string.Empty) is { Length: > 0 } ca && !File.Exists(ca))
+        if (c.GetString("cluster.registry.tls-ca", string.Empty) is { Length: > 0 } ca)
         {
-            throw new ConfigurationException($"actorblk.cluster.registry.tls-ca: '{ca}' does not exist (a PEM file of the CA that signed other nodes' NBD certificates).");
+            CheckTlsCa(ca);
         }
 
         foreach (var key in DurationsReadElsewhere)
@@ -374,6 +374,37 @@ public sealed record ActorBlkSettings(
 
         _ = Int(c, $"{section}.throughput", 1);
         _ = Span(c, $"{section}.throughput-deadline-time", TimeSpan.Zero);
+    }
+
+    // The CA of remote opens is read at the first open of a TLS owner's device: a file that is
+    // missing, unreadable or holds no PEM certificate is refused when the node starts instead.
+    private static void CheckTlsCa(string path)
+    {
+        const string key = "actorblk.cluster.registry.tls-ca";
+        if (!File.Exists(path))
+        {
+            throw new ConfigurationException($"{key}: '{path}' is not a file (a PEM file of the CA that signed other nodes' NBD certificates).");
+        }
+
+        var certificates = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
+        try
+        {
+            certificates.ImportFromPemFile(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException)
+        {
+            throw new ConfigurationException($"{key}: '{path}' cannot be read as PEM certificates: {ex.Message}");
+        }
+
+        if (certificates.Count == 0)
+        {
+            throw new ConfigurationException($"{key}: '{path}' holds no PEM certificate (-----BEGIN CERTIFICATE-----).");
+        }
+
+        foreach (var certificate in certificates)
+        {
+            certificate.Dispose();
+        }
     }
 
     // The simulated machine is built when the node starts: refused there, a bad count failed the

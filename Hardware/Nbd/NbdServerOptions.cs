@@ -118,7 +118,7 @@ public sealed record NbdServerOptions
 
         if (StallTimeout < TimeSpan.FromSeconds(1) || StallTimeout > TimeSpan.FromHours(1))
         {
-            throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {StallTimeout.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s.", nameof(StallTimeout));
+            throw new ArgumentException($"stall-timeout must be from 1 s to 1 hour, not {Seconds(StallTimeout)}.", nameof(StallTimeout));
         }
 
         if (MinTransferRate < 0 || MinTransferRate > 1L << 40)
@@ -133,7 +133,7 @@ public sealed record NbdServerOptions
 
         if (ShutdownGrace < TimeSpan.Zero || ShutdownGrace > TimeSpan.FromMinutes(10))
         {
-            throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {ShutdownGrace.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s.", nameof(ShutdownGrace));
+            throw new ArgumentException($"shutdown-grace must be from 0 to 10 minutes, not {Seconds(ShutdownGrace)}.", nameof(ShutdownGrace));
         }
 
         if (!Enum.IsDefined(Tls))
@@ -158,4 +158,8 @@ public sealed record NbdServerOptions
                 "Set actorblk.nbd.tls = require (with a certificate), or actorblk.nbd.allow-insecure = on to accept the risk.", nameof(Listen));
         }
     }
+
+    // A duration in a refusal: "infinite" (HOCON's word) rather than "-0.001 s".
+    private static string Seconds(TimeSpan span) =>
+        span == Timeout.InfiniteTimeSpan ? "infinite" : $"{span.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture)} s";
 }

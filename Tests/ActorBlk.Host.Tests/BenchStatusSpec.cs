@@ -185,8 +185,9 @@ public sealed class BenchStatusSpec
             Assert.Equal("null", report.GetProperty("actorblk").GetProperty("engine").GetString());
         }
 
-        // The first interim report comes after a second: two 500 ms samples, or one if it was early.
-        Assert.True(documents[0].GetProperty("jobs")[0].GetProperty("read").GetProperty("iops_samples").GetInt32() >= 1);
+        // The 500 ms sampler has run by a later interim report (the first, at one second, may come
+        // before a late first sample on a loaded machine).
+        Assert.Contains(documents.SkipLast(1), d => d.GetProperty("jobs")[0].GetProperty("read").GetProperty("iops_samples").GetInt32() >= 1);
     }
 
     // fio's JSON with --status-interval: a sequence of complete documents.
