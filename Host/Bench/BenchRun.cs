@@ -241,9 +241,11 @@ internal sealed class BenchRun
 
     /// <summary>
     /// What the run measured so far, while it runs (<c>--status-interval</c>): the accounting's
-    /// snapshot (see <see cref="BenchAccounting.Snapshot"/>) and the slots' counters.
+    /// snapshot (see <see cref="BenchAccounting.Snapshot"/>) and the slots' counters, and with
+    /// <paramref name="full"/> (a status report) the CPU figures and engines; the 500 ms sampler
+    /// needs only the counts.
     /// </summary>
-    public BenchResult Snapshot()
+    public BenchResult Snapshot(bool full = true)
     {
         var (read, write, measured) = _accounting.Snapshot();
         long submitted = 0, completed = 0, errors = 0, timeouts = 0;
@@ -261,14 +263,14 @@ internal sealed class BenchRun
         // the window's start (from the run's during the ramp): interim reports had 0 for the CPU
         // figures and "none" for the engine (an outside audit; fio fills them in its interim reports).
         var (usr, sys, usage) = (0.0, 0.0, default(ResourceUsage.Snapshot));
-        if (_cpuBaseline is { } from)
+        if (full && _cpuBaseline is { } from)
         {
             var now = CpuBaseline.Now();
             var cpuSeconds = Math.Max(Stopwatch.GetElapsedTime(from.At, now.At).TotalSeconds, 1e-9);
             (usr, sys, usage) = (CpuPercent(now.User - from.User, cpuSeconds), CpuPercent(now.System - from.System, cpuSeconds), now.Usage - from.Usage);
         }
 
-        var engines = EnginesOf(_device);
+        IReadOnlyList<string?> engines = full ? EnginesOf(_device) : [];
 
         // Elapsed is wall time since the run started, as fio's "elapsed" (it was the window's length).
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(_runStarted), submitted, completed, errors, timeouts, usr, sys, _device.ToString() ?? _device.Name)
