@@ -425,11 +425,29 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 }
 
                 break;
+            case HardwareQueue.DeviceFaulted f when !_stoppingDrivers && !_shutdownDone:
+                // The requests drain through a device that may still fail: the round that faulted
+                // stopped its hardware queue, and only the reset starts it again. Dropped here,
+                // the stopped queue held its requests until the drain timeout, and for ever when a
+                // hotplug re-map waited for this queue to drain ahead of the removal (an outside
+                // audit: destroy, hotplug and I/O hung under crash faults and CPU hotplug).
+                HandleDeviceError(f.HardwareQueue, f.Error);
+                break;
+            case DeviceError e when !_stoppingDrivers && !_shutdownDone:
+                HandleDeviceError(e.HardwareQueue, e.Error);
+                break;
+            case DeviceDriver.ResetDone done:
+                _resets++;
+                _queue.Stats.CountReset();
+                _log.Info("{Device}: reset after '{Reason}' while being removed: {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
+                    _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
+                break;
             case TryReopen:
             case ReopenDone:
-            case DeviceDriver.ResetDone:
             case HardwareQueue.DeviceFaulted:
             case DeviceError:
+                // The drivers are being stopped, or the teardown failed what was left: nothing
+                // dispatches any more.
                 break;
             case TagSetProtocol.Left:
                 // A reopen attempt may still be connecting (up to its connect timeout): the driver

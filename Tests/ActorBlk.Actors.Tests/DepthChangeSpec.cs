@@ -169,6 +169,38 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_device_error_while_the_device_is_removed_behind_a_hotplug_resets_it_and_nothing_hangs()
+    {
+        // An outside audit (crash faults, CPU hotplug and destroys under load): a round that
+        // faulted while its device was being removed stopped its hardware queue, and the removal
+        // dropped the device error, so nothing reset the device and started the queue again. The
+        // stopped queue could not drain, the hotplug re-map that had frozen it waited for ever, and
+        // the removal (queued behind the re-map at the topology) with it: destroy, hotplug and
+        // I/O all hung. Here: two writes staged on a quiesced queue, a re-map that waits for them,
+        // the removal, then the queue runs and its second request crashes the device.
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions
+        {
+            Name = "dc-crash", Dispatch = Mode, Size = 8 << 20, MemoryBacked = true, SubmitQueues = 1, PollQueues = 0,
+            Faults = new FaultInjectionOptions { CrashAfter = 2, Seed = 5 },
+        });
+        var queue = device.Queue;
+        await queue.QuiesceAsync();
+        var writes = Enumerable.Range(0, 2).Select(i => device.WriteAsync(i * 4096L, Enumerable.Repeat((byte)(i + 1), 4096).ToArray()).AsTask()).ToArray();
+        await AwaitConditionAsync(() => Task.FromResult(queue.HardwareContexts.Sum(h => h.Tags.InUse) == 2), Generous, Poll);
+        var hotplug = Layer.SetCpuOnlineAsync(3, online: false);
+        await AwaitConditionAsync(() => Task.FromResult(queue.Usage.IsFrozen), Generous, Poll);
+        var destroy = Layer.DestroyDeviceAsync("dc-crash");
+        await Layer.GetDeviceInfoAsync("dc-crash"); // answered after the removal began (one sender, in order)
+
+        queue.Unquiesce();
+        await Bounded(Task.WhenAll(writes), "the writes", () => QueueState(device));
+        await Bounded(hotplug, "the hotplug event", () => QueueState(device));
+        Assert.Equal(0, await destroy.WaitAsync(Generous));
+        Assert.Equal(1, queue.Stats.Resets);
+        await Layer.SetCpuOnlineAsync(3, online: true);
+    }
+
+    [Fact]
     public async Task Shutdown_with_a_frozen_quiesced_queue_and_tag_waiters_fails_every_io()
     {
         var device = await Create("dc2", depth: 4);
