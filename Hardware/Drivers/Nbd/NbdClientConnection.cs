@@ -742,7 +742,9 @@ internal sealed class NbdClientConnection : IDisposable
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException or OperationCanceledException)
         {
-            Lost(ex.Message);
+            // A connection this client killed (a request timed out) often ends in a reset or an
+            // error of the shut-down socket, not an end of stream: the reason is still ours.
+            Lost(Volatile.Read(ref _killedBecause) ?? ex.Message);
         }
         finally
         {
