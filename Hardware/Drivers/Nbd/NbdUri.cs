@@ -19,8 +19,22 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
             throw new FormatException($"'{text}' is not an NBD URI (nbd://HOST[:PORT]/EXPORT or nbds://...).");
         }
 
-        var export = Uri.UnescapeDataString(uri.AbsolutePath.TrimStart('/'));
+        // The NBD URI specification: "the path part of the URI except for the leading `/`
+        // character MUST be passed to the server as the export name" (nbd://h//disk names
+        // "/disk"). Uri.AbsolutePath is canonicalised (dot segments removed), so the path is
+        // taken from the text as written.
+        var export = Uri.UnescapeDataString(RawExport(text));
         return new NbdUri(uri.Host.Trim('[', ']'), uri.IsDefaultPort || uri.Port < 0 ? NbdProtocol.DefaultPort : uri.Port, export, uri.Scheme == "nbds");
+    }
+
+    // The path of an nbd://authority/path?query#fragment text, without its one leading '/'.
+    private static string RawExport(string text)
+    {
+        var start = text.IndexOf("://", StringComparison.Ordinal) + 3;
+        var end = text.IndexOfAny(['?', '#'], start);
+        end = end < 0 ? text.Length : end;
+        var slash = text.IndexOf('/', start, end - start);
+        return slash < 0 ? string.Empty : text[(slash + 1)..end];
     }
 
     /// <inheritdoc />

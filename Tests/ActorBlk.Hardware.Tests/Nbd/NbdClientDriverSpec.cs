@@ -346,6 +346,10 @@ public sealed class NbdClientDriverSpec
     [InlineData("nbd://h/e", "h", 10809, "e", false)]
     [InlineData("nbds://10.0.0.1:10900/disk%200", "10.0.0.1", 10900, "disk 0", true)]
     [InlineData("nbd://[::1]:99/", "::1", 99, "", false)]
+    [InlineData("nbd://h", "h", 10809, "", false)]
+    [InlineData("nbd://h//disk", "h", 10809, "/disk", false)]
+    [InlineData("nbd://h/a/../b", "h", 10809, "a/../b", false)]
+    [InlineData("nbd://h:1/v%3Fx%23y?tls=1", "h", 1, "v?x#y", false)]
     public void Uris_parse(string text, string host, int port, string export, bool tls) =>
         Assert.Equal(new NbdUri(host, port, export, tls), NbdUri.Parse(text));
 
