@@ -318,6 +318,14 @@ internal sealed class NbdClientConnection : IDisposable
             socket.Dispose();
             throw new IOException($"cannot connect to {uri}: {ex.Message}", ex);
         }
+        catch (IOException ex) when (ex.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut })
+        {
+            // The socket's receive or send timeout during the negotiation: the server accepted
+            // the connection but did not answer (one that takes a client at a time, a stalled one).
+            stream?.Dispose();
+            socket.Dispose();
+            throw new IOException($"cannot connect to {uri}: the server accepted the connection but did not negotiate within {timeout.TotalSeconds:0.###} s", ex);
+        }
         catch
         {
             stream?.Dispose();

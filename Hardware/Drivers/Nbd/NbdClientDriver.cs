@@ -70,6 +70,13 @@ public sealed class NbdClientDriver : IBlockDriver
             for (var i = 0; i < _connections.Length; i++)
             {
                 _connections[i] = NbdClientConnection.Connect(options);
+                if (i == 0 && _connections.Length > 1 && (_connections[0]!.Flags & NbdTransmissionFlags.CanMultiConn) == 0)
+                {
+                    // Before the second connection: a server that takes one client at a time
+                    // (qemu-nbd --shared=1) leaves it unanswered, and the open failed on its
+                    // negotiation timeout instead of saying why.
+                    throw new IOException($"{deviceName}: {options.Uri} does not allow several connections (no NBD_FLAG_CAN_MULTI_CONN); use connections = 1.");
+                }
             }
         }
         catch
