@@ -312,7 +312,14 @@ internal sealed class NbdClientConnection : IDisposable
             socket.Dispose();
             throw new OperationCanceledException($"connecting to {uri} was cancelled", ex, cancellationToken);
         }
-        catch (Exception ex) when (ex is SocketException or OperationCanceledException or EndOfStreamException or System.Security.Authentication.AuthenticationException)
+        catch (EndOfStreamException ex)
+        {
+            // "Unable to read beyond the end of the stream" said nothing of who closed it when.
+            stream?.Dispose();
+            socket.Dispose();
+            throw new IOException($"cannot connect to {uri}: the server closed the connection during the negotiation", ex);
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException or System.Security.Authentication.AuthenticationException)
         {
             stream?.Dispose();
             socket.Dispose();

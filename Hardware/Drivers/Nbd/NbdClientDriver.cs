@@ -69,7 +69,17 @@ public sealed class NbdClientDriver : IBlockDriver
         {
             for (var i = 0; i < _connections.Length; i++)
             {
-                _connections[i] = NbdClientConnection.Connect(options);
+                try
+                {
+                    _connections[i] = NbdClientConnection.Connect(options);
+                }
+                catch (IOException ex) when (i > 0 && ex is not NbdTlsException and not NbdClientProtocolException)
+                {
+                    // The first connection was taken: name the one refused (a server limiting its
+                    // clients, nbdkit --filter=limit, closes the second at once).
+                    throw new IOException($"{ex.Message} (connection {i + 1} of {_connections.Length}; the first {i} opened)", ex);
+                }
+
                 if (i == 0 && _connections.Length > 1 && (_connections[0]!.Flags & NbdTransmissionFlags.CanMultiConn) == 0)
                 {
                     // Before the second connection: a server that takes one client at a time
