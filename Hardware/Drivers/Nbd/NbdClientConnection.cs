@@ -837,8 +837,18 @@ internal sealed class NbdClientConnection : IDisposable
         return info;
     }
 
-    private static string Describe(NbdReply type, byte[] data) =>
-        data.Length > 0 ? $"{type}: {Encoding.UTF8.GetString(data)}" : type.ToString();
+    private static string Describe(NbdReply type, byte[] data)
+    {
+        // The reply's name, what it means for this client, and the server's own words if any.
+        var meaning = type switch
+        {
+            NbdReply.ErrUnknown => " (the server does not offer that export)",
+            NbdReply.ErrTlsRequired => " (the server requires TLS: use an nbds:// URI)",
+            NbdReply.ErrPolicy => " (the server's policy refuses it)",
+            _ => string.Empty,
+        };
+        return data.Length > 0 ? $"{type}{meaning}: {Encoding.UTF8.GetString(data)}" : type + meaning;
+    }
 
     private static byte[] ReadExactly(Stream stream, int count)
     {
