@@ -46,6 +46,16 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(InvalidRequestReason.OutOfRange, error.Reason);
     }
 
+    // An option the server refuses is named with what it means for this client (it was the bare
+    // reply name, "ErrUnknown"; an outside audit).
+    [Fact]
+    public async Task An_export_the_server_does_not_offer_is_refused_saying_so()
+    {
+        await using var fx = NbdExportFixture.Start();
+        var refused = Assert.ThrowsAny<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(fx.Uri("nosuch")) }, "remote0"));
+        Assert.Contains("ErrUnknown (the server does not offer that export)", refused.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Against_our_own_export_with_two_connections_reads_and_writes_the_served_device()
     {

@@ -104,6 +104,20 @@ public sealed class NbdClientFakeServerSpec
         Assert.Empty(server.Faults);
     }
 
+    // An outside audit: qemu-nbd --shared=1 (no NBD_FLAG_CAN_MULTI_CONN) accepts a second
+    // connection and never greets it. The driver refused such a server only once every
+    // connection had negotiated, so the open waited out the negotiation timeout and failed with
+    // "Connection timed out". The flag is checked after the first connection now: no second one.
+    [Fact]
+    public async Task Several_connections_to_a_server_without_multi_conn_are_refused_after_the_first()
+    {
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, s => s.ServeAsync(0)) { Mute = i => i > 0 };
+        var refused = Assert.Throws<IOException>(() => new NbdClientDriver(
+            new NbdClientOptions { Uri = NbdUri.Parse(server.Uri()), Connections = 2, ConnectTimeout = TimeSpan.FromMinutes(10) }, "fake0"));
+        Assert.Contains("does not allow several connections (no NBD_FLAG_CAN_MULTI_CONN); use connections = 1.", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(1, server.Accepted);
+    }
+
     private static byte[] Info(NbdInfo type, int length)
     {
         var info = new byte[length];
