@@ -181,11 +181,12 @@ public abstract class DepthChangeSpec : Akka.TestKit.Xunit2.TestKit
         var device = await Layer.CreateDeviceAsync(new DeviceOptions
         {
             Name = "dc-crash", Dispatch = Mode, Size = 8 << 20, MemoryBacked = true, SubmitQueues = 1, PollQueues = 0,
+            NoMerges = MergePolicy.Off, // two requests, not one merged: the second is the one that crashes
             Faults = new FaultInjectionOptions { CrashAfter = 2, Seed = 5 },
         });
         var queue = device.Queue;
         await queue.QuiesceAsync();
-        var writes = Enumerable.Range(0, 2).Select(i => device.WriteAsync(i * 4096L, Enumerable.Repeat((byte)(i + 1), 4096).ToArray()).AsTask()).ToArray();
+        var writes = Enumerable.Range(0, 2).Select(i => device.WriteAsync(i * (1L << 20), Enumerable.Repeat((byte)(i + 1), 4096).ToArray()).AsTask()).ToArray();
         await AwaitConditionAsync(() => Task.FromResult(queue.HardwareContexts.Sum(h => h.Tags.InUse) == 2), Generous, Poll);
         var hotplug = Layer.SetCpuOnlineAsync(3, online: false);
         await AwaitConditionAsync(() => Task.FromResult(queue.Usage.IsFrozen), Generous, Poll);
