@@ -449,9 +449,10 @@ public sealed partial class BlockLayer : IExtension
 
     /// <summary>
     /// The request-queue actor's summary of a device: its health, the timeouts, device errors and
-    /// resets supervision has seen.
+    /// resets supervision has seen. Only a registered device has that actor: one allocated
+    /// (<see cref="AllocateDeviceAsync"/>) and not yet registered is reported as no device.
     /// </summary>
-    /// <exception cref="KeyNotFoundException">No device has that name.</exception>
+    /// <exception cref="KeyNotFoundException">No registered device has that name.</exception>
     public async Task<RequestQueueProtocol.Info> GetDeviceInfoAsync(string name, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(name);
