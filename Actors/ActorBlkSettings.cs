@@ -448,7 +448,7 @@ public sealed record ActorBlkSettings(
             ? $"'{text}' is negative; a duration here is 0 or more ({examples})."
             : $"'{text}' is not a duration ({examples}).";
 
-    private static int Int(Config c, string key, int fallback)
+    internal static int Int(Config c, string key, int fallback)
     {
         try
         {

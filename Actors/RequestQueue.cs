@@ -304,10 +304,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _hardwareQueues[scan.HardwareQueue].Tell(HardwareQueue.ScanTimeouts.Instance);
                 break;
             case DeviceDriver.ResetDone done:
-                _resets++;
-                _queue.Stats.CountReset();
-                _log.Info("{Device}: reset after '{Reason}': {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
-                    _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
+                CountReset(done, removing: false);
                 break;
             case Terminated t when DriverIndex(t.ActorRef) >= 0:
                 HandleDriverTerminated(DriverIndex(t.ActorRef));
@@ -437,10 +434,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 HandleDeviceError(e.HardwareQueue, e.Error);
                 break;
             case DeviceDriver.ResetDone done:
-                _resets++;
-                _queue.Stats.CountReset();
-                _log.Info("{Device}: reset after '{Reason}' while being removed: {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
-                    _queue.Name, done.Reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
+                CountReset(done, removing: true);
                 break;
             case TryReopen:
             case ReopenDone:
@@ -623,6 +617,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
     // A device error stops the hardware queue it happened on; the driver actor rethrows it so its
     // supervisor decides (reset, or give the device up).
+    private void CountReset(DeviceDriver.ResetDone done, bool removing)
+    {
+        _resets++;
+        _queue.Stats.CountReset();
+        var reason = removing ? $"{done.Reason}' while being removed" : $"{done.Reason}'";
+        _log.Info("{Device}: reset after '{Reason}: {Requeued} request(s) requeued, {Failed} failed after {Retries} retries; reset {Resets} of this device",
+            _queue.Name, reason, done.Requeued, done.Failed, _queue.MaxRetries, _resets);
+    }
+
     private void HandleDeviceError(int hctx, Exception error)
     {
         _deviceErrors++;

@@ -45,7 +45,8 @@ public sealed record NbdExportSettings(
     public static NbdExportSettings Create(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var c = config.WithFallback(ActorBlkSettings.DefaultConfig()).GetConfig("actorblk.nbd");
+        var actorblk = config.WithFallback(ActorBlkSettings.DefaultConfig()).GetConfig("actorblk");
+        var c = actorblk.GetConfig("nbd");
         var listenText = c.GetString("listen", "off");
         var tls = c.GetString("tls", "off").ToLowerInvariant() switch
         {
@@ -78,8 +79,8 @@ public sealed record NbdExportSettings(
             c.GetString("certificate", string.Empty),
             c.GetString("key", string.Empty),
             c.GetBoolean("allow-insecure", false),
-            Int(c, "max-connections", 1024),
-            Int(c, "max-in-flight", 128),
+            ActorBlkSettings.Int(actorblk, "nbd.max-connections", 1024),
+            ActorBlkSettings.Int(actorblk, "nbd.max-in-flight", 128),
             (int)payload,
             Span(c, "handshake-timeout", TimeSpan.FromSeconds(30)))
         {
@@ -92,18 +93,6 @@ public sealed record NbdExportSettings(
 
     // Read raw, a value that did not parse failed serve with "The input string 'banana' was not
     // in a correct format." and no key (an outside audit); the key is named now.
-    private static int Int(Config c, string key, int fallback)
-    {
-        try
-        {
-            return c.GetInt(key, fallback);
-        }
-        catch (Exception ex) when (ex is FormatException or OverflowException)
-        {
-            throw new ConfigurationException($"actorblk.nbd.{key}: '{c.GetString(key)}' is not a whole number.");
-        }
-    }
-
     private static TimeSpan Span(Config c, string key, TimeSpan fallback)
     {
         try

@@ -179,6 +179,14 @@ internal sealed class BenchRun
             using var process = Process.GetCurrentProcess();
             return new(process.UserProcessorTime, process.PrivilegedProcessorTime, ResourceUsage.Now(), Stopwatch.GetTimestamp());
         }
+
+        // The CPU figures from this baseline to a later one: user and system time in percent of
+        // one CPU over the interval, and the resource counts it added.
+        public (double User, double System, ResourceUsage.Snapshot Usage) To(CpuBaseline later)
+        {
+            var seconds = Math.Max(Stopwatch.GetElapsedTime(At, later.At).TotalSeconds, 1e-9);
+            return (CpuPercent(later.User - User, seconds), CpuPercent(later.System - System, seconds), later.Usage - Usage);
+        }
     }
 
     private volatile CpuBaseline? _cpuBaseline;
@@ -262,13 +270,7 @@ internal sealed class BenchRun
         // CPU, context switches, faults and engines as the final report gives them, measured from
         // the window's start (from the run's during the ramp): interim reports had 0 for the CPU
         // figures and "none" for the engine (an outside audit; fio fills them in its interim reports).
-        var (usr, sys, usage) = (0.0, 0.0, default(ResourceUsage.Snapshot));
-        if (full && _cpuBaseline is { } from)
-        {
-            var now = CpuBaseline.Now();
-            var cpuSeconds = Math.Max(Stopwatch.GetElapsedTime(from.At, now.At).TotalSeconds, 1e-9);
-            (usr, sys, usage) = (CpuPercent(now.User - from.User, cpuSeconds), CpuPercent(now.System - from.System, cpuSeconds), now.Usage - from.Usage);
-        }
+        var (usr, sys, usage) = full && _cpuBaseline is { } from ? from.To(CpuBaseline.Now()) : (0.0, 0.0, default(ResourceUsage.Snapshot));
 
         IReadOnlyList<string?> engines = full ? EnginesOf(_device) : [];
 
@@ -289,7 +291,6 @@ internal sealed class BenchRun
     /// <param name="cancellationToken">Ends the wait for the window early.</param>
     public async Task<BenchResult> RunAsync(Task? allStarted = null, CancellationToken cancellationToken = default)
     {
-        var process = Process.GetCurrentProcess();
         var started = Stopwatch.GetTimestamp();
         _runStarted = started;
         _cpuBaseline = CpuBaseline.Now();
@@ -328,12 +329,8 @@ internal sealed class BenchRun
 
         var idle0 = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions);
 
-        process.Refresh();
-        var usr0 = process.UserProcessorTime;
-        var sys0 = process.PrivilegedProcessorTime;
-        var usage0 = ResourceUsage.Now();
-        var cpuStart = Stopwatch.GetTimestamp();
-        _cpuBaseline = new CpuBaseline(usr0, sys0, usage0, cpuStart);
+        var window = CpuBaseline.Now();
+        _cpuBaseline = window;
         if (_o.Runtime is { } runtime)
         {
             await Task.WhenAny(work, Task.Delay(runtime, cancellationToken)).ConfigureAwait(false);
@@ -346,13 +343,9 @@ internal sealed class BenchRun
         // The window ends at runtime (fixed when it opened) or now if the work ended first;
         // completions after its end, while the jobs wind down, are not recorded.
         _accounting.CloseWindow();
-        var cpuInterval = Stopwatch.GetElapsedTime(cpuStart);
-        var usage = ResourceUsage.Now() - usage0;
+        var (usr, sys, usage) = window.To(CpuBaseline.Now());
         int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
-        process.Refresh();
-        var usr = process.UserProcessorTime - usr0;
-        var sys = process.PrivilegedProcessorTime - sys0;
         _stop = true;
         await work.ConfigureAwait(false);
         foreach (var slot in _jobs.SelectMany(j => j.Slots))
@@ -375,9 +368,8 @@ internal sealed class BenchRun
         // Read after the run: a hardware queue picks its engine when its dispatch starts.
         var engines = EnginesOf(_device);
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
-        var cpuSeconds = Math.Max(cpuInterval.TotalSeconds, 1e-9);
         return new BenchResult(_o, read, write, measured, Stopwatch.GetElapsedTime(started), submitted, completed, errors, timeouts,
-            CpuPercent(usr, cpuSeconds), CpuPercent(sys, cpuSeconds), _device.ToString() ?? _device.Name)
+            usr, sys, _device.ToString() ?? _device.Name)
         {
             Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, peak, wentIdle, engines, _dispatch)],
             Engines = engines,

@@ -105,12 +105,6 @@ public sealed class NbdClientDriver : IBlockDriver
             throw new IOException($"{deviceName}: {options.Uri} is another device on another connection ({Format(_identity)} on the first, {Format(Identity(other))} on a later one): it was created again while the connections opened.");
         }
 
-        if (_connections.Length > 1 && (_flags & NbdTransmissionFlags.CanMultiConn) == 0)
-        {
-            Dispose();
-            throw new IOException($"{deviceName}: {options.Uri} does not allow several connections (no NBD_FLAG_CAN_MULTI_CONN); use connections = 1.");
-        }
-
         // The server's minimum block size is a MUST for the client (NBD_INFO_BLOCK_SIZE): above
         // 4096, the largest logical block size here, no request could honour it.
         if (first.MinimumBlock > 4096)
