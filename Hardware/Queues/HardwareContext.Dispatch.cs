@@ -221,7 +221,19 @@ public sealed partial class HardwareContext
                 break;
             }
 
-            Queue.EndRequestWithStatus(rq, status, generation);
+            // Ended whether or not the driver started it, as blk_mq_dispatch_rq_list ends it
+            // (virtio_blk starts the request, then returns BLK_STS_IOERR when the ring refuses
+            // it). Never started, it is still the idle incarnation read before QueueRq; started,
+            // it is the next one, and only that incarnation still in flight is ended: a driver
+            // that broke the contract by completing it as well has freed it already.
+            if (rq.Generation == generation)
+            {
+                Queue.EndRequestWithStatus(rq, status, generation);
+            }
+            else
+            {
+                Queue.EndRequestDirect(rq, status, generation + 1);
+            }
         }
 
         var processed = i;

@@ -98,6 +98,29 @@ public sealed class DispatchSpec
         Assert.Equal(BlockStatus.Ok, await tasks[1]);
     }
 
+    // A driver may start the request and then refuse it (virtio_blk: blk_mq_start_request, then
+    // BLK_STS_IOERR when virtblk_add_req fails); blk_mq_dispatch_rq_list ends it all the same.
+    // It stayed in flight with its tag and usage reference before, its bio never completed.
+    [Fact]
+    public async Task A_request_the_driver_started_then_refused_with_an_error_is_ended()
+    {
+        var driver = new StartThenFailDriver(new ScriptedDriver());
+        var (queue, runtime) = TestQueues.Create(driver, depth: 8, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        var read = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+        var write = TestQueues.Submit(queue, BlockOp.Write, 64, 8);
+
+        runtime.RunRound();
+
+        Assert.True(read.IsCompleted && write.IsCompleted);
+        Assert.Equal(BlockStatus.IoError, await read);
+        Assert.Equal(BlockStatus.IoError, await write);
+        Assert.Equal(2, driver.Calls);
+        var hctx = queue.HardwareContexts[0];
+        Assert.Equal(0, hctx.Tags.InUse);
+        Assert.Equal(0, queue.Usage.Count);
+        Assert.Equal(0, queue.DoubleCompletions);
+    }
+
     [Fact]
     public void Dispatch_busy_is_an_ewma_of_busy_rounds()
     {
@@ -265,6 +288,26 @@ public sealed class DispatchSpec
     public void The_dispatched_histogram_buckets_by_powers_of_two()
     {
         Assert.Equal([0, 1, 2, 2, 3, 4, 5, 6, 6], new[] { 0, 1, 2, 3, 4, 8, 16, 32, 1000 }.Select(HardwareContext.DispatchBucket));
+    }
+
+    private sealed class StartThenFailDriver(ScriptedDriver inner) : ActorBlk.Hardware.Drivers.IBlockDriver
+    {
+        public int Calls { get; private set; }
+
+        public string Kind => "start-then-fail";
+
+        public QueueLimits Limits => inner.Limits;
+
+        public ActorBlk.Hardware.Drivers.DriverFeatures Features => inner.Features;
+
+        public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
+        {
+            Calls++;
+            request.Start();
+            return BlockStatus.IoError;
+        }
+
+        public void Dispose() => inner.Dispose();
     }
 
     // Takes the queue offline from inside QueueRq (as SetOffline racing the round), then fails as
