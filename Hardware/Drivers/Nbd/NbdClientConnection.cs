@@ -41,6 +41,13 @@ internal sealed class NbdClientConnection : IDisposable
     private int _streamUsers;
     private int _streamDisposed;
 
+    // The receiver copying a read's data into a request (CopyBusy), or fenced off from requests for
+    // good once the connection is killed or closed (CopyFenced): see ReadDataAsync and Fence.
+    private const int CopyOpen = 0;
+    private const int CopyBusy = 1;
+    private const int CopyFenced = 2;
+    private int _copy;
+
     // Requests sent (or in the send pipe) whose reply has not come; the receiver's alone to lower.
     private int _outstanding;
 
@@ -384,6 +391,9 @@ internal sealed class NbdClientConnection : IDisposable
         Volatile.Write(ref _streamDisposed, 1);
     }
 
+    /// <summary>For specs: awaited by the receiver with a read's data in hand, before it copies any into the request.</summary>
+    internal Func<Task>? BeforeCopy { get; set; }
+
     /// <summary>True once the connection's stream (a TLS stream's native state with it) is disposed, for specs.</summary>
     internal bool StreamDisposed => Volatile.Read(ref _streamDisposed) != 0;
 
@@ -438,6 +448,7 @@ internal sealed class NbdClientConnection : IDisposable
         pending.Request = request;
         pending.Generation = generation;
         pending.Read = command == NbdCommand.Read;
+        pending.Length = command == NbdCommand.Read ? request.Bytes : 0;
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
         var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
@@ -532,6 +543,8 @@ internal sealed class NbdClientConnection : IDisposable
         catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
         {
         }
+
+        Fence();
     }
 
     /// <summary>
@@ -694,12 +707,12 @@ internal sealed class NbdClientConnection : IDisposable
                 }
 
                 var pending = _pending[tag];
-                if (pending.Read && error == NbdError.None)
+                if (pending.Read && error == NbdError.None && !await ReadDataAsync(reader, request, pending.Length).ConfigureAwait(false))
                 {
-                    foreach (var bio in request.Bios)
-                    {
-                        await ReadIntoAsync(reader, bio.Buffer[..bio.Size]).ConfigureAwait(false);
-                    }
+                    // The connection was killed or closed with the data unread: its requests are
+                    // the block layer's now (requeued or failed), and nothing more is read here.
+                    Lost(Volatile.Read(ref _killedBecause) ?? "the connection was closed");
+                    return;
                 }
 
                 pending.Request = null;
@@ -777,20 +790,81 @@ internal sealed class NbdClientConnection : IDisposable
         return BinaryPrimitives.ReadUInt32BigEndian(header) == NbdProtocol.SimpleReplyMagic;
     }
 
-    private static async ValueTask ReadIntoAsync(PipeReader reader, Memory<byte> target)
+    // Copies a read's data into its request's bios as it arrives; false, with the rest unread,
+    // once the connection is fenced (Fence). Each piece is copied holding the copy word, taken
+    // before the request's bios are touched at all and never held across a read of the socket:
+    // a fence waits at most for one copy of bytes already received, and after it no byte lands
+    // in a request the block layer may have taken back (requeued, failed, its bios freed and
+    // reused by other I/O). Without it the receiver, holding a reply's data when a reset closed
+    // the connection and reclaimed the request, copied it into a buffer that was another's (a
+    // review). One compare-and-swap per piece, usually one per reply.
+    private async ValueTask<bool> ReadDataAsync(PipeReader reader, Request request, int length)
     {
-        var copied = 0;
-        while (copied < target.Length)
+        Bio? bio = null;
+        var offset = 0;
+        var left = length;
+        while (left > 0)
         {
             var result = await reader.ReadAsync().ConfigureAwait(false);
-            var take = (int)Math.Min(result.Buffer.Length, target.Length - copied);
-            result.Buffer.Slice(0, take).CopyTo(target.Span[copied..]);
-            reader.AdvanceTo(result.Buffer.GetPosition(take));
-            copied += take;
-            if (copied < target.Length && result.IsCompleted)
+            if (BeforeCopy is { } hook)
+            {
+                await hook().ConfigureAwait(false);
+            }
+
+            if (Interlocked.CompareExchange(ref _copy, CopyBusy, CopyOpen) != CopyOpen)
+            {
+                return false;
+            }
+
+            var buffer = result.Buffer;
+            long taken = 0;
+            try
+            {
+                bio ??= request.Bio;
+                while (left > 0 && taken < buffer.Length && bio is not null)
+                {
+                    var take = (int)Math.Min(buffer.Length - taken, bio.Size - offset);
+                    buffer.Slice(taken, take).CopyTo(bio.Buffer.Span.Slice(offset, take));
+                    taken += take;
+                    offset += take;
+                    left -= take;
+                    if (offset == bio.Size)
+                    {
+                        bio = bio.Next;
+                        offset = 0;
+                    }
+                }
+
+                if (left > 0 && bio is null)
+                {
+                    throw new IOException($"a read of {length} bytes has bios for only {length - left} of them");
+                }
+            }
+            finally
+            {
+                Volatile.Write(ref _copy, CopyOpen);
+            }
+
+            reader.AdvanceTo(buffer.GetPosition(taken));
+            if (left > 0 && result.IsCompleted)
             {
                 throw new EndOfStreamException("the server closed the connection inside a read's data");
             }
+        }
+
+        return true;
+    }
+
+    // No more copying into requests (Kill, and so Close and Lost): waits for a copy in progress,
+    // which holds the word only while it copies bytes already received, never across a read, so a
+    // stalled receiver cannot hold a reset up. Before this returns no request of this connection is
+    // reclaimed; after it, none is written by the receiver.
+    private void Fence()
+    {
+        var spin = default(SpinWait);
+        while (Interlocked.CompareExchange(ref _copy, CopyFenced, CopyOpen) == CopyBusy)
+        {
+            spin.SpinOnce();
         }
     }
 
@@ -898,6 +972,9 @@ internal sealed class NbdClientConnection : IDisposable
         public Request? Request;
         public uint Generation;
         public bool Read;
+
+        // A read's length as sent: its data's length in the stream, whoever holds the request now.
+        public int Length;
 
         // A flush sequence's stages still to send: the command after a preflush, a flush after
         // a command whose FUA the server cannot take.

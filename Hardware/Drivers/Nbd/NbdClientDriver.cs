@@ -333,7 +333,10 @@ public sealed class NbdClientDriver : IBlockDriver
         ArgumentNullException.ThrowIfNull(request);
         if (request.Hctx is { } hctx)
         {
+            // Killed first: once it returns, the receiver copies nothing more into a request the
+            // branch below completes.
             var connection = Volatile.Read(ref _connections[hctx.Index % _connections.Length]);
+            connection?.Kill($"the client closed it after a request timed out (io_timeout {request.Queue?.IoTimeoutMs ?? 0} ms)");
             if ((connection is null || connection.IsDead) && (hctx.Queue.IsOffline || RetiredReason is not null))
             {
                 // Its connection is gone and none will come back: a request that raced into the
@@ -345,8 +348,6 @@ public sealed class NbdClientDriver : IBlockDriver
                     return TimeoutAction.Done;
                 }
             }
-
-            connection?.Kill($"the client closed it after a request timed out (io_timeout {request.Queue?.IoTimeoutMs ?? 0} ms)");
         }
 
         return TimeoutAction.ResetTimer;
@@ -462,11 +463,18 @@ public sealed class NbdClientDriver : IBlockDriver
 
         lock (_lock)
         {
+            // Every connection is closed before any is opened: the block layer takes back the
+            // requests of all of them after this, and a connection left open because a reconnect
+            // before it failed (the device then goes offline) could still write a reply's data into
+            // a request that had failed. A closed connection's receiver copies nothing more.
             for (var i = 0; i < _connections.Length; i++)
             {
-                var old = _connections[i];
-                old?.Close();
+                _connections[i]?.Close();
                 Volatile.Write(ref _connections[i], null);
+            }
+
+            for (var i = 0; i < _connections.Length; i++)
+            {
                 NbdClientConnection fresh;
                 try
                 {
