@@ -205,6 +205,15 @@ internal sealed class BlockLayerActor : ReceiveActor
             if (driver is null)
             {
                 options.Validate();
+                var fitted = DeviceBuilder.FitConnections(options, _layer.CurrentTopology);
+                if (fitted.Connections != options.Connections)
+                {
+                    // One connection per hardware queue, and no fallback to another when one dies:
+                    // a connection past the hardware queues would be opened and never carry I/O.
+                    _log.Warning("{Device}: connections {Asked} reduced to {Used}: one connection per hardware queue, and hardware queues are capped at the possible CPUs", options.Name, options.Connections, fitted.Connections);
+                    options = fitted;
+                }
+
                 driver = DeviceBuilder.CreateDriver(options);
             }
             else

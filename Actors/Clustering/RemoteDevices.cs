@@ -328,7 +328,15 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             throw new ClusterDeviceNotFoundException($"{device.Id} has no NBD export: its node serves no NBD (actorblk.nbd.listen = off?).");
         }
 
-        var connections = Math.Clamp(template.Connections > 1 ? template.Connections : device.HardwareQueues, 1, 64);
+        // One per hardware queue, which the possible CPUs cap (the owner may have more of both);
+        // a connection past them would carry no I/O (DeviceBuilder.FitConnections).
+        var possible = Math.Max(layer.CurrentTopology.PossibleCount, 1);
+        var connections = Math.Clamp(template.Connections > 1 ? template.Connections : device.HardwareQueues, 1, Math.Min(64, possible));
+        if (template.Connections > connections)
+        {
+            layer.System.Log.Warning("{0}: connections {1} reduced to {2}: one connection per hardware queue, and hardware queues are capped at the possible CPUs", name, template.Connections, connections);
+        }
+
         var uri = NbdUri.Parse(device.NbdEndpoint);
         NbdClientDriver driver;
         try

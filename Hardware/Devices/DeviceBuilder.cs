@@ -41,6 +41,21 @@ public static class DeviceBuilder
         return options.Faults.Enabled ? new FaultInjectionDriver(driver, options.Faults) : driver;
     }
 
+    /// <summary>
+    /// The options with an <c>nbd</c> device's <see cref="DeviceOptions.Connections"/> reduced to
+    /// the hardware queues <paramref name="topology"/> allows, its possible CPUs (as Linux's blk-mq
+    /// caps <c>nr_hw_queues</c> at <c>nr_cpu_ids</c>); other options are returned as given. The
+    /// driver sends on one connection per hardware queue and, unlike Linux's nbd driver, does not
+    /// fall back to another connection when one dies, so a connection past them would carry no I/O.
+    /// </summary>
+    public static DeviceOptions FitConnections(DeviceOptions options, CpuTopology topology)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(topology);
+        var usable = Math.Max(topology.PossibleCount, 1);
+        return options.Driver == "nbd" && options.Connections > usable ? options with { Connections = usable } : options;
+    }
+
     private static Drivers.Nbd.NbdClientDriver CreateNbdDriver(DeviceOptions options)
     {
         var uri = Drivers.Nbd.NbdUri.Parse(options.Uri!);
@@ -99,6 +114,7 @@ public static class DeviceBuilder
             throw new DeviceOptionsException(options.Name, "dispatch", "a device without a control plane can only use ring dispatch.");
         }
 
+        options = FitConnections(options, topology);
         var driver = CreateDriver(options);
         var tagSet = sharedTags ?? CreateTagSet(options, driver, topology);
         var queue = CreateQueue(options, tagSet, driver, clock);

@@ -114,6 +114,33 @@ public sealed class NbdRemoteDeviceSpec : Akka.TestKit.Xunit2.TestKit
         }
     }
 
+    // A review found connections above the hardware queues (capped at the possible CPUs, as
+    // blk-mq caps nr_hw_queues at nr_cpu_ids) opened and never used: the driver sends on its
+    // queue's connection and, unlike Linux's nbd driver, never falls back to another. Now it opens
+    // one per hardware queue and the log says so.
+    [Fact]
+    public async Task Connections_above_the_possible_cpus_are_reduced_to_one_per_hardware_queue_with_a_warning()
+    {
+        await using var devices = new RingDevices(2);
+        var backing = devices.Create(new DeviceOptions { Name = "mem3", Size = 16 << 20, MemoryBacked = true }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+        await using var server = Serve(backing);
+        var layer = BlockLayer.Get(Sys);
+        IBlockDevice? remote = null;
+        await EventFilter.Warning(contains: "remote3: connections 4 reduced to 2: one connection per hardware queue").ExpectOneAsync(async () =>
+            remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "remote3", Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/mem3", Connections = 4 }));
+        try
+        {
+            // Every connection the open made was negotiated before the create returned.
+            Assert.Equal(2, server.ConnectionCount);
+            Assert.Equal(2, ((BlockDevice)remote!).Queue.HardwareContexts.Count);
+            await remote.WriteAsync(0, new byte[4096]);
+        }
+        finally
+        {
+            await layer.DestroyDeviceAsync("remote3");
+        }
+    }
+
     [Fact]
     public async Task A_server_that_stays_gone_turns_the_device_offline_with_offline_errors()
     {

@@ -77,6 +77,20 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(InvalidRequestReason.ReadOnly, (await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await ro.WriteAsync(0, new byte[512]))).Reason);
     }
 
+    // One connection per hardware queue, and the hardware queues are capped at the possible CPUs
+    // (blk-mq's nr_cpu_ids cap): the two asked past them were opened and never carried I/O (the
+    // driver does not fall back to another connection, as Linux's find_fallback does).
+    [Fact]
+    public async Task Connections_above_the_possible_cpus_are_not_opened()
+    {
+        await using var fx = NbdExportFixture.Start();
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "remote0", Driver = "nbd", Uri = fx.Uri("mem0"), Connections = 4 }, CpuTopology.Simulated(2));
+        Assert.Equal(2, device.Queue.HardwareContexts.Count);
+        Assert.Equal(2, fx.Server.ConnectionCount);
+        Assert.Contains("2 connection(s)", device.Queue.Driver.Description, StringComparison.Ordinal);
+    }
+
     // REQ_NOUNMAP on write-zeroes goes out as NBD_CMD_FLAG_NO_HOLE (as Linux's nbd driver sends
     // it), so the served memory device keeps the range allocated; without it the pages are freed.
     [Fact]
