@@ -106,6 +106,13 @@ public static class DeviceConfig
             throw new DeviceOptionsException(name, key, $"only an nbds:// URI uses TLS ('{options.Uri}' is plain nbd://); it would be ignored.");
         }
 
+        // An nbd device's hardware queues are its connections (DeviceOptions.ToTagSetOptions):
+        // submit_queues on one was ignored in silence (a review).
+        if (options.Driver == "nbd" && entry.HasPath("submit_queues"))
+        {
+            throw new DeviceOptionsException(name, "submit_queues", "an nbd device has one hardware queue per connection: use connections; it would be ignored.");
+        }
+
         foreach (var (key, driver) in DriverKeys)
         {
             if (options.Driver != driver && entry.HasPath(key))
@@ -119,7 +126,7 @@ public static class DeviceConfig
 
     // Keys that only one driver reads: on a device of another driver they would be ignored in
     // silence (path, uri, tls_ca and io_poll = on are refused by DeviceOptions.Validate first,
-    // with messages of their own).
+    // with messages of their own; submit_queues on an nbd device above, with one too).
     // The API's DeviceOptions keeps them as plain properties that other drivers ignore, so that
     // one set of options (the bench's) can describe any driver.
     private static readonly (string Key, string Driver)[] DriverKeys =

@@ -65,7 +65,11 @@ public sealed partial record DeviceOptions
     /// <summary>Logical block size in bytes (<c>bs</c>), 512..4096.</summary>
     public int BlockSize { get; init; } = 512;
 
-    /// <summary>Hardware queues (<c>submit_queues</c>); clamped to the possible CPUs; 0 means 1, as null_blk's parameter (semantics §12.1).</summary>
+    /// <summary>
+    /// Hardware queues (<c>submit_queues</c>); clamped to the possible CPUs; 0 means 1, as
+    /// null_blk's parameter (semantics §12.1). An <c>nbd</c> device ignores it: its hardware queues
+    /// are its <see cref="Connections"/> (a device entry in configuration refuses it there).
+    /// </summary>
     public int SubmitQueues { get => _submitQueues; init => _submitQueues = value == 0 ? 1 : value; }
 
     private readonly int _submitQueues = 1;

@@ -176,6 +176,7 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", engine = psync", "engine")]
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_ca = /etc/ca.pem", "tls_ca")] // plain nbd:// ignored it in silence (an outside audit)
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_verify = off", "tls_verify")]
+    [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", submit_queues = 4", "submit_queues")] // ignored in silence: connections are its queues (a review)
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]
     [InlineData("name = x, max_sectors_kb = 1", "max_sectors_kb")] // below a page: the attribute refuses it (an outside audit)
@@ -193,6 +194,16 @@ public sealed class DeviceConfigSpec
         Assert.StartsWith($"device '{ex.Device}': option '{key}': ", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("(Parameter", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain('\n', ex.Message);
+    }
+
+    // An nbd device's hardware queues are its connections: submit_queues on one was ignored in
+    // silence (a review). The entry is refused saying which key to use; connections are read.
+    [Fact]
+    public void Submit_queues_on_an_nbd_device_is_refused_naming_connections()
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => Parse("name = r0, driver = nbd, uri = \"nbd://127.0.0.1/e\", submit_queues = 2"));
+        Assert.Equal("device 'r0': option 'submit_queues': an nbd device has one hardware queue per connection: use connections; it would be ignored.", ex.Message);
+        Assert.Equal(2, Parse("name = r0, driver = nbd, uri = \"nbd://127.0.0.1/e\", connections = 2").ToTagSetOptions(0).HardwareQueues);
     }
 
     [Fact]
