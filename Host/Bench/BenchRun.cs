@@ -190,6 +190,11 @@ internal sealed class BenchRun
     }
 
     private volatile CpuBaseline? _cpuBaseline;
+
+    // The CPU figures' end, taken as the window closes: a status report after that (a run that
+    // ended before the interval, one device's run done while another's goes on) measures CPU to
+    // the window's end, as its other figures stop there. They ran on to the report before.
+    private volatile CpuBaseline? _cpuEnd;
     private long _rampStart = long.MaxValue;
     private volatile bool _offline;
 
@@ -268,9 +273,10 @@ internal sealed class BenchRun
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
 
         // CPU, context switches, faults and engines as the final report gives them, measured from
-        // the window's start (from the run's during the ramp): interim reports had 0 for the CPU
-        // figures and "none" for the engine (an outside audit; fio fills them in its interim reports).
-        var (usr, sys, usage) = full && _cpuBaseline is { } from ? from.To(CpuBaseline.Now()) : (0.0, 0.0, default(ResourceUsage.Snapshot));
+        // the window's start (from the run's during the ramp) to its end once it closed, or to now:
+        // interim reports had 0 for the CPU figures and "none" for the engine (an outside audit;
+        // fio fills them in its interim reports).
+        var (usr, sys, usage) = full && _cpuBaseline is { } from ? from.To(_cpuEnd ?? CpuBaseline.Now()) : (0.0, 0.0, default(ResourceUsage.Snapshot));
 
         IReadOnlyList<string?> engines = full ? EnginesOf(_device) : [];
 
@@ -343,7 +349,9 @@ internal sealed class BenchRun
         // The window ends at runtime (fixed when it opened) or now if the work ended first;
         // completions after its end, while the jobs wind down, are not recorded.
         _accounting.CloseWindow();
-        var (usr, sys, usage) = window.To(CpuBaseline.Now());
+        var end = CpuBaseline.Now();
+        _cpuEnd = end;
+        var (usr, sys, usage) = window.To(end);
         int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         _stop = true;

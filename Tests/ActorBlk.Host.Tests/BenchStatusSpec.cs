@@ -1,8 +1,12 @@
+using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Topology;
 using ActorBlk.Host.Bench;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests;
@@ -188,6 +192,32 @@ public sealed class BenchStatusSpec
         // The 500 ms sampler has run by a later interim report (the first, at one second, may come
         // before a late first sample on a loaded machine).
         Assert.Contains(documents.SkipLast(1), d => d.GetProperty("jobs")[0].GetProperty("read").GetProperty("iops_samples").GetInt32() >= 1);
+    }
+
+    /// <summary>
+    /// A report taken after a run's window closed (the run ended before the interval, or its
+    /// device finished while another's run goes on) has the CPU figures of the window, as its
+    /// measured time and counts: they were measured on to the report (a review).
+    /// </summary>
+    [Fact]
+    public async Task A_report_after_the_window_closed_has_the_windows_cpu_figures()
+    {
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "short0", Size = 8 << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
+        var run = new BenchRun(new BenchOptions { Pattern = IoPattern.RandWrite, IoDepth = 4, Size = 8 << 20 }, device, CpuSet.Of(0, 1));
+        var result = await run.RunAsync().WaitAsync(TimeSpan.FromSeconds(60));
+
+        // The process uses CPU after the window (awaited, not slept: until its CPU time moves on).
+        using var process = Process.GetCurrentProcess();
+        var cpu = process.TotalProcessorTime;
+        while (process.TotalProcessorTime == cpu)
+        {
+            process.Refresh();
+        }
+
+        var report = run.Snapshot();
+        Assert.Equal(result.Measured, report.Measured);
+        Assert.Equal((result.UsrCpu, result.SysCpu, result.Usage), (report.UsrCpu, report.SysCpu, report.Usage));
     }
 
     // fio's JSON with --status-interval: a sequence of complete documents.
