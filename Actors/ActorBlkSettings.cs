@@ -428,8 +428,10 @@ public sealed record ActorBlkSettings(
         }
     }
 
-    // A duration or a whole number of the actorblk section, its key named when it does not parse.
-    private static TimeSpan Span(Config c, string key, TimeSpan fallback, string examples = "e.g. 500ms, 30s")
+    // A duration of the actorblk section (actorblk.nbd's too), its key named when it does not
+    // parse: a value that did not parse failed serve with "The input string 'banana' was not in a
+    // correct format." and no key (an outside audit).
+    internal static TimeSpan Span(Config c, string key, TimeSpan fallback, string examples = "e.g. 500ms, 30s")
     {
         try
         {

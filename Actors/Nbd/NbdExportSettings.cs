@@ -82,30 +82,13 @@ public sealed record NbdExportSettings(
             ActorBlkSettings.Int(actorblk, "nbd.max-connections", 1024),
             ActorBlkSettings.Int(actorblk, "nbd.max-in-flight", 128),
             (int)payload,
-            Span(c, "handshake-timeout", TimeSpan.FromSeconds(30)))
+            ActorBlkSettings.Span(actorblk, "nbd.handshake-timeout", TimeSpan.FromSeconds(30)))
         {
-            ShutdownGrace = Span(c, "shutdown-grace", TimeSpan.FromSeconds(3)),
+            ShutdownGrace = ActorBlkSettings.Span(actorblk, "nbd.shutdown-grace", TimeSpan.FromSeconds(3)),
             MaxBufferMemory = memory,
-            StallTimeout = Span(c, "stall-timeout", TimeSpan.FromSeconds(60)),
+            StallTimeout = ActorBlkSettings.Span(actorblk, "nbd.stall-timeout", TimeSpan.FromSeconds(60)),
             MinTransferRate = rate,
         };
-    }
-
-    // Read raw, a value that did not parse failed serve with "The input string 'banana' was not
-    // in a correct format." and no key (an outside audit); the key is named now.
-    private static TimeSpan Span(Config c, string key, TimeSpan fallback)
-    {
-        try
-        {
-            return c.GetTimeSpan(key, fallback);
-        }
-        catch (Exception ex) when (ex is FormatException or OverflowException)
-        {
-            var text = c.GetString(key);
-            throw new ConfigurationException(text.TrimStart().StartsWith('-')
-                ? $"actorblk.nbd.{key}: '{text}' is negative (a duration such as 500ms or 30s is expected)."
-                : $"actorblk.nbd.{key}: '{text}' is not a duration (e.g. 500ms, 30s).");
-        }
     }
 
     /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>

@@ -171,7 +171,8 @@ public sealed partial class ServeSpec
     /// </summary>
     [Theory]
     [InlineData("handshake-timeout = banana", "actorblk: NBD export: actorblk.nbd.handshake-timeout: 'banana' is not a duration (e.g. 500ms, 30s).")]
-    [InlineData("shutdown-grace = -1s", "actorblk: NBD export: actorblk.nbd.shutdown-grace: '-1s' is negative (a duration such as 500ms or 30s is expected).")]
+    [InlineData("shutdown-grace = -1s", "actorblk: NBD export: actorblk.nbd.shutdown-grace: '-1s' is negative; a duration here is 0 or more (e.g. 500ms, 30s).")] // worded as the node-wide durations (a review)
+    [InlineData("handshake-timeout = -30s", "actorblk: NBD export: actorblk.nbd.handshake-timeout: '-30s' is negative; a duration here is 0 or more (e.g. 500ms, 30s).")]
     [InlineData("max-connections = lots", "actorblk: NBD export: actorblk.nbd.max-connections: 'lots' is not a whole number.")]
     [InlineData("max-in-flight = -3", "actorblk: NBD export: actorblk.nbd.max-in-flight must be 1 to 65536, not -3.\n")]
     [InlineData("stall-timeout = 500ms", "actorblk: NBD export: actorblk.nbd.stall-timeout must be from 1 s to 1 hour, not 0.5 s.\n")]
