@@ -50,7 +50,8 @@ public sealed record QueueLimits
     /// Write-zeroes is fast: the driver never zeroes by writing buffers of zeroes, and honours
     /// <see cref="RequestFlags.NoFallback"/> (NBD's <c>NBD_FLAG_SEND_FAST_ZERO</c> on an export of
     /// the device). True for the local drivers (an allocation-map or <c>fallocate</c> operation);
-    /// an NBD client device has it only when its server advertised fast zero. Meaningless when
+    /// an NBD client device has it only when its server advertised fast zero; a linear or striped
+    /// device only when every member has write-zeroes and has it fast. Meaningless when
     /// <see cref="MaxWriteZeroesSectors"/> is 0.
     /// </summary>
     public bool FastWriteZeroes { get; init; } = true;

@@ -48,6 +48,10 @@ public abstract class StackTarget : IBioDriver
         }
 
         var complete = present.Length == _members.Length;
+
+        // Write-zeroes when every member has it, and fast only then: a member without it reported
+        // fast (its limits' default) made a linear or striped device over it say fast zeroes too.
+        var zeroes = complete && present.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0);
         var lbs = present.Max(m => m.LogicalBlockSize);
         var maxSectors = present.Min(m => m.Queue.Limits.MaxSectors);
         Limits = new QueueLimits
@@ -59,8 +63,8 @@ public abstract class StackTarget : IBioDriver
             MaxSectors = QueueLimits.DefaultMaxSectors,
             MemoryAlignment = Math.Max(present.Max(m => m.MemoryAlignment), complete ? 0 : AlignedBuffer.PageAlignment),
             MaxDiscardSectors = complete && present.All(m => m.Queue.Limits.MaxDiscardSectors > 0) ? int.MaxValue >> 1 : 0,
-            MaxWriteZeroesSectors = complete && present.All(m => m.Queue.Limits.MaxWriteZeroesSectors > 0) ? int.MaxValue >> 1 : 0,
-            FastWriteZeroes = complete && fastZeroes && present.All(m => m.Queue.Limits.FastWriteZeroes),
+            MaxWriteZeroesSectors = zeroes ? int.MaxValue >> 1 : 0,
+            FastWriteZeroes = zeroes && fastZeroes && present.All(m => m.Queue.Limits.FastWriteZeroes),
             VolatileWriteCache = !complete || present.Any(m => m.Queue.Limits.VolatileWriteCache),
             Fua = complete && present.All(m => m.Queue.Limits.Fua),
         };

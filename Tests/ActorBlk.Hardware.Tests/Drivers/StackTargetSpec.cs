@@ -49,6 +49,24 @@ public sealed class StackTargetSpec : IAsyncLifetime
             target.Map(3 * 4096 + 2048, 7168));
     }
 
+    // A member without write-zeroes (a null device that is not memory-backed) still reports fast
+    // write-zeroes, its limits' default; a linear or striped device over it said fast zeroes too,
+    // though it has no write-zeroes at all (a review). Fast only when every member has it and is fast.
+    [Fact]
+    public void Fast_write_zeroes_needs_every_member_to_have_write_zeroes()
+    {
+        var zeroing = Member("z0", 1 << 20);
+        var other = Member("z1", 1 << 20);
+        var none = _devices.Create(new DeviceOptions { Name = "n0", Size = 1 << 20 }, CpuTopology.Simulated(2));
+        Assert.Equal(0, none.Queue.Limits.MaxWriteZeroesSectors);
+
+        StackTarget[] without = [new LinearTarget([new LinearExtent(zeroing, 0, 8192), new LinearExtent(none, 0, 8192)]), new StripedTarget([zeroing, none], 4096)];
+        Assert.All(without, t => Assert.Equal((0, false), (t.Limits.MaxWriteZeroesSectors, t.Limits.FastWriteZeroes)));
+
+        StackTarget[] with = [new LinearTarget([new LinearExtent(zeroing, 0, 8192), new LinearExtent(other, 0, 8192)]), new StripedTarget([zeroing, other], 4096)];
+        Assert.All(with, t => Assert.True(t.Limits.MaxWriteZeroesSectors > 0 && t.Limits.FastWriteZeroes));
+    }
+
     [Fact]
     public void Bad_geometry_is_refused()
     {
