@@ -69,11 +69,22 @@ public sealed class FaultyLeg : IBioDriver
     public Task HoldWrite(long offset, int length, Task<BlockStatus> release)
     {
         var arrived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Volatile.Write(ref _hold, new Hold(offset, length, release, arrived));
+        Volatile.Write(ref _hold, new Hold(BlockOp.Write, offset, length, release, arrived));
         return arrived.Task;
     }
 
-    private sealed record Hold(long Offset, int Length, Task<BlockStatus> Release, TaskCompletionSource Arrived);
+    /// <summary>
+    /// The next flush waits for <paramref name="release"/> and then ends with its status, as
+    /// <see cref="HoldWrite"/> does for a write. The task returned completes when the flush has arrived.
+    /// </summary>
+    public Task HoldFlush(Task<BlockStatus> release)
+    {
+        var arrived = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _hold, new Hold(BlockOp.Flush, 0, 0, release, arrived));
+        return arrived.Task;
+    }
+
+    private sealed record Hold(BlockOp Op, long Offset, int Length, Task<BlockStatus> Release, TaskCompletionSource Arrived);
 
     private Hold? _hold;
 
@@ -110,7 +121,7 @@ public sealed class FaultyLeg : IBioDriver
             return;
         }
 
-        if (bio.Op == BlockOp.Write && Volatile.Read(ref _hold) is { } hold && hold.Offset == bio.Offset && hold.Length == bio.Size
+        if (Volatile.Read(ref _hold) is { } hold && hold.Op == bio.Op && (bio.Op == BlockOp.Flush || (hold.Offset == bio.Offset && hold.Length == bio.Size))
             && Interlocked.CompareExchange(ref _hold, null, hold) == hold)
         {
             hold.Arrived.SetResult();

@@ -10,19 +10,27 @@ public sealed partial class MirrorTarget
 
     // Marks a leg faulty and writes the new state to the legs left; completes when that is on them.
     // The last leg in sync failing fails the mirror: every I/O then ends Offline.
-    private async Task FailLeg(int leg)
+    // device: the device that failed, when the failure may come after a replacement of the leg
+    // (a disconnection, a metadata write): the device now in the slot is not failed for it.
+    private async Task FailLeg(int leg, IBlockDevice? device = null)
     {
-        await MarkFaulty(leg).ConfigureAwait(false);
+        await MarkFaulty(leg, device).ConfigureAwait(false);
         TakeBack(leg);
     }
 
-    private Task MarkFaulty(int leg)
+    private Task MarkFaulty(int leg, IBlockDevice? device)
     {
         Task persisted;
         int inSync;
         CancellationTokenSource? interrupt;
         lock (_lock)
         {
+            if (device is not null && !ReferenceEquals(_legs[leg], device))
+            {
+                // Replaced meanwhile (ReplaceLegAsync): the old device's failure is not the new one's.
+                return Task.CompletedTask;
+            }
+
             if (_state[leg] == MirrorLegState.Faulty)
             {
                 // Another I/O failed it first; this one waits until that is on the legs too.
@@ -206,10 +214,11 @@ public sealed partial class MirrorTarget
     private async Task PersistAsync(bool superblocks)
     {
         await _metaLock.WaitAsync().ConfigureAwait(false);
-        List<int>? failed = null;
+        List<(int Leg, IBlockDevice Device)>? failed = null;
         try
         {
             MirrorLegState[] states;
+            IBlockDevice[] legs;
             bool clean;
             long generation;
             long[] last;
@@ -222,7 +231,9 @@ public sealed partial class MirrorTarget
                     return;
                 }
 
+                // The legs with their states: a replacement (which holds _metaLock) changes neither meanwhile.
                 states = [.. _state];
+                legs = [.. _legs];
                 clean = _clean;
                 generation = _generation;
                 last = [.. _lastInSync];
@@ -248,7 +259,11 @@ public sealed partial class MirrorTarget
             }
 
             using var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
-            for (var i = 0; i < _legs.Length; i++)
+
+            // The in-sync legs first: a leg not in sync never holds a newer generation than they
+            // do, so a crash between these writes leaves the newest generation on a leg to read
+            // from (a re-added or new leg written first made the assembly refuse the mirror).
+            foreach (var i in Enumerable.Range(0, _legs.Length).OrderBy(i => states[i] == MirrorLegState.InSync ? 0 : 1))
             {
                 if (states[i] == MirrorLegState.Faulty)
                 {
@@ -261,7 +276,7 @@ public sealed partial class MirrorTarget
                     foreach (var (page, _, bytes) in dirtyPages)
                     {
                         bytes.CopyTo(buffer.Memory.Span);
-                        ok &= await SafeIo(_legs[i], BlockOp.Write, MirrorSuperblock.BitmapPageOffset(page), MirrorSuperblock.BitmapPageBytes, buffer.Memory,
+                        ok &= await SafeIo(legs[i], BlockOp.Write, MirrorSuperblock.BitmapPageOffset(page), MirrorSuperblock.BitmapPageBytes, buffer.Memory,
                             RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
                     }
                 }
@@ -280,12 +295,12 @@ public sealed partial class MirrorTarget
                         States = [.. states, .. new MirrorLegState[MirrorSuperblock.MaxLegs - states.Length]],
                         LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
                     }.Encode(buffer.Memory.Span);
-                    ok = await SafeIo(_legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
+                    ok = await SafeIo(legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
                 }
 
                 if (!ok)
                 {
-                    (failed ??= []).Add(i);
+                    (failed ??= []).Add((i, legs[i]));
                 }
                 else if (superblocks)
                 {
@@ -316,9 +331,9 @@ public sealed partial class MirrorTarget
             _metaLock.Release();
         }
 
-        foreach (var leg in failed ?? [])
+        foreach (var (leg, device) in failed ?? [])
         {
-            await FailLeg(leg).ConfigureAwait(false);
+            await FailLeg(leg, device).ConfigureAwait(false);
         }
     }
 }

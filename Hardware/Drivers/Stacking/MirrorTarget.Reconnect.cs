@@ -39,14 +39,10 @@ public sealed partial class MirrorTarget
         _onDisconnected = new EventHandler?[_legs.Length];
         for (var i = 0; i < _legs.Length; i++)
         {
-            if (_legs[i] is IReconnectingBlockDevice device)
+            Watch(i);
+            if (missingAt[i] >= 0)
             {
-                var leg = i;
-                _takenAt[i] = missingAt[i] >= 0 ? missingAt[i] : device.Incarnation;
-                _onReconnected[i] = (_, _) => TakeBack(leg);
-                _onDisconnected[i] = (_, _) => LetGo(leg);
-                device.Reconnected += _onReconnected[i];
-                device.Disconnected += _onDisconnected[i];
+                _takenAt[i] = missingAt[i];
             }
         }
 
@@ -56,6 +52,20 @@ public sealed partial class MirrorTarget
             {
                 TakeBack(i);
             }
+        }
+    }
+
+    // Watches the device in slot `leg` (at the start, and after a replacement): its events name it,
+    // so an event of a device replaced meanwhile, raised as it was unsubscribed, touches nothing.
+    private void Watch(int leg)
+    {
+        if (_legs[leg] is IReconnectingBlockDevice device && _onReconnected.Length > leg)
+        {
+            _takenAt[leg] = device.Incarnation;
+            _onReconnected[leg] = (_, _) => TakeBack(leg, device);
+            _onDisconnected[leg] = (_, _) => LetGo(leg, device);
+            device.Reconnected += _onReconnected[leg];
+            device.Disconnected += _onDisconnected[leg];
         }
     }
 
@@ -75,25 +85,33 @@ public sealed partial class MirrorTarget
     // A leg whose connection is gone is marked faulty at once, even with no I/O to notice it (DRBD
     // drops a peer on connection loss), so md/degraded tells the truth on an idle mirror. The last
     // leg in sync is left to the I/O that meets Offline, as FailLegAsync leaves it.
-    private void LetGo(int leg)
+    private void LetGo(int leg, IBlockDevice device)
     {
         lock (_lock)
         {
-            if (_failed || _stop.IsCancellationRequested || _state[leg] == MirrorLegState.Faulty
+            if (!ReferenceEquals(_legs[leg], device) || _failed || _stop.IsCancellationRequested || _state[leg] == MirrorLegState.Faulty
                 || (_state[leg] == MirrorLegState.InSync && _state.Count(s => s == MirrorLegState.InSync) == 1))
             {
                 return;
             }
         }
 
-        _ = Task.Run(() => FailLeg(leg));
+        _ = Task.Run(() => FailLeg(leg, device));
     }
 
     // Called when a leg reconnected, and after a leg was failed (the reconnection may have come
     // first, while the leg still counted in sync, with the failure of an I/O of the old queue later).
-    private void TakeBack(int leg)
+    // from: the device whose reconnection this is (null: the device in the slot now); a slot whose
+    // device was replaced since is left alone.
+    private void TakeBack(int leg, IBlockDevice? from = null)
     {
-        if (_legs[leg] is not IReconnectingBlockDevice device || _stop.IsCancellationRequested)
+        IBlockDevice slot;
+        lock (_lock)
+        {
+            slot = _legs[leg];
+        }
+
+        if (slot is not IReconnectingBlockDevice device || (from is not null && !ReferenceEquals(from, slot)) || _stop.IsCancellationRequested)
         {
             return;
         }
@@ -101,7 +119,7 @@ public sealed partial class MirrorTarget
         var incarnation = device.Incarnation;
         lock (_lock)
         {
-            if (_failed || _state[leg] != MirrorLegState.Faulty || incarnation == _takenAt[leg])
+            if (_failed || !ReferenceEquals(_legs[leg], device) || _state[leg] != MirrorLegState.Faulty || incarnation == _takenAt[leg])
             {
                 return;
             }
@@ -113,7 +131,7 @@ public sealed partial class MirrorTarget
         {
             try
             {
-                await ReAddAsync(leg, automatic: true).ConfigureAwait(false);
+                await ReAddAsync(leg, automatic: true, device).ConfigureAwait(false);
                 Interlocked.Increment(ref _autoReAdds);
                 Volatile.Write(ref _lastReAddFailure, null);
             }
@@ -125,13 +143,14 @@ public sealed partial class MirrorTarget
                 lock (_lock)
                 {
                     // Taken back meanwhile by a manual re-add (this one then found it not faulty): nothing to say.
-                    stillFaulty = _state[leg] == MirrorLegState.Faulty;
+                    // Replaced meanwhile: the refusal was of a device the mirror no longer has.
+                    stillFaulty = _state[leg] == MirrorLegState.Faulty && ReferenceEquals(_legs[leg], device);
                 }
 
                 if (stillFaulty && !_stop.IsCancellationRequested)
                 {
-                    Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(_legs[leg].Name, ex.Message));
-                    AutomaticReAddFailed?.Invoke(_legs[leg].Name, ex.Message);
+                    Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(device.Name, ex.Message));
+                    AutomaticReAddFailed?.Invoke(device.Name, ex.Message);
                 }
             }
         });

@@ -256,7 +256,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // md refuses a device too small for the array at --add or --re-add ("disk too small"); a leg
     // that came back (a reconnected remote device) may be another device now (an outside audit: a
     // leg restarted at half its size was re-added, then failed again on writes past its end).
-    private void CheckFits(IBlockDevice leg)
+    private void CheckFits(IBlockDevice leg, string action = "re-add")
     {
         if (leg.IsReadOnly)
         {
@@ -265,7 +265,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
         if (leg.Capacity < MirrorSuperblock.DataOffset + DataBytes)
         {
-            throw new InvalidOperationException($"{_name}: leg {leg.Name} holds {leg.Capacity} bytes, fewer than the mirror's {DataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to re-add.");
+            throw new InvalidOperationException($"{_name}: leg {leg.Name} holds {leg.Capacity} bytes, fewer than the mirror's {DataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to {action}.");
         }
 
         if (leg.LogicalBlockSize != Limits.LogicalBlockSize)
@@ -355,17 +355,24 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // refuses it when it is blank or another mirror's (copying over it would destroy whatever it
     // holds without anyone deciding so), and when it was written apart from this mirror (a split
     // brain, WrittenApart). A re-add by hand does all of these, copying the leg whole.
-    private async Task ReAddAsync(int leg, bool automatic)
+    // expected: the device the caller means (a reconnection's); a slot whose device was replaced meanwhile is refused.
+    private async Task ReAddAsync(int leg, bool automatic, IBlockDevice? expected = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
-        MirrorSuperblock? sb;
-        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs[leg].MemoryAlignment)))
+        IBlockDevice device;
+        lock (_lock)
         {
-            var status = await SafeIo(_legs[leg], BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
+            device = expected ?? _legs[leg];
+        }
+
+        MirrorSuperblock? sb;
+        using (var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, device.MemoryAlignment)))
+        {
+            var status = await SafeIo(device, BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Sync).ConfigureAwait(false);
             if (status != BlockStatus.Ok)
             {
-                throw new BlockIoException(_legs[leg].Name, BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, status);
+                throw new BlockIoException(device.Name, BlockOp.Read, 0, MirrorSuperblock.SuperblockBytes, status);
             }
 
             sb = MirrorSuperblock.TryDecode(buffer.Memory.Span);
@@ -373,6 +380,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
         lock (_lock)
         {
+            // The slot's device was replaced while its superblock was read: that superblock says
+            // nothing of the device now in the slot (ReplaceLegAsync).
+            if (!ReferenceEquals(_legs[leg], device))
+            {
+                throw new InvalidOperationException($"{_name}: leg {device.Name} (slot {leg}) was replaced by {_legs[leg].Name} meanwhile.");
+            }
+
             // A rebuilding leg whose recovery stopped (no leg could be read from) is started again.
             if (!_failed && _state[leg] == MirrorLegState.Rebuilding)
             {
@@ -417,9 +431,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             _missingAtStart[leg] = false;
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
-            if (_legs[leg] is IReconnectingBlockDevice device && _takenAt.Length > leg)
+            if (_legs[leg] is IReconnectingBlockDevice reconnecting && _takenAt.Length > leg)
             {
-                _takenAt[leg] = device.Incarnation;
+                _takenAt[leg] = reconnecting.Incarnation;
             }
         }
 
@@ -515,6 +529,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         }
 
         Interlocked.Increment(ref _userIo);
+        if (Volatile.Read(ref _suspended) is { } suspension)
+        {
+            // A leg is being replaced: this bio waits until it is (ReplaceLegAsync).
+            LeaveUserIo();
+            _ = SubmitAfterAsync(suspension, queue, bio);
+            return;
+        }
+
         _ = bio.Op switch
         {
             BlockOp.Read => ReadAsync(queue, bio),
@@ -661,7 +683,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 _gate.Exit(held);
             }
 
-            Interlocked.Decrement(ref _userIo);
+            LeaveUserIo();
             queue.EndBio(bio, status);
         }
     }
@@ -713,7 +735,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         }
         finally
         {
-            Interlocked.Decrement(ref _userIo);
+            LeaveUserIo();
             queue.EndBio(bio, status != BlockStatus.Ok && Volatile.Read(ref _failed) ? BlockStatus.Offline : status);
         }
     }

@@ -73,6 +73,21 @@ public abstract class StackTarget : IBioDriver
     /// <summary>The member devices.</summary>
     public IReadOnlyList<IBlockDevice> Members => _members;
 
+    /// <summary>
+    /// Puts <paramref name="replacement"/> where <paramref name="member"/> was (a mirror's leg
+    /// replaced while it runs); the caller keeps I/O away from both while it does.
+    /// </summary>
+    protected void SwapMember(IBlockDevice member, IBlockDevice replacement)
+    {
+        var at = Array.IndexOf(_members, member);
+        if (at < 0)
+        {
+            throw new ArgumentException($"{member.Name} is not a member.", nameof(member));
+        }
+
+        Volatile.Write(ref _members[at], replacement);
+    }
+
     /// <inheritdoc />
     public QueueLimits Limits { get; }
 

@@ -686,6 +686,215 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(Stamp(0, 1), await ReadRaw(b, 0, Block));
     }
 
+    // md's --remove of a faulty member, then --add of a new device into its slot: the new device
+    // is a spare that gets a superblock of this array and a full copy from the in-sync leg, while
+    // writes go on; it is in sync when the recovery ends (README, "Mirrors", "Replacing a leg").
+    [Fact]
+    public async Task A_faulty_leg_replaced_under_verified_writes_by_a_blank_device_is_copied_whole_and_equals_the_survivor()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, _) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 1_000_000, SyncSpeedMaxKiB = 1_000_000 });
+        var md = Serve(mirror);
+        var failed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        mirror.LegFailed += (_, _, _) => failed.TrySetResult();
+        fb.DieAfterWrites(100);
+
+        // b dies under the writers; c takes its slot while they go on.
+        var writers = VerifiedWriters.RunAsync(md, Block, writers: 8, writesEach: 250, (k, v) => Stamp(k, v));
+        await failed.Task.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        var old = await mirror.ReplaceLegAsync(1, c).WaitAsync(Patience);
+        Assert.Same(b, old);
+        Assert.Same(c, mirror.Legs[1]);
+        Assert.Contains(c, mirror.Members);
+        Assert.DoesNotContain(b, mirror.Members);
+        Assert.NotEqual(MirrorLegState.Faulty, mirror.LegState(1));
+        var (acknowledged, errors) = await writers.WaitAsync(Patience);
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(0, errors);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(0, mirror.Degraded);
+        Assert.Equal(mirror.Regions, mirror.ResyncedRegions);
+        for (var block = 0; block < acknowledged.Length; block++)
+        {
+            if (acknowledged[block] != 0)
+            {
+                Assert.Equal(Stamp(block, acknowledged[block]), await ReadRaw(c, (long)block * Block, Block));
+            }
+        }
+
+        await AssertLegsEqual(mirror);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    // The swap waits for the I/O in flight: a write or a flush held on the old leg (a remote leg
+    // taking its I/O timeout) keeps the replacement, and the bios that arrive meanwhile, waiting;
+    // its failure when it ends is the old device's and leaves the new one alone; nothing reaches
+    // the old device once the replacement has returned. (A write holds the range gate the swap
+    // takes too; a flush holds nothing but the bio: without the suspension its failure failed c.)
+    [Theory]
+    [InlineData(BlockOp.Write)]
+    [InlineData(BlockOp.Flush)]
+    public async Task A_replacement_waits_for_io_in_flight_on_the_old_leg_whose_failure_then_leaves_the_new_leg_alone(BlockOp op)
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, _) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        if (op == BlockOp.Flush)
+        {
+            await md.WriteAsync(3 * Block, Stamp(3, 1));
+        }
+
+        var arrived = op == BlockOp.Write ? fb.HoldWrite(MirrorSuperblock.DataOffset + (3 * Block), Block, release.Task) : fb.HoldFlush(release.Task);
+        var held = op == BlockOp.Write ? md.WriteAsync(3 * Block, Stamp(3, 1)).AsTask() : md.FlushAsync().AsTask();
+        await arrived.WaitAsync(Patience);
+        await mirror.FailLegAsync(1);
+
+        var replace = mirror.ReplaceLegAsync(1, c);
+        var later = md.WriteAsync(9 * Block, Stamp(9, 1)).AsTask();
+        Assert.False(replace.IsCompleted);
+        Assert.False(held.IsCompleted);
+
+        release.SetResult(BlockStatus.Offline);
+        await held.WaitAsync(Patience);
+        Assert.Same(b, await replace.WaitAsync(Patience));
+        await later.WaitAsync(Patience);
+        var reached = (fb.Reads, fb.Writes, fb.Flushes, fb.Discards, fb.WriteZeroes);
+        await md.WriteAsync(10 * Block, Stamp(10, 1));
+        await md.FlushAsync();
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(reached, (fb.Reads, fb.Writes, fb.Flushes, fb.Discards, fb.WriteZeroes));
+        foreach (var k in new long[] { 3, 9, 10 })
+        {
+            Assert.Equal(Stamp(k, 1), await ReadRaw(c, k * Block, Block));
+        }
+
+        await AssertLegsEqual(mirror);
+        Assert.Equal(0, md.Queue.DoubleCompletions);
+    }
+
+    // The refusals of a re-add, and those of the slot: only a faulty slot is replaced, by a device
+    // that is no leg of the mirror already. Nothing changes.
+    [Fact]
+    public async Task A_replacement_is_refused_for_a_slot_not_faulty_and_for_a_device_that_cannot_carry_the_mirror()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        Serve(mirror);
+        var (c, _) = Leg("c");
+
+        var busy = await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, c));
+        Assert.Contains("in_sync, not faulty", busy.Message, StringComparison.Ordinal);
+        await mirror.FailLegAsync(1);
+
+        var (small, _) = Leg("small", LegBytes / 2);
+        Assert.Contains("too small to replace a leg", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, small))).Message, StringComparison.Ordinal);
+        var inner = _devices.Create(new DeviceOptions { Name = "big-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true, BlockSize = 4096 }, CpuTopology.Simulated(2));
+        var (big, _) = FaultyLeg.Create("big", inner);
+        _stacked.Add(big);
+        Assert.Contains("4096-byte blocks", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, big))).Message, StringComparison.Ordinal);
+        c.Queue.ReadOnly = true;
+        Assert.Contains("read-only", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, c))).Message, StringComparison.Ordinal);
+        c.Queue.ReadOnly = false;
+        Assert.Contains("leg 0 of this mirror already", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, a))).Message, StringComparison.Ordinal);
+        Assert.Contains("re-add it instead", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, b))).Message, StringComparison.Ordinal);
+
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Same(b, mirror.Legs[1]);
+        await mirror.ReplaceLegAsync(1, c);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+    }
+
+    // The new leg's superblock makes it this array's rebuilding slot: a restart in the middle of
+    // its recovery finds it rebuilding (never in sync) and copies the regions still owed; a
+    // restart after it finds both legs in sync and copies nothing.
+    [Fact]
+    public async Task A_replaced_leg_is_still_rebuilding_after_a_restart_during_its_recovery_and_in_sync_after_one_once_it_ended()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock);
+        var md = Serve(mirror);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await mirror.FailLegAsync(1);
+        await mirror.ReplaceLegAsync(1, c);
+
+        // 64 KiB/s: region 0 is copied (its bit cleared once the wait after it ends), then region 1.
+        await AwaitTimer(clock, mirror);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(2 * MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        var restarted = await MirrorTarget.AssembleAsync("md0", [a, c], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        Assert.Equal(MirrorLegState.Rebuilding, restarted.LegState(1));
+        Assert.Equal(1, restarted.Degraded);
+        await PumpUntilIdle(clock, restarted);
+        Assert.Equal(MirrorLegState.InSync, restarted.LegState(1));
+        Assert.Equal(restarted.Regions - 1, restarted.ResyncedRegions); // region 1's wait was cut: it is copied again
+        await AssertLegsEqual(restarted);
+        await restarted.StopAsync();
+        restarted.Dispose();
+
+        var again = await MirrorTarget.AssembleAsync("md0", [a, c], Options());
+        await again.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(0, again.Degraded);
+        Assert.Equal(0, again.ResyncedRegions);
+        Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
+        await again.StopAsync();
+        again.Dispose();
+    }
+
+    // The in-sync legs' superblocks are written before a new or returning leg's: a crash between
+    // the two writes must leave the newest generation on a leg in sync, else the assembly finds no
+    // leg of the newest generation to read from and refuses the mirror. Slot 0 is replaced, so
+    // the new leg comes first in slot order.
+    [Fact]
+    public async Task The_new_legs_superblock_is_written_after_the_in_sync_legs_so_a_crash_between_them_leaves_a_mirror_that_starts()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, _) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) });
+        Serve(mirror);
+        await mirror.FailLegAsync(0);
+
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fb.HoldWrite(0, MirrorSuperblock.SuperblockBytes, release.Task);
+        var replace = mirror.ReplaceLegAsync(0, c);
+        await arrived.WaitAsync(Patience);
+
+        // The crash: b's superblock of the replacement is not on b yet, so none may be on c.
+        var onC = MirrorSuperblock.TryDecode(await ReadRaw(c, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes));
+        var onB = MirrorSuperblock.TryDecode(await ReadRaw(b, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes));
+        Assert.NotNull(onB);
+        Assert.True(onC is null || onC.Generation <= onB.Generation, $"c holds generation {onC?.Generation}, b {onB.Generation}");
+
+        release.SetResult(BlockStatus.Ok);
+        await replace.WaitAsync(Patience);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(0));
+    }
+
     [Fact]
     public async Task A_write_on_a_chunk_already_copied_that_then_fails_on_the_returning_leg_leaves_its_region_owed_to_it()
     {
