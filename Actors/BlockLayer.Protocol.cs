@@ -49,6 +49,19 @@ public sealed partial class BlockLayer
         internal IReadOnlyDictionary<string, ClusterBlockDevice> Opened { get; init; } = new Dictionary<string, ClusterBlockDevice>();
     }
 
+    /// <summary>
+    /// Replace the faulty leg <paramref name="Slot"/> of mirror <paramref name="Name"/> by
+    /// <paramref name="Member"/> (reply <see cref="LegReplaced"/>, or a failure). Local only.
+    /// </summary>
+    internal sealed record ReplaceLeg(string Name, int Slot, string Member) : INoSerializationVerificationNeeded
+    {
+        /// <summary>The member, when it is on another node, opened by <see cref="ReplaceMirrorLegAsync"/>; the guardian owns it from the moment it receives this.</summary>
+        internal ClusterBlockDevice? Opened { get; init; }
+    }
+
+    /// <summary>The leg was replaced: <paramref name="Old"/> is no leg of the mirror any more.</summary>
+    internal sealed record LegReplaced(string Name, int Slot, string Old) : INoSerializationVerificationNeeded;
+
     /// <summary>The device cannot be destroyed: <paramref name="Holder"/> is built on it.</summary>
     public sealed record DeviceBusy(string Name, string Holder) : IActorBlkMessage;
 

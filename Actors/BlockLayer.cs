@@ -343,6 +343,42 @@ public sealed partial class BlockLayer : IExtension
     }
 
     /// <summary>
+    /// Replaces the faulty leg in slot <paramref name="slot"/> of the mirror <paramref name="name"/>
+    /// by the device <paramref name="member"/> while the mirror runs (md's <c>--remove</c> of the
+    /// faulty member, then <c>--add</c> of a new one): a device of this node, or of another node
+    /// (<c>name@host:port</c>, or a plain name only another node has, opened as a table's remote
+    /// member is). The mirror claims the new device exclusively and holds it (it cannot be
+    /// destroyed while it is a leg), writes it a superblock of this mirror and copies its whole
+    /// data area to it in the background (<see cref="MirrorTarget.ReplaceLegAsync"/>). The old
+    /// device is released: a device of this node can be destroyed again, another node's handle
+    /// is closed.
+    /// </summary>
+    /// <returns>The name of the device that was in the slot.</returns>
+    /// <exception cref="KeyNotFoundException">No device has the name <paramref name="name"/>.</exception>
+    /// <exception cref="DeviceOptionsException">The member is unknown, unreachable, the mirror itself or stacked over it, or claimed by another stacked device (<c>members</c>).</exception>
+    /// <exception cref="InvalidOperationException">The device is no mirror, is being removed or assembled, or a replacement of its legs runs; the slot does not exist or is not faulty; the member is a leg of the mirror already, or cannot carry it (read-only, too small, another block size, weaker limits).</exception>
+    /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
+    public async Task<string> ReplaceMirrorLegAsync(string name, int slot, string member, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (string.IsNullOrEmpty(member))
+        {
+            throw new DeviceOptionsException(name, "members", "the new member's name is missing (null or empty).");
+        }
+
+        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
+        var opened = await OpenMembersAsync(name, StackTable.Linear(member), cancellationToken).ConfigureAwait(false);
+        // From here the guardian owns the opened member: it closes it if the replacement is refused.
+        var reply = await AskAsync<object>(Guardian, new ReplaceLeg(name, slot, member) { Opened = opened.Values.FirstOrDefault() }, ControlTimeout, CancellationToken.None).ConfigureAwait(false);
+        return reply switch
+        {
+            LegReplaced replaced => replaced.Old,
+            NoSuchDevice => throw new KeyNotFoundException($"There is no device '{name}'."),
+            _ => throw new InvalidOperationException($"Unexpected reply {reply}."),
+        };
+    }
+
+    /// <summary>
     /// Creates a device, blocking the calling thread until it is registered. Prefer
     /// <see cref="CreateDeviceAsync(DeviceOptions, CancellationToken)"/> in asynchronous code.
     /// </summary>

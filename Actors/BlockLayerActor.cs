@@ -45,6 +45,8 @@ internal sealed class BlockLayerActor : ReceiveActor
         Receive<BlockLayer.CreateStacked>(HandleCreateStacked);
         Receive<BlockLayer.LoadTable>(HandleLoadTable);
         Receive<TableBuilt>(HandleTableBuilt);
+        Receive<BlockLayer.ReplaceLeg>(HandleReplaceLeg);
+        Receive<LegSwapped>(HandleLegSwapped);
         Receive<RequestQueueProtocol.Ready>(HandleReady);
         Receive<BlockLayer.Destroy>(HandleDestroy);
         Receive<BlockLayer.DestroyHandle>(handle =>
@@ -468,6 +470,134 @@ internal sealed class BlockLayerActor : ReceiveActor
         entry.Holds = HoldsOf(target);
     }
 
+    // md's --remove of a faulty leg and --add of a new device (README, "Mirrors"): the new member is
+    // resolved, checked and claimed as a mirror table's leg would be, and claimed and held from
+    // now on, so no table takes it and nobody destroys it while the mirror swaps it in (off the
+    // actor: the swap waits for the mirror's I/O in flight). Then the old one is released.
+    private void HandleReplaceLeg(BlockLayer.ReplaceLeg replace)
+    {
+        var opened = replace.Opened is { } handle ? new[] { handle } : [];
+        if (RefusedWhileStopping(replace.Name))
+        {
+            CloseMembers(opened);
+            return;
+        }
+
+        if (!_devices.TryGetValue(replace.Name, out var entry))
+        {
+            CloseMembers(opened);
+            Sender.Tell(new BlockLayer.NoSuchDevice(replace.Name));
+            return;
+        }
+
+        void Refuse(Exception ex)
+        {
+            CloseMembers(opened);
+            Sender.Tell(new Status.Failure(ex));
+        }
+
+        if (entry.Device.Queue.BioDriver is not MirrorTarget mirror || entry.Destroyers.Count > 0 || entry.Assembling || entry.Replacing)
+        {
+            Refuse(new InvalidOperationException($"Device {replace.Name} is {(entry.Destroyers.Count > 0 ? "being removed" : entry.Assembling ? "being assembled" : entry.Replacing ? "replacing a leg already" : "not a mirror")}."));
+            return;
+        }
+
+        if (replace.Slot < 0 || replace.Slot >= mirror.Legs.Count)
+        {
+            Refuse(new InvalidOperationException($"{replace.Name} has no slot {replace.Slot}: its legs are slots 0 to {mirror.Legs.Count - 1}."));
+            return;
+        }
+
+        var load = new BlockLayer.LoadTable(replace.Name, StackTable.Linear(replace.Member))
+        {
+            Opened = replace.Opened is { } h ? new Dictionary<string, ClusterBlockDevice> { [replace.Member] = h } : new Dictionary<string, ClusterBlockDevice>(),
+        };
+        IBlockDevice device;
+        try
+        {
+            device = MemberOf(load, replace.Member);
+        }
+        catch (Exception ex) when (ex is ArgumentException or KeyNotFoundException)
+        {
+            Refuse(new DeviceOptionsException(replace.Name, "members", ex.Message));
+            return;
+        }
+
+        // As for a mirror table: no device another stacked device is built on.
+        var key = ClaimKeys(load)[0];
+        var claimed = _devices.Values.Where(e => e != entry).SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
+            .FirstOrDefault(c => c.Member == key);
+        if (claimed.Member is not null)
+        {
+            Refuse(new DeviceOptionsException(replace.Name, "members", $"'{claimed.Member}' is claimed by {claimed.Holder}: a mirror's legs are its own."));
+            return;
+        }
+
+        var legs = mirror.Legs.Count;
+        entry.Replacing = true;
+        entry.Claims = [.. entry.Claims.Take(legs), key];
+        entry.Holds = [.. HoldsOf(mirror), .. device is ClusterBlockDevice { IsRemote: true } ? Array.Empty<string>() : [device.Name]];
+        entry.Opened.AddRange(opened);
+        entry.ReplaceReplyTo = Sender;
+        mirror.ReplaceLegAsync(replace.Slot, device)
+            .ContinueWith(t => new LegSwapped(entry, replace, device, key, t), TaskScheduler.Default)
+            .PipeTo(Self);
+    }
+
+    private void HandleLegSwapped(LegSwapped swapped)
+    {
+        var (entry, replace, device, key, swap) = swapped;
+        entry.Replacing = false;
+        var replyTo = entry.ReplaceReplyTo ?? ActorRefs.Nobody;
+        entry.ReplaceReplyTo = null;
+        var live = _devices.TryGetValue(replace.Name, out var now) && ReferenceEquals(now, entry) && entry.Device.Queue.BioDriver is MirrorTarget;
+        var mirror = entry.Device.Queue.BioDriver as MirrorTarget;
+        var legs = mirror?.Legs.Count ?? 0;
+        if (!swap.IsCompletedSuccessfully)
+        {
+            // Refused (or the mirror stopped meanwhile): the new member is released again. A
+            // mirror removed meanwhile closed its handles, this one with them.
+            if (live)
+            {
+                entry.Claims = [.. entry.Claims.Take(legs)];
+                entry.Holds = HoldsOf(mirror!);
+                if (device is ClusterBlockDevice handle && entry.Opened.Remove(handle))
+                {
+                    CloseMembers([handle]);
+                }
+            }
+
+            var error = swap.Exception?.InnerException ?? new InvalidOperationException($"Replacing leg {replace.Slot} of {replace.Name} was cancelled.");
+            replyTo.Tell(new Status.Failure(error));
+            return;
+        }
+
+        var old = swap.Result;
+        if (live)
+        {
+            if (old is ClusterBlockDevice oldHandle && entry.Opened.Remove(oldHandle))
+            {
+                CloseMembers([oldHandle]);
+            }
+
+            var claims = entry.Claims.Take(legs).ToArray();
+            claims[replace.Slot] = key;
+            entry.Claims = claims;
+            entry.Holds = HoldsOf(mirror!);
+
+            // The md/dev-<leg>/ directory is named after the leg: the tree is built again.
+            var queue = entry.Device.Queue;
+            if (queue.IsRegistered && !queue.IsDying)
+            {
+                queue.Attributes.Publish();
+            }
+
+            _log.Info("{0}: leg {1} (slot {2}) replaced by {3}; it is copied whole from the legs in sync (md/dev-{3}/state: spare until then)", replace.Name, old.Name, replace.Slot, device.Name);
+        }
+
+        replyTo.Tell(new BlockLayer.LegReplaced(replace.Name, replace.Slot, old.Name));
+    }
+
     // A table that failed to build leaves a placeholder holding and claiming nothing, and a
     // device with a table as it was.
     private static void Unclaim(Entry entry)
@@ -758,7 +888,15 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // A table is being built (a mirror reading its legs' metadata).
         public bool Assembling { get; set; }
+
+        // A mirror's leg is being replaced (ReplaceLeg), and who asked.
+        public bool Replacing { get; set; }
+
+        public IActorRef? ReplaceReplyTo { get; set; }
     }
+
+    // A mirror's leg swap has ended (or was refused), back to settle the claims, holds and handles.
+    private sealed record LegSwapped(Entry Entry, BlockLayer.ReplaceLeg Replace, IBlockDevice Device, string Key, Task<IBlockDevice> Swap);
 
     // A table built off the actor (a mirror's assembly), back to install it.
     private sealed record TableBuilt(BlockLayer.LoadTable Load, Task<StackTarget> Building, IActorRef ReplyTo);

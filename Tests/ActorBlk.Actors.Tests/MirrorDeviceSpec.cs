@@ -4,6 +4,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Testing;
 using Akka.Configuration;
 using Xunit;
@@ -155,6 +156,70 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, await Layer.DestroyDeviceAsync("md0"));
         Assert.Equal(0, await Layer.DestroyDeviceAsync("mb"));
         Assert.Equal(0, await Layer.DestroyDeviceAsync("ma"));
+    }
+
+    // md's --remove of a faulty leg and --add of another device, through the block layer: the new
+    // leg is claimed and held as a table's leg is (no other table takes it, it cannot be destroyed),
+    // md/dev-<new>/state shows it spare, then in sync once copied whole; the old device is free.
+    [Fact]
+    public async Task A_faulty_leg_replaced_by_another_device_is_claimed_and_held_and_the_old_one_released()
+    {
+        await Leg("ra");
+        await Leg("rb");
+        var c = await Leg("rc");
+        await Leg("rd");
+        var clock = new ManualTimeProvider();
+        await Layer.CreateStackedDeviceAsync("mdr");
+        var table = (MirrorTable)StackTable.Mirror(
+            new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true, SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) }, "ra", "rb");
+        var md = await Layer.LoadTableAsync("mdr", table with { Time = clock });
+        await md.WriteAsync(5 * Block, Stamp(5, 1));
+
+        // Only a faulty slot is replaced.
+        var inSync = await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "rc"));
+        Assert.Contains("not faulty", inSync.Message, StringComparison.Ordinal);
+        await Layer.WriteAttributeAsync("block/mdr/md/dev-rb/state", "faulty");
+        await md.WriteAsync(6 * Block, Stamp(6, 1));
+
+        // A device another stacked device is built on, the mirror itself and an unknown one are refused.
+        await Layer.CreateStackedDeviceAsync("lin-r");
+        await Layer.LoadTableAsync("lin-r", StackTable.Linear("rd"));
+        var claimed = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "rd"));
+        Assert.Contains("'rd' is claimed by lin-r", claimed.Message, StringComparison.Ordinal);
+        Assert.Equal("members", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "mdr"))).Option);
+        Assert.Equal("members", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "nope"))).Option);
+        await Assert.ThrowsAsync<KeyNotFoundException>(() => Layer.ReplaceMirrorLegAsync("nomd", 1, "rc"));
+
+        Assert.Equal("rb", await Layer.ReplaceMirrorLegAsync("mdr", 1, "rc"));
+        Assert.Equal("spare\n", Layer.ReadAttribute("block/mdr/md/dev-rc/state"));
+        Assert.Equal("recover\n", Layer.ReadAttribute("block/mdr/md/sync_action"));
+        Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/mdr/md/dev-rb/state"));
+        var busy = await Assert.ThrowsAsync<DeviceBusyException>(() => Layer.DestroyDeviceAsync("rc"));
+        Assert.Contains("mdr", busy.Message, StringComparison.Ordinal);
+        await Layer.CreateStackedDeviceAsync("lin-c");
+        Assert.Contains("'rc' is claimed by mdr", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("lin-c", StackTable.Linear("rc")))).Message, StringComparison.Ordinal);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("rb"));
+
+        await md.WriteAsync(7 * Block, Stamp(7, 1));
+        var mirror = (MirrorTarget)md.Queue.BioDriver!;
+        while (!mirror.SyncIdle.IsCompleted)
+        {
+            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(TimeSpan.FromSeconds(60));
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal("in_sync\n", Layer.ReadAttribute("block/mdr/md/dev-rc/state"));
+        Assert.Equal("0\n", Layer.ReadAttribute("block/mdr/md/degraded"));
+        foreach (var k in new long[] { 5, 6, 7 })
+        {
+            var raw = new byte[Block];
+            await c.ReadAsync(MirrorSuperblock.DataOffset + (k * Block), raw);
+            Assert.Equal(Stamp(k, 1), raw);
+        }
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdr"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("rc"));
     }
 
     [Fact]
