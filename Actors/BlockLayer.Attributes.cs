@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using ActorBlk.Hardware.Sysfs;
+using Akka.Actor;
 
 namespace ActorBlk.Actors;
 
@@ -84,6 +85,27 @@ public sealed partial class BlockLayer
         catch (ArgumentOutOfRangeException ex)
         {
             throw new AttributeException(p, AttributeErrno.ENOENT, ex.Message.Split(" (Parameter")[0]);
+        }
+    }
+
+    // A mirror's md/new_dev (MirrorTarget.LegReplacer): ReplaceMirrorLegAsync, which asks the
+    // guardian and so never runs on it. A write arrives from a caller's thread or from the sysfs
+    // actor, whose handler returns at the first await and pipes the answer back: neither waits on
+    // its own mailbox. The node going away is ENOENT, as a write to a dying device's attribute.
+    internal async Task ReplaceLegByAttributeAsync(string mirror, int slot, string member)
+    {
+        var path = $"block/{mirror}/md/new_dev";
+        try
+        {
+            await ReplaceMirrorLegAsync(mirror, slot, member).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is BlockLayerStoppingException or ObjectDisposedException)
+        {
+            throw new AttributeException(path, AttributeErrno.ENOENT, ex.Message);
+        }
+        catch (AskTimeoutException ex)
+        {
+            throw new AttributeException(path, AttributeErrno.EBUSY, $"the replacement did not end within {ControlTimeout.TotalSeconds:0} s: {ex.Message}");
         }
     }
 

@@ -455,6 +455,14 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         entry.Opened.AddRange(load.Opened.Values);
         entry.Claims = ClaimKeys(load);
+        if (target is MirrorTarget mirror)
+        {
+            // md/new_dev replaces a leg through the block layer, as ReplaceMirrorLegAsync does.
+            var layer = _layer;
+            var name = load.Name;
+            mirror.LegReplacer = (slot, member) => layer.ReplaceLegByAttributeAsync(name, slot, member);
+        }
+
         if (queue.Kind == QueueKind.Placeholder)
         {
             queue.InitializeBioBased(target);

@@ -30,14 +30,14 @@ public static class Sysfs
     /// <summary>Writes an attribute (reply <see cref="Written"/> or <see cref="Failed"/>).</summary>
     public sealed record Write(string Path, string Text) : IActorBlkMessage;
 
-    /// <summary>The write took effect; <paramref name="Text"/> is what the attribute reads now.</summary>
+    /// <summary>The write took effect; <paramref name="Text"/> is what the attribute reads now (empty for a write-only one, md's <c>md/new_dev</c>).</summary>
     public sealed record Written(string Path, string Text) : IActorBlkMessage;
 
     /// <summary>Takes a CPU offline or brings it online (reply <see cref="CpuTopologyProtocol.TopologyChanged"/> or <see cref="Failed"/>).</summary>
     public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
 
     /// <summary>
-    /// A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY; EPERM for a write
+    /// A refused operation: <paramref name="Errno"/> (ENOENT, EINVAL, EACCES, EBUSY, ENXIO; EPERM for a write
     /// or hotplug from the network without the admin secret; ENAMETOOLONG; E2BIG for a listing too
     /// large for one remoting message) and why.
     /// </summary>
@@ -127,11 +127,24 @@ internal sealed class SysfsActor : ReceiveActor
         {
             await layer.WriteAttributeAsync(path, text).ConfigureAwait(false);
             _log.Info("sysfs: wrote '{Value}' to {Path}", text.TrimEnd('\n'), path);
-            return new Sysfs.Written(path, layer.ReadAttribute(path));
+            return new Sysfs.Written(path, ReadBack(layer, path));
         }
         catch (AttributeException ex)
         {
             return new Sysfs.Failed(path, ex.Errno.ToString(), ex.Reason);
+        }
+    }
+
+    // What a written attribute reads now; nothing for a write-only one, whose write took effect all the same.
+    private static string ReadBack(BlockLayer layer, string path)
+    {
+        try
+        {
+            return layer.ReadAttribute(path);
+        }
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.EACCES)
+        {
+            return string.Empty;
         }
     }
 

@@ -9,11 +9,14 @@ public enum AttributeErrno
     /// <summary>The value is refused: not a number, out of range, or against the attribute's rule.</summary>
     EINVAL,
 
-    /// <summary>The attribute is read-only.</summary>
+    /// <summary>The attribute is read-only (a write), or write-only (a read: md's <c>md/new_dev</c>).</summary>
     EACCES,
 
     /// <summary>The change is refused in the current state (taking the last online CPU offline).</summary>
     EBUSY,
+
+    /// <summary>No such device: the name written names no device that can be opened (md's <c>md/new_dev</c>, as the kernel's open of a device number that has none).</summary>
+    ENXIO,
 }
 
 /// <summary>A refused attribute read or write; nothing changed.</summary>

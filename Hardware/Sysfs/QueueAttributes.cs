@@ -5,8 +5,12 @@ using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Sysfs;
 
-/// <summary>Adds one attribute file: its path, how it shows and, when writable, how it stores (path, value).</summary>
-public delegate void AttributeAdder(string path, Func<string> show, Func<string, string, ValueTask>? store);
+/// <summary>
+/// Adds one attribute file: its path, how it shows (null for a write-only one, which a read
+/// refuses with EACCES, as sysfs refuses to open an attribute without a show for reading) and,
+/// when writable, how it stores (path, value).
+/// </summary>
+public delegate void AttributeAdder(string path, Func<string>? show, Func<string, string, ValueTask>? store);
 
 /// <summary>
 /// A bio-based driver with attributes of its own in the device's tree (md's <c>block/&lt;dev&gt;/md/</c>),
@@ -18,8 +22,8 @@ public interface IAttributeSource
     void AddAttributes(string deviceDirectory, AttributeAdder add);
 }
 
-/// <summary>One attribute file: how it shows and, when writable, how it stores.</summary>
-internal sealed record AttributeFile(Func<string> Show, Func<string, string, ValueTask>? Store);
+/// <summary>One attribute file: how it shows (null when write-only) and, when writable, how it stores.</summary>
+internal sealed record AttributeFile(Func<string>? Show, Func<string, string, ValueTask>? Store);
 
 /// <summary>
 /// An immutable snapshot of one disk's attribute tree (blk-mq-semantics §11): built whole at
@@ -61,10 +65,11 @@ public sealed class AttributeTree
     public bool Contains(string path) => _files.ContainsKey(path);
 
     /// <summary>Reads an attribute: at most one page (4095 characters).</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute.</exception>
+    /// <exception cref="AttributeException">ENOENT: no such attribute; EACCES: the attribute is write-only.</exception>
     public string Read(string path)
     {
-        var text = Find(path).Show();
+        var show = Find(path).Show ?? throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is write-only");
+        var text = show();
         return text.Length <= PageBuffer.Limit ? text : text[..PageBuffer.Limit];
     }
 
@@ -110,7 +115,7 @@ public sealed class QueueAttributes
     public IReadOnlyList<string> List() => Current is { } tree && !_queue.IsDying ? tree.Paths : [];
 
     /// <summary>Reads an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying.</exception>
+    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EACCES: the attribute is write-only.</exception>
     public string Read(string path) => Live(path).Read(path);
 
     /// <summary>Writes an attribute of the current snapshot.</summary>
@@ -135,7 +140,7 @@ public sealed class QueueAttributes
         var q = _queue;
         var files = new SortedDictionary<string, AttributeFile>(StringComparer.Ordinal);
         var queueDir = $"block/{q.Name}/queue/";
-        void Add(string path, Func<string> show, Func<string, string, ValueTask>? store = null) => files[path] = new AttributeFile(show, store);
+        void Add(string path, Func<string>? show, Func<string, string, ValueTask>? store = null) => files[path] = new AttributeFile(show, store);
 
         Add(queueDir + "nr_requests", () => Line(q.NrRequests), async (path, text) =>
         {

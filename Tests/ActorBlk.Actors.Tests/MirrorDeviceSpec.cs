@@ -222,6 +222,85 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, await Layer.DestroyDeviceAsync("rc"));
     }
 
+    // md's new_dev, named by device: the lowest faulty slot takes the device through the block
+    // layer, so it is claimed and held as ReplaceMirrorLegAsync's is and the old one released. A
+    // read is EACCES (write-only); no faulty slot and a refused replacement are EBUSY, a name that
+    // opens no device ENXIO, no name EINVAL; a stacked device that is no mirror has no new_dev.
+    [Fact]
+    public async Task Writing_new_dev_replaces_the_lowest_faulty_leg_through_the_block_layer()
+    {
+        await Leg("na");
+        await Leg("nb");
+        await Leg("nc");
+        var d = await Leg("nd");
+        var clock = new ManualTimeProvider();
+        await Layer.CreateStackedDeviceAsync("mdn");
+        var table = (MirrorTable)StackTable.Mirror(
+            new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true, SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) }, "na", "nb", "nc");
+        var md = await Layer.LoadTableAsync("mdn", table with { Time = clock });
+        await md.WriteAsync(5 * Block, Stamp(5, 1));
+        Assert.Contains("block/mdn/md/new_dev", Layer.ListAttributes("block/mdn/md/"));
+        Assert.Equal(AttributeErrno.EACCES, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/mdn/md/new_dev")).Errno);
+
+        async Task<AttributeException> Refused(string value) =>
+            await Assert.ThrowsAsync<AttributeException>(async () => await Layer.WriteAttributeAsync("block/mdn/md/new_dev", value));
+
+        var none = await Refused("nd");
+        Assert.Equal(AttributeErrno.EBUSY, none.Errno);
+        Assert.Contains("no faulty leg", none.Reason, StringComparison.Ordinal);
+
+        // Slots 1 and 2 fail: slot 1, the lowest, is replaced.
+        await Layer.WriteAttributeAsync("block/mdn/md/dev-nc/state", "faulty");
+        await Layer.WriteAttributeAsync("block/mdn/md/dev-nb/state", "faulty");
+        await md.WriteAsync(6 * Block, Stamp(6, 1));
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused(string.Empty)).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("\n")).Errno);
+        Assert.Equal(AttributeErrno.ENXIO, (await Refused("nope")).Errno);
+        var itself = await Refused("na");
+        Assert.Equal(AttributeErrno.EBUSY, itself.Errno);
+        Assert.Contains("leg 0 of this mirror already", itself.Reason, StringComparison.Ordinal);
+
+        // Through the sysfs actor, as `actorblk sysfs write` sends it: answered when the device is
+        // in the slot, with nothing to read back.
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        sysfs.Tell(new Sysfs.Read("block/mdn/md/new_dev"), TestActor);
+        Assert.Equal("EACCES", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        sysfs.Tell(new Sysfs.Write("block/mdn/md/new_dev", "nd\n"), TestActor);
+        Assert.Equal(string.Empty, (await ExpectMsgAsync<Sysfs.Written>()).Text);
+        Assert.Equal("1\n", Layer.ReadAttribute("block/mdn/md/dev-nd/slot"));
+        Assert.Equal("spare\n", Layer.ReadAttribute("block/mdn/md/dev-nd/state"));
+        Assert.Equal("faulty\n", Layer.ReadAttribute("block/mdn/md/dev-nc/state"));
+        Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/mdn/md/dev-nb/state"));
+        Assert.Contains("mdn", (await Assert.ThrowsAsync<DeviceBusyException>(() => Layer.DestroyDeviceAsync("nd"))).Message, StringComparison.Ordinal);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("nb"));
+
+        var mirror = (MirrorTarget)md.Queue.BioDriver!;
+        while (!mirror.SyncIdle.IsCompleted)
+        {
+            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(TimeSpan.FromSeconds(60));
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal("in_sync\n", Layer.ReadAttribute("block/mdn/md/dev-nd/state"));
+        foreach (var k in new long[] { 5, 6 })
+        {
+            var raw = new byte[Block];
+            await d.ReadAsync(MirrorSuperblock.DataOffset + (k * Block), raw);
+            Assert.Equal(Stamp(k, 1), raw);
+        }
+
+        // A stacked device that is no mirror has no md/new_dev.
+        await Leg("ne");
+        await Layer.CreateStackedDeviceAsync("lin-n");
+        await Layer.LoadTableAsync("lin-n", StackTable.Linear("ne"));
+        var linear = await Assert.ThrowsAsync<AttributeException>(async () => await Layer.WriteAttributeAsync("block/lin-n/md/new_dev", "nb"));
+        Assert.Equal(AttributeErrno.ENOENT, linear.Errno);
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdn"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("nd"));
+    }
+
     [Fact]
     public async Task Legs_of_different_mirrors_are_refused_with_MirrorAssemblyException_and_released()
     {

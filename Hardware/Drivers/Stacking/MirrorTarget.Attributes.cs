@@ -66,6 +66,14 @@ public sealed partial class MirrorTarget
         add(md + "mismatch_cnt", () => Line(MismatchSectors), null);
         add(md + "events", () => Line(Generation), null);
         add(md + "bitmap/chunksize", () => Line(RegionBytes), null);
+
+        // md's new_dev: write-only (a read is EACCES), and only where the block layer installed
+        // its replacement, which resolves, claims and holds the member as a table's leg.
+        if (LegReplacer is { } replacer)
+        {
+            add(md + "new_dev", null, (path, text) => NewDevAsync(replacer, path, text));
+        }
+
         for (var i = 0; i < _legs.Length; i++)
         {
             var leg = i;
@@ -102,6 +110,48 @@ public sealed partial class MirrorTarget
             });
             add(dir + "errors", () => Line(CorrectedReadErrors(leg)), null);
             add(dir + "slot", () => Line(leg), null);
+        }
+    }
+
+    // md's new_dev_store adds the device into the first free slot; here the lowest-numbered
+    // faulty slot takes it (md's --remove then --add), and the write ends when the device is in
+    // the slot, rebuilding; the recovery goes on after it.
+    private async ValueTask NewDevAsync(Func<int, string, Task> replacer, string path, string text)
+    {
+        var member = text.Trim();
+        if (member.Length == 0)
+        {
+            throw new AttributeException(path, AttributeErrno.EINVAL, "no device named: write the new leg's name (a device of this node, name@host:port, or a name another node has)");
+        }
+
+        int slot;
+        lock (_lock)
+        {
+            slot = Array.IndexOf(_state, MirrorLegState.Faulty);
+        }
+
+        if (slot < 0)
+        {
+            throw new AttributeException(path, AttributeErrno.EBUSY, $"{_name} has no faulty leg: only a faulty leg is replaced (fail one first: md/dev-<leg>/state faulty)");
+        }
+
+        try
+        {
+            await replacer(slot, member).ConfigureAwait(false);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new AttributeException(path, AttributeErrno.EBUSY, ex.Message);
+        }
+        catch (KeyNotFoundException ex)
+        {
+            throw new AttributeException(path, AttributeErrno.ENOENT, ex.Message);
+        }
+        catch (ArgumentException ex)
+        {
+            // DeviceOptionsException: the member is unknown, unreachable, the mirror itself or
+            // stacked over it, or claimed by another stacked device.
+            throw new AttributeException(path, AttributeErrno.ENXIO, ex.Message);
         }
     }
 

@@ -17,6 +17,15 @@ public sealed partial class MirrorTarget
     private Suspension? _suspended;
 
     /// <summary>
+    /// The block layer's replacement of the leg in a slot by a member named as a table names it
+    /// (slot, member; it ends when the device is in the slot): installed with the table, so that
+    /// <c>md/new_dev</c> resolves, claims and holds the member as the block layer's
+    /// <c>ReplaceMirrorLegAsync</c> does. Without it (a mirror built outside a block layer) the
+    /// mirror has no <c>md/new_dev</c>.
+    /// </summary>
+    internal Func<int, string, Task>? LegReplacer { get; set; }
+
+    /// <summary>
     /// Replaces the faulty leg <paramref name="leg"/> by <paramref name="device"/> while the mirror
     /// runs (md's <c>--remove</c> of the faulty member, then <c>--add</c> of a new one): user I/O
     /// is held back until the bios and the resync chunk in flight have ended, the device takes the
