@@ -88,8 +88,22 @@ public sealed record FaultInjectionOptions
 /// stops it; reopening fails a configured number of times).
 /// </summary>
 /// <remarks>
+/// <para>
 /// Decisions are drawn per hardware queue from a generator seeded with the seed and the queue's
 /// index, in dispatch order, so a seed gives each hardware queue the same faults on every run.
+/// </para>
+/// <para>
+/// The wrapper is resettable only when the wrapped driver is: a reset lets the block layer take
+/// back every request the driver held, and only a driver whose own reset abandons them (the null
+/// device drops its timers) can promise that the device no longer touches their buffers. The file
+/// device's requests are in the kernel, so a crash injected over it is a reset that takes nothing
+/// back: its stopped hardware queues start again and the kernel's requests complete as they
+/// would. A gone device is always reopened (<see cref="DriverFeatures.Reopenable"/>), and the
+/// block layer takes back what the old device held after a reopen, so over a driver that cannot
+/// abandon its requests <see cref="Reopen"/> first waits until the device has answered every
+/// request handed to it, up to <see cref="InnerDrainLimit"/>, as a controller reset stops the
+/// hardware from touching any request's memory before the block layer cancels them.
+/// </para>
 /// </remarks>
 public sealed class FaultInjectionDriver : IBlockDriver
 {
@@ -97,9 +111,15 @@ public sealed class FaultInjectionDriver : IBlockDriver
     private readonly FaultInjectionOptions _options;
     private readonly ConcurrentDictionary<int, Random> _random = new();
     private readonly ConcurrentDictionary<Request, uint> _lost = new();
+
+    // The wrapped driver cannot abandon its requests: those it accepted, each with the generation
+    // it was started under, so a reopen can wait until the device answered them all.
+    private readonly bool _innerAbandons;
+    private readonly ConcurrentDictionary<Request, uint> _handedOver = new();
     private long _requests;
     private int _reopenFailuresLeft;
     private volatile bool _gone;
+    private volatile bool _recoveryCancelled;
 
     /// <summary>Wraps <paramref name="inner"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
@@ -111,7 +131,15 @@ public sealed class FaultInjectionDriver : IBlockDriver
         _inner = inner;
         _options = options;
         _reopenFailuresLeft = options.ReopenFailures;
+        _innerAbandons = (inner.Features & DriverFeatures.Resettable) != 0;
     }
+
+    /// <summary>
+    /// How long a reopen waits for a wrapped driver that cannot abandon its requests (the file
+    /// device) to answer those it holds before the attempt fails (30 s, the io_uring engine's own
+    /// drain limit).
+    /// </summary>
+    internal TimeSpan InnerDrainLimit { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>The wrapped driver.</summary>
     public IBlockDriver Inner => _inner;
@@ -142,10 +170,12 @@ public sealed class FaultInjectionDriver : IBlockDriver
     /// <inheritdoc />
     public bool ReadOnly => _inner.ReadOnly;
 
-    /// <inheritdoc />
+    /// <summary>
+    /// The wrapped driver's features (<see cref="DriverFeatures.Resettable"/> only when it has it),
+    /// and <see cref="DriverFeatures.Reopenable"/>; <see cref="DriverFeatures.Blocking"/> with latency spikes.
+    /// </summary>
     public DriverFeatures Features =>
-        (_inner.Features & ~DriverFeatures.Poll) | DriverFeatures.Resettable | DriverFeatures.Reopenable |
-        (_options.LatencyRate > 0 ? DriverFeatures.Blocking : 0) | (_inner.Features & DriverFeatures.Poll);
+        _inner.Features | DriverFeatures.Reopenable | (_options.LatencyRate > 0 ? DriverFeatures.Blocking : 0);
 
     /// <inheritdoc />
     public int PayloadSize => _inner.PayloadSize;
@@ -217,7 +247,20 @@ public sealed class FaultInjectionDriver : IBlockDriver
             Thread.Sleep(_options.Latency);
         }
 
-        return _inner.QueueRq(hctx, request, last);
+        if (_innerAbandons)
+        {
+            return _inner.QueueRq(hctx, request, last);
+        }
+
+        // Start gives the request the next generation (only its owner starts it, so no other can).
+        var generation = unchecked(request.Generation + 1);
+        var status = _inner.QueueRq(hctx, request, last);
+        if (status == BlockStatus.Ok)
+        {
+            _handedOver[request] = generation;
+        }
+
+        return status;
     }
 
     /// <inheritdoc />
@@ -242,15 +285,25 @@ public sealed class FaultInjectionDriver : IBlockDriver
         return _inner.Timeout(request);
     }
 
-    /// <summary>Resets the device: lost requests are forgotten (the block layer takes them back), the wrapped driver is reset.</summary>
+    /// <summary>
+    /// Resets the device: lost requests are forgotten (the block layer takes them back), the
+    /// wrapped driver is reset. Over a driver that cannot abandon its requests (the wrapper is then
+    /// not resettable, and the block layer does not call this) it waits as <see cref="Reopen"/> does.
+    /// </summary>
+    /// <exception cref="BlockDeviceErrorException">The wrapped driver still holds requests after <see cref="InnerDrainLimit"/>, or the device is being removed.</exception>
     public void Reset()
     {
+        AbandonInner();
         _lost.Clear();
-        _inner.Reset();
     }
 
-    /// <summary>Reopens a gone device: fails <see cref="FaultInjectionOptions.ReopenFailures"/> times first (always with -1).</summary>
-    /// <exception cref="BlockDeviceErrorException">The device is still gone.</exception>
+    /// <summary>
+    /// Reopens a gone device: fails <see cref="FaultInjectionOptions.ReopenFailures"/> times first
+    /// (always with -1). Then the wrapped driver is reset, or, when it cannot abandon its requests,
+    /// the reopen waits until it has answered every request handed to it: the block layer takes
+    /// back what is still in flight once the device is reopened.
+    /// </summary>
+    /// <exception cref="BlockDeviceErrorException">The device is still gone: an injected failure, the wrapped driver still holds requests after <see cref="InnerDrainLimit"/>, or the device is being removed.</exception>
     public void Reopen()
     {
         if (_options.ReopenFailures < 0 || Interlocked.Decrement(ref _reopenFailuresLeft) >= 0)
@@ -258,20 +311,76 @@ public sealed class FaultInjectionDriver : IBlockDriver
             throw new BlockDeviceErrorException("Injected: the device is still gone.", deviceGone: true);
         }
 
+        AbandonInner();
         _reopenFailuresLeft = _options.ReopenFailures;
         _lost.Clear();
-        _inner.Reset();
         _gone = false;
     }
 
-    /// <inheritdoc />
-    public void CancelRecovery() => _inner.CancelRecovery();
+    /// <summary>A reopen waiting for the wrapped driver gives up at once, as does any later one; the wrapped driver is told too.</summary>
+    public void CancelRecovery()
+    {
+        _recoveryCancelled = true;
+        _inner.CancelRecovery();
+    }
 
     /// <inheritdoc />
     public string? PlannedLoss => _inner.PlannedLoss;
 
     /// <inheritdoc />
     public void Dispose() => _inner.Dispose();
+
+    // After this the wrapped driver holds no request the block layer could take back: it was reset
+    // (it abandons them), or it answered every request handed to it (its completions go on
+    // meanwhile: the io_uring engine's reaper thread or dispatch loop, the psync worker; the queue
+    // is quiesced, so nothing new reaches it).
+    private void AbandonInner()
+    {
+        if (_innerAbandons)
+        {
+            _inner.Reset();
+            return;
+        }
+
+        var deadline = Environment.TickCount64 + (long)InnerDrainLimit.TotalMilliseconds;
+        while (HeldByInner() is var held && held > 0)
+        {
+            if (_recoveryCancelled)
+            {
+                throw new BlockDeviceErrorException(
+                    $"The device is being removed; the {_inner.Kind} device still holds {held} request(s).", deviceGone: true);
+            }
+
+            if (Environment.TickCount64 >= deadline)
+            {
+                throw new BlockDeviceErrorException(
+                    FormattableString.Invariant($"The {_inner.Kind} device still holds {held} request(s) after {InnerDrainLimit.TotalSeconds} s; they cannot be taken back while it may still write into their buffers."),
+                    deviceGone: true);
+            }
+
+            Thread.Sleep(1);
+        }
+    }
+
+    // Requests the wrapped driver accepted and has not completed (each under the generation it
+    // was handed over with); the others are forgotten.
+    private int HeldByInner()
+    {
+        var held = 0;
+        foreach (var (rq, generation) in _handedOver)
+        {
+            if (rq.IsInFlight(out var current) && current == generation)
+            {
+                held++;
+            }
+            else
+            {
+                _handedOver.TryRemove(new KeyValuePair<Request, uint>(rq, generation));
+            }
+        }
+
+        return held;
+    }
 
     private static bool HasOtherInFlight(HardwareContext hctx, Request request)
     {

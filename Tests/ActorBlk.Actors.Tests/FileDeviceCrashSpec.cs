@@ -12,11 +12,13 @@ namespace ActorBlk.Actors.Tests;
 
 /// <summary>
 /// A file device (io_uring engine) whose driver crashes under load in mailbox dispatch: each
-/// reopen stops the old engine while the kernel still holds requests that were taken back and
-/// requeued. The engine once lost count of those (their completions came back under an old
-/// generation and were not counted out), so its stop waited its whole 30 s drain limit for
-/// each and then unmapped the ring under its still-running reaper thread: the process died of
-/// an access violation. Every request must end once, and the device must still work.
+/// reset and reopen stops the old engine while the kernel still holds requests. Resets once took
+/// those back and requeued them, and the engine lost count of them (their completions came back
+/// under an old generation and were not counted out), so its stop waited its whole 30 s drain
+/// limit for each and then unmapped the ring under its still-running reaper thread: the process
+/// died of an access violation. A reset takes nothing back from a file device now, and a reopen
+/// waits for what the kernel holds (FaultInjectionDriverSpec). Every request must end once, and
+/// the device must still work.
 /// </summary>
 public sealed class FileDeviceCrashSpec(ITestOutputHelper output) : Akka.TestKit.Xunit2.TestKit(Settings, output: output)
 {

@@ -100,6 +100,42 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         AssertTagsFree(device);
     }
 
+    // A review: fault injection said Resettable over any driver, so a crash injected over the file
+    // device took back the requests the kernel still held (retried on the same command while the
+    // old entry was pending, or failed with their buffers handed back). Over a driver that cannot
+    // abandon its requests the crash is a reset that takes nothing back: the device answers them.
+    [Fact]
+    public async Task A_crash_injected_over_a_driver_that_cannot_abandon_its_requests_leaves_them_to_the_device()
+    {
+        var driver = new ScriptedDriver();
+        var device = await Create(driver, "crash-held", new DeviceOptions { Faults = new FaultInjectionOptions { CrashAfter = 4 } });
+        var held = Enumerable.Range(0, 3).Select(i => device.ExecuteAsync(BlockOp.Read, i * 65536L, 512, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 3);
+        var started = driver.InFlight.Select(rq => (Rq: rq, rq.Generation)).ToArray();
+
+        Task<BlockStatus> fourth = null!;
+        await EventFilter.Error(contains: "supervisor: Restart after BlockDeviceErrorException").ExpectOneAsync(async () =>
+        {
+            fourth = device.ExecuteAsync(BlockOp.Read, 3 * 65536L, 512, new byte[512]).AsTask();
+            await AwaitConditionAsync(async () => (await InfoOf("crash-held")).Resets == 1, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
+        });
+
+        // The reset is done (counted after what it took back): the three are still the device's,
+        // under the generation they were started with, and the driver was not told to drop them.
+        Assert.All(started, s => Assert.True(s.Rq.State == RequestState.InFlight && s.Rq.Generation == s.Generation, $"{s.Rq} was taken back"));
+        Assert.Equal(0, driver.ResetCalls);
+
+        // The one that hit the crash is dispatched again; each completes once, as the device answers.
+        await Until(() => driver.InFlight.Count == 4);
+        Assert.All(started, s => Assert.True(s.Rq.Complete(BlockStatus.Ok, s.Generation)));
+        driver.CompleteAll();
+        Assert.All(await Task.WhenAll([.. held, fourth]), s => Assert.Equal(BlockStatus.Ok, s));
+        var info = await InfoOf("crash-held");
+        Assert.Equal(1, info.Resets);
+        Assert.Equal("online", info.Health);
+        AssertTagsFree(device);
+    }
+
     [Fact]
     public async Task A_request_out_of_retries_fails_with_an_io_error()
     {

@@ -643,8 +643,11 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         }
 
         // Every request entry was counted in flight when prepared, and leaves the kernel once, here,
-        // even when its request was taken back meanwhile (a driver reset requeued it under a new
-        // generation): uncounted, the reaper would wait for it for ever and a stop would time out.
+        // even when its command no longer holds that request: uncounted, the reaper would wait for
+        // it for ever and a stop would time out. No reset or reopen takes back a request the
+        // kernel still holds (this driver is not resettable, and fault injection over it waits for
+        // its requests before a reopen); once one did, and the retry began on the same command
+        // while the kernel still wrote through the old entry's buffers.
         Interlocked.Decrement(ref _inflight);
         if (!current)
         {

@@ -153,6 +153,69 @@ public sealed class FaultInjectionDriverSpec
         Assert.False(faulty.IsGone);
     }
 
+    // A review: the wrapper said Resettable and Reopenable over any driver, so a crash injected
+    // over the file device let the block layer take back requests whose entries the kernel still
+    // held (requeued onto the same command, or failed and their buffers handed back). It is
+    // resettable only when the wrapped driver is, and a reopen over one that is not waits until
+    // the device answered what it was handed.
+    [Fact]
+    public void Over_a_driver_that_cannot_abandon_its_requests_a_reopen_waits_until_the_device_answered_them()
+    {
+        Assert.True(new FaultInjectionDriver(new ScriptedDriver(extra: DriverFeatures.Resettable), new FaultInjectionOptions { CrashAfter = 1 })
+            .Features.HasFlag(DriverFeatures.Resettable));
+        var inner = new ScriptedDriver();
+        var faulty = new FaultInjectionDriver(inner, new FaultInjectionOptions { CrashAfter = 3, CrashIsGone = true })
+        {
+            InnerDrainLimit = TimeSpan.FromMilliseconds(50),
+        };
+        var (queue, runtime) = TestQueues.Create(faulty, depth: 64, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        Assert.False(faulty.Features.HasFlag(DriverFeatures.Resettable));
+        Assert.True(faulty.Features.HasFlag(DriverFeatures.Reopenable));
+
+        var held = Enumerable.Range(0, 2).Select(i => TestQueues.Submit(queue, BlockOp.Write, i * 128L, 8)).ToArray();
+        runtime.RunRound();
+        var started = inner.InFlight.Select(rq => (Rq: rq, rq.Generation)).ToArray();
+        Assert.Equal(2, started.Length);
+        TestQueues.Submit(queue, BlockOp.Write, 1024, 8);
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+        Assert.True(faulty.IsGone);
+
+        // The device still holds both: the reopen fails rather than let them be taken back.
+        var error = Assert.Throws<BlockDeviceErrorException>(faulty.Reopen);
+        Assert.True(error.DeviceGone);
+        Assert.Contains("still holds 2 request(s)", error.Message);
+        Assert.True(faulty.IsGone);
+        Assert.Equal(0, inner.ResetCalls);
+
+        // Once it answered them (each exactly once, under the generation it was started with),
+        // the reopen goes through and takes nothing of theirs back.
+        Assert.All(started, s => Assert.True(s.Rq.Complete(BlockStatus.Ok, s.Generation)));
+        Assert.All(held, t => Assert.Equal(BlockStatus.Ok, t.Result));
+        faulty.Reopen();
+        Assert.False(faulty.IsGone);
+        Assert.Equal((0, 0), queue.ReclaimInFlight(BlockStatus.IoError));
+    }
+
+    [Fact]
+    public void A_reopen_waiting_for_the_wrapped_driver_gives_up_at_once_when_the_device_is_removed()
+    {
+        var inner = new ScriptedDriver();
+        var faulty = new FaultInjectionDriver(inner, new FaultInjectionOptions { CrashAfter = 2, CrashIsGone = true });
+        var (queue, runtime) = TestQueues.Create(faulty, depth: 64);
+        TestQueues.Submit(queue, BlockOp.Write, 0, 8);
+        runtime.RunRound();
+        TestQueues.Submit(queue, BlockOp.Write, 1024, 8);
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+
+        faulty.CancelRecovery();
+
+        var error = Assert.Throws<BlockDeviceErrorException>(faulty.Reopen);
+        Assert.True(error.DeviceGone);
+        Assert.Contains("being removed", error.Message);
+        Assert.True(inner.RecoveryCancelled);
+        Assert.Equal(1, inner.CompleteAll());
+    }
+
     [Theory]
     [InlineData(-0.1, 0, 0)]
     [InlineData(1.5, 0, 0)]
