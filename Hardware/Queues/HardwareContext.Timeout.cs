@@ -42,8 +42,11 @@ public sealed partial class HardwareContext
         var requests = Tags.Requests;
         for (var t = 0; t < requests.Count; t++)
         {
+            // The state and the generation in one load, first: what is read after it (the queue,
+            // the mark, the deadline) may already be a later incarnation's, if the request
+            // completed and its tag was reused and started meanwhile; the generation says so.
             var rq = requests[t];
-            if (rq.Hctx != this || rq.Queue != Queue || rq.State != RequestState.InFlight)
+            if (!rq.IsInFlight(out var generation) || rq.Hctx != this || rq.Queue != Queue)
             {
                 continue;
             }
@@ -60,15 +63,25 @@ public sealed partial class HardwareContext
                 continue;
             }
 
-            var generation = rq.Generation;
             if (!rq.TryMarkTimedOut())
             {
                 continue;
             }
 
+            // Marked: the handler runs only if the request is still the incarnation found expired
+            // (the deadline read before the state, which a start publishes after its deadline). A
+            // request that completed, its tag reused and started between the loads above, is the
+            // next I/O, not expired: before, its handler ran (an NBD client's kills a healthy
+            // connection), and the mark is taken back off it (a review; by reasoning, see the commit).
+            if (now < rq.Deadline || !rq.IsInFlight(out var current) || current != generation)
+            {
+                rq.UnmarkTimedOut();
+                continue;
+            }
+
             expired++;
             var action = driver.Timeout(rq);
-            if (action == TimeoutAction.ResetTimer && rq.Generation == generation && rq.State == RequestState.InFlight)
+            if (action == TimeoutAction.ResetTimer && rq.IsInFlight(out current) && current == generation)
             {
                 rq.ResetTimer(now);
             }

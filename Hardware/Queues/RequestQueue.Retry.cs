@@ -53,12 +53,14 @@ public sealed partial class RequestQueue
     public bool AbortRequest(Request rq)
     {
         ArgumentNullException.ThrowIfNull(rq);
-        if (rq.Queue != this || rq.State != RequestState.InFlight || rq.Hctx is not { } hctx)
+        // The state and generation in one load, before the queue and hardware queue, and the
+        // deadline moved only for that incarnation: a request that completed meanwhile, its tag
+        // reused, is the next I/O's, whose deadline must stay its own (a review).
+        if (!rq.IsInFlight(out var generation) || rq.Queue != this || rq.Hctx is not { } hctx || !rq.TryExpire(generation, Clock.NowMilliseconds))
         {
             return false;
         }
 
-        rq.Deadline = Clock.NowMilliseconds;
         Events?.OnAbort(hctx);
         return true;
     }

@@ -47,6 +47,7 @@ public sealed class Request
     // a later incarnation of the tag, however it interleaves with the tag being reused.
     private long _word;
     private int _timedOut;
+    private long _deadline;
     private int _stage;
 
     internal Request(TagMap owner, int tag, Memory<byte> payload)
@@ -125,7 +126,11 @@ public sealed class Request
     public int TimeoutMs { get; set; }
 
     /// <summary>When the request expires, on the queue's clock (milliseconds).</summary>
-    public long Deadline { get; internal set; }
+    public long Deadline
+    {
+        get => Volatile.Read(ref _deadline);
+        internal set => Volatile.Write(ref _deadline, value);
+    }
 
     /// <summary>True once the timeout handler has been called for the current deadline.</summary>
     public bool TimedOut => Volatile.Read(ref _timedOut) != 0;
@@ -271,6 +276,44 @@ public sealed class Request
     }
 
     internal bool TryMarkTimedOut() => Interlocked.CompareExchange(ref _timedOut, 1, 0) == 0;
+
+    /// <summary>Takes back a mark <see cref="TryMarkTimedOut"/> set on an incarnation it was not meant for.</summary>
+    internal void UnmarkTimedOut() => Interlocked.CompareExchange(ref _timedOut, 0, 1);
+
+    /// <summary>
+    /// Makes the incarnation <paramref name="generation"/> due at <paramref name="now"/>
+    /// (<c>blk_abort_request</c>); false when it is no longer in flight. A deadline written after
+    /// the tag was reused would expire the next request, which is healthy.
+    /// </summary>
+    internal bool TryExpire(uint generation, long now)
+    {
+        while (true)
+        {
+            // The deadline read before the state: if the state is still this incarnation's after
+            // it, so was the deadline (a start writes its deadline before it publishes its state).
+            var deadline = Deadline;
+            if (!IsInFlight(out var current) || current != generation)
+            {
+                return false;
+            }
+
+            if (Interlocked.CompareExchange(ref _deadline, now, deadline) != deadline)
+            {
+                // The scan re-armed the timer meanwhile, or the tag was reused: look again.
+                continue;
+            }
+
+            if (IsInFlight(out current) && current == generation)
+            {
+                return true;
+            }
+
+            // The tag was reused and started within the same millisecond, so with the same
+            // deadline: the compare-and-swap wrote the new request's; it gets it back.
+            Interlocked.CompareExchange(ref _deadline, deadline, now);
+            return false;
+        }
+    }
 
     internal void ResetTimer(long now)
     {
