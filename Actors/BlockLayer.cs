@@ -351,7 +351,7 @@ public sealed partial class BlockLayer : IExtension
     /// destroyed while it is a leg), writes it a superblock of this mirror and copies its whole
     /// data area to it in the background (<see cref="MirrorTarget.ReplaceLegAsync"/>). The old
     /// device is released: a device of this node can be destroyed again, another node's handle
-    /// is closed.
+    /// is closed (its local queue is gone when this returns).
     /// </summary>
     /// <returns>The name of the device that was in the slot.</returns>
     /// <exception cref="KeyNotFoundException">No device has the name <paramref name="name"/>.</exception>

@@ -581,11 +581,13 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         var old = swap.Result;
+        var replaced = new BlockLayer.LegReplaced(replace.Name, replace.Slot, old.Name);
+        var closing = Task.CompletedTask;
         if (live)
         {
             if (old is ClusterBlockDevice oldHandle && entry.Opened.Remove(oldHandle))
             {
-                CloseMembers([oldHandle]);
+                closing = CloseMembers([oldHandle]);
             }
 
             var claims = entry.Claims.Take(legs).ToArray();
@@ -600,10 +602,12 @@ internal sealed class BlockLayerActor : ReceiveActor
                 queue.Attributes.Publish();
             }
 
-            _log.Info("{0}: leg {1} (slot {2}) replaced by {3}; it is copied whole from the legs in sync (md/dev-{3}/state: spare until then)", replace.Name, old.Name, replace.Slot, device.Name);
+            _log.Info("{0}: leg {1} (slot {2}) replaced by {3}; it is copied whole from the legs in sync (md/dev-{3}/state: spare until then)", replace.Name, replaced.Old, replace.Slot, device.Name);
         }
 
-        replyTo.Tell(new BlockLayer.LegReplaced(replace.Name, replace.Slot, old.Name));
+        // The old remote handle is closed before the reply, as a destroyed device's members are:
+        // its local queue and NBD connections are gone when ReplaceMirrorLegAsync returns.
+        closing.ContinueWith(_ => replyTo.Tell(replaced), TaskScheduler.Default);
     }
 
     // A table that failed to build leaves a placeholder holding and claiming nothing, and a
