@@ -531,6 +531,21 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
+        // The mirror compares handles: a leg named another way (l0@host:port for this node's l0,
+        // or a second handle of another node's device) is another object, and was taken into a
+        // second slot, the one device then counting as two copies. Compared by the device opened.
+        var identity = LegIdentity(device);
+        for (var i = 0; i < mirror.Legs.Count; i++)
+        {
+            if (LegIdentity(mirror.Legs[i]) == identity)
+            {
+                Refuse(new InvalidOperationException(i == replace.Slot
+                    ? $"{replace.Name}: {replace.Member} is the faulty leg of slot {i} itself: re-add it instead."
+                    : $"{replace.Name}: {replace.Member} is leg {i} of this mirror already ({mirror.Legs[i].Name})."));
+                return;
+            }
+        }
+
         // As for a mirror table: no device another stacked device is built on.
         var key = ClaimKeys(load)[0];
         var claimed = _devices.Values.Where(e => e != entry).SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
@@ -623,6 +638,10 @@ internal sealed class BlockLayerActor : ReceiveActor
 
     // The local devices a stacked device is built on. A remote member's local queue is not held:
     // it belongs to the handle, which replaces it when the owner comes back.
+    // The device a leg opens: another node's by its registry id, this node's by its name (also
+    // when opened as name@host:port, whose handle wraps this node's device).
+    private static string LegIdentity(IBlockDevice leg) => leg is ClusterBlockDevice { IsRemote: true } handle ? handle.Device.Id : leg.Name;
+
     private static string[] HoldsOf(StackTarget target) =>
         [.. target.Members.Where(m => m is not ClusterBlockDevice { IsRemote: true }).Select(m => m.Name)];
 
