@@ -562,7 +562,9 @@ internal sealed class BlockLayerActor : ReceiveActor
         entry.Holds = [.. HoldsOf(mirror), .. device is ClusterBlockDevice { IsRemote: true } ? Array.Empty<string>() : [device.Name]];
         entry.Opened.AddRange(opened);
         entry.ReplaceReplyTo = Sender;
-        mirror.ReplaceLegAsync(replace.Slot, device)
+        // Off the guardian: with nothing in flight the swap's synchronous part (its checks, the
+        // superblock writes it issues) would otherwise run on this actor's thread.
+        Task.Run(() => mirror.ReplaceLegAsync(replace.Slot, device))
             .ContinueWith(t => new LegSwapped(entry, replace, device, key, t), TaskScheduler.Default)
             .PipeTo(Self);
     }

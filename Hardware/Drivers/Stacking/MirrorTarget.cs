@@ -531,25 +531,46 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         Interlocked.Increment(ref _userIo);
         if (Volatile.Read(ref _suspended) is { } suspension)
         {
-            // A leg is being replaced: this bio waits until it is (ReplaceLegAsync).
+            // A leg is being replaced: this bio waits until it is (ReplaceLegAsync), or, asked
+            // not to wait, ends with Again, as md answers a suspended array (bio_wouldblock_error).
             LeaveUserIo();
+            if ((bio.Flags & RequestFlags.NoWait) != 0)
+            {
+                queue.EndBio(bio, BlockStatus.Again);
+                return;
+            }
+
             _ = SubmitAfterAsync(suspension, queue, bio);
             return;
         }
 
-        _ = bio.Op switch
+        switch (bio.Op)
         {
-            BlockOp.Read => ReadAsync(queue, bio),
-            BlockOp.Write or BlockOp.Flush or BlockOp.Discard or BlockOp.WriteZeroes => WriteAsync(queue, bio),
-            _ => End(queue, bio, BlockStatus.NotSupported),
-        };
+            case BlockOp.Read:
+                _ = ReadAsync(queue, bio);
+                break;
+            case BlockOp.Write or BlockOp.Flush or BlockOp.Discard or BlockOp.WriteZeroes:
+                _ = WriteAsync(queue, bio);
+                break;
+            default:
+                // Counted in like every bio, so counted out: a replacement waits for the count.
+                LeaveUserIo();
+                queue.EndBio(bio, BlockStatus.NotSupported);
+                break;
+        }
     }
 
     /// <inheritdoc />
     public override void Dispose()
     {
-        UnwatchReconnects();
+        // Stopped first, and unwatched under the lock a replacement swaps legs under: a swap that
+        // lands meanwhile sees the stop and watches nothing more.
         _stop.Cancel();
+        lock (_lock)
+        {
+            UnwatchReconnects();
+        }
+
         base.Dispose();
     }
 
@@ -835,12 +856,6 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         {
             _gate.Exit(held);
         }
-    }
-
-    private static Task End(RequestQueue queue, Bio bio, BlockStatus status)
-    {
-        queue.EndBio(bio, status);
-        return Task.CompletedTask;
     }
 
     private ValueTask<BlockStatus> LegIo(int leg, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags, int cpu) =>

@@ -21,7 +21,7 @@ public sealed class MirrorReplaceSameDeviceSpec
     [Fact]
     public async Task A_leg_of_the_mirror_named_by_its_registry_id_is_refused_as_a_replacement()
     {
-        var a = ClusterNode.Start("a", 47811);
+        var a = ClusterNode.Start("a");
         await using var _a = a;
         await a.JoinAsync(a, Liveness);
         await a.Layer.CreateDeviceAsync(Memory("l0"));

@@ -762,6 +762,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.False(replace.IsCompleted);
         Assert.False(held.IsCompleted);
 
+        // A bio that may not wait is not held back: Again, as md answers for a suspended array.
+        Assert.Equal(BlockStatus.Again, await md.ExecuteAsync(BlockOp.Read, 9 * Block, Block, new byte[Block], RequestFlags.NoWait).AsTask().WaitAsync(Patience));
+
         release.SetResult(BlockStatus.Offline);
         await held.WaitAsync(Patience);
         Assert.Same(b, await replace.WaitAsync(Patience));
