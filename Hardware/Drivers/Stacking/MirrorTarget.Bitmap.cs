@@ -44,6 +44,10 @@ public sealed partial class MirrorTarget
 
             _state[leg] = MirrorLegState.Faulty;
             _legEpoch[leg]++;
+
+            // Its cache may have lost the writes of the regions cleared since the last flush.
+            SetBitsAgain(_clearedUnflushed);
+            Array.Clear(_clearedUnflushed);
             inSync = _state.Count(s => s == MirrorLegState.InSync);
 
             // md_error interrupts the sync running: a check or repair stops; a recovery stops once
@@ -93,6 +97,19 @@ public sealed partial class MirrorTarget
         }
 
         BumpPages();
+    }
+
+    // Under _lock: the bits of cleared (a copy of _clearedUnflushed) are set again.
+    private void SetBitsAgain(ulong[] cleared)
+    {
+        for (var w = 0; w < cleared.Length; w++)
+        {
+            if (cleared[w] != 0)
+            {
+                _bits[w] |= cleared[w];
+                _pageVersion[w * 64 / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+            }
+        }
     }
 
     private void BumpPages()
@@ -179,6 +196,7 @@ public sealed partial class MirrorTarget
                     if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && (_touched[r >> 6] & bit) == 0 && !CrashPendingRegion(r))
                     {
                         _bits[r >> 6] &= ~bit;
+                        _clearedUnflushed[r >> 6] |= bit;
                         _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
                         changed = true;
                     }
@@ -201,6 +219,7 @@ public sealed partial class MirrorTarget
             if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && !CrashPendingRegion(r))
             {
                 _bits[r >> 6] &= ~bit;
+                _clearedUnflushed[r >> 6] |= bit;
             }
         }
 
@@ -222,6 +241,7 @@ public sealed partial class MirrorTarget
             bool clean;
             long generation;
             long[] last;
+            ulong[]? cleared = null;
             var dirtyPages = new List<(int Page, long Version, byte[] Bytes)>();
             lock (_lock)
             {
@@ -237,6 +257,16 @@ public sealed partial class MirrorTarget
                 clean = _clean;
                 generation = _generation;
                 last = [.. _lastInSync];
+
+                // Bits cleared, a leg declared in sync or the mirror clean: the metadata says the
+                // legs hold those regions' writes, so every leg is flushed before it is written.
+                if (_flushOwed || _clearedUnflushed.Any(w => w != 0))
+                {
+                    cleared = [.. _clearedUnflushed];
+                    Array.Clear(_clearedUnflushed);
+                    _flushOwed = false;
+                }
+
                 for (var p = 0; p < _pageVersion.Length; p++)
                 {
                     if (_pagePersisted[p] != _pageVersion[p])
@@ -258,71 +288,84 @@ public sealed partial class MirrorTarget
                 }
             }
 
-            using var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
-
-            // The in-sync legs first: a leg not in sync never holds a newer generation than they
-            // do, so a crash between these writes leaves the newest generation on a leg to read
-            // from (a re-added or new leg written first made the assembly refuse the mirror).
-            foreach (var i in Enumerable.Range(0, _legs.Length).OrderBy(i => states[i] == MirrorLegState.InSync ? 0 : 1))
+            if (cleared is not null && await FlushLegsAsync(states, legs).ConfigureAwait(false) is { } unflushed)
             {
-                if (states[i] == MirrorLegState.Faulty)
+                // Nothing is written: the bits are owed again, and the flush of the legs left is.
+                failed = unflushed;
+                lock (_lock)
                 {
-                    continue;
-                }
-
-                var ok = true;
-                if (states[i] == MirrorLegState.InSync)
-                {
-                    foreach (var (page, _, bytes) in dirtyPages)
-                    {
-                        bytes.CopyTo(buffer.Memory.Span);
-                        ok &= await SafeIo(legs[i], BlockOp.Write, MirrorSuperblock.BitmapPageOffset(page), MirrorSuperblock.BitmapPageBytes, buffer.Memory,
-                            RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
-                    }
-                }
-
-                if (superblocks && ok)
-                {
-                    new MirrorSuperblock
-                    {
-                        ArrayId = _arrayId,
-                        Role = i,
-                        Legs = _legs.Length,
-                        Clean = clean,
-                        Generation = generation,
-                        DataBytes = DataBytes,
-                        RegionBytes = RegionBytes,
-                        States = [.. states, .. new MirrorLegState[MirrorSuperblock.MaxLegs - states.Length]],
-                        LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
-                    }.Encode(buffer.Memory.Span);
-                    ok = await SafeIo(legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
-                }
-
-                if (!ok)
-                {
-                    (failed ??= []).Add((i, legs[i]));
-                }
-                else if (superblocks)
-                {
-                    // At once, not after every leg: a leg that fails while a later leg's write is
-                    // still pending (a remote leg may take its I/O timeout) holds this generation.
-                    lock (_lock)
-                    {
-                        _legWritten[i] = Math.Max(_legWritten[i], generation);
-                    }
+                    SetBitsAgain(cleared);
+                    _flushOwed = true;
                 }
             }
-
-            lock (_lock)
+            else
             {
-                foreach (var (page, version, _) in dirtyPages)
+                using var buffer = new AlignedBuffer(MirrorSuperblock.SuperblockBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
+
+                // The in-sync legs first: a leg not in sync never holds a newer generation than they
+                // do, so a crash between these writes leaves the newest generation on a leg to read
+                // from (a re-added or new leg written first made the assembly refuse the mirror).
+                foreach (var i in Enumerable.Range(0, _legs.Length).OrderBy(i => states[i] == MirrorLegState.InSync ? 0 : 1))
                 {
-                    _pagePersisted[page] = Math.Max(_pagePersisted[page], version);
+                    if (states[i] == MirrorLegState.Faulty)
+                    {
+                        continue;
+                    }
+
+                    var ok = true;
+                    if (states[i] == MirrorLegState.InSync)
+                    {
+                        foreach (var (page, _, bytes) in dirtyPages)
+                        {
+                            bytes.CopyTo(buffer.Memory.Span);
+                            ok &= await SafeIo(legs[i], BlockOp.Write, MirrorSuperblock.BitmapPageOffset(page), MirrorSuperblock.BitmapPageBytes, buffer.Memory,
+                                RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
+                        }
+                    }
+
+                    if (superblocks && ok)
+                    {
+                        new MirrorSuperblock
+                        {
+                            ArrayId = _arrayId,
+                            Role = i,
+                            Legs = _legs.Length,
+                            Clean = clean,
+                            Generation = generation,
+                            DataBytes = DataBytes,
+                            RegionBytes = RegionBytes,
+                            States = [.. states, .. new MirrorLegState[MirrorSuperblock.MaxLegs - states.Length]],
+                            LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
+                        }.Encode(buffer.Memory.Span);
+                        ok = await SafeIo(legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
+                    }
+
+                    if (!ok)
+                    {
+                        (failed ??= []).Add((i, legs[i]));
+                    }
+                    else if (superblocks)
+                    {
+                        // At once, not after every leg: a leg that fails while a later leg's write is
+                        // still pending (a remote leg may take its I/O timeout) holds this generation.
+                        lock (_lock)
+                        {
+                            _legWritten[i] = Math.Max(_legWritten[i], generation);
+                        }
+                    }
                 }
 
-                if (superblocks)
+                lock (_lock)
                 {
-                    _persistedGeneration = Math.Max(_persistedGeneration, generation);
+                    foreach (var (page, version, _) in dirtyPages)
+                    {
+                        _pagePersisted[page] = Math.Max(_pagePersisted[page], version);
+                    }
+
+                    if (superblocks)
+                    {
+                        _persistedGeneration = Math.Max(_persistedGeneration, generation);
+                    }
                 }
             }
         }
@@ -335,5 +378,30 @@ public sealed partial class MirrorTarget
         {
             await FailLeg(leg, device).ConfigureAwait(false);
         }
+    }
+
+    // Flushes every leg not faulty in states, all at once; null when all did, else the legs that
+    // failed the flush (a leg with nothing to flush answers NotSupported or Ok).
+    private static async Task<List<(int Leg, IBlockDevice Device)>?> FlushLegsAsync(MirrorLegState[] states, IBlockDevice[] legs)
+    {
+        var flushes = new List<(int Leg, Task<BlockStatus> Flush)>();
+        for (var i = 0; i < legs.Length; i++)
+        {
+            if (states[i] != MirrorLegState.Faulty)
+            {
+                flushes.Add((i, SafeIo(legs[i], BlockOp.Flush, 0, 0, default, RequestFlags.Sync).AsTask()));
+            }
+        }
+
+        List<(int Leg, IBlockDevice Device)>? failed = null;
+        foreach (var (leg, flush) in flushes)
+        {
+            if (await flush.ConfigureAwait(false) is not (BlockStatus.Ok or BlockStatus.NotSupported))
+            {
+                (failed ??= []).Add((leg, legs[leg]));
+            }
+        }
+
+        return failed;
     }
 }

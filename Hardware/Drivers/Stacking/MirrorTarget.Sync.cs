@@ -240,6 +240,7 @@ public sealed partial class MirrorTarget
                     && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || Target(i)))
                 {
                     _bits[r >> 6] &= ~(1UL << (r & 63));
+                    _clearedUnflushed[r >> 6] |= 1UL << (r & 63);
                     _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
                 }
             }
@@ -255,6 +256,7 @@ public sealed partial class MirrorTarget
                 if (Target(t))
                 {
                     _state[t] = MirrorLegState.InSync;
+                    _flushOwed = true;
                     changed = true;
                 }
             }

@@ -79,6 +79,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private readonly long[] _pageVersion;
     private readonly long[] _pagePersisted;
 
+    // Durability of what the metadata declares (md writes its superblocks and bitmap pages with
+    // REQ_PREFLUSH | REQ_FUA): the bits cleared in memory since the legs were last flushed, and
+    // whether a leg was declared in sync or the mirror clean since. A persist that writes either
+    // flushes every leg first; a leg that fails sets those bits again, as its volatile cache may
+    // have lost the writes of their regions. Under _lock.
+    private readonly ulong[] _clearedUnflushed;
+    private bool _flushOwed;
+
     // Background sync (recover or check), under _lock.
     private Task _sync = Task.CompletedTask;
     private bool _syncAgain;
@@ -130,6 +138,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _correctedReads = new long[_legs.Length];
         _bits = new ulong[(Regions + 63) / 64];
         _touched = new ulong[_bits.Length];
+        _clearedUnflushed = new ulong[_bits.Length];
         _regionWrites = new int[Regions];
         var pages = (int)(((Regions + 7) / 8 + MirrorSuperblock.BitmapPageBytes - 1) / MirrorSuperblock.BitmapPageBytes);
         _pageVersion = new long[pages];
@@ -606,6 +615,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             // Clean only with no write in flight and no resync after a crash left: then the in-sync
             // legs hold the same data.
             _clean = _regionWrites.All(w => w == 0) && !_resyncAfterCrash;
+            _flushOwed |= _clean;
             _generation++;
         }
 
