@@ -15,7 +15,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// cluster survives the loss of another), <see cref="BlockLayer.ReplaceMirrorLegAsync"/> naming
 /// a device of another node.
 /// </summary>
-[Collection(MirrorClusterCollection.Name)]
+[Collection(ClusterCollection.Name)]
 public sealed class MirrorReplaceRemoteSpec : Akka.TestKit.Xunit2.TestKit
 {
     // Liveness bounds for a loaded 2-core machine (joining, gossip, failure detection, NBD, a whole recovery).

@@ -9,7 +9,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// the mirror's legs by the device it opens, not by the handle: a leg of the mirror already, named
 /// so, is refused as it is by its plain name.
 /// </summary>
-[Collection(MirrorClusterCollection.Name)]
+[Collection(ClusterCollection.Name)]
 public sealed class MirrorReplaceSameDeviceSpec
 {
     private static readonly TimeSpan Liveness = TimeSpan.FromSeconds(90);
