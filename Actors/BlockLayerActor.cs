@@ -647,9 +647,12 @@ internal sealed class BlockLayerActor : ReceiveActor
     private static string[] HoldsOf(StackTarget target) =>
         [.. target.Members.Where(m => m is not ClusterBlockDevice { IsRemote: true }).Select(m => m.Name)];
 
-    // Members as they resolve: a device name here, name@node for another node's.
+    // Members as they resolve: a device name here, name@node for another node's. A member named
+    // name@node for a device of this node opens a handle over the local device, and its key is
+    // that device's name: keyed name@node, a mirror could claim a device a linear device is built
+    // on (a review).
     private static string[] ClaimKeys(BlockLayer.LoadTable load) =>
-        [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? h.Device.Id : m)];
+        [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? LegIdentity(h) : m)];
 
     // Closes the handles of remote members (each close destroys the local queue when it is the
     // last handle of that device); errors are logged, never thrown into the guardian.

@@ -36,4 +36,22 @@ public sealed class MirrorReplaceSameDeviceSpec
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
         Assert.Equal("l1", mirror.Legs[1].Name);
     }
+
+    // A device of this node named name@host:port is the same device as by its plain name for the
+    // claims too: a mirror does not take a device a linear device is built on, however it is named.
+    [Fact]
+    public async Task A_device_of_this_node_named_by_its_registry_id_is_claimed_as_by_its_name()
+    {
+        var a = ClusterNode.Start("a");
+        await using var _a = a;
+        await a.JoinAsync(a, Liveness);
+        await a.Layer.CreateDeviceAsync(Memory("x0"));
+        await a.Layer.CreateDeviceAsync(Memory("x1"));
+        await a.Layer.CreateStackedDeviceAsync("lv");
+        await a.Layer.LoadTableAsync("lv", StackTable.Linear("x0"));
+        await a.Layer.CreateStackedDeviceAsync("md1");
+
+        var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => a.Layer.LoadTableAsync("md1", StackTable.Mirror($"x0@{a.Name}", "x1")));
+        Assert.Contains("claimed by lv", refused.Message, StringComparison.Ordinal);
+    }
 }
