@@ -324,6 +324,9 @@ public sealed class FaultInjectionDriver : IBlockDriver
         _inner.CancelRecovery();
     }
 
+    /// <summary>The wrapped driver abandons its requests; the faults injected here hold none of their buffers.</summary>
+    public void Abandon() => _inner.Abandon();
+
     /// <inheritdoc />
     public string? PlannedLoss => _inner.PlannedLoss;
 

@@ -163,6 +163,21 @@ public interface IBlockDriver : IDisposable
     }
 
     /// <summary>
+    /// The block layer is about to end every request the driver still holds without its answer,
+    /// with <see cref="BlockStatus.Offline"/>: the queue's teardown ran past its drain timeout, or
+    /// the device went offline with its requests in flight. Their bios and buffers go back to their
+    /// callers, so after this returns the driver must not touch them; it may still receive their
+    /// answers and must drop them. The kernel needs no such call (<c>blk_mq_destroy_queue</c> waits
+    /// for every request); a teardown here is bounded. May be called more than once, from any
+    /// thread, concurrently with the other calls; a throw is ignored. The default does nothing (a
+    /// driver whose requests are answered synchronously, or whose engine the runtime's detach
+    /// drained, needs nothing).
+    /// </summary>
+    void Abandon()
+    {
+    }
+
+    /// <summary>
     /// Why the device was given up on purpose, or null: its owner destroyed or moved the export a
     /// client driver serves (<see cref="Nbd.NbdClientDriver.Retire(string, bool)"/>). The loss
     /// that follows is then an expected event, and the block layer logs it as a warning rather

@@ -93,7 +93,8 @@ public sealed partial class RequestQueue
 
     /// <summary>
     /// Tears the queue down (<c>blk_mq_destroy_queue</c>): marks it dying, waits up to
-    /// <paramref name="drainTimeout"/> for every request to complete, then stops dispatch and fails
+    /// <paramref name="drainTimeout"/> for every request to complete, then stops dispatch, tells the
+    /// driver to abandon what it still holds (<see cref="Drivers.IBlockDriver.Abandon"/>) and fails
     /// whatever is left with <see cref="BlockStatus.Offline"/>, and leaves the tag set. Every request
     /// submitted before completes exactly once, whatever the driver does afterwards.
     /// </summary>
@@ -114,6 +115,10 @@ public sealed partial class RequestQueue
                 await Runtime.DetachAsync().ConfigureAwait(false);
             }
 
+            // The driver is still alive (it is disposed later): told first, it stops writing into
+            // the requests failed below, whose buffers are their callers' again (an NBD reply
+            // arriving now was copied into a read that had completed with Offline).
+            AbandonDriverRequests();
             failed = FailOutstanding(BlockStatus.Offline);
             WakeTagWaiters();
 
@@ -140,6 +145,20 @@ public sealed partial class RequestQueue
 
         _dead = 1;
         return failed;
+    }
+
+    // IBlockDriver.Abandon before the requests the driver holds are failed. Teardown and going
+    // offline must finish whatever the driver does: a throw is ignored.
+    private void AbandonDriverRequests()
+    {
+        try
+        {
+            _driver?.Abandon();
+        }
+        catch (Exception)
+        {
+            // A driver of any provenance: nothing it throws may stop the teardown.
+        }
     }
 
     /// <summary>
@@ -268,7 +287,8 @@ public sealed partial class RequestQueue
     /// reached the driver fails with <see cref="BlockStatus.Offline"/> when dispatch takes it, as
     /// does every later submission and every bio waiting for a tag. With
     /// <paramref name="failInFlight"/> (a driver that abandoned its requests) the requests the
-    /// driver holds fail too: each is claimed here and completes on the thread pool, each apart,
+    /// driver holds fail too, the driver told first (<see cref="Drivers.IBlockDriver.Abandon"/>) so
+    /// that it touches none of them again: each is claimed here and completes on the thread pool, each apart,
     /// never on the caller's thread (a completion runs its submitter's code); otherwise they
     /// complete when the driver answers.
     /// </summary>
@@ -277,7 +297,15 @@ public sealed partial class RequestQueue
     {
         MarkDying();
         _detached = true;
-        var failed = failInFlight ? FailInFlightApart(BlockStatus.Offline) : 0;
+        var failed = 0;
+        if (failInFlight)
+        {
+            // A driver with several channels may have lost one (which stopped writing into its
+            // requests) while another still receives: told first, none writes into a request
+            // failed here.
+            AbandonDriverRequests();
+            failed = FailInFlightApart(BlockStatus.Offline);
+        }
 
         // Whatever waits in rings, dispatch lists or for a tag runs once more, to fail.
         if (IsStarted)

@@ -223,6 +223,33 @@ public sealed class FakeNbdSession
     }
 
     /// <summary>
+    /// Sends a successful read's reply in two writes: the header and the first
+    /// <paramref name="firstPart"/> bytes of data (<paramref name="fill"/>), then the rest once
+    /// <paramref name="rest"/> completes.
+    /// </summary>
+    public async Task ReplyInPartsAsync(FakeNbdRequest request, byte fill, int firstPart, Task rest)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(rest);
+        var reply = new byte[NbdProtocol.SimpleReplyHeaderLength + (int)request.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(reply, NbdProtocol.SimpleReplyMagic);
+        BinaryPrimitives.WriteUInt64BigEndian(reply.AsSpan(8), request.Cookie);
+        reply.AsSpan(NbdProtocol.SimpleReplyHeaderLength).Fill(fill);
+        var split = NbdProtocol.SimpleReplyHeaderLength + firstPart;
+        await _write.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await _stream.WriteAsync(reply.AsMemory(0, split)).ConfigureAwait(false);
+            await rest.ConfigureAwait(false);
+            await _stream.WriteAsync(reply.AsMemory(split)).ConfigureAwait(false);
+        }
+        finally
+        {
+            _write.Release();
+        }
+    }
+
+    /// <summary>
     /// Answers every request successfully (reads with <paramref name="fill"/>) until NBD_CMD_DISC
     /// or the end of the connection; true if it ended with NBD_CMD_DISC.
     /// </summary>

@@ -30,6 +30,7 @@ internal sealed class NbdClientConnection : IDisposable
     private readonly Lock _sendLock = new();
     private HardwareContext? _hctx;
     private Task _pump = Task.CompletedTask;
+    private Task _receiver = Task.CompletedTask;
     private int _started;
     private int _dead;
 
@@ -364,7 +365,7 @@ internal sealed class NbdClientConnection : IDisposable
 
         Volatile.Write(ref _streamUsers, 2);
         _pump = Task.Run(PumpAsync);
-        _ = Task.Run(ReceiveAsync);
+        _receiver = Task.Run(ReceiveAsync);
     }
 
     // The pump or the receiver ended: the last of them disposes the stream, which nothing else
@@ -393,6 +394,9 @@ internal sealed class NbdClientConnection : IDisposable
 
     /// <summary>For specs: awaited by the receiver with a read's data in hand, before it copies any into the request.</summary>
     internal Func<Task>? BeforeCopy { get; set; }
+
+    /// <summary>The receiver, which ends when the connection does, for specs.</summary>
+    internal Task Receiver => _receiver;
 
     /// <summary>True once the connection's stream (a TLS stream's native state with it) is disposed, for specs.</summary>
     internal bool StreamDisposed => Volatile.Read(ref _streamDisposed) != 0;
@@ -545,6 +549,18 @@ internal sealed class NbdClientConnection : IDisposable
         }
 
         Fence();
+    }
+
+    /// <summary>
+    /// Shuts the connection down as <see cref="Kill(string)"/> for a block layer that is failing its
+    /// requests itself (<see cref="IBlockDriver.Abandon"/>): once this returns the receiver copies
+    /// nothing more into them and drops the replies it gets, and the connection is dead without
+    /// being reported lost.
+    /// </summary>
+    internal void Abandon(string why)
+    {
+        Interlocked.Exchange(ref _dead, 1);
+        Kill(why);
     }
 
     /// <summary>

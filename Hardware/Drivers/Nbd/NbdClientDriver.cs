@@ -364,6 +364,23 @@ public sealed class NbdClientDriver : IBlockDriver
     /// <remarks>A reconnect in progress (a reset or reopen) is cancelled: it throws as a device that is gone.</remarks>
     public void CancelRecovery() => _recovery.Cancel();
 
+    /// <summary>
+    /// The block layer is failing the requests in flight (teardown past its drain timeout, or the
+    /// device offline): every connection is shut down and fenced, so once this returns no receiver
+    /// copies a reply's data into them; a reply that arrives is dropped, and no loss is reported
+    /// (the block layer is ending the device itself). Without it, a read's reply arriving then was
+    /// copied into a buffer whose read had completed with Offline. Not under the lock a reconnect
+    /// holds for its connect timeout: a reconnect closes every connection before it opens any, and
+    /// one it opens holds no request.
+    /// </summary>
+    public void Abandon()
+    {
+        for (var i = 0; i < _connections.Length; i++)
+        {
+            Volatile.Read(ref _connections[i])?.Abandon("the block layer failed its requests in flight (the device is being removed past its drain timeout, or went offline)");
+        }
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {
