@@ -78,12 +78,7 @@ public sealed partial class MirrorTarget
         {
             var leg = i;
             var dir = $"{md}dev-{_legs[i].Name}/";
-            add(dir + "state", () => LegState(leg) switch
-            {
-                MirrorLegState.InSync => "in_sync\n",
-                MirrorLegState.Rebuilding => "spare\n",
-                _ => "faulty\n",
-            }, async (path, text) =>
+            add(dir + "state", () => State(LegState(leg)) + "\n", async (path, text) =>
             {
                 try
                 {
@@ -176,6 +171,14 @@ public sealed partial class MirrorTarget
 
         return ValueTask.CompletedTask;
     }
+
+    // md's names of a leg's states (md/dev-<leg>/state).
+    private static string State(MirrorLegState state) => state switch
+    {
+        MirrorLegState.InSync => "in_sync",
+        MirrorLegState.Rebuilding => "spare",
+        _ => "faulty",
+    };
 
     private static string Line(long value) => value.ToString(CultureInfo.InvariantCulture) + "\n";
 }

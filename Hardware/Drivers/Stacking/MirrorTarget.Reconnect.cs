@@ -73,12 +73,18 @@ public sealed partial class MirrorTarget
     {
         for (var i = 0; i < _onReconnected.Length; i++)
         {
-            if (_legs[i] is IReconnectingBlockDevice device)
-            {
-                device.Reconnected -= _onReconnected[i];
-                device.Disconnected -= _onDisconnected[i];
-                _onReconnected[i] = _onDisconnected[i] = null;
-            }
+            Unwatch(i);
+        }
+    }
+
+    // Stops watching the device in slot `leg` (at the stop, and before a replacement swaps it out).
+    private void Unwatch(int leg)
+    {
+        if (_legs[leg] is IReconnectingBlockDevice device && _onReconnected.Length > leg)
+        {
+            device.Reconnected -= _onReconnected[leg];
+            device.Disconnected -= _onDisconnected[leg];
+            _onReconnected[leg] = _onDisconnected[leg] = null;
         }
     }
 

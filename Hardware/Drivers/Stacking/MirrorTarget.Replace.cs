@@ -70,13 +70,7 @@ public sealed partial class MirrorTarget
                     // A re-add may have taken the old device back meanwhile, or the mirror failed.
                     CheckReplaceable(leg, device);
                     old = _legs[leg];
-                    if (old is IReconnectingBlockDevice reconnecting && _onReconnected.Length > leg)
-                    {
-                        reconnecting.Reconnected -= _onReconnected[leg];
-                        reconnecting.Disconnected -= _onDisconnected[leg];
-                        _onReconnected[leg] = _onDisconnected[leg] = null;
-                    }
-
+                    Unwatch(leg);
                     _legs[leg] = device;
                     SwapMember(old, device);
                     _state[leg] = MirrorLegState.Rebuilding;
@@ -154,14 +148,6 @@ public sealed partial class MirrorTarget
 
         CheckFits(device, "replace a leg");
     }
-
-    // md's names of a leg's states (md/dev-<leg>/state).
-    private static string State(MirrorLegState state) => state switch
-    {
-        MirrorLegState.InSync => "in_sync",
-        MirrorLegState.Rebuilding => "spare",
-        _ => "faulty",
-    };
 
     // A bio arriving while a leg is replaced: submitted when the replacement ends.
     private async Task SubmitAfterAsync(Suspension suspension, RequestQueue queue, Bio bio)
