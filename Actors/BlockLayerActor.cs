@@ -552,7 +552,9 @@ internal sealed class BlockLayerActor : ReceiveActor
             .FirstOrDefault(c => c.Member == key);
         if (claimed.Member is not null)
         {
-            Refuse(new DeviceOptionsException(replace.Name, "members", $"'{claimed.Member}' is claimed by {claimed.Holder}: a mirror's legs are its own."));
+            // The inner DeviceBusyException tells md/new_dev to answer EBUSY, as md's claim of a
+            // device another holder has (bd_prepare_to_claim) fails.
+            Refuse(new DeviceOptionsException(replace.Name, "members", $"'{claimed.Member}' is claimed by {claimed.Holder}: a mirror's legs are its own.", new DeviceBusyException(claimed.Member, claimed.Holder)));
             return;
         }
 

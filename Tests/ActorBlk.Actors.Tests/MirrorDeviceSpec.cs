@@ -186,6 +186,7 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.LoadTableAsync("lin-r", StackTable.Linear("rd"));
         var claimed = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "rd"));
         Assert.Contains("'rd' is claimed by lin-r", claimed.Message, StringComparison.Ordinal);
+        Assert.Equal("lin-r", Assert.IsType<DeviceBusyException>(claimed.InnerException).Holder);
         Assert.Equal("members", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "mdr"))).Option);
         Assert.Equal("members", (await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.ReplaceMirrorLegAsync("mdr", 1, "nope"))).Option);
         await Assert.ThrowsAsync<KeyNotFoundException>(() => Layer.ReplaceMirrorLegAsync("nomd", 1, "rc"));
@@ -224,8 +225,9 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
 
     // md's new_dev, named by device: the lowest faulty slot takes the device through the block
     // layer, so it is claimed and held as ReplaceMirrorLegAsync's is and the old one released. A
-    // read is EACCES (write-only); no faulty slot and a refused replacement are EBUSY, a name that
-    // opens no device ENXIO, no name EINVAL; a stacked device that is no mirror has no new_dev.
+    // read is EACCES (write-only); no faulty slot, a refused replacement and a device another stacked
+    // device holds are EBUSY, a name that opens no device ENXIO, no name EINVAL; a stacked device
+    // that is no mirror has no new_dev.
     [Fact]
     public async Task Writing_new_dev_replaces_the_lowest_faulty_leg_through_the_block_layer()
     {
@@ -259,6 +261,15 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         var itself = await Refused("na");
         Assert.Equal(AttributeErrno.EBUSY, itself.Errno);
         Assert.Contains("leg 0 of this mirror already", itself.Reason, StringComparison.Ordinal);
+
+        // A device another stacked device holds: EBUSY, as md's claim of a held device.
+        await Leg("nh");
+        await Layer.CreateStackedDeviceAsync("lin-h");
+        await Layer.LoadTableAsync("lin-h", StackTable.Linear("nh"));
+        var held = await Refused("nh");
+        Assert.Equal(AttributeErrno.EBUSY, held.Errno);
+        Assert.Contains("'nh' is claimed by lin-h", held.Reason, StringComparison.Ordinal);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("lin-h"));
 
         // Through the sysfs actor, as `actorblk sysfs write` sends it: answered when the device is
         // in the slot, with nothing to read back.

@@ -142,10 +142,15 @@ public sealed partial class MirrorTarget
         {
             throw new AttributeException(path, AttributeErrno.ENOENT, ex.Message);
         }
+        catch (ArgumentException ex) when (ex.InnerException is DeviceBusyException)
+        {
+            // Claimed by another stacked device: md's claim of a held device fails with EBUSY.
+            throw new AttributeException(path, AttributeErrno.EBUSY, ex.Message);
+        }
         catch (ArgumentException ex)
         {
             // DeviceOptionsException: the member is unknown, unreachable, the mirror itself or
-            // stacked over it, or claimed by another stacked device.
+            // stacked over it.
             throw new AttributeException(path, AttributeErrno.ENXIO, ex.Message);
         }
     }
