@@ -625,7 +625,17 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         // coming back in sync.
         Disconnect(slot, target);
         slot.Swapping = true;
-        Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
+        if (entry.NodeUid != slot.Entry.NodeUid)
+        {
+            Log(slot, "{0} is published again at {1}; replacing its offline queue {2}", entry.Id, entry.NbdEndpoint, target.Device.Name);
+        }
+        else
+        {
+            // The same incarnation: its node may be dead and not yet marked unreachable, so this
+            // is a retry, not news of the device.
+            Log(slot, "{0}: its local queue {2} went offline while the registry still shows it live at {1}; connecting a new queue", entry.Id, entry.NbdEndpoint, target.Device.Name);
+        }
+
         Release(slot);
     }
 
