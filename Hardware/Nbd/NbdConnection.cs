@@ -1656,14 +1656,16 @@ public sealed class NbdConnection
                     break;
                 }
 
-                Submit(device, slot, BlockOp.Discard, slot.Offset, slot.Length, default, flags);
+                FlushAfterIfFua(device, slot);
+                Submit(device, slot, BlockOp.Discard, slot.Offset, slot.Length, default, RequestFlags.None);
                 break;
             case NbdCommand.WriteZeroes:
                 // NO_HOLE: "the area MUST be fully provisioned", which REQ_NOUNMAP asks of the driver.
                 // FAST_ZERO: fail at once rather than zero slowly, which REQ_NOFALLBACK asks.
+                FlushAfterIfFua(device, slot);
                 Submit(device, slot, BlockOp.WriteZeroes, slot.Offset, slot.Length, default,
-                    flags | ((slot.Flags & NbdCommandFlags.NoHole) != 0 ? RequestFlags.NoUnmap : 0)
-                          | ((slot.Flags & NbdCommandFlags.FastZero) != 0 ? RequestFlags.NoFallback : 0));
+                    ((slot.Flags & NbdCommandFlags.NoHole) != 0 ? RequestFlags.NoUnmap : 0)
+                    | ((slot.Flags & NbdCommandFlags.FastZero) != 0 ? RequestFlags.NoFallback : 0));
                 break;
             case NbdCommand.BlockStatus:
                 // Answered by the writer from the driver's allocation map (or as one data extent).
@@ -1673,6 +1675,21 @@ public sealed class NbdConnection
                 slot.Error = NbdError.Invalid;
                 Completed(slot);
                 break;
+        }
+    }
+
+    // "A server MUST NOT reply to a command that has NBD_CMD_FLAG_FUA set in its command flags
+    // until the data (if any) written by that command is persisted" (proto.md; write zeroes: "The
+    // server MAY send the reply message before the data has reached permanent storage, unless
+    // NBD_CMD_FLAG_FUA is in use"). The block layer keeps FUA for writes (Linux's submit_bio_noacct
+    // refuses REQ_FUA on any other operation; the file driver, a volatile cache, and the mirror's
+    // legs honour it only there), so a FUA trim or write zeroes is carried out and then followed by
+    // a flush of the device, as qemu-nbd does; the reply waits for that flush.
+    private static void FlushAfterIfFua(IBlockDevice device, NbdRequestSlot slot)
+    {
+        if ((slot.Flags & NbdCommandFlags.Fua) != 0)
+        {
+            slot.FlushAfter(device);
         }
     }
 

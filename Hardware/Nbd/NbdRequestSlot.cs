@@ -19,6 +19,7 @@ internal sealed class NbdRequestSlot : IBioEndIo
     private readonly NbdConnection _connection;
     private int _pending;
     private int _status;
+    private IBlockDevice? _flushAfter;
 
     public NbdRequestSlot(NbdConnection connection) => _connection = connection;
 
@@ -48,6 +49,7 @@ internal sealed class NbdRequestSlot : IBioEndIo
         Length = length;
         Error = NbdError.None;
         _status = 0;
+        _flushAfter = null;
     }
 
     /// <summary>Bytes of the buffer the slot holds (0 without one).</summary>
@@ -79,13 +81,20 @@ internal sealed class NbdRequestSlot : IBioEndIo
     /// <summary>The request goes to the block layer as <paramref name="parts"/> bios; the reply waits for all.</summary>
     public void ExpectParts(int parts) => Volatile.Write(ref _pending, parts);
 
+    /// <summary>
+    /// Once every part completed without error, <paramref name="device"/> is flushed before the
+    /// reply (set before the parts are submitted): a trim or write zeroes with
+    /// <c>NBD_CMD_FLAG_FUA</c>, whose FUA the block layer's model keeps for writes only.
+    /// </summary>
+    public void FlushAfter(IBlockDevice device) => _flushAfter = device;
+
     /// <summary>A part that was never submitted (refused by the device's checks) counts as completed with <paramref name="error"/>.</summary>
     public void PartRefused(NbdError error)
     {
         Interlocked.CompareExchange(ref _status, (int)error, 0);
         if (Interlocked.Decrement(ref _pending) == 0)
         {
-            Finish();
+            FlushOrFinish();
         }
     }
 
@@ -98,7 +107,41 @@ internal sealed class NbdRequestSlot : IBioEndIo
 
         if (Interlocked.Decrement(ref _pending) == 0)
         {
+            FlushOrFinish();
+        }
+    }
+
+    // The last part is done: the reply, or first the flush a FUA trim or write zeroes asked for
+    // (whose completion comes back here with nothing left to flush). It is submitted from the
+    // thread pool: this runs on a completion context, which must not block (a submission may wait
+    // for a tag that only completions give back).
+    private void FlushOrFinish()
+    {
+        var device = _flushAfter;
+        _flushAfter = null;
+        if (device is null || Volatile.Read(ref _status) != 0)
+        {
             Finish();
+            return;
+        }
+
+        Volatile.Write(ref _pending, 1);
+        ThreadPool.UnsafeQueueUserWorkItem(static s => s.slot.SubmitFlush(s.device), (slot: this, device), preferLocal: false);
+    }
+
+    private void SubmitFlush(IBlockDevice device)
+    {
+        try
+        {
+            device.SubmitWithEndIo(BlockOp.Flush, 0, 0, default, RequestFlags.None, IBlockDevice.AnyCpu, this);
+        }
+        catch (InvalidBlockRequestException ex)
+        {
+            PartRefused(NbdErrors.FromRefusal(ex.Reason));
+        }
+        catch (ObjectDisposedException)
+        {
+            PartRefused(NbdError.Shutdown);
         }
     }
 

@@ -463,6 +463,48 @@ public sealed class NbdProtocolRulesSpec
     }
 
     [Fact]
+    public async Task Fua_write_zeroes_and_trim_are_durable_before_their_reply()
+    {
+        // "A server MUST NOT reply to a command that has NBD_CMD_FLAG_FUA set in its command flags
+        // until the data (if any) written by that command is persisted"; write zeroes: "The server
+        // MAY send the reply message before the data has reached permanent storage, unless
+        // NBD_CMD_FLAG_FUA is in use." The device's cache, as the block layer's model has it, makes
+        // only FUA writes durable, so the zeroes of a FUA write zeroes were lost in a power loss.
+        await using var devices = new RingDevices(2);
+        var disk = devices.Create(new DeviceOptions { Name = "fua-disk", Size = 1 << 20, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
+        var old = Enumerable.Repeat((byte)0xa5, 64 << 10).ToArray();
+        await disk.WriteAsync(0, old);
+        var (device, cache) = await VolatileCacheLeg.CreateAsync("fua0", disk);
+        await using var _device = device;
+        await using var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var (client, _, flags) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "fua0");
+        await using var _client = client;
+        Assert.True(flags.HasFlag(NbdTransmissionFlags.SendWriteZeroes | NbdTransmissionFlags.SendTrim));
+
+        await client.SendRequestAsync(NbdCommand.WriteZeroes, 1, 0, 8192, NbdCommandFlags.Fua);
+        Assert.Equal((NbdError.None, 1ul), (await client.ReadSimpleReplyAsync()) is var z ? (z.Error, z.Cookie) : default);
+        await client.SendRequestAsync(NbdCommand.WriteZeroes, 2, 8192, 8192, NbdCommandFlags.Fua | NbdCommandFlags.NoHole);
+        Assert.Equal((NbdError.None, 2ul), (await client.ReadSimpleReplyAsync()) is var n ? (n.Error, n.Cookie) : default);
+        await client.SendRequestAsync(NbdCommand.Trim, 3, 32768, 8192, NbdCommandFlags.Fua);
+        Assert.Equal((NbdError.None, 3ul), (await client.ReadSimpleReplyAsync()) is var t ? (t.Error, t.Cookie) : default);
+        Assert.Equal(0, cache.CachedBytes);
+
+        // A write zeroes without FUA may still be cached: nothing is flushed for it.
+        var flushes = Interlocked.Read(ref cache.Flushes);
+        await client.SendRequestAsync(NbdCommand.WriteZeroes, 4, 49152, 4096);
+        Assert.Equal(NbdError.None, (await client.ReadSimpleReplyAsync()).Error);
+        Assert.Equal(flushes, Interlocked.Read(ref cache.Flushes));
+
+        await cache.PowerLossAsync();
+        var after = new byte[64 << 10];
+        await disk.ReadAsync(0, after);
+        Assert.Equal(new byte[16384], after[..16384]);
+        Assert.Equal(old[16384..32768], after[16384..32768]);
+        Assert.Equal(new byte[8192], after[32768..40960]);
+        Assert.Equal(old[49152..53248], after[49152..53248]);
+    }
+
+    [Fact]
     public void A_negative_or_huge_shutdown_grace_is_refused()
     {
         Assert.Throws<ArgumentException>(() => new NbdServerOptions { ShutdownGrace = TimeSpan.FromSeconds(-1) }.Validate());
