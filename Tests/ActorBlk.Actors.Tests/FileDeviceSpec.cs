@@ -2,6 +2,7 @@ using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Configuration;
@@ -99,6 +100,26 @@ public abstract class FileDeviceSpec : Akka.TestKit.Xunit2.TestKit
         // The name is free and the layer creates devices as before.
         var device = await Create("ghost");
         await device.WriteAsync(0, new byte[4096]);
+    }
+
+    [Fact]
+    public async Task A_destroyed_device_with_fixed_buffers_still_allocates_plain_aligned_buffers()
+    {
+        // An application's handle outlives the device: its I/O fails Offline, and AllocateBuffer
+        // falls back to plain aligned memory as when the registered memory is used up. It threw
+        // the disposed arena's ObjectDisposedException (an outside audit).
+        var device = await Create("arena", ", fixed_buffers = 1m");
+        using var kept = device.AllocateBuffer(4096);
+        Assert.True(kept.IsRegistered);
+        await device.WriteAsync(0, kept.Memory);
+        await Layer.DestroyDeviceAsync("arena");
+
+        using var later = device.AllocateBuffer(8192);
+        Assert.False(later.IsRegistered);
+        Assert.Equal(8192, later.Length);
+        Assert.Equal(0, later.Alignment % device.MemoryAlignment);
+        var failed = await Assert.ThrowsAsync<BlockIoException>(() => device.WriteAsync(0, later.Memory).AsTask());
+        Assert.Equal(BlockStatus.Offline, failed.Status);
     }
 
     [Fact]

@@ -231,7 +231,22 @@ public sealed class FileBlockDriver : IBlockDriver
     public TimeoutAction Timeout(Request request) => TimeoutAction.ResetTimer;
 
     /// <inheritdoc />
-    public AlignedBuffer? AllocateBuffer(int length) => _arena?.TryAllocate(length);
+    /// <remarks>
+    /// Once the driver is disposed (the device destroyed, perhaps while this runs) its arena is
+    /// gone: null, so the caller gets plain aligned memory, as when the arena is used up. The
+    /// arena's <see cref="ObjectDisposedException"/> reached the application before.
+    /// </remarks>
+    public AlignedBuffer? AllocateBuffer(int length)
+    {
+        try
+        {
+            return _arena?.TryAllocate(length);
+        }
+        catch (ObjectDisposedException)
+        {
+            return null;
+        }
+    }
 
     /// <inheritdoc />
     public void Dispose()
