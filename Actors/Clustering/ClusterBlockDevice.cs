@@ -126,8 +126,13 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     /// <inheritdoc />
     public int MemoryAlignment => CurrentOrMissing?.MemoryAlignment ?? Device.LogicalBlockSize;
 
-    /// <inheritdoc />
-    public bool IsReadOnly => CurrentOrMissing?.IsReadOnly ?? false;
+    /// <summary>
+    /// True when writes are refused: the local queue's own read-only state (for a remote device, what
+    /// the owner's export advertised when it connected), or, for a remote device, the owner publishing
+    /// the device read-only in the cluster's registry since (its <c>queue/read_only</c> set to 1: the
+    /// NBD connection's flags never change, so the local queue alone would still count it writable).
+    /// </summary>
+    public bool IsReadOnly => CurrentOrMissing?.IsReadOnly == true || _remote is { PublishedReadOnly: true };
 
     /// <inheritdoc />
     public DispatchMode Dispatch => Current.Dispatch;
@@ -227,6 +232,7 @@ internal sealed class RemoteDeviceTarget(IBlockDevice? device)
 {
     private IBlockDevice? _device = device;
     private int _incarnation;
+    private bool _publishedReadOnly;
 
     public event EventHandler? Reconnected;
 
@@ -235,6 +241,14 @@ internal sealed class RemoteDeviceTarget(IBlockDevice? device)
     public IBlockDevice? Device => Volatile.Read(ref _device);
 
     public int Incarnation => Volatile.Read(ref _incarnation);
+
+    // What the owner publishes in the registry, followed by RemoteDevices at every check: a device
+    // made read-only on its node after this queue connected (a mirror's re-add refuses it then).
+    public bool PublishedReadOnly
+    {
+        get => Volatile.Read(ref _publishedReadOnly);
+        set => Volatile.Write(ref _publishedReadOnly, value);
+    }
 
     // The handles see the new queue before anyone hears of it.
     public void Replace(IBlockDevice device, object sender)

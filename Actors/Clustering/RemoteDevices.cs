@@ -595,6 +595,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
+        target.PublishedReadOnly = entry.ReadOnly;
         var moved = entry.NbdEndpoint != slot.Entry.NbdEndpoint;
         if (entry.State != ClusterDeviceStates.Live || string.IsNullOrEmpty(entry.NbdEndpoint))
         {
