@@ -215,7 +215,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             ? new MailboxRuntime(_contexts, _drivers, _layer.Settings.DrainTimeout, _queue.SoftwareContexts.Select(ctx => ThreadOf(ctx.Cpu)).ToArray())
             : null;
         IQueueRuntime runtime = _mailbox ?? (IQueueRuntime)new RingRuntime(_layer.SoftIrq, _layer.Settings.RingSpin);
-        _queue.Events = new QueueEvents(Self);
+        _queue.Events = new QueueEvents(Self, _log, _queue.Name);
         _queue.EndIoFaulted += OnEndIoFaulted;
         _queue.Start(runtime);
         _queue.Register();
@@ -870,9 +870,20 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private sealed record ScanNow(int HardwareQueue);
 
     // Data-plane events arrive on dispatch threads; they become messages to this actor.
-    private sealed class QueueEvents(IActorRef self) : IQueueEvents
+    // A driver's loop that died of a bug (DriverFaultException) is logged here, once, whatever
+    // state the device is in when the loss arrives; the loss then takes its usual path.
+    private sealed class QueueEvents(IActorRef self, ILoggingAdapter log, string device) : IQueueEvents
     {
-        public void OnDeviceError(HardwareContext hctx, Exception error) => self.Tell(new DeviceError(hctx.Index, error));
+        public void OnDeviceError(HardwareContext hctx, Exception error)
+        {
+            if (error is DriverFaultException { InnerException: { } fault })
+            {
+                log.Error(fault, "{Device} hctx {Index}: the driver failed internally ({Error}: {Message}); its device is handled as lost",
+                    device, hctx.Index, fault.GetType().Name, fault.Message);
+            }
+
+            self.Tell(new DeviceError(hctx.Index, error));
+        }
 
         public void OnAbort(HardwareContext hctx) => self.Tell(new ScanNow(hctx.Index));
     }

@@ -203,3 +203,12 @@ public class BlockDeviceErrorException : Exception
     /// <summary>True when the device is gone for good rather than in a transient error.</summary>
     public bool DeviceGone { get; }
 }
+
+/// <summary>
+/// A driver's background loop (an NBD connection's receiver or send pump) ended on an exception it
+/// does not expect, a bug rather than a device's or a peer's failure: the device is handled as
+/// gone (<see cref="BlockDeviceErrorException.DeviceGone"/>), so the usual loss path runs, and the
+/// block layer logs <see cref="Exception.InnerException"/> (the exception itself, with its type and
+/// stack) once at error level when the loss is reported.
+/// </summary>
+internal sealed class DriverFaultException(string message, Exception fault) : BlockDeviceErrorException(message, deviceGone: true, fault);

@@ -392,7 +392,10 @@ internal sealed class NbdClientConnection : IDisposable
         Volatile.Write(ref _streamDisposed, 1);
     }
 
-    /// <summary>For specs: awaited by the receiver with a read's data in hand, before it copies any into the request.</summary>
+    /// <summary>
+    /// For specs: awaited by the receiver with a read's data in hand, before it copies any into the
+    /// request. A throw from it is an unexpected error of the receiver (the connection is lost).
+    /// </summary>
     internal Func<Task>? BeforeCopy { get; set; }
 
     /// <summary>The receiver, which ends when the connection does, for specs.</summary>
@@ -682,6 +685,11 @@ internal sealed class NbdClientConnection : IDisposable
         {
             Lost(ex.Message);
         }
+        catch (Exception ex)
+        {
+            // A bug (no other exception is expected here): the connection is lost all the same.
+            Lost("the send pump", ex);
+        }
         finally
         {
             await reader.CompleteAsync().ConfigureAwait(false);
@@ -790,6 +798,13 @@ internal sealed class NbdClientConnection : IDisposable
             // error of the shut-down socket, not an end of stream: the reason is still ours.
             Lost(Volatile.Read(ref _killedBecause) ?? ex.Message);
         }
+        catch (Exception ex)
+        {
+            // A bug (an ArgumentOutOfRangeException copying a reply's data, a NullReferenceException):
+            // ended unobserved, the receiver left the connection looking alive and its requests
+            // waiting for ever with no io_timeout. It is lost, and the usual loss path runs.
+            Lost("the receiver", ex);
+        }
         finally
         {
             await reader.CompleteAsync().ConfigureAwait(false);
@@ -897,6 +912,24 @@ internal sealed class NbdClientConnection : IDisposable
 
         Kill();
         hctx.Queue.Events?.OnDeviceError(hctx, new BlockDeviceErrorException($"{hctx}: NBD connection lost: {why}", deviceGone: true));
+    }
+
+    /// <summary>
+    /// <paramref name="loop"/> (the receiver or the pump) ended on an exception it does not expect:
+    /// the connection is lost as in <see cref="Lost(string)"/>, reported as a
+    /// <see cref="DriverFaultException"/>, which the block layer logs at error level with the
+    /// exception. Nothing is reported for a connection already dead (closed, killed or abandoned).
+    /// </summary>
+    private void Lost(string loop, Exception fault)
+    {
+        if (Interlocked.Exchange(ref _dead, 1) != 0 || _hctx is not { } hctx)
+        {
+            return;
+        }
+
+        Kill();
+        hctx.Queue.Events?.OnDeviceError(hctx, new DriverFaultException(
+            $"{hctx}: NBD connection lost: an internal error of {loop} ({fault.GetType().Name}: {fault.Message})", fault));
     }
 
     /// <summary>

@@ -173,4 +173,40 @@ public sealed class NbdClientSupervisedSpec : Akka.TestKit.Xunit2.TestKit
             await layer.DestroyDeviceAsync("shut1");
         }
     }
+
+    // The receiver and the send pump caught only the exceptions a connection is expected to end
+    // with (IOException, SocketException, ...): any other (a bug, an ArgumentOutOfRangeException
+    // copying a read's data) ended the receiver unobserved. The connection was never reported
+    // lost, and its requests waited for a reply nothing would read (for ever with no io_timeout).
+    // Now the connection is lost as any other, logged once at error level with the exception's
+    // type, and the read is retried after the reconnect.
+    [Fact]
+    public async Task An_unexpected_exception_in_the_receiver_loses_the_connection_and_the_read_is_retried_after_reconnecting()
+    {
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, s => s.ServeAsync(s.Index == 0 ? (byte)0x11 : (byte)0x5E));
+        var layer = BlockLayer.Get(Sys);
+        var remote = await layer.CreateDeviceAsync(new DeviceOptions { Name = "bug0", Driver = "nbd", Uri = server.Uri() });
+        try
+        {
+            // The first connection's receiver throws with the read's data in hand (spec hook).
+            var first = ((ActorBlk.Hardware.Drivers.Nbd.NbdClientDriver)remote.Queue.Driver).Connections.Single();
+            first.BeforeCopy = () => throw new ArgumentOutOfRangeException("length", "a bug in the receiver (spec)");
+            var buffer = new byte[4096];
+            await EventFilter.Error(contains: "the driver failed internally (ArgumentOutOfRangeException").ExpectOneAsync(async () =>
+                Assert.Equal(BlockStatus.Ok, await remote.ExecuteAsync(BlockOp.Read, 0, 4096, buffer).AsTask().WaitAsync(Liveness)));
+
+            // Answered by the reconnected connection, once, and no tag left behind.
+            Assert.All(buffer, x => Assert.Equal(0x5E, x));
+            Assert.True(first.IsDead);
+            await first.Receiver.WaitAsync(Liveness);
+            Assert.True(server.Accepted >= 2);
+            Assert.Equal(0L, remote.Queue.DoubleCompletions);
+            await AwaitConditionAsync(() => Task.FromResult(remote.Queue.HardwareContexts.All(h => h.Tags.InUse == 0)), Liveness, Poll);
+            Assert.Empty(server.Faults);
+        }
+        finally
+        {
+            await layer.DestroyDeviceAsync("bug0");
+        }
+    }
 }
