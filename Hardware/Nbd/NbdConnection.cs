@@ -1853,9 +1853,11 @@ public sealed class NbdConnection
                     {
                         WriteReply(slot);
                     }
-                    catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+#pragma warning disable CA1031 // any failure ends this connection (WriteFailed), never the completing thread
+                    catch (Exception ex)
+#pragma warning restore CA1031
                     {
-                        Abort();
+                        WriteFailed(ex);
                     }
                 }
 
@@ -1879,9 +1881,11 @@ public sealed class NbdConnection
                     {
                         write = WriteOut();
                     }
-                    catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+#pragma warning disable CA1031 // any failure ends this connection (WriteFailed), never the completing thread
+                    catch (Exception ex)
+#pragma warning restore CA1031
                     {
-                        Abort();
+                        WriteFailed(ex);
                         write = default;
                     }
 
@@ -1912,6 +1916,11 @@ public sealed class NbdConnection
     /// <summary>Sends the reply buffer (and a large read's payload after it) in one write, or two.</summary>
     private ValueTask WriteOut()
     {
+        if (_server.WriteOutHook is { } hook)
+        {
+            return hook();
+        }
+
         var head = _out.AsMemory(0, _outLength);
         var tail = _outTail;
         if (_plain.Blocking && OperatingSystem.IsLinux())
@@ -2049,14 +2058,16 @@ public sealed class NbdConnection
         {
             await write.ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+#pragma warning disable CA1031 // any failure ends this connection (WriteFailed); unobserved, it left the writer taken for good
+        catch (Exception ex)
+#pragma warning restore CA1031
         {
             if (ex is NbdStallException && !_broken)
             {
                 _server.LogClose($"NBD connection {Id} from {RemoteEndPoint()} closed: {ex.Message}");
             }
 
-            Abort();
+            WriteFailed(ex);
         }
 
         _outLength = 0;
@@ -2072,11 +2083,31 @@ public sealed class NbdConnection
         {
             write.GetAwaiter().GetResult();
         }
-        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException or InvalidOperationException)
+#pragma warning disable CA1031 // any failure ends this connection (WriteFailed), never the completing thread
+        catch (Exception ex)
+#pragma warning restore CA1031
         {
             // The client is gone: drop the remaining replies, keep returning slots.
-            Abort();
+            WriteFailed(ex);
         }
+    }
+
+    /// <summary>
+    /// Writing replies failed: the connection is aborted, its remaining replies dropped while its
+    /// slots keep coming back, so it drains and closes. An I/O error is the client going away; any
+    /// other exception is the server's (a bug) and is logged with its stack (after the abort no
+    /// more replies are written). Before, such an exception escaped Drain with the writer still
+    /// taken, into the block layer's completion or faulting the write's task unobserved: no reply
+    /// went out on the connection again, and it never closed.
+    /// </summary>
+    private void WriteFailed(Exception ex)
+    {
+        if (ex is not (IOException or SocketException or ObjectDisposedException or InvalidOperationException))
+        {
+            _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()} closed: writing its replies failed: {ex}");
+        }
+
+        Abort();
     }
 
     private void RecycleBatch(int count)

@@ -147,6 +147,12 @@ public sealed class NbdServer : IAsyncDisposable
         Log(left == 0 ? line : $"{line} ({left} more connection(s) closed for a fault of the client were not logged)");
     }
 
+    /// <summary>
+    /// For specs: when set, a connection's write of a batch of replies calls this instead of
+    /// writing to the socket (a throw or a faulted task stands for an unexpected error of the writer).
+    /// </summary>
+    internal Func<ValueTask>? WriteOutHook { get; set; }
+
     /// <summary>Checks of a waiting connection's client for a hang-up (every 250 ms of a wait for buffer memory), for specs.</summary>
     internal long HangUpChecks;
 
