@@ -148,6 +148,12 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>
+    /// For specs: called with each accepted socket before its connection is set up (a throw stands
+    /// for a failure setting it up).
+    /// </summary>
+    internal Action<Socket>? AcceptHook { get; set; }
+
+    /// <summary>
     /// For specs: when set, a connection's write of a batch of replies calls this instead of
     /// writing to the socket (a throw or a faulted task stands for an unexpected error of the writer).
     /// </summary>
@@ -325,15 +331,31 @@ public sealed class NbdServer : IAsyncDisposable
             }
 
             var id = Interlocked.Increment(ref _nextId);
-            var connection = new NbdConnection(this, socket, id);
-            _connections[id] = connection;
-            connection.Start();
-            _ = connection.Completion.ContinueWith(
-                (_, state) => ((NbdServer)state!)._connections.TryRemove(id, out NbdConnection? _),
-                this,
-                CancellationToken.None,
-                TaskContinuationOptions.ExecuteSynchronously,
-                TaskScheduler.Default);
+            try
+            {
+                AcceptHook?.Invoke(socket);
+                var connection = new NbdConnection(this, socket, id);
+                _connections[id] = connection;
+                connection.Start();
+                _ = connection.Completion.ContinueWith(
+                    (_, state) => ((NbdServer)state!)._connections.TryRemove(id, out NbdConnection? _),
+                    this,
+                    CancellationToken.None,
+                    TaskContinuationOptions.ExecuteSynchronously,
+                    TaskScheduler.Default);
+            }
+#pragma warning disable CA1031 // one connection's failure must not end the listener
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                // Setting up this connection failed (its socket reset before its options were
+                // set, a bug): it is closed and logged, and the server goes on accepting. Before,
+                // the exception ended the accept loop unobserved, and the server, still bound,
+                // left every later client waiting for a greeting.
+                _connections.TryRemove(id, out _);
+                Log?.Invoke($"NBD connection {id} from {EndpointOf(socket)} closed at accept: {ex}");
+                socket.Dispose();
+            }
         }
     }
 
