@@ -134,7 +134,7 @@ internal sealed class NodeClient : IAsyncDisposable
         }
         catch (ActorNotFoundException)
         {
-            throw new NodeUnreachableException($"no ActorBlk node answered at {Address} (is `actorblk serve` running there?).");
+            throw new NodeUnreachableException(Unanswered());
         }
 
         try
@@ -146,6 +146,12 @@ internal sealed class NodeClient : IAsyncDisposable
             throw new NodeUnreachableException($"the node at {Address} did not answer within {AnswerTimeout.TotalSeconds:0} s.");
         }
     }
+
+    // A node with TLS remoting drops a plain client's connection and a plain node a TLS client's,
+    // which the client sees only as no answer: the hint names the setting to check.
+    private string Unanswered() => Address.StartsWith("akka.ssl.tcp://", StringComparison.Ordinal)
+        ? $"no ActorBlk node answered at {Address} (is `actorblk serve` running there, with TLS remoting and a certificate this client's --config accepts?)."
+        : $"no ActorBlk node answered at {Address} (is `actorblk serve` running there? A node with TLS remoting answers only a client given a --config that turns TLS on).";
 
     /// <summary>Sends <paramref name="message"/> to the node's guardian (<c>/user/actorblk</c>) and returns the answer.</summary>
     /// <exception cref="NodeUnreachableException">No node answered at the address.</exception>
@@ -159,7 +165,7 @@ internal sealed class NodeClient : IAsyncDisposable
         }
         catch (ActorNotFoundException)
         {
-            throw new NodeUnreachableException($"no ActorBlk node answered at {Address} (is `actorblk serve` running there?).");
+            throw new NodeUnreachableException(Unanswered());
         }
 
         try

@@ -86,6 +86,15 @@ public sealed partial class SecureServeSpec : IDisposable
             return (code, command.StandardOutput, command.Output);
         }
 
+        // A client without the node's --config speaks plain remoting, which the node drops: the
+        // answer names TLS (it said only "is `actorblk serve` running there?").
+        await using (var plain = ActorBlkProcess.Start("sysfs", "cat", "block/nullb0/queue/nr_requests", "--node", new Uri(address.Replace("akka.ssl.tcp", "tcp", StringComparison.Ordinal)).Authority))
+        {
+            Assert.Equal(1, await plain.WaitForExitAsync(StartTimeout));
+            Assert.Contains("no ActorBlk node answered at akka.tcp://", plain.Output, StringComparison.Ordinal);
+            Assert.Contains("A node with TLS remoting answers only a client given a --config that turns TLS on", plain.Output, StringComparison.Ordinal);
+        }
+
         var list = await Run("sysfs", "list", "block/nullb0/queue/");
         Assert.Equal(0, list.Code);
         Assert.Contains("block/nullb0/queue/nr_requests\n", list.Out);
