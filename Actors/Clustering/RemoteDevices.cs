@@ -480,6 +480,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         var layer = _layer;
         var self = Self;
+        var log = _log;
         Task.Run(async () =>
         {
             try
@@ -489,6 +490,14 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             catch (KeyNotFoundException)
             {
                 // Already gone (the node is shutting down).
+            }
+#pragma warning disable CA1031 // the slot is released whatever happened; the failure is said
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                // The node stopping (BlockLayerStoppingException, a timeout of the drain): the
+                // queue goes with the node; anything else is logged rather than dropped.
+                log.Warning("{0}: destroying its local queue {1} failed: {2}", slot.Entry.Id, device.Name, ex.Message);
             }
         }).ContinueWith(_ => new Released(slot), TaskScheduler.Default).PipeTo(self);
     }
