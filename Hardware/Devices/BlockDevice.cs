@@ -16,6 +16,10 @@ public sealed class BlockDevice : IBlockDevice
 
     private const RequestFlags CallerFlags = RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync | RequestFlags.NoWait | RequestFlags.FailFast | RequestFlags.NoMerge | RequestFlags.NoUnmap | RequestFlags.NoFallback;
 
+    // The flags only a write takes (op_is_flush): submit_bio_noacct fails any other operation that
+    // carries them with BLK_STS_IOERR. Our flush is its own operation; it may carry them, harmlessly.
+    private const RequestFlags WriteOnlyFlags = RequestFlags.Fua | RequestFlags.PreFlush;
+
     private readonly Func<BlockDevice, ValueTask>? _dispose;
     private readonly bool _threadPoolContinuations;
     private int _disposed;
@@ -299,6 +303,7 @@ public sealed class BlockDevice : IBlockDevice
         var lbs = limits.LogicalBlockSize;
         if (((offset | length) & (lbs - 1)) == 0 && length > 0 && offset >= 0 && length <= MaxIoBytes &&
             offset <= limits.CapacityBytes - length && (flags & ~CallerFlags) == 0 &&
+            ((flags & WriteOnlyFlags) == 0 || op == BlockOp.Write) &&
             (!op.IsWrite() || !Queue.ReadOnly) && Supported(op, limits, flags) && Queue.AcceptsIo)
         {
             return null;
@@ -336,6 +341,14 @@ public sealed class BlockDevice : IBlockDevice
         if ((flags & ~CallerFlags) != 0)
         {
             return Invalid(InvalidRequestReason.InvalidFlags, op, offset, length, $"flags {flags & ~CallerFlags} are reserved to the block layer");
+        }
+
+        // Before the operation's support, as in submit_bio_noacct. An undefined operation is
+        // NotSupported below, whatever its flags.
+        if ((flags & WriteOnlyFlags) != 0 && op is BlockOp.Read or BlockOp.Discard or BlockOp.WriteZeroes)
+        {
+            return Invalid(InvalidRequestReason.InvalidFlags, op, offset, length,
+                $"flags {flags & WriteOnlyFlags}: FUA and PREFLUSH apply to writes only, as Linux's submit_bio_noacct refuses them on a {op.Name()}");
         }
 
         if (!Supported(op, limits, flags))

@@ -60,7 +60,10 @@ public enum InvalidRequestReason
     /// <summary>The device does not support the operation (discard, write-zeroes, polling).</summary>
     NotSupported,
 
-    /// <summary>A flag that callers may not set (tag reservation, for example).</summary>
+    /// <summary>
+    /// A flag that callers may not set (tag reservation, for example), or one the operation does not
+    /// take: FUA and PREFLUSH apply to writes (and flushes) only, as Linux's <c>submit_bio_noacct</c>.
+    /// </summary>
     InvalidFlags,
 
     /// <summary>The device is allocated but not registered: nothing dispatches its I/O yet.</summary>

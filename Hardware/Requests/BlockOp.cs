@@ -26,10 +26,16 @@ public enum RequestFlags : ushort
     /// <summary>No flag.</summary>
     None = 0,
 
-    /// <summary>Forced unit access: the write is durable when it completes (<c>REQ_FUA</c>).</summary>
+    /// <summary>
+    /// Forced unit access: the write is durable when it completes (<c>REQ_FUA</c>). Writes (and
+    /// flushes) only: a read, discard or write-zeroes with it is refused before submission.
+    /// </summary>
     Fua = 1 << 0,
 
-    /// <summary>Flush the cache before this request (<c>REQ_PREFLUSH</c>).</summary>
+    /// <summary>
+    /// Flush the cache before this request (<c>REQ_PREFLUSH</c>). Writes (and flushes) only: a
+    /// read, discard or write-zeroes with it is refused before submission.
+    /// </summary>
     PreFlush = 1 << 1,
 
     /// <summary>Synchronous I/O: someone waits for it (<c>REQ_SYNC</c>); reads are always synchronous.</summary>

@@ -152,6 +152,57 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.DestroyDeviceAsync(allocated.Name);
     }
 
+    [Theory]
+    [InlineData(DispatchMode.Ring)]
+    [InlineData(DispatchMode.Mailbox)]
+    public async Task Fua_and_preflush_are_refused_on_anything_but_a_write_or_a_flush(DispatchMode mode)
+    {
+        // An outside audit: FUA and PREFLUSH were taken on reads, discards and write-zeroes and
+        // ignored (the file device runs fallocate with no sync after it, so a FUA write-zeroes was
+        // acknowledged before it was durable). submit_bio_noacct fails them: writes only.
+        var device = await Layer.CreateDeviceAsync(Options($"fu{(int)mode}", mode) with { WriteCache = true });
+        var data = new byte[4096];
+        Array.Fill(data, (byte)0x5a);
+        await device.WriteAsync(0, data);
+        var id = 0L;
+        foreach (var op in new[] { BlockOp.Read, BlockOp.Discard, BlockOp.WriteZeroes })
+        {
+            foreach (var flags in new[] { RequestFlags.Fua, RequestFlags.PreFlush, RequestFlags.Fua | RequestFlags.PreFlush | RequestFlags.Sync })
+            {
+                var buffer = op == BlockOp.Read ? new byte[4096] : default(Memory<byte>);
+                var refused = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await device.ExecuteAsync(op, 0, 4096, buffer, flags));
+                Assert.Equal(InvalidRequestReason.InvalidFlags, refused.Reason);
+                Assert.Equal(op, refused.Op);
+                Assert.Contains("FUA and PREFLUSH apply to writes only", refused.Message, StringComparison.Ordinal);
+                refused = Assert.Throws<InvalidBlockRequestException>(() => device.SubmitWithEndIo(op, 0, 4096, buffer, flags, IBlockDevice.AnyCpu, new NeverCalled()));
+                Assert.Equal(InvalidRequestReason.InvalidFlags, refused.Reason);
+
+                // The cluster's way in: the same refusal, as a Rejected with the I/O's id.
+                Layer.Guardian.Tell(new BlockLayer.Io(device.Name, ++id, op, 0, 4096, Flags: flags));
+                var rejected = await ExpectMsgAsync<SoftwareContextProtocol.Rejected>();
+                Assert.Equal(id, rejected.Id);
+                Assert.Equal(InvalidRequestReason.InvalidFlags, rejected.Reason);
+            }
+        }
+
+        // Nothing was submitted: the data is still there, and no tag is held.
+        var back = new byte[4096];
+        await device.ReadAsync(0, back);
+        Assert.Equal(data, back);
+
+        // A write and a flush still take both.
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Write, 4096, 4096, data, RequestFlags.Fua));
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Write, 8192, 4096, data, RequestFlags.PreFlush | RequestFlags.Fua));
+        await device.WriteAsync(12288, data, RequestFlags.PreFlush);
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Flush, 0, 0, default, RequestFlags.Fua | RequestFlags.PreFlush));
+        Layer.Guardian.Tell(new BlockLayer.Io(device.Name, ++id, BlockOp.Write, 16384, 4096, data, RequestFlags.Fua));
+        Assert.Equal(new SoftwareContextProtocol.Completed(id, BlockStatus.Ok, null), await ExpectMsgAsync<SoftwareContextProtocol.Completed>());
+        await device.ReadAsync(4096, back);
+        Assert.Equal(data, back);
+        Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+        await Layer.DestroyDeviceAsync(device.Name);
+    }
+
     [Fact]
     public async Task After_the_actor_system_terminated_the_layers_calls_fail_at_once()
     {

@@ -111,6 +111,14 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(block, (await ExpectMsgAsync<SoftwareContextProtocol.Completed>()).Data);
         Layer.Guardian.Tell(new BlockLayer.Io("linear0", 3, BlockOp.Read, 100, 512), TestActor);
         Assert.Equal(InvalidRequestReason.Misaligned, (await ExpectMsgAsync<SoftwareContextProtocol.Rejected>()).Reason);
+
+        // FUA and PREFLUSH are for writes (and flushes) only, on a bio-based device as on any:
+        // refused before anything reaches a member; a FUA write across the boundary still goes.
+        var fuaRead = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await dm.ExecuteAsync(BlockOp.Read, MiB - 4096, 8192, new byte[8192], RequestFlags.Fua));
+        Assert.Equal(InvalidRequestReason.InvalidFlags, fuaRead.Reason);
+        Layer.Guardian.Tell(new BlockLayer.Io("linear0", 4, BlockOp.Read, MiB - 4096, 8192, Flags: RequestFlags.PreFlush), TestActor);
+        Assert.Equal(InvalidRequestReason.InvalidFlags, (await ExpectMsgAsync<SoftwareContextProtocol.Rejected>()).Reason);
+        Assert.Equal(BlockStatus.Ok, await dm.ExecuteAsync(BlockOp.Write, MiB - 4096, 8192, block, RequestFlags.PreFlush | RequestFlags.Fua));
     }
 
     [Fact]
