@@ -368,8 +368,11 @@ internal static class ServeCommand
                 {
                     if (!known.TryGetValue(device.Id, out var had) || had != device)
                     {
-                        Log.Information("Cluster device {Id}: {State}, {Size}, {Block}-byte blocks, {Queues} hardware queue(s){ReadOnly}",
-                            device.Id, device.State, Sizes.Format(device.Capacity), device.LogicalBlockSize, device.HardwareQueues, device.ReadOnly ? ", read-only" : string.Empty);
+                        // The export's address too: a device is published before its node's NBD
+                        // export starts, and the line for the change looked like a repeat.
+                        Log.Information("Cluster device {Id}: {State}, {Size}, {Block}-byte blocks, {Queues} hardware queue(s){ReadOnly}{Export}",
+                            device.Id, device.State, Sizes.Format(device.Capacity), device.LogicalBlockSize, device.HardwareQueues, device.ReadOnly ? ", read-only" : string.Empty,
+                            string.IsNullOrEmpty(device.NbdEndpoint) ? ", not exported" : $", exported at {device.NbdEndpoint}");
                     }
 
                     known[device.Id] = device;

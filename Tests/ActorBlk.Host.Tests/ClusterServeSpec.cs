@@ -42,11 +42,14 @@ public sealed partial class ClusterServeSpec
             var nodeB = AddressLine().Match(await b.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
 
             // a logs b's devices as they arrive in its registry, in either order (one gossip
-            // delivers both; the lines are read once, so each is awaited whichever comes first).
+            // delivers both; the lines are read once, so each is awaited whichever comes first),
+            // and again when their export's address arrives (a line that named no address looked
+            // like a repeat of the first).
             var pending = new HashSet<string> { $"Cluster device nullb0@{nodeB}: live", $"Cluster device nullb1@{nodeB}: live" };
+            static bool Exported(string line) => Regex.IsMatch(line, @", exported at nbd://127\.0\.0\.1:\d+/nullb[01]$");
             while (pending.Count > 0)
             {
-                var line = await a.WaitForLineAsync(l => pending.Any(p => l.Contains(p, StringComparison.Ordinal)), Within);
+                var line = await a.WaitForLineAsync(l => Exported(l) && pending.Any(p => l.Contains(p, StringComparison.Ordinal)), Within);
                 pending.RemoveWhere(p => line.Contains(p, StringComparison.Ordinal));
             }
 
