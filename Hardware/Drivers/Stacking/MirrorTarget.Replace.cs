@@ -55,6 +55,7 @@ public sealed partial class MirrorTarget
             RangeGate.Holder? held = null;
             var locked = false;
             IBlockDevice old;
+            MirrorLegTakenBack takenBack;
             try
             {
                 if (Interlocked.Read(ref _userIo) != 0)
@@ -83,6 +84,7 @@ public sealed partial class MirrorTarget
                     SetAllBits();
                     _generation++;
                     Watch(leg);
+                    takenBack = new MirrorLegTakenBack(device.Name, MirrorLegReturn.Replacement, DirtyRegionsLocked());
                 }
 
                 _metaLock.Release();
@@ -108,6 +110,7 @@ public sealed partial class MirrorTarget
                 suspension.Resumed.TrySetResult();
             }
 
+            Notify(LegTakenBack, takenBack);
             KickSync();
             return old;
         }

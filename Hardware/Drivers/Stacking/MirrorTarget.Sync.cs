@@ -36,6 +36,8 @@ public sealed partial class MirrorTarget
             {
                 bool check;
                 CancellationTokenSource interrupt;
+                MirrorSyncStarted? started = null;
+                string action;
                 lock (_lock)
                 {
                     _syncAgain = false;
@@ -60,18 +62,32 @@ public sealed partial class MirrorTarget
                     _passLegs = [];
                     _passEpochs = [];
                     _passStop = check ? interrupt : null;
+                    _passRegionsDone = 0;
+                    action = _syncAction;
+                    if (check)
+                    {
+                        started = new MirrorSyncStarted(_syncAction, [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.InSync).Select(i => _legs[i].Name)], Regions);
+                        _currentSync = started;
+                    }
                 }
 
-                var finished = true;
+                // A recovery tells its start once it knows its legs and regions (RecoverPassAsync).
+                if (started is not null)
+                {
+                    Notify(SyncStarted, started);
+                }
+
+                MirrorSyncOutcome? outcome = null;
                 try
                 {
                     if (check)
                     {
                         await CheckPassAsync(_repair, interrupt.Token).ConfigureAwait(false);
+                        outcome = MirrorSyncOutcome.Done;
                     }
                     else
                     {
-                        finished = await RecoverPassAsync(interrupt).ConfigureAwait(false);
+                        (action, outcome) = await RecoverPassAsync(interrupt).ConfigureAwait(false);
                     }
                 }
                 catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
@@ -79,18 +95,29 @@ public sealed partial class MirrorTarget
                     // A check stopped by hand (sync_action idle) or by a leg failing (md_error
                     // interrupts it, and md starts no check again): a recovery asked for
                     // meanwhile (a re-add during the check) still runs.
+                    outcome = _checkStop?.IsCancellationRequested == true ? MirrorSyncOutcome.Stopped : MirrorSyncOutcome.Interrupted;
                 }
                 finally
                 {
+                    MirrorSyncEnded ended;
                     lock (_lock)
                     {
                         _passStop = null;
                         _passLegs = [];
                         _passEpochs = [];
+                        _currentSync = null;
+
+                        // The mirror stopping (or failed: its last leg in sync went) ends the pass with an exception.
+                        var how = outcome ?? (_failed ? MirrorSyncOutcome.Interrupted : MirrorSyncOutcome.Stopped);
+                        var done = check ? (_syncDone >= DataBytes ? Regions : (int)(_syncDone / RegionBytes)) : _passRegionsDone;
+                        ended = new MirrorSyncEnded(action, how, done, check ? Interlocked.Read(ref _mismatchSectors) : 0);
                     }
 
                     interrupt.Dispose();
+                    Notify(SyncEnded, ended);
                 }
+
+                var finished = outcome != MirrorSyncOutcome.NoSource;
 
                 lock (_lock)
                 {
@@ -122,12 +149,14 @@ public sealed partial class MirrorTarget
     // A pass left with no leg to copy to (its rebuilding legs failed, and no crash resync it could
     // still do) stops at its next chunk, even in its throttle's wait (interrupt, set by MarkFaulty):
     // the regions it did not finish keep their bits, so a later re-add copies them.
-    private async Task<bool> RecoverPassAsync(CancellationTokenSource interrupt)
+    // Returns the pass's action (recover or resync) and how it ended.
+    private async Task<(string Action, MirrorSyncOutcome Outcome)> RecoverPassAsync(CancellationTokenSource interrupt)
     {
         var ct = interrupt.Token;
         int[] rebuilding;
         long[] epochs;
         var dirty = new List<int>();
+        MirrorSyncStarted started;
         lock (_lock)
         {
             // Only the legs rebuilding now get every region of this pass; one re-added later (or
@@ -148,7 +177,16 @@ public sealed partial class MirrorTarget
             _passLegs = rebuilding;
             _passEpochs = epochs;
             _passStop = interrupt;
+
+            // The legs copied to: the rebuilding ones and, after a crash, the in-sync legs but the first (the source).
+            var source = Array.IndexOf(_state, MirrorLegState.InSync);
+            var targets = Enumerable.Range(0, _legs.Length).Where(i => rebuilding.Contains(i) || (_resyncAfterCrash && i != source && _state[i] == MirrorLegState.InSync));
+            started = new MirrorSyncStarted(RecoverName, [.. targets.Select(i => _legs[i].Name)], dirty.Count);
+            _currentSync = started;
         }
+
+        Notify(SyncStarted, started);
+        var interruptedPass = false;
 
         // Under _lock: a leg this pass copies to, rebuilding since the pass started.
         bool Target(int leg)
@@ -191,7 +229,7 @@ public sealed partial class MirrorTarget
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
                 if (!await CopyChunkAsync(r, Target, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
-                    return false;
+                    return (started.Action, MirrorSyncOutcome.NoSource);
                 }
 
                 lock (_lock)
@@ -213,11 +251,14 @@ public sealed partial class MirrorTarget
             if (interrupted)
             {
                 // The region's end is not reached: its bit stays for the legs that did not get it.
+                interruptedPass = true;
                 break;
             }
 
             lock (_lock)
             {
+                _passRegionsDone++;
+
                 // Counted when a leg still rebuilding, or a second in-sync leg after a crash, got it.
                 if (rebuilding.Any(Target)
                     || (CrashPendingRegion(r) && _state.Count(s => s == MirrorLegState.InSync) > 1))
@@ -246,8 +287,12 @@ public sealed partial class MirrorTarget
             }
         }
 
+        MirrorSyncOutcome outcome;
         lock (_lock)
         {
+            // Interrupted in a region, or between regions: every leg it copied to failed (the
+            // regions left were skipped, owed to nobody the pass still had).
+            outcome = interruptedPass || (rebuilding.Length > 0 && !rebuilding.Any(Target)) ? MirrorSyncOutcome.Interrupted : MirrorSyncOutcome.Done;
             var changed = _resyncAfterCrash;
             _resyncAfterCrash = false;
             _crashPending = [];
@@ -263,7 +308,7 @@ public sealed partial class MirrorTarget
 
             if (!changed)
             {
-                return true;
+                return (started.Action, outcome);
             }
 
             if (_state.All(s => s == MirrorLegState.InSync))
@@ -277,7 +322,7 @@ public sealed partial class MirrorTarget
         }
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
-        return true;
+        return (started.Action, outcome);
     }
 
     // Times a source read that failed (a bad sector, not a lost leg) is tried again before the next

@@ -94,6 +94,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private long _syncDone;
     private long _syncTotal;
     private long _syncSpeedKiB;
+
+    // Regions the recovery or resync running has finished (SyncEnded), and its start (CurrentSync), under _lock.
+    private int _passRegionsDone;
+    private MirrorSyncStarted? _currentSync;
     private bool _checkRequested;
     private bool _repair;
 
@@ -340,6 +344,68 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// </summary>
     public event Action<string, int, int>? LegFailed;
 
+    /// <summary>
+    /// Raised when a faulty leg is taken back (re-added by hand, by itself after its remote device
+    /// reconnected, or a new device taking its slot), once it is rebuilding: its name, how it came
+    /// back and how many bitmap regions it owes. The recovery that copies them follows
+    /// (<see cref="SyncStarted"/>). Raised outside the mirror's lock; an exception of a subscriber
+    /// is dropped.
+    /// </summary>
+    public event Action<MirrorLegTakenBack>? LegTakenBack;
+
+    /// <summary>
+    /// Raised when a sync pass starts (md logs "md: recovery of RAID array md0"): its action, the
+    /// legs it copies to (or compares) and the regions it is to do. Raised on the sync's thread,
+    /// outside the mirror's lock; an exception of a subscriber is dropped.
+    /// </summary>
+    public event Action<MirrorSyncStarted>? SyncStarted;
+
+    /// <summary>
+    /// Raised when a sync pass ends, once for each <see cref="SyncStarted"/> (md logs "md: md0:
+    /// recovery done." or "... interrupted."): its action, how it ended, the regions it finished and,
+    /// for a check or repair, the mismatched sectors. Raised before <see cref="SyncIdle"/> completes,
+    /// outside the mirror's lock; an exception of a subscriber is dropped.
+    /// </summary>
+    public event Action<MirrorSyncEnded>? SyncEnded;
+
+    /// <summary>
+    /// The <see cref="SyncStarted"/> of the pass running, or null between passes: a pass may start
+    /// while the mirror is assembled (a recovery of a leg rebuilding, a resync after a crash),
+    /// before anyone could subscribe, so a subscriber reads this once it has subscribed.
+    /// </summary>
+    public MirrorSyncStarted? CurrentSync
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _currentSync;
+            }
+        }
+    }
+
+    // Tells each subscriber of a notification: one that throws is skipped, so neither the mirror's
+    // sync nor a re-add breaks on a listener (nor do the listeners after it miss it).
+    private static void Notify<T>(Action<T>? handlers, T value)
+    {
+        if (handlers is null)
+        {
+            return;
+        }
+
+        foreach (var handler in handlers.GetInvocationList().Cast<Action<T>>())
+        {
+            try
+            {
+                handler(value);
+            }
+            catch (Exception)
+            {
+                // A listener's fault is not the mirror's.
+            }
+        }
+    }
+
     /// <summary>Read errors of leg <paramref name="leg"/> corrected from another leg (md's per-device <c>errors</c>).</summary>
     public long CorrectedReadErrors(int leg) => Interlocked.Read(ref _correctedReads[leg]);
 
@@ -348,9 +414,12 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     {
         lock (_lock)
         {
-            return _bits.Sum(w => System.Numerics.BitOperations.PopCount(w));
+            return DirtyRegionsLocked();
         }
     }
+
+    // Under _lock.
+    private int DirtyRegionsLocked() => _bits.Sum(w => System.Numerics.BitOperations.PopCount(w));
 
     /// <summary>
     /// Re-adds a faulty leg (md <c>--re-add</c>): it becomes rebuilding, gets every write from now
@@ -370,6 +439,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         ArgumentOutOfRangeException.ThrowIfNegative(leg);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(leg, _legs.Length);
         IBlockDevice device;
+        MirrorLegTakenBack takenBack;
         lock (_lock)
         {
             device = expected ?? _legs[leg];
@@ -444,8 +514,12 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             {
                 _takenAt[leg] = reconnecting.Incarnation;
             }
+
+            takenBack = new MirrorLegTakenBack(_legs[leg].Name, automatic ? MirrorLegReturn.Reconnect : MirrorLegReturn.ReAdd, DirtyRegionsLocked());
         }
 
+        // Before the recovery can start (a pass running goes on to the next, for this leg too).
+        Notify(LegTakenBack, takenBack);
         await PersistAsync(superblocks: true).ConfigureAwait(false);
         KickSync();
     }

@@ -163,11 +163,14 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         await md2.WriteAsync(5 * Region, Stamp(5, 1));
         await md2.WriteAsync(9 * Region, Stamp(9, 1));
         Assert.Equal(2, second.DirtyRegions());
+        var takenBack = new System.Collections.Concurrent.ConcurrentQueue<MirrorLegTakenBack>();
+        second.LegTakenBack += takenBack.Enqueue;
 
         late.Appear(b);
         await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
 
         Assert.Equal(1, second.AutomaticReAdds);
+        Assert.Equal(new MirrorLegTakenBack("b", MirrorLegReturn.Reconnect, 2), Assert.Single(takenBack));
         Assert.Equal(2, second.ResyncedRegions);
         Assert.Equal(Stamp(5, 1), await ReadRaw(b, 5 * Region));
         Assert.Equal(Stamp(9, 1), await ReadRaw(b, 9 * Region));

@@ -1220,6 +1220,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
         var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
         var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
         await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
         await AwaitTimer(clock, mirror);
         Assert.Equal("check\n", md.Attributes.Read("block/md0/md/sync_action"));
@@ -1231,6 +1232,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             () => $"sync_action {md.Attributes.Read("block/md0/md/sync_action").Trim()}");
         await mirror.SyncIdle.WaitAsync(Patience);
         Assert.Equal("none\n", md.Attributes.Read("block/md0/md/sync_completed"));
+        
+        // It compared its first chunk (one region) and waited for the throttle when c failed.
+        Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Interrupted, 1, 0), Assert.Single(events.All.OfType<MirrorSyncEnded>()));
         await md.WriteAsync(Region, Stamp(1, 1)).AsTask().WaitAsync(Patience);
 
         await md.Attributes.WriteAsync("block/md0/md/dev-c/state", "re-add");
@@ -1447,6 +1451,160 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             await md.Attributes.WriteAsync(path, "+1024\n");
             Assert.Equal("1024\n", md.Attributes.Read(path));
         }
+    }
+
+    [Fact]
+    public async Task A_re_add_with_dirty_regions_tells_the_leg_taken_back_then_the_recovery_starting_and_done_once_each_past_a_throwing_listener()
+    {
+        // An outside audit: a node's log said nothing when a leg came back or a recovery started
+        // or ended (md logs "md: recovery of RAID array md0", "md: md0: recovery done.").
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, _) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+
+        // A listener that throws comes first: neither the re-add nor the sync loop notices it.
+        mirror.LegTakenBack += _ => throw new InvalidOperationException("a listener's bug");
+        mirror.SyncStarted += _ => throw new InvalidOperationException("a listener's bug");
+        mirror.SyncEnded += _ => throw new InvalidOperationException("a listener's bug");
+        var events = new MirrorEvents(mirror);
+
+        fb.Dead = true;
+        long[] dirty = [1, 7, 20];
+        foreach (var r in dirty)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Empty(events.All);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Collection(
+            events.All,
+            e => Assert.Equal(new MirrorLegTakenBack("b", MirrorLegReturn.ReAdd, dirty.Length), e),
+            e => AssertStarted(e, "recover", ["b"], dirty.Length),
+            e => Assert.Equal(new MirrorSyncEnded("recover", MirrorSyncOutcome.Done, dirty.Length, 0), e));
+
+        // A replacement takes the slot owing every region, and its recovery copies them all.
+        await mirror.FailLegAsync(1);
+        events.All.Clear();
+        await mirror.ReplaceLegAsync(1, c).WaitAsync(Patience);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Collection(
+            events.All,
+            e => Assert.Equal(new MirrorLegTakenBack("c", MirrorLegReturn.Replacement, mirror.Regions), e),
+            e => AssertStarted(e, "recover", ["c"], mirror.Regions),
+            e => Assert.Equal(new MirrorSyncEnded("recover", MirrorSyncOutcome.Done, mirror.Regions, 0), e));
+    }
+
+    [Fact]
+    public async Task A_check_tells_its_start_on_every_leg_and_its_end_with_the_mismatched_sectors()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        await md.WriteAsync(0, Stamp(0, 1));
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (5 * Block), Stamp(5, 7));
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (300 * Block), Stamp(300, 7));
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Collection(
+            events.All,
+            e => AssertStarted(e, "check", ["a", "b"], mirror.Regions),
+            e => Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Done, mirror.Regions, 2 * Block >> 9), e));
+    }
+
+    [Fact]
+    public async Task A_recovery_whose_leg_fails_mid_pass_ends_interrupted_with_the_regions_it_finished()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        for (var r = 0; r < 4; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+
+        // Two regions copied (a second each at 64 KiB/s), then b fails in the throttle's wait of the third.
+        while (mirror.SyncProgress.Done < (2 * Region) + MirrorTarget.SyncChunkBytes)
+        {
+            await AwaitTimer(clock, mirror);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, mirror);
+        Assert.Same(events.All.OfType<MirrorSyncStarted>().Single(), mirror.CurrentSync);
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Null(mirror.CurrentSync);
+        Assert.Collection(
+            events.All,
+            e => Assert.Equal(new MirrorLegTakenBack("b", MirrorLegReturn.ReAdd, 4), e),
+            e => AssertStarted(e, "recover", ["b"], 4),
+            e => Assert.Equal(new MirrorSyncEnded("recover", MirrorSyncOutcome.Interrupted, 2, 0), e));
+        Assert.Equal("faulty\n", md.Attributes.Read("block/md0/md/dev-b/state"));
+    }
+
+    [Fact]
+    public async Task A_check_stopped_by_hand_ends_stopped_with_the_regions_it_compared()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) }, clock);
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "check\n");
+        await AwaitTimer(clock, mirror);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "idle");
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Collection(
+            events.All,
+            e => AssertStarted(e, "check", ["a", "b"], mirror.Regions),
+            e => Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Stopped, 2, 0), e));
+    }
+
+    private static void AssertStarted(object e, string action, string[] legs, int regions)
+    {
+        var started = Assert.IsType<MirrorSyncStarted>(e);
+        Assert.Equal(action, started.Action);
+        Assert.Equal(legs, started.Legs);
+        Assert.Equal(regions, started.Regions);
+    }
+
+    // Records a mirror's LegTakenBack, SyncStarted and SyncEnded in the order they came.
+    private sealed class MirrorEvents
+    {
+        public MirrorEvents(MirrorTarget mirror)
+        {
+            mirror.LegTakenBack += e => All.Enqueue(e);
+            mirror.SyncStarted += e => All.Enqueue(e);
+            mirror.SyncEnded += e => All.Enqueue(e);
+        }
+
+        public System.Collections.Concurrent.ConcurrentQueue<object> All { get; } = new();
     }
 
     // Moves the manual clock a second at a time until the sync has finished.
