@@ -62,14 +62,19 @@ internal sealed class StackedDeviceActor : ReceiveActor
         _log.Info("Registered {Device}: {Description}", _device.Name, _device.Queue.BioDriver!.Description);
         if (_device.Queue.BioDriver is MirrorTarget mirror)
         {
-            mirror.AutomaticReAddFailed += ReAddFailed;
-            mirror.LegFailed += LegFailed;
+            Subscribe(mirror);
 
             // A refusal while the mirror was assembled came before this subscription (it may be
             // logged twice when it races with it: better than never).
             if (mirror.LastAutomaticReAddFailure is { } last)
             {
                 ReAddFailed(last.Leg, last.Reason);
+            }
+
+            // So may a recovery or resync have started (its end is logged: the subscription came first).
+            if (mirror.CurrentSync is { } pass)
+            {
+                SyncStarted(pass);
             }
         }
 
@@ -80,11 +85,28 @@ internal sealed class StackedDeviceActor : ReceiveActor
     {
         if (_device.Queue.BioDriver is MirrorTarget mirror)
         {
-            mirror.AutomaticReAddFailed -= ReAddFailed;
-            mirror.LegFailed -= LegFailed;
+            Unsubscribe(mirror);
         }
 
         base.PostStop();
+    }
+
+    private void Subscribe(MirrorTarget mirror)
+    {
+        mirror.AutomaticReAddFailed += ReAddFailed;
+        mirror.LegFailed += LegFailed;
+        mirror.LegTakenBack += LegTakenBack;
+        mirror.SyncStarted += SyncStarted;
+        mirror.SyncEnded += SyncEnded;
+    }
+
+    private void Unsubscribe(MirrorTarget mirror)
+    {
+        mirror.AutomaticReAddFailed -= ReAddFailed;
+        mirror.LegFailed -= LegFailed;
+        mirror.LegTakenBack -= LegTakenBack;
+        mirror.SyncStarted -= SyncStarted;
+        mirror.SyncEnded -= SyncEnded;
     }
 
     // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
@@ -104,6 +126,50 @@ internal sealed class StackedDeviceActor : ReceiveActor
             _log.Error("{0}: leg {1} failed and was the last leg in sync: every I/O of the mirror now fails with Offline", _device.Name, leg);
         }
     }
+
+    // Raised by a re-add (an attribute write), a reconnection or a replacement, as ReAddFailed.
+    private void LegTakenBack(MirrorLegTakenBack back) =>
+        _log.Info("{0}: leg {1} {2}; it is rebuilding, {3} bitmap regions to recover (md/dev-{1}/state, md/sync_completed)", _device.Name, back.Leg, back.How switch
+        {
+            MirrorLegReturn.Reconnect => "reconnected and was re-added",
+            MirrorLegReturn.Replacement => "was added in place of the faulty leg",
+            _ => "was re-added",
+        }, back.OwedRegions);
+
+    // Raised on the sync's thread. md's names for the actions (md_do_sync).
+    private void SyncStarted(MirrorSyncStarted pass) =>
+        _log.Info("{0}: {1} of RAID array started, {2} regions to do on {3} (md/sync_action, md/sync_completed)", _device.Name, MdName(pass.Action), pass.Regions,
+            pass.Legs.Count == 0 ? "no leg" : string.Join(", ", pass.Legs));
+
+    // md says "done" or "interrupted"; a pass stopped by hand or by the mirror stopping, or left
+    // with no leg to read from, is a warning: the legs it copied to are still owed their regions.
+    private void SyncEnded(MirrorSyncEnded pass)
+    {
+        var name = MdName(pass.Action);
+        var mismatches = pass.Action is "check" or "repair" ? $", {pass.MismatchSectors} mismatched sectors (md/mismatch_cnt)" : " (md/sync_action)";
+        switch (pass.Outcome)
+        {
+            case MirrorSyncOutcome.Done:
+                _log.Info("{0}: {1} done, {2} regions{3}", _device.Name, name, pass.RegionsDone, mismatches);
+                break;
+            case MirrorSyncOutcome.NoSource:
+                _log.Warning("{0}: {1} stopped after {2} regions: no leg in sync could be read; the rebuilding legs stay rebuilding until a re-add or sync_action recover (md/sync_action, md/dev-*/state)",
+                    _device.Name, name, pass.RegionsDone);
+                break;
+            default:
+                _log.Warning("{0}: {1} {2} after {3} regions{4}", _device.Name, name,
+                    pass.Outcome == MirrorSyncOutcome.Interrupted ? "interrupted" : "stopped", pass.RegionsDone, mismatches);
+                break;
+        }
+    }
+
+    private static string MdName(string action) => action switch
+    {
+        "recover" => "recovery",
+        "check" => "data-check",
+        "repair" => "requested-resync",
+        _ => action,
+    };
 
     // Drains the queue; a mirror then stops its resync and writes a clean bitmap while its legs still exist.
     private async Task<int> ShutdownAsync(TimeSpan drainTimeout)
@@ -126,15 +192,13 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             if (queue.BioDriver is MirrorTarget old)
             {
-                old.AutomaticReAddFailed -= ReAddFailed;
-                old.LegFailed -= LegFailed;
+                Unsubscribe(old);
             }
 
             queue.ReplaceBioDriver(target).Dispose();
             if (target is MirrorTarget mirror)
             {
-                mirror.AutomaticReAddFailed += ReAddFailed;
-                mirror.LegFailed += LegFailed;
+                Subscribe(mirror);
             }
         }
         finally
