@@ -67,7 +67,8 @@ public sealed partial class MirrorTarget
         }
 
         // Outside the lock: the listeners log, and cancelling runs the sync's continuations.
-        LegFailed?.Invoke(_legs[leg].Name, inSync, _legs.Length);
+        var name = _legs[leg].Name;
+        Notify(LegFailed, handler => handler(name, inSync, _legs.Length));
         if (inSync == 0)
         {
             _stop.Cancel();

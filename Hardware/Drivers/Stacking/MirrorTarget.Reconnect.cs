@@ -156,7 +156,7 @@ public sealed partial class MirrorTarget
                 if (stillFaulty && !_stop.IsCancellationRequested)
                 {
                     Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(device.Name, ex.Message));
-                    AutomaticReAddFailed?.Invoke(device.Name, ex.Message);
+                    Notify(AutomaticReAddFailed, handler => handler(device.Name, ex.Message));
                 }
             }
         });

@@ -385,19 +385,23 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     }
 
     // Tells each subscriber of a notification: one that throws is skipped, so neither the mirror's
-    // sync nor a re-add breaks on a listener (nor do the listeners after it miss it).
-    private static void Notify<T>(Action<T>? handlers, T value)
+    // sync, a re-add, nor the I/O completion that failed a leg breaks on a listener (nor do the
+    // listeners after it miss it).
+    private static void Notify<T>(Action<T>? handlers, T value) => Notify(handlers, handler => handler(value));
+
+    private static void Notify<TDelegate>(TDelegate? handlers, Action<TDelegate> call)
+        where TDelegate : Delegate
     {
         if (handlers is null)
         {
             return;
         }
 
-        foreach (var handler in handlers.GetInvocationList().Cast<Action<T>>())
+        foreach (var handler in handlers.GetInvocationList().Cast<TDelegate>())
         {
             try
             {
-                handler(value);
+                call(handler);
             }
             catch (Exception)
             {

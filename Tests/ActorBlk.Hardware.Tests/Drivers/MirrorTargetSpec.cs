@@ -1468,6 +1468,12 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         mirror.LegTakenBack += _ => throw new InvalidOperationException("a listener's bug");
         mirror.SyncStarted += _ => throw new InvalidOperationException("a listener's bug");
         mirror.SyncEnded += _ => throw new InvalidOperationException("a listener's bug");
+
+        // So for a leg failing in a write's completion: the write ends Ok on the other leg, and
+        // the listener after the throwing one hears of it.
+        mirror.LegFailed += (_, _, _) => throw new InvalidOperationException("a listener's bug");
+        var failures = 0;
+        mirror.LegFailed += (_, _, _) => Interlocked.Increment(ref failures);
         var events = new MirrorEvents(mirror);
 
         fb.Dead = true;
@@ -1478,6 +1484,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         }
 
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(1, Volatile.Read(ref failures));
         Assert.Empty(events.All);
         fb.Dead = false;
         await mirror.ReAddAsync(1);
