@@ -67,7 +67,8 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
 
     /// <summary>
     /// Raised after a remote device's local queue was replaced by a new one connected to the
-    /// owner's new incarnation (never for a device of this node).
+    /// owner's new incarnation (never for a device of this node). Raised on the node's
+    /// remote-device actor: keep handlers short; one that throws is skipped.
     /// </summary>
     public event EventHandler? Reconnected
     {
@@ -90,7 +91,8 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
 
     /// <summary>
     /// Raised when a remote device's local queue goes offline because its owner node was lost or
-    /// the device left the registry or moved (never for a device of this node).
+    /// the device left the registry or moved (never for a device of this node). Raised as
+    /// <see cref="Reconnected"/>: one handler that throws is skipped.
     /// </summary>
     public event EventHandler? Disconnected
     {
@@ -255,9 +257,32 @@ internal sealed class RemoteDeviceTarget(IBlockDevice? device)
     {
         Volatile.Write(ref _device, device);
         Interlocked.Increment(ref _incarnation);
-        Reconnected?.Invoke(sender, EventArgs.Empty);
+        Raise(Reconnected, sender);
     }
 
     // The queue was retired (owner lost, device gone or moved): its I/O fails Offline from now on.
-    public void Disconnect(object sender) => Disconnected?.Invoke(sender, EventArgs.Empty);
+    public void Disconnect(object sender) => Raise(Disconnected, sender);
+
+    // Raised by the remote-device actor: each handler apart, and one that throws (an application's
+    // bug) is skipped, so it neither restarts that actor, losing what it tracks, nor keeps the
+    // handlers after it (a mirror's leg among them) from hearing.
+    private static void Raise(EventHandler? handlers, object sender)
+    {
+        if (handlers is null)
+        {
+            return;
+        }
+
+        foreach (var handler in handlers.GetInvocationList().Cast<EventHandler>())
+        {
+            try
+            {
+                handler(sender, EventArgs.Empty);
+            }
+            catch (Exception)
+            {
+                // A listener's fault is not the device's.
+            }
+        }
+    }
 }
