@@ -98,6 +98,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         mirror.LegTakenBack += LegTakenBack;
         mirror.SyncStarted += SyncStarted;
         mirror.SyncEnded += SyncEnded;
+        mirror.BackgroundFaulted += BackgroundFaulted;
     }
 
     private void Unsubscribe(MirrorTarget mirror)
@@ -107,6 +108,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         mirror.LegTakenBack -= LegTakenBack;
         mirror.SyncStarted -= SyncStarted;
         mirror.SyncEnded -= SyncEnded;
+        mirror.BackgroundFaulted -= BackgroundFaulted;
     }
 
     // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
@@ -162,6 +164,11 @@ internal sealed class StackedDeviceActor : ReceiveActor
                 break;
         }
     }
+
+    // A bug in the mirror's sync or bitmap daemon: logged with its stack, as the block layer logs a driver's.
+    private void BackgroundFaulted(string task, Exception error) =>
+        _log.Error(error, "{0}: the mirror's {1} failed internally ({2}: {3}); {4}", _device.Name, task, error.GetType().Name, error.Message,
+            task == "sync" ? "it is idle, what it had not copied still owed (md/sync_action recover starts it again)" : "it stopped: bits of idle regions are no longer cleared until the mirror is assembled again");
 
     private static string MdName(string action) => action switch
     {

@@ -181,6 +181,11 @@ public sealed partial class MirrorTarget
         catch (OperationCanceledException)
         {
         }
+        catch (Exception ex)
+        {
+            // A bug (a leg's failure is a status, not an exception): said, and the daemon stops.
+            Notify(BackgroundFaulted, handler => handler("bitmap daemon", ex));
+        }
     }
 
     /// <summary>One pass of the bitmap daemon (md's <c>bitmap_daemon_work</c>).</summary>

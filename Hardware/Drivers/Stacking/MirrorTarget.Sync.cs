@@ -80,6 +80,7 @@ public sealed partial class MirrorTarget
                 MirrorSyncOutcome? outcome = null;
                 try
                 {
+                    BeforeSyncPass?.Invoke();
                     if (check)
                     {
                         await CheckPassAsync(_repair, interrupt.Token).ConfigureAwait(false);
@@ -139,6 +140,17 @@ public sealed partial class MirrorTarget
                 _syncAction = "idle";
                 _syncDone = _syncTotal = 0;
             }
+        }
+        catch (Exception ex)
+        {
+            // A bug: the pass ended (SyncEnded told it), what it did not copy is still owed.
+            lock (_lock)
+            {
+                _syncAction = "idle";
+                _syncDone = _syncTotal = 0;
+            }
+
+            Notify(BackgroundFaulted, handler => handler("sync", ex));
         }
     }
 

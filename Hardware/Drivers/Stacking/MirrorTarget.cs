@@ -369,6 +369,21 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     public event Action<MirrorSyncEnded>? SyncEnded;
 
     /// <summary>
+    /// Raised when a background task of the mirror ended on an exception it does not expect (a
+    /// bug, not a leg's failure, which the legs' states tell): which task (<c>sync</c> or
+    /// <c>bitmap daemon</c>) and the exception. The sync goes idle, what it had not copied still
+    /// owed in the bitmap (a re-add or <c>sync_action recover</c> starts it again); the bitmap
+    /// daemon stops, so bits of idle regions are no longer cleared (a crash resyncs more) until the
+    /// mirror is assembled again. Before, such an exception ended the task unobserved, the sync
+    /// still showing its action. Raised outside the mirror's lock; an exception of a subscriber is
+    /// dropped.
+    /// </summary>
+    public event Action<string, Exception>? BackgroundFaulted;
+
+    /// <summary>For specs: called at the start of each sync pass, on the sync's thread (a throw stands for a bug of the sync).</summary>
+    internal Action? BeforeSyncPass { get; set; }
+
+    /// <summary>
     /// The <see cref="SyncStarted"/> of the pass running, or null between passes: a pass may start
     /// while the mirror is assembled (a recovery of a leg rebuilding, a resync after a crash),
     /// before anyone could subscribe, so a subscriber reads this once it has subscribed.

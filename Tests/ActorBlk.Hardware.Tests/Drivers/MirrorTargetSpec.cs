@@ -1532,6 +1532,42 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_sync_that_fails_on_a_bug_is_told_goes_idle_and_still_owes_its_regions()
+    {
+        // A sweep for loops that die unobserved: the sync caught only cancellation, so a bug
+        // ended it in silence with sync_action still "recover" and nothing running.
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        var faults = new System.Collections.Concurrent.ConcurrentQueue<(string Task, Exception Error)>();
+        mirror.BackgroundFaulted += (task, error) => faults.Enqueue((task, error));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+
+        var bug = new InvalidOperationException("a bug of the sync");
+        mirror.BeforeSyncPass = () => throw bug;
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        await mirror.SyncIdle.WaitAsync(Patience);
+
+        Assert.Equal(("sync", (Exception)bug), Assert.Single(faults));
+        Assert.Equal("idle\n", md.Attributes.Read("block/md0/md/sync_action"));
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        Assert.Equal(1, mirror.DirtyRegions());
+        Assert.Contains(new MirrorSyncEnded("recover", MirrorSyncOutcome.Stopped, 0, 0), events.All);
+
+        // What it owed is copied once the sync starts again.
+        mirror.BeforeSyncPass = null;
+        await md.Attributes.WriteAsync("block/md0/md/sync_action", "recover");
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        var raw = new byte[Block];
+        await b.ReadAsync(MirrorSuperblock.DataOffset + (3 * Region), raw);
+        Assert.Equal(Stamp(3, 1), raw);
+    }
+
+    [Fact]
     public async Task A_recovery_whose_leg_fails_mid_pass_ends_interrupted_with_the_regions_it_finished()
     {
         var (a, _) = Leg("a");
