@@ -168,7 +168,12 @@ internal sealed class StackedDeviceActor : ReceiveActor
     // A bug in the mirror's sync or bitmap daemon: logged with its stack, as the block layer logs a driver's.
     private void BackgroundFaulted(string task, Exception error) =>
         _log.Error(error, "{0}: the mirror's {1} failed internally ({2}: {3}); {4}", _device.Name, task, error.GetType().Name, error.Message,
-            task == "sync" ? "it is idle, what it had not copied still owed (md/sync_action recover starts it again)" : "it stopped: bits of idle regions are no longer cleared until the mirror is assembled again");
+            task switch
+            {
+                "sync" => "it is idle, what it had not copied still owed (md/sync_action recover starts it again)",
+                "bitmap daemon" => "it stopped: bits of idle regions are no longer cleared until the mirror is assembled again",
+                _ => "the leg stays as it was left (md/dev-*/state)",
+            });
 
     private static string MdName(string action) => action switch
     {

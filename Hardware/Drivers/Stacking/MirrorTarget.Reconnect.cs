@@ -102,7 +102,18 @@ public sealed partial class MirrorTarget
             }
         }
 
-        _ = Task.Run(() => FailLeg(leg, device));
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await FailLeg(leg, device).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                // A bug: said, rather than ended unobserved.
+                Notify(BackgroundFaulted, handler => handler("leg failure", ex));
+            }
+        });
     }
 
     // Called when a leg reconnected, and after a leg was failed (the reconnection may have come
@@ -158,6 +169,11 @@ public sealed partial class MirrorTarget
                     Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(device.Name, ex.Message));
                     Notify(AutomaticReAddFailed, handler => handler(device.Name, ex.Message));
                 }
+            }
+            catch (Exception ex)
+            {
+                // A bug: said, rather than ended unobserved; the leg stays as the re-add left it.
+                Notify(BackgroundFaulted, handler => handler("automatic re-add", ex));
             }
         });
     }

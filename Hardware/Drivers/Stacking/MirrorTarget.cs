@@ -370,8 +370,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     /// <summary>
     /// Raised when a background task of the mirror ended on an exception it does not expect (a
-    /// bug, not a leg's failure, which the legs' states tell): which task (<c>sync</c> or
-    /// <c>bitmap daemon</c>) and the exception. The sync goes idle, what it had not copied still
+    /// bug, not a leg's failure, which the legs' states tell): which task (<c>sync</c>,
+    /// <c>bitmap daemon</c>, <c>automatic re-add</c> or <c>leg failure</c>, the failing of a leg
+    /// whose remote device went away) and the exception. The sync goes idle, what it had not copied still
     /// owed in the bitmap (a re-add or <c>sync_action recover</c> starts it again); the bitmap
     /// daemon stops, so bits of idle regions are no longer cleared (a crash resyncs more) until the
     /// mirror is assembled again. Before, such an exception ended the task unobserved, the sync
