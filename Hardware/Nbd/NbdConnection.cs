@@ -1831,6 +1831,16 @@ public sealed class NbdConnection
             {
                 slot.PartRefused(NbdError.Shutdown);
             }
+#pragma warning disable CA1031 // the part must count as completed, or the slot never replies and the connection never drains
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                // A bug below (nothing else is expected): this part fails with EIO. Escaping, it
+                // ended the reader with the slot's other parts uncounted: the slot never replied,
+                // the connection never drained, and a stop of the server waited for it for ever.
+                slot.LogFault($"submitting a {op.Name()}", ex);
+                slot.PartRefused(NbdError.Io);
+            }
         }
     }
 
@@ -2112,6 +2122,10 @@ public sealed class NbdConnection
             WriteFailed(ex);
         }
     }
+
+    /// <summary>An unexpected exception of the server's own (a bug) while serving a request: logged with its stack.</summary>
+    internal void LogFault(string what, Exception ex) =>
+        _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()}: {what} failed: {ex}");
 
     /// <summary>
     /// Writing replies failed: the connection is aborted, its remaining replies dropped while its

@@ -143,7 +143,19 @@ internal sealed class NbdRequestSlot : IBioEndIo
         {
             PartRefused(NbdError.Shutdown);
         }
+#pragma warning disable CA1031 // a thread-pool work item: an exception escaping it ends the process
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // A bug below (nothing else is expected): the request fails with EIO rather than the
+            // process ending on an unhandled exception and this slot never replying.
+            _connection.LogFault("submitting the flush after a FUA trim or write zeroes", ex);
+            PartRefused(NbdError.Io);
+        }
     }
+
+    /// <summary>An unexpected exception submitting this request's I/O, logged by its connection.</summary>
+    public void LogFault(string what, Exception ex) => _connection.LogFault(what, ex);
 
     private void Finish()
     {
