@@ -619,6 +619,18 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return;
         }
 
+        if (!entry.ReadOnly && queue.ReadOnly && slot.Template?.ReadOnly != true && driver is { RetiredReason: null })
+        {
+            // Connected while the device was read-only (its entry said so, or the export's
+            // handshake did, and the connection keeps those flags), and its owner made it writable
+            // since: the queue is replaced by one connected now, as for a move. Before, the handle
+            // stayed read-only for good (a mirror refused to re-add the leg; a review).
+            _log.Info("{0} is writable again; its local queue {1}, connected read-only, reconnects", slot.Entry.Id, target.Device.Name);
+            driver.Retire("the device became writable", planned: true);
+            Disconnect(slot, target);
+            return;
+        }
+
         if (!queue.IsOffline && driver is not { RetiredReason: not null })
         {
             // Still serving (its driver reconnects by itself while the export answers).

@@ -80,4 +80,37 @@ public sealed class MirrorRemoteLegReadOnlySpec : Akka.TestKit.Xunit2.TestKit
         await onC.ReadAsync(MirrorSuperblock.DataOffset, back).AsTask().WaitAsync(Liveness);
         Assert.Equal(data, back);
     }
+
+    // A handle opened while the device was read-only has a local queue connected read-only (the
+    // entry and the export's handshake said so). Its owner making it writable replaces that queue
+    // by one connected now: before, the handle stayed read-only for good (a review).
+    [Fact]
+    public async Task A_remote_device_opened_read_only_becomes_writable_when_its_owner_makes_it_so()
+    {
+        var a = ClusterNode.Start("a");
+        await using var _a = a;
+        var c = ClusterNode.Start("c");
+        await using var _c = c;
+        await a.JoinAsync(a, Liveness);
+        await c.JoinAsync(a, Liveness);
+        c.ExportNbd();
+        await c.Layer.CreateDeviceAsync(Memory("ro"));
+        await c.Layer.WriteAttributeAsync("block/ro/queue/read_only", "1");
+        await a.WaitForDevicesAsync(ds => ds.Any(d => d.Id == $"ro@{c.Name}" && d.ReadOnly && !string.IsNullOrEmpty(d.NbdEndpoint)), Liveness);
+        var handle = await a.Layer.OpenAsync($"ro@{c.Name}").WaitAsync(Liveness);
+        Assert.True(handle.IsReadOnly);
+        var data = new byte[4096];
+        Random.Shared.NextBytes(data);
+        Assert.Equal(InvalidRequestReason.ReadOnly, (await Assert.ThrowsAsync<InvalidBlockRequestException>(() => handle.WriteAsync(0, data).AsTask())).Reason);
+
+        var incarnation = handle.Incarnation;
+        await c.Layer.WriteAttributeAsync("block/ro/queue/read_only", "0");
+        await UntilAsync(() => handle.Incarnation > incarnation && !handle.IsReadOnly);
+        await handle.WriteAsync(0, data).AsTask().WaitAsync(Liveness);
+        Assert.True(c.Layer.TryGetDevice("ro", out var onC));
+        var back = new byte[data.Length];
+        await onC.ReadAsync(0, back).AsTask().WaitAsync(Liveness);
+        Assert.Equal(data, back);
+        await handle.DisposeAsync();
+    }
 }
