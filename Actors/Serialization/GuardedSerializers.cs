@@ -1,6 +1,7 @@
 using System.Runtime.Serialization;
 using System.Security.Cryptography;
 using Akka.Actor;
+using Akka.Configuration;
 using Akka.Dispatch.SysMsg;
 using Akka.Event;
 using Akka.Remote.Serialization;
@@ -187,15 +188,19 @@ public abstract class ManifestGuardingSerializer<TInner> : SerializerWithStringM
 
 /// <summary>
 /// Serializer id 16 (<c>akka-misc</c>): Akka.Remote's <see cref="MiscMessageSerializer"/> without
-/// <see cref="PoisonPill"/>, <see cref="Kill"/> (which untrusted mode lets through) and
-/// <see cref="Status.Failure"/> (its exception is rebuilt from a type name the sender chooses).
-/// Identify, ActorIdentity, actor references and remote-watch heartbeats pass.
+/// <see cref="PoisonPill"/>, <see cref="Kill"/> (which untrusted mode lets through),
+/// <see cref="Status.Failure"/> (its exception is rebuilt from a type name the sender chooses) and
+/// <see cref="Config"/> (its text goes to Akka's recursive HOCON parser: 50,000 nested brackets,
+/// 100 KB, overflowed the reader's stack and killed the node; only remote deployment, refused
+/// anyway, carries a configuration). Identify, ActorIdentity, actor references and remote-watch
+/// heartbeats pass.
 /// </summary>
 public sealed class GuardedMiscMessageSerializer(ExtendedActorSystem system) : ManifestGuardingSerializer<MiscMessageSerializer>(
     system,
     () => new MiscMessageSerializer(system),
-    inner => [inner.Manifest(PoisonPill.Instance), inner.Manifest(Kill.Instance), inner.Manifest(new Status.Failure(new InvalidOperationException()))],
-    "akka-misc: PoisonPill, Kill or Status.Failure")
+    inner => [inner.Manifest(PoisonPill.Instance), inner.Manifest(Kill.Instance), inner.Manifest(new Status.Failure(new InvalidOperationException())),
+        inner.Manifest(ConfigurationFactory.Empty)],
+    "akka-misc: PoisonPill, Kill, Status.Failure or Config")
 {
     /// <inheritdoc />
     public override int Identifier => 16;

@@ -60,6 +60,27 @@ public sealed class RogueHyperionSerializer : HyperionSerializer
     public override int Identifier => ActorBlkHyperionSerializer.SerializerId;
 }
 
+/// <summary>A message the attacker writes byte for byte under Akka's <c>akka-misc</c> id (16) and a manifest of its choice.</summary>
+/// <param name="Manifest">The manifest the node's serializer is asked to read.</param>
+/// <param name="Bytes">The payload.</param>
+public sealed record RawMiscPayload(string Manifest, byte[] Bytes);
+
+/// <summary>The attacker's <c>akka-misc</c>: writes <see cref="RawMiscPayload"/> as it is, and reads anything back as one.</summary>
+public sealed class RawMiscSerializer(ExtendedActorSystem system) : SerializerWithStringManifest(system)
+{
+    /// <inheritdoc />
+    public override int Identifier => 16;
+
+    /// <inheritdoc />
+    public override byte[] ToBinary(object obj) => ((RawMiscPayload)obj).Bytes;
+
+    /// <inheritdoc />
+    public override string Manifest(object o) => ((RawMiscPayload)o).Manifest;
+
+    /// <inheritdoc />
+    public override object FromBinary(byte[] bytes, string manifest) => new RawMiscPayload(manifest, bytes);
+}
+
 /// <summary>
 /// The node's network surface over real remoting (README, "Security"): a separate actor system on
 /// loopback that is not a cluster member tries what an attacker on the network would. Each attempt
@@ -343,5 +364,46 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         await AssertStillServes(attacker);
         AssertNothingDelivered<RequestQueueProtocol.Unregistered>();
         AssertNothingDelivered<RequestQueueProtocol.Ready>();
+    }
+
+    [Fact]
+    public void A_config_from_the_network_is_refused_before_its_hocon_is_parsed()
+    {
+        // akka-misc reads a Config by handing its text to Akka's HOCON parser, which recurses once
+        // per nesting level. Only remote deployment (refused) carries one.
+        var misc = Assert.IsType<GuardedMiscMessageSerializer>(Sys.Serialization.FindSerializerForType(typeof(Config)));
+        var manifest = misc.Manifest(ConfigurationFactory.ParseString("a = 1"));
+        Assert.Contains(manifest, misc.RefusedManifests);
+        var refused = Assert.Throws<System.Runtime.Serialization.SerializationException>(() => misc.FromBinary("a = 1"u8.ToArray(), manifest));
+        Assert.Contains("ActorBlk refuses", refused.Message);
+    }
+
+    [Fact]
+    public async Task A_deeply_nested_config_through_the_trusted_path_does_not_kill_the_node()
+    {
+        // An outside audit: 50,000 nested brackets (100 KB, within one remoting frame) sent as a
+        // Config to /user/actorblk from a peer without the secret overflowed the stack of the
+        // node's remoting reader and the process died ("Stack overflow", 43,000 lines of trace).
+        var raw = ActorSystem.Create("rawattacker", ConfigurationFactory.ParseString("""
+            akka.loglevel = WARNING
+            akka.actor.provider = remote
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+            akka.actor.serializers.raw-misc = "ActorBlk.Actors.Tests.Security.RawMiscSerializer, ActorBlk.Actors.Tests"
+            akka.actor.serialization-bindings { "ActorBlk.Actors.Tests.Security.RawMiscPayload, ActorBlk.Actors.Tests" = raw-misc }
+            """).WithFallback(AttackerConfig));
+        try
+        {
+            var manifest = ((SerializerWithStringManifest)Sys.Serialization.FindSerializerForType(typeof(Config))).Manifest(ConfigurationFactory.Empty);
+            var hocon = System.Text.Encoding.UTF8.GetBytes("a = " + new string('[', 50_000) + new string(']', 50_000));
+            var attacker = CreateTestProbe(raw);
+            Guardian(raw).Tell(new RawMiscPayload(manifest, hocon), attacker.Ref);
+            Guardian(raw).Tell(new RawMiscPayload(manifest, "a = 1"u8.ToArray()), attacker.Ref);
+            await AssertStillServes(attacker);
+            AssertNothingDelivered<Config>();
+        }
+        finally
+        {
+            await raw.Terminate();
+        }
     }
 }
