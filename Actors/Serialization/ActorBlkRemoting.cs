@@ -119,6 +119,8 @@ public static class ActorBlkRemoting
             akka-cluster = "ActorBlk.Actors.Serialization.GuardedClusterMessageSerializer, ActorBlk.Actors"
             akka-data-replication = "ActorBlk.Actors.Serialization.GuardedReplicatorMessageSerializer, ActorBlk.Actors"
             akka-replicated-data = "ActorBlk.Actors.Serialization.GuardedReplicatedDataSerializer, ActorBlk.Actors"
+            akka-containers = "ActorBlk.Actors.Serialization.GuardedMessageContainerSerializer, ActorBlk.Actors"
+            reliable-delivery = "ActorBlk.Actors.Serialization.GuardedReliableDeliverySerializer, ActorBlk.Actors"
           }
           serialization-bindings {
             "ActorBlk.Actors.Serialization.IActorBlkMessage, ActorBlk.Actors" = actorblk

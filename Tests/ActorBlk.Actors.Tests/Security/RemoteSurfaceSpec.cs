@@ -406,4 +406,68 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
             await raw.Terminate();
         }
     }
+
+    // An actor selection's wire form (SelectionEnvelope: field 1 the enclosed message's bytes,
+    // field 2 its serializer id) around an Identify, wrapped in selections depth - 1 times more.
+    private byte[] NestedSelection(int depth)
+    {
+        var identify = Sys.Serialization.FindSerializerFor(new Identify(5));
+        var inner = identify.ToBinary(new Identify(5));
+        var innerId = identify.Identifier;
+        var manifest = System.Text.Encoding.UTF8.GetBytes(((SerializerWithStringManifest)identify).Manifest(new Identify(5)));
+        for (var level = 0; level < depth; level++)
+        {
+            var envelope = new MemoryStream();
+            WriteBytesField(envelope, 1, inner);
+            envelope.WriteByte(0x10);
+            WriteVarint(envelope, (uint)innerId);
+            if (level == 0)
+            {
+                WriteBytesField(envelope, 4, manifest);
+            }
+
+            inner = envelope.ToArray();
+            innerId = 6;
+        }
+
+        return inner;
+
+        static void WriteBytesField(MemoryStream to, int field, byte[] bytes)
+        {
+            to.WriteByte((byte)((field << 3) | 2));
+            WriteVarint(to, (uint)bytes.Length);
+            to.Write(bytes);
+        }
+
+        static void WriteVarint(MemoryStream to, uint value)
+        {
+            for (; value >= 0x80; value >>= 7)
+            {
+                to.WriteByte((byte)(value | 0x80));
+            }
+
+            to.WriteByte((byte)value);
+        }
+    }
+
+    [Fact]
+    public void Payloads_nested_in_payloads_are_refused_past_a_small_depth()
+    {
+        // An outside audit: a selection whose message is a selection again, 19,000 deep in one
+        // 110 KB frame, was read level by level, copying the rest each time: the node allocated
+        // about 1 GB and answered its peer 5 s later, per message (five: 15 s, 1.1 to 1.9 GB).
+        Assert.IsType<GuardedMessageContainerSerializer>(Sys.Serialization.FindSerializerForType(typeof(ActorSelectionMessage)));
+        var delivery = typeof(ActorSystem).Assembly.GetType("Akka.Delivery.Internal.IDeliverySerializable", throwOnError: true)!;
+        Assert.IsType<GuardedReliableDeliverySerializer>(Sys.Serialization.FindSerializerForType(delivery));
+
+        // A few levels read as before (selections over the wire, AssertStillServes, still work).
+        Assert.IsType<ActorSelectionMessage>(Sys.Serialization.Deserialize(NestedSelection(3), 6, string.Empty));
+
+        var deep = NestedSelection(1_000);
+        var refused = Assert.Throws<System.Runtime.Serialization.SerializationException>(() => Sys.Serialization.Deserialize(deep, 6, string.Empty));
+        Assert.Contains($"more than {PayloadNesting.MaxDepth} deep", refused.ToString());
+
+        // The limit is per message: the next one reads as before.
+        Assert.IsType<ActorSelectionMessage>(Sys.Serialization.Deserialize(NestedSelection(1), 6, string.Empty));
+    }
 }
