@@ -202,7 +202,8 @@ internal static class MessageIo
     /// defined operation, a length of 0 or more within the device's <c>max_sectors_kb</c> (reads
     /// and writes; discards and write-zeroes move no data but stay within the capacity), data only
     /// on writes and exactly as long as named, and for a sender on another node a read or write
-    /// that fits in one remoting frame (larger transfers go over NBD).
+    /// that fits in one remoting frame (larger transfers go over NBD); so must one with no sender
+    /// (a peer that names none), whose reply nobody receives.
     /// </summary>
     public static SoftwareContextProtocol.Rejected? Check(IBlockDevice device, SoftwareContextProtocol.Submit io, IActorRef sender, int maxRemoteData)
     {
@@ -240,7 +241,11 @@ internal static class MessageIo
             return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange, $"{device.Name}: {io.Length} bytes exceed max_sectors_kb ({maxBytes / 1024}); split the I/O.");
         }
 
-        if (movesData && io.Length > maxRemoteData && sender is IActorRefScope { IsLocal: false })
+        // A message from another node that names no sender arrives with dead letters as its
+        // sender, a local reference: it is held to the same limit (an outside audit sent 2,000
+        // reads of 1,280 KiB, 300 KB in all, without a sender, and the node grew by 2.5 GB). A
+        // reply to nobody carries nothing anyone reads.
+        if (movesData && io.Length > maxRemoteData && (sender is IActorRefScope { IsLocal: false } || sender.IsNobody()))
         {
             return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange,
                 $"{device.Name}: {io.Length} bytes do not fit in one remoting message (at most {maxRemoteData}); move large transfers over NBD.");

@@ -356,6 +356,29 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
     }
 
     [Fact]
+    public void An_oversized_read_without_a_sender_is_refused_too()
+    {
+        // A message from a peer that names no sender arrives with dead letters as its sender, a
+        // local reference, and the frame limit was applied to remote senders only: an outside
+        // audit sent 2,000 reads of 1,280 KiB (max_sectors_kb) that way to `actorblk serve`,
+        // 300 KB in all, and the node grew from 127 MB to 2.6 GB.
+        var device = Layer.Devices.Single(d => d.Name == "nullb0");
+        var read = new SoftwareContextProtocol.Submit(47, BlockOp.Read, 0, 256 << 10);
+        const int frame = 120_000;
+        foreach (var nobody in new[] { ActorRefs.Nobody, Sys.DeadLetters })
+        {
+            var refused = MessageIo.Check(device, read, nobody, frame);
+            Assert.NotNull(refused);
+            Assert.Equal((47L, InvalidRequestReason.OutOfRange), (refused.Id, refused.Reason));
+            Assert.Contains("NBD", refused.Message);
+        }
+
+        // A local caller (the BlockLayer API, an actor of the process) still reads up to max_sectors_kb.
+        Assert.Null(MessageIo.Check(device, read, TestActor, frame));
+        Assert.Null(MessageIo.Check(device, read with { Length = 4096 }, Sys.DeadLetters, frame));
+    }
+
+    [Fact]
     public async Task Internal_protocol_messages_are_not_accepted_from_the_network()
     {
         var attacker = CreateTestProbe(_attacker);
