@@ -353,7 +353,16 @@ public sealed class NbdServer : IAsyncDisposable
                 // the exception ended the accept loop unobserved, and the server, still bound,
                 // left every later client waiting for a greeting.
                 _connections.TryRemove(id, out _);
-                Log?.Invoke($"NBD connection {id} from {EndpointOf(socket)} closed at accept: {ex}");
+                if (ex is SocketException or IOException or ObjectDisposedException)
+                {
+                    // The client's socket reset before it was set up: rate-limited, as any
+                    // close a client causes (a client can do it in a loop).
+                    LogClose($"NBD connection {id} from {EndpointOf(socket)} closed at accept: {ex.Message}");
+                }
+                else
+                {
+                    Log?.Invoke($"NBD connection {id} from {EndpointOf(socket)} closed at accept: {ex}");
+                }
                 socket.Dispose();
             }
         }
