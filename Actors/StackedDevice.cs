@@ -71,11 +71,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
                 ReAddFailed(last.Leg, last.Reason);
             }
 
-            // So may a recovery or resync have started (its end is logged: the subscription came first).
-            if (mirror.CurrentSync is { } pass)
-            {
-                SyncStarted(pass);
-            }
+            TellCurrentSync(mirror);
         }
 
         Context.Parent.Tell(new RequestQueueProtocol.Ready(_device.Name));
@@ -109,6 +105,17 @@ internal sealed class StackedDeviceActor : ReceiveActor
         mirror.SyncStarted -= SyncStarted;
         mirror.SyncEnded -= SyncEnded;
         mirror.BackgroundFaulted -= BackgroundFaulted;
+    }
+
+    // A recovery or resync may have started while the mirror was assembled, before this
+    // subscription (at start, or for a table swapped in): its end is logged, so its start is too
+    // (twice when it raced with the subscription: better than never).
+    private void TellCurrentSync(MirrorTarget mirror)
+    {
+        if (mirror.CurrentSync is { } pass)
+        {
+            SyncStarted(pass);
+        }
     }
 
     // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
@@ -211,6 +218,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
             if (target is MirrorTarget mirror)
             {
                 Subscribe(mirror);
+                TellCurrentSync(mirror);
             }
         }
         finally
