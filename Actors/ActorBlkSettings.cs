@@ -209,6 +209,7 @@ public sealed record ActorBlkSettings(
         RefuseUnknownKeys(config, defaults);
         var c = config.WithFallback(defaults).GetConfig("actorblk");
         CheckSettingsReadElsewhere(c);
+        _ = Serialization.RemoteSurface.MaxInflightIoBytes(config.WithFallback(defaults)); // read by the first remote I/O
         var source = c.GetString("topology.source", "system");
         if (source is not ("system" or "simulated"))
         {

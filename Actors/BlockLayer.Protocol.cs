@@ -101,7 +101,9 @@ public sealed partial class BlockLayer
     /// receives <see cref="SoftwareContextProtocol.Completed"/>, <see cref="SoftwareContextProtocol.Rejected"/> or
     /// <see cref="NoSuchDevice"/>, each with <paramref name="Id"/>. Every field is checked before
     /// anything is allocated (<c>MessageIo.Check</c>); over remoting a read or write moves at most
-    /// one frame of data.
+    /// one frame of data, and one that would take the data of remote I/O in flight on the node past
+    /// <c>actorblk.remote.max-inflight-io-bytes</c> is answered at once with
+    /// <see cref="SoftwareContextProtocol.Completed"/> and <c>BlockStatus.Resource</c> (retry later).
     /// </summary>
     public sealed record Io(string Device, long Id, BlockOp Op, long Offset, int Length, byte[]? Data = null, RequestFlags Flags = RequestFlags.None, int Cpu = -1) : IActorBlkMessage;
 }

@@ -31,7 +31,10 @@ public static class SoftwareContextProtocol
 
     /// <summary>
     /// An I/O submitted as a message, locally or over the cluster. The sender receives
-    /// <see cref="Completed"/> or <see cref="Rejected"/> with the same <paramref name="Id"/>.
+    /// <see cref="Completed"/> or <see cref="Rejected"/> with the same <paramref name="Id"/>; from
+    /// another node, a read or write past the node's budget of remote I/O in flight
+    /// (<c>actorblk.remote.max-inflight-io-bytes</c>) is <see cref="Completed"/> at once with
+    /// <see cref="BlockStatus.Resource"/>.
     /// </summary>
     /// <param name="Id">The caller's identifier, echoed in the reply.</param>
     /// <param name="Op">The operation.</param>
@@ -75,6 +78,7 @@ internal sealed class SoftwareContextActor : UntypedActor, IMailboxWorkSource
     private readonly BlockDevice _device;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly int _maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
+    private readonly RemoteIoBudget _remoteBudget = RemoteIoBudget.For(Context.System);
 
     public SoftwareContextActor(SoftwareContext ctx, BlockDevice device)
     {
@@ -147,7 +151,7 @@ internal sealed class SoftwareContextActor : UntypedActor, IMailboxWorkSource
         base.PostStop();
     }
 
-    private void HandleSubmit(SoftwareContextProtocol.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData);
+    private void HandleSubmit(SoftwareContextProtocol.Submit io) => MessageIo.Submit(_device, io, _ctx.Cpu, Sender, _log, _maxRemoteData, _remoteBudget);
 }
 
 /// <summary>An I/O that arrived as a message (from a peer node or an actor), submitted to a device with its reply as the end-io.</summary>
@@ -158,9 +162,13 @@ internal static class MessageIo
     /// sender receives <see cref="SoftwareContextProtocol.Completed"/> (with the data of a read) or, for a
     /// malformed I/O, <see cref="SoftwareContextProtocol.Rejected"/> at once. Every field is checked before
     /// anything is allocated (<see cref="Check"/>); a sender on another node may move at most
-    /// <paramref name="maxRemoteData"/> bytes per message (the remoting frame, less the envelope).
+    /// <paramref name="maxRemoteData"/> bytes per message (the remoting frame, less the envelope),
+    /// and its reads and writes together at most the <paramref name="remoteBudget"/> until they
+    /// complete: one that does not fit is answered at once, without allocating, with
+    /// <see cref="BlockStatus.Resource"/> (ENOMEM; the caller retries).
     /// </summary>
-    public static void Submit(IBlockDevice device, SoftwareContextProtocol.Submit io, int cpu, IActorRef sender, ILoggingAdapter log, int maxRemoteData = int.MaxValue)
+    public static void Submit(IBlockDevice device, SoftwareContextProtocol.Submit io, int cpu, IActorRef sender, ILoggingAdapter log, int maxRemoteData = int.MaxValue,
+        RemoteIoBudget? remoteBudget = null)
     {
         if (Check(device, io, sender, maxRemoteData) is { } refusal)
         {
@@ -173,6 +181,22 @@ internal static class MessageIo
             return;
         }
 
+        // The data a remote read or write holds until it completes (Check has bounded Length).
+        var held = remoteBudget is not null && (io.Op is BlockOp.Read or BlockOp.Write) && IsRemote(sender) ? io.Length : 0;
+        if (held > 0 && !remoteBudget!.TryTake(held))
+        {
+            // A peer may retry for ever: one warning line for the first refusals, then one in a thousand.
+            var refused = remoteBudget.CountRefusal();
+            if (refused <= 10 || refused % 1000 == 0)
+            {
+                log.Warning("Refused I/O {0} from {1} with Resource: remote I/O in flight holds {2} of {3} bytes ({4}); {5} refused so far",
+                    io.Id, sender, remoteBudget.InUse, remoteBudget.Capacity, RemoteSurface.MaxInflightIoBytesKey, refused);
+            }
+
+            sender.Tell(new SoftwareContextProtocol.Completed(io.Id, BlockStatus.Resource, null));
+            return;
+        }
+
         var buffer = io.Op switch
         {
             BlockOp.Read => new byte[io.Length],
@@ -181,19 +205,27 @@ internal static class MessageIo
         };
 
         var length = io.Op == BlockOp.Write ? buffer.Length : io.Length;
+        var reply = new Reply(sender, io.Id, io.Op == BlockOp.Read ? buffer : null, held > 0 ? remoteBudget : null, held);
 
         try
         {
-            device.SubmitWithEndIo(io.Op, io.Offset, length, buffer, io.Flags, cpu, new Reply(sender, io.Id, io.Op == BlockOp.Read ? buffer : null));
+            device.SubmitWithEndIo(io.Op, io.Offset, length, buffer, io.Flags, cpu, reply);
         }
         catch (InvalidBlockRequestException ex)
         {
+            reply.Release();
             if (log.IsDebugEnabled)
             {
                 log.Debug("Rejected I/O {Id} from {Sender}: {Reason}", io.Id, sender, ex.Message);
             }
 
             sender.Tell(new SoftwareContextProtocol.Rejected(io.Id, ex.Reason, ex.Message));
+        }
+        catch
+        {
+            // Escaping, it restarts the actor; the bytes must not stay taken for ever.
+            reply.Release();
+            throw;
         }
     }
 
@@ -245,7 +277,7 @@ internal static class MessageIo
         // sender, a local reference: it is held to the same limit (an outside audit sent 2,000
         // reads of 1,280 KiB, 300 KB in all, without a sender, and the node grew by 2.5 GB). A
         // reply to nobody carries nothing anyone reads.
-        if (movesData && io.Length > maxRemoteData && (sender is IActorRefScope { IsLocal: false } || sender.IsNobody()))
+        if (movesData && io.Length > maxRemoteData && IsRemote(sender))
         {
             return new SoftwareContextProtocol.Rejected(io.Id, InvalidRequestReason.OutOfRange,
                 $"{device.Name}: {io.Length} bytes do not fit in one remoting message (at most {maxRemoteData}); move large transfers over NBD.");
@@ -254,10 +286,28 @@ internal static class MessageIo
         return null;
     }
 
-    // Replies to the submitter when the bio completes; read data travels back in the reply.
-    private sealed class Reply(IActorRef replyTo, long id, byte[]? readBuffer) : IBioEndIo
+    // A sender on another node, or none (a peer that names none arrives with dead letters, a local reference).
+    private static bool IsRemote(IActorRef sender) => sender is IActorRefScope { IsLocal: false } || sender.IsNobody();
+
+    // Replies to the submitter when the bio completes; read data travels back in the reply. The
+    // budget is given back before the reply goes, so a caller that sends its next request on the
+    // reply finds the room free; at most once (a submission that throws gives it back itself).
+    private sealed class Reply(IActorRef replyTo, long id, byte[]? readBuffer, RemoteIoBudget? budget, long held) : IBioEndIo
     {
-        public void OnBioComplete(Bio bio, BlockStatus status) =>
+        private long _held = held;
+
+        public void OnBioComplete(Bio bio, BlockStatus status)
+        {
+            Release();
             replyTo.Tell(new SoftwareContextProtocol.Completed(id, status, status == BlockStatus.Ok ? readBuffer : null));
+        }
+
+        public void Release()
+        {
+            if (Interlocked.Exchange(ref _held, 0) is var bytes and > 0)
+            {
+                budget!.Return(bytes);
+            }
+        }
     }
 }

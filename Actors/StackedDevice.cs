@@ -34,7 +34,7 @@ internal sealed class StackedDeviceActor : ReceiveActor
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
         Receive<RequestQueueProtocol.GetInfo>(_ => Sender.Tell(Info()));
         Receive<RequestQueueProtocol.Io>(io => MessageIo.Submit(_device, new SoftwareContextProtocol.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
-            io.Cpu, Sender, _log, Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config)));
+            io.Cpu, Sender, _log, Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config), RemoteIoBudget.For(Context.System)));
         Receive<RequestQueueProtocol.Unregister>(_ =>
         {
             _unregisterReplyTo = Sender;

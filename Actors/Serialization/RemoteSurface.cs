@@ -46,6 +46,12 @@ public static class RemoteSurface
     /// <summary>The configuration key of the file holding the admin secret.</summary>
     public const string SecretFileKey = "actorblk.remote.admin-secret-file";
 
+    /// <summary>The configuration key of the bytes I/O messages from the network may hold in flight on a node.</summary>
+    public const string MaxInflightIoBytesKey = "actorblk.remote.max-inflight-io-bytes";
+
+    /// <summary>The default of <see cref="MaxInflightIoBytesKey"/> (64 MiB).</summary>
+    public const long DefaultMaxInflightIoBytes = 64L << 20;
+
     /// <summary>The environment variable that overrides both (for clients).</summary>
     public const string SecretVariable = "ACTORBLK_ADMIN_SECRET";
 
@@ -263,6 +269,31 @@ public static class RemoteSurface
         ArgumentNullException.ThrowIfNull(config);
         var frame = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size", 128000) ?? 128000;
         return (int)Math.Clamp(frame - EnvelopeReserve, 0, int.MaxValue);
+    }
+
+    /// <summary>
+    /// The data bytes that reads and writes from the network may hold in flight on a node with
+    /// <paramref name="config"/> (<see cref="MaxInflightIoBytesKey"/>): a request past it is answered
+    /// with <c>BlockStatus.Resource</c> at once (README, "Security").
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is not a size, or is 0.</exception>
+    public static long MaxInflightIoBytes(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var text = config.GetString(MaxInflightIoBytesKey, string.Empty);
+        if (text.Length == 0)
+        {
+            return DefaultMaxInflightIoBytes;
+        }
+
+        if (!Hardware.Devices.ByteSize.TryParse(text, out var bytes))
+        {
+            throw new ConfigurationException($"{MaxInflightIoBytesKey}: '{text}' is not a size.");
+        }
+
+        return bytes > 0
+            ? bytes
+            : throw new ConfigurationException($"{MaxInflightIoBytesKey}: '{text}' is not positive (remote reads and writes need room for one request).");
     }
 
     private static string ExpandHome(string path) =>

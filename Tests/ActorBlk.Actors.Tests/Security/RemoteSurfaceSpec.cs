@@ -101,7 +101,7 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         actorblk.remote.admin-secret = "{{Secret}}"
         """).WithFallback(ActorBlkRemoting.SerializerConfig).WithFallback(ActorBlkRemoting.UntrustedModeConfig).WithFallback(Configs.Simulated);
 
-    private static readonly Config AttackerConfig = ConfigurationFactory.ParseString("""
+    internal static readonly Config AttackerConfig = ConfigurationFactory.ParseString("""
         akka.loglevel = WARNING
         akka.actor.provider = remote
         akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
