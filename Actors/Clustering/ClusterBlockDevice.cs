@@ -263,26 +263,9 @@ internal sealed class RemoteDeviceTarget(IBlockDevice? device)
     // The queue was retired (owner lost, device gone or moved): its I/O fails Offline from now on.
     public void Disconnect(object sender) => Raise(Disconnected, sender);
 
-    // Raised by the remote-device actor: each handler apart, and one that throws (an application's
-    // bug) is skipped, so it neither restarts that actor, losing what it tracks, nor keeps the
+    // Raised by the remote-device actor, each handler apart (Listeners): one that throws (an
+    // application's bug) neither restarts that actor, losing what it tracks, nor keeps the
     // handlers after it (a mirror's leg among them) from hearing.
-    private static void Raise(EventHandler? handlers, object sender)
-    {
-        if (handlers is null)
-        {
-            return;
-        }
-
-        foreach (var handler in handlers.GetInvocationList().Cast<EventHandler>())
-        {
-            try
-            {
-                handler(sender, EventArgs.Empty);
-            }
-            catch (Exception)
-            {
-                // A listener's fault is not the device's.
-            }
-        }
-    }
+    private static void Raise(EventHandler? handlers, object sender) =>
+        Hardware.Listeners.Raise(handlers, handler => handler(sender, EventArgs.Empty));
 }

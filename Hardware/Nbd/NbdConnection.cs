@@ -1819,28 +1819,7 @@ public sealed class NbdConnection
         {
             var partOffset = offset + (i * chunk);
             var partLength = parts == 1 ? length : Math.Min(chunk, length - (i * chunk));
-            try
-            {
-                device.SubmitWithEndIo(op, partOffset, partLength, buffer, flags, IBlockDevice.AnyCpu, slot);
-            }
-            catch (InvalidBlockRequestException ex)
-            {
-                slot.PartRefused(NbdErrors.FromRefusal(ex.Reason));
-            }
-            catch (ObjectDisposedException)
-            {
-                slot.PartRefused(NbdError.Shutdown);
-            }
-#pragma warning disable CA1031 // the part must count as completed, or the slot never replies and the connection never drains
-            catch (Exception ex)
-#pragma warning restore CA1031
-            {
-                // A bug below (nothing else is expected): this part fails with EIO. Escaping, it
-                // ended the reader with the slot's other parts uncounted: the slot never replied,
-                // the connection never drained, and a stop of the server waited for it for ever.
-                slot.LogFault($"submitting a {op.Name()}", ex);
-                slot.PartRefused(NbdError.Io);
-            }
+            slot.SubmitPart(device, op, partOffset, partLength, buffer, flags);
         }
     }
 

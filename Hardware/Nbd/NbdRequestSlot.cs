@@ -129,11 +129,20 @@ internal sealed class NbdRequestSlot : IBioEndIo
         ThreadPool.UnsafeQueueUserWorkItem(static s => s.slot.SubmitFlush(s.device), (slot: this, device), preferLocal: false);
     }
 
-    private void SubmitFlush(IBlockDevice device)
+    private void SubmitFlush(IBlockDevice device) =>
+        SubmitPart(device, BlockOp.Flush, 0, 0, default, RequestFlags.None);
+
+    /// <summary>
+    /// Submits one bio of this request. A refusal, a device gone or any other exception (a bug
+    /// below, logged with its stack: EIO) counts the part as completed, so the slot always
+    /// replies and the connection drains; nothing escapes (the flush runs as a thread-pool work
+    /// item, where an escaping exception ends the process).
+    /// </summary>
+    public void SubmitPart(IBlockDevice device, BlockOp op, long offset, long length, Memory<byte> buffer, RequestFlags flags)
     {
         try
         {
-            device.SubmitWithEndIo(BlockOp.Flush, 0, 0, default, RequestFlags.None, IBlockDevice.AnyCpu, this);
+            device.SubmitWithEndIo(op, offset, length, buffer, flags, IBlockDevice.AnyCpu, this);
         }
         catch (InvalidBlockRequestException ex)
         {
@@ -143,19 +152,14 @@ internal sealed class NbdRequestSlot : IBioEndIo
         {
             PartRefused(NbdError.Shutdown);
         }
-#pragma warning disable CA1031 // a thread-pool work item: an exception escaping it ends the process
+#pragma warning disable CA1031 // the part must count as completed, or the slot never replies and the connection never drains
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            // A bug below (nothing else is expected): the request fails with EIO rather than the
-            // process ending on an unhandled exception and this slot never replying.
-            _connection.LogFault("submitting the flush after a FUA trim or write zeroes", ex);
+            _connection.LogFault($"submitting a {op.Name()}", ex);
             PartRefused(NbdError.Io);
         }
     }
-
-    /// <summary>An unexpected exception submitting this request's I/O, logged by its connection.</summary>
-    public void LogFault(string what, Exception ex) => _connection.LogFault(what, ex);
 
     private void Finish()
     {

@@ -68,7 +68,7 @@ public sealed partial class MirrorTarget
 
         // Outside the lock: the listeners log, and cancelling runs the sync's continuations.
         var name = _legs[leg].Name;
-        Notify(LegFailed, handler => handler(name, inSync, _legs.Length));
+        Listeners.Raise(LegFailed, handler => handler(name, inSync, _legs.Length));
         if (inSync == 0)
         {
             _stop.Cancel();
@@ -184,7 +184,7 @@ public sealed partial class MirrorTarget
         catch (Exception ex)
         {
             // A bug (a leg's failure is a status, not an exception): said, and the daemon stops.
-            Notify(BackgroundFaulted, handler => handler("bitmap daemon", ex));
+            Listeners.Raise(BackgroundFaulted, handler => handler("bitmap daemon", ex));
         }
     }
 

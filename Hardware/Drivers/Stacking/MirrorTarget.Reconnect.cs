@@ -111,7 +111,7 @@ public sealed partial class MirrorTarget
             catch (Exception ex)
             {
                 // A bug: said, rather than ended unobserved.
-                Notify(BackgroundFaulted, handler => handler("leg failure", ex));
+                Listeners.Raise(BackgroundFaulted, handler => handler("leg failure", ex));
             }
         });
     }
@@ -167,13 +167,13 @@ public sealed partial class MirrorTarget
                 if (stillFaulty && !_stop.IsCancellationRequested)
                 {
                     Volatile.Write(ref _lastReAddFailure, new MirrorReAddFailure(device.Name, ex.Message));
-                    Notify(AutomaticReAddFailed, handler => handler(device.Name, ex.Message));
+                    Listeners.Raise(AutomaticReAddFailed, handler => handler(device.Name, ex.Message));
                 }
             }
             catch (Exception ex)
             {
                 // A bug: said, rather than ended unobserved; the leg stays as the re-add left it.
-                Notify(BackgroundFaulted, handler => handler("automatic re-add", ex));
+                Listeners.Raise(BackgroundFaulted, handler => handler("automatic re-add", ex));
             }
         });
     }

@@ -150,7 +150,7 @@ public sealed partial class MirrorTarget
                 _syncDone = _syncTotal = 0;
             }
 
-            Notify(BackgroundFaulted, handler => handler("sync", ex));
+            Listeners.Raise(BackgroundFaulted, handler => handler("sync", ex));
         }
     }
 

@@ -402,29 +402,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     // Tells each subscriber of a notification: one that throws is skipped, so neither the mirror's
     // sync, a re-add, nor the I/O completion that failed a leg breaks on a listener (nor do the
-    // listeners after it miss it).
-    private static void Notify<T>(Action<T>? handlers, T value) => Notify(handlers, handler => handler(value));
-
-    private static void Notify<TDelegate>(TDelegate? handlers, Action<TDelegate> call)
-        where TDelegate : Delegate
-    {
-        if (handlers is null)
-        {
-            return;
-        }
-
-        foreach (var handler in handlers.GetInvocationList().Cast<TDelegate>())
-        {
-            try
-            {
-                call(handler);
-            }
-            catch (Exception)
-            {
-                // A listener's fault is not the mirror's.
-            }
-        }
-    }
+    // listeners after it miss it): Listeners.
+    private static void Notify<T>(Action<T>? handlers, T value) => Listeners.Raise(handlers, handler => handler(value));
 
     /// <summary>Read errors of leg <paramref name="leg"/> corrected from another leg (md's per-device <c>errors</c>).</summary>
     public long CorrectedReadErrors(int leg) => Interlocked.Read(ref _correctedReads[leg]);
