@@ -656,6 +656,9 @@ internal sealed class BenchRun
     // I/O completed inline there, for that submission to go on with once it returns (as the kernel
     // queues bios submitted during a submission on current->bio_list instead of recursing). One
     // thread-static read per I/O, where a compare-and-swap on the slot used to decide who goes on.
+    // First in, first out, as bio_list_add and bio_list_pop: a stack let a slot whose every I/O
+    // completes inline (a mirror degraded onto a memory leg) go on for ever on top of the slots
+    // whose completions had landed on this thread before it, which were never submitted again.
     private sealed class SubmitterState
     {
         [ThreadStatic]
@@ -664,8 +667,11 @@ internal sealed class BenchRun
         /// <summary>True while the thread is inside a slot's submission.</summary>
         public bool InSubmit;
 
-        /// <summary>Slots whose I/O completed inline during that submission.</summary>
+        /// <summary>The oldest slot whose I/O completed inline during that submission.</summary>
         public Slot? Pending;
+
+        /// <summary>The newest such slot.</summary>
+        public Slot? PendingTail;
 
         public static SubmitterState Current => t_current ??= new SubmitterState();
     }
@@ -712,8 +718,16 @@ internal sealed class BenchRun
             var thread = SubmitterState.Current;
             if (thread.InSubmit)
             {
-                _nextPending = thread.Pending;
-                thread.Pending = this;
+                if (thread.PendingTail is { } tail)
+                {
+                    tail._nextPending = this;
+                }
+                else
+                {
+                    thread.Pending = this;
+                }
+
+                thread.PendingTail = this;
                 return;
             }
 
@@ -733,6 +747,11 @@ internal sealed class BenchRun
                 }
 
                 thread.Pending = slot._nextPending;
+                if (thread.Pending is null)
+                {
+                    thread.PendingTail = null;
+                }
+
                 slot._nextPending = null;
             }
         }

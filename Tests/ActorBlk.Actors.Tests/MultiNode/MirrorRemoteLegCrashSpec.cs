@@ -154,7 +154,10 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
     // One iodepth entry of a fio-like job, as the bench's slots are: its end_io call-back records
     // the write and submits the next one on the completing thread; one that completes inside a
     // submission on this thread (a leg that completes inline) is submitted once that returns, so
-    // the stack does not grow with every write.
+    // the stack does not grow with every write, in the order they completed (first in, first out,
+    // as the kernel's current->bio_list and the bench: a stack once kept seven slots whose
+    // completions had landed on a thread under the eighth, whose every write completed inline on
+    // the degraded mirror, and this spec failed on its own trampoline).
     private sealed class Slot(IBlockDevice device, int blocks, int seed) : IBioEndIo
     {
         [ThreadStatic]
@@ -162,6 +165,9 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
 
         [ThreadStatic]
         private static Slot? t_pending;
+
+        [ThreadStatic]
+        private static Slot? t_pendingTail;
 
         private readonly byte[] _data = new byte[Block];
         private readonly Random _random = new(seed);
@@ -189,6 +195,11 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
                 if (slot is not null)
                 {
                     t_pending = slot._nextPending;
+                    if (t_pending is null)
+                    {
+                        t_pendingTail = null;
+                    }
+
                     slot._nextPending = null;
                 }
             }
@@ -204,8 +215,16 @@ public sealed class MirrorRemoteLegCrashSpec : Akka.TestKit.Xunit2.TestKit
             Interlocked.Increment(ref _completed);
             if (t_inSubmit)
             {
-                _nextPending = t_pending;
-                t_pending = this;
+                if (t_pendingTail is { } tail)
+                {
+                    tail._nextPending = this;
+                }
+                else
+                {
+                    t_pending = this;
+                }
+
+                t_pendingTail = this;
                 return;
             }
 
