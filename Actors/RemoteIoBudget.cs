@@ -74,6 +74,9 @@ internal sealed class RemoteIoBudget : IExtension
         }
     }
 
+    /// <summary>Requests refused so far because the budget was full.</summary>
+    public long Refused => Interlocked.Read(ref _refused);
+
     /// <summary>Counts a refusal; returns how many there were so far (for a rate-limited warning).</summary>
     public long CountRefusal() => Interlocked.Increment(ref _refused);
 
@@ -81,7 +84,14 @@ internal sealed class RemoteIoBudget : IExtension
     {
         public static readonly Provider Instance = new();
 
-        public override RemoteIoBudget CreateExtension(ExtendedActorSystem system) =>
-            new(RemoteSurface.MaxInflightIoBytes(system.Settings.Config));
+        public override RemoteIoBudget CreateExtension(ExtendedActorSystem system)
+        {
+            var budget = new RemoteIoBudget(RemoteSurface.MaxInflightIoBytes(system.Settings.Config));
+
+            // Reported by node while its actor system runs (actorblk.remote.io_memory, io_refused).
+            RemoteMetrics.Add(budget, system.Provider.DefaultAddress.ToString());
+            _ = system.WhenTerminated.ContinueWith(_ => RemoteMetrics.Remove(budget), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            return budget;
+        }
     }
 }

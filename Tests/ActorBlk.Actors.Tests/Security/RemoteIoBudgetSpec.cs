@@ -1,6 +1,8 @@
+using System.Diagnostics.Metrics;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Akka.Actor;
@@ -96,6 +98,11 @@ public sealed class RemoteIoBudgetSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLife
         await Until(() => InFlight == Budget / Length);
         Assert.Equal(Budget, RemoteBudget.InUse);
 
+        // The operator sees it on the meter, by node, as dotnet-counters reads it.
+        using var metrics = new Recorder();
+        Assert.Equal(Budget, metrics.Collect("actorblk.remote.io_memory", Node));
+        Assert.Equal(reads - (Budget / Length), metrics.Collect("actorblk.remote.io_refused", Node));
+
         // A write's data counts as a read's buffer does.
         Guardian(_attacker).Tell(new BlockLayer.Io("held", 20, BlockOp.Write, 20 * Spacing, Length, new byte[Length]), attacker.Ref);
         Assert.Equal(new SoftwareContextProtocol.Completed(20, BlockStatus.Resource, null), await attacker.ExpectMsgAsync<SoftwareContextProtocol.Completed>(TimeSpan.FromSeconds(30)));
@@ -128,6 +135,8 @@ public sealed class RemoteIoBudgetSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLife
 
         Assert.Equal(Enumerable.Range(0, reads).Select(i => (long)i), answered.Order());
         Assert.Equal(0, RemoteBudget.InUse);
+        Assert.Equal(0, metrics.Collect("actorblk.remote.io_memory", Node));
+        Assert.Equal(reads - (Budget / Length) + 2, metrics.Collect("actorblk.remote.io_refused", Node));
 
         // A new remote read is served, and it is the only answer left: every request was answered once.
         _driver.CompleteInline = true;
@@ -138,5 +147,55 @@ public sealed class RemoteIoBudgetSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLife
         Assert.False(HasMessages);
         Assert.Equal(0, RemoteBudget.InUse);
         Assert.Equal(0L, _device.Queue.DoubleCompletions);
+    }
+
+    // The remote instruments' values by node, collected as a MeterListener (dotnet-counters) does.
+    private sealed class Recorder : IDisposable
+    {
+        private readonly MeterListener _listener = new();
+        private readonly List<(string Name, long Value, string? Node)> _values = [];
+
+        public Recorder()
+        {
+            _listener.InstrumentPublished = (instrument, listener) =>
+            {
+                if (instrument.Meter.Name == BlockMetrics.MeterName && instrument.Name.StartsWith("actorblk.remote.", StringComparison.Ordinal))
+                {
+                    listener.EnableMeasurementEvents(instrument);
+                }
+            };
+            _listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+            {
+                string? node = null;
+                foreach (var tag in tags)
+                {
+                    node = tag.Key == "node" ? tag.Value as string : node;
+                }
+
+                lock (_values)
+                {
+                    _values.Add((instrument.Name, value, node));
+                }
+            });
+            _listener.Start();
+        }
+
+        /// <summary>The value of <paramref name="name"/> for <paramref name="node"/>; null when not reported.</summary>
+        public long? Collect(string name, string node)
+        {
+            lock (_values)
+            {
+                _values.Clear();
+            }
+
+            _listener.RecordObservableInstruments();
+            lock (_values)
+            {
+                var hits = _values.Where(v => v.Name == name && v.Node == node).ToList();
+                return hits.Count == 0 ? null : hits.Sum(v => v.Value);
+            }
+        }
+
+        public void Dispose() => _listener.Dispose();
     }
 }
