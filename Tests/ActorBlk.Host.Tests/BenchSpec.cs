@@ -30,7 +30,7 @@ public sealed class BenchSpec
     public async Task Json_output_has_fios_layout_and_every_io_completes(string dispatch)
     {
         var json = await RunJson("--device", "null", "--irqmode=0", "--rw=randread", "--bs=4k", "--iodepth=8",
-            "--runtime=1", "--size=64m", $"--dispatch={dispatch}");
+            "--size=16m", $"--dispatch={dispatch}");
 
         var read = json.GetProperty("jobs")[0].GetProperty("read");
         Assert.True(read.GetProperty("total_ios").GetInt64() > 0);

@@ -34,7 +34,7 @@ public sealed partial class ClusterBenchSpec
             var node = AddressLine().Match(await owner.WaitForLineAsync(l => AddressLine().IsMatch(l), Within)).Groups["node"].Value;
 
             await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--device=far0", "--rw=randrw", "--bs=4k", "--iodepth=8",
-                "--size=64m", "--runtime=1", "--jit_warmup=0", "--output-format=json", "--eta=never");
+                "--size=8m", "--jit_warmup=0", "--output-format=json", "--eta=never");
             Assert.Equal(0, await bench.WaitForExitAsync(Within));
             using var json = JsonDocument.Parse(bench.StandardOutput);
             var actorblk = json.RootElement.GetProperty("actorblk");

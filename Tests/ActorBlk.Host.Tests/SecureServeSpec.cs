@@ -99,7 +99,9 @@ public sealed partial class SecureServeSpec : IDisposable
         Assert.Equal(0, list.Code);
         Assert.Contains("block/nullb0/queue/nr_requests\n", list.Out);
         Assert.Equal(0, (await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "8")).Code);
-        Assert.Equal("8\n", (await Run("sysfs", "cat", "block/nullb0/queue/nr_requests")).Out);
+        var cat = await Run("sysfs", "cat", "block/nullb0/queue/nr_requests");
+        Assert.True(cat.Code == 0, $"sysfs cat exited {cat.Code}:\n{cat.All}");
+        Assert.Equal("8\n", cat.Out);
         var offline = await Run("hotplug", "offline", "3");
         Assert.Equal(0, offline.Code);
         Assert.Contains("online CPUs 0-2", offline.Out);
