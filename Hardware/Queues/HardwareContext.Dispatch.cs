@@ -170,10 +170,16 @@ public sealed partial class HardwareContext
         ArgumentNullException.ThrowIfNull(driver);
         if (Queue.IsOffline)
         {
-            // The device is gone or the queue torn down: nothing reaches the driver any more.
+            // The device is gone or the queue torn down: nothing reaches the driver any more. Each
+            // request completes apart on the thread pool, as SetOffline fails those in flight: a
+            // completion runs its submitter's code (a mirror's continuation, the caller's next
+            // I/O), and ended in turn here, one that did not return (a bench's end_io resubmitting
+            // to a mirror degraded onto a leg that completes inline) kept the rest of the batch,
+            // and everything behind it in the ring, from failing, and held this dispatcher's
+            // thread (a dispatch loop, a submitter's direct round, a hardware queue's actor).
             foreach (var rq in batch)
             {
-                Queue.EndRequestWithStatus(rq, BlockStatus.Offline, rq.Generation);
+                Queue.EndApartWithStatus(rq, BlockStatus.Offline, rq.Generation);
             }
 
             return new DispatchOutcome(0, batch.Length, BlockStatus.Ok, null);

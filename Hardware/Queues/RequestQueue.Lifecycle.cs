@@ -181,8 +181,12 @@ public sealed partial class RequestQueue
     /// <summary>
     /// Ends every request of this queue that holds a tag, staged or in flight, with
     /// <paramref name="status"/>. Dispatch must be stopped (runtime detached or every hardware queue
-    /// stopped and idle). Completions racing with this are resolved exactly once.
+    /// stopped and idle). Completions racing with this are resolved exactly once: each request is
+    /// claimed here, and its completion then runs apart on the thread pool, never on the caller's
+    /// thread, as for <see cref="SetOffline"/> (a completion runs its submitter's code, and one
+    /// that does not return would keep the others from failing and the caller from going on).
     /// </summary>
+    /// <returns>How many requests this call claimed.</returns>
     public int FailOutstanding(BlockStatus status)
     {
         var failed = 0;
@@ -190,14 +194,14 @@ public sealed partial class RequestQueue
         {
             foreach (var rq in hctx.DrainPending())
             {
-                if (EndRequestWithStatus(rq, status, rq.Generation))
+                if (EndApartWithStatus(rq, status, rq.Generation))
                 {
                     failed++;
                 }
             }
         }
 
-        return failed + FailInFlight(status);
+        return failed + FailInFlightApart(status);
     }
 
     // The requests of this queue the driver holds (started, not completed), over the tag maps of
@@ -238,10 +242,8 @@ public sealed partial class RequestQueue
         return list;
     }
 
-    // Ends every request the driver holds with status; returns how many this call ended.
-    private int FailInFlight(BlockStatus status) => InFlightClaims().Count(c => EndRequestWithStatus(c.Rq, status, c.Generation));
-
-    // FailInFlight for a device that went away under live I/O (SetOffline): every request the
+    // Fails every request the driver holds, for a device that went away under live I/O
+    // (SetOffline) and for teardown (FailOutstanding): every request the
     // driver holds is claimed here (completed exactly once: a reply racing this loses), and each
     // one's completion proper then runs as its own work item on the thread pool, as the kernel
     // completes each request of a dead device in its own softirq (blk_mq_complete_request from

@@ -122,6 +122,25 @@ public sealed partial class RequestQueue
         rq.Retries++;
     }
 
+    /// <summary>
+    /// <see cref="EndRequestWithStatus"/> with the completion proper queued as its own work item on
+    /// the thread pool (<see cref="EndApart"/>): for a caller that ends several requests in turn
+    /// (dispatch failing what an offline device was sent, teardown), so one caller's end_io that
+    /// does not return cannot keep the others from being ended. Claimed here, exactly once.
+    /// </summary>
+    internal bool EndApartWithStatus(Request rq, BlockStatus status, uint generation)
+    {
+        var won = rq.State == RequestState.InFlight ? rq.TryComplete(generation) : rq.TryCompleteUnstarted();
+        if (!won)
+        {
+            return false;
+        }
+
+        rq.Status = status;
+        ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+        return true;
+    }
+
     // Completes requests already claimed (TryComplete won, Status set), each as its own work item
     // on the thread pool, as the kernel completes each request of a reset or dead device in its
     // own softirq: never inline one after another on the caller's thread.

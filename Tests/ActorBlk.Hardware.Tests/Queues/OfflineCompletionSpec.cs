@@ -85,6 +85,81 @@ public sealed class OfflineCompletionSpec
         Assert.Equal(1, second.Calls);
     }
 
+    // The requests the driver never got (staged in the ring or on the dispatch list when the device
+    // went offline) fail when dispatch takes them: before, Issue ended its batch in turn on the
+    // dispatcher's thread (a dispatch loop, a direct round, a hardware queue's actor), and a
+    // call-back that did not return kept the rest of the batch from failing. The first call-back is
+    // still held when the second runs.
+    [Fact]
+    public async Task Dispatch_fails_the_requests_an_offline_device_never_got_apart_while_a_call_back_has_not_returned()
+    {
+        using var release = new ManualResetEventSlim(false);
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        var first = new HeldCallBack(release);
+        var second = new HeldCallBack(release);
+        first.Submit(queue, 0);
+        second.Submit(queue, 64);
+        Assert.Equal(0, queue.SetOffline(failInFlight: true));
+
+        try
+        {
+            await Task.Run(() => runtime.RunRound()).WaitAsync(Liveness);
+            Assert.True(first.Entered.Wait(Liveness), "the first call-back did not run");
+            Assert.True(second.Entered.Wait(Liveness), "the second call-back did not run");
+            Assert.False(first.Done.IsCompleted, "the second call-back ran only once the first had returned");
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        Assert.Equal(BlockStatus.Offline, await first.Done.WaitAsync(Liveness));
+        Assert.Equal(BlockStatus.Offline, await second.Done.WaitAsync(Liveness));
+        Assert.Empty(driver.Calls);
+        await Condition.EventuallyAsync(() => queue.HardwareContexts[0].Tags.InUse == 0, "every tag back");
+        Assert.Equal(0L, queue.DoubleCompletions);
+        Assert.Equal(1, first.Calls);
+        Assert.Equal(1, second.Calls);
+    }
+
+    // Teardown (ShutdownAsync once the drain timed out) fails what is left apart too: one in flight
+    // and one never dispatched, each call-back held. Before, FailOutstanding ended them in turn on
+    // teardown's thread, so the second waited for the first call-back, and teardown with it.
+    [Fact]
+    public async Task Teardown_fails_what_is_left_apart_while_a_call_back_has_not_returned()
+    {
+        using var release = new ManualResetEventSlim(false);
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver, options: new QueueOptions { MergePolicy = MergePolicy.Off });
+        var first = new HeldCallBack(release);
+        var second = new HeldCallBack(release);
+        first.Submit(queue, 0);
+        runtime.RunRound();
+        second.Submit(queue, 64);
+        Assert.Equal(1, queue.InFlightCount);
+
+        Task<int> shutdown;
+        try
+        {
+            shutdown = Task.Run(() => queue.ShutdownAsync(TimeSpan.FromMilliseconds(50)));
+            Assert.True(first.Entered.Wait(Liveness), "the first call-back did not run");
+            Assert.True(second.Entered.Wait(Liveness), "the second call-back did not run");
+            Assert.False(first.Done.IsCompleted || second.Done.IsCompleted, "one call-back ran only once the other had returned");
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        Assert.Equal(2, await shutdown.WaitAsync(Liveness));
+        Assert.Equal(BlockStatus.Offline, await first.Done.WaitAsync(Liveness));
+        Assert.Equal(BlockStatus.Offline, await second.Done.WaitAsync(Liveness));
+        Assert.Equal(0L, queue.DoubleCompletions);
+        Assert.Equal(1, first.Calls);
+        Assert.Equal(1, second.Calls);
+    }
+
     // Two reads in flight, each with a call-back held until release is set.
     private static (RequestQueue Queue, ScriptedDriver Driver, HeldCallBack First, HeldCallBack Second) TwoHeldInFlight(ManualResetEventSlim release)
     {
