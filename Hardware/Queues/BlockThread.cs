@@ -38,6 +38,13 @@ internal sealed class BlockThread
     /// <summary>The request whose tag an end_io call-back on this thread holds.</summary>
     internal Request? HoldTag;
 
+    /// <summary>
+    /// True while a timeout scan runs a driver's handler on this thread: a request the handler
+    /// completes has its completion proper queued on the thread pool (<see cref="RequestQueue"/>'s
+    /// EndRequest), so one caller's end_io cannot hold up the handlers of the other expired requests.
+    /// </summary>
+    internal bool EndApart;
+
     /// <summary>The dispatch loop running a round on this thread, if any.</summary>
     internal DispatchLoop? Loop;
 

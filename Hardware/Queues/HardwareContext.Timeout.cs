@@ -79,8 +79,25 @@ public sealed partial class HardwareContext
                 continue;
             }
 
+            // A request the handler completes (null_blk's and the NBD client's complete it, the
+            // retry rule fails it) ends apart on the thread pool: its completion runs its
+            // submitter's code (a mirror's continuation, the caller's next I/O), and on this
+            // thread (a hardware queue's actor) one that did not return held the handlers of the
+            // other expired requests, which nothing else ends, and the actor with them.
             expired++;
-            var action = driver.Timeout(rq);
+            TimeoutAction action;
+            var thread = BlockThread.Current;
+            var outer = thread.EndApart;
+            thread.EndApart = true;
+            try
+            {
+                action = driver.Timeout(rq);
+            }
+            finally
+            {
+                thread.EndApart = outer;
+            }
+
             if (action == TimeoutAction.ResetTimer && rq.IsInFlight(out current) && current == generation)
             {
                 rq.ResetTimer(now);

@@ -87,12 +87,19 @@ public sealed partial class RequestQueue
     internal void EndRequest(Request rq)
     {
         ArgumentNullException.ThrowIfNull(rq);
+        var thread = BlockThread.Current;
+        if (thread.EndApart)
+        {
+            // Ended by a timeout handler: apart, on the thread pool (HardwareContext's scan).
+            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+            return;
+        }
+
         var status = rq.Status;
         var hctx = rq.Hctx!;
         var ctx = rq.Ctx!;
         var sync = IsSync(rq.Op, rq.Flags);
         var bios = rq.DetachBios();
-        var thread = BlockThread.Current;
 
         ctx.CountCompleted(sync, thread);
         if (rq.StatStartNs != 0)

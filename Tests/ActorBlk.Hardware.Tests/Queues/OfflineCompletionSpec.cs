@@ -175,7 +175,7 @@ public sealed class OfflineCompletionSpec
     }
 
     // An end_io call-back that does not return until released (a caller's I/O loop, say).
-    private sealed class HeldCallBack(ManualResetEventSlim release) : IBioEndIo
+    internal sealed class HeldCallBack(ManualResetEventSlim release) : IBioEndIo
     {
         private int _calls;
 

@@ -2,6 +2,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tags;
+using ActorBlk.Hardware.Tests.Nbd;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -102,6 +103,46 @@ public sealed class TimeoutSpec
 
         Assert.Equal(BlockStatus.Timeout, await task);
         Assert.False(rq.Complete(BlockStatus.Ok));
+    }
+
+    // A request the handler completes ends apart on the thread pool, not on the scan's thread (a
+    // hardware queue's actor): before, each ended there in turn, and an end_io that did not
+    // return (a caller's I/O loop) held the handlers of the other expired requests, which nothing
+    // else ends (null_blk lost them). Both call-backs run while both are held.
+    [Fact]
+    public async Task A_call_back_that_does_not_return_holds_up_no_other_timed_out_request()
+    {
+        var liveness = TimeSpan.FromSeconds(60);
+        var clock = new ManualBlockClock();
+        var driver = new NullBlockDriver(new NullBlockOptions { SizeBytes = 1 << 20 });
+        var (queue, runtime) = TestQueues.Create(new ScriptedDriver(), clock: clock, options: new QueueOptions { IoTimeoutMs = 100, MergePolicy = MergePolicy.Off });
+        using var release = new ManualResetEventSlim(false);
+        var first = new OfflineCompletionSpec.HeldCallBack(release);
+        var second = new OfflineCompletionSpec.HeldCallBack(release);
+        first.Submit(queue, 0);
+        second.Submit(queue, 64);
+        runtime.RunRound();
+        clock.Advance(TimeSpan.FromMilliseconds(100));
+
+        try
+        {
+            var scan = Task.Run(() => queue.HardwareContexts[0].ScanTimeouts(clock.NowMilliseconds, driver));
+            Assert.Equal(new TimeoutScanResult(2, 2), await scan.WaitAsync(liveness));
+            Assert.True(first.Entered.Wait(liveness), "the first call-back did not run");
+            Assert.True(second.Entered.Wait(liveness), "the second call-back did not run");
+            Assert.False(first.Done.IsCompleted || second.Done.IsCompleted, "one call-back ran only once the other had returned");
+        }
+        finally
+        {
+            release.Set();
+        }
+
+        Assert.Equal(BlockStatus.Timeout, await first.Done.WaitAsync(liveness));
+        Assert.Equal(BlockStatus.Timeout, await second.Done.WaitAsync(liveness));
+        await Condition.EventuallyAsync(() => queue.HardwareContexts[0].Tags.InUse == 0, "every tag back");
+        Assert.Equal(0L, queue.DoubleCompletions);
+        Assert.Equal(1, first.Calls);
+        Assert.Equal(1, second.Calls);
     }
 
     [Fact]
