@@ -53,6 +53,14 @@ internal static class ServeCommand
         }
 
         var config = NodeConfig.AsClusterNode(NodeConfig.Load(path, port, seeds, hostname));
+
+        // Refuse a bad device list or node-wide setting before anything starts, with the offending
+        // key named. Before --nbd-listen's override and the NBD section are read: a section of the
+        // wrong kind in the file (`actorblk = 5`, `actorblk.nbd = foo`) is hidden from the kind
+        // check behind the override's `actorblk { nbd { listen } }` in front of it, and Akka's merge
+        // of it with the defaults threw a NullReferenceException that aborted serve with a stack
+        // trace (exit 134; a README audit).
+        ActorBlkSettings.Create(config);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -79,9 +87,7 @@ internal static class ServeCommand
             throw new UsageException($"NBD export: {(NbdKeys.Contains(key) ? "actorblk.nbd." : string.Empty)}{message}");
         }
 
-        // Refuse a bad device list before anything starts, with the offending key named; likewise
-        // an exposed address without TLS, or TLS without a usable certificate (README, "Security").
-        ActorBlkSettings.Create(config);
+        // Refuse an exposed remoting address without TLS, or TLS without a usable certificate (README, "Security").
         string? insecure;
         Akka.Remote.Transport.DotNetty.DotNettySslSetup? tls;
         try

@@ -193,6 +193,34 @@ public sealed partial class ServeSpec
         }
     }
 
+    /// <summary>
+    /// A section of the wrong kind where the NBD export's settings are read (<c>actorblk = 5</c>,
+    /// <c>actorblk.nbd = foo</c>) is a usage error naming it, as for any other setting of the wrong
+    /// kind: serve read the NBD section first, and Akka's merge of such a value with the defaults
+    /// threw a NullReferenceException, which aborted serve with a stack trace (exit 134; a README
+    /// audit).
+    /// </summary>
+    [Theory]
+    [InlineData("actorblk = 5", "actorblk: configuration: actorblk: a section { ... } is expected, not '5'.\n")]
+    [InlineData("actorblk.nbd = foo", "actorblk: configuration: actorblk.nbd: a section { ... } is expected, not 'foo'.\n")]
+    public async Task A_section_of_the_wrong_kind_is_refused_before_the_nbd_settings_are_read(string setting, string message)
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-bad-{Guid.NewGuid():N}.conf");
+        await File.WriteAllTextAsync(config, $"{setting}\n");
+        try
+        {
+            await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0", "--nbd-listen", "127.0.0.1:0");
+
+            Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
+            Assert.Contains(message, node.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Exception", node.Output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
     [Theory]
     [InlineData("serve --bogus", "Unrecognized command or argument '--bogus'")]
     [InlineData("frobnicate", "Unrecognized command or argument 'frobnicate'")]
