@@ -15,6 +15,7 @@ public sealed class MirrorWatch(BlockLayer layer, MirrorTarget mirror, JournalWr
     private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(100);
     private readonly object _lock = new();
     private readonly MirrorLegState[] _states = Enumerable.Range(0, legNames.Count).Select(mirror.LegState).ToArray();
+    private readonly int[] _owed = Owed(mirror, legNames.Count);
     private long _resyncBaseline;
 
     /// <summary>Times a leg went faulty.</summary>
@@ -85,6 +86,22 @@ public sealed class MirrorWatch(BlockLayer layer, MirrorTarget mirror, JournalWr
 
     private string Attr(string path) => layer.ReadAttribute(path).Trim();
 
+    // Per leg, the dirty regions it owed when the mirror last took it back (-1: none since the
+    // last look), from MirrorTarget.LegTakenBack, which reports them as the leg goes rebuilding.
+    private static int[] Owed(MirrorTarget mirror, int legs)
+    {
+        var owed = Enumerable.Repeat(-1, legs).ToArray();
+        mirror.LegTakenBack += back =>
+        {
+            var leg = mirror.Legs.ToList().FindIndex(l => l.Name == back.Leg);
+            if (leg >= 0 && leg < owed.Length)
+            {
+                Volatile.Write(ref owed[leg], back.OwedRegions);
+            }
+        };
+        return owed;
+    }
+
     private void Changed(int leg, MirrorLegState was, MirrorLegState now)
     {
         var name = legNames[leg];
@@ -96,7 +113,11 @@ public sealed class MirrorWatch(BlockLayer layer, MirrorTarget mirror, JournalWr
         }
         else if (now == MirrorLegState.Rebuilding)
         {
-            say($"leg {name} is back: re-added, resyncing {mirror.DirtyRegions()} dirty regions of {mirror.Regions}");
+            // The regions the leg owed when it was taken back: the bitmap read now has lost those
+            // the resync copied since (a poll later, at sync_speed_max, 10 of 33 in a README
+            // walk-through, which then read "resyncing 23 dirty regions" and "copied 33").
+            var owed = Interlocked.Exchange(ref _owed[leg], -1);
+            say($"leg {name} is back: re-added, resyncing {(owed >= 0 ? owed : mirror.DirtyRegions())} dirty regions of {mirror.Regions}");
         }
         else if (was != MirrorLegState.InSync)
         {
