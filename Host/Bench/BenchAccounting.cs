@@ -129,6 +129,9 @@ internal sealed class BenchAccounting : IDisposable
     /// <summary>When the window opened, on the run's clock; <see cref="long.MaxValue"/> before it opens.</summary>
     public long WindowStart => Volatile.Read(ref _start);
 
+    /// <summary>When the window ends, on the run's clock; <see cref="long.MaxValue"/> while no end is fixed.</summary>
+    public long WindowEnd => Volatile.Read(ref _end);
+
     /// <summary>
     /// The figures so far, while I/O still runs (<c>--status-interval</c>): every thread's
     /// statistics merged as they are at this moment, and the interval measured up to now. Threads
