@@ -109,6 +109,11 @@ public sealed class MirrorWatch(BlockLayer layer, MirrorTarget mirror, JournalWr
         {
             Faults++;
             _resyncBaseline = mirror.ResyncedRegions;
+
+            // A count the last return left (its event landed after the look that saw the leg
+            // rebuilding, or no look saw it rebuilding) is not this outage's: the next return
+            // reports its own, and a look before that event reads the bitmap.
+            Volatile.Write(ref _owed[leg], -1);
             say($"mirror degraded: leg {name} is faulty after {writer.Written} records; the journal goes on on the other leg");
         }
         else if (now == MirrorLegState.Rebuilding)
