@@ -494,10 +494,22 @@ internal sealed class BenchRun
             foreach (var slot in job.Slots)
             {
                 slot.Bind(this, job);
-                slot.SubmitNext();
+            }
+
+            // Every slot's first I/O goes out before any slot's second, as fio fills its iodepth:
+            // one that completes inline waits on this thread's list until every slot has started.
+            // Before, the first slot's submissions went on here; on a device whose every I/O
+            // completes inside its submission (a mirror over legs at irqmode=0) that loop did not
+            // return, the other slots never started, and a run that waits for its jobs to start
+            // (a JIT warm-up, the command line's default, or a ramp) never began its window: the
+            // bench spun for ever and ignored SIGTERM.
+            foreach (var slot in job.Slots)
+            {
+                slot.SubmitFirst();
             }
 
             JobStarted();
+            Slot.SubmitPending();
 
             return Task.WhenAll(job.Slots.Select(s => s.Done));
         });
@@ -715,6 +727,19 @@ internal sealed class BenchRun
 
         public void SubmitNext() => SubmitNext(SubmitterState.Current);
 
+        /// <summary>
+        /// Submits this slot's first I/O only: if it completes inside the submission, the slot waits
+        /// on the calling thread's list for <see cref="SubmitPending"/>.
+        /// </summary>
+        public void SubmitFirst() => SubmitOne(SubmitterState.Current);
+
+        /// <summary>Goes on with the slots on the calling thread's list, first in, first out, until it is empty.</summary>
+        public static void SubmitPending()
+        {
+            var thread = SubmitterState.Current;
+            Pop(thread)?.SubmitNext(thread);
+        }
+
         public void OnBioComplete(Bio bio, BlockStatus status)
         {
             _run!.Record(this, _read, status, _t0, _offset);
@@ -745,16 +770,18 @@ internal sealed class BenchRun
 
         private void SubmitNext(SubmitterState thread)
         {
-            var slot = this;
-            while (true)
+            for (var slot = this; slot is not null; slot = Pop(thread))
             {
                 slot.SubmitOne(thread);
-                slot = thread.Pending;
-                if (slot is null)
-                {
-                    return;
-                }
+            }
+        }
 
+        // The oldest slot of the thread's list, taken off it; null when the list is empty.
+        private static Slot? Pop(SubmitterState thread)
+        {
+            var slot = thread.Pending;
+            if (slot is not null)
+            {
                 thread.Pending = slot._nextPending;
                 if (thread.Pending is null)
                 {
@@ -763,6 +790,8 @@ internal sealed class BenchRun
 
                 slot._nextPending = null;
             }
+
+            return slot;
         }
 
         private void SubmitOne(SubmitterState thread)

@@ -43,6 +43,37 @@ public sealed class BenchInlineCompletionSpec
         Assert.True(fewest >= ios / 4, $"one slot submitted {fewest} of {ios} I/Os: {string.Join(", ", driver.PerSlot.Values)}");
     }
 
+    // A time-based run waits for its jobs to start before the JIT warm-up (the command line's
+    // default) and the ramp. Found by a review: a job started its slots one after another, each
+    // going on with its next I/O, and on a device whose every I/O completes inside its submission
+    // the first slot's loop never returned, so the job never counted as started, the window never
+    // opened and the run never ended (`actorblk bench` over a mirror of irqmode=0 legs with
+    // --runtime spun for ever and ignored SIGTERM). Every slot's first I/O now goes out first.
+    [Fact]
+    public async Task A_timed_run_with_a_warm_up_and_a_ramp_starts_every_slot_and_ends_on_a_device_that_completes_inline()
+    {
+        var driver = new ReorderingDriver(64L << 20) { HoldFirst = false };
+        var queue = RequestQueue.Allocate("inline0", CpuTopology.Simulated(2));
+        queue.InitializeBioBased(driver);
+        queue.Register();
+        await using var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+
+        var options = new BenchOptions
+        {
+            Pattern = IoPattern.RandWrite, IoDepth = 4, BlockSize = Block, Size = 64L << 20,
+            Runtime = TimeSpan.FromMilliseconds(300), JitWarmup = TimeSpan.FromMilliseconds(100), RampTime = TimeSpan.FromMilliseconds(100),
+        };
+        var run = new BenchRun(options, device, CpuSet.Of(0, 1));
+
+        // The liveness bound of the await, not a timing claim: the old code never returned.
+        var result = await run.RunAsync().WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.Equal(result.Submitted, result.Completed);
+        Assert.Equal(0, result.Errors);
+        Assert.Equal(4, driver.PerSlot.Count);
+        Assert.All(driver.PerSlot.Values, n => Assert.True(n > 1, $"a slot submitted {n} I/O(s): {string.Join(", ", driver.PerSlot.Values)}"));
+    }
+
     // Completes every bio inline, in its submission, except the first: that one is held until the
     // third submission, which ends it and then itself, both on the submitting thread.
     private sealed class ReorderingDriver(long bytes) : IBioDriver
@@ -57,10 +88,13 @@ public sealed class BenchInlineCompletionSpec
 
         public string Description => "completes inline, the first bio late";
 
+        /// <summary>False: the first bio completes inline too, as every other.</summary>
+        public bool HoldFirst { get; init; } = true;
+
         public void SubmitBio(RequestQueue queue, Bio bio)
         {
             PerSlot.AddOrUpdate(bio.Buffer, 1, static (_, n) => n + 1);
-            switch (Interlocked.Increment(ref _submissions))
+            switch (HoldFirst ? Interlocked.Increment(ref _submissions) : 0)
             {
                 case 1:
                     _held = bio;
