@@ -47,7 +47,7 @@ public sealed class BenchSamplerSpec
         // fio's share of the group's aggregate bandwidth (BenchReportAuditSpec has the arithmetic).
         Assert.Equal(
             BenchReport.PercentOfAggregate(read.GetProperty("bw_mean").GetDouble(), read.GetProperty("io_bytes").GetInt64(), TimeSpan.FromMilliseconds(read.GetProperty("runtime").GetInt64())),
-            read.GetProperty("bw_agg").GetDouble(), 5);
+            read.GetProperty("bw_agg").GetDouble(), 1e-5);
         Assert.InRange(read.GetProperty("bw_agg").GetDouble(), double.Epsilon, 100.0);
         Assert.True(read.GetProperty("iops_stddev").GetDouble() >= 0);
     }
