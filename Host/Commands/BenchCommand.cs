@@ -138,6 +138,12 @@ internal static class BenchCommand
             {
                 unusable = $"option --rw: {options.PatternName} writes, and {device.Name} is read-only.";
             }
+            else if (options.IoPoll && !device.Queue.CanPoll)
+            {
+                // Polled I/O needs poll queues (a null device with io_poll = on); without them the
+                // first polled submission was refused mid-run and the bench failed with exit 1.
+                unusable = $"option --io-poll: {device.Name} has no poll queues (only a null device with io_poll = on has them).";
+            }
 
             if (unusable is not null)
             {

@@ -31,6 +31,7 @@ public sealed class BenchRefusalSpec : IDisposable
     [InlineData("ro0", "--rw=randwrite", "option --rw: randwrite writes, and ro0 is read-only.")]
     [InlineData("ro0", "--rw=randrw", "option --rw: randrw writes, and ro0 is read-only.")]
     [InlineData("b4k", "--bs=512", "option --bs: 512 bytes is not a multiple of the device's 4096-byte logical block size.")]
+    [InlineData("b4k", "--io-poll=1", "option --io-poll: b4k has no poll queues (only a null device with io_poll = on has them).")]
     public async Task A_workload_the_device_cannot_take_is_a_usage_error_naming_the_option(string device, string option, string message)
     {
         await using var bench = ActorBlkProcess.Start("bench", "--config", _config, $"--device={device}", option, "--runtime=1");
