@@ -69,6 +69,18 @@ internal sealed class BenchAccounting : IDisposable
         Volatile.Write(ref _start, start);
     }
 
+    /// <summary>
+    /// Opens and closes the window at once, now: for a run whose work ended, or which was stopped,
+    /// before its window would have opened (a size-bound run done within its ramp, a signal in the
+    /// ramp or the JIT warm-up). It measures nothing, and <see cref="Measured"/> is zero.
+    /// </summary>
+    public void OpenEmptyWindow()
+    {
+        var now = _clock.Timestamp;
+        Volatile.Write(ref _end, now);
+        Volatile.Write(ref _start, now);
+    }
+
     /// <summary>Closes the window now, unless its runtime already ended it earlier.</summary>
     public void CloseWindow()
     {

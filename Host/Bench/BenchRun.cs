@@ -324,7 +324,18 @@ internal sealed class BenchRun
                 await Task.WhenAny(work, Task.Delay(_o.RampTime, cancellationToken)).ConfigureAwait(false);
             }
 
-            _accounting.OpenWindow(_o.Runtime);
+            if (work.IsCompleted || cancellationToken.IsCancellationRequested)
+            {
+                // Nothing is left to measure: the work ended inside the ramp (a size-bound run), or
+                // a signal stopped the run before its window. The window used to open here anyway
+                // and stay open until the jobs were told to stop, so the report gave a runtime of a
+                // few ms with no I/O in it, or (after a signal) the I/Os completed after the signal.
+                _accounting.OpenEmptyWindow();
+            }
+            else
+            {
+                _accounting.OpenWindow(_o.Runtime);
+            }
         }
 
         // Peak in-flight counts start over with the measured interval.
@@ -360,7 +371,9 @@ internal sealed class BenchRun
         _accounting.CloseWindow();
         var end = CpuBaseline.Now();
         _cpuEnd = end;
-        var (usr, sys, usage) = window.To(end);
+        // A window that measured nothing (OpenEmptyWindow) has no CPU share either: over its zero
+        // length the few ms between the baselines read as every CPU busy (usr=200% on two).
+        var (usr, sys, usage) = _accounting.Measured > TimeSpan.Zero ? window.To(end) : (0.0, 0.0, end.Usage - end.Usage);
         int? peak = _device.Queue.Kind == QueueKind.MultiQueue && _device.Queue.TagSet.IsShared ? _device.Queue.HardwareContexts.Max(h => h.PeakActiveRequests) : null;
         var wentIdle = _device.Queue.HardwareContexts.Sum(h => h.IdleTransitions) - idle0;
         _stop = true;
