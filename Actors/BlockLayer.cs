@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics.CodeAnalysis;
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
@@ -528,12 +529,17 @@ public sealed partial class BlockLayer : IExtension
         }
     }
 
-    /// <summary>The device named <paramref name="name"/>, if it exists.</summary>
-    public bool TryGetDevice(string name, out IBlockDevice device)
+    /// <summary>The device named <paramref name="name"/>, if it exists (null when it returns false).</summary>
+    public bool TryGetDevice(string name, [MaybeNullWhen(false)] out IBlockDevice device)
     {
-        var found = _devices.TryGetValue(name, out var d);
-        device = d!;
-        return found;
+        if (_devices.TryGetValue(name, out var found))
+        {
+            device = found;
+            return true;
+        }
+
+        device = null;
+        return false;
     }
 
     /// <summary>

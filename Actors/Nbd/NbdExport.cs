@@ -85,7 +85,9 @@ public static class NbdExport
             if (name.Length > 0)
             {
                 // Another node's device opened here is exported by its owner, not re-exported.
-                return layer.TryGetDevice(name, out device) && !layer.IsImported(name);
+                var exported = layer.TryGetDevice(name, out var found) && !layer.IsImported(name);
+                device = exported ? found! : null!;
+                return exported;
             }
 
             device = Exports.FirstOrDefault()!;

@@ -43,7 +43,7 @@ using var host = builder.Build();
 await host.StartAsync();
 
 var layer = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
-layer.TryGetDevice("copy0", out var device);
+var device = layer.TryGetDevice("copy0", out var copy0) ? copy0 : throw new InvalidOperationException("copy0 was not created");
 
 // Ctrl-C (or SIGTERM) stops the host, and with it the device: the copy stops between chunks
 // first and says so, rather than meeting the device gone under a write.

@@ -151,7 +151,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
             Say($"mirror {JournalOptions.Mirror} stopped; reading the journal back from each leg on its own");
 
             var results = new List<LegVerification>();
-            layer.TryGetDevice(JournalOptions.LocalLeg, out var local);
+            var local = layer.TryGetDevice(JournalOptions.LocalLeg, out var found) ? found : throw new InvalidOperationException($"{JournalOptions.LocalLeg} was not created");
             results.Add(await VerifyAsync(local, $"{JournalOptions.LocalLeg} (local)", writer.Written));
             if (whole)
             {
@@ -312,7 +312,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     private async Task<(IBlockDevice Journal, MirrorTarget Mirror)> BuildMirrorAsync(BlockLayer layer, string legId)
     {
         var zeroes = new byte[JournalVerifier.MirrorDataOffset];
-        layer.TryGetDevice(JournalOptions.LocalLeg, out var local);
+        var local = layer.TryGetDevice(JournalOptions.LocalLeg, out var found) ? found : throw new InvalidOperationException($"{JournalOptions.LocalLeg} was not created");
         await local.WriteAsync(0, zeroes, Hardware.Requests.RequestFlags.Fua);
         await using (var remote = await layer.OpenAsync(legId))
         {

@@ -24,7 +24,10 @@ public static class ReadmeExample
         await host.StartAsync();
 
         var blk = BlockLayer.Get(host.Services.GetRequiredService<ActorSystem>());
-        blk.TryGetDevice("nullb0", out var disk);
+        if (!blk.TryGetDevice("nullb0", out var disk))
+        {
+            throw new InvalidOperationException("nullb0 was not created");
+        }
 
         var block = new byte[disk.LogicalBlockSize];
         Encoding.UTF8.GetBytes("hello, block layer").CopyTo(block, 0);
