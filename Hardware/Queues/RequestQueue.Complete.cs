@@ -65,16 +65,32 @@ public sealed partial class RequestQueue
     public bool EndRequestWithStatus(Request rq, BlockStatus status, uint generation)
     {
         ArgumentNullException.ThrowIfNull(rq);
-        var won = rq.State == RequestState.InFlight ? rq.TryComplete(generation) : rq.TryCompleteUnstarted();
-        if (!won)
+        if (!TryClaimWithStatus(rq, status, generation))
         {
             return false;
         }
 
-        rq.Status = status;
         EndRequest(rq);
         return true;
     }
+
+    // Claims rq for an ending with status, whether or not the driver started it: false when
+    // something else ended it first (exactly once).
+    private static bool TryClaimWithStatus(Request rq, BlockStatus status, uint generation)
+    {
+        var won = rq.State == RequestState.InFlight ? rq.TryComplete(generation) : rq.TryCompleteUnstarted();
+        if (won)
+        {
+            rq.Status = status;
+        }
+
+        return won;
+    }
+
+    // The completion proper of a claimed request as its own work item on the thread pool, never on
+    // the caller's thread (EndApart, EndApartWithStatus, a timeout handler's ending).
+    private static void QueueEnd(Request rq) =>
+        ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
 
     /// <summary>
     /// The completion proper, on the completion context (<c>__blk_mq_end_request</c>): frees the
@@ -91,7 +107,7 @@ public sealed partial class RequestQueue
         if (thread.EndApart)
         {
             // Ended by a timeout handler: apart, on the thread pool (HardwareContext's scan).
-            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+            QueueEnd(rq);
             return;
         }
 

@@ -130,14 +130,12 @@ public sealed partial class RequestQueue
     /// </summary>
     internal bool EndApartWithStatus(Request rq, BlockStatus status, uint generation)
     {
-        var won = rq.State == RequestState.InFlight ? rq.TryComplete(generation) : rq.TryCompleteUnstarted();
-        if (!won)
+        if (!TryClaimWithStatus(rq, status, generation))
         {
             return false;
         }
 
-        rq.Status = status;
-        ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+        QueueEnd(rq);
         return true;
     }
 
@@ -153,7 +151,7 @@ public sealed partial class RequestQueue
 
         foreach (var rq in claimed)
         {
-            ThreadPool.UnsafeQueueUserWorkItem(static rq => rq.Queue!.EndRequest(rq), rq, preferLocal: false);
+            QueueEnd(rq);
         }
     }
 }
