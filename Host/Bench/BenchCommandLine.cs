@@ -36,7 +36,7 @@ internal sealed class BenchCommandLine
     private readonly Option<int?> IoDepthBatchSubmit = CliOptions.OptionalInt("--iodepth_batch_submit", 0, 65536, "io_uring: submit as soon as N I/Os are prepared (1: each alone, fio's default); 0 = once per dispatch round [default: adaptive, half of the I/Os in flight, 1 to 16]", "N", "--iodepth_batch");
     private readonly Option<Word<bool>> FixedBufs = CliOptions.Bool("--fixedbufs", false, "io_uring: I/O buffers from registered memory");
     private readonly Option<int> NumJobs = CliOptions.Int("--numjobs", 1, 1, 1024, "jobs, each on its own CPU");
-    private readonly Option<TimeSpan?> Runtime = CliOptions.Seconds("--runtime", "run this long (time based)");
+    private readonly Option<TimeSpan?> Runtime = CliOptions.Seconds("--runtime", "run this long (time based); 0 = no limit, size-bound as without it");
     private readonly Option<TimeSpan?> RampTime = CliOptions.Seconds("--ramp_time", "run this long before measuring [default: 0]");
     private readonly Option<TimeSpan?> JitWarmup = CliOptions.Seconds("--jit_warmup", "at most this long, before the ramp of a time-based run, the jobs run unmeasured until the JIT used under 5% of a CPU over 0.5 s (the tiered code reached its optimised form); 0 = off [default: 5]");
     private readonly Option<Word<bool>> Direct = CliOptions.Bool("--direct", true, "O_DIRECT for file devices, buffered I/O with 0");
@@ -166,7 +166,9 @@ internal sealed class BenchCommandLine
             SubmitBatch = parse.GetValue(IoDepthBatchSubmit),
             FixedBuffers = parse.ValueOf(FixedBufs),
             NumJobs = parse.GetValue(NumJobs),
-            Runtime = parse.GetValue(Runtime),
+            // fio's runtime=0 is no limit, and its time_based then has nothing to run for: the
+            // run is size-bound, as without --runtime.
+            Runtime = parse.GetValue(Runtime) is { } runtime && runtime > TimeSpan.Zero ? runtime : null,
             RampTime = parse.GetValue(RampTime) ?? TimeSpan.Zero,
             JitWarmup = parse.GetValue(JitWarmup) ?? TimeSpan.FromSeconds(5),
             Direct = parse.ValueOf(Direct),

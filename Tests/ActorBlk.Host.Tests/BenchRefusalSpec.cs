@@ -52,6 +52,17 @@ public sealed class BenchRefusalSpec : IDisposable
     }
 
     [Fact]
+    public async Task Runtime_zero_is_no_limit_as_in_fio_so_the_run_is_size_bound()
+    {
+        // fio: runtime=0 is "no limit", and time_based without a runtime is dropped, so the job
+        // covers --size once; the bench refused --runtime=0 as "must be positive" (exit 2).
+        await using var bench = ActorBlkProcess.Start("bench", "--config", _config, "--device=ro0", "--rw=read", "--bs=4k", "--size=8m", "--runtime=0", "--time_based", "--output-format=json");
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        var json = System.Text.Json.JsonDocument.Parse(bench.StandardOutput).RootElement;
+        Assert.Equal(2048, json.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
+    }
+
+    [Fact]
     public async Task A_run_whose_every_io_failed_reports_the_error_and_exits_1()
     {
         await using var bench = ActorBlkProcess.Start("bench", "--device=null", "--size=16m", "--runtime=1", "--fault-error-rate=1", "--output-format=json");
