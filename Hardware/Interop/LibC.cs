@@ -282,6 +282,51 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Link(string existing, string name);
 
+    /// <summary><c>SIGXFSZ</c>: a write past <c>RLIMIT_FSIZE</c> (the same number on x86-64 and arm64).</summary>
+    public const int SIGXFSZ = 25;
+
+    /// <summary>
+    /// glibc's <c>struct sigaction</c> on 64-bit Linux (x86-64 and arm64 alike): the handler, a
+    /// 1024-bit mask, the flags and the restorer, 152 bytes.
+    /// </summary>
+    [StructLayout(LayoutKind.Explicit, Size = 152)]
+    public struct SigAction
+    {
+        /// <summary><c>sa_handler</c>: 0 is <c>SIG_DFL</c>, 1 is <c>SIG_IGN</c>.</summary>
+        [FieldOffset(0)]
+        public nint Handler;
+
+        /// <summary><c>sa_flags</c>.</summary>
+        [FieldOffset(136)]
+        public int Flags;
+    }
+
+    [LibraryImport(Library, EntryPoint = "sigaction", SetLastError = true)]
+    public static partial int SigActionRaw(int signal, SigAction* action, SigAction* old);
+
+    /// <summary>
+    /// Ignores <c>SIGXFSZ</c> unless someone already handles or ignores it, so a write that would
+    /// take a file past <c>RLIMIT_FSIZE</c> fails with <c>EFBIG</c> instead of killing the process
+    /// (the signal's default action). Returns true when the disposition is now to ignore it or was
+    /// left to a handler the process installed itself.
+    /// </summary>
+    public static bool IgnoreFileSizeSignal()
+    {
+        SigAction old;
+        if (SigActionRaw(SIGXFSZ, null, &old) < 0)
+        {
+            return false;
+        }
+
+        if (old.Handler != 0)
+        {
+            return true;
+        }
+
+        var ignore = new SigAction { Handler = 1 };
+        return SigActionRaw(SIGXFSZ, &ignore, null) == 0;
+    }
+
     [LibraryImport(Library, EntryPoint = "fdatasync", SetLastError = true)]
     public static partial int FDataSync(int fd);
 

@@ -20,6 +20,8 @@ internal sealed unsafe class FileTarget : IDisposable
     /// <summary>Alignment assumed when the kernel does not report STATX_DIOALIGN: safe on every file system.</summary>
     public const int FallbackDirectAlignment = 4096;
 
+    private static readonly Lazy<bool> FileSizeSignalIgnored = new(LibC.IgnoreFileSizeSignal);
+
     private int _fd;
 
     private FileTarget(string device, string path, int fd, bool blockDevice, bool direct, bool readOnly)
@@ -70,6 +72,11 @@ internal sealed unsafe class FileTarget : IDisposable
     public static FileTarget Open(string device, FileBlockOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
+
+        // A write past RLIMIT_FSIZE (ulimit -f) raises SIGXFSZ, whose default action kills the
+        // process with every request in flight; ignored, the write fails with EFBIG and only that
+        // request fails (IoError), as a kernel loop device's would.
+        _ = FileSizeSignalIgnored.Value;
         var path = options.Path;
         var statx = default(LibC.Statx);
         var exists = LibC.StatX(LibC.AT_FDCWD, path, 0, LibC.STATX_BASIC_STATS, &statx);

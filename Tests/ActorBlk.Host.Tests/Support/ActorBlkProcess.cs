@@ -133,6 +133,25 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Lowers the process's soft <c>RLIMIT_FSIZE</c> to <paramref name="bytes"/> (<c>ulimit -f</c>
+    /// on a running process, with prlimit(2)); the hard limit stays.
+    /// </summary>
+    public unsafe void LimitFileSize(long bytes)
+    {
+        var limits = stackalloc ulong[2];
+        if (PrLimit(_process.Id, RlimitFsize, null, limits) != 0)
+        {
+            throw new InvalidOperationException($"prlimit({_process.Id}) failed: errno {Marshal.GetLastPInvokeError()}.");
+        }
+
+        limits[0] = (ulong)bytes;
+        if (PrLimit(_process.Id, RlimitFsize, limits, null) != 0)
+        {
+            throw new InvalidOperationException($"prlimit({_process.Id}, {bytes}) failed: errno {Marshal.GetLastPInvokeError()}.");
+        }
+    }
+
     /// <summary>SIGKILL: the process dies at once, with no shutdown of any kind (the kernel closes its sockets).</summary>
     public async Task KillAsync()
     {
@@ -176,4 +195,9 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
 
     [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
     private static partial int Kill(int pid, int signal);
+
+    private const int RlimitFsize = 1;
+
+    [LibraryImport("libc", EntryPoint = "prlimit", SetLastError = true)]
+    private static unsafe partial int PrLimit(int pid, int resource, ulong* newLimit, ulong* oldLimit);
 }
