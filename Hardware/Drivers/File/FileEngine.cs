@@ -103,19 +103,28 @@ internal abstract class FileEngine : IDisposable
             case BlockOp.WriteZeroes:
                 return target.IsBlockDevice
                     ? RangeIoctl(fd, LibC.BLKZEROOUT, rq.Offset, rq.Bytes)
-                    : ZeroFileRange(fd, rq.Offset, rq.Bytes, provisioned: (rq.Flags & RequestFlags.NoUnmap) != 0);
+                    : ZeroFileRange(target, rq);
 
             default:
                 return BlockStatus.NotSupported;
         }
     }
 
+    /// <summary>Zeroes the range of a write-zeroes on a regular file (<see cref="ZeroFileRange(int, long, long, bool, int)"/>).</summary>
+    public static BlockStatus ZeroFileRange(FileTarget target, Request rq) =>
+        ZeroFileRange(target.Fd, rq.Offset, rq.Bytes, (rq.Flags & RequestFlags.NoUnmap) != 0,
+            (rq.Flags & RequestFlags.NoFallback) != 0 ? 0 : Math.Max(target.MemoryAlignment, 4096));
+
     /// <summary>
     /// Zeroes a file range: FALLOC_FL_ZERO_RANGE (which keeps the blocks allocated), or punching a
     /// hole where the file system has no zero-range (tmpfs), then, when <paramref name="provisioned"/>
     /// (<c>REQ_NOUNMAP</c>), allocating the range again; either way the range reads back as zeroes.
+    /// Where the file system has neither (ramfs, and any without fallocate), the zeroes are written
+    /// from a buffer aligned to <paramref name="writeAlignment"/>, as the kernel's
+    /// <c>blkdev_issue_zeroout</c> falls back to writing zero pages; 0 (<c>REQ_NOFALLBACK</c>)
+    /// fails with <see cref="BlockStatus.NotSupported"/> instead.
     /// </summary>
-    public static BlockStatus ZeroFileRange(int fd, long offset, long length, bool provisioned = false)
+    public static BlockStatus ZeroFileRange(int fd, long offset, long length, bool provisioned = false, int writeAlignment = 0)
     {
         var status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
         if (status != BlockStatus.NotSupported)
@@ -124,7 +133,60 @@ internal abstract class FileEngine : IDisposable
         }
 
         status = Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        if (status == BlockStatus.NotSupported && writeAlignment > 0)
+        {
+            return WriteZeroes(fd, offset, length, writeAlignment);
+        }
+
         return status == BlockStatus.Ok && provisioned ? Fallocate(fd, LibC.FALLOC_FL_KEEP_SIZE, offset, length) : status;
+    }
+
+    /// <summary>The zero-writing fallback of a write-zeroes: pwrite from one zeroed buffer of at most 1 MiB.</summary>
+    private static unsafe BlockStatus WriteZeroes(int fd, long offset, long length, int alignment)
+    {
+        const long Chunk = 1 << 20;
+        var size = (nuint)Math.Min(length, Chunk);
+        byte* zeroes;
+        try
+        {
+            zeroes = (byte*)NativeAllocations.AlignedAlloc(size, (nuint)alignment);
+        }
+        catch (OutOfMemoryException)
+        {
+            return BlockStatus.Resource;
+        }
+
+        try
+        {
+            new Span<byte>(zeroes, (int)size).Clear();
+            while (length > 0)
+            {
+                var n = LibC.PWrite(fd, zeroes, Math.Min(length, (long)size), offset);
+                if (n == -LibC.EINTR)
+                {
+                    continue;
+                }
+
+                if (n < 0)
+                {
+                    return BlockStatusExtensions.FromErrno((int)n);
+                }
+
+                if (n == 0)
+                {
+                    return BlockStatus.IoError;
+                }
+
+                offset += n;
+                length -= n;
+            }
+
+            return BlockStatus.Ok;
+        }
+        finally
+        {
+            NativeAllocations.AlignedFree(zeroes, size);
+        }
     }
 
     private static BlockStatus FDataSync(int fd)

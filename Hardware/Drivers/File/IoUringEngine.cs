@@ -670,7 +670,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (result == -LibC.EOPNOTSUPP && rq.Op == BlockOp.WriteZeroes)
             {
-                var zeroed = ZeroFileRange(Target.Fd, rq.Offset, rq.Bytes, provisioned: (rq.Flags & RequestFlags.NoUnmap) != 0);
+                var zeroed = ZeroFileRange(Target, rq);
                 BlockTime.Invalidate();
                 return zeroed;
             }
