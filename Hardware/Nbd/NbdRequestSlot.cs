@@ -100,7 +100,10 @@ internal sealed class NbdRequestSlot : IBioEndIo
 
     public void OnBioComplete(Bio bio, BlockStatus status)
     {
-        if (status != BlockStatus.Ok)
+        // A trim the device cannot do (a file device on a file system without punch-hole) did
+        // nothing, which a trim may do: it is advisory, and "the server SHOULD NOT return
+        // NBD_ENOTSUP except ... in response to NBD_CMD_WRITE_ZEROES" with FAST_ZERO.
+        if (status != BlockStatus.Ok && !(status == BlockStatus.NotSupported && bio.Op == BlockOp.Discard))
         {
             Interlocked.CompareExchange(ref _status, (int)NbdErrors.FromStatus(status), 0);
         }

@@ -386,6 +386,38 @@ public sealed class NbdProtocolRulesSpec
         Assert.Equal(0, server.BufferBytesInUse);
     }
 
+    [Fact]
+    public async Task A_trim_the_device_cannot_do_succeeds_and_only_fast_zero_gets_enotsup()
+    {
+        // "The server SHOULD NOT return NBD_ENOTSUP except as documented in response to
+        // NBD_CMD_WRITE_ZEROES when NBD_CMD_FLAG_FAST_ZERO is supported"; a trim is advisory. An
+        // outside audit: a file device on ramfs (no punch-hole) answered every trim with ENOTSUP.
+        var (driver, device, softIrq) = HeldDevice("notrim0");
+        using var _irq = softIrq;
+        await using var _device = device;
+        await using var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+        var (client, _, flags) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "notrim0");
+        await using var _client = client;
+        Assert.True(flags.HasFlag(NbdTransmissionFlags.SendTrim));
+
+        await client.SendRequestAsync(NbdCommand.Trim, 1, 0, 4096);
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the trim in the driver");
+        Assert.Equal(1, driver.CompleteAll(BlockStatus.NotSupported));
+        Assert.Equal((NbdError.None, 1UL), (await client.ReadSimpleReplyAsync()) is var t ? (t.Error, t.Cookie) : default);
+
+        // Other failures of a trim still reach the client.
+        await client.SendRequestAsync(NbdCommand.Trim, 2, 0, 4096);
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the second trim in the driver");
+        Assert.Equal(1, driver.CompleteAll(BlockStatus.IoError));
+        Assert.Equal((NbdError.Io, 2UL), (await client.ReadSimpleReplyAsync()) is var e ? (e.Error, e.Cookie) : default);
+
+        // A fast zero the device cannot do is the one ENOTSUP.
+        await client.SendRequestAsync(NbdCommand.WriteZeroes, 3, 0, 4096, NbdCommandFlags.FastZero);
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the fast zero in the driver");
+        Assert.Equal(1, driver.CompleteAll(BlockStatus.NotSupported));
+        Assert.Equal((NbdError.NotSupported, 3UL), (await client.ReadSimpleReplyAsync()) is var z ? (z.Error, z.Cookie) : default);
+    }
+
     /// <summary>A device whose requests stay in the driver until the test completes them.</summary>
     private static (ScriptedDriver Driver, BlockDevice Device, BlockSoftIrq SoftIrq) HeldDevice(string name)
     {
