@@ -401,14 +401,24 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case Terminated t when DriverIndex(t.ActorRef) >= 0:
                 MarkDriverDead(DriverIndex(t.ActorRef));
-                if (!_stoppingDrivers)
+                if (!_shutdownDone)
                 {
                     // The device was found gone while it drained (a reset the removal cancelled,
-                    // a connection lost): nothing will dispatch or complete what the driver held,
-                    // so it fails with Offline now rather than at the drain timeout (after the
-                    // teardown, which failed it already, there is nothing left to fail).
-                    StopDrivers();
-                    if (_health != DeviceHealth.Offline && !_shutdownDone)
+                    // a connection lost), or just before: a driver actor stopped as gone while
+                    // the device was still active had the others stopped, and the destroy came
+                    // before they were all dead, so the reopen (or offline) that the last one's
+                    // death would have started never came. Nothing will dispatch or complete
+                    // what the driver held, so it fails with Offline now rather than at the
+                    // drain timeout (an outside leak audit: one destroy in ~250 of an NBD client
+                    // device whose server was just killed waited the whole drain timeout). Only
+                    // the teardown stops drivers after _shutdownDone; after it, which failed
+                    // everything already, there is nothing left to fail.
+                    if (!_stoppingDrivers)
+                    {
+                        StopDrivers();
+                    }
+
+                    if (_health != DeviceHealth.Offline)
                     {
                         _log.Warning("{Device}: the device was lost while being removed; the requests it held fail with Offline", _queue.Name);
                         _lostWhileRemoving = true;

@@ -17,6 +17,7 @@ public sealed class ScriptedDriver : IBlockDriver
     private int _resetsRunning;
     private readonly TaskCompletionSource _recoveryCancelled = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Queue<BlockStatus> _script = new();
+    private readonly TaskCompletionSource _held = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public ScriptedDriver(long capacityBytes = 1L << 30, int blockSize = 512, int maxSectors = QueueLimits.DefaultMaxSectors, bool writeCache = false, bool pollable = false,
         DriverFeatures extra = DriverFeatures.None)
@@ -36,6 +37,18 @@ public sealed class ScriptedDriver : IBlockDriver
     }
 
     public string Kind => "scripted";
+
+    /// <summary>
+    /// When set, QueueRq on hardware queue <see cref="HoldQueue"/> blocks until the event is set:
+    /// the thread that dispatches it (in mailbox dispatch, that queue's driver actor) is busy.
+    /// </summary>
+    public ManualResetEventSlim? HoldGate { get; set; }
+
+    /// <summary>The hardware queue whose QueueRq <see cref="HoldGate"/> holds.</summary>
+    public int HoldQueue { get; set; }
+
+    /// <summary>Completes once a QueueRq is held at <see cref="HoldGate"/>.</summary>
+    public Task Held => _held.Task;
 
     public QueueLimits Limits { get; }
 
@@ -127,6 +140,12 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
     {
+        if (HoldGate is { } gate && hctx.Index == HoldQueue)
+        {
+            _held.TrySetResult();
+            gate.Wait();
+        }
+
         if (ThrowOnQueue is { } ex)
         {
             throw ex;
