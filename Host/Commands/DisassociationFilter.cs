@@ -26,6 +26,11 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
     // transport shutting down has cleared it already): every `bench --join` client's clean exit
     // printed one per peer (an outside audit). It says nothing about the data.
     private const string UnableToRemovePrefix = "Unable to REMOVE channel [";
+
+    // Akka.Remote's AssociationErrorEvent, as its EventPublisher logs it: the cause's message and
+    // then its whole stack trace inside the text ("... Error [MESSAGE] [   at ...]").
+    private const string AssociationErrorPrefix = "AssociationError [";
+    private const string QuarantinedThisSystem = "Error [The remote system has quarantined this system.";
     private static readonly MessageTemplateParser Parser = new();
 
     /// <inheritdoc />
@@ -56,6 +61,18 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
             }
         }
 
+        if (logEvent.Level >= LogEventLevel.Error && logEvent.Exception is null &&
+            QuarantinedLine(PeerNoiseLimiter.Literal(logEvent)) is { } quarantined)
+        {
+            if (minimum <= LogEventLevel.Warning)
+            {
+                inner.Emit(new LogEvent(logEvent.Timestamp, LogEventLevel.Warning, null,
+                    Parser.Parse(quarantined.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal)), []));
+            }
+
+            return;
+        }
+
         if (logEvent.Level == LogEventLevel.Warning &&
             logEvent.MessageTemplate.Text.StartsWith(UnableToRemovePrefix, StringComparison.Ordinal))
         {
@@ -69,6 +86,28 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
         }
 
         inner.Emit(logEvent);
+    }
+
+    // A node that the others removed while it could not answer (frozen by SIGSTOP, a long pause, a
+    // partition) learns it when it reconnects: Akka.Remote logs this ERROR with the endpoint
+    // reader's stack (6 lines) for every peer every 5 s until its own split-brain resolver downs it
+    // (about stable-after). The line keeps Akka's words without the stack, and says what follows.
+    private static string? QuarantinedLine(string text)
+    {
+        if (!text.StartsWith(AssociationErrorPrefix, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var error = text.IndexOf(QuarantinedThisSystem, StringComparison.Ordinal);
+        if (error < 0)
+        {
+            return null;
+        }
+
+        var end = text.IndexOf("] [", error, StringComparison.Ordinal);
+        return (end < 0 ? text : text[..(end + 1)]) +
+            " (the cluster removed this node while it did not answer: a freeze, a pause or a partition; its split-brain resolver downs it and `serve` exits 1)";
     }
 
     private static bool HasDisassociation(Exception? exception)

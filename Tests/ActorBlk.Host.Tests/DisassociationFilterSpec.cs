@@ -77,6 +77,42 @@ public sealed class DisassociationFilterSpec
     }
 
     [Fact]
+    public void A_node_told_it_was_quarantined_gets_one_warning_line_without_the_stack()
+    {
+        // A node frozen (SIGSTOP) past stable-after and woken: every 5 s, for each peer, until its
+        // own split-brain resolver downed it (about 20 s), Akka.Remote logged this ERROR with the
+        // endpoint reader's stack inside its text (an outside freeze audit).
+        const string Quarantined = "AssociationError [akka.tcp://actorblk@127.0.0.1:49103] -> akka.tcp://actorblk@127.0.0.1:49101: " +
+            "Error [The remote system has quarantined this system. No further associations to the remote system are possible until this system is restarted.] " +
+            "[   at Akka.Remote.EndpointReader.<Reading>b__11_1(Disassociated disassociated)\n   at Akka.Actor.ActorCell.Invoke(Envelope envelope)]";
+        var (log, sink) = Pipeline();
+        log.Error(Quarantined);
+
+        var line = Assert.Single(sink.Events);
+        Assert.Equal(LogEventLevel.Warning, line.Level);
+        Assert.Null(line.Exception);
+        var text = line.RenderMessage(System.Globalization.CultureInfo.InvariantCulture);
+        Assert.StartsWith("AssociationError [akka.tcp://actorblk@127.0.0.1:49103] -> akka.tcp://actorblk@127.0.0.1:49101: Error [The remote system has quarantined this system.", text, StringComparison.Ordinal);
+        Assert.DoesNotContain(" at ", text, StringComparison.Ordinal);
+        Assert.Contains("the cluster removed this node", text, StringComparison.Ordinal);
+
+        // As Akka.Logger.Serilog may pass it: a format and the text as its argument.
+        var (formatted, second) = Pipeline();
+        formatted.Error("{0}", Quarantined);
+        Assert.DoesNotContain(" at ", Assert.Single(second.Events).RenderMessage(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+
+        // An error-level-only log (a client command) shows nothing of it.
+        var (quiet, none) = Pipeline(LogEventLevel.Error);
+        quiet.Error(Quarantined);
+        Assert.Empty(none.Events);
+
+        // Another association error keeps its level and text.
+        var (other, kept) = Pipeline();
+        other.Error("AssociationError [akka.tcp://actorblk@127.0.0.1:1] -> akka.tcp://actorblk@127.0.0.1:2: Error [Connection refused] [   at X]");
+        Assert.Equal(LogEventLevel.Error, Assert.Single(kept.Events).Level);
+    }
+
+    [Fact]
     public void Every_other_event_passes_unchanged()
     {
         var (log, sink) = Pipeline();
