@@ -896,5 +896,18 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         }
 
         public void OnAbort(HardwareContext hctx) => self.Tell(new ScanNow(hctx.Index));
+
+        // The kernel's "I/O error, dev sda, sector ..." line (blk_print_req_error), rate-limited
+        // by the data plane; the count held back comes first, as printk's "callbacks suppressed".
+        public void OnRequestError(in RequestError error, int suppressed)
+        {
+            if (suppressed > 0)
+            {
+                log.Warning("{Device}: {Count} I/O error messages suppressed", device, suppressed);
+            }
+
+            log.Log(LogLevel.ErrorLevel, "{Status} error, dev {Device}, sector {Sector} op {Op} flags {Flags}, {Bytes} bytes, hctx {Index}",
+                new object[] { error.Status.Describe(), device, error.Sector, error.Op.Name(), error.Flags, error.Bytes, error.HardwareQueue });
+        }
     }
 }

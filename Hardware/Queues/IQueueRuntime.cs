@@ -90,4 +90,17 @@ public interface IQueueEvents
 
     /// <summary>A request was aborted (<see cref="RequestQueue.AbortRequest"/>): scan <paramref name="hctx"/> for timeouts now.</summary>
     void OnAbort(HardwareContext hctx);
+
+    /// <summary>
+    /// A request ended with an error (<c>blk_update_request</c>'s <c>blk_print_req_error</c>), at
+    /// most <see cref="RequestErrorLog.DefaultBurst"/> per device in each
+    /// <see cref="RequestErrorLog.DefaultIntervalMs"/> ms, as <c>printk_ratelimited</c> lets them
+    /// through; <paramref name="suppressed"/> counts those held back since the last one reported.
+    /// Not for <see cref="BlockStatus.Offline"/>: the device's loss or removal is reported once
+    /// instead (the kernel is silent once the disk is dead, <c>GD_DEAD</c>). Called on the
+    /// completing thread: it must not block.
+    /// </summary>
+    void OnRequestError(in RequestError error, int suppressed)
+    {
+    }
 }

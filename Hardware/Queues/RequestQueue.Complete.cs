@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 
@@ -7,6 +8,9 @@ namespace ActorBlk.Hardware.Queues;
 
 public sealed partial class RequestQueue
 {
+    // The I/O error messages' rate limit (printk_ratelimited), per device.
+    private readonly RequestErrorLog _errorLog = new();
+
     /// <summary>
     /// <c>blk_mq_complete_request</c>: marks the request complete (once) and runs the completion
     /// here or on the submitting CPU as rq_affinity decides (blk-mq-semantics §6 item 4).
@@ -124,6 +128,11 @@ public sealed partial class RequestQueue
             rq.StatStartNs = 0;
         }
 
+        if (status != BlockStatus.Ok)
+        {
+            ReportError(rq, status);
+        }
+
         if (bios is { Next: null, EndIo: not null } && !Usage.IsFrozen)
         {
             // The request is idle from here on either way: only its tag may stay allocated.
@@ -153,6 +162,20 @@ public sealed partial class RequestQueue
             bios.CompleteFromRequest(status);
             bios = next;
         }
+    }
+
+    // blk_update_request: a request that failed is reported, rate-limited as printk_ratelimited
+    // is, unless the device is gone (Offline: its loss is reported once, as the kernel stays
+    // silent once the disk is dead).
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void ReportError(Request rq, BlockStatus status)
+    {
+        if (status == BlockStatus.Offline || Events is not { } events || !_errorLog.TryEnter(Clock.NowMilliseconds, out var suppressed))
+        {
+            return;
+        }
+
+        events.OnRequestError(new RequestError(Name, rq.Hctx?.Index ?? -1, rq.Op, rq.Flags, rq.Sector, rq.Bytes, status), suppressed);
     }
 
     /// <summary>
