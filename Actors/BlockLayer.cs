@@ -73,6 +73,13 @@ public sealed partial class BlockLayer : IExtension
         // so it fails loudly and shuts down (README, "Security").
         system.SystemActorOf(Akka.Actor.Props.Create(() => new GuardianWatchdog(this)), GuardianName + "-watchdog");
 
+        // A member that quarantined this node removed it for good: the node downs itself at once
+        // instead of serving on its own side until its split-brain resolver decides (README, "Cluster").
+        if (system.Provider is Akka.Cluster.IClusterActorRefProvider)
+        {
+            system.SystemActorOf(QuarantineWatcher.Props(this), QuarantineWatcher.ActorName);
+        }
+
         var shutdown = CoordinatedShutdown.Get(system);
 
         // Waits of the start-up (a cluster to join, a stacked device's member to appear) end when
@@ -199,6 +206,18 @@ public sealed partial class BlockLayer : IExtension
     public string? FailureReason => Volatile.Read(ref _failureReason);
 
     private string? _failureReason;
+
+    /// <summary>
+    /// The member of the cluster that quarantined this node (Akka.Remote's
+    /// <c>ThisActorSystemQuarantinedEvent</c>), or null. Such a node was removed by the others
+    /// while it did not answer and has downed itself: coordinated shutdown runs with
+    /// <see cref="CoordinatedShutdown.ClusterDowningReason"/>, and a host exits non-zero.
+    /// </summary>
+    public Address? QuarantinedBy => Volatile.Read(ref _quarantinedBy);
+
+    private Address? _quarantinedBy;
+
+    internal void RecordQuarantine(Address by) => Interlocked.CompareExchange(ref _quarantinedBy, by, null);
 
     internal BlockSoftIrq SoftIrq { get; }
 

@@ -90,8 +90,9 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
 
     // A node that the others removed while it could not answer (frozen by SIGSTOP, a long pause, a
     // partition) learns it when it reconnects: Akka.Remote logs this ERROR with the endpoint
-    // reader's stack (6 lines) for every peer every 5 s until its own split-brain resolver downs it
-    // (about stable-after). The line keeps Akka's words without the stack, and says what follows.
+    // reader's stack (6 lines) for every peer every 5 s; the first notice from a member makes the
+    // node down itself (QuarantineWatcher). The line keeps Akka's words without the stack, and says
+    // what follows.
     private static string? QuarantinedLine(string text)
     {
         if (!text.StartsWith(AssociationErrorPrefix, StringComparison.Ordinal))
@@ -107,7 +108,7 @@ internal sealed class DisassociationFilter(ILogEventSink inner, LogEventLevel mi
 
         var end = text.IndexOf("] [", error, StringComparison.Ordinal);
         return (end < 0 ? text : text[..(end + 1)]) +
-            " (the cluster removed this node while it did not answer: a freeze, a pause or a partition; its split-brain resolver downs it and `serve` exits 1)";
+            " (the cluster removed this node while it did not answer: a freeze, a pause or a partition; it downs itself and `serve` exits 1)";
     }
 
     private static bool HasDisassociation(Exception? exception)

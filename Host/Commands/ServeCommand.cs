@@ -252,6 +252,13 @@ internal static class ServeCommand
                 // Downed by the cluster (its split-brain resolver kept the other side) or never
                 // joined: the node did not stop because it was asked to, so a supervisor that
                 // restarts failed services must see a failure (an outside audit saw exit 0).
+                if (reason is CoordinatedShutdown.ClusterDowningReason && BlockLayer.Get(started!).QuarantinedBy is { } by)
+                {
+                    // Woken after a freeze or a partition the others outlasted: they removed it.
+                    Log.Fatal("ActorBlk node stopped: the cluster downed it (member {Member} quarantined it: the others removed it while it did not answer)", by.ToString());
+                    return 1;
+                }
+
                 Log.Fatal(reason is CoordinatedShutdown.ClusterDowningReason
                     ? "ActorBlk node stopped: the cluster downed it (its split-brain resolver kept the other side)"
                     : "ActorBlk node stopped: it could not join the cluster");
