@@ -58,8 +58,32 @@ internal static class RemoteDevices
     /// </summary>
     public delegate Task<IBlockDevice> Connector(ClusterDevice device, string localName, DeviceOptions template);
 
-    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null) =>
-        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect));
+    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null, PauseWatch? pause = null) =>
+        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect, pause));
+
+    /// <summary>
+    /// How the actor finds that this node itself was paused (a stop signal, a long GC or VM pause):
+    /// a timer of <paramref name="Clock"/> ticking every <paramref name="Tick"/> that fires more than
+    /// <paramref name="Threshold"/> after the tick before. An owner found unreachable within
+    /// <paramref name="Grace"/> after such a wake is most likely this node's own failure detector
+    /// catching up on heartbeats it could not read while paused: its queues stay online for up to
+    /// <paramref name="Grace"/> while it may become reachable again.
+    /// </summary>
+    public sealed record PauseWatch(TimeProvider Clock, TimeSpan Tick, TimeSpan Threshold, TimeSpan Grace)
+    {
+        /// <summary>
+        /// The watch of <paramref name="system"/>'s failure detector: a tick every quarter of the
+        /// heartbeat interval (250 ms by default), a pause past half the acceptable heartbeat pause
+        /// (1.5 s), a grace of the acceptable heartbeat pause (3 s).
+        /// </summary>
+        public static PauseWatch Of(ActorSystem system)
+        {
+            var settings = AkkaCluster.Get(system).Settings;
+            var acceptable = settings.FailureDetectorConfig.GetTimeSpan("acceptable-heartbeat-pause", TimeSpan.FromSeconds(3));
+            var tick = settings.HeartbeatInterval / 4;
+            return new PauseWatch(TimeProvider.System, tick, TimeSpan.FromTicks(Math.Max(acceptable.Ticks / 2, tick.Ticks * 4)), acceptable);
+        }
+    }
 }
 
 /// <summary>
@@ -70,6 +94,8 @@ internal static class RemoteDevices
 /// unknown). The device published again (its node back at the same address, a new incarnation or
 /// a new NBD endpoint) while the queue is offline: the queue is replaced by a new one connected to
 /// the published endpoint, under the same local name, and every handle uses it from then on.
+/// An owner found unreachable just after this node itself was paused is given a grace first (see
+/// <see cref="RemoteDevices.PauseWatch"/>): reachable again within it, nothing goes offline.
 /// </summary>
 internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 {
@@ -85,14 +111,24 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // How the latest incarnation (uid) of each node (host:port) this actor saw end ended: left
     // (removed after Exiting) or not (downed, or removed after a crash).
     private readonly Dictionary<string, (long Uid, bool Left)> _ended = new(StringComparer.Ordinal);
+    // Nodes found unreachable just after this node woke from a pause, each with the timer of its
+    // grace: not in _unreachable (their queues stay online) until the grace ends.
+    private readonly Dictionary<string, ITimer> _suspect = new(StringComparer.Ordinal);
+    private readonly RemoteDevices.PauseWatch _pause;
     private IDisposable? _watch;
+    private ITimer? _pauseTimer;
+    // The clock's timestamps of the last tick and of the last wake from a pause (null: none seen).
+    private long _lastTick;
+    private long? _wokeAt;
+    private TimeSpan _pausedFor;
 
-    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null)
+    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null, RemoteDevices.PauseWatch? pause = null)
     {
         _layer = layer;
         _imported = imported;
         _checkInterval = checkInterval;
         _connect = connect ?? ((device, name, template) => ConnectAsync(layer, device, name, template));
+        _pause = pause ?? RemoteDevices.PauseWatch.Of(Context.System);
         Receive<RemoteDevices.Open>(HandleOpen);
         Receive<RemoteDevices.OpenMissing>(HandleOpenMissing);
         Receive<RemoteDevices.Close>(HandleClose);
@@ -100,16 +136,45 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Receive<Released>(HandleReleased);
         Receive<SnapshotChanged>(_ => CheckAll());
         Receive<Check>(_ => CheckAll());
+        Receive<PauseTick>(HandlePauseTick);
+        Receive<GraceOver>(HandleGraceOver);
         Receive<ClusterEvent.UnreachableMember>(u =>
         {
-            if (_unreachable.Add(DeviceRegistryActor.NodeName(u.Member.Address)))
+            var node = DeviceRegistryActor.NodeName(u.Member.Address);
+            if (_unreachable.Contains(node) || _suspect.ContainsKey(node))
             {
-                CheckAll();
+                return;
             }
+
+            if (JustWoke() is { } paused)
+            {
+                // This node's own failure detector, catching up on the heartbeats it could not
+                // read while paused, takes healthy members for lost (an outside audit: a bench
+                // stopped 8 s failed its 32 healthy I/Os with Offline, the owner reachable again
+                // a second later). Wait for it to settle.
+                _log.Warning("{0} is unreachable just after this node was paused for {1:F1} s: its devices' local queues stay online for up to {2} s while it may become reachable again",
+                    node, paused.TotalSeconds, _pause.Grace.TotalSeconds);
+                var self = Self;
+                ITimer? timer = null;
+                timer = _pause.Clock.CreateTimer(_ => self.Tell(new GraceOver(node, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                _suspect[node] = timer;
+                timer.Change(_pause.Grace, Timeout.InfiniteTimeSpan);
+                return;
+            }
+
+            _unreachable.Add(node);
+            CheckAll();
         });
         Receive<ClusterEvent.ReachableMember>(r =>
         {
-            if (_unreachable.Remove(DeviceRegistryActor.NodeName(r.Member.Address)))
+            var node = DeviceRegistryActor.NodeName(r.Member.Address);
+            if (ForgiveSuspect(node))
+            {
+                _log.Info("{0} is reachable again after this node's pause: its devices' local queues stayed online", node);
+                CheckAll();
+            }
+
+            if (_unreachable.Remove(node))
             {
                 CheckAll();
             }
@@ -118,6 +183,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             var node = DeviceRegistryActor.NodeName(r.Member.Address);
             _unreachable.Remove(node);
+            ForgiveSuspect(node);
 
             // Removed after leaving (Exiting), or after being downed: whether the devices it took
             // away with it were given up on purpose (see Planned).
@@ -146,13 +212,90 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             Timers.StartPeriodicTimer(CheckTimer, Check.Instance, _checkInterval);
         }
+
+        // The clock's timer, not the scheduler's: what it measures is the clock's, and a spec's
+        // virtual clock then both moves the time and fires the ticks.
+        var clock = _pause.Clock;
+        _lastTick = clock.GetTimestamp();
+        _pauseTimer = clock.CreateTimer(_ => self.Tell(new PauseTick(clock.GetTimestamp())), null, _pause.Tick, _pause.Tick);
     }
 
     protected override void PostStop()
     {
+        _pauseTimer?.Dispose();
+        foreach (var timer in _suspect.Values)
+        {
+            timer.Dispose();
+        }
+
         _watch?.Dispose();
         AkkaCluster.Get(Context.System).Unsubscribe(Self);
     }
+
+    // A tick that fired long after the one before: this node was paused (its timers did not run).
+    private void HandlePauseTick(PauseTick tick)
+    {
+        var gap = _pause.Clock.GetElapsedTime(_lastTick, tick.At);
+        _lastTick = Math.Max(_lastTick, tick.At);
+        if (gap > _pause.Threshold)
+        {
+            _wokeAt = tick.At;
+            _pausedFor = gap;
+            // A warning where it matters: this node holds other nodes' devices.
+            _log.Log(_slots.Count > 0 ? LogLevel.WarningLevel : LogLevel.DebugLevel,
+                "This node was paused for {0:F1} s (stopped, or a long GC or VM pause): a member found unreachable within {1} s is given {1} s to become reachable again before its devices' local queues go offline",
+                new object[] { gap.TotalSeconds, _pause.Grace.TotalSeconds });
+        }
+    }
+
+    // How long this node was paused when it woke within the grace before now; null when it was
+    // not. A pause whose late tick is not here yet (the failure detector's event came first)
+    // counts from now.
+    private TimeSpan? JustWoke()
+    {
+        var now = _pause.Clock.GetTimestamp();
+        var sinceTick = _pause.Clock.GetElapsedTime(_lastTick, now);
+        if (sinceTick > _pause.Threshold)
+        {
+            _wokeAt = now;
+            _pausedFor = sinceTick;
+            return sinceTick;
+        }
+
+        return _wokeAt is { } woke && _pause.Clock.GetElapsedTime(woke, now) <= _pause.Grace ? _pausedFor : null;
+    }
+
+    // The grace of a node found unreachable after this node's pause ended, and it is unreachable
+    // still: its queues go offline now, as at once without a pause.
+    private void HandleGraceOver(GraceOver over)
+    {
+        if (!_suspect.TryGetValue(over.Node, out var timer) || !ReferenceEquals(timer, over.Timer))
+        {
+            // Reachable again (or removed) since: nothing to do.
+            return;
+        }
+
+        _suspect.Remove(over.Node);
+        timer.Dispose();
+        _log.Warning("{0} is still unreachable {1} s after this node's pause", over.Node, _pause.Grace.TotalSeconds);
+        _unreachable.Add(over.Node);
+        CheckAll();
+    }
+
+    // Whether the node was waiting out its grace; it no longer is.
+    private bool ForgiveSuspect(string node)
+    {
+        if (!_suspect.Remove(node, out var timer))
+        {
+            return false;
+        }
+
+        timer.Dispose();
+        return true;
+    }
+
+    // Unreachable, or found so after this node's pause and still within its grace.
+    private bool CutOff(string node) => _unreachable.Contains(node) || _suspect.ContainsKey(node);
 
     /// <summary>The local queue name of a remote device: <c>name-host-port</c>, or the name and a hash when that is too long.</summary>
     internal static string LocalName(ClusterDevice device)
@@ -570,7 +713,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             // Missing: connect its first queue once the registry shows it live and exported.
             var appeared = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
-            if (appeared is not null && appeared.State == ClusterDeviceStates.Live && !string.IsNullOrEmpty(appeared.NbdEndpoint) && !_unreachable.Contains(appeared.Node))
+            if (appeared is not null && appeared.State == ClusterDeviceStates.Live && !string.IsNullOrEmpty(appeared.NbdEndpoint) && !CutOff(appeared.Node))
             {
                 Log(slot, "{0} appeared at {1}; connecting its local queue {2}", appeared.Id, appeared.NbdEndpoint, slot.LocalName);
                 Build(slot, appeared);
@@ -670,7 +813,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // restarted at once: another member downed it and the prune came first) is a failure.
     private bool Planned(ClusterDevice device)
     {
-        if (_unreachable.Contains(device.Node) || _layer.ClusterDevices.HasFailed(device.Node, device.NodeUid))
+        if (CutOff(device.Node) || _layer.ClusterDevices.HasFailed(device.Node, device.NodeUid))
         {
             // Cut off, or its block layer failed (it withdraws its devices as it shuts down, but
             // did not choose to).
@@ -773,4 +916,10 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     {
         public static readonly Check Instance = new();
     }
+
+    /// <summary>A tick of the pause watch, fired at the clock's timestamp <paramref name="At"/>.</summary>
+    private sealed record PauseTick(long At);
+
+    /// <summary>The grace of <paramref name="Node"/> (its timer, so that a stale one is told apart) ended.</summary>
+    private sealed record GraceOver(string Node, ITimer Timer);
 }
