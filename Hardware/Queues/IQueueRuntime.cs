@@ -98,7 +98,8 @@ public interface IQueueEvents
     /// through; <paramref name="suppressed"/> counts those held back since the last one reported.
     /// Not for <see cref="BlockStatus.Offline"/>: the device's loss or removal is reported once
     /// instead (the kernel is silent once the disk is dead, <c>GD_DEAD</c>). Called on the
-    /// completing thread: it must not block.
+    /// completing thread: it must not block. An exception it throws is dropped; the request
+    /// completes all the same.
     /// </summary>
     void OnRequestError(in RequestError error, int suppressed)
     {

@@ -166,7 +166,9 @@ public sealed partial class RequestQueue
 
     // blk_update_request: a request that failed is reported, rate-limited as printk_ratelimited
     // is, unless the device is gone (Offline: its loss is reported once, as the kernel stays
-    // silent once the disk is dead).
+    // silent once the disk is dead). The report runs before the request frees its tag and
+    // completes its bios: a receiver that throws (IQueueEvents is public) loses its message, never
+    // the request's completion.
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReportError(Request rq, BlockStatus status)
     {
@@ -175,7 +177,14 @@ public sealed partial class RequestQueue
             return;
         }
 
-        events.OnRequestError(new RequestError(Name, rq.Hctx?.Index ?? -1, rq.Op, rq.Flags, rq.Sector, rq.Bytes, status), suppressed);
+        try
+        {
+            events.OnRequestError(new RequestError(Name, rq.Hctx?.Index ?? -1, rq.Op, rq.Flags, rq.Sector, rq.Bytes, status), suppressed);
+        }
+        catch (Exception)
+        {
+            // Only a message is lost: the request completes below as it would have.
+        }
     }
 
     /// <summary>

@@ -87,6 +87,38 @@ public sealed class RequestErrorLogSpec
         Assert.Equal(2, lastSuppressed);
     }
 
+    [Fact]
+    public async Task A_failed_request_completes_and_frees_its_tag_when_its_report_throws()
+    {
+        // The report runs inside the completion, before the tag is freed and the bios end:
+        // IQueueEvents is public, and a receiver that threw left the request never completed,
+        // its tag held for ever.
+        var driver = new ScriptedDriver();
+        var (queue, runtime) = TestQueues.Create(driver, name: "errthrow0");
+        queue.Register();
+        queue.Events = new Throwing();
+
+        var write = TestQueues.Submit(queue, BlockOp.Write, 8, 8);
+        runtime.RunRound();
+        Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(BlockStatus.IoError));
+        Assert.Equal(BlockStatus.IoError, await write.AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.All(queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
+        Assert.Equal(0L, queue.DoubleCompletions);
+    }
+
+    private sealed class Throwing : IQueueEvents
+    {
+        public void OnDeviceError(HardwareContext hctx, Exception error)
+        {
+        }
+
+        public void OnAbort(HardwareContext hctx)
+        {
+        }
+
+        public void OnRequestError(in RequestError error, int suppressed) => throw new InvalidOperationException("a receiver's bug");
+    }
+
     private sealed class Recorder : IQueueEvents
     {
         public ConcurrentQueue<(RequestError Error, int Suppressed)> Errors { get; } = new();
