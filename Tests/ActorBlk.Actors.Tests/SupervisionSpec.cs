@@ -543,6 +543,9 @@ public sealed class MailboxSupervisionSpec(ITestOutputHelper output) : Supervisi
         var device = await Create(driver, "lostbefore", new DeviceOptions { SubmitQueues = 2 });
         var cpu0 = device.Queue.HardwareContexts[0].CpuMask.First();
         var cpu1 = device.Queue.HardwareContexts[1].CpuMask.First();
+        var queueActor = await Sys.ActorSelection("/user/actorblk/dev-lostbefore-*").ResolveOne(TimeSpan.FromSeconds(30));
+        var driver0 = await DriverOf("lostbefore").ResolveOne(TimeSpan.FromSeconds(30));
+        Watch(driver0);
         var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512], cpu: cpu0).AsTask();
         await Until(() => driver.InFlight.Count == 1);
         driver.HoldGate = gate;
@@ -556,20 +559,14 @@ public sealed class MailboxSupervisionSpec(ITestOutputHelper output) : Supervisi
             driver.ThrowOnce = new BlockDeviceErrorException("connection reset by peer", deviceGone: true);
             failing = device.ExecuteAsync(BlockOp.Read, 131072, 512, new byte[512], cpu: cpu0).AsTask();
 
-            // Driver 0 is gone (its Terminated is queued before it leaves the children); driver 1,
+            // Driver 0 is gone, and the queue has its Terminated before the destroy: a dead actor
+            // sends its parent's notice before its watchers', and the queue, answering an ask
+            // after that notice, has turned it into a Terminated queued ahead of the destroy
+            // (before, the spec waited for driver 0 not to resolve, which a slow answer or a dead
+            // letter gave before the queue knew, and the destroy then came first). Driver 1,
             // stopped by the queue, is still in its round. Then the destroy.
-            await AwaitConditionAsync(async () =>
-            {
-                try
-                {
-                    await DriverOf("lostbefore").ResolveOne(TimeSpan.FromMilliseconds(200));
-                    return false;
-                }
-                catch (ActorNotFoundException)
-                {
-                    return true;
-                }
-            }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
+            await ExpectTerminatedAsync(driver0, TimeSpan.FromSeconds(30));
+            await queueActor.Ask<RequestQueueProtocol.Info>(RequestQueueProtocol.GetInfo.Instance, TimeSpan.FromSeconds(30));
             destroying = Layer.DestroyDeviceAsync("lostbefore");
             await Until(() => device.Queue.IsDying);
 
