@@ -496,8 +496,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 if (Target.IsBlockDevice)
                 {
                     // BLKDISCARD / BLKZEROOUT block the caller: off the dispatch thread they go.
-                    _slow ??= new PsyncWorker(this, $"actorblk/{Hctx.Queue.Name}/uring{Hctx.Index}-ioctl");
-                    _slow.Post(rq);
+                    Slow().Post(rq);
                     return BlockStatus.Ok;
                 }
 
@@ -654,8 +653,37 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             return 0;
         }
 
+        if (cqe.Result == -LibC.EOPNOTSUPP && command!.LinkStatus == BlockStatus.Ok && command.Request is { Op: BlockOp.WriteZeroes } zeroes)
+        {
+            // The file system has no FALLOC_FL_ZERO_RANGE: the fallback (punch a hole, or, unless
+            // REQ_NOFALLBACK, write the zeroes: ZeroFileRange) blocks for as long as the range
+            // takes, so it goes to the worker thread, as BLKZEROOUT does, and the completions
+            // behind it on this ring do not wait for it.
+            Slow().Post(zeroes);
+            return 1;
+        }
+
         Complete(command!, Finish(command!, cqe.Result));
         return 1;
+    }
+
+    // The worker that runs what blocks (the block devices' ioctls, the zeroing fallback), made on
+    // first use by whichever thread needs it first (the dispatch thread or the reaper).
+    private PsyncWorker Slow()
+    {
+        if (Volatile.Read(ref _slow) is { } slow)
+        {
+            return slow;
+        }
+
+        var made = new PsyncWorker(this, $"actorblk/{Hctx.Queue.Name}/uring{Hctx.Index}-slow");
+        if (Interlocked.CompareExchange(ref _slow, made, null) is { } other)
+        {
+            made.Dispose();
+            return other;
+        }
+
+        return made;
     }
 
     private BlockStatus Finish(FileCommand command, int result)
@@ -668,13 +696,6 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         var rq = command.Request!;
         if (result < 0)
         {
-            if (result == -LibC.EOPNOTSUPP && rq.Op == BlockOp.WriteZeroes)
-            {
-                var zeroed = ZeroFileRange(Target, rq);
-                BlockTime.Invalidate();
-                return zeroed;
-            }
-
             return BlockStatusExtensions.FromErrno(result);
         }
 
