@@ -169,10 +169,16 @@ public sealed partial class RequestQueue
     // silent once the disk is dead). The report runs before the request frees its tag and
     // completes its bios: a receiver that throws (IQueueEvents is public) loses its message, never
     // the request's completion.
+    // A discard, or a write-zeroes that asked not to fall back to writing (REQ_NOFALLBACK, NBD's
+    // FAST_ZERO probe), that the device cannot do: the kernel refuses those before any request
+    // (bio level, no message), and the caller asked only to learn whether it can.
+    private static bool Quiet(Request rq, BlockStatus status) =>
+        status == BlockStatus.NotSupported && (rq.Op == BlockOp.Discard || (rq.Flags & RequestFlags.NoFallback) != 0);
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void ReportError(Request rq, BlockStatus status)
     {
-        if (status == BlockStatus.Offline || Events is not { } events || !_errorLog.TryEnter(Clock.NowMilliseconds, out var suppressed))
+        if (status == BlockStatus.Offline || Quiet(rq, status) || Events is not { } events || !_errorLog.TryEnter(Clock.NowMilliseconds, out var suppressed))
         {
             return;
         }

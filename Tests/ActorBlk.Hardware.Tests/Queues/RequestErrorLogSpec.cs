@@ -50,14 +50,14 @@ public sealed class RequestErrorLogSpec
         // A successful read, then 12 failed writes on separate sectors, then one that went offline.
         var ok = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
         runtime.RunRound();
-        Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(BlockStatus.Ok));
+        Assert.True(Current(driver).End(BlockStatus.Ok));
         Assert.Equal(BlockStatus.Ok, await ok);
 
         for (var i = 0; i < 12; i++)
         {
             var write = TestQueues.Submit(queue, BlockOp.Write, 1000 + (100 * i), 8, flags: RequestFlags.Sync);
             runtime.RunRound();
-            Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(i == 0 ? BlockStatus.NoSpace : BlockStatus.IoError));
+            Assert.True(Current(driver).End(i == 0 ? BlockStatus.NoSpace : BlockStatus.IoError));
             Assert.Equal(i == 0 ? BlockStatus.NoSpace : BlockStatus.IoError, await write);
         }
 
@@ -72,14 +72,24 @@ public sealed class RequestErrorLogSpec
         // Offline is not reported (the device's loss is, once, elsewhere).
         var gone = TestQueues.Submit(queue, BlockOp.Read, 5000, 8);
         runtime.RunRound();
-        Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(BlockStatus.Offline));
+        Assert.True(Current(driver).End(BlockStatus.Offline));
         Assert.Equal(BlockStatus.Offline, await gone);
+
+        // Nor a discard, or a write-zeroes that must not fall back to writing, that the device
+        // cannot do (the kernel refuses them before any request, silently).
+        foreach (var (op, flags) in new[] { (BlockOp.Discard, RequestFlags.None), (BlockOp.WriteZeroes, RequestFlags.NoFallback) })
+        {
+            var probe = TestQueues.Submit(queue, op, 7000, 8, flags: flags);
+            runtime.RunRound();
+            Assert.True(Current(driver).End(BlockStatus.NotSupported));
+            Assert.Equal(BlockStatus.NotSupported, await probe);
+        }
 
         // The next window: one more error, carrying the two held back.
         clock.Advance(TimeSpan.FromMilliseconds(RequestErrorLog.DefaultIntervalMs + 1));
         var late = TestQueues.Submit(queue, BlockOp.Read, 6000, 16);
         runtime.RunRound();
-        Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(BlockStatus.Medium));
+        Assert.True(Current(driver).End(BlockStatus.Medium));
         Assert.Equal(BlockStatus.Medium, await late);
         Assert.Equal(11, events.Errors.Count);
         var (last, lastSuppressed) = events.Errors.Last();
@@ -100,7 +110,7 @@ public sealed class RequestErrorLogSpec
 
         var write = TestQueues.Submit(queue, BlockOp.Write, 8, 8);
         runtime.RunRound();
-        Assert.True(driver.InFlight.Single(rq => rq.State == RequestState.InFlight).End(BlockStatus.IoError));
+        Assert.True(Current(driver).End(BlockStatus.IoError));
         Assert.Equal(BlockStatus.IoError, await write.AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.All(queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
         Assert.Equal(0L, queue.DoubleCompletions);
@@ -118,6 +128,10 @@ public sealed class RequestErrorLogSpec
 
         public void OnRequestError(in RequestError error, int suppressed) => throw new InvalidOperationException("a receiver's bug");
     }
+
+    // The one request in flight (the driver's list keeps every request it was given, and a
+    // request object comes back with its tag).
+    private static Request Current(ScriptedDriver driver) => driver.InFlight.Where(rq => rq.State == RequestState.InFlight).Distinct().Single();
 
     private sealed class Recorder : IQueueEvents
     {
