@@ -1,3 +1,4 @@
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -145,48 +146,46 @@ internal abstract class FileEngine : IDisposable
     private static unsafe BlockStatus WriteZeroes(int fd, long offset, long length, int alignment)
     {
         const long Chunk = 1 << 20;
-        var size = (nuint)Math.Min(length, Chunk);
-        byte* zeroes;
+        AlignedBuffer buffer;
         try
         {
-            zeroes = (byte*)NativeAllocations.AlignedAlloc(size, (nuint)alignment);
+            // Zeroed when allocated.
+            buffer = new AlignedBuffer((int)Math.Min(length, Chunk), alignment);
         }
         catch (OutOfMemoryException)
         {
             return BlockStatus.Resource;
         }
 
-        try
+        using (buffer)
         {
-            new Span<byte>(zeroes, (int)size).Clear();
-            while (length > 0)
+            fixed (byte* zeroes = buffer.GetSpan())
             {
-                var n = LibC.PWrite(fd, zeroes, Math.Min(length, (long)size), offset);
-                if (n == -LibC.EINTR)
+                while (length > 0)
                 {
-                    continue;
-                }
+                    var n = LibC.PWrite(fd, zeroes, Math.Min(length, buffer.Length), offset);
+                    if (n == -LibC.EINTR)
+                    {
+                        continue;
+                    }
 
-                if (n < 0)
-                {
-                    return BlockStatusExtensions.FromErrno((int)n);
-                }
+                    if (n < 0)
+                    {
+                        return BlockStatusExtensions.FromErrno((int)n);
+                    }
 
-                if (n == 0)
-                {
-                    return BlockStatus.IoError;
-                }
+                    if (n == 0)
+                    {
+                        return BlockStatus.IoError;
+                    }
 
-                offset += n;
-                length -= n;
+                    offset += n;
+                    length -= n;
+                }
             }
+        }
 
-            return BlockStatus.Ok;
-        }
-        finally
-        {
-            NativeAllocations.AlignedFree(zeroes, size);
-        }
+        return BlockStatus.Ok;
     }
 
     private static BlockStatus FDataSync(int fd)
