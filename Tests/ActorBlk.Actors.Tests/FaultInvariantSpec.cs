@@ -215,4 +215,5 @@ public abstract class FaultInvariantSpec : Akka.TestKit.Xunit2.TestKit
 public sealed class RingFaultInvariantSpec(ITestOutputHelper output) : FaultInvariantSpec(DispatchMode.Ring, output);
 
 /// <summary>The invariant under faults in mailbox dispatch.</summary>
+[RunsLong(40)]
 public sealed class MailboxFaultInvariantSpec(ITestOutputHelper output) : FaultInvariantSpec(DispatchMode.Mailbox, output);

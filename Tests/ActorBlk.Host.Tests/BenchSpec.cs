@@ -9,6 +9,7 @@ namespace ActorBlk.Host.Tests;
 /// `actorblk bench` as a process: fio's options, fio's JSON layout, and the rule that every
 /// submitted I/O completes. Speed is not asserted here; benchmarks carry the targets.
 /// </summary>
+[RunsLong(75)]
 public sealed class BenchSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);

@@ -10,7 +10,7 @@ namespace ActorBlk.Host.Tests;
 /// opens the device wherever it lives (here on the one `serve` node, over its NBD export), drives
 /// it, and its JSON names the owner node.
 /// </summary>
-[Collection(OwnResourceProcessesCollection.Name)]
+[Collection(ClusterProcessesCollection.Name)]
 public sealed partial class ClusterBenchSpec
 {
     private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);

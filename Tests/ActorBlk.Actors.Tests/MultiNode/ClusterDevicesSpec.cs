@@ -1,6 +1,7 @@
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
+using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Cluster;
 using Xunit;
@@ -18,6 +19,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// mirror lane was the longest, about 150 s of the suite's 225 s, with them).
 /// </summary>
 [CollectionDefinition(Name)]
+[RunsLong(125)]
 public sealed class ClusterCollection
 {
     /// <summary>The collection's name.</summary>
@@ -26,6 +28,7 @@ public sealed class ClusterCollection
 
 /// <summary>The mirror's multi-node specs: one at a time, beside <see cref="ClusterCollection"/>'s.</summary>
 [CollectionDefinition(Name)]
+[RunsLong(125)]
 public sealed class MirrorClusterCollection
 {
     /// <summary>The collection's name.</summary>

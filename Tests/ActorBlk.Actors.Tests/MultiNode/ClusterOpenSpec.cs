@@ -2,6 +2,7 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Cluster;
 using Xunit;
 
@@ -17,6 +18,7 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// same handle work again. The longest multi-node class (about 80 s): a collection of its own
 /// (xUnit's default), beside <see cref="ClusterCollection"/> and <see cref="MirrorClusterCollection"/>.
 /// </summary>
+[RunsLong(90)]
 public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
 {
     // Liveness bounds for a loaded 2-core machine (failure detection, stable-after 2 s, gossip).

@@ -1,3 +1,4 @@
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests.Support;
@@ -8,8 +9,10 @@ namespace ActorBlk.Host.Tests.Support;
 /// they need not wait for <see cref="ServeProcessesCollection"/> or <see cref="OwnResourceProcessesCollection"/>; they run one after another
 /// (each cluster's failure detection and split-brain timing is the spec's subject, and two such
 /// clusters at once on two cores would only slow each other) and beside the other collections.
+/// `bench --join` against a cluster (ClusterBenchSpec) is one of them for the same reason.
 /// </summary>
 [CollectionDefinition(Name)]
+[RunsLong(260)]
 public sealed class ClusterProcessesCollection
 {
     /// <summary>The collection's name.</summary>

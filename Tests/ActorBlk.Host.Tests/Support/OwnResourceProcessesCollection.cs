@@ -1,3 +1,4 @@
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests.Support;
@@ -16,6 +17,7 @@ namespace ActorBlk.Host.Tests.Support;
 /// loaded Host run (one test at a time where three may run).
 /// </remarks>
 [CollectionDefinition(Name)]
+[RunsLong(90)]
 public sealed class OwnResourceProcessesCollection
 {
     /// <summary>The collection's name.</summary>

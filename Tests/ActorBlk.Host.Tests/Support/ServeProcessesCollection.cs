@@ -1,3 +1,4 @@
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests.Support;
@@ -10,6 +11,7 @@ namespace ActorBlk.Host.Tests.Support;
 /// own, so the suite's time is the longest chain's rather than the sum of the chains.
 /// </summary>
 [CollectionDefinition(Name)]
+[RunsLong(125)]
 public sealed class ServeProcessesCollection
 {
     /// <summary>The collection's name.</summary>
