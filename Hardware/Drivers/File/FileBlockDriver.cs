@@ -23,7 +23,9 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// Timeouts: a request the kernel still holds cannot be completed early without handing its
 /// buffer back while the device may still write to it, so <see cref="Timeout"/> re-arms the
 /// timer (as the kernel does for a driver without a handler) and the request completes when the
-/// device answers.
+/// device answers. For the same reason <see cref="Abandon"/> (a removal past its drain timeout)
+/// returns only once the kernel answered every request it holds, so the requests the block
+/// layer then fails are none of the kernel's.
 /// </para>
 /// </remarks>
 public sealed class FileBlockDriver : IBlockDriver
@@ -32,6 +34,7 @@ public sealed class FileBlockDriver : IBlockDriver
     private readonly BufferArena? _arena;
     private readonly Lock _enginesLock = new();
     private readonly Dictionary<int, string> _engines = [];
+    private readonly Dictionary<int, FileEngine> _liveEngines = [];
     private string? _fallbackReason;
 
     /// <summary>Opens the backing store and discovers its geometry.</summary>
@@ -199,6 +202,7 @@ public sealed class FileBlockDriver : IBlockDriver
         lock (_enginesLock)
         {
             _engines[hctx.Index] = $"{engine.Name} ({engine.Details})";
+            _liveEngines[hctx.Index] = engine;
         }
     }
 
@@ -229,6 +233,34 @@ public sealed class FileBlockDriver : IBlockDriver
 
     /// <inheritdoc />
     public TimeoutAction Timeout(Request request) => TimeoutAction.ResetTimer;
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// A request the kernel holds cannot be abandoned: the kernel reads a write's buffer and fills
+    /// a read's when the disk gets to it, whatever this process does, and failing the request
+    /// would hand that buffer back to its caller first. So this waits, on the calling thread,
+    /// until no engine holds a request, as the kernel's <c>blk_mq_destroy_queue</c> waits for
+    /// every request of a slow disk (the loop device's too); the requests complete with the
+    /// disk's answer meanwhile. Before, the block layer failed them with
+    /// <see cref="BlockStatus.Offline"/> at the drain timeout (mailbox dispatch) or 30 s later
+    /// (ring dispatch), and the kernel's late reads overwrote buffers their callers had reused
+    /// (an outside slow-disk audit, with the disk throttled to 1 IOPS).
+    /// </remarks>
+    public void Abandon()
+    {
+        FileEngine[] engines;
+        lock (_enginesLock)
+        {
+            engines = [.. _liveEngines.Values];
+        }
+
+        var delay = 1;
+        while (engines.Any(e => e.Outstanding > 0))
+        {
+            Thread.Sleep(delay);
+            delay = Math.Min(delay * 2, 50);
+        }
+    }
 
     /// <inheritdoc />
     /// <remarks>

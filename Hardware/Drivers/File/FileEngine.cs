@@ -38,6 +38,12 @@ internal abstract class FileEngine : IDisposable
     /// </summary>
     public abstract BlockStatus Queue(Request rq, bool last);
 
+    /// <summary>
+    /// Requests this engine took and has not answered yet: the kernel (or the worker thread's
+    /// system call) may still read or write their buffers.
+    /// </summary>
+    public abstract int Outstanding { get; }
+
     /// <summary>The batch ended (<c>commit_rqs</c>): hand over whatever is prepared.</summary>
     public virtual void Commit()
     {

@@ -202,6 +202,10 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
 
+    /// <inheritdoc />
+    /// <remarks>The requests in the kernel, and those the worker thread runs (block-device discard and zeroing, the zeroing fallback).</remarks>
+    public override int Outstanding => InFlight + (Volatile.Read(ref _slow)?.Outstanding ?? 0);
+
     /// <summary>The ring's setup flags (for tests).</summary>
     internal IoUringSetupFlags RingFlags => _ring.Flags;
 
@@ -717,13 +721,23 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         return BlockStatus.Ok;
     }
 
-    // Ring dispatch, on the dispatch thread at exit: wait for what the kernel still holds.
+    // Ring dispatch, on the dispatch thread at exit: wait for what the kernel still holds, for as
+    // long as it holds it, as blk_mq_destroy_queue waits for every request. Once, the wait ended
+    // after 30 s and the ring was closed with requests still in the kernel: they never completed
+    // here, the teardown failed them with Offline, and their buffers went back to their callers
+    // while the kernel still read or wrote them (an outside slow-disk audit: reads landed in
+    // buffers the caller had reused). Only a broken ring, which can reap nothing more, ends it.
     private bool DrainOwned()
     {
-        var deadline = Environment.TickCount64 + (long)DrainLimit.TotalMilliseconds;
-        while (_inflight > 0 && Environment.TickCount64 < deadline)
+        while (Volatile.Read(ref _inflight) > 0)
         {
-            SubmitChecked(1, 100);
+            var result = _ring.Submit(1, 1000);
+            if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
+            {
+                Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
+                break;
+            }
+
             Drain();
         }
 

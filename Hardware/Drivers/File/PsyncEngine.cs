@@ -32,6 +32,9 @@ internal sealed class PsyncEngine : FileEngine
     public override string Details => Reason is null ? "chosen by configuration" : $"fallback: {Reason}";
 
     /// <inheritdoc />
+    public override int Outstanding => _worker.Outstanding;
+
+    /// <inheritdoc />
     public override BlockStatus Queue(Request rq, bool last)
     {
         _worker.Post(rq);
@@ -58,6 +61,7 @@ internal sealed class PsyncWorker : IDisposable
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
     private readonly Thread _thread;
     private int _sleeping;
+    private int _outstanding;
     private volatile bool _stopping;
 
     public PsyncWorker(FileEngine engine, string name)
@@ -68,11 +72,16 @@ internal sealed class PsyncWorker : IDisposable
         _thread.Start();
     }
 
+    /// <summary>Requests posted and not yet completed.</summary>
+    public int Outstanding => Volatile.Read(ref _outstanding);
+
     /// <summary>Queues a started request; it completes on the worker thread.</summary>
     public void Post(Request rq)
     {
+        Interlocked.Increment(ref _outstanding);
         if (!_ring.TryPublish(rq))
         {
+            Interlocked.Decrement(ref _outstanding);
             // The ring holds every tag of the hardware queue: a full ring is a bug, not load.
             throw new InvalidOperationException($"{_engine.Hctx}: the psync ring is full.");
         }
@@ -138,5 +147,6 @@ internal sealed class PsyncWorker : IDisposable
         }
 
         FileEngine.Complete(command, status);
+        Interlocked.Decrement(ref _outstanding);
     }
 }
