@@ -86,6 +86,13 @@ public sealed partial class BlockLayer
         {
             throw new AttributeException(p, AttributeErrno.ENOENT, ex.Message.Split(" (Parameter")[0]);
         }
+        catch (TimeoutException ex)
+        {
+            // The remap waits for a device that is still draining (a slow disk holds its I/O) and
+            // goes on; this write's caller is told so rather than left with a bare exception,
+            // which the sysfs actor could not send to a remote client.
+            throw new AttributeException(p, AttributeErrno.EBUSY, ex.Message);
+        }
     }
 
     // A mirror's md/new_dev (MirrorTarget.LegReplacer): ReplaceMirrorLegAsync, which asks the

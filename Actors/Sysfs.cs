@@ -164,5 +164,14 @@ internal sealed class SysfsActor : ReceiveActor
             // The kernel refuses to take the last online CPU down with EBUSY.
             return new Sysfs.Failed(path, "EBUSY", ex.Message);
         }
+        catch (TimeoutException ex)
+        {
+            // The remap still waits for a device to drain (a slow disk) past drain-timeout plus
+            // 10 s, and goes on. Unanswered, the exception became a Status.Failure, which the
+            // remoting serializers refuse: `actorblk hotplug` waited 60 s and then said the node
+            // did not answer, though the node was up and finished the remap (an outside slow-disk
+            // audit).
+            return new Sysfs.Failed(path, "EBUSY", ex.Message);
+        }
     }
 }
