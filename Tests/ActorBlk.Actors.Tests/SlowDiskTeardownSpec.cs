@@ -78,7 +78,7 @@ public abstract class SlowDiskTeardownSpec : Akka.TestKit.Xunit2.TestKit
 
             // Only the engine's worker is slowed: the rest of the test process is not.
             var worker = Directory.EnumerateDirectories("/proc/self/task")
-                .Single(t => File.ReadAllText(Path.Combine(t, "comm")).Trim() == $"actorblk/{name}/ps");
+                .Single(t => CommOf(t) == $"actorblk/{name}/ps");
             File.WriteAllText(Path.Combine(cgroup, "tasks"), Path.GetFileName(worker));
 
             var buffers = new AlignedBuffer[Reads];
@@ -110,6 +110,19 @@ public abstract class SlowDiskTeardownSpec : Akka.TestKit.Xunit2.TestKit
             }
 
             Directory.Delete(cgroup);
+        }
+    }
+
+    // A thread's name as the kernel keeps it (15 characters); empty for a thread that just exited.
+    private static string CommOf(string task)
+    {
+        try
+        {
+            return File.ReadAllText(Path.Combine(task, "comm")).Trim();
+        }
+        catch (IOException)
+        {
+            return string.Empty;
         }
     }
 
