@@ -168,7 +168,9 @@ public interface IBlockDriver : IDisposable
     /// the device went offline with its requests in flight. Their bios and buffers go back to their
     /// callers, so after this returns the driver must not touch them; it may still receive their
     /// answers and must drop them. The kernel needs no such call (<c>blk_mq_destroy_queue</c> waits
-    /// for every request); a teardown here is bounded. May be called more than once, from any
+    /// for every request); a teardown here is bounded, unless a driver that cannot take its
+    /// requests back waits here until they are answered, as the file device does for the I/O the
+    /// kernel holds (the removal then outlasts its timeout, as on Linux). May be called more than once, from any
     /// thread, concurrently with the other calls; a throw is ignored. The default does nothing (a
     /// driver whose requests are answered synchronously, or whose engine the runtime's detach
     /// drained, needs nothing).
