@@ -99,6 +99,10 @@ public sealed class NbdConnection
 
     // A refusal was answered and the connection closes after it: gracefully, so the answer is read.
     private bool _lingerOnClose;
+
+    // The client ended the session itself (NBD_CMD_DISC, or NBD_OPT_ABORT answered): over TLS the
+    // session is shut down (close_notify) before the TCP connection closes.
+    private volatile bool _clientEnded;
     private bool _inPayload;
     private long _payloadStart;
     private long _payloadDeadline;
@@ -319,13 +323,51 @@ public sealed class NbdConnection
             {
                 await LingerAsync().ConfigureAwait(false);
             }
+            else if (_clientEnded && !_broken)
+            {
+                await EndTlsAsync().ConfigureAwait(false);
+            }
         }
         else if (_lingerOnClose && !_broken)
         {
             await LingerAsync().ConfigureAwait(false);
         }
+        else if (_clientEnded && !_broken)
+        {
+            await EndTlsAsync().ConfigureAwait(false);
+        }
 
         await CloseAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The end of a session the client ended (<c>NBD_CMD_DISC</c> once every reply went out, or
+    /// <c>NBD_OPT_ABORT</c> once answered): over TLS, sends <c>close_notify</c> before the TCP
+    /// connection closes, for at most <see cref="NbdServerOptions.ShutdownGrace"/>.
+    /// </summary>
+    /// <remarks>
+    /// NBD_CMD_DISC: "The server MUST handle all outstanding requests, shut down the TLS session
+    /// (if one is running), and close the TCP session". Disposing the <see cref="SslStream"/>
+    /// sends no <c>close_notify</c>, so the client saw the session end in a truncation (an
+    /// outside audit: OpenSSL's "unexpected EOF while reading").
+    /// </remarks>
+    private async Task EndTlsAsync()
+    {
+        if (_tls is null)
+        {
+            return;
+        }
+
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+        limit.CancelAfter(Options.ShutdownGrace);
+        try
+        {
+            await _tls.ShutdownAsync().WaitAsync(limit.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The client reset the connection, or takes no bytes: it closes as before.
+        }
     }
 
     /// <summary>
@@ -533,6 +575,7 @@ public sealed class NbdConnection
 
                 case NbdOption.Abort:
                     await ReplyAsync(option, NbdReply.Ack, [], ct).ConfigureAwait(false);
+                    _clientEnded = true;
                     return false;
 
                 case NbdOption.List:
@@ -1057,6 +1100,7 @@ public sealed class NbdConnection
 
         if (header.Command == NbdCommand.Disconnect)
         {
+            _clientEnded = true;
             return false;
         }
 

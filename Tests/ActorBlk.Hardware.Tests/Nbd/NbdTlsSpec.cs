@@ -179,4 +179,55 @@ public sealed class NbdTlsSpec
         await devices.DisposeAsync();
         await Condition.EventuallyAsync(() => second.All(c => c.StreamDisposed), "the destroyed device's connections dispose their TLS streams");
     }
+    /// <summary>
+    /// NBD_CMD_DISC over TLS: "The server MUST handle all outstanding requests, shut down the TLS
+    /// session (if one is running), and close the TCP session"; NBD_OPT_ABORT's session ends the
+    /// same way. The server disposed its SslStream, which sends no close_notify, so the client saw
+    /// a truncation (an outside audit: OpenSSL's "unexpected EOF while reading").
+    /// </summary>
+    [Fact]
+    public async Task A_client_that_ends_the_session_over_tls_gets_close_notify_before_the_close()
+    {
+        using var certificate = SelfSigned();
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { Tls = NbdTlsMode.Require, Certificate = certificate });
+
+        // Nothing is read through TLS after the request, so whatever the server sends after it
+        // is on the wire: with close_notify, one record (an alert, encrypted as application data
+        // under TLS 1.3); without, nothing before the end of the connection.
+        var (client, _, _) = await RawNbdClient.OpenAsync(fx.Endpoint, "mem0", tls: true);
+        await using (client)
+        {
+            await client.SendRequestAsync(NbdCommand.Disconnect, 1, 0, 0);
+            Assert.Equal(1, TlsRecords(await client.ReadRawUntilClosedAsync()));
+        }
+
+        // NBD_OPT_ABORT: the NBD_REP_ACK record, then close_notify. An option answered first
+        // takes the session tickets TLS 1.3 sends after its handshake off the wire.
+        await using var aborting = await RawNbdClient.NegotiateAsync(fx.Endpoint);
+        await aborting.StartTlsAsync();
+        await aborting.SendOptionAsync(NbdOption.List, []);
+        while ((await aborting.ReadOptionReplyAsync()).Type != NbdReply.Ack)
+        {
+        }
+
+        await aborting.SendOptionAsync(NbdOption.Abort, []);
+        Assert.Equal(2, TlsRecords(await aborting.ReadRawUntilClosedAsync()));
+    }
+
+    /// <summary>How many whole TLS records <paramref name="wire"/> holds (it must hold nothing else).</summary>
+    private static int TlsRecords(byte[] wire)
+    {
+        var records = 0;
+        var at = 0;
+        while (at < wire.Length)
+        {
+            Assert.True(at + 5 <= wire.Length, "a torn TLS record header");
+            Assert.Contains(wire[at], new byte[] { 0x15, 0x17 });
+            at += 5 + ((wire[at + 3] << 8) | wire[at + 4]);
+            records++;
+        }
+
+        Assert.Equal(wire.Length, at);
+        return records;
+    }
 }

@@ -299,6 +299,30 @@ public sealed class RawNbdClient : IAsyncDisposable
         return all.ToArray();
     }
 
+    /// <summary>
+    /// Every byte the server still sends until it closes the connection, read from the socket
+    /// under any TLS session: after a TLS session's last reply, what the server sends to end it
+    /// (close_notify, an alert record) and nothing else.
+    /// </summary>
+    public async Task<byte[]> ReadRawUntilClosedAsync()
+    {
+        var all = new MemoryStream();
+        var buffer = new byte[8192];
+        try
+        {
+            for (int read; (read = await _socket.ReceiveAsync(buffer, SocketFlags.None).WaitAsync(Timeout)) > 0;)
+            {
+                all.Write(buffer, 0, read);
+            }
+        }
+        catch (SocketException)
+        {
+            // Reset: closed too.
+        }
+
+        return all.ToArray();
+    }
+
     /// <summary>Shuts the sending side down (FIN), as libnbd does after NBD_CMD_DISC; replies can still be read.</summary>
     public void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
 
