@@ -360,13 +360,16 @@ public sealed class NbdConnection
 
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         limit.CancelAfter(Options.ShutdownGrace);
+        var shutdown = _tls.ShutdownAsync();
         try
         {
-            await _tls.ShutdownAsync().WaitAsync(limit.Token).ConfigureAwait(false);
+            await shutdown.WaitAsync(limit.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
         {
-            // The client reset the connection, or takes no bytes: it closes as before.
+            // The client reset the connection, or takes no bytes: it closes as before. A shutdown
+            // given up on fails once the stream is disposed; that fault is observed here.
+            _ = shutdown.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
 
