@@ -58,8 +58,23 @@ internal static class RemoteDevices
     /// </summary>
     public delegate Task<IBlockDevice> Connector(ClusterDevice device, string localName, DeviceOptions template);
 
-    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null, PauseWatch? pause = null) =>
-        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect, pause));
+    public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null, PauseWatch? pause = null, OwnView? ownView = null) =>
+        Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect, pause, ownView));
+
+    /// <summary>
+    /// Whether this node's own failure detector holds <paramref name="node"/> unreachable: true or
+    /// false when it monitors that node, null when it does not (a large cluster, where each node
+    /// watches only some of the others: then the cluster's view is taken, as any member's detector
+    /// sets it).
+    /// </summary>
+    public delegate bool? OwnView(Address node);
+
+    /// <summary>The <see cref="OwnView"/> of <paramref name="system"/>'s cluster failure detector.</summary>
+    public static OwnView OwnViewOf(ActorSystem system)
+    {
+        var detector = AkkaCluster.Get(system).FailureDetector;
+        return node => detector.IsMonitoring(node) ? !detector.IsAvailable(node) : null;
+    }
 
     /// <summary>
     /// How the actor finds that this node itself was paused (a stop signal, a long GC or VM pause):
@@ -115,6 +130,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // grace: not in _unreachable (their queues stay online) until the grace ends.
     private readonly Dictionary<string, ITimer> _suspect = new(StringComparer.Ordinal);
     private readonly RemoteDevices.PauseWatch _pause;
+    // Nodes the cluster holds unreachable (another member's failure detector found them so) while
+    // this node's own detector, which monitors them, still hears them: their queues stay online,
+    // and each check looks again (see HandleUnreachable).
+    private readonly Dictionary<string, Member> _othersOnly = new(StringComparer.Ordinal);
+    private readonly RemoteDevices.OwnView _ownView;
     private IDisposable? _watch;
     private ITimer? _pauseTimer;
     // The clock's timestamps of the last tick and of the last wake from a pause (null: none seen).
@@ -122,8 +142,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private long? _wokeAt;
     private TimeSpan _pausedFor;
 
-    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null, RemoteDevices.PauseWatch? pause = null)
+    public RemoteDeviceActor(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, RemoteDevices.Connector? connect = null, RemoteDevices.PauseWatch? pause = null, RemoteDevices.OwnView? ownView = null)
     {
+        _ownView = ownView ?? RemoteDevices.OwnViewOf(Context.System);
         _layer = layer;
         _imported = imported;
         _checkInterval = checkInterval;
@@ -135,39 +156,22 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Receive<Built>(HandleBuilt);
         Receive<Released>(HandleReleased);
         Receive<SnapshotChanged>(_ => CheckAll());
-        Receive<Check>(_ => CheckAll());
-        Receive<PauseTick>(HandlePauseTick);
-        Receive<GraceOver>(HandleGraceOver);
-        Receive<ClusterEvent.UnreachableMember>(u =>
+        Receive<Check>(_ =>
         {
-            var node = DeviceRegistryActor.NodeName(u.Member.Address);
-            if (_unreachable.Contains(node) || _suspect.ContainsKey(node))
-            {
-                return;
-            }
-
-            if (JustWoke() is { } paused)
-            {
-                // This node's own failure detector, catching up on the heartbeats it could not
-                // read while paused, takes healthy members for lost (an outside audit: a bench
-                // stopped 8 s failed its 32 healthy I/Os with Offline, the owner reachable again
-                // a second later). Wait for it to settle.
-                _log.Warning("{0} is unreachable just after this node was paused for {1:F1} s: its devices' local queues stay online for up to {2} s while it may become reachable again",
-                    node, paused.TotalSeconds, _pause.Grace.TotalSeconds);
-                var self = Self;
-                ITimer? timer = null;
-                timer = _pause.Clock.CreateTimer(_ => self.Tell(new GraceOver(node, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-                _suspect[node] = timer;
-                timer.Change(_pause.Grace, Timeout.InfiniteTimeSpan);
-                return;
-            }
-
-            _unreachable.Add(node);
+            LookAgainAtOthersOnly();
             CheckAll();
         });
+        Receive<PauseTick>(HandlePauseTick);
+        Receive<GraceOver>(HandleGraceOver);
+        Receive<ClusterEvent.UnreachableMember>(u => HandleUnreachable(u.Member));
         Receive<ClusterEvent.ReachableMember>(r =>
         {
             var node = DeviceRegistryActor.NodeName(r.Member.Address);
+            if (_othersOnly.Remove(node))
+            {
+                _log.Info("{0} is reachable again from every member; this node's queues of its devices stayed online", node);
+            }
+
             if (ForgiveSuspect(node))
             {
                 _log.Info("{0} is reachable again after this node's pause: its devices' local queues stayed online", node);
@@ -183,6 +187,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             var node = DeviceRegistryActor.NodeName(r.Member.Address);
             _unreachable.Remove(node);
+            _othersOnly.Remove(node);
             ForgiveSuspect(node);
 
             // Removed after leaving (Exiting), or after being downed: whether the devices it took
@@ -193,10 +198,73 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         Receive<ClusterEvent.MemberDowned>(d =>
         {
             // The registry prunes a downed node's devices at once, maybe before its removal.
+            _othersOnly.Remove(DeviceRegistryActor.NodeName(d.Member.Address));
             _ended[DeviceRegistryActor.NodeName(d.Member.Address)] = (d.Member.UniqueAddress.Uid, false);
             CheckAll();
         });
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
+    }
+
+    // The cluster holds the member unreachable. Akka publishes that when any member's failure
+    // detector finds it so, not only this node's: an outside partition audit cut a bench client
+    // off from one owner alone, and another node, whose own heartbeats and NBD connection to that
+    // owner were intact, took its queue offline and its mirror marked the leg faulty (a needless
+    // resync). A member this node's own detector monitors and still hears keeps its queues online;
+    // each check looks again, and they go offline once this node finds it unreachable too, or when
+    // the resolver downs it (it downs both ends of a path that stays cut). A member this node does
+    // not monitor is taken as the cluster says.
+    private void HandleUnreachable(Member member)
+    {
+        var node = DeviceRegistryActor.NodeName(member.Address);
+        if (_unreachable.Contains(node) || _suspect.ContainsKey(node))
+        {
+            return;
+        }
+
+        if (_ownView(member.Address) == false)
+        {
+            if (_othersOnly.TryAdd(node, member))
+            {
+                _log.Warning("{0} is unreachable from another member, not from this node, which still hears it: its devices' local queues on this node stay online while it does",
+                    node);
+            }
+
+            return;
+        }
+
+        _othersOnly.Remove(node);
+
+        if (JustWoke() is { } paused)
+        {
+            // This node's own failure detector, catching up on the heartbeats it could not
+            // read while paused, takes healthy members for lost (an outside audit: a bench
+            // stopped 8 s failed its 32 healthy I/Os with Offline, the owner reachable again
+            // a second later). Wait for it to settle.
+            _log.Warning("{0} is unreachable just after this node was paused for {1:F1} s: its devices' local queues stay online for up to {2} s while it may become reachable again",
+                node, paused.TotalSeconds, _pause.Grace.TotalSeconds);
+            var self = Self;
+            ITimer? timer = null;
+            timer = _pause.Clock.CreateTimer(_ => self.Tell(new GraceOver(node, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            _suspect[node] = timer;
+            timer.Change(_pause.Grace, Timeout.InfiniteTimeSpan);
+            return;
+        }
+
+        _unreachable.Add(node);
+        CheckAll();
+    }
+
+    // Members only others held unreachable: those this node now finds unreachable too go the usual way.
+    private void LookAgainAtOthersOnly()
+    {
+        foreach (var (node, member) in _othersOnly.ToList())
+        {
+            if (_ownView(member.Address) != false)
+            {
+                _othersOnly.Remove(node);
+                HandleUnreachable(member);
+            }
+        }
     }
 
     /// <inheritdoc />

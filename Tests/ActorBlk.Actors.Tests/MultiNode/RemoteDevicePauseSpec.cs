@@ -160,12 +160,36 @@ public sealed class RemoteDevicePauseSpec : Akka.TestKit.Xunit2.TestKit, IAsyncL
         await CloseAsync(actor);
     }
 
-    private async Task<(IActorRef Actor, RemoteDeviceTarget Target, NbdClientDriver Driver)> OpenAsync(TimeSpan? tick = null)
+    // Found by an outside partition audit: a bench client cut off from one owner alone (iptables)
+    // made another node, whose own heartbeats and NBD connection to the owner were intact, take its
+    // queue of the owner's device offline and its mirror mark that leg faulty: Akka publishes a
+    // member unreachable when any member's failure detector finds it so. This node's own detector
+    // (here a switch) decides now; the periodic check looks again, and once this node finds the
+    // owner unreachable too the queue goes offline as before.
+    [Fact]
+    public async Task An_owner_only_another_member_finds_unreachable_keeps_its_queue_online_until_this_node_finds_it_so()
+    {
+        var unreachableHere = false;
+        var (actor, target, driver) = await OpenAsync(ownView: _ => Volatile.Read(ref unreachableHere), checkInterval: TimeSpan.FromMilliseconds(50));
+        var warnings = Warnings();
+        actor.Tell(new ClusterEvent.UnreachableMember(Owner));
+        await FlushAsync(actor);
+        ExpectWarning(warnings, "is unreachable from another member, not from this node");
+        Assert.Null(driver.RetiredReason);
+        Assert.Equal(BlockStatus.Ok, await target.Device!.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+
+        Volatile.Write(ref unreachableHere, true);
+        await AwaitConditionAsync(() => Task.FromResult(driver.RetiredReason is not null), Liveness);
+        Assert.Equal(BlockStatus.Offline, await target.Device.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+        await CloseAsync(actor);
+    }
+
+    private async Task<(IActorRef Actor, RemoteDeviceTarget Target, NbdClientDriver Driver)> OpenAsync(TimeSpan? tick = null, RemoteDevices.OwnView? ownView = null, TimeSpan? checkInterval = null)
     {
         var layer = BlockLayer.Get(Sys);
         layer.ClusterDevices.Publish([Entry]);
         var watch = new RemoteDevices.PauseWatch(_clock, tick ?? Tick, Threshold, Grace);
-        var actor = Sys.ActorOf(RemoteDevices.Props(layer, _imported, TimeSpan.Zero, Connect, watch), "remote-under-test");
+        var actor = Sys.ActorOf(RemoteDevices.Props(layer, _imported, checkInterval ?? TimeSpan.Zero, Connect, watch, ownView), "remote-under-test");
         actor.Tell(new RemoteDevices.Open(Entry, null, 1), TestActor);
         var target = ExpectMsg<RemoteDevices.Opened>(Liveness).Target;
         Assert.Equal(BlockStatus.Ok, await target.Device!.ExecuteAsync(BlockOp.Write, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
