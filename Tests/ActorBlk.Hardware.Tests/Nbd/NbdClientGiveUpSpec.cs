@@ -73,8 +73,14 @@ public sealed class NbdClientGiveUpSpec
         }
 
         read.SetResult();
-        Assert.Equal("a reset", await ended.Task.WaitAsync(Condition.Timeout));
-        Assert.True(received < Writes, $"the server got {received} of the {Writes} failed writes");
+        var end = await ended.Task.WaitAsync(Condition.Timeout);
+
+        // A reset after what the server's own kernel had taken in (the old orderly close delivered
+        // everything the client's kernel held, then an end of stream). Only when the client's
+        // sender had written nothing to the socket yet can the shutdown's FIN go out first, and
+        // the server then meets an end of stream having received nothing.
+        Assert.True(end == "a reset" || received == 0, $"the server got {received} of the {Writes} failed writes, then {end}");
+        Assert.True(received < Writes, $"the server got {received} of the {Writes} failed writes, then {end}");
         Assert.Empty(server.Faults);
     }
 }
