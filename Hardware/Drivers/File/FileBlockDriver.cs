@@ -244,7 +244,9 @@ public sealed class FileBlockDriver : IBlockDriver
     /// disk's answer meanwhile. Before, the block layer failed them with
     /// <see cref="BlockStatus.Offline"/> at the drain timeout (mailbox dispatch) or 30 s later
     /// (ring dispatch), and the kernel's late reads overwrote buffers their callers had reused
-    /// (an outside slow-disk audit, with the disk throttled to 1 IOPS).
+    /// (an outside slow-disk audit, with the disk throttled to 1 IOPS). The requests of an
+    /// io_uring whose ring broke (reported as a device error) are not waited for: nothing can reap
+    /// their answers any more, and the wait would never end.
     /// </remarks>
     public void Abandon()
     {

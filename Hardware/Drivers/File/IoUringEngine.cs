@@ -68,6 +68,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private bool _wakeArmed;
     private int _inflight;
     private volatile bool _stopping;
+    private volatile bool _broken;
     private int _disposed;
 
     private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int? submitBatch, BufferArena? arena)
@@ -203,8 +204,17 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     public int InFlight => Volatile.Read(ref _inflight);
 
     /// <inheritdoc />
-    /// <remarks>The requests in the kernel, and those the worker thread runs (block-device discard and zeroing, the zeroing fallback).</remarks>
-    public override int Outstanding => InFlight + (Volatile.Read(ref _slow)?.Outstanding ?? 0);
+    /// <remarks>
+    /// The requests in the kernel, and those the worker thread runs (block-device discard and
+    /// zeroing, the zeroing fallback). Once the ring broke (an <c>io_uring_enter</c> error that is
+    /// not transient, reported as a device error) and its reaper gave up, the ring's requests
+    /// are no longer counted: nothing can reap their answers, so waiting for them
+    /// (<see cref="FileBlockDriver.Abandon"/>) would never end; the teardown fails them.
+    /// </remarks>
+    public override int Outstanding => (_broken ? 0 : InFlight) + (Volatile.Read(ref _slow)?.Outstanding ?? 0);
+
+    /// <summary>True once the ring broke and nothing reaps it any more (for tests).</summary>
+    internal bool Broken => _broken;
 
     /// <summary>The ring's setup flags (for tests).</summary>
     internal IoUringSetupFlags RingFlags => _ring.Flags;
@@ -734,6 +744,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             var result = _ring.Submit(1, 1000);
             if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
             {
+                _broken = true;
                 Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
                 break;
             }
@@ -775,6 +786,8 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             var result = _ring.WaitCompletions(1, 1000);
             if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
             {
+                // Nothing reaps this ring any more: Outstanding stops counting its requests.
+                _broken = true;
                 Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
                 return;
             }
