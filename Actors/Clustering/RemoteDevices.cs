@@ -314,6 +314,14 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
                 "This node was paused for {0:F1} s (stopped, or a long GC or VM pause): a member found unreachable within {1} s is given {1} s to become reachable again before its devices' local queues go offline",
                 new object[] { gap.TotalSeconds, _pause.Grace.TotalSeconds });
         }
+
+        if (_checkInterval <= TimeSpan.Zero && _othersOnly.Count > 0)
+        {
+            // Without the periodic check (remote-check-interval 0: checks only when the registry
+            // changes) nothing else looks again at a member only others held unreachable, and one
+            // that then died for this node too kept its queues online until it was downed.
+            LookAgainAtOthersOnly();
+        }
     }
 
     // How long this node was paused when it woke within the grace before now; null when it was

@@ -184,6 +184,29 @@ public sealed class RemoteDevicePauseSpec : Akka.TestKit.Xunit2.TestKit, IAsyncL
         await CloseAsync(actor);
     }
 
+    // Found by a review: with remote-check-interval 0 (checks only when the registry changes) the
+    // own view was looked at again only by the periodic check, which then never runs: an owner
+    // another member found unreachable, which then died for this node too, kept this node's queue
+    // online until it was downed. The pause watch's tick looks again now.
+    [Fact]
+    public async Task Without_a_periodic_check_an_owner_only_others_found_unreachable_goes_offline_once_this_node_finds_it_so()
+    {
+        var unreachableHere = false;
+        var (actor, target, driver) = await OpenAsync(ownView: _ => Volatile.Read(ref unreachableHere), checkInterval: TimeSpan.Zero);
+        var warnings = Warnings();
+        actor.Tell(new ClusterEvent.UnreachableMember(Owner));
+        await FlushAsync(actor);
+        ExpectWarning(warnings, "is unreachable from another member, not from this node");
+        await PassAsync(Tick * 2, actor);
+        Assert.Null(driver.RetiredReason);
+
+        Volatile.Write(ref unreachableHere, true);
+        await PassAsync(Tick, actor);
+        await AwaitConditionAsync(() => Task.FromResult(driver.RetiredReason is not null), Liveness);
+        Assert.Equal(BlockStatus.Offline, await target.Device!.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+        await CloseAsync(actor);
+    }
+
     private async Task<(IActorRef Actor, RemoteDeviceTarget Target, NbdClientDriver Driver)> OpenAsync(TimeSpan? tick = null, RemoteDevices.OwnView? ownView = null, TimeSpan? checkInterval = null)
     {
         var layer = BlockLayer.Get(Sys);
