@@ -37,6 +37,9 @@ public sealed record NbdExportSettings(
     /// <summary>How long a client may stall inside a reply or a write payload before its connection is closed (<c>stall-timeout</c>).</summary>
     public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>TCP keepalive of accepted connections (<c>keepalive</c>; 0 off): a client that vanished is closed about twice this long after it went quiet.</summary>
+    public TimeSpan KeepAlive { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>The slowest a transfer (a write's payload, a reply) may go, in bytes a second, after <c>stall-timeout</c> (<c>min-transfer-rate</c>; 0 off).</summary>
     public long MinTransferRate { get; init; } = 256 << 10;
 
@@ -88,6 +91,7 @@ public sealed record NbdExportSettings(
             MaxBufferMemory = memory,
             StallTimeout = ActorBlkSettings.Span(actorblk, "nbd.stall-timeout", TimeSpan.FromSeconds(60)),
             MinTransferRate = rate,
+            KeepAlive = ActorBlkSettings.Span(actorblk, "nbd.keepalive", TimeSpan.FromSeconds(30)),
         };
     }
 
@@ -131,6 +135,7 @@ public sealed record NbdExportSettings(
             MaxBufferMemory = MaxBufferMemory,
             StallTimeout = StallTimeout,
             MinTransferRate = MinTransferRate,
+            KeepAlive = KeepAlive,
         };
     }
 

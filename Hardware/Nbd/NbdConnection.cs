@@ -108,6 +108,9 @@ public sealed class NbdConnection
     private long _payloadDeadline;
     private long _payloadBytes;
 
+    /// <summary>Unanswered keepalive probes after which the kernel closes a connection.</summary>
+    internal const int KeepAliveProbes = 3;
+
     internal NbdConnection(NbdServer server, Socket socket, long id)
     {
         _server = server;
@@ -115,6 +118,18 @@ public sealed class NbdConnection
         Id = id;
         _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         socket.NoDelay = true;
+        if (server.Options.KeepAlive > TimeSpan.Zero)
+        {
+            // A client that vanished without a word (a partition that lost its reset) is closed
+            // by the kernel once its probes go unanswered, not held for ever (an outside
+            // partition audit found such half-open connections left on the owner of a leg).
+            var idle = (int)server.Options.KeepAlive.TotalSeconds;
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, idle);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, Math.Max(1, idle / 3));
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, KeepAliveProbes);
+        }
+
         _plain = new BlockingStream(new NetworkStream(socket, ownsSocket: false), server.Options.StallTimeout);
         _stream = _plain;
         _reader = PipeReader.Create(_stream, new StreamPipeReaderOptions(leaveOpen: true));
@@ -360,16 +375,26 @@ public sealed class NbdConnection
 
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         limit.CancelAfter(Options.ShutdownGrace);
-        var shutdown = _tls.ShutdownAsync();
+        Task? shutdown = null;
         try
         {
+            shutdown = _tls.ShutdownAsync();
             await shutdown.WaitAsync(limit.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
         {
             // The client reset the connection, or takes no bytes: it closes as before. A shutdown
             // given up on fails once the stream is disposed; that fault is observed here.
-            _ = shutdown.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            _ = shutdown?.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+#pragma warning disable CA1031 // see LingerAsync
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // Anything else is a bug; the connection must still close (the caller's CloseAsync),
+            // or the server's stop would wait for it for ever.
+            _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()}: ending its TLS session failed: {ex}");
+            _ = shutdown?.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
 

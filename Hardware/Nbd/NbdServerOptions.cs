@@ -80,6 +80,16 @@ public sealed record NbdServerOptions
     public long TransferDeadline(long startMs, long bytes) =>
         MinTransferRate <= 0 ? long.MaxValue : startMs + (long)StallTimeout.TotalMilliseconds + (bytes * 1000 / MinTransferRate);
 
+    /// <summary>
+    /// TCP keepalive of the accepted connections: after this long without traffic the kernel
+    /// probes the client every third of it, and closes the connection after three probes go
+    /// unanswered, so a connection whose client vanished without a word (a partition that lost
+    /// its reset, a host that crashed) is closed about twice this long after it went quiet rather
+    /// than held for ever. A live client idling between requests answers the probes and keeps its
+    /// connection. Whole seconds; zero turns it off. Default 30 s.
+    /// </summary>
+    public TimeSpan KeepAlive { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>How long a client may take to finish negotiation.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -124,6 +134,11 @@ public sealed record NbdServerOptions
         if (MinTransferRate < 0 || MinTransferRate > 1L << 40)
         {
             throw new ArgumentException($"min-transfer-rate must be from 0 (off) to 1 TiB/s, not {MinTransferRate}.", nameof(MinTransferRate));
+        }
+
+        if (KeepAlive < TimeSpan.Zero || KeepAlive > TimeSpan.FromHours(2) || KeepAlive.Ticks % TimeSpan.TicksPerSecond != 0)
+        {
+            throw new ArgumentException($"keepalive must be whole seconds from 0 (off) to 2 hours, not {KeepAlive.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)} s.", nameof(KeepAlive));
         }
 
         if (HandshakeTimeout <= TimeSpan.Zero)

@@ -24,7 +24,7 @@ internal static class ServeCommand
     // The actorblk.nbd keys NbdServerOptions.Validate names at the start of its messages.
     private static readonly HashSet<string> NbdKeys = new(StringComparer.Ordinal)
     {
-        "max-connections", "max-in-flight", "max-payload", "max-buffer-memory", "stall-timeout", "min-transfer-rate", "handshake-timeout", "shutdown-grace", "tls",
+        "max-connections", "max-in-flight", "max-payload", "max-buffer-memory", "stall-timeout", "min-transfer-rate", "handshake-timeout", "shutdown-grace", "tls", "keepalive",
     };
 
     /// <summary>The <c>serve</c> command and its options.</summary>

@@ -818,7 +818,9 @@ internal sealed class NbdClientConnection : IDisposable
                         }
                     }
 
-                    Lost("the server is shutting down (NBD_ESHUTDOWN)");
+                    // Nothing is outstanding: closed in order, so the NBD_CMD_DISC proto.md asks
+                    // for is not dropped by a reset.
+                    Lost("the server is shutting down (NBD_ESHUTDOWN)", orderly: true);
                     return;
                 }
             }
@@ -934,20 +936,20 @@ internal sealed class NbdClientConnection : IDisposable
     /// The connection is gone: tell the block layer (once). Its supervision reopens the device
     /// with back-off and retries the requests that were in flight, or takes the device offline.
     /// </summary>
-    private void Lost(string why)
+    private void Lost(string why, bool orderly = false)
     {
         if (Interlocked.Exchange(ref _dead, 1) != 0 || _hctx is not { } hctx)
         {
             return;
         }
 
-        Kill();
+        Kill(null, abortive: !orderly);
         hctx.Queue.Events?.OnDeviceError(hctx, new BlockDeviceErrorException($"{hctx}: NBD connection lost: {why}", deviceGone: true));
     }
 
     /// <summary>
     /// <paramref name="loop"/> (the receiver or the pump) ended on an exception it does not expect:
-    /// the connection is lost as in <see cref="Lost(string)"/>, reported as a
+    /// the connection is lost as in <see cref="Lost(string, bool)"/>, reported as a
     /// <see cref="DriverFaultException"/>, which the block layer logs at error level with the
     /// exception. Nothing is reported for a connection already dead (closed, killed or abandoned).
     /// </summary>

@@ -80,4 +80,20 @@ public sealed class NbdTlsSettingsSpec
         var small = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", max-buffer-memory = 1m }""")).ToServerOptions();
         Assert.Contains("max-buffer-memory", Assert.Throws<ArgumentException>(small.Validate).Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Keepalive_comes_from_hocon_with_a_thirty_second_default_and_bad_values_are_refused()
+    {
+        Assert.Equal(TimeSpan.FromSeconds(30), NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd.listen = "127.0.0.1:0" """)).ToServerOptions().KeepAlive);
+        Assert.Equal(TimeSpan.FromSeconds(12), NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", keepalive = 12s }""")).ToServerOptions().KeepAlive);
+        var off = NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", keepalive = 0s }""")).ToServerOptions();
+        Assert.Equal(TimeSpan.Zero, off.KeepAlive);
+        off.Validate();
+        Assert.Contains("keepalive", Assert.Throws<ConfigurationException>(() => NbdExportSettings.Create(ConfigurationFactory.ParseString("""actorblk.nbd { listen = "127.0.0.1:0", keepalive = soon }"""))).Message, StringComparison.Ordinal);
+        foreach (var bad in new[] { "1500ms", "3h" })
+        {
+            var options = NbdExportSettings.Create(ConfigurationFactory.ParseString($$"""actorblk.nbd { listen = "127.0.0.1:0", keepalive = {{bad}} }""")).ToServerOptions();
+            Assert.StartsWith("keepalive must be whole seconds", Assert.Throws<ArgumentException>(options.Validate).Message, StringComparison.Ordinal);
+        }
+    }
 }
