@@ -327,7 +327,16 @@ internal sealed class NbdClientConnection : IDisposable
             socket.Dispose();
             throw new IOException($"cannot connect to {uri}: the server closed the connection during the negotiation", ex);
         }
-        catch (Exception ex) when (ex is SocketException or OperationCanceledException or System.Security.Authentication.AuthenticationException)
+        catch (OperationCanceledException ex)
+        {
+            // Not the caller's token (above): the connect timeout's own. A host that does not
+            // answer the SYN (cut off, or gone from the network) said "The operation was canceled."
+            stream?.Dispose();
+            socket.Dispose();
+            throw new IOException($"cannot connect to {uri}: connect timed out after {timeout.TotalSeconds:0.###} s (no answer from the server's host)",
+                new TimeoutException($"connecting to {uri.Host}:{uri.Port} got no answer within {timeout.TotalSeconds:0.###} s", ex));
+        }
+        catch (Exception ex) when (ex is SocketException or System.Security.Authentication.AuthenticationException)
         {
             stream?.Dispose();
             socket.Dispose();
