@@ -140,14 +140,16 @@ internal sealed class MailboxRuntime : IQueueRuntime
     // moves on to the successor set in its place. Before, the ask waited the drain timeout and
     // failed, and the quiesce it served (an nr_requests write) was left raised for good: the
     // queue never dispatched again (an outside audit).
-    public async Task WaitDispatchIdleAsync(HardwareContext hctx)
+    public Task WaitDispatchIdleAsync(HardwareContext hctx) => WaitSlotIdleAsync(hctx.Index, _askTimeout);
+
+    private async Task WaitSlotIdleAsync(int index, TimeSpan timeout)
     {
-        var slot = _slots[hctx.Index];
+        var slot = _slots[index];
         while (true)
         {
             var dispatcher = Volatile.Read(ref slot.Dispatcher);
             using var watching = new CancellationTokenSource();
-            var idle = dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, _askTimeout);
+            var idle = dispatcher.Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, timeout);
             var died = dispatcher.WatchAsync(watching.Token);
             if (await Task.WhenAny(idle, died).ConfigureAwait(false) == idle || !await died.ConfigureAwait(false))
             {
@@ -165,7 +167,29 @@ internal sealed class MailboxRuntime : IQueueRuntime
         }
     }
 
-    public Task DetachAsync() => Task.CompletedTask;
+    // The queue is detached (IsOffline) before this runs, so no round that starts now hands a
+    // request to a driver; but a round already past that check may still be doing so, and a
+    // teardown past its drain timeout fails whatever the driver holds right after this (told first
+    // with IBlockDriver.Abandon, which a file device answers once the kernel answered what it
+    // holds). A request still on its way into the kernel would be failed while the kernel takes
+    // its buffer (a review of the slow-disk fix). So detaching waits for every round in progress,
+    // as blk_mq_quiesce_queue waits for dispatch in progress, and as the ring runtime's loops
+    // finish their round before they exit. A dispatcher that does not answer within drain-timeout
+    // plus 10 s (a driver blocked in QueueRq) does not keep the teardown from going on.
+    public async Task DetachAsync()
+    {
+        for (var i = 0; i < _slots.Length; i++)
+        {
+            try
+            {
+                await WaitSlotIdleAsync(i, _askTimeout + TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is AskTimeoutException or OperationCanceledException)
+            {
+                // Bounded: see above.
+            }
+        }
+    }
 
     /// <summary>
     /// Called by the dispatcher of hardware queue <paramref name="index"/> at the start of its turn,
