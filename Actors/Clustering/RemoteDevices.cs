@@ -261,8 +261,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             if (_ownView(member.Address) != false)
             {
-                _othersOnly.Remove(node);
-                HandleUnreachable(member);
+                HandleUnreachable(member); // takes it out of _othersOnly
             }
         }
     }

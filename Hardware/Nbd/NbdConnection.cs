@@ -334,22 +334,20 @@ public sealed class NbdConnection
         {
             // Every request this connection submitted has completed and its reply went out (or was dropped).
             await _drained.Task.ConfigureAwait(false);
-            if (_stopRequested && !_broken)
+        }
+
+        if (!_broken)
+        {
+            // The server's stop (transmission) or a refusal it answered (negotiation) ends
+            // gracefully; a session the client ended gets TLS's close_notify.
+            if (transmitted ? _stopRequested : _lingerOnClose)
             {
                 await LingerAsync().ConfigureAwait(false);
             }
-            else if (_clientEnded && !_broken)
+            else if (_clientEnded)
             {
                 await EndTlsAsync().ConfigureAwait(false);
             }
-        }
-        else if (_lingerOnClose && !_broken)
-        {
-            await LingerAsync().ConfigureAwait(false);
-        }
-        else if (_clientEnded && !_broken)
-        {
-            await EndTlsAsync().ConfigureAwait(false);
         }
 
         await CloseAsync().ConfigureAwait(false);
@@ -375,17 +373,17 @@ public sealed class NbdConnection
 
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         limit.CancelAfter(Options.ShutdownGrace);
-        Task? shutdown = null;
         try
         {
-            shutdown = _tls.ShutdownAsync();
+            var shutdown = _tls.ShutdownAsync();
+
+            // A shutdown given up on below fails once the stream is disposed: observed here.
+            _ = shutdown.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             await shutdown.WaitAsync(limit.Token).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException or InvalidOperationException)
         {
-            // The client reset the connection, or takes no bytes: it closes as before. A shutdown
-            // given up on fails once the stream is disposed; that fault is observed here.
-            _ = shutdown?.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // The client reset the connection, or takes no bytes: it closes as before.
         }
 #pragma warning disable CA1031 // see LingerAsync
         catch (Exception ex)
@@ -394,7 +392,6 @@ public sealed class NbdConnection
             // Anything else is a bug; the connection must still close (the caller's CloseAsync),
             // or the server's stop would wait for it for ever.
             _server.Log?.Invoke($"NBD connection {Id} from {RemoteEndPoint()}: ending its TLS session failed: {ex}");
-            _ = shutdown?.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
     }
 

@@ -33,8 +33,8 @@ public sealed class FileBlockDriver : IBlockDriver
     private readonly FileTarget _target;
     private readonly BufferArena? _arena;
     private readonly Lock _enginesLock = new();
-    private readonly Dictionary<int, string> _engines = [];
-    private readonly Dictionary<int, FileEngine> _liveEngines = [];
+    // Each hardware queue's engine, and how it was described when it started.
+    private readonly Dictionary<int, (FileEngine Engine, string Description)> _engines = [];
     private string? _fallbackReason;
 
     /// <summary>Opens the backing store and discovers its geometry.</summary>
@@ -166,7 +166,7 @@ public sealed class FileBlockDriver : IBlockDriver
             {
                 engines = _engines.Count == 0
                     ? Engine == IoEngine.IoUring ? "io_uring" : $"psync ({FallbackReason ?? "chosen by configuration"})"
-                    : string.Join("; ", _engines.OrderBy(e => e.Key).Select(e => $"hctx{e.Key}: {e.Value}"));
+                    : string.Join("; ", _engines.OrderBy(e => e.Key).Select(e => $"hctx{e.Key}: {e.Value.Description}"));
             }
 
             return $"{_target} ({(_target.Direct ? "O_DIRECT" : "buffered")}{(_target.ReadOnly ? ", read-only" : string.Empty)}, " +
@@ -201,8 +201,7 @@ public sealed class FileBlockDriver : IBlockDriver
         hctx.DriverData = engine;
         lock (_enginesLock)
         {
-            _engines[hctx.Index] = $"{engine.Name} ({engine.Details})";
-            _liveEngines[hctx.Index] = engine;
+            _engines[hctx.Index] = (engine, $"{engine.Name} ({engine.Details})");
         }
     }
 
@@ -253,7 +252,7 @@ public sealed class FileBlockDriver : IBlockDriver
         FileEngine[] engines;
         lock (_enginesLock)
         {
-            engines = [.. _liveEngines.Values];
+            engines = [.. _engines.Values.Select(e => e.Engine)];
         }
 
         var delay = 1;

@@ -20,14 +20,8 @@ public sealed class NbdClientConnectTimeoutSpec
     [Fact]
     public void A_connect_the_server_never_answers_fails_saying_it_timed_out_and_after_how_long()
     {
-        // A listener with a backlog of 0 takes one connection into its accept queue and, that
-        // queue full, drops every later SYN: the next connect gets no answer, as in a partition.
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(0);
-        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        using var first = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        first.Connect(IPAddress.Loopback, port);
+        using var host = new SilentHost();
+        var port = host.Port;
 
         var options = new NbdClientOptions { Uri = NbdUri.Parse($"nbd://127.0.0.1:{port}/d0"), ConnectTimeout = TimeSpan.FromMilliseconds(300) };
         var ex = Assert.Throws<IOException>(() => NbdClientConnection.Connect(options).Dispose());
@@ -41,15 +35,35 @@ public sealed class NbdClientConnectTimeoutSpec
     [Fact]
     public void A_connect_the_caller_cancels_is_still_a_cancellation()
     {
-        using var listener = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        listener.Listen(0);
-        var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
-        using var first = new Socket(SocketType.Stream, ProtocolType.Tcp);
-        first.Connect(IPAddress.Loopback, port);
+        using var host = new SilentHost();
+        var port = host.Port;
 
         using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(200));
         var options = new NbdClientOptions { Uri = NbdUri.Parse($"nbd://127.0.0.1:{port}/d0"), ConnectTimeout = TimeSpan.FromMinutes(10) };
         Assert.ThrowsAny<OperationCanceledException>(() => NbdClientConnection.Connect(options, cts.Token).Dispose());
+    }
+
+    // A listener with a backlog of 0 takes one connection into its accept queue and, that queue
+    // full, drops every later SYN: the next connect gets no answer, as in a partition.
+    private sealed class SilentHost : IDisposable
+    {
+        private readonly Socket _listener = new(SocketType.Stream, ProtocolType.Tcp);
+        private readonly Socket _first = new(SocketType.Stream, ProtocolType.Tcp);
+
+        public SilentHost()
+        {
+            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listener.Listen(0);
+            Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
+            _first.Connect(IPAddress.Loopback, Port);
+        }
+
+        public int Port { get; }
+
+        public void Dispose()
+        {
+            _first.Dispose();
+            _listener.Dispose();
+        }
     }
 }
