@@ -17,7 +17,10 @@ namespace ActorBlk.Hardware.IoUring;
 /// <para>
 /// Threading: preparing and submitting entries belongs to one thread at a time (the ring's issuer),
 /// and so does reaping; the two may be different threads unless the ring was created with
-/// <see cref="IoUringSetupFlags.DeferTaskRun"/>, where both belong to the issuer.
+/// <see cref="IoUringSetupFlags.DeferTaskRun"/>, where both belong to the issuer. The one
+/// exception: on a ring without SINGLE_ISSUER, a reaper thread may hand the kernel entries the
+/// issuer already published (<see cref="WaitCompletions"/> with <c>toSubmit</c>), since the kernel
+/// reads only the published tail and serialises the two enters.
 /// </para>
 /// </remarks>
 internal sealed unsafe class IoRing : IDisposable
@@ -42,6 +45,9 @@ internal sealed unsafe class IoRing : IDisposable
     private uint _sqeTail;
     private bool _filesRegistered;
     private int _disposed;
+    private int _injectedFailures;
+    private int _injectedErrno;
+    private long _waitSubmitted;
 
     private static long _live;
 
@@ -121,6 +127,15 @@ internal sealed unsafe class IoRing : IDisposable
 
     /// <summary>Entries prepared and not yet handed to the kernel.</summary>
     public uint Unsubmitted => _sqeTail - Volatile.Read(ref *_sqHead);
+
+    /// <summary>
+    /// Entries the issuer published (with <see cref="Submit"/>) that the kernel has not taken: what
+    /// a submission the kernel refused or cut short left behind. Readable from any thread.
+    /// </summary>
+    public uint PublishedUnsubmitted => Volatile.Read(ref *_sqTail) - Volatile.Read(ref *_sqHead);
+
+    /// <summary>Entries handed to the kernel by <see cref="WaitCompletions"/> (for tests and statistics).</summary>
+    public long WaitSubmitted => Interlocked.Read(ref _waitSubmitted);
 
     /// <summary>True when the ring's own descriptor is registered, saving a file lookup per enter.</summary>
     public bool RingFdRegistered => (_enterFlags & IoUringEnterFlags.RegisteredRing) != 0;
@@ -211,6 +226,11 @@ internal sealed unsafe class IoRing : IDisposable
         while (true)
         {
             var toSubmit = _sqeTail - Volatile.Read(ref *_sqHead);
+            if (_injectedFailures != 0 && toSubmit > 0 && TakeInjectedFailure() is var injected and not 0)
+            {
+                return -injected;
+            }
+
             Enters++;
             int result;
             if (minComplete > 0 && timeoutMs >= 0)
@@ -239,22 +259,55 @@ internal sealed unsafe class IoRing : IDisposable
 
     /// <summary>
     /// Waits for <paramref name="minComplete"/> completions or <paramref name="timeoutMs"/>
-    /// (negative: no limit) without submitting: for a reaper thread beside the issuer, on rings
-    /// without DEFER_TASKRUN.
+    /// (negative: no limit): for a reaper thread beside the issuer, on rings without
+    /// DEFER_TASKRUN, or for the issuer itself. With <paramref name="toSubmit"/>, first hands the
+    /// kernel up to that many entries the issuer already published and the kernel has not taken
+    /// (<see cref="PublishedUnsubmitted"/>), as liburing's <c>io_uring_submit_and_wait</c> does: the
+    /// kernel reads only the published tail, so entries the issuer is still preparing are not
+    /// touched, and it serialises this enter with the issuer's. Not on a SINGLE_ISSUER ring from
+    /// another thread (the kernel refuses it).
     /// </summary>
-    /// <returns>0; -ETIME when the wait timed out; another -errno on failure.</returns>
-    public int WaitCompletions(uint minComplete, int timeoutMs)
+    /// <returns>
+    /// Entries submitted, if any (the kernel then does not wait when it took fewer than asked);
+    /// else 0, -ETIME when the wait timed out, another -errno on failure.
+    /// </returns>
+    public int WaitCompletions(uint minComplete, int timeoutMs, uint toSubmit = 0)
     {
         var flags = IoUringEnterFlags.GetEvents;
+        int result;
         if (timeoutMs < 0)
         {
-            return IoUringNative.Enter(_fd, 0, minComplete, flags);
+            result = IoUringNative.Enter(_fd, toSubmit, minComplete, flags);
+        }
+        else
+        {
+            var ts = new KernelTimespec { Seconds = timeoutMs / 1000, Nanoseconds = (timeoutMs % 1000) * 1_000_000L };
+            var arg = new IoUringGetEventsArg { Timespec = (ulong)&ts };
+            result = IoUringNative.Enter(_fd, toSubmit, minComplete, flags | IoUringEnterFlags.ExtArg, &arg, (nuint)sizeof(IoUringGetEventsArg));
         }
 
-        var ts = new KernelTimespec { Seconds = timeoutMs / 1000, Nanoseconds = (timeoutMs % 1000) * 1_000_000L };
-        var arg = new IoUringGetEventsArg { Timespec = (ulong)&ts };
-        return IoUringNative.Enter(_fd, 0, minComplete, flags | IoUringEnterFlags.ExtArg, &arg, (nuint)sizeof(IoUringGetEventsArg));
+        if (toSubmit > 0 && result > 0)
+        {
+            Interlocked.Add(ref _waitSubmitted, result);
+        }
+
+        return result;
     }
+
+    /// <summary>
+    /// Test hook: the next <paramref name="count"/> calls of <see cref="Submit"/> that carry
+    /// entries fail with -<paramref name="errno"/> without entering the kernel, after publishing
+    /// the entries, as a submission the kernel refused (EAGAIN, EBUSY) leaves them. Costs
+    /// <see cref="Submit"/> one branch on a field that is zero outside tests.
+    /// </summary>
+    internal void InjectSubmitFailures(int count, int errno)
+    {
+        Volatile.Write(ref _injectedErrno, errno);
+        Volatile.Write(ref _injectedFailures, count);
+    }
+
+    /// <summary>Injected submit failures not yet used (for tests).</summary>
+    internal int InjectedSubmitFailures => Volatile.Read(ref _injectedFailures);
 
     /// <summary>Copies up to <paramref name="into"/>.Length completions out of the ring and frees their slots.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -375,6 +428,24 @@ internal sealed unsafe class IoRing : IDisposable
         Unmap();
         LibC.Close(_fd);
         Interlocked.Decrement(ref _live);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private int TakeInjectedFailure()
+    {
+        var left = Volatile.Read(ref _injectedFailures);
+        while (left > 0)
+        {
+            var seen = Interlocked.CompareExchange(ref _injectedFailures, left - 1, left);
+            if (seen == left)
+            {
+                return Volatile.Read(ref _injectedErrno);
+            }
+
+            left = seen;
+        }
+
+        return 0;
     }
 
     private static byte* Map(int fd, nuint size, long offset)

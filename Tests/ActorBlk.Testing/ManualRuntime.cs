@@ -12,7 +12,8 @@ public sealed class ManualRuntime : IQueueRuntime
     private readonly Request[] _scratch = new Request[64];
     private RequestQueue? _queue;
 
-    public DispatchMode Mode => DispatchMode.Ring;
+    /// <summary>The dispatch mode drivers see (<see cref="HardwareContext.HasDispatchThread"/>); ring by default.</summary>
+    public DispatchMode Mode { get; init; } = DispatchMode.Ring;
 
     public List<int> Kicks { get; } = [];
 

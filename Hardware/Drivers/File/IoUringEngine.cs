@@ -25,7 +25,9 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// <para>
 /// Mailbox dispatch: QueueRq runs on the driver actor, whichever pool thread that is, so the
 /// ring is created without SINGLE_ISSUER; the actor submits at the end of each batch and a
-/// dedicated reaper thread waits for completions.
+/// dedicated reaper thread waits for completions. Entries whose submission the kernel refused
+/// (EAGAIN, EBUSY) or cut short are submitted by the reaper with its next wait (within its 1 s
+/// wait timeout at the latest), as no further call of the actor's may come.
 /// </para>
 /// <para>
 /// user_data carries the tag and the generation the request was started with, so a completion
@@ -53,6 +55,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     internal const uint AdaptiveBatchLimit = 16;
     private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long a wait after a refused submission (EAGAIN, EBUSY) sleeps at most before the
+    /// entries are offered again, so a refusal that lasts is retried without spinning.
+    /// </summary>
+    private const int RefusedRetryMs = 10;
+
     private readonly IoRing _ring;
     private readonly bool _owned;
     private readonly uint _submitBatch;
@@ -69,6 +77,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private int _inflight;
     private volatile bool _stopping;
     private volatile bool _broken;
+    private volatile bool _leftUnsubmitted;
     private int _disposed;
 
     private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int? submitBatch, BufferArena? arena)
@@ -199,6 +208,19 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     /// thread, the reaper thread's waits excluded (for tests and statistics).
     /// </summary>
     public long Enters => _ring.Enters;
+
+    /// <summary>
+    /// Entries handed to the kernel by a wait rather than by <c>Submit</c>: in mailbox dispatch,
+    /// what the reaper thread submitted because the actor's submission was refused (EAGAIN,
+    /// EBUSY) or cut short (for tests and statistics).
+    /// </summary>
+    public long WaitSubmitted => _ring.WaitSubmitted;
+
+    /// <summary>Test hook: the next <paramref name="count"/> submissions that carry entries fail with -<paramref name="errno"/>, leaving their entries published (see <see cref="IoRing.InjectSubmitFailures"/>).</summary>
+    internal void InjectSubmitFailures(int count, int errno) => _ring.InjectSubmitFailures(count, errno);
+
+    /// <summary>Injected submit failures not yet used (for tests).</summary>
+    internal int InjectedSubmitFailures => _ring.InjectedSubmitFailures;
 
     /// <summary>Requests in the kernel now.</summary>
     public int InFlight => Volatile.Read(ref _inflight);
@@ -349,7 +371,16 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             return Reap();
         }
 
-        SubmitChecked(1, timeoutMs);
+        if (!SubmitChecked(1, timeoutMs) && Volatile.Read(ref _inflight) > (int)_ring.Unsubmitted)
+        {
+            // The kernel refused the entries (EAGAIN, EBUSY) and so did not wait either: it wants
+            // completions reaped first, or memory. Wait for a completion without submitting (with
+            // DEFER_TASKRUN that is also what runs the completion work), at most a short while;
+            // the loop comes round and submits again. Before, the loop came straight back into a
+            // refused enter, spinning for as long as the refusal lasted.
+            _ring.WaitCompletions(1, timeoutMs < 0 ? RefusedRetryMs : Math.Min(timeoutMs, RefusedRetryMs));
+        }
+
         return Drain();
     }
 
@@ -369,6 +400,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         }
 
         var drained = _owned ? DrainOwned() : StopReaper();
+
         _slow?.Dispose();
         if (!_owned && _reaperThread!.IsAlive)
         {
@@ -582,17 +614,39 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         _wakeArmed = true;
     }
 
-    private void SubmitChecked(uint minComplete, int timeoutMs)
+    // Submits what is prepared (and waits, with minComplete). False when the kernel refused the
+    // entries (EAGAIN: short of memory; EBUSY: it wants completions reaped first): they stay in
+    // the ring, published. Ring dispatch submits them again on its next reap or wait, which the
+    // loop always comes to. Mailbox dispatch has no such next call without further I/O (the
+    // actor submits only in Queue and Commit), so the reaper thread is told to submit them
+    // (SubmitLeft); once, nothing did, and a lone request waited in the ring for ever.
+    private bool SubmitChecked(uint minComplete, int timeoutMs)
     {
         var result = _ring.Submit(minComplete, timeoutMs);
-        if (result >= 0 || result is -LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN)
+        if (result >= 0 || result == -LibC.ETIME)
         {
-            // EBUSY/EAGAIN: the kernel wants completions reaped first; the caller drains next.
-            return;
+            if (!_owned && _ring.Unsubmitted != 0)
+            {
+                // A submission the kernel cut short (it ran out of memory part way).
+                _leftUnsubmitted = true;
+            }
+
+            return true;
+        }
+
+        if (result is -LibC.EBUSY or -LibC.EAGAIN)
+        {
+            if (!_owned)
+            {
+                _leftUnsubmitted = true;
+            }
+
+            return false;
         }
 
         // Anything else is a broken ring (EBADF, EFAULT): a device error the control plane handles.
         Hctx.Queue.Events?.OnDeviceError(Hctx, new IoUringException(result, "io_uring_enter"));
+        return true;
     }
 
     private int Drain()
@@ -749,6 +803,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 break;
             }
 
+            if (result is -LibC.EBUSY or -LibC.EAGAIN)
+            {
+                // Refused: reap (and run completion work) without submitting, rather than spin.
+                _ring.WaitCompletions(1, RefusedRetryMs);
+            }
+
             Drain();
         }
 
@@ -783,7 +843,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     {
         while (!_stopping || Volatile.Read(ref _inflight) > 0)
         {
-            var result = _ring.WaitCompletions(1, 1000);
+            var result = _leftUnsubmitted ? SubmitLeft() : _ring.WaitCompletions(1, 1000);
             if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
             {
                 // Nothing reaps this ring any more: Outstanding stops counting its requests.
@@ -794,5 +854,36 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
             Drain();
         }
+    }
+
+    // Mailbox dispatch, on the reaper thread: hands the kernel the entries the actor's submission
+    // left in the ring (refused with EAGAIN or EBUSY, or cut short), with the wait for a
+    // completion on the same enter, as io_uring_submit_and_wait does. Only entries the actor
+    // already published are taken (the kernel reads the published tail; the ring has no
+    // SINGLE_ISSUER in this mode, and the kernel serialises this enter with the actor's). It
+    // runs after the reap of the previous round, which is what EBUSY asks for. Refused again,
+    // it waits a short while for completions without submitting and tries again next round.
+    // The flag is cleared before the enter: a refusal of the actor's after that sets it again.
+    private int SubmitLeft()
+    {
+        _leftUnsubmitted = false;
+        var left = _ring.PublishedUnsubmitted;
+        if (left == 0)
+        {
+            // A later submission of the actor's took them.
+            return _ring.WaitCompletions(1, 1000);
+        }
+
+        var result = _ring.WaitCompletions(1, 1000, left);
+        if (result is -LibC.EAGAIN or -LibC.EBUSY || (result >= 0 && (uint)result < left))
+        {
+            _leftUnsubmitted = true;
+            if (result < 0)
+            {
+                result = _ring.WaitCompletions(1, RefusedRetryMs);
+            }
+        }
+
+        return result;
     }
 }
