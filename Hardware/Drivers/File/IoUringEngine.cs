@@ -78,6 +78,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private volatile bool _stopping;
     private volatile bool _broken;
     private volatile bool _leftUnsubmitted;
+    private int _slowStopped;
     private int _disposed;
 
     private IoUringEngine(FileTarget target, HardwareContext hctx, IoRing ring, bool owned, int? submitBatch, BufferArena? arena)
@@ -401,7 +402,12 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
         var drained = _owned ? DrainOwned() : StopReaper();
 
-        _slow?.Dispose();
+        // A zeroing fallback the reaper posts after this (it outlived the drain limit) fails at
+        // once with Offline (PsyncWorker.Post after stop), so Abandon does not wait for it;
+        // before, it waited in the stopped worker's ring for ever. One posted while the reaper
+        // still drained, above, ran as ever.
+        Interlocked.Exchange(ref _slowStopped, 1);
+        Volatile.Read(ref _slow)?.Dispose();
         if (!_owned && _reaperThread!.IsAlive)
         {
             // The reaper still runs (the kernel held requests past the drain limit): it reads the
@@ -749,6 +755,16 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             made.Dispose();
             return other;
+        }
+
+        if (Volatile.Read(ref _slowStopped) != 0)
+        {
+            // Made by the reaper after Dispose stopped the worker it knew of (none then): stopped
+            // too, so what is posted to it fails at once instead of running on a thread that
+            // nothing stops. Dispose sets _slowStopped before it reads _slow, this reads
+            // _slowStopped after publishing _slow (both full fences): one of the two sees the
+            // other, perhaps both (the worker's Dispose is idempotent).
+            made.Dispose();
         }
 
         return made;

@@ -54,14 +54,25 @@ internal sealed class PsyncEngine : FileEngine
 /// is lock-free; the thread parks on an event when its ring is empty, with the same Dekker pair of
 /// fences as the dispatch loop, so no wake-up is lost.
 /// </summary>
+/// <remarks>
+/// A request posted once the thread has stopped (<see cref="Dispose"/>) completes at once, on the
+/// posting thread, with <see cref="BlockStatus.Offline"/>, exactly once, and leaves
+/// <see cref="Outstanding"/>: the io_uring engine's reaper can outlive the engine's 30 s drain
+/// limit and post a zeroing fallback after its worker was stopped. Before, such a request sat in
+/// the ring for ever, counted outstanding, and <see cref="FileBlockDriver.Abandon"/> waited for it
+/// for ever.
+/// </remarks>
 internal sealed class PsyncWorker : IDisposable
 {
     private readonly FileEngine _engine;
     private readonly MpscRing<Request> _ring;
     private readonly ManualResetEventSlim _wake = new(false, spinCount: 0);
     private readonly Thread _thread;
+    private readonly Lock _exitLock = new();
     private int _sleeping;
     private int _outstanding;
+    private int _exited;
+    private int _disposed;
     private volatile bool _stopping;
 
     public PsyncWorker(FileEngine engine, string name)
@@ -87,15 +98,27 @@ internal sealed class PsyncWorker : IDisposable
         }
 
         Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _exited) != 0)
+        {
+            // The thread is gone (or going): it takes nothing more, so this fails what it left.
+            FailLeft();
+            return;
+        }
+
         if (Volatile.Read(ref _sleeping) != 0)
         {
             _wake.Set();
         }
     }
 
-    /// <summary>Runs what was posted, then stops the thread.</summary>
+    /// <summary>Runs what was posted, then stops the thread; what is posted later fails with <see cref="BlockStatus.Offline"/> at once.</summary>
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
         _stopping = true;
         _wake.Set();
         if (Thread.CurrentThread != _thread)
@@ -117,6 +140,11 @@ internal sealed class PsyncWorker : IDisposable
 
             if (_stopping)
             {
+                // Announced before the ring is looked at a last time (a full fence, paired with
+                // Post's): a post either sees the exit and fails its own request, or its request
+                // is in the ring for this last look. Either way it completes once.
+                Interlocked.Exchange(ref _exited, 1);
+                FailLeft();
                 return;
             }
 
@@ -128,6 +156,29 @@ internal sealed class PsyncWorker : IDisposable
             }
 
             Volatile.Write(ref _sleeping, 0);
+        }
+    }
+
+    // Once the thread exited: fails what is in the ring with Offline. The ring has one consumer at
+    // a time: the exiting thread and posters take under the lock, one request at a time, and
+    // complete it outside it (its end_io may post again).
+    private void FailLeft()
+    {
+        while (true)
+        {
+            Request? rq;
+            lock (_exitLock)
+            {
+                if (!_ring.TryTake(out rq))
+                {
+                    return;
+                }
+            }
+
+            var command = _engine.Command(rq.Tag);
+            command.Begin(rq);
+            FileEngine.Complete(command, BlockStatus.Offline);
+            Interlocked.Decrement(ref _outstanding);
         }
     }
 
