@@ -35,6 +35,9 @@ public sealed class FileBlockDriver : IBlockDriver
     private readonly Lock _enginesLock = new();
     // Each hardware queue's engine, and how it was described when it started.
     private readonly Dictionary<int, (FileEngine Engine, string Description)> _engines = [];
+    // Engines replaced (a hardware queue initialised again: a restarted driver actor) while they
+    // still held requests: their reaper outlived the drain limit. Abandon waits for them too.
+    private readonly List<FileEngine> _retired = [];
     private string? _fallbackReason;
 
     /// <summary>Opens the backing store and discovers its geometry.</summary>
@@ -201,6 +204,15 @@ public sealed class FileBlockDriver : IBlockDriver
         hctx.DriverData = engine;
         lock (_enginesLock)
         {
+            _retired.RemoveAll(e => e.Outstanding == 0);
+            if (_engines.TryGetValue(hctx.Index, out var previous) && previous.Engine.Outstanding > 0)
+            {
+                // Before, the new engine took its place and Abandon no longer saw the requests
+                // the kernel still held for the old one: their buffers could go back to their
+                // callers while the kernel still wrote them.
+                _retired.Add(previous.Engine);
+            }
+
             _engines[hctx.Index] = (engine, $"{engine.Name} ({engine.Details})");
         }
     }
@@ -245,14 +257,17 @@ public sealed class FileBlockDriver : IBlockDriver
     /// (ring dispatch), and the kernel's late reads overwrote buffers their callers had reused
     /// (an outside slow-disk audit, with the disk throttled to 1 IOPS). The requests of an
     /// io_uring whose ring broke (reported as a device error) are not waited for: nothing can reap
-    /// their answers any more, and the wait would never end.
+    /// their answers any more, and the wait would never end. Nor is a zeroing fallback posted
+    /// after its engine's worker stopped: it fails with <see cref="BlockStatus.Offline"/> at once.
+    /// An engine replaced by a new one for the same hardware queue (a restarted driver actor) is
+    /// waited for as long as it holds requests.
     /// </remarks>
     public void Abandon()
     {
         FileEngine[] engines;
         lock (_enginesLock)
         {
-            engines = [.. _engines.Values.Select(e => e.Engine)];
+            engines = [.. _engines.Values.Select(e => e.Engine), .. _retired];
         }
 
         var delay = 1;
