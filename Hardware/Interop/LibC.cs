@@ -282,6 +282,38 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Link(string existing, string name);
 
+    /// <summary><c>RLIMIT_NOFILE</c>: the open-file limit (the same number on x86-64 and arm64).</summary>
+    public const int RLIMIT_NOFILE = 7;
+
+    /// <summary><c>struct rlimit</c> on 64-bit Linux: the soft and the hard limit.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct RLimit
+    {
+        /// <summary><c>rlim_cur</c>, the soft limit the kernel enforces (<c>RLIM_INFINITY</c> is all ones).</summary>
+        public ulong Current;
+
+        /// <summary><c>rlim_max</c>, the hard limit.</summary>
+        public ulong Maximum;
+    }
+
+    [LibraryImport(Library, EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int GetRLimit(int resource, RLimit* limit);
+
+    /// <summary>
+    /// The process's soft <c>RLIMIT_NOFILE</c>: a descriptor number the kernel hands out is below
+    /// it. <see cref="long.MaxValue"/> when unlimited or unknown.
+    /// </summary>
+    public static long OpenFileLimit()
+    {
+        RLimit limit;
+        if (GetRLimit(RLIMIT_NOFILE, &limit) < 0 || limit.Current > long.MaxValue)
+        {
+            return long.MaxValue;
+        }
+
+        return (long)limit.Current;
+    }
+
     /// <summary><c>SIGXFSZ</c>: a write past <c>RLIMIT_FSIZE</c> (the same number on x86-64 and arm64).</summary>
     public const int SIGXFSZ = 25;
 

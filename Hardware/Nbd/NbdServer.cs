@@ -80,13 +80,20 @@ public sealed class NbdServer : IAsyncDisposable
     public long AcceptedConnections => Interlocked.Read(ref _accepted);
 
     private long _refusalLogged;
+    private long _fileLimitRefusals;
+    private long _fileLimitLogged;
+    private long _acceptFailures;
+    private long _acceptFailureLogged;
     private readonly Lock _closeLog = new();
     private long _closeWindowStart = Environment.TickCount64;
     private int _closesLogged;
     private long _closesLeftOut;
     private long _unloggedCloses;
 
-    /// <summary>Connections closed at accept because <see cref="NbdServerOptions.MaxConnections"/> were open.</summary>
+    /// <summary>
+    /// Connections closed at accept because <see cref="NbdServerOptions.MaxConnections"/> were
+    /// open, or because the process had fewer than 64 file descriptors left under its open-file limit.
+    /// </summary>
     public long RefusedConnections => Interlocked.Read(ref _refused);
 
     /// <summary>Requests in flight in the block layer over all connections.</summary>
@@ -146,6 +153,19 @@ public sealed class NbdServer : IAsyncDisposable
 
         Log(left == 0 ? line : $"{line} ({left} more connection(s) closed for a fault of the client were not logged)");
     }
+
+    /// <summary>
+    /// File descriptors below the process's open-file limit (<c>RLIMIT_NOFILE</c>) that the server
+    /// leaves to the rest of the node: a connection accepted into one of them is closed at once,
+    /// counted as refused and logged (the first, then a line a minute).
+    /// </summary>
+    internal const int FileDescriptorReserve = 64;
+
+    /// <summary>How long the accept loop waits after an accept failed (other than a connection reset before it was accepted).</summary>
+    internal static readonly TimeSpan AcceptRetryDelay = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>For specs: when set, stands for the process's open-file limit (<c>RLIMIT_NOFILE</c>, soft).</summary>
+    internal Func<long>? OpenFileLimitHook { get; set; }
 
     /// <summary>
     /// For specs: called with each accepted socket before its connection is set up (a throw stands
@@ -306,14 +326,53 @@ public sealed class NbdServer : IAsyncDisposable
             {
                 return;
             }
-            catch (SocketException ex) when (!_stopping.IsCancellationRequested)
+#pragma warning disable CA1031 // the listener must outlive any failure of one accept
+            catch (Exception ex) when (!_stopping.IsCancellationRequested)
+#pragma warning restore CA1031
             {
                 // A connection reset between SYN and accept: nothing to serve, keep listening.
-                Log?.Invoke($"NBD accept failed: {ex.Message}");
+                // Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM), or the
+                // runtime unable to start a thread (OutOfMemoryException): the pending connection
+                // stays queued and the listener stays readable, so accepting again at once failed
+                // again at once, a line each time; the loop waits and tries again, and logs the
+                // first failure and then a line a minute.
+                LogAcceptFailure(ex);
+                if (!(ex is SocketException { SocketErrorCode: SocketError.ConnectionAborted or SocketError.ConnectionReset }))
+                {
+                    try
+                    {
+                        await Task.Delay(AcceptRetryDelay, _stopping.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                }
+
                 continue;
             }
 
             Interlocked.Increment(ref _accepted);
+            if (NearOpenFileLimit(socket, out var fileLimit))
+            {
+                // Fewer than FileDescriptorReserve descriptors left: clients holding connections
+                // had used up the rest, and the .NET runtime, which needs a descriptor to start a
+                // thread, failed fast ("Out of memory.", exit 134) at its next thread (an outside
+                // audit: 400 idle connections under ulimit -n 400 and one `actorblk devices` took
+                // the node down with every device). The reserve is the node's own.
+                var refused = Interlocked.Increment(ref _refused);
+                var times = Interlocked.Increment(ref _fileLimitRefusals);
+                var now = Environment.TickCount64;
+                if (times == 1 || now - _fileLimitLogged >= 60_000)
+                {
+                    _fileLimitLogged = now;
+                    Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: fewer than {FileDescriptorReserve} file descriptors are left under the process's open-file limit ({fileLimit}, ulimit -n), kept for the node; {refused} refused so far");
+                }
+
+                socket.Dispose();
+                continue;
+            }
+
             if (_connections.Count >= Options.MaxConnections)
             {
                 // Logged, or an operator whose clients are refused finds nothing (an outside audit
@@ -353,10 +412,12 @@ public sealed class NbdServer : IAsyncDisposable
                 // the exception ended the accept loop unobserved, and the server, still bound,
                 // left every later client waiting for a greeting.
                 _connections.TryRemove(id, out _);
-                if (ex is SocketException or IOException or ObjectDisposedException)
+                if (ex is SocketException or IOException or ObjectDisposedException or OutOfMemoryException)
                 {
-                    // The client's socket reset before it was set up: rate-limited, as any
-                    // close a client causes (a client can do it in a loop).
+                    // The client's socket reset before it was set up, or its thread could not
+                    // start (out of memory, threads or descriptors): rate-limited, as any close a
+                    // client causes (a client can do it in a loop; an outside audit's 400
+                    // connections near the open-file limit logged a stack trace for each).
                     LogClose($"NBD connection {id} from {EndpointOf(socket)} closed at accept: {ex.Message}");
                 }
                 else
@@ -366,6 +427,42 @@ public sealed class NbdServer : IAsyncDisposable
                 socket.Dispose();
             }
         }
+    }
+
+    private void LogAcceptFailure(Exception ex)
+    {
+        var failures = Interlocked.Increment(ref _acceptFailures);
+        var now = Environment.TickCount64;
+        if (failures == 1 || now - _acceptFailureLogged >= 60_000)
+        {
+            _acceptFailureLogged = now;
+            var reason = ex is SocketException socketError ? $"{socketError.Message} ({socketError.SocketErrorCode})" : $"{ex.GetType().Name}: {ex.Message}";
+            Log?.Invoke($"NBD accept failed: {reason}; {failures} accept failure(s) so far, retrying");
+        }
+    }
+
+    private bool NearOpenFileLimit(Socket socket, out long limit)
+    {
+        limit = long.MaxValue;
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+
+        // The kernel hands out the lowest free descriptor, so every number below this socket's
+        // is taken: fewer than FileDescriptorReserve left when its number is that close to the limit.
+        limit = OpenFileLimitHook?.Invoke() ?? LibC.OpenFileLimit();
+        long fd;
+        try
+        {
+            fd = socket.SafeHandle.DangerousGetHandle().ToInt64();
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+
+        return fd >= limit - FileDescriptorReserve;
     }
 
     private static string EndpointOf(Socket socket)
