@@ -134,6 +134,16 @@ internal static class CommandLine
             await error.WriteLineAsync($"actorblk: configuration: {ex.Message}").ConfigureAwait(false);
             return UsageError;
         }
+#pragma warning disable CA1031 // the last resort of the command line: a failure, never an abort
+        catch (Exception ex)
+#pragma warning restore CA1031
+        {
+            // Anything else is a failure (1) with its stack trace, as README promises; unhandled, it
+            // aborted the process (exit 134, "Unhandled exception", an outside audit under a low
+            // open-file limit, where the runtime could not load an assembly).
+            await error.WriteLineAsync($"actorblk: failed: {ex}").ConfigureAwait(false);
+            return 1;
+        }
     }
 
     // "actorblk sysfs write" for a parse of `sysfs write ...`.

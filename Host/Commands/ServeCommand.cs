@@ -121,108 +121,111 @@ internal static class ServeCommand
 
         ActorSystem? started = null;
         CommandFailedException? startupFailure = null;
-        var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
-        builder.Logging.ClearProviders();
-        builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
-            .AddHocon(config, HoconAddMode.Prepend)
-            .AddHocon($"akka.stdout-logger-class = \"{SerilogFallbackLogger.TypeName}\"", HoconAddMode.Prepend)
-            .ConfigureLoggers(loggers =>
-            {
-                loggers.ClearLoggers();
-                loggers.AddSerilogLogging();
-            })
-            // A node without seeds forms its cluster before its devices are created: a stacked
-            // device with a member on another node waits for that node to join and publish it.
-            .AddStartup(async (system, _) =>
-            {
-                started = system;
-                var cluster = Cluster.Get(system);
-                if (cluster.Settings.SeedNodes.Count == 0)
-                {
-                    await cluster.JoinAsync(cluster.SelfAddress).ConfigureAwait(false);
-                }
-            })
-            .WithActorBlk()
-            .WithTls(tls)
-            .AddStartup(async (system, _) =>
-            {
-                started = system;
-                var cluster = Cluster.Get(system);
-                var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                cluster.RegisterOnMemberUp(() => up.TrySetResult());
-                var layer = BlockLayer.Get(system);
-
-                // A node whose seeds never answer keeps trying to join (Akka retries without end);
-                // told to stop meanwhile, it stops instead of waiting on.
-                using (layer.Stopping.UnsafeRegister(static t => ((TaskCompletionSource)t!).TrySetCanceled(), up))
-                {
-                    try
-                    {
-                        await up.Task.ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException)
-                    {
-                        Log.Warning("Stopping before the node joined its cluster (seed nodes {Seeds})", string.Join(", ", cluster.Settings.SeedNodes));
-                        return;
-                    }
-                }
-
-                Log.Information("Node {Address} is up (roles: {Roles}); CPU topology {Topology}",
-                    cluster.SelfAddress, string.Join(",", cluster.SelfRoles), layer.Topology.Describe());
-                foreach (var device in layer.Devices.OrderBy(d => d.Name))
-                {
-                    if (device.Queue.BioDriver is { } target)
-                    {
-                        Log.Information("Serving {Device}: stacked device of {Size}, {Block}-byte blocks, {Target}",
-                            device.Name, Sizes.Format(device.Capacity), device.LogicalBlockSize, target.Description);
-                        continue;
-                    }
-
-                    Log.Information("Serving {Device}: {Driver} device of {Size}, {Block}-byte blocks, {Queues} hardware queue(s) of {Depth} tags, {Dispatch} dispatch",
-                        device.Name, device.Queue.Driver.Kind, Sizes.Format(device.Capacity), device.LogicalBlockSize,
-                        device.Queue.HardwareContexts.Count, device.Queue.TagSet.QueueDepth, device.Dispatch.ToString().ToLowerInvariant());
-                }
-
-                Log.Information("Devices are addressable at {Guardian}", $"{cluster.SelfAddress}/user/{BlockLayer.GuardianName}");
-                if (nbdOptions is null)
-                {
-                    Log.Information("NBD export is off (actorblk.nbd.listen = off)");
-                }
-                else
-                {
-                    ActorBlk.Hardware.Nbd.NbdServer server;
-                    try
-                    {
-                        server = NbdExport.Start(layer, nbdOptions).Server;
-                    }
-                    catch (System.Net.Sockets.SocketException ex)
-                    {
-                        // An operator's error, not a fault: stop the node and report it in one line
-                        // (thrown here, Akka.Hosting would print it with its stack trace on stdout).
-                        startupFailure = new CommandFailedException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
-                        StopAfterStartupFailure(system);
-                        return;
-                    }
-
-                    var endpoint = server.LocalEndPoint;
-
-                    // The URI a client uses: nbds:// when the export requires TLS, as the registry
-                    // publishes it (the log said nbd://, which such a server refuses: an outside audit).
-                    var exportUri = NbdEndpointOf(endpoint, nbdOptions);
-                    foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
-                    {
-                        Log.Information("Exporting {Device} over NBD at {Uri}/{Device}{Default}",
-                            device.Name, exportUri, device.Name, index == 0 ? " (the default export)" : string.Empty);
-                    }
-
-                    Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
-                    layer.SetNbdEndpoint(exportUri);
-                }
-                LogClusterDevices(layer);
-            }));
-
+        // The host is built inside the try: under a low open-file limit (ulimit -n 128) its
+        // configuration providers failed to load an assembly, and the exception escaped as an
+        // unhandled one (exit 134, an outside audit) where README promises a logged failure, exit 1.
         try
         {
+            var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder();
+            builder.Logging.ClearProviders();
+            builder.Services.AddAkka(NodeConfig.SystemName, (akka, _) => akka
+                .AddHocon(config, HoconAddMode.Prepend)
+                .AddHocon($"akka.stdout-logger-class = \"{SerilogFallbackLogger.TypeName}\"", HoconAddMode.Prepend)
+                .ConfigureLoggers(loggers =>
+                {
+                    loggers.ClearLoggers();
+                    loggers.AddSerilogLogging();
+                })
+                // A node without seeds forms its cluster before its devices are created: a stacked
+                // device with a member on another node waits for that node to join and publish it.
+                .AddStartup(async (system, _) =>
+                {
+                    started = system;
+                    var cluster = Cluster.Get(system);
+                    if (cluster.Settings.SeedNodes.Count == 0)
+                    {
+                        await cluster.JoinAsync(cluster.SelfAddress).ConfigureAwait(false);
+                    }
+                })
+                .WithActorBlk()
+                .WithTls(tls)
+                .AddStartup(async (system, _) =>
+                {
+                    started = system;
+                    var cluster = Cluster.Get(system);
+                    var up = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    cluster.RegisterOnMemberUp(() => up.TrySetResult());
+                    var layer = BlockLayer.Get(system);
+
+                    // A node whose seeds never answer keeps trying to join (Akka retries without end);
+                    // told to stop meanwhile, it stops instead of waiting on.
+                    using (layer.Stopping.UnsafeRegister(static t => ((TaskCompletionSource)t!).TrySetCanceled(), up))
+                    {
+                        try
+                        {
+                            await up.Task.ConfigureAwait(false);
+                        }
+                        catch (OperationCanceledException)
+                        {
+                            Log.Warning("Stopping before the node joined its cluster (seed nodes {Seeds})", string.Join(", ", cluster.Settings.SeedNodes));
+                            return;
+                        }
+                    }
+
+                    Log.Information("Node {Address} is up (roles: {Roles}); CPU topology {Topology}",
+                        cluster.SelfAddress, string.Join(",", cluster.SelfRoles), layer.Topology.Describe());
+                    foreach (var device in layer.Devices.OrderBy(d => d.Name))
+                    {
+                        if (device.Queue.BioDriver is { } target)
+                        {
+                            Log.Information("Serving {Device}: stacked device of {Size}, {Block}-byte blocks, {Target}",
+                                device.Name, Sizes.Format(device.Capacity), device.LogicalBlockSize, target.Description);
+                            continue;
+                        }
+
+                        Log.Information("Serving {Device}: {Driver} device of {Size}, {Block}-byte blocks, {Queues} hardware queue(s) of {Depth} tags, {Dispatch} dispatch",
+                            device.Name, device.Queue.Driver.Kind, Sizes.Format(device.Capacity), device.LogicalBlockSize,
+                            device.Queue.HardwareContexts.Count, device.Queue.TagSet.QueueDepth, device.Dispatch.ToString().ToLowerInvariant());
+                    }
+
+                    Log.Information("Devices are addressable at {Guardian}", $"{cluster.SelfAddress}/user/{BlockLayer.GuardianName}");
+                    if (nbdOptions is null)
+                    {
+                        Log.Information("NBD export is off (actorblk.nbd.listen = off)");
+                    }
+                    else
+                    {
+                        ActorBlk.Hardware.Nbd.NbdServer server;
+                        try
+                        {
+                            server = NbdExport.Start(layer, nbdOptions).Server;
+                        }
+                        catch (System.Net.Sockets.SocketException ex)
+                        {
+                            // An operator's error, not a fault: stop the node and report it in one line
+                            // (thrown here, Akka.Hosting would print it with its stack trace on stdout).
+                            startupFailure = new CommandFailedException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
+                            StopAfterStartupFailure(system);
+                            return;
+                        }
+
+                        var endpoint = server.LocalEndPoint;
+
+                        // The URI a client uses: nbds:// when the export requires TLS, as the registry
+                        // publishes it (the log said nbd://, which such a server refuses: an outside audit).
+                        var exportUri = NbdEndpointOf(endpoint, nbdOptions);
+                        foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
+                        {
+                            Log.Information("Exporting {Device} over NBD at {Uri}/{Device}{Default}",
+                                device.Name, exportUri, device.Name, index == 0 ? " (the default export)" : string.Empty);
+                        }
+
+                        Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
+                        layer.SetNbdEndpoint(exportUri);
+                    }
+                    LogClusterDevices(layer);
+                }));
+
             ThrowIfRemotingPortInUse(config);
             using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix);
             Log.Information(metrics is null
