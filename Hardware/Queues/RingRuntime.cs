@@ -84,7 +84,10 @@ public sealed class RingRuntime : IQueueRuntime
     public void StageBatch(HardwareContext hctx, ReadOnlySpan<Request> requests) => _loops[hctx.Index].StageBatch(requests);
 
     /// <inheritdoc />
-    public void Kick(HardwareContext hctx) => _loops[hctx.Index].Kick();
+    public void Kick(HardwareContext hctx) => _loops[hctx.Index].RunQueue();
+
+    /// <summary>How many of the hardware queues' dispatch loops started their thread (a loop starts it with its first work).</summary>
+    public int StartedThreads => _loops.Count(l => l.ThreadStarted);
 
     /// <inheritdoc />
     public void DeliverCompletion(SoftwareContext target, Request request) => _softIrq.Raise(target.Cpu, request);
