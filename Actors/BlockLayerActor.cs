@@ -62,9 +62,18 @@ internal sealed class BlockLayerActor : ReceiveActor
         });
         Receive<RequestQueueProtocol.Unregistered>(HandleUnregistered);
         Receive<BlockLayer.Io>(HandleIo);
-        Receive<ListClusterDevices>(_ => Sender.Tell(new ClusterDeviceList(
-            ClusterDevices.AsSeenFrom(_layer.ClusterDevices.Snapshot, _layer.ClusterDevices.IsEnabled ? UnreachableNodes() : []),
-            _layer.ClusterDevices.IsEnabled)));
+        // A remote asker gets pages that fit one remoting message: a cluster of 1,650 devices made
+        // a 148 KB reply, which the transport dropped (OversizedPayloadException in the node's log)
+        // while `actorblk devices` waited 60 s and said the node did not answer.
+        var maxRemoteData = RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
+        Receive<ListClusterDevices>(list =>
+        {
+            var devices = ClusterDevices.AsSeenFrom(_layer.ClusterDevices.Snapshot, _layer.ClusterDevices.IsEnabled ? UnreachableNodes() : []);
+            var (page, more) = Sender is IActorRefScope { IsLocal: false } || list.After is { Length: > 0 }
+                ? ListClusterDevices.Page(devices, list.After ?? string.Empty, Sender is IActorRefScope { IsLocal: false } ? maxRemoteData : long.MaxValue)
+                : (devices, false);
+            Sender.Tell(new ClusterDeviceList(page, _layer.ClusterDevices.IsEnabled, more));
+        });
         Receive<RemoteSurface.AdminRefused>(refused =>
         {
             _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);

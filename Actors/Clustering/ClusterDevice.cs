@@ -1,3 +1,4 @@
+using System.Text;
 using ActorBlk.Actors.Serialization;
 
 namespace ActorBlk.Actors.Clustering;
@@ -72,17 +73,72 @@ public static class ClusterDeviceStates
     public const string Unreachable = "unreachable";
 }
 
-/// <summary>Asks a node's guardian for the cluster's devices as it sees them (reply <see cref="ClusterDeviceList"/>).</summary>
-public sealed record ListClusterDevices : IActorBlkQuery
+/// <summary>
+/// Asks a node's guardian for the cluster's devices as it sees them (reply <see cref="ClusterDeviceList"/>).
+/// A reply to a remote asker holds as many devices as fit in one remoting message; when
+/// <see cref="ClusterDeviceList.More"/> is set, ask again with <see cref="After"/> set to the
+/// <see cref="ClusterDevice.Id"/> of the last device received.
+/// </summary>
+/// <param name="After">Empty for the first page; else the id (<c>name@host:port</c>) of the last device of the previous page.</param>
+public sealed record ListClusterDevices(string After) : IActorBlkQuery
 {
-    /// <summary>The one instance.</summary>
-    public static readonly ListClusterDevices Instance = new();
+    /// <summary>The first page (a local asker gets every device in it).</summary>
+    public static readonly ListClusterDevices Instance = new(string.Empty);
+
+    /// <summary>
+    /// The devices of <paramref name="sorted"/> (sorted by name then node, ordinally) after the
+    /// device <paramref name="after"/> names, as many as fit in <paramref name="maxBytes"/> of
+    /// remoting payload (at least one); <c>more</c> when some are left.
+    /// </summary>
+    internal static (ClusterDevice[] Page, bool More) Page(IReadOnlyList<ClusterDevice> sorted, string after, long maxBytes)
+    {
+        var start = 0;
+        if (after.Length > 0)
+        {
+            var at = after.IndexOf('@', StringComparison.Ordinal);
+            var (name, node) = at < 0 ? (after, string.Empty) : (after[..at], after[(at + 1)..]);
+            while (start < sorted.Count && Compare(sorted[start], name, node) <= 0)
+            {
+                start++;
+            }
+        }
+
+        // The list's own envelope, then each device's fields as Hyperion writes them (UTF-8
+        // strings with their lengths, the numbers, the type's manifest).
+        var bytes = 256L;
+        var end = start;
+        while (end < sorted.Count)
+        {
+            var d = sorted[end];
+            bytes += DeviceOverhead + Encoding.UTF8.GetByteCount(d.Name) + Encoding.UTF8.GetByteCount(d.Node)
+                + Encoding.UTF8.GetByteCount(d.State) + Encoding.UTF8.GetByteCount(d.NbdEndpoint);
+            if (bytes > maxBytes && end > start)
+            {
+                break;
+            }
+
+            end++;
+        }
+
+        return (sorted.Skip(start).Take(end - start).ToArray(), end < sorted.Count);
+    }
+
+    // Per device besides its strings: its type reference, four string headers, the numbers and
+    // the bool (about 40 bytes measured; twice that for margin).
+    private const int DeviceOverhead = 80;
+
+    private static int Compare(ClusterDevice d, string name, string node)
+    {
+        var byName = string.CompareOrdinal(d.Name, name);
+        return byName != 0 ? byName : string.CompareOrdinal(d.Node, node);
+    }
 }
 
 /// <summary>The cluster's devices as one node sees them, sorted by name then node.</summary>
 /// <param name="Devices">The devices.</param>
 /// <param name="Enabled">False when the node is not a cluster member (it keeps no registry).</param>
-public sealed record ClusterDeviceList(ClusterDevice[] Devices, bool Enabled) : IActorBlkMessage;
+/// <param name="More">True when devices follow that did not fit in this reply: ask again with <see cref="ListClusterDevices.After"/>.</param>
+public sealed record ClusterDeviceList(ClusterDevice[] Devices, bool Enabled, bool More = false) : IActorBlkMessage;
 
 /// <summary>A device name matched no device of the cluster.</summary>
 public sealed class ClusterDeviceNotFoundException(string message) : Exception(message);

@@ -48,7 +48,16 @@ internal static class DevicesCommand
         ClusterDeviceList list;
         try
         {
+            // The node answers in pages that fit one remoting message each.
             list = await client.AskGuardianAsync<ClusterDeviceList>(ListClusterDevices.Instance).ConfigureAwait(false);
+            var all = new List<ClusterDevice>(list.Devices);
+            while (list is { More: true, Devices.Length: > 0 })
+            {
+                list = await client.AskGuardianAsync<ClusterDeviceList>(new ListClusterDevices(list.Devices[^1].Id)).ConfigureAwait(false);
+                all.AddRange(list.Devices);
+            }
+
+            list = list with { Devices = [.. all], More = false };
         }
         catch (NodeUnreachableException ex)
         {
