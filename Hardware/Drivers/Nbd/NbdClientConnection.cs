@@ -98,6 +98,23 @@ internal sealed class NbdClientConnection : IDisposable
     internal int Outstanding => Volatile.Read(ref _outstanding);
 
     /// <summary>
+    /// True while this incarnation of <paramref name="request"/> (its tag and generation) went out
+    /// on this connection and its reply has not come: the connection a timeout of it may blame.
+    /// </summary>
+    public bool Holds(Request request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var tag = request.Tag;
+        if ((uint)tag >= MaxTags)
+        {
+            return false;
+        }
+
+        var pending = _pending[tag];
+        return ReferenceEquals(Volatile.Read(ref pending.Request), request) && pending.Generation == request.Generation;
+    }
+
+    /// <summary>
     /// Sets how the server certificate is checked: not at all when verification is off; against the
     /// CA file as the only trust anchors when one is given (the name must match too); otherwise
     /// by the system's default validation.

@@ -334,9 +334,19 @@ public sealed class NbdClientDriver : IBlockDriver
         if (request.Hctx is { } hctx)
         {
             // Killed first: once it returns, the receiver copies nothing more into a request the
-            // branch below completes.
+            // branch below completes. Only the connection the request went out on, and still
+            // waits on, is blamed: a request whose connection was lost stays in flight until the
+            // reopen takes it back, and a scan that found it expired while the reopen installed a
+            // fresh connection killed that healthy connection (an outside audit: nbdkit stopped
+            // for longer than io_timeout; the reopen succeeded and the fresh connection was closed
+            // 10 ms later "after a request timed out", one more loss and a reset).
             var connection = Volatile.Read(ref _connections[hctx.Index % _connections.Length]);
-            connection?.Kill($"the client closed it after a request timed out (io_timeout {request.Queue?.IoTimeoutMs ?? 0} ms)");
+            var holds = connection is not null && connection.Holds(request);
+            if (holds)
+            {
+                connection!.Kill($"the client closed it after a request timed out (io_timeout {request.Queue?.IoTimeoutMs ?? 0} ms)");
+            }
+
             if ((connection is null || connection.IsDead) && (hctx.Queue.IsOffline || RetiredReason is not null))
             {
                 // Its connection is gone and none will come back: a request that raced into the

@@ -176,6 +176,62 @@ public sealed class NbdClientDriverSpec
         Assert.Contains("NBD connection lost: the client closed it after a request timed out (io_timeout 1000 ms)", lost.Message, StringComparison.Ordinal);
     }
 
+    // An outside audit stopped nbdkit for longer than io_timeout: the connection was lost, and
+    // while the reopen ran the scans kept finding its requests expired (they stay in flight until
+    // the reopen takes them back). One scan's handler ran after the reopen had installed the fresh
+    // connection and killed it, "after a request timed out", though that connection had never
+    // carried the request: one more loss, and a reset of a device that had just recovered.
+    [Fact]
+    public async Task A_timeout_of_a_request_whose_connection_was_lost_does_not_close_the_fresh_connection()
+    {
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, async s =>
+        {
+            if (s.Index > 0)
+            {
+                await s.ServeAsync(0x22);
+                return;
+            }
+
+            // The first connection takes the read and never answers it.
+            await s.ReadRequestAsync();
+            held.TrySetResult();
+            while (await s.ReadRequestAsync() is not null)
+            {
+            }
+        });
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "stale0", Driver = "nbd", Uri = server.Uri(), IoTimeoutMs = 1000 }, CpuTopology.Simulated(2));
+        var errors = new LostConnections();
+        device.Queue.Events = errors;
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        var read = device.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
+        await held.Task.WaitAsync(Condition.Timeout);
+
+        // The connection is lost; this harness has no supervision, so the read stays in flight, as
+        // it does while a reopen runs. The reopen connects afresh before the read is taken back.
+        driver.Connections.Single().Kill("the spec cuts it");
+        await Condition.EventuallyAsync(() => driver.LiveConnections == 0 && errors.Reported.Count == 1, "the loss is reported");
+        driver.Reopen();
+        var fresh = driver.Connections.Single();
+
+        // A scan finds the read expired. Its connection is gone: the fresh one is not blamed.
+        device.Queue.HardwareContexts[0].ScanTimeouts(long.MaxValue, driver);
+        Assert.Same(fresh, driver.Connections.Single());
+
+        // It still serves: a read through it is answered (the old code had closed it, and the read
+        // went into a dead connection).
+        var second = new byte[4096];
+        Assert.Equal(ActorBlk.Hardware.Requests.BlockStatus.Ok, await device.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 4096, 4096, second).AsTask().WaitAsync(Condition.Timeout));
+        Assert.All(second, b => Assert.Equal(0x22, b));
+        Assert.Single(errors.Reported);
+        Assert.Equal(1, driver.LiveConnections);
+
+        // The held read ends with the device.
+        device.Queue.SetOffline(failInFlight: true);
+        Assert.Equal(ActorBlk.Hardware.Requests.BlockStatus.Offline, await read.WaitAsync(Condition.Timeout));
+    }
+
     private sealed class LostConnections : ActorBlk.Hardware.Queues.IQueueEvents
     {
         public System.Collections.Concurrent.ConcurrentQueue<Exception> Reported { get; } = new();
