@@ -77,7 +77,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     private int _inflight;
     private volatile bool _stopping;
     private volatile bool _broken;
-    private volatile bool _leftUnsubmitted;
+    private int _leftUnsubmitted; // 1: entries the kernel refused or left wait for the reaper (mailbox dispatch)
     private int _slowStopped;
     private int _disposed;
 
@@ -372,13 +372,16 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             return Reap();
         }
 
-        if (!SubmitChecked(1, timeoutMs) && Volatile.Read(ref _inflight) > (int)_ring.Unsubmitted)
+        if (!SubmitChecked(1, timeoutMs))
         {
             // The kernel refused the entries (EAGAIN, EBUSY) and so did not wait either: it wants
             // completions reaped first, or memory. Wait for a completion without submitting (with
             // DEFER_TASKRUN that is also what runs the completion work), at most a short while;
             // the loop comes round and submits again. Before, the loop came straight back into a
-            // refused enter, spinning for as long as the refusal lasted.
+            // refused enter, spinning for as long as the refusal lasted. Always, not only when the
+            // kernel holds a request: a count of requests against one of entries (the wake read
+            // and a pre-flush's fsync are entries, not requests) missed the usual case (a review),
+            // and with nothing held the wait is a 10 ms back-off.
             _ring.WaitCompletions(1, timeoutMs < 0 ? RefusedRetryMs : Math.Min(timeoutMs, RefusedRetryMs));
         }
 
@@ -634,7 +637,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             if (!_owned && _ring.Unsubmitted != 0)
             {
                 // A submission the kernel cut short (it ran out of memory part way).
-                _leftUnsubmitted = true;
+                Volatile.Write(ref _leftUnsubmitted, 1);
             }
 
             return true;
@@ -644,7 +647,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         {
             if (!_owned)
             {
-                _leftUnsubmitted = true;
+                Volatile.Write(ref _leftUnsubmitted, 1);
             }
 
             return false;
@@ -859,7 +862,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     {
         while (!_stopping || Volatile.Read(ref _inflight) > 0)
         {
-            var result = _leftUnsubmitted ? SubmitLeft() : _ring.WaitCompletions(1, 1000);
+            var result = Volatile.Read(ref _leftUnsubmitted) != 0 ? SubmitLeft() : _ring.WaitCompletions(1, 1000);
             if (result < 0 && result is not (-LibC.ETIME or -LibC.EBUSY or -LibC.EAGAIN or -LibC.EINTR))
             {
                 // Nothing reaps this ring any more: Outstanding stops counting its requests.
@@ -882,7 +885,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
     // The flag is cleared before the enter: a refusal of the actor's after that sets it again.
     private int SubmitLeft()
     {
-        _leftUnsubmitted = false;
+        Interlocked.Exchange(ref _leftUnsubmitted, 0); // a full fence: the tail is read after the clear
         var left = _ring.PublishedUnsubmitted;
         if (left == 0)
         {
@@ -893,7 +896,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
         var result = _ring.WaitCompletions(1, 1000, left);
         if (result is -LibC.EAGAIN or -LibC.EBUSY || (result >= 0 && (uint)result < left))
         {
-            _leftUnsubmitted = true;
+            Volatile.Write(ref _leftUnsubmitted, 1);
             if (result < 0)
             {
                 result = _ring.WaitCompletions(1, RefusedRetryMs);
