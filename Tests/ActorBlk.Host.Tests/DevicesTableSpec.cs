@@ -13,8 +13,9 @@ public sealed class DevicesTableSpec
         // A README walk-through and a review found the example's columns wider than the command's.
         var table = DevicesCommand.Format(
         [
-            new ClusterDevice("nullb0", "127.0.0.1:4053", 1, 1L << 30, 512, 1, false, "live", "nbd://127.0.0.1:40411/nullb0"),
-            new ClusterDevice("nullb0", "127.0.0.1:4054", 2, 1L << 30, 512, 1, false, "live", "nbd://127.0.0.1:35121/nullb0"),
+            new ClusterDevice("vol-a", "127.0.0.1:4053", 1, 256L << 20, 512, 1, false, "live", "nbd://127.0.0.1:35963/vol-a"),
+            new ClusterDevice("vol-b", "127.0.0.1:4054", 2, 256L << 20, 512, 1, false, "live", "nbd://127.0.0.1:33165/vol-b"),
+            new ClusterDevice("vol-c", "127.0.0.1:4055", 3, 256L << 20, 512, 1, false, "live", "nbd://127.0.0.1:34409/vol-c"),
         ]).Replace("\r\n", "\n", StringComparison.Ordinal);
 
         var dir = new DirectoryInfo(AppContext.BaseDirectory);
