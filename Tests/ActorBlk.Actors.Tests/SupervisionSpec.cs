@@ -261,6 +261,47 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         Assert.False(driver.DisposedDuringReopen);
     }
 
+    // An outside audit (devices served over NBD, SIGTERM while one was being reopened): the node's
+    // stop let the reopen go on, the NBD server's stop (service-unbind) waited for the requests it
+    // had passed on, which waited for the reopen, and only the destroy after the phase's timeout
+    // failed them: serve took 5.9-7.9 s to exit. The requests now fail Offline as the node begins
+    // to stop, before any device is torn down, each once.
+    [Fact]
+    public async Task A_node_that_begins_to_stop_fails_the_requests_waiting_for_a_reopen_at_once()
+    {
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenFailures = 1000 };
+        var device = await Create(driver, "stopreopen");
+        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("server gone", deviceGone: true);
+        var waiting = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
+        await AwaitConditionAsync(async () => (await InfoOf("stopreopen")).Health == "reopening", TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
+
+        // Virtual time stands still: no reopen attempt runs, so only the stop can end the wait.
+        // Seen between the shutdown's first phase and the teardown of the devices (service-stop).
+        var seen = new TaskCompletionSource<BlockStatus[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var shutdown = CoordinatedShutdown.Get(Sys);
+        shutdown.AddTask(CoordinatedShutdown.PhaseServiceUnbind, "spec-before-teardown", async () =>
+        {
+            try
+            {
+                seen.SetResult(await Task.WhenAll(held, waiting).WaitAsync(TimeSpan.FromSeconds(10)));
+            }
+            catch (TimeoutException ex)
+            {
+                seen.SetException(ex);
+            }
+
+            return Akka.Done.Instance;
+        });
+        await shutdown.Run(CoordinatedShutdown.ClrExitReason.Instance).WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.All(await seen.Task, status => Assert.Equal(BlockStatus.Offline, status));
+        Assert.Equal(0, driver.ReopensBegun);
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
     // A device whose reset waits for the returned gate (a reconnect to a server that accepts and
     // never answers), begun with one read in flight and one that met the error, waiting for it.
     private async Task<(TaskCompletionSource Gate, ScriptedDriver Driver, IBlockDevice Device, Task<BlockStatus> Held, Task<BlockStatus> Failing)> ResetBegunAsync(string name)
