@@ -197,6 +197,24 @@ public sealed class NbdClientFakeServerSpec
         Assert.Empty(server.Faults);
     }
 
+    // blk_validate_limits rounds max_hw_sectors down to whole logical blocks: a server's maximum
+    // payload of 100,000 bytes with a 4096-byte minimum block is 96 KiB, not 97 (an outside audit).
+    [Fact]
+    public async Task A_servers_maximum_payload_becomes_whole_logical_blocks()
+    {
+        var odd = FakeNbdExport.Default with { MinimumBlock = 4096, MaximumPayload = 100_000 };
+        await using var server = new FakeNbdServer(_ => odd, async s =>
+        {
+            while (await s.ReadRequestAsync() is not null)
+            {
+            }
+        });
+        using var driver = new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(server.Uri()) }, "fake0");
+        Assert.Equal(4096, driver.Limits.LogicalBlockSize);
+        Assert.Equal(96 * 2, driver.Limits.MaxHardwareSectors);
+        Assert.Equal(96 * 2, driver.Limits.MaxSectors);
+    }
+
     [Fact]
     public async Task A_driver_that_refuses_the_export_it_negotiated_disconnects_softly()
     {
