@@ -195,7 +195,13 @@ public static class NbdErrors
         _ => NbdError.Invalid,
     };
 
-    /// <summary>The status an NBD client reports for a wire error.</summary>
+    /// <summary>
+    /// The status an NBD client reports for a wire error: the block status of that errno where the
+    /// kernel's <c>errno_to_blk_status</c> has one, <see cref="BlockStatus.Offline"/> for
+    /// <c>ESHUTDOWN</c> (the server is going away), <see cref="BlockStatus.IoError"/> otherwise,
+    /// <c>EPERM</c> included (it read as EINVAL, an invalid request, through a re-export: an outside
+    /// audit with nbdkit's error filter).
+    /// </summary>
     public static BlockStatus ToStatus(NbdError error) => error switch
     {
         NbdError.None => BlockStatus.Ok,
@@ -203,7 +209,6 @@ public static class NbdErrors
         NbdError.Invalid or NbdError.Overflow => BlockStatus.Invalid,
         NbdError.NotSupported => BlockStatus.NotSupported,
         NbdError.Shutdown => BlockStatus.Offline,
-        NbdError.Perm => BlockStatus.Invalid,
         NbdError.NoMemory => BlockStatus.Resource,
         _ => BlockStatus.IoError,
     };

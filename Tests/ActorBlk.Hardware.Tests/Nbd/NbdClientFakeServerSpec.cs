@@ -2,6 +2,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -196,6 +197,21 @@ public sealed class NbdClientFakeServerSpec
         Assert.Equal((0UL, 0U, NbdCommandFlags.None), (disc.Offset, disc.Length, disc.Flags));
         Assert.Empty(server.Faults);
     }
+
+    // A server's error reply becomes the block status of that errno where the kernel's
+    // errno_to_blk_status has one, else an I/O error: EPERM read as EINVAL (an invalid request)
+    // through a re-export (an outside audit with nbdkit's error filter, error=EPERM).
+    [Theory]
+    [InlineData(NbdError.Perm, BlockStatus.IoError)]
+    [InlineData(NbdError.Io, BlockStatus.IoError)]
+    [InlineData(NbdError.NoMemory, BlockStatus.Resource)]
+    [InlineData(NbdError.Invalid, BlockStatus.Invalid)]
+    [InlineData(NbdError.NoSpace, BlockStatus.NoSpace)]
+    [InlineData(NbdError.NotSupported, BlockStatus.NotSupported)]
+    [InlineData(NbdError.Shutdown, BlockStatus.Offline)]
+    [InlineData((NbdError)61, BlockStatus.IoError)] // ENODATA: not a wire error; taken as EIO
+    public void A_servers_error_becomes_the_status_of_its_errno(NbdError error, BlockStatus expected) =>
+        Assert.Equal(expected, NbdErrors.ToStatus(error));
 
     // blk_validate_limits rounds max_hw_sectors down to whole logical blocks: a server's maximum
     // payload of 100,000 bytes with a 4096-byte minimum block is 96 KiB, not 97 (an outside audit).
