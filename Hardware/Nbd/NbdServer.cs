@@ -79,6 +79,7 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Connections accepted since start.</summary>
     public long AcceptedConnections => Interlocked.Read(ref _accepted);
 
+    private long _connectionLimitRefusals;
     private long _refusalLogged;
     private long _fileLimitRefusals;
     private long _fileLimitLogged;
@@ -360,16 +361,8 @@ public sealed class NbdServer : IAsyncDisposable
                 // thread, failed fast ("Out of memory.", exit 134) at its next thread (an outside
                 // audit: 400 idle connections under ulimit -n 400 and one `actorblk devices` took
                 // the node down with every device). The reserve is the node's own.
-                var refused = Interlocked.Increment(ref _refused);
-                var times = Interlocked.Increment(ref _fileLimitRefusals);
-                var now = Environment.TickCount64;
-                if (times == 1 || now - _fileLimitLogged >= 60_000)
-                {
-                    _fileLimitLogged = now;
-                    Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: fewer than {FileDescriptorReserve} file descriptors are left under the process's open-file limit ({fileLimit}, ulimit -n), kept for the node; {refused} refused so far");
-                }
-
-                socket.Dispose();
+                Refuse(socket, ref _fileLimitRefusals, ref _fileLimitLogged,
+                    $"fewer than {FileDescriptorReserve} file descriptors are left under the process's open-file limit ({fileLimit}, ulimit -n), kept for the node");
                 continue;
             }
 
@@ -377,15 +370,7 @@ public sealed class NbdServer : IAsyncDisposable
             {
                 // Logged, or an operator whose clients are refused finds nothing (an outside audit
                 // filled max-connections with idle clients): the first, then one line a minute.
-                var refused = Interlocked.Increment(ref _refused);
-                var now = Environment.TickCount64;
-                if (refused == 1 || now - _refusalLogged >= 60_000)
-                {
-                    _refusalLogged = now;
-                    Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: {Options.MaxConnections} connections are open (max-connections); {refused} refused so far");
-                }
-
-                socket.Dispose();
+                Refuse(socket, ref _connectionLimitRefusals, ref _refusalLogged, $"{Options.MaxConnections} connections are open (max-connections)");
                 continue;
             }
 
@@ -429,13 +414,37 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
+    // Closes a connection refused at accept, counted in RefusedConnections, and logs the first of
+    // its kind and then a line a minute (a client can connect in a loop).
+    private void Refuse(Socket socket, ref long refusalsOfKind, ref long lastLogged, string why)
+    {
+        var refused = Interlocked.Increment(ref _refused);
+        if (FirstOrAMinuteOn(Interlocked.Increment(ref refusalsOfKind), ref lastLogged))
+        {
+            Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: {why}; {refused} refused so far");
+        }
+
+        socket.Dispose();
+    }
+
+    // True for the first event of a kind, then for one a minute at most.
+    private static bool FirstOrAMinuteOn(long count, ref long lastLogged)
+    {
+        var now = Environment.TickCount64;
+        if (count != 1 && now - Volatile.Read(ref lastLogged) < 60_000)
+        {
+            return false;
+        }
+
+        Volatile.Write(ref lastLogged, now);
+        return true;
+    }
+
     private void LogAcceptFailure(Exception ex)
     {
         var failures = Interlocked.Increment(ref _acceptFailures);
-        var now = Environment.TickCount64;
-        if (failures == 1 || now - _acceptFailureLogged >= 60_000)
+        if (FirstOrAMinuteOn(failures, ref _acceptFailureLogged))
         {
-            _acceptFailureLogged = now;
             var reason = ex is SocketException socketError ? $"{socketError.Message} ({socketError.SocketErrorCode})" : $"{ex.GetType().Name}: {ex.Message}";
             Log?.Invoke($"NBD accept failed: {reason}; {failures} accept failure(s) so far, retrying");
         }

@@ -20,13 +20,14 @@ public static class TestQueues
         TagSet? tagSet = null,
         int pollQueues = 0,
         string name = "test0",
-        BlockClock? clock = null)
+        BlockClock? clock = null,
+        DispatchMode mode = DispatchMode.Ring)
     {
         topology ??= CpuTopology.Simulated(cpus);
         tagSet ??= new TagSet(new TagSetOptions { HardwareQueues = hwQueues, QueueDepth = depth, ReservedTags = reserved, PollQueues = pollQueues, Seed = 7 }, topology, driver.InitRequest);
         var queue = new RequestQueue(name, tagSet, driver, options, clock);
         tagSet.AddQueue(queue);
-        var runtime = new ManualRuntime();
+        var runtime = new ManualRuntime { Mode = mode };
         queue.Start(runtime);
         return (queue, runtime);
     }

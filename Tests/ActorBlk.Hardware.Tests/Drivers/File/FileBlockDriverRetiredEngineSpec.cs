@@ -1,10 +1,7 @@
 using System.Reflection;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -34,10 +31,7 @@ public sealed class FileBlockDriverRetiredEngineSpec : IDisposable
         using var driver = new FileBlockDriver(
             new FileBlockOptions { Path = _dir.File("retired.img"), SizeBytes = 1 << 20, Engine = IoEngine.Psync, Direct = false },
             "retired0");
-        var tags = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 8, Seed = 7 }, CpuTopology.Simulated(2), ((IBlockDriver)driver).InitRequest);
-        var queue = new RequestQueue("retired0", tags, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
-        tags.AddQueue(queue);
-        queue.Start(new ManualRuntime { Mode = DispatchMode.Mailbox });
+        var (queue, _) = TestQueues.Create(driver, cpus: 2, depth: 8, options: new QueueOptions { MergePolicy = MergePolicy.Off }, name: "retired0", mode: DispatchMode.Mailbox);
         var hctx = queue.HardwareContexts[0];
 
         var target = (FileTarget)typeof(FileBlockDriver).GetField("_target", BindingFlags.Instance | BindingFlags.NonPublic)!.GetValue(driver)!;

@@ -4,7 +4,6 @@ using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -45,11 +44,7 @@ public sealed class IoUringRefusedSubmitSpec : IDisposable
         using var driver = new FileBlockDriver(
             new FileBlockOptions { Path = _dir.File($"mailbox{errno}.img"), SizeBytes = 1 << 20, Engine = IoEngine.IoUring, Direct = false },
             $"refused{errno}");
-        var tags = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 8, Seed = 7 }, CpuTopology.Simulated(2), ((IBlockDriver)driver).InitRequest);
-        var queue = new RequestQueue($"refused{errno}", tags, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
-        tags.AddQueue(queue);
-        var runtime = new ManualRuntime { Mode = DispatchMode.Mailbox };
-        queue.Start(runtime);
+        var (queue, runtime) = TestQueues.Create(driver, cpus: 2, depth: 8, options: new QueueOptions { MergePolicy = MergePolicy.Off }, name: $"refused{errno}", mode: DispatchMode.Mailbox);
         var hctx = queue.HardwareContexts[0];
 
         // As the driver actor does before its first batch.

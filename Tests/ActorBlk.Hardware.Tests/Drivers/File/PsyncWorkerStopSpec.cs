@@ -1,10 +1,7 @@
 using System.Reflection;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -33,11 +30,7 @@ public sealed class PsyncWorkerStopSpec : IDisposable
         using var driver = new FileBlockDriver(
             new FileBlockOptions { Path = _dir.File("stopped.img"), SizeBytes = 1 << 20, Engine = IoEngine.Psync, Direct = false },
             "stopped0");
-        var tags = new TagSet(new TagSetOptions { HardwareQueues = 1, QueueDepth = 8, Seed = 7 }, CpuTopology.Simulated(2), ((IBlockDriver)driver).InitRequest);
-        var queue = new RequestQueue("stopped0", tags, driver, new QueueOptions { MergePolicy = MergePolicy.Off });
-        tags.AddQueue(queue);
-        var runtime = new ManualRuntime();
-        queue.Start(runtime);
+        var (queue, runtime) = TestQueues.Create(driver, cpus: 2, depth: 8, options: new QueueOptions { MergePolicy = MergePolicy.Off }, name: "stopped0");
         var hctx = queue.HardwareContexts[0];
         driver.InitHardwareContext(hctx);
         try
