@@ -22,6 +22,10 @@ namespace ActorBlk.Actors.Clustering;
 /// a node later (gossip from a node that had not removed it yet) is removed when it arrives, so every
 /// replica converges on the same map. A node that finds its own entry missing or stale writes it
 /// again. The snapshot shows only well-formed entries (bounded fields) of members this node knows.
+/// Size: every write of the entry also reaches each peer as an uncompressed delta holding the whole
+/// entry (Akka.NET ignores <c>delta-crdt.enabled = off</c>), which the transport drops once the entry
+/// is over <c>maximum-frame-size</c> (about 1,200 devices); the replicas then converge through the
+/// gzip-compressed full-state gossip of the whole map alone (README, "Cluster", Size).
 /// </summary>
 internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 {
