@@ -3,6 +3,7 @@ using System.Net;
 using ActorBlk.Hardware.Queues;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 
 namespace ActorBlk.Host.Commands;
 
@@ -34,14 +35,25 @@ internal static class PrometheusEndpoint
         return string.Create(CultureInfo.InvariantCulture, $"http://{host}:{endpoint.Port}/");
     }
 
-    /// <summary>Starts the exporter at <paramref name="prefix"/> (from <see cref="Prefix"/>); dispose the provider to stop it.</summary>
+    /// <summary>The <c>service.name</c> of the scrape's <c>target_info</c>.</summary>
+    public const string ServiceName = "actorblk";
+
+    /// <summary>
+    /// Starts the exporter at <paramref name="prefix"/> (from <see cref="Prefix"/>); dispose the
+    /// provider to stop it. The scrape's <c>target_info</c> names the service <c>actorblk</c> and,
+    /// with <paramref name="instance"/> (the node's remoting <c>host:port</c>, as the cluster
+    /// names it), the instance; OpenTelemetry's default was <c>unknown_service:dotnet</c>.
+    /// </summary>
     /// <exception cref="CommandFailedException">The address cannot be listened on (in use, or not this machine's): one line naming it and the key.</exception>
-    public static MeterProvider Start(string prefix)
+    public static MeterProvider Start(string prefix, string? instance = null)
     {
         var uri = new Uri(prefix);
+        var version = typeof(PrometheusEndpoint).Assembly.GetName().Version?.ToString();
         try
         {
             return Sdk.CreateMeterProviderBuilder()
+                .ConfigureResource(resource => resource.AddService(ServiceName, serviceVersion: version,
+                    autoGenerateServiceInstanceId: instance is null, serviceInstanceId: instance))
                 .AddMeter(BlockMetrics.MeterName)
                 .AddPrometheusHttpListener(options =>
                 {

@@ -227,7 +227,7 @@ internal static class ServeCommand
                 }));
 
             ThrowIfRemotingPortInUse(config);
-            using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix);
+            using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix, RemotingAddress(config));
             Log.Information(metrics is null
                 ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
                 : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
@@ -318,6 +318,15 @@ internal static class ServeCommand
 
     // Akka's transport binds with SO_REUSEPORT on Linux, so a second node on a port in use would
     // start beside the first and share its connections: refuse it first, naming the port.
+    // The node's remoting address as the cluster names it (host:port), or null without one.
+    private static string? RemotingAddress(Akka.Configuration.Config config)
+    {
+        var tcp = config.GetConfig("akka.remote.dot-netty.tcp");
+        var host = tcp?.GetString("hostname", string.Empty) ?? string.Empty;
+        var port = tcp?.GetInt("port", 0) ?? 0;
+        return host.Length == 0 || port <= 0 ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
+    }
+
     private static void ThrowIfRemotingPortInUse(Akka.Configuration.Config config)
     {
         var tcp = config.GetConfig("akka.remote.dot-netty.tcp");

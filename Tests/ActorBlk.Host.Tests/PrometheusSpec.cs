@@ -51,7 +51,7 @@ public sealed class PrometheusSpec
             var port = FreePort();
             var prefix = PrometheusEndpoint.Prefix($"127.0.0.1:{port}");
             Assert.Equal($"http://127.0.0.1:{port}/", prefix);
-            using var provider = PrometheusEndpoint.Start(prefix!);
+            using var provider = PrometheusEndpoint.Start(prefix!, instance: "127.0.0.1:4053");
             try
             {
                 text = await http.GetStringAsync(new Uri($"{prefix}metrics"));
@@ -64,6 +64,11 @@ public sealed class PrometheusSpec
         Assert.Matches(new Regex(@"^actorblk_io_operations_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 1(\s|$)", RegexOptions.Multiline), text);
         Assert.Matches(new Regex(@"^actorblk_io_bytes_total\{[^}]*device=""prom0""[^}]*op=""read""[^}]*\} 4096(\s|$)", RegexOptions.Multiline), text);
         Assert.Matches(new Regex(@"^actorblk_tags_depth\{[^}]*device=""prom0""[^}]*\} 64(\s|$)", RegexOptions.Multiline), text);
+
+        // The target names the service and the node (it said service_name="unknown_service:dotnet"
+        // and no instance, so a Prometheus scraping several nodes could not tell them apart by it).
+        Assert.Matches(new Regex(@"^target_info\{[^}]*service_name=""actorblk""[^}]*\} 1(\s|$)", RegexOptions.Multiline), text);
+        Assert.Matches(new Regex(@"^target_info\{[^}]*service_instance_id=""127\.0\.0\.1:4053""", RegexOptions.Multiline), text);
 
         // BlockMetrics holds queues weakly (a removed device's queue is not kept alive by its
         // metrics): without this the queue, unused after the read, may be collected before the
