@@ -73,6 +73,13 @@ public sealed class FakeNbdServer : IAsyncDisposable
     /// </summary>
     public Func<int, bool>? Mute { get; init; }
 
+    /// <summary>
+    /// When set, runs in place of the negotiation on each connection (its index and stream): a
+    /// hostile server's own handshake, well-formed up to the point it chooses. The transmission
+    /// script does not run after it; the connection closes when it returns.
+    /// </summary>
+    public Func<int, Stream, Task>? Handshake { get; init; }
+
     /// <summary>Connections accepted so far.</summary>
     public int Accepted => Volatile.Read(ref _accepted);
 
@@ -132,7 +139,11 @@ public sealed class FakeNbdServer : IAsyncDisposable
                 await Task.Delay(System.Threading.Timeout.Infinite, _stop.Token).ConfigureAwait(false);
             }
 
-            if (await session.NegotiateAsync(_export(index)).ConfigureAwait(false))
+            if (Handshake is { } handshake)
+            {
+                await handshake(index, client.GetStream()).ConfigureAwait(false);
+            }
+            else if (await session.NegotiateAsync(_export(index)).ConfigureAwait(false))
             {
                 await _script(session).ConfigureAwait(false);
             }

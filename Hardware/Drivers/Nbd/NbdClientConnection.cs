@@ -201,7 +201,7 @@ internal sealed class NbdClientConnection : IDisposable
     /// <summary>Connects and negotiates (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME).</summary>
     /// <exception cref="IOException">The server cannot be reached or refuses the export.</exception>
     /// <exception cref="NbdTlsException">TLS failed: the server certificate is not trusted, or the CA file cannot be read.</exception>
-    /// <exception cref="NbdClientProtocolException">The server sent a malformed option reply (an NBD_REP_INFO of the wrong length for its type).</exception>
+    /// <exception cref="NbdClientProtocolException">The server broke the negotiation's rules: a malformed option reply (bad magic, a reply for another option, an NBD_REP_INFO of the wrong length for its type), no NBD_INFO_EXPORT before the acknowledgement, or block size constraints that break proto.md's.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled (the socket is shut down under a negotiation in progress).</exception>
     public static NbdClientConnection Connect(NbdClientOptions options, CancellationToken cancellationToken = default)
     {
@@ -211,8 +211,15 @@ internal sealed class NbdClientConnection : IDisposable
         Stream? stream = null;
 
         // The negotiation reads and writes synchronously (with the connect timeout on the socket):
-        // a cancellation shuts the socket down, which ends a blocked receive at once.
-        using var abort = cancellationToken.Register(static s =>
+        // a cancellation shuts the socket down, which ends a blocked receive at once. The connect
+        // timeout bounds the whole negotiation too, not only each receive: a server that drips
+        // its greeting a byte at a time, or sends option reply after option reply for ever, kept
+        // every receive under the socket's timeout and the open (or a reconnect, holding the
+        // driver's lock) waited for ever (an outside audit with a hostile server).
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(timeout);
+        var connected = false;
+        using var abort = deadline.Token.Register(static s =>
         {
             try
             {
@@ -225,12 +232,8 @@ internal sealed class NbdClientConnection : IDisposable
         }, socket);
         try
         {
-            using (var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
-            {
-                cts.CancelAfter(timeout);
-                socket.ConnectAsync(uri.Host, uri.Port, cts.Token).AsTask().GetAwaiter().GetResult();
-            }
-
+            socket.ConnectAsync(uri.Host, uri.Port, deadline.Token).AsTask().GetAwaiter().GetResult();
+            connected = true;
             socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
             socket.SendTimeout = (int)timeout.TotalMilliseconds;
             stream = new NetworkStream(socket, ownsSocket: false);
@@ -251,7 +254,7 @@ internal sealed class NbdClientConnection : IDisposable
             if (uri.Tls)
             {
                 SendOption(stream, NbdOption.StartTls, []);
-                var reply = ReadOptionReply(stream);
+                var reply = ReadOptionReply(stream, uri, NbdOption.StartTls);
                 if (reply.Type != NbdReply.Ack)
                 {
                     throw new IOException($"{uri}: the server refused STARTTLS ({Describe(reply.Type, reply.Data)}).");
@@ -286,11 +289,20 @@ internal sealed class NbdClientConnection : IDisposable
             NbdTransmissionFlags flags = 0;
             uint minimum = 1, maximum = 32 << 20;
             string? description = null;
+            var sawExport = false;
             while (true)
             {
-                var reply = ReadOptionReply(stream);
+                var reply = ReadOptionReply(stream, uri, NbdOption.Go);
                 if (reply.Type == NbdReply.Ack)
                 {
+                    if (!sawExport)
+                    {
+                        // proto.md: the server MUST send NBD_INFO_EXPORT before it acknowledges
+                        // NBD_OPT_GO. Without it the device opened with 0 bytes and no flags.
+                        throw new NbdClientProtocolException($"{uri}: protocol error: the server acknowledged NBD_OPT_GO without sending NBD_INFO_EXPORT (the export's size and flags).");
+                    }
+
+                    CheckBlockSizes(uri, minimum, maximum);
                     break;
                 }
 
@@ -314,6 +326,7 @@ internal sealed class NbdClientConnection : IDisposable
                     case NbdInfo.Export:
                         size = BinaryPrimitives.ReadUInt64BigEndian(reply.Data.AsSpan(2));
                         flags = (NbdTransmissionFlags)BinaryPrimitives.ReadUInt16BigEndian(reply.Data.AsSpan(10));
+                        sawExport = true;
                         break;
                     case NbdInfo.BlockSize:
                         minimum = BinaryPrimitives.ReadUInt32BigEndian(reply.Data.AsSpan(2));
@@ -325,7 +338,14 @@ internal sealed class NbdClientConnection : IDisposable
                 }
             }
 
+            // No shutdown after this: a deadline reached as the negotiation ended has cut it off.
+            abort.Dispose();
             cancellationToken.ThrowIfCancellationRequested();
+            if (deadline.IsCancellationRequested)
+            {
+                throw new OperationCanceledException(deadline.Token);
+            }
+
             socket.ReceiveTimeout = 0;
             socket.SendTimeout = 0;
             return new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description);
@@ -336,6 +356,13 @@ internal sealed class NbdClientConnection : IDisposable
             stream?.Dispose();
             socket.Dispose();
             throw new OperationCanceledException($"connecting to {uri} was cancelled", ex, cancellationToken);
+        }
+        catch (Exception ex) when (connected && deadline.IsCancellationRequested)
+        {
+            // The deadline shut the socket down under a negotiation still going on.
+            stream?.Dispose();
+            socket.Dispose();
+            throw new IOException($"cannot connect to {uri}: the server accepted the connection but did not complete the negotiation within {timeout.TotalSeconds:0.###} s", ex);
         }
         catch (EndOfStreamException ex)
         {
@@ -365,7 +392,7 @@ internal sealed class NbdClientConnection : IDisposable
             // the connection but did not answer (one that takes a client at a time, a stalled one).
             stream?.Dispose();
             socket.Dispose();
-            throw new IOException($"cannot connect to {uri}: the server accepted the connection but did not negotiate within {timeout.TotalSeconds:0.###} s", ex);
+            throw new IOException($"cannot connect to {uri}: the server accepted the connection but did not complete the negotiation within {timeout.TotalSeconds:0.###} s", ex);
         }
         catch
         {
@@ -1019,6 +1046,26 @@ internal sealed class NbdClientConnection : IDisposable
         return info;
     }
 
+    /// <summary>
+    /// Checks <c>NBD_INFO_BLOCK_SIZE</c> against proto.md's constraints: the minimum a power of two
+    /// of at most 64 KiB, the maximum at least the minimum. A minimum of 1000 opened a device of
+    /// 1024-byte blocks whose every reconnect was then refused; a maximum below the minimum failed
+    /// the device's creation with an ArgumentOutOfRangeException and its stack trace.
+    /// </summary>
+    /// <exception cref="NbdClientProtocolException">A constraint is broken.</exception>
+    private static void CheckBlockSizes(NbdUri uri, uint minimum, uint maximum)
+    {
+        if (minimum == 0 || !System.Numerics.BitOperations.IsPow2(minimum) || minimum > 64 << 10)
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: NBD_INFO_BLOCK_SIZE has a minimum block size of {minimum} bytes (it is a power of two from 1 to 65536).");
+        }
+
+        if (maximum < minimum)
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: NBD_INFO_BLOCK_SIZE has a maximum block size of {maximum} bytes, below its minimum of {minimum}.");
+        }
+    }
+
     private static string Describe(NbdReply type, byte[] data)
     {
         // The reply's name, what it means for this client, and the server's own words if any.
@@ -1029,7 +1076,29 @@ internal sealed class NbdClientConnection : IDisposable
             NbdReply.ErrPolicy => " (the server's policy refuses it)",
             _ => string.Empty,
         };
-        return data.Length > 0 ? $"{type}{meaning}: {Encoding.UTF8.GetString(data)}" : type + meaning;
+        return data.Length > 0 ? $"{type}{meaning}: {Printable(data)}" : type + meaning;
+    }
+
+    // The server's error message as the user sees it: proto.md's string of at most 4096 bytes
+    // (a hostile server's was taken whole, up to 1 MiB, into the error and the log), its control
+    // characters escaped (terminal escape sequences went to the user's terminal as sent).
+    private static string Printable(byte[] data)
+    {
+        var text = Encoding.UTF8.GetString(data, 0, Math.Min(data.Length, NbdProtocol.MaxStringLength));
+        var printable = new StringBuilder(text.Length);
+        foreach (var c in text)
+        {
+            if (char.IsControl(c))
+            {
+                printable.Append(System.Globalization.CultureInfo.InvariantCulture, $"\\x{(int)c:x2}");
+            }
+            else
+            {
+                printable.Append(c);
+            }
+        }
+
+        return data.Length > NbdProtocol.MaxStringLength ? printable.Append(" ...").ToString() : printable.ToString();
     }
 
     private static byte[] ReadExactly(Stream stream, int count)
@@ -1057,18 +1126,27 @@ internal sealed class NbdClientConnection : IDisposable
         stream.Flush();
     }
 
-    private static (NbdReply Type, byte[] Data) ReadOptionReply(Stream stream)
+    // One option reply to <option>: its magic and option number are checked (a reply for another
+    // option is a protocol error, proto.md: the reply carries "the option as sent by the client"),
+    // and its length bounded, each failure naming the server and export.
+    private static (NbdReply Type, byte[] Data) ReadOptionReply(Stream stream, NbdUri uri, NbdOption option)
     {
         var header = ReadExactly(stream, 20);
         if (BinaryPrimitives.ReadUInt64BigEndian(header) != NbdProtocol.ReplyMagic)
         {
-            throw new IOException("bad option reply magic");
+            throw new NbdClientProtocolException($"{uri}: protocol error: bad option reply magic 0x{BinaryPrimitives.ReadUInt64BigEndian(header):x}.");
+        }
+
+        var answered = (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
+        if (answered != option)
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: an option reply for option {(uint)answered} where {option} ({(uint)option}) was asked.");
         }
 
         var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(16));
         if (length > 1 << 20)
         {
-            throw new IOException($"option reply of {length} bytes");
+            throw new NbdClientProtocolException($"{uri}: protocol error: an option reply of {length} bytes (at most 1 MiB is taken).");
         }
 
         return ((NbdReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)), ReadExactly(stream, (int)length));

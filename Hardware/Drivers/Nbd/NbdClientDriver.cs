@@ -115,6 +115,23 @@ public sealed class NbdClientDriver : IBlockDriver
         }
 
         var lbs = (int)Math.Clamp(System.Numerics.BitOperations.RoundUpToPowerOf2(Math.Max(first.MinimumBlock, 512)), 512, 4096);
+
+        // A byte offset is a long here, as a loff_t in Linux, whose nbd driver refuses such a size
+        // (nbd_set_size: EINVAL): a server's 2^63 + 4096 opened a device of -9223372036854771712 bytes.
+        if (_size > long.MaxValue)
+        {
+            Dispose();
+            throw new IOException($"{deviceName}: {options.Uri} has a size of {_size} bytes, beyond the {long.MaxValue} a device can address.");
+        }
+
+        // Not one logical block per request: the queue's limits could not be built, and its
+        // ArgumentOutOfRangeException reached the user with a stack trace (an outside audit).
+        if (first.MaximumPayload < lbs)
+        {
+            Dispose();
+            throw new IOException($"{deviceName}: {options.Uri} has a maximum block size of {first.MaximumPayload} bytes, below the device's logical block size of {lbs} bytes.");
+        }
+
         // Whole logical blocks, as the kernel rounds max_hw_sectors down to the logical block size
         // (blk_validate_limits): a server's maximum of 100,000 bytes with 4096-byte blocks read
         // 97 in max_hw_sectors_kb, where Linux shows 96 (an outside audit with nbdkit's
