@@ -16,7 +16,7 @@ namespace ActorBlk.Hardware.Drivers.Nbd;
 /// <summary>
 /// One NBD connection of the client driver, serving one hardware queue (as Linux's nbd driver
 /// does): requests are written into a send pipe by the queue's dispatcher and pushed to the socket
-/// by a pump; a receiver matches replies to requests by cookie (generation and tag) and completes
+/// by a pump; a receiver matches replies to requests by cookie (generation, tag and flush-sequence stage) and completes
 /// them. Simple replies only, so a read's data follows its 16-byte reply header.
 /// </summary>
 internal sealed class NbdClientConnection : IDisposable
@@ -473,13 +473,13 @@ internal sealed class NbdClientConnection : IDisposable
     /// first error.
     /// </remarks>
     public bool TryEnqueue(Request request, NbdCommand command, NbdCommandFlags flags, bool preFlush, bool postFlush) => preFlush
-        ? TryWrite(request, NbdCommand.Flush, NbdCommandFlags.None, (command, flags), postFlush, push: false)
-        : TryWrite(request, command, flags, next: null, postFlush, push: false);
+        ? TryWrite(request, NbdCommand.Flush, NbdCommandFlags.None, (command, flags), postFlush, stage: 0, push: false)
+        : TryWrite(request, command, flags, next: null, postFlush, stage: 0, push: false);
 
     // Writes one stage of a request, remembering the stages after it; with push, hands it to the
     // pump at once (the receiver sending a flush sequence's next stage). False when the connection
     // takes no more requests.
-    private bool TryWrite(Request request, NbdCommand command, NbdCommandFlags flags, (NbdCommand Command, NbdCommandFlags Flags)? next, bool postFlush, bool push)
+    private bool TryWrite(Request request, NbdCommand command, NbdCommandFlags flags, (NbdCommand Command, NbdCommandFlags Flags)? next, bool postFlush, int stage, bool push)
     {
         lock (_sendLock)
         {
@@ -488,7 +488,7 @@ internal sealed class NbdClientConnection : IDisposable
                 return false;
             }
 
-            var pending = Write(request, command, flags);
+            var pending = Write(request, command, flags, stage);
             pending.Next = next;
             pending.PostFlush = postFlush;
             if (push)
@@ -500,13 +500,14 @@ internal sealed class NbdClientConnection : IDisposable
         }
     }
 
-    private Pending Write(Request request, NbdCommand command, NbdCommandFlags flags)
+    private Pending Write(Request request, NbdCommand command, NbdCommandFlags flags, int stage)
     {
         var tag = request.Tag;
         var generation = request.Generation;
         var pending = _pending[tag];
         pending.Request = request;
         pending.Generation = generation;
+        pending.Stage = stage;
         pending.Read = command == NbdCommand.Read;
         pending.Length = command == NbdCommand.Read ? request.Bytes : 0;
         Interlocked.Increment(ref _outstanding);
@@ -515,7 +516,7 @@ internal sealed class NbdClientConnection : IDisposable
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
         BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)flags);
         BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)command);
-        BinaryPrimitives.WriteUInt64BigEndian(span[8..], ((ulong)generation << 32) | (uint)tag);
+        BinaryPrimitives.WriteUInt64BigEndian(span[8..], Cookie(generation, tag, stage));
         BinaryPrimitives.WriteUInt64BigEndian(span[16..], command == NbdCommand.Flush ? 0 : (ulong)request.Offset);
         BinaryPrimitives.WriteUInt32BigEndian(span[24..], command == NbdCommand.Flush ? 0 : (uint)request.Bytes);
         writer.Advance(NbdProtocol.RequestHeaderLength);
@@ -804,9 +805,10 @@ internal sealed class NbdClientConnection : IDisposable
                     return;
                 }
 
-                var tag = (int)(cookie & 0xffffffff);
+                var tag = (int)(cookie & 0xffff);
+                var stage = (int)((cookie >> 16) & 0xffff);
                 var generation = (uint)(cookie >> 32);
-                if ((uint)tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation)
+                if ((uint)tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
                 {
                     // Framing depends on knowing the request (a read's data follows): a reply we
                     // cannot match leaves the stream unparseable.
@@ -828,7 +830,7 @@ internal sealed class NbdClientConnection : IDisposable
                 if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
                 {
                     var (command, flags) = pending.Next ?? (NbdCommand.Flush, NbdCommandFlags.None);
-                    if (!TryWrite(request, command, flags, next: null, postFlush: pending.Next is not null && pending.PostFlush, push: true))
+                    if (!TryWrite(request, command, flags, next: null, postFlush: pending.Next is not null && pending.PostFlush, stage: pending.Stage + 1, push: true))
                     {
                         // The connection takes no more (closing, or gone): the request stays in
                         // flight and the reconnect retries it whole, as one the server refused.
@@ -1152,11 +1154,21 @@ internal sealed class NbdClientConnection : IDisposable
         return ((NbdReply)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)), ReadExactly(stream, (int)length));
     }
 
+    // A request's cookie: its generation, and its tag with the stage of its flush sequence (0 for
+    // the first command sent, 1 and 2 for those sent after a reply). The stage tells a reply to the
+    // stage outstanding from a second reply to one already answered: with one cookie for every
+    // stage, a server that answered a preflush twice completed the write with the duplicate, before
+    // the write was answered or even sent (an outside audit with a hostile server).
+    private static ulong Cookie(uint generation, int tag, int stage) => ((ulong)generation << 32) | ((uint)stage << 16) | (uint)tag;
+
     /// <summary>What the receiver needs to know about a request in flight.</summary>
     private sealed class Pending
     {
         public Request? Request;
         public uint Generation;
+
+        // The flush sequence's stage sent last (Cookie).
+        public int Stage;
         public bool Read;
 
         // A read's length as sent: its data's length in the stream, whoever holds the request now.

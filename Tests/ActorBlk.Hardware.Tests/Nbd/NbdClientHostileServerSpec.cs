@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -11,8 +12,8 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// <summary>
 /// The NBD client driver's negotiation with a hostile or broken server (an outside audit): one that
 /// never finishes negotiating while never going quiet, one that breaks the negotiation's rules,
-/// and exports the driver cannot serve. Each is refused within the connect timeout, typed, naming
-/// the server.
+/// and exports the driver cannot serve, each refused within the connect timeout, typed, naming the
+/// server; and in transmission, a duplicate answer to a flush sequence's first stage.
 /// </summary>
 public sealed class NbdClientHostileServerSpec
 {
@@ -172,6 +173,51 @@ public sealed class NbdClientHostileServerSpec
         Assert.Contains("ErrUnknown (the server does not offer that export): \\x1b[2J\\x1b]0;owned\\x07AAA", error.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(error.Message, char.IsControl);
         Assert.InRange(error.Message.Length, 4096, 4096 + 200);
+        Assert.Empty(server.Faults);
+    }
+
+    // Found from outside with a server that answers a flush twice: every stage of a flush
+    // sequence (the preflush, the write, a flush after it) went out with the request's one
+    // cookie, so the duplicate answer to the preflush was taken as the write's, and the write
+    // completed successfully before the server had answered it, or even received it (a reset of
+    // the connection then drops what the kernel has not sent). Each stage now has a cookie of its
+    // own; a second answer to a stage already answered is a reply for an unknown cookie, which
+    // loses the connection, and the write is retried on the next.
+    [Fact]
+    public async Task A_second_answer_to_a_preflush_does_not_complete_the_write_that_follows_it()
+    {
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, async s =>
+        {
+            if (s.Index > 0)
+            {
+                await s.ServeAsync(0);
+                return;
+            }
+
+            var flush = await s.ReadRequestAsync();
+            Assert.Equal(NbdCommand.Flush, flush!.Command);
+            await s.ReplyAsync(flush, NbdError.None);
+            await s.ReplyAsync(flush, NbdError.None);
+            // The write (if it comes) is never answered here; read on until the client closes.
+            while (await s.ReadRequestAsync() is not null)
+            {
+            }
+        });
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "dup0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, CpuTopology.Simulated(2));
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        using var data = AlignedBuffer.For(device, 4096);
+
+        var write = device.WriteAsync(8192, data.Memory, RequestFlags.PreFlush).AsTask();
+        await Condition.EventuallyAsync(() => write.IsCompleted || driver.LiveConnections == 0, "the write completed or its connection was lost");
+        Assert.False(write.IsCompleted);
+        Assert.Equal(0, driver.LiveConnections);
+
+        // What supervision does next: reconnect, and retry the write, which the new connection answers.
+        driver.Reset();
+        Assert.Equal((1, 0), device.Queue.ReclaimInFlight(BlockStatus.IoError));
+        await write.WaitAsync(Condition.Timeout);
+        Assert.Equal(2, server.Accepted);
         Assert.Empty(server.Faults);
     }
 

@@ -92,7 +92,10 @@ public sealed class NbdFlushSequenceSpec
         Assert.Equal(NbdCommand.Write, written.Command);
         Assert.Equal(8192UL, written.Offset);
         Assert.Equal(NbdCommandFlags.Fua, written.Flags & NbdCommandFlags.Fua); // the server takes FUA
-        Assert.Equal(flush.Cookie, written.Cookie);
+        // The same request (generation and tag), another stage: a cookie of its own, so a second
+        // reply to the flush cannot pass for the write's.
+        Assert.Equal((flush.Cookie >> 32, flush.Cookie & 0xffff), (written.Cookie >> 32, written.Cookie & 0xffff));
+        Assert.NotEqual(flush.Cookie, written.Cookie);
         answerWrite.SetResult(NbdError.None);
         await write.WaitAsync(Condition.Timeout);
         Assert.True(far.NothingWaiting);
