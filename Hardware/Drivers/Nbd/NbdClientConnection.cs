@@ -505,11 +505,18 @@ internal sealed class NbdClientConnection : IDisposable
         var tag = request.Tag;
         var generation = request.Generation;
         var pending = _pending[tag];
-        pending.Request = request;
+
+        // The request is published last, with a release store, and the receiver reads it first,
+        // with an acquire load: a receiver that sees this request sees its generation, stage and
+        // length too. Written first (as it was), a duplicate reply to the tag's previous request
+        // arriving while the slot was refilled could be matched against the new request with the
+        // old generation still visible, and complete it with that reply (an outside audit with a
+        // hostile server; a race of nanoseconds, no spec).
         pending.Generation = generation;
         pending.Stage = stage;
         pending.Read = command == NbdCommand.Read;
         pending.Length = command == NbdCommand.Read ? request.Bytes : 0;
+        Volatile.Write(ref pending.Request, request);
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
         var span = writer.GetSpan(NbdProtocol.RequestHeaderLength);
@@ -808,7 +815,7 @@ internal sealed class NbdClientConnection : IDisposable
                 var tag = (int)(cookie & 0xffff);
                 var stage = (int)((cookie >> 16) & 0xffff);
                 var generation = (uint)(cookie >> 32);
-                if ((uint)tag >= MaxTags || _pending[tag].Request is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
+                if ((uint)tag >= MaxTags || Volatile.Read(ref _pending[tag].Request) is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
                 {
                     // Framing depends on knowing the request (a read's data follows): a reply we
                     // cannot match leaves the stream unparseable.
