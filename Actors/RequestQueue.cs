@@ -121,6 +121,12 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private readonly Queue<DateTimeOffset> _restarts = new();
     private bool _shutdownDone;
 
+    // Set when the supervisor restarts a driver actor (a reset) until the reset is done (ResetDone)
+    // or fresh driver actors start (a reopen of a device lost meanwhile): the timeouts and device
+    // errors meanwhile are covered by the reset, not held against the device (HandleTimeouts,
+    // HandleDeviceError).
+    private bool _resetting;
+
     public RequestQueueActor(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer, DeviceOptions options)
     {
         _device = device;
@@ -181,6 +187,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 else
                 {
                     _restarts.Enqueue(now);
+                    _resetting = true;
                 }
             }
 
@@ -310,6 +317,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _hardwareQueues[scan.HardwareQueue].Tell(HardwareQueue.ScanTimeouts.Instance);
                 break;
             case DeviceDriver.ResetDone done:
+                // A reset device starts with a clean count, as a reopened one does.
+                _resetting = false;
+                _timeoutWindow.Clear();
+                _timeoutsInWindow = 0;
                 CountReset(done, removing: false);
                 break;
             case Terminated t when DriverIndex(t.ActorRef) >= 0:
@@ -464,6 +475,8 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 HandleDeviceError(e.HardwareQueue, e.Error);
                 break;
             case DeviceDriver.ResetDone done:
+                // The device drains through it, and may still fail: what it reports is handled again.
+                _resetting = false;
                 CountReset(done, removing: true);
                 break;
             case TryReopen:
@@ -554,6 +567,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
         _stoppingDrivers = false;
         _goneDecided = false;
+
+        // Fresh driver actors (a reopen): a reset that was stopped as the device was lost never
+        // reported itself done.
+        _resetting = false;
     }
 
     // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher,
@@ -670,6 +687,19 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             return;
         }
 
+        if (_resetting)
+        {
+            // Covered by the reset under way, which replaces the whole device, as a driver actor
+            // inside a reset drops what it is told. Told to the driver actor that resets, it waited
+            // in its mailbox behind the reset and, once the device was back, stopped it for a loss
+            // of what the reset had already replaced (an NBD connection its timeout had killed,
+            // reported lost after the reset began): a reopen, closing the fresh connection, and one
+            // more stop toward max-reopens.
+            _log.Info("{Device} hctx {Index}: device error during a reset, which covers it ({Error}: {Message})",
+                _queue.Name, hctx, error.GetType().Name, error.Message);
+            return;
+        }
+
         _log.Warning("{Device} hctx {Index}: device error ({Error}: {Message}); reporting it to the supervisor",
             _queue.Name, hctx, error.GetType().Name, error.Message);
         DriverFor(hctx)?.Tell(new DeviceDriver.Fail(hctx, error));
@@ -680,13 +710,17 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     // requests back from (Resettable) is reset for timeouts: the file driver's I/O is in the
     // kernel, its reset does nothing, and its timers just re-arm, as the kernel's loop device
     // waits (an outside audit: a file device under a short io_timeout counted its re-armed timers
-    // into resets and its no-op resets into max-resets, and went offline).
+    // into resets and its no-op resets into max-resets, and went offline). Nor while a reset
+    // runs: the requests expiring then are the ones it is about to take back (as nvme_timeout
+    // re-arms while its controller resets). Counted, they asked for a second reset, which waited
+    // in the driver actor's mailbox behind the running one (a reconnect to an NBD server frozen
+    // for longer than io_timeout) and reset the device again as soon as it was back.
     private void HandleTimeouts(HardwareQueue.TimeoutsExpired t)
     {
         _timeouts += t.Expired;
         _queue.Stats.CountTimeouts(t.Expired);
         var limit = _options.ResetAfterTimeouts;
-        if (limit <= 0 || _health != DeviceHealth.Online || (_queue.Driver.Features & DriverFeatures.Resettable) == 0)
+        if (limit <= 0 || _health != DeviceHealth.Online || _resetting || (_queue.Driver.Features & DriverFeatures.Resettable) == 0)
         {
             return;
         }

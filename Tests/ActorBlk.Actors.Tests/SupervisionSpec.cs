@@ -444,6 +444,106 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(1, info.Resets);
     }
 
+    // The reset counterpart of the reopen case above (an NBD server frozen for longer than
+    // io_timeout: the timeouts reset the device, and the reset's reconnect waits for the server):
+    // the requests the reset is about to take back kept expiring every io_timeout while it hung,
+    // were counted against the device, and the reset they asked for waited in the driver actor's
+    // mailbox behind the running one; once the server was back the device was reset a second
+    // time at once, its fresh connection closed, the requests taken back and spending a retry
+    // again. A reset does not ask for another while it runs (as the kernel's nvme_timeout re-arms
+    // while its controller resets), and a reset device starts with a clean count.
+    [Fact]
+    public async Task Timeouts_while_a_device_is_reset_do_not_reset_it_again_once_it_is_back()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task, TimeoutAnswer = TimeoutAction.ResetTimer };
+        var device = await Create(driver, "slowreset", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 2, TimeoutWindowMs = 60_000 });
+        var reads = Enumerable.Range(0, 2).Select(i => device.ExecuteAsync(BlockOp.Read, i * 65536L, 512, new byte[512]).AsTask()).ToArray();
+        await Until(() => driver.InFlight.Count == 2);
+
+        // The two time out: the device is reset, and the reset hangs.
+        await AdvanceUntil(() => driver.ResetsBegun == 1, stepMs: 100);
+
+        // Several timeout periods pass while it hangs. In ring dispatch the requests it holds
+        // expire again and are counted; in mailbox dispatch a scan's second pass waits for the
+        // hardware queue's dispatcher, the driver actor inside the reset, and counts nothing.
+        var before = (await InfoOf("slowreset")).Timeouts;
+        if (Mode == DispatchMode.Ring)
+        {
+            await AdvanceUntil(() => InfoOf("slowreset").Result.Timeouts >= before + 4, stepMs: 500);
+        }
+        else
+        {
+            for (var i = 0; i < 10; i++)
+            {
+                Scheduler.Advance(TimeSpan.FromMilliseconds(500));
+            }
+        }
+
+        gate.SetResult();
+
+        // Whatever the driver actor was told while it reset has been handled once it answers.
+        await DriverOf("slowreset").Ask<HardwareQueue.DispatchIdle>(HardwareQueue.WaitIdle.Instance, TimeSpan.FromSeconds(30));
+        await Until(() => driver.InFlight.Count == 2);
+        driver.CompleteAll();
+        Assert.All(await Task.WhenAll(reads), s => Assert.Equal(BlockStatus.Ok, s));
+
+        // A read after them runs once any reset asked for meanwhile has ended (a reset quiesces
+        // the queue, and its count reaches the queue's actor before it unquiesces).
+        var after = device.ExecuteAsync(BlockOp.Read, 1 << 20, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.CompleteAll();
+        Assert.Equal(BlockStatus.Ok, await after);
+
+        Assert.Equal(1, driver.ResetCalls);
+        var info = await InfoOf("slowreset");
+        Assert.Equal((1, "online"), (info.Resets, info.Health));
+        Assert.All(await Task.WhenAll(reads), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
+    // The same outage, the other report: the timeout that began the reset had killed the NBD
+    // connection, whose loss reached the supervisor once the reset was under way. Told to the
+    // driver actor inside the reset, it waited in its mailbox and, once the device was back,
+    // stopped it as gone: a reopen of a device the reset had just reconnected, one more stop
+    // toward max-reopens. A failure reported during a reset is covered by it.
+    [Fact]
+    public async Task A_loss_reported_while_a_device_is_reset_is_covered_by_the_reset()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ResetGate = gate.Task };
+        var device = await Create(driver, "lostinreset");
+        var driverActor = await DriverOf("lostinreset").ResolveOne(TimeSpan.FromSeconds(30));
+        var held = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("connection reset");
+        var failing = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
+        await Until(() => driver.ResetsBegun == 1);
+
+        // The loss, reported while the reset runs, and seen by the queue's actor before it ends.
+        var errors = (await InfoOf("lostinreset")).DeviceErrors;
+        device.Queue.Events!.OnDeviceError(device.Queue.HardwareContexts[0], new BlockDeviceErrorException("connection lost", deviceGone: true));
+        await Until(() => InfoOf("lostinreset").Result.DeviceErrors == errors + 1);
+        var probe = CreateTestProbe();
+        probe.Watch(driverActor);
+        gate.SetResult();
+
+        // The driver actor answers after what it was told during the reset: it was not stopped.
+        driverActor.Tell(HardwareQueue.WaitIdle.Instance, probe.Ref);
+        Assert.IsType<HardwareQueue.DispatchIdle>(await probe.ExpectMsgAsync<object>(TimeSpan.FromSeconds(30)));
+
+        await Until(() => driver.InFlight.Count == 2);
+        driver.CompleteAll();
+        Assert.Equal(BlockStatus.Ok, await held);
+        Assert.Equal(BlockStatus.Ok, await failing);
+        Assert.Equal((1, 0), (driver.ResetCalls, driver.ReopenCalls));
+        var info = await InfoOf("lostinreset");
+        Assert.Equal((1, "online"), (info.Resets, info.Health));
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
     [Fact]
     public async Task Timeouts_of_a_driver_a_reset_cannot_take_requests_back_from_re_arm_and_never_reset_it()
     {

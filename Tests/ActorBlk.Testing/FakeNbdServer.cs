@@ -80,6 +80,12 @@ public sealed class FakeNbdServer : IAsyncDisposable
     /// </summary>
     public Func<int, Stream, Task>? Handshake { get; init; }
 
+    /// <summary>
+    /// When set, connection <c>i</c> is greeted only once the task it returns for <c>i</c> completes
+    /// (a server frozen after its accept, then resumed): the client waits in its negotiation.
+    /// </summary>
+    public Func<int, Task>? Greeting { get; init; }
+
     /// <summary>Connections accepted so far.</summary>
     public int Accepted => Volatile.Read(ref _accepted);
 
@@ -137,6 +143,11 @@ public sealed class FakeNbdServer : IAsyncDisposable
             if (Mute?.Invoke(index) == true)
             {
                 await Task.Delay(System.Threading.Timeout.Infinite, _stop.Token).ConfigureAwait(false);
+            }
+
+            if (Greeting?.Invoke(index) is { } greeting)
+            {
+                await greeting.WaitAsync(_stop.Token).ConfigureAwait(false);
             }
 
             if (Handshake is { } handshake)
