@@ -229,10 +229,16 @@ public sealed partial class MirrorTarget
             }
 
             // Recorded faulty or rebuilding by the newest legs: the bitmap holds every region it
-            // missed. Otherwise (they think it in sync but it is behind, as after a crash between
-            // superblock writes) no bitmap covers it: copy it whole.
+            // missed since the slot was last in sync, if this device is the one that was: its
+            // superblock is then at least that generation. An older one is another device, or an
+            // older copy of it (the device the slot held before a replacement, named again by
+            // the table after a restart), whose missed writes no bitmap covers (md refuses a
+            // bitmap re-add below the bitmap's events_cleared). Otherwise (they think it in sync
+            // but it is behind, as after a crash between superblock writes) no bitmap covers it
+            // either: copy it whole.
             states[i] = MirrorLegState.Rebuilding;
-            full |= reference.States[i] is not (MirrorLegState.Faulty or MirrorLegState.Rebuilding);
+            full |= reference.States[i] is not (MirrorLegState.Faulty or MirrorLegState.Rebuilding)
+                || sb.Generation < reference.LastInSync[i];
         }
 
         return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full);

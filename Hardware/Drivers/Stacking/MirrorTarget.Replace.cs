@@ -83,6 +83,11 @@ public sealed partial class MirrorTarget
                     // Nothing of the array is on the device: every region is owed to it.
                     SetAllBits();
                     _generation++;
+
+                    // The slot's history starts again here: a device in this slot whose superblock
+                    // is older than this generation (the old device, named by a table after a
+                    // restart) is not this one, and is copied whole rather than from the bitmap.
+                    _lastInSync[leg] = _generation;
                     Watch(leg);
                     takenBack = new MirrorLegTakenBack(device.Name, MirrorLegReturn.Replacement, DirtyRegionsLocked());
                 }

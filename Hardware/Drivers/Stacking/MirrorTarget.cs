@@ -500,8 +500,10 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             // Known: the bitmap has every write it missed since it was last in sync. Unknown, or
             // written apart (its writes are in no bitmap of this mirror, and diverged histories
-            // reuse generation numbers): all of it.
-            if (!ours || sb!.Generation > _generation || apart)
+            // reuse generation numbers), or older than the generation at which the slot was last
+            // in sync (an older copy of the device, or the one a replacement took the slot from):
+            // all of it.
+            if (!ours || sb!.Generation > _generation || apart || sb.Generation < _lastInSync[leg])
             {
                 SetAllBits();
             }

@@ -975,6 +975,126 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         again.Dispose();
     }
 
+    // A slot's history starts again at a replacement: the device it held before is behind by every
+    // write since, and the bitmap covers none of them once the new leg was in sync. Named again by
+    // the table at a restart (a node's configuration still naming it after `new_dev`), it is copied
+    // whole. Before, the newest legs recording the slot faulty (the new leg failed later) made it a
+    // re-add from the bitmap: an outside mirror audit restarted the mirror's node so and read
+    // 2/2 in sync with every other read of a flushed write returning the data it replaced.
+    [Fact]
+    public async Task A_leg_replaced_earlier_and_named_again_by_the_table_at_a_restart_is_copied_whole_not_from_the_bitmap()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) });
+        var md = Serve(mirror);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // b leaves with version 1; version 2 reaches a, and c by its recovery, whose end clears the bits.
+        await mirror.FailLegAsync(1);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await mirror.ReplaceLegAsync(1, c);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        await mirror.FailLegAsync(1);
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        var restarted = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await restarted.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, restarted.LegState(1));
+        Assert.Equal(restarted.Regions, restarted.ResyncedRegions);
+        for (var r = 0; r < 8; r++)
+        {
+            Assert.Equal(Stamp(r, 2), await ReadRaw(b, r * Region, Block));
+        }
+
+        await AssertLegsEqual(restarted);
+        await restarted.StopAsync();
+        restarted.Dispose();
+    }
+
+    // The same while the new leg is still rebuilding: the regions its recovery had copied lost
+    // their bits, and the old device named again owed them too (before, it got the rest only).
+    [Fact]
+    public async Task A_leg_replaced_during_the_new_legs_recovery_and_named_again_at_a_restart_is_copied_whole()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock);
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(1);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await mirror.ReplaceLegAsync(1, c);
+        await AwaitTimer(clock, mirror);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(2 * MirrorTarget.SyncChunkBytes, mirror.SyncProgress.Done);
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        var restarted = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await restarted.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, restarted.LegState(1));
+        Assert.Equal(restarted.Regions, restarted.ResyncedRegions);
+        Assert.Equal(Stamp(0, 2), await ReadRaw(b, 0, Block));
+        await AssertLegsEqual(restarted);
+        await restarted.StopAsync();
+        restarted.Dispose();
+    }
+
+    // The same rule at run time: a leg whose device comes back older than the generation at which
+    // it was last in sync (a backup of it restored under the same name) is copied whole, not
+    // from the bitmap, which was cleared of the writes it lacks.
+    [Fact]
+    public async Task A_re_added_leg_older_than_its_last_generation_in_sync_is_copied_whole()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) });
+        var md = Serve(mirror);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        var backup = await ReadRaw(b, -MirrorSuperblock.DataOffset, (int)(MirrorSuperblock.DataOffset + (8 * Region)));
+        await mirror.FailLegAsync(1);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+
+        await mirror.FailLegAsync(1);
+        await b.WriteAsync(0, backup);
+        var resynced = mirror.ResyncedRegions;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(mirror.Regions, mirror.ResyncedRegions - resynced);
+        Assert.Equal(Stamp(3, 2), await ReadRaw(b, 3 * Region, Block));
+        await AssertLegsEqual(mirror);
+    }
+
     // The in-sync legs' superblocks are written before a new or returning leg's: a crash between
     // the two writes must leave the newest generation on a leg in sync, else the assembly finds no
     // leg of the newest generation to read from and refuses the mirror. Slot 0 is replaced, so
