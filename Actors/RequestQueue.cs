@@ -121,7 +121,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     private readonly Queue<DateTimeOffset> _restarts = new();
     private bool _shutdownDone;
 
-    // Set when the supervisor restarts a driver actor (a reset) until the reset is done (ResetDone)
+    // Set when the supervisor restarts a driver actor (a reset; OnRestart) until the reset is done (ResetDone)
     // or fresh driver actors start (a reopen of a device lost meanwhile): the timeouts and device
     // errors meanwhile are covered by the reset, not held against the device (HandleTimeouts,
     // HandleDeviceError).
@@ -158,7 +158,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         var scheduler = Context.System.Scheduler;
         // A device error is expected: one line with the device, the directive and the cause, and
         // the stack only for anything else (a bug). Akka's own failure log is off for the same reason.
-        return new OneForOneStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), ex =>
+        return new DeviceSupervisorStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), OnRestart, ex =>
         {
             var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
             if (directive == Directive.Stop)
@@ -187,7 +187,6 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 else
                 {
                     _restarts.Enqueue(now);
-                    _resetting = true;
                 }
             }
 
@@ -204,7 +203,36 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             }
 
             return directive;
-        }, loggingEnabled: false);
+        });
+    }
+
+    // A child is about to be restarted. Only a driver actor's restart is a reset (its PostRestart
+    // resets the whole device and reports ResetDone, which ends _resetting): a hardware-queue or
+    // software-context actor restarted after a bug (a driver's Timeout that threw) runs no reset
+    // and reports nothing, and set for it the flag stayed on for good, so that timeouts never
+    // reset the device again and every device error was dropped (a review).
+    private void OnRestart(IActorRef child)
+    {
+        if (DriverIndex(child) >= 0)
+        {
+            _resetting = true;
+        }
+    }
+
+    // OneForOneStrategy whose decider cannot see the failed child: this one also tells the actor
+    // which child it restarts (ProcessFailure runs on the actor's thread, after the decider).
+    private sealed class DeviceSupervisorStrategy(int maxResets, int windowMs, Action<IActorRef> onRestart, Func<Exception, Directive> decider)
+        : OneForOneStrategy(maxResets, windowMs, decider, loggingEnabled: false)
+    {
+        public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, Akka.Actor.Internal.ChildRestartStats stats, IReadOnlyCollection<Akka.Actor.Internal.ChildRestartStats> children)
+        {
+            if (restart)
+            {
+                onRestart(child);
+            }
+
+            base.ProcessFailure(context, restart, child, cause, stats, children);
+        }
     }
 
     // Whether losing the device leads to reopen attempts rather than straight offline (see the

@@ -93,6 +93,19 @@ public sealed partial class HardwareContext
             {
                 action = driver.Timeout(rq);
             }
+            catch
+            {
+                // A driver bug: its handler threw, which restarts the hardware queue's actor (the
+                // supervisor logs it). The request is re-armed, as for BLK_EH_RESET_TIMER, so that
+                // its next expiry runs the handler again; left marked, it was never looked at
+                // again and waited for ever unless the driver completed it (a review).
+                if (rq.IsInFlight(out current) && current == generation)
+                {
+                    rq.ResetTimer(now);
+                }
+
+                throw;
+            }
             finally
             {
                 thread.EndApart = outer;

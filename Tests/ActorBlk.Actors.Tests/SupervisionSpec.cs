@@ -503,6 +503,42 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         AssertTagsFree(device);
     }
 
+    // A child that is not a driver actor (the hardware queue's, whose timeout scan met a driver
+    // bug) is restarted without a reset and reports no end of one: taken for a reset, it left the
+    // device "resetting" for good, so its timeouts never reset it and every device error was
+    // dropped (a review). Only a driver actor's restart is a reset.
+    [Fact]
+    public async Task A_restarted_hardware_queue_actor_is_no_reset_and_later_timeouts_and_errors_still_reset_the_device()
+    {
+        var driver = new ScriptedDriver(extra: Resettable) { TimeoutAnswer = TimeoutAction.ResetTimer, ThrowOnTimeoutOnce = new InvalidOperationException("a driver bug in Timeout") };
+        var device = await Create(driver, "notareset", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 1, TimeoutWindowMs = 60_000 });
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        // The first expiry throws in the driver (its actor is restarted); the request is re-armed,
+        // and its next expiry counts and, with reset_after_timeouts = 1, resets the device. Before,
+        // the request stayed marked timed out and was never looked at again, and once it was
+        // re-armed no reset came all the same (18 timeouts, "resetting" for good).
+        await AdvanceUntil(() => driver.ResetsBegun == 1, stepMs: 500);
+        Assert.Null(driver.ThrowOnTimeoutOnce);
+        await Until(() => driver.InFlight.Count == 1);
+        driver.CompleteAll();
+        Assert.Equal(BlockStatus.Ok, await read);
+        await Until(() => InfoOf("notareset").Result.Resets == 1);
+
+        // A transient device error resets it again (before, it was dropped as "during a reset").
+        driver.ThrowOnce = new BlockDeviceErrorException("controller fatal status");
+        var failed = device.ExecuteAsync(BlockOp.Read, 65536, 512, new byte[512]).AsTask();
+        await Until(() => driver.ResetsBegun == 2);
+        await Until(() => driver.InFlight.Count == 1);
+        driver.CompleteAll();
+        Assert.Equal(BlockStatus.Ok, await failed);
+        await Until(() => InfoOf("notareset").Result.Resets == 2);
+        Assert.Equal("online", (await InfoOf("notareset")).Health);
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
     // The same outage, the other report: the timeout that began the reset had killed the NBD
     // connection, whose loss reached the supervisor once the reset was under way. Told to the
     // driver actor inside the reset, it waited in its mailbox and, once the device was back,

@@ -224,11 +224,19 @@ public sealed class ScriptedDriver : IBlockDriver
         return done.Count(rq => rq.Complete(BlockStatus.Ok));
     }
 
+    /// <summary>Thrown from the next Timeout only, then cleared (a driver bug in its timeout handler).</summary>
+    public Exception? ThrowOnTimeoutOnce { get; set; }
+
     public TimeoutAction Timeout(Request request)
     {
         lock (_lock)
         {
             TimedOut.Add(request);
+            if (ThrowOnTimeoutOnce is { } once)
+            {
+                ThrowOnTimeoutOnce = null;
+                throw once;
+            }
         }
 
         return TimeoutAnswer;
