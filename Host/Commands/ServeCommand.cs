@@ -318,13 +318,27 @@ internal static class ServeCommand
 
     // Akka's transport binds with SO_REUSEPORT on Linux, so a second node on a port in use would
     // start beside the first and share its connections: refuse it first, naming the port.
-    // The node's remoting address as the cluster names it (host:port), or null without one.
+    // The node's remoting address as the cluster names it (host:port: public-hostname and
+    // public-port when set, an IPv6 address in brackets), or null without a fixed one.
     private static string? RemotingAddress(Akka.Configuration.Config config)
     {
         var tcp = config.GetConfig("akka.remote.dot-netty.tcp");
-        var host = tcp?.GetString("hostname", string.Empty) ?? string.Empty;
-        var port = tcp?.GetInt("port", 0) ?? 0;
-        return host.Length == 0 || port <= 0 ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
+        if (tcp is null)
+        {
+            return null;
+        }
+
+        var host = tcp.GetString("public-hostname", string.Empty) is { Length: > 0 } publicHost ? publicHost : tcp.GetString("hostname", string.Empty);
+        var port = int.TryParse(tcp.GetString("public-port", string.Empty), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var publicPort) && publicPort > 0
+            ? publicPort
+            : tcp.GetInt("port", 0);
+        if (host.Length == 0 || port <= 0)
+        {
+            return null;
+        }
+
+        host = System.Net.IPAddress.TryParse(host, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{host}]" : host;
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
     }
 
     private static void ThrowIfRemotingPortInUse(Akka.Configuration.Config config)
