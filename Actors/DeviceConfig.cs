@@ -31,12 +31,23 @@ public static class DeviceConfig
     {
         ArgumentNullException.ThrowIfNull(entry);
         var defaults = new DeviceOptions();
-        var name = entry.HasPath("name") ? entry.GetString("name") : defaults.Name;
-        foreach (var key in entry.Root.GetObject().Items.Keys)
+        var items = entry.Root.GetObject().Items;
+        var name = !items.TryGetValue("name", out var nameValue) ? defaults.Name
+            : nameValue.IsString() ? entry.GetString("name") : "[ ... ]";
+        foreach (var (key, value) in items)
         {
             if (!Keys.Contains(key))
             {
                 throw new DeviceOptionsException(name, key, $"unknown key (known: {string.Join(", ", Keys.Order())}).");
+            }
+
+            // Every key takes one value. A list or a section read as a string is null to Akka:
+            // on/off and choice keys failed with a NullReferenceException and its stack (exit 1),
+            // `driver = [file]` was read as the null driver and `path = { }` as no path (an outside
+            // audit). A substitution Akka left unresolved is left to the reader, as ActorBlkSettings does.
+            if (!value.IsString() && !value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+            {
+                throw new DeviceOptionsException(name, key, $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
             }
         }
 

@@ -183,6 +183,16 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, max_sectors_kb = 3", "max_sectors_kb")]
     [InlineData("name = x, max_sectors_kb = 2097153", "max_sectors_kb")]
     [InlineData("name = x, max_sectors_kb = 2147483647", "max_sectors_kb")] // overflowed the check before
+    [InlineData("name = x, memory_backed = [1, 2]", "memory_backed")] // a list or a section where a value belongs:
+    [InlineData("name = x, driver = file, path = /tmp/x, direct = { a = 1 }", "direct")] // NullReferenceException and a stack, exit 1 (an outside audit)
+    [InlineData("name = x, driver = file, path = /tmp/x, engine = [io_uring]", "engine")]
+    [InlineData("name = x, dispatch = { a = 1 }", "dispatch")]
+    [InlineData("name = x, driver = [file]", "driver")] // read as the null driver in silence
+    [InlineData("name = x, tag_set = [a, b]", "tag_set")]
+    [InlineData("name = x, driver = file, path = { a = 1 }", "path")]
+    [InlineData("name = x, size = [1, 2]", "size")]
+    [InlineData("name = x, hw_queue_depth = []", "hw_queue_depth")]
+    [InlineData("name = [a, b]", "name")]
     public void A_bad_entry_names_the_offending_key(string hocon, string key)
     {
         var ex = Assert.Throws<DeviceOptionsException>(() => Parse(hocon));
