@@ -189,11 +189,29 @@ internal static class CliOptions
     {
         Description = description,
         HelpName = "SECONDS",
-        CustomParser = r => Each(r, name, null, text => ParseDuration(text) is { } d ? (d, null) : ((TimeSpan?)null, $"option {name}: '{text}' is not a duration in seconds.")),
+        CustomParser = r => Each(r, name, null, text => ParseDuration(text) is { } d ? (d, null)
+            : ((TimeSpan?)null, IsLongerThanATimer(text)
+                ? $"option {name}: '{text}' is longer than the longest wait, {(long)MaxDuration.TotalSeconds} s (49 days)."
+                : $"option {name}: '{text}' is not a duration in seconds.")),
     });
 
-    /// <summary>Parses fio's time: <c>10</c> (seconds), <c>10s</c>, <c>500ms</c>, <c>250us</c>, <c>2m</c>, <c>1h</c>; null when malformed or negative.</summary>
-    public static TimeSpan? ParseDuration(string text)
+    /// <summary>
+    /// The longest duration <see cref="ParseDuration"/> takes: the longest wait a .NET timer has
+    /// (2^32 - 2 ms, 49.7 days). Past it <c>--runtime=1e9</c> failed the run with an
+    /// ArgumentOutOfRangeException and its stack, and <c>--runtime=1e30</c> aborted the process
+    /// (an OverflowException while parsing, exit 134; an outside bad-input audit).
+    /// </summary>
+    public static readonly TimeSpan MaxDuration = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
+
+    private static bool IsLongerThanATimer(string text) => ParseDurationCore(text, unbounded: true) is { } d && d > MaxDuration;
+
+    /// <summary>
+    /// Parses fio's time: <c>10</c> (seconds), <c>10s</c>, <c>500ms</c>, <c>250us</c>, <c>2m</c>,
+    /// <c>1h</c>; null when malformed, negative or longer than <see cref="MaxDuration"/>.
+    /// </summary>
+    public static TimeSpan? ParseDuration(string text) => ParseDurationCore(text, unbounded: false);
+
+    private static TimeSpan? ParseDurationCore(string text, bool unbounded)
     {
         var t = text.Trim().ToLowerInvariant();
         var scale = 1.0;
@@ -207,7 +225,15 @@ internal static class CliOptions
             }
         }
 
-        return double.TryParse(t, NumberStyles.Float, Inv, out var v) && v >= 0 && double.IsFinite(v) ? TimeSpan.FromSeconds(v * scale) : null;
+        if (!double.TryParse(t, NumberStyles.Float, Inv, out var v) || v < 0 || !double.IsFinite(v))
+        {
+            return null;
+        }
+
+        var seconds = v * scale;
+        return seconds <= MaxDuration.TotalSeconds ? TimeSpan.FromSeconds(seconds)
+            : unbounded ? TimeSpan.MaxValue
+            : null;
     }
 
     private static int? ParseInt(ArgumentResult r, int min, int max)
