@@ -36,12 +36,29 @@ public static class StackedDeviceConfig
     public static StackedDeviceOptions Parse(Config entry)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        var name = entry.HasPath("name") ? entry.GetString("name") : throw new DeviceOptionsException("(stacked)", "name", "every stacked device needs a name.");
-        foreach (var key in entry.Root.GetObject().Items.Keys)
+        var items = entry.Root.GetObject().Items;
+        var name = !items.TryGetValue("name", out var nameValue) ? throw new DeviceOptionsException("(stacked)", "name", "every stacked device needs a name.")
+            : nameValue.IsString() ? entry.GetString("name") : "[ ... ]";
+        foreach (var (key, value) in items)
         {
             if (!Keys.Contains(key))
             {
                 throw new DeviceOptionsException(name, key, $"unknown key (known: {string.Join(", ", Keys.Order())}).");
+            }
+
+            // members is a list, every other key one value. Read otherwise, a list or a section is
+            // null to Akka: `assume-clean = [on]` was refused as "'' is not on or off", `members =
+            // disk0` as "needs at least one member" (an outside audit). A substitution Akka left
+            // unresolved is left to the reader, as DeviceConfig does.
+            if (value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+            {
+                continue;
+            }
+
+            if (key == "members" ? value.IsObject() || (value.IsString() && value.GetString() is not null) : !value.IsString())
+            {
+                throw new DeviceOptionsException(name, key, key == "members" ? "a list of device names is expected ([a, b])."
+                    : $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
             }
         }
 

@@ -206,6 +206,24 @@ public sealed class DeviceConfigSpec
         Assert.DoesNotContain('\n', ex.Message);
     }
 
+    // A stacked entry's members is a list and its other keys one value each: a list or a section
+    // read as a string is null to Akka (`assume-clean = [on]` was refused as "'' is not on or
+    // off", `members = a` as "needs at least one member"; an outside audit).
+    [Theory]
+    [InlineData("name = m, type = mirror, members = [a, b], assume-clean = [on]", "assume-clean", "a value is expected, not a list [ ... ].")]
+    [InlineData("name = m, type = mirror, members = [a, b], region = { a = 1 }", "region", "a value is expected, not a section { ... }.")]
+    [InlineData("name = s, type = striped, members = [a, b], chunk = [64k]", "chunk", "a value is expected, not a list [ ... ].")]
+    [InlineData("name = v, type = [linear], members = [a]", "type", "a value is expected, not a list [ ... ].")]
+    [InlineData("name = v, type = linear, members = a", "members", "a list of device names is expected ([a, b]).")]
+    [InlineData("name = v, type = linear, members = { a = 1 }", "members", "a list of device names is expected ([a, b]).")]
+    public void A_stacked_entry_names_a_value_of_the_wrong_kind(string hocon, string key, string message)
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => StackedDeviceConfig.Parse(ConfigurationFactory.ParseString(hocon)));
+
+        Assert.Equal(key, ex.Option);
+        Assert.EndsWith($"option '{key}': {message}", ex.Message, StringComparison.Ordinal);
+    }
+
     // An nbd device's hardware queues are its connections: submit_queues on one was ignored in
     // silence (a review). The entry is refused saying which key to use; connections are read.
     [Fact]
