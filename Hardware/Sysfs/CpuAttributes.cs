@@ -60,13 +60,19 @@ public static class CpuAttributes
 
         var cpu = CpuOf(topology, path);
 
-        // kstrtobool: 1/y/Y/on and 0/n/N/off.
+        // kstrtobool (online_store): only the first character counts, 1/y/Y true and 0/n/N false,
+        // or the first two for o/O: on and off in any case. So "yes", "No\n", "OFF" and "10" are
+        // taken, as the kernel takes them; only "1", "y", "Y", "on" and their opposites were (an
+        // outside bad-input audit).
         var text = value.EndsWith('\n') ? value[..^1] : value;
-        return text switch
+        var second = text.Length > 1 ? char.ToLowerInvariant(text[1]) : '\0';
+        return (text.Length > 0 ? text[0] : '\0') switch
         {
-            "1" or "y" or "Y" or "on" => (cpu, true),
-            "0" or "n" or "N" or "off" => (cpu, false),
-            _ => throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text}' is not 0 or 1"),
+            '1' or 'y' or 'Y' => (cpu, true),
+            '0' or 'n' or 'N' => (cpu, false),
+            'o' or 'O' when second == 'n' => (cpu, true),
+            'o' or 'O' when second == 'f' => (cpu, false),
+            _ => throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text}' is not 0 or 1 (kstrtobool: 1, y, on, 0, n or off)"),
         };
     }
 

@@ -407,7 +407,22 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "on");
         Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
 
+        // kstrtobool reads the first character (two for on/off), so yes, No, OFF and 10 are taken
+        // as the kernel takes them; they were EINVAL (an outside bad-input audit).
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "No\n");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "yes");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "OFF");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "10");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "maybe")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "o")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", " 1")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "2")).Errno);
         Assert.Equal(AttributeErrno.ENOENT, (await Refused("devices/system/cpu/cpu9/online", "1")).Errno);
         Assert.Equal(AttributeErrno.EACCES, (await Refused("devices/system/cpu/online", "0-1")).Errno);
         await Layer.WriteAttributeAsync("devices/system/cpu/cpu1/online", "0");
