@@ -124,6 +124,13 @@ public static class DeviceConfig
             throw new DeviceOptionsException(name, "submit_queues", "an nbd device has one hardware queue per connection: use connections; it would be ignored.");
         }
 
+        // A tag set's name names a shared set only: without shared_tags = on the device has a set
+        // of its own and the name was ignored in silence (an outside bad-input audit).
+        if (entry.HasPath("tag_set") && !options.SharedTags)
+        {
+            throw new DeviceOptionsException(name, "tag_set", "names a shared tag set, and this device does not share one (set shared_tags = on); it would be ignored.");
+        }
+
         foreach (var (key, driver) in DriverKeys)
         {
             if (options.Driver != driver && entry.HasPath(key))

@@ -224,6 +224,16 @@ public sealed class DeviceConfigSpec
         Assert.EndsWith($"option '{key}': {message}", ex.Message, StringComparison.Ordinal);
     }
 
+    // A tag set's name without shared_tags = on was ignored in silence (an outside bad-input audit).
+    [Fact]
+    public void A_tag_set_name_without_shared_tags_is_refused()
+    {
+        var ex = Assert.Throws<DeviceOptionsException>(() => Parse("name = n0, driver = null, tag_set = banana"));
+        Assert.Equal("tag_set", ex.Option);
+        Assert.Contains("set shared_tags = on", ex.Message, StringComparison.Ordinal);
+        Assert.Equal("banana", Parse("name = n0, driver = null, shared_tags = on, tag_set = banana").TagSetName);
+    }
+
     // An nbd device's hardware queues are its connections: submit_queues on one was ignored in
     // silence (a review). The entry is refused saying which key to use; connections are read.
     [Fact]
