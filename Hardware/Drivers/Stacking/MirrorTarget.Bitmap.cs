@@ -311,11 +311,20 @@ public sealed partial class MirrorTarget
                 // The in-sync legs first: a leg not in sync never holds a newer generation than they
                 // do, so a crash between these writes leaves the newest generation on a leg to read
                 // from (a re-added or new leg written first made the assembly refuse the mirror).
+                // When no in-sync leg took the superblock (each failed it: the mirror fails), the
+                // legs not in sync do not get it either: a rebuilding leg holding a generation no
+                // in-sync leg has made every later assembly refuse the mirror.
+                var inSyncWritten = false;
                 foreach (var i in Enumerable.Range(0, _legs.Length).OrderBy(i => states[i] == MirrorLegState.InSync ? 0 : 1))
                 {
                     if (states[i] == MirrorLegState.Faulty)
                     {
                         continue;
+                    }
+
+                    if (superblocks && !inSyncWritten && states[i] != MirrorLegState.InSync)
+                    {
+                        break;
                     }
 
                     var ok = true;
@@ -352,6 +361,8 @@ public sealed partial class MirrorTarget
                     }
                     else if (superblocks)
                     {
+                        inSyncWritten |= states[i] == MirrorLegState.InSync;
+
                         // At once, not after every leg: a leg that fails while a later leg's write is
                         // still pending (a remote leg may take its I/O timeout) holds this generation.
                         lock (_lock)

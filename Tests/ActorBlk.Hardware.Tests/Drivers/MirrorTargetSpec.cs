@@ -1126,6 +1126,68 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(0));
     }
 
+    // The last in-sync leg failing the superblock write that records another in-sync leg's failure
+    // must leave the leg being rebuilt at the in-sync legs' generation. Before, the rebuilding leg
+    // took the new generation alone (the in-sync legs were written first, but their failure did
+    // not stop the write to it), and the next assembly refused the mirror for ever: "no leg of the
+    // newest generation is in sync" (an outside mirror audit: a local leg re-added and rebuilding
+    // from two legs on another node, that node killed with SIGKILL mid-copy, then every restart of
+    // the mirror's node with both nodes up refused it, the data whole on the remote legs).
+    [Fact]
+    public async Task The_last_in_sync_leg_failing_the_superblock_write_of_a_failure_leaves_the_rebuilding_leg_behind_and_the_mirror_starts_again()
+    {
+        var (a, fa) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(mirror);
+        await mirror.FailLegAsync(2);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await mirror.ReAddAsync(2);
+        await AwaitTimer(clock, mirror);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(2));
+
+        // b fails; the superblock recording it goes to a (which fails it: the mirror has failed) and
+        // must then not go to c alone.
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fa.HoldWrite(0, MirrorSuperblock.SuperblockBytes, release.Task);
+        var failing = mirror.FailLegAsync(1);
+        await arrived.WaitAsync(Patience);
+        release.SetResult(BlockStatus.IoError);
+        await failing.WaitAsync(Patience);
+        Assert.Equal(3, mirror.Degraded);
+
+        var onA = MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes));
+        var onC = MirrorSuperblock.TryDecode(await ReadRaw(c, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes));
+        Assert.NotNull(onA);
+        Assert.NotNull(onC);
+        Assert.True(onC.Generation <= onA.Generation, $"the rebuilding leg c holds generation {onC.Generation}, the in-sync leg a {onA.Generation}");
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        // Every leg back: a and b are the sources, c is rebuilt, and every acknowledged write reads back.
+        var restarted = await MirrorTarget.AssembleAsync("md0", [a, b, c], Options());
+        await restarted.SyncIdle.WaitAsync(Patience);
+        Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, restarted.LegState(i)));
+        var again = Serve(restarted, "md0b");
+        for (var r = 0; r < 8; r++)
+        {
+            var read = new byte[Block];
+            await again.ReadAsync(r * Region, read);
+            Assert.Equal(Stamp(r, 1), read);
+        }
+
+        await AssertLegsEqual(restarted);
+        await restarted.StopAsync();
+        restarted.Dispose();
+    }
+
     [Fact]
     public async Task A_write_on_a_chunk_already_copied_that_then_fails_on_the_returning_leg_leaves_its_region_owed_to_it()
     {
