@@ -723,13 +723,31 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             // The legs' states at the write's start and their pending I/Os, inline in the state
             // machine (at most MaxLegs), so a write allocates no arrays.
+            // A leg failed in memory whose faulty state is on no leg yet holds the write back until
+            // it is (md_write_start waits for MD_SB_CHANGE_PENDING): issued before, it reached the
+            // legs left while their superblocks still counted the failed leg in sync, so a crash
+            // then assembled both as sources and the resync copied the failed leg's older data
+            // over the acknowledged write.
             var atStart = default(LegStates);
-            lock (_lock)
+            while (true)
             {
-                for (var i = 0; i < _legs.Length; i++)
+                bool owed;
+                lock (_lock)
                 {
-                    atStart[i] = _state[i];
+                    for (var i = 0; i < _legs.Length; i++)
+                    {
+                        atStart[i] = _state[i];
+                    }
+
+                    owed = _persistedGeneration < _generation && !_failed;
                 }
+
+                if (!owed)
+                {
+                    break;
+                }
+
+                await PersistAsync(superblocks: true).ConfigureAwait(false);
             }
 
             // Every leg that is in sync or rebuilding gets the write at once.

@@ -1188,6 +1188,45 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         restarted.Dispose();
     }
 
+    // md_write_start holds writes back while a failure's superblock update is pending. Before, a
+    // write to a region already dirty, issued after leg a failed and before the superblock
+    // recording that reached b, was acknowledged from b alone while b still counted a in sync: a
+    // crash then assembled a and b as sources and the resync copied a's older data over it (the
+    // mirror read version 0 on both legs after acknowledging version 1). Found by reading the
+    // write path during the mirror2 audit; here b fails that superblock write, so the mirror fails
+    // and the write must not be acknowledged.
+    [Fact]
+    public async Task A_write_issued_while_a_legs_failure_is_not_on_the_legs_left_waits_for_it_and_is_not_acknowledged_if_it_never_gets_there()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) });
+        var md = Serve(mirror);
+        await md.WriteAsync(5 * Region, Stamp(5, 0));
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fb.HoldWrite(0, MirrorSuperblock.SuperblockBytes, release.Task);
+        var failing = mirror.FailLegAsync(0);
+        await arrived.WaitAsync(Patience);
+
+        var write = md.WriteAsync(5 * Region, Stamp(5, 1)).AsTask();
+        release.SetResult(BlockStatus.IoError);
+        await failing.WaitAsync(Patience);
+        Assert.NotNull(await Record.ExceptionAsync(() => write.WaitAsync(Patience)));
+        await mirror.StopAsync();
+        mirror.Dispose();
+
+        // The legs as they are: the acknowledged version 0 everywhere.
+        var restarted = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        await restarted.SyncIdle.WaitAsync(Patience);
+        var again = Serve(restarted, "md0b");
+        var read = new byte[Block];
+        await again.ReadAsync(5 * Region, read);
+        Assert.Equal(Stamp(5, 0), read);
+        await AssertLegsEqual(restarted);
+        await restarted.StopAsync();
+        restarted.Dispose();
+    }
+
     [Fact]
     public async Task A_write_on_a_chunk_already_copied_that_then_fails_on_the_returning_leg_leaves_its_region_owed_to_it()
     {
