@@ -32,8 +32,7 @@ public static class DeviceConfig
         ArgumentNullException.ThrowIfNull(entry);
         var defaults = new DeviceOptions();
         var items = entry.Root.GetObject().Items;
-        var name = !items.TryGetValue("name", out var nameValue) ? defaults.Name
-            : nameValue.IsString() ? entry.GetString("name") : "[ ... ]";
+        var name = NameOf(entry, items) ?? defaults.Name;
         foreach (var (key, value) in items)
         {
             if (!Keys.Contains(key))
@@ -44,10 +43,10 @@ public static class DeviceConfig
             // Every key takes one value. A list or a section read as a string is null to Akka:
             // on/off and choice keys failed with a NullReferenceException and its stack (exit 1),
             // `driver = [file]` was read as the null driver and `path = { }` as no path (an outside
-            // audit). A substitution Akka left unresolved is left to the reader, as ActorBlkSettings does.
-            if (!value.IsString() && !value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+            // audit).
+            if (NotOneValue(value) is { } why)
             {
-                throw new DeviceOptionsException(name, key, $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
+                throw new DeviceOptionsException(name, key, why);
             }
         }
 
@@ -141,6 +140,21 @@ public static class DeviceConfig
 
         return options;
     }
+
+    /// <summary>An entry's <c>name</c> as given, <c>[ ... ]</c> when it is not one value, null when absent.</summary>
+    internal static string? NameOf(Config entry, IDictionary<string, Akka.Configuration.Hocon.HoconValue> items) =>
+        !items.TryGetValue("name", out var value) ? null : value.IsString() ? entry.GetString("name") : "[ ... ]";
+
+    /// <summary>
+    /// Why <paramref name="value"/> is not the one value a key takes (a list or a section), or null
+    /// when it is. A substitution Akka left unresolved is left to the reader, as ActorBlkSettings does.
+    /// </summary>
+    internal static string? NotOneValue(Akka.Configuration.Hocon.HoconValue value) =>
+        value.IsString() || IsUnresolved(value) ? null : $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.";
+
+    /// <summary>True when <paramref name="value"/> holds a substitution Akka left unresolved.</summary>
+    internal static bool IsUnresolved(Akka.Configuration.Hocon.HoconValue value) =>
+        value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution);
 
     // Keys that only one driver reads: on a device of another driver they would be ignored in
     // silence (path, uri, tls_ca and io_poll = on are refused by DeviceOptions.Validate first,

@@ -37,8 +37,7 @@ public static class StackedDeviceConfig
     {
         ArgumentNullException.ThrowIfNull(entry);
         var items = entry.Root.GetObject().Items;
-        var name = !items.TryGetValue("name", out var nameValue) ? throw new DeviceOptionsException("(stacked)", "name", "every stacked device needs a name.")
-            : nameValue.IsString() ? entry.GetString("name") : "[ ... ]";
+        var name = DeviceConfig.NameOf(entry, items) ?? throw new DeviceOptionsException("(stacked)", "name", "every stacked device needs a name.");
         foreach (var (key, value) in items)
         {
             if (!Keys.Contains(key))
@@ -48,17 +47,13 @@ public static class StackedDeviceConfig
 
             // members is a list, every other key one value. Read otherwise, a list or a section is
             // null to Akka: `assume-clean = [on]` was refused as "'' is not on or off", `members =
-            // disk0` as "needs at least one member" (an outside audit). A substitution Akka left
-            // unresolved is left to the reader, as DeviceConfig does.
-            if (value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+            // disk0` as "needs at least one member" (an outside audit).
+            var why = key != "members" ? DeviceConfig.NotOneValue(value)
+                : !DeviceConfig.IsUnresolved(value) && (value.IsObject() || (value.IsString() && value.GetString() is not null)) ? "a list of device names is expected ([a, b])."
+                : null;
+            if (why is not null)
             {
-                continue;
-            }
-
-            if (key == "members" ? value.IsObject() || (value.IsString() && value.GetString() is not null) : !value.IsString())
-            {
-                throw new DeviceOptionsException(name, key, key == "members" ? "a list of device names is expected ([a, b])."
-                    : $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
+                throw new DeviceOptionsException(name, key, why);
             }
         }
 
