@@ -384,7 +384,7 @@ public sealed record ActorBlkSettings(
         const string key = "actorblk.cluster.registry.tls-ca";
         if (!File.Exists(path))
         {
-            throw new ConfigurationException($"{key}: '{path}' is not a file (a PEM file of the CA that signed other nodes' NBD certificates).");
+            throw new ConfigurationException($"{key}: '{path}' is {(Directory.Exists(path) ? "a directory, not a file" : "not a file")} (a PEM file of the CA that signed other nodes' NBD certificates).");
         }
 
         var certificates = new System.Security.Cryptography.X509Certificates.X509Certificate2Collection();
@@ -394,7 +394,7 @@ public sealed record ActorBlkSettings(
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException)
         {
-            throw new ConfigurationException($"{key}: '{path}' cannot be read as PEM certificates: {ex.Message}");
+            throw new ConfigurationException($"{key}: '{path}' cannot be read as PEM certificates: {ActorBlk.Hardware.FileProblems.Describe(path, ex)}");
         }
 
         if (certificates.Count == 0)
@@ -534,7 +534,7 @@ public sealed record ActorBlkSettings(
 /// The supervision of device drivers (<c>actorblk.supervision</c>): how many resets a device may
 /// need within a window before it is given up, and how a gone device is reopened.
 /// </summary>
-/// <param name="MaxResets">Resets (restarts of the driver actor) allowed within <paramref name="ResetWindow"/>; one more stops the device.</param>
+/// <param name="MaxResets">Resets (restarts of the driver actors, and of the device's other actors after a driver bug) allowed within <paramref name="ResetWindow"/>; one more stops the device.</param>
 /// <param name="ResetWindow">The window of <paramref name="MaxResets"/>.</param>
 /// <param name="ReopenBackoffMin">Delay before the first reopen attempt of a gone device; it doubles after each failure.</param>
 /// <param name="ReopenBackoffMax">The longest delay between reopen attempts.</param>

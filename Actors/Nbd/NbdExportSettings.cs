@@ -155,7 +155,7 @@ public sealed record NbdExportSettings(
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException or ArgumentException)
         {
-            throw new ConfigurationException($"actorblk.nbd.certificate: cannot load '{CertificatePath}'{(KeyPath.Length > 0 ? $" with key '{KeyPath}'" : string.Empty)}: {ex.Message}");
+            throw new ConfigurationException($"actorblk.nbd.certificate: cannot load '{CertificatePath}'{(KeyPath.Length > 0 ? $" with key '{KeyPath}'" : string.Empty)}: {ActorBlk.Hardware.FileProblems.Describe(Directory.Exists(CertificatePath) || KeyPath.Length == 0 ? CertificatePath : KeyPath, ex)}");
         }
     }
 }

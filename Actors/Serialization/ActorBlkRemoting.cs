@@ -64,7 +64,7 @@ public static class ActorBlkRemoting
         }
         catch (Exception ex) when (ex is System.Security.Cryptography.CryptographicException or IOException or UnauthorizedAccessException)
         {
-            throw new ConfigurationException($"cannot read the TLS certificate {path}: {ex.Message}");
+            throw new ConfigurationException($"cannot read the TLS certificate {path}: {ActorBlk.Hardware.FileProblems.Describe(path, ex)}");
         }
 
         if (!certificate.HasPrivateKey)

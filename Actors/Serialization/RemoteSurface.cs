@@ -251,7 +251,7 @@ public static class RemoteSurface
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
-            throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) cannot be read: {ex.Message}", ex);
+            throw new AdminSecretException($"the admin secret file '{file}' ({SecretFileKey}) cannot be read: {ActorBlk.Hardware.FileProblems.Describe(file, ex)}", ex);
         }
 
         // An empty first line is no secret to use, and was taken for none (a `touch`ed file made

@@ -40,7 +40,7 @@ internal static class NodeConfig
         ArgumentNullException.ThrowIfNull(path);
         if (!File.Exists(path))
         {
-            throw new UsageException($"configuration file '{path}' does not exist.");
+            throw new UsageException($"configuration file '{path}' {(Directory.Exists(path) ? "is a directory" : "does not exist")}.");
         }
 
         Config config;
@@ -159,7 +159,7 @@ internal static class NodeConfig
         var file = Path.GetFullPath(Path.Combine(directory, name.Trim().Trim('"')));
         if (!File.Exists(file))
         {
-            throw new ConfigurationException($"include \"{name}\": {file} does not exist.");
+            throw new ConfigurationException($"include \"{name}\": {file} {(Directory.Exists(file) ? "is a directory" : "does not exist")}.");
         }
 
         var text = File.ReadAllText(file);

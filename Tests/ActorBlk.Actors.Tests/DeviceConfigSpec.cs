@@ -393,7 +393,7 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.blocking-driver-dispatcher.type = \"System.String\"", "actorblk.blocking-driver-dispatcher.type: 'System.String' is not a dispatcher type (PinnedDispatcher, Dispatcher, ForkJoinDispatcher, TaskDispatcher, SynchronizedDispatcher, or an assembly-qualified type name).")] // resolved, so passed, and failed the first blocking device
     [InlineData("actorblk.blocking-driver-dispatcher.throughput = banana", "actorblk.blocking-driver-dispatcher.throughput: 'banana' is not a whole number.")]
     [InlineData("actorblk.cluster.registry.tls-ca = \"/nonexistent/ca.pem\"", "actorblk.cluster.registry.tls-ca: '/nonexistent/ca.pem' is not a file (a PEM file of the CA that signed other nodes' NBD certificates).")]
-    [InlineData("actorblk.cluster.registry.tls-ca = \"/etc\"", "actorblk.cluster.registry.tls-ca: '/etc' is not a file (a PEM file of the CA that signed other nodes' NBD certificates).")]
+    [InlineData("actorblk.cluster.registry.tls-ca = \"/etc\"", "actorblk.cluster.registry.tls-ca: '/etc' is a directory, not a file (a PEM file of the CA that signed other nodes' NBD certificates).")]
     [InlineData("actorblk.cluster.registry.tls-ca = \"/etc/passwd\"", "actorblk.cluster.registry.tls-ca: '/etc/passwd' holds no PEM certificate (-----BEGIN CERTIFICATE-----).")]
     [InlineData("actorblk.drain-timeout { x = 1 }", "actorblk.drain-timeout: a value is expected, not a section { ... }.")]
     [InlineData("actorblk.drain-timeout = [1, 2]", "actorblk.drain-timeout: a value is expected, not a list [ ... ].")]

@@ -45,6 +45,19 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.Equal(["akka.tcp://actorblk@127.0.0.1:4053"], NodeConfig.Load(path, port: null).GetStringList("akka.cluster.seed-nodes"));
     }
 
+    // A bad-input audit: a directory was said not to exist.
+    [Fact]
+    public void A_directory_given_as_the_configuration_or_an_include_is_named_a_directory()
+    {
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(_dir, port: 0));
+        Assert.Equal($"configuration file '{_dir}' is a directory.", refused.Message);
+
+        Directory.CreateDirectory(Path.Combine(_dir, "sub"));
+        var path = Write("includes.conf", "include \"sub\"\nactorblk { a = 1 }\n");
+        var include = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+        Assert.Contains($"include \"sub\": {Path.Combine(_dir, "sub")} is a directory.", include.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void A_brace_never_closed_is_refused_naming_its_line()
     {

@@ -146,7 +146,7 @@ internal sealed class NbdClientConnection : IDisposable
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
         {
-            throw new NbdTlsException($"{options.Uri}: cannot read tls_ca '{options.TlsCa}': {ex.Message}", ex);
+            throw new NbdTlsException($"{options.Uri}: cannot read tls_ca '{options.TlsCa}': {FileProblems.Describe(options.TlsCa, ex)}", ex);
         }
 
         if (anchors.Count == 0)
