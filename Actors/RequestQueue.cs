@@ -127,6 +127,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
     // HandleDeviceError).
     private bool _resetting;
 
+    // Set once the supervisor gives the device up for a driver bug (HandleDriverBug): the driver
+    // actors then stopped lead to offline, not to a reopen.
+    private bool _givingUpForBug;
+
     public RequestQueueActor(BlockDevice device, IActorRef tagSet, IActorRef topology, BlockLayer layer, DeviceOptions options)
     {
         _device = device;
@@ -158,7 +162,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         var scheduler = Context.System.Scheduler;
         // A device error is expected: one line with the device, the directive and the cause, and
         // the stack only for anything else (a bug). Akka's own failure log is off for the same reason.
-        return new DeviceSupervisorStrategy(supervision.MaxResets, (int)Math.Min(int.MaxValue, supervision.ResetWindow.TotalMilliseconds), OnRestart, ex =>
+        return new DeviceSupervisorStrategy(OnRestart, (child, ex) =>
         {
             var directive = ex is BlockDeviceErrorException { DeviceGone: true } ? Directive.Stop : Directive.Restart;
             if (directive == Directive.Stop)
@@ -180,7 +184,20 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                     _restarts.Dequeue();
                 }
 
-                if (_restarts.Count >= supervision.MaxResets)
+                if (_restarts.Count >= supervision.MaxResets && DriverIndex(child) < 0)
+                {
+                    // A hardware-queue or software-context actor, restarted after a driver bug (a
+                    // Timeout that threw): it is the queue's timeout scanner (and, with no driver
+                    // actor alive, its dispatcher), so it lives on, restarted; the device is given
+                    // up instead. Stopped, as Akka's own count (of wall-clock time) did at the
+                    // fourth restart, its requests were never scanned again and never completed.
+                    if (!_givingUpForBug)
+                    {
+                        _givingUpForBug = true;
+                        Self.Tell(GiveUpForDriverBug.Instance);
+                    }
+                }
+                else if (_restarts.Count >= supervision.MaxResets)
                 {
                     directive = Directive.Stop;
                 }
@@ -219,11 +236,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         }
     }
 
-    // OneForOneStrategy whose decider cannot see the failed child: this one also tells the actor
-    // which child it restarts (ProcessFailure runs on the actor's thread, after the decider).
-    private sealed class DeviceSupervisorStrategy(int maxResets, int windowMs, Action<IActorRef> onRestart, Func<Exception, Directive> decider)
-        : OneForOneStrategy(maxResets, windowMs, decider, loggingEnabled: false)
+    // OneForOneStrategy whose decider cannot see the failed child: this one's decider sees it, and
+    // it tells the actor which child it restarts (ProcessFailure runs on the actor's thread, after
+    // the decider). The decider alone decides, on the scheduler's clock: Akka's own limit (counted
+    // per child, in wall-clock time) would stop a child whatever the decider said.
+    private sealed class DeviceSupervisorStrategy(Action<IActorRef> onRestart, Func<IActorRef, Exception, Directive> decider)
+        : OneForOneStrategy(-1, -1, _ => Directive.Restart, loggingEnabled: false)
     {
+        protected override Directive Handle(IActorRef child, Exception exception) => decider(child, exception);
+
         public override void ProcessFailure(IActorContext context, bool restart, IActorRef child, Exception cause, Akka.Actor.Internal.ChildRestartStats stats, IReadOnlyCollection<Akka.Actor.Internal.ChildRestartStats> children)
         {
             if (restart)
@@ -356,6 +377,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case TryReopen:
                 HandleReopen();
+                break;
+            case GiveUpForDriverBug:
+                HandleDriverBug();
                 break;
             case NodeStopping when _health == DeviceHealth.Reopening:
                 // The node stops: no attempt will reopen the device for it, and the requests that
@@ -509,6 +533,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 break;
             case TryReopen:
             case ReopenDone:
+            case GiveUpForDriverBug:
             case HardwareQueue.DeviceFaulted:
             case DeviceError:
                 // The drivers are being stopped, or the teardown failed what was left: nothing
@@ -771,10 +796,51 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         }
     }
 
+    // More than max-resets restarts within reset-window, the last of an actor that is not a
+    // driver actor (a driver bug: its Timeout threw): the device is given up. Its driver actors
+    // are stopped, as for a gone device, and once none is left it goes offline without reopen
+    // attempts (a reopen would not mend the driver's code). A driver that keeps throwing in its
+    // Timeout would otherwise hold its requests re-armed for ever.
+    private void HandleDriverBug()
+    {
+        if (_health == DeviceHealth.Offline)
+        {
+            return;
+        }
+
+        _log.Error("{Device}: more than max-resets ({Max}) restarts of its actors within {Window} s after driver bugs; giving the device up",
+            _queue.Name, _layer.Settings.Supervision.MaxResets, _layer.Settings.Supervision.ResetWindow.TotalSeconds);
+        if (_health == DeviceHealth.Reopening)
+        {
+            // No driver actor lives; the attempt under way gives up, and the requests waiting fail.
+            Timers.Cancel(ReopenTimer);
+            _queue.Unquiesce();
+            GoOffline();
+            CancelRecovery();
+            return;
+        }
+
+        if (AllDriversDead)
+        {
+            GoOffline();
+        }
+        else if (!_stoppingDrivers)
+        {
+            StopDrivers();
+        }
+    }
+
     // The supervisor stopped the driver: the device is gone. Dispatch stops; a driver that can
     // reopen gets attempts with back-off while requests wait, else the device goes offline.
     private void HandleDriverStopped()
     {
+        if (_givingUpForBug)
+        {
+            // HandleDriverBug stopped them: offline, no reopen.
+            GoOffline();
+            return;
+        }
+
         var supervision = _layer.Settings.Supervision;
         var now = Context.System.Scheduler.Now;
         _stops.Enqueue(now);
@@ -958,6 +1024,12 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
     // A reopen attempt returned: null when the device is open again, else why not.
     private sealed record ReopenDone(Exception? Error);
+
+    // The supervisor's decider found a non-driver actor past max-resets (HandleDriverBug).
+    private sealed record GiveUpForDriverBug
+    {
+        public static readonly GiveUpForDriverBug Instance = new();
+    }
 
     private sealed record TryReopen
     {

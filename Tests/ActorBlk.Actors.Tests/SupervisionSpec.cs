@@ -539,6 +539,31 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         AssertTagsFree(device);
     }
 
+    // The other side of the case above: a driver whose Timeout throws at every expiry would keep
+    // its request re-armed for ever, never completed. The hardware-queue actor's restarts count
+    // toward max-resets with the driver actors' (README, "Supervision"), so past it (3 here) the
+    // device is stopped as a gone one and, not reopenable, goes offline: the request completes,
+    // once, with Offline, and its tag is free.
+    [Fact]
+    public async Task A_driver_whose_Timeout_always_throws_goes_offline_after_max_resets_and_its_request_completes_once()
+    {
+        var driver = new ScriptedDriver(extra: Resettable) { TimeoutAnswer = TimeoutAction.ResetTimer, ThrowOnTimeout = new InvalidOperationException("a driver bug in Timeout") };
+        var device = await Create(driver, "brokentimeout", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 100, TimeoutWindowMs = 60_000 });
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+
+        // Small steps: the scan that finds an expiry waits for the dispatcher to be idle, which
+        // takes real time, and big steps would spread the restarts beyond reset-window.
+        await AdvanceUntil(() => read.IsCompleted, stepMs: 20);
+
+        Assert.Equal(BlockStatus.Offline, await read);
+        Assert.Equal(4, driver.TimedOut.Count); // three restarts allowed, the fourth stops the device
+        Assert.Equal(0, driver.ResetCalls);
+        Assert.Equal("offline", (await InfoOf("brokentimeout")).Health);
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
     // The same outage, the other report: the timeout that began the reset had killed the NBD
     // connection, whose loss reached the supervisor once the reset was under way. Told to the
     // driver actor inside the reset, it waited in its mailbox and, once the device was back,

@@ -227,6 +227,9 @@ public sealed class ScriptedDriver : IBlockDriver
     /// <summary>Thrown from the next Timeout only, then cleared (a driver bug in its timeout handler).</summary>
     public Exception? ThrowOnTimeoutOnce { get; set; }
 
+    /// <summary>Thrown from every Timeout while set (a driver whose timeout handler is broken).</summary>
+    public Exception? ThrowOnTimeout { get; set; }
+
     public TimeoutAction Timeout(Request request)
     {
         lock (_lock)
@@ -236,6 +239,11 @@ public sealed class ScriptedDriver : IBlockDriver
             {
                 ThrowOnTimeoutOnce = null;
                 throw once;
+            }
+
+            if (ThrowOnTimeout is { } always)
+            {
+                throw always;
             }
         }
 
