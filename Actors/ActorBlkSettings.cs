@@ -210,6 +210,7 @@ public sealed record ActorBlkSettings(
         var c = config.WithFallback(defaults).GetConfig("actorblk");
         CheckSettingsReadElsewhere(c);
         _ = Serialization.RemoteSurface.MaxInflightIoBytes(config.WithFallback(defaults)); // read by the first remote I/O
+        _ = Serialization.InboundConnectionCap.Limits(config.WithFallback(defaults), long.MaxValue); // read by the remoting transport
         var source = c.GetString("topology.source", "system");
         if (source is not ("system" or "simulated"))
         {

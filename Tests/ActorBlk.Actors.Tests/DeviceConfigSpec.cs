@@ -383,6 +383,9 @@ public sealed class DeviceConfigSpec
     [InlineData("actorblk.remote.pin-certificate = banana", "actorblk.remote.pin-certificate: 'banana' is not on or off.")]
     [InlineData("actorblk.remote.max-inflight-io-bytes = banana", "actorblk.remote.max-inflight-io-bytes: 'banana' is not a size.")] // new: read by the first remote I/O
     [InlineData("actorblk.remote.max-inflight-io-bytes = -1m", "actorblk.remote.max-inflight-io-bytes: '-1m' is not a size.")]
+    [InlineData("actorblk.remote.max-inbound-connections = banana", "actorblk.remote.max-inbound-connections: 'banana' is not a whole number.")]
+    [InlineData("actorblk.remote.max-inbound-connections = 0", "actorblk.remote.max-inbound-connections: 0 is not a positive number.")]
+    [InlineData("actorblk.remote.max-inbound-connections-per-host = -1", "actorblk.remote.max-inbound-connections-per-host: -1 is not a positive number.")]
     [InlineData("actorblk.remote.max-inflight-io-bytes = 0", "actorblk.remote.max-inflight-io-bytes: '0' is not positive (remote reads and writes need room for one request).")]
     [InlineData("actorblk.cluster.registry.enabled = banana", "actorblk.cluster.registry.enabled: 'banana' is not on or off.")]
     [InlineData("actorblk.cluster.registry.poll-interval = banana", "actorblk.cluster.registry.poll-interval: 'banana' is not a duration (e.g. 500ms, 30s).")]
