@@ -296,8 +296,11 @@ public sealed partial class MirrorTarget
             // in-sync legs may differ in those regions. As md's resync after an unclean shutdown,
             // they stay in sync (each holds every acknowledged write, so any of them can carry the
             // mirror if the others fail), those regions are read from the first in-sync leg only,
-            // and the resync copies them from it to the others.
-            if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0))
+            // and the resync copies them from it to the others. With one leg in sync there is
+            // nothing to make equal (md's raid1_run sets recovery_cp to MaxSector when one disk
+            // works): a leg rebuilding is recovered ("recover") from the bitmap, which holds
+            // those regions too.
+            if (plan.Reference is { Clean: false } && _bits.Any(w => w != 0) && _state.Count(s => s == MirrorLegState.InSync) > 1)
             {
                 _resyncAfterCrash = true;
                 _crashPending = [.. _bits];

@@ -173,12 +173,16 @@ public sealed partial class MirrorTarget
         {
             // Only the legs rebuilding now get every region of this pass; one re-added later (or
             // failed and re-added meanwhile) waits for the next pass, which the re-add asks for,
-            // and keeps every bit it needs until then (see Target).
-            rebuilding = [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
+            // and keeps every bit it needs until then (see Target). A resync owed after a crash
+            // goes first, a pass of its own that copies the regions it owes to the in-sync legs
+            // only (md_choose_sync_action prefers it to a recovery since md's commit "md: ensure
+            // resync is prioritized over recovery"); the rebuilding legs keep their bits for the
+            // recovery that follows it.
+            rebuilding = _resyncAfterCrash ? [] : [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
             epochs = [.. rebuilding.Select(i => _legEpoch[i])];
             for (var r = 0; r < Regions; r++)
             {
-                if ((_bits[r >> 6] & (1UL << (r & 63))) != 0 || CrashPendingRegion(r))
+                if (_resyncAfterCrash ? CrashPendingRegion(r) : (_bits[r >> 6] & (1UL << (r & 63))) != 0)
                 {
                     dirty.Add(r);
                 }

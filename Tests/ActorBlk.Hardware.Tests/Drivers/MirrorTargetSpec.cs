@@ -1850,6 +1850,80 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             e => Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Stopped, 2, 0), e));
     }
 
+    // md's raid1_run owes no resync when one disk works (recovery_cp = MaxSector): a crash in the
+    // middle of a leg's recovery, with one leg in sync, is a recovery again. Before, it read
+    // "resync" with nothing to make equal.
+    [Fact]
+    public async Task After_a_crash_during_a_recovery_with_one_leg_in_sync_sync_action_reads_recover_as_md_does()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var clock = new ManualTimeProvider();
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(first);
+        await first.FailLegAsync(1);
+        for (var r = 0; r < 4; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await first.ReAddAsync(1);
+        await AwaitTimer(clock, first);
+        Assert.Equal("recover", first.SyncAction);
+
+        // The node dies in the middle of the recovery: no clean stop, bits set.
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock2);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal("recover", second.SyncAction);
+        await AwaitTimer(clock2, second);
+        Assert.Equal("recover", second.CurrentSync?.Action);
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        await AssertLegsEqual(second);
+    }
+
+    // With two legs in sync and one rebuilding after a crash both are owed: md (since "md: ensure
+    // resync is prioritized over recovery") runs the resync first, reading "resync", then the
+    // recovery, reading "recover". Before, one pass did both and read "resync" to its end.
+    [Fact]
+    public async Task After_a_crash_with_a_leg_to_rebuild_the_resync_runs_first_as_its_own_pass_then_the_recovery()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, _) = Leg("c");
+        var options = Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], options);
+        var md = Serve(first);
+        await first.FailLegAsync(2);
+        await md.WriteAsync(1 * Region, Stamp(1, 1));
+        await md.WriteAsync(3 * Region, Stamp(3, 1));
+        first.Dispose();
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (3 * Region), Stamp(3, 2));
+
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        var events = new MirrorEvents(second);
+        Assert.Equal("resync", second.SyncAction);
+        await AwaitTimer(clock, second);
+        AssertStarted(second.CurrentSync!, "resync", ["b"], 2);
+        await PumpUntilIdle(clock, second);
+
+        // The resync's start may come before the subscription (it is CurrentSync then).
+        Assert.Collection(
+            events.All.SkipWhile(e => e is MirrorSyncStarted { Action: "resync" }),
+            e => Assert.Equal(new MirrorSyncEnded("resync", MirrorSyncOutcome.Done, 2, 0), e),
+            e => AssertStarted(e, "recover", ["c"], 2),
+            e => Assert.Equal(new MirrorSyncEnded("recover", MirrorSyncOutcome.Done, 2, 0), e));
+        Assert.Equal(0, second.Degraded);
+        Assert.Equal(Stamp(3, 2), await ReadRaw(c, 3 * Region, Block));
+        await AssertLegsEqual(second);
+    }
+
     private static void AssertStarted(object e, string action, string[] legs, int regions)
     {
         var started = Assert.IsType<MirrorSyncStarted>(e);
