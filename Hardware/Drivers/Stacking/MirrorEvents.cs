@@ -22,7 +22,7 @@ public enum MirrorSyncOutcome
     /// <summary>A leg failed: a check or repair stops, a recovery once no leg is left to copy to; or the mirror failed (md: "interrupted").</summary>
     Interrupted,
 
-    /// <summary>Stopped by hand (<c>sync_action idle</c> for a check or repair) or by the mirror stopping.</summary>
+    /// <summary>Stopped by hand (<c>sync_action idle</c> for a check or repair, <c>sync_action frozen</c> for any pass) or by the mirror stopping.</summary>
     Stopped,
 
     /// <summary>A recovery or resync found no in-sync leg it could read; the legs stay as they are until a re-add or <c>sync_action recover</c>.</summary>

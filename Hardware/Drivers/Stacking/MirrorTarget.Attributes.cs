@@ -16,45 +16,7 @@ public sealed partial class MirrorTarget
         add(md + "level", () => "raid1\n", null);
         add(md + "raid_disks", () => Line(_legs.Length), null);
         add(md + "degraded", () => Line(Degraded), null);
-        add(md + "sync_action", () => SyncAction + "\n", async (path, text) =>
-        {
-            switch (text.Trim())
-            {
-                case "check":
-                case "repair":
-                    try
-                    {
-                        _ = text.Trim() == "check" ? CheckAsync() : RepairAsync();
-                    }
-                    catch (InvalidOperationException ex)
-                    {
-                        throw new AttributeException(path, AttributeErrno.EBUSY, ex.Message);
-                    }
-
-                    break;
-                case "idle":
-                    CancellationTokenSource? stop;
-                    lock (_lock)
-                    {
-                        stop = _syncAction is "check" or "repair" ? _checkStop : null;
-                    }
-
-                    if (stop is not null)
-                    {
-                        await stop.CancelAsync().ConfigureAwait(false);
-                    }
-
-                    break;
-                case "recover":
-                case "resync":
-                    // md's MD_RECOVERY_NEEDED: starts a recovery or resync that has work and is not
-                    // running (one that stopped for want of a readable leg); else nothing to do.
-                    KickSync();
-                    break;
-                default:
-                    throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not check, repair, recover, resync or idle");
-            }
-        });
+        add(md + "sync_action", () => SyncAction + "\n", (path, text) => SyncActionStoreAsync(path, text.Trim()));
         add(md + "sync_completed", () =>
         {
             var (done, total) = SyncProgress;
@@ -105,6 +67,66 @@ public sealed partial class MirrorTarget
             });
             add(dir + "errors", () => Line(CorrectedReadErrors(leg)), null);
             add(dir + "slot", () => Line(leg), null);
+        }
+    }
+
+    // md's action_store: "frozen" stops the sync running (and waits for it) and starts none until
+    // "idle", "recover", "resync", "check" or "repair" is written, each of which clears it; while a
+    // sync runs, "recover", "resync", "check" and "repair" are EBUSY; "idle" stops a check or
+    // repair (a recovery or resync goes on, as md's restarts it from where it was) and starts
+    // what is owed.
+    private async ValueTask SyncActionStoreAsync(string path, string action)
+    {
+        switch (action)
+        {
+            case "frozen":
+                await FreezeSyncAsync().ConfigureAwait(false);
+                break;
+            case "idle":
+                CancellationTokenSource? stop;
+                lock (_lock)
+                {
+                    _frozen = false;
+                    stop = _syncAction is "check" or "repair" && !_sync.IsCompleted ? _checkStop : null;
+                }
+
+                if (stop is not null)
+                {
+                    await stop.CancelAsync().ConfigureAwait(false);
+                }
+
+                KickSync();
+                break;
+            case "check":
+            case "repair":
+                try
+                {
+                    _ = action == "check" ? CheckAsync() : RepairAsync();
+                }
+                catch (InvalidOperationException ex)
+                {
+                    throw new AttributeException(path, AttributeErrno.EBUSY, ex.Message);
+                }
+
+                break;
+            case "recover":
+            case "resync":
+                // md's MD_RECOVERY_NEEDED: starts a recovery or resync that has work and is not
+                // running (one that stopped for want of a readable leg, or held by "frozen"); else nothing to do.
+                lock (_lock)
+                {
+                    if (!_sync.IsCompleted)
+                    {
+                        throw new AttributeException(path, AttributeErrno.EBUSY, $"{_name}: a sync runs (sync_action: {_syncAction}); write idle or frozen to stop it first");
+                    }
+
+                    _frozen = false;
+                }
+
+                KickSync();
+                break;
+            default:
+                throw new AttributeException(path, AttributeErrno.EINVAL, $"'{action}' is not check, repair, recover, resync, idle or frozen");
         }
     }
 

@@ -12,7 +12,7 @@ public sealed partial class MirrorTarget
     {
         lock (_lock)
         {
-            if (_failed || _stop.IsCancellationRequested || !HasRecoverWork())
+            if (_failed || _stop.IsCancellationRequested || _frozen || !HasRecoverWork())
             {
                 return;
             }
@@ -26,6 +26,35 @@ public sealed partial class MirrorTarget
             _syncAction = RecoverName;
             _sync = Task.Run(SyncLoopAsync);
         }
+    }
+
+    // md's frozen_sync_thread: sets MD_RECOVERY_FROZEN, interrupts the sync running (a check or
+    // repair as sync_action "idle" stops it, a recovery or resync at its next chunk or in its
+    // throttle's wait) and returns once it has stopped.
+    private async Task FreezeSyncAsync()
+    {
+        Task running;
+        CancellationTokenSource? stop;
+        lock (_lock)
+        {
+            _frozen = true;
+            running = _sync;
+            stop = running.IsCompleted ? null : _syncAction is "check" or "repair" ? _checkStop : _passStop;
+        }
+
+        if (stop is not null)
+        {
+            try
+            {
+                await stop.CancelAsync().ConfigureAwait(false);
+            }
+            catch (ObjectDisposedException)
+            {
+                // The pass ended meanwhile; the loop sees the freeze before the next one.
+            }
+        }
+
+        await running.ConfigureAwait(false);
     }
 
     private async Task SyncLoopAsync()
@@ -46,7 +75,7 @@ public sealed partial class MirrorTarget
 
                     // A leg that failed between the check's start and here would have interrupted it.
                     check &= _state.All(s => s == MirrorLegState.InSync);
-                    if (_failed || _stop.IsCancellationRequested || (!check && !HasRecoverWork()))
+                    if (_failed || _stop.IsCancellationRequested || _frozen || (!check && !HasRecoverWork()))
                     {
                         _syncAction = "idle";
                         _syncDone = _syncTotal = 0;
@@ -124,7 +153,7 @@ public sealed partial class MirrorTarget
                 {
                     // A recover that found no leg to copy from stops; a re-add (of the rebuilding
                     // leg too) or sync_action "recover" starts it again.
-                    if (!_syncAgain && (!finished || !HasRecoverWork()))
+                    if (_frozen || (!_syncAgain && (!finished || !HasRecoverWork())))
                     {
                         _syncAction = "idle";
                         _syncDone = _syncTotal = 0;
@@ -203,6 +232,7 @@ public sealed partial class MirrorTarget
 
         Notify(SyncStarted, started);
         var interruptedPass = false;
+        var frozen = false;
 
         // Under _lock: a leg this pass copies to, rebuilding since the pass started.
         bool Target(int leg)
@@ -234,7 +264,8 @@ public sealed partial class MirrorTarget
                 _stop.Token.ThrowIfCancellationRequested();
                 lock (_lock)
                 {
-                    interrupted = !PassHasTargets();
+                    frozen = _frozen;
+                    interrupted = frozen || !PassHasTargets();
                 }
 
                 if (interrupted)
@@ -259,16 +290,30 @@ public sealed partial class MirrorTarget
                 }
                 catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
                 {
+                    lock (_lock)
+                    {
+                        frozen = _frozen;
+                    }
+
                     interrupted = true;
                     break;
                 }
             }
 
-            if (interrupted)
+            if (interrupted && !frozen)
             {
                 // The region's end is not reached: its bit stays for the legs that did not get it.
                 interruptedPass = true;
                 break;
+            }
+
+            if (frozen)
+            {
+                // Frozen (sync_action "frozen"): stopped as by hand, at a chunk's end or in the
+                // throttle's wait after it. The regions it finished keep their bits cleared, the
+                // rest are owed still; no leg is declared in sync and a crash still owes its
+                // resync: the next pass (once unfrozen) goes on from there.
+                return (started.Action, MirrorSyncOutcome.Stopped);
             }
 
             lock (_lock)

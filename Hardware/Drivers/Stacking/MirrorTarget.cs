@@ -119,6 +119,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private bool _resyncAfterCrash;
     private ulong[] _crashPending = [];
     private CancellationTokenSource? _checkStop;
+
+    // md's MD_RECOVERY_FROZEN, under _lock: set by sync_action "frozen", which stops the sync
+    // running; no sync starts while it is set (a leg to rebuild waits, the mirror degraded), and
+    // "idle", "recover", "resync", "check" or "repair" clears it. Not kept across a restart.
+    private bool _frozen;
     private long _userIo;
     private int _readRotor;
 
@@ -212,14 +217,18 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// <summary>Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>).</summary>
     public long SyncSpeedMaxKiB { get; set; }
 
-    /// <summary>The sync running: <c>idle</c>, <c>resync</c> (making the legs equal after a crash), <c>recover</c> (rebuilding legs), <c>check</c> or <c>repair</c>.</summary>
+    /// <summary>
+    /// The sync running, as md's <c>sync_action</c> reads: <c>frozen</c> while syncs are held
+    /// (whatever is owed), else <c>idle</c>, <c>resync</c> (making the legs equal after a crash),
+    /// <c>recover</c> (rebuilding legs), <c>check</c> or <c>repair</c>.
+    /// </summary>
     public string SyncAction
     {
         get
         {
             lock (_lock)
             {
-                return _syncAction;
+                return _frozen ? "frozen" : _syncAction;
             }
         }
     }
@@ -570,9 +579,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         {
             if (_failed || _state.Any(s => s != MirrorLegState.InSync) || _resyncAfterCrash || !_sync.IsCompleted)
             {
-                throw new InvalidOperationException($"{_name}: {action} needs every leg in sync and no sync running (sync_action: {_syncAction}).");
+                throw new InvalidOperationException($"{_name}: {action} needs every leg in sync and no sync running (sync_action: {(_frozen ? "frozen" : _syncAction)}).");
             }
 
+            // md's action_store clears MD_RECOVERY_FROZEN for a check or repair.
+            _frozen = false;
             _checkRequested = true;
             _repair = repair;
             _checkStop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);

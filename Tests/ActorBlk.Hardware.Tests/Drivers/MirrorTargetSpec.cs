@@ -1924,6 +1924,116 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await AssertLegsEqual(second);
     }
 
+    // md's action_store: "frozen" stops the sync running and starts none (a leg to rebuild waits,
+    // the mirror degraded) until "idle", "recover", "resync", "check" or "repair" clears it; reading
+    // shows "frozen" first; while a sync runs "recover", "resync", "check" and "repair" are EBUSY.
+    // Writes still reach every leg and the bitmap still records them. Before, "frozen" was EINVAL.
+    [Fact]
+    public async Task Frozen_stops_a_recovery_and_holds_every_sync_until_idle_and_writes_meanwhile_are_copied_after()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        const string action = "block/md0/md/sync_action";
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        for (var r = 0; r < 6; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        await AwaitTimer(clock, mirror);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await AwaitTimer(clock, mirror);
+        Assert.Equal("recover\n", md.Attributes.Read(action));
+        foreach (var busy in new[] { "recover", "resync", "check", "repair" })
+        {
+            var error = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(action, busy));
+            Assert.Equal(Hardware.Sysfs.AttributeErrno.EBUSY, error.Errno);
+        }
+
+        // Frozen: the write returns once the recovery has stopped, with what it finished.
+        await md.Attributes.WriteAsync(action, "frozen\n");
+        Assert.True(mirror.SyncIdle.IsCompleted);
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        Assert.Equal("none\n", md.Attributes.Read("block/md0/md/sync_completed"));
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        Assert.Equal(1, mirror.Degraded);
+        var ended = Assert.IsType<MirrorSyncEnded>(events.All.Last());
+        Assert.Equal(("recover", MirrorSyncOutcome.Stopped), (ended.Action, ended.Outcome));
+        var owed = mirror.DirtyRegions();
+        Assert.InRange(owed, 1, 6);
+
+        // Held: writes reach both legs and the bitmap; time passes and nothing starts, nor does a
+        // re-add of the spare, a check (degraded: EBUSY, still frozen) or "frozen" again.
+        await md.WriteAsync(7 * Region, Stamp(7, 1));
+        Assert.Equal(Stamp(7, 1), await ReadRaw(b, 7 * Region, Block));
+        Assert.Equal(owed + 1, mirror.DirtyRegions());
+        clock.Advance(TimeSpan.FromSeconds(30));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        var check = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(action, "check"));
+        Assert.Equal(Hardware.Sysfs.AttributeErrno.EBUSY, check.Errno);
+        await md.Attributes.WriteAsync(action, "frozen");
+        Assert.True(mirror.SyncIdle.IsCompleted);
+        Assert.Null(mirror.CurrentSync);
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        Assert.Equal(owed + 1, mirror.DirtyRegions());
+
+        // Idle clears it: the recovery goes on with what is owed, the write made while frozen too.
+        await md.Attributes.WriteAsync(action, "idle");
+        Assert.Equal("recover\n", md.Attributes.Read(action));
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal("idle\n", md.Attributes.Read(action));
+        Assert.Equal(Stamp(5, 1), await ReadRaw(b, 5 * Region, Block));
+        await AssertLegsEqual(mirror);
+    }
+
+    [Fact]
+    public async Task Frozen_stops_a_check_and_recover_or_check_written_after_clears_it()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        var events = new MirrorEvents(mirror);
+        const string action = "block/md0/md/sync_action";
+
+        // Frozen with nothing running: a leg re-added meanwhile waits, "recover" clears it.
+        await md.Attributes.WriteAsync(action, "frozen");
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "faulty");
+        await md.WriteAsync(2 * Region, Stamp(2, 1));
+        await md.Attributes.WriteAsync("block/md0/md/dev-b/state", "re-add");
+        Assert.True(mirror.SyncIdle.IsCompleted);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        await md.Attributes.WriteAsync(action, "recover");
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(Stamp(2, 1), await ReadRaw(b, 2 * Region, Block));
+
+        // A check stopped by "frozen" ends stopped; "check" clears the freeze and runs one.
+        await md.Attributes.WriteAsync(action, "check");
+        await AwaitTimer(clock, mirror);
+        await md.Attributes.WriteAsync(action, "frozen");
+        Assert.True(mirror.SyncIdle.IsCompleted);
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        var stopped = Assert.IsType<MirrorSyncEnded>(events.All.Last());
+        Assert.Equal(("check", MirrorSyncOutcome.Stopped), (stopped.Action, stopped.Outcome));
+        await md.Attributes.WriteAsync(action, "check");
+        Assert.Equal("check\n", md.Attributes.Read(action));
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Done, mirror.Regions, 0), events.All.Last());
+        Assert.Equal("idle\n", md.Attributes.Read(action));
+    }
+
     private static void AssertStarted(object e, string action, string[] legs, int regions)
     {
         var started = Assert.IsType<MirrorSyncStarted>(e);
