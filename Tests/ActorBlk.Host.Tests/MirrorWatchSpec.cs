@@ -76,8 +76,10 @@ public sealed class MirrorWatchSpec : IAsyncLifetime
             await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
         }
 
+        // The copied region's bit is cleared at the recovery's next checkpoint (every 1/16 of
+        // the mirror), not at the region's end: until then a crash copies it again.
         Assert.Equal(1, mirror.ResyncedRegions);
-        Assert.Equal(2, mirror.DirtyRegions());
+        Assert.Equal(3, mirror.DirtyRegions());
 
         watch.Check();
         Assert.Contains("leg journal-leg1@127.0.0.1:4054 is back: re-added, resyncing 3 dirty regions of", lines[^1], StringComparison.Ordinal);

@@ -38,7 +38,9 @@ public sealed class MirrorAssemblyException : BlockDeviceException
 /// Superblock layout, little-endian: magic "ABLKMIR1" (8), version (4), role (4), legs (4),
 /// flags (4: bit 0 clean, set by an orderly stop), array id (16), generation (8), data offset (8), data bytes (8), region bytes (8),
 /// then per role (3 slots of 16 bytes from byte 72): state (1), padding (7), last generation the
-/// role was known in sync (8); an FNV-1a 64 checksum of bytes 0..4087 at byte 4088.
+/// role was known in sync (8; for a role being rebuilt, the last at which it was known to hold
+/// every region the bitmap does not record: its replacement or its recovery's last checkpoint,
+/// md's recovery_offset kept in the bitmap); an FNV-1a 64 checksum of bytes 0..4087 at byte 4088.
 /// </remarks>
 internal sealed class MirrorSuperblock
 {

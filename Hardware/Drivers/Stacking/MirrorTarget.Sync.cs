@@ -222,6 +222,9 @@ public sealed partial class MirrorTarget
             _passLegs = rebuilding;
             _passEpochs = epochs;
             _passStop = interrupt;
+            _copied.Clear();
+            _copiedLegs = rebuilding;
+            _copiedEpochs = epochs;
 
             // The legs copied to: the rebuilding ones and, after a crash, the in-sync legs but the first (the source).
             var source = Array.IndexOf(_state, MirrorLegState.InSync);
@@ -241,6 +244,9 @@ public sealed partial class MirrorTarget
             return k >= 0 && RebuildingSince(leg, epochs[k]);
         }
 
+        var checkpointEvery = Math.Max(1, Regions / 16);
+        var checkpointRegion = -1;
+        var checkpointAt = _time.GetTimestamp();
         var throttle = new Throttle(this);
         using var buffer = new AlignedBuffer(SyncChunkBytes, Math.Max(AlignedBuffer.PageAlignment, _legs.Max(l => l.MemoryAlignment)));
         foreach (var r in dirty)
@@ -276,6 +282,7 @@ public sealed partial class MirrorTarget
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
                 if (!await CopyChunkAsync(r, Target, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
+                    await CheckpointAsync().ConfigureAwait(false);
                     return (started.Action, MirrorSyncOutcome.NoSource);
                 }
 
@@ -310,9 +317,10 @@ public sealed partial class MirrorTarget
             if (frozen)
             {
                 // Frozen (sync_action "frozen"): stopped as by hand, at a chunk's end or in the
-                // throttle's wait after it. The regions it finished keep their bits cleared, the
-                // rest are owed still; no leg is declared in sync and a crash still owes its
-                // resync: the next pass (once unfrozen) goes on from there.
+                // throttle's wait after it. The regions it finished are checkpointed, the rest
+                // are owed still; no leg is declared in sync and a crash still owes its resync:
+                // the next pass (once unfrozen) goes on from there.
+                await CheckpointAsync().ConfigureAwait(false);
                 return (started.Action, MirrorSyncOutcome.Stopped);
             }
 
@@ -338,13 +346,29 @@ public sealed partial class MirrorTarget
                 // (re-added after it started), keeps it: the bit is what its recovery copies. A
                 // write in flight keeps it too: should it fail on a leg, that leg is faulty and
                 // owed the region (outside audits found both losing acknowledged writes).
-                if (_regionWrites[r] == 0 && !CrashPendingRegion(r)
+                // While the pass rebuilds legs, the bit is cleared at its next checkpoint, which
+                // asks the same then (CheckpointLocked): the clearing of a bit a rebuilding leg
+                // was owed is then always written with a generation that leg's superblock gets.
+                if (rebuilding.Length > 0)
+                {
+                    _copied.Add(r);
+                }
+                else if (_regionWrites[r] == 0 && !CrashPendingRegion(r)
                     && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || Target(i)))
                 {
                     _bits[r >> 6] &= ~(1UL << (r & 63));
                     _clearedUnflushed[r >> 6] |= 1UL << (r & 63);
                     _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
                 }
+            }
+
+            // md's recovery checkpoint (md_do_sync records recovery_offset every 1/16 of the device
+            // or 5 minutes): the regions copied since the last one go into the bitmap on the legs.
+            if (rebuilding.Length > 0 && (r - checkpointRegion >= checkpointEvery || _time.GetElapsedTime(checkpointAt) >= RecoveryCheckpointInterval))
+            {
+                await CheckpointAsync().ConfigureAwait(false);
+                checkpointRegion = r;
+                checkpointAt = _time.GetTimestamp();
             }
         }
 
@@ -354,6 +378,10 @@ public sealed partial class MirrorTarget
             // Interrupted in a region, or between regions: every leg it copied to failed (the
             // regions left were skipped, owed to nobody the pass still had).
             outcome = interruptedPass || (rebuilding.Length > 0 && !rebuilding.Any(Target)) ? MirrorSyncOutcome.Interrupted : MirrorSyncOutcome.Done;
+
+            // Not checkpointed: the legs copied to are in sync now (their bits then go with every
+            // leg in sync), or failed (and are owed them).
+            _copied.Clear();
             var changed = _resyncAfterCrash;
             _resyncAfterCrash = false;
             _crashPending = [];
@@ -384,6 +412,64 @@ public sealed partial class MirrorTarget
 
         await PersistAsync(superblocks: true).ConfigureAwait(false);
         return (started.Action, outcome);
+    }
+
+    // md checkpoints a recovery at least this often (UPDATE_FREQUENCY), besides every 1/16 of the device.
+    private static readonly TimeSpan RecoveryCheckpointInterval = TimeSpan.FromMinutes(5);
+
+    private async Task CheckpointAsync()
+    {
+        bool any;
+        lock (_lock)
+        {
+            any = CheckpointLocked();
+        }
+
+        if (any)
+        {
+            await PersistAsync(superblocks: true).ConfigureAwait(false);
+        }
+    }
+
+    // Under _lock. md's recovery_offset, kept in the bitmap: the bits of the regions the recovery
+    // copied since the last checkpoint are cleared (each with no write in flight on it and every leg
+    // in sync or still rebuilding in this pass, as at a region's end), and the generation is bumped
+    // with each leg still rebuilding recorded at it (its slot's LastInSync): the persist that follows
+    // flushes every leg before it writes the cleared bits, then writes the superblocks, the in-sync
+    // legs' first. A restart or re-add then copies only the regions still set, and only to a leg whose
+    // superblock holds that generation: a leg that missed a checkpoint (it failed during it, or it
+    // is an older copy of the device) is copied whole, as a leg older than its slot's LastInSync
+    // always is. True when a bit was cleared (the caller persists).
+    private bool CheckpointLocked()
+    {
+        var targets = Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k]).ToArray();
+        var cleared = false;
+        foreach (var r in _copied)
+        {
+            var bit = 1UL << (r & 63);
+            if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && !CrashPendingRegion(r)
+                && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || targets.Contains(i)))
+            {
+                _bits[r >> 6] &= ~bit;
+                _clearedUnflushed[r >> 6] |= bit;
+                _pageVersion[r / (MirrorSuperblock.BitmapPageBytes * 8)]++;
+                cleared = true;
+            }
+        }
+
+        _copied.Clear();
+        if (!cleared || _failed)
+        {
+            return cleared;
+        }
+
+        _generation++;
+        foreach (var t in targets)
+        {
+            _lastInSync[t] = _generation;
+        }
+
+        return true;
     }
 
     // Times a source read that failed (a bad sector, not a lost leg) is tried again before the next

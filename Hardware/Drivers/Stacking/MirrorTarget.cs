@@ -110,6 +110,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private int[] _passLegs = [];
     private long[] _passEpochs = [];
 
+    // Under _lock: regions a recovery finished since its last checkpoint, whose bits it clears at
+    // the next (CheckpointLocked), and the legs it copies to with their epochs at its start. Left
+    // by a pass the mirror's stop ended, for StopAsync to checkpoint; a crash loses them (the bits
+    // stay set: copied again).
+    private readonly List<int> _copied = [];
+    private int[] _copiedLegs = [];
+    private long[] _copiedEpochs = [];
+
     // Set at a start after a crash (no clean stop, bits set): the in-sync legs are being made equal
     // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out). The legs stay
     // in sync meanwhile, as in md: each holds every acknowledged write, and they may differ only in
@@ -693,6 +701,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 return;
             }
 
+            // The recovery's last checkpoint, of what it copied before the stop.
+            CheckpointLocked();
             if (_state.All(s => s == MirrorLegState.InSync))
             {
                 ClearBitsOfIdleRegions();

@@ -578,17 +578,18 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             await md.WriteAsync(r * Region, Stamp(r, 1));
         }
 
-        // Its superblock and three chunks, then it is gone again.
+        // Its superblock and two chunks (before the recovery's first checkpoint, after its
+        // third region), then it is gone again.
         fb.Dead = false;
-        fb.DieAfterWrites(4);
+        fb.DieAfterWrites(3);
         await mirror.ReAddAsync(1);
         await mirror.SyncIdle.WaitAsync(Patience);
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
         Assert.Equal(1, mirror.Degraded);
 
-        // The three regions it got before it died again are owed to it still: no flush made
+        // The two regions it got before it died again are owed to it still: no flush made
         // them durable on it, and its volatile cache may have lost them.
-        Assert.Equal(3, mirror.ResyncedRegions);
+        Assert.Equal(2, mirror.ResyncedRegions);
         Assert.Equal(8, mirror.DirtyRegions());
         await md.WriteAsync(9 * Region, Stamp(9, 1));
 
@@ -597,7 +598,42 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await mirror.ReAddAsync(1);
         await mirror.SyncIdle.WaitAsync(Patience);
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
-        Assert.Equal(3 + 9, mirror.ResyncedRegions);
+        Assert.Equal(2 + 9, mirror.ResyncedRegions);
+        await AssertLegsEqual(mirror);
+    }
+
+    // The recovery's checkpoint after its third region flushes the legs, clears those bits and
+    // writes a new generation, the rebuilding leg recorded at it: the leg dying at that very
+    // superblock write holds an older one, so whatever the bitmap says it is copied whole when it
+    // comes back (it may be another copy of the device than the one the checkpoint flushed).
+    [Fact]
+    public async Task A_leg_dying_at_the_superblock_write_of_a_recovery_checkpoint_is_copied_whole_when_it_comes_back()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options());
+        var md = Serve(mirror);
+        fb.Dead = true;
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // Its superblock and three chunks, then the checkpoint: the flush, then its superblock fails.
+        fb.Dead = false;
+        fb.DieAfterWrites(4);
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        Assert.Equal(3, mirror.ResyncedRegions);
+        Assert.Equal(5, mirror.DirtyRegions());
+
+        fb.DieAfterWrites(long.MaxValue);
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+        await mirror.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(3 + mirror.Regions, mirror.ResyncedRegions);
         await AssertLegsEqual(mirror);
     }
 
@@ -1848,6 +1884,146 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             events.All,
             e => AssertStarted(e, "check", ["a", "b"], mirror.Regions),
             e => Assert.Equal(new MirrorSyncEnded("check", MirrorSyncOutcome.Stopped, 2, 0), e));
+    }
+
+    // md keeps a recovery's progress (recovery_offset) at checkpoints; here the bitmap does: every
+    // 1/16 of the mirror the regions copied are flushed on every leg, their bits cleared on the
+    // in-sync legs and a new generation written, the rebuilding leg recorded at it. A crash then
+    // costs only the regions since the last checkpoint. Before, a recovery with no write during
+    // it left every bit set on the legs, and the restart copied every region again.
+    [Fact]
+    public async Task A_crash_in_the_middle_of_a_recovery_resumes_from_its_last_checkpoint()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        for (var r = 0; r < (LegBytes - MirrorSuperblock.DataOffset) / Region; r++)
+        {
+            await a.WriteAsync(MirrorSuperblock.DataOffset + (r * Region), Stamp(r, 1));
+        }
+
+        var clock = new ManualTimeProvider();
+        var slow = Options(assumeClean: false) with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock);
+        Assert.Equal(MirrorLegState.Rebuilding, first.LegState(1));
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        var owed = first.DirtyRegions();
+        Assert.InRange(owed, first.Regions - 20, first.Regions - 15);
+
+        // The node dies: no clean stop.
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+
+        // The restart's recovery waits on a clock of its own, so the bitmap read is seen before it
+        // checkpoints anything.
+        var copiedBefore = fb.DataBytesWritten;
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock2);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(owed, second.DirtyRegions());
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(owed, second.ResyncedRegions);
+        Assert.Equal(owed * Region, fb.DataBytesWritten - copiedBefore);
+        await AssertLegsEqual(second);
+    }
+
+    // A new leg that drops out during its first copy keeps what was checkpointed; writes while it
+    // is out set their bits, below the checkpoint too, and its re-add copies those and the regions
+    // not yet copied, nothing more. Before, its failure set again every bit cleared since the last
+    // flush (none, with no write during the copy), and it started over.
+    [Fact]
+    public async Task A_new_leg_that_drops_out_during_its_first_copy_resumes_and_gets_the_writes_made_while_it_was_out()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, fc) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock);
+        var md = Serve(mirror);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        await mirror.FailLegAsync(1);
+        await mirror.ReplaceLegAsync(1, c);
+        while (mirror.SyncProgress.Done < 13 * Region)
+        {
+            await AwaitTimer(clock, mirror);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        // c is gone: the recovery's next copy fails on it (not its next checkpoint, after the
+        // 15th region: a leg failing that is copied whole, as above).
+        await AwaitTimer(clock, mirror);
+        fc.Dead = true;
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+        await md.WriteAsync(2 * Region, Stamp(2, 2));
+        await md.WriteAsync(40 * Region, Stamp(40, 1));
+        var owed = mirror.DirtyRegions();
+        Assert.InRange(owed, mirror.Regions - 13, mirror.Regions - 8);
+
+        fc.Dead = false;
+        var copiedBefore = fc.DataBytesWritten;
+        await mirror.ReAddAsync(1);
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(owed * Region, fc.DataBytesWritten - copiedBefore);
+        Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
+        Assert.Equal(Stamp(40, 1), await ReadRaw(c, 40 * Region, Block));
+        Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
+        await AssertLegsEqual(mirror);
+    }
+
+    // Resuming trusts the bitmap only for the leg that took every checkpoint: an older copy of a
+    // rebuilding leg (its device restored from a snapshot taken mid-recovery) holds a generation
+    // older than the last checkpoint, misses the regions copied since, and is copied whole.
+    [Fact]
+    public async Task An_older_copy_of_a_rebuilding_leg_put_back_before_a_restart_is_copied_whole()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        for (var r = 0; r < (LegBytes - MirrorSuperblock.DataOffset) / Region; r++)
+        {
+            await a.WriteAsync(MirrorSuperblock.DataOffset + (r * Region), Stamp(r, 1));
+        }
+
+        var clock = new ManualTimeProvider();
+        var slow = Options(assumeClean: false) with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock);
+        while (first.SyncProgress.Done < 8 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        var snapshot = new byte[LegBytes];
+        await b.ReadAsync(0, snapshot);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+        await b.WriteAsync(0, snapshot);
+
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], Options(assumeClean: false));
+        await second.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(second.Regions, second.ResyncedRegions);
+        await AssertLegsEqual(second);
     }
 
     // md's raid1_run owes no resync when one disk works (recovery_cp = MaxSector): a crash in the
