@@ -151,27 +151,39 @@ public sealed class AmbiguousClusterDeviceException(string message, IReadOnlyLis
 }
 
 /// <summary>
-/// One node's value in the registry's replicated map: every device the node owns, written whole
-/// by that node alone. The map is keyed by <see cref="Key"/> (<c>host:port#uid</c>), so a device
-/// that goes away is a new value of its node's entry, never a removal of a key: a last-writer-wins
-/// register orders one writer's values by its own clock, and a late copy of an older value cannot
-/// bring a destroyed device back. Keys are removed only for members that are gone.
+/// One signed value of the registry's replicated maps, written by its node alone and keyed by
+/// <see cref="Key"/> (<c>host:port#uid</c>) in every map. A node's devices are spread over
+/// <see cref="Buckets"/> bucket maps by <see cref="BucketOf"/> (a stable hash of the device name),
+/// so that one device's change rewrites one bucket's entry, whose size stays far under a remoting
+/// frame; the node's header (<see cref="Bucket"/> = <see cref="Header"/>, no devices) in the header
+/// map says that the incarnation publishes and whether its block layer failed. A device that goes
+/// away is a new value of its bucket's entry, never a removal of a key: a last-writer-wins register
+/// orders one writer's values by its own clock, and a late copy of an older value cannot bring a
+/// destroyed device back. Keys are removed only for members that are gone.
 /// </summary>
 /// <param name="Node">The owner node's remoting endpoint, <c>host:port</c>.</param>
 /// <param name="NodeUid">The owner node's incarnation.</param>
-/// <param name="Devices">The node's devices, sorted by name.</param>
+/// <param name="Devices">The node's devices of this bucket, sorted by name (none in a header).</param>
 /// <param name="Signature">HMAC-SHA256 of the entry with the admin secret (<see cref="Sign"/>), or null without a secret.</param>
 /// <param name="Failed">
 /// True when the node's block layer failed (<see cref="BlockLayer.FailureReason"/>): its devices
 /// are gone by a failure, not by its choice, though the node withdraws them as it shuts down.
 /// </param>
-internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices, byte[]? Signature = null, bool Failed = false) : IActorBlkMessage
+/// <param name="Bucket">The bucket map the entry belongs in (0 to <see cref="Buckets"/> - 1), or <see cref="Header"/>.</param>
+internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevice[] Devices, byte[]? Signature = null, bool Failed = false, int Bucket = ClusterNodeDevices.Header) : IActorBlkMessage
 {
+    /// <summary>How many bucket maps a node's devices are spread over.</summary>
+    public const int Buckets = 64;
+
+    /// <summary>The <see cref="Bucket"/> of a node's header entry.</summary>
+    public const int Header = -1;
+
     /// <summary>
-    /// This entry signed with the cluster's admin secret (HMAC-SHA256 over every field), or
-    /// unsigned when no secret is set. Members share the secret; a peer without it cannot write an
-    /// entry members believe (Distributed Data does not authenticate the node a write claims to
-    /// come from: an outside audit redirected a device's I/O to its own NBD server that way).
+    /// This entry signed with the cluster's admin secret (HMAC-SHA256 over every field, the bucket
+    /// included), or unsigned when no secret is set. Members share the secret; a peer without it
+    /// cannot write an entry members believe, nor move a signed one to another bucket (Distributed
+    /// Data does not authenticate the node a write claims to come from: an outside audit redirected
+    /// a device's I/O to its own NBD server that way).
     /// </summary>
     public ClusterNodeDevices Sign(byte[]? key) =>
         this with { Signature = key is null ? null : System.Security.Cryptography.HMACSHA256.HashData(key, Canonical()) };
@@ -187,9 +199,11 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
     {
         using var stream = new MemoryStream();
         using var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8);
-        writer.Write("actorblk-nodes/1");
+        writer.Write("actorblk-nodes/2");
         writer.Write(Node);
         writer.Write(NodeUid);
+        writer.Write(Bucket);
+        writer.Write(Failed);
         writer.Write(Devices.Length);
         foreach (var d in Devices)
         {
@@ -204,38 +218,72 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
             writer.Write(d.NbdEndpoint);
         }
 
-        if (Failed)
-        {
-            // After the devices, whose count comes first: unambiguous, and an entry of a node that
-            // did not fail signs as it always did.
-            writer.Write("failed");
-        }
-
         writer.Flush();
         return stream.ToArray();
     }
 
-    /// <summary>Most devices one node's entry may list (more marks the entry malformed).</summary>
-    public const int MaxDevices = 4096;
+    /// <summary>Most devices one bucket entry may list (more marks the entry malformed); a node may publish <see cref="Buckets"/> times this at most.</summary>
+    public const int MaxDevices = 1024;
 
-    /// <summary>The map key of a node's entry.</summary>
+    /// <summary>The map key of a node's entries.</summary>
     public static string KeyOf(string node, long uid) => $"{node}#{uid}";
 
     /// <summary>This entry's map key.</summary>
     public string Key => KeyOf(Node, NodeUid);
 
     /// <summary>
-    /// True when the entry and every device in it are within bounds and every device names this
-    /// entry's node and incarnation (the map is a network surface; a malformed entry is left out whole).
+    /// The bucket of a device name: FNV-1a (32 bits) of its UTF-8 bytes, modulo <see cref="Buckets"/>.
+    /// The same on every node and in every process (<see cref="string.GetHashCode()"/> is not).
+    /// </summary>
+    public static int BucketOf(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var hash = 2166136261u;
+        foreach (var b in System.Text.Encoding.UTF8.GetBytes(name))
+        {
+            hash = unchecked((hash ^ b) * 16777619u);
+        }
+
+        return (int)(hash % Buckets);
+    }
+
+    /// <summary>
+    /// True when the entry and every device in it are within bounds, a header lists no devices,
+    /// and every device belongs in this bucket and names this entry's node and incarnation (the
+    /// maps are a network surface; a malformed entry is left out whole).
     /// </summary>
     public bool IsWellFormed =>
         Node is { Length: > 0 and <= ClusterDevice.MaxNodeLength }
+        && Bucket is >= Header and < Buckets
         && Devices is { Length: <= MaxDevices }
-        && Devices.All(d => d is not null && d.IsWellFormed && d.Node == Node && d.NodeUid == NodeUid);
+        && (Bucket != Header || Devices.Length == 0)
+        && Devices.All(d => d is not null && d.IsWellFormed && d.Node == Node && d.NodeUid == NodeUid && BucketOf(d.Name) == Bucket);
 
-    /// <summary>True when <paramref name="other"/> lists the same devices for the same node.</summary>
+    /// <summary>
+    /// Bytes the entry takes at most on the wire, as a value in a replicator message (Hyperion's
+    /// strings with their lengths and each device's numbers, type reference and manifest, with a
+    /// margin; the entry's own envelope and the map's metadata): what a node's writes are paced by.
+    /// </summary>
+    internal int WireEstimate() => EntryOverhead + Devices.Sum(DeviceEstimate);
+
+    /// <summary>The bytes one device adds to an entry at most (<see cref="WireEstimate"/>).</summary>
+    public static int DeviceEstimate(ClusterDevice d) =>
+        DeviceOverhead + System.Text.Encoding.UTF8.GetByteCount(d.Name) + System.Text.Encoding.UTF8.GetByteCount(d.Node)
+        + System.Text.Encoding.UTF8.GetByteCount(d.State) + System.Text.Encoding.UTF8.GetByteCount(d.NbdEndpoint);
+
+    // Per device besides its strings: about 40 bytes measured (ListClusterDevices.Page), twice that
+    // for margin. Per entry: its node and signature, the dictionary's key, the register's clock and
+    // writer, the replicator's envelope and delta (about 400 bytes measured), with margin.
+    private const int DeviceOverhead = 80;
+    internal const int EntryOverhead = 1024;
+
+    /// <summary>True when <paramref name="other"/> lists the same devices for the same node, bucket and signature.</summary>
     public bool SameAs(ClusterNodeDevices? other) =>
-        other is not null && other.Node == Node && other.NodeUid == NodeUid && other.Failed == Failed
-        && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices)
+        other is not null && SameContent(other)
         && (other.Signature ?? []).AsSpan().SequenceEqual(Signature ?? []);
+
+    /// <summary>True when <paramref name="other"/> lists the same devices for the same node and bucket, whatever the signatures.</summary>
+    public bool SameContent(ClusterNodeDevices? other) =>
+        other is not null && other.Node == Node && other.NodeUid == NodeUid && other.Failed == Failed && other.Bucket == Bucket
+        && other.Devices is not null && Devices.AsSpan().SequenceEqual(other.Devices);
 }

@@ -1,4 +1,6 @@
+using System.Collections.Frozen;
 using System.Collections.Immutable;
+using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Queues;
@@ -12,45 +14,79 @@ namespace ActorBlk.Actors.Clustering;
 
 /// <summary>
 /// This node's part of the cluster-wide device registry (<c>/user/actorblk-registry</c>). The
-/// registry is one <see cref="LWWDictionary{TKey,TValue}"/> replicated by Akka.DistributedData with
-/// one entry per member, keyed <c>host:port#uid</c>: the <see cref="ClusterNodeDevices"/> of that
-/// member, written whole by that member alone (WriteLocal; gossip spreads it) when the block layer
-/// registers or forgets a device and whenever a periodic look at its devices finds a state that
-/// changed. A destroyed device is therefore a new value of its node's entry, ordered after the old
-/// one by the entry's last-writer-wins clock, and never a removal racing an update. Every node
-/// removes the entry of a member that is removed or downed; an entry of such a member that reaches
-/// a node later (gossip from a node that had not removed it yet) is removed when it arrives, so every
-/// replica converges on the same map. A node that finds its own entry missing or stale writes it
-/// again. The snapshot shows only well-formed entries (bounded fields) of members this node knows.
-/// Size: every write of the entry also reaches each peer as an uncompressed delta holding the whole
-/// entry (Akka.NET ignores <c>delta-crdt.enabled = off</c>), which the transport drops once the entry
-/// is over <c>maximum-frame-size</c> (about 1,200 devices); the replicas then converge through the
-/// gzip-compressed full-state gossip of the whole map alone (README, "Cluster", Size).
+/// registry is <see cref="ClusterNodeDevices.Buckets"/> + 1 <see cref="LWWDictionary{TKey,TValue}"/>s
+/// replicated by Akka.DistributedData, each with at most one entry per member, keyed
+/// <c>host:port#uid</c> and written by that member alone (WriteLocal; gossip spreads it): the
+/// header map (<see cref="Key"/>) holds each member's header, which says that the incarnation
+/// publishes and whether its block layer failed, and bucket map <c>i</c> (<see cref="BucketKeys"/>)
+/// holds the member's devices whose names hash to bucket <c>i</c> (<see cref="ClusterNodeDevices.BucketOf"/>),
+/// each entry signed on its own. A node rewrites only the bucket entries whose devices changed
+/// (when the block layer registers or forgets a device and when a periodic look at its devices finds
+/// a state that changed), so one device's change replicates as one bucket's entry: a few KB where
+/// the one entry per node of before replicated every device of the node at each change, and passed
+/// <c>maximum-frame-size</c> at about 1,200 devices (README, "Cluster", Size).
+/// Distributed Data sends each peer every delta written since the peer's last turn in one message,
+/// so the node paces its bucket writes: a burst of at most <see cref="RemoteSurface.MaxRemoteData"/>
+/// bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), and the next burst only once every peer
+/// has had its turn (<see cref="BurstWindow"/>). A destroyed device is a new value of its bucket's
+/// entry, ordered after the old one by the entry's last-writer-wins clock, and never a removal racing
+/// an update. Every node removes the entries of a member that is removed or downed, from every map;
+/// an entry of such a member that reaches a node later (gossip from a node that had not removed it
+/// yet) is removed when it arrives, so every replica converges on the same maps. A node that finds
+/// one of its own entries missing or stale writes it again. The snapshot shows the devices of the
+/// well-formed, signed bucket entries of members this node knows whose header stands.
 /// </summary>
 internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 {
     /// <summary>The actor's name under <c>/user</c>.</summary>
     public const string ActorName = "actorblk-registry";
 
-    /// <summary>The replicated map's key.</summary>
+    /// <summary>The header map's key: one header entry per member (<see cref="ClusterNodeDevices.Header"/>, no devices).</summary>
     public static readonly LWWDictionaryKey<string, ClusterNodeDevices> Key = new("actorblk-nodes");
+
+    /// <summary>The bucket maps' keys, <c>actorblk-nodes-00</c> to <c>actorblk-nodes-63</c>.</summary>
+    public static readonly ImmutableArray<LWWDictionaryKey<string, ClusterNodeDevices>> BucketKeys =
+        [.. Enumerable.Range(0, ClusterNodeDevices.Buckets).Select(i => new LWWDictionaryKey<string, ClusterNodeDevices>($"actorblk-nodes-{i:D2}"))];
+
+    private static readonly FrozenDictionary<string, int> BucketOfKey =
+        Enumerable.Range(0, ClusterNodeDevices.Buckets).ToFrozenDictionary(i => BucketKeys[i].Id, StringComparer.Ordinal);
+
+    private static readonly ImmutableDictionary<string, ClusterNodeDevices> NoEntries = ImmutableDictionary<string, ClusterNodeDevices>.Empty.WithComparers(StringComparer.Ordinal);
 
     private readonly BlockLayer _layer;
     private readonly AkkaCluster _cluster;
     private readonly IActorRef _replicator;
     private readonly TimeSpan _pollInterval;
+    private readonly TimeSpan _gossipInterval;
+    private readonly int _burstBytes;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private readonly string _self;
     private readonly HashSet<UniqueAddress> _gone = [];
     private readonly HashSet<UniqueAddress> _members = [];
     private readonly HashSet<string> _warnedUnverified = new(StringComparer.Ordinal);
-    private ClusterNodeDevices? _mine;
-    private ImmutableDictionary<string, ClusterNodeDevices> _map = ImmutableDictionary<string, ClusterNodeDevices>.Empty;
+    private readonly HashSet<int> _warnedFull = [];
+
+    // This node's entries: its header (written at once, it is small), what each bucket should hold
+    // (null: the bucket never held a device of this incarnation, and has no entry), what was last
+    // written to each, and the buckets waiting for a burst.
+    private ClusterNodeDevices? _header;
+    private readonly ClusterNodeDevices?[] _want = new ClusterNodeDevices?[ClusterNodeDevices.Buckets];
+    private readonly ClusterNodeDevices?[] _written = new ClusterNodeDevices?[ClusterNodeDevices.Buckets];
+    private readonly SortedSet<int> _dirty = [];
+    private long _nextBurst = long.MinValue;
+    private byte[]? _signedWith;
+
+    // The maps as this node's replicator has them, and the entries already checked (well-formed and
+    // signed with the current key: an entry's check is done once, not at every publish).
+    private ImmutableDictionary<string, ClusterNodeDevices> _headers = NoEntries;
+    private readonly ImmutableDictionary<string, ClusterNodeDevices>[] _buckets = [.. Enumerable.Repeat(NoEntries, ClusterNodeDevices.Buckets)];
+    private readonly ConditionalWeakTable<ClusterNodeDevices, object> _checked = [];
+    private bool _publishQueued;
     private bool _withdrawn;
 
     // The admin secret: entries are signed with it and entries without its signature are ignored.
     // A node without one (yet: an embedding application whose secret file appears later) looks
-    // again whenever it publishes its entry (every poll at least), as the cluster seal does, and
+    // again whenever it publishes its entries (every poll at least), as the cluster seal does, and
     // keeps the first it finds.
     private readonly Func<byte[]?>? _keyOf;
     private byte[]? _key;
@@ -62,11 +98,15 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         _cluster = AkkaCluster.Get(Context.System);
         _replicator = DistributedData.Get(Context.System).Replicator;
         _pollInterval = pollInterval;
+        var config = Context.System.Settings.Config;
+        _gossipInterval = config.GetTimeSpan("akka.cluster.distributed-data.gossip-interval", TimeSpan.FromSeconds(2));
+        _burstBytes = RemoteSurface.MaxRemoteData(config);
         _self = NodeName(_cluster.SelfAddress);
         _key = key;
         _keyOf = lookAgain;
 
         Receive<Changed>(HandleChanged);
+        Receive<PublishQueued>(_ => Publish());
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
         Receive<ClusterEvent.MemberDowned>(m => Prune(m.Member.UniqueAddress));
         Receive<ClusterEvent.IMemberEvent>(m =>
@@ -79,9 +119,10 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         Receive<ClusterEvent.CurrentClusterState>(_ => { });
         Receive<LocalDevicesChanged>(_ => PublishMine());
         Receive<Poll>(_ => PublishMine());
+        Receive<Burst>(_ => Flush());
         Receive<Withdraw>(_ => HandleWithdraw());
         Receive<UpdateSuccess>(_ => { });
-        Receive<UpdateTimeout>(t => Reply(t.Request, false));
+        Receive<UpdateTimeout>(_ => { });
         Receive<ModifyFailure>(f => _log.Warning("Device registry update failed: {0}", f.Cause.Message));
         Receive<StoreFailure>(_ => { });
     }
@@ -95,8 +136,122 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     public static Props Props(BlockLayer layer, TimeSpan pollInterval, byte[]? key, Func<byte[]?>? lookAgain = null) =>
         Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval, key, lookAgain));
 
-    // Without a key, look for the secret again: once found, this node's entry is signed with it
-    // (PublishMine writes it, its signature being new) and only signed entries count from then on.
+    /// <summary>
+    /// The least time between two bursts of bucket writes so that no delta message carries two
+    /// (<paramref name="peers"/>: the other members). The replicator sends its deltas every
+    /// gossip-interval / 5 (200 ms at least) to a slice of the nodes in turn, 2 to 10 of them
+    /// (Akka.NET's DeltaPropagationSelector.NodeSliceSize), each getting every delta written since
+    /// its last turn in one message; bursts further apart than the longest gap between two turns
+    /// of a node never meet in one message.
+    /// </summary>
+    internal static TimeSpan BurstWindow(TimeSpan gossipInterval, int peers)
+    {
+        var tick = TimeSpan.FromTicks(Math.Max(gossipInterval.Ticks / 5, TimeSpan.TicksPerMillisecond * 200));
+        var n = Math.Max(peers, 1);
+        var slice = Math.Min(Math.Max((n / 5) + 1, 2), Math.Min(n, 10));
+        var turns = (n + slice - 1) / slice;
+        return tick * (turns + 1);
+    }
+
+    /// <summary>
+    /// The buckets of <paramref name="dirty"/> (in order) that go in the next burst: as many as fit
+    /// in <paramref name="budget"/> bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), at least one.
+    /// </summary>
+    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, int budget)
+    {
+        var burst = new List<int>();
+        var used = 0L;
+        foreach (var bucket in dirty)
+        {
+            var bytes = entry(bucket).WireEstimate();
+            if (burst.Count > 0 && used + bytes > budget)
+            {
+                break;
+            }
+
+            burst.Add(bucket);
+            used += bytes;
+        }
+
+        return burst;
+    }
+
+    /// <summary>
+    /// A node's devices (sorted by name) as its <see cref="ClusterNodeDevices.Buckets"/> bucket
+    /// entries, unsigned. A bucket's devices past <see cref="ClusterNodeDevices.MaxDevices"/>, or past
+    /// <paramref name="budget"/> bytes, are left out (<c>full</c> lists those buckets): an entry that
+    /// large could not replicate.
+    /// </summary>
+    internal static (ClusterNodeDevices[] Buckets, List<int> Full) Split(string node, long uid, IEnumerable<ClusterDevice> devices, bool failed, int budget)
+    {
+        var lists = new List<ClusterDevice>[ClusterNodeDevices.Buckets];
+        var bytes = new long[ClusterNodeDevices.Buckets];
+        var full = new List<int>();
+        foreach (var device in devices)
+        {
+            var bucket = ClusterNodeDevices.BucketOf(device.Name);
+            var list = lists[bucket] ??= [];
+            var size = ClusterNodeDevices.DeviceEstimate(device);
+            if (list.Count >= ClusterNodeDevices.MaxDevices || ClusterNodeDevices.EntryOverhead + bytes[bucket] + size > budget)
+            {
+                if (!full.Contains(bucket))
+                {
+                    full.Add(bucket);
+                }
+
+                continue;
+            }
+
+            list.Add(device);
+            bytes[bucket] += size;
+        }
+
+        var entries = new ClusterNodeDevices[ClusterNodeDevices.Buckets];
+        for (var i = 0; i < entries.Length; i++)
+        {
+            entries[i] = new ClusterNodeDevices(node, uid, lists[i] is { } list ? [.. list] : [], Failed: failed, Bucket: i);
+        }
+
+        return (entries, full);
+    }
+
+    /// <summary>
+    /// The devices of the registry's maps that count, and the header entries that stand:
+    /// <list type="bullet">
+    /// <item>an entry counts only under its own map key (node and incarnation) and in its own map
+    /// (its <see cref="ClusterNodeDevices.Bucket"/>): the signature covers both, not where the entry
+    /// sits, so a signed entry copied under another node's key or into another bucket is not believed;</item>
+    /// <item>it must be <paramref name="believed"/> (well-formed, signed, of a known member that is not gone);</item>
+    /// <item>a bucket entry counts only while its node's header stands.</item>
+    /// </list>
+    /// </summary>
+    internal static (ClusterNodeDevices[] Headers, ClusterDevice[] Devices) Assemble(
+        IReadOnlyDictionary<string, ClusterNodeDevices> headers,
+        IReadOnlyList<IReadOnlyDictionary<string, ClusterNodeDevices>> buckets,
+        Func<ClusterNodeDevices, bool> believed)
+    {
+        var standing = headers.Where(kv => InPlace(kv.Key, kv.Value, ClusterNodeDevices.Header) && believed(kv.Value))
+            .ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+        var devices = new List<ClusterDevice>();
+        for (var i = 0; i < buckets.Count; i++)
+        {
+            foreach (var (key, entry) in buckets[i])
+            {
+                if (standing.ContainsKey(key) && InPlace(key, entry, i) && believed(entry))
+                {
+                    devices.AddRange(entry.Devices);
+                }
+            }
+        }
+
+        devices.Sort(static (x, y) => string.CompareOrdinal(x.Name, y.Name) is var byName and not 0 ? byName : string.CompareOrdinal(x.Node, y.Node));
+        return ([.. standing.Values], [.. devices]);
+    }
+
+    private static bool InPlace(string key, ClusterNodeDevices? entry, int bucket) => entry is not null && entry.Bucket == bucket && key == entry.Key;
+
+    // Without a key, look for the secret again: once found, this node's entries are signed with it
+    // (PublishMine writes them, their signatures being new) and only signed entries count from then on.
     private void LookForKey()
     {
         if (_key is not null || _keyOf is null)
@@ -123,15 +278,21 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
         if (_key is not null)
         {
-            _log.Info("Device registry: the admin secret appeared; this node's entry is signed with it and unsigned entries are ignored from now on");
+            _log.Info("Device registry: the admin secret appeared; this node's entries are signed with it and unsigned entries are ignored from now on");
+            // PublishMine, the caller, signs this node's entries again and publishes.
             _warnedUnverified.Clear();
-            Publish();
+            _checked.Clear();
         }
     }
 
     protected override void PreStart()
     {
         _replicator.Tell(Dsl.Subscribe(Key, Self));
+        foreach (var key in BucketKeys)
+        {
+            _replicator.Tell(Dsl.Subscribe(key, Self));
+        }
+
         _cluster.Subscribe(Self, ClusterEvent.SubscriptionInitialStateMode.InitialStateAsEvents, typeof(ClusterEvent.IMemberEvent));
         if (_pollInterval > TimeSpan.Zero)
         {
@@ -143,19 +304,19 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     protected override void PostStop() => _cluster.Unsubscribe(Self);
 
-    // This node's devices as its entry, from the block layer's registered devices.
-    private ClusterNodeDevices Describe()
+    // This node's devices, from the block layer's registered devices.
+    private List<ClusterDevice> Describe()
     {
         var uid = _cluster.SelfUniqueAddress.Uid;
+        var devices = new List<ClusterDevice>();
         if (_layer.FailureReason is not null)
         {
             // The layer failed: its devices serve nothing any more, and their loss is a failure
             // to the nodes that have them open, not the owner's choice.
-            return new ClusterNodeDevices(_self, uid, [], Failed: true).Sign(_key);
+            return devices;
         }
 
         var endpoint = _layer.NbdEndpoint;
-        var devices = new List<ClusterDevice>();
         foreach (var device in _layer.Devices)
         {
             if (_layer.IsImported(device.Name))
@@ -181,7 +342,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }
 
         devices.Sort((x, y) => string.CompareOrdinal(x.Name, y.Name));
-        return new ClusterNodeDevices(_self, uid, [.. devices]).Sign(_key);
+        return devices;
     }
 
     private void PublishMine()
@@ -193,56 +354,148 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
         LookForKey();
 
-        var now = Describe();
-        if (now.SameAs(_mine))
+        var uid = _cluster.SelfUniqueAddress.Uid;
+        var failed = _layer.FailureReason is not null;
+        var resign = !ReferenceEquals(_signedWith, _key);
+        _signedWith = _key;
+
+        var changed = false;
+        var header = new ClusterNodeDevices(_self, uid, [], Failed: failed);
+        if (resign || !header.SameContent(_header))
+        {
+            _header = header.Sign(_key);
+            WriteHeader(_header, WriteLocal.Instance, ask: null);
+            changed = true;
+        }
+
+        var (buckets, full) = Split(_self, uid, Describe(), failed, _burstBytes);
+        foreach (var bucket in full.Where(_warnedFull.Add))
+        {
+            _log.Warning(
+                "Device registry: this node has more devices in bucket {0} than one registry entry holds ({1} devices or {2} bytes); the other nodes do not see the rest (README, \"Cluster\", Size)",
+                bucket, ClusterNodeDevices.MaxDevices, _burstBytes);
+        }
+
+        for (var i = 0; i < buckets.Length; i++)
+        {
+            var want = buckets[i];
+            if ((want.Devices.Length == 0 && _want[i] is null) || (!resign && want.SameContent(_want[i])))
+            {
+                continue;
+            }
+
+            _want[i] = want.Sign(_key);
+            _dirty.Add(i);
+            changed = true;
+        }
+
+        if (changed)
+        {
+            Flush();
+            Publish();
+        }
+    }
+
+    // Writes the next burst of changed buckets now, or arms the timer for the time it may.
+    private void Flush()
+    {
+        if (_dirty.Count == 0 || _withdrawn)
         {
             return;
         }
 
-        _mine = now;
-        Write(now, WriteLocal.Instance, ask: null);
+        var now = Environment.TickCount64;
+        if (now < _nextBurst)
+        {
+            if (!Timers.IsTimerActive("burst"))
+            {
+                Timers.StartSingleTimer("burst", Burst.Instance, TimeSpan.FromMilliseconds(_nextBurst - now));
+            }
+
+            return;
+        }
+
+        foreach (var bucket in NextBurst(_dirty, b => _want[b]!, _burstBytes))
+        {
+            _dirty.Remove(bucket);
+            _written[bucket] = _want[bucket];
+            WriteBucket(bucket, _want[bucket]!, WriteLocal.Instance, ask: null);
+        }
+
+        var window = BurstWindow(_gossipInterval, _members.Count - 1);
+        _nextBurst = now + (long)window.TotalMilliseconds;
+        if (_dirty.Count > 0)
+        {
+            Timers.StartSingleTimer("burst", Burst.Instance, window);
+        }
     }
 
-    // Writes this node's entry whole. The register's clock orders it after every value this node
-    // wrote before, whatever order replicas receive them in.
-    private void Write(ClusterNodeDevices entry, IWriteConsistency consistency, IActorRef? ask)
+    // Writes one entry whole. The register's clock orders it after every value this node wrote to
+    // that map before, whatever order replicas receive them in.
+    private void WriteHeader(ClusterNodeDevices entry, IWriteConsistency consistency, object? ask) => Write(Key, entry, consistency, ask);
+
+    private void WriteBucket(int bucket, ClusterNodeDevices entry, IWriteConsistency consistency, object? ask) => Write(BucketKeys[bucket], entry, consistency, ask);
+
+    private void Write(LWWDictionaryKey<string, ClusterNodeDevices> key, ClusterNodeDevices entry, IWriteConsistency consistency, object? ask)
     {
         var self = _cluster.SelfUniqueAddress;
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, consistency, ask, map =>
+        _replicator.Tell(Dsl.Update(key, LWWDictionary<string, ClusterNodeDevices>.Empty, consistency, ask, map =>
             map.TryGetValue(entry.Key, out var had) && had.SameAs(entry) ? map : map.SetItem(self, entry.Key, entry)));
     }
 
     // Before the node leaves (coordinated shutdown, after its devices are destroyed): write this
-    // incarnation's entry with no devices and wait (bounded) for a majority to have it. The empty
-    // entry itself goes when the member is removed.
+    // incarnation's header and every bucket entry it wrote, with no devices, and wait (bounded: the
+    // writes run at once, each for 3 s at most) for a majority to have them all. The empty
+    // entries themselves go when the member is removed.
     private void HandleWithdraw()
     {
         _withdrawn = true;
-        var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, [], Failed: _layer.FailureReason is not null).Sign(_key);
-        _mine = empty;
-        var self = _cluster.SelfUniqueAddress;
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, new WriteMajority(TimeSpan.FromSeconds(3)), Sender,
-            map => map.SetItem(self, empty.Key, empty)));
+        Timers.Cancel("burst");
+        _dirty.Clear();
+        var failed = _layer.FailureReason is not null;
+        var uid = _cluster.SelfUniqueAddress.Uid;
+        var round = new WithdrawRound(Sender);
+        var majority = new WriteMajority(TimeSpan.FromSeconds(3));
+
+        _header = new ClusterNodeDevices(_self, uid, [], Failed: failed).Sign(_key);
+        WriteHeader(_header, majority, round);
+        round.Left++;
+        for (var i = 0; i < _written.Length; i++)
+        {
+            if (_written[i] is null)
+            {
+                _want[i] = null;
+                continue;
+            }
+
+            var empty = new ClusterNodeDevices(_self, uid, [], Failed: failed, Bucket: i).Sign(_key);
+            _want[i] = _written[i] = empty;
+            WriteBucket(i, empty, majority, round);
+            round.Left++;
+        }
+
+        Publish();
         Become(Withdrawing);
     }
 
     private void Withdrawing()
     {
         Receive<Withdraw>(_ => HandleWithdraw());
-        Receive<UpdateSuccess>(s => Reply(s.Request, true));
-        Receive<UpdateTimeout>(t => Reply(t.Request, false));
-        Receive<ModifyFailure>(f => Reply(f.Request, false));
+        Receive<UpdateSuccess>(s => Answered(s.Request, true));
+        Receive<UpdateTimeout>(t => Answered(t.Request, false));
+        Receive<ModifyFailure>(f => Answered(f.Request, false));
         Receive<Changed>(HandleChanged);
+        Receive<PublishQueued>(_ => Publish());
         Receive<ClusterEvent.MemberRemoved>(m => Prune(m.Member.UniqueAddress));
         Receive<ClusterEvent.MemberDowned>(m => Prune(m.Member.UniqueAddress));
         ReceiveAny(_ => { });
     }
 
-    private static void Reply(object? request, bool done)
+    private static void Answered(object? request, bool done)
     {
-        if (request is IActorRef asker)
+        if (request is WithdrawRound round)
         {
-            asker.Tell(done ? Withdrawn.Done : Withdrawn.TimedOut);
+            round.Answered(done);
         }
     }
 
@@ -254,20 +507,33 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             return;
         }
 
-        RemoveEntriesOf([member]);
+        RemoveEntriesOf(Key, _headers, [member], always: true);
+        for (var i = 0; i < BucketKeys.Length; i++)
+        {
+            RemoveEntriesOf(BucketKeys[i], _buckets[i], [member], always: false);
+        }
+
         Publish();
     }
 
-    private void RemoveEntriesOf(IReadOnlyCollection<UniqueAddress> members)
+    // Removes the members' entries from one map: from the header map always (a header may be on
+    // its way), from a bucket map when this node has an entry of theirs there (a bucket entry that
+    // arrives later is removed then, HandleChanged).
+    private void RemoveEntriesOf(LWWDictionaryKey<string, ClusterNodeDevices> key, ImmutableDictionary<string, ClusterNodeDevices> seen, IReadOnlyCollection<UniqueAddress> members, bool always)
     {
-        var self = _cluster.SelfUniqueAddress;
-        _replicator.Tell(Dsl.Update(Key, LWWDictionary<string, ClusterNodeDevices>.Empty, WriteLocal.Instance, map =>
+        if (!always && !seen.Values.Any(v => v is null || members.Any(m => IsOwner(m, v))))
         {
-            foreach (var (key, value) in map.Entries)
+            return;
+        }
+
+        var self = _cluster.SelfUniqueAddress;
+        _replicator.Tell(Dsl.Update(key, LWWDictionary<string, ClusterNodeDevices>.Empty, WriteLocal.Instance, map =>
+        {
+            foreach (var (entryKey, value) in map.Entries)
             {
                 if (value is null || members.Any(m => IsOwner(m, value)))
                 {
-                    map = map.Remove(self, key);
+                    map = map.Remove(self, entryKey);
                 }
             }
 
@@ -280,57 +546,121 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     private void HandleChanged(Changed changed)
     {
-        if (!changed.Key.Equals(Key))
+        LWWDictionaryKey<string, ClusterNodeDevices> key;
+        int bucket;
+        if (changed.Key.Equals(Key))
+        {
+            key = Key;
+            bucket = ClusterNodeDevices.Header;
+        }
+        else if (BucketOfKey.TryGetValue(changed.Key.Id, out bucket))
+        {
+            key = BucketKeys[bucket];
+        }
+        else
         {
             return;
         }
 
-        _map = changed.Get(Key).Entries.ToImmutableDictionary(StringComparer.Ordinal);
+        var map = changed.Get(key).Entries.ToImmutableDictionary(StringComparer.Ordinal);
+        if (bucket == ClusterNodeDevices.Header)
+        {
+            _headers = map;
+        }
+        else
+        {
+            _buckets[bucket] = map;
+        }
 
         // Entries of a member already removed or downed that arrived late: remove them here too.
-        var late = _gone.Where(g => _map.Values.Any(v => v is not null && IsOwner(g, v))).ToArray();
+        var late = _gone.Where(g => map.Values.Any(v => v is not null && IsOwner(g, v))).ToArray();
         if (late.Length > 0)
         {
-            RemoveEntriesOf(late);
+            RemoveEntriesOf(key, map, late, always: true);
         }
 
         // Own entry missing or stale (another node pruned it, or an older value arrived after a
-        // newer one was read here): write it again.
-        if (_mine is { } mine && (!_map.TryGetValue(mine.Key, out var seen) || !mine.SameAs(seen)))
+        // newer one was read here): write it again (a bucket in the next burst).
+        var mine = bucket == ClusterNodeDevices.Header ? _header : _written[bucket];
+        if (mine is not null && (!map.TryGetValue(mine.Key, out var seen) || !mine.SameAs(seen)))
         {
-            Write(mine, WriteLocal.Instance, ask: null);
+            if (bucket == ClusterNodeDevices.Header)
+            {
+                WriteHeader(mine, WriteLocal.Instance, ask: null);
+            }
+            else if (_withdrawn)
+            {
+                WriteBucket(bucket, mine, WriteLocal.Instance, ask: null);
+            }
+            else if (_dirty.Add(bucket))
+            {
+                Flush();
+            }
         }
 
-        Publish();
+        // One publish for the changes of many maps that arrive together.
+        if (!_publishQueued)
+        {
+            _publishQueued = true;
+            Self.Tell(PublishQueued.Instance);
+        }
+    }
+
+    // Well-formed, signed with this node's key, of a member this node knows that is not gone; not
+    // an entry of another incarnation at this node's address.
+    private bool Believed(ClusterNodeDevices entry, long selfUid) =>
+        Checked(entry)
+        && !_gone.Any(g => IsOwner(g, entry))
+        && (entry.Node != _self ? _members.Any(m => IsOwner(m, entry)) : entry.NodeUid == selfUid);
+
+    private bool Checked(ClusterNodeDevices entry)
+    {
+        if (_checked.TryGetValue(entry, out var ok))
+        {
+            return (bool)ok;
+        }
+
+        var good = entry.IsWellFormed && entry.IsSignedWith(_key);
+        _checked.AddOrUpdate(entry, good);
+        return good;
     }
 
     private void Publish()
     {
+        _publishQueued = false;
         var selfUid = _cluster.SelfUniqueAddress.Uid;
-        // An entry counts only under its own key: a signed entry copied under another key (the
-        // signature does not cover the map key) is not believed.
-        var entries = _map.Where(kv => kv.Value is not null && kv.Key == kv.Value.Key).Select(kv => kv.Value)
-            .Where(v => v.IsWellFormed && v.IsSignedWith(_key) && !_gone.Any(g => IsOwner(g, v)))
-            .Where(v => v.Node != _self || v.NodeUid == selfUid)
-            // Only entries of members this node knows (an entry whose owner has not been seen
-            // joining yet shows once its member event arrives).
-            .Where(v => (v.Node == _self && v.NodeUid == selfUid) || _members.Any(m => IsOwner(m, v)))
-            .ToArray();
+        var selfKey = ClusterNodeDevices.KeyOf(_self, selfUid);
+
+        // Others' entries from the maps; this node's own as it means them to be (its bursts reach
+        // its own replica no sooner than the peers').
+        var headers = _headers.Remove(selfKey);
+        var buckets = _buckets.Select(b => (IReadOnlyDictionary<string, ClusterNodeDevices>)b.Remove(selfKey)).ToList();
+        if (_header is { } header)
+        {
+            headers = headers.SetItem(selfKey, header);
+            for (var i = 0; i < buckets.Count; i++)
+            {
+                if (_want[i] is { } want)
+                {
+                    buckets[i] = ((ImmutableDictionary<string, ClusterNodeDevices>)buckets[i]).SetItem(selfKey, want);
+                }
+            }
+        }
+
+        var (entries, snapshot) = Assemble(headers, buckets, e => Believed(e, selfUid));
 
         // Before the snapshot: a watcher that finds a device gone asks whether its owner's entry
         // still stands (RemoteDevices: withdrawn by its owner, or pruned with its node).
         _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal), entries.Where(v => v.Failed).Select(v => v.Key));
-        var snapshot = entries
-            .SelectMany(v => v.Devices)
-            .OrderBy(v => v.Name, StringComparer.Ordinal)
-            .ThenBy(v => v.Node, StringComparer.Ordinal)
-            .ToArray();
+
         // Entries of members not signed with this node's secret: most likely a secret that differs.
-        // Only entries under their own key, as for the snapshot: an entry copied under another key
+        // Only entries in their own place, as for the snapshot: an entry copied under another key
         // must not make a member look misconfigured.
-        var unverified = _map
-            .Where(kv => kv.Value is { } v && kv.Key == v.Key && v.Node != _self && v.IsWellFormed && !v.IsSignedWith(_key) && _members.Any(m => IsOwner(m, v)))
-            .Select(kv => kv.Value.Node)
+        var unverified = _headers.Where(kv => InPlace(kv.Key, kv.Value, ClusterNodeDevices.Header))
+            .Concat(_buckets.SelectMany((map, i) => map.Where(kv => InPlace(kv.Key, kv.Value, i))))
+            .Select(kv => kv.Value)
+            .Where(v => v.Node != _self && v.IsWellFormed && !Checked(v) && _members.Any(m => IsOwner(m, v)))
+            .Select(v => v.Node)
             .Distinct(StringComparer.Ordinal)
             .Order(StringComparer.Ordinal)
             .ToArray();
@@ -376,5 +706,33 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private sealed record Poll
     {
         public static readonly Poll Instance = new();
+    }
+
+    private sealed record Burst
+    {
+        public static readonly Burst Instance = new();
+    }
+
+    private sealed record PublishQueued
+    {
+        public static readonly PublishQueued Instance = new();
+    }
+
+    // One Withdraw's writes: the asker is answered once every write was acknowledged by a
+    // majority (Done) or some timed out or failed (TimedOut).
+    private sealed class WithdrawRound(IActorRef asker)
+    {
+        private bool _allDone = true;
+
+        public int Left { get; set; }
+
+        public void Answered(bool done)
+        {
+            _allDone &= done;
+            if (--Left == 0)
+            {
+                asker.Tell(_allDone ? Withdrawn.Done : Withdrawn.TimedOut);
+            }
+        }
     }
 }

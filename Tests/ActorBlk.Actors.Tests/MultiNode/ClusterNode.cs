@@ -88,7 +88,7 @@ internal sealed class ClusterNode : IAsyncDisposable
             # node from being taken for a crashed one (and downed by the split-brain resolver); a real
             # crash is still detected within about 10 s, far inside the specs' liveness bounds.
             akka.cluster.failure-detector.acceptable-heartbeat-pause = 8s
-            akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms, delta-crdt.enabled = {{(shipped.GetBoolean("akka.cluster.distributed-data.delta-crdt.enabled", true) ? "on" : "off")}} }
+            akka.cluster.distributed-data { gossip-interval = 500ms, notify-subscribers-interval = 100ms, delta-crdt.enabled = {{(shipped.GetBoolean("akka.cluster.distributed-data.delta-crdt.enabled", true) ? "on" : "off")}}, max-delta-elements = {{shipped.GetInt("akka.cluster.distributed-data.max-delta-elements", 500)}} }
             # A test crash: the system stops without leaving the cluster.
             akka.coordinated-shutdown.run-by-actor-system-terminate = off
             actorblk.cluster.registry.poll-interval = 200ms

@@ -8,10 +8,11 @@ using Xunit;
 namespace ActorBlk.Actors.Tests.MultiNode;
 
 /// <summary>
-/// The registry's replicated value (README, "Cluster"): one entry per member holding all its
-/// devices, so that a destroyed device is a newer value of its node's entry rather than a key
-/// removal racing an update (a removal lost on one replica once left a destroyed device listed
-/// there), and entries that do not hold together are left out.
+/// The registry's replicated values (README, "Cluster"): one header entry per member and one entry
+/// per member in each bucket map holding its devices of that bucket, so that a destroyed device is
+/// a newer value of its bucket's entry rather than a key removal racing an update (a removal lost
+/// on one replica once left a destroyed device listed there), and entries that do not hold
+/// together, or sit where they were not written, are left out.
 /// </summary>
 public sealed class ClusterRegistryEntrySpec
 {
@@ -20,31 +21,50 @@ public sealed class ClusterRegistryEntrySpec
     private static ClusterDevice Device(string name, string state = ClusterDeviceStates.Live, string node = "127.0.0.1:4053", long uid = 17) =>
         new(name, node, uid, 1 << 20, 512, 1, false, state, string.Empty);
 
-    private static ClusterNodeDevices Entry(params ClusterDevice[] devices) => new("127.0.0.1:4053", 17, devices);
+    // Devices of one entry share its bucket (a device's name decides it).
+    private static ClusterNodeDevices Entry(params ClusterDevice[] devices) =>
+        new("127.0.0.1:4053", 17, devices, Bucket: devices is { Length: > 0 } && devices[0] is { } first ? ClusterNodeDevices.BucketOf(first.Name) : 0);
+
+    // Names that all fall in one bucket, the first's.
+    private static string[] SameBucket(int count)
+    {
+        var bucket = ClusterNodeDevices.BucketOf("sd0");
+        return [.. Enumerable.Range(0, int.MaxValue).Select(i => $"sd{i}").Where(n => ClusterNodeDevices.BucketOf(n) == bucket).Take(count)];
+    }
 
     [Fact]
     public void An_older_value_of_a_nodes_entry_that_arrives_late_does_not_bring_a_destroyed_device_back()
     {
         var key = Entry().Key;
+        var (sdb, sdc) = (SameBucket(2)[0], SameBucket(2)[1]);
         var empty = LWWDictionary<string, ClusterNodeDevices>.Empty;
-        var live = empty.SetItem(Owner, key, Entry(Device("sdb"), Device("sdc")));
-        var offline = live.SetItem(Owner, key, Entry(Device("sdb"), Device("sdc", ClusterDeviceStates.Offline)));
-        var destroyed = offline.SetItem(Owner, key, Entry(Device("sdb")));
+        var live = empty.SetItem(Owner, key, Entry(Device(sdb), Device(sdc)));
+        var offline = live.SetItem(Owner, key, Entry(Device(sdb), Device(sdc, ClusterDeviceStates.Offline)));
+        var destroyed = offline.SetItem(Owner, key, Entry(Device(sdb)));
 
         // A replica that has the newest value and then merges older ones (delta or full state, in
         // any order) keeps the newest; one that has an older value takes the newest when it comes.
         foreach (var merged in new[] { destroyed.Merge(offline), destroyed.Merge(live).Merge(offline), live.Merge(destroyed).Merge(offline), offline.Merge(destroyed) })
         {
-            Assert.Equal(["sdb"], merged.Entries[key].Devices.Select(d => d.Name));
+            Assert.Equal([sdb], merged.Entries[key].Devices.Select(d => d.Name));
         }
     }
 
     [Fact]
     public void An_entry_holds_together_only_with_bounded_fields_and_devices_of_its_own_node()
     {
+        var names = SameBucket(2);
         Assert.True(Entry().IsWellFormed);
-        Assert.True(Entry(Device("sdb"), Device("sdc")).IsWellFormed);
+        Assert.True(Entry(Device(names[0]), Device(names[1])).IsWellFormed);
         Assert.Equal("127.0.0.1:4053#17", Entry().Key);
+        Assert.True((Entry() with { Bucket = ClusterNodeDevices.Header }).IsWellFormed);
+
+        // A device in another bucket than its name's, a header that lists devices, a bucket out of range.
+        var elsewhere = Enumerable.Range(0, 1000).Select(i => $"sd{i}").First(n => ClusterNodeDevices.BucketOf(n) != ClusterNodeDevices.BucketOf(names[0]));
+        Assert.False(Entry(Device(names[0]), Device(elsewhere)).IsWellFormed);
+        Assert.False((Entry(Device(names[0])) with { Bucket = ClusterNodeDevices.Header }).IsWellFormed);
+        Assert.False((Entry() with { Bucket = ClusterNodeDevices.Buckets }).IsWellFormed);
+        Assert.False((Entry() with { Bucket = -2 }).IsWellFormed);
 
         // A device of another node or incarnation, a malformed device, or too many devices.
         Assert.False(Entry(Device("sdb", node: "127.0.0.1:4054")).IsWellFormed);
@@ -54,7 +74,9 @@ public sealed class ClusterRegistryEntrySpec
         Assert.False(Entry(null!).IsWellFormed);
         Assert.False(new ClusterNodeDevices("127.0.0.1:4053", 17, null!).IsWellFormed);
         Assert.False(new ClusterNodeDevices(new string('h', ClusterDevice.MaxNodeLength + 1), 17, []).IsWellFormed);
-        Assert.False(Entry(Enumerable.Range(0, ClusterNodeDevices.MaxDevices + 1).Select(i => Device($"d{i}")).ToArray()).IsWellFormed);
+        var many = SameBucket(ClusterNodeDevices.MaxDevices + 1);
+        Assert.True(Entry(many[..^1].Select(n => Device(n)).ToArray()).IsWellFormed);
+        Assert.False(Entry(many.Select(n => Device(n)).ToArray()).IsWellFormed);
     }
 
     [Fact]
@@ -66,6 +88,7 @@ public sealed class ClusterRegistryEntrySpec
         Assert.False(Entry().SameAs(new ClusterNodeDevices("127.0.0.1:4053", 18, [])));
         Assert.False(Entry().SameAs(null));
         Assert.False(Entry().SameAs(Entry() with { Failed = true }));   // the node's block layer failed
+        Assert.False(Entry().SameAs(Entry() with { Bucket = 1 }));
     }
 
     [Fact]
@@ -85,10 +108,57 @@ public sealed class ClusterRegistryEntrySpec
         Assert.False((signed with { Signature = new byte[32] }).IsSignedWith(key));
         Assert.False((signed with { Failed = true }).IsSignedWith(key));                        // a failure claimed by a forger
         Assert.True((Entry(Device("sdb")) with { Failed = true }).Sign(key).IsSignedWith(key));
+        Assert.False((signed with { Bucket = (signed.Bucket + 1) % ClusterNodeDevices.Buckets }).IsSignedWith(key));   // moved to another bucket
 
         // Without a secret (a cluster that set none) entries carry no signature and all are taken.
         Assert.Null(Entry().Sign(null).Signature);
         Assert.True(Entry().IsSignedWith(null));
+    }
+
+    [Fact]
+    public void A_signed_entry_counts_only_in_its_own_bucket_under_its_own_node_and_while_its_nodes_header_stands()
+    {
+        // Distributed Data takes any member's write of any key: a peer could copy a signed bucket
+        // entry into another bucket's map, or under another node's key, where its signature still
+        // checks (it covers the entry, not where it sits). Neither copy is believed.
+        var key = System.Text.Encoding.UTF8.GetBytes("the cluster's secret");
+        var sdb = Entry(Device("sdb")).Sign(key);
+        var header = (Entry() with { Bucket = ClusterNodeDevices.Header }).Sign(key);
+        var other = new ClusterNodeDevices("127.0.0.1:4054", 18, [], Bucket: ClusterNodeDevices.Header).Sign(key);
+        var elsewhere = (sdb.Bucket + 1) % ClusterNodeDevices.Buckets;
+        bool Believed(ClusterNodeDevices e) => e.IsWellFormed && e.IsSignedWith(key);
+
+        IReadOnlyDictionary<string, ClusterNodeDevices>[] Buckets(params (int Bucket, string Key, ClusterNodeDevices Entry)[] entries) =>
+            [.. Enumerable.Range(0, ClusterNodeDevices.Buckets).Select(i => (IReadOnlyDictionary<string, ClusterNodeDevices>)entries.Where(e => e.Bucket == i).ToDictionary(e => e.Key, e => e.Entry))];
+
+        var headers = new Dictionary<string, ClusterNodeDevices> { [header.Key] = header, [other.Key] = other };
+        var (standing, devices) = DeviceRegistryActor.Assemble(headers, Buckets((sdb.Bucket, sdb.Key, sdb)), Believed);
+        Assert.Equal(["sdb"], devices.Select(d => d.Name));
+        Assert.Equal([header.Key, other.Key], standing.Select(h => h.Key).Order(StringComparer.Ordinal));
+
+        // Copied into another bucket's map (its own place emptied), under another node's key, or
+        // with the bucket index changed to match (the signature then fails).
+        Assert.Empty(DeviceRegistryActor.Assemble(headers, Buckets((elsewhere, sdb.Key, sdb)), Believed).Devices);
+        Assert.Empty(DeviceRegistryActor.Assemble(headers, Buckets((sdb.Bucket, other.Key, sdb)), Believed).Devices);
+        Assert.Empty(DeviceRegistryActor.Assemble(headers, Buckets((elsewhere, sdb.Key, sdb with { Bucket = elsewhere })), Believed).Devices);
+
+        // A header copied under another key does not stand, a bucket entry without its header
+        // counts for nothing, and a bucket entry in the header map is no header.
+        Assert.Empty(DeviceRegistryActor.Assemble(new Dictionary<string, ClusterNodeDevices> { [other.Key] = header }, [], Believed).Headers);
+        Assert.Empty(DeviceRegistryActor.Assemble(new Dictionary<string, ClusterNodeDevices> { [other.Key] = other }, Buckets((sdb.Bucket, sdb.Key, sdb)), Believed).Devices);
+        Assert.Empty(DeviceRegistryActor.Assemble(new Dictionary<string, ClusterNodeDevices> { [sdb.Key] = sdb }, Buckets((sdb.Bucket, sdb.Key, sdb)), Believed).Devices);
+    }
+
+    [Fact]
+    public void A_device_falls_in_the_same_bucket_in_every_process()
+    {
+        // FNV-1a of the UTF-8 name: string.GetHashCode differs per process, and two nodes that
+        // put a device in different buckets would each see the other's copy in a wrong place.
+        Assert.Equal(ClusterNodeDevices.BucketOf("nullb0"), ClusterNodeDevices.BucketOf(new string("nullb0".ToCharArray())));
+        Assert.Equal((int)(0xe40c292cu % ClusterNodeDevices.Buckets), ClusterNodeDevices.BucketOf("a"));   // FNV-1a("a") = 0xe40c292c
+        var spread = Enumerable.Range(0, 6400).Select(i => ClusterNodeDevices.BucketOf($"volume-{i:D5}")).GroupBy(b => b).ToArray();
+        Assert.Equal(ClusterNodeDevices.Buckets, spread.Length);
+        Assert.All(spread, g => Assert.InRange(g.Count(), 50, 150));
     }
 
     [Fact]
