@@ -245,7 +245,20 @@ public sealed partial class HardwareContext
         var processed = i;
         if ((processed < batch.Length || status != BlockStatus.Ok) && queued > 0)
         {
-            driver.CommitRqs(this);
+            try
+            {
+                driver.CommitRqs(this);
+            }
+            catch (Exception ex)
+            {
+                // A driver bug, handled as a throw from QueueRq: the round's leftovers go back to
+                // the dispatch list and the fault stops the queue and reaches the supervisor.
+                // Before, the exception left the round: ring dispatch's loop thread died with it
+                // (the process aborted), and in mailbox dispatch the leftovers, already off the
+                // ring, were neither put back nor failed: their callers waited for ever and their
+                // tags stayed taken past the device's removal (an outside driver audit).
+                fault ??= ex;
+            }
         }
 
         return new DispatchOutcome(queued, processed, status, fault);
@@ -259,7 +272,7 @@ public sealed partial class HardwareContext
     {
         _dispatched[DispatchBucket(outcome.Queued)]++;
         var leftovers = batch[outcome.Processed..];
-        if (leftovers.IsEmpty)
+        if (leftovers.IsEmpty && outcome.Fault is null)
         {
             UpdateDispatchBusy(false);
             return HasWork ? DispatchDecision.RerunNow : DispatchDecision.Idle;

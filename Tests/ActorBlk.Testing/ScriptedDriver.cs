@@ -210,7 +210,17 @@ public sealed class ScriptedDriver : IBlockDriver
         return BlockStatus.Ok;
     }
 
-    public void CommitRqs(HardwareContext hctx) => CommitCalls++;
+    public void CommitRqs(HardwareContext hctx)
+    {
+        CommitCalls++;
+        if (ThrowOnCommit is { } ex)
+        {
+            throw ex;
+        }
+    }
+
+    /// <summary>Thrown from CommitRqs when set (a driver bug).</summary>
+    public Exception? ThrowOnCommit { get; set; }
 
     public int Poll(HardwareContext hctx)
     {

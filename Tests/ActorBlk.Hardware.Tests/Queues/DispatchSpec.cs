@@ -230,6 +230,70 @@ public sealed class DispatchSpec
         Assert.Equal(0, hctx.Tags.InUse);
     }
 
+    // A driver whose CommitRqs throws (a bug) is handled as one whose QueueRq throws: the round
+    // ends Faulted, its leftovers go back to the dispatch list and the queue stops for the
+    // supervisor's reset. Before, the exception left the round: ring dispatch's loop thread died
+    // with it (an unhandled exception, the process aborted), and in mailbox dispatch the
+    // leftovers, already taken off the ring, were lost with their tags (an outside driver audit).
+    [Fact]
+    public async Task A_driver_exception_from_CommitRqs_faults_the_round_and_keeps_its_leftovers()
+    {
+        var (queue, runtime, driver) = Create();
+        var ios = SubmitMany(queue, 4);
+        driver.Script(BlockStatus.Ok, BlockStatus.Ok, BlockStatus.Resource);
+        driver.ThrowOnCommit = new InvalidOperationException("driver bug in CommitRqs");
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+
+        var hctx = queue.HardwareContexts[0];
+        Assert.Equal(1, driver.CommitCalls);
+        Assert.True(hctx.IsStopped);
+        Assert.Same(driver.ThrowOnCommit, hctx.LastFault);
+        Assert.Equal(2, hctx.PendingCount); // the refused request and the one behind it
+        Assert.Equal(4, hctx.Tags.InUse);
+
+        driver.ThrowOnCommit = null;
+        hctx.StartQueue();
+        runtime.RunRound();
+        Assert.Equal(4, driver.InFlight.Count);
+        foreach (var rq in driver.InFlight.ToList())
+        {
+            Assert.True(rq.End(BlockStatus.Ok));
+        }
+
+        foreach (var io in ios)
+        {
+            Assert.Equal(BlockStatus.Ok, await io);
+        }
+
+        Assert.Equal(0, queue.DoubleCompletions);
+        Assert.Equal(0, queue.Usage.Count);
+        Assert.Equal(0, hctx.Tags.InUse);
+    }
+
+    // The same with nothing left over: the batch's last request ended with an error status, so
+    // CommitRqs ran after every request was consumed; its fault is still reported, not dropped.
+    [Fact]
+    public async Task A_driver_exception_from_CommitRqs_after_the_whole_batch_is_still_a_fault()
+    {
+        var (queue, runtime, driver) = Create();
+        var ios = SubmitMany(queue, 2);
+        driver.Script(BlockStatus.Ok, BlockStatus.IoError);
+        driver.ThrowOnCommit = new InvalidOperationException("driver bug in CommitRqs");
+
+        Assert.Equal(DispatchDecision.Faulted, runtime.RunRound());
+
+        var hctx = queue.HardwareContexts[0];
+        Assert.True(hctx.IsStopped);
+        Assert.Same(driver.ThrowOnCommit, hctx.LastFault);
+        Assert.Equal(0, hctx.PendingCount);
+        Assert.Equal(BlockStatus.IoError, await ios[1]);
+        Assert.True(Assert.Single(driver.InFlight).End(BlockStatus.Ok));
+        Assert.Equal(BlockStatus.Ok, await ios[0]);
+        Assert.Equal(0, queue.DoubleCompletions);
+        Assert.Equal(0, hctx.Tags.InUse);
+    }
+
     // The device goes offline while a round runs, after Issue looked, and the driver then fails
     // (an NBD connection dropped for good as a read was dispatched): SetOffline started the queue
     // before the round's fault stopped it, and the read, never started so never timed out, waited
