@@ -61,7 +61,9 @@ public enum DriverFeatures
 /// status, which ends the request with that status. <c>last</c> is true for the final request of a
 /// dispatch batch; when a batch stops early after at least one request was accepted the block
 /// layer calls <see cref="CommitRqs"/>, so a driver that defers its doorbell until <c>last</c>
-/// still rings it.
+/// still rings it. A request accepted without <see cref="Request.Start"/> is started by the block
+/// layer as <c>QueueRq</c> returns (<see cref="HardwareContext.UnstartedAccepted"/>), so its
+/// timeout and a removal still reach it; a completion sent before then is refused.
 /// </para>
 /// <para>
 /// Threading: all calls for one hardware queue come from one dispatcher at a time (its dispatch

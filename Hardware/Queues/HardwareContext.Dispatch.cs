@@ -217,6 +217,17 @@ public sealed partial class HardwareContext
 
             if (status == BlockStatus.Ok)
             {
+                // Accepted without Start (the driver broke the contract): the request is started
+                // here, so its deadline runs and a removal finds it among the driver's. Left idle,
+                // it was no one's: a completion the driver sent was refused as not in flight, no
+                // timeout ever looked at it, and a destroy failed nothing for it, so its caller
+                // waited for ever and its tag and usage reference outlived the device (an outside
+                // driver audit).
+                if (rq.Generation == generation && rq.TryStartForDriver(generation))
+                {
+                    Interlocked.Increment(ref _unstartedAccepted);
+                }
+
                 queued++;
                 continue;
             }

@@ -43,6 +43,7 @@ public sealed partial class HardwareContext
     private const int StateInactive = 1 << 3;
 
     private readonly long[] _dispatched = new long[DispatchOrder];
+    private long _unstartedAccepted;
     private readonly TagShareAccount _ownAccount = new();
     private Request? _dispatchHead;
     private Request? _dispatchTail;
@@ -152,6 +153,13 @@ public sealed partial class HardwareContext
 
     /// <summary>The exception a driver threw in the last faulted round, if any.</summary>
     public Exception? LastFault { get; private set; }
+
+    /// <summary>
+    /// Requests the driver accepted from <c>QueueRq</c> without calling <see cref="Request.Start"/>
+    /// (a contract violation), which the queue then started for it. A driver that keeps to the
+    /// contract leaves this at 0.
+    /// </summary>
+    public long UnstartedAccepted => Interlocked.Read(ref _unstartedAccepted);
 
     /// <summary>Histogram of requests queued per round: buckets 0, 1, 2, 4, 8, 16, 32+.</summary>
     public IReadOnlyList<long> DispatchedHistogram => _dispatched;

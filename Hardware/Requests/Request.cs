@@ -195,6 +195,30 @@ public sealed class Request
         Volatile.Write(ref _word, Word((uint)(word >> 32) + 1, RequestState.InFlight));
     }
 
+    /// <summary>
+    /// Starts the idle incarnation <paramref name="generation"/> for a driver that accepted it
+    /// without <see cref="Start"/> (a contract violation): false when it is no longer that idle
+    /// incarnation.
+    /// </summary>
+    internal bool TryStartForDriver(uint generation)
+    {
+        var queue = Queue;
+        var idle = Word(generation, RequestState.Idle);
+        if (queue is null || Volatile.Read(ref _word) != idle)
+        {
+            return false;
+        }
+
+        if (TimeoutMs <= 0)
+        {
+            TimeoutMs = queue.IoTimeoutMs;
+        }
+
+        Deadline = queue.Clock.NowMilliseconds + TimeoutMs;
+        Volatile.Write(ref _timedOut, 0);
+        return Interlocked.CompareExchange(ref _word, Word(generation + 1, RequestState.InFlight), idle) == idle;
+    }
+
     // Out of line: the message's formatting would otherwise cost the hot path a stack frame to clear.
     [DoesNotReturn]
     [MethodImpl(MethodImplOptions.NoInlining)]

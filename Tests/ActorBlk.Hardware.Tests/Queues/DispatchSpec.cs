@@ -294,6 +294,31 @@ public sealed class DispatchSpec
         Assert.Equal(0, hctx.Tags.InUse);
     }
 
+    // A driver that accepts a request without calling Start (it broke the contract) and then
+    // completes it: before, the request stayed idle, so the completion was refused, no timeout
+    // ever saw it and a removal failed nothing for it; its caller waited for ever and its tag
+    // and usage reference outlived the device. The queue now starts it for the driver: a
+    // completion after QueueRq returned ends it, and one that never comes is a timeout.
+    [Fact]
+    public async Task A_request_accepted_without_Start_is_started_for_the_driver()
+    {
+        var (queue, runtime, driver) = Create();
+        driver.StartRequests = false;
+        var io = TestQueues.Submit(queue, BlockOp.Read, 0, 8);
+
+        Assert.Equal(DispatchDecision.Idle, runtime.RunRound());
+
+        var hctx = queue.HardwareContexts[0];
+        var rq = Assert.Single(driver.InFlight);
+        Assert.Equal(RequestState.InFlight, rq.State);
+        Assert.Equal(1, hctx.UnstartedAccepted);
+        Assert.Equal(1, queue.InFlightCount);
+        Assert.True(rq.Complete(BlockStatus.Ok));
+        Assert.Equal(BlockStatus.Ok, await io);
+        Assert.Equal(0, queue.Usage.Count);
+        Assert.Equal(0, hctx.Tags.InUse);
+    }
+
     // The device goes offline while a round runs, after Issue looked, and the driver then fails
     // (an NBD connection dropped for good as a read was dispatched): SetOffline started the queue
     // before the round's fault stopped it, and the read, never started so never timed out, waited
