@@ -251,9 +251,21 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
     // would be from that CPU's interrupt.
     private DispatchOutcome Issue(ReadOnlySpan<Request> batch)
     {
-        if (!_initialised)
+        if (!_initialised && !_queue.IsOffline)
         {
-            _driver.InitHardwareContext(_hctx);
+            try
+            {
+                _driver.InitHardwareContext(_hctx);
+            }
+            catch (Exception ex)
+            {
+                // A driver bug, handled as a throw from QueueRq: nothing of the batch was issued,
+                // so all of it goes back to the dispatch list and the fault reaches the supervisor.
+                // Before, the exception left the turn with the batch already off the ring: its
+                // requests were lost with their tags (an outside driver audit).
+                return new DispatchOutcome(0, 0, BlockStatus.Ok, ex);
+            }
+
             _initialised = true;
         }
 

@@ -73,8 +73,10 @@ public enum DriverFeatures
 /// that started its request is still running (the scan waits for the rounds in progress first,
 /// as the kernel's timeout work waits for a quiesce grace period); <see cref="Poll"/> runs on the
 /// polling caller. Throwing <see cref="BlockDeviceErrorException"/> from <c>QueueRq</c> reports a
-/// device error to the driver's supervisor; any other exception from <c>QueueRq</c> or
-/// <see cref="CommitRqs"/> is reported the same way (a transient error: the device is reset).
+/// device error to the driver's supervisor; any other exception from <c>QueueRq</c>,
+/// <see cref="CommitRqs"/> or <see cref="InitHardwareContext"/> is reported the same way (a
+/// transient error: the device is reset, and <c>InitHardwareContext</c> runs again before the
+/// next <c>QueueRq</c>). An exception from <see cref="ExitHardwareContext"/> is ignored.
 /// </para>
 /// </remarks>
 public interface IBlockDriver : IDisposable

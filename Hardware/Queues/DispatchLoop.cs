@@ -337,14 +337,9 @@ internal sealed class DispatchLoop
         long rerunAt = 0;
         var stats = _hctx.Queue.Stats;
         var statsBatch = false;
+        var initialised = false;
         try
         {
-            _driver.InitHardwareContext(_hctx);
-
-            // Published before the loop can first announce that it sleeps (a full fence in Park).
-            Volatile.Write(ref _reaper, _hctx.Reaper);
-            _directReady = _directIssue && _reaper is null;
-
             // The loop's rounds account in one batch, flushed every StatsFlushEvery counts and
             // before the loop spins or sleeps (DiskStats.EnterBatch).
             statsBatch = _batchTime && stats.EnterBatch();
@@ -358,17 +353,27 @@ internal sealed class DispatchLoop
 
                 Volatile.Write(ref _kicked, 0);
 
-                // A submitter may be running a direct round: the loop's round waits for it.
-                AcquireOwner();
-                Volatile.Write(ref _ownedRounds, _ownedRounds + 1);
                 DispatchDecision decision;
-                try
+                if (!InitDriver(ref initialised))
                 {
-                    decision = RunRound(scratch, direct: false);
+                    // The driver's InitHardwareContext threw: the queue is stopped and the fault
+                    // goes to the supervisor; its reset starts the queue and the next pass tries
+                    // again.
+                    decision = DispatchDecision.Faulted;
                 }
-                finally
+                else
                 {
-                    Volatile.Write(ref _owner, 0);
+                    // A submitter may be running a direct round: the loop's round waits for it.
+                    AcquireOwner();
+                    Volatile.Write(ref _ownedRounds, _ownedRounds + 1);
+                    try
+                    {
+                        decision = RunRound(scratch, direct: false);
+                    }
+                    finally
+                    {
+                        Volatile.Write(ref _owner, 0);
+                    }
                 }
 
                 switch (decision)
@@ -412,7 +417,15 @@ internal sealed class DispatchLoop
             AcquireOwner();
             try
             {
-                _driver.ExitHardwareContext(_hctx);
+                if (initialised)
+                {
+                    _driver.ExitHardwareContext(_hctx);
+                }
+            }
+            catch (Exception)
+            {
+                // A driver bug at teardown: the queue is going away either way, and an exception
+                // here ended the loop's thread unhandled, aborting the process.
             }
             finally
             {
@@ -420,6 +433,35 @@ internal sealed class DispatchLoop
                 _exited.TrySetResult();
             }
         }
+    }
+
+    // Runs the driver's InitHardwareContext once, before the first round; false when it threw (a
+    // driver bug, handled as a device error: the queue stops and the loop reports the fault).
+    // Before, the exception ended the loop's thread unhandled and aborted the process. An offline
+    // queue's rounds only fail requests, so they run without it.
+    private bool InitDriver(ref bool initialised)
+    {
+        if (initialised || _hctx.Queue.IsOffline)
+        {
+            return true;
+        }
+
+        try
+        {
+            _driver.InitHardwareContext(_hctx);
+        }
+        catch (Exception ex)
+        {
+            _hctx.Fault(ex);
+            return false;
+        }
+
+        initialised = true;
+
+        // Published before the loop can first announce that it sleeps (a full fence in Park).
+        Volatile.Write(ref _reaper, _hctx.Reaper);
+        _directReady = _directIssue && _reaper is null;
+        return true;
     }
 
     // One round with the quiesce handshake (the caller owns the dispatcher).

@@ -297,22 +297,7 @@ public sealed partial class HardwareContext
         UpdateDispatchBusy(true);
         if (outcome.Fault is not null)
         {
-            LastFault = outcome.Fault;
-            StopQueue();
-
-            // The device went offline while this round ran, after Issue looked (a driver that
-            // failed because its connection had just been dropped for good): the start that
-            // SetOffline gives every hardware queue may have come before this stop, and nothing
-            // starts an offline queue again (its supervisor ignores device errors by then), so
-            // the leftovers, never started and so never timed out, would wait for ever. Start
-            // it: the next round fails them with Offline. StopQueue's interlocked write orders the
-            // stop before this read, and SetOffline marks the queue offline before it starts the
-            // queues, so either that start clears this stop or this read sees the queue offline.
-            if (Queue.IsOffline)
-            {
-                StartQueue();
-            }
-
+            Fault(outcome.Fault);
             return DispatchDecision.Faulted;
         }
 
@@ -322,6 +307,30 @@ public sealed partial class HardwareContext
         }
 
         return outcome.LastStatus == BlockStatus.Resource ? DispatchDecision.RerunAfterDelay : DispatchDecision.WaitForCompletion;
+    }
+
+    /// <summary>
+    /// The driver failed on this hardware queue (a round's QueueRq or CommitRqs threw, or its
+    /// InitHardwareContext did): the queue stops until the supervisor's reset starts it again.
+    /// The caller reports <see cref="LastFault"/> to the supervisor.
+    /// </summary>
+    internal void Fault(Exception fault)
+    {
+        LastFault = fault;
+        StopQueue();
+
+        // The device went offline while this round ran, after Issue looked (a driver that
+        // failed because its connection had just been dropped for good): the start that
+        // SetOffline gives every hardware queue may have come before this stop, and nothing
+        // starts an offline queue again (its supervisor ignores device errors by then), so
+        // the leftovers, never started and so never timed out, would wait for ever. Start
+        // it: the next round fails them with Offline. StopQueue's interlocked write orders the
+        // stop before this read, and SetOffline marks the queue offline before it starts the
+        // queues, so either that start clears this stop or this read sees the queue offline.
+        if (Queue.IsOffline)
+        {
+            StartQueue();
+        }
     }
 
     /// <summary>One whole round on the calling thread: take, issue, finish (ring mode's dispatch loop).</summary>

@@ -100,6 +100,43 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         AssertTagsFree(device);
     }
 
+    // An outside driver audit: a driver whose InitHardwareContext throws (a bug) aborted the
+    // process in ring dispatch (the exception ended the dispatch loop's thread unhandled), and in
+    // mailbox dispatch lost the batch it was about to issue, already off the ring: its callers
+    // waited for ever and its tags outlived the device. The throw is now a device error: the
+    // device is reset, the next dispatch initialises the hardware queue again, and the I/O runs.
+    [Fact]
+    public async Task A_driver_whose_InitHardwareContext_throws_is_reset_and_its_IO_completes()
+    {
+        var driver = new ScriptedDriver(extra: Resettable) { CompleteInline = true, ThrowOnInit = new InvalidOperationException("driver bug in init_hctx") };
+        var device = await Create(driver, "initfault", new DeviceOptions { SubmitQueues = 1 });
+
+        await EventFilter.Error(contains: "supervisor: Restart after InvalidOperationException").ExpectOneAsync(async () =>
+        {
+            await device.ReadAsync(0, new byte[512]).AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        });
+
+        Assert.Equal(2, driver.InitHardwareContextCalls);
+        Assert.Equal(1, driver.ResetCalls);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("initfault"));
+    }
+
+    // The same audit: an ExitHardwareContext that throws at teardown aborted the process in ring
+    // dispatch. The queue goes away either way; the destroy completes.
+    [Fact]
+    public async Task A_driver_whose_ExitHardwareContext_throws_is_still_destroyed()
+    {
+        var driver = new ScriptedDriver { CompleteInline = true, ThrowOnExit = new InvalidOperationException("driver bug in exit_hctx") };
+        var device = await Create(driver, "exitfault", new DeviceOptions { SubmitQueues = 1 });
+        await device.ReadAsync(0, new byte[512]);
+        Assert.Equal(1, driver.InitHardwareContextCalls);
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("exitfault").WaitAsync(TimeSpan.FromSeconds(30)));
+        AssertTagsFree(device);
+    }
+
     // A review: fault injection said Resettable over any driver, so a crash injected over the file
     // device took back the requests the kernel still held (retried on the same command while the
     // old entry was pending, or failed with their buffers handed back). Over a driver that cannot

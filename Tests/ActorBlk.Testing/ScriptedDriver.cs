@@ -136,7 +136,29 @@ public sealed class ScriptedDriver : IBlockDriver
 
     public void InitRequest(Request request, int hardwareQueue) => InitRequestCalls++;
 
-    public void InitHardwareContext(HardwareContext hctx) => InitHardwareContextCalls++;
+    public void InitHardwareContext(HardwareContext hctx)
+    {
+        InitHardwareContextCalls++;
+        if (ThrowOnInit is { } ex)
+        {
+            ThrowOnInit = null;
+            throw ex;
+        }
+    }
+
+    /// <summary>Thrown from the next InitHardwareContext only, then cleared (a driver bug).</summary>
+    public Exception? ThrowOnInit { get; set; }
+
+    /// <summary>Thrown from every ExitHardwareContext when set (a driver bug).</summary>
+    public Exception? ThrowOnExit { get; set; }
+
+    public void ExitHardwareContext(HardwareContext hctx)
+    {
+        if (ThrowOnExit is { } ex)
+        {
+            throw ex;
+        }
+    }
 
     public BlockStatus QueueRq(HardwareContext hctx, Request request, bool last)
     {
