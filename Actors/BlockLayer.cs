@@ -259,6 +259,8 @@ public sealed partial class BlockLayer : IExtension
     /// </summary>
     /// <exception cref="DeviceOptionsException">The options are invalid, or the name is taken.</exception>
     /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled before the request was sent; the driver is disposed.</exception>
+    /// <exception cref="ObjectDisposedException">The layer's actor system has terminated; the driver is disposed.</exception>
     public async Task<IBlockDevice> CreateDeviceAsync(DeviceOptions options, IBlockDriver driver, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -273,7 +275,15 @@ public sealed partial class BlockLayer : IExtension
             throw;
         }
 
-        cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
+        if (cancellationToken.IsCancellationRequested || System.WhenTerminated.IsCompleted)
+        {
+            // Nothing is sent, so nothing else will dispose the driver (an outside driver audit
+            // found it left undisposed both ways).
+            driver.Dispose();
+            cancellationToken.ThrowIfCancellationRequested(); // see CreateDeviceAsync: honoured until the request is sent
+            ThrowIfTerminated();
+        }
+
         var created = await AskAsync<Created>(Guardian, new Create(options, driver), ControlTimeout, CancellationToken.None).ConfigureAwait(false);
         return created.Device;
     }

@@ -218,6 +218,22 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.GetDeviceInfoAsync("td0").WaitAsync(TimeSpan.FromSeconds(30)));
         await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.SetCpuOnlineAsync(1, false).WaitAsync(TimeSpan.FromSeconds(30)));
         await device.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+
+        // A driver of the application's own is the layer's once handed over, and a create that
+        // fails disposes it: an outside driver audit found it left undisposed here, and with a
+        // cancelled token below, while a create refused for its options disposed it.
+        var driver = new ScriptedDriver();
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => layer.CreateDeviceAsync(Options("td2"), driver).WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.True(driver.Disposed);
+    }
+
+    [Fact]
+    public async Task A_create_on_a_driver_of_the_applications_own_cancelled_before_it_is_sent_disposes_the_driver()
+    {
+        var driver = new ScriptedDriver();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Layer.CreateDeviceAsync(Options("cx0"), driver, new CancellationToken(canceled: true)));
+        Assert.True(driver.Disposed);
+        Assert.DoesNotContain(Layer.Devices, d => d.Name == "cx0");
     }
 
     [Fact]
