@@ -845,6 +845,11 @@ internal sealed class BlockLayerActor : ReceiveActor
 
         // The device actor died without unregistering (it failed while initialising).
         _devices.Remove(entry.Options.Name);
+        if (!entry.Ready)
+        {
+            DisposeFailedDriver(entry);
+        }
+
         _layer.Forget(entry.Options.Name);
         ReleaseTagSet(entry);
         CloseMembers(entry.Opened);
@@ -852,6 +857,27 @@ internal sealed class BlockLayerActor : ReceiveActor
         foreach (var destroyer in entry.Destroyers)
         {
             destroyer.Tell(new BlockLayer.Destroyed(entry.Options.Name, 0));
+        }
+    }
+
+    // A device that failed before it served (a driver's InitHardwareContext that threw as the
+    // queue started, with EagerHardwareContexts): no teardown will run for it, so its driver,
+    // which the layer owns from the create on, is disposed here. An outside driver audit found it
+    // left undisposed, its connections or threads with it.
+    private void DisposeFailedDriver(Entry entry)
+    {
+        if (entry.Device.Queue.Kind != QueueKind.MultiQueue)
+        {
+            return;
+        }
+
+        try
+        {
+            entry.Device.Queue.Driver.Dispose();
+        }
+        catch (Exception ex)
+        {
+            _log.Warning(ex, "Disposing the driver of {Device}, which failed while it was being registered, failed", entry.Options.Name);
         }
     }
 

@@ -227,6 +227,20 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         Assert.True(driver.Disposed);
     }
 
+    // An outside driver audit: a driver with EagerHardwareContexts whose InitHardwareContext
+    // throws fails its device's registration; the create failed, but the driver the layer owns
+    // was never disposed.
+    [Fact]
+    public async Task A_driver_whose_device_fails_while_it_is_registered_is_disposed()
+    {
+        var driver = new ScriptedDriver(extra: ActorBlk.Hardware.Drivers.DriverFeatures.EagerHardwareContexts) { ThrowOnInit = new InvalidOperationException("driver bug in init_hctx") };
+        await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.CreateDeviceAsync(Options("eager0"), driver));
+        Assert.True(driver.Disposed);
+
+        var again = await Layer.CreateDeviceAsync(Options("eager0"));
+        await Layer.DestroyDeviceAsync(again.Name);
+    }
+
     [Fact]
     public async Task A_create_on_a_driver_of_the_applications_own_cancelled_before_it_is_sent_disposes_the_driver()
     {
