@@ -54,7 +54,10 @@ public enum DriverFeatures
 /// <para>
 /// Contract of <see cref="QueueRq"/> (blk-mq-semantics §3.5): call <see cref="Request.Start"/>
 /// before touching the device, then return <see cref="BlockStatus.Ok"/> (accepted; complete it
-/// later with <see cref="Request.Complete(BlockStatus)"/> or <see cref="Request.End"/>),
+/// later with <see cref="Request.Complete(BlockStatus, uint)"/>, naming the
+/// <see cref="Request.Generation"/> read after <c>Start</c>, so that a late or second completion
+/// cannot end the tag's next request; <see cref="Request.Complete(BlockStatus)"/> and
+/// <see cref="Request.End"/> complete whatever is in flight on the tag when they run),
 /// <see cref="BlockStatus.Resource"/> (a system-wide shortage: the request goes back to the head
 /// of the hardware queue and the queue is rerun after 3 ms), <see cref="BlockStatus.DeviceResource"/>
 /// (a device shortage that in-flight I/O will free: rerun on the next completion), or any other

@@ -228,8 +228,17 @@ public sealed class Request
     /// <summary>
     /// Completes a started request (<c>blk_mq_complete_request</c>): the completion runs here or
     /// is redirected to the submitting context as rq_affinity says. Returns false when the request
-    /// was already completed (by a timeout handler, for instance).
+    /// was already completed (by a timeout handler, for instance) and its tag not yet reused.
     /// </summary>
+    /// <remarks>
+    /// This form completes whatever incarnation of the tag is in flight when it is called. Once the
+    /// request may have ended by another way (a timeout, a reset or teardown taking it back, a
+    /// completion of its own on another thread), the tag may already carry the next I/O, which
+    /// this call would then complete with the wrong status and without its data (an outside
+    /// driver audit: a second completion, 26 in 8,000, ended other I/Os with its status). A
+    /// completion that can come late names its incarnation: read <see cref="Generation"/> right
+    /// after <see cref="Start"/> and call <see cref="Complete(BlockStatus, uint)"/>.
+    /// </remarks>
     public bool Complete(BlockStatus status) => Queue is { } q && q.CompleteRequest(this, status, Generation);
 
     /// <summary>
