@@ -79,8 +79,9 @@ public sealed class InboundConnectionCap : Transport
     /// <exception cref="ConfigurationException">A cap is not a positive number.</exception>
     public static (int Total, int PerHost) Limits(Config config, long openFileLimit)
     {
-        var total = config.GetInt("actorblk.remote.max-inbound-connections", 1024);
-        var perHost = config.GetInt("actorblk.remote.max-inbound-connections-per-host", 256);
+        var actorblk = config.GetConfig("actorblk") ?? Config.Empty;
+        var total = ActorBlkSettings.Int(actorblk, "remote.max-inbound-connections", 1024);
+        var perHost = ActorBlkSettings.Int(actorblk, "remote.max-inbound-connections-per-host", 256);
         if (total < 1)
         {
             throw new ConfigurationException($"actorblk.remote.max-inbound-connections: {total} is not a positive number.");
