@@ -169,11 +169,15 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             {
                 _goneDecided = true;
             }
-            else if (_goneDecided)
+            else if (_goneDecided && DriverIndex(child) >= 0)
             {
                 // Another driver actor of this device was stopped as gone: every one of them is
                 // being stopped, so a reset now (its quiesce racing the stop) would only get in
-                // the way of the reopen. The device is handled as gone once all are dead.
+                // the way of the reopen. The device is handled as gone once all are dead. Not a
+                // hardware-queue or software-context actor (a driver bug in Timeout while the
+                // device was lost or reopened): it is no reset and is counted below, as at any
+                // other time. Stopped, nothing started it again, and after a reopen its queue's
+                // timeouts were never scanned (a review).
                 directive = Directive.Stop;
             }
             else

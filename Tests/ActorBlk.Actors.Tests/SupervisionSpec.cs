@@ -601,6 +601,40 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         AssertTagsFree(device);
     }
 
+    // A hardware-queue actor whose scan meets a driver bug (a Timeout that threw) while the device
+    // is being reopened is restarted and lives on, as at any other time: it is the queue's timeout
+    // scanner. The decider stopped every child once a driver actor had been stopped as gone
+    // (_goneDecided), this one too, and nothing started it again: after the reopen the queue's
+    // requests were never scanned for timeouts again (a review of the supervision change).
+    [Fact]
+    public async Task A_hardware_queue_actor_whose_Timeout_throws_during_a_reopen_lives_on_and_scans_after_it()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var driver = new ScriptedDriver(extra: Resettable | DriverFeatures.Reopenable) { ReopenGate = gate.Task, TimeoutAnswer = TimeoutAction.ResetTimer };
+        var device = await Create(driver, "bugreopen", new DeviceOptions { IoTimeoutMs = 1000, ResetAfterTimeouts = 100, TimeoutWindowMs = 60_000 });
+        var read = device.ExecuteAsync(BlockOp.Read, 0, 512, new byte[512]).AsTask();
+        await Until(() => driver.InFlight.Count == 1);
+        driver.ThrowOnce = new BlockDeviceErrorException("server frozen", deviceGone: true);
+        var waiting = device.ExecuteAsync(BlockOp.Read, 1 << 20, 512, new byte[512]).AsTask();
+        await AdvanceUntil(() => driver.ReopensBegun == 1);
+
+        // The read the lost device held expires while the attempt hangs, and its Timeout throws.
+        driver.ThrowOnTimeoutOnce = new InvalidOperationException("a driver bug in Timeout");
+        await AdvanceUntil(() => driver.ThrowOnTimeoutOnce is null, stepMs: 100);
+
+        gate.SetResult();
+        await Until(() => driver.InFlight.Count == 2);
+        Assert.Equal("online", (await InfoOf("bugreopen")).Health);
+
+        // The reopened device holds both reads: their expiries are still seen.
+        var before = driver.TimedOut.Count;
+        await AdvanceUntil(() => driver.TimedOut.Count >= before + 2, stepMs: 100);
+        driver.CompleteAll();
+        Assert.All(await Task.WhenAll(read, waiting), s => Assert.Equal(BlockStatus.Ok, s));
+        Assert.Equal(0L, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+    }
+
     // The same outage, the other report: the timeout that began the reset had killed the NBD
     // connection, whose loss reached the supervisor once the reset was under way. Told to the
     // driver actor inside the reset, it waited in its mailbox and, once the device was back,
