@@ -191,7 +191,9 @@ public sealed class InboundConnectionCap : Transport
         var refused = Interlocked.Increment(ref _refused);
         var now = Environment.TickCount64;
         var last = Interlocked.Read(ref _lastLogged);
-        if (now - last >= 60_000 && Interlocked.CompareExchange(ref _lastLogged, now, last) == last)
+        // The first refusal is logged at once (now - long.MinValue would overflow to a negative
+        // number, and no refusal was ever logged).
+        if ((last == long.MinValue || now - last >= 60_000) && Interlocked.CompareExchange(ref _lastLogged, now, last) == last)
         {
             _log.Warning("Remoting: closed a connection from {0} as it arrived: {1}; {2} refused so far (at most one such line a minute)",
                 handle.RemoteAddress, reason, refused);

@@ -143,6 +143,40 @@ public sealed class InboundConnectionCapSpec : Akka.TestKit.Xunit2.TestKit, IAsy
         Assert.Equal((1024, 256), InboundConnectionCap.Limits(defaults, openFileLimit: 20_000));
     }
 
+    [Fact]
+    public async Task Refused_connections_are_logged_once_a_minute_the_first_one_at_once()
+    {
+        // The warning's rate limit started from long.MinValue, and "now - long.MinValue"
+        // overflowed to a negative number: no refusal was ever logged (the README promises a
+        // warning a minute at most, not none).
+        var node = Start("logged", "actorblk.remote.max-inbound-connections-per-host = 1");
+        var warnings = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        node.EventStream.Subscribe(node.ActorOf(Props.Create(() => new WarningLog(warnings))), typeof(Akka.Event.Warning));
+        var cap = InboundConnectionCap.Of(node)!;
+        var port = PortOf(node);
+        await Connect(port);
+        await Until(() => cap.Held == 1);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.True(await ClosedByPeer(await Connect(port)));
+        }
+
+        // Each refusal's warning, if any, was published before its connection was closed; a
+        // marker published now arrives after them.
+        node.EventStream.Publish(new Akka.Event.Warning("spec", typeof(InboundConnectionCapSpec), "marker"));
+        await Until(() => warnings.Contains("marker"));
+        var refusals = warnings.Where(w => w.StartsWith("Remoting: closed a connection from", StringComparison.Ordinal)).ToList();
+        var line = Assert.Single(refusals);
+        Assert.Contains("1 refused so far", line, StringComparison.Ordinal);
+        Assert.Equal(3, cap.Refused);
+    }
+
+    private sealed class WarningLog : ReceiveActor
+    {
+        public WarningLog(System.Collections.Concurrent.ConcurrentQueue<string> seen) =>
+            Receive<Akka.Event.Warning>(w => seen.Enqueue(w.Message?.ToString() ?? string.Empty));
+    }
+
     private sealed class Echo : ReceiveActor
     {
         public Echo() => Receive<string>(s => Sender.Tell(s));
