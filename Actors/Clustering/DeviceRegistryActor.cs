@@ -659,7 +659,9 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         var unverified = _headers.Where(kv => InPlace(kv.Key, kv.Value, ClusterNodeDevices.Header))
             .Concat(_buckets.SelectMany((map, i) => map.Where(kv => InPlace(kv.Key, kv.Value, i))))
             .Select(kv => kv.Value)
-            .Where(v => v.Node != _self && v.IsWellFormed && !Checked(v) && _members.Any(m => IsOwner(m, v)))
+            // Checked first: it is cached per entry, and true for every believed entry, so the
+            // walk over every device of IsWellFormed is left to the few entries that fail it.
+            .Where(v => v.Node != _self && !Checked(v) && v.IsWellFormed && _members.Any(m => IsOwner(m, v)))
             .Select(v => v.Node)
             .Distinct(StringComparer.Ordinal)
             .Order(StringComparer.Ordinal)
