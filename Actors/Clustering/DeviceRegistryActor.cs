@@ -248,6 +248,24 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         return ([.. standing.Values], [.. devices]);
     }
 
+    /// <summary>
+    /// The incarnations (<see cref="ClusterNodeDevices.Key"/>) whose block layer failed: those with a
+    /// believed entry in its own place, header or bucket, that says <see cref="ClusterNodeDevices.Failed"/>.
+    /// A failing node writes the flag into its header and into every bucket entry it empties, each
+    /// signed, but the replicator reports each map's change on its own: a bucket emptied by the
+    /// failure may arrive before the header that says so, and its devices must not then look
+    /// withdrawn by their owner's choice.
+    /// </summary>
+    internal static HashSet<string> FailedNodes(
+        IReadOnlyDictionary<string, ClusterNodeDevices> headers,
+        IReadOnlyList<IReadOnlyDictionary<string, ClusterNodeDevices>> buckets,
+        Func<ClusterNodeDevices, bool> believed) =>
+        new(headers.Where(kv => InPlace(kv.Key, kv.Value, ClusterNodeDevices.Header))
+                .Concat(buckets.SelectMany((map, i) => map.Where(kv => InPlace(kv.Key, kv.Value, i))))
+                .Where(kv => kv.Value.Failed && believed(kv.Value))
+                .Select(kv => kv.Key),
+            StringComparer.Ordinal);
+
     private static bool InPlace(string key, ClusterNodeDevices? entry, int bucket) => entry is not null && entry.Bucket == bucket && key == entry.Key;
 
     // Without a key, look for the secret again: once found, this node's entries are signed with it
@@ -651,7 +669,9 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
         // Before the snapshot: a watcher that finds a device gone asks whether its owner's entry
         // still stands (RemoteDevices: withdrawn by its owner, or pruned with its node).
-        _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal), entries.Where(v => v.Failed).Select(v => v.Key));
+        // The failed incarnations from the bucket entries too: a bucket emptied by the failure
+        // may come before the header that says so (one Changed per map).
+        _layer.ClusterDevices.SetEntries(new HashSet<string>(entries.Select(v => v.Key), StringComparer.Ordinal), FailedNodes(headers, buckets, e => Believed(e, selfUid)));
 
         // Entries of members not signed with this node's secret: most likely a secret that differs.
         // Only entries in their own place, as for the snapshot: an entry copied under another key

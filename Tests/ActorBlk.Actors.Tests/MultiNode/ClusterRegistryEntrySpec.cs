@@ -150,6 +150,39 @@ public sealed class ClusterRegistryEntrySpec
     }
 
     [Fact]
+    public void A_node_whose_bucket_entry_says_its_block_layer_failed_counts_as_failed_before_its_header_says_so()
+    {
+        // Review of the bucket split: the replicator reports each map's change on its own, so a
+        // bucket that a failed node emptied (its entry signed with Failed) may arrive before the
+        // header that says Failed. Its devices, gone while the header still stood without the
+        // flag, looked withdrawn by their owner (planned) instead of lost with its block layer.
+        var key = System.Text.Encoding.UTF8.GetBytes("the cluster's secret");
+        var header = (Entry() with { Bucket = ClusterNodeDevices.Header }).Sign(key);
+        var bucket = ClusterNodeDevices.BucketOf("sdb");
+        var emptied = (Entry() with { Bucket = bucket, Failed = true }).Sign(key);
+        bool Believed(ClusterNodeDevices e) => e.IsWellFormed && e.IsSignedWith(key);
+
+        IReadOnlyDictionary<string, ClusterNodeDevices>[] Buckets(params (int Bucket, string Key, ClusterNodeDevices Entry)[] entries) =>
+            [.. Enumerable.Range(0, ClusterNodeDevices.Buckets).Select(i => (IReadOnlyDictionary<string, ClusterNodeDevices>)entries.Where(e => e.Bucket == i).ToDictionary(e => e.Key, e => e.Entry))];
+
+        var headers = new Dictionary<string, ClusterNodeDevices> { [header.Key] = header };
+        var (standing, devices) = DeviceRegistryActor.Assemble(headers, Buckets((bucket, emptied.Key, emptied)), Believed);
+        Assert.Equal([header.Key], standing.Select(h => h.Key));   // the header stands: not pruned
+        Assert.Empty(devices);
+        Assert.Equal([header.Key], DeviceRegistryActor.FailedNodes(headers, Buckets((bucket, emptied.Key, emptied)), Believed));
+
+        // The header alone says so too; an entry not failed, forged (its flag set after signing),
+        // or out of its place says nothing.
+        var failedHeader = (header with { Failed = true }).Sign(key);
+        Assert.Equal([header.Key], DeviceRegistryActor.FailedNodes(new Dictionary<string, ClusterNodeDevices> { [header.Key] = failedHeader }, Buckets(), Believed));
+        Assert.Empty(DeviceRegistryActor.FailedNodes(headers, Buckets((bucket, emptied.Key, (emptied with { Failed = false }).Sign(key))), Believed));
+        var forged = (Entry() with { Bucket = bucket }).Sign(key) with { Failed = true };
+        Assert.Empty(DeviceRegistryActor.FailedNodes(headers, Buckets((bucket, forged.Key, forged)), Believed));
+        Assert.Empty(DeviceRegistryActor.FailedNodes(headers, Buckets(((bucket + 1) % ClusterNodeDevices.Buckets, emptied.Key, emptied)), Believed));
+        Assert.Empty(DeviceRegistryActor.FailedNodes(headers, Buckets((bucket, "127.0.0.1:4054#18", emptied)), Believed));
+    }
+
+    [Fact]
     public void A_device_falls_in_the_same_bucket_in_every_process()
     {
         // FNV-1a of the UTF-8 name: string.GetHashCode differs per process, and two nodes that
