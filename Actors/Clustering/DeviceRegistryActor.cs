@@ -33,7 +33,9 @@ namespace ActorBlk.Actors.Clustering;
 /// an update. Every node removes the entries of a member that is removed or downed, from every map;
 /// an entry of such a member that reaches a node later (gossip from a node that had not removed it
 /// yet) is removed when it arrives, so every replica converges on the same maps. A node that finds
-/// one of its own entries missing or stale writes it again. The snapshot shows the devices of the
+/// one of its own entries missing or stale writes it again, and empties a bucket entry of its own
+/// incarnation that this actor did not write (a previous instance did, before a restart) when it
+/// lists devices the node no longer has there. The snapshot shows the devices of the
 /// well-formed, signed bucket entries of members this node knows whose header stands.
 /// </summary>
 internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
@@ -480,9 +482,10 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         round.Left++;
         for (var i = 0; i < _written.Length; i++)
         {
-            if (_written[i] is null)
+            // A bucket adopted from a previous instance of this actor (HandleChanged) and not yet
+            // written is emptied too.
+            if (_written[i] is null && _want[i] is null)
             {
-                _want[i] = null;
                 continue;
             }
 
@@ -609,6 +612,25 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
             else if (_withdrawn)
             {
                 WriteBucket(bucket, mine, WriteLocal.Instance, ask: null);
+            }
+            else if (_dirty.Add(bucket))
+            {
+                Flush();
+            }
+        }
+        else if (mine is null && bucket != ClusterNodeDevices.Header && _want[bucket] is null
+            && map.TryGetValue(ClusterNodeDevices.KeyOf(_self, _cluster.SelfUniqueAddress.Uid), out var left)
+            && left is not null && (left.Devices is not { Length: 0 } || left.Failed != (_layer.FailureReason is not null)))
+        {
+            // An entry of this incarnation this actor never wrote: a previous instance of the actor
+            // (restarted after an exception) wrote it, and its devices may be gone since. Adopt the
+            // bucket and write what this node has there now: nothing.
+            var empty = new ClusterNodeDevices(_self, _cluster.SelfUniqueAddress.Uid, [], Failed: _layer.FailureReason is not null, Bucket: bucket).Sign(_key);
+            _want[bucket] = empty;
+            if (_withdrawn)
+            {
+                _written[bucket] = empty;
+                WriteBucket(bucket, empty, WriteLocal.Instance, ask: null);
             }
             else if (_dirty.Add(bucket))
             {

@@ -277,6 +277,62 @@ public sealed class ClusterDevicesSpec(Xunit.Abstractions.ITestOutputHelper outp
         Assert.Equal(MemberStatus.Up, a.Cluster.SelfMember.Status);
     }
 
+    [Fact]
+    public async Task An_entry_of_this_node_that_the_registry_did_not_write_is_rewritten_with_what_the_node_has()
+    {
+        // Review of the bucket split: the registry actor restarted (an exception; the default
+        // supervision) knows nothing of the entries its previous instance wrote, and a bucket
+        // entry that still listed a device destroyed meanwhile stayed in the registry for good
+        // (nothing rewrote a bucket this instance had no device in, nor withdrew it). Here such an
+        // entry is put under the node's own key, in a bucket it has no device in, as that previous
+        // instance would have left it.
+        await using var a = ClusterNode.Start("a");
+        await a.JoinAsync(a, Within);
+        await a.Layer.CreateDeviceAsync(new DeviceOptions { Name = "nullb0", Size = 1 << 20, PollQueues = 0 });
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Name == "nullb0"), Within);
+
+        var self = a.Cluster.SelfUniqueAddress;
+        var ghost = Enumerable.Range(0, 1000).Select(i => $"ghost{i}").First(n => ClusterNodeDevices.BucketOf(n) != ClusterNodeDevices.BucketOf("nullb0"));
+        var bucket = ClusterNodeDevices.BucketOf(ghost);
+        var key = DeviceRegistryActor.BucketKeys[bucket];
+        var left = new ClusterNodeDevices(a.Name, self.Uid, [new ClusterDevice(ghost, a.Name, self.Uid, 1 << 20, 512, 1, false, ClusterDeviceStates.Live, string.Empty)], Bucket: bucket);
+        Assert.True(left.IsWellFormed);
+        var written = await DistributedDataOf(a).Ask<Akka.DistributedData.IUpdateResponse>(
+            Akka.DistributedData.Dsl.Update(key, Akka.DistributedData.LWWDictionary<string, ClusterNodeDevices>.Empty, Akka.DistributedData.WriteLocal.Instance, map => map.SetItem(self, left.Key, left)), Within);
+        Assert.IsType<Akka.DistributedData.UpdateSuccess>(written);
+
+        // The registry writes the entry again, with no device.
+        var emptied = new TaskCompletionSource<ClusterNodeDevices>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var watch = a.System.ActorOf(Props.Create(() => new BucketWatch(key, left.Key, e => e.Devices.Length == 0, emptied)));
+        try
+        {
+            var entry = await emptied.Task.WaitAsync(Within);
+            Assert.Equal(bucket, entry.Bucket);
+            Assert.False(entry.Failed);
+            Assert.Equal(["nullb0"], a.Devices.Snapshot.Select(d => d.Name));
+        }
+        finally
+        {
+            a.System.Stop(watch);
+        }
+    }
+
+    // Completes `done` with the entry under `entryKey` of map `key` once it satisfies `condition`.
+    private sealed class BucketWatch : ReceiveActor
+    {
+        public BucketWatch(Akka.DistributedData.LWWDictionaryKey<string, ClusterNodeDevices> key, string entryKey, Func<ClusterNodeDevices, bool> condition, TaskCompletionSource<ClusterNodeDevices> done)
+        {
+            Akka.DistributedData.DistributedData.Get(Context.System).Replicator.Tell(Akka.DistributedData.Dsl.Subscribe(key, Self));
+            Receive<Akka.DistributedData.Changed>(c =>
+            {
+                if (c.Get(key).TryGetValue(entryKey, out var entry) && entry is not null && condition(entry))
+                {
+                    done.TrySetResult(entry);
+                }
+            });
+        }
+    }
+
     private static IActorRef DistributedDataOf(ClusterNode node) => Akka.DistributedData.DistributedData.Get(node.System).Replicator;
 
     [Fact]
