@@ -27,7 +27,7 @@ public sealed class InboundConnectionCap : Transport
     private readonly Lock _lock = new();
     private int _total;
     private long _refused;
-    private long _lastLogged = long.MinValue;
+    private long _lastLogged;
 
     /// <summary>Akka.Remote makes it from <c>transport-class</c>, with the transport's configuration.</summary>
     /// <param name="system">The actor system.</param>
@@ -189,11 +189,7 @@ public sealed class InboundConnectionCap : Transport
     private void Refuse(AssociationHandle handle, string reason)
     {
         var refused = Interlocked.Increment(ref _refused);
-        var now = Environment.TickCount64;
-        var last = Interlocked.Read(ref _lastLogged);
-        // The first refusal is logged at once (now - long.MinValue would overflow to a negative
-        // number, and no refusal was ever logged).
-        if ((last == long.MinValue || now - last >= 60_000) && Interlocked.CompareExchange(ref _lastLogged, now, last) == last)
+        if (ActorBlk.Hardware.LogLimit.FirstOrAMinuteOn(refused, ref _lastLogged))
         {
             _log.Warning("Remoting: closed a connection from {0} as it arrived: {1}; {2} refused so far (at most one such line a minute)",
                 handle.RemoteAddress, reason, refused);

@@ -419,7 +419,7 @@ public sealed class NbdServer : IAsyncDisposable
     private void Refuse(Socket socket, ref long refusalsOfKind, ref long lastLogged, string why)
     {
         var refused = Interlocked.Increment(ref _refused);
-        if (FirstOrAMinuteOn(Interlocked.Increment(ref refusalsOfKind), ref lastLogged))
+        if (LogLimit.FirstOrAMinuteOn(Interlocked.Increment(ref refusalsOfKind), ref lastLogged))
         {
             Log?.Invoke($"NBD connection from {EndpointOf(socket)} refused: {why}; {refused} refused so far");
         }
@@ -427,23 +427,10 @@ public sealed class NbdServer : IAsyncDisposable
         socket.Dispose();
     }
 
-    // True for the first event of a kind, then for one a minute at most.
-    private static bool FirstOrAMinuteOn(long count, ref long lastLogged)
-    {
-        var now = Environment.TickCount64;
-        if (count != 1 && now - Volatile.Read(ref lastLogged) < 60_000)
-        {
-            return false;
-        }
-
-        Volatile.Write(ref lastLogged, now);
-        return true;
-    }
-
     private void LogAcceptFailure(Exception ex)
     {
         var failures = Interlocked.Increment(ref _acceptFailures);
-        if (FirstOrAMinuteOn(failures, ref _acceptFailureLogged))
+        if (LogLimit.FirstOrAMinuteOn(failures, ref _acceptFailureLogged))
         {
             var reason = ex is SocketException socketError ? $"{socketError.Message} ({socketError.SocketErrorCode})" : $"{ex.GetType().Name}: {ex.Message}";
             Log?.Invoke($"NBD accept failed: {reason}; {failures} accept failure(s) so far, retrying");

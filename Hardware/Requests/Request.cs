@@ -182,6 +182,17 @@ public sealed class Request
             ThrowNotStartable();
         }
 
+        ArmDeadline(queue);
+
+        // Release: the deadline is written before the request is seen in flight. Only the owner of
+        // an idle request starts it, so a plain increment of the generation is enough.
+        Volatile.Write(ref _word, Word((uint)(word >> 32) + 1, RequestState.InFlight));
+    }
+
+    // The deadline of a request about to be started, from its own timeout or the queue's.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ArmDeadline(RequestQueue queue)
+    {
         if (TimeoutMs <= 0)
         {
             TimeoutMs = queue.IoTimeoutMs;
@@ -189,10 +200,6 @@ public sealed class Request
 
         Deadline = queue.Clock.NowMilliseconds + TimeoutMs;
         Volatile.Write(ref _timedOut, 0);
-
-        // Release: the deadline is written before the request is seen in flight. Only the owner of
-        // an idle request starts it, so a plain increment of the generation is enough.
-        Volatile.Write(ref _word, Word((uint)(word >> 32) + 1, RequestState.InFlight));
     }
 
     /// <summary>
@@ -209,13 +216,7 @@ public sealed class Request
             return false;
         }
 
-        if (TimeoutMs <= 0)
-        {
-            TimeoutMs = queue.IoTimeoutMs;
-        }
-
-        Deadline = queue.Clock.NowMilliseconds + TimeoutMs;
-        Volatile.Write(ref _timedOut, 0);
+        ArmDeadline(queue);
         return Interlocked.CompareExchange(ref _word, Word(generation + 1, RequestState.InFlight), idle) == idle;
     }
 
