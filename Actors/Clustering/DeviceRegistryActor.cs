@@ -27,8 +27,9 @@ namespace ActorBlk.Actors.Clustering;
 /// <c>maximum-frame-size</c> at about 1,200 devices (README, "Cluster", Size).
 /// Distributed Data sends each peer every delta written since the peer's last turn in one message,
 /// so the node paces its bucket writes: a burst of at most <see cref="RemoteSurface.MaxRemoteData"/>
-/// bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), and the next burst only once every peer
-/// has had its turn (<see cref="BurstWindow"/>). A destroyed device is a new value of its bucket's
+/// bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), its writes each less than a window after
+/// the one before, and the next burst only once every peer has had its turn since its last write
+/// (<see cref="BucketBursts"/>, <see cref="BurstWindow"/>). A destroyed device is a new value of its bucket's
 /// entry, ordered after the old one by the entry's last-writer-wins clock, and never a removal racing
 /// an update. Every node removes the entries of a member that is removed or downed, from every map;
 /// an entry of such a member that reaches a node later (gossip from a node that had not removed it
@@ -75,7 +76,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     private readonly ClusterNodeDevices?[] _want = new ClusterNodeDevices?[ClusterNodeDevices.Buckets];
     private readonly ClusterNodeDevices?[] _written = new ClusterNodeDevices?[ClusterNodeDevices.Buckets];
     private readonly SortedSet<int> _dirty = [];
-    private long _nextBurst = long.MinValue;
+    private readonly BucketBursts _bursts;
     private byte[]? _signedWith;
 
     // The maps as this node's replicator has them, and the entries already checked (well-formed and
@@ -103,6 +104,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         var config = Context.System.Settings.Config;
         _gossipInterval = config.GetTimeSpan("akka.cluster.distributed-data.gossip-interval", TimeSpan.FromSeconds(2));
         _burstBytes = RemoteSurface.MaxRemoteData(config);
+        _bursts = new BucketBursts(_burstBytes);
         _self = NodeName(_cluster.SelfAddress);
         _key = key;
         _keyOf = lookAgain;
@@ -157,16 +159,17 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     /// <summary>
     /// The buckets of <paramref name="dirty"/> (in order) that go in the next burst: as many as fit
-    /// in <paramref name="budget"/> bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), at least one.
+    /// in <paramref name="budget"/> bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), and at
+    /// least one when <paramref name="atLeastOne"/> (a new burst; a burst still open takes only what fits).
     /// </summary>
-    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, int budget)
+    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, long budget, bool atLeastOne = true)
     {
         var burst = new List<int>();
         var used = 0L;
         foreach (var bucket in dirty)
         {
             var bytes = entry(bucket).WireEstimate();
-            if (burst.Count > 0 && used + bytes > budget)
+            if ((burst.Count > 0 || !atLeastOne) && used + bytes > budget)
             {
                 break;
             }
@@ -416,7 +419,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }
     }
 
-    // Writes the next burst of changed buckets now, or arms the timer for the time it may.
+    // Writes what the pacing lets go now of the changed buckets, and arms the timer for the rest.
     private void Flush()
     {
         if (_dirty.Count == 0 || _withdrawn)
@@ -425,28 +428,18 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         }
 
         var now = Environment.TickCount64;
-        if (now < _nextBurst)
-        {
-            if (!Timers.IsTimerActive("burst"))
-            {
-                Timers.StartSingleTimer("burst", Burst.Instance, TimeSpan.FromMilliseconds(_nextBurst - now));
-            }
-
-            return;
-        }
-
-        foreach (var bucket in NextBurst(_dirty, b => _want[b]!, _burstBytes))
+        var (burst, retryAt) = _bursts.Take(now, _dirty, b => _want[b]!, BurstWindow(_gossipInterval, _members.Count - 1));
+        foreach (var bucket in burst)
         {
             _dirty.Remove(bucket);
             _written[bucket] = _want[bucket];
             WriteBucket(bucket, _want[bucket]!, WriteLocal.Instance, ask: null);
         }
 
-        var window = BurstWindow(_gossipInterval, _members.Count - 1);
-        _nextBurst = now + (long)window.TotalMilliseconds;
-        if (_dirty.Count > 0)
+        // After a write the timer is set again (the burst's end moved); while the burst waits it stays.
+        if (_dirty.Count > 0 && (burst.Count > 0 || !Timers.IsTimerActive("burst")))
         {
-            Timers.StartSingleTimer("burst", Burst.Instance, window);
+            Timers.StartSingleTimer("burst", Burst.Instance, TimeSpan.FromMilliseconds(Math.Max(retryAt - now, 0)));
         }
     }
 

@@ -76,8 +76,19 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         return expected;
     }
 
-    private Task UntilAsync(Func<bool> condition, string what) =>
-        AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50), what);
+    // what: the state to report, read when the wait fails (a message built before the wait
+    // reported the state at its start, which once sent a diagnosis astray).
+    private async Task UntilAsync(Func<bool> condition, Func<string> what)
+    {
+        try
+        {
+            await AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50));
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            throw new Xunit.Sdk.XunitException($"{what()}: {ex.Message}");
+        }
+    }
 
     // Reads every block, one 4 KiB read at a time (each bounded), and says which differ from what
     // was written, and how many of those read as zeros.
@@ -177,7 +188,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         await legFailed.Task.WaitAsync(Liveness);
         await reconnected.Task.WaitAsync(Liveness);
         await UntilAsync(() => mirror.AutomaticReAdds == 1 && mirror.LegState(1) == MirrorLegState.InSync && mirror.SyncAction == "idle",
-            $"the re-add of the leg (re-adds {mirror.AutomaticReAdds}, leg 1 {mirror.LegState(1)}, sync {mirror.SyncAction}, refused: {string.Join("; ", reAddFailures)})");
+            () => $"the re-add of the leg (re-adds {mirror.AutomaticReAdds}, leg 1 {mirror.LegState(1)}, sync {mirror.SyncAction}, refused: {string.Join("; ", reAddFailures)})");
         await mirror.SyncIdle.WaitAsync(Liveness);
         Assert.Equal(new[] { (remote.Name, 1, 2) }, failed.Select(f => (f.Leg, f.InSync, f.Legs)).ToArray());
         Assert.True(remote.Incarnation > incarnation);
@@ -239,7 +250,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         var resyncedBefore = mirror.ResyncedRegions;
 
         // Idle for real: the bitmap's last clearing written, so the mirror has nothing to write.
-        await UntilAsync(() => mirror.DirtyRegions() == 0, "a clean bitmap");
+        await UntilAsync(() => mirror.DirtyRegions() == 0, () => $"a clean bitmap ({mirror.DirtyRegions()} dirty regions)");
         await a.Layer.DestroyDeviceAsync("rleg");
         await a.Layer.CreateDeviceAsync(Memory("rleg"));
 
@@ -247,7 +258,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
         await disconnected.Task.WaitAsync(Liveness);
         await legFailed.Task.WaitAsync(Liveness);
         await UntilAsync(() => mirror.AutomaticReAdds == 1 && mirror.LegState(1) == MirrorLegState.InSync && mirror.SyncAction == "idle",
-            $"the re-add of the leg (re-adds {mirror.AutomaticReAdds}, leg 1 {mirror.LegState(1)}, sync {mirror.SyncAction})");
+            () => $"the re-add of the leg (re-adds {mirror.AutomaticReAdds}, leg 1 {mirror.LegState(1)}, sync {mirror.SyncAction})");
         await mirror.SyncIdle.WaitAsync(Liveness);
         Assert.Equal(mirror.Regions, mirror.ResyncedRegions - resyncedBefore);
         var (wrong, zeros, first) = await VerifyAsync(md1, 0, expected);
