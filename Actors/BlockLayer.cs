@@ -348,7 +348,7 @@ public sealed partial class BlockLayer : IExtension
     /// stacked device holds that handle and closes it when it is destroyed.
     /// </summary>
     /// <exception cref="KeyNotFoundException">No device has that name.</exception>
-    /// <exception cref="DeviceOptionsException">The table is refused (unknown, ambiguous, unreachable or busy member, bad geometry).</exception>
+    /// <exception cref="DeviceOptionsException">The table is refused (unknown, ambiguous, unreachable or busy member, a member named twice or by two of its names, bad geometry).</exception>
     /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     public async Task<IBlockDevice> LoadTableAsync(string name, StackTable table, CancellationToken cancellationToken = default)
     {

@@ -376,11 +376,22 @@ internal sealed class BlockLayerActor : ReceiveActor
             return;
         }
 
+        // A member named twice, or by two names of one device (x and x@node for this node's x, or
+        // a plain name and name@node for another node's), is refused as md refuses a device claimed
+        // twice (bd_claim: EBUSY): two extents, stripes or legs over one device's data would alias
+        // it, a write to one overwriting the other (a mirror's two legs would be one copy).
+        var keys = ClaimKeys(load);
+        if (Aliased(load.Table, keys) is { } why)
+        {
+            CloseMembers(load.Opened.Values);
+            Sender.Tell(new Status.Failure(new DeviceOptionsException(load.Name, "table", why)));
+            return;
+        }
+
         // md claims its legs exclusively (bd_claim with the array as holder): a device that a mirror
         // is built on is no other stacked device's member, and a mirror takes no device another
         // stacked device is built on. Linear and striped tables may share members, as dm's do.
         // Members are compared by what they resolve to: a device name here, name@node for another node's.
-        var keys = ClaimKeys(load);
         var claimed = _devices.Values
             .Where(e => e != entry && (load.Table is MirrorTable || e.ClaimsExclusively))
             .SelectMany(e => e.Claims.Select(c => (Member: c, Holder: e.Options.Name)))
@@ -664,6 +675,39 @@ internal sealed class BlockLayerActor : ReceiveActor
     // on (a review).
     private static string[] ClaimKeys(BlockLayer.LoadTable load) =>
         [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? LegIdentity(h) : m)];
+
+    // Why the table names one device twice, with data that would alias, or null. Members are
+    // compared by what they resolve to (ClaimKeys). Extents of a linear table over one device that
+    // do not overlap are dm's usual segments (an LV's on one PV) and are let be; whole devices (as
+    // StackTable.Linear and the configuration make them) always overlap.
+    private static string? Aliased(StackTable table, string[] keys)
+    {
+        var names = table.MemberNames;
+        for (var j = 1; j < keys.Length; j++)
+        {
+            for (var i = 0; i < j; i++)
+            {
+                if (keys[i] != keys[j] || (table is LinearTable linear && !Overlap(linear.Extents[i], linear.Extents[j])))
+                {
+                    continue;
+                }
+
+                var member = names[i] == names[j] ? $"member '{names[i]}' is listed twice" : $"members '{names[i]}' and '{names[j]}' are the same device ({keys[i]})";
+                return table switch
+                {
+                    MirrorTable => $"{member}: a mirror's legs must be distinct devices (the two legs would be one copy).",
+                    LinearTable => $"{member}: its extents would overlap on it, and a write to one would overwrite the other.",
+                    _ => $"{member}: its stripes would share the device's data, and a write to one would overwrite the other.",
+                };
+            }
+        }
+
+        return null;
+
+        // A null length runs to the end of the device (a bad geometry is the target's to refuse).
+        static bool Overlap(LinearTable.Extent a, LinearTable.Extent b) => Math.Max(a.Offset, b.Offset) < Int128.Min(End(a), End(b));
+        static Int128 End(LinearTable.Extent e) => e.Length is { } length ? (Int128)e.Offset + length : Int128.MaxValue;
+    }
 
     // Closes the handles of remote members (each close destroys the local queue when it is the
     // last handle of that device); errors are logged, never thrown into the guardian.

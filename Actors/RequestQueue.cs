@@ -370,8 +370,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _hardwareQueues[scan.HardwareQueue].Tell(HardwareQueue.ScanTimeouts.Instance);
                 break;
             case DeviceDriver.ResetDone done:
-                // A reset device starts with a clean count, as a reopened one does.
+                // A reset device starts with a clean count, as a reopened one does, and a driver's
+                // Poll that throws again is a new device error.
                 _resetting = false;
+                _queue.ClearPollFaults();
                 _timeoutWindow.Clear();
                 _timeoutsInWindow = 0;
                 CountReset(done, removing: false);
@@ -533,6 +535,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case DeviceDriver.ResetDone done:
                 // The device drains through it, and may still fail: what it reports is handled again.
                 _resetting = false;
+                _queue.ClearPollFaults();
                 CountReset(done, removing: true);
                 break;
             case TryReopen:
@@ -628,6 +631,7 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
         // Fresh driver actors (a reopen): a reset that was stopped as the device was lost never
         // reported itself done.
         _resetting = false;
+        _queue.ClearPollFaults();
     }
 
     // Mailbox dispatch: the actors of one CPU share that CPU's dispatcher thread (MailboxDispatcher,

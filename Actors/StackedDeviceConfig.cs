@@ -77,6 +77,7 @@ public static class StackedDeviceConfig
                     throw new DeviceOptionsException(name, "chunk", "a linear device has no chunk size.");
                 }
 
+                CheckDistinct(name, members, "its extents would overlap on it");
                 return new StackedDeviceOptions(name, StackTable.Linear(members));
             case "striped":
                 var chunk = entry.HasPath("chunk") ? DeviceConfig.ParseSize(name, entry.GetString("chunk"), "chunk") : DefaultChunkBytes;
@@ -85,11 +86,21 @@ public static class StackedDeviceConfig
                     throw new DeviceOptionsException(name, "chunk", $"{chunk} bytes is not a power of two from 512 bytes to 1 GiB.");
                 }
 
+                CheckDistinct(name, members, "its stripes would share the device's data");
                 return new StackedDeviceOptions(name, StackTable.Striped((int)chunk, members));
             case "mirror":
                 return new StackedDeviceOptions(name, ParseMirror(name, entry, members));
             default:
                 throw new DeviceOptionsException(name, "type", $"'{type}' is not linear, striped or mirror.");
+        }
+    }
+
+    // A device listed twice would alias its own data (md refuses a device claimed twice: EBUSY).
+    private static void CheckDistinct(string name, string[] members, string why)
+    {
+        if (members.GroupBy(m => m, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
+        {
+            throw new DeviceOptionsException(name, "members", $"member '{twice.Key}' is listed twice: {why}, and a write to one would overwrite the other.");
         }
     }
 

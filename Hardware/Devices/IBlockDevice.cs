@@ -128,7 +128,9 @@ public interface IBlockDevice : IAsyncDisposable
 
     /// <summary>
     /// Polls until the request behind <paramref name="cookie"/> completed; 0 for a stale cookie or a
-    /// non-pollable device. Flushes the calling flow's plug first (<c>bio_poll</c>).
+    /// non-pollable device. Flushes the calling flow's plug first (<c>bio_poll</c>). A driver's poll
+    /// that throws ends the call with what was found so far: the throw is a device error for the
+    /// device's supervisor, never the caller's exception.
     /// </summary>
     int Poll(uint cookie);
 
@@ -136,7 +138,9 @@ public interface IBlockDevice : IAsyncDisposable
     /// Polls until <paramref name="io"/> completed (works in both dispatch modes). Flushes the
     /// calling flow's plug first; an I/O without a cookie of its own (merged into another polled
     /// request, not yet built, or split by <c>max_sectors_kb</c> and so no longer polled) is
-    /// completed by reaping every poll queue.
+    /// completed by reaping every poll queue. A driver's poll that throws does not end the call:
+    /// the throw is a device error for the device's supervisor, and the I/O completes once, as the
+    /// reset or the device's loss that follows decides.
     /// </summary>
     int Poll(in PolledIo io);
 

@@ -79,7 +79,9 @@ public enum DriverFeatures
 /// device error to the driver's supervisor; any other exception from <c>QueueRq</c>,
 /// <see cref="CommitRqs"/> or <see cref="InitHardwareContext"/> is reported the same way (a
 /// transient error: the device is reset, and <c>InitHardwareContext</c> runs again before the
-/// next <c>QueueRq</c>). An exception from <see cref="ExitHardwareContext"/> is ignored.
+/// next <c>QueueRq</c>), and so is one from <see cref="Poll"/>, once per hardware queue until the
+/// reset or reopen it causes has ended; the polling caller never sees it, and the queue goes on
+/// polling the driver. An exception from <see cref="ExitHardwareContext"/> is ignored.
 /// </para>
 /// </remarks>
 public interface IBlockDriver : IDisposable

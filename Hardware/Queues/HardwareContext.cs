@@ -42,6 +42,9 @@ public sealed partial class HardwareContext
     private const int StateSchedRestart = 1 << 2;
     private const int StateInactive = 1 << 3;
 
+    // The driver's Poll threw and the fault was reported; cleared when the reset or reopen ends.
+    private const int StatePollFaulted = 1 << 4;
+
     private readonly long[] _dispatched = new long[DispatchOrder];
     private long _unstartedAccepted;
     private readonly TagShareAccount _ownAccount = new();
@@ -150,6 +153,15 @@ public sealed partial class HardwareContext
 
     /// <summary>Requests waiting to be dispatched: the dispatch list and the submission ring.</summary>
     public int PendingCount => Volatile.Read(ref _dispatchCount) + Volatile.Read(ref _ownerStagedCount) + Ring.Count + Requeued.Count;
+
+    /// <summary>True from a throw of the driver's <c>Poll</c> on this queue until the reset or reopen it caused has ended.</summary>
+    public bool PollFaulted => (Volatile.Read(ref _state) & StatePollFaulted) != 0;
+
+    /// <summary>Marks a throw of the driver's Poll; true for the first since the last <see cref="ClearPollFault"/>, which the caller reports.</summary>
+    internal bool TryMarkPollFault() => (Interlocked.Or(ref _state, StatePollFaulted) & StatePollFaulted) == 0;
+
+    /// <summary>A reset or reopen ended: the next throw of the driver's Poll is reported again.</summary>
+    internal void ClearPollFault() => Interlocked.And(ref _state, ~StatePollFaulted);
 
     /// <summary>The exception a driver threw in the last faulted round, if any.</summary>
     public Exception? LastFault { get; private set; }

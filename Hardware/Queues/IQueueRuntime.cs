@@ -85,7 +85,11 @@ public interface IQueueRuntime
 /// <summary>Data-plane facts the control plane is told about, lazily and never once per I/O.</summary>
 public interface IQueueEvents
 {
-    /// <summary>A driver threw from QueueRq: the hardware queue stopped and awaits a reset.</summary>
+    /// <summary>
+    /// A driver failed: a dispatch round's QueueRq, CommitRqs or InitHardwareContext threw (the
+    /// hardware queue stopped and awaits a reset), or its Poll did (reported once until the reset
+    /// or reopen ends), or the driver reported its device lost.
+    /// </summary>
     void OnDeviceError(HardwareContext hctx, Exception error);
 
     /// <summary>A request was aborted (<see cref="RequestQueue.AbortRequest"/>): scan <paramref name="hctx"/> for timeouts now.</summary>

@@ -44,8 +44,7 @@ public sealed partial class RequestQueue
         var spin = default(SpinWait);
         while (rq.Allocation == allocation && hctx.Tags.IsAllocated(tag) && rq.Queue == this)
         {
-            var n = Driver.Poll(hctx);
-            if (n < 0)
+            if (!TryPollDriver(hctx, out var n) || n < 0)
             {
                 break;
             }
@@ -75,9 +74,8 @@ public sealed partial class RequestQueue
         var found = 0;
         foreach (var hctx in _hctxs)
         {
-            if (hctx.Type == HctxType.Poll)
+            if (hctx.Type == HctxType.Poll && TryPollDriver(hctx, out var n))
             {
-                var n = Driver.Poll(hctx);
                 if (n > 0)
                 {
                     found += n;
@@ -86,5 +84,43 @@ public sealed partial class RequestQueue
         }
 
         return found;
+    }
+
+    /// <summary>
+    /// Lets the supervisor report a driver's poll fault again: a reset or reopen of the device
+    /// ended, so a poll that throws now is a new device error, not the one it covered.
+    /// </summary>
+    internal void ClearPollFaults()
+    {
+        foreach (var hctx in _hctxs)
+        {
+            hctx.ClearPollFault();
+        }
+    }
+
+    // The driver's poll, on the caller's thread. A throw is a driver bug, handled as one from
+    // QueueRq: a device error for the supervisor (a reset, or the device given up), never the
+    // polling caller's exception (an I/O submitter spinning on its request got the driver's
+    // exception before, and its request's completion was left to whoever polled next). Reported
+    // once until the reset or reopen it causes ends, so a poller spinning on a driver that always
+    // throws does not queue one reset per spin. The driver is still polled meanwhile: a throw now
+    // and then does not keep it from reaping what it completed.
+    private bool TryPollDriver(HardwareContext hctx, out int found)
+    {
+        try
+        {
+            found = Driver.Poll(hctx);
+            return true;
+        }
+        catch (Exception ex)
+        {
+            found = 0;
+            if (hctx.TryMarkPollFault())
+            {
+                Events?.OnDeviceError(hctx, ex);
+            }
+
+            return false;
+        }
     }
 }

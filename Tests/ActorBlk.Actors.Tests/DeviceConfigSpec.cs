@@ -292,6 +292,8 @@ public sealed class DeviceConfigSpec
     [InlineData("{ name = s, type = linear, members = [] }", "members")]
     [InlineData("{ name = s, type = linear, members = [nosuch] }", "members")]
     [InlineData("{ name = s, type = linear, members = [s] }", "members")]
+    [InlineData("{ name = s, type = linear, members = [a, a] }", "members")]
+    [InlineData("{ name = s, type = striped, members = [a, a] }", "members")]
     [InlineData("{ name = s, type = linear, chunk = 4k, members = [a] }", "chunk")]
     [InlineData("{ name = s, type = striped, chunk = 3000, members = [a] }", "chunk")]
     [InlineData("{ name = s, type = striped, chunk = lots, members = [a] }", "chunk")]

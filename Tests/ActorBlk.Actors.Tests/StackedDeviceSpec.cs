@@ -198,6 +198,48 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
         await c!.ReadAsync(0, new byte[4096]);
     }
 
+    // Linear("sda", "sda") and Striped(64k, "sda", "sdb", "sda") were accepted: two extents (or
+    // stripes) over the same data, so a write through one silently overwrote the other. md and dm
+    // refuse a device claimed twice (bd_claim: EBUSY); so does the table, on a first load and on a
+    // reload, and nothing changes. Extents of one device that do not overlap (dm's segments) stay.
+    [Fact]
+    public async Task A_table_naming_a_member_twice_is_refused_and_nothing_changes()
+    {
+        await Member("dup0");
+        await Member("dup1");
+        var placeholder = await Layer.CreateStackedDeviceAsync("dupA");
+        foreach (var table in new[] { StackTable.Linear("dup0", "dup0"), StackTable.Striped(4096, "dup0", "dup1", "dup0"), StackTable.Mirror("dup1", "dup1") })
+        {
+            var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("dupA", table));
+            Assert.Equal("table", refused.Option);
+            Assert.Contains(table is MirrorTable ? "member 'dup1' is listed twice" : "member 'dup0' is listed twice", refused.Message, StringComparison.Ordinal);
+            Assert.Equal(QueueKind.Placeholder, placeholder.Queue.Kind);
+        }
+
+        // A reload: the old table still serves, over the data it had.
+        await Layer.CreateStackedDeviceAsync("dupB");
+        var dm = await Layer.LoadTableAsync("dupB", StackTable.Linear("dup0", "dup1"));
+        var target = dm.Queue.BioDriver;
+        var data = Pattern(4096, 7);
+        await dm.WriteAsync(4 * MiB, data);
+        var reload = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("dupB", StackTable.Striped(4096, "dup1", "dup1")));
+        Assert.Equal("table", reload.Option);
+        Assert.Contains("'dup1'", reload.Message, StringComparison.Ordinal);
+        Assert.Same(target, dm.Queue.BioDriver);
+        Assert.Equal(8 * MiB, dm.Capacity);
+        var back = new byte[4096];
+        await dm.ReadAsync(4 * MiB, back);
+        Assert.Equal(data, back);
+
+        // Two extents of one device that do not overlap are two halves of it, not an alias.
+        await Layer.CreateStackedDeviceAsync("dupC");
+        var halves = await Layer.LoadTableAsync("dupC", new LinearTable([new LinearTable.Extent("dup0", 2 * MiB, null), new LinearTable.Extent("dup0", 0, 2 * MiB)]));
+        Assert.Equal(4 * MiB, halves.Capacity);
+        var overlapping = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("dupC",
+            new LinearTable([new LinearTable.Extent("dup0", 0, 2 * MiB), new LinearTable.Extent("dup0", MiB, 2 * MiB)])));
+        Assert.Equal("table", overlapping.Option);
+    }
+
     [Fact]
     public async Task Bad_names_and_sizes_are_refused_and_the_node_goes_on()
     {

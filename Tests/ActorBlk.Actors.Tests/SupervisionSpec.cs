@@ -123,6 +123,54 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, await Layer.DestroyDeviceAsync("initfault"));
     }
 
+    // A driver whose Poll threw handed its exception to the caller polling for its I/O, and no
+    // one else saw it. It is a device error as a throw from QueueRq is: the poller goes on and
+    // the supervisor resets the device; the request completes once, by a later poll (before the
+    // reset, or retried after it).
+    [Fact]
+    public async Task A_driver_whose_Poll_throws_is_reset_and_the_polled_IO_completes()
+    {
+        var driver = new ScriptedDriver(pollable: true, extra: Resettable) { ThrowOnPollOnce = new InvalidOperationException("driver bug in poll") };
+        var device = await Create(driver, "pollfault", new DeviceOptions { SubmitQueues = 1, PollQueues = 1, IoPoll = true });
+
+        await EventFilter.Error(contains: "supervisor: Restart after InvalidOperationException").ExpectOneAsync(async () =>
+        {
+            var io = device.Submit(BlockOp.Read, 0, new byte[512]);
+            await Task.Run(() => device.Poll(io)).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(BlockStatus.Ok, await io.Completion.AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        });
+
+        // The reset follows (the poll after the throw may have completed the request first); once
+        // it has ended, a poll that throws again would be reported again.
+        await Until(() => driver.ResetCalls == 1 && !device.Queue.HardwareContexts[^1].PollFaulted);
+        Assert.Equal(1, (await InfoOf("pollfault")).Resets);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("pollfault"));
+    }
+
+    // A Poll that always throws: each reset retries the request and the next poll throws again,
+    // one report per reset however fast the caller spins, until max-resets gives the device up
+    // and the request completes with Offline, once, its tag freed.
+    [Fact]
+    public async Task A_driver_whose_Poll_always_throws_is_given_up_and_the_polled_IO_completes_offline()
+    {
+        var driver = new ScriptedDriver(pollable: true, extra: Resettable) { ThrowOnPoll = new InvalidOperationException("broken poll") };
+        var device = await Create(driver, "pollbroken", new DeviceOptions { SubmitQueues = 1, PollQueues = 1, IoPoll = true });
+
+        var io = device.Submit(BlockOp.Read, 0, new byte[512]);
+        await Task.Run(() => device.Poll(io)).WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(BlockStatus.Offline, await io.Completion.AsTask().WaitAsync(TimeSpan.FromSeconds(30)));
+        var info = await InfoOf("pollbroken");
+        Assert.Equal("offline", info.Health);
+        Assert.Equal(3, info.Resets);
+        Assert.Equal(4, info.DeviceErrors);
+        Assert.Equal(0, device.Queue.DoubleCompletions);
+        AssertTagsFree(device);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("pollbroken"));
+    }
+
     // The same audit: an ExitHardwareContext that throws at teardown aborted the process in ring
     // dispatch. The queue goes away either way; the destroy completes.
     [Fact]

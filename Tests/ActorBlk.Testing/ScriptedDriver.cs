@@ -15,6 +15,7 @@ public sealed class ScriptedDriver : IBlockDriver
     private int _reopensRunning;
     private int _resetsBegun;
     private int _resetsRunning;
+    private int _pollCalls;
     private readonly TaskCompletionSource _recoveryCancelled = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Queue<BlockStatus> _script = new();
     private readonly TaskCompletionSource _held = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -244,11 +245,32 @@ public sealed class ScriptedDriver : IBlockDriver
     /// <summary>Thrown from CommitRqs when set (a driver bug).</summary>
     public Exception? ThrowOnCommit { get; set; }
 
+    /// <summary>Thrown from the next Poll only, then cleared (a driver bug in its poll); what it polled stays.</summary>
+    public Exception? ThrowOnPollOnce { get; set; }
+
+    /// <summary>Thrown from every Poll while set (a driver whose poll is broken).</summary>
+    public Exception? ThrowOnPoll { get; set; }
+
+    /// <summary>Calls of Poll, thrown or not.</summary>
+    public int PollCalls => Volatile.Read(ref _pollCalls);
+
     public int Poll(HardwareContext hctx)
     {
         List<Request> done;
         lock (_lock)
         {
+            _pollCalls++;
+            if (ThrowOnPollOnce is { } once)
+            {
+                ThrowOnPollOnce = null;
+                throw once;
+            }
+
+            if (ThrowOnPoll is { } always)
+            {
+                throw always;
+            }
+
             done = [.. Polled];
             Polled.Clear();
         }
@@ -306,6 +328,7 @@ public sealed class ScriptedDriver : IBlockDriver
             {
                 ResetCalls++;
                 InFlight.Clear();
+                Polled.Clear();
             }
         }
         finally
