@@ -202,7 +202,10 @@ public sealed class BlockDevice : IBlockDevice
         BlockPlug.Current?.Flush();
         var found = 0;
         var spin = default(SpinWait);
-        while (io.Bio.Version == io.Version && !io.Completion.IsCompleted)
+        // HasEnded, not io.Completion.IsCompleted: a flow that awaits the I/O while this one polls
+        // may consume it and send its bio back to the pool at any moment, and the ValueTask's
+        // status check then throws (its token is stale) where the I/O has simply ended.
+        while (!io.Bio.HasEnded(io.Version))
         {
             var cookie = io.Cookie;
             if (cookie == PollCookie.None)

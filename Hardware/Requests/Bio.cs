@@ -141,6 +141,30 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// <summary>The token of the <c>ValueTask</c> currently backed by this bio.</summary>
     internal short Version => _core.Version;
 
+    /// <summary>
+    /// Whether the I/O of <paramref name="version"/> has ended: its result is set, or the bio has
+    /// gone back to its pool since (and may be out again for another I/O). Unlike the status of
+    /// the I/O's <c>ValueTask</c>, it never throws: an awaiter on another thread may consume the
+    /// I/O and recycle the bio between any two reads of it (<see cref="BlockDevice.Poll(in PolledIo)"/>).
+    /// </summary>
+    internal bool HasEnded(short version)
+    {
+        if (_core.Version != version)
+        {
+            return true;
+        }
+
+        try
+        {
+            return _core.GetStatus(version) != ValueTaskSourceStatus.Pending;
+        }
+        catch (InvalidOperationException)
+        {
+            // Recycled between the version check and the status: the token is stale, so it ended.
+            return true;
+        }
+    }
+
     internal bool RunContinuationsAsynchronously
     {
         set => _core.RunContinuationsAsynchronously = value;

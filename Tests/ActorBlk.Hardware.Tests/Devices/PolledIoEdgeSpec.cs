@@ -25,8 +25,8 @@ public sealed class PolledIoEdgeSpec : IAsyncLifetime
 
     public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-    private BlockDevice Create(int maxSectorsKb = 0, MergePolicy merges = MergePolicy.All) => _devices.Create(
-        new DeviceOptions { Name = "polled", Size = 4 << 20, IoPoll = true, MemoryBacked = true, MaxSectorsKb = maxSectorsKb, NoMerges = merges },
+    private BlockDevice Create(int maxSectorsKb = 0, MergePolicy merges = MergePolicy.All, CompletionContinuation completion = CompletionContinuation.Inline) => _devices.Create(
+        new DeviceOptions { Name = "polled", Size = 4 << 20, IoPoll = true, MemoryBacked = true, MaxSectorsKb = maxSectorsKb, NoMerges = merges, Completion = completion },
         CpuTopology.Simulated(2));
 
     private static byte[] Pattern(int length, int seed)
@@ -105,5 +105,48 @@ public sealed class PolledIoEdgeSpec : IAsyncLifetime
         var back = new byte[8192];
         await device.ReadAsync(0, back);
         Assert.Equal(first.Concat(second).ToArray(), back);
+    }
+
+    [Fact]
+    public async Task Polling_an_io_that_another_flow_awaits_ends_when_it_completes_and_never_throws()
+    {
+        // Hybrid polling: one flow awaits the I/O, another polls it until it is done. The awaiter
+        // consumes the I/O on a thread-pool thread (completion = threadpool) and sends its bio back
+        // to the pool. Poll(io) checked that the bio was still this I/O's, then asked the I/O's
+        // ValueTask whether it had completed; a bio recycled between the two made that question
+        // throw InvalidOperationException out of Poll (an outside chaos run: about one polled
+        // I/O in a thousand). Each I/O here is polled until its awaiter has it.
+        var device = Create(completion: CompletionContinuation.ThreadPool);
+        var data = Pattern(4096, 5);
+        await device.WriteAsync(0, data);
+        var buffer = new byte[4096];
+        var thrown = await Task.Run(async () =>
+        {
+            for (var i = 0; i < 1000; i++)
+            {
+                var io = device.Submit(BlockOp.Read, 0, buffer, cpu: i % 2);
+                var awaited = io.Completion.AsTask();
+                try
+                {
+                    while (!awaited.IsCompleted)
+                    {
+                        device.Poll(in io);
+                    }
+                }
+                catch (InvalidOperationException ex)
+                {
+                    await awaited;
+                    return $"I/O {i}: {ex.Message}";
+                }
+
+                Assert.Equal(BlockStatus.Ok, await awaited);
+            }
+
+            return null;
+        }).WaitAsync(Deadline);
+
+        Assert.Null(thrown);
+        Assert.Equal(data, buffer);
+        Assert.Equal(0, device.Queue.Usage.Count);
     }
 }
