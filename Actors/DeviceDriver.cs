@@ -192,6 +192,12 @@ internal sealed class DeviceDriverActor : UntypedActor, IWithUnboundedStash, IWi
             // requeued can complete, so whoever saw that completion and then asks the queue
             // (GetInfo, the stat files) finds the reset.
             Context.Parent.Tell(new DeviceDriver.ResetDone(_resetReason, requeued, failed));
+
+            // Also before the queue runs again: a driver's Poll that throws from now on (pollers
+            // never stop) is a new device error, reported behind the ResetDone above, so it starts
+            // a reset of its own. Cleared when the parent handled ResetDone, a throw in between
+            // found the flag of the fault this reset covered still set and was dropped.
+            _queue.ClearPollFaults();
         }
         finally
         {

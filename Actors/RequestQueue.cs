@@ -370,10 +370,9 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
                 _hardwareQueues[scan.HardwareQueue].Tell(HardwareQueue.ScanTimeouts.Instance);
                 break;
             case DeviceDriver.ResetDone done:
-                // A reset device starts with a clean count, as a reopened one does, and a driver's
-                // Poll that throws again is a new device error.
+                // A reset device starts with a clean count, as a reopened one does (the driver
+                // actor cleared the poll faults before the queue ran again).
                 _resetting = false;
-                _queue.ClearPollFaults();
                 _timeoutWindow.Clear();
                 _timeoutsInWindow = 0;
                 CountReset(done, removing: false);
@@ -535,7 +534,6 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
             case DeviceDriver.ResetDone done:
                 // The device drains through it, and may still fail: what it reports is handled again.
                 _resetting = false;
-                _queue.ClearPollFaults();
                 CountReset(done, removing: true);
                 break;
             case TryReopen:
