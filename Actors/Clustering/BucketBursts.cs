@@ -9,7 +9,7 @@ namespace ActorBlk.Actors.Clustering;
 /// to back (a device destroyed and at once created again under its name) replicate together. Paced
 /// a window apart each, they showed every peer the device gone for a window in between, and a
 /// remote handle that had already connected the new device was retired for it (its mirror leg
-/// failed, and was copied whole, twice).
+/// failed, and was copied whole, twice). A burst that leaves a bucket waiting takes nothing more.
 /// </summary>
 /// <param name="budget">The most bytes one burst writes (<see cref="Serialization.RemoteSurface.MaxRemoteData"/>); a bucket larger than that goes alone.</param>
 internal sealed class BucketBursts(long budget)
@@ -23,26 +23,34 @@ internal sealed class BucketBursts(long budget)
     /// writes every bucket returned; <paramref name="window"/> is the least gap between two bursts
     /// (<see cref="DeviceRegistryActor.BurstWindow"/>).
     /// </summary>
-    public (List<int> Burst, long RetryAt) Take(long now, IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, TimeSpan window)
+    public (List<int> Burst, long RetryAt) Take(long now, IReadOnlyCollection<int> dirty, Func<int, ClusterNodeDevices> entry, TimeSpan window)
     {
         var open = now < _windowEnd;
         var burst = DeviceRegistryActor.NextBurst(dirty, entry, open ? budget - _used : budget, atLeastOne: !open);
-        if (burst.Count == 0)
+        if (burst.Count > 0)
         {
-            return (burst, _windowEnd);
+            if (!open)
+            {
+                _used = 0;
+            }
+
+            foreach (var bucket in burst)
+            {
+                _used += entry(bucket).WireEstimate();
+            }
+
+            _windowEnd = now + (long)window.TotalMilliseconds;
         }
 
-        if (!open)
+        if (burst.Count < dirty.Count)
         {
-            _used = 0;
+            // A bucket waits for the next burst: this one takes nothing more, so the next starts a
+            // window after its last write. Left open, small changes joining it one after another
+            // (each moving its end) held a larger bucket back for as long as they came (a review:
+            // 31 joined writes, 9.6 s instead of 0.4).
+            _used = budget;
         }
 
-        foreach (var bucket in burst)
-        {
-            _used += entry(bucket).WireEstimate();
-        }
-
-        _windowEnd = now + (long)window.TotalMilliseconds;
         return (burst, _windowEnd);
     }
 }
