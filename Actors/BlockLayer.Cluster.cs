@@ -157,4 +157,7 @@ public sealed partial class BlockLayer
 
     /// <summary>True when <paramref name="name"/> is this node's local queue of another node's device (not published, not exported).</summary>
     internal bool IsImported(string name) => _opener.IsImported(name);
+
+    /// <summary>The cluster id (<c>name@host:port</c>) of the other node's device whose local queue here is <paramref name="name"/>, or null.</summary>
+    internal string? ImportedId(string name) => _opener.ImportedId(name);
 }

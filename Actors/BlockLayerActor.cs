@@ -672,9 +672,11 @@ internal sealed class BlockLayerActor : ReceiveActor
     // Members as they resolve: a device name here, name@node for another node's. A member named
     // name@node for a device of this node opens a handle over the local device, and its key is
     // that device's name: keyed name@node, a mirror could claim a device a linear device is built
-    // on (a review).
-    private static string[] ClaimKeys(BlockLayer.LoadTable load) =>
-        [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? LegIdentity(h) : m)];
+    // on (a review). A member named by this node's local queue of another node's device (the
+    // queue a handle of name@node connected) is that device too: keyed by its queue's name, a
+    // table over it and name@node passed as two devices, and so did a mirror's exclusive claim.
+    private string[] ClaimKeys(BlockLayer.LoadTable load) =>
+        [.. load.Table.MemberNames.Select(m => load.Opened.TryGetValue(m, out var h) ? LegIdentity(h) : _layer.ImportedId(m) ?? m)];
 
     // Why the table names one device twice, with data that would alias, or null. Members are
     // compared by what they resolve to (ClaimKeys). Extents of a linear table over one device that

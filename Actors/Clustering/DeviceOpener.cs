@@ -33,6 +33,9 @@ internal sealed class DeviceOpener
     /// <summary>True when <paramref name="name"/> is the local queue of another node's device.</summary>
     public bool IsImported(string name) => _imported.ContainsKey(name);
 
+    /// <summary>The cluster id of the other node's device whose local queue is <paramref name="name"/>, or null.</summary>
+    public string? ImportedId(string name) => _imported.TryGetValue(name, out var id) ? id : null;
+
     public async Task<ClusterBlockDevice> OpenAsync(string name, DeviceOptions? template, CancellationToken cancellationToken)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(name);

@@ -8,7 +8,8 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// A table that names one device twice by two of its names is refused as one that names it twice
 /// by the same name (<c>DeviceOptionsException</c> on <c>table</c>): this node's device by its
 /// plain name and as the registry names it (<c>name@host:port</c>), another node's by a plain name
-/// only that node has and by <c>name@host:port</c>. Members are compared by the device they open,
+/// only that node has and by <c>name@host:port</c>, or by this node's local queue of it (the queue
+/// a handle connected) and by <c>name@host:port</c>. Members are compared by the device they open,
 /// not by the handle: two handles of one device were two legs of a mirror (one copy counted as
 /// two) or two extents over the same data.
 /// </summary>
@@ -73,5 +74,35 @@ public sealed class StackedMemberTwiceSpec
         // Nothing was kept: named once, the remote device is a leg.
         var md0 = await a.Layer.LoadTableAsync("md0", StackTable.Mirror(Options, "near0", id));
         Assert.Equal(2, ((MirrorTarget)md0.Queue.BioDriver!).Legs.Count);
+    }
+
+    // A review: the local queue a handle of far0@b connected on this node is a device here too (a
+    // member may name it); keyed by its own name, Linear(queue, far0@b) loaded with two whole
+    // extents over one device, and a mirror over the two passed both this check and the exclusive
+    // claim.
+    [Fact]
+    public async Task Another_nodes_device_named_by_its_local_queue_here_and_its_registry_id_is_refused_as_named_twice()
+    {
+        var a = ClusterNode.Start("a");
+        await using var _a = a;
+        var b = ClusterNode.Start("b");
+        await using var _b = b;
+        await a.JoinAsync(a, Liveness);
+        await b.JoinAsync(a, Liveness);
+        b.ExportNbd();
+        await b.Layer.CreateDeviceAsync(Memory("far0"));
+        var id = $"far0@{b.Name}";
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Id == id && e.NbdEndpoint.Length > 0), Liveness);
+        await using var handle = await a.Layer.OpenAsync(id);
+        var queue = handle.Name;
+        Assert.NotEqual(id, queue);
+        await a.Layer.CreateStackedDeviceAsync("st0");
+
+        foreach (var table in new[] { StackTable.Linear(queue, id), StackTable.Striped(4096, id, queue), StackTable.Mirror(Options, queue, id) })
+        {
+            var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => a.Layer.LoadTableAsync("st0", table));
+            Assert.Equal("table", refused.Option);
+            Assert.Contains($"are the same device ({id})", refused.Message, StringComparison.Ordinal);
+        }
     }
 }
