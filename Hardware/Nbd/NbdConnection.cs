@@ -97,6 +97,13 @@ public sealed class NbdConnection
     private volatile bool _transmitting;
     private volatile bool _stopRequested;
 
+    // Linux, plain TCP: the blocking reader's own eventfd, polled beside its socket and made
+    // readable (for good) by StopReading; -1 before the reader made it, after it closed it, or
+    // when it could not be made. _wakeTried: the reader has passed the point of making it.
+    private readonly object _wakeLock = new();
+    private int _wakeEvent = -1;
+    private bool _wakeTried;
+
     // A refusal was answered and the connection closes after it: gracefully, so the answer is read.
     private bool _lingerOnClose;
 
@@ -183,14 +190,18 @@ public sealed class NbdConnection
     /// <see cref="Abort"/> after a grace period ends what is left.
     /// </summary>
     /// <remarks>
-    /// The blocking reader (plain TCP on Linux) is woken by the server's stop event, which it polls
-    /// beside the socket, and the TLS reader by the cancelled token. Only where neither applies (a
-    /// plain connection off Linux, or no eventfd) is the receive side shut down to wake the
-    /// reader, which makes the lingering close end at the first pause in the client's input.
+    /// The blocking reader (plain TCP on Linux) is woken by its own eventfd, which it polls beside
+    /// the socket (the server's stop event when it could not make one), and the TLS reader by the
+    /// cancelled token. Only where neither applies (a plain connection off Linux, or no eventfd)
+    /// is the receive side shut down to wake the reader, which makes the lingering close end at
+    /// the first pause in the client's input, and Linux then answers what the client sends after
+    /// the FIN with a reset (an outside audit: libnbd clients of a device destroyed under load
+    /// went DEAD with their last replies unread, when the receive side was shut down for every
+    /// connection stopped alone).
     /// </remarks>
     /// <param name="alone">
     /// Only this connection stops (its device was destroyed), so the server's stop event does not
-    /// wake its reader: the receive side is shut down instead.
+    /// wake its reader: its own event does, or, without one, the receive side is shut down.
     /// </param>
     internal void StopReading(bool alone = false)
     {
@@ -202,10 +213,65 @@ public sealed class NbdConnection
         }
 
         CancelQuietly(_stopReading);
+        if (_tls is null && OperatingSystem.IsLinux())
+        {
+            lock (_wakeLock)
+            {
+                if (_wakeEvent >= 0)
+                {
+                    // The blocking reader polls its own event: the socket's receive side stays
+                    // open, so the linger that follows sees the client's close (see LingerAsync).
+                    SignalWake();
+                    return;
+                }
+
+                if (!_wakeTried)
+                {
+                    // The reader has not made its event yet: it sees _stopRequested when it does.
+                    return;
+                }
+            }
+        }
+
         if (alone || (_tls is null && (_server.StopEvent < 0 || !OperatingSystem.IsLinux())))
         {
             // Wakes a reader blocked in a read; the replies still go out on the sending side.
+            // (Only where the reader has no event: once the receive side is shut down, Linux
+            // answers what the client sends after this side's FIN with a reset.)
             ShutdownQuietly(SocketShutdown.Receive);
+        }
+    }
+
+    private unsafe void SignalWake()
+    {
+        var one = 1UL;
+        _ = LibC.Write(_wakeEvent, &one, sizeof(ulong));
+    }
+
+    /// <summary>
+    /// Makes the blocking reader's event (see <see cref="StopReading"/>); false when a stop was
+    /// asked for before it could be polled, so the reader takes no request.
+    /// </summary>
+    private bool OpenWakeEvent()
+    {
+        lock (_wakeLock)
+        {
+            _wakeTried = true;
+            // Without one (out of descriptors) a later stop shuts the receive side down, as before.
+            _wakeEvent = LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK);
+            return !_stopRequested;
+        }
+    }
+
+    private void CloseWakeEvent()
+    {
+        lock (_wakeLock)
+        {
+            if (_wakeEvent >= 0)
+            {
+                _ = LibC.Close(_wakeEvent);
+                _wakeEvent = -1;
+            }
         }
     }
 
@@ -1407,6 +1473,11 @@ public sealed class NbdConnection
         try
         {
             var fd = (int)handle.DangerousGetHandle();
+            if (!OpenWakeEvent())
+            {
+                return;
+            }
+
             _in = GC.AllocateUninitializedArray<byte>(InputBufferSize, pinned: true);
 
             // Bytes the negotiation's pipe reader already took from the socket come first.
@@ -1466,6 +1537,7 @@ public sealed class NbdConnection
         }
         finally
         {
+            CloseWakeEvent();
             if (added)
             {
                 handle.DangerousRelease();
@@ -1637,7 +1709,7 @@ public sealed class NbdConnection
             slow = left < Options.StallTimeout.TotalMilliseconds;
         }
 
-        var stopEvent = _server.StopEvent;
+        var stopEvent = _wakeEvent >= 0 ? _wakeEvent : _server.StopEvent;
         var polled = stopEvent >= 0 ? LibC.PollOneOrWake(fd, LibC.POLLIN, stopEvent, timeout) : LibC.PollOne(fd, LibC.POLLIN, timeout);
         if (polled == 2)
         {

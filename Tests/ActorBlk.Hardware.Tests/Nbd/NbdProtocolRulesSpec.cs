@@ -494,6 +494,72 @@ public sealed class NbdProtocolRulesSpec
         await Condition.EventuallyAsync(() => server.ConnectionCount == 1, "only the other device's connection left");
     }
 
+    // An outside audit (events under load): libnbd clients with 32 commands in flight on a device
+    // destroyed under them went DEAD (a reset) with their last replies unread, where README
+    // promises the replies in flight and a graceful close. The close shut the receive side down to
+    // wake the reader, and then took the first empty read for the client's close: it closed the
+    // socket while the client went on sending, and the reset threw away the replies the client
+    // had not read. On Linux a socket whose receive side was shut down answers data arriving after
+    // its FIN with a reset, so the reader is now woken by an eventfd of its own. As at shutdown,
+    // the client keeps sending after the close began and reads slowly (a small receive buffer, so
+    // the small replies wait in the server's send buffer): it must get every reply, then a
+    // clean end of stream, and the connection lingers until the client closes.
+    [Fact]
+    public async Task A_destroyed_devices_slow_reader_that_keeps_sending_gets_every_reply_then_end_of_stream()
+    {
+        const int Reads = 64;
+        const int ReadLength = 1024;
+        var (driver, device, softIrq) = HeldDevice("held3");
+        using var _irq = softIrq;
+        await using var _device = device;
+        await using var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions
+        {
+            Listen = new IPEndPoint(IPAddress.Loopback, 0),
+            MaxInFlight = Reads,
+            ShutdownGrace = TimeSpan.FromMinutes(1), // only the client's close may end the linger here
+        });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held3", receiveBuffer: 4096);
+        await using var _client = client;
+        for (var i = 0; i < Reads; i++)
+        {
+            await client.SendRequestAsync(NbdCommand.Read, (ulong)i, (ulong)i * ReadLength, ReadLength);
+        }
+
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == Reads, "the reads in the driver");
+        Assert.Equal(1, server.CloseConnectionsOf(device));
+        for (var i = 0; i < 4; i++)
+        {
+            await client.SendRequestAsync(NbdCommand.Read, 100 + (ulong)i, 0, 512);
+        }
+
+        driver.CompleteInline = true; // should the server ever run a late request, it completes
+        Assert.Equal(Reads, driver.CompleteAll());
+        await Condition.EventuallyAsync(() => server.InFlight == 0, "every reply handed to the socket");
+
+        var answered = new HashSet<ulong>();
+        var late = 200UL;
+        try
+        {
+            while (await client.ReadSimpleReplyOrEndAsync(c => c < Reads ? ReadLength : 512) is { } reply)
+            {
+                Assert.Equal(NbdError.None, reply.Error);
+                Assert.True(answered.Add(reply.Cookie));
+                await client.SendRequestAsync(NbdCommand.Read, late++, 0, 512);
+            }
+        }
+        catch (IOException ex)
+        {
+            Assert.Fail($"the connection was reset after {answered.Count} of {Reads} replies: {ex.Message}");
+        }
+
+        Assert.Equal(Enumerable.Range(0, Reads).Select(i => (ulong)i), answered.Order());
+        Assert.Equal(1, server.ConnectionCount); // it lingers until the client closes
+        await client.DisposeAsync();
+        await Condition.EventuallyAsync(() => server.ConnectionCount == 0, "the connection is gone");
+        Assert.Equal(0, server.BufferBytesInUse);
+        Assert.Empty(driver.InFlight);
+    }
+
     [Fact]
     public async Task Fua_write_zeroes_and_trim_are_durable_before_their_reply()
     {
