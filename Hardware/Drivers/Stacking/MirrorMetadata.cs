@@ -37,10 +37,17 @@ public sealed class MirrorAssemblyException : BlockDeviceException
 /// <remarks>
 /// Superblock layout, little-endian: magic "ABLKMIR1" (8), version (4), role (4), legs (4),
 /// flags (4: bit 0 clean, set by an orderly stop), array id (16), generation (8), data offset (8), data bytes (8), region bytes (8),
-/// then per role (3 slots of 16 bytes from byte 72): state (1), padding (7), last generation the
-/// role was known in sync (8; for a role being rebuilt, the last at which it was known to hold
-/// every region the bitmap does not record: its replacement or its recovery's last checkpoint,
-/// md's recovery_offset kept in the bitmap); an FNV-1a 64 checksum of bytes 0..4087 at byte 4088.
+/// then per role (3 slots of 16 bytes from byte 72): state (1), flags (1: bit 0 copied whole on
+/// return), padding (6), last generation the role was known in sync (8; for a role being rebuilt,
+/// the last at which it was known to hold every region the bitmap does not record: its
+/// replacement or its recovery's last checkpoint, md's recovery_offset kept in the bitmap; for a
+/// faulty role copied whole on return, the checkpoint that gave up its bitmap record); then per
+/// role (3 of 8 bytes from byte 120) the last generation a role copied whole on return was known
+/// in sync, before that checkpoint (0 for other roles); an FNV-1a 64 checksum of bytes 0..4087 at
+/// byte 4088. A faulty role is copied whole on return once a checkpoint of another role's
+/// recovery cleared bits it was owed: its last generation in sync is raised to that checkpoint (so
+/// any copy of it, read by this code or by code that knows no flags, is older and copied whole),
+/// and the generation it was really last in sync is kept beside it for the split-brain rule.
 /// </remarks>
 internal sealed class MirrorSuperblock
 {
@@ -65,6 +72,7 @@ internal sealed class MirrorSuperblock
     private const ulong Magic = 0x3152494D4B4C4241; // "ABLKMIR1"
     private const int Version = 1;
     private const int RoleTable = 72;
+    private const int LastHeldTable = RoleTable + (MaxLegs * 16);
     private const int ChecksumAt = SuperblockBytes - 8;
 
     public Guid ArrayId { get; init; }
@@ -86,6 +94,12 @@ internal sealed class MirrorSuperblock
 
     public long[] LastInSync { get; init; } = new long[MaxLegs];
 
+    /// <summary>Per role: faulty, and its bitmap record given up by a checkpoint of another role's recovery; any device of it is copied whole.</summary>
+    public bool[] WholeOnReturn { get; init; } = new bool[MaxLegs];
+
+    /// <summary>Per role copied whole on return: the last generation it was known in sync before that (0 otherwise).</summary>
+    public long[] LastHeld { get; init; } = new long[MaxLegs];
+
     /// <summary>Byte offset of bitmap page <paramref name="page"/> on a leg.</summary>
     public static long BitmapPageOffset(int page) => SuperblockBytes + ((long)page * BitmapPageBytes);
 
@@ -105,7 +119,9 @@ internal sealed class MirrorSuperblock
         for (var r = 0; r < Legs; r++)
         {
             block[RoleTable + (r * 16)] = (byte)States[r];
+            block[RoleTable + (r * 16) + 1] = (byte)(WholeOnReturn[r] ? 1 : 0);
             BinaryPrimitives.WriteInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..], LastInSync[r]);
+            BinaryPrimitives.WriteInt64LittleEndian(block[(LastHeldTable + (r * 8))..], WholeOnReturn[r] ? LastHeld[r] : 0);
         }
 
         BinaryPrimitives.WriteUInt64LittleEndian(block[ChecksumAt..], Checksum(block[..ChecksumAt]));
@@ -130,10 +146,14 @@ internal sealed class MirrorSuperblock
 
         var states = new MirrorLegState[MaxLegs];
         var last = new long[MaxLegs];
+        var whole = new bool[MaxLegs];
+        var held = new long[MaxLegs];
         for (var r = 0; r < legs; r++)
         {
             states[r] = (MirrorLegState)block[RoleTable + (r * 16)];
             last[r] = BinaryPrimitives.ReadInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..]);
+            whole[r] = (block[RoleTable + (r * 16) + 1] & 1) != 0;
+            held[r] = whole[r] ? BinaryPrimitives.ReadInt64LittleEndian(block[(LastHeldTable + (r * 8))..]) : 0;
         }
 
         return new MirrorSuperblock
@@ -147,6 +167,8 @@ internal sealed class MirrorSuperblock
             RegionBytes = BinaryPrimitives.ReadInt64LittleEndian(block[64..]),
             States = states,
             LastInSync = last,
+            WholeOnReturn = whole,
+            LastHeld = held,
         };
     }
 

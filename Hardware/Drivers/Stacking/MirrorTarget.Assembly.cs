@@ -115,7 +115,9 @@ public sealed partial class MirrorTarget
     // ------------------------------------------------------------------ assembly
 
     // Written: per leg, the generation of its own superblock as read (0 when it has none, is missing or unreadable).
-    private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long[] Written, long Generation, bool FullResync);
+    // WholeOnReturn and LastHeld: per leg that starts faulty, as the newest legs record it (a leg they record faulty and copied whole on return).
+    private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long[] Written, long Generation, bool FullResync,
+        bool[] WholeOnReturn, long[] LastHeld);
 
     // Decides each leg's part from the superblocks, or refuses (md's super_1_validate / analyse_sbs).
     private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable, bool[] missing)
@@ -139,7 +141,7 @@ public sealed partial class MirrorTarget
                 throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => unreadable[i]).Select(i => legs[i].Name))} cannot be read and no leg holds mirror metadata.");
             }
 
-            return new AssemblyPlan(null, states, last, new long[n], 0, true);
+            return new AssemblyPlan(null, states, last, new long[n], 0, true, new bool[n], new long[n]);
         }
 
         var ids = known.Select(i => blocks[i]!.ArrayId).Distinct().ToArray();
@@ -241,7 +243,21 @@ public sealed partial class MirrorTarget
                 || sb.Generation < reference.LastInSync[i];
         }
 
-        return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full);
+        // A leg they record faulty and copied whole on return stays so while it is out; taken back
+        // here (present), it was made rebuilding above and is copied whole (its superblock is older
+        // than its raised last generation in sync).
+        var whole = new bool[n];
+        var held = new long[n];
+        for (var i = 0; i < n; i++)
+        {
+            if (states[i] == MirrorLegState.Faulty && reference.States[i] == MirrorLegState.Faulty && reference.WholeOnReturn[i])
+            {
+                whole[i] = true;
+                held[i] = reference.LastHeld[i];
+            }
+        }
+
+        return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full, whole, held);
     }
 
     private async Task StartAsync(AssemblyPlan plan, bool assumeClean, int[] missingAt)
@@ -273,6 +289,8 @@ public sealed partial class MirrorTarget
             Array.Copy(plan.States, _state, _state.Length);
             Array.Copy(plan.LastInSync, _lastInSync, _lastInSync.Length);
             Array.Copy(plan.Written, _legWritten, _legWritten.Length);
+            Array.Copy(plan.WholeOnReturn, _wholeOnReturn, _wholeOnReturn.Length);
+            Array.Copy(plan.LastHeld, _lastHeld, _lastHeld.Length);
             for (var i = 0; i < _missingAtStart.Length; i++)
             {
                 _missingAtStart[i] = missingAt[i] >= 0;

@@ -247,6 +247,8 @@ public sealed partial class MirrorTarget
             bool clean;
             long generation;
             long[] last;
+            bool[] whole;
+            long[] held;
             ulong[]? cleared = null;
             var dirtyPages = new List<(int Page, long Version, byte[] Bytes)>();
             lock (_lock)
@@ -263,6 +265,8 @@ public sealed partial class MirrorTarget
                 clean = _clean;
                 generation = _generation;
                 last = [.. _lastInSync];
+                whole = [.. _wholeOnReturn];
+                held = [.. _lastHeld];
 
                 // Bits cleared, a leg declared in sync or the mirror clean: the metadata says the
                 // legs hold those regions' writes, so every leg is flushed before it is written.
@@ -351,6 +355,8 @@ public sealed partial class MirrorTarget
                             RegionBytes = RegionBytes,
                             States = [.. states, .. new MirrorLegState[MirrorSuperblock.MaxLegs - states.Length]],
                             LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
+                            WholeOnReturn = [.. whole, .. new bool[MirrorSuperblock.MaxLegs - whole.Length]],
+                            LastHeld = [.. held, .. new long[MirrorSuperblock.MaxLegs - held.Length]],
                         }.Encode(buffer.Memory.Span);
                         ok = await SafeIo(legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
                     }

@@ -77,6 +77,7 @@ public sealed partial class MirrorTarget
                     _state[leg] = MirrorLegState.Rebuilding;
                     _legEpoch[leg]++;
                     _missingAtStart[leg] = false;
+                    _wholeOnReturn[leg] = false;
                     _legWritten[leg] = 0;
                     Interlocked.Exchange(ref _correctedReads[leg], 0);
 

@@ -420,6 +420,18 @@ public sealed partial class MirrorTarget
     private async Task CheckpointAsync()
     {
         bool any;
+        bool gaveUp;
+        lock (_lock)
+        {
+            gaveUp = GiveUpFaultyLocked();
+        }
+
+        // On every in-sync leg before any bit it was owed is cleared there (CheckpointLocked).
+        if (gaveUp)
+        {
+            await PersistAsync(superblocks: true).ConfigureAwait(false);
+        }
+
         lock (_lock)
         {
             any = CheckpointLocked();
@@ -440,6 +452,8 @@ public sealed partial class MirrorTarget
     // superblock holds that generation: a leg that missed a checkpoint (it failed during it, or it
     // is an older copy of the device) is copied whole, as a leg older than its slot's LastInSync
     // always is. True when a bit was cleared (the caller persists).
+    // A faulty leg owes nothing to the bitmap once it is copied whole on return and every in-sync
+    // leg holds the superblock that says so (GiveUpFaultyLocked).
     private bool CheckpointLocked()
     {
         var targets = Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k]).ToArray();
@@ -448,7 +462,7 @@ public sealed partial class MirrorTarget
         {
             var bit = 1UL << (r & 63);
             if ((_bits[r >> 6] & bit) != 0 && _regionWrites[r] == 0 && !CrashPendingRegion(r)
-                && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || targets.Contains(i)))
+                && Enumerable.Range(0, _legs.Length).All(i => _state[i] == MirrorLegState.InSync || targets.Contains(i) || WholeOnReturnRecorded(i)))
             {
                 _bits[r >> 6] &= ~bit;
                 _clearedUnflushed[r >> 6] |= bit;
@@ -471,6 +485,51 @@ public sealed partial class MirrorTarget
 
         return true;
     }
+
+    // Under _lock. With a leg faulty, the bitmap is also the record of every region it missed, so
+    // a checkpoint of another leg's recovery cannot clear bits without losing that record. md keeps
+    // the two apart (recovery_offset is per device, and its bitmap clears nothing while the array
+    // is degraded); here the faulty leg's record is given up instead, and the leg copied whole when
+    // it returns, only when that costs it nothing: every bit is set (the recovery copies whole, a
+    // new or replaced leg, so the faulty leg would be copied every region anyway). Its slot's last
+    // generation in sync is raised to a new generation, which no device of it holds (a faulty leg
+    // gets no superblock), so a re-add or an assembly copies it whole, even by code that knows no
+    // flags; the generation it was really last in sync is kept for the split-brain rule. True when
+    // a leg was given up (the caller persists the superblocks before the checkpoint clears bits).
+    private bool GiveUpFaultyLocked()
+    {
+        if (_failed || _copied.Count == 0 || DirtyRegionsLocked() != Regions)
+        {
+            return false;
+        }
+
+        var targets = Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k]).ToArray();
+        var faulty = Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Faulty && !_wholeOnReturn[i]).ToArray();
+
+        // Worth it only when the checkpoint then clears bits: a leg to copy to, and none rebuilding
+        // outside this pass (whose record the bitmap also is).
+        if (faulty.Length == 0 || targets.Length == 0
+            || Enumerable.Range(0, _legs.Length).Any(i => _state[i] == MirrorLegState.Rebuilding && !targets.Contains(i)))
+        {
+            return false;
+        }
+
+        _generation++;
+        foreach (var f in faulty)
+        {
+            _lastHeld[f] = _lastInSync[f];
+            _lastInSync[f] = _generation;
+            _wholeOnReturn[f] = true;
+        }
+
+        return true;
+    }
+
+    // Under _lock: the leg is faulty, copied whole on return, and every in-sync leg holds a
+    // superblock that says so (written at or after the generation that recorded it).
+    private bool WholeOnReturnRecorded(int leg) =>
+        _state[leg] == MirrorLegState.Faulty && _wholeOnReturn[leg]
+        && Enumerable.Range(0, _legs.Length).All(i => _state[i] != MirrorLegState.InSync || _legWritten[i] >= _lastInSync[leg]);
 
     // Times a source read that failed (a bad sector, not a lost leg) is tried again before the next
     // in-sync leg is tried as the source.

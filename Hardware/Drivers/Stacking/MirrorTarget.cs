@@ -58,6 +58,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // has not been taken back since. Only such a leg can have been written apart from this mirror
     // (README, "Mirrors"); cleared by its first re-add, after which it is an ordinary leg.
     private readonly bool[] _missingAtStart;
+
+    // Per leg, under _lock: faulty, and its bitmap record given up so that another leg's recovery
+    // could checkpoint (GiveUpFaultyLocked): any device of it is copied whole, its _lastInSync
+    // raised to the generation that recorded this; _lastHeld keeps the generation it was really
+    // last in sync, for the split-brain rule (WrittenApart). Persisted in the superblocks; cleared
+    // when the slot is taken back or replaced.
+    private readonly bool[] _wholeOnReturn;
+    private readonly long[] _lastHeld;
     private readonly int[] _inflight;
 
     // Bumped each time a leg goes faulty (under _lock): a recovery pass copies to, and at its end
@@ -150,6 +158,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _lastInSync = new long[_legs.Length];
         _legWritten = new long[_legs.Length];
         _missingAtStart = new bool[_legs.Length];
+        _wholeOnReturn = new bool[_legs.Length];
+        _lastHeld = new long[_legs.Length];
         _inflight = new int[_legs.Length];
         _legEpoch = new long[_legs.Length];
         _correctedReads = new long[_legs.Length];
@@ -511,7 +521,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             var apart = ours && WrittenApart(leg, sb!);
             if (automatic && apart)
             {
-                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} (generation {sb!.Generation}) was written after generation {_lastInSync[leg]}, the last at which this mirror counted it in sync: "
+                throw new InvalidOperationException($"{_name}: leg {_legs[leg].Name} (generation {sb!.Generation}) was written after generation {LastHeldInSync(leg)}, the last at which this mirror counted it in sync: "
                     + "it was written apart from this mirror (a split brain), so it is not taken back by itself; a re-add by hand copies over its writes.");
             }
 
@@ -526,6 +536,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             }
 
             _missingAtStart[leg] = false;
+            _wholeOnReturn[leg] = false;
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
             if (_legs[leg] is IReconnectingBlockDevice reconnecting && _takenAt.Length > leg)
@@ -547,8 +558,13 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // degraded start from a stale leg while it ran elsewhere). Decided by generations only, and
     // only for a leg missing at the start: an ordinary faulty leg's superblock stops at the
     // generation it failed in. A leg that was rebuilding when it failed counts itself rebuilding.
+    // For a leg copied whole on return, the generation it was last in sync before its slot's was
+    // raised (else a copy that went on apart up to that raised number would pass as in step).
     private bool WrittenApart(int leg, MirrorSuperblock sb) =>
-        _missingAtStart[leg] && sb.States[leg] == MirrorLegState.InSync && sb.Generation > _lastInSync[leg];
+        _missingAtStart[leg] && sb.States[leg] == MirrorLegState.InSync && sb.Generation > LastHeldInSync(leg);
+
+    // Under _lock: the last generation at which this mirror counted the leg's device in sync.
+    private long LastHeldInSync(int leg) => _wholeOnReturn[leg] ? _lastHeld[leg] : _lastInSync[leg];
 
     /// <summary>Marks a leg faulty by hand (md's <c>echo faulty &gt; state</c>); the mirror goes on degraded.</summary>
     /// <exception cref="InvalidOperationException">It is the last leg in sync.</exception>

@@ -146,6 +146,75 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         Assert.Equal(0, md2.Queue.DoubleCompletions);
     }
 
+    // A faulty leg whose bitmap record a checkpoint gave up (another leg's whole copy) is copied
+    // whole on return: its slot's last generation in sync is raised to that checkpoint. The
+    // split-brain rule still judges it by the generation it was really last in sync: a copy of it
+    // that went on apart up to exactly the raised number would otherwise pass as in step, and be
+    // resynced from the bitmap only (the outside audit's case, README "Mirrors").
+    [Fact]
+    public async Task A_leg_copied_whole_on_return_that_went_on_apart_up_to_its_raised_generation_is_still_refused()
+    {
+        var a = Leg("a");
+        var b = Leg("b");
+        var c = Leg("c");
+        var d = Leg("d");
+        var remote = new LateLeg("c");
+        remote.Appear(c);
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, remote], Options());
+        var md = Serve(first, "md0");
+        await md.WriteAsync(5 * Region, Stamp(5, 1));
+
+        // c fails; b is replaced by a new device, whose whole copy checkpoints.
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        await first.ReplaceLegAsync(1, d);
+        await UntilAsync(() => first.LegState(1) == MirrorLegState.InSync && first.SyncAction == "idle");
+        await StopAsync(first, md);
+
+        var metadata = new byte[MirrorSuperblock.SuperblockBytes];
+        await a.ReadAsync(0, metadata);
+        var reference = MirrorSuperblock.TryDecode(metadata)!;
+        Assert.True(reference.WholeOnReturn[2]);
+        await c.ReadAsync(0, metadata);
+        var own = MirrorSuperblock.TryDecode(metadata)!;
+        Assert.Equal(own.Generation, reference.LastHeld[2]);
+        Assert.True(reference.LastInSync[2] > own.Generation);
+
+        // c went on elsewhere, alone, up to exactly its slot's raised generation, with a write of its own.
+        new MirrorSuperblock
+        {
+            ArrayId = own.ArrayId,
+            Role = 2,
+            Legs = 3,
+            Clean = true,
+            Generation = reference.LastInSync[2],
+            DataBytes = own.DataBytes,
+            RegionBytes = own.RegionBytes,
+            States = [MirrorLegState.Faulty, MirrorLegState.Faulty, MirrorLegState.InSync],
+            LastInSync = own.LastInSync,
+        }.Encode(metadata);
+        await c.WriteAsync(0, metadata);
+        await c.WriteAsync(MirrorSuperblock.DataOffset + (5 * Region), Stamp(5, 9));
+
+        var late = new LateLeg("c");
+        var second = await MirrorTarget.AssembleAsync("md0", [a, d, late], Options());
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
+        var refused = FirstRefusal(second);
+        late.Appear(c);
+        Assert.Contains("split brain", await refused.WaitAsync(Patience));
+        Assert.Contains($"written after generation {own.Generation}", await refused);
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
+        Assert.Equal(Stamp(5, 9), await ReadRaw(c, 5 * Region));
+
+        // A re-add by hand copies it whole.
+        await second.ReAddAsync(2);
+        await second.SyncIdle.WaitAsync(Patience);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        Assert.Equal(Stamp(5, 1), await ReadRaw(c, 5 * Region));
+        await second.StopAsync();
+        second.Dispose();
+    }
+
     [Fact]
     public async Task A_leg_missing_at_the_start_is_taken_back_with_the_dirty_regions_only_when_it_appears()
     {

@@ -1425,13 +1425,15 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_recovery_of_two_legs_goes_on_for_the_one_left_when_the_other_fails_and_keeps_its_bits()
+    public async Task A_recovery_of_two_legs_goes_on_for_the_one_left_when_the_other_fails_and_the_failed_one_is_copied_whole_on_return()
     {
         // md interrupts the recovery on any failure and starts it again for the spares left; here
-        // the pass goes on for them. The failed leg keeps the bits of what it did not get.
+        // the pass goes on for them. The failed leg was being copied whole: the checkpoints of
+        // the pass give up its bitmap record (With_a_leg_faulty_a_crash_in_the_middle...), and
+        // its re-add copies it whole.
         var (a, _) = Leg("a");
         var (b, _) = Leg("b");
-        var (c, _) = Leg("c");
+        var (c, fc) = Leg("c");
         for (var r = 0; r < 8; r++)
         {
             await a.WriteAsync(MirrorSuperblock.DataOffset + (r * Region), Stamp(r, 1));
@@ -1453,10 +1455,12 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await PumpUntilIdle(clock, mirror);
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(2));
-        Assert.Equal(mirror.Regions, mirror.DirtyRegions());
 
+        var copiedBefore = fc.DataBytesWritten;
         await mirror.ReAddAsync(2);
+        Assert.Equal(mirror.Regions, mirror.DirtyRegions());
         await PumpUntilIdle(clock, mirror);
+        Assert.Equal(mirror.DataBytes, fc.DataBytesWritten - copiedBefore);
         Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, mirror.LegState(i)));
         Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
         await AssertLegsEqual(mirror);
@@ -1981,6 +1985,73 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(Stamp(40, 1), await ReadRaw(c, 40 * Region, Block));
         Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
         await AssertLegsEqual(mirror);
+    }
+
+    // With a leg faulty the bitmap is also the record of every region that leg missed, so a
+    // checkpoint cleared nothing and a crash copied the rebuilding leg whole again (md checkpoints
+    // degraded arrays too: its recovery_offset is per device). A recovery that copies a leg whole
+    // owes the faulty leg every region anyway: its record is given up (copied whole when it
+    // returns, its slot's last generation raised) and the recovery checkpoints as without it.
+    [Fact]
+    public async Task With_a_leg_faulty_a_crash_in_the_middle_of_a_replaced_legs_recovery_resumes_from_its_last_checkpoint()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var (c, fc) = Leg("c");
+        var (d, fd) = Leg("d");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(first);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // c's device is gone (unreadable at the restart too); b is replaced by a new device, d.
+        fc.Dead = true;
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        await first.ReplaceLegAsync(1, d);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        // A write below the checkpoints while c is out sets its bit again (d gets it at once).
+        await AwaitTimer(clock, first);
+        await md.WriteAsync(2 * Region, Stamp(2, 2));
+        var owed = first.DirtyRegions();
+        Assert.InRange(owed, first.Regions - 20, first.Regions - 14);
+
+        // The node dies: no clean stop.
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+
+        var copiedBefore = fd.DataBytesWritten;
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, d, c], slow, clock2);
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(owed, second.DirtyRegions());
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(owed, second.ResyncedRegions);
+        Assert.Equal(owed * Region, fd.DataBytesWritten - copiedBefore);
+        Assert.Equal(Stamp(2, 2), await ReadRaw(d, 2 * Region, Block));
+
+        // c comes back: copied whole (its superblock is older than its slot's raised generation),
+        // with the write it missed in a region the checkpoints had cleared.
+        fc.Dead = false;
+        var cBefore = fc.DataBytesWritten;
+        await second.ReAddAsync(2);
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        Assert.Equal(second.DataBytes, fc.DataBytesWritten - cBefore);
+        Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
+        Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
+        await AssertLegsEqual(second);
     }
 
     // Resuming trusts the bitmap only for the leg that took every checkpoint: an older copy of a
