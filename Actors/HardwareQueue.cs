@@ -98,6 +98,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private readonly HardwareContext _hctx;
     private readonly TimeSpan _maxScanInterval;
     private readonly ILoggingAdapter _log = Context.GetLogger();
+    private readonly RequestErrorLog _timeoutLog = new();
     private Request[]? _scratch;
 
     // True from a scan that found expired requests until they are handled after the dispatch
@@ -203,7 +204,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
         if (!queue.IsStarted)
         {
             // No dispatch rounds run, so none can be in progress.
-            Report(_hctx.ScanTimeouts(now, queue.Driver));
+            Report(_hctx.ScanTimeouts(now, queue.Driver), now);
             ScheduleScan();
             return;
         }
@@ -217,7 +218,7 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
     private void HandleExpiredAfterDispatch(long now)
     {
         _handlingExpired = false;
-        Report(_hctx.ScanTimeouts(now, _hctx.Queue.Driver));
+        Report(_hctx.ScanTimeouts(now, _hctx.Queue.Driver), now);
         if (_scanAgain)
         {
             _scanAgain = false;
@@ -228,12 +229,21 @@ internal sealed class HardwareQueueActor : UntypedActor, IWithTimers
         ScheduleScan();
     }
 
-    private void Report(TimeoutScanResult result)
+    // The line is rate-limited as the I/O error lines are (printk_ratelimited: 10 in 5 s, then the
+    // count held back with the next): a short io_timeout on a busy device expired requests at every
+    // scan and wrote a line each time, 100 a second (an outside audit, io_timeout 1 under load).
+    // The parent hears of every expiry; only the log is limited.
+    private void Report(TimeoutScanResult result, long now)
     {
         if (result.Expired > 0)
         {
-            _log.Warning("{Queue} hctx {Index}: {Expired} request(s) timed out after {Timeout} ms ({InFlight} in flight)",
-                _hctx.Queue.Name, _hctx.Index, result.Expired, _hctx.Queue.IoTimeoutMs, result.InFlight);
+            if (_timeoutLog.TryEnter(now, out var suppressed))
+            {
+                _log.Warning("{Queue} hctx {Index}: {Expired} request(s) timed out after {Timeout} ms ({InFlight} in flight){Suppressed}",
+                    _hctx.Queue.Name, _hctx.Index, result.Expired, _hctx.Queue.IoTimeoutMs, result.InFlight,
+                    suppressed > 0 ? $"; {suppressed} such line(s) suppressed" : string.Empty);
+            }
+
             Context.Parent.Tell(new HardwareQueue.TimeoutsExpired(_hctx.Index, result.Expired, result.InFlight));
         }
     }

@@ -4,6 +4,7 @@ using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Akka.Actor;
+using Akka.Event;
 using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
@@ -137,6 +138,50 @@ public sealed class HardwareQueueSpec : Akka.TestKit.Xunit2.TestKit
         var expired = await ExpectMsgAsync<HardwareQueue.TimeoutsExpired>();
         Assert.Equal(1, expired.Expired);
         Assert.Single(_rig.Driver.TimedOut);
+    }
+
+    // An outside audit: io_timeout 1 on a loaded device wrote a timeout line at every scan (100 a
+    // second). The line is rate-limited as I/O error lines are (printk_ratelimited, 10 in 5 s, the
+    // count held back told with the next line); the parent still hears of every expiry.
+    [Fact]
+    public async Task Timeout_lines_are_rate_limited_to_10_in_5_seconds_and_every_expiry_still_reaches_the_parent()
+    {
+        var lines = CreateTestProbe();
+        Sys.EventStream.Subscribe(lines.Ref, typeof(Warning));
+        _rig.Queue.IoTimeoutMs = 100;
+        _ = _rig.Device.ReadAsync(0, new byte[512], cpu: 1);
+        await Until(() => _rig.Driver.InFlight.Count == 1);
+
+        // The driver re-arms its request at every expiry: one expiry about every 100 ms of virtual time.
+        var clock = _rig.Queue.Clock;
+        var expiries = new List<long>();
+        // Steps shorter than the scan interval (50 ms): Akka's TestScheduler loses a timer that an
+        // actor arms, at the instant Advance is firing, for a time Advance is firing (seen once
+        // in 10 runs with 50 ms steps: the scan never ran again).
+        while (expiries.Count < 60)
+        {
+            await AwaitAssertAsync(() =>
+            {
+                Scheduler.Advance(TimeSpan.FromMilliseconds(25));
+                Assert.True(HasMessages);
+            }, TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(20));
+            await ExpectMsgAsync<HardwareQueue.TimeoutsExpired>();
+            expiries.Add(clock.NowMilliseconds);
+        }
+
+        var inWindow = expiries.Count(t => t - expiries[0] <= RequestErrorLog.DefaultIntervalMs);
+        Assert.True(inWindow > RequestErrorLog.DefaultBurst && expiries.Count > inWindow, $"{inWindow} of {expiries.Count} expiries in the first window: the spec measures nothing");
+        var logged = lines.ReceiveWhile(TimeSpan.FromMilliseconds(500), m => m is Warning w && w.Message.ToString()!.Contains("timed out after", StringComparison.Ordinal) ? w : null, 1000);
+
+        // 10 lines in the first 5 s, then the next window's, against one per expiry before (the
+        // expiries' times are read after each arrived, so a window's edge is known to a scan or so).
+        Assert.InRange(logged.Count, RequestErrorLog.DefaultBurst + 1, expiries.Count - inWindow + RequestErrorLog.DefaultBurst);
+        Assert.All(logged.Take(RequestErrorLog.DefaultBurst), w => Assert.DoesNotContain("suppressed", $"{w!.Message}", StringComparison.Ordinal));
+
+        // The first line of the next window says how many were held back in the one before.
+        var next = $"{logged[RequestErrorLog.DefaultBurst]!.Message}";
+        var held = int.Parse(System.Text.RegularExpressions.Regex.Match(next, @"; (\d+) such line\(s\) suppressed$").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(held, inWindow - RequestErrorLog.DefaultBurst - 2, inWindow - RequestErrorLog.DefaultBurst + 2);
     }
 
     [Fact]
