@@ -12,6 +12,10 @@ namespace ActorBlk.Actors.Tests.MultiNode;
 /// went with the system while it destroyed the queue): the close waited its whole timeout, 50 s
 /// with the default drain timeout, and then threw Akka's <see cref="AskTimeoutException"/> (a
 /// cluster chaos audit: a node crashed while its handles closed, and every close took 50 s).
+/// A handle's <c>Disconnected</c> and <c>Reconnected</c> handlers were attached to the queue that
+/// every handle of the device on the node shares, and closing the handle left them there: a closed
+/// handle went on hearing its device's events, and an application that opened and closed handles
+/// beside one kept open piled up handlers (the same audit, whose handles closed and reopened).
 /// </summary>
 [Collection(ClusterCollection.Name)]
 public sealed class RemoteHandleCloseSpec
@@ -46,5 +50,42 @@ public sealed class RemoteHandleCloseSpec
         // The close ends with the node, as the queue did: neither a 50 s wait nor Akka's AskTimeoutException.
         await close.WaitAsync(Prompt);
         Assert.True(handle.IsClosed);
+    }
+
+    [Fact]
+    public async Task A_closed_handle_hears_no_more_events_of_the_queue_its_node_shares()
+    {
+        var a = ClusterNode.Start("a");
+        await using var _a = a;
+        var b = ClusterNode.Start("b");
+        await using var _b = b;
+        await a.JoinAsync(a, Setup);
+        await b.JoinAsync(a, Setup);
+        a.ExportNbd();
+        await a.Layer.CreateDeviceAsync(new DeviceOptions { Name = "vev", Size = 1 << 20, MemoryBacked = true, PollQueues = 0 });
+        await b.WaitForDevicesAsync(d => d.Any(e => e.Name == "vev" && e.NbdEndpoint.Length > 0), Setup);
+        var closed = await b.Layer.OpenAsync($"vev@{a.Name}");
+        await using var open = await b.Layer.OpenAsync($"vev@{a.Name}");
+        Assert.Same(closed.Queue, open.Queue);
+        var heardByClosed = 0;
+        closed.Disconnected += (_, _) => Interlocked.Increment(ref heardByClosed);
+        closed.Reconnected += (_, _) => Interlocked.Increment(ref heardByClosed);
+        var events = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var reconnected = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        open.Disconnected += (_, _) => events.Enqueue("disconnected");
+        open.Reconnected += (_, _) =>
+        {
+            events.Enqueue("reconnected");
+            reconnected.TrySetResult();
+        };
+        await closed.CloseAsync();
+
+        // The device is destroyed and created again: the open handle moves to the new one; the
+        // closed one's handlers (raised before the open one's, in the order they were added) stay silent.
+        await a.Layer.DestroyDeviceAsync("vev");
+        await a.Layer.CreateDeviceAsync(new DeviceOptions { Name = "vev", Size = 1 << 20, MemoryBacked = true, PollQueues = 0 });
+        await reconnected.Task.WaitAsync(Setup);
+        Assert.Equal(["disconnected", "reconnected"], events.ToArray());
+        Assert.Equal(0, Volatile.Read(ref heardByClosed));
     }
 }
