@@ -30,6 +30,7 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     private readonly IBlockDevice? _local;
     private readonly Func<ValueTask>? _close;
     private readonly string? _missingName;
+    private readonly List<(EventHandler Handler, bool Reconnected)> _subscribed = [];
     private int _closed;
 
     internal ClusterBlockDevice(ClusterDevice device, IBlockDevice local)
@@ -68,25 +69,13 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     /// <summary>
     /// Raised after a remote device's local queue was replaced by a new one connected to the
     /// owner's new incarnation (never for a device of this node). Raised on the node's
-    /// remote-device actor: keep handlers short; one that throws is skipped.
+    /// remote-device actor: keep handlers short; one that throws is skipped. Closing the handle
+    /// detaches its handlers (the queue, shared with the node's other handles, raises on).
     /// </summary>
     public event EventHandler? Reconnected
     {
-        add
-        {
-            if (_remote is not null)
-            {
-                _remote.Reconnected += value;
-            }
-        }
-
-        remove
-        {
-            if (_remote is not null)
-            {
-                _remote.Reconnected -= value;
-            }
-        }
+        add => Subscribe(value, reconnected: true);
+        remove => Unsubscribe(value, reconnected: true);
     }
 
     /// <summary>
@@ -96,21 +85,8 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
     /// </summary>
     public event EventHandler? Disconnected
     {
-        add
-        {
-            if (_remote is not null)
-            {
-                _remote.Disconnected += value;
-            }
-        }
-
-        remove
-        {
-            if (_remote is not null)
-            {
-                _remote.Disconnected -= value;
-            }
-        }
+        add => Subscribe(value, reconnected: false);
+        remove => Unsubscribe(value, reconnected: false);
     }
 
     /// <summary>True once <see cref="CloseAsync"/> ran.</summary>
@@ -215,7 +191,76 @@ public sealed class ClusterBlockDevice : IReconnectingBlockDevice
             return;
         }
 
+        // The target is shared by every handle of the device on this node and outlives this one:
+        // a closed handle's handlers heard its events, and stayed referenced, until the last closed.
+        lock (_subscribed)
+        {
+            foreach (var (handler, reconnected) in _subscribed)
+            {
+                Detach(handler, reconnected);
+            }
+
+            _subscribed.Clear();
+        }
+
         await _close().ConfigureAwait(false);
+    }
+
+    private void Subscribe(EventHandler? handler, bool reconnected)
+    {
+        if (_remote is null || handler is null)
+        {
+            return;
+        }
+
+        lock (_subscribed)
+        {
+            // A closed handle hears nothing more.
+            if (IsClosed)
+            {
+                return;
+            }
+
+            _subscribed.Add((handler, reconnected));
+            if (reconnected)
+            {
+                _remote.Reconnected += handler;
+            }
+            else
+            {
+                _remote.Disconnected += handler;
+            }
+        }
+    }
+
+    private void Unsubscribe(EventHandler? handler, bool reconnected)
+    {
+        if (_remote is null || handler is null)
+        {
+            return;
+        }
+
+        lock (_subscribed)
+        {
+            var at = _subscribed.LastIndexOf((handler, reconnected));
+            if (at >= 0)
+            {
+                _subscribed.RemoveAt(at);
+                Detach(handler, reconnected);
+            }
+        }
+    }
+
+    private void Detach(EventHandler handler, bool reconnected)
+    {
+        if (reconnected)
+        {
+            _remote!.Reconnected -= handler;
+        }
+        else
+        {
+            _remote!.Disconnected -= handler;
+        }
     }
 
     /// <summary>The same as <see cref="CloseAsync"/>.</summary>

@@ -112,7 +112,17 @@ internal sealed class DeviceOpener
             // A node going down destroys its queues itself (and the actor may be gone already).
             if (CoordinatedShutdown.Get(system).ShutdownReason is null && !system.WhenTerminated.IsCompleted)
             {
-                await remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id, handle), CloseTimeout).ConfigureAwait(false);
+                // The system may stop while the actor destroys the queue (or before it reads the
+                // close): the queue goes with the node then, and the close ends with it rather than
+                // after its whole timeout with Akka's AskTimeoutException (a cluster chaos audit).
+                var closed = remote.Ask<RemoteDevices.Closed>(new RemoteDevices.Close(id, handle), CloseTimeout);
+                if (await Task.WhenAny(closed, system.WhenTerminated).ConfigureAwait(false) != closed)
+                {
+                    _ = closed.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    return;
+                }
+
+                await closed.ConfigureAwait(false);
             }
         };
     }
