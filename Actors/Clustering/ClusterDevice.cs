@@ -17,6 +17,11 @@ namespace ActorBlk.Actors.Clustering;
 /// <param name="ReadOnly">True when writes are refused.</param>
 /// <param name="State">One of <see cref="ClusterDeviceStates"/>.</param>
 /// <param name="NbdEndpoint">The owner's NBD export of the device (<c>nbd://host:port/name</c>), empty when it exports none.</param>
+/// <param name="DiskSeq">
+/// The device's disk sequence number on its node (<see cref="ActorBlk.Hardware.Queues.DiskSequence"/>,
+/// Linux's <c>diskseq</c>), which its NBD export also names: a device destroyed and created again
+/// under its name has another one. 0 when unknown.
+/// </param>
 public sealed record ClusterDevice(
     string Name,
     string Node,
@@ -26,7 +31,8 @@ public sealed record ClusterDevice(
     int HardwareQueues,
     bool ReadOnly,
     string State,
-    string NbdEndpoint) : IActorBlkMessage
+    string NbdEndpoint,
+    ulong DiskSeq = 0) : IActorBlkMessage
 {
     /// <summary>Longest device name the registry accepts.</summary>
     public const int MaxNameLength = RemoteSurface.MaxDeviceName;
@@ -124,7 +130,7 @@ public sealed record ListClusterDevices(string After) : IActorBlkQuery
     }
 
     // Per device besides its strings: its type reference, four string headers, the numbers and
-    // the bool (about 40 bytes measured; twice that for margin).
+    // the bool (about 40 bytes measured, and 8 more for the disk sequence number; 80 for margin).
     private const int DeviceOverhead = 80;
 
     private static int Compare(ClusterDevice d, string name, string node)
@@ -199,7 +205,7 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
     {
         using var stream = new MemoryStream();
         using var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8);
-        writer.Write("actorblk-nodes/2");
+        writer.Write("actorblk-nodes/3");
         writer.Write(Node);
         writer.Write(NodeUid);
         writer.Write(Bucket);
@@ -216,6 +222,7 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
             writer.Write(d.ReadOnly);
             writer.Write(d.State);
             writer.Write(d.NbdEndpoint);
+            writer.Write(d.DiskSeq);
         }
 
         writer.Flush();
@@ -271,8 +278,8 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
         DeviceOverhead + System.Text.Encoding.UTF8.GetByteCount(d.Name) + System.Text.Encoding.UTF8.GetByteCount(d.Node)
         + System.Text.Encoding.UTF8.GetByteCount(d.State) + System.Text.Encoding.UTF8.GetByteCount(d.NbdEndpoint);
 
-    // Per device besides its strings: about 40 bytes measured (ListClusterDevices.Page), twice that
-    // for margin. Per entry: its node and signature, the dictionary's key, the register's clock and
+    // Per device besides its strings: about 40 bytes measured (ListClusterDevices.Page) and 8 for
+    // the disk sequence number, 80 for margin. Per entry: its node and signature, the dictionary's key, the register's clock and
     // writer, the replicator's envelope and delta (about 400 bytes measured), with margin.
     private const int DeviceOverhead = 80;
     internal const int EntryOverhead = 1024;

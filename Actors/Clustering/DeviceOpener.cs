@@ -196,6 +196,7 @@ internal sealed class DeviceOpener
         var self = SelfNode;
         return _layer.ClusterDevices.Snapshot.FirstOrDefault(d => d.Name == name && d.Node == self)
             ?? new ClusterDevice(name, self ?? "local", self is null ? 0 : AkkaCluster.Get(_layer.System).SelfUniqueAddress.Uid, device.Capacity,
-                device.LogicalBlockSize, device.Queue.HardwareContexts.Count, device.IsReadOnly, ClusterDeviceStates.Live, string.Empty);
+                device.LogicalBlockSize, device.Queue.HardwareContexts.Count, device.IsReadOnly, ClusterDeviceStates.Live, string.Empty,
+                device.Queue.DiskSeq);
     }
 }

@@ -361,7 +361,8 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
                 queue.BioDriver is null ? queue.HardwareContexts.Count : 1,
                 device.IsReadOnly,
                 state,
-                endpoint is null ? string.Empty : $"{endpoint.TrimEnd('/')}/{device.Name}"));
+                endpoint is null ? string.Empty : $"{endpoint.TrimEnd('/')}/{device.Name}",
+                queue.DiskSeq));
         }
 
         devices.Sort((x, y) => string.CompareOrdinal(x.Name, y.Name));

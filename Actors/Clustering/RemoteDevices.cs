@@ -58,6 +58,13 @@ internal static class RemoteDevices
     /// </summary>
     public delegate Task<IBlockDevice> Connector(ClusterDevice device, string localName, DeviceOptions template);
 
+    /// <summary>
+    /// How long a queue connected to a device created again under its name serves on while the
+    /// registry lists neither incarnation (it showed the destroyed one last): a destroy and the
+    /// re-creation reach a peer a gossip round or two apart.
+    /// </summary>
+    public static readonly TimeSpan OutdatedAbsenceHold = TimeSpan.FromSeconds(10);
+
     public static Props Props(BlockLayer layer, ConcurrentDictionary<string, string> imported, TimeSpan checkInterval, Connector? connect = null, PauseWatch? pause = null, OwnView? ownView = null) =>
         Akka.Actor.Props.Create(() => new RemoteDeviceActor(layer, imported, checkInterval, connect, pause, ownView));
 
@@ -290,6 +297,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     protected override void PostStop()
     {
         _pauseTimer?.Dispose();
+        foreach (var slot in _slots.Values)
+        {
+            EndHold(slot);
+        }
+
         foreach (var timer in _suspect.Values)
         {
             timer.Dispose();
@@ -738,6 +750,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             }
         }
 
+        EndHold(slot);
         _slots.Remove(slot.Entry.Id);
         _imported.TryRemove(slot.LocalName, out _);
         _log.Info("Closed {0}", slot.Entry.Id);
@@ -800,6 +813,12 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         var queue = target.Device.Queue;
         var driver = queue.Driver as NbdClientDriver;
         var entry = Snapshot.FirstOrDefault(d => d.Id == slot.Entry.Id);
+        if (entry is null && !_unreachable.Contains(slot.Entry.Node) && HoldsNewerDevice(slot, queue, driver))
+        {
+            return;
+        }
+
+        EndHold(slot);
         if (entry is null || _unreachable.Contains(slot.Entry.Node))
         {
             var why = entry is not null ? $"its node {slot.Entry.Node} is unreachable"
@@ -877,6 +896,47 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         }
 
         Release(slot);
+    }
+
+    // Whether the registry's absence of the device may be an outdated view of the queue's own
+    // device, so the queue keeps serving a while (true) rather than going offline: the registry
+    // last showed one incarnation of the device (slot.Entry's disk sequence number), its owner
+    // still publishes and withdrew that one, and the queue's NBD connection reached another one
+    // under the name (the export names another number), the device created again. A destroy and a re-creation are published a gossip round or two
+    // apart, so a peer may see the device gone in between: a queue already connected to the new
+    // device was retired for it, a leg on it failed and was copied whole once more (the flaky
+    // MirrorRemoteLegRecreatedSpec). Held OutdatedAbsenceHold at most: if the registry still lists
+    // nothing by then, the queue goes offline as for any absence; if the new device goes too, its
+    // export closes the connection and the driver's reconnect finds nothing.
+    private bool HoldsNewerDevice(Slot slot, ActorBlk.Hardware.Queues.RequestQueue queue, NbdClientDriver? driver)
+    {
+        if (driver is not { RetiredReason: null } || queue.IsOffline || slot.Entry.DiskSeq == 0
+            || driver.ServerDiskSeq is var connected && (connected == 0 || connected == slot.Entry.DiskSeq)
+            || !_layer.ClusterDevices.HasEntry(slot.Entry.Node, slot.Entry.NodeUid)
+            || _layer.ClusterDevices.HasFailed(slot.Entry.Node, slot.Entry.NodeUid))
+        {
+            return false;
+        }
+
+        var clock = _pause.Clock;
+        if (slot.HoldSince is not { } since)
+        {
+            slot.HoldSince = clock.GetTimestamp();
+            var self = Self;
+            slot.HoldTimer = clock.CreateTimer(_ => self.Tell(Check.Instance), null, RemoteDevices.OutdatedAbsenceHold, Timeout.InfiniteTimeSpan);
+            _log.Info("{0}: the registry no longer lists the device it showed, but its local queue {1} is connected to the device created again under the name; the queue serves on and waits up to {2} s for the registry to list that one",
+                slot.Entry.Id, slot.LocalName, RemoteDevices.OutdatedAbsenceHold.TotalSeconds);
+            return true;
+        }
+
+        return clock.GetElapsedTime(since) < RemoteDevices.OutdatedAbsenceHold;
+    }
+
+    private static void EndHold(Slot slot)
+    {
+        slot.HoldTimer?.Dispose();
+        slot.HoldTimer = null;
+        slot.HoldSince = null;
     }
 
     // Whether a device missing from the registry was given up by its node on purpose. Its
@@ -966,6 +1026,12 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
 
         /// <summary>The disk sequence number of the queue whose loss the handles were told of (Disconnected), 0 for none.</summary>
         public ulong DisconnectedQueue { get; set; }
+
+        /// <summary>When the queue began to serve on through the registry's absence of an older incarnation (<see cref="HoldsNewerDevice"/>), or null.</summary>
+        public long? HoldSince { get; set; }
+
+        /// <summary>The check at the end of that hold.</summary>
+        public ITimer? HoldTimer { get; set; }
 
         /// <summary>The last failed (re)connection's message; null once one succeeds.</summary>
         public string? LastFailure { get; set; }

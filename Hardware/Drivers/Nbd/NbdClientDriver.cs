@@ -199,6 +199,21 @@ public sealed class NbdClientDriver : IBlockDriver
         ? DriverFeatures.Resettable | DriverFeatures.Reopenable | DriverFeatures.EagerHardwareContexts
         : DriverFeatures.Resettable | DriverFeatures.EagerHardwareContexts;
 
+    /// <summary>
+    /// The disk sequence number of the device the server last named (at open, or at the latest
+    /// reconnect; <see cref="DiskSequence"/>), or 0 when it named none (not an ActorBlk server).
+    /// </summary>
+    internal ulong ServerDiskSeq
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _identity?.Seq ?? 0;
+            }
+        }
+    }
+
     /// <summary>Why the driver was retired, or null while it serves.</summary>
     public string? RetiredReason => Volatile.Read(ref _retired)?.Reason;
 

@@ -36,7 +36,8 @@ public sealed class ClusterRegistrySizeSpec(ITestOutputHelper output)
             .Select(_ => new string(Enumerable.Range(0, RemoteSurface.MaxDeviceName).Select(_ => letters[random.Next(letters.Length)]).ToArray()))
             .Distinct(StringComparer.Ordinal)
             .Order(StringComparer.Ordinal)
-            .Select(name => new ClusterDevice(name, Node, Uid, 1L << 30, 4096, 4, false, ClusterDeviceStates.Live, $"nbd://127.0.0.1:10809/{name}"))];
+            .Select((name, i) => new ClusterDevice(name, Node, Uid, 1L << 30, 4096, 4, false, ClusterDeviceStates.Live, $"nbd://127.0.0.1:10809/{name}",
+                (ulong)i + 1))];
     }
 
     [Fact]

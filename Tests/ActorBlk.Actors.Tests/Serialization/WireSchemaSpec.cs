@@ -284,6 +284,7 @@ public sealed class WireSchemaSpec : Akka.TestKit.Xunit2.TestKit
         return type switch
         {
             _ when type == typeof(long) => 0x0102030405060708L,
+            _ when type == typeof(ulong) => 0x8102030405060708UL,
             _ when type == typeof(int) => 0x01020304,
             _ when type == typeof(bool) => true,
             _ when type == typeof(string) => depth == 0 ? new string('s', 300) : "s",
