@@ -178,7 +178,15 @@ internal sealed class ClusterNode : IAsyncDisposable
 
         foreach (var device in Layer.Devices.ToArray())
         {
-            await Layer.DestroyDeviceAsync(device.Name);
+            try
+            {
+                await Layer.DestroyDeviceAsync(device.Name);
+            }
+            catch (KeyNotFoundException)
+            {
+                // Destroyed meanwhile: a local queue of another node's device, released by its
+                // remote-device actor as the registry or the export went away.
+            }
         }
 
         await System.Terminate().WaitAsync(TimeSpan.FromSeconds(60));
