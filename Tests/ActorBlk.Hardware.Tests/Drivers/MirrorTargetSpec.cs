@@ -2220,6 +2220,57 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await AssertLegsEqual(second);
     }
 
+    // A leg's offset is its own: with the faulty leg back at the restart, one pass copies it every
+    // region its bitmap record holds and the returning leg only the regions from its offset on.
+    [Fact]
+    public async Task With_a_leg_faulty_a_recovery_resumed_from_its_offset_copies_the_faulty_leg_back_at_the_restart_from_the_first_region()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(first);
+        fc.Dead = true;
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        for (var r = 0; r < 40; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await first.ReAddAsync(1);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+        var offset = (int)(MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes))!.RecoveryOffset[1] / Region);
+        Assert.InRange(offset, 15, 21);
+
+        // c's device is back: both legs rebuild from the bitmap in one pass.
+        fc.Dead = false;
+        var bBefore = fb.DataBytesWritten;
+        var cBefore = fc.DataBytesWritten;
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(2));
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        Assert.Equal((40 - offset) * Region, fb.DataBytesWritten - bBefore);
+        Assert.Equal(40 * Region, fc.DataBytesWritten - cBefore);
+        Assert.Equal(40, second.ResyncedRegions);
+        Assert.Equal(0, second.DirtyRegions());
+        await AssertLegsEqual(second);
+    }
+
     // Resuming trusts the bitmap only for the leg that took every checkpoint: an older copy of a
     // rebuilding leg (its device restored from a snapshot taken mid-recovery) holds a generation
     // older than the last checkpoint, misses the regions copied since, and is copied whole.
