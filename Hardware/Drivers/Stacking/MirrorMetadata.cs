@@ -43,7 +43,11 @@ public sealed class MirrorAssemblyException : BlockDeviceException
 /// replacement or its recovery's last checkpoint, md's recovery_offset kept in the bitmap; for a
 /// faulty role copied whole on return, the checkpoint that gave up its bitmap record); then per
 /// role (3 of 8 bytes from byte 120) the last generation a role copied whole on return was known
-/// in sync, before that checkpoint (0 for other roles); an FNV-1a 64 checksum of bytes 0..4087 at
+/// in sync, before that checkpoint (0 for other roles); then per role (3 of 8 bytes from byte 144)
+/// the recovery offset of a role being rebuilt from the bitmap while the bitmap cannot record its
+/// progress (md's per-device <c>recovery_offset</c>): the data byte, a multiple of the region size,
+/// below which it holds every region although their bits stay set for another role (0 for other
+/// roles, and in a superblock written before the field); an FNV-1a 64 checksum of bytes 0..4087 at
 /// byte 4088. A faulty role is copied whole on return once a checkpoint of another role's
 /// recovery cleared bits it was owed: its last generation in sync is raised to that checkpoint (so
 /// any copy of it, read by this code or by code that knows no flags, is older and copied whole),
@@ -73,6 +77,7 @@ internal sealed class MirrorSuperblock
     private const int Version = 1;
     private const int RoleTable = 72;
     private const int LastHeldTable = RoleTable + (MaxLegs * 16);
+    private const int RecoveryOffsetTable = LastHeldTable + (MaxLegs * 8);
     private const int ChecksumAt = SuperblockBytes - 8;
 
     public Guid ArrayId { get; init; }
@@ -100,6 +105,9 @@ internal sealed class MirrorSuperblock
     /// <summary>Per role copied whole on return: the last generation it was known in sync before that (0 otherwise).</summary>
     public long[] LastHeld { get; init; } = new long[MaxLegs];
 
+    /// <summary>Per role being rebuilt: the data byte below which it holds every region, whatever the bitmap says (0 otherwise).</summary>
+    public long[] RecoveryOffset { get; init; } = new long[MaxLegs];
+
     /// <summary>Byte offset of bitmap page <paramref name="page"/> on a leg.</summary>
     public static long BitmapPageOffset(int page) => SuperblockBytes + ((long)page * BitmapPageBytes);
 
@@ -122,6 +130,7 @@ internal sealed class MirrorSuperblock
             block[RoleTable + (r * 16) + 1] = (byte)(WholeOnReturn[r] ? 1 : 0);
             BinaryPrimitives.WriteInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..], LastInSync[r]);
             BinaryPrimitives.WriteInt64LittleEndian(block[(LastHeldTable + (r * 8))..], WholeOnReturn[r] ? LastHeld[r] : 0);
+            BinaryPrimitives.WriteInt64LittleEndian(block[(RecoveryOffsetTable + (r * 8))..], States[r] == MirrorLegState.Rebuilding ? RecoveryOffset[r] : 0);
         }
 
         BinaryPrimitives.WriteUInt64LittleEndian(block[ChecksumAt..], Checksum(block[..ChecksumAt]));
@@ -148,12 +157,14 @@ internal sealed class MirrorSuperblock
         var last = new long[MaxLegs];
         var whole = new bool[MaxLegs];
         var held = new long[MaxLegs];
+        var offsets = new long[MaxLegs];
         for (var r = 0; r < legs; r++)
         {
             states[r] = (MirrorLegState)block[RoleTable + (r * 16)];
             last[r] = BinaryPrimitives.ReadInt64LittleEndian(block[(RoleTable + (r * 16) + 8)..]);
             whole[r] = (block[RoleTable + (r * 16) + 1] & 1) != 0;
             held[r] = whole[r] ? BinaryPrimitives.ReadInt64LittleEndian(block[(LastHeldTable + (r * 8))..]) : 0;
+            offsets[r] = states[r] == MirrorLegState.Rebuilding ? Math.Max(0, BinaryPrimitives.ReadInt64LittleEndian(block[(RecoveryOffsetTable + (r * 8))..])) : 0;
         }
 
         return new MirrorSuperblock
@@ -169,6 +180,7 @@ internal sealed class MirrorSuperblock
             LastInSync = last,
             WholeOnReturn = whole,
             LastHeld = held,
+            RecoveryOffset = offsets,
         };
     }
 

@@ -116,8 +116,9 @@ public sealed partial class MirrorTarget
 
     // Written: per leg, the generation of its own superblock as read (0 when it has none, is missing or unreadable).
     // WholeOnReturn and LastHeld: per leg that starts faulty, as the newest legs record it (a leg they record faulty and copied whole on return).
+    // RecoveryOffset: per leg resumed from the bitmap, the data byte below which the newest legs record it in step (0 for the others).
     private sealed record AssemblyPlan(MirrorSuperblock? Reference, MirrorLegState[] States, long[] LastInSync, long[] Written, long Generation, bool FullResync,
-        bool[] WholeOnReturn, long[] LastHeld);
+        bool[] WholeOnReturn, long[] LastHeld, long[] RecoveryOffset);
 
     // Decides each leg's part from the superblocks, or refuses (md's super_1_validate / analyse_sbs).
     private static AssemblyPlan Plan(string name, IReadOnlyList<IBlockDevice> legs, MirrorSuperblock?[] blocks, bool[] unreadable, bool[] missing)
@@ -141,7 +142,7 @@ public sealed partial class MirrorTarget
                 throw new MirrorAssemblyException(name, $"leg(s) {string.Join(", ", Enumerable.Range(0, n).Where(i => unreadable[i]).Select(i => legs[i].Name))} cannot be read and no leg holds mirror metadata.");
             }
 
-            return new AssemblyPlan(null, states, last, new long[n], 0, true, new bool[n], new long[n]);
+            return new AssemblyPlan(null, states, last, new long[n], 0, true, new bool[n], new long[n], new long[n]);
         }
 
         var ids = known.Select(i => blocks[i]!.ArrayId).Distinct().ToArray();
@@ -257,7 +258,21 @@ public sealed partial class MirrorTarget
             }
         }
 
-        return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full, whole, held);
+        // A leg they record rebuilding with a recovery offset, resumed from the bitmap (this device
+        // took the checkpoint that recorded the offset: its superblock is at least its slot's last
+        // generation in sync), holds every region below it: its recovery starts there. Copied
+        // whole (any leg is: every bit set), it starts from the first region.
+        var offsets = new long[n];
+        for (var i = 0; i < n && !full; i++)
+        {
+            if (states[i] == MirrorLegState.Rebuilding && reference.States[i] == MirrorLegState.Rebuilding
+                && blocks[i] is { } own && own.Generation >= reference.LastInSync[i])
+            {
+                offsets[i] = reference.RecoveryOffset[i];
+            }
+        }
+
+        return new AssemblyPlan(reference, states, last, [.. blocks.Select(b => b?.Generation ?? 0)], newest, full, whole, held, offsets);
     }
 
     private async Task StartAsync(AssemblyPlan plan, bool assumeClean, int[] missingAt)
@@ -291,6 +306,11 @@ public sealed partial class MirrorTarget
             Array.Copy(plan.Written, _legWritten, _legWritten.Length);
             Array.Copy(plan.WholeOnReturn, _wholeOnReturn, _wholeOnReturn.Length);
             Array.Copy(plan.LastHeld, _lastHeld, _lastHeld.Length);
+            for (var i = 0; i < _recoveryOffset.Length; i++)
+            {
+                _recoveryOffset[i] = plan.RecoveryOffset[i] >= DataBytes ? Regions : (int)(plan.RecoveryOffset[i] / RegionBytes);
+            }
+
             for (var i = 0; i < _missingAtStart.Length; i++)
             {
                 _missingAtStart[i] = missingAt[i] >= 0;

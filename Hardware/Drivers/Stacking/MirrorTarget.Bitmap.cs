@@ -45,6 +45,9 @@ public sealed partial class MirrorTarget
             _state[leg] = MirrorLegState.Faulty;
             _legEpoch[leg]++;
 
+            // Its re-add copies every region whose bit is set (those below the offset too).
+            _recoveryOffset[leg] = 0;
+
             // Its cache may have lost the writes of the regions cleared since the last flush.
             SetBitsAgain(_clearedUnflushed);
             Array.Clear(_clearedUnflushed);
@@ -122,15 +125,33 @@ public sealed partial class MirrorTarget
     }
 
     // Counts a write in its regions, sets their bits and returns once the pages holding them are
-    // on every in-sync leg.
+    // on every in-sync leg. A write below a rebuilding leg's recovery offset lowers the offset to
+    // its first region and returns once the superblocks say so: should the mirror crash with the
+    // write on one leg and not on the other, the restart copies that region again (its bit is set)
+    // rather than count the rebuilding leg in step there. The next checkpoint raises it again.
     private Task MarkDirtyAsync(long offset, int length)
     {
         var (first, last) = RegionsOf(offset, length);
         var firstPage = first / (MirrorSuperblock.BitmapPageBytes * 8);
         var lastPage = last / (MirrorSuperblock.BitmapPageBytes * 8);
         var clean = true;
+        var lowered = false;
         lock (_lock)
         {
+            for (var i = 0; i < _legs.Length; i++)
+            {
+                if (_state[i] == MirrorLegState.Rebuilding && _recoveryOffset[i] > first)
+                {
+                    _recoveryOffset[i] = first;
+                    lowered = true;
+                }
+            }
+
+            if (lowered)
+            {
+                _generation++;
+            }
+
             for (var r = first; r <= last; r++)
             {
                 _regionWrites[r]++;
@@ -148,7 +169,7 @@ public sealed partial class MirrorTarget
             }
         }
 
-        return clean ? Task.CompletedTask : PersistAsync(superblocks: false);
+        return lowered ? PersistAsync(superblocks: true) : clean ? Task.CompletedTask : PersistAsync(superblocks: false);
     }
 
     private void LeaveRegions(long offset, int length)
@@ -249,6 +270,7 @@ public sealed partial class MirrorTarget
             long[] last;
             bool[] whole;
             long[] held;
+            long[] offsets;
             ulong[]? cleared = null;
             var dirtyPages = new List<(int Page, long Version, byte[] Bytes)>();
             lock (_lock)
@@ -267,6 +289,7 @@ public sealed partial class MirrorTarget
                 last = [.. _lastInSync];
                 whole = [.. _wholeOnReturn];
                 held = [.. _lastHeld];
+                offsets = [.. _recoveryOffset.Select(r => Math.Min(DataBytes, r * RegionBytes))];
 
                 // Bits cleared, a leg declared in sync or the mirror clean: the metadata says the
                 // legs hold those regions' writes, so every leg is flushed before it is written.
@@ -357,6 +380,7 @@ public sealed partial class MirrorTarget
                             LastInSync = [.. last, .. new long[MirrorSuperblock.MaxLegs - last.Length]],
                             WholeOnReturn = [.. whole, .. new bool[MirrorSuperblock.MaxLegs - whole.Length]],
                             LastHeld = [.. held, .. new long[MirrorSuperblock.MaxLegs - held.Length]],
+                            RecoveryOffset = [.. offsets, .. new long[MirrorSuperblock.MaxLegs - offsets.Length]],
                         }.Encode(buffer.Memory.Span);
                         ok = await SafeIo(legs[i], BlockOp.Write, 0, MirrorSuperblock.SuperblockBytes, buffer.Memory, RequestFlags.Fua | RequestFlags.Sync).ConfigureAwait(false) == BlockStatus.Ok;
                     }

@@ -78,6 +78,7 @@ public sealed partial class MirrorTarget
                     _legEpoch[leg]++;
                     _missingAtStart[leg] = false;
                     _wholeOnReturn[leg] = false;
+                    _recoveryOffset[leg] = 0;
                     _legWritten[leg] = 0;
                     Interlocked.Exchange(ref _correctedReads[leg], 0);
 

@@ -196,6 +196,7 @@ public sealed partial class MirrorTarget
         var ct = interrupt.Token;
         int[] rebuilding;
         long[] epochs;
+        int[] starts;
         var dirty = new List<int>();
         MirrorSyncStarted started;
         lock (_lock)
@@ -209,9 +210,13 @@ public sealed partial class MirrorTarget
             // recovery that follows it.
             rebuilding = _resyncAfterCrash ? [] : [.. Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Rebuilding)];
             epochs = [.. rebuilding.Select(i => _legEpoch[i])];
+
+            // A leg with a recovery offset holds every region below it: its copy starts there.
+            starts = [.. rebuilding.Select(i => _recoveryOffset[i])];
+            var from = starts.Length > 0 ? starts.Min() : 0;
             for (var r = 0; r < Regions; r++)
             {
-                if (_resyncAfterCrash ? CrashPendingRegion(r) : (_bits[r >> 6] & (1UL << (r & 63))) != 0)
+                if (_resyncAfterCrash ? CrashPendingRegion(r) : r >= from && (_bits[r >> 6] & (1UL << (r & 63))) != 0)
                 {
                     dirty.Add(r);
                 }
@@ -225,6 +230,8 @@ public sealed partial class MirrorTarget
             _copied.Clear();
             _copiedLegs = rebuilding;
             _copiedEpochs = epochs;
+            _copiedStarts = starts;
+            _copiedThrough = 0;
 
             // The legs copied to: the rebuilding ones and, after a crash, the in-sync legs but the first (the source).
             var source = Array.IndexOf(_state, MirrorLegState.InSync);
@@ -244,6 +251,13 @@ public sealed partial class MirrorTarget
             return k >= 0 && RebuildingSince(leg, epochs[k]);
         }
 
+        // Under _lock: a leg this pass copies region r to (not below its recovery offset).
+        bool TargetAt(int leg, int r)
+        {
+            var k = Array.IndexOf(rebuilding, leg);
+            return k >= 0 && r >= starts[k] && RebuildingSince(leg, epochs[k]);
+        }
+
         var checkpointEvery = Math.Max(1, Regions / 16);
         var checkpointRegion = -1;
         var checkpointAt = _time.GetTimestamp();
@@ -254,7 +268,7 @@ public sealed partial class MirrorTarget
             lock (_lock)
             {
                 // Nothing owed here any more (the legs to rebuild failed meanwhile): no copy, no wait.
-                if (!CrashPendingRegion(r) && !rebuilding.Any(Target))
+                if (!CrashPendingRegion(r) && !rebuilding.Any(t => TargetAt(t, r)))
                 {
                     continue;
                 }
@@ -263,6 +277,8 @@ public sealed partial class MirrorTarget
             var start = r * RegionBytes;
             var end = start + RegionLength(r);
             var interrupted = false;
+            var region = r;
+            Func<int, bool> copyTo = t => TargetAt(t, region);
             for (var at = start; at < end; at += SyncChunkBytes)
             {
                 // A stop ends the pass; an interrupt (no leg left to copy to: the condition
@@ -280,7 +296,7 @@ public sealed partial class MirrorTarget
                 }
 
                 var length = (int)Math.Min(SyncChunkBytes, end - at);
-                if (!await CopyChunkAsync(r, Target, at, buffer.Memory[..length]).ConfigureAwait(false))
+                if (!await CopyChunkAsync(r, copyTo, at, buffer.Memory[..length]).ConfigureAwait(false))
                 {
                     await CheckpointAsync().ConfigureAwait(false);
                     return (started.Action, MirrorSyncOutcome.NoSource);
@@ -327,9 +343,10 @@ public sealed partial class MirrorTarget
             lock (_lock)
             {
                 _passRegionsDone++;
+                _copiedThrough = r + 1;
 
                 // Counted when a leg still rebuilding, or a second in-sync leg after a crash, got it.
-                if (rebuilding.Any(Target)
+                if (rebuilding.Any(copyTo)
                     || (CrashPendingRegion(r) && _state.Count(s => s == MirrorLegState.InSync) > 1))
                 {
                     Interlocked.Increment(ref _resyncedRegions);
@@ -390,6 +407,7 @@ public sealed partial class MirrorTarget
                 if (Target(t))
                 {
                     _state[t] = MirrorLegState.InSync;
+                    _recoveryOffset[t] = 0;
                     _flushOwed = true;
                     changed = true;
                 }
@@ -451,7 +469,9 @@ public sealed partial class MirrorTarget
     // legs' first. A restart or re-add then copies only the regions still set, and only to a leg whose
     // superblock holds that generation: a leg that missed a checkpoint (it failed during it, or it
     // is an older copy of the device) is copied whole, as a leg older than its slot's LastInSync
-    // always is. True when a bit was cleared (the caller persists).
+    // always is. Where the bitmap cannot keep the progress (another leg's record), the legs' recovery
+    // offsets are raised instead (RecoveryOffsetsLocked), with the same generation rule. True when a
+    // bit was cleared or an offset raised (the caller persists).
     // A faulty leg owes nothing to the bitmap once it is copied whole on return and every in-sync
     // leg holds the superblock that says so (GiveUpFaultyLocked).
     private bool CheckpointLocked()
@@ -472,9 +492,14 @@ public sealed partial class MirrorTarget
         }
 
         _copied.Clear();
-        if (!cleared || _failed)
+        if (_failed)
         {
             return cleared;
+        }
+
+        if (!RecoveryOffsetsLocked(targets) && !cleared)
+        {
+            return false;
         }
 
         _generation++;
@@ -484,6 +509,53 @@ public sealed partial class MirrorTarget
         }
 
         return true;
+    }
+
+    // Under _lock, at a checkpoint: md's recovery_offset, for the legs the bitmap cannot record the
+    // progress of. While a leg is faulty (and not copied whole on return) or rebuilding outside the
+    // pass, the bitmap is also its record of what it missed, so the checkpoint clears no bit (a
+    // recovery from the bitmap with another leg faulty; one that copies a leg whole gives the
+    // faulty leg's record up instead, GiveUpFaultyLocked). Each leg of the pass then has its offset
+    // raised to the region below which it holds every region: its start and the regions the pass
+    // finished (in order), short of any region with a write in flight (not durable by the flush
+    // that follows; a write that starts later lowers it again itself, MarkDirtyAsync). Once a leg
+    // has an offset it is kept up so, bits cleared or not. The caller bumps the generation and
+    // records the legs at it (their slots' LastInSync): a leg that misses the superblock of that
+    // checkpoint, or an older copy of it, is copied whole, as for a bitmap checkpoint; the persist
+    // flushes every leg before it writes the superblocks. True when an offset was raised.
+    private bool RecoveryOffsetsLocked(int[] targets)
+    {
+        if (targets.Length == 0)
+        {
+            return false;
+        }
+
+        var blocked = Enumerable.Range(0, _legs.Length).Any(i => _state[i] != MirrorLegState.InSync && !targets.Contains(i) && !WholeOnReturnRecorded(i));
+        var inFlight = Array.FindIndex(_regionWrites, w => w != 0);
+        var raised = false;
+        for (var k = 0; k < _copiedLegs.Length; k++)
+        {
+            var t = _copiedLegs[k];
+            if (!RebuildingSince(t, _copiedEpochs[k]) || (!blocked && _recoveryOffset[t] == 0))
+            {
+                continue;
+            }
+
+            var upTo = Math.Max(_copiedStarts[k], _copiedThrough);
+            if (inFlight >= 0)
+            {
+                upTo = Math.Min(upTo, inFlight);
+            }
+
+            if (upTo > _recoveryOffset[t])
+            {
+                _recoveryOffset[t] = upTo;
+                raised = true;
+            }
+        }
+
+        _flushOwed |= raised;
+        return raised;
     }
 
     // Under _lock. With a leg faulty, the bitmap is also the record of every region it missed, so

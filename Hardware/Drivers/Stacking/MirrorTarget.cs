@@ -66,6 +66,15 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     // when the slot is taken back or replaced.
     private readonly bool[] _wholeOnReturn;
     private readonly long[] _lastHeld;
+
+    // Per leg, under _lock: md's recovery_offset, for a leg rebuilding from a bitmap that cannot
+    // record its progress (the bitmap is also another leg's record of what it missed, so no bit is
+    // cleared as this one catches up): the region below which the superblocks say it holds every
+    // region, whatever its bits. Raised at a recovery checkpoint (RecoveryOffsetsLocked), after the
+    // flush that makes the copies below it durable; lowered, and written before the write goes to
+    // any leg, by a write below it (MarkDirtyAsync), so a write in flight at a crash is copied again.
+    // A pass starts there for that leg. 0 for every other leg and once the leg fails or is in sync.
+    private readonly int[] _recoveryOffset;
     private readonly int[] _inflight;
 
     // Bumped each time a leg goes faulty (under _lock): a recovery pass copies to, and at its end
@@ -126,6 +135,11 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     private int[] _copiedLegs = [];
     private long[] _copiedEpochs = [];
 
+    // Under _lock: per leg of _copiedLegs, the region its copy started at (its recovery offset at
+    // the pass's start), and the region after the last one the pass finished (RecoveryOffsetsLocked).
+    private int[] _copiedStarts = [];
+    private int _copiedThrough;
+
     // Set at a start after a crash (no clean stop, bits set): the in-sync legs are being made equal
     // again, md's "resync", as opposed to "recover" (rebuilding a leg that was out). The legs stay
     // in sync meanwhile, as in md: each holds every acknowledged write, and they may differ only in
@@ -160,6 +174,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         _missingAtStart = new bool[_legs.Length];
         _wholeOnReturn = new bool[_legs.Length];
         _lastHeld = new long[_legs.Length];
+        _recoveryOffset = new int[_legs.Length];
         _inflight = new int[_legs.Length];
         _legEpoch = new long[_legs.Length];
         _correctedReads = new long[_legs.Length];
@@ -537,6 +552,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
             _missingAtStart[leg] = false;
             _wholeOnReturn[leg] = false;
+            _recoveryOffset[leg] = 0;
             _state[leg] = MirrorLegState.Rebuilding;
             _generation++;
             if (_legs[leg] is IReconnectingBlockDevice reconnecting && _takenAt.Length > leg)

@@ -2054,6 +2054,223 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await AssertLegsEqual(second);
     }
 
+    // A recovery from the bitmap with another leg faulty cannot clear bits as the returning leg
+    // catches up: the bitmap is also the faulty leg's record of what it missed. Before, it took no
+    // checkpoint, and a stop or a crash in its middle copied every region again. As md's per-device
+    // recovery_offset, the superblocks now record the region below which the returning leg is in
+    // step (after a flush of every leg); the restart starts its copy there, the bits stay set for
+    // the faulty leg, and a write below the offset during the recovery reaches the returning leg.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task With_a_leg_faulty_a_recovery_from_the_bitmap_stopped_in_its_middle_resumes_from_its_recorded_offset(bool cleanStop)
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(first);
+        for (var r = 0; r < 8; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // c's device is gone (unreadable at the restart too); b is out while 40 regions are written.
+        fc.Dead = true;
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        for (var r = 0; r < 40; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        Assert.Equal(40, first.DirtyRegions());
+        await first.ReAddAsync(1);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        // A write below the offset reaches b at once (b is in step there); its bit stays for c.
+        await AwaitTimer(clock, first);
+        await md.WriteAsync(5 * Region, Stamp(5, 3));
+        Assert.Equal(Stamp(5, 3), await ReadRaw(b, 5 * Region, Block));
+        while (first.SyncProgress.Done < 26 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        await md.WriteAsync(60 * Region, Stamp(60, 1));
+        Assert.Equal(41, first.DirtyRegions());
+
+        // Stopped cleanly, or the node dies.
+        if (cleanStop)
+        {
+            await first.StopAsync();
+        }
+
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+
+        // The in-sync leg records b rebuilding, in step below its offset (raised again after the
+        // write below it).
+        var onA = MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes))!;
+        Assert.Equal(MirrorLegState.Rebuilding, onA.States[1]);
+        var offset = (int)(onA.RecoveryOffset[1] / Region);
+        Assert.Equal(offset * Region, onA.RecoveryOffset[1]);
+        Assert.InRange(offset, 20, 27);
+
+        var copiedBefore = fb.DataBytesWritten;
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
+        Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(41, second.DirtyRegions());
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.InRange(second.ResyncedRegions, 41 - 27, 41 - 20);
+        Assert.Equal(40 - offset + 1, second.ResyncedRegions);
+        Assert.Equal((40 - offset + 1) * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(41, second.DirtyRegions());
+        Assert.Equal(Stamp(5, 3), await ReadRaw(b, 5 * Region, Block));
+        Assert.Equal(Stamp(39, 2), await ReadRaw(b, 39 * Region, Block));
+        Assert.Equal(Stamp(60, 1), await ReadRaw(b, 60 * Region, Block));
+
+        // c comes back and is copied from the bitmap: every region it missed, below b's offset too.
+        fc.Dead = false;
+        var cBefore = fc.DataBytesWritten;
+        await second.ReAddAsync(2);
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        Assert.Equal(41 * Region, fc.DataBytesWritten - cBefore);
+        Assert.Equal(Stamp(5, 3), await ReadRaw(c, 5 * Region, Block));
+        Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
+        await AssertLegsEqual(second);
+    }
+
+    // The offset says the returning leg holds every region below it, so a write there that reached
+    // the in-sync leg but not the returning one when the mirror crashed would never be copied to
+    // it: a write below the offset lowers it on the superblocks before it goes to any leg, and the
+    // restart copies from there.
+    [Fact]
+    public async Task With_a_leg_faulty_a_write_below_the_recovery_offset_in_flight_at_a_crash_is_copied_again_at_the_restart()
+    {
+        var (a, fa) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(first);
+        fc.Dead = true;
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        for (var r = 0; r < 40; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await first.ReAddAsync(1);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        var onA = MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes))!;
+        Assert.InRange(onA.RecoveryOffset[1], 15 * Region, 21 * Region);
+
+        // A write below the offset, held on its way to b.
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fb.HoldWrite(MirrorSuperblock.DataOffset + (3 * Region), Block, release.Task);
+        var write = md.WriteAsync(3 * Region, Stamp(3, 3)).AsTask();
+        await arrived.WaitAsync(Patience);
+        onA = MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes))!;
+        Assert.Equal(3 * Region, onA.RecoveryOffset[1]);
+
+        // The node dies with the write on a and not on b: nothing more of this mirror reaches the legs.
+        first.Dispose();
+        fa.Dead = true;
+        fb.Dead = true;
+        release.SetResult(BlockStatus.Offline);
+        Assert.NotNull(await Record.ExceptionAsync(() => write.WaitAsync(Patience)));
+        await first.SyncIdle.WaitAsync(Patience);
+        fa.Dead = false;
+        fb.Dead = false;
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (3 * Region), Stamp(3, 3));
+
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(Stamp(3, 3), await ReadRaw(b, 3 * Region, Block));
+        Assert.Equal(40 - 3, second.ResyncedRegions);
+
+        fc.Dead = false;
+        await second.ReAddAsync(2);
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        await AssertLegsEqual(second);
+    }
+
+    // A leg's offset is its own: with the faulty leg back at the restart, one pass copies it every
+    // region its bitmap record holds and the returning leg only the regions from its offset on.
+    [Fact]
+    public async Task With_a_leg_faulty_a_recovery_resumed_from_its_offset_copies_the_faulty_leg_back_at_the_restart_from_the_first_region()
+    {
+        var (a, _) = Leg("a");
+        var (b, fb) = Leg("b");
+        var (c, fc) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var slow = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock);
+        var md = Serve(first);
+        fc.Dead = true;
+        await first.FailLegAsync(2);
+        await first.FailLegAsync(1);
+        for (var r = 0; r < 40; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 2));
+        }
+
+        await first.ReAddAsync(1);
+        while (first.SyncProgress.Done < 20 * Region)
+        {
+            await AwaitTimer(clock, first);
+            clock.Advance(TimeSpan.FromSeconds(1));
+        }
+
+        await AwaitTimer(clock, first);
+        first.Dispose();
+        await first.SyncIdle.WaitAsync(Patience);
+        var offset = (int)(MirrorSuperblock.TryDecode(await ReadRaw(a, -MirrorSuperblock.DataOffset, MirrorSuperblock.SuperblockBytes))!.RecoveryOffset[1] / Region);
+        Assert.InRange(offset, 15, 21);
+
+        // c's device is back: both legs rebuild from the bitmap in one pass.
+        fc.Dead = false;
+        var bBefore = fb.DataBytesWritten;
+        var cBefore = fc.DataBytesWritten;
+        var clock2 = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
+        Assert.Equal(MirrorLegState.Rebuilding, second.LegState(2));
+        await PumpUntilIdle(clock2, second);
+        Assert.Equal(MirrorLegState.InSync, second.LegState(1));
+        Assert.Equal(MirrorLegState.InSync, second.LegState(2));
+        Assert.Equal((40 - offset) * Region, fb.DataBytesWritten - bBefore);
+        Assert.Equal(40 * Region, fc.DataBytesWritten - cBefore);
+        Assert.Equal(40, second.ResyncedRegions);
+        Assert.Equal(0, second.DirtyRegions());
+        await AssertLegsEqual(second);
+    }
+
     // Resuming trusts the bitmap only for the leg that took every checkpoint: an older copy of a
     // rebuilding leg (its device restored from a snapshot taken mid-recovery) holds a generation
     // older than the last checkpoint, misses the regions copied since, and is copied whole.
