@@ -70,6 +70,20 @@ public sealed class VirtualScheduler : IScheduler, IAdvancedScheduler
     }
 
     /// <summary>
+    /// The timers not cancelled that will tell <paramref name="receiver"/> something: an actor's
+    /// own timers (<c>IWithTimers</c>) tell the actor itself. An actor that re-arms its timer once
+    /// it has handled one is quiet again when this is above 0.
+    /// </summary>
+    /// <param name="receiver">The actor the timers tell.</param>
+    public int ArmedFor(IActorRef receiver)
+    {
+        lock (_lock)
+        {
+            return _timers.UnorderedItems.Count(t => Equals(t.Element.Receiver, receiver) && t.Element.Cancelable is not { IsCancellationRequested: true });
+        }
+    }
+
+    /// <summary>
     /// Moves the time on by <paramref name="offset"/>, then fires every timer due by then in due
     /// order, also those armed while they fire for a time the advance has reached (a zero delay);
     /// a repeating one is re-armed for its interval after the new time, as <c>TestScheduler</c> does.
@@ -179,6 +193,8 @@ public sealed class VirtualScheduler : IScheduler, IAdvancedScheduler
     {
         public ICancelable? Cancelable { get; } = cancelable;
 
+        public ICanTell? Receiver { get; } = receiver;
+
         public TimeSpan? Interval { get; set; }
 
         public void Fire()
@@ -189,7 +205,7 @@ public sealed class VirtualScheduler : IScheduler, IAdvancedScheduler
             }
             else
             {
-                receiver!.Tell(message!, sender);
+                Receiver!.Tell(message!, sender);
             }
         }
     }
