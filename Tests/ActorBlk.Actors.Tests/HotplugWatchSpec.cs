@@ -20,7 +20,7 @@ public sealed class HotplugWatchSpec : Akka.TestKit.Xunit2.TestKit
 
     public HotplugWatchSpec(ITestOutputHelper output)
         : base(ConfigurationFactory.ParseString($"""
-            akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit"
+            akka.scheduler.implementation = "ActorBlk.Actors.Tests.Support.VirtualScheduler, ActorBlk.Actors.Tests"
             actorblk.topology.source = system
             actorblk.topology.sysfs-root = "{CpuRoot}"
             actorblk.topology.watch-interval = 1s
@@ -32,7 +32,7 @@ public sealed class HotplugWatchSpec : Akka.TestKit.Xunit2.TestKit
 
     private BlockLayer Layer => BlockLayer.Get(Sys);
 
-    private TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+    private VirtualScheduler Scheduler => (VirtualScheduler)Sys.Scheduler;
 
     [Fact]
     public async Task Changes_of_the_online_file_take_cpus_offline_and_back_online()

@@ -41,7 +41,7 @@ public abstract class SupervisionSpec : Akka.TestKit.Xunit2.TestKit
 
     private protected BlockLayer Layer => BlockLayer.Get(Sys);
 
-    private TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+    private VirtualScheduler Scheduler => (VirtualScheduler)Sys.Scheduler;
 
     private protected async Task<IBlockDevice> Create(ScriptedDriver driver, string name, DeviceOptions? options = null) =>
         await Layer.CreateDeviceAsync((options ?? new DeviceOptions()) with { Name = name, Dispatch = Mode }, driver);

@@ -96,20 +96,22 @@ public sealed partial class SecureServeSpec : IDisposable
         }
 
         var list = await Run("sysfs", "list", "block/nullb0/queue/");
-        Assert.Equal(0, list.Code);
+        Assert.True(list.Code == 0, $"sysfs list exited {list.Code}:\n{list.All}");
         Assert.Contains("block/nullb0/queue/nr_requests\n", list.Out);
-        Assert.Equal(0, (await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "8")).Code);
+        var written = await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "8");
+        Assert.True(written.Code == 0, $"sysfs write exited {written.Code}:\n{written.All}");
         var cat = await Run("sysfs", "cat", "block/nullb0/queue/nr_requests");
         Assert.True(cat.Code == 0, $"sysfs cat exited {cat.Code}:\n{cat.All}");
         Assert.Equal("8\n", cat.Out);
         var offline = await Run("hotplug", "offline", "3");
-        Assert.Equal(0, offline.Code);
+        Assert.True(offline.Code == 0, $"hotplug offline exited {offline.Code}:\n{offline.All}");
         Assert.Contains("online CPUs 0-2", offline.Out);
-        Assert.Equal(0, (await Run("hotplug", "online", "3")).Code);
+        var online = await Run("hotplug", "online", "3");
+        Assert.True(online.Code == 0, $"hotplug online exited {online.Code}:\n{online.All}");
 
         // devices with the node's hocon.conf: it crashed (no TLS transport loaded) before.
         var devices = await Run("devices");
-        Assert.Equal(0, devices.Code);
+        Assert.True(devices.Code == 0, $"devices exited {devices.Code}:\n{devices.All}");
         Assert.Contains("nullb0", devices.Out);
         Assert.DoesNotContain("Unhandled exception", devices.All);
 

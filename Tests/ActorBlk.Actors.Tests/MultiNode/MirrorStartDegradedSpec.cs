@@ -170,6 +170,10 @@ public sealed class MirrorStartDegradedSpec : Akka.TestKit.Xunit2.TestKit, IDisp
         await c.Layer.CreateDeviceAsync(FileLeg());
         await a.Layer.CreateDeviceAsync(Memory("local"));
 
+        // a has the leg from the registry before the table names it: a's member-wait is short (2 s,
+        // for the load while c is away), shorter than replication can take on a loaded machine.
+        await a.WaitForDevicesAsync(d => d.Any(e => e.Id == legId && e.NbdEndpoint.Length > 0), Liveness);
+
         // The mirror is made with both legs, written, and stopped cleanly.
         await a.Layer.CreateStackedDeviceAsync("md0");
         var md0 = await a.Layer.LoadTableAsync("md0", StackTable.Mirror(Options(startDegraded: false), "local", legId));

@@ -35,7 +35,7 @@ public sealed class NbdClientFrozenServerSpec : Akka.TestKit.Xunit2.TestKit
     {
     }
 
-    private TestScheduler Scheduler => (TestScheduler)Sys.Scheduler;
+    private VirtualScheduler Scheduler => (VirtualScheduler)Sys.Scheduler;
 
     private async Task<RequestQueueProtocol.Info> InfoOf(string device) =>
         await Sys.ActorSelection($"/user/actorblk/dev-{device}-*").Ask<RequestQueueProtocol.Info>(RequestQueueProtocol.GetInfo.Instance, Liveness);

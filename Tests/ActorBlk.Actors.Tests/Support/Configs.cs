@@ -23,9 +23,9 @@ public static class Configs
         }
         """;
 
-    /// <summary>Virtual time: the TestKit scheduler drives timers and request deadlines.</summary>
+    /// <summary>Virtual time: <see cref="VirtualScheduler"/> drives timers and request deadlines.</summary>
     public static readonly Config VirtualTime = ConfigurationFactory.ParseString("""
-        akka.scheduler.implementation = "Akka.TestKit.TestScheduler, Akka.TestKit"
+        akka.scheduler.implementation = "ActorBlk.Actors.Tests.Support.VirtualScheduler, ActorBlk.Actors.Tests"
         actorblk.clock = scheduler
         """).WithFallback(Simulated);
 }
