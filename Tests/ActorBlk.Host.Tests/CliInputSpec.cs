@@ -20,6 +20,10 @@ public sealed class CliInputSpec : IDisposable
     [InlineData("actorblk.drain-timeout = banana", "actorblk.drain-timeout: 'banana' is not a duration")]
     [InlineData("actorblk.supervision.max-resets = x", "actorblk.supervision.max-resets: 'x' is not a whole number")]
     [InlineData("actorblk.topology.source = simulatd", "actorblk.topology.source: 'simulatd' is not 'system' or 'simulated'")]
+    // Akka reads its log levels only as the actor system starts: this failed the start with its
+    // ArgumentException and some 40 stack lines, exit 1 (an outside CLI fuzzing audit).
+    [InlineData("akka.loglevel = BANANA", "actorblk: configuration: akka.loglevel: 'BANANA' is not DEBUG, INFO, WARNING, ERROR or OFF.")]
+    [InlineData("akka.stdout-loglevel = [INFO]", "actorblk: configuration: akka.stdout-loglevel: a value is expected (DEBUG, INFO, WARNING, ERROR or OFF), not a list [ ... ].")]
     public async Task A_setting_that_does_not_parse_is_a_usage_error_naming_the_key(string line, string message)
     {
         var config = Path.Combine(_dir, "bad.conf");
