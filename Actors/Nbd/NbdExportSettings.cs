@@ -105,11 +105,18 @@ public sealed record NbdExportSettings(
             return null;
         }
 
+        // An IPv6 address stands in brackets, both of them: "[::1:5" and "::1:10809" were taken
+        // (the brackets trimmed, whichever were there, and the last colon's digits read as the
+        // port), so a typo listened where nobody asked (an outside CLI fuzzing audit).
         var colon = text.LastIndexOf(':');
+        var host = colon > 0 ? text[..colon] : string.Empty;
+        var bracketed = host.Length > 2 && host[0] == '[' && host[^1] == ']';
+        host = bracketed ? host[1..^1] : host;
         if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var port) || port > 65535 ||
-            !IPAddress.TryParse(text[..colon].Trim('[', ']'), out var address))
+            host.AsSpan().IndexOfAny('[', ']') >= 0 || (!bracketed && host.Contains(':', StringComparison.Ordinal)) ||
+            !IPAddress.TryParse(host, out var address) || (bracketed && address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6))
         {
-            throw new ConfigurationException($"actorblk.nbd.listen: '{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809) or off.");
+            throw new ConfigurationException($"actorblk.nbd.listen: '{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
         }
 
         return new IPEndPoint(address, port);

@@ -60,27 +60,32 @@ public static class CpuAttributes
 
         var cpu = CpuOf(topology, path);
 
-        // kstrtobool (online_store): only the first character counts, 1/y/Y true and 0/n/N false,
-        // or the first two for o/O: on and off in any case. So "yes", "No\n", "OFF" and "10" are
-        // taken, as the kernel takes them; only "1", "y", "Y", "on" and their opposites were (an
-        // outside bad-input audit).
+        // kstrtobool (online_store): only the first character counts, 1, y, t (true) or e (enabled)
+        // true and 0, n, f (false) or d (disabled) false, in either case, or the first two for o/O:
+        // on and off in any case. So "yes", "No\n", "OFF", "10", "true" and "disabled" are taken, as
+        // the current kernel takes them (lib/kstrtox.c; e/d since commit ae5b3500856f); only "1", "y", "Y", "on" and their
+        // opposites were, then t/f and e/d were still EINVAL (outside bad-input audits).
         var text = value.EndsWith('\n') ? value[..^1] : value;
         var second = text.Length > 1 ? char.ToLowerInvariant(text[1]) : '\0';
         return (text.Length > 0 ? text[0] : '\0') switch
         {
-            '1' or 'y' or 'Y' => (cpu, true),
-            '0' or 'n' or 'N' => (cpu, false),
+            '1' or 'y' or 'Y' or 't' or 'T' or 'e' or 'E' => (cpu, true),
+            '0' or 'n' or 'N' or 'f' or 'F' or 'd' or 'D' => (cpu, false),
             'o' or 'O' when second == 'n' => (cpu, true),
             'o' or 'O' when second == 'f' => (cpu, false),
-            _ => throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text}' is not 0 or 1 (kstrtobool: 1, y, on, 0, n or off)"),
+            _ => throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text}' is not 0 or 1 (kstrtobool: 1, y, t, e, on, 0, n, f, d or off)"),
         };
     }
 
     private static int CpuOf(CpuTopology topology, string path)
     {
+        // Only the name the directory has: cpu1, not cpu01 or cpu0001 (which int.TryParse reads as 1,
+        // so a path no listing shows was read and written as CPU 1's; an outside CLI fuzzing audit).
         var rest = path[Root.Length..];
         if (rest.StartsWith("cpu", StringComparison.Ordinal) && rest.EndsWith("/online", StringComparison.Ordinal)
-            && int.TryParse(rest.AsSpan(3, rest.Length - 3 - "/online".Length), NumberStyles.None, CultureInfo.InvariantCulture, out var cpu)
+            && rest.AsSpan(3, rest.Length - 3 - "/online".Length) is var digits
+            && int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var cpu)
+            && digits.SequenceEqual(cpu.ToString(CultureInfo.InvariantCulture))
             && topology.Present.Contains(cpu))
         {
             return cpu;

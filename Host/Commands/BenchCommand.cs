@@ -333,6 +333,13 @@ internal static class BenchCommand
                 continue;
             }
 
+            // `--write_lat_log=` failed the run with Path.GetFullPath's ArgumentException and its
+            // stack, exit 1 (an outside CLI fuzzing audit).
+            if (string.IsNullOrWhiteSpace(path))
+            {
+                throw new UsageException($"option {option}: the path is empty.");
+            }
+
             var directory = Path.GetDirectoryName(Path.GetFullPath(path));
             if (directory is not null && !Directory.Exists(directory))
             {

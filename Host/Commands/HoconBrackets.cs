@@ -10,7 +10,14 @@ namespace ActorBlk.Host.Commands;
 /// </summary>
 internal static class HoconBrackets
 {
-    /// <summary>Throws when a closing bracket does not match, or an opened one is never closed.</summary>
+    /// <summary>
+    /// How deep braces and brackets may nest. Akka's parser descends once per level on the thread's
+    /// stack, and 30,000 nested '[' overflowed it: the runtime's "Stack overflow." and SIGABRT, not
+    /// an error (an outside CLI fuzzing audit). A node's configuration nests a few levels.
+    /// </summary>
+    public const int MaxDepth = 64;
+
+    /// <summary>Throws when a closing bracket does not match, an opened one is never closed, or they nest more than <see cref="MaxDepth"/> deep.</summary>
     /// <exception cref="ConfigurationException">Names the line and the bracket.</exception>
     public static void Check(string text)
     {
@@ -40,6 +47,11 @@ internal static class HoconBrackets
                     i = EndOfString(text, i, ref line);
                     break;
                 case '{' or '[':
+                    if (open.Count == MaxDepth)
+                    {
+                        throw new ConfigurationException($"line {line}: '{c}' opens a level deeper than {MaxDepth}: braces and brackets nest at most {MaxDepth} deep.");
+                    }
+
                     open.Push((c, line));
                     break;
                 case '}' or ']':
@@ -84,7 +96,14 @@ internal static class HoconBrackets
         if (string.CompareOrdinal(text, i, "\"\"\"", 0, 3) == 0)
         {
             var end = text.IndexOf("\"\"\"", i + 3, StringComparison.Ordinal);
-            end = end < 0 ? text.Length - 1 : end + 2;
+            if (end < 0)
+            {
+                // Akka's parser took the rest of the file as the string, and the node started with
+                // every key after it gone (an outside CLI fuzzing audit).
+                throw new ConfigurationException($"the triple-quoted string opened at line {line} is never closed.");
+            }
+
+            end += 2;
             // A triple-quoted string may end in more quotes ("""a"""" is a"): they belong to it.
             while (end + 1 < text.Length && text[end + 1] == '"')
             {
@@ -132,5 +151,88 @@ internal static class HoconBrackets
         }
 
         return n;
+    }
+
+    /// <summary>
+    /// Throws when a substitution refers, directly or through others, to a value that contains it
+    /// (<c>a = ${a}</c>, <c>a = ${b}</c> with <c>b = ${a}</c>, <c>a { b = ${a} }</c>): HOCON calls it
+    /// a cycle, and Akka's parser keeps it, so the first reader of the configuration recursed until the
+    /// stack overflowed (the runtime's "Stack overflow." and SIGABRT; an outside CLI fuzzing audit).
+    /// The walk is iterative, so no configuration can overflow it.
+    /// </summary>
+    /// <exception cref="ConfigurationException">Names the substitution.</exception>
+    public static void CheckCycles(Akka.Configuration.Hocon.HoconValue root)
+    {
+        ArgumentNullException.ThrowIfNull(root);
+
+        // Depth first with colours: a node met again while it is still being walked (on the path)
+        // closes a cycle; without substitutions the values form a tree and none is met twice.
+        var onPath = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        var done = new HashSet<object>(ReferenceEqualityComparer.Instance);
+        var stack = new Stack<(object Node, bool Leaving)>();
+        var substitutions = new Stack<Akka.Configuration.Hocon.HoconSubstitution>(); // those on the path, innermost on top
+        stack.Push((root, false));
+        while (stack.Count > 0)
+        {
+            var (node, leaving) = stack.Pop();
+            if (leaving)
+            {
+                onPath.Remove(node);
+                done.Add(node);
+                if (node is Akka.Configuration.Hocon.HoconSubstitution)
+                {
+                    substitutions.Pop();
+                }
+
+                continue;
+            }
+
+            if (done.Contains(node))
+            {
+                continue;
+            }
+
+            if (!onPath.Add(node))
+            {
+                // The innermost substitution on the path is the one that led back.
+                throw new ConfigurationException(substitutions.TryPeek(out var cyclic)
+                    ? $"the substitution ${{{cyclic.Path}}} refers to itself (a cycle of substitutions)."
+                    : "a value contains itself (a cycle of substitutions).");
+            }
+
+            if (node is Akka.Configuration.Hocon.HoconSubstitution entered)
+            {
+                substitutions.Push(entered);
+            }
+
+            stack.Push((node, true));
+            switch (node)
+            {
+                case Akka.Configuration.Hocon.HoconValue value:
+                    foreach (var element in value.Values)
+                    {
+                        stack.Push((element, false));
+                    }
+
+                    break;
+                case Akka.Configuration.Hocon.HoconObject obj:
+                    foreach (var item in obj.Items.Values)
+                    {
+                        stack.Push((item, false));
+                    }
+
+                    break;
+                case Akka.Configuration.Hocon.HoconArray array:
+                    foreach (var item in array)
+                    {
+                        stack.Push((item, false));
+                    }
+
+                    break;
+                case Akka.Configuration.Hocon.HoconSubstitution { ResolvedValue: { } resolved }:
+                    stack.Push((resolved, false));
+                    break;
+            }
+        }
     }
 }

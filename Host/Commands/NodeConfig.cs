@@ -58,6 +58,7 @@ internal static class NodeConfig
             }
 
             config = parse.GetAwaiter().GetResult(); // the parser's own exception, unwrapped
+            HoconBrackets.CheckCycles(config.Root);
         }
         catch (Exception ex) when (ex is ConfigurationException or FormatException or InvalidOperationException or NullReferenceException or IOException)
         {

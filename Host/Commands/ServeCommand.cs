@@ -44,6 +44,41 @@ internal static class ServeCommand
         return command;
     }
 
+    /// <summary>
+    /// Checks <c>akka.loglevel</c> and <c>akka.stdout-loglevel</c> with Akka's own reader before
+    /// anything starts. Akka reads them only when the actor system starts, and a level it does not
+    /// know (<c>akka.loglevel = BANANA</c>) failed the start with its ArgumentException and some 40
+    /// stack lines on stdout (exit 1; an outside CLI fuzzing audit).
+    /// </summary>
+    /// <exception cref="Akka.Configuration.ConfigurationException">A level Akka does not know, or a list or section where the level belongs.</exception>
+    internal static void CheckLogLevels(Akka.Configuration.Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        foreach (var key in new[] { "akka.loglevel", "akka.stdout-loglevel" })
+        {
+            var value = config.HasPath(key) ? config.GetValue(key) : null;
+            if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+            {
+                continue;
+            }
+
+            if (!value.IsString())
+            {
+                throw new Akka.Configuration.ConfigurationException($"{key}: a value is expected (DEBUG, INFO, WARNING, ERROR or OFF), not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
+            }
+
+            var text = value.GetString();
+            try
+            {
+                Akka.Event.Logging.LogLevelFor(text);
+            }
+            catch (Exception ex) when (ex is ArgumentException or NullReferenceException)
+            {
+                throw new Akka.Configuration.ConfigurationException($"{key}: '{text}' is not DEBUG, INFO, WARNING, ERROR or OFF.");
+            }
+        }
+    }
+
     private static async Task<int> RunAsync(string path, int? port, string? seedText, string? hostname, string? nbdListen)
     {
         var seeds = seedText is not null ? NodeConfig.ParseSeeds(seedText) : null;
@@ -61,6 +96,7 @@ internal static class ServeCommand
         // of it with the defaults threw a NullReferenceException that aborted serve with a stack
         // trace (exit 134; a README audit).
         ActorBlkSettings.Create(config);
+        CheckLogLevels(config);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);

@@ -418,12 +418,32 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "10");
         Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
 
+        // The current kstrtobool also takes t/T (true) and e/E (enabled), f/F (false) and d/D
+        // (disabled); "false", "true", "disabled" and "Enabled" were EINVAL (an outside CLI fuzzing audit).
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "false\n");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "true");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "disabled");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "Enabled");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "F");
+        Assert.Equal("0-1,3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "T");
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "maybe")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "o")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", " 1")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "2")).Errno);
         Assert.Equal(AttributeErrno.ENOENT, (await Refused("devices/system/cpu/cpu9/online", "1")).Errno);
+
+        // Only the directory's own name: cpu02 is no file (it was read and written as cpu2's; an outside CLI fuzzing audit).
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("devices/system/cpu/cpu02/online", "0")).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("devices/system/cpu/cpu02/online")).Errno);
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
         Assert.Equal(AttributeErrno.EACCES, (await Refused("devices/system/cpu/online", "0-1")).Errno);
         await Layer.WriteAttributeAsync("devices/system/cpu/cpu1/online", "0");
         await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", "0");

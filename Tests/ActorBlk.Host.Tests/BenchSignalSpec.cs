@@ -54,4 +54,17 @@ public sealed class BenchSignalSpec
         Assert.Contains("option --plot: the directory /nonexistent-actorblk does not exist", bench.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("Unhandled exception", bench.Output, StringComparison.Ordinal);
     }
+
+    // An outside CLI fuzzing audit: an empty log prefix failed the run with an ArgumentException and its
+    // stack, exit 1 (an empty --plot was refused already: it does not end in .png or .svg).
+    [Theory]
+    [InlineData("--write_lat_log")]
+    [InlineData("--write_iops_log")]
+    public async Task An_empty_log_or_plot_path_is_a_usage_error_before_the_run(string option)
+    {
+        await using var bench = ActorBlkProcess.Start("bench", "--runtime=1", option, string.Empty);
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains($"option {option}: the path is empty.", bench.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", bench.Output, StringComparison.Ordinal);
+    }
 }

@@ -20,6 +20,10 @@ public sealed class CliInputSpec : IDisposable
     [InlineData("actorblk.drain-timeout = banana", "actorblk.drain-timeout: 'banana' is not a duration")]
     [InlineData("actorblk.supervision.max-resets = x", "actorblk.supervision.max-resets: 'x' is not a whole number")]
     [InlineData("actorblk.topology.source = simulatd", "actorblk.topology.source: 'simulatd' is not 'system' or 'simulated'")]
+    // Akka reads its log levels only as the actor system starts: this failed the start with its
+    // ArgumentException and some 40 stack lines, exit 1 (an outside CLI fuzzing audit).
+    [InlineData("akka.loglevel = BANANA", "actorblk: configuration: akka.loglevel: 'BANANA' is not DEBUG, INFO, WARNING, ERROR or OFF.")]
+    [InlineData("akka.stdout-loglevel = [INFO]", "actorblk: configuration: akka.stdout-loglevel: a value is expected (DEBUG, INFO, WARNING, ERROR or OFF), not a list [ ... ].")]
     public async Task A_setting_that_does_not_parse_is_a_usage_error_naming_the_key(string line, string message)
     {
         var config = Path.Combine(_dir, "bad.conf");
@@ -29,6 +33,41 @@ public sealed class CliInputSpec : IDisposable
         Assert.Contains(message, serve.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("Unhandled exception", serve.Output, StringComparison.Ordinal);
     }
+
+    // An outside CLI fuzzing audit: an unknown option where the path stands was sent to the node as
+    // the path ("no ActorBlk node answered", exit 1) instead of being a usage error.
+    [Theory]
+    [InlineData("list", "--bogus")]
+    [InlineData("cat", "--verbose")]
+    [InlineData("write", "-x", "1")]
+    public async Task An_unknown_option_where_the_attribute_path_stands_is_a_usage_error(params string[] args)
+    {
+        await using var sysfs = ActorBlkProcess.Start(["sysfs", .. args, "--port", "1"]);
+        Assert.Equal(2, await sysfs.WaitForExitAsync(Within));
+        Assert.Contains($"Unrecognized command or argument '{args[1]}' (an attribute path never starts with '-').", sysfs.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("no ActorBlk node answered", sysfs.Output, StringComparison.Ordinal);
+    }
+
+    // The same audit: the brackets of an IPv6 address were trimmed whichever were there, and an
+    // unbracketed one had its last group read as the port.
+    [Theory]
+    [InlineData("[::1:5")]
+    [InlineData("::1]:5")]
+    [InlineData("::1:10809")]
+    [InlineData("[[::1]]:5")]
+    [InlineData("[127.0.0.1]:5")]
+    public void An_nbd_listen_address_with_stray_or_missing_brackets_is_refused(string listen)
+    {
+        var refused = Assert.Throws<Akka.Configuration.ConfigurationException>(() => ActorBlk.Actors.Nbd.NbdExportSettings.ParseListen(listen));
+        Assert.Contains($"actorblk.nbd.listen: '{listen}' is not ADDRESS:PORT", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("[::1]:5", "[::1]:5")]
+    [InlineData("127.0.0.1:10809", "127.0.0.1:10809")]
+    [InlineData("0.0.0.0:0", "0.0.0.0:0")]
+    public void An_nbd_listen_address_in_the_documented_forms_is_taken(string listen, string endpoint) =>
+        Assert.Equal(endpoint, ActorBlk.Actors.Nbd.NbdExportSettings.ParseListen(listen)!.ToString());
 
     [Fact]
     public async Task A_configuration_may_include_a_file_next_to_it()

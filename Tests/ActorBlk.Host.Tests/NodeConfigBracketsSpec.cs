@@ -58,6 +58,48 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.Contains($"include \"sub\": {Path.Combine(_dir, "sub")} is a directory.", include.Message, StringComparison.Ordinal);
     }
 
+    // An outside CLI fuzzing audit: 30,000 nested '[' overflowed Akka's recursive parser, and a
+    // substitution cycle overflowed the first reader of the configuration (SIGABRT, "Stack overflow.").
+    [Fact]
+    public void Brackets_nested_deeper_than_the_limit_are_refused_before_the_parser_sees_them()
+    {
+        var deep = HoconBrackets.MaxDepth + 1;
+        var path = Write("deep.conf", "zz = " + new string('[', deep) + new string(']', deep) + "\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains($"nest at most {HoconBrackets.MaxDepth} deep", refused.Message, StringComparison.Ordinal);
+        var limit = Write("limit.conf", "zz " + string.Concat(Enumerable.Repeat("{ a ", HoconBrackets.MaxDepth)) + "= 1 " + new string('}', HoconBrackets.MaxDepth) + "\n");
+        Assert.Equal(1, NodeConfig.Load(limit, port: 0).GetInt("zz" + string.Concat(Enumerable.Repeat(".a", HoconBrackets.MaxDepth))));
+    }
+
+    [Theory]
+    [InlineData("zz = ${zz}\n", "${zz}")]
+    [InlineData("aa = ${bb}\nbb = ${aa}\n", "${")]
+    [InlineData("aa { bb = ${aa} }\n", "${aa}")]
+    public void A_cycle_of_substitutions_is_refused_naming_it(string text, string named)
+    {
+        var path = Write("cycle.conf", text);
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("not valid HOCON", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("cycle of substitutions", refused.Message, StringComparison.Ordinal);
+        Assert.Contains(named, refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Substitutions_without_a_cycle_still_resolve()
+    {
+        var path = Write("subst.conf", "aa = 1\nbb = ${aa}\ncc { dd = 2 }\nee = ${cc}\nff = [${aa}, ${bb}]\n");
+
+        var config = NodeConfig.Load(path, port: 0);
+
+        Assert.Equal(1, config.GetInt("bb"));
+        Assert.Equal(2, config.GetInt("ee.dd"));
+        Assert.Equal([1, 1], config.GetIntList("ff"));
+    }
+
     [Fact]
     public void A_brace_never_closed_is_refused_naming_its_line()
     {
@@ -107,6 +149,13 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         var open = Write("openstring.conf", "actorblk {\n  d = \"x }\n}\n");
         var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(open, port: 0));
         Assert.Contains("string opened at line 2 is never closed", refused.Message, StringComparison.Ordinal);
+
+        // A triple-quoted one took the rest of the file, and the node started without the keys after it.
+        var triple = Write("opentriple.conf", "actorblk {\n  d = \"\"\"x\n}\nactorblk.nbd.listen = off\n");
+        var tripleRefused = Assert.Throws<UsageException>(() => NodeConfig.Load(triple, port: 0));
+        Assert.Contains("triple-quoted string opened at line 2 is never closed", tripleRefused.Message, StringComparison.Ordinal);
+        var closed = Write("triple.conf", "actorblk {\n  d = \"\"\"x\n}\"\"\"\n}\n");
+        Assert.Equal("x\n}", NodeConfig.Load(closed, port: 0).GetString("actorblk.d"));
     }
 
     [Fact]

@@ -16,7 +16,7 @@ public sealed partial class MirrorTarget
         add(md + "level", () => "raid1\n", null);
         add(md + "raid_disks", () => Line(_legs.Length), null);
         add(md + "degraded", () => Line(Degraded), null);
-        add(md + "sync_action", () => SyncAction + "\n", (path, text) => SyncActionStoreAsync(path, text.Trim()));
+        add(md + "sync_action", () => SyncAction + "\n", (path, text) => SyncActionStoreAsync(path, Command(text)));
         add(md + "sync_completed", () =>
         {
             var (done, total) = SyncProgress;
@@ -44,7 +44,7 @@ public sealed partial class MirrorTarget
             {
                 try
                 {
-                    switch (text.Trim())
+                    switch (Command(text))
                     {
                         case "faulty":
                             await FailLegAsync(leg).ConfigureAwait(false);
@@ -53,7 +53,7 @@ public sealed partial class MirrorTarget
                             await ReAddAsync(leg).ConfigureAwait(false);
                             break;
                         default:
-                            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{text.Trim()}' is not faulty or re-add");
+                            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Command(text)}' is not faulty or re-add");
                     }
                 }
                 catch (InvalidOperationException ex)
@@ -208,4 +208,9 @@ public sealed partial class MirrorTarget
     };
 
     private static string Line(long value) => value.ToString(CultureInfo.InvariantCulture) + "\n";
+
+    // md's cmd_match: the word exactly, with at most one trailing newline. " idle", "idle\n\n" and
+    // "faulty\t" were taken (the text was trimmed) where md refuses them with EINVAL (an outside
+    // CLI fuzzing audit).
+    private static string Command(string text) => text.EndsWith('\n') ? text[..^1] : text;
 }

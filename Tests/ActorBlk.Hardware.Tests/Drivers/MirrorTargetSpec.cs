@@ -2457,6 +2457,43 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await AssertLegsEqual(mirror);
     }
 
+    // md's cmd_match takes the word with at most one trailing newline: the text was trimmed, so
+    // " idle", "idle\n\n" and "faulty\t" were taken (an outside CLI fuzzing audit).
+    [Fact]
+    public async Task Sync_action_and_leg_state_take_the_word_and_one_newline_as_md_cmd_match_does()
+    {
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) }, clock);
+        var md = Serve(mirror);
+        const string action = "block/md0/md/sync_action";
+        const string state = "block/md0/md/dev-b/state";
+        var actionWas = md.Attributes.Read(action);
+        var stateWas = md.Attributes.Read(state);
+
+        foreach (var word in new[] { " idle", "idle\n\n", "idle ", "\tfrozen", "frozen\r\n" })
+        {
+            var refused = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(action, word));
+            Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, refused.Errno);
+        }
+
+        Assert.Equal(actionWas, md.Attributes.Read(action));
+        foreach (var word in new[] { " faulty", "faulty\n\n", "faulty\t" })
+        {
+            var refused = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(state, word));
+            Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, refused.Errno);
+        }
+
+        Assert.Equal(stateWas, md.Attributes.Read(state));
+        await md.Attributes.WriteAsync(action, "frozen\n");
+        Assert.Equal("frozen\n", md.Attributes.Read(action));
+        await md.Attributes.WriteAsync(action, "idle\n");
+        Assert.NotEqual("frozen\n", md.Attributes.Read(action));
+        await md.Attributes.WriteAsync(state, "faulty\n");
+        Assert.Equal("faulty\n", md.Attributes.Read(state));
+    }
+
     [Fact]
     public async Task Frozen_stops_a_check_and_recover_or_check_written_after_clears_it()
     {
