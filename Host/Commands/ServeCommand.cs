@@ -262,7 +262,7 @@ internal static class ServeCommand
                     LogClusterDevices(layer);
                 }));
 
-            ThrowIfRemotingPortInUse(config);
+            using var portLock = ThrowIfRemotingPortInUse(config);
             using var metrics = prometheusPrefix is null ? null : PrometheusEndpoint.Start(prometheusPrefix, RemotingAddress(config));
             Log.Information(metrics is null
                 ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
@@ -377,12 +377,13 @@ internal static class ServeCommand
         return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
     }
 
-    private static void ThrowIfRemotingPortInUse(Akka.Configuration.Config config)
+    // Returns the address's lock (RemotingPortLock), held while the node runs, or null.
+    private static IDisposable? ThrowIfRemotingPortInUse(Akka.Configuration.Config config)
     {
         var tcp = config.GetConfig("akka.remote.dot-netty.tcp");
         if (tcp is null)
         {
-            return;
+            return null;
         }
 
         var bindPort = tcp.GetString("bind-port", string.Empty);
@@ -390,23 +391,28 @@ internal static class ServeCommand
         var host = tcp.GetString("bind-hostname", string.Empty) is { Length: > 0 } bindHost ? bindHost : tcp.GetString("hostname", string.Empty);
         if (port == 0 || host.Length == 0)
         {
-            return;
+            return null;
         }
 
         var address = System.Net.IPAddress.TryParse(host, out var parsed) ? parsed : System.Net.Dns.GetHostAddresses(host).FirstOrDefault();
         if (address is null)
         {
-            return; // Akka reports a name it cannot resolve itself
+            return null; // Akka reports a name it cannot resolve itself
         }
 
+        // The lock first: a node of this user starting on the address holds it before it listens.
+        var held = RemotingPortLock.Acquire(address.ToString(), port);
         try
         {
             ActorBlk.Hardware.Interop.ListenSockets.ThrowIfInUse(new System.Net.IPEndPoint(address, port));
         }
         catch (System.Net.Sockets.SocketException ex) when (ex.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse)
         {
+            held?.Dispose();
             throw new CommandFailedException($"the remoting address {host}:{port} is in use (another ActorBlk node?); choose another with --port, or 0 for any free one ({ex.Message})");
         }
+
+        return held;
     }
 
     // Stops the node (its devices drained and removed, the cluster left) without waiting for it.

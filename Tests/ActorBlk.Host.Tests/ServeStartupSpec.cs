@@ -65,6 +65,35 @@ public sealed class ServeStartupSpec
         Assert.DoesNotContain("FTL", node.Output, StringComparison.Ordinal);
     }
 
+    // An outside CLI audit started two nodes on one port within 5 s and both ran: Akka's transport
+    // binds with SO_REUSEPORT, and the listener check only sees a node that already listens. The
+    // node starting first holds the address's lock file (as here, the spec holding it), and the
+    // other is refused before its actor system starts.
+    [Fact]
+    public async Task A_node_on_a_remoting_address_whose_lock_another_node_holds_is_refused_with_the_port_named()
+    {
+        int port;
+        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+        }
+
+        using (var held = ActorBlk.Host.Commands.RemotingPortLock.Acquire("127.0.0.1", port))
+        {
+            Assert.NotNull(held);
+            await using var second = ActorBlkProcess.Start("serve", "--config", RepositoryFiles.Hocon(), "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--nbd-listen", "off");
+            Assert.Equal(1, await second.WaitForExitAsync(Within));
+            AssertOneLineOnStandardError(second, $"actorblk: the remoting address 127.0.0.1:{port} is in use: another ActorBlk node of this user is starting or running on it");
+            Assert.DoesNotContain("Remoting started", second.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", second.Output, StringComparison.Ordinal);
+        }
+
+        // Released (as at the holder's exit, however it ends): the address can be taken again.
+        using var again = ActorBlk.Host.Commands.RemotingPortLock.Acquire("127.0.0.1", port);
+        Assert.NotNull(again);
+    }
+
     [Fact]
     public async Task A_second_node_on_the_remoting_port_of_a_running_node_is_refused_with_the_port_named()
     {
