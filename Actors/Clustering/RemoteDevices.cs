@@ -170,6 +170,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         });
         Receive<PauseTick>(HandlePauseTick);
         Receive<GraceOver>(HandleGraceOver);
+        Receive<HoldEnded>(HandleHoldEnded);
         Receive<ClusterEvent.UnreachableMember>(u => HandleUnreachable(u.Member));
         Receive<ClusterEvent.ReachableMember>(r =>
         {
@@ -905,12 +906,15 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // under the name (the export names another number), the device created again. A destroy and a re-creation are published a gossip round or two
     // apart, so a peer may see the device gone in between: a queue already connected to the new
     // device was retired for it, a leg on it failed and was copied whole once more (the flaky
-    // MirrorRemoteLegRecreatedSpec). Held OutdatedAbsenceHold at most: if the registry still lists
-    // nothing by then, the queue goes offline as for any absence; if the new device goes too, its
-    // export closes the connection and the driver's reconnect finds nothing.
+    // MirrorRemoteLegRecreatedSpec). Held OutdatedAbsenceHold at most (the timer's message ends it
+    // whatever the clock reads then): if the registry still lists nothing by then, the queue goes
+    // offline as for any absence. Held only while every connection is open: if the new device goes
+    // too, its export closes them and the next check acts on the absence. The numbers compared are
+    // of one server process (ServerDiskSeq is 0 once a reconnect reached another one: a restarted
+    // owner's numbers start again, and its device is another one).
     private bool HoldsNewerDevice(Slot slot, ActorBlk.Hardware.Queues.RequestQueue queue, NbdClientDriver? driver)
     {
-        if (driver is not { RetiredReason: null } || queue.IsOffline || slot.Entry.DiskSeq == 0
+        if (driver is not { RetiredReason: null, Connected: true } || queue.IsOffline || slot.Entry.DiskSeq == 0 || slot.HoldOver
             || driver.ServerDiskSeq is var connected && (connected == 0 || connected == slot.Entry.DiskSeq)
             || !_layer.ClusterDevices.HasEntry(slot.Entry.Node, slot.Entry.NodeUid)
             || _layer.ClusterDevices.HasFailed(slot.Entry.Node, slot.Entry.NodeUid))
@@ -923,7 +927,10 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         {
             slot.HoldSince = clock.GetTimestamp();
             var self = Self;
-            slot.HoldTimer = clock.CreateTimer(_ => self.Tell(Check.Instance), null, RemoteDevices.OutdatedAbsenceHold, Timeout.InfiniteTimeSpan);
+            ITimer? timer = null;
+            timer = clock.CreateTimer(_ => self.Tell(new HoldEnded(slot, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            slot.HoldTimer = timer;
+            timer.Change(RemoteDevices.OutdatedAbsenceHold, Timeout.InfiniteTimeSpan);
             _log.Info("{0}: the registry no longer lists the device it showed, but its local queue {1} is connected to the device created again under the name; the queue serves on and waits up to {2} s for the registry to list that one",
                 slot.Entry.Id, slot.LocalName, RemoteDevices.OutdatedAbsenceHold.TotalSeconds);
             return true;
@@ -937,6 +944,16 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         slot.HoldTimer?.Dispose();
         slot.HoldTimer = null;
         slot.HoldSince = null;
+        slot.HoldOver = false;
+    }
+
+    private void HandleHoldEnded(HoldEnded ended)
+    {
+        if (ended.Slot.HoldTimer == ended.Timer && _slots.TryGetValue(ended.Slot.Entry.Id, out var slot) && slot == ended.Slot)
+        {
+            slot.HoldOver = true;
+            CheckSlot(slot);
+        }
     }
 
     // Whether a device missing from the registry was given up by its node on purpose. Its
@@ -1030,8 +1047,11 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         /// <summary>When the queue began to serve on through the registry's absence of an older incarnation (<see cref="HoldsNewerDevice"/>), or null.</summary>
         public long? HoldSince { get; set; }
 
-        /// <summary>The check at the end of that hold.</summary>
+        /// <summary>The timer that ends that hold.</summary>
         public ITimer? HoldTimer { get; set; }
+
+        /// <summary>True once the hold's time is up: the next check acts on the absence.</summary>
+        public bool HoldOver { get; set; }
 
         /// <summary>The last failed (re)connection's message; null once one succeeds.</summary>
         public string? LastFailure { get; set; }
@@ -1050,6 +1070,9 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     private sealed record Built(Slot Slot, int Generation, ClusterDevice Entry, IBlockDevice? Device, Exception? Error);
 
     private sealed record Released(Slot Slot);
+
+    /// <summary>The hold of <paramref name="Slot"/> (its timer, so that a stale one is told apart) is up.</summary>
+    private sealed record HoldEnded(Slot Slot, ITimer Timer);
 
     private sealed record SnapshotChanged(IReadOnlyList<ClusterDevice> Devices);
 

@@ -52,6 +52,8 @@ public sealed class NbdClientDriver : IBlockDriver
     // The device's identity as the server last named it: set at open, and by a reconnect (under
     // _lock) to a restarted server or to one that names it where the first did not.
     private (ulong Seq, string Boot)? _identity;
+    // The boot id the server named at open (null: it named none).
+    private readonly string? _openedBoot;
     private Retirement? _retired;
 
     // Cancelled when the device is removed (CancelRecovery), retired or disposed: a reconnect in
@@ -99,6 +101,7 @@ public sealed class NbdClientDriver : IBlockDriver
         _size = first.Size;
         _flags = first.Flags;
         _identity = Identity(first);
+        _openedBoot = _identity?.Boot;
         if (_connections.Skip(1).FirstOrDefault(c => Identity(c!) != _identity) is { } other)
         {
             Dispose();
@@ -201,7 +204,9 @@ public sealed class NbdClientDriver : IBlockDriver
 
     /// <summary>
     /// The disk sequence number of the device the server last named (at open, or at the latest
-    /// reconnect; <see cref="DiskSequence"/>), or 0 when it named none (not an ActorBlk server).
+    /// reconnect; <see cref="DiskSequence"/>), or 0 when it named none (not an ActorBlk server) or
+    /// when a reconnect reached another server process than the open did (another boot id: the
+    /// numbers of two processes cannot be compared).
     /// </summary>
     internal ulong ServerDiskSeq
     {
@@ -209,8 +214,25 @@ public sealed class NbdClientDriver : IBlockDriver
         {
             lock (_lock)
             {
-                return _identity?.Seq ?? 0;
+                return _identity is var (seq, boot) && boot == _openedBoot ? seq : 0;
             }
+        }
+    }
+
+    /// <summary>True while every connection is open (none lost, none being reconnected).</summary>
+    internal bool Connected
+    {
+        get
+        {
+            for (var i = 0; i < _connections.Length; i++)
+            {
+                if (Volatile.Read(ref _connections[i]) is not { IsDead: false, IsClosing: false })
+                {
+                    return false;
+                }
+            }
+
+            return true;
         }
     }
 

@@ -135,6 +135,31 @@ public sealed class RemoteDeviceRecreatedSpec : Akka.TestKit.Xunit2.TestKit, IAs
         await CloseAsync(actor);
     }
 
+    // Found by a review: the hold went on while the queue had no connection. The new device
+    // destroyed too, its export closes the connections and the driver's reconnect finds nothing:
+    // the next check acts on the absence, not the hold's end 10 s later.
+    [Fact]
+    public async Task A_hold_ends_at_the_next_check_once_the_queue_lost_its_connection()
+    {
+        var (actor, target, layer) = await OpenAsync();
+        var second = await RecreateWhileTheRegistryListsTheOldAsync(actor, target, layer);
+        layer.ClusterDevices.Publish([]);
+        await FlushAsync(actor);
+        Assert.Null(second.RetiredReason);
+
+        _catalog.Current = null;
+        _server!.CloseConnectionsOf(_second!);
+        await AwaitConditionAsync(() => Task.FromResult(!second.Connected), Liveness, TimeSpan.FromMilliseconds(20));
+        await EventFilter.Warning(contains: "the device left the cluster's registry; its local queue").ExpectOneAsync(async () =>
+        {
+            layer.ClusterDevices.Publish([]);
+            await FlushAsync(actor);
+        });
+        Assert.NotNull(second.RetiredReason);
+        Assert.Equal(BlockStatus.Offline, await target.Device!.ExecuteAsync(BlockOp.Read, 0, 4096, new byte[4096]).AsTask().WaitAsync(Liveness));
+        await CloseAsync(actor);
+    }
+
     // The owner's whole entry gone (the node was pruned: downed, or left): nothing the queue is
     // connected to can be trusted over that, and the queue goes offline at once.
     [Fact]

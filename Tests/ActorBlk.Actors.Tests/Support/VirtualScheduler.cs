@@ -101,6 +101,11 @@ public sealed class VirtualScheduler : IScheduler, IAdvancedScheduler
                 now = _now.UtcTicks;
             }
 
+            // A timer that re-arms itself with no delay would be due again at once, for ever: the
+            // advance fails instead of hanging the spec. An action that throws does not stop the
+            // others (as Akka's scheduler logs and goes on); the first exception is thrown after.
+            var fired = 0;
+            Exception? failure = null;
             while (TakeDue(now) is { } item)
             {
                 if (item.Cancelable is { IsCancellationRequested: true })
@@ -108,14 +113,34 @@ public sealed class VirtualScheduler : IScheduler, IAdvancedScheduler
                     continue;
                 }
 
-                item.Fire();
+                if (++fired > MaxFiredPerAdvance)
+                {
+                    throw new InvalidOperationException($"more than {MaxFiredPerAdvance} timers fired in one advance: a timer re-arms itself with no delay");
+                }
+
+                try
+                {
+                    item.Fire();
+                }
+                catch (Exception ex)
+                {
+                    failure ??= ex;
+                }
+
                 if (item.Interval is { } interval && item.Cancelable is not { IsCancellationRequested: true })
                 {
                     Schedule(interval, interval, item);
                 }
             }
+
+            if (failure is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+            }
         }
     }
+
+    private const int MaxFiredPerAdvance = 100_000;
 
     /// <inheritdoc />
     public void ScheduleTellOnce(TimeSpan delay, ICanTell receiver, object message, IActorRef? sender) =>
