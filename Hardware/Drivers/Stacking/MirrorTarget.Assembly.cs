@@ -224,8 +224,15 @@ public sealed partial class MirrorTarget
             }
 
             // A leg that went on as a source while recording a newest source as faulty was written
-            // apart from it (a split brain): refuse rather than pick one.
-            if (sb.States[i] == MirrorLegState.InSync && sources.Any(s => sb.States[s] == MirrorLegState.Faulty))
+            // apart from it (a split brain): refuse rather than pick one. Not so a leg the newest
+            // legs record faulty (or rebuilding: its re-add's superblock did not reach it) whose
+            // superblock is no newer than the last generation they counted it in sync at (for a
+            // leg copied whole on return, the one before its slot's was raised): it failed in their
+            // own history, after recording the other leg faulty with them, and that leg came back
+            // after it failed (WrittenApart's rule at run time). It is a stale leg (below).
+            if (sb.States[i] == MirrorLegState.InSync && sources.Any(s => sb.States[s] == MirrorLegState.Faulty)
+                && !(reference.States[i] is MirrorLegState.Faulty or MirrorLegState.Rebuilding
+                     && sb.Generation <= (reference.WholeOnReturn[i] ? reference.LastHeld[i] : reference.LastInSync[i])))
             {
                 throw new MirrorAssemblyException(name, $"leg {legs[i].Name} (generation {sb.Generation}) was written while it counted {string.Join(", ", sources.Where(s => sb.States[s] == MirrorLegState.Faulty).Select(s => legs[s].Name))} faulty, "
                     + $"and that leg went on without it up to generation {newest}: the legs were written apart and none is clearly newest.");
