@@ -711,8 +711,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     /// <summary>
     /// Stops the background sync, waits for its last chunk, clears the bitmap when every leg is in
-    /// sync, and marks the superblocks clean when no write is in flight (md's clean stop), so the
-    /// next start resyncs nothing it need not. Call it after the last I/O and before the legs go
+    /// sync, flushes every leg and writes the superblocks, marked clean when no write is in flight
+    /// (md's clean stop), so the next start resyncs nothing it need not. Call it after the last I/O and before the legs go
     /// away; I/O submitted after it (or after <see cref="StackTarget.Dispose"/>) ends with Offline.
     /// </summary>
     public async Task StopAsync()
@@ -743,7 +743,12 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
             // Clean only with no write in flight and no resync after a crash left: then the in-sync
             // legs hold the same data.
             _clean = _regionWrites.All(w => w == 0) && !_resyncAfterCrash;
-            _flushOwed |= _clean;
+
+            // Every leg flushed before the stop's superblocks, clean or not, as md's stop flushes:
+            // before, a stop that could not mark the mirror clean (a resync owed, a leg away, a
+            // write in flight) wrote them unflushed, and writes acknowledged before it were lost
+            // to a power loss after it (found by a randomized model check).
+            _flushOwed = true;
             _generation++;
         }
 

@@ -484,6 +484,46 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         again.Dispose();
     }
 
+    // Found by a randomized model check of the recovery offsets: a stop that could not mark the
+    // mirror clean (a resync after a crash still owed, or a write in flight) wrote its superblocks
+    // without flushing the legs, so writes acknowledged before the stop were lost to a power loss
+    // after it; md's stop always flushes.
+    [Fact]
+    public async Task A_stop_that_cannot_mark_the_mirror_clean_still_flushes_every_leg_first()
+    {
+        var (a, ca) = await CachedLeg("a");
+        var (b, cb) = await CachedLeg("b");
+        var (c, _) = Leg("c");
+        var clock = new ManualTimeProvider();
+        var options = Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64, BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var crashed = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        var md = Serve(crashed);
+        for (var r = 0; r < 6; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        // The node dies: the next start owes a resync of the dirty regions, which frozen holds,
+        // and a leg fails, so the stop clears no bit.
+        crashed.Dispose();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b, c], options, clock);
+        md = Serve(mirror, "md1");
+        await md.Attributes.WriteAsync("block/md1/md/sync_action", "frozen\n");
+        await mirror.FailLegAsync(2);
+        await md.WriteAsync(7 * Region, Stamp(7, 2));
+        var flushes = (ca.Flushes, cb.Flushes);
+
+        await mirror.StopAsync();
+        Assert.True(ca.Flushes > flushes.Item1 && cb.Flushes > flushes.Item2, $"flushes before the stop {flushes}, after ({ca.Flushes}, {cb.Flushes})");
+
+        // Power lost after the stop: the write acknowledged before it is on both legs.
+        mirror.Dispose();
+        await ca.PowerLossAsync();
+        await cb.PowerLossAsync();
+        Assert.Equal(Stamp(7, 2), await ReadRaw(a, 7 * Region, Block));
+        Assert.Equal(Stamp(7, 2), await ReadRaw(b, 7 * Region, Block));
+    }
+
     // The bitmap daemon clears the bit of a region whose write completed on both legs, but those
     // writes may still sit in the legs' volatile caches: the page clearing it is written only after
     // every leg is flushed, once per pass that clears bits; a write that only sets a bit flushes
