@@ -47,6 +47,15 @@ internal static class CommandLine
         var root = Create(output);
         if (args.Count > 0 && args[0].StartsWith("[suggest", StringComparison.Ordinal))
         {
+            // The shell-completion directive: System.CommandLine threw on a position that is not a
+            // number of 0 or more ("[suggest:-1]" printed a stack trace; an outside CLI fuzz).
+            if (args[0].StartsWith("[suggest:", StringComparison.Ordinal)
+                && !(args[0].EndsWith(']') && int.TryParse(args[0].AsSpan(9, args[0].Length - 10), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out _)))
+            {
+                await error.WriteLineAsync($"actorblk: '{args[0]}': the completion directive's position is a number of 0 or more ([suggest:N]).").ConfigureAwait(false);
+                return UsageError;
+            }
+
             CliOptions.OneValueEach(root);
         }
         var invocation = new InvocationConfiguration

@@ -239,4 +239,21 @@ public sealed class CommandLineSpec
         Assert.Equal(0, code);
         Assert.Contains(completion, output.Split('\n', StringSplitOptions.TrimEntries));
     }
+
+    // An outside CLI fuzz: System.CommandLine threw on a negative position, and the command line
+    // printed "failed:" with its stack trace (exit 1); a position that is no number was reported as
+    // a configuration error.
+    [Theory]
+    [InlineData("[suggest:-1]")]
+    [InlineData("[suggest:abc]")]
+    [InlineData("[suggest:]")]
+    [InlineData("[suggest:3")]
+    public async Task A_suggest_directive_whose_position_is_not_a_number_of_0_or_more_is_a_usage_error(string directive)
+    {
+        var (code, _, error) = await Run(directive, "bench");
+
+        Assert.Equal(2, code);
+        Assert.StartsWith($"actorblk: '{directive}': the completion directive's position is a number of 0 or more", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
+    }
 }
