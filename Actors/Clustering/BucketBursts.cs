@@ -26,19 +26,10 @@ internal sealed class BucketBursts(long budget)
     public (List<int> Burst, long RetryAt) Take(long now, IReadOnlyCollection<int> dirty, Func<int, ClusterNodeDevices> entry, TimeSpan window)
     {
         var open = now < _windowEnd;
-        var burst = DeviceRegistryActor.NextBurst(dirty, entry, open ? budget - _used : budget, atLeastOne: !open);
+        var burst = DeviceRegistryActor.NextBurst(dirty, entry, open ? budget - _used : budget, atLeastOne: !open, out var used);
         if (burst.Count > 0)
         {
-            if (!open)
-            {
-                _used = 0;
-            }
-
-            foreach (var bucket in burst)
-            {
-                _used += entry(bucket).WireEstimate();
-            }
-
+            _used = (open ? _used : 0) + used;
             _windowEnd = now + (long)window.TotalMilliseconds;
         }
 

@@ -162,10 +162,14 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
     /// in <paramref name="budget"/> bytes (<see cref="ClusterNodeDevices.WireEstimate"/>), and at
     /// least one when <paramref name="atLeastOne"/> (a new burst; a burst still open takes only what fits).
     /// </summary>
-    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, long budget, bool atLeastOne = true)
+    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, long budget, bool atLeastOne = true) =>
+        NextBurst(dirty, entry, budget, atLeastOne, out _);
+
+    /// <summary>As <see cref="NextBurst(IEnumerable{int}, Func{int, ClusterNodeDevices}, long, bool)"/>, with the bytes the burst takes by the estimate.</summary>
+    internal static List<int> NextBurst(IEnumerable<int> dirty, Func<int, ClusterNodeDevices> entry, long budget, bool atLeastOne, out long used)
     {
         var burst = new List<int>();
-        var used = 0L;
+        used = 0L;
         foreach (var bucket in dirty)
         {
             var bytes = entry(bucket).WireEstimate();

@@ -250,11 +250,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             // a second later). Wait for it to settle.
             _log.Warning("{0} is unreachable just after this node was paused for {1:F1} s: its devices' local queues stay online for up to {2} s while it may become reachable again",
                 node, paused.TotalSeconds, _pause.Grace.TotalSeconds);
-            var self = Self;
-            ITimer? timer = null;
-            timer = _pause.Clock.CreateTimer(_ => self.Tell(new GraceOver(node, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            _suspect[node] = timer;
-            timer.Change(_pause.Grace, Timeout.InfiniteTimeSpan);
+            _suspect[node] = OneShot(timer => new GraceOver(node, timer), _pause.Grace);
             return;
         }
 
@@ -906,8 +902,8 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
     // under the name (the export names another number), the device created again. A destroy and a re-creation are published a gossip round or two
     // apart, so a peer may see the device gone in between: a queue already connected to the new
     // device was retired for it, a leg on it failed and was copied whole once more (the flaky
-    // MirrorRemoteLegRecreatedSpec). Held OutdatedAbsenceHold at most (the timer's message ends it
-    // whatever the clock reads then): if the registry still lists nothing by then, the queue goes
+    // MirrorRemoteLegRecreatedSpec). Held OutdatedAbsenceHold at most (its timer's message ends
+    // it): if the registry still lists nothing by then, the queue goes
     // offline as for any absence. Held only while every connection is open: if the new device goes
     // too, its export closes them and the next check acts on the absence. The numbers compared are
     // of one server process (ServerDiskSeq is 0 once a reconnect reached another one: a restarted
@@ -922,37 +918,41 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             return false;
         }
 
-        var clock = _pause.Clock;
-        if (slot.HoldSince is not { } since)
+        if (slot.HoldTimer is null)
         {
-            slot.HoldSince = clock.GetTimestamp();
-            var self = Self;
-            ITimer? timer = null;
-            timer = clock.CreateTimer(_ => self.Tell(new HoldEnded(slot, timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-            slot.HoldTimer = timer;
-            timer.Change(RemoteDevices.OutdatedAbsenceHold, Timeout.InfiniteTimeSpan);
+            slot.HoldTimer = OneShot(timer => new HoldEnded(slot, timer), RemoteDevices.OutdatedAbsenceHold);
             _log.Info("{0}: the registry no longer lists the device it showed, but its local queue {1} is connected to the device created again under the name; the queue serves on and waits up to {2} s for the registry to list that one",
                 slot.Entry.Id, slot.LocalName, RemoteDevices.OutdatedAbsenceHold.TotalSeconds);
-            return true;
         }
 
-        return clock.GetElapsedTime(since) < RemoteDevices.OutdatedAbsenceHold;
+        return true;
+    }
+
+    // A timer of the pause watch's clock that tells this actor, once, the message made with the
+    // timer itself (so that a stale one is told apart from the current).
+    private ITimer OneShot(Func<ITimer, object> message, TimeSpan due)
+    {
+        var self = Self;
+        ITimer? timer = null;
+        timer = _pause.Clock.CreateTimer(_ => self.Tell(message(timer!)), null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        timer.Change(due, Timeout.InfiniteTimeSpan);
+        return timer;
     }
 
     private static void EndHold(Slot slot)
     {
         slot.HoldTimer?.Dispose();
         slot.HoldTimer = null;
-        slot.HoldSince = null;
         slot.HoldOver = false;
     }
 
     private void HandleHoldEnded(HoldEnded ended)
     {
-        if (ended.Slot.HoldTimer == ended.Timer && _slots.TryGetValue(ended.Slot.Entry.Id, out var slot) && slot == ended.Slot)
+        // A hold that ended meanwhile (its slot released too) disposed of its timer and forgot it.
+        if (ReferenceEquals(ended.Slot.HoldTimer, ended.Timer))
         {
-            slot.HoldOver = true;
-            CheckSlot(slot);
+            ended.Slot.HoldOver = true;
+            CheckSlot(ended.Slot);
         }
     }
 
@@ -1044,10 +1044,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
         /// <summary>The disk sequence number of the queue whose loss the handles were told of (Disconnected), 0 for none.</summary>
         public ulong DisconnectedQueue { get; set; }
 
-        /// <summary>When the queue began to serve on through the registry's absence of an older incarnation (<see cref="HoldsNewerDevice"/>), or null.</summary>
-        public long? HoldSince { get; set; }
-
-        /// <summary>The timer that ends that hold.</summary>
+        /// <summary>While the queue serves on through the registry's absence of an older incarnation (<see cref="HoldsNewerDevice"/>): the timer that ends that hold; null otherwise.</summary>
         public ITimer? HoldTimer { get; set; }
 
         /// <summary>True once the hold's time is up: the next check acts on the absence.</summary>

@@ -476,7 +476,7 @@ public sealed partial class MirrorTarget
     // leg holds the superblock that says so (GiveUpFaultyLocked).
     private bool CheckpointLocked()
     {
-        var targets = Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k]).ToArray();
+        var targets = CopiedTargetsLocked();
         var cleared = false;
         foreach (var r in _copied)
         {
@@ -575,7 +575,7 @@ public sealed partial class MirrorTarget
             return false;
         }
 
-        var targets = Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k]).ToArray();
+        var targets = CopiedTargetsLocked();
         var faulty = Enumerable.Range(0, _legs.Length).Where(i => _state[i] == MirrorLegState.Faulty && !_wholeOnReturn[i]).ToArray();
 
         // Worth it only when the checkpoint then clears bits: a leg to copy to, and none rebuilding
@@ -596,6 +596,10 @@ public sealed partial class MirrorTarget
 
         return true;
     }
+
+    // Under _lock: the legs of the running pass (_copiedLegs) still rebuilding since it started.
+    private int[] CopiedTargetsLocked() =>
+        [.. Enumerable.Range(0, _copiedLegs.Length).Where(k => RebuildingSince(_copiedLegs[k], _copiedEpochs[k])).Select(k => _copiedLegs[k])];
 
     // Under _lock: the leg is faulty, copied whole on return, and every in-sync leg holds a
     // superblock that says so (written at or after the generation that recorded it).
