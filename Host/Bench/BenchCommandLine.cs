@@ -55,9 +55,14 @@ internal sealed class BenchCommandLine
         [.. new[] { "--time_based", "--group_reporting", "--thread", "--norandommap" }.Select(f => CliOptions.Bool(f, true, "accepted, always on"))];
 
     // Reporting (fio's names).
-    private readonly Option<Word<bool>> Json = CliOptions.Choice("--output-format", "normal", [("normal", false), ("json", true)], "the report on stdout", "--output_format");
+    private readonly Option<Word<OutputFormat>> Output = CliOptions.ChoiceList("--output-format", "normal",
+        [("normal", OutputFormat.Normal), ("json", OutputFormat.Json), ("json+", OutputFormat.Json | OutputFormat.JsonPlus),
+         ("terse", OutputFormat.Terse), ("minimal", OutputFormat.Terse), ("csv", OutputFormat.Terse)],
+        (a, b) => a | b,
+        "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
+
     private readonly Option<Word<EtaMode>> Eta = CliOptions.Choice("--eta", "auto", [("auto", EtaMode.Auto), ("always", EtaMode.Always), ("never", EtaMode.Never)],
-        "the status line on stderr: auto = when stderr is a terminal and the output is not JSON");
+        "the status line on stderr: auto = when stderr is a terminal and the output format is normal alone");
 
     private readonly Option<TimeSpan?> StatusInterval = CliOptions.Seconds("--status-interval",
         "a full report of the figures so far (cumulative from the start) every SECONDS on stdout; with JSON one object per report");
@@ -116,7 +121,7 @@ internal sealed class BenchCommandLine
     private IEnumerable<Option> All =>
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
-        Json, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Output, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
@@ -187,7 +192,7 @@ internal sealed class BenchCommandLine
             RandRepeat = parse.ValueOf(RandRepeat),
             LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
-            Json = parse.ValueOf(Json),
+            Output = parse.ValueOf(Output),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
             LatLog = parse.GetValue(WriteLatLog),

@@ -29,6 +29,26 @@ internal enum IoPattern
 }
 
 /// <summary>
+/// The report's formats (fio's <c>--output-format</c>, a comma-separated list: each format given
+/// is printed, in fio's order: terse, then JSON, then normal).
+/// </summary>
+[Flags]
+internal enum OutputFormat
+{
+    /// <summary>fio's terse line, version 3 (<c>terse</c>, <c>minimal</c>, <c>csv</c>).</summary>
+    Terse = 1,
+
+    /// <summary>fio's JSON.</summary>
+    Json = 2,
+
+    /// <summary>fio's human-readable report.</summary>
+    Normal = 4,
+
+    /// <summary>With <see cref="Json"/>: fio's <c>json+</c>, each latency with percentiles also carrying its <c>bins</c>.</summary>
+    JsonPlus = 8,
+}
+
+/// <summary>
 /// Options of <c>actorblk bench</c>. The workload options carry fio's names and meanings
 /// (<c>--rw --rwmixread --bs --size --iodepth --numjobs --runtime --ramp_time --direct</c>); the
 /// device options carry ActorBlk's (<c>--device --dispatch --submit-queues --hw-queue-depth
@@ -86,9 +106,13 @@ internal sealed record BenchOptions
     /// </summary>
     public TimestampSource? ClockSource { get; init; }
 
-    public bool Json { get; init; }
+    /// <summary>The report's formats (<c>--output-format</c>); normal by default.</summary>
+    public OutputFormat Output { get; init; } = OutputFormat.Normal;
 
-    /// <summary>fio's <c>--eta</c>: the status line on stderr; null = auto (when stderr is a terminal and the output is not JSON).</summary>
+    /// <summary>The report includes JSON (<c>json</c> or <c>json+</c>).</summary>
+    public bool Json => (Output & OutputFormat.Json) != 0;
+
+    /// <summary>fio's <c>--eta</c>: the status line on stderr; null = auto (when stderr is a terminal and the output format is normal alone).</summary>
     public bool? Eta { get; init; }
 
     public string Device { get; init; } = "null";

@@ -11,8 +11,8 @@ namespace ActorBlk.Host.Bench;
 /// <summary>
 /// Writes a bench result the way fio does: its JSON layout (<c>jobs[0].read</c> and
 /// <c>jobs[0].write</c> with <c>io_bytes</c>, <c>bw_bytes</c>, <c>iops</c>, <c>total_ios</c>,
-/// <c>slat_ns</c>, <c>clat_ns</c>, <c>lat_ns</c> and their percentiles), plus an <c>actorblk</c>
-/// object; or its human-readable summary.
+/// <c>slat_ns</c>, <c>clat_ns</c>, <c>lat_ns</c> and their percentiles, and with json+ their
+/// bins), plus an <c>actorblk</c> object; its terse line (version 3); or its human-readable summary.
 /// </summary>
 /// <remarks>
 /// Errors are counted apart, as fio does with <c>continue_on_error</c>: a failed I/O counts in its
@@ -23,12 +23,48 @@ namespace ActorBlk.Host.Bench;
 /// </remarks>
 internal static class BenchReport
 {
+    /// <summary>What the report gives as fio's version (the JSON's <c>fio version</c>, the terse line's second field).</summary>
+    public const string Version = "actorblk-bench-1";
+
     /// <summary>The percentiles fio reports by default.</summary>
     public static readonly double[] Percentiles = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99];
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
-    public static string Json(BenchResult r)
+    /// <summary>
+    /// The report in every format of <paramref name="format"/>, in fio's order (stat.c
+    /// <c>__show_run_stats</c> writes its terse, JSON and normal buffers in that order, whatever
+    /// the order of <c>--output-format</c>): the terse line, the JSON document and a newline, the
+    /// human summary.
+    /// </summary>
+    public static string Render(BenchResult r, OutputFormat format)
+    {
+        var sb = new StringBuilder();
+        if ((format & OutputFormat.Terse) != 0)
+        {
+            sb.Append(Terse(r));
+        }
+
+        if ((format & OutputFormat.Json) != 0)
+        {
+            sb.Append(Json(r, plus: (format & OutputFormat.JsonPlus) != 0)).Append('\n');
+        }
+
+        if ((format & OutputFormat.Normal) != 0)
+        {
+            sb.Append(Human(r));
+        }
+
+        return sb.ToString();
+    }
+
+    /// <summary>
+    /// fio's JSON report; with <paramref name="plus"/> fio's <c>json+</c>: every latency object
+    /// that has percentiles (<c>clat_ns</c>, and <c>lat_ns</c> with <c>--lat_percentiles</c>) also
+    /// has <c>bins</c>, fio's histogram (<see cref="LatencyRecorder.FioBins"/>), as stat.c
+    /// <c>add_ddir_lat_json</c> writes it.
+    /// </summary>
+    public static string Json(BenchResult r, bool plus = false)
     {
         var engine = EngineSummary(r.Engines);
         var firstError = -r.FirstError.ToErrno();
@@ -38,7 +74,7 @@ internal static class BenchReport
         {
             var now = DateTimeOffset.UtcNow;
             w.WriteStartObject();
-            w.WriteString("fio version", "actorblk-bench-1");
+            w.WriteString("fio version", Version);
             w.WriteNumber("timestamp", now.ToUnixTimeSeconds());
             w.WriteNumber("timestamp_ms", now.ToUnixTimeMilliseconds());
             // fio's ctime(3) form: "Thu Dec  3 14:45:47 2026".
@@ -58,9 +94,9 @@ internal static class BenchReport
             w.WriteStartObject("job options");
             WriteJobOptions(w, r.Options);
             w.WriteEndObject();
-            WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples, r.Options.LatPercentiles);
-            WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples, r.Options.LatPercentiles);
-            WriteOp(w, "trim", new OpStats(), r.Measured, [], r.Options.LatPercentiles);
+            WriteOp(w, "read", r.Read, r.Measured, r.ReadSamples, r.Options.LatPercentiles, plus);
+            WriteOp(w, "write", r.Write, r.Measured, r.WriteSamples, r.Options.LatPercentiles, plus);
+            WriteOp(w, "trim", new OpStats(), r.Measured, [], r.Options.LatPercentiles, plus);
             WriteSync(w);
             w.WriteNumber("job_runtime", (long)r.Measured.TotalMilliseconds);
             w.WriteNumber("usr_cpu", Math.Round(r.UsrCpu, 6));
@@ -268,6 +304,186 @@ internal static class BenchReport
         return sb.ToString();
     }
 
+    /// <summary>
+    /// fio's terse line, version 3 (fio 3.33 stat.c <c>show_thread_status_terse_all</c>; HOWTO
+    /// "Terse output"): version, fio version, job name, group, error; per direction, read then
+    /// write (no trim in version 3), the KiB moved, bandwidth in KiB/s, IOPS and runtime in ms,
+    /// submission, completion and total latency in microseconds (min and max whole, mean and
+    /// deviation to six places), fio's 20 percentile slots (the 17 default percentiles in
+    /// microseconds, then <c>0%=0</c>), the bandwidth samples (min, max, share of the aggregate,
+    /// mean, deviation); then the CPU figures, the 7 depth groups, the 10 microsecond latency
+    /// groups (the nanosecond ones added into the first, as fio keeps the line's layout) and the 12
+    /// millisecond ones; the total error count and the first error when any I/O failed (fio's
+    /// <c>continue_on_error</c> fields, which the normal report's <c>errors</c> line matches).
+    /// The figures are the JSON's; fio's integer arithmetic and C's <c>%f</c> rounding are kept.
+    /// There is no submission latency (fio's zero fields), and a direction that moved no bytes
+    /// has runtime 0, as fio counts a direction's runtime only when it moved bytes (backend.c).
+    /// </summary>
+    public static string Terse(BenchResult r)
+    {
+        var firstError = -r.FirstError.ToErrno();
+        var sb = new StringBuilder();
+        sb.Append(Inv, $"3;{Version};{r.Options.Name};0;{firstError}");
+        TerseDirection(sb, r, r.Read, r.ReadSamples);
+        TerseDirection(sb, r, r.Write, r.WriteSamples);
+        sb.Append(Inv, $";{CFixed(r.UsrCpu, 6)}%;{CFixed(r.SysCpu, 6)}%;{r.Usage.ContextSwitches};{r.Usage.MajorFaults};{r.Usage.MinorFaults}");
+
+        // The depth groups as the JSON's iodepth_level (fio's "%3.1f%%").
+        var depthGroup = DepthGroup(r.Options.IoDepth);
+        foreach (var key in DepthKeys)
+        {
+            sb.Append(key == depthGroup ? ";100.0%" : ";0.0%");
+        }
+
+        // fio's stat_calc_lat_nu: the microsecond shares (each at least 0.01% when it holds any
+        // I/O), the first plus the unrounded share of every nanosecond group.
+        var all = AllLatencies(r);
+        var groups = LatencyGroups(all);
+        var nanoseconds = all.Groups(LatencyBounds).Take(LatencyGroupNames[0].Keys.Length).Sum();
+        var us = groups["latency_us"];
+        for (var i = 0; i < us.Count; i++)
+        {
+            var percent = us[i].Percent + (i == 0 ? 100.0 * nanoseconds / Math.Max(all.Count, 1) : 0);
+            sb.Append(';').Append(CFixed(percent, 2)).Append('%');
+        }
+
+        foreach (var (_, percent) in groups["latency_ms"])
+        {
+            sb.Append(';').Append(CFixed(percent, 2)).Append('%');
+        }
+
+        var failed = r.Read.Failed + r.Write.Failed;
+        if (failed > 0)
+        {
+            sb.Append(Inv, $";{failed};{firstError}");
+        }
+
+        return sb.Append('\n').ToString();
+    }
+
+    // fio's show_ddir_status_terse for one direction, version 3.
+    private static void TerseDirection(StringBuilder sb, BenchResult r, OpStats s, IReadOnlyList<RateSample> samples)
+    {
+        var runtime = s.Bytes > 0 ? (long)r.Measured.TotalMilliseconds : 0;
+        long bw = 0;
+        long iops = 0;
+        if (runtime > 0)
+        {
+            bw = 1000 * s.Bytes / runtime / 1024;
+            iops = 1000 * s.Ios / runtime;
+        }
+
+        sb.Append(Inv, $";{s.Bytes >> 10};{bw};{iops};{runtime}");
+        sb.Append(";0;0;0.000000;0.000000"); // slat: none
+        TerseLatency(sb, s.Total);           // clat
+
+        // fio's FIO_IO_U_LIST_MAX_LEN slots: the percentiles, then "0%=0". Without samples fio's
+        // calc_clat_percentiles gives 0 for each.
+        for (var i = 0; i < 20; i++)
+        {
+            if (i >= Percentiles.Length)
+            {
+                sb.Append(";0%=0");
+                continue;
+            }
+
+            var value = s.Total.Count == 0 ? 0 : s.Total.Histogram.GetValueAtPercentile(Percentiles[i]);
+            sb.Append(';').Append(CFixed(Percentiles[i], 6)).Append(Inv, $"%={value / 1000}");
+        }
+
+        TerseLatency(sb, s.Total); // lat: the same measurement
+
+        var rate = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
+        if (rate.Count == 0)
+        {
+            sb.Append(";0;0;0.000000%;0.000000;0.000000");
+            return;
+        }
+
+        // The share of the group's aggregate (rs->agg, bytes per second over the runtime in ms),
+        // as the terse line computes it: the mean unrounded, the aggregate in whole KiB/s.
+        var share = 100.0;
+        var aggregate = runtime > 0 ? (ulong)s.Bytes * 1000UL / (ulong)runtime : 0;
+        if (aggregate != 0)
+        {
+            share = rate.Mean * 100 / (double)(aggregate / 1024);
+            if (share > 100.0)
+            {
+                share = 100.0;
+            }
+        }
+
+        sb.Append(Inv, $";{(long)rate.Min};{(long)rate.Max};{CFixed(share, 6)}%;{CFixed(rate.Mean, 6)};{CFixed(rate.StdDev, 6)}");
+    }
+
+    // min, max, mean and deviation in microseconds: fio's "%llu;%llu;%f;%f" of the nanoseconds / 1000.
+    private static void TerseLatency(StringBuilder sb, LatencyRecorder l)
+    {
+        if (l.Count == 0)
+        {
+            sb.Append(";0;0;0.000000;0.000000");
+            return;
+        }
+
+        sb.Append(Inv, $";{l.Min / 1000};{l.Max / 1000};{CFixed(l.Mean / 1000, 6)};{CFixed(l.StdDev / 1000, 6)}");
+    }
+
+    /// <summary>
+    /// C's <c>printf("%.Nf")</c> of <paramref name="value"/> as glibc writes it: the exact binary
+    /// value rounded to <paramref name="decimals"/> places, a tie to even (<c>0.125</c> is
+    /// <c>0.12</c>, where .NET's <c>F2</c> gives <c>0.13</c>); <c>-nan</c>, <c>nan</c>,
+    /// <c>inf</c> and <c>-inf</c> as glibc spells them.
+    /// </summary>
+    internal static string CFixed(double value, int decimals)
+    {
+        if (double.IsNaN(value))
+        {
+            return BitConverter.DoubleToInt64Bits(value) < 0 ? "-nan" : "nan";
+        }
+
+        if (double.IsInfinity(value))
+        {
+            return value < 0 ? "-inf" : "inf";
+        }
+
+        var bits = BitConverter.DoubleToInt64Bits(value);
+        var negative = bits < 0;
+        var exponent = (int)((bits >> 52) & 0x7FF);
+        var mantissa = bits & 0xF_FFFF_FFFF_FFFFL;
+        if (exponent == 0)
+        {
+            exponent = 1; // subnormal
+        }
+        else
+        {
+            mantissa |= 1L << 52;
+        }
+
+        // |value| = mantissa * 2^(exponent - 1075); scaled by 10^decimals and rounded half to even.
+        var shift = exponent - 1075;
+        var scaled = new System.Numerics.BigInteger(mantissa) * System.Numerics.BigInteger.Pow(10, decimals);
+        System.Numerics.BigInteger digits;
+        if (shift >= 0)
+        {
+            digits = scaled << shift;
+        }
+        else
+        {
+            var denominator = System.Numerics.BigInteger.One << -shift;
+            digits = System.Numerics.BigInteger.DivRem(scaled, denominator, out var remainder);
+            var twice = remainder * 2;
+            if (twice > denominator || (twice == denominator && !digits.IsEven))
+            {
+                digits += 1;
+            }
+        }
+
+        var text = digits.ToString(Inv).PadLeft(decimals + 1, '0');
+        var whole = text[..^decimals];
+        var result = decimals == 0 ? text : $"{whole}.{text[^decimals..]}";
+        return negative ? "-" + result : result;
+    }
+
     private static void WriteJobOptions(Utf8JsonWriter w, BenchOptions o)
     {
         w.WriteString("rw", o.PatternName);
@@ -293,7 +509,7 @@ internal static class BenchReport
         w.WriteString("device", o.Device);
     }
 
-    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples, bool latPercentiles)
+    private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples, bool latPercentiles, bool plus)
     {
         var seconds = Math.Max(measured.TotalSeconds, 1e-9);
         w.WriteStartObject(name);
@@ -312,9 +528,10 @@ internal static class BenchReport
         // Percentiles as fio's defaults put them (fio 3.33 options.c: clat_percentiles=1,
         // lat_percentiles=0; stat.c add_ddir_status_json passes each flag to add_ddir_lat_json):
         // under clat_ns, and under lat_ns too with --lat_percentiles.
+        // json+ adds bins where there are percentiles (stat.c add_ddir_lat_json).
         WriteLatency(w, "slat_ns", new LatencyRecorder(), percentiles: false);
-        WriteLatency(w, "clat_ns", s.Total, percentiles: true);
-        WriteLatency(w, "lat_ns", s.Total, percentiles: latPercentiles);
+        WriteLatency(w, "clat_ns", s.Total, percentiles: true, plus);
+        WriteLatency(w, "lat_ns", s.Total, percentiles: latPercentiles, plus);
 
         // fio's per-interval samples (500 ms): bandwidth in KiB/s, bw_agg the share of the group
         // (0 without samples, as fio's add_ddir_status_json).
@@ -411,6 +628,9 @@ internal static class BenchReport
         w.WriteNumber("latency_window", 0);
     }
 
+    // fio's iodepth_level groups, in order.
+    private static readonly string[] DepthKeys = ["1", "2", "4", "8", "16", "32", ">=64"];
+
     /// <summary>fio's <c>iodepth_level</c> group of a queue depth: 1, 2, 4, 8, 16, 32 or &gt;=64.</summary>
     internal static string DepthGroup(int depth) => depth switch
     {
@@ -430,7 +650,7 @@ internal static class BenchReport
     {
         var group = DepthGroup(depth);
         w.WriteStartObject("iodepth_level");
-        foreach (var key in new[] { "1", "2", "4", "8", "16", "32", ">=64" })
+        foreach (var key in DepthKeys)
         {
             w.WritePropertyName(key);
             w.WriteRawValue((key == group ? 100.0 : 0.0).ToString("F6", Inv));
@@ -497,7 +717,7 @@ internal static class BenchReport
         w.WriteEndObject();
     }
 
-    private static void WriteLatency(Utf8JsonWriter w, string name, LatencyRecorder l, bool percentiles)
+    private static void WriteLatency(Utf8JsonWriter w, string name, LatencyRecorder l, bool percentiles, bool bins = false)
     {
         w.WriteStartObject(name);
         w.WriteNumber("min", l.Count == 0 ? 0 : l.Min);
@@ -514,6 +734,16 @@ internal static class BenchReport
             }
 
             w.WriteEndObject();
+            if (bins)
+            {
+                w.WriteStartObject("bins");
+                foreach (var (value, count) in l.FioBins())
+                {
+                    w.WriteNumber(value.ToString(Inv), count);
+                }
+
+                w.WriteEndObject();
+            }
         }
 
         w.WriteEndObject();

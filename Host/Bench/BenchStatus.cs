@@ -127,7 +127,7 @@ internal sealed class BenchStatusLine
 
 /// <summary>
 /// fio's <c>--status-interval</c>: every interval a full report of the figures so far (cumulative
-/// from the start of the measured window, so rates are running averages), in the output's format;
+/// from the start of the measured window, so rates are running averages), in the output's formats;
 /// with JSON one complete object per report, as fio does (the stream is a sequence of JSON
 /// documents, <c>jq</c> reads it as is). The final report follows as usual.
 /// </summary>
@@ -137,11 +137,11 @@ internal sealed class BenchStatusReports
     private readonly BenchClock _clock;
     private readonly Func<BenchResult> _snapshot;
     private readonly TextWriter _output;
-    private readonly bool _json;
+    private readonly OutputFormat _format;
     private long _next;
 
     /// <summary>Reports every <paramref name="interval"/> on <paramref name="clock"/> from now, of <paramref name="snapshot"/>, to <paramref name="output"/>.</summary>
-    public BenchStatusReports(TimeSpan interval, BenchClock clock, Func<BenchResult> snapshot, TextWriter output, bool json)
+    public BenchStatusReports(TimeSpan interval, BenchClock clock, Func<BenchResult> snapshot, TextWriter output, OutputFormat format)
     {
         ArgumentNullException.ThrowIfNull(clock);
         ArgumentNullException.ThrowIfNull(snapshot);
@@ -151,7 +151,7 @@ internal sealed class BenchStatusReports
         _clock = clock;
         _snapshot = snapshot;
         _output = output;
-        _json = json;
+        _format = format;
         _next = clock.Timestamp + _interval;
     }
 
@@ -171,7 +171,8 @@ internal sealed class BenchStatusReports
         }
 
         var result = _snapshot();
-        _output.Write(_json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result) + "\n");
+        // Each format given, as the final report; a human summary is followed by a blank line.
+        _output.Write(BenchReport.Render(result, _format) + ((_format & OutputFormat.Normal) != 0 ? "\n" : string.Empty));
         _output.Flush();
         Written++;
         while (_next <= now)

@@ -16,7 +16,8 @@ namespace ActorBlk.Host.Bench;
 /// library's record finds the bucket through a table and a chain of compares, which costs several
 /// nanoseconds per I/O at queue depth 1. <see cref="Histogram"/> replays the counts into a
 /// <see cref="LongHistogram"/> (every index's lowest value, which maps back to the same index), so
-/// percentiles come out identical to recording into the library directly.
+/// percentiles come out identical to recording into the library directly. fio's coarser histogram
+/// (its <c>json+</c> bins) is folded from the same counts (<see cref="FioBins"/>), exactly.
 /// </remarks>
 internal sealed class LatencyRecorder
 {
@@ -162,6 +163,82 @@ internal sealed class LatencyRecorder
         }
 
         return groups;
+    }
+
+    /// <summary>fio's <c>FIO_IO_U_PLAT_BITS</c>: each power of two above 127 ns is split into 2^6 buckets.</summary>
+    internal const int FioPlatBits = 6;
+
+    /// <summary>fio's <c>FIO_IO_U_PLAT_VAL</c>: buckets per group.</summary>
+    internal const int FioPlatVal = 1 << FioPlatBits;
+
+    /// <summary>fio's <c>FIO_IO_U_PLAT_NR</c>: 29 groups of 64 buckets; the last holds every latency of 2^34 ns (17.2 s) and more.</summary>
+    internal const int FioPlatCount = 29 * FioPlatVal;
+
+    /// <summary>
+    /// fio's latency buckets (its <c>--output-format=json+</c> <c>bins</c>): each bucket's value
+    /// (fio's <c>plat_idx_to_val</c>) and how many latencies fell in it, ascending, the empty ones
+    /// left out. fio's buckets are coarser than this recorder's and each of these lies inside one
+    /// of them (both split each power of two evenly, fio into 64 and HdrHistogram into 1,024 from
+    /// 2,048 ns up, exact below), so every latency lands in the bucket fio would put it in; one
+    /// over <see cref="HighestNs"/>, recorded as that, lands in fio's last bucket as it would itself.
+    /// </summary>
+    public IReadOnlyList<(long Value, long Count)> FioBins()
+    {
+        var counts = new long[FioPlatCount];
+        for (var i = 0; i < _counts.Length; i++)
+        {
+            var n = _counts[i];
+            if (n != 0)
+            {
+                counts[FioPlatIndex(ValueAt(i))] += n;
+            }
+        }
+
+        var bins = new List<(long, long)>();
+        for (var i = 0; i < counts.Length; i++)
+        {
+            if (counts[i] != 0)
+            {
+                bins.Add((FioPlatValue(i), counts[i]));
+            }
+        }
+
+        return bins;
+    }
+
+    /// <summary>fio 3.33 stat.c <c>plat_val_to_idx</c>: the bucket of a latency of <paramref name="value"/> ns.</summary>
+    internal static int FioPlatIndex(long value)
+    {
+        var msb = value == 0 ? 0 : 63 - BitOperations.LeadingZeroCount((ulong)value);
+        if (msb <= FioPlatBits)
+        {
+            // Below 128 every value is its own bucket.
+            return (int)value;
+        }
+
+        var errorBits = msb - FioPlatBits;
+        var index = ((errorBits + 1) << FioPlatBits) + (int)((FioPlatVal - 1) & (value >> errorBits));
+        return Math.Min(index, FioPlatCount - 1);
+    }
+
+    /// <summary>
+    /// fio 3.33 stat.c <c>plat_idx_to_val</c>: the value fio gives bucket <paramref name="index"/>,
+    /// the middle of its range (<c>base + (k + 0.5) * 2^error_bits</c>, a whole number as error_bits
+    /// is at least 1), or the index itself below 128.
+    /// </summary>
+    internal static long FioPlatValue(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, FioPlatCount);
+        if (index < FioPlatVal << 1)
+        {
+            return index;
+        }
+
+        var errorBits = (index >> FioPlatBits) - 1;
+        var groupBase = 1L << (errorBits + FioPlatBits);
+        var k = (long)(index % FioPlatVal);
+        return groupBase + (k << errorBits) + (1L << (errorBits - 1));
     }
 
     /// <summary>HdrHistogram's counts index of <paramref name="value"/> (1 to <see cref="HighestNs"/>).</summary>

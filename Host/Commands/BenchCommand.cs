@@ -161,7 +161,7 @@ internal static class BenchCommand
                 throw new UsageException($"option --hotplug-interval: {layer.Topology.Online.Count} CPU online; at least two are needed (--possible-cpus).");
             }
 
-            using var progress = options.Eta ?? (!options.Json && !Console.IsErrorRedirected) ? Progress(runs, options) : null;
+            using var progress = options.Eta ?? (options.Output == OutputFormat.Normal && !Console.IsErrorRedirected) ? Progress(runs, options) : null;
             using var stopReports = new CancellationTokenSource();
             // fio's bw and iops samples (bw_min ... iops_stddev in the JSON), every 500 ms; the
             // interim reports carry the samples taken so far, as fio's do.
@@ -171,7 +171,7 @@ internal static class BenchCommand
                 {
                     ReadSamples = sampler.Read,
                     WriteSamples = sampler.Write,
-                }, Console.Out, options.Json).RunAsync(stopReports.Token)
+                }, Console.Out, options.Output).RunAsync(stopReports.Token)
                 : Task.CompletedTask;
             using var stopHotplug = new CancellationTokenSource();
             var hotplug = options.HotplugInterval is { } interval
@@ -226,7 +226,7 @@ internal static class BenchCommand
                 ReadSamples = sampler.Read,
                 WriteSamples = sampler.Write,
             };
-            Console.Out.Write(options.Json ? BenchReport.Json(result) + "\n" : BenchReport.Human(result));
+            Console.Out.Write(BenchReport.Render(result, options.Output));
             var written = true;
             try
             {

@@ -146,6 +146,45 @@ internal static class CliOptions
         return option;
     }
 
+    /// <summary>
+    /// A comma-separated list of words from a fixed set, their values combined with
+    /// <paramref name="combine"/> (fio's <c>--output-format=normal,json</c>); each word completes
+    /// in the shell. A word not in the set, an empty one included (<c>json,</c>), is an error, as in fio.
+    /// </summary>
+    public static Option<Word<T>> ChoiceList<T>(string name, string fallback, IReadOnlyList<(string Word, T Value)> choices, Func<T, T, T> combine, string description, params string[] aliases)
+    {
+        ArgumentNullException.ThrowIfNull(combine);
+        var fallbackValue = choices.First(c => c.Word == fallback).Value;
+        var words = choices.Select(c => c.Word).Distinct().ToList();
+        var option = LastWins(new Option<Word<T>>(name, aliases)
+        {
+            Description = description,
+            HelpName = string.Join('|', words) + "[,...]",
+            DefaultValueFactory = _ => new(fallback, fallbackValue),
+            CustomParser = r => Each(r, name, new Word<T>(fallback, fallbackValue), text =>
+            {
+                T? value = default;
+                var first = true;
+                foreach (var piece in text.Split(','))
+                {
+                    var match = choices.FirstOrDefault(c => c.Word == piece);
+                    if (match.Word is null)
+                    {
+                        return (new(fallback, fallbackValue), $"option {name}: '{text}' is not {string.Join(", ", words.Take(words.Count - 1))} or {words[^1]}, or a comma-separated list of them.");
+                    }
+
+                    value = first ? match.Value : combine(value!, match.Value);
+                    first = false;
+                }
+
+                return (new(text, value!), null);
+            }),
+        });
+        option.CompletionSources.Clear();
+        option.CompletionSources.Add(words.ToArray());
+        return option;
+    }
+
     /// <summary>A string, or null when not given.</summary>
     public static Option<string?> Text(string name, string helpName, string description, params string[] aliases) => LastWins(new Option<string?>(name, aliases)
     {

@@ -102,7 +102,7 @@ public sealed class BenchStatusSpec
                 var (read, write, measured) = accounting.Snapshot();
                 return new BenchResult(new BenchOptions(), read, write, measured, measured, read.TotalIos, read.TotalIos, 0, 0, 0, 0, "spec");
             },
-            output, json: true);
+            output, OutputFormat.Json);
 
         // 100 reads of 1 ms each in the first second, 300 in the next two.
         Complete(clock, accounting, 100);
@@ -144,7 +144,7 @@ public sealed class BenchStatusSpec
                 var (read, write, measured) = accounting.Snapshot();
                 return new BenchResult(new BenchOptions { Name = "periodic" }, read, write, measured, measured, read.TotalIos, read.TotalIos, 0, 0, 0, 0, "spec");
             },
-            output, json: false);
+            output, OutputFormat.Normal);
 
         for (var i = 0; i < 4; i++)
         {
