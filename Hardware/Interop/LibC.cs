@@ -23,6 +23,7 @@ internal static unsafe partial class LibC
     public const int EEXIST = 17;
     public const int EISDIR = 21;
     public const int EINVAL = 22;
+    public const int EFBIG = 27;
     public const int ENOSPC = 28;
     public const int EROFS = 30;
     public const int ENOSYS = 38;
@@ -32,6 +33,7 @@ internal static unsafe partial class LibC
     public const int ECANCELED = 125;
 
     public const int O_RDONLY = 0;
+    public const int O_WRONLY = 1;
     public const int O_RDWR = 2;
     public const int O_CREAT = 0x40;
     public const int O_CLOEXEC = 0x80000;
@@ -367,6 +369,22 @@ internal static unsafe partial class LibC
 
     [LibraryImport(Library, EntryPoint = "fallocate64", SetLastError = true)]
     public static partial int FAllocate(int fd, int mode, long offset, long length);
+
+    /// <summary><c>struct statvfs</c> on 64-bit Linux (glibc: 112 bytes, room left for more); only the fields ActorBlk reads are named.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 128)]
+    public struct Statvfs
+    {
+        /// <summary><c>f_frsize</c>: the unit of the block counts.</summary>
+        [FieldOffset(8)]
+        public ulong FragmentSize;
+
+        /// <summary><c>f_bavail</c>: free blocks an unprivileged user may take.</summary>
+        [FieldOffset(32)]
+        public ulong BlocksAvailable;
+    }
+
+    [LibraryImport(Library, EntryPoint = "fstatvfs64", SetLastError = true)]
+    public static partial int FStatVfs(int fd, Statvfs* buffer);
 
     [LibraryImport(Library, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int StatX(int dirfd, string path, int flags, uint mask, Statx* buffer);

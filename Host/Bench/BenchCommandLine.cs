@@ -75,7 +75,7 @@ internal sealed class BenchCommandLine
 
     // Device (ActorBlk's names).
     private readonly Option<string> Device = CliOptions.TextWithDefault("--device", "null", "null|file:PATH|nbd://HOST:PORT/EXPORT",
-        "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT");
+        "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size, a smaller regular file extended to it, as fio lays out its files), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT");
 
     private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
         "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");

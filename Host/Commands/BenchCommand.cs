@@ -31,6 +31,7 @@ internal static class BenchCommand
         }
 
         CheckOutputPaths(options);
+        await LayOutFileAsync(options, configured).ConfigureAwait(false);
 
         // SIGINT and SIGTERM stop the run, as fio's "terminating on signal": the jobs wind down,
         // the devices are removed in order and the report covers the run until the signal. Left
@@ -321,6 +322,27 @@ internal static class BenchCommand
 
         static string Unavailable(string asked) =>
             $"actorblk: {asked} is not available ({TimestampClock.FallbackReason ?? "the clock was read already"}); timestamps use the {TimestampClock.Source.ToString().ToLowerInvariant()} clock";
+    }
+
+    /// <summary>
+    /// fio's layout of a job's file (filesetup.c <c>setup_files</c>: a regular file smaller than
+    /// the job's size is extended before the job opens it): a <c>--device=file:PATH</c> regular
+    /// file smaller than <c>--size</c> grows to it, its bytes kept, the added range allocated, and
+    /// fio's "Laying out IO file" line goes to stderr. A block device, a larger file (never shrunk)
+    /// or a missing one (the device creates it at <c>--size</c>) is left as it is; a file that
+    /// cannot be extended fails the run (exit 1) with the reason, before any device exists.
+    /// </summary>
+    private static async Task LayOutFileAsync(BenchOptions options, ActorBlkSettings? configured)
+    {
+        if (configured is not null || options.Join is not null || !options.SizeGiven || options.FilePath is not { } path)
+        {
+            return;
+        }
+
+        if (ActorBlk.Hardware.Drivers.File.FileBlockDriver.ExtendFile(path, options.Size, options.ToDeviceOptions().Name) is not null)
+        {
+            await Console.Error.WriteLineAsync($"{options.Name}: Laying out IO file (1 file / {options.Size >> 20}MiB)").ConfigureAwait(false);
+        }
     }
 
     // fio opens its logs before the run; a directory that does not exist is known before anything starts.

@@ -40,6 +40,27 @@ public sealed class FileBlockDriver : IBlockDriver
     private readonly List<FileEngine> _retired = [];
     private string? _fallbackReason;
 
+    /// <summary>
+    /// Extends the regular file at <paramref name="path"/> to <paramref name="size"/> bytes when
+    /// it is smaller, as fio lays out a job's file smaller than the job's size: its bytes are kept
+    /// and the added range allocated. A larger file is never shrunk; a block device, a missing
+    /// path or anything else is left alone. For a caller that opens the file afterwards with its
+    /// size (<c>actorblk bench --size</c>).
+    /// </summary>
+    /// <param name="path">The file.</param>
+    /// <param name="size">The size it must have at least, in bytes.</param>
+    /// <param name="name">The device name, for errors.</param>
+    /// <returns>The size the file had, or null when it was left alone.</returns>
+    /// <exception cref="BlockDeviceOpenException">
+    /// It cannot be extended (not writable, a read-only file system, in use, too little free
+    /// space, past the largest file); it is left at its old size.
+    /// </exception>
+    public static long? ExtendFile(string path, long size, string name = "file0")
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        return FileTarget.Extend(name, path, size);
+    }
+
     /// <summary>Opens the backing store and discovers its geometry.</summary>
     /// <param name="options">The file device settings.</param>
     /// <param name="name">The device name, for errors and thread names.</param>

@@ -151,6 +151,115 @@ internal sealed unsafe class FileTarget : IDisposable
         }
     }
 
+    /// <summary>
+    /// Extends the regular file at <paramref name="path"/> to <paramref name="size"/> bytes when it
+    /// is smaller, as fio lays out a job's file that is smaller than its size (filesetup.c): its
+    /// bytes are kept and the added range is allocated (fallocate; left sparse where the file
+    /// system has none), as <see cref="Open"/> creates a missing file. A file at least that large,
+    /// a block device, anything else, or a path that does not exist is left alone (null). The
+    /// file is locked (flock) while it grows, so one another device holds is not touched.
+    /// </summary>
+    /// <returns>The size the file had, or null when it was left alone.</returns>
+    /// <exception cref="BlockDeviceOpenException">
+    /// It cannot be extended: not writable (permission, a read-only file system), in use, too
+    /// little free space for the added range (checked first), or a failed ftruncate or fallocate
+    /// (EFBIG past the file system's largest file). The file is then left at its old size.
+    /// </exception>
+    public static long? Extend(string device, string path, long size)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(size);
+        _ = FileSizeSignalIgnored.Value;
+        var statx = default(LibC.Statx);
+        if (LibC.StatX(LibC.AT_FDCWD, path, 0, LibC.STATX_BASIC_STATS, &statx) < 0)
+        {
+            var errno = LibC.LastErrno;
+            return errno == LibC.ENOENT ? null : throw ExtendError(device, path, errno, (long)statx.Size, size, "statx failed");
+        }
+
+        if ((statx.Mode & LibC.S_IFMT) != LibC.S_IFREG || (long)statx.Size >= size)
+        {
+            return null;
+        }
+
+        var fd = LibC.Open(path, LibC.O_WRONLY | LibC.O_CLOEXEC, 0);
+        if (fd < 0)
+        {
+            throw ExtendError(device, path, -fd, (long)statx.Size, size, "open for writing failed");
+        }
+
+        try
+        {
+            if (LibC.Flock(fd, LibC.LOCK_EX | LibC.LOCK_NB) < 0)
+            {
+                var errno = LibC.LastErrno;
+                throw errno == LibC.EWOULDBLOCK
+                    ? new BlockDeviceOpenException(device, path, OpenFailure.Busy, errno, "the file is in use by another device or process (it holds a lock on it)")
+                    : ExtendError(device, path, errno, (long)statx.Size, size, "flock failed");
+            }
+
+            // Its size now that it is ours.
+            if (LibC.StatX(fd, string.Empty, LibC.AT_EMPTY_PATH, LibC.STATX_BASIC_STATS, &statx) < 0)
+            {
+                throw ExtendError(device, path, LibC.LastErrno, (long)statx.Size, size, "statx failed");
+            }
+
+            var old = (long)statx.Size;
+            if (old >= size)
+            {
+                return null;
+            }
+
+            // Too little room is known before anything changes (fallocate would take what there
+            // is first, on some file systems, and give it back only when the file is cut again).
+            var vfs = default(LibC.Statvfs);
+            if (LibC.FStatVfs(fd, &vfs) == 0 && vfs.FragmentSize > 0 && (ulong)(size - old) / vfs.FragmentSize > vfs.BlocksAvailable)
+            {
+                throw new BlockDeviceOpenException(device, path, OpenFailure.Other, LibC.ENOSPC,
+                    $"cannot extend it from {old} to {size} bytes: the file system has {vfs.BlocksAvailable * vfs.FragmentSize} bytes free, {size - old} are needed");
+            }
+
+            if (LibC.FTruncate(fd, size) < 0)
+            {
+                var errno = LibC.LastErrno;
+                throw ExtendError(device, path, errno, old, size, "ftruncate failed");
+            }
+
+            if (LibC.FAllocate(fd, 0, old, size - old) < 0)
+            {
+                var errno = LibC.LastErrno;
+                if (errno != LibC.EOPNOTSUPP)
+                {
+                    // Back to the size it had: the blocks taken past it go with the cut.
+                    _ = LibC.FTruncate(fd, old);
+                    throw ExtendError(device, path, errno, old, size, "fallocate failed");
+                }
+            }
+
+            return old;
+        }
+        finally
+        {
+            LibC.Close(fd);
+        }
+    }
+
+    private static BlockDeviceOpenException ExtendError(string device, string path, int errno, long old, long size, string call)
+    {
+        var cause = errno switch
+        {
+            LibC.EACCES or LibC.EPERM or LibC.EROFS => OpenFailure.PermissionDenied,
+            _ => OpenFailure.Other,
+        };
+        var text = errno switch
+        {
+            LibC.EROFS => "the file system is read-only",
+            LibC.ENOSPC => "no space left on the file system",
+            LibC.EFBIG => "larger than the file system's largest file (or the process's file-size limit)",
+            _ => LibC.Describe(errno),
+        };
+        return new BlockDeviceOpenException(device, path, cause, errno, $"cannot extend it from {old} to {size} bytes: {call}: {text}");
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {
