@@ -16,6 +16,16 @@ public sealed partial class BlockLayer
     /// </summary>
     public const string UptimeAttribute = "uptime";
 
+    /// <summary>
+    /// The path of the CPU times of the node's machine in the attribute tree (<c>stat</c>, at the
+    /// root; not a sysfs file: the <c>cpu</c> line of the machine's <c>/proc/stat</c> as the kernel
+    /// prints it, read by <c>actorblk iostat</c> for its <c>avg-cpu</c> report, as sysstat reads
+    /// <c>/proc/stat</c>). Absent (not listed, ENOENT) where the machine has no <c>/proc/stat</c>.
+    /// </summary>
+    public const string CpuStatAttribute = "stat";
+
+    private static readonly Lazy<bool> MachineHasCpuStat = new(() => CpuStatSample.ReadLine() is not null);
+
     private readonly long _started = Stopwatch.GetTimestamp();
 
     /// <summary>Time since the block layer started on this node (what its devices' statistics count from at most).</summary>
@@ -29,16 +39,17 @@ public sealed partial class BlockLayer
     {
         ArgumentNullException.ThrowIfNull(prefix);
         var p = Normalize(prefix);
-        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
+        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
             .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
     /// <c>devices/system/cpu/online</c>, <c>uptime</c> (seconds since the block layer started, two
-    /// decimals, as <c>/proc/uptime</c>'s first field) ...
+    /// decimals, as <c>/proc/uptime</c>'s first field), <c>stat</c> (the <c>cpu</c> line of the
+    /// machine's <c>/proc/stat</c>) ...
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT: no such device or attribute.</exception>
+    /// <exception cref="AttributeException">ENOENT: no such device or attribute (<c>stat</c> on a machine without <c>/proc/stat</c>).</exception>
     public string ReadAttribute(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -47,6 +58,12 @@ public sealed partial class BlockLayer
         {
             // Centiseconds, truncated, as the kernel's uptime_proc_show prints them.
             return (Math.Floor(Uptime.TotalSeconds * 100) / 100).ToString("F2", CultureInfo.InvariantCulture) + "\n";
+        }
+
+        if (p == CpuStatAttribute)
+        {
+            // Read afresh each time, as the kernel generates /proc/stat on each read.
+            return CpuStatSample.ReadLine() ?? throw new AttributeException(p, AttributeErrno.ENOENT, $"the node's machine has no {CpuStatSample.ProcStat}");
         }
 
         return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
@@ -62,7 +79,7 @@ public sealed partial class BlockLayer
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(value);
         var p = Normalize(path);
-        if (p == UptimeAttribute)
+        if (p == UptimeAttribute || (p == CpuStatAttribute && MachineHasCpuStat.Value))
         {
             throw new AttributeException(p, AttributeErrno.EACCES, "the attribute is read-only");
         }

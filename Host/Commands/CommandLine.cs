@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using System.CommandLine.Invocation;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Host.Bench;
@@ -34,6 +35,22 @@ internal static class CommandLine
             SysfsCommand.CreateHotplug(),
             IostatCommand.Create(output),
         };
+
+        // sysstat's iostat takes -h (human readable), which System.CommandLine's help option, one
+        // for the whole tree, takes everywhere: each command has its own help option instead, and
+        // iostat's lacks -h (its help is --help, or -?).
+        root.Options.OfType<HelpOption>().Single().Recursive = false;
+        foreach (var command in root.Subcommands)
+        {
+            var help = new HelpOption();
+            if (command.Name == "iostat")
+            {
+                help.Aliases.Remove("-h");
+            }
+
+            command.Options.Add(help);
+        }
+
         return root;
     }
 

@@ -16,17 +16,21 @@ namespace ActorBlk.Host.Commands;
 internal static class IostatCommand
 {
     private const string Description = """
-        A running node's device statistics, computed from successive reads of block/<dev>/stat as
-        sysstat's iostat computes them. Options as sysstat's, alone or grouped (-dxz): -x the extended
-        columns (r/s rkB/s rrqm/s %rrqm r_await rareq-sz, the same for w and d, f/s f_await, aqu-sz,
-        %util); -k (the default) or -m for kB or MB; -t each report's time (S_TIME_FORMAT=ISO for ISO
-        8601); -z leave out devices with no I/O over the interval; -o JSON sysstat's JSON document;
-        --dec=0|1|2 decimal places; -d is accepted (there is only the device report). The first report
-        covers the time since the node's block layer started (sysstat's since boot); -y leaves it out
-        when an INTERVAL is given. Without INTERVAL one report since the start; without COUNT reports
-        until interrupted. Without DEVICE every device that did I/O; DEVICE may be NAME, /dev/NAME or
-        ALL, and a named device the node does not have is left out until it exists. --node takes
-        HOST:PORT as iostat users would give it.
+        A running node's CPU use (avg-cpu, from its machine's /proc/stat, read as its stat attribute)
+        and device statistics (from successive reads of block/<dev>/stat), computed as sysstat's
+        iostat computes them. Options as sysstat's, alone or grouped (-dxz): -c the CPU report alone,
+        -d the device report alone (both without either); -x the extended columns (r/s rkB/s rrqm/s
+        %rrqm r_await rareq-sz, the same for w and d, f/s f_await, aqu-sz, %util); -s the short
+        columns; -k (the default) or -m for kB or MB; -h (--human --pretty) values with their unit and
+        the device name last; -t each report's time (S_TIME_FORMAT=ISO for ISO 8601); -z leave out
+        devices with no I/O over the interval; -o JSON sysstat's JSON document; --dec=0|1|2 decimal
+        places; -N is accepted (a device's name is its only name); -p [ALL|DEVICE,...] as a disk with
+        no partitions. The first report covers the time since the node's block layer started (and
+        for the CPU since its machine booted: sysstat's since boot); -y leaves it out when an INTERVAL
+        is given. Without INTERVAL one report since the start; without COUNT reports until
+        interrupted. Without DEVICE every device that did I/O; DEVICE may be NAME, /dev/NAME or ALL,
+        and a named device the node does not have is left out until it exists. --node takes HOST:PORT
+        as iostat users would give it.
         """;
 
     /// <summary>Exit code when the node cannot be read.</summary>
@@ -36,7 +40,7 @@ internal static class IostatCommand
     public static Command Create(TextWriter output)
     {
         var node = new NodeOptions();
-        var operands = new Argument<string[]>("operands") { HelpName = "[-x] [-k|-m] [-t] [-z] [-o JSON] [--dec=N] DEVICE... INTERVAL COUNT", Arity = ArgumentArity.ZeroOrMore, Description = "sysstat's options, the devices (all when none), then the interval in seconds and the number of reports" };
+        var operands = new Argument<string[]>("operands") { HelpName = "[-c] [-d] [-h] [-k|-m] [-N] [-s] [-t] [-x] [-y] [-z] [-o JSON] [--dec=N] [-p [ALL|DEVICE,...]] DEVICE... INTERVAL COUNT", Arity = ArgumentArity.ZeroOrMore, Description = "sysstat's options, the devices (all when none), then the interval in seconds and the number of reports" };
         var command = new Command("iostat", Description) { operands };
         node.AddTo(command);
 
@@ -50,11 +54,12 @@ internal static class IostatCommand
         return command;
     }
 
-    /// <summary>Runs the reports.</summary>
-    public static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig, IostatOptions options, TextWriter output, CancellationToken cancel = default)
+    /// <summary>Runs the reports; failures and notes go to <paramref name="error"/> (stderr when not given).</summary>
+    public static async Task<int> RunAsync(string address, Akka.Configuration.Config? nodeConfig, IostatOptions options, TextWriter output, CancellationToken cancel = default, TextWriter? error = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(output);
+        error ??= Console.Error;
         // SIGINT and SIGTERM end the reports as sysstat's handler does: no report is written after
         // it, a JSON document is closed, and the exit code is 0. The handlers stay until the
         // client is closed: `timeout` signals the process and then its group, so a second signal
@@ -85,7 +90,7 @@ internal static class IostatCommand
         }
         catch (Akka.Configuration.ConfigurationException ex)
         {
-            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return Failed;
         }
 
@@ -103,13 +108,29 @@ internal static class IostatCommand
             // the node, and must not shorten the first interval.
             var period = TimeSpan.FromSeconds(options.Interval);
             await writer.BeginAsync(NodeNameOf(address), await CpusOfAsync(client, cancel).ConfigureAwait(false), DateTimeOffset.Now).ConfigureAwait(false);
-            var previous = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
+            var previous = await SampleAsync(client, devices, options, cancel).ConfigureAwait(false);
+            if (options.CpuReport && previous.Cpu is null)
+            {
+                // A node whose machine has no /proc/stat (not Linux): the CPU report cannot be
+                // made. Asked for alone (-c), that is a failure; with the device report, it is
+                // left out, and said so once.
+                if (!options.DiskReport)
+                {
+                    throw new IostatException($"{NoCpu}; use -d for the device report.");
+                }
+
+                await error.WriteLineAsync($"actorblk: {NoCpu}; the avg-cpu report is left out.").ConfigureAwait(false);
+                options = options with { CpuReport = false };
+            }
+
             var start = Stopwatch.GetTimestamp();
             long done = 0;
             if (options.SinceStart && await UptimeAsync(client, cancel).ConfigureAwait(false) is { } uptime)
             {
-                // sysstat's first report, since boot: every counter from 0 at the node's start.
-                await writer.ReportAsync(DateTimeOffset.Now, Rows(new Sampling(previous.At - uptime, new Dictionary<string, (DiskStatSample, TimeSpan)>()), previous, options)).ConfigureAwait(false);
+                // sysstat's first report, since boot: every device counter from 0 at the node's
+                // start, and the CPU's from 0 at its machine's boot (its counters count from there).
+                var zero = new Sampling(previous.At - uptime, new Dictionary<string, (DiskStatSample, TimeSpan)>(), default(CpuStatSample));
+                await writer.ReportAsync(DateTimeOffset.Now, Rows(zero, previous, options), Cpu(zero, previous)).ConfigureAwait(false);
                 done = 1;
             }
 
@@ -129,8 +150,13 @@ internal static class IostatCommand
                 }
 
                 var now = DateTimeOffset.Now;
-                var current = await SampleAsync(client, devices, cancel).ConfigureAwait(false);
-                await writer.ReportAsync(now, Rows(previous, current, options)).ConfigureAwait(false);
+                var current = await SampleAsync(client, devices, options, cancel).ConfigureAwait(false);
+                if (options.CpuReport && current.Cpu is null)
+                {
+                    throw new IostatException($"the node did not answer its CPU use ({BlockLayer.CpuStatAttribute}).");
+                }
+
+                await writer.ReportAsync(now, Rows(previous, current, options), Cpu(previous, current)).ConfigureAwait(false);
                 previous = current;
             }
 
@@ -144,18 +170,20 @@ internal static class IostatCommand
         catch (NodeUnreachableException ex)
         {
             await writer.EndAsync().ConfigureAwait(false);
-            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return Failed;
         }
         catch (IostatException ex)
         {
             await writer.EndAsync().ConfigureAwait(false);
-            await Console.Error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
+            await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return Failed;
         }
 
         return 0;
     }
+
+    private const string NoCpu = $"the node does not publish its CPU use (no {BlockLayer.CpuStatAttribute} attribute: its machine has no /proc/stat, or the node predates the attribute)";
 
     // The node, as iostat's banner names its host: HOST:PORT of its address.
     private static string NodeNameOf(string address)
@@ -232,14 +260,53 @@ internal static class IostatCommand
         return rows;
     }
 
-    // One reading of every device's stat (the named ones, else all the node lists), each stamped
-    // with the midpoint of its round trip; the sampling is stamped with its start. A node with no
-    // device (its block/ listing is ENOENT) and a named device the node does not have (ENOENT)
-    // read as no device: the report is empty, or lacks that device, and the reports go on, as
-    // sysstat's do (a named device that does not exist is skipped until it does).
-    private static async Task<Sampling> SampleAsync(NodeClient client, List<string> devices, CancellationToken cancel)
+    /// <summary>The CPU report between two samplings; null when either has no CPU reading.</summary>
+    internal static IostatCpu? Cpu(Sampling before, Sampling after)
+    {
+        ArgumentNullException.ThrowIfNull(before);
+        ArgumentNullException.ThrowIfNull(after);
+        return before.Cpu is { } b && after.Cpu is { } a ? IostatReport.ComputeCpu(b, a) : null;
+    }
+
+    // The CPU times of the node's machine (its stat attribute, the cpu line of /proc/stat), as
+    // sysstat reads /proc/stat each sample; null from a node that does not publish them.
+    private static async Task<CpuStatSample?> CpuStatAsync(NodeClient client, CancellationToken cancel)
+    {
+        switch (await client.AskAsync(new Sysfs.Read(BlockLayer.CpuStatAttribute)).WaitAsync(cancel).ConfigureAwait(false))
+        {
+            case Sysfs.Value value:
+                try
+                {
+                    return CpuStatSample.Parse(value.Text);
+                }
+                catch (FormatException ex)
+                {
+                    throw new IostatException($"the node's {BlockLayer.CpuStatAttribute}: {ex.Message}");
+                }
+
+            case Sysfs.Failed:
+                return null;
+            case var reply:
+                throw new IostatException($"unexpected answer {reply}");
+        }
+    }
+
+    // One reading of the CPU times (for the CPU report) and of every device's stat (for the device
+    // report: the named ones, else all the node lists), each device stamped with the midpoint of
+    // its round trip; the sampling is stamped with its start. A node with no device (its block/
+    // listing is ENOENT) and a named device the node does not have (ENOENT) read as no device: the
+    // report is empty, or lacks that device, and the reports go on, as sysstat's do (a named
+    // device that does not exist is skipped until it does).
+    private static async Task<Sampling> SampleAsync(NodeClient client, List<string> devices, IostatOptions options, CancellationToken cancel)
     {
         var started = Stopwatch.GetElapsedTime(0);
+        var cpu = options.CpuReport ? await CpuStatAsync(client, cancel).ConfigureAwait(false) : null;
+        var result = new SortedDictionary<string, (DiskStatSample, TimeSpan)>(StringComparer.Ordinal);
+        if (!options.DiskReport)
+        {
+            return new Sampling(started, result, cpu);
+        }
+
         var names = devices;
         if (names.Count == 0)
         {
@@ -265,7 +332,6 @@ internal static class IostatCommand
             }
         }
 
-        var result = new SortedDictionary<string, (DiskStatSample, TimeSpan)>(StringComparer.Ordinal);
         foreach (var name in names)
         {
             var sent = Stopwatch.GetElapsedTime(0);
@@ -287,13 +353,14 @@ internal static class IostatCommand
             }
         }
 
-        return new Sampling(started, result);
+        return new Sampling(started, result, cpu);
     }
 
-    /// <summary>One sampling: when it started, and each device's reading with the time it was taken (the midpoint of its round trip).</summary>
+    /// <summary>One sampling: when it started, each device's reading with the time it was taken (the midpoint of its round trip), and the CPU times.</summary>
     /// <param name="At">When the sampling started, on <see cref="Stopwatch"/>'s clock.</param>
     /// <param name="Devices">The devices read, by name.</param>
-    internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices);
+    /// <param name="Cpu">The cpu line of the node machine's <c>/proc/stat</c>; null when not read (no CPU report) or not published.</param>
+    internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices, CpuStatSample? Cpu = null);
 }
 
 /// <summary>The node could not be read as iostat needs.</summary>

@@ -16,7 +16,8 @@ internal enum IostatUnit
 /// <summary>
 /// What <c>actorblk iostat</c> was asked for, parsed from its operands as sysstat's iostat parses
 /// its command line (iostat.c <c>main</c>): flags alone or grouped (<c>-dxz</c>), <c>-o JSON</c>,
-/// <c>--dec=N</c>, then device names (<c>ALL</c>, <c>/dev/NAME</c>), then INTERVAL and COUNT.
+/// <c>--dec=N</c>, <c>-p [ALL|DEVICE,...]</c>, <c>--human</c>, <c>--pretty</c>, <c>--compact</c>,
+/// then device names (<c>ALL</c>, <c>/dev/NAME</c>), then INTERVAL and COUNT.
 /// </summary>
 /// <param name="Extended"><c>-x</c>: the extended columns.</param>
 /// <param name="Unit"><c>-k</c> or <c>-m</c>.</param>
@@ -33,23 +34,49 @@ internal enum IostatUnit
 /// <c>DISPLAY_OMIT_SINCE_BOOT(flags) &amp;&amp; interval > 0</c>). It counts as one of the reports.
 /// </param>
 /// <param name="Unfiltered">
-/// A device was named, or <c>ALL</c>: every device is reported. Otherwise a device that never did
-/// any I/O (no read, write, discard or flush since it was created) is left out, as sysstat leaves
-/// out unused devices unless some are named (iostat.c, <c>I_D_UNFILTERED</c>).
+/// A device was named, or <c>ALL</c>, or <c>-p</c> was given a list: every device reported is
+/// reported even if it never did any I/O (no read, write, discard or flush since it was created),
+/// which sysstat otherwise leaves out (iostat.c, <c>I_D_UNFILTERED</c>).
 /// </param>
-internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool SinceStart = true, bool Unfiltered = false)
+/// <param name="CpuReport">
+/// The CPU report (<c>avg-cpu</c>): with the device report unless <c>-c</c> or <c>-d</c> is given,
+/// and with <c>-c</c> (sysstat's <c>I_D_CPU</c>).
+/// </param>
+/// <param name="DiskReport">
+/// The device report: unless <c>-c</c> or <c>-d</c> is given, with <c>-d</c>, and whenever
+/// <c>-x</c>, <c>-p</c> or a device is given (sysstat's <c>I_D_DISK</c>).
+/// </param>
+/// <param name="Short"><c>-s</c>: the short device report.</param>
+/// <param name="Human"><c>--human</c>, or <c>-h</c>: values scaled to their unit, percentages with a <c>%</c>.</param>
+/// <param name="Pretty"><c>--pretty</c>, or <c>-h</c>: the device name last, the extended report in four parts.</param>
+/// <param name="Compact"><c>--compact</c>: under <c>--pretty</c>, the extended report in one part.</param>
+internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool SinceStart = true, bool Unfiltered = false,
+    bool CpuReport = true, bool DiskReport = true, bool Short = false, bool Human = false, bool Pretty = false, bool Compact = false)
 {
+    /// <summary>How the tables are laid out.</summary>
+    public IostatLayout Layout => new(Unit, Decimals, Short, Human, Pretty);
+
     /// <summary>
-    /// Parses the operands. <c>-d</c> (the device report: the only one there is) is accepted and
-    /// changes nothing; <c>-y</c> leaves out the report since start when an interval is given;
-    /// <c>-c</c> (the node's CPU use is not read), sysstat's other options and anything
-    /// else are usage errors naming the option.
+    /// The parts of the extended device report: 1 to 4 (reads, writes, discards, the rest) under
+    /// <c>--pretty</c> in tables, as sysstat breaks it unless <c>-s</c> or <c>--compact</c>; else
+    /// the one part 0, the whole.
+    /// </summary>
+    public IReadOnlyList<int> Parts => Pretty && Extended && !Short && !Json && !Compact ? [1, 2, 3, 4] : [0];
+
+    /// <summary>
+    /// Parses the operands. <c>-c</c> and <c>-d</c> choose the reports (both when neither is
+    /// given); <c>-y</c> leaves out the report since start when an interval is given; <c>-N</c> is
+    /// accepted and changes nothing (an ActorBlk device's name is the only name it has); <c>-p</c>
+    /// reports a device named in its list as a device named alone, and without a list (or with
+    /// <c>ALL</c>) every device, as sysstat reports a disk with no partitions. sysstat's other
+    /// options and anything else are usage errors naming the option.
     /// </summary>
     /// <exception cref="UsageException">An unknown or refused option, a bad interval or count, a device after the interval.</exception>
     public static IostatOptions Parse(IReadOnlyList<string> operands)
     {
         ArgumentNullException.ThrowIfNull(operands);
         bool extended = false, timestamp = false, omitIdle = false, json = false, omitSinceStart = false;
+        bool cpu = false, disk = false, shortReport = false, human = false, pretty = false, compact = false, everything = false, listed = false;
         IostatUnit? unit = null;
         var decimals = 2;
         var devices = new List<string>();
@@ -66,6 +93,20 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             unit = value;
         }
 
+        // sysstat takes /dev/vda as well as vda.
+        void AddDevice(string arg)
+        {
+            var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
+            if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal))
+            {
+                throw new UsageException($"'{arg}' is not a device name.");
+            }
+
+            devices.Add(name);
+        }
+
+        static bool Numeric(string arg) => arg.Length > 0 && (char.IsAsciiDigit(arg[0]) || arg[0] == '.');
+
         for (var i = 0; i < operands.Count; i++)
         {
             var arg = operands[i];
@@ -74,7 +115,31 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
                 throw new UsageException("an empty operand.");
             }
 
-            if (arg == "-o")
+            if (arg == "-p")
+            {
+                // sysstat: "-p" takes the next word as its list unless it is a number or an
+                // option; without a list it is every device and partition.
+                if (i + 1 < operands.Count && operands[i + 1].Length > 0 && operands[i + 1][0] != '-' && !Numeric(operands[i + 1]))
+                {
+                    listed = true;
+                    foreach (var name in operands[++i].Split(',', StringSplitOptions.RemoveEmptyEntries))
+                    {
+                        if (name == "ALL")
+                        {
+                            everything = true;
+                        }
+                        else
+                        {
+                            AddDevice(name);
+                        }
+                    }
+                }
+                else
+                {
+                    everything = true;
+                }
+            }
+            else if (arg == "-o")
             {
                 // sysstat takes exactly "JSON" (K_JSON), in upper case.
                 if (i + 1 >= operands.Count || operands[i + 1] != "JSON")
@@ -93,6 +158,18 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
                 }
 
                 decimals = arg[^1] - '0';
+            }
+            else if (arg == "--human")
+            {
+                human = true;
+            }
+            else if (arg == "--pretty")
+            {
+                pretty = true;
+            }
+            else if (arg == "--compact")
+            {
+                compact = true;
             }
             else if (arg.StartsWith("--", StringComparison.Ordinal))
             {
@@ -114,16 +191,19 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
                         case 'm': SetUnit(IostatUnit.Megabytes, flag); break;
                         case 't': timestamp = true; break;
                         case 'z': omitIdle = true; break;
-                        case 'd': break;
+                        case 'c': cpu = true; break;
+                        case 'd': disk = true; break;
                         case 'y': omitSinceStart = true; break;
-                        case 'c':
-                            throw new UsageException("-c: the node's CPU use is not read; iostat reports devices only.");
+                        case 's': shortReport = true; break;
+                        case 'h': human = pretty = true; break;
+                        case 'N': break;
+                        case 'p': everything = true; break;     // grouped, -p takes no list
                         default:
-                            throw new UsageException($"unknown option -{flag} (in {arg}); the options are -x -k -m -t -z -d -y, -o JSON and --dec=N.");
+                            throw new UsageException($"unknown option -{flag} (in {arg}); the options are -c -d -h -k -m -N -p -s -t -x -y -z, -o JSON, --dec=N, --human, --pretty and --compact.");
                     }
                 }
             }
-            else if (char.IsAsciiDigit(arg[0]) || arg[0] == '.')
+            else if (Numeric(arg))
             {
                 numbers.Add(arg);
             }
@@ -138,21 +218,25 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             }
             else
             {
-                // sysstat takes /dev/vda as well as vda.
-                var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
-                if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal))
-                {
-                    throw new UsageException($"'{arg}' is not a device name.");
-                }
-
-                devices.Add(name);
+                AddDevice(arg);
             }
         }
 
-        if (all)
+        // sysstat: a device named, ALL, or -p with a list reports unused devices too; -p without
+        // one reads every device (and partition: an ActorBlk device has none), and so does ALL.
+        var unfiltered = all || listed || devices.Count > 0;
+        if (all || everything)
         {
             devices.Clear();
         }
+
+        // Both reports unless -c or -d says which; -x, -p and a device name add the device report.
+        if (!cpu && !disk)
+        {
+            cpu = disk = true;
+        }
+
+        disk |= everything || extended || unfiltered;
 
         if (numbers.Count > 2)
         {
@@ -185,6 +269,6 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
         }
 
         return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, zero ? 1.0 : interval, count,
-            !(omitSinceStart && numbers.Count > 0 && !zero), all || devices.Count > 0);
+            !(omitSinceStart && numbers.Count > 0 && !zero), unfiltered, cpu, disk, shortReport, human, pretty, compact);
     }
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
 
 namespace ActorBlk.Host.Iostat;
 
@@ -37,16 +38,25 @@ namespace ActorBlk.Host.Iostat;
 /// <param name="KbRead">kB_read over the interval (the basic report).</param>
 /// <param name="KbWritten">kB_wrtn over the interval.</param>
 /// <param name="KbDiscarded">kB_dscd over the interval.</param>
+/// <param name="Await">await of <c>-xs</c>: delta read, write and discard ticks per delta read, write and discard I/O (ms).</param>
+/// <param name="RequestKb">areq-sz of <c>-xs</c>: delta read, write and discard sectors per delta I/O over 2 (kB).</param>
 internal sealed record IostatRow(
     string Device,
     double ReadsPerSecond, double ReadKbPerSecond, double ReadMergesPerSecond, double ReadMergePercent, double ReadAwait, double ReadRequestKb,
     double WritesPerSecond, double WriteKbPerSecond, double WriteMergesPerSecond, double WriteMergePercent, double WriteAwait, double WriteRequestKb,
     double DiscardsPerSecond, double DiscardKbPerSecond, double DiscardMergesPerSecond, double DiscardMergePercent, double DiscardAwait, double DiscardRequestKb,
     double FlushesPerSecond, double FlushAwait, double QueueSize, double Utilization,
-    double KbRead, double KbWritten, double KbDiscarded)
+    double KbRead, double KbWritten, double KbDiscarded,
+    double Await = 0, double RequestKb = 0)
 {
     /// <summary>tps: I/Os (reads, writes and discards) per second.</summary>
     public double TransfersPerSecond => ReadsPerSecond + WritesPerSecond + DiscardsPerSecond;
+
+    /// <summary>kB/s of <c>-xs</c>: read, written and discarded.</summary>
+    public double KbPerSecond => ReadKbPerSecond + WriteKbPerSecond + DiscardKbPerSecond;
+
+    /// <summary>rqm/s of <c>-xs</c>: read, write and discard merges.</summary>
+    public double MergesPerSecond => ReadMergesPerSecond + WriteMergesPerSecond + DiscardMergesPerSecond;
 
     /// <summary>No read, write, discard or flush over the interval: the rows <c>-z</c> leaves out (sysstat compares the four I/O counters).</summary>
     public bool Idle => ReadsPerSecond == 0 && WritesPerSecond == 0 && DiscardsPerSecond == 0 && FlushesPerSecond == 0;
@@ -116,50 +126,196 @@ internal static class IostatReport
             fIos / seconds, Ratio(Delta(previous.FlushTicks, current.FlushTicks), fIos),
             Delta(previous.TimeInQueue, current.TimeInQueue) / intervalMs,
             PerSecond(previous.IoTicks, current.IoTicks) / 10.0,
-            rSectors / 2, wSectors / 2, dSectors / 2);
+            rSectors / 2, wSectors / 2, dSectors / 2,
+            Ratio(Delta(previous.ReadTicks, current.ReadTicks) + Delta(previous.WriteTicks, current.WriteTicks) + Delta(previous.DiscardTicks, current.DiscardTicks), rIos + wIos + dIos),
+            Ratio(rSectors + wSectors + dSectors, rIos + wIos + dIos) / 2);
     }
 
     /// <summary>The header of the extended report in <paramref name="unit"/> (sysstat's <c>write_disk_stat_header</c>).</summary>
-    public static string ExtendedHeaderFor(IostatUnit unit) =>
-        unit == IostatUnit.Kilobytes ? ExtendedHeader : ExtendedHeader.Replace("kB/s", "MB/s", StringComparison.Ordinal);
+    public static string ExtendedHeaderFor(IostatUnit unit) => Header(extended: true, new IostatLayout(unit));
 
     /// <summary>The header of the basic report in <paramref name="unit"/>.</summary>
-    public static string BasicHeaderFor(IostatUnit unit) =>
-        unit == IostatUnit.Kilobytes ? BasicHeader : BasicHeader.Replace("kB_", "MB_", StringComparison.Ordinal);
+    public static string BasicHeaderFor(IostatUnit unit) => Header(extended: false, new IostatLayout(unit));
+
+    /// <summary>
+    /// The header of the device report as sysstat's <c>write_disk_stat_header</c> writes it:
+    /// <c>Device</c> first, or last under <c>--pretty</c> (<c>-h</c>); the short columns under
+    /// <c>-s</c>; of the extended report only <paramref name="part"/> (1 to 4: reads, writes,
+    /// discards, the rest) when it is not 0, as <c>--pretty</c> breaks it.
+    /// </summary>
+    public static string Header(bool extended, IostatLayout layout, int part = 0)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        var u = UnitName(layout.Unit);
+        var sb = new StringBuilder();
+        if (!layout.Pretty)
+        {
+            sb.Append("Device       ");
+        }
+
+        if (extended && layout.Short)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"      tps      {u}/s    rqm/s   await  areq-sz  aqu-sz  %util");
+        }
+        else if (extended)
+        {
+            if (part is 0 or 1)
+            {
+                sb.Append(CultureInfo.InvariantCulture, $"     r/s     r{u}/s   rrqm/s  %rrqm r_await rareq-sz");
+            }
+
+            if (part is 0 or 2)
+            {
+                sb.Append(CultureInfo.InvariantCulture, $"     w/s     w{u}/s   wrqm/s  %wrqm w_await wareq-sz");
+            }
+
+            if (part is 0 or 3)
+            {
+                sb.Append(CultureInfo.InvariantCulture, $"     d/s     d{u}/s   drqm/s  %drqm d_await dareq-sz");
+            }
+
+            if (part is 0 or 4)
+            {
+                sb.Append("     f/s f_await  aqu-sz  %util");
+            }
+        }
+        else if (layout.Short)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"      tps    {u}_read/s     {u}_w+d/s    {u}_read     {u}_w+d");
+        }
+        else
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"      tps    {u}_read/s    {u}_wrtn/s    {u}_dscd/s    {u}_read    {u}_wrtn    {u}_dscd");
+        }
+
+        if (layout.Pretty)
+        {
+            sb.Append(" Device");
+        }
+
+        return sb.ToString();
+    }
 
     /// <summary>
     /// The row as <c>iostat -x</c> prints it: the name in 13 columns, then each value with
     /// <paramref name="decimals"/> decimals (<c>--dec</c>) in sysstat's widths; throughput in
     /// <paramref name="unit"/>, request sizes in kB whatever the unit, as sysstat's.
     /// </summary>
-    public static string FormatExtended(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2)
-    {
-        ArgumentNullException.ThrowIfNull(r);
-        var format = "F" + decimals.ToString(CultureInfo.InvariantCulture);
-        var per = Per(unit);
-        var sb = new StringBuilder();
-        sb.Append(CultureInfo.InvariantCulture, $"{r.Device,-13}");
-        void F(double value, int width) => sb.Append(' ').Append(value.ToString(format, CultureInfo.InvariantCulture).PadLeft(width));
-        F(r.ReadsPerSecond, 7); F(r.ReadKbPerSecond / per, 9); F(r.ReadMergesPerSecond, 8); F(r.ReadMergePercent, 6); F(r.ReadAwait, 7); F(r.ReadRequestKb, 8);
-        F(r.WritesPerSecond, 7); F(r.WriteKbPerSecond / per, 9); F(r.WriteMergesPerSecond, 8); F(r.WriteMergePercent, 6); F(r.WriteAwait, 7); F(r.WriteRequestKb, 8);
-        F(r.DiscardsPerSecond, 7); F(r.DiscardKbPerSecond / per, 9); F(r.DiscardMergesPerSecond, 8); F(r.DiscardMergePercent, 6); F(r.DiscardAwait, 7); F(r.DiscardRequestKb, 8);
-        F(r.FlushesPerSecond, 7); F(r.FlushAwait, 7); F(r.QueueSize, 7); F(r.Utilization, 6);
-        return sb.ToString();
-    }
+    public static string FormatExtended(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2) =>
+        Format(r, extended: true, new IostatLayout(unit, decimals));
 
     /// <summary>
     /// The row as plain <c>iostat</c> prints it: tps, then throughput per second and the amounts
     /// over the interval (whole units, truncated, as sysstat's integer division) in <paramref name="unit"/>.
     /// </summary>
-    public static string FormatBasic(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2)
+    public static string FormatBasic(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes, int decimals = 2) =>
+        Format(r, extended: false, new IostatLayout(unit, decimals));
+
+    /// <summary>
+    /// The row as sysstat's <c>write_plain_ext_stat</c> (<paramref name="extended"/>) or
+    /// <c>write_plain_basic_stat</c> prints it in <paramref name="layout"/>: the name first in 13
+    /// columns, or last after a space under <c>--pretty</c>; the short columns under <c>-s</c>
+    /// (<c>-xs</c>: tps, throughput, merges, await, areq-sz, aqu-sz and %util of reads, writes and
+    /// discards together; <c>-s</c>: writes and discards together); of the extended report only
+    /// <paramref name="part"/> when it is not 0. Under <c>--human</c> throughput, request sizes and
+    /// amounts are scaled to their unit (<c>k</c>, <c>M</c>, <c>G</c> ...: sysstat's
+    /// <c>cprintf_unit</c>, one decimal, none with <c>--dec=0</c>, whatever <c>-k</c> or <c>-m</c>
+    /// say) and percentages carry a <c>%</c> with one decimal less (<c>cprintf_xpc</c>).
+    /// </summary>
+    public static string Format(IostatRow r, bool extended, IostatLayout layout, int part = 0)
     {
         ArgumentNullException.ThrowIfNull(r);
-        var format = "F" + decimals.ToString(CultureInfo.InvariantCulture);
-        var per = Per(unit);
-        string F(double value, int width) => value.ToString(format, CultureInfo.InvariantCulture).PadLeft(width);
-        static string N(double value, int width) => Math.Floor(value).ToString("F0", CultureInfo.InvariantCulture).PadLeft(width);
-        return string.Create(CultureInfo.InvariantCulture,
-            $"{r.Device,-13} {F(r.TransfersPerSecond, 8)} {F(r.ReadKbPerSecond / per, 12)} {F(r.WriteKbPerSecond / per, 12)} {F(r.DiscardKbPerSecond / per, 12)} {N(r.KbRead / per, 10)} {N(r.KbWritten / per, 10)} {N(r.KbDiscarded / per, 10)}");
+        ArgumentNullException.ThrowIfNull(layout);
+        var per = Per(layout.Unit);
+        var format = "F" + layout.Decimals.ToString(CultureInfo.InvariantCulture);
+        var sb = new StringBuilder();
+        void F(double value, int width) => sb.Append(' ').Append(value.ToString(format, CultureInfo.InvariantCulture).PadLeft(width));
+        void Rate(double kb, int width)
+        {
+            if (layout.Human)
+            {
+                Scaled(sb, kb, width, layout.Decimals);
+            }
+            else
+            {
+                F(kb / per, width);
+            }
+        }
+
+        void Size(double kb, int width)
+        {
+            if (layout.Human)
+            {
+                Scaled(sb, kb, width, layout.Decimals);
+            }
+            else
+            {
+                F(kb, width);
+            }
+        }
+
+        void Amount(double kb, int width)
+        {
+            if (layout.Human)
+            {
+                Scaled(sb, kb, width, layout.Decimals);
+            }
+            else
+            {
+                sb.Append(' ').Append(Math.Floor(kb / per).ToString("F0", CultureInfo.InvariantCulture).PadLeft(width));
+            }
+        }
+
+        void P(double value, int width) => Percent(sb, value, width, layout.Decimals, layout.Human);
+
+        if (!layout.Pretty)
+        {
+            sb.Append(CultureInfo.InvariantCulture, $"{r.Device,-13}");
+        }
+
+        if (extended && layout.Short)
+        {
+            F(r.TransfersPerSecond, 8); Rate(r.KbPerSecond, 9); F(r.MergesPerSecond, 8); F(r.Await, 7); Size(r.RequestKb, 8); F(r.QueueSize, 7); P(r.Utilization, 6);
+        }
+        else if (extended)
+        {
+            if (part is 0 or 1)
+            {
+                F(r.ReadsPerSecond, 7); Rate(r.ReadKbPerSecond, 9); F(r.ReadMergesPerSecond, 8); P(r.ReadMergePercent, 6); F(r.ReadAwait, 7); Size(r.ReadRequestKb, 8);
+            }
+
+            if (part is 0 or 2)
+            {
+                F(r.WritesPerSecond, 7); Rate(r.WriteKbPerSecond, 9); F(r.WriteMergesPerSecond, 8); P(r.WriteMergePercent, 6); F(r.WriteAwait, 7); Size(r.WriteRequestKb, 8);
+            }
+
+            if (part is 0 or 3)
+            {
+                F(r.DiscardsPerSecond, 7); Rate(r.DiscardKbPerSecond, 9); F(r.DiscardMergesPerSecond, 8); P(r.DiscardMergePercent, 6); F(r.DiscardAwait, 7); Size(r.DiscardRequestKb, 8);
+            }
+
+            if (part is 0 or 4)
+            {
+                F(r.FlushesPerSecond, 7); F(r.FlushAwait, 7); F(r.QueueSize, 7); P(r.Utilization, 6);
+            }
+        }
+        else if (layout.Short)
+        {
+            F(r.TransfersPerSecond, 8); Rate(r.ReadKbPerSecond, 12); Rate(r.WriteKbPerSecond + r.DiscardKbPerSecond, 12);
+            Amount(r.KbRead, 10); Amount(r.KbWritten + r.KbDiscarded, 10);
+        }
+        else
+        {
+            F(r.TransfersPerSecond, 8); Rate(r.ReadKbPerSecond, 12); Rate(r.WriteKbPerSecond, 12); Rate(r.DiscardKbPerSecond, 12);
+            Amount(r.KbRead, 10); Amount(r.KbWritten, 10); Amount(r.KbDiscarded, 10);
+        }
+
+        if (layout.Pretty)
+        {
+            sb.Append(' ').Append(r.Device);
+        }
+
+        return sb.ToString();
     }
 
     /// <summary>
@@ -184,7 +340,16 @@ internal static class IostatReport
         return sb.Append('}').ToString();
     }
 
-    /// <summary>The row as <c>iostat -o JSON</c> writes it (sysstat's <c>write_json_basic_stat</c>): rates with 2 decimals, amounts as integers.</summary>
+    /// <summary>The row as <c>iostat -xs -o JSON</c> writes it (sysstat's <c>write_json_ext_stat</c> under <c>-s</c>).</summary>
+    public static string JsonExtendedShort(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        static string F(double value) => value.ToString("F2", CultureInfo.InvariantCulture);
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{{\"disk_device\": {IostatWriter.Json(r.Device)}, \"tps\": {F(r.TransfersPerSecond)}, \"{UnitName(unit)}/s\": {F(r.KbPerSecond / Per(unit))}, \"rqm/s\": {F(r.MergesPerSecond)}, \"await\": {F(r.Await)}, \"areq-sz\": {F(r.RequestKb)}, \"aqu-sz\": {F(r.QueueSize)}, \"util\": {F(r.Utilization)}}}");
+    }
+
+    /// <summary>The row as <c>iostat -o JSON</c> writes it (sysstat's <c>write_json_basic_stat</c>, which <c>-s</c> does not change): rates with 2 decimals, amounts as integers.</summary>
     public static string JsonBasic(IostatRow r, IostatUnit unit = IostatUnit.Kilobytes)
     {
         ArgumentNullException.ThrowIfNull(r);
@@ -196,7 +361,107 @@ internal static class IostatReport
             $"{{\"disk_device\": {IostatWriter.Json(r.Device)}, \"tps\": {F(r.TransfersPerSecond)}, \"{u}_read/s\": {F(r.ReadKbPerSecond / per)}, \"{u}_wrtn/s\": {F(r.WriteKbPerSecond / per)}, \"{u}_dscd/s\": {F(r.DiscardKbPerSecond / per)}, \"{u}_read\": {N(r.KbRead / per)}, \"{u}_wrtn\": {N(r.KbWritten / per)}, \"{u}_dscd\": {N(r.KbDiscarded / per)}}}");
     }
 
+    /// <summary>The header of the CPU report (sysstat's <c>write_plain_cpu_stat</c>).</summary>
+    public const string CpuHeader = "avg-cpu:  %user   %nice %system %iowait  %steal   %idle";
+
+    /// <summary>
+    /// The CPU use between two readings of the <c>cpu</c> line of <c>/proc/stat</c>, as sysstat's
+    /// iostat computes it (<c>rw_io_stat_loop</c>, <c>write_plain_cpu_stat</c>, common.c
+    /// <c>ll_sp_value</c>): each mode's delta over the delta of the total, the total being user,
+    /// nice, system, idle, iowait, irq, steal and softirq (not guest and guest_nice, which user and
+    /// nice already count, so %user and %nice include guest time); %system includes irq and
+    /// softirq; a mode whose counter went back reads 0; a total that did not move counts as 1 jiffy.
+    /// </summary>
+    public static IostatCpu ComputeCpu(CpuStatSample previous, CpuStatSample current)
+    {
+        static ulong Total(CpuStatSample s) => unchecked(s.User + s.Nice + s.System + s.Idle + s.Iowait + s.Irq + s.Steal + s.Softirq);
+        var total = unchecked(Total(current) - Total(previous));
+        total = total == 0 ? 1 : total;
+        double Share(ulong before, ulong after) => after < before ? 0.0 : (double)(after - before) / total * 100;
+        return new IostatCpu(
+            Share(previous.User, current.User),
+            Share(previous.Nice, current.Nice),
+            Share(unchecked(previous.System + previous.Softirq + previous.Irq), unchecked(current.System + current.Softirq + current.Irq)),
+            Share(previous.Iowait, current.Iowait),
+            Share(previous.Steal, current.Steal),
+            Share(previous.Idle, current.Idle));
+    }
+
+    /// <summary>
+    /// The values line of the CPU report: 7 spaces, then the six percentages in 8 columns each
+    /// with <paramref name="decimals"/> decimals, or under <paramref name="human"/> one decimal
+    /// less and a <c>%</c> (sysstat's <c>cprintf_xpc</c>).
+    /// </summary>
+    public static string FormatCpu(IostatCpu cpu, int decimals = 2, bool human = false)
+    {
+        ArgumentNullException.ThrowIfNull(cpu);
+        var sb = new StringBuilder("       ");
+        foreach (var value in new[] { cpu.User, cpu.Nice, cpu.System, cpu.Iowait, cpu.Steal, cpu.Idle })
+        {
+            Percent(sb, value, 7, decimals, human);
+        }
+
+        return sb.ToString();
+    }
+
+    /// <summary>The CPU report as <c>iostat -o JSON</c> writes it (sysstat's <c>write_json_cpu_stat</c>, two spaces after the colon as there).</summary>
+    public static string JsonCpu(IostatCpu cpu)
+    {
+        ArgumentNullException.ThrowIfNull(cpu);
+        static string F(double value) => value.ToString("F2", CultureInfo.InvariantCulture);
+        return $"\"avg-cpu\":  {{\"user\": {F(cpu.User)}, \"nice\": {F(cpu.Nice)}, \"system\": {F(cpu.System)}, \"iowait\": {F(cpu.Iowait)}, \"steal\": {F(cpu.Steal)}, \"idle\": {F(cpu.Idle)}}}";
+    }
+
+    // sysstat's cprintf_xpc: the value in WIDTH columns after a space; under --human one column and
+    // one decimal (of 2) less for the '%' that follows.
+    private static void Percent(StringBuilder sb, double value, int width, int decimals, bool human)
+    {
+        if (human)
+        {
+            width = Math.Max(width, 4) - 1;
+            decimals = decimals > 1 ? decimals - 1 : decimals;
+        }
+
+        sb.Append(' ').Append(value.ToString("F" + decimals.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture).PadLeft(width));
+        if (human)
+        {
+            sb.Append('%');
+        }
+    }
+
+    // sysstat's cprintf_unit: kilobytes scaled by 1024 while 1024 or more, one decimal (none with
+    // --dec=0) in WIDTH - 1 columns after a space, then the unit's letter.
+    private static void Scaled(StringBuilder sb, double kb, int width, int decimals)
+    {
+        const string Units = "sBkMGTP?";
+        var unit = 2;
+        while (kb >= 1024)
+        {
+            kb /= 1024;
+            unit++;
+        }
+
+        sb.Append(' ').Append(kb.ToString(decimals == 0 ? "F0" : "F1", CultureInfo.InvariantCulture).PadLeft(Math.Max(width, 4) - 1)).Append(Units[Math.Min(unit, Units.Length - 1)]);
+    }
+
     private static double Per(IostatUnit unit) => unit == IostatUnit.Kilobytes ? 1.0 : 1024.0;
 
     private static string UnitName(IostatUnit unit) => unit == IostatUnit.Kilobytes ? "kB" : "MB";
 }
+
+/// <summary>The CPU report of <c>actorblk iostat</c> (sysstat's <c>avg-cpu</c>): percentages of the node machine's CPU time over the interval.</summary>
+/// <param name="User">%user (guest time included).</param>
+/// <param name="Nice">%nice (guest_nice time included).</param>
+/// <param name="System">%system (irq and softirq included).</param>
+/// <param name="Iowait">%iowait.</param>
+/// <param name="Steal">%steal.</param>
+/// <param name="Idle">%idle.</param>
+internal sealed record IostatCpu(double User, double Nice, double System, double Iowait, double Steal, double Idle);
+
+/// <summary>How the tables are laid out.</summary>
+/// <param name="Unit"><c>-k</c> or <c>-m</c>.</param>
+/// <param name="Decimals"><c>--dec=N</c> (2 when not given).</param>
+/// <param name="Short"><c>-s</c>: the short device report.</param>
+/// <param name="Human"><c>--human</c> (and <c>-h</c>): values scaled to their unit, percentages with a <c>%</c>.</param>
+/// <param name="Pretty"><c>--pretty</c> (and <c>-h</c>): the device name last; the extended report in four parts.</param>
+internal sealed record IostatLayout(IostatUnit Unit = IostatUnit.Kilobytes, int Decimals = 2, bool Short = false, bool Human = false, bool Pretty = false);

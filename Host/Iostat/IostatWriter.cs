@@ -5,8 +5,9 @@ using System.Text;
 namespace ActorBlk.Host.Iostat;
 
 /// <summary>
-/// Writes <c>actorblk iostat</c>'s reports as sysstat's iostat lays them out: the banner, then per
-/// report the time (<c>-t</c>), the header and the rows and a blank line; or with <c>-o JSON</c>
+/// Writes <c>actorblk iostat</c>'s reports as sysstat's iostat lays them out: the banner and a
+/// blank line, then per report the time (<c>-t</c>), the CPU report, the device report and two
+/// blank lines (sysstat since 12.1.4; 12.0 wrote one); or with <c>-o JSON</c>
 /// sysstat's document (<c>print_gal_header</c>, <c>write_stats</c>, the closing brackets written
 /// on an interrupt too), tab-indented as sysstat's.
 /// </summary>
@@ -52,11 +53,21 @@ internal sealed class IostatWriter(TextWriter output, IostatOptions options)
         await output.FlushAsync().ConfigureAwait(false);
     }
 
-    /// <summary>One report, taken at <paramref name="at"/>.</summary>
-    public async Task ReportAsync(DateTimeOffset at, IReadOnlyList<IostatRow> rows)
+    /// <summary>
+    /// One report, taken at <paramref name="at"/>, laid out as sysstat's <c>write_stats</c> and
+    /// <c>rw_io_stat_loop</c> write it. In tables: the time (<c>-t</c>); the CPU report (its
+    /// header, its values and a blank line); the device report (its header and rows, in four
+    /// parts under <c>--pretty -x</c>, a blank line between parts); then the blank line that
+    /// ends <c>write_stats</c> and the one the loop writes after each report. In JSON: one
+    /// element of <c>statistics</c>, with <c>"avg-cpu"</c> before <c>"disk"</c>. The CPU report
+    /// is written when the options ask for it and <paramref name="cpu"/> is given; the device
+    /// report when they ask for it.
+    /// </summary>
+    public async Task ReportAsync(DateTimeOffset at, IReadOnlyList<IostatRow> rows, IostatCpu? cpu = null)
     {
         ArgumentNullException.ThrowIfNull(rows);
         var sb = new StringBuilder();
+        var withCpu = options.CpuReport && cpu is not null;
         if (options.Json)
         {
             // sysstat writes "," before the newline that ends the previous report's "}".
@@ -67,19 +78,29 @@ internal sealed class IostatWriter(TextWriter output, IostatOptions options)
                 sb.Append("\t\t\t\t\t\"timestamp\": ").Append(Json(Timestamp(at))).Append(",\n");
             }
 
-            sb.Append("\t\t\t\t\t\"disk\": [\n");
-            for (var i = 0; i < rows.Count; i++)
+            if (withCpu)
             {
-                sb.Append("\t\t\t\t\t\t").Append(options.Extended ? IostatReport.JsonExtended(rows[i], options.Unit) : IostatReport.JsonBasic(rows[i], options.Unit));
-                sb.Append(i + 1 < rows.Count ? ",\n" : "\n");
+                sb.Append("\t\t\t\t\t").Append(IostatReport.JsonCpu(cpu!)).Append(options.DiskReport ? ",\n" : "\n");
             }
 
-            if (rows.Count == 0)
+            if (options.DiskReport)
             {
-                sb.Append('\n');
+                sb.Append("\t\t\t\t\t\"disk\": [\n");
+                for (var i = 0; i < rows.Count; i++)
+                {
+                    sb.Append("\t\t\t\t\t\t").Append(!options.Extended ? IostatReport.JsonBasic(rows[i], options.Unit)
+                        : options.Short ? IostatReport.JsonExtendedShort(rows[i], options.Unit) : IostatReport.JsonExtended(rows[i], options.Unit));
+                    sb.Append(i + 1 < rows.Count ? ",\n" : "\n");
+                }
+
+                if (rows.Count == 0)
+                {
+                    sb.Append('\n');
+                }
+
+                sb.Append("\t\t\t\t\t]\n");
             }
 
-            sb.Append("\t\t\t\t\t]\n");
             sb.Append("\t\t\t\t}");
         }
         else
@@ -89,13 +110,32 @@ internal sealed class IostatWriter(TextWriter output, IostatOptions options)
                 sb.Append(Timestamp(at)).Append('\n');
             }
 
-            sb.Append(options.Extended ? IostatReport.ExtendedHeaderFor(options.Unit) : IostatReport.BasicHeaderFor(options.Unit)).Append('\n');
-            foreach (var row in rows)
+            if (withCpu)
             {
-                sb.Append(options.Extended ? IostatReport.FormatExtended(row, options.Unit, options.Decimals) : IostatReport.FormatBasic(row, options.Unit, options.Decimals)).Append('\n');
+                sb.Append(IostatReport.CpuHeader).Append('\n');
+                sb.Append(IostatReport.FormatCpu(cpu!, options.Decimals, options.Human)).Append("\n\n");
             }
 
-            sb.Append('\n');
+            if (options.DiskReport)
+            {
+                var layout = options.Layout;
+                var parts = options.Parts;
+                foreach (var part in parts)
+                {
+                    sb.Append(IostatReport.Header(options.Extended, layout, part)).Append('\n');
+                    foreach (var row in rows)
+                    {
+                        sb.Append(IostatReport.Format(row, options.Extended, layout, part)).Append('\n');
+                    }
+
+                    if (part > 0 && part < parts[^1])
+                    {
+                        sb.Append('\n');
+                    }
+                }
+            }
+
+            sb.Append("\n\n");
         }
 
         _reports++;

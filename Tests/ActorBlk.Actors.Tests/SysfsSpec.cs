@@ -389,6 +389,42 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(AttributeErrno.EACCES, (await Refused("uptime", "0")).Errno);
     }
 
+    // Not a sysfs file: the cpu line of the machine's /proc/stat as the kernel prints it, for
+    // iostat's avg-cpu report (sysstat reads /proc/stat). Read afresh: its counters lie between
+    // those of a direct read before and one after.
+    [SkippableFact]
+    public async Task Stat_is_the_cpu_line_of_the_machines_proc_stat_and_is_read_only()
+    {
+        Skip.IfNot(File.Exists(CpuStatSample.ProcStat), "no /proc/stat on this machine");
+        var before = CpuStatSample.Parse(File.ReadLines(CpuStatSample.ProcStat).First());
+        var text = Layer.ReadAttribute("stat");
+        var after = CpuStatSample.Parse(File.ReadLines(CpuStatSample.ProcStat).First());
+
+        Assert.Matches(@"^cpu  \d+( \d+){3,9}\n$", text);
+        var read = CpuStatSample.Parse(text);
+        foreach (var field in new Func<CpuStatSample, ulong>[] { s => s.User, s => s.Nice, s => s.System, s => s.Idle, s => s.Iowait, s => s.Irq, s => s.Softirq, s => s.Steal, s => s.Guest, s => s.GuestNice })
+        {
+            Assert.InRange(field(read), field(before), field(after));
+        }
+
+        Assert.True(read.Idle > 0);
+        Assert.StartsWith("cpu  ", Layer.ReadAttribute("/sys/stat"), StringComparison.Ordinal);
+        Assert.Contains("stat", Layer.ListAttributes(string.Empty));
+        Assert.Equal(AttributeErrno.EACCES, (await Refused("stat", "0")).Errno);
+    }
+
+    // As sysstat's read_stat_cpu: the fields an older kernel does not print read 0.
+    [Fact]
+    public void A_cpu_line_parses_as_sysstat_reads_it()
+    {
+        Assert.Equal(new CpuStatSample(96005, 2578701, 53845, 3617879, 60648, 27891, 25853, 0, 0, 0),
+            CpuStatSample.Parse("cpu  96005 2578701 53845 3617879 60648 27891 25853 0 0 0\n"));
+        Assert.Equal(new CpuStatSample(1, 2, 3, 4, 5, 6, 7, 0, 0, 0), CpuStatSample.Parse("cpu 1 2 3 4 5 6 7"));
+        Assert.Throws<FormatException>(() => CpuStatSample.Parse("cpu0 1 2 3 4 5 6 7"));
+        Assert.Throws<FormatException>(() => CpuStatSample.Parse("cpu  1 2 x 4"));
+        Assert.Null(CpuStatSample.ReadLine("/nonexistent/stat"));
+    }
+
     [Fact]
     public async Task Cpu_online_files_show_the_topology_and_writing_them_is_a_hotplug_event()
     {

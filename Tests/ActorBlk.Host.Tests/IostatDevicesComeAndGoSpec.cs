@@ -108,9 +108,10 @@ public sealed class IostatDevicesComeAndGoSpec : IAsyncLifetime
         Assert.Equal(0, await run.WaitAsync(Within));
     }
 
-    // The device rows of a basic report: Device tps kB_read/s kB_wrtn/s kB_dscd/s kB_read kB_wrtn kB_dscd.
+    // The device rows of a basic report: Device tps kB_read/s kB_wrtn/s kB_dscd/s kB_read kB_wrtn kB_dscd
+    // (the CPU report before them, its header and its values line, indented, are not rows).
     private static List<string[]> Rows(string report) =>
-        [.. report.Split('\n').Where(l => l.Length > 0 && !l.StartsWith("Device", StringComparison.Ordinal)).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))];
+        [.. report.Split('\n').Where(l => l.Length > 0 && l[0] != ' ' && !l.StartsWith("Device", StringComparison.Ordinal) && !l.StartsWith("avg-cpu:", StringComparison.Ordinal)).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))];
 
     // The sum of a column (kB_read 5, kB_wrtn 6) of the device's rows over the reports, read until
     // it reaches the amount or ten reports after the device first shows (then it falls short).

@@ -10,8 +10,8 @@ namespace ActorBlk.Host.Tests;
 /// <summary>
 /// `actorblk iostat -xz -o JSON -t` against a served node while fio's nbd engine keeps one of its
 /// two devices busy: the idle device is left out of every report (-z), the document is sysstat's
-/// and parses, and SIGTERM ends an unbounded run with the document closed and exit code 0, as
-/// sysstat's signal handler does.
+/// and parses (each entry with the node machine's avg-cpu before the devices), and SIGTERM ends
+/// an unbounded run with the document closed and exit code 0, as sysstat's signal handler does.
 /// </summary>
 [Collection(OwnResourceProcessesCollection.Name)]
 public sealed partial class IostatJsonSpec
@@ -63,7 +63,9 @@ public sealed partial class IostatJsonSpec
             Assert.Equal(2, statistics.GetArrayLength());
             foreach (var report in statistics.EnumerateArray())
             {
-                Assert.True(report.TryGetProperty("timestamp", out _));
+                // sysstat's entry: the time, the node machine's CPU use, the devices.
+                Assert.Equal(["timestamp", "avg-cpu", "disk"], report.EnumerateObject().Select(p => p.Name));
+                Assert.InRange(report.GetProperty("avg-cpu").EnumerateObject().Sum(p => p.Value.GetDouble()), 99.95, 100.05);
                 Assert.DoesNotContain(report.GetProperty("disk").EnumerateArray(), d => d.GetProperty("disk_device").GetString() == "idle0");
             }
 

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Host.Commands;
 using ActorBlk.Host.Iostat;
 using Xunit;
@@ -8,8 +9,9 @@ namespace ActorBlk.Host.Tests;
 
 /// <summary>
 /// sysstat's options of <c>actorblk iostat</c> (iostat.c's command line, <c>write_disk_stat_header</c>,
-/// <c>write_json_ext_stat</c>, <c>write_json_basic_stat</c>, <c>print_gal_header</c>): grouped
-/// flags, -k/-m, -t, -z, -o JSON and --dec, parsed and laid out as sysstat does.
+/// <c>write_json_ext_stat</c>, <c>write_json_basic_stat</c>, <c>print_gal_header</c>,
+/// <c>write_stats</c>): grouped flags, -c/-d, -k/-m, -s, -h/--human/--pretty, -N, -p, -t, -z, -o JSON
+/// and --dec, parsed and laid out as sysstat does.
 /// </summary>
 public sealed class IostatOptionsSpec
 {
@@ -38,6 +40,11 @@ public sealed class IostatOptionsSpec
         Assert.Equal(new IostatOptions(false, IostatUnit.Kilobytes, false, false, false, 2, o.Devices, 1.0, 1), o);
         Assert.Empty(o.Devices);
         Assert.False(o.Unfiltered);
+
+        // sysstat's default: the CPU report and the device report.
+        Assert.True(o.CpuReport);
+        Assert.True(o.DiskReport);
+        Assert.False(o.Short || o.Human || o.Pretty || o.Compact);
         Assert.Null(IostatOptions.Parse(["1"]).Count);
     }
 
@@ -86,7 +93,6 @@ public sealed class IostatOptionsSpec
     [Theory]
     [InlineData("-km")]              // sysstat: -k with -m is usage()
     [InlineData("-m", "-k")]
-    [InlineData("-c")]               // no CPU report: the node's CPU use is not read
     [InlineData("-xq")]
     [InlineData("-")]
     [InlineData("-o")]
@@ -95,7 +101,14 @@ public sealed class IostatOptionsSpec
     [InlineData("--dec=3")]
     [InlineData("--dec=")]
     [InlineData("--dec=10")]
-    [InlineData("--human")]
+    [InlineData("-G")]               // sysstat's other options: GB, groups, persistent names, -f, -U, -V
+    [InlineData("-g", "disks")]
+    [InlineData("-j", "ID")]
+    [InlineData("-f", "/tmp")]
+    [InlineData("-xU")]
+    [InlineData("-V")]
+    [InlineData("--debuginfo")]
+    [InlineData("-p", "nullb0,/dev/a/b")]
     [InlineData("1", "nullb0")]
     [InlineData("1", "2", "3")]
     public void Refused_options_are_usage_errors(params string[] operands)
@@ -107,6 +120,10 @@ public sealed class IostatOptionsSpec
     [InlineData("-dxz", "1", "1")]
     [InlineData("-o", "JSON", "-t", "1", "1")]
     [InlineData("--dec=1", "-m", "1", "1")]
+    [InlineData("-h", "1", "1")]     // sysstat's -h, not the help
+    [InlineData("-hc", "1", "1")]
+    [InlineData("-dsN", "-p", "ALL", "1", "1")]
+    [InlineData("-c", "--human", "--pretty", "--compact", "1", "1")]
     public async Task The_command_line_hands_sysstat_options_to_iostat_and_only_then_asks_the_node(params string[] args)
     {
         // Nothing listens on port 1: a command line iostat accepts fails to reach the node (1),
@@ -248,4 +265,247 @@ public sealed class IostatOptionsSpec
         Assert.StartsWith("nullb0 ", lines[4], StringComparison.Ordinal);
         Assert.Equal(string.Empty, lines[5]);
     }
+
+    // iostat.c main: -c and -d choose the reports, both when neither is given; -x, -p and a device
+    // name add the device report ("Also display DISK reports if options -p, -x or a device has
+    // been entered on the command line").
+    [Theory]
+    [InlineData(true, true)]
+    [InlineData(true, false, "-c")]
+    [InlineData(false, true, "-d")]
+    [InlineData(true, true, "-c", "-d")]
+    [InlineData(true, true, "-cd")]
+    [InlineData(true, true, "-c", "-x")]
+    [InlineData(true, true, "-c", "nullb0")]
+    [InlineData(true, true, "-cp")]
+    [InlineData(true, true, "-c", "-p", "nullb0")]
+    [InlineData(false, true, "-dx", "ALL", "1")]
+    [InlineData(true, false, "-cy", "-t", "2", "3")]
+    public void C_and_d_choose_the_reports(bool cpu, bool disk, params string[] operands)
+    {
+        var o = IostatOptions.Parse(operands);
+        Assert.Equal(cpu, o.CpuReport);
+        Assert.Equal(disk, o.DiskReport);
+    }
+
+    // sysstat's -p: a list names devices (and their partitions: an ActorBlk device has none, so
+    // -p nullb0 is nullb0 named) and reports them even unused; ALL in it, or -p without a list
+    // (the next word a number or an option, or -p grouped), is every device, as reading
+    // /proc/diskstats is; unused ones only under ALL or a list, as I_D_UNFILTERED has it.
+    [Fact]
+    public void P_names_devices_or_every_device_as_for_a_disk_without_partitions()
+    {
+        var listed = IostatOptions.Parse(["-p", "nullb0,/dev/nullb1", "1", "2"]);
+        Assert.Equal(["nullb0", "nullb1"], listed.Devices);
+        Assert.True(listed.Unfiltered);
+        Assert.Equal(1, listed.Interval);
+        Assert.Equal(2, listed.Count);
+
+        foreach (var all in new[] { new[] { "-p", "ALL" }, ["-p", "nullb0,ALL"], ["ALL"], ["-xp", "nullb0"], ["-p", "-x", "nullb0"] })
+        {
+            var o = IostatOptions.Parse(all);
+            Assert.Empty(o.Devices);
+            Assert.True(o.Unfiltered, string.Join(' ', all));
+        }
+
+        foreach (var every in new[] { new[] { "-p" }, ["-p", "1", "2"], ["-p", "-x"], ["-dp"], ["-x", "-p", "0.5"] })
+        {
+            var o = IostatOptions.Parse(every);
+            Assert.Empty(o.Devices);
+            Assert.False(o.Unfiltered, string.Join(' ', every));
+            Assert.True(o.DiskReport);
+        }
+
+        Assert.Equal(2, IostatOptions.Parse(["-p", "1", "2"]).Count);
+
+        // A list is an option's value: it may follow the interval, where a device name may not.
+        Assert.Equal(["nullb0"], IostatOptions.Parse(["1", "-p", "nullb0"]).Devices);
+    }
+
+    [Fact]
+    public void S_h_and_n_are_taken()
+    {
+        static IostatOptions Same(IostatOptions o) => o with { Devices = [] };
+        Assert.True(IostatOptions.Parse(["-s"]).Short);
+
+        // -h is --human and --pretty together.
+        var h = IostatOptions.Parse(["-xh"]);
+        Assert.True(h.Human && h.Pretty && h.Extended);
+        var human = IostatOptions.Parse(["--human"]);
+        Assert.True(human.Human && !human.Pretty);
+        var pretty = IostatOptions.Parse(["--pretty"]);
+        Assert.True(pretty.Pretty && !pretty.Human);
+
+        // --pretty breaks the extended report in four parts, unless -s, --compact or JSON.
+        Assert.Equal([1, 2, 3, 4], h.Parts);
+        Assert.Equal([0], IostatOptions.Parse(["-h"]).Parts);
+        Assert.Equal([0], IostatOptions.Parse(["-xhs"]).Parts);
+        Assert.Equal([0], IostatOptions.Parse(["-xh", "--compact"]).Parts);
+        Assert.Equal([0], IostatOptions.Parse(["-xh", "-o", "JSON"]).Parts);
+
+        // -N changes nothing: an ActorBlk device's name is its only name.
+        Assert.Equal(Same(IostatOptions.Parse(["-x", "nullb0"])), Same(IostatOptions.Parse(["-xN", "nullb0"])));
+    }
+
+    [Fact]
+    public void Headers_are_sysstats()
+    {
+        Assert.Equal("Device             tps    kB_read/s     kB_w+d/s    kB_read     kB_w+d", IostatReport.Header(false, new IostatLayout(Short: true)));
+        Assert.Equal("Device             tps    MB_read/s     MB_w+d/s    MB_read     MB_w+d", IostatReport.Header(false, new IostatLayout(IostatUnit.Megabytes, Short: true)));
+        Assert.Equal("Device             tps      kB/s    rqm/s   await  areq-sz  aqu-sz  %util", IostatReport.Header(true, new IostatLayout(Short: true)));
+        Assert.Equal("      tps    kB_read/s    kB_wrtn/s    kB_dscd/s    kB_read    kB_wrtn    kB_dscd Device", IostatReport.Header(false, new IostatLayout(Pretty: true)));
+        Assert.Equal("     r/s     rkB/s   rrqm/s  %rrqm r_await rareq-sz Device", IostatReport.Header(true, new IostatLayout(Pretty: true), 1));
+        Assert.Equal("     f/s f_await  aqu-sz  %util Device", IostatReport.Header(true, new IostatLayout(Pretty: true), 4));
+        Assert.Equal(IostatReport.ExtendedHeader, IostatReport.Header(true, new IostatLayout()));
+        Assert.Equal(IostatReport.BasicHeader, IostatReport.Header(false, new IostatLayout(Human: true)));
+    }
+
+    // sysstat's tests/root1 and root2 (avg-cpu 1.49 39.91 ..., then 2.15 12.50 ...).
+    private static readonly IostatCpu Cpu1 = IostatReport.ComputeCpu(default, CpuStatSample.Parse("cpu  96005 2578701 53845 3617879 60648 27891 25853 0 0 0"));
+    private static readonly IostatCpu Cpu2 = IostatReport.ComputeCpu(CpuStatSample.Parse("cpu  96005 2578701 53845 3617879 60648 27891 25853 0 0 0"), CpuStatSample.Parse("cpu  96538 2581805 54302 3638469 60677 27975 25897 0 0 0"));
+
+    [Fact]
+    public void Avg_cpu_values_follow_dec_and_human()
+    {
+        // tests/expected.iostat-human (--human) and expected.iostat-dec (--dec=1).
+        Assert.Equal("           1.5%   39.9%    1.7%    0.9%    0.0%   56.0%", IostatReport.FormatCpu(Cpu1, 2, human: true));
+        Assert.Equal("            1.5    39.9     1.7     0.9     0.0    56.0", IostatReport.FormatCpu(Cpu1, 1));
+        Assert.Equal("              1      40       2       1       0      56", IostatReport.FormatCpu(Cpu1, 0));
+        Assert.Equal(
+            "\"avg-cpu\":  {\"user\": 1.49, \"nice\": 39.91, \"system\": 1.67, \"iowait\": 0.94, \"steal\": 0.00, \"idle\": 56.00}",
+            IostatReport.JsonCpu(Cpu1));
+    }
+
+    // tests/expected.iostat-ct (iostat -ct 1 2), after its banner: the time, the CPU report and
+    // its blank line, the blank line write_stats ends with and the one the loop writes.
+    [Fact]
+    public async Task C_alone_is_laid_out_as_sysstats()
+    {
+        var text = await ReportsAsync(["-ct", "1", "2"], (Cpu1, []), (Cpu2, []));
+        Assert.Equal(
+            "\n" +
+            "06/01/20 12:53:20\n" +
+            "avg-cpu:  %user   %nice %system %iowait  %steal   %idle\n" +
+            "           1.49   39.91    1.67    0.94    0.00   56.00\n" +
+            "\n\n\n" +
+            "06/01/20 12:53:21\n" +
+            "avg-cpu:  %user   %nice %system %iowait  %steal   %idle\n" +
+            "           2.15   12.50    2.35    0.12    0.00   82.89\n" +
+            "\n\n\n",
+            AfterBanner(text));
+    }
+
+    // tests/expected.iostat (iostat 1 2) with its sda alone: the CPU report before each device
+    // report, two blank lines after each report.
+    [Fact]
+    public async Task The_cpu_report_comes_before_each_device_report_as_sysstats()
+    {
+        var sda = IostatReport.Compute("sda", default, DiskStatSample.Parse("49601 2822 3195498 623970 12180 9784 821088 117109 0 32862 714408 0 0 0 0"), 7_192_550);
+        var text = await ReportsAsync(["1", "2"], (Cpu1, [sda]), (Cpu2, [sda with { ReadsPerSecond = 0, WritesPerSecond = 0, ReadKbPerSecond = 0, WriteKbPerSecond = 0, KbRead = 0, KbWritten = 0 }]));
+        Assert.Equal(
+            "\n" +
+            "avg-cpu:  %user   %nice %system %iowait  %steal   %idle\n" +
+            "           1.49   39.91    1.67    0.94    0.00   56.00\n" +
+            "\n" +
+            "Device             tps    kB_read/s    kB_wrtn/s    kB_dscd/s    kB_read    kB_wrtn    kB_dscd\n" +
+            "sda               8.59       222.14        57.08         0.00    1597749     410544          0\n" +
+            "\n\n" +
+            "avg-cpu:  %user   %nice %system %iowait  %steal   %idle\n" +
+            "           2.15   12.50    2.35    0.12    0.00   82.89\n" +
+            "\n" +
+            "Device             tps    kB_read/s    kB_wrtn/s    kB_dscd/s    kB_read    kB_wrtn    kB_dscd\n" +
+            "sda               0.00         0.00         0.00         0.00          0          0          0\n" +
+            "\n\n",
+            AfterBanner(text));
+
+        // -d: the device report alone, as before.
+        var devices = await ReportsAsync(["-d", "1", "1"], (Cpu1, [sda]));
+        Assert.Equal("\n" + IostatReport.BasicHeader + "\n" + IostatReport.FormatBasic(sda) + "\n\n\n", AfterBanner(devices));
+    }
+
+    // tests/expected.iostat-x-pretty (iostat -x --pretty) with its sda alone: four parts, each
+    // with its header, a blank line between them.
+    [Fact]
+    public async Task Pretty_breaks_the_extended_report_in_four_parts_as_sysstat()
+    {
+        var sda = IostatReport.Compute("sda", default, DiskStatSample.Parse("49601 2822 3195498 623970 12180 9784 821088 117109 0 32862 714408 0 0 0 0"), 7_192_550);
+        var text = await ReportsAsync(["-x", "--pretty"], (Cpu1, [sda]));
+        Assert.Equal(
+            "\n" +
+            "avg-cpu:  %user   %nice %system %iowait  %steal   %idle\n" +
+            "           1.49   39.91    1.67    0.94    0.00   56.00\n" +
+            "\n" +
+            "     r/s     rkB/s   rrqm/s  %rrqm r_await rareq-sz Device\n" +
+            "    6.90    222.14     0.39   5.38   12.58    32.21 sda\n" +
+            "\n" +
+            "     w/s     wkB/s   wrqm/s  %wrqm w_await wareq-sz Device\n" +
+            "    1.69     57.08     1.36  44.55    9.61    33.71 sda\n" +
+            "\n" +
+            "     d/s     dkB/s   drqm/s  %drqm d_await dareq-sz Device\n" +
+            "    0.00      0.00     0.00   0.00    0.00     0.00 sda\n" +
+            "\n" +
+            "     f/s f_await  aqu-sz  %util Device\n" +
+            "    0.00    0.00    0.10   0.46 sda\n" +
+            "\n\n",
+            AfterBanner(text));
+    }
+
+    // tests/expected.iostat-x-p-ALL-JSON: "avg-cpu" before "disk" in each statistics entry; -c
+    // alone: "avg-cpu" without the comma and without "disk". -xs: write_json_ext_stat's short keys.
+    [Fact]
+    public async Task Json_entries_hold_avg_cpu_before_disk()
+    {
+        var sda = IostatReport.Compute("sda", default, DiskStatSample.Parse("49601 2822 3195498 623970 12180 9784 821088 117109 0 32862 714408 0 0 0 0"), 7_192_550);
+        var both = await ReportsAsync(["-xs", "-o", "JSON", "1", "2"], (Cpu1, [sda]), (Cpu2, [sda]));
+        Assert.Contains(
+            "\t\t\t\"statistics\": [\n" +
+            "\t\t\t\t{\n" +
+            "\t\t\t\t\t\"avg-cpu\":  {\"user\": 1.49, \"nice\": 39.91, \"system\": 1.67, \"iowait\": 0.94, \"steal\": 0.00, \"idle\": 56.00},\n" +
+            "\t\t\t\t\t\"disk\": [\n" +
+            "\t\t\t\t\t\t{\"disk_device\": \"sda\", \"tps\": 8.59, \"kB/s\": 279.22, \"rqm/s\": 1.75, \"await\": 12.00, \"areq-sz\": 32.51, \"aqu-sz\": 0.10, \"util\": 0.46}\n" +
+            "\t\t\t\t\t]\n" +
+            "\t\t\t\t},\n" +
+            "\t\t\t\t{\n" +
+            "\t\t\t\t\t\"avg-cpu\":  {\"user\": 2.15, ",
+            both,
+            StringComparison.Ordinal);
+        using (var document = JsonDocument.Parse(both))
+        {
+            var statistics = document.RootElement.GetProperty("sysstat").GetProperty("hosts")[0].GetProperty("statistics");
+            Assert.Equal(2, statistics.GetArrayLength());
+            Assert.Equal(["avg-cpu", "disk"], statistics[1].EnumerateObject().Select(p => p.Name));
+            Assert.Equal(82.89, statistics[1].GetProperty("avg-cpu").GetProperty("idle").GetDouble());
+        }
+
+        var cpu = await ReportsAsync(["-c", "-t", "-o", "JSON", "1", "1"], (Cpu1, []));
+        Assert.Contains(
+            "\t\t\t\t{\n" +
+            "\t\t\t\t\t\"timestamp\": \"06/01/20 12:53:20\",\n" +
+            "\t\t\t\t\t\"avg-cpu\":  {\"user\": 1.49, \"nice\": 39.91, \"system\": 1.67, \"iowait\": 0.94, \"steal\": 0.00, \"idle\": 56.00}\n" +
+            "\t\t\t\t}\n" +
+            "\t\t\t]\n",
+            cpu,
+            StringComparison.Ordinal);
+        using var cpuOnly = JsonDocument.Parse(cpu);
+        Assert.Equal(["timestamp", "avg-cpu"], cpuOnly.RootElement.GetProperty("sysstat").GetProperty("hosts")[0].GetProperty("statistics")[0].EnumerateObject().Select(p => p.Name));
+    }
+
+    // The writer's output for OPERANDS and one report per (CPU, rows), taken a second apart from
+    // 06/01/20 12:53:20 (the time of sysstat's test data), in the C locale's format.
+    private static async Task<string> ReportsAsync(string[] operands, params (IostatCpu Cpu, IostatRow[] Rows)[] reports)
+    {
+        using var text = new StringWriter();
+        var writer = new IostatWriter(text, IostatOptions.Parse(operands)) { Iso = false };
+        var at = new DateTimeOffset(2020, 6, 1, 12, 53, 20, TimeSpan.Zero);
+        await writer.BeginAsync("127.0.0.1:4053", 9, at);
+        for (var i = 0; i < reports.Length; i++)
+        {
+            await writer.ReportAsync(at.AddSeconds(i), reports[i].Rows, reports[i].Cpu);
+        }
+
+        await writer.EndAsync();
+        return text.ToString();
+    }
+
+    private static string AfterBanner(string text) => text[(text.IndexOf('\n', StringComparison.Ordinal) + 1)..];
 }

@@ -1,4 +1,5 @@
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Host.Commands;
 using ActorBlk.Host.Iostat;
 using Xunit;
@@ -124,6 +125,99 @@ public sealed class IostatSpec
         Assert.Equal(600, row.KbWritten, 6);
         Assert.Equal(1, row.WriteAwait, 6);                // 150 ticks / 150 writes
         Assert.Equal(12, row.Utilization, 6);              // 120 ms of 1000
+    }
+
+    // sysstat's own test data: the cpu lines of tests/root1 and tests/root2/proc/stat, and the
+    // avg-cpu values its expected outputs (tests/expected.iostat) hold for them.
+    private static readonly CpuStatSample Root1 = CpuStatSample.Parse("cpu  96005 2578701 53845 3617879 60648 27891 25853 0 0 0\n");
+    private static readonly CpuStatSample Root2 = CpuStatSample.Parse("cpu  96538 2581805 54302 3638469 60677 27975 25897 0 0 0\n");
+
+    [Fact]
+    public void Avg_cpu_is_sysstats_on_sysstats_own_test_data()
+    {
+        // The first report, since boot: every counter from 0. The total is user + nice + system +
+        // idle + iowait + irq + softirq + steal = 6460822 jiffies; %system adds irq and softirq.
+        var sinceBoot = IostatReport.ComputeCpu(default, Root1);
+        Assert.Equal(100.0 * 96005 / 6460822, sinceBoot.User, 9);
+        Assert.Equal(100.0 * 2578701 / 6460822, sinceBoot.Nice, 9);
+        Assert.Equal(100.0 * (53845 + 27891 + 25853) / 6460822, sinceBoot.System, 9);
+        Assert.Equal(100.0 * 60648 / 6460822, sinceBoot.Iowait, 9);
+        Assert.Equal(0, sinceBoot.Steal);
+        Assert.Equal(100.0 * 3617879 / 6460822, sinceBoot.Idle, 9);
+        Assert.Equal("           1.49   39.91    1.67    0.94    0.00   56.00", IostatReport.FormatCpu(sinceBoot));
+
+        // Then root1 to root2 (its second report).
+        Assert.Equal("           2.15   12.50    2.35    0.12    0.00   82.89", IostatReport.FormatCpu(IostatReport.ComputeCpu(Root1, Root2)));
+    }
+
+    // /proc/stat counts guest time in user (and guest_nice in nice): sysstat's iostat leaves it
+    // there and does not add guest or guest_nice to the total ("Don't add cpu_guest/cpu_guest_nice
+    // because cpu_user/cpu_nice already include them"). A counter that went back reads 0; a total
+    // that did not move is taken as 1 jiffy, so nothing divides by 0.
+    [Fact]
+    public void Guest_time_stays_in_user_and_out_of_the_total()
+    {
+        var before = CpuStatSample.Parse("cpu  1000 100 500 8000 200 50 50 100 300 20");
+        var after = CpuStatSample.Parse("cpu  1600 200 800 8500 300 100 150 200 700 60");
+
+        // Deltas: user 600 (guest 400 of it), nice 100 (guest_nice 40), system 300, idle 500,
+        // iowait 100, irq 50, softirq 100, steal 100: a total of 1850.
+        var cpu = IostatReport.ComputeCpu(before, after);
+        Assert.Equal(100.0 * 600 / 1850, cpu.User, 9);         // 32.43, not 200 / 1850 (guest taken out) nor 600 / 2290 (guest added)
+        Assert.Equal(100.0 * 100 / 1850, cpu.Nice, 9);
+        Assert.Equal(100.0 * 450 / 1850, cpu.System, 9);       // 300 + 50 + 100
+        Assert.Equal(100.0 * 100 / 1850, cpu.Iowait, 9);
+        Assert.Equal(100.0 * 100 / 1850, cpu.Steal, 9);
+        Assert.Equal(100.0 * 500 / 1850, cpu.Idle, 9);
+        Assert.Equal("          32.43    5.41   24.32    5.41    5.41   27.03", IostatReport.FormatCpu(cpu));
+
+        Assert.Equal(0, IostatReport.ComputeCpu(after, after with { Idle = 8490, User = 1610 }).Idle);
+        var still = IostatReport.ComputeCpu(after, after);
+        Assert.Equal(new IostatCpu(0, 0, 0, 0, 0, 0), still);
+    }
+
+    // sysstat's tests/root1 sda and sdq stat files, whose first report covers the 7192.55 s since
+    // boot (tests/root1/proc/uptime), and tests/root2 sdq 31.17 s later.
+    private static readonly DiskStatSample Sda = DiskStatSample.Parse("49601 2822 3195498 623970 12180 9784 821088 117109 0 32862 714408 0 0 0 0\n");
+    private static readonly DiskStatSample Sdq1 = DiskStatSample.Parse("49401 2722 3195008 622070 0 0 0 0 0 32562 714008 8638 547 362610 123000\n");
+    private static readonly DiskStatSample Sdq2 = DiskStatSample.Parse("49601 2822 3195498 623970 0 0 0 0 0 32862 714408 8738 627 363610 125000\n");
+
+    [Fact]
+    public void Short_and_human_rows_are_sysstats_on_sysstats_own_test_data()
+    {
+        var sda = IostatReport.Compute("sda", default, Sda, 7_192_550);
+        var sdq = IostatReport.Compute("sdq", default, Sdq1, 7_192_550);
+
+        // tests/expected.iostat (iostat 1 2), expected.iostat-s (iostat -s 1 2).
+        Assert.Equal("sda               8.59       222.14        57.08         0.00    1597749     410544          0", IostatReport.FormatBasic(sda));
+        Assert.Equal("sda               8.59       222.14        57.08    1597749     410544", IostatReport.Format(sda, extended: false, new IostatLayout(Short: true)));
+        Assert.Equal("sdq               8.07       222.11        25.21    1597504     181305", IostatReport.Format(sdq, extended: false, new IostatLayout(Short: true)));
+
+        // expected.iostat-xs (iostat -xs 2 3): await is (r + w + d ticks) / (r + w + d I/Os) =
+        // 741079 / 61781 = 12.00, areq-sz 4016586 sectors / 61781 / 2 = 32.51 kB.
+        Assert.Equal(741079.0 / 61781, sda.Await, 9);
+        Assert.Equal(4016586.0 / 61781 / 2, sda.RequestKb, 9);
+        Assert.Equal("sda               8.59    279.22     1.75   12.00    32.51    0.10   0.46", IostatReport.Format(sda, extended: true, new IostatLayout(Short: true)));
+        Assert.Equal("sdq               9.62     23.90     5.77   13.00     2.48    0.01   0.96", IostatReport.Format(IostatReport.Compute("sdq", Sdq1, Sdq2, 31_170), extended: true, new IostatLayout(Short: true)));
+
+        // expected.iostat-human (iostat --human) and expected.iostat-h (iostat -dh -p ALL):
+        // kB scaled by 1024 while 1024 or more, one decimal, its unit's letter; -h also puts the
+        // name last.
+        Assert.Equal("sda               8.59       222.1k        57.1k         0.0k       1.5G     400.9M       0.0k", IostatReport.Format(sda, extended: false, new IostatLayout(Human: true)));
+        Assert.Equal("     8.59       222.1k        57.1k         0.0k       1.5G     400.9M       0.0k sda", IostatReport.Format(sda, extended: false, new IostatLayout(Human: true, Pretty: true)));
+        Assert.Equal("     8.07       222.1k         0.0k        25.2k       1.5G       0.0k     177.1M sdq", IostatReport.Format(sdq, extended: false, new IostatLayout(Human: true, Pretty: true)));
+
+        // expected.iostat-x-pretty (iostat -x --pretty): the extended report in four parts.
+        var pretty = new IostatLayout(Pretty: true);
+        Assert.Equal("    6.90    222.14     0.39   5.38   12.58    32.21 sda", IostatReport.Format(sda, extended: true, pretty, part: 1));
+        Assert.Equal("    1.69     57.08     1.36  44.55    9.61    33.71 sda", IostatReport.Format(sda, extended: true, pretty, part: 2));
+        Assert.Equal("    0.00      0.00     0.00   0.00    0.00     0.00 sda", IostatReport.Format(sda, extended: true, pretty, part: 3));
+        Assert.Equal("    0.00    0.00    0.10   0.46 sda", IostatReport.Format(sda, extended: true, pretty, part: 4));
+
+        // -x --human (by sysstat's cprintf_unit and cprintf_xpc): throughput and sizes scaled,
+        // percentages with one decimal and a %.
+        Assert.Equal("sda              6.90    222.1k     0.39   5.4%   12.58    32.2k    1.69     57.1k     1.36  44.5%    9.61    33.7k    0.00      0.0k     0.00   0.0%    0.00     0.0k    0.00    0.00    0.10   0.5%",
+            IostatReport.Format(sda, extended: true, new IostatLayout(Human: true)));
     }
 
     private static IostatCommand.Sampling Sampling(double seconds, params (string Name, DiskStatSample Stat)[] devices) =>
