@@ -67,7 +67,7 @@ internal static class ClusterJoin
     }
 
     /// <summary>Waits until this node is Up and the registry resolves <paramref name="name"/>, then opens it.</summary>
-    /// <exception cref="CommandFailedException">The cluster or the device did not appear within <paramref name="within"/>.</exception>
+    /// <exception cref="CommandFailedException">The cluster or the device did not appear within <paramref name="within"/>, or it cannot be reached (no NBD export).</exception>
     /// <exception cref="UsageException">The name is ambiguous.</exception>
     public static async Task<ClusterBlockDevice> OpenAsync(ActorSystem system, string name, DeviceOptions template, TimeSpan within)
     {
@@ -90,6 +90,11 @@ internal static class ClusterJoin
         catch (AmbiguousClusterDeviceException ex)
         {
             throw new UsageException($"option --device: {ex.Message}");
+        }
+        catch (ClusterDeviceNotFoundException ex)
+        {
+            // Listed but not reachable (no NBD export): a failure (1), not a stack trace.
+            throw new CommandFailedException($"option --device: {ex.Message}");
         }
     }
 

@@ -142,7 +142,7 @@ internal static class CommandLine
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;
         }
-        catch (Exception ex) when (ex is CommandFailedException or ActorBlk.Actors.Serialization.AdminSecretException)
+        catch (Exception ex) when (ex is CommandFailedException or ActorBlk.Actors.Serialization.AdminSecretException or ActorBlk.Actors.Clustering.ClusterDeviceNotFoundException)
         {
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);
             return 1;

@@ -214,9 +214,19 @@ internal static class IostatCommand
         foreach (var range in list.Trim().Split(',', StringSplitOptions.RemoveEmptyEntries))
         {
             var dash = range.IndexOf('-', StringComparison.Ordinal);
-            count += dash < 0
-                ? 1
-                : int.Parse(range.AsSpan(dash + 1), CultureInfo.InvariantCulture) - int.Parse(range.AsSpan(0, dash), CultureInfo.InvariantCulture) + 1;
+            if (dash < 0)
+            {
+                count++;
+            }
+            else if (int.TryParse(range.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out var first) &&
+                     int.TryParse(range.AsSpan(dash + 1), NumberStyles.None, CultureInfo.InvariantCulture, out var last) && last >= first)
+            {
+                count += last - first + 1;
+            }
+            else
+            {
+                throw new IostatException($"the node's {CpuAttributes.Root}present is not a CPU list: '{list.Trim()}'.");
+            }
         }
 
         return count;
@@ -340,7 +350,16 @@ internal static class IostatCommand
             switch (reply)
             {
                 case Sysfs.Value value:
-                    result[name] = (DiskStatSample.Parse(value.Text), at);
+                    try
+                    {
+                        result[name] = (DiskStatSample.Parse(value.Text), at);
+                    }
+                    catch (FormatException ex)
+                    {
+                        // A failure of the node's answer (1), not a configuration error (2).
+                        throw new IostatException($"the node's block/{name}/stat: {ex.Message}");
+                    }
+
                     break;
                 case Sysfs.Failed failed when devices.Count == 0 || failed.Errno == "ENOENT":
                     // Unregistered between the listing and the read (hotplug), or named and not

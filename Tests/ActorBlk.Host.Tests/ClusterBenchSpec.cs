@@ -95,7 +95,7 @@ public sealed partial class ClusterBenchSpec
     }
 
     [Fact]
-    public async Task A_mirror_whose_member_on_another_node_cannot_be_opened_fails_the_bench_with_exit_1_not_a_usage_error()
+    public async Task A_device_of_another_node_that_cannot_be_opened_fails_the_bench_with_exit_1_not_a_usage_error_or_a_stack_trace()
     {
         // README: a device that cannot be opened is a failure (1); the bench exited 2 (an outside
         // audit). The owner serves no NBD, so its far0 cannot be opened here (whether the registry
@@ -126,6 +126,17 @@ public sealed partial class ClusterBenchSpec
             Assert.Equal(1, await bench.WaitForExitAsync(Within));
             Assert.True(bench.StandardError.Contains($"device 'md0': option 'members': member 'far0@{node}'", StringComparison.Ordinal), bench.StandardError);
             Assert.DoesNotContain("--help", bench.StandardError, StringComparison.Ordinal);
+
+            // The owner's device itself, opened by name: the registry lists it, but with no NBD
+            // export it cannot be reached. This printed "actorblk: failed:" and a stack trace
+            // (the open's ClusterDeviceNotFoundException was handled only inside a device option).
+            await using var direct = ActorBlkProcess.Start("bench", $"--join={node}", "--config", benchConfig, "--device=far0", "--rw=read", "--bs=4k",
+                "--size=1m", "--jit_warmup=0", "--eta=never");
+            Assert.Equal(1, await direct.WaitForExitAsync(Within));
+            Assert.True(direct.StandardError.Contains("actorblk: option --device: ", StringComparison.Ordinal), direct.StandardError);
+            Assert.True(direct.StandardError.Contains("far0", StringComparison.Ordinal), direct.StandardError);
+            Assert.DoesNotContain("failed:", direct.StandardError, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", direct.StandardError, StringComparison.Ordinal);
 
             owner.Terminate();
             Assert.Equal(0, await owner.WaitForExitAsync(Within));

@@ -119,25 +119,60 @@ public sealed class IostatCpuSpec : IAsyncLifetime
         }
     }
 
+    [Theory]
+    [InlineData("10 0 eighty 5 0 0 0 0 0 5 5 0 0 0 0 0 0\n", "0-1\n", "the node's block/nullb0/stat")]
+    [InlineData("10 0 80 5 0 0 0 0 0 5 5 0 0 0 0 0 0\n", "0-x\n", "the node's devices/system/cpu/present is not a CPU list: '0-x'")]
+    public async Task A_node_answer_that_does_not_parse_is_a_failure_not_a_configuration_error(string stat, string present, string expected)
+    {
+        // A malformed answer from the node (a stat line or CPU list that does not parse) ended
+        // iostat as "configuration: ..." with exit 2 (a FormatException out of RunAsync): it is a
+        // failure of the node's answer, exit 1, naming the attribute.
+        var config = ConfigurationFactory.ParseString("""
+            akka.loglevel = WARNING
+            akka.actor.provider = remote
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, port = 0 }
+            """).WithFallback(ActorBlkRemoting.SerializerConfig);
+        var bare = ActorSystem.Create(NodeConfig.SystemName, config);
+        try
+        {
+            bare.ActorOf(Props.Create(() => new StandIn(stat, present)), BlockLayer.GuardianName);
+            var address = ((ExtendedActorSystem)bare).Provider.DefaultAddress.ToString();
+
+            using var output = new StringWriter();
+            using var error = new StringWriter();
+            Assert.Equal(1, await IostatCommand.RunAsync(address, null, IostatOptions.Parse(["-d"]), output, error: error).WaitAsync(Within));
+            Assert.Contains("actorblk: " + expected, error.ToString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            await bare.Terminate();
+        }
+    }
+
     private sealed class StandIn : ReceiveActor
     {
         public StandIn()
+            : this("10 0 80 5 0 0 0 0 0 5 5 0 0 0 0 0 0\n", "0-1\n")
         {
-            var sysfs = Context.ActorOf(Props.Create(() => new StandInSysfs()), Sysfs.ActorName);
+        }
+
+        public StandIn(string stat, string present)
+        {
+            var sysfs = Context.ActorOf(Props.Create(() => new StandInSysfs(stat, present)), Sysfs.ActorName);
             ReceiveAny(message => sysfs.Forward(message));
         }
     }
 
     private sealed class StandInSysfs : ReceiveActor
     {
-        public StandInSysfs()
+        public StandInSysfs(string stat, string present)
         {
             Receive<Sysfs.List>(_ => Sender.Tell(new Sysfs.Listing(["block/nullb0/stat"])));
             Receive<Sysfs.Read>(read => Sender.Tell(read.Path switch
             {
                 "uptime" => new Sysfs.Value(read.Path, "10.00\n"),
-                "devices/system/cpu/present" => new Sysfs.Value(read.Path, "0-1\n"),
-                "block/nullb0/stat" => new Sysfs.Value(read.Path, "10 0 80 5 0 0 0 0 0 5 5 0 0 0 0 0 0\n"),
+                "devices/system/cpu/present" => new Sysfs.Value(read.Path, present),
+                "block/nullb0/stat" => new Sysfs.Value(read.Path, stat),
                 _ => (object)new Sysfs.Failed(read.Path, "ENOENT", "no such attribute"),
             }));
         }
