@@ -56,7 +56,7 @@ public sealed partial class BlockLayer
     /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
     /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
     public async ValueTask WriteAttributeAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(path);

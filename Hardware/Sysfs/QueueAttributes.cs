@@ -74,7 +74,7 @@ public sealed class AttributeTree
     }
 
     /// <summary>Writes an attribute.</summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only) or EINVAL (refused value); nothing changed.</exception>
+    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
@@ -119,7 +119,7 @@ public sealed class QueueAttributes
     public string Read(string path) => Live(path).Read(path);
 
     /// <summary>Writes an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES or EINVAL; nothing changed.</exception>
+    /// <exception cref="AttributeException">ENOENT, EACCES, EINVAL or ERANGE; nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value) => Live(path).WriteAsync(path, value);
 
     /// <summary>Builds the tree of the queue's current mapping and publishes it.</summary>
@@ -185,9 +185,18 @@ public sealed class QueueAttributes
         });
 
         // §7 item 7 [cur]: always -1; a write must be a number >= -1 (the hybrid-poll rule) and is then ignored.
+        // queue_poll_delay_store parses with kstrtoint and returns its error: a number past an int is
+        // ERANGE, not EINVAL (2147483648 was EINVAL; an outside CLI fuzzing audit).
         Add(queueDir + "io_poll_delay", () => "-1\n", (path, text) =>
         {
-            if (!int.TryParse(Chomp(text), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var delay) || delay < -1)
+            if (KernelNumbers.ToInt32(text, out var delay) is { } errno)
+            {
+                throw new AttributeException(path, errno, errno == AttributeErrno.ERANGE
+                    ? $"'{Chomp(text)}' is out of range: not an int (kstrtoint); a delay is -1 or 0 to {int.MaxValue} microseconds"
+                    : $"'{Chomp(text)}' is not -1 or a delay in microseconds");
+            }
+
+            if (delay < -1)
             {
                 throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not -1 or a delay in microseconds");
             }
@@ -392,19 +401,26 @@ public sealed class QueueAttributes
     private static string Chomp(string text) => text.EndsWith('\n') ? text[..^1] : text;
 
     // queue_var_store: kstrtoul, base 10, then at most UINT_MAX (§11.3 item 10): an unsigned decimal
-    // with one optional leading '+' and one trailing newline. Also the rule of md's numeric
-    // attributes (kstrtouint), which the mirror's use.
+    // with one optional leading '+' and one trailing newline. Every error, overflow included, is
+    // EINVAL: queue_var_store returns -EINVAL whatever kstrtoul said.
     internal static ulong ParseUnsigned(string path, string text)
     {
-        var digits = Chomp(text);
-        var unsigned = digits.StartsWith('+') ? digits.AsSpan(1) : digits.AsSpan();
-        if (!ulong.TryParse(unsigned, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)
+        if (KernelNumbers.ToUInt64(text, out var value) is not null || value > uint.MaxValue)
         {
-            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{digits}' is not an unsigned number up to {uint.MaxValue}");
+            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not an unsigned number up to {uint.MaxValue}");
         }
 
         return value;
     }
+
+    // kstrtouint, base 10, its error returned as it is (md's min_sync_store and max_sync_store): the
+    // same text as ParseUnsigned, but a number above UINT_MAX is ERANGE.
+    internal static uint ParseUInt32(string path, string text) => KernelNumbers.ToUInt32(text, out var value) switch
+    {
+        null => value,
+        AttributeErrno.ERANGE => throw new AttributeException(path, AttributeErrno.ERANGE, $"'{Chomp(text)}' is out of range: at most {uint.MaxValue} (kstrtouint)"),
+        var errno => throw new AttributeException(path, errno.Value, $"'{Chomp(text)}' is not an unsigned number up to {uint.MaxValue}"),
+    };
 
     // blk_mq_hw_sysfs_cpus_show: "0, 1, 2, 3\n", entries that do not fit in the page left out.
     private static string CpuList(Topology.CpuSet cpus)

@@ -483,6 +483,46 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
     }
 
+    // An outside CLI fuzzing audit: io_poll_delay was EINVAL for 2147483648, where the kernel's
+    // queue_poll_delay_store returns kstrtoint's ERANGE. The queue_var_store attributes (and
+    // io_timeout's kstrtou32) turn every error into EINVAL, overflow included, and stay so.
+    [Fact]
+    public async Task A_number_past_the_type_is_ERANGE_where_the_store_returns_kstrtos_error_and_EINVAL_where_queue_var_store_parses()
+    {
+        await Create("sd10");
+        const string Delay = "block/sd10/queue/io_poll_delay";
+        foreach (var value in new[] { "2147483648", "2147483648\n", "-2147483649", "9223372036854775808", "-9223372036854775809", "99999999999999999999", "99999999999999999999x" })
+        {
+            var refused = await Refused(Delay, value);
+            Assert.True(refused.Errno == AttributeErrno.ERANGE, $"'{value}': {refused.Errno} {refused.Reason}");
+        }
+
+        foreach (var value in new[] { "-2", "-2147483648", "", "\n", "+", "-", "+-1", "-+1", " 1", "1 ", "0x10", "1\n\n", "1x" })
+        {
+            var refused = await Refused(Delay, value);
+            Assert.True(refused.Errno == AttributeErrno.EINVAL, $"'{value}': {refused.Errno} {refused.Reason}");
+        }
+
+        foreach (var value in new[] { "2147483647", "-1", "-0", "+0", "+50\n" })
+        {
+            await Layer.WriteAttributeAsync(Delay, value);
+            Assert.Equal("-1\n", Layer.ReadAttribute(Delay));
+        }
+
+        foreach (var attribute in new[] { "nr_requests", "rq_affinity", "io_timeout", "nomerges", "max_sectors_kb", "read_only", "rotational", "discard_max_bytes" })
+        {
+            var path = $"block/sd10/queue/{attribute}";
+            var before = Layer.ReadAttribute(path);
+            foreach (var value in new[] { "4294967296", "18446744073709551616", "99999999999999999999999x" })
+            {
+                var refused = await Refused(path, value);
+                Assert.True(refused.Errno == AttributeErrno.EINVAL, $"{attribute} '{value}': {refused.Errno} {refused.Reason}");
+            }
+
+            Assert.Equal(before, Layer.ReadAttribute(path));
+        }
+    }
+
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
         !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
 }
