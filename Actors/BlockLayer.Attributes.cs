@@ -39,9 +39,11 @@ public sealed partial class BlockLayer
     {
         ArgumentNullException.ThrowIfNull(prefix);
         var p = Normalize(prefix);
-        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()))
-            .Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
+        return AllAttributes().Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
+
+    private IEnumerable<string> AllAttributes() =>
+        CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()));
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
@@ -49,7 +51,7 @@ public sealed partial class BlockLayer
     /// decimals, as <c>/proc/uptime</c>'s first field), <c>stat</c> (the <c>cpu</c> line of the
     /// machine's <c>/proc/stat</c>) ...
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT: no such device or attribute (<c>stat</c> on a machine without <c>/proc/stat</c>).</exception>
+    /// <exception cref="AttributeException">ENOENT: no such device or attribute (<c>stat</c> on a machine without <c>/proc/stat</c>); EISDIR: the path is a directory (<c>block/nullb0/queue</c>); EACCES: the attribute is write-only.</exception>
     public string ReadAttribute(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -66,14 +68,21 @@ public sealed partial class BlockLayer
             return CpuStatSample.ReadLine() ?? throw new AttributeException(p, AttributeErrno.ENOENT, $"the node's machine has no {CpuStatSample.ProcStat}");
         }
 
-        return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
+        try
+        {
+            return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
+        }
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
+        }
     }
 
     /// <summary>
     /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
     /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only), EINVAL (refused value), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
     public async ValueTask WriteAttributeAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -86,11 +95,29 @@ public sealed partial class BlockLayer
 
         if (!CpuAttributes.Owns(p))
         {
-            await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
+            try
+            {
+                await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
+            }
+            catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+            {
+                throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
+            }
+
             return;
         }
 
-        var (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
+        int cpu;
+        bool online;
+        try
+        {
+            (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
+        }
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
+        }
+
         try
         {
             await SetCpuOnlineAsync(cpu, online).ConfigureAwait(false);
@@ -149,11 +176,33 @@ public sealed partial class BlockLayer
             : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
     }
 
-    // As a path walk does: surrounding blanks and slashes dropped, repeated slashes taken as one
+    // A directory of the tree: the root ("/", "/sys"), one above the devices' trees (block,
+    // kernel/debug/block, devices/system/cpu, cpu<N>) or one inside a device's (block/<dev>/queue).
+    // The empty path is no directory: it names nothing, as open("") is ENOENT.
+    private bool IsDirectory(string path, string normalized)
+    {
+        if (path.Length == 0)
+        {
+            return false;
+        }
+
+        if (normalized.Length == 0)
+        {
+            return true;
+        }
+
+        var directory = normalized + "/";
+        return AllAttributes().Any(p => p.StartsWith(directory, StringComparison.Ordinal));
+    }
+
+    // As a path walk does: surrounding slashes dropped, repeated slashes taken as one
     // ("block//nullb0/stat" is block/nullb0/stat, as `cat /sys/block//nullb0/stat` reads it).
+    // Blanks and control characters are part of a name, as they are to open(2): no attribute has
+    // one, so "block/nullb0/size\n" or " block/nullb0/size" is ENOENT. The path was trimmed, and
+    // both read the size (an outside CLI fuzzing audit).
     private static string Normalize(string path)
     {
-        var p = path.Trim();
+        var p = path;
         while (p.Contains("//", StringComparison.Ordinal))
         {
             p = p.Replace("//", "/", StringComparison.Ordinal);

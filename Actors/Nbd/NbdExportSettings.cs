@@ -96,11 +96,14 @@ public sealed record NbdExportSettings(
     }
 
     /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>
-    /// <exception cref="ConfigurationException">The text is none of these.</exception>
+    /// <exception cref="ConfigurationException">The text is none of these (the empty text included).</exception>
     public static IPEndPoint? ParseListen(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (text is "off" or "false" or "")
+
+        // Off is spelled off (or HOCON's false): an empty value was taken as off, so `listen = ""`
+        // and `serve --nbd-listen ''` turned the export off in silence (an outside CLI fuzzing audit).
+        if (text is "off" or "false")
         {
             return null;
         }

@@ -17,6 +17,12 @@ public enum AttributeErrno
 
     /// <summary>No such device: the name written names no device that can be opened (md's <c>md/new_dev</c>, as the kernel's open of a device number that has none).</summary>
     ENXIO,
+
+    /// <summary>A number too large (or too small) for the attribute's type, as <c>kstrtoint</c> and <c>kstrtouint</c> return it (<c>io_poll_delay</c>, md's <c>sync_speed_min</c>).</summary>
+    ERANGE,
+
+    /// <summary>The path names a directory of the tree, not an attribute (a read or a write, as <c>open(2)</c> of a sysfs directory).</summary>
+    EISDIR,
 }
 
 /// <summary>A refused attribute read or write; nothing changed.</summary>

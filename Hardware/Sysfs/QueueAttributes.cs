@@ -47,16 +47,17 @@ internal sealed record AttributeFile(Func<string>? Show, Func<string, string, Va
 public sealed class AttributeTree
 {
     private readonly SortedDictionary<string, AttributeFile> _files;
+    private readonly string[] _paths;
 
     internal AttributeTree(SortedDictionary<string, AttributeFile> files, long version)
     {
         _files = files;
         Version = version;
-        Paths = [.. files.Keys];
+        _paths = [.. files.Keys];
     }
 
     /// <summary>Every attribute path of the snapshot, sorted.</summary>
-    public IReadOnlyList<string> Paths { get; }
+    public IReadOnlyList<string> Paths => _paths;
 
     /// <summary>Counts the snapshots of one disk: each re-map publishes the next.</summary>
     public long Version { get; }
@@ -65,7 +66,7 @@ public sealed class AttributeTree
     public bool Contains(string path) => _files.ContainsKey(path);
 
     /// <summary>Reads an attribute: at most one page (4095 characters).</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute; EACCES: the attribute is write-only.</exception>
+    /// <exception cref="AttributeException">ENOENT: no such attribute; EISDIR: the path is a directory; EACCES: the attribute is write-only.</exception>
     public string Read(string path)
     {
         var show = Find(path).Show ?? throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is write-only");
@@ -74,7 +75,7 @@ public sealed class AttributeTree
     }
 
     /// <summary>Writes an attribute.</summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES (read-only) or EINVAL (refused value); nothing changed.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
@@ -90,9 +91,32 @@ public sealed class AttributeTree
     private AttributeFile Find(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        return _files.TryGetValue(path.Trim('/'), out var file)
-            ? file
-            : throw new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
+        var key = path.Trim('/');
+        if (_files.TryGetValue(key, out var file))
+        {
+            return file;
+        }
+
+        // A directory of the tree (block/<dev>/queue): EISDIR, as open(2) of a sysfs directory for
+        // reading a file's text or for writing; it was ENOENT (an outside CLI fuzzing audit).
+        throw IsDirectory(key)
+            ? new AttributeException(path, AttributeErrno.EISDIR, "is a directory")
+            : new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
+    }
+
+    // True when some attribute's path goes on under "key/". The paths are sorted ordinally, so the
+    // first at or after "key/" is under it if any is.
+    private bool IsDirectory(string key)
+    {
+        if (key.Length == 0)
+        {
+            return false;
+        }
+
+        var directory = key + "/";
+        var at = Array.BinarySearch(_paths, directory, StringComparer.Ordinal);
+        at = at < 0 ? ~at : at;
+        return at < _paths.Length && _paths[at].StartsWith(directory, StringComparison.Ordinal);
     }
 }
 
@@ -115,11 +139,11 @@ public sealed class QueueAttributes
     public IReadOnlyList<string> List() => Current is { } tree && !_queue.IsDying ? tree.Paths : [];
 
     /// <summary>Reads an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EACCES: the attribute is write-only.</exception>
+    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EISDIR: the path is a directory; EACCES: the attribute is write-only.</exception>
     public string Read(string path) => Live(path).Read(path);
 
     /// <summary>Writes an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT, EACCES or EINVAL; nothing changed.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR, EACCES, EINVAL or ERANGE; nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value) => Live(path).WriteAsync(path, value);
 
     /// <summary>Builds the tree of the queue's current mapping and publishes it.</summary>
@@ -185,9 +209,18 @@ public sealed class QueueAttributes
         });
 
         // §7 item 7 [cur]: always -1; a write must be a number >= -1 (the hybrid-poll rule) and is then ignored.
+        // queue_poll_delay_store parses with kstrtoint and returns its error: a number past an int is
+        // ERANGE, not EINVAL (2147483648 was EINVAL; an outside CLI fuzzing audit).
         Add(queueDir + "io_poll_delay", () => "-1\n", (path, text) =>
         {
-            if (!int.TryParse(Chomp(text), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var delay) || delay < -1)
+            if (KernelNumbers.ToInt32(text, out var delay) is { } errno)
+            {
+                throw new AttributeException(path, errno, errno == AttributeErrno.ERANGE
+                    ? $"'{Chomp(text)}' is out of range: not an int (kstrtoint); a delay is -1 or 0 to {int.MaxValue} microseconds"
+                    : $"'{Chomp(text)}' is not -1 or a delay in microseconds");
+            }
+
+            if (delay < -1)
             {
                 throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not -1 or a delay in microseconds");
             }
@@ -392,19 +425,26 @@ public sealed class QueueAttributes
     private static string Chomp(string text) => text.EndsWith('\n') ? text[..^1] : text;
 
     // queue_var_store: kstrtoul, base 10, then at most UINT_MAX (§11.3 item 10): an unsigned decimal
-    // with one optional leading '+' and one trailing newline. Also the rule of md's numeric
-    // attributes (kstrtouint), which the mirror's use.
+    // with one optional leading '+' and one trailing newline. Every error, overflow included, is
+    // EINVAL: queue_var_store returns -EINVAL whatever kstrtoul said.
     internal static ulong ParseUnsigned(string path, string text)
     {
-        var digits = Chomp(text);
-        var unsigned = digits.StartsWith('+') ? digits.AsSpan(1) : digits.AsSpan();
-        if (!ulong.TryParse(unsigned, NumberStyles.None, CultureInfo.InvariantCulture, out var value) || value > uint.MaxValue)
+        if (KernelNumbers.ToUInt64(text, out var value) is not null || value > uint.MaxValue)
         {
-            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{digits}' is not an unsigned number up to {uint.MaxValue}");
+            throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Chomp(text)}' is not an unsigned number up to {uint.MaxValue}");
         }
 
         return value;
     }
+
+    // kstrtouint, base 10, its error returned as it is (md's min_sync_store and max_sync_store): the
+    // same text as ParseUnsigned, but a number above UINT_MAX is ERANGE.
+    internal static uint ParseUInt32(string path, string text) => KernelNumbers.ToUInt32(text, out var value) switch
+    {
+        null => value,
+        AttributeErrno.ERANGE => throw new AttributeException(path, AttributeErrno.ERANGE, $"'{Chomp(text)}' is out of range: at most {uint.MaxValue} (kstrtouint)"),
+        var errno => throw new AttributeException(path, errno.Value, $"'{Chomp(text)}' is not an unsigned number up to {uint.MaxValue}"),
+    };
 
     // blk_mq_hw_sysfs_cpus_show: "0, 1, 2, 3\n", entries that do not fit in the page left out.
     private static string CpuList(Topology.CpuSet cpus)

@@ -6,7 +6,8 @@ namespace ActorBlk.Host.Commands;
 /// Checks that the braces and brackets of a HOCON text pair up, outside strings and comments.
 /// Akka's parser accepts a file whose last object is never closed (it ends the object at the end
 /// of the text), so an unclosed brace used to surface as a later, unrelated complaint about a key
-/// it had swallowed (an outside audit); this names the line of the bracket instead.
+/// it had swallowed (an outside audit); this names the line of the bracket instead. The same pass
+/// refuses a NUL character and an include Akka's parser does not read, naming where they stand.
 /// </summary>
 internal static class HoconBrackets
 {
@@ -17,24 +18,46 @@ internal static class HoconBrackets
     /// </summary>
     public const int MaxDepth = 64;
 
-    /// <summary>Throws when a closing bracket does not match, an opened one is never closed, or they nest more than <see cref="MaxDepth"/> deep.</summary>
-    /// <exception cref="ConfigurationException">Names the line and the bracket.</exception>
+    /// <summary>
+    /// Throws when the text holds a NUL character, a closing bracket does not match, an opened one is
+    /// never closed, they nest more than <see cref="MaxDepth"/> deep, or an include is not
+    /// <c>include "FILE"</c>.
+    /// </summary>
+    /// <exception cref="ConfigurationException">Names the line (and the column of a NUL) and what is wrong there.</exception>
     public static void Check(string text)
     {
+        CheckNul(text);
         var open = new Stack<(char Bracket, int Line)>();
         var line = 1;
         var urlLine = 0; // a line where "x://" starts a comment: most likely an unquoted URL
+        var keyStart = true; // where Akka's parser reads a key (and so an include): not in a value or a list
+        var previous = '\0'; // the last character outside blanks, strings and comments
         for (var i = 0; i < text.Length; i++)
         {
             var c = text[i];
+            if (char.IsWhiteSpace(c) && c != '\n')
+            {
+                continue;
+            }
+
+            if (keyStart && c == 'i' && (open.Count == 0 || open.Peek().Bracket == '{'))
+            {
+                CheckInclude(text, i, line);
+            }
+
+            keyStart = false;
             switch (c)
             {
                 case '\n':
                     line++;
-                    break;
+
+                    // A value ends at the end of its line, unless the line ends at its '=' or ':'.
+                    keyStart = previous is not ('=' or ':');
+                    continue;
                 case '#':
+                    // A comment runs to the end of its line, whose newline decides what comes next.
                     i = EndOfLine(text, i);
-                    break;
+                    continue;
                 case '/' when i + 1 < text.Length && text[i + 1] == '/':
                     if (urlLine == 0 && i > 0 && text[i - 1] == ':')
                     {
@@ -42,7 +65,7 @@ internal static class HoconBrackets
                     }
 
                     i = EndOfLine(text, i);
-                    break;
+                    continue;
                 case '"':
                     i = EndOfString(text, i, ref line);
                     break;
@@ -53,6 +76,7 @@ internal static class HoconBrackets
                     }
 
                     open.Push((c, line));
+                    keyStart = c == '{';
                     break;
                 case '}' or ']':
                     var expected = c == '}' ? '{' : '[';
@@ -67,8 +91,14 @@ internal static class HoconBrackets
                         throw new ConfigurationException($"line {line}: '{c}' closes the '{bracket}' opened at line {at}.{UrlHint(urlLine)}");
                     }
 
+                    keyStart = c == '}';
+                    break;
+                case ',':
+                    keyStart = true;
                     break;
             }
+
+            previous = c;
         }
 
         if (open.Count > 0)
@@ -76,6 +106,65 @@ internal static class HoconBrackets
             var (bracket, at) = open.Pop();
             throw new ConfigurationException($"the '{bracket}' opened at line {at} is never closed.{UrlHint(urlLine)}");
         }
+    }
+
+    // A NUL is never HOCON text (nor any text a person writes): a file holding one is binary or
+    // damaged, and Akka's parser took it as part of a key or value (an outside CLI fuzzing audit).
+    private static void CheckNul(string text)
+    {
+        var at = text.IndexOf('\0', StringComparison.Ordinal);
+        if (at < 0)
+        {
+            return;
+        }
+
+        var lineStart = text.LastIndexOf('\n', at) + 1;
+        var line = 1 + Count(text, 0, lineStart - 1);
+        throw new ConfigurationException($"line {line}, column {at - lineStart + 1}: a NUL character (U+0000); a HOCON file is text and never holds one.");
+    }
+
+    // Akka.NET's parser reads one include, `include "FILE"` (the callback NodeConfig gives it loads
+    // FILE relative to the including file). HOCON's url(...), file(...), classpath(...) and
+    // required(...) it does not know: it took `include file("/etc/passwd")` for a key, swallowing
+    // the keys that followed into it, and went on in silence (an outside CLI fuzzing audit). So an
+    // unquoted `include` where a key starts, followed by a blank and then anything but a quoted
+    // name, is refused; `include = 1` and `include { ... }` stay keys named include, as to Akka.
+    private static void CheckInclude(string text, int i, int line)
+    {
+        const string Include = "include";
+        var j = i + Include.Length;
+        if (string.CompareOrdinal(text, i, Include, 0, Include.Length) != 0 || j >= text.Length
+            || !(char.IsWhiteSpace(text[j]) || text[j] == '#' || (text[j] == '/' && j + 1 < text.Length && text[j + 1] == '/')))
+        {
+            return;
+        }
+
+        while (j < text.Length)
+        {
+            if (char.IsWhiteSpace(text[j]))
+            {
+                j++;
+            }
+            else if (text[j] == '#' || (text[j] == '/' && j + 1 < text.Length && text[j + 1] == '/'))
+            {
+                j = EndOfLine(text, j) + 1;
+            }
+            else
+            {
+                break;
+            }
+        }
+
+        if (j < text.Length && text[j] is '"' or '=' or ':' or '{' or '.')
+        {
+            return;
+        }
+
+        var directive = text[i..(EndOfLine(text, i) + 1)].Trim();
+        directive = directive.Length > 80 ? directive[..77] + "..." : directive;
+        throw new ConfigurationException(
+            $"line {line}: {directive}: only include \"FILE\" is read (FILE relative to this file; a missing one is an error, as required() makes it). " +
+            "Akka.NET's HOCON parser does not know url(), file(), classpath() or required(), and took the line for a key.");
     }
 
     // HOCON reads "//" as a comment outside quotes, so an unquoted URL hides the rest of its line.

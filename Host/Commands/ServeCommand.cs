@@ -35,6 +35,16 @@ internal static class ServeCommand
         var seed = CliOptions.Text("--seed", "HOST:PORT[,HOST:PORT...]", "join the cluster of these nodes");
         var hostname = CliOptions.Text("--hostname", "H", "the host name or address other nodes reach this one at");
         var nbdListen = CliOptions.Text("--nbd-listen", "ADDRESS:PORT|off", "the NBD export's address, or off (default: actorblk.nbd.listen)");
+
+        // `--nbd-listen ''` turned the export off in silence (an outside CLI fuzzing audit): off is
+        // spelled off. Refused by the parser, naming the option, before anything starts.
+        nbdListen.Validators.Add(result =>
+        {
+            if (result.Tokens.Any(t => t.Value.Length == 0))
+            {
+                result.AddError("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.");
+            }
+        });
         var command = new Command("serve", "Run a node serving the devices of hocon.conf, joining the cluster of the seed nodes.")
         {
             config, port, seed, hostname, nbdListen,

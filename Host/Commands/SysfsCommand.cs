@@ -27,6 +27,15 @@ internal static class SysfsCommand
 
         var prefix = new Argument<string?>("PREFIX") { Description = "list only the paths that start with it", Arity = ArgumentArity.ZeroOrOne };
         prefix.Validators.Add(RefuseOptionLike);
+
+        // `sysfs list ''` listed every path, as no PREFIX does; `ls ''` names nothing (an outside CLI fuzzing audit).
+        prefix.Validators.Add(result =>
+        {
+            if (result.Tokens.Any(t => t.Value.Length == 0))
+            {
+                result.AddError("PREFIX is empty: give none to list every path.");
+            }
+        });
         var list = new Command("list", "List the attribute paths.") { prefix };
         list.SetAction((parse, _) => AskAsync(node.AddressFrom(parse), new Sysfs.List(parse.GetValue(prefix) ?? string.Empty), node.ConfigFrom(parse)));
 

@@ -519,6 +519,98 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
     }
 
+    // An outside CLI fuzzing audit: io_poll_delay was EINVAL for 2147483648, where the kernel's
+    // queue_poll_delay_store returns kstrtoint's ERANGE. The queue_var_store attributes (and
+    // io_timeout's kstrtou32) turn every error into EINVAL, overflow included, and stay so.
+    [Fact]
+    public async Task A_number_past_the_type_is_ERANGE_where_the_store_returns_kstrtos_error_and_EINVAL_where_queue_var_store_parses()
+    {
+        await Create("sd10");
+        const string Delay = "block/sd10/queue/io_poll_delay";
+        foreach (var value in new[] { "2147483648", "2147483648\n", "-2147483649", "9223372036854775808", "-9223372036854775809", "99999999999999999999", "99999999999999999999x" })
+        {
+            var refused = await Refused(Delay, value);
+            Assert.True(refused.Errno == AttributeErrno.ERANGE, $"'{value}': {refused.Errno} {refused.Reason}");
+        }
+
+        foreach (var value in new[] { "-2", "-2147483648", "", "\n", "+", "-", "+-1", "-+1", " 1", "1 ", "0x10", "1\n\n", "1x" })
+        {
+            var refused = await Refused(Delay, value);
+            Assert.True(refused.Errno == AttributeErrno.EINVAL, $"'{value}': {refused.Errno} {refused.Reason}");
+        }
+
+        foreach (var value in new[] { "2147483647", "-1", "-0", "+0", "+50\n" })
+        {
+            await Layer.WriteAttributeAsync(Delay, value);
+            Assert.Equal("-1\n", Layer.ReadAttribute(Delay));
+        }
+
+        foreach (var attribute in new[] { "nr_requests", "rq_affinity", "io_timeout", "nomerges", "max_sectors_kb", "read_only", "rotational", "discard_max_bytes" })
+        {
+            var path = $"block/sd10/queue/{attribute}";
+            var before = Layer.ReadAttribute(path);
+            foreach (var value in new[] { "4294967296", "18446744073709551616", "99999999999999999999999x" })
+            {
+                var refused = await Refused(path, value);
+                Assert.True(refused.Errno == AttributeErrno.EINVAL, $"{attribute} '{value}': {refused.Errno} {refused.Reason}");
+            }
+
+            Assert.Equal(before, Layer.ReadAttribute(path));
+        }
+    }
+
+    // The same audit: `actorblk sysfs cat block/nullb0/queue` answered ENOENT, where cat on a sysfs
+    // directory says "Is a directory" (EISDIR), and so does open(2) of one for writing.
+    [Fact]
+    public async Task A_directory_is_EISDIR_to_a_read_and_a_write_through_the_layer_the_device_and_the_sysfs_actor()
+    {
+        var device = await Create("sd11");
+        foreach (var directory in new[] { "block/sd11/queue", "block/sd11/queue/", "/sys/block/sd11", "block/sd11/mq/0", "block", "kernel/debug/block/sd11/hctx0",
+                     "kernel/debug", "devices/system/cpu", "devices/system/cpu/cpu0", "devices", "/", "/sys" })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(directory));
+            Assert.True(read.Errno == AttributeErrno.EISDIR, $"read '{directory}': {read.Errno} {read.Reason}");
+            var write = await Refused(directory, "1");
+            Assert.True(write.Errno == AttributeErrno.EISDIR, $"write '{directory}': {write.Errno} {write.Reason}");
+        }
+
+        // The device's own tree says the same; what names nothing stays ENOENT ("" too, as open("")).
+        Assert.Equal(AttributeErrno.EISDIR, Assert.Throws<AttributeException>(() => device.Queue.Attributes.Read("block/sd11/queue")).Errno);
+        Assert.Equal(AttributeErrno.EISDIR, (await Assert.ThrowsAsync<AttributeException>(async () => await device.Queue.Attributes.WriteAsync("block/sd11/mq/0", "1"))).Errno);
+        foreach (var missing in new[] { "", "block/sd11/queu", "block/sd11/queue/nr", "block/nosuch", "devices/system/cpu/cpu9", "kernel/debug/block/sd11/hctx0/cpu9" })
+        {
+            Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute(missing)).Errno);
+            Assert.Equal(AttributeErrno.ENOENT, (await Refused(missing, "1")).Errno);
+        }
+
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        sysfs.Tell(new Sysfs.Read("block/sd11/queue"), TestActor);
+        var failed = await ExpectMsgAsync<Sysfs.Failed>();
+        Assert.Equal(("EISDIR", "is a directory"), (failed.Errno, failed.Message));
+        sysfs.Tell(new Sysfs.Write("block/sd11/queue", "1"), TestActor);
+        Assert.Equal("EISDIR", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+    }
+
+    // The same audit: "block/nullb0/size\n" was read as block/nullb0/size (the path was trimmed of
+    // blanks); to open(2) a blank or control character is part of the name, and no attribute has one.
+    [Fact]
+    public async Task A_path_with_a_blank_or_a_control_character_names_no_attribute()
+    {
+        var device = await Create("sd12");
+        foreach (var path in new[] { "block/sd12/queue/nr_requests\n", " block/sd12/queue/nr_requests", "block/sd12/queue/nr_requests ", "\tblock/sd12/queue/nr_requests",
+                     "block/sd12/queue/nr_requests\r", "block/sd12/queue/nr_requests\0", "block/sd12/queue/nr_requests\v", "block/sd12/queue/nr_requests\u00a0", "\n/sys/block/sd12/queue/nr_requests" })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path));
+            Assert.True(read.Errno == AttributeErrno.ENOENT, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Refused(path, "32");
+            Assert.True(write.Errno == AttributeErrno.ENOENT, $"write '{path}': {write.Errno} {write.Reason}");
+            Assert.Empty(Layer.ListAttributes(path));
+        }
+
+        Assert.Equal(64, device.Queue.NrRequests);
+        Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd12/queue/nr_requests"));
+    }
+
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
         !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
 }

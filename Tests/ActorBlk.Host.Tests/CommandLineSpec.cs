@@ -107,6 +107,31 @@ public sealed class CommandLineSpec
         Assert.DoesNotContain(message, output, StringComparison.Ordinal);
     }
 
+    // An outside CLI fuzzing audit: `serve --nbd-listen ''` served without an NBD export (off is
+    // spelled off) and `sysfs list ''` listed every path (as no PREFIX), both in silence. (The
+    // configuration named does not exist, so a serve the parser let through stops there.)
+    [Theory]
+    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "")]
+    [InlineData("Required argument missing for option: '--nbd-listen'", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen=")] // the parser's own refusal, as before
+    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "off", "--nbd-listen", "")]
+    [InlineData("PREFIX is empty: give none to list every path.", "sysfs", "list", "", "--port", "1")]
+    public async Task An_empty_value_that_meant_something_is_a_usage_error_naming_the_option(string message, params string[] args)
+    {
+        var (code, output, error) = await Run(args);
+
+        Assert.Equal(2, code);
+        Assert.Contains(message, error, StringComparison.Ordinal);
+        Assert.Empty(output);
+    }
+
+    [Fact]
+    public void An_empty_nbd_listen_setting_is_refused_naming_the_key()
+    {
+        var refused = Assert.Throws<Akka.Configuration.ConfigurationException>(() => ActorBlk.Actors.Nbd.NbdExportSettings.ParseListen(""));
+        Assert.Contains("actorblk.nbd.listen: '' is not ADDRESS:PORT", refused.Message, StringComparison.Ordinal);
+        Assert.Null(ActorBlk.Actors.Nbd.NbdExportSettings.ParseListen("off"));
+    }
+
     [Fact]
     public void Fio_spellings_parse_as_name_equals_value_and_as_name_space_value()
     {

@@ -181,6 +181,78 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.Contains("not valid HOCON", refused.Message, StringComparison.Ordinal);
     }
 
+    // An outside CLI fuzzing audit: Akka.NET's parser reads only include "FILE"; HOCON's file(),
+    // url(), classpath() and required() forms were taken for a key, which swallowed the keys after
+    // it (include file("/etc/passwd") then actorblk.nbd.listen = off left the export on), in silence.
+    [Theory]
+    [InlineData("include file(\"/etc/passwd\")\nactorblk.nbd.listen = off\n", "line 1: include file(\"/etc/passwd\"): ")]
+    [InlineData("actorblk {\n  nbd.listen = off\n  include url(\"http://127.0.0.1/x.conf\")\n}\n", "line 3: include url(\"http://127.0.0.1/x.conf\"): ")]
+    [InlineData("include classpath(\"reference.conf\")\n", "line 1: include classpath(\"reference.conf\"): ")]
+    [InlineData("zz = 1, include required(file(\"base.conf\"))\n", "line 1: include required(file(\"base.conf\")): ")]
+    [InlineData("aa = [1]\ninclude\trequired(\"base.conf\") # must exist\n", "line 2: include\trequired(\"base.conf\") # must exist: ")]
+    [InlineData("include base.conf\n", "line 1: include base.conf: ")]
+    [InlineData("# settings\ninclude\n  actorblk.nbd.listen = off\n", "line 2: include: ")]
+    public void An_include_the_parser_does_not_read_is_refused_naming_its_line(string text, string named)
+    {
+        Write("base.conf", "actorblk.nbd.listen = off\n");
+        var path = Write("includes.conf", text);
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains($"{path} is not valid HOCON: {named}only include \"FILE\" is read", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("does not know url(), file(), classpath() or required()", refused.Message, StringComparison.Ordinal);
+
+        // In an included file, the include is named too.
+        var outer = Write("outer.conf", "include \"includes.conf\"\n");
+        var nested = Assert.Throws<UsageException>(() => NodeConfig.Load(outer, port: 0));
+        Assert.Contains($"include \"includes.conf\" ({path}): {named}", nested.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Include_FILE_a_key_named_include_and_include_inside_a_value_or_a_list_still_parse()
+    {
+        Write("base.conf", "actorblk.nbd.listen = off\n");
+        var path = Write("keys.conf",
+            "include \"base.conf\"\n" +
+            "include\n  \"base.conf\"\n" +
+            "aa { include = 1 }\n" +
+            "bb { include { cc = 2 } }\n" +
+            "dd { \"include\" = 3, includes = 4 }\n" +
+            "ee {\n  include.ff = 5\n}\n" +
+            "gg = include file(\"x\")\n" +
+            "hh = [ include file(\"y\") ]\n" +
+            "ii =\n  include file(\"z\")\n");
+
+        var config = NodeConfig.Load(path, port: 0);
+
+        Assert.Equal("off", config.GetString("actorblk.nbd.listen"));
+        Assert.Equal(1, config.GetInt("aa.include"));
+        Assert.Equal(2, config.GetInt("bb.include.cc"));
+        Assert.Equal(3, config.GetInt("dd.include"));
+        Assert.Equal(4, config.GetInt("dd.includes"));
+        Assert.Equal(5, config.GetInt("ee.include.ff"));
+        Assert.StartsWith("include file(", config.GetString("gg"), StringComparison.Ordinal);
+        Assert.StartsWith("include file(", Assert.Single(config.GetStringList("hh")), StringComparison.Ordinal);
+        Assert.StartsWith("include file(", config.GetString("ii"), StringComparison.Ordinal);
+    }
+
+    // The same audit: NUL bytes passed (Akka's parser took them into a key or a value); no HOCON
+    // text holds one.
+    [Theory]
+    [InlineData("actorblk.nbd.listen = off\0\n", "line 1, column 26: a NUL character (U+0000)")]
+    [InlineData("# a comment\nactorblk {\n  a = \"x\0y\"\n}\n", "line 3, column 9: a NUL character (U+0000)")]
+    [InlineData("\0", "line 1, column 1: a NUL character (U+0000)")]
+    public void A_nul_character_is_refused_naming_its_line_and_column(string text, string named)
+    {
+        var path = Write("nul.conf", text);
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains($"{path} is not valid HOCON: {named}; a HOCON file is text and never holds one.", refused.Message, StringComparison.Ordinal);
+        var outer = Write("outer.conf", "include \"nul.conf\"\n");
+        Assert.Contains($"include \"nul.conf\" ({path}): {named}", Assert.Throws<UsageException>(() => NodeConfig.Load(outer, port: 0)).Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void An_included_file_with_a_brace_never_closed_is_refused_naming_the_include()
     {

@@ -180,8 +180,10 @@ public sealed partial class MirrorTarget
     private ValueTask SetSpeed(string path, string text, bool min)
     {
         // md's min_sync_store / max_sync_store: kstrtouint, so a decimal up to UINT_MAX with one
-        // optional leading '+' and one trailing newline, nothing else (no spaces, '-' or hex); 0 is refused.
-        var kib = (long)QueueAttributes.ParseUnsigned(path, text);
+        // optional leading '+' and one trailing newline, nothing else (no spaces, '-' or hex); 0 is
+        // refused. md returns kstrtouint's error: a number above UINT_MAX is ERANGE (it was EINVAL,
+        // as the queue attributes' queue_var_store makes it; an outside CLI fuzzing audit).
+        var kib = (long)QueueAttributes.ParseUInt32(path, text);
         if (kib == 0)
         {
             throw new AttributeException(path, AttributeErrno.EINVAL, "0 is not a rate in KiB/s");
