@@ -23,8 +23,8 @@ public sealed partial class MirrorTarget
             return total == 0 ? "none\n" : $"{done >> Bio.SectorShift} / {total >> Bio.SectorShift}\n";
         }, null);
         add(md + "sync_speed", () => SyncAction == "idle" ? "none\n" : Line(Interlocked.Read(ref _syncSpeedKiB)), null);
-        add(md + "sync_speed_min", () => Line(SyncSpeedMinKiB), (path, text) => SetSpeed(path, text, min: true));
-        add(md + "sync_speed_max", () => Line(SyncSpeedMaxKiB), (path, text) => SetSpeed(path, text, min: false));
+        add(md + "sync_speed_min", () => Speed(SyncSpeedMinKiB, _syncSpeedMinLocal), (path, text) => SetSpeed(path, text, min: true));
+        add(md + "sync_speed_max", () => Speed(SyncSpeedMaxKiB, _syncSpeedMaxLocal), (path, text) => SetSpeed(path, text, min: false));
         add(md + "mismatch_cnt", () => Line(MismatchSectors), null);
         add(md + "events", () => Line(Generation), null);
         add(md + "bitmap/chunksize", () => Line(RegionBytes), null);
@@ -177,8 +177,32 @@ public sealed partial class MirrorTarget
         }
     }
 
+    // md's sync_min_show / sync_max_show: "%d (%s)\n", the limit and whether it is the array's own
+    // ("local") or the system's. md prints an int, so a limit above INT_MAX shows negative there;
+    // here it shows as the unsigned number written.
+    private static string Speed(long kib, bool local) =>
+        string.Create(CultureInfo.InvariantCulture, $"{kib} ({(local ? "local" : "system")})\n");
+
     private ValueTask SetSpeed(string path, string text, bool min)
     {
+        // md: any value starting with "system" (strncmp(buf, "system", 6)) takes back the system's
+        // limit, here the mirror's options (md's /proc/sys/dev/raid/speed_limit_min and _max).
+        if (text.StartsWith("system", StringComparison.Ordinal))
+        {
+            if (min)
+            {
+                Volatile.Write(ref _syncSpeedMinKiB, Options.SyncSpeedMinKiB);
+                _syncSpeedMinLocal = false;
+            }
+            else
+            {
+                Volatile.Write(ref _syncSpeedMaxKiB, Options.SyncSpeedMaxKiB);
+                _syncSpeedMaxLocal = false;
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
         // md's min_sync_store / max_sync_store: kstrtouint, so a decimal up to UINT_MAX with one
         // optional leading '+' and one trailing newline, nothing else (no spaces, '-' or hex); 0 is
         // refused. md returns kstrtouint's error: a number above UINT_MAX is ERANGE (it was EINVAL,

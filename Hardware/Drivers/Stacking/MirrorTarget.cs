@@ -185,8 +185,8 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         var pages = (int)(((Regions + 7) / 8 + MirrorSuperblock.BitmapPageBytes - 1) / MirrorSuperblock.BitmapPageBytes);
         _pageVersion = new long[pages];
         _pagePersisted = new long[pages];
-        SyncSpeedMinKiB = options.SyncSpeedMinKiB;
-        SyncSpeedMaxKiB = options.SyncSpeedMaxKiB;
+        _syncSpeedMinKiB = options.SyncSpeedMinKiB;
+        _syncSpeedMaxKiB = options.SyncSpeedMaxKiB;
     }
 
     /// <summary>The options the mirror was built with.</summary>
@@ -244,11 +244,43 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     private long _mismatchSectors;
 
-    /// <summary>Lower resync rate limit in KiB/s: below it, resync does not yield to user I/O (md <c>sync_speed_min</c>).</summary>
-    public long SyncSpeedMinKiB { get; set; }
+    private long _syncSpeedMinKiB;
+    private long _syncSpeedMaxKiB;
 
-    /// <summary>Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>).</summary>
-    public long SyncSpeedMaxKiB { get; set; }
+    // Whether each limit was set here (md's "local") or is the options' (md's "system", which
+    // /proc/sys/dev/raid/speed_limit_min and _max hold for md).
+    private bool _syncSpeedMinLocal;
+    private bool _syncSpeedMaxLocal;
+
+    /// <summary>
+    /// Lower resync rate limit in KiB/s: below it, resync does not yield to user I/O (md
+    /// <c>sync_speed_min</c>). Setting it makes it this mirror's own (md's "local"); the
+    /// attribute's <c>system</c> takes back <see cref="MirrorOptions.SyncSpeedMinKiB"/>.
+    /// </summary>
+    public long SyncSpeedMinKiB
+    {
+        get => Volatile.Read(ref _syncSpeedMinKiB);
+        set
+        {
+            Volatile.Write(ref _syncSpeedMinKiB, value);
+            _syncSpeedMinLocal = true;
+        }
+    }
+
+    /// <summary>
+    /// Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>). Setting it makes it this
+    /// mirror's own (md's "local"); the attribute's <c>system</c> takes back
+    /// <see cref="MirrorOptions.SyncSpeedMaxKiB"/>.
+    /// </summary>
+    public long SyncSpeedMaxKiB
+    {
+        get => Volatile.Read(ref _syncSpeedMaxKiB);
+        set
+        {
+            Volatile.Write(ref _syncSpeedMaxKiB, value);
+            _syncSpeedMaxLocal = true;
+        }
+    }
 
     /// <summary>
     /// The sync running, as md's <c>sync_action</c> reads: <c>frozen</c> while syncs are held

@@ -1842,14 +1842,49 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
             }
 
             await md.Attributes.WriteAsync(path, "4294967295\n");
-            Assert.Equal("4294967295\n", md.Attributes.Read(path));
+            Assert.Equal("4294967295 (local)\n", md.Attributes.Read(path));
             await md.Attributes.WriteAsync(path, "2048");
-            Assert.Equal("2048\n", md.Attributes.Read(path));
+            Assert.Equal("2048 (local)\n", md.Attributes.Read(path));
 
             // kstrtouint takes one leading '+'.
             await md.Attributes.WriteAsync(path, "+1024\n");
-            Assert.Equal("1024\n", md.Attributes.Read(path));
+            Assert.Equal("1024 (local)\n", md.Attributes.Read(path));
         }
+    }
+
+    [Fact]
+    public async Task Sync_speed_limits_show_local_or_system_as_md_and_system_takes_back_the_default()
+    {
+        // md's sync_min_show / sync_max_show print "%d (local|system)"; a write starting with
+        // "system" (strncmp(buf, "system", 6)) takes back the system's limit. The attributes
+        // printed the bare number and refused "system" (EINVAL).
+        var (a, _) = Leg("a");
+        var (b, _) = Leg("b");
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 3000, SyncSpeedMaxKiB = 90_000 });
+        var md = Serve(mirror);
+        Assert.Equal("3000 (system)\n", md.Attributes.Read("block/md0/md/sync_speed_min"));
+        Assert.Equal("90000 (system)\n", md.Attributes.Read("block/md0/md/sync_speed_max"));
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_speed_min", "5000\n");
+        await md.Attributes.WriteAsync("block/md0/md/sync_speed_max", "70000");
+        Assert.Equal("5000 (local)\n", md.Attributes.Read("block/md0/md/sync_speed_min"));
+        Assert.Equal("70000 (local)\n", md.Attributes.Read("block/md0/md/sync_speed_max"));
+        Assert.Equal(5000, mirror.SyncSpeedMinKiB);
+
+        await md.Attributes.WriteAsync("block/md0/md/sync_speed_min", "system\n");
+        await md.Attributes.WriteAsync("block/md0/md/sync_speed_max", "systemwide");
+        Assert.Equal("3000 (system)\n", md.Attributes.Read("block/md0/md/sync_speed_min"));
+        Assert.Equal("90000 (system)\n", md.Attributes.Read("block/md0/md/sync_speed_max"));
+        Assert.Equal(3000, mirror.SyncSpeedMinKiB);
+        Assert.Equal(90_000, mirror.SyncSpeedMaxKiB);
+
+        // Only the prefix counts, case and all: "System" is no number either.
+        var error = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync("block/md0/md/sync_speed_min", "System"));
+        Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, error.Errno);
+
+        // Set from code, a limit is the mirror's own too.
+        mirror.SyncSpeedMaxKiB = 123;
+        Assert.Equal("123 (local)\n", md.Attributes.Read("block/md0/md/sync_speed_max"));
     }
 
     [Fact]
