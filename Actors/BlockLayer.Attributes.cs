@@ -56,6 +56,11 @@ public sealed partial class BlockLayer
     {
         ArgumentNullException.ThrowIfNull(path);
         var p = Normalize(path);
+        if (path.EndsWith('/') && ThroughAFile(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+        }
+
         if (p == UptimeAttribute)
         {
             // Centiseconds, truncated, as the kernel's uptime_proc_show prints them.
@@ -76,6 +81,10 @@ public sealed partial class BlockLayer
         {
             throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
         }
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+        }
     }
 
     /// <summary>
@@ -88,6 +97,11 @@ public sealed partial class BlockLayer
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(value);
         var p = Normalize(path);
+        if (path.EndsWith('/') && ThroughAFile(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+        }
+
         if (p == UptimeAttribute || (p == CpuStatAttribute && MachineHasCpuStat.Value))
         {
             throw new AttributeException(p, AttributeErrno.EACCES, "the attribute is read-only");
@@ -103,6 +117,10 @@ public sealed partial class BlockLayer
             {
                 throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
             }
+            catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
+            {
+                throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+            }
 
             return;
         }
@@ -116,6 +134,10 @@ public sealed partial class BlockLayer
         catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
         {
             throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
+        }
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
+        {
+            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
         }
 
         try
@@ -193,6 +215,33 @@ public sealed partial class BlockLayer
 
         var directory = normalized + "/";
         return AllAttributes().Any(p => p.StartsWith(directory, StringComparison.Ordinal));
+    }
+
+    // A path that goes through an attribute as if it were a directory: one ending in a slash that
+    // names a file ("block/nullb0/size/"), or one with a file before its last part
+    // ("block/nullb0/size/x"); open(2) says ENOTDIR for both. The first read the size.
+    private bool ThroughAFile(string path, string normalized)
+    {
+        if (normalized.Length == 0)
+        {
+            return false;
+        }
+
+        var files = AllAttributes().ToHashSet(StringComparer.Ordinal);
+        if (path.EndsWith('/') && files.Contains(normalized))
+        {
+            return true;
+        }
+
+        for (var slash = normalized.IndexOf('/', StringComparison.Ordinal); slash > 0; slash = normalized.IndexOf('/', slash + 1))
+        {
+            if (files.Contains(normalized[..slash]))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     // As a path walk does: surrounding slashes dropped, repeated slashes taken as one

@@ -23,6 +23,9 @@ public enum AttributeErrno
 
     /// <summary>The path names a directory of the tree, not an attribute (a read or a write, as <c>open(2)</c> of a sysfs directory).</summary>
     EISDIR,
+
+    /// <summary>The path goes through an attribute as if it were a directory (<c>block/nullb0/size/</c>, <c>block/nullb0/size/x</c>), as a path walk that meets a file.</summary>
+    ENOTDIR,
 }
 
 /// <summary>A refused attribute read or write; nothing changed.</summary>

@@ -611,6 +611,29 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("64\n", Layer.ReadAttribute("/sys/block/sd12/queue/nr_requests"));
     }
 
+    // A path through a file as if it were a directory is ENOTDIR to open(2): "size/" read the size,
+    // and "size/x" was ENOENT.
+    [Fact]
+    public async Task A_path_through_an_attribute_as_a_directory_is_ENOTDIR()
+    {
+        var device = await Create("sd13");
+        foreach (var path in new[] { "block/sd13/queue/nr_requests/", "/sys/block/sd13/queue/nr_requests//", "block/sd13/queue/nr_requests/x", "block/sd13/size/x/y",
+                     "uptime/", "devices/system/cpu/online/", "devices/system/cpu/cpu0/online/x" })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path));
+            Assert.True(read.Errno == AttributeErrno.ENOTDIR, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Refused(path, "32");
+            Assert.True(write.Errno == AttributeErrno.ENOTDIR, $"write '{path}': {write.Errno} {write.Reason}");
+        }
+
+        Assert.Equal(64, device.Queue.NrRequests);
+        Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/sd13/queue/nr_request/x")).Errno);
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        sysfs.Tell(new Sysfs.Read("block/sd13/size/"), TestActor);
+        var failed = await ExpectMsgAsync<Sysfs.Failed>();
+        Assert.Equal(("ENOTDIR", "not a directory"), (failed.Errno, failed.Message));
+    }
+
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
         !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
 }
