@@ -26,7 +26,7 @@ internal static class BenchReport
     /// <summary>What the report gives as fio's version (the JSON's <c>fio version</c>, the terse line's second field).</summary>
     public const string Version = "actorblk-bench-1";
 
-    /// <summary>The percentiles fio reports by default.</summary>
+    /// <summary>The percentiles fio reports by default (fio 3.33 options.c <c>percentile_list</c>).</summary>
     public static readonly double[] Percentiles = [1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 99.95, 99.99];
 
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
@@ -241,7 +241,7 @@ internal static class BenchReport
         }
 
         // fio's lines: the latency groups that hold any I/O, five to a line.
-        foreach (var (name, groups) in LatencyGroups(AllLatencies(r)))
+        foreach (var (name, groups) in LatencyGroups(AllLatencies(r), AllIos(r)))
         {
             var shown = groups.Where(g => g.Percent > 0).ToList();
             for (var i = 0; i < shown.Count; i += 5)
@@ -338,12 +338,13 @@ internal static class BenchReport
         // fio's stat_calc_lat_nu: the microsecond shares (each at least 0.01% when it holds any
         // I/O), the first plus the unrounded share of every nanosecond group.
         var all = AllLatencies(r);
-        var groups = LatencyGroups(all);
+        var total = AllIos(r);
+        var groups = LatencyGroups(all, total);
         var nanoseconds = all.Groups(LatencyBounds).Take(LatencyGroupNames[0].Keys.Length).Sum();
         var us = groups["latency_us"];
         for (var i = 0; i < us.Count; i++)
         {
-            var percent = us[i].Percent + (i == 0 ? 100.0 * nanoseconds / Math.Max(all.Count, 1) : 0);
+            var percent = us[i].Percent + (i == 0 ? 100.0 * nanoseconds / Math.Max(total, 1) : 0);
             sb.Append(';').Append(CFixed(percent, 2)).Append('%');
         }
 
@@ -364,7 +365,7 @@ internal static class BenchReport
     // fio's show_ddir_status_terse for one direction, version 3.
     private static void TerseDirection(StringBuilder sb, BenchResult r, OpStats s, IReadOnlyList<RateSample> samples)
     {
-        var runtime = s.Bytes > 0 ? (long)r.Measured.TotalMilliseconds : 0;
+        var runtime = RuntimeMs(s, r.Measured);
         long bw = 0;
         long iops = 0;
         if (runtime > 0)
@@ -379,6 +380,7 @@ internal static class BenchReport
 
         // fio's FIO_IO_U_LIST_MAX_LEN slots: the percentiles, then "0%=0". Without samples fio's
         // calc_clat_percentiles gives 0 for each.
+        var values = s.Total.FioPercentiles(Percentiles);
         for (var i = 0; i < 20; i++)
         {
             if (i >= Percentiles.Length)
@@ -387,8 +389,7 @@ internal static class BenchReport
                 continue;
             }
 
-            var value = s.Total.Count == 0 ? 0 : s.Total.Histogram.GetValueAtPercentile(Percentiles[i]);
-            sb.Append(';').Append(CFixed(Percentiles[i], 6)).Append(Inv, $"%={value / 1000}");
+            sb.Append(';').Append(CFixed(Percentiles[i], 6)).Append(Inv, $"%={values[i] / 1000}");
         }
 
         TerseLatency(sb, s.Total); // lat: the same measurement
@@ -415,6 +416,16 @@ internal static class BenchReport
 
         sb.Append(Inv, $";{(long)rate.Min};{(long)rate.Max};{CFixed(share, 6)}%;{CFixed(rate.Mean, 6)};{CFixed(rate.StdDev, 6)}");
     }
+
+    /// <summary>
+    /// fio's <c>runtime</c> of a direction, in milliseconds: the measured window's when the
+    /// direction moved bytes, 0 when it moved none. fio adds a job's elapsed time to a direction's
+    /// runtime only for a direction that moved bytes (backend.c: <c>update_runtime</c> under
+    /// <c>td_read(td) &amp;&amp; td-&gt;io_bytes[DDIR_READ]</c>, and likewise in stat.c
+    /// <c>__show_running_run_stats</c>), so a randread's write, or a direction whose every I/O
+    /// failed, has runtime 0.
+    /// </summary>
+    internal static long RuntimeMs(OpStats s, TimeSpan measured) => s.Bytes > 0 ? (long)measured.TotalMilliseconds : 0;
 
     // min, max, mean and deviation in microseconds: fio's "%llu;%llu;%f;%f" of the nanoseconds / 1000.
     private static void TerseLatency(StringBuilder sb, LatencyRecorder l)
@@ -520,7 +531,7 @@ internal static class BenchReport
         // Always with a fraction, as fio writes it (a whole number would read as an integer).
         w.WritePropertyName("iops");
         w.WriteRawValue((s.Ios / seconds).ToString("F6", Inv));
-        w.WriteNumber("runtime", (long)measured.TotalMilliseconds);
+        w.WriteNumber("runtime", RuntimeMs(s, measured));
         w.WriteNumber("total_ios", s.TotalIos);
         w.WriteNumber("short_ios", 0);
         w.WriteNumber("drop_ios", s.Failed);
@@ -568,13 +579,19 @@ internal static class BenchReport
 
     /// <summary>
     /// The share of I/Os (in percent) in each of fio's latency groups: <c>latency_ns</c>,
-    /// <c>latency_us</c>, <c>latency_ms</c> (whose last, <c>&gt;=2000</c>, holds 2 s and more),
-    /// over every completed I/O of the window, reads and writes together, as fio does.
+    /// <c>latency_us</c>, <c>latency_ms</c> (whose last, <c>&gt;=2000</c>, holds 2 s and more).
+    /// The groups count the latencies of <paramref name="all"/>, the I/Os that succeeded, and the
+    /// shares are of <paramref name="totalIos"/>, every I/O of the window, failed ones too, reads
+    /// and writes together, as fio's: stat.c <c>stat_calc_lat</c> divides by
+    /// <c>ddir_rw_sum(ts-&gt;total_io_u)</c>, which counts each I/O as it is issued
+    /// (ioengines.c <c>td_io_queue</c>), while io_u.c marks a latency (<c>io_u_mark_latency</c>)
+    /// only in <c>account_io_completion</c>, which <c>io_completed</c> calls for an I/O without an
+    /// error. With failed I/Os the shares add up to less than 100%.
     /// </summary>
-    internal static IReadOnlyDictionary<string, IReadOnlyList<(string Key, double Percent)>> LatencyGroups(LatencyRecorder all)
+    internal static IReadOnlyDictionary<string, IReadOnlyList<(string Key, double Percent)>> LatencyGroups(LatencyRecorder all, long totalIos)
     {
         var counts = all.Groups(LatencyBounds);
-        var total = Math.Max(all.Count, 1);
+        var total = Math.Max(totalIos, 1);
         var result = new Dictionary<string, IReadOnlyList<(string, double)>>();
         var index = 0;
         foreach (var (name, keys, _) in LatencyGroupNames)
@@ -599,6 +616,9 @@ internal static class BenchReport
     // fio's stat_calc_lat: a group that holds any I/O shows at least 0.01%.
     private static double Percent(long count, long total) => count == 0 ? 0 : Math.Max(0.01, 100.0 * count / total);
 
+    // fio's ddir_rw_sum(total_io_u): every I/O of the window, failed or not (trims: none).
+    private static long AllIos(BenchResult r) => r.Read.TotalIos + r.Write.TotalIos;
+
     private static LatencyRecorder AllLatencies(BenchResult r)
     {
         var all = new LatencyRecorder();
@@ -609,7 +629,7 @@ internal static class BenchReport
 
     private static void WriteLatencyGroups(Utf8JsonWriter w, BenchResult r)
     {
-        foreach (var (name, groups) in LatencyGroups(AllLatencies(r)))
+        foreach (var (name, groups) in LatencyGroups(AllLatencies(r), AllIos(r)))
         {
             w.WriteStartObject(name);
             foreach (var (key, percent) in groups)
@@ -727,10 +747,12 @@ internal static class BenchReport
         w.WriteNumber("N", l.Count);
         if (percentiles && l.Count > 0)
         {
+            // fio's percentiles, from its buckets (stat.c calc_clat_percentiles).
             w.WriteStartObject("percentile");
-            foreach (var p in Percentiles)
+            var values = l.FioPercentiles(Percentiles);
+            for (var i = 0; i < Percentiles.Length; i++)
             {
-                w.WriteNumber(p.ToString("0.000000", Inv), l.Histogram.GetValueAtPercentile(p));
+                w.WriteNumber(Percentiles[i].ToString("0.000000", Inv), values[i]);
             }
 
             w.WriteEndObject();
@@ -773,14 +795,15 @@ internal static class BenchReport
     }
 
     /// <summary>
-    /// fio's <c>show_clat_percentiles</c> at its default precision (2): nanoseconds, or
+    /// fio's <c>show_clat_percentiles</c> at its default precision (2), of fio's percentiles
+    /// (<see cref="LatencyRecorder.FioPercentiles"/>): nanoseconds, or
     /// microseconds / milliseconds when the values' range is that large (each value rounded up),
     /// the value column as wide as the largest needs (at least 5), as many to a line as fit 80
     /// columns.
     /// </summary>
     private static void PercentileLines(StringBuilder sb, string label, LatencyRecorder l)
     {
-        var values = Percentiles.Select(p => (ulong)l.Histogram.GetValueAtPercentile(p)).ToArray();
+        var values = l.FioPercentiles(Percentiles).Select(v => (ulong)v).ToArray();
         var (minv, maxv) = (values.Min(), values.Max());
         var (scale, divisor, unit) = minv > 2_000_000 && maxv > 99_999_999 ? (2, 1_000_000UL, "msec")
             : minv > 2000 && maxv > 99_999 ? (1, 1000UL, "usec")

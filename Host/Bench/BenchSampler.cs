@@ -1,6 +1,6 @@
 namespace ActorBlk.Host.Bench;
 
-/// <summary>One bandwidth and IOPS sample of a direction over a sampling window.</summary>
+/// <summary>One bandwidth and IOPS sample of a direction over a sampling interval, in fio's whole units.</summary>
 /// <param name="KiBPerSecond">Bandwidth in KiB/s, as fio's <c>bw</c>.</param>
 /// <param name="Iops">I/Os per second.</param>
 internal readonly record struct RateSample(double KiBPerSecond, double Iops);
@@ -25,19 +25,48 @@ internal readonly record struct SampleStats(double Min, double Max, double Mean,
 /// <summary>
 /// fio's bandwidth and IOPS samples (<c>bw_avg_time</c> and <c>iops_avg_time</c>, 500 ms by
 /// default): the figures of the measured window are read every interval and each interval's
-/// difference becomes one sample per direction, from which the report's <c>bw_min</c>,
+/// difference becomes a sample per direction, from which the report's <c>bw_min</c>,
 /// <c>bw_max</c>, <c>bw_mean</c>, <c>bw_dev</c>, <c>bw_samples</c> and the <c>iops_*</c> twins
 /// are computed. Time before the window opens (ramp, JIT warm-up) gives no sample.
 /// </summary>
-internal sealed class BenchSampler
+/// <remarks>
+/// The rule is fio 3.33's (stat.c <c>__add_samples</c>, the helper thread's
+/// <c>add_bw_samples</c> and <c>add_iops_samples</c>). An interval shorter than the sampling
+/// interval by more than 1 ms (<c>LOG_MSEC_SLACK</c>) gives no sample yet and goes on into the
+/// next: the end of the window, which fio never samples either (its job has stopped running),
+/// and the part of the window before the first tick, so the first sample spans one to two
+/// intervals (the ticks run from the bench's start, fio's first sample comes one interval after
+/// the ramp). A direction that moved no bytes in an
+/// interval gives no sample (<c>if (!delta) continue;</c>, whether or not the workload has that
+/// direction: a randread's writes, a randrw direction idle for a while, a direction whose every
+/// I/O failed, as failed I/Os add no bytes). A direction that moved any gets one, in fio's
+/// integer arithmetic over the interval in whole milliseconds, truncated (<c>mtime_since</c>):
+/// <c>bytes * 1000 / ms / 1024</c> KiB/s and <c>ios * 1000 / ms</c> IOPS, so an active direction
+/// that moved less than 1,024 bytes a second gives a bandwidth sample of 0, the only zero sample
+/// fio takes (its other, an interval of 0 ms, cannot happen past the slack rule).
+/// </remarks>
+internal sealed class BenchSampler(TimeSpan interval)
 {
     /// <summary>fio's default sampling interval.</summary>
     public static readonly TimeSpan DefaultInterval = TimeSpan.FromMilliseconds(500);
 
+    // fio's LOG_MSEC_SLACK (not Windows): an interval this much short of the sampling interval counts.
+    private const long SlackMs = 1;
+
     private readonly List<RateSample> _read = [];
     private readonly List<RateSample> _write = [];
     private readonly Lock _lock = new();
+    private readonly long _intervalMs = (long)interval.TotalMilliseconds;
     private (long ReadIos, long ReadBytes, long WriteIos, long WriteBytes, TimeSpan Measured) _last;
+
+    /// <summary>A sampler at fio's default interval (<see cref="DefaultInterval"/>).</summary>
+    public BenchSampler()
+        : this(DefaultInterval)
+    {
+    }
+
+    /// <summary>The sampling interval.</summary>
+    public TimeSpan Interval { get; } = interval;
 
     /// <summary>Read samples so far.</summary>
     public IReadOnlyList<RateSample> Read
@@ -64,28 +93,30 @@ internal sealed class BenchSampler
     }
 
     /// <summary>
-    /// Takes the cumulative figures of the measured window: the part since the last call becomes a
-    /// sample per direction, unless the window has not moved (not open yet, or already closed).
+    /// Takes the cumulative figures of the measured window (<paramref name="measured"/> of it so
+    /// far): once the interval since the last sample is long enough, each direction that moved
+    /// bytes since then gives a sample (<see cref="BenchSampler"/>'s rule).
     /// </summary>
     public void Add(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured)
     {
         lock (_lock)
         {
-            var seconds = (measured - _last.Measured).TotalSeconds;
-            if (seconds > 0)
+            var spent = Math.Max(0, (long)Math.Floor((measured - _last.Measured).TotalMilliseconds));
+            if (spent < _intervalMs && _intervalMs - spent > SlackMs)
             {
-                _read.Add(new RateSample((readBytes - _last.ReadBytes) / 1024.0 / seconds, (readIos - _last.ReadIos) / seconds));
-                _write.Add(new RateSample((writeBytes - _last.WriteBytes) / 1024.0 / seconds, (writeIos - _last.WriteIos) / seconds));
+                return;
             }
 
+            Sample(_read, readIos - _last.ReadIos, readBytes - _last.ReadBytes, spent);
+            Sample(_write, writeIos - _last.WriteIos, writeBytes - _last.WriteBytes, spent);
             _last = (readIos, readBytes, writeIos, writeBytes, measured);
         }
     }
 
-    /// <summary>Samples <paramref name="snapshot"/> every <paramref name="interval"/> until <paramref name="cancel"/>.</summary>
-    public async Task RunAsync(Func<BenchResult> snapshot, TimeSpan interval, CancellationToken cancel)
+    /// <summary>Samples <paramref name="snapshot"/> every <see cref="Interval"/> until <paramref name="cancel"/>.</summary>
+    public async Task RunAsync(Func<BenchResult> snapshot, CancellationToken cancel)
     {
-        using var timer = new PeriodicTimer(interval);
+        using var timer = new PeriodicTimer(Interval);
         try
         {
             while (await timer.WaitForNextTickAsync(cancel).ConfigureAwait(false))
@@ -97,5 +128,18 @@ internal sealed class BenchSampler
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
         }
+    }
+
+    // fio's __add_samples for one direction: no sample without bytes; whole KiB/s and IOPS.
+    private static void Sample(List<RateSample> samples, long ios, long bytes, long spentMs)
+    {
+        if (bytes <= 0)
+        {
+            return;
+        }
+
+        samples.Add(spentMs == 0
+            ? new RateSample(0, 0)
+            : new RateSample((ulong)bytes * 1000UL / (ulong)spentMs / 1024UL, (ulong)Math.Max(0, ios) * 1000UL / (ulong)spentMs));
     }
 }

@@ -7,8 +7,9 @@ namespace ActorBlk.Host.Bench;
 
 /// <summary>
 /// Latencies of one operation kind, recorded by one writer without locks: exact count, minimum,
-/// maximum, sum and sum of squares, and an HDR histogram for percentiles (3 significant digits,
-/// 1 ns to 60 s). Recorders of different slots are merged after the run.
+/// maximum, sum and sum of squares, and an HDR histogram (3 significant digits, 1 ns to 60 s)
+/// from which fio's histogram and percentiles are folded. Recorders of different slots are merged
+/// after the run.
 /// </summary>
 /// <remarks>
 /// The per-I/O record is the bench's own: one <c>lzcnt</c>, a shift and an increment into a counts
@@ -16,8 +17,9 @@ namespace ActorBlk.Host.Bench;
 /// library's record finds the bucket through a table and a chain of compares, which costs several
 /// nanoseconds per I/O at queue depth 1. <see cref="Histogram"/> replays the counts into a
 /// <see cref="LongHistogram"/> (every index's lowest value, which maps back to the same index), so
-/// percentiles come out identical to recording into the library directly. fio's coarser histogram
-/// (its <c>json+</c> bins) is folded from the same counts (<see cref="FioBins"/>), exactly.
+/// percentiles come out identical to recording into the library directly (the plot's). fio's
+/// coarser histogram (its <c>json+</c> bins) is folded from the same counts (<see cref="FioBins"/>),
+/// exactly, and the reports' percentiles are fio's, found in it (<see cref="FioPercentiles"/>).
 /// </remarks>
 internal sealed class LatencyRecorder
 {
@@ -184,16 +186,7 @@ internal sealed class LatencyRecorder
     /// </summary>
     public IReadOnlyList<(long Value, long Count)> FioBins()
     {
-        var counts = new long[FioPlatCount];
-        for (var i = 0; i < _counts.Length; i++)
-        {
-            var n = _counts[i];
-            if (n != 0)
-            {
-                counts[FioPlatIndex(ValueAt(i))] += n;
-            }
-        }
-
+        var counts = FioCounts();
         var bins = new List<(long, long)>();
         for (var i = 0; i < counts.Length; i++)
         {
@@ -204,6 +197,129 @@ internal sealed class LatencyRecorder
         }
 
         return bins;
+    }
+
+    /// <summary>
+    /// fio's percentiles of these latencies, as fio 3.33 stat.c <c>calc_clat_percentiles</c>
+    /// finds them in its buckets (<see cref="FioBins"/>'s): walking up the buckets, a percentile
+    /// is the value (<see cref="FioPlatValue"/>, the bucket's middle) of the first bucket at which
+    /// the cumulative count reaches <see cref="FioPercentileRank"/> of <see cref="Count"/>, fio's
+    /// <c>samples</c>. Without latencies every percentile is 0, as fio's (bucket 0 reaches a rank
+    /// of 0). <paramref name="percentiles"/> must be ascending, as fio sorts its list. A moment's
+    /// view of a recorder still being written may count fewer in its buckets than
+    /// <see cref="Count"/>; a percentile the buckets never reach then takes the highest bucket's
+    /// value (fio reports "error calculating latency percentiles" and leaves it unset).
+    /// </summary>
+    public long[] FioPercentiles(IReadOnlyList<double> percentiles)
+    {
+        ArgumentNullException.ThrowIfNull(percentiles);
+        var values = new long[percentiles.Count];
+        var counts = FioCounts();
+        var samples = Count;
+        var ranks = percentiles.Select(p => FioPercentileRank(p, samples)).ToArray();
+        var j = 0;
+        var sum = 0L;
+        var last = 0L;
+        for (var i = 0; i < counts.Length && j < values.Length; i++)
+        {
+            sum += counts[i];
+            if (counts[i] != 0)
+            {
+                last = FioPlatValue(i);
+            }
+
+            while (j < values.Length && sum >= ranks[j])
+            {
+                values[j++] = FioPlatValue(i);
+            }
+        }
+
+        for (; j < values.Length; j++)
+        {
+            values[j] = last;
+        }
+
+        return values;
+    }
+
+    // 0.01 rounded to the x87 extended format's 64-bit significand: 0xA3D70A3D70A3D70A * 2^-70,
+    // fio 3.33's constant (the ten bytes it loads with fldt).
+    private static readonly BigInteger FioHundredthMantissa = new(0xA3D70A3D70A3D70AUL);
+    private const int FioHundredthExponent = -70;
+
+    /// <summary>
+    /// How many of <paramref name="samples"/> latencies fio's <c>calc_clat_percentiles</c> counts
+    /// before it takes <paramref name="percentile"/>: the least whole number at or above fio's
+    /// <c>(long double) p / 100.0 * nr</c> as fio 3.33 is built. Its Makefile compiles with
+    /// <c>-ffast-math</c>, so gcc multiplies by a reciprocal: <c>nr * 0.01L</c> once, then that
+    /// times p per percentile, each product rounded to x87 extended precision (64-bit significand,
+    /// to nearest, ties to even), and the running count is compared with the result. It differs
+    /// from plain arithmetic at a few ranks, and fio 3.33 shows it: 2,000 samples put 99.95% at
+    /// the 2,000th (double arithmetic gives 1,999 exactly), 100 put 60% at the 60th (division in
+    /// extended precision gives 60.0000000000000000035, so the 61st).
+    /// </summary>
+    internal static long FioPercentileRank(double percentile, long samples)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(samples);
+        if (samples == 0 || percentile <= 0)
+        {
+            return 0;
+        }
+
+        var (m, e) = X87Multiply(FioHundredthMantissa, FioHundredthExponent, samples, 0);
+        var bits = BitConverter.DoubleToInt64Bits(percentile);
+        var exponent = (int)((bits >> 52) & 0x7FF);
+        var mantissa = bits & 0xF_FFFF_FFFF_FFFFL;
+        (m, e) = exponent == 0
+            ? X87Multiply(m, e, mantissa, -1074)
+            : X87Multiply(m, e, mantissa | (1L << 52), exponent - 1075);
+
+        // The least whole number at or above m * 2^e.
+        if (e >= 0)
+        {
+            return (long)(m << e);
+        }
+
+        var whole = m >> -e;
+        return (long)(whole << -e == m ? whole : whole + 1);
+    }
+
+    // a * 2^ae times b * 2^be, rounded to a 64-bit significand (to nearest, ties to even), as an
+    // x87 fmul at the extended precision Linux runs it at.
+    private static (BigInteger Mantissa, int Exponent) X87Multiply(BigInteger a, int ae, BigInteger b, int be)
+    {
+        var m = a * b;
+        var e = ae + be;
+        var excess = (int)m.GetBitLength() - 64;
+        if (excess > 0)
+        {
+            var dropped = m & ((BigInteger.One << excess) - 1);
+            var half = BigInteger.One << (excess - 1);
+            m >>= excess;
+            e += excess;
+            if (dropped > half || (dropped == half && !m.IsEven))
+            {
+                m += 1;
+            }
+        }
+
+        return (m, e);
+    }
+
+    // The latencies counted in fio's buckets: each bucket of the recorder lies inside one of fio's.
+    private long[] FioCounts()
+    {
+        var counts = new long[FioPlatCount];
+        for (var i = 0; i < _counts.Length; i++)
+        {
+            var n = _counts[i];
+            if (n != 0)
+            {
+                counts[FioPlatIndex(ValueAt(i))] += n;
+            }
+        }
+
+        return counts;
     }
 
     /// <summary>fio 3.33 stat.c <c>plat_val_to_idx</c>: the bucket of a latency of <paramref name="value"/> ns.</summary>

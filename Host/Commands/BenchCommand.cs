@@ -178,7 +178,7 @@ internal static class BenchCommand
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
                 : Task.FromResult<HotplugFigures?>(null);
-            var sampling = sampler.RunAsync(() => BenchResult.Combine([.. runs.Select(r => r.Snapshot(full: false))]), BenchSampler.DefaultInterval, stopReports.Token);
+            var sampling = sampler.RunAsync(() => BenchResult.Combine([.. runs.Select(r => r.Snapshot(full: false))]), stopReports.Token);
 
             // The ramp of every run counts from the moment all of them have started (BenchRun.Started).
             var allStarted = Task.WhenAll(runs.Select(r => r.Started));
