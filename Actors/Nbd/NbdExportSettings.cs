@@ -50,27 +50,33 @@ public sealed record NbdExportSettings(
         ArgumentNullException.ThrowIfNull(config);
         var actorblk = config.WithFallback(ActorBlkSettings.DefaultConfig()).GetConfig("actorblk");
         var c = actorblk.GetConfig("nbd");
-        var listenText = c.GetString("listen", "off");
-        var tls = c.GetString("tls", "off").ToLowerInvariant() switch
+
+        // HOCON's null reads as a null string: `listen = null` failed with "Value cannot be null."
+        // naming no key (an audit helper's report).
+        string Text(string key, string fallback) =>
+            c.GetString(key, fallback) ?? throw new ConfigurationException($"actorblk.nbd.{key}: null is not a value here; remove the key for the default ({(fallback.Length == 0 ? "none" : fallback)}).");
+
+        var listenText = Text("listen", "off");
+        var tls = Text("tls", "off").ToLowerInvariant() switch
         {
             "off" or "false" => NbdTlsMode.Off,
             "on" or "true" => NbdTlsMode.On,
             "require" => NbdTlsMode.Require,
             var other => throw new ConfigurationException($"actorblk.nbd.tls: '{other}' is not off, on or require."),
         };
-        var payloadText = c.GetString("max-payload", "32m");
+        var payloadText = Text("max-payload", "32m");
         if (!ByteSize.TryParse(payloadText, out var payload) || payload > int.MaxValue)
         {
             throw new ConfigurationException($"actorblk.nbd.max-payload: '{payloadText}' is not a size.");
         }
 
-        var memoryText = c.GetString("max-buffer-memory", "1g");
+        var memoryText = Text("max-buffer-memory", "1g");
         if (!ByteSize.TryParse(memoryText, out var memory))
         {
             throw new ConfigurationException($"actorblk.nbd.max-buffer-memory: '{memoryText}' is not a size.");
         }
 
-        var rateText = c.GetString("min-transfer-rate", "256k");
+        var rateText = Text("min-transfer-rate", "256k");
         if (!ByteSize.TryParse(rateText, out var rate))
         {
             throw new ConfigurationException($"actorblk.nbd.min-transfer-rate: '{rateText}' is not a size (bytes a second; 0 turns it off).");
@@ -79,8 +85,8 @@ public sealed record NbdExportSettings(
         return new NbdExportSettings(
             ParseListen(listenText),
             tls,
-            c.GetString("certificate", string.Empty),
-            c.GetString("key", string.Empty),
+            Text("certificate", string.Empty),
+            Text("key", string.Empty),
             c.GetBoolean("allow-insecure", false),
             ActorBlkSettings.Int(actorblk, "nbd.max-connections", 1024),
             ActorBlkSettings.Int(actorblk, "nbd.max-in-flight", 128),

@@ -132,6 +132,20 @@ public sealed class CommandLineSpec
         Assert.Null(ActorBlk.Actors.Nbd.NbdExportSettings.ParseListen("off"));
     }
 
+    [Theory]
+    [InlineData("listen", "actorblk.nbd.listen: null is not a value here; remove the key for the default (off).")]
+    [InlineData("tls", "actorblk.nbd.tls: null is not a value here")]
+    [InlineData("max-payload", "actorblk.nbd.max-payload: null is not a value here")]
+    [InlineData("certificate", "actorblk.nbd.certificate: null is not a value here; remove the key for the default (none).")]
+    public void A_null_nbd_setting_is_refused_naming_the_key(string key, string message)
+    {
+        // `listen = null` failed with "Value cannot be null." naming no key; `tls = null` with a
+        // NullReferenceException.
+        var config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.{key} = null");
+        var refused = Assert.Throws<Akka.Configuration.ConfigurationException>(() => ActorBlk.Actors.Nbd.NbdExportSettings.Create(config));
+        Assert.Contains(message, refused.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void Fio_spellings_parse_as_name_equals_value_and_as_name_space_value()
     {
