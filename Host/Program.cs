@@ -9,6 +9,7 @@ public static class Program
         // The client commands' standard output reports a failed write, and a reader that went away
         // (Commands.StandardOutput). serve's is its log, which goes on whatever becomes of it.
         using var output = args is ["serve", ..] ? null : Commands.StandardOutput.Install();
+        using var error = Commands.StandardOutput.InstallErrorGuard();
         return await Commands.CommandLine.RunAsync(args, Console.Out, Console.Error).ConfigureAwait(false);
     }
 }

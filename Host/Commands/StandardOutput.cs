@@ -64,9 +64,108 @@ internal static partial class StandardOutput
     [LibraryImport("libc", EntryPoint = "poll")]
     private static unsafe partial int Poll(PollFd* fds, nuint count, int timeout);
 
+    /// <summary>
+    /// Puts a <see cref="ForgivingError"/> in front of <see cref="Console.Error"/>, and the original
+    /// back when disposed: with stderr closed (<c>2&gt;&amp;-</c>) a message the command could not
+    /// write threw, and the command line's report of that failure threw again from its handler,
+    /// which aborted the process (exit 134: <c>bench</c> at its first line, <c>iostat</c> when no
+    /// node answered). A write to stderr that fails is dropped, as a C program's fprintf to a
+    /// closed stderr fails unseen; the exit code still says how the command ended.
+    /// </summary>
+    public static IDisposable InstallErrorGuard()
+    {
+        var original = Console.Error;
+        Console.SetError(new ForgivingError(original));
+        return new RestoreError(original);
+    }
+
     private sealed class Restore(TextWriter original) : IDisposable
     {
         public void Dispose() => Console.SetOut(original);
+    }
+
+    private sealed class RestoreError(TextWriter original) : IDisposable
+    {
+        public void Dispose() => Console.SetError(original);
+    }
+}
+
+/// <summary>A writer in front of standard error that drops a write that fails (stderr closed or full): there is nowhere left to report it.</summary>
+internal sealed class ForgivingError(TextWriter inner) : TextWriter
+{
+    /// <inheritdoc />
+    public override Encoding Encoding => inner.Encoding;
+
+    /// <inheritdoc />
+    public override void Write(char value) => Try(() => inner.Write(value));
+
+    /// <inheritdoc />
+    public override void Write(string? value) => Try(() => inner.Write(value));
+
+    /// <inheritdoc />
+    public override void Write(char[] buffer, int index, int count) => Try(() => inner.Write(buffer, index, count));
+
+    /// <inheritdoc />
+    public override void WriteLine() => Try(inner.WriteLine);
+
+    /// <inheritdoc />
+    public override void WriteLine(string? value) => Try(() => inner.WriteLine(value));
+
+    /// <inheritdoc />
+    public override Task WriteAsync(char value)
+    {
+        Write(value);
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override Task WriteAsync(string? value)
+    {
+        Write(value);
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override Task WriteAsync(char[] buffer, int index, int count)
+    {
+        Write(buffer, index, count);
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override Task WriteLineAsync()
+    {
+        WriteLine();
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override Task WriteLineAsync(string? value)
+    {
+        WriteLine(value);
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override Task FlushAsync()
+    {
+        Flush();
+        return Task.CompletedTask;
+    }
+
+    /// <inheritdoc />
+    public override void Flush() => Try(inner.Flush);
+
+    private static void Try(Action write)
+    {
+        try
+        {
+            write();
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // Nowhere left to say it.
+        }
     }
 }
 

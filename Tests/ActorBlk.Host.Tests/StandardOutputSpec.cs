@@ -34,6 +34,20 @@ public sealed partial class StandardOutputSpec
         Assert.Equal($"actorblk: write error: {reason}\n", error);
     }
 
+    [Theory]
+    [InlineData("bench --runtime=1 --jit_warmup=0 --size=16m --eta=always > /dev/null", 0)]
+    [InlineData("iostat --node 127.0.0.1:1 1 1", 1)]
+    [InlineData("bench --iodepth=0", 2)]
+    public async Task With_stderr_closed_a_command_ends_with_its_own_exit_code(string command, int expected)
+    {
+        // A message that could not be written threw, and so did the report of that failure from
+        // the command line's handler: the process aborted with 134 (bench at its first line,
+        // iostat when no node answered).
+        var (code, _) = await Shell($"dotnet \"$0\" {command} 2>&-", Within);
+
+        Assert.Equal(expected, code);
+    }
+
     [Fact]
     public async Task Iostat_and_a_bench_whose_reader_went_away_end_quietly_with_141()
     {
