@@ -32,8 +32,11 @@ internal sealed class BenchCommandLine
     private readonly Option<int> RwMixRead = CliOptions.Int("--rwmixread", 50, 0, 100, "share of reads in mixed patterns, in percent");
     private readonly Option<Word<long>> Bs = CliOptions.Size("--bs", "4k", "block size per I/O");
 
-    // The largest multiple of 512 an int holds: an I/O's length is an int.
-    private const long MaxBlockSize = int.MaxValue & ~511L;
+    // The longest I/O a device takes (BlockDevice.MaxIoBytes, 2 GiB less 4 KiB). It was the largest
+    // multiple of 512 an int holds, 2147483136: a --bs between the two passed the parse, and the run
+    // allocated its buffers and then failed at the first I/O ("the length must be between 1 and
+    // 2147479552 bytes", exit 1), where a workload the device cannot take is a usage error.
+    private const long MaxBlockSize = BlockDevice.MaxIoBytes;
     private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g", "device region each job covers; ends the run when no runtime is set");
     private readonly Option<int> IoDepth = CliOptions.Int("--iodepth", 1, 1, 65536, "I/Os each job keeps in flight");
     private readonly Option<int?> IoDepthBatchSubmit = CliOptions.OptionalInt("--iodepth_batch_submit", 0, 65536, "io_uring: submit as soon as N I/Os are prepared (1: each alone, fio's default); 0 = once per dispatch round [default: adaptive, half of the I/Os in flight, 1 to 16]", "N", "--iodepth_batch");

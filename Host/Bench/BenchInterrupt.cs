@@ -41,6 +41,19 @@ internal sealed class BenchInterrupt : IDisposable
         return _stop.Token;
     }
 
+    /// <summary>Ends the run as a signal would, without one (stdout's reader went away: no report can be shown).</summary>
+    public void Stop()
+    {
+        try
+        {
+            _stop.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // The bench is finishing: nothing left to stop.
+        }
+    }
+
     /// <summary>The run is over: a signal from now on is noted and waits for the report (a second one does not).</summary>
     public void End() => Volatile.Write(ref _state, 2);
 

@@ -174,6 +174,12 @@ internal static class BenchCommand
                     WriteSamples = sampler.Write,
                 }, Console.Out, options.Output).RunAsync(stopReports.Token)
                 : Task.CompletedTask;
+
+            // An interim report that cannot be written (stdout's reader went away: `--status-interval=1
+            // | head -2`) stops the run as a signal does, and the final report fails the same way
+            // after the devices are removed. Before, the run went on to its end (a --runtime of an
+            // hour ran an hour) writing into the closed pipe.
+            _ = reports.ContinueWith(_ => interrupt.Stop(), CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             using var stopHotplug = new CancellationTokenSource();
             var hotplug = options.HotplugInterval is { } interval
                 ? HotplugLoop.RunAsync(layer, interval, stopHotplug.Token)
@@ -201,7 +207,15 @@ internal static class BenchCommand
             interrupt.End();
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
-            await reports.ConfigureAwait(false);
+            try
+            {
+                await reports.ConfigureAwait(false);
+            }
+            catch (StandardOutputException)
+            {
+                // The run was stopped (above); the report below meets the same stdout, after the teardown.
+            }
+
             await sampling.ConfigureAwait(false);
             var hotplugFigures = await hotplug.ConfigureAwait(false);
             if (progress is not null)

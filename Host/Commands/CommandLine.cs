@@ -119,6 +119,20 @@ internal static class CommandLine
         {
             return await parse.InvokeAsync(invocation).ConfigureAwait(false);
         }
+        catch (StandardOutputException ex) when (ex.BrokenPipe)
+        {
+            // The reader of stdout went away (`actorblk iostat 1 | head -3`): a quiet end, as SIGPIPE
+            // ends sysstat's iostat and fio. .NET drops the EPIPE of a console write, so iostat wrote
+            // its reports into the closed pipe for ever.
+            return StandardOutput.BrokenPipeExit;
+        }
+        catch (StandardOutputException ex)
+        {
+            // stdout is /dev/full or closed: one line, as coreutils' close_stdout ("write error: No
+            // space left on device"), not "failed:" and a stack trace.
+            await error.WriteLineAsync($"actorblk: write error: {ex.Message}").ConfigureAwait(false);
+            return 1;
+        }
         catch (UsageException ex)
         {
             await error.WriteLineAsync($"actorblk: {ex.Message}").ConfigureAwait(false);

@@ -16,7 +16,7 @@ namespace ActorBlk.Host.Commands;
 /// <summary>
 /// <c>actorblk serve</c>: runs an Akka cluster node on 127.0.0.1 from hocon.conf (alone, or joining
 /// the nodes of <c>--seed</c>), creates the devices it lists, logs what it serves and the devices
-/// that appear and disappear in the cluster, and stops cleanly on Ctrl-C or SIGTERM (devices are
+/// that appear and disappear in the cluster, and stops cleanly on Ctrl-C, SIGTERM, SIGQUIT or SIGHUP (devices are
 /// drained and destroyed by coordinated shutdown, then the node leaves the cluster).
 /// </summary>
 internal static class ServeCommand
@@ -278,6 +278,18 @@ internal static class ServeCommand
                 ? "Prometheus metrics are off (actorblk.metrics.prometheus = off)"
                 : "Prometheus metrics at {Prefix}metrics", prometheusPrefix);
             using var host = builder.Build();
+
+            // SIGHUP (the terminal or the ssh session that started the node closed) stops the node
+            // as SIGTERM does: the devices drain and are removed, mirrors stop clean, NBD clients get
+            // their replies. The generic host handles SIGINT, SIGQUIT and SIGTERM only, and the
+            // runtime's default for SIGHUP ended the process at once (exit 129, an outside audit).
+            using var onHangup = OperatingSystem.IsWindows() ? null : System.Runtime.InteropServices.PosixSignalRegistration.Create(
+                System.Runtime.InteropServices.PosixSignal.SIGHUP,
+                context =>
+                {
+                    context.Cancel = true;
+                    ((IHostApplicationLifetime)host.Services.GetService(typeof(IHostApplicationLifetime))!).StopApplication();
+                });
             using (HostingEchoFilter.Install())
             {
                 await host.RunAsync().ConfigureAwait(false);

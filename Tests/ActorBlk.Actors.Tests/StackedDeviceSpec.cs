@@ -271,6 +271,35 @@ public sealed class StackedDeviceSpec : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
+    public async Task A_table_larger_than_a_long_is_refused_and_the_node_goes_on()
+    {
+        // An outside audit stopped the node with either: a linear table over two 4 EiB null
+        // devices overflowed the sum of its extents (OverflowException), a striped one wrapped its
+        // capacity negative; both failed the guardian. dm refuses such a table ("Target too large").
+        foreach (var name in new[] { "big0", "big1" })
+        {
+            await Layer.CreateDeviceAsync(new DeviceOptions { Name = name, Size = 1L << 62 });
+        }
+
+        await Layer.CreateStackedDeviceAsync("too-big");
+        foreach (var table in new[] { StackTable.Linear("big0", "big1"), StackTable.Striped(64 << 10, "big0", "big1") })
+        {
+            var refused = await Assert.ThrowsAsync<DeviceOptionsException>(() => Layer.LoadTableAsync("too-big", table));
+            Assert.Equal("table", refused.Option);
+            Assert.Contains($"more than {long.MaxValue} bytes", refused.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Null(Layer.FailureReason);
+
+        // One member short of the limit still loads, and its last block is addressable.
+        var one = await Layer.LoadTableAsync("too-big", StackTable.Linear("big1"));
+        Assert.Equal(1L << 62, one.Capacity);
+        await one.ReadAsync((1L << 62) - 4096, new byte[4096]);
+        var past = await Assert.ThrowsAsync<InvalidBlockRequestException>(async () => await one.ReadAsync(long.MaxValue - 4095, new byte[4096]));
+        Assert.Equal(InvalidRequestReason.OutOfRange, past.Reason);
+    }
+
+    [Fact]
     public async Task Members_are_held_until_the_stacked_device_goes()
     {
         await Member("h0");

@@ -86,7 +86,8 @@ public sealed class CommandLineSpec
     [InlineData("bench --runtime=1e9", "option --runtime: '1e9' is longer than the longest wait")] // failed the run with a timer's ArgumentOutOfRangeException and its stack
     [InlineData("bench --ramp_time=100000h", "option --ramp_time: '100000h' is longer than the longest wait")]
     [InlineData("bench --status-interval=1e300d", "option --status-interval: '1e300d' is longer than the longest wait")]
-    [InlineData("bench --bs=2g", "option --bs: 2147483648 is more than the largest block size, 2147483136 bytes.")] // "2147483647 is not a multiple of 512" before
+    [InlineData("bench --bs=2g", "option --bs: 2147483648 is more than the largest block size, 2147479552 bytes.")] // "2147483647 is not a multiple of 512" before
+    [InlineData("bench --bs=2147483136 --size=4g", "option --bs: 2147483136 is more than the largest block size, 2147479552 bytes.")] // ran, and failed at its first I/O with exit 1
     [InlineData("bench --plot=out.jpg", "option --plot: 'out.jpg' does not end in .png or .svg.")]
     [InlineData("bench --log_avg_msec=-1", "option --log_avg_msec")]
     [InlineData("bench --iodepth", "--iodepth")]

@@ -215,9 +215,9 @@ public sealed class LinearTarget : StackTarget
     private readonly long[] _starts;
 
     /// <summary>Creates the target.</summary>
-    /// <exception cref="ArgumentException">An extent is empty, misaligned or outside its device.</exception>
+    /// <exception cref="ArgumentException">An extent is empty, misaligned or outside its device, or the extents add up to more than <see cref="long.MaxValue"/> bytes.</exception>
     public LinearTarget(IReadOnlyList<LinearExtent> extents)
-        : base(Check(extents).Select(e => e.Device).ToArray(), extents.Sum(e => e.Length))
+        : base(Check(extents).Select(e => e.Device).ToArray(), Total(extents))
     {
         _extents = [.. extents];
         _starts = new long[_extents.Length];
@@ -276,6 +276,26 @@ public sealed class LinearTarget : StackTarget
         }
 
         return extents;
+    }
+
+    // The capacity, refused when the extents add up to more bytes than a long holds, as dm refuses
+    // a table past LLONG_MAX >> SECTOR_SHIFT sectors ("Target too large"). Enumerable.Sum threw
+    // OverflowException, which failed the guardian and stopped the node (an outside audit: a linear
+    // table over two 4 EiB null devices).
+    private static long Total(IReadOnlyList<LinearExtent> extents)
+    {
+        long total = 0;
+        foreach (var e in extents)
+        {
+            if (e.Length > long.MaxValue - total)
+            {
+                throw new ArgumentException($"the extents add up to more than {long.MaxValue} bytes, the largest device.", nameof(extents));
+            }
+
+            total += e.Length;
+        }
+
+        return total;
     }
 }
 
@@ -348,6 +368,14 @@ public sealed class StripedTarget : StackTarget
             throw new ArgumentException($"chunk of {chunkBytes} bytes is larger than the smallest member ({smallest} bytes): the device would hold nothing.", nameof(chunkBytes));
         }
 
-        return smallest / chunkBytes * chunkBytes * stripes.Count;
+        // A product past a long wrapped negative and failed the guardian, stopping the node (an
+        // outside audit: two 4 EiB members); refused as dm refuses a table that large.
+        var perStripe = smallest / chunkBytes * chunkBytes;
+        if (perStripe > long.MaxValue / stripes.Count)
+        {
+            throw new ArgumentException($"{stripes.Count} stripes of {perStripe} bytes add up to more than {long.MaxValue} bytes, the largest device.", nameof(stripes));
+        }
+
+        return perStripe * stripes.Count;
     }
 }
