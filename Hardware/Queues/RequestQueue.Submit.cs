@@ -51,7 +51,7 @@ public sealed partial class RequestQueue
             bio.Plug?.TrackStacked(this);
             if (Enter(bio, thread))
             {
-                bioDriver.SubmitBio(this, bio);
+                SubmitToBioDriver(bioDriver, bio);
             }
 
             return;
@@ -73,6 +73,18 @@ public sealed partial class RequestQueue
         }
     }
 
+    // A bio-based queue's driver takes the bio whole; its accounting starts here, once
+    // (bio_start_io_acct, as dm's and md's submit_bio do), and ends in EndBio.
+    private void SubmitToBioDriver(Drivers.IBioDriver driver, Bio bio)
+    {
+        if (bio.StatStartNs == 0)
+        {
+            bio.StatStartNs = Stats.Start(bio.Op);
+        }
+
+        driver.SubmitBio(this, bio);
+    }
+
     /// <summary>
     /// Ends a bio of a bio-based queue (<c>bio_endio</c> from its driver): drops the usage reference
     /// it held and completes it. Later calls for the same bio are ignored.
@@ -80,6 +92,14 @@ public sealed partial class RequestQueue
     public void EndBio(Bio bio, BlockStatus status)
     {
         ArgumentNullException.ThrowIfNull(bio);
+        if (bio.StatStartNs != 0)
+        {
+            // bio_end_io_acct: the disk's stat and iostat count the stacked device's own I/O, as
+            // Linux counts a dm or md device's (they stayed all zeros).
+            Stats.Done(bio.Op, bio.Sectors, bio.StatStartNs, status);
+            bio.StatStartNs = 0;
+        }
+
         if (bio.Entered)
         {
             bio.Entered = false;
@@ -380,7 +400,7 @@ public sealed partial class RequestQueue
         {
             if (bio.Entered || Enter(bio))
             {
-                bioDriver.SubmitBio(this, bio);
+                SubmitToBioDriver(bioDriver, bio);
             }
 
             return;

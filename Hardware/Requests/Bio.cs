@@ -120,6 +120,12 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
     /// <summary>True once the bio holds a reference on its queue's usage counter.</summary>
     internal bool Entered { get; set; }
 
+    /// <summary>
+    /// When a bio-based queue's I/O accounting of this bio started (<c>bio_start_io_acct</c>,
+    /// <see cref="Queues.DiskStats.Start(BlockOp)"/>); 0 = not accounted.
+    /// </summary>
+    internal long StatStartNs { get; set; }
+
     /// <summary>True once a dying queue deferred this bio's failure to the thread pool (see RequestQueue.Enter).</summary>
     internal bool FailureDeferred { get; set; }
 
@@ -322,6 +328,7 @@ public sealed class Bio : TagWaiter, IValueTaskSource, IValueTaskSource<BlockSta
         UserToken = 0;
         Buffer = default;
         Entered = false;
+        StatStartNs = 0;
         FailureDeferred = false;
         Parked = false;
         WokenBy = null;
