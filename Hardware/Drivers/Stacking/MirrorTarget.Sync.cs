@@ -823,19 +823,32 @@ public sealed partial class MirrorTarget
     private long RegionLength(int r) => Math.Min(RegionBytes, DataBytes - (r * RegionBytes));
 
     // md's sync throttle: never above sync_speed_max; above sync_speed_min only while no user I/O
-    // is in flight on the mirror. Rates are averaged over the pass; the clock is the mirror's
+    // is in flight on the mirror. Rates are averaged since the limit last changed (the pass's
+    // start, user I/O beginning or ending, a limit written); the clock is the mirror's
     // TimeProvider, so tests move it by hand.
     private sealed class Throttle(MirrorTarget mirror)
     {
-        private readonly long _start = mirror._time.GetTimestamp();
+        private long _start = mirror._time.GetTimestamp();
         private long _bytes;
+        private long _limit;
 
         public async ValueTask AfterAsync(int bytes, CancellationToken ct)
         {
-            _bytes += bytes;
-            var elapsed = mirror._time.GetElapsedTime(_start);
             var busy = Interlocked.Read(ref mirror._userIo) > 0;
             var limit = Math.Max(1, busy ? mirror.SyncSpeedMinKiB : mirror.SyncSpeedMaxKiB);
+            if (_limit != 0 && limit != _limit)
+            {
+                // A new limit starts a new average: the bytes copied before, at another rate, do
+                // not count against it. Averaged over the whole pass, a recovery that had run at
+                // sync_speed_max waited at the first user write until the whole pass averaged
+                // sync_speed_min (1 GiB copied in 5 s was then held about 17 minutes).
+                _start = mirror._time.GetTimestamp();
+                _bytes = 0;
+            }
+
+            _limit = limit;
+            _bytes += bytes;
+            var elapsed = mirror._time.GetElapsedTime(_start);
             var due = TimeSpan.FromSeconds(_bytes / 1024.0 / limit);
             Interlocked.Exchange(ref mirror._syncSpeedKiB, (long)(_bytes / 1024.0 / Math.Max(elapsed.TotalSeconds, due.TotalSeconds)));
             if (due > elapsed)

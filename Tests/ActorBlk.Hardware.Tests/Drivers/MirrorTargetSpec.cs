@@ -887,6 +887,66 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Contains("different mirrors", foreign.Message, StringComparison.Ordinal);
     }
 
+    // The throttle averaged the rate over the whole pass: a recovery that had copied at
+    // sync_speed_max, on meeting user I/O, waited until the whole pass so far averaged
+    // sync_speed_min (here 17 chunks at 64 KiB/s: 17 s, and ~17 minutes for 1 GiB at md's
+    // defaults). A new limit now starts a new average, so the next chunk waits one chunk's time.
+    [Fact]
+    public async Task Recovery_meeting_user_io_after_a_fast_start_slows_to_sync_speed_min_without_stalling()
+    {
+        var (a, fa) = Leg("a");
+        var (b, fb) = Leg("b");
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 << 10 }, clock);
+        var md = Serve(mirror);
+        fb.Dead = true;
+        for (var r = 0; r < 40; r++)
+        {
+            await md.WriteAsync(r * Region, Stamp(r, 1));
+        }
+
+        fb.Dead = false;
+        await mirror.ReAddAsync(1);
+
+        // Idle: 64 MiB/s, a chunk a millisecond.
+        while (mirror.SyncProgress.Done < 17 * Region)
+        {
+            await AwaitTimer(clock, mirror);
+            clock.Advance(TimeSpan.FromMilliseconds(1));
+        }
+
+        // A user write held in flight on leg a: the mirror is busy.
+        var release = new TaskCompletionSource<BlockStatus>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var arrived = fa.HoldWrite(MirrorSuperblock.DataOffset + (39 * Region), Block, release.Task);
+        var held = md.WriteAsync(39 * Region, Stamp(39, 2)).AsTask();
+        await arrived.WaitAsync(Patience);
+
+        // The chunks copied at the fast rate no longer count: within 2 s the copy moves on by the
+        // chunk already timed at the fast rate and one more at 64 KiB/s a second (before, it
+        // copied the first and then waited 17 s).
+        await AwaitTimer(clock, mirror);
+        var before = mirror.SyncProgress.Done;
+        for (var i = 0; i < 20; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            await AwaitTimer(clock, mirror);
+        }
+
+        Assert.InRange(mirror.SyncProgress.Done, before + (2 * Region), before + (3 * Region));
+        Assert.Equal("recover\n", md.Attributes.Read("block/md0/md/sync_action"));
+
+        release.SetResult(BlockStatus.Ok);
+        await held.WaitAsync(Patience);
+        while (!mirror.SyncIdle.IsCompleted)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            await AwaitTimer(clock, mirror);
+        }
+
+        await mirror.SyncIdle.WaitAsync(Patience);
+        await AssertLegsEqual(mirror);
+    }
+
     [Fact]
     public async Task Resync_keeps_to_sync_speed_max_on_virtual_time_and_a_write_during_it_is_never_overwritten_by_the_copy()
     {
