@@ -8,8 +8,9 @@ namespace ActorBlk.Host.Bench;
 /// (fixed when it opens, so a late wake-up of the timer cannot stretch it) or when the last I/O
 /// of a size-bound run completes. A completion is recorded only when its time falls inside the
 /// window. A failed I/O counts in its direction's <c>total_ios</c> and <c>drop_ios</c> and in the
-/// error totals, never in bytes, IOPS, bandwidth or latency (fio's <c>io_completed</c> accounts
-/// bytes and latency only for I/Os without an error).
+/// error totals, never in bytes, bandwidth, latency or the IOPS samples (fio's <c>io_completed</c>
+/// accounts bytes, blocks and latency only for I/Os without an error); the report's IOPS, fio's,
+/// is of <c>total_ios</c> and so counts it.
 /// </summary>
 /// <remarks>
 /// Completions run on many threads (dispatch loops, completion workers, polling jobs). Each thread

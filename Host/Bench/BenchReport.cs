@@ -16,8 +16,8 @@ namespace ActorBlk.Host.Bench;
 /// </summary>
 /// <remarks>
 /// Errors are counted apart, as fio does with <c>continue_on_error</c>: a failed I/O counts in its
-/// direction's <c>total_ios</c> and <c>drop_ios</c>, never in <c>io_bytes</c>, <c>iops</c>,
-/// <c>bw</c> or the latencies; the job's <c>error</c> and <c>first_error</c> are the errno of the
+/// direction's <c>total_ios</c>, <c>drop_ios</c> and <c>iops</c> (fio's IOPS is of
+/// <c>total_io_u</c>, every I/O issued), never in <c>io_bytes</c>, <c>bw</c> or the latencies; the job's <c>error</c> and <c>first_error</c> are the errno of the
 /// first failure in the window and <c>total_err</c> their number. <c>short_ios</c> stays 0: a
 /// request completes whole or fails, it is never partly done.
 /// </remarks>
@@ -209,11 +209,13 @@ internal static class BenchReport
                 continue;
             }
 
-            var seconds = r.Measured.TotalSeconds;
-            var bw = stats.Bytes / seconds;
+            // fio's show_ddir_status: bytes and every I/O issued (total_io_u, failed ones too) over
+            // the runtime in whole ms, in integers.
+            var runtime = RuntimeMs(stats, r.Measured);
+            var bw = BandwidthBytes(stats, runtime);
             // fio (3.9 on) ends the write line with its zone resets (stat.c show_ddir_status,
             // zbd_write_status), for any device: the bench resets no zone.
-            sb.Append(Inv, $"  {name}: IOPS={Count(stats.Ios / seconds)}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{(long)r.Measured.TotalMilliseconds}msec){(name == "write" ? "; 0 zone resets" : string.Empty)}\n");
+            sb.Append(Inv, $"  {name}: IOPS={Count(WholeIopsOf(stats, runtime))}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{runtime}msec){(name == "write" ? "; 0 zone resets" : string.Empty)}\n");
             // fio's show_ddir_status: clat and lat lines (no slat line without slat samples, as
             // fio's calc_lat finds none), then the percentiles of clat, fio's default (the JSON's
             // clat_ns). Without a separate submission latency both lines hold the same figures.
@@ -296,8 +298,10 @@ internal static class BenchReport
         {
             if (stats.Ios > 0)
             {
-                var bw = stats.Bytes / r.Measured.TotalSeconds;
-                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)}), io={Bytes(stats.Bytes, pow2: true)} ({Bytes(stats.Bytes, pow2: false)}), run={(long)r.Measured.TotalMilliseconds}msec\n");
+                // fio's rs->agg: the bytes times 1000 over the runtime in whole ms.
+                var runtime = RuntimeMs(stats, r.Measured);
+                var bw = BandwidthBytes(stats, runtime);
+                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)}), io={Bytes(stats.Bytes, pow2: true)} ({Bytes(stats.Bytes, pow2: false)}), run={runtime}msec\n");
             }
         }
 
@@ -365,14 +369,10 @@ internal static class BenchReport
     // fio's show_ddir_status_terse for one direction, version 3.
     private static void TerseDirection(StringBuilder sb, BenchResult r, OpStats s, IReadOnlyList<RateSample> samples)
     {
+        // fio's show_ddir_status_terse: bytes and every I/O issued (total_io_u) over the runtime in whole ms.
         var runtime = RuntimeMs(s, r.Measured);
-        long bw = 0;
-        long iops = 0;
-        if (runtime > 0)
-        {
-            bw = 1000 * s.Bytes / runtime / 1024;
-            iops = 1000 * s.Ios / runtime;
-        }
+        var bw = BandwidthBytes(s, runtime) / 1024;
+        var iops = WholeIopsOf(s, runtime);
 
         sb.Append(Inv, $";{s.Bytes >> 10};{bw};{iops};{runtime}");
         sb.Append(";0;0;0.000000;0.000000"); // slat: none
@@ -418,14 +418,39 @@ internal static class BenchReport
     }
 
     /// <summary>
-    /// fio's <c>runtime</c> of a direction, in milliseconds: the measured window's when the
-    /// direction moved bytes, 0 when it moved none. fio adds a job's elapsed time to a direction's
-    /// runtime only for a direction that moved bytes (backend.c: <c>update_runtime</c> under
-    /// <c>td_read(td) &amp;&amp; td-&gt;io_bytes[DDIR_READ]</c>, and likewise in stat.c
-    /// <c>__show_running_run_stats</c>), so a randread's write, or a direction whose every I/O
-    /// failed, has runtime 0.
+    /// fio's <c>runtime</c> of a direction, in milliseconds: the measured window's
+    /// (<see cref="WindowMs"/>) when the direction moved bytes, 0 when it moved none. fio adds a
+    /// job's elapsed time to a direction's runtime only for a direction that moved bytes
+    /// (backend.c: <c>update_runtime</c> under <c>td_read(td) &amp;&amp; td-&gt;io_bytes[DDIR_READ]</c>,
+    /// and likewise in stat.c <c>__show_running_run_stats</c>), so a randread's write, or a
+    /// direction whose every I/O failed, has runtime 0.
     /// </summary>
-    internal static long RuntimeMs(OpStats s, TimeSpan measured) => s.Bytes > 0 ? (long)measured.TotalMilliseconds : 0;
+    internal static long RuntimeMs(OpStats s, TimeSpan measured) => s.Bytes > 0 ? WindowMs(measured) : 0;
+
+    /// <summary>
+    /// The measured window in fio's whole milliseconds, rounded up: backend.c <c>update_runtime</c>
+    /// adds <c>(elapsed_us + 999) / 1000</c>, the elapsed time in whole microseconds
+    /// (<c>utime_since</c>, truncated) rounded up to the millisecond. So a window of 2,000.0009 ms
+    /// is 2,000 ms, one of 2,000.001 ms is 2,001, and one under 1 ms that moved bytes is 1 ms,
+    /// never 0 (the bench truncated: 2,000 and 0).
+    /// </summary>
+    internal static long WindowMs(TimeSpan measured)
+    {
+        var us = Math.Max(0, measured.Ticks / TimeSpan.TicksPerMicrosecond);
+        return (us + 999) / 1000;
+    }
+
+    // fio's bandwidth of a direction (stat.c: (1000 * io_bytes) / runt), bytes per second,
+    // integer division over the runtime in whole ms; 0 without a runtime.
+    private static long BandwidthBytes(OpStats s, long runtimeMs) => runtimeMs > 0 ? (long)((ulong)s.Bytes * 1000UL / (ulong)runtimeMs) : 0;
+
+    // fio's IOPS of a direction: every I/O issued (total_io_u, which td_io_queue counts for each
+    // I/O it queues, failed ones too; the bench's TotalIos, the JSON's total_ios) times 1000 over
+    // the runtime in whole ms. The JSON's iops is a double (1000.0 * total_io_u / runt).
+    private static double IopsOf(OpStats s, long runtimeMs) => runtimeMs > 0 ? 1000.0 * s.TotalIos / runtimeMs : 0;
+
+    // The normal and terse reports' IOPS: fio's integer (1000 * total_io_u) / runt.
+    private static long WholeIopsOf(OpStats s, long runtimeMs) => runtimeMs > 0 ? (long)((ulong)s.TotalIos * 1000UL / (ulong)runtimeMs) : 0;
 
     // min, max, mean and deviation in microseconds: fio's "%llu;%llu;%f;%f" of the nanoseconds / 1000.
     private static void TerseLatency(StringBuilder sb, LatencyRecorder l)
@@ -522,16 +547,19 @@ internal static class BenchReport
 
     private static void WriteOp(Utf8JsonWriter w, string name, OpStats s, TimeSpan measured, IReadOnlyList<RateSample> samples, bool latPercentiles, bool plus)
     {
-        var seconds = Math.Max(measured.TotalSeconds, 1e-9);
+        // fio's add_ddir_status_json: bw_bytes = (1000 * io_bytes) / runt, bw = bw_bytes / 1024,
+        // iops = (1000.0 * total_io_u) / runt, over the runtime in whole ms; 0 without one.
+        var runtime = RuntimeMs(s, measured);
+        var bwBytes = BandwidthBytes(s, runtime);
         w.WriteStartObject(name);
         w.WriteNumber("io_bytes", s.Bytes);
         w.WriteNumber("io_kbytes", s.Bytes / 1024);
-        w.WriteNumber("bw_bytes", (long)(s.Bytes / seconds));
-        w.WriteNumber("bw", (long)(s.Bytes / seconds / 1024));
+        w.WriteNumber("bw_bytes", bwBytes);
+        w.WriteNumber("bw", bwBytes / 1024);
         // Always with a fraction, as fio writes it (a whole number would read as an integer).
         w.WritePropertyName("iops");
-        w.WriteRawValue((s.Ios / seconds).ToString("F6", Inv));
-        w.WriteNumber("runtime", RuntimeMs(s, measured));
+        w.WriteRawValue(IopsOf(s, runtime).ToString("F6", Inv));
+        w.WriteNumber("runtime", runtime);
         w.WriteNumber("total_ios", s.TotalIos);
         w.WriteNumber("short_ios", 0);
         w.WriteNumber("drop_ios", s.Failed);
@@ -685,13 +713,13 @@ internal static class BenchReport
     /// (<paramref name="meanKiBPerSecond"/>, truncated to a whole number as fio passes it) as a
     /// percentage of its group's aggregate bandwidth, at most 100. The aggregate is fio's
     /// <c>rs-&gt;agg</c>: the group's bytes (<paramref name="groupBytes"/>) times 1000 over its longest
-    /// runtime in whole milliseconds (<paramref name="groupRuntime"/>), in bytes per second, integer
+    /// runtime in whole milliseconds (<paramref name="groupRuntime"/>, rounded up as <see cref="WindowMs"/>), in bytes per second, integer
     /// division; at 1024 bytes per second or less the share is 100. The bench reports one job, the
     /// group (fio's group_reporting), whose samples are of every job and device together.
     /// </summary>
     internal static double PercentOfAggregate(double meanKiBPerSecond, long groupBytes, TimeSpan groupRuntime)
     {
-        var runMs = (long)groupRuntime.TotalMilliseconds;
+        var runMs = WindowMs(groupRuntime);
         var aggregate = runMs > 0 ? (ulong)Math.Max(groupBytes, 0) * 1000UL / (ulong)runMs : 0;
         if (aggregate <= 1024)
         {

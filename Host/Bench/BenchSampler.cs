@@ -33,10 +33,12 @@ internal readonly record struct SampleStats(double Min, double Max, double Mean,
 /// The rule is fio 3.33's (stat.c <c>__add_samples</c>, the helper thread's
 /// <c>add_bw_samples</c> and <c>add_iops_samples</c>). An interval shorter than the sampling
 /// interval by more than 1 ms (<c>LOG_MSEC_SLACK</c>) gives no sample yet and goes on into the
-/// next: the end of the window, which fio never samples either (its job has stopped running),
-/// and the part of the window before the first tick, so the first sample spans one to two
-/// intervals (the ticks run from the bench's start, fio's first sample comes one interval after
-/// the ramp). A direction that moved no bytes in an
+/// next: the end of the window, which fio never samples either (its job has stopped running).
+/// The sampling times count from the window's opening, as fio's <c>bw_sample_time</c> is reset
+/// to the end of the ramp (libfio.c <c>reset_all_stats</c>): the first sample comes one interval
+/// into the window and spans that interval (<see cref="RunAsync(Func{BenchResult}, TimeProvider, CancellationToken)"/>;
+/// the bench's ticks ran from its start, so its first sample spanned one to two intervals). A
+/// direction that moved no bytes in an
 /// interval gives no sample (<c>if (!delta) continue;</c>, whether or not the workload has that
 /// direction: a randread's writes, a randrw direction idle for a while, a direction whose every
 /// I/O failed, as failed I/Os add no bytes). A direction that moved any gets one, in fio's
@@ -58,6 +60,7 @@ internal sealed class BenchSampler(TimeSpan interval)
     private readonly Lock _lock = new();
     private readonly long _intervalMs = (long)interval.TotalMilliseconds;
     private (long ReadIos, long ReadBytes, long WriteIos, long WriteBytes, TimeSpan Measured) _last;
+    private TimeSpan _polled = TimeSpan.MinValue;
 
     /// <summary>A sampler at fio's default interval (<see cref="DefaultInterval"/>).</summary>
     public BenchSampler()
@@ -97,38 +100,73 @@ internal sealed class BenchSampler(TimeSpan interval)
     /// far): once the interval since the last sample is long enough, each direction that moved
     /// bytes since then gives a sample (<see cref="BenchSampler"/>'s rule).
     /// </summary>
-    public void Add(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured)
+    public void Add(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured) =>
+        Poll(readIos, readBytes, writeIos, writeBytes, measured);
+
+    /// <summary>
+    /// As <see cref="Add"/>, and returns how long to wait for the next sample, as fio's helper
+    /// thread waits what stat.c <c>__add_samples</c> returns: before a sample is due, the rest of
+    /// the interval since the last one (since the window's opening before the first),
+    /// <c>avg_time - spent</c>; after a sample, the interval, less <c>1 + spent - avg_time</c>
+    /// ms when the sample came late (a sample 8 ms late is followed by one 491 ms later; fio's
+    /// unsigned arithmetic gives the whole interval once that would be negative). A window that
+    /// did not move since the previous call (not open yet, or closed) is looked at again one
+    /// interval later.
+    /// </summary>
+    public TimeSpan Poll(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured)
     {
         lock (_lock)
         {
+            var moved = measured != _polled;
+            _polled = measured;
             var spent = Math.Max(0, (long)Math.Floor((measured - _last.Measured).TotalMilliseconds));
             if (spent < _intervalMs && _intervalMs - spent > SlackMs)
             {
-                return;
+                var rest = Interval - (measured - _last.Measured);
+                return moved && rest > TimeSpan.Zero ? rest : Interval;
             }
 
             Sample(_read, readIos - _last.ReadIos, readBytes - _last.ReadBytes, spent);
             Sample(_write, writeIos - _last.WriteIos, writeBytes - _last.WriteBytes, spent);
             _last = (readIos, readBytes, writeIos, writeBytes, measured);
+            var late = 1 + spent - _intervalMs;
+            return spent <= _intervalMs || late >= _intervalMs ? Interval : TimeSpan.FromMilliseconds(_intervalMs - late);
         }
     }
 
-    /// <summary>Samples <paramref name="snapshot"/> every <see cref="Interval"/> until <paramref name="cancel"/>.</summary>
-    public async Task RunAsync(Func<BenchResult> snapshot, CancellationToken cancel)
+    /// <summary>Samples <paramref name="snapshot"/> every <see cref="Interval"/> of its measured window until <paramref name="cancel"/>.</summary>
+    public Task RunAsync(Func<BenchResult> snapshot, CancellationToken cancel) => RunAsync(snapshot, TimeProvider.System, cancel);
+
+    /// <summary>
+    /// Samples <paramref name="snapshot"/> until <paramref name="cancel"/>, waiting on
+    /// <paramref name="time"/> for each sample as long as <see cref="Poll"/> says: the samples fall
+    /// one <see cref="Interval"/> apart from the window's opening (its <see cref="BenchResult.Measured"/>),
+    /// whenever in the run, after a ramp or a JIT warm-up, that comes. When <paramref name="cancel"/>
+    /// ends it (the run is over, its window closed) it polls once more: a window that ended one
+    /// interval after the last sample, as a time-based one does, gets that last sample, which
+    /// fio takes as its job runs a little past the runtime, where a wake-up of the timer later
+    /// than the run's end lost it (3 samples in 2 s where fio has 4). A shorter rest is not
+    /// sampled, by the rule of <see cref="BenchSampler"/>.
+    /// </summary>
+    public async Task RunAsync(Func<BenchResult> snapshot, TimeProvider time, CancellationToken cancel)
     {
-        using var timer = new PeriodicTimer(Interval);
+        ArgumentNullException.ThrowIfNull(snapshot);
+        ArgumentNullException.ThrowIfNull(time);
         try
         {
-            while (await timer.WaitForNextTickAsync(cancel).ConfigureAwait(false))
+            while (!cancel.IsCancellationRequested)
             {
-                var r = snapshot();
-                Add(r.Read.Ios, r.Read.Bytes, r.Write.Ios, r.Write.Bytes, r.Measured);
+                await Task.Delay(PollSnapshot(snapshot()), time, cancel).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
         }
+
+        PollSnapshot(snapshot());
     }
+
+    private TimeSpan PollSnapshot(BenchResult r) => Poll(r.Read.Ios, r.Read.Bytes, r.Write.Ios, r.Write.Bytes, r.Measured);
 
     // fio's __add_samples for one direction: no sample without bytes; whole KiB/s and IOPS.
     private static void Sample(List<RateSample> samples, long ios, long bytes, long spentMs)

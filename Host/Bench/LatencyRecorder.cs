@@ -387,7 +387,7 @@ internal sealed class OpStats
     /// <summary>Submission to completion, per successful I/O.</summary>
     public LatencyRecorder Total { get; } = new();
 
-    /// <summary>I/Os that succeeded: the ones IOPS, bandwidth and latency are made of.</summary>
+    /// <summary>I/Os that succeeded: the ones bandwidth, latency and the IOPS samples are made of.</summary>
     public long Ios { get; set; }
 
     /// <summary>Bytes moved by the I/Os that succeeded.</summary>
@@ -396,7 +396,7 @@ internal sealed class OpStats
     /// <summary>I/Os that ended with an error (fio's <c>drop_ios</c> here).</summary>
     public long Failed { get; set; }
 
-    /// <summary>Every I/O that finished in the window, failed or not (fio's <c>total_ios</c>).</summary>
+    /// <summary>Every I/O that finished in the window, failed or not (fio's <c>total_ios</c>, of which its IOPS is).</summary>
     public long TotalIos => Ios + Failed;
 
     public void Add(OpStats other)

@@ -11,7 +11,9 @@ namespace ActorBlk.Host.Tests;
 /// Where the report's figures differed from fio 3.33's, found by comparing the two: the
 /// percentiles were HdrHistogram's, not fio's (stat.c <c>calc_clat_percentiles</c> over its
 /// buckets); an idle direction's JSON <c>runtime</c> was the whole window (fio: 0); the latency
-/// groups' shares were of the I/Os that succeeded (fio: of every I/O issued). The expected values
+/// groups' shares were of the I/Os that succeeded (fio: of every I/O issued); IOPS was of the
+/// I/Os that succeeded over fractional seconds (fio: of every I/O issued over whole ms); a
+/// direction's runtime was truncated to the millisecond (fio rounds it up). The expected values
 /// are worked out by hand from fio's code.
 /// </summary>
 public sealed class BenchFioParitySpec
@@ -154,8 +156,91 @@ public sealed class BenchFioParitySpec
         Assert.Equal(["80.00%", "0.00%"], terse[99..101]);
     }
 
-    private static BenchResult Result(BenchOptions options, OpStats reads, OpStats writes) =>
-        new(options, reads, writes, Second, Second,
+    /// <summary>
+    /// fio's IOPS is of every I/O issued, failed ones too (<c>total_io_u</c>, counted in
+    /// ioengines.c <c>td_io_queue</c>), its bandwidth of the bytes of those that succeeded, both
+    /// over the direction's runtime in whole ms, rounded up (backend.c <c>update_runtime</c>):
+    /// JSON <c>iops = (1000.0 * total_io_u) / runt</c>, <c>bw_bytes = (1000 * io_bytes) / runt</c>,
+    /// <c>bw = bw_bytes / 1024</c>; the terse and normal reports' integer
+    /// <c>(1000 * total_io_u) / runt</c>. 1,000 reads of 4 KiB and 10 failed in 2,000.4 ms:
+    /// runtime 2,001 ms, iops 1,010,000 / 2,001 = 504.747626..., bw_bytes 4,096,000,000 / 2,001 =
+    /// 2,046,976, bw 1,999 KiB/s (2,046,976 = 1,999 * 1,024), IOPS 504. The bench gave 1,000 /
+    /// 2.0004 s = 499.900020 IOPS, 2,047,590 bytes/s and runtime 2,000.
+    /// </summary>
+    [Fact]
+    public void Iops_and_bandwidth_are_fios_of_every_io_over_the_whole_ms_runtime()
+    {
+        var reads = new OpStats { Ios = 1000, Bytes = 1000 * 4096L, Failed = 10 };
+        Record(reads.Total, 20_000, count: 1000);
+        var result = Result(new BenchOptions(), reads, new OpStats(), TimeSpan.FromTicks(20_004_000));
+
+        var json = BenchReport.Json(result);
+        Assert.Contains("\"iops\": 504.747626,", json, StringComparison.Ordinal);
+        var read = JsonDocument.Parse(json).RootElement.GetProperty("jobs")[0].GetProperty("read");
+        Assert.Equal(2001, read.GetProperty("runtime").GetInt64());
+        Assert.Equal(2_046_976, read.GetProperty("bw_bytes").GetInt64());
+        Assert.Equal(1999, read.GetProperty("bw").GetInt64());
+        Assert.Equal(1010, read.GetProperty("total_ios").GetInt64());
+
+        // The terse line's read: KiB, bandwidth in KiB/s, IOPS, runtime (fields 6 to 9).
+        var terse = BenchReport.Terse(result).Split(';');
+        Assert.Equal(["4000", "1999", "504", "2001"], terse[5..9]);
+
+        // num2str of 2,046,976 bytes/s: 1999KiB/s and 2046.976 kB/s rounded to 2047kB/s.
+        var human = BenchReport.Human(result);
+        Assert.Contains("  read: IOPS=504, BW=1999KiB/s (2047kB/s)(4000KiB/2001msec)\n", human, StringComparison.Ordinal);
+        Assert.Contains("   READ: bw=1999KiB/s (2047kB/s), io=4000KiB (4096kB), run=2001msec\n", human, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// fio's runtime of a direction is the elapsed time in whole microseconds (<c>utime_since</c>,
+    /// truncated) rounded up to whole ms (backend.c <c>update_runtime</c>:
+    /// <c>(elapsed_us + 999) / 1000</c>): 2,000.0009 ms is 2,000,000 us, 2,000 ms; 2,000.001 ms is
+    /// 2,001; 0.3 ms is 1. The bench truncated the milliseconds: 2,000, 2,000 and 0.
+    /// </summary>
+    [Theory]
+    [InlineData(20_000_009L, 2000L)]
+    [InlineData(20_000_010L, 2001L)]
+    [InlineData(20_000_000L, 2000L)]
+    [InlineData(10_000L, 1L)]
+    [InlineData(3_000L, 1L)]
+    [InlineData(9L, 0L)]          // under 1 us: 0 us, 0 ms
+    [InlineData(0L, 0L)]
+    public void A_directions_runtime_is_rounded_up_to_the_millisecond(long ticks, long ms) =>
+        Assert.Equal(ms, BenchReport.RuntimeMs(new OpStats { Ios = 1, Bytes = 4096 }, TimeSpan.FromTicks(ticks)));
+
+    /// <summary>
+    /// A run under 1 ms that moved bytes: 2 reads of 4 KiB in 0.3 ms. fio's runtime is 1 ms, so
+    /// iops 2,000, bw_bytes 8,192,000, bw 8,000 KiB/s, the terse line's 8 KiB, 8,000, 2,000, 1, and
+    /// the normal report's <c>IOPS=2000, BW=8000KiB/s (8192kB/s)(8192B/1msec)</c>. The bench gave
+    /// runtime 0: the terse line 0 KiB/s and 0 IOPS, the JSON 27,306,666 bytes/s and 6,666.67
+    /// IOPS over 0.3 ms, the normal report <c>/0msec</c>.
+    /// </summary>
+    [Fact]
+    public void A_run_under_a_millisecond_has_runtime_1()
+    {
+        var reads = new OpStats { Ios = 2, Bytes = 2 * 4096L };
+        Record(reads.Total, 100_000, count: 2);
+        var result = Result(new BenchOptions(), reads, new OpStats(), TimeSpan.FromTicks(3_000));
+
+        var read = Job(result).GetProperty("read");
+        Assert.Equal(1, read.GetProperty("runtime").GetInt64());
+        Assert.Equal(2000.0, read.GetProperty("iops").GetDouble());
+        Assert.Equal(8_192_000, read.GetProperty("bw_bytes").GetInt64());
+        Assert.Equal(8000, read.GetProperty("bw").GetInt64());
+
+        var terse = BenchReport.Terse(result).Split(';');
+        Assert.Equal(["8", "8000", "2000", "1"], terse[5..9]);
+
+        var human = BenchReport.Human(result);
+        Assert.Contains("  read: IOPS=2000, BW=8000KiB/s (8192kB/s)(8192B/1msec)\n", human, StringComparison.Ordinal);
+        Assert.Contains("   READ: bw=8000KiB/s (8192kB/s), io=8192B (8192B), run=1msec\n", human, StringComparison.Ordinal);
+    }
+
+    private static BenchResult Result(BenchOptions options, OpStats reads, OpStats writes) => Result(options, reads, writes, Second);
+
+    private static BenchResult Result(BenchOptions options, OpStats reads, OpStats writes, TimeSpan measured) =>
+        new(options, reads, writes, measured, Second,
             Submitted: reads.TotalIos + writes.TotalIos, Completed: reads.TotalIos + writes.TotalIos, Errors: reads.Failed + writes.Failed,
             Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
         {

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using ActorBlk.Host.Bench;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Host.Tests;
@@ -57,6 +58,111 @@ public sealed class BenchSamplerSpec
 
         var bw = SampleStats.Of([.. sampler.Read.Select(s => s.KiBPerSecond)]);
         Assert.Equal((0.0, 5000.0, 2500.0, 2), (bw.Min, bw.Max, bw.Mean, bw.Count));
+    }
+
+    /// <summary>
+    /// fio's sampling clock starts when the window opens (libfio.c <c>reset_all_stats</c> sets
+    /// <c>bw_sample_time</c> and <c>iops_sample_time</c> to the end of the ramp), so its first
+    /// sample comes one 500 ms interval into the window and spans exactly that. Here the window
+    /// opens 300 ms into the run; the device does 2 reads of 4 KiB a ms for the window's first
+    /// 500 ms, then 1 a ms. fio's samples at 500, 1,000 and 1,500 ms of the window: 1,000 I/Os in
+    /// 500 ms (2,000 IOPS, 4,096,000 * 1000 / 500 / 1024 = 8,000 KiB/s), then 500 (1,000 IOPS,
+    /// 4,000 KiB/s) twice. The bench's ticks ran from its start (500, 1,000, 1,500 ms of the run):
+    /// nothing at 200 ms of the window (too short), then 1,200 I/Os over 700 ms (1,714 IOPS, 6,857
+    /// KiB/s) and 1,000 IOPS: two samples, the first spanning 1.4 intervals.
+    /// </summary>
+    [Fact]
+    public async Task The_first_sample_comes_one_interval_after_the_window_opens()
+    {
+        var clock = new ManualTimeProvider();
+        var opens = TimeSpan.FromMilliseconds(300);
+        var sampler = new BenchSampler();
+        BenchResult Snapshot()
+        {
+            var measured = clock.Now > opens ? clock.Now - opens : TimeSpan.Zero;
+            var ms = (long)measured.TotalMilliseconds;
+            var ios = ms <= 500 ? 2 * ms : 1000 + (ms - 500);
+            var reads = new OpStats { Ios = ios, Bytes = ios * 4096 };
+            return new BenchResult(new BenchOptions(), reads, new OpStats(), measured, clock.Now,
+                Submitted: ios, Completed: ios, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+        }
+
+        using var stop = new CancellationTokenSource();
+        var run = sampler.RunAsync(Snapshot, clock, stop.Token);
+        var patience = TimeSpan.FromSeconds(30);
+        while (clock.Now < TimeSpan.FromMilliseconds(1800))
+        {
+            await clock.WhenTimersPendingAsync().WaitAsync(patience);
+            clock.Advance(TimeSpan.FromMilliseconds(10));
+        }
+
+        await clock.WhenTimersPendingAsync().WaitAsync(patience);  // the sample at 1,800 ms is taken
+        await stop.CancelAsync();
+        await run.WaitAsync(patience);
+
+        Assert.Equal([new RateSample(8000, 2000), new RateSample(4000, 1000), new RateSample(4000, 1000)], sampler.Read);
+        Assert.Empty(sampler.Write);
+    }
+
+    /// <summary>
+    /// How long the sampler waits after each look, fio's <c>__add_samples</c> return: the rest of
+    /// the interval before a sample (500 - 300 = 200 ms; 1 ms short is a sample, within the
+    /// slack), the interval after one on time, and after one late the interval less
+    /// <c>1 + spent - avg_time</c>: 508 ms gives 491; 1,000 ms or more gives 500 (fio's unsigned
+    /// <c>next</c> wraps and <c>min(next, next_log)</c> is the interval). A window that did not
+    /// move (closed at 1,900 ms) is looked at again a whole interval later.
+    /// </summary>
+    [Fact]
+    public void The_wait_for_the_next_sample_is_fios()
+    {
+        var sampler = new BenchSampler();
+        TimeSpan Poll(double ms) => sampler.Poll((long)ms, (long)ms * 4096, 0, 0, TimeSpan.FromMilliseconds(ms));
+        Assert.Equal(TimeSpan.FromMilliseconds(500), Poll(0));
+        Assert.Equal(TimeSpan.FromMilliseconds(200), Poll(300));
+        Assert.Equal(TimeSpan.FromMilliseconds(491), Poll(508));         // a sample, 8 ms late
+        Assert.Equal(TimeSpan.FromMilliseconds(500), Poll(1007));        // 499 ms: within the slack, a sample
+        Assert.Equal(TimeSpan.FromMilliseconds(500), Poll(2007));        // 1,000 ms late
+        Assert.Equal(TimeSpan.FromMilliseconds(400), Poll(2107));
+        Assert.Equal(TimeSpan.FromMilliseconds(500), Poll(2107));        // the window did not move
+        Assert.Equal(3, sampler.Read.Count);                              // at 508, 1,007 and 2,007 ms
+    }
+
+    /// <summary>
+    /// A time-based window ends one interval after its last sample: fio takes that sample, as its
+    /// job runs a little past the runtime (fio 3.33, null engine, 2 s: 4 samples). The sampler's
+    /// timer may wake after the run has ended (here the window's clock reached its end, 1,000
+    /// ms, at 990 ms of the timer's), and the bench's sampling then stopped without it: 3
+    /// samples in 2 s. On being stopped it polls once more: 1,000 reads in the last 500 ms,
+    /// 2,000 IOPS, 8,000 KiB/s.
+    /// </summary>
+    [Fact]
+    public async Task The_sample_at_the_windows_end_is_taken_when_the_run_stops_first()
+    {
+        var clock = new ManualTimeProvider();
+        var measured = TimeSpan.Zero;
+        var sampler = new BenchSampler();
+        BenchResult Snapshot()
+        {
+            var ios = 2 * (long)measured.TotalMilliseconds;
+            return new BenchResult(new BenchOptions(), new OpStats { Ios = ios, Bytes = ios * 4096 }, new OpStats(), measured, clock.Now,
+                Submitted: ios, Completed: ios, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+        }
+
+        using var stop = new CancellationTokenSource();
+        var run = sampler.RunAsync(Snapshot, clock, stop.Token);
+        var patience = TimeSpan.FromSeconds(30);
+        await clock.WhenTimersPendingAsync().WaitAsync(patience);
+        measured = TimeSpan.FromMilliseconds(500);
+        clock.Advance(TimeSpan.FromMilliseconds(500));
+        await clock.WhenTimersPendingAsync().WaitAsync(patience);
+        Assert.Single(sampler.Read);
+
+        clock.Advance(TimeSpan.FromMilliseconds(490));
+        measured = TimeSpan.FromMilliseconds(1000);   // the window's end, fixed when it opened
+        await stop.CancelAsync();
+        await run.WaitAsync(patience);
+
+        Assert.Equal([new RateSample(8000, 2000), new RateSample(8000, 2000)], sampler.Read);
     }
 
     /// <summary>
