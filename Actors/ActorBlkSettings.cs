@@ -72,7 +72,7 @@ public sealed record ActorBlkSettings(
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
-            throw new ConfigurationException($"actorblk.{key}: must be a list of objects ([{{ name = ... }}, ...]), not '{list}'.");
+            throw new ConfigurationException($"actorblk.{key}: must be a list of objects ([{{ name = ... }}, ...]), not '{(list.IsString() ? list.GetString() ?? "null" : list)}'.");
         }
 
         var index = 0;
@@ -135,11 +135,6 @@ public sealed record ActorBlkSettings(
                         : $"{where}: unknown setting; {path} takes {string.Join(", ", known.Items.Keys.Order(StringComparer.Ordinal))}.");
                 }
 
-                if (where == BlockingDriverDispatcher)
-                {
-                    continue;
-                }
-
                 // A section where a value belongs, or a value (or list) where a section does: read
                 // raw, these aborted serve with Akka's ArgumentNullException or NullReferenceException.
                 // (Akka's HoconValue calls an empty list neither a string nor a list, so a list is
@@ -152,20 +147,32 @@ public sealed record ActorBlkSettings(
                     continue;
                 }
 
-                if (reference.IsObject() != value.IsObject() || (plain && !value.IsString()))
+                // A list assigned over a section the file set before is kept beside it by Akka's
+                // parser, which then reads the section alone: `nbd = []` after `nbd { ... }` was
+                // ignored in silence (an audit).
+                if (reference.IsObject() != value.IsObject() || (plain && !value.IsString())
+                    || (reference.IsObject() && value.Values.Any(v => v is Akka.Configuration.Hocon.HoconArray)))
                 {
                     throw new ConfigurationException(reference.IsObject() ? $"{where}: a section {{ ... }} is expected, not '{Text(value)}'."
                         : $"{where}: a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
                 }
 
-                if (value.IsObject())
+                // HOCON's null (and "null": Akka reads both as no string) failed the reader of the key
+                // with "Value cannot be null." or a NullReferenceException, naming no key (an audit).
+                if (plain && value.GetString() is null)
+                {
+                    throw NullValue(where, reference.GetString() ?? string.Empty);
+                }
+
+                if (value.IsObject() && where != BlockingDriverDispatcher)
                 {
                     Walk(where, value.GetObject(), reference.GetObject());
                 }
             }
         }
 
-        static string Text(Akka.Configuration.Hocon.HoconValue value) => value.IsString() ? value.GetString() : value.IsArray() ? "[ ... ]" : "{ ... }";
+        static string Text(Akka.Configuration.Hocon.HoconValue value) =>
+            value.Values.Any(v => v is Akka.Configuration.Hocon.HoconArray) ? "[ ... ]" : value.IsString() ? value.GetString() ?? "null" : value.IsObject() ? "{ ... }" : "[ ... ]";
     }
 
     // Levenshtein distance, for the "did you mean" of a misspelt setting (keys are short).
@@ -360,7 +367,7 @@ public sealed record ActorBlkSettings(
     private static void CheckBlockingDriverDispatcher(Config c)
     {
         const string section = "blocking-driver-dispatcher";
-        var type = c.GetString($"{section}.type", "PinnedDispatcher");
+        var type = c.GetString($"{section}.type", "PinnedDispatcher") ?? throw NullValue($"actorblk.{section}.type", "PinnedDispatcher");
 
         // Akka resolves any other name with Type.GetType from its own assembly (so an unqualified
         // Akka.Dispatch name resolves there, not here) and instantiates it as a configurator: a
@@ -435,6 +442,13 @@ public sealed record ActorBlkSettings(
     // correct format." and no key (an outside audit).
     internal static TimeSpan Span(Config c, string key, TimeSpan fallback, string examples = "e.g. 500ms, 30s")
     {
+        if (IsNull(c, key))
+        {
+            throw NullValue($"actorblk.{key}", fallback.TotalMilliseconds % 1000 == 0
+                ? FormattableString.Invariant($"{fallback.TotalSeconds:0}s")
+                : FormattableString.Invariant($"{fallback.TotalMilliseconds:0}ms"));
+        }
+
         try
         {
             return c.GetTimeSpan(key, fallback);
@@ -445,6 +459,16 @@ public sealed record ActorBlkSettings(
         }
     }
 
+    // True when KEY holds HOCON's null (or "null"), which Akka reads as a null string.
+    private static bool IsNull(Config c, string key) => c.HasPath(key) && c.GetValue(key) is { } value && value.IsString() && value.GetString() is null;
+
+    /// <summary>
+    /// The refusal of HOCON's <c>null</c> for <paramref name="key"/> (its full name), naming the
+    /// default that removing the key gives: no <c>actorblk</c> setting takes null as a value.
+    /// </summary>
+    internal static ConfigurationException NullValue(string key, string fallback) =>
+        new($"{key}: null is not a value here; remove the key for the default ({(fallback.Length == 0 ? "none" : fallback)}).");
+
     // Akka refuses a signed duration before any range check, so "-1s" read "is not a duration"
     // (an outside audit); the sign is named instead.
     private static string NotADuration(string text, string examples) =>
@@ -454,6 +478,11 @@ public sealed record ActorBlkSettings(
 
     internal static int Int(Config c, string key, int fallback)
     {
+        if (IsNull(c, key))
+        {
+            throw NullValue($"actorblk.{key}", fallback.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+
         try
         {
             return c.GetInt(key, fallback);

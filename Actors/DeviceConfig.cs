@@ -48,6 +48,14 @@ public static class DeviceConfig
             {
                 throw new DeviceOptionsException(name, key, why);
             }
+
+            // HOCON's null (and "null") reads as no string: on/off and choice keys failed with a
+            // NullReferenceException, the others read '' or took the default (an audit). `driver =
+            // null` alone has a meaning: the null driver.
+            if (key != "driver" && IsNull(value))
+            {
+                throw new DeviceOptionsException(name, key, NullIsNoValue);
+            }
         }
 
         var options = new DeviceOptions
@@ -143,7 +151,14 @@ public static class DeviceConfig
 
     /// <summary>An entry's <c>name</c> as given, <c>[ ... ]</c> when it is not one value, null when absent.</summary>
     internal static string? NameOf(Config entry, IDictionary<string, Akka.Configuration.Hocon.HoconValue> items) =>
-        !items.TryGetValue("name", out var value) ? null : value.IsString() ? entry.GetString("name") : "[ ... ]";
+        !items.TryGetValue("name", out var value) ? null : value.IsString() ? entry.GetString("name") ?? "null" : "[ ... ]";
+
+    /// <summary>The refusal of HOCON's <c>null</c> for a key of a device entry.</summary>
+    internal const string NullIsNoValue = "null is not a value here; remove the key for the default.";
+
+    /// <summary>True when <paramref name="value"/> is HOCON's null (or <c>"null"</c>): one value that Akka reads as no string.</summary>
+    internal static bool IsNull(Akka.Configuration.Hocon.HoconValue value) =>
+        value.IsString() && !IsUnresolved(value) && value.GetString() is null;
 
     /// <summary>
     /// Why <paramref name="value"/> is not the one value a key takes (a list or a section), or null

@@ -48,8 +48,12 @@ public static class StackedDeviceConfig
             // members is a list, every other key one value. Read otherwise, a list or a section is
             // null to Akka: `assume-clean = [on]` was refused as "'' is not on or off", `members =
             // disk0` as "needs at least one member" (an outside audit).
-            var why = key != "members" ? DeviceConfig.NotOneValue(value)
-                : !DeviceConfig.IsUnresolved(value) && (value.IsObject() || (value.IsString() && value.GetString() is not null)) ? "a list of device names is expected ([a, b])."
+            // HOCON's null (and "null") is no value for any key (an audit: `type = null` read '',
+            // `members = [a, null]` failed with a NullReferenceException).
+            var why = DeviceConfig.IsNull(value) ? DeviceConfig.NullIsNoValue
+                : key != "members" ? DeviceConfig.NotOneValue(value)
+                : !DeviceConfig.IsUnresolved(value) && (value.IsObject() || value.IsString()) ? "a list of device names is expected ([a, b])."
+                : value.IsArray() ? value.GetArray().Select((m, i) => m.IsString() && m.GetString() is not null ? null : $"member {i} is {(m.IsString() ? "null" : m.IsObject() ? "a section { ... }" : "a list [ ... ]")}, not a device name.").FirstOrDefault(w => w is not null)
                 : null;
             if (why is not null)
             {

@@ -33,6 +33,39 @@ public static class ActorBlkRemoting
     /// <summary>The key that allows binding a non-loopback address without TLS.</summary>
     public const string AllowInsecureKey = "actorblk.allow-insecure-remoting";
 
+    /// <summary>The key that turns TLS on for Akka.Remote.</summary>
+    public const string EnableSslKey = "akka.remote.dot-netty.tcp.enable-ssl";
+
+    /// <summary>
+    /// <c>akka.remote.dot-netty.tcp.enable-ssl</c> of <paramref name="config"/> (off when absent).
+    /// Null, a list, a section or a word that is not on or off is refused naming the key: read
+    /// raw, each failed <c>serve</c> with Akka's NotSupportedException and its stack (an audit).
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is not on or off.</exception>
+    public static bool SslEnabled(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var value = config.HasPath(EnableSslKey) ? config.GetValue(EnableSslKey) : null;
+        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+        {
+            return false;
+        }
+
+        if (!value.IsString() || value.GetString() is not { } text)
+        {
+            throw new ConfigurationException($"{EnableSslKey}: '{(value.IsObject() ? "{ ... }" : value.IsString() ? "null" : "[ ... ]")}' is not on or off.");
+        }
+
+        try
+        {
+            return value.GetBoolean();
+        }
+        catch (NotSupportedException)
+        {
+            throw new ConfigurationException($"{EnableSslKey}: '{text}' is not on or off.");
+        }
+    }
+
     /// <summary>
     /// The TLS setup of <paramref name="config"/> when <c>akka.remote.dot-netty.tcp.enable-ssl</c> is
     /// on, else null: the PKCS#12 certificate of <c>ssl.certificate.path</c> (and <c>password</c>),
@@ -45,7 +78,7 @@ public static class ActorBlkRemoting
     public static DotNettySslSetup? TlsSetup(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        if (!config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false))
+        if (!SslEnabled(config))
         {
             return null;
         }
@@ -88,7 +121,7 @@ public static class ActorBlkRemoting
     {
         ArgumentNullException.ThrowIfNull(config);
         var host = config.GetString("akka.remote.dot-netty.tcp.hostname", string.Empty);
-        if (config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) || IsLoopback(host))
+        if (SslEnabled(config) || IsLoopback(host))
         {
             return null;
         }

@@ -131,6 +131,7 @@ public static class RemoteSurface
     /// </summary>
     /// <exception cref="AdminSecretException">The secret file exists but cannot be read, or (with
     /// <paramref name="create"/>) is missing and cannot be created.</exception>
+    /// <exception cref="ConfigurationException">Either key is HOCON's null.</exception>
     public static string? ResolveSecret(Config config, bool create, bool fromEnvironment = false)
     {
         ArgumentNullException.ThrowIfNull(config);
@@ -140,12 +141,19 @@ public static class RemoteSurface
         }
 
         // A secret of blanks is none (it was taken as "" by some checks and as a secret by others).
-        if (config.GetString(SecretKey, string.Empty) is { } inline && !string.IsNullOrWhiteSpace(inline))
+        // HOCON's null: the file's null failed with a NullReferenceException, the secret's was
+        // taken for none (an audit); both are refused naming the key, as every actorblk key's is.
+        if (config.GetString(SecretKey, string.Empty) is not { } inline)
+        {
+            throw ActorBlkSettings.NullValue(SecretKey, string.Empty);
+        }
+
+        if (!string.IsNullOrWhiteSpace(inline))
         {
             return inline.Trim();
         }
 
-        var file = ExpandHome(config.GetString(SecretFileKey, string.Empty));
+        var file = ExpandHome(config.GetString(SecretFileKey, string.Empty) ?? throw ActorBlkSettings.NullValue(SecretFileKey, string.Empty));
         if (string.IsNullOrWhiteSpace(file))
         {
             return null;
@@ -276,11 +284,11 @@ public static class RemoteSurface
     /// <paramref name="config"/> (<see cref="MaxInflightIoBytesKey"/>): a request past it is answered
     /// with <c>BlockStatus.Resource</c> at once (README, "Security").
     /// </summary>
-    /// <exception cref="ConfigurationException">The value is not a size, or is 0.</exception>
+    /// <exception cref="ConfigurationException">The value is not a size, is 0, or is HOCON's null.</exception>
     public static long MaxInflightIoBytes(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var text = config.GetString(MaxInflightIoBytesKey, string.Empty);
+        var text = config.GetString(MaxInflightIoBytesKey, string.Empty) ?? throw ActorBlkSettings.NullValue(MaxInflightIoBytesKey, "64m");
         if (text.Length == 0)
         {
             return DefaultMaxInflightIoBytes;

@@ -41,7 +41,7 @@ internal sealed class NodeClient : IAsyncDisposable
         {
             var config = NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
             port ??= config.GetInt("akka.remote.dot-netty.tcp.port", 4053);
-            scheme = config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : scheme;
+            scheme = ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(config) ? "akka.ssl.tcp" : scheme;
         }
         catch (UsageException) when (configPath is null)
         {
@@ -75,7 +75,7 @@ internal sealed class NodeClient : IAsyncDisposable
     /// </summary>
     public static NodeClient Connect(string address, Config? nodeConfig = null)
     {
-        var tls = nodeConfig?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
+        var tls = nodeConfig is not null && ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(nodeConfig);
         if (!tls && address.StartsWith("akka.ssl.tcp://", StringComparison.Ordinal))
         {
             throw new ConfigurationException($"{address} uses TLS: pass the node's hocon.conf (--config) for its certificate.");

@@ -74,7 +74,7 @@ internal static class NodeConfig
 
         if (seeds is { Count: > 0 })
         {
-            var scheme = config.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) ? "akka.ssl.tcp" : "akka.tcp";
+            var scheme = ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(config) ? "akka.ssl.tcp" : "akka.tcp";
             var list = string.Join(", ", seeds.Select(s => Quote($"{scheme}://{SystemName}@{s}")));
             config = ConfigurationFactory.ParseString($"akka.cluster.seed-nodes = [{list}]").WithFallback(config);
         }

@@ -44,7 +44,7 @@ internal sealed class NodeOptions
 
         if (!text.Contains("://", StringComparison.Ordinal))
         {
-            var tls = ConfigFrom(parse)?.GetBoolean("akka.remote.dot-netty.tcp.enable-ssl", false) == true;
+            var tls = ConfigFrom(parse) is { } nodeConfig && ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(nodeConfig);
             return $"{(tls ? "akka.ssl.tcp" : "akka.tcp")}://{NodeConfig.SystemName}@{NodeConfig.ParseEndpoint(text, "--node")}";
         }
 

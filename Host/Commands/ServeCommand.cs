@@ -107,6 +107,8 @@ internal static class ServeCommand
         // trace (exit 134; a README audit).
         ActorBlkSettings.Create(config);
         CheckLogLevels(config);
+        _ = ActorBlkRemoting.SslEnabled(config); // enable-ssl = null failed with Akka's NotSupportedException and its stack
+        _ = RemotingPort(config);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -389,7 +391,7 @@ internal static class ServeCommand
         var host = tcp.GetString("public-hostname", string.Empty) is { Length: > 0 } publicHost ? publicHost : tcp.GetString("hostname", string.Empty);
         var port = int.TryParse(tcp.GetString("public-port", string.Empty), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var publicPort) && publicPort > 0
             ? publicPort
-            : tcp.GetInt("port", 0);
+            : RemotingPort(config);
         if (host.Length == 0 || port <= 0)
         {
             return null;
@@ -397,6 +399,23 @@ internal static class ServeCommand
 
         host = System.Net.IPAddress.TryParse(host, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{host}]" : host;
         return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
+    }
+
+    // akka.remote.dot-netty.tcp.port (0 when absent), read before Akka reads it: null, a list or a
+    // section failed the start with "Value cannot be null." and a stack trace (an audit).
+    private static int RemotingPort(Akka.Configuration.Config config)
+    {
+        const string key = "akka.remote.dot-netty.tcp.port";
+        var value = config.HasPath(key) ? config.GetValue(key) : null;
+        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+        {
+            return 0;
+        }
+
+        var text = value.IsString() ? value.GetString() ?? "null" : value.IsObject() ? "{ ... }" : "[ ... ]";
+        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) && port <= 65535
+            ? port
+            : throw new Akka.Configuration.ConfigurationException($"{key}: '{text}' is not a port (0 to 65535).");
     }
 
     // Returns the address's lock (RemotingPortLock), held while the node runs, or null.
@@ -409,7 +428,7 @@ internal static class ServeCommand
         }
 
         var bindPort = tcp.GetString("bind-port", string.Empty);
-        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : tcp.GetInt("port", 0);
+        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : RemotingPort(config);
         var host = tcp.GetString("bind-hostname", string.Empty) is { Length: > 0 } bindHost ? bindHost : tcp.GetString("hostname", string.Empty);
         if (port == 0 || host.Length == 0)
         {

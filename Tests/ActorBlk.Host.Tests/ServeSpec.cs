@@ -221,6 +221,35 @@ public sealed partial class ServeSpec
         }
     }
 
+    /// <summary>
+    /// HOCON's null for a setting, and a remoting key ActorBlk reads itself that is null, a list or a
+    /// section, is a usage error naming the key: `drain-timeout = null` failed serve with "Value cannot
+    /// be null." and a stack trace (exit 1), `enable-ssl = null` with Akka's NotSupportedException,
+    /// and `port = null` started the node and failed it with an ArgumentNullException (an audit).
+    /// </summary>
+    [Theory]
+    [InlineData("actorblk.drain-timeout = null", "actorblk: configuration: actorblk.drain-timeout: null is not a value here; remove the key for the default (30s).\n")]
+    [InlineData("akka.remote.dot-netty.tcp.enable-ssl = null", "actorblk: configuration: akka.remote.dot-netty.tcp.enable-ssl: 'null' is not on or off.\n")]
+    [InlineData("akka.remote.dot-netty.tcp.port = []", "actorblk: configuration: akka.remote.dot-netty.tcp.port: '[ ... ]' is not a port (0 to 65535).\n")]
+    public async Task Null_or_a_value_of_the_wrong_kind_is_refused_naming_the_key(string setting, string message)
+    {
+        var config = Path.Combine(Path.GetTempPath(), $"actorblk-null-{Guid.NewGuid():N}.conf");
+        await File.WriteAllTextAsync(config, $"{setting}\n");
+        try
+        {
+            // No --port: it would replace the file's.
+            await using var node = ActorBlkProcess.Start("serve", "--config", config, "--nbd-listen", "off");
+
+            Assert.Equal(2, await node.WaitForExitAsync(StartTimeout));
+            Assert.Contains(message, node.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("Exception", node.Output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(config);
+        }
+    }
+
     [Theory]
     [InlineData("serve --bogus", "Unrecognized command or argument '--bogus'")]
     [InlineData("frobnicate", "Unrecognized command or argument 'frobnicate'")]

@@ -1,0 +1,147 @@
+using ActorBlk.Actors.Nbd;
+using ActorBlk.Actors.Serialization;
+using ActorBlk.Hardware.Devices;
+using Akka.Configuration;
+using Akka.Configuration.Hocon;
+using Xunit;
+
+namespace ActorBlk.Actors.Tests;
+
+/// <summary>
+/// HOCON's <c>null</c> (and <c>"null"</c>, which Akka reads the same way) for any <c>actorblk</c>
+/// key, device entry key or stacked entry key is refused naming the key. An audit after
+/// <c>actorblk.nbd.listen = null</c> ("Value cannot be null.", no key): every duration and whole
+/// number failed with an ArgumentNullException, the on/off and choice keys of a device entry and
+/// <c>remote.admin-secret-file</c> with a NullReferenceException, and other keys read '' or took a
+/// default in silence (<c>topology.sysfs-root</c>, <c>metrics.prometheus</c>, <c>remote.admin-secret</c>).
+/// </summary>
+public sealed class ConfigNullSpec
+{
+    // Every plain key of reference.conf's actorblk section (a dispatcher's own settings aside), and every section.
+    private static IEnumerable<(string Key, HoconValue Reference)> Settings()
+    {
+        var all = new List<(string, HoconValue)>();
+        Walk("actorblk", ActorBlkSettings.DefaultConfig().GetValue("actorblk").GetObject());
+        return all;
+
+        void Walk(string path, HoconObject section)
+        {
+            foreach (var (key, value) in section.Items)
+            {
+                all.Add(($"{path}.{key}", value));
+                if (value.IsObject() && key != "blocking-driver-dispatcher")
+                {
+                    Walk($"{path}.{key}", value.GetObject());
+                }
+            }
+        }
+    }
+
+    public static TheoryData<string, string> PlainKeys()
+    {
+        var data = new TheoryData<string, string>();
+        foreach (var (key, reference) in Settings().Where(s => s.Reference.IsString()))
+        {
+            data.Add(key, reference.GetString() is { Length: > 0 } text ? text : "none");
+        }
+
+        return data;
+    }
+
+    public static TheoryData<string> Sections() => [.. Settings().Where(s => s.Reference.IsObject()).Select(s => s.Key)];
+
+    [Theory]
+    [MemberData(nameof(PlainKeys))]
+    public void Null_for_any_setting_is_refused_naming_the_key_and_its_default(string key, string fallback)
+    {
+        foreach (var value in new[] { "null", "\"null\"" })
+        {
+            var refused = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString($"{key} = {value}")));
+            Assert.Equal($"{key}: null is not a value here; remove the key for the default ({fallback}).", refused.Message);
+        }
+    }
+
+    // A list assigned over a section set before was kept beside it by Akka's parser and ignored.
+    [Theory]
+    [MemberData(nameof(Sections))]
+    public void Null_or_a_list_for_a_section_is_refused_naming_it(string key)
+    {
+        var refused = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString($"{key} = null")));
+        Assert.Equal($"{key}: a section {{ ... }} is expected, not 'null'.", refused.Message);
+        refused = Assert.Throws<ConfigurationException>(() => ActorBlkSettings.Create(ConfigurationFactory.ParseString($"{key} {{ }}\n{key} = []")));
+        Assert.Equal($"{key}: a section {{ ... }} is expected, not '[ ... ]'.", refused.Message);
+    }
+
+    // The readers other parts call on their own (an embedding application's NBD export, remoting).
+    [Fact]
+    public void The_readers_read_elsewhere_name_the_key_too()
+    {
+        static ConfigurationException Refused(Action read) => Assert.Throws<ConfigurationException>(read);
+        static Config Hocon(string text) => ConfigurationFactory.ParseString(text);
+
+        Assert.Equal("actorblk.nbd.max-in-flight: null is not a value here; remove the key for the default (128).",
+            Refused(() => NbdExportSettings.Create(Hocon("actorblk.nbd.max-in-flight = null"))).Message);
+        Assert.Equal("actorblk.nbd.stall-timeout: null is not a value here; remove the key for the default (60s).",
+            Refused(() => NbdExportSettings.Create(Hocon("actorblk.nbd.stall-timeout = null"))).Message);
+        Assert.Equal("actorblk.remote.max-inbound-connections: null is not a value here; remove the key for the default (1024).",
+            Refused(() => InboundConnectionCap.Limits(Hocon("actorblk.remote.max-inbound-connections = null"), 4096)).Message);
+        Assert.Equal("actorblk.remote.max-inflight-io-bytes: null is not a value here; remove the key for the default (64m).",
+            Refused(() => RemoteSurface.MaxInflightIoBytes(Hocon("actorblk.remote.max-inflight-io-bytes = null"))).Message);
+        Assert.Equal("actorblk.remote.admin-secret: null is not a value here; remove the key for the default (none).",
+            Refused(() => RemoteSurface.ResolveSecret(Hocon("actorblk.remote.admin-secret = null"), create: false)).Message);
+        Assert.Equal("actorblk.remote.admin-secret-file: null is not a value here; remove the key for the default (none).",
+            Refused(() => RemoteSurface.ResolveSecret(Hocon("actorblk.remote.admin-secret-file = null"), create: false)).Message);
+        foreach (var (value, shown) in new[] { ("null", "null"), ("{}", "{ ... }"), ("[]", "[ ... ]"), ("[on]", "[ ... ]"), ("banana", "banana") })
+        {
+            Assert.Equal($"akka.remote.dot-netty.tcp.enable-ssl: '{shown}' is not on or off.",
+                Refused(() => ActorBlkRemoting.SslEnabled(Hocon($"akka.remote.dot-netty.tcp.enable-ssl = {value}"))).Message);
+        }
+
+        Assert.True(ActorBlkRemoting.SslEnabled(Hocon("akka.remote.dot-netty.tcp.enable-ssl = on")));
+        Assert.False(ActorBlkRemoting.SslEnabled(Hocon("a = 1")));
+    }
+
+    public static TheoryData<string> DeviceKeys() => [.. DeviceConfig.Keys.Where(k => k != "driver").Order(StringComparer.Ordinal)];
+
+    public static TheoryData<string> StackedKeys() => [.. StackedDeviceConfig.Keys.Order(StringComparer.Ordinal)];
+
+    [Theory]
+    [MemberData(nameof(DeviceKeys))]
+    public void Null_for_a_device_key_is_refused_naming_the_key(string key)
+    {
+        var entry = key == "name" ? "name = null" : $"name = d0, {key} = null";
+        var refused = Assert.Throws<DeviceOptionsException>(() => DeviceConfig.Parse(ConfigurationFactory.ParseString(entry)));
+        Assert.Equal(key, refused.Option);
+        Assert.Equal($"device '{(key == "name" ? "null" : "d0")}': option '{key}': null is not a value here; remove the key for the default.", refused.Message);
+    }
+
+    [Fact]
+    public void Driver_null_is_the_null_driver() =>
+        Assert.Equal("null", DeviceConfig.Parse(ConfigurationFactory.ParseString("name = d0, driver = null")).Driver);
+
+    [Theory]
+    [MemberData(nameof(StackedKeys))]
+    public void Null_for_a_stacked_key_is_refused_naming_the_key(string key)
+    {
+        var entry = key switch
+        {
+            "name" => "name = null, type = mirror, members = [a, b]",
+            "members" => "name = m0, type = mirror, members = null",
+            _ => $"name = m0, type = mirror, members = [a, b], {key} = null",
+        };
+        var refused = Assert.Throws<DeviceOptionsException>(() => StackedDeviceConfig.Parse(ConfigurationFactory.ParseString(entry)));
+        Assert.Equal(key, refused.Option);
+        Assert.EndsWith($"option '{key}': null is not a value here; remove the key for the default.", refused.Message, StringComparison.Ordinal);
+    }
+
+    // Each failed with a NullReferenceException from Akka's GetStringList.
+    [Theory]
+    [InlineData("[a, null]", "member 1 is null, not a device name.")]
+    [InlineData("[a, []]", "member 1 is a list [ ... ], not a device name.")]
+    [InlineData("[{ x = 1 }, b]", "member 0 is a section { ... }, not a device name.")]
+    public void A_member_that_is_not_a_name_is_refused(string members, string message)
+    {
+        var refused = Assert.Throws<DeviceOptionsException>(() => StackedDeviceConfig.Parse(ConfigurationFactory.ParseString($"name = m0, type = mirror, members = {members}")));
+        Assert.Equal($"device 'm0': option 'members': {message}", refused.Message);
+    }
+}
