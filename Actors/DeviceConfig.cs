@@ -168,8 +168,13 @@ public static class DeviceConfig
         value.IsString() || IsUnresolved(value) ? null : $"a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.";
 
     /// <summary>True when <paramref name="value"/> holds a substitution Akka left unresolved.</summary>
+    // A substitution the parser could not resolve: an optional ${?X} with no X, which Akka.NET
+    // 1.5's parser leaves resolved to a section (a probe). A resolved one stays in the value's
+    // elements with its ResolvedValue set, and reads as that value: taken for unresolved,
+    // `enable-ssl = ${x}` read as off and `port = ${p}` as 0 (a review). For the scalar keys
+    // that ask, a substitution resolved to a section means nothing else.
     internal static bool IsUnresolved(Akka.Configuration.Hocon.HoconValue value) =>
-        value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution);
+        value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution s && (s.ResolvedValue is null || s.ResolvedValue.IsObject()));
 
     // Keys that only one driver reads: on a device of another driver they would be ignored in
     // silence (path, uri, tls_ca and io_poll = on are refused by DeviceOptions.Validate first,

@@ -46,7 +46,7 @@ public static class ActorBlkRemoting
     {
         ArgumentNullException.ThrowIfNull(config);
         var value = config.HasPath(EnableSslKey) ? config.GetValue(EnableSslKey) : null;
-        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+        if (value is null || DeviceConfig.IsUnresolved(value))
         {
             return false;
         }

@@ -101,6 +101,18 @@ public sealed class ConfigNullSpec
         Assert.False(ActorBlkRemoting.SslEnabled(Hocon("a = 1")));
     }
 
+    // A resolved substitution stays among the value's elements and reads as its value: taken for
+    // unresolved, enable-ssl = ${x} read as off (a review). Only ${?X} with no X is absent.
+    [Fact]
+    public void A_substituted_value_is_read_as_its_value_and_an_unresolved_optional_one_as_absent()
+    {
+        Assert.True(ActorBlkRemoting.SslEnabled(ConfigurationFactory.ParseString("x = on\nakka.remote.dot-netty.tcp.enable-ssl = ${x}")));
+        Assert.False(ActorBlkRemoting.SslEnabled(ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.enable-ssl = ${?ACTORBLK_SPEC_NO_SUCH_VARIABLE}")));
+        Assert.Equal(4096, DeviceConfig.Parse(ConfigurationFactory.ParseString("s = 4096\nd { name = d0, bs = ${s} }").GetConfig("d")).BlockSize);
+        var refused = Assert.Throws<DeviceOptionsException>(() => DeviceConfig.Parse(ConfigurationFactory.ParseString("n = null\nd { name = d0, path = ${n} }").GetConfig("d")));
+        Assert.Equal("path", refused.Option);
+    }
+
     public static TheoryData<string> DeviceKeys() => [.. DeviceConfig.Keys.Where(k => k != "driver").Order(StringComparer.Ordinal)];
 
     public static TheoryData<string> StackedKeys() => [.. StackedDeviceConfig.Keys.Order(StringComparer.Ordinal)];
