@@ -43,6 +43,21 @@ internal static class ServeCommand
             if (result.Tokens.Any(t => t.Value.Length == 0))
             {
                 result.AddError("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.");
+                return;
+            }
+
+            // Any other value that is not an address or off is named as the option too: `null`
+            // was refused as "actorblk.nbd.listen: null is not a value here", a key never written (a review).
+            foreach (var token in result.Tokens)
+            {
+                try
+                {
+                    _ = NbdExportSettings.ParseListen(token.Value.Replace("\"", string.Empty, StringComparison.Ordinal));
+                }
+                catch (Akka.Configuration.ConfigurationException)
+                {
+                    result.AddError($"option --nbd-listen: '{token.Value}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
+                }
             }
         });
         var command = new Command("serve", "Run a node serving the devices of hocon.conf, joining the cluster of the seed nodes.")
@@ -407,7 +422,10 @@ internal static class ServeCommand
     {
         const string key = "akka.remote.dot-netty.tcp.port";
         var value = config.HasPath(key) ? config.GetValue(key) : null;
-        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
+
+        // Only an unresolved substitution (${?X} with no X) reads as absent; a resolved one reads
+        // as its value (it was taken for absent: port = ${p} read as 0, a review).
+        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution s && (s.ResolvedValue is null || s.ResolvedValue.IsObject())))
         {
             return 0;
         }

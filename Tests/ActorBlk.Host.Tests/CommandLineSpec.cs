@@ -114,6 +114,8 @@ public sealed class CommandLineSpec
     [Theory]
     [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "")]
     [InlineData("Required argument missing for option: '--nbd-listen'", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen=")] // the parser's own refusal, as before
+    [InlineData("option --nbd-listen: 'null' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "null")]
+    [InlineData("option --nbd-listen: '127.0.0.1' is not ADDRESS:PORT", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "127.0.0.1")]
     [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "off", "--nbd-listen", "")]
     [InlineData("PREFIX is empty: give none to list every path.", "sysfs", "list", "", "--port", "1")]
     public async Task An_empty_value_that_meant_something_is_a_usage_error_naming_the_option(string message, params string[] args)
