@@ -173,7 +173,7 @@ internal sealed class ForgivingError(TextWriter inner) : TextWriter
 /// A writer in front of standard output that turns a failed write into
 /// <see cref="StandardOutputException"/>: the inner writer's IOException (ENOSPC on
 /// <c>/dev/full</c>) or UnauthorizedAccessException (EBADF when the descriptor is closed), and a
-/// reader that has gone (<paramref name="readerGone"/>, checked after each write, since the
+/// reader that has gone (<paramref name="readerGone"/>, checked before each write, since the
 /// console drops EPIPE). Before, such a failure ended the command with "actorblk: failed:" and a
 /// stack trace, and a reader that went away was never noticed.
 /// </summary>
@@ -233,8 +233,16 @@ internal sealed class GuardedOutput(TextWriter inner, Func<bool> readerGone) : T
         }
     }
 
+    // The reader is looked for before the write, where a C program's write would fail with EPIPE:
+    // looked for after it, a command whose last line the reader took and then left (`sysfs cat X |
+    // head -1`) ended 141 instead of 0 (a review).
     private void Guard(Action write)
     {
+        if (readerGone())
+        {
+            throw new StandardOutputException("Broken pipe", brokenPipe: true);
+        }
+
         try
         {
             write();
@@ -243,11 +251,6 @@ internal sealed class GuardedOutput(TextWriter inner, Func<bool> readerGone) : T
         {
             var cause = ex is UnauthorizedAccessException && ex.InnerException is IOException io ? io : ex;
             throw new StandardOutputException(cause.Message, brokenPipe: false, ex);
-        }
-
-        if (readerGone())
-        {
-            throw new StandardOutputException("Broken pipe", brokenPipe: true);
         }
     }
 }

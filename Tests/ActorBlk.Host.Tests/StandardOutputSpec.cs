@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.RegularExpressions;
+using ActorBlk.Host.Commands;
 using ActorBlk.Host.Tests.Support;
 using ActorBlk.Testing;
 using Xunit;
@@ -46,6 +47,31 @@ public sealed partial class StandardOutputSpec
         var (code, _) = await Shell($"dotnet \"$0\" {command} 2>&-", Within);
 
         Assert.Equal(expected, code);
+    }
+
+    // The reader is looked for before a write, where a C program's write would fail with EPIPE:
+    // looked for after it, a command whose last line the reader took before leaving (`sysfs cat X
+    // | head -1`) ended 141 instead of 0 (a review).
+    [Fact]
+    public void A_reader_that_leaves_after_the_last_line_is_no_broken_pipe_and_the_next_write_is()
+    {
+        var gone = false;
+        using var taken = new LeavingReader(() => gone = true);
+        using var output = new GuardedOutput(taken, () => gone);
+        output.WriteLine("the last line");
+        Assert.Equal("the last line" + Environment.NewLine, taken.ToString());
+        var refused = Assert.Throws<StandardOutputException>(() => output.WriteLine("one more"));
+        Assert.True(refused.BrokenPipe);
+    }
+
+    // A reader that takes a write and then goes away.
+    private sealed class LeavingReader(Action leave) : StringWriter
+    {
+        public override void WriteLine(string? value)
+        {
+            base.WriteLine(value);
+            leave();
+        }
     }
 
     [Fact]
