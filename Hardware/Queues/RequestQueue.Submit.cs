@@ -74,10 +74,11 @@ public sealed partial class RequestQueue
     }
 
     // A bio-based queue's driver takes the bio whole; its accounting starts here, once
-    // (bio_start_io_acct, as dm's and md's submit_bio do), and ends in EndBio.
+    // (bio_start_io_acct, as dm's and md's submit_bio do), and ends in EndBio. An empty flush is
+    // not accounted, as md_flush_request and dm's __send_empty_flush return before it.
     private void SubmitToBioDriver(Drivers.IBioDriver driver, Bio bio)
     {
-        if (bio.StatStartNs == 0)
+        if (bio.StatStartNs == 0 && bio.Op != BlockOp.Flush)
         {
             bio.StatStartNs = Stats.Start(bio.Op);
         }

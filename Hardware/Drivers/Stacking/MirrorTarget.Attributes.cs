@@ -23,8 +23,8 @@ public sealed partial class MirrorTarget
             return total == 0 ? "none\n" : $"{done >> Bio.SectorShift} / {total >> Bio.SectorShift}\n";
         }, null);
         add(md + "sync_speed", () => SyncAction == "idle" ? "none\n" : Line(Interlocked.Read(ref _syncSpeedKiB)), null);
-        add(md + "sync_speed_min", () => Speed(SyncSpeedMinKiB, _syncSpeedMinLocal), (path, text) => SetSpeed(path, text, min: true));
-        add(md + "sync_speed_max", () => Speed(SyncSpeedMaxKiB, _syncSpeedMaxLocal), (path, text) => SetSpeed(path, text, min: false));
+        add(md + "sync_speed_min", () => Speed(Volatile.Read(ref _syncSpeedMinLocalKiB), Options.SyncSpeedMinKiB), (path, text) => SetSpeed(path, text, min: true));
+        add(md + "sync_speed_max", () => Speed(Volatile.Read(ref _syncSpeedMaxLocalKiB), Options.SyncSpeedMaxKiB), (path, text) => SetSpeed(path, text, min: false));
         add(md + "mismatch_cnt", () => Line(MismatchSectors), null);
         add(md + "events", () => Line(Generation), null);
         add(md + "bitmap/chunksize", () => Line(RegionBytes), null);
@@ -180,8 +180,8 @@ public sealed partial class MirrorTarget
     // md's sync_min_show / sync_max_show: "%d (%s)\n", the limit and whether it is the array's own
     // ("local") or the system's. md prints an int, so a limit above INT_MAX shows negative there;
     // here it shows as the unsigned number written.
-    private static string Speed(long kib, bool local) =>
-        string.Create(CultureInfo.InvariantCulture, $"{kib} ({(local ? "local" : "system")})\n");
+    private static string Speed(long local, long system) =>
+        string.Create(CultureInfo.InvariantCulture, $"{(local != 0 ? local : system)} ({(local != 0 ? "local" : "system")})\n");
 
     private ValueTask SetSpeed(string path, string text, bool min)
     {
@@ -189,17 +189,7 @@ public sealed partial class MirrorTarget
         // limit, here the mirror's options (md's /proc/sys/dev/raid/speed_limit_min and _max).
         if (text.StartsWith("system", StringComparison.Ordinal))
         {
-            if (min)
-            {
-                Volatile.Write(ref _syncSpeedMinKiB, Options.SyncSpeedMinKiB);
-                _syncSpeedMinLocal = false;
-            }
-            else
-            {
-                Volatile.Write(ref _syncSpeedMaxKiB, Options.SyncSpeedMaxKiB);
-                _syncSpeedMaxLocal = false;
-            }
-
+            Volatile.Write(ref min ? ref _syncSpeedMinLocalKiB : ref _syncSpeedMaxLocalKiB, 0);
             return ValueTask.CompletedTask;
         }
 

@@ -832,17 +832,21 @@ public sealed partial class MirrorTarget
         private long _bytes;
         private long _limit;
 
+        // When the previous chunk's wait ended, so this chunk's copy began.
+        private long _chunkStart = mirror._time.GetTimestamp();
+
         public async ValueTask AfterAsync(int bytes, CancellationToken ct)
         {
             var busy = Interlocked.Read(ref mirror._userIo) > 0;
             var limit = Math.Max(1, busy ? mirror.SyncSpeedMinKiB : mirror.SyncSpeedMaxKiB);
             if (_limit != 0 && limit != _limit)
             {
-                // A new limit starts a new average: the bytes copied before, at another rate, do
-                // not count against it. Averaged over the whole pass, a recovery that had run at
-                // sync_speed_max waited at the first user write until the whole pass averaged
-                // sync_speed_min (1 GiB copied in 5 s was then held about 17 minutes).
-                _start = mirror._time.GetTimestamp();
+                // A new limit starts a new average, from this chunk's start: the bytes copied
+                // before, at another rate, do not count against it. Averaged over the whole pass, a
+                // recovery that had run at sync_speed_max waited at the first user write until the
+                // whole pass averaged sync_speed_min (1 GiB copied in 5 s was then held about 17
+                // minutes). From the chunk's start, its copy time counts towards its share.
+                _start = _chunkStart;
                 _bytes = 0;
             }
 
@@ -855,6 +859,8 @@ public sealed partial class MirrorTarget
             {
                 await Task.Delay(due - elapsed, mirror._time, ct).ConfigureAwait(false);
             }
+
+            _chunkStart = mirror._time.GetTimestamp();
         }
     }
 }

@@ -185,8 +185,6 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
         var pages = (int)(((Regions + 7) / 8 + MirrorSuperblock.BitmapPageBytes - 1) / MirrorSuperblock.BitmapPageBytes);
         _pageVersion = new long[pages];
         _pagePersisted = new long[pages];
-        _syncSpeedMinKiB = options.SyncSpeedMinKiB;
-        _syncSpeedMaxKiB = options.SyncSpeedMaxKiB;
     }
 
     /// <summary>The options the mirror was built with.</summary>
@@ -244,42 +242,32 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
     private long _mismatchSectors;
 
-    private long _syncSpeedMinKiB;
-    private long _syncSpeedMaxKiB;
-
-    // Whether each limit was set here (md's "local") or is the options' (md's "system", which
-    // /proc/sys/dev/raid/speed_limit_min and _max hold for md).
-    private bool _syncSpeedMinLocal;
-    private bool _syncSpeedMaxLocal;
+    // Each limit as md keeps it: the mirror's own value once one was set ("local"), 0 for the
+    // system's, which here is the options' (md's /proc/sys/dev/raid/speed_limit_min and _max).
+    // One field each, so a read never sees a value and a flag from two different writes.
+    private long _syncSpeedMinLocalKiB;
+    private long _syncSpeedMaxLocalKiB;
 
     /// <summary>
     /// Lower resync rate limit in KiB/s: below it, resync does not yield to user I/O (md
     /// <c>sync_speed_min</c>). Setting it makes it this mirror's own (md's "local"); the
-    /// attribute's <c>system</c> takes back <see cref="MirrorOptions.SyncSpeedMinKiB"/>.
+    /// attribute's <c>system</c>, or setting 0, takes back <see cref="MirrorOptions.SyncSpeedMinKiB"/>.
     /// </summary>
     public long SyncSpeedMinKiB
     {
-        get => Volatile.Read(ref _syncSpeedMinKiB);
-        set
-        {
-            Volatile.Write(ref _syncSpeedMinKiB, value);
-            _syncSpeedMinLocal = true;
-        }
+        get => Volatile.Read(ref _syncSpeedMinLocalKiB) is var local and not 0 ? local : Options.SyncSpeedMinKiB;
+        set => Volatile.Write(ref _syncSpeedMinLocalKiB, Math.Max(0, value));
     }
 
     /// <summary>
     /// Upper resync rate limit in KiB/s (md <c>sync_speed_max</c>). Setting it makes it this
-    /// mirror's own (md's "local"); the attribute's <c>system</c> takes back
+    /// mirror's own (md's "local"); the attribute's <c>system</c>, or setting 0, takes back
     /// <see cref="MirrorOptions.SyncSpeedMaxKiB"/>.
     /// </summary>
     public long SyncSpeedMaxKiB
     {
-        get => Volatile.Read(ref _syncSpeedMaxKiB);
-        set
-        {
-            Volatile.Write(ref _syncSpeedMaxKiB, value);
-            _syncSpeedMaxLocal = true;
-        }
+        get => Volatile.Read(ref _syncSpeedMaxLocalKiB) is var local and not 0 ? local : Options.SyncSpeedMaxKiB;
+        set => Volatile.Write(ref _syncSpeedMaxLocalKiB, Math.Max(0, value));
     }
 
     /// <summary>
