@@ -77,13 +77,9 @@ public sealed partial class BlockLayer
         {
             return CpuAttributes.Owns(p) ? CpuAttributes.Read(CurrentTopology, p) : AttributesOf(p).Read(p);
         }
-        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && PathError(path, p) is { } refined)
         {
-            throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
-        }
-        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
-        {
-            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+            throw refined;
         }
     }
 
@@ -113,13 +109,9 @@ public sealed partial class BlockLayer
             {
                 await AttributesOf(p).WriteAsync(p, value).ConfigureAwait(false);
             }
-            catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+            catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && PathError(path, p) is { } refined)
             {
-                throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
-            }
-            catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
-            {
-                throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+                throw refined;
             }
 
             return;
@@ -131,13 +123,9 @@ public sealed partial class BlockLayer
         {
             (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
         }
-        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && IsDirectory(path, p))
+        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && PathError(path, p) is { } refined)
         {
-            throw new AttributeException(p, AttributeErrno.EISDIR, "is a directory");
-        }
-        catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && ThroughAFile(path, p))
-        {
-            throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
+            throw refined;
         }
 
         try
@@ -216,6 +204,13 @@ public sealed partial class BlockLayer
         var directory = normalized + "/";
         return AllAttributes().Any(p => p.StartsWith(directory, StringComparison.Ordinal));
     }
+
+    // What open(2) says of a path that names no attribute: EISDIR for a directory of the tree,
+    // ENOTDIR for a path through a file; null when it names nothing at all (ENOENT stands).
+    private AttributeException? PathError(string path, string normalized) =>
+        IsDirectory(path, normalized) ? new AttributeException(normalized, AttributeErrno.EISDIR, "is a directory")
+        : ThroughAFile(path, normalized) ? new AttributeException(normalized, AttributeErrno.ENOTDIR, "not a directory")
+        : null;
 
     // A path that goes through an attribute as if it were a directory: one ending in a slash that
     // names a file ("block/nullb0/size/"), or one with a file before its last part

@@ -67,6 +67,28 @@ public static class ActorBlkRemoting
     }
 
     /// <summary>
+    /// <c>akka.remote.dot-netty.tcp.port</c> of <paramref name="config"/> (0 when absent, or an
+    /// optional substitution with nothing to take), read before Akka reads it: null, a list or a
+    /// section failed <c>serve</c> with "Value cannot be null." and a stack trace (an audit).
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is not a port (0 to 65535).</exception>
+    public static int Port(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        const string key = "akka.remote.dot-netty.tcp.port";
+        var value = config.HasPath(key) ? config.GetValue(key) : null;
+        if (value is null || DeviceConfig.IsUnresolved(value))
+        {
+            return 0;
+        }
+
+        var text = value.IsString() ? value.GetString() ?? "null" : value.IsObject() ? "{ ... }" : "[ ... ]";
+        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) && port <= 65535
+            ? port
+            : throw new ConfigurationException($"{key}: '{text}' is not a port (0 to 65535).");
+    }
+
+    /// <summary>
     /// The TLS setup of <paramref name="config"/> when <c>akka.remote.dot-netty.tcp.enable-ssl</c> is
     /// on, else null: the PKCS#12 certificate of <c>ssl.certificate.path</c> (and <c>password</c>),
     /// mutual authentication, and (with <c>actorblk.remote.pin-certificate = on</c>, the default)

@@ -123,7 +123,7 @@ internal static class ServeCommand
         ActorBlkSettings.Create(config);
         CheckLogLevels(config);
         _ = ActorBlkRemoting.SslEnabled(config); // enable-ssl = null failed with Akka's NotSupportedException and its stack
-        _ = RemotingPort(config);
+        _ = ActorBlkRemoting.Port(config);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -406,7 +406,7 @@ internal static class ServeCommand
         var host = tcp.GetString("public-hostname", string.Empty) is { Length: > 0 } publicHost ? publicHost : tcp.GetString("hostname", string.Empty);
         var port = int.TryParse(tcp.GetString("public-port", string.Empty), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var publicPort) && publicPort > 0
             ? publicPort
-            : RemotingPort(config);
+            : ActorBlkRemoting.Port(config);
         if (host.Length == 0 || port <= 0)
         {
             return null;
@@ -414,26 +414,6 @@ internal static class ServeCommand
 
         host = System.Net.IPAddress.TryParse(host, out var ip) && ip.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{host}]" : host;
         return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{host}:{port}");
-    }
-
-    // akka.remote.dot-netty.tcp.port (0 when absent), read before Akka reads it: null, a list or a
-    // section failed the start with "Value cannot be null." and a stack trace (an audit).
-    private static int RemotingPort(Akka.Configuration.Config config)
-    {
-        const string key = "akka.remote.dot-netty.tcp.port";
-        var value = config.HasPath(key) ? config.GetValue(key) : null;
-
-        // Only an unresolved substitution (${?X} with no X) reads as absent; a resolved one reads
-        // as its value (it was taken for absent: port = ${p} read as 0, a review).
-        if (value is null || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution s && (s.ResolvedValue is null || s.ResolvedValue.IsObject())))
-        {
-            return 0;
-        }
-
-        var text = value.IsString() ? value.GetString() ?? "null" : value.IsObject() ? "{ ... }" : "[ ... ]";
-        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) && port <= 65535
-            ? port
-            : throw new Akka.Configuration.ConfigurationException($"{key}: '{text}' is not a port (0 to 65535).");
     }
 
     // Returns the address's lock (RemotingPortLock), held while the node runs, or null.
@@ -446,7 +426,7 @@ internal static class ServeCommand
         }
 
         var bindPort = tcp.GetString("bind-port", string.Empty);
-        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : RemotingPort(config);
+        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : ActorBlkRemoting.Port(config);
         var host = tcp.GetString("bind-hostname", string.Empty) is { Length: > 0 } bindHost ? bindHost : tcp.GetString("hostname", string.Empty);
         if (port == 0 || host.Length == 0)
         {
