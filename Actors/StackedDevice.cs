@@ -27,6 +27,8 @@ internal sealed class StackedDeviceActor : ReceiveActor
     private readonly BlockDevice _device;
     private readonly ILoggingAdapter _log = Context.GetLogger();
     private IActorRef? _unregisterReplyTo;
+    private MirrorSyncStarted? _loggedSync;
+    private MirrorReAddFailure? _loggedReAddFailure;
 
     public StackedDeviceActor(BlockDevice device, Func<TimeSpan> drainTimeout)
     {
@@ -64,11 +66,11 @@ internal sealed class StackedDeviceActor : ReceiveActor
         {
             Subscribe(mirror);
 
-            // A refusal while the mirror was assembled came before this subscription (it may be
-            // logged twice when it races with it: better than never).
+            // A refusal while the mirror was assembled came before this subscription. One
+            // raised while subscribing is the same record: logged once (ReAddFailed).
             if (mirror.LastAutomaticReAddFailure is { } last)
             {
-                ReAddFailed(last.Leg, last.Reason);
+                LogReAddFailure(last);
             }
 
             TellCurrentSync(mirror);
@@ -108,8 +110,8 @@ internal sealed class StackedDeviceActor : ReceiveActor
     }
 
     // A recovery or resync may have started while the mirror was assembled, before this
-    // subscription (at start, or for a table swapped in): its end is logged, so its start is too
-    // (twice when it raced with the subscription: better than never).
+    // subscription (at start, or for a table swapped in): its end is logged, so its start is too.
+    // A start raised while subscribing is the same record as CurrentSync: logged once (SyncStarted).
     private void TellCurrentSync(MirrorTarget mirror)
     {
         if (mirror.CurrentSync is { } pass)
@@ -119,7 +121,29 @@ internal sealed class StackedDeviceActor : ReceiveActor
     }
 
     // Raised on the thread pool; the logging adapter publishes to the event stream, which is safe there.
-    private void ReAddFailed(string leg, string reason) =>
+    // The mirror's LastAutomaticReAddFailure is the failure it raised, so the one read at
+    // subscription and the one raised meanwhile are told apart from a later refusal.
+    private void ReAddFailed(string leg, string reason)
+    {
+        if ((_device.Queue.BioDriver as MirrorTarget)?.LastAutomaticReAddFailure is { } last && last.Leg == leg && last.Reason == reason)
+        {
+            LogReAddFailure(last);
+        }
+        else
+        {
+            WarnReAddFailed(leg, reason);
+        }
+    }
+
+    private void LogReAddFailure(MirrorReAddFailure failure)
+    {
+        if (!ReferenceEquals(Interlocked.Exchange(ref _loggedReAddFailure, failure), failure))
+        {
+            WarnReAddFailed(failure.Leg, failure.Reason);
+        }
+    }
+
+    private void WarnReAddFailed(string leg, string reason) =>
         _log.Warning("{0}: leg {1} reconnected but was not taken back: {2}; it stays faulty until it reconnects again or is re-added (md/dev-{1}/state)", _device.Name, leg, reason);
 
     // Raised where the leg failed (an I/O completion, the resync, an attribute write), as ReAddFailed.
@@ -145,10 +169,18 @@ internal sealed class StackedDeviceActor : ReceiveActor
             _ => "was re-added",
         }, back.OwedRegions);
 
-    // Raised on the sync's thread. md's names for the actions (md_do_sync).
-    private void SyncStarted(MirrorSyncStarted pass) =>
+    // Raised on the sync's thread. md's names for the actions (md_do_sync). A pass is logged
+    // once: the record raised is the one CurrentSync shows, read again at a subscription.
+    private void SyncStarted(MirrorSyncStarted pass)
+    {
+        if (ReferenceEquals(Interlocked.Exchange(ref _loggedSync, pass), pass))
+        {
+            return;
+        }
+
         _log.Info("{0}: {1} of RAID array started, {2} regions to do on {3} (md/sync_action, md/sync_completed)", _device.Name, MdName(pass.Action), pass.Regions,
             pass.Legs.Count == 0 ? "no leg" : string.Join(", ", pass.Legs));
+    }
 
     // md says "done" or "interrupted"; a pass stopped by hand or by the mirror stopping, or left
     // with no leg to read from, is a warning: the legs it copied to are still owed their regions.

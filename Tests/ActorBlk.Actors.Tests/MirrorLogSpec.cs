@@ -99,4 +99,29 @@ public sealed class MirrorLogSpec : Akka.TestKit.Xunit2.TestKit
 
         Assert.Equal(0, await Layer.DestroyDeviceAsync("mdi"));
     }
+
+    [Fact]
+    public async Task A_pass_starting_while_the_table_is_loaded_is_logged_once()
+    {
+        // The first recovery of a new mirror starts as it is assembled, before the device's actor
+        // subscribes; the actor reads CurrentSync after subscribing. Held here between the two, the
+        // pass's SyncStarted is raised after the subscription and shows the same pass: before, it
+        // was logged twice (an audit's 4 EiB mirror logged "recovery started" twice).
+        await Leg("ra");
+        await Leg("rb");
+        await Layer.CreateStackedDeviceAsync("mdr");
+        var release = new ManualResetEventSlim();
+        var options = new MirrorOptions { RegionBytes = Region, BeforeSyncStartedRaised = _ => release.Wait(TimeSpan.FromSeconds(60)) };
+        // The done line follows any second start line from the sync's thread: once it is seen,
+        // every start line is counted.
+        await EventFilter.Info(contains: "mdr: recovery of RAID array started").ExpectOneAsync(() =>
+            EventFilter.Info(contains: "mdr: recovery done").ExpectOneAsync(async () =>
+            {
+                var md = await Layer.LoadTableAsync("mdr", StackTable.Mirror(options, "ra", "rb"));
+                release.Set();
+                await Assert.IsType<MirrorTarget>(md.Queue.BioDriver).SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+            }));
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdr"));
+    }
 }

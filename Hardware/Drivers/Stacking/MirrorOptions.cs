@@ -32,6 +32,12 @@ public sealed record MirrorOptions
     /// </summary>
     public bool StartDegraded { get; init; }
 
+    /// <summary>
+    /// For specs: called on the sync's thread once a pass's start is recorded
+    /// (<see cref="MirrorTarget.CurrentSync"/>) and before <see cref="MirrorTarget.SyncStarted"/> is raised.
+    /// </summary>
+    internal Action<MirrorSyncStarted>? BeforeSyncStartedRaised { get; init; }
+
     /// <summary>Checks the values.</summary>
     /// <exception cref="ArgumentException">A value is out of range.</exception>
     public void Validate()

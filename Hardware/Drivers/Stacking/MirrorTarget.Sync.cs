@@ -103,6 +103,7 @@ public sealed partial class MirrorTarget
                 // A recovery tells its start once it knows its legs and regions (RecoverPassAsync).
                 if (started is not null)
                 {
+                    Options.BeforeSyncStartedRaised?.Invoke(started);
                     Notify(SyncStarted, started);
                 }
 
@@ -240,6 +241,7 @@ public sealed partial class MirrorTarget
             _currentSync = started;
         }
 
+        Options.BeforeSyncStartedRaised?.Invoke(started);
         Notify(SyncStarted, started);
         var interruptedPass = false;
         var frozen = false;
