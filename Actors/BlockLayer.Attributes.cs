@@ -86,8 +86,11 @@ public sealed partial class BlockLayer
     /// <summary>
     /// Writes an attribute with the kernel's rules for it. Writing 0 or 1 to
     /// <c>devices/system/cpu/cpu&lt;N&gt;/online</c> is a hotplug event (<see cref="SetCpuOnlineAsync"/>).
+    /// An empty value (zero bytes; not <c>"\n"</c>) is taken and changes nothing, as the kernel's
+    /// <c>sysfs_kf_write</c> returns 0 without calling the attribute's store; the path is looked up
+    /// and a read-only attribute refused (EACCES) first, as <c>open(2)</c> does.
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only, an empty value too), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
     public async ValueTask WriteAttributeAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(path);
@@ -117,20 +120,24 @@ public sealed partial class BlockLayer
             return;
         }
 
-        int cpu;
-        bool online;
+        (int Cpu, bool Online)? hotplug;
         try
         {
-            (cpu, online) = CpuAttributes.ParseWrite(CurrentTopology, p, value);
+            hotplug = CpuAttributes.ParseWrite(CurrentTopology, p, value);
         }
         catch (AttributeException ex) when (ex.Errno == AttributeErrno.ENOENT && PathError(path, p) is { } refined)
         {
             throw refined;
         }
 
+        if (hotplug is not { } cpu)
+        {
+            return; // an empty write: nothing to do
+        }
+
         try
         {
-            await SetCpuOnlineAsync(cpu, online).ConfigureAwait(false);
+            await SetCpuOnlineAsync(cpu.Cpu, cpu.Online).ConfigureAwait(false);
         }
         catch (InvalidOperationException ex)
         {

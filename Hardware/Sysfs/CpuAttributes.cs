@@ -47,9 +47,12 @@ public static class CpuAttributes
         };
     }
 
-    /// <summary>Checks a write of <c>cpu&lt;N&gt;/online</c> and returns the event it asks for.</summary>
-    /// <exception cref="AttributeException">ENOENT (no such path), EACCES (a read-only list) or EINVAL (not a boolean).</exception>
-    public static (int Cpu, bool Online) ParseWrite(CpuTopology topology, string path, string value)
+    /// <summary>
+    /// Checks a write of <c>cpu&lt;N&gt;/online</c> and returns the event it asks for, or null for
+    /// an empty value (zero bytes), which is taken and asks for nothing (<c>sysfs_kf_write</c>).
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT (no such path), EACCES (a read-only list, an empty value too) or EINVAL (not a boolean).</exception>
+    public static (int Cpu, bool Online)? ParseWrite(CpuTopology topology, string path, string value)
     {
         ArgumentNullException.ThrowIfNull(topology);
         ArgumentNullException.ThrowIfNull(value);
@@ -59,6 +62,11 @@ public static class CpuAttributes
         }
 
         var cpu = CpuOf(topology, path);
+        if (value.Length == 0)
+        {
+            // sysfs_kf_write returns 0 for a write of no bytes before online_store sees it (it was EINVAL).
+            return null;
+        }
 
         // kstrtobool (online_store): only the first character counts, 1, y, t (true) or e (enabled)
         // true and 0, n, f (false) or d (disabled) false, in either case, or the first two for o/O:

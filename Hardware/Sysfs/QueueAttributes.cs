@@ -74,8 +74,11 @@ public sealed class AttributeTree
         return text.Length <= PageBuffer.Limit ? text : text[..PageBuffer.Limit];
     }
 
-    /// <summary>Writes an attribute.</summary>
-    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
+    /// <summary>
+    /// Writes an attribute. An empty value (zero bytes; not <c>"\n"</c>) is taken and changes
+    /// nothing, as the kernel's <c>sysfs_kf_write</c> returns 0 without calling the store.
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only, an empty value too), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
@@ -85,7 +88,9 @@ public sealed class AttributeTree
             throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is read-only");
         }
 
-        return file.Store(path, value);
+        // sysfs_kf_write: "if (!count) return 0;" after the open's permission check (EACCES above),
+        // before the store. The empty value went to the store, which refused it (EINVAL).
+        return value.Length == 0 ? ValueTask.CompletedTask : file.Store(path, value);
     }
 
     private AttributeFile Find(string path)

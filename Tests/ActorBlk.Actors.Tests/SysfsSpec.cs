@@ -470,7 +470,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
 
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "maybe")).Errno);
-        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "\n")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "o")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", " 1")).Errno);
         Assert.Equal(AttributeErrno.EINVAL, (await Refused("devices/system/cpu/cpu2/online", "2")).Errno);
@@ -533,7 +533,9 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
             Assert.True(refused.Errno == AttributeErrno.ERANGE, $"'{value}': {refused.Errno} {refused.Reason}");
         }
 
-        foreach (var value in new[] { "-2", "-2147483648", "", "\n", "+", "-", "+-1", "-+1", " 1", "1 ", "0x10", "1\n\n", "1x" })
+        // (An empty value is no longer among them: a write of no bytes is taken and changes
+        // nothing, as sysfs_kf_write returns 0 for it; A_write_of_no_bytes_... below.)
+        foreach (var value in new[] { "-2", "-2147483648", "\n", "+", "-", "+-1", "-+1", " 1", "1 ", "0x10", "1\n\n", "1x" })
         {
             var refused = await Refused(Delay, value);
             Assert.True(refused.Errno == AttributeErrno.EINVAL, $"'{value}': {refused.Errno} {refused.Reason}");
@@ -557,6 +559,64 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
 
             Assert.Equal(before, Layer.ReadAttribute(path));
         }
+    }
+
+    // sysfs_kf_write returns 0 for a write of no bytes without calling the store, so
+    // `echo -n "" > /sys/block/X/queue/nr_requests` succeeds and changes nothing. The empty value
+    // went to the store, which refused it (EINVAL here, EINVAL for cpuN/online and md's new_dev).
+    // The lookup and the permission check come first, as open(2) does them: a read-only attribute
+    // is still EACCES, a directory EISDIR, a missing path ENOENT. "\n" (`echo "" >`) is one byte
+    // and still goes to the store.
+    [Fact]
+    public async Task A_write_of_no_bytes_is_taken_and_changes_nothing_after_the_lookup_and_the_permission_check()
+    {
+        var device = await Create("sd14");
+        string[] writable = ["nr_requests", "rq_affinity", "io_poll", "io_poll_delay", "io_timeout", "nomerges", "max_sectors_kb", "read_only", "rotational",
+            "discard_max_bytes", "write_cache", "scheduler"];
+        var before = writable.ToDictionary(a => a, a => Layer.ReadAttribute($"block/sd14/queue/{a}"));
+        foreach (var attribute in writable)
+        {
+            await Layer.WriteAttributeAsync($"block/sd14/queue/{attribute}", string.Empty);
+            await device.Attributes.WriteAsync($"block/sd14/queue/{attribute}", string.Empty);
+            Assert.Equal(before[attribute], Layer.ReadAttribute($"block/sd14/queue/{attribute}"));
+        }
+
+        // Not a value it takes: io_poll refuses every write on a device without poll queues.
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd14/queue/io_poll", "0")).Errno);
+        Assert.Equal(AttributeErrno.EINVAL, (await Refused("block/sd14/queue/nr_requests", "\n")).Errno);
+
+        // Every other file of the tree is read-only: EACCES, empty or not.
+        var readOnly = Layer.ListAttributes("block/sd14/").Concat(Layer.ListAttributes("kernel/debug/block/sd14/"))
+            .Where(p => !writable.Any(a => p == $"block/sd14/queue/{a}"))
+            .Concat(["uptime", "devices/system/cpu/online", "devices/system/cpu/possible", "devices/system/cpu/present"]).ToArray();
+        Assert.Contains("block/sd14/queue/logical_block_size", readOnly);
+        Assert.Contains("block/sd14/mq/0/nr_tags", readOnly);
+        foreach (var path in readOnly)
+        {
+            var refused = await Refused(path, string.Empty);
+            Assert.True(refused.Errno == AttributeErrno.EACCES, $"'{path}': {refused.Errno} {refused.Reason}");
+        }
+
+        Assert.Equal(AttributeErrno.EACCES, (await Assert.ThrowsAsync<AttributeException>(async () => await device.Attributes.WriteAsync("block/sd14/size", string.Empty))).Errno);
+        Assert.Equal(AttributeErrno.EISDIR, (await Refused("block/sd14/queue", string.Empty)).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/sd14/queue/nope", string.Empty)).Errno);
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("block/nosuch/queue/nr_requests", string.Empty)).Errno);
+        Assert.Equal(AttributeErrno.ENOTDIR, (await Refused("block/sd14/queue/nr_requests/", string.Empty)).Errno);
+
+        // A CPU's online file: no hotplug event; its lookup still applies.
+        var topology = Layer.CurrentTopology;
+        await Layer.WriteAttributeAsync("devices/system/cpu/cpu2/online", string.Empty);
+        Assert.Same(topology, Layer.CurrentTopology);
+        Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
+        Assert.Equal(AttributeErrno.ENOENT, (await Refused("devices/system/cpu/cpu9/online", string.Empty)).Errno);
+
+        // Through the sysfs actor, as `actorblk sysfs write PATH ''` sends it.
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        sysfs.Tell(new Sysfs.Write("block/sd14/queue/nr_requests", string.Empty), TestActor);
+        Assert.Equal(new Sysfs.Written("block/sd14/queue/nr_requests", before["nr_requests"]), await ExpectMsgAsync<Sysfs.Written>());
+        sysfs.Tell(new Sysfs.Write("block/sd14/queue/logical_block_size", string.Empty), TestActor);
+        Assert.Equal("EACCES", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        Assert.Equal(64, device.Queue.NrRequests);
     }
 
     // The same audit: `actorblk sysfs cat block/nullb0/queue` answered ENOENT, where cat on a sysfs

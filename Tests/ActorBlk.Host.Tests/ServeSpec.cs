@@ -103,6 +103,13 @@ public sealed partial class ServeSpec
         Assert.Equal(0, (await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "2")).Code);
         Assert.Equal("4\n", (await Run("sysfs", "cat", "block/nullb0/queue/nr_requests")).Out);
 
+        // VALUE '' writes no bytes, as `echo -n "" >` does: taken, nothing changes (it was
+        // EINVAL, exit 1); a read-only attribute still refuses it.
+        var empty = await Run("sysfs", "write", "block/nullb0/queue/nr_requests", string.Empty);
+        Assert.Equal((0, string.Empty), (empty.Code, empty.Out));
+        Assert.Equal("4\n", (await Run("sysfs", "cat", "block/nullb0/queue/nr_requests")).Out);
+        Assert.Contains("(EACCES)", (await Run("sysfs", "write", "block/nullb0/queue/logical_block_size", string.Empty)).All);
+
         var refused = await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "lots");
         Assert.Equal(1, refused.Code);
         Assert.Contains("block/nullb0/queue/nr_requests: 'lots' is not an unsigned number", refused.All);

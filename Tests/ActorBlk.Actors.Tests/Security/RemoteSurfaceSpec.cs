@@ -310,6 +310,10 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         SysfsActor(_attacker).Tell(new Sysfs.Write("block/victim/queue/nr_requests", "4"), attacker.Ref);
         var write = await attacker.ExpectMsgAsync<Sysfs.Failed>(TimeSpan.FromSeconds(30));
         Assert.Equal("EPERM", write.Errno);
+
+        // A write of no bytes changes nothing, but the permission check comes first, as open(2)'s.
+        SysfsActor(_attacker).Tell(new Sysfs.Write("block/victim/queue/nr_requests", string.Empty), attacker.Ref);
+        Assert.Equal("EPERM", (await attacker.ExpectMsgAsync<Sysfs.Failed>(TimeSpan.FromSeconds(30))).Errno);
         SysfsActor(_attacker).Tell(new Sysfs.Hotplug(1, Online: false), attacker.Ref);
         Assert.Equal("EPERM", (await attacker.ExpectMsgAsync<Sysfs.Failed>(TimeSpan.FromSeconds(30))).Errno);
 
@@ -317,8 +321,10 @@ public sealed class RemoteSurfaceSpec : Akka.TestKit.Xunit2.TestKit, IAsyncLifet
         Assert.NotEqual("4\n", Layer.ReadAttribute("block/victim/queue/nr_requests"));
         Assert.Equal("0-3\n", Layer.ReadAttribute("devices/system/cpu/online"));
 
-        // With the secret the same requests go through.
+        // With the secret the same requests go through (the empty write too, changing nothing).
         SysfsActor(_attacker).Tell(new RemoteSurface.Authenticated(Secret, new Sysfs.Write("block/victim/queue/nr_requests", "4")), attacker.Ref);
+        Assert.Equal("4\n", (await attacker.ExpectMsgAsync<Sysfs.Written>(TimeSpan.FromSeconds(30))).Text);
+        SysfsActor(_attacker).Tell(new RemoteSurface.Authenticated(Secret, new Sysfs.Write("block/victim/queue/nr_requests", string.Empty)), attacker.Ref);
         Assert.Equal("4\n", (await attacker.ExpectMsgAsync<Sysfs.Written>(TimeSpan.FromSeconds(30))).Text);
         Guardian(_attacker).Tell(new RemoteSurface.Authenticated(Secret, new BlockLayer.Destroy("victim")), attacker.Ref);
         Assert.Equal("victim", (await attacker.ExpectMsgAsync<BlockLayer.Destroyed>(TimeSpan.FromSeconds(60))).Name);

@@ -1885,12 +1885,16 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         {
             var path = $"block/md0/md/{attribute}";
             var before = md.Attributes.Read(path);
-            foreach (var bad in new[] { " 5", "5 ", "-5", "+", "++8", "+-8", "+0", "0x10", "0", "abc", "5\n\n", "" })
+            foreach (var bad in new[] { " 5", "5 ", "-5", "+", "++8", "+-8", "+0", "0x10", "0", "abc", "5\n\n", "\n" })
             {
                 var error = await Assert.ThrowsAsync<Hardware.Sysfs.AttributeException>(async () => await md.Attributes.WriteAsync(path, bad));
                 Assert.Equal(Hardware.Sysfs.AttributeErrno.EINVAL, error.Errno);
                 Assert.Equal(before, md.Attributes.Read(path));
             }
+
+            // No bytes at all never reach the store (sysfs_kf_write returns 0): taken, nothing changes.
+            await md.Attributes.WriteAsync(path, string.Empty);
+            Assert.Equal(before, md.Attributes.Read(path));
 
             // md returns kstrtouint's own error: a number above UINT_MAX is ERANGE (it was EINVAL,
             // the queue attributes' rule; an outside CLI fuzzing audit), found before what follows it.
