@@ -27,6 +27,7 @@ public sealed partial class BlockLayer
     private static readonly Lazy<bool> MachineHasCpuStat = new(() => CpuStatSample.ReadLine() is not null);
 
     private readonly long _started = Stopwatch.GetTimestamp();
+    private long _treeEnumerations;
 
     /// <summary>Time since the block layer started on this node (what its devices' statistics count from at most).</summary>
     public TimeSpan Uptime => Stopwatch.GetElapsedTime(_started);
@@ -42,8 +43,16 @@ public sealed partial class BlockLayer
         return AllAttributes().Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
 
-    private IEnumerable<string> AllAttributes() =>
-        CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()));
+    // Every path of the node: for a listing only, whose cost is the tree's. Counted, so a spec can
+    // see that a lookup (a miss included) never enumerates the tree.
+    private IEnumerable<string> AllAttributes()
+    {
+        Interlocked.Increment(ref _treeEnumerations);
+        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()));
+    }
+
+    /// <summary>How many times the whole attribute tree was enumerated (a listing does it once); for specs.</summary>
+    internal long TreeEnumerations => Interlocked.Read(ref _treeEnumerations);
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
@@ -181,36 +190,84 @@ public sealed partial class BlockLayer
     // The path is already normalised by the caller.
     private QueueAttributes AttributesOf(string path)
     {
-        var parts = path.Split('/');
-        var device = parts switch
-        {
-            ["block", var name, ..] => name,
-            ["kernel", "debug", "block", var name, ..] => name,
-            _ => null,
-        };
+        var device = DeviceNamed(path);
         return device is not null && _devices.TryGetValue(device, out var d)
             ? d.Attributes
             : throw new AttributeException(path, AttributeErrno.ENOENT, device is null ? "no such attribute" : $"there is no device '{device}'");
     }
 
+    // The device a normalised path lies under (block/<dev>/..., kernel/debug/block/<dev>/...), or null.
+    private static string? DeviceNamed(string path) => path.Split('/') switch
+    {
+        ["block", var name, ..] => name,
+        ["kernel", "debug", "block", var name, ..] => name,
+        _ => null,
+    };
+
+    private enum TreeNode
+    {
+        None,
+        File,
+        Directory,
+    }
+
+    // What the tree holds at a normalised path, found from the path alone: the root, the node's
+    // own files, the CPU part, or the snapshot of the one device the path names (a binary search).
+    // The directories above the devices' trees (block, kernel/debug/block ...) exist while some
+    // device has a tree, as they did when the whole tree was searched for a path under them.
+    // Never enumerates the tree: a failed lookup used to list every path of every device to choose
+    // its errno, so a client retrying a missing path made the node list its whole tree per miss.
+    private TreeNode NodeAt(string p)
+    {
+        if (p.Length == 0)
+        {
+            return TreeNode.Directory;
+        }
+
+        if (p == UptimeAttribute || (p == CpuStatAttribute && MachineHasCpuStat.Value))
+        {
+            return TreeNode.File;
+        }
+
+        var topology = CurrentTopology;
+        if (CpuAttributes.IsFile(topology, p))
+        {
+            return TreeNode.File;
+        }
+
+        if (CpuAttributes.IsDirectory(topology, p))
+        {
+            return TreeNode.Directory;
+        }
+
+        if (DeviceNamed(p) is { } name)
+        {
+            var tree = _devices.TryGetValue(name, out var device) ? device.Attributes.Visible : null;
+            return tree is null ? TreeNode.None : tree.Contains(p) ? TreeNode.File : tree.IsDirectory(p) ? TreeNode.Directory : TreeNode.None;
+        }
+
+        return p is "block" or "kernel" or "kernel/debug" or "kernel/debug/block" && AnyDeviceTree() ? TreeNode.Directory : TreeNode.None;
+    }
+
+    // True when some device has a tree. Stops at the first; enumerating the dictionary itself
+    // takes no lock and copies nothing (its Values would do both).
+    private bool AnyDeviceTree()
+    {
+        foreach (var (_, device) in _devices)
+        {
+            if (device.Attributes.Visible is not null)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
     // A directory of the tree: the root ("/", "/sys"), one above the devices' trees (block,
     // kernel/debug/block, devices/system/cpu, cpu<N>) or one inside a device's (block/<dev>/queue).
     // The empty path is no directory: it names nothing, as open("") is ENOENT.
-    private bool IsDirectory(string path, string normalized)
-    {
-        if (path.Length == 0)
-        {
-            return false;
-        }
-
-        if (normalized.Length == 0)
-        {
-            return true;
-        }
-
-        var directory = normalized + "/";
-        return AllAttributes().Any(p => p.StartsWith(directory, StringComparison.Ordinal));
-    }
+    private bool IsDirectory(string path, string normalized) => path.Length > 0 && NodeAt(normalized) == TreeNode.Directory;
 
     // What open(2) says of a path that names no attribute: EISDIR for a directory of the tree,
     // ENOTDIR for a path through a file; null when it names nothing at all (ENOENT stands).
@@ -221,7 +278,9 @@ public sealed partial class BlockLayer
 
     // A path that goes through an attribute as if it were a directory: one ending in a slash that
     // names a file ("block/nullb0/size/"), or one with a file before its last part
-    // ("block/nullb0/size/x"); open(2) says ENOTDIR for both. The first read the size.
+    // ("block/nullb0/size/x"); open(2) says ENOTDIR for both. The first read the size. The walk
+    // goes down the path's prefixes while they are directories: under a prefix that names
+    // nothing, nothing is a file.
     private bool ThroughAFile(string path, string normalized)
     {
         if (normalized.Length == 0)
@@ -229,21 +288,18 @@ public sealed partial class BlockLayer
             return false;
         }
 
-        var files = AllAttributes().ToHashSet(StringComparer.Ordinal);
-        if (path.EndsWith('/') && files.Contains(normalized))
-        {
-            return true;
-        }
-
         for (var slash = normalized.IndexOf('/', StringComparison.Ordinal); slash > 0; slash = normalized.IndexOf('/', slash + 1))
         {
-            if (files.Contains(normalized[..slash]))
+            switch (NodeAt(normalized[..slash]))
             {
-                return true;
+                case TreeNode.File:
+                    return true;
+                case TreeNode.None:
+                    return false;
             }
         }
 
-        return false;
+        return path.EndsWith('/') && NodeAt(normalized) == TreeNode.File;
     }
 
     // As a path walk does: surrounding slashes dropped, repeated slashes taken as one

@@ -85,20 +85,39 @@ public static class CpuAttributes
         };
     }
 
+    /// <summary>True when <paramref name="path"/> (relative to the tree's root, no trailing slash) is one of the files for <paramref name="topology"/>.</summary>
+    internal static bool IsFile(CpuTopology topology, string path) =>
+        path is Root + "online" or Root + "possible" or Root + "present"
+        || (Owns(path) && path.AsSpan(Root.Length) is var rest && rest.EndsWith("/online", StringComparison.Ordinal) && PresentCpu(topology, rest[..^"/online".Length]) >= 0);
+
+    /// <summary>
+    /// True when <paramref name="path"/> (relative to the tree's root, no trailing slash) is a
+    /// directory of the CPU part: <c>devices</c>, <c>devices/system</c>, <c>devices/system/cpu</c>
+    /// or <c>devices/system/cpu/cpu&lt;N&gt;</c> of a present CPU.
+    /// </summary>
+    internal static bool IsDirectory(CpuTopology topology, string path) =>
+        (path.Length > 0 && path.Length < Root.Length && Root[path.Length] == '/' && Root.StartsWith(path, StringComparison.Ordinal))
+        || (Owns(path) && PresentCpu(topology, path.AsSpan(Root.Length)) >= 0);
+
     private static int CpuOf(CpuTopology topology, string path)
     {
-        // Only the name the directory has: cpu1, not cpu01 or cpu0001 (which int.TryParse reads as 1,
-        // so a path no listing shows was read and written as CPU 1's; an outside CLI fuzzing audit).
         var rest = path[Root.Length..];
-        if (rest.StartsWith("cpu", StringComparison.Ordinal) && rest.EndsWith("/online", StringComparison.Ordinal)
-            && rest.AsSpan(3, rest.Length - 3 - "/online".Length) is var digits
-            && int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var cpu)
-            && digits.SequenceEqual(cpu.ToString(CultureInfo.InvariantCulture))
-            && topology.Present.Contains(cpu))
+        if (rest.EndsWith("/online", StringComparison.Ordinal) && PresentCpu(topology, rest.AsSpan(0, rest.Length - "/online".Length)) is >= 0 and var cpu)
         {
             return cpu;
         }
 
         throw new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
     }
+
+    // The CPU a directory name (cpu<N>) stands for, or -1. Only the name the directory has: cpu1,
+    // not cpu01 or cpu0001 (which int.TryParse reads as 1, so a path no listing shows was read and
+    // written as CPU 1's; an outside CLI fuzzing audit), and only for a present CPU.
+    private static int PresentCpu(CpuTopology topology, ReadOnlySpan<char> name) =>
+        name.StartsWith("cpu", StringComparison.Ordinal) && name[3..] is var digits
+        && int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var cpu)
+        && digits.SequenceEqual(cpu.ToString(CultureInfo.InvariantCulture))
+        && topology.Present.Contains(cpu)
+            ? cpu
+            : -1;
 }

@@ -111,7 +111,7 @@ public sealed class AttributeTree
 
     // True when some attribute's path goes on under "key/". The paths are sorted ordinally, so the
     // first at or after "key/" is under it if any is.
-    private bool IsDirectory(string key)
+    internal bool IsDirectory(string key)
     {
         if (key.Length == 0)
         {
@@ -141,7 +141,10 @@ public sealed class QueueAttributes
     public AttributeTree? Current => Volatile.Read(ref _current);
 
     /// <summary>The attribute paths of the current snapshot (empty while unregistered or dying).</summary>
-    public IReadOnlyList<string> List() => Current is { } tree && !_queue.IsDying ? tree.Paths : [];
+    public IReadOnlyList<string> List() => Visible?.Paths ?? [];
+
+    /// <summary>The snapshot readers see: null while the queue is unregistered or dying, when it lists nothing.</summary>
+    internal AttributeTree? Visible => Current is { } tree && !_queue.IsDying ? tree : null;
 
     /// <summary>Reads an attribute of the current snapshot.</summary>
     /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EISDIR: the path is a directory; EACCES: the attribute is write-only.</exception>
@@ -158,9 +161,7 @@ public sealed class QueueAttributes
     internal void Withdraw() => Volatile.Write(ref _current, null);
 
     private AttributeTree Live(string path) =>
-        Current is { } tree && !_queue.IsDying
-            ? tree
-            : throw new AttributeException(path, AttributeErrno.ENOENT, $"{_queue.Name} is not registered");
+        Visible ?? throw new AttributeException(path, AttributeErrno.ENOENT, $"{_queue.Name} is not registered");
 
     // ------------------------------------------------------------------ the layout
 

@@ -694,6 +694,48 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(("ENOTDIR", "not a directory"), (failed.Errno, failed.Message));
     }
 
+    // Choosing between ENOENT, EISDIR and ENOTDIR enumerated every path of every device for each
+    // failed lookup, so a client retrying a missing path in a loop made the node list its whole
+    // tree (devices x attributes) per miss. The choice now looks only at the path's own prefixes:
+    // the node's own files, the CPU directory, or the one device the path names (a binary search
+    // of its snapshot). Only a listing enumerates the tree.
+    [Fact]
+    public async Task A_failed_lookup_looks_at_the_paths_own_prefixes_and_never_enumerates_the_tree()
+    {
+        var device = await Create("sd16");
+        await Create("sd17");
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        (string Path, AttributeErrno Errno)[] misses =
+        [
+            ("block/sd16/queue/nope", AttributeErrno.ENOENT), ("block/nosuch/queue/nr_requests", AttributeErrno.ENOENT), ("proc/meminfo", AttributeErrno.ENOENT),
+            ("block/sd16/queu", AttributeErrno.ENOENT), ("block/sd16/queue/nr_request/x", AttributeErrno.ENOENT), ("devices/system/cpu/cpu9", AttributeErrno.ENOENT),
+            ("devices/system/cpu/cpu02/online", AttributeErrno.ENOENT), ("kernel/debug/block/sd16/hctx0/cpu9", AttributeErrno.ENOENT), ("", AttributeErrno.ENOENT),
+            ("block/sd16/queue", AttributeErrno.EISDIR), ("/sys/block/sd16", AttributeErrno.EISDIR), ("block", AttributeErrno.EISDIR), ("kernel/debug", AttributeErrno.EISDIR),
+            ("kernel/debug/block/sd17/hctx0", AttributeErrno.EISDIR), ("devices/system/cpu/cpu0", AttributeErrno.EISDIR), ("devices", AttributeErrno.EISDIR), ("/", AttributeErrno.EISDIR),
+            ("block/sd16/size/", AttributeErrno.ENOTDIR), ("block/sd17/queue/nr_requests/x", AttributeErrno.ENOTDIR), ("uptime/", AttributeErrno.ENOTDIR),
+            ("devices/system/cpu/online/", AttributeErrno.ENOTDIR), ("devices/system/cpu/cpu0/online/x", AttributeErrno.ENOTDIR),
+        ];
+
+        var before = Layer.TreeEnumerations;
+        foreach (var (path, errno) in misses)
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path));
+            Assert.True(read.Errno == errno, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Refused(path, "1");
+            Assert.True(write.Errno == errno, $"write '{path}': {write.Errno} {write.Reason}");
+            sysfs.Tell(new Sysfs.Read(path), TestActor);
+            Assert.Equal(errno.ToString(), (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        }
+
+        Assert.Equal("64\n", Layer.ReadAttribute("block/sd16/queue/nr_requests"));
+        Assert.Equal(64, device.Queue.NrRequests);
+        Assert.Equal(before, Layer.TreeEnumerations);
+
+        // The counter counts: a listing enumerates the tree once.
+        Assert.NotEmpty(Layer.ListAttributes("block/sd17/"));
+        Assert.Equal(before + 1, Layer.TreeEnumerations);
+    }
+
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
         !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
 }
