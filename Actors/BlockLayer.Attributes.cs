@@ -39,7 +39,16 @@ public sealed partial class BlockLayer
     public IReadOnlyList<string> ListAttributes(string prefix = "")
     {
         ArgumentNullException.ThrowIfNull(prefix);
-        var p = Normalize(prefix);
+        string p;
+        try
+        {
+            p = Resolve(prefix);
+        }
+        catch (AttributeException)
+        {
+            return []; // a "." or ".." under a file or a missing name: nothing is under it
+        }
+
         return AllAttributes().Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
 
@@ -64,7 +73,7 @@ public sealed partial class BlockLayer
     public string ReadAttribute(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        var p = Normalize(path);
+        var p = Resolve(path);
         if (path.EndsWith('/') && ThroughAFile(path, p))
         {
             throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
@@ -104,7 +113,7 @@ public sealed partial class BlockLayer
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(value);
-        var p = Normalize(path);
+        var p = Resolve(path);
         if (path.EndsWith('/') && ThroughAFile(path, p))
         {
             throw new AttributeException(p, AttributeErrno.ENOTDIR, "not a directory");
@@ -302,12 +311,84 @@ public sealed partial class BlockLayer
         return path.EndsWith('/') && NodeAt(normalized) == TreeNode.File;
     }
 
+    // The path a walk reaches, as the tree names it (no "/sys/", no surrounding or repeated
+    // slashes), with its "." and ".." components resolved as Linux's path lookup resolves them
+    // ("block/nullb0/queue/../size" is block/nullb0/size, "block/./nullb0" is block/nullb0), but
+    // within this tree: it has no symlinks (Linux's /sys/block/<dev> is one, into
+    // /sys/devices/...), so ".." goes up the path as written, and at the root, which "/" and "/sys"
+    // both are, it stays there. As in the kernel, a "." or ".." must follow a directory: after a
+    // file ("block/nullb0/size/..") or a path through one it is ENOTDIR, after a name the tree does
+    // not have ("block/nope/../nullb0/size") ENOENT. A directory is checked (NodeAt) only when a
+    // name was added since the last check, never by enumerating the tree.
+    private string Resolve(string path)
+    {
+        var collapsed = Collapse(path);
+        if (!HasDotComponent(collapsed))
+        {
+            return Mounted(collapsed);
+        }
+
+        var names = new List<string>();
+        var checkedDirectory = true; // the root
+        foreach (var name in collapsed.Split('/'))
+        {
+            if (name is not ("." or ".."))
+            {
+                names.Add(name);
+                checkedDirectory = false;
+                continue;
+            }
+
+            if (!checkedDirectory)
+            {
+                var here = Mounted(string.Join('/', names));
+                switch (NodeAt(here))
+                {
+                    case TreeNode.File:
+                        throw new AttributeException(Mounted(collapsed), AttributeErrno.ENOTDIR, "not a directory");
+                    case TreeNode.None:
+                        throw ThroughAFile(here, here)
+                            ? new AttributeException(Mounted(collapsed), AttributeErrno.ENOTDIR, "not a directory")
+                            : new AttributeException(Mounted(collapsed), AttributeErrno.ENOENT, "no such attribute");
+                }
+
+                // Its parent is a directory too: a ".." leaves the walk on a checked directory.
+                checkedDirectory = true;
+            }
+
+            if (name == ".." && names.Count > 0)
+            {
+                names.RemoveAt(names.Count - 1);
+            }
+        }
+
+        return Mounted(string.Join('/', names));
+    }
+
+    private static bool HasDotComponent(string path)
+    {
+        foreach (var range in path.AsSpan().Split('/'))
+        {
+            if (path.AsSpan(range) is "." or "..")
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    // A leading "sys" is /sys, the tree's root ("sys/block/nullb0" is block/nullb0); only once, so
+    // "/sys/sys/block/nullb0" names nothing.
+    private static string Mounted(string path) =>
+        path.StartsWith("sys/", StringComparison.Ordinal) ? path[4..] : path == "sys" ? string.Empty : path;
+
     // As a path walk does: surrounding slashes dropped, repeated slashes taken as one
     // ("block//nullb0/stat" is block/nullb0/stat, as `cat /sys/block//nullb0/stat` reads it).
     // Blanks and control characters are part of a name, as they are to open(2): no attribute has
     // one, so "block/nullb0/size\n" or " block/nullb0/size" is ENOENT. The path was trimmed, and
     // both read the size (an outside CLI fuzzing audit).
-    private static string Normalize(string path)
+    private static string Collapse(string path)
     {
         var p = path;
         while (p.Contains("//", StringComparison.Ordinal))
@@ -315,7 +396,6 @@ public sealed partial class BlockLayer
             p = p.Replace("//", "/", StringComparison.Ordinal);
         }
 
-        p = p.Trim('/');
-        return p.StartsWith("sys/", StringComparison.Ordinal) ? p[4..] : p == "sys" ? string.Empty : p;
+        return p.Trim('/');
     }
 }

@@ -694,6 +694,72 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(("ENOTDIR", "not a directory"), (failed.Errno, failed.Message));
     }
 
+    // Linux's path lookup resolves "." and ".." ("block/nullb0/queue/../size" is the size); they
+    // were taken as names, so every such path was ENOENT (noted by an audit). The tree has no
+    // symlinks (Linux's /sys/block/<dev> is one), so ".." goes up the path as written, and at the
+    // root ("/" and "/sys") it stays there. As in the kernel each "." or ".." must follow a
+    // directory: after a file ENOTDIR, after a name the tree does not have ENOENT, even where the
+    // rest of the path would lead back to an attribute.
+    [Fact]
+    public async Task Dot_and_dot_dot_are_resolved_within_the_tree_after_directories_only()
+    {
+        var device = await Create("sd15");
+        const string Size = "131072\n"; // 64 MiB in 512-byte sectors
+        Assert.Equal(Size, Layer.ReadAttribute("block/sd15/size"));
+        foreach (var path in new[] { "block/sd15/queue/../size", "block/./sd15/size", "./block/sd15/size", "../block/sd15/size", "/sys/../block/sd15/size",
+                     "/sys/../sys/block/sd15/size", "/../../sys/block/sd15/./size", "block/sd15/mq/0/../../queue/../size", "block/sd15/queue/./../size",
+                     "kernel/debug/../../block/sd15/size", "devices/system/cpu/cpu0/../../../../block//sd15/./size" })
+        {
+            Assert.True(Layer.ReadAttribute(path) == Size, $"read '{path}'");
+        }
+
+        // A write goes where the path leads, and so does a listing.
+        await Layer.WriteAttributeAsync("block/sd15/mq/../queue/./nr_requests", "32");
+        Assert.Equal(32, device.Queue.NrRequests);
+        Assert.Equal(Layer.ListAttributes("block/sd15/queue/"), Layer.ListAttributes("block/sd15/mq/../queue/"));
+        Assert.Equal(22, Layer.ListAttributes("/sys/block/sd15/./queue/").Count);
+
+        foreach (var directory in new[] { "block/sd15/queue/..", "block/sd15/queue/.", "block/sd15/queue/../", "..", ".", "/sys/..", "block/..", "devices/system/cpu/cpu1/.." })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(directory));
+            Assert.True(read.Errno == AttributeErrno.EISDIR, $"read '{directory}': {read.Errno} {read.Reason}");
+            var write = await Refused(directory, "1");
+            Assert.True(write.Errno == AttributeErrno.EISDIR, $"write '{directory}': {write.Errno} {write.Reason}");
+        }
+
+        foreach (var path in new[] { "block/sd15/size/..", "block/sd15/size/.", "block/sd15/size/../size", "block/sd15/size/x/..", "uptime/..",
+                     "devices/system/cpu/online/../online", "block/sd15/queue/../size/", "block/sd15/queue/nr_requests/./" })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path));
+            Assert.True(read.Errno == AttributeErrno.ENOTDIR, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Refused(path, "8");
+            Assert.True(write.Errno == AttributeErrno.ENOTDIR, $"write '{path}': {write.Errno} {write.Reason}");
+        }
+
+        foreach (var path in new[] { "block/nope/../sd15/size", "block/sd15/queu/../size", "/sys/sys/block/sd15/..", "devices/system/cpu/cpu9/../online", "proc/../block/sd15/size" })
+        {
+            var read = Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path));
+            Assert.True(read.Errno == AttributeErrno.ENOENT, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Refused(path, "8");
+            Assert.True(write.Errno == AttributeErrno.ENOENT, $"write '{path}': {write.Errno} {write.Reason}");
+            Assert.Empty(Layer.ListAttributes(path));
+        }
+
+        Assert.Equal(32, device.Queue.NrRequests);
+        Assert.Empty(Layer.ListAttributes("block/sd15/size/../"));
+
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        sysfs.Tell(new Sysfs.Read("/sys/block/sd15/queue/../size"), TestActor);
+        Assert.Equal(Size, (await ExpectMsgAsync<Sysfs.Value>()).Text);
+        sysfs.Tell(new Sysfs.Write("block/sd15/queue/./../queue/nr_requests", "16"), TestActor);
+        Assert.Equal("16\n", (await ExpectMsgAsync<Sysfs.Written>()).Text);
+        sysfs.Tell(new Sysfs.Read("block/sd15/size/.."), TestActor);
+        var failed = await ExpectMsgAsync<Sysfs.Failed>();
+        Assert.Equal(("ENOTDIR", "not a directory"), (failed.Errno, failed.Message));
+        sysfs.Tell(new Sysfs.List("block/sd15/queue/../mq/0/"), TestActor);
+        Assert.Equal(["block/sd15/mq/0/cpu_list", "block/sd15/mq/0/nr_reserved_tags", "block/sd15/mq/0/nr_tags"], (await ExpectMsgAsync<Sysfs.Listing>()).Paths);
+    }
+
     // Choosing between ENOENT, EISDIR and ENOTDIR enumerated every path of every device for each
     // failed lookup, so a client retrying a missing path in a loop made the node list its whole
     // tree (devices x attributes) per miss. The choice now looks only at the path's own prefixes:

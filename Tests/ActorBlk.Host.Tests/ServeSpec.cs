@@ -100,6 +100,8 @@ public sealed partial class ServeSpec
 
         var timeout = await Run("sysfs", "cat", "/sys/block/nullb0/queue/io_timeout");
         Assert.Equal((0, "5000\n"), (timeout.Code, timeout.Out));
+        var size = await Run("sysfs", "cat", "/sys/block/nullb0/queue/../size");
+        Assert.Equal((0, "2097152\n"), (size.Code, size.Out));
         Assert.Equal(0, (await Run("sysfs", "write", "block/nullb0/queue/nr_requests", "2")).Code);
         Assert.Equal("4\n", (await Run("sysfs", "cat", "block/nullb0/queue/nr_requests")).Out);
 
