@@ -49,8 +49,31 @@ public sealed partial class BlockLayer
             return []; // a "." or ".." under a file or a missing name: nothing is under it
         }
 
-        return AllAttributes().Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
+        // A prefix that ends a directory's name ("block/nullb0/", "block/nullb0/queue/..") lists
+        // what is under that directory only: the slash trimmed, "block/nullb0/" also listed
+        // block/nullb01's paths.
+        if (p.Length > 0 && Collapse(prefix) is var collapsed && (prefix.EndsWith('/') || collapsed.EndsWith("/.", StringComparison.Ordinal)
+            || collapsed.EndsWith("/..", StringComparison.Ordinal) || collapsed is "." or ".."))
+        {
+            p += "/";
+        }
+
+        // A prefix whose device name is complete (a slash follows it) lists that device's paths
+        // only: a client listing a missing device in a loop made the node list its whole tree per miss.
+        var paths = WholeDeviceName(p) is { } name
+            ? _devices.TryGetValue(name, out var device) ? device.Attributes.List() : []
+            : AllAttributes();
+        return paths.Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
     }
+
+    // The device a normalised prefix names in full (block/<dev>/..., kernel/debug/block/<dev>/...),
+    // or null: "block/nullb" may still be the start of several devices' names.
+    private static string? WholeDeviceName(string prefix) => prefix.Split('/') switch
+    {
+        ["block", var name, _, ..] => name,
+        ["kernel", "debug", "block", var name, _, ..] => name,
+        _ => null,
+    };
 
     // Every path of the node: for a listing only, whose cost is the tree's. Counted, so a spec can
     // see that a lookup (a miss included) never enumerates the tree.

@@ -770,6 +770,7 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
     {
         var device = await Create("sd16");
         await Create("sd17");
+        await Create("sd170");
         var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
         (string Path, AttributeErrno Errno)[] misses =
         [
@@ -797,8 +798,21 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(64, device.Queue.NrRequests);
         Assert.Equal(before, Layer.TreeEnumerations);
 
-        // The counter counts: a listing enumerates the tree once.
-        Assert.NotEmpty(Layer.ListAttributes("block/sd17/"));
+        // A listing under one device's name lists that device only, a missing one included (the
+        // sysfs actor answers ENOENT for it): before, each such listing enumerated the tree.
+        Assert.All(Assert.IsAssignableFrom<IReadOnlyList<string>>(Layer.ListAttributes("block/sd17/")), path => Assert.StartsWith("block/sd17/", path));
+        Assert.Contains("block/sd17/size", Layer.ListAttributes("block/sd17/queue/.."));
+        Assert.DoesNotContain("block/sd170/size", Layer.ListAttributes("block/sd17/queue/.."));
+        Assert.All(Assert.IsAssignableFrom<IReadOnlyList<string>>(Layer.ListAttributes("kernel/debug/block/sd16/hctx0/")), path => Assert.StartsWith("kernel/debug/block/sd16/hctx0/", path));
+        Assert.NotEmpty(Layer.ListAttributes("kernel/debug/block/sd16/hctx0/"));
+        Assert.Empty(Layer.ListAttributes("block/nosuch/"));
+        sysfs.Tell(new Sysfs.List("block/nosuch/queue/"), TestActor);
+        Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+        Assert.Equal(before, Layer.TreeEnumerations);
+
+        // The counter counts: a prefix that may be the start of several names ("block/sd1"
+        // names sd16 and sd17) enumerates the tree once.
+        Assert.Contains("block/sd17/size", Layer.ListAttributes("block/sd1"));
         Assert.Equal(before + 1, Layer.TreeEnumerations);
     }
 
