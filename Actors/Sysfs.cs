@@ -113,7 +113,15 @@ internal sealed class SysfsActor : ReceiveActor
         Receive<Sysfs.Write>(write =>
         {
             var path = write.Path ?? string.Empty;
-            WriteAsync(layer, path, write.Text ?? string.Empty).PipeTo(Sender);
+            if (write.Text is null)
+            {
+                // A message without its value (a peer's malformed one): not a write of no bytes,
+                // which is taken and changes nothing.
+                Sender.Tell(new Sysfs.Failed(path, "EINVAL", "the write carries no value"));
+                return;
+            }
+
+            WriteAsync(layer, path, write.Text).PipeTo(Sender);
         });
         Receive<Sysfs.Hotplug>(hotplug => HotplugAsync(layer, hotplug).PipeTo(Sender));
     }

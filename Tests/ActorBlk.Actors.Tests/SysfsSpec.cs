@@ -502,6 +502,13 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(new Sysfs.Written("block/sd6/queue/nr_requests", "16\n"), await ExpectMsgAsync<Sysfs.Written>(TimeSpan.FromSeconds(20)));
         sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", "lots"), TestActor);
         Assert.Equal("EINVAL", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+
+        // A message without its value (a peer's malformed one) is refused; a value of no bytes is
+        // a write that changes nothing.
+        sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", null!), TestActor);
+        Assert.Equal(("EINVAL", "the write carries no value"), await ExpectMsgAsync<Sysfs.Failed>() is var f ? (f.Errno, f.Message) : default);
+        sysfs.Tell(new Sysfs.Write("block/sd6/queue/nr_requests", string.Empty), TestActor);
+        Assert.Equal("16\n", (await ExpectMsgAsync<Sysfs.Written>()).Text);
         sysfs.Tell(new Sysfs.Read("block/sd6/queue/nope"), TestActor);
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
 
