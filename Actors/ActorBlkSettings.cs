@@ -142,6 +142,16 @@ public sealed record ActorBlkSettings(
                 // A substitution left unresolved (an optional ${?VAR} Akka does not fill) reads as
                 // a section to Akka's HoconValue: such a value is left to the reader, as before.
                 var plain = reference.IsString();
+
+                // A control character (tab and newline among them) in any value but a file path's
+                // or the admin secret's: `clock = "sys\ntem"` was echoed into the error on two
+                // lines, and `nbd.listen` or `metrics.prometheus` took one into the log (a review).
+                // A substitution is read as its value here (DeviceConfig.TextOf).
+                if (plain && !AnyCharacterKeys.Contains(where) && Hardware.ControlCharacters.Refusal(DeviceConfig.TextOf(value)) is { } refusal)
+                {
+                    throw new ConfigurationException($"{where}: {refusal}");
+                }
+
                 if (value.Values.Any(v => v is Akka.Configuration.Hocon.HoconSubstitution))
                 {
                     continue;
@@ -174,6 +184,14 @@ public sealed record ActorBlkSettings(
         static string Text(Akka.Configuration.Hocon.HoconValue value) =>
             value.Values.Any(v => v is Akka.Configuration.Hocon.HoconArray) ? "[ ... ]" : value.IsString() ? value.GetString() ?? "null" : value.IsObject() ? "{ ... }" : "[ ... ]";
     }
+
+    // The keys whose values are file paths (Linux allows every byte but NUL in one) or the admin
+    // secret (its own to choose): the only ones under actorblk that may hold a control character.
+    private static readonly HashSet<string> AnyCharacterKeys = new(StringComparer.Ordinal)
+    {
+        "actorblk.topology.sysfs-root", "actorblk.nbd.certificate", "actorblk.nbd.key", "actorblk.cluster.registry.tls-ca",
+        "actorblk.remote.admin-secret", "actorblk.remote.admin-secret-file",
+    };
 
     // Levenshtein distance, for the "did you mean" of a misspelt setting (keys are short).
     private static int Distance(string a, string b)
@@ -217,6 +235,7 @@ public sealed record ActorBlkSettings(
         var c = config.WithFallback(defaults).GetConfig("actorblk");
         CheckSettingsReadElsewhere(c);
         _ = Serialization.RemoteSurface.MaxInflightIoBytes(config.WithFallback(defaults)); // read by the first remote I/O
+        _ = Serialization.RemoteSurface.MaxRemoteData(config); // read by the guardian, sysfs and every software context
         _ = Serialization.InboundConnectionCap.Limits(config.WithFallback(defaults), long.MaxValue); // read by the remoting transport
         var source = c.GetString("topology.source", "system");
         if (source is not ("system" or "simulated"))
@@ -368,6 +387,10 @@ public sealed record ActorBlkSettings(
     {
         const string section = "blocking-driver-dispatcher";
         var type = c.GetString($"{section}.type", "PinnedDispatcher") ?? throw NullValue($"actorblk.{section}.type", "PinnedDispatcher");
+        if (Hardware.ControlCharacters.Refusal(type) is { } refusal)
+        {
+            throw new ConfigurationException($"actorblk.{section}.type: {refusal}");
+        }
 
         // Akka resolves any other name with Type.GetType from its own assembly (so an unqualified
         // Akka.Dispatch name resolves there, not here) and instantiates it as a configurator: a
@@ -461,6 +484,37 @@ public sealed record ActorBlkSettings(
 
     // True when KEY holds HOCON's null (or "null"), which Akka reads as a null string.
     private static bool IsNull(Config c, string key) => c.HasPath(key) && c.GetValue(key) is { } value && value.IsString() && value.GetString() is null;
+
+    /// <summary>
+    /// The text of <paramref name="key"/> (a full path, one of Akka's keys that ActorBlk reads), or
+    /// null when it is absent or an optional substitution with nothing to take. HOCON's null, a
+    /// list or a section is refused naming the key and <paramref name="fallback"/> (what removing
+    /// the key gives), as every <c>actorblk</c> key's is; so is a control character, unless
+    /// <paramref name="anyCharacter"/> (a file path, a password). Read raw, null was taken for the
+    /// key's absence: <c>hostname = null</c> bound every interface, as <c>""</c> does (an audit).
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is null, a list, a section, or holds a control character.</exception>
+    public static string? AkkaText(Config config, string key, string fallback, bool anyCharacter = false)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(fallback);
+        var value = config.HasPath(key) ? config.GetValue(key) : null;
+        if (value is null || DeviceConfig.IsUnresolved(value))
+        {
+            return null;
+        }
+
+        if (!value.IsString() || value.Values.Any(v => v is Akka.Configuration.Hocon.HoconArray))
+        {
+            throw new ConfigurationException($"{key}: a value is expected, not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
+        }
+
+        var text = value.GetString() ?? throw NullValue(key, fallback);
+        return !anyCharacter && Hardware.ControlCharacters.Refusal(text) is { } refusal
+            ? throw new ConfigurationException($"{key}: {refusal}")
+            : text;
+    }
 
     /// <summary>
     /// The refusal of HOCON's <c>null</c> for <paramref name="key"/> (its full name), naming the

@@ -1,4 +1,5 @@
 using System.Globalization;
+using ActorBlk.Hardware;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
@@ -55,6 +56,14 @@ public static class DeviceConfig
             if (key != "driver" && IsNull(value))
             {
                 throw new DeviceOptionsException(name, key, NullIsNoValue);
+            }
+
+            // A control character (tab and newline among them) is refused in every value but a
+            // file path's: `name = "d\n0"` was echoed into the log and the error whole, and `tag_set`
+            // or `uri` kept it (a review). Akka's reader trims whitespace at either end already.
+            if (!AnyCharacterKeys.Contains(key) && ControlCharacters.Refusal(TextOf(value)) is { } refusal)
+            {
+                throw new DeviceOptionsException(name, key, refusal);
             }
         }
 
@@ -152,6 +161,13 @@ public static class DeviceConfig
     /// <summary>An entry's <c>name</c> as given, <c>[ ... ]</c> when it is not one value, null when absent.</summary>
     internal static string? NameOf(Config entry, IDictionary<string, Akka.Configuration.Hocon.HoconValue> items) =>
         !items.TryGetValue("name", out var value) ? null : value.IsString() ? entry.GetString("name") ?? "null" : "[ ... ]";
+
+    // The keys whose values are file paths: Linux allows every byte but NUL in one.
+    private static readonly string[] AnyCharacterKeys = ["path", "tls_ca"];
+
+    /// <summary>The text of one value as Akka reads it; null for HOCON's null or a substitution left unresolved.</summary>
+    internal static string? TextOf(Akka.Configuration.Hocon.HoconValue value) =>
+        value.IsString() && !IsUnresolved(value) ? value.GetString() : null;
 
     /// <summary>The refusal of HOCON's <c>null</c> for a key of a device entry.</summary>
     internal const string NullIsNoValue = "null is not a value here; remove the key for the default.";

@@ -55,6 +55,11 @@ public static class StackedDeviceConfig
                 : !DeviceConfig.IsUnresolved(value) && (value.IsObject() || value.IsString()) ? "a list of device names is expected ([a, b])."
                 : value.IsArray() ? value.GetArray().Select((m, i) => m.IsString() && m.GetString() is not null ? null : $"member {i} is {(m.IsString() ? "null" : m.IsObject() ? "a section { ... }" : "a list [ ... ]")}, not a device name.").FirstOrDefault(w => w is not null)
                 : null;
+
+            // A control character is refused in every value, each member's included (DeviceConfig).
+            why ??= key != "members" ? Hardware.ControlCharacters.Refusal(DeviceConfig.TextOf(value))
+                : value.IsArray() ? value.GetArray().Select((m, i) => Hardware.ControlCharacters.Refusal(DeviceConfig.TextOf(m)) is { } r ? $"member {i}: {r}" : null).FirstOrDefault(w => w is not null)
+                : null;
             if (why is not null)
             {
                 throw new DeviceOptionsException(name, key, why);

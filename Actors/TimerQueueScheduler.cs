@@ -66,7 +66,34 @@ public sealed class TimerQueueScheduler : SchedulerBase, IDateTimeOffsetNowTimeP
     public TimerQueueScheduler(Config scheduler, ILoggingAdapter log)
         : base(scheduler, log)
     {
-        _shutdownTimeout = scheduler.GetTimeSpan("akka.scheduler.shutdown-timeout", TimeSpan.FromSeconds(5), allowInfinite: false);
+        _shutdownTimeout = ShutdownTimeout(scheduler);
+    }
+
+    /// <summary>
+    /// <c>akka.scheduler.shutdown-timeout</c> of <paramref name="config"/> (5 s when absent). HOCON's
+    /// null, a list or a section failed the actor system's creation with "Value cannot be null."
+    /// and no key (an audit): refused naming the key, as a value that is not a duration is.
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is not a duration.</exception>
+    public static TimeSpan ShutdownTimeout(Config config) => AkkaDuration(config, "akka.scheduler.shutdown-timeout", TimeSpan.FromSeconds(5), "5s");
+
+    /// <summary>A duration among Akka's keys that ActorBlk reads (<see cref="ActorBlkSettings.AkkaText"/>), or <paramref name="fallback"/> when absent.</summary>
+    internal static TimeSpan AkkaDuration(Config config, string key, TimeSpan fallback, string shown, bool allowInfinite = false)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (ActorBlkSettings.AkkaText(config, key, shown) is not { } text)
+        {
+            return fallback;
+        }
+
+        try
+        {
+            return config.GetTimeSpan(key, fallback, allowInfinite);
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException or ArgumentException)
+        {
+            throw new ConfigurationException($"{key}: '{text}' is not a duration (e.g. {shown}).");
+        }
     }
 
     /// <inheritdoc />

@@ -48,12 +48,15 @@ public sealed record ClusterDevice(
 
     /// <summary>
     /// True when every field is within its bounds: entries from other nodes that are not are left
-    /// out of the registry's snapshot (the replicated map is a network surface).
+    /// out of the registry's snapshot (the replicated map is a network surface). The name is a
+    /// device name as a node accepts one (<see cref="Hardware.Devices.DeviceOptions.IsDeviceName"/>),
+    /// and no text holds a control character: a peer's "d0\nforged" went whole into every node's
+    /// log and the columns of <c>devices</c> (a review).
     /// </summary>
     public bool IsWellFormed =>
-        Name is { Length: > 0 and <= MaxNameLength } && !Name.Contains('@', StringComparison.Ordinal)
-        && Node is { Length: > 0 and <= MaxNodeLength }
-        && NbdEndpoint is { Length: <= MaxEndpointLength }
+        Hardware.Devices.DeviceOptions.IsDeviceName(Name) && Name.Length <= MaxNameLength
+        && Node is { Length: > 0 and <= MaxNodeLength } && Hardware.ControlCharacters.IndexIn(Node) < 0
+        && NbdEndpoint is { Length: <= MaxEndpointLength } && Hardware.ControlCharacters.IndexIn(NbdEndpoint) < 0
         && State is ClusterDeviceStates.Live or ClusterDeviceStates.Offline or ClusterDeviceStates.Dying
         && Capacity >= 0 && LogicalBlockSize > 0 && HardwareQueues >= 0;
 }
@@ -260,7 +263,7 @@ internal sealed record ClusterNodeDevices(string Node, long NodeUid, ClusterDevi
     /// maps are a network surface; a malformed entry is left out whole).
     /// </summary>
     public bool IsWellFormed =>
-        Node is { Length: > 0 and <= ClusterDevice.MaxNodeLength }
+        Node is { Length: > 0 and <= ClusterDevice.MaxNodeLength } && Hardware.ControlCharacters.IndexIn(Node) < 0
         && Bucket is >= Header and < Buckets
         && Devices is { Length: <= MaxDevices }
         && (Bucket != Header || Devices.Length == 0)

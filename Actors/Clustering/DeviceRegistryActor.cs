@@ -102,7 +102,7 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
         _replicator = DistributedData.Get(Context.System).Replicator;
         _pollInterval = pollInterval;
         var config = Context.System.Settings.Config;
-        _gossipInterval = config.GetTimeSpan("akka.cluster.distributed-data.gossip-interval", TimeSpan.FromSeconds(2));
+        _gossipInterval = GossipInterval(config);
         _burstBytes = RemoteSurface.MaxRemoteData(config);
         _bursts = new BucketBursts(_burstBytes);
         _self = NodeName(_cluster.SelfAddress);
@@ -136,6 +136,14 @@ internal sealed class DeviceRegistryActor : ReceiveActor, IWithTimers
 
     /// <summary>The node name entries use, <c>host:port</c>.</summary>
     public static string NodeName(Address address) => $"{address.Host}:{address.Port}";
+
+    /// <summary>
+    /// <c>akka.cluster.distributed-data.gossip-interval</c> of <paramref name="config"/> (2 s when
+    /// absent), which paces the registry's writes; HOCON's null, a list or a section is refused naming the key.
+    /// </summary>
+    /// <exception cref="Akka.Configuration.ConfigurationException">The value is not a duration.</exception>
+    internal static TimeSpan GossipInterval(Akka.Configuration.Config config) =>
+        TimerQueueScheduler.AkkaDuration(config, "akka.cluster.distributed-data.gossip-interval", TimeSpan.FromSeconds(2), "2s", allowInfinite: true);
 
     public static Props Props(BlockLayer layer, TimeSpan pollInterval, byte[]? key, Func<byte[]?>? lookAgain = null) =>
         Akka.Actor.Props.Create(() => new DeviceRegistryActor(layer, pollInterval, key, lookAgain));

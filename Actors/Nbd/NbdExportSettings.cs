@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
+using ActorBlk.Hardware;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Nbd;
 using Akka.Configuration;
@@ -53,8 +54,15 @@ public sealed record NbdExportSettings(
 
         // HOCON's null reads as a null string: `listen = null` failed with "Value cannot be null."
         // naming no key (an audit helper's report).
-        string Text(string key, string fallback) =>
-            c.GetString(key, fallback) ?? throw new ConfigurationException($"actorblk.nbd.{key}: null is not a value here; remove the key for the default ({(fallback.Length == 0 ? "none" : fallback)}).");
+        // A control character is refused but in a file path (ActorBlkSettings refuses it the same
+        // way; this reader is also called alone).
+        string Text(string key, string fallback)
+        {
+            var text = c.GetString(key, fallback) ?? throw new ConfigurationException($"actorblk.nbd.{key}: null is not a value here; remove the key for the default ({(fallback.Length == 0 ? "none" : fallback)}).");
+            return key is not ("certificate" or "key") && ControlCharacters.Refusal(text) is { } refusal
+                ? throw new ConfigurationException($"actorblk.nbd.{key}: {refusal}")
+                : text;
+        }
 
         var listenText = Text("listen", "off");
         var tls = Text("tls", "off").ToLowerInvariant() switch
@@ -125,7 +133,7 @@ public sealed record NbdExportSettings(
             host.AsSpan().IndexOfAny('[', ']') >= 0 || (!bracketed && host.Contains(':', StringComparison.Ordinal)) ||
             !IPAddress.TryParse(host, out var address) || (bracketed && address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6))
         {
-            throw new ConfigurationException($"actorblk.nbd.listen: '{text}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
+            throw new ConfigurationException($"actorblk.nbd.listen: '{ControlCharacters.Escape(text)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
         }
 
         return new IPEndPoint(address, port);

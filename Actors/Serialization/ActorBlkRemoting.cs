@@ -88,6 +88,85 @@ public static class ActorBlkRemoting
             : throw new ConfigurationException($"{key}: '{text}' is not a port (0 to 65535).");
     }
 
+    /// <summary>The section of Akka's TCP transport, whose keys these readers take (<c>hostname</c>, <c>port</c>, ...).</summary>
+    public const string TcpSection = "akka.remote.dot-netty.tcp";
+
+    /// <summary>
+    /// A host name key of <see cref="TcpSection"/> (<c>hostname</c>, <c>public-hostname</c> or
+    /// <c>bind-hostname</c>; <paramref name="name"/> without the section), "" when absent. HOCON's
+    /// null, a list or a section is refused naming the key: Akka reads each as "" (every interface
+    /// for <c>hostname</c>, even with TLS), and so did these checks (an audit). So is a control
+    /// character, which no host name holds and which went into the node's address and its log.
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is null, a list, a section, or holds a control character.</exception>
+    public static string HostName(Config config, string name = "hostname")
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(name);
+        return ActorBlkSettings.AkkaText(config, $"{TcpSection}.{name}", name == "hostname" ? "every interface" : "the hostname") ?? string.Empty;
+    }
+
+    /// <summary>
+    /// A port key of <see cref="TcpSection"/> other than <c>port</c> (<c>public-port</c> or
+    /// <c>bind-port</c>), null when absent or "". HOCON's null, a list, a section or a value that
+    /// is not a port is refused naming the key: these checks took each for the key's absence.
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is null, a list, a section, or not a port (0 to 65535).</exception>
+    public static int? OptionalPort(Config config, string name)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(name);
+        var key = $"{TcpSection}.{name}";
+        var text = ActorBlkSettings.AkkaText(config, key, "the port");
+        if (string.IsNullOrEmpty(text))
+        {
+            return null;
+        }
+
+        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) && port <= 65535
+            ? port
+            : throw new ConfigurationException($"{key}: '{text}' is not a port (0 to 65535).");
+    }
+
+    /// <summary>
+    /// Checks, before the actor system starts, every key of Akka's own that ActorBlk reads for
+    /// remoting (<see cref="TcpSection"/>'s <c>enable-ssl</c>, <c>port</c>, <c>hostname</c>,
+    /// <c>public-hostname</c>, <c>public-port</c>, <c>bind-hostname</c>, <c>bind-port</c>,
+    /// <c>maximum-frame-size</c>, <c>ssl.certificate.path</c> and <c>password</c>) and the
+    /// scheduler's and Distributed Data's keys it reads: HOCON's null, a list or a section where a
+    /// value belongs, and a control character where a file path or a password does not, are
+    /// refused naming the key (README, "Configuration").
+    /// </summary>
+    /// <exception cref="ConfigurationException">A key holds no value ActorBlk can read.</exception>
+    public static void CheckSettings(Config config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        _ = SslEnabled(config);
+        _ = Port(config);
+        foreach (var name in (ReadOnlySpan<string>)["hostname", "public-hostname", "bind-hostname"])
+        {
+            _ = HostName(config, name);
+        }
+
+        foreach (var name in (ReadOnlySpan<string>)["public-port", "bind-port"])
+        {
+            _ = OptionalPort(config, name);
+        }
+
+        _ = RemoteSurface.MaxFrameSize(config);
+        _ = CertificatePath(config);
+        _ = CertificatePassword(config);
+        _ = TimerQueueScheduler.ShutdownTimeout(config);
+        _ = Clustering.DeviceRegistryActor.GossipInterval(config);
+    }
+
+    // ssl.certificate.path and password: a file path and a password may hold any character.
+    private static string CertificatePath(Config config) =>
+        ActorBlkSettings.AkkaText(config, $"{TcpSection}.ssl.certificate.path", string.Empty, anyCharacter: true) ?? string.Empty;
+
+    private static string CertificatePassword(Config config) =>
+        ActorBlkSettings.AkkaText(config, $"{TcpSection}.ssl.certificate.password", string.Empty, anyCharacter: true) ?? string.Empty;
+
     /// <summary>
     /// The TLS setup of <paramref name="config"/> when <c>akka.remote.dot-netty.tcp.enable-ssl</c> is
     /// on, else null: the PKCS#12 certificate of <c>ssl.certificate.path</c> (and <c>password</c>),
@@ -96,7 +175,7 @@ public static class ActorBlkRemoting
     /// shared by the nodes and their clients works and nothing else connects. With pinning off,
     /// Akka's chain validation applies (a certificate from a CA the machine trusts).
     /// </summary>
-    /// <exception cref="ConfigurationException">TLS is on but the certificate is missing or unreadable.</exception>
+    /// <exception cref="ConfigurationException">TLS is on but the certificate is missing or unreadable, or its path or password is null, a list or a section.</exception>
     public static DotNettySslSetup? TlsSetup(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
@@ -105,8 +184,8 @@ public static class ActorBlkRemoting
             return null;
         }
 
-        var path = config.GetString("akka.remote.dot-netty.tcp.ssl.certificate.path", string.Empty);
-        var password = config.GetString("akka.remote.dot-netty.tcp.ssl.certificate.password", string.Empty);
+        var path = CertificatePath(config);
+        var password = CertificatePassword(config);
         if (string.IsNullOrWhiteSpace(path))
         {
             throw new ConfigurationException("akka.remote.dot-netty.tcp.enable-ssl is on but ssl.certificate.path is empty (README, \"Security\").");
@@ -138,11 +217,11 @@ public static class ActorBlkRemoting
     /// fine (null). Another address without TLS is refused unless
     /// <c>actorblk.allow-insecure-remoting = on</c>, which returns the warning to log.
     /// </summary>
-    /// <exception cref="ConfigurationException">A non-loopback address without TLS, not explicitly allowed.</exception>
+    /// <exception cref="ConfigurationException">A non-loopback address without TLS, not explicitly allowed; or a <c>hostname</c> that <see cref="HostName"/> refuses.</exception>
     public static string? CheckBinding(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var host = config.GetString("akka.remote.dot-netty.tcp.hostname", string.Empty);
+        var host = HostName(config);
         if (SslEnabled(config) || IsLoopback(host))
         {
             return null;

@@ -271,12 +271,35 @@ public static class RemoteSurface
         return true;
     }
 
+    /// <summary>The key of the largest message the remoting transport carries.</summary>
+    public const string MaxFrameSizeKey = "akka.remote.dot-netty.tcp.maximum-frame-size";
+
     /// <summary>The largest data an I/O message may carry over remoting with <paramref name="config"/>.</summary>
-    public static int MaxRemoteData(Config config)
+    /// <exception cref="ConfigurationException"><see cref="MaxFrameSizeKey"/> is null, a list, a section or not a size.</exception>
+    public static int MaxRemoteData(Config config) => (int)Math.Clamp(MaxFrameSize(config) - EnvelopeReserve, 0, int.MaxValue);
+
+    /// <summary>
+    /// <see cref="MaxFrameSizeKey"/> of <paramref name="config"/> in bytes (128000 when absent).
+    /// HOCON's null, a list or a section was read as absent, here as by Akka, and a value that is
+    /// not a size failed the first actor that read it (an audit): each is refused naming the key.
+    /// </summary>
+    /// <exception cref="ConfigurationException">The value is null, a list, a section or not a size.</exception>
+    public static long MaxFrameSize(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var frame = config.GetByteSize("akka.remote.dot-netty.tcp.maximum-frame-size", 128000) ?? 128000;
-        return (int)Math.Clamp(frame - EnvelopeReserve, 0, int.MaxValue);
+        if (ActorBlkSettings.AkkaText(config, MaxFrameSizeKey, "128000b") is null)
+        {
+            return 128000;
+        }
+
+        try
+        {
+            return config.GetByteSize(MaxFrameSizeKey, 128000) ?? 128000;
+        }
+        catch (Exception ex) when (ex is FormatException or OverflowException)
+        {
+            throw new ConfigurationException($"{MaxFrameSizeKey}: '{config.GetString(MaxFrameSizeKey)}' is not a size (e.g. 128000b).");
+        }
     }
 
     /// <summary>

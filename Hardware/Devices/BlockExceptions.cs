@@ -135,7 +135,8 @@ public sealed class DeviceOptionsException : ArgumentException
 
     /// <summary>
     /// One line: <c>device 'NAME': option 'KEY': why</c>. The option is named once, at the start,
-    /// without the <c>(Parameter '...')</c> that <see cref="ArgumentException"/> appends.
+    /// without the <c>(Parameter '...')</c> that <see cref="ArgumentException"/> appends, and a
+    /// control character in a name or a value is written <c>\xNN</c>.
     /// </summary>
     public override string Message => _text;
 
@@ -153,7 +154,8 @@ public sealed class DeviceOptionsException : ArgumentException
             }
         }
 
-        return $"device '{device}': option '{option}': {message.TrimEnd()}";
+        // One line whatever a name or a value held: a control character is written \xNN (ControlCharacters).
+        return ControlCharacters.Escape($"device '{device}': option '{option}': {message.TrimEnd()}");
     }
 }
 

@@ -358,6 +358,14 @@ public sealed partial record DeviceOptions
         {
             Fail("tag_set", "a shared tag set needs a name.");
         }
+
+        // The name becomes part of an actor's name and shows in each sharing device's info: "a/b",
+        // "a b" or a newline failed the guardian (an illegal actor name) and stopped the whole
+        // node, from hocon.conf or the API alike (a review).
+        if (SharedTags && !NamePattern().IsMatch(TagSetName))
+        {
+            Fail("tag_set", $"'{TagSetName}' is not a tag set name (letters, digits, '-', '_', '.').");
+        }
     }
 
     /// <summary>The tag set these options call for.</summary>
@@ -426,13 +434,15 @@ public sealed partial record DeviceOptions
 
     /// <summary>
     /// True for a valid device name: letters, digits, '-', '_' and '.', 1 to 32 characters, and not
-    /// "." or ".." (a name is a path component of the attribute tree).
+    /// "." or ".." (a name is a path component of the attribute tree). Nothing may follow: the
+    /// pattern ended in '$', which .NET also matches before a final newline, so "d0\n" passed, and
+    /// creating it through the API stopped the node (an illegal actor name in the guardian).
     /// </summary>
     public static bool IsDeviceName(string? name) =>
         !string.IsNullOrEmpty(name) && name.Length <= 32 && name is not ("." or "..") && NamePattern().IsMatch(name);
 
     private void Fail(string option, string message) => throw new DeviceOptionsException(Name, option, message);
 
-    [GeneratedRegex("^[A-Za-z0-9_.-]+$")]
+    [GeneratedRegex(@"\A[A-Za-z0-9_.-]+\z")]
     private static partial Regex NamePattern();
 }

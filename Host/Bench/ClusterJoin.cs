@@ -1,5 +1,6 @@
 using ActorBlk.Actors;
 using ActorBlk.Actors.Clustering;
+using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Host.Commands;
 using Akka.Actor;
@@ -30,6 +31,7 @@ internal static class ClusterJoin
     public static Config Config(string join, string? configPath, Config overrides)
     {
         var node = NodeConfig.AsClusterNode(NodeConfig.Load(configPath ?? NodeConfig.Locate(), port: 0, seeds: [NodeConfig.ParseEndpoint(join, "--join")]));
+        ActorBlkRemoting.CheckSettings(node); // Akka's keys that ActorBlk reads, as serve checks them
         return overrides
             .WithFallback(ConfigurationFactory.ParseString($"""
                 akka.cluster.roles = [{Role}]

@@ -40,7 +40,8 @@ internal sealed class NodeClient : IAsyncDisposable
         try
         {
             var config = NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
-            port ??= config.GetInt("akka.remote.dot-netty.tcp.port", 4053);
+            // Read as serve reads it: `port = null` failed with "Value cannot be null." (an audit).
+            port ??= config.HasPath("akka.remote.dot-netty.tcp.port") ? ActorBlkRemoting.Port(config) : 4053;
             scheme = ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(config) ? "akka.ssl.tcp" : scheme;
         }
         catch (UsageException) when (configPath is null)

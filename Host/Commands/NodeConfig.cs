@@ -98,10 +98,11 @@ internal static class NodeConfig
     /// 40-line stack trace about ClusterSettings (an outside audit).
     /// </summary>
     /// <exception cref="UsageException">The file names a provider other than <c>cluster</c>.</exception>
+    /// <exception cref="ConfigurationException">The provider is HOCON's null, a list or a section (it was taken for no provider).</exception>
     public static Config AsClusterNode(Config config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        var provider = config.HasPath("akka.actor.provider") ? config.GetString("akka.actor.provider") : null;
+        var provider = ActorBlk.Actors.ActorBlkSettings.AkkaText(config, "akka.actor.provider", "cluster");
         if (string.IsNullOrWhiteSpace(provider))
         {
             return ConfigurationFactory.ParseString("akka.actor.provider = cluster").WithFallback(config);

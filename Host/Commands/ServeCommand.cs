@@ -56,7 +56,7 @@ internal static class ServeCommand
                 }
                 catch (Akka.Configuration.ConfigurationException)
                 {
-                    result.AddError($"option --nbd-listen: '{token.Value}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
+                    result.AddError($"option --nbd-listen: '{ActorBlk.Hardware.ControlCharacters.Escape(token.Value)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
                 }
             }
         });
@@ -92,14 +92,16 @@ internal static class ServeCommand
                 throw new Akka.Configuration.ConfigurationException($"{key}: a value is expected (DEBUG, INFO, WARNING, ERROR or OFF), not a {(value.IsObject() ? "section { ... }" : "list [ ... ]")}.");
             }
 
-            var text = value.GetString();
+            // HOCON's null read as '' ("akka.loglevel: '' is not DEBUG, ..."): named as every key's null is.
+            var text = value.GetString()
+                ?? throw new Akka.Configuration.ConfigurationException($"{key}: null is not a value here; remove the key for the default ({(key == "akka.loglevel" ? "INFO" : "WARNING")}).");
             try
             {
                 Akka.Event.Logging.LogLevelFor(text);
             }
             catch (Exception ex) when (ex is ArgumentException or NullReferenceException)
             {
-                throw new Akka.Configuration.ConfigurationException($"{key}: '{text}' is not DEBUG, INFO, WARNING, ERROR or OFF.");
+                throw new Akka.Configuration.ConfigurationException($"{key}: '{ActorBlk.Hardware.ControlCharacters.Escape(text)}' is not DEBUG, INFO, WARNING, ERROR or OFF.");
             }
         }
     }
@@ -122,8 +124,9 @@ internal static class ServeCommand
         // trace (exit 134; a README audit).
         ActorBlkSettings.Create(config);
         CheckLogLevels(config);
-        _ = ActorBlkRemoting.SslEnabled(config); // enable-ssl = null failed with Akka's NotSupportedException and its stack
-        _ = ActorBlkRemoting.Port(config);
+        // Akka's keys that ActorBlk reads: enable-ssl = null failed with Akka's NotSupportedException
+        // and its stack, and hostname = null bound every interface, as "" does.
+        ActorBlkRemoting.CheckSettings(config);
         if (nbdListen is not null)
         {
             config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
@@ -403,10 +406,8 @@ internal static class ServeCommand
             return null;
         }
 
-        var host = tcp.GetString("public-hostname", string.Empty) is { Length: > 0 } publicHost ? publicHost : tcp.GetString("hostname", string.Empty);
-        var port = int.TryParse(tcp.GetString("public-port", string.Empty), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var publicPort) && publicPort > 0
-            ? publicPort
-            : ActorBlkRemoting.Port(config);
+        var host = ActorBlkRemoting.HostName(config, "public-hostname") is { Length: > 0 } publicHost ? publicHost : ActorBlkRemoting.HostName(config);
+        var port = ActorBlkRemoting.OptionalPort(config, "public-port") is > 0 and int publicPort ? publicPort : ActorBlkRemoting.Port(config);
         if (host.Length == 0 || port <= 0)
         {
             return null;
@@ -425,9 +426,8 @@ internal static class ServeCommand
             return null;
         }
 
-        var bindPort = tcp.GetString("bind-port", string.Empty);
-        var port = int.TryParse(bindPort, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bound) ? bound : ActorBlkRemoting.Port(config);
-        var host = tcp.GetString("bind-hostname", string.Empty) is { Length: > 0 } bindHost ? bindHost : tcp.GetString("hostname", string.Empty);
+        var port = ActorBlkRemoting.OptionalPort(config, "bind-port") ?? ActorBlkRemoting.Port(config);
+        var host = ActorBlkRemoting.HostName(config, "bind-hostname") is { Length: > 0 } bindHost ? bindHost : ActorBlkRemoting.HostName(config);
         if (port == 0 || host.Length == 0)
         {
             return null;

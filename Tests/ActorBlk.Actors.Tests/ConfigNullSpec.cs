@@ -101,6 +101,85 @@ public sealed class ConfigNullSpec
         Assert.False(ActorBlkRemoting.SslEnabled(Hocon("a = 1")));
     }
 
+    // Akka's keys that ActorBlk reads: Akka reads null (and a list or a section) as no value, and
+    // so did ActorBlk's readers: `hostname = null` with TLS on bound every interface, as "" does,
+    // `maximum-frame-size = null` took 128000 in silence, `public-port = null` was read as unset
+    // and `shutdown-timeout = null` failed the actor system with "Value cannot be null." (an audit).
+    public static TheoryData<string, string> AkkaKeys() => new()
+    {
+        { "akka.remote.dot-netty.tcp.hostname", "every interface" },
+        { "akka.remote.dot-netty.tcp.public-hostname", "the hostname" },
+        { "akka.remote.dot-netty.tcp.bind-hostname", "the hostname" },
+        { "akka.remote.dot-netty.tcp.public-port", "the port" },
+        { "akka.remote.dot-netty.tcp.bind-port", "the port" },
+        { "akka.remote.dot-netty.tcp.maximum-frame-size", "128000b" },
+        { "akka.remote.dot-netty.tcp.ssl.certificate.path", "none" },
+        { "akka.remote.dot-netty.tcp.ssl.certificate.password", "none" },
+        { "akka.scheduler.shutdown-timeout", "5s" },
+        { "akka.cluster.distributed-data.gossip-interval", "2s" },
+    };
+
+    [Theory]
+    [MemberData(nameof(AkkaKeys))]
+    public void Null_a_list_or_a_section_for_an_akka_key_ActorBlk_reads_is_refused_naming_the_key(string key, string fallback)
+    {
+        static string Refused(string text) =>
+            Assert.Throws<ConfigurationException>(() => ActorBlkRemoting.CheckSettings(ConfigurationFactory.ParseString(text))).Message;
+
+        foreach (var value in new[] { "null", "\"null\"" })
+        {
+            Assert.Equal($"{key}: null is not a value here; remove the key for the default ({fallback}).", Refused($"{key} = {value}"));
+        }
+
+        Assert.Equal($"{key}: a value is expected, not a list [ ... ].", Refused($"{key} = [1]"));
+        Assert.Equal($"{key}: a value is expected, not a list [ ... ].", Refused($"{key} = []"));
+        Assert.Equal($"{key}: a value is expected, not a section {{ ... }}.", Refused($"{key} {{ a = 1 }}"));
+    }
+
+    [Fact]
+    public void The_values_valid_configurations_give_those_keys_are_read_as_before()
+    {
+        ActorBlkRemoting.CheckSettings(ConfigurationFactory.ParseString("a = 1"));
+        ActorBlkRemoting.CheckSettings(ConfigurationFactory.ParseString("""
+            akka.remote.dot-netty.tcp { hostname = 127.0.0.1, public-hostname = "", bind-hostname = "", public-port = 0, bind-port = "", port = 4053
+              maximum-frame-size = 256000b, ssl.certificate { path = "/etc/actorblk/node\tcopy.pfx", password = "a\tb" } }
+            akka.scheduler.shutdown-timeout = 5s
+            akka.cluster.distributed-data.gossip-interval = 2s
+            """));
+        var config = ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp { public-port = 4100, bind-port = 4200, public-hostname = node1.example, bind-hostname = 10.0.0.5 }");
+        Assert.Equal(4100, ActorBlkRemoting.OptionalPort(config, "public-port"));
+        Assert.Equal(4200, ActorBlkRemoting.OptionalPort(config, "bind-port"));
+        Assert.Null(ActorBlkRemoting.OptionalPort(ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.bind-port = \"\""), "bind-port"));
+        Assert.Equal("node1.example", ActorBlkRemoting.HostName(config, "public-hostname"));
+        Assert.Equal(string.Empty, ActorBlkRemoting.HostName(config));
+        Assert.Equal(256000 - RemoteSurface.EnvelopeReserve, RemoteSurface.MaxRemoteData(ConfigurationFactory.ParseString("akka.remote.dot-netty.tcp.maximum-frame-size = 256000b")));
+        Assert.Equal(128000 - RemoteSurface.EnvelopeReserve, RemoteSurface.MaxRemoteData(ConfigurationFactory.ParseString("a = 1")));
+    }
+
+    // The readers that existed, called where ActorBlk calls them: each took null for no value.
+    [Fact]
+    public void The_readers_of_akka_keys_refuse_null_where_ActorBlk_reads_them()
+    {
+        static ConfigurationException Refused(Action read) => Assert.Throws<ConfigurationException>(read);
+        static Config Hocon(string text) => ConfigurationFactory.ParseString(text);
+
+        // With TLS on, a null hostname passed the binding check and bound every interface.
+        Assert.Equal("akka.remote.dot-netty.tcp.hostname: null is not a value here; remove the key for the default (every interface).",
+            Refused(() => ActorBlkRemoting.CheckBinding(Hocon("akka.remote.dot-netty.tcp { enable-ssl = on, hostname = null }"))).Message);
+        Assert.Equal("akka.remote.dot-netty.tcp.ssl.certificate.path: null is not a value here; remove the key for the default (none).",
+            Refused(() => ActorBlkRemoting.TlsSetup(Hocon("akka.remote.dot-netty.tcp { enable-ssl = on, ssl.certificate.path = null }"))).Message);
+        Assert.Equal("akka.remote.dot-netty.tcp.ssl.certificate.password: null is not a value here; remove the key for the default (none).",
+            Refused(() => ActorBlkRemoting.TlsSetup(Hocon("akka.remote.dot-netty.tcp { enable-ssl = on, ssl.certificate { path = /nonexistent/node.pfx, password = null } }"))).Message);
+        Assert.Equal("akka.remote.dot-netty.tcp.maximum-frame-size: null is not a value here; remove the key for the default (128000b).",
+            Refused(() => RemoteSurface.MaxRemoteData(Hocon("akka.remote.dot-netty.tcp.maximum-frame-size = null"))).Message);
+        Assert.Equal("akka.remote.dot-netty.tcp.maximum-frame-size: a value is expected, not a list [ ... ].",
+            Refused(() => ActorBlkSettings.Create(Hocon("akka.remote.dot-netty.tcp.maximum-frame-size = [1]"))).Message);
+        Assert.Equal("akka.remote.dot-netty.tcp.maximum-frame-size: 'banana' is not a size (e.g. 128000b).",
+            Refused(() => ActorBlkSettings.Create(Hocon("akka.remote.dot-netty.tcp.maximum-frame-size = banana"))).Message);
+        Assert.Equal("akka.scheduler.shutdown-timeout: null is not a value here; remove the key for the default (5s).",
+            Refused(() => _ = new TimerQueueScheduler(Hocon("akka.scheduler.shutdown-timeout = null"), Akka.Event.NoLogger.Instance)).Message);
+    }
+
     // A resolved substitution stays among the value's elements and reads as its value: taken for
     // unresolved, enable-ssl = ${x} read as off (a review). Only ${?X} with no X is absent.
     [Fact]

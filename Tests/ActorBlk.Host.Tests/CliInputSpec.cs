@@ -34,6 +34,37 @@ public sealed class CliInputSpec : IDisposable
         Assert.DoesNotContain("Unhandled exception", serve.Output, StringComparison.Ordinal);
     }
 
+    // Akka's keys that serve reads before the actor system starts (ConfigNullSpec has every one):
+    // Akka reads null (and a list or a section) as no value, and so did serve. With TLS on, a null
+    // hostname bound every interface as "" does; a null public-port or bind-port was taken for
+    // unset, a null provider for no provider. TLS is on and without a certificate here, so a node
+    // that let the key through stops at its certificate (exit 2, another message) rather than start.
+    // A control character in a name or a host name is refused the same way (it reached the log).
+    [Theory]
+    [InlineData("akka.remote.dot-netty.tcp.hostname = null", "akka.remote.dot-netty.tcp.hostname: null is not a value here; remove the key for the default (every interface).")]
+    [InlineData("akka.remote.dot-netty.tcp.public-hostname = null", "akka.remote.dot-netty.tcp.public-hostname: null is not a value here; remove the key for the default (the hostname).")]
+    [InlineData("akka.remote.dot-netty.tcp.public-port = null", "akka.remote.dot-netty.tcp.public-port: null is not a value here; remove the key for the default (the port).")]
+    [InlineData("akka.remote.dot-netty.tcp.bind-hostname = [a]", "akka.remote.dot-netty.tcp.bind-hostname: a value is expected, not a list [ ... ].")]
+    [InlineData("akka.remote.dot-netty.tcp.bind-port = null", "akka.remote.dot-netty.tcp.bind-port: null is not a value here; remove the key for the default (the port).")]
+    [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = null", "akka.remote.dot-netty.tcp.maximum-frame-size: null is not a value here; remove the key for the default (128000b).")]
+    [InlineData("akka.remote.dot-netty.tcp.ssl.certificate.path = null", "akka.remote.dot-netty.tcp.ssl.certificate.path: null is not a value here; remove the key for the default (none).")]
+    [InlineData("akka.remote.dot-netty.tcp.ssl.certificate.password = null", "akka.remote.dot-netty.tcp.ssl.certificate.password: null is not a value here; remove the key for the default (none).")]
+    [InlineData("akka.scheduler.shutdown-timeout = null", "akka.scheduler.shutdown-timeout: null is not a value here; remove the key for the default (5s).")]
+    [InlineData("akka.cluster.distributed-data.gossip-interval = null", "akka.cluster.distributed-data.gossip-interval: null is not a value here; remove the key for the default (2s).")]
+    [InlineData("akka.actor.provider = null", "akka.actor.provider: null is not a value here; remove the key for the default (cluster).")]
+    [InlineData("akka.loglevel = null", "akka.loglevel: null is not a value here; remove the key for the default (INFO).")]
+    [InlineData("akka.remote.dot-netty.tcp.hostname = \"127.0.0.1\\n[forged]\"", "akka.remote.dot-netty.tcp.hostname: '127.0.0.1\\x0a[forged]' holds a control character (U+000A), which this key never takes.")]
+    [InlineData("actorblk.devices = [{ name = \"d\\u001b[2Jx\" }]", "actorblk: device 'd\\x1b[2Jx': option 'name': 'd\\x1b[2Jx' holds a control character (U+001B), which this key never takes.")]
+    public async Task An_akka_key_ActorBlk_reads_refuses_null_and_control_characters_naming_the_key(string line, string message)
+    {
+        var config = Path.Combine(_dir, "akka.conf");
+        File.WriteAllText(config, $"akka.remote.dot-netty.tcp {{ port = 0, hostname = 127.0.0.1, enable-ssl = on }}\nactorblk.nbd.listen = off\n{line}\n");
+        await using var serve = ActorBlkProcess.Start("serve", "--config", config);
+        Assert.Equal(2, await serve.WaitForExitAsync(Within));
+        Assert.Contains(message, serve.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", serve.Output, StringComparison.Ordinal);
+    }
+
     // An outside CLI fuzzing audit: an unknown option where the path stands was sent to the node as
     // the path ("no ActorBlk node answered", exit 1) instead of being a usage error.
     [Theory]

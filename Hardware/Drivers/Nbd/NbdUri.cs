@@ -14,6 +14,15 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     public static NbdUri Parse(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
+
+        // A URI never holds a control character as such (RFC 3986): .NET's Uri took a newline in the
+        // path, and the export name carried it into the device's description and the log (a review).
+        // An export name that has one (the protocol allows any UTF-8) is written percent-encoded.
+        if (ControlCharacters.IndexIn(text) is var at and >= 0)
+        {
+            throw new FormatException($"'{ControlCharacters.Escape(text)}' holds a control character (U+{(int)text[at]:X4}), which a URI never holds as such (percent-encode it: %{(int)text[at]:X2}).");
+        }
+
         if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("nbd" or "nbds") || uri.Host.Length == 0)
         {
             throw new FormatException($"'{text}' is not an NBD URI (nbd://HOST[:PORT]/EXPORT or nbds://...).");
@@ -38,5 +47,11 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     }
 
     /// <inheritdoc />
-    public override string ToString() => $"{(Tls ? "nbds" : "nbd")}://{(Host.Contains(':', StringComparison.Ordinal) ? $"[{Host}]" : Host)}:{Port}/{Export}";
+    /// <remarks>A control character of the export name (one written %0A, say) is written percent-encoded again, so the text stays one line.</remarks>
+    public override string ToString() => $"{(Tls ? "nbds" : "nbd")}://{(Host.Contains(':', StringComparison.Ordinal) ? $"[{Host}]" : Host)}:{Port}/{PercentEncodeControls(Export)}";
+
+    private static string PercentEncodeControls(string text) =>
+        ControlCharacters.IndexIn(text) < 0
+            ? text
+            : string.Concat(text.Select(c => char.IsControl(c) ? Uri.EscapeDataString(c.ToString()) : c.ToString()));
 }

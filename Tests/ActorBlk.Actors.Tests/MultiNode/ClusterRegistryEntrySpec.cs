@@ -79,6 +79,31 @@ public sealed class ClusterRegistryEntrySpec
         Assert.False(Entry(many.Select(n => Device(n)).ToArray()).IsWellFormed);
     }
 
+    // A peer's entry is what a remote "create" looks like to the other nodes: a name with a newline
+    // (or a node or NBD endpoint with one) went whole into every node's log ("Cluster device ...")
+    // and the columns of `devices`. A name a node itself would refuse is left out too (a review).
+    [Theory]
+    [InlineData("sd\nb")]
+    [InlineData("sd\tb")]
+    [InlineData("sdb\n")]
+    [InlineData("sd b")]
+    [InlineData("sd/b")]
+    [InlineData("..")]
+    public void An_entry_whose_device_name_a_node_would_refuse_is_left_out(string name)
+    {
+        Assert.False(Device(name).IsWellFormed);
+        Assert.False(Entry(Device(name)).IsWellFormed);
+    }
+
+    [Fact]
+    public void An_entry_whose_node_or_nbd_endpoint_holds_a_control_character_is_left_out()
+    {
+        Assert.False(Device("sdb", node: "127.0.0.1:4053\nforged").IsWellFormed);
+        Assert.False((Device("sdb") with { NbdEndpoint = "nbd://127.0.0.1:10809\r" }).IsWellFormed);
+        Assert.False(new ClusterNodeDevices("127.0.0.1:4053\u0007", 17, []).IsWellFormed);
+        Assert.True((Device("sdb") with { NbdEndpoint = "nbd://127.0.0.1:10809" }).IsWellFormed);
+    }
+
     [Fact]
     public void Two_entries_are_the_same_when_they_list_the_same_devices_for_the_same_incarnation()
     {
