@@ -426,8 +426,10 @@ internal static class ServeCommand
             return null;
         }
 
-        var port = ActorBlkRemoting.OptionalPort(config, "bind-port") ?? ActorBlkRemoting.Port(config);
-        var host = ActorBlkRemoting.HostName(config, "bind-hostname") is { Length: > 0 } bindHost ? bindHost : ActorBlkRemoting.HostName(config);
+        // Akka.NET's DotNetty transport binds hostname:port; it reads no bind-hostname or bind-port
+        // (Akka JVM's keys). Read here, they locked and checked an address the node never binds.
+        var port = ActorBlkRemoting.Port(config);
+        var host = ActorBlkRemoting.HostName(config);
         if (port == 0 || host.Length == 0)
         {
             return null;

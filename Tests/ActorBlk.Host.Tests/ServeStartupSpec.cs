@@ -94,6 +94,33 @@ public sealed class ServeStartupSpec
         Assert.NotNull(again);
     }
 
+    // A review: Akka.NET binds hostname:port and reads no bind-hostname or bind-port (Akka JVM's
+    // keys), but serve locked and checked bind-port when set, so a node with bind-port set took
+    // another address's lock and started on a port whose lock another node held.
+    [Fact]
+    public async Task A_bind_port_which_Akka_does_not_read_does_not_move_the_remoting_address_lock()
+    {
+        int port, other;
+        using (var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        using (var probe2 = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0))
+        {
+            probe.Start();
+            probe2.Start();
+            port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+            other = ((System.Net.IPEndPoint)probe2.LocalEndpoint).Port;
+        }
+
+        using var dir = new TempDirectory("serve-bind-port");
+        File.WriteAllText(dir.File("hocon.conf"), File.ReadAllText(RepositoryFiles.Hocon())
+            + $"\nakka.remote.dot-netty.tcp {{ bind-port = {other}, bind-hostname = 127.0.0.2 }}\n");
+        using var held = ActorBlk.Host.Commands.RemotingPortLock.Acquire("127.0.0.1", port);
+        Assert.NotNull(held);
+        await using var second = ActorBlkProcess.Start("serve", "--config", dir.File("hocon.conf"), "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--nbd-listen", "off");
+        Assert.Equal(1, await second.WaitForExitAsync(Within));
+        AssertOneLineOnStandardError(second, $"actorblk: the remoting address 127.0.0.1:{port} is in use: another ActorBlk node of this user is starting or running on it");
+        Assert.DoesNotContain("Remoting started", second.Output, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_second_node_on_the_remoting_port_of_a_running_node_is_refused_with_the_port_named()
     {
