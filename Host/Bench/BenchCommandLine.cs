@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
@@ -64,6 +65,14 @@ internal sealed class BenchCommandLine
         (a, b) => a | b,
         "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
 
+    // fio's --minimal (init.c, no argument): output_format = FIO_OUTPUT_TERSE, replacing the
+    // formats so far, as --output-format replaces them in turn; the later of the two wins.
+    private readonly Option<bool> Minimal = new("--minimal")
+    {
+        Description = "the terse line alone, as --output-format=terse (fio's --minimal); the later of --minimal and --output-format wins, as in fio",
+        Arity = ArgumentArity.Zero,
+    };
+
     private readonly Option<Word<EtaMode>> Eta = CliOptions.Choice("--eta", "auto", [("auto", EtaMode.Auto), ("always", EtaMode.Always), ("never", EtaMode.Never)],
         "the status line on stderr: auto = when stderr is a terminal and the output format is normal alone");
 
@@ -124,7 +133,7 @@ internal sealed class BenchCommandLine
     private IEnumerable<Option> All =>
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
-        Output, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Output, Minimal, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
@@ -195,7 +204,7 @@ internal sealed class BenchCommandLine
             RandRepeat = parse.ValueOf(RandRepeat),
             LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
-            Output = parse.ValueOf(Output),
+            Output = LastPosition(parse, Minimal) > LastPosition(parse, Output) ? OutputFormat.Terse : parse.ValueOf(Output),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
             LatLog = parse.GetValue(WriteLatLog),
@@ -237,6 +246,22 @@ internal sealed class BenchCommandLine
 
         options.Validate();
         return options;
+    }
+
+    // Where an option last stands among the command line's tokens, -1 when it is not given: fio
+    // reads its options in order, so of two that set the same thing the later one wins.
+    private static int LastPosition(ParseResult parse, Option option)
+    {
+        var tokens = parse.Tokens;
+        for (var i = tokens.Count - 1; i >= 0; i--)
+        {
+            if (tokens[i].Type == TokenType.Option && (tokens[i].Value == option.Name || option.Aliases.Contains(tokens[i].Value)))
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 }
 

@@ -96,6 +96,29 @@ public sealed class BenchOutputFormatSpec
         Assert.Equal((OutputFormat)format, BenchCommandLine.Parse("--output_format", given).Output);
     }
 
+    // fio's --minimal (init.c parse_cmd_line, case 'm': output_format = FIO_OUTPUT_TERSE) sets the
+    // formats, as --output-format does (parse_output_format starts from 0), so the later of the
+    // two wins: fio 3.33 prints the terse line alone for "--output-format=json --minimal" and the
+    // JSON alone for "--minimal --output-format=json". The bench refused --minimal.
+    [Theory]
+    [InlineData("--minimal", (int)OutputFormat.Terse)]
+    [InlineData("--minimal --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--output-format=json --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--output-format=normal,json+ --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--minimal --output-format=json", (int)OutputFormat.Json)]
+    [InlineData("--minimal --output_format json,normal", (int)(OutputFormat.Json | OutputFormat.Normal))]
+    [InlineData("--output-format=json --minimal --output-format=normal", (int)OutputFormat.Normal)]
+    public void Minimal_is_fios_terse_output_and_the_later_of_it_and_output_format_wins(string args, int format) =>
+        Assert.Equal((OutputFormat)format, BenchCommandLine.Parse(args.Split(' ')).Output);
+
+    [Fact]
+    public void Minimal_takes_no_value_as_in_fio()
+    {
+        // fio's getopt: "option '--minimal' doesn't allow an argument".
+        var error = Assert.Throws<UsageException>(() => BenchCommandLine.Parse("--minimal=1"));
+        Assert.Contains("'1'", error.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("xml")]
     [InlineData("json,")]
