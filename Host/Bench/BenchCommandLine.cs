@@ -63,7 +63,7 @@ internal sealed class BenchCommandLine
         [("normal", OutputFormat.Normal), ("json", OutputFormat.Json), ("json+", OutputFormat.Json | OutputFormat.JsonPlus),
          ("terse", OutputFormat.Terse), ("minimal", OutputFormat.Terse), ("csv", OutputFormat.Terse)],
         (a, b) => a | b,
-        "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
+        "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3 or --terse-version's; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
 
     // fio's --minimal (init.c, no argument): output_format = FIO_OUTPUT_TERSE, replacing the
     // formats so far, as --output-format replaces them in turn; the later of the two wins.
@@ -72,6 +72,9 @@ internal sealed class BenchCommandLine
         Description = "the terse line alone, as --output-format=terse (fio's --minimal); the later of --minimal and --output-format wins, as in fio",
         Arity = ArgumentArity.Zero,
     };
+
+    // fio's --terse-version (init.c: 2 to 5, else "fio: bad terse version format").
+    private readonly Option<int> TerseVersion = CliOptions.Int("--terse-version", 3, 2, 5, "the terse line's version, as fio's: 2 (no fio version field, trim included), 3 (the default), 4 (trim included), 5 (4 with each direction's bandwidth sample count and IOPS samples)");
 
     private readonly Option<Word<EtaMode>> Eta = CliOptions.Choice("--eta", "auto", [("auto", EtaMode.Auto), ("always", EtaMode.Always), ("never", EtaMode.Never)],
         "the status line on stderr: auto = when stderr is a terminal and the output format is normal alone");
@@ -133,7 +136,7 @@ internal sealed class BenchCommandLine
     private IEnumerable<Option> All =>
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
-        Output, Minimal, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Output, Minimal, TerseVersion, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
@@ -205,6 +208,7 @@ internal sealed class BenchCommandLine
             LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
             Output = LastPosition(parse, Minimal) > LastPosition(parse, Output) ? OutputFormat.Terse : parse.ValueOf(Output),
+            TerseVersion = parse.GetValue(TerseVersion),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
             LatLog = parse.GetValue(WriteLatLog),
