@@ -186,6 +186,9 @@ internal sealed class BenchCommandLine
             throw new UsageException($"option --bs: {bs} is more than the largest block size, {MaxBlockSize} bytes.");
         }
 
+        DecimalUnit("--bs", parse.GetValue(Bs));
+        DecimalUnit("--size", parse.GetValue(SizeOption));
+
         var options = new BenchOptions
         {
             Name = parse.GetValue(Name) ?? "actorblk",
@@ -250,6 +253,16 @@ internal sealed class BenchCommandLine
 
         options.Validate();
         return options;
+    }
+
+    // fio's KiB, MiB ... are powers of 1000 under its default kb_base=1024, so --bs=4KiB is 4000
+    // bytes, which the 512-byte check would refuse with a number the user never wrote.
+    private static void DecimalUnit(string option, Word<long> size)
+    {
+        if (size.Value % 512 != 0 && size.Text.Trim().EndsWith("ib", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"option {option}: '{size.Text}' is {size.Value} bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024.");
+        }
     }
 
     // Where an option last stands among the command line's tokens, -1 when it is not given: fio
