@@ -90,7 +90,11 @@ public sealed partial class BlockLayer
         public static readonly ListDevices Instance = new();
     }
 
-    /// <summary>The devices of this node.</summary>
+    /// <summary>
+    /// The registered devices of this node, in the order they registered (the first first; a device
+    /// destroyed and created again registers anew, last), as the kernel's <c>/proc/diskstats</c>
+    /// lists its disks in the order they were added.
+    /// </summary>
     public sealed record DeviceList(DeviceSummary[] Devices) : IActorBlkMessage;
 
     /// <summary>One device.</summary>

@@ -24,6 +24,10 @@ internal sealed class BlockLayerActor : ReceiveActor
     // same name gets new actors while the old ones may still be stopping.
     private long _incarnation;
 
+    // Registrations so far: each device's place in the order they registered (DeviceList's order,
+    // the kernel's /proc/diskstats order, which follows device_add).
+    private long _registrations;
+
     public BlockLayerActor(BlockLayer layer)
     {
         _layer = layer;
@@ -79,7 +83,7 @@ internal sealed class BlockLayerActor : ReceiveActor
             _log.Warning("Refused {Request} from {Sender}: {Reason}", refused.Request.GetType().Name, Sender.Path, refused.Reason);
             Sender.Tell(new RemoteSurface.NotAuthorized(refused.Request.ToString() ?? string.Empty, refused.Reason));
         });
-        Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).Select(Summary).ToArray())));
+        Receive<BlockLayer.ListDevices>(_ => Sender.Tell(new BlockLayer.DeviceList(_devices.Values.Where(e => e.Ready).OrderBy(e => e.Registered).Select(Summary).ToArray())));
         Receive<BlockLayer.GetDeviceInfo>(get =>
         {
             if (get.Name is { Length: > 0 and <= RemoteSurface.MaxDeviceName } && _devices.TryGetValue(get.Name, out var entry) && entry is { Ready: true, Actor: { } actor })
@@ -801,6 +805,12 @@ internal sealed class BlockLayerActor : ReceiveActor
         }
 
         entry.Ready = true;
+        if (entry.Registered == 0)
+        {
+            // Once per device: a second Ready (an actor restarted) keeps its place.
+            entry.Registered = ++_registrations;
+        }
+
         _layer.Publish(entry.Device);
         var queue = entry.Device.Queue;
         _log.Info("{Device}: {Driver} driver: {Description}", ready.Name,
@@ -990,6 +1000,9 @@ internal sealed class BlockLayerActor : ReceiveActor
         public IActorRef? Creator { get; set; }
 
         public bool Ready { get; set; }
+
+        // The device's place in the registration order (set when it becomes ready).
+        public long Registered { get; set; }
 
         public List<IActorRef> Destroyers { get; } = [];
 

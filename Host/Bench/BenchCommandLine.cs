@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
@@ -62,7 +63,18 @@ internal sealed class BenchCommandLine
         [("normal", OutputFormat.Normal), ("json", OutputFormat.Json), ("json+", OutputFormat.Json | OutputFormat.JsonPlus),
          ("terse", OutputFormat.Terse), ("minimal", OutputFormat.Terse), ("csv", OutputFormat.Terse)],
         (a, b) => a | b,
-        "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
+        "the report on stdout: normal, json, json+ (json with each latency's fio histogram bins), terse (fio's terse line, version 3 or --terse-version's; minimal and csv are its other names), or a comma-separated list of them, each printed (terse, then json, then normal, as fio)", "--output_format");
+
+    // fio's --minimal (init.c, no argument): output_format = FIO_OUTPUT_TERSE, replacing the
+    // formats so far, as --output-format replaces them in turn; the later of the two wins.
+    private readonly Option<bool> Minimal = new("--minimal")
+    {
+        Description = "the terse line alone, as --output-format=terse (fio's --minimal); the later of --minimal and --output-format wins, as in fio",
+        Arity = ArgumentArity.Zero,
+    };
+
+    // fio's --terse-version (init.c: 2 to 5, else "fio: bad terse version format").
+    private readonly Option<int> TerseVersion = CliOptions.Int("--terse-version", 3, 2, 5, "the terse line's version, as fio's: 2 (no fio version field, trim included), 3 (the default), 4 (trim included), 5 (4 with each direction's bandwidth sample count and IOPS samples)");
 
     private readonly Option<Word<EtaMode>> Eta = CliOptions.Choice("--eta", "auto", [("auto", EtaMode.Auto), ("always", EtaMode.Always), ("never", EtaMode.Never)],
         "the status line on stderr: auto = when stderr is a terminal and the output format is normal alone");
@@ -124,7 +136,7 @@ internal sealed class BenchCommandLine
     private IEnumerable<Option> All =>
     [
         Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
-        Output, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Output, Minimal, TerseVersion, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
@@ -174,6 +186,9 @@ internal sealed class BenchCommandLine
             throw new UsageException($"option --bs: {bs} is more than the largest block size, {MaxBlockSize} bytes.");
         }
 
+        DecimalUnit("--bs", parse.GetValue(Bs));
+        DecimalUnit("--size", parse.GetValue(SizeOption));
+
         var options = new BenchOptions
         {
             Name = parse.GetValue(Name) ?? "actorblk",
@@ -195,7 +210,8 @@ internal sealed class BenchCommandLine
             RandRepeat = parse.ValueOf(RandRepeat),
             LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
-            Output = parse.ValueOf(Output),
+            Output = LastPosition(parse, Minimal) > LastPosition(parse, Output) ? OutputFormat.Terse : parse.ValueOf(Output),
+            TerseVersion = parse.GetValue(TerseVersion),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
             LatLog = parse.GetValue(WriteLatLog),
@@ -237,6 +253,32 @@ internal sealed class BenchCommandLine
 
         options.Validate();
         return options;
+    }
+
+    // fio's KiB, MiB ... are powers of 1000 under its default kb_base=1024, so --bs=4KiB is 4000
+    // bytes, which the 512-byte check would refuse with a number the user never wrote.
+    private static void DecimalUnit(string option, Word<long> size)
+    {
+        if (size.Value % 512 != 0 && size.Text.Trim().EndsWith("ib", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"option {option}: '{size.Text}' is {size.Value} bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024.");
+        }
+    }
+
+    // Where an option last stands among the command line's tokens, -1 when it is not given: fio
+    // reads its options in order, so of two that set the same thing the later one wins.
+    private static int LastPosition(ParseResult parse, Option option)
+    {
+        var tokens = parse.Tokens;
+        for (var i = tokens.Count - 1; i >= 0; i--)
+        {
+            if (tokens[i].Type == TokenType.Option && (tokens[i].Value == option.Name || option.Aliases.Contains(tokens[i].Value)))
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 }
 

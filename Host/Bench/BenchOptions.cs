@@ -35,7 +35,7 @@ internal enum IoPattern
 [Flags]
 internal enum OutputFormat
 {
-    /// <summary>fio's terse line, version 3 (<c>terse</c>, <c>minimal</c>, <c>csv</c>).</summary>
+    /// <summary>fio's terse line, of <see cref="BenchOptions.TerseVersion"/> (<c>terse</c>, <c>minimal</c>, <c>csv</c>).</summary>
     Terse = 1,
 
     /// <summary>fio's JSON.</summary>
@@ -108,6 +108,12 @@ internal sealed record BenchOptions
 
     /// <summary>The report's formats (<c>--output-format</c>); normal by default.</summary>
     public OutputFormat Output { get; init; } = OutputFormat.Normal;
+
+    /// <summary>
+    /// The terse line's version (<c>--terse-version</c>, fio's: 2, 3, 4 or 5; 3 by default):
+    /// what <see cref="BenchReport.Terse"/> writes when <see cref="Output"/> holds <see cref="OutputFormat.Terse"/>.
+    /// </summary>
+    public int TerseVersion { get; init; } = 3;
 
     /// <summary>The report includes JSON (<c>json</c> or <c>json+</c>).</summary>
     public bool Json => (Output & OutputFormat.Json) != 0;

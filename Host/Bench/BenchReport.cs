@@ -12,7 +12,7 @@ namespace ActorBlk.Host.Bench;
 /// Writes a bench result the way fio does: its JSON layout (<c>jobs[0].read</c> and
 /// <c>jobs[0].write</c> with <c>io_bytes</c>, <c>bw_bytes</c>, <c>iops</c>, <c>total_ios</c>,
 /// <c>slat_ns</c>, <c>clat_ns</c>, <c>lat_ns</c> and their percentiles, and with json+ their
-/// bins), plus an <c>actorblk</c> object; its terse line (version 3); or its human-readable summary.
+/// bins), plus an <c>actorblk</c> object; its terse line (versions 2 to 5); or its human-readable summary.
 /// </summary>
 /// <remarks>
 /// Errors are counted apart, as fio does with <c>continue_on_error</c>: a failed I/O counts in its
@@ -309,27 +309,50 @@ internal static class BenchReport
     }
 
     /// <summary>
-    /// fio's terse line, version 3 (fio 3.33 stat.c <c>show_thread_status_terse_all</c>; HOWTO
-    /// "Terse output"): version, fio version, job name, group, error; per direction, read then
-    /// write (no trim in version 3), the KiB moved, bandwidth in KiB/s, IOPS and runtime in ms,
+    /// fio's terse line, of the version <see cref="BenchOptions.TerseVersion"/> gives (3 by
+    /// default; fio 3.33 stat.c <c>show_thread_status_terse_all</c>; HOWTO "Terse output"):
+    /// version, fio version (not in version 2), job name, group, error; per direction, read then
+    /// write, then trim in versions 2, 4 and 5 (no trim in version 3), the KiB moved, bandwidth in KiB/s, IOPS and runtime in ms,
     /// submission, completion and total latency in microseconds (min and max whole, mean and
     /// deviation to six places), fio's 20 percentile slots (the 17 default percentiles in
     /// microseconds, then <c>0%=0</c>), the bandwidth samples (min, max, share of the aggregate,
     /// mean, deviation); then the CPU figures, the 7 depth groups, the 10 microsecond latency
     /// groups (the nanosecond ones added into the first, as fio keeps the line's layout) and the 12
-    /// millisecond ones; the total error count and the first error when any I/O failed (fio's
+    /// millisecond ones (version 5 adds, to each direction after its bandwidth samples, their
+    /// count and the IOPS samples' min, max, mean, deviation and count); the total error count and the first error when any I/O failed (fio's
     /// <c>continue_on_error</c> fields, which the normal report's <c>errors</c> line matches).
     /// The figures are the JSON's; fio's integer arithmetic and C's <c>%f</c> rounding are kept.
     /// There is no submission latency (fio's zero fields), and a direction that moved no bytes
     /// has runtime 0, as fio counts a direction's runtime only when it moved bytes (backend.c).
+    /// fio's disk utilisation fields (versions 3 to 5, after the latency groups, for each disk
+    /// its job's files lie on) are not written: no device of the bench is a disk of the machine.
     /// </summary>
     public static string Terse(BenchResult r)
     {
+        var version = r.Options.TerseVersion;
+        if (version is < 2 or > 5)
+        {
+            throw new ArgumentOutOfRangeException(nameof(r), version, "fio's terse versions are 2, 3, 4 and 5.");
+        }
+
         var firstError = -r.FirstError.ToErrno();
         var sb = new StringBuilder();
-        sb.Append(Inv, $"3;{Version};{r.Options.Name};0;{firstError}");
-        TerseDirection(sb, r, r.Read, r.ReadSamples);
-        TerseDirection(sb, r, r.Write, r.WriteSamples);
+        if (version == 2)
+        {
+            sb.Append(Inv, $"2;{r.Options.Name};0;{firstError}");
+        }
+        else
+        {
+            sb.Append(Inv, $"{version};{Version};{r.Options.Name};0;{firstError}");
+        }
+
+        TerseDirection(sb, r, r.Read, r.ReadSamples, version);
+        TerseDirection(sb, r, r.Write, r.WriteSamples, version);
+        if (version != 3)
+        {
+            TerseDirection(sb, r, new OpStats(), [], version); // trim: none
+        }
+
         sb.Append(Inv, $";{CFixed(r.UsrCpu, 6)}%;{CFixed(r.SysCpu, 6)}%;{r.Usage.ContextSwitches};{r.Usage.MajorFaults};{r.Usage.MinorFaults}");
 
         // The depth groups as the JSON's iodepth_level (fio's "%3.1f%%").
@@ -366,8 +389,9 @@ internal static class BenchReport
         return sb.Append('\n').ToString();
     }
 
-    // fio's show_ddir_status_terse for one direction, version 3.
-    private static void TerseDirection(StringBuilder sb, BenchResult r, OpStats s, IReadOnlyList<RateSample> samples)
+    // fio's show_ddir_status_terse for one direction: version 5 adds the sample counts and the
+    // IOPS samples after the bandwidth samples.
+    private static void TerseDirection(StringBuilder sb, BenchResult r, OpStats s, IReadOnlyList<RateSample> samples, int version)
     {
         // fio's show_ddir_status_terse: bytes and every I/O issued (total_io_u) over the runtime in whole ms.
         var runtime = RuntimeMs(s, r.Measured);
@@ -395,6 +419,21 @@ internal static class BenchReport
         TerseLatency(sb, s.Total); // lat: the same measurement
 
         var rate = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
+        TerseBandwidth(sb, s, runtime, rate);
+        if (version == 5)
+        {
+            // fio's "%lu" of the bandwidth samples (0 without), then the IOPS samples as calc_lat gives them.
+            var ioRate = SampleStats.Of([.. samples.Select(x => x.Iops)]);
+            sb.Append(Inv, $";{rate.Count}");
+            sb.Append(ioRate.Count == 0
+                ? ";0;0;0.000000;0.000000;0"
+                : string.Create(Inv, $";{(long)ioRate.Min};{(long)ioRate.Max};{CFixed(ioRate.Mean, 6)};{CFixed(ioRate.StdDev, 6)};{ioRate.Count}"));
+        }
+    }
+
+    // The bandwidth samples of a direction: min, max, share of the aggregate, mean, deviation.
+    private static void TerseBandwidth(StringBuilder sb, OpStats s, long runtime, SampleStats rate)
+    {
         if (rate.Count == 0)
         {
             sb.Append(";0;0;0.000000%;0.000000;0.000000");

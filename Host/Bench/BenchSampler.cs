@@ -33,7 +33,8 @@ internal readonly record struct SampleStats(double Min, double Max, double Mean,
 /// The rule is fio 3.33's (stat.c <c>__add_samples</c>, the helper thread's
 /// <c>add_bw_samples</c> and <c>add_iops_samples</c>). An interval shorter than the sampling
 /// interval by more than 1 ms (<c>LOG_MSEC_SLACK</c>) gives no sample yet and goes on into the
-/// next: the end of the window, which fio never samples either (its job has stopped running).
+/// next: the end of the window, which fio never samples either (its job has stopped running),
+/// unless it is the boundary the next sample is due at (<see cref="Close"/>).
 /// The sampling times count from the window's opening, as fio's <c>bw_sample_time</c> is reset
 /// to the end of the ramp (libfio.c <c>reset_all_stats</c>): the first sample comes one interval
 /// into the window and spans that interval (<see cref="RunAsync(Func{BenchResult}, TimeProvider, CancellationToken)"/>;
@@ -61,6 +62,10 @@ internal sealed class BenchSampler(TimeSpan interval)
     private readonly long _intervalMs = (long)interval.TotalMilliseconds;
     private (long ReadIos, long ReadBytes, long WriteIos, long WriteBytes, TimeSpan Measured) _last;
     private TimeSpan _polled = TimeSpan.MinValue;
+
+    // The sampling points so far (each interval closed, whatever its directions moved): the
+    // window's boundaries, one interval apart from its opening, that have been sampled.
+    private long _points;
 
     /// <summary>A sampler at fio's default interval (<see cref="DefaultInterval"/>).</summary>
     public BenchSampler()
@@ -126,12 +131,45 @@ internal sealed class BenchSampler(TimeSpan interval)
                 return moved && rest > TimeSpan.Zero ? rest : Interval;
             }
 
-            Sample(_read, readIos - _last.ReadIos, readBytes - _last.ReadBytes, spent);
-            Sample(_write, writeIos - _last.WriteIos, writeBytes - _last.WriteBytes, spent);
-            _last = (readIos, readBytes, writeIos, writeBytes, measured);
+            TakePoint(readIos, readBytes, writeIos, writeBytes, measured, spent);
             var late = 1 + spent - _intervalMs;
             return spent <= _intervalMs || late >= _intervalMs ? Interval : TimeSpan.FromMilliseconds(_intervalMs - late);
         }
+    }
+
+    /// <summary>
+    /// The last look, once the window has closed (<paramref name="measured"/> is all of it): a
+    /// sample as <see cref="Poll"/> takes one, and also whenever the window reaches the boundary
+    /// the next sample is due at (one interval more than the samples so far, from the window's
+    /// opening, less the 1 ms slack), however short the rest since the last sample. So a window of
+    /// N whole intervals has N samples, its last at its end, whenever the timer woke for the
+    /// others: a sample taken 3 ms late left 497 ms, which <see cref="Poll"/> does not sample, and
+    /// a 2 s run showed 3 samples or 4 by the timer's lateness. fio's own count races its job's end
+    /// (its helper thread's last wake and the job's runtime check) and is N or N - 1.
+    /// </summary>
+    public void Close(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured)
+    {
+        lock (_lock)
+        {
+            var spent = Math.Max(0, (long)Math.Floor((measured - _last.Measured).TotalMilliseconds));
+            var boundary = TimeSpan.FromMilliseconds(((_points + 1) * _intervalMs) - SlackMs);
+            var due = spent >= _intervalMs || _intervalMs - spent <= SlackMs;
+            if (measured > _last.Measured && (due || measured >= boundary))
+            {
+                TakePoint(readIos, readBytes, writeIos, writeBytes, measured, spent);
+            }
+
+            _polled = measured;
+        }
+    }
+
+    // Under the lock: a sampling point, each direction's sample and the figures it counts from next.
+    private void TakePoint(long readIos, long readBytes, long writeIos, long writeBytes, TimeSpan measured, long spent)
+    {
+        Sample(_read, readIos - _last.ReadIos, readBytes - _last.ReadBytes, spent);
+        Sample(_write, writeIos - _last.WriteIos, writeBytes - _last.WriteBytes, spent);
+        _last = (readIos, readBytes, writeIos, writeBytes, measured);
+        _points++;
     }
 
     /// <summary>Samples <paramref name="snapshot"/> every <see cref="Interval"/> of its measured window until <paramref name="cancel"/>.</summary>
@@ -142,9 +180,9 @@ internal sealed class BenchSampler(TimeSpan interval)
     /// <paramref name="time"/> for each sample as long as <see cref="Poll"/> says: the samples fall
     /// one <see cref="Interval"/> apart from the window's opening (its <see cref="BenchResult.Measured"/>),
     /// whenever in the run, after a ramp or a JIT warm-up, that comes. When <paramref name="cancel"/>
-    /// ends it (the run is over, its window closed) it polls once more: a window that ended one
-    /// interval after the last sample, as a time-based one does, gets that last sample, which
-    /// fio takes as its job runs a little past the runtime, where a wake-up of the timer later
+    /// ends it (the run is over, its window closed) it looks once more (<see cref="Close"/>): a
+    /// window that ends on a boundary, as a time-based one does, gets its last sample there, which
+    /// fio takes when its job runs a little past the runtime, where a wake-up of the timer later
     /// than the run's end lost it (3 samples in 2 s where fio has 4). A shorter rest is not
     /// sampled, by the rule of <see cref="BenchSampler"/>.
     /// </summary>
@@ -163,7 +201,8 @@ internal sealed class BenchSampler(TimeSpan interval)
         {
         }
 
-        PollSnapshot(snapshot());
+        var last = snapshot();
+        Close(last.Read.Ios, last.Read.Bytes, last.Write.Ios, last.Write.Bytes, last.Measured);
     }
 
     private TimeSpan PollSnapshot(BenchResult r) => Poll(r.Read.Ios, r.Read.Bytes, r.Write.Ios, r.Write.Bytes, r.Measured);

@@ -202,7 +202,7 @@ internal static class CliOptions
         CustomParser = r => Each(r, name, fallback, text => (text, null)),
     });
 
-    /// <summary>fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024).</summary>
+    /// <summary>fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024), as <see cref="Sizes.Parse"/> reads it.</summary>
     public static Option<Word<long>> Size(string name, string fallback, string description) => LastWins(new Option<Word<long>>(name)
     {
         Description = description,

@@ -25,7 +25,8 @@ internal static class IostatCommand
         the device name last; -t each report's time (S_TIME_FORMAT=ISO for ISO 8601); -z leave out
         devices with no I/O over the interval; -o JSON sysstat's JSON document; --dec=0|1|2 decimal
         places; -N is accepted (a device's name is its only name); -p [ALL|DEVICE,...] as a disk with
-        no partitions. The first report covers the time since the node's block layer started (and
+        no partitions (without a list, or with ALL, the devices in the order they registered on the
+        node, as sysstat's come in /proc/diskstats order; else in name order). The first report covers the time since the node's block layer started (and
         for the CPU since its machine booted: sysstat's since boot); -y leaves it out when an INTERVAL
         is given. Without INTERVAL one report since the start; without COUNT reports until
         interrupted. Without DEVICE every device that did I/O; DEVICE may be NAME, /dev/NAME or ALL,
@@ -151,6 +152,11 @@ internal static class IostatCommand
 
                 var now = DateTimeOffset.Now;
                 var current = await SampleAsync(client, devices, options, cancel).ConfigureAwait(false);
+                if (options.RegistrationOrder)
+                {
+                    current = current.InOrderOf(previous);
+                }
+
                 if (options.CpuReport && current.Cpu is null)
                 {
                     throw new IostatException($"the node did not answer its CPU use ({BlockLayer.CpuStatAttribute}).");
@@ -311,14 +317,21 @@ internal static class IostatCommand
     {
         var started = Stopwatch.GetElapsedTime(0);
         var cpu = options.CpuReport ? await CpuStatAsync(client, cancel).ConfigureAwait(false) : null;
-        var result = new SortedDictionary<string, (DiskStatSample, TimeSpan)>(StringComparer.Ordinal);
+        var result = new OrderedDictionary<string, (DiskStatSample, TimeSpan)>(StringComparer.Ordinal);
         if (!options.DiskReport)
         {
             return new Sampling(started, result, cpu);
         }
 
         var names = devices;
-        if (names.Count == 0)
+        if (names.Count == 0 && options.RegistrationOrder)
+        {
+            // sysstat's -p (ALL) reads /proc/diskstats, whose order is the kernel's registration
+            // order: the guardian lists the devices in theirs.
+            var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).WaitAsync(cancel).ConfigureAwait(false);
+            names = [.. list.Devices.Select(d => d.Name)];
+        }
+        else if (names.Count == 0)
         {
             switch (await client.AskAsync(new Sysfs.List("block/")).WaitAsync(cancel).ConfigureAwait(false))
             {
@@ -342,7 +355,9 @@ internal static class IostatCommand
             }
         }
 
-        foreach (var name in names)
+        // Otherwise in name order, as sysstat's add_list_device inserts a device it has not seen
+        // (strcmp order), whether named or read from /sys/block.
+        foreach (var name in options.RegistrationOrder ? names : (IEnumerable<string>)names.Order(StringComparer.Ordinal))
         {
             var sent = Stopwatch.GetElapsedTime(0);
             var reply = await client.AskAsync(new Sysfs.Read($"block/{name}/stat")).WaitAsync(cancel).ConfigureAwait(false);
@@ -379,7 +394,35 @@ internal static class IostatCommand
     /// <param name="At">When the sampling started, on <see cref="Stopwatch"/>'s clock.</param>
     /// <param name="Devices">The devices read, by name.</param>
     /// <param name="Cpu">The cpu line of the node machine's <c>/proc/stat</c>; null when not read (no CPU report) or not published.</param>
-    internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices, CpuStatSample? Cpu = null);
+    internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices, CpuStatSample? Cpu = null)
+    {
+        /// <summary>
+        /// This sampling with its devices in the order of <paramref name="previous"/>'s, those not
+        /// in it after them in this one's order: sysstat keeps its device list from one reading to
+        /// the next and adds a device it has not seen at the end (under <c>-p</c>, where it does
+        /// not sort them). A device missing from <paramref name="previous"/> (new, or destroyed and
+        /// created again) is new here too.
+        /// </summary>
+        public Sampling InOrderOf(Sampling previous)
+        {
+            ArgumentNullException.ThrowIfNull(previous);
+            var ordered = new OrderedDictionary<string, (DiskStatSample Stat, TimeSpan At)>(StringComparer.Ordinal);
+            foreach (var name in previous.Devices.Keys)
+            {
+                if (Devices.TryGetValue(name, out var reading))
+                {
+                    ordered.Add(name, reading);
+                }
+            }
+
+            foreach (var (name, reading) in Devices)
+            {
+                ordered.TryAdd(name, reading);
+            }
+
+            return this with { Devices = ordered };
+        }
+    }
 }
 
 /// <summary>The node could not be read as iostat needs.</summary>

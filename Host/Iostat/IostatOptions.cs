@@ -50,8 +50,14 @@ internal enum IostatUnit
 /// <param name="Human"><c>--human</c>, or <c>-h</c>: values scaled to their unit, percentages with a <c>%</c>.</param>
 /// <param name="Pretty"><c>--pretty</c>, or <c>-h</c>: the device name last, the extended report in four parts.</param>
 /// <param name="Compact"><c>--compact</c>: under <c>--pretty</c>, the extended report in one part.</param>
+/// <param name="RegistrationOrder">
+/// <c>-p</c> without a list, grouped (<c>-xp</c>) or with <c>ALL</c> in its list (sysstat's
+/// <c>I_D_EVERYTHING</c>, which reads <c>/proc/diskstats</c> and keeps its order): the devices in
+/// the order they registered on the node, each new one after those seen before. Otherwise they are
+/// in name order, as sysstat's <c>add_list_device</c> inserts them.
+/// </param>
 internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool SinceStart = true, bool Unfiltered = false,
-    bool CpuReport = true, bool DiskReport = true, bool Short = false, bool Human = false, bool Pretty = false, bool Compact = false)
+    bool CpuReport = true, bool DiskReport = true, bool Short = false, bool Human = false, bool Pretty = false, bool Compact = false, bool RegistrationOrder = false)
 {
     /// <summary>How the tables are laid out.</summary>
     public IostatLayout Layout => new(Unit, Decimals, Short, Human, Pretty);
@@ -269,6 +275,6 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
         }
 
         return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, zero ? 1.0 : interval, count,
-            !(omitSinceStart && numbers.Count > 0 && !zero), unfiltered, cpu, disk, shortReport, human, pretty, compact);
+            !(omitSinceStart && numbers.Count > 0 && !zero), unfiltered, cpu, disk, shortReport, human, pretty, compact, everything);
     }
 }

@@ -96,6 +96,29 @@ public sealed class BenchOutputFormatSpec
         Assert.Equal((OutputFormat)format, BenchCommandLine.Parse("--output_format", given).Output);
     }
 
+    // fio's --minimal (init.c parse_cmd_line, case 'm': output_format = FIO_OUTPUT_TERSE) sets the
+    // formats, as --output-format does (parse_output_format starts from 0), so the later of the
+    // two wins: fio 3.33 prints the terse line alone for "--output-format=json --minimal" and the
+    // JSON alone for "--minimal --output-format=json". The bench refused --minimal.
+    [Theory]
+    [InlineData("--minimal", (int)OutputFormat.Terse)]
+    [InlineData("--minimal --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--output-format=json --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--output-format=normal,json+ --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--minimal --output-format=json", (int)OutputFormat.Json)]
+    [InlineData("--minimal --output_format json,normal", (int)(OutputFormat.Json | OutputFormat.Normal))]
+    [InlineData("--output-format=json --minimal --output-format=normal", (int)OutputFormat.Normal)]
+    public void Minimal_is_fios_terse_output_and_the_later_of_it_and_output_format_wins(string args, int format) =>
+        Assert.Equal((OutputFormat)format, BenchCommandLine.Parse(args.Split(' ')).Output);
+
+    [Fact]
+    public void Minimal_takes_no_value_as_in_fio()
+    {
+        // fio's getopt: "option '--minimal' doesn't allow an argument".
+        var error = Assert.Throws<UsageException>(() => BenchCommandLine.Parse("--minimal=1"));
+        Assert.Contains("'1'", error.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("xml")]
     [InlineData("json,")]
@@ -133,9 +156,114 @@ public sealed class BenchOutputFormatSpec
     [Fact]
     public void Terse_is_fios_version_3_line()
     {
-        // Four reads of 4 KiB in one second (500 ns, 1.5 us, 2.5 us, 1.2 ms), two bandwidth
-        // samples (4 and 8 KiB/s), one failed write (EIO).
-        var result = Result(new BenchOptions { Name = "terse" }, [500, 1500, 2500, 1_200_000]) with
+        var expected = string.Concat(
+            "3;actorblk-bench-1;terse;0;5",
+            TerseRead, TerseBandwidth,
+            // write: nothing moved, so runtime 0 (fio counts a direction's runtime only when it
+            // moved bytes), no latencies (fio's percentiles of no samples are 0), no samples.
+            TerseIdle,
+            TerseTail);
+        Assert.Equal(expected, BenchReport.Terse(TerseResult()));
+        Assert.Equal(121 + 2, BenchReport.Terse(TerseResult()).Split(';').Length);   // fio 3.33 with continue_on_error: 123 fields
+        Assert.Equal(expected, BenchReport.Terse(TerseResult(3)));
+    }
+
+    // fio 3.33 stat.c show_thread_status_terse_all and show_ddir_status_terse: version 2 has no
+    // fio version field and a trim direction, 4 the version field and trim, 5 as 4 with, after each
+    // direction's bandwidth samples, their count and the IOPS samples (min, max, mean, deviation,
+    // count). Field counts as fio 3.33's null engine prints them (161, 121, 162, 180), plus the two
+    // continue_on_error fields. The bench wrote version 3 whatever was asked.
+    [Theory]
+    [InlineData(2, 161)]
+    [InlineData(4, 162)]
+    [InlineData(5, 180)]
+    public void Terse_version_gives_fios_line_of_that_version(int version, int fields)
+    {
+        var expected = version switch
+        {
+            2 => string.Concat("2;terse;0;5", TerseRead, TerseBandwidth, TerseIdle, TerseIdle, TerseTail),
+            4 => string.Concat("4;actorblk-bench-1;terse;0;5", TerseRead, TerseBandwidth, TerseIdle, TerseIdle, TerseTail),
+            // read's samples: 2 of bandwidth; IOPS 1 and 2, mean 1.5, deviation sqrt(0.5).
+            _ => string.Concat(
+                "5;actorblk-bench-1;terse;0;5",
+                TerseRead, TerseBandwidth, ";2;1;2;1.500000;0.707107;2",
+                TerseIdle, ";0;0;0;0.000000;0.000000;0",
+                TerseIdle, ";0;0;0;0.000000;0.000000;0",
+                TerseTail),
+        };
+
+        var line = BenchReport.Terse(TerseResult(version));
+        Assert.Equal(expected, line);
+        Assert.Equal(fields + 2, line.Split(';').Length);
+        Assert.Equal(line, BenchReport.Render(TerseResult(version), BenchCommandLine.Parse("--minimal", $"--terse-version={version}").Output));
+    }
+
+    [Theory]
+    [InlineData("2", 2)]
+    [InlineData("3", 3)]
+    [InlineData("4", 4)]
+    [InlineData("5", 5)]
+    public void Terse_version_takes_fios_versions(string given, int version)
+    {
+        Assert.Equal(version, BenchCommandLine.Parse($"--terse-version={given}").TerseVersion);
+        Assert.Equal(version, BenchCommandLine.Parse("--terse-version", given).TerseVersion);
+        Assert.Equal(3, BenchCommandLine.Parse().TerseVersion);
+    }
+
+    // fio: "fio: bad terse version format" and exit 1; here a usage error (exit 2, every
+    // actorblk command's code for one) naming the option and the versions.
+    [Theory]
+    [InlineData("1")]
+    [InlineData("6")]
+    [InlineData("three")]
+    public void Terse_version_refuses_what_fio_refuses(string given)
+    {
+        var error = Assert.Throws<UsageException>(() => BenchCommandLine.Parse($"--terse-version={given}"));
+        Assert.Equal($"option --terse-version: '{given}' is not a whole number from 2 to 5.", error.Message);
+    }
+
+    // The terse line's read of TerseResult: four reads of 4 KiB in one second (500 ns, 1.5 us,
+    // 2.5 us, 1.2 ms).
+    private const string TerseRead =
+        // read: KiB, bw = 1000 * 16384 / 1000 / 1024, iops = 1000 * 4 / 1000, runtime ms.
+        ";16;16;4;1000"
+        + ";0;0;0.000000;0.000000"                        // slat: none
+        + ";0;1200;301.125000;599.250556"                 // clat in us: min 500/1000, max, mean 1204500/4, sample deviation
+        // The percentiles (us), fio's (calc_clat_percentiles): of 4 latencies, 1..20% take the
+        // 1st (rank 4 * p / 100 rounded up: 1), 30..50% the 2nd, 60..70% the 3rd, 80% on the 4th,
+        // each its fio bucket's middle: 500 -> 256 + 61.5 * 4 = 502, 1500 -> 1024 + 29.5 * 16 =
+        // 1496, 2500 -> 2048 + 14.5 * 32 = 2512, 1.2 ms -> 2^20 + 9.5 * 2^14 = 1204224, each
+        // / 1000; then 0%=0 three times. (HdrHistogram's gave 0, 0, 1, 1, 1, 2, 2, 1200.)
+        + ";1.000000%=0;5.000000%=0;10.000000%=0;20.000000%=0;30.000000%=1;40.000000%=1;50.000000%=1;60.000000%=2"
+        + ";70.000000%=2;80.000000%=1204;90.000000%=1204;95.000000%=1204;99.000000%=1204;99.500000%=1204;99.900000%=1204"
+        + ";99.950000%=1204;99.990000%=1204;0%=0;0%=0;0%=0"
+        + ";0;1200;301.125000;599.250556";                // lat: the same measurement
+
+    // bw: min, max, mean 6 * 100 / (16384 * 1000 / 1000 / 1024) = 37.5%, mean, deviation sqrt(8).
+    private const string TerseBandwidth = ";4;8;37.500000%;6.000000;2.828427";
+
+    // A direction that moved nothing (the write, trim): runtime 0, no latencies (fio's
+    // percentiles of no samples are 0), no samples.
+    private static readonly string TerseIdle = ";0;0;0;0;0;0;0.000000;0.000000;0;0;0.000000;0.000000"
+        + string.Concat(BenchReport.Percentiles.Select(p => $";{p:0.000000}%=0")) + ";0%=0;0%=0;0%=0"
+        + ";0;0;0.000000;0.000000;0;0;0.000000%;0.000000;0.000000";
+
+    private const string TerseTail =
+        ";12.500000%;0.125000%;0;0;0"                     // cpu, ctx, majf, minf
+        + ";100.0%;0.0%;0.0%;0.0%;0.0%;0.0%;0.0%"         // depth 1
+        // Shares of all 5 I/Os, the failed write too (fio's total_io_u): us <2 holds 1.5 us (20%)
+        // plus the 500 ns one folded in (20%); <4 2.5 us; ms: <2 1.2 ms.
+        + ";40.00%;20.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%"
+        + ";20.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%"
+        + ";1;5"                                          // total errors, first error (continue_on_error)
+        + "\n";
+
+    // Four reads of 4 KiB in one second (500 ns, 1.5 us, 2.5 us, 1.2 ms), two bandwidth
+    // samples (4 and 8 KiB/s, 1 and 2 IOPS), one failed write (EIO).
+    private static BenchResult TerseResult(int? version = null)
+    {
+        var options = version is { } v ? new BenchOptions { Name = "terse", TerseVersion = v } : new BenchOptions { Name = "terse" };
+        var result = Result(options, [500, 1500, 2500, 1_200_000]) with
         {
             UsrCpu = 12.5,
             SysCpu = 0.125,
@@ -143,38 +271,7 @@ public sealed class BenchOutputFormatSpec
             FirstError = BlockStatus.IoError,
         };
         result.Write.Failed = 1;
-
-        var zeroPercentiles = string.Concat(BenchReport.Percentiles.Select(p => $";{p:0.000000}%=0")) + ";0%=0;0%=0;0%=0";
-        var expected = string.Concat(
-            "3;actorblk-bench-1;terse;0;5",
-            // read: KiB, bw = 1000 * 16384 / 1000 / 1024, iops = 1000 * 4 / 1000, runtime ms.
-            ";16;16;4;1000",
-            ";0;0;0.000000;0.000000",                        // slat: none
-            ";0;1200;301.125000;599.250556",                 // clat in us: min 500/1000, max, mean 1204500/4, sample deviation
-            // The percentiles (us), fio's (calc_clat_percentiles): of 4 latencies, 1..20% take the
-            // 1st (rank 4 * p / 100 rounded up: 1), 30..50% the 2nd, 60..70% the 3rd, 80% on the 4th,
-            // each its fio bucket's middle: 500 -> 256 + 61.5 * 4 = 502, 1500 -> 1024 + 29.5 * 16 =
-            // 1496, 2500 -> 2048 + 14.5 * 32 = 2512, 1.2 ms -> 2^20 + 9.5 * 2^14 = 1204224, each
-            // / 1000; then 0%=0 three times. (HdrHistogram's gave 0, 0, 1, 1, 1, 2, 2, 1200.)
-            ";1.000000%=0;5.000000%=0;10.000000%=0;20.000000%=0;30.000000%=1;40.000000%=1;50.000000%=1;60.000000%=2",
-            ";70.000000%=2;80.000000%=1204;90.000000%=1204;95.000000%=1204;99.000000%=1204;99.500000%=1204;99.900000%=1204",
-            ";99.950000%=1204;99.990000%=1204;0%=0;0%=0;0%=0",
-            ";0;1200;301.125000;599.250556",                 // lat: the same measurement
-            // bw: min, max, mean 6 * 100 / (16384 * 1000 / 1000 / 1024) = 37.5%, mean, deviation sqrt(8).
-            ";4;8;37.500000%;6.000000;2.828427",
-            // write: nothing moved, so runtime 0 (fio counts a direction's runtime only when it
-            // moved bytes), no latencies (fio's percentiles of no samples are 0), no samples.
-            ";0;0;0;0;0;0;0.000000;0.000000;0;0;0.000000;0.000000", zeroPercentiles, ";0;0;0.000000;0.000000;0;0;0.000000%;0.000000;0.000000",
-            ";12.500000%;0.125000%;0;0;0",                   // cpu, ctx, majf, minf
-            ";100.0%;0.0%;0.0%;0.0%;0.0%;0.0%;0.0%",         // depth 1
-            // Shares of all 5 I/Os, the failed write too (fio's total_io_u): us <2 holds 1.5 us (20%)
-            // plus the 500 ns one folded in (20%); <4 2.5 us; ms: <2 1.2 ms.
-            ";40.00%;20.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%",
-            ";20.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%;0.00%",
-            ";1;5",                                          // total errors, first error (continue_on_error)
-            "\n");
-        Assert.Equal(expected, BenchReport.Terse(result));
-        Assert.Equal(121 + 2, BenchReport.Terse(result).Split(';').Length);   // fio 3.33 with continue_on_error: 123 fields
+        return result;
     }
 
     [Theory]

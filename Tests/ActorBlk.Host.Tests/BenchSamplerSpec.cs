@@ -129,7 +129,7 @@ public sealed class BenchSamplerSpec
 
     /// <summary>
     /// A time-based window ends one interval after its last sample: fio takes that sample, as its
-    /// job runs a little past the runtime (fio 3.33, null engine, 2 s: 4 samples). The sampler's
+    /// job runs a little past the runtime (fio 3.33, null engine, 2 s with --ramp_time=1: 4 samples, or 3 when its job ends first). The sampler's
     /// timer may wake after the run has ended (here the window's clock reached its end, 1,000
     /// ms, at 990 ms of the timer's), and the bench's sampling then stopped without it: 3
     /// samples in 2 s. On being stopped it polls once more: 1,000 reads in the last 500 ms,
@@ -163,6 +163,83 @@ public sealed class BenchSamplerSpec
         await run.WaitAsync(patience);
 
         Assert.Equal([new RateSample(8000, 2000), new RateSample(8000, 2000)], sampler.Read);
+    }
+
+    /// <summary>
+    /// A 2 s window sampled by a timer that woke late each time (at 502, 1,003 and 1,503 ms; fio's
+    /// waits after a late sample, 497 and 498 ms, and then 500): the rest of the window after the
+    /// third sample is 497 ms, more than the 1 ms slack short of an interval, so the last look at
+    /// the window's end took no sample and the run showed 3 samples; with the timer on time it
+    /// showed 4. The window ends on its fourth boundary, and that is sampled whatever the
+    /// lateness: 994 reads over the 497 ms, 2,000 IOPS and 8,000 KiB/s. The clock is the test's.
+    /// </summary>
+    [Fact]
+    public async Task A_window_of_four_intervals_has_four_samples_however_late_the_timer_woke()
+    {
+        var clock = new ManualTimeProvider();
+        var end = TimeSpan.FromMilliseconds(2000);
+        var sampler = new BenchSampler();
+        BenchResult Snapshot()
+        {
+            var measured = clock.Now < end ? clock.Now : end;
+            var ios = 2 * (long)measured.TotalMilliseconds;
+            return new BenchResult(new BenchOptions(), new OpStats { Ios = ios, Bytes = ios * 4096 }, new OpStats(), measured, clock.Now,
+                Submitted: ios, Completed: ios, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
+        }
+
+        using var stop = new CancellationTokenSource();
+        var run = sampler.RunAsync(Snapshot, clock, stop.Token);
+        var patience = TimeSpan.FromSeconds(30);
+        foreach (var (by, samples) in new[] { (502, 1), (501, 2), (500, 3), (497, 3) })
+        {
+            await clock.WhenTimersPendingAsync().WaitAsync(patience);
+            clock.Advance(TimeSpan.FromMilliseconds(by));                   // to 502, 1,003, 1,503 and 2,000 ms
+            await clock.WhenTimersPendingAsync().WaitAsync(patience);
+            Assert.Equal(samples, sampler.Read.Count);
+        }
+
+        await stop.CancelAsync();
+        await run.WaitAsync(patience);
+
+        Assert.Equal(4, sampler.Read.Count);
+        Assert.Equal(new RateSample(8000, 2000), sampler.Read[3]);
+    }
+
+    /// <summary>
+    /// The last look's rule (<see cref="BenchSampler.Close"/>): a rest of an interval within the
+    /// slack is a sample, as in <see cref="BenchSampler.Poll"/>; a shorter rest is one only when
+    /// the window reaches the boundary after the samples so far (a window of whole intervals); a
+    /// size-bound window that ends between boundaries leaves its rest unsampled, as fio's does;
+    /// and a second look at the same window adds nothing.
+    /// </summary>
+    [Fact]
+    public void The_last_look_samples_the_windows_last_boundary()
+    {
+        static BenchSampler After(params double[] points)
+        {
+            var sampler = new BenchSampler();
+            sampler.Poll(0, 0, 0, 0, TimeSpan.Zero);
+            foreach (var ms in points)
+            {
+                sampler.Poll((long)ms, (long)ms * 4096, 0, 0, TimeSpan.FromMilliseconds(ms));
+            }
+
+            return sampler;
+        }
+
+        var late = After(502, 1003, 1503);
+        late.Close(2000, 2000 * 4096, 0, 0, TimeSpan.FromMilliseconds(2000));   // 497 ms, on the fourth boundary
+        late.Close(2000, 2000 * 4096, 0, 0, TimeSpan.FromMilliseconds(2000));   // again: nothing more
+        Assert.Equal(4, late.Read.Count);
+
+        var early = After(499, 998, 1497);
+        early.Close(1996, 1996 * 4096, 0, 0, TimeSpan.FromMilliseconds(1996)); // 499 ms: within the slack
+        Assert.Equal(4, early.Read.Count);
+
+        var sizeBound = After(500, 1000, 1500);
+        sizeBound.Close(1700, 1700 * 4096, 0, 0, TimeSpan.FromMilliseconds(1700)); // 200 ms, no boundary
+        sizeBound.Close(1998, 1998 * 4096, 0, 0, TimeSpan.FromMilliseconds(1998)); // 498 ms, a ms short of 1,999
+        Assert.Equal(3, sizeBound.Read.Count);
     }
 
     /// <summary>
