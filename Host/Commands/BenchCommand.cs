@@ -74,7 +74,26 @@ internal static class BenchCommand
         // The bench handles SIGINT and SIGTERM itself (BenchInterrupt); Akka's hook would stop the
         // system, and remove the devices, under the running jobs.
         config = ConfigurationFactory.ParseString("akka.coordinated-shutdown.run-by-clr-shutdown-hook = off").WithFallback(config);
-        using var system = ActorSystem.Create(options.Join is null ? "actorblk-bench" : NodeConfig.SystemName, config);
+        var bootstrap = BootstrapSetup.Create().WithConfig(config);
+        var setup = Akka.Actor.Setup.ActorSystemSetup.Create(bootstrap);
+        if (options.Join is not null)
+        {
+            // A member like any: serve's binding rule, and its TLS (pinned certificate, mutual
+            // authentication) from the node's settings. Without the setup a bench could not join a
+            // TLS cluster (Akka's own validation rejected the pinned self-signed certificate), and
+            // an exposed address without TLS was bound unchecked.
+            if (ActorBlk.Actors.Serialization.ActorBlkRemoting.CheckBinding(config) is { } insecure)
+            {
+                await Console.Error.WriteLineAsync($"actorblk: warning: {insecure}").ConfigureAwait(false);
+            }
+
+            if (ActorBlk.Actors.Serialization.ActorBlkRemoting.TlsSetup(config) is { } tls)
+            {
+                setup = Akka.Actor.Setup.ActorSystemSetup.Create(bootstrap, tls);
+            }
+        }
+
+        using var system = ActorSystem.Create(options.Join is null ? "actorblk-bench" : NodeConfig.SystemName, setup);
         interrupt.BeforeExit = () => CoordinatedShutdown.Get(system).Run(CoordinatedShutdown.ClrExitReason.Instance).Wait(TimeSpan.FromSeconds(10));
         try
         {

@@ -200,6 +200,55 @@ public sealed partial class ClusterBenchSpec
         }
     }
 
+    // A review: a joining bench made its actor system without ActorBlk's TLS setup, so against a
+    // cluster with TLS remoting (the pinned self-signed certificate README's "Security" sets up)
+    // Akka's own validation rejected the certificate and the bench never joined (exit 1 after 60 s).
+    [Fact]
+    public async Task A_joining_bench_joins_a_cluster_with_tls_remoting()
+    {
+        using var dir = new ActorBlk.Testing.TempDirectory("join-tls-remoting");
+        using (var key = System.Security.Cryptography.RSA.Create(2048))
+        {
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
+            san.AddIpAddress(System.Net.IPAddress.Loopback);
+            request.CertificateExtensions.Add(san.Build());
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            File.WriteAllBytes(dir.File("node.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
+        }
+
+        var hocon = File.ReadAllText(RepositoryFiles.Hocon()) + $$"""
+
+            actorblk.remote.admin-secret = "join-tls-remoting"
+            akka.remote.dot-netty.tcp { enable-ssl = on, ssl.certificate { path = {{JsonSerializer.Serialize(dir.File("node.pfx"))}}, password = "pfx-password" } }
+            """;
+        var ownerConfig = dir.File("owner.conf");
+        File.WriteAllText(ownerConfig, hocon + """
+
+            actorblk.devices = [ { name = far3, size = 64m, memory_backed = 1 } ]
+            actorblk.topology.source = simulated
+            actorblk.nbd.listen = "127.0.0.1:0"
+            """);
+        var clientConfig = dir.File("client.conf");
+        File.WriteAllText(clientConfig, hocon);
+
+        await using var owner = ActorBlkProcess.Start("serve", "--config", ownerConfig, "--port", "0");
+        var line = await owner.WaitForLineAsync(l => l.Contains("Devices are addressable at akka.ssl.tcp://actorblk@127.0.0.1:", StringComparison.Ordinal), Within);
+        var node = line[(line.IndexOf("127.0.0.1:", StringComparison.Ordinal))..].Split('/')[0];
+
+        await using var bench = ActorBlkProcess.Start("bench", $"--join={node}", "--config", clientConfig, "--device=far3", "--rw=randread", "--bs=4k",
+            "--iodepth=4", "--size=64m", "--runtime=1", "--jit_warmup=0", "--output-format=json", "--eta=never");
+        Assert.True(await bench.WaitForExitAsync(Within) == 0, bench.Output);
+        using var json = JsonDocument.Parse(bench.StandardOutput);
+        var cluster = json.RootElement.GetProperty("actorblk").GetProperty("cluster");
+        Assert.Equal(node, cluster.GetProperty("owner").GetString());
+        Assert.True(cluster.GetProperty("remote").GetBoolean());
+
+        owner.Terminate();
+        Assert.Equal(0, await owner.WaitForExitAsync(Within));
+    }
+
     // A joining bench, like a mirror's leg on another node, has no tls_ca of its own: against an
     // owner whose export requires TLS with a private CA it could only use the system trust store.
     // actorblk.cluster.registry.tls-ca gives the node's opens the CA to verify against.
