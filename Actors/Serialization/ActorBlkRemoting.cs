@@ -153,7 +153,14 @@ public static class ActorBlkRemoting
             _ = OptionalPort(config, name);
         }
 
-        _ = RemoteSurface.MaxFrameSize(config);
+        // Akka's DotNetty transport refuses a frame under 32,000 bytes, or one past an int, only
+        // as it starts, with its own exception and stack trace.
+        var frame = RemoteSurface.MaxFrameSize(config);
+        if (frame is < 32000 or > int.MaxValue)
+        {
+            throw new ConfigurationException($"{RemoteSurface.MaxFrameSizeKey}: {frame} bytes is not a frame size Akka.Remote takes (32000 to {int.MaxValue} bytes).");
+        }
+
         _ = CertificatePath(config);
         _ = CertificatePassword(config);
         _ = TimerQueueScheduler.ShutdownTimeout(config);

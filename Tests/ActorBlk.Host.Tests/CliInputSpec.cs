@@ -47,6 +47,8 @@ public sealed class CliInputSpec : IDisposable
     [InlineData("akka.remote.dot-netty.tcp.bind-hostname = [a]", "akka.remote.dot-netty.tcp.bind-hostname: a value is expected, not a list [ ... ].")]
     [InlineData("akka.remote.dot-netty.tcp.bind-port = null", "akka.remote.dot-netty.tcp.bind-port: null is not a value here; remove the key for the default (the port).")]
     [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = null", "akka.remote.dot-netty.tcp.maximum-frame-size: null is not a value here; remove the key for the default (128000b).")]
+    [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = 1000b", "akka.remote.dot-netty.tcp.maximum-frame-size: 1000 bytes is not a frame size Akka.Remote takes (32000 to 2147483647 bytes).")]
+    [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = 4g", "akka.remote.dot-netty.tcp.maximum-frame-size: 4294967296 bytes is not a frame size Akka.Remote takes (32000 to 2147483647 bytes).")]
     [InlineData("akka.remote.dot-netty.tcp.ssl.certificate.path = null", "akka.remote.dot-netty.tcp.ssl.certificate.path: null is not a value here; remove the key for the default (none).")]
     [InlineData("akka.remote.dot-netty.tcp.ssl.certificate.password = null", "akka.remote.dot-netty.tcp.ssl.certificate.password: null is not a value here; remove the key for the default (none).")]
     [InlineData("akka.scheduler.shutdown-timeout = null", "akka.scheduler.shutdown-timeout: null is not a value here; remove the key for the default (5s).")]
