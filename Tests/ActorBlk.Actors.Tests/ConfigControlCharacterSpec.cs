@@ -134,4 +134,17 @@ public sealed class ConfigControlCharacterSpec
         Assert.Equal("disk\n0", encoded.Export);
         Assert.Equal("nbd://127.0.0.1:10809/disk%0A0", encoded.ToString());
     }
+
+    // A C1 control character (U+0080 to U+009F) is two bytes in UTF-8: the refusal told to write
+    // U+0085 as %85, which is no UTF-8, so the URI it suggested named the export "disk%850", not
+    // the one asked for. It suggests the UTF-8 bytes, and what it suggests names that export.
+    [Fact]
+    public void The_percent_encoding_a_refusal_suggests_for_a_c1_control_character_is_its_utf8()
+    {
+        var refused = Assert.Throws<FormatException>(() => NbdUri.Parse("nbd://127.0.0.1:10809/disk\u00850"));
+        Assert.Equal("'nbd://127.0.0.1:10809/disk\\x850' holds a control character (U+0085), which a URI never holds as such (percent-encode it: %C2%85).", refused.Message);
+        var suggested = NbdUri.Parse("nbd://127.0.0.1:10809/disk%C2%850");
+        Assert.Equal("disk\u00850", suggested.Export);
+        Assert.Equal("nbd://127.0.0.1:10809/disk%C2%850", suggested.ToString());
+    }
 }

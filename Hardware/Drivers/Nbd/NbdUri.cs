@@ -17,10 +17,11 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
 
         // A URI never holds a control character as such (RFC 3986): .NET's Uri took a newline in the
         // path, and the export name carried it into the device's description and the log (a review).
-        // An export name that has one (the protocol allows any UTF-8) is written percent-encoded.
+        // An export name that has one (the protocol allows any UTF-8) is written percent-encoded,
+        // as its UTF-8 bytes: U+0085 is %C2%85 (a bare %85 is no UTF-8 and stays "%85" in the name).
         if (ControlCharacters.IndexIn(text) is var at and >= 0)
         {
-            throw new FormatException($"'{ControlCharacters.Escape(text)}' holds a control character (U+{(int)text[at]:X4}), which a URI never holds as such (percent-encode it: %{(int)text[at]:X2}).");
+            throw new FormatException($"'{ControlCharacters.Escape(text)}' holds a control character (U+{(int)text[at]:X4}), which a URI never holds as such (percent-encode it: {Uri.EscapeDataString(text[at].ToString())}).");
         }
 
         if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("nbd" or "nbds") || uri.Host.Length == 0)
