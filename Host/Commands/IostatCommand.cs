@@ -397,17 +397,35 @@ internal static class IostatCommand
     internal sealed record Sampling(TimeSpan At, IReadOnlyDictionary<string, (DiskStatSample Stat, TimeSpan At)> Devices, CpuStatSample? Cpu = null)
     {
         /// <summary>
-        /// This sampling with its devices in the order of <paramref name="previous"/>'s, those not
-        /// in it after them in this one's order: sysstat keeps its device list from one reading to
-        /// the next and adds a device it has not seen at the end (under <c>-p</c>, where it does
-        /// not sort them). A device missing from <paramref name="previous"/> (new, or destroyed and
-        /// created again) is new here too.
+        /// The devices a running iostat has seen, in its order, those gone since included (set by
+        /// <see cref="InOrderOf"/>); null for a sampling not ordered so (its own devices' order).
+        /// </summary>
+        public IReadOnlyList<string>? Seen { get; init; }
+
+        /// <summary>
+        /// This sampling with its devices in the order of those <paramref name="previous"/> had
+        /// seen (<see cref="Seen"/>), those not seen before after them in this one's order:
+        /// sysstat keeps its device list for the whole run and adds a device it has not seen at the
+        /// end (under <c>-p</c>, where it does not sort them). A device gone for a while keeps its
+        /// place when it comes back (destroyed and created again, say), as sysstat's list entry,
+        /// only marked nonexistent meanwhile, is found by its name; it came last (only the previous
+        /// sampling's devices were kept).
         /// </summary>
         public Sampling InOrderOf(Sampling previous)
         {
             ArgumentNullException.ThrowIfNull(previous);
+            var seen = new List<string>(previous.Seen ?? previous.Devices.Keys);
+            var known = new HashSet<string>(seen, StringComparer.Ordinal);
+            foreach (var name in Devices.Keys)
+            {
+                if (known.Add(name))
+                {
+                    seen.Add(name);
+                }
+            }
+
             var ordered = new OrderedDictionary<string, (DiskStatSample Stat, TimeSpan At)>(StringComparer.Ordinal);
-            foreach (var name in previous.Devices.Keys)
+            foreach (var name in seen)
             {
                 if (Devices.TryGetValue(name, out var reading))
                 {
@@ -415,12 +433,7 @@ internal static class IostatCommand
                 }
             }
 
-            foreach (var (name, reading) in Devices)
-            {
-                ordered.TryAdd(name, reading);
-            }
-
-            return this with { Devices = ordered };
+            return this with { Devices = ordered, Seen = seen };
         }
     }
 }

@@ -90,6 +90,26 @@ public sealed class IostatDeviceOrderSpec : IAsyncLifetime
         Assert.Equal(["zeta", "mid", "beta", "new"], IostatCommand.Rows(previous, current, options).Select(r => r.Device));
     }
 
+    // sysstat never drops a device from its list: one gone for a reading is only marked
+    // nonexistent, and found again by its name when it comes back, in its place. Only the previous
+    // sampling's devices were kept, so one gone for an interval (destroyed, then created again)
+    // came back last.
+    [Fact]
+    public void A_device_gone_for_a_sampling_keeps_its_place_when_it_comes_back()
+    {
+        var stat = DiskStatSample.Parse("1 0 8 1 0 0 0 0 0 1 1 0 0 0 0 0 0");
+        static IostatCommand.Sampling Of(DiskStatSample stat, params string[] names) =>
+            new(TimeSpan.Zero, names.ToDictionary(n => n, _ => (stat, TimeSpan.Zero)));
+
+        var first = Of(stat, "zeta", "alpha", "mid");
+        var second = Of(stat, "alpha", "mid").InOrderOf(first);             // zeta destroyed
+        Assert.Equal(["alpha", "mid"], second.Devices.Keys);
+        var third = Of(stat, "alpha", "mid", "new", "zeta").InOrderOf(second); // zeta created again
+        Assert.Equal(["zeta", "alpha", "mid", "new"], third.Devices.Keys);
+        var fourth = Of(stat, "new", "mid", "zeta", "alpha").InOrderOf(third);
+        Assert.Equal(["zeta", "alpha", "mid", "new"], fourth.Devices.Keys);
+    }
+
     // A device that did a read, so that iostat's rule for unused devices does not leave it out.
     private async Task CreateUsedAsync(string name)
     {
