@@ -362,9 +362,12 @@ public sealed partial record DeviceOptions
         // The name becomes part of an actor's name and shows in each sharing device's info: "a/b",
         // "a b" or a newline failed the guardian (an illegal actor name) and stopped the whole
         // node, from hocon.conf or the API alike (a review).
-        if (SharedTags && !NamePattern().IsMatch(TagSetName))
+        // What Akka takes in an actor name (ActorPath.IsValidPathElement: ASCII letters and digits
+        // and -_.*$+:@&=,!~'; ; its %XX escapes aside): names such as "db:fast" or "pool+1" worked
+        // before the check and still do (a review).
+        if (SharedTags && !TagSetPattern().IsMatch(TagSetName))
         {
-            Fail("tag_set", $"'{TagSetName}' is not a tag set name (letters, digits, '-', '_', '.').");
+            Fail("tag_set", $"'{TagSetName}' is not a tag set name (ASCII letters, digits and -_.*$+:@&=,!~';).");
         }
     }
 
@@ -445,4 +448,7 @@ public sealed partial record DeviceOptions
 
     [GeneratedRegex(@"\A[A-Za-z0-9_.-]+\z")]
     private static partial Regex NamePattern();
+
+    [GeneratedRegex(@"\A[A-Za-z0-9_.*$+:@&=,!~';-]+\z")]
+    private static partial Regex TagSetPattern();
 }

@@ -65,4 +65,17 @@ public sealed class DeviceNameSpec : Akka.TestKit.Xunit2.TestKit
         var device = await Layer.CreateDeviceAsync(options with { TagSetName = "pool-1.a_b" });
         Assert.Equal("t0", device.Name);
     }
+
+    // A review: the check first took only letters, digits, '-', '_' and '.', so names Akka takes in
+    // an actor name, which worked before there was a check, stopped the node at its start.
+    [Theory]
+    [InlineData("db:fast")]
+    [InlineData("pool+1")]
+    [InlineData("a@b=c,d!e~f*g'h;i$j&k")]
+    public async Task A_tag_set_name_akka_takes_in_an_actor_name_is_accepted(string name)
+    {
+        var device = await Layer.CreateDeviceAsync(new DeviceOptions { Name = "t1", Size = 1 << 20, SharedTags = true, TagSetName = name });
+        Assert.Equal(name, device.Queue.TagSet.Options.Name);
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("t1"));
+    }
 }
