@@ -30,13 +30,17 @@ internal sealed class StackedDeviceActor : ReceiveActor
     private MirrorSyncStarted? _loggedSync;
     private MirrorReAddFailure? _loggedReAddFailure;
 
+    // Read once, as the software contexts read it: not per message I/O (a review).
+    private readonly int _maxRemoteData = Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config);
+    private readonly RemoteIoBudget _remoteBudget = RemoteIoBudget.For(Context.System);
+
     public StackedDeviceActor(BlockDevice device, Func<TimeSpan> drainTimeout)
     {
         _device = device;
         Receive<StackedDevice.SwapTarget>(swap => SwapAsync(swap.Target).PipeTo(Sender));
         Receive<RequestQueueProtocol.GetInfo>(_ => Sender.Tell(Info()));
         Receive<RequestQueueProtocol.Io>(io => MessageIo.Submit(_device, new SoftwareContextProtocol.Submit(io.Id, io.Op, io.Offset, io.Length, io.Data, io.Flags),
-            io.Cpu, Sender, _log, Serialization.RemoteSurface.MaxRemoteData(Context.System.Settings.Config), RemoteIoBudget.For(Context.System)));
+            io.Cpu, Sender, _log, _maxRemoteData, _remoteBudget));
         Receive<RequestQueueProtocol.Unregister>(_ =>
         {
             _unregisterReplyTo = Sender;

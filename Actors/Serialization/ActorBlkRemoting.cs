@@ -92,8 +92,8 @@ public static class ActorBlkRemoting
     public const string TcpSection = "akka.remote.dot-netty.tcp";
 
     /// <summary>
-    /// A host name key of <see cref="TcpSection"/> (<c>hostname</c>, <c>public-hostname</c> or
-    /// <c>bind-hostname</c>; <paramref name="name"/> without the section), "" when absent. HOCON's
+    /// A host name key of <see cref="TcpSection"/> (<c>hostname</c> or <c>public-hostname</c>;
+    /// <paramref name="name"/> without the section), "" when absent. HOCON's
     /// null, a list or a section is refused naming the key: Akka reads each as "" (every interface
     /// for <c>hostname</c>, even with TLS), and so did these checks (an audit). So is a control
     /// character, which no host name holds and which went into the node's address and its log.
@@ -107,8 +107,8 @@ public static class ActorBlkRemoting
     }
 
     /// <summary>
-    /// A port key of <see cref="TcpSection"/> other than <c>port</c> (<c>public-port</c> or
-    /// <c>bind-port</c>), null when absent or "". HOCON's null, a list, a section or a value that
+    /// A port key of <see cref="TcpSection"/> other than <c>port</c> (<c>public-port</c>), null
+    /// when absent or "". HOCON's null, a list, a section or a value that
     /// is not a port is refused naming the key: these checks took each for the key's absence.
     /// </summary>
     /// <exception cref="ConfigurationException">The value is null, a list, a section, or not a port (0 to 65535).</exception>
@@ -131,11 +131,11 @@ public static class ActorBlkRemoting
     /// <summary>
     /// Checks, before the actor system starts, every key of Akka's own that ActorBlk reads for
     /// remoting (<see cref="TcpSection"/>'s <c>enable-ssl</c>, <c>port</c>, <c>hostname</c>,
-    /// <c>public-hostname</c>, <c>public-port</c>, <c>bind-hostname</c>, <c>bind-port</c>,
-    /// <c>maximum-frame-size</c>, <c>ssl.certificate.path</c> and <c>password</c>) and the
+    /// <c>public-hostname</c>, <c>public-port</c>, <c>maximum-frame-size</c>, <c>ssl.certificate.path</c> and <c>password</c>) and the
     /// scheduler's and Distributed Data's keys it reads: HOCON's null, a list or a section where a
     /// value belongs, and a control character where a file path or a password does not, are
-    /// refused naming the key (README, "Configuration").
+    /// refused naming the key (README, "Configuration"). Not <c>bind-hostname</c> or
+    /// <c>bind-port</c>: Akka.NET reads neither (Akka JVM's keys), and nor does ActorBlk.
     /// </summary>
     /// <exception cref="ConfigurationException">A key holds no value ActorBlk can read.</exception>
     public static void CheckSettings(Config config)
@@ -143,15 +143,12 @@ public static class ActorBlkRemoting
         ArgumentNullException.ThrowIfNull(config);
         _ = SslEnabled(config);
         _ = Port(config);
-        foreach (var name in (ReadOnlySpan<string>)["hostname", "public-hostname", "bind-hostname"])
+        foreach (var name in (ReadOnlySpan<string>)["hostname", "public-hostname"])
         {
             _ = HostName(config, name);
         }
 
-        foreach (var name in (ReadOnlySpan<string>)["public-port", "bind-port"])
-        {
-            _ = OptionalPort(config, name);
-        }
+        _ = OptionalPort(config, "public-port");
 
         // Akka's DotNetty transport refuses a frame under 32,000 bytes, or one past an int, only
         // as it starts, with its own exception and stack trace.

@@ -36,7 +36,7 @@ public sealed class CliInputSpec : IDisposable
 
     // Akka's keys that serve reads before the actor system starts (ConfigNullSpec has every one):
     // Akka reads null (and a list or a section) as no value, and so did serve. With TLS on, a null
-    // hostname bound every interface as "" does; a null public-port or bind-port was taken for
+    // hostname bound every interface as "" does; a null public-port was taken for
     // unset, a null provider for no provider. TLS is on and without a certificate here, so a node
     // that let the key through stops at its certificate (exit 2, another message) rather than start.
     // A control character in a name or a host name is refused the same way (it reached the log).
@@ -44,8 +44,6 @@ public sealed class CliInputSpec : IDisposable
     [InlineData("akka.remote.dot-netty.tcp.hostname = null", "akka.remote.dot-netty.tcp.hostname: null is not a value here; remove the key for the default (every interface).")]
     [InlineData("akka.remote.dot-netty.tcp.public-hostname = null", "akka.remote.dot-netty.tcp.public-hostname: null is not a value here; remove the key for the default (the hostname).")]
     [InlineData("akka.remote.dot-netty.tcp.public-port = null", "akka.remote.dot-netty.tcp.public-port: null is not a value here; remove the key for the default (the port).")]
-    [InlineData("akka.remote.dot-netty.tcp.bind-hostname = [a]", "akka.remote.dot-netty.tcp.bind-hostname: a value is expected, not a list [ ... ].")]
-    [InlineData("akka.remote.dot-netty.tcp.bind-port = null", "akka.remote.dot-netty.tcp.bind-port: null is not a value here; remove the key for the default (the port).")]
     [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = null", "akka.remote.dot-netty.tcp.maximum-frame-size: null is not a value here; remove the key for the default (128000b).")]
     [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = 1000b", "akka.remote.dot-netty.tcp.maximum-frame-size: 1000 bytes is not a frame size Akka.Remote takes (32000 to 2147483647 bytes).")]
     [InlineData("akka.remote.dot-netty.tcp.maximum-frame-size = 4g", "akka.remote.dot-netty.tcp.maximum-frame-size: 4294967296 bytes is not a frame size Akka.Remote takes (32000 to 2147483647 bytes).")]
