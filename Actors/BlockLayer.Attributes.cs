@@ -75,6 +75,25 @@ public sealed partial class BlockLayer
         _ => null,
     };
 
+    /// <summary>
+    /// Why a listing of <paramref name="prefix"/> found nothing, as <c>ls</c> says it: ENOTDIR for
+    /// a prefix through an attribute (<c>block/nullb0/size/</c>, <c>block/nullb0/size/..</c>),
+    /// else ENOENT.
+    /// </summary>
+    internal AttributeErrno EmptyListingErrno(string prefix)
+    {
+        ArgumentNullException.ThrowIfNull(prefix);
+        try
+        {
+            var p = Resolve(prefix);
+            return ThroughAFile(prefix, p) ? AttributeErrno.ENOTDIR : AttributeErrno.ENOENT;
+        }
+        catch (AttributeException ex)
+        {
+            return ex.Errno;
+        }
+    }
+
     // Every path of the node: for a listing only, whose cost is the tree's. Counted, so a spec can
     // see that a lookup (a miss included) never enumerates the tree.
     private IEnumerable<string> AllAttributes()

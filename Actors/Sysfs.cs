@@ -82,8 +82,11 @@ internal sealed class SysfsActor : ReceiveActor
             var paths = layer.ListAttributes(list.Prefix ?? string.Empty);
             if (paths.Count == 0 && !string.IsNullOrEmpty(list.Prefix))
             {
-                // As ls on a path that does not exist: an unknown device or directory is ENOENT, not an empty listing.
-                Sender.Tell(new Sysfs.Failed(list.Prefix, "ENOENT", "no attribute under this path"));
+                // As ls on a path that does not exist: an unknown device or directory is ENOENT, not
+                // an empty listing; a path through an attribute is ENOTDIR (it was ENOENT: a review).
+                Sender.Tell(layer.EmptyListingErrno(list.Prefix) is AttributeErrno.ENOTDIR
+                    ? new Sysfs.Failed(list.Prefix, "ENOTDIR", "not a directory")
+                    : new Sysfs.Failed(list.Prefix, "ENOENT", "no attribute under this path"));
                 return;
             }
 

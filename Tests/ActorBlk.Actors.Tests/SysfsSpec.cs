@@ -815,6 +815,13 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Empty(Layer.ListAttributes("block/nosuch/"));
         sysfs.Tell(new Sysfs.List("block/nosuch/queue/"), TestActor);
         Assert.Equal("ENOENT", (await ExpectMsgAsync<Sysfs.Failed>()).Errno);
+
+        // Through an attribute, as ls says: ENOTDIR (it was ENOENT).
+        foreach (var through in new[] { "block/sd16/size/", "block/sd16/size/..", "block/sd16/size/x/" })
+        {
+            sysfs.Tell(new Sysfs.List(through), TestActor);
+            Assert.Equal(("ENOTDIR", through), await ExpectMsgAsync<Sysfs.Failed>() is var f ? (f.Errno, through) : default);
+        }
         Assert.Equal(before, Layer.TreeEnumerations);
 
         // The counter counts: a prefix that may be the start of several names ("block/sd1"
