@@ -277,6 +277,54 @@ public sealed partial class SecureServeSpec : IDisposable
         Assert.Contains("ActorBlk node stopped: Akka.Remote shut this actor system down: TLS handshake failed on outbound connection to", node.Output, StringComparison.Ordinal);
     }
 
+    // The log limit on what peers send (README, "Security", Noise) did not reach Akka's TLS events:
+    // each connection that failed the handshake wrote three, one with 12 lines of advice and a
+    // stack trace (an outside audit: 300 connections of 6 bytes, 1.8 KB, wrote 3,600 lines, 290 KB).
+    [Fact]
+    public async Task Tls_handshakes_that_peers_fail_are_limited_in_the_log_as_other_peer_noise()
+    {
+        var config = TlsConfig(MakeCertificate());
+        await using var node = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+        var port = new Uri(AddressLine().Match(await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout)).Groups["address"].Value).Port;
+
+        // Plain bytes, and TLS with a certificate the node does not pin; each until the node closes it.
+        for (var i = 0; i < 40; i++)
+        {
+            using var client = new System.Net.Sockets.TcpClient();
+            await client.ConnectAsync(IPAddress.Loopback, port);
+            var stream = client.GetStream();
+            if (i % 2 == 0)
+            {
+                await stream.WriteAsync("\0\0\0\u0002hi"u8.ToArray());
+                Assert.Equal(0, await stream.ReadAsync(new byte[64]));
+                continue;
+            }
+
+            using var stranger = X509CertificateLoader.LoadPkcs12FromFile(MakeCertificate($"stranger{i}.pfx"), "pfx-password");
+            await using var tls = new System.Net.Security.SslStream(stream);
+            await Assert.ThrowsAnyAsync<Exception>(async () =>
+            {
+                await tls.AuthenticateAsClientAsync(new System.Net.Security.SslClientAuthenticationOptions
+                {
+                    TargetHost = "127.0.0.1",
+                    ClientCertificates = [stranger],
+                    RemoteCertificateValidationCallback = (_, _, _, _) => true,
+                });
+                _ = await tls.ReadAsync(new byte[64]); // TLS 1.3: the refusal of the client's certificate comes after
+                throw new IOException("closed");
+            });
+        }
+
+        await node.WaitForLineAsync(l => l.Contains("(a peer sent what the node cannot or will not read", StringComparison.Ordinal), StartTimeout);
+        node.Terminate();
+        Assert.Equal(0, await node.WaitForExitAsync(StartTimeout));
+        var lines = node.Output.Split('\n');
+        Assert.InRange(lines.Count(l => l.Contains("(a peer sent what the node cannot or will not read", StringComparison.Ordinal)), 1, 10);
+        Assert.DoesNotContain(lines, l => l.Contains("TLS troubleshooting", StringComparison.Ordinal) || l.StartsWith("   at ", StringComparison.Ordinal));
+        Assert.DoesNotContain(lines, l => (l.Contains("TLS handshake failed on channel", StringComparison.Ordinal) || l.Contains("Rejected incoming connection", StringComparison.Ordinal)
+            || l.Contains("Certificate pinning failed", StringComparison.Ordinal)) && !l.Contains("at most 10 such lines a minute", StringComparison.Ordinal));
+    }
+
     [Fact]
     public async Task A_non_loopback_address_without_tls_is_refused_unless_explicitly_allowed()
     {
