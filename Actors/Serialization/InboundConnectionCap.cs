@@ -1,7 +1,11 @@
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using Akka.Actor;
 using Akka.Configuration;
 using Akka.Event;
 using Akka.Remote.Transport;
+using Akka.Remote.Transport.DotNetty;
 using Google.Protobuf;
 
 namespace ActorBlk.Actors.Serialization;
@@ -16,6 +20,12 @@ namespace ActorBlk.Actors.Serialization;
 /// from one address, a new connection is closed as it arrives, before anything is read from it.
 /// The library's defaults select it as <c>akka.remote.dot-netty.tcp.transport-class</c>; it wraps
 /// Akka's own TCP transport (TLS included) and keeps its scheme, so addresses do not change.
+/// With TLS (a <see cref="DotNettySslSetup"/>, as <see cref="ActorBlkRemoting.TlsSetup"/> gives),
+/// each connection this node opens is first tried with a TLS handshake of its own, with the same
+/// certificate and validation, and handed to Akka's transport only when that handshake succeeds:
+/// Akka.Remote shuts the whole actor system down when its own handshake on a connection it opened
+/// fails, so a member whose address something else had taken (a member restarted without TLS, any
+/// process on its port) stopped every node that reconnected to it (README, "Security").
 /// </summary>
 public sealed class InboundConnectionCap : Transport
 {
@@ -39,16 +49,31 @@ public sealed class InboundConnectionCap : Transport
         _inner = (Transport)Activator.CreateInstance(type, system, config)!;
         _log = Logging.GetLogger(system, typeof(InboundConnectionCap));
         (MaxTotal, MaxPerHost) = Limits(system.Settings.Config, ActorBlk.Hardware.Interop.LibC.OpenFileLimit());
+        var ssl = system.Settings.Setup.Get<DotNettySslSetup>();
+        _tls = config.GetBoolean("enable-ssl", false) && ssl.HasValue ? ssl.Value : null;
+        _tlsTimeout = config.GetTimeSpan("connection-timeout", TimeSpan.FromSeconds(15), allowInfinite: false);
         System = system;
         Config = config;
         BySystem.AddOrUpdate(system, this);
     }
 
+    private readonly DotNettySslSetup? _tls;
+    private readonly TimeSpan _tlsTimeout;
+    private readonly TaskCompletionSource<string> _firstTlsFailure = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Completes with the reason of the first connection this node opened whose TLS handshake
+    /// failed (the peer does not speak TLS, or does not present a certificate this node accepts);
+    /// never without TLS. A client that is joining stops at it rather than retry.
+    /// </summary>
+    public Task<string> FirstTlsFailure => _firstTlsFailure.Task;
+
     // The cap of each actor system of the process (specs look at its counts).
     private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ActorSystem, InboundConnectionCap> BySystem = new();
 
     /// <summary>The cap applied to <paramref name="system"/>'s remoting, if any.</summary>
-    internal static InboundConnectionCap? Of(ActorSystem system) => BySystem.TryGetValue(system, out var cap) ? cap : null;
+    /// <param name="system">An actor system whose remoting may use this transport.</param>
+    public static InboundConnectionCap? Of(ActorSystem system) => BySystem.TryGetValue(system, out var cap) ? cap : null;
 
     /// <summary>The cap over all hosts.</summary>
     public int MaxTotal { get; }
@@ -115,7 +140,78 @@ public sealed class InboundConnectionCap : Transport
     public override bool IsResponsibleFor(Address remote) => _inner.IsResponsibleFor(remote);
 
     /// <inheritdoc />
-    public override Task<AssociationHandle> Associate(Address remoteAddress) => _inner.Associate(remoteAddress);
+    public override async Task<AssociationHandle> Associate(Address remoteAddress)
+    {
+        ArgumentNullException.ThrowIfNull(remoteAddress);
+        if (_tls is { } tls && remoteAddress.Host is { } host && remoteAddress.Port is { } port)
+        {
+            await TryTlsAsync(tls, remoteAddress, host, port).ConfigureAwait(false);
+        }
+
+        return await _inner.Associate(remoteAddress).ConfigureAwait(false);
+    }
+
+    // A TLS handshake with the peer, as Akka's transport would make it (the certificate, the same
+    // validation); a failure is an association failure (Akka retries, gated, as for a refused
+    // connection) instead of Akka's shutdown of the whole system. A connection that cannot be
+    // made at all is left to Akka's transport, which reports it as ever.
+    private async Task TryTlsAsync(DotNettySslSetup tls, Address remoteAddress, string host, int port)
+    {
+        using var deadline = new CancellationTokenSource(_tlsTimeout);
+        using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            await socket.ConnectAsync(host, port, deadline.Token).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SocketException or OperationCanceledException)
+        {
+            return;
+        }
+
+        var validator = tls.CustomValidator ?? DefaultValidator(tls);
+        var stream = new SslStream(new NetworkStream(socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        await using (stream.ConfigureAwait(false))
+        {
+            try
+            {
+                await stream.AuthenticateAsClientAsync(
+                    new SslClientAuthenticationOptions
+                    {
+                        TargetHost = host,
+                        ClientCertificates = tls.RequireMutualAuthentication ? [tls.Certificate] : null,
+                        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+                        RemoteCertificateValidationCallback = (_, certificate, chain, errors) =>
+                            validator(certificate as X509Certificate2 ?? (certificate is null ? null : X509CertificateLoader.LoadCertificate(certificate.GetRawCertData())), chain, remoteAddress.ToString(), errors, _log),
+                    },
+                    deadline.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is global::System.Security.Authentication.AuthenticationException or IOException or SocketException or OperationCanceledException)
+            {
+                var reason = $"TLS handshake with {host}:{port} failed ({(ex is OperationCanceledException ? $"no answer within {_tlsTimeout.TotalSeconds:0.#} s" : ex.GetBaseException().Message)}): "
+                    + "the process listening there does not speak TLS or does not present a certificate this node accepts (README, \"Security\")";
+                _firstTlsFailure.TrySetResult(reason);
+                throw new InvalidAssociationException(reason);
+            }
+
+            try
+            {
+                await stream.ShutdownAsync().ConfigureAwait(false);
+            }
+            catch (IOException)
+            {
+                // The peer closed first: the handshake is what counted.
+            }
+        }
+    }
+
+    // Akka's own validation when the setup names none (DotNettyTransport.ComposeValidatorFromSettings).
+    private CertificateValidationCallback DefaultValidator(DotNettySslSetup tls) => (tls.SuppressValidation, tls.ValidateCertificateHostname) switch
+    {
+        (true, true) => CertificateValidation.ValidateHostname(null, _log),
+        (true, false) => static (_, _, _, _, _) => true,
+        (false, true) => CertificateValidation.Combine(CertificateValidation.ValidateChain(_log), CertificateValidation.ValidateHostname(null, _log)),
+        (false, false) => CertificateValidation.ValidateChain(_log),
+    };
 
     /// <inheritdoc />
     public override Task<bool> Shutdown() => _inner.Shutdown();

@@ -109,11 +109,28 @@ internal static class ClusterJoin
         cluster.RegisterOnMemberUp(() => up.TrySetResult());
         try
         {
-            await up.Task.WaitAsync(within).ConfigureAwait(false);
+            // Or until the system stops: Akka.Remote shuts it down when a TLS handshake with the
+            // seed fails (another certificate, TLS on one side only), and the wait ran on for the
+            // full patience with a message that did not say so (an outside TLS audit).
+            // ActorBlk's transport turns the failure into an association failure before Akka's own
+            // handshake, which a member retries; a client stops at the first.
+            var tls = InboundConnectionCap.Of(system)?.FirstTlsFailure;
+            var first = await Task.WhenAny(tls is null ? [up.Task, system.WhenTerminated] : [up.Task, system.WhenTerminated, tls]).WaitAsync(within).ConfigureAwait(false);
+            if (first == tls && !up.Task.IsCompleted)
+            {
+                throw new CommandFailedException($"option --join: this node did not join the cluster: {await tls.ConfigureAwait(false)}.");
+            }
         }
         catch (TimeoutException)
         {
             throw new CommandFailedException($"option --join: this node did not join the cluster within {within.TotalSeconds} s (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}, with the same remoting and TLS settings as this node's --config, and the same admin secret: a node refuses a join that does not prove its admin secret?).");
+        }
+
+        if (!up.Task.IsCompleted)
+        {
+            throw new CommandFailedException(TlsShutdown.Reason(system) is { } tls
+                ? $"option --join: this node did not join the cluster: {TlsShutdown.Explain(tls)}."
+                : $"option --join: this node stopped before it joined the cluster (is a node listening at {string.Join(", ", cluster.Settings.SeedNodes)}?).");
         }
     }
 

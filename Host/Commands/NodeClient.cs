@@ -29,27 +29,46 @@ internal sealed class NodeClient : IAsyncDisposable
     public string Address { get; }
 
     /// <summary>
-    /// The node on 127.0.0.1 at <c>--port N</c>, else at the remoting port of hocon.conf
-    /// (<c>--config PATH</c> or the one <c>serve</c> would use), else 4053. <c>--node</c> is read
-    /// by <see cref="NodeOptions.AddressFrom"/>.
+    /// The node at <c>--port N</c>, else at the remoting port of hocon.conf (<c>--config PATH</c>
+    /// or the one <c>serve</c> would use), else 4053; on the host hocon.conf gives the node's
+    /// address (<c>public-hostname</c>, else <c>hostname</c>), else 127.0.0.1. <c>--node</c> is
+    /// read by <see cref="NodeOptions.AddressFrom"/>.
     /// </summary>
     public static string AddressFrom(int? port, string? configPath)
     {
-        // The port, and the scheme (akka.ssl.tcp with TLS), from hocon.conf.
+        // The port, the host and the scheme (akka.ssl.tcp with TLS), from hocon.conf.
         var scheme = "akka.tcp";
+        var host = "127.0.0.1";
         try
         {
             var config = NodeConfig.Load(configPath ?? NodeConfig.Locate(), null);
             // Read as serve reads it: `port = null` failed with "Value cannot be null." (an audit).
             port ??= config.HasPath("akka.remote.dot-netty.tcp.port") ? ActorBlkRemoting.Port(config) : 4053;
             scheme = ActorBlk.Actors.Serialization.ActorBlkRemoting.SslEnabled(config) ? "akka.ssl.tcp" : scheme;
+            host = NodeHost(config) ?? host;
         }
         catch (UsageException) when (configPath is null)
         {
             port ??= 4053;
         }
 
-        return $"{scheme}://{NodeConfig.SystemName}@127.0.0.1:{port}";
+        return $"{scheme}://{NodeConfig.SystemName}@{host}:{port}";
+    }
+
+    // The host of the address a node of this configuration has (Akka's: public-hostname, else
+    // hostname), or null for none of its own (empty, every interface). A node answers only
+    // messages addressed to its own address: with README's network set-up (hostname = 10.0.0.5,
+    // TLS) a client given the node's --config asked 127.0.0.1, where nothing listens, and said
+    // no node answered (an outside TLS audit).
+    private static string? NodeHost(Config config)
+    {
+        var host = ActorBlkRemoting.HostName(config, "public-hostname") is { Length: > 0 } publicHost ? publicHost : ActorBlkRemoting.HostName(config);
+        if (host.Length == 0 || (System.Net.IPAddress.TryParse(host, out var ip) && (ip.Equals(System.Net.IPAddress.Any) || ip.Equals(System.Net.IPAddress.IPv6Any))))
+        {
+            return null;
+        }
+
+        return host.Contains(':', StringComparison.Ordinal) && !host.StartsWith('[') ? $"[{host}]" : host;
     }
 
     /// <summary>

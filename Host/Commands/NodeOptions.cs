@@ -5,7 +5,7 @@ namespace ActorBlk.Host.Commands;
 
 /// <summary>
 /// How a client command names the running node it talks to: <c>--node ADDRESS</c> (or
-/// <c>HOST:PORT</c> where the command says so), else <c>--port N</c> on 127.0.0.1, else the
+/// <c>HOST:PORT</c> where the command says so), else <c>--port N</c>, else the
 /// remoting port of hocon.conf (<c>--config PATH</c> or the one <c>serve</c> would use), else 4053.
 /// The options are recursive: <c>sysfs --port 1 list</c> and <c>sysfs list --port 1</c> are the same.
 /// </summary>
@@ -14,8 +14,8 @@ internal sealed class NodeOptions
     /// <summary><c>--node</c>: the node's Akka address, or HOST:PORT.</summary>
     public Option<string?> Node { get; } = Recursive(CliOptions.Text("--node", "ADDRESS", "the node: akka.tcp://actorblk@HOST:PORT, or HOST:PORT"));
 
-    /// <summary><c>--port</c>: the node's remoting port on 127.0.0.1.</summary>
-    public Option<int?> Port { get; } = Recursive(CliOptions.OptionalInt("--port", 1, 65535, "the node's remoting port on 127.0.0.1"));
+    /// <summary><c>--port</c>: the node's remoting port, on the host hocon.conf gives the node (else 127.0.0.1).</summary>
+    public Option<int?> Port { get; } = Recursive(CliOptions.OptionalInt("--port", 1, 65535, "the node's remoting port (on the host hocon.conf gives the node, else 127.0.0.1)"));
 
     /// <summary><c>--config</c>: the node's hocon.conf, for its port, TLS settings and admin secret.</summary>
     public Option<string?> Config { get; } = Recursive(CliOptions.Text("--config", "PATH", "the node's hocon.conf: its port, TLS settings and admin secret"));

@@ -30,7 +30,7 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
     public void Emit(LogEvent logEvent)
     {
         ArgumentNullException.ThrowIfNull(logEvent);
-        if (!IsPeerNoise(logEvent.Exception))
+        if (!IsPeerNoise(logEvent.Exception) && !IsTlsNoise(logEvent))
         {
             inner.Emit(logEvent);
             return;
@@ -57,8 +57,11 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
             _dropped = 0;
         }
 
-        var cause = Innermost(logEvent.Exception!);
-        var text = $"{Literal(logEvent)}: {cause.GetType().Name}: {cause.Message} (a peer sent what the node cannot or will not read; at most {PerWindow} such lines a minute"
+        // The message's first line: Akka's TLS events carry lines of troubleshooting advice.
+        var literal = Literal(logEvent);
+        literal = literal.Split('\n', 2)[0].TrimEnd('\r');
+        var cause = logEvent.Exception is null ? null : Innermost(logEvent.Exception);
+        var text = $"{literal}{(cause is null ? string.Empty : $": {cause.GetType().Name}: {cause.Message}")} (a peer sent what the node cannot or will not read; at most {PerWindow} such lines a minute"
             + (dropped > 0 ? $", {dropped} dropped before this one)" : ")");
         inner.Emit(new LogEvent(logEvent.Timestamp, LogEventLevel.Warning, null, Parser.Parse(text.Replace("{", "{{", StringComparison.Ordinal).Replace("}", "}}", StringComparison.Ordinal)),
             logEvent.Properties.Select(p => new LogEventProperty(p.Key, p.Value))));
@@ -87,13 +90,44 @@ internal sealed class PeerNoiseLimiter(ILogEventSink inner, TimeProvider? time =
         return false;
     }
 
-    // The transport's frame decoder or Akka's PDU decoder failing on bytes from the network.
+    // Akka.Remote's events for a TLS handshake that failed, from the transport and its certificate
+    // validators: with TLS on, every connection from a peer without the node's certificate (or
+    // that does not speak TLS) wrote three of them, one with 12 lines of advice and a stack trace:
+    // an outside audit's 300 connections of 6 bytes (1.8 KB) wrote 3,600 lines, 290 KB, which the
+    // limit on the same bytes without TLS did not reach.
+    private static readonly string[] TlsEvents =
+    [
+        "TLS handshake failed on channel ", "TLS exception on channel ", "Rejected incoming connection from [",
+        "Certificate pinning failed for ", "Certificate chain validation failed for ", "Mutual TLS required but client did not provide a certificate",
+    ];
+
+    internal static bool IsTlsNoise(LogEvent logEvent)
+    {
+        if (logEvent.Level < LogEventLevel.Warning)
+        {
+            return false;
+        }
+
+        var text = logEvent.MessageTemplate.Text;
+        foreach (var prefix in TlsEvents)
+        {
+            if (text.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    // The transport's frame decoder or Akka's PDU decoder failing on bytes from the network (with
+    // TLS on, the TLS handler's: a record that is not TLS).
     internal static bool IsTransportNoise(Exception? exception)
     {
         for (var e = exception; e is not null; e = e.InnerException)
         {
             if (e.GetType().FullName is "DotNetty.Codecs.CorruptedFrameException" or "DotNetty.Codecs.TooLongFrameException" or "DotNetty.Codecs.DecoderException"
-                or "Akka.Remote.Transport.PduCodecException")
+                or "DotNetty.Handlers.Tls.NotSslRecordException" or "Akka.Remote.Transport.PduCodecException")
             {
                 return true;
             }

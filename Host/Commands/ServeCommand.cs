@@ -327,6 +327,15 @@ internal static class ServeCommand
                 return 1;
             }
 
+            if (started is not null && TlsShutdown.Reason(started) is { } tlsFailure)
+            {
+                // Akka.Remote stops the whole system when a TLS handshake on a connection it opened
+                // fails (a seed or member address where something else listens): it said only
+                // "ActorBlk node stopped", exit 0, as if asked to stop (an outside TLS audit).
+                Log.Fatal("ActorBlk node stopped: {Reason}", TlsShutdown.Explain(tlsFailure));
+                return 1;
+            }
+
             var reason = started is null ? null : CoordinatedShutdown.Get(started).ShutdownReason;
             if (reason is CoordinatedShutdown.ClusterDowningReason or CoordinatedShutdown.ClusterJoinUnsuccessfulReason)
             {

@@ -234,10 +234,15 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
                 formatProvider: CultureInfo.InvariantCulture, standardErrorFromLevel: LogEventLevel.Verbose)
             .CreateLogger();
 
+        // TLS remoting as `actorblk serve` sets it up (the certificate, mutual authentication, the
+        // pin): without it Akka validated the chain itself and refused the pinned self-signed
+        // certificate README's "Security" makes, so with such a hocon.conf the second node could
+        // never join (an outside TLS audit).
+        var tls = ActorBlk.Actors.Serialization.ActorBlkRemoting.TlsSetup(config);
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
         builder.Services.AddSingleton<IHostLifetime, QuietLifetime>();
-        builder.Services.AddAkka("actorblk", (akka, _) => akka
+        builder.Services.AddAkka("actorblk", (akka, _) => (tls is null ? akka : akka.AddSetup(tls))
             .AddHocon(config, HoconAddMode.Prepend)
             .ConfigureLoggers(loggers =>
             {

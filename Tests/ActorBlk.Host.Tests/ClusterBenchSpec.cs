@@ -245,6 +245,28 @@ public sealed partial class ClusterBenchSpec
         Assert.Equal(node, cluster.GetProperty("owner").GetString());
         Assert.True(cluster.GetProperty("remote").GetBoolean());
 
+        // A bench with another certificate: the TLS handshake with the seed fails (Akka.Remote then
+        // shut the bench's actor system down), and the bench waited on for its 60 s patience and
+        // then blamed the join in general (an outside TLS audit). It says what failed at once.
+        using (var key = System.Security.Cryptography.RSA.Create(2048))
+        {
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+            using var other = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            File.WriteAllBytes(dir.File("other.pfx"), other.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
+        }
+
+        var otherConfig = dir.File("other.conf");
+        File.WriteAllText(otherConfig, hocon.Replace(JsonSerializer.Serialize(dir.File("node.pfx")), JsonSerializer.Serialize(dir.File("other.pfx")), StringComparison.Ordinal));
+        Assert.Contains("other.pfx", File.ReadAllText(otherConfig), StringComparison.Ordinal);
+        await using (var stranger = ActorBlkProcess.Start("bench", $"--join={node}", "--config", otherConfig, "--device=far3", "--rw=randread", "--bs=4k",
+            "--iodepth=4", "--size=64m", "--runtime=1", "--jit_warmup=0", "--eta=never"))
+        {
+            Assert.Equal(1, await stranger.WaitForExitAsync(Within));
+            Assert.Contains($"option --join: this node did not join the cluster: TLS handshake with {node} failed (The remote certificate was rejected", stranger.Output, StringComparison.Ordinal);
+            Assert.DoesNotContain("within 60 s", stranger.Output, StringComparison.Ordinal);
+        }
+
         owner.Terminate();
         Assert.Equal(0, await owner.WaitForExitAsync(Within));
     }

@@ -74,6 +74,55 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
         }
     }
 
+    // An outside TLS audit: with a hocon.conf set up as README's "Security" says (TLS remoting with
+    // a pinned self-signed certificate, NBD with TLS required), the sample built its actor system
+    // without ActorBlk's TLS setup; Akka validated the chain itself, refused the second node's
+    // certificate, and the second node never joined (it stopped, exit 1, and the sample failed).
+    [Fact]
+    public async Task The_journal_runs_over_tls_remoting_and_tls_exports_set_up_as_readme_says()
+    {
+        using var dir = new TempDirectory("mirror-journal-tls");
+        using (var key = System.Security.Cryptography.RSA.Create(2048))
+        {
+            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
+                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
+            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
+            san.AddIpAddress(System.Net.IPAddress.Loopback);
+            request.CertificateExtensions.Add(san.Build());
+            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            await File.WriteAllBytesAsync(dir.File("node.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
+            await File.WriteAllBytesAsync(dir.File("nbd.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12));
+            await File.WriteAllTextAsync(dir.File("node.pem"), certificate.ExportCertificatePem());
+        }
+
+        var config = dir.File("hocon.conf");
+        await File.WriteAllTextAsync(config, await File.ReadAllTextAsync(RepositoryFiles.Hocon()) + $$"""
+
+            akka.cluster.split-brain-resolver.stable-after = 3s
+            akka.cluster.failure-detector.acceptable-heartbeat-pause = 8s
+            akka.remote.dot-netty.tcp { enable-ssl = on, ssl.certificate { path = {{System.Text.Json.JsonSerializer.Serialize(dir.File("node.pfx"))}}, password = "pfx-password" } }
+            actorblk.remote.admin-secret = "mirror-journal-tls"
+            actorblk.nbd { tls = require, certificate = {{System.Text.Json.JsonSerializer.Serialize(dir.File("nbd.pfx"))}} }
+            actorblk.cluster.registry.tls-ca = {{System.Text.Json.JsonSerializer.Serialize(dir.File("node.pem"))}}
+            """);
+
+        await using var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll",
+            "--chaos", "--config", config, "--port", "0", "--dir", dir.Path, "--leg-mib", "16", "--region-kib", "256",
+            "--rate", "100", "--kill-at", "50", "--degraded-records", "50", "--after-records", "30", "--patience", "240");
+        try
+        {
+            Assert.Equal(0, await sample.WaitForExitAsync(Within));
+            Assert.Contains("chaos: kill -9 of the second node", sample.StandardOutput, StringComparison.Ordinal);
+            Assert.Matches(@"resync done: leg journal-leg1@127\.0\.0\.1:\d+ is in sync again", sample.StandardOutput);
+            Assert.Contains("verified: both legs hold all", sample.StandardOutput, StringComparison.Ordinal);
+            Assert.Contains("nbds://127.0.0.1:", File.ReadAllText(dir.File("node2.log")), StringComparison.Ordinal);
+        }
+        finally
+        {
+            output.WriteLine(sample.Output);
+        }
+    }
+
     // A sample walk-through: Ctrl-C while the sample waited for its second node was reported as
     // "no live device journal-leg1 appeared in the cluster within 300 s", and a usage error exited
     // 1, the sample's "records NOT verified".
