@@ -207,14 +207,8 @@ public sealed partial class ClusterBenchSpec
     public async Task A_joining_bench_joins_a_cluster_with_tls_remoting()
     {
         using var dir = new ActorBlk.Testing.TempDirectory("join-tls-remoting");
-        using (var key = System.Security.Cryptography.RSA.Create(2048))
         {
-            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
-                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
-            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
-            san.AddIpAddress(System.Net.IPAddress.Loopback);
-            request.CertificateExtensions.Add(san.Build());
-            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            using var certificate = ActorBlk.Testing.TestCertificates.SelfSigned();
             File.WriteAllBytes(dir.File("node.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
         }
 
@@ -248,11 +242,8 @@ public sealed partial class ClusterBenchSpec
         // A bench with another certificate: the TLS handshake with the seed fails (Akka.Remote then
         // shut the bench's actor system down), and the bench waited on for its 60 s patience and
         // then blamed the join in general (an outside TLS audit). It says what failed at once.
-        using (var key = System.Security.Cryptography.RSA.Create(2048))
         {
-            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
-                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
-            using var other = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            using var other = ActorBlk.Testing.TestCertificates.SelfSigned();
             File.WriteAllBytes(dir.File("other.pfx"), other.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
         }
 
@@ -278,14 +269,8 @@ public sealed partial class ClusterBenchSpec
     public async Task A_joining_bench_verifies_a_tls_export_against_the_cluster_tls_ca()
     {
         using var dir = new ActorBlk.Testing.TempDirectory("join-tls");
-        using (var key = System.Security.Cryptography.RSA.Create(2048))
         {
-            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
-                "CN=actorblk-nbd", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
-            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
-            san.AddIpAddress(System.Net.IPAddress.Loopback);
-            request.CertificateExtensions.Add(san.Build());
-            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            using var certificate = ActorBlk.Testing.TestCertificates.SelfSigned("actorblk-nbd");
             File.WriteAllBytes(dir.File("nbd.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12));
             File.WriteAllText(dir.File("ca.pem"), certificate.ExportCertificatePem());
         }

@@ -82,14 +82,8 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
     public async Task The_journal_runs_over_tls_remoting_and_tls_exports_set_up_as_readme_says()
     {
         using var dir = new TempDirectory("mirror-journal-tls");
-        using (var key = System.Security.Cryptography.RSA.Create(2048))
         {
-            var request = new System.Security.Cryptography.X509Certificates.CertificateRequest(
-                "CN=actorblk", key, System.Security.Cryptography.HashAlgorithmName.SHA256, System.Security.Cryptography.RSASignaturePadding.Pkcs1);
-            var san = new System.Security.Cryptography.X509Certificates.SubjectAlternativeNameBuilder();
-            san.AddIpAddress(System.Net.IPAddress.Loopback);
-            request.CertificateExtensions.Add(san.Build());
-            using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+            using var certificate = ActorBlk.Testing.TestCertificates.SelfSigned();
             await File.WriteAllBytesAsync(dir.File("node.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12, "pfx-password"));
             await File.WriteAllBytesAsync(dir.File("nbd.pfx"), certificate.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12));
             await File.WriteAllTextAsync(dir.File("node.pem"), certificate.ExportCertificatePem());

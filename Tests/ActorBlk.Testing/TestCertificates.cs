@@ -37,6 +37,20 @@ public sealed class TestCertificates : IDisposable
         Server = X509CertificateLoader.LoadPkcs12(withKey.Export(X509ContentType.Pkcs12), null);
     }
 
+    /// <summary>
+    /// A self-signed certificate, <c>CN=</c><paramref name="commonName"/>, for 127.0.0.1, with its
+    /// private key: remoting's pinned certificate or an export's own, as README's "Security" makes one.
+    /// </summary>
+    public static X509Certificate2 SelfSigned(string commonName = "actorblk")
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest($"CN={commonName}", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        return request.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
+    }
+
     /// <summary>The CA certificate (with its key).</summary>
     public X509Certificate2 Authority { get; }
 
