@@ -127,10 +127,18 @@ public static class DeviceConfig
 
         // TLS settings on a plain nbd:// URI would be ignored: a mistyped scheme then moved the
         // data in clear without a word (an outside audit).
-        if (options.Driver == "nbd" && !Hardware.Drivers.Nbd.NbdUri.Parse(options.Uri!).Tls && (entry.HasPath("tls_ca") || entry.HasPath("tls_verify")))
+        var nbdUri = options.Driver == "nbd" ? Hardware.Drivers.Nbd.NbdUri.Parse(options.Uri!) : null;
+        if (nbdUri is { Tls: false } && (entry.HasPath("tls_ca") || entry.HasPath("tls_verify")))
         {
             var key = entry.HasPath("tls_ca") ? "tls_ca" : "tls_verify";
             throw new DeviceOptionsException(name, key, $"only an nbds:// URI uses TLS ('{options.Uri}' is plain nbd://); it would be ignored.");
+        }
+
+        // tls_verify = on said explicitly against the URI's tls-verify-peer=0 (DeviceOptions.Validate
+        // cannot tell an explicit on from the default).
+        if (nbdUri is { TlsVerifyPeer: false } && entry.HasPath("tls_verify") && options.TlsVerify)
+        {
+            throw new DeviceOptionsException(name, "tls_verify", "it is on, and the URI turns verification off (tls-verify-peer=0): give one of them.");
         }
 
         // An nbd device's hardware queues are its connections (DeviceOptions.ToTagSetOptions):

@@ -56,9 +56,30 @@ public sealed record ClusterDevice(
     public bool IsWellFormed =>
         Hardware.Devices.DeviceOptions.IsDeviceName(Name) && Name.Length <= MaxNameLength
         && Node is { Length: > 0 and <= MaxNodeLength } && Hardware.ControlCharacters.IndexIn(Node) < 0
-        && NbdEndpoint is { Length: <= MaxEndpointLength } && Hardware.ControlCharacters.IndexIn(NbdEndpoint) < 0
+        && NbdEndpoint is { Length: <= MaxEndpointLength } && Hardware.ControlCharacters.IndexIn(NbdEndpoint) < 0 && IsPublishedEndpoint(NbdEndpoint)
         && State is ClusterDeviceStates.Live or ClusterDeviceStates.Offline or ClusterDeviceStates.Dying
         && Capacity >= 0 && LogicalBlockSize > 0 && HardwareQueues >= 0;
+
+    // An owner publishes nothing (no NBD server) or nbd[s]://host:port/ and no more: a query (a
+    // local file to trust as tls-certificates, verification turned off, a Unix socket of the
+    // reader's machine) is not a peer's to set, and an endpoint that is no NBD URI is no export.
+    private static bool IsPublishedEndpoint(string endpoint)
+    {
+        if (endpoint.Length == 0)
+        {
+            return true;
+        }
+
+        try
+        {
+            var uri = Hardware.Drivers.Nbd.NbdUri.Parse(endpoint);
+            return uri is { Socket: null, TlsCertificates: null, TlsVerifyPeer: null, TlsHostname: null };
+        }
+        catch (FormatException)
+        {
+            return false;
+        }
+    }
 }
 
 /// <summary>The states a <see cref="ClusterDevice"/> is published in.</summary>

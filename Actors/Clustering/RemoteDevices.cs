@@ -564,7 +564,7 @@ internal sealed class RemoteDeviceActor : ReceiveActor, IWithTimers
             layer.System.Log.Warning("{0}: connections {1} reduced to {2}: one connection per hardware queue, and hardware queues are capped at the possible CPUs", name, template.Connections, connections);
         }
 
-        var uri = NbdUri.Parse(device.NbdEndpoint);
+        var uri = NbdUri.Parse(device.NbdEndpoint); // well-formed: ClusterDevice.IsWellFormed
         NbdClientDriver driver;
         try
         {

@@ -32,7 +32,11 @@ public sealed partial record DeviceOptions
     /// <summary>The backing file or block device of the file device (<c>path</c>).</summary>
     public string? Path { get; init; }
 
-    /// <summary>The export of an <c>nbd</c> device (<c>uri</c>): <c>nbd://host:port/export</c>, or <c>nbds://</c> for TLS.</summary>
+    /// <summary>
+    /// The export of an <c>nbd</c> device (<c>uri</c>): <c>nbd://host:port/export</c> or
+    /// <c>nbd+unix:///export?socket=PATH</c>, <c>nbds://</c> or <c>nbds+unix://</c> for TLS, with the
+    /// NBD URI specification's query parameters (<see cref="Drivers.Nbd.NbdUri"/>).
+    /// </summary>
     public string? Uri { get; init; }
 
     /// <summary>
@@ -190,13 +194,25 @@ public sealed partial record DeviceOptions
                 Fail("uri", "the nbd driver needs the export's URI (nbd://host:port/export).");
             }
 
+            Drivers.Nbd.NbdUri? uri = null;
             try
             {
-                Drivers.Nbd.NbdUri.Parse(Uri!);
+                uri = Drivers.Nbd.NbdUri.Parse(Uri!);
             }
             catch (FormatException ex)
             {
                 Fail("uri", ex.Message);
+            }
+
+            // Two settings for one thing would leave the reader to guess which one counts.
+            if (uri!.TlsCertificates is not null && TlsCa is not null)
+            {
+                Fail("tls_ca", $"the URI's tls-certificates names the trust anchors too ('{uri.TlsCertificates}'): give one of them.");
+            }
+
+            if (uri.TlsVerifyPeer == true && !TlsVerify)
+            {
+                Fail("tls_verify", "it is off, and the URI asks for verification (tls-verify-peer=1): give one of them.");
             }
 
             if (Connections is < 1 or > 64)

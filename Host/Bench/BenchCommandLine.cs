@@ -89,8 +89,8 @@ internal sealed class BenchCommandLine
     private readonly Option<string?> Plot = CliOptions.Text("--plot", "FILE.png|FILE.svg", "draw IOPS over time and the latency percentile curve");
 
     // Device (ActorBlk's names).
-    private readonly Option<string> Device = CliOptions.TextWithDefault("--device", "null", "null|file:PATH|nbd://HOST:PORT/EXPORT",
-        "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size, a smaller regular file extended to it, as fio lays out its files), nbd://HOST:PORT/EXPORT (nbds:// for TLS; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT");
+    private readonly Option<string> Device = CliOptions.TextWithDefault("--device", "null", "null|file:PATH|nbd://HOST:PORT/EXPORT|nbd+unix:///EXPORT?socket=PATH",
+        "null (null_blk), file:PATH (a regular file or block device; a missing file is created at --size, a smaller regular file extended to it, as fio lays out its files), nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH (nbds:// and nbds+unix:// for TLS, with the NBD URI's tls-certificates=DIR, tls-hostname, tls-verify-peer; --submit-queues sets its connections), or with --join a device of the cluster, NAME or NAME@HOST:PORT");
 
     private readonly Option<string?> Join = CliOptions.Text("--join", "HOST:PORT",
         "join the cluster at HOST:PORT as a client owning no devices (with the hocon.conf of the working directory or next to actorblk); --device then names a device of the cluster, NAME or NAME@HOST:PORT, opened wherever it lives");

@@ -242,7 +242,7 @@ internal sealed record BenchOptions
         }
 
         var path = FilePath;
-        if (Device.StartsWith("nbd://", StringComparison.Ordinal) || Device.StartsWith("nbds://", StringComparison.Ordinal))
+        if (IsNbdUri(Device))
         {
             // The export keeps its own size and block size; the queue settings are ActorBlk's.
             return ToDeviceOptions(index, null) with { Driver = "nbd", Uri = Device, Connections = SubmitQueues, Size = null, Path = null, FixedBuffers = 0, MemoryBacked = false };
@@ -250,11 +250,16 @@ internal sealed record BenchOptions
 
         if (Device != "null" && string.IsNullOrEmpty(path))
         {
-            throw new UsageException($"option --device: '{Device}' is not null, file:PATH or nbd://HOST:PORT/EXPORT.");
+            throw new UsageException($"option --device: '{Device}' is not null, file:PATH or an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds:// or nbds+unix:// for TLS).");
         }
 
         return ToDeviceOptions(index, path);
     }
+
+    // The NBD URI specification's schemes (NbdUri parses the rest and says what is wrong).
+    private static bool IsNbdUri(string device) =>
+        device.StartsWith("nbd://", StringComparison.OrdinalIgnoreCase) || device.StartsWith("nbds://", StringComparison.OrdinalIgnoreCase)
+        || device.StartsWith("nbd+unix://", StringComparison.OrdinalIgnoreCase) || device.StartsWith("nbds+unix://", StringComparison.OrdinalIgnoreCase);
 
     private DeviceOptions ToDeviceOptions(int index, string? path)
     {

@@ -176,6 +176,10 @@ public sealed class DeviceConfigSpec
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", engine = psync", "engine")]
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_ca = /etc/ca.pem", "tls_ca")] // plain nbd:// ignored it in silence (an outside audit)
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", tls_verify = off", "tls_verify")]
+    [InlineData("name = x, driver = nbd, uri = \"nbds://127.0.0.1/e?tls-verify-peer=0\", tls_verify = on", "tls_verify")] // two settings saying two things
+    [InlineData("name = x, driver = nbd, uri = \"nbds://127.0.0.1/e?tls-verify-peer=1\", tls_verify = off", "tls_verify")]
+    [InlineData("name = x, driver = nbd, uri = \"nbds://127.0.0.1/e?tls-certificates=/pki\", tls_ca = /etc/ca.pem", "tls_ca")]
+    [InlineData("name = x, driver = nbd, uri = \"nbds://127.0.0.1/e?tls-certifcates=/pki\"", "uri")] // an unknown query parameter was ignored
     [InlineData("name = x, driver = nbd, uri = \"nbd://127.0.0.1/e\", submit_queues = 4", "submit_queues")] // ignored in silence: connections are its queues (a review)
     [InlineData("name = x, reset_after_timeouts = -1", "reset_after_timeouts")]
     [InlineData("name = x, timeout_window = 0", "timeout_window")]

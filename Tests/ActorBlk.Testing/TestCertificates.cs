@@ -75,6 +75,26 @@ public sealed class TestCertificates : IDisposable
         return (certificatePath, keyPath);
     }
 
+    /// <summary>
+    /// Writes a client certificate the CA signed (<c>CN=</c><paramref name="commonName"/>, for TLS
+    /// client authentication) and its key as two PEM files: a <c>tls-certificates</c> directory's
+    /// <c>client-cert.pem</c> and <c>client-key.pem</c>, for a server that verifies its clients.
+    /// </summary>
+    public (string Certificate, string Key) WriteClientPem(string certificatePath, string keyPath, string commonName = "actorblk client")
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest($"CN={commonName}", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, false));
+        request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.DigitalSignature | X509KeyUsageFlags.KeyEncipherment, true));
+        request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.2")], false));
+        var serial = new byte[8];
+        RandomNumberGenerator.Fill(serial);
+        using var signed = request.Create(Authority, DateTimeOffset.UtcNow.AddHours(-1), DateTimeOffset.UtcNow.AddDays(29), serial);
+        File.WriteAllText(certificatePath, signed.ExportCertificatePem());
+        File.WriteAllText(keyPath, key.ExportPkcs8PrivateKeyPem());
+        return (certificatePath, keyPath);
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

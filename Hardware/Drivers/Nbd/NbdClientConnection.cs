@@ -128,13 +128,13 @@ internal sealed class NbdClientConnection : IDisposable
     private static Refusal ConfigureVerification(SslClientAuthenticationOptions authentication, NbdClientOptions options)
     {
         var refusal = new Refusal();
-        if (!options.TlsVerify)
+        if (!options.VerifiesPeer)
         {
-            authentication.RemoteCertificateValidationCallback = (_, _, _, _) => true; // tls_verify = off: insecure by request
+            authentication.RemoteCertificateValidationCallback = (_, _, _, _) => true; // tls_verify = off or tls-verify-peer=0: insecure by request
             return refusal;
         }
 
-        if (options.TlsCa is null)
+        if (options.TrustAnchors is not { } file)
         {
             return refusal;
         }
@@ -142,16 +142,16 @@ internal sealed class NbdClientConnection : IDisposable
         var anchors = new X509Certificate2Collection();
         try
         {
-            anchors.ImportFromPemFile(options.TlsCa);
+            anchors.ImportFromPemFile(file);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
         {
-            throw new NbdTlsException($"{options.Uri}: cannot read tls_ca '{options.TlsCa}': {FileProblems.Describe(options.TlsCa, ex)}", ex);
+            throw new NbdTlsException($"{options.Uri}: cannot read {options.TrustAnchorsSource}: {FileProblems.Describe(file, ex)}", ex);
         }
 
         if (anchors.Count == 0)
         {
-            throw new NbdTlsException($"{options.Uri}: tls_ca '{options.TlsCa}' holds no PEM certificate.", null);
+            throw new NbdTlsException($"{options.Uri}: {options.TrustAnchorsSource} holds no PEM certificate.", null);
         }
 
         var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
@@ -184,6 +184,36 @@ internal sealed class NbdClientConnection : IDisposable
         return refusal;
     }
 
+    // The client's certificate of a tls-certificates directory, as libnbd, nbdkit and qemu lay it
+    // out: client-cert.pem with its key in client-key.pem, for a server that verifies its clients
+    // (nbdkit --tls-verify-peer). Neither file: no client certificate; one without the other is an error.
+    private static X509CertificateCollection? ClientCertificate(NbdClientOptions options)
+    {
+        if (options.Uri.TlsCertificates is not { } directory)
+        {
+            return null;
+        }
+
+        var certificate = Path.Combine(directory, "client-cert.pem");
+        var key = Path.Combine(directory, "client-key.pem");
+        if (!System.IO.File.Exists(certificate) && !System.IO.File.Exists(key))
+        {
+            return null;
+        }
+
+        try
+        {
+            return [X509Certificate2.CreateFromPemFile(certificate, key)];
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
+        {
+            var missing = !System.IO.File.Exists(certificate) ? certificate : !System.IO.File.Exists(key) ? key : null;
+            throw new NbdTlsException(missing is null
+                ? $"{options.Uri}: cannot use the client certificate '{certificate}' with its key '{key}' (tls-certificates): {ex.Message}"
+                : $"{options.Uri}: tls-certificates '{directory}' has {(missing == key ? "client-cert.pem without client-key.pem" : "client-key.pem without client-cert.pem")}: give both or neither.", ex);
+        }
+    }
+
     private static bool IsPinned(X509Certificate2Collection anchors, X509Certificate certificate)
     {
         var presented = certificate.GetRawCertData();
@@ -207,7 +237,9 @@ internal sealed class NbdClientConnection : IDisposable
     {
         var uri = options.Uri;
         var timeout = options.ConnectTimeout;
-        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var socket = uri.Socket is null
+            ? new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true }
+            : new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         Stream? stream = null;
 
         // The negotiation reads and writes synchronously (with the connect timeout on the socket):
@@ -232,7 +264,7 @@ internal sealed class NbdClientConnection : IDisposable
         }, socket);
         try
         {
-            socket.ConnectAsync(uri.Host, uri.Port, deadline.Token).AsTask().GetAwaiter().GetResult();
+            (uri.Socket is { } path ? socket.ConnectAsync(new UnixDomainSocketEndPoint(path), deadline.Token) : socket.ConnectAsync(uri.Host, uri.Port, deadline.Token)).AsTask().GetAwaiter().GetResult();
             connected = true;
             socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
             socket.SendTimeout = (int)timeout.TotalMilliseconds;
@@ -262,7 +294,7 @@ internal sealed class NbdClientConnection : IDisposable
 
                 var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = tls;
-                var authentication = new SslClientAuthenticationOptions { TargetHost = uri.Host };
+                var authentication = new SslClientAuthenticationOptions { TargetHost = uri.TlsTargetHost, ClientCertificates = ClientCertificate(options) };
                 var refusal = ConfigureVerification(authentication, options);
                 try
                 {
@@ -271,7 +303,7 @@ internal sealed class NbdClientConnection : IDisposable
                 catch (AuthenticationException ex)
                 {
                     throw new NbdTlsException($"{uri}: TLS handshake failed: {ex.Message}" + (refusal.Reason is { } why ? $" ({why})" : string.Empty) +
-                        (options.TlsVerify ? $" (server certificate checked against {(options.TlsCa is null ? "the system trust store" : $"tls_ca '{options.TlsCa}'")})" : string.Empty), ex);
+                        (options.VerifiesPeer ? $" (server certificate checked against {options.TrustAnchorsSource}{(uri.TlsHostname is null ? string.Empty : $", for the name '{uri.TlsHostname}'")})" : string.Empty), ex);
                 }
             }
 
@@ -378,7 +410,7 @@ internal sealed class NbdClientConnection : IDisposable
             stream?.Dispose();
             socket.Dispose();
             throw new IOException($"cannot connect to {uri}: connect timed out after {timeout.TotalSeconds:0.###} s (no answer from the server's host)",
-                new TimeoutException($"connecting to {uri.Host}:{uri.Port} got no answer within {timeout.TotalSeconds:0.###} s", ex));
+                new TimeoutException($"connecting to {(uri.Socket is null ? $"{uri.Host}:{uri.Port}" : $"socket '{ControlCharacters.Escape(uri.Socket)}'")} got no answer within {timeout.TotalSeconds:0.###} s", ex));
         }
         catch (Exception ex) when (ex is SocketException or System.Security.Authentication.AuthenticationException)
         {

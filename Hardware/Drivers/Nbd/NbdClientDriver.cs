@@ -28,6 +28,16 @@ public sealed record NbdClientOptions
 
     /// <summary>How long connecting and negotiating may take.</summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Whether the server's certificate is verified: <see cref="TlsVerify"/>, unless the URI's <c>tls-verify-peer=0</c> turns it off.</summary>
+    public bool VerifiesPeer => TlsVerify && Uri.TlsVerifyPeer != false;
+
+    /// <summary>The PEM file of trust anchors: <see cref="TlsCa"/>, else <c>ca-cert.pem</c> in the URI's <c>tls-certificates</c> directory, else null (the system trust store).</summary>
+    public string? TrustAnchors => TlsCa ?? (Uri.TlsCertificates is { } directory ? Path.Combine(directory, "ca-cert.pem") : null);
+
+    /// <summary>Where <see cref="TrustAnchors"/> comes from, for messages.</summary>
+    internal string TrustAnchorsSource =>
+        TlsCa is not null ? $"tls_ca '{TlsCa}'" : TrustAnchors is { } file ? $"'{file}' (tls-certificates)" : "the system trust store";
 }
 
 /// <summary>

@@ -1,16 +1,51 @@
+using System.Text;
 using ActorBlk.Hardware.Nbd;
 
 namespace ActorBlk.Hardware.Drivers.Nbd;
 
-/// <summary>An NBD export address: <c>nbd://host[:port]/export</c>, or <c>nbds://</c> for TLS.</summary>
-/// <param name="Host">Host name or address.</param>
-/// <param name="Port">TCP port (10809 when the URI names none).</param>
+/// <summary>
+/// An NBD export address, as the NBD URI specification writes it: <c>nbd://host[:port]/export</c>
+/// over TCP, <c>nbd+unix:///export?socket=PATH</c> over a Unix domain socket, and <c>nbds://</c>
+/// or <c>nbds+unix://</c> for TLS, with the specification's TLS query parameters
+/// (<c>tls-type</c>, <c>tls-hostname</c>, <c>tls-verify-peer</c>) and libnbd's
+/// <c>tls-certificates</c>. A query parameter the client does not understand is diagnosed, as the
+/// specification asks.
+/// </summary>
+/// <param name="Host">Host name or address (empty for a Unix domain socket).</param>
+/// <param name="Port">TCP port (10809 when the URI names none; 0 for a Unix domain socket).</param>
 /// <param name="Export">Export name (empty: the server's default export).</param>
-/// <param name="Tls">True for <c>nbds://</c>: NBD_OPT_STARTTLS before anything else.</param>
+/// <param name="Tls">True for <c>nbds://</c> and <c>nbds+unix://</c>: NBD_OPT_STARTTLS before anything else.</param>
 public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
 {
+    /// <summary>The Unix domain socket of an <c>nbd+unix://</c> URI (<c>socket</c>; a leading NUL names one in the abstract namespace), else null.</summary>
+    public string? Socket { get; init; }
+
+    /// <summary>
+    /// <c>tls-hostname</c>: the name the server's certificate must carry, in place of the URI's
+    /// host (for a Unix domain socket, which has none, <c>localhost</c> without it). Null when
+    /// the URI has none.
+    /// </summary>
+    public string? TlsHostname { get; init; }
+
+    /// <summary><c>tls-verify-peer</c>: false turns verification of the server's certificate off (insecure); null when the URI does not say (verification on).</summary>
+    public bool? TlsVerifyPeer { get; init; }
+
+    /// <summary>
+    /// <c>tls-certificates</c> (libnbd's): a directory holding the trust anchors as
+    /// <c>ca-cert.pem</c> and, optionally, the client's certificate as <c>client-cert.pem</c> with its
+    /// key as <c>client-key.pem</c> (libnbd's, nbdkit's and qemu's layout). Null when the URI has none.
+    /// </summary>
+    public string? TlsCertificates { get; init; }
+
+    /// <summary>The name the server's certificate is checked against: <see cref="TlsHostname"/>, else the host, else (a Unix socket) <c>localhost</c>.</summary>
+    public string TlsTargetHost => TlsHostname ?? (Socket is null ? Host : "localhost");
+
     /// <summary>Parses <paramref name="text"/>.</summary>
-    /// <exception cref="FormatException">It is not an nbd:// or nbds:// URI with a host.</exception>
+    /// <exception cref="FormatException">
+    /// It is not an NBD URI this client can use: another scheme, no host (TCP) or no socket (Unix),
+    /// a query parameter it does not understand or given twice, a TLS parameter on a URI without
+    /// TLS, or TLS it does not have (<c>tls-type=anon</c> or <c>psk</c>, <c>tls-psk-file</c>).
+    /// </exception>
     public static NbdUri Parse(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
@@ -24,9 +59,33 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
             throw new FormatException($"'{ControlCharacters.Escape(text)}' holds a control character (U+{(int)text[at]:X4}), which a URI never holds as such (percent-encode it: {Uri.EscapeDataString(text[at].ToString())}).");
         }
 
-        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Scheme is not ("nbd" or "nbds") || uri.Host.Length == 0)
+        var schemeEnd = text.IndexOf("://", StringComparison.Ordinal);
+        var scheme = schemeEnd < 0 ? string.Empty : text[..schemeEnd].ToLowerInvariant();
+        var unix = scheme is "nbd+unix" or "nbds+unix";
+        var tls = scheme is "nbds" or "nbds+unix";
+        string host;
+        int port;
+        if (unix)
         {
-            throw new FormatException($"'{text}' is not an NBD URI (nbd://HOST[:PORT]/EXPORT or nbds://...).");
+            // The specification: the authority "SHOULD NOT be used for Unix domain socket
+            // connections", and what a client does with one is up to it: a host here would be
+            // ignored, so it is refused rather than leave the reader thinking it counts.
+            var start = schemeEnd + 3;
+            var end = text.IndexOfAny(['/', '?', '#'], start);
+            if ((end < 0 ? text.Length : end) > start)
+            {
+                throw new FormatException($"'{text}': an {scheme}:// URI names no host (nbd+unix:///EXPORT?socket=PATH); the socket is the 'socket' query parameter.");
+            }
+
+            (host, port) = (string.Empty, 0);
+        }
+        else if (scheme is "nbd" or "nbds" && Uri.TryCreate(text, UriKind.Absolute, out var uri) && uri.Host.Length > 0)
+        {
+            (host, port) = (uri.Host.Trim('[', ']'), uri.IsDefaultPort || uri.Port < 0 ? NbdProtocol.DefaultPort : uri.Port);
+        }
+        else
+        {
+            throw new FormatException($"'{text}' is not an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, or nbds:// and nbds+unix:// for TLS).");
         }
 
         // The NBD URI specification: "the path part of the URI except for the leading `/`
@@ -34,8 +93,85 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
         // "/disk"). Uri.AbsolutePath is canonicalised (dot segments removed), so the path is
         // taken from the text as written.
         var export = Uri.UnescapeDataString(RawExport(text));
-        return new NbdUri(uri.Host.Trim('[', ']'), uri.IsDefaultPort || uri.Port < 0 ? NbdProtocol.DefaultPort : uri.Port, export, uri.Scheme == "nbds");
+        var parsed = new NbdUri(host, port, export, tls);
+        parsed = WithQuery(parsed, text, scheme);
+        if (unix && parsed.Socket is null)
+        {
+            throw new FormatException($"'{text}': an {scheme}:// URI MUST name its socket (?socket=PATH; the NBD URI specification).");
+        }
+
+        return parsed;
     }
+
+    // The query's parameters. The specification: "Any other query parameters which the client
+    // does not understand SHOULD be diagnosed by the parser"; before, every one was ignored, and
+    // `nbds://...?tls-certificates=DIR` as libnbd's tools take it verified against the system's
+    // trust store instead of DIR (the thirty-third session's TLS audit).
+    private static NbdUri WithQuery(NbdUri uri, string text, string scheme)
+    {
+        var start = text.IndexOf('?', StringComparison.Ordinal);
+        if (start < 0)
+        {
+            return uri;
+        }
+
+        var end = text.IndexOf('#', start);
+        var query = text[(start + 1)..(end < 0 ? text.Length : end)];
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var pair in query.Split('&'))
+        {
+            if (pair.Length == 0)
+            {
+                continue;
+            }
+
+            var equals = pair.IndexOf('=', StringComparison.Ordinal);
+            var key = Uri.UnescapeDataString(equals < 0 ? pair : pair[..equals]);
+            var value = equals < 0 ? null : Uri.UnescapeDataString(pair[(equals + 1)..]);
+            if (!seen.Add(key))
+            {
+                throw new FormatException($"'{text}': the query parameter '{ControlCharacters.Escape(key)}' is given twice.");
+            }
+
+            if (key.StartsWith("tls-", StringComparison.Ordinal) && !uri.Tls && key is "tls-type" or "tls-hostname" or "tls-verify-peer" or "tls-certificates" or "tls-psk-file" or "tls-username")
+            {
+                throw new FormatException($"'{text}': {key} is a TLS parameter, and only an nbds:// or nbds+unix:// URI uses TLS; it would be ignored.");
+            }
+
+            uri = key switch
+            {
+                "socket" when scheme is not ("nbd+unix" or "nbds+unix") =>
+                    throw new FormatException($"'{text}': socket names the Unix domain socket of an nbd+unix:// URI; an {scheme}:// URI connects over TCP."),
+                "socket" => uri with { Socket = NonEmpty(text, key, value) },
+                "tls-type" => NonEmpty(text, key, value) switch
+                {
+                    "x509" => uri,
+                    "anon" or "psk" => throw new FormatException($"'{text}': tls-type={value} is not available: the NBD client does X.509 TLS only (.NET's SslStream has no {(value == "psk" ? "pre-shared key" : "anonymous")} TLS)."),
+                    _ => throw new FormatException($"'{text}': tls-type '{ControlCharacters.Escape(value!)}' is not x509, anon or psk."),
+                },
+                "tls-hostname" => uri with { TlsHostname = NonEmpty(text, key, value) },
+                "tls-verify-peer" => uri with { TlsVerifyPeer = Flag(text, key, value) },
+                "tls-certificates" => uri with { TlsCertificates = NonEmpty(text, key, value) },
+                "tls-psk-file" or "tls-username" =>
+                    throw new FormatException($"'{text}': {key} is for TLS with a pre-shared key, which the NBD client does not have (.NET's SslStream has no PSK): use X.509 (tls-certificates)."),
+                _ => throw new FormatException($"'{text}': the query parameter '{ControlCharacters.Escape(key)}' is not one this client understands (socket, tls-type, tls-hostname, tls-verify-peer, tls-certificates)."),
+            };
+        }
+
+        return uri;
+    }
+
+    private static string NonEmpty(string text, string key, string? value) =>
+        string.IsNullOrEmpty(value) ? throw new FormatException($"'{text}': {key} needs a value ({key}=...).") : value;
+
+    // libnbd reads a boolean parameter as 1/0, true/false, on/off or yes/no.
+    private static bool Flag(string text, string key, string? value) =>
+        value?.ToLowerInvariant() switch
+        {
+            "1" or "true" or "on" or "yes" => true,
+            "0" or "false" or "off" or "no" => false,
+            _ => throw new FormatException($"'{text}': {key} is 0 or 1, not '{ControlCharacters.Escape(value ?? string.Empty)}'."),
+        };
 
     // The path of an nbd://authority/path?query#fragment text, without its one leading '/'.
     private static string RawExport(string text)
@@ -48,11 +184,64 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     }
 
     /// <inheritdoc />
-    /// <remarks>A control character of the export name (one written %0A, say) is written percent-encoded again, so the text stays one line.</remarks>
-    public override string ToString() => $"{(Tls ? "nbds" : "nbd")}://{(Host.Contains(':', StringComparison.Ordinal) ? $"[{Host}]" : Host)}:{Port}/{PercentEncodeControls(Export)}";
+    /// <remarks>
+    /// A control character of the export name (one written %0A, say) or of a parameter is written
+    /// percent-encoded again, so the text stays one line; the text parses back to an equal URI.
+    /// </remarks>
+    public override string ToString()
+    {
+        var text = new StringBuilder();
+        if (Socket is null)
+        {
+            text.Append(Tls ? "nbds://" : "nbd://").Append(Host.Contains(':', StringComparison.Ordinal) ? $"[{Host}]" : Host).Append(':').Append(Port);
+        }
+        else
+        {
+            text.Append(Tls ? "nbds+unix://" : "nbd+unix://");
+        }
 
-    private static string PercentEncodeControls(string text) =>
-        ControlCharacters.IndexIn(text) < 0
-            ? text
-            : string.Concat(text.Select(c => char.IsControl(c) ? Uri.EscapeDataString(c.ToString()) : c.ToString()));
+        text.Append('/').Append(Encode(Export, query: false));
+        var separator = '?';
+        void Add(string key, string? value)
+        {
+            if (value is not null)
+            {
+                text.Append(separator).Append(key).Append('=').Append(Encode(value, query: true));
+                separator = '&';
+            }
+        }
+
+        Add("socket", Socket);
+        Add("tls-hostname", TlsHostname);
+        Add("tls-verify-peer", TlsVerifyPeer is { } verify ? (verify ? "1" : "0") : null);
+        Add("tls-certificates", TlsCertificates);
+        return text.ToString();
+    }
+
+    // Percent-encodes what would change the text's meaning or break its line: control characters,
+    // '%' and '#' everywhere, '?' in the export name, and in a query value also '&' and a blank. A
+    // character outside ASCII of a query value is written as its UTF-8 bytes.
+    private static string Encode(string value, bool query)
+    {
+        var text = new StringBuilder(value.Length);
+        Span<byte> bytes = stackalloc byte[4];
+        foreach (var rune in value.EnumerateRunes())
+        {
+            var c = rune.Value;
+            var escape = Rune.IsControl(rune) || c is '%' or '#' || (query ? c is '&' or ' ' or > 0x7F : c == '?');
+            if (!escape)
+            {
+                text.Append(rune.ToString());
+                continue;
+            }
+
+            var length = rune.EncodeToUtf8(bytes);
+            foreach (var b in bytes[..length])
+            {
+                text.Append('%').Append(b.ToString("X2", System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+
+        return text.ToString();
+    }
 }

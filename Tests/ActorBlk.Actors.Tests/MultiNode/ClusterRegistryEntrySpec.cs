@@ -104,6 +104,23 @@ public sealed class ClusterRegistryEntrySpec
         Assert.True((Device("sdb") with { NbdEndpoint = "nbd://127.0.0.1:10809" }).IsWellFormed);
     }
 
+    // An owner publishes nbd[s]://host:port/ and no more. A peer's endpoint with a query would have
+    // every node that opens the device trust a local file (tls-certificates), turn verification off,
+    // or connect to a Unix socket of its own machine; one that is no NBD URI is no export.
+    [Theory]
+    [InlineData("nbds://127.0.0.1:10809/?tls-certificates=/etc")]
+    [InlineData("nbds://127.0.0.1:10809/?tls-verify-peer=0")]
+    [InlineData("nbds://127.0.0.1:10809/?tls-hostname=x")]
+    [InlineData("nbd+unix:///?socket=/run/s")]
+    [InlineData("http://127.0.0.1/")]
+    [InlineData("nbd://127.0.0.1/?x-anything=1")]
+    public void An_entry_whose_nbd_endpoint_is_not_a_plain_nbd_uri_is_left_out(string endpoint)
+    {
+        Assert.False((Device("sdb") with { NbdEndpoint = endpoint }).IsWellFormed);
+        Assert.True((Device("sdb") with { NbdEndpoint = "nbds://127.0.0.1:10809/" }).IsWellFormed);
+        Assert.True((Device("sdb") with { NbdEndpoint = string.Empty }).IsWellFormed);
+    }
+
     [Fact]
     public void Two_entries_are_the_same_when_they_list_the_same_devices_for_the_same_incarnation()
     {

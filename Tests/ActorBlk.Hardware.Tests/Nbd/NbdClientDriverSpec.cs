@@ -330,13 +330,15 @@ public sealed class NbdClientDriverSpec
     // Starts nbdkit on a free port and runs the body against it. The port is free when chosen but
     // not reserved, so another spec may take it before nbdkit binds it (one CI run waited 60 s for
     // an nbdkit that had exited): nbdkit exiting before it listens is retried on another port.
-    private static async Task WithNbdkitAsync(string[] args, Func<int, Task> body)
+    // With a socket path, nbdkit listens there (-U) instead, and the body is given port 0.
+    private static async Task WithNbdkitAsync(string[] args, Func<int, Task> body, string? socket = null)
     {
         for (var attempt = 1; ; attempt++)
         {
-            var port = FreePort();
+            var port = socket is null ? FreePort() : 0;
             var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
-            foreach (var a in new[] { "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture) }.Concat(args))
+            string[] listen = socket is null ? ["-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture)] : ["-U", socket];
+            foreach (var a in new[] { "-f", "--exit-with-parent" }.Concat(listen).Concat(args))
             {
                 psi.ArgumentList.Add(a);
             }
@@ -355,7 +357,7 @@ public sealed class NbdClientDriverSpec
             nbdkit.BeginOutputReadLine();
             try
             {
-                await Condition.EventuallyAsync(() => nbdkit.HasExited || CanConnect(port), "nbdkit listens or exits");
+                await Condition.EventuallyAsync(() => nbdkit.HasExited || (socket is null ? CanConnect(port) : CanConnectUnix(socket)), "nbdkit listens or exits");
                 if (nbdkit.HasExited)
                 {
                     Assert.True(attempt < 5, $"nbdkit exited before listening, five times; last: {errors}");
@@ -429,9 +431,152 @@ public sealed class NbdClientDriverSpec
     [InlineData("nbd://h", "h", 10809, "", false)]
     [InlineData("nbd://h//disk", "h", 10809, "/disk", false)]
     [InlineData("nbd://h/a/../b", "h", 10809, "a/../b", false)]
-    [InlineData("nbd://h:1/v%3Fx%23y?tls=1", "h", 1, "v?x#y", false)]
-    public void Uris_parse(string text, string host, int port, string export, bool tls) =>
-        Assert.Equal(new NbdUri(host, port, export, tls), NbdUri.Parse(text));
+    [InlineData("nbd://h:1/v%3Fx%23y?", "h", 1, "v?x#y", false)]
+    [InlineData("NBDS://h/e?tls-type=x509", "h", 10809, "e", true)]
+    [InlineData("nbd+unix:///e?socket=/s", "", 0, "e", false)]
+    [InlineData("nbds+unix:///?socket=/s", "", 0, "", true)]
+    public void Uris_parse(string text, string host, int port, string export, bool tls)
+    {
+        var uri = NbdUri.Parse(text);
+        Assert.Equal(new NbdUri(host, port, export, tls) { Socket = uri.Socket }, uri);
+        Assert.Equal(text.Contains("+unix", StringComparison.Ordinal) ? "/s" : null, uri.Socket);
+    }
+
+    // The NBD URI specification's query parameters (doc/uri.md): socket for nbd+unix, tls-type,
+    // tls-hostname and tls-verify-peer, and libnbd's tls-certificates; and the URI's text again.
+    [Fact]
+    public void Query_parameters_parse_and_the_text_parses_back_to_the_same_uri()
+    {
+        var uri = NbdUri.Parse("nbds://h:99/disk?tls-hostname=server.example&tls-verify-peer=0&tls-certificates=/etc/pki/a%20b&tls-type=x509");
+        Assert.Equal(("h", 99, "disk", true), (uri.Host, uri.Port, uri.Export, uri.Tls));
+        Assert.Equal(("server.example", false, "/etc/pki/a b"), (uri.TlsHostname, uri.TlsVerifyPeer, uri.TlsCertificates));
+        Assert.Equal("server.example", uri.TlsTargetHost);
+        Assert.Equal("h", NbdUri.Parse("nbds://h/").TlsTargetHost);
+        Assert.Equal("localhost", NbdUri.Parse("nbds+unix:///?socket=/run/s").TlsTargetHost);
+        Assert.True(NbdUri.Parse("nbds://h/?tls-verify-peer=yes").TlsVerifyPeer);
+        Assert.Equal('\0', NbdUri.Parse("nbd+unix:///?socket=%00abstract").Socket![0]);
+        foreach (var text in new[]
+        {
+            "nbds://h:99/disk?tls-hostname=server.example&tls-verify-peer=0&tls-certificates=/etc/pki/a%20b",
+            "nbd+unix:///e%3Fx?socket=/tmp/a%26b%23c",
+            "nbds+unix:///?socket=%00abstract&tls-verify-peer=1",
+            "nbd://[::1]:7/%25d%0A",
+        })
+        {
+            var parsed = NbdUri.Parse(text);
+            Assert.Equal(parsed, NbdUri.Parse(parsed.ToString()));
+            Assert.Equal(-1, ControlCharacters.IndexIn(parsed.ToString()));
+        }
+    }
+
+    // "Any other query parameters which the client does not understand SHOULD be diagnosed by the
+    // parser" (doc/uri.md): they were all ignored, so `?tls-certificates=DIR` on an nbds:// URI,
+    // as libnbd's tools take it, verified against the system trust store instead.
+    [Theory]
+    [InlineData("nbd://h/e?tls=1", "'tls' is not one this client understands")]
+    [InlineData("nbd://h/e?x-experimental=1", "'x-experimental' is not one this client understands")]
+    [InlineData("nbd://h/e?tls-certificates=/d", "only an nbds:// or nbds+unix:// URI uses TLS")]
+    [InlineData("nbd://h/e?tls-verify-peer=0", "only an nbds:// or nbds+unix:// URI uses TLS")]
+    [InlineData("nbds://h/e?tls-type=psk", "X.509 TLS only")]
+    [InlineData("nbds://h/e?tls-type=anon", "X.509 TLS only")]
+    [InlineData("nbds://h/e?tls-type=kerberos", "is not x509, anon or psk")]
+    [InlineData("nbds://h/e?tls-psk-file=/k", "pre-shared key")]
+    [InlineData("nbds://h/e?tls-verify-peer=maybe", "tls-verify-peer is 0 or 1")]
+    [InlineData("nbds://h/e?tls-hostname=", "tls-hostname needs a value")]
+    [InlineData("nbds://h/e?tls-hostname=a&tls-hostname=b", "'tls-hostname' is given twice")]
+    [InlineData("nbd://h/e?socket=/s", "an nbd:// URI connects over TCP")]
+    [InlineData("nbd+unix:///e", "MUST name its socket")]
+    [InlineData("nbd+unix://host/e?socket=/s", "names no host")]
+    [InlineData("nbd+tcp://h/e", "is not an NBD URI")]
+    public void Uris_the_client_cannot_use_are_refused_saying_why(string text, string why)
+    {
+        Assert.Contains(why, Assert.Throws<FormatException>(() => NbdUri.Parse(text)).Message, StringComparison.Ordinal);
+        var refused = Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "u0", Driver = "nbd", Uri = text }.Validate());
+        Assert.Equal("uri", refused.Option);
+    }
+
+    // The URI and the device's own TLS settings must not say two things.
+    [Fact]
+    public void Tls_settings_given_both_in_the_uri_and_in_the_options_are_refused()
+    {
+        Assert.Equal("tls_ca", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "u0", Driver = "nbd", Uri = "nbds://h/?tls-certificates=/d", TlsCa = "/ca.pem" }.Validate()).Option);
+        Assert.Equal("tls_verify", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "u0", Driver = "nbd", Uri = "nbds://h/?tls-verify-peer=1", TlsVerify = false }.Validate()).Option);
+        new DeviceOptions { Name = "u0", Driver = "nbd", Uri = "nbds://h/?tls-verify-peer=0" }.Validate();
+        var options = new NbdClientOptions { Uri = NbdUri.Parse("nbds://h/?tls-verify-peer=0&tls-certificates=/d") };
+        Assert.False(options.VerifiesPeer);
+        Assert.Equal("/d/ca-cert.pem", options.TrustAnchors);
+        Assert.True(new NbdClientOptions { Uri = NbdUri.Parse("nbds://h/") }.VerifiesPeer);
+        Assert.Null(new NbdClientOptions { Uri = NbdUri.Parse("nbds://h/") }.TrustAnchors);
+    }
+
+    // nbdkit -U: an nbd+unix:// URI connects over the Unix domain socket.
+    [SkippableFact]
+    public async Task Against_nbdkit_on_a_unix_socket_reads_and_writes()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        using var dir = new TempDirectory("nbd-unix");
+        var socket = dir.File("kit.sock");
+        await WithNbdkitAsync(["memory", "16M"], async _ =>
+        {
+            await using var devices = new RingDevices(2);
+            var device = devices.Create(new DeviceOptions { Name = "kitunix0", Driver = "nbd", Uri = $"nbd+unix:///?socket={socket}" }, CpuTopology.Simulated(2));
+            await ExerciseAsync(device, 16 << 20);
+            Assert.Contains($"nbd+unix:///?socket={socket}", device.Queue.Driver.Description, StringComparison.Ordinal);
+        }, socket);
+    }
+
+    // nbdkit --tls=require --tls-certificates=DIR --tls-verify-peer: the URI's tls-certificates
+    // is libnbd's directory (ca-cert.pem, client-cert.pem, client-key.pem); the client presents
+    // its certificate, which nbdkit verifies, and checks the server's name against tls-hostname.
+    [SkippableFact]
+    public async Task Against_nbdkit_with_tls_certificates_the_client_presents_its_certificate()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdkit"), "nbdkit is not installed");
+        using var certs = new TestCertificates();
+        using var server = new TempDirectory("nbd-kit-tls");
+        certs.WriteAuthorityPem(server.File("ca-cert.pem"));
+        certs.WriteServerPem(server.File("server-cert.pem"), server.File("server-key.pem"));
+        using var client = new TempDirectory("nbd-client-tls");
+        certs.WriteAuthorityPem(client.File("ca-cert.pem"));
+        certs.WriteClientPem(client.File("client-cert.pem"), client.File("client-key.pem"));
+        using var anonymous = new TempDirectory("nbd-client-anon");
+        certs.WriteAuthorityPem(anonymous.File("ca-cert.pem"));
+        using var halfway = new TempDirectory("nbd-client-half");
+        certs.WriteAuthorityPem(halfway.File("ca-cert.pem"));
+        certs.WriteClientPem(halfway.File("client-cert.pem"), client.File("unused-key.pem"));
+
+        await WithNbdkitAsync(["--tls=require", $"--tls-certificates={server.Path}", "--tls-verify-peer", "memory", "16M"], async port =>
+        {
+            var uri = $"nbds://127.0.0.1:{port}/?tls-certificates={client.Path}";
+            await using (var devices = new RingDevices(2))
+            {
+                var device = devices.Create(new DeviceOptions { Name = "kittls0", Driver = "nbd", Uri = uri }, CpuTopology.Simulated(2));
+                await ExerciseAsync(device, 16 << 20);
+            }
+
+            // The certificate names localhost and 127.0.0.1: tls-hostname replaces the host in the check.
+            new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri + "&tls-hostname=localhost") }, "kittls1").Dispose();
+            var mismatch = Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse(uri + "&tls-hostname=other.example") }, "kittls2"));
+            Assert.Contains("for the name 'other.example'", mismatch.Message, StringComparison.Ordinal);
+            Assert.Contains("ca-cert.pem' (tls-certificates)", mismatch.Message, StringComparison.Ordinal);
+
+            // No client certificate: nbdkit refuses the handshake.
+            Assert.ThrowsAny<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse($"nbds://127.0.0.1:{port}/?tls-certificates={anonymous.Path}") }, "kittls3"));
+
+            // A certificate without its key is named, before any connection.
+            var half = Assert.Throws<NbdTlsException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse($"nbds://127.0.0.1:{port}/?tls-certificates={halfway.Path}") }, "kittls4"));
+            Assert.Contains("client-cert.pem without client-key.pem", half.Message, StringComparison.Ordinal);
+        });
+
+        // nbds+unix://: TLS over the Unix socket, the certificate checked for localhost.
+        var socket = server.File("kit.sock");
+        await WithNbdkitAsync(["--tls=require", $"--tls-certificates={server.Path}", "--tls-verify-peer", "memory", "16M"], async _ =>
+        {
+            await using var devices = new RingDevices(2);
+            var device = devices.Create(new DeviceOptions { Name = "kittls5", Driver = "nbd", Uri = $"nbds+unix:///?socket={socket}&tls-certificates={client.Path}" }, CpuTopology.Simulated(2));
+            await ExerciseAsync(device, 16 << 20);
+        }, socket);
+    }
 
     [Fact]
     public void Bad_options_are_refused_with_the_key_named()
@@ -447,6 +592,20 @@ public sealed class NbdClientDriverSpec
         using var l = new TcpListener(IPAddress.Loopback, 0);
         l.Start();
         return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    private static bool CanConnectUnix(string path)
+    {
+        try
+        {
+            using var c = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            c.Connect(new UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
     }
 
     private static bool CanConnect(int port)
