@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using ActorBlk.Actors;
 using ActorBlk.Actors.Hosting;
 using ActorBlk.Actors.Nbd;
@@ -229,7 +230,7 @@ internal static class ServeCommand
                     {
                         try
                         {
-                            await up.Task.ConfigureAwait(false);
+                            await WaitUpSayingWhyNotAsync(cluster, up.Task).ConfigureAwait(false);
                         }
                         catch (OperationCanceledException)
                         {
@@ -475,6 +476,40 @@ internal static class ServeCommand
         public static readonly StartupFailedReason Instance = new();
 
         public override int ExitCode => 1;
+    }
+
+    // Akka retries a join without end, and on the joining node its lines say only that an
+    // association failed: a node with TLS off seeded at a TLS node (or the reverse) kept trying for
+    // ever, and only the seed's log said why (an outside TLS audit). After three of Akka's join
+    // retries (akka.cluster.retry-unsuccessful-join-after, 10 s by default) and then every six,
+    // the node says it has not joined and what makes a seed refuse a node.
+    private static async Task WaitUpSayingWhyNotAsync(Cluster cluster, Task up)
+    {
+        var retry = cluster.Settings.RetryUnsuccessfulJoinAfter ?? TimeSpan.FromSeconds(10);
+        var waited = TimeSpan.Zero;
+        using var done = new CancellationTokenSource();
+        try
+        {
+            for (var wait = retry * 3; ; wait = retry * 6)
+            {
+                if (await Task.WhenAny(up, Task.Delay(wait, done.Token)).ConfigureAwait(false) == up)
+                {
+                    await up.ConfigureAwait(false);
+                    return;
+                }
+
+                waited += wait;
+                Log.Warning(
+                    "This node has not joined its cluster after {Waited} s: no seed node ({Seeds}) admitted it, and it keeps trying. A seed refuses a node whose remoting differs from its own " +
+                    "(akka.remote.dot-netty.tcp.enable-ssl, its certificate and actorblk.remote.pin-certificate; a node with TLS off cannot join a TLS cluster, nor the reverse), " +
+                    "and a seed that cannot reach this node back at {Self} (akka.remote.dot-netty.tcp.public-hostname) cannot admit it; the seeds' logs say which",
+                    waited.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture), string.Join(", ", cluster.Settings.SeedNodes), cluster.SelfAddress);
+            }
+        }
+        finally
+        {
+            done.Cancel(); // the pending delay's timer
+        }
     }
 
     // The address the registry publishes for this node's exports: nbds:// when the export takes

@@ -245,6 +245,30 @@ public sealed partial class SecureServeSpec : IDisposable
         Assert.DoesNotContain("TlsHandshakeFailureReason", a.Output, StringComparison.Ordinal);
     }
 
+    // A node with TLS off seeded at a TLS node (or the reverse) kept trying to join for ever, and
+    // only the seed's log said why (an outside TLS audit): Akka's own lines on the joining node say
+    // an association failed, not what to check. serve now says it has not joined, after three
+    // of Akka's join retries (retry-unsuccessful-join-after) and then every six, naming the seeds
+    // and what makes a seed refuse a node.
+    [Fact]
+    public async Task A_node_without_tls_seeded_at_a_tls_node_says_why_it_has_not_joined()
+    {
+        var config = TlsConfig(MakeCertificate());
+        await using var seed = ActorBlkProcess.Start("serve", "--config", config, "--port", "0");
+        var seedAuthority = new Uri(AddressLine().Match(await seed.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout)).Groups["address"].Value).Authority;
+        var plain = Config("""
+            akka.cluster.retry-unsuccessful-join-after = 1s
+            actorblk.remote.admin-secret = "secure-serve-secret"
+            """);
+        await using var node = ActorBlkProcess.Start("serve", "--config", plain, "--port", "0", "--seed", seedAuthority);
+        var line = await node.WaitForLineAsync(l => l.Contains("has not joined its cluster", StringComparison.Ordinal), StartTimeout);
+        Assert.Contains($"akka.tcp://actorblk@{seedAuthority}", line, StringComparison.Ordinal);
+        Assert.Contains("enable-ssl", line, StringComparison.Ordinal);
+        Assert.Contains("after 3 s", line, StringComparison.Ordinal);
+        node.Terminate();
+        await node.WaitForExitAsync(StartTimeout);
+    }
+
     // What is left of Akka's shutdown (a peer that passes ActorBlk's handshake and fails Akka's
     // right after, or an embedding application without ActorBlk's TLS setup): `serve` said
     // "ActorBlk node stopped", exit 0, as if asked to stop. It names the failure, exit 1.
