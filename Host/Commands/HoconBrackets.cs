@@ -69,6 +69,12 @@ internal static class HoconBrackets
                 case '"':
                     i = EndOfString(text, i, ref line);
                     break;
+                case '$' when i + 2 < text.Length && text[i + 1] == '{' && text[i + 2] == '?':
+                    // HOCON's optional substitution (${?NAME}, from Akka's JVM configurations, often
+                    // for an environment variable): Akka.NET's parser reads it as a substitution of the
+                    // whole file, which the cycle check then refused as "the substitution ${} refers
+                    // to itself"; it reads no environment variables either.
+                    throw new ConfigurationException($"line {line}: '${{?' is HOCON's optional substitution, which Akka.NET's parser does not read (nor environment variables): write the value itself, or use serve's options (--port, --hostname, --seed).");
                 case '{' or '[':
                     if (open.Count == MaxDepth)
                     {

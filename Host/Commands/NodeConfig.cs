@@ -64,7 +64,11 @@ internal static class NodeConfig
         {
             // Akka's parser throws a NullReferenceException for an include it has no callback for,
             // and for some malformed input: either way the file is what is wrong.
-            throw new UsageException($"{path} is not valid HOCON: {ex.Message}");
+            // "Unresolved substitution: HOME": ${HOME} names a key, as Akka.NET reads HOCON.
+            var hint = ex is FormatException && ex.Message.StartsWith("Unresolved substitution", StringComparison.Ordinal)
+                ? " (a substitution names a key of the configuration: Akka.NET's HOCON parser reads no environment variables)"
+                : string.Empty;
+            throw new UsageException($"{path} is not valid HOCON: {ex.Message}{hint}");
         }
 
         if (hostname is not null)

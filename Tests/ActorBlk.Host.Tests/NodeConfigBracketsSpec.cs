@@ -88,6 +88,23 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.Contains(named, refused.Message, StringComparison.Ordinal);
     }
 
+    // HOCON's ${?NAME} (Akka JVM configurations use it for environment variables): Akka.NET's parser
+    // read it as a substitution of the whole file, refused as "the substitution ${} refers to
+    // itself (a cycle of substitutions)", which told the reader nothing. It is named, with its
+    // line; an unresolved ${NAME} says that names are keys, not environment variables.
+    [Fact]
+    public void An_optional_substitution_is_refused_naming_its_line_and_why()
+    {
+        var path = Write("optional.conf", "aa = 1\nbb {\n  port = ${?ACTORBLK_PORT}\n}\ncc = \"${?in a string}\"\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("line 3: '${?' is HOCON's optional substitution, which Akka.NET's parser does not read", refused.Message, StringComparison.Ordinal);
+        var home = Assert.Throws<UsageException>(() => NodeConfig.Load(Write("env.conf", "aa = ${HOME}\n"), port: 0));
+        Assert.Contains("Unresolved substitution: HOME (a substitution names a key of the configuration: Akka.NET's HOCON parser reads no environment variables)", home.Message, StringComparison.Ordinal);
+        Assert.Equal("${?in a string}", NodeConfig.Load(Write("quoted.conf", "cc = \"${?in a string}\"\n"), port: 0).GetString("cc"));
+    }
+
     [Fact]
     public void Substitutions_without_a_cycle_still_resolve()
     {
