@@ -75,6 +75,10 @@ internal static class HoconBrackets
                     // whole file, which the cycle check then refused as "the substitution ${} refers
                     // to itself"; it reads no environment variables either.
                     throw new ConfigurationException($"line {line}: '${{?' is HOCON's optional substitution, which Akka.NET's parser does not read (nor environment variables): write the value itself, or use serve's options (--port, --hostname, --seed).");
+                case '+' when i + 1 < text.Length && text[i + 1] == '=':
+                    // HOCON's append (actorblk.devices += { ... } in an override file): Akka.NET's
+                    // parser drops it without a word, so the device was never created.
+                    throw new ConfigurationException($"line {line}: '+=' is HOCON's append, which Akka.NET's parser ignores (the value would be dropped): write the whole list.");
                 case '{' or '[':
                     if (open.Count == MaxDepth)
                     {

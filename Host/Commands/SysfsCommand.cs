@@ -19,8 +19,9 @@ internal static class SysfsCommand
     {
         var node = new NodeOptions();
         var command = new Command("sysfs", """
-            Read and write a running node's attributes. The node is akka.tcp://actorblk@127.0.0.1:PORT, PORT from
-            --port, else from hocon.conf, else 4053. write (and hotplug) send the admin secret: $ACTORBLK_ADMIN_SECRET,
+            Read and write a running node's attributes. The node is --node, else akka.tcp://actorblk@HOST:PORT
+            (akka.ssl.tcp with TLS), PORT from --port, else from hocon.conf, else 4053, and HOST hocon.conf's
+            public-hostname, else its hostname, else 127.0.0.1. write (and hotplug) send the admin secret: $ACTORBLK_ADMIN_SECRET,
             else hocon.conf's actorblk.remote.admin-secret(-file); TLS settings come from hocon.conf too.
             """);
         node.AddTo(command);

@@ -105,6 +105,19 @@ public sealed class NodeConfigBracketsSpec : IDisposable
         Assert.Equal("${?in a string}", NodeConfig.Load(Write("quoted.conf", "cc = \"${?in a string}\"\n"), port: 0).GetString("cc"));
     }
 
+    // HOCON's append: Akka.NET's parser drops `+=` without a word, so `actorblk.devices += { ... }`
+    // in an override file created no device. It is refused naming its line.
+    [Fact]
+    public void An_append_is_refused_naming_its_line()
+    {
+        var path = Write("append.conf", "actorblk.devices = []\nactorblk.devices += { name = d1, driver = \"null\" }\n");
+
+        var refused = Assert.Throws<UsageException>(() => NodeConfig.Load(path, port: 0));
+
+        Assert.Contains("line 2: '+=' is HOCON's append, which Akka.NET's parser ignores", refused.Message, StringComparison.Ordinal);
+        Assert.Equal("a+=b", NodeConfig.Load(Write("quoted-append.conf", "cc = \"a+=b\"\n"), port: 0).GetString("cc"));
+    }
+
     [Fact]
     public void Substitutions_without_a_cycle_still_resolve()
     {
