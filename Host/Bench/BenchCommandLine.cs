@@ -178,13 +178,36 @@ internal sealed class BenchCommandLine
     }
 
     /// <summary>
+    /// fio's <c>getopt_long_only</c> spelling of a long option with one dash (fio 3.33 takes
+    /// <c>-rw=randread -size 1m</c>): each argument that is one dash and the name of one of
+    /// <paramref name="command"/>'s options, with or without <c>=value</c>, gets its second dash.
+    /// Anything else stays as it is (<c>-h</c>, a value, the arguments after <c>--</c>). fio's
+    /// other getopt rule, an unambiguous prefix of an option's name (<c>--minim</c>), is not
+    /// taken: fio decides it among its several hundred options, the bench knows only its own.
+    /// </summary>
+    public static IEnumerable<string> LongOnly(Command command, IEnumerable<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        ArgumentNullException.ThrowIfNull(args);
+        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name)).Where(n => n.StartsWith("--", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
+        var rest = false;
+        foreach (var arg in args)
+        {
+            rest |= arg == "--";
+            var name = arg.Split('=', 2)[0];
+            yield return !rest && arg.Length > 2 && arg[0] == '-' && arg[1] != '-' && names.Contains("-" + name) ? "-" + arg : arg;
+        }
+    }
+
+    /// <summary>
     /// Parses <c>bench</c>'s arguments (without the command name) alone, for specs and tools: the
     /// options, or a <see cref="UsageException"/> with the first parse error.
     /// </summary>
     public static BenchOptions Parse(params string[] args)
     {
         var cli = new BenchCommandLine();
-        var parse = cli.Create(_ => Task.FromResult(0)).Parse(args);
+        var command = cli.Create(_ => Task.FromResult(0));
+        var parse = command.Parse([.. LongOnly(command, args)]);
         if (parse.Errors.Count > 0)
         {
             throw new UsageException(parse.Errors[0].Message);
