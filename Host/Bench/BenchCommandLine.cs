@@ -31,14 +31,24 @@ internal sealed class BenchCommandLine
         "I/O pattern", "--readwrite");
 
     private readonly Option<int> RwMixRead = CliOptions.Int("--rwmixread", 50, 0, 100, "share of reads in mixed patterns, in percent");
-    private readonly Option<Word<long>> Bs = CliOptions.Size("--bs", "4k", "block size per I/O");
+    private readonly Option<Word<long>> Bs = CliOptions.Size("--bs", "4k",
+        "block size per I/O; fio's READ,WRITE[,TRIM] form (4k,8k; ,8k sets writes alone) gives each direction its own, and a mixed --rw needs the two equal",
+        (option, text) => Sizes.ParseSplit(option, text).Read?.Bytes ?? 0, "SIZE[,SIZE[,SIZE]]");
+
+    // fio's kb_base (options.c, 1024 or 1000): the base of k, m, g ... in the sizes given after it
+    // on the command line (fio reads them in order), and of the normal report's units (1000:
+    // decimal first, kB/s).
+    private readonly Option<Word<int>> KbBase = CliOptions.Choice("--kb_base", "1024", [("1024", 1024), ("1000", 1000)],
+        "unit base of the sizes after it (1024: k, m, g ... are powers of 1024 and KiB, MiB ... of 1000, fio's compatibility mode; 1000: the other way round) and of the normal report's units (1000: decimal first)");
 
     // The longest I/O a device takes (BlockDevice.MaxIoBytes, 2 GiB less 4 KiB). It was the largest
     // multiple of 512 an int holds, 2147483136: a --bs between the two passed the parse, and the run
     // allocated its buffers and then failed at the first I/O ("the length must be between 1 and
     // 2147479552 bytes", exit 1), where a workload the device cannot take is a usage error.
     private const long MaxBlockSize = BlockDevice.MaxIoBytes;
-    private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g", "device region each job covers; ends the run when no runtime is set");
+    private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g",
+        "device region each job covers; ends the run when no runtime is set; N% is that share of an existing file's or device's size",
+        (option, text) => Sizes.ParsePercent(option, text) is { } percent ? -percent : Sizes.Parse(option, text), "SIZE|N%");
     private readonly Option<int> IoDepth = CliOptions.Int("--iodepth", 1, 1, 65536, "I/Os each job keeps in flight");
     private readonly Option<int?> IoDepthBatchSubmit = CliOptions.OptionalInt("--iodepth_batch_submit", 0, 65536, "io_uring: submit as soon as N I/Os are prepared (1: each alone, fio's default); 0 = once per dispatch round [default: adaptive, half of the I/Os in flight, 1 to 16]", "N", "--iodepth_batch");
     private readonly Option<Word<bool>> FixedBufs = CliOptions.Bool("--fixedbufs", false, "io_uring: I/O buffers from registered memory");
@@ -71,6 +81,17 @@ internal sealed class BenchCommandLine
     {
         Description = "the terse line alone, as --output-format=terse (fio's --minimal); the later of --minimal and --output-format wins, as in fio",
         Arity = ArgumentArity.Zero,
+    };
+
+    // fio's --append-terse (init.c, an optional argument it ignores): output_format |=
+    // FIO_OUTPUT_TERSE, so the terse line comes with the formats set before it (printed first, as
+    // fio prints its terse buffer before the normal one); a later --output-format or --minimal
+    // replaces the formats, as in fio.
+    private readonly Option<string?> AppendTerse = new("--append-terse")
+    {
+        Description = "the terse line as well as the formats given before it (fio's --append-terse; as --output-format=normal,terse by default)",
+        Arity = ArgumentArity.ZeroOrOne,
+        HelpName = "IGNORED",
     };
 
     // fio's --terse-version (init.c: 2 to 5, else "fio: bad terse version format").
@@ -135,8 +156,8 @@ internal sealed class BenchCommandLine
     /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
     private IEnumerable<Option> All =>
     [
-        Name, Rw, RwMixRead, Bs, SizeOption, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
-        Output, Minimal, TerseVersion, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
+        Name, Rw, RwMixRead, Bs, SizeOption, KbBase, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
+        Output, Minimal, AppendTerse, TerseVersion, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
         FaultErrorRate, FaultTimeoutRate, FaultResourceRate, FaultLatencyRate, FaultLatency, FaultCrashAfter, FaultSeed,
@@ -157,13 +178,36 @@ internal sealed class BenchCommandLine
     }
 
     /// <summary>
+    /// fio's <c>getopt_long_only</c> spelling of a long option with one dash (fio 3.33 takes
+    /// <c>-rw=randread -size 1m</c>): each argument that is one dash and the name of one of
+    /// <paramref name="command"/>'s options, with or without <c>=value</c>, gets its second dash.
+    /// Anything else stays as it is (<c>-h</c>, a value, the arguments after <c>--</c>). fio's
+    /// other getopt rule, an unambiguous prefix of an option's name (<c>--minim</c>), is not
+    /// taken: fio decides it among its several hundred options, the bench knows only its own.
+    /// </summary>
+    public static IEnumerable<string> LongOnly(Command command, IEnumerable<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        ArgumentNullException.ThrowIfNull(args);
+        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name)).Where(n => n.StartsWith("--", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
+        var rest = false;
+        foreach (var arg in args)
+        {
+            rest |= arg == "--";
+            var name = arg.Split('=', 2)[0];
+            yield return !rest && arg.Length > 2 && arg[0] == '-' && arg[1] != '-' && names.Contains("-" + name) ? "-" + arg : arg;
+        }
+    }
+
+    /// <summary>
     /// Parses <c>bench</c>'s arguments (without the command name) alone, for specs and tools: the
     /// options, or a <see cref="UsageException"/> with the first parse error.
     /// </summary>
     public static BenchOptions Parse(params string[] args)
     {
         var cli = new BenchCommandLine();
-        var parse = cli.Create(_ => Task.FromResult(0)).Parse(args);
+        var command = cli.Create(_ => Task.FromResult(0));
+        var parse = command.Parse([.. LongOnly(command, args)]);
         if (parse.Errors.Count > 0)
         {
             throw new UsageException(parse.Errors[0].Message);
@@ -178,25 +222,42 @@ internal sealed class BenchCommandLine
         ArgumentNullException.ThrowIfNull(parse);
         var hotplugMs = parse.GetValue(HotplugInterval);
 
+        // fio reads its command line in order: --kb_base applies to the sizes after it, and each
+        // --bs fills the directions it names (a later one's empty values keep an earlier one's).
+        var sizes = ReadSizes(parse);
+        var pattern = parse.ValueOf(Rw);
+        var reads = pattern is IoPattern.Read or IoPattern.RandRead || (pattern is IoPattern.ReadWrite or IoPattern.RandReadWrite && parse.GetValue(RwMixRead) > 0);
+        var writes = pattern is IoPattern.Write or IoPattern.RandWrite || (pattern is IoPattern.ReadWrite or IoPattern.RandReadWrite && parse.GetValue(RwMixRead) < 100);
+        if (reads && writes && sizes.Read.Bytes != sizes.Write.Bytes)
+        {
+            throw new UsageException($"option --bs: reads of {sizes.Read.Bytes} bytes and writes of {sizes.Write.Bytes}: the bench issues one block size for both directions of --rw={parse.GetValue(Rw).Text}, so fio's split form (READ,WRITE) needs them equal here.");
+        }
+
+        var (bs, bsText, bsBase) = reads ? sizes.Read : sizes.Write;
+
         // A block size past an int was cut to int.MaxValue and refused as "2147483647 is not a
         // multiple of 512", a number the user never gave (an outside bad-input audit).
-        var bs = parse.ValueOf(Bs);
         if (bs > MaxBlockSize)
         {
             throw new UsageException($"option --bs: {bs} is more than the largest block size, {MaxBlockSize} bytes.");
         }
 
-        DecimalUnit("--bs", parse.GetValue(Bs));
-        DecimalUnit("--size", parse.GetValue(SizeOption));
+        DecimalUnit("--bs", bsText, bs, bsBase);
+        if (sizes.SizePercent is null)
+        {
+            DecimalUnit("--size", sizes.SizeText, sizes.Size, sizes.SizeBase);
+        }
 
         var options = new BenchOptions
         {
             Name = parse.GetValue(Name) ?? "actorblk",
-            Pattern = parse.ValueOf(Rw),
+            Pattern = pattern,
             RwMixRead = parse.GetValue(RwMixRead),
             BlockSize = (int)bs,
-            Size = parse.ValueOf(SizeOption),
-            SizeGiven = parse.GetResult(SizeOption) is { Implicit: false },
+            Size = sizes.SizePercent is null ? sizes.Size : 1L << 30, // with a percentage, set once the device's size is known
+            SizeGiven = parse.GetResult(SizeOption) is { Implicit: false } && sizes.SizePercent is null,
+            SizePercent = sizes.SizePercent,
+            KbBase = parse.ValueOf(KbBase),
             IoDepth = parse.GetValue(IoDepth),
             SubmitBatch = parse.GetValue(IoDepthBatchSubmit),
             FixedBuffers = parse.ValueOf(FixedBufs),
@@ -210,7 +271,7 @@ internal sealed class BenchCommandLine
             RandRepeat = parse.ValueOf(RandRepeat),
             LatPercentiles = parse.ValueOf(LatPercentiles),
             ClockSource = parse.GetResult(ClockSource) is { Implicit: false } ? parse.ValueOf(ClockSource) : null,
-            Output = LastPosition(parse, Minimal) > LastPosition(parse, Output) ? OutputFormat.Terse : parse.ValueOf(Output),
+            Output = OutputOf(parse),
             TerseVersion = parse.GetValue(TerseVersion),
             Eta = parse.ValueOf(Eta) switch { EtaMode.Always => true, EtaMode.Never => false, _ => null },
             StatusInterval = parse.GetValue(StatusInterval) is { } every && every > TimeSpan.Zero ? every : null, // 0: off, as in fio
@@ -255,13 +316,68 @@ internal sealed class BenchCommandLine
         return options;
     }
 
-    // fio's KiB, MiB ... are powers of 1000 under its default kb_base=1024, so --bs=4KiB is 4000
-    // bytes, which the 512-byte check would refuse with a number the user never wrote.
-    private static void DecimalUnit(string option, Word<long> size)
+    // The report's formats: the later of --output-format and --minimal (each replaces the formats
+    // so far, as in fio), with the terse line added when an --append-terse follows them.
+    private OutputFormat OutputOf(ParseResult parse)
     {
-        if (size.Value % 512 != 0 && size.Text.Trim().EndsWith("ib", StringComparison.OrdinalIgnoreCase))
+        var (minimal, output) = (LastPosition(parse, Minimal), LastPosition(parse, Output));
+        var formats = minimal > output ? OutputFormat.Terse : parse.ValueOf(Output);
+        return LastPosition(parse, AppendTerse) > Math.Max(minimal, output) ? formats | OutputFormat.Terse : formats;
+    }
+
+    // A size as given (its text), what it is in bytes, and the kb_base it was read under.
+    private readonly record struct Given(long Bytes, string Text, int KbBase);
+
+    // The sizes as fio reads them: the command line's options in order, each size under the
+    // --kb_base that stands before it (fio's fio_cmd_option_parse, one option at a time; a job
+    // file's options are sorted, kb_base first, but the command line's are not).
+    private (Given Read, Given Write, long Size, string SizeText, int SizeBase, int? SizePercent) ReadSizes(ParseResult parse)
+    {
+        var kbBase = 1024;
+        Given read = new(4096, "4k", 1024), write = read;
+        var size = parse.GetValue(SizeOption);
+        var (sizeText, sizeBase) = (size.Text, 1024);
+        var tokens = parse.Tokens;
+        for (var i = 0; i + 1 < tokens.Count; i++)
         {
-            throw new UsageException($"option {option}: '{size.Text}' is {size.Value} bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024.");
+            if (tokens[i].Type != TokenType.Option || tokens[i + 1].Type != TokenType.Argument)
+            {
+                continue;
+            }
+
+            var value = tokens[i + 1].Value;
+            if (Is(tokens[i], KbBase))
+            {
+                kbBase = value == "1000" ? 1000 : 1024;
+            }
+            else if (Is(tokens[i], Bs))
+            {
+                var (r, w, _) = Sizes.ParseSplit("bs", value, kbBase);
+                read = r is { } rb ? new(rb.Bytes, rb.Text, kbBase) : read;
+                write = w is { } wb ? new(wb.Bytes, wb.Text, kbBase) : write;
+            }
+            else if (Is(tokens[i], SizeOption))
+            {
+                (sizeText, sizeBase) = (value, kbBase);
+            }
+        }
+
+        var percent = Sizes.ParsePercent("size", sizeText);
+        return (read, write, percent is null ? Sizes.Parse("size", sizeText, sizeBase) : 0, sizeText, sizeBase, percent);
+
+        static bool Is(Token token, Option option) => token.Value == option.Name || option.Aliases.Contains(token.Value);
+    }
+
+    // fio's KiB, MiB ... are powers of 1000 under its default kb_base=1024 (k, m ... under
+    // kb_base=1000), so --bs=4KiB is 4000 bytes, which the 512-byte check would refuse with a
+    // number the user never wrote.
+    private static void DecimalUnit(string option, string text, long bytes, int kbBase)
+    {
+        if (bytes % 512 != 0 && Sizes.HasDecimalUnit(text, kbBase))
+        {
+            throw new UsageException(kbBase == 1024
+                ? $"option {option}: '{text}' is {bytes} bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024."
+                : $"option {option}: '{text}' is {bytes} bytes, not a multiple of 512: with kb_base=1000 k, m, g, t and p (kB, Ki ...) are powers of 1000, and KiB, MiB, GiB, TiB and PiB powers of 1024.");
         }
     }
 

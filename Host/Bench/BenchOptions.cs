@@ -73,6 +73,21 @@ internal sealed record BenchOptions
     /// </summary>
     public bool SizeGiven { get; init; }
 
+    /// <summary>
+    /// <c>--size=N%</c> (fio's <c>size_percent</c>, 0 to 100): the region is that share of the
+    /// existing file's or device's size, rounded down to the block size (0% and 100%: the whole
+    /// of it, as fio), set once the device is open (<see cref="Size"/> until then holds the
+    /// default). Null: none.
+    /// </summary>
+    public int? SizePercent { get; init; }
+
+    /// <summary>
+    /// fio's <c>kb_base</c> (<c>--kb_base</c>, 1024 or 1000) as it stands at the end of the command
+    /// line: the base of the normal report's units (fio's <c>i2p</c>: 1024 prints binary units
+    /// first, 1000 decimal ones first and the bandwidth samples as <c>kB/s</c>).
+    /// </summary>
+    public int KbBase { get; init; } = 1024;
+
     public int IoDepth { get; init; } = 1;
 
     public int NumJobs { get; init; } = 1;
@@ -309,6 +324,12 @@ internal sealed record BenchOptions
         if (BlockSize < 512 || BlockSize % 512 != 0)
         {
             throw new UsageException($"option --bs: {BlockSize} is not a multiple of 512.");
+        }
+
+        if (SizePercent is not null && Join is null && Device == "null")
+        {
+            // fio on its null engine: "you need to specify size=" (filesetup.c), a share of nothing.
+            throw new UsageException($"option --size: {SizePercent}% is a share of an existing file's or device's size, and the null device has none until --size gives it one.");
         }
 
         if (Size < BlockSize || Size % 512 != 0)

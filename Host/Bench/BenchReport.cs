@@ -195,6 +195,9 @@ internal static class BenchReport
     {
         var engine = EngineSummary(r.Engines);
         var firstError = -r.FirstError.ToErrno();
+        // fio's i2p (stat.c): with kb_base=1024 binary units first, with 1000 decimal ones.
+        var kbBase = r.Options.KbBase;
+        var i2p = kbBase == 1024;
         var sb = new StringBuilder();
         sb.Append(Inv, $"{r.Options.Name}: (groupid=0, jobs={r.Options.NumJobs}): err={firstError,2}: rw={r.Options.PatternName}, bs={Sizes.Format(r.Options.BlockSize)}, iodepth={r.Options.IoDepth}, dispatch={r.Dispatch}, engine={engine}\n");
         if (r.Cluster is { } c)
@@ -215,7 +218,7 @@ internal static class BenchReport
             var bw = BandwidthBytes(stats, runtime);
             // fio (3.9 on) ends the write line with its zone resets (stat.c show_ddir_status,
             // zbd_write_status), for any device: the bench resets no zone.
-            sb.Append(Inv, $"  {name}: IOPS={Count(WholeIopsOf(stats, runtime))}, BW={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)})({Bytes(stats.Bytes, pow2: true)}/{runtime}msec){(name == "write" ? "; 0 zone resets" : string.Empty)}\n");
+            sb.Append(Inv, $"  {name}: IOPS={Count(WholeIopsOf(stats, runtime))}, BW={Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)})({Bytes(stats.Bytes, pow2: i2p)}/{runtime}msec){(name == "write" ? "; 0 zone resets" : string.Empty)}\n");
             // fio's show_ddir_status: clat and lat lines (no slat line without slat samples, as
             // fio's calc_lat finds none), then the percentiles of clat, fio's default (the JSON's
             // clat_ns). Without a separate submission latency both lines hold the same figures.
@@ -233,11 +236,13 @@ internal static class BenchReport
             {
                 var rate = SampleStats.Of([.. samples.Select(x => x.KiBPerSecond)]);
                 var iops = SampleStats.Of([.. samples.Select(x => x.Iops)]);
-                // fio's show_ddir_status: KiB/s, and MiB/s only once the mean passes 1024 * 1024 KiB/s.
-                var mib = rate.Mean > 1024.0 * 1024.0;
-                var scale = mib ? 1024.0 : 1.0;
+                // fio's show_ddir_status: the samples (KiB/s whatever the base) under "KiB/s", or
+                // "kB/s" with kb_base=1000, and once the mean passes kb_base^2 divided by kb_base
+                // under "MiB/s" (fio's label for either base).
+                var mib = rate.Mean > (double)kbBase * kbBase;
+                var scale = mib ? kbBase : 1.0;
                 var share = PercentOfAggregate(rate.Mean, stats.Bytes, r.Measured);
-                sb.Append(Inv, $"   bw ({(mib ? "MiB" : "KiB"),5}/s): min={(ulong)(rate.Min / scale),5}, max={(ulong)(rate.Max / scale),5}, per={share:0.00}%, avg={rate.Mean / scale,5:0.00}, stdev={rate.StdDev / scale,5:0.00}, samples={rate.Count}\n");
+                sb.Append(Inv, $"   bw ({(mib ? "MiB" : i2p ? "KiB" : "kB"),5}/s): min={(ulong)(rate.Min / scale),5}, max={(ulong)(rate.Max / scale),5}, per={share:0.00}%, avg={rate.Mean / scale,5:0.00}, stdev={rate.StdDev / scale,5:0.00}, samples={rate.Count}\n");
                 sb.Append(Inv, $"   iops        : min={(ulong)iops.Min,5}, max={(ulong)iops.Max,5}, avg={iops.Mean,5:0.00}, stdev={iops.StdDev,5:0.00}, samples={iops.Count}\n");
             }
         }
@@ -301,7 +306,7 @@ internal static class BenchReport
                 // fio's rs->agg: the bytes times 1000 over the runtime in whole ms.
                 var runtime = RuntimeMs(stats, r.Measured);
                 var bw = BandwidthBytes(stats, runtime);
-                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: true)} ({Rate(bw, pow2: false)}), io={Bytes(stats.Bytes, pow2: true)} ({Bytes(stats.Bytes, pow2: false)}), run={runtime}msec\n");
+                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}), io={Bytes(stats.Bytes, pow2: i2p)} ({Bytes(stats.Bytes, pow2: !i2p)}), run={runtime}msec\n");
             }
         }
 

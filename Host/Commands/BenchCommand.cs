@@ -31,6 +31,13 @@ internal static class BenchCommand
         }
 
         CheckOutputPaths(options);
+        if (options.SizePercent is { } percent && configured is null && options.Join is null && options.FilePath is { } file && !Path.Exists(file))
+        {
+            // fio: "you need to specify size=" for a file that does not exist; the device would
+            // create it at the default size, of which the share means nothing.
+            throw new UsageException($"option --size: {percent}% is a share of an existing file's size, and {file} does not exist.");
+        }
+
         await LayOutFileAsync(options, configured).ConfigureAwait(false);
 
         // SIGINT and SIGTERM stop the run, as fio's "terminating on signal": the jobs wind down,
@@ -139,14 +146,25 @@ internal static class BenchCommand
 
             var device = devices[0];
             var capacity = device.Capacity;
-            if (!options.SizeGiven)
+            if (options.SizePercent is { } sizePercent and not (0 or 100))
+            {
+                // fio's size=N% (filesetup.c): that share of the file's size, rounded down to the
+                // block size (td_min_bs); 0% and 100% are the whole file, unrounded.
+                var region = (long)((UInt128)(ulong)capacity * (uint)sizePercent / 100);
+                options = options with { Size = region - (region % options.BlockSize) };
+            }
+            else if (!options.SizeGiven)
             {
                 // fio's default: the whole device.
                 options = options with { Size = capacity };
             }
 
             string? unusable = null;
-            if (options.Size > capacity)
+            if (options.SizePercent is { } share && options.Size < options.BlockSize)
+            {
+                unusable = $"option --size: {share}% of the device's {capacity} bytes holds no block of {options.BlockSize} bytes.";
+            }
+            else if (options.Size > capacity)
             {
                 unusable = $"option --size: {options.Size} bytes is more than the device holds ({capacity} bytes).";
             }

@@ -202,24 +202,33 @@ internal static class CliOptions
         CustomParser = r => Each(r, name, fallback, text => (text, null)),
     });
 
-    /// <summary>fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024), as <see cref="Sizes.Parse"/> reads it.</summary>
-    public static Option<Word<long>> Size(string name, string fallback, string description) => LastWins(new Option<Word<long>>(name)
+    /// <summary>
+    /// fio's size: <c>4096</c>, <c>4k</c>, <c>1m</c>, <c>2g</c> (k = 1024), as <see cref="Sizes.Parse"/>
+    /// reads it, or as <paramref name="parse"/> (given the option's name without dashes and the
+    /// text) reads it when given. The value is read under fio's default <c>kb_base</c>; a command
+    /// with <c>--kb_base</c> reads the text again (<see cref="Word{T}.Text"/>).
+    /// </summary>
+    public static Option<Word<long>> Size(string name, string fallback, string description, Func<string, string, long>? parse = null, string helpName = "SIZE")
     {
-        Description = description,
-        HelpName = "SIZE",
-        DefaultValueFactory = _ => new(fallback, Sizes.Parse(name.TrimStart('-'), fallback)),
-        CustomParser = r => Each(r, name, default(Word<long>), text =>
+        var read = parse ?? ((option, text) => Sizes.Parse(option, text));
+        return LastWins(new Option<Word<long>>(name)
         {
-            try
+            Description = description,
+            HelpName = helpName,
+            DefaultValueFactory = _ => new(fallback, read(name.TrimStart('-'), fallback)),
+            CustomParser = r => Each(r, name, default(Word<long>), text =>
             {
-                return (new(text, Sizes.Parse(name.TrimStart('-'), text)), null);
-            }
-            catch (UsageException ex)
-            {
-                return (default, ex.Message);
-            }
-        }),
-    });
+                try
+                {
+                    return (new(text, read(name.TrimStart('-'), text)), null);
+                }
+                catch (UsageException ex)
+                {
+                    return (default, ex.Message);
+                }
+            }),
+        });
+    }
 
     private static Word<bool> Flag(bool on) => new(on ? "1" : "0", on);
 

@@ -100,6 +100,12 @@ internal static class CommandLine
             return UsageError;
         }
 
+        // fio reads its options with getopt_long_only: -rw=randread is --rw=randread.
+        if (args[0] == "bench")
+        {
+            args = [args[0], .. BenchCommandLine.LongOnly(root.Subcommands.Single(c => c.Name == "bench"), args.Skip(1))];
+        }
+
         var parse = args[0] == "help" ? root.Parse([.. args.Skip(1), "--help"]) : root.Parse(args);
         if (parse.Errors.Count > 0)
         {

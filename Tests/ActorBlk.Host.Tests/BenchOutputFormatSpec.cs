@@ -111,6 +111,33 @@ public sealed class BenchOutputFormatSpec
     public void Minimal_is_fios_terse_output_and_the_later_of_it_and_output_format_wins(string args, int format) =>
         Assert.Equal((OutputFormat)format, BenchCommandLine.Parse(args.Split(' ')).Output);
 
+    // fio 3.33's --append-terse (init.c case 'f': output_format |= FIO_OUTPUT_TERSE, its optional
+    // argument ignored): the terse line as well as the formats set before it; a later
+    // --output-format or --minimal replaces them all. fio 3.33 printed the terse line before the
+    // normal report ("--append-terse" alone) and before the JSON ("--output-format=json
+    // --append-terse"), and the JSON alone for "--append-terse=foo --output-format=json". The
+    // bench refused the option.
+    [Theory]
+    [InlineData("--append-terse", (int)(OutputFormat.Normal | OutputFormat.Terse))]
+    [InlineData("--append-terse=foo", (int)(OutputFormat.Normal | OutputFormat.Terse))]
+    [InlineData("--output-format=json --append-terse", (int)(OutputFormat.Json | OutputFormat.Terse))]
+    [InlineData("--append-terse --output-format=json", (int)OutputFormat.Json)]
+    [InlineData("--append-terse --minimal", (int)OutputFormat.Terse)]
+    [InlineData("--minimal --append-terse", (int)OutputFormat.Terse)]
+    [InlineData("--append-terse --output-format=json --append-terse", (int)(OutputFormat.Json | OutputFormat.Terse))]
+    public void Append_terse_adds_fios_terse_line_to_the_formats_before_it(string args, int format) =>
+        Assert.Equal((OutputFormat)format, BenchCommandLine.Parse(args.Split(' ')).Output);
+
+    [Fact]
+    public void Append_terse_prints_the_terse_line_first_as_fio_3_33_does()
+    {
+        var result = Result(new BenchOptions { Name = "append" }, [1500]);
+        var text = BenchReport.Render(result, BenchCommandLine.Parse("--append-terse").Output);
+        var newline = text.IndexOf('\n');
+        Assert.Equal(BenchReport.Terse(result), text[..(newline + 1)]);
+        Assert.Equal(BenchReport.Human(result), text[(newline + 1)..]);
+    }
+
     [Fact]
     public void Minimal_takes_no_value_as_in_fio()
     {

@@ -52,6 +52,30 @@ public sealed class BenchRefusalSpec : IDisposable
     }
 
     [Fact]
+    public async Task Size_as_a_percentage_is_that_share_of_the_device_as_fio_does()
+    {
+        // fio's size=33% (filesetup.c): 16 MiB * 33 / 100 = 5536481, rounded down to the 4 KiB
+        // block size: 5533696 bytes, 1351 reads (fio 3.33 on a 10 MiB file: 3457024 bytes, the
+        // same rule). The bench refused the percentage as "not a size".
+        await using var bench = ActorBlkProcess.Start("bench", "--config", _config, "--device=ro0", "--rw=read", "--bs=4k", "--size=33%", "--output-format=json");
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+        var json = System.Text.Json.JsonDocument.Parse(bench.StandardOutput).RootElement;
+        Assert.Equal(1351, json.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
+        Assert.Equal("5533696", json.GetProperty("global options").GetProperty("size").GetString());
+    }
+
+    [Fact]
+    public async Task Size_as_a_percentage_of_a_file_that_does_not_exist_is_a_usage_error()
+    {
+        // fio: "you need to specify size=". The device would have created the file at 1 GiB.
+        var missing = Path.Combine(Path.GetTempPath(), $"actorblk-percent-{Guid.NewGuid():N}");
+        await using var bench = ActorBlkProcess.Start("bench", $"--device=file:{missing}", "--size=50%", "--runtime=1");
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains($"option --size: 50% is a share of an existing file's size, and {missing} does not exist.", bench.Output, StringComparison.Ordinal);
+        Assert.False(File.Exists(missing));
+    }
+
+    [Fact]
     public async Task Runtime_zero_is_no_limit_as_in_fio_so_the_run_is_size_bound()
     {
         // fio: runtime=0 is "no limit", and time_based without a runtime is dropped, so the job

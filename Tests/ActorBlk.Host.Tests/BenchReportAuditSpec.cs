@@ -91,4 +91,33 @@ public sealed class BenchReportAuditSpec
         Assert.Contains("\n  read: IOPS=13.8k, BW=54.1MiB/s (56.7MB/s)(649MiB/12000msec)\n", human, StringComparison.Ordinal);
         Assert.Contains("\n  write: IOPS=13.8k, BW=54.1MiB/s (56.7MB/s)(649MiB/12000msec); 0 zone resets\n", human, StringComparison.Ordinal);
     }
+
+    // fio 3.33 stat.c with kb_base=1000 (i2p false): show_ddir_status and show_group_stats print
+    // decimal units first and binary ones in brackets, and the bw line's samples (KiB/s whatever
+    // the base) under "kB/s", and past kb_base^2 divided by kb_base under "MiB/s" (fio's label for
+    // either base). fio 3.33's null engine with --kb_base=1000: "BW=4194MB/s (4000MiB/s)(4194kB/1msec)".
+    // The bench had no --kb_base and printed binary units first.
+    [Fact]
+    public void Kb_base_1000_prints_decimal_units_first_as_fio()
+    {
+        var reads = new OpStats { Ios = 166_094, Bytes = 166_094L * 4096 };
+        reads.Total.RecordTicks((long)(20_000 * (Stopwatch.Frequency / 1e9)));
+        BenchResult Result(int kbBase, double meanKiB) => new(new BenchOptions { KbBase = kbBase }, reads, new OpStats(), TimeSpan.FromSeconds(12), TimeSpan.FromSeconds(12),
+            Submitted: 0, Completed: 0, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
+        {
+            ReadSamples = [new RateSample(meanKiB - 10_000, 1), new RateSample(meanKiB + 10_000, 1)],
+        };
+
+        var human = BenchReport.Human(Result(1000, 51_200));
+        Assert.Contains("\n  read: IOPS=13.8k, BW=56.7MB/s (54.1MiB/s)(680MB/12000msec)\n", human, StringComparison.Ordinal);
+        Assert.Contains("\n   bw (   kB/s): min=41200, max=61200, ", human, StringComparison.Ordinal);
+        Assert.Contains("\n   READ: bw=56.7MB/s (54.1MiB/s), io=680MB (649MiB), run=12000msec\n", human, StringComparison.Ordinal);
+
+        // A mean of 1,010,000 KiB/s passes 1000^2 but not 1024^2.
+        Assert.Contains("\n   bw (  MiB/s): min= 1000, max= 1020, per=100.00%, avg=1010.00, ", BenchReport.Human(Result(1000, 1_010_000)), StringComparison.Ordinal);
+        Assert.Contains("\n   bw (  KiB/s): min=1000000, max=1020000, per=100.00%, avg=1010000.00, ", BenchReport.Human(Result(1024, 1_010_000)), StringComparison.Ordinal);
+
+        // The JSON and the terse line are in KiB whatever the base, as fio's.
+        Assert.Equal(BenchReport.Terse(Result(1024, 51_200)), BenchReport.Terse(Result(1000, 51_200)));
+    }
 }

@@ -1,4 +1,6 @@
 using System.Text.Json;
+using ActorBlk.Host.Bench;
+using ActorBlk.Host.Commands;
 using ActorBlk.Host.Tests.Support;
 using ActorBlk.Testing;
 using Xunit;
@@ -312,5 +314,29 @@ public sealed class BenchSpec
 
         Assert.Equal(2, await bench.WaitForExitAsync(Within));
         Assert.Contains(message, bench.Output);
+    }
+
+    // fio 3.33 reads its command line with getopt_long_only: "fio -name=x -ioengine=null
+    // -size=1m -rw=randread -minimal" runs and prints the terse line. The bench refused every
+    // one-dash option as "Unrecognized command or argument".
+    [Fact]
+    public void One_dash_long_options_are_fios_getopt_long_only_spellings()
+    {
+        var options = BenchCommandLine.Parse("-rw=randwrite", "-bs", "8k", "-iodepth=4", "-minimal", "-kb_base=1000", "-size=8MiB", "-readwrite=write");
+        Assert.Equal((IoPattern.Write, 8192, 4, OutputFormat.Terse, 1000, 8_388_608L),
+            (options.Pattern, options.BlockSize, options.IoDepth, options.Output, options.KbBase, options.Size));
+        Assert.Equal("-x", BenchCommandLine.Parse("--name", "-x").Name);
+    }
+
+    [Theory]
+    [InlineData("-iodepth=0", "option --iodepth: '0' is not a whole number from 1 to 65536.")]
+    [InlineData("-frobnicate=1", "Unrecognized command or argument '-frobnicate=1'")]
+    // A prefix, which fio's getopt takes when it is unambiguous among fio's own options, is not.
+    [InlineData("--minim", "'--minim' was not matched. Did you mean one of the following?")]
+    public async Task One_dash_spellings_reach_the_options_through_the_command_line(string arg, string message)
+    {
+        using var error = new StringWriter();
+        Assert.Equal(2, await CommandLine.RunAsync(["bench", arg], TextWriter.Null, error));
+        Assert.Contains(message, error.ToString(), StringComparison.Ordinal);
     }
 }
