@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Sysfs;
 using Akka.Actor;
 
@@ -28,6 +29,7 @@ public sealed partial class BlockLayer
 
     private readonly long _started = Stopwatch.GetTimestamp();
     private long _treeEnumerations;
+    private long _listedTrees;
 
     /// <summary>Time since the block layer started on this node (what its devices' statistics count from at most).</summary>
     public TimeSpan Uptime => Stopwatch.GetElapsedTime(_started);
@@ -58,12 +60,88 @@ public sealed partial class BlockLayer
             p += "/";
         }
 
+        // A directory the tree does not have ("nosuch/", "block/nullb0/nope/") or a file taken as
+        // one ("block/nullb0/size/"): nothing is under it, found from the path's own prefixes as a
+        // failed lookup finds it.
+        if (p.EndsWith('/') && NodeAt(p[..^1]) != TreeNode.Directory)
+        {
+            return [];
+        }
+
         // A prefix whose device name is complete (a slash follows it) lists that device's paths
-        // only: a client listing a missing device in a loop made the node list its whole tree per miss.
-        var paths = WholeDeviceName(p) is { } name
-            ? _devices.TryGetValue(name, out var device) ? device.Attributes.List() : []
-            : AllAttributes();
+        // only: a client listing a missing device in a loop made the node list its whole tree per
+        // miss. Any other prefix but the root's reads only the parts of the tree it can reach
+        // ("block/nullb" the trees of the devices whose names start so, "block/nope" none): it
+        // read every device's tree, then filtered.
+        var paths = p.Length == 0 ? AllAttributes()
+            : WholeDeviceName(p) is { } name ? _devices.TryGetValue(name, out var device) ? TreeOf(device) : []
+            : ReachableBy(p);
         return paths.Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
+    }
+
+    // The paths of the parts of the tree where a path starting with the prefix may be: the CPU
+    // directory, the node's own files, and the devices whose directories (block/<dev>/,
+    // kernel/debug/block/<dev>/) start with the prefix or hold it.
+    private List<string> ReachableBy(string prefix)
+    {
+        var paths = new List<string>();
+        if (CpuAttributes.Root.StartsWith(prefix, StringComparison.Ordinal) || CpuAttributes.Owns(prefix))
+        {
+            paths.AddRange(CpuAttributes.List(CurrentTopology));
+        }
+
+        if (UptimeAttribute.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            paths.Add(UptimeAttribute);
+        }
+
+        if (MachineHasCpuStat.Value && CpuStatAttribute.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            paths.Add(CpuStatAttribute);
+        }
+
+        const string Block = "block/", DebugBlock = "kernel/debug/block/";
+        if (!Block.StartsWith(prefix, StringComparison.Ordinal) && !prefix.StartsWith(Block, StringComparison.Ordinal)
+            && !DebugBlock.StartsWith(prefix, StringComparison.Ordinal) && !prefix.StartsWith(DebugBlock, StringComparison.Ordinal))
+        {
+            return paths;
+        }
+
+        foreach (var (name, device) in _devices)
+        {
+            if (MayHold(prefix, Block, name) || MayHold(prefix, DebugBlock, name))
+            {
+                paths.AddRange(TreeOf(device));
+            }
+        }
+
+        return paths;
+    }
+
+    // True when a path under directory + name + "/" may start with the prefix: the prefix is the
+    // start of that directory's path ("block/nullb" of "block/nullb0/"), or lies under it.
+    private static bool MayHold(string prefix, string directory, string name)
+    {
+        var p = prefix.AsSpan();
+        if (p.Length <= directory.Length)
+        {
+            return directory.AsSpan().StartsWith(p, StringComparison.Ordinal);
+        }
+
+        if (!p.StartsWith(directory, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        p = p[directory.Length..];
+        return p.Length <= name.Length ? name.AsSpan().StartsWith(p, StringComparison.Ordinal) : p.StartsWith(name, StringComparison.Ordinal) && p[name.Length] == '/';
+    }
+
+    // One device's paths, for a listing; counted, so a spec can see which trees a listing read.
+    private IReadOnlyList<string> TreeOf(BlockDevice device)
+    {
+        Interlocked.Increment(ref _listedTrees);
+        return device.Attributes.List();
     }
 
     // The device a normalised prefix names in full (block/<dev>/..., kernel/debug/block/<dev>/...),
@@ -94,16 +172,19 @@ public sealed partial class BlockLayer
         }
     }
 
-    // Every path of the node: for a listing only, whose cost is the tree's. Counted, so a spec can
-    // see that a lookup (a miss included) never enumerates the tree.
+    // Every path of the node: for a listing of the root only, whose cost is the tree's. Counted,
+    // so a spec can see that a lookup (a miss included) and any other listing never enumerate the tree.
     private IEnumerable<string> AllAttributes()
     {
         Interlocked.Increment(ref _treeEnumerations);
-        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()));
+        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(TreeOf));
     }
 
-    /// <summary>How many times the whole attribute tree was enumerated (a listing does it once); for specs.</summary>
+    /// <summary>How many times the whole attribute tree was enumerated (a listing of the root does it once); for specs.</summary>
     internal long TreeEnumerations => Interlocked.Read(ref _treeEnumerations);
+
+    /// <summary>How many device trees listings read (one per device a listing's prefix can reach); for specs.</summary>
+    internal long ListedDeviceTrees => Interlocked.Read(ref _listedTrees);
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
