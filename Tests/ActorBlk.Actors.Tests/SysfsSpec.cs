@@ -897,6 +897,66 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(enumerations + 1, Layer.TreeEnumerations);
     }
 
+    // The per-device API (device.Attributes, and its snapshot) took exact paths only, with the
+    // surrounding slashes dropped, where the node's tree resolves "/sys/", "//", "." and "..":
+    // "/sys/block/nullb0/size" and "block/nullb0/queue/../size" were ENOENT there, and
+    // "block/nullb0/size/" read the size (the node's tree says ENOTDIR). A device's tree now looks
+    // a path up as the node's does, within its own tree: what it answers is what the node answers,
+    // but a path that leads to, or walks through, another device's directory names nothing in it.
+    [Fact]
+    public async Task A_devices_own_tree_looks_a_path_up_as_the_nodes_does_within_its_tree()
+    {
+        var device = await Create("sd20");
+        await Create("sd21");
+        var attributes = device.Attributes;
+        const string Size = "131072\n";
+        foreach (var path in new[] { "block/sd20/size", "/sys/block/sd20/size", "sys/block/sd20/size", "block//sd20///size", "/block/sd20/size", "block/sd20/queue/../size",
+                     "block/./sd20/size", "../block/sd20/size", "/sys/../block/sd20/size", "block/sd20/mq/0/../../queue/./../size", "kernel/debug/../../block/sd20/size" })
+        {
+            Assert.True(attributes.Read(path) == Size, $"read '{path}'");
+            Assert.True(attributes.Current!.Read(path) == Size, $"snapshot read '{path}'");
+            Assert.Equal(Layer.ReadAttribute(path), attributes.Read(path));
+        }
+
+        await attributes.WriteAsync("/sys/block/sd20/mq/../queue/./nr_requests", "32");
+        Assert.Equal(32, device.Queue.NrRequests);
+        Assert.Equal("32\n", attributes.Read("sys/block//sd20/queue/nr_requests"));
+
+        (string Path, AttributeErrno Errno)[] refused =
+        [
+            ("block/sd20/queue/..", AttributeErrno.EISDIR), ("/sys/block/sd20/", AttributeErrno.EISDIR), ("block/sd20/queue/.", AttributeErrno.EISDIR), ("/sys", AttributeErrno.EISDIR),
+            ("/", AttributeErrno.EISDIR), ("block", AttributeErrno.EISDIR), ("kernel/debug/block/sd20/hctx0/", AttributeErrno.EISDIR),
+            ("block/sd20/size/", AttributeErrno.ENOTDIR), ("block/sd20/size/..", AttributeErrno.ENOTDIR), ("block/sd20/queue/nr_requests/x", AttributeErrno.ENOTDIR),
+            ("/sys/block/sd20/queue/nr_requests//", AttributeErrno.ENOTDIR), ("block/sd20/queue/../size/", AttributeErrno.ENOTDIR),
+            ("", AttributeErrno.ENOENT), ("block/sd20/nope/../size", AttributeErrno.ENOENT), ("/sys/sys/block/sd20/size", AttributeErrno.ENOENT), ("block/sd20/size ", AttributeErrno.ENOENT),
+            ("devices/system/cpu/online", AttributeErrno.ENOENT),
+        ];
+        foreach (var (path, errno) in refused)
+        {
+            var read = Assert.Throws<AttributeException>(() => attributes.Read(path));
+            Assert.True(read.Errno == errno, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Assert.ThrowsAsync<AttributeException>(async () => await attributes.WriteAsync(path, "8"));
+            Assert.True(write.Errno == errno, $"write '{path}': {write.Errno} {write.Reason}");
+            if (!path.StartsWith("devices/", StringComparison.Ordinal))
+            {
+                // The node's tree says the same (its CPU directory is not the device's).
+                Assert.Equal(errno, Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path)).Errno);
+            }
+        }
+
+        // The path in a refusal is the one the walk reached, as the node's tree gives it.
+        Assert.Equal("block/sd20/queue", Assert.Throws<AttributeException>(() => attributes.Read("/sys/block/sd20/mq/../queue/")).Path);
+
+        // Another device's paths name nothing in this one's tree, where the node finds them.
+        foreach (var path in new[] { "block/sd21/size", "block/sd20/../sd21/size", "block/sd21/../sd20/size" })
+        {
+            Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => attributes.Read(path)).Errno);
+            Assert.Equal(Size, Layer.ReadAttribute(path));
+        }
+
+        Assert.Equal(32, device.Queue.NrRequests);
+    }
+
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>
         !device.Queue.HardwareContexts.Any(h => h.Contexts.Any(c => c.Cpu == cpu));
 }
