@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Sysfs;
 using Akka.Actor;
 
@@ -28,6 +29,8 @@ public sealed partial class BlockLayer
 
     private readonly long _started = Stopwatch.GetTimestamp();
     private long _treeEnumerations;
+    private long _listedTrees;
+    private Func<string, AttributeNode>? _nodeAt;
 
     /// <summary>Time since the block layer started on this node (what its devices' statistics count from at most).</summary>
     public TimeSpan Uptime => Stopwatch.GetElapsedTime(_started);
@@ -52,18 +55,94 @@ public sealed partial class BlockLayer
         // A prefix that ends a directory's name ("block/nullb0/", "block/nullb0/queue/..") lists
         // what is under that directory only: the slash trimmed, "block/nullb0/" also listed
         // block/nullb01's paths.
-        if (p.Length > 0 && Collapse(prefix) is var collapsed && (prefix.EndsWith('/') || collapsed.EndsWith("/.", StringComparison.Ordinal)
+        if (p.Length > 0 && AttributePath.Collapse(prefix) is var collapsed && (prefix.EndsWith('/') || collapsed.EndsWith("/.", StringComparison.Ordinal)
             || collapsed.EndsWith("/..", StringComparison.Ordinal) || collapsed is "." or ".."))
         {
             p += "/";
         }
 
+        // A directory the tree does not have ("nosuch/", "block/nullb0/nope/") or a file taken as
+        // one ("block/nullb0/size/"): nothing is under it, found from the path's own prefixes as a
+        // failed lookup finds it.
+        if (p.EndsWith('/') && NodeAt(p[..^1]) != AttributeNode.Directory)
+        {
+            return [];
+        }
+
         // A prefix whose device name is complete (a slash follows it) lists that device's paths
-        // only: a client listing a missing device in a loop made the node list its whole tree per miss.
-        var paths = WholeDeviceName(p) is { } name
-            ? _devices.TryGetValue(name, out var device) ? device.Attributes.List() : []
-            : AllAttributes();
+        // only: a client listing a missing device in a loop made the node list its whole tree per
+        // miss. Any other prefix but the root's reads only the parts of the tree it can reach
+        // ("block/nullb" the trees of the devices whose names start so, "block/nope" none): it
+        // read every device's tree, then filtered.
+        var paths = p.Length == 0 ? AllAttributes()
+            : WholeDeviceName(p) is { } name ? _devices.TryGetValue(name, out var device) ? TreeOf(device) : []
+            : ReachableBy(p);
         return paths.Where(path => path.StartsWith(p, StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
+    }
+
+    // The paths of the parts of the tree where a path starting with the prefix may be: the CPU
+    // directory, the node's own files, and the devices whose directories (block/<dev>/,
+    // kernel/debug/block/<dev>/) start with the prefix or hold it.
+    private List<string> ReachableBy(string prefix)
+    {
+        var paths = new List<string>();
+        if (CpuAttributes.Root.StartsWith(prefix, StringComparison.Ordinal) || CpuAttributes.Owns(prefix))
+        {
+            paths.AddRange(CpuAttributes.List(CurrentTopology));
+        }
+
+        if (UptimeAttribute.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            paths.Add(UptimeAttribute);
+        }
+
+        if (MachineHasCpuStat.Value && CpuStatAttribute.StartsWith(prefix, StringComparison.Ordinal))
+        {
+            paths.Add(CpuStatAttribute);
+        }
+
+        const string Block = "block/", DebugBlock = "kernel/debug/block/";
+        if (!Block.StartsWith(prefix, StringComparison.Ordinal) && !prefix.StartsWith(Block, StringComparison.Ordinal)
+            && !DebugBlock.StartsWith(prefix, StringComparison.Ordinal) && !prefix.StartsWith(DebugBlock, StringComparison.Ordinal))
+        {
+            return paths;
+        }
+
+        foreach (var (name, device) in _devices)
+        {
+            if (MayHold(prefix, Block, name) || MayHold(prefix, DebugBlock, name))
+            {
+                paths.AddRange(TreeOf(device));
+            }
+        }
+
+        return paths;
+    }
+
+    // True when a path under directory + name + "/" may start with the prefix: the prefix is the
+    // start of that directory's path ("block/nullb" of "block/nullb0/"), or lies under it.
+    private static bool MayHold(string prefix, string directory, string name)
+    {
+        var p = prefix.AsSpan();
+        if (p.Length <= directory.Length)
+        {
+            return directory.AsSpan().StartsWith(p, StringComparison.Ordinal);
+        }
+
+        if (!p.StartsWith(directory, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        p = p[directory.Length..];
+        return p.Length <= name.Length ? name.AsSpan().StartsWith(p, StringComparison.Ordinal) : p.StartsWith(name, StringComparison.Ordinal) && p[name.Length] == '/';
+    }
+
+    // One device's paths, for a listing; counted, so a spec can see which trees a listing read.
+    private IReadOnlyList<string> TreeOf(BlockDevice device)
+    {
+        Interlocked.Increment(ref _listedTrees);
+        return device.Attributes.List();
     }
 
     // The device a normalised prefix names in full (block/<dev>/..., kernel/debug/block/<dev>/...),
@@ -94,16 +173,19 @@ public sealed partial class BlockLayer
         }
     }
 
-    // Every path of the node: for a listing only, whose cost is the tree's. Counted, so a spec can
-    // see that a lookup (a miss included) never enumerates the tree.
+    // Every path of the node: for a listing of the root only, whose cost is the tree's. Counted,
+    // so a spec can see that a lookup (a miss included) and any other listing never enumerate the tree.
     private IEnumerable<string> AllAttributes()
     {
         Interlocked.Increment(ref _treeEnumerations);
-        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(d => d.Attributes.List()));
+        return CpuAttributes.List(CurrentTopology).Append(UptimeAttribute).Concat(MachineHasCpuStat.Value ? [CpuStatAttribute] : []).Concat(_devices.Values.SelectMany(TreeOf));
     }
 
-    /// <summary>How many times the whole attribute tree was enumerated (a listing does it once); for specs.</summary>
+    /// <summary>How many times the whole attribute tree was enumerated (a listing of the root does it once); for specs.</summary>
     internal long TreeEnumerations => Interlocked.Read(ref _treeEnumerations);
+
+    /// <summary>How many device trees listings read (one per device a listing's prefix can reach); for specs.</summary>
+    internal long ListedDeviceTrees => Interlocked.Read(ref _listedTrees);
 
     /// <summary>
     /// Reads an attribute: <c>block/&lt;dev&gt;/queue/nr_requests</c>, <c>block/&lt;dev&gt;/mq/0/cpu_list</c>,
@@ -255,49 +337,42 @@ public sealed partial class BlockLayer
         _ => null,
     };
 
-    private enum TreeNode
-    {
-        None,
-        File,
-        Directory,
-    }
-
     // What the tree holds at a normalised path, found from the path alone: the root, the node's
     // own files, the CPU part, or the snapshot of the one device the path names (a binary search).
     // The directories above the devices' trees (block, kernel/debug/block ...) exist while some
     // device has a tree, as they did when the whole tree was searched for a path under them.
     // Never enumerates the tree: a failed lookup used to list every path of every device to choose
     // its errno, so a client retrying a missing path made the node list its whole tree per miss.
-    private TreeNode NodeAt(string p)
+    private AttributeNode NodeAt(string p)
     {
         if (p.Length == 0)
         {
-            return TreeNode.Directory;
+            return AttributeNode.Directory;
         }
 
         if (p == UptimeAttribute || (p == CpuStatAttribute && MachineHasCpuStat.Value))
         {
-            return TreeNode.File;
+            return AttributeNode.File;
         }
 
         var topology = CurrentTopology;
         if (CpuAttributes.IsFile(topology, p))
         {
-            return TreeNode.File;
+            return AttributeNode.File;
         }
 
         if (CpuAttributes.IsDirectory(topology, p))
         {
-            return TreeNode.Directory;
+            return AttributeNode.Directory;
         }
 
         if (DeviceNamed(p) is { } name)
         {
             var tree = _devices.TryGetValue(name, out var device) ? device.Attributes.Visible : null;
-            return tree is null ? TreeNode.None : tree.Contains(p) ? TreeNode.File : tree.IsDirectory(p) ? TreeNode.Directory : TreeNode.None;
+            return tree is null ? AttributeNode.None : tree.Contains(p) ? AttributeNode.File : tree.IsDirectory(p) ? AttributeNode.Directory : AttributeNode.None;
         }
 
-        return p is "block" or "kernel" or "kernel/debug" or "kernel/debug/block" && AnyDeviceTree() ? TreeNode.Directory : TreeNode.None;
+        return p is "block" or "kernel" or "kernel/debug" or "kernel/debug/block" && AnyDeviceTree() ? AttributeNode.Directory : AttributeNode.None;
     }
 
     // True when some device has a tree. Stops at the first; enumerating the dictionary itself
@@ -318,7 +393,7 @@ public sealed partial class BlockLayer
     // A directory of the tree: the root ("/", "/sys"), one above the devices' trees (block,
     // kernel/debug/block, devices/system/cpu, cpu<N>) or one inside a device's (block/<dev>/queue).
     // The empty path is no directory: it names nothing, as open("") is ENOENT.
-    private bool IsDirectory(string path, string normalized) => path.Length > 0 && NodeAt(normalized) == TreeNode.Directory;
+    private bool IsDirectory(string path, string normalized) => path.Length > 0 && NodeAt(normalized) == AttributeNode.Directory;
 
     // What open(2) says of a path that names no attribute: EISDIR for a directory of the tree,
     // ENOTDIR for a path through a file; null when it names nothing at all (ENOENT stands).
@@ -327,117 +402,12 @@ public sealed partial class BlockLayer
         : ThroughAFile(path, normalized) ? new AttributeException(normalized, AttributeErrno.ENOTDIR, "not a directory")
         : null;
 
-    // A path that goes through an attribute as if it were a directory: one ending in a slash that
-    // names a file ("block/nullb0/size/"), or one with a file before its last part
-    // ("block/nullb0/size/x"); open(2) says ENOTDIR for both. The first read the size. The walk
-    // goes down the path's prefixes while they are directories: under a prefix that names
-    // nothing, nothing is a file.
-    private bool ThroughAFile(string path, string normalized)
-    {
-        if (normalized.Length == 0)
-        {
-            return false;
-        }
+    // A path that goes through an attribute as if it were a directory ("block/nullb0/size/",
+    // "block/nullb0/size/x"): ENOTDIR to open(2). Looks at the path's own prefixes (NodeAt).
+    private bool ThroughAFile(string path, string normalized) => AttributePath.ThroughAFile(path, normalized, _nodeAt ??= NodeAt);
 
-        for (var slash = normalized.IndexOf('/', StringComparison.Ordinal); slash > 0; slash = normalized.IndexOf('/', slash + 1))
-        {
-            switch (NodeAt(normalized[..slash]))
-            {
-                case TreeNode.File:
-                    return true;
-                case TreeNode.None:
-                    return false;
-            }
-        }
-
-        return path.EndsWith('/') && NodeAt(normalized) == TreeNode.File;
-    }
-
-    // The path a walk reaches, as the tree names it (no "/sys/", no surrounding or repeated
-    // slashes), with its "." and ".." components resolved as Linux's path lookup resolves them
-    // ("block/nullb0/queue/../size" is block/nullb0/size, "block/./nullb0" is block/nullb0), but
-    // within this tree: it has no symlinks (Linux's /sys/block/<dev> is one, into
-    // /sys/devices/...), so ".." goes up the path as written, and at the root, which "/" and "/sys"
-    // both are, it stays there. As in the kernel, a "." or ".." must follow a directory: after a
-    // file ("block/nullb0/size/..") or a path through one it is ENOTDIR, after a name the tree does
-    // not have ("block/nope/../nullb0/size") ENOENT. A directory is checked (NodeAt) only when a
-    // name was added since the last check, never by enumerating the tree.
-    private string Resolve(string path)
-    {
-        var collapsed = Collapse(path);
-        if (!HasDotComponent(collapsed))
-        {
-            return Mounted(collapsed);
-        }
-
-        var names = new List<string>();
-        var checkedDirectory = true; // the root
-        foreach (var name in collapsed.Split('/'))
-        {
-            if (name is not ("." or ".."))
-            {
-                names.Add(name);
-                checkedDirectory = false;
-                continue;
-            }
-
-            if (!checkedDirectory)
-            {
-                var here = Mounted(string.Join('/', names));
-                switch (NodeAt(here))
-                {
-                    case TreeNode.File:
-                        throw new AttributeException(Mounted(collapsed), AttributeErrno.ENOTDIR, "not a directory");
-                    case TreeNode.None:
-                        throw ThroughAFile(here, here)
-                            ? new AttributeException(Mounted(collapsed), AttributeErrno.ENOTDIR, "not a directory")
-                            : new AttributeException(Mounted(collapsed), AttributeErrno.ENOENT, "no such attribute");
-                }
-
-                // Its parent is a directory too: a ".." leaves the walk on a checked directory.
-                checkedDirectory = true;
-            }
-
-            if (name == ".." && names.Count > 0)
-            {
-                names.RemoveAt(names.Count - 1);
-            }
-        }
-
-        return Mounted(string.Join('/', names));
-    }
-
-    private static bool HasDotComponent(string path)
-    {
-        foreach (var range in path.AsSpan().Split('/'))
-        {
-            if (path.AsSpan(range) is "." or "..")
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
-
-    // A leading "sys" is /sys, the tree's root ("sys/block/nullb0" is block/nullb0); only once, so
-    // "/sys/sys/block/nullb0" names nothing.
-    private static string Mounted(string path) =>
-        path.StartsWith("sys/", StringComparison.Ordinal) ? path[4..] : path == "sys" ? string.Empty : path;
-
-    // As a path walk does: surrounding slashes dropped, repeated slashes taken as one
-    // ("block//nullb0/stat" is block/nullb0/stat, as `cat /sys/block//nullb0/stat` reads it).
-    // Blanks and control characters are part of a name, as they are to open(2): no attribute has
-    // one, so "block/nullb0/size\n" or " block/nullb0/size" is ENOENT. The path was trimmed, and
-    // both read the size (an outside CLI fuzzing audit).
-    private static string Collapse(string path)
-    {
-        var p = path;
-        while (p.Contains("//", StringComparison.Ordinal))
-        {
-            p = p.Replace("//", "/", StringComparison.Ordinal);
-        }
-
-        return p.Trim('/');
-    }
+    // The path a walk reaches, as the tree names it: "/sys/", repeated slashes, "." and ".."
+    // resolved as Linux's path lookup does, within this tree (AttributePath.Resolve, which a
+    // device's own tree uses too), a directory checked by NodeAt, never by enumerating the tree.
+    private string Resolve(string path) => AttributePath.Resolve(path, _nodeAt ??= NodeAt);
 }

@@ -48,12 +48,14 @@ public sealed class AttributeTree
 {
     private readonly SortedDictionary<string, AttributeFile> _files;
     private readonly string[] _paths;
+    private readonly Func<string, AttributeNode> _nodeAt;
 
     internal AttributeTree(SortedDictionary<string, AttributeFile> files, long version)
     {
         _files = files;
         Version = version;
         _paths = [.. files.Keys];
+        _nodeAt = NodeAt;
     }
 
     /// <summary>Every attribute path of the snapshot, sorted.</summary>
@@ -65,49 +67,72 @@ public sealed class AttributeTree
     /// <summary>True when the snapshot has <paramref name="path"/>.</summary>
     public bool Contains(string path) => _files.ContainsKey(path);
 
-    /// <summary>Reads an attribute: at most one page (4095 characters).</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute; EISDIR: the path is a directory; EACCES: the attribute is write-only.</exception>
+    /// <summary>
+    /// Reads an attribute: at most one page (4095 characters). The path is looked up as the
+    /// block layer's <c>ReadAttribute</c> looks it up (a leading <c>/sys/</c>, repeated slashes,
+    /// <c>.</c> and <c>..</c>), within this device's tree.
+    /// </summary>
+    /// <exception cref="AttributeException">ENOENT: no such attribute; EISDIR: the path is a directory; ENOTDIR: a path through an attribute (<c>block/nullb0/size/</c>); EACCES: the attribute is write-only.</exception>
     public string Read(string path)
     {
-        var show = Find(path).Show ?? throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is write-only");
+        var (key, file) = Find(path);
+        var show = file.Show ?? throw new AttributeException(key, AttributeErrno.EACCES, "the attribute is write-only");
         var text = show();
         return text.Length <= PageBuffer.Limit ? text : text[..PageBuffer.Limit];
     }
 
     /// <summary>
-    /// Writes an attribute. An empty value (zero bytes; not <c>"\n"</c>) is taken and changes
-    /// nothing, as the kernel's <c>sysfs_kf_write</c> returns 0 without calling the store.
+    /// Writes an attribute, the path looked up as <see cref="Read"/> looks it up. An empty value
+    /// (zero bytes; not <c>"\n"</c>) is taken and changes nothing, as the kernel's
+    /// <c>sysfs_kf_write</c> returns 0 without calling the store.
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only, an empty value too), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), ENOTDIR (a path through an attribute), EACCES (read-only, an empty value too), EINVAL (refused value) or ERANGE (a number past the attribute's type); nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
-        var file = Find(path);
+        var (key, file) = Find(path);
         if (file.Store is null)
         {
-            throw new AttributeException(path, AttributeErrno.EACCES, "the attribute is read-only");
+            throw new AttributeException(key, AttributeErrno.EACCES, "the attribute is read-only");
         }
 
         // sysfs_kf_write: "if (!count) return 0;" after the open's permission check (EACCES above),
         // before the store. The empty value went to the store, which refused it (EINVAL).
-        return value.Length == 0 ? ValueTask.CompletedTask : file.Store(path, value);
+        return value.Length == 0 ? ValueTask.CompletedTask : file.Store(key, value);
     }
 
-    private AttributeFile Find(string path)
+    // The attribute a path names, looked up as the block layer looks a path up in the node's tree
+    // (AttributePath: "/sys/", repeated slashes, "." and ".." within the tree, a "." or ".." only
+    // after a directory), but in this snapshot alone: a path that leads to another device's tree,
+    // or walks through its directories, names nothing here. Only surrounding slashes were dropped:
+    // "/sys/block/nullb0/size" and "block/nullb0/queue/../size" were ENOENT, and
+    // "block/nullb0/size/" read the size, where the node's tree says ENOTDIR.
+    private (string Key, AttributeFile File) Find(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        var key = path.Trim('/');
+        var key = AttributePath.Resolve(path, _nodeAt);
+        if (path.EndsWith('/') && AttributePath.ThroughAFile(path, key, _nodeAt))
+        {
+            throw new AttributeException(key, AttributeErrno.ENOTDIR, "not a directory");
+        }
+
         if (_files.TryGetValue(key, out var file))
         {
-            return file;
+            return (key, file);
         }
 
         // A directory of the tree (block/<dev>/queue): EISDIR, as open(2) of a sysfs directory for
-        // reading a file's text or for writing; it was ENOENT (an outside CLI fuzzing audit).
-        throw IsDirectory(key)
-            ? new AttributeException(path, AttributeErrno.EISDIR, "is a directory")
-            : new AttributeException(path, AttributeErrno.ENOENT, "no such attribute");
+        // reading a file's text or for writing; it was ENOENT (an outside CLI fuzzing audit). The
+        // empty path names nothing, as open("") is ENOENT; "/" is the root.
+        throw path.Length > 0 && NodeAt(key) == AttributeNode.Directory ? new AttributeException(key, AttributeErrno.EISDIR, "is a directory")
+            : AttributePath.ThroughAFile(path, key, _nodeAt) ? new AttributeException(key, AttributeErrno.ENOTDIR, "not a directory")
+            : new AttributeException(key, AttributeErrno.ENOENT, "no such attribute");
     }
+
+    // What the snapshot holds at a normalised path: the root, and each directory its paths go
+    // through (block, block/<dev>, kernel/debug/block/<dev>/hctx0 ...), are directories.
+    private AttributeNode NodeAt(string key) =>
+        key.Length == 0 ? AttributeNode.Directory : _files.ContainsKey(key) ? AttributeNode.File : IsDirectory(key) ? AttributeNode.Directory : AttributeNode.None;
 
     // True when some attribute's path goes on under "key/". The paths are sorted ordinally, so the
     // first at or after "key/" is under it if any is.
@@ -146,12 +171,12 @@ public sealed class QueueAttributes
     /// <summary>The snapshot readers see: null while the queue is unregistered or dying, when it lists nothing.</summary>
     internal AttributeTree? Visible => Current is { } tree && !_queue.IsDying ? tree : null;
 
-    /// <summary>Reads an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EISDIR: the path is a directory; EACCES: the attribute is write-only.</exception>
+    /// <summary>Reads an attribute of the current snapshot, the path looked up as <see cref="AttributeTree.Read"/> looks it up.</summary>
+    /// <exception cref="AttributeException">ENOENT: no such attribute, or the queue is unregistered or dying; EISDIR: the path is a directory; ENOTDIR: a path through an attribute; EACCES: the attribute is write-only.</exception>
     public string Read(string path) => Live(path).Read(path);
 
-    /// <summary>Writes an attribute of the current snapshot.</summary>
-    /// <exception cref="AttributeException">ENOENT, EISDIR, EACCES, EINVAL or ERANGE; nothing changed.</exception>
+    /// <summary>Writes an attribute of the current snapshot, the path looked up as <see cref="AttributeTree.Read"/> looks it up.</summary>
+    /// <exception cref="AttributeException">ENOENT, EISDIR, ENOTDIR, EACCES, EINVAL or ERANGE; nothing changed.</exception>
     public ValueTask WriteAsync(string path, string value) => Live(path).WriteAsync(path, value);
 
     /// <summary>Builds the tree of the queue's current mapping and publishes it.</summary>

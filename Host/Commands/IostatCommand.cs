@@ -110,6 +110,10 @@ internal static class IostatCommand
             var period = TimeSpan.FromSeconds(options.Interval);
             await writer.BeginAsync(NodeNameOf(address), await CpusOfAsync(client, cancel).ConfigureAwait(false), DateTimeOffset.Now).ConfigureAwait(false);
             var previous = await SampleAsync(client, devices, options, cancel).ConfigureAwait(false);
+            if (options.RegistrationOrder && options.NamedFirst is { } named)
+            {
+                previous = previous.WithNamedFirst(named);
+            }
             if (options.CpuReport && previous.Cpu is null)
             {
                 // A node whose machine has no /proc/stat (not Linux): the CPU report cannot be
@@ -328,8 +332,11 @@ internal static class IostatCommand
         {
             // sysstat's -p (ALL) reads /proc/diskstats, whose order is the kernel's registration
             // order: the guardian lists the devices in theirs.
+            // The devices named (-p nullb1,ALL) come first, as sysstat's list holds them from the
+            // command line before it reads /proc/diskstats; they came in registration order too.
             var list = await client.AskGuardianAsync<BlockLayer.DeviceList>(BlockLayer.ListDevices.Instance).WaitAsync(cancel).ConfigureAwait(false);
-            names = [.. list.Devices.Select(d => d.Name)];
+            var first = options.NamedFirst ?? [];
+            names = [.. first, .. list.Devices.Select(d => d.Name).Where(n => !first.Contains(n, StringComparer.Ordinal))];
         }
         else if (names.Count == 0)
         {
@@ -434,6 +441,17 @@ internal static class IostatCommand
             }
 
             return this with { Devices = ordered, Seen = seen };
+        }
+
+        /// <summary>
+        /// This sampling having seen <paramref name="named"/> first, those it has not read
+        /// included: sysstat's list holds the devices named from the command line on, so one
+        /// that appears later takes its place among them, not the last.
+        /// </summary>
+        public Sampling WithNamedFirst(IReadOnlyList<string> named)
+        {
+            ArgumentNullException.ThrowIfNull(named);
+            return this with { Seen = [.. named, .. (Seen ?? Devices.Keys).Where(n => !named.Contains(n, StringComparer.Ordinal))] };
         }
     }
 }

@@ -56,8 +56,17 @@ internal enum IostatUnit
 /// the order they registered on the node, each new one after those seen before. Otherwise they are
 /// in name order, as sysstat's <c>add_list_device</c> inserts them.
 /// </param>
+/// <param name="NamedFirst">
+/// Under <see cref="RegistrationOrder"/>, the devices named (in <c>-p</c>'s list or as operands),
+/// which come before the others, in sysstat's order: <c>add_list_device</c> puts a name in its list
+/// when the command line is parsed, in <c>strcmp</c> order until <c>I_D_EVERYTHING</c> is set (by
+/// <c>ALL</c> in the list, or <c>-p</c> without one) and after the names already there once it is
+/// (<c>-p nullb1,nullb0,ALL</c> gives nullb0, nullb1; <c>-p ALL,nullb1,nullb0</c> nullb1, nullb0);
+/// reading <c>/proc/diskstats</c> then appends the devices it has not seen. Null when none is named.
+/// </param>
 internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timestamp, bool OmitIdle, bool Json, int Decimals, IReadOnlyList<string> Devices, double Interval, long? Count, bool SinceStart = true, bool Unfiltered = false,
-    bool CpuReport = true, bool DiskReport = true, bool Short = false, bool Human = false, bool Pretty = false, bool Compact = false, bool RegistrationOrder = false)
+    bool CpuReport = true, bool DiskReport = true, bool Short = false, bool Human = false, bool Pretty = false, bool Compact = false, bool RegistrationOrder = false,
+    IReadOnlyList<string>? NamedFirst = null)
 {
     /// <summary>How the tables are laid out.</summary>
     public IostatLayout Layout => new(Unit, Decimals, Short, Human, Pretty);
@@ -86,6 +95,7 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
         IostatUnit? unit = null;
         var decimals = 2;
         var devices = new List<string>();
+        var named = new List<string>(); // sysstat's device list as the command line leaves it
         var numbers = new List<string>();
         var all = false;
 
@@ -99,7 +109,8 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             unit = value;
         }
 
-        // sysstat takes /dev/vda as well as vda.
+        // sysstat takes /dev/vda as well as vda. add_list_device keeps a name once: in strcmp
+        // order while I_D_EVERYTHING is not set, after the others once it is.
         void AddDevice(string arg)
         {
             var name = arg.StartsWith("/dev/", StringComparison.Ordinal) ? arg["/dev/".Length..] : arg;
@@ -109,6 +120,11 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
             }
 
             devices.Add(name);
+            if (!named.Contains(name, StringComparer.Ordinal))
+            {
+                var at = everything ? -1 : named.FindIndex(n => string.CompareOrdinal(n, name) > 0);
+                named.Insert(at < 0 ? named.Count : at, name);
+            }
         }
 
         static bool Numeric(string arg) => arg.Length > 0 && (char.IsAsciiDigit(arg[0]) || arg[0] == '.');
@@ -275,6 +291,7 @@ internal sealed record IostatOptions(bool Extended, IostatUnit Unit, bool Timest
         }
 
         return new IostatOptions(extended, unit ?? IostatUnit.Kilobytes, timestamp, omitIdle, json, decimals, devices, zero ? 1.0 : interval, count,
-            !(omitSinceStart && numbers.Count > 0 && !zero), unfiltered, cpu, disk, shortReport, human, pretty, compact, everything);
+            !(omitSinceStart && numbers.Count > 0 && !zero), unfiltered, cpu, disk, shortReport, human, pretty, compact, everything,
+            everything && named.Count > 0 ? named : null);
     }
 }

@@ -824,10 +824,137 @@ public sealed class SysfsSpec : Akka.TestKit.Xunit2.TestKit
         }
         Assert.Equal(before, Layer.TreeEnumerations);
 
-        // The counter counts: a prefix that may be the start of several names ("block/sd1"
-        // names sd16 and sd17) enumerates the tree once.
+        // The counter counts: a listing of the root enumerates the tree once. (A prefix that may
+        // be the start of several names, "block/sd1", did too: it now reads the trees it can reach.)
         Assert.Contains("block/sd17/size", Layer.ListAttributes("block/sd1"));
+        Assert.Equal(before, Layer.TreeEnumerations);
+        Assert.Contains("block/sd17/size", Layer.ListAttributes());
         Assert.Equal(before + 1, Layer.TreeEnumerations);
+    }
+
+    // A listing whose prefix names no device in full ("block/nullb", "block/nope", "nosuch")
+    // enumerated every path of every device and then filtered them, so a client listing a prefix
+    // nothing is under in a loop made the node list its whole tree per request. Now only the root
+    // enumerates the tree; another prefix reads the trees of the devices it can reach (none for a
+    // prefix that matches no device, and none for a directory the tree does not have: ENOENT, as
+    // ls says), and lists exactly what filtering the whole tree lists.
+    [Fact]
+    public async Task A_listing_reads_only_the_device_trees_its_prefix_can_reach_and_lists_what_it_listed()
+    {
+        await Create("sd18");
+        await Create("sd19");
+        await Create("vd18");
+        var sysfs = Sys.ActorSelection(Layer.Guardian.Path / Sysfs.ActorName);
+        var (enumerations, trees) = (Layer.TreeEnumerations, Layer.ListedDeviceTrees);
+        foreach (var prefix in new[] { "block/zz", "block/zz/", "block/sd2", "block/sd18x", "block/sd18x/", "kernel/debug/block/q", "kernel/debug/block/sd18/nope/",
+                     "kernel/nope", "kernel/nope/", "nosuch", "nosuch/", "/sys/block/x", "devices/system/cpu/cpu9/", "block/sd18/nope/", "block/sd18/queue/nope/",
+                     "block/vd18/mq/9/", "sys/nosuch/" })
+        {
+            Assert.True(Layer.ListAttributes(prefix).Count == 0, prefix);
+            sysfs.Tell(new Sysfs.List(prefix), TestActor);
+            Assert.Equal((prefix, "ENOENT"), await ExpectMsgAsync<Sysfs.Failed>() is var f ? (prefix, f.Errno) : default);
+        }
+
+        Assert.Equal((enumerations, trees), (Layer.TreeEnumerations, Layer.ListedDeviceTrees));
+
+        // A prefix that may start several names reads those devices' trees only.
+        Assert.Contains("block/sd19/size", Layer.ListAttributes("block/sd1"));
+        Assert.Equal(trees + 2, Layer.ListedDeviceTrees);
+        Assert.Contains("kernel/debug/block/vd18/hctx0/state", Layer.ListAttributes("kernel/debug/block/v"));
+        Assert.Equal(trees + 3, Layer.ListedDeviceTrees);
+        Assert.Contains("devices/system/cpu/cpu3/online", Layer.ListAttributes("devices/system/cpu/cpu"));
+        Assert.Equal(trees + 3, Layer.ListedDeviceTrees);
+        Assert.Equal(enumerations, Layer.TreeEnumerations);
+
+        // What each lists is what filtering the whole tree lists: every directory of the tree, with
+        // and without its slash, and every start of a few paths.
+        var all = Layer.ListAttributes();
+        Assert.Equal(enumerations + 1, Layer.TreeEnumerations);
+        var prefixes = new SortedSet<string>(StringComparer.Ordinal) { "b", "k", "d", "u", "s", "block/", "kernel/debug/block/sd", "devices/system/cpu/cpu" };
+        foreach (var path in all)
+        {
+            for (var slash = path.IndexOf('/', StringComparison.Ordinal); slash > 0; slash = path.IndexOf('/', slash + 1))
+            {
+                prefixes.Add(path[..slash]);
+                prefixes.Add(path[..(slash + 1)]);
+            }
+        }
+
+        foreach (var path in new[] { "block/sd18/queue/nr_requests", "kernel/debug/block/sd19/hctx0/cpu1/dispatched", "devices/system/cpu/cpu1/online", "uptime" })
+        {
+            for (var length = 1; length <= path.Length; length++)
+            {
+                prefixes.Add(path[..length]);
+            }
+        }
+
+        foreach (var prefix in prefixes)
+        {
+            var filtered = all.Where(path => path.StartsWith(prefix, StringComparison.Ordinal)).ToArray();
+            Assert.True(filtered.SequenceEqual(Layer.ListAttributes(prefix)), prefix);
+        }
+
+        Assert.Equal(enumerations + 1, Layer.TreeEnumerations);
+    }
+
+    // The per-device API (device.Attributes, and its snapshot) took exact paths only, with the
+    // surrounding slashes dropped, where the node's tree resolves "/sys/", "//", "." and "..":
+    // "/sys/block/nullb0/size" and "block/nullb0/queue/../size" were ENOENT there, and
+    // "block/nullb0/size/" read the size (the node's tree says ENOTDIR). A device's tree now looks
+    // a path up as the node's does, within its own tree: what it answers is what the node answers,
+    // but a path that leads to, or walks through, another device's directory names nothing in it.
+    [Fact]
+    public async Task A_devices_own_tree_looks_a_path_up_as_the_nodes_does_within_its_tree()
+    {
+        var device = await Create("sd20");
+        await Create("sd21");
+        var attributes = device.Attributes;
+        const string Size = "131072\n";
+        foreach (var path in new[] { "block/sd20/size", "/sys/block/sd20/size", "sys/block/sd20/size", "block//sd20///size", "/block/sd20/size", "block/sd20/queue/../size",
+                     "block/./sd20/size", "../block/sd20/size", "/sys/../block/sd20/size", "block/sd20/mq/0/../../queue/./../size", "kernel/debug/../../block/sd20/size" })
+        {
+            Assert.True(attributes.Read(path) == Size, $"read '{path}'");
+            Assert.True(attributes.Current!.Read(path) == Size, $"snapshot read '{path}'");
+            Assert.Equal(Layer.ReadAttribute(path), attributes.Read(path));
+        }
+
+        await attributes.WriteAsync("/sys/block/sd20/mq/../queue/./nr_requests", "32");
+        Assert.Equal(32, device.Queue.NrRequests);
+        Assert.Equal("32\n", attributes.Read("sys/block//sd20/queue/nr_requests"));
+
+        (string Path, AttributeErrno Errno)[] refused =
+        [
+            ("block/sd20/queue/..", AttributeErrno.EISDIR), ("/sys/block/sd20/", AttributeErrno.EISDIR), ("block/sd20/queue/.", AttributeErrno.EISDIR), ("/sys", AttributeErrno.EISDIR),
+            ("/", AttributeErrno.EISDIR), ("block", AttributeErrno.EISDIR), ("kernel/debug/block/sd20/hctx0/", AttributeErrno.EISDIR),
+            ("block/sd20/size/", AttributeErrno.ENOTDIR), ("block/sd20/size/..", AttributeErrno.ENOTDIR), ("block/sd20/queue/nr_requests/x", AttributeErrno.ENOTDIR),
+            ("/sys/block/sd20/queue/nr_requests//", AttributeErrno.ENOTDIR), ("block/sd20/queue/../size/", AttributeErrno.ENOTDIR),
+            ("", AttributeErrno.ENOENT), ("block/sd20/nope/../size", AttributeErrno.ENOENT), ("/sys/sys/block/sd20/size", AttributeErrno.ENOENT), ("block/sd20/size ", AttributeErrno.ENOENT),
+            ("devices/system/cpu/online", AttributeErrno.ENOENT),
+        ];
+        foreach (var (path, errno) in refused)
+        {
+            var read = Assert.Throws<AttributeException>(() => attributes.Read(path));
+            Assert.True(read.Errno == errno, $"read '{path}': {read.Errno} {read.Reason}");
+            var write = await Assert.ThrowsAsync<AttributeException>(async () => await attributes.WriteAsync(path, "8"));
+            Assert.True(write.Errno == errno, $"write '{path}': {write.Errno} {write.Reason}");
+            if (!path.StartsWith("devices/", StringComparison.Ordinal))
+            {
+                // The node's tree says the same (its CPU directory is not the device's).
+                Assert.Equal(errno, Assert.Throws<AttributeException>(() => Layer.ReadAttribute(path)).Errno);
+            }
+        }
+
+        // The path in a refusal is the one the walk reached, as the node's tree gives it.
+        Assert.Equal("block/sd20/queue", Assert.Throws<AttributeException>(() => attributes.Read("/sys/block/sd20/mq/../queue/")).Path);
+
+        // Another device's paths name nothing in this one's tree, where the node finds them.
+        foreach (var path in new[] { "block/sd21/size", "block/sd20/../sd21/size", "block/sd21/../sd20/size" })
+        {
+            Assert.Equal(AttributeErrno.ENOENT, Assert.Throws<AttributeException>(() => attributes.Read(path)).Errno);
+            Assert.Equal(Size, Layer.ReadAttribute(path));
+        }
+
+        Assert.Equal(32, device.Queue.NrRequests);
     }
 
     private static bool IsOfflineCtx(IBlockDevice device, int cpu) =>

@@ -72,6 +72,51 @@ public sealed class IostatDeviceOrderSpec : IAsyncLifetime
         Assert.Equal(["alpha", "mid", "zeta"], list.Devices.Select(d => d.Name));
     }
 
+    // sysstat (iostat.c main, add_list_device) puts the devices named in -p's list, or as operands,
+    // in its device list while it parses the command line: in strcmp order until ALL (or -p without
+    // a list) sets I_D_EVERYTHING, after the names already there once it is; reading
+    // /proc/diskstats then appends the devices it has not seen. So -p mid,ALL reports mid first,
+    // then the others in registration order; they all came in registration order (mid last here).
+    [Fact]
+    public async Task Under_p_ALL_the_devices_named_come_first_then_the_others_in_registration_order()
+    {
+        foreach (var name in new[] { "zeta", "alpha", "mid" })
+        {
+            await CreateUsedAsync(name);
+        }
+
+        Assert.Equal(["mid", "zeta", "alpha"], await DevicesAsync("-d", "-p", "mid,ALL"));
+        Assert.Equal(["mid", "zeta", "alpha"], await DevicesAsync("-d", "-p", "mid,ALL", "-o", "JSON"));
+        Assert.Equal(["mid", "alpha", "zeta"], await DevicesAsync("-d", "-p", "ALL,mid,alpha"));
+        Assert.Equal(["alpha", "mid", "zeta"], await DevicesAsync("-d", "-p", "mid,alpha,ALL"));  // strcmp order before ALL
+        Assert.Equal(["mid", "alpha", "zeta"], await DevicesAsync("-d", "-p", "ALL", "mid", "alpha"));
+        Assert.Equal(["mid", "zeta", "alpha"], await DevicesAsync("-dxp", "mid"));
+        Assert.Equal(["alpha", "zeta", "mid"], await DevicesAsync("-d", "-p", "alpha,nope,ALL"));
+
+        // Without ALL, names are in name order, and without names in registration order, as before.
+        Assert.Equal(["alpha", "mid"], await DevicesAsync("-d", "-p", "mid,alpha"));
+        Assert.Equal(["zeta", "alpha", "mid"], await DevicesAsync("-d", "-p", "ALL"));
+        Assert.Null(IostatOptions.Parse(["-p", "ALL"]).NamedFirst);
+        Assert.Null(IostatOptions.Parse(["-p", "mid,alpha"]).NamedFirst);
+        Assert.Equal(["alpha", "mid", "zeta"], IostatOptions.Parse(["-p", "zeta,mid", "-p", "alpha,ALL"]).NamedFirst!);
+    }
+
+    // A device named that the node does not have yet takes its place among the named ones when it
+    // appears, as sysstat's list entry for it, made from the command line, is found by its name.
+    [Fact]
+    public void A_device_named_under_p_ALL_that_appears_later_comes_first()
+    {
+        var stat = DiskStatSample.Parse("1 0 8 1 0 0 0 0 0 1 1 0 0 0 0 0 0");
+        static IostatCommand.Sampling Of(DiskStatSample stat, params string[] names) =>
+            new(TimeSpan.Zero, names.ToDictionary(n => n, _ => (stat, TimeSpan.Zero)));
+
+        var options = IostatOptions.Parse(["-p", "new,ALL"]);
+        var first = Of(stat, "zeta", "alpha").WithNamedFirst(options.NamedFirst!);
+        var second = Of(stat, "zeta", "alpha", "new").InOrderOf(first);
+        Assert.Equal(["new", "zeta", "alpha"], second.Devices.Keys);
+        Assert.Equal(["new", "zeta", "alpha"], IostatCommand.Rows(first, second, options).Select(r => r.Device));
+    }
+
     // sysstat's device list lasts from one reading to the next: a device it has not seen goes at
     // the end, the others keep their places, a device that is gone is not reported.
     [Fact]
