@@ -569,6 +569,18 @@ internal static class BenchReport
         w.WriteString("rw", o.PatternName);
         w.WriteString("bs", o.BlockSize.ToString(Inv));
         w.WriteString("size", o.Size.ToString(Inv));
+
+        // As fio echoes them (its job options are the options given, in their text): only when given.
+        if (o.OffsetTexts.Offset is { } offset)
+        {
+            w.WriteString("offset", offset);
+        }
+
+        if (o.OffsetTexts.OffsetIncrement is { } increment)
+        {
+            w.WriteString("offset_increment", increment);
+        }
+
         w.WriteString("iodepth", o.IoDepth.ToString(Inv));
         w.WriteString("numjobs", o.NumJobs.ToString(Inv));
         if (o.IsMixed)
