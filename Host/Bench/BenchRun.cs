@@ -73,6 +73,12 @@ internal sealed record BenchResult(
     /// <summary>The process's context switches and page faults over the measured window (fio's ctx, majf, minf).</summary>
     public ResourceUsage.Snapshot Usage { get; init; }
 
+    /// <summary>
+    /// fio's disk utilisation: the disks a file device lives on (<see cref="DiskWatch"/>), their
+    /// figures from the run's setup to its end; empty for a device on no disk of the machine.
+    /// </summary>
+    public IReadOnlyList<DiskUtil> Disks { get; init; } = [];
+
     /// <summary>Bandwidth and IOPS samples of reads over the measured window (<see cref="BenchSampler"/>).</summary>
     public IReadOnlyList<RateSample> ReadSamples { get; init; } = [];
 

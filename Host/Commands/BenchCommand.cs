@@ -198,6 +198,13 @@ internal static class BenchCommand
             }
 
             options = options with { Regions = [.. Enumerable.Range(0, options.NumJobs).Select(job => options.RegionOf(job, capacity))] };
+
+            // fio's disk utilisation (diskutil.c init_disk_util, at the job's setup): the disk a
+            // file device lies on, read now and after the run; none for the other devices.
+            var diskPath = configured is not null
+                ? configured.Devices.FirstOrDefault(d => d.Name == options.Device && d.Driver == "file")?.Path
+                : options.Join is null ? options.FilePath : null;
+            var disks = diskPath is null ? null : DiskWatch.Start(diskPath);
             var description = device.Queue.BioDriver?.Description ?? device.Queue.Driver.Description;
             await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {description}").ConfigureAwait(false);
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
@@ -218,6 +225,7 @@ internal static class BenchCommand
                 {
                     ReadSamples = sampler.Read,
                     WriteSamples = sampler.Write,
+                    Disks = disks?.Read() ?? [],
                 }, Console.Out, options.Output).RunAsync(stopReports.Token)
                 : Task.CompletedTask;
 
@@ -251,6 +259,9 @@ internal static class BenchCommand
             }
 
             interrupt.End();
+
+            // fio's last update_io_ticks, once every job has ended.
+            var diskFigures = disks?.Read() ?? [];
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
             try
@@ -286,6 +297,7 @@ internal static class BenchCommand
                 Cluster = cluster,
                 ReadSamples = sampler.Read,
                 WriteSamples = sampler.Write,
+                Disks = diskFigures,
             };
             Console.Out.Write(BenchReport.Render(result, options.Output));
             var written = true;
