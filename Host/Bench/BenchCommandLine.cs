@@ -49,6 +49,16 @@ internal sealed class BenchCommandLine
     private readonly Option<Word<long>> SizeOption = CliOptions.Size("--size", "1g",
         "device region each job covers; ends the run when no runtime is set; N% is that share of an existing file's or device's size",
         (option, text) => Sizes.ParsePercent(option, text) is { } percent ? -percent : Sizes.Parse(option, text), "SIZE|N%");
+    // fio's offset (alias fileoffset) and offset_increment (options.c, FIO_OPT_STR_VAL_ZONE): a
+    // size, or N% of the file's or device's size (filesetup.c get_start_offset).
+    private readonly Option<Word<long>> OffsetOption = WithAlias(CliOptions.Size("--offset", "0",
+        "where each job's region starts (fio's region is [offset, offset + size), and size defaults to the rest of the device); N% is that share of an existing file's or device's size, rounded up to the block size",
+        (option, text) => Sizes.ParsePercent(option, text) is { } percent ? -percent : Sizes.Parse(option, text), "SIZE|N%"), "--fileoffset");
+
+    private readonly Option<Word<long>> OffsetIncrement = CliOptions.Size("--offset_increment", "0",
+        "with --numjobs, job N starts N times this after --offset (fio's offset_increment); N% is that share of the device's size, each job's offset then rounded up to the block size",
+        (option, text) => Sizes.ParsePercent(option, text) is { } percent ? -percent : Sizes.Parse(option, text), "SIZE|N%");
+
     private readonly Option<int> IoDepth = CliOptions.Int("--iodepth", 1, 1, 65536, "I/Os each job keeps in flight");
     private readonly Option<int?> IoDepthBatchSubmit = CliOptions.OptionalInt("--iodepth_batch_submit", 0, 65536, "io_uring: submit as soon as N I/Os are prepared (1: each alone, fio's default); 0 = once per dispatch round [default: adaptive, half of the I/Os in flight, 1 to 16]", "N", "--iodepth_batch");
     private readonly Option<Word<bool>> FixedBufs = CliOptions.Bool("--fixedbufs", false, "io_uring: I/O buffers from registered memory");
@@ -156,7 +166,7 @@ internal sealed class BenchCommandLine
     /// <summary>Every option of the command, in the order <c>--help</c> lists them.</summary>
     private IEnumerable<Option> All =>
     [
-        Name, Rw, RwMixRead, Bs, SizeOption, KbBase, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
+        Name, Rw, RwMixRead, Bs, SizeOption, OffsetOption, OffsetIncrement, KbBase, IoDepth, IoDepthBatchSubmit, FixedBufs, NumJobs, Runtime, RampTime, JitWarmup, Direct, RandRepeat, LatPercentiles, ClockSource, .. AlwaysOn,
         Output, Minimal, AppendTerse, TerseVersion, Eta, StatusInterval, WriteLatLog, WriteIopsLog, LogAvgMsec, LogOffset, Plot,
         Device, Join, ConfigFile, Engine, Dispatch, SubmitQueues, HwQueueDepth, IrqModeOption, CompletionNsec, RqAffinity, NoMerges, IoPoll, MemoryBacked, Completion, IoTimeout,
         Devices, SharedTags, TagFairness, PossibleCpus, HotplugInterval,
@@ -248,6 +258,16 @@ internal sealed class BenchCommandLine
             DecimalUnit("--size", sizes.SizeText, sizes.Size, sizes.SizeBase);
         }
 
+        if (sizes.Offset.Percent is null)
+        {
+            DecimalUnit("--offset", sizes.Offset.Text, sizes.Offset.Bytes, sizes.Offset.KbBase);
+        }
+
+        if (sizes.Increment.Percent is null)
+        {
+            DecimalUnit("--offset_increment", sizes.Increment.Text, sizes.Increment.Bytes, sizes.Increment.KbBase);
+        }
+
         var options = new BenchOptions
         {
             Name = parse.GetValue(Name) ?? "actorblk",
@@ -257,6 +277,11 @@ internal sealed class BenchCommandLine
             Size = sizes.SizePercent is null ? sizes.Size : 1L << 30, // with a percentage, set once the device's size is known
             SizeGiven = parse.GetResult(SizeOption) is { Implicit: false } && sizes.SizePercent is null,
             SizePercent = sizes.SizePercent,
+            Offset = sizes.Offset.Bytes,
+            OffsetPercent = sizes.Offset.Percent,
+            OffsetIncrement = sizes.Increment.Bytes,
+            OffsetIncrementPercent = sizes.Increment.Percent,
+            OffsetTexts = (Given(OffsetOption), Given(OffsetIncrement)),
             KbBase = parse.ValueOf(KbBase),
             IoDepth = parse.GetValue(IoDepth),
             SubmitBatch = parse.GetValue(IoDepthBatchSubmit),
@@ -314,6 +339,15 @@ internal sealed class BenchCommandLine
 
         options.Validate();
         return options;
+
+        // An option's text as given (its last value), null when not given.
+        string? Given(Option<Word<long>> option) => parse.GetResult(option) is { Implicit: false } ? parse.GetValue(option).Text : null;
+    }
+
+    private static Option<T> WithAlias<T>(Option<T> option, string alias)
+    {
+        option.Aliases.Add(alias);
+        return option;
     }
 
     // The report's formats: the later of --output-format and --minimal (each replaces the formats
@@ -328,15 +362,21 @@ internal sealed class BenchCommandLine
     // A size as given (its text), what it is in bytes, and the kb_base it was read under.
     private readonly record struct Given(long Bytes, string Text, int KbBase);
 
+    // An offset as given: bytes (0 with a share), its share of the device's size (null: bytes), its
+    // text and the kb_base it was read under.
+    private readonly record struct GivenOffset(long Bytes, int? Percent, string Text, int KbBase);
+
     // The sizes as fio reads them: the command line's options in order, each size under the
     // --kb_base that stands before it (fio's fio_cmd_option_parse, one option at a time; a job
     // file's options are sorted, kb_base first, but the command line's are not).
-    private (Given Read, Given Write, long Size, string SizeText, int SizeBase, int? SizePercent) ReadSizes(ParseResult parse)
+    private (Given Read, Given Write, long Size, string SizeText, int SizeBase, int? SizePercent, GivenOffset Offset, GivenOffset Increment) ReadSizes(ParseResult parse)
     {
         var kbBase = 1024;
         Given read = new(4096, "4k", 1024), write = read;
         var size = parse.GetValue(SizeOption);
         var (sizeText, sizeBase) = (size.Text, 1024);
+        var (offsetText, offsetBase) = ("0", 1024);
+        var (incrementText, incrementBase) = ("0", 1024);
         var tokens = parse.Tokens;
         for (var i = 0; i + 1 < tokens.Count; i++)
         {
@@ -360,10 +400,23 @@ internal sealed class BenchCommandLine
             {
                 (sizeText, sizeBase) = (value, kbBase);
             }
+            else if (Is(tokens[i], OffsetOption))
+            {
+                (offsetText, offsetBase) = (value, kbBase);
+            }
+            else if (Is(tokens[i], OffsetIncrement))
+            {
+                (incrementText, incrementBase) = (value, kbBase);
+            }
         }
 
         var percent = Sizes.ParsePercent("size", sizeText);
-        return (read, write, percent is null ? Sizes.Parse("size", sizeText, sizeBase) : 0, sizeText, sizeBase, percent);
+        return (read, write, percent is null ? Sizes.Parse("size", sizeText, sizeBase) : 0, sizeText, sizeBase, percent,
+            Offset("offset", offsetText, offsetBase), Offset("offset_increment", incrementText, incrementBase));
+
+        static GivenOffset Offset(string option, string text, int kbBase) => Sizes.ParsePercent(option, text) is { } share
+            ? new(0, share, text, kbBase)
+            : new(Sizes.Parse(option, text, kbBase), null, text, kbBase);
 
         static bool Is(Token token, Option option) => token.Value == option.Name || option.Aliases.Contains(token.Value);
     }

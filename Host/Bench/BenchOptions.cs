@@ -82,6 +82,48 @@ internal sealed record BenchOptions
     public int? SizePercent { get; init; }
 
     /// <summary>
+    /// fio's <c>offset</c> (<c>--offset</c>, alias <c>--fileoffset</c>), in bytes: where each
+    /// job's region starts (fio's region is <c>[offset, offset + size)</c>, and <c>size</c>
+    /// defaults to the device's size less the offset). 0 by default, and with
+    /// <see cref="OffsetPercent"/>.
+    /// </summary>
+    public long Offset { get; init; }
+
+    /// <summary>
+    /// <c>--offset=N%</c> (fio's <c>start_offset_percent</c>, 1 to 100): the region starts at that
+    /// share of the existing file's or device's size, rounded up to the block size (fio's
+    /// <c>offset_align</c> default, 0: <c>td_min_bs</c>). Null: none (0% is an offset of 0, as in fio).
+    /// </summary>
+    public int? OffsetPercent { get; init; }
+
+    /// <summary>
+    /// fio's <c>offset_increment</c> (<c>--offset_increment</c>), in bytes: job N of
+    /// <see cref="NumJobs"/> starts N times this after <see cref="Offset"/> (fio's
+    /// <c>subjob_number</c>). 0 by default, and with <see cref="OffsetIncrementPercent"/>.
+    /// </summary>
+    public long OffsetIncrement { get; init; }
+
+    /// <summary>
+    /// <c>--offset_increment=N%</c> (fio's <c>offset_increment_percent</c>, 1 to 100): the
+    /// increment is that share of the device's size, and each job's offset is rounded up to the
+    /// block size. Null: none.
+    /// </summary>
+    public int? OffsetIncrementPercent { get; init; }
+
+    /// <summary>
+    /// <c>--offset</c> and <c>--offset_increment</c> as given (null: not given), which the JSON's
+    /// job options echo as fio echoes the options given, in their text.
+    /// </summary>
+    public (string? Offset, string? OffsetIncrement) OffsetTexts { get; init; }
+
+    /// <summary>
+    /// Each job's region of the device, job after job, once the device's size is known
+    /// (<see cref="RegionOf"/>, set by the command); null: job N covers
+    /// <c>[Offset + N * OffsetIncrement, + Size)</c>.
+    /// </summary>
+    public IReadOnlyList<IoRegion>? Regions { get; init; }
+
+    /// <summary>
     /// fio's <c>kb_base</c> (<c>--kb_base</c>, 1024 or 1000) as it stands at the end of the command
     /// line: the base of the normal report's units (fio's <c>i2p</c>: 1024 prints binary units
     /// first, 1000 decimal ones first and the bandwidth samples as <c>kB/s</c>).
@@ -243,6 +285,110 @@ internal sealed record BenchOptions
         _ => "randrw",
     };
 
+    /// <summary>
+    /// Where job <paramref name="job"/> starts on a device of <paramref name="capacity"/> bytes,
+    /// as fio 3.33 filesetup.c <c>get_start_offset</c> computes it: <see cref="Offset"/> (or its
+    /// share of the size) plus <paramref name="job"/> increments; with a share in either, rounded
+    /// up to the block size. Past <see cref="long.MaxValue"/>: <see cref="long.MaxValue"/>.
+    /// </summary>
+    internal long StartOf(int job, long capacity)
+    {
+        var align = false;
+        Int128 increment = OffsetIncrement;
+        if (OffsetIncrementPercent is { } incrementPercent and > 0)
+        {
+            increment = (Int128)capacity * incrementPercent / 100;
+            align = true;
+        }
+
+        Int128 offset;
+        if (OffsetPercent is { } percent and > 0)
+        {
+            offset = ((Int128)capacity * percent / 100) + (job * increment);
+            align = true;
+        }
+        else
+        {
+            offset = Offset + (job * increment);
+        }
+
+        if (align)
+        {
+            offset = (offset + BlockSize - 1) / BlockSize * BlockSize;
+        }
+
+        return offset > long.MaxValue ? long.MaxValue : (long)offset;
+    }
+
+    /// <summary>
+    /// Job <paramref name="job"/>'s region on a device of <paramref name="capacity"/> bytes, as fio
+    /// 3.33 filesetup.c <c>setup_files</c> sets <c>file_offset</c> and <c>io_size</c>: from
+    /// <see cref="StartOf"/>, <see cref="Size"/> bytes when <c>--size</c> gave them, else the rest
+    /// of the device after the start; <c>--size=N%</c> is that share of the whole device, at most
+    /// the rest, rounded down to the block size. A start past the end leaves a length of 0.
+    /// </summary>
+    internal IoRegion RegionOf(int job, long capacity)
+    {
+        var start = StartOf(job, capacity);
+        var rest = Math.Max(0, capacity - start);
+        var length = SizeGiven ? Size : rest;
+        if (!SizeGiven && SizePercent is { } percent and not (0 or 100))
+        {
+            length = Math.Min((long)((UInt128)(ulong)capacity * (uint)percent / 100), rest);
+            length -= length % BlockSize;
+        }
+
+        return new IoRegion(start, length);
+    }
+
+    /// <summary>
+    /// Where the jobs' regions end at the furthest, in bytes, with offsets given in bytes (the
+    /// size of the null device or missing file the bench creates, as fio lays out its file to
+    /// <c>offset + size</c>); <see cref="long.MaxValue"/> past it.
+    /// </summary>
+    internal long RegionEnd
+    {
+        get
+        {
+            var end = (Int128)Offset + ((Int128)(NumJobs - 1) * OffsetIncrement) + Size;
+            return end > long.MaxValue ? long.MaxValue : (long)end;
+        }
+    }
+
+    /// <summary>
+    /// Why the jobs' regions do not fit a device of <paramref name="capacity"/> bytes whose logical
+    /// block is <paramref name="logicalBlockSize"/> bytes, naming the option at fault; null when
+    /// they fit. fio refuses an offset past the end ("you need to specify valid offset=") and a
+    /// region under one block ("blocksize is larger than data set range"); an offset that is not a
+    /// multiple of the logical block could not be issued, and a region past the end of a device
+    /// that cannot grow (only a regular file is laid out to it) would fail at its first I/O there.
+    /// </summary>
+    internal string? RegionProblem(long capacity, int logicalBlockSize)
+    {
+        for (var job = 0; job < NumJobs; job++)
+        {
+            var (start, length) = RegionOf(job, capacity);
+            var option = job == 0 || (OffsetIncrement == 0 && OffsetIncrementPercent is null) ? "--offset" : "--offset_increment";
+            var what = NumJobs > 1 ? $"job {job}'s offset, {start} bytes," : $"{start} bytes";
+            if (start % logicalBlockSize != 0)
+            {
+                return $"option {option}: {what} is not a multiple of the device's {logicalBlockSize}-byte logical block size.";
+            }
+
+            if (start >= capacity || length < BlockSize)
+            {
+                return $"option {option}: {what} leaves no block of {BlockSize} bytes before the device's end ({capacity} bytes).";
+            }
+
+            if (length > capacity - start)
+            {
+                return $"option {option}: {what} and --size's {length} bytes end at {(Int128)start + length}, past the device's end ({capacity} bytes).";
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>The device the bench drives (the first of <see cref="Devices"/>).</summary>
     public DeviceOptions ToDeviceOptions() => ToDeviceOptions(0);
 
@@ -284,8 +430,9 @@ internal sealed record BenchOptions
             Driver = path is null ? "null" : "file",
             Path = path,
 
-            // fio's --size is the region the jobs cover; a file is created at that size when missing.
-            Size = path is null || !System.IO.Path.Exists(path) ? Size : null,
+            // fio's --size is the region the jobs cover; a file is created at that size when missing,
+            // past the offset, as fio lays out its file to offset + size.
+            Size = path is null || !System.IO.Path.Exists(path) ? RegionEnd : null,
             Direct = Direct,
             Engine = Engine,
             SubmitBatch = SubmitBatch,
@@ -332,6 +479,20 @@ internal sealed record BenchOptions
             throw new UsageException($"option --size: {SizePercent}% is a share of an existing file's or device's size, and the null device has none until --size gives it one.");
         }
 
+        foreach (var (option, bytes, percent) in new[] { ("--offset", Offset, OffsetPercent), ("--offset_increment", OffsetIncrement, OffsetIncrementPercent) })
+        {
+            if (bytes % 512 != 0)
+            {
+                throw new UsageException($"option {option}: {bytes} is not a multiple of 512.");
+            }
+
+            if (percent is > 0 && Join is null && Device == "null")
+            {
+                // The null device the bench creates is as large as the regions; a share of it has nothing to be a share of.
+                throw new UsageException($"option {option}: {percent}% is a share of an existing file's or device's size, and the null device the bench creates is as large as the jobs' regions: give it in bytes.");
+            }
+        }
+
         if (Size < BlockSize || Size % 512 != 0)
         {
             throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");
@@ -372,3 +533,8 @@ internal sealed record BenchOptions
         }
     }
 }
+
+/// <summary>A job's region of the device: fio's <c>[file_offset, file_offset + io_size)</c>, in bytes.</summary>
+/// <param name="Start">Where it starts.</param>
+/// <param name="Length">How long it is.</param>
+internal readonly record struct IoRegion(long Start, long Length);

@@ -110,6 +110,7 @@ internal static class BenchReport
             w.WriteNumber("first_error", firstError);
             w.WriteEndObject();
             w.WriteEndArray();
+            WriteDiskUtil(w, r.Disks);
 
             w.WriteStartObject("actorblk");
             w.WriteNumber("submitted", r.Submitted);
@@ -310,7 +311,93 @@ internal static class BenchReport
             }
         }
 
+        // fio's show_disk_util after the group's lines, when the job's file lies on a disk.
+        if (r.Disks.Count > 0)
+        {
+            sb.Append("\nDisk stats (read/write):\n");
+            foreach (var disk in r.Disks)
+            {
+                DiskLine(sb, disk, terse: false);
+            }
+        }
+
         return sb.ToString();
+    }
+
+    /// <summary>
+    /// fio 3.33's line of a disk (stat.c <c>print_disk_util</c> and <c>show_agg_stats</c>): in the
+    /// normal report <c>  vda: ios=R/W, merge=R/W, ticks=R/W, in_queue=N, util=U%</c> (indented
+    /// two more, and followed by the slaves' <c>aggrios=</c> ... <c>aggrutil=</c>, for a disk with
+    /// slaves), on the terse line <c>;vda;R;W;R;W;R;W;N;U%</c> (and <c>;slaves;</c> ...); util with
+    /// <c>%3.2f</c>, the slaves' figures their sums over their number.
+    /// </summary>
+    internal static void DiskLine(StringBuilder sb, DiskUtil disk, bool terse)
+    {
+        var s = disk.Stats;
+        var agg = disk.Aggregate;
+        if (terse)
+        {
+            sb.Append(Inv, $";{disk.Name};{s.ReadIos};{s.WriteIos};{s.ReadMerges};{s.WriteMerges};{s.ReadTicks};{s.WriteTicks};{s.TimeInQueue};{CFixed(s.Util, 2)}%");
+            if (agg is { } a)
+            {
+                sb.Append(Inv, $";slaves;{a.ReadIos};{a.WriteIos};{a.ReadMerges};{a.WriteMerges};{a.ReadTicks};{a.WriteTicks};{a.TimeInQueue};{CFixed(a.MaxUtil, 2)}%");
+            }
+
+            return;
+        }
+
+        sb.Append(agg is null ? "  " : "    ");
+        sb.Append(Inv, $"{disk.Name}: ios={s.ReadIos}/{s.WriteIos}, merge={s.ReadMerges}/{s.WriteMerges}, ticks={s.ReadTicks}/{s.WriteTicks}, in_queue={s.TimeInQueue}, util={CFixed(s.Util, 2)}%");
+        if (agg is { } g)
+        {
+            sb.Append(Inv, $", aggrios={g.ReadIos}/{g.WriteIos}, aggrmerge={g.ReadMerges}/{g.WriteMerges}, aggrticks={g.ReadTicks}/{g.WriteTicks}, aggrin_queue={g.TimeInQueue}, aggrutil={CFixed(g.MaxUtil, 2)}%");
+        }
+
+        sb.Append('\n');
+    }
+
+    // fio 3.33 stat.c json_object_add_disk_utils: "disk_util" after "jobs", one object a disk
+    // (util as fio's json.c prints a float, "%f"); no key without a disk.
+    private static void WriteDiskUtil(Utf8JsonWriter w, IReadOnlyList<DiskUtil> disks)
+    {
+        if (disks.Count == 0)
+        {
+            return;
+        }
+
+        w.WriteStartArray("disk_util");
+        foreach (var disk in disks)
+        {
+            var s = disk.Stats;
+            w.WriteStartObject();
+            w.WriteString("name", disk.Name);
+            w.WriteNumber("read_ios", s.ReadIos);
+            w.WriteNumber("write_ios", s.WriteIos);
+            w.WriteNumber("read_merges", s.ReadMerges);
+            w.WriteNumber("write_merges", s.WriteMerges);
+            w.WriteNumber("read_ticks", s.ReadTicks);
+            w.WriteNumber("write_ticks", s.WriteTicks);
+            w.WriteNumber("in_queue", s.TimeInQueue);
+            w.WritePropertyName("util");
+            w.WriteRawValue(CFixed(s.Util, 6));
+            if (disk.Aggregate is { } a)
+            {
+                // fio's keys, "aggr_write_merge" without its s included.
+                w.WriteNumber("aggr_read_ios", a.ReadIos);
+                w.WriteNumber("aggr_write_ios", a.WriteIos);
+                w.WriteNumber("aggr_read_merges", a.ReadMerges);
+                w.WriteNumber("aggr_write_merge", a.WriteMerges);
+                w.WriteNumber("aggr_read_ticks", a.ReadTicks);
+                w.WriteNumber("aggr_write_ticks", a.WriteTicks);
+                w.WriteNumber("aggr_in_queue", a.TimeInQueue);
+                w.WritePropertyName("aggr_util");
+                w.WriteRawValue(CFixed(a.MaxUtil, 6));
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
     }
 
     /// <summary>
@@ -329,8 +416,8 @@ internal static class BenchReport
     /// The figures are the JSON's; fio's integer arithmetic and C's <c>%f</c> rounding are kept.
     /// There is no submission latency (fio's zero fields), and a direction that moved no bytes
     /// has runtime 0, as fio counts a direction's runtime only when it moved bytes (backend.c).
-    /// fio's disk utilisation fields (versions 3 to 5, after the latency groups, for each disk
-    /// its job's files lie on) are not written: no device of the bench is a disk of the machine.
+    /// fio's disk utilisation fields follow the latency groups (versions 3 to 5), for each disk a
+    /// file device lies on (<see cref="DiskLine"/>); none for the null device or an NBD export.
     /// </summary>
     public static string Terse(BenchResult r)
     {
@@ -383,6 +470,15 @@ internal static class BenchReport
         foreach (var (_, percent) in groups["latency_ms"])
         {
             sb.Append(';').Append(CFixed(percent, 2)).Append('%');
+        }
+
+        // fio's disk fields (versions 3 to 5), before continue_on_error's.
+        if (version >= 3)
+        {
+            foreach (var disk in r.Disks)
+            {
+                DiskLine(sb, disk, terse: true);
+            }
         }
 
         var failed = r.Read.Failed + r.Write.Failed;
@@ -569,6 +665,18 @@ internal static class BenchReport
         w.WriteString("rw", o.PatternName);
         w.WriteString("bs", o.BlockSize.ToString(Inv));
         w.WriteString("size", o.Size.ToString(Inv));
+
+        // As fio echoes them (its job options are the options given, in their text): only when given.
+        if (o.OffsetTexts.Offset is { } offset)
+        {
+            w.WriteString("offset", offset);
+        }
+
+        if (o.OffsetTexts.OffsetIncrement is { } increment)
+        {
+            w.WriteString("offset_increment", increment);
+        }
+
         w.WriteString("iodepth", o.IoDepth.ToString(Inv));
         w.WriteString("numjobs", o.NumJobs.ToString(Inv));
         if (o.IsMixed)

@@ -73,6 +73,12 @@ internal sealed record BenchResult(
     /// <summary>The process's context switches and page faults over the measured window (fio's ctx, majf, minf).</summary>
     public ResourceUsage.Snapshot Usage { get; init; }
 
+    /// <summary>
+    /// fio's disk utilisation: the disks a file device lives on (<see cref="DiskWatch"/>), their
+    /// figures from the run's setup to its end; empty for a device on no disk of the machine.
+    /// </summary>
+    public IReadOnlyList<DiskUtil> Disks { get; init; } = [];
+
     /// <summary>Bandwidth and IOPS samples of reads over the measured window (<see cref="BenchSampler"/>).</summary>
     public IReadOnlyList<RateSample> ReadSamples { get; init; } = [];
 
@@ -594,10 +600,11 @@ internal sealed class BenchRun
         var share => (int)(slot.NextRandom() % 100) < share,
     };
 
+    // Inside the job's region (fio's file_offset + a block of io_size), random or in order.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private long NextOffset(Job job, Slot slot) => _o.IsRandom
+    private long NextOffset(Job job, Slot slot) => job.Start + (_o.IsRandom
         ? (long)Math.BigMul(slot.NextRandom(), (ulong)job.Blocks, out _) * _o.BlockSize // the high word: uniform in [0, blocks) without a division
-        : job.NextSequential();
+        : job.NextSequential());
 
     // Counters stay per slot (the whole run, for submitted == completed); what the window
     // measured is kept per completing thread by the accounting. Two timestamps per I/O (as fio
@@ -654,10 +661,14 @@ internal sealed class BenchRun
         {
             Index = index;
             Cpu = cpu;
-            _size = o.Size;
+            // Its region: fio's [file_offset, file_offset + io_size), which offset_increment moves
+            // per job; size-bound, a job issues io_size bytes.
+            var region = o.Regions is { } regions ? regions[index] : new IoRegion(o.Offset + (index * o.OffsetIncrement), o.Size);
+            Start = region.Start;
+            _size = region.Length;
             _blockSize = o.BlockSize;
             _timeBased = o.Runtime is not null;
-            Blocks = o.Size / o.BlockSize;
+            Blocks = region.Length / o.BlockSize;
             Slots = Enumerable.Range(0, o.IoDepth).Select(s => new Slot(device.AllocateBuffer(o.BlockSize), seed + ((ulong)s * 0xBF58476D1CE4E5B9UL))
             {
                 Log = o.LatLog is not null || o.IopsLog is not null ? new IoLog(o.LogAvgMsec) : null,
@@ -671,6 +682,9 @@ internal sealed class BenchRun
         public int Index { get; }
 
         public int Cpu { get; }
+
+        /// <summary>Where the job's region starts on the device, in bytes.</summary>
+        public long Start { get; }
 
         public long Blocks { get; }
 

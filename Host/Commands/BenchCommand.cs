@@ -38,6 +38,14 @@ internal static class BenchCommand
             throw new UsageException($"option --size: {percent}% is a share of an existing file's size, and {file} does not exist.");
         }
 
+        foreach (var (option, share) in new[] { ("--offset", options.OffsetPercent), ("--offset_increment", options.OffsetIncrementPercent) })
+        {
+            if (share is > 0 && configured is null && options.Join is null && options.FilePath is { } missing && !Path.Exists(missing))
+            {
+                throw new UsageException($"option {option}: {share}% is a share of an existing file's size, and {missing} does not exist.");
+            }
+        }
+
         await LayOutFileAsync(options, configured).ConfigureAwait(false);
 
         // SIGINT and SIGTERM stop the run, as fio's "terminating on signal": the jobs wind down,
@@ -146,27 +154,27 @@ internal static class BenchCommand
 
             var device = devices[0];
             var capacity = device.Capacity;
-            if (options.SizePercent is { } sizePercent and not (0 or 100))
+            if (!options.SizeGiven)
             {
-                // fio's size=N% (filesetup.c): that share of the file's size, rounded down to the
-                // block size (td_min_bs); 0% and 100% are the whole file, unrounded.
-                var region = (long)((UInt128)(ulong)capacity * (uint)sizePercent / 100);
-                options = options with { Size = region - (region % options.BlockSize) };
-            }
-            else if (!options.SizeGiven)
-            {
-                // fio's default: the whole device.
-                options = options with { Size = capacity };
+                // fio's default (filesetup.c setup_files): the rest of the device after the offset;
+                // size=N% is that share of the device's size (at most the rest), rounded down to
+                // the block size (td_min_bs), 0% and 100% the whole rest, unrounded.
+                options = options with { Size = options.RegionOf(0, capacity).Length };
             }
 
             string? unusable = null;
-            if (options.SizePercent is { } share && options.Size < options.BlockSize)
+            if (options.SizePercent is { } share and not (0 or 100) && (UInt128)(ulong)capacity * (uint)share / 100 < (ulong)options.BlockSize)
             {
                 unusable = $"option --size: {share}% of the device's {capacity} bytes holds no block of {options.BlockSize} bytes.";
             }
             else if (options.Size > capacity)
             {
                 unusable = $"option --size: {options.Size} bytes is more than the device holds ({capacity} bytes).";
+            }
+            else if (options.RegionProblem(capacity, device.LogicalBlockSize) is { } outside)
+            {
+                // fio's [offset, offset + size) of every job; the bench's file was laid out to it.
+                unusable = outside;
             }
             else if (options.BlockSize % device.LogicalBlockSize != 0)
             {
@@ -189,6 +197,14 @@ internal static class BenchCommand
                 throw new UsageException(unusable);
             }
 
+            options = options with { Regions = [.. Enumerable.Range(0, options.NumJobs).Select(job => options.RegionOf(job, capacity))] };
+
+            // fio's disk utilisation (diskutil.c init_disk_util, at the job's setup): the disk a
+            // file device lies on, read now and after the run; none for the other devices.
+            var diskPath = configured is not null
+                ? configured.Devices.FirstOrDefault(d => d.Name == options.Device && d.Driver == "file")?.Path
+                : options.Join is null ? options.FilePath : null;
+            var disks = diskPath is null ? null : DiskWatch.Start(diskPath);
             var description = device.Queue.BioDriver?.Description ?? device.Queue.Driver.Description;
             await Console.Error.WriteLineAsync($"actorblk bench: {(devices.Count > 1 ? $"{devices.Count} devices, " : string.Empty)}{device.Name}: {description}").ConfigureAwait(false);
             var runs = devices.Select(d => new BenchRun(options, d, layer.Topology.Online)).ToArray();
@@ -209,6 +225,7 @@ internal static class BenchCommand
                 {
                     ReadSamples = sampler.Read,
                     WriteSamples = sampler.Write,
+                    Disks = disks?.Read() ?? [],
                 }, Console.Out, options.Output).RunAsync(stopReports.Token)
                 : Task.CompletedTask;
 
@@ -242,6 +259,9 @@ internal static class BenchCommand
             }
 
             interrupt.End();
+
+            // fio's last update_io_ticks, once every job has ended.
+            var diskFigures = disks?.Read() ?? [];
             await stopHotplug.CancelAsync().ConfigureAwait(false);
             await stopReports.CancelAsync().ConfigureAwait(false);
             try
@@ -277,6 +297,7 @@ internal static class BenchCommand
                 Cluster = cluster,
                 ReadSamples = sampler.Read,
                 WriteSamples = sampler.Write,
+                Disks = diskFigures,
             };
             Console.Out.Write(BenchReport.Render(result, options.Output));
             var written = true;
@@ -377,10 +398,11 @@ internal static class BenchCommand
 
     /// <summary>
     /// fio's layout of a job's file (filesetup.c <c>setup_files</c>: a regular file smaller than
-    /// the job's size is extended before the job opens it): a <c>--device=file:PATH</c> regular
-    /// file smaller than <c>--size</c> grows to it, its bytes kept, the added range allocated, and
+    /// the job's offset + size is extended before the job opens it): a <c>--device=file:PATH</c>
+    /// regular file smaller than <c>--offset</c> + <c>--size</c> (of the last job, with
+    /// <c>--offset_increment</c>) grows to it, its bytes kept, the added range allocated, and
     /// fio's "Laying out IO file" line goes to stderr. A block device, a larger file (never shrunk)
-    /// or a missing one (the device creates it at <c>--size</c>) is left as it is; a file that
+    /// or a missing one (the device creates it at offset + size) is left as it is; a file that
     /// cannot be extended fails the run (exit 1) with the reason, before any device exists.
     /// </summary>
     private static async Task LayOutFileAsync(BenchOptions options, ActorBlkSettings? configured)
@@ -390,9 +412,14 @@ internal static class BenchCommand
             return;
         }
 
-        if (ActorBlk.Hardware.Drivers.File.FileBlockDriver.ExtendFile(path, options.Size, options.ToDeviceOptions().Name) is not null)
+        // fio extends the file to the end of the job's region, offset + size, the offset found
+        // from the file's size as it is (a share of it, with N%).
+        var length = File.Exists(path) ? new FileInfo(path).Length : 0;
+        var end = Enumerable.Range(0, options.NumJobs).Max(job => (Int128)options.StartOf(job, length) + options.Size);
+        var extendTo = end > long.MaxValue ? long.MaxValue : (long)end;
+        if (ActorBlk.Hardware.Drivers.File.FileBlockDriver.ExtendFile(path, extendTo, options.ToDeviceOptions().Name) is not null)
         {
-            await Console.Error.WriteLineAsync($"{options.Name}: Laying out IO file (1 file / {options.Size >> 20}MiB)").ConfigureAwait(false);
+            await Console.Error.WriteLineAsync($"{options.Name}: Laying out IO file (1 file / {extendTo >> 20}MiB)").ConfigureAwait(false);
         }
     }
 

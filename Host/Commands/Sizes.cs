@@ -75,12 +75,12 @@ internal static class Sizes
         }
 
         // fio 3.33 parse.c __handle_option: a value ending in a lower-case z is a number of zones
-        // for the options that take one (size, offset, io_size; used with zonemode=zbd), and
-        // "'z' suffix isn't applicable" for any other.
+        // for the options that take one (size, offset, offset_increment, io_size; used with
+        // zonemode=zbd), and "'z' suffix isn't applicable" for any other.
         if (t.EndsWith('z'))
         {
-            throw new UsageException(option == "size"
-                ? $"option --size: '{text}' is a number of zones (fio's z suffix, for zonemode=zbd); the bench's devices are not zoned."
+            throw new UsageException(option is "size" or "offset" or "offset_increment"
+                ? $"option --{option}: '{text}' is a number of zones (fio's z suffix, for zonemode=zbd); the bench's devices are not zoned."
                 : $"option --{option}: the z (zones) suffix isn't applicable, as in fio.");
         }
 
@@ -121,7 +121,7 @@ internal static class Sizes
 
     /// <summary>
     /// fio's percentage of a file's or device's size (parse.c <c>__get_mult_bytes</c>: a number
-    /// followed by <c>%</c>, for <c>size</c>): the whole number from 0 to 100 before the <c>%</c>
+    /// followed by <c>%</c>, for <c>size</c>, <c>offset</c> and <c>offset_increment</c>): the whole number from 0 to 100 before the <c>%</c>
     /// (fio takes 0% as 100%, the whole file: filesetup.c applies a share only when it is neither),
     /// or null when <paramref name="text"/> does not end in <c>%</c>.
     /// </summary>

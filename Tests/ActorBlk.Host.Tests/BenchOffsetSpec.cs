@@ -1,0 +1,167 @@
+using System.Text.Json;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Host.Bench;
+using ActorBlk.Host.Commands;
+using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Host.Tests;
+
+/// <summary>
+/// fio's <c>offset</c> (alias <c>fileoffset</c>) and <c>offset_increment</c>: each job's region is
+/// <c>[offset, offset + size)</c> (fio 3.33 filesetup.c <c>get_start_offset</c>, <c>setup_files</c>),
+/// <c>size</c> defaulting to the rest of the device; <c>N%</c> is a share of the file's or
+/// device's size rounded up to the block size (<c>offset_align</c>'s default). The bench had no
+/// <c>--offset</c>: every job covered <c>[0, size)</c>. The numbers are fio 3.33's on a 4 MiB file
+/// (<c>--write_lat_log --log_offset=1</c>).
+/// </summary>
+public sealed class BenchOffsetSpec : IDisposable
+{
+    private const long MiB = 1 << 20;
+    private static readonly TimeSpan Within = TimeSpan.FromSeconds(120);
+
+    private readonly string _config = Path.Combine(Path.GetTempPath(), $"actorblk-offset-{Guid.NewGuid():N}.conf");
+
+    public BenchOffsetSpec()
+    {
+        File.WriteAllText(_config, """
+            actorblk.topology.source = simulated
+            actorblk.devices = [
+              { name = ro0, size = 16m, memory_backed = on, read_only = on },
+              { name = b4k, size = 16m, memory_backed = on, bs = 4096 } ]
+            """);
+    }
+
+    public void Dispose() => File.Delete(_config);
+
+    [Fact]
+    public void The_command_line_reads_offsets_as_fio_does()
+    {
+        var bytes = BenchCommandLine.Parse("--offset=1m", "--offset_increment=64k", "--numjobs=2");
+        Assert.Equal((MiB, (int?)null, 65536L, (int?)null), (bytes.Offset, bytes.OffsetPercent, bytes.OffsetIncrement, bytes.OffsetIncrementPercent));
+        Assert.Equal(("1m", "64k"), bytes.OffsetTexts);
+
+        var share = BenchCommandLine.Parse("--device=file:/tmp/x", "--fileoffset=10%", "--offset_increment=25%");
+        Assert.Equal((0L, (int?)10, 0L, (int?)25), (share.Offset, share.OffsetPercent, share.OffsetIncrement, share.OffsetIncrementPercent));
+        Assert.Equal(("10%", "25%"), share.OffsetTexts);
+
+        // Not given: no echo in the JSON's job options, as fio's.
+        Assert.Equal((null, null), BenchCommandLine.Parse().OffsetTexts);
+
+        // Read in order with --kb_base, as --size.
+        Assert.Equal(1_024_000L, BenchCommandLine.Parse("--kb_base=1000", "--offset=1024k", "--bs=4KiB").Offset);
+        Assert.Equal(1_048_576L, BenchCommandLine.Parse("--offset=1m", "--kb_base=1000", "--bs=4KiB").Offset);
+    }
+
+    [Theory]
+    [InlineData("--offset=1000", "option --offset: 1000 is not a multiple of 512.")]
+    [InlineData("--offset_increment=100", "option --offset_increment: 100 is not a multiple of 512.")]
+    [InlineData("--offset=2z", "option --offset: '2z' is a number of zones (fio's z suffix, for zonemode=zbd); the bench's devices are not zoned.")]
+    [InlineData("--offset=101%", "option --offset: '101%' is not a share of the file's or device's size from 0% to 100%.")]
+    [InlineData("--offset=1KiB", "option --offset: '1KiB' is 1000 bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024.")]
+    [InlineData("--offset=50%", "option --offset: 50% is a share of an existing file's or device's size, and the null device the bench creates is as large as the jobs' regions: give it in bytes.")]
+    public void A_bad_offset_is_a_usage_error_naming_the_option(string arg, string message) =>
+        Assert.Equal(message, Assert.Throws<UsageException>(() => BenchCommandLine.Parse(arg)).Message);
+
+    // fio 3.33 on a 4 MiB file, 4 KiB blocks (its logs' lowest and highest offset, and the I/O count).
+    [Theory]
+    [InlineData("--offset=10%", 0, 421888L, 3772416L)]                                      // 419430 rounded up: 921 reads from 421888
+    [InlineData("--offset=1m", 0, MiB, 3 * MiB)]                                            // size: the rest
+    [InlineData("--offset=1m --size=1m", 0, MiB, MiB)]
+    [InlineData("--offset=1m --offset_increment=1m --numjobs=3 --size=512k", 2, 3 * MiB, 512 * 1024L)]
+    [InlineData("--offset_increment=25% --numjobs=2", 1, MiB, 3 * MiB)]                     // 768 reads from 1 MiB
+    [InlineData("--offset=3m --size=50%", 0, 3 * MiB, MiB)]                                 // 50% of the file, at most the rest
+    [InlineData("--offset=10% --offset_increment=3584 --numjobs=2", 1, 425984L, 3768320L)]  // the sum 423014 rounded up, not 421888 + 3584
+    public void A_jobs_region_is_fios(string args, int job, long start, long length)
+    {
+        var options = BenchCommandLine.Parse([.. args.Split(' '), "--device=file:/tmp/x", "--bs=4k"]);
+        Assert.Equal(new IoRegion(start, length), options.RegionOf(job, 4 * MiB));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Every_io_stays_in_its_jobs_region(bool random)
+    {
+        var pattern = random ? IoPattern.RandRead : IoPattern.Read;
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = $"off{(int)pattern}", Size = 16 * MiB }, CpuTopology.Simulated(2));
+        var options = new BenchOptions
+        {
+            Pattern = pattern, IoDepth = 4, NumJobs = 2, Size = MiB, Offset = 4 * MiB, OffsetIncrement = 8 * MiB, LatLog = "unused",
+        };
+        var run = new BenchRun(options, device, CpuSet.Of(0, 1));
+        var result = await run.RunAsync().WaitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.Equal(512, result.Completed);
+        var jobs = run.JobLogs;
+        Assert.Equal(2, jobs.Count);
+        foreach (var (logs, start) in jobs.Zip(new[] { 4 * MiB, 12 * MiB }))
+        {
+            var offsets = IoLog.Merge(logs, iops: false).Select(e => e.Offset).ToList();
+            Assert.Equal(256, offsets.Count);
+            Assert.All(offsets, o => Assert.InRange(o, start, start + MiB - 4096));
+            if (pattern == IoPattern.Read)
+            {
+                // In order, once over the region: each block once.
+                Assert.Equal(Enumerable.Range(0, 256).Select(b => start + (b * 4096L)), offsets.Order());
+            }
+        }
+    }
+
+    [Fact]
+    public async Task The_run_reads_inside_the_region_and_the_json_echoes_the_offset()
+    {
+        var dir = Directory.CreateTempSubdirectory("actorblk-offset-");
+        try
+        {
+            var prefix = Path.Combine(dir.FullName, "o");
+            await using var bench = ActorBlkProcess.Start("bench", "--config", _config, "--device=ro0", "--rw=randread", "--bs=4k", "--offset=4m", "--size=2m",
+                $"--write_lat_log={prefix}", "--log_offset=1", "--output-format=json");
+            Assert.Equal(0, await bench.WaitForExitAsync(Within));
+
+            var job = JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0];
+            Assert.Equal(512, job.GetProperty("read").GetProperty("total_ios").GetInt64());
+            Assert.Equal("4m", job.GetProperty("job options").GetProperty("offset").GetString());
+            Assert.False(job.GetProperty("job options").TryGetProperty("offset_increment", out _));
+            var offsets = (await File.ReadAllLinesAsync($"{prefix}_lat.1.log")).Select(l => long.Parse(l.Split(", ")[4], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            Assert.Equal(512, offsets.Count);
+            Assert.All(offsets, o => Assert.InRange(o, 4 * MiB, (6 * MiB) - 4096));
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData("ro0", "--offset=20m", "option --offset: 20971520 bytes leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
+    [InlineData("ro0", "--offset=16m", "option --offset: 16777216 bytes leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
+    [InlineData("ro0", "--offset=8m --size=12m", "option --offset: 8388608 bytes and --size's 12582912 bytes end at 20971520, past the device's end (16777216 bytes).")]
+    [InlineData("ro0", "--offset_increment=8m --numjobs=3", "option --offset_increment: job 2's offset, 16777216 bytes, leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
+    [InlineData("b4k", "--offset=512", "option --offset: 512 bytes is not a multiple of the device's 4096-byte logical block size.")]
+    public async Task An_offset_outside_the_device_or_off_its_logical_block_is_a_usage_error(string device, string args, string message)
+    {
+        await using var bench = ActorBlkProcess.Start(["bench", "--config", _config, $"--device={device}", "--rw=read", "--bs=4k", .. args.Split(' '), "--runtime=1"]);
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+        Assert.Contains(message, bench.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", bench.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_file_is_laid_out_to_offset_plus_size()
+    {
+        using var dir = new TempDirectory("offset");
+        var path = dir.CreateFile("small.img", (int)MiB);
+
+        await using var bench = ActorBlkProcess.Start("bench", $"--device=file:{path}", "--offset=2m", "--size=1m", "--rw=read", "--bs=4k",
+            "--direct=0", "--jit_warmup=0", "--eta=never", "--output-format=json");
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+
+        Assert.Equal(3 * MiB, new FileInfo(path).Length);
+        Assert.Contains("actorblk: Laying out IO file (1 file / 3MiB)", bench.StandardError, StringComparison.Ordinal);
+        Assert.Equal(256, JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
+    }
+}
