@@ -522,6 +522,17 @@ public sealed class NbdClientDriverSpec
         Assert.Equal("uri", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "u0", Driver = "nbd", Uri = $"nbd+unix:///?socket={path}s" }.Validate()).Option);
     }
 
+    // connect(2)'s ENOENT on a Unix domain socket came out as .NET's "Cannot assign requested
+    // address" (a review): the missing socket is named.
+    [Fact]
+    public void A_unix_socket_that_does_not_exist_is_named()
+    {
+        using var dir = new TempDirectory("nbd-unix-missing");
+        var socket = dir.File("none.sock");
+        var refused = Assert.Throws<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse($"nbd+unix:///?socket={socket}") }, "missing0"));
+        Assert.Equal($"cannot connect to nbd+unix:///?socket={socket}: no socket at '{socket}' (No such file or directory)", refused.Message);
+    }
+
     // The URI and the device's own TLS settings must not say two things.
     [Fact]
     public void Tls_settings_given_both_in_the_uri_and_in_the_options_are_refused()
