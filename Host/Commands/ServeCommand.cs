@@ -483,14 +483,19 @@ internal static class ServeCommand
     // ever, and only the seed's log said why (an outside TLS audit). After three of Akka's join
     // retries (akka.cluster.retry-unsuccessful-join-after, 10 s by default) and then every six,
     // the node says it has not joined and what makes a seed refuse a node.
+    // Each wait is kept from 1 s to Task.Delay's longest (about 49.7 days): a setting of 0s logged
+    // the line without pause (81,000 lines in 8 s), and one of 30d made Task.Delay throw, so serve
+    // failed its start-up with an ArgumentOutOfRangeException stack (a review).
     private static async Task WaitUpSayingWhyNotAsync(Cluster cluster, Task up)
     {
         var retry = cluster.Settings.RetryUnsuccessfulJoinAfter ?? TimeSpan.FromSeconds(10);
+        static TimeSpan Times(TimeSpan retry, int n) =>
+            TimeSpan.FromMilliseconds(Math.Clamp(retry.TotalMilliseconds * n, 1000, uint.MaxValue - 1.0));
         var waited = TimeSpan.Zero;
         using var done = new CancellationTokenSource();
         try
         {
-            for (var wait = retry * 3; ; wait = retry * 6)
+            for (var wait = Times(retry, 3); ; wait = Times(retry, 6))
             {
                 if (await Task.WhenAny(up, Task.Delay(wait, done.Token)).ConfigureAwait(false) == up)
                 {

@@ -149,7 +149,7 @@ internal static class Sizes
     /// <c>:</c> or <c>-</c>), each read as <see cref="Parse"/> reads it. The last value given fills
     /// the directions after it (<c>4k</c> is 4k for all three, <c>4k,8k</c> reads of 4k, writes
     /// and trims of 8k); an empty one leaves its direction as it was (<c>,8k</c> sets writes and
-    /// trims alone, <c>8k,,16k</c> reads and trims); a trailing comma is dropped, and values past
+    /// trims alone, <c>8k,,16k</c> reads and trims, <c>8k,</c> reads alone), and values past
     /// the third are ignored, as in fio. Each direction's size and the value it was given as; null
     /// for a direction the text does not set.
     /// </summary>
@@ -167,13 +167,10 @@ internal static class Sizes
         var any = false;
         for (var curr = 0; ; curr++)
         {
+            // A trailing comma still separates (fio replaces it with a NUL and keeps it as the
+            // separator): "8k," sets reads alone, as fio 3.33's job line shows, "(R) 8192B-8192B,
+            // (W) 4096B-4096B". Dropping it made "8k," 8k for all three directions.
             var separator = rest.IndexOf(',', StringComparison.Ordinal);
-            if (separator >= 0 && separator == rest.Length - 1)
-            {
-                rest = rest[..^1];
-                separator = -1;
-            }
-
             if (separator < 0)
             {
                 separator = rest.IndexOf(':', StringComparison.Ordinal);

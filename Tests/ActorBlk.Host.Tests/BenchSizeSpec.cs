@@ -162,7 +162,8 @@ public sealed class BenchSizeSpec
     [InlineData(",8k", null, 8192L, 8192L)]
     [InlineData("4k,8k", 4096L, 8192L, 8192L)]
     [InlineData("4k,8k,16k", 4096L, 8192L, 16384L)]
-    [InlineData("4k,", 4096L, 4096L, 4096L)]
+    [InlineData("4k,", 4096L, null, null)]
+    [InlineData("8k,", 8192L, null, null)]                // fio 3.33: (R) 8192B, (W) 4096B, (T) 4096B
     [InlineData("8k,,16k", 8192L, null, 16384L)]
     [InlineData(",,16k", null, null, 16384L)]
     [InlineData("4k,8k,16k,32k", 4096L, 8192L, 16384L)]
@@ -184,6 +185,7 @@ public sealed class BenchSizeSpec
     [InlineData("--rw=randrw --rwmixread=100 --bs=4k,8k", 4096)]
     [InlineData("--rw=rw --rwmixread=0 --bs=4k,8k", 8192)]
     [InlineData("--rw=read --bs=8k --bs=,16k", 8192)]     // a later --bs's empty value keeps the earlier one's
+    [InlineData("--rw=write --bs=8k,", 4096)]             // a trailing comma: reads of 8k, writes keep 4096, as in fio 3.33
     public void A_split_block_size_drives_the_direction_the_pattern_issues(string args, int blockSize) =>
         Assert.Equal(blockSize, BenchCommandLine.Parse(args.Split(' ')).BlockSize);
 

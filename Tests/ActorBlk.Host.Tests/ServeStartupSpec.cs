@@ -44,6 +44,32 @@ public sealed class ServeStartupSpec
         Assert.Contains("ActorBlk node stopped", node.Output);
     }
 
+    // The "has not joined its cluster" line waits three, then six, of Akka's join retries
+    // (retry-unsuccessful-join-after). A setting of 0s logged it without pause, and one of 30d
+    // made Task.Delay throw: serve failed its start-up with an ArgumentOutOfRangeException stack
+    // (a review). Each wait is kept from 1 s to Task.Delay's longest.
+    [Theory]
+    [InlineData("30d")]
+    [InlineData("0s")]
+    public async Task A_join_retry_setting_of_0s_or_of_days_neither_floods_the_log_nor_fails_the_start_up(string retry)
+    {
+        using var dir = new TempDirectory("serve-join-retry");
+        File.WriteAllText(dir.File("hocon.conf"), File.ReadAllText(RepositoryFiles.Hocon()) + $"\nakka.cluster.retry-unsuccessful-join-after = {retry}\n");
+        using var seed = new SilentPort();
+        await using var node = ActorBlkProcess.Start("serve", "--config", dir.File("hocon.conf"), "--port", "0", "--nbd-listen", "127.0.0.1:0", "--seed", $"127.0.0.1:{seed.Port}");
+        await node.WaitForLineAsync(l => l.Contains("Registered disk0", StringComparison.Ordinal), Within);
+        if (retry == "0s")
+        {
+            var line = await node.WaitForLineAsync(l => l.Contains("has not joined its cluster", StringComparison.Ordinal), Within);
+            Assert.Contains("after 1 s:", line, StringComparison.Ordinal);
+        }
+
+        node.Terminate();
+        Assert.Equal(0, await node.WaitForExitAsync(Within));
+        Assert.Contains("Stopping before the node joined its cluster", node.Output);
+        Assert.DoesNotContain("ArgumentOutOfRangeException", node.Output, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Sigterm_stops_a_node_that_waits_for_a_mirror_leg_on_another_node()
     {

@@ -416,7 +416,13 @@ internal sealed class NbdClientConnection : IDisposable
         {
             stream?.Dispose();
             socket.Dispose();
-            throw new IOException($"cannot connect to {uri}: {ex.Message}", ex);
+
+            // .NET reports connect(2)'s ENOENT on a Unix domain socket as AddressNotAvailable,
+            // "Cannot assign requested address", which named no missing file (a review).
+            var why = ex is SocketException && !connected && uri.Socket is { } path && path[0] != '\0' && !Path.Exists(path)
+                ? $"no socket at '{ControlCharacters.Escape(path)}' (No such file or directory)"
+                : ex.Message;
+            throw new IOException($"cannot connect to {uri}: {why}", ex);
         }
         catch (IOException ex) when (ex.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut })
         {

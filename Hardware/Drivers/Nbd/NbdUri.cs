@@ -43,7 +43,7 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     /// <summary>Parses <paramref name="text"/>.</summary>
     /// <exception cref="FormatException">
     /// It is not an NBD URI this client can use: another scheme, no host (TCP) or no socket (Unix),
-    /// a query parameter it does not understand or given twice, a TLS parameter on a URI without
+    /// a socket name longer than a Unix domain socket's (107 bytes, 108 in the abstract namespace), a query parameter it does not understand or given twice, a TLS parameter on a URI without
     /// TLS, or TLS it does not have (<c>tls-type=anon</c> or <c>psk</c>, <c>tls-psk-file</c>).
     /// </exception>
     public static NbdUri Parse(string text)
@@ -109,13 +109,16 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     // trust store instead of DIR (the thirty-third session's TLS audit).
     private static NbdUri WithQuery(NbdUri uri, string text, string scheme)
     {
-        var start = text.IndexOf('?', StringComparison.Ordinal);
+        // The query runs from the first '?' to the fragment (RFC 3986 section 3.5): a '?' in the
+        // fragment starts none. It did: "nbd+unix:///#?socket=PATH" connected to PATH, and
+        // "nbds://h/#?tls-verify-peer=0" turned verification off (libnbd refuses the first).
+        var end = text.IndexOf('#', StringComparison.Ordinal);
+        var start = end < 0 ? text.IndexOf('?', StringComparison.Ordinal) : text.IndexOf('?', 0, end);
         if (start < 0)
         {
             return uri;
         }
 
-        var end = text.IndexOf('#', start);
         var query = text[(start + 1)..(end < 0 ? text.Length : end)];
         var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var pair in query.Split('&'))
@@ -142,7 +145,7 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
             {
                 "socket" when scheme is not ("nbd+unix" or "nbds+unix") =>
                     throw new FormatException($"'{text}': socket names the Unix domain socket of an nbd+unix:// URI; an {scheme}:// URI connects over TCP."),
-                "socket" => uri with { Socket = NonEmpty(text, key, value) },
+                "socket" => uri with { Socket = SocketName(text, NonEmpty(text, key, value)) },
                 "tls-type" => NonEmpty(text, key, value) switch
                 {
                     "x509" => uri,
@@ -159,6 +162,28 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
         }
 
         return uri;
+    }
+
+    // sizeof(struct sockaddr_un.sun_path) on Linux.
+    private const int MaxSocketNameBytes = 108;
+
+    // A Unix domain socket's name fits sun_path's 108 bytes: a path 107 and its NUL, an abstract
+    // name (a leading NUL) all 108, as UnixDomainSocketEndPoint takes them; and a path holds no
+    // NUL, where the kernel would end it. A longer one escaped the connect as .NET's
+    // ArgumentOutOfRangeException, a stack trace (a review; libnbd: "socket name too long").
+    private static string SocketName(string text, string socket)
+    {
+        var abstractName = socket[0] == '\0';
+        if (!abstractName && socket.Contains('\0', StringComparison.Ordinal))
+        {
+            throw new FormatException($"'{text}': the socket '{ControlCharacters.Escape(socket)}' holds a NUL (%00), which would end its path there; only a name in the abstract namespace starts with one.");
+        }
+
+        var bytes = Encoding.UTF8.GetByteCount(socket);
+        var limit = abstractName ? MaxSocketNameBytes : MaxSocketNameBytes - 1;
+        return bytes <= limit
+            ? socket
+            : throw new FormatException($"'{text}': the socket '{ControlCharacters.Escape(socket)}' is {bytes} bytes long, and a Unix domain socket's name holds at most {limit} ({(abstractName ? "108 in the abstract namespace" : "108 with the path's terminating NUL")}).");
     }
 
     private static string NonEmpty(string text, string key, string? value) =>

@@ -495,6 +495,44 @@ public sealed class NbdClientDriverSpec
         Assert.Equal("uri", refused.Option);
     }
 
+    // RFC 3986: the query ends at the fragment, and a '?' in the fragment starts none. The parser
+    // took the first '?' anywhere: "nbd+unix:///#?socket=PATH" connected to PATH (libnbd refuses
+    // it), and "nbds://h/#?tls-verify-peer=0" turned verification off (a review).
+    [Fact]
+    public void A_question_mark_in_the_fragment_starts_no_query()
+    {
+        Assert.Contains("MUST name its socket", Assert.Throws<FormatException>(() => NbdUri.Parse("nbd+unix:///#?socket=/s")).Message, StringComparison.Ordinal);
+        Assert.Null(NbdUri.Parse("nbds://h/e#?tls-verify-peer=0").TlsVerifyPeer);
+        Assert.Equal("/s", NbdUri.Parse("nbd+unix:///e?socket=/s#?socket=/t").Socket);
+    }
+
+    // sun_path holds 108 bytes: a socket path of 107 and its NUL, an abstract name of 108. A
+    // longer one escaped the connect as .NET's ArgumentOutOfRangeException, a stack trace in
+    // bench and serve (a review; libnbd: "socket name too long"); a NUL inside a path would have
+    // ended it there.
+    [Fact]
+    public void A_socket_name_longer_than_a_unix_socket_holds_or_with_a_nul_in_its_path_is_refused()
+    {
+        var path = "/" + new string('s', 106);
+        Assert.Equal(path, NbdUri.Parse($"nbd+unix:///?socket={path}").Socket);
+        Assert.Contains("is 108 bytes long, and a Unix domain socket's name holds at most 107", Assert.Throws<FormatException>(() => NbdUri.Parse($"nbd+unix:///?socket={path}s")).Message, StringComparison.Ordinal);
+        Assert.Equal(108, NbdUri.Parse($"nbd+unix:///?socket=%00{new string('a', 107)}").Socket!.Length);
+        Assert.Contains("at most 108", Assert.Throws<FormatException>(() => NbdUri.Parse($"nbd+unix:///?socket=%00{new string('a', 108)}")).Message, StringComparison.Ordinal);
+        Assert.Contains("holds a NUL", Assert.Throws<FormatException>(() => NbdUri.Parse("nbd+unix:///?socket=/tmp/a%00b")).Message, StringComparison.Ordinal);
+        Assert.Equal("uri", Assert.Throws<DeviceOptionsException>(() => new DeviceOptions { Name = "u0", Driver = "nbd", Uri = $"nbd+unix:///?socket={path}s" }.Validate()).Option);
+    }
+
+    // connect(2)'s ENOENT on a Unix domain socket came out as .NET's "Cannot assign requested
+    // address" (a review): the missing socket is named.
+    [Fact]
+    public void A_unix_socket_that_does_not_exist_is_named()
+    {
+        using var dir = new TempDirectory("nbd-unix-missing");
+        var socket = dir.File("none.sock");
+        var refused = Assert.Throws<IOException>(() => new NbdClientDriver(new NbdClientOptions { Uri = NbdUri.Parse($"nbd+unix:///?socket={socket}") }, "missing0"));
+        Assert.Equal($"cannot connect to nbd+unix:///?socket={socket}: no socket at '{socket}' (No such file or directory)", refused.Message);
+    }
+
     // The URI and the device's own TLS settings must not say two things.
     [Fact]
     public void Tls_settings_given_both_in_the_uri_and_in_the_options_are_refused()
