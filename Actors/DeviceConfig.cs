@@ -131,7 +131,7 @@ public static class DeviceConfig
         if (nbdUri is { Tls: false } && (entry.HasPath("tls_ca") || entry.HasPath("tls_verify")))
         {
             var key = entry.HasPath("tls_ca") ? "tls_ca" : "tls_verify";
-            throw new DeviceOptionsException(name, key, $"only an nbds:// URI uses TLS ('{options.Uri}' is plain nbd://); it would be ignored.");
+            throw new DeviceOptionsException(name, key, $"only an nbds:// or nbds+unix:// URI uses TLS ('{options.Uri}' does not); it would be ignored.");
         }
 
         // tls_verify = on said explicitly against the URI's tls-verify-peer=0 (DeviceOptions.Validate

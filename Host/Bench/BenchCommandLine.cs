@@ -199,13 +199,18 @@ internal sealed class BenchCommandLine
     {
         ArgumentNullException.ThrowIfNull(command);
         ArgumentNullException.ThrowIfNull(args);
-        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name)).Where(n => n.StartsWith("--", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
+        // Each long name, and whether its option takes a value (a flag takes none).
+        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name).Select(n => (Name: n, Valued: o.Arity.MaximumNumberOfValues > 0)))
+            .Where(n => n.Name.StartsWith("--", StringComparison.Ordinal)).ToDictionary(n => n.Name, n => n.Valued, StringComparer.Ordinal);
         var rest = false;
+        var value = false; // the argument is the value of the option before it (-name -rw: the name "-rw", as fio)
         foreach (var arg in args)
         {
             rest |= arg == "--";
             var name = arg.Split('=', 2)[0];
-            yield return !rest && arg.Length > 2 && arg[0] == '-' && arg[1] != '-' && names.Contains("-" + name) ? "-" + arg : arg;
+            var rewritten = !rest && !value && arg.Length > 2 && arg[0] == '-' && arg[1] != '-' && names.ContainsKey("-" + name) ? "-" + arg : arg;
+            value = !value && !rest && !rewritten.Contains('=', StringComparison.Ordinal) && names.TryGetValue(rewritten, out var valued) && valued;
+            yield return rewritten;
         }
     }
 

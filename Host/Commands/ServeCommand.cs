@@ -480,8 +480,8 @@ internal static class ServeCommand
 
     // Akka retries a join without end, and on the joining node its lines say only that an
     // association failed: a node with TLS off seeded at a TLS node (or the reverse) kept trying for
-    // ever, and only the seed's log said why (an outside TLS audit). After three of Akka's join
-    // retries (akka.cluster.retry-unsuccessful-join-after, 10 s by default) and then every six,
+    // ever, and only the seed's log said why (an outside TLS audit). After three times Akka's
+    // akka.cluster.retry-unsuccessful-join-after (10 s by default: 30 s) and then every six times it,
     // the node says it has not joined and what makes a seed refuse a node.
     // Each wait is kept from 1 s to Task.Delay's longest (about 49.7 days): a setting of 0s logged
     // the line without pause (81,000 lines in 8 s), and one of 30d made Task.Delay throw, so serve

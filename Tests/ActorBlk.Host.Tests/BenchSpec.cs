@@ -326,6 +326,12 @@ public sealed class BenchSpec
         Assert.Equal((IoPattern.Write, 8192, 4, OutputFormat.Terse, 1000, 8_388_608L),
             (options.Pattern, options.BlockSize, options.IoDepth, options.Output, options.KbBase, options.Size));
         Assert.Equal("-x", BenchCommandLine.Parse("--name", "-x").Name);
+
+        // A value that is an option's name is the value, as fio's getopt reads it (a review: the
+        // job's name became "--rw"); the option after it is read again.
+        var named = BenchCommandLine.Parse("-name", "-rw", "-rw=randwrite");
+        Assert.Equal(("-rw", IoPattern.RandWrite), (named.Name, named.Pattern));
+        Assert.Equal(IoPattern.Write, BenchCommandLine.Parse("-minimal", "-rw", "write").Pattern);
     }
 
     [Theory]

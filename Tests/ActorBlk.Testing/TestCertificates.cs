@@ -6,12 +6,12 @@ namespace ActorBlk.Testing;
 
 /// <summary>
 /// A throw-away certificate authority and a server certificate it signed, for TLS specs: the
-/// server certificate names <c>localhost</c> and 127.0.0.1 and carries its private key.
+/// server certificate names <c>localhost</c> (or the name given) and 127.0.0.1 and carries its private key.
 /// </summary>
 public sealed class TestCertificates : IDisposable
 {
-    /// <summary>Creates a CA called <paramref name="caName"/> and a server certificate signed by it.</summary>
-    public TestCertificates(string caName = "ActorBlk test CA")
+    /// <summary>Creates a CA called <paramref name="caName"/> and a server certificate signed by it, for <paramref name="serverName"/> and 127.0.0.1.</summary>
+    public TestCertificates(string caName = "ActorBlk test CA", string serverName = "localhost")
     {
         using var caKey = RSA.Create(2048);
         var caRequest = new CertificateRequest($"CN={caName}", caKey, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
@@ -21,9 +21,9 @@ public sealed class TestCertificates : IDisposable
         Authority = caRequest.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(30));
 
         ServerKey = RSA.Create(2048);
-        var request = new CertificateRequest("CN=localhost", ServerKey, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        var request = new CertificateRequest($"CN={serverName}", ServerKey, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
         var names = new SubjectAlternativeNameBuilder();
-        names.AddDnsName("localhost");
+        names.AddDnsName(serverName);
         names.AddIpAddress(IPAddress.Loopback);
         request.CertificateExtensions.Add(names.Build());
         request.CertificateExtensions.Add(new X509BasicConstraintsExtension(false, false, 0, false));

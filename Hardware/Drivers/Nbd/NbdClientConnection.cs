@@ -59,8 +59,12 @@ internal sealed class NbdClientConnection : IDisposable
     // NBD_CMD_DISC is in the send pipe and its writer completed: nothing more may be written.
     private bool _disconnected;
 
-    private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload, string? description)
+    // The client certificate of a tls-certificates directory (with its key), disposed with the stream.
+    private readonly X509Certificate2? _clientCertificate;
+
+    private NbdClientConnection(Socket socket, Stream stream, ulong size, NbdTransmissionFlags flags, uint minimumBlock, uint maximumPayload, string? description, X509Certificate2? clientCertificate)
     {
+        _clientCertificate = clientCertificate;
         Description = description;
         _socket = socket;
         _stream = stream;
@@ -134,8 +138,20 @@ internal sealed class NbdClientConnection : IDisposable
             return refusal;
         }
 
+        // Over a Unix socket without tls-hostname there is no name to check: the chain alone, as libnbd.
+        var checksName = options.Uri.ChecksTlsName;
         if (options.TrustAnchors is not { } file)
         {
+            if (!checksName)
+            {
+                authentication.RemoteCertificateValidationCallback = (_, _, chain, errors) =>
+                {
+                    errors &= ~SslPolicyErrors.RemoteCertificateNameMismatch;
+                    refusal.Reason = errors == SslPolicyErrors.None ? null : Describe(errors, chain);
+                    return errors == SslPolicyErrors.None;
+                };
+            }
+
             return refusal;
         }
 
@@ -165,6 +181,11 @@ internal sealed class NbdClientConnection : IDisposable
         // its issuer (PartialChain, UntrustedRoot): an expired pinned certificate is refused.
         authentication.RemoteCertificateValidationCallback = (_, certificate, chain, errors) =>
         {
+            if (!checksName)
+            {
+                errors &= ~SslPolicyErrors.RemoteCertificateNameMismatch;
+            }
+
             if (errors == SslPolicyErrors.None)
             {
                 return true;
@@ -178,16 +199,22 @@ internal sealed class NbdClientConnection : IDisposable
                 return true;
             }
 
-            refusal.Reason = statuses.Length > 0 ? $"{errors}: {string.Join(", ", statuses)}" : errors.ToString();
+            refusal.Reason = Describe(errors, chain);
             return false;
         };
         return refusal;
     }
 
+    private static string Describe(SslPolicyErrors errors, X509Chain? chain)
+    {
+        var statuses = chain?.ChainStatus.Select(s => s.Status).Where(s => s != X509ChainStatusFlags.NoError).Distinct().ToArray() ?? [];
+        return statuses.Length > 0 ? $"{errors}: {string.Join(", ", statuses)}" : errors.ToString();
+    }
+
     // The client's certificate of a tls-certificates directory, as libnbd, nbdkit and qemu lay it
     // out: client-cert.pem with its key in client-key.pem, for a server that verifies its clients
     // (nbdkit --tls-verify-peer). Neither file: no client certificate; one without the other is an error.
-    private static X509CertificateCollection? ClientCertificate(NbdClientOptions options)
+    private static X509Certificate2? ClientCertificate(NbdClientOptions options)
     {
         if (options.Uri.TlsCertificates is not { } directory)
         {
@@ -203,7 +230,7 @@ internal sealed class NbdClientConnection : IDisposable
 
         try
         {
-            return [X509Certificate2.CreateFromPemFile(certificate, key)];
+            return X509Certificate2.CreateFromPemFile(certificate, key);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
         {
@@ -251,6 +278,8 @@ internal sealed class NbdClientConnection : IDisposable
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(timeout);
         var connected = false;
+        var tlsUnanswered = false; // the TLS handshake completed, and nothing came over the session yet
+        X509Certificate2? clientCertificate = null; // the connection's once it is made; disposed here otherwise
         using var abort = deadline.Token.Register(static s =>
         {
             try
@@ -294,11 +323,13 @@ internal sealed class NbdClientConnection : IDisposable
 
                 var tls = new SslStream(stream, leaveInnerStreamOpen: false);
                 stream = tls;
-                var authentication = new SslClientAuthenticationOptions { TargetHost = uri.TlsTargetHost, ClientCertificates = ClientCertificate(options) };
+                clientCertificate = ClientCertificate(options);
+                var authentication = new SslClientAuthenticationOptions { TargetHost = uri.TlsTargetHost, ClientCertificates = clientCertificate is null ? null : [clientCertificate] };
                 var refusal = ConfigureVerification(authentication, options);
                 try
                 {
                     tls.AuthenticateAsClient(authentication);
+                    tlsUnanswered = true;
                 }
                 catch (AuthenticationException ex)
                 {
@@ -325,6 +356,7 @@ internal sealed class NbdClientConnection : IDisposable
             while (true)
             {
                 var reply = ReadOptionReply(stream, uri, NbdOption.Go);
+                tlsUnanswered = false;
                 if (reply.Type == NbdReply.Ack)
                 {
                     if (!sawExport)
@@ -380,7 +412,9 @@ internal sealed class NbdClientConnection : IDisposable
 
             socket.ReceiveTimeout = 0;
             socket.SendTimeout = 0;
-            return new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description);
+            var made = new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description, clientCertificate);
+            clientCertificate = null;
+            return made;
         }
         catch (Exception ex) when (cancellationToken.IsCancellationRequested)
         {
@@ -395,6 +429,19 @@ internal sealed class NbdClientConnection : IDisposable
             stream?.Dispose();
             socket.Dispose();
             throw new IOException($"cannot connect to {uri}: the server accepted the connection but did not complete the negotiation within {timeout.TotalSeconds:0.###} s", ex);
+        }
+        catch (IOException ex) when (tlsUnanswered && ex is not (NbdTlsException or NbdClientProtocolException) && ex.InnerException is not SocketException { SocketErrorCode: SocketError.TimedOut })
+        {
+            // TLS 1.3: the server checks the client's certificate after the client's handshake has
+            // completed, and one it refuses ends the session at the first write or read. The error
+            // was "Unable to write data to the transport connection: Broken pipe." (a review).
+            stream?.Dispose();
+            socket.Dispose();
+            var presented = options.Uri.TlsCertificates is { } directory && System.IO.File.Exists(Path.Combine(directory, "client-cert.pem"));
+            throw new NbdTlsException($"{uri}: the server ended the TLS session right after its handshake ({ex.Message}): it refused this client, " +
+                (presented
+                    ? "most likely the client certificate (tls-certificates' client-cert.pem)"
+                    : "most likely for presenting no certificate: a server that verifies its clients (nbdkit --tls-verify-peer) needs client-cert.pem and client-key.pem in the URI's tls-certificates directory"), ex);
         }
         catch (EndOfStreamException ex)
         {
@@ -438,6 +485,10 @@ internal sealed class NbdClientConnection : IDisposable
             socket.Dispose();
             throw;
         }
+        finally
+        {
+            clientCertificate?.Dispose(); // not handed to a connection
+        }
     }
 
     /// <summary>
@@ -480,6 +531,7 @@ internal sealed class NbdClientConnection : IDisposable
             // The socket is closed already; nothing is left to say to the peer.
         }
 
+        _clientCertificate?.Dispose();
         Volatile.Write(ref _streamDisposed, 1);
     }
 

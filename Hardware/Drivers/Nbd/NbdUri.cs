@@ -22,8 +22,8 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
 
     /// <summary>
     /// <c>tls-hostname</c>: the name the server's certificate must carry, in place of the URI's
-    /// host (for a Unix domain socket, which has none, <c>localhost</c> without it). Null when
-    /// the URI has none.
+    /// host. A Unix domain socket has no host: without it, the certificate's chain is checked and
+    /// not its name, as libnbd does. Null when the URI has none.
     /// </summary>
     public string? TlsHostname { get; init; }
 
@@ -37,8 +37,11 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
     /// </summary>
     public string? TlsCertificates { get; init; }
 
-    /// <summary>The name the server's certificate is checked against: <see cref="TlsHostname"/>, else the host, else (a Unix socket) <c>localhost</c>.</summary>
+    /// <summary>The server name the TLS handshake sends: <see cref="TlsHostname"/>, else the host, else (a Unix socket) <c>localhost</c>.</summary>
     public string TlsTargetHost => TlsHostname ?? (Socket is null ? Host : "localhost");
+
+    /// <summary>Whether the server certificate's name is checked: always over TCP; over a Unix socket only against <see cref="TlsHostname"/>.</summary>
+    public bool ChecksTlsName => Socket is null || TlsHostname is not null;
 
     /// <summary>Parses <paramref name="text"/>.</summary>
     /// <exception cref="FormatException">
@@ -121,7 +124,7 @@ public sealed record NbdUri(string Host, int Port, string Export, bool Tls)
 
         var query = text[(start + 1)..(end < 0 ? text.Length : end)];
         var seen = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var pair in query.Split('&'))
+        foreach (var pair in query.Split('&', ';')) // libnbd separates parameters with either
         {
             if (pair.Length == 0)
             {
