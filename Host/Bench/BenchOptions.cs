@@ -124,6 +124,13 @@ internal sealed record BenchOptions
     public IReadOnlyList<IoRegion>? Regions { get; init; }
 
     /// <summary>
+    /// The file's size before the bench laid it out (extended it to offset + size), of which
+    /// <c>--offset=N%</c> and <c>--offset_increment=N%</c> are shares, as fio computes its offsets
+    /// from <c>real_file_size</c> before it extends the file; null: the device's capacity.
+    /// </summary>
+    public long? LaidOutFrom { get; init; }
+
+    /// <summary>
     /// fio's <c>kb_base</c> (<c>--kb_base</c>, 1024 or 1000) as it stands at the end of the command
     /// line: the base of the normal report's units (fio's <c>i2p</c>: 1024 prints binary units
     /// first, 1000 decimal ones first and the bandwidth samples as <c>kB/s</c>).
@@ -325,11 +332,12 @@ internal sealed record BenchOptions
     /// 3.33 filesetup.c <c>setup_files</c> sets <c>file_offset</c> and <c>io_size</c>: from
     /// <see cref="StartOf"/>, <see cref="Size"/> bytes when <c>--size</c> gave them, else the rest
     /// of the device after the start; <c>--size=N%</c> is that share of the whole device, at most
-    /// the rest, rounded down to the block size. A start past the end leaves a length of 0.
+    /// the rest, rounded down to the block size. A start past the end leaves a length of 0. The
+    /// offsets' shares are of <see cref="LaidOutFrom"/> when the bench laid the file out.
     /// </summary>
     internal IoRegion RegionOf(int job, long capacity)
     {
-        var start = StartOf(job, capacity);
+        var start = StartOf(job, LaidOutFrom ?? capacity);
         var rest = Math.Max(0, capacity - start);
         var length = SizeGiven ? Size : rest;
         if (!SizeGiven && SizePercent is { } percent and not (0 or 100))

@@ -46,7 +46,7 @@ internal static class BenchCommand
             }
         }
 
-        await LayOutFileAsync(options, configured).ConfigureAwait(false);
+        options = options with { LaidOutFrom = await LayOutFileAsync(options, configured).ConfigureAwait(false) };
 
         // SIGINT and SIGTERM stop the run, as fio's "terminating on signal": the jobs wind down,
         // the devices are removed in order and the report covers the run until the signal. Left
@@ -404,12 +404,14 @@ internal static class BenchCommand
     /// fio's "Laying out IO file" line goes to stderr. A block device, a larger file (never shrunk)
     /// or a missing one (the device creates it at offset + size) is left as it is; a file that
     /// cannot be extended fails the run (exit 1) with the reason, before any device exists.
+    /// Returns the file's size before it grew (the size <c>--offset=N%</c> is a share of), null
+    /// when it was left as it is.
     /// </summary>
-    private static async Task LayOutFileAsync(BenchOptions options, ActorBlkSettings? configured)
+    private static async Task<long?> LayOutFileAsync(BenchOptions options, ActorBlkSettings? configured)
     {
         if (configured is not null || options.Join is not null || !options.SizeGiven || options.FilePath is not { } path)
         {
-            return;
+            return null;
         }
 
         // fio extends the file to the end of the job's region, offset + size, the offset found
@@ -420,7 +422,12 @@ internal static class BenchCommand
         if (ActorBlk.Hardware.Drivers.File.FileBlockDriver.ExtendFile(path, extendTo, options.ToDeviceOptions().Name) is not null)
         {
             await Console.Error.WriteLineAsync($"{options.Name}: Laying out IO file (1 file / {extendTo >> 20}MiB)").ConfigureAwait(false);
+
+            // The offsets stay those found from the size before the layout (fio's real_file_size).
+            return length;
         }
+
+        return null;
     }
 
     // fio opens its logs before the run; a directory that does not exist is known before anything starts.

@@ -164,4 +164,28 @@ public sealed class BenchOffsetSpec : IDisposable
         Assert.Contains("actorblk: Laying out IO file (1 file / 3MiB)", bench.StandardError, StringComparison.Ordinal);
         Assert.Equal(256, JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0].GetProperty("read").GetProperty("total_ios").GetInt64());
     }
+
+    // fio 3.33 on a 1 MiB file: offset=50% is 512 KiB of the file as it was, the file laid out to
+    // 1.5 MiB, 256 reads from 512 KiB. The bench took the share of the laid-out file (768 KiB),
+    // whose region then ended past it: a usage error.
+    [Theory]
+    [InlineData("--offset=50%", 1536)]
+    [InlineData("--offset_increment=50% --numjobs=2", 1536)]
+    public async Task A_share_offset_is_of_the_file_before_its_layout(string args, long laidOutKiB)
+    {
+        using var dir = new TempDirectory("offset");
+        var path = dir.CreateFile("small.img", (int)MiB);
+        var prefix = Path.Combine(dir.Path, "o");
+
+        await using var bench = ActorBlkProcess.Start(["bench", $"--device=file:{path}", .. args.Split(' '), "--size=1m", "--rw=read", "--bs=4k",
+            "--direct=0", "--jit_warmup=0", "--eta=never", "--group_reporting", $"--write_lat_log={prefix}", "--log_offset=1", "--output-format=json"]);
+        Assert.Equal(0, await bench.WaitForExitAsync(Within));
+
+        Assert.Equal(laidOutKiB * 1024, new FileInfo(path).Length);
+        var offsets = (await File.ReadAllLinesAsync($"{prefix}_lat.{(args.Contains("numjobs", StringComparison.Ordinal) ? 2 : 1)}.log"))
+            .Select(l => long.Parse(l.Split(", ")[4], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(256, offsets.Count);
+        Assert.Equal(MiB / 2, offsets.Min());
+        Assert.Equal((3 * MiB / 2) - 4096, offsets.Max());
+    }
 }
