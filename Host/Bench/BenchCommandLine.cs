@@ -199,8 +199,10 @@ internal sealed class BenchCommandLine
     {
         ArgumentNullException.ThrowIfNull(command);
         ArgumentNullException.ThrowIfNull(args);
-        // Each long name, and whether its option takes a value (a flag takes none).
-        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name).Select(n => (Name: n, Valued: o.Arity.MaximumNumberOfValues > 0)))
+        // Each long name, and whether its option needs a value (fio's required_argument). A flag,
+        // or a bool whose value is optional (fio's FIO_OPT_STR_SET, optional_argument: getopt
+        // takes its value only after '='), leaves the next argument an option (-fixedbufs -rw=read).
+        var names = command.Options.SelectMany(o => o.Aliases.Prepend(o.Name).Select(n => (Name: n, Valued: o.Arity.MinimumNumberOfValues > 0)))
             .Where(n => n.Name.StartsWith("--", StringComparison.Ordinal)).ToDictionary(n => n.Name, n => n.Valued, StringComparer.Ordinal);
         var rest = false;
         var value = false; // the argument is the value of the option before it (-name -rw: the name "-rw", as fio)

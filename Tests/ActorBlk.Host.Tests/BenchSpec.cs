@@ -332,6 +332,12 @@ public sealed class BenchSpec
         var named = BenchCommandLine.Parse("-name", "-rw", "-rw=randwrite");
         Assert.Equal(("-rw", IoPattern.RandWrite), (named.Name, named.Pattern));
         Assert.Equal(IoPattern.Write, BenchCommandLine.Parse("-minimal", "-rw", "write").Pattern);
+
+        // An option whose value is optional does not take the next one (fio 3.33 runs
+        // "-fixedbufs -rw=randread" and "-group_reporting -rw=randread"); that review's change
+        // made "-rw=randwrite" the value of --fixedbufs ("is not 0 or 1").
+        var flagged = BenchCommandLine.Parse("-fixedbufs", "-rw=randwrite", "-group_reporting", "-bs", "8k");
+        Assert.Equal((true, IoPattern.RandWrite, 8192), (flagged.FixedBuffers, flagged.Pattern, flagged.BlockSize));
     }
 
     [Theory]
