@@ -501,6 +501,15 @@ internal sealed record BenchOptions
             }
         }
 
+        // The null device or missing file is created as large as the regions: past 2^63 - 1 bytes,
+        // RegionEnd's clamp was refused as "option 'size': 9223372036854775807 bytes is not a
+        // positive multiple of the block size (512)", naming neither offset (a review).
+        if ((Int128)Offset + ((Int128)(NumJobs - 1) * OffsetIncrement) + Size > long.MaxValue)
+        {
+            var option = NumJobs > 1 && OffsetIncrement > 0 ? "--offset_increment" : "--offset";
+            throw new UsageException($"option {option}: the jobs' regions end past {long.MaxValue} bytes, the largest a device can be.");
+        }
+
         if (Size < BlockSize || Size % 512 != 0)
         {
             throw new UsageException($"option --size: {Size} must hold at least one block of {BlockSize} bytes and be a multiple of 512.");

@@ -62,8 +62,12 @@ public sealed class BenchOffsetSpec : IDisposable
     [InlineData("--offset=101%", "option --offset: '101%' is not a share of the file's or device's size from 0% to 100%.")]
     [InlineData("--offset=1KiB", "option --offset: '1KiB' is 1000 bytes, not a multiple of 512: with fio's default kb_base=1024 KiB, MiB, GiB, TiB and PiB are powers of 1000, and k, m, g, t and p (kB, Ki ...) powers of 1024.")]
     [InlineData("--offset=50%", "option --offset: 50% is a share of an existing file's or device's size, and the null device the bench creates is as large as the jobs' regions: give it in bytes.")]
+    // Past 2^63 - 1 bytes, the device the bench would create (a review: "option 'size':
+    // 9223372036854775807 bytes is not a positive multiple of the block size (512)").
+    [InlineData("--offset=8191p --size=1p", "option --offset: the jobs' regions end past 9223372036854775807 bytes, the largest a device can be.")]
+    [InlineData("--offset_increment=4096p --numjobs=3 --size=4k", "option --offset_increment: the jobs' regions end past 9223372036854775807 bytes, the largest a device can be.")]
     public void A_bad_offset_is_a_usage_error_naming_the_option(string arg, string message) =>
-        Assert.Equal(message, Assert.Throws<UsageException>(() => BenchCommandLine.Parse(arg)).Message);
+        Assert.Equal(message, Assert.Throws<UsageException>(() => BenchCommandLine.Parse(arg.Split(' '))).Message);
 
     // fio 3.33 on a 4 MiB file, 4 KiB blocks (its logs' lowest and highest offset, and the I/O count).
     [Theory]
