@@ -123,7 +123,22 @@ internal sealed partial class DiskWatch
     }
 
     /// <summary>Watches the disks of device <paramref name="major"/>:<paramref name="minor"/> under <paramref name="sysfs"/>; null when it has none.</summary>
-    internal static DiskWatch? Of(uint major, uint minor, string sysfs) => Disks(major, minor, sysfs) is { Count: > 0 } disks ? new DiskWatch(disks) : null;
+    /// <remarks>
+    /// A sysfs the walk cannot read (a link that cannot be resolved, a <c>slaves/</c> directory
+    /// that cannot be listed) costs the report its disk section, never the run: the walk ran
+    /// after the devices were made, and an exception skipped their teardown (a review).
+    /// </remarks>
+    internal static DiskWatch? Of(uint major, uint minor, string sysfs)
+    {
+        try
+        {
+            return Disks(major, minor, sysfs) is { Count: > 0 } disks ? new DiskWatch(disks) : null;
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
 
     /// <summary>Each disk's figures since the watch started, in fio's order.</summary>
     public IReadOnlyList<DiskUtil> Read()

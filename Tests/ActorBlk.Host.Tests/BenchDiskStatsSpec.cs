@@ -137,6 +137,15 @@ public sealed class BenchDiskStatsSpec
         Assert.Equal(["sda", "vdb"], dm[0].Slaves.Select(d => d.Name));
         Assert.Empty(DiskWatch.Disks(0, 42, sys));                                 // tmpfs, overlayfs: no block device
 
+        // A slave link that cannot be resolved (a loop): no disk section, not an exception that
+        // skipped the bench's teardown (a review).
+        Block(sys, "devices/virtual/block/dm-1", disk: true);
+        Directory.CreateDirectory(Path.Combine(sys, "devices/virtual/block/dm-1/slaves"));
+        File.CreateSymbolicLink(Path.Combine(sys, "devices/virtual/block/dm-1/slaves/loop"), "loop");
+        File.CreateSymbolicLink(Path.Combine(sys, "dev/block/253:1"), "../../devices/virtual/block/dm-1");
+        Assert.ThrowsAny<IOException>(() => DiskWatch.Disks(253, 1, sys));
+        Assert.Null(DiskWatch.Of(253, 1, sys));
+
         // The figures: the stat files' differences since the watch started.
         var watch = DiskWatch.Of(253, 0, sys)!;
         File.WriteAllText(Path.Combine(sys, "devices/pci0/block/sda/stat"), "      10        1       80        5        3        0       24        2        0        7        9\n");
