@@ -21,6 +21,7 @@ internal static unsafe partial class LibC
     public const int EACCES = 13;
     public const int EBUSY = 16;
     public const int EEXIST = 17;
+    public const int ENOTDIR = 20;
     public const int EISDIR = 21;
     public const int EINVAL = 22;
     public const int EFBIG = 27;
@@ -63,6 +64,9 @@ internal static unsafe partial class LibC
     public const int S_IFREG = 0x8000;
     public const int S_IFBLK = 0x6000;
     public const int S_IFDIR = 0x4000;
+    public const int S_IFCHR = 0x2000;
+    public const int S_IFIFO = 0x1000;
+    public const int S_IFSOCK = 0xC000;
 
     // <linux/fs.h> block-device ioctls.
     public const ulong BLKGETSIZE64 = 0x80081272;

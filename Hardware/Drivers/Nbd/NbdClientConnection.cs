@@ -464,11 +464,7 @@ internal sealed class NbdClientConnection : IDisposable
             stream?.Dispose();
             socket.Dispose();
 
-            // .NET reports connect(2)'s ENOENT on a Unix domain socket as AddressNotAvailable,
-            // "Cannot assign requested address", which named no missing file (a review).
-            var why = ex is SocketException && !connected && uri.Socket is { } path && path[0] != '\0' && !Path.Exists(path)
-                ? $"no socket at '{ControlCharacters.Escape(path)}' (No such file or directory)"
-                : ex.Message;
+            var why = ex is SocketException refused && !connected && uri.Socket is { } path ? UnixConnectProblem(path, refused) : ex.Message;
             throw new IOException($"cannot connect to {uri}: {why}", ex);
         }
         catch (IOException ex) when (ex.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut })
@@ -489,6 +485,55 @@ internal sealed class NbdClientConnection : IDisposable
         {
             clientCertificate?.Dispose(); // not handed to a connection
         }
+    }
+
+    // Why connect(2) to a Unix domain socket failed, naming the socket. .NET reported ENOENT as
+    // "Cannot assign requested address" (a review); and an audit of the socket path's faults
+    // found more: ECONNREFUSED comes both from a socket nobody listens on (a server killed, its
+    // socket file left behind) and from a path that is no socket at all, where "Connection
+    // refused" sent the user after a server; and a directory on the way the client may not
+    // search (EACCES) or a file in place of one (ENOTDIR) was reported as "No such file or
+    // directory". The path is looked at (statx, following links as connect does) only to say why.
+    private static unsafe string UnixConnectProblem(string path, SocketException error)
+    {
+        var shown = ControlCharacters.Escape(path);
+        if (path[0] == '\0')
+        {
+            return error.SocketErrorCode == SocketError.ConnectionRefused
+                ? $"nothing listens on the abstract socket '{shown}' (Connection refused)"
+                : error.Message;
+        }
+
+        var statx = default(Interop.LibC.Statx);
+        if (Interop.LibC.StatX(Interop.LibC.AT_FDCWD, path, 0, Interop.LibC.STATX_BASIC_STATS, &statx) < 0)
+        {
+            var errno = Interop.LibC.LastErrno;
+            return errno == Interop.LibC.ENOENT
+                ? $"no socket at '{shown}' (No such file or directory)"
+                : $"cannot reach the socket '{shown}' ({Interop.LibC.Describe(errno)}{(errno == Interop.LibC.EACCES ? ": a directory on its path is not searchable by this user" : string.Empty)})";
+        }
+
+        var kind = statx.Mode & Interop.LibC.S_IFMT;
+        if (kind != Interop.LibC.S_IFSOCK)
+        {
+            var what = kind switch
+            {
+                Interop.LibC.S_IFREG => "a regular file",
+                Interop.LibC.S_IFDIR => "a directory",
+                Interop.LibC.S_IFIFO => "a FIFO",
+                Interop.LibC.S_IFCHR => "a character device",
+                Interop.LibC.S_IFBLK => "a block device",
+                _ => $"a file of type 0x{kind:X4} (S_IFMT)",
+            };
+            return $"'{shown}' is {what}, not a socket";
+        }
+
+        return error.SocketErrorCode switch
+        {
+            SocketError.ConnectionRefused => $"nothing listens on the socket '{shown}' (Connection refused: its server is not running, and the socket file is one it left behind)",
+            SocketError.AccessDenied => $"no permission to connect to the socket '{shown}' (Permission denied: the socket file needs write permission)",
+            _ => $"the socket '{shown}': {error.Message}",
+        };
     }
 
     /// <summary>
