@@ -55,6 +55,7 @@ internal static unsafe partial class LibC
     public const int EFD_NONBLOCK = 0x800;
 
     public const int AT_FDCWD = -100;
+    public const int AT_SYMLINK_NOFOLLOW = 0x100;
     public const int AT_EMPTY_PATH = 0x1000;
     public const int O_EXCL = 0x80;
     public const int RWF_DSYNC = 2;
@@ -244,6 +245,20 @@ internal static unsafe partial class LibC
 
         [FieldOffset(40)]
         public ulong Size;
+
+        /// <summary><c>stx_rdev_major</c>: the device a block or character device file stands for.</summary>
+        [FieldOffset(128)]
+        public uint RdevMajor;
+
+        [FieldOffset(132)]
+        public uint RdevMinor;
+
+        /// <summary><c>stx_dev_major</c>: the device of the file system the file lies in.</summary>
+        [FieldOffset(136)]
+        public uint DevMajor;
+
+        [FieldOffset(140)]
+        public uint DevMinor;
 
         [FieldOffset(152)]
         public uint DioMemAlign;

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
+using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
 
 namespace ActorBlk.Host.Bench;
@@ -94,7 +94,7 @@ internal sealed record DiskUtil(string Name, DiskUtilStats Stats, IReadOnlyList<
 /// overlayfs, btrfs's anonymous devices), the null device and NBD exports: no disk, as fio prints
 /// none.
 /// </summary>
-internal sealed partial class DiskWatch
+internal sealed class DiskWatch
 {
     private readonly List<Disk> _disks;
     private readonly long _started;
@@ -154,12 +154,13 @@ internal sealed partial class DiskWatch
     /// <c>lstat</c> gives it (a symbolic link is the link's own, on the file system it lies in, as
     /// fio's), that of its directory when it does not exist; null for a character device or FIFO.
     /// </summary>
-    internal static (uint Major, uint Minor)? DeviceNumbers(string path)
+    internal static unsafe (uint Major, uint Minor)? DeviceNumbers(string path)
     {
-        if (StatX(AtFdCwd, path, AtSymlinkNoFollow, StatxBasicStats, out var st) != 0)
+        var st = default(LibC.Statx);
+        if (LibC.StatX(LibC.AT_FDCWD, path, LibC.AT_SYMLINK_NOFOLLOW, LibC.STATX_BASIC_STATS, &st) != 0)
         {
             var directory = Path.GetDirectoryName(Path.GetFullPath(path));
-            if (directory is null || StatX(AtFdCwd, directory, 0, StatxBasicStats, out st) != 0)
+            if (directory is null || LibC.StatX(LibC.AT_FDCWD, directory, 0, LibC.STATX_BASIC_STATS, &st) != 0)
             {
                 return null;
             }
@@ -167,10 +168,10 @@ internal sealed partial class DiskWatch
             return (st.DevMajor, st.DevMinor);
         }
 
-        return (st.Mode & SIfMt) switch
+        return (st.Mode & LibC.S_IFMT) switch
         {
-            SIfBlk => (st.RdevMajor, st.RdevMinor),
-            SIfChr or SIfIfo => null,
+            LibC.S_IFBLK => (st.RdevMajor, st.RdevMinor),
+            LibC.S_IFCHR or LibC.S_IFIFO => null,
             _ => (st.DevMajor, st.DevMinor),
         };
     }
@@ -253,35 +254,4 @@ internal sealed partial class DiskWatch
 
         public DiskStatSample Start { get; set; }
     }
-
-    private const int AtFdCwd = -100;
-    private const int AtSymlinkNoFollow = 0x100;
-    private const uint StatxBasicStats = 0x7ff;
-    private const int SIfMt = 0xF000;
-    private const int SIfBlk = 0x6000;
-    private const int SIfChr = 0x2000;
-    private const int SIfIfo = 0x1000;
-
-    // struct statx (256 bytes): the fields read here.
-    [StructLayout(LayoutKind.Explicit, Size = 256)]
-    private struct Statx
-    {
-        [FieldOffset(28)]
-        public ushort Mode;
-
-        [FieldOffset(128)]
-        public uint RdevMajor;
-
-        [FieldOffset(132)]
-        public uint RdevMinor;
-
-        [FieldOffset(136)]
-        public uint DevMajor;
-
-        [FieldOffset(140)]
-        public uint DevMinor;
-    }
-
-    [LibraryImport("libc", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int StatX(int dirfd, string path, int flags, uint mask, out Statx buffer);
 }

@@ -168,7 +168,7 @@ public sealed class NbdClientUnixSocketSpec : Akka.TestKit.Xunit2.TestKit
             kit._process.BeginErrorReadLine();
             kit._process.BeginOutputReadLine();
             var deadline = DateTime.UtcNow + Liveness;
-            while (!kit._process.HasExited && !Listens(socket))
+            while (!kit._process.HasExited && !UnixSockets.Listens(socket))
             {
                 Assert.True(DateTime.UtcNow < deadline, "nbdkit did not listen");
                 await Task.Delay(10);
@@ -205,20 +205,6 @@ public sealed class NbdClientUnixSocketSpec : Akka.TestKit.Xunit2.TestKit
 
             await _process.WaitForExitAsync();
             _process.Dispose();
-        }
-
-        private static bool Listens(string path)
-        {
-            try
-            {
-                using var c = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                c.Connect(new UnixDomainSocketEndPoint(path));
-                return true;
-            }
-            catch (SocketException)
-            {
-                return false;
-            }
         }
     }
 }

@@ -357,7 +357,7 @@ public sealed class NbdClientDriverSpec
             nbdkit.BeginOutputReadLine();
             try
             {
-                await Condition.EventuallyAsync(() => nbdkit.HasExited || (socket is null ? CanConnect(port) : CanConnectUnix(socket)), "nbdkit listens or exits");
+                await Condition.EventuallyAsync(() => nbdkit.HasExited || (socket is null ? CanConnect(port) : UnixSockets.Listens(socket)), "nbdkit listens or exits");
                 if (nbdkit.HasExited)
                 {
                     Assert.True(attempt < 5, $"nbdkit exited before listening, five times; last: {errors}");
@@ -652,20 +652,6 @@ public sealed class NbdClientDriverSpec
         using var l = new TcpListener(IPAddress.Loopback, 0);
         l.Start();
         return ((IPEndPoint)l.LocalEndpoint).Port;
-    }
-
-    private static bool CanConnectUnix(string path)
-    {
-        try
-        {
-            using var c = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            c.Connect(new UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
     }
 
     private static bool CanConnect(int port)
