@@ -1,3 +1,6 @@
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Queues;
+
 namespace ActorBlk.Hardware.Drivers;
 
 /// <summary>
@@ -7,6 +10,24 @@ namespace ActorBlk.Hardware.Drivers;
 /// </summary>
 public interface IAllocationMap
 {
+    /// <summary>
+    /// The allocation map of <paramref name="device"/>'s driver (a multi-queue driver's, or a
+    /// bio-based queue's current target's), or null when it has none. Asked each time rather
+    /// than kept: a stacked device's table can be swapped while it runs.
+    /// </summary>
+    /// <param name="device">The device.</param>
+    static IAllocationMap? Of(IBlockDevice device)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        var queue = device.Queue;
+        return queue.Kind switch
+        {
+            QueueKind.MultiQueue => queue.Driver as IAllocationMap,
+            QueueKind.BioBased => queue.BioDriver as IAllocationMap,
+            _ => null,
+        };
+    }
+
     /// <summary>
     /// Describes the extent that starts at <paramref name="offset"/>: a run of bytes that are all
     /// allocated or all holes, at most <paramref name="maxLength"/> long.

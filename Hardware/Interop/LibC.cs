@@ -16,6 +16,8 @@ internal static unsafe partial class LibC
     public const int ENOENT = 2;
     public const int EINTR = 4;
     public const int EIO = 5;
+    public const int ENXIO = 6;
+    public const int EBADF = 9;
     public const int EAGAIN = 11;
     public const int ENOMEM = 12;
     public const int EACCES = 13;
@@ -26,6 +28,7 @@ internal static unsafe partial class LibC
     public const int EINVAL = 22;
     public const int EFBIG = 27;
     public const int ENOSPC = 28;
+    public const int ESPIPE = 29;
     public const int EROFS = 30;
     public const int ENOSYS = 38;
     public const int EOPNOTSUPP = 95;
@@ -131,6 +134,22 @@ internal static unsafe partial class LibC
     public static long PReadV(int fd, IoVec* iov, int count, long offset)
     {
         var n = PReadV2Raw(fd, iov, count, offset, 0);
+        return n < 0 ? -LastErrno : n;
+    }
+
+    /// <summary><c>lseek</c> whence: the next offset at or after the given one that holds data.</summary>
+    public const int SEEK_DATA = 3;
+
+    /// <summary><c>lseek</c> whence: the next hole at or after the given offset (end of file counts as one).</summary>
+    public const int SEEK_HOLE = 4;
+
+    [LibraryImport(Library, EntryPoint = "lseek64", SetLastError = true)]
+    private static partial long LSeekRaw(int fd, long offset, int whence);
+
+    /// <summary>lseek(2); the resulting offset, or -errno.</summary>
+    public static long LSeek(int fd, long offset, int whence)
+    {
+        var n = LSeekRaw(fd, offset, whence);
         return n < 0 ? -LastErrno : n;
     }
 

@@ -86,7 +86,6 @@ public sealed class NbdConnection
     private PipeWriter _writer;
     private SslStream? _tls;
     private IBlockDevice? _device;
-    private IAllocationMap? _allocation;
     private bool _structured;
     private bool _allocationContext;
     private string? _contextExport;
@@ -1002,7 +1001,6 @@ public sealed class NbdConnection
     private void Select(IBlockDevice device, string name)
     {
         _device = device;
-        _allocation = device.Queue.BioDriver is null ? device.Queue.Driver as IAllocationMap : null;
         _transmissionFlags = TransmissionFlags(device);
         if (_contextExport != name && !(_contextExport?.Length == 0 && name.Length == 0))
         {
@@ -2389,13 +2387,17 @@ public sealed class NbdConnection
         var offset = slot.Offset;
         var end = slot.Offset + slot.Length;
         var count = 0;
+
+        // Asked per request: a stacked device's table (and with it its map) can be swapped.
+        var map = _device is null ? null : IAllocationMap.Of(_device);
+
         while (offset < end && count < max)
         {
             long length;
             bool allocated;
             try
             {
-                if (_allocation is null || !_allocation.TryGetExtent(offset, end - offset, out length, out allocated))
+                if (map is null || !map.TryGetExtent(offset, end - offset, out length, out allocated))
                 {
                     (length, allocated) = (end - offset, true);
                 }

@@ -10,7 +10,8 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// The file device: a block device backed by a regular file or a Linux block device, with
 /// O_DIRECT by default and io_uring (or psync) underneath. Reads, writes, flush (fdatasync),
 /// FUA writes (RWF_DSYNC), pre-flush writes (a linked fdatasync), discard (punch hole, or
-/// BLKDISCARD on a block device) and write-zeroes (zero range, or BLKZEROOUT).
+/// BLKDISCARD on a block device) and write-zeroes (zero range, or BLKZEROOUT). A regular file's
+/// holes are reported through <see cref="IAllocationMap"/> (NBD block status).
 /// </summary>
 /// <remarks>
 /// <para>
@@ -28,7 +29,7 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// layer then fails are none of the kernel's.
 /// </para>
 /// </remarks>
-public sealed class FileBlockDriver : IBlockDriver
+public sealed class FileBlockDriver : IBlockDriver, IAllocationMap
 {
     private readonly FileTarget _target;
     private readonly BufferArena? _arena;
@@ -39,6 +40,9 @@ public sealed class FileBlockDriver : IBlockDriver
     // still held requests: their reaper outlived the drain limit. Abandon waits for them too.
     private readonly List<FileEngine> _retired = [];
     private string? _fallbackReason;
+
+    // Set once lseek said the file system has no SEEK_DATA/SEEK_HOLE: it is not asked again.
+    private int _seekUnsupported;
 
     /// <summary>
     /// Extends the regular file at <paramref name="path"/> to <paramref name="size"/> bytes when
@@ -315,6 +319,51 @@ public sealed class FileBlockDriver : IBlockDriver
         {
             return null;
         }
+    }
+
+    /// <summary>
+    /// Reports the holes of a regular file with <c>lseek(SEEK_DATA)</c> and <c>lseek(SEEK_HOLE)</c>,
+    /// as qemu-nbd and nbdkit's file plugin do (<see cref="SeekHoleMap"/>): in whole logical
+    /// blocks, a block partly allocated counting as data. Device offsets are file offsets (the
+    /// device is the file's first <see cref="QueueLimits.CapacitySectors"/> sectors), so nothing
+    /// past the device is reported. Cannot tell (every byte data) for a block device, on a file
+    /// system without SEEK_HOLE (EINVAL: not asked again), past the end of a file cut since it was
+    /// opened (reads there fail), after an error and once disposed.
+    /// </summary>
+    /// <remarks>
+    /// Racy by nature, as qemu's answer is: a write in flight may fill a hole just reported as
+    /// one. A write that completed before the question shows as data (Linux allocates a direct
+    /// write's blocks before it completes; a buffered write is dirty in the page cache, which
+    /// SEEK_DATA counts). A range zeroed with <c>FALLOC_FL_ZERO_RANGE</c> (write-zeroes, also with
+    /// NO_HOLE) or preallocated with <c>fallocate</c> (a file the device created) is unwritten on
+    /// most file systems and reported as a hole: it reads as zeroes, which is what a client acts on.
+    /// </remarks>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        var capacity = _target.CapacityBytes;
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+        (length, allocated) = (0, true);
+        if (_target.IsBlockDevice || Volatile.Read(ref _seekUnsupported) != 0)
+        {
+            return false;
+        }
+
+        switch (SeekHoleMap.Find(_target, offset, offset + maxLength, _target.LogicalBlockSize, out length, out allocated))
+        {
+            case SeekHoleAnswer.Extent:
+                return true;
+            case SeekHoleAnswer.Unsupported:
+                Volatile.Write(ref _seekUnsupported, 1);
+                break;
+        }
+
+        (length, allocated) = (0, true);
+        return false;
     }
 
     /// <inheritdoc />

@@ -15,13 +15,16 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// opened with O_EXCL and a regular file is locked with flock, so a device that is mounted,
 /// claimed or served by someone else is refused rather than corrupted.
 /// </remarks>
-internal sealed unsafe class FileTarget : IDisposable
+internal sealed unsafe class FileTarget : IDisposable, ISparseFile
 {
     /// <summary>Alignment assumed when the kernel does not report STATX_DIOALIGN: safe on every file system.</summary>
     public const int FallbackDirectAlignment = 4096;
 
     private static readonly Lazy<bool> FileSizeSignalIgnored = new(LibC.IgnoreFileSizeSignal);
 
+    // Held by the allocation questions (lseek, statx) and by Dispose while it takes the
+    // descriptor away: a question never reaches a number closed and reused for another file.
+    private readonly Lock _closeLock = new();
     private int _fd;
 
     private FileTarget(string device, string path, int fd, bool blockDevice, bool direct, bool readOnly)
@@ -261,9 +264,43 @@ internal sealed unsafe class FileTarget : IDisposable
     }
 
     /// <inheritdoc />
+    public long Seek(long offset, int whence)
+    {
+        lock (_closeLock)
+        {
+            return _fd < 0 ? -LibC.EBADF : LibC.LSeek(_fd, offset, whence);
+        }
+    }
+
+    /// <inheritdoc />
+    public long CurrentSize()
+    {
+        var statx = default(LibC.Statx);
+        lock (_closeLock)
+        {
+            if (_fd < 0)
+            {
+                return -LibC.EBADF;
+            }
+
+            if (LibC.StatX(_fd, string.Empty, LibC.AT_EMPTY_PATH, LibC.STATX_BASIC_STATS, &statx) < 0)
+            {
+                return -LibC.LastErrno;
+            }
+        }
+
+        return (long)statx.Size;
+    }
+
+    /// <inheritdoc />
     public void Dispose()
     {
-        var fd = Interlocked.Exchange(ref _fd, -1);
+        int fd;
+        lock (_closeLock)
+        {
+            fd = Interlocked.Exchange(ref _fd, -1);
+        }
+
         if (fd >= 0)
         {
             LibC.Close(fd);

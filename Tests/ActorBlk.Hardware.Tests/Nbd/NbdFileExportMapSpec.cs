@@ -1,0 +1,200 @@
+using System.Globalization;
+using System.Net;
+using System.Text.RegularExpressions;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Interop;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// NBD block status of a file device, against real clients: the export of a sparse file lists
+/// its holes (lseek SEEK_DATA/SEEK_HOLE, as qemu-nbd and nbdkit's file plugin report them), a
+/// write a client saw acknowledged shows as data, and nbdcopy and qemu-img convert copy a
+/// mostly-sparse 1 GiB file exactly while reading only its data. Before, the file device answered
+/// one data extent for any range, so these clients read every byte.
+/// </summary>
+public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
+{
+    private const long KiB = 1024;
+    private const long MiB = 1024 * KiB;
+
+    private readonly TempDirectory _dir = new("actorblk-nbdmap");
+    private readonly RingDevices _devices = new(2);
+    private readonly List<(long Offset, byte[] Bytes)> _data = [];
+    private NbdServer? _server;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+
+        await _devices.DisposeAsync();
+        _dir.Dispose();
+    }
+
+    [SkippableFact]
+    public async Task Nbdinfo_map_lists_a_sparse_files_holes_as_hole_zero_and_a_written_block_as_data()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+        Skip.IfNot(ExternalTool.Exists("qemu-io"), "qemu-io (qemu-utils) is not installed");
+        var path = SparseFile("sparse.img", 64 * MiB, (1 * MiB, 8 * KiB), (4 * MiB, 4 * KiB), (8 * MiB, 64 * KiB));
+        PunchHole(path, 8 * MiB, 32 * KiB);
+        var file = FileDevice("file0", path);
+        Serve(file);
+
+        Assert.Equal(
+            [
+                (0L, 1 * MiB, 3, "hole,zero"), (1 * MiB, 8 * KiB, 0, "data"), ((1 * MiB) + (8 * KiB), (3 * MiB) - (8 * KiB), 3, "hole,zero"),
+                (4 * MiB, 4 * KiB, 0, "data"), ((4 * MiB) + (4 * KiB), (4 * MiB) - (4 * KiB) + (32 * KiB), 3, "hole,zero"),
+                ((8 * MiB) + (32 * KiB), 32 * KiB, 0, "data"), ((8 * MiB) + (64 * KiB), (56 * MiB) - (64 * KiB), 3, "hole,zero"),
+            ],
+            await MapAsync("file0"));
+
+        // A write the client saw acknowledged is data at the next question; a trim is a hole again.
+        await ExternalTool.RunAsync("qemu-io", "-f", "raw", "-c", "write -P 0x5a 32M 4k", "-c", "discard 1M 8k", Uri("file0"));
+        Assert.Equal(
+            [
+                (0L, 4 * MiB, 3, "hole,zero"),
+                (4 * MiB, 4 * KiB, 0, "data"), ((4 * MiB) + (4 * KiB), (4 * MiB) - (4 * KiB) + (32 * KiB), 3, "hole,zero"),
+                ((8 * MiB) + (32 * KiB), 32 * KiB, 0, "data"), ((8 * MiB) + (64 * KiB), (24 * MiB) - (64 * KiB), 3, "hole,zero"),
+                (32 * MiB, 4 * KiB, 0, "data"), ((32 * MiB) + (4 * KiB), (32 * MiB) - (4 * KiB), 3, "hole,zero"),
+            ],
+            await MapAsync("file0"));
+    }
+
+    [SkippableTheory]
+    [InlineData("nbdcopy")]
+    [InlineData("qemu-img")]
+    public async Task A_mostly_sparse_1_GiB_file_copies_exactly_and_sparse_reading_only_its_data(string tool)
+    {
+        Skip.IfNot(ExternalTool.Exists(tool), $"{tool} is not installed");
+        Skip.IfNot(ExternalTool.Exists("stat"), "stat is not installed");
+        const long size = 1024 * MiB;
+        var path = SparseFile("big.img", size, (0, 64 * KiB), (300 * MiB, 1 * MiB), (700 * MiB, 4 * KiB), (size - (64 * KiB), 64 * KiB));
+        var file = FileDevice("big0", path);
+        Serve(file);
+
+        var copy = _dir.File($"copy-{tool}.img");
+        if (tool == "nbdcopy")
+        {
+            await ExternalTool.RunAsync("nbdcopy", "--connections=2", Uri("big0"), copy);
+        }
+        else
+        {
+            await ExternalTool.RunAsync("qemu-img", "convert", "-f", "raw", "-O", "raw", Uri("big0"), copy);
+        }
+
+        await AssertCopyHoldsTheDataAsync(copy, size);
+
+        // Only the data crossed the wire: the holes were never read (1 MiB + 132 KiB of data;
+        // block status rounds nothing here, the file system's blocks being 4 KiB or finer).
+        var read = (long)file.Queue.Stats.Read().ReadSectors * 512;
+        Assert.InRange(read, (1 * MiB) + (132 * KiB), 8 * MiB);
+
+        // And the copy is sparse: far fewer blocks allocated than its size.
+        var blocks = long.Parse((await ExternalTool.RunAsync("stat", "-c", "%b", copy)).Trim(), CultureInfo.InvariantCulture);
+        Assert.InRange(blocks * 512, 1 * MiB, 64 * MiB);
+    }
+
+    private BlockDevice FileDevice(string name, string path) =>
+        _devices.Create(new DeviceOptions { Name = name, Driver = "file", Path = path, SubmitQueues = 2 }, CpuTopology.Simulated(2));
+
+    private void Serve(params IBlockDevice[] devices) =>
+        _server = NbdServer.Start(new NbdDeviceList(devices), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
+
+    private string Uri(string export) => $"nbd://127.0.0.1:{_server!.LocalEndPoint.Port}/{export}";
+
+    private async Task<(long Offset, long Length, int Type, string Description)[]> MapAsync(string export)
+    {
+        var map = await ExternalTool.RunAsync("nbdinfo", "--map", Uri(export));
+        return [.. MapRow().Matches(map).Select(m => (
+            long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture),
+            long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture),
+            int.Parse(m.Groups[3].Value, CultureInfo.InvariantCulture),
+            m.Groups[4].Value))];
+    }
+
+    // A sparse file with random bytes in the given ranges (kept in _data) and holes everywhere
+    // else; skipped on a file system that reports no holes.
+    private string SparseFile(string name, long size, params (long Offset, long Length)[] data)
+    {
+        var path = _dir.File(name);
+        using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+        {
+            stream.SetLength(size);
+        }
+
+        var fd = LibC.Open(path, LibC.O_RDONLY | LibC.O_CLOEXEC, 0);
+        try
+        {
+            Skip.IfNot(LibC.LSeek(fd, 0, LibC.SEEK_DATA) == -LibC.ENXIO, $"the file system of {_dir.Path} reports no holes");
+        }
+        finally
+        {
+            LibC.Close(fd);
+        }
+
+        using (var stream = new FileStream(path, FileMode.Open, FileAccess.Write))
+        {
+            var random = new Random(17);
+            foreach (var (offset, length) in data)
+            {
+                var bytes = new byte[length];
+                random.NextBytes(bytes);
+                stream.Position = offset;
+                stream.Write(bytes);
+                _data.Add((offset, bytes));
+            }
+        }
+
+        return path;
+    }
+
+    private static void PunchHole(string path, long offset, long length)
+    {
+        var fd = LibC.Open(path, LibC.O_RDWR | LibC.O_CLOEXEC, 0);
+        try
+        {
+            Assert.Equal(0, LibC.FAllocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length));
+        }
+        finally
+        {
+            LibC.Close(fd);
+        }
+    }
+
+    // The copy holds the data written and zeroes elsewhere. (The source is locked by the device:
+    // what it holds is kept in _data instead.)
+    private async Task AssertCopyHoldsTheDataAsync(string copy, long size)
+    {
+        Assert.Equal(size, new FileInfo(copy).Length);
+        await using var stream = new FileStream(copy, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 1 << 20);
+        var actual = new byte[4 * MiB];
+        var expected = new byte[4 * MiB];
+        for (long at = 0; at < size; at += actual.Length)
+        {
+            await stream.ReadExactlyAsync(actual);
+            Array.Clear(expected);
+            foreach (var (offset, bytes) in _data)
+            {
+                var from = Math.Max(offset, at);
+                var to = Math.Min(offset + bytes.Length, at + expected.Length);
+                if (from < to)
+                {
+                    bytes.AsSpan((int)(from - offset), (int)(to - from)).CopyTo(expected.AsSpan((int)(from - at)));
+                }
+            }
+
+            Assert.True(actual.AsSpan().SequenceEqual(expected), $"the copy differs in the 4 MiB at {at}");
+        }
+    }
+
+    [GeneratedRegex(@"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s*$", RegexOptions.Multiline)]
+    private static partial Regex MapRow();
+}
