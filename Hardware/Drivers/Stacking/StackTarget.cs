@@ -207,9 +207,9 @@ public sealed record LinearExtent(IBlockDevice Device, long Offset, long Length)
 
 /// <summary>
 /// dm-linear: the extents one after another. A bio that crosses from one extent into the next is
-/// cut at the boundary.
+/// cut at the boundary. Its allocation map is its members' (<see cref="IAllocationMap"/>).
 /// </summary>
-public sealed class LinearTarget : StackTarget
+public sealed class LinearTarget : StackTarget, IAllocationMap
 {
     private readonly LinearExtent[] _extents;
     private readonly long[] _starts;
@@ -257,6 +257,59 @@ public sealed class LinearTarget : StackTarget
             done += piece;
             i++;
         }
+    }
+
+    /// <summary>
+    /// Asks the member under <paramref name="offset"/> (its driver's map, a stacked member's
+    /// target's), within that table extent: an extent never crosses into the next member. A
+    /// member that cannot tell makes its piece data. Extents end on this device's logical block
+    /// size, which can be larger than a member's: a member's hole that ends inside a block
+    /// leaves that block data, and a data extent that ends inside one takes the whole block.
+    /// </summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        var capacity = Limits.CapacitySectors << Bio.SectorShift;
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+        var i = Array.BinarySearch(_starts, offset);
+        i = i >= 0 ? i : ~i - 1;
+        var extent = _extents[i];
+        var within = offset - _starts[i];
+        var room = Math.Min(maxLength, extent.Length - within);
+        if (IAllocationMap.Of(extent.Device) is not { } map || !map.TryGetExtent(extent.Offset + within, room, out length, out allocated))
+        {
+            (length, allocated) = (room, true);
+            return true;
+        }
+
+        if (length >= room)
+        {
+            // To the end of the range or of the table extent (a multiple of this device's block).
+            length = room;
+            return true;
+        }
+
+        var mask = (long)Limits.LogicalBlockSize - 1;
+        var end = offset + length;
+        if ((end & mask) == 0)
+        {
+            return true;
+        }
+
+        if (allocated || (end & ~mask) <= offset)
+        {
+            // Data through the end of its block; or a hole ending inside the block it started in,
+            // which holds data after it.
+            (length, allocated) = (Math.Min((end + mask) & ~mask, offset + room) - offset, true);
+            return true;
+        }
+
+        length = (end & ~mask) - offset;
+        return true;
     }
 
     private static IReadOnlyList<LinearExtent> Check(IReadOnlyList<LinearExtent> extents)

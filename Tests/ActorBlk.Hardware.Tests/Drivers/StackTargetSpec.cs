@@ -1,4 +1,5 @@
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -158,5 +159,68 @@ public sealed class StackTargetSpec : IAsyncLifetime
         await device.DisposeAsync();
         Assert.Equal(QueueState.Dead, queue.State);
         Assert.Equal(BlockStatus.Offline, (await Assert.ThrowsAsync<BlockIoException>(async () => await device.ReadAsync(0, back))).Status);
+    }
+
+    // NBD block status of a linear device asks its members' maps: a memory-backed member's pages,
+    // and data for a member that cannot tell (a null device that keeps no data). An extent never
+    // crosses from one table extent into the next.
+    [Fact]
+    public async Task Linear_reports_its_members_allocation_through_the_table()
+    {
+        var a = Member("a", 1 << 20);
+        var b = Member("b", 1 << 20);
+        var none = _devices.Create(new DeviceOptions { Name = "n0", Size = 1 << 20 }, CpuTopology.Simulated(2));
+        await a.WriteAsync(8192 + 4096, new byte[4096]);
+        await b.WriteAsync(16384, new byte[4096]);
+        var target = new LinearTarget([new LinearExtent(a, 8192, 65536), new LinearExtent(b, 0, 65536), new LinearExtent(none, 0, 16384)]);
+
+        Assert.Equal(
+            [(0L, 4096L, false), (4096L, 4096L, true), (8192L, 73728L, false), (81920L, 4096L, true), (86016L, 45056L, false), (131072L, 16384L, true)],
+            Walk(target, 147456));
+        Assert.Throws<ArgumentOutOfRangeException>(() => target.TryGetExtent(147456, 512, out _, out _));
+        Assert.Throws<ArgumentOutOfRangeException>(() => target.TryGetExtent(0, 147456 + 512, out _, out _));
+    }
+
+    // A member finer than the linear device: an inner linear over a memory device at an offset of
+    // 512 bytes reports 512-byte aligned extents; the outer device (4 KiB blocks, from its other
+    // member) reports whole 4 KiB blocks, a block partly data counting as data.
+    [Fact]
+    public async Task Linear_rounds_a_finer_members_extents_to_its_own_blocks()
+    {
+        var a = Member("a", 1 << 20);
+        await a.WriteAsync(8192, new byte[4096]);
+        var innerQueue = RequestQueue.Allocate("dm-3", CpuTopology.Simulated(2));
+        innerQueue.InitializeBioBased(new LinearTarget([new LinearExtent(a, 512, 65024)]));
+        innerQueue.Register();
+        await using var inner = new BlockDevice(innerQueue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(5))));
+        var wide = _devices.Create(new DeviceOptions { Name = "w0", Size = 1 << 20, BlockSize = 4096, MemoryBacked = true }, CpuTopology.Simulated(2));
+        var outer = new LinearTarget([new LinearExtent(inner, 0, 61440), new LinearExtent(wide, 0, 4096)]);
+        Assert.Equal(4096, outer.Limits.LogicalBlockSize);
+
+        // a's page [8192, 12288) is the inner device's [7680, 11776): outer blocks 1 and 2.
+        Assert.Equal([(0L, 7680L, false), (7680L, 4096L, true), (11776L, 53248L, false)], Walk((IAllocationMap)innerQueue.BioDriver!, 65024));
+        Assert.Equal([(0L, 4096L, false), (4096L, 8192L, true), (12288L, 53248L, false)], Walk(outer, 65536));
+    }
+
+    private static List<(long Offset, long Length, bool Data)> Walk(IAllocationMap map, long capacity)
+    {
+        var extents = new List<(long, long, bool)>();
+        for (long offset = 0; offset < capacity;)
+        {
+            Assert.True(map.TryGetExtent(offset, capacity - offset, out var length, out var data));
+            Assert.InRange(length, 1, capacity - offset);
+            if (extents.Count > 0 && extents[^1].Item3 == data)
+            {
+                extents[^1] = (extents[^1].Item1, extents[^1].Item2 + length, data);
+            }
+            else
+            {
+                extents.Add((offset, length, data));
+            }
+
+            offset += length;
+        }
+
+        return extents;
     }
 }

@@ -2,8 +2,10 @@ using System.Globalization;
 using System.Net;
 using System.Text.RegularExpressions;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -13,9 +15,10 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// <summary>
 /// NBD block status of a file device, against real clients: the export of a sparse file lists
 /// its holes (lseek SEEK_DATA/SEEK_HOLE, as qemu-nbd and nbdkit's file plugin report them), a
-/// write a client saw acknowledged shows as data, and nbdcopy and qemu-img convert copy a
-/// mostly-sparse 1 GiB file exactly while reading only its data. Before, the file device answered
-/// one data extent for any range, so these clients read every byte.
+/// write a client saw acknowledged shows as data, a linear device over it reports them through
+/// its table, and nbdcopy and qemu-img convert copy a mostly-sparse 1 GiB file exactly while
+/// reading only its data. Before, the file device (and every stacked device) answered one data
+/// extent for any range, so these clients read every byte.
 /// </summary>
 public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
 {
@@ -24,6 +27,7 @@ public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
 
     private readonly TempDirectory _dir = new("actorblk-nbdmap");
     private readonly RingDevices _devices = new(2);
+    private readonly List<BlockDevice> _stacked = [];
     private readonly List<(long Offset, byte[] Bytes)> _data = [];
     private NbdServer? _server;
 
@@ -32,6 +36,11 @@ public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
         if (_server is not null)
         {
             await _server.DisposeAsync();
+        }
+
+        foreach (var device in _stacked)
+        {
+            await device.DisposeAsync();
         }
 
         await _devices.DisposeAsync();
@@ -66,6 +75,26 @@ public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
                 (32 * MiB, 4 * KiB, 0, "data"), ((32 * MiB) + (4 * KiB), (32 * MiB) - (4 * KiB), 3, "hole,zero"),
             ],
             await MapAsync("file0"));
+    }
+
+    [SkippableFact]
+    public async Task A_linear_device_over_a_file_device_reports_the_files_holes_through_its_table()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+        var path = SparseFile("member.img", 8 * MiB, (5 * MiB, 4 * KiB));
+        var file = FileDevice("file1", path);
+
+        // The file's second half, then its first.
+        var queue = RequestQueue.Allocate("dm-0", CpuTopology.Simulated(2));
+        queue.InitializeBioBased(new LinearTarget([new LinearExtent(file, 4 * MiB, 4 * MiB), new LinearExtent(file, 0, 4 * MiB)]));
+        queue.Register();
+        var linear = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        _stacked.Add(linear);
+        Serve(linear);
+
+        Assert.Equal(
+            [(0L, 1 * MiB, 3, "hole,zero"), (1 * MiB, 4 * KiB, 0, "data"), ((1 * MiB) + (4 * KiB), (7 * MiB) - (4 * KiB), 3, "hole,zero")],
+            await MapAsync("dm-0"));
     }
 
     [SkippableTheory]
