@@ -20,7 +20,7 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// reading only its data. Before, the file device (and every stacked device) answered one data
 /// extent for any range, so these clients read every byte.
 /// </summary>
-public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
+public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
 {
     private const long KiB = 1024;
     private const long MiB = 1024 * KiB;
@@ -31,7 +31,9 @@ public sealed partial class NbdFileExportMapSpec : IAsyncDisposable
     private readonly List<(long Offset, byte[] Bytes)> _data = [];
     private NbdServer? _server;
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
     {
         if (_server is not null)
         {
