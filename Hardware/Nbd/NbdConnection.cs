@@ -185,7 +185,10 @@ public sealed class NbdConnection
     /// The server is shutting down: take no further request, let the requests in flight complete
     /// and send their replies, then close (the protocol's "wait for inflight requests to be
     /// serviced prior to initiating a hard disconnect"), gracefully (see <see cref="LingerAsync"/>).
-    /// A connection still negotiating has nothing in flight and is closed at once.
+    /// A connection still negotiating has nothing in flight: it stays open and answers every
+    /// further option but <c>NBD_OPT_ABORT</c> with <c>NBD_REP_ERR_SHUTDOWN</c> (an
+    /// <c>NBD_OPT_EXPORT_NAME</c>, which has no error reply, with a close), until its client ends
+    /// the session; one stopped <paramref name="alone"/> is closed at once.
     /// <see cref="Abort"/> after a grace period ends what is left.
     /// </summary>
     /// <remarks>
@@ -205,9 +208,20 @@ public sealed class NbdConnection
     internal void StopReading(bool alone = false)
     {
         _stopRequested = true;
+
+        // Pairs with the barrier after _transmitting is set (RunAsync): one of the two threads
+        // sees the other's write, so a connection entering transmission now is stopped by one.
+        Interlocked.MemoryBarrier();
         if (!_transmitting)
         {
-            Abort();
+            if (alone)
+            {
+                // Its device is gone (CloseConnectionsOf): nothing to negotiate any more.
+                Abort();
+            }
+
+            // Else the server is shutting down: the negotiation answers the client's next option
+            // with NBD_REP_ERR_SHUTDOWN (see NegotiateAsync); the server's grace bounds the wait.
             return;
         }
 
@@ -336,6 +350,7 @@ public sealed class NbdConnection
 
                 transmitted = true;
                 _transmitting = true;
+                Interlocked.MemoryBarrier(); // see StopReading
                 if (_stopRequested)
                 {
                     // The server began to stop during the negotiation's last step.
@@ -608,6 +623,20 @@ public sealed class NbdConnection
 
             var option = (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
             var length = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12));
+            if (_stopRequested && option != NbdOption.Abort)
+            {
+                // The server is shutting down: "it ... SHOULD error further options received
+                // (other than an NBD_OPT_ABORT) with NBD_REP_ERR_SHUTDOWN", and a client that gets
+                // it "MUST initiate a soft disconnect" (proto.md). Before, the connection was
+                // closed at once and the client read end of stream.
+                if (!await ShutdownAnswerAsync(option, length, ct).ConfigureAwait(false))
+                {
+                    return false;
+                }
+
+                continue;
+            }
+
             if (length > MaxOptionLength)
             {
                 // Data up to 32 MiB is read past without a buffer and the option refused, and the
@@ -712,6 +741,39 @@ public sealed class NbdConnection
                     break;
             }
         }
+    }
+
+    /// <summary>
+    /// Answers an option received while the server shuts down: its data is read past and it gets
+    /// <c>NBD_REP_ERR_SHUTDOWN</c>; false when the connection closes instead
+    /// (<c>NBD_OPT_EXPORT_NAME</c>, which has no error reply, or data over the option limit).
+    /// </summary>
+    private async Task<bool> ShutdownAnswerAsync(NbdOption option, uint length, CancellationToken ct)
+    {
+        if (option == NbdOption.ExportName)
+        {
+            // "If the server is unwilling to allow the export, it MUST terminate the session."
+            if (length <= MaxOptionLength)
+            {
+                // Read first: a close with the name unread would be a reset.
+                await SkipAsync(length, ct).ConfigureAwait(false);
+            }
+
+            return false;
+        }
+
+        var message = NbdProtocol.StringBytes("the server is shutting down");
+        if (length > MaxOptionLength)
+        {
+            // Not read for gigabytes: answered, then closed gracefully (the answer is read).
+            await ReplyAsync(option, NbdReply.ErrShutdown, message, ct).ConfigureAwait(false);
+            _lingerOnClose = true;
+            return false;
+        }
+
+        await SkipAsync(length, ct).ConfigureAwait(false);
+        await ReplyAsync(option, NbdReply.ErrShutdown, message, ct).ConfigureAwait(false);
+        return true;
     }
 
     private async Task<bool> ExportNameAsync(byte[] data, bool noZeroes, CancellationToken ct)

@@ -247,7 +247,10 @@ public sealed class NbdServer : IAsyncDisposable
     /// connection ends its sending side (the client reads end of stream after the replies) and
     /// reads and drops whatever the client still sends (never executing it) until the client
     /// closes its end, so the client's late requests cannot make the close a reset that destroys
-    /// replies it has not read yet. Returns when every connection's requests have completed
+    /// replies it has not read yet. A connection still negotiating answers each further option but
+    /// <c>NBD_OPT_ABORT</c> with <c>NBD_REP_ERR_SHUTDOWN</c> (and closes at an
+    /// <c>NBD_OPT_EXPORT_NAME</c>) until its client ends the session, within the same grace.
+    /// Returns when every connection's requests have completed
     /// in the block layer (they are never cancelled: every request completes and frees its tag).
     /// </summary>
     public async ValueTask DisposeAsync()

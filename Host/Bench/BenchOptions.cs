@@ -124,6 +124,13 @@ internal sealed record BenchOptions
     public IReadOnlyList<IoRegion>? Regions { get; init; }
 
     /// <summary>
+    /// The jobs that fail at their setup, as fio 3.33's do, and are not run (set by the command
+    /// from <see cref="FailingJobs"/>): the others run and are reported, and the bench's exit
+    /// status is their number, as fio's.
+    /// </summary>
+    public IReadOnlyList<int> FailedJobs { get; init; } = [];
+
+    /// <summary>
     /// The file's size before the bench laid it out (extended it to offset + size), of which
     /// <c>--offset=N%</c> and <c>--offset_increment=N%</c> are shares, as fio computes its offsets
     /// from <c>real_file_size</c> before it extends the file; null: the device's capacity.
@@ -364,17 +371,62 @@ internal sealed record BenchOptions
     }
 
     /// <summary>
+    /// Why job <paramref name="job"/> fails at its setup on a device of <paramref name="capacity"/>
+    /// bytes, with fio 3.33's message first; null when it runs. Without <c>--size</c> (fio's
+    /// filesetup.c <c>setup_files</c>, <c>size</c> not given), a job whose offset is past the end
+    /// fails with "you need to specify valid offset=", and one left less than a block before the
+    /// end with "blocksize is larger than data set range" (fio's <c>fio:</c> is the job's name
+    /// here, as in the bench's other fio lines). fio fails that job alone: the others run.
+    /// </summary>
+    internal string? JobFailure(int job, long capacity)
+    {
+        if (SizeGiven)
+        {
+            // A given size is laid out (a regular file) or checked against the device (RegionProblem).
+            return null;
+        }
+
+        var (start, length) = RegionOf(job, capacity);
+        var option = job == 0 || (OffsetIncrement == 0 && OffsetIncrementPercent is null) ? "--offset" : "--offset_increment";
+        if (start > capacity)
+        {
+            return $"{Name}: you need to specify valid offset= (job {job}: its offset, {start} bytes ({option}), is past the device's end ({capacity} bytes); the job is not run)";
+        }
+
+        return length < BlockSize
+            ? $"{Name}: blocksize is larger than data set range (job {job}: its offset, {start} bytes ({option}), leaves no block of {BlockSize} bytes before the device's end ({capacity} bytes); the job is not run)"
+            : null;
+    }
+
+    /// <summary>
+    /// The jobs that fail at their setup on a device of <paramref name="capacity"/> bytes
+    /// (<see cref="JobFailure"/>); none when every job would: a run with no job is refused as a
+    /// usage error (<see cref="RegionProblem"/>), as before.
+    /// </summary>
+    internal IReadOnlyList<int> FailingJobs(long capacity)
+    {
+        var failing = Enumerable.Range(0, NumJobs).Where(job => JobFailure(job, capacity) is not null).ToList();
+        return failing.Count < NumJobs ? failing : [];
+    }
+
+    /// <summary>
     /// Why the jobs' regions do not fit a device of <paramref name="capacity"/> bytes whose logical
     /// block is <paramref name="logicalBlockSize"/> bytes, naming the option at fault; null when
     /// they fit. fio refuses an offset past the end ("you need to specify valid offset=") and a
     /// region under one block ("blocksize is larger than data set range"); an offset that is not a
     /// multiple of the logical block could not be issued, and a region past the end of a device
     /// that cannot grow (only a regular file is laid out to it) would fail at its first I/O there.
+    /// The jobs of <see cref="FailedJobs"/> are left out: they fail alone and are not run.
     /// </summary>
     internal string? RegionProblem(long capacity, int logicalBlockSize)
     {
         for (var job = 0; job < NumJobs; job++)
         {
+            if (FailedJobs.Contains(job))
+            {
+                continue;
+            }
+
             var (start, length) = RegionOf(job, capacity);
             var option = job == 0 || (OffsetIncrement == 0 && OffsetIncrementPercent is null) ? "--offset" : "--offset_increment";
             var what = NumJobs > 1 ? $"job {job}'s offset, {start} bytes," : $"{start} bytes";

@@ -213,7 +213,8 @@ internal sealed class BenchRun
         _dispatch = device.Dispatch;
         _accounting = new BenchAccounting(clock ?? BenchClock.System, options.BlockSize);
         var cpus = onlineCpus.ToArray();
-        _jobs = Enumerable.Range(0, options.NumJobs).Select(j =>
+        // A job that failed at its setup (FailedJobs: its offset past the end) is not run, as fio's.
+        _jobs = Enumerable.Range(0, options.NumJobs).Where(j => !options.FailedJobs.Contains(j)).Select(j =>
         {
             // One job keeps to the CPU it happens to run on; several are spread over the online CPUs.
             var cpu = options.NumJobs == 1 ? IBlockDevice.AnyCpu : cpus[j % cpus.Length];

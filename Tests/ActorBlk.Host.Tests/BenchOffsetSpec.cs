@@ -144,7 +144,7 @@ public sealed class BenchOffsetSpec : IDisposable
     [InlineData("ro0", "--offset=20m", "option --offset: 20971520 bytes leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
     [InlineData("ro0", "--offset=16m", "option --offset: 16777216 bytes leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
     [InlineData("ro0", "--offset=8m --size=12m", "option --offset: 8388608 bytes and --size's 12582912 bytes end at 20971520, past the device's end (16777216 bytes).")]
-    [InlineData("ro0", "--offset_increment=8m --numjobs=3", "option --offset_increment: job 2's offset, 16777216 bytes, leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
+    [InlineData("ro0", "--offset_increment=8m --numjobs=3 --size=4m", "option --offset_increment: job 2's offset, 16777216 bytes, leaves no block of 4096 bytes before the device's end (16777216 bytes).")]
     [InlineData("b4k", "--offset=512", "option --offset: 512 bytes is not a multiple of the device's 4096-byte logical block size.")]
     public async Task An_offset_outside_the_device_or_off_its_logical_block_is_a_usage_error(string device, string args, string message)
     {
@@ -152,6 +152,57 @@ public sealed class BenchOffsetSpec : IDisposable
         Assert.Equal(2, await bench.WaitForExitAsync(Within));
         Assert.Contains(message, bench.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("Unhandled exception", bench.Output, StringComparison.Ordinal);
+    }
+
+    // fio 3.33 without size=: a job whose offset is past the file's end fails alone at its setup
+    // ("you need to specify valid offset="), as does one left less than a block before it
+    // ("blocksize is larger than data set range"); the others run. (A 1 MiB file, 4 KiB blocks.)
+    [Theory]
+    [InlineData("--offset=512k --offset_increment=512k --numjobs=3", new[] { 1, 2 })]   // job 1 at the end, job 2 past it
+    [InlineData("--offset_increment=1022k --numjobs=3", new[] { 1, 2 })]                // job 1 2 KiB before the end
+    [InlineData("--offset_increment=512k --numjobs=2", new int[0])]
+    [InlineData("--offset=512k --offset_increment=512k --numjobs=3 --size=512k", new int[0])] // with size=, fio lays the file out
+    [InlineData("--offset=2m", new int[0])]                                             // every job: no run, a usage error as before
+    public void A_job_past_the_end_without_size_fails_alone(string args, int[] failing)
+    {
+        var options = BenchCommandLine.Parse([.. args.Split(' '), "--device=file:/tmp/x", "--bs=4k"]);
+        Assert.Equal(failing, options.FailingJobs(MiB));
+    }
+
+    [Fact]
+    public void A_failing_jobs_message_is_fios_then_why()
+    {
+        var options = BenchCommandLine.Parse("--name=a", "--device=file:/tmp/x", "--bs=4k", "--numjobs=3", "--offset=512k", "--offset_increment=512k");
+        Assert.Null(options.JobFailure(0, MiB));
+        Assert.Equal("a: blocksize is larger than data set range (job 1: its offset, 1048576 bytes (--offset_increment), leaves no block of 4096 bytes before the device's end (1048576 bytes); the job is not run)", options.JobFailure(1, MiB));
+        Assert.Equal("a: you need to specify valid offset= (job 2: its offset, 1572864 bytes (--offset_increment), is past the device's end (1048576 bytes); the job is not run)", options.JobFailure(2, MiB));
+    }
+
+    // fio 3.33, `fio --name=a --filename=F --rw=read --bs=4k --numjobs=3 --offset=512k
+    // --offset_increment=512k --thread --group_reporting` on a 1 MiB file: jobs 1 and 2 fail with
+    // the two messages, job 0 reads its 512 KiB (128 reads; only its log is written), the group
+    // reports jobs=3 with err=0, and fio exits 2, one for each failed job. The bench refused the
+    // whole run (exit 2 as a usage error, no report).
+    [Fact]
+    public async Task A_job_past_the_end_fails_alone_and_the_others_run_and_are_reported()
+    {
+        using var dir = new TempDirectory("offset");
+        var path = dir.CreateFile("small.img", (int)MiB);
+        var prefix = Path.Combine(dir.Path, "o");
+
+        await using var bench = ActorBlkProcess.Start("bench", "--name=a", $"--device=file:{path}", "--rw=read", "--bs=4k", "--numjobs=3",
+            "--offset=512k", "--offset_increment=512k", "--direct=0", "--jit_warmup=0", "--eta=never", $"--write_lat_log={prefix}", "--log_offset=1", "--output-format=json");
+        Assert.Equal(2, await bench.WaitForExitAsync(Within));
+
+        Assert.Contains("a: blocksize is larger than data set range (job 1: ", bench.StandardError, StringComparison.Ordinal);
+        Assert.Contains("a: you need to specify valid offset= (job 2: ", bench.StandardError, StringComparison.Ordinal);
+        var job = JsonDocument.Parse(bench.StandardOutput).RootElement.GetProperty("jobs")[0];
+        Assert.Equal(0, job.GetProperty("error").GetInt32());
+        Assert.Equal(128, job.GetProperty("read").GetProperty("total_ios").GetInt64());
+        Assert.Equal(["o_clat.1.log", "o_lat.1.log", "o_slat.1.log"], Directory.GetFiles(dir.Path, "o_*").Select(Path.GetFileName).Order());
+        var offsets = (await File.ReadAllLinesAsync($"{prefix}_lat.1.log")).Select(l => long.Parse(l.Split(", ")[4], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.All(offsets, o => Assert.InRange(o, MiB / 2, MiB - 4096));
+        Assert.Equal(MiB, new FileInfo(path).Length); // without size=, nothing is laid out
     }
 
     [Fact]

@@ -280,21 +280,32 @@ internal sealed class NbdClientConnection : IDisposable
         var connected = false;
         var tlsUnanswered = false; // the TLS handshake completed, and nothing came over the session yet
         X509Certificate2? clientCertificate = null; // the connection's once it is made; disposed here otherwise
-        using var abort = deadline.Token.Register(static s =>
-        {
-            try
-            {
-                ((Socket)s!).Shutdown(SocketShutdown.Both);
-            }
-            catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-            {
-                // Not connected yet (the connect observes the token itself) or closed already.
-            }
-        }, socket);
+        var abort = default(CancellationTokenRegistration);
         try
         {
-            (uri.Socket is { } path ? socket.ConnectAsync(new UnixDomainSocketEndPoint(path), deadline.Token) : socket.ConnectAsync(uri.Host, uri.Port, deadline.Token)).AsTask().GetAwaiter().GetResult();
+            if (uri.Socket is { } path)
+            {
+                ConnectUnix(ref socket, path, options, deadline.Token, cancellationToken);
+            }
+            else
+            {
+                socket.ConnectAsync(uri.Host, uri.Port, deadline.Token).AsTask().GetAwaiter().GetResult();
+            }
+
             connected = true;
+
+            // The connect observed the deadline itself; from here it shuts the socket down.
+            abort = deadline.Token.Register(static s =>
+            {
+                try
+                {
+                    ((Socket)s!).Shutdown(SocketShutdown.Both);
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    // Closed already.
+                }
+            }, socket);
             socket.ReceiveTimeout = (int)timeout.TotalMilliseconds;
             socket.SendTimeout = (int)timeout.TotalMilliseconds;
             stream = new NetworkStream(socket, ownsSocket: false);
@@ -483,7 +494,51 @@ internal sealed class NbdClientConnection : IDisposable
         }
         finally
         {
+            abort.Dispose();
             clientCertificate?.Dispose(); // not handed to a connection
+        }
+    }
+
+    /// <summary>The first wait before a connect to a Unix socket whose backlog is full is tried again.</summary>
+    internal static readonly TimeSpan BacklogRetryFirst = TimeSpan.FromMilliseconds(10);
+
+    /// <summary>The longest wait between connects to a Unix socket whose backlog is full.</summary>
+    internal static readonly TimeSpan BacklogRetryMax = TimeSpan.FromMilliseconds(200);
+
+    // connect(2) to a Unix socket whose listener has its backlog full fails at once with EAGAIN
+    // (a TCP listener leaves the SYN unanswered instead, and the client's kernel sends it again):
+    // the open failed at once with "Resource temporarily unavailable", where a server busy
+    // accepting would have taken the connection a moment later. EAGAIN is "not yet": the connect
+    // is tried again on a fresh socket (.NET takes no second connect on a socket whose connect
+    // failed) after a short wait, doubling up to BacklogRetryMax, until the connect timeout.
+    private static void ConnectUnix(ref Socket socket, string path, NbdClientOptions options, CancellationToken deadline, CancellationToken cancellationToken)
+    {
+        var endpoint = new UnixDomainSocketEndPoint(path);
+        var wait = BacklogRetryFirst;
+        while (true)
+        {
+            try
+            {
+                socket.ConnectAsync(endpoint, deadline).AsTask().GetAwaiter().GetResult();
+                return;
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
+            {
+                options.BacklogFullHook?.Invoke();
+                if (deadline.WaitHandle.WaitOne(wait))
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    var timeout = options.ConnectTimeout.TotalSeconds;
+                    var shown = ControlCharacters.Escape(path);
+                    throw new IOException(
+                        $"cannot connect to {options.Uri}: the socket '{shown}' kept its backlog of pending connections full for {timeout:0.###} s (connect: Resource temporarily unavailable, tried again until the connect timeout): its server accepts no connections, or not as fast as they come",
+                        new TimeoutException($"the socket '{shown}' kept its backlog full for {timeout:0.###} s", ex));
+                }
+
+                wait = TimeSpan.FromTicks(Math.Min(wait.Ticks * 2, BacklogRetryMax.Ticks));
+                socket.Dispose();
+                socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            }
         }
     }
 

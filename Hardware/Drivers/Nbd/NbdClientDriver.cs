@@ -26,8 +26,14 @@ public sealed record NbdClientOptions
     /// </summary>
     public bool TlsVerify { get; init; } = true;
 
-    /// <summary>How long connecting and negotiating may take.</summary>
+    /// <summary>
+    /// How long connecting and negotiating may take. Over a Unix socket whose listener has its
+    /// backlog full (connect fails with EAGAIN) the connect is tried again until then.
+    /// </summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>For specs: called each time a connect to a Unix socket found its backlog full (EAGAIN), before the wait to try again.</summary>
+    internal Action? BacklogFullHook { get; init; }
 
     /// <summary>Whether the server's certificate is verified: <see cref="TlsVerify"/>, unless the URI's <c>tls-verify-peer=0</c> turns it off.</summary>
     public bool VerifiesPeer => TlsVerify && Uri.TlsVerifyPeer != false;

@@ -1,5 +1,7 @@
+using System.Buffers.Binary;
 using System.Net.Sockets;
 using ActorBlk.Hardware.Drivers.Nbd;
+using ActorBlk.Hardware.Nbd;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -82,6 +84,133 @@ public sealed class NbdClientUnixSocketSpec : IDisposable
         File.SetUnixFileMode(socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.OtherRead);
         Unprivileged.Run(() => error = OpenError(socket));
         Assert.Equal(Expected(socket, $"no permission to connect to the socket '{socket}' (Permission denied: the socket file needs write permission)"), error);
+    }
+
+    // A Unix socket's listener with its backlog full makes connect(2) fail at once with EAGAIN
+    // (TCP leaves the SYN unanswered, and the client's kernel sends it again): the open failed at
+    // once with "Resource temporarily unavailable". It is tried again until the connect timeout,
+    // then names the socket and its full backlog.
+    [Fact]
+    public void A_socket_whose_backlog_stays_full_fails_at_the_connect_timeout_naming_the_full_backlog()
+    {
+        var path = _dir.File("busy.sock");
+        using var listener = Listener(path);
+        var queued = FillBacklog(path);
+        try
+        {
+            var tries = 0;
+            var options = new NbdClientOptions
+            {
+                Uri = NbdUri.Parse($"nbd+unix:///?socket={path}"),
+                ConnectTimeout = TimeSpan.FromMilliseconds(300),
+                BacklogFullHook = () => Interlocked.Increment(ref tries),
+            };
+            var error = Assert.Throws<IOException>(() => NbdClientConnection.Connect(options).Dispose());
+            Assert.Equal(
+                Expected(path, $"the socket '{path}' kept its backlog of pending connections full for 0.3 s (connect: Resource temporarily unavailable, tried again until the connect timeout): its server accepts no connections, or not as fast as they come"),
+                error.Message);
+            Assert.IsType<TimeoutException>(error.InnerException);
+            Assert.True(tries > 1, $"the connect was tried {tries} time(s)");
+        }
+        finally
+        {
+            queued.ForEach(s => s.Dispose());
+        }
+    }
+
+    [Fact]
+    public async Task A_socket_whose_backlog_is_full_is_connected_once_its_server_accepts_again()
+    {
+        var path = _dir.File("busy.sock");
+        using var listener = Listener(path);
+        var queued = FillBacklog(path);
+        var full = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var options = new NbdClientOptions
+        {
+            Uri = NbdUri.Parse($"nbd+unix:///?socket={path}"),
+            ConnectTimeout = TimeSpan.FromSeconds(60),
+            BacklogFullHook = () => full.TrySetResult(),
+        };
+        var opening = Task.Run(() => NbdClientConnection.Connect(options));
+
+        // The client met the full backlog (on the old code its open failed at once instead).
+        await Task.WhenAny(full.Task, opening).WaitAsync(TimeSpan.FromSeconds(60));
+        if (opening.IsFaulted)
+        {
+            Assert.Fail($"the open failed instead of trying again: {opening.Exception!.InnerException!.Message}");
+        }
+
+        // The server accepts again: the connections queued before are taken (and closed), then
+        // the client's, which this test serves as an NBD server would.
+        foreach (var s in queued)
+        {
+            using var early = await listener.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(60));
+            s.Dispose();
+        }
+
+        using var server = await listener.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        await using var stream = new NetworkStream(server);
+        await ServeGoAsync(stream, size: 16 << 20);
+        using var connection = await opening.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal((ulong)(16 << 20), connection.Size);
+    }
+
+    private static Socket Listener(string path)
+    {
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(0); // room for one connection waiting to be accepted
+        return listener;
+    }
+
+    // Connects (without accepting) until connect(2) fails with EAGAIN: the backlog is full.
+    private static List<Socket> FillBacklog(string path)
+    {
+        var queued = new List<Socket>();
+        while (true)
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { Blocking = false };
+            try
+            {
+                socket.Connect(new UnixDomainSocketEndPoint(path));
+                queued.Add(socket);
+            }
+            catch (SocketException ex) when (ex.SocketErrorCode == SocketError.WouldBlock)
+            {
+                socket.Dispose();
+                Assert.NotEmpty(queued);
+                return queued;
+            }
+        }
+    }
+
+    // Fixed newstyle: the greeting, the client's flags, then NBD_OPT_GO answered with the export's
+    // NBD_INFO_EXPORT and the acknowledgement.
+    private static async Task ServeGoAsync(Stream stream, ulong size)
+    {
+        var greeting = new byte[18];
+        BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdProtocol.InitMagic);
+        BinaryPrimitives.WriteUInt64BigEndian(greeting.AsSpan(8), NbdProtocol.OptionMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(greeting.AsSpan(16), (ushort)(NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes));
+        await stream.WriteAsync(greeting);
+        await stream.ReadExactlyAsync(new byte[4]);
+        var header = new byte[16];
+        await stream.ReadExactlyAsync(header);
+        Assert.Equal(NbdOption.Go, (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)));
+        await stream.ReadExactlyAsync(new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12))]);
+        await stream.WriteAsync(OptionReply(NbdReply.Info, FakeNbdSession.ExportInfo(FakeNbdExport.Default with { Size = size })));
+        await stream.WriteAsync(OptionReply(NbdReply.Ack, []));
+    }
+
+    private static byte[] OptionReply(NbdReply type, byte[] data)
+    {
+        var reply = new byte[20 + data.Length];
+        BinaryPrimitives.WriteUInt64BigEndian(reply, NbdProtocol.ReplyMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(8), (uint)NbdOption.Go);
+        BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(12), (uint)type);
+        BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(16), (uint)data.Length);
+        data.CopyTo(reply, 20);
+        return reply;
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Net;
+using System.Text;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Nbd;
@@ -304,11 +305,11 @@ public sealed class NbdProtocolRulesSpec
 
         await Condition.EventuallyAsync(() => driver.InFlight.Count == Reads, "eight reads in the driver");
 
-        // A connection still negotiating is closed as the server stops its connections (after
-        // the one above, which was accepted first): its close says the stop has begun.
+        // A connection still negotiating answers NBD_REP_ERR_SHUTDOWN once the server stops its
+        // connections (after the one above, which was accepted first): the stop has begun.
         await using var negotiating = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
         var stopping = server.DisposeAsync().AsTask();
-        Assert.True(await negotiating.ClosedByServerAsync());
+        Assert.True(await negotiating.AwaitShutdownAsync());
         for (var i = 0; i < 4; i++)
         {
             await client.SendRequestAsync(NbdCommand.Read, 100 + (ulong)i, 0, 512);
@@ -345,6 +346,60 @@ public sealed class NbdProtocolRulesSpec
     }
 
     [Fact]
+    public async Task At_shutdown_a_negotiating_client_gets_err_shutdown_for_its_options_and_leaves_with_abort()
+    {
+        // "If the server is in the process of being shut down it MAY error any inflight option and
+        // SHOULD error further options received (other than an NBD_OPT_ABORT) with
+        // NBD_REP_ERR_SHUTDOWN", and "If the client receives NBD_REP_ERR_SHUTDOWN it MUST
+        // initiate a soft disconnect." NBD_OPT_EXPORT_NAME has no error reply: the server closes.
+        // Before, a connection still negotiating was closed as the stop began (end of stream).
+        await using var devices = new RingDevices(2);
+        var mem = devices.Create(new DeviceOptions { Name = "mem0", Size = 16 << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
+        var server = NbdServer.Start(new NbdDeviceList([mem]), new NbdServerOptions
+        {
+            Listen = new IPEndPoint(IPAddress.Loopback, 0),
+            ShutdownGrace = TimeSpan.FromMinutes(10), // only the clients may end their connections here
+        });
+        await using var polite = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
+        await using var exporting = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
+        await using var huge = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
+        var stopping = server.DisposeAsync().AsTask();
+
+        // Options sent before the stop reached the connection are answered as usual (LIST's ACK).
+        var answer = await polite.AwaitShutdownAsync();
+        Assert.True(answer, "the connection was closed instead of answering NBD_REP_ERR_SHUTDOWN");
+
+        // Every further option is refused the same way, with a message; the connection stays open.
+        await polite.SendOptionAsync(NbdOption.Go, RawNbdClient.InfoRequest("mem0"));
+        var go = await polite.ReadOptionReplyAsync();
+        Assert.Equal((NbdOption.Go, NbdReply.ErrShutdown), (go.Option, go.Type));
+        Assert.Equal("the server is shutting down", Encoding.UTF8.GetString(go.Data));
+        await polite.SendOptionAsync(NbdOption.StructuredReply, []);
+        Assert.Equal(NbdReply.ErrShutdown, (await polite.ReadOptionReplyAsync()).Type);
+
+        // An option too long to read is answered too, then the connection closes.
+        await huge.SendOptionAsync(NbdOption.Info, [], length: 64 << 20);
+        var big = await huge.ReadOptionReplyAsync();
+        Assert.Equal((NbdOption.Info, NbdReply.ErrShutdown), (big.Option, big.Type));
+        Assert.True(await huge.ClosedByServerAsync());
+        await huge.DisposeAsync(); // the client's close ends the server's graceful close
+
+        // NBD_OPT_EXPORT_NAME cannot be refused with a reply: the server closes, sending nothing.
+        await exporting.SendOptionAsync(NbdOption.ExportName, Encoding.UTF8.GetBytes("mem0"));
+        Assert.Empty(await exporting.ReadUntilClosedAsync());
+
+        // The soft disconnect: NBD_OPT_ABORT is acknowledged, and the server closes.
+        Assert.False(stopping.IsCompleted);
+        await polite.SendOptionAsync(NbdOption.Abort, []);
+        Assert.Equal((NbdOption.Abort, NbdReply.Ack), (await polite.ReadOptionReplyAsync()) is var a ? (a.Option, a.Type) : default);
+        Assert.True(await polite.ClosedByServerAsync());
+
+        // With every client gone the stop ends (its grace is ten minutes).
+        await stopping.WaitAsync(Condition.Timeout);
+        Assert.Equal(0, server.ConnectionCount);
+    }
+
+    [Fact]
     public async Task At_shutdown_a_client_that_never_closes_holds_the_linger_only_for_the_grace()
     {
         // After its replies and end of stream, the server waits for the client's close; a client
@@ -363,7 +418,7 @@ public sealed class NbdProtocolRulesSpec
         await Condition.EventuallyAsync(() => driver.InFlight.Count == 1, "the read in the driver");
         await using var negotiating = await RawNbdClient.NegotiateAsync(server.LocalEndPoint);
         var stopping = server.DisposeAsync().AsTask();
-        Assert.True(await negotiating.ClosedByServerAsync()); // the stop has begun
+        await negotiating.AwaitShutdownAsync(); // the stop has begun (ERR_SHUTDOWN, or a close once the 200 ms grace ran out)
         await client.SendRequestAsync(NbdCommand.Read, 2, 0, 4096);
         driver.CompleteInline = true;
 

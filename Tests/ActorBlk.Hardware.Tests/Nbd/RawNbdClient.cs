@@ -265,6 +265,40 @@ public sealed class RawNbdClient : IAsyncDisposable
         return buffer;
     }
 
+    /// <summary>
+    /// For a connection still negotiating when the server begins to stop: sends NBD_OPT_LIST until
+    /// the server answers one with NBD_REP_ERR_SHUTDOWN (true), or closes the connection (false;
+    /// its shutdown grace ended first), so the caller knows the stop has begun.
+    /// </summary>
+    public async Task<bool> AwaitShutdownAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                await SendOptionAsync(NbdOption.List, []);
+                while (true)
+                {
+                    var reply = await ReadOptionReplyAsync();
+                    if (reply.Type == NbdReply.ErrShutdown)
+                    {
+                        return true;
+                    }
+
+                    if (reply.Type == NbdReply.Ack)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        catch (IOException)
+        {
+            // End of stream (EndOfStreamException) or a reset: closed.
+            return false;
+        }
+    }
+
     /// <summary>True when the server closed the connection (a read returns end of stream or a reset).</summary>
     public async Task<bool> ClosedByServerAsync()
     {
