@@ -329,6 +329,7 @@ internal sealed class NbdClientConnection : IDisposable
                 var reply = ReadOptionReply(stream, uri, NbdOption.StartTls);
                 if (reply.Type != NbdReply.Ack)
                 {
+                    SoftDisconnect(stream);
                     throw new IOException($"{uri}: the server refused STARTTLS ({Describe(reply.Type, reply.Data)}).");
                 }
 
@@ -393,6 +394,7 @@ internal sealed class NbdClientConnection : IDisposable
 
                 if (reply.Type != NbdReply.Info)
                 {
+                    SoftDisconnect(stream);
                     throw new IOException($"{uri}: {Describe(reply.Type, reply.Data)}.");
                 }
 
@@ -1273,6 +1275,7 @@ internal sealed class NbdClientConnection : IDisposable
             NbdReply.ErrUnknown => " (the server does not offer that export)",
             NbdReply.ErrTlsRequired => " (the server requires TLS: use an nbds:// URI)",
             NbdReply.ErrPolicy => " (the server's policy refuses it)",
+            NbdReply.ErrShutdown => " (the server is shutting down)",
             _ => string.Empty,
         };
         return data.Length > 0 ? $"{type}{meaning}: {Printable(data)}" : type + meaning;
@@ -1312,6 +1315,22 @@ internal sealed class NbdClientConnection : IDisposable
         Span<byte> b = stackalloc byte[4];
         BinaryPrimitives.WriteUInt32BigEndian(b, value);
         stream.Write(b);
+    }
+
+    // An option refused (NBD_REP_ERR_*, NBD_REP_ERR_SHUTDOWN among them): the client "MUST
+    // initiate a soft disconnect" (proto.md), NBD_OPT_ABORT, rather than drop the socket. As
+    // qemu's nbd_send_opt_abort, its answer is not awaited (older servers just close), and a
+    // server already gone is no error: the refusal is what the open reports.
+    private static void SoftDisconnect(Stream stream)
+    {
+        try
+        {
+            SendOption(stream, NbdOption.Abort, []);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException)
+        {
+            // Closed already.
+        }
     }
 
     private static void SendOption(Stream stream, NbdOption option, byte[] data)

@@ -180,6 +180,40 @@ public sealed class NbdClientHostileServerSpec
         Assert.Empty(server.Faults);
     }
 
+    // proto.md: a client that gets an error reply to an option (NBD_REP_ERR_SHUTDOWN from a
+    // server shutting down among them) "MUST initiate a soft disconnect": NBD_OPT_ABORT. The
+    // client used to drop the socket after a refused NBD_OPT_GO or STARTTLS (a review).
+    [Theory]
+    [InlineData("nbd", NbdReply.ErrUnknown)]
+    [InlineData("nbd", NbdReply.ErrShutdown)]
+    [InlineData("nbd", NbdReply.ErrPolicy)]
+    [InlineData("nbds", NbdReply.ErrPolicy)]
+    [InlineData("nbds", NbdReply.ErrShutdown)]
+    public async Task A_refused_option_ends_the_negotiation_with_nbd_opt_abort(string scheme, NbdReply refusal)
+    {
+        var next = new TaskCompletionSource<(NbdOption Option, uint Length)>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = new FakeNbdServer(_ => FakeNbdExport.Default, s => s.ServeAsync(0))
+        {
+            Handshake = async (_, stream) =>
+            {
+                await GreetAsync(stream, drip: false);
+                await stream.WriteAsync(OptionReply(scheme == "nbds" ? NbdOption.StartTls : NbdOption.Go, refusal, []));
+                var header = new byte[16];
+                var read = await stream.ReadAtLeastAsync(header, header.Length, throwOnEndOfStream: false);
+                next.TrySetResult(read == header.Length && BinaryPrimitives.ReadUInt64BigEndian(header) == NbdProtocol.OptionMagic
+                    ? ((NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)), BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12)))
+                    : (0, uint.MaxValue));
+            },
+        };
+        var options = new NbdClientOptions { Uri = NbdUri.Parse($"{scheme}://127.0.0.1:{server.Port}/fake") };
+
+        var error = Assert.Throws<IOException>(() => new NbdClientDriver(options, "fake0").Dispose());
+
+        Assert.Contains(refusal.ToString(), error.Message, StringComparison.Ordinal);
+        Assert.Equal((NbdOption.Abort, 0u), await next.Task.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Empty(server.Faults);
+    }
+
     // Found from outside with a server that answers a flush twice: every stage of a flush
     // sequence (the preflush, the write, a flush after it) went out with the request's one
     // cookie, so the duplicate answer to the preflush was taken as the write's, and the write
