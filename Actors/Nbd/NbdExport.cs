@@ -26,14 +26,15 @@ public static class NbdExport
     }
 
     /// <summary>The answer to <see cref="GetExports"/>.</summary>
-    /// <param name="Endpoint">The bound endpoint.</param>
+    /// <param name="Endpoint">The bound endpoint: an <see cref="IPEndPoint"/> over TCP, a <see cref="System.Net.Sockets.UnixDomainSocketEndPoint"/> over a Unix socket (an abstract name with its leading NUL).</param>
     /// <param name="Names">The export names; the first is the default export.</param>
     /// <param name="Connections">Connections open now.</param>
-    public sealed record Exports(IPEndPoint Endpoint, IReadOnlyList<string> Names, int Connections) : INoSerializationVerificationNeeded;
+    public sealed record Exports(EndPoint Endpoint, IReadOnlyList<string> Names, int Connections) : INoSerializationVerificationNeeded;
 
     /// <summary>
     /// Binds the server for <paramref name="layer"/>'s devices and starts the actor that owns it.
-    /// Binding errors (port in use, a non-loopback address without TLS) throw here, to the caller.
+    /// Binding errors (port in use, a non-loopback address without TLS, a Unix socket another
+    /// server listens on) throw here, to the caller (see <see cref="NbdServer.Start"/>).
     /// </summary>
     /// <returns>The actor and the bound endpoint.</returns>
     public static (IActorRef Actor, NbdServer Server) Start(BlockLayer layer, NbdServerOptions options)
@@ -106,7 +107,7 @@ internal sealed class NbdExportActor : ReceiveActor
     {
         _server = server;
         Receive<NbdExport.GetExports>(_ => Sender.Tell(new NbdExport.Exports(
-            _server.LocalEndPoint, _server.Catalog.Exports.Select(d => d.Name).ToList(), _server.ConnectionCount)));
+            Endpoint(_server), _server.Catalog.Exports.Select(d => d.Name).ToList(), _server.ConnectionCount)));
     }
 
     protected override void PostStop()
@@ -114,6 +115,11 @@ internal sealed class NbdExportActor : ReceiveActor
         // In coordinated shutdown the server is already stopped (and its requests completed) before
         // the actor; stopped any other way, the server stops in the background (disposal is idempotent).
         _ = _server.DisposeAsync().AsTask();
-        _log.Info("NBD export on {0} stopped", _server.LocalEndPoint);
+        _log.Info("NBD export on {0} stopped", _server.Address);
     }
+
+    private static EndPoint Endpoint(NbdServer server) =>
+        server.UnixSocket is { } socket
+            ? new System.Net.Sockets.UnixDomainSocketEndPoint(socket[0] == '@' ? "\0" + socket[1..] : socket)
+            : server.LocalEndPoint;
 }

@@ -9,7 +9,7 @@ using Akka.Configuration;
 namespace ActorBlk.Actors.Nbd;
 
 /// <summary>The <c>actorblk.nbd</c> section: where and how a node exports its devices over NBD.</summary>
-/// <param name="Listen">The endpoint, or null when <c>listen = off</c>.</param>
+/// <param name="Listen">The TCP endpoint, or null when <c>listen = off</c> or a Unix socket (<see cref="UnixSocket"/>).</param>
 /// <param name="Tls">STARTTLS policy.</param>
 /// <param name="CertificatePath">The server certificate (PEM, or PKCS#12 for .pfx/.p12).</param>
 /// <param name="KeyPath">The PEM private key when the certificate file holds none.</param>
@@ -29,6 +29,12 @@ public sealed record NbdExportSettings(
     int MaxPayload,
     TimeSpan HandshakeTimeout)
 {
+    /// <summary>The Unix socket of <c>listen = "unix:PATH"</c> (a path, or <c>@NAME</c> in the abstract namespace), else null.</summary>
+    public string? UnixSocket { get; init; }
+
+    /// <summary>True when <c>listen = off</c>: neither a TCP endpoint nor a Unix socket.</summary>
+    public bool IsOff => Listen is null && UnixSocket is null;
+
     /// <summary>At shutdown, how long connections may take to answer the requests in flight before they are closed (<c>shutdown-grace</c>).</summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
 
@@ -91,7 +97,7 @@ public sealed record NbdExportSettings(
         }
 
         return new NbdExportSettings(
-            ParseListen(listenText),
+            ParseListen(listenText, out var unixSocket),
             tls,
             Text("certificate", string.Empty),
             Text("key", string.Empty),
@@ -106,14 +112,43 @@ public sealed record NbdExportSettings(
             StallTimeout = ActorBlkSettings.Span(actorblk, "nbd.stall-timeout", TimeSpan.FromSeconds(60)),
             MinTransferRate = rate,
             KeepAlive = ActorBlkSettings.Span(actorblk, "nbd.keepalive", TimeSpan.FromSeconds(30)),
+            UnixSocket = unixSocket,
         };
     }
 
-    /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null).</summary>
-    /// <exception cref="ConfigurationException">The text is none of these (the empty text included).</exception>
+    /// <summary>Parses <c>host:port</c>, <c>[v6]:port</c> or <c>off</c> (null); a Unix socket is refused here (see the overload that returns it).</summary>
+    /// <exception cref="ConfigurationException">The text is none of these (the empty text included), or names a Unix socket.</exception>
     public static IPEndPoint? ParseListen(string text)
     {
+        var endpoint = ParseListen(text, out var unixSocket);
+        return unixSocket is null
+            ? endpoint
+            : throw new ConfigurationException($"actorblk.nbd.listen: '{ControlCharacters.Escape(text)}' names a Unix socket, not ADDRESS:PORT or off.");
+    }
+
+    /// <summary>
+    /// Parses <c>host:port</c>, <c>[v6]:port</c>, <c>unix:PATH</c> (an absolute path, as qemu's
+    /// legacy <c>nbd:unix:PATH</c>; <c>unix:@NAME</c> in the abstract namespace) or <c>off</c>.
+    /// </summary>
+    /// <param name="text">The value of <c>actorblk.nbd.listen</c> (or <c>serve --nbd-listen</c>).</param>
+    /// <param name="unixSocket">The Unix socket of <c>unix:PATH</c> (the path, or <c>@NAME</c>), else null.</param>
+    /// <returns>The TCP endpoint; null for <c>off</c> and for a Unix socket.</returns>
+    /// <exception cref="ConfigurationException">The text is none of these (the empty text included), or a Unix socket that cannot be one (<see cref="NbdServerOptions.UnixSocketProblem"/>: relative, over 107 bytes, ...).</exception>
+    public static IPEndPoint? ParseListen(string text, out string? unixSocket)
+    {
         ArgumentNullException.ThrowIfNull(text);
+        unixSocket = null;
+        if (text.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            var socket = text["unix:".Length..];
+            if (NbdServerOptions.UnixSocketProblem(socket) is { } problem)
+            {
+                throw new ConfigurationException($"actorblk.nbd.listen: '{ControlCharacters.Escape(text)}' {problem}.");
+            }
+
+            unixSocket = socket;
+            return null;
+        }
 
         // Off is spelled off (or HOCON's false): an empty value was taken as off, so `listen = ""`
         // and `serve --nbd-listen ''` turned the export off in silence (an outside CLI fuzzing audit).
@@ -133,7 +168,7 @@ public sealed record NbdExportSettings(
             host.AsSpan().IndexOfAny('[', ']') >= 0 || (!bracketed && host.Contains(':', StringComparison.Ordinal)) ||
             !IPAddress.TryParse(host, out var address) || (bracketed && address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6))
         {
-            throw new ConfigurationException($"actorblk.nbd.listen: '{ControlCharacters.Escape(text)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
+            throw new ConfigurationException($"actorblk.nbd.listen: '{ControlCharacters.Escape(text)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809), unix:PATH or off.");
         }
 
         return new IPEndPoint(address, port);
@@ -144,10 +179,15 @@ public sealed record NbdExportSettings(
     /// <exception cref="ConfigurationException">The certificate cannot be loaded.</exception>
     public NbdServerOptions ToServerOptions()
     {
-        var listen = Listen ?? throw new InvalidOperationException("actorblk.nbd.listen is off.");
+        if (IsOff)
+        {
+            throw new InvalidOperationException("actorblk.nbd.listen is off.");
+        }
+
         return new NbdServerOptions
         {
-            Listen = listen,
+            Listen = Listen ?? new NbdServerOptions().Listen,
+            UnixSocket = UnixSocket,
             Tls = Tls,
             Certificate = Tls == NbdTlsMode.Off ? null : LoadCertificate(),
             AllowInsecure = AllowInsecure,

@@ -71,6 +71,7 @@ internal static unsafe partial class LibC
     public const int S_IFCHR = 0x2000;
     public const int S_IFIFO = 0x1000;
     public const int S_IFSOCK = 0xC000;
+    public const int S_IFLNK = 0xA000;
 
     // <linux/fs.h> block-device ioctls.
     public const ulong BLKGETSIZE64 = 0x80081272;
@@ -261,6 +262,10 @@ internal static unsafe partial class LibC
 
         [FieldOffset(28)]
         public ushort Mode;
+
+        /// <summary><c>stx_ino</c>: the file's inode number on its file system.</summary>
+        [FieldOffset(32)]
+        public ulong Ino;
 
         [FieldOffset(40)]
         public ulong Size;

@@ -103,6 +103,10 @@ public sealed class NbdConnection
     private int _wakeEvent = -1;
     private bool _wakeTried;
 
+    // Over a Unix socket: the client's process (SO_PEERCRED, a Unix peer has no address), read
+    // once at the start, while the socket is open; null over TCP.
+    private readonly string? _unixPeer;
+
     // A refusal was answered and the connection closes after it: gracefully, so the answer is read.
     private bool _lingerOnClose;
 
@@ -123,8 +127,19 @@ public sealed class NbdConnection
         _socket = socket;
         Id = id;
         _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
-        socket.NoDelay = true;
-        if (server.Options.KeepAlive > TimeSpan.Zero)
+        // Over a Unix socket there is no Nagle to turn off and no keepalive: the kernel closes the
+        // connection when its peer process goes, and a peer on the same machine cannot be partitioned away.
+        var tcp = socket.AddressFamily != AddressFamily.Unix;
+        if (tcp)
+        {
+            socket.NoDelay = true;
+        }
+        else
+        {
+            _unixPeer = NbdServer.EndpointOf(socket);
+        }
+
+        if (tcp && server.Options.KeepAlive > TimeSpan.Zero)
         {
             // A client that vanished without a word (a partition that lost its reset) is closed
             // by the kernel once its probes go unanswered, not held for ever (an outside
@@ -524,6 +539,11 @@ public sealed class NbdConnection
 
     private string RemoteEndPoint()
     {
+        if (_unixPeer is not null)
+        {
+            return _unixPeer;
+        }
+
         try
         {
             return _socket.RemoteEndPoint?.ToString() ?? "?";
@@ -1419,7 +1439,13 @@ public sealed class NbdConnection
                 return null;
             }
 
-            if ((events & (LibC.POLLERR | LibC.POLLHUP)) != 0)
+            // Over a Unix socket a client's close() shuts both directions here (POLLHUP) whether or
+            // not it left replies unread, and only with replies unread does the kernel also set an
+            // error (ECONNRESET: POLLERR), TCP's reset; a close with nothing unread is TCP's FIN,
+            // and counts as one below (a write then NBD_CMD_DISC, then close(), is served). Taken
+            // for a reset, such a write was dropped (NbdServerUnixSocketSpec), as a TLS client's
+            // would be when it closes after close_notify.
+            if ((events & (_unixPeer is null ? LibC.POLLERR | LibC.POLLHUP : LibC.POLLERR)) != 0)
             {
                 return "reset the connection";
             }

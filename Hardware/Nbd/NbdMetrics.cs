@@ -32,7 +32,7 @@ public static class NbdMetrics
         meter.CreateObservableUpDownCounter("actorblk.nbd.client.connections", PerClient, "{connection}", "Live connections of an NBD client device to its server, by device.");
     }
 
-    internal static void Add(NbdServer server) => Servers.AddOrUpdate(server, server.LocalEndPoint.ToString());
+    internal static void Add(NbdServer server) => Servers.AddOrUpdate(server, server.Address);
 
     internal static void Remove(NbdServer server) => Servers.Remove(server);
 

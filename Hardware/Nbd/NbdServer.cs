@@ -6,7 +6,7 @@ using ActorBlk.Hardware.Interop;
 namespace ActorBlk.Hardware.Nbd;
 
 /// <summary>
-/// An NBD server: listens on a TCP endpoint and serves every device of an
+/// An NBD server: listens on a TCP endpoint or a Unix domain socket and serves every device of an
 /// <see cref="INbdExportCatalog"/> with fixed newstyle negotiation. Each accepted socket is one
 /// <see cref="NbdConnection"/>, which pipelines its requests into the block layer.
 /// </summary>
@@ -20,6 +20,9 @@ public sealed class NbdServer : IAsyncDisposable
     // request readers poll it beside their socket, so a stop wakes them without shutting the
     // sockets' receive side (which would hide the client's own end of stream). -1 elsewhere.
     private readonly int _stopEvent = -1;
+    private readonly IPEndPoint? _localEndPoint;
+    // The socket file bound for NbdServerOptions.UnixSocket (not for an abstract name), removed at the stop.
+    private readonly NbdUnixListener.SocketFile? _socketFile;
     private long _nextId;
     private long _accepted;
     private long _refused;
@@ -36,36 +39,82 @@ public sealed class NbdServer : IAsyncDisposable
             _stopEvent = LibC.EventFd(0, LibC.EFD_CLOEXEC | LibC.EFD_NONBLOCK);
         }
 
-        try
+        if (options.UnixSocket is { } unixSocket)
         {
-            _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                _listener = NbdUnixListener.Listen(unixSocket, 512, log, out _socketFile);
+            }
+            catch
+            {
+                CloseStopEvent();
+                throw;
+            }
         }
-        catch
+        else
         {
-            CloseStopEvent();
-            throw;
+            try
+            {
+                _listener = new Socket(options.Listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            }
+            catch
+            {
+                CloseStopEvent();
+                throw;
+            }
+
+            try
+            {
+                ListenSockets.AllowRestart(_listener);
+                _listener.Bind(options.Listen);
+                _listener.Listen(512);
+            }
+            catch
+            {
+                _listener.Dispose();
+                CloseStopEvent();
+                throw;
+            }
+
+            _localEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         }
 
-        try
-        {
-            ListenSockets.AllowRestart(_listener);
-            _listener.Bind(options.Listen);
-            _listener.Listen(512);
-        }
-        catch
-        {
-            _listener.Dispose();
-            CloseStopEvent();
-            throw;
-        }
-
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
         NbdMetrics.Add(this);
         _acceptLoop = Task.Run(AcceptLoopAsync);
     }
 
-    /// <summary>The bound endpoint (the real port when the options named port 0).</summary>
-    public IPEndPoint LocalEndPoint { get; }
+    /// <summary>The bound TCP endpoint (the real port when the options named port 0).</summary>
+    /// <exception cref="InvalidOperationException">The server listens on a Unix socket (<see cref="UnixSocket"/>).</exception>
+    public IPEndPoint LocalEndPoint => _localEndPoint ?? throw new InvalidOperationException($"the NBD server listens on {Address}, a Unix socket, not a TCP endpoint.");
+
+    /// <summary>The Unix socket the server listens on (a path, or <c>@NAME</c> in the abstract namespace), or null over TCP.</summary>
+    public string? UnixSocket => Options.UnixSocket;
+
+    /// <summary>Where the server listens, as its log lines and metrics name it: <c>127.0.0.1:10809</c>, <c>[::1]:10809</c>, or <c>unix:/run/actorblk/nbd.sock</c>.</summary>
+    public string Address => UnixSocket is { } socket ? $"unix:{socket}" : LocalEndPoint.ToString();
+
+    /// <summary>
+    /// The NBD URI a client opens <paramref name="export"/> with: <c>nbd://127.0.0.1:10809/disk0</c>,
+    /// or <c>nbd+unix:///disk0?socket=/run/actorblk/nbd.sock</c> over a Unix socket (the socket
+    /// percent-encoded but for <c>/</c>, an abstract name as <c>%00NAME</c>); <c>nbds</c> when the
+    /// server requires TLS.
+    /// </summary>
+    public string ExportUri(string export)
+    {
+        ArgumentNullException.ThrowIfNull(export);
+        var scheme = Options.Tls == NbdTlsMode.Require ? "nbds" : "nbd";
+        if (UnixSocket is not { } socket)
+        {
+            return $"{scheme}://{LocalEndPoint}/{export}";
+        }
+
+        var name = socket[0] == '@' ? "%00" + EscapeQuery(socket[1..]) : EscapeQuery(socket);
+        return $"{scheme}+unix:///{export}?socket={name}";
+    }
+
+    // Percent-encodes all but RFC 3986's unreserved characters and '/', as UTF-8.
+    private static string EscapeQuery(string text) =>
+        string.Join('/', text.Split('/').Select(Uri.EscapeDataString));
 
     /// <summary>The exports.</summary>
     public INbdExportCatalog Catalog { get; }
@@ -198,12 +247,22 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>The eventfd that turns readable when the server stops (Linux), or -1 (see <see cref="NbdConnection.StopReading"/>).</summary>
     internal int StopEvent => _stopEvent;
 
-    /// <summary>Validates <paramref name="options"/>, binds and starts accepting.</summary>
+    /// <summary>
+    /// Validates <paramref name="options"/>, binds and starts accepting. On a Unix socket path
+    /// (<see cref="NbdServerOptions.UnixSocket"/>): a socket file there that nothing listens on (a
+    /// connection to it is refused: its server was killed) is removed, the removal logged, and the
+    /// path bound again; a socket a server listens on, or anything that is not a socket, is
+    /// refused and left alone. The socket file is created as <c>bind(2)</c> creates it, mode 0777
+    /// less the process's umask (0755 under the usual 022: only its owner and root may connect,
+    /// since connecting needs write permission), as <c>qemu-nbd -k</c>; <see cref="DisposeAsync"/>
+    /// removes it while it is still this server's socket.
+    /// </summary>
     /// <param name="catalog">The devices to export.</param>
     /// <param name="options">Settings.</param>
-    /// <param name="log">Receives one line per notable event (connection errors); may be null.</param>
+    /// <param name="log">Receives one line per notable event (connection errors, a stale socket removed); may be null.</param>
     /// <exception cref="ArgumentException">The options are invalid (see <see cref="NbdServerOptions.Validate"/>).</exception>
-    /// <exception cref="SocketException">The endpoint cannot be bound.</exception>
+    /// <exception cref="SocketException">The TCP endpoint cannot be bound.</exception>
+    /// <exception cref="IOException">The Unix socket cannot be listened on: another server listens there, the path is not a socket, or its directory is missing or not writable (the message says which).</exception>
     public static NbdServer Start(INbdExportCatalog catalog, NbdServerOptions options, Action<string>? log = null)
     {
         ArgumentNullException.ThrowIfNull(catalog);
@@ -262,6 +321,15 @@ public sealed class NbdServer : IAsyncDisposable
 
         NbdMetrics.Remove(this);
         await _stopping.CancelAsync().ConfigureAwait(false);
+
+        // The socket file goes first, while the listener still holds it, so no client meets a
+        // socket nobody listens on in between; and only while the path is still this server's
+        // socket (NbdUnixListener.Remove).
+        if (_socketFile is { } file && NbdUnixListener.Remove(file) is { } failure)
+        {
+            Log?.Invoke($"NBD server on {Address}: {failure}");
+        }
+
         _listener.Dispose();
         try
         {
@@ -464,8 +532,14 @@ public sealed class NbdServer : IAsyncDisposable
         return fd >= limit - FileDescriptorReserve;
     }
 
-    private static string EndpointOf(Socket socket)
+    /// <summary>Who a connection comes from, for the log: the client's address and port over TCP, its process over a Unix socket (<see cref="NbdUnixListener.Peer"/>).</summary>
+    internal static string EndpointOf(Socket socket)
     {
+        if (socket.AddressFamily == AddressFamily.Unix)
+        {
+            return NbdUnixListener.Peer(socket);
+        }
+
         try
         {
             return socket.RemoteEndPoint?.ToString() ?? "an unknown peer";

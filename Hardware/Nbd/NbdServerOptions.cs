@@ -23,8 +23,20 @@ public sealed record NbdServerOptions
     /// <summary>Default for <see cref="MaxPayload"/>: 32 MiB, the largest request the protocol document says clients may expect to work.</summary>
     public const int DefaultMaxPayload = 32 << 20;
 
-    /// <summary>Where to listen; port 0 picks a free port (see <see cref="NbdServer.LocalEndPoint"/>).</summary>
+    /// <summary>Where to listen; port 0 picks a free port (see <see cref="NbdServer.LocalEndPoint"/>). Not read when <see cref="UnixSocket"/> is set.</summary>
     public IPEndPoint Listen { get; init; } = new(IPAddress.Loopback, NbdProtocol.DefaultPort);
+
+    /// <summary>
+    /// A Unix domain socket to listen on instead of <see cref="Listen"/> (as <c>qemu-nbd -k PATH</c>
+    /// and <c>nbdkit -U PATH</c>; clients use <c>nbd+unix:///EXPORT?socket=PATH</c>): an absolute
+    /// path of at most <see cref="MaxUnixSocketBytes"/> bytes, or <c>@NAME</c> for a name in Linux's
+    /// abstract namespace (no file; clients write <c>socket=%00NAME</c>). Null: TCP. See
+    /// <see cref="NbdServer.Start"/> for the socket file's lifecycle.
+    /// </summary>
+    public string? UnixSocket { get; init; }
+
+    /// <summary>The longest Unix socket path (or abstract name after its <c>@</c>), in UTF-8 bytes: <c>sun_path</c>'s 108 less the terminating (or, abstract, leading) NUL.</summary>
+    public const int MaxUnixSocketBytes = 107;
 
     /// <summary>STARTTLS policy.</summary>
     public NbdTlsMode Tls { get; init; } = NbdTlsMode.Off;
@@ -102,9 +114,14 @@ public sealed record NbdServerOptions
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
 
     /// <summary>Checks the settings.</summary>
-    /// <exception cref="ArgumentException">A setting is out of range, TLS lacks a certificate, or a non-loopback address is used without TLS and without <see cref="AllowInsecure"/>.</exception>
+    /// <exception cref="ArgumentException">A setting is out of range, TLS lacks a certificate, a non-loopback address is used without TLS and without <see cref="AllowInsecure"/>, or <see cref="UnixSocket"/> is no usable socket name (see <see cref="UnixSocketProblem"/>).</exception>
     public void Validate()
     {
+        if (UnixSocket is not null && UnixSocketProblem(UnixSocket) is { } problem)
+        {
+            throw new ArgumentException($"the Unix socket '{ControlCharacters.Escape(UnixSocket)}' {problem}.", nameof(UnixSocket));
+        }
+
         ArgumentNullException.ThrowIfNull(Listen);
         if (MaxConnections < 1)
         {
@@ -166,12 +183,59 @@ public sealed record NbdServerOptions
             throw new ArgumentException("the TLS certificate has no private key.", nameof(Certificate));
         }
 
-        if (!IPAddress.IsLoopback(Listen.Address) && Tls != NbdTlsMode.Require && !AllowInsecure)
+        // A Unix socket is reached from this machine only, through its file's permissions (or, in
+        // the abstract namespace, by any process of the network namespace, as a loopback port).
+        if (UnixSocket is null && !IPAddress.IsLoopback(Listen.Address) && Tls != NbdTlsMode.Require && !AllowInsecure)
         {
             throw new ArgumentException(
                 $"refusing to export NBD on {Listen}, which is not a loopback address, without TLS: anyone who can reach it could read and write every device. " +
                 "Set actorblk.nbd.tls = require (with a certificate), or actorblk.nbd.allow-insecure = on to accept the risk.", nameof(Listen));
         }
+    }
+
+    /// <summary>
+    /// Why <paramref name="socket"/> cannot be a Unix socket to listen on, as the end of a sentence
+    /// that names it (<c>is a relative path; ...</c>), or null when it can. A path must be absolute:
+    /// a relative one would be resolved against whatever directory the node was started in, and
+    /// clients given the same text elsewhere would miss it. It holds at most
+    /// <see cref="MaxUnixSocketBytes"/> UTF-8 bytes (<c>sun_path</c>), no control character (a
+    /// newline would forge log lines and break the URI clients are given) and does not end with
+    /// <c>/</c>. <c>@NAME</c> names a socket in the abstract namespace, whose name has the same bounds.
+    /// </summary>
+    internal static string? UnixSocketProblem(string socket)
+    {
+        ArgumentNullException.ThrowIfNull(socket);
+        if (socket.Length == 0)
+        {
+            return "names no path (e.g. unix:/run/actorblk/nbd.sock)";
+        }
+
+        var abstractName = socket[0] == '@';
+        var name = abstractName ? socket[1..] : socket;
+        if (abstractName && name.Length == 0)
+        {
+            return "names no socket after the @ (unix:@NAME names one in the abstract namespace)";
+        }
+
+        if (ControlCharacters.IndexIn(socket) is var at and >= 0)
+        {
+            return $"holds a control character (U+{(int)socket[at]:X4}), which a socket name here never takes";
+        }
+
+        if (!abstractName && socket[0] != '/')
+        {
+            return "is a relative path; a Unix socket's path must be absolute (e.g. unix:/run/actorblk/nbd.sock): a relative one would depend on the directory the node starts in";
+        }
+
+        if (!abstractName && socket[^1] == '/')
+        {
+            return "ends with '/', which names a directory, not a socket";
+        }
+
+        var bytes = System.Text.Encoding.UTF8.GetByteCount(name);
+        return bytes <= MaxUnixSocketBytes
+            ? null
+            : $"is {bytes} bytes long{(abstractName ? " after the @" : string.Empty)}, and a Unix domain socket's {(abstractName ? "abstract name" : "path")} holds at most {MaxUnixSocketBytes} (sun_path's 108 with its {(abstractName ? "leading" : "terminating")} NUL)";
     }
 
     // A duration in a refusal: "infinite" (HOCON's word) rather than "-0.001 s".

@@ -35,7 +35,7 @@ internal static class ServeCommand
         var port = CliOptions.OptionalInt("--port", 0, 65535, "remoting port, 0 for any free one (default: hocon.conf's, else 4053)");
         var seed = CliOptions.Text("--seed", "HOST:PORT[,HOST:PORT...]", "join the cluster of these nodes");
         var hostname = CliOptions.Text("--hostname", "H", "the host name or address other nodes reach this one at");
-        var nbdListen = CliOptions.Text("--nbd-listen", "ADDRESS:PORT|off", "the NBD export's address, or off (default: actorblk.nbd.listen)");
+        var nbdListen = CliOptions.Text("--nbd-listen", "ADDRESS:PORT|unix:PATH|off", "the NBD export's address or Unix socket, or off (default: actorblk.nbd.listen)");
 
         // `--nbd-listen ''` turned the export off in silence (an outside CLI fuzzing audit): off is
         // spelled off. Refused by the parser, naming the option, before anything starts.
@@ -43,7 +43,7 @@ internal static class ServeCommand
         {
             if (result.Tokens.Any(t => t.Value.Length == 0))
             {
-                result.AddError("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.");
+                result.AddError("option --nbd-listen: an empty value is not ADDRESS:PORT or unix:PATH; write off to serve without an NBD export.");
                 return;
             }
 
@@ -53,11 +53,16 @@ internal static class ServeCommand
             {
                 try
                 {
-                    _ = NbdExportSettings.ParseListen(token.Value.Replace("\"", string.Empty, StringComparison.Ordinal));
+                    _ = NbdExportSettings.ParseListen(ListenValue(token.Value), out _);
+                }
+                catch (Akka.Configuration.ConfigurationException ex) when (IsUnix(token.Value))
+                {
+                    // A Unix socket's own reason (relative, too long, ...), under the option's name.
+                    result.AddError($"option --nbd-listen: {ex.Message["actorblk.nbd.listen: ".Length..]}");
                 }
                 catch (Akka.Configuration.ConfigurationException)
                 {
-                    result.AddError($"option --nbd-listen: '{ActorBlk.Hardware.ControlCharacters.Escape(token.Value)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.");
+                    result.AddError($"option --nbd-listen: '{ActorBlk.Hardware.ControlCharacters.Escape(token.Value)}' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809), unix:PATH or off.");
                 }
             }
         });
@@ -130,7 +135,9 @@ internal static class ServeCommand
         ActorBlkRemoting.CheckSettings(config);
         if (nbdListen is not null)
         {
-            config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{nbdListen.Replace("\"", string.Empty, StringComparison.Ordinal)}\"").WithFallback(config);
+            // A quoted HOCON string: a Unix socket's path may hold '\' and '"' (control characters were refused).
+            var quoted = ListenValue(nbdListen).Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal);
+            config = Akka.Configuration.ConfigurationFactory.ParseString($"actorblk.nbd.listen = \"{quoted}\"").WithFallback(config);
         }
 
         // Refuse a bad NBD section (and a non-loopback address without TLS) before anything starts.
@@ -138,7 +145,7 @@ internal static class ServeCommand
         try
         {
             var nbd = NbdExportSettings.Create(config);
-            nbdOptions = nbd.Listen is null ? null : nbd.ToServerOptions();
+            nbdOptions = nbd.IsOff ? null : nbd.ToServerOptions();
             nbdOptions?.Validate();
         }
         catch (Akka.Configuration.ConfigurationException ex)
@@ -275,20 +282,35 @@ internal static class ServeCommand
                             StopAfterStartupFailure(system);
                             return;
                         }
-
-                        var endpoint = server.LocalEndPoint;
+                        catch (IOException ex) when (nbdOptions.UnixSocket is not null)
+                        {
+                            // The Unix socket: another server on it, a file that is no socket, a
+                            // missing directory (NbdServer.Start's message names which).
+                            startupFailure = new CommandFailedException($"the NBD export {ex.Message}");
+                            StopAfterStartupFailure(system);
+                            return;
+                        }
 
                         // The URI a client uses: nbds:// when the export requires TLS, as the registry
                         // publishes it (the log said nbd://, which such a server refuses: an outside audit).
-                        var exportUri = NbdEndpointOf(endpoint, nbdOptions);
                         foreach (var (device, index) in server.Catalog.Exports.Select((d, i) => (d, i)))
                         {
-                            Log.Information("Exporting {Device} over NBD at {Uri}/{Device}{Default}",
-                                device.Name, exportUri, device.Name, index == 0 ? " (the default export)" : string.Empty);
+                            Log.Information("Exporting {Device} over NBD at {Uri}{Default}",
+                                device.Name, server.ExportUri(device.Name), index == 0 ? " (the default export)" : string.Empty);
                         }
 
-                        Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", endpoint, nbdOptions.Tls.ToString().ToLowerInvariant());
-                        layer.SetNbdEndpoint(exportUri);
+                        Log.Information("NBD export listening on {Endpoint} (TLS {Tls})", server.Address, nbdOptions.Tls.ToString().ToLowerInvariant());
+                        if (server.UnixSocket is null)
+                        {
+                            layer.SetNbdEndpoint(NbdEndpointOf(server.LocalEndPoint, nbdOptions));
+                        }
+                        else if (layer.ClusterDevices.IsEnabled)
+                        {
+                            // The registry publishes nbd[s]://host:port/ and nothing else: a Unix
+                            // socket names a file of this machine, which another node would look for
+                            // on its own (ClusterDevice.IsWellFormed leaves such an entry out).
+                            Log.Information("The cluster registry publishes no NBD endpoint for this node's devices: a Unix socket is reachable on this machine only, so other nodes cannot open them (listen on ADDRESS:PORT for that)");
+                        }
                     }
                     LogClusterDevices(layer);
                 }));
@@ -516,6 +538,13 @@ internal static class ServeCommand
             done.Cancel(); // the pending delay's timer
         }
     }
+
+    // --nbd-listen's value as actorblk.nbd.listen takes it: a Unix socket's path as given (a '"' is
+    // a character of a path); elsewhere without '"', as before (a quoted address was accepted).
+    private static string ListenValue(string value) =>
+        IsUnix(value) ? value : value.Replace("\"", string.Empty, StringComparison.Ordinal);
+
+    private static bool IsUnix(string value) => value.StartsWith("unix:", StringComparison.Ordinal);
 
     // The address the registry publishes for this node's exports: nbds:// when the export takes
     // nothing but TLS.

@@ -96,7 +96,7 @@ public sealed class ConfigControlCharacterSpec
     {
         Assert.Equal("actorblk.nbd.listen: '127.0.0.1:10809\\x0a[forged]' holds a control character (U+000A), which this key never takes.",
             Assert.Throws<ConfigurationException>(() => NbdExportSettings.Create(Hocon("actorblk.nbd.listen = \"127.0.0.1:10809\\n[forged]\""))).Message);
-        Assert.Equal("actorblk.nbd.listen: '127.0.0.1:1\\x0a0809' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.",
+        Assert.Equal("actorblk.nbd.listen: '127.0.0.1:1\\x0a0809' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809), unix:PATH or off.",
             Assert.Throws<ConfigurationException>(() => NbdExportSettings.ParseListen("127.0.0.1:1\n0809")).Message);
     }
 

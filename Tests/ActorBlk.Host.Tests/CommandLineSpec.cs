@@ -112,11 +112,13 @@ public sealed class CommandLineSpec
     // spelled off) and `sysfs list ''` listed every path (as no PREFIX), both in silence. (The
     // configuration named does not exist, so a serve the parser let through stops there.)
     [Theory]
-    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "")]
+    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT or unix:PATH; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "")]
     [InlineData("Required argument missing for option: '--nbd-listen'", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen=")] // the parser's own refusal, as before
-    [InlineData("option --nbd-listen: 'null' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809) or off.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "null")]
+    [InlineData("option --nbd-listen: 'null' is not ADDRESS:PORT (e.g. 127.0.0.1:10809, [::1]:10809), unix:PATH or off.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "null")]
+    [InlineData("option --nbd-listen: 'unix:' names no path (e.g. unix:/run/actorblk/nbd.sock).", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "unix:")]
+    [InlineData("option --nbd-listen: 'unix:nbd.sock' is a relative path; a Unix socket's path must be absolute (e.g. unix:/run/actorblk/nbd.sock): a relative one would depend on the directory the node starts in.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "unix:nbd.sock")]
     [InlineData("option --nbd-listen: '127.0.0.1' is not ADDRESS:PORT", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "127.0.0.1")]
-    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "off", "--nbd-listen", "")]
+    [InlineData("option --nbd-listen: an empty value is not ADDRESS:PORT or unix:PATH; write off to serve without an NBD export.", "serve", "--config", "/nonexistent/node.conf", "--nbd-listen", "off", "--nbd-listen", "")]
     [InlineData("PREFIX is empty: give none to list every path.", "sysfs", "list", "", "--port", "1")]
     public async Task An_empty_value_that_meant_something_is_a_usage_error_naming_the_option(string message, params string[] args)
     {

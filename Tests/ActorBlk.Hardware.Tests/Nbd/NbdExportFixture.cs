@@ -7,7 +7,8 @@ using ActorBlk.Testing;
 namespace ActorBlk.Hardware.Tests.Nbd;
 
 /// <summary>
-/// Ring-dispatch devices exported by an <see cref="NbdServer"/> on 127.0.0.1 with a free port:
+/// Ring-dispatch devices exported by an <see cref="NbdServer"/> on 127.0.0.1 with a free port (or
+/// on the options' <see cref="NbdServerOptions.UnixSocket"/> when they name one):
 /// <c>mem0</c> (memory-backed, 64 MiB, 512-byte blocks, write cache, discard; the default export)
 /// and <c>ro0</c> (read-only, 8 MiB).
 /// </summary>
@@ -45,8 +46,14 @@ public sealed class NbdExportFixture : IAsyncDisposable
 
     public IPEndPoint Endpoint => Server.LocalEndPoint;
 
-    /// <summary>An nbd:// URI for libnbd tools.</summary>
-    public string Uri(string export = "mem0") => $"nbd://127.0.0.1:{Endpoint.Port}/{export}";
+    /// <summary>The server's endpoint, TCP or Unix socket, for <see cref="RawNbdClient"/>.</summary>
+    public EndPoint Target => Server.UnixSocket is { } socket
+        ? new System.Net.Sockets.UnixDomainSocketEndPoint(socket[0] == '@' ? "\0" + socket[1..] : socket)
+        : Server.LocalEndPoint;
+
+    /// <summary>An nbd:// (or nbd+unix://) URI for libnbd tools.</summary>
+    public string Uri(string export = "mem0") =>
+        Server.UnixSocket is { } socket ? $"nbd+unix:///{export}?socket={socket}" : $"nbd://127.0.0.1:{Endpoint.Port}/{export}";
 
     public static NbdExportFixture Start(NbdServerOptions? options = null, int queueDepth = 64) => new(options, queueDepth);
 

@@ -100,4 +100,19 @@ public sealed class NbdMetricsSpec
         await fx.Server.DisposeAsync();
         Assert.Null(recorder.Collect("actorblk.nbd.server.connections", endpoint));
     }
+
+    [Fact]
+    public async Task A_server_on_a_unix_socket_is_reported_under_unix_and_its_path()
+    {
+        using var recorder = new Recorder();
+        using var dir = new TempDirectory("nbdm");
+        await using var fx = NbdExportFixture.Start(new NbdServerOptions { UnixSocket = dir.File("m.sock") });
+        var endpoint = $"unix:{dir.File("m.sock")}";
+        await using var devices = new RingDevices(2);
+        var device = devices.Create(new DeviceOptions { Name = "nbdmetrics1", Driver = "nbd", Uri = fx.Uri("mem0"), Connections = 2, HwQueueDepth = 8 }, CpuTopology.Simulated(2));
+        await device.WriteAsync(0, new byte[4096]);
+        Assert.Equal(2, recorder.Collect("actorblk.nbd.server.connections", endpoint));
+        Assert.Equal(2, recorder.Collect("actorblk.nbd.server.accepted", endpoint));
+        Assert.Equal(0, recorder.Collect("actorblk.nbd.server.refused", endpoint));
+    }
 }

@@ -21,17 +21,21 @@ public sealed class RawNbdClient : IAsyncDisposable
     private RawNbdClient(Socket socket)
     {
         _socket = socket;
-        _socket.NoDelay = true;
+        if (socket.AddressFamily != AddressFamily.Unix)
+        {
+            _socket.NoDelay = true;
+        }
+
         _stream = new NetworkStream(socket, ownsSocket: true);
     }
 
     public ushort HandshakeFlags { get; private set; }
 
-    /// <param name="endpoint">The server.</param>
+    /// <param name="endpoint">The server: an <see cref="IPEndPoint"/>, or a <see cref="UnixDomainSocketEndPoint"/>.</param>
     /// <param name="receiveBuffer">SO_RCVBUF before connecting (0: the system's), to make a client that does not read fill up fast.</param>
-    public static async Task<RawNbdClient> ConnectAsync(IPEndPoint endpoint, int receiveBuffer = 0)
+    public static async Task<RawNbdClient> ConnectAsync(EndPoint endpoint, int receiveBuffer = 0)
     {
-        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, endpoint is IPEndPoint ? ProtocolType.Tcp : ProtocolType.Unspecified);
         if (receiveBuffer > 0)
         {
             socket.ReceiveBufferSize = receiveBuffer;
@@ -42,7 +46,7 @@ public sealed class RawNbdClient : IAsyncDisposable
     }
 
     /// <summary>Connects, reads the greeting and sends the client flags.</summary>
-    public static async Task<RawNbdClient> NegotiateAsync(IPEndPoint endpoint, NbdClientFlags flags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes, int receiveBuffer = 0)
+    public static async Task<RawNbdClient> NegotiateAsync(EndPoint endpoint, NbdClientFlags flags = NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes, int receiveBuffer = 0)
     {
         var client = await ConnectAsync(endpoint, receiveBuffer);
         var hello = await client.ReadAsync(18);
@@ -75,7 +79,7 @@ public sealed class RawNbdClient : IAsyncDisposable
     }
 
     /// <summary>Negotiates (over TLS when <paramref name="tls"/>) and enters transmission with NBD_OPT_GO; returns size and flags.</summary>
-    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(IPEndPoint endpoint, string export = "", bool structured = false, bool allocation = false, int receiveBuffer = 0, bool tls = false)
+    public static async Task<(RawNbdClient Client, ulong Size, NbdTransmissionFlags Flags)> OpenAsync(EndPoint endpoint, string export = "", bool structured = false, bool allocation = false, int receiveBuffer = 0, bool tls = false)
     {
         var client = await NegotiateAsync(endpoint, receiveBuffer: receiveBuffer);
         if (tls)
