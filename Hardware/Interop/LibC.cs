@@ -323,6 +323,16 @@ internal static unsafe partial class LibC
     [LibraryImport(Library, EntryPoint = "unlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Unlink(string path);
 
+    /// <summary><c>faccessat(2)</c> mode: may the file be written (for a directory: may a file be created in it).</summary>
+    public const int W_OK = 2;
+
+    /// <summary><c>faccessat(2)</c> flag: check with the effective user and group, as a create by this process would be.</summary>
+    public const int AT_EACCESS = 0x200;
+
+    /// <summary><c>faccessat(2)</c>: 0 when the access is allowed, else -1 (<see cref="LastErrno"/>: EACCES, EROFS, ...).</summary>
+    [LibraryImport(Library, EntryPoint = "faccessat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int FAccessAt(int dirfd, string path, int mode, int flags);
+
     /// <summary><c>link(2)</c>: a new name for a file; fails with EEXIST when the name is taken (atomic, unlike a check then a rename).</summary>
     [LibraryImport(Library, EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Link(string existing, string name);

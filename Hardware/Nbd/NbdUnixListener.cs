@@ -213,8 +213,21 @@ internal static class NbdUnixListener
             return $"'{shown}' is {KindOf(statx.Mode & LibC.S_IFMT)}, not a directory";
         }
 
-        return ex.SocketErrorCode == SocketError.AccessDenied
-            ? $"this user may not create the socket in '{shown}' (Permission denied)"
+        if (ex.SocketErrorCode == SocketError.AccessDenied)
+        {
+            return $"this user may not create the socket in '{shown}' (Permission denied)";
+        }
+
+        // .NET names few of bind(2)'s errors: a read-only file system (EROFS) said "Unknown socket
+        // error", and ENOENT from a file system that takes no socket file (/proc) "Cannot assign
+        // requested address". Whether the directory takes a new file, the kernel says with its errno.
+        if (LibC.FAccessAt(LibC.AT_FDCWD, directory, LibC.W_OK, LibC.AT_EACCESS) < 0)
+        {
+            return $"cannot create the socket in '{shown}' ({LibC.Describe(LibC.LastErrno)})";
+        }
+
+        return ex.SocketErrorCode == SocketError.AddressNotAvailable
+            ? $"cannot create the socket in '{shown}' ({LibC.Describe(LibC.ENOENT)})"
             : ex.Message;
     }
 

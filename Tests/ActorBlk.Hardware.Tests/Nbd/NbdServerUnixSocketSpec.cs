@@ -303,6 +303,66 @@ public sealed class NbdServerUnixSocketSpec : IDisposable
         Assert.Equal($"cannot listen on unix:{missing}/nbd.sock: its directory '{missing}' does not exist", Refusal(Path.Combine(missing, "nbd.sock")));
     }
 
+    // .NET names few of bind(2)'s errors: on a read-only file system the refusal said "Unknown
+    // socket error" (a review, `mount -o ro`); the directory's own errno names it now.
+    [SkippableFact]
+    public void A_socket_on_a_read_only_file_system_is_refused_naming_it()
+    {
+        Skip.IfNot(Environment.UserName == "root", "mounting a tmpfs needs root");
+        var readOnly = _dir.File("ro");
+        Directory.CreateDirectory(readOnly);
+
+        // A container that refuses the mount (no CAP_SYS_ADMIN), or has no mount(8), skips.
+        var (code, output) = Run("mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", readOnly);
+        Skip.If(code != 0, $"mount -t tmpfs -o ro failed ({code}): {output}");
+        string refusal;
+        try
+        {
+            refusal = Refusal(Path.Combine(readOnly, "nbd.sock"));
+        }
+        finally
+        {
+            // Never left mounted under the temp directory: detached lazily if something holds it.
+            if (Run("umount", readOnly).Code != 0)
+            {
+                (code, output) = Run("umount", "-l", readOnly);
+                Assert.True(code == 0, $"umount -l {readOnly} failed ({code}): {output}");
+            }
+        }
+
+        Assert.Equal($"cannot listen on unix:{readOnly}/nbd.sock: cannot create the socket in '{readOnly}' (Read-only file system)", refusal);
+    }
+
+    // ENOENT from a file system that takes no socket file said "Cannot assign requested address"
+    // (.NET's word for it). As root, /proc is writable by its mode and still refuses the socket.
+    [SkippableFact]
+    public void A_socket_in_a_directory_that_takes_no_socket_file_is_refused_saying_so()
+    {
+        Skip.IfNot(Environment.UserName == "root" && Directory.Exists("/proc/self"), "needs root and /proc");
+        Assert.Equal("cannot listen on unix:/proc/actorblk.sock: cannot create the socket in '/proc' (No such file or directory)", Refusal("/proc/actorblk.sock"));
+    }
+
+    private static (int Code, string Output) Run(string file, params string[] arguments)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        try
+        {
+            using var process = System.Diagnostics.Process.Start(start)!;
+            var output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+            process.WaitForExit();
+            return (process.ExitCode, output.Trim());
+        }
+        catch (System.ComponentModel.Win32Exception ex)
+        {
+            return (-1, $"{file}: {ex.Message}");
+        }
+    }
+
     // Over TCP a refused connection is logged with its address and port; a Unix peer has none, so
     // its process: pid and uid from SO_PEERCRED.
     [Fact]
