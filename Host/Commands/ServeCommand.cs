@@ -278,7 +278,7 @@ internal static class ServeCommand
                         {
                             // An operator's error, not a fault: stop the node and report it in one line
                             // (thrown here, Akka.Hosting would print it with its stack trace on stdout).
-                            startupFailure = new CommandFailedException($"the NBD export cannot listen on {nbdOptions.Listen} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
+                            startupFailure = new CommandFailedException($"the NBD export cannot listen on {(nbdOptions.UnixSocket is { } socket ? $"unix:{socket}" : nbdOptions.Listen)} ({ex.Message}; another ActorBlk node or NBD server?): choose another with --nbd-listen, or off");
                             StopAfterStartupFailure(system);
                             return;
                         }

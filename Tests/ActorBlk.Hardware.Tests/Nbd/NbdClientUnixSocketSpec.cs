@@ -102,14 +102,16 @@ public sealed class NbdClientUnixSocketSpec : IDisposable
             var options = new NbdClientOptions
             {
                 Uri = NbdUri.Parse($"nbd+unix:///?socket={path}"),
-                ConnectTimeout = TimeSpan.FromMilliseconds(300),
+                ConnectTimeout = TimeSpan.FromSeconds(2),
                 BacklogFullHook = () => Interlocked.Increment(ref tries),
             };
             var error = Assert.Throws<IOException>(() => NbdClientConnection.Connect(options).Dispose());
             Assert.Equal(
-                Expected(path, $"the socket '{path}' kept its backlog of pending connections full for 0.3 s (connect: Resource temporarily unavailable, tried again until the connect timeout): its server accepts no connections, or not as fast as they come"),
+                Expected(path, $"the socket '{path}' kept its backlog of pending connections full for 2 s (connect: Resource temporarily unavailable, tried again until the connect timeout): its server accepts no connections, or not as fast as they come"),
                 error.Message);
             Assert.IsType<TimeoutException>(error.InnerException);
+            // More than once: the retries back off from 10 ms to 200 ms, so a 2 s timeout leaves room
+            // for several even on a machine that stalls the test for a second.
             Assert.True(tries > 1, $"the connect was tried {tries} time(s)");
         }
         finally
