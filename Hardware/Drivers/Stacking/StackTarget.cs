@@ -153,6 +153,65 @@ public abstract class StackTarget : IBioDriver
     {
     }
 
+    /// <summary>
+    /// The checks of <see cref="IAllocationMap.TryGetExtent"/> a linear or striped target's map
+    /// makes: a range that is not empty and lies on this device.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    protected void CheckExtentRange(long offset, long maxLength)
+    {
+        var capacity = Limits.CapacityBytes;
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+    }
+
+    /// <summary>
+    /// The extent at <paramref name="offset"/> on this device as <paramref name="member"/>'s map
+    /// (<see cref="IAllocationMap.Of"/>) reports it at <paramref name="memberOffset"/>, within
+    /// the <paramref name="room"/> bytes that lie on that member, which end on one of this device's
+    /// blocks or where the range asked about does. A member that cannot tell makes the piece data.
+    /// The extent ends on this device's logical block size, which can be larger than the member's:
+    /// a member's hole that ends inside a block leaves that block data, and a data extent that ends
+    /// inside one takes the whole block.
+    /// </summary>
+    /// <param name="member">The member under <paramref name="offset"/>.</param>
+    /// <param name="memberOffset">Where <paramref name="offset"/> lies on the member.</param>
+    /// <param name="offset">Byte offset on this device.</param>
+    /// <param name="room">Bytes from <paramref name="offset"/> that lie on the member (positive).</param>
+    /// <returns>The extent's length (1 to <paramref name="room"/>) and whether it holds data.</returns>
+    protected (long Length, bool Allocated) MemberExtent(IBlockDevice member, long memberOffset, long offset, long room)
+    {
+        ArgumentNullException.ThrowIfNull(member);
+        if (IAllocationMap.Of(member) is not { } map || !map.TryGetExtent(memberOffset, room, out var length, out var allocated))
+        {
+            return (room, true);
+        }
+
+        if (length >= room)
+        {
+            // To the end of the range or of the member's piece (a multiple of this device's block).
+            return (room, allocated);
+        }
+
+        var mask = (long)Limits.LogicalBlockSize - 1;
+        var end = offset + length;
+        if ((end & mask) == 0)
+        {
+            return (length, allocated);
+        }
+
+        if (allocated || (end & ~mask) <= offset)
+        {
+            // Data through the end of its block; or a hole ending inside the block it started in,
+            // which holds data after it.
+            return (Math.Min((end + mask) & ~mask, offset + room) - offset, true);
+        }
+
+        return ((end & ~mask) - offset, false);
+    }
+
     /// <summary>The target owns nothing native; the members belong to the block layer.</summary>
     public virtual void Dispose() => GC.SuppressFinalize(this);
 
@@ -270,45 +329,12 @@ public sealed class LinearTarget : StackTarget, IAllocationMap
     /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
     public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
     {
-        var capacity = Limits.CapacitySectors << Bio.SectorShift;
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+        CheckExtentRange(offset, maxLength);
         var i = Array.BinarySearch(_starts, offset);
         i = i >= 0 ? i : ~i - 1;
         var extent = _extents[i];
         var within = offset - _starts[i];
-        var room = Math.Min(maxLength, extent.Length - within);
-        if (IAllocationMap.Of(extent.Device) is not { } map || !map.TryGetExtent(extent.Offset + within, room, out length, out allocated))
-        {
-            (length, allocated) = (room, true);
-            return true;
-        }
-
-        if (length >= room)
-        {
-            // To the end of the range or of the table extent (a multiple of this device's block).
-            length = room;
-            return true;
-        }
-
-        var mask = (long)Limits.LogicalBlockSize - 1;
-        var end = offset + length;
-        if ((end & mask) == 0)
-        {
-            return true;
-        }
-
-        if (allocated || (end & ~mask) <= offset)
-        {
-            // Data through the end of its block; or a hole ending inside the block it started in,
-            // which holds data after it.
-            (length, allocated) = (Math.Min((end + mask) & ~mask, offset + room) - offset, true);
-            return true;
-        }
-
-        length = (end & ~mask) - offset;
+        (length, allocated) = MemberExtent(extent.Device, extent.Offset + within, offset, Math.Min(maxLength, extent.Length - within));
         return true;
     }
 
@@ -354,10 +380,18 @@ public sealed class LinearTarget : StackTarget, IAllocationMap
 
 /// <summary>
 /// dm-stripe: chunks of <see cref="ChunkBytes"/> dealt round-robin over the members (chunk c on
-/// member c mod N at chunk c div N). A bio is cut at every chunk boundary it crosses.
+/// member c mod N at chunk c div N). A bio is cut at every chunk boundary it crosses. Its
+/// allocation map is its members' (<see cref="IAllocationMap"/>), chunk by chunk.
 /// </summary>
-public sealed class StripedTarget : StackTarget
+public sealed class StripedTarget : StackTarget, IAllocationMap
 {
+    /// <summary>
+    /// How many chunks one <see cref="TryGetExtent"/> looks at: an extent that goes on past them
+    /// (a hole over many chunks of every stripe) ends there, and the next question goes on from
+    /// there. Each chunk is a question to a member's map (two lseeks on a file device).
+    /// </summary>
+    internal const int MaxExtentChunks = 64;
+
     private readonly IBlockDevice[] _stripes;
 
     /// <summary>Creates the target; the capacity is the smallest member's whole chunks times the stripe count.</summary>
@@ -399,6 +433,49 @@ public sealed class StripedTarget : StackTarget
             yield return new StackPiece(member, chunk / _stripes.Length * ChunkBytes + within, done, piece);
             done += piece;
         }
+    }
+
+    /// <summary>
+    /// Asks the stripe that holds the chunk under <paramref name="offset"/>, at the offset dm-stripe
+    /// maps it to, up to the chunk's end; an extent that reaches it goes on into the next chunks
+    /// (the next stripes) while they answer the same, up to <see cref="MaxExtentChunks"/> chunks.
+    /// A stripe that cannot tell makes its piece data. Extents end on this device's logical block
+    /// size, which can be larger than a stripe's, as a linear device's do.
+    /// </summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        CheckExtentRange(offset, maxLength);
+        var end = offset + maxLength;
+        (length, allocated) = ChunkExtent(offset, end);
+        for (var chunks = 1; chunks < MaxExtentChunks; chunks++)
+        {
+            var next = offset + length;
+            if (next == end || next % ChunkBytes != 0)
+            {
+                break;
+            }
+
+            var (more, same) = ChunkExtent(next, end);
+            if (same != allocated)
+            {
+                break;
+            }
+
+            length += more;
+        }
+
+        return true;
+    }
+
+    // The extent at `at` within its chunk (and before `end`), from the stripe that holds the chunk.
+    private (long Length, bool Allocated) ChunkExtent(long at, long end)
+    {
+        var chunk = at / ChunkBytes;
+        var within = at % ChunkBytes;
+        var member = _stripes[(int)(chunk % _stripes.Length)];
+        return MemberExtent(member, (chunk / _stripes.Length * ChunkBytes) + within, at, Math.Min(end - at, ChunkBytes - within));
     }
 
     private static long Capacity(IReadOnlyList<IBlockDevice> stripes, int chunkBytes)

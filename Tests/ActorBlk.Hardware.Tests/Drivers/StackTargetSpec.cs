@@ -202,6 +202,81 @@ public sealed class StackTargetSpec : IAsyncLifetime
         Assert.Equal([(0L, 4096L, false), (4096L, 8192L, true), (12288L, 53248L, false)], Walk(outer, 65536));
     }
 
+    // NBD block status of a striped device asks the stripe under each chunk at the offset
+    // dm-stripe maps it to (chunk c on stripe c mod N at chunk c div N): data written to either
+    // stripe shows where the device holds it, a stripe's data extent is cut at its chunk's end (the
+    // next chunk is the other stripe's), and a hole goes on across chunks, 64 at most per question.
+    // Before, a striped device answered one data extent.
+    [Fact]
+    public async Task Striped_reports_its_stripes_allocation_chunk_by_chunk()
+    {
+        const int chunk = 16384;
+        const long capacity = 2 << 20;
+        var s0 = Member("s0", 1 << 20);
+        var s1 = Member("s1", 1 << 20);
+        await s0.WriteAsync(4096, new byte[4096]);           // device chunk 0: [4096, 8192)
+        await s1.WriteAsync(4096, new byte[4096]);           // s1's chunk 0, device chunk 1: [20480, 24576)
+        await s0.WriteAsync(28672, new byte[8192]);          // across s0's chunks 1 and 2: device chunks 2 and 4
+        var target = new StripedTarget([s0, s1], chunk);
+
+        Assert.Equal(
+            [
+                (0L, 4096L, false), (4096L, 4096L, true), (8192L, 12288L, false), (20480L, 4096L, true), (24576L, 20480L, false),
+                (45056L, 4096L, true), (49152L, 16384L, false), (65536L, 4096L, true), (69632L, capacity - 69632, false),
+            ],
+            Walk(target, capacity));
+
+        // s0's data goes on past its chunk, but the device's next chunk is s1's.
+        Assert.True(target.TryGetExtent(45056, capacity - 45056, out var length, out var data));
+        Assert.Equal((4096L, true), (length, data));
+
+        // A hole from the rest of s1's chunk 0 into s0's chunk 1, one answer.
+        Assert.True(target.TryGetExtent(24576, capacity - 24576, out length, out data));
+        Assert.Equal((20480L, false), (length, data));
+
+        // The hole after the last data: the rest of chunk 4 and 63 more chunks, then a new question.
+        Assert.True(target.TryGetExtent(69632, capacity - 69632, out length, out data));
+        Assert.Equal(((4 + StripedTarget.MaxExtentChunks) * (long)chunk - 69632, false), (length, data));
+        Assert.True(target.TryGetExtent(8192, 4096, out length, out data));
+        Assert.Equal((4096L, false), (length, data));
+        Assert.Throws<ArgumentOutOfRangeException>(() => target.TryGetExtent(capacity, 512, out _, out _));
+        Assert.Throws<ArgumentOutOfRangeException>(() => target.TryGetExtent(0, capacity + 512, out _, out _));
+
+        // A stripe that cannot tell (a null device that keeps no data) makes its chunks data.
+        var none = _devices.Create(new DeviceOptions { Name = "n0", Size = 1 << 20 }, CpuTopology.Simulated(2));
+        var mixed = new StripedTarget([s1, none], 8192);
+        Assert.Equal([(0L, 4096L, false), (4096L, 12288L, true), (16384L, 8192L, false), (24576L, 8192L, true)], Walk(mixed, 32768));
+    }
+
+    // A stripe finer than the striped device: an inner linear over a memory device at an offset of
+    // 512 bytes (512-byte blocks) and a memory device with 4 KiB blocks, which the striped device
+    // takes. The inner stripe's 512-byte aligned extents become whole 4 KiB blocks, a block partly
+    // data counting as data, as a linear device rounds them.
+    [Fact]
+    public async Task Striped_rounds_a_finer_stripes_extents_to_its_own_blocks()
+    {
+        var a = Member("a", 1 << 20);
+        await a.WriteAsync(8192, new byte[4096]);           // the inner device's [7680, 11776)
+        var innerQueue = RequestQueue.Allocate("dm-4", CpuTopology.Simulated(2));
+        innerQueue.InitializeBioBased(new LinearTarget([new LinearExtent(a, 512, 65024)]));
+        innerQueue.Register();
+        await using var inner = new BlockDevice(innerQueue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(5))));
+        var wide = _devices.Create(new DeviceOptions { Name = "w0", Size = 1 << 20, BlockSize = 4096, MemoryBacked = true }, CpuTopology.Simulated(2));
+        await wide.WriteAsync(8192, new byte[4096]);        // wide's chunk 1, device chunk 3: [24576, 28672)
+        var target = new StripedTarget([inner, wide], 8192);
+        Assert.Equal((4096, 2 * 57344L), (target.Limits.LogicalBlockSize, target.Limits.CapacityBytes));
+
+        // Inner [7680, 8192) in device chunk 0 makes block [4096, 8192) data; inner [8192, 11776),
+        // its chunk 1, is device chunk 2 from 16384: one block, rounded up.
+        Assert.Equal(
+            [(0L, 4096L, false), (4096L, 4096L, true), (8192L, 8192L, false), (16384L, 4096L, true), (20480L, 4096L, false), (24576L, 4096L, true), (28672L, 86016L, false)],
+            Walk(target, 114688));
+        Assert.True(target.TryGetExtent(0, 114688, out var length, out var data));
+        Assert.Equal((4096L, false), (length, data));
+        Assert.True(target.TryGetExtent(16384, 114688 - 16384, out length, out data));
+        Assert.Equal((4096L, true), (length, data));
+    }
+
     private static List<(long Offset, long Length, bool Data)> Walk(IAllocationMap map, long capacity)
     {
         var extents = new List<(long, long, bool)>();

@@ -16,9 +16,10 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// NBD block status of a file device, against real clients: the export of a sparse file lists
 /// its holes (lseek SEEK_DATA/SEEK_HOLE, as qemu-nbd and nbdkit's file plugin report them), a
 /// write a client saw acknowledged shows as data, a linear device over it reports them through
-/// its table, and nbdcopy and qemu-img convert copy a mostly-sparse 1 GiB file exactly while
-/// reading only its data. Before, the file device (and every stacked device) answered one data
-/// extent for any range, so these clients read every byte.
+/// its table and a striped device over two through its chunks, and nbdcopy and qemu-img convert
+/// copy a mostly-sparse 1 GiB file exactly while reading only its data. Before, the file device
+/// (and every stacked device) answered one data extent for any range, so these clients read
+/// every byte.
 /// </summary>
 public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
 {
@@ -97,6 +98,34 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
         Assert.Equal(
             [(0L, 1 * MiB, 3, "hole,zero"), (1 * MiB, 4 * KiB, 0, "data"), ((1 * MiB) + (4 * KiB), (7 * MiB) - (4 * KiB), 3, "hole,zero")],
             await MapAsync("dm-0"));
+    }
+
+    // Before, a striped device answered one data extent (16 MiB of data here).
+    [SkippableFact]
+    public async Task A_striped_device_over_two_file_devices_reports_their_holes_chunk_by_chunk()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+
+        // 64 KiB chunks, chunk c on stripe c mod 2 at chunk c div 2: stripe 0's data across its
+        // chunks 16 and 17 is the device's chunks 32 and 34, stripe 1's 4 KiB in its chunk 48 the
+        // device's chunk 97.
+        var first = FileDevice("file2", SparseFile("stripe0.img", 8 * MiB, ((1 * MiB) + (32 * KiB), 64 * KiB)));
+        var second = FileDevice("file3", SparseFile("stripe1.img", 8 * MiB, (3 * MiB, 4 * KiB)));
+        var queue = RequestQueue.Allocate("dm-1", CpuTopology.Simulated(2));
+        queue.InitializeBioBased(new StripedTarget([first, second], 64 * (int)KiB));
+        queue.Register();
+        var striped = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        _stacked.Add(striped);
+        Serve(striped);
+
+        Assert.Equal(
+            [
+                (0L, (2 * MiB) + (32 * KiB), 3, "hole,zero"), ((2 * MiB) + (32 * KiB), 32 * KiB, 0, "data"),
+                ((2 * MiB) + (64 * KiB), 64 * KiB, 3, "hole,zero"), ((2 * MiB) + (128 * KiB), 32 * KiB, 0, "data"),
+                ((2 * MiB) + (160 * KiB), (4 * MiB) - (96 * KiB), 3, "hole,zero"), ((6 * MiB) + (64 * KiB), 4 * KiB, 0, "data"),
+                ((6 * MiB) + (68 * KiB), (10 * MiB) - (68 * KiB), 3, "hole,zero"),
+            ],
+            await MapAsync("dm-1"));
     }
 
     [SkippableTheory]
