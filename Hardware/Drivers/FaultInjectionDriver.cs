@@ -104,8 +104,16 @@ public sealed record FaultInjectionOptions
 /// request handed to it, up to <see cref="InnerDrainLimit"/>, as a controller reset stops the
 /// hardware from touching any request's memory before the block layer cancels them.
 /// </para>
+/// <para>
+/// The wrapped driver's allocation map (NBD block status) is passed through, as nbdkit's error
+/// filter passes its plugin's extents through while it fails reads: no fault changes what a read
+/// that succeeds returns (a hole still reads as zeroes), they only fail or delay it. When no read
+/// can succeed (<see cref="ReadsCanSucceed"/>) a hole does not read at all: the device answers
+/// data, as the file device does past the end of a file cut behind its back, so a client reads it
+/// and meets the faults instead of copying zeroes.
+/// </para>
 /// </remarks>
-public sealed class FaultInjectionDriver : IBlockDriver
+public sealed class FaultInjectionDriver : IBlockDriver, IAllocationMap
 {
     private readonly IBlockDriver _inner;
     private readonly FaultInjectionOptions _options;
@@ -155,6 +163,14 @@ public sealed class FaultInjectionDriver : IBlockDriver
 
     /// <summary>True after a crash that left the device gone, until it reopens.</summary>
     public bool IsGone => _gone;
+
+    /// <summary>
+    /// False when every request handed to the device fails or never reaches it: the refusal,
+    /// error and lost-completion rates add up to 1 (drawn as <see cref="QueueRq"/> draws them), or
+    /// the device crashes at every request (<c>fault_crash_after</c> 1).
+    /// </summary>
+    internal bool ReadsCanSucceed =>
+        _options.ResourceRate + _options.ErrorRate + _options.TimeoutRate < 1 && _options.CrashAfter != 1;
 
     /// <inheritdoc />
     public string Kind => "faulty";
@@ -326,6 +342,22 @@ public sealed class FaultInjectionDriver : IBlockDriver
 
     /// <summary>The wrapped driver abandons its requests; the faults injected here hold none of their buffers.</summary>
     public void Abandon() => _inner.Abandon();
+
+    /// <summary>
+    /// The wrapped driver's map when it has one and a read can succeed (<see cref="ReadsCanSucceed"/>);
+    /// otherwise it cannot tell, and every byte counts as data.
+    /// </summary>
+    /// <inheritdoc />
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        if (ReadsCanSucceed && _inner is IAllocationMap map)
+        {
+            return map.TryGetExtent(offset, maxLength, out length, out allocated);
+        }
+
+        (length, allocated) = (0, true);
+        return false;
+    }
 
     /// <inheritdoc />
     public string? PlannedLoss => _inner.PlannedLoss;

@@ -1,7 +1,9 @@
+using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tests.Nbd;
+using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -215,6 +217,53 @@ public sealed class FaultInjectionDriverSpec
         Assert.Contains("being removed", error.Message);
         Assert.True(inner.RecoveryCancelled);
         Assert.Equal(1, inner.CompleteAll());
+    }
+
+    // NBD block status through fault injection: the wrapper hid the wrapped driver's allocation
+    // map, so a memory-backed null device with any fault_* key answered one data extent. No fault
+    // changes what a read that succeeds returns, so the map shows through.
+    [Fact]
+    public async Task The_wrapped_drivers_allocation_map_shows_through()
+    {
+        await using var devices = new RingDevices(2);
+        var faults = new FaultInjectionOptions { ResourceRate = 0.2, LatencyRate = 0.1, Latency = TimeSpan.Zero };
+        var device = devices.Create(new DeviceOptions { Name = "f0", Size = 1 << 20, MemoryBacked = true, Faults = faults }, CpuTopology.Simulated(2));
+        await device.WriteAsync(8192, new byte[4096]);
+
+        var map = IAllocationMap.Of(device);
+        Assert.IsType<FaultInjectionDriver>(map);
+        Assert.True(map.TryGetExtent(0, 1 << 20, out var length, out var data));
+        Assert.Equal((8192L, false), (length, data));
+        Assert.True(map.TryGetExtent(8192, (1 << 20) - 8192, out length, out data));
+        Assert.Equal((4096L, true), (length, data));
+    }
+
+    // Faults that fail some reads (errors, lost completions, crashes) leave a hole reading as
+    // zeroes whenever it reads at all: the map shows through. When no read can succeed (refusals,
+    // errors and lost completions add up to 1, or a crash at every request) a hole does not read
+    // as zeroes, it does not read: the device cannot tell, which is data.
+    [Theory]
+    [InlineData(0.2, 0.2, 0.1, 0, true)]
+    [InlineData(0, 0, 0, 2, true)]
+    [InlineData(0.99, 0, 0, 0, true)]
+    [InlineData(1, 0, 0, 0, false)]
+    [InlineData(0.5, 0.25, 0.25, 0, false)]
+    [InlineData(0, 1, 0, 0, false)]
+    [InlineData(0, 0, 1, 0, false)]
+    [InlineData(0, 0, 0, 1, false)]
+    public void The_allocation_map_is_hidden_only_when_no_read_can_succeed(double errorRate, double resourceRate, double timeoutRate, long crashAfter, bool shown)
+    {
+        var faults = new FaultInjectionOptions { ErrorRate = errorRate, ResourceRate = resourceRate, TimeoutRate = timeoutRate, CrashAfter = crashAfter };
+        using var driver = DeviceBuilder.CreateDriver(new DeviceOptions { Name = "f1", Size = 1 << 20, MemoryBacked = true, Faults = faults });
+        var faulty = Assert.IsType<FaultInjectionDriver>(driver);
+        Assert.Equal(shown, faulty.ReadsCanSucceed);
+
+        var map = Assert.IsAssignableFrom<IAllocationMap>(driver);
+        Assert.Equal(shown, map.TryGetExtent(4096, 8192, out var length, out var data));
+        if (shown)
+        {
+            Assert.Equal((8192L, false), (length, data));
+        }
     }
 
     [Theory]
