@@ -41,6 +41,9 @@ public sealed record FaultInjectionOptions
     /// <summary>True when anything is injected.</summary>
     public bool Enabled => ErrorRate > 0 || ResourceRate > 0 || TimeoutRate > 0 || LatencyRate > 0 || CrashAfter > 0;
 
+    // How far a sum of rates may lie from 1 through binary rounding alone.
+    internal const double RateTolerance = 1e-9;
+
     /// <summary>Throws for a probability outside 0..1, a negative count or latency.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
     public void Validate()
@@ -49,7 +52,9 @@ public sealed record FaultInjectionOptions
         Check(ResourceRate, "fault_resource_rate");
         Check(TimeoutRate, "fault_timeout_rate");
         Check(LatencyRate, "fault_latency_rate");
-        if (ErrorRate + ResourceRate + TimeoutRate + LatencyRate > 1)
+        // A tolerance for the sum's rounding: 0.2 + 0.4 + 0.3 + 0.1 is 1.0000000000000002 in binary
+        // floating point, and those rates were refused as adding up to more than 1 (a review).
+        if (ErrorRate + ResourceRate + TimeoutRate + LatencyRate > 1 + RateTolerance)
         {
             throw new ArgumentOutOfRangeException("fault_error_rate", FormattableString.Invariant($"the fault rates (fault_error_rate {ErrorRate}, fault_resource_rate {ResourceRate}, fault_timeout_rate {TimeoutRate}, fault_latency_rate {LatencyRate}) add up to more than 1."));
         }
@@ -170,7 +175,7 @@ public sealed class FaultInjectionDriver : IBlockDriver, IAllocationMap
     /// the device crashes at every request (<c>fault_crash_after</c> 1).
     /// </summary>
     internal bool ReadsCanSucceed =>
-        _options.ResourceRate + _options.ErrorRate + _options.TimeoutRate < 1 && _options.CrashAfter != 1;
+        _options.ResourceRate + _options.ErrorRate + _options.TimeoutRate < 1 - FaultInjectionOptions.RateTolerance && _options.CrashAfter != 1;
 
     /// <inheritdoc />
     public string Kind => "faulty";
