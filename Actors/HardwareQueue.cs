@@ -1,5 +1,4 @@
 using ActorBlk.Actors.Serialization;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using Akka.Actor;

@@ -1,7 +1,6 @@
 using System.Collections.Frozen;
 using System.Collections.Immutable;
 using System.Runtime.CompilerServices;
-using ActorBlk.Hardware.Devices;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Queues;
 using Akka.Actor;

@@ -1,5 +1,4 @@
 using ActorBlk.Hardware.Interop;
-using System.Runtime.InteropServices;
 
 namespace ActorBlk.Hardware.Devices;
 

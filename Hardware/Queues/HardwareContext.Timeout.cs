@@ -1,5 +1,4 @@
 using ActorBlk.Hardware.Drivers;
-using ActorBlk.Hardware.Requests;
 
 namespace ActorBlk.Hardware.Queues;
 

@@ -1,5 +1,4 @@
 using System.Globalization;
-using ActorBlk.Host.Commands;
 
 namespace ActorBlk.Host.Bench;
 

@@ -1,10 +1,8 @@
 using ActorBlk.Actors.Tests.Support;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Akka.Actor;
-using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
 

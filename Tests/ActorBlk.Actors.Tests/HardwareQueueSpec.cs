@@ -5,7 +5,6 @@ using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Event;
-using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
 

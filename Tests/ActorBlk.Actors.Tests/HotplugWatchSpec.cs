@@ -3,7 +3,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Configuration;
-using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
 

@@ -4,7 +4,6 @@ using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.IoUring;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Xunit;

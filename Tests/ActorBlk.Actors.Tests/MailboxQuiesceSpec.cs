@@ -1,5 +1,4 @@
 using ActorBlk.Actors.Tests.Support;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;

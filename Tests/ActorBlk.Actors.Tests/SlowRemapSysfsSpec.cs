@@ -1,9 +1,7 @@
 using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Testing;
-using Akka.Actor;
 using Akka.Configuration;
 using Xunit;
 using Xunit.Abstractions;

@@ -2,7 +2,6 @@ using ActorBlk.Actors.Tests.Support;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Sysfs;
-using Akka.Actor;
 using Xunit;
 using Xunit.Abstractions;
 

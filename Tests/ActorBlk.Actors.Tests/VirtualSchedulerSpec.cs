@@ -1,6 +1,5 @@
 using ActorBlk.Actors.Tests.Support;
 using Akka.Actor;
-using Akka.Configuration;
 using Xunit;
 using Xunit.Abstractions;
 

@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Bench;

@@ -1,6 +1,5 @@
 using ActorBlk.Host.Commands;
 using Akka.Actor;
-using Serilog.Core;
 using Xunit;
 using AkkaEvent = Akka.Event;
 using SerilogEvent = Serilog.Events;

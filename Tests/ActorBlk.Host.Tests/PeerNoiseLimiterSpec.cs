@@ -1,6 +1,5 @@
 using ActorBlk.Host.Commands;
 using ActorBlk.Testing;
-using Serilog.Core;
 using Serilog.Events;
 using Serilog.Parsing;
 using Xunit;

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Runtime.InteropServices;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Requests;
 

@@ -1,6 +1,5 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.IoUring;

@@ -14,17 +14,17 @@ namespace ActorBlk.Hardware.Drivers.Nbd;
 // with the server certificate's verification and the client certificate, and the option helpers.
 internal sealed partial class NbdClientConnection
 {
-    /// <summary>
-    /// Sets how the server certificate is checked: not at all when verification is off; against the
-    /// CA file as the only trust anchors when one is given (the name must match too); otherwise
-    /// by the system's default validation.
-    /// </summary>
     // Why the verification callback refused the server's certificate, for the handshake's error.
     private sealed class Refusal
     {
         public string? Reason { get; set; }
     }
 
+    /// <summary>
+    /// Sets how the server certificate is checked: not at all when verification is off; against the
+    /// CA file as the only trust anchors when one is given (the name must match too); otherwise
+    /// by the system's default validation.
+    /// </summary>
     private static Refusal ConfigureVerification(SslClientAuthenticationOptions authentication, NbdClientOptions options)
     {
         var refusal = new Refusal();

@@ -1,4 +1,3 @@
-using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;

@@ -1,7 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
-using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Xunit;
 using Xunit.Abstractions;

@@ -1,6 +1,5 @@
 using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Sysfs;

@@ -4,7 +4,6 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Akka.Actor;

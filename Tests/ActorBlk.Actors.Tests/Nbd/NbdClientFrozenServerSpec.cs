@@ -4,7 +4,6 @@ using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Configuration;
-using Akka.TestKit;
 using Xunit;
 using Xunit.Abstractions;
 

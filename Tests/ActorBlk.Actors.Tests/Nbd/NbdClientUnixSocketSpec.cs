@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using System.Text;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Nbd;

@@ -1,7 +1,6 @@
 using System.Net.Sockets;
 using ActorBlk.Actors.Nbd;
 using ActorBlk.Hardware.Devices;
-using ActorBlk.Hardware.Nbd;
 using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Configuration;

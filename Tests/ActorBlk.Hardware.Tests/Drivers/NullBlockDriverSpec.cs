@@ -1,7 +1,5 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
-using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Tags;
 using ActorBlk.Hardware.Topology;
 using Xunit;
 

@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using ActorBlk.Hardware.Drivers.Nbd;
-using ActorBlk.Hardware.Nbd;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Nbd;

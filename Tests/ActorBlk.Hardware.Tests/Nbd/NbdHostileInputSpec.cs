@@ -5,7 +5,6 @@ using System.Text;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
-using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;

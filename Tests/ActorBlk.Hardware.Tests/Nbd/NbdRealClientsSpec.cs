@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using ActorBlk.Hardware.Nbd;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Nbd;

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;

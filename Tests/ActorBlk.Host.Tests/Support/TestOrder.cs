@@ -1,4 +1,3 @@
-using ActorBlk.Testing;
 using Xunit;
 
 // The collections marked [RunsLong] start first, longest first (see LongestFirstCollectionOrderer).

@@ -1,5 +1,4 @@
 using ActorBlk.Hardware.Devices;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
