@@ -270,6 +270,10 @@ internal static unsafe partial class LibC
         [FieldOffset(40)]
         public ulong Size;
 
+        /// <summary><c>stx_blocks</c>: the 512-byte units allocated to the file (unwritten extents included).</summary>
+        [FieldOffset(48)]
+        public ulong Blocks;
+
         /// <summary><c>stx_rdev_major</c>: the device a block or character device file stands for.</summary>
         [FieldOffset(128)]
         public uint RdevMajor;

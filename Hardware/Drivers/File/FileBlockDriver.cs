@@ -10,8 +10,9 @@ namespace ActorBlk.Hardware.Drivers.File;
 /// The file device: a block device backed by a regular file or a Linux block device, with
 /// O_DIRECT by default and io_uring (or psync) underneath. Reads, writes, flush (fdatasync),
 /// FUA writes (RWF_DSYNC), pre-flush writes (a linked fdatasync), discard (punch hole, or
-/// BLKDISCARD on a block device) and write-zeroes (zero range, or BLKZEROOUT). A regular file's
-/// holes are reported through <see cref="IAllocationMap"/> (NBD block status).
+/// BLKDISCARD on a block device) and write-zeroes (punch hole, zero range with REQ_NOUNMAP, or
+/// BLKZEROOUT). A regular file's holes are reported through <see cref="IAllocationMap"/> (NBD
+/// block status).
 /// </summary>
 /// <remarks>
 /// <para>
@@ -334,9 +335,11 @@ public sealed class FileBlockDriver : IBlockDriver, IAllocationMap
     /// Racy by nature, as qemu's answer is: a write in flight may fill a hole just reported as
     /// one. A write that completed before the question shows as data (Linux allocates a direct
     /// write's blocks before it completes; a buffered write is dirty in the page cache, which
-    /// SEEK_DATA counts). A range zeroed with <c>FALLOC_FL_ZERO_RANGE</c> (write-zeroes, also with
-    /// NO_HOLE) or preallocated with <c>fallocate</c> (a file the device created) is unwritten on
-    /// most file systems and reported as a hole: it reads as zeroes, which is what a client acts on.
+    /// SEEK_DATA counts). A range zeroed with <c>FALLOC_FL_ZERO_RANGE</c> (a write-zeroes with
+    /// <c>REQ_NOUNMAP</c>, NBD's NO_HOLE; one without punches a hole) or preallocated with
+    /// <c>fallocate</c> (a file the device created) is unwritten on most file systems and
+    /// reported as a hole: it reads as zeroes, which is what a client acts on. Once its pages
+    /// are in the page cache (a buffered read of the file), ext4 reports it as data.
     /// </remarks>
     /// <inheritdoc />
     /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>

@@ -123,9 +123,12 @@ internal abstract class FileEngine : IDisposable
             (rq.Flags & RequestFlags.NoFallback) != 0 ? 0 : Math.Max(target.MemoryAlignment, 4096));
 
     /// <summary>
-    /// Zeroes a file range: FALLOC_FL_ZERO_RANGE (which keeps the blocks allocated), or punching a
-    /// hole where the file system has no zero-range (tmpfs), then, when <paramref name="provisioned"/>
-    /// (<c>REQ_NOUNMAP</c>), allocating the range again; either way the range reads back as zeroes.
+    /// Zeroes a file range as the kernel's loop driver does (<c>lo_fallocate</c>): without
+    /// <paramref name="provisioned"/> (<c>REQ_NOUNMAP</c>) by punching a hole, which frees the
+    /// range's blocks, FALLOC_FL_ZERO_RANGE where the file system cannot punch; when
+    /// <paramref name="provisioned"/>, with FALLOC_FL_ZERO_RANGE (which keeps the blocks
+    /// allocated), or where the file system has no zero-range (tmpfs) by punching a hole and
+    /// allocating the range again. Either way the range reads back as zeroes.
     /// Where the file system has neither (ramfs, and any without fallocate), the zeroes are written
     /// from a buffer aligned to <paramref name="writeAlignment"/>, as the kernel's
     /// <c>blkdev_issue_zeroout</c> falls back to writing zero pages; 0 (<c>REQ_NOFALLBACK</c>)
@@ -133,7 +136,22 @@ internal abstract class FileEngine : IDisposable
     /// </summary>
     public static BlockStatus ZeroFileRange(int fd, long offset, long length, bool provisioned = false, int writeAlignment = 0)
     {
-        var status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        BlockStatus status;
+        if (!provisioned)
+        {
+            // Zero range would allocate every block of the range (unwritten, but allocated): a
+            // whole-disk write-zeroes (nbdcopy's, qemu-img convert's) filled a sparse file.
+            status = Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+            if (status != BlockStatus.NotSupported)
+            {
+                return status;
+            }
+
+            status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+            return status == BlockStatus.NotSupported && writeAlignment > 0 ? WriteZeroes(fd, offset, length, writeAlignment) : status;
+        }
+
+        status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
         if (status != BlockStatus.NotSupported)
         {
             return status;

@@ -563,8 +563,10 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 SetFile(sqe, IoUringOp.Fallocate);
                 sqe->Offset = (ulong)rq.Offset;
                 sqe->Address = (ulong)rq.Bytes;
+                // A write-zeroes punches a hole unless REQ_NOUNMAP keeps the range provisioned,
+                // as the loop driver does (FileEngine.ZeroFileRange has the fallbacks).
                 sqe->Length = (uint)(LibC.FALLOC_FL_KEEP_SIZE |
-                    (rq.Op == BlockOp.Discard ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE));
+                    (rq.Op == BlockOp.Discard || (rq.Flags & RequestFlags.NoUnmap) == 0 ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE));
                 sqe->UserData = Token(rq.Tag, command.Generation);
                 break;
             }
@@ -731,10 +733,11 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
 
         if (cqe.Result == -LibC.EOPNOTSUPP && command!.LinkStatus == BlockStatus.Ok && command.Request is { Op: BlockOp.WriteZeroes } zeroes)
         {
-            // The file system has no FALLOC_FL_ZERO_RANGE: the fallback (punch a hole, or, unless
-            // REQ_NOFALLBACK, write the zeroes: ZeroFileRange) blocks for as long as the range
-            // takes, so it goes to the worker thread, as BLKZEROOUT does, and the completions
-            // behind it on this ring do not wait for it.
+            // The file system cannot do the mode asked (zero range, or the punch of a write-zeroes
+            // that may unmap): the fallback (the other mode, or, unless REQ_NOFALLBACK, writing
+            // the zeroes: ZeroFileRange) blocks for as long as the range takes, so it goes to the
+            // worker thread, as BLKZEROOUT does, and the completions behind it on this ring do
+            // not wait for it.
             Slow().Post(zeroes);
             return 1;
         }

@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -126,6 +127,48 @@ public sealed class FileAllocationMapSpec : IDisposable
         Assert.Equal([(0L, (1 * MiB) + (4 * KiB), false), ((1 * MiB) + (4 * KiB), 4 * KiB, true), ((1 * MiB) + (8 * KiB), (3 * MiB) - (8 * KiB), false)], Walk(map!, 0, 4 * MiB));
     }
 
+    /// <summary>
+    /// A write-zeroes that may unmap (NBD's WRITE_ZEROES without NO_HOLE, which nbdcopy and
+    /// <c>qemu-img convert</c> send over a whole sparse destination) punches a hole, as the
+    /// kernel's loop driver, qemu-nbd and nbdkit's file plugin do; one with
+    /// <see cref="RequestFlags.NoUnmap"/> keeps the range provisioned. Every write-zeroes used to
+    /// be <c>FALLOC_FL_ZERO_RANGE</c>, which allocates the whole range (unwritten extents): an
+    /// outside audit's <c>nbdcopy</c> of a 1 GiB image holding 1 MiB of data left the 1 GiB
+    /// sparse file behind the export fully allocated, and once anything read that file through
+    /// the page cache, block status reported all of it as data.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(IoEngine.IoUring, true)]
+    [InlineData(IoEngine.Psync, false)]
+    public async Task A_write_zeroes_that_may_unmap_frees_the_range_and_one_with_no_unmap_keeps_it_allocated(IoEngine engine, bool direct)
+    {
+        var path = SparseFile("temp", "zeroed.img", 8 * MiB);
+        using var softIrq = new BlockSoftIrq(2);
+        await using var device = DeviceBuilder.CreateRingDevice(
+            new DeviceOptions { Name = "zeroed0", Driver = "file", Path = path, Direct = direct, Engine = engine },
+            CpuTopology.Simulated(2), softIrq);
+        var map = IAllocationMap.Of(device)!;
+        var data = new byte[64 * KiB];
+        new Random(7).NextBytes(data);
+        await device.WriteAsync(1 * MiB, data);
+        await device.FlushAsync();
+        var written = AllocatedBytes(path);
+        Assert.InRange(written, 64 * KiB, 1 * MiB);
+
+        // The whole device, as nbdcopy zeroes its destination: nothing is allocated after it.
+        await device.WriteZeroesAsync(0, 8 * MiB);
+        Assert.Equal(0, AllocatedBytes(path));
+        Assert.Equal([(0L, 8 * MiB, false)], Walk(map, 0, 8 * MiB));
+
+        // NO_HOLE: the range stays (or becomes) provisioned, and reads as zeroes.
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.WriteZeroes, 2 * MiB, 1 * MiB, default, RequestFlags.NoUnmap));
+        Assert.InRange(AllocatedBytes(path), 1 * MiB, 2 * MiB);
+        var back = new byte[1 * MiB];
+        new Random(8).NextBytes(back);
+        await device.ReadAsync(2 * MiB, back);
+        Assert.All(back, b => Assert.Equal(0, b));
+    }
+
     [SkippableFact]
     public void A_disposed_driver_cannot_tell()
     {
@@ -222,6 +265,14 @@ public sealed class FileAllocationMapSpec : IDisposable
         {
             LibC.Close(fd);
         }
+    }
+
+    // st_blocks in bytes: what the file holds allocated, unwritten extents included.
+    private static unsafe long AllocatedBytes(string path)
+    {
+        LibC.Statx statx;
+        Assert.Equal(0, LibC.StatX(LibC.AT_FDCWD, path, 0, LibC.STATX_BASIC_STATS, &statx));
+        return (long)statx.Blocks * 512;
     }
 
     private static int Truncate(string path, long length)
