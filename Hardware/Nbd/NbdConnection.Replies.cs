@@ -433,7 +433,9 @@ public sealed partial class NbdConnection
     /// the driver's allocation map reports them (holes as <c>NBD_STATE_HOLE | NBD_STATE_ZERO</c>),
     /// or one data extent when the driver does not track allocation (proto.md, base:allocation).
     /// At most <see cref="MaxExtents"/> extents, one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last
-    /// may end before the range does, which the protocol allows.
+    /// may end before the range does, which the protocol allows. Neighbours in the same state are
+    /// one extent, as qemu's <c>nbd_extent_array_add</c> merges them: a linear device answered a
+    /// hole across its members' boundary as two, and <c>REQ_ONE</c> there got only the first.
     /// </summary>
     private void WriteBlockStatus(NbdRequestSlot slot)
     {
@@ -447,7 +449,12 @@ public sealed partial class NbdConnection
         // Asked per request: a stacked device's table (and with it its map) can be swapped.
         var map = _device is null ? null : IAllocationMap.Of(_device);
 
-        while (offset < end && count < max)
+        // The map is asked at most this many times per reply (each answer at least a block): a
+        // range of many small pieces in one state ends early rather than keep the writer busy.
+        var questions = MaxMapQuestions;
+        var last = Span<byte>.Empty;
+        var lastAllocated = false;
+        while (offset < end && questions-- > 0)
         {
             long length;
             bool allocated;
@@ -463,11 +470,25 @@ public sealed partial class NbdConnection
                 (length, allocated) = (end - offset, true); // the device changed under us: claim data, which is always safe
             }
 
-            var entry = span[(header + 4 + (8 * count))..];
-            BinaryPrimitives.WriteUInt32BigEndian(entry, (uint)length);
-            BinaryPrimitives.WriteUInt32BigEndian(entry[4..], (uint)(allocated ? NbdAllocationFlags.Data : NbdAllocationFlags.Hole | NbdAllocationFlags.Zero));
+            if (count > 0 && allocated == lastAllocated)
+            {
+                // The range is at most 2^32 - 1 bytes (a request's length), so the sum fits.
+                BinaryPrimitives.WriteUInt32BigEndian(last, BinaryPrimitives.ReadUInt32BigEndian(last) + (uint)length);
+            }
+            else if (count < max)
+            {
+                last = span[(header + 4 + (8 * count))..];
+                lastAllocated = allocated;
+                BinaryPrimitives.WriteUInt32BigEndian(last, (uint)length);
+                BinaryPrimitives.WriteUInt32BigEndian(last[4..], (uint)(allocated ? NbdAllocationFlags.Data : NbdAllocationFlags.Hole | NbdAllocationFlags.Zero));
+                count++;
+            }
+            else
+            {
+                break;
+            }
+
             offset += length;
-            count++;
         }
 
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.StructuredReplyMagic);

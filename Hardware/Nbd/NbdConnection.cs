@@ -46,6 +46,9 @@ public sealed partial class NbdConnection
     /// <summary>Most extents in one block status reply; a longer map is cut short, as the protocol allows.</summary>
     private const int MaxExtents = 512;
 
+    // How many times one block status reply asks the allocation map (WriteBlockStatus).
+    private const int MaxMapQuestions = 4 * MaxExtents;
+
     private static readonly UnboundedChannelOptions SlotChannelOptions = new() { SingleReader = true, AllowSynchronousContinuations = false };
 
     private readonly NbdServer _server;
