@@ -47,7 +47,7 @@ public sealed partial class NbdConnection
     private const int MaxExtents = 512;
 
     // How many times one block status reply asks the allocation map (WriteBlockStatus).
-    private const int MaxMapQuestions = 4 * MaxExtents;
+    private const int MaxMapQuestions = MaxExtents;
 
     private static readonly UnboundedChannelOptions SlotChannelOptions = new() { SingleReader = true, AllowSynchronousContinuations = false };
 
