@@ -171,6 +171,9 @@ internal sealed partial class NbdClientConnection : IDisposable
     /// <summary>The receiver, which ends when the connection does, for specs.</summary>
     internal Task Receiver => _receiver;
 
+    /// <summary>The connection's socket, for specs that look at its kernel queues.</summary>
+    internal Socket Transport => _socket;
+
     /// <summary>True once the connection's stream (a TLS stream's native state with it) is disposed, for specs.</summary>
     internal bool StreamDisposed => Volatile.Read(ref _streamDisposed) != 0;
 

@@ -65,6 +65,13 @@ public sealed class NbdClientGiveUpSpec
         var writes = Enumerable.Range(0, Writes).Select(i => device.WriteAsync((long)i * WriteBytes, data.Memory).AsTask()).ToArray();
         await Condition.EventuallyAsync(() => connection.Outstanding == Writes, "every write sent to the connection");
 
+        // Writes queued in the client's socket, unsent (the server's receive window is full): the
+        // case this spec is about. With the socket's queue empty at the give-up (its sender slow
+        // to start on a loaded machine), the shutdown's FIN goes out at once and the server meets
+        // an end of stream after what its kernel had taken in, with nothing left to deliver: a CI
+        // run saw 10 writes, then the end of stream.
+        await Condition.EventuallyAsync(() => Unsent(connection.Transport) > 0, "writes queued unsent in the client's socket");
+
         driver.Retire("its node is unreachable");
         device.Queue.SetOffline(failInFlight: true);
         foreach (var write in writes)
@@ -82,5 +89,13 @@ public sealed class NbdClientGiveUpSpec
         Assert.True(end == "a reset" || received == 0, $"the server got {received} of the {Writes} failed writes, then {end}");
         Assert.True(received < Writes, $"the server got {received} of the {Writes} failed writes, then {end}");
         Assert.Empty(server.Faults);
+    }
+
+    // SIOCOUTQ: the bytes in the socket's send queue not yet acknowledged by the peer.
+    private static unsafe int Unsent(Socket socket)
+    {
+        const ulong SiocOutq = 0x5411;
+        var bytes = 0;
+        return ActorBlk.Hardware.Interop.LibC.IoctlPointer((int)socket.Handle, SiocOutq, &bytes) == 0 ? bytes : 0;
     }
 }
