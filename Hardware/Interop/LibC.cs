@@ -96,6 +96,20 @@ internal static unsafe partial class LibC
     /// <summary>The C library's text for an errno ("No such file or directory").</summary>
     public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(Math.Abs(errno));
 
+    /// <summary>A file type (<c>st_mode &amp; S_IFMT</c>) in words, for messages: "a regular file".</summary>
+    public static string DescribeFileType(int kind) =>
+        kind switch
+        {
+            S_IFREG => "a regular file",
+            S_IFDIR => "a directory",
+            S_IFLNK => "a symbolic link",
+            S_IFIFO => "a FIFO",
+            S_IFCHR => "a character device",
+            S_IFBLK => "a block device",
+            S_IFSOCK => "a socket",
+            _ => $"a file of type 0x{kind:X4} (S_IFMT)",
+        };
+
     /// <summary>A raw system call with up to six arguments; the result, or -errno.</summary>
     /// <remarks>
     /// The import does not use <c>SetLastError</c>: that marshalling clears errno before every call

@@ -73,11 +73,9 @@ internal static class NbdUnixListener
     /// since (the socket removed by hand and another server started on the path) is left alone.
     /// </summary>
     /// <returns>Why the removal failed, or null (also when the path is no longer this server's socket).</returns>
-    internal static unsafe string? Remove(SocketFile file)
+    internal static string? Remove(SocketFile file)
     {
-        var statx = default(LibC.Statx);
-        if (LibC.StatX(LibC.AT_FDCWD, file.Path, LibC.AT_SYMLINK_NOFOLLOW, LibC.STATX_BASIC_STATS, &statx) < 0
-            || (statx.Mode & LibC.S_IFMT) != LibC.S_IFSOCK || statx.Ino != file.Ino || statx.DevMajor != file.DevMajor || statx.DevMinor != file.DevMinor)
+        if (Identify(file.Path) != file)
         {
             return null;
         }
@@ -133,7 +131,7 @@ internal static class NbdUnixListener
         var kind = statx.Mode & LibC.S_IFMT;
         if (kind != LibC.S_IFSOCK)
         {
-            throw new IOException($"cannot listen on {shown}: '{escaped}' is {KindOf(kind)}, not a socket, and is left alone: remove it, or choose another path");
+            throw new IOException($"cannot listen on {shown}: '{escaped}' is {LibC.DescribeFileType(kind)}, not a socket, and is left alone: remove it, or choose another path");
         }
 
         // A socket: is a server listening on it? A non-blocking connect answers at once (a Unix
@@ -210,7 +208,7 @@ internal static class NbdUnixListener
 
         if ((statx.Mode & LibC.S_IFMT) != LibC.S_IFDIR)
         {
-            return $"'{shown}' is {KindOf(statx.Mode & LibC.S_IFMT)}, not a directory";
+            return $"'{shown}' is {LibC.DescribeFileType(statx.Mode & LibC.S_IFMT)}, not a directory";
         }
 
         if (ex.SocketErrorCode == SocketError.AccessDenied)
@@ -230,18 +228,6 @@ internal static class NbdUnixListener
             ? $"cannot create the socket in '{shown}' ({LibC.Describe(LibC.ENOENT)})"
             : ex.Message;
     }
-
-    private static string KindOf(int kind) =>
-        kind switch
-        {
-            LibC.S_IFREG => "a regular file",
-            LibC.S_IFDIR => "a directory",
-            LibC.S_IFLNK => "a symbolic link",
-            LibC.S_IFIFO => "a FIFO",
-            LibC.S_IFCHR => "a character device",
-            LibC.S_IFBLK => "a block device",
-            _ => $"a file of type 0x{kind:X4} (S_IFMT)",
-        };
 
     /// <summary>
     /// A Unix socket address that .NET does not delete at the socket's disposal: a socket bound to

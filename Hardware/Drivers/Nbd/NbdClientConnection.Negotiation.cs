@@ -469,16 +469,7 @@ internal sealed partial class NbdClientConnection
         var kind = statx.Mode & Interop.LibC.S_IFMT;
         if (kind != Interop.LibC.S_IFSOCK)
         {
-            var what = kind switch
-            {
-                Interop.LibC.S_IFREG => "a regular file",
-                Interop.LibC.S_IFDIR => "a directory",
-                Interop.LibC.S_IFIFO => "a FIFO",
-                Interop.LibC.S_IFCHR => "a character device",
-                Interop.LibC.S_IFBLK => "a block device",
-                _ => $"a file of type 0x{kind:X4} (S_IFMT)",
-            };
-            return $"'{shown}' is {what}, not a socket";
+            return $"'{shown}' is {Interop.LibC.DescribeFileType(kind)}, not a socket";
         }
 
         return error.SocketErrorCode switch
