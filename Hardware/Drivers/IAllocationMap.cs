@@ -38,4 +38,17 @@ public interface IAllocationMap
     /// <param name="allocated"><see langword="true"/> for data, <see langword="false"/> for a hole that reads as zeroes.</param>
     /// <returns><see langword="false"/> when this instance cannot tell (then every byte counts as data).</returns>
     bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated);
+
+    /// <summary>
+    /// The checks of <see cref="TryGetExtent"/> a map makes: a range that is not empty and lies
+    /// on a device of <paramref name="capacity"/> bytes.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    internal static void CheckRange(long offset, long maxLength, long capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+    }
 }

@@ -12,7 +12,7 @@ namespace ActorBlk.Testing;
 /// and a range can go bad for reads (<see cref="BlockStatus.Medium"/>) until it is written again,
 /// as a disk remaps a sector on write. Counts what reaches the device below.
 /// </summary>
-public sealed class FaultyLeg : IBioDriver
+public sealed class FaultyLeg : IBioDriver, IAllocationMap
 {
     private readonly IBlockDevice _inner;
     private long _badStart = -1;
@@ -20,6 +20,12 @@ public sealed class FaultyLeg : IBioDriver
     private long _writesLeft = long.MaxValue;
 
     private FaultyLeg(IBlockDevice inner) => _inner = inner;
+
+    /// <summary>
+    /// Passes the device below's allocation map on while set (as a file leg's); otherwise the leg
+    /// cannot tell its holes (as a remote leg).
+    /// </summary>
+    public bool ShowsMap { get; set; }
 
     /// <summary>Every I/O fails with Offline while set.</summary>
     public bool Dead { get; set; }
@@ -194,6 +200,18 @@ public sealed class FaultyLeg : IBioDriver
     /// <inheritdoc />
     public void Detach(RequestQueue queue)
     {
+    }
+
+    /// <inheritdoc />
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        if (ShowsMap && IAllocationMap.Of(_inner) is { } map)
+        {
+            return map.TryGetExtent(offset, maxLength, out length, out allocated);
+        }
+
+        (length, allocated) = (maxLength, true);
+        return false;
     }
 
     /// <inheritdoc />

@@ -345,11 +345,7 @@ public sealed class FileBlockDriver : IBlockDriver, IAllocationMap
     /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
     public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
     {
-        var capacity = _target.CapacityBytes;
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
+        IAllocationMap.CheckRange(offset, maxLength, _target.CapacityBytes);
         (length, allocated) = (0, true);
         if (_target.IsBlockDevice || Volatile.Read(ref _seekUnsupported) != 0)
         {

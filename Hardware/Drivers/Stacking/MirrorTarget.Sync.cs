@@ -643,6 +643,12 @@ public sealed partial class MirrorTarget
                     return true;
                 }
 
+                if (SourceHole(source, at, chunk.Length) && targets.All(t => _legs[t].Queue.Limits.MaxWriteZeroesSectors > 0))
+                {
+                    await ZeroTargetsAsync(targets, at, chunk).ConfigureAwait(false);
+                    return true;
+                }
+
                 var s = BlockStatus.IoError;
                 for (var attempt = 0; attempt < SourceReadAttempts; attempt++)
                 {
@@ -682,6 +688,52 @@ public sealed partial class MirrorTarget
         finally
         {
             _gate.Exit(held);
+        }
+    }
+
+    // True when the source leg's map (a file leg's holes) says the chunk is one hole, which reads
+    // as zeroes: the copy then zeroes the targets instead of reading it and writing its zeroes, so a
+    // rebuilt file leg stays as sparse as its source (as qemu's mirror job skips holes with block
+    // status and write-zeroes; md copies every byte). A leg that cannot tell is read and copied.
+    private bool SourceHole(int source, long at, int length)
+    {
+        try
+        {
+            return IAllocationMap.Of(_legs[source]) is { } map
+                && map.TryGetExtent(MirrorSuperblock.DataOffset + at, length, out var extent, out var allocated)
+                && !allocated && extent >= length;
+        }
+        catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+        {
+            return false;
+        }
+    }
+
+    // The copy of a hole: a write-zeroes that may unmap on each target (a file leg punches a hole).
+    // A target that turns out not to support it gets the zeroes written; one that fails either is
+    // faulty, as for a failed copy write.
+    private async Task ZeroTargetsAsync(List<int> targets, long at, Memory<byte> chunk)
+    {
+        var zeroes = targets.Select(t => LegIo(t, BlockOp.WriteZeroes, at, chunk.Length, default, RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
+        var cleared = false;
+        for (var i = 0; i < zeroes.Length; i++)
+        {
+            var s = await zeroes[i].ConfigureAwait(false);
+            if (s == BlockStatus.NotSupported)
+            {
+                if (!cleared)
+                {
+                    chunk.Span.Clear();
+                    cleared = true;
+                }
+
+                s = await LegIo(targets[i], BlockOp.Write, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu).ConfigureAwait(false);
+            }
+
+            if (s != BlockStatus.Ok)
+            {
+                await FailLeg(targets[i]).ConfigureAwait(false);
+            }
         }
     }
 

@@ -154,18 +154,11 @@ public abstract class StackTarget : IBioDriver
     }
 
     /// <summary>
-    /// The checks of <see cref="IAllocationMap.TryGetExtent"/> a linear or striped target's map
+    /// The checks of <see cref="IAllocationMap.TryGetExtent"/> a linear, striped or mirror target's map
     /// makes: a range that is not empty and lies on this device.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
-    protected void CheckExtentRange(long offset, long maxLength)
-    {
-        var capacity = Limits.CapacityBytes;
-        ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(offset, capacity);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
-    }
+    protected void CheckExtentRange(long offset, long maxLength) => IAllocationMap.CheckRange(offset, maxLength, Limits.CapacityBytes);
 
     /// <summary>
     /// The extent at <paramref name="offset"/> on this device as <paramref name="member"/>'s map
@@ -184,32 +177,55 @@ public abstract class StackTarget : IBioDriver
     protected (long Length, bool Allocated) MemberExtent(IBlockDevice member, long memberOffset, long offset, long room)
     {
         ArgumentNullException.ThrowIfNull(member);
-        if (IAllocationMap.Of(member) is not { } map || !map.TryGetExtent(memberOffset, room, out var length, out var allocated))
+        return IAllocationMap.Of(member) is { } map && TryMemberExtent(map, memberOffset, offset, room, out var length, out var allocated)
+            ? (length, allocated)
+            : (room, true);
+    }
+
+    /// <summary>
+    /// As <see cref="MemberExtent"/>, with a member's map already in hand, and
+    /// <see langword="false"/> when that map cannot tell (a mirror then asks another leg).
+    /// </summary>
+    /// <param name="map">The member's map.</param>
+    /// <param name="memberOffset">Where <paramref name="offset"/> lies on the member.</param>
+    /// <param name="offset">Byte offset on this device.</param>
+    /// <param name="room">Bytes from <paramref name="offset"/> that lie on the member (positive).</param>
+    /// <param name="length">The extent's length (1 to <paramref name="room"/>).</param>
+    /// <param name="allocated">Whether the extent holds data.</param>
+    /// <returns><see langword="false"/> when the map cannot tell.</returns>
+    protected bool TryMemberExtent(IAllocationMap map, long memberOffset, long offset, long room, out long length, out bool allocated)
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        if (!map.TryGetExtent(memberOffset, room, out length, out allocated))
         {
-            return (room, true);
+            (length, allocated) = (room, true);
+            return false;
         }
 
         if (length >= room)
         {
             // To the end of the range or of the member's piece (a multiple of this device's block).
-            return (room, allocated);
+            length = room;
+            return true;
         }
 
         var mask = (long)Limits.LogicalBlockSize - 1;
         var end = offset + length;
         if ((end & mask) == 0)
         {
-            return (length, allocated);
+            return true;
         }
 
         if (allocated || (end & ~mask) <= offset)
         {
             // Data through the end of its block; or a hole ending inside the block it started in,
             // which holds data after it.
-            return (Math.Min((end + mask) & ~mask, offset + room) - offset, true);
+            (length, allocated) = (Math.Min((end + mask) & ~mask, offset + room) - offset, true);
+            return true;
         }
 
-        return ((end & ~mask) - offset, false);
+        length = (end & ~mask) - offset;
+        return true;
     }
 
     /// <summary>The target owns nothing native; the members belong to the block layer.</summary>

@@ -160,6 +160,38 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
             await MapAsync("dm-1"));
     }
 
+    // Before, a mirror answered one data extent, and its recovery wrote every byte of a new file
+    // leg (8 MiB allocated here, where its source holds 8 KiB of data).
+    [SkippableFact]
+    public async Task A_mirror_over_two_file_devices_reports_its_holes_and_its_rebuilt_leg_stays_as_sparse_as_its_source()
+    {
+        Skip.IfNot(ExternalTool.Exists("nbdinfo"), "nbdinfo (libnbd-bin) is not installed");
+        Skip.IfNot(ExternalTool.Exists("stat"), "stat is not installed");
+
+        // The first leg holds 8 KiB of the mirror's data at 1 MiB (after the legs' 64 KiB of metadata).
+        var source = FileDevice("file6", SparseFile("leg0.img", 8 * MiB, ((1 * MiB) + MirrorSuperblock.DataOffset, 8 * KiB)));
+        var copyPath = SparseFile("leg1.img", 8 * MiB);
+        var target = FileDevice("file7", copyPath);
+        var mirror = await MirrorTarget.AssembleAsync("md9", [source, target], new MirrorOptions { AssumeClean = false, SyncSpeedMinKiB = 1_000_000, SyncSpeedMaxKiB = 1_000_000 });
+        var queue = RequestQueue.Allocate("md9", CpuTopology.Simulated(2));
+        queue.InitializeBioBased(mirror);
+        queue.Register();
+        var md = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        _stacked.Add(md);
+        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Serve(md);
+
+        var end = mirror.DataBytes;
+        Assert.Equal(
+            [(0L, 1 * MiB, 3, "hole,zero"), (1 * MiB, 8 * KiB, 0, "data"), ((1 * MiB) + (8 * KiB), end - (1 * MiB) - (8 * KiB), 3, "hole,zero")],
+            await MapAsync("md9"));
+
+        // The copy zeroed the source's holes (punching them) and copied the one 64 KiB chunk with data.
+        var blocks = long.Parse((await ExternalTool.RunAsync("stat", "-c", "%b", copyPath)).Trim(), CultureInfo.InvariantCulture);
+        Assert.InRange(blocks * 512, MirrorTarget.SyncChunkBytes, 1 * MiB);
+    }
+
     [SkippableTheory]
     [InlineData("nbdcopy")]
     [InlineData("qemu-img")]

@@ -1,0 +1,68 @@
+using ActorBlk.Hardware.Devices;
+
+namespace ActorBlk.Hardware.Drivers.Stacking;
+
+// The mirror's allocation map (NBD block status, base:allocation): the holes of a leg whose bytes
+// are the ones a read returns. In-sync legs hold the same bytes, so any of them tells, and the
+// first that keeps a map is asked (a local file leg rather than a remote one, which cannot tell);
+// a leg being rebuilt is never asked. After a crash, in-sync legs may differ where the resync has
+// not been yet, and reads there come from the lowest in-sync leg (FirstInSync), so that leg alone
+// is asked until the resync ends. Holes read as zeroes on every kind of leg, and a region one leg
+// has as a hole and another as written zeroes reads the same from both.
+public sealed partial class MirrorTarget : IAllocationMap
+{
+    /// <summary>
+    /// Describes the extent at <paramref name="offset"/> as an in-sync leg's map reports it (the
+    /// first in-sync leg with a map; after a crash, until the resync ends, the leg reads come from).
+    /// Nothing can tell when no such leg keeps a map, or the mirror has failed: the range is then
+    /// data, which is always safe.
+    /// </summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        CheckExtentRange(offset, maxLength);
+        (length, allocated) = (maxLength, true);
+        if (Volatile.Read(ref _failed))
+        {
+            return false;
+        }
+
+        var onlyFirst = Volatile.Read(ref _resyncAfterCrash);
+        for (var leg = 0; leg < _legs.Length; leg++)
+        {
+            IBlockDevice device;
+            lock (_lock)
+            {
+                // Together: a faulty leg's slot can be given another device (ReplaceLegAsync), which is rebuilding.
+                if (_state[leg] != MirrorLegState.InSync)
+                {
+                    continue;
+                }
+
+                device = _legs[leg];
+            }
+
+            try
+            {
+                if (IAllocationMap.Of(device) is { } map
+                    && TryMemberExtent(map, MirrorSuperblock.DataOffset + offset, offset, maxLength, out length, out allocated))
+                {
+                    return true;
+                }
+            }
+            catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+            {
+                // The leg changed under us (removed, or replaced meanwhile): ask the next.
+            }
+
+            (length, allocated) = (maxLength, true);
+            if (onlyFirst)
+            {
+                return false;
+            }
+        }
+
+        return false;
+    }
+}
