@@ -30,6 +30,9 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     /// <summary>Every I/O fails with Offline while set.</summary>
     public bool Dead { get; set; }
 
+    /// <summary>While set, every write-zeroes ends with this status without reaching the device below (a device that refuses or fails it).</summary>
+    public BlockStatus? WriteZeroesStatus { get; set; }
+
     /// <summary>Reads passed on.</summary>
     public long Reads;
 
@@ -124,6 +127,12 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
         if (Dead)
         {
             queue.EndBio(bio, BlockStatus.Offline);
+            return;
+        }
+
+        if (bio.Op == BlockOp.WriteZeroes && WriteZeroesStatus is { } refused)
+        {
+            queue.EndBio(bio, refused);
             return;
         }
 

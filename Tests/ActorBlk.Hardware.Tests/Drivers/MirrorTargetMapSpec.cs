@@ -2,6 +2,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Queues;
+using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -169,6 +170,69 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
         Assert.Equal(sourceShowsMap ? [(0L, 9 * Region, false), (9 * Region, Region, true), (10 * Region, mirror.DataBytes - (10 * Region), false)] : [(0L, mirror.DataBytes, true)],
             Map(mirror, 0, mirror.DataBytes));
         Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    // A target that refuses the write-zeroes (NotSupported) gets the chunk's zeroes written and
+    // is rebuilt; one that fails it (an I/O error) is faulty, as for a failed copy write.
+    [Theory]
+    [InlineData(BlockStatus.NotSupported)]
+    [InlineData(BlockStatus.IoError)]
+    public async Task A_target_that_refuses_the_zeroes_gets_them_written_and_one_that_fails_them_is_faulty(BlockStatus refusal)
+    {
+        var (a, _) = Leg("a", showsMap: true);
+        var (b, fb) = Leg("b", showsMap: true);
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(assumeClean: false) with { SyncSpeedMinKiB = 1024, SyncSpeedMaxKiB = 1024 }, clock);
+        var md = Serve(mirror);
+        fb.WriteZeroesStatus = refusal;
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (9 * Region), Filled(Block));
+        await fb.Inner.WriteAsync(MirrorSuperblock.DataOffset + (20 * Region), Filled(2 * Block)); // stale bytes the copy must clear
+
+        await PumpUntilIdle(clock, mirror);
+        if (refusal == BlockStatus.NotSupported)
+        {
+            Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+            Assert.Equal(mirror.DataBytes, fb.DataBytesWritten);
+            var read = new byte[2 * Block];
+            await b.ReadAsync(MirrorSuperblock.DataOffset + (20 * Region), read);
+            Assert.All(read, x => Assert.Equal(0, x));
+        }
+        else
+        {
+            Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
+            Assert.Equal(1, mirror.Degraded);
+            Assert.True(mirror.DirtyRegions() > 0);
+        }
+
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
+    // After a crash the resync zeroes, on the other in-sync legs, the chunks the first leg's map
+    // shows as holes: a leg that held a write the first missed reads zeroes there afterwards.
+    [Fact]
+    public async Task After_a_crash_the_resync_zeroes_the_other_legs_where_the_first_shows_a_hole()
+    {
+        var (a, _) = Leg("a", showsMap: true);
+        var (b, fb) = Leg("b", showsMap: true);
+        var options = Options() with { BitmapDaemonInterval = TimeSpan.FromHours(1) };
+        var first = await MirrorTarget.AssembleAsync("md0", [a, b], options);
+        var md = Serve(first);
+        await md.WriteZeroesAsync(7 * Region, Region);
+        first.Dispose();
+        await b.WriteAsync(MirrorSuperblock.DataOffset + (7 * Region), Filled(Block)); // reached b only
+
+        var clock = new ManualTimeProvider();
+        var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
+        Serve(second, "md1");
+        Assert.Equal("resync", second.SyncAction);
+        var zeroes = fb.WriteZeroes;
+        await PumpUntilIdle(clock, second);
+        Assert.Equal(1, second.ResyncedRegions);
+        Assert.Equal(zeroes + 1, fb.WriteZeroes);
+        var read = new byte[Block];
+        await b.ReadAsync(MirrorSuperblock.DataOffset + (7 * Region), read);
+        Assert.All(read, x => Assert.Equal(0, x));
+        Assert.Equal([(0L, 8 * Region, false)], Map(second, 0, 8 * Region));
     }
 
     // After a crash the in-sync legs may differ where writes were in flight, and reads there come
