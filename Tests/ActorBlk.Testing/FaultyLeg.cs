@@ -42,6 +42,15 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     /// <summary>Bytes written at or beyond <see cref="CountFrom"/> (a mirror's data area).</summary>
     public long DataBytesWritten;
 
+    /// <summary>Bytes zeroed (write-zeroes) at or beyond <see cref="CountFrom"/>.</summary>
+    public long DataBytesZeroed;
+
+    /// <summary>
+    /// What reached the data area by writes and write-zeroes together: what a mirror's recovery
+    /// put on the leg, which zeroes a chunk that reads as zeroes instead of writing it.
+    /// </summary>
+    public long DataBytesCopied => Interlocked.Read(ref DataBytesWritten) + Interlocked.Read(ref DataBytesZeroed);
+
     /// <summary>Flushes, discards and write-zeroes passed on.</summary>
     public long Flushes, Discards, WriteZeroes;
 
@@ -192,6 +201,11 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
                 break;
             case BlockOp.WriteZeroes:
                 Interlocked.Increment(ref WriteZeroes);
+                if (bio.Offset >= CountFrom)
+                {
+                    Interlocked.Add(ref DataBytesZeroed, bio.Size);
+                }
+
                 break;
         }
 

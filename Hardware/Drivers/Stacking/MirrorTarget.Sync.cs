@@ -643,7 +643,8 @@ public sealed partial class MirrorTarget
                     return true;
                 }
 
-                if (SourceHole(source, at, chunk.Length) && targets.All(t => _legs[t].Queue.Limits.MaxWriteZeroesSectors > 0))
+                var zeroable = TargetsZero(targets);
+                if (zeroable && SourceHole(source, at, chunk.Length))
                 {
                     await ZeroTargetsAsync(targets, at, chunk).ConfigureAwait(false);
                     return true;
@@ -673,6 +674,15 @@ public sealed partial class MirrorTarget
                     continue;
                 }
 
+                // A chunk read as zeroes (from a source that cannot show its holes, a remote leg, or
+                // zeroes a file holds allocated) is zeroed on the targets as well, as qemu-img
+                // convert detects zeroes: no payload to a remote target, no blocks on a file one.
+                if (zeroable && !chunk.Span.ContainsAnyExcept((byte)0))
+                {
+                    await ZeroTargetsAsync(targets, at, chunk).ConfigureAwait(false);
+                    return true;
+                }
+
                 var writes = targets.Select(t => LegIo(t, BlockOp.Write, at, chunk.Length, chunk, RequestFlags.Sync, IBlockDevice.AnyCpu)).ToArray();
                 for (var i = 0; i < writes.Length; i++)
                 {
@@ -694,7 +704,8 @@ public sealed partial class MirrorTarget
     // True when the source leg's map (a file leg's holes) says the chunk is one hole, which reads
     // as zeroes: the copy then zeroes the targets instead of reading it and writing its zeroes, so a
     // rebuilt file leg stays as sparse as its source (as qemu's mirror job skips holes with block
-    // status and write-zeroes; md copies every byte). A leg that cannot tell is read and copied.
+    // status and write-zeroes; md copies every byte). A leg that cannot tell is read, and what it
+    // gives is zeroed the same way if it is all zeroes.
     private bool SourceHole(int source, long at, int length)
     {
         try
@@ -704,6 +715,20 @@ public sealed partial class MirrorTarget
                 && !allocated && extent >= length;
         }
         catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+        {
+            return false;
+        }
+    }
+
+    // Every target takes write-zeroes. A handle closed meanwhile (a table swap disposing the old
+    // mirror) answers false, and the copy's own writes then fail that leg as usual.
+    private bool TargetsZero(List<int> targets)
+    {
+        try
+        {
+            return targets.All(t => _legs[t].Queue.Limits.MaxWriteZeroesSectors > 0);
+        }
+        catch (ObjectDisposedException)
         {
             return false;
         }

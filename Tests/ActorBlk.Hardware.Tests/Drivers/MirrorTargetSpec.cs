@@ -262,12 +262,12 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(dirty.Length, mirror.DirtyRegions());
 
         fb.Dead = false;
-        var copiedBefore = fb.DataBytesWritten;
+        var copiedBefore = fb.DataBytesCopied;
         await mirror.ReAddAsync(1);
         await mirror.SyncIdle.WaitAsync(Patience);
 
         Assert.Equal(dirty.Length, mirror.ResyncedRegions);
-        Assert.Equal(dirty.Length * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(dirty.Length * Region, fb.DataBytesCopied - copiedBefore);
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
         Assert.Equal(0, mirror.Degraded);
         Assert.Equal(0, mirror.DirtyRegions());
@@ -294,7 +294,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         // The restarted mirror holds the resync back (its clock does not move) to show the stale
         // leg is never read meanwhile.
         var clock = new ManualTimeProvider();
-        var copiedBefore = fb.DataBytesWritten;
+        var copiedBefore = fb.DataBytesCopied;
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], Options() with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
         Assert.True(second.Generation > generation);
         Assert.Equal(first.ArrayId, second.ArrayId);
@@ -318,7 +318,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         await second.SyncIdle.WaitAsync(Patience);
         Assert.Equal(2, second.ResyncedRegions);
-        Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(2 * Region, fb.DataBytesCopied - copiedBefore);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         await AssertLegsEqual(second);
     }
@@ -343,7 +343,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         // both legs stay in sync (each holds every acknowledged write): the mirror is not degraded,
         // and a region the crash left unequal is read from the first leg only (md's choose_first),
         // every time, until it is copied.
-        var copiedBefore = fb.DataBytesWritten;
+        var copiedBefore = fb.DataBytesCopied;
         var clock = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
@@ -360,7 +360,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal("resync", second.SyncAction);
         await PumpUntilIdle(clock, second);
         Assert.Equal(2, second.ResyncedRegions);
-        Assert.Equal(2 * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(2 * Region, fb.DataBytesCopied - copiedBefore);
         Assert.Equal(0, second.Degraded);
         Assert.Equal(0, second.DirtyRegions());
         await AssertLegsEqual(second);
@@ -688,7 +688,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
         await PumpUntilIdle(clock, mirror);
         Assert.Equal(mirror.Regions, mirror.ResyncedRegions);
-        Assert.Equal(mirror.DataBytes, fb.DataBytesWritten);
+        Assert.Equal(mirror.DataBytes, fb.DataBytesCopied);
         Assert.Equal(0, mirror.Degraded);
     }
 
@@ -790,12 +790,12 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         first.Dispose();
         await first.SyncIdle.WaitAsync(Patience);
 
-        var copiedBefore = fc.DataBytesWritten;
+        var copiedBefore = fc.DataBytesCopied;
         var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], options);
         Assert.Equal(MirrorLegState.Rebuilding, second.LegState(2));
         await second.SyncIdle.WaitAsync(Patience);
         Assert.Equal(MirrorLegState.InSync, second.LegState(2));
-        Assert.Equal(2 * Region, fc.DataBytesWritten - copiedBefore);
+        Assert.Equal(2 * Region, fc.DataBytesCopied - copiedBefore);
         Assert.Equal(Stamp(5, 2), await ReadRaw(c, 5 * Region, Block));
         Assert.Equal(Stamp(6, 2), await ReadRaw(c, 6 * Region, Block));
         await AssertLegsEqual(second);
@@ -1645,11 +1645,11 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(2));
 
-        var copiedBefore = fc.DataBytesWritten;
+        var copiedBefore = fc.DataBytesCopied;
         await mirror.ReAddAsync(2);
         Assert.Equal(mirror.Regions, mirror.DirtyRegions());
         await PumpUntilIdle(clock, mirror);
-        Assert.Equal(mirror.DataBytes, fc.DataBytesWritten - copiedBefore);
+        Assert.Equal(mirror.DataBytes, fc.DataBytesCopied - copiedBefore);
         Assert.All(Enumerable.Range(0, 3), i => Assert.Equal(MirrorLegState.InSync, mirror.LegState(i)));
         Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
         await AssertLegsEqual(mirror);
@@ -1855,13 +1855,13 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await b.WriteAsync(MirrorSuperblock.DataOffset + (8 * Block), Stamp(8, 9));
         await b.WriteAsync(MirrorSuperblock.DataOffset + (400 * Block), Stamp(400, 9));
         await a.WriteAsync(MirrorSuperblock.DataOffset + (900 * Block), Stamp(900, 9));
-        var writesBefore = fb.DataBytesWritten;
+        var writesBefore = fb.DataBytesCopied;
         await md.Attributes.WriteAsync("block/md0/md/sync_action", "repair\n");
         await mirror.SyncIdle.WaitAsync(Patience);
 
         // md counts what it found (and rewrote) in mismatch_cnt; only b was written, 4 blocks' worth.
         Assert.Equal($"{4 * Block >> 9}\n", md.Attributes.Read("block/md0/md/mismatch_cnt"));
-        Assert.Equal(4 * Block, fb.DataBytesWritten - writesBefore);
+        Assert.Equal(4 * Block, fb.DataBytesCopied - writesBefore);
         Assert.Equal(Stamp(7, 1), await ReadRaw(b, 7 * Block, Block));
         Assert.Equal(Stamp(900, 9), await ReadRaw(b, 900 * Block, Block));
         await AssertLegsEqual(mirror);
@@ -2162,7 +2162,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         // The restart's recovery waits on a clock of its own, so the bitmap read is seen before it
         // checkpoints anything.
-        var copiedBefore = fb.DataBytesWritten;
+        var copiedBefore = fb.DataBytesCopied;
         var clock2 = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], slow, clock2);
         Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
@@ -2170,7 +2170,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await PumpUntilIdle(clock2, second);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         Assert.Equal(owed, second.ResyncedRegions);
-        Assert.Equal(owed * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal(owed * Region, fb.DataBytesCopied - copiedBefore);
         await AssertLegsEqual(second);
     }
 
@@ -2213,11 +2213,11 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.InRange(owed, mirror.Regions - 13, mirror.Regions - 8);
 
         fc.Dead = false;
-        var copiedBefore = fc.DataBytesWritten;
+        var copiedBefore = fc.DataBytesCopied;
         await mirror.ReAddAsync(1);
         await PumpUntilIdle(clock, mirror);
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
-        Assert.Equal(owed * Region, fc.DataBytesWritten - copiedBefore);
+        Assert.Equal(owed * Region, fc.DataBytesCopied - copiedBefore);
         Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
         Assert.Equal(Stamp(40, 1), await ReadRaw(c, 40 * Region, Block));
         Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
@@ -2266,7 +2266,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         first.Dispose();
         await first.SyncIdle.WaitAsync(Patience);
 
-        var copiedBefore = fd.DataBytesWritten;
+        var copiedBefore = fd.DataBytesCopied;
         var clock2 = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, d, c], slow, clock2);
         Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
@@ -2275,17 +2275,17 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await PumpUntilIdle(clock2, second);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         Assert.Equal(owed, second.ResyncedRegions);
-        Assert.Equal(owed * Region, fd.DataBytesWritten - copiedBefore);
+        Assert.Equal(owed * Region, fd.DataBytesCopied - copiedBefore);
         Assert.Equal(Stamp(2, 2), await ReadRaw(d, 2 * Region, Block));
 
         // c comes back: copied whole (its superblock is older than its slot's raised generation),
         // with the write it missed in a region the checkpoints had cleared.
         fc.Dead = false;
-        var cBefore = fc.DataBytesWritten;
+        var cBefore = fc.DataBytesCopied;
         await second.ReAddAsync(2);
         await PumpUntilIdle(clock2, second);
         Assert.Equal(MirrorLegState.InSync, second.LegState(2));
-        Assert.Equal(second.DataBytes, fc.DataBytesWritten - cBefore);
+        Assert.Equal(second.DataBytes, fc.DataBytesCopied - cBefore);
         Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
         Assert.Equal(Stamp(7, 1), await ReadRaw(c, 7 * Region, Block));
         await AssertLegsEqual(second);
@@ -2362,7 +2362,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(offset * Region, onA.RecoveryOffset[1]);
         Assert.InRange(offset, 20, 27);
 
-        var copiedBefore = fb.DataBytesWritten;
+        var copiedBefore = fb.DataBytesCopied;
         var clock2 = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
         Assert.Equal(MirrorLegState.Faulty, second.LegState(2));
@@ -2372,7 +2372,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         Assert.InRange(second.ResyncedRegions, 41 - 27, 41 - 20);
         Assert.Equal(40 - offset + 1, second.ResyncedRegions);
-        Assert.Equal((40 - offset + 1) * Region, fb.DataBytesWritten - copiedBefore);
+        Assert.Equal((40 - offset + 1) * Region, fb.DataBytesCopied - copiedBefore);
         Assert.Equal(41, second.DirtyRegions());
         Assert.Equal(Stamp(5, 3), await ReadRaw(b, 5 * Region, Block));
         Assert.Equal(Stamp(39, 2), await ReadRaw(b, 39 * Region, Block));
@@ -2380,11 +2380,11 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         // c comes back and is copied from the bitmap: every region it missed, below b's offset too.
         fc.Dead = false;
-        var cBefore = fc.DataBytesWritten;
+        var cBefore = fc.DataBytesCopied;
         await second.ReAddAsync(2);
         await PumpUntilIdle(clock2, second);
         Assert.Equal(MirrorLegState.InSync, second.LegState(2));
-        Assert.Equal(41 * Region, fc.DataBytesWritten - cBefore);
+        Assert.Equal(41 * Region, fc.DataBytesCopied - cBefore);
         Assert.Equal(Stamp(5, 3), await ReadRaw(c, 5 * Region, Block));
         Assert.Equal(Stamp(2, 2), await ReadRaw(c, 2 * Region, Block));
         await AssertLegsEqual(second);
@@ -2492,8 +2492,8 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         // c's device is back: both legs rebuild from the bitmap in one pass.
         fc.Dead = false;
-        var bBefore = fb.DataBytesWritten;
-        var cBefore = fc.DataBytesWritten;
+        var bBefore = fb.DataBytesCopied;
+        var cBefore = fc.DataBytesCopied;
         var clock2 = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b, c], slow, clock2);
         Assert.Equal(MirrorLegState.Rebuilding, second.LegState(1));
@@ -2501,8 +2501,8 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await PumpUntilIdle(clock2, second);
         Assert.Equal(MirrorLegState.InSync, second.LegState(1));
         Assert.Equal(MirrorLegState.InSync, second.LegState(2));
-        Assert.Equal((40 - offset) * Region, fb.DataBytesWritten - bBefore);
-        Assert.Equal(40 * Region, fc.DataBytesWritten - cBefore);
+        Assert.Equal((40 - offset) * Region, fb.DataBytesCopied - bBefore);
+        Assert.Equal(40 * Region, fc.DataBytesCopied - cBefore);
         Assert.Equal(40, second.ResyncedRegions);
         Assert.Equal(0, second.DirtyRegions());
         await AssertLegsEqual(second);
