@@ -460,14 +460,19 @@ public sealed partial class NbdConnection
             bool allocated;
             try
             {
-                if (map is null || !map.TryGetExtent(offset, end - offset, out length, out allocated))
+                if (map is null || !map.TryGetExtent(offset, end - offset, out length, out allocated) || length <= 0)
                 {
                     (length, allocated) = (end - offset, true);
                 }
+
+                // Past the range (a custom driver's map breaking its contract): the rest of the range.
+                length = Math.Min(length, end - offset);
             }
-            catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+            catch (Exception)
             {
-                (length, allocated) = (end - offset, true); // the device changed under us: claim data, which is always safe
+                // The device changed under us (a table swap, a removal), or a custom driver's map
+                // threw: claim data, which is always safe, and keep the connection.
+                (length, allocated) = (end - offset, true);
             }
 
             if (count > 0 && allocated == lastAllocated)

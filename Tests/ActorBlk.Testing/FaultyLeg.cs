@@ -27,6 +27,9 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     /// </summary>
     public bool ShowsMap { get; set; }
 
+    /// <summary>The map throws while set (a custom driver's bug), whatever <see cref="ShowsMap"/> says.</summary>
+    public bool MapThrows { get; set; }
+
     /// <summary>Every I/O fails with Offline while set.</summary>
     public bool Dead { get; set; }
 
@@ -228,6 +231,11 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     /// <inheritdoc />
     public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
     {
+        if (MapThrows)
+        {
+            throw new InvalidOperationException("a custom driver's map that throws");
+        }
+
         if (ShowsMap && IAllocationMap.Of(_inner) is { } map)
         {
             return map.TryGetExtent(offset, maxLength, out length, out allocated);

@@ -51,9 +51,10 @@ public sealed partial class MirrorTarget : IAllocationMap
                     return true;
                 }
             }
-            catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+            catch (Exception)
             {
-                // The leg changed under us (removed, or replaced meanwhile): ask the next.
+                // The leg changed under us (removed, or replaced meanwhile), or a custom driver's
+                // map threw: ask the next.
             }
 
             (length, allocated) = (maxLength, true);

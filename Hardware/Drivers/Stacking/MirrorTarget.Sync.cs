@@ -714,8 +714,9 @@ public sealed partial class MirrorTarget
                 && map.TryGetExtent(MirrorSuperblock.DataOffset + at, length, out var extent, out var allocated)
                 && !allocated && extent >= length;
         }
-        catch (Exception ex) when (ex is ArgumentOutOfRangeException or ObjectDisposedException)
+        catch (Exception)
         {
+            // The leg changed under us, or a custom driver's map threw: read and copy.
             return false;
         }
     }

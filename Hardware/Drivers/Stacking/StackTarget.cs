@@ -196,8 +196,9 @@ public abstract class StackTarget : IBioDriver
     protected bool TryMemberExtent(IAllocationMap map, long memberOffset, long offset, long room, out long length, out bool allocated)
     {
         ArgumentNullException.ThrowIfNull(map);
-        if (!map.TryGetExtent(memberOffset, room, out length, out allocated))
+        if (!map.TryGetExtent(memberOffset, room, out length, out allocated) || length <= 0)
         {
+            // Cannot tell, or an empty extent (a custom driver's map breaking its contract).
             (length, allocated) = (room, true);
             return false;
         }

@@ -193,10 +193,12 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
     {
         var (a, _) = Leg("a", showsMap: true);
         var (b, fb) = Leg("b", showsMap: true);
+
+        // Before the assembly: the recovery starts in it, and its first chunk (a hole) goes at once.
+        fb.WriteZeroesStatus = refusal;
         var clock = new ManualTimeProvider();
         var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(assumeClean: false) with { SyncSpeedMinKiB = 1024, SyncSpeedMaxKiB = 1024 }, clock);
         var md = Serve(mirror);
-        fb.WriteZeroesStatus = refusal;
         await a.WriteAsync(MirrorSuperblock.DataOffset + (9 * Region), Filled(Block));
         await fb.Inner.WriteAsync(MirrorSuperblock.DataOffset + (20 * Region), Filled(2 * Block)); // stale bytes the copy must clear
 
@@ -280,6 +282,33 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
         await PumpUntilIdle(clock, second);
         Assert.Equal(1, second.ResyncedRegions);
         Assert.Equal([(7 * Region, Region, true)], Map(second, 7 * Region, Region));
+    }
+
+    // A custom driver's map that throws cannot tell: the mirror asks the next in-sync leg, and a
+    // recovery reads and copies (zeroes detected) instead of faulting. Before, the exception ended
+    // the sync (BackgroundFaulted "sync") and the leg stayed spare.
+    [Fact]
+    public async Task A_legs_map_that_throws_cannot_tell_and_the_recovery_reads_and_copies_instead()
+    {
+        var (a, fa) = Leg("a", showsMap: true);
+        var (b, fb) = Leg("b", showsMap: true);
+        fa.MapThrows = true;
+        var clock = new ManualTimeProvider();
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], Options(assumeClean: false) with { SyncSpeedMinKiB = 1024, SyncSpeedMaxKiB = 1024 }, clock);
+        var faults = new List<string>();
+        mirror.BackgroundFaulted += (task, _) => faults.Add(task);
+        Serve(mirror);
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (3 * Region), Filled(Block));
+
+        await PumpUntilIdle(clock, mirror);
+        Assert.Empty(faults);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        Assert.Equal(MirrorTarget.SyncChunkBytes, fb.DataBytesWritten);
+
+        // a throws, b (in sync now) answers.
+        Assert.Equal([(0L, 3 * Region, false), (3 * Region, Region, true), (4 * Region, Region, false)], Map(mirror, 0, 5 * Region));
+        fb.MapThrows = true;
+        Assert.False(mirror.TryGetExtent(0, 5 * Region, out _, out _));
     }
 
     // The extents from offset to offset + length, as NBD block status asks them (one question each).
