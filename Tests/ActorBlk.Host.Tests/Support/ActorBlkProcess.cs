@@ -17,6 +17,27 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     private readonly StringBuilder _stderr = new();
     private readonly Task _pump;
 
+    // A test run started as a shell's background job without job control (`(dotnet test &)`,
+    // nohup) ignores SIGINT and SIGQUIT, and a child inherits that: the .NET runtime then keeps
+    // them ignored, so the specs that send Ctrl-C (BenchSignalSpec, MirrorJournalSampleSpec) waited
+    // out their patience and failed. Such a run starts its children through `env
+    // --default-signal` (coreutils 8.31), as a terminal would start them; other runs as before.
+    private static readonly bool InheritsIgnoredInterrupt = IgnoresInterrupt();
+
+    private static bool IgnoresInterrupt()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+            return line is not null
+                && (ulong.Parse(line["SigIgn:".Length..].Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture) & 0b110) != 0;
+        }
+        catch (Exception ex) when (ex is IOException or FormatException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
     private ActorBlkProcess(Process process)
     {
         _process = process;
@@ -72,7 +93,7 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     private static ActorBlkProcess StartProgram(string program, string[] args, IReadOnlyDictionary<string, string?>? environment)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, program);
-        var info = new ProcessStartInfo("dotnet")
+        var info = new ProcessStartInfo(InheritsIgnoredInterrupt ? "env" : "dotnet")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -89,6 +110,13 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
             {
                 info.Environment[name] = value;
             }
+        }
+
+        if (InheritsIgnoredInterrupt)
+        {
+            // exec'd in place: the process id stays the child's.
+            info.ArgumentList.Add("--default-signal=INT,QUIT");
+            info.ArgumentList.Add("dotnet");
         }
 
         info.ArgumentList.Add(dll);
