@@ -235,11 +235,12 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
         first.Dispose();
         await b.WriteAsync(MirrorSuperblock.DataOffset + (7 * Region), Filled(Block)); // reached b only
 
+        // Counted before the assembly: the resync starts in it, and its first chunk goes at once.
+        var zeroes = Interlocked.Read(ref fb.WriteZeroes);
         var clock = new ManualTimeProvider();
         var second = await MirrorTarget.AssembleAsync("md0", [a, b], options with { SyncSpeedMinKiB = 64, SyncSpeedMaxKiB = 64 }, clock);
         Serve(second, "md1");
         Assert.Equal("resync", second.SyncAction);
-        var zeroes = fb.WriteZeroes;
         await PumpUntilIdle(clock, second);
         Assert.Equal(1, second.ResyncedRegions);
         Assert.Equal(zeroes + 1, fb.WriteZeroes);
