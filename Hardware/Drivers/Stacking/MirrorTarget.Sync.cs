@@ -703,9 +703,10 @@ public sealed partial class MirrorTarget
 
     // True when the source leg's map (a file leg's holes) says the chunk is one hole, which reads
     // as zeroes: the copy then zeroes the targets instead of reading it and writing its zeroes, so a
-    // rebuilt file leg stays as sparse as its source (as qemu's mirror job skips holes with block
-    // status and write-zeroes; md copies every byte). A leg that cannot tell is read, and what it
-    // gives is zeroed the same way if it is all zeroes.
+    // rebuilt file leg keeps its source's holes of a chunk or more (a chunk holding any data is
+    // copied whole), as qemu's mirror job skips holes with block status and write-zeroes; md copies
+    // every byte. A leg that cannot tell is read, and what it gives is zeroed the same way if it is
+    // all zeroes.
     private bool SourceHole(int source, long at, int length)
     {
         try

@@ -135,8 +135,9 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
     // A recovery copies a chunk that its source's map shows as one hole by zeroing the target
     // (a write-zeroes that may unmap, as qemu's mirror job uses block status), without reading it;
     // a chunk read from a source that cannot tell (a remote leg) and found all zeroes is zeroed the
-    // same way (as qemu-img convert detects zeroes). Either way a rebuilt leg stays as sparse as
-    // its source, where md (and this mirror before) wrote every byte.
+    // same way (as qemu-img convert detects zeroes). Either way a rebuilt leg keeps its source's
+    // holes of a chunk or more (the chunk with data is copied whole), where md (and this mirror
+    // before) wrote every byte.
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
