@@ -203,13 +203,7 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
 
         await md.WriteAsync(7 * Block, Stamp(7, 1));
         var mirror = (MirrorTarget)md.Queue.BioDriver!;
-        while (!mirror.SyncIdle.IsCompleted)
-        {
-            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(TimeSpan.FromSeconds(60));
-            clock.Advance(TimeSpan.FromSeconds(1));
-        }
-
-        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        await MirrorSync.PumpUntilIdleAsync(clock, mirror, TimeSpan.FromSeconds(60));
         Assert.Equal("in_sync\n", Layer.ReadAttribute("block/mdr/md/dev-rc/state"));
         Assert.Equal("0\n", Layer.ReadAttribute("block/mdr/md/degraded"));
         foreach (var k in new long[] { 5, 6, 7 })
@@ -289,13 +283,7 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, await Layer.DestroyDeviceAsync("nb"));
 
         var mirror = (MirrorTarget)md.Queue.BioDriver!;
-        while (!mirror.SyncIdle.IsCompleted)
-        {
-            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(TimeSpan.FromSeconds(60));
-            clock.Advance(TimeSpan.FromSeconds(1));
-        }
-
-        await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        await MirrorSync.PumpUntilIdleAsync(clock, mirror, TimeSpan.FromSeconds(60));
         Assert.Equal("in_sync\n", Layer.ReadAttribute("block/mdn/md/dev-nd/state"));
         foreach (var k in new long[] { 5, 6 })
         {

@@ -145,16 +145,7 @@ public sealed class MirrorWatchSpec : IAsyncLifetime
     }
 
     // Moves the clock a second at a time (a 64 KiB region a second) until the resync is over.
-    private static async Task ResyncAsync(MirrorTarget mirror, ManualTimeProvider clock)
-    {
-        while (!mirror.SyncIdle.IsCompleted)
-        {
-            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
-            clock.Advance(TimeSpan.FromSeconds(1));
-        }
-
-        await mirror.SyncIdle.WaitAsync(Patience);
-    }
+    private static Task ResyncAsync(MirrorTarget mirror, ManualTimeProvider clock) => MirrorSync.PumpUntilIdleAsync(clock, mirror, Patience);
 
     private (BlockDevice Device, FaultyLeg Faults) Leg(string name)
     {

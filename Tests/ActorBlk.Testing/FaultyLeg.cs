@@ -2,7 +2,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
 
 namespace ActorBlk.Testing;
 
@@ -76,10 +75,7 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     public static (BlockDevice Device, FaultyLeg Faults) Create(string name, IBlockDevice inner, int cpus = 2)
     {
         var faults = new FaultyLeg(inner);
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(cpus));
-        queue.InitializeBioBased(faults);
-        queue.Register();
-        return (new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30)))), faults);
+        return (BioDevices.Create(name, faults, cpus), faults);
     }
 
     /// <summary>

@@ -2,7 +2,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
 
 namespace ActorBlk.Testing;
 
@@ -72,10 +71,7 @@ public sealed class VolatileCacheLeg : IBioDriver
         }
 
         var cache = new VolatileCacheLeg(inner, durable);
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(cpus));
-        queue.InitializeBioBased(cache);
-        queue.Register();
-        return (new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30)))), cache);
+        return (BioDevices.Create(name, cache, cpus), cache);
     }
 
     /// <summary>

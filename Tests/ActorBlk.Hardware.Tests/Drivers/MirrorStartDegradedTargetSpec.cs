@@ -45,10 +45,7 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
 
     private BlockDevice Serve(MirrorTarget target, string name)
     {
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
-        queue.InitializeBioBased(target);
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        var device = BioDevices.Create(name, target);
         _stacked.Add(device);
         return device;
     }

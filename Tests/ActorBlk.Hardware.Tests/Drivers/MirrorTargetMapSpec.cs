@@ -1,7 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
@@ -342,10 +341,7 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
 
     private BlockDevice Serve(MirrorTarget target, string name = "md0")
     {
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
-        queue.InitializeBioBased(target);
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        var device = BioDevices.Create(name, target);
         _stacked.Add(device);
         return device;
     }
@@ -359,14 +355,5 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
         return data;
     }
 
-    private static async Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror)
-    {
-        while (!mirror.SyncIdle.IsCompleted)
-        {
-            await Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
-            clock.Advance(TimeSpan.FromSeconds(1));
-        }
-
-        await mirror.SyncIdle.WaitAsync(Patience);
-    }
+    private static Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror) => MirrorSync.PumpUntilIdleAsync(clock, mirror, Patience);
 }

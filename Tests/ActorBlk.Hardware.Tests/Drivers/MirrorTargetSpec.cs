@@ -1,6 +1,5 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tests.Nbd;
 using ActorBlk.Hardware.Topology;
@@ -56,10 +55,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
     private BlockDevice Serve(MirrorTarget target, string name = "md0")
     {
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
-        queue.InitializeBioBased(target);
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        var device = BioDevices.Create(name, target);
         _stacked.Add(device);
         return device;
     }
@@ -2794,20 +2790,10 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     }
 
     // Moves the manual clock a second at a time until the sync has finished.
-    private static async Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror)
-    {
-        while (!mirror.SyncIdle.IsCompleted)
-        {
-            await AwaitTimer(clock, mirror);
-            clock.Advance(TimeSpan.FromSeconds(1));
-        }
-
-        await mirror.SyncIdle.WaitAsync(Patience);
-    }
+    private static Task PumpUntilIdle(ManualTimeProvider clock, MirrorTarget mirror) => MirrorSync.PumpUntilIdleAsync(clock, mirror, Patience);
 
     // Waits until the sync sleeps on the manual clock beside the bitmap daemon, or has finished.
-    private static Task AwaitTimer(ManualTimeProvider clock, MirrorTarget mirror) =>
-        Task.WhenAny(clock.WhenTimersPendingAsync(2), mirror.SyncIdle).WaitAsync(Patience);
+    private static Task AwaitTimer(ManualTimeProvider clock, MirrorTarget mirror) => MirrorSync.AwaitTimerAsync(clock, mirror, Patience);
 
     private static async Task WriteSuperblock(IBlockDevice leg, MirrorTarget mirror, int role, long generation, MirrorLegState[] states)
     {

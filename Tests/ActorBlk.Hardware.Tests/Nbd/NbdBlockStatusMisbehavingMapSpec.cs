@@ -6,7 +6,7 @@ using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Hardware.Tests.Nbd;
@@ -79,20 +79,14 @@ public sealed class NbdBlockStatusMisbehavingMapSpec : IAsyncLifetime
 
     private BlockDevice Device(string name, BrokenMap map)
     {
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
-        queue.InitializeBioBased(map);
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        var device = BioDevices.Create(name, map);
         _devices.Add(device);
         return device;
     }
 
     private BlockDevice Linear(string name, IBlockDevice member)
     {
-        var queue = RequestQueue.Allocate(name, CpuTopology.Simulated(2));
-        queue.InitializeBioBased(new LinearTarget([new LinearExtent(member, 0, Size)]));
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
+        var device = BioDevices.Create(name, new LinearTarget([new LinearExtent(member, 0, Size)]));
         _devices.Add(device);
         return device;
     }

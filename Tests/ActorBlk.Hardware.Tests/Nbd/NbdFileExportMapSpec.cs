@@ -3,10 +3,10 @@ using System.Globalization;
 using System.Net;
 using System.Text.RegularExpressions;
 using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Nbd;
-using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -89,11 +89,7 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
         var file = FileDevice("file1", path);
 
         // The file's second half, then its first.
-        var queue = RequestQueue.Allocate("dm-0", CpuTopology.Simulated(2));
-        queue.InitializeBioBased(new LinearTarget([new LinearExtent(file, 4 * MiB, 4 * MiB), new LinearExtent(file, 0, 4 * MiB)]));
-        queue.Register();
-        var linear = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-        _stacked.Add(linear);
+        var linear = Stacked("dm-0", new LinearTarget([new LinearExtent(file, 4 * MiB, 4 * MiB), new LinearExtent(file, 0, 4 * MiB)]));
         Serve(linear);
 
         Assert.Equal(
@@ -109,11 +105,7 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
     {
         var path = SparseFile("member.img", 8 * MiB, (5 * MiB, 4 * KiB));
         var file = FileDevice("file1", path);
-        var queue = RequestQueue.Allocate("dm-0", CpuTopology.Simulated(2));
-        queue.InitializeBioBased(new LinearTarget([new LinearExtent(file, 4 * MiB, 4 * MiB), new LinearExtent(file, 0, 4 * MiB)]));
-        queue.Register();
-        var linear = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-        _stacked.Add(linear);
+        var linear = Stacked("dm-0", new LinearTarget([new LinearExtent(file, 4 * MiB, 4 * MiB), new LinearExtent(file, 0, 4 * MiB)]));
         Serve(linear);
         var (client, _, _) = await RawNbdClient.OpenAsync(_server!.LocalEndPoint, "dm-0", structured: true, allocation: true);
         await using var _ = client;
@@ -143,11 +135,7 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
         // device's chunk 97.
         var first = FileDevice("file2", SparseFile("stripe0.img", 8 * MiB, ((1 * MiB) + (32 * KiB), 64 * KiB)));
         var second = FileDevice("file3", SparseFile("stripe1.img", 8 * MiB, (3 * MiB, 4 * KiB)));
-        var queue = RequestQueue.Allocate("dm-1", CpuTopology.Simulated(2));
-        queue.InitializeBioBased(new StripedTarget([first, second], 64 * (int)KiB));
-        queue.Register();
-        var striped = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-        _stacked.Add(striped);
+        var striped = Stacked("dm-1", new StripedTarget([first, second], 64 * (int)KiB));
         Serve(striped);
 
         Assert.Equal(
@@ -173,11 +161,7 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
         var copyPath = SparseFile("leg1.img", 8 * MiB);
         var target = FileDevice("file7", copyPath);
         var mirror = await MirrorTarget.AssembleAsync("md9", [source, target], new MirrorOptions { AssumeClean = false, SyncSpeedMinKiB = 1_000_000, SyncSpeedMaxKiB = 1_000_000 });
-        var queue = RequestQueue.Allocate("md9", CpuTopology.Simulated(2));
-        queue.InitializeBioBased(mirror);
-        queue.Register();
-        var md = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-        _stacked.Add(md);
+        var md = Stacked("md9", mirror);
         await mirror.SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
         Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
         Serve(md);
@@ -228,6 +212,13 @@ public sealed partial class NbdFileExportMapSpec : IAsyncLifetime
 
     private BlockDevice FileDevice(string name, string path) =>
         _devices.Create(new DeviceOptions { Name = name, Driver = "file", Path = path, SubmitQueues = 2 }, CpuTopology.Simulated(2));
+
+    private BlockDevice Stacked(string name, IBioDriver target)
+    {
+        var device = BioDevices.Create(name, target);
+        _stacked.Add(device);
+        return device;
+    }
 
     private void Serve(params IBlockDevice[] devices) =>
         _server = NbdServer.Start(new NbdDeviceList(devices), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) });
