@@ -363,6 +363,14 @@ public sealed class NbdServer : IAsyncDisposable
             await all.ConfigureAwait(false);
         }
 
+        // Each connection leaves the table in a continuation of its completion, which runs on the
+        // thread pool (the completion runs its continuations asynchronously) and so could run
+        // after this stop had returned: a clean-clone run saw ConnectionCount 1 after the stop.
+        foreach (var c in open)
+        {
+            _connections.TryRemove(c.Id, out _);
+        }
+
         // Every connection is closed: no reader polls the event any more.
         CloseStopEvent();
         _stopping.Dispose();

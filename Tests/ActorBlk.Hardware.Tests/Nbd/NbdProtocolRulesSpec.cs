@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Text;
 using ActorBlk.Hardware.Devices;
-using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -238,24 +237,36 @@ public sealed class NbdProtocolRulesSpec
     public async Task At_shutdown_the_requests_in_flight_are_answered_before_the_connection_closes()
     {
         // "On a server shutdown, the server SHOULD wait for inflight requests to be serviced prior
-        // to initiating a hard disconnect." Reads held 3 s by the null device's timer mode are
-        // in flight when the server is disposed; every one gets its whole reply, then the close.
-        // (Held 300 ms, the first had completed before the eighth arrived in a loaded CI run; held
-        // 3 s, as long as the default shutdown-grace, the last could complete after the grace
-        // ended. The grace here is 60 s: the server waits for the device, whatever the load.)
-        await using var devices = new RingDevices(2);
-        var slow = devices.Create(new DeviceOptions { Name = "slow0", Size = 16 << 20, MemoryBacked = true, IrqMode = IrqMode.Timer, CompletionNsec = 3_000_000_000 }, CpuTopology.Simulated(2));
-        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.FromSeconds(60) });
-        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "slow0", structured: true);
+        // to initiating a hard disconnect." Eight reads the driver holds are in flight when the
+        // server is disposed; the driver completes them once the stop has begun, and every one
+        // gets its whole reply, then the close. (A device completing them after a fixed time could
+        // not keep eight in flight together on a loaded machine: held 300 ms, the first had
+        // completed before the eighth arrived; held 3 s, a clean-clone run still waited 60 s for
+        // "eight reads in flight".) The grace is 60 s: the server waits for the driver.
+        var (driver, device, softIrq) = HeldDevice("held2");
+        using var _irq = softIrq;
+        await using var _device = device;
+        var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.FromSeconds(60) });
+        var (client, _, _) = await RawNbdClient.OpenAsync(server.LocalEndPoint, "held2", structured: true);
         await using var _ = client;
-        await slow.WriteAsync(0, Enumerable.Repeat((byte)0x3c, 65536).ToArray());
         for (var i = 0; i < 8; i++)
         {
             await client.SendRequestAsync(NbdCommand.Read, (ulong)i, (ulong)i * 8192, 8192);
         }
 
-        await Condition.EventuallyAsync(() => server.InFlight == 8, "eight reads in flight");
+        await Condition.EventuallyAsync(() => driver.InFlight.Count == 8 && server.InFlight == 8, "eight reads in flight",
+            () => $"(driver {driver.InFlight.Count}, server {server.InFlight})");
         var stopping = server.DisposeAsync().AsTask();
+        Assert.False(stopping.IsCompleted);
+        foreach (var rq in driver.InFlight.ToArray())
+        {
+            foreach (var bio in rq.Bios)
+            {
+                bio.Buffer.Span.Fill(0x3c);
+            }
+        }
+
+        Assert.Equal(8, driver.CompleteAll());
         var answered = new HashSet<ulong>();
         for (var i = 0; i < 8; i++)
         {
@@ -397,6 +408,35 @@ public sealed class NbdProtocolRulesSpec
         // With every client gone the stop ends (its grace is ten minutes).
         await stopping.WaitAsync(Condition.Timeout);
         Assert.Equal(0, server.ConnectionCount);
+    }
+
+    [Fact]
+    public async Task When_the_stop_returns_no_connection_is_counted_any_more()
+    {
+        // A connection left the table in a continuation of its completion, which ran on the thread
+        // pool and so could run after the stop had returned (a clean-clone run saw a
+        // ConnectionCount of 1 after the stop, with every client gone). Stops with clients closing
+        // at the same time as the server's end of stream, many times over.
+        await using var devices = new RingDevices(2);
+        var mem = devices.Create(new DeviceOptions { Name = "mem0", Size = 16 << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
+        for (var round = 0; round < 40; round++)
+        {
+            var server = NbdServer.Start(new NbdDeviceList([mem]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.FromMinutes(1) });
+            var clients = new List<RawNbdClient>();
+            for (var i = 0; i < 3; i++)
+            {
+                clients.Add((await RawNbdClient.OpenAsync(server.LocalEndPoint, "mem0")).Client);
+            }
+
+            var stopping = server.DisposeAsync().AsTask();
+            await Task.WhenAll(clients.Select(async c =>
+            {
+                Assert.True(await c.ClosedByServerAsync());
+                await c.DisposeAsync();
+            }));
+            await stopping.WaitAsync(Condition.Timeout);
+            Assert.Equal((round, 0), (round, server.ConnectionCount));
+        }
     }
 
     [Fact]
