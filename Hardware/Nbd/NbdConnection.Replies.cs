@@ -468,11 +468,12 @@ public sealed partial class NbdConnection
                 // Past the range (a custom driver's map breaking its contract): the rest of the range.
                 length = Math.Min(length, end - offset);
             }
-            catch (Exception)
+            catch (Exception ex)
             {
                 // The device changed under us (a table swap, a removal), or a custom driver's map
-                // threw: claim data, which is always safe, and keep the connection.
+                // threw: claim data, which is always safe, keep the connection, and say so.
                 (length, allocated) = (end - offset, true);
+                _server.LogMapFailure(_device?.Name ?? "?", ex);
             }
 
             if (count > 0 && allocated == lastAllocated)

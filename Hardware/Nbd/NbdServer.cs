@@ -134,6 +134,8 @@ public sealed class NbdServer : IAsyncDisposable
     private long _fileLimitLogged;
     private long _acceptFailures;
     private long _acceptFailureLogged;
+    private long _mapFailures;
+    private long _mapFailureLogged;
     private readonly Lock _closeLog = new();
     private long _closeWindowStart = Environment.TickCount64;
     private int _closesLogged;
@@ -513,6 +515,20 @@ public sealed class NbdServer : IAsyncDisposable
         {
             var reason = ex is SocketException socketError ? $"{socketError.Message} ({socketError.SocketErrorCode})" : $"{ex.GetType().Name}: {ex.Message}";
             Log?.Invoke($"NBD accept failed: {reason}; {failures} accept failure(s) so far, retrying");
+        }
+    }
+
+    /// <summary>
+    /// Logs an allocation map that threw while a block status reply was built (answered as data):
+    /// the first, then a line a minute. Without it a broken map (a custom driver's, or a bug of
+    /// ours) only made every export look fully allocated, with nothing to tell the operator why.
+    /// </summary>
+    internal void LogMapFailure(string device, Exception ex)
+    {
+        var failures = Interlocked.Increment(ref _mapFailures);
+        if (LogLimit.FirstOrAMinuteOn(failures, ref _mapFailureLogged))
+        {
+            Log?.Invoke($"NBD block status of {device}: its allocation map failed ({ex.GetType().Name}: {ex.Message}); the range was answered as data; {failures} map failure(s) so far");
         }
     }
 
