@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -124,10 +125,10 @@ public sealed class NbdClientDriverSpec
     public async Task A_request_left_in_a_dead_connection_of_an_offline_queue_is_failed_by_its_timeout()
     {
         await using var devices = new RingDevices(2);
-        var (server, remote) = HoldingServer(devices, "held0", "remote0");
-        await using var serving = server;
+        await using var holding = HoldingServer.Start(devices, "held0", "remote0");
+        var remote = holding.Remote;
         var read = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
-        await Condition.EventuallyAsync(() => server.InFlight == 1, "the read reaches the server, which holds it");
+        await Condition.EventuallyAsync(() => holding.Held == 1 && holding.Server.InFlight == 1, "the read reaches the server, which holds it");
 
         // The race's outcome, set up directly: the queue is offline with the read still in flight,
         // and the read's connection is gone.
@@ -146,13 +147,43 @@ public sealed class NbdClientDriverSpec
         Assert.Equal(0L, remote.Queue.DoubleCompletions);
     }
 
-    // An NBD device (io_timeout 1 s) on our own server, whose memory device holds every request 3 s.
-    private static (NbdServer Server, BlockDevice Remote) HoldingServer(RingDevices devices, string held, string remote)
+    // An NBD device (io_timeout 1 s) on our own server, whose device holds every request until the
+    // spec ends. (Held 3 s by a timer-mode device, the read was in flight on the server for 3 s
+    // only: a loaded machine that saw it late, or ran the scan after it, found it answered.)
+    private sealed class HoldingServer : IAsyncDisposable
     {
-        var topology = CpuTopology.Simulated(2);
-        var slow = devices.Create(new DeviceOptions { Name = held, Size = 16 << 20, MemoryBacked = true, IrqMode = ActorBlk.Hardware.Drivers.IrqMode.Timer, CompletionNsec = 3_000_000_000 }, topology);
-        var server = NbdServer.Start(new NbdDeviceList([slow]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
-        return (server, devices.Create(new DeviceOptions { Name = remote, Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/{held}", IoTimeoutMs = 1000 }, topology));
+        private readonly ScriptedDriver _driver;
+        private readonly BlockDevice _device;
+        private readonly BlockSoftIrq _softIrq;
+
+        private HoldingServer(ScriptedDriver driver, BlockDevice device, BlockSoftIrq softIrq, NbdServer server, BlockDevice remote)
+        {
+            (_driver, _device, _softIrq, Server, Remote) = (driver, device, softIrq, server, remote);
+        }
+
+        public NbdServer Server { get; }
+
+        public BlockDevice Remote { get; }
+
+        /// <summary>Requests the server submitted that its device holds.</summary>
+        public int Held => _driver.InFlight.Count;
+
+        public static HoldingServer Start(RingDevices devices, string held, string remote)
+        {
+            var (driver, device, softIrq) = NbdProtocolRulesSpec.HeldDevice(held);
+            var server = NbdServer.Start(new NbdDeviceList([device]), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0), ShutdownGrace = TimeSpan.Zero });
+            var nbd = devices.Create(new DeviceOptions { Name = remote, Driver = "nbd", Uri = $"nbd://127.0.0.1:{server.LocalEndPoint.Port}/{held}", IoTimeoutMs = 1000 }, CpuTopology.Simulated(2));
+            return new HoldingServer(driver, device, softIrq, server, nbd);
+        }
+
+        // The held requests complete, then the server stops (it waits for them) and the device goes.
+        public async ValueTask DisposeAsync()
+        {
+            _driver.CompleteAll();
+            await Server.DisposeAsync();
+            await _device.DisposeAsync();
+            _softIrq.Dispose();
+        }
     }
 
     // A verifying helper: a request that timed out made the driver close its connection, and the
@@ -162,12 +193,12 @@ public sealed class NbdClientDriverSpec
     public async Task A_connection_the_client_closes_after_a_timeout_is_reported_as_closed_by_the_client()
     {
         await using var devices = new RingDevices(2);
-        var (server, remote) = HoldingServer(devices, "held1", "remote1");
-        await using var serving = server;
+        await using var holding = HoldingServer.Start(devices, "held1", "remote1");
+        var remote = holding.Remote;
         var errors = new LostConnections();
         remote.Queue.Events = errors;
         _ = remote.ExecuteAsync(ActorBlk.Hardware.Requests.BlockOp.Read, 0, 4096, new byte[4096]).AsTask();
-        await Condition.EventuallyAsync(() => server.InFlight == 1, "the read reaches the server, which holds it");
+        await Condition.EventuallyAsync(() => holding.Held == 1 && holding.Server.InFlight == 1, "the read reaches the server, which holds it");
 
         // Its deadline long past: the scan calls the driver's timeout, which closes the connection.
         remote.Queue.HardwareContexts[0].ScanTimeouts(long.MaxValue, remote.Queue.Driver);

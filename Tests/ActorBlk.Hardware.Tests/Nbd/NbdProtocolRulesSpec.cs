@@ -514,7 +514,7 @@ public sealed class NbdProtocolRulesSpec
     }
 
     /// <summary>A device whose requests stay in the driver until the test completes them.</summary>
-    private static (ScriptedDriver Driver, BlockDevice Device, BlockSoftIrq SoftIrq) HeldDevice(string name)
+    internal static (ScriptedDriver Driver, BlockDevice Device, BlockSoftIrq SoftIrq) HeldDevice(string name)
     {
         var driver = new ScriptedDriver(capacityBytes: 64 << 20);
         var softIrq = new BlockSoftIrq(2);
