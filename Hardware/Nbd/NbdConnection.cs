@@ -452,8 +452,8 @@ public sealed partial class NbdConnection
             return;
         }
 
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
-        limit.CancelAfter(Options.ShutdownGrace);
+        using var grace = new CancellationTokenSource(Options.ShutdownGrace, Options.GraceClock);
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token, grace.Token);
         try
         {
             var shutdown = _tls.ShutdownAsync();
@@ -492,8 +492,8 @@ public sealed partial class NbdConnection
     /// </remarks>
     private async Task LingerAsync()
     {
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
-        limit.CancelAfter(Options.ShutdownGrace);
+        using var grace = new CancellationTokenSource(Options.ShutdownGrace, Options.GraceClock);
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token, grace.Token);
         try
         {
             if (_tls is not null)

@@ -353,7 +353,7 @@ public sealed class NbdServer : IAsyncDisposable
         var all = Task.WhenAll(open.Select(c => c.Completion));
         try
         {
-            await all.WaitAsync(Options.ShutdownGrace).ConfigureAwait(false);
+            await all.WaitAsync(Options.ShutdownGrace, Options.GraceClock).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {

@@ -113,6 +113,9 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(3);
 
+    /// <summary>The clock that <see cref="ShutdownGrace"/> runs on (the system's; specs move their own by hand).</summary>
+    internal TimeProvider GraceClock { get; init; } = TimeProvider.System;
+
     /// <summary>Checks the settings.</summary>
     /// <exception cref="ArgumentException">A setting is out of range, TLS lacks a certificate, a non-loopback address is used without TLS and without <see cref="AllowInsecure"/>, or <see cref="UnixSocket"/> is no usable socket name (see <see cref="UnixSocketProblem"/>).</exception>
     public void Validate()
