@@ -113,7 +113,7 @@ public sealed record FaultInjectionOptions
 /// The wrapped driver's allocation map (NBD block status) is passed through, as nbdkit's error
 /// filter passes its plugin's extents through while it fails reads: no fault changes what a read
 /// that succeeds returns (a hole still reads as zeroes), they only fail or delay it. When no read
-/// can succeed (<see cref="ReadsCanSucceed"/>) a hole does not read at all: the device answers
+/// can succeed (<see cref="ReadsCanSucceed"/>, or the device is gone until it reopens) a hole does not read at all: the device answers
 /// data, as the file device does past the end of a file cut behind its back, so a client reads it
 /// and meets the faults instead of copying zeroes.
 /// </para>
@@ -349,13 +349,14 @@ public sealed class FaultInjectionDriver : IBlockDriver, IAllocationMap
     public void Abandon() => _inner.Abandon();
 
     /// <summary>
-    /// The wrapped driver's map when it has one and a read can succeed (<see cref="ReadsCanSucceed"/>);
+    /// The wrapped driver's map when it has one and a read can succeed (<see cref="ReadsCanSucceed"/>,
+    /// and the device is not gone after an injected crash, <see cref="IsGone"/>, until it reopens);
     /// otherwise it cannot tell, and every byte counts as data.
     /// </summary>
     /// <inheritdoc />
     public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
     {
-        if (ReadsCanSucceed && _inner is IAllocationMap map)
+        if (ReadsCanSucceed && !_gone && _inner is IAllocationMap map)
         {
             return map.TryGetExtent(offset, maxLength, out length, out allocated);
         }
