@@ -185,6 +185,12 @@ public sealed class FileBlockDriver : IBlockDriver, IAllocationMap
     /// <inheritdoc />
     public bool ReadOnly => _target.ReadOnly;
 
+    /// <summary>
+    /// fallocate calls of write-zeroes that the file system refused (EOPNOTSUPP: tmpfs's zero
+    /// range, ramfs's every mode): each mode is refused once, then not asked for again.
+    /// </summary>
+    internal long ZeroModeRefusals => _target.ZeroModeRefusals;
+
     /// <summary>One line for the start-up log: backing store, mode, engine and its set-up.</summary>
     public string Description
     {

@@ -117,53 +117,61 @@ internal abstract class FileEngine : IDisposable
         }
     }
 
-    /// <summary>Zeroes the range of a write-zeroes on a regular file (<see cref="ZeroFileRange(int, long, long, bool, int)"/>).</summary>
-    public static BlockStatus ZeroFileRange(FileTarget target, Request rq) =>
-        ZeroFileRange(target.Fd, rq.Offset, rq.Bytes, (rq.Flags & RequestFlags.NoUnmap) != 0,
-            (rq.Flags & RequestFlags.NoFallback) != 0 ? 0 : Math.Max(target.MemoryAlignment, 4096));
-
     /// <summary>
-    /// Zeroes a file range as the kernel's loop driver does (<c>lo_fallocate</c>): without
-    /// <paramref name="provisioned"/> (<c>REQ_NOUNMAP</c>) by punching a hole, which frees the
-    /// range's blocks, FALLOC_FL_ZERO_RANGE where the file system cannot punch; when
-    /// <paramref name="provisioned"/>, with FALLOC_FL_ZERO_RANGE (which keeps the blocks
-    /// allocated), or where the file system has no zero-range (tmpfs) by punching a hole and
-    /// allocating the range again. Either way the range reads back as zeroes.
-    /// Where the file system has neither (ramfs, and any without fallocate), the zeroes are written
-    /// from a buffer aligned to <paramref name="writeAlignment"/>, as the kernel's
-    /// <c>blkdev_issue_zeroout</c> falls back to writing zero pages; 0 (<c>REQ_NOFALLBACK</c>)
-    /// fails with <see cref="BlockStatus.NotSupported"/> instead.
+    /// Zeroes the range of a write-zeroes on a regular file as the kernel's loop driver does
+    /// (<c>lo_fallocate</c>): without <see cref="RequestFlags.NoUnmap"/> by punching a hole, which
+    /// frees the range's blocks, FALLOC_FL_ZERO_RANGE where the file system cannot punch; with it
+    /// (<c>REQ_NOUNMAP</c>), with FALLOC_FL_ZERO_RANGE (which keeps the blocks allocated), or where
+    /// the file system has no zero-range (tmpfs) by punching a hole and allocating the range again.
+    /// Either way the range reads back as zeroes. Where the file system has neither (ramfs, and
+    /// any without fallocate), the zeroes are written from a buffer aligned to the memory
+    /// alignment, as the kernel's <c>blkdev_issue_zeroout</c> falls back to writing zero pages;
+    /// <see cref="RequestFlags.NoFallback"/> fails with <see cref="BlockStatus.NotSupported"/>
+    /// instead. A mode the file system refused once (<see cref="FileTarget.ZeroModeRefused"/>) is
+    /// not asked for again: it used to be, one refused system call per write-zeroes (two through
+    /// io_uring, whose refused entry was retried here before the other mode).
     /// </summary>
-    public static BlockStatus ZeroFileRange(int fd, long offset, long length, bool provisioned = false, int writeAlignment = 0)
+    public static BlockStatus ZeroFileRange(FileTarget target, Request rq)
     {
-        BlockStatus status;
-        if (!provisioned)
-        {
-            // Zero range would allocate every block of the range (unwritten, but allocated): a
-            // whole-disk write-zeroes (nbdcopy's, qemu-img convert's) filled a sparse file.
-            status = Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
-            if (status != BlockStatus.NotSupported)
-            {
-                return status;
-            }
+        var provisioned = (rq.Flags & RequestFlags.NoUnmap) != 0;
+        var writeAlignment = (rq.Flags & RequestFlags.NoFallback) != 0 ? 0 : Math.Max(target.MemoryAlignment, 4096);
 
-            status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
-            return status == BlockStatus.NotSupported && writeAlignment > 0 ? WriteZeroes(fd, offset, length, writeAlignment) : status;
-        }
-
-        status = Fallocate(fd, LibC.FALLOC_FL_ZERO_RANGE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        // Without NoUnmap, zero range would allocate every block of the range (unwritten, but
+        // allocated): a whole-disk write-zeroes (nbdcopy's, qemu-img convert's) filled a sparse file.
+        var status = ZeroMode(target, provisioned ? LibC.FALLOC_FL_ZERO_RANGE : LibC.FALLOC_FL_PUNCH_HOLE, rq.Offset, rq.Bytes);
         if (status != BlockStatus.NotSupported)
         {
             return status;
         }
 
-        status = Fallocate(fd, LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        status = ZeroMode(target, provisioned ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE, rq.Offset, rq.Bytes);
         if (status == BlockStatus.NotSupported && writeAlignment > 0)
         {
-            return WriteZeroes(fd, offset, length, writeAlignment);
+            return WriteZeroes(target.Fd, rq.Offset, rq.Bytes, writeAlignment);
         }
 
-        return status == BlockStatus.Ok && provisioned ? Fallocate(fd, LibC.FALLOC_FL_KEEP_SIZE, offset, length) : status;
+        return status == BlockStatus.Ok && provisioned ? Fallocate(target.Fd, LibC.FALLOC_FL_KEEP_SIZE, rq.Offset, rq.Bytes) : status;
+    }
+
+    /// <summary>
+    /// The fallocate <paramref name="mode"/> of a write-zeroes (with FALLOC_FL_KEEP_SIZE), or
+    /// <see cref="BlockStatus.NotSupported"/> without a system call when the file system refused
+    /// it before; a refusal is recorded.
+    /// </summary>
+    private static BlockStatus ZeroMode(FileTarget target, int mode, long offset, long length)
+    {
+        if (target.ZeroModeRefused(mode))
+        {
+            return BlockStatus.NotSupported;
+        }
+
+        var status = Fallocate(target.Fd, mode | LibC.FALLOC_FL_KEEP_SIZE, offset, length);
+        if (status == BlockStatus.NotSupported)
+        {
+            target.RefuseZeroMode(mode);
+        }
+
+        return status;
     }
 
     /// <summary>The zero-writing fallback of a write-zeroes: pwrite from one zeroed buffer of at most 1 MiB.</summary>

@@ -26,6 +26,8 @@ internal sealed unsafe class FileTarget : IDisposable, ISparseFile
     // descriptor away: a question never reaches a number closed and reused for another file.
     private readonly Lock _closeLock = new();
     private int _fd;
+    private int _refusedZeroModes;
+    private long _zeroModeRefusals;
 
     private FileTarget(string device, string path, int fd, bool blockDevice, bool direct, bool readOnly)
     {
@@ -69,6 +71,24 @@ internal sealed unsafe class FileTarget : IDisposable, ISparseFile
 
     /// <summary>Alignment of memory buffers for direct I/O (1 when buffered).</summary>
     public int MemoryAlignment { get; private set; }
+
+    /// <summary>fallocate calls of a write-zeroes (either engine) that the file system refused with EOPNOTSUPP.</summary>
+    public long ZeroModeRefusals => Interlocked.Read(ref _zeroModeRefusals);
+
+    /// <summary>
+    /// Whether the file system refused the write-zeroes fallocate <paramref name="mode"/>
+    /// (<c>FALLOC_FL_ZERO_RANGE</c> or <c>FALLOC_FL_PUNCH_HOLE</c>) before: then it is not asked
+    /// again, as the kernel's loop driver stops advertising a mode its backing file refused
+    /// (<c>loop_clear_limits</c>). A file's file system does not gain a mode while it is open.
+    /// </summary>
+    public bool ZeroModeRefused(int mode) => (Volatile.Read(ref _refusedZeroModes) & mode) != 0;
+
+    /// <summary>Records that the file system refused the write-zeroes fallocate <paramref name="mode"/> (EOPNOTSUPP).</summary>
+    public void RefuseZeroMode(int mode)
+    {
+        Interlocked.Increment(ref _zeroModeRefusals);
+        Interlocked.Or(ref _refusedZeroModes, mode);
+    }
 
     /// <summary>Opens (and when new, creates) the backing store.</summary>
     /// <exception cref="BlockDeviceOpenException">It cannot be opened or cannot back a device.</exception>

@@ -547,9 +547,14 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             case BlockOp.Discard:
             case BlockOp.WriteZeroes:
             {
-                if (Target.IsBlockDevice)
+                // A write-zeroes punches a hole unless REQ_NOUNMAP keeps the range provisioned,
+                // as the loop driver does (FileEngine.ZeroFileRange has the fallbacks).
+                var mode = rq.Op == BlockOp.Discard || (rq.Flags & RequestFlags.NoUnmap) == 0 ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE;
+                if (Target.IsBlockDevice || (rq.Op == BlockOp.WriteZeroes && Target.ZeroModeRefused(mode)))
                 {
                     // BLKDISCARD / BLKZEROOUT block the caller: off the dispatch thread they go.
+                    // So does a write-zeroes whose mode the file system refused before: its
+                    // fallback, without asking for that mode again.
                     Slow().Post(rq);
                     return BlockStatus.Ok;
                 }
@@ -563,10 +568,7 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
                 SetFile(sqe, IoUringOp.Fallocate);
                 sqe->Offset = (ulong)rq.Offset;
                 sqe->Address = (ulong)rq.Bytes;
-                // A write-zeroes punches a hole unless REQ_NOUNMAP keeps the range provisioned,
-                // as the loop driver does (FileEngine.ZeroFileRange has the fallbacks).
-                sqe->Length = (uint)(LibC.FALLOC_FL_KEEP_SIZE |
-                    (rq.Op == BlockOp.Discard || (rq.Flags & RequestFlags.NoUnmap) == 0 ? LibC.FALLOC_FL_PUNCH_HOLE : LibC.FALLOC_FL_ZERO_RANGE));
+                sqe->Length = (uint)(LibC.FALLOC_FL_KEEP_SIZE | mode);
                 sqe->UserData = Token(rq.Tag, command.Generation);
                 break;
             }
@@ -737,7 +739,9 @@ internal sealed unsafe class IoUringEngine : FileEngine, ICompletionReaper
             // that may unmap): the fallback (the other mode, or, unless REQ_NOFALLBACK, writing
             // the zeroes: ZeroFileRange) blocks for as long as the range takes, so it goes to the
             // worker thread, as BLKZEROOUT does, and the completions behind it on this ring do
-            // not wait for it.
+            // not wait for it. The refusal is recorded: neither the ring nor the fallback asks
+            // for that mode again (the fallback used to, once per request).
+            Target.RefuseZeroMode((zeroes.Flags & RequestFlags.NoUnmap) != 0 ? LibC.FALLOC_FL_ZERO_RANGE : LibC.FALLOC_FL_PUNCH_HOLE);
             Slow().Post(zeroes);
             return 1;
         }

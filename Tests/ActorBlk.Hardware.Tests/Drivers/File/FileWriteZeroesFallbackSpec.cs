@@ -123,6 +123,46 @@ public sealed class FileWriteZeroesFallbackSpec : IDisposable
         }
     }
 
+    /// <summary>
+    /// tmpfs refuses zero range once: the engine remembers it (as the kernel's loop driver clears
+    /// the limit of a mode its backing file refused, <c>loop_clear_limits</c>) and later NoUnmap
+    /// write-zeroes, on either hardware queue, go to the fallback without asking again. They used
+    /// to ask every time: one refused fallocate per request with psync, two through io_uring (its
+    /// ring's entry, then the worker's retry before punching).
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(IoEngine.IoUring)]
+    [InlineData(IoEngine.Psync)]
+    public async Task Zero_range_refused_once_is_not_asked_for_again(IoEngine engine)
+    {
+        var path = SparseFile("shm", "again.img");
+        await using var device = Open(path, engine, direct: false);
+        var driver = Assert.IsType<FileBlockDriver>(device.Queue.Driver);
+        var data = new byte[1 * MiB];
+        new Random(23).NextBytes(data);
+        await device.WriteAsync(0, data);
+        var allocated = AllocatedBytes(path);
+        Assert.Equal(0, driver.ZeroModeRefusals);
+
+        var expected = (byte[])data.Clone();
+        for (var i = 0; i < 6; i++)
+        {
+            Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.WriteZeroes, i * 128 * KiB, 64 * KiB, default, RequestFlags.NoUnmap, cpu: i % 2));
+            Array.Clear(expected, (int)(i * 128 * KiB), (int)(64 * KiB));
+        }
+
+        Assert.Equal(1, driver.ZeroModeRefusals);
+        var back = new byte[1 * MiB];
+        await device.ReadAsync(0, back);
+        Assert.Equal(expected, back);
+        Assert.Equal(allocated, AllocatedBytes(path));
+
+        // A write-zeroes that may unmap still punches: its mode was never refused.
+        await device.WriteZeroesAsync(0, 1 * MiB);
+        Assert.Equal(0, AllocatedBytes(path));
+        Assert.Equal(1, driver.ZeroModeRefusals);
+    }
+
     private BlockDevice Open(string path, IoEngine engine, bool direct)
     {
         try
