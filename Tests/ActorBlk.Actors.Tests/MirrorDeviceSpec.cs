@@ -303,6 +303,81 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(0, await Layer.DestroyDeviceAsync("nd"));
     }
 
+    // md refuses a disk too small for the array (at assembly, --add and new_dev): through the
+    // block layer each refusal is typed and names the device, its size and the mirror's, and the
+    // device is left unclaimed and unwritten (no superblock) while the mirror goes on.
+    [Fact]
+    public async Task A_device_too_small_for_the_mirror_is_refused_by_a_replacement_new_dev_and_a_table_and_left_untouched()
+    {
+        const long dataBytes = (4 * MiB) - MirrorSuperblock.DataOffset;
+        const long small = (4 * MiB) - Block;
+        await Leg("ta");
+        var tb = await Leg("tb");
+        var ts = await Layer.CreateDeviceAsync(new DeviceOptions { Name = "ts", Size = small, MemoryBacked = true });
+        await Layer.CreateStackedDeviceAsync("mdt");
+        var md = await Layer.LoadTableAsync("mdt", StackTable.Mirror(new MirrorOptions { RegionBytes = 64 << 10, AssumeClean = true }, "ta", "tb"));
+        await md.WriteAsync(5 * Block, Stamp(5, 1));
+
+        void AssertNamed(string message)
+        {
+            Assert.Contains($"leg ts holds {small} bytes", message, StringComparison.Ordinal);
+            Assert.Contains($"{dataBytes} bytes of data", message, StringComparison.Ordinal);
+        }
+
+        async Task AssertUntouched()
+        {
+            var header = new byte[MirrorSuperblock.SuperblockBytes];
+            await ts.ReadAsync(0, header);
+            Assert.Equal(new byte[MirrorSuperblock.SuperblockBytes], header);
+            var stat = Layer.ReadAttribute("block/ts/stat").Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal(("0", "0"), (stat[4], stat[6])); // writes, sectors written
+        }
+
+        // md's --add, by the API and by md/new_dev: refused, the slot keeps its faulty leg.
+        await Layer.WriteAttributeAsync("block/mdt/md/dev-tb/state", "faulty");
+        var replaced = await Assert.ThrowsAsync<InvalidOperationException>(() => Layer.ReplaceMirrorLegAsync("mdt", 1, "ts"));
+        AssertNamed(replaced.Message);
+        var newDev = await Assert.ThrowsAsync<AttributeException>(async () => await Layer.WriteAttributeAsync("block/mdt/md/new_dev", "ts"));
+        Assert.Equal(AttributeErrno.EBUSY, newDev.Errno);
+        AssertNamed(newDev.Reason);
+        Assert.Equal("faulty\n", Layer.ReadAttribute("block/mdt/md/dev-tb/state"));
+        Assert.Throws<AttributeException>(() => Layer.ReadAttribute("block/mdt/md/dev-ts/state"));
+        await AssertUntouched();
+
+        // The mirror goes on, on ta alone; ts is no member of it: another table may take it.
+        await md.WriteAsync(9 * Block, Stamp(9, 1));
+        var back = new byte[Block];
+        await md.ReadAsync(9 * Block, back);
+        Assert.Equal(Stamp(9, 1), back);
+        Assert.Equal("1\n", Layer.ReadAttribute("block/mdt/md/degraded"));
+        await Layer.CreateStackedDeviceAsync("lin-t");
+        await Layer.LoadTableAsync("lin-t", StackTable.Linear("ts"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("lin-t"));
+
+        // A table naming it in tb's slot (md's assembly): MirrorAssemblyException, nothing claimed.
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdt"));
+        await Layer.CreateStackedDeviceAsync("mdt2");
+        var assembled = await Assert.ThrowsAsync<MirrorAssemblyException>(() => Layer.LoadTableAsync("mdt2", StackTable.Mirror("ta", "ts")));
+        Assert.Equal("mdt2", assembled.Device);
+        AssertNamed(assembled.Message);
+        await AssertUntouched();
+
+        // The placeholder takes the mirror's own legs: tb, faulty in ta's metadata, is resynced.
+        var again = await Layer.LoadTableAsync("mdt2", StackTable.Mirror("ta", "tb"));
+        await ((MirrorTarget)again.Queue.BioDriver!).SyncIdle.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.Equal("0\n", Layer.ReadAttribute("block/mdt2/md/degraded"));
+        foreach (var k in new long[] { 5, 9 })
+        {
+            await again.ReadAsync(k * Block, back);
+            Assert.Equal(Stamp(k, 1), back);
+            await tb.ReadAsync(MirrorSuperblock.DataOffset + (k * Block), back);
+            Assert.Equal(Stamp(k, 1), back);
+        }
+
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("ts"));
+        Assert.Equal(0, await Layer.DestroyDeviceAsync("mdt2"));
+    }
+
     [Fact]
     public async Task Legs_of_different_mirrors_are_refused_with_MirrorAssemblyException_and_released()
     {

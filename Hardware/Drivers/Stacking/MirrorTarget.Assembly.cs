@@ -16,8 +16,8 @@ public sealed partial class MirrorTarget
     /// slot recorded so on the present legs, and is re-added by itself when its device appears; the
     /// present legs must hold the mirror's metadata (a missing leg never makes a new mirror).
     /// </summary>
-    /// <exception cref="ArgumentException">Fewer than 2 or more than 3 legs, a leg twice, legs of different block sizes or too small, or a leg missing without <see cref="MirrorOptions.StartDegraded"/> (every leg missing, even with it).</exception>
-    /// <exception cref="MirrorAssemblyException">The legs belong to different mirrors, were written apart (none is clearly newest), none is in sync, or a leg is missing and no present leg holds the mirror's metadata.</exception>
+    /// <exception cref="ArgumentException">Fewer than 2 or more than 3 legs, a leg twice, legs of different block sizes, a leg with no room for the metadata area and one sync chunk, or a leg missing without <see cref="MirrorOptions.StartDegraded"/> (every leg missing, even with it).</exception>
+    /// <exception cref="MirrorAssemblyException">The legs belong to different mirrors, were written apart (none is clearly newest), none is in sync, a leg is missing and no present leg holds the mirror's metadata, or a present leg is smaller than the data its legs' metadata records plus the metadata area (named, with both sizes).</exception>
     public static async Task<MirrorTarget> AssembleAsync(string name, IReadOnlyList<IBlockDevice> legs, MirrorOptions? options = null, TimeProvider? time = null,
         CancellationToken cancellationToken = default)
     {
@@ -68,10 +68,13 @@ public sealed partial class MirrorTarget
             throw new ArgumentException($"mirror legs must share one logical block size of at most 4096 bytes ({string.Join(", ", present.Select(l => $"{l.Name}: {l.LogicalBlockSize}"))}).", nameof(legs));
         }
 
-        var smallest = present.Min(l => l.Capacity);
+        // Named, with its size: the refusal used to give the smallest size only, and (below) the
+        // mirror's size only, leaving the operator to find which leg was too small and by how much.
+        var smallestLeg = present.MinBy(l => l.Capacity)!;
+        var smallest = smallestLeg.Capacity;
         if (smallest < MirrorSuperblock.DataOffset + SyncChunkBytes)
         {
-            throw new ArgumentException($"mirror legs must hold more than the {MirrorSuperblock.DataOffset >> 10} KiB metadata area and one {SyncChunkBytes >> 10} KiB chunk (smallest: {smallest} bytes).", nameof(legs));
+            throw new ArgumentException($"mirror leg {smallestLeg.Name} holds {smallest} bytes: a leg must hold at least the {MirrorSuperblock.DataOffset >> 10} KiB metadata area and one {SyncChunkBytes >> 10} KiB chunk ({MirrorSuperblock.DataOffset + SyncChunkBytes} bytes).", nameof(legs));
         }
 
         // Superblocks; a leg that cannot be read starts faulty.
@@ -98,7 +101,9 @@ public sealed partial class MirrorTarget
         var dataBytes = existing?.DataBytes ?? (smallest - MirrorSuperblock.DataOffset) / lbs * lbs;
         if (dataBytes > smallest - MirrorSuperblock.DataOffset)
         {
-            throw new MirrorAssemblyException(name, $"the mirror holds {dataBytes} bytes but leg {present.First(l => l.Capacity - MirrorSuperblock.DataOffset < dataBytes).Name} is too small for them.");
+            // md's "disk too small" for a member smaller than the array it belongs to.
+            var tooSmall = present.First(l => l.Capacity - MirrorSuperblock.DataOffset < dataBytes);
+            throw new MirrorAssemblyException(name, $"leg {tooSmall.Name} holds {tooSmall.Capacity} bytes, fewer than the mirror's {dataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to assemble.");
         }
 
         var regionBytes = existing?.RegionBytes ?? options.RegionBytes;
