@@ -232,7 +232,7 @@ public sealed partial class BlockLayer
     /// <c>sysfs_kf_write</c> returns 0 without calling the attribute's store; the path is looked up
     /// and a read-only attribute refused (EACCES) first, as <c>open(2)</c> does.
     /// </summary>
-    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only, an empty value too), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal) or ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
+    /// <exception cref="AttributeException">ENOENT, EISDIR (a directory), EACCES (read-only, an empty value too), EINVAL (refused value), ERANGE (a number past the attribute's type: <c>io_poll_delay</c>, md's <c>sync_speed_min</c> and <c>sync_speed_max</c>), EBUSY (the last online CPU; a mirror's refusal), ENXIO (a mirror's <c>md/new_dev</c> naming no device it can take) or ENOSPC (a mirror's <c>md/new_dev</c>, or a leg's <c>re-add</c>, of a device smaller than the mirror's legs); nothing changed. Also EBUSY when a CPU's hotplug remap did not end within the drain timeout plus 10 s (a device it freezes is still draining): that remap goes on, and the topology changes when it ends.</exception>
     public async ValueTask WriteAttributeAsync(string path, string value)
     {
         ArgumentNullException.ThrowIfNull(path);

@@ -26,6 +26,9 @@ public enum AttributeErrno
 
     /// <summary>The path goes through an attribute as if it were a directory (<c>block/nullb0/size/</c>, <c>block/nullb0/size/x</c>), as a path walk that meets a file.</summary>
     ENOTDIR,
+
+    /// <summary>No room: a device too small for what it must hold (md's <c>md/new_dev</c> naming a device smaller than the mirror's legs, as <c>bind_rdev_to_array</c>).</summary>
+    ENOSPC,
 }
 
 /// <summary>A refused attribute read or write; nothing changed.</summary>

@@ -30,6 +30,33 @@ public sealed class MirrorAssemblyException : BlockDeviceException
 }
 
 /// <summary>
+/// A device refused as a mirror leg (a replacement, or a leg re-added) because it is smaller than
+/// the mirror's data plus the metadata area: md's <c>bind_rdev_to_array</c> refuses such a disk
+/// with ENOSPC, which a write of <c>md/new_dev</c> answers here too. An
+/// <see cref="InvalidOperationException"/>, as the replacement's other refusals.
+/// </summary>
+public sealed class MirrorLegTooSmallException : InvalidOperationException
+{
+    /// <summary>Creates the exception.</summary>
+    public MirrorLegTooSmallException(string message, string leg, long legBytes, long neededBytes)
+        : base(message)
+    {
+        Leg = leg;
+        LegBytes = legBytes;
+        NeededBytes = neededBytes;
+    }
+
+    /// <summary>The device refused.</summary>
+    public string Leg { get; }
+
+    /// <summary>Its capacity in bytes.</summary>
+    public long LegBytes { get; }
+
+    /// <summary>The capacity a leg of this mirror needs: its data plus the metadata area.</summary>
+    public long NeededBytes { get; }
+}
+
+/// <summary>
 /// The metadata area at the start of every mirror leg, which is not part of the exported capacity
 /// (md's version-1.2 superblock and internal bitmap play this part): a 4 KiB superblock at byte 0,
 /// then the write-intent bitmap, one bit per region, up to <see cref="DataOffset"/>.

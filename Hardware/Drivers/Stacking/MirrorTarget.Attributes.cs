@@ -56,6 +56,11 @@ public sealed partial class MirrorTarget
                             throw new AttributeException(path, AttributeErrno.EINVAL, $"'{Command(text)}' is not faulty or re-add");
                     }
                 }
+                catch (MirrorLegTooSmallException ex)
+                {
+                    // A leg back smaller than the mirror's legs: ENOSPC, as new_dev's.
+                    throw new AttributeException(path, AttributeErrno.ENOSPC, ex.Message);
+                }
                 catch (InvalidOperationException ex)
                 {
                     throw new AttributeException(path, AttributeErrno.EBUSY, ex.Message);
@@ -155,6 +160,11 @@ public sealed partial class MirrorTarget
         try
         {
             await replacer(slot, member).ConfigureAwait(false);
+        }
+        catch (MirrorLegTooSmallException ex)
+        {
+            // md's bind_rdev_to_array: a disk smaller than the array's members is ENOSPC.
+            throw new AttributeException(path, AttributeErrno.ENOSPC, ex.Message);
         }
         catch (InvalidOperationException ex)
         {

@@ -339,7 +339,9 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
 
         if (leg.Capacity < MirrorSuperblock.DataOffset + DataBytes)
         {
-            throw new InvalidOperationException($"{_name}: leg {leg.Name} holds {leg.Capacity} bytes, fewer than the mirror's {DataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to {action}.");
+            throw new MirrorLegTooSmallException(
+                $"{_name}: leg {leg.Name} holds {leg.Capacity} bytes, fewer than the mirror's {DataBytes} bytes of data and {MirrorSuperblock.DataOffset >> 10} KiB of metadata: too small to {action}.",
+                leg.Name, leg.Capacity, MirrorSuperblock.DataOffset + DataBytes);
         }
 
         if (leg.LogicalBlockSize != Limits.LogicalBlockSize)

@@ -1130,7 +1130,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await mirror.FailLegAsync(1);
 
         var (small, _) = Leg("small", LegBytes / 2);
-        Assert.Contains("too small to replace a leg", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, small))).Message, StringComparison.Ordinal);
+        Assert.Contains("too small to replace a leg", (await Assert.ThrowsAsync<MirrorLegTooSmallException>(() => mirror.ReplaceLegAsync(1, small))).Message, StringComparison.Ordinal);
         var inner = _devices.Create(new DeviceOptions { Name = "big-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true, BlockSize = 4096 }, CpuTopology.Simulated(2));
         var (big, _) = FaultyLeg.Create("big", inner);
         _stacked.Add(big);

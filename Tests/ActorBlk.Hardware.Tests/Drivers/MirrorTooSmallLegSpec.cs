@@ -1,5 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
+using ActorBlk.Hardware.Sysfs;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -155,7 +156,7 @@ public sealed class MirrorTooSmallLegSpec : IAsyncLifetime
         await mirror.FailLegAsync(1);
 
         var (s, fs) = Leg("s", Short);
-        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, s));
+        var refused = await Assert.ThrowsAsync<MirrorLegTooSmallException>(() => mirror.ReplaceLegAsync(1, s));
         AssertNamesSizes(refused.Message, "s", Short);
         Assert.Contains("too small to replace a leg", refused.Message, StringComparison.Ordinal);
 
@@ -209,8 +210,13 @@ public sealed class MirrorTooSmallLegSpec : IAsyncLifetime
         Assert.Contains("too small to re-add", reason, StringComparison.Ordinal);
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
 
-        var manual = await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReAddAsync(1));
+        var manual = await Assert.ThrowsAsync<MirrorLegTooSmallException>(() => mirror.ReAddAsync(1));
         Assert.Equal(reason, manual.Message);
+        Assert.Equal(("r", Short), (manual.Leg, manual.LegBytes));
+
+        // By attribute: ENOSPC, as md's refusal of a disk too small for the array (not EBUSY).
+        var byAttribute = await Assert.ThrowsAsync<AttributeException>(async () => await md.Attributes.WriteAsync("block/md0/md/dev-r/state", "re-add"));
+        Assert.Equal((AttributeErrno.ENOSPC, reason), (byAttribute.Errno, byAttribute.Reason));
         Assert.Equal(MirrorLegState.Faulty, mirror.LegState(1));
         Assert.Equal(0, mirror.AutomaticReAdds);
 
