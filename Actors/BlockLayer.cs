@@ -386,7 +386,7 @@ public sealed partial class BlockLayer : IExtension
     /// <returns>The name of the device that was in the slot.</returns>
     /// <exception cref="KeyNotFoundException">No device has the name <paramref name="name"/>.</exception>
     /// <exception cref="DeviceOptionsException">The member is unknown, unreachable, the mirror itself or stacked over it, or claimed by another stacked device (<c>members</c>; then its <see cref="Exception.InnerException"/> is a <see cref="DeviceBusyException"/> naming the holder).</exception>
-    /// <exception cref="InvalidOperationException">The device is no mirror, is being removed or assembled, or a replacement of its legs runs; the slot does not exist or is not faulty; the member is a leg of the mirror already, or cannot carry it (read-only, too small, another block size, weaker limits).</exception>
+    /// <exception cref="InvalidOperationException">The device is no mirror, is being removed or assembled, or a replacement of its legs runs; the slot does not exist or is not faulty; the member is a leg of the mirror already, or cannot carry it (read-only, too small: then a <see cref="MirrorLegTooSmallException"/>, another block size, weaker limits).</exception>
     /// <exception cref="BlockLayerStoppingException">The node has begun to shut down; nothing changed.</exception>
     /// <exception cref="AskTimeoutException">The swap did not end within the drain timeout plus 30 s: it waits for the mirror's I/O in flight, which on a remote leg may take up to its I/O timeout and retries. It may still end later; <c>md/dev-&lt;leg&gt;/state</c> tells.</exception>
     public async Task<string> ReplaceMirrorLegAsync(string name, int slot, string member, CancellationToken cancellationToken = default)

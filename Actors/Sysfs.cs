@@ -37,7 +37,7 @@ public static class Sysfs
     public sealed record Hotplug(int Cpu, bool Online) : IActorBlkMessage;
 
     /// <summary>
-    /// A refused operation: <paramref name="Errno"/> (ENOENT, EISDIR, ENOTDIR, EINVAL, ERANGE, EACCES, EBUSY, ENXIO; EPERM for a write
+    /// A refused operation: <paramref name="Errno"/> (ENOENT, EISDIR, ENOTDIR, EINVAL, ERANGE, EACCES, EBUSY, ENXIO, ENOSPC; EPERM for a write
     /// or hotplug from the network without the admin secret; ENAMETOOLONG; E2BIG for a listing too
     /// large for one remoting message) and why.
     /// </summary>

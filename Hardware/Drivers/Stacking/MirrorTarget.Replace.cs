@@ -36,7 +36,7 @@ public sealed partial class MirrorTarget
     /// the slot rebuilding and copies the regions not yet copied.
     /// </summary>
     /// <returns>The device that was in the slot: nothing reaches it from the mirror any more, and the caller closes it.</returns>
-    /// <exception cref="InvalidOperationException">The slot is not faulty (a re-add took the old device back meanwhile), the mirror has failed or stopped, the device is a leg of this mirror already or missing, or it cannot carry the mirror: read-only, smaller than the mirror's data and metadata, of another block size, or with weaker limits than the mirror advertises.</exception>
+    /// <exception cref="InvalidOperationException">The slot is not faulty (a re-add took the old device back meanwhile), the mirror has failed or stopped, the device is a leg of this mirror already or missing, or it cannot carry the mirror: read-only, smaller than the mirror's data and metadata (then a <see cref="MirrorLegTooSmallException"/>), of another block size, or with weaker limits than the mirror advertises.</exception>
     public async Task<IBlockDevice> ReplaceLegAsync(int leg, IBlockDevice device)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(leg);

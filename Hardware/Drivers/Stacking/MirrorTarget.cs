@@ -488,7 +488,7 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
     /// on, and is resynced in the background: for the bitmap's dirty regions when its superblock
     /// is this mirror's, whole otherwise.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata, of another block size, or has weaker limits than the mirror advertises (no discard, no write-zeroes, no FUA, a volatile write cache where the mirror has none, a larger memory alignment).</exception>
+    /// <exception cref="InvalidOperationException">The leg is not faulty, the mirror has failed, or the leg (its device, perhaps reconnected to another) is read-only, too small for the mirror's data and metadata (then a <see cref="MirrorLegTooSmallException"/>), of another block size, or has weaker limits than the mirror advertises (no discard, no write-zeroes, no FUA, a volatile write cache where the mirror has none, a larger memory alignment).</exception>
     public Task ReAddAsync(int leg) => ReAddAsync(leg, automatic: false);
 
     // A leg missing at the start was checked by nobody: an automatic re-add (its device appeared)
