@@ -498,8 +498,11 @@ public sealed partial class NbdConnection
         {
             if (_tls is not null)
             {
-                // "it SHOULD shut down the TLS session first"
-                await _tls.ShutdownAsync().WaitAsync(limit.Token).ConfigureAwait(false);
+                // "it SHOULD shut down the TLS session first". A shutdown given up on at the limit
+                // fails once the stream is disposed: observed, as in EndTlsAsync.
+                var shutdown = _tls.ShutdownAsync();
+                _ = shutdown.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                await shutdown.WaitAsync(limit.Token).ConfigureAwait(false);
             }
 
             _socket.Shutdown(SocketShutdown.Send);

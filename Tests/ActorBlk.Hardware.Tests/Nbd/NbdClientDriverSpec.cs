@@ -177,8 +177,10 @@ public sealed class NbdClientDriverSpec
         }
 
         // The held requests complete, then the server stops (it waits for them) and the device goes.
+        // One arriving after that completes at once, or the stop would wait for it for ever.
         public async ValueTask DisposeAsync()
         {
+            _driver.CompleteInline = true;
             _driver.CompleteAll();
             await Server.DisposeAsync();
             await _device.DisposeAsync();
