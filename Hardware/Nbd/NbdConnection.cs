@@ -591,6 +591,10 @@ public sealed partial class NbdConnection
             _socket.Dispose();
             _stopReading.Dispose();
             _abort.Dispose();
+
+            // Out of the server's table before anyone awaiting the completion resumes: a removal
+            // in a continuation ran on the thread pool, after the server's stop had returned.
+            _server.Forget(Id);
             _completion.TrySetResult();
         }
     }

@@ -365,14 +365,6 @@ public sealed class NbdServer : IAsyncDisposable
             await all.ConfigureAwait(false);
         }
 
-        // Each connection leaves the table in a continuation of its completion, which runs on the
-        // thread pool (the completion runs its continuations asynchronously) and so could run
-        // after this stop had returned: a clean-clone run saw ConnectionCount 1 after the stop.
-        foreach (var c in open)
-        {
-            _connections.TryRemove(c.Id, out _);
-        }
-
         // Every connection is closed: no reader polls the event any more.
         CloseStopEvent();
         _stopping.Dispose();
@@ -461,13 +453,7 @@ public sealed class NbdServer : IAsyncDisposable
                 AcceptHook?.Invoke(socket);
                 var connection = new NbdConnection(this, socket, id);
                 _connections[id] = connection;
-                connection.Start();
-                _ = connection.Completion.ContinueWith(
-                    (_, state) => ((NbdServer)state!)._connections.TryRemove(id, out NbdConnection? _),
-                    this,
-                    CancellationToken.None,
-                    TaskContinuationOptions.ExecuteSynchronously,
-                    TaskScheduler.Default);
+                connection.Start(); // the connection leaves the table as it completes (Forget)
             }
 #pragma warning disable CA1031 // one connection's failure must not end the listener
             catch (Exception ex)
@@ -517,6 +503,12 @@ public sealed class NbdServer : IAsyncDisposable
             Log?.Invoke($"NBD accept failed: {reason}; {failures} accept failure(s) so far, retrying");
         }
     }
+
+    /// <summary>
+    /// Takes a closing connection out of the table, just before its completion is signalled, so a
+    /// stop (or anyone awaiting it) never finds it counted afterwards.
+    /// </summary>
+    internal void Forget(long id) => _connections.TryRemove(id, out _);
 
     /// <summary>
     /// Logs an allocation map that threw while a block status reply was built (answered as data):
