@@ -39,12 +39,7 @@ public sealed class MirrorDeviceSpec : Akka.TestKit.Xunit2.TestKit
         Faults = faults ?? new FaultInjectionOptions(),
     });
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        return data;
-    }
+    private static byte[] Stamp(long block, int version) => BlockStamp.Of(block, version);
 
     [Fact]
     public async Task A_mirror_never_offers_fast_zeroes()

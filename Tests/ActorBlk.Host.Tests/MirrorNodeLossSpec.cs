@@ -53,14 +53,8 @@ public sealed partial class MirrorNodeLossSpec(ITestOutputHelper output)
         return path;
     }
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        BitConverter.TryWriteBytes(data, block);
-        BitConverter.TryWriteBytes(data.AsSpan(8), version);
-        return data;
-    }
+    // The block's number and the version are in its first bytes.
+    private static byte[] Stamp(long block, int version) => BlockStamp.Labelled(block, version, label: block);
 
     // The mirror's node: an actor system in this process that forms the cluster (it is the oldest).
     private static async Task<(ActorSystem System, string Node)> StartSeedAsync(string config)

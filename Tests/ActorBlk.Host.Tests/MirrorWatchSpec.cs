@@ -1,7 +1,5 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
-using ActorBlk.Hardware.Queues;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Samples.MirrorJournal;
 using ActorBlk.Testing;
 using Xunit;
@@ -20,20 +18,11 @@ public sealed class MirrorWatchSpec : IAsyncLifetime
     private const long Region = 64 << 10;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
-    private readonly RingDevices _devices = new(2);
-    private readonly List<BlockDevice> _stacked = [];
+    private readonly MirrorDevices _devices = new(4L << 20);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        for (var i = _stacked.Count - 1; i >= 0; i--)
-        {
-            await _stacked[i].DisposeAsync();
-        }
-
-        await _devices.DisposeAsync();
-    }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
     [Fact]
     public async Task A_leg_taken_back_is_said_to_owe_the_regions_the_resync_then_copies()
@@ -147,21 +136,8 @@ public sealed class MirrorWatchSpec : IAsyncLifetime
     // Moves the clock a second at a time (a 64 KiB region a second) until the resync is over.
     private static Task ResyncAsync(MirrorTarget mirror, ManualTimeProvider clock) => MirrorSync.PumpUntilIdleAsync(clock, mirror, Patience);
 
-    private (BlockDevice Device, FaultyLeg Faults) Leg(string name)
-    {
-        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = 4L << 20, MemoryBacked = true }, CpuTopology.Simulated(2));
-        var (device, faults) = FaultyLeg.Create(name, inner);
-        _stacked.Add(device);
-        return (device, faults);
-    }
+    // Legs that advertise no write cache (DeviceOptions.WriteCache off).
+    private (BlockDevice Device, FaultyLeg Faults) Leg(string name) => _devices.Leg(name, writeCache: false);
 
-    private BlockDevice Serve(MirrorTarget target)
-    {
-        var queue = RequestQueue.Allocate("journal", CpuTopology.Simulated(2));
-        queue.InitializeBioBased(target);
-        queue.Register();
-        var device = new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-        _stacked.Add(device);
-        return device;
-    }
+    private BlockDevice Serve(MirrorTarget target) => _devices.Serve(target, "journal");
 }

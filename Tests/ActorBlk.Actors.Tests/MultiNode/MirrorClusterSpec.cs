@@ -4,7 +4,6 @@ using ActorBlk.Hardware.Queues;
 using ActorBlk.Testing;
 using Xunit;
 using Xunit.Abstractions;
-using SimulatedCpus = ActorBlk.Hardware.Topology.CpuTopology;
 
 namespace ActorBlk.Actors.Tests.MultiNode;
 
@@ -35,14 +34,8 @@ public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
 
     private static DeviceOptions Memory(string name) => new() { Name = name, Size = LegBytes, MemoryBacked = true, PollQueues = 0 };
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        BitConverter.TryWriteBytes(data, block);
-        BitConverter.TryWriteBytes(data.AsSpan(8), version);
-        return data;
-    }
+    // The block's number and the version are in its first bytes.
+    private static byte[] Stamp(long block, int version) => BlockStamp.Labelled(block, version, label: block);
 
     // a (the seed, the mirror's node) and b (the owner of the remote leg, exporting over NBD).
     private static async Task<(ClusterNode A, ClusterNode B)> StartClusterAsync(string remoteLeg)
@@ -57,13 +50,7 @@ public sealed class MirrorClusterSpec : Akka.TestKit.Xunit2.TestKit
         return (a, b);
     }
 
-    private static BlockDevice Serve(MirrorTarget target, string name)
-    {
-        var queue = RequestQueue.Allocate(name, SimulatedCpus.Simulated(2));
-        queue.InitializeBioBased(target);
-        queue.Register();
-        return new BlockDevice(queue, d => new ValueTask(d.Queue.ShutdownAsync(TimeSpan.FromSeconds(30))));
-    }
+    private static BlockDevice Serve(MirrorTarget target, string name) => BioDevices.Create(name, target);
 
     private static async Task<byte[]> ReadAsync(IBlockDevice device, long offset)
     {

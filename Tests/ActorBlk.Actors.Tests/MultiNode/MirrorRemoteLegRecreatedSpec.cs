@@ -3,6 +3,7 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Xunit;
 
 namespace ActorBlk.Actors.Tests.MultiNode;
@@ -41,14 +42,7 @@ public sealed class MirrorRemoteLegRecreatedSpec : Akka.TestKit.Xunit2.TestKit
     private static DeviceOptions Memory(string name) => new() { Name = name, Size = LegBytes, MemoryBacked = true, PollQueues = 0 };
 
     // Never all zero: the block's number and the version are in its first bytes.
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        BitConverter.TryWriteBytes(data, block + 1);
-        BitConverter.TryWriteBytes(data.AsSpan(8), version);
-        return data;
-    }
+    private static byte[] Stamp(long block, int version) => BlockStamp.Labelled(block, version, label: block + 1);
 
     // Two nodes exporting over NBD: a (the seed) will own the remote leg, b the mirror.
     private static async Task<(ClusterNode A, ClusterNode B)> StartPairAsync()

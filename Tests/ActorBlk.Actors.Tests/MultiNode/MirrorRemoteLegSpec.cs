@@ -2,6 +2,7 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Cluster;
 using Xunit;
 
@@ -40,17 +41,7 @@ public sealed class MirrorRemoteLegSpec : Akka.TestKit.Xunit2.TestKit, IDisposab
 
     private static byte[] Pattern(int length, int seed) => [.. Enumerable.Range(0, length).Select(i => (byte)(seed + (i * 13)))];
 
-    private static async Task<byte[]> ReadAllAsync(IBlockDevice device, long offset, long length)
-    {
-        var all = new byte[length];
-        const int Chunk = 1 << 20;
-        for (long done = 0; done < length; done += Chunk)
-        {
-            await device.ReadAsync(offset + done, all.AsMemory((int)done, (int)Math.Min(Chunk, length - done))).AsTask().WaitAsync(Liveness);
-        }
-
-        return all;
-    }
+    private static Task<byte[]> ReadAllAsync(IBlockDevice device, long offset, long length) => MirrorDevices.ReadAllAsync(device, offset, length, Liveness);
 
     private Task UntilAsync(Func<bool> condition) => AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50));
 

@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Sysfs;
+using ActorBlk.Testing;
 using Akka.Cluster;
 using Xunit;
 
@@ -36,26 +37,9 @@ public sealed class MirrorReplaceRemoteSpec : Akka.TestKit.Xunit2.TestKit
     private static DeviceOptions Memory(string name) => new() { Name = name, Size = LegBytes, MemoryBacked = true, PollQueues = 0 };
 
     // Never all zero: the block's number and the version are in its first bytes.
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        BitConverter.TryWriteBytes(data, block + 1);
-        BitConverter.TryWriteBytes(data.AsSpan(8), version);
-        return data;
-    }
+    private static byte[] Stamp(long block, int version) => BlockStamp.Labelled(block, version, label: block + 1);
 
-    private static async Task<byte[]> ReadAllAsync(IBlockDevice device, long offset, long length)
-    {
-        var all = new byte[length];
-        const int Chunk = 1 << 20;
-        for (long done = 0; done < length; done += Chunk)
-        {
-            await device.ReadAsync(offset + done, all.AsMemory((int)done, (int)Math.Min(Chunk, length - done))).AsTask().WaitAsync(Liveness);
-        }
-
-        return all;
-    }
+    private static Task<byte[]> ReadAllAsync(IBlockDevice device, long offset, long length) => MirrorDevices.ReadAllAsync(device, offset, length, Liveness);
 
     private Task UntilAsync(Func<bool> condition, string what) =>
         AwaitConditionAsync(() => Task.FromResult(condition()), Liveness, TimeSpan.FromMilliseconds(50), what);

@@ -1,6 +1,5 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -18,40 +17,20 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
     private const long Region = 64 << 10;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
-    private readonly RingDevices _devices = new(2);
-    private readonly List<BlockDevice> _stacked = [];
+    private readonly MirrorDevices _devices = new(LegBytes);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        for (var i = _stacked.Count - 1; i >= 0; i--)
-        {
-            await _stacked[i].DisposeAsync();
-        }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-        await _devices.DisposeAsync();
-    }
+    private BlockDevice Leg(string name, bool discard = true) => _devices.Disk(name, LegBytes, discard);
 
-    private BlockDevice Leg(string name, bool discard = true)
-    {
-        var device = _devices.Create(new DeviceOptions { Name = name, Size = LegBytes, MemoryBacked = true, WriteCache = true, Discard = discard }, CpuTopology.Simulated(2));
-        _stacked.Add(device);
-        return device;
-    }
-
-    private BlockDevice Serve(MirrorTarget target, string name)
-    {
-        var device = BioDevices.Create(name, target);
-        _stacked.Add(device);
-        return device;
-    }
+    private BlockDevice Serve(MirrorTarget target, string name) => _devices.Serve(target, name);
 
     private async Task StopAsync(MirrorTarget mirror, BlockDevice md)
     {
         await mirror.StopAsync();
-        _stacked.Remove(md);
-        await md.DisposeAsync();
+        await _devices.RemoveAsync(md);
     }
 
     private static MirrorOptions Options(bool startDegraded = true) => new() { RegionBytes = Region, AssumeClean = true, StartDegraded = startDegraded };
@@ -76,19 +55,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         return refused.Task;
     }
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        return data;
-    }
+    private static byte[] Stamp(long block, int version) => BlockStamp.Of(block, version);
 
-    private static async Task<byte[]> ReadRaw(IBlockDevice leg, long offset)
-    {
-        var buffer = new byte[Block];
-        await leg.ReadAsync(MirrorSuperblock.DataOffset + offset, buffer);
-        return buffer;
-    }
+    private static Task<byte[]> ReadRaw(IBlockDevice leg, long offset) => MirrorDevices.ReadDataAsync(leg, offset, Block);
 
     [Fact]
     public async Task A_missing_leg_is_refused_without_the_option_and_never_makes_a_new_mirror_with_it()
@@ -284,7 +253,7 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         var a = Leg("a");
         var b = Leg("b");
         var (faultyB, faults) = FaultyLeg.Create("fb", b);
-        _stacked.Add(faultyB);
+        _devices.Add(faultyB);
         var first = await MirrorTarget.AssembleAsync("md0", [a, faultyB], Options());
         var md = Serve(first, "md0");
         await md.WriteAsync(2 * Region, Stamp(2, 1));

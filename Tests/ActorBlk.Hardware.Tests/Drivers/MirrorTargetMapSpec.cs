@@ -2,7 +2,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -23,20 +22,11 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
     private const long Region = 64 << 10;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
-    private readonly RingDevices _devices = new(2);
-    private readonly List<BlockDevice> _stacked = [];
+    private readonly MirrorDevices _devices = new(LegBytes);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        for (var i = _stacked.Count - 1; i >= 0; i--)
-        {
-            await _stacked[i].DisposeAsync();
-        }
-
-        await _devices.DisposeAsync();
-    }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
     [Fact]
     public async Task An_in_sync_legs_holes_are_the_mirrors_in_its_own_offsets_and_follow_writes_and_discards()
@@ -330,21 +320,13 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
 
     private (BlockDevice Device, FaultyLeg Faults) Leg(string name, bool showsMap)
     {
-        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
-        var (device, faults) = FaultyLeg.Create(name, inner);
+        var (device, faults) = _devices.Leg(name);
         faults.ShowsMap = showsMap;
-        faults.CountFrom = MirrorSuperblock.DataOffset;
-        _stacked.Add(device);
-        Assert.NotNull(IAllocationMap.Of(inner));
+        Assert.NotNull(IAllocationMap.Of(faults.Inner));
         return (device, faults);
     }
 
-    private BlockDevice Serve(MirrorTarget target, string name = "md0")
-    {
-        var device = BioDevices.Create(name, target);
-        _stacked.Add(device);
-        return device;
-    }
+    private BlockDevice Serve(MirrorTarget target, string name = "md0") => _devices.Serve(target, name);
 
     private static MirrorOptions Options(bool assumeClean = true) => new() { RegionBytes = Region, AssumeClean = assumeClean };
 

@@ -2,7 +2,6 @@ using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Hardware.Tests.Nbd;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -20,63 +19,31 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
     private const long Region = 64 << 10;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
-    private readonly RingDevices _devices = new(2);
-    private readonly List<BlockDevice> _stacked = [];
+    private readonly MirrorDevices _devices = new(LegBytes);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        for (var i = _stacked.Count - 1; i >= 0; i--)
-        {
-            await _stacked[i].DisposeAsync();
-        }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-        await _devices.DisposeAsync();
-    }
-
-    private (BlockDevice Device, FaultyLeg Faults) Leg(string name, long size = LegBytes)
-    {
-        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = size, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
-        var (device, faults) = FaultyLeg.Create(name, inner);
-        faults.CountFrom = MirrorSuperblock.DataOffset;
-        _stacked.Add(device);
-        return (device, faults);
-    }
+    private (BlockDevice Device, FaultyLeg Faults) Leg(string name, long size = LegBytes) => _devices.Leg(name, size);
 
     // A leg with a volatile write cache: its writes are durable after a flush or as FUA writes only.
     private async Task<(BlockDevice Device, VolatileCacheLeg Cache)> CachedLeg(string name)
     {
-        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
+        var inner = _devices.Ring(new DeviceOptions { Name = name + "-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true });
         var (device, cache) = await VolatileCacheLeg.CreateAsync(name, inner);
-        _stacked.Add(device);
+        _devices.Add(device);
         return (device, cache);
     }
 
-    private BlockDevice Serve(MirrorTarget target, string name = "md0")
-    {
-        var device = BioDevices.Create(name, target);
-        _stacked.Add(device);
-        return device;
-    }
+    private BlockDevice Serve(MirrorTarget target, string name = "md0") => _devices.Serve(target, name);
 
     private static MirrorOptions Options(bool assumeClean = true) => new() { RegionBytes = Region, AssumeClean = assumeClean };
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        BitConverter.TryWriteBytes(data, block);
-        BitConverter.TryWriteBytes(data.AsSpan(8), version);
-        return data;
-    }
+    // The block's number and the version are in its first bytes.
+    private static byte[] Stamp(long block, int version) => BlockStamp.Labelled(block, version, label: block);
 
-    private static async Task<byte[]> ReadRaw(IBlockDevice leg, long offset, int length)
-    {
-        var buffer = new byte[length];
-        await leg.ReadAsync(MirrorSuperblock.DataOffset + offset, buffer);
-        return buffer;
-    }
+    private static Task<byte[]> ReadRaw(IBlockDevice leg, long offset, int length) => MirrorDevices.ReadDataAsync(leg, offset, length);
 
     private static async Task AssertLegsEqual(MirrorTarget mirror)
     {
@@ -283,8 +250,7 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
         await md.WriteAsync(9 * Region, Stamp(9, 1));
         var generation = first.Generation;
         await first.StopAsync();
-        _stacked.Remove(md);
-        await md.DisposeAsync();
+        await _devices.RemoveAsync(md);
         fb.Dead = false;
 
         // The restarted mirror holds the resync back (its clock does not move) to show the stale
@@ -1131,9 +1097,9 @@ public sealed class MirrorTargetSpec : IAsyncLifetime
 
         var (small, _) = Leg("small", LegBytes / 2);
         Assert.Contains("too small to replace a leg", (await Assert.ThrowsAsync<MirrorLegTooSmallException>(() => mirror.ReplaceLegAsync(1, small))).Message, StringComparison.Ordinal);
-        var inner = _devices.Create(new DeviceOptions { Name = "big-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true, BlockSize = 4096 }, CpuTopology.Simulated(2));
+        var inner = _devices.Ring(new DeviceOptions { Name = "big-disk", Size = LegBytes, MemoryBacked = true, WriteCache = true, BlockSize = 4096 });
         var (big, _) = FaultyLeg.Create("big", inner);
-        _stacked.Add(big);
+        _devices.Add(big);
         Assert.Contains("4096-byte blocks", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, big))).Message, StringComparison.Ordinal);
         c.Queue.ReadOnly = true;
         Assert.Contains("read-only", (await Assert.ThrowsAsync<InvalidOperationException>(() => mirror.ReplaceLegAsync(1, c))).Message, StringComparison.Ordinal);

@@ -1,7 +1,6 @@
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Sysfs;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
 
@@ -24,51 +23,21 @@ public sealed class MirrorTooSmallLegSpec : IAsyncLifetime
     private const long Short = LegBytes - Block;
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
 
-    private readonly RingDevices _devices = new(2);
-    private readonly List<BlockDevice> _stacked = [];
+    private readonly MirrorDevices _devices = new(LegBytes);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
-    public async Task DisposeAsync()
-    {
-        for (var i = _stacked.Count - 1; i >= 0; i--)
-        {
-            await _stacked[i].DisposeAsync();
-        }
+    public async Task DisposeAsync() => await _devices.DisposeAsync();
 
-        await _devices.DisposeAsync();
-    }
+    private (BlockDevice Device, FaultyLeg Faults) Leg(string name, long size = LegBytes) => _devices.Leg(name, size);
 
-    private (BlockDevice Device, FaultyLeg Faults) Leg(string name, long size = LegBytes)
-    {
-        var inner = _devices.Create(new DeviceOptions { Name = name + "-disk", Size = size, MemoryBacked = true, WriteCache = true }, CpuTopology.Simulated(2));
-        var (device, faults) = FaultyLeg.Create(name, inner);
-        _stacked.Add(device);
-        return (device, faults);
-    }
-
-    private BlockDevice Serve(MirrorTarget target, string name = "md0")
-    {
-        var device = BioDevices.Create(name, target);
-        _stacked.Add(device);
-        return device;
-    }
+    private BlockDevice Serve(MirrorTarget target, string name = "md0") => _devices.Serve(target, name);
 
     private static MirrorOptions Options() => new() { RegionBytes = 64 << 10, AssumeClean = true };
 
-    private static byte[] Stamp(long block, int version)
-    {
-        var data = new byte[Block];
-        new Random(HashCode.Combine(block, version)).NextBytes(data);
-        return data;
-    }
+    private static byte[] Stamp(long block, int version) => BlockStamp.Of(block, version);
 
-    private static async Task<byte[]> ReadRaw(IBlockDevice leg, long offset)
-    {
-        var buffer = new byte[Block];
-        await leg.ReadAsync(MirrorSuperblock.DataOffset + offset, buffer);
-        return buffer;
-    }
+    private static Task<byte[]> ReadRaw(IBlockDevice leg, long offset) => MirrorDevices.ReadDataAsync(leg, offset, Block);
 
     // The refusal names the leg, its size and the mirror's (data, and data plus metadata).
     private static void AssertNamesSizes(string message, string leg, long size)
