@@ -18,7 +18,7 @@ internal static class PrometheusEndpoint
     /// The HttpListener prefix of <paramref name="listen"/> (<c>ADDRESS:PORT</c>); null for null,
     /// empty or <c>off</c>.
     /// </summary>
-    /// <exception cref="UsageException"><paramref name="listen"/> is not ADDRESS:PORT.</exception>
+    /// <exception cref="UsageException"><paramref name="listen"/> is not ADDRESS:PORT, or its address is IPv6 or 0.0.0.0 (the exporter's HttpListener cannot listen there).</exception>
     public static string? Prefix(string? listen)
     {
         if (string.IsNullOrWhiteSpace(listen) || listen is "off")
@@ -31,8 +31,20 @@ internal static class PrometheusEndpoint
             throw new UsageException($"actorblk.metrics.prometheus: '{listen}' is not ADDRESS:PORT (for example 127.0.0.1:9464) or off.");
         }
 
-        var host = endpoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{endpoint.Address}]" : endpoint.Address.ToString();
-        return string.Create(CultureInfo.InvariantCulture, $"http://{host}:{endpoint.Port}/");
+        // The exporter's HttpListener (the managed one, off Windows) cannot listen on either: an IPv6
+        // literal fails its start with "Invalid port in prefix" (dotnet/runtime#34399) and 0.0.0.0
+        // with "The request is not supported"; both exited 1 naming "another process?" (an outside audit).
+        if (endpoint.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6)
+        {
+            throw new UsageException($"actorblk.metrics.prometheus: '{listen}' is an IPv6 address; the exporter's HttpListener listens only on an IPv4 address (for example 127.0.0.1:9464), or off.");
+        }
+
+        if (endpoint.Address.Equals(IPAddress.Any))
+        {
+            throw new UsageException($"actorblk.metrics.prometheus: '{listen}': the exporter's HttpListener cannot listen on every address (0.0.0.0); give one of this machine's addresses (for example 127.0.0.1:9464), or off.");
+        }
+
+        return string.Create(CultureInfo.InvariantCulture, $"http://{endpoint.Address}:{endpoint.Port}/");
     }
 
     /// <summary>The <c>service.name</c> of the scrape's <c>target_info</c>.</summary>

@@ -89,4 +89,20 @@ public sealed class PrometheusSpec
     [InlineData("127.0.0.1:0")]
     [InlineData("127.0.0.1:99999")]
     public void A_bad_address_is_a_usage_error(string listen) => Assert.Throws<UsageException>(() => PrometheusEndpoint.Prefix(listen));
+
+    [Theory]
+    [InlineData("[::1]:9464", "is an IPv6 address")]
+    [InlineData("[::]:9464", "is an IPv6 address")]
+    [InlineData("[::ffff:127.0.0.1]:9464", "is an IPv6 address")]
+    [InlineData("0.0.0.0:9464", "cannot listen on every address (0.0.0.0)")]
+    public void An_address_the_listener_cannot_take_is_a_usage_error_before_the_start(string listen, string reason)
+    {
+        // These passed the check, and the node's start failed (exit 1) with the HttpListener's
+        // "Invalid port in prefix." or "The request is not supported." and "another process?":
+        // the managed HttpListener takes no IPv6 literal (dotnet/runtime#34399) and no 0.0.0.0.
+        var refused = Assert.Throws<UsageException>(() => PrometheusEndpoint.Prefix(listen));
+
+        Assert.StartsWith($"actorblk.metrics.prometheus: '{listen}'", refused.Message, StringComparison.Ordinal);
+        Assert.Contains(reason, refused.Message, StringComparison.Ordinal);
+    }
 }
