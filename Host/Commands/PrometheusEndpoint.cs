@@ -57,12 +57,19 @@ internal sealed class PrometheusEndpoint : IDisposable
     public static readonly TimeSpan KeepAliveTimeout = TimeSpan.FromSeconds(30);
 
     /// <summary>
-    /// The rate below which a client that reads a response is dropped, after a grace period of
-    /// 5 s for each write: the exporter writes 64 KiB at a time, and a stalled reader holds the
-    /// next collection of its format, so Kestrel's default of 240 bytes/s would let one hold
-    /// every later scrape for the exporter's 60 s.
+    /// The rate below which a client that reads a response is dropped: 16 KiB/s over the response
+    /// so far, with a grace period of 5 s for each of the exporter's writes (64 KiB). Kestrel's
+    /// default, 240 bytes/s, let a client read a 64 KB scrape for 4 minutes.
     /// </summary>
     public static readonly MinDataRate MinResponseDataRate = new(bytesPerSecond: 16 * 1024, gracePeriod: TimeSpan.FromSeconds(5));
+
+    /// <summary>
+    /// The longest a scrape may take, waiting for its collection included (the exporter's default
+    /// was 60 s; Prometheus's own scrape timeout is 10 s by default and it sends it, and the
+    /// shorter applies). A client that stops reading a scrape larger than the sockets hold keeps the
+    /// next collection of its format waiting, so this bounds how long it holds later scrapes.
+    /// </summary>
+    public static readonly TimeSpan ScrapeTimeout = TimeSpan.FromSeconds(10);
 
     private readonly MeterProvider _provider;
     private readonly WebApplication _web;
@@ -123,7 +130,11 @@ internal sealed class PrometheusEndpoint : IDisposable
             .ConfigureResource(resource => resource.AddService(ServiceName, serviceVersion: version,
                 autoGenerateServiceInstanceId: instance is null, serviceInstanceId: instance))
             .AddMeter(BlockMetrics.MeterName)
-            .AddPrometheusExporter(options => options.ScrapeResponseCacheDurationMilliseconds = 0) // every scrape reads the counters anew
+            .AddPrometheusExporter(options =>
+            {
+                options.ScrapeResponseCacheDurationMilliseconds = 0; // every scrape reads the counters anew
+                options.ScrapeResponseTimeoutMilliseconds = (int)ScrapeTimeout.TotalMilliseconds;
+            })
             .Build();
         WebApplication? web = null;
         try
