@@ -41,7 +41,7 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
             akka.cluster.failure-detector.acceptable-heartbeat-pause = 8s
             """);
 
-        await using var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll",
+        await using var sample = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("MirrorJournal"),
             "--chaos", "--config", config, "--port", "0", "--dir", dir.Path, "--leg-mib", "64", "--region-kib", "256",
             "--rate", "100", "--kill-at", "200", "--degraded-records", "200", "--after-records", "100", "--patience", "240");
         try
@@ -100,7 +100,7 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
             actorblk.cluster.registry.tls-ca = {{System.Text.Json.JsonSerializer.Serialize(dir.File("node.pem"))}}
             """);
 
-        await using var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll",
+        await using var sample = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("MirrorJournal"),
             "--chaos", "--config", config, "--port", "0", "--dir", dir.Path, "--leg-mib", "16", "--region-kib", "256",
             "--rate", "100", "--kill-at", "50", "--degraded-records", "50", "--after-records", "30", "--patience", "240");
         try
@@ -124,7 +124,7 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
     public async Task Ctrl_c_while_waiting_for_the_second_node_says_so_and_a_usage_error_exits_2()
     {
         using var dir = new TempDirectory("mirror-journal-stop");
-        await using (var sample = ActorBlkProcess.StartProgram("MirrorJournal.dll", "--config", RepositoryFiles.Hocon(), "--port", "0", "--dir", dir.Path, "--patience", "240"))
+        await using (var sample = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("MirrorJournal"), "--config", RepositoryFiles.Hocon(), "--port", "0", "--dir", dir.Path, "--patience", "240"))
         {
             await sample.WaitForLineAsync(l => l.Contains("waiting for device journal-leg1 on a second node", StringComparison.Ordinal), Within);
             sample.Signal(2); // SIGINT, as Ctrl-C
@@ -133,7 +133,7 @@ public sealed partial class MirrorJournalSampleSpec(ITestOutputHelper output)
             Assert.DoesNotContain("TimeoutException", sample.Output, StringComparison.Ordinal);
         }
 
-        await using var bogus = ActorBlkProcess.StartProgram("MirrorJournal.dll", "--bogus");
+        await using var bogus = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("MirrorJournal"), "--bogus");
         Assert.Equal(2, await bogus.WaitForExitAsync(Within));
         Assert.Contains("MirrorJournal: Unrecognized command or argument '--bogus'", bogus.StandardError, StringComparison.Ordinal);
     }

@@ -14,7 +14,7 @@ public sealed class SampleSpec
         await File.WriteAllBytesAsync(file, RandomNumberGenerator.GetBytes((3 << 20) + 1234));
         try
         {
-            await using var sample = ActorBlkProcess.StartProgram("BlockCopy.dll", file);
+            await using var sample = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("BlockCopy"), file);
 
             Assert.Equal(0, await sample.WaitForExitAsync(TimeSpan.FromSeconds(60)));
             Assert.Contains($"copied {(3 << 20) + 1234} bytes in 49 writes onto copy0: verified", sample.Output);
@@ -32,7 +32,7 @@ public sealed class SampleSpec
     {
         // A README walk-through ran `BlockCopy.dll --help`: it opened "--help" as the source file
         // and died of an unhandled FileNotFoundException (exit 134).
-        await using var sample = ActorBlkProcess.StartProgram("BlockCopy.dll", argument);
+        await using var sample = ActorBlkProcess.StartProgram(RepositoryFiles.Sample("BlockCopy"), argument);
 
         Assert.Equal(exitCode, await sample.WaitForExitAsync(TimeSpan.FromSeconds(60)));
         Assert.Contains("usage: BlockCopy [FILE]", sample.Output + sample.StandardError, StringComparison.Ordinal);

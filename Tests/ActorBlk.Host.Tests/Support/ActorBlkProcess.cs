@@ -87,7 +87,7 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
     public static ActorBlkProcess StartWithEnvironment(IReadOnlyDictionary<string, string?> environment, params string[] args) =>
         StartProgram("actorblk.dll", args, environment);
 
-    /// <summary>Starts `dotnet PROGRAM.dll args...` from the test's output directory.</summary>
+    /// <summary>Starts `dotnet PROGRAM args...`: PROGRAM a name in the specs' output directory, or a full path (<see cref="RepositoryFiles.Sample"/>).</summary>
     public static ActorBlkProcess StartProgram(string program, params string[] args) => StartProgram(program, args, null);
 
     private static ActorBlkProcess StartProgram(string program, string[] args, IReadOnlyDictionary<string, string?>? environment)
