@@ -460,6 +460,8 @@ public sealed partial class NbdConnection
             bool allocated;
             try
             {
+                // A closing connection asks no more (a remote map would send each question on).
+                _abort.Token.ThrowIfCancellationRequested();
                 var extent = map is null ? null : await map.GetExtentAsync(offset, end - offset, _abort.Token).ConfigureAwait(false);
                 (length, allocated) = extent is { Length: > 0 } told ? (told.Length, told.Allocated) : (end - offset, true);
 

@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Security.Cryptography.X509Certificates;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -602,6 +603,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // are not negotiated; with them, proto.md has the server answer NBD_CMD_READ with a structured
     // reply only ("MUST NOT use a simple reply for NBD_CMD_READ (even for the case of an early
     // EINVAL)"), and NBD_CMD_BLOCK_STATUS's success is a NBD_REPLY_TYPE_BLOCK_STATUS chunk.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> ReceiveSimpleAsync(PipeReader reader, ReadOnlySequence<byte> buffer)
     {
         var magicOk = ParseReply(buffer.Slice(0, NbdProtocol.SimpleReplyHeaderLength), out var error, out var cookie);
@@ -675,6 +677,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // copied; a chunk that cannot be framed or breaks a MUST (an unknown cookie, an oversized
     // length, a fixed-size chunk of another size, an unknown non-error type, NONE without DONE, a
     // data chunk for a command that has none) loses the connection, as a bad simple reply does.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> ReceiveChunkAsync(PipeReader reader)
     {
         var result = await reader.ReadAtLeastAsync(NbdProtocol.StructuredReplyHeaderLength).ConfigureAwait(false);
@@ -806,6 +809,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // An error chunk (NBD_REPLY_TYPE_ERROR, ERROR_OFFSET, or an unknown type with the error bit,
     // which proto.md has the client take as an error): its 32-bit error, and for the known types
     // a message length that frames the chunk exactly. A zero error is EIO. Null when the connection is lost.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length)
     {
         var fixedPart = type switch
@@ -842,6 +846,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // context (qemu's nbd_parse_blockstatus_payload: an extent of zero length, another context's
     // id, or a second chunk fail the question; an extent past the range asked is cut to it; with
     // NBD_CMD_FLAG_REQ_ONE extents after the first are ignored), NONE, or an error.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> QueryChunkAsync(PipeReader reader, StatusQuery query, NbdChunkType type, uint length, bool done)
     {
         switch (type)
@@ -903,6 +908,7 @@ internal sealed partial class NbdClientConnection : IDisposable
 
     // The payload of a chunk, whole in the reader's buffer (at most MaxControlPayload bytes): the
     // caller advances past it. Null at the end of the stream.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private static async ValueTask<ReadOnlySequence<byte>?> ReadPayloadAsync(PipeReader reader, int length)
     {
         var result = await reader.ReadAtLeastAsync(length).ConfigureAwait(false);
@@ -915,6 +921,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         return result.Buffer.Slice(0, length);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private static async ValueTask<ulong?> ReadU64Async(PipeReader reader)
     {
         if (await ReadPayloadAsync(reader, 8).ConfigureAwait(false) is not { } payload)
@@ -949,6 +956,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     }
 
     // Reads past count bytes of a chunk not taken (a data chunk of a request that failed).
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private static async ValueTask SkipAsync(PipeReader reader, long count)
     {
         while (count > 0)
@@ -967,6 +975,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // A request's reply is complete (a simple reply, or the chunk with NBD_REPLY_FLAG_DONE): the
     // flush sequence's next stage goes out, or the request completes, or (ESHUTDOWN) it waits for
     // the reconnect; then a closing connection with nothing outstanding disconnects.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> FinishAsync(Pending pending, Request request, uint generation, NbdError error)
     {
         pending.Request = null;
@@ -1002,6 +1011,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         return await DisconnectIfDrainedAsync().ConfigureAwait(false);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> DisconnectIfDrainedAsync()
     {
         if (Volatile.Read(ref _closing) && Volatile.Read(ref _outstanding) == 0)
@@ -1050,6 +1060,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     // receiver, holding a reply's data when a reset closed the connection and reclaimed the
     // request, copied it into a buffer that was another's (a review). One compare-and-swap per
     // piece, usually one per reply.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ReadDataAsync(PipeReader reader, Request request, int position, int length)
     {
         Bio? bio = null;
@@ -1239,7 +1250,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     /// </summary>
     public async Task<AllocationExtent?> GetExtentAsync(long offset, uint length, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        if (AllocationContext is null || length == 0)
+        if (AllocationContext is null || length == 0 || cancellationToken.IsCancellationRequested)
         {
             return null;
         }
@@ -1313,6 +1324,7 @@ internal sealed partial class NbdClientConnection : IDisposable
 
     // A question's answer is complete (its DONE chunk, or a simple error reply): its asker gets
     // the extent (or null), and its slot is free again.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> FinishQueryAsync(StatusQuery query)
     {
         var answer = query.Answered && !query.Failed ? query.Extent : (AllocationExtent?)null;
