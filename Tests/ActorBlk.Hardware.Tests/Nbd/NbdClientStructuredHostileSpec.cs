@@ -428,6 +428,49 @@ public sealed class NbdClientStructuredHostileSpec
         Assert.Empty(server.Faults);
     }
 
+    // An answer that does not come (DONE never sent, or late): the question gives up at its
+    // timeout or its caller's cancellation ("cannot tell") without blocking a thread, its slot
+    // stays taken until the answer comes, and a late answer is taken without harm: the
+    // connection goes on and the next question is answered.
+    [Fact]
+    public async Task A_block_status_answer_that_does_not_come_is_given_up_and_a_late_one_does_no_harm()
+    {
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var held = new TaskCompletionSource<FakeNbdRequest>(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var server = new FakeNbdServer(_ => Structured, async s =>
+        {
+            while (await s.ReadRequestAsync() is { } r)
+            {
+                if (r.Command == NbdCommand.BlockStatus && held.TrySetResult(r))
+                {
+                    _ = release.Task.ContinueWith(_ => s.ChunkAsync(r.Cookie, true, Status, Extents(Context, (4096, HoleZero))), TaskScheduler.Default).Unwrap();
+                    continue;
+                }
+
+                await s.ChunkAsync(r.Cookie, true, r.Command == NbdCommand.BlockStatus ? Status : None, r.Command == NbdCommand.BlockStatus ? Extents(Context, (8192, 0)) : []);
+            }
+        });
+        await using var devices = new RingDevices(2);
+        var device = Open(devices, server);
+        var driver = (NbdClientDriver)device.Queue.Driver;
+        var connection = driver.Connections.Single();
+
+        using var cancel = new CancellationTokenSource();
+        var question = ((IAllocationMap)driver).GetExtentAsync(0, 1 << 20, cancel.Token).AsTask();
+        await held.Task.WaitAsync(Condition.Timeout);
+        Assert.False(question.IsCompleted);
+        await cancel.CancelAsync();
+        Assert.Null(await question.WaitAsync(Condition.Timeout));
+        Assert.Equal(1, connection.QueriesOutstanding);
+
+        release.SetResult();
+        await Condition.EventuallyAsync(() => connection.QueriesOutstanding == 0, "the late answer frees the question's slot");
+        Assert.Equal(new AllocationExtent(8192, true), await ((IAllocationMap)driver).GetExtentAsync(0, 1 << 20).AsTask().WaitAsync(Condition.Timeout));
+        Assert.Equal(1, driver.LiveConnections);
+        Assert.Equal(1, server.Accepted);
+        Assert.Empty(server.Faults);
+    }
+
     // A server that refuses structured replies (NBD_REP_ERR_UNSUP), or offers no base:allocation
     // context: simple replies as before, and a map that cannot tell; nothing is asked.
     [Theory]
