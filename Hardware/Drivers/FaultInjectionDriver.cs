@@ -365,6 +365,13 @@ public sealed class FaultInjectionDriver : IBlockDriver, IAllocationMap
         return false;
     }
 
+    /// <summary>The wrapped driver's asynchronous map (a remote one's too), under the same conditions as <see cref="TryGetExtent"/>.</summary>
+    /// <inheritdoc />
+    public ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default) =>
+        ReadsCanSucceed && !_gone && _inner is IAllocationMap map
+            ? map.GetExtentAsync(offset, maxLength, cancellationToken)
+            : ValueTask.FromResult<AllocationExtent?>(null);
+
     /// <inheritdoc />
     public string? PlannedLoss => _inner.PlannedLoss;
 

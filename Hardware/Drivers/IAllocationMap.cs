@@ -40,6 +40,19 @@ public interface IAllocationMap
     bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated);
 
     /// <summary>
+    /// Describes the extent that starts at <paramref name="offset"/> as <see cref="TryGetExtent"/>
+    /// does, for a map that may have to ask over the network (an NBD client's <c>base:allocation</c>):
+    /// it never blocks a thread waiting for an answer. The default calls <see cref="TryGetExtent"/>
+    /// and completes synchronously.
+    /// </summary>
+    /// <param name="offset">Byte offset on the device.</param>
+    /// <param name="maxLength">Longest extent to report (positive; the range lies on the device).</param>
+    /// <param name="cancellationToken">Gives the question up: the answer is then null.</param>
+    /// <returns>The extent, or null when this instance cannot tell (then every byte counts as data).</returns>
+    ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default) =>
+        ValueTask.FromResult<AllocationExtent?>(TryGetExtent(offset, maxLength, out var length, out var allocated) ? new AllocationExtent(length, allocated) : null);
+
+    /// <summary>
     /// The checks of <see cref="TryGetExtent"/> a map makes: a range that is not empty and lies
     /// on a device of <paramref name="capacity"/> bytes.
     /// </summary>
@@ -52,3 +65,8 @@ public interface IAllocationMap
         ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, capacity - offset);
     }
 }
+
+/// <summary>One extent of an allocation map (<see cref="IAllocationMap.GetExtentAsync"/>).</summary>
+/// <param name="Length">Length of the extent in bytes.</param>
+/// <param name="Allocated"><see langword="true"/> for data, <see langword="false"/> for a hole that reads as zeroes.</param>
+public readonly record struct AllocationExtent(long Length, bool Allocated);

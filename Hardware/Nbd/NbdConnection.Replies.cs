@@ -429,19 +429,21 @@ public sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// Writes a <c>base:allocation</c> block status chunk: the extents of the requested range as
-    /// the driver's allocation map reports them (holes as <c>NBD_STATE_HOLE | NBD_STATE_ZERO</c>),
-    /// or one data extent when the driver does not track allocation (proto.md, base:allocation).
-    /// At most <see cref="MaxExtents"/> extents, one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last
-    /// may end before the range does, which the protocol allows. Neighbours in the same state are
-    /// one extent, as qemu's <c>nbd_extent_array_add</c> merges them: a linear device answered a
-    /// hole across its members' boundary as two, and <c>REQ_ONE</c> there got only the first.
+    /// Gathers a <c>base:allocation</c> block status reply's extents into the slot: the requested
+    /// range as the driver's allocation map reports it, or one data extent when the driver does not
+    /// track allocation (proto.md, base:allocation). The map is asked without blocking
+    /// (<see cref="IAllocationMap.GetExtentAsync"/>): a local map answers at once, on this thread; a
+    /// remote one (an NBD client device's, a mirror of remote legs) over the network, before the
+    /// reply is queued, so the writer never waits for it. At most <see cref="MaxExtents"/> extents,
+    /// one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last may end before the range does, which the
+    /// protocol allows. Neighbours in the same state are one extent, as qemu's
+    /// <c>nbd_extent_array_add</c> merges them: a linear device answered a hole across its members'
+    /// boundary as two, and <c>REQ_ONE</c> there got only the first.
     /// </summary>
-    private void WriteBlockStatus(NbdRequestSlot slot)
+    private async ValueTask GatherExtentsAsync(NbdRequestSlot slot)
     {
         var max = (slot.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : MaxExtents;
-        var header = NbdProtocol.StructuredReplyHeaderLength;
-        var span = Free[..(header + 4 + (8 * max))];
+        var extents = slot.ExtentsFor(max);
         var offset = slot.Offset;
         var end = slot.Offset + slot.Length;
         var count = 0;
@@ -450,23 +452,26 @@ public sealed partial class NbdConnection
         var map = _device is null ? null : IAllocationMap.Of(_device);
 
         // The map is asked at most this many times per reply (each answer at least a block): a
-        // range of many small pieces in one state ends early rather than keep the writer busy.
+        // range of many small pieces in one state ends early rather than keep the reply waiting.
         var questions = MaxMapQuestions;
-        var last = Span<byte>.Empty;
-        var lastAllocated = false;
         while (offset < end && questions-- > 0)
         {
             long length;
             bool allocated;
             try
             {
-                if (map is null || !map.TryGetExtent(offset, end - offset, out length, out allocated) || length <= 0)
-                {
-                    (length, allocated) = (end - offset, true);
-                }
+                // A closing connection asks no more (a remote map would send each question on).
+                _abort.Token.ThrowIfCancellationRequested();
+                var extent = map is null ? null : await map.GetExtentAsync(offset, end - offset, _abort.Token).ConfigureAwait(false);
+                (length, allocated) = extent is { Length: > 0 } told ? (told.Length, told.Allocated) : (end - offset, true);
 
                 // Past the range (a custom driver's map breaking its contract): the rest of the range.
                 length = Math.Min(length, end - offset);
+            }
+            catch (OperationCanceledException) when (_abort.IsCancellationRequested)
+            {
+                // The connection is going away: data, which is always safe, and no more questions.
+                (length, allocated) = (end - offset, true);
             }
             catch (Exception ex)
             {
@@ -476,18 +481,14 @@ public sealed partial class NbdConnection
                 _server.LogMapFailure(_device?.Name ?? "?", ex);
             }
 
-            if (count > 0 && allocated == lastAllocated)
+            if (count > 0 && allocated == extents[count - 1].Data)
             {
                 // The range is at most 2^32 - 1 bytes (a request's length), so the sum fits.
-                BinaryPrimitives.WriteUInt32BigEndian(last, BinaryPrimitives.ReadUInt32BigEndian(last) + (uint)length);
+                extents[count - 1].Length += (uint)length;
             }
             else if (count < max)
             {
-                last = span[(header + 4 + (8 * count))..];
-                lastAllocated = allocated;
-                BinaryPrimitives.WriteUInt32BigEndian(last, (uint)length);
-                BinaryPrimitives.WriteUInt32BigEndian(last[4..], (uint)(allocated ? NbdAllocationFlags.Data : NbdAllocationFlags.Hole | NbdAllocationFlags.Zero));
-                count++;
+                extents[count++] = ((uint)length, allocated);
             }
             else
             {
@@ -495,6 +496,36 @@ public sealed partial class NbdConnection
             }
 
             offset += length;
+        }
+
+        slot.ExtentCount = count;
+    }
+
+    // A block status whose map answered asynchronously: queued to the writer once gathered.
+    private async Task CompleteWhenGatheredAsync(ValueTask gathered, NbdRequestSlot slot)
+    {
+        try
+        {
+            await gathered.ConfigureAwait(false);
+        }
+        finally
+        {
+            Completed(slot);
+        }
+    }
+
+    /// <summary>Writes the <c>base:allocation</c> block status chunk of the extents gathered into the slot (<see cref="GatherExtentsAsync"/>).</summary>
+    private void WriteBlockStatus(NbdRequestSlot slot)
+    {
+        var header = NbdProtocol.StructuredReplyHeaderLength;
+        var count = slot.ExtentCount;
+        var span = Free[..(header + 4 + (8 * count))];
+        for (var i = 0; i < count; i++)
+        {
+            var (length, data) = slot.Extents![i];
+            var entry = span[(header + 4 + (8 * i))..];
+            BinaryPrimitives.WriteUInt32BigEndian(entry, length);
+            BinaryPrimitives.WriteUInt32BigEndian(entry[4..], (uint)(data ? NbdAllocationFlags.Data : NbdAllocationFlags.Hole | NbdAllocationFlags.Zero));
         }
 
         BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.StructuredReplyMagic);

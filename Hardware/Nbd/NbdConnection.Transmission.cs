@@ -211,8 +211,19 @@ public sealed partial class NbdConnection
                     | ((slot.Flags & NbdCommandFlags.FastZero) != 0 ? RequestFlags.NoFallback : 0));
                 break;
             case NbdCommand.BlockStatus:
-                // Answered by the writer from the driver's allocation map (or as one data extent).
-                Completed(slot);
+                // The extents are gathered from the driver's allocation map first (a remote map
+                // answers over the network, never awaited in the writer), then the writer answers.
+                var gathered = GatherExtentsAsync(slot);
+                if (gathered.IsCompleted)
+                {
+                    gathered.GetAwaiter().GetResult();
+                    Completed(slot);
+                }
+                else
+                {
+                    _ = CompleteWhenGatheredAsync(gathered, slot);
+                }
+
                 break;
             default:
                 slot.Error = NbdError.Invalid;

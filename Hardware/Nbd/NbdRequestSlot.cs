@@ -52,6 +52,28 @@ internal sealed class NbdRequestSlot : IBioEndIo
         _flushAfter = null;
     }
 
+    /// <summary>
+    /// A block status reply's extents (their lengths, and whether each is data), gathered from the
+    /// allocation map before the reply is queued to the writer; made at the slot's first block
+    /// status and reused.
+    /// </summary>
+    public (uint Length, bool Data)[]? Extents { get; private set; }
+
+    /// <summary>How many of <see cref="Extents"/> the reply carries.</summary>
+    public int ExtentCount { get; set; }
+
+    /// <summary>Gives the slot room for <paramref name="max"/> extents (kept for its later block status requests).</summary>
+    public (uint Length, bool Data)[] ExtentsFor(int max)
+    {
+        if (Extents is null || Extents.Length < max)
+        {
+            Extents = new (uint, bool)[max];
+        }
+
+        ExtentCount = 0;
+        return Extents;
+    }
+
     /// <summary>Bytes of the buffer the slot holds (0 without one).</summary>
     public long BufferBytes => Buffer?.Length ?? 0;
 

@@ -23,6 +23,18 @@ public sealed record FakeNbdExport(ulong Size, NbdTransmissionFlags Flags, uint 
     /// <summary>When set, an NBD_INFO_DESCRIPTION with this text follows the well-formed payloads.</summary>
     public string? Description { get; init; }
 
+    /// <summary>
+    /// NBD_OPT_STRUCTURED_REPLY is acknowledged (otherwise it is unsupported, as every other
+    /// option but NBD_OPT_GO): the script then answers with chunks (<see cref="FakeNbdSession.ChunkAsync"/>).
+    /// </summary>
+    public bool Structured { get; init; }
+
+    /// <summary>
+    /// With <see cref="Structured"/>: NBD_OPT_SET_META_CONTEXT is answered with
+    /// <c>base:allocation</c> under this context id, then acknowledged (null: acknowledged with no context).
+    /// </summary>
+    public uint? AllocationContext { get; init; }
+
     /// <summary>A writable 16 MiB export with flush, FUA, trim and write-zeroes.</summary>
     public static FakeNbdExport Default { get; } = new(16 << 20,
         NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes);
@@ -38,7 +50,8 @@ public sealed record FakeNbdRequest(NbdCommandFlags Flags, NbdCommand Command, u
 
 /// <summary>
 /// A scripted NBD server for client specs: fixed newstyle, NBD_OPT_GO (anything else is
-/// unsupported), simple replies. Each accepted connection negotiates the export its index picks and
+/// unsupported), simple replies; or, for an export that says so, structured replies and the
+/// base:allocation context too. Each accepted connection negotiates the export its index picks and
 /// then runs the spec's script, which reads requests and answers (or misbehaves) as it likes.
 /// </summary>
 public sealed class FakeNbdServer : IAsyncDisposable
@@ -290,6 +303,36 @@ public sealed class FakeNbdSession
         return false;
     }
 
+    /// <summary>
+    /// Sends one structured reply chunk (header and payload as given, however malformed), as one
+    /// write so chunks of concurrent replies do not interleave inside each other.
+    /// </summary>
+    /// <param name="cookie">The cookie.</param>
+    /// <param name="done">Sets NBD_REPLY_FLAG_DONE.</param>
+    /// <param name="type">The chunk type (any 16-bit value).</param>
+    /// <param name="payload">The payload.</param>
+    /// <param name="length">The length field, when it is to differ from the payload's length.</param>
+    public async Task ChunkAsync(ulong cookie, bool done, ushort type, byte[] payload, uint? length = null)
+    {
+        ArgumentNullException.ThrowIfNull(payload);
+        var chunk = new byte[NbdProtocol.StructuredReplyHeaderLength + payload.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(chunk, NbdProtocol.StructuredReplyMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(chunk.AsSpan(4), (ushort)(done ? 1 : 0));
+        BinaryPrimitives.WriteUInt16BigEndian(chunk.AsSpan(6), type);
+        BinaryPrimitives.WriteUInt64BigEndian(chunk.AsSpan(8), cookie);
+        BinaryPrimitives.WriteUInt32BigEndian(chunk.AsSpan(16), length ?? (uint)payload.Length);
+        payload.CopyTo(chunk, NbdProtocol.StructuredReplyHeaderLength);
+        await _write.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await _stream.WriteAsync(chunk).ConfigureAwait(false);
+        }
+        finally
+        {
+            _write.Release();
+        }
+    }
+
     /// <summary>Closes the connection (a hard disconnect).</summary>
     public void Close() => _client.Dispose();
 
@@ -312,6 +355,27 @@ public sealed class FakeNbdSession
             {
                 await OptionReplyAsync(option, NbdReply.Ack, []).ConfigureAwait(false);
                 return false;
+            }
+
+            if (option == NbdOption.StructuredReply && export.Structured)
+            {
+                await OptionReplyAsync(option, NbdReply.Ack, []).ConfigureAwait(false);
+                continue;
+            }
+
+            if (option == NbdOption.SetMetaContext && export.Structured)
+            {
+                if (export.AllocationContext is { } id)
+                {
+                    var name = System.Text.Encoding.UTF8.GetBytes(NbdProtocol.BaseAllocation);
+                    var context = new byte[4 + name.Length];
+                    BinaryPrimitives.WriteUInt32BigEndian(context, id);
+                    name.CopyTo(context, 4);
+                    await OptionReplyAsync(option, NbdReply.MetaContext, context).ConfigureAwait(false);
+                }
+
+                await OptionReplyAsync(option, NbdReply.Ack, []).ConfigureAwait(false);
+                continue;
             }
 
             if (option != NbdOption.Go)

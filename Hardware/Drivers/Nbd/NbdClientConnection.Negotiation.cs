@@ -247,6 +247,8 @@ internal sealed partial class NbdClientConnection
             }
 
             var name = Encoding.UTF8.GetBytes(uri.Export);
+            var (structured, allocationContext) = NegotiateStructuredReplies(stream, uri, name);
+            tlsUnanswered = false;
             // The block sizes, and the description: an ActorBlk server ends it with the device's
             // identity (DiskSequence), which a reconnect compares with the one it opened.
             var go = new byte[4 + name.Length + 2 + 4];
@@ -321,7 +323,11 @@ internal sealed partial class NbdClientConnection
 
             socket.ReceiveTimeout = 0;
             socket.SendTimeout = 0;
-            var made = new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description, clientCertificate);
+            var made = new NbdClientConnection(socket, stream, size, flags, minimum, maximum, description, clientCertificate)
+            {
+                Structured = structured,
+                AllocationContext = allocationContext,
+            };
             clientCertificate = null;
             return made;
         }
@@ -395,6 +401,93 @@ internal sealed partial class NbdClientConnection
             abort.Dispose();
             clientCertificate?.Dispose(); // not handed to a connection
         }
+    }
+
+    // A reply type with bit 31 set is an error (NBD_REP_ERR_*), known to this client or not.
+    private static bool IsError(NbdReply type) => ((uint)type & 0x80000000u) != 0;
+
+    /// <summary>
+    /// Asks for structured replies (<c>NBD_OPT_STRUCTURED_REPLY</c>) and, once they are
+    /// acknowledged, the <c>base:allocation</c> metadata context of the export
+    /// (<c>NBD_OPT_SET_META_CONTEXT</c>), as libnbd and qemu do before <c>NBD_OPT_GO</c>. A server
+    /// that refuses either (any <c>NBD_REP_ERR_*</c> but <c>NBD_REP_ERR_SHUTDOWN</c>) leaves the
+    /// connection with simple replies, or with no allocation map. Extended headers are never asked.
+    /// </summary>
+    /// <returns>Whether structured replies were negotiated, and the context id the server gave <c>base:allocation</c> (null: none).</returns>
+    /// <exception cref="NbdClientProtocolException">A reply breaks the protocol: an acknowledgement with data, a reply type that is neither an acknowledgement nor an error, a context for a name not asked, a second context, or an <c>NBD_REP_META_CONTEXT</c> too short for its id.</exception>
+    /// <exception cref="IOException">The server is shutting down (<c>NBD_REP_ERR_SHUTDOWN</c>; a soft disconnect was sent).</exception>
+    private static (bool Structured, uint? Context) NegotiateStructuredReplies(Stream stream, NbdUri uri, byte[] name)
+    {
+        SendOption(stream, NbdOption.StructuredReply, []);
+        var reply = ReadOptionReply(stream, uri, NbdOption.StructuredReply);
+        if (!Acknowledged(stream, uri, NbdOption.StructuredReply, reply))
+        {
+            return (false, null);
+        }
+
+        var context = Encoding.UTF8.GetBytes(NbdProtocol.BaseAllocation);
+        var query = new byte[4 + name.Length + 4 + 4 + context.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(query, (uint)name.Length);
+        name.CopyTo(query, 4);
+        BinaryPrimitives.WriteUInt32BigEndian(query.AsSpan(4 + name.Length), 1);
+        BinaryPrimitives.WriteUInt32BigEndian(query.AsSpan(8 + name.Length), (uint)context.Length);
+        context.CopyTo(query, 12 + name.Length);
+        SendOption(stream, NbdOption.SetMetaContext, query);
+        uint? id = null;
+        while (true)
+        {
+            reply = ReadOptionReply(stream, uri, NbdOption.SetMetaContext);
+            if (reply.Type != NbdReply.MetaContext)
+            {
+                // An error after a context takes it back: the set is what the final reply says.
+                return (true, Acknowledged(stream, uri, NbdOption.SetMetaContext, reply) ? id : null);
+            }
+
+            if (reply.Data.Length < 4)
+            {
+                throw new NbdClientProtocolException($"{uri}: protocol error: an NBD_REP_META_CONTEXT reply of {reply.Data.Length} byte(s), too short for its context id.");
+            }
+
+            if (!reply.Data.AsSpan(4).SequenceEqual(context))
+            {
+                throw new NbdClientProtocolException($"{uri}: protocol error: NBD_REP_META_CONTEXT for the context '{Printable(reply.Data[4..])}', which was not asked (only {NbdProtocol.BaseAllocation} was).");
+            }
+
+            if (id is not null)
+            {
+                throw new NbdClientProtocolException($"{uri}: protocol error: a second NBD_REP_META_CONTEXT for {NbdProtocol.BaseAllocation}.");
+            }
+
+            id = BinaryPrimitives.ReadUInt32BigEndian(reply.Data);
+        }
+    }
+
+    // True for NBD_REP_ACK (without data), false for an error the client falls back from; a
+    // shutdown ends the negotiation with a soft disconnect, anything else is a protocol error.
+    private static bool Acknowledged(Stream stream, NbdUri uri, NbdOption option, (NbdReply Type, byte[] Data) reply)
+    {
+        if (reply.Type == NbdReply.Ack)
+        {
+            if (reply.Data.Length != 0)
+            {
+                throw new NbdClientProtocolException($"{uri}: protocol error: NBD_REP_ACK to {option} with {reply.Data.Length} byte(s) of data (it has none).");
+            }
+
+            return true;
+        }
+
+        if (!IsError(reply.Type))
+        {
+            throw new NbdClientProtocolException($"{uri}: protocol error: a reply of type {(uint)reply.Type} to {option}, which is answered by an acknowledgement or an error.");
+        }
+
+        if (reply.Type == NbdReply.ErrShutdown)
+        {
+            SoftDisconnect(stream);
+            throw new IOException($"{uri}: {Describe(reply.Type, reply.Data)}.");
+        }
+
+        return false;
     }
 
     /// <summary>The first wait before a connect to a Unix socket whose backlog is full is tried again.</summary>

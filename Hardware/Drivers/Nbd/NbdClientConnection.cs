@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.IO.Pipelines;
 using System.Security.Cryptography.X509Certificates;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
@@ -17,7 +18,11 @@ namespace ActorBlk.Hardware.Drivers.Nbd;
 /// One NBD connection of the client driver, serving one hardware queue (as Linux's nbd driver
 /// does): requests are written into a send pipe by the queue's dispatcher and pushed to the socket
 /// by a pump; a receiver matches replies to requests by cookie (generation, tag and flush-sequence stage) and completes
-/// them. Simple replies only, so a read's data follows its 16-byte reply header.
+/// them. With structured replies negotiated (<see cref="Structured"/>) a read's data comes in
+/// <c>NBD_REPLY_TYPE_OFFSET_DATA</c> and <c>NBD_REPLY_TYPE_OFFSET_HOLE</c> chunks, in any order, and
+/// with the <c>base:allocation</c> context (<see cref="AllocationContext"/>) the connection answers
+/// block status questions (<see cref="GetExtentAsync"/>); otherwise a read's data follows its
+/// 16-byte simple reply header.
 /// </summary>
 internal sealed partial class NbdClientConnection : IDisposable
 {
@@ -76,9 +81,20 @@ internal sealed partial class NbdClientConnection : IDisposable
         {
             _pending[i] = new Pending();
         }
+
+        for (var i = 0; i < _queries.Length; i++)
+        {
+            _queries[i] = new StatusQuery();
+        }
     }
 
     public ulong Size { get; }
+
+    /// <summary>Structured replies were negotiated (<c>NBD_OPT_STRUCTURED_REPLY</c> acknowledged).</summary>
+    public bool Structured { get; private init; }
+
+    /// <summary>The id the server gave the <c>base:allocation</c> metadata context, or null when none was negotiated.</summary>
+    public uint? AllocationContext { get; private init; }
 
     public NbdTransmissionFlags Flags { get; }
 
@@ -236,6 +252,10 @@ internal sealed partial class NbdClientConnection : IDisposable
         pending.Stage = stage;
         pending.Read = command == NbdCommand.Read;
         pending.Length = command == NbdCommand.Read ? request.Bytes : 0;
+        pending.Offset = request.Offset;
+        pending.Error = NbdError.None;
+        pending.Covered = 0;
+        pending.RunCount = 0;
         Volatile.Write(ref pending.Request, request);
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
@@ -360,6 +380,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         }
 
         Fence();
+        AbandonQueries();
     }
 
     /// <summary>
@@ -516,6 +537,8 @@ internal sealed partial class NbdClientConnection : IDisposable
         {
             while (true)
             {
+                // A simple reply's header is the shorter: a structured chunk's is read on once its
+                // magic says so (waiting for 20 bytes held a write's 16-byte reply back).
                 var result = await reader.ReadAtLeastAsync(NbdProtocol.SimpleReplyHeaderLength).ConfigureAwait(false);
                 var buffer = result.Buffer;
                 if (buffer.Length < NbdProtocol.SimpleReplyHeaderLength)
@@ -524,85 +547,20 @@ internal sealed partial class NbdClientConnection : IDisposable
                     return;
                 }
 
-                var magicOk = ParseReply(buffer.Slice(0, NbdProtocol.SimpleReplyHeaderLength), out var error, out var cookie);
-                reader.AdvanceTo(buffer.GetPosition(NbdProtocol.SimpleReplyHeaderLength));
-                if (!magicOk)
+                Step step;
+                if (ReadMagic(buffer) == NbdProtocol.StructuredReplyMagic && Structured)
                 {
-                    Lost("bad reply magic");
-                    return;
-                }
-
-                var tag = (int)(cookie & 0xffff);
-                var stage = (int)((cookie >> 16) & 0xffff);
-                var generation = (uint)(cookie >> 32);
-                if ((uint)tag >= MaxTags || Volatile.Read(ref _pending[tag].Request) is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
-                {
-                    // Framing depends on knowing the request (a read's data follows): a reply we
-                    // cannot match leaves the stream unparseable.
-                    Lost($"a reply for unknown cookie 0x{cookie:x}");
-                    return;
-                }
-
-                var pending = _pending[tag];
-                if (pending.Read && error == NbdError.None && !await ReadDataAsync(reader, request, pending.Length).ConfigureAwait(false))
-                {
-                    // The connection was killed or closed with the data unread: its requests are
-                    // the block layer's now (requeued or failed), and nothing more is read here.
-                    Lost(Volatile.Read(ref _killedBecause) ?? "the connection was closed");
-                    return;
-                }
-
-                pending.Request = null;
-                Interlocked.Decrement(ref _outstanding);
-                if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
-                {
-                    var (command, flags) = pending.Next ?? (NbdCommand.Flush, NbdCommandFlags.None);
-                    if (!TryWrite(request, command, flags, next: null, postFlush: pending.Next is not null && pending.PostFlush, stage: pending.Stage + 1, push: true))
-                    {
-                        // The connection takes no more (closing, or gone): the request stays in
-                        // flight and the reconnect retries it whole, as one the server refused.
-                        request.RetryNotCounted = true;
-                    }
-                }
-                else if (error == NbdError.Shutdown)
-                {
-                    // The server never ran it: its retry after the reconnect is not counted.
-                    request.RetryNotCounted = true;
-                    // The server is shutting down (proto.md: the client MUST initiate a soft
-                    // disconnect). The request is not completed: it stays in flight, and the
-                    // reconnect after the disconnect takes it back and retries it, as for a lost
-                    // connection. No new request goes out here; the outstanding ones may finish.
-                    lock (_sendLock)
-                    {
-                        _closing = true;
-                    }
+                    // Nothing consumed: the chunk's header is read again whole.
+                    reader.AdvanceTo(buffer.Start);
+                    step = await ReceiveChunkAsync(reader).ConfigureAwait(false);
                 }
                 else
                 {
-                    request.Complete(NbdErrors.ToStatus(error), generation);
+                    step = await ReceiveSimpleAsync(reader, buffer).ConfigureAwait(false);
                 }
 
-                if (Volatile.Read(ref _closing) && Volatile.Read(ref _outstanding) == 0)
+                if (step == Step.Stop)
                 {
-                    // Every outstanding request is answered (TryEnqueue takes none once closing):
-                    // disconnect softly, let the pump send it, then report the connection lost so
-                    // supervision reconnects and retries what the server refused.
-                    if (SendDisconnect())
-                    {
-                        try
-                        {
-                            // Bounded: a server that stopped reading must not keep the connection
-                            // from being reported lost (every request meanwhile answers Resource).
-                            await _pump.WaitAsync(DisconnectWait).ConfigureAwait(false);
-                        }
-                        catch (TimeoutException)
-                        {
-                        }
-                    }
-
-                    // Nothing is outstanding: closed in order, so the NBD_CMD_DISC proto.md asks
-                    // for is not dropped by a reset.
-                    Lost("the server is shutting down (NBD_ESHUTDOWN)", orderly: true);
                     return;
                 }
             }
@@ -627,6 +585,462 @@ internal sealed partial class NbdClientConnection : IDisposable
         }
     }
 
+    // What the receiver does after a reply or chunk: read the next, or stop (the connection is lost).
+    private enum Step
+    {
+        Next,
+        Stop,
+    }
+
+    private static uint ReadMagic(ReadOnlySequence<byte> buffer)
+    {
+        Span<byte> magic = stackalloc byte[4];
+        buffer.Slice(0, 4).CopyTo(magic);
+        return BinaryPrimitives.ReadUInt32BigEndian(magic);
+    }
+
+    // A simple reply (16 bytes, in the buffer): a read's data follows it when structured replies
+    // are not negotiated; with them, proto.md has the server answer NBD_CMD_READ with a structured
+    // reply only ("MUST NOT use a simple reply for NBD_CMD_READ (even for the case of an early
+    // EINVAL)"), and NBD_CMD_BLOCK_STATUS's success is a NBD_REPLY_TYPE_BLOCK_STATUS chunk.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> ReceiveSimpleAsync(PipeReader reader, ReadOnlySequence<byte> buffer)
+    {
+        var magicOk = ParseReply(buffer.Slice(0, NbdProtocol.SimpleReplyHeaderLength), out var error, out var cookie);
+        reader.AdvanceTo(buffer.GetPosition(NbdProtocol.SimpleReplyHeaderLength));
+        if (!magicOk)
+        {
+            Lost("bad reply magic");
+            return Step.Stop;
+        }
+
+        var tag = (int)(cookie & 0xffff);
+        var stage = (int)((cookie >> 16) & 0xffff);
+        var generation = (uint)(cookie >> 32);
+        if (stage == QueryStage)
+        {
+            if (QueryOf(tag, generation) is not { } query)
+            {
+                Lost($"a reply for unknown cookie 0x{cookie:x}");
+                return Step.Stop;
+            }
+
+            if (error == NbdError.None)
+            {
+                Lost("a simple reply without error to NBD_CMD_BLOCK_STATUS (its answer is an NBD_REPLY_TYPE_BLOCK_STATUS chunk)");
+                return Step.Stop;
+            }
+
+            query.Failed = true;
+            return await FinishQueryAsync(query).ConfigureAwait(false);
+        }
+
+        if ((uint)tag >= MaxTags || Volatile.Read(ref _pending[tag].Request) is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
+        {
+            // Framing depends on knowing the request (a read's data follows): a reply we
+            // cannot match leaves the stream unparseable.
+            Lost($"a reply for unknown cookie 0x{cookie:x}");
+            return Step.Stop;
+        }
+
+        var pending = _pending[tag];
+        if (pending.Read && Structured)
+        {
+            Lost($"a simple reply to NBD_CMD_READ (cookie 0x{cookie:x}) after structured replies were negotiated");
+            return Step.Stop;
+        }
+
+        if (pending.Read && error == NbdError.None && !await ReadDataAsync(reader, request, 0, pending.Length).ConfigureAwait(false))
+        {
+            // The connection was killed or closed with the data unread: its requests are
+            // the block layer's now (requeued or failed), and nothing more is read here.
+            Lost(Volatile.Read(ref _killedBecause) ?? "the connection was closed");
+            return Step.Stop;
+        }
+
+        return await FinishAsync(pending, request, generation, error).ConfigureAwait(false);
+    }
+
+    // The largest payload of a chunk that carries no read data this client takes: an error's
+    // message of at most 4096 bytes with its fixed part, or a block status chunk (with
+    // NBD_CMD_FLAG_REQ_ONE, one extent; the rest are ignored, as qemu does, but at most this many
+    // bytes are taken). Past it the peer claims a length no reply here has: the connection is lost.
+    private const int MaxControlPayload = 64 << 10;
+
+    // NBD_REPLY_FLAG_DONE: the last chunk of a reply.
+    private const ushort ReplyFlagDone = 1;
+
+    // One structured reply chunk (proto.md, "Structured reply chunk message"), its 20-byte header
+    // in the reader. Every length the peer claims is checked against the request's own before
+    // anything is read or taken: a data chunk outside the read's range, overlapping another, or a
+    // read whose DONE comes before its data covered it fails that request (EIO) and nothing is
+    // copied; a chunk that cannot be framed or breaks a MUST (an unknown cookie, an oversized
+    // length, a fixed-size chunk of another size, an unknown non-error type, NONE without DONE, a
+    // data chunk for a command that has none) loses the connection, as a bad simple reply does.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> ReceiveChunkAsync(PipeReader reader)
+    {
+        var result = await reader.ReadAtLeastAsync(NbdProtocol.StructuredReplyHeaderLength).ConfigureAwait(false);
+        var buffer = result.Buffer;
+        if (buffer.Length < NbdProtocol.StructuredReplyHeaderLength)
+        {
+            Lost(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk's header");
+            return Step.Stop;
+        }
+
+        Span<byte> header = stackalloc byte[NbdProtocol.StructuredReplyHeaderLength];
+        buffer.Slice(0, NbdProtocol.StructuredReplyHeaderLength).CopyTo(header);
+        reader.AdvanceTo(buffer.GetPosition(NbdProtocol.StructuredReplyHeaderLength));
+        var done = (BinaryPrimitives.ReadUInt16BigEndian(header[4..]) & ReplyFlagDone) != 0;
+        var type = (NbdChunkType)BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+        var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+        var length = BinaryPrimitives.ReadUInt32BigEndian(header[16..]);
+        var tag = (int)(cookie & 0xffff);
+        var stage = (int)((cookie >> 16) & 0xffff);
+        var generation = (uint)(cookie >> 32);
+        if (stage == QueryStage)
+        {
+            return QueryOf(tag, generation) is { } query
+                ? await QueryChunkAsync(reader, query, type, length, done).ConfigureAwait(false)
+                : LostStep($"a reply chunk for unknown cookie 0x{cookie:x}");
+        }
+
+        if ((uint)tag >= MaxTags || Volatile.Read(ref _pending[tag].Request) is not { } request || _pending[tag].Generation != generation || _pending[tag].Stage != stage)
+        {
+            return LostStep($"a reply chunk for unknown cookie 0x{cookie:x}");
+        }
+
+        var pending = _pending[tag];
+        switch (type)
+        {
+            case NbdChunkType.OffsetData when pending.Read:
+            {
+                if (length <= 8 || length - 8 > (uint)pending.Length)
+                {
+                    return LostStep($"an NBD_REPLY_TYPE_OFFSET_DATA chunk of {length} bytes for a read of {pending.Length}");
+                }
+
+                var offset = await ReadU64Async(reader).ConfigureAwait(false);
+                if (offset is not { } at)
+                {
+                    return LostStep(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
+                }
+
+                var size = (int)(length - 8);
+                if (!pending.Take(at, size))
+                {
+                    // Outside the read, or over data already given: the request fails; the chunk
+                    // is read past, never copied.
+                    await SkipAsync(reader, size).ConfigureAwait(false);
+                }
+                else if (!await ReadDataAsync(reader, request, (int)(at - (ulong)pending.Offset), size).ConfigureAwait(false))
+                {
+                    return LostStep(Volatile.Read(ref _killedBecause) ?? "the connection was closed");
+                }
+
+                break;
+            }
+
+            case NbdChunkType.OffsetHole when pending.Read:
+            {
+                if (length != 12)
+                {
+                    return LostStep($"an NBD_REPLY_TYPE_OFFSET_HOLE chunk of {length} bytes (it is 12)");
+                }
+
+                if (await ReadPayloadAsync(reader, 12).ConfigureAwait(false) is not { } payload)
+                {
+                    return LostStep(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
+                }
+
+                var at = ReadU64(payload);
+                var size = ReadU32(payload.Slice(8));
+                reader.AdvanceTo(payload.End);
+                if (pending.Take(at, (long)size) && !ZeroFill(request, (int)(at - (ulong)pending.Offset), (int)size))
+                {
+                    return LostStep(Volatile.Read(ref _killedBecause) ?? "the connection was closed");
+                }
+
+                break;
+            }
+
+            case NbdChunkType.None:
+                if (length != 0 || !done)
+                {
+                    return LostStep(length != 0 ? $"an NBD_REPLY_TYPE_NONE chunk of {length} bytes (it has none)" : "an NBD_REPLY_TYPE_NONE chunk without NBD_REPLY_FLAG_DONE");
+                }
+
+                break;
+
+            default:
+                if (((ushort)type & 0x8000) == 0)
+                {
+                    return LostStep(type is NbdChunkType.OffsetData or NbdChunkType.OffsetHole or NbdChunkType.BlockStatus
+                        ? $"a reply chunk of type {type} for a command that takes none"
+                        : $"a reply chunk of unknown type {(ushort)type}");
+                }
+
+                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
+                {
+                    return Step.Stop;
+                }
+
+                pending.Fail(error);
+                break;
+        }
+
+        if (!done)
+        {
+            return Step.Next;
+        }
+
+        // A read is answered only when its data (and holes) covered it; DONE before that is the
+        // server's failure to send the rest, an I/O error of the request.
+        var outcome = pending.Error != NbdError.None ? pending.Error : pending.Read && pending.Covered != pending.Length ? NbdError.Io : NbdError.None;
+        return await FinishAsync(pending, request, generation, outcome).ConfigureAwait(false);
+    }
+
+    private Step LostStep(string why)
+    {
+        Lost(why);
+        return Step.Stop;
+    }
+
+    // An error chunk (NBD_REPLY_TYPE_ERROR, ERROR_OFFSET, or an unknown type with the error bit,
+    // which proto.md has the client take as an error): its 32-bit error, and for the known types
+    // a message length that frames the chunk exactly. A zero error is EIO. Null when the connection is lost.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length)
+    {
+        var fixedPart = type switch
+        {
+            NbdChunkType.Error => 6,
+            NbdChunkType.ErrorOffset => 14,
+            _ => 4,
+        };
+        if (length < fixedPart || length > MaxControlPayload)
+        {
+            Lost($"an error chunk of type {(ushort)type} of {length} bytes");
+            return null;
+        }
+
+        if (await ReadPayloadAsync(reader, (int)length).ConfigureAwait(false) is not { } payload)
+        {
+            Lost(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
+            return null;
+        }
+
+        var error = (NbdError)ReadU32(payload);
+        var message = fixedPart > 4 ? ReadU16(payload.Slice(4)) : 0;
+        reader.AdvanceTo(payload.End);
+        if (fixedPart > 4 && message != length - fixedPart)
+        {
+            Lost($"an error chunk of type {type} of {length} bytes with a message of {message}");
+            return null;
+        }
+
+        return error == NbdError.None ? NbdError.Io : error;
+    }
+
+    // A block status question's chunk: one NBD_REPLY_TYPE_BLOCK_STATUS for the negotiated
+    // context (qemu's nbd_parse_blockstatus_payload: an extent of zero length, another context's
+    // id, or a second chunk fail the question; an extent past the range asked is cut to it; with
+    // NBD_CMD_FLAG_REQ_ONE extents after the first are ignored), NONE, or an error.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> QueryChunkAsync(PipeReader reader, StatusQuery query, NbdChunkType type, uint length, bool done)
+    {
+        switch (type)
+        {
+            case NbdChunkType.BlockStatus:
+            {
+                if (length < 12 || (length - 4) % 8 != 0 || length > MaxControlPayload)
+                {
+                    return LostStep($"an NBD_REPLY_TYPE_BLOCK_STATUS chunk of {length} bytes");
+                }
+
+                if (await ReadPayloadAsync(reader, (int)length).ConfigureAwait(false) is not { } payload)
+                {
+                    return LostStep(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
+                }
+
+                var context = ReadU32(payload);
+                var extent = ReadU32(payload.Slice(4));
+                var state = (NbdAllocationFlags)ReadU32(payload.Slice(8));
+                reader.AdvanceTo(payload.End);
+                if (context != AllocationContext || query.Answered || extent == 0)
+                {
+                    query.Failed = true;
+                }
+
+                query.Answered = true;
+                const NbdAllocationFlags Hole = NbdAllocationFlags.Hole | NbdAllocationFlags.Zero;
+                query.Extent = new AllocationExtent(Math.Min(extent, query.Length), (state & Hole) != Hole);
+                break;
+            }
+
+            case NbdChunkType.None:
+                if (length != 0 || !done)
+                {
+                    return LostStep(length != 0 ? $"an NBD_REPLY_TYPE_NONE chunk of {length} bytes (it has none)" : "an NBD_REPLY_TYPE_NONE chunk without NBD_REPLY_FLAG_DONE");
+                }
+
+                break;
+
+            default:
+                if (((ushort)type & 0x8000) == 0)
+                {
+                    return LostStep(type is NbdChunkType.OffsetData or NbdChunkType.OffsetHole
+                        ? $"a reply chunk of type {type} for NBD_CMD_BLOCK_STATUS"
+                        : $"a reply chunk of unknown type {(ushort)type}");
+                }
+
+                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is null)
+                {
+                    return Step.Stop;
+                }
+
+                query.Failed = true;
+                break;
+        }
+
+        return done ? await FinishQueryAsync(query).ConfigureAwait(false) : Step.Next;
+    }
+
+    // The payload of a chunk, whole in the reader's buffer (at most MaxControlPayload bytes): the
+    // caller advances past it. Null at the end of the stream.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<ReadOnlySequence<byte>?> ReadPayloadAsync(PipeReader reader, int length)
+    {
+        var result = await reader.ReadAtLeastAsync(length).ConfigureAwait(false);
+        if (result.Buffer.Length < length)
+        {
+            reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+            return null;
+        }
+
+        return result.Buffer.Slice(0, length);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<ulong?> ReadU64Async(PipeReader reader)
+    {
+        if (await ReadPayloadAsync(reader, 8).ConfigureAwait(false) is not { } payload)
+        {
+            return null;
+        }
+
+        var value = ReadU64(payload);
+        reader.AdvanceTo(payload.End);
+        return value;
+    }
+
+    private static ulong ReadU64(ReadOnlySequence<byte> bytes)
+    {
+        Span<byte> b = stackalloc byte[8];
+        bytes.Slice(0, 8).CopyTo(b);
+        return BinaryPrimitives.ReadUInt64BigEndian(b);
+    }
+
+    private static uint ReadU32(ReadOnlySequence<byte> bytes)
+    {
+        Span<byte> b = stackalloc byte[4];
+        bytes.Slice(0, 4).CopyTo(b);
+        return BinaryPrimitives.ReadUInt32BigEndian(b);
+    }
+
+    private static ushort ReadU16(ReadOnlySequence<byte> bytes)
+    {
+        Span<byte> b = stackalloc byte[2];
+        bytes.Slice(0, 2).CopyTo(b);
+        return BinaryPrimitives.ReadUInt16BigEndian(b);
+    }
+
+    // Reads past count bytes of a chunk not taken (a data chunk of a request that failed).
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private static async ValueTask SkipAsync(PipeReader reader, long count)
+    {
+        while (count > 0)
+        {
+            var result = await reader.ReadAsync().ConfigureAwait(false);
+            var take = Math.Min(count, result.Buffer.Length);
+            reader.AdvanceTo(result.Buffer.GetPosition(take));
+            count -= take;
+            if (count > 0 && result.IsCompleted)
+            {
+                throw new EndOfStreamException("the server closed the connection inside a reply chunk");
+            }
+        }
+    }
+
+    // A request's reply is complete (a simple reply, or the chunk with NBD_REPLY_FLAG_DONE): the
+    // flush sequence's next stage goes out, or the request completes, or (ESHUTDOWN) it waits for
+    // the reconnect; then a closing connection with nothing outstanding disconnects.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> FinishAsync(Pending pending, Request request, uint generation, NbdError error)
+    {
+        pending.Request = null;
+        Interlocked.Decrement(ref _outstanding);
+        if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
+        {
+            var (command, flags) = pending.Next ?? (NbdCommand.Flush, NbdCommandFlags.None);
+            if (!TryWrite(request, command, flags, next: null, postFlush: pending.Next is not null && pending.PostFlush, stage: pending.Stage + 1, push: true))
+            {
+                // The connection takes no more (closing, or gone): the request stays in
+                // flight and the reconnect retries it whole, as one the server refused.
+                request.RetryNotCounted = true;
+            }
+        }
+        else if (error == NbdError.Shutdown)
+        {
+            // The server never ran it: its retry after the reconnect is not counted.
+            request.RetryNotCounted = true;
+            // The server is shutting down (proto.md: the client MUST initiate a soft
+            // disconnect). The request is not completed: it stays in flight, and the
+            // reconnect after the disconnect takes it back and retries it, as for a lost
+            // connection. No new request goes out here; the outstanding ones may finish.
+            lock (_sendLock)
+            {
+                _closing = true;
+            }
+        }
+        else
+        {
+            request.Complete(NbdErrors.ToStatus(error), generation);
+        }
+
+        return await DisconnectIfDrainedAsync().ConfigureAwait(false);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> DisconnectIfDrainedAsync()
+    {
+        if (Volatile.Read(ref _closing) && Volatile.Read(ref _outstanding) == 0)
+        {
+            // Every outstanding request is answered (TryEnqueue takes none once closing):
+            // disconnect softly, let the pump send it, then report the connection lost so
+            // supervision reconnects and retries what the server refused.
+            if (SendDisconnect())
+            {
+                try
+                {
+                    // Bounded: a server that stopped reading must not keep the connection
+                    // from being reported lost (every request meanwhile answers Resource).
+                    await _pump.WaitAsync(DisconnectWait).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                }
+            }
+
+            // Nothing is outstanding: closed in order, so the NBD_CMD_DISC proto.md asks
+            // for is not dropped by a reset.
+            Lost("the server is shutting down (NBD_ESHUTDOWN)", orderly: true);
+            return Step.Stop;
+        }
+
+        return Step.Next;
+    }
+
     private static bool ParseReply(ReadOnlySequence<byte> bytes, out NbdError error, out ulong cookie)
     {
         Span<byte> header = stackalloc byte[NbdProtocol.SimpleReplyHeaderLength];
@@ -636,15 +1050,18 @@ internal sealed partial class NbdClientConnection : IDisposable
         return BinaryPrimitives.ReadUInt32BigEndian(header) == NbdProtocol.SimpleReplyMagic;
     }
 
-    // Copies a read's data into its request's bios as it arrives; false, with the rest unread,
-    // once the connection is fenced (Fence). Each piece is copied holding the copy word, taken
-    // before the request's bios are touched at all and never held across a read of the socket:
-    // a fence waits at most for one copy of bytes already received, and after it no byte lands
-    // in a request the block layer may have taken back (requeued, failed, its bios freed and
-    // reused by other I/O). Without it the receiver, holding a reply's data when a reset closed
-    // the connection and reclaimed the request, copied it into a buffer that was another's (a
-    // review). One compare-and-swap per piece, usually one per reply.
-    private async ValueTask<bool> ReadDataAsync(PipeReader reader, Request request, int length)
+    // Copies a read's data into its request's bios as it arrives, from byte position of the
+    // request on (0 for a simple reply's data, a chunk's offset within the read for
+    // NBD_REPLY_TYPE_OFFSET_DATA); false, with the rest unread, once the connection is fenced
+    // (Fence). Each piece is copied holding the copy word, taken before the request's bios are
+    // touched at all and never held across a read of the socket: a fence waits at most for one
+    // copy of bytes already received, and after it no byte lands in a request the block layer may
+    // have taken back (requeued, failed, its bios freed and reused by other I/O). Without it the
+    // receiver, holding a reply's data when a reset closed the connection and reclaimed the
+    // request, copied it into a buffer that was another's (a review). One compare-and-swap per
+    // piece, usually one per reply.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> ReadDataAsync(PipeReader reader, Request request, int position, int length)
     {
         Bio? bio = null;
         var offset = 0;
@@ -666,10 +1083,14 @@ internal sealed partial class NbdClientConnection : IDisposable
             long taken = 0;
             try
             {
-                bio ??= request.Bio;
+                if (bio is null && left == length)
+                {
+                    (bio, offset) = Seek(request, position, length);
+                }
+
                 while (left > 0 && taken < buffer.Length && bio is not null)
                 {
-                    var take = (int)Math.Min(buffer.Length - taken, bio.Size - offset);
+                    var take = (int)Math.Min(Math.Min(buffer.Length - taken, bio.Size - offset), left);
                     buffer.Slice(taken, take).CopyTo(bio.Buffer.Span.Slice(offset, take));
                     taken += take;
                     offset += take;
@@ -696,6 +1117,58 @@ internal sealed partial class NbdClientConnection : IDisposable
             {
                 throw new EndOfStreamException("the server closed the connection inside a read's data");
             }
+        }
+
+        return true;
+    }
+
+    // The bio holding byte position of the request, and the offset in it; the bios must hold
+    // position + length bytes (the request's own length bounds both, checked by Pending.Take).
+    private static (Bio Bio, int Offset) Seek(Request request, int position, int length)
+    {
+        var bio = request.Bio;
+        var offset = position;
+        while (bio is not null && offset >= bio.Size)
+        {
+            offset -= bio.Size;
+            bio = bio.Next;
+        }
+
+        return bio is null
+            ? throw new IOException($"a read's data at byte {position} (for {length} bytes) lies past its bios")
+            : (bio, offset);
+    }
+
+    // Zeroes length bytes of the request from byte position on (an NBD_REPLY_TYPE_OFFSET_HOLE),
+    // under the copy word as a copy is; false once the connection is fenced.
+    private bool ZeroFill(Request request, int position, int length)
+    {
+        if (Interlocked.CompareExchange(ref _copy, CopyBusy, CopyOpen) != CopyOpen)
+        {
+            return false;
+        }
+
+        try
+        {
+            var (bio, offset) = Seek(request, position, length);
+            var left = length;
+            while (left > 0)
+            {
+                if (bio is null)
+                {
+                    throw new IOException($"a hole of {length} bytes in a read has bios for only {length - left} of them");
+                }
+
+                var take = Math.Min(bio.Size - offset, left);
+                bio.Buffer.Span.Slice(offset, take).Clear();
+                left -= take;
+                bio = bio.Next;
+                offset = 0;
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref _copy, CopyOpen);
         }
 
         return true;
@@ -754,6 +1227,143 @@ internal sealed partial class NbdClientConnection : IDisposable
     // the write was answered or even sent (an outside audit with a hostile server).
     private static ulong Cookie(uint generation, int tag, int stage) => ((ulong)generation << 32) | ((uint)stage << 16) | (uint)tag;
 
+    // The stage of a block status question's cookie: no request's stage (0 to 2) has it, and its
+    // tag is the question's slot.
+    private const int QueryStage = 0xffff;
+
+    // Block status questions a connection has out at once; past it a question is not asked (null).
+    private const int MaxQueries = 16;
+
+    private readonly StatusQuery[] _queries = new StatusQuery[MaxQueries];
+
+    /// <summary>Block status questions sent whose answer has not come, for specs.</summary>
+    internal int QueriesOutstanding => _queries.Count(q => Volatile.Read(ref q.Busy) != 0);
+
+    /// <summary>
+    /// Asks the server the <c>base:allocation</c> state of the extent at <paramref name="offset"/>
+    /// (<c>NBD_CMD_BLOCK_STATUS</c> with <c>NBD_CMD_FLAG_REQ_ONE</c>, at most
+    /// <paramref name="length"/> bytes), without blocking a thread. Null when it cannot tell: no
+    /// context was negotiated, the connection takes no more requests or is lost, too many
+    /// questions are out, the server answered with an error or a malformed answer, or no answer
+    /// came within <paramref name="timeout"/> or before <paramref name="cancellationToken"/> (the
+    /// question's slot is then freed only by its answer, or with the connection).
+    /// </summary>
+    public async Task<AllocationExtent?> GetExtentAsync(long offset, uint length, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (AllocationContext is null || length == 0 || cancellationToken.IsCancellationRequested)
+        {
+            return null;
+        }
+
+        StatusQuery? query = null;
+        var index = 0;
+        for (; index < _queries.Length; index++)
+        {
+            if (Interlocked.CompareExchange(ref _queries[index].Busy, 1, 0) == 0)
+            {
+                query = _queries[index];
+                break;
+            }
+        }
+
+        if (query is null)
+        {
+            return null;
+        }
+
+        var completion = new TaskCompletionSource<AllocationExtent?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_sendLock)
+        {
+            if (_closing || _disconnected || IsDead)
+            {
+                Volatile.Write(ref query.Busy, 0);
+                return null;
+            }
+
+            query.Length = length;
+            query.Answered = false;
+            query.Failed = false;
+            query.Extent = default;
+            query.Completion = completion;
+            var generation = ++query.Generation;
+            Interlocked.Increment(ref _outstanding);
+            var span = _send.Writer.GetSpan(NbdProtocol.RequestHeaderLength);
+            BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
+            BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)NbdCommandFlags.ReqOne);
+            BinaryPrimitives.WriteUInt16BigEndian(span[6..], (ushort)NbdCommand.BlockStatus);
+            BinaryPrimitives.WriteUInt64BigEndian(span[8..], Cookie(generation, index, QueryStage));
+            BinaryPrimitives.WriteUInt64BigEndian(span[16..], (ulong)offset);
+            BinaryPrimitives.WriteUInt32BigEndian(span[24..], length);
+            _send.Writer.Advance(NbdProtocol.RequestHeaderLength);
+
+            // Published before it can be answered; a kill after this completes it (AbandonQueries).
+            Volatile.Write(ref query.Generation, generation);
+            Volatile.Write(ref query.Open, 1);
+            Flush();
+        }
+
+        if (IsDead)
+        {
+            // Killed while it was written: the kill may have looked before it was open.
+            completion.TrySetResult(null);
+        }
+
+        try
+        {
+            return await completion.Task.WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
+        {
+            return null;
+        }
+    }
+
+    // The question a cookie names, or null when none with that generation is out.
+    private StatusQuery? QueryOf(int index, uint generation) =>
+        (uint)index < (uint)_queries.Length && _queries[index] is var query && Volatile.Read(ref query.Open) != 0 && query.Generation == generation ? query : null;
+
+    // A question's answer is complete (its DONE chunk, or a simple error reply): its asker gets
+    // the extent (or null), and its slot is free again.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<Step> FinishQueryAsync(StatusQuery query)
+    {
+        var answer = query.Answered && !query.Failed ? query.Extent : (AllocationExtent?)null;
+        var completion = query.Completion;
+        query.Completion = null;
+        Volatile.Write(ref query.Open, 0);
+        Volatile.Write(ref query.Busy, 0);
+        Interlocked.Decrement(ref _outstanding);
+        completion?.TrySetResult(answer);
+        return await DisconnectIfDrainedAsync().ConfigureAwait(false);
+    }
+
+    // The connection is shut down: every question out gets null (its slot stays taken; the
+    // connection takes no more).
+    private void AbandonQueries()
+    {
+        foreach (var query in _queries)
+        {
+            if (Volatile.Read(ref query.Open) != 0)
+            {
+                query.Completion?.TrySetResult(null);
+            }
+        }
+    }
+
+    /// <summary>A block status question in flight (<see cref="GetExtentAsync"/>).</summary>
+    private sealed class StatusQuery
+    {
+        // Taken by an asker (1) until its answer is complete; Open once its request is written.
+        public int Busy;
+        public int Open;
+        public uint Generation;
+        public uint Length;
+        public bool Answered;
+        public bool Failed;
+        public AllocationExtent Extent;
+        public TaskCompletionSource<AllocationExtent?>? Completion;
+    }
+
     /// <summary>What the receiver needs to know about a request in flight.</summary>
     private sealed class Pending
     {
@@ -766,6 +1376,109 @@ internal sealed partial class NbdClientConnection : IDisposable
 
         // A read's length as sent: its data's length in the stream, whoever holds the request now.
         public int Length;
+
+        // A read's offset as sent: a structured chunk's offset is checked against it.
+        public long Offset;
+
+        // The first error of a structured reply (an error chunk, or a chunk that broke the read's
+        // range): the request completes with it at NBD_REPLY_FLAG_DONE.
+        public NbdError Error;
+
+        // Bytes of a structured read covered by data and hole chunks so far, and the runs they
+        // cover (start and end pairs, disjoint): a chunk over a run is refused. In-order chunks
+        // keep to one run; the array is the slot's, made at its first structured read and reused.
+        public long Covered;
+        public long[]? Runs;
+        public int RunCount;
+
+        // More runs than this (chunks far out of order) fail the read rather than grow the array.
+        private const int MaxRuns = 16;
+
+        public void Fail(NbdError error)
+        {
+            if (Error == NbdError.None)
+            {
+                Error = error;
+            }
+        }
+
+        /// <summary>
+        /// Takes a data or hole chunk of <paramref name="size"/> bytes at the device offset
+        /// <paramref name="at"/>: true when it lies within the read, covers nothing covered
+        /// before, and the request has not failed (then its bytes may be written into the
+        /// request); otherwise the request fails with EIO and false.
+        /// </summary>
+        public bool Take(ulong at, long size)
+        {
+            if (Error != NbdError.None)
+            {
+                return false;
+            }
+
+            if (size <= 0 || at < (ulong)Offset || at - (ulong)Offset > (ulong)Length || (long)(at - (ulong)Offset) + size > Length)
+            {
+                Fail(NbdError.Io);
+                return false;
+            }
+
+            var start = (long)(at - (ulong)Offset);
+            var end = start + size;
+            Runs ??= new long[2 * MaxRuns];
+            for (var i = 0; i < RunCount; i++)
+            {
+                if (start < Runs[(2 * i) + 1] && Runs[2 * i] < end)
+                {
+                    Fail(NbdError.Io);
+                    return false;
+                }
+            }
+
+            Covered += size;
+            for (var i = 0; i < RunCount; i++)
+            {
+                if (Runs[(2 * i) + 1] == start)
+                {
+                    Runs[(2 * i) + 1] = end;
+                    Merge(i);
+                    return true;
+                }
+
+                if (Runs[2 * i] == end)
+                {
+                    Runs[2 * i] = start;
+                    Merge(i);
+                    return true;
+                }
+            }
+
+            if (RunCount == MaxRuns)
+            {
+                Fail(NbdError.Io);
+                return false;
+            }
+
+            Runs[2 * RunCount] = start;
+            Runs[(2 * RunCount) + 1] = end;
+            RunCount++;
+            return true;
+        }
+
+        // Run i grew: joins it with a run it now touches, if any (the last run takes the gap).
+        private void Merge(int i)
+        {
+            for (var j = 0; j < RunCount; j++)
+            {
+                if (j != i && (Runs![(2 * j) + 1] == Runs[2 * i] || Runs[2 * j] == Runs[(2 * i) + 1]))
+                {
+                    Runs[2 * i] = Math.Min(Runs[2 * i], Runs[2 * j]);
+                    Runs[(2 * i) + 1] = Math.Max(Runs[(2 * i) + 1], Runs[(2 * j) + 1]);
+                    RunCount--;
+                    Runs[2 * j] = Runs[2 * RunCount];
+                    Runs[(2 * j) + 1] = Runs[(2 * RunCount) + 1];
+                    return;
+                }
+            }
+        }
 
         // A flush sequence's stages still to send: the command after a preflush, a flush after
         // a command whose FUA the server cannot take.

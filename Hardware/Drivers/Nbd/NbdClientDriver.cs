@@ -55,8 +55,11 @@ public sealed record NbdClientOptions
 /// server is shutting down) takes the same path after a soft disconnect: the connection takes no
 /// new request, lets the outstanding ones finish, sends <c>NBD_CMD_DISC</c> and is reported lost;
 /// the request refused with ESHUTDOWN is not failed but retried after the reconnect.
+/// Structured replies and the <c>base:allocation</c> metadata context are negotiated where the
+/// server offers them: the device's allocation map (<see cref="GetExtentAsync"/>) is then the
+/// server's, asked with <c>NBD_CMD_BLOCK_STATUS</c>.
 /// </summary>
-public sealed class NbdClientDriver : IBlockDriver
+public sealed class NbdClientDriver : IBlockDriver, IAllocationMap
 {
     private readonly NbdClientOptions _options;
     private readonly NbdClientConnection?[] _connections;
@@ -291,6 +294,57 @@ public sealed class NbdClientDriver : IBlockDriver
                 connection?.Kill($"the client gave the server up: {reason}");
             }
         }
+    }
+
+    /// <summary>How long a block status question waits for the server's answer before the map says it cannot tell.</summary>
+    public static readonly TimeSpan BlockStatusTimeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>The server answers block status (<c>base:allocation</c> was negotiated on the first connection).</summary>
+    public bool HasAllocationMap => Volatile.Read(ref _connections[0]) is { AllocationContext: not null };
+
+    /// <summary>
+    /// Always false ("cannot tell": every byte counts as data): the map is the server's, and a
+    /// synchronous caller must not wait on the network. <see cref="GetExtentAsync"/> asks it.
+    /// </summary>
+    /// <inheritdoc />
+    public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+    {
+        IAllocationMap.CheckRange(offset, maxLength, Limits.CapacityBytes);
+        (length, allocated) = (0, true);
+        return false;
+    }
+
+    /// <summary>
+    /// Asks the server the <c>base:allocation</c> state of the extent at <paramref name="offset"/>
+    /// with <c>NBD_CMD_BLOCK_STATUS</c> (<c>NBD_CMD_FLAG_REQ_ONE</c>) on a live connection,
+    /// without blocking a thread. Null (cannot tell) when the server has no such context, no
+    /// connection is up (a reconnect in progress), or no valid answer came within
+    /// <see cref="BlockStatusTimeout"/>. A hole is an extent the server reports as both
+    /// <c>NBD_STATE_HOLE</c> and <c>NBD_STATE_ZERO</c>.
+    /// </summary>
+    /// <inheritdoc />
+    public async ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        IAllocationMap.CheckRange(offset, maxLength, Limits.CapacityBytes);
+        NbdClientConnection? connection = null;
+        for (var i = 0; i < _connections.Length && connection is null; i++)
+        {
+            if (Volatile.Read(ref _connections[i]) is { IsDead: false, IsClosing: false, AllocationContext: not null } live)
+            {
+                connection = live;
+            }
+        }
+
+        if (connection is null)
+        {
+            return null;
+        }
+
+        // A 32-bit length, whole logical blocks where the range allows (the server's minimum block size).
+        var lbs = (long)Limits.LogicalBlockSize;
+        var length = Math.Min(maxLength, uint.MaxValue & ~(lbs - 1));
+        var extent = await connection.GetExtentAsync(offset, (uint)length, BlockStatusTimeout, cancellationToken).ConfigureAwait(false);
+        return extent is { Length: > 0 } answer ? answer with { Length = Math.Min(answer.Length, maxLength) } : null;
     }
 
     /// <summary>The live connections, for specs.</summary>

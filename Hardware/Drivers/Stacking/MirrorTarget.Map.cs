@@ -66,4 +66,66 @@ public sealed partial class MirrorTarget : IAllocationMap
 
         return false;
     }
+
+    /// <summary>
+    /// As <see cref="TryGetExtent"/>, asking the legs' maps without blocking: an in-sync remote leg
+    /// (an NBD client's <c>base:allocation</c>) answers over the network, so a mirror whose in-sync
+    /// legs are remote reports holes too. A leg that cannot tell, or whose map throws, passes the
+    /// question to the next (after a crash, until the resync ends, only the leg reads come from is asked).
+    /// </summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public async ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        CheckExtentRange(offset, maxLength);
+        if (Volatile.Read(ref _failed))
+        {
+            return null;
+        }
+
+        var onlyFirst = Volatile.Read(ref _resyncAfterCrash);
+        for (var leg = 0; leg < _legs.Length; leg++)
+        {
+            IBlockDevice device;
+            lock (_lock)
+            {
+                // Together: a faulty leg's slot can be given another device (ReplaceLegAsync), which is rebuilding.
+                if (_state[leg] != MirrorLegState.InSync)
+                {
+                    continue;
+                }
+
+                device = _legs[leg];
+            }
+
+            try
+            {
+                if (IAllocationMap.Of(device) is { } map
+                    && await TryMemberExtentAsync(map, MirrorSuperblock.DataOffset + offset, offset, maxLength, cancellationToken).ConfigureAwait(false) is { } extent)
+                {
+                    // Still in sync after the wait: a leg that failed or was replaced meanwhile
+                    // may no longer hold the bytes reads return.
+                    lock (_lock)
+                    {
+                        if (_state[leg] == MirrorLegState.InSync && ReferenceEquals(_legs[leg], device))
+                        {
+                            return extent;
+                        }
+                    }
+                }
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+            {
+                // The leg changed under us (removed, or replaced meanwhile), or a custom driver's
+                // map threw: ask the next.
+            }
+
+            if (onlyFirst)
+            {
+                return null;
+            }
+        }
+
+        return null;
+    }
 }

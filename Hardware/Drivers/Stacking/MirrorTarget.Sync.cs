@@ -644,7 +644,7 @@ public sealed partial class MirrorTarget
                 }
 
                 var zeroable = TargetsZero(targets);
-                if (zeroable && SourceHole(source, at, chunk.Length))
+                if (zeroable && await SourceHoleAsync(source, at, chunk.Length).ConfigureAwait(false))
                 {
                     await ZeroTargetsAsync(targets, at, chunk).ConfigureAwait(false);
                     return true;
@@ -706,14 +706,16 @@ public sealed partial class MirrorTarget
     // rebuilt file leg keeps its source's holes of a chunk or more (a chunk holding any data is
     // copied whole), as qemu's mirror job skips holes with block status and write-zeroes; md copies
     // every byte. A leg that cannot tell is read, and what it gives is zeroed the same way if it is
-    // all zeroes.
-    private bool SourceHole(int source, long at, int length)
+    // all zeroes. Asked without blocking: a remote source (an NBD client leg) answers with
+    // NBD_CMD_BLOCK_STATUS, so a recovery from it skips its holes instead of reading every chunk
+    // across the network to find zeroes.
+    private async ValueTask<bool> SourceHoleAsync(int source, long at, int length)
     {
         try
         {
             return IAllocationMap.Of(_legs[source]) is { } map
-                && map.TryGetExtent(MirrorSuperblock.DataOffset + at, length, out var extent, out var allocated)
-                && !allocated && extent >= length;
+                && await map.GetExtentAsync(MirrorSuperblock.DataOffset + at, length).ConfigureAwait(false) is { Allocated: false } extent
+                && extent.Length >= length;
         }
         catch (Exception)
         {

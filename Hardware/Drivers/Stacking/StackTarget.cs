@@ -196,7 +196,50 @@ public abstract class StackTarget : IBioDriver
     protected bool TryMemberExtent(IAllocationMap map, long memberOffset, long offset, long room, out long length, out bool allocated)
     {
         ArgumentNullException.ThrowIfNull(map);
-        if (!map.TryGetExtent(memberOffset, room, out length, out allocated) || length <= 0)
+        var told = map.TryGetExtent(memberOffset, room, out length, out allocated);
+        return Shape(told, offset, room, ref length, ref allocated);
+    }
+
+    /// <summary>
+    /// As <see cref="MemberExtent"/>, asking the member's map without blocking
+    /// (<see cref="IAllocationMap.GetExtentAsync"/>: a remote member's map asks over the network).
+    /// </summary>
+    /// <param name="member">The member under <paramref name="offset"/>.</param>
+    /// <param name="memberOffset">Where <paramref name="offset"/> lies on the member.</param>
+    /// <param name="offset">Byte offset on this device.</param>
+    /// <param name="room">Bytes from <paramref name="offset"/> that lie on the member (positive).</param>
+    /// <param name="cancellationToken">Gives the question up: the piece is then data.</param>
+    /// <returns>The extent's length (1 to <paramref name="room"/>) and whether it holds data.</returns>
+    protected async ValueTask<(long Length, bool Allocated)> MemberExtentAsync(IBlockDevice member, long memberOffset, long offset, long room, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(member);
+        return IAllocationMap.Of(member) is { } map && await TryMemberExtentAsync(map, memberOffset, offset, room, cancellationToken).ConfigureAwait(false) is { } extent
+            ? (extent.Length, extent.Allocated)
+            : (room, true);
+    }
+
+    /// <summary>
+    /// As <see cref="TryMemberExtent"/>, asking <paramref name="map"/> without blocking; null when
+    /// that map cannot tell.
+    /// </summary>
+    /// <param name="map">The member's map.</param>
+    /// <param name="memberOffset">Where <paramref name="offset"/> lies on the member.</param>
+    /// <param name="offset">Byte offset on this device.</param>
+    /// <param name="room">Bytes from <paramref name="offset"/> that lie on the member (positive).</param>
+    /// <param name="cancellationToken">Gives the question up (null).</param>
+    /// <returns>The extent (1 to <paramref name="room"/> bytes), or null when the map cannot tell.</returns>
+    protected async ValueTask<AllocationExtent?> TryMemberExtentAsync(IAllocationMap map, long memberOffset, long offset, long room, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(map);
+        var answer = await map.GetExtentAsync(memberOffset, room, cancellationToken).ConfigureAwait(false);
+        var (length, allocated) = answer is { } extent ? (extent.Length, extent.Allocated) : (0L, true);
+        return Shape(answer is not null, offset, room, ref length, ref allocated) ? new AllocationExtent(length, allocated) : null;
+    }
+
+    // A member's answer made this device's extent: see TryMemberExtent.
+    private bool Shape(bool told, long offset, long room, ref long length, ref bool allocated)
+    {
+        if (!told || length <= 0)
         {
             // Cannot tell, or an empty extent (a custom driver's map breaking its contract).
             (length, allocated) = (room, true);
@@ -355,6 +398,20 @@ public sealed class LinearTarget : StackTarget, IAllocationMap
         return true;
     }
 
+    /// <summary>As <see cref="TryGetExtent"/>, asking the member's map without blocking (a remote member's over the network).</summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public async ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        CheckExtentRange(offset, maxLength);
+        var i = Array.BinarySearch(_starts, offset);
+        i = i >= 0 ? i : ~i - 1;
+        var extent = _extents[i];
+        var within = offset - _starts[i];
+        var (length, allocated) = await MemberExtentAsync(extent.Device, extent.Offset + within, offset, Math.Min(maxLength, extent.Length - within), cancellationToken).ConfigureAwait(false);
+        return new AllocationExtent(length, allocated);
+    }
+
     private static IReadOnlyList<LinearExtent> Check(IReadOnlyList<LinearExtent> extents)
     {
         ArgumentNullException.ThrowIfNull(extents);
@@ -484,6 +541,42 @@ public sealed class StripedTarget : StackTarget, IAllocationMap
         }
 
         return true;
+    }
+
+    /// <summary>As <see cref="TryGetExtent"/>, asking the stripes' maps without blocking (a remote stripe's over the network).</summary>
+    /// <inheritdoc />
+    /// <exception cref="ArgumentOutOfRangeException">The range is empty or does not lie on the device.</exception>
+    public async ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        CheckExtentRange(offset, maxLength);
+        var end = offset + maxLength;
+        var (length, allocated) = await ChunkExtentAsync(offset, end, cancellationToken).ConfigureAwait(false);
+        for (var chunks = 1; chunks < MaxExtentChunks; chunks++)
+        {
+            var next = offset + length;
+            if (next == end || next % ChunkBytes != 0)
+            {
+                break;
+            }
+
+            var (more, same) = await ChunkExtentAsync(next, end, cancellationToken).ConfigureAwait(false);
+            if (same != allocated)
+            {
+                break;
+            }
+
+            length += more;
+        }
+
+        return new AllocationExtent(length, allocated);
+    }
+
+    private ValueTask<(long Length, bool Allocated)> ChunkExtentAsync(long at, long end, CancellationToken cancellationToken)
+    {
+        var chunk = at / ChunkBytes;
+        var within = at % ChunkBytes;
+        var member = _stripes[(int)(chunk % _stripes.Length)];
+        return MemberExtentAsync(member, (chunk / _stripes.Length * ChunkBytes) + within, at, Math.Min(end - at, ChunkBytes - within), cancellationToken);
     }
 
     // The extent at `at` within its chunk (and before `end`), from the stripe that holds the chunk.

@@ -19,7 +19,8 @@ public sealed class NbdClientHostileServerSpec
 {
     private const NbdTransmissionFlags All = NbdTransmissionFlags.SendFlush | NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes;
 
-    // The greeting (fixed newstyle), then the client's flags and its NBD_OPT_GO read; with drip,
+    // The greeting (fixed newstyle), then the client's flags and its NBD_OPT_GO (or STARTTLS) read,
+    // NBD_OPT_STRUCTURED_REPLY refused before it; with drip,
     // the greeting goes out a byte every 100 ms, each within the client's receive timeout.
     private static async Task GreetAsync(Stream stream, bool drip)
     {
@@ -42,8 +43,19 @@ public sealed class NbdClientHostileServerSpec
 
         await stream.ReadExactlyAsync(new byte[4]);
         var header = new byte[16];
-        await stream.ReadExactlyAsync(header);
-        await stream.ReadExactlyAsync(new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12))]);
+        while (true)
+        {
+            await stream.ReadExactlyAsync(header);
+            await stream.ReadExactlyAsync(new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12))]);
+            var option = (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
+            if (option is not (NbdOption.StructuredReply or NbdOption.SetMetaContext))
+            {
+                return;
+            }
+
+            // A server without structured replies (the client asks for them before NBD_OPT_GO).
+            await stream.WriteAsync(OptionReply(option, NbdReply.ErrUnsupported, []));
+        }
     }
 
     private static byte[] OptionReply(NbdOption option, NbdReply type, byte[] data)

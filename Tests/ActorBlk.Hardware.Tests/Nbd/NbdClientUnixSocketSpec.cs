@@ -198,6 +198,15 @@ public sealed class NbdClientUnixSocketSpec : IDisposable
         await stream.ReadExactlyAsync(new byte[4]);
         var header = new byte[16];
         await stream.ReadExactlyAsync(header);
+        if ((NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)) == NbdOption.StructuredReply)
+        {
+            // A server without structured replies, which the client asks for before NBD_OPT_GO.
+            var refusal = OptionReply(NbdReply.ErrUnsupported, []);
+            BinaryPrimitives.WriteUInt32BigEndian(refusal.AsSpan(8), (uint)NbdOption.StructuredReply);
+            await stream.WriteAsync(refusal);
+            await stream.ReadExactlyAsync(header);
+        }
+
         Assert.Equal(NbdOption.Go, (NbdOption)BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8)));
         await stream.ReadExactlyAsync(new byte[BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(12))]);
         await stream.WriteAsync(OptionReply(NbdReply.Info, FakeNbdSession.ExportInfo(FakeNbdExport.Default with { Size = size })));
