@@ -57,6 +57,14 @@ internal sealed partial class NbdClientConnection : IDisposable
     // Requests sent (or in the send pipe) whose reply has not come; the receiver's alone to lower.
     private int _outstanding;
 
+    // Block status questions sent whose answer has not come (GetExtentAsync); the receiver's alone
+    // to lower. Not in _outstanding: a connection closing after NBD_ESHUTDOWN waits for its
+    // requests only. A question is no request of the block layer, has no io_timeout, and its slot
+    // stays taken until its answer: counted there, one the server never answered kept the closing
+    // connection from ever disconnecting, and the request refused with ESHUTDOWN (which the
+    // connection no longer holds, so its timeout blames nothing) waited for ever (a review).
+    private int _questions;
+
     // No more requests go out (NBD_ESHUTDOWN seen): the outstanding ones are let finish, then
     // NBD_CMD_DISC. Written under _sendLock.
     private bool _closing;
@@ -415,7 +423,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     public void Close()
     {
         var orderly = false;
-        if (Interlocked.Exchange(ref _dead, 1) == 0 && Volatile.Read(ref _outstanding) == 0)
+        if (Interlocked.Exchange(ref _dead, 1) == 0 && Volatile.Read(ref _outstanding) == 0 && Volatile.Read(ref _questions) == 0)
         {
             try
             {
@@ -632,6 +640,11 @@ internal sealed partial class NbdClientConnection : IDisposable
             }
 
             query.Failed = true;
+            if (error == NbdError.Shutdown)
+            {
+                ShutdownSeen();
+            }
+
             return await FinishQueryAsync(query).ConfigureAwait(false);
         }
 
@@ -808,7 +821,11 @@ internal sealed partial class NbdClientConnection : IDisposable
 
     // An error chunk (NBD_REPLY_TYPE_ERROR, ERROR_OFFSET, or an unknown type with the error bit,
     // which proto.md has the client take as an error): its 32-bit error, and for the known types
-    // a message length that frames the chunk exactly. A zero error is EIO. Null when the connection is lost.
+    // a message length that fits the chunk ("no more than header length - 6", or - 14). Bytes
+    // after the message are skipped, as libnbd does ("ignoring unexpected slop after error
+    // message"); a message longer than the chunk loses the connection. Required to frame the
+    // chunk exactly, an error with trailing bytes lost the connection, and the read retried on
+    // the next got the same answer (a review). A zero error is EIO. Null when the connection is lost.
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length)
     {
@@ -833,7 +850,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         var error = (NbdError)ReadU32(payload);
         var message = fixedPart > 4 ? ReadU16(payload.Slice(4)) : 0;
         reader.AdvanceTo(payload.End);
-        if (fixedPart > 4 && message != length - fixedPart)
+        if (fixedPart > 4 && message > length - fixedPart)
         {
             Lost($"an error chunk of type {type} of {length} bytes with a message of {message}");
             return null;
@@ -894,9 +911,14 @@ internal sealed partial class NbdClientConnection : IDisposable
                         : $"a reply chunk of unknown type {(ushort)type}");
                 }
 
-                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is null)
+                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
                 {
                     return Step.Stop;
+                }
+
+                if (error == NbdError.Shutdown)
+                {
+                    ShutdownSeen();
                 }
 
                 query.Failed = true;
@@ -998,10 +1020,7 @@ internal sealed partial class NbdClientConnection : IDisposable
             // disconnect). The request is not completed: it stays in flight, and the
             // reconnect after the disconnect takes it back and retries it, as for a lost
             // connection. No new request goes out here; the outstanding ones may finish.
-            lock (_sendLock)
-            {
-                _closing = true;
-            }
+            ShutdownSeen();
         }
         else
         {
@@ -1009,6 +1028,18 @@ internal sealed partial class NbdClientConnection : IDisposable
         }
 
         return await DisconnectIfDrainedAsync().ConfigureAwait(false);
+    }
+
+    // NBD_ESHUTDOWN came (to a request or a block status question): "the client MUST initiate a
+    // soft disconnect". No new request or question goes out; once the outstanding requests are
+    // answered, DisconnectIfDrainedAsync sends NBD_CMD_DISC. Before, an ESHUTDOWN answer to a
+    // block status question was taken as "cannot tell" and the connection went on (a review).
+    private void ShutdownSeen()
+    {
+        lock (_sendLock)
+        {
+            _closing = true;
+        }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -1286,7 +1317,7 @@ internal sealed partial class NbdClientConnection : IDisposable
             query.Extent = default;
             query.Completion = completion;
             var generation = ++query.Generation;
-            Interlocked.Increment(ref _outstanding);
+            Interlocked.Increment(ref _questions);
             var span = _send.Writer.GetSpan(NbdProtocol.RequestHeaderLength);
             BinaryPrimitives.WriteUInt32BigEndian(span, NbdProtocol.RequestMagic);
             BinaryPrimitives.WriteUInt16BigEndian(span[4..], (ushort)NbdCommandFlags.ReqOne);
@@ -1332,7 +1363,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         query.Completion = null;
         Volatile.Write(ref query.Open, 0);
         Volatile.Write(ref query.Busy, 0);
-        Interlocked.Decrement(ref _outstanding);
+        Interlocked.Decrement(ref _questions);
         completion?.TrySetResult(answer);
         return await DisconnectIfDrainedAsync().ConfigureAwait(false);
     }
