@@ -31,16 +31,9 @@ public sealed partial class MirrorTarget : IAllocationMap
         var onlyFirst = Volatile.Read(ref _resyncAfterCrash);
         for (var leg = 0; leg < _legs.Length; leg++)
         {
-            IBlockDevice device;
-            lock (_lock)
+            if (InSyncLeg(leg) is not { } device)
             {
-                // Together: a faulty leg's slot can be given another device (ReplaceLegAsync), which is rebuilding.
-                if (_state[leg] != MirrorLegState.InSync)
-                {
-                    continue;
-                }
-
-                device = _legs[leg];
+                continue;
             }
 
             try
@@ -86,16 +79,9 @@ public sealed partial class MirrorTarget : IAllocationMap
         var onlyFirst = Volatile.Read(ref _resyncAfterCrash);
         for (var leg = 0; leg < _legs.Length; leg++)
         {
-            IBlockDevice device;
-            lock (_lock)
+            if (InSyncLeg(leg) is not { } device)
             {
-                // Together: a faulty leg's slot can be given another device (ReplaceLegAsync), which is rebuilding.
-                if (_state[leg] != MirrorLegState.InSync)
-                {
-                    continue;
-                }
-
-                device = _legs[leg];
+                continue;
             }
 
             try
@@ -105,12 +91,9 @@ public sealed partial class MirrorTarget : IAllocationMap
                 {
                     // Still in sync after the wait: a leg that failed or was replaced meanwhile
                     // may no longer hold the bytes reads return.
-                    lock (_lock)
+                    if (ReferenceEquals(InSyncLeg(leg), device))
                     {
-                        if (_state[leg] == MirrorLegState.InSync && ReferenceEquals(_legs[leg], device))
-                        {
-                            return extent;
-                        }
+                        return extent;
                     }
                 }
             }
@@ -127,5 +110,15 @@ public sealed partial class MirrorTarget : IAllocationMap
         }
 
         return null;
+    }
+
+    // The device in slot leg when that leg is in sync, else null. State and device are read
+    // together: a faulty leg's slot can be given another device (ReplaceLegAsync), which is rebuilding.
+    private IBlockDevice? InSyncLeg(int leg)
+    {
+        lock (_lock)
+        {
+            return _state[leg] == MirrorLegState.InSync ? _legs[leg] : null;
+        }
     }
 }
