@@ -75,10 +75,16 @@ internal sealed class BenchAccounting : IDisposable
     /// before its window would have opened (a size-bound run done within its ramp, a signal in the
     /// ramp or the JIT warm-up). It measures nothing, and <see cref="Measured"/> is zero.
     /// </summary>
+    /// <remarks>
+    /// The window ends one tick before it starts, so no completion time falls inside it. It was
+    /// [now, now], and a completion batch whose time (read once per batch on another thread) was
+    /// that same nanosecond recorded its I/Os into a window of no length: a run stopped in its
+    /// ramp reported 3 reads over runtime 0 (one CI run).
+    /// </remarks>
     public void OpenEmptyWindow()
     {
         var now = _clock.Timestamp;
-        Volatile.Write(ref _end, now);
+        Volatile.Write(ref _end, now - 1);
         Volatile.Write(ref _start, now);
     }
 

@@ -42,6 +42,30 @@ public sealed class BenchAccountingSpec
     }
 
     [Fact]
+    public void An_empty_window_records_nothing_completed_at_the_instant_it_was_opened()
+    {
+        // A run stopped in its ramp opens an empty window. It was [now, now]: a completion batch
+        // whose time was that same tick (read on another thread) was recorded, and one CI run
+        // reported 3 reads over runtime 0.
+        var clock = new ManualBenchClock();
+        using var accounting = new BenchAccounting(clock, BlockSize);
+        var t0 = clock.Timestamp;
+        clock.Advance(TimeSpan.FromMicroseconds(100));
+        accounting.OpenEmptyWindow();
+
+        Assert.False(accounting.Record(read: true, BlockStatus.Ok, t0));
+        accounting.CloseWindow();
+        clock.Advance(TimeSpan.FromMicroseconds(100));
+        Assert.False(accounting.Record(read: false, BlockStatus.IoError, t0));
+
+        var (read, write, firstError) = accounting.Collect();
+        Assert.Equal(0, read.TotalIos + write.TotalIos);
+        Assert.Equal(BlockStatus.Ok, firstError);
+        Assert.Equal(TimeSpan.Zero, accounting.Measured);
+        Assert.Equal(TimeSpan.Zero, accounting.Snapshot().Measured);
+    }
+
+    [Fact]
     public void Failed_ios_count_apart_from_iops_bandwidth_and_latency()
     {
         var clock = new ManualBenchClock();
