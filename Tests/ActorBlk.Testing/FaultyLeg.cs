@@ -17,6 +17,7 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
     private long _badStart = -1;
     private long _badEnd = -1;
     private long _writesLeft = long.MaxValue;
+    private readonly TaskCompletionSource _hanging = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private FaultyLeg(IBlockDevice inner) => _inner = inner;
 
@@ -28,6 +29,19 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
 
     /// <summary>The map throws while set (a custom driver's bug), whatever <see cref="ShowsMap"/> says.</summary>
     public bool MapThrows { get; set; }
+
+    /// <summary>
+    /// While set, the map's asynchronous questions (<see cref="GetExtentAsync"/>) are never
+    /// answered, only given up by their cancellation token (a remote server that takes block status
+    /// questions and stays silent); <see cref="MapQuestions"/> counts them.
+    /// </summary>
+    public bool MapHangs { get; set; }
+
+    /// <summary>Questions asked through <see cref="GetExtentAsync"/>.</summary>
+    public long MapQuestions;
+
+    /// <summary>Completes when the first question is left unanswered (<see cref="MapHangs"/>).</summary>
+    public Task MapHanging => _hanging.Task;
 
     /// <summary>Every I/O fails with Offline while set.</summary>
     public bool Dead { get; set; }
@@ -239,6 +253,21 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
 
         (length, allocated) = (maxLength, true);
         return false;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<AllocationExtent?> GetExtentAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        Interlocked.Increment(ref MapQuestions);
+        if (MapHangs)
+        {
+            // Given up by the asker: null, as the NBD client driver answers a question given up.
+            _hanging.TrySetResult();
+            await Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            return null;
+        }
+
+        return TryGetExtent(offset, maxLength, out var length, out var allocated) ? new AllocationExtent(length, allocated) : null;
     }
 
     /// <inheritdoc />

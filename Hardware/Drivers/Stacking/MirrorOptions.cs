@@ -33,6 +33,13 @@ public sealed record MirrorOptions
     public bool StartDegraded { get; init; }
 
     /// <summary>
+    /// How long a recovery waits, in real time, for its source's answer to whether a chunk is a
+    /// hole (a remote leg asks NBD block status) before it reads the chunk instead: the question
+    /// holds user I/O to the chunk. 5 s; specs shorten it.
+    /// </summary>
+    internal TimeSpan SourceMapPatience { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
     /// For specs: called on the sync's thread once a pass's start is recorded
     /// (<see cref="MirrorTarget.CurrentSync"/>) and before <see cref="MirrorTarget.SyncStarted"/> is raised.
     /// </summary>

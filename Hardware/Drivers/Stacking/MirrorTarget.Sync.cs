@@ -708,14 +708,45 @@ public sealed partial class MirrorTarget
     // every byte. A leg that cannot tell is read, and what it gives is zeroed the same way if it is
     // all zeroes. Asked without blocking: a remote source (an NBD client leg) answers with
     // NBD_CMD_BLOCK_STATUS, so a recovery from it skips its holes instead of reading every chunk
-    // across the network to find zeroes.
+    // across the network to find zeroes. The question is asked under the chunk's exclusive range,
+    // which holds user I/O to the chunk, so an answer that has not come within
+    // MirrorOptions.SourceMapPatience (5 s) is given up and the chunk read instead: a source that takes block status questions and stays
+    // silent held user I/O to the chunk for the NBD client's 30 s. The patience is real time, as
+    // the NBD client's own timeout: a network's answer does not come faster on a manual clock.
     private async ValueTask<bool> SourceHoleAsync(int source, long at, int length)
     {
         try
         {
-            return IAllocationMap.Of(_legs[source]) is { } map
-                && await map.GetExtentAsync(MirrorSuperblock.DataOffset + at, length).ConfigureAwait(false) is { Allocated: false } extent
-                && extent.Length >= length;
+            if (IAllocationMap.Of(_legs[source]) is not { } map)
+            {
+                return false;
+            }
+
+            using var giveUp = new CancellationTokenSource();
+            var question = map.GetExtentAsync(MirrorSuperblock.DataOffset + at, length, giveUp.Token);
+            AllocationExtent? extent;
+            if (question.IsCompleted)
+            {
+                // A local map (a file leg's) answers at once: no timer.
+                extent = question.Result;
+            }
+            else
+            {
+                var answer = question.AsTask();
+                var first = await Task.WhenAny(answer, Task.Delay(Options.SourceMapPatience, giveUp.Token)).ConfigureAwait(false);
+
+                // Ends the timer, or gives the unanswered question up (the NBD client frees its slot).
+                await giveUp.CancelAsync().ConfigureAwait(false);
+                if (first != answer)
+                {
+                    _ = answer.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    return false;
+                }
+
+                extent = await answer.ConfigureAwait(false);
+            }
+
+            return extent is { Allocated: false } hole && hole.Length >= length;
         }
         catch (Exception)
         {
@@ -723,6 +754,7 @@ public sealed partial class MirrorTarget
             return false;
         }
     }
+
 
     // Every target takes write-zeroes. A handle closed meanwhile (a table swap disposing the old
     // mirror) answers false, and the copy's own writes then fail that leg as usual.

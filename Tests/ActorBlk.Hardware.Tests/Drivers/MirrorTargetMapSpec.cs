@@ -302,6 +302,49 @@ public sealed class MirrorTargetMapSpec : IAsyncLifetime
         Assert.False(mirror.TryGetExtent(0, 5 * Region, out _, out _));
     }
 
+    // A recovery asks its source whether a chunk is a hole while it holds the chunk's range, which
+    // holds user I/O to the chunk. A source that takes the question and never answers (a remote
+    // server silent on block status) held both for the NBD client's 30 s (for ever with a map
+    // that does not time out); the question is given up after MirrorOptions.SourceMapPatience
+    // (real time, as the NBD client's own timeout; 5 s, 100 ms here) and the chunk read and
+    // copied instead.
+    [Fact]
+    public async Task A_source_whose_map_never_answers_is_read_instead_and_user_io_to_the_chunk_goes_on()
+    {
+        var (a, fa) = Leg("a", showsMap: true);
+        var (b, fb) = Leg("b", showsMap: true);
+        fa.MapHangs = true;
+        var before = Filled(Block);
+        await a.WriteAsync(MirrorSuperblock.DataOffset + (3 * Region), before);
+        var clock = new ManualTimeProvider();
+        var options = Options(assumeClean: false) with { SyncSpeedMinKiB = 1024, SyncSpeedMaxKiB = 1024, SourceMapPatience = TimeSpan.FromMilliseconds(100) };
+        var mirror = await MirrorTarget.AssembleAsync("md0", [a, b], options, clock);
+        var md = Serve(mirror);
+        Assert.Equal(MirrorLegState.Rebuilding, mirror.LegState(1));
+
+        // The first chunk's question is out and unanswered: a user write to the chunk waits.
+        await fa.MapHanging.WaitAsync(Patience);
+        var user = Filled(2 * Block);
+        var write = md.WriteAsync(Block, user).AsTask();
+        Assert.False(write.IsCompleted);
+
+        // Only that question stays unanswered; the write goes on once it is given up.
+        fa.MapHangs = false;
+        await write.WaitAsync(Patience);
+        await PumpUntilIdle(clock, mirror);
+        Assert.Equal(MirrorLegState.InSync, mirror.LegState(1));
+        var chunks = mirror.DataBytes / MirrorTarget.SyncChunkBytes;
+        Assert.Equal(chunks, Interlocked.Read(ref fa.MapQuestions));
+
+        // The first chunk was read from a and copied, the rest zeroed or copied by a's map: b holds both writes.
+        var read = new byte[2 * Block];
+        await b.ReadAsync(MirrorSuperblock.DataOffset + Block, read);
+        Assert.Equal(user, read);
+        await b.ReadAsync(MirrorSuperblock.DataOffset + (3 * Region), read.AsMemory(0, Block));
+        Assert.Equal(before, read[..Block]);
+        Assert.Equal(0, md.Queue.Usage.Count);
+    }
+
     // The extents from offset to offset + length, as NBD block status asks them (one question each).
     private static List<(long Offset, long Length, bool Data)> Map(MirrorTarget mirror, long offset, long length)
     {
