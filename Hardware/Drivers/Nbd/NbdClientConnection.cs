@@ -674,11 +674,18 @@ internal sealed partial class NbdClientConnection : IDisposable
         return await FinishAsync(pending, request, generation, error).ConfigureAwait(false);
     }
 
-    // The largest payload of a chunk that carries no read data this client takes: an error's
-    // message of at most 4096 bytes with its fixed part, or a block status chunk (with
-    // NBD_CMD_FLAG_REQ_ONE, one extent; the rest are ignored, as qemu does, but at most this many
-    // bytes are taken). Past it the peer claims a length no reply here has: the connection is lost.
+    // The largest error chunk this client takes (read whole into the reader's buffer): a message
+    // of at most 4096 bytes with its fixed part fits well. Past it the peer claims a length no
+    // error chunk has: the connection is lost.
     private const int MaxControlPayload = 64 << 10;
+
+    // The largest block status chunk this client takes: 2^25 bytes, the payload proto.md says
+    // "SHOULD NOT be considered a denial of service attack" (its 2^20 extents, which servers
+    // "SHOULD NOT" exceed, are 8 MiB). Only the first extent is kept (NBD_CMD_FLAG_REQ_ONE asks for
+    // one; qemu's nbd_parse_blockstatus_payload ignores the extras) and the rest is read past
+    // without a buffer. Past it the connection is lost (a denial of service, which the protocol
+    // lets the client end). Before, a chunk over 64 KiB (8,191 extents) lost the connection.
+    private const int MaxBlockStatusPayload = NbdProtocol.MaxTolerablePayload;
 
     // NBD_REPLY_FLAG_DONE: the last chunk of a reply.
     private const ushort ReplyFlagDone = 1;
@@ -870,12 +877,12 @@ internal sealed partial class NbdClientConnection : IDisposable
         {
             case NbdChunkType.BlockStatus:
             {
-                if (length < 12 || (length - 4) % 8 != 0 || length > MaxControlPayload)
+                if (length < 12 || (length - 4) % 8 != 0 || length > MaxBlockStatusPayload)
                 {
                     return LostStep($"an NBD_REPLY_TYPE_BLOCK_STATUS chunk of {length} bytes");
                 }
 
-                if (await ReadPayloadAsync(reader, (int)length).ConfigureAwait(false) is not { } payload)
+                if (await ReadPayloadAsync(reader, 12).ConfigureAwait(false) is not { } payload)
                 {
                     return LostStep(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
                 }
@@ -884,6 +891,10 @@ internal sealed partial class NbdClientConnection : IDisposable
                 var extent = ReadU32(payload.Slice(4));
                 var state = (NbdAllocationFlags)ReadU32(payload.Slice(8));
                 reader.AdvanceTo(payload.End);
+
+                // Extents after the first (NBD_CMD_FLAG_REQ_ONE asked for one) are read past
+                // unbuffered, as qemu ignores them.
+                await SkipAsync(reader, length - 12).ConfigureAwait(false);
                 if (context != AllocationContext || query.Answered || extent == 0)
                 {
                     query.Failed = true;

@@ -1,0 +1,141 @@
+using System.Buffers.Binary;
+using ActorBlk.Hardware.Devices;
+using ActorBlk.Hardware.Drivers;
+using ActorBlk.Hardware.Drivers.Nbd;
+using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
+using Xunit;
+
+namespace ActorBlk.Hardware.Tests.Nbd;
+
+/// <summary>
+/// What the NBD client takes from a server that is lawful but unusual, against a scripted server
+/// (<see cref="FakeNbdServer"/> with structured replies and <c>base:allocation</c>): a block status
+/// chunk with more extents than <c>NBD_CMD_FLAG_REQ_ONE</c> asked for (the first is the answer, the
+/// rest read past, as qemu does; before, a chunk over 64 KiB lost the connection).
+/// </summary>
+public sealed class NbdClientStructuredLenienceSpec
+{
+    private const uint Context = 7;
+    private const ushort OffsetData = (ushort)NbdChunkType.OffsetData;
+    private const ushort None = (ushort)NbdChunkType.None;
+    private const ushort Status = (ushort)NbdChunkType.BlockStatus;
+    private const uint HoleZero = (uint)(NbdAllocationFlags.Hole | NbdAllocationFlags.Zero);
+
+    private static readonly FakeNbdExport Structured = FakeNbdExport.Default with { Structured = true, AllocationContext = Context };
+
+    private static byte[] Data(ulong offset, byte fill, int length)
+    {
+        var payload = new byte[8 + length];
+        BinaryPrimitives.WriteUInt64BigEndian(payload, offset);
+        payload.AsSpan(8).Fill(fill);
+        return payload;
+    }
+
+    // `count` extents of 4096 bytes: the first a hole, the rest data.
+    private static byte[] ManyExtents(int count)
+    {
+        var payload = new byte[4 + (8 * count)];
+        BinaryPrimitives.WriteUInt32BigEndian(payload, Context);
+        for (var i = 0; i < count; i++)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(4 + (8 * i)), 4096);
+            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(8 + (8 * i)), i == 0 ? HoleZero : 0);
+        }
+
+        return payload;
+    }
+
+    // The first connection hands each request to `first` (false: answer it well); every request
+    // else is answered well: reads with 0x5a, block status as one data extent.
+    private static FakeNbdServer Server(Func<FakeNbdSession, FakeNbdRequest, Task<bool>> first) => new(_ => Structured, async s =>
+    {
+        while (await s.ReadRequestAsync() is { } r)
+        {
+            if (r.Command == NbdCommand.Disconnect)
+            {
+                return;
+            }
+
+            if (s.Index == 0 && await first(s, r))
+            {
+                continue;
+            }
+
+            await (r.Command switch
+            {
+                NbdCommand.Read => s.ChunkAsync(r.Cookie, done: true, OffsetData, Data(r.Offset, 0x5a, (int)r.Length)),
+                NbdCommand.BlockStatus => s.ChunkAsync(r.Cookie, done: true, Status, ManyExtents(1)[..4].Concat(Extent(r.Length, 0)).ToArray()),
+                _ => s.ChunkAsync(r.Cookie, done: true, None, []),
+            });
+        }
+    });
+
+    private static byte[] Extent(uint length, uint flags)
+    {
+        var extent = new byte[8];
+        BinaryPrimitives.WriteUInt32BigEndian(extent, length);
+        BinaryPrimitives.WriteUInt32BigEndian(extent.AsSpan(4), flags);
+        return extent;
+    }
+
+    // 10,000 extents in one chunk (80,004 bytes, over the 64 KiB that lost the connection before):
+    // the first is the answer, and the connection serves on.
+    [Fact]
+    public async Task A_block_status_chunk_with_thousands_of_extents_answers_with_the_first_and_the_connection_goes_on()
+    {
+        var answered = 0;
+        await using var server = Server(async (s, r) =>
+        {
+            if (r.Command != NbdCommand.BlockStatus || Interlocked.Increment(ref answered) > 1)
+            {
+                return false;
+            }
+
+            await s.ChunkAsync(r.Cookie, done: true, Status, ManyExtents(10_000));
+            return true;
+        });
+        await using var devices = new RingDevices(2);
+        var device = Open(devices, server);
+        var driver = (NbdClientDriver)device.Queue.Driver;
+
+        Assert.Equal(new AllocationExtent(4096, false), await ((IAllocationMap)driver).GetExtentAsync(0, 1 << 20).AsTask().WaitAsync(Condition.Timeout));
+        var buffer = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Read, 8192, 4096, buffer).AsTask().WaitAsync(Condition.Timeout));
+        Assert.All(buffer, b => Assert.Equal(0x5a, b));
+        Assert.Equal(new AllocationExtent(8192, true), await ((IAllocationMap)driver).GetExtentAsync(0, 8192).AsTask().WaitAsync(Condition.Timeout));
+        Assert.Equal(1, driver.LiveConnections);
+        Assert.Equal(1, server.Accepted);
+        Assert.Equal(0, driver.Connections.Single().QueriesOutstanding);
+        Assert.Empty(server.Faults);
+    }
+
+    // Past 2^25 bytes (the payload proto.md says SHOULD NOT be taken for a denial of service; 2^20
+    // extents, which servers SHOULD NOT exceed, are 8 MiB) a block status chunk still loses the
+    // connection, at its header: nothing of it is read.
+    [Fact]
+    public async Task A_block_status_chunk_longer_than_the_protocol_tolerates_loses_the_connection()
+    {
+        await using var server = Server(async (s, r) =>
+        {
+            if (r.Command != NbdCommand.BlockStatus)
+            {
+                return false;
+            }
+
+            await s.ChunkAsync(r.Cookie, done: true, Status, ManyExtents(1), length: (uint)NbdProtocol.MaxTolerablePayload + 4);
+            return true;
+        });
+        await using var devices = new RingDevices(2);
+        var device = Open(devices, server);
+        var driver = (NbdClientDriver)device.Queue.Driver;
+
+        Assert.Null(await ((IAllocationMap)driver).GetExtentAsync(0, 1 << 20).AsTask().WaitAsync(Condition.Timeout));
+        await Condition.EventuallyAsync(() => driver.LiveConnections == 0, "the connection is lost");
+        Assert.Empty(server.Faults);
+    }
+
+    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) =>
+        devices.Create(new DeviceOptions { Name = "le0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+}
