@@ -800,7 +800,7 @@ internal sealed partial class NbdClientConnection : IDisposable
                         : $"a reply chunk of unknown type {(ushort)type}");
                 }
 
-                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
+                if (await ReadErrorAsync(reader, type, length, pending.Read ? "a read" : "a request").ConfigureAwait(false) is not { } error)
                 {
                     return Step.Stop;
                 }
@@ -832,9 +832,10 @@ internal sealed partial class NbdClientConnection : IDisposable
     // after the message are skipped, as libnbd does ("ignoring unexpected slop after error
     // message"); a message longer than the chunk loses the connection. Required to frame the
     // chunk exactly, an error with trailing bytes lost the connection, and the read retried on
-    // the next got the same answer (a review). A zero error is EIO. Null when the connection is lost.
+    // the next got the same answer (a review). A zero error is EIO. A message is logged for the
+    // operator (WarnServerMessage). Null when the connection is lost.
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length)
+    private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length, string what)
     {
         var fixedPart = type switch
         {
@@ -856,14 +857,52 @@ internal sealed partial class NbdClientConnection : IDisposable
 
         var error = (NbdError)ReadU32(payload);
         var message = fixedPart > 4 ? ReadU16(payload.Slice(4)) : 0;
-        reader.AdvanceTo(payload.End);
         if (fixedPart > 4 && message > length - fixedPart)
         {
+            reader.AdvanceTo(payload.End);
             Lost($"an error chunk of type {type} of {length} bytes with a message of {message}");
             return null;
         }
 
+        if (message > 0)
+        {
+            WarnServerMessage(what, error, payload.Slice(6, message), type == NbdChunkType.ErrorOffset ? ReadU64(payload.Slice(6 + message)) : null);
+        }
+
+        reader.AdvanceTo(payload.End);
         return error == NbdError.None ? NbdError.Io : error;
+    }
+
+    // The longest part of a server's error message shown: proto.md's string limit.
+    private const int MaxMessageBytes = 4096;
+
+    // Error messages the server sent on this connection, and when the last was logged (LogLimit).
+    private long _serverMessages;
+    private long _serverMessageLogged;
+
+    // An error chunk's message, "suitable for display to a human user": the operator sees the
+    // server's reason as a warning (IQueueEvents.OnDriverWarning), the first and then a line a
+    // minute (a server can fail every request), on one line (control characters escaped), at
+    // most 4096 bytes of it. Before, only the error number reached the request's error.
+    private void WarnServerMessage(string what, NbdError error, ReadOnlySequence<byte> text, ulong? offset)
+    {
+        var count = Interlocked.Increment(ref _serverMessages);
+        if (_hctx is not { Queue.Events: { } events } hctx || !LogLimit.FirstOrAMinuteOn(count, ref _serverMessageLogged))
+        {
+            return;
+        }
+
+        var shown = ControlCharacters.Escape(System.Text.EncodingExtensions.GetString(System.Text.Encoding.UTF8, text.Slice(0, Math.Min(text.Length, MaxMessageBytes))));
+        var at = offset is { } where ? $" at offset {where}" : string.Empty;
+        try
+        {
+            events.OnDriverWarning(hctx, $"the NBD server failed {what} with error {(uint)error}{at}: \"{shown}\"; {count} error message(s) from the server so far");
+        }
+#pragma warning disable CA1031 // the log's failure must not end the receiver (IQueueEvents: an exception is dropped)
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
     }
 
     // A block status question's chunk: one NBD_REPLY_TYPE_BLOCK_STATUS for the negotiated
@@ -922,7 +961,7 @@ internal sealed partial class NbdClientConnection : IDisposable
                         : $"a reply chunk of unknown type {(ushort)type}");
                 }
 
-                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
+                if (await ReadErrorAsync(reader, type, length, "a block status question").ConfigureAwait(false) is not { } error)
                 {
                     return Step.Stop;
                 }

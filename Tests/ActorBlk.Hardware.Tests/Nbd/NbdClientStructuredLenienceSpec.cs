@@ -1,8 +1,10 @@
 using System.Buffers.Binary;
+using System.Collections.Concurrent;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
+using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Xunit;
@@ -13,13 +15,16 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// What the NBD client takes from a server that is lawful but unusual, against a scripted server
 /// (<see cref="FakeNbdServer"/> with structured replies and <c>base:allocation</c>): a block status
 /// chunk with more extents than <c>NBD_CMD_FLAG_REQ_ONE</c> asked for (the first is the answer, the
-/// rest read past, as qemu does; before, a chunk over 64 KiB lost the connection).
+/// rest read past, as qemu does; before, a chunk over 64 KiB lost the connection), and an error
+/// chunk's message (logged for the operator; before, dropped).
 /// </summary>
 public sealed class NbdClientStructuredLenienceSpec
 {
     private const uint Context = 7;
     private const ushort OffsetData = (ushort)NbdChunkType.OffsetData;
     private const ushort None = (ushort)NbdChunkType.None;
+    private const ushort Error = (ushort)NbdChunkType.Error;
+    private const ushort ErrorOffset = (ushort)NbdChunkType.ErrorOffset;
     private const ushort Status = (ushort)NbdChunkType.BlockStatus;
     private const uint HoleZero = (uint)(NbdAllocationFlags.Hole | NbdAllocationFlags.Zero);
 
@@ -136,6 +141,73 @@ public sealed class NbdClientStructuredLenienceSpec
         Assert.Empty(server.Faults);
     }
 
+    // An error chunk's message is "suitable for display to a human user": the operator sees it
+    // as a warning of the device's queue, on one line (control characters escaped), the first
+    // and then a line a minute; the read fails with the server's error and the connection goes on.
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task An_error_chunk_s_message_is_logged_for_the_operator(bool withOffset)
+    {
+        const string Message = "quota exceeded\n\u001b[31mforged line";
+        var failures = 0;
+        await using var server = Server(async (s, r) =>
+        {
+            if (r.Command != NbdCommand.Read || Interlocked.Increment(ref failures) > 2)
+            {
+                return false;
+            }
+
+            var text = System.Text.Encoding.UTF8.GetBytes(Message);
+            var payload = new byte[6 + text.Length + (withOffset ? 8 : 0)];
+            BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)NbdError.NoSpace);
+            BinaryPrimitives.WriteUInt16BigEndian(payload.AsSpan(4), (ushort)text.Length);
+            text.CopyTo(payload, 6);
+            if (withOffset)
+            {
+                BinaryPrimitives.WriteUInt64BigEndian(payload.AsSpan(6 + text.Length), r.Offset + 512);
+            }
+
+            await s.ChunkAsync(r.Cookie, done: true, withOffset ? ErrorOffset : Error, payload);
+            return true;
+        });
+        await using var devices = new RingDevices(2);
+        var device = Open(devices, server);
+        var events = new Warnings();
+        device.Queue.Events = events;
+
+        // Two failures: the second within the minute is counted, not logged.
+        Assert.Equal(BlockStatus.NoSpace, await device.ExecuteAsync(BlockOp.Read, 8192, 4096, new byte[4096]).AsTask().WaitAsync(Condition.Timeout));
+        Assert.Equal(BlockStatus.NoSpace, await device.ExecuteAsync(BlockOp.Read, 8192, 4096, new byte[4096]).AsTask().WaitAsync(Condition.Timeout));
+        var buffer = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Read, 8192, 4096, buffer).AsTask().WaitAsync(Condition.Timeout));
+        Assert.All(buffer, b => Assert.Equal(0x5a, b));
+
+        var at = withOffset ? " at offset 8704" : string.Empty;
+        Assert.Equal(
+            [$"hctx0 of le0: the NBD server failed a read with error 28{at}: \"quota exceeded\\x0a\\x1b[31mforged line\"; 1 error message(s) from the server so far"],
+            events.Lines);
+        Assert.Equal(1, ((NbdClientDriver)device.Queue.Driver).LiveConnections);
+        Assert.Empty(server.Faults);
+    }
+
     private static BlockDevice Open(RingDevices devices, FakeNbdServer server) =>
         devices.Create(new DeviceOptions { Name = "le0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+
+    private sealed class Warnings : IQueueEvents
+    {
+        private readonly ConcurrentQueue<string> _lines = new();
+
+        public string[] Lines => [.. _lines];
+
+        public void OnDeviceError(HardwareContext hctx, Exception error)
+        {
+        }
+
+        public void OnAbort(HardwareContext hctx)
+        {
+        }
+
+        public void OnDriverWarning(HardwareContext hctx, string message) => _lines.Enqueue($"{hctx}: {message}");
+    }
 }
