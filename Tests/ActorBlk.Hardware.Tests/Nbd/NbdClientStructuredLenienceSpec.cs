@@ -15,8 +15,9 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// What the NBD client takes from a server that is lawful but unusual, against a scripted server
 /// (<see cref="FakeNbdServer"/> with structured replies and <c>base:allocation</c>): a block status
 /// chunk with more extents than <c>NBD_CMD_FLAG_REQ_ONE</c> asked for (the first is the answer, the
-/// rest read past, as qemu does; before, a chunk over 64 KiB lost the connection), and an error
-/// chunk's message (logged for the operator; before, dropped).
+/// rest read past, as qemu does; before, a chunk over 64 KiB lost the connection), an error chunk's
+/// message (logged for the operator; before, dropped), and a read's data in many pieces out of
+/// order (before, a 17th disjoint piece failed the read with EIO).
 /// </summary>
 public sealed class NbdClientStructuredLenienceSpec
 {
@@ -188,6 +189,82 @@ public sealed class NbdClientStructuredLenienceSpec
             [$"hctx0 of le0: the NBD server failed a read with error 28{at}: \"quota exceeded\\x0a\\x1b[31mforged line\"; 1 error message(s) from the server so far"],
             events.Lines);
         Assert.Equal(1, ((NbdClientDriver)device.Queue.Driver).LiveConnections);
+        Assert.Empty(server.Faults);
+    }
+
+    // proto.md: the server "MAY send the content chunks in any order". A 256 KiB read answered in
+    // 64 chunks of 4 KiB, last first, shuffled, or every other one first (32 disjoint pieces at
+    // once) fills the read. Past the 16 runs the client keeps, a chunk over one already given, or
+    // outside the read, still fails it with EIO, and the connection goes on. Before, the 17th
+    // disjoint piece failed the read with EIO.
+    [Theory]
+    [InlineData("in reverse")]
+    [InlineData("shuffled")]
+    [InlineData("even pieces first")]
+    [InlineData("even pieces first, one given twice")]
+    [InlineData("even pieces first, one over two others")]
+    [InlineData("even pieces first, one past the read")]
+    public async Task A_read_in_many_pieces_out_of_order_is_filled(string order)
+    {
+        const int Length = 256 << 10;
+        const int Piece = 4096;
+        const int Pieces = Length / Piece;
+        var broken = order.Contains(',', StringComparison.Ordinal);
+        var first = true;
+        await using var server = Server(async (s, r) =>
+        {
+            if (r.Command != NbdCommand.Read || !first)
+            {
+                return false;
+            }
+
+            first = false;
+            var count = (int)r.Length / Piece;
+            var pieces = order switch
+            {
+                "in reverse" => Enumerable.Range(0, count).Reverse().ToArray(),
+                "shuffled" => Enumerable.Range(0, count).OrderBy(i => (i * 37) % count).ToArray(),
+                _ => [.. Enumerable.Range(0, count).Where(i => i % 2 == 0), .. Enumerable.Range(0, count).Where(i => i % 2 == 1)],
+            };
+            for (var i = 0; i < pieces.Length; i++)
+            {
+                if (i == count / 2 && broken)
+                {
+                    // The even pieces are all in: piece 10 is covered, piece 11 is not.
+                    var (at, length) = order switch
+                    {
+                        "even pieces first, one given twice" => (r.Offset + (10 * Piece), Piece),
+                        "even pieces first, one over two others" => (r.Offset + (10 * Piece) + 512, Piece),
+                        _ => (r.Offset + r.Length - 512, Piece),
+                    };
+                    await s.ChunkAsync(r.Cookie, done: false, OffsetData, Data(at, 0xee, length));
+                }
+
+                await s.ChunkAsync(r.Cookie, done: false, OffsetData, Data(r.Offset + (ulong)(pieces[i] * Piece), (byte)(pieces[i] + 1), Piece));
+            }
+
+            await s.ChunkAsync(r.Cookie, done: true, None, []);
+            return true;
+        });
+        await using var devices = new RingDevices(2);
+        var device = Open(devices, server);
+        var buffer = new byte[Length];
+
+        var status = await device.ExecuteAsync(BlockOp.Read, 1 << 20, Length, buffer).AsTask().WaitAsync(Condition.Timeout);
+        Assert.Equal(broken ? BlockStatus.IoError : BlockStatus.Ok, status);
+        if (!broken)
+        {
+            for (var i = 0; i < Pieces; i++)
+            {
+                Assert.True(buffer.AsSpan(i * Piece, Piece).IndexOfAnyExcept((byte)(i + 1)) < 0, $"piece {i} holds its own bytes");
+            }
+        }
+
+        var next = new byte[Length];
+        Assert.Equal(BlockStatus.Ok, await device.ExecuteAsync(BlockOp.Read, 1 << 20, Length, next).AsTask().WaitAsync(Condition.Timeout));
+        Assert.All(next, b => Assert.Equal(0x5a, b));
+        Assert.Equal(1, ((NbdClientDriver)device.Queue.Driver).LiveConnections);
+        Assert.Equal(1, server.Accepted);
         Assert.Empty(server.Faults);
     }
 
