@@ -1070,6 +1070,10 @@ internal sealed class RequestQueueActor : UntypedActor, IWithUnboundedStash, IWi
 
         public void OnAbort(HardwareContext hctx) => self.Tell(new ScanNow(hctx.Index));
 
+        // A driver's note for the operator (an NBD server's reason for an error), rate-limited by the driver.
+        public void OnDriverWarning(HardwareContext hctx, string message) =>
+            log.Warning("{Device} hctx {Index}: {Message}", device, hctx.Index, message);
+
         // The kernel's "I/O error, dev sda, sector ..." line (blk_print_req_error), rate-limited
         // by the data plane; the count held back comes first, as printk's "callbacks suppressed".
         public void OnRequestError(in RequestError error, int suppressed)

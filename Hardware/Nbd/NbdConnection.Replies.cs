@@ -438,7 +438,9 @@ public sealed partial class NbdConnection
     /// one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last may end before the range does, which the
     /// protocol allows. Neighbours in the same state are one extent, as qemu's
     /// <c>nbd_extent_array_add</c> merges them: a linear device answered a hole across its members'
-    /// boundary as two, and <c>REQ_ONE</c> there got only the first.
+    /// boundary as two, and <c>REQ_ONE</c> there got only the first. A question still unanswered
+    /// when the connection's reader ends (the client hung up, the server stops, the device is
+    /// removed) is given up, and the rest of the range answered as data.
     /// </summary>
     private async ValueTask GatherExtentsAsync(NbdRequestSlot slot)
     {
@@ -460,15 +462,17 @@ public sealed partial class NbdConnection
             bool allocated;
             try
             {
-                // A closing connection asks no more (a remote map would send each question on).
-                _abort.Token.ThrowIfCancellationRequested();
-                var extent = map is null ? null : await map.GetExtentAsync(offset, end - offset, _abort.Token).ConfigureAwait(false);
+                // A closing connection asks no more (a remote map would send each question on),
+                // and one that closes gives up the question it waits for (see _mapQuestions).
+                var closing = _mapQuestions.Token;
+                closing.ThrowIfCancellationRequested();
+                var extent = map is null ? null : await map.GetExtentAsync(offset, end - offset, closing).ConfigureAwait(false);
                 (length, allocated) = extent is { Length: > 0 } told ? (told.Length, told.Allocated) : (end - offset, true);
 
                 // Past the range (a custom driver's map breaking its contract): the rest of the range.
                 length = Math.Min(length, end - offset);
             }
-            catch (OperationCanceledException) when (_abort.IsCancellationRequested)
+            catch (OperationCanceledException) when (_mapQuestions.IsCancellationRequested)
             {
                 // The connection is going away: data, which is always safe, and no more questions.
                 (length, allocated) = (end - offset, true);

@@ -61,6 +61,11 @@ public sealed partial class NbdConnection
 
     // Cancelled by StopReading (server shutdown) and by Abort: ends the reader's waits.
     private readonly CancellationTokenSource _stopReading;
+
+    // Cancelled when the reader ends (the client hung up or sent NBD_CMD_DISC, the server stops,
+    // the device is removed) and by Abort: gives up the allocation map questions of block status
+    // requests still gathering their extents (GatherExtentsAsync).
+    private readonly CancellationTokenSource _mapQuestions;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private NbdRequestSlot[] _batch = [];
     private int _batchCount;
@@ -124,6 +129,7 @@ public sealed partial class NbdConnection
         _socket = socket;
         Id = id;
         _stopReading = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+        _mapQuestions = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         // Over a Unix socket there is no Nagle to turn off and no keepalive: the kernel closes the
         // connection when its peer process goes, and a peer on the same machine cannot be partitioned away.
         var tcp = socket.AddressFamily != AddressFamily.Unix;
@@ -404,6 +410,13 @@ public sealed partial class NbdConnection
         }
         finally
         {
+            // No request comes after this one: a block status request still waiting for a remote
+            // map's answer (an NBD client device's, up to its 30 s timeout) is answered as data at
+            // once, which is always correct. Before, nothing gave the question up when the client
+            // hung up, and the connection, and with it the server's stop or the device's removal,
+            // waited for the answer.
+            CancelQuietly(_mapQuestions);
+
             // Replies held back while the reader went through its buffer go out now.
             Uncork();
 
@@ -590,6 +603,7 @@ public sealed partial class NbdConnection
         {
             _socket.Dispose();
             _stopReading.Dispose();
+            _mapQuestions.Dispose();
             _abort.Dispose();
 
             // Out of the server's table before anyone awaiting the completion resumes: a removal

@@ -148,6 +148,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// </summary>
     public long RefusedConnections => Interlocked.Read(ref _refused);
 
+    /// <summary>The open connections, for specs.</summary>
+    internal ICollection<NbdConnection> Connections => _connections.Values;
+
     /// <summary>Requests in flight in the block layer over all connections.</summary>
     public int InFlight => _connections.Values.Sum(c => c.InFlight);
 

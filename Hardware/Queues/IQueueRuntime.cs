@@ -108,4 +108,14 @@ public interface IQueueEvents
     void OnRequestError(in RequestError error, int suppressed)
     {
     }
+
+    /// <summary>
+    /// Something an operator should see that is no device error and no request's failure: an NBD
+    /// server's reason for an error it answered (the human-readable message of an error chunk),
+    /// logged as a warning. The driver rate-limits it and makes it one line (control characters
+    /// escaped). Called on the driver's thread: it must not block. An exception it throws is dropped.
+    /// </summary>
+    void OnDriverWarning(HardwareContext hctx, string message)
+    {
+    }
 }

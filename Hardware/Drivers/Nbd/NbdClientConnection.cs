@@ -264,6 +264,7 @@ internal sealed partial class NbdClientConnection : IDisposable
         pending.Error = NbdError.None;
         pending.Covered = 0;
         pending.RunCount = 0;
+        pending.Mapped = false;
         Volatile.Write(ref pending.Request, request);
         Interlocked.Increment(ref _outstanding);
         var writer = _send.Writer;
@@ -674,11 +675,18 @@ internal sealed partial class NbdClientConnection : IDisposable
         return await FinishAsync(pending, request, generation, error).ConfigureAwait(false);
     }
 
-    // The largest payload of a chunk that carries no read data this client takes: an error's
-    // message of at most 4096 bytes with its fixed part, or a block status chunk (with
-    // NBD_CMD_FLAG_REQ_ONE, one extent; the rest are ignored, as qemu does, but at most this many
-    // bytes are taken). Past it the peer claims a length no reply here has: the connection is lost.
+    // The largest error chunk this client takes (read whole into the reader's buffer): a message
+    // of at most 4096 bytes with its fixed part fits well. Past it the peer claims a length no
+    // error chunk has: the connection is lost.
     private const int MaxControlPayload = 64 << 10;
+
+    // The largest block status chunk this client takes: 2^25 bytes, the payload proto.md says
+    // "SHOULD NOT be considered a denial of service attack" (its 2^20 extents, which servers
+    // "SHOULD NOT" exceed, are 8 MiB). Only the first extent is kept (NBD_CMD_FLAG_REQ_ONE asks for
+    // one; qemu's nbd_parse_blockstatus_payload ignores the extras) and the rest is read past
+    // without a buffer. Past it the connection is lost (a denial of service, which the protocol
+    // lets the client end). Before, a chunk over 64 KiB (8,191 extents) lost the connection.
+    private const int MaxBlockStatusPayload = NbdProtocol.MaxTolerablePayload;
 
     // NBD_REPLY_FLAG_DONE: the last chunk of a reply.
     private const ushort ReplyFlagDone = 1;
@@ -793,7 +801,7 @@ internal sealed partial class NbdClientConnection : IDisposable
                         : $"a reply chunk of unknown type {(ushort)type}");
                 }
 
-                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
+                if (await ReadErrorAsync(reader, type, length, pending.Read ? "a read" : "a request").ConfigureAwait(false) is not { } error)
                 {
                     return Step.Stop;
                 }
@@ -825,9 +833,10 @@ internal sealed partial class NbdClientConnection : IDisposable
     // after the message are skipped, as libnbd does ("ignoring unexpected slop after error
     // message"); a message longer than the chunk loses the connection. Required to frame the
     // chunk exactly, an error with trailing bytes lost the connection, and the read retried on
-    // the next got the same answer (a review). A zero error is EIO. Null when the connection is lost.
+    // the next got the same answer (a review). A zero error is EIO. A message is logged for the
+    // operator (WarnServerMessage). Null when the connection is lost.
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length)
+    private async ValueTask<NbdError?> ReadErrorAsync(PipeReader reader, NbdChunkType type, uint length, string what)
     {
         var fixedPart = type switch
         {
@@ -849,14 +858,52 @@ internal sealed partial class NbdClientConnection : IDisposable
 
         var error = (NbdError)ReadU32(payload);
         var message = fixedPart > 4 ? ReadU16(payload.Slice(4)) : 0;
-        reader.AdvanceTo(payload.End);
         if (fixedPart > 4 && message > length - fixedPart)
         {
+            reader.AdvanceTo(payload.End);
             Lost($"an error chunk of type {type} of {length} bytes with a message of {message}");
             return null;
         }
 
+        if (message > 0)
+        {
+            WarnServerMessage(what, error, payload.Slice(6, message), type == NbdChunkType.ErrorOffset ? ReadU64(payload.Slice(6 + message)) : null);
+        }
+
+        reader.AdvanceTo(payload.End);
         return error == NbdError.None ? NbdError.Io : error;
+    }
+
+    // The longest part of a server's error message shown: proto.md's string limit.
+    private const int MaxMessageBytes = 4096;
+
+    // Error messages the server sent on this connection, and when the last was logged (LogLimit).
+    private long _serverMessages;
+    private long _serverMessageLogged;
+
+    // An error chunk's message, "suitable for display to a human user": the operator sees the
+    // server's reason as a warning (IQueueEvents.OnDriverWarning), the first and then a line a
+    // minute (a server can fail every request), on one line (control characters escaped), at
+    // most 4096 bytes of it. Before, only the error number reached the request's error.
+    private void WarnServerMessage(string what, NbdError error, ReadOnlySequence<byte> text, ulong? offset)
+    {
+        var count = Interlocked.Increment(ref _serverMessages);
+        if (_hctx is not { Queue.Events: { } events } hctx || !LogLimit.FirstOrAMinuteOn(count, ref _serverMessageLogged))
+        {
+            return;
+        }
+
+        var shown = ControlCharacters.Escape(System.Text.EncodingExtensions.GetString(System.Text.Encoding.UTF8, text.Slice(0, Math.Min(text.Length, MaxMessageBytes))));
+        var at = offset is { } where ? $" at offset {where}" : string.Empty;
+        try
+        {
+            events.OnDriverWarning(hctx, $"the NBD server failed {what} with error {(uint)error}{at}: \"{shown}\"; {count} error message(s) from the server so far");
+        }
+#pragma warning disable CA1031 // the log's failure must not end the receiver (IQueueEvents: an exception is dropped)
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
     }
 
     // A block status question's chunk: one NBD_REPLY_TYPE_BLOCK_STATUS for the negotiated
@@ -870,12 +917,12 @@ internal sealed partial class NbdClientConnection : IDisposable
         {
             case NbdChunkType.BlockStatus:
             {
-                if (length < 12 || (length - 4) % 8 != 0 || length > MaxControlPayload)
+                if (length < 12 || (length - 4) % 8 != 0 || length > MaxBlockStatusPayload)
                 {
                     return LostStep($"an NBD_REPLY_TYPE_BLOCK_STATUS chunk of {length} bytes");
                 }
 
-                if (await ReadPayloadAsync(reader, (int)length).ConfigureAwait(false) is not { } payload)
+                if (await ReadPayloadAsync(reader, 12).ConfigureAwait(false) is not { } payload)
                 {
                     return LostStep(Volatile.Read(ref _killedBecause) ?? "the server closed the connection inside a reply chunk");
                 }
@@ -884,6 +931,10 @@ internal sealed partial class NbdClientConnection : IDisposable
                 var extent = ReadU32(payload.Slice(4));
                 var state = (NbdAllocationFlags)ReadU32(payload.Slice(8));
                 reader.AdvanceTo(payload.End);
+
+                // Extents after the first (NBD_CMD_FLAG_REQ_ONE asked for one) are read past
+                // unbuffered, as qemu ignores them.
+                await SkipAsync(reader, length - 12).ConfigureAwait(false);
                 if (context != AllocationContext || query.Answered || extent == 0)
                 {
                     query.Failed = true;
@@ -911,7 +962,7 @@ internal sealed partial class NbdClientConnection : IDisposable
                         : $"a reply chunk of unknown type {(ushort)type}");
                 }
 
-                if (await ReadErrorAsync(reader, type, length).ConfigureAwait(false) is not { } error)
+                if (await ReadErrorAsync(reader, type, length, "a block status question").ConfigureAwait(false) is not { } error)
                 {
                     return Step.Stop;
                 }
@@ -1000,6 +1051,7 @@ internal sealed partial class NbdClientConnection : IDisposable
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Step> FinishAsync(Pending pending, Request request, uint generation, NbdError error)
     {
+        pending.ReleaseMap();
         pending.Request = null;
         Interlocked.Decrement(ref _outstanding);
         if (error == NbdError.None && (pending.Next is not null || pending.PostFlush))
@@ -1422,8 +1474,16 @@ internal sealed partial class NbdClientConnection : IDisposable
         public long[]? Runs;
         public int RunCount;
 
-        // More runs than this (chunks far out of order) fail the read rather than grow the array.
+        // Past this many runs (chunks far out of order, which proto.md allows: "MAY send the
+        // content chunks in any order") the coverage moves to a bitmap of the read, a bit a byte
+        // (Length / 8 bytes, rented from the pool and given back when the reply is complete), so
+        // a read takes any number of pieces, each checked and marked in time proportional to its
+        // size. Before, a 17th disjoint run failed the read with EIO (a review).
         private const int MaxRuns = 16;
+
+        // The coverage is in Bitmap (Runs no longer used for this read).
+        public bool Mapped;
+        public ulong[]? Bitmap;
 
         public void Fail(NbdError error)
         {
@@ -1454,6 +1514,11 @@ internal sealed partial class NbdClientConnection : IDisposable
 
             var start = (long)(at - (ulong)Offset);
             var end = start + size;
+            if (Mapped)
+            {
+                return TakeMapped(start, end);
+            }
+
             Runs ??= new long[2 * MaxRuns];
             for (var i = 0; i < RunCount; i++)
             {
@@ -1464,13 +1529,13 @@ internal sealed partial class NbdClientConnection : IDisposable
                 }
             }
 
-            Covered += size;
             for (var i = 0; i < RunCount; i++)
             {
                 if (Runs[(2 * i) + 1] == start)
                 {
                     Runs[(2 * i) + 1] = end;
                     Merge(i);
+                    Covered += size;
                     return true;
                 }
 
@@ -1478,20 +1543,34 @@ internal sealed partial class NbdClientConnection : IDisposable
                 {
                     Runs[2 * i] = start;
                     Merge(i);
+                    Covered += size;
                     return true;
                 }
             }
 
             if (RunCount == MaxRuns)
             {
-                Fail(NbdError.Io);
-                return false;
+                MapRuns();
+                return TakeMapped(start, end);
             }
 
             Runs[2 * RunCount] = start;
             Runs[(2 * RunCount) + 1] = end;
             RunCount++;
+            Covered += size;
             return true;
+        }
+
+        /// <summary>Gives the bitmap back to the pool (the reply is complete).</summary>
+        public void ReleaseMap()
+        {
+            if (Bitmap is { } bitmap)
+            {
+                Bitmap = null;
+                ArrayPool<ulong>.Shared.Return(bitmap);
+            }
+
+            Mapped = false;
         }
 
         // Run i grew: joins it with a run it now touches, if any (the last run takes the gap).
@@ -1509,6 +1588,61 @@ internal sealed partial class NbdClientConnection : IDisposable
                     return;
                 }
             }
+        }
+
+        // The runs are full: the coverage so far goes into a bitmap of the read.
+        private void MapRuns()
+        {
+            var words = (int)((Length + 63L) >> 6);
+            if (Bitmap is null || Bitmap.Length < words)
+            {
+                ReleaseMap();
+                Bitmap = ArrayPool<ulong>.Shared.Rent(words);
+            }
+
+            Array.Clear(Bitmap, 0, words);
+            for (var i = 0; i < RunCount; i++)
+            {
+                Mark(Runs![2 * i], Runs[(2 * i) + 1], set: true);
+            }
+
+            Mapped = true;
+        }
+
+        // A chunk over [start, end) of the read, the coverage in the bitmap.
+        private bool TakeMapped(long start, long end)
+        {
+            if (!Mark(start, end, set: false))
+            {
+                Fail(NbdError.Io);
+                return false;
+            }
+
+            Mark(start, end, set: true);
+            Covered += end - start;
+            return true;
+        }
+
+        // Sets the bits of [start, end), or (set false) tells whether none of them is set yet.
+        private bool Mark(long start, long end, bool set)
+        {
+            var bitmap = Bitmap!;
+            for (var word = start >> 6; word <= (end - 1) >> 6; word++)
+            {
+                var from = Math.Max(start, word << 6) - (word << 6);
+                var to = Math.Min(end, (word + 1) << 6) - (word << 6);
+                var mask = (to - from == 64 ? ulong.MaxValue : ((1UL << (int)(to - from)) - 1)) << (int)from;
+                if (set)
+                {
+                    bitmap[word] |= mask;
+                }
+                else if ((bitmap[word] & mask) != 0)
+                {
+                    return false;
+                }
+            }
+
+            return true;
         }
 
         // A flush sequence's stages still to send: the command after a preflush, a flush after
