@@ -146,16 +146,17 @@ public sealed class NbdClientUnixSocketSpec : Akka.TestKit.Xunit2.TestKit
 
         public static async Task<Nbdkit> StartAsync(string socket, params string[] args)
         {
-            // No --exit-with-parent: nbdkit takes it as PR_SET_PDEATHSIG, which fires when the
-            // thread that started it ends, not the process; a thread-pool thread retired during
-            // the spec SIGTERMed nbdkit (seen here: a stopped nbdkit exited at its SIGCONT).
+            // From ProcessLauncher's thread: nbdkit sets PR_SET_PDEATHSIG whether or not it is
+            // given --exit-with-parent, and it fires when the thread that forked it ends, not the
+            // process; a thread-pool thread retired during the spec SIGTERMed nbdkit (seen here: a
+            // stopped nbdkit exited at its SIGCONT).
             var psi = new ProcessStartInfo("nbdkit") { RedirectStandardError = true, RedirectStandardOutput = true };
             foreach (var a in new[] { "-f", "-U", socket }.Concat(args))
             {
                 psi.ArgumentList.Add(a);
             }
 
-            var kit = new Nbdkit(Process.Start(psi) ?? throw new InvalidOperationException("cannot start nbdkit"));
+            var kit = new Nbdkit(await ProcessLauncher.StartAsync(psi));
             kit._process.ErrorDataReceived += (_, e) =>
             {
                 lock (kit._errors)

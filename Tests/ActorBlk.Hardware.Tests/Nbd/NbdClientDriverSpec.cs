@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
@@ -376,7 +375,7 @@ public sealed class NbdClientDriverSpec
                 psi.ArgumentList.Add(a);
             }
 
-            using var nbdkit = await LaunchAsync(psi);
+            using var nbdkit = await ProcessLauncher.StartAsync(psi); // nbdkit dies with the thread that forked it (ProcessLauncher)
             var errors = new System.Text.StringBuilder();
             nbdkit.ErrorDataReceived += (_, e) =>
             {
@@ -410,43 +409,6 @@ public sealed class NbdClientDriverSpec
                 await nbdkit.WaitForExitAsync();
             }
         }
-    }
-
-    // nbdkit's --exit-with-parent is Linux's PR_SET_PDEATHSIG, which fires when the thread that
-    // forked nbdkit ends, not its process; Process.Start forks on the calling thread, and a spec's
-    // code may run on a thread that ends soon after (one that ran an earlier spec's continuation).
-    // nbdkit then exited before it listened, or after the listen check and before the device
-    // connected ("Connection refused"), or under a device's I/O. It is forked on one thread that
-    // lives as long as the test process.
-    private static readonly BlockingCollection<(ProcessStartInfo Info, TaskCompletionSource<Process> Started)> Launches = StartLauncher();
-
-    private static BlockingCollection<(ProcessStartInfo Info, TaskCompletionSource<Process> Started)> StartLauncher()
-    {
-        var launches = new BlockingCollection<(ProcessStartInfo Info, TaskCompletionSource<Process> Started)>();
-        void Run()
-        {
-            foreach (var (info, started) in launches.GetConsumingEnumerable())
-            {
-                try
-                {
-                    started.SetResult(Process.Start(info) ?? throw new InvalidOperationException($"{info.FileName} did not start."));
-                }
-                catch (Exception ex)
-                {
-                    started.SetException(ex);
-                }
-            }
-        }
-
-        new Thread(Run) { IsBackground = true, Name = "nbdkit launcher" }.Start();
-        return launches;
-    }
-
-    private static Task<Process> LaunchAsync(ProcessStartInfo info)
-    {
-        var started = new TaskCompletionSource<Process>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Launches.Add((info, started));
-        return started.Task;
     }
 
     [Fact]
