@@ -263,7 +263,12 @@ public sealed class FaultyLeg : IBioDriver, IAllocationMap
         {
             // Given up by the asker: null, as the NBD client driver answers a question given up.
             _hanging.TrySetResult();
-            await Task.Delay(Timeout.Infinite, cancellationToken).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            var givenUp = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            await using (cancellationToken.Register(() => givenUp.TrySetResult()))
+            {
+                await givenUp.Task.ConfigureAwait(false);
+            }
+
             return null;
         }
 

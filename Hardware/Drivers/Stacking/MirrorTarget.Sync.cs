@@ -710,9 +710,10 @@ public sealed partial class MirrorTarget
     // NBD_CMD_BLOCK_STATUS, so a recovery from it skips its holes instead of reading every chunk
     // across the network to find zeroes. The question is asked under the chunk's exclusive range,
     // which holds user I/O to the chunk, so an answer that has not come within
-    // MirrorOptions.SourceMapPatience (5 s) is given up and the chunk read instead: a source that takes block status questions and stays
-    // silent held user I/O to the chunk for the NBD client's 30 s. The patience is real time, as
-    // the NBD client's own timeout: a network's answer does not come faster on a manual clock.
+    // MirrorOptions.SourceMapPatience (5 s) is given up and the chunk read instead: a source that
+    // takes block status questions and stays silent held user I/O to the chunk for the NBD
+    // client's 30 s. The patience is real time, as the NBD client's own timeout: a network's
+    // answer does not come faster on a manual clock.
     private async ValueTask<bool> SourceHoleAsync(int source, long at, int length)
     {
         try
@@ -732,29 +733,26 @@ public sealed partial class MirrorTarget
             }
             else
             {
-                var answer = question.AsTask();
-                var first = await Task.WhenAny(answer, Task.Delay(Options.SourceMapPatience, giveUp.Token)).ConfigureAwait(false);
-
-                // Ends the timer, or gives the unanswered question up (the NBD client frees its slot).
-                await giveUp.CancelAsync().ConfigureAwait(false);
-                if (first != answer)
+                try
                 {
-                    _ = answer.ContinueWith(static t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
-                    return false;
+                    // Past the patience a TimeoutException: read and copy (below).
+                    extent = await question.AsTask().WaitAsync(Options.SourceMapPatience).ConfigureAwait(false);
                 }
-
-                extent = await answer.ConfigureAwait(false);
+                finally
+                {
+                    // Gives an unanswered question up (the NBD client frees its slot).
+                    await giveUp.CancelAsync().ConfigureAwait(false);
+                }
             }
 
             return extent is { Allocated: false } hole && hole.Length >= length;
         }
         catch (Exception)
         {
-            // The leg changed under us, or a custom driver's map threw: read and copy.
+            // The leg changed under us, a custom driver's map threw, or no answer came in time: read and copy.
             return false;
         }
     }
-
 
     // Every target takes write-zeroes. A handle closed meanwhile (a table swap disposing the old
     // mirror) answers false, and the copy's own writes then fail that leg as usual.

@@ -4,9 +4,10 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
+
+using static ActorBlk.Hardware.Tests.Nbd.StructuredReplies;
 
 namespace ActorBlk.Hardware.Tests.Nbd;
 
@@ -24,7 +25,6 @@ public sealed class NbdClientStructuredHostileSpec
 {
     private const int Length = 4096;
     private const long At = 8192;
-    private const uint Context = 7;
     private const ushort OffsetData = (ushort)NbdChunkType.OffsetData;
     private const ushort OffsetHole = (ushort)NbdChunkType.OffsetHole;
     private const ushort None = (ushort)NbdChunkType.None;
@@ -32,16 +32,6 @@ public sealed class NbdClientStructuredHostileSpec
     private const ushort ErrorOffset = (ushort)NbdChunkType.ErrorOffset;
     private const ushort Status = (ushort)NbdChunkType.BlockStatus;
     private const uint HoleZero = (uint)(NbdAllocationFlags.Hole | NbdAllocationFlags.Zero);
-
-    private static readonly FakeNbdExport Structured = FakeNbdExport.Default with { Structured = true, AllocationContext = Context };
-
-    private static byte[] Data(ulong offset, byte fill, int length)
-    {
-        var payload = new byte[8 + length];
-        BinaryPrimitives.WriteUInt64BigEndian(payload, offset);
-        payload.AsSpan(8).Fill(fill);
-        return payload;
-    }
 
     private static byte[] Hole(ulong offset, uint length)
     {
@@ -61,19 +51,6 @@ public sealed class NbdClientStructuredHostileSpec
         if (offset is { } at)
         {
             BinaryPrimitives.WriteUInt64BigEndian(payload.AsSpan(6 + text.Length), at);
-        }
-
-        return payload;
-    }
-
-    private static byte[] Extents(uint context, params (uint Length, uint Flags)[] extents)
-    {
-        var payload = new byte[4 + (8 * extents.Length)];
-        BinaryPrimitives.WriteUInt32BigEndian(payload, context);
-        for (var i = 0; i < extents.Length; i++)
-        {
-            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(4 + (8 * i)), extents[i].Length);
-            BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(8 + (8 * i)), extents[i].Flags);
         }
 
         return payload;
@@ -597,6 +574,5 @@ public sealed class NbdClientStructuredHostileSpec
         Assert.Equal([NbdOption.StructuredReply, NbdOption.Abort], asked);
     }
 
-    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) =>
-        devices.Create(new DeviceOptions { Name = "sr0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, CpuTopology.Simulated(2));
+    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) => StructuredReplies.Open(devices, server, "sr0");
 }

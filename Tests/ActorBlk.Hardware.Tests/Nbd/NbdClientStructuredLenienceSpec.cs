@@ -9,6 +9,8 @@ using ActorBlk.Hardware.Requests;
 using ActorBlk.Testing;
 using Xunit;
 
+using static ActorBlk.Hardware.Tests.Nbd.StructuredReplies;
+
 namespace ActorBlk.Hardware.Tests.Nbd;
 
 /// <summary>
@@ -21,23 +23,12 @@ namespace ActorBlk.Hardware.Tests.Nbd;
 /// </summary>
 public sealed class NbdClientStructuredLenienceSpec
 {
-    private const uint Context = 7;
     private const ushort OffsetData = (ushort)NbdChunkType.OffsetData;
     private const ushort None = (ushort)NbdChunkType.None;
     private const ushort Error = (ushort)NbdChunkType.Error;
     private const ushort ErrorOffset = (ushort)NbdChunkType.ErrorOffset;
     private const ushort Status = (ushort)NbdChunkType.BlockStatus;
     private const uint HoleZero = (uint)(NbdAllocationFlags.Hole | NbdAllocationFlags.Zero);
-
-    private static readonly FakeNbdExport Structured = FakeNbdExport.Default with { Structured = true, AllocationContext = Context };
-
-    private static byte[] Data(ulong offset, byte fill, int length)
-    {
-        var payload = new byte[8 + length];
-        BinaryPrimitives.WriteUInt64BigEndian(payload, offset);
-        payload.AsSpan(8).Fill(fill);
-        return payload;
-    }
 
     // `count` extents of 4096 bytes: the first a hole, the rest data.
     private static byte[] ManyExtents(int count)
@@ -51,39 +42,6 @@ public sealed class NbdClientStructuredLenienceSpec
         }
 
         return payload;
-    }
-
-    // The first connection hands each request to `first` (false: answer it well); every request
-    // else is answered well: reads with 0x5a, block status as one data extent.
-    private static FakeNbdServer Server(Func<FakeNbdSession, FakeNbdRequest, Task<bool>> first) => new(_ => Structured, async s =>
-    {
-        while (await s.ReadRequestAsync() is { } r)
-        {
-            if (r.Command == NbdCommand.Disconnect)
-            {
-                return;
-            }
-
-            if (s.Index == 0 && await first(s, r))
-            {
-                continue;
-            }
-
-            await (r.Command switch
-            {
-                NbdCommand.Read => s.ChunkAsync(r.Cookie, done: true, OffsetData, Data(r.Offset, 0x5a, (int)r.Length)),
-                NbdCommand.BlockStatus => s.ChunkAsync(r.Cookie, done: true, Status, ManyExtents(1)[..4].Concat(Extent(r.Length, 0)).ToArray()),
-                _ => s.ChunkAsync(r.Cookie, done: true, None, []),
-            });
-        }
-    });
-
-    private static byte[] Extent(uint length, uint flags)
-    {
-        var extent = new byte[8];
-        BinaryPrimitives.WriteUInt32BigEndian(extent, length);
-        BinaryPrimitives.WriteUInt32BigEndian(extent.AsSpan(4), flags);
-        return extent;
     }
 
     // 10,000 extents in one chunk (80,004 bytes, over the 64 KiB that lost the connection before):
@@ -268,8 +226,7 @@ public sealed class NbdClientStructuredLenienceSpec
         Assert.Empty(server.Faults);
     }
 
-    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) =>
-        devices.Create(new DeviceOptions { Name = "le0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, ActorBlk.Hardware.Topology.CpuTopology.Simulated(2));
+    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) => StructuredReplies.Open(devices, server, "le0");
 
     private sealed class Warnings : IQueueEvents
     {

@@ -4,9 +4,10 @@ using ActorBlk.Hardware.Drivers;
 using ActorBlk.Hardware.Drivers.Nbd;
 using ActorBlk.Hardware.Nbd;
 using ActorBlk.Hardware.Requests;
-using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
+
+using static ActorBlk.Hardware.Tests.Nbd.StructuredReplies;
 
 namespace ActorBlk.Hardware.Tests.Nbd;
 
@@ -22,22 +23,11 @@ public sealed class NbdClientStructuredReviewSpec
 {
     private const int Length = 4096;
     private const long At = 8192;
-    private const uint Context = 7;
     private const ushort OffsetData = (ushort)NbdChunkType.OffsetData;
     private const ushort None = (ushort)NbdChunkType.None;
     private const ushort Error = (ushort)NbdChunkType.Error;
     private const ushort ErrorOffset = (ushort)NbdChunkType.ErrorOffset;
     private const ushort Status = (ushort)NbdChunkType.BlockStatus;
-
-    private static readonly FakeNbdExport Structured = FakeNbdExport.Default with { Structured = true, AllocationContext = Context };
-
-    private static byte[] Data(ulong offset, byte fill, int length)
-    {
-        var payload = new byte[8 + length];
-        BinaryPrimitives.WriteUInt64BigEndian(payload, offset);
-        payload.AsSpan(8).Fill(fill);
-        return payload;
-    }
 
     // An error chunk's payload: error, message length, message, then `tail` (the offset of
     // ERROR_OFFSET, or bytes the message length does not cover).
@@ -51,40 +41,6 @@ public sealed class NbdClientStructuredReviewSpec
         tail.CopyTo(payload, 6 + text.Length);
         return payload;
     }
-
-    private static byte[] Extents(uint context, uint length, uint flags)
-    {
-        var payload = new byte[12];
-        BinaryPrimitives.WriteUInt32BigEndian(payload, context);
-        BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(4), length);
-        BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(8), flags);
-        return payload;
-    }
-
-    // The first connection hands each request to `first` (which returns false to answer it well);
-    // later connections answer every request well: reads with 0x5a, block status as data.
-    private static FakeNbdServer Server(Func<FakeNbdSession, FakeNbdRequest, Task<bool>> first) => new(_ => Structured, async s =>
-    {
-        while (await s.ReadRequestAsync() is { } r)
-        {
-            if (r.Command == NbdCommand.Disconnect)
-            {
-                return;
-            }
-
-            if (s.Index == 0 && await first(s, r))
-            {
-                continue;
-            }
-
-            await (r.Command switch
-            {
-                NbdCommand.Read => s.ChunkAsync(r.Cookie, done: true, OffsetData, Data(r.Offset, 0x5a, (int)r.Length)),
-                NbdCommand.BlockStatus => s.ChunkAsync(r.Cookie, done: true, Status, Extents(Context, r.Length, 0)),
-                _ => s.ChunkAsync(r.Cookie, done: true, None, []),
-            });
-        }
-    });
 
     // A block status question the server never answers is out when a read is refused with
     // NBD_ESHUTDOWN: the connection, which takes nothing new, disconnects softly once its
@@ -215,6 +171,5 @@ public sealed class NbdClientStructuredReviewSpec
         Assert.Empty(server.Faults);
     }
 
-    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) =>
-        devices.Create(new DeviceOptions { Name = "rv0", Driver = "nbd", Uri = server.Uri(), Connections = 1 }, CpuTopology.Simulated(2));
+    private static BlockDevice Open(RingDevices devices, FakeNbdServer server) => StructuredReplies.Open(devices, server, "rv0");
 }
