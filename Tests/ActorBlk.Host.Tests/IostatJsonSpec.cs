@@ -55,7 +55,10 @@ public sealed partial class IostatJsonSpec
         using var fio = Process.Start(psi)!;
         try
         {
-            // The second report's interval lies wholly inside fio's run.
+            // The second report's interval lies wholly inside fio's run: iostat starts once the
+            // node has completed fio's first reads (fio connects and negotiates first, which a
+            // loaded machine may stretch past iostat's first interval).
+            await WaitForReadsAsync(port, "busy0");
             await using var iostat = ActorBlkProcess.Start("iostat", "--node", $"127.0.0.1:{port}", "-xz", "-t", "-o", "JSON", "1", "2");
             Assert.Equal(0, await iostat.WaitForExitAsync(Within));
             using var document = JsonDocument.Parse(iostat.StandardOutput);
@@ -99,5 +102,25 @@ public sealed partial class IostatJsonSpec
 
         node.Terminate();
         Assert.Equal(0, await node.WaitForExitAsync(Within));
+    }
+
+    // Polls the device's stat file (its first field: reads completed) until it shows a read.
+    private static async Task WaitForReadsAsync(string port, string device)
+    {
+        var deadline = DateTime.UtcNow + Within;
+        var last = string.Empty;
+        while (DateTime.UtcNow < deadline)
+        {
+            await using var cat = ActorBlkProcess.Start("sysfs", "cat", $"block/{device}/stat", "--node", $"127.0.0.1:{port}");
+            Assert.Equal(0, await cat.WaitForExitAsync(Within));
+            last = cat.StandardOutput;
+            var fields = last.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (fields.Length > 0 && long.TryParse(fields[0], out var reads) && reads > 0)
+            {
+                return;
+            }
+        }
+
+        Assert.Fail($"{device} did no read within {Within}: {last}");
     }
 }

@@ -312,6 +312,7 @@ public sealed partial class SecureServeSpec : IDisposable
         var port = new Uri(AddressLine().Match(await node.WaitForLineAsync(l => AddressLine().IsMatch(l), StartTimeout)).Groups["address"].Value).Port;
 
         // Plain bytes, and TLS with a certificate the node does not pin; each until the node closes it.
+        var elapsed = System.Diagnostics.Stopwatch.StartNew();
         for (var i = 0; i < 40; i++)
         {
             using var client = new System.Net.Sockets.TcpClient();
@@ -343,7 +344,11 @@ public sealed partial class SecureServeSpec : IDisposable
         node.Terminate();
         Assert.Equal(0, await node.WaitForExitAsync(StartTimeout));
         var lines = node.Output.Split('\n');
-        Assert.InRange(lines.Count(l => l.Contains("(a peer sent what the node cannot or will not read", StringComparison.Ordinal)), 1, 10);
+
+        // At most 10 lines a minute: one window here, more only if a loaded machine stretched the
+        // 40 connections past a minute (they make about 120 such events).
+        var windows = (int)(elapsed.Elapsed.TotalMinutes) + 1;
+        Assert.InRange(lines.Count(l => l.Contains("(a peer sent what the node cannot or will not read", StringComparison.Ordinal)), 1, 10 * windows);
         Assert.DoesNotContain(lines, l => l.Contains("TLS troubleshooting", StringComparison.Ordinal) || l.StartsWith("   at ", StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => (l.Contains("TLS handshake failed on channel", StringComparison.Ordinal) || l.Contains("Rejected incoming connection", StringComparison.Ordinal)
             || l.Contains("Certificate pinning failed", StringComparison.Ordinal)) && !l.Contains("at most 10 such lines a minute", StringComparison.Ordinal));

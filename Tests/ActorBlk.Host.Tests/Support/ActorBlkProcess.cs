@@ -189,12 +189,15 @@ public sealed partial class ActorBlkProcess : IAsyncDisposable
         await _process.WaitForExitAsync();
     }
 
-    /// <summary>Waits for the exit code.</summary>
+    /// <summary>
+    /// Waits for the exit code, and for the output to its end (a descendant that kept the output
+    /// pipes open would hold that end), both within <paramref name="within"/>.
+    /// </summary>
     public async Task<int> WaitForExitAsync(TimeSpan within)
     {
         using var cts = new CancellationTokenSource(within);
         await _process.WaitForExitAsync(cts.Token);
-        await _pump;
+        await _pump.WaitAsync(cts.Token);
         return _process.ExitCode;
     }
 
