@@ -198,6 +198,11 @@ public sealed class LifecycleSpec : Akka.TestKit.Xunit2.TestKit
         Assert.Equal(new SoftwareContextProtocol.Completed(id, BlockStatus.Ok, null), await ExpectMsgAsync<SoftwareContextProtocol.Completed>());
         await device.ReadAsync(4096, back);
         Assert.Equal(data, back);
+
+        // The cluster's write completes in an end_io call-back that sends the Completed and
+        // returns; its request's tag, held over the call-back, is freed after that (CompleteHolding).
+        // The read since then may have completed on another CPU's context: await the tags.
+        await AwaitConditionAsync(() => Task.FromResult(device.Queue.HardwareContexts.All(h => h.Tags.InUse == 0)), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(10));
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
         await Layer.DestroyDeviceAsync(device.Name);
     }

@@ -111,6 +111,11 @@ public abstract class PlugUnderEventsSpec : Akka.TestKit.Xunit2.TestKit
         }
 
         await Bounded(Task.Run(Work), "a bio submitted before an await in the plug");
+
+        // The last end_io call-back signals the flow while its request still holds the usage
+        // reference: the completion drops it once the call-back returns (CompleteHolding, as
+        // blk_mq_end_request frees after bio_endio), which may be just after the flow went on.
+        await Bounded(AwaitConditionAsync(() => Task.FromResult(device.Queue.Usage.Count == 0), Generous, Poll), "the last usage reference");
         Assert.Equal(0, device.Queue.Usage.Count);
     }
 

@@ -201,6 +201,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         late.Appear(b);
         await UntilAsync(() => second.LegState(1) == MirrorLegState.InSync && second.SyncAction == "idle");
 
+        // The automatic re-add counts itself on its own thread once it has started the recovery
+        // (MirrorTarget.TakeBack), so the count may land just after the recovery ended: await it.
+        await UntilAsync(() => second.AutomaticReAdds >= 1);
         Assert.Equal(1, second.AutomaticReAdds);
         Assert.Equal(new MirrorLegTakenBack("b", MirrorLegReturn.Reconnect, 2), Assert.Single(takenBack));
         Assert.Equal(2, second.ResyncedRegions);
@@ -309,6 +312,9 @@ public sealed class MirrorStartDegradedTargetSpec : IAsyncLifetime
         remote.Appear(r);
         await UntilAsync(() => refused is not null || (mirror.LegState(2) == MirrorLegState.InSync && mirror.SyncAction == "idle"));
         Assert.Null(refused);
+        // The automatic re-add counts itself on its own thread once it has started the recovery
+        // (MirrorTarget.TakeBack), so the count may land just after the recovery ended: await it.
+        await UntilAsync(() => mirror.AutomaticReAdds >= 1);
         Assert.Equal(1, mirror.AutomaticReAdds);
         Assert.Equal(Stamp(4, 1), await ReadRaw(r, 4 * Region));
         Assert.Equal(Stamp(3, 1), await ReadRaw(r, 3 * Region));

@@ -3,6 +3,7 @@ using ActorBlk.Hardware.Drivers.File;
 using ActorBlk.Hardware.Interop;
 using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Hardware.Tests.Nbd;
 using ActorBlk.Hardware.Topology;
 using ActorBlk.Testing;
 using Xunit;
@@ -86,9 +87,13 @@ public sealed class FileWriteZeroesFallbackSpec : IDisposable
         Assert.True(expected.AsSpan().SequenceEqual(back), $"the device reads other bytes than the range at {start} (+{8 * piece}) zeroed: first difference at {expected.AsSpan().CommonPrefixLength(back)}");
         Assert.True(expected.AsSpan().SequenceEqual(System.IO.File.ReadAllBytes(path)), "the file holds other bytes than the range zeroed");
 
-        // Exactly once each, nothing left held.
+        // Exactly once each, nothing left held. The ledger's call-back runs while its request
+        // still holds its tag (unless another waits), freed once the call-back returns
+        // (CompleteHolding); the fallback completes on its worker thread, which the reads above do
+        // not wait for: await the tags.
         Assert.Equal((8L, 8L, 0, 0), (ledger.Submitted, ledger.Completed, ledger.Duplicated, ledger.Missing));
         Assert.Equal(0, device.Queue.DoubleCompletions);
+        await Condition.EventuallyAsync(() => device.Queue.HardwareContexts.All(h => h.Tags.InUse == 0), "every tag free once the last call-back returned");
         Assert.All(device.Queue.HardwareContexts, h => Assert.Equal(0, h.Tags.InUse));
 
         // Provisioned: no block of the range was freed. Zero range keeps them (unwritten); on
