@@ -6,6 +6,7 @@ using ActorBlk.Hardware.Queues;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Bench;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Configuration;
@@ -58,6 +59,10 @@ public sealed partial class ClusterNodeLossSpec(ITestOutputHelper output)
             var b = ActorBlkProcess.Start("serve", "--config", configB, "--port", "0", "--seed", nodeA);
             var matchB = AddressLine().Match(await b.WaitForLineAsync(l => AddressLine().IsMatch(l), Within));
             var nodeB = matchB.Groups["node"].Value;
+
+            // The port is kept from other processes until the owner is back on it (seconds after the kill).
+            var port = matchB.Groups["port"].Value;
+            using var keptB = ReservedPort.Of(int.Parse(port, System.Globalization.CultureInfo.InvariantCulture));
 
             var overrides = ConfigurationFactory.ParseString("""
                 akka.loglevel = WARNING
@@ -119,7 +124,6 @@ public sealed partial class ClusterNodeLossSpec(ITestOutputHelper output)
             await layer.ClusterDevices.WaitForAsync(d => d.All(e => e.Node != nodeB), new CancellationTokenSource(Within).Token);
 
             // Restarted at the same address: the same handle works again.
-            var port = matchB.Groups["port"].Value;
             await using var again = ActorBlkProcess.Start("serve", "--config", configB, "--port", port, "--seed", nodeA);
             await again.WaitForLineAsync(l => l.Contains($"actorblk@{nodeB}/user/actorblk", StringComparison.Ordinal), Within);
             var data = Pattern(4096, 201);

@@ -121,6 +121,9 @@ public sealed partial class MirrorNodeLossSpec(ITestOutputHelper output)
             var layer = BlockLayer.Get(system);
             var (b, nodeB, portB) = await StartServeAsync(legConfig, nodeA);
             await using var _b = b;
+
+            // The port is kept from other processes until the node is back on it (seconds after the kill).
+            using var keptB = ReservedPort.Of(int.Parse(portB, System.Globalization.CultureInfo.InvariantCulture));
             await WaitForDevicesAsync(layer, d => d.Any(e => e.Id == $"legb@{nodeB}" && e.NbdEndpoint.Length > 0));
 
             // The mirror: a local memory-backed leg and the file device of the other node.
@@ -292,16 +295,11 @@ public sealed partial class MirrorNodeLossSpec(ITestOutputHelper output)
         // The shipped topology in a file: the mirror's node is the seed (no --seed), its table
         // names legb@B; B joins it afterwards. The seed must form the cluster before it creates
         // its devices, or B could never join and the table would wait for legb in vain.
-        static int FreePort()
-        {
-            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-            listener.Start();
-            var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-            listener.Stop();
-            return port;
-        }
-
-        var (portA, portB) = (FreePort(), FreePort());
+        // Both ports are chosen before either node starts (A's table names B's); each is kept from
+        // other processes until its node listens on it.
+        using var reservedA = ReservedPort.Any();
+        using var reservedB = ReservedPort.Any();
+        var (portA, portB) = (reservedA.Port, reservedB.Port);
         var configA = Config("{ name = lega, size = 16m, memory_backed = 1 }");
         File.AppendAllText(configA, $"\nactorblk.stacked-devices = [ {{ name = md0, type = mirror, members = [lega, \"legb@127.0.0.1:{portB}\"], assume-clean = on }} ]\n");
         var configB = Config("{ name = legb, size = 16m, memory_backed = 1 }");

@@ -6,6 +6,7 @@ using ActorBlk.Actors;
 using ActorBlk.Actors.Serialization;
 using ActorBlk.Hardware.Requests;
 using ActorBlk.Host.Tests.Support;
+using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Actor.Setup;
 using Akka.Configuration;
@@ -229,8 +230,12 @@ public sealed partial class SecureServeSpec : IDisposable
         var bPort = new Uri(bAddress).Port;
         await a.WaitForLineAsync(l => l.Contains($"{bAddress}] to [Up]", StringComparison.Ordinal) || l.Contains($"{new Uri(bAddress).Authority}: live", StringComparison.Ordinal), StartTimeout);
 
+        // The port is kept from other processes from before the kill until the stranger listens on it
+        // (its listener sets ReuseAddress, SO_REUSEPORT on Linux, so it binds beside the reservation).
+        using var kept = ReservedPort.Of(bPort);
         await b.KillAsync();
         await using var stranger = new FakePeer((_, stream, cancel) => PlainFrame(stream, cancel), bPort);
+        kept.Dispose();
         await a.WaitForLineAsync(l => l.Contains($"TLS handshake with 127.0.0.1:{bPort} failed (", StringComparison.Ordinal), StartTimeout);
 
         // Still a node: it answers a client over TLS.

@@ -379,6 +379,8 @@ public sealed class ClusterOpenSpec : Akka.TestKit.Xunit2.TestKit
         await using var _a = a;
         await using var _b = b;
         var cPort = c.Cluster.SelfAddress.Port!.Value;
+        // Kept from other processes until c is back on it, after its crash and removal.
+        using var keptC = ReservedPort.Of(cPort);
         var cName = c.Name;
         await c.Layer.CreateDeviceAsync(Memory("nullb3"));
         await a.WaitForDevicesAsync(d => d.Any(e => e.Name == "nullb3" && e.NbdEndpoint.Length > 0), Liveness);

@@ -57,6 +57,8 @@ public sealed class MirrorRemoteLegSpec : Akka.TestKit.Xunit2.TestKit, IDisposab
         c.ExportNbd();
         a.ExportNbd();
         var cPort = c.Cluster.SelfAddress.Port!.Value;
+        // Kept from other processes until c is back on it, after its crash and removal.
+        using var keptC = ReservedPort.Of(cPort);
         var cName = c.Name;
         await c.Layer.CreateDeviceAsync(FileLeg());
         var local = await a.Layer.CreateDeviceAsync(Memory("local"));

@@ -2,6 +2,7 @@ using ActorBlk.Actors.Clustering;
 using ActorBlk.Hardware.Devices;
 using ActorBlk.Hardware.Drivers.Stacking;
 using ActorBlk.Hardware.Requests;
+using ActorBlk.Testing;
 using Akka.Actor;
 using Akka.Cluster;
 using Akka.Event;
@@ -166,6 +167,8 @@ public sealed class MirrorStartDegradedSpec : Akka.TestKit.Xunit2.TestKit, IDisp
         c.ExportNbd();
         a.ExportNbd();
         var cPort = c.Cluster.SelfAddress.Port!.Value;
+        // Kept from other processes until c is back on it, after its crash and removal.
+        using var keptC = ReservedPort.Of(cPort);
         var legId = $"leg@{c.Name}";
         await c.Layer.CreateDeviceAsync(FileLeg());
         await a.Layer.CreateDeviceAsync(Memory("local"));
