@@ -341,6 +341,9 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
     {
         var lost = _node2!;
         await WrittenAsync(writer, writing, options.KillAt);
+
+        // Its port is kept from other programs from before the kill until the node is back on it.
+        using var kept = lost.KeepPort();
         Say($"chaos: kill -9 of the second node (pid {lost.Pid}) after {writer.Written} records");
         await lost.DisposeAsync();
         _node2 = null;
@@ -365,6 +368,7 @@ public sealed class JournalRun(JournalOptions options, TextWriter output)
         var port = int.Parse(lost.Address[(lost.Address.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
         Say($"chaos: restarting the second node at {lost.Address} after {writer.Written} records ({writer.WrittenDegraded} written while degraded)");
         await StartNode2Async(actorblk, config, port, self);
+        kept?.Dispose();
         await WaitUntilAsync(() => mirror.Degraded == 0 && mirror.SyncAction == "idle", "the mirror taking the leg back and resyncing it", _stop.Token);
         await WrittenAsync(writer, writing, writer.Written + options.AfterRecords);
     }

@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 
@@ -12,6 +14,8 @@ namespace ActorBlk.Samples.MirrorJournal;
 public sealed partial class LegNode : IAsyncDisposable
 {
     private const int SigTerm = 15;
+    private const int SolSocket = 1;
+    private const int SoReusePort = 15;
 
     private readonly Process _process;
     private readonly Task _pump;
@@ -75,6 +79,45 @@ public sealed partial class LegNode : IAsyncDisposable
             await pump;
             process.Dispose();
             throw new InvalidOperationException($"the second node did not serve its devices within {within.TotalSeconds} s; see {log}.");
+        }
+    }
+
+    /// <summary>
+    /// Keeps the node's port from every other program until disposed, so that the node can be
+    /// started there again after a kill: a socket bound to the port with <c>SO_REUSEADDR</c> and
+    /// <c>SO_REUSEPORT</c>, never listening. While it is bound the kernel gives the port to no bind
+    /// to port 0 and no <c>connect()</c> (in the seconds between a kill and the restart, any
+    /// program's could take it, and the restart failed with the address in use), and the node binds
+    /// it beside the socket: Akka's transport listens with <c>SO_REUSEPORT</c> on Linux, which the
+    /// kernel lets sockets of one user share. It can be bound while the node still runs. Null when
+    /// the port cannot be kept (an address that is not an IP address, or a refusal): the restart
+    /// then takes its chance as before.
+    /// </summary>
+    public IDisposable? KeepPort()
+    {
+        var colon = Address.LastIndexOf(':');
+        if (colon < 0 || !IPAddress.TryParse(Address[..colon].Trim('[', ']'), out var ip)
+            || !int.TryParse(Address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture, out var port))
+        {
+            return null;
+        }
+
+        var socket = new Socket(ip.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true); // SO_REUSEADDR and SO_REUSEPORT on Linux
+            if (OperatingSystem.IsLinux())
+            {
+                socket.SetRawSocketOption(SolSocket, SoReusePort, BitConverter.GetBytes(1));
+            }
+
+            socket.Bind(new IPEndPoint(ip, port));
+            return socket;
+        }
+        catch (SocketException)
+        {
+            socket.Dispose();
+            return null;
         }
     }
 
