@@ -352,7 +352,7 @@ public sealed class DiskStats
         // The latency histogram costs nothing unless someone listens (dotnet-counters, an exporter).
         if (BlockMetrics.Duration.Enabled)
         {
-            BlockMetrics.RecordDuration(this, group, now - startNs);
+            BlockMetrics.RecordDuration(this, group, Math.Max(0, now - startNs)); // as the counters: never negative
         }
     }
 

@@ -137,6 +137,27 @@ public sealed class BlockMetricsSpec
     }
 
     [Fact]
+    public void A_request_started_after_its_completion_time_counts_as_zero_not_negative()
+    {
+        // A start stamp read on another CPU than the completion's may be later than it (a clock
+        // that is not strictly coherent across CPUs). The disk's counters clamp the difference
+        // at 0, and so must the histogram: a negative sample would fall below every bucket and
+        // pull the sum down.
+        using var recorder = new Recorder("metrics2");
+        var clock = new ManualBlockClock(100_000);
+        var stats = new DiskStats(clock, "metrics2");
+        stats.Done(BlockOp.Read, 8, clock.NowNanoseconds + 5_000_000);
+        stats.Done(BlockOp.Write, 8, clock.NowNanoseconds - 2_000_000);
+
+        Assert.Equal(0.0, recorder.Get("actorblk.io.duration", ("op", "read")));
+        Assert.Equal(0.002, recorder.Get("actorblk.io.duration", ("op", "write")), 6);
+        Assert.Equal(2, recorder.Count("actorblk.io.duration"));
+        var sample = stats.Read();
+        Assert.Equal(0UL, sample.ReadTicks);
+        Assert.Equal(2UL, sample.WriteTicks);
+    }
+
+    [Fact]
     public void A_queue_that_is_shut_down_is_no_longer_reported()
     {
         using var recorder = new Recorder("metrics1");
