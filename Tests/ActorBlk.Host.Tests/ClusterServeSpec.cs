@@ -44,8 +44,9 @@ public sealed partial class ClusterServeSpec
             // a logs b's devices as they arrive in its registry, in either order (one gossip
             // delivers both; the lines are read once, so each is awaited whichever comes first),
             // and again when their export's address arrives (a line that named no address looked
-            // like a repeat of the first).
-            var pending = new HashSet<string> { $"Cluster device nullb0@{nodeB}: live", $"Cluster device nullb1@{nodeB}: live" };
+            // like a repeat of the first). a's own device too: its export's address is published
+            // after a's address line, and nothing orders it before b's lines.
+            var pending = new HashSet<string> { $"Cluster device nullb0@{nodeA}: live", $"Cluster device nullb0@{nodeB}: live", $"Cluster device nullb1@{nodeB}: live" };
             static bool Exported(string line) => Regex.IsMatch(line, @", exported at nbd://127\.0\.0\.1:\d+/nullb[01]$");
             while (pending.Count > 0)
             {

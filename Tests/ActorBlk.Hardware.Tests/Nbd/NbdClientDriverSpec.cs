@@ -414,7 +414,10 @@ public sealed class NbdClientDriverSpec
     [Fact]
     public void An_unreachable_server_fails_device_creation_with_the_uri_named()
     {
-        var port = FreePort();
+        // A port bound and never listening refuses every connection, and no other program can
+        // be given it while the spec runs (a port probed free and released could be).
+        using var reserved = ReservedPort.Any();
+        var port = reserved.Port;
         var ex = Assert.Throws<BlockDeviceOpenException>(() => DeviceBuilder.CreateDriver(new DeviceOptions { Name = "gone0", Driver = "nbd", Uri = $"nbd://127.0.0.1:{port}/x" }));
         Assert.Contains($"nbd://127.0.0.1:{port}/x", ex.Message, StringComparison.Ordinal);
     }
