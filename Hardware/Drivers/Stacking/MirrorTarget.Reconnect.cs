@@ -16,7 +16,11 @@ public sealed partial class MirrorTarget
     private EventHandler?[] _onDisconnected = [];
     private long _autoReAdds;
 
-    /// <summary>Legs taken back by themselves after their remote device reconnected.</summary>
+    /// <summary>
+    /// Legs taken back by themselves after their remote device reconnected: counted as the leg
+    /// turns rebuilding, so a leg seen rebuilding or in sync again, or a
+    /// <see cref="LegTakenBack"/> event of kind <see cref="MirrorLegReturn.Reconnect"/>, is counted.
+    /// </summary>
     public long AutomaticReAdds => Interlocked.Read(ref _autoReAdds);
 
     /// <summary>
@@ -148,8 +152,7 @@ public sealed partial class MirrorTarget
         {
             try
             {
-                await ReAddAsync(leg, automatic: true, device).ConfigureAwait(false);
-                Interlocked.Increment(ref _autoReAdds);
+                await ReAddAsync(leg, automatic: true, device).ConfigureAwait(false); // counts it in _autoReAdds
                 Volatile.Write(ref _lastReAddFailure, null);
             }
             catch (Exception ex) when (ex is BlockIoException or InvalidOperationException or ObjectDisposedException or OperationCanceledException)

@@ -581,6 +581,14 @@ public sealed partial class MirrorTarget : StackTarget, IAttributeSource
                 _takenAt[leg] = reconnecting.Incarnation;
             }
 
+            // Counted as the leg turns rebuilding, under the lock that makes it so: whoever sees
+            // the leg rebuilding or back in sync (or hears LegTakenBack) sees the count. Counted
+            // after this method returned, a recovery it started could be done first.
+            if (automatic)
+            {
+                Interlocked.Increment(ref _autoReAdds);
+            }
+
             takenBack = new MirrorLegTakenBack(_legs[leg].Name, automatic ? MirrorLegReturn.Reconnect : MirrorLegReturn.ReAdd, DirtyRegionsLocked());
         }
 
