@@ -438,7 +438,8 @@ public sealed partial class NbdConnection
     /// one with <c>NBD_CMD_FLAG_REQ_ONE</c>; the last may end before the range does, which the
     /// protocol allows. Neighbours in the same state are one extent, as qemu's
     /// <c>nbd_extent_array_add</c> merges them: a linear device answered a hole across its members'
-    /// boundary as two, and <c>REQ_ONE</c> there got only the first. A question still unanswered
+    /// boundary as two, and <c>REQ_ONE</c> there got only the first. Extents are whole blocks of the
+    /// export's minimum block size (<see cref="WholeBlocks"/>). A question still unanswered
     /// when the connection's reader ends (the client hung up, the server stops, the device is
     /// removed) is given up, and the rest of the range answered as data.
     /// </summary>
@@ -452,6 +453,7 @@ public sealed partial class NbdConnection
 
         // Asked per request: a stacked device's table (and with it its map) can be swapped.
         var map = _device is null ? null : IAllocationMap.Of(_device);
+        var block = (long)(_device?.LogicalBlockSize ?? 1); // the export's advertised minimum block size
 
         // The map is asked at most this many times per reply (each answer at least a block): a
         // range of many small pieces in one state ends early rather than keep the reply waiting.
@@ -471,6 +473,7 @@ public sealed partial class NbdConnection
 
                 // Past the range (a custom driver's map breaking its contract): the rest of the range.
                 length = Math.Min(length, end - offset);
+                length = WholeBlocks(offset, length, end, block, ref allocated);
             }
             catch (OperationCanceledException) when (_mapQuestions.IsCancellationRequested)
             {
@@ -503,6 +506,36 @@ public sealed partial class NbdConnection
         }
 
         slot.ExtentCount = count;
+    }
+
+    /// <summary>
+    /// The length of an extent at <paramref name="offset"/> cut to end on a multiple of
+    /// <paramref name="block"/> (the export's minimum block size) or at the range's
+    /// <paramref name="end"/>: "the server ... MUST use descriptor lengths that are an integer
+    /// multiple of any advertised minimum block size" (proto.md, <c>NBD_REPLY_TYPE_BLOCK_STATUS</c>).
+    /// A map may answer finer: a remote one passes on another server's extents (nbdkit's are
+    /// bytes), a custom driver's anything. An extent that reaches past a boundary is cut back to
+    /// it; one that ends short of the next boundary gives way to that whole block as data, which
+    /// is always safe (qemu's NBD client rounds a server's unaligned extents the same way,
+    /// <c>nbd_parse_blockstatus_payload</c>). Only the first extent of a query that starts off a
+    /// boundary, and the last of one that ends off a boundary, are not whole blocks.
+    /// </summary>
+    internal static long WholeBlocks(long offset, long length, long end, long block, ref bool allocated)
+    {
+        var stop = offset + length;
+        if (stop == end || stop % block == 0)
+        {
+            return length;
+        }
+
+        var boundary = stop - (stop % block);
+        if (boundary > offset)
+        {
+            return boundary - offset;
+        }
+
+        allocated = true;
+        return Math.Min(boundary + block, end) - offset;
     }
 
     // A block status whose map answered asynchronously: queued to the writer once gathered.

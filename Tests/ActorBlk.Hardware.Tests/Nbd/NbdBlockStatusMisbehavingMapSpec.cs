@@ -76,6 +76,56 @@ public sealed class NbdBlockStatusMisbehavingMapSpec : IAsyncLifetime
             failures);
     }
 
+    [Theory]
+    [InlineData(0L, 64L << 10)]
+    [InlineData(4096L + 100, 30_000L)] // a query off the boundaries at both ends
+    [InlineData(8192L, 4096L)]
+    public async Task A_map_finer_than_the_block_size_is_answered_in_whole_blocks_with_holes_only_where_they_are(long offset, long length)
+    {
+        // A map answering in bytes (a remote one passes on another server's extents; nbdkit's are
+        // bytes) on an export of 4096-byte blocks. "The server ... MUST use descriptor lengths
+        // that are an integer multiple of any advertised minimum block size" (proto.md,
+        // NBD_REPLY_TYPE_BLOCK_STATUS); the first and last descriptor of a query off the
+        // boundaries are the exceptions. Before, the map's extents went out as they came:
+        // 1000, 300, 2796, ... bytes.
+        (long Start, long End)[] holes = [(0, 1000), (1300, 9000), (12_288, 16_384), (16_400, 16_401), (20_000, 40_960), (41_000, 65_536)];
+        var device = Device("fine0", new FineMap(holes));
+        Serve(device);
+        var (client, _, _) = await RawNbdClient.OpenAsync(_server!.LocalEndPoint, "fine0", structured: true, allocation: true);
+        await using var _ = client;
+
+        var extents = await StatusAsync(client, 1, offset, length);
+        var at = offset;
+        for (var i = 0; i < extents.Length; i++)
+        {
+            var (size, flags) = extents[i];
+            Assert.True(size > 0, $"extent {i} is empty");
+            var stop = at + size;
+            var last = i == extents.Length - 1;
+            Assert.True(stop % 4096 == 0 || (last && stop == offset + length), $"extent {i} [{at}, {stop}) does not end on a block boundary");
+            if (flags == HoleZero)
+            {
+                Assert.True(holes.Any(h => h.Start <= at && stop <= h.End), $"extent {i} [{at}, {stop}) is answered as a hole, and the map has data in it");
+            }
+            else
+            {
+                Assert.Equal(Data, flags);
+            }
+
+            at = stop;
+        }
+
+        Assert.Equal(offset + length, at);
+        if (offset == 0)
+        {
+            // What whole blocks can say: [0, 4096) holds data (bytes 1000-1299), [4096, 8192) is
+            // a hole, [8192, 12288) data (9000-12287), [12288, 16384) a hole, [16384, 20480) data
+            // (the 1-byte hole at 16400 is inside a block of data), [20480, 40960) a hole,
+            // [40960, 45056) data (40960-40999), [45056, 65536) a hole.
+            Assert.Equal([(4096L, Data), (4096L, HoleZero), (4096L, Data), (4096L, HoleZero), (4096L, Data), (20_480L, HoleZero), (4096L, Data), (20_480L, HoleZero)], extents);
+        }
+    }
+
     private static async Task<(long Length, uint Flags)[]> StatusAsync(RawNbdClient client, ulong cookie, long offset, long length)
     {
         await client.SendRequestAsync(NbdCommand.BlockStatus, cookie, (ulong)offset, (uint)length, NbdCommandFlags.None);
@@ -85,7 +135,7 @@ public sealed class NbdBlockStatusMisbehavingMapSpec : IAsyncLifetime
             ((long)BinaryPrimitives.ReadUInt32BigEndian(chunk.Data.AsSpan(4 + (8 * i))), BinaryPrimitives.ReadUInt32BigEndian(chunk.Data.AsSpan(8 + (8 * i)))))];
     }
 
-    private BlockDevice Device(string name, BrokenMap map)
+    private BlockDevice Device(string name, IBioDriver map)
     {
         var device = BioDevices.Create(name, map);
         _devices.Add(device);
@@ -101,6 +151,39 @@ public sealed class NbdBlockStatusMisbehavingMapSpec : IAsyncLifetime
 
     private void Serve(params IBlockDevice[] devices) =>
         _server = NbdServer.Start(new NbdDeviceList(devices), new NbdServerOptions { Listen = new IPEndPoint(IPAddress.Loopback, 0) }, _log.Enqueue);
+
+    // A bio-based device of 4096-byte blocks whose map answers byte-granular extents: holes
+    // where it is told, data elsewhere.
+    private sealed class FineMap((long Start, long End)[] holes) : IBioDriver, IAllocationMap
+    {
+        public QueueLimits Limits { get; } = new() { CapacitySectors = Size >> 9, LogicalBlockSize = 4096, PhysicalBlockSize = 4096 };
+
+        public string Description => "a custom driver whose map answers in bytes";
+
+        public void SubmitBio(RequestQueue queue, Bio bio) => queue.EndBio(bio, BlockStatus.Ok);
+
+        public bool TryGetExtent(long offset, long maxLength, out long length, out bool allocated)
+        {
+            var hole = holes.FirstOrDefault(h => h.Start <= offset && offset < h.End);
+            if (hole != default)
+            {
+                (length, allocated) = (Math.Min(hole.End - offset, maxLength), false);
+                return true;
+            }
+
+            var next = holes.Where(h => h.Start > offset).Select(h => h.Start).DefaultIfEmpty(Size).Min();
+            (length, allocated) = (Math.Min(next - offset, maxLength), true);
+            return true;
+        }
+
+        public void Detach(RequestQueue queue)
+        {
+        }
+
+        public void Dispose()
+        {
+        }
+    }
 
     // A bio-based device whose I/O succeeds and whose map answers what it is told to.
     private sealed class BrokenMap : IBioDriver, IAllocationMap
