@@ -189,7 +189,7 @@ public sealed class BenchFioParitySpec
         // num2str of 2,046,976 bytes/s: 1999KiB/s and 2046.976 kB/s rounded to 2047kB/s.
         var human = BenchReport.Human(result);
         Assert.Contains("  read: IOPS=504, BW=1999KiB/s (2047kB/s)(4000KiB/2001msec)\n", human, StringComparison.Ordinal);
-        Assert.Contains("   READ: bw=1999KiB/s (2047kB/s), io=4000KiB (4096kB), run=2001msec\n", human, StringComparison.Ordinal);
+        Assert.Contains("   READ: bw=1999KiB/s (2047kB/s), 1999KiB/s-1999KiB/s (2047kB/s-2047kB/s), io=4000KiB (4096kB), run=2001-2001msec\n", human, StringComparison.Ordinal);
     }
 
     /// <summary>
@@ -234,7 +234,7 @@ public sealed class BenchFioParitySpec
 
         var human = BenchReport.Human(result);
         Assert.Contains("  read: IOPS=2000, BW=8000KiB/s (8192kB/s)(8192B/1msec)\n", human, StringComparison.Ordinal);
-        Assert.Contains("   READ: bw=8000KiB/s (8192kB/s), io=8192B (8192B), run=1msec\n", human, StringComparison.Ordinal);
+        Assert.Contains("   READ: bw=8000KiB/s (8192kB/s), 8000KiB/s-8000KiB/s (8192kB/s-8192kB/s), io=8192B (8192B), run=1-1msec\n", human, StringComparison.Ordinal);
     }
 
     private static BenchResult Result(BenchOptions options, OpStats reads, OpStats writes) => Result(options, reads, writes, Second);

@@ -111,7 +111,7 @@ public sealed class BenchReportAuditSpec
         var human = BenchReport.Human(Result(1000, 51_200));
         Assert.Contains("\n  read: IOPS=13.8k, BW=56.7MB/s (54.1MiB/s)(680MB/12000msec)\n", human, StringComparison.Ordinal);
         Assert.Contains("\n   bw (   kB/s): min=41200, max=61200, ", human, StringComparison.Ordinal);
-        Assert.Contains("\n   READ: bw=56.7MB/s (54.1MiB/s), io=680MB (649MiB), run=12000msec\n", human, StringComparison.Ordinal);
+        Assert.Contains("\n   READ: bw=56.7MB/s (54.1MiB/s), 56.7MB/s-56.7MB/s (54.1MiB/s-54.1MiB/s), io=680MB (649MiB), run=12000-12000msec\n", human, StringComparison.Ordinal);
 
         // A mean of 1,010,000 KiB/s passes 1000^2 but not 1024^2.
         Assert.Contains("\n   bw (  MiB/s): min= 1000, max= 1020, per=100.00%, avg=1010.00, ", BenchReport.Human(Result(1000, 1_010_000)), StringComparison.Ordinal);
