@@ -304,12 +304,14 @@ internal static class BenchReport
         {
             if (stats.Ios > 0)
             {
-                // fio's rs->agg: the bytes times 1000 over the runtime in whole ms; then the jobs'
-                // lowest and highest bandwidth and runtime.
+                // fio's rs->agg: the bytes times 1000 over the runtime in whole ms. Then its
+                // min_bw-max_bw and min_run-max_run over the group's thread stats: with
+                // group_reporting (the bench's, always on) the jobs are summed into one (stat.c
+                // sum_thread_stats: io_bytes added, runtime the longest), so both ends are the
+                // aggregate and the runtime: 151MiB/s-151MiB/s, run=103-103msec for two jobs.
                 var runtime = RuntimeMs(stats, r.Measured);
                 var bw = BandwidthBytes(stats, runtime);
-                var (minBw, maxBw, minRun, maxRun) = JobRanges(r, read: name == "READ", (ulong)bw, runtime);
-                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}), {Rate(minBw, pow2: i2p)}-{Rate(maxBw, pow2: i2p)} ({Rate(minBw, pow2: !i2p)}-{Rate(maxBw, pow2: !i2p)}), io={Bytes(stats.Bytes, pow2: i2p)} ({Bytes(stats.Bytes, pow2: !i2p)}), run={minRun}-{maxRun}msec\n");
+                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}), {Rate(bw, pow2: i2p)}-{Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}-{Rate(bw, pow2: !i2p)}), io={Bytes(stats.Bytes, pow2: i2p)} ({Bytes(stats.Bytes, pow2: !i2p)}), run={runtime}-{runtime}msec\n");
             }
         }
 
@@ -568,37 +570,6 @@ internal static class BenchReport
     /// direction whose every I/O failed, has runtime 0.
     /// </summary>
     internal static long RuntimeMs(OpStats s, TimeSpan measured) => s.Bytes > 0 ? WindowMs(measured) : 0;
-
-    /// <summary>
-    /// The <c>Run status</c> line's per-job ranges of one direction, as fio's stat.c
-    /// <c>__show_run_stats</c> takes them over the group's jobs: a job that moved bytes that way
-    /// has run its runtime in whole ms (<see cref="WindowMs"/>) and a bandwidth of
-    /// <c>io_bytes * 1000 / runtime</c>, in integers; the lowest and highest of each. The
-    /// highest runtime is the group's (<paramref name="runtime"/>, the window, which no job
-    /// outlasts: fio's <c>agg</c> is the bytes over <c>max_run</c>, as the line's <c>bw=</c>
-    /// is over the window). Without per-job figures, both ends are the group's.
-    /// </summary>
-    internal static (ulong MinBw, ulong MaxBw, long MinRun, long MaxRun) JobRanges(BenchResult r, bool read, ulong groupBw, long runtime)
-    {
-        ulong minBw = ulong.MaxValue, maxBw = 0;
-        var minRun = long.MaxValue;
-        foreach (var job in r.Jobs)
-        {
-            var bytes = read ? job.ReadBytes : job.WriteBytes;
-            var ran = Math.Min(WindowMs(job.Ran), runtime);
-            if (bytes <= 0 || ran <= 0)
-            {
-                continue;
-            }
-
-            var bw = (ulong)bytes * 1000 / (ulong)ran;
-            minBw = Math.Min(minBw, bw);
-            maxBw = Math.Max(maxBw, bw);
-            minRun = Math.Min(minRun, ran);
-        }
-
-        return minRun == long.MaxValue ? (groupBw, groupBw, runtime, runtime) : (minBw, maxBw, minRun, runtime);
-    }
 
     /// <summary>
     /// The measured window in fio's whole milliseconds, rounded up: backend.c <c>update_runtime</c>

@@ -42,12 +42,6 @@ internal sealed record BenchResult(
     public IReadOnlyList<DeviceFigures> Devices { get; init; } = [];
 
     /// <summary>
-    /// Each job's figures, device after device (the <c>Run status</c> line's per-job ranges);
-    /// empty when not known (the line then gives the group's figures as both ends).
-    /// </summary>
-    public IReadOnlyList<JobFigures> Jobs { get; init; } = [];
-
-    /// <summary>
     /// The dispatch mode the devices ran (the report's <c>dispatch=</c>, the JSON's
     /// <c>actorblk.dispatch</c>): ring, mailbox or bio, each device's <see cref="DeviceFigures.Dispatch"/>;
     /// when the devices differ, each mode once in the order of the devices, joined by <c>+</c> as
@@ -117,7 +111,6 @@ internal sealed record BenchResult(
             results.Max(r => r.UsrCpu), results.Max(r => r.SysCpu), $"{results.Count} devices{(first.Options.SharedTags ? " on one tag set" : string.Empty)}: {first.DeviceDescription}")
         {
             Devices = [.. results.SelectMany(r => r.Devices)],
-            Jobs = [.. results.SelectMany(r => r.Jobs)],
             Engines = [.. results.SelectMany(r => r.Engines)],
             FirstError = firstError,
             JitWarmup = results.Max(r => r.JitWarmup),
@@ -128,12 +121,6 @@ internal sealed record BenchResult(
         };
     }
 }
-
-/// <summary>One job's share of a run's measured window.</summary>
-/// <param name="ReadBytes">Bytes of its reads that succeeded in the window.</param>
-/// <param name="WriteBytes">Bytes of its writes that succeeded in the window.</param>
-/// <param name="Ran">How long it ran in the window: the window, or up to its last completion in a size-bound run.</param>
-internal sealed record JobFigures(long ReadBytes, long WriteBytes, TimeSpan Ran);
 
 /// <summary>One device's share of a run.</summary>
 /// <param name="Name">The device.</param>
@@ -306,7 +293,6 @@ internal sealed class BenchRun
             Devices = [new DeviceFigures(_device.Name, (read.Ios + write.Ios) / seconds, null, 0, engines, _dispatch)],
             Engines = engines,
             Usage = usage,
-            Jobs = full ? JobFiguresOf(measured) : [],
         };
     }
 
@@ -431,29 +417,7 @@ internal sealed class BenchRun
             JitWarmup = warmup,
             Usage = usage,
             WentOffline = _offline ? [_device.Name] : [],
-            Jobs = JobFiguresOf(measured),
         };
-    }
-
-    // Each job's bytes in the window and how long it ran in it: the whole window for a run with a
-    // runtime (every job runs until the window closes), up to its last recorded completion for a
-    // size-bound one (a job that finished early ran shorter, as fio's job does).
-    private JobFigures[] JobFiguresOf(TimeSpan measured)
-    {
-        var start = _accounting.WindowStart;
-        return [.. _jobs.Select(job =>
-        {
-            long reads = 0, writes = 0, last = 0;
-            foreach (var slot in job.Slots)
-            {
-                reads += slot.WindowReadBytes;
-                writes += slot.WindowWriteBytes;
-                last = Math.Max(last, slot.LastRecorded);
-            }
-
-            var ran = _o.Runtime is not null || last == 0 || start == long.MaxValue ? measured : BenchClock.Duration(Math.Max(0, last - start));
-            return new JobFigures(reads, writes, ran < measured ? ran : measured);
-        })];
     }
 
     // The process's CPU time over the window, in percent of one CPU. The times tick in 10 ms steps,
@@ -677,27 +641,7 @@ internal sealed class BenchRun
             slot.CompletedReads++;
         }
 
-        if (!_accounting.Record(read, status, t0, out var completed))
-        {
-            return;
-        }
-
-        // The job's own figures, for the Run status line's per-job ranges (fio's min_bw and
-        // max_bw, min_run and max_run); only this slot's flow writes them.
-        slot.LastRecorded = completed;
-        if (status == BlockStatus.Ok)
-        {
-            if (read)
-            {
-                slot.WindowReadBytes += _o.BlockSize;
-            }
-            else
-            {
-                slot.WindowWriteBytes += _o.BlockSize;
-            }
-        }
-
-        if (status == BlockStatus.Ok && (slot.Log ?? slot.Timeline) is not null)
+        if (_accounting.Record(read, status, t0, out var completed) && status == BlockStatus.Ok && (slot.Log ?? slot.Timeline) is not null)
         {
             var at = BenchClock.Nanoseconds(completed - _accounting.WindowStart);
             var latency = BenchClock.Nanoseconds(Math.Max(0, completed - t0)); // readings of two CPUs' counters may cross by a few ns
@@ -923,15 +867,6 @@ internal sealed class BenchRun
         public long Completed { get; set; }
 
         public long CompletedReads { get; set; }
-
-        /// <summary>Bytes of reads that succeeded inside the measured window (the job's share of fio's <c>io_bytes</c>).</summary>
-        public long WindowReadBytes { get; set; }
-
-        /// <summary>Bytes of writes that succeeded inside the measured window.</summary>
-        public long WindowWriteBytes { get; set; }
-
-        /// <summary>The run clock's time of this slot's last completion recorded in the window; 0 before one.</summary>
-        public long LastRecorded { get; set; }
 
         /// <summary>This slot's entries of the job's fio logs, or null without logging.</summary>
         public IoLog? Log { get; init; }

@@ -189,48 +189,42 @@ public sealed class BenchReportGroupsSpec
         Assert.Contains("   READ: bw=54.1MiB/s (56.7MB/s), 54.1MiB/s-54.1MiB/s (56.7MB/s-56.7MB/s), io=649MiB (680MB), run=12000-12000msec\n", human);
     }
 
-    // fio 3.33's Run status lines carry the jobs' lowest and highest bandwidth and runtime
-    // (stat.c show_group_stats, from __show_run_stats' min_bw, max_bw, min_run, max_run); the
-    // bench printed the group's bandwidth and window only. The figures are fio's own, from
-    // `fio --name=t --size=16m --rw=randrw --bs=4k --numjobs=2 --ioengine=psync
-    // --output-format=normal,json`: its jobs' io_bytes and runtime (JSON) and the two lines it
-    // printed for them.
+    // fio 3.33's Run status lines carry min_bw-max_bw and min_run-max_run over the group's
+    // thread stats (stat.c __show_run_stats, show_group_stats). With group_reporting, which the
+    // bench always has (one "(groupid=0, jobs=N)" block), the jobs are summed into one thread
+    // stat first (sum_thread_stats: io_bytes added, runtime the longest), so both ends are the
+    // aggregate and the runtime. The figures are fio's own, from `fio --thread --group_reporting
+    // --ioengine=psync --rw=randrw --bs=4k --name=t --size=16m --numjobs=2
+    // --output-format=normal,json`: the group's io_bytes and runtime (JSON) and the lines it printed.
     [Fact]
-    public void The_run_status_lines_have_the_jobs_ranges_as_fios()
+    public void The_run_status_lines_have_the_groups_figures_at_both_ends_as_fios_with_group_reporting()
     {
-        var reads = new OpStats { Ios = (8_159_232 + 8_183_808) / 4096, Bytes = 8_159_232 + 8_183_808 };
-        var writes = new OpStats { Ios = (8_617_984 + 8_593_408) / 4096, Bytes = 8_617_984 + 8_593_408 };
-        var result = new BenchResult(new BenchOptions(), reads, writes, TimeSpan.FromMicroseconds(100_600), TimeSpan.FromMilliseconds(120),
-            Submitted: reads.Ios + writes.Ios, Completed: reads.Ios + writes.Ios, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec")
-        {
-            // A size-bound run: the second job's last completion came 0.8 ms before the first's.
-            Jobs = [new JobFigures(8_159_232, 8_617_984, TimeSpan.FromMicroseconds(100_600)), new JobFigures(8_183_808, 8_593_408, TimeSpan.FromMicroseconds(99_800))],
-        };
+        var reads = new OpStats { Ios = 16_343_040 / 4096, Bytes = 16_343_040 };
+        var writes = new OpStats { Ios = 17_211_392 / 4096, Bytes = 17_211_392 };
+        var result = new BenchResult(new BenchOptions { NumJobs = 2 }, reads, writes, TimeSpan.FromMicroseconds(102_600), TimeSpan.FromMilliseconds(205),
+            Submitted: reads.Ios + writes.Ios, Completed: reads.Ios + writes.Ios, Errors: 0, Timeouts: 0, UsrCpu: 0, SysCpu: 0, DeviceDescription: "spec");
 
         var human = BenchReport.Human(result);
-        Assert.Contains("   READ: bw=154MiB/s (162MB/s), 77.0MiB/s-78.0MiB/s (80.8MB/s-81.8MB/s), io=15.6MiB (16.3MB), run=100-101msec\n", human);
-        Assert.Contains("  WRITE: bw=163MiB/s (170MB/s), 81.4MiB/s-82.0MiB/s (85.3MB/s-85.9MB/s), io=16.4MiB (17.2MB), run=100-101msec\n", human);
-
-        // A job that moved no bytes one way is not in that way's ranges (fio skips a job whose
-        // runtime there is 0); without per-job figures both ends are the group's.
-        var oneJob = result with { Write = new OpStats(), Jobs = [new JobFigures(8_159_232, 0, TimeSpan.FromMicroseconds(100_600)), new JobFigures(0, 0, TimeSpan.FromMicroseconds(99_800))] };
-        var text = BenchReport.Human(oneJob);
-        Assert.Contains("   READ: bw=154MiB/s (162MB/s), 77.0MiB/s-77.0MiB/s (80.8MB/s-80.8MB/s), io=15.6MiB (16.3MB), run=101-101msec\n", text);
-        Assert.DoesNotContain("WRITE:", text, StringComparison.Ordinal);
-        Assert.Contains("   READ: bw=154MiB/s (162MB/s), 154MiB/s-154MiB/s (162MB/s-162MB/s), io=15.6MiB (16.3MB), run=101-101msec\n", BenchReport.Human(oneJob with { Jobs = [] }));
+        Assert.Contains("   READ: bw=151MiB/s (159MB/s), 151MiB/s-151MiB/s (159MB/s-159MB/s), io=15.6MiB (16.3MB), run=103-103msec\n", human);
+        Assert.Contains("  WRITE: bw=159MiB/s (167MB/s), 159MiB/s-159MiB/s (167MB/s-167MB/s), io=16.4MiB (17.2MB), run=103-103msec\n", human);
     }
 
     [Fact]
-    public async Task A_bench_of_two_jobs_prints_their_ranges()
+    public async Task A_bench_of_two_jobs_prints_the_groups_figures_at_both_ends_as_fio_with_group_reporting()
     {
-        // Size-bound, so each job's runtime is its own: the lower end is at most the higher.
+        // Size-bound, so the jobs end at different times and move different bytes per ms: the
+        // bench printed each job's bandwidth (about half the group's) and runtime as the ranges,
+        // as fio does without group_reporting, under its group_reporting block.
         await using var bench = Support.ActorBlkProcess.Start("bench", "--device=null", "--rw=randwrite", "--bs=4k", "--size=8m", "--iodepth=4", "--numjobs=2");
         Assert.Equal(0, await bench.WaitForExitAsync(TimeSpan.FromSeconds(120)));
+        Assert.Contains("(groupid=0, jobs=2)", bench.StandardOutput, StringComparison.Ordinal);
         var line = bench.StandardOutput.Split('\n').Single(l => l.StartsWith("  WRITE: bw=", StringComparison.Ordinal));
         var match = System.Text.RegularExpressions.Regex.Match(line,
-            @"^  WRITE: bw=\S+ \(\S+\), (?<min>\S+)-(?<max>\S+) \(\S+-\S+\), io=16\.0MiB \(16\.8MB\), run=(?<minrun>\d+)-(?<maxrun>\d+)msec$");
+            @"^  WRITE: bw=(?<bw>\S+) \((?<alt>\S+)\), (?<min>\S+)-(?<max>\S+) \((?<minalt>\S+)-(?<maxalt>\S+)\), io=16\.0MiB \(16\.8MB\), run=(?<minrun>\d+)-(?<maxrun>\d+)msec$");
         Assert.True(match.Success, line);
-        Assert.True(long.Parse(match.Groups["minrun"].Value, System.Globalization.CultureInfo.InvariantCulture) <= long.Parse(match.Groups["maxrun"].Value, System.Globalization.CultureInfo.InvariantCulture), line);
+        Assert.True(match.Groups["min"].Value == match.Groups["bw"].Value && match.Groups["max"].Value == match.Groups["bw"].Value, line);
+        Assert.True(match.Groups["minalt"].Value == match.Groups["alt"].Value && match.Groups["maxalt"].Value == match.Groups["alt"].Value, line);
+        Assert.Equal(match.Groups["maxrun"].Value, match.Groups["minrun"].Value);
     }
 
     // fio's elapsed_sec rounds up: a 0.4 s run is 1 (an outside audit saw 0), 2.0 s is 2, 2.001 s is 3.
