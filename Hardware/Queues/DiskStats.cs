@@ -311,6 +311,7 @@ public sealed class DiskStats
         var now = _clock.NowNanosecondsOn(thread);
         UpdateIoTicks(now, end: true);
         var group = GroupOf(op);
+        var took = Math.Max(0, now - startNs); // never negative: a start stamp read on another CPU may be later
         if (ReferenceEquals(thread.StatsOwner, this))
         {
             var batch = thread.StatsBatch!;
@@ -321,7 +322,7 @@ public sealed class DiskStats
                 batch.Sectors[(int)group] += sectors;
             }
 
-            batch.Nanoseconds[(int)group] += Math.Max(0, now - startNs);
+            batch.Nanoseconds[(int)group] += took;
             if (op == BlockOp.Read)
             {
                 batch.DoneRead++;
@@ -340,7 +341,7 @@ public sealed class DiskStats
                 Interlocked.Add(ref slot.Sectors(group), sectors);
             }
 
-            Interlocked.Add(ref slot.Nanoseconds(group), Math.Max(0, now - startNs));
+            Interlocked.Add(ref slot.Nanoseconds(group), took);
             Interlocked.Increment(ref (op == BlockOp.Read ? ref slot.DoneRead : ref slot.DoneWrite));
         }
 
@@ -352,7 +353,7 @@ public sealed class DiskStats
         // The latency histogram costs nothing unless someone listens (dotnet-counters, an exporter).
         if (BlockMetrics.Duration.Enabled)
         {
-            BlockMetrics.RecordDuration(this, group, Math.Max(0, now - startNs)); // as the counters: never negative
+            BlockMetrics.RecordDuration(this, group, took);
         }
     }
 

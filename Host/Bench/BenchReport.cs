@@ -311,7 +311,8 @@ internal static class BenchReport
                 // aggregate and the runtime: 151MiB/s-151MiB/s, run=103-103msec for two jobs.
                 var runtime = RuntimeMs(stats, r.Measured);
                 var bw = BandwidthBytes(stats, runtime);
-                sb.Append(Inv, $"  {name,5}: bw={Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}), {Rate(bw, pow2: i2p)}-{Rate(bw, pow2: i2p)} ({Rate(bw, pow2: !i2p)}-{Rate(bw, pow2: !i2p)}), io={Bytes(stats.Bytes, pow2: i2p)} ({Bytes(stats.Bytes, pow2: !i2p)}), run={runtime}-{runtime}msec\n");
+                var (rate, alt) = (Rate(bw, pow2: i2p), Rate(bw, pow2: !i2p));
+                sb.Append(Inv, $"  {name,5}: bw={rate} ({alt}), {rate}-{rate} ({alt}-{alt}), io={Bytes(stats.Bytes, pow2: i2p)} ({Bytes(stats.Bytes, pow2: !i2p)}), run={runtime}-{runtime}msec\n");
             }
         }
 
